@@ -1,0 +1,112 @@
+/*
+ * base: what every troupe module needs and nothing more: error reporting, memory helpers
+ * that abort on exhaustion, clocks, file reading and the logger used by top-level loops.
+ *
+ * Ownership: functions returning `char *` hand the caller a heap string to free(); every
+ * other pointer argument is borrowed for the duration of the call.
+ */
+#ifndef TROUPE_BASE_H
+#define TROUPE_BASE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TR_VERSION "0.1.0"
+
+#define TR_MUST_CHECK __attribute__((warn_unused_result))
+#define TR_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+/* Module-independent error codes; modules return these or -errno values. */
+enum {
+    TR_EINVAL = -1000, /* bad input: malformed file, message or argument */
+    TR_EPROTO,         /* a peer broke its protocol */
+    TR_ETIMEDOUT,      /* a deadline passed */
+    TR_EPEER,          /* a peer (process, server) went away */
+    TR_ETOOBIG,        /* an input exceeded a size limit */
+    TR_ENOTFOUND,      /* a named thing does not exist */
+    TR_EDENIED,        /* refused by policy (allowlist) */
+    TR_EIO,            /* an I/O or database failure */
+    TR_ETOOL,          /* a tool reported an error (isError) */
+};
+
+/*
+ * Human-readable detail for a failure. Optional: every function that takes one accepts NULL.
+ * `message` is one line, already prefixed with the location where one is known
+ * (file:line:column for workflow files).
+ */
+struct tr_error {
+    int code;
+    char message[1024];
+};
+
+/* Records code and message in err (if err is not NULL) and returns code. */
+int tr_error_set(struct tr_error *err, int code, const char *fmt, ...) TR_PRINTF(3, 4);
+/* Prepends "prefix: " to err's message (if err is not NULL); returns err->code or 0. */
+void tr_error_prefix(struct tr_error *err, const char *fmt, ...) TR_PRINTF(2, 3);
+/* A short description of a code from the enum above or a -errno value. Static string. */
+const char *tr_strerror(int code);
+
+/* ---- memory: abort with a message when out of memory ----------------------------------- */
+
+void *xmalloc(size_t size);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *ptr, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) TR_PRINTF(1, 2);
+char *xvasprintf(const char *fmt, va_list ap) TR_PRINTF(1, 0);
+
+/* ---- growable byte buffer with a cap ------------------------------------------------------ */
+
+/* Invariant: data is NUL-terminated when len > 0 or after any append; len <= cap_limit. */
+struct tr_buf {
+    char *data;
+    size_t len;
+    size_t alloc;
+    size_t limit; /* maximum len; 0 means unlimited */
+};
+
+void tr_buf_init(struct tr_buf *buf, size_t limit);
+void tr_buf_release(struct tr_buf *buf);
+/* Appends n bytes; returns 0 or TR_ETOOBIG (buffer unchanged) when the limit would pass. */
+int tr_buf_append(struct tr_buf *buf, const void *data, size_t n) TR_MUST_CHECK;
+int tr_buf_appendf(struct tr_buf *buf, const char *fmt, ...) TR_PRINTF(2, 3) TR_MUST_CHECK;
+/* Drops the first n bytes. */
+void tr_buf_consume(struct tr_buf *buf, size_t n);
+/* Hands the data over to the caller (NUL-terminated, never NULL) and resets the buffer. */
+char *tr_buf_take(struct tr_buf *buf);
+
+/* ---- clocks ------------------------------------------------------------------------------- */
+
+/* Monotonic milliseconds, for deadlines. */
+int64_t tr_now_ms(void);
+/* Wall clock as "2026-11-25T11:39:59.123Z" into buf (at least 32 bytes); returns buf. */
+char *tr_wall_iso8601(char *buf, size_t size);
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+/* Reads a whole file (at most max bytes) into a NUL-terminated heap buffer. */
+int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
+                 struct tr_error *err) TR_MUST_CHECK;
+/* mkdir -p for the directory part of path (not the last component). */
+int tr_mkdir_parents(const char *path, struct tr_error *err) TR_MUST_CHECK;
+/* Directory holding the running executable (from /proc/self/exe). Caller frees. */
+char *tr_self_dir(void);
+
+/* ---- logging (for top-level loops only) --------------------------------------------------- */
+
+enum tr_log_level { TR_LOG_DEBUG, TR_LOG_INFO, TR_LOG_WARN, TR_LOG_ERROR };
+enum tr_log_format { TR_LOG_TEXT, TR_LOG_JSON };
+
+/* Process-wide settings: program name, minimum level, format. Not thread-safe. */
+void tr_log_setup(const char *program, enum tr_log_level min_level, enum tr_log_format format);
+/* Context fields carried by every following line; NULL clears a field. Strings are copied. */
+void tr_log_context(const char *run_id, const char *step_id, const char *persona);
+void tr_log(enum tr_log_level level, const char *fmt, ...) TR_PRINTF(2, 3);
+/* Parses "text" or "json"; returns 0 or TR_EINVAL. */
+int tr_log_format_parse(const char *name, enum tr_log_format *ret_format) TR_MUST_CHECK;
+
+#endif

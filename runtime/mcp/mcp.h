@@ -1,0 +1,133 @@
+/*
+ * mcp: the Model Context Protocol client (sessions with MCP servers over stdio) and a small
+ * server side used by troupe's demo servers and test servers.
+ *
+ * Ownership: cJSON values passed in are borrowed; cJSON values returned through ret_*
+ * parameters belong to the caller (cJSON_Delete). Strings returned by accessors live as long
+ * as the session. Every function blocks at most for the timeout it is given.
+ */
+#ifndef TROUPE_MCP_H
+#define TROUPE_MCP_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "base.h"
+
+#define MCP_DEFAULT_MAX_MESSAGE (16u * 1024 * 1024)
+#define MCP_DEFAULT_TIMEOUT_MS 30000
+/* The newest handshake-era revision the client offers first. */
+#define MCP_LATEST_PROTOCOL_VERSION "2025-11-25"
+
+/* ---- client ------------------------------------------------------------------------------- */
+
+struct mcp_session;
+
+/* How to start a stdio server. */
+struct mcp_stdio_params {
+    const char *name;              /* the server's name in the workflow, used in messages */
+    const char *const *argv;       /* argv[0] is the command, searched in PATH; NULL-ended */
+    const char *const *env;        /* extra "NAME=value" entries on top of the inherited
+                                      environment; NULL-ended, or NULL */
+    const char *cwd;               /* working directory, or NULL for the current one */
+    size_t max_message_bytes;      /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
+    int timeout_ms;                /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
+};
+
+enum mcp_direction { MCP_SENT, MCP_RECEIVED };
+
+/*
+ * Optional observer, called synchronously from within session calls:
+ * on_message with the exact JSON text of every JSON-RPC message sent or received (requests,
+ * responses, notifications), for the audit trail; on_stderr with each line the server writes
+ * to its stderr (without the newline).
+ */
+struct mcp_observer {
+    void (*on_message)(void *userdata, const char *server, enum mcp_direction direction,
+                       const char *json);
+    void (*on_stderr)(void *userdata, const char *server, const char *line);
+    void *userdata;
+};
+
+/*
+ * Starts the server in its own process group (it dies with the calling process: parent-death
+ * signal), performs the initialize handshake and sends notifications/initialized.
+ * Fails with TR_EPEER if the program cannot be started or exits, TR_ETIMEDOUT, or TR_EPROTO
+ * if the server answers the handshake wrongly; on failure nothing is left running.
+ * The observer (may be NULL) is copied.
+ */
+int mcp_session_open_stdio(const struct mcp_stdio_params *params,
+                           const struct mcp_observer *observer,
+                           struct mcp_session **ret_session, struct tr_error *err) TR_MUST_CHECK;
+
+/* The protocol revision the server agreed to, e.g. "2025-11-25". */
+const char *mcp_session_protocol_version(const struct mcp_session *session);
+/* The server's serverInfo object from the handshake (name, version), never NULL. */
+const cJSON *mcp_session_server_info(const struct mcp_session *session);
+/* The server's process id (for tests and supervision). */
+pid_t mcp_session_pid(const struct mcp_session *session);
+
+/*
+ * Calls a tool: tools/call with name, arguments (an object, or NULL for none) and, when meta
+ * is not NULL, `_meta` (e.g. {"io.troupe/idempotency-key": "..."}).
+ * Returns 0 with the CallToolResult in *ret_result, even when the result has isError true
+ * (the caller decides); or TR_ETIMEDOUT (notifications/cancelled is sent), TR_EPEER (the
+ * server exited or closed its output: the message gives its exit status), TR_EPROTO (garbage,
+ * an oversized line, or a JSON-RPC error response: the message gives code and text).
+ * timeout_ms 0 means MCP_DEFAULT_TIMEOUT_MS.
+ */
+int mcp_session_call_tool(struct mcp_session *session, const char *tool, const cJSON *arguments,
+                          const cJSON *meta, int timeout_ms, cJSON **ret_result,
+                          struct tr_error *err) TR_MUST_CHECK;
+
+/* tools/list, following every page; *ret_tools is an array of Tool objects. */
+int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **ret_tools,
+                           struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * Ends the session: closes the server's stdin, waits up to 2 s for it to exit, then sends
+ * SIGTERM to its process group, waits up to 2 s, then SIGKILL; always reaps the child.
+ * Accepts NULL; sets *session to NULL.
+ */
+void mcp_session_free(struct mcp_session **session);
+
+/* ---- server side (demo and test servers) -------------------------------------------------- */
+
+struct mcp_server;
+
+/*
+ * A tool handler: returns 0 with a CallToolResult in *ret_result (see mcp_result_text), or a
+ * negative code with err set, which the server turns into a result with isError true.
+ */
+typedef int (*mcp_tool_fn)(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                           struct tr_error *err);
+
+struct mcp_tool_def {
+    const char *name;
+    const char *description;
+    const char *input_schema_json; /* JSON Schema of the arguments, as JSON text */
+    mcp_tool_fn fn;
+    void *userdata;
+};
+
+/* A server named name/version that offers the tools capability. Never NULL. */
+struct mcp_server *mcp_server_new(const char *name, const char *version);
+/* Registers a tool; def's strings must outlive the server. */
+void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *def);
+/*
+ * Serves newline-delimited JSON-RPC on in_fd/out_fd until in_fd reaches end of file:
+ * initialize (version negotiation), ping, tools/list, tools/call; other methods get
+ * JSON-RPC error -32601, malformed input -32700/-32600. Returns 0 at end of input.
+ */
+int mcp_server_run_stdio(struct mcp_server *server, int in_fd, int out_fd,
+                         struct tr_error *err) TR_MUST_CHECK;
+void mcp_server_free(struct mcp_server **server);
+
+/* A CallToolResult with one text content item. */
+cJSON *mcp_result_text(const char *text, bool is_error);
+/* A CallToolResult with structuredContent (taken over) and its JSON text as a text item. */
+cJSON *mcp_result_structured(cJSON *structured);
+
+#endif

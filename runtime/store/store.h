@@ -1,0 +1,153 @@
+/*
+ * store: troupe's SQLite database (one file, WAL mode): the schema and its versioned
+ * migrations, runs, the state of each step, the shared context and the audit log.
+ * Only the scheduler and the CLI open it; agents never do.
+ *
+ * Ownership: string arguments are borrowed; strings in the records handed to callbacks are
+ * valid only during the callback. JSON arguments are JSON text, stored as given.
+ */
+#ifndef TROUPE_STORE_H
+#define TROUPE_STORE_H
+
+#include <stdint.h>
+
+#include "base.h"
+
+#define STORE_RUN_ID_SIZE 32 /* room for a run id and its NUL */
+#define STORE_DEFAULT_PATH ".troupe/troupe.db"
+
+struct store;
+
+/*
+ * Opens (creating it and its parent directories if needed) the database at path, switches
+ * it to WAL, and applies any pending migrations in one transaction each. Refuses a database
+ * whose schema is newer than this build knows (TR_EINVAL).
+ */
+int store_open(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
+/* Closes the database. Accepts NULL; sets *store to NULL. */
+void store_free(struct store **store);
+/* The schema version now in the file (the number of migrations applied). */
+int store_schema_version(const struct store *store);
+
+/*
+ * Transactions: everything between begin and commit is atomic and durable at commit.
+ * Writes outside a transaction commit on their own. rollback accepts no open transaction.
+ */
+int store_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
+int store_commit(struct store *store, struct tr_error *err) TR_MUST_CHECK;
+void store_rollback(struct store *store);
+
+/* ---- runs ----------------------------------------------------------------------------- */
+
+/*
+ * Creates a run in state "running" with a new id (e.g. "r-20261125-114001-3f9a2c") written
+ * to ret_run_id. plan_json is the canonical plan; the run records it and its SHA-256.
+ */
+int store_run_create(struct store *store, const char *workflow_name, const char *workflow_file,
+                     const char *plan_json, const char *input_json,
+                     char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;
+/* Sets the run's final status ("succeeded", "failed", "cancelled") and error (or NULL). */
+int store_run_finish(struct store *store, const char *run_id, const char *status,
+                     const char *error, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Finds a run by its full id or a unique prefix, or "latest" for the newest run.
+ * TR_ENOTFOUND if none matches, TR_EINVAL if the prefix is ambiguous.
+ */
+int store_run_resolve(struct store *store, const char *id_or_prefix,
+                      char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;
+
+struct store_run {
+    const char *id;
+    const char *workflow_name;
+    const char *workflow_file;
+    const char *status;      /* running, succeeded, failed, cancelled */
+    const char *error;       /* or NULL */
+    const char *started_at;  /* ISO 8601 UTC */
+    const char *finished_at; /* or NULL */
+    const char *plan_hash;   /* hex SHA-256 of plan_json */
+    const char *input_json;
+};
+
+/* Calls fn for every run, newest first; a non-zero return from fn stops and is returned. */
+int store_runs_list(struct store *store, int (*fn)(void *userdata, const struct store_run *run),
+                    void *userdata, struct tr_error *err) TR_MUST_CHECK;
+/* Calls fn once with the run. TR_ENOTFOUND if there is no such run. */
+int store_run_get(struct store *store, const char *run_id,
+                  int (*fn)(void *userdata, const struct store_run *run), void *userdata,
+                  struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- steps ---------------------------------------------------------------------------- */
+
+/*
+ * Records a step's state ("pending", "dispatched", "succeeded", "failed", "skipped") with
+ * its persona, attempt, output (JSON text or NULL) and error (or NULL), creating the row on
+ * first use. The step's started/finished times follow the state.
+ */
+int store_step_set(struct store *store, const char *run_id, const char *step_id,
+                   const char *persona, const char *state, int attempt, const char *output_json,
+                   const char *error, struct tr_error *err) TR_MUST_CHECK;
+
+struct store_step {
+    const char *step_id;
+    const char *persona;
+    const char *state;
+    int attempt;
+    const char *output_json; /* or NULL */
+    const char *error;       /* or NULL */
+    const char *started_at;  /* or NULL */
+    const char *finished_at; /* or NULL */
+};
+
+/* Calls fn for each step of the run, in the order they were first recorded. */
+int store_steps_list(struct store *store, const char *run_id,
+                     int (*fn)(void *userdata, const struct store_step *step), void *userdata,
+                     struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- shared context -------------------------------------------------------------------- */
+
+/* Writes key = value (JSON text) for the run; every write is kept, the newest one counts. */
+int store_context_put(struct store *store, const char *run_id, const char *key,
+                      const char *value_json, const char *step_id,
+                      struct tr_error *err) TR_MUST_CHECK;
+
+struct store_context_entry {
+    const char *key;
+    const char *value_json;
+    const char *step_id; /* the writer, or NULL */
+    int64_t version;     /* 1 for the first write of the key, then 2, ... */
+};
+
+/* Calls fn for the current value of each key, sorted by key. */
+int store_context_list(struct store *store, const char *run_id,
+                       int (*fn)(void *userdata, const struct store_context_entry *entry),
+                       void *userdata, struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- audit log ------------------------------------------------------------------------ */
+
+/*
+ * Appends an event to the run's audit log: the next sequence number, the time, the actor
+ * ("scheduler" or "persona:NAME"), the type ("run.started", "step.dispatched",
+ * "mcp.request", "mcp.response", "mcp.notification", "step.finished", "run.finished", ...),
+ * the step (or NULL) and a JSON payload. Each event carries the SHA-256 of the previous
+ * event's hash and its own fields (a hash chain per run).
+ */
+int store_audit_append(struct store *store, const char *run_id, const char *step_id,
+                       const char *actor, const char *type, const char *payload_json,
+                       struct tr_error *err) TR_MUST_CHECK;
+
+struct store_audit_event {
+    int64_t seq; /* 1, 2, 3, ... within the run */
+    const char *time;
+    const char *step_id; /* or NULL */
+    const char *actor;
+    const char *type;
+    const char *payload_json;
+    const char *hash; /* hex SHA-256 */
+};
+
+/* Calls fn for each event of the run in sequence order. */
+int store_audit_list(struct store *store, const char *run_id,
+                     int (*fn)(void *userdata, const struct store_audit_event *event),
+                     void *userdata, struct tr_error *err) TR_MUST_CHECK;
+
+#endif

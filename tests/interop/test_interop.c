@@ -1,0 +1,2 @@
+#include <criterion/criterion.h>
+Test(interop, placeholder) { cr_assert(1); }

@@ -1,0 +1,2 @@
+#include "mcp.h"
+int main(void) { return 0; }

@@ -1,0 +1,3 @@
+#include <criterion/criterion.h>
+/* placeholder until the module lands */
+Test(mcp, placeholder) { cr_assert(1); }
