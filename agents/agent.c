@@ -1,1 +1,514 @@
-int main(void) { return 0; }
+/*
+ * troupe-agent: the worker for one persona. It connects to the scheduler's bus, receives the
+ * persona's configuration, opens an MCP session with each of the persona's servers, then
+ * performs the steps it is assigned, streaming every MCP message back as an audit event.
+ * It never opens the database: everything it knows arrives over the bus.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "base.h"
+#include "bus.h"
+#include "mcp.h"
+
+#define WELCOME_TIMEOUT_MS 30000
+#define MAX_SERVERS 64
+
+struct server {
+    char *name;
+    struct mcp_session *session;
+    char *failure; /* why the session is unusable, or NULL */
+};
+
+struct agent {
+    struct bus *bus;
+    char *persona;
+    cJSON *config;
+    cJSON *allowlist; /* array of "server.tool" patterns, or NULL: everything allowed */
+    struct server servers[MAX_SERVERS];
+    size_t server_count;
+    const char *current_step; /* the step being performed, for audit events */
+};
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t in_call;
+
+/* Between steps a signal stops the loop cleanly; during a tool call, which blocks, the agent
+ * exits at once (its MCP servers follow through their parent-death signal). */
+static void on_signal(int sig)
+{
+    if (in_call)
+        _exit(128 + sig);
+    stop_requested = 1;
+}
+
+/* ---- sending to the scheduler ----------------------------------------------------------- */
+
+static void send_or_log(struct agent *agent, const struct bus_msg *msg)
+{
+    struct tr_error err = {0};
+    if (bus_send(agent->bus, msg, &err) < 0)
+        tr_log(TR_LOG_ERROR, "could not send %s to the scheduler: %s", bus_msg_type_name(msg->type),
+               err.message);
+}
+
+static void send_event(struct agent *agent, const char *step_id, const char *type, cJSON *payload)
+{
+    struct bus_msg msg = {.type = BUS_EVENT};
+    msg.step_id = (char *)step_id;
+    msg.event_type = (char *)type;
+    msg.json = cJSON_PrintUnformatted(payload);
+    send_or_log(agent, &msg);
+    free(msg.json);
+    cJSON_Delete(payload);
+}
+
+static void send_bye(struct agent *agent, const char *error)
+{
+    struct bus_msg msg = {.type = BUS_BYE, .error = (char *)error};
+    send_or_log(agent, &msg);
+}
+
+/* Classifies a JSON-RPC message: request, response or notification. */
+static const char *mcp_event_type(const cJSON *message)
+{
+    bool has_method = cJSON_HasObjectItem(message, "method");
+    bool has_id = cJSON_HasObjectItem(message, "id");
+    if (has_method && has_id)
+        return "mcp.request";
+    if (has_method)
+        return "mcp.notification";
+    return "mcp.response";
+}
+
+static void on_mcp_message(void *userdata, const char *server, enum mcp_direction direction,
+                           const char *json)
+{
+    struct agent *agent = userdata;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON *message = cJSON_Parse(json);
+
+    cJSON_AddStringToObject(payload, "server", server);
+    cJSON_AddStringToObject(payload, "direction", direction == MCP_SENT ? "sent" : "received");
+    if (message) {
+        const char *type = mcp_event_type(message);
+        cJSON_AddItemToObject(payload, "message", message);
+        send_event(agent, agent->current_step, type, payload);
+    } else {
+        /* Not JSON: keep the exact text, the audit trail must show what the server sent. */
+        cJSON_AddStringToObject(payload, "raw", json);
+        send_event(agent, agent->current_step, "mcp.garbage", payload);
+    }
+}
+
+static void on_mcp_stderr(void *userdata, const char *server, const char *line)
+{
+    struct agent *agent = userdata;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "server", server);
+    cJSON_AddStringToObject(payload, "line", line);
+    send_event(agent, agent->current_step, "mcp.stderr", payload);
+}
+
+/* ---- MCP sessions -------------------------------------------------------------------------- */
+
+/* Turns a JSON array of strings into a NULL-ended vector (strings borrowed from the JSON). */
+static const char **string_vector(const cJSON *first, const cJSON *array)
+{
+    size_t n = cJSON_GetArraySize(array) + 2;
+    const char **v = xcalloc(n, sizeof(*v));
+    size_t i = 0;
+    const cJSON *item;
+
+    if (first)
+        v[i++] = first->valuestring;
+    cJSON_ArrayForEach(item, array)
+    {
+        if (cJSON_IsString(item))
+            v[i++] = item->valuestring;
+    }
+    return v;
+}
+
+static int open_server(struct agent *agent, const cJSON *entry, struct tr_error *err)
+{
+    const cJSON *command = cJSON_GetObjectItemCaseSensitive(entry, "command");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(entry, "args");
+    const cJSON *env = cJSON_GetObjectItemCaseSensitive(entry, "env");
+    const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
+    struct server *server = &agent->servers[agent->server_count];
+    struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
+    char **env_strings = NULL;
+    const char **envv = NULL;
+    size_t env_count = 0;
+    int rc;
+
+    if (agent->server_count == MAX_SERVERS)
+        return tr_error_set(err, TR_ETOOBIG, "a persona may use at most %d servers", MAX_SERVERS);
+    if (!cJSON_IsString(command))
+        return tr_error_set(err, TR_EINVAL, "server '%s' has no command", entry->string);
+
+    const cJSON *var;
+    env_strings = xcalloc((size_t)cJSON_GetArraySize(env) + 1, sizeof(*env_strings));
+    cJSON_ArrayForEach(var, env)
+    {
+        if (cJSON_IsString(var))
+            env_strings[env_count++] = xasprintf("%s=%s", var->string, var->valuestring);
+    }
+    envv = xcalloc(env_count + 1, sizeof(*envv));
+    for (size_t i = 0; i < env_count; i++)
+        envv[i] = env_strings[i];
+
+    const char **argv = string_vector(command, args);
+    struct mcp_stdio_params params = {
+        .name = entry->string,
+        .argv = argv,
+        .env = envv,
+        .cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL,
+    };
+    server->name = xstrdup(entry->string);
+    rc = mcp_session_open_stdio(&params, &observer, &server->session, err);
+    if (rc == 0) {
+        tr_log(TR_LOG_INFO, "MCP server '%s' ready (protocol %s)", server->name,
+               mcp_session_protocol_version(server->session));
+    } else {
+        free(server->name);
+    }
+    if (rc == 0)
+        agent->server_count++;
+    free(argv);
+    for (size_t i = 0; i < env_count; i++)
+        free(env_strings[i]);
+    free(env_strings);
+    free(envv);
+    return rc;
+}
+
+static struct server *find_server(struct agent *agent, const char *name)
+{
+    for (size_t i = 0; i < agent->server_count; i++)
+        if (strcmp(agent->servers[i].name, name) == 0)
+            return &agent->servers[i];
+    return NULL;
+}
+
+/* The agent's own allowlist check, made again after the scheduler's (least privilege). */
+static bool tool_allowed(const struct agent *agent, const char *server, const char *tool)
+{
+    const cJSON *pattern;
+    char *qualified;
+    bool allowed = false;
+
+    if (!agent->allowlist)
+        return true;
+    qualified = xasprintf("%s.%s", server, tool);
+    cJSON_ArrayForEach(pattern, agent->allowlist)
+    {
+        if (cJSON_IsString(pattern) && fnmatch(pattern->valuestring, qualified, 0) == 0) {
+            allowed = true;
+            break;
+        }
+    }
+    free(qualified);
+    return allowed;
+}
+
+/* ---- performing a step ------------------------------------------------------------------- */
+
+/* Joins the text items of a CallToolResult's content, for error messages. */
+static char *result_text(const cJSON *result)
+{
+    struct tr_buf buf;
+    const cJSON *item;
+    int rc = 0;
+
+    tr_buf_init(&buf, 4096);
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(result, "content"))
+    {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(item, "text");
+        if (!cJSON_IsString(text))
+            continue;
+        if (buf.len)
+            rc = tr_buf_append(&buf, " ", 1);
+        if (rc == 0)
+            rc = tr_buf_append(&buf, text->valuestring, strlen(text->valuestring));
+        if (rc < 0)
+            break;
+    }
+    return tr_buf_take(&buf);
+}
+
+static int call_tool(struct server *server, const struct bus_msg *assign, const cJSON *arguments,
+                     const cJSON *meta, cJSON **ret_output, struct tr_error *err)
+{
+    if (stop_requested)
+        return tr_error_set(err, -ECANCELED, "the agent is stopping");
+    in_call = 1;
+    int rc = mcp_session_call_tool(server->session, assign->tool, arguments, meta,
+                                   (int)assign->timeout_ms, ret_output, err);
+    in_call = 0;
+    return rc;
+}
+
+static void perform(struct agent *agent, const struct bus_msg *assign)
+{
+    struct bus_msg result = {
+        .type = BUS_RESULT, .step_id = assign->step_id, .attempt = assign->attempt};
+    struct tr_error err = {0};
+    struct server *server = find_server(agent, assign->server);
+    cJSON *arguments = cJSON_Parse(assign->json);
+    cJSON *meta = cJSON_CreateObject();
+    cJSON *output = NULL;
+    char *error = NULL;
+
+    tr_log_context(NULL, assign->step_id, agent->persona);
+    agent->current_step = assign->step_id;
+    cJSON_AddStringToObject(meta, "io.troupe/idempotency-key", assign->idempotency_key);
+    if (!tool_allowed(agent, assign->server, assign->tool)) {
+        error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
+                          assign->server, assign->tool);
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "server", assign->server);
+        cJSON_AddStringToObject(payload, "tool", assign->tool);
+        cJSON_AddStringToObject(payload, "reason", error);
+        send_event(agent, assign->step_id, "policy.denied", payload);
+    } else if (!server) {
+        error = xasprintf("persona '%s' has no server '%s'", agent->persona, assign->server);
+    } else if (server->failure) {
+        error = xstrdup(server->failure);
+    } else if (!cJSON_IsObject(arguments)) {
+        error =
+            xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
+    } else if (call_tool(server, assign, arguments, meta, &output, &err) < 0) {
+        error = xstrdup(err.message);
+        if (err.code == TR_EPEER) {
+            /* The server is gone; later steps on it fail fast with the same reason. */
+            server->failure = xstrdup(err.message);
+        }
+    } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(output, "isError"))) {
+        char *text = result_text(output);
+        error = xasprintf("tool %s.%s reported an error: %s", assign->server, assign->tool,
+                          *text ? text : "(no text)");
+        free(text);
+    }
+
+    result.ok = error == NULL;
+    result.error = error;
+    result.json = output ? cJSON_PrintUnformatted(output) : NULL;
+    if (error)
+        tr_log(TR_LOG_WARN, "%s", error);
+    send_or_log(agent, &result);
+    agent->current_step = NULL;
+    tr_log_context(NULL, NULL, agent->persona);
+    free(result.json);
+    free(error);
+    cJSON_Delete(output);
+    cJSON_Delete(arguments);
+    cJSON_Delete(meta);
+}
+
+/* ---- life cycle --------------------------------------------------------------------------- */
+
+static int wait_for_welcome(struct agent *agent, struct tr_error *err)
+{
+    int64_t deadline = tr_now_ms() + WELCOME_TIMEOUT_MS;
+
+    while (!stop_requested && tr_now_ms() < deadline) {
+        struct bus_msg *msg = NULL;
+        int rc = bus_recv(agent->bus, 200, &msg, err);
+        if (rc < 0)
+            return rc;
+        if (!msg)
+            continue;
+        if (msg->type == BUS_SHUTDOWN) {
+            bus_msg_free(&msg);
+            return tr_error_set(err, TR_EPEER, "the scheduler shut down before welcoming us");
+        }
+        if (msg->type != BUS_WELCOME) {
+            tr_log(TR_LOG_WARN, "ignoring %s before welcome", bus_msg_type_name(msg->type));
+            bus_msg_free(&msg);
+            continue;
+        }
+        agent->config = cJSON_Parse(msg->json);
+        bus_msg_free(&msg);
+        if (!cJSON_IsObject(agent->config))
+            return tr_error_set(err, TR_EPROTO, "welcome carries no persona configuration");
+        return 0;
+    }
+    return tr_error_set(err, TR_ETIMEDOUT, "no welcome from the scheduler within %d s",
+                        WELCOME_TIMEOUT_MS / 1000);
+}
+
+static int open_servers(struct agent *agent, struct tr_error *err)
+{
+    const cJSON *servers = cJSON_GetObjectItemCaseSensitive(agent->config, "servers");
+    const cJSON *entry;
+
+    agent->allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
+    if (!cJSON_IsArray(agent->allowlist))
+        agent->allowlist = NULL;
+    cJSON_ArrayForEach(entry, servers)
+    {
+        int rc = open_server(agent, entry, err);
+        if (rc < 0) {
+            tr_error_prefix(err, "could not start MCP server '%s'", entry->string);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void serve(struct agent *agent)
+{
+    while (!stop_requested) {
+        struct tr_error err = {0};
+        struct bus_msg *msg = NULL;
+        if (bus_recv(agent->bus, 500, &msg, &err) < 0) {
+            tr_log(TR_LOG_WARN, "%s", err.message);
+            continue;
+        }
+        if (!msg)
+            continue;
+        if (msg->type == BUS_ASSIGN) {
+            perform(agent, msg);
+        } else if (msg->type == BUS_SHUTDOWN) {
+            bus_msg_free(&msg);
+            return;
+        } else {
+            tr_log(TR_LOG_WARN, "ignoring unexpected %s message", bus_msg_type_name(msg->type));
+        }
+        bus_msg_free(&msg);
+    }
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: troupe-agent --connect ENDPOINT --persona NAME [options]\n"
+                 "\n"
+                 "The worker process for one persona of a troupe run. The scheduler (troupe run)\n"
+                 "starts one per persona; it receives its configuration over the bus.\n"
+                 "\n"
+                 "options:\n"
+                 "  --connect ENDPOINT   the scheduler's bus, e.g. ipc:///path/bus\n"
+                 "  --persona NAME       the persona this agent plays\n"
+                 "  --identity ID        bus identity (default: the persona name)\n"
+                 "  --die-with-parent    exit when the parent process dies\n"
+                 "  --log-format FORMAT  text (default) or json\n"
+                 "  --verbose            log debug lines\n"
+                 "  -h, --help           show this help\n"
+                 "  --version            show the version\n");
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_CONNECT = 256, OPT_PERSONA, OPT_IDENTITY, OPT_DIE, OPT_LOG, OPT_VERSION };
+    static const struct option options[] = {
+        {"connect", required_argument, NULL, OPT_CONNECT},
+        {"persona", required_argument, NULL, OPT_PERSONA},
+        {"identity", required_argument, NULL, OPT_IDENTITY},
+        {"die-with-parent", no_argument, NULL, OPT_DIE},
+        {"log-format", required_argument, NULL, OPT_LOG},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    const char *endpoint = NULL, *identity = NULL;
+    enum tr_log_format format = TR_LOG_TEXT;
+    enum tr_log_level level = TR_LOG_INFO;
+    struct agent agent = {0};
+    struct tr_error err = {0};
+    int status = 1;
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "hv", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_CONNECT:
+            endpoint = optarg;
+            break;
+        case OPT_PERSONA:
+            agent.persona = optarg;
+            break;
+        case OPT_IDENTITY:
+            identity = optarg;
+            break;
+        case OPT_DIE:
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (getppid() == 1)
+                return 1;
+            break;
+        case OPT_LOG:
+            if (tr_log_format_parse(optarg, &format) < 0) {
+                fprintf(stderr, "troupe-agent: --log-format must be text or json\n");
+                return 2;
+            }
+            break;
+        case 'v':
+            level = TR_LOG_DEBUG;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case OPT_VERSION:
+            printf("troupe-agent %s\n", TR_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!endpoint || !agent.persona || optind != argc) {
+        fprintf(stderr, "troupe-agent: --connect and --persona are required\n");
+        usage(stderr);
+        return 2;
+    }
+    tr_log_setup("troupe-agent", level, format);
+    tr_log_context(NULL, NULL, agent.persona);
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    if (bus_connect(endpoint, identity ? identity : agent.persona, &agent.bus, &err) < 0) {
+        tr_log(TR_LOG_ERROR, "%s", err.message);
+        return 1;
+    }
+    struct bus_msg hello = {.type = BUS_HELLO,
+                            .version = BUS_PROTOCOL_VERSION,
+                            .persona = agent.persona,
+                            .pid = getpid()};
+    if (bus_send(agent.bus, &hello, &err) < 0 || wait_for_welcome(&agent, &err) < 0) {
+        tr_log(TR_LOG_ERROR, "%s", err.message);
+        goto out;
+    }
+    if (open_servers(&agent, &err) < 0) {
+        tr_log(TR_LOG_ERROR, "%s", err.message);
+        send_bye(&agent, err.message);
+        goto out;
+    }
+    struct bus_msg ready = {.type = BUS_READY};
+    send_or_log(&agent, &ready);
+    serve(&agent);
+    status = 0;
+out:
+    for (size_t i = 0; i < agent.server_count; i++) {
+        mcp_session_free(&agent.servers[i].session);
+        free(agent.servers[i].name);
+        free(agent.servers[i].failure);
+    }
+    if (status == 0)
+        send_bye(&agent, stop_requested ? "stopped by a signal" : NULL);
+    cJSON_Delete(agent.config);
+    bus_free(&agent.bus);
+    tr_log_context(NULL, NULL, NULL);
+    return status;
+}

@@ -79,12 +79,12 @@ void tr_log(enum tr_log_level level, const char *fmt, ...)
     va_end(ap);
     tr_wall_iso8601(when, sizeof(when));
     tr_buf_init(&out, 0);
+    const char *keys[] = {"run", "step", "persona"};
+    const char *vals[] = {logger.run_id, logger.step_id, logger.persona};
     if (logger.format == TR_LOG_JSON) {
         rc |= tr_buf_appendf(&out, "{\"time\":\"%s\",\"level\":\"%s\",\"program\":", when,
                              level_names[level]);
         json_string(&out, logger.program);
-        const char *keys[] = {"run", "step", "persona"};
-        const char *vals[] = {logger.run_id, logger.step_id, logger.persona};
         for (int i = 0; i < 3; i++) {
             if (!vals[i])
                 continue;
@@ -96,13 +96,14 @@ void tr_log(enum tr_log_level level, const char *fmt, ...)
         rc |= tr_buf_append(&out, "}\n", 2);
     } else {
         rc |= tr_buf_appendf(&out, "%s %s: %s", logger.program, level_names[level], msg);
-        if (logger.run_id)
-            rc |= tr_buf_appendf(&out, " [run=%s", logger.run_id);
-        if (logger.run_id && logger.step_id)
-            rc |= tr_buf_appendf(&out, " step=%s", logger.step_id);
-        if (logger.run_id && logger.persona)
-            rc |= tr_buf_appendf(&out, " persona=%s", logger.persona);
-        if (logger.run_id)
+        const char *sep = " [";
+        for (int i = 0; i < 3; i++) {
+            if (!vals[i])
+                continue;
+            rc |= tr_buf_appendf(&out, "%s%s=%s", sep, keys[i], vals[i]);
+            sep = " ";
+        }
+        if (*sep == ' ' && sep[1] == '\0')
             rc |= tr_buf_append(&out, "]", 1);
         rc |= tr_buf_append(&out, "\n", 1);
     }

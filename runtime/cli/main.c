@@ -1,1 +1,148 @@
-int main(void) { return 0; }
+/*
+ * cli/main.c: the troupe command: global options, subcommand dispatch and the helpers the
+ * subcommands share. Each subcommand lives in its own file.
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv, struct cli_common *common);
+    const char *summary;
+} commands[] = {
+    {"run", cli_run, "run a workflow file"},
+    {"runs", cli_runs, "list the runs in the database"},
+    {"log", cli_log, "show a run's audit trail, in order"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: troupe [--db FILE] [--log-format text|json] [-v] COMMAND [ARGS]\n"
+                 "\n"
+                 "troupe runs workflows of AI agent personas that use MCP tools, and keeps a\n"
+                 "durable, auditable record of everything they did.\n"
+                 "\n"
+                 "commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-6s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out,
+            "\n"
+            "options:\n"
+            "  --db FILE            the SQLite database (default: $TROUPE_DB, else %s)\n"
+            "  --log-format FORMAT  log lines as text (default) or json\n"
+            "  -v, --verbose        log debug lines\n"
+            "  -h, --help           show this help; 'troupe COMMAND --help' for a command\n"
+            "  --version            show the version\n",
+            STORE_DEFAULT_PATH);
+}
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("troupe: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+bool cli_common_option(struct cli_common *common, int opt, const char *arg)
+{
+    switch (opt) {
+    case CLI_OPT_DB:
+        if (!*arg) {
+            cli_error("--db needs a file name");
+            exit(CLI_USAGE);
+        }
+        common->db_path = arg;
+        return true;
+    case CLI_OPT_LOG_FORMAT:
+        if (tr_log_format_parse(arg, &common->log_format) < 0) {
+            cli_error("--log-format must be 'text' or 'json', not '%s'", arg);
+            exit(CLI_USAGE);
+        }
+        return true;
+    case 'v':
+        common->verbose = true;
+        return true;
+    default:
+        return false;
+    }
+}
+
+const char *cli_db_path(const struct cli_common *common)
+{
+    const char *env = getenv("TROUPE_DB");
+    if (common->db_path)
+        return common->db_path;
+    return env && *env ? env : STORE_DEFAULT_PATH;
+}
+
+struct store *cli_open_existing_store(const struct cli_common *common)
+{
+    const char *path = cli_db_path(common);
+    struct tr_error err = {0};
+    struct store *store = NULL;
+
+    if (access(path, F_OK) < 0) {
+        cli_error("no database at '%s' (run a workflow first, or name one with --db)", path);
+        return NULL;
+    }
+    if (store_open(path, &store, &err) < 0) {
+        cli_error("%s", err.message);
+        return NULL;
+    }
+    return store;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_VERSION = 2000 };
+    static const struct option options[] = {
+        {"db", required_argument, NULL, CLI_OPT_DB},
+        {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    struct cli_common common = {.log_format = TR_LOG_TEXT};
+    int opt;
+
+    /* '+': stop at the command name; what follows belongs to the command. */
+    while ((opt = getopt_long(argc, argv, "+hv", options, NULL)) != -1) {
+        if (cli_common_option(&common, opt, optarg))
+            continue;
+        if (opt == 'h') {
+            usage(stdout);
+            return CLI_OK;
+        }
+        if (opt == OPT_VERSION) {
+            printf("troupe %s\n", TR_VERSION);
+            return CLI_OK;
+        }
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    const char *name = argv[optind];
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(name, commands[i].name) != 0)
+            continue;
+        tr_log_setup("troupe", common.verbose ? TR_LOG_DEBUG : TR_LOG_INFO, common.log_format);
+        int sub_argc = argc - optind;
+        char **sub_argv = argv + optind;
+        optind = 0; /* 0, not 1: glibc then resets its state, ordering mode included */
+        return commands[i].fn(sub_argc, sub_argv, &common);
+    }
+    cli_error("unknown command '%s' (see 'troupe --help')", name);
+    return CLI_USAGE;
+}

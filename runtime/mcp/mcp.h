@@ -27,13 +27,13 @@ struct mcp_session;
 
 /* How to start a stdio server. */
 struct mcp_stdio_params {
-    const char *name;              /* the server's name in the workflow, used in messages */
-    const char *const *argv;       /* argv[0] is the command, searched in PATH; NULL-ended */
-    const char *const *env;        /* extra "NAME=value" entries on top of the inherited
-                                      environment; NULL-ended, or NULL */
-    const char *cwd;               /* working directory, or NULL for the current one */
-    size_t max_message_bytes;      /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
-    int timeout_ms;                /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
+    const char *name;         /* the server's name in the workflow, used in messages */
+    const char *const *argv;  /* argv[0] is the command, searched in PATH; NULL-ended */
+    const char *const *env;   /* extra "NAME=value" entries on top of the inherited
+                                 environment; NULL-ended, or NULL */
+    const char *cwd;          /* working directory, or NULL for the current one */
+    size_t max_message_bytes; /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
+    int timeout_ms;           /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
 };
 
 enum mcp_direction { MCP_SENT, MCP_RECEIVED };
@@ -59,8 +59,8 @@ struct mcp_observer {
  * The observer (may be NULL) is copied.
  */
 int mcp_session_open_stdio(const struct mcp_stdio_params *params,
-                           const struct mcp_observer *observer,
-                           struct mcp_session **ret_session, struct tr_error *err) TR_MUST_CHECK;
+                           const struct mcp_observer *observer, struct mcp_session **ret_session,
+                           struct tr_error *err) TR_MUST_CHECK;
 
 /* The protocol revision the server agreed to, e.g. "2025-11-25". */
 const char *mcp_session_protocol_version(const struct mcp_session *session);

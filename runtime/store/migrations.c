@@ -1,1 +1,76 @@
-typedef int placeholder_unit; /* replaced by the module implementation */
+/*
+ * migrations.c: the store's schema as an ordered list of SQL scripts, one per version.
+ * Applying them (one transaction each, PRAGMA user_version) is store.c's job; a released
+ * script is never edited, a change is a new script appended at the end.
+ */
+#include "store-internal.h"
+
+/* Version 1: runs, steps, the shared context with its history, the append-only audit log. */
+static const char migration_1[] =
+    /* 'TRPE': marks the file as troupe's, so another program's database is refused. */
+    "PRAGMA application_id = 1414680645;\n"
+
+    "CREATE TABLE runs (\n"
+    "    id TEXT PRIMARY KEY NOT NULL,\n"
+    "    workflow_name TEXT NOT NULL,\n"
+    "    workflow_file TEXT,\n"
+    "    plan_json TEXT NOT NULL,\n"
+    "    plan_hash TEXT NOT NULL,\n"
+    "    input_json TEXT NOT NULL,\n"
+    "    status TEXT NOT NULL DEFAULT 'running'\n"
+    "        CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),\n"
+    "    error TEXT,\n"
+    "    started_at TEXT NOT NULL,\n"
+    "    finished_at TEXT\n"
+    ") STRICT;\n"
+    "CREATE INDEX runs_by_start ON runs (started_at);\n"
+
+    "CREATE TABLE steps (\n"
+    "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    step_id TEXT NOT NULL,\n"
+    "    persona TEXT,\n"
+    "    state TEXT NOT NULL\n"
+    "        CHECK (state IN ('pending', 'dispatched', 'succeeded', 'failed', 'skipped')),\n"
+    "    attempt INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),\n"
+    "    output_json TEXT,\n"
+    "    error TEXT,\n"
+    "    started_at TEXT,\n"
+    "    finished_at TEXT,\n"
+    /* Order of first recording within the run: 1, 2, 3, ... */
+    "    ord INTEGER NOT NULL CHECK (ord >= 1),\n"
+    "    PRIMARY KEY (run_id, step_id),\n"
+    "    UNIQUE (run_id, ord)\n"
+    ") STRICT;\n"
+
+    "CREATE TABLE context (\n"
+    "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    key TEXT NOT NULL,\n"
+    "    version INTEGER NOT NULL CHECK (version >= 1),\n"
+    "    value_json TEXT NOT NULL,\n"
+    "    step_id TEXT,\n"
+    "    written_at TEXT NOT NULL,\n"
+    "    PRIMARY KEY (run_id, key, version)\n"
+    ") STRICT;\n"
+
+    "CREATE TABLE audit (\n"
+    "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    seq INTEGER NOT NULL CHECK (seq >= 1),\n"
+    "    time TEXT NOT NULL,\n"
+    "    step_id TEXT,\n"
+    "    actor TEXT NOT NULL,\n"
+    "    type TEXT NOT NULL,\n"
+    "    payload_json TEXT NOT NULL,\n"
+    "    prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64),\n"
+    "    hash TEXT NOT NULL CHECK (length(hash) = 64),\n"
+    "    PRIMARY KEY (run_id, seq)\n"
+    ") STRICT;\n"
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit\n"
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;\n"
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit\n"
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;\n";
+
+const char *const store__migrations[] = {
+    migration_1,
+};
+
+const int store__migration_count = (int)(sizeof(store__migrations) / sizeof(store__migrations[0]));

@@ -1,1 +1,459 @@
-typedef int placeholder_unit; /* replaced by the module implementation */
+/*
+ * store.c: opening the database (WAL, durability pragmas, identity and schema checks,
+ * migrations), the prepared statement cache, transactions and error reporting.
+ * The records themselves live in runs.c (runs, steps, context) and audit.c (audit log).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "store-internal.h"
+
+#define STORE_APPLICATION_ID 0x54525045 /* 'TRPE', set by migration 1 */
+#define STORE_BUSY_TIMEOUT_MS 5000
+
+#define RUN_COLUMNS                                                                                \
+    "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
+    "input_json"
+
+static const char *const statement_sql[STMT_COUNT] = {
+    [STMT_BEGIN] = "BEGIN IMMEDIATE",
+    [STMT_COMMIT] = "COMMIT",
+    [STMT_ROLLBACK] = "ROLLBACK",
+    [STMT_RUN_INSERT] = "INSERT INTO runs (id, workflow_name, workflow_file, plan_json, plan_hash,"
+                        " input_json, status, started_at)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
+    [STMT_RUN_FINISH] = "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
+    [STMT_RUN_BY_ID] = "SELECT id FROM runs WHERE id = ?1",
+    [STMT_RUN_LATEST] = "SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1",
+    [STMT_RUN_PREFIX] = "SELECT count(*), min(id) FROM runs WHERE substr(id, 1, length(?1)) = ?1",
+    [STMT_RUNS_LIST] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY started_at DESC, rowid DESC",
+    [STMT_RUN_GET] = "SELECT " RUN_COLUMNS " FROM runs WHERE id = ?1",
+    /*
+     * ?8 is now. A step starts when dispatched (again, for a new attempt), finishes when it
+     * reaches a final state, and both times clear when it goes back to pending.
+     */
+    [STMT_STEP_UPSERT] =
+        "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, error,"
+        " started_at, finished_at, ord)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+        "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
+        "  CASE WHEN ?4 IN ('succeeded', 'failed', 'skipped') THEN ?8 END,"
+        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1))"
+        " ON CONFLICT (run_id, step_id) DO UPDATE SET"
+        "  persona = coalesce(excluded.persona, steps.persona),"
+        "  state = excluded.state,"
+        "  attempt = excluded.attempt,"
+        "  output_json = excluded.output_json,"
+        "  error = excluded.error,"
+        "  started_at = CASE"
+        "   WHEN excluded.state = 'pending' THEN NULL"
+        "   WHEN excluded.state = 'dispatched'"
+        "    AND (steps.state <> 'dispatched' OR steps.attempt <> excluded.attempt) THEN ?8"
+        "   ELSE steps.started_at END,"
+        "  finished_at = CASE"
+        "   WHEN excluded.state NOT IN ('succeeded', 'failed', 'skipped') THEN NULL"
+        "   WHEN steps.state = excluded.state AND steps.attempt = excluded.attempt"
+        "    THEN steps.finished_at"
+        "   ELSE ?8 END",
+    [STMT_STEPS_LIST] = "SELECT step_id, persona, state, attempt, output_json, error, started_at,"
+                        " finished_at FROM steps WHERE run_id = ?1 ORDER BY ord",
+    [STMT_CONTEXT_INSERT] =
+        "INSERT INTO context (run_id, key, version, value_json, step_id, written_at)"
+        " VALUES (?1, ?2,"
+        "  (SELECT coalesce(max(version), 0) + 1 FROM context WHERE run_id = ?1 AND key = ?2),"
+        "  ?3, ?4, ?5)",
+    /* SQLite takes the bare columns from the row that holds max(version). */
+    [STMT_CONTEXT_LIST] = "SELECT key, value_json, step_id, max(version) FROM context"
+                          " WHERE run_id = ?1 GROUP BY key ORDER BY key",
+    [STMT_AUDIT_LAST] = "SELECT seq, hash FROM audit WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",
+    [STMT_AUDIT_INSERT] = "INSERT INTO audit (run_id, seq, time, step_id, actor, type,"
+                          " payload_json, prev_hash, hash)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [STMT_AUDIT_LIST] = "SELECT seq, time, step_id, actor, type, payload_json, hash FROM audit"
+                        " WHERE run_id = ?1 ORDER BY seq",
+};
+
+/* ==== helpers shared with runs.c and audit.c ============================================ */
+
+int store__fail(struct store *store, int rc, struct tr_error *err, const char *fmt, ...)
+{
+    int saved_errno = errno; /* before anything below makes a system call */
+    char what[512];
+    const char *detail = sqlite3_errmsg(store->db);
+    int primary = rc & 0xff;
+    int sys_errno = 0;
+    int code = TR_EIO;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+
+    store__audit_forget(store);
+    if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) {
+        /* The only foreign keys point at runs. */
+        code = TR_ENOTFOUND;
+        detail = "no such run";
+    } else if (primary == SQLITE_CONSTRAINT) {
+        code = TR_EINVAL;
+    } else if (primary == SQLITE_TOOBIG) {
+        code = TR_ETOOBIG;
+    } else if (primary == SQLITE_IOERR || primary == SQLITE_FULL || primary == SQLITE_CANTOPEN) {
+        sys_errno = sqlite3_system_errno(store->db);
+        /*
+         * SQLite does not always keep the errno of a failed write (EFBIG gives a bare
+         * SQLITE_IOERR_WRITE); errno right after the failed call still holds it. Only the
+         * out-of-room errors are taken from it, so a stale unrelated errno is never shown.
+         */
+        if (!sys_errno && (saved_errno == ENOSPC || saved_errno == EFBIG || saved_errno == EDQUOT))
+            sys_errno = saved_errno;
+        /* A write refused for lack of room (or a file size limit) is a full disk to a user. */
+        if (sys_errno == ENOSPC || sys_errno == EFBIG || sys_errno == EDQUOT)
+            detail = sqlite3_errstr(SQLITE_FULL);
+    }
+    if (sys_errno)
+        return tr_error_set(err, code, "%s: %s (%s)", what, detail, strerror(sys_errno));
+    return tr_error_set(err, code, "%s: %s", what, detail);
+}
+
+int store__stmt_acquire(struct store *store, enum store_stmt id, sqlite3_stmt **ret_stmt,
+                        struct tr_error *err)
+{
+    sqlite3_stmt *stmt = store->stmts[id];
+    int rc;
+
+    if (!sqlite3_stmt_busy(stmt)) {
+        *ret_stmt = stmt;
+        return 0;
+    }
+    /* A listing's callback re-entered the store while this statement is mid-scan. */
+    rc = sqlite3_prepare_v2(store->db, statement_sql[id], -1, &stmt, NULL);
+    if (rc != SQLITE_OK)
+        return store__fail(store, rc, err, "could not prepare a statement");
+    *ret_stmt = stmt;
+    return 0;
+}
+
+void store__stmt_release(struct store *store, enum store_stmt id, sqlite3_stmt *stmt)
+{
+    if (!stmt)
+        return;
+    if (stmt == store->stmts[id]) {
+        /* Errors were reported by step already; reset only returns them again. */
+        (void)sqlite3_reset(stmt);
+        (void)sqlite3_clear_bindings(stmt);
+    } else {
+        (void)sqlite3_finalize(stmt);
+    }
+}
+
+int store__bind_text(sqlite3_stmt *stmt, int index, const char *text)
+{
+    if (!text)
+        return sqlite3_bind_null(stmt, index);
+    return sqlite3_bind_text(stmt, index, text, -1, SQLITE_TRANSIENT);
+}
+
+const char *store__column_text(sqlite3_stmt *stmt, int column)
+{
+    return (const char *)sqlite3_column_text(stmt, column);
+}
+
+int store__check_writable(struct store *store, const char *what, struct tr_error *err)
+{
+    if (store->in_transaction && sqlite3_get_autocommit(store->db))
+        return tr_error_set(err, TR_EIO,
+                            "%s: the transaction was rolled back after an earlier error; "
+                            "roll back and start again",
+                            what);
+    return 0;
+}
+
+/* ==== opening ============================================================================ */
+
+/* Reports a failure while opening, naming the file; a non-database file is said so. */
+static int open_fail(struct store *store, int rc, struct tr_error *err, const char *what)
+{
+    if ((rc & 0xff) == SQLITE_NOTADB)
+        return tr_error_set(err, TR_EINVAL, "'%s' is not a troupe database: %s", store->path,
+                            sqlite3_errmsg(store->db));
+    return store__fail(store, rc, err, "could not open database '%s': %s", store->path, what);
+}
+
+/* Runs a statement returning one row of one column; copies it as an integer or text. */
+static int query_one(struct store *store, const char *sql, int64_t *ret_int, char *ret_text,
+                     size_t text_size, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(store->db, sql, -1, &stmt, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW) {
+        rc = open_fail(store, rc, err, sql);
+        goto out;
+    }
+    if (ret_int)
+        *ret_int = sqlite3_column_int64(stmt, 0);
+    if (ret_text) {
+        const char *text = store__column_text(stmt, 0);
+        snprintf(ret_text, text_size, "%s", text ? text : "");
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+static int exec_sql(struct store *store, const char *sql, struct tr_error *err)
+{
+    int rc = sqlite3_exec(store->db, sql, NULL, NULL, NULL);
+
+    if (rc != SQLITE_OK)
+        return open_fail(store, rc, err, sql);
+    return 0;
+}
+
+/* Refuses another program's SQLite database and a schema newer than this build knows. */
+static int check_identity(struct store *store, struct tr_error *err)
+{
+    int64_t application_id = 0, version = 0, objects = 0;
+    int rc;
+
+    rc = query_one(store, "PRAGMA application_id", &application_id, NULL, 0, err);
+    if (rc == 0)
+        rc = query_one(store, "PRAGMA user_version", &version, NULL, 0, err);
+    if (rc == 0)
+        rc = query_one(store, "SELECT count(*) FROM sqlite_schema", &objects, NULL, 0, err);
+    if (rc < 0)
+        return rc;
+
+    if (application_id != STORE_APPLICATION_ID && (application_id != 0 || version != 0))
+        return tr_error_set(err, TR_EINVAL,
+                            "'%s' is not a troupe database: application id %#llx, "
+                            "schema version %lld",
+                            store->path, (unsigned long long)application_id, (long long)version);
+    if (application_id == 0 && objects > 0)
+        return tr_error_set(err, TR_EINVAL,
+                            "'%s' is not a troupe database: it holds another program's tables",
+                            store->path);
+    if (version > store__migration_count)
+        return tr_error_set(err, TR_EINVAL,
+                            "'%s': database schema version %lld is newer than this troupe "
+                            "(knows %d); upgrade troupe",
+                            store->path, (long long)version, store__migration_count);
+    return 0;
+}
+
+static int configure(struct store *store, struct tr_error *err)
+{
+    char mode[32];
+    int rc;
+
+    rc = query_one(store, "PRAGMA journal_mode = WAL", NULL, mode, sizeof(mode), err);
+    if (rc < 0)
+        return rc;
+    if (strcmp(mode, "wal") != 0)
+        return tr_error_set(err, TR_EIO,
+                            "could not switch database '%s' to WAL mode: journal mode is '%s'",
+                            store->path, mode);
+    /* FULL: a committed transaction survives a power cut, not only a crash. */
+    return exec_sql(store, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON", err);
+}
+
+/* Applies the missing migrations, one transaction each, re-checking the version under lock. */
+static int migrate(struct store *store, struct tr_error *err)
+{
+    for (;;) {
+        int64_t version = 0;
+        char *set_version = NULL;
+        int rc = exec_sql(store, "BEGIN IMMEDIATE", err);
+
+        if (rc < 0)
+            return rc;
+        rc = query_one(store, "PRAGMA user_version", &version, NULL, 0, err);
+        if (rc < 0)
+            goto fail;
+        if (version > store__migration_count) {
+            rc = tr_error_set(err, TR_EINVAL,
+                              "'%s': database schema version %lld is newer than this troupe "
+                              "(knows %d); upgrade troupe",
+                              store->path, (long long)version, store__migration_count);
+            goto fail;
+        }
+        if (version == store__migration_count) {
+            rc = exec_sql(store, "COMMIT", err);
+            if (rc < 0)
+                goto fail;
+            store->schema_version = (int)version;
+            return 0;
+        }
+        rc = sqlite3_exec(store->db, store__migrations[version], NULL, NULL, NULL);
+        if (rc == SQLITE_OK) {
+            set_version = xasprintf("PRAGMA user_version = %lld", (long long)version + 1);
+            rc = sqlite3_exec(store->db, set_version, NULL, NULL, NULL);
+            free(set_version);
+        }
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec(store->db, "COMMIT", NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            rc = store__fail(store, rc, err,
+                             "could not migrate database '%s' to schema version %lld", store->path,
+                             (long long)version + 1);
+            goto fail;
+        }
+        continue;
+    fail:
+        if (!sqlite3_get_autocommit(store->db))
+            (void)sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+}
+
+static int prepare_statements(struct store *store, struct tr_error *err)
+{
+    for (int i = 0; i < STMT_COUNT; i++) {
+        int rc = sqlite3_prepare_v3(store->db, statement_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                    &store->stmts[i], NULL);
+        if (rc != SQLITE_OK)
+            return store__fail(store, rc, err, "could not prepare statement %d of database '%s'", i,
+                               store->path);
+    }
+    return 0;
+}
+
+int store_open(const char *path, struct store **ret_store, struct tr_error *err)
+{
+    struct store *store = NULL;
+    int rc;
+
+    if (!path || !*path)
+        return tr_error_set(err, TR_EINVAL, "could not open the database: no path given");
+    if (sodium_init() < 0)
+        return tr_error_set(err, TR_EIO, "could not initialise libsodium");
+    rc = tr_mkdir_parents(path, err);
+    if (rc < 0) {
+        tr_error_prefix(err, "could not open database '%s'", path);
+        return rc;
+    }
+
+    store = xcalloc(1, sizeof(*store));
+    store->path = xstrdup(path);
+    rc = sqlite3_open_v2(path, &store->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        if (!store->db) {
+            rc = tr_error_set(err, TR_EIO, "could not open database '%s': %s", path,
+                              sqlite3_errstr(rc));
+            goto err_store;
+        }
+        rc = store__fail(store, rc, err, "could not open database '%s'", path);
+        goto err_store;
+    }
+    (void)sqlite3_extended_result_codes(store->db, 1);
+    (void)sqlite3_busy_timeout(store->db, STORE_BUSY_TIMEOUT_MS);
+
+    rc = check_identity(store, err);
+    if (rc == 0)
+        rc = configure(store, err);
+    if (rc == 0)
+        rc = migrate(store, err);
+    if (rc == 0)
+        rc = prepare_statements(store, err);
+    if (rc < 0)
+        goto err_store;
+
+    *ret_store = store;
+    return 0;
+
+err_store:
+    store_free(&store);
+    return rc;
+}
+
+void store_free(struct store **store)
+{
+    struct store *s = store ? *store : NULL;
+
+    if (!s)
+        return;
+    for (int i = 0; i < STMT_COUNT; i++)
+        (void)sqlite3_finalize(s->stmts[i]);
+    (void)sqlite3_close(s->db);
+    free(s->path);
+    free(s);
+    *store = NULL;
+}
+
+int store_schema_version(const struct store *store)
+{
+    return store->schema_version;
+}
+
+/* ==== transactions ======================================================================= */
+
+/* Runs one of the cached BEGIN/COMMIT/ROLLBACK statements. */
+static int run_control(struct store *store, enum store_stmt id, struct tr_error *err,
+                       const char *what)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = store__stmt_acquire(store, id, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        rc = store__fail(store, rc, err, "%s", what);
+    else
+        rc = 0;
+    store__stmt_release(store, id, stmt);
+    return rc;
+}
+
+int store_begin(struct store *store, struct tr_error *err)
+{
+    int rc;
+
+    if (store->in_transaction || !sqlite3_get_autocommit(store->db))
+        return tr_error_set(err, TR_EINVAL, "could not begin a transaction: one is already open");
+    rc = run_control(store, STMT_BEGIN, err, "could not begin a transaction");
+    if (rc < 0)
+        return rc;
+    store->in_transaction = true;
+    return 0;
+}
+
+int store_commit(struct store *store, struct tr_error *err)
+{
+    int rc;
+
+    if (!store->in_transaction)
+        return tr_error_set(err, TR_EINVAL, "could not commit: no transaction is open");
+    rc = store__check_writable(store, "could not commit", err);
+    if (rc == 0)
+        rc = run_control(store, STMT_COMMIT, err, "could not commit");
+    if (rc < 0) {
+        /* Leave no half-state behind: the transaction is gone either way. */
+        store_rollback(store);
+        return rc;
+    }
+    store->in_transaction = false;
+    return 0;
+}
+
+void store_rollback(struct store *store)
+{
+    if (!store)
+        return;
+    if (!sqlite3_get_autocommit(store->db))
+        (void)run_control(store, STMT_ROLLBACK, NULL, "could not roll back");
+    store->in_transaction = false;
+    /* The rolled back events may be the ones the chain cache remembers. */
+    store__audit_forget(store);
+}

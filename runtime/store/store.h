@@ -32,6 +32,8 @@ int store_schema_version(const struct store *store);
 /*
  * Transactions: everything between begin and commit is atomic and durable at commit.
  * Writes outside a transaction commit on their own. rollback accepts no open transaction.
+ * A failed commit rolls the transaction back. After a write fails inside a transaction
+ * (disk full, I/O error), SQLite may already have rolled it back: call rollback.
  */
 int store_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 int store_commit(struct store *store, struct tr_error *err) TR_MUST_CHECK;
@@ -47,8 +49,8 @@ int store_run_create(struct store *store, const char *workflow_name, const char 
                      const char *plan_json, const char *input_json,
                      char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;
 /* Sets the run's final status ("succeeded", "failed", "cancelled") and error (or NULL). */
-int store_run_finish(struct store *store, const char *run_id, const char *status,
-                     const char *error, struct tr_error *err) TR_MUST_CHECK;
+int store_run_finish(struct store *store, const char *run_id, const char *status, const char *error,
+                     struct tr_error *err) TR_MUST_CHECK;
 /*
  * Finds a run by its full id or a unique prefix, or "latest" for the newest run.
  * TR_ENOTFOUND if none matches, TR_EINVAL if the prefix is ambiguous.

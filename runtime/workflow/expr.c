@@ -1,1 +1,489 @@
-typedef int placeholder_unit; /* replaced by the module implementation */
+/*
+ * workflow/expr.c: the `${{ jq }}` expressions in step arguments: finding them in `with`
+ * strings, compiling each once at load time with libjq, and evaluating them over a scope
+ * document (cJSON converted to and from jv). It does not validate anything else.
+ */
+#include "workflow-internal.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An interpolated argument string may not grow past this. */
+#define WF_MAX_ARGUMENT_BYTES (16u * 1024 * 1024)
+
+/*
+ * Compiled in front of every expression: the environment is not visible to workflows (secrets
+ * come from the environment and must never reach step arguments, and so the audit ledger),
+ * and nothing writes to the runtime's stderr.
+ */
+static const char expr_prelude[] = "def env: {}; def stderr: .; {} as $ENV | ";
+
+/* ---- finding ${{ }} ------------------------------------------------------------------- */
+
+/*
+ * Returns the offset of the "}}" closing an expression that starts at text (just after
+ * "${{"), or -1. Braces and jq string literals inside the expression are skipped over, so
+ * `{a: {b: 1}}` and `"}}"` do not end it early.
+ */
+static long expression_end(const char *text)
+{
+    int depth = 0;
+    bool in_string = false;
+
+    for (long i = 0; text[i]; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\' && text[i + 1])
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '{') {
+            depth++;
+        } else if (c == '}' && depth > 0) {
+            depth--;
+        } else if (c == '}' && text[i + 1] == '}') {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* ---- compiling ------------------------------------------------------------------------- */
+
+struct compile_error {
+    char message[512];
+    bool set;
+};
+
+static void discard_message(void *data, jv message)
+{
+    (void)data;
+    jv_free(message);
+}
+
+/* jq 1.6 reports "jq: error: WHAT at <top-level>, line 1:\nPROGRAM"; keep WHAT. */
+static void capture_error(void *data, jv message)
+{
+    struct compile_error *ce = data;
+    static const char prefix[] = "jq: error: ";
+    static const char *const cuts[] = {"\n", " at <top-level>", " (Unix shell quoting issues?)",
+                                       NULL};
+    const char *text;
+
+    if (ce->set || jv_get_kind(message) != JV_KIND_STRING) {
+        jv_free(message);
+        return;
+    }
+    text = jv_string_value(message);
+    if (!strncmp(text, prefix, sizeof(prefix) - 1))
+        text += sizeof(prefix) - 1;
+    snprintf(ce->message, sizeof(ce->message), "%s", text);
+    for (size_t i = 0; cuts[i]; i++) {
+        char *cut = strstr(ce->message, cuts[i]);
+        if (cut)
+            *cut = '\0';
+    }
+    ce->set = true;
+    jv_free(message);
+}
+
+/* Compiles text (once per distinct text); *ret_index is its place in wf->exprs. */
+static int expr_compile(struct workflow *wf, const char *text, size_t *ret_index,
+                        struct compile_error *ce)
+{
+    struct wf_expr *expr;
+    char *program;
+    int ok;
+
+    for (size_t i = 0; i < wf->expr_count; i++)
+        if (!strcmp(wf->exprs[i].text, text)) {
+            *ret_index = i;
+            return 0;
+        }
+    if (wf->expr_count == wf->expr_alloc) {
+        wf->expr_alloc = wf->expr_alloc ? 2 * wf->expr_alloc : 8;
+        wf->exprs = xrealloc(wf->exprs, wf->expr_alloc * sizeof(*wf->exprs));
+    }
+    expr = &wf->exprs[wf->expr_count];
+    expr->text = xstrdup(text);
+    expr->jq = jq_init();
+    if (!expr->jq)
+        abort();
+    wf->expr_count++;
+    jq_set_error_cb(expr->jq, capture_error, ce);
+    jq_set_debug_cb(expr->jq, discard_message, NULL);
+    /* Without a library path jq 1.6 aborts on `include`; an empty one makes it an error. */
+    jq_set_attr(expr->jq, jv_string("JQ_LIBRARY_PATH"), jv_array());
+    program = xasprintf("%s%s", expr_prelude, text);
+    ok = jq_compile(expr->jq, program);
+    free(program);
+    /* Later messages (none are expected at run time) must not reach a dead pointer. */
+    jq_set_error_cb(expr->jq, discard_message, NULL);
+    if (!ok) {
+        if (!ce->set)
+            snprintf(ce->message, sizeof(ce->message), "does not compile");
+        return TR_EINVAL;
+    }
+    *ret_index = wf->expr_count - 1;
+    return 0;
+}
+
+static void add_part(struct wf_template *t, char *literal, size_t expr)
+{
+    t->parts = xrealloc(t->parts, (t->part_count + 1) * sizeof(*t->parts));
+    t->parts[t->part_count++] = (struct wf_part){literal, expr};
+}
+
+static const char *trim(char *s)
+{
+    char *end = s + strlen(s);
+
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+        s++;
+    while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+        *--end = '\0';
+    return s;
+}
+
+/* Splits a string holding "${{" into literal and expression parts, compiling each. */
+static int template_parse(struct workflow *wf, const struct wf_step *step, const cJSON *node,
+                          const char *argument, struct wf_template *t, struct tr_error *err)
+{
+    const char *text = node->valuestring;
+    const char *p = text;
+
+    t->node = node;
+    while (*p) {
+        const char *open = strstr(p, "${{");
+        long end;
+
+        if (!open) {
+            add_part(t, xstrdup(p), 0);
+            break;
+        }
+        if (open > p)
+            add_part(t, xstrndup(p, (size_t)(open - p)), 0);
+        if ((end = expression_end(open + 3)) < 0)
+            return wf_doc_fail(&wf->doc, node, false, err,
+                               "step '%s': argument '%s': '${{' without a closing '}}'", step->id,
+                               argument);
+        char *raw = xstrndup(open + 3, (size_t)end);
+        const char *expression = trim(raw);
+        struct compile_error ce = {{0}, false};
+        size_t index = 0;
+        int rc = 0;
+
+        if (!*expression)
+            rc = wf_doc_fail(&wf->doc, node, false, err,
+                             "step '%s': argument '%s': empty expression in '${{ }}'", step->id,
+                             argument);
+        else if (expr_compile(wf, expression, &index, &ce) < 0)
+            rc = wf_doc_fail(&wf->doc, node, false, err, "step '%s': argument '%s': jq: %s",
+                             step->id, argument, ce.message);
+        free(raw);
+        if (rc < 0)
+            return rc;
+        add_part(t, NULL, index);
+        p = open + 3 + end + 2;
+    }
+    t->whole = t->part_count == 1 && !t->parts[0].literal;
+    return 0;
+}
+
+static void path_child(char *buf, size_t size, const char *parent, const cJSON *child, size_t index)
+{
+    if (child->string && !*parent)
+        snprintf(buf, size, "%s", child->string);
+    else if (child->string)
+        snprintf(buf, size, "%s.%s", parent, child->string);
+    else
+        snprintf(buf, size, "%s[%zu]", parent, index);
+}
+
+static int compile_value(struct workflow *wf, struct wf_step *step, const cJSON *node,
+                         const char *argument, struct tr_error *err)
+{
+    const cJSON *child;
+    size_t index = 0;
+    int rc;
+
+    if (cJSON_IsString(node) && strstr(node->valuestring, "${{")) {
+        step->templates =
+            xrealloc(step->templates, (step->template_count + 1) * sizeof(*step->templates));
+        struct wf_template *t = &step->templates[step->template_count++];
+        memset(t, 0, sizeof(*t));
+        return template_parse(wf, step, node, argument, t, err);
+    }
+    cJSON_ArrayForEach(child, node)
+    {
+        char path[256];
+        path_child(path, sizeof(path), argument, child, index++);
+        if ((rc = compile_value(wf, step, child, path, err)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int wf_step_compile(struct workflow *wf, size_t index, struct tr_error *err)
+{
+    struct wf_step *step = &wf->steps[index];
+
+    return step->with ? compile_value(wf, step, step->with, "", err) : 0;
+}
+
+void wf_step_templates_free(struct wf_step *step)
+{
+    for (size_t i = 0; i < step->template_count; i++) {
+        for (size_t j = 0; j < step->templates[i].part_count; j++)
+            free(step->templates[i].parts[j].literal);
+        free(step->templates[i].parts);
+    }
+    free(step->templates);
+    step->templates = NULL;
+    step->template_count = 0;
+}
+
+void wf_exprs_free(struct workflow *wf)
+{
+    for (size_t i = 0; i < wf->expr_count; i++) {
+        jq_teardown(&wf->exprs[i].jq);
+        free(wf->exprs[i].text);
+    }
+    free(wf->exprs);
+    wf->exprs = NULL;
+    wf->expr_count = wf->expr_alloc = 0;
+}
+
+/* ---- cJSON <-> jv ------------------------------------------------------------------------- */
+
+static jv jv_from_cjson(const cJSON *node)
+{
+    const cJSON *child;
+    jv result;
+
+    if (cJSON_IsString(node))
+        return jv_string(node->valuestring);
+    if (cJSON_IsNumber(node))
+        return jv_number(node->valuedouble);
+    if (cJSON_IsTrue(node))
+        return jv_true();
+    if (cJSON_IsFalse(node))
+        return jv_false();
+    if (cJSON_IsArray(node)) {
+        result = jv_array();
+        cJSON_ArrayForEach(child, node) result = jv_array_append(result, jv_from_cjson(child));
+        return result;
+    }
+    if (cJSON_IsObject(node)) {
+        result = jv_object();
+        cJSON_ArrayForEach(child, node) result =
+            jv_object_set(result, jv_string(child->string), jv_from_cjson(child));
+        return result;
+    }
+    return jv_null();
+}
+
+/* Borrows value. */
+static cJSON *cjson_from_jv(jv value)
+{
+    cJSON *result = NULL;
+
+    switch (jv_get_kind(value)) {
+    case JV_KIND_STRING:
+        result = cJSON_CreateString(jv_string_value(value));
+        break;
+    case JV_KIND_NUMBER:
+        result = cJSON_CreateNumber(jv_number_value(value));
+        break;
+    case JV_KIND_TRUE:
+        result = cJSON_CreateTrue();
+        break;
+    case JV_KIND_FALSE:
+        result = cJSON_CreateFalse();
+        break;
+    case JV_KIND_ARRAY: {
+        int length = jv_array_length(jv_copy(value));
+        result = cJSON_CreateArray();
+        for (int i = 0; result && i < length; i++) {
+            jv item = jv_array_get(jv_copy(value), i);
+            cJSON_AddItemToArray(result, cjson_from_jv(item));
+            jv_free(item);
+        }
+        break;
+    }
+    case JV_KIND_OBJECT:
+        result = cJSON_CreateObject();
+        for (int it = jv_object_iter(value); result && jv_object_iter_valid(value, it);
+             it = jv_object_iter_next(value, it)) {
+            jv key = jv_object_iter_key(value, it);
+            jv item = jv_object_iter_value(value, it);
+            cJSON_AddItemToObject(result, jv_string_value(key), cjson_from_jv(item));
+            jv_free(key);
+            jv_free(item);
+        }
+        break;
+    default:
+        result = cJSON_CreateNull();
+        break;
+    }
+    if (!result)
+        abort();
+    return result;
+}
+
+/* ---- evaluation ----------------------------------------------------------------------- */
+
+/* The first output of expr over scope (borrowed), or an error naming the argument. */
+static int expr_run(const struct workflow *wf, size_t index, jv scope, const char *step_id,
+                    const char *argument, jv *ret_value, struct tr_error *err)
+{
+    const struct wf_expr *expr = &wf->exprs[index];
+    jv value;
+
+    jq_start(expr->jq, jv_copy(scope), 0);
+    value = jq_next(expr->jq);
+    if (jv_is_valid(value)) {
+        *ret_value = value;
+        return 0;
+    }
+    if (jv_invalid_has_msg(jv_copy(value))) {
+        jv message = jv_invalid_get_msg(value);
+        int rc;
+        if (jv_get_kind(message) == JV_KIND_STRING) {
+            rc = tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: %s", step_id, argument,
+                              jv_string_value(message));
+        } else {
+            jv text = jv_dump_string(jv_copy(message), 0);
+            rc = tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: error %s", step_id,
+                              argument, jv_string_value(text));
+            jv_free(text);
+        }
+        jv_free(message);
+        return rc;
+    }
+    jv_free(value);
+    return tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: '%s' produced no value",
+                        step_id, argument, expr->text);
+}
+
+static const struct wf_template *template_find(const struct wf_step *step, const cJSON *node)
+{
+    for (size_t i = 0; i < step->template_count; i++)
+        if (step->templates[i].node == node)
+            return &step->templates[i];
+    return NULL;
+}
+
+static int eval_template(const struct workflow *wf, const struct wf_step *step,
+                         const struct wf_template *t, jv scope, const char *argument,
+                         cJSON **ret_value, struct tr_error *err)
+{
+    struct tr_buf text;
+    int rc = 0;
+
+    if (t->whole) {
+        jv value;
+        if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, argument, &value, err)) < 0)
+            return rc;
+        *ret_value = cjson_from_jv(value);
+        jv_free(value);
+        return 0;
+    }
+    tr_buf_init(&text, WF_MAX_ARGUMENT_BYTES);
+    for (size_t i = 0; i < t->part_count && rc == 0; i++) {
+        const struct wf_part *part = &t->parts[i];
+        jv value;
+        if (part->literal) {
+            rc = tr_buf_append(&text, part->literal, strlen(part->literal));
+        } else if ((rc = expr_run(wf, part->expr, scope, step->id, argument, &value, err)) == 0) {
+            /* Strings go in as they are; anything else as compact JSON. */
+            if (jv_get_kind(value) == JV_KIND_STRING) {
+                rc = tr_buf_append(&text, jv_string_value(value),
+                                   (size_t)jv_string_length_bytes(jv_copy(value)));
+            } else {
+                jv dumped = jv_dump_string(jv_copy(value), 0);
+                rc = tr_buf_append(&text, jv_string_value(dumped), strlen(jv_string_value(dumped)));
+                jv_free(dumped);
+            }
+            jv_free(value);
+        }
+        if (rc == TR_ETOOBIG)
+            rc = tr_error_set(err, TR_ETOOBIG, "step '%s': argument '%s': longer than %u bytes",
+                              step->id, argument, WF_MAX_ARGUMENT_BYTES);
+    }
+    if (rc == 0) {
+        char *data = tr_buf_take(&text);
+        *ret_value = cJSON_CreateString(data);
+        free(data);
+        if (!*ret_value)
+            abort();
+    }
+    tr_buf_release(&text);
+    return rc;
+}
+
+static int eval_value(const struct workflow *wf, const struct wf_step *step, const cJSON *node,
+                      jv scope, const char *argument, cJSON **ret_value, struct tr_error *err)
+{
+    const struct wf_template *t;
+    const cJSON *child;
+    cJSON *result;
+    size_t index = 0;
+    int rc;
+
+    if (cJSON_IsString(node) && (t = template_find(step, node)) != NULL)
+        return eval_template(wf, step, t, scope, argument, ret_value, err);
+    if (!cJSON_IsArray(node) && !cJSON_IsObject(node)) {
+        if (!(*ret_value = cJSON_Duplicate(node, false)))
+            abort();
+        return 0;
+    }
+    result = cJSON_IsArray(node) ? cJSON_CreateArray() : cJSON_CreateObject();
+    if (!result)
+        abort();
+    cJSON_ArrayForEach(child, node)
+    {
+        char path[256];
+        cJSON *value = NULL;
+        path_child(path, sizeof(path), argument, child, index++);
+        if ((rc = eval_value(wf, step, child, scope, path, &value, err)) < 0) {
+            cJSON_Delete(result);
+            return rc;
+        }
+        if (child->string)
+            cJSON_AddItemToObject(result, child->string, value);
+        else
+            cJSON_AddItemToArray(result, value);
+    }
+    *ret_value = result;
+    return 0;
+}
+
+int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
+                            cJSON **ret_arguments, struct tr_error *err)
+{
+    const struct wf_step *step;
+    cJSON *arguments = NULL;
+    jv scope_jv;
+    int rc;
+
+    if (index >= wf->step_count)
+        return tr_error_set(err, TR_ENOTFOUND, "no step %zu", index);
+    step = &wf->steps[index];
+    if (!step->with) {
+        if (!(*ret_arguments = cJSON_CreateObject()))
+            abort();
+        return 0;
+    }
+    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    rc = eval_value(wf, step, step->with, scope_jv, "", &arguments, err);
+    jv_free(scope_jv);
+    if (rc < 0)
+        return rc;
+    *ret_arguments = arguments;
+    return 0;
+}

@@ -1,2 +1,569 @@
+/*
+ * Integration tests: the real troupe, troupe-agent and MCP server programs, run in a
+ * temporary directory, checked by their output, exit codes, the SQLite database they leave,
+ * and the processes they leave (none).
+ */
+#define _GNU_SOURCE
 #include <criterion/criterion.h>
-Test(run, placeholder) { cr_assert(1); }
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+struct env {
+    char *dir;
+    char *db;
+    char *troupe;
+};
+
+static struct env setup_env(void)
+{
+    struct env env;
+    env.dir = harness_tempdir();
+    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
+    env.troupe = harness_build_path("troupe");
+    return env;
+}
+
+static void release_env(struct env *env)
+{
+    /* MCP servers' stderr goes to the audit log: no sanitizer report may hide there. */
+    if (access(env->db, F_OK) == 0)
+        cr_assert_eq(harness_db_int(env->db, "SELECT count(*) FROM audit WHERE type = "
+                                             "'mcp.stderr' AND (payload_json LIKE '%Sanitizer%' "
+                                             "OR payload_json LIKE '%runtime error:%')"),
+                     0, "a sanitizer report in an MCP server's stderr");
+    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
+                 "processes were left running in %s", env->dir);
+    free(env->dir);
+    free(env->db);
+    free(env->troupe);
+}
+
+static char *vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static char *vformat(const char *fmt, va_list ap)
+{
+    char *sql;
+    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
+    return sql;
+}
+
+static char *query_text(struct env *env, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static char *query_text(struct env *env, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = vformat(fmt, ap);
+    va_end(ap);
+    char *value = harness_db_text(env->db, sql);
+    free(sql);
+    return value;
+}
+
+static long long query_int(struct env *env, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static long long query_int(struct env *env, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = vformat(fmt, ap);
+    va_end(ap);
+    long long value = harness_db_int(env->db, sql);
+    free(sql);
+    return value;
+}
+
+/* ---- the showcase workflow ------------------------------------------------------------ */
+
+static void check_hello_run(struct env *env, const char *file, const char *who)
+{
+    struct harness_result r;
+    char *workflow = harness_source_path(file);
+    char *input = NULL;
+    cr_assert_geq(asprintf(&input, "who=%s", who), 0);
+    const char *argv[] = {env->troupe, "--db", env->db, "run", workflow, "--input", input, NULL};
+
+    harness_run(argv, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\nstdout:\n%s\nstderr:\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "succeeded"), "%s", r.out);
+
+    char *run = harness_db_text(env->db, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1");
+    cr_assert_not_null(run);
+    cr_assert(strstr(r.out, run), "stdout names the run %s:\n%s", run, r.out);
+    char *status = query_text(env, "SELECT status FROM runs WHERE id = '%s'", run);
+    cr_assert_str_eq(status, "succeeded");
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
+                           "'succeeded'",
+                           run),
+                 3);
+
+    /* The shared context holds each step's output under its key. */
+    char *expected_greeting;
+    cr_assert_geq(asprintf(&expected_greeting, "\"Hello, %s!\"", who), 0);
+    char *greeting = query_text(env,
+                                "SELECT value_json FROM context WHERE run_id = '%s' AND "
+                                "key = 'greeting' ORDER BY version DESC LIMIT 1",
+                                run);
+    cr_assert_str_eq(greeting, expected_greeting);
+    char *words = query_text(env,
+                             "SELECT json_extract(value_json, '$.words') FROM context "
+                             "WHERE run_id = '%s' AND key = 'stats'",
+                             run);
+    cr_assert_str_eq(words, "2");
+    char *report = query_text(env,
+                              "SELECT value_json FROM context WHERE run_id = '%s' AND "
+                              "key = 'report'",
+                              run);
+    cr_assert_not_null(report);
+    cr_assert(strstr(report, who) && strstr(report, "words: 2"), "report: %s", report);
+    cr_assert(strstr(r.out, "greeting = "), "stdout shows the context:\n%s", r.out);
+
+    /* The audit log: contiguous, ordered, and every MCP exchange is in it. */
+    long long events = query_int(env, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
+    cr_assert_eq(query_int(env, "SELECT max(seq) FROM audit WHERE run_id = '%s'", run), events);
+    cr_assert_str_eq(query_text(env, "SELECT type FROM audit WHERE run_id = '%s' AND seq = 1", run),
+                     "run.started");
+    char *last = query_text(env,
+                            "SELECT type FROM audit WHERE run_id = '%s' ORDER BY seq DESC "
+                            "LIMIT 1",
+                            run);
+    cr_assert_str_eq(last, "run.finished");
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'step.dispatched'",
+                           run),
+                 3);
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'mcp.request' AND json_extract(payload_json, "
+                           "'$.message.method') = 'tools/call'",
+                           run),
+                 3);
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'mcp.request' AND json_extract(payload_json, "
+                           "'$.message.method') = 'initialize'",
+                           run),
+                 2);
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit a WHERE run_id = '%s' AND type = "
+                           "'mcp.response' AND step_id IS NOT NULL",
+                           run),
+                 3);
+    /* The idempotency key travels in the request's _meta. */
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'mcp.request' AND json_extract(payload_json, "
+                           "'$.message.params._meta.\"io.troupe/idempotency-key\"') "
+                           "IS NOT NULL",
+                           run),
+                 3);
+    /* Dependencies were respected: count was dispatched after greet finished. */
+    cr_assert_lt(query_int(env,
+                           "SELECT seq FROM audit WHERE run_id = '%s' AND step_id = "
+                           "'greet' AND type = 'step.finished'",
+                           run),
+                 query_int(env,
+                           "SELECT seq FROM audit WHERE run_id = '%s' AND step_id = "
+                           "'count' AND type = 'step.dispatched'",
+                           run));
+
+    /* troupe log shows the MCP requests and responses of the run. */
+    struct harness_result log;
+    const char *log_argv[] = {env->troupe, "--db", env->db, "log", run, NULL};
+    harness_run(log_argv, env->dir, 10000, &log);
+    cr_assert_eq(log.exit_code, 0, "%s", log.err);
+    cr_assert_eq(harness_count_lines(log.out), events, "one line per event:\n%s", log.out);
+    cr_assert(strstr(log.out, "\"method\":\"tools/call\""), "%s", log.out);
+    cr_assert(strstr(log.out, "mcp.response"), "%s", log.out);
+    cr_assert(strstr(log.out, expected_greeting + 1), "%s", log.out);
+
+    harness_result_release(&log);
+    harness_result_release(&r);
+    free(workflow);
+    free(input);
+    free(run);
+    free(status);
+    free(expected_greeting);
+    free(greeting);
+    free(words);
+    free(report);
+    free(last);
+}
+
+Test(run, hello_yaml_runs_end_to_end)
+{
+    struct env env = setup_env();
+    check_hello_run(&env, "workflows/hello.yaml", "world");
+
+    /* troupe runs lists it; `latest` resolves to it. */
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "runs", NULL};
+    harness_run(argv, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 0);
+    cr_assert(strstr(r.out, "succeeded") && strstr(r.out, "hello"), "%s", r.out);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(run, json_twin_runs_the_same_with_an_input)
+{
+    struct env env = setup_env();
+    check_hello_run(&env, "workflows/hello.json", "Ada");
+    release_env(&env);
+}
+
+Test(run, default_database_is_under_dot_troupe)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    char *workflow = harness_source_path("workflows/hello.yaml");
+    const char *argv[] = {env.troupe, "run", "--quiet", workflow, NULL};
+
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    char *db;
+    cr_assert_geq(asprintf(&db, "%s/.troupe/troupe.db", env.dir), 0);
+    cr_assert_eq(access(db, F_OK), 0, "no database at %s", db);
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM runs WHERE status = 'succeeded'"), 1);
+    char *mode = harness_db_text(db, "PRAGMA journal_mode");
+    cr_assert_str_eq(mode, "wal");
+    harness_result_release(&r);
+    free(workflow);
+    free(db);
+    free(mode);
+    release_env(&env);
+}
+
+/* ---- broken workflows: one line naming file:line:column, nothing written ---------------- */
+
+static void check_broken(const char *name, const char *text, const char *position,
+                         const char *fragment)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    char *path = harness_write_file(env.dir, name, text);
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_run(argv, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 2, "%s: exit %d, stderr: %s", name, r.exit_code, r.err);
+    cr_assert_eq(harness_count_lines(r.err), 1, "%s: one line expected:\n%s", name, r.err);
+    char *where;
+    cr_assert_geq(asprintf(&where, "%s:%s:", path, position), 0);
+    cr_assert(strstr(r.err, where), "%s: expected '%s' in: %s", name, where, r.err);
+    cr_assert(strstr(r.err, fragment), "%s: expected '%s' in: %s", name, fragment, r.err);
+    cr_assert_neq(access(env.db, F_OK), 0, "%s: the database was created", name);
+    harness_result_release(&r);
+    free(path);
+    free(where);
+    release_env(&env);
+}
+
+#define HEAD                                                                                       \
+    "name: broken\n"                                                                               \
+    "mcp_servers:\n"                                                                               \
+    "  demo:\n"                                                                                    \
+    "    command: troupe-demo-tools\n"                                                             \
+    "personas:\n"                                                                                  \
+    "  greeter:\n"                                                                                 \
+    "    servers: [demo]\n"
+
+Test(broken, bad_yaml)
+{
+    check_broken("bad.yaml", HEAD "steps:\n  - id: a\n    persona: [greeter\n", "11:1",
+                 "invalid YAML");
+}
+
+Test(broken, unknown_persona)
+{
+    check_broken("persona.yaml",
+                 HEAD "steps:\n  - id: a\n    persona: nobody\n    tool: demo.greet\n", "10:14",
+                 "nobody");
+}
+
+Test(broken, cycle_in_needs)
+{
+    check_broken("cycle.yaml",
+                 HEAD "steps:\n"
+                      "  - id: a\n    persona: greeter\n    tool: demo.greet\n    needs: [b]\n"
+                      "  - id: b\n    persona: greeter\n    tool: demo.greet\n    needs: [a]\n",
+                 "16:13", "cycle in needs: a -> b -> a");
+}
+
+Test(broken, step_naming_an_unknown_server)
+{
+    check_broken("server.yaml",
+                 HEAD "steps:\n  - id: a\n    persona: greeter\n    tool: mail.send\n", "11:11",
+                 "mail");
+}
+
+Test(broken, unknown_server_in_a_persona_json)
+{
+    check_broken(
+        "server.json",
+        "{\n  \"name\": \"broken\",\n  \"mcp_servers\": {\"demo\": {\"command\": \"x\"}},\n"
+        "  \"personas\": {\"p\": {\"servers\": [\"demo\", \"ghost\"]}},\n"
+        "  \"steps\": [{\"id\": \"a\", \"persona\": \"p\", \"tool\": \"demo.t\"}]\n}\n",
+        "4:42", "unknown server 'ghost'");
+}
+
+Test(broken, missing_file)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "no-such-file.yaml", NULL};
+    harness_run(argv, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "no-such-file.yaml"), "%s", r.err);
+    cr_assert_neq(access(env.db, F_OK), 0);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- failures at run time ------------------------------------------------------------- */
+
+static const char *misbehave_workflow(const char *server, const char *tool, const char *with)
+{
+    static char text[2048];
+    snprintf(text, sizeof(text),
+             "name: misbehave\n"
+             "mcp_servers:\n"
+             "  flaky:\n"
+             "    command: %s\n"
+             "personas:\n"
+             "  worker:\n"
+             "    servers: [flaky]\n"
+             "steps:\n"
+             "  - id: first\n"
+             "    persona: worker\n"
+             "    tool: flaky.sleep\n"
+             "    with: {ms: 10}\n"
+             "  - id: doomed\n"
+             "    persona: worker\n"
+             "    tool: flaky.%s\n"
+             "    with: %s\n"
+             "    needs: first\n"
+             "  - id: never\n"
+             "    persona: worker\n"
+             "    tool: flaky.sleep\n"
+             "    with: {ms: 10}\n"
+             "    needs: doomed\n",
+             server, tool, with);
+    return text;
+}
+
+Test(failure, server_exiting_mid_call_fails_the_step_and_the_run)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    char *server = harness_build_path("tests/test-mcp-misbehave");
+    char *path = harness_write_file(env.dir, "exit.yaml",
+                                    misbehave_workflow(server, "exit_mid_call", "{code: 3}"));
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "failed"), "%s", r.out);
+    cr_assert(strstr(r.out, "exit status 3"), "the reason is shown:\n%s", r.out);
+
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    char *status = query_text(&env, "SELECT status FROM runs WHERE id = '%s'", run);
+    cr_assert_str_eq(status, "failed");
+    char *error = query_text(&env, "SELECT error FROM runs WHERE id = '%s'", run);
+    cr_assert(strstr(error, "doomed") && strstr(error, "exit status 3"), "%s", error);
+    char *first = query_text(&env,
+                             "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
+                             "'first'",
+                             run);
+    cr_assert_str_eq(first, "succeeded");
+    char *doomed = query_text(&env,
+                              "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
+                              "'doomed'",
+                              run);
+    cr_assert_str_eq(doomed, "failed");
+    char *never = query_text(&env,
+                             "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
+                             "'never'",
+                             run);
+    cr_assert_str_eq(never, "skipped");
+    cr_assert_eq(query_int(&env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'step.finished' AND step_id = 'doomed' AND "
+                           "json_extract(payload_json, '$.status') = 'failed'",
+                           run),
+                 1);
+    cr_assert_str_eq(query_text(&env,
+                                "SELECT json_extract(payload_json, '$.status') FROM audit "
+                                "WHERE run_id = '%s' AND type = 'run.finished'",
+                                run),
+                     "failed");
+
+    /* The failure is in the log a user reads. */
+    struct harness_result log;
+    const char *log_argv[] = {env.troupe, "--db", env.db, "log", "latest", NULL};
+    harness_run(log_argv, env.dir, 10000, &log);
+    cr_assert(strstr(log.out, "exit status 3"), "%s", log.out);
+    harness_result_release(&log);
+
+    harness_result_release(&r);
+    free(server);
+    free(path);
+    free(run);
+    free(status);
+    free(error);
+    free(first);
+    free(doomed);
+    free(never);
+    release_env(&env);
+}
+
+Test(failure, tool_error_fails_the_run_with_the_tools_message)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    char *path = harness_write_file(
+        env.dir, "toolerror.yaml",
+        "name: toolerror\n"
+        "mcp_servers:\n  demo:\n    command: troupe-demo-tools\n"
+        "personas:\n  p:\n    servers: [demo]\n"
+        "steps:\n  - id: sum\n    persona: p\n    tool: demo.add\n    with: {a: 1, b: nope}\n");
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s\n%s", r.out, r.err);
+    char *error = harness_db_text(env.db, "SELECT error FROM steps WHERE step_id = 'sum'");
+    cr_assert(error && strstr(error, "reported an error"), "%s", error);
+    harness_result_release(&r);
+    free(path);
+    free(error);
+    release_env(&env);
+}
+
+/* Starts the slow workflow and waits until its slow step is in flight. */
+static void start_slow_run(struct env *env, struct harness_proc *proc, char **path)
+{
+    char *server = harness_build_path("tests/test-mcp-misbehave");
+    *path = harness_write_file(env->dir, "slow.yaml",
+                               misbehave_workflow(server, "sleep", "{ms: 30000}"));
+    const char *argv[] = {env->troupe, "--db", env->db, "run", *path, NULL};
+    harness_spawn(argv, env->dir, proc);
+    cr_assert_eq(harness_db_wait(env->db,
+                                 "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
+                                 "step_id = 'doomed'",
+                                 1, 30000),
+                 1, "the slow step never started");
+    free(server);
+}
+
+Test(failure, agent_killed_mid_step_fails_the_run_and_leaves_nothing)
+{
+    struct env env = setup_env();
+    struct harness_proc proc;
+    struct harness_result r;
+    char *path;
+
+    start_slow_run(&env, &proc, &path);
+    long long agent = harness_db_int(env.db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                             "audit WHERE type = 'agent.started'");
+    cr_assert_gt(agent, 0);
+    cr_assert_eq(kill((pid_t)agent, SIGKILL), 0);
+    harness_finish(&proc, 60000, &r);
+
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *error = harness_db_text(env.db, "SELECT error FROM runs");
+    cr_assert(error && strstr(error, "signal 9"), "%s", error);
+    char *step = harness_db_text(env.db, "SELECT state FROM steps WHERE step_id = 'doomed'");
+    cr_assert_str_eq(step, "failed");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                        "'agent.exited'"),
+                 1);
+    harness_result_release(&r);
+    free(path);
+    free(error);
+    free(step);
+    release_env(&env);
+}
+
+Test(failure, ctrl_c_cancels_the_run_cleanly)
+{
+    struct env env = setup_env();
+    struct harness_proc proc;
+    struct harness_result r;
+    char *path;
+
+    start_slow_run(&env, &proc, &path);
+    cr_assert_eq(kill(proc.pid, SIGINT), 0);
+    harness_finish(&proc, 60000, &r);
+
+    cr_assert_eq(r.exit_code, 130, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "cancelled"), "%s", r.out);
+    char *status = harness_db_text(env.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "cancelled");
+    char *step = harness_db_text(env.db, "SELECT state FROM steps WHERE step_id = 'doomed'");
+    cr_assert_str_eq(step, "failed");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'run.finished'"),
+                 1);
+    harness_result_release(&r);
+    free(path);
+    free(status);
+    free(step);
+    release_env(&env);
+}
+
+/* ---- the command line ------------------------------------------------------------------- */
+
+Test(cli, help_and_version)
+{
+    char *troupe = harness_build_path("troupe");
+    char *agent = harness_build_path("troupe-agent");
+    const char *const commands[][4] = {
+        {troupe, "--help", NULL},        {troupe, "--version", NULL},
+        {troupe, "run", "--help", NULL}, {troupe, "runs", "--help", NULL},
+        {troupe, "log", "--help", NULL}, {agent, "--help", NULL},
+    };
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        struct harness_result r;
+        harness_run(commands[i], NULL, 10000, &r);
+        cr_assert_eq(r.exit_code, 0, "%s %s", commands[i][1], r.err);
+        cr_assert(strstr(r.out, "usage:") || strstr(r.out, "0.1.0"), "%s", r.out);
+        harness_result_release(&r);
+    }
+    struct harness_result r;
+    const char *bad[] = {troupe, "frobnicate", NULL};
+    harness_run(bad, NULL, 10000, &r);
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "unknown command 'frobnicate'"), "%s", r.err);
+    harness_result_release(&r);
+    free(troupe);
+    free(agent);
+}
+
+Test(cli, reading_commands_on_a_missing_database_or_run)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    const char *runs[] = {env.troupe, "--db", env.db, "runs", NULL};
+    harness_run(runs, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.err, "no database at"), "%s", r.err);
+    cr_assert_neq(access(env.db, F_OK), 0, "a reading command created the database");
+    harness_result_release(&r);
+
+    char *workflow = harness_source_path("workflows/hello.yaml");
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", workflow, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    const char *log[] = {env.troupe, "--db", env.db, "log", "r-nope", NULL};
+    harness_run(log, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.err, "r-nope"), "%s", r.err);
+    harness_result_release(&r);
+    free(workflow);
+    release_env(&env);
+}

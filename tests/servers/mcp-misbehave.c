@@ -1,2 +1,246 @@
+/*
+ * test-mcp-misbehave: an MCP server over stdio that misbehaves on request, for the client's
+ * robustness tests (exits mid-call, sleeps, writes garbage, huge lines, stray responses and
+ * stderr noise; --no-init, --bad-version and --exit-on-start break the handshake). Tests only.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "mcp.h"
-int main(void) { return 0; }
+
+#define PROGRAM "test-mcp-misbehave"
+
+/* Writes all of data to fd or exits: a test server has nobody to report to. */
+static void write_or_die(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            _exit(1);
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+static long int_arg(const cJSON *arguments, const char *name, long fallback)
+{
+    const cJSON *value = cJSON_GetObjectItemCaseSensitive(arguments, name);
+    return cJSON_IsNumber(value) ? (long)value->valuedouble : fallback;
+}
+
+/* ---- tools ------------------------------------------------------------------------------- */
+
+static int exit_mid_call(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                         struct tr_error *err)
+{
+    _exit((int)int_arg(arguments, "code", 3));
+}
+
+static int sleep_tool(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                      struct tr_error *err)
+{
+    long ms = int_arg(arguments, "ms", 0);
+    if (ms < 0 || ms > 600000)
+        return tr_error_set(err, TR_EINVAL, "sleep: ms must be within 0..600000");
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    *ret_result = mcp_result_text("slept", false);
+    return 0;
+}
+
+static int garbage(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    static const char line[] = "this is not json\n";
+    write_or_die(STDOUT_FILENO, line, sizeof(line) - 1);
+    *ret_result = mcp_result_text("garbage written", false);
+    return 0;
+}
+
+static int huge(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    /* One notification padded so that the line is exactly `bytes` long (or as short as it
+     * can be). */
+    static const char head[] =
+        "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":"
+        "\"info\",\"data\":\"";
+    static const char tail[] = "\"}}";
+    long bytes = int_arg(arguments, "bytes", 1024 * 1024);
+    size_t frame = sizeof(head) - 1 + sizeof(tail) - 1;
+    if (bytes < 0 || bytes > 256L * 1024 * 1024)
+        return tr_error_set(err, TR_EINVAL, "huge: bytes must be within 0..268435456");
+    size_t pad = (size_t)bytes > frame ? (size_t)bytes - frame : 0;
+    size_t len = frame + pad + 1;
+    char *line = xmalloc(len);
+    memcpy(line, head, sizeof(head) - 1);
+    memset(line + sizeof(head) - 1, 'x', pad);
+    memcpy(line + sizeof(head) - 1 + pad, tail, sizeof(tail) - 1);
+    line[len - 1] = '\n';
+    write_or_die(STDOUT_FILENO, line, len);
+    free(line);
+    *ret_result = mcp_result_text("huge line written", false);
+    return 0;
+}
+
+static int unknown_id(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                      struct tr_error *err)
+{
+    static const char lines[] =
+        "{\"jsonrpc\":\"2.0\",\"id\":987654,\"result\":{\"content\":[]}}\n"
+        "{\"jsonrpc\":\"2.0\",\"id\":\"nobody-asked\",\"error\":{\"code\":-1,\"message\":"
+        "\"stray\"}}\n";
+    write_or_die(STDOUT_FILENO, lines, sizeof(lines) - 1);
+    *ret_result = mcp_result_text("the real reply", false);
+    return 0;
+}
+
+static int stderr_noise(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                        struct tr_error *err)
+{
+    long lines = int_arg(arguments, "lines", 10);
+    for (long i = 0; i < lines; i++) {
+        char line[64];
+        int n = snprintf(line, sizeof(line), "noise line %ld\n", i);
+        write_or_die(STDERR_FILENO, line, (size_t)n);
+    }
+    *ret_result = mcp_result_text("noisy", false);
+    return 0;
+}
+
+/* Reads one line from stdin, byte by byte so that nothing past it is consumed. */
+static char *read_request_line(void)
+{
+    struct tr_buf line;
+    tr_buf_init(&line, 1024 * 1024);
+    char c;
+    while (read(STDIN_FILENO, &c, 1) == 1 && c != '\n')
+        if (tr_buf_append(&line, &c, 1) < 0)
+            break;
+    return tr_buf_take(&line);
+}
+
+static int ask_client(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                      struct tr_error *err)
+{
+    /* The client sends nothing else while it waits for this call, so its answers to these
+     * two requests are the next lines on stdin. */
+    static const char lines[] =
+        "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
+        "{\"progressToken\":1,\"progress\":1}}\n"
+        "{\"jsonrpc\":\"2.0\",\"id\":\"srv-1\",\"method\":\"ping\"}\n"
+        "{\"jsonrpc\":\"2.0\",\"id\":\"srv-2\",\"method\":\"sampling/createMessage\","
+        "\"params\":{\"messages\":[],\"maxTokens\":1}}\n";
+    write_or_die(STDOUT_FILENO, lines, sizeof(lines) - 1);
+    char *first = read_request_line();
+    char *second = read_request_line();
+    char *text = xasprintf("%s\n%s", first, second);
+    *ret_result = mcp_result_text(text, false);
+    free(text);
+    free(first);
+    free(second);
+    return 0;
+}
+
+static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
+}
+
+static const struct mcp_tool_def tools[] = {
+    {"exit_mid_call", "Exits at once with status code (default 3), without replying.",
+     "{\"type\":\"object\",\"properties\":{\"code\":{\"type\":\"integer\",\"default\":3}}}",
+     exit_mid_call, NULL},
+    {"sleep", "Sleeps ms milliseconds, then replies \"slept\".",
+     "{\"type\":\"object\",\"properties\":{\"ms\":{\"type\":\"integer\"}},"
+     "\"required\":[\"ms\"]}",
+     sleep_tool, NULL},
+    {"garbage", "Writes a line that is not JSON to stdout, then replies.", "{\"type\":\"object\"}",
+     garbage, NULL},
+    {"huge", "Writes one JSON notification line of the given size, then replies.",
+     "{\"type\":\"object\",\"properties\":{\"bytes\":{\"type\":\"integer\"}}}", huge, NULL},
+    {"unknown_id", "Writes responses with ids nobody asked for, then replies.",
+     "{\"type\":\"object\"}", unknown_id, NULL},
+    {"stderr_noise", "Writes lines to stderr, then replies.",
+     "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"integer\"}}}", stderr_noise, NULL},
+    {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
+     "{\"type\":\"object\"}", ask_client, NULL},
+    {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
+};
+
+/* ---- broken handshakes ------------------------------------------------------------------- */
+
+/* Answers the first request (initialize) with an error or an unsupported version; then
+ * waits for end of input. */
+static int broken_handshake(bool bad_version)
+{
+    char line[65536];
+    size_t len = 0;
+    char c;
+    while (len + 1 < sizeof(line) && read(STDIN_FILENO, &c, 1) == 1 && c != '\n')
+        line[len++] = c;
+    line[len] = '\0';
+    cJSON *request = cJSON_Parse(line);
+    cJSON *response = cJSON_CreateObject();
+    cJSON_AddStringToObject(response, "jsonrpc", "2.0");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");
+    cJSON_AddItemToObject(response, "id", id ? cJSON_Duplicate(id, 1) : cJSON_CreateNull());
+    if (bad_version) {
+        cJSON *result = cJSON_AddObjectToObject(response, "result");
+        cJSON_AddStringToObject(result, "protocolVersion", "1999-01-01");
+        cJSON_AddObjectToObject(result, "capabilities");
+        cJSON *info = cJSON_AddObjectToObject(result, "serverInfo");
+        cJSON_AddStringToObject(info, "name", PROGRAM);
+        cJSON_AddStringToObject(info, "version", TR_VERSION);
+    } else {
+        cJSON *error = cJSON_AddObjectToObject(response, "error");
+        cJSON_AddNumberToObject(error, "code", -32603);
+        cJSON_AddStringToObject(error, "message", "initialization refused (--no-init)");
+    }
+    char *text = cJSON_PrintUnformatted(response);
+    write_or_die(STDOUT_FILENO, text, strlen(text));
+    write_or_die(STDOUT_FILENO, "\n", 1);
+    free(text);
+    cJSON_Delete(response);
+    cJSON_Delete(request);
+    while (read(STDIN_FILENO, &c, 1) == 1)
+        ;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bool no_init = false, bad_version = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--exit-on-start") == 0)
+            _exit(7);
+        else if (strcmp(argv[i], "--no-init") == 0)
+            no_init = true;
+        else if (strcmp(argv[i], "--bad-version") == 0)
+            bad_version = true;
+        else {
+            fprintf(stderr, "usage: " PROGRAM " [--no-init | --bad-version | --exit-on-start]\n");
+            return 2;
+        }
+    }
+    if (no_init || bad_version)
+        return broken_handshake(bad_version);
+
+    struct mcp_server *server = mcp_server_new(PROGRAM, TR_VERSION);
+    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
+        mcp_server_add_tool(server, &tools[i]);
+    struct tr_error err = {0};
+    int rc = mcp_server_run_stdio(server, STDIN_FILENO, STDOUT_FILENO, &err);
+    mcp_server_free(&server);
+    if (rc < 0) {
+        fprintf(stderr, PROGRAM ": %s\n", err.message);
+        return 1;
+    }
+    return 0;
+}

@@ -1,2 +1,259 @@
+/*
+ * Unit tests for runtime/bus: message encoding round trips, rejection of malformed messages,
+ * and real ROUTER/DEALER exchanges over ipc:// in a temporary directory.
+ */
+#define _GNU_SOURCE
 #include <criterion/criterion.h>
-Test(bus, placeholder) { cr_assert(1); }
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "bus.h"
+
+static struct bus_msg *roundtrip(const struct bus_msg *msg)
+{
+    struct tr_error err = {0};
+    struct bus_msg *out = NULL;
+    char *data = NULL;
+    size_t len = 0;
+
+    cr_assert_eq(bus_msg_encode(msg, &data, &len, &err), 0, "%s", err.message);
+    cr_assert_eq(bus_msg_decode(data, len, &out, &err), 0, "%s", err.message);
+    free(data);
+    return out;
+}
+
+Test(bus_message, assign_roundtrip_keeps_every_field)
+{
+    struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
+    msg->step_id = xstrdup("greet");
+    msg->attempt = 2;
+    msg->server = xstrdup("demo");
+    msg->tool = xstrdup("greet");
+    msg->idempotency_key = xstrdup("r-1/greet");
+    msg->timeout_ms = 1500;
+    msg->json = xstrdup("{\"name\":\"w\\u00f6rld\"}");
+
+    struct bus_msg *out = roundtrip(msg);
+    cr_assert_eq(out->type, BUS_ASSIGN);
+    cr_assert_str_eq(out->step_id, "greet");
+    cr_assert_eq(out->attempt, 2);
+    cr_assert_str_eq(out->server, "demo");
+    cr_assert_str_eq(out->tool, "greet");
+    cr_assert_str_eq(out->idempotency_key, "r-1/greet");
+    cr_assert_eq(out->timeout_ms, 1500);
+    cr_assert_str_eq(out->json, msg->json);
+    cr_assert_null(out->error);
+    bus_msg_free(&out);
+    bus_msg_free(&msg);
+    cr_assert_null(msg);
+}
+
+Test(bus_message, result_false_and_negative_numbers_survive)
+{
+    struct bus_msg *msg = bus_msg_new(BUS_RESULT);
+    msg->step_id = xstrdup("s");
+    msg->attempt = 1;
+    msg->ok = false;
+    msg->error = xstrdup("MCP server 'demo' exited");
+    struct bus_msg *out = roundtrip(msg);
+    cr_assert_eq(out->ok, false);
+    cr_assert_str_eq(out->error, "MCP server 'demo' exited");
+
+    struct bus_msg *hello = bus_msg_new(BUS_HELLO);
+    hello->version = BUS_PROTOCOL_VERSION;
+    hello->persona = xstrdup("greeter");
+    hello->pid = -5;
+    struct bus_msg *hello_out = roundtrip(hello);
+    cr_assert_eq(hello_out->pid, -5);
+    cr_assert_str_eq(hello_out->persona, "greeter");
+    bus_msg_free(&out);
+    bus_msg_free(&msg);
+    bus_msg_free(&hello);
+    bus_msg_free(&hello_out);
+}
+
+/* Packs a map from alternating key/value C strings (values as msgpack strings). */
+static void pack_map(msgpack_sbuffer *sbuf, const char *const *kv, size_t pairs)
+{
+    msgpack_packer pk;
+    msgpack_sbuffer_init(sbuf);
+    msgpack_packer_init(&pk, sbuf, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, pairs);
+    for (size_t i = 0; i < pairs * 2; i++) {
+        msgpack_pack_str(&pk, strlen(kv[i]));
+        msgpack_pack_str_body(&pk, kv[i], strlen(kv[i]));
+    }
+}
+
+static void expect_decode_error(const char *data, size_t len, const char *fragment)
+{
+    struct tr_error err = {0};
+    struct bus_msg *msg = NULL;
+    int rc = bus_msg_decode(data, len, &msg, &err);
+    cr_assert_lt(rc, 0);
+    cr_assert_null(msg);
+    cr_assert(strstr(err.message, fragment), "message '%s' lacks '%s'", err.message, fragment);
+}
+
+Test(bus_message, malformed_messages_are_refused_with_a_reason)
+{
+    msgpack_sbuffer sbuf;
+
+    expect_decode_error("\xc1", 1, "not valid msgpack");
+    expect_decode_error("\x93\x01\x02\x03", 4, "not a map");
+    expect_decode_error("\x80\x80", 2, "trailing");
+    expect_decode_error("\x80", 1, "no 'type'");
+
+    const char *unknown[] = {"type", "launch_missiles"};
+    pack_map(&sbuf, unknown, 1);
+    expect_decode_error(sbuf.data, sbuf.size, "unknown bus message type 'launch_missiles'");
+    msgpack_sbuffer_destroy(&sbuf);
+
+    const char *missing[] = {"type", "assign", "step_id", "x"};
+    pack_map(&sbuf, missing, 2);
+    expect_decode_error(sbuf.data, sbuf.size, "assign message lacks field 'attempt'");
+    msgpack_sbuffer_destroy(&sbuf);
+
+    const char *wrong_type[] = {"type", "hello", "pid", "12"};
+    pack_map(&sbuf, wrong_type, 2);
+    expect_decode_error(sbuf.data, sbuf.size, "'pid' is not an integer");
+    msgpack_sbuffer_destroy(&sbuf);
+}
+
+Test(bus_message, huge_claimed_sizes_do_not_allocate)
+{
+    /* map32 and str32 headers claiming 4 G entries, with no data behind them */
+    expect_decode_error("\xdf\xff\xff\xff\xff", 5, "msgpack");
+    expect_decode_error("\xdd\xff\xff\xff\xff", 5, "msgpack");
+    expect_decode_error("\x81\xdb\xff\xff\xff\xff", 6, "msgpack");
+}
+
+Test(bus_message, unknown_fields_are_skipped)
+{
+    msgpack_sbuffer sbuf;
+    const char *kv[] = {"type", "shutdown", "future_field", "x"};
+    struct bus_msg *msg = NULL;
+    pack_map(&sbuf, kv, 2);
+    cr_assert_eq(bus_msg_decode(sbuf.data, sbuf.size, &msg, NULL), 0);
+    cr_assert_eq(msg->type, BUS_SHUTDOWN);
+    bus_msg_free(&msg);
+    msgpack_sbuffer_destroy(&sbuf);
+}
+
+/* ---- sockets ------------------------------------------------------------------------------ */
+
+static char *temp_endpoint(char *dir, size_t size)
+{
+    snprintf(dir, size, "/tmp/troupe-bus-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    return xasprintf("ipc://%s/bus", dir);
+}
+
+static struct bus_msg *recv_one(struct bus *bus, struct tr_error *err)
+{
+    struct bus_msg *msg = NULL;
+    for (int i = 0; i < 50 && !msg; i++)
+        cr_assert_eq(bus_recv(bus, 100, &msg, err), 0, "%s", err->message);
+    cr_assert_not_null(msg, "no message within 5 s");
+    return msg;
+}
+
+Test(bus_socket, router_and_dealer_exchange_messages)
+{
+    char dir[64];
+    char *endpoint = temp_endpoint(dir, sizeof(dir));
+    struct tr_error err = {0};
+    struct bus *router = NULL, *dealer = NULL;
+
+    cr_assert_eq(bus_listen(endpoint, &router, &err), 0, "%s", err.message);
+    cr_assert_eq(bus_connect(endpoint, "greeter-1", &dealer, &err), 0, "%s", err.message);
+
+    struct bus_msg *hello = bus_msg_new(BUS_HELLO);
+    hello->version = BUS_PROTOCOL_VERSION;
+    hello->persona = xstrdup("greeter");
+    hello->pid = getpid();
+    cr_assert_eq(bus_send(dealer, hello, &err), 0, "%s", err.message);
+
+    struct bus_msg *got = recv_one(router, &err);
+    cr_assert_eq(got->type, BUS_HELLO);
+    cr_assert_str_eq(got->peer, "greeter-1");
+    cr_assert_eq(got->pid, getpid());
+
+    struct bus_msg *welcome = bus_msg_new(BUS_WELCOME);
+    welcome->peer = xstrdup(got->peer);
+    welcome->json = xstrdup("{}");
+    cr_assert_eq(bus_send(router, welcome, &err), 0, "%s", err.message);
+    struct bus_msg *back = recv_one(dealer, &err);
+    cr_assert_eq(back->type, BUS_WELCOME);
+    cr_assert_str_eq(back->json, "{}");
+    cr_assert_null(back->peer);
+
+    /* A recipient nobody knows is an error, not a silent drop. */
+    free(welcome->peer);
+    welcome->peer = xstrdup("nobody");
+    cr_assert_eq(bus_send(router, welcome, &err), TR_EPEER);
+    cr_assert(strstr(err.message, "'nobody' is not connected"));
+
+    bus_msg_free(&hello);
+    bus_msg_free(&got);
+    bus_msg_free(&welcome);
+    bus_msg_free(&back);
+    bus_free(&dealer);
+    bus_free(&router);
+    cr_assert_null(router);
+    free(endpoint);
+}
+
+Test(bus_socket, garbage_from_a_stranger_is_reported_and_the_bus_goes_on)
+{
+    char dir[64];
+    char *endpoint = temp_endpoint(dir, sizeof(dir));
+    struct tr_error err = {0};
+    struct bus *router = NULL, *good = NULL;
+    struct bus_msg *msg = NULL;
+
+    cr_assert_eq(bus_listen(endpoint, &router, &err), 0);
+    /* A raw ZeroMQ peer that speaks no troupe. */
+    void *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(raw, ZMQ_ROUTING_ID, "stranger", 8);
+    cr_assert_eq(zmq_connect(raw, endpoint), 0);
+    cr_assert_eq(zmq_send(raw, "hello?", 6, 0), 6);
+
+    int rc = 0;
+    for (int i = 0; i < 50 && rc == 0; i++)
+        rc = bus_recv(router, 100, &msg, &err);
+    cr_assert_eq(rc, TR_EPROTO);
+    cr_assert_null(msg);
+    cr_assert(strstr(err.message, "from 'stranger'"), "%s", err.message);
+
+    cr_assert_eq(bus_connect(endpoint, "analyst-1", &good, &err), 0);
+    struct bus_msg *ready = bus_msg_new(BUS_READY);
+    cr_assert_eq(bus_send(good, ready, &err), 0);
+    msg = recv_one(router, &err);
+    cr_assert_eq(msg->type, BUS_READY);
+    cr_assert_str_eq(msg->peer, "analyst-1");
+
+    bus_msg_free(&msg);
+    bus_msg_free(&ready);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    bus_free(&good);
+    bus_free(&router);
+    free(endpoint);
+}
+
+Test(bus_socket, bad_endpoint_is_a_clear_error)
+{
+    struct tr_error err = {0};
+    struct bus *bus = NULL;
+    cr_assert_lt(bus_listen("ipc:///nonexistent-dir/x/y/bus", &bus, &err), 0);
+    cr_assert_null(bus);
+    cr_assert(strstr(err.message, "could not listen on 'ipc:///nonexistent-dir/x/y/bus'"), "%s",
+              err.message);
+    cr_assert_lt(bus_connect("ipc:///tmp/x", "", &bus, &err), 0);
+}

@@ -1,3 +1,552 @@
+/*
+ * test_workflow.c: the workflow module: loading the showcase in YAML and JSON, accessors,
+ * argument evaluation with jq, allowlists, inputs, and a corpus of broken files that must each
+ * fail with an exact FILE:LINE:COLUMN and message.
+ */
+#define _GNU_SOURCE
 #include <criterion/criterion.h>
-/* placeholder until the module lands */
-Test(workflow, placeholder) { cr_assert(1); }
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workflow.h"
+
+static char *source_path(const char *relative)
+{
+    const char *dir = getenv("TROUPE_SOURCE_DIR");
+
+    return xasprintf("%s/%s", dir ? dir : ".", relative);
+}
+
+static struct workflow *load_file(const char *relative)
+{
+    char *path = source_path(relative);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    int rc = workflow_load(path, &wf, &err);
+
+    cr_assert_eq(rc, 0, "loading %s: %s", path, err.message);
+    free(path);
+    return wf;
+}
+
+static struct workflow *load_yaml(const char *text)
+{
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    int rc = workflow_load_string(text, strlen(text), WORKFLOW_YAML, "inline.yaml", &wf, &err);
+
+    cr_assert_eq(rc, 0, "loading inline YAML: %s", err.message);
+    return wf;
+}
+
+/* Loads text that must fail; returns the message. */
+static const char *load_fails(const char *text, enum workflow_format format, struct tr_error *err)
+{
+    struct workflow *wf = NULL;
+    int rc =
+        workflow_load_string(text, strlen(text), format,
+                             format == WORKFLOW_JSON ? "inline.json" : "inline.yaml", &wf, err);
+
+    cr_assert_lt(rc, 0, "loading should have failed");
+    cr_assert_null(wf);
+    cr_assert_eq(rc, err->code);
+    return err->message;
+}
+
+static cJSON *json(const char *text)
+{
+    cJSON *value = cJSON_Parse(text);
+
+    cr_assert_not_null(value, "bad test JSON: %s", text);
+    return value;
+}
+
+/* Asserts that value prints as the compact JSON expected. */
+static void assert_json(const cJSON *value, const char *expected)
+{
+    char *text = cJSON_PrintUnformatted(value);
+
+    cr_assert_str_eq(text, expected);
+    free(text);
+}
+
+static const char hello_scope[] = "{\"input\": {\"who\": \"world\"},"
+                                  " \"context\": {\"greeting\": \"Hello, world!\", \"stats\": "
+                                  "{\"words\": 2, \"characters\": 13}},"
+                                  " \"steps\": {\"greet\": {\"output\": \"Hello, world!\"}}}";
+
+/* ---- the showcase ------------------------------------------------------------------------ */
+
+Test(workflow, hello_yaml_and_json_give_the_same_plan)
+{
+    struct workflow *yaml = load_file("workflows/hello.yaml");
+    struct workflow *json_wf = load_file("workflows/hello.json");
+    char *yaml_plan = workflow_plan_json(yaml);
+    char *json_plan = workflow_plan_json(json_wf);
+
+    cr_assert_str_eq(yaml_plan, json_plan);
+    /* Canonical: sorted keys, compact, defaults applied, needs always a list. */
+    cr_assert(strncmp(yaml_plan, "{\"description\":", 15) == 0, "plan: %s", yaml_plan);
+    cr_assert_not_null(strstr(yaml_plan, "\"who\":{\"default\":\"world\",\"description\":\"Whom "
+                                         "to greet.\",\"required\":false,\"type\":\"string\"}"));
+    cr_assert_not_null(strstr(yaml_plan, "{\"id\":\"greet\",\"needs\":[],\"persona\":\"greeter\""));
+    cr_assert_not_null(strstr(yaml_plan, "\"needs\":[\"greet\"],\"persona\":\"analyst\""));
+    /* Compact: printing the parsed plan again changes nothing. */
+    cJSON *reparsed = json(yaml_plan);
+    char *reprinted = cJSON_PrintUnformatted(reparsed);
+    cr_assert_str_eq(reprinted, yaml_plan);
+    free(reprinted);
+    cJSON_Delete(reparsed);
+    free(yaml_plan);
+    free(json_plan);
+    workflow_free(&yaml);
+    workflow_free(&json_wf);
+    cr_assert_null(yaml);
+}
+
+Test(workflow, accessors_return_what_the_file_says)
+{
+    struct workflow *wf = load_file("workflows/hello.yaml");
+    char *path = source_path("workflows/hello.yaml");
+    long greeter, analyst;
+    cJSON *config;
+
+    cr_assert_str_eq(workflow_name(wf), "hello");
+    cr_assert_str_eq(workflow_file(wf), path);
+    cr_assert_eq(workflow_server_count(wf), 1);
+    cr_assert_str_eq(workflow_server_name(wf, 0), "demo");
+    assert_json(workflow_server_config(wf, 0), "{\"command\":\"troupe-demo-tools\",\"args\":[]}");
+
+    cr_assert_eq(workflow_persona_count(wf), 2);
+    greeter = workflow_persona_find(wf, "greeter");
+    analyst = workflow_persona_find(wf, "analyst");
+    cr_assert_eq(greeter, 0);
+    cr_assert_eq(analyst, 1);
+    cr_assert_eq(workflow_persona_find(wf, "nobody"), -1);
+    cr_assert_str_eq(workflow_persona_name(wf, 1), "analyst");
+    config = workflow_persona_config(wf, (size_t)greeter);
+    assert_json(config, "{\"name\":\"greeter\",\"role\":\"Greeter\",\"goal\":\"Greet people warmly "
+                        "and present the results of the team.\",\"servers\":{\"demo\":{"
+                        "\"command\":\"troupe-demo-tools\",\"args\":[]}},\"tools\":["
+                        "\"demo.greet\",\"demo.format_*\"]}");
+    cJSON_Delete(config);
+
+    cr_assert_eq(workflow_step_count(wf), 3);
+    cr_assert_str_eq(workflow_step_id(wf, 0), "greet");
+    cr_assert_str_eq(workflow_step_id(wf, 1), "count");
+    cr_assert_str_eq(workflow_step_id(wf, 2), "report");
+    cr_assert_eq(workflow_step_persona(wf, 0), (size_t)greeter);
+    cr_assert_eq(workflow_step_persona(wf, 1), (size_t)analyst);
+    cr_assert_eq(workflow_step_persona(wf, 2), (size_t)greeter);
+    cr_assert_str_eq(workflow_step_server(wf, 1), "demo");
+    cr_assert_str_eq(workflow_step_tool(wf, 0), "greet");
+    cr_assert_str_eq(workflow_step_tool(wf, 1), "word_count");
+    cr_assert_str_eq(workflow_step_tool(wf, 2), "format_report");
+    cr_assert_str_eq(workflow_step_save(wf, 0), "greeting");
+    cr_assert_str_eq(workflow_step_save(wf, 1), "stats");
+    cr_assert_str_eq(workflow_step_save(wf, 2), "report");
+
+    /* needs: a single string and a list both resolve to step indexes. */
+    cr_assert_eq(workflow_step_needs_count(wf, 0), 0);
+    cr_assert_eq(workflow_step_needs_count(wf, 1), 1);
+    cr_assert_eq(workflow_step_need(wf, 1, 0), 0);
+    cr_assert_eq(workflow_step_needs_count(wf, 2), 2);
+    cr_assert_eq(workflow_step_need(wf, 2, 0), 0);
+    cr_assert_eq(workflow_step_need(wf, 2, 1), 1);
+    free(path);
+    workflow_free(&wf);
+}
+
+Test(workflow, hello_arguments_evaluate_over_the_scope)
+{
+    struct workflow *wf = load_file("workflows/hello.json");
+    cJSON *scope = json(hello_scope);
+    struct tr_error err = {0};
+    cJSON *args = NULL;
+
+    cr_assert_eq(workflow_step_arguments(wf, 0, scope, &args, &err), 0, "%s", err.message);
+    assert_json(args, "{\"name\":\"world\"}");
+    cJSON_Delete(args);
+    cr_assert_eq(workflow_step_arguments(wf, 1, scope, &args, &err), 0, "%s", err.message);
+    assert_json(args, "{\"text\":\"Hello, world!\"}");
+    cJSON_Delete(args);
+    cr_assert_eq(workflow_step_arguments(wf, 2, scope, &args, &err), 0, "%s", err.message);
+    assert_json(args,
+                "{\"title\":\"Report for world\",\"lines\":[\"Hello, world!\",\"words: 2\"]}");
+    cJSON_Delete(args);
+    /* Evaluating again reuses the compiled programs. */
+    cr_assert_eq(workflow_step_arguments(wf, 0, scope, &args, &err), 0, "%s", err.message);
+    assert_json(args, "{\"name\":\"world\"}");
+    cJSON_Delete(args);
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+}
+
+/* ---- expressions ------------------------------------------------------------------------- */
+
+static const char expressions_yaml[] =
+    "name: expressions\n"
+    "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+    "personas: {p: {servers: [demo]}}\n"
+    "steps:\n"
+    "  - id: all\n"
+    "    persona: p\n"
+    "    tool: demo.echo\n"
+    "    with:\n"
+    "      stats: \"${{ .context.stats }}\"\n"
+    "      words: \"${{.context.stats.words}}\"\n"
+    "      flag: \"${{ .context.stats.words > 1 }}\"\n"
+    "      nothing: \"${{ .context.missing }}\"\n"
+    "      text: \"stats=${{ .context.stats }} who=${{ .input.who }} n=${{ 1.5 }}\"\n"
+    "      braces: \"${{ {a: {b: .input.who}} }}\"\n"
+    "      closing: \"${{ \\\"}}\\\" }}!\"\n"
+    "      nested: {list: [\"${{ .input.who }}\", 3, {deep: \"${{ .context.stats.words + 1 "
+    "}}\"}]}\n"
+    "      number: 5\n"
+    "      quoted_number: \"5\"\n"
+    "      plain: no expression here\n"
+    "      output: \"${{ .steps.greet.output }}\"\n"
+    "  - id: none\n"
+    "    persona: p\n"
+    "    tool: demo.echo\n";
+
+Test(workflow, arguments_keep_types_interpolate_and_nest)
+{
+    struct workflow *wf = load_yaml(expressions_yaml);
+    cJSON *scope = json(hello_scope);
+    struct tr_error err = {0};
+    cJSON *args = NULL;
+
+    cr_assert_eq(workflow_step_arguments(wf, 0, scope, &args, &err), 0, "%s", err.message);
+    /* A whole-string expression keeps the value's JSON type. */
+    assert_json(cJSON_GetObjectItem(args, "stats"), "{\"words\":2,\"characters\":13}");
+    assert_json(cJSON_GetObjectItem(args, "words"), "2");
+    assert_json(cJSON_GetObjectItem(args, "flag"), "true");
+    assert_json(cJSON_GetObjectItem(args, "nothing"), "null");
+    /* Interpolation: strings raw, other values as compact JSON. */
+    assert_json(cJSON_GetObjectItem(args, "text"),
+                "\"stats={\\\"words\\\":2,\\\"characters\\\":13} who=world n=1.5\"");
+    assert_json(cJSON_GetObjectItem(args, "braces"), "{\"a\":{\"b\":\"world\"}}");
+    assert_json(cJSON_GetObjectItem(args, "closing"), "\"}}!\"");
+    assert_json(cJSON_GetObjectItem(args, "nested"), "{\"list\":[\"world\",3,{\"deep\":3}]}");
+    assert_json(cJSON_GetObjectItem(args, "number"), "5");
+    assert_json(cJSON_GetObjectItem(args, "quoted_number"), "\"5\"");
+    assert_json(cJSON_GetObjectItem(args, "plain"), "\"no expression here\"");
+    assert_json(cJSON_GetObjectItem(args, "output"), "\"Hello, world!\"");
+    cJSON_Delete(args);
+
+    /* A step without `with` gets an empty object; a NULL scope is an empty document. */
+    cr_assert_eq(workflow_step_arguments(wf, 1, NULL, &args, &err), 0, "%s", err.message);
+    assert_json(args, "{}");
+    cJSON_Delete(args);
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+}
+
+static void assert_argument_error(const char *with, const char *expected)
+{
+    char *text = xasprintf("name: runtime\n"
+                           "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                           "personas: {p: {servers: [demo]}}\n"
+                           "steps:\n"
+                           "  - {id: s, persona: p, tool: demo.echo, with: %s}\n",
+                           with);
+    struct workflow *wf = load_yaml(text);
+    cJSON *scope = json(hello_scope);
+    struct tr_error err = {0};
+    cJSON *args = (cJSON *)&err; /* must stay untouched */
+
+    cr_assert_eq(workflow_step_arguments(wf, 0, scope, &args, &err), TR_EINVAL);
+    cr_assert_eq(args, (cJSON *)&err);
+    cr_assert_str_eq(err.message, expected);
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+    free(text);
+}
+
+Test(workflow, runtime_jq_errors_name_step_and_argument)
+{
+    assert_argument_error("{a: \"${{ error(\\\"boom\\\") }}\"}",
+                          "step 's': argument 'a': jq: boom");
+    assert_argument_error("{a: {b: [1, \"x${{ .input.who.name }}\"]}}",
+                          "step 's': argument 'a.b[1]': jq: Cannot index string with string "
+                          "\"name\"");
+    assert_argument_error("{a: \"${{ empty }}\"}",
+                          "step 's': argument 'a': jq: 'empty' produced no value");
+    assert_argument_error("{a: \"${{ error({code: 1}) }}\"}",
+                          "step 's': argument 'a': jq: error {\"code\":1}");
+}
+
+Test(workflow, expressions_cannot_read_the_environment)
+{
+    struct workflow *wf;
+    struct tr_error err = {0};
+    cJSON *args = NULL;
+
+    setenv("TROUPE_TEST_SECRET", "hunter2", 1);
+    wf = load_yaml(
+        "name: env\n"
+        "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+        "personas: {p: {servers: [demo]}}\n"
+        "steps:\n"
+        "  - id: s\n"
+        "    persona: p\n"
+        "    tool: demo.echo\n"
+        "    with: {a: \"${{ env.TROUPE_TEST_SECRET }}\", b: \"${{ $ENV | length }}\"}\n");
+    cr_assert_eq(workflow_step_arguments(wf, 0, NULL, &args, &err), 0, "%s", err.message);
+    assert_json(args, "{\"a\":null,\"b\":0}");
+    cJSON_Delete(args);
+    workflow_free(&wf);
+}
+
+/* ---- allowlists -------------------------------------------------------------------------- */
+
+Test(workflow, allowlist_globbing)
+{
+    struct workflow *wf =
+        load_yaml("name: allow\n"
+                  "mcp_servers:\n"
+                  "  demo: {command: troupe-demo-tools}\n"
+                  "  other: {command: other-tools}\n"
+                  "personas:\n"
+                  "  picky: {servers: [demo], tools: [demo.greet, demo.format_*]}\n"
+                  "  demo_all: {servers: [demo, other], tools: [demo.*]}\n"
+                  "  free: {servers: [demo]}\n"
+                  "steps:\n"
+                  "  - {id: s, persona: picky, tool: demo.format_report}\n");
+    size_t picky = (size_t)workflow_persona_find(wf, "picky");
+    size_t demo_all = (size_t)workflow_persona_find(wf, "demo_all");
+    size_t free_persona = (size_t)workflow_persona_find(wf, "free");
+    cJSON *config;
+
+    cr_assert(workflow_persona_allows(wf, picky, "demo", "greet"));
+    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "greeting"));
+    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "gree"));
+    cr_assert(workflow_persona_allows(wf, picky, "demo", "format_report"));
+    cr_assert(workflow_persona_allows(wf, picky, "demo", "format_"));
+    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "format"));
+    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "add"));
+    cr_assert_not(workflow_persona_allows(wf, picky, "other", "greet"));
+
+    cr_assert(workflow_persona_allows(wf, demo_all, "demo", "add"));
+    cr_assert(workflow_persona_allows(wf, demo_all, "demo", "anything.at.all"));
+    cr_assert_not(workflow_persona_allows(wf, demo_all, "other", "add"),
+                  "holding a server is not enough when an allowlist exists");
+
+    cr_assert(workflow_persona_allows(wf, free_persona, "demo", "add"));
+    cr_assert_not(workflow_persona_allows(wf, free_persona, "other", "add"));
+    cr_assert_not(workflow_persona_allows(wf, 99, "demo", "add"));
+
+    /* Without an allowlist, the persona config has no "tools". */
+    config = workflow_persona_config(wf, free_persona);
+    assert_json(config,
+                "{\"name\":\"free\",\"servers\":{\"demo\":{\"command\":\"troupe-demo-tools\"}}}");
+    cJSON_Delete(config);
+    workflow_free(&wf);
+}
+
+/* ---- inputs ------------------------------------------------------------------------------ */
+
+static const char inputs_yaml[] = "name: inputs\n"
+                                  "inputs:\n"
+                                  "  who: {type: string, default: world}\n"
+                                  "  count: {type: integer}\n"
+                                  "  ratio: {type: number, required: false}\n"
+                                  "  options: {type: object, default: {loud: true}}\n"
+                                  "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                                  "personas: {p: {servers: [demo]}}\n"
+                                  "steps: [{id: s, persona: p, tool: demo.echo}]\n";
+
+static int resolve(const struct workflow *wf, const char *given, cJSON **ret, struct tr_error *err)
+{
+    cJSON *value = given ? json(given) : NULL;
+    int rc = workflow_inputs_resolve(wf, value, ret, err);
+
+    cJSON_Delete(value);
+    return rc;
+}
+
+Test(workflow, inputs_resolve)
+{
+    struct workflow *wf = load_yaml(inputs_yaml);
+    struct tr_error err = {0};
+    cJSON *input = NULL;
+
+    cr_assert_eq(resolve(wf, "{\"count\": 3}", &input, &err), 0, "%s", err.message);
+    assert_json(input, "{\"who\":\"world\",\"count\":3,\"options\":{\"loud\":true}}");
+    cJSON_Delete(input);
+
+    cr_assert_eq(resolve(wf, "{\"count\": 3, \"who\": \"Ada\", \"ratio\": 0.5}", &input, &err), 0,
+                 "%s", err.message);
+    assert_json(input, "{\"who\":\"Ada\",\"count\":3,\"ratio\":0.5,\"options\":{\"loud\":true}}");
+    cJSON_Delete(input);
+
+    input = NULL;
+    cr_assert_eq(resolve(wf, NULL, &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "missing required input 'count' (integer)");
+    cr_assert_null(input);
+    cr_assert_eq(resolve(wf, "{\"count\": 1, \"whom\": \"x\"}", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "unknown input 'whom' (did you mean 'who'?)");
+    cr_assert_eq(resolve(wf, "{\"count\": 1, \"zzzzzz\": 1}", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "unknown input 'zzzzzz'");
+    cr_assert_eq(resolve(wf, "{\"count\": 1.5}", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "input 'count' must be of type integer, not a number");
+    cr_assert_eq(resolve(wf, "{\"count\": 1, \"who\": 7}", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "input 'who' must be of type string, not a number");
+    cr_assert_eq(resolve(wf, "[1]", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "inputs must be an object, not a list");
+    cr_assert_null(input);
+    workflow_free(&wf);
+}
+
+/* ---- YAML details ------------------------------------------------------------------------ */
+
+Test(workflow, yaml_scalars_and_aliases_become_json)
+{
+    struct workflow *wf = load_yaml("name: scalars\n"
+                                    "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                                    "personas: {p: {servers: [demo]}}\n"
+                                    "steps:\n"
+                                    "  - id: s\n"
+                                    "    persona: p\n"
+                                    "    tool: demo.echo\n"
+                                    "    with: &args\n"
+                                    "      int: 12\n"
+                                    "      float: -1.5e3\n"
+                                    "      yes: true\n"
+                                    "      no: False\n"
+                                    "      nothing: ~\n"
+                                    "      empty:\n"
+                                    "      text: 12 monkeys\n"
+                                    "      quoted: '12'\n"
+                                    "      tagged: !!str 12\n"
+                                    "      hex: 0x1F\n"
+                                    "      block: |\n"
+                                    "        two\n"
+                                    "        lines\n"
+                                    "  - {id: t, persona: p, tool: demo.echo, with: *args}\n");
+    struct tr_error err = {0};
+    cJSON *first = NULL, *second = NULL;
+
+    cr_assert_eq(workflow_step_arguments(wf, 0, NULL, &first, &err), 0, "%s", err.message);
+    assert_json(first, "{\"int\":12,\"float\":-1500,\"yes\":true,\"no\":false,\"nothing\":null,"
+                       "\"empty\":null,\"text\":\"12 monkeys\",\"quoted\":\"12\",\"tagged\":\"12\","
+                       "\"hex\":\"0x1F\",\"block\":\"two\\nlines\\n\"}");
+    cr_assert_eq(workflow_step_arguments(wf, 1, NULL, &second, &err), 0, "%s", err.message);
+    cr_assert(cJSON_Compare(first, second, true));
+    cJSON_Delete(first);
+    cJSON_Delete(second);
+    workflow_free(&wf);
+}
+
+Test(workflow, syntax_errors_in_memory)
+{
+    struct tr_error err = {0};
+
+    cr_assert_str_eq(load_fails("", WORKFLOW_YAML, &err),
+                     "inline.yaml:1:1: the top level must be a mapping, not empty");
+    cr_assert_str_eq(load_fails("just text", WORKFLOW_YAML, &err),
+                     "inline.yaml:1:1: the top level must be a mapping, not a string");
+    cr_assert_str_eq(load_fails("a: 1\n---\nb: 2\n", WORKFLOW_YAML, &err),
+                     "inline.yaml:2:1: a workflow file holds a single YAML document");
+    cr_assert_str_eq(load_fails("a: *nowhere\n", WORKFLOW_YAML, &err),
+                     "inline.yaml:1:4: invalid YAML: unknown anchor 'nowhere'");
+    cr_assert_str_eq(load_fails("", WORKFLOW_JSON, &err),
+                     "inline.json:1:1: invalid JSON: unexpected end of input");
+    cr_assert_str_eq(load_fails("{\"name\": \"x\"} trailing", WORKFLOW_JSON, &err),
+                     "inline.json:1:15: invalid JSON: syntax error at 'trailing'");
+    cr_assert_str_eq(load_fails("{\n  \"name\": [1,\n", WORKFLOW_JSON, &err),
+                     "inline.json:3:1: invalid JSON: unexpected end of input");
+    cr_assert_str_eq(load_fails("{\"a\": {\"b\": 1, \"b\": 2}}", WORKFLOW_JSON, &err),
+                     "inline.json:1:16: duplicate key 'b'");
+}
+
+Test(workflow, oversized_input_is_refused)
+{
+    size_t len = WORKFLOW_MAX_FILE_BYTES + 1;
+    char *text = xmalloc(len + 1);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+
+    memset(text, ' ', len);
+    text[len] = '\0';
+    cr_assert_eq(workflow_load_string(text, len, WORKFLOW_YAML, "big.yaml", &wf, &err), TR_ETOOBIG);
+    cr_assert_null(wf);
+    cr_assert_not_null(strstr(err.message, "big.yaml"));
+    free(text);
+}
+
+Test(workflow, missing_file_is_an_error)
+{
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+
+    cr_assert_lt(workflow_load("/nonexistent/troupe/workflow.yaml", &wf, &err), 0);
+    cr_assert_null(wf);
+    cr_assert_not_null(strstr(err.message, "/nonexistent/troupe/workflow.yaml"));
+}
+
+/* ---- the broken corpus ------------------------------------------------------------------- */
+
+struct broken {
+    const char *file;
+    const char *where; /* "LINE:COLUMN" */
+    const char *message;
+};
+
+static const struct broken broken_files[] = {
+    {"bad-yaml-syntax.yaml", "5:48", "invalid YAML: mismatched flow mapping end"},
+    {"bad-json-syntax.json", "4:3", "invalid JSON: syntax error at '\"personas\": {}'"},
+    {"top-not-mapping.yaml", "1:1", "the top level must be a mapping, not a list"},
+    {"duplicate-key.yaml", "8:5", "duplicate key 'servers'"},
+    {"duplicate-key.json", "3:3", "duplicate key 'name'"},
+    {"unknown-key.yaml", "11:5", "step 1: unknown key 'tol' (did you mean 'tool'?)"},
+    {"unknown-key.json", "5:3", "unknown key 'stpes' (did you mean 'steps'?)"},
+    {"missing-steps.yaml", "1:1", "missing required key 'steps'"},
+    {"empty-steps.json", "5:3", "'steps' must not be empty"},
+    {"wrong-type.yaml", "5:11", "server 'demo': 'args' must be a list of strings, not a string"},
+    {"wrong-type.json", "4:57", "persona 'greeter': 'role' must be a string, not a number"},
+    {"unknown-server.yaml", "7:15",
+     "persona 'greeter': unknown server 'dmo' (did you mean 'demo'?)"},
+    {"unknown-persona.yaml", "8:14",
+     "step 'greet': unknown persona 'greter' (did you mean 'greeter'?)"},
+    {"unknown-tool-server.yaml", "11:11",
+     "step 'greet': tool 'dem.greet' names unknown server 'dem' (did you mean 'demo'?)"},
+    {"server-not-held.yaml", "13:11",
+     "step 'greet': tool 'other.greet': persona 'greeter' does not hold server 'other'"},
+    {"not-allowlisted.yaml", "12:11",
+     "step 'add': tool 'demo.add' is not on the allowlist of persona 'greeter'"},
+    {"duplicate-id.yaml", "12:9", "duplicate step id 'greet' (first at 9:9)"},
+    {"needs-unknown.yaml", "15:20",
+     "step 'count': needs unknown step 'gret' (did you mean 'greet'?)"},
+    {"needs-self.json", "6:74", "step 'greet' needs itself"},
+    {"cycle.yaml", "9:50", "cycle in needs: a -> b -> c -> a"},
+    {"cycle.json", "8:64", "cycle in needs: a -> b -> a"},
+    {"jq-syntax.yaml", "13:13", "step 'greet': argument 'name': jq: syntax error, unexpected $end"},
+    {"jq-unknown-function.json", "7:33",
+     "step 'greet': argument 'name.first': jq: shout/0 is not defined"},
+};
+
+Test(workflow, broken_files_fail_with_file_line_column)
+{
+    cr_assert_geq(sizeof(broken_files) / sizeof(broken_files[0]), 12);
+    for (size_t i = 0; i < sizeof(broken_files) / sizeof(broken_files[0]); i++) {
+        const struct broken *b = &broken_files[i];
+        char *relative = xasprintf("tests/workflows/broken/%s", b->file);
+        char *path = source_path(relative);
+        char *expected = xasprintf("%s:%s: %s", path, b->where, b->message);
+        struct workflow *wf = NULL;
+        struct tr_error err = {0};
+        int rc = workflow_load(path, &wf, &err);
+
+        cr_expect_eq(rc, TR_EINVAL, "%s: rc %d (%s)", b->file, rc, err.message);
+        cr_expect_null(wf, "%s loaded", b->file);
+        cr_expect_str_eq(err.message, expected, "%s", b->file);
+        cr_expect_null(strchr(err.message, '\n'), "%s: message is one line", b->file);
+        workflow_free(&wf);
+        free(expected);
+        free(path);
+        free(relative);
+    }
+}

@@ -1,0 +1,88 @@
+/*
+ * bus: the message bus between the scheduler and its agents. ZeroMQ carries the frames
+ * (ROUTER in the scheduler, one DEALER per agent), msgpack encodes each message. The message
+ * types and their fields are documented in schemas/bus-messages.md.
+ *
+ * Ownership: a struct bus_msg owns its strings (freed by bus_msg_free); bus_send borrows the
+ * message it sends; bus_recv hands the caller a new message.
+ */
+#ifndef TROUPE_BUS_H
+#define TROUPE_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base.h"
+
+#define BUS_PROTOCOL_VERSION 1
+#define BUS_MAX_MESSAGE_BYTES (32u * 1024 * 1024)
+#define BUS_MAX_IDENTITY 255
+
+enum bus_msg_type {
+    BUS_HELLO = 1, /* agent → scheduler: I am up (persona, pid, protocol version) */
+    BUS_WELCOME,   /* scheduler → agent: the persona's configuration (json) */
+    BUS_READY,     /* agent → scheduler: MCP sessions are open, send work */
+    BUS_ASSIGN,    /* scheduler → agent: perform a step (server, tool, json arguments) */
+    BUS_EVENT,     /* agent → scheduler: an audit event (event_type, json payload) */
+    BUS_RESULT,    /* agent → scheduler: a step ended (ok, json output or error) */
+    BUS_SHUTDOWN,  /* scheduler → agent: close sessions and exit */
+    BUS_BYE,       /* agent → scheduler: exiting (error set if it failed) */
+};
+
+/* One message. Fields not used by a type are NULL / 0. */
+struct bus_msg {
+    enum bus_msg_type type;
+    char *peer;            /* ROUTER side: the agent's identity (set by recv, used by send) */
+    int64_t version;       /* hello: BUS_PROTOCOL_VERSION */
+    char *persona;         /* hello */
+    int64_t pid;           /* hello */
+    char *step_id;         /* assign, event, result */
+    int64_t attempt;       /* assign, result */
+    char *server;          /* assign, event */
+    char *tool;            /* assign */
+    char *idempotency_key; /* assign */
+    int64_t timeout_ms;    /* assign: how long the tool call may take (0: the default) */
+    char *event_type;      /* event: "mcp.request", "mcp.response", "mcp.notification", ... */
+    char *json;            /* welcome: config; assign: arguments; event: payload; result: output */
+    bool ok;               /* result */
+    char *error;           /* result, bye: what went wrong, or NULL */
+};
+
+struct bus;
+
+/* Binds a ROUTER socket at endpoint ("ipc:///path" or "tcp://host:port"). */
+int bus_listen(const char *endpoint, struct bus **ret_bus, struct tr_error *err) TR_MUST_CHECK;
+/* Connects a DEALER socket with the given identity (1..BUS_MAX_IDENTITY bytes). */
+int bus_connect(const char *endpoint, const char *identity, struct bus **ret_bus,
+                struct tr_error *err) TR_MUST_CHECK;
+/* Closes the socket (pending messages are given up to 1 s) and the context. Accepts NULL. */
+void bus_free(struct bus **bus);
+/* The ZeroMQ socket, for zmq_poll alongside other descriptors. */
+void *bus_socket(struct bus *bus);
+
+/*
+ * Sends msg (on a ROUTER, to msg->peer). Never blocks: TR_EPEER if the peer is unknown or
+ * gone, -EAGAIN if its queue is full.
+ */
+int bus_send(struct bus *bus, const struct bus_msg *msg, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Receives one message, waiting up to timeout_ms (0: don't wait, -1: forever).
+ * Returns 0 with *ret_msg NULL on timeout. A malformed or oversized message is consumed and
+ * reported as TR_EPROTO (naming the sender on a ROUTER); the bus stays usable.
+ */
+int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg,
+             struct tr_error *err) TR_MUST_CHECK;
+
+struct bus_msg *bus_msg_new(enum bus_msg_type type);
+void bus_msg_free(struct bus_msg **msg);
+const char *bus_msg_type_name(enum bus_msg_type type);
+
+/* msgpack encoding of a message body (everything but peer). Caller frees *ret_data. */
+int bus_msg_encode(const struct bus_msg *msg, char **ret_data, size_t *ret_len,
+                   struct tr_error *err) TR_MUST_CHECK;
+/* Decodes and validates a body: known type, required fields present, types right. */
+int bus_msg_decode(const char *data, size_t len, struct bus_msg **ret_msg,
+                   struct tr_error *err) TR_MUST_CHECK;
+
+#endif

@@ -1,0 +1,457 @@
+/*
+ * runs.c: the records of a run: the run itself (ids, status, resolution by prefix), the
+ * state of its steps and the shared context with its history. The audit log is audit.c's;
+ * the statements' SQL and the connection are store.c's.
+ */
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "store-internal.h"
+
+static bool is_blank(const char *s)
+{
+    return !s || !*s;
+}
+
+/* Copies an id read from the database, refusing one too long to be troupe's. */
+static int copy_run_id(const char *id, char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err)
+{
+    if (!id || strlen(id) >= STORE_RUN_ID_SIZE)
+        return tr_error_set(err, TR_EIO, "the database holds a malformed run id");
+    memcpy(ret_run_id, id, strlen(id) + 1);
+    return 0;
+}
+
+/* ==== runs =============================================================================== */
+
+/* "r-YYYYMMDD-HHMMSS-xxxxxx" from an ISO 8601 time and 3 random bytes: sorts by time. */
+static void make_run_id(const char *now, char ret_run_id[STORE_RUN_ID_SIZE])
+{
+    unsigned char random[3];
+    char hex[sizeof(random) * 2 + 1];
+
+    assert(strlen(now) >= 19); /* "2026-11-25T11:39:59" */
+    randombytes_buf(random, sizeof(random));
+    sodium_bin2hex(hex, sizeof(hex), random, sizeof(random));
+    snprintf(ret_run_id, STORE_RUN_ID_SIZE, "r-%.4s%.2s%.2s-%.2s%.2s%.2s-%s", now, now + 5, now + 8,
+             now + 11, now + 14, now + 17, hex);
+}
+
+int store_run_create(struct store *store, const char *workflow_name, const char *workflow_file,
+                     const char *plan_json, const char *input_json,
+                     char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err)
+{
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    char plan_hash[STORE_HASH_HEX_SIZE];
+    char run_id[STORE_RUN_ID_SIZE];
+    char now[32];
+    int rc;
+
+    if (is_blank(workflow_name) || !plan_json)
+        return tr_error_set(err, TR_EINVAL,
+                            "could not create a run: a workflow name and a plan are required");
+    rc = store__check_writable(store, "could not create a run", err);
+    if (rc < 0)
+        return rc;
+
+    crypto_hash_sha256(digest, (const unsigned char *)plan_json, strlen(plan_json));
+    sodium_bin2hex(plan_hash, sizeof(plan_hash), digest, sizeof(digest));
+    tr_wall_iso8601(now, sizeof(now));
+
+    /* 24 random bits per second: a collision is unlikely, and retried if it happens. */
+    for (int attempt = 0;; attempt++) {
+        sqlite3_stmt *stmt = NULL;
+
+        make_run_id(now, run_id);
+        rc = store__stmt_acquire(store, STMT_RUN_INSERT, &stmt, err);
+        if (rc < 0)
+            return rc;
+        rc = store__bind_text(stmt, 1, run_id);
+        if (rc == SQLITE_OK)
+            rc = store__bind_text(stmt, 2, workflow_name);
+        if (rc == SQLITE_OK)
+            rc = store__bind_text(stmt, 3, workflow_file);
+        if (rc == SQLITE_OK)
+            rc = store__bind_text(stmt, 4, plan_json);
+        if (rc == SQLITE_OK)
+            rc = store__bind_text(stmt, 5, plan_hash);
+        if (rc == SQLITE_OK)
+            rc = store__bind_text(stmt, 6, input_json ? input_json : "null");
+        if (rc == SQLITE_OK)
+            rc = store__bind_text(stmt, 7, now);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE) {
+            store__stmt_release(store, STMT_RUN_INSERT, stmt);
+            break;
+        }
+        if (rc == SQLITE_CONSTRAINT_PRIMARYKEY && attempt < 8) {
+            store__stmt_release(store, STMT_RUN_INSERT, stmt);
+            continue;
+        }
+        rc = store__fail(store, rc, err, "could not create a run of workflow '%s'", workflow_name);
+        store__stmt_release(store, STMT_RUN_INSERT, stmt);
+        return rc;
+    }
+    memcpy(ret_run_id, run_id, sizeof(run_id));
+    return 0;
+}
+
+int store_run_finish(struct store *store, const char *run_id, const char *status, const char *error,
+                     struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    char now[32];
+    int rc;
+
+    if (is_blank(run_id))
+        return tr_error_set(err, TR_EINVAL, "could not finish the run: no run id given");
+    if (!status || (strcmp(status, "succeeded") != 0 && strcmp(status, "failed") != 0 &&
+                    strcmp(status, "cancelled") != 0))
+        return tr_error_set(err, TR_EINVAL,
+                            "could not finish run '%s': status '%s' is not one of succeeded, "
+                            "failed, cancelled",
+                            run_id, status ? status : "(null)");
+    rc = store__check_writable(store, "could not finish a run", err);
+    if (rc < 0)
+        return rc;
+    rc = store__stmt_acquire(store, STMT_RUN_FINISH, &stmt, err);
+    if (rc < 0)
+        return rc;
+    tr_wall_iso8601(now, sizeof(now));
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, status);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 3, error);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 4, now);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        rc = store__fail(store, rc, err, "could not finish run '%s'", run_id);
+    else if (sqlite3_changes(store->db) == 0)
+        rc = tr_error_set(err, TR_ENOTFOUND, "could not finish run '%s': no such run", run_id);
+    else
+        rc = 0;
+    store__stmt_release(store, STMT_RUN_FINISH, stmt);
+    return rc;
+}
+
+/* Runs a lookup statement bound to text (or nothing); copies column 0 of its row if any. */
+static int lookup_run_id(struct store *store, enum store_stmt id, const char *text,
+                         char ret_run_id[STORE_RUN_ID_SIZE], bool *ret_found, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = store__stmt_acquire(store, id, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = text ? store__bind_text(stmt, 1, text) : SQLITE_OK;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+        rc = copy_run_id(store__column_text(stmt, 0), ret_run_id, err);
+        *ret_found = rc == 0;
+    } else if (rc == SQLITE_DONE) {
+        *ret_found = false;
+        rc = 0;
+    } else {
+        rc = store__fail(store, rc, err, "could not look up run '%s'", text ? text : "latest");
+    }
+    store__stmt_release(store, id, stmt);
+    return rc;
+}
+
+int store_run_resolve(struct store *store, const char *id_or_prefix,
+                      char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    char found_id[STORE_RUN_ID_SIZE];
+    bool found = false;
+    int64_t matches;
+    int rc;
+
+    if (is_blank(id_or_prefix))
+        return tr_error_set(err, TR_EINVAL, "no run id given");
+    if (strcmp(id_or_prefix, "latest") == 0) {
+        rc = lookup_run_id(store, STMT_RUN_LATEST, NULL, found_id, &found, err);
+        if (rc == 0 && !found)
+            rc = tr_error_set(err, TR_ENOTFOUND, "no run matches 'latest': there are no runs");
+        goto out;
+    }
+    rc = lookup_run_id(store, STMT_RUN_BY_ID, id_or_prefix, found_id, &found, err);
+    if (rc < 0 || found)
+        goto out;
+
+    rc = store__stmt_acquire(store, STMT_RUN_PREFIX, &stmt, err);
+    if (rc < 0)
+        return rc;
+    rc = store__bind_text(stmt, 1, id_or_prefix);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW) {
+        rc = store__fail(store, rc, err, "could not look up run '%s'", id_or_prefix);
+        goto out;
+    }
+    matches = sqlite3_column_int64(stmt, 0);
+    if (matches == 0) {
+        rc = tr_error_set(err, TR_ENOTFOUND, "no run matches '%s'", id_or_prefix);
+    } else if (matches > 1) {
+        rc = tr_error_set(err, TR_EINVAL,
+                          "run id prefix '%s' is ambiguous: %lld runs match; give more of the id",
+                          id_or_prefix, (long long)matches);
+    } else {
+        rc = copy_run_id(store__column_text(stmt, 1), found_id, err);
+        found = rc == 0;
+    }
+out:
+    store__stmt_release(store, STMT_RUN_PREFIX, stmt);
+    if (rc == 0 && found)
+        memcpy(ret_run_id, found_id, sizeof(found_id));
+    return rc;
+}
+
+/* Calls fn for each row of a statement selecting RUN_COLUMNS; counts rows in ret_rows. */
+static int each_run(struct store *store, enum store_stmt id, const char *run_id,
+                    int (*fn)(void *userdata, const struct store_run *run), void *userdata,
+                    int64_t *ret_rows, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t rows = 0;
+    int rc = store__stmt_acquire(store, id, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = run_id ? store__bind_text(stmt, 1, run_id) : SQLITE_OK;
+    if (rc != SQLITE_OK)
+        goto fail;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct store_run run = {
+            .id = store__column_text(stmt, 0),
+            .workflow_name = store__column_text(stmt, 1),
+            .workflow_file = store__column_text(stmt, 2),
+            .status = store__column_text(stmt, 3),
+            .error = store__column_text(stmt, 4),
+            .started_at = store__column_text(stmt, 5),
+            .finished_at = store__column_text(stmt, 6),
+            .plan_hash = store__column_text(stmt, 7),
+            .input_json = store__column_text(stmt, 8),
+        };
+        rows++;
+        rc = fn(userdata, &run);
+        if (rc != 0)
+            goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        rc = 0;
+        goto out;
+    }
+fail:
+    rc = store__fail(store, rc, err, "could not read runs");
+out:
+    store__stmt_release(store, id, stmt);
+    *ret_rows = rows;
+    return rc;
+}
+
+int store_runs_list(struct store *store, int (*fn)(void *userdata, const struct store_run *run),
+                    void *userdata, struct tr_error *err)
+{
+    int64_t rows;
+
+    return each_run(store, STMT_RUNS_LIST, NULL, fn, userdata, &rows, err);
+}
+
+int store_run_get(struct store *store, const char *run_id,
+                  int (*fn)(void *userdata, const struct store_run *run), void *userdata,
+                  struct tr_error *err)
+{
+    int64_t rows;
+    int rc;
+
+    if (is_blank(run_id))
+        return tr_error_set(err, TR_EINVAL, "no run id given");
+    rc = each_run(store, STMT_RUN_GET, run_id, fn, userdata, &rows, err);
+    if (rc == 0 && rows == 0)
+        rc = tr_error_set(err, TR_ENOTFOUND, "no run '%s'", run_id);
+    return rc;
+}
+
+/* ==== steps ============================================================================== */
+
+static bool is_step_state(const char *state)
+{
+    static const char *const states[] = {"pending", "dispatched", "succeeded", "failed", "skipped"};
+
+    for (size_t i = 0; state && i < sizeof(states) / sizeof(states[0]); i++)
+        if (strcmp(state, states[i]) == 0)
+            return true;
+    return false;
+}
+
+int store_step_set(struct store *store, const char *run_id, const char *step_id,
+                   const char *persona, const char *state, int attempt, const char *output_json,
+                   const char *error, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    char now[32];
+    int rc;
+
+    if (is_blank(run_id) || is_blank(step_id))
+        return tr_error_set(err, TR_EINVAL, "could not record a step: run and step ids required");
+    if (!is_step_state(state))
+        return tr_error_set(err, TR_EINVAL,
+                            "could not record step '%s' of run '%s': state '%s' is not one of "
+                            "pending, dispatched, succeeded, failed, skipped",
+                            step_id, run_id, state ? state : "(null)");
+    if (attempt < 0)
+        return tr_error_set(err, TR_EINVAL,
+                            "could not record step '%s' of run '%s': negative attempt %d", step_id,
+                            run_id, attempt);
+    rc = store__check_writable(store, "could not record a step", err);
+    if (rc < 0)
+        return rc;
+    rc = store__stmt_acquire(store, STMT_STEP_UPSERT, &stmt, err);
+    if (rc < 0)
+        return rc;
+    tr_wall_iso8601(now, sizeof(now));
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, step_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 3, persona);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 4, state);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(stmt, 5, attempt);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 6, output_json);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 7, error);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 8, now);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        rc = store__fail(store, rc, err, "could not record step '%s' of run '%s'", step_id, run_id);
+    else
+        rc = 0;
+    store__stmt_release(store, STMT_STEP_UPSERT, stmt);
+    return rc;
+}
+
+int store_steps_list(struct store *store, const char *run_id,
+                     int (*fn)(void *userdata, const struct store_step *step), void *userdata,
+                     struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = store__stmt_acquire(store, STMT_STEPS_LIST, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc != SQLITE_OK)
+        goto fail;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct store_step step = {
+            .step_id = store__column_text(stmt, 0),
+            .persona = store__column_text(stmt, 1),
+            .state = store__column_text(stmt, 2),
+            .attempt = sqlite3_column_int(stmt, 3),
+            .output_json = store__column_text(stmt, 4),
+            .error = store__column_text(stmt, 5),
+            .started_at = store__column_text(stmt, 6),
+            .finished_at = store__column_text(stmt, 7),
+        };
+        rc = fn(userdata, &step);
+        if (rc != 0)
+            goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        rc = 0;
+        goto out;
+    }
+fail:
+    rc = store__fail(store, rc, err, "could not read the steps of run '%s'",
+                     run_id ? run_id : "(null)");
+out:
+    store__stmt_release(store, STMT_STEPS_LIST, stmt);
+    return rc;
+}
+
+/* ==== shared context ===================================================================== */
+
+int store_context_put(struct store *store, const char *run_id, const char *key,
+                      const char *value_json, const char *step_id, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    char now[32];
+    int rc;
+
+    if (is_blank(run_id) || is_blank(key))
+        return tr_error_set(err, TR_EINVAL, "could not write context: run id and key required");
+    rc = store__check_writable(store, "could not write context", err);
+    if (rc < 0)
+        return rc;
+    rc = store__stmt_acquire(store, STMT_CONTEXT_INSERT, &stmt, err);
+    if (rc < 0)
+        return rc;
+    tr_wall_iso8601(now, sizeof(now));
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, key);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 3, value_json ? value_json : "null");
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 4, step_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 5, now);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        rc = store__fail(store, rc, err, "could not write context key '%s' of run '%s'", key,
+                         run_id);
+    else
+        rc = 0;
+    store__stmt_release(store, STMT_CONTEXT_INSERT, stmt);
+    return rc;
+}
+
+int store_context_list(struct store *store, const char *run_id,
+                       int (*fn)(void *userdata, const struct store_context_entry *entry),
+                       void *userdata, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = store__stmt_acquire(store, STMT_CONTEXT_LIST, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc != SQLITE_OK)
+        goto fail;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct store_context_entry entry = {
+            .key = store__column_text(stmt, 0),
+            .value_json = store__column_text(stmt, 1),
+            .step_id = store__column_text(stmt, 2),
+            .version = sqlite3_column_int64(stmt, 3),
+        };
+        rc = fn(userdata, &entry);
+        if (rc != 0)
+            goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        rc = 0;
+        goto out;
+    }
+fail:
+    rc = store__fail(store, rc, err, "could not read the context of run '%s'",
+                     run_id ? run_id : "(null)");
+out:
+    store__stmt_release(store, STMT_CONTEXT_LIST, stmt);
+    return rc;
+}

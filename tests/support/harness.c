@@ -1,0 +1,276 @@
+/*
+ * Test harness implementation: fork/exec with captured output and a deadline, temp files,
+ * read-only database queries, and a /proc scan for leftover processes.
+ */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *data = NULL;
+    size_t len = 0;
+    char chunk[4096];
+    size_t n;
+
+    data = strdup("");
+    if (!f)
+        return data;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        data = realloc(data, len + n + 1);
+        cr_assert_not_null(data);
+        memcpy(data + len, chunk, n);
+        len += n;
+        data[len] = '\0';
+    }
+    fclose(f);
+    return data;
+}
+
+void harness_spawn(const char *const *argv, const char *cwd, struct harness_proc *ret)
+{
+    char template[] = "/tmp/troupe-out-XXXXXX";
+    int out_fd = mkstemp(template);
+    cr_assert_geq(out_fd, 0);
+    ret->out_path = strdup(template);
+    strcpy(template, "/tmp/troupe-err-XXXXXX");
+    int err_fd = mkstemp(template);
+    cr_assert_geq(err_fd, 0);
+    ret->err_path = strdup(template);
+
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        setpgid(0, 0);
+        dup2(out_fd, 1);
+        dup2(err_fd, 2);
+        if (cwd && chdir(cwd) < 0)
+            _exit(126);
+        execv(argv[0], (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    close(out_fd);
+    close(err_fd);
+    ret->pid = pid;
+}
+
+void harness_finish(struct harness_proc *proc, int timeout_ms, struct harness_result *ret)
+{
+    long long deadline = now_ms() + timeout_ms;
+    int status = 0;
+    bool timed_out = false;
+
+    while (waitpid(proc->pid, &status, WNOHANG) == 0) {
+        if (now_ms() > deadline) {
+            kill(-proc->pid, SIGKILL);
+            waitpid(proc->pid, &status, 0);
+            timed_out = true;
+            break;
+        }
+        usleep(10 * 1000);
+    }
+    if (timed_out)
+        ret->exit_code = -1;
+    else if (WIFEXITED(status))
+        ret->exit_code = WEXITSTATUS(status);
+    else
+        ret->exit_code = 128 + WTERMSIG(status);
+    ret->out = slurp(proc->out_path);
+    ret->err = slurp(proc->err_path);
+    /* In the sanitizer build, a report from the program or its agents fails the test. */
+    cr_assert_null(strstr(ret->err, "Sanitizer"), "sanitizer report:\n%s", ret->err);
+    cr_assert_null(strstr(ret->err, "runtime error:"), "sanitizer report:\n%s", ret->err);
+    unlink(proc->out_path);
+    unlink(proc->err_path);
+    free(proc->out_path);
+    free(proc->err_path);
+}
+
+void harness_run(const char *const *argv, const char *cwd, int timeout_ms,
+                 struct harness_result *ret)
+{
+    struct harness_proc proc;
+    harness_spawn(argv, cwd, &proc);
+    harness_finish(&proc, timeout_ms, ret);
+}
+
+long long harness_db_wait(const char *db_path, const char *sql, long long want, int timeout_ms)
+{
+    long long deadline = now_ms() + timeout_ms;
+    long long value = -1;
+
+    while (now_ms() < deadline) {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *stmt = NULL;
+        if (access(db_path, F_OK) == 0 &&
+            sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+            sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+            sqlite3_step(stmt) == SQLITE_ROW)
+            value = sqlite3_column_int64(stmt, 0);
+        sqlite3_finalize(stmt);
+        sqlite3_close(db);
+        if (value >= want)
+            return value;
+        usleep(50 * 1000);
+    }
+    return value;
+}
+
+void harness_result_release(struct harness_result *result)
+{
+    free(result->out);
+    free(result->err);
+    result->out = result->err = NULL;
+}
+
+static char *env_path(const char *var, const char *rel)
+{
+    const char *root = getenv(var);
+    cr_assert_not_null(root, "%s is not set: run the tests through meson test", var);
+    char *path;
+    cr_assert_geq(asprintf(&path, "%s/%s", root, rel), 0);
+    return path;
+}
+
+char *harness_build_path(const char *rel)
+{
+    return env_path("TROUPE_BUILD_DIR", rel);
+}
+
+char *harness_source_path(const char *rel)
+{
+    return env_path("TROUPE_SOURCE_DIR", rel);
+}
+
+char *harness_tempdir(void)
+{
+    char *dir = strdup("/tmp/troupe-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    return dir;
+}
+
+char *harness_write_file(const char *dir, const char *name, const char *text)
+{
+    char *path;
+    cr_assert_geq(asprintf(&path, "%s/%s", dir, name), 0);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static sqlite3_stmt *query(sqlite3 **db, const char *db_path, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    cr_assert_eq(sqlite3_open_v2(db_path, db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK,
+                 "cannot open %s", db_path);
+    cr_assert_eq(sqlite3_prepare_v2(*db, sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
+                 sqlite3_errmsg(*db));
+    return stmt;
+}
+
+long long harness_db_int(const char *db_path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *stmt = query(&db, db_path, sql);
+    long long value = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return value;
+}
+
+char *harness_db_text(const char *db_path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *stmt = query(&db, db_path, sql);
+    char *value = NULL;
+    if (sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL)
+        value = strdup((const char *)sqlite3_column_text(stmt, 0));
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return value;
+}
+
+int harness_count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static int scan_processes(const char *dir, const char *needle)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    int count = 0;
+
+    cr_assert_not_null(proc);
+    while ((entry = readdir(proc))) {
+        char path[300], target[PATH_MAX], cmdline[4096];
+        pid_t pid = (pid_t)atoi(entry->d_name);
+        if (pid <= 0 || pid == getpid())
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/cwd", pid);
+        ssize_t n = readlink(path, target, sizeof(target) - 1);
+        bool match = false;
+        if (n > 0) {
+            target[n] = '\0';
+            match = dir && strcmp(target, dir) == 0;
+        }
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+        int fd = open(path, O_RDONLY);
+        if (fd >= 0) {
+            ssize_t len = read(fd, cmdline, sizeof(cmdline) - 1);
+            close(fd);
+            for (ssize_t i = 0; i < len - 1; i++)
+                if (cmdline[i] == '\0')
+                    cmdline[i] = ' ';
+            cmdline[len > 0 ? len : 0] = '\0';
+            if (needle && strstr(cmdline, needle) && !strstr(cmdline, "test_"))
+                match = true;
+        }
+        if (match) {
+            fprintf(stderr, "leftover process %d: %s\n", pid, cmdline);
+            count++;
+        }
+    }
+    closedir(proc);
+    return count;
+}
+
+int harness_leftover_processes(const char *dir, const char *needle)
+{
+    int count = 0;
+    for (int i = 0; i < 30; i++) {
+        count = scan_processes(dir, needle);
+        if (count == 0)
+            return 0;
+        usleep(100 * 1000);
+    }
+    return count;
+}

@@ -1,0 +1,54 @@
+/*
+ * Test harness for tests that run real troupe processes: run a program with a deadline and
+ * capture its output, make temporary directories, query a run's SQLite database, and look
+ * for processes left behind.
+ */
+#ifndef TROUPE_TEST_HARNESS_H
+#define TROUPE_TEST_HARNESS_H
+
+#include <stdbool.h>
+
+struct harness_result {
+    int exit_code; /* exit status, 128+signal if killed, -1 if it hit the deadline */
+    char *out;     /* everything it wrote to stdout */
+    char *err;     /* everything it wrote to stderr */
+};
+
+/* A program started in the background, its output collected into temporary files. */
+struct harness_proc {
+    int pid;
+    char *out_path;
+    char *err_path;
+};
+
+/* Starts argv (argv[0] a path) in cwd (or the current directory), in its own process group. */
+void harness_spawn(const char *const *argv, const char *cwd, struct harness_proc *ret);
+/* Waits for it up to timeout_ms (then kills its process group) and collects its output. */
+void harness_finish(struct harness_proc *proc, int timeout_ms, struct harness_result *ret);
+/* harness_spawn then harness_finish. */
+void harness_run(const char *const *argv, const char *cwd, int timeout_ms,
+                 struct harness_result *ret);
+/* Polls sql (an integer query) until it yields at least want, up to timeout_ms; the value. */
+long long harness_db_wait(const char *db_path, const char *sql, long long want, int timeout_ms);
+void harness_result_release(struct harness_result *result);
+
+/* $TROUPE_BUILD_DIR/rel and $TROUPE_SOURCE_DIR/rel. Caller frees. */
+char *harness_build_path(const char *rel);
+char *harness_source_path(const char *rel);
+/* A new empty directory under /tmp. Caller frees (the directory stays for post-mortems). */
+char *harness_tempdir(void);
+/* Writes text to dir/name; returns the path (caller frees). */
+char *harness_write_file(const char *dir, const char *name, const char *text);
+
+/* The first column of the first row of sql as an integer (-1 if no row). */
+long long harness_db_int(const char *db_path, const char *sql);
+/* The same as text (NULL if no row or NULL); caller frees. */
+char *harness_db_text(const char *db_path, const char *sql);
+
+/* Number of lines in s. */
+int harness_count_lines(const char *s);
+/* Processes (other than this one) whose working directory is dir, or whose command line
+ * contains needle (when not NULL). Waits up to 3 s for them to go. */
+int harness_leftover_processes(const char *dir, const char *needle);
+
+#endif
