@@ -124,6 +124,11 @@ void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *d
 int mcp_server_run_stdio(struct mcp_server *server, int in_fd, int out_fd,
                          struct tr_error *err) TR_MUST_CHECK;
 void mcp_server_free(struct mcp_server **server);
+/*
+ * The whole life of a stdio server program: a server named name (version TR_VERSION) with the
+ * given tools, served on stdin/stdout until stdin closes. Returns the exit status for main().
+ */
+int mcp_server_main(const char *name, const struct mcp_tool_def *tools, size_t count);
 
 /* A CallToolResult with one text content item. */
 cJSON *mcp_result_text(const char *text, bool is_error);

@@ -66,6 +66,22 @@ void mcp_server_free(struct mcp_server **server)
     *server = NULL;
 }
 
+int mcp_server_main(const char *name, const struct mcp_tool_def *tools, size_t count)
+{
+    struct mcp_server *server = mcp_server_new(name, TR_VERSION);
+    struct tr_error err = {0};
+
+    for (size_t i = 0; i < count; i++)
+        mcp_server_add_tool(server, &tools[i]);
+    int rc = mcp_server_run_stdio(server, STDIN_FILENO, STDOUT_FILENO, &err);
+    mcp_server_free(&server);
+    if (rc < 0) {
+        fprintf(stderr, "%s: %s\n", name, err.message);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- results ----------------------------------------------------------------------------- */
 
 static cJSON *text_content(const char *text)

@@ -12,6 +12,8 @@
 
 /* An interpolated argument string may not grow past this. */
 #define WF_MAX_ARGUMENT_BYTES (16u * 1024 * 1024)
+/* A value computed by jq may not nest deeper than this (the conversion recurses). */
+#define WF_MAX_VALUE_DEPTH 512
 
 /*
  * Compiled in front of every expression: the environment is not visible to workflows (secrets
@@ -287,11 +289,13 @@ static jv jv_from_cjson(const cJSON *node)
     return jv_null();
 }
 
-/* Borrows value. */
-static cJSON *cjson_from_jv(jv value)
+/* Borrows value. NULL when it nests deeper than WF_MAX_VALUE_DEPTH. */
+static cJSON *cjson_from_jv(jv value, int depth)
 {
     cJSON *result = NULL;
 
+    if (depth > WF_MAX_VALUE_DEPTH)
+        return NULL;
     switch (jv_get_kind(value)) {
     case JV_KIND_STRING:
         result = cJSON_CreateString(jv_string_value(value));
@@ -310,8 +314,13 @@ static cJSON *cjson_from_jv(jv value)
         result = cJSON_CreateArray();
         for (int i = 0; result && i < length; i++) {
             jv item = jv_array_get(jv_copy(value), i);
-            cJSON_AddItemToArray(result, cjson_from_jv(item));
+            cJSON *converted = cjson_from_jv(item, depth + 1);
             jv_free(item);
+            if (!converted) {
+                cJSON_Delete(result);
+                return NULL;
+            }
+            cJSON_AddItemToArray(result, converted);
         }
         break;
     }
@@ -321,9 +330,15 @@ static cJSON *cjson_from_jv(jv value)
              it = jv_object_iter_next(value, it)) {
             jv key = jv_object_iter_key(value, it);
             jv item = jv_object_iter_value(value, it);
-            cJSON_AddItemToObject(result, jv_string_value(key), cjson_from_jv(item));
+            cJSON *converted = cjson_from_jv(item, depth + 1);
+            if (converted)
+                cJSON_AddItemToObject(result, jv_string_value(key), converted);
             jv_free(key);
             jv_free(item);
+            if (!converted) {
+                cJSON_Delete(result);
+                return NULL;
+            }
         }
         break;
     default:
@@ -389,8 +404,12 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
         jv value;
         if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, argument, &value, err)) < 0)
             return rc;
-        *ret_value = cjson_from_jv(value);
+        *ret_value = cjson_from_jv(value, 0);
         jv_free(value);
+        if (!*ret_value)
+            return tr_error_set(err, TR_EINVAL,
+                                "step '%s': argument '%s': value nested deeper than %d levels",
+                                step->id, argument, WF_MAX_VALUE_DEPTH);
         return 0;
     }
     tr_buf_init(&text, WF_MAX_ARGUMENT_BYTES);

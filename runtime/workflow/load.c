@@ -17,6 +17,8 @@
 
 /* Alias expansion can make a small file huge ("billion laughs"); cap the nodes built. */
 #define WF_MAX_NODES (1u << 20)
+/* Deeper nesting than any workflow needs; keeps the recursive walks off the stack's edge. */
+#define WF_MAX_DEPTH 256
 
 /* ---- the position side table ---------------------------------------------------------- */
 
@@ -127,6 +129,28 @@ static int check_duplicate_keys(const struct wf_doc *doc, const cJSON *object, s
     return rc;
 }
 
+/* ---- text positions ------------------------------------------------------------------ */
+
+/* A cursor over the input text that knows its line and column (in characters, 1-based). */
+struct scan {
+    const char *text;
+    size_t len, i;
+    int line, column;
+};
+
+static void scan_to(struct scan *s, size_t target)
+{
+    for (; s->i < target && s->i < s->len; s->i++) {
+        unsigned char c = (unsigned char)s->text[s->i];
+        if (c == '\n') {
+            s->line++;
+            s->column = 1;
+        } else if ((c & 0xC0) != 0x80) {
+            s->column++;
+        }
+    }
+}
+
 /* ---- YAML ------------------------------------------------------------------------------- */
 
 struct anchor {
@@ -143,6 +167,7 @@ struct yaml_builder {
     struct anchor *anchors;
     size_t anchor_count, anchor_alloc;
     size_t node_count;
+    int depth;
     struct tr_error *err;
 };
 
@@ -468,10 +493,17 @@ static int yaml_node(struct yaml_builder *b, struct fy_event *event, int key_lin
     }
     /* Record before the children so the table reads in document order. */
     pos_add(b->doc, node, line, column, key_line, key_column);
-    if (event->type == FYET_MAPPING_START)
-        rc = yaml_mapping(b, node);
-    else if (event->type == FYET_SEQUENCE_START)
-        rc = yaml_sequence(b, node);
+    if (!cJSON_IsObject(node) && !cJSON_IsArray(node))
+        goto done;
+    if (++b->depth > WF_MAX_DEPTH) {
+        char *what = xasprintf("nested deeper than %d levels", WF_MAX_DEPTH);
+        rc = yaml_fail_at(b, event, what);
+        free(what);
+        goto out;
+    }
+    rc = cJSON_IsObject(node) ? yaml_mapping(b, node) : yaml_sequence(b, node);
+    b->depth--;
+done:
     if (rc == 0 && cJSON_IsObject(node))
         rc = check_duplicate_keys(b->doc, node, b->err);
     if (rc == 0)
@@ -507,6 +539,15 @@ static int yaml_parse(struct wf_doc *doc, const char *text, size_t len, struct t
     b.parser = fy_parser_create(&parse_cfg);
     if (!b.parser)
         abort();
+    /* libfyaml would take a NUL byte for the end of the input. */
+    const char *nul = memchr(text, '\0', len);
+    if (nul) {
+        struct scan s = {text, len, 0, 1, 1};
+        scan_to(&s, (size_t)(nul - text));
+        rc = tr_error_set(err, TR_EINVAL, "%s:%d:%d: invalid YAML: NUL byte", doc->file, s.line,
+                          s.column);
+        goto out;
+    }
     if (fy_parser_set_string(b.parser, text, len) != 0) {
         rc = tr_error_set(err, TR_EINVAL, "%s:1:1: invalid YAML: cannot read input", doc->file);
         goto out;
@@ -548,26 +589,6 @@ out:
 }
 
 /* ---- JSON ------------------------------------------------------------------------------- */
-
-/* A cursor over JSON text that knows its line and column (in characters, 1-based). */
-struct scan {
-    const char *text;
-    size_t len, i;
-    int line, column;
-};
-
-static void scan_to(struct scan *s, size_t target)
-{
-    for (; s->i < target && s->i < s->len; s->i++) {
-        unsigned char c = (unsigned char)s->text[s->i];
-        if (c == '\n') {
-            s->line++;
-            s->column = 1;
-        } else if ((c & 0xC0) != 0x80) {
-            s->column++;
-        }
-    }
-}
 
 static void scan_space(struct scan *s)
 {

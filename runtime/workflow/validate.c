@@ -41,15 +41,18 @@
  *       with: {name: "${{ .input.who }}"}
  *                                optional mapping of arguments, any JSON values; strings may
  *                                hold jq expressions in ${{ }}, compiled at load time and
- *                                evaluated over {"input", "context", "steps"}
+ *                                evaluated over {"input", "context", "steps"}: a string that
+ *                                is exactly "${{ EXPR }}" takes EXPR's first value (any JSON
+ *                                type); "text ${{ EXPR }} text" inserts strings raw and other
+ *                                values as compact JSON. `env` and `$ENV` are empty.
  *       needs: [other]           optional step id or list of step ids; no duplicates, not
  *                                the step itself, no cycles
  *       save: greeting           optional context key the output is saved under;
  *                                [A-Za-z0-9_.-]+
  *
  * Unknown keys are errors at every level (with "did you mean 'X'?" when a known key is within
- * edit distance 2). Errors are reported one at a time: each check goes through fail(), which
- * is the one place to change to collect every problem instead of the first.
+ * edit distance 2). Errors are reported one at a time: every check ends in wf_doc_fail() (through
+ * fail() here), the one place to change to collect every problem instead of the first.
  */
 #include "workflow-internal.h"
 

@@ -127,8 +127,9 @@ static void check_hello_run(struct env *env, const char *file, const char *who)
     /* The audit log: contiguous, ordered, and every MCP exchange is in it. */
     long long events = query_int(env, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
     cr_assert_eq(query_int(env, "SELECT max(seq) FROM audit WHERE run_id = '%s'", run), events);
-    cr_assert_str_eq(query_text(env, "SELECT type FROM audit WHERE run_id = '%s' AND seq = 1", run),
-                     "run.started");
+    char *first = query_text(env, "SELECT type FROM audit WHERE run_id = '%s' AND seq = 1", run);
+    cr_assert_str_eq(first, "run.started");
+    free(first);
     char *last = query_text(env,
                             "SELECT type FROM audit WHERE run_id = '%s' ORDER BY seq DESC "
                             "LIMIT 1",
@@ -398,11 +399,12 @@ Test(failure, server_exiting_mid_call_fails_the_step_and_the_run)
                            "json_extract(payload_json, '$.status') = 'failed'",
                            run),
                  1);
-    cr_assert_str_eq(query_text(&env,
+    char *finished = query_text(&env,
                                 "SELECT json_extract(payload_json, '$.status') FROM audit "
                                 "WHERE run_id = '%s' AND type = 'run.finished'",
-                                run),
-                     "failed");
+                                run);
+    cr_assert_str_eq(finished, "failed");
+    free(finished);
 
     /* The failure is in the log a user reads. */
     struct harness_result log;

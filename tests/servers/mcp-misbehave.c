@@ -232,15 +232,5 @@ int main(int argc, char **argv)
     if (no_init || bad_version)
         return broken_handshake(bad_version);
 
-    struct mcp_server *server = mcp_server_new(PROGRAM, TR_VERSION);
-    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-        mcp_server_add_tool(server, &tools[i]);
-    struct tr_error err = {0};
-    int rc = mcp_server_run_stdio(server, STDIN_FILENO, STDOUT_FILENO, &err);
-    mcp_server_free(&server);
-    if (rc < 0) {
-        fprintf(stderr, PROGRAM ": %s\n", err.message);
-        return 1;
-    }
-    return 0;
+    return mcp_server_main(PROGRAM, tools, sizeof(tools) / sizeof(tools[0]));
 }

@@ -462,6 +462,59 @@ Test(workflow, syntax_errors_in_memory)
                      "inline.json:1:16: duplicate key 'b'");
 }
 
+Test(workflow, hostile_inputs_are_refused)
+{
+    struct tr_error err = {0};
+    char deep[700] = "a: ";
+
+    /* The top mapping is level 1, so the 256th bracket (column 259) is level 257. */
+    memset(deep + 3, '[', 600);
+    cr_assert_str_eq(load_fails(deep, WORKFLOW_YAML, &err),
+                     "inline.yaml:1:259: nested deeper than 256 levels");
+    {
+        const char text[] = "name: x\n  \0more";
+        struct workflow *wf = NULL;
+        cr_assert_eq(
+            workflow_load_string(text, sizeof(text) - 1, WORKFLOW_YAML, "nul.yaml", &wf, &err),
+            TR_EINVAL);
+        cr_assert_str_eq(err.message, "nul.yaml:2:3: invalid YAML: NUL byte");
+    }
+    /* Billion laughs: alias expansion is capped. */
+    {
+        struct tr_buf text;
+        tr_buf_init(&text, 0);
+        cr_assert_eq(tr_buf_appendf(&text, "a: &a [x, x, x, x, x, x, x, x, x, x]\n"), 0);
+        for (int i = 0; i < 8; i++)
+            cr_assert_eq(tr_buf_appendf(&text, "%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n",
+                                        'b' + i, 'b' + i, 'a' + i, 'a' + i, 'a' + i, 'a' + i,
+                                        'a' + i, 'a' + i, 'a' + i, 'a' + i),
+                         0);
+        cr_assert_not_null(
+            strstr(load_fails(text.data, WORKFLOW_YAML, &err), "document has too many nodes"));
+        tr_buf_release(&text);
+    }
+}
+
+Test(workflow, deep_jq_values_are_refused)
+{
+    struct workflow *wf =
+        load_yaml("name: deep\n"
+                  "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                  "personas: {p: {servers: [demo]}}\n"
+                  "steps:\n"
+                  "  - id: s\n"
+                  "    persona: p\n"
+                  "    tool: demo.echo\n"
+                  "    with: {a: \"${{ reduce range(1000) as $i (0; [.]) }}\"}\n");
+    struct tr_error err = {0};
+    cJSON *args = NULL;
+
+    cr_assert_eq(workflow_step_arguments(wf, 0, NULL, &args, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "step 's': argument 'a': value nested deeper than 512 levels");
+    cr_assert_null(args);
+    workflow_free(&wf);
+}
+
 Test(workflow, oversized_input_is_refused)
 {
     size_t len = WORKFLOW_MAX_FILE_BYTES + 1;
