@@ -358,11 +358,9 @@ static int open_servers(struct agent *agent, struct tr_error *err)
         agent->allowlist = NULL;
     cJSON_ArrayForEach(entry, servers)
     {
-        int rc = open_server(agent, entry, err);
-        if (rc < 0) {
-            tr_error_prefix(err, "could not start MCP server '%s'", entry->string);
+        int rc = open_server(agent, entry, err); /* err names the server */
+        if (rc < 0)
             return rc;
-        }
     }
     return 0;
 }

@@ -50,14 +50,17 @@ static void on_step(void *userdata, const char *step_id, const char *persona, co
     struct progress *progress = userdata;
     if (progress->quiet)
         return;
-    printf("  %-9s %-*s %-12s %6lld ms%s%s\n", state, (int)progress->width, step_id, persona,
-           (long long)duration_ms, error ? "  " : "", error ? error : "");
+    char took[32] = "";
+    if (strcmp(state, "skipped") != 0)
+        snprintf(took, sizeof(took), "%6lld ms", (long long)duration_ms);
+    printf("  %-9s %-*s %-12s %9s%s%s\n", state, (int)progress->width, step_id, persona, took,
+           error ? "  " : "", error ? error : "");
     fflush(stdout);
 }
 
 static int print_context_entry(void *userdata, const struct store_context_entry *entry)
 {
-    (void)userdata;
+    (*(size_t *)userdata)++;
     printf("  %s = %s\n", entry->key, entry->value_json);
     return 0;
 }
@@ -196,9 +199,12 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         status = rc == -ECANCELED ? CLI_CANCELLED : CLI_FAILED;
     }
     if (!progress.quiet) {
+        size_t entries = 0;
         printf("\ncontext:\n");
-        if (store_context_list(store, run_id, print_context_entry, NULL, &err) < 0)
+        if (store_context_list(store, run_id, print_context_entry, &entries, &err) < 0)
             cli_error("%s", err.message);
+        else if (entries == 0)
+            printf("  (empty)\n");
         printf("\naudit trail: troupe log %s%s%s\n", run_id, common->db_path ? " --db " : "",
                common->db_path ? common->db_path : "");
     }

@@ -707,6 +707,10 @@ static void finish_run(struct run *run, const char *status)
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddStringToObject(payload, "reason", "the run ended before it could run");
         audit(run, workflow_step_id(run->wf, i), "scheduler", "step.skipped", payload);
+        if (run->opts->on_step)
+            run->opts->on_step(run->opts->userdata, workflow_step_id(run->wf, i),
+                               workflow_persona_name(run->wf, workflow_step_persona(run->wf, i)),
+                               "skipped", 0, NULL);
     }
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "status", status);

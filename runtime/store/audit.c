@@ -230,40 +230,33 @@ int store_audit_append(struct store *store, const char *run_id, const char *step
     }
 }
 
+struct event_scan {
+    int (*fn)(void *userdata, const struct store_audit_event *event);
+    void *userdata;
+};
+
+static int scan_event(sqlite3_stmt *stmt, void *ctx)
+{
+    const struct event_scan *scan = ctx;
+    struct store_audit_event event = {
+        .seq = sqlite3_column_int64(stmt, 0),
+        .time = store__column_text(stmt, 1),
+        .step_id = store__column_text(stmt, 2),
+        .actor = store__column_text(stmt, 3),
+        .type = store__column_text(stmt, 4),
+        .payload_json = store__column_text(stmt, 5),
+        .hash = store__column_text(stmt, 6),
+    };
+
+    return scan->fn(scan->userdata, &event);
+}
+
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err)
 {
-    sqlite3_stmt *stmt = NULL;
-    int rc = store__stmt_acquire(store, STMT_AUDIT_LIST, &stmt, err);
+    struct event_scan scan = {fn, userdata};
 
-    if (rc < 0)
-        return rc;
-    rc = store__bind_text(stmt, 1, run_id);
-    if (rc != SQLITE_OK)
-        goto fail;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        struct store_audit_event event = {
-            .seq = sqlite3_column_int64(stmt, 0),
-            .time = store__column_text(stmt, 1),
-            .step_id = store__column_text(stmt, 2),
-            .actor = store__column_text(stmt, 3),
-            .type = store__column_text(stmt, 4),
-            .payload_json = store__column_text(stmt, 5),
-            .hash = store__column_text(stmt, 6),
-        };
-        rc = fn(userdata, &event);
-        if (rc != 0)
-            goto out;
-    }
-    if (rc == SQLITE_DONE) {
-        rc = 0;
-        goto out;
-    }
-fail:
-    rc = store__fail(store, rc, err, "could not read the audit log of run '%s'",
-                     run_id ? run_id : "(null)");
-out:
-    store__stmt_release(store, STMT_AUDIT_LIST, stmt);
-    return rc;
+    return store__scan(store, STMT_AUDIT_LIST, run_id, scan_event, &scan, err,
+                       "could not read the audit log of run '%s'", run_id ? run_id : "(null)");
 }

@@ -215,68 +215,51 @@ out:
     return rc;
 }
 
-/* Calls fn for each row of a statement selecting RUN_COLUMNS; counts rows in ret_rows. */
-static int each_run(struct store *store, enum store_stmt id, const char *run_id,
-                    int (*fn)(void *userdata, const struct store_run *run), void *userdata,
-                    int64_t *ret_rows, struct tr_error *err)
-{
-    sqlite3_stmt *stmt = NULL;
-    int64_t rows = 0;
-    int rc = store__stmt_acquire(store, id, &stmt, err);
+/* For store__scan over RUN_COLUMNS: the caller's callback, and the rows seen (for run_get). */
+struct run_scan {
+    int (*fn)(void *userdata, const struct store_run *run);
+    void *userdata;
+    int64_t rows;
+};
 
-    if (rc < 0)
-        return rc;
-    rc = run_id ? store__bind_text(stmt, 1, run_id) : SQLITE_OK;
-    if (rc != SQLITE_OK)
-        goto fail;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        struct store_run run = {
-            .id = store__column_text(stmt, 0),
-            .workflow_name = store__column_text(stmt, 1),
-            .workflow_file = store__column_text(stmt, 2),
-            .status = store__column_text(stmt, 3),
-            .error = store__column_text(stmt, 4),
-            .started_at = store__column_text(stmt, 5),
-            .finished_at = store__column_text(stmt, 6),
-            .plan_hash = store__column_text(stmt, 7),
-            .input_json = store__column_text(stmt, 8),
-        };
-        rows++;
-        rc = fn(userdata, &run);
-        if (rc != 0)
-            goto out;
-    }
-    if (rc == SQLITE_DONE) {
-        rc = 0;
-        goto out;
-    }
-fail:
-    rc = store__fail(store, rc, err, "could not read runs");
-out:
-    store__stmt_release(store, id, stmt);
-    *ret_rows = rows;
-    return rc;
+static int scan_run(sqlite3_stmt *stmt, void *ctx)
+{
+    struct run_scan *scan = ctx;
+    struct store_run run = {
+        .id = store__column_text(stmt, 0),
+        .workflow_name = store__column_text(stmt, 1),
+        .workflow_file = store__column_text(stmt, 2),
+        .status = store__column_text(stmt, 3),
+        .error = store__column_text(stmt, 4),
+        .started_at = store__column_text(stmt, 5),
+        .finished_at = store__column_text(stmt, 6),
+        .plan_hash = store__column_text(stmt, 7),
+        .input_json = store__column_text(stmt, 8),
+    };
+
+    scan->rows++;
+    return scan->fn(scan->userdata, &run);
 }
 
 int store_runs_list(struct store *store, int (*fn)(void *userdata, const struct store_run *run),
                     void *userdata, struct tr_error *err)
 {
-    int64_t rows;
+    struct run_scan scan = {fn, userdata, 0};
 
-    return each_run(store, STMT_RUNS_LIST, NULL, fn, userdata, &rows, err);
+    return store__scan(store, STMT_RUNS_LIST, NULL, scan_run, &scan, err, "could not read runs");
 }
 
 int store_run_get(struct store *store, const char *run_id,
                   int (*fn)(void *userdata, const struct store_run *run), void *userdata,
                   struct tr_error *err)
 {
-    int64_t rows;
+    struct run_scan scan = {fn, userdata, 0};
     int rc;
 
     if (is_blank(run_id))
         return tr_error_set(err, TR_EINVAL, "no run id given");
-    rc = each_run(store, STMT_RUN_GET, run_id, fn, userdata, &rows, err);
-    if (rc == 0 && rows == 0)
+    rc = store__scan(store, STMT_RUN_GET, run_id, scan_run, &scan, err, "could not read runs");
+    if (rc == 0 && scan.rows == 0)
         rc = tr_error_set(err, TR_ENOTFOUND, "no run '%s'", run_id);
     return rc;
 }
@@ -344,43 +327,36 @@ int store_step_set(struct store *store, const char *run_id, const char *step_id,
     return rc;
 }
 
+struct step_scan {
+    int (*fn)(void *userdata, const struct store_step *step);
+    void *userdata;
+};
+
+static int scan_step(sqlite3_stmt *stmt, void *ctx)
+{
+    const struct step_scan *scan = ctx;
+    struct store_step step = {
+        .step_id = store__column_text(stmt, 0),
+        .persona = store__column_text(stmt, 1),
+        .state = store__column_text(stmt, 2),
+        .attempt = sqlite3_column_int(stmt, 3),
+        .output_json = store__column_text(stmt, 4),
+        .error = store__column_text(stmt, 5),
+        .started_at = store__column_text(stmt, 6),
+        .finished_at = store__column_text(stmt, 7),
+    };
+
+    return scan->fn(scan->userdata, &step);
+}
+
 int store_steps_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_step *step), void *userdata,
                      struct tr_error *err)
 {
-    sqlite3_stmt *stmt = NULL;
-    int rc = store__stmt_acquire(store, STMT_STEPS_LIST, &stmt, err);
+    struct step_scan scan = {fn, userdata};
 
-    if (rc < 0)
-        return rc;
-    rc = store__bind_text(stmt, 1, run_id);
-    if (rc != SQLITE_OK)
-        goto fail;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        struct store_step step = {
-            .step_id = store__column_text(stmt, 0),
-            .persona = store__column_text(stmt, 1),
-            .state = store__column_text(stmt, 2),
-            .attempt = sqlite3_column_int(stmt, 3),
-            .output_json = store__column_text(stmt, 4),
-            .error = store__column_text(stmt, 5),
-            .started_at = store__column_text(stmt, 6),
-            .finished_at = store__column_text(stmt, 7),
-        };
-        rc = fn(userdata, &step);
-        if (rc != 0)
-            goto out;
-    }
-    if (rc == SQLITE_DONE) {
-        rc = 0;
-        goto out;
-    }
-fail:
-    rc = store__fail(store, rc, err, "could not read the steps of run '%s'",
-                     run_id ? run_id : "(null)");
-out:
-    store__stmt_release(store, STMT_STEPS_LIST, stmt);
-    return rc;
+    return store__scan(store, STMT_STEPS_LIST, run_id, scan_step, &scan, err,
+                       "could not read the steps of run '%s'", run_id ? run_id : "(null)");
 }
 
 /* ==== shared context ===================================================================== */
@@ -421,37 +397,30 @@ int store_context_put(struct store *store, const char *run_id, const char *key,
     return rc;
 }
 
+struct context_scan {
+    int (*fn)(void *userdata, const struct store_context_entry *entry);
+    void *userdata;
+};
+
+static int scan_context(sqlite3_stmt *stmt, void *ctx)
+{
+    const struct context_scan *scan = ctx;
+    struct store_context_entry entry = {
+        .key = store__column_text(stmt, 0),
+        .value_json = store__column_text(stmt, 1),
+        .step_id = store__column_text(stmt, 2),
+        .version = sqlite3_column_int64(stmt, 3),
+    };
+
+    return scan->fn(scan->userdata, &entry);
+}
+
 int store_context_list(struct store *store, const char *run_id,
                        int (*fn)(void *userdata, const struct store_context_entry *entry),
                        void *userdata, struct tr_error *err)
 {
-    sqlite3_stmt *stmt = NULL;
-    int rc = store__stmt_acquire(store, STMT_CONTEXT_LIST, &stmt, err);
+    struct context_scan scan = {fn, userdata};
 
-    if (rc < 0)
-        return rc;
-    rc = store__bind_text(stmt, 1, run_id);
-    if (rc != SQLITE_OK)
-        goto fail;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        struct store_context_entry entry = {
-            .key = store__column_text(stmt, 0),
-            .value_json = store__column_text(stmt, 1),
-            .step_id = store__column_text(stmt, 2),
-            .version = sqlite3_column_int64(stmt, 3),
-        };
-        rc = fn(userdata, &entry);
-        if (rc != 0)
-            goto out;
-    }
-    if (rc == SQLITE_DONE) {
-        rc = 0;
-        goto out;
-    }
-fail:
-    rc = store__fail(store, rc, err, "could not read the context of run '%s'",
-                     run_id ? run_id : "(null)");
-out:
-    store__stmt_release(store, STMT_CONTEXT_LIST, stmt);
-    return rc;
+    return store__scan(store, STMT_CONTEXT_LIST, run_id, scan_context, &scan, err,
+                       "could not read the context of run '%s'", run_id ? run_id : "(null)");
 }

@@ -81,7 +81,9 @@ static const char *const statement_sql[STMT_COUNT] = {
 
 /* ==== helpers shared with runs.c and audit.c ============================================ */
 
-int store__fail(struct store *store, int rc, struct tr_error *err, const char *fmt, ...)
+/* store__fail with a va_list, for store__fail itself and store__scan. */
+static TR_PRINTF(4, 0) int vfail(struct store *store, int rc, struct tr_error *err, const char *fmt,
+                                 va_list ap)
 {
     int saved_errno = errno; /* before anything below makes a system call */
     char what[512];
@@ -89,11 +91,8 @@ int store__fail(struct store *store, int rc, struct tr_error *err, const char *f
     int primary = rc & 0xff;
     int sys_errno = 0;
     int code = TR_EIO;
-    va_list ap;
 
-    va_start(ap, fmt);
     vsnprintf(what, sizeof(what), fmt, ap);
-    va_end(ap);
 
     store__audit_forget(store);
     if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) {
@@ -120,6 +119,16 @@ int store__fail(struct store *store, int rc, struct tr_error *err, const char *f
     if (sys_errno)
         return tr_error_set(err, code, "%s: %s (%s)", what, detail, strerror(sys_errno));
     return tr_error_set(err, code, "%s: %s", what, detail);
+}
+
+int store__fail(struct store *store, int rc, struct tr_error *err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    rc = vfail(store, rc, err, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 int store__stmt_acquire(struct store *store, enum store_stmt id, sqlite3_stmt **ret_stmt,
@@ -151,6 +160,37 @@ void store__stmt_release(struct store *store, enum store_stmt id, sqlite3_stmt *
     } else {
         (void)sqlite3_finalize(stmt);
     }
+}
+
+int store__scan(struct store *store, enum store_stmt id, const char *run_id,
+                int (*row)(sqlite3_stmt *stmt, void *ctx), void *ctx, struct tr_error *err,
+                const char *fmt, ...)
+{
+    sqlite3_stmt *stmt = NULL;
+    va_list ap;
+    int rc = store__stmt_acquire(store, id, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = run_id ? store__bind_text(stmt, 1, run_id) : SQLITE_OK;
+    if (rc != SQLITE_OK)
+        goto fail;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        rc = row(stmt, ctx);
+        if (rc != 0)
+            goto out;
+    }
+    if (rc == SQLITE_DONE) {
+        rc = 0;
+        goto out;
+    }
+fail:
+    va_start(ap, fmt);
+    rc = vfail(store, rc, err, fmt, ap);
+    va_end(ap);
+out:
+    store__stmt_release(store, id, stmt);
+    return rc;
 }
 
 int store__bind_text(sqlite3_stmt *stmt, int index, const char *text)

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zmq.h>
 
+#include "bus.h"
 #include "harness.h"
 
 struct env {
@@ -514,6 +516,71 @@ Test(failure, ctrl_c_cancels_the_run_cleanly)
     free(path);
     free(status);
     free(step);
+    release_env(&env);
+}
+
+Test(failure, bus_messages_from_nowhere_are_refused_and_the_run_goes_on)
+{
+    struct env env = setup_env();
+    struct harness_proc proc;
+    struct harness_result r;
+    char *server = harness_build_path("tests/test-mcp-misbehave");
+    char *path = harness_write_file(env.dir, "intruded.yaml",
+                                    misbehave_workflow(server, "sleep", "{ms: 1500}"));
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
+                                 "step_id = 'doomed'",
+                                 1, 30000),
+                 1);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    char *endpoint;
+    cr_assert_geq(asprintf(&endpoint, "ipc://%s/state/runs/%s/bus", env.dir, run), 0);
+
+    /* A stranger sends garbage, then a forged result and a forged hello. */
+    void *ctx = zmq_ctx_new();
+    void *intruder = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(intruder, ZMQ_ROUTING_ID, "intruder", 8);
+    cr_assert_eq(zmq_connect(intruder, endpoint), 0);
+    cr_assert_eq(zmq_send(intruder, "\xc1garbage", 8, 0), 8);
+    struct bus_msg forged = {.type = BUS_RESULT,
+                             .step_id = "doomed",
+                             .attempt = 1,
+                             .ok = true,
+                             .json = "{\"content\":[]}"};
+    char *data;
+    size_t len;
+    cr_assert_eq(bus_msg_encode(&forged, &data, &len, NULL), 0);
+    cr_assert_eq(zmq_send(intruder, data, len, 0), (int)len);
+    free(data);
+    struct bus_msg hello = {.type = BUS_HELLO, .version = 1, .persona = "worker", .pid = 1};
+    cr_assert_eq(bus_msg_encode(&hello, &data, &len, NULL), 0);
+    cr_assert_eq(zmq_send(intruder, data, len, 0), (int)len);
+    free(data);
+
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.err, "from 'intruder'") && strstr(r.err, "not valid msgpack"), "%s", r.err);
+    cr_assert(strstr(r.err, "ignoring a result message from unknown bus peer 'intruder'"), "%s",
+              r.err);
+    /* The forged result changed nothing: the real one came from the agent, after the sleep. */
+    char *output = harness_db_text(env.db, "SELECT output_json FROM steps WHERE step_id = "
+                                           "'doomed'");
+    cr_assert_str_eq(output, "\"slept\"");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE actor LIKE "
+                                        "'%intruder%'"),
+                 0);
+
+    zmq_close(intruder);
+    zmq_ctx_term(ctx);
+    harness_result_release(&r);
+    free(server);
+    free(path);
+    free(run);
+    free(endpoint);
+    free(output);
     release_env(&env);
 }
 

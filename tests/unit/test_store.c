@@ -154,60 +154,42 @@ static void put(char *dst, const char *src)
     snprintf(dst, 128, "%s", src ? src : "(null)");
 }
 
-static int stop_or_continue(struct rows *rows)
+/* Keeps one listed record's fields (NULL as "(null)"); stops the listing after stop_after. */
+static int keep_row(void *userdata, const char *a, const char *b, const char *c, const char *d,
+                    int64_t n)
 {
+    struct rows *rows = userdata;
+
+    cr_assert_lt(rows->count, MAX_ROWS);
+    put(rows->a[rows->count], a);
+    put(rows->b[rows->count], b);
+    put(rows->c[rows->count], c);
+    put(rows->d[rows->count], d);
+    rows->n[rows->count] = n;
     rows->count++;
     return rows->stop_after && rows->count >= rows->stop_after ? 7 : 0;
 }
 
 static int collect_run(void *userdata, const struct store_run *run)
 {
-    struct rows *rows = userdata;
-
-    cr_assert_lt(rows->count, MAX_ROWS);
-    put(rows->a[rows->count], run->id);
-    put(rows->b[rows->count], run->status);
-    put(rows->c[rows->count], run->error);
-    put(rows->d[rows->count], run->finished_at);
-    return stop_or_continue(rows);
+    return keep_row(userdata, run->id, run->status, run->error, run->finished_at, 0);
 }
 
 static int collect_step(void *userdata, const struct store_step *step)
 {
-    struct rows *rows = userdata;
-
-    cr_assert_lt(rows->count, MAX_ROWS);
-    put(rows->a[rows->count], step->step_id);
-    put(rows->b[rows->count], step->state);
-    put(rows->c[rows->count], step->started_at);
-    put(rows->d[rows->count], step->finished_at);
-    rows->n[rows->count] = step->attempt;
-    return stop_or_continue(rows);
+    return keep_row(userdata, step->step_id, step->state, step->started_at, step->finished_at,
+                    step->attempt);
 }
 
 static int collect_context(void *userdata, const struct store_context_entry *entry)
 {
-    struct rows *rows = userdata;
-
-    cr_assert_lt(rows->count, MAX_ROWS);
-    put(rows->a[rows->count], entry->key);
-    put(rows->b[rows->count], entry->value_json);
-    put(rows->c[rows->count], entry->step_id);
-    rows->n[rows->count] = entry->version;
-    return stop_or_continue(rows);
+    return keep_row(userdata, entry->key, entry->value_json, entry->step_id, NULL, entry->version);
 }
 
 static int collect_event(void *userdata, const struct store_audit_event *event)
 {
-    struct rows *rows = userdata;
-
-    cr_assert_lt(rows->count, MAX_ROWS);
-    put(rows->a[rows->count], event->hash);
-    put(rows->b[rows->count], event->payload_json);
-    put(rows->c[rows->count], event->step_id);
-    put(rows->d[rows->count], event->type);
-    rows->n[rows->count] = event->seq;
-    return stop_or_continue(rows);
+    return keep_row(userdata, event->hash, event->payload_json, event->step_id, event->type,
+                    event->seq);
 }
 
 static int count_events(struct store *store, const char *run_id)
@@ -862,38 +844,54 @@ static off_t file_size(const char *path)
 }
 
 /*
- * RLIMIT_FSIZE makes every write past the limit fail with EFBIG (SIGXFSZ ignored), which
- * SQLite sees as a full disk. Criterion runs each test in its own process, so the limit
- * stays inside this test.
+ * Lets files grow only 256 KiB past the database or its WAL, whichever is bigger, and
+ * returns the limit to restore. RLIMIT_FSIZE makes every write past the limit fail with
+ * EFBIG (SIGXFSZ ignored), which SQLite sees as a full disk. Criterion runs each test in
+ * its own process, so the limit stays inside the test.
  */
-Test(store, disk_full_fails_cleanly_and_keeps_committed_data)
+static void limit_file_size(const char *path, struct rlimit *ret_old_limit)
 {
-    char *path = tmp_path("troupe.db");
-    char wal[600], run_id[STORE_RUN_ID_SIZE], failure[1024] = "";
-    struct store *store = open_store(path);
-    struct rlimit old_limit, limit;
-    struct tr_error err = {0};
-    char *payload = malloc(16384 + 16);
-    int committed_tx = 0;
+    char wal[600];
+    struct rlimit limit;
     off_t biggest;
+
+    snprintf(wal, sizeof(wal), "%s-wal", path);
+    biggest = file_size(path) > file_size(wal) ? file_size(path) : file_size(wal);
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, ret_old_limit), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    limit = *ret_old_limit;
+    limit.rlim_cur = (rlim_t)biggest + 256 * 1024;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+}
+
+/* {"blob":"xxx..."} with 16 KiB of x, to fill the disk quickly. Free it. */
+static char *blob_payload(void)
+{
+    char *payload = malloc(16384 + 16);
 
     cr_assert_not_null(payload);
     snprintf(payload, 16, "{\"blob\":\"");
     memset(payload + 9, 'x', 16384);
     strcpy(payload + 9 + 16384, "\"}");
+    return payload;
+}
+
+Test(store, disk_full_fails_cleanly_and_keeps_committed_data)
+{
+    char *path = tmp_path("troupe.db");
+    char run_id[STORE_RUN_ID_SIZE], failure[1024] = "";
+    struct store *store = open_store(path);
+    struct rlimit old_limit;
+    struct tr_error err = {0};
+    char *payload = blob_payload();
+    int committed_tx = 0;
 
     create_run(store, run_id);
     for (int i = 0; i < 3; i++)
         append(store, run_id, NULL, "{}");
     cr_assert_eq(store_step_set(store, run_id, "s", "p", "succeeded", 1, "{}", NULL, &err), 0);
 
-    snprintf(wal, sizeof(wal), "%s-wal", path);
-    biggest = file_size(path) > file_size(wal) ? file_size(path) : file_size(wal);
-    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    limit = old_limit;
-    limit.rlim_cur = (rlim_t)biggest + 256 * 1024;
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    limit_file_size(path, &old_limit);
 
     for (int tx = 0; tx < 1000 && !failure[0]; tx++) {
         int rc = store_begin(store, &err);
@@ -942,28 +940,16 @@ Test(store, disk_full_fails_cleanly_and_keeps_committed_data)
 Test(store, disk_full_inside_a_transaction_refuses_later_writes)
 {
     char *path = tmp_path("troupe.db");
-    char wal[600], run_id[STORE_RUN_ID_SIZE];
+    char run_id[STORE_RUN_ID_SIZE];
     struct store *store = open_store(path);
-    struct rlimit old_limit, limit;
+    struct rlimit old_limit;
     struct tr_error err = {0};
-    char *payload = malloc(16384 + 16);
+    char *payload = blob_payload();
     int rc = 0, appended = 0;
-    off_t biggest;
-
-    cr_assert_not_null(payload);
-    snprintf(payload, 16, "{\"blob\":\"");
-    memset(payload + 9, 'x', 16384);
-    strcpy(payload + 9 + 16384, "\"}");
 
     create_run(store, run_id);
     append(store, run_id, NULL, "{}");
-    snprintf(wal, sizeof(wal), "%s-wal", path);
-    biggest = file_size(path) > file_size(wal) ? file_size(path) : file_size(wal);
-    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
-    signal(SIGXFSZ, SIG_IGN);
-    limit = old_limit;
-    limit.rlim_cur = (rlim_t)biggest + 256 * 1024;
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    limit_file_size(path, &old_limit);
 
     cr_assert_eq(store_begin(store, &err), 0, "%s", err.message);
     for (int i = 0; i < 1000 && rc == 0; i++) {
