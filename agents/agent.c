@@ -178,7 +178,7 @@ static int open_server(struct agent *agent, const cJSON *entry, struct tr_error 
     server->name = xstrdup(entry->string);
     rc = mcp_session_open_stdio(&params, &observer, &server->session, err);
     if (rc == 0) {
-        tr_log(TR_LOG_INFO, "MCP server '%s' ready (protocol %s)", server->name,
+        tr_log(TR_LOG_DEBUG, "MCP server '%s' ready (protocol %s)", server->name,
                mcp_session_protocol_version(server->session));
     } else {
         free(server->name);

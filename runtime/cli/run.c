@@ -182,6 +182,7 @@ int cli_run(int argc, char **argv, struct cli_common *common)
 
     if (!progress.quiet)
         printf("troupe: running workflow '%s' from %s\n", workflow_name(wf), workflow_file(wf));
+    fflush(stdout); /* before the agents, which share the terminal, say anything */
     int64_t start = tr_now_ms();
     int rc = sched_run(wf, store, &opts, run_id, &err);
     double seconds = (double)(tr_now_ms() - start) / 1000.0;
