@@ -43,5 +43,15 @@ void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 int cli_run(int argc, char **argv, struct cli_common *common);
 int cli_runs(int argc, char **argv, struct cli_common *common);
 int cli_log(int argc, char **argv, struct cli_common *common);
+int cli_audit(int argc, char **argv, struct cli_common *common);
+int cli_show(int argc, char **argv, struct cli_common *common);
+int cli_context(int argc, char **argv, struct cli_common *common);
+
+/* Milliseconds since the epoch of a store timestamp ("2026-11-25T11:39:59.123Z"), or -1. */
+int64_t cli_time_ms(const char *iso);
+/* `troupe audit export`: writes the run's log as jsonl or otlp to output (or stdout). */
+int cli_export(struct store *store, const char *run, const char *format, const char *output);
+/* One audit event as the JSON object of schemas/audit-event.schema.json. Caller frees. */
+struct cJSON *cli_audit_event_json(const char *run_id, const struct store_audit_event *event);
 
 #endif

@@ -1,79 +1,101 @@
 /*
  * cli/log.c: `troupe log RUN`: a run's audit trail in sequence order, every MCP request
- * and response in full.
+ * and response in full; --follow keeps printing until the run ends.
  */
+#define _GNU_SOURCE
 #include "cli.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: troupe log RUN [--db FILE] [--json]\n"
+            "usage: troupe log RUN [--step ID] [--follow] [--json] [--db FILE]\n"
             "\n"
             "Shows the audit trail of a run, in order: the run and step lifecycle, every\n"
             "MCP request, response and notification, context writes and agent events.\n"
             "RUN is a run id, a unique prefix of one, or 'latest'.\n"
             "\n"
             "options:\n"
-            "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
-            "  --json      one JSON object per event, with its hash\n"
-            "  -h, --help  show this help\n",
+            "  --step ID     only the events of that step\n"
+            "  -f, --follow  keep printing new events until the run ends\n"
+            "  --json        one JSON object per event (schemas/audit-event.schema.json)\n"
+            "  --db FILE     the database (default: $TROUPE_DB, else %s)\n"
+            "  -h, --help    show this help\n",
             STORE_DEFAULT_PATH);
 }
 
+struct printer {
+    const char *run_id;
+    const char *step;
+    bool json;
+    int64_t last_seq; /* events up to this one were printed */
+};
+
 static int print_event(void *userdata, const struct store_audit_event *event)
 {
-    bool json = *(bool *)userdata;
+    struct printer *p = userdata;
 
-    if (json) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "seq", (double)event->seq);
-        cJSON_AddStringToObject(o, "time", event->time);
-        cJSON_AddStringToObject(o, "actor", event->actor);
-        cJSON_AddStringToObject(o, "type", event->type);
-        if (event->step_id)
-            cJSON_AddStringToObject(o, "step", event->step_id);
-        cJSON *payload = cJSON_Parse(event->payload_json);
-        cJSON_AddItemToObject(o, "payload", payload ? payload : cJSON_CreateNull());
-        cJSON_AddStringToObject(o, "hash", event->hash);
+    if (event->seq <= p->last_seq)
+        return 0;
+    p->last_seq = event->seq;
+    if (p->step && (!event->step_id || strcmp(p->step, event->step_id) != 0))
+        return 0;
+    if (p->json) {
+        cJSON *o = cli_audit_event_json(p->run_id, event);
         char *line = cJSON_PrintUnformatted(o);
         puts(line);
         free(line);
         cJSON_Delete(o);
-        return 0;
+    } else {
+        /* The time of day is enough on a terminal; --json has the full timestamp. */
+        const char *t = strchr(event->time, 'T');
+        printf("%5lld %s %-18s %-18s %-10s %s\n", (long long)event->seq, t ? t + 1 : event->time,
+               event->actor, event->type, event->step_id ? event->step_id : "-",
+               event->payload_json);
     }
-    /* The time of day is enough on a terminal; --json has the full timestamp. */
-    const char *t = strchr(event->time, 'T');
-    printf("%5lld %s %-18s %-18s %-10s %s\n", (long long)event->seq, t ? t + 1 : event->time,
-           event->actor, event->type, event->step_id ? event->step_id : "-", event->payload_json);
+    return 0;
+}
+
+static int copy_status(void *userdata, const struct store_run *run)
+{
+    snprintf(userdata, 16, "%s", run->status);
     return 0;
 }
 
 int cli_log(int argc, char **argv, struct cli_common *common)
 {
+    enum { OPT_STEP = 3200 };
     static const struct option options[] = {
         {"db", required_argument, NULL, CLI_OPT_DB},
         {"json", no_argument, NULL, CLI_OPT_JSON},
+        {"step", required_argument, NULL, OPT_STEP},
+        {"follow", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     char run_id[STORE_RUN_ID_SIZE];
+    struct printer printer = {.run_id = run_id};
     struct tr_error err = {0};
-    bool json = false;
+    bool follow = false;
     int opt;
 
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
         if (cli_common_option(common, opt, optarg))
             continue;
         if (opt == CLI_OPT_JSON) {
-            json = true;
-            continue;
+            printer.json = true;
+        } else if (opt == OPT_STEP) {
+            printer.step = optarg;
+        } else if (opt == 'f') {
+            follow = true;
+        } else {
+            usage(opt == 'h' ? stdout : stderr);
+            return opt == 'h' ? CLI_OK : CLI_USAGE;
         }
-        usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
     }
     if (optind + 1 != argc) {
         cli_error("log: which run? (a run id, a prefix of one, or 'latest')");
@@ -83,8 +105,18 @@ int cli_log(int argc, char **argv, struct cli_common *common)
     if (!store)
         return CLI_FAILED;
     int rc = store_run_resolve(store, argv[optind], run_id, &err);
-    if (rc == 0)
-        rc = store_audit_list(store, run_id, print_event, &json, &err);
+    for (;;) {
+        char status[16] = "";
+        if (rc == 0 && follow)
+            rc = store_run_get(store, run_id, copy_status, status, &err);
+        if (rc == 0)
+            rc = store_audit_list(store, run_id, print_event, &printer, &err);
+        fflush(stdout);
+        /* The status is read before the events, so nothing written before the end is missed. */
+        if (rc < 0 || !follow || strcmp(status, "running") != 0)
+            break;
+        usleep(200 * 1000);
+    }
     if (rc < 0)
         cli_error("%s", err.message);
     store_free(&store);

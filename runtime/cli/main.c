@@ -18,6 +18,9 @@ static const struct {
     {"run", cli_run, "run a workflow file"},
     {"runs", cli_runs, "list the runs in the database"},
     {"log", cli_log, "show a run's audit trail, in order"},
+    {"show", cli_show, "show a run's steps: status, persona, attempts, durations"},
+    {"context", cli_context, "show a run's shared context, now or at any point"},
+    {"audit", cli_audit, "verify, sign and export audit logs"},
 };
 
 static void usage(FILE *out)
@@ -29,7 +32,7 @@ static void usage(FILE *out)
                  "\n"
                  "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  %-6s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
     fprintf(out,
             "\n"
             "options:\n"

@@ -1,10 +1,14 @@
 /*
  * audit.c: the append-only audit log of each run, hash-chained event to event, with a small
- * cache of each run's chain end so an append costs one INSERT. It does not verify chains
- * (that is `troupe audit verify`'s job, following the encoding documented below).
+ * cache of each run's chain end so an append costs one INSERT, and the verification of a
+ * run's chain (what `troupe audit verify` runs). Signatures of chain heads are in sign.c.
  */
+#define _GNU_SOURCE
 #include <inttypes.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
@@ -246,6 +250,7 @@ static int scan_event(sqlite3_stmt *stmt, void *ctx)
         .type = store__column_text(stmt, 4),
         .payload_json = store__column_text(stmt, 5),
         .hash = store__column_text(stmt, 6),
+        .prev_hash = store__column_text(stmt, 7),
     };
 
     return scan->fn(scan->userdata, &event);
@@ -259,4 +264,197 @@ int store_audit_list(struct store *store, const char *run_id,
 
     return store__scan(store, STMT_AUDIT_LIST, run_id, scan_event, &scan, err,
                        "could not read the audit log of run '%s'", run_id ? run_id : "(null)");
+}
+
+/* ==== verification ======================================================================== */
+
+/*
+ * Verification reads events in chunks. Since each event stores its prev_hash, the hashes of a
+ * chunk can be recomputed in parallel (the costly part: SHA-256 over every payload); the
+ * cheap checks that link each event to the one before then run in order.
+ */
+#define VERIFY_CHUNK 4096
+#define VERIFY_THREADS_MAX 4
+
+struct pending_event {
+    int64_t seq;
+    size_t time, step_id, actor, type, payload, prev_hash, hash; /* offsets into the arena */
+    bool has_step;
+    bool hash_ok;
+};
+
+struct verify_scan {
+    const char *run_id;
+    int64_t up_to_seq;
+    struct store_audit_check *check;
+    bool last_is_run_finished; /* whether the last verified event is run.finished */
+    struct pending_event *events;
+    size_t count;
+    struct tr_buf arena; /* the chunk's strings, NUL-separated */
+};
+
+struct hash_job {
+    const struct verify_scan *scan;
+    size_t from, to;
+};
+
+static size_t keep(struct verify_scan *scan, const char *text)
+{
+    size_t at = scan->arena.len;
+    const char *s = text ? text : "";
+    if (tr_buf_append(&scan->arena, s, strlen(s) + 1) < 0)
+        abort(); /* the arena has no limit */
+    return at;
+}
+
+static void *hash_range(void *arg)
+{
+    const struct hash_job *job = arg;
+    const char *a = job->scan->arena.data;
+
+    for (size_t i = job->from; i < job->to; i++) {
+        struct pending_event *e = &job->scan->events[i];
+        char hash[STORE_HASH_HEX_SIZE];
+        chain_hash(a + e->prev_hash, job->scan->run_id, e->seq, a + e->time,
+                   e->has_step ? a + e->step_id : NULL, a + e->actor, a + e->type, a + e->payload,
+                   hash);
+        e->hash_ok = strcmp(hash, a + e->hash) == 0;
+    }
+    return NULL;
+}
+
+static void hash_chunk(struct verify_scan *scan)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t threads = cores < 1                    ? 1
+                     : cores > VERIFY_THREADS_MAX ? VERIFY_THREADS_MAX
+                                                  : (size_t)cores;
+    struct hash_job jobs[VERIFY_THREADS_MAX];
+    pthread_t ids[VERIFY_THREADS_MAX];
+    size_t started = 0;
+
+    if (scan->count < 256)
+        threads = 1;
+    for (size_t t = 0; t < threads; t++)
+        jobs[t] =
+            (struct hash_job){scan, scan->count * t / threads, scan->count * (t + 1) / threads};
+    for (size_t t = 1; t < threads; t++) {
+        if (pthread_create(&ids[t], NULL, hash_range, &jobs[t]) != 0)
+            break;
+        started = t;
+    }
+    hash_range(&jobs[0]);
+    for (size_t t = started + 1; t < threads; t++)
+        hash_range(&jobs[t]); /* a thread could not start: do its share here */
+    for (size_t t = 1; t <= started; t++)
+        pthread_join(ids[t], NULL);
+}
+
+/* Checks the chunk in order; returns 1 at the first bad event (recorded in check). */
+static int check_chunk(struct verify_scan *scan)
+{
+    struct store_audit_check *check = scan->check;
+    const char *a = scan->arena.data;
+    int rc = 0;
+
+    if (scan->count)
+        hash_chunk(scan);
+    for (size_t i = 0; i < scan->count; i++) {
+        const struct pending_event *e = &scan->events[i];
+        int64_t expected = check->events + 1;
+        if (e->seq != expected) {
+            check->bad_seq = expected;
+            snprintf(check->problem, sizeof(check->problem),
+                     "event %" PRId64 " is missing (the next one is %" PRId64 ")", expected,
+                     e->seq);
+        } else if (strcmp(a + e->prev_hash, check->head) != 0) {
+            check->bad_seq = e->seq;
+            snprintf(check->problem, sizeof(check->problem),
+                     "event %" PRId64 " does not link to the hash of event %" PRId64, e->seq,
+                     e->seq - 1);
+        } else if (!e->hash_ok) {
+            check->bad_seq = e->seq;
+            snprintf(check->problem, sizeof(check->problem),
+                     "event %" PRId64 " (%s) does not match its hash: its contents were changed",
+                     e->seq, a + e->type);
+        }
+        if (check->bad_seq) {
+            rc = 1;
+            break;
+        }
+        check->events = e->seq;
+        memcpy(check->head, a + e->hash, sizeof(check->head));
+        scan->last_is_run_finished = strcmp(a + e->type, "run.finished") == 0;
+    }
+    scan->count = 0;
+    tr_buf_consume(&scan->arena, scan->arena.len);
+    return rc;
+}
+
+static int verify_event(void *userdata, const struct store_audit_event *event)
+{
+    struct verify_scan *scan = userdata;
+
+    if (scan->up_to_seq > 0 && event->seq > scan->up_to_seq)
+        return 1; /* stop: what follows is not part of the check */
+    struct pending_event *e = &scan->events[scan->count++];
+    e->seq = event->seq;
+    e->time = keep(scan, event->time);
+    e->has_step = event->step_id != NULL;
+    e->step_id = keep(scan, event->step_id);
+    e->actor = keep(scan, event->actor);
+    e->type = keep(scan, event->type);
+    e->payload = keep(scan, event->payload_json);
+    e->prev_hash = keep(scan, event->prev_hash);
+    e->hash = keep(scan, event->hash);
+    return scan->count == VERIFY_CHUNK ? check_chunk(scan) : 0;
+}
+
+static int copy_status(void *userdata, const struct store_run *run)
+{
+    snprintf(userdata, 16, "%s", run->status);
+    return 0;
+}
+
+int store_audit_verify(struct store *store, const char *run_id, int64_t up_to_seq,
+                       struct store_audit_check *ret, struct tr_error *err)
+{
+    struct verify_scan scan = {.run_id = run_id, .up_to_seq = up_to_seq, .check = ret};
+    char status[16] = "";
+    int rc;
+
+    memset(ret, 0, sizeof(*ret));
+    memcpy(ret->head, genesis_hash, sizeof(ret->head));
+    rc = store_run_get(store, run_id, copy_status, status, err);
+    if (rc < 0)
+        return rc;
+    scan.events = xcalloc(VERIFY_CHUNK, sizeof(*scan.events));
+    tr_buf_init(&scan.arena, 0);
+    rc = store_audit_list(store, run_id, verify_event, &scan, err);
+    if (rc < 0)
+        goto out;
+    if (!ret->bad_seq)
+        check_chunk(&scan); /* the last, partial chunk */
+    rc = 0;
+    if (!ret->bad_seq && up_to_seq > 0 && ret->events < up_to_seq) {
+        ret->bad_seq = ret->events + 1;
+        snprintf(ret->problem, sizeof(ret->problem),
+                 "the log ends at event %" PRId64 ", before event %" PRId64, ret->events,
+                 up_to_seq);
+    } else if (!ret->bad_seq && up_to_seq == 0 && strcmp(status, "running") != 0 &&
+               !scan.last_is_run_finished) {
+        /* A finished run's last event is its run.finished: anything else means the end of
+         * the log was cut off. */
+        ret->bad_seq = ret->events + 1;
+        snprintf(ret->problem, sizeof(ret->problem),
+                 "the run is %s but its log ends at event %" PRId64 " without run.finished", status,
+                 ret->events);
+    }
+    if (ret->bad_seq)
+        rc = tr_error_set(err, TR_EINVAL, "run '%s': audit log broken at event %" PRId64 ": %s",
+                          run_id, ret->bad_seq, ret->problem);
+out:
+    free(scan.events);
+    tr_buf_release(&scan.arena);
+    return rc;
 }

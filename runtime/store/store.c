@@ -75,7 +75,8 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_AUDIT_INSERT] = "INSERT INTO audit (run_id, seq, time, step_id, actor, type,"
                           " payload_json, prev_hash, hash)"
                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    [STMT_AUDIT_LIST] = "SELECT seq, time, step_id, actor, type, payload_json, hash FROM audit"
+    [STMT_AUDIT_LIST] = "SELECT seq, time, step_id, actor, type, payload_json, hash, prev_hash"
+                        " FROM audit"
                         " WHERE run_id = ?1 ORDER BY seq",
 };
 

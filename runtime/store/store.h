@@ -144,12 +144,62 @@ struct store_audit_event {
     const char *actor;
     const char *type;
     const char *payload_json;
-    const char *hash; /* hex SHA-256 */
+    const char *hash;      /* hex SHA-256 */
+    const char *prev_hash; /* the previous event's hash (64 zeros for the first) */
 };
 
 /* Calls fn for each event of the run in sequence order. */
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- verification and signatures ---------------------------------------------------------- */
+
+#define STORE_AUDIT_KEY_PUBLIC_BYTES 32
+#define STORE_AUDIT_KEY_SECRET_BYTES 64
+
+struct store_audit_check {
+    int64_t events;    /* events that verified */
+    int64_t bad_seq;   /* the first bad sequence number, or 0 when the chain is intact */
+    char head[65];     /* hash of the last event that verified (64 zeros if none) */
+    char problem[256]; /* what is wrong at bad_seq, or "" */
+};
+
+/*
+ * Recomputes the run's hash chain from its first event (up to up_to_seq when it is > 0):
+ * sequence numbers run 1, 2, 3... without a gap, each event links to the previous one's
+ * hash, each hash matches the event's contents, and a finished run's log ends with its
+ * run.finished event. Returns 0 when all holds; TR_EINVAL when it does not, with
+ * ret->bad_seq and ret->problem saying where and what (and err the same in one line);
+ * another negative code when the log could not be read.
+ */
+int store_audit_verify(struct store *store, const char *run_id, int64_t up_to_seq,
+                       struct store_audit_check *ret, struct tr_error *err) TR_MUST_CHECK;
+
+/* A new Ed25519 key pair for signing audit heads. */
+void store_audit_keygen(unsigned char ret_public_key[STORE_AUDIT_KEY_PUBLIC_BYTES],
+                        unsigned char ret_secret_key[STORE_AUDIT_KEY_SECRET_BYTES]);
+/* A signed audit head: who signed (public key) which run, up to which event, with what hash. */
+struct store_audit_signature {
+    char run_id[STORE_RUN_ID_SIZE];
+    int64_t seq;
+    char head[65];
+    unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES];
+    unsigned char signature[64];
+};
+
+/* Verifies the run's chain, then signs its head (run id, last seq, last hash). */
+int store_audit_sign(struct store *store, const char *run_id,
+                     const unsigned char secret_key[STORE_AUDIT_KEY_SECRET_BYTES],
+                     struct store_audit_signature *ret_signature,
+                     struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Checks a signature against public_key (the verifier's own copy, never the one carried in
+ * the signature) and against the database: the chain up to the signed seq must verify and
+ * end in the signed head. TR_EINVAL with a message saying which check failed.
+ */
+int store_audit_verify_signature(struct store *store, const struct store_audit_signature *signature,
+                                 const unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES],
+                                 struct tr_error *err) TR_MUST_CHECK;
 
 #endif

@@ -1,0 +1,358 @@
+/*
+ * cli/audit.c: `troupe audit verify|sign|keygen|export`: check a run's hash chain (and,
+ * given a public key, its signature), sign a run's head, make signing keys, and export the
+ * log as JSON Lines or OpenTelemetry spans (export.c does the formats).
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe audit verify [RUN...] [--signature FILE --public-key FILE]\n"
+            "       troupe audit sign RUN --key FILE [--output FILE]\n"
+            "       troupe audit keygen --output FILE\n"
+            "       troupe audit export RUN [--format jsonl|otlp] [--output FILE]\n"
+            "\n"
+            "verify   recompute each run's hash chain (every run when none is named) and name\n"
+            "         the first bad event; with --signature and --public-key, also check that\n"
+            "         the run's head was signed by that key (detects a database forged whole)\n"
+            "sign     sign a run's audit head with an Ed25519 secret key; writes the signature\n"
+            "         (JSON) to --output or standard output\n"
+            "keygen   make an Ed25519 key pair: FILE (secret, mode 0600) and FILE.pub\n"
+            "export   write the run's audit log as JSON Lines (schemas/audit-event.schema.json)\n"
+            "         or as OpenTelemetry spans in OTLP JSON (--format otlp)\n"
+            "\n"
+            "options:\n"
+            "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
+            "  -h, --help  show this help\n"
+            "\n"
+            "exit status: 0 all verified, 1 a log is broken or a check failed, 2 bad usage.\n",
+            STORE_DEFAULT_PATH);
+}
+
+/* ---- key and signature files -------------------------------------------------------------- */
+
+static int write_file(const char *path, const char *text, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    size_t len = strlen(text);
+
+    if (fd < 0) {
+        cli_error("could not create '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    if (write(fd, text, len) != (ssize_t)len || close(fd) < 0) {
+        cli_error("could not write '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a hex key of exactly size bytes from a file. */
+static int read_key(const char *path, unsigned char *key, size_t size)
+{
+    struct tr_error err = {0};
+    char *text = NULL;
+    size_t len = 0, bin_len = 0;
+    int rc = tr_file_read(path, 4096, &text, &len, &err);
+
+    if (rc < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    rc = sodium_hex2bin(key, size, text, len, " \t\r\n", &bin_len, NULL);
+    sodium_memzero(text, len);
+    free(text);
+    if (rc != 0 || bin_len != size) {
+        cli_error("'%s' does not hold a key of %zu bytes in hex", path, size);
+        return -1;
+    }
+    return 0;
+}
+
+static int keygen(const char *output)
+{
+    unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES];
+    unsigned char secret_key[STORE_AUDIT_KEY_SECRET_BYTES];
+    char secret_hex[2 * STORE_AUDIT_KEY_SECRET_BYTES + 2];
+    char public_hex[2 * STORE_AUDIT_KEY_PUBLIC_BYTES + 2];
+
+    if (!output) {
+        cli_error("audit keygen: where to? (--output FILE)");
+        return CLI_USAGE;
+    }
+    store_audit_keygen(public_key, secret_key);
+    sodium_bin2hex(secret_hex, sizeof(secret_hex) - 1, secret_key, sizeof(secret_key));
+    sodium_bin2hex(public_hex, sizeof(public_hex) - 1, public_key, sizeof(public_key));
+    strcat(secret_hex, "\n");
+    strcat(public_hex, "\n");
+    char *public_path = xasprintf("%s.pub", output);
+    int rc = write_file(output, secret_hex, 0600);
+    if (rc == 0)
+        rc = write_file(public_path, public_hex, 0644);
+    if (rc == 0)
+        printf("secret key: %s (keep it private)\npublic key: %s (give it to verifiers)\n", output,
+               public_path);
+    sodium_memzero(secret_hex, sizeof(secret_hex));
+    sodium_memzero(secret_key, sizeof(secret_key));
+    free(public_path);
+    return rc == 0 ? CLI_OK : CLI_FAILED;
+}
+
+static char *signature_to_json(const struct store_audit_signature *sig)
+{
+    char hex[2 * sizeof(sig->signature) + 1];
+    cJSON *o = cJSON_CreateObject();
+
+    cJSON_AddStringToObject(o, "type", "troupe-audit-signature-v1");
+    cJSON_AddStringToObject(o, "run", sig->run_id);
+    cJSON_AddNumberToObject(o, "seq", (double)sig->seq);
+    cJSON_AddStringToObject(o, "head", sig->head);
+    sodium_bin2hex(hex, sizeof(hex), sig->public_key, sizeof(sig->public_key));
+    cJSON_AddStringToObject(o, "public_key", hex);
+    sodium_bin2hex(hex, sizeof(hex), sig->signature, sizeof(sig->signature));
+    cJSON_AddStringToObject(o, "signature", hex);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+static int signature_from_file(const char *path, struct store_audit_signature *sig)
+{
+    struct tr_error err = {0};
+    char *text = NULL;
+    size_t len = 0;
+    int rc = -1;
+
+    if (tr_file_read(path, 65536, &text, &len, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    cJSON *o = cJSON_Parse(text);
+    const cJSON *run = cJSON_GetObjectItemCaseSensitive(o, "run");
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(o, "seq");
+    const cJSON *head = cJSON_GetObjectItemCaseSensitive(o, "head");
+    const cJSON *signature = cJSON_GetObjectItemCaseSensitive(o, "signature");
+    size_t bin_len = 0;
+
+    memset(sig, 0, sizeof(*sig));
+    if (cJSON_IsString(run) && strlen(run->valuestring) < sizeof(sig->run_id) &&
+        cJSON_IsNumber(seq) && seq->valuedouble >= 1 && cJSON_IsString(head) &&
+        strlen(head->valuestring) == sizeof(sig->head) - 1 && cJSON_IsString(signature) &&
+        sodium_hex2bin(sig->signature, sizeof(sig->signature), signature->valuestring,
+                       strlen(signature->valuestring), NULL, &bin_len, NULL) == 0 &&
+        bin_len == sizeof(sig->signature)) {
+        snprintf(sig->run_id, sizeof(sig->run_id), "%s", run->valuestring);
+        sig->seq = (int64_t)seq->valuedouble;
+        memcpy(sig->head, head->valuestring, sizeof(sig->head));
+        rc = 0;
+    } else {
+        cli_error("'%s' is not a troupe audit signature", path);
+    }
+    cJSON_Delete(o);
+    free(text);
+    return rc;
+}
+
+/* ---- verify --------------------------------------------------------------------------------- */
+
+struct run_ids {
+    char **ids;
+    size_t count;
+};
+
+static int collect_run(void *userdata, const struct store_run *run)
+{
+    struct run_ids *list = userdata;
+    list->ids = xrealloc(list->ids, (list->count + 1) * sizeof(*list->ids));
+    list->ids[list->count++] = xstrdup(run->id);
+    return 0;
+}
+
+static bool verify_one(struct store *store, const char *run_id)
+{
+    struct store_audit_check check;
+    struct tr_error err = {0};
+
+    if (store_audit_verify(store, run_id, 0, &check, &err) == 0) {
+        printf("%s: ok, %lld events, head %s\n", run_id, (long long)check.events, check.head);
+        return true;
+    }
+    if (check.bad_seq)
+        printf("%s: BROKEN at event %lld: %s\n", run_id, (long long)check.bad_seq, check.problem);
+    else
+        cli_error("%s", err.message);
+    return false;
+}
+
+static int verify(struct store *store, char **runs, int run_count, const char *signature_path,
+                  const char *public_key_path)
+{
+    struct run_ids list = {0};
+    struct tr_error err = {0};
+    bool all_ok = true;
+
+    if (!!signature_path != !!public_key_path) {
+        cli_error("audit verify: --signature and --public-key go together");
+        return CLI_USAGE;
+    }
+    if (signature_path) {
+        struct store_audit_signature sig;
+        unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES];
+        if (signature_from_file(signature_path, &sig) < 0 ||
+            read_key(public_key_path, public_key, sizeof(public_key)) < 0)
+            return CLI_FAILED;
+        if (store_audit_verify_signature(store, &sig, public_key, &err) < 0) {
+            printf("%s: signature NOT valid: %s\n", sig.run_id, err.message);
+            return CLI_FAILED;
+        }
+        printf("%s: signature valid: events 1 to %lld, head %s\n", sig.run_id, (long long)sig.seq,
+               sig.head);
+        return CLI_OK;
+    }
+    for (int i = 0; i < run_count; i++) {
+        char run_id[STORE_RUN_ID_SIZE];
+        if (store_run_resolve(store, runs[i], run_id, &err) < 0) {
+            cli_error("%s", err.message);
+            all_ok = false;
+            continue;
+        }
+        all_ok &= verify_one(store, run_id);
+    }
+    if (run_count == 0) {
+        if (store_runs_list(store, collect_run, &list, &err) < 0) {
+            cli_error("%s", err.message);
+            return CLI_FAILED;
+        }
+        for (size_t i = list.count; i-- > 0;) /* oldest first */
+            all_ok &= verify_one(store, list.ids[i]);
+        for (size_t i = 0; i < list.count; i++)
+            free(list.ids[i]);
+        free(list.ids);
+    }
+    return all_ok ? CLI_OK : CLI_FAILED;
+}
+
+/* ---- sign and export ----------------------------------------------------------------------- */
+
+static int sign(struct store *store, const char *run, const char *key_path, const char *output)
+{
+    unsigned char secret_key[STORE_AUDIT_KEY_SECRET_BYTES];
+    struct store_audit_signature sig;
+    struct tr_error err = {0};
+    char run_id[STORE_RUN_ID_SIZE];
+    int status = CLI_FAILED;
+
+    if (!key_path) {
+        cli_error("audit sign: with which secret key? (--key FILE)");
+        return CLI_USAGE;
+    }
+    if (read_key(key_path, secret_key, sizeof(secret_key)) < 0)
+        return CLI_FAILED;
+    if (store_run_resolve(store, run, run_id, &err) < 0 ||
+        store_audit_sign(store, run_id, secret_key, &sig, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    char *json = signature_to_json(&sig);
+    char *line = xasprintf("%s\n", json);
+    if (output)
+        status = write_file(output, line, 0644) == 0 ? CLI_OK : CLI_FAILED;
+    else
+        status = fputs(line, stdout) >= 0 ? CLI_OK : CLI_FAILED;
+    free(json);
+    free(line);
+out:
+    sodium_memzero(secret_key, sizeof(secret_key));
+    return status;
+}
+
+int cli_audit(int argc, char **argv, struct cli_common *common)
+{
+    enum { OPT_SIGNATURE = 3000, OPT_PUBLIC_KEY, OPT_KEY, OPT_FORMAT };
+    static const struct option options[] = {
+        {"db", required_argument, NULL, CLI_OPT_DB},
+        {"signature", required_argument, NULL, OPT_SIGNATURE},
+        {"public-key", required_argument, NULL, OPT_PUBLIC_KEY},
+        {"key", required_argument, NULL, OPT_KEY},
+        {"output", required_argument, NULL, 'o'},
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *signature = NULL, *public_key = NULL, *key = NULL, *output = NULL;
+    const char *format = "jsonl";
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
+        if (cli_common_option(common, opt, optarg))
+            continue;
+        switch (opt) {
+        case OPT_SIGNATURE:
+            signature = optarg;
+            break;
+        case OPT_PUBLIC_KEY:
+            public_key = optarg;
+            break;
+        case OPT_KEY:
+            key = optarg;
+            break;
+        case 'o':
+            output = optarg;
+            break;
+        case OPT_FORMAT:
+            format = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return CLI_OK;
+        default:
+            usage(stderr);
+            return CLI_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        cli_error("audit: verify, sign, keygen or export? (see 'troupe audit --help')");
+        return CLI_USAGE;
+    }
+    const char *action = argv[optind++];
+    if (strcmp(action, "keygen") == 0)
+        return optind == argc ? keygen(output) : CLI_USAGE;
+
+    bool one_run = strcmp(action, "sign") == 0 || strcmp(action, "export") == 0;
+    if (!one_run && strcmp(action, "verify") != 0) {
+        cli_error("audit: unknown action '%s' (verify, sign, keygen or export)", action);
+        return CLI_USAGE;
+    }
+    if (one_run && optind + 1 != argc) {
+        cli_error("audit %s: which run? (a run id, a prefix of one, or 'latest')", action);
+        return CLI_USAGE;
+    }
+    if (strcmp(action, "export") == 0 && strcmp(format, "jsonl") != 0 &&
+        strcmp(format, "otlp") != 0) {
+        cli_error("audit export: --format is jsonl or otlp, not '%s'", format);
+        return CLI_USAGE;
+    }
+    struct store *store = cli_open_existing_store(common);
+    if (!store)
+        return CLI_FAILED;
+    int status;
+    if (strcmp(action, "verify") == 0)
+        status = verify(store, argv + optind, argc - optind, signature, public_key);
+    else if (strcmp(action, "sign") == 0)
+        status = sign(store, argv[optind], key, output);
+    else
+        status = cli_export(store, argv[optind], format, output);
+    store_free(&store);
+    return status;
+}

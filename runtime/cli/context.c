@@ -1,0 +1,154 @@
+/*
+ * cli/context.c: `troupe context RUN [KEY] [--at SEQ] [--history]`: the shared context of a
+ * run as it is, or as it was after any audit event (rebuilt from the log's context.write
+ * events, which are hash-chained, so what it shows is what the run saw).
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe context RUN [KEY] [--at SEQ] [--history] [--db FILE]\n"
+            "\n"
+            "Shows the shared context of a run: every key with its value, or one key's value.\n"
+            "\n"
+            "options:\n"
+            "  --at SEQ    the context as it was right after audit event SEQ\n"
+            "  --history   every write (of KEY, or of every key), with its audit event, time\n"
+            "              and writing step\n"
+            "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
+            "  -h, --help  show this help\n"
+            "\n"
+            "exit status: 0 shown, 1 no such run or key, 2 bad usage.\n",
+            STORE_DEFAULT_PATH);
+}
+
+struct rebuild {
+    const char *key; /* only this key, or NULL */
+    int64_t at;      /* last event to apply, 0 for all */
+    bool history;    /* print each write instead of rebuilding */
+    cJSON *context;  /* key → value as of `at` */
+    size_t writes;
+};
+
+static int apply_write(void *userdata, const struct store_audit_event *event)
+{
+    struct rebuild *r = userdata;
+
+    if (r->at > 0 && event->seq > r->at)
+        return 1;
+    if (strcmp(event->type, "context.write") != 0)
+        return 0;
+    cJSON *payload = cJSON_Parse(event->payload_json);
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(payload, "key");
+    cJSON *value = cJSON_DetachItemFromObjectCaseSensitive(payload, "value");
+    if (cJSON_IsString(key) && value && (!r->key || strcmp(r->key, key->valuestring) == 0)) {
+        r->writes++;
+        if (r->history) {
+            char *text = cJSON_PrintUnformatted(value);
+            printf("%5lld %s %-12s %s = %s\n", (long long)event->seq, event->time,
+                   event->step_id ? event->step_id : "-", key->valuestring, text);
+            free(text);
+            cJSON_Delete(value);
+        } else {
+            cJSON_DeleteItemFromObjectCaseSensitive(r->context, key->valuestring);
+            cJSON_AddItemToObject(r->context, key->valuestring, value);
+        }
+    } else {
+        cJSON_Delete(value);
+    }
+    cJSON_Delete(payload);
+    return 0;
+}
+
+static int print_entry(void *userdata, const struct store_context_entry *entry)
+{
+    struct rebuild *r = userdata;
+    if (r->key && strcmp(r->key, entry->key) != 0)
+        return 0;
+    r->writes++;
+    if (r->key)
+        printf("%s\n", entry->value_json);
+    else
+        printf("%s = %s\n", entry->key, entry->value_json);
+    return 0;
+}
+
+static void print_rebuilt(struct rebuild *r)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach(item, r->context)
+    {
+        char *text = cJSON_PrintUnformatted(item);
+        if (r->key)
+            printf("%s\n", text);
+        else
+            printf("%s = %s\n", item->string, text);
+        free(text);
+    }
+}
+
+int cli_context(int argc, char **argv, struct cli_common *common)
+{
+    enum { OPT_AT = 3100, OPT_HISTORY };
+    static const struct option options[] = {
+        {"db", required_argument, NULL, CLI_OPT_DB},
+        {"at", required_argument, NULL, OPT_AT},
+        {"history", no_argument, NULL, OPT_HISTORY},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct rebuild r = {0};
+    char run_id[STORE_RUN_ID_SIZE];
+    struct tr_error err = {0};
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        if (cli_common_option(common, opt, optarg))
+            continue;
+        if (opt == OPT_AT) {
+            char *end;
+            r.at = strtoll(optarg, &end, 10);
+            if (*end || r.at < 1) {
+                cli_error("--at wants an audit sequence number (1 or more), not '%s'", optarg);
+                return CLI_USAGE;
+            }
+            continue;
+        }
+        if (opt == OPT_HISTORY) {
+            r.history = true;
+            continue;
+        }
+        usage(opt == 'h' ? stdout : stderr);
+        return opt == 'h' ? CLI_OK : CLI_USAGE;
+    }
+    if (optind >= argc || argc - optind > 2) {
+        cli_error("context: which run (and, optionally, which key)?");
+        return CLI_USAGE;
+    }
+    r.key = argc - optind == 2 ? argv[optind + 1] : NULL;
+    struct store *store = cli_open_existing_store(common);
+    if (!store)
+        return CLI_FAILED;
+    int rc = store_run_resolve(store, argv[optind], run_id, &err);
+    if (rc == 0 && (r.at || r.history)) {
+        r.context = cJSON_CreateObject();
+        rc = store_audit_list(store, run_id, apply_write, &r, &err);
+        if (rc >= 0 && !r.history)
+            print_rebuilt(&r);
+    } else if (rc == 0) {
+        rc = store_context_list(store, run_id, print_entry, &r, &err);
+    }
+    if (rc < 0)
+        cli_error("%s", err.message);
+    else if (r.key && r.writes == 0)
+        cli_error("run %s has no context key '%s'%s", run_id, r.key, r.at ? " at that point" : "");
+    cJSON_Delete(r.context);
+    store_free(&store);
+    return rc < 0 || (r.key && r.writes == 0) ? CLI_FAILED : CLI_OK;
+}

@@ -1,0 +1,427 @@
+/*
+ * Integration tests of the audit ledger: a real run's log is tampered with through SQLite
+ * (one byte of any event, a deleted event, two events swapped, a cut-off end, a database
+ * forged whole with a recomputed chain) and `troupe audit verify` must name the first bad
+ * event; signatures must catch the forgery. Also the exports and `show` / `context`.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <sodium.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+struct fixture {
+    char *dir;
+    char *db;
+    char *troupe;
+    char *run;
+    long long events;
+};
+
+/* One real run of the showcase into a fresh database. */
+static struct fixture make_run(void)
+{
+    struct fixture f;
+    struct harness_result r;
+    char *workflow = harness_source_path("workflows/hello.yaml");
+
+    f.dir = harness_tempdir();
+    cr_assert_geq(asprintf(&f.db, "%s/troupe.db", f.dir), 0);
+    f.troupe = harness_build_path("troupe");
+    const char *argv[] = {f.troupe, "--db", f.db, "run", "-q", workflow, NULL};
+    harness_run(argv, f.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    free(workflow);
+    f.run = harness_db_text(f.db, "SELECT id FROM runs");
+    f.events = harness_db_int(f.db, "SELECT count(*) FROM audit");
+    cr_assert_gt(f.events, 20);
+    return f;
+}
+
+static void release(struct fixture *f)
+{
+    free(f->dir);
+    free(f->db);
+    free(f->troupe);
+    free(f->run);
+}
+
+static void troupe(struct fixture *f, struct harness_result *r, const char *a, const char *b,
+                   const char *c, const char *d, const char *e)
+{
+    const char *argv[] = {f->troupe, "--db", f->db, a, b, c, d, e, NULL};
+    harness_run(argv, f->dir, 30000, r);
+}
+
+/* Runs SQL on the database as an attacker would: the append-only triggers dropped first. */
+static void tamper(const char *db_path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tamper(const char *db_path, const char *fmt, ...)
+{
+    sqlite3 *db;
+    char *sql, *error = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
+    va_end(ap);
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db,
+                              "DROP TRIGGER IF EXISTS audit_no_update;"
+                              "DROP TRIGGER IF EXISTS audit_no_delete;",
+                              NULL, NULL, &error),
+                 SQLITE_OK, "%s", error);
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &error), SQLITE_OK, "%s: %s", sql, error);
+    sqlite3_close(db);
+    free(sql);
+}
+
+static char *copy_db(struct fixture *f, const char *name)
+{
+    char *copy;
+    cr_assert_geq(asprintf(&copy, "%s/%s", f->dir, name), 0);
+    sqlite3 *src, *dst;
+    cr_assert_eq(sqlite3_open(f->db, &src), SQLITE_OK);
+    cr_assert_eq(sqlite3_open(copy, &dst), SQLITE_OK);
+    sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
+    cr_assert_not_null(b);
+    cr_assert_eq(sqlite3_backup_step(b, -1), SQLITE_DONE);
+    sqlite3_backup_finish(b);
+    sqlite3_close(src);
+    sqlite3_close(dst);
+    return copy;
+}
+
+/* `troupe audit verify RUN` on db must fail naming event bad_seq (and say why). */
+static void expect_broken(struct fixture *f, const char *db, long long bad_seq, const char *why)
+{
+    struct harness_result r;
+    char expected[64];
+    const char *argv[] = {f->troupe, "--db", db, "audit", "verify", f->run, NULL};
+
+    harness_run(argv, f->dir, 30000, &r);
+    snprintf(expected, sizeof(expected), "BROKEN at event %lld:", bad_seq);
+    cr_assert_eq(r.exit_code, 1, "%s\n%s", r.out, r.err);
+    cr_assert(strstr(r.out, expected), "expected '%s' in: %s", expected, r.out);
+    cr_assert(strstr(r.out, why), "expected '%s' in: %s", why, r.out);
+    harness_result_release(&r);
+}
+
+Test(audit, untouched_runs_verify)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    troupe(&f, &r, "audit", "verify", NULL, NULL, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    char expected[96];
+    snprintf(expected, sizeof(expected), "%s: ok, %lld events", f.run, f.events);
+    cr_assert(strstr(r.out, expected), "%s", r.out);
+    harness_result_release(&r);
+    release(&f);
+}
+
+Test(audit, one_changed_byte_in_any_event_is_found)
+{
+    struct fixture f = make_run();
+    for (long long seq = 1; seq <= f.events; seq++) {
+        char name[32];
+        snprintf(name, sizeof(name), "byte-%lld.db", seq);
+        char *db = copy_db(&f, name);
+        /* Flip one character of the payload, somewhere in its middle. */
+        tamper(db,
+               "UPDATE audit SET payload_json = substr(payload_json, 1, length(payload_json) / 2)"
+               " || char((unicode(substr(payload_json, length(payload_json) / 2 + 1, 1)) | 1)"
+               " - (unicode(substr(payload_json, length(payload_json) / 2 + 1, 1)) & 1)"
+               " + 1 - (unicode(substr(payload_json, length(payload_json) / 2 + 1, 1)) & 1) * 2)"
+               " || substr(payload_json, length(payload_json) / 2 + 2) WHERE seq = %lld",
+               seq);
+        expect_broken(&f, db, seq, "does not match its hash");
+        free(db);
+    }
+    /* Other fields are covered too: the actor, the time and the step. */
+    char *db = copy_db(&f, "actor.db");
+    tamper(db, "UPDATE audit SET actor = 'persona:mallory' WHERE seq = 7");
+    expect_broken(&f, db, 7, "does not match its hash");
+    free(db);
+    db = copy_db(&f, "time.db");
+    tamper(db, "UPDATE audit SET time = '2020-01-01T00:00:00.000Z' WHERE seq = 3");
+    expect_broken(&f, db, 3, "does not match its hash");
+    free(db);
+    release(&f);
+}
+
+Test(audit, deleted_swapped_and_truncated_events_are_found)
+{
+    struct fixture f = make_run();
+
+    char *db = copy_db(&f, "deleted.db");
+    tamper(db, "DELETE FROM audit WHERE seq = 10");
+    expect_broken(&f, db, 10, "event 10 is missing");
+    free(db);
+
+    /* Two events trade places: their contents swap under the same sequence numbers. */
+    db = copy_db(&f, "swapped.db");
+    tamper(db, "UPDATE audit SET seq = 100000 WHERE seq = 5;"
+               "UPDATE audit SET seq = 5 WHERE seq = 6;"
+               "UPDATE audit SET seq = 6 WHERE seq = 100000;");
+    expect_broken(&f, db, 5, "does not link");
+    free(db);
+
+    db = copy_db(&f, "truncated.db");
+    tamper(db, "DELETE FROM audit WHERE seq = %lld", f.events);
+    expect_broken(&f, db, f.events, "without run.finished");
+    free(db);
+    release(&f);
+}
+
+Test(audit, the_log_refuses_updates_and_deletes)
+{
+    struct fixture f = make_run();
+    sqlite3 *db;
+    char *error = NULL;
+    cr_assert_eq(sqlite3_open(f.db, &db), SQLITE_OK);
+    cr_assert_neq(
+        sqlite3_exec(db, "UPDATE audit SET actor = 'x' WHERE seq = 1", NULL, NULL, &error),
+        SQLITE_OK);
+    cr_assert(strstr(error, "append-only"), "%s", error);
+    sqlite3_free(error);
+    cr_assert_neq(sqlite3_exec(db, "DELETE FROM audit", NULL, NULL, &error), SQLITE_OK);
+    sqlite3_free(error);
+    sqlite3_close(db);
+    release(&f);
+}
+
+/* ---- signatures against a forged database ------------------------------------------------- */
+
+/* An independent implementation of the documented chain encoding (runtime/store/audit.c). */
+static void field(crypto_hash_sha256_state *state, const char *text)
+{
+    uint64_t len = strlen(text);
+    unsigned char prefix[8];
+    for (int i = 0; i < 8; i++)
+        prefix[i] = (unsigned char)(len >> (56 - 8 * i));
+    crypto_hash_sha256_update(state, prefix, 8);
+    crypto_hash_sha256_update(state, (const unsigned char *)text, len);
+}
+
+/* Rewrites every hash of the run so the forged chain is consistent again. */
+static void rechain(const char *db_path, const char *run)
+{
+    sqlite3 *db;
+    sqlite3_stmt *select, *update;
+    char prev[65];
+
+    memset(prev, '0', 64);
+    prev[64] = '\0';
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT seq, time, coalesce(step_id, ''), actor, type, "
+                                    "payload_json FROM audit WHERE run_id = ?1 ORDER BY seq",
+                                    -1, &select, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
+                                    "?3 AND seq = ?4",
+                                    -1, &update, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
+    while (sqlite3_step(select) == SQLITE_ROW) {
+        crypto_hash_sha256_state state;
+        unsigned char digest[32];
+        char hash[65];
+        crypto_hash_sha256_init(&state);
+        field(&state, "troupe-audit-v1");
+        field(&state, prev);
+        field(&state, run);
+        field(&state, (const char *)sqlite3_column_text(select, 0));
+        for (int c = 1; c <= 5; c++)
+            field(&state, (const char *)sqlite3_column_text(select, c));
+        crypto_hash_sha256_final(&state, digest);
+        sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
+        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
+        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
+        sqlite3_reset(update);
+        memcpy(prev, hash, sizeof(prev));
+    }
+    sqlite3_finalize(select);
+    sqlite3_finalize(update);
+    sqlite3_close(db);
+}
+
+Test(audit, a_signed_run_detects_a_database_forged_whole)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    char *key, *pub, *sig, *other;
+    cr_assert_geq(asprintf(&key, "%s/audit.key", f.dir), 0);
+    cr_assert_geq(asprintf(&pub, "%s/audit.key.pub", f.dir), 0);
+    cr_assert_geq(asprintf(&sig, "%s/run.sig", f.dir), 0);
+    cr_assert_geq(asprintf(&other, "%s/other.key", f.dir), 0);
+
+    troupe(&f, &r, "audit", "keygen", "--output", key, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    cr_assert_eq(access(pub, R_OK), 0);
+    troupe(&f, &r, "audit", "sign", f.run, "--key", key);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"signature\":"), "%s", r.out);
+    free(harness_write_file(f.dir, "run.sig", r.out));
+    harness_result_release(&r);
+
+    /* The genuine database: the signature holds. */
+    const char *verify[] = {f.troupe,      "--db", f.db,           "audit", "verify",
+                            "--signature", sig,    "--public-key", pub,     NULL};
+    harness_run(verify, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "signature valid"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* A forger changes the greeting and recomputes the whole chain: it verifies on its own,
+     * but it is not the database that was signed. */
+    char *forged = copy_db(&f, "forged.db");
+    tamper(forged, "UPDATE audit SET payload_json = replace(payload_json, 'Hello', 'Goodbye')");
+    rechain(forged, f.run);
+    const char *plain[] = {f.troupe, "--db", forged, "audit", "verify", f.run, NULL};
+    harness_run(plain, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "the forged chain is consistent: %s", r.out);
+    harness_result_release(&r);
+    const char *signed_check[] = {f.troupe,      "--db", forged,         "audit", "verify",
+                                  "--signature", sig,    "--public-key", pub,     NULL};
+    harness_run(signed_check, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, "not the database that was signed"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* Nor can the forger sign with a key of their own. */
+    troupe(&f, &r, "audit", "keygen", "--output", other, NULL);
+    harness_result_release(&r);
+    const char *forger_sign[] = {f.troupe, "--db",  forged, "audit", "sign",
+                                 f.run,    "--key", other,  NULL};
+    harness_run(forger_sign, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0);
+    char *forged_sig = harness_write_file(f.dir, "forged.sig", r.out);
+    harness_result_release(&r);
+    const char *forged_check[] = {f.troupe,      "--db",     forged,         "audit", "verify",
+                                  "--signature", forged_sig, "--public-key", pub,     NULL};
+    harness_run(forged_check, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, "does not verify with this public key"), "%s", r.out);
+    harness_result_release(&r);
+
+    free(key);
+    free(pub);
+    free(sig);
+    free(other);
+    free(forged);
+    free(forged_sig);
+    release(&f);
+}
+
+/* ---- exports and inspection ------------------------------------------------------------- */
+
+/* Runs a checker from tests/audit (Node, test-only) on a file; skips without its packages. */
+static void node_check(const char *script, const char *arg1, const char *arg2)
+{
+    char *modules = harness_source_path("tests/audit/node_modules/ajv");
+    if (access(modules, R_OK) != 0) {
+        free(modules);
+        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"), "tests/audit has no node_modules");
+        cr_skip_test("the checkers' npm packages are not installed; run scripts/test");
+    }
+    char *path = harness_source_path(script);
+    const char *argv[] = {"/usr/bin/env", "node", path, arg1, arg2, NULL};
+    struct harness_result r;
+    harness_run(argv, NULL, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s %s:\n%s%s", script, arg1, r.out, r.err);
+    harness_result_release(&r);
+    free(path);
+    free(modules);
+}
+
+Test(audit, exports_validate_against_the_schema_and_the_otlp_protobuf)
+{
+    struct fixture f = make_run();
+    char *jsonl, *otlp;
+    cr_assert_geq(asprintf(&jsonl, "%s/run.jsonl", f.dir), 0);
+    cr_assert_geq(asprintf(&otlp, "%s/run.otlp.json", f.dir), 0);
+    const char *export_jsonl[] = {f.troupe, "--db",     f.db,  "audit", "export",
+                                  f.run,    "--output", jsonl, NULL};
+    const char *export_otlp[] = {f.troupe,   "--db", f.db,       "audit", "export", f.run,
+                                 "--format", "otlp", "--output", otlp,    NULL};
+    struct harness_result r;
+    harness_run(export_jsonl, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    harness_run(export_otlp, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+
+    char *schema = harness_source_path("schemas/audit-event.schema.json");
+    node_check("tests/audit/validate-jsonl.js", schema, jsonl);
+    node_check("tests/audit/check-otlp.js", otlp, NULL);
+    free(schema);
+    free(jsonl);
+    free(otlp);
+    release(&f);
+}
+
+Test(audit, exports_and_inspection)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+
+    troupe(&f, &r, "audit", "export", f.run, NULL, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert_eq(harness_count_lines(r.out), f.events);
+    cr_assert(strstr(r.out, "\"seq\":1,") && strstr(r.out, "\"prev_hash\":\"0000"), "%s", r.out);
+    harness_result_release(&r);
+
+    troupe(&f, &r, "audit", "export", f.run, "--format", "otlp");
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"resourceSpans\"") && strstr(r.out, "\"name\":\"step greet\"") &&
+                  strstr(r.out, "\"name\":\"run hello\""),
+              "%s", r.out);
+    harness_result_release(&r);
+
+    troupe(&f, &r, "show", f.run, NULL, NULL, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "status    succeeded") && strstr(r.out, "count") &&
+                  strstr(r.out, "analyst"),
+              "%s", r.out);
+    harness_result_release(&r);
+
+    /* The context now, one key, and as it was before the report was written. */
+    troupe(&f, &r, "context", f.run, "greeting", NULL, NULL);
+    cr_assert_eq(r.exit_code, 0);
+    cr_assert_str_eq(r.out, "\"Hello, world!\"\n");
+    harness_result_release(&r);
+    long long before_report = harness_db_int(f.db, "SELECT seq FROM audit WHERE type = "
+                                                   "'context.write' AND step_id = 'report'") -
+                              1;
+    char at[24];
+    snprintf(at, sizeof(at), "%lld", before_report);
+    troupe(&f, &r, "context", f.run, "--at", at, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "greeting = ") && strstr(r.out, "stats = "), "%s", r.out);
+    cr_assert_null(strstr(r.out, "report = "), "%s", r.out);
+    harness_result_release(&r);
+    troupe(&f, &r, "context", f.run, "nope", NULL, NULL);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.err, "no context key 'nope'"), "%s", r.err);
+    harness_result_release(&r);
+
+    troupe(&f, &r, "log", f.run, "--step", "count", NULL);
+    cr_assert_eq(r.exit_code, 0);
+    cr_assert(strstr(r.out, "word_count") && !strstr(r.out, "format_report"), "%s", r.out);
+    harness_result_release(&r);
+    release(&f);
+}
