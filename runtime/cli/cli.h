@@ -35,6 +35,12 @@ struct cli_common {
 bool cli_common_option(struct cli_common *common, int opt, const char *arg);
 /* The database path: --db, else $TROUPE_DB, else STORE_DEFAULT_PATH. */
 const char *cli_db_path(const struct cli_common *common);
+/*
+ * Parses the options of a reading command that takes only --db, --json and --help.
+ * Returns -1 to go on (with *json set), or the exit status when the command is done.
+ */
+int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, bool *json,
+                             void (*print_usage)(FILE *out));
 /* Opens an existing database for reading commands; prints the error and returns NULL. */
 struct store *cli_open_existing_store(const struct cli_common *common);
 /* Prints "troupe: MESSAGE" to stderr. */

@@ -86,6 +86,30 @@ const char *cli_db_path(const struct cli_common *common)
     return env && *env ? env : STORE_DEFAULT_PATH;
 }
 
+int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, bool *json,
+                             void (*print_usage)(FILE *out))
+{
+    static const struct option options[] = {
+        {"db", required_argument, NULL, CLI_OPT_DB},
+        {"json", no_argument, NULL, CLI_OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        if (cli_common_option(common, opt, optarg))
+            continue;
+        if (opt == CLI_OPT_JSON) {
+            *json = true;
+            continue;
+        }
+        print_usage(opt == 'h' ? stdout : stderr);
+        return opt == 'h' ? CLI_OK : CLI_USAGE;
+    }
+    return -1;
+}
+
 struct store *cli_open_existing_store(const struct cli_common *common)
 {
     const char *path = cli_db_path(common);

@@ -51,26 +51,12 @@ static int print_run(void *userdata, const struct store_run *run)
 
 int cli_runs(int argc, char **argv, struct cli_common *common)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
-        {"json", no_argument, NULL, CLI_OPT_JSON},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     struct tr_error err = {0};
     bool json = false;
-    int opt;
+    int done = cli_parse_reader_options(argc, argv, common, &json, usage);
 
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        if (cli_common_option(common, opt, optarg))
-            continue;
-        if (opt == CLI_OPT_JSON) {
-            json = true;
-            continue;
-        }
-        usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
-    }
+    if (done >= 0)
+        return done;
     if (optind != argc) {
         cli_error("runs takes no arguments (see 'troupe runs --help')");
         return CLI_USAGE;
