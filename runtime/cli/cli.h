@@ -52,6 +52,7 @@ int cli_log(int argc, char **argv, struct cli_common *common);
 int cli_audit(int argc, char **argv, struct cli_common *common);
 int cli_show(int argc, char **argv, struct cli_common *common);
 int cli_context(int argc, char **argv, struct cli_common *common);
+int cli_replay(int argc, char **argv, struct cli_common *common);
 
 /* Milliseconds since the epoch of a store timestamp ("2026-11-25T11:39:59.123Z"), or -1. */
 int64_t cli_time_ms(const char *iso);

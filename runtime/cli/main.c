@@ -21,6 +21,7 @@ static const struct {
     {"show", cli_show, "show a run's steps: status, persona, attempts, durations"},
     {"context", cli_context, "show a run's shared context, now or at any point"},
     {"audit", cli_audit, "verify, sign and export audit logs"},
+    {"replay", cli_replay, "replay a run against its recorded tool results, calling nothing"},
 };
 
 static void usage(FILE *out)

@@ -425,3 +425,99 @@ Test(audit, exports_and_inspection)
     harness_result_release(&r);
     release(&f);
 }
+
+/* ---- replay ------------------------------------------------------------------------------ */
+
+Test(replay, a_run_replays_without_divergence_and_starts_nothing)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+
+    troupe(&f, &r, "replay", f.run, NULL, NULL, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "3 tool calls matched the record, no divergence"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* Traced: the replay runs no program (no agent, no MCP server) and connects nowhere. */
+    if (access("/usr/bin/strace", X_OK) == 0) {
+        char *trace;
+        cr_assert_geq(asprintf(&trace, "%s/trace.txt", f.dir), 0);
+        /* LeakSanitizer cannot work under ptrace: off for this one traced run. */
+        const char *argv[] = {"/usr/bin/env",
+                              "ASAN_OPTIONS=detect_leaks=0",
+                              "/usr/bin/strace",
+                              "-f",
+                              "-qq",
+                              "-e",
+                              "trace=execve,connect",
+                              "-o",
+                              trace,
+                              f.troupe,
+                              "--db",
+                              f.db,
+                              "replay",
+                              f.run,
+                              NULL};
+        harness_run(argv, f.dir, 60000, &r);
+        cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+        harness_result_release(&r);
+        const char *cat[] = {"/bin/cat", trace, NULL};
+        harness_run(cat, f.dir, 10000, &r);
+        cr_assert_eq(harness_count_lines(r.out), 1, "exactly one execve (troupe):\n%s", r.out);
+        cr_assert(strstr(r.out, "execve(") && !strstr(r.out, "connect("), "%s", r.out);
+        harness_result_release(&r);
+        free(trace);
+    } else {
+        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"), "strace is needed for this check");
+    }
+    release(&f);
+}
+
+Test(replay, an_edited_workflow_diverges_at_the_right_step)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    char *source = harness_source_path("workflows/hello.yaml");
+    const char *sed[] = {"/bin/sed",
+                         "s/text: \"${{ .context.greeting }}\"/text: \"${{ "
+                         ".context.greeting }} again\"/",
+                         source, NULL};
+    harness_run(sed, f.dir, 10000, &r);
+    cr_assert(strstr(r.out, "again"), "the edit did not apply");
+    char *edited = harness_write_file(f.dir, "edited.yaml", r.out);
+    harness_result_release(&r);
+
+    troupe(&f, &r, "replay", f.run, "--workflow", edited, NULL);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "DIVERGENCE at step 'count'"), "%s", r.out);
+    cr_assert(strstr(r.out, "replay calls    demo.word_count {\"text\":\"Hello, world! again\"}"),
+              "%s", r.out);
+    cr_assert(strstr(r.out, "the run called  demo.word_count {\"text\":\"Hello, world!\"}"), "%s",
+              r.out);
+    cr_assert(strstr(r.out, "1 tool call matched"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* Without --workflow, a file changed since its run is refused, not silently replayed. */
+    char *original = harness_source_path("workflows/hello.yaml");
+    const char *cat[] = {"/bin/cat", original, NULL};
+    harness_run(cat, f.dir, 10000, &r);
+    char *copy = harness_write_file(f.dir, "mine.yaml", r.out);
+    harness_result_release(&r);
+    const char *run_copy[] = {f.troupe, "--db", f.db, "run", "-q", copy, NULL};
+    harness_run(run_copy, f.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    rename(edited, copy);
+    char *latest = harness_db_text(f.db, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1");
+    troupe(&f, &r, "replay", latest, NULL, NULL, NULL);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.err, "has changed since run") && strstr(r.err, "--workflow"), "%s", r.err);
+    harness_result_release(&r);
+
+    free(latest);
+    free(source);
+    free(edited);
+    free(original);
+    free(copy);
+    release(&f);
+}

@@ -1,0 +1,294 @@
+/*
+ * cli/replay.c: `troupe replay RUN`: re-executes a run's decisions (which steps become ready,
+ * the arguments each tool call gets, the persona's allowlist) from its workflow and inputs,
+ * against the tool results recorded in its audit log. It starts no agent, no MCP server and
+ * calls no model: every request the runtime would make is compared with the recorded one,
+ * and the first divergence is reported with the step and both requests.
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workflow.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe replay RUN [--workflow FILE] [--db FILE]\n"
+            "\n"
+            "Replays a run without calling any tool: the workflow's logic runs again over the\n"
+            "run's inputs and its recorded tool results, and every tool call it would make is\n"
+            "compared with the recorded request. Reports the first divergence.\n"
+            "\n"
+            "options:\n"
+            "  --workflow FILE  replay against this workflow (e.g. an edited one) rather than\n"
+            "                   the run's own file, which must be unchanged since the run\n"
+            "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
+            "  -h, --help       show this help\n"
+            "\n"
+            "exit status: 0 no divergence, 1 a divergence or an error, 2 bad usage.\n",
+            STORE_DEFAULT_PATH);
+}
+
+/* What the log recorded of one step: its last attempt. */
+struct recorded_step {
+    cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
+    cJSON *finished; /* step.finished payload, or NULL */
+    bool dispatched;
+};
+
+struct recording {
+    const struct workflow *wf;
+    struct recorded_step *steps;
+    char *file;
+    cJSON *input;
+    char *plan_hash;
+};
+
+static long step_index(const struct workflow *wf, const char *id)
+{
+    for (size_t i = 0; id && i < workflow_step_count(wf); i++)
+        if (strcmp(workflow_step_id(wf, i), id) == 0)
+            return (long)i;
+    return -1;
+}
+
+static void replace(cJSON **slot, cJSON *value)
+{
+    cJSON_Delete(*slot);
+    *slot = value;
+}
+
+static int record_event(void *userdata, const struct store_audit_event *event)
+{
+    struct recording *rec = userdata;
+    long i = step_index(rec->wf, event->step_id);
+    cJSON *payload = cJSON_Parse(event->payload_json);
+
+    if (strcmp(event->type, "run.started") == 0) {
+        replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
+    } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
+        rec->steps[i].dispatched = true;
+        replace(&rec->steps[i].request, NULL);
+        replace(&rec->steps[i].finished, NULL);
+    } else if (i >= 0 && strcmp(event->type, "step.finished") == 0) {
+        replace(&rec->steps[i].finished, payload);
+        payload = NULL;
+    } else if (i >= 0 && strcmp(event->type, "mcp.request") == 0) {
+        cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+        const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
+        if (cJSON_IsString(method) && strcmp(method->valuestring, "tools/call") == 0)
+            replace(&rec->steps[i].request,
+                    cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
+    }
+    cJSON_Delete(payload);
+    return 0;
+}
+
+static int copy_run(void *userdata, const struct store_run *run)
+{
+    struct recording *rec = userdata;
+    rec->file = run->workflow_file ? xstrdup(run->workflow_file) : NULL;
+    rec->plan_hash = xstrdup(run->plan_hash);
+    return 0;
+}
+
+static bool plan_matches(const struct workflow *wf, const char *plan_hash)
+{
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    char *plan = workflow_plan_json(wf);
+
+    crypto_hash_sha256(digest, (const unsigned char *)plan, strlen(plan));
+    sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
+    free(plan);
+    return strcmp(hex, plan_hash) == 0;
+}
+
+static char *compact(const cJSON *value)
+{
+    return value ? cJSON_PrintUnformatted(value) : xstrdup("(nothing)");
+}
+
+/* Compares the call the runtime would make with the recorded one; prints a divergence. */
+static bool same_request(const struct workflow *wf, size_t i, const cJSON *arguments,
+                         const cJSON *recorded)
+{
+    const char *tool = workflow_step_tool(wf, i);
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(recorded, "name");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(recorded, "arguments");
+    cJSON *empty = cJSON_CreateObject();
+    bool same = recorded && cJSON_IsString(name) && strcmp(name->valuestring, tool) == 0 &&
+                cJSON_Compare(arguments, args ? args : empty, true);
+
+    if (!same) {
+        char *now = compact(arguments), *then = compact(args);
+        printf("DIVERGENCE at step '%s':\n"
+               "  replay calls    %s.%s %s\n"
+               "  the run called  %s.%s %s\n",
+               workflow_step_id(wf, i), workflow_step_server(wf, i), tool, now,
+               workflow_step_server(wf, i), cJSON_IsString(name) ? name->valuestring : "(none)",
+               then);
+        free(now);
+        free(then);
+    }
+    cJSON_Delete(empty);
+    return same;
+}
+
+/* The replay proper: steps in the scheduler's order, until every step is settled. */
+static int replay(struct recording *rec, size_t *ret_matched)
+{
+    const struct workflow *wf = rec->wf;
+    size_t n = workflow_step_count(wf);
+    enum { PENDING, SUCCEEDED, FAILED } *state = xcalloc(n, sizeof(*state));
+    cJSON *scope = cJSON_CreateObject();
+    cJSON *context = cJSON_AddObjectToObject(scope, "context");
+    cJSON *steps = cJSON_AddObjectToObject(scope, "steps");
+    bool progress = true, failed = false;
+    int status = CLI_OK;
+
+    cJSON_AddItemToObject(scope, "input",
+                          rec->input ? cJSON_Duplicate(rec->input, true) : cJSON_CreateObject());
+    *ret_matched = 0;
+    while (progress && !failed && status == CLI_OK) {
+        progress = false;
+        for (size_t i = 0; i < n && status == CLI_OK && !failed; i++) {
+            bool ready = state[i] == PENDING;
+            for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
+                ready = state[workflow_step_need(wf, i, k)] == SUCCEEDED;
+            if (!ready)
+                continue;
+            struct recorded_step *r = &rec->steps[i];
+            struct tr_error err = {0};
+            cJSON *arguments = NULL;
+            if (!r->dispatched || !r->finished) {
+                printf("DIVERGENCE at step '%s': replay runs it, the run never %s it\n",
+                       workflow_step_id(wf, i), r->dispatched ? "finished" : "dispatched");
+                status = CLI_FAILED;
+                break;
+            }
+            if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {
+                printf("DIVERGENCE at step '%s': its arguments do not evaluate: %s\n",
+                       workflow_step_id(wf, i), err.message);
+                status = CLI_FAILED;
+                break;
+            }
+            if (!same_request(wf, i, arguments, r->request))
+                status = CLI_FAILED;
+            cJSON_Delete(arguments);
+            if (status != CLI_OK)
+                break;
+            (*ret_matched)++;
+            progress = true;
+            const cJSON *outcome = cJSON_GetObjectItemCaseSensitive(r->finished, "status");
+            if (!cJSON_IsString(outcome) || strcmp(outcome->valuestring, "succeeded") != 0) {
+                state[i] = FAILED; /* the run stopped dispatching here; so does the replay */
+                failed = true;
+                break;
+            }
+            state[i] = SUCCEEDED;
+            const cJSON *output = cJSON_GetObjectItemCaseSensitive(r->finished, "output");
+            cJSON *entry = cJSON_AddObjectToObject(steps, workflow_step_id(wf, i));
+            cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
+            const char *key = workflow_step_save(wf, i);
+            if (key) {
+                cJSON_DeleteItemFromObjectCaseSensitive(context, key);
+                cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+            }
+        }
+    }
+    for (size_t i = 0; status == CLI_OK && i < n; i++) {
+        if (state[i] == PENDING && rec->steps[i].dispatched) {
+            printf("DIVERGENCE at step '%s': the run performed it, the replay never reaches it\n",
+                   workflow_step_id(wf, i));
+            status = CLI_FAILED;
+        }
+    }
+    cJSON_Delete(scope);
+    free(state);
+    return status;
+}
+
+int cli_replay(int argc, char **argv, struct cli_common *common)
+{
+    enum { OPT_WORKFLOW = 3300 };
+    static const struct option options[] = {
+        {"db", required_argument, NULL, CLI_OPT_DB},
+        {"workflow", required_argument, NULL, OPT_WORKFLOW},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *workflow_path = NULL;
+    struct recording rec = {0};
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    char run_id[STORE_RUN_ID_SIZE];
+    int status = CLI_FAILED;
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        if (cli_common_option(common, opt, optarg))
+            continue;
+        if (opt == OPT_WORKFLOW) {
+            workflow_path = optarg;
+            continue;
+        }
+        usage(opt == 'h' ? stdout : stderr);
+        return opt == 'h' ? CLI_OK : CLI_USAGE;
+    }
+    if (optind + 1 != argc) {
+        cli_error("replay: which run? (a run id, a prefix of one, or 'latest')");
+        return CLI_USAGE;
+    }
+    struct store *store = cli_open_existing_store(common);
+    if (!store)
+        return CLI_FAILED;
+    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
+        store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    if (!workflow_path && !rec.file) {
+        cli_error("run %s records no workflow file; name one with --workflow", run_id);
+        goto out;
+    }
+    if (workflow_load(workflow_path ? workflow_path : rec.file, &wf, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    if (!workflow_path && !plan_matches(wf, rec.plan_hash)) {
+        cli_error("%s has changed since run %s (its plan hash differs); to replay the run "
+                  "against the edited workflow, name it with --workflow",
+                  rec.file, run_id);
+        goto out;
+    }
+    rec.wf = wf;
+    rec.steps = xcalloc(workflow_step_count(wf), sizeof(*rec.steps));
+    if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    size_t matched = 0;
+    status = replay(&rec, &matched);
+    printf("replay of %s: %zu tool call%s matched the record, %s; no tool, server or model "
+           "was called\n",
+           run_id, matched, matched == 1 ? "" : "s",
+           status == CLI_OK ? "no divergence" : "stopped at the first divergence");
+out:
+    for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
+        cJSON_Delete(rec.steps[i].request);
+        cJSON_Delete(rec.steps[i].finished);
+    }
+    free(rec.steps);
+    free(rec.file);
+    free(rec.plan_hash);
+    cJSON_Delete(rec.input);
+    workflow_free(&wf);
+    store_free(&store);
+    return status;
+}
