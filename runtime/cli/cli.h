@@ -43,5 +43,11 @@ void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 int cli_run(int argc, char **argv, struct cli_common *common);
 int cli_runs(int argc, char **argv, struct cli_common *common);
 int cli_log(int argc, char **argv, struct cli_common *common);
+int cli_validate(int argc, char **argv, struct cli_common *common);
+int cli_graph(int argc, char **argv, struct cli_common *common);
+
+#define CLI_PLAN_HASH_HEX_SIZE 65
+/* The SHA-256 of a plan's canonical JSON, in hex: what the store records as plan_hash. */
+void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE]);
 
 #endif

@@ -18,6 +18,8 @@ static const struct {
     {"run", cli_run, "run a workflow file"},
     {"runs", cli_runs, "list the runs in the database"},
     {"log", cli_log, "show a run's audit trail, in order"},
+    {"validate", cli_validate, "check workflow files, listing every problem"},
+    {"graph", cli_graph, "draw a workflow's steps as Mermaid or Graphviz"},
 };
 
 static void usage(FILE *out)
@@ -29,7 +31,7 @@ static void usage(FILE *out)
                  "\n"
                  "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  %-6s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
     fprintf(out,
             "\n"
             "options:\n"
