@@ -202,7 +202,7 @@ int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJ
     if (!config)
         return tr_error_set(err, TR_ENOTFOUND, "no persona %zu", index);
     if ((rc = wf_env_resolve(cJSON_GetObjectItemCaseSensitive(config, "servers"), err)) < 0) {
-        tr_error_prefix(err, "persona '%s': ", wf->personas[index].name);
+        tr_error_prefix(err, "persona '%s'", wf->personas[index].name);
         cJSON_Delete(config);
         return rc;
     }
