@@ -60,5 +60,11 @@ int64_t cli_time_ms(const char *iso);
 int cli_export(struct store *store, const char *run, const char *format, const char *output);
 /* One audit event as the JSON object of schemas/audit-event.schema.json. Caller frees. */
 struct cJSON *cli_audit_event_json(const char *run_id, const struct store_audit_event *event);
+int cli_validate(int argc, char **argv, struct cli_common *common);
+int cli_graph(int argc, char **argv, struct cli_common *common);
+
+#define CLI_PLAN_HASH_HEX_SIZE 65
+/* The SHA-256 of a plan's canonical JSON, in hex: what the store records as plan_hash. */
+void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE]);
 
 #endif

@@ -22,6 +22,8 @@ static const struct {
     {"context", cli_context, "show a run's shared context, now or at any point"},
     {"audit", cli_audit, "verify, sign and export audit logs"},
     {"replay", cli_replay, "replay a run against its recorded tool results, calling nothing"},
+    {"validate", cli_validate, "check workflow files, listing every problem"},
+    {"graph", cli_graph, "draw a workflow's steps as Mermaid or Graphviz"},
 };
 
 static void usage(FILE *out)
@@ -33,7 +35,7 @@ static void usage(FILE *out)
                  "\n"
                  "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
     fprintf(out,
             "\n"
             "options:\n"

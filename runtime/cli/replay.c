@@ -9,7 +9,6 @@
 #include "cli.h"
 
 #include <cjson/cJSON.h>
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,14 +98,12 @@ static int copy_run(void *userdata, const struct store_run *run)
 
 static bool plan_matches(const struct workflow *wf, const char *plan_hash)
 {
-    unsigned char digest[crypto_hash_sha256_BYTES];
-    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    char hash[CLI_PLAN_HASH_HEX_SIZE];
     char *plan = workflow_plan_json(wf);
 
-    crypto_hash_sha256(digest, (const unsigned char *)plan, strlen(plan));
-    sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
+    cli_plan_hash(plan, hash);
     free(plan);
-    return strcmp(hex, plan_hash) == 0;
+    return strcmp(hash, plan_hash) == 0;
 }
 
 static char *compact(const cJSON *value)

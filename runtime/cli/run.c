@@ -160,6 +160,15 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
+    /* Until the scheduler performs the other actions (#5), refuse them before any work. */
+    for (size_t i = 0; i < workflow_step_count(wf); i++) {
+        enum workflow_action action = workflow_step_action(wf, i);
+        if (action != WORKFLOW_ACTION_TOOL) {
+            cli_error("%s: step '%s': '%s' steps are not executed yet", workflow_file(wf),
+                      workflow_step_id(wf, i), workflow_action_name(action));
+            goto out;
+        }
+    }
     for (size_t i = 0; i < workflow_step_count(wf); i++)
         if (strlen(workflow_step_id(wf, i)) > progress.width)
             progress.width = strlen(workflow_step_id(wf, i));

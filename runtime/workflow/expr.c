@@ -153,7 +153,7 @@ static const char *trim(char *s)
 
 /* Splits a string holding "${{" into literal and expression parts, compiling each. */
 static int template_parse(struct workflow *wf, const struct wf_step *step, const cJSON *node,
-                          const char *argument, struct wf_template *t, struct tr_error *err)
+                          const char *label, struct wf_template *t)
 {
     const char *text = node->valuestring;
     const char *p = text;
@@ -170,9 +170,8 @@ static int template_parse(struct workflow *wf, const struct wf_step *step, const
         if (open > p)
             add_part(t, xstrndup(p, (size_t)(open - p)), 0);
         if ((end = expression_end(open + 3)) < 0)
-            return wf_doc_fail(&wf->doc, node, false, err,
-                               "step '%s': argument '%s': '${{' without a closing '}}'", step->id,
-                               argument);
+            return wf_problem(wf, node, false, "step '%s': %s: '${{' without a closing '}}'",
+                              step->id, label);
         char *raw = xstrndup(open + 3, (size_t)end);
         const char *expression = trim(raw);
         struct compile_error ce = {{0}, false};
@@ -180,12 +179,10 @@ static int template_parse(struct workflow *wf, const struct wf_step *step, const
         int rc = 0;
 
         if (!*expression)
-            rc = wf_doc_fail(&wf->doc, node, false, err,
-                             "step '%s': argument '%s': empty expression in '${{ }}'", step->id,
-                             argument);
+            rc = wf_problem(wf, node, false, "step '%s': %s: empty expression in '${{ }}'",
+                            step->id, label);
         else if (expr_compile(wf, expression, &index, &ce) < 0)
-            rc = wf_doc_fail(&wf->doc, node, false, err, "step '%s': argument '%s': jq: %s",
-                             step->id, argument, ce.message);
+            rc = wf_problem(wf, node, false, "step '%s': %s: jq: %s", step->id, label, ce.message);
         free(raw);
         if (rc < 0)
             return rc;
@@ -206,35 +203,77 @@ static void path_child(char *buf, size_t size, const char *parent, const cJSON *
         snprintf(buf, size, "%s[%zu]", parent, index);
 }
 
+/* argument is the path inside `with` ("a.b[1]"), or the name of the field when what is set. */
 static int compile_value(struct workflow *wf, struct wf_step *step, const cJSON *node,
-                         const char *argument, struct tr_error *err)
+                         const char *what, const char *argument)
 {
     const cJSON *child;
     size_t index = 0;
-    int rc;
+    int rc = 0;
 
     if (cJSON_IsString(node) && strstr(node->valuestring, "${{")) {
+        char label[300];
+        if (*what)
+            snprintf(label, sizeof(label), "'%s'", what);
+        else
+            snprintf(label, sizeof(label), "argument '%s'", argument);
         step->templates =
             xrealloc(step->templates, (step->template_count + 1) * sizeof(*step->templates));
         struct wf_template *t = &step->templates[step->template_count++];
         memset(t, 0, sizeof(*t));
-        return template_parse(wf, step, node, argument, t, err);
+        return template_parse(wf, step, node, label, t);
     }
     cJSON_ArrayForEach(child, node)
     {
         char path[256];
         path_child(path, sizeof(path), argument, child, index++);
-        if ((rc = compile_value(wf, step, child, path, err)) < 0)
-            return rc;
+        /* Every argument is checked: one bad expression does not hide the next. */
+        if (compile_value(wf, step, child, what, path) < 0)
+            rc = TR_EINVAL;
     }
-    return 0;
+    return rc;
 }
 
-int wf_step_compile(struct workflow *wf, size_t index, struct tr_error *err)
+int wf_templates_compile(struct workflow *wf, size_t step, const cJSON *node, const char *what)
 {
-    struct wf_step *step = &wf->steps[index];
+    return compile_value(wf, &wf->steps[step], node, what, "");
+}
 
-    return step->with ? compile_value(wf, step, step->with, "", err) : 0;
+char *wf_expression_text(const char *written)
+{
+    char *copy = xstrdup(written);
+    const char *text = trim(copy);
+    size_t len = strlen(text);
+    char *result;
+
+    /* "${{ EXPR }}" is EXPR, for those who write every expression the same way. */
+    if (len >= 5 && !strncmp(text, "${{", 3) && !strcmp(text + len - 2, "}}") &&
+        expression_end(text + 3) == (long)len - 5) {
+        char *inner = xstrndup(text + 3, len - 5);
+        result = xstrdup(trim(inner));
+        free(inner);
+    } else {
+        result = xstrdup(text);
+    }
+    free(copy);
+    return result;
+}
+
+int wf_expression_compile(struct workflow *wf, size_t step, const cJSON *node, const char *what,
+                          size_t *ret_index)
+{
+    char *text = wf_expression_text(node->valuestring);
+    struct compile_error ce = {{0}, false};
+    int rc = 0;
+
+    if (!*text)
+        rc = wf_problem(wf, node, false, "step '%s': '%s': empty expression", wf->steps[step].id,
+                        what);
+    else if (expr_compile(wf, text, ret_index, &ce) < 0)
+        rc = wf_problem(wf, node, false, "step '%s': '%s': jq: %s", wf->steps[step].id, what,
+                        ce.message);
+    free(text);
+    return rc;
 }
 
 void wf_step_templates_free(struct wf_step *step)

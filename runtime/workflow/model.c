@@ -5,6 +5,7 @@
  */
 #include "workflow-internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,9 @@ void workflow_free(struct workflow **workflow)
         cJSON_Delete(wf->servers[i].config);
     free(wf->servers);
     free(wf->inputs);
+    for (size_t i = 0; i < wf->problem_count; i++)
+        free(wf->problems[i].message);
+    free(wf->problems);
     wf_exprs_free(wf);
     wf_doc_release(&wf->doc);
     free(wf);
@@ -158,6 +162,19 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index)
         cJSON_AddStringToObject(config, "role", persona->role);
     if (persona->goal)
         cJSON_AddStringToObject(config, "goal", persona->goal);
+    if (persona->instructions)
+        cJSON_AddStringToObject(config, "instructions", persona->instructions);
+    if (persona->model)
+        cJSON_AddStringToObject(config, "model", persona->model);
+    if (persona->timeout_ms || persona->max_tool_calls || persona->max_tokens) {
+        cJSON *limits = cJSON_AddObjectToObject(config, "limits");
+        if (persona->timeout_ms)
+            cJSON_AddNumberToObject(limits, "timeout_ms", (double)persona->timeout_ms);
+        if (persona->max_tool_calls)
+            cJSON_AddNumberToObject(limits, "max_tool_calls", (double)persona->max_tool_calls);
+        if (persona->max_tokens)
+            cJSON_AddNumberToObject(limits, "max_tokens", (double)persona->max_tokens);
+    }
     servers = cJSON_AddObjectToObject(config, "servers");
     for (size_t i = 0; i < persona->server_count; i++) {
         const struct wf_server *server = &wf->servers[persona->servers[i]];
@@ -171,41 +188,26 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index)
     return config;
 }
 
-/* entry is "server.pattern"; pattern may end in '*', matching any rest of the tool name. */
-static bool allow_entry_matches(const char *entry, const char *server, const char *tool)
+long workflow_persona_replicas(const struct workflow *wf, size_t index)
 {
-    size_t server_len = strlen(server);
-    const char *pattern;
-    size_t pattern_len;
-
-    if (strncmp(entry, server, server_len) || entry[server_len] != '.')
-        return false;
-    pattern = entry + server_len + 1;
-    pattern_len = strlen(pattern);
-    if (pattern_len > 0 && pattern[pattern_len - 1] == '*')
-        return !strncmp(pattern, tool, pattern_len - 1);
-    return !strcmp(pattern, tool);
+    return index < wf->persona_count ? wf->personas[index].replicas : 0;
 }
 
-bool workflow_persona_allows(const struct workflow *wf, size_t index, const char *server,
-                             const char *tool)
+int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJSON **ret_config,
+                                     struct tr_error *err)
 {
-    const struct wf_persona *persona;
-    bool holds = false;
+    cJSON *config = workflow_persona_config(wf, index);
+    int rc;
 
-    if (index >= wf->persona_count || !server || !tool)
-        return false;
-    persona = &wf->personas[index];
-    for (size_t i = 0; i < persona->server_count && !holds; i++)
-        holds = !strcmp(wf->servers[persona->servers[i]].name, server);
-    if (!holds)
-        return false;
-    if (!persona->has_allowlist)
-        return true;
-    for (size_t i = 0; i < persona->tool_count; i++)
-        if (allow_entry_matches(persona->tools[i], server, tool))
-            return true;
-    return false;
+    if (!config)
+        return tr_error_set(err, TR_ENOTFOUND, "no persona %zu", index);
+    if ((rc = wf_env_resolve(cJSON_GetObjectItemCaseSensitive(config, "servers"), err)) < 0) {
+        tr_error_prefix(err, "persona '%s'", wf->personas[index].name);
+        cJSON_Delete(config);
+        return rc;
+    }
+    *ret_config = config;
+    return 0;
 }
 
 /* ---- steps ------------------------------------------------------------------------------ */
@@ -220,9 +222,14 @@ const char *workflow_step_id(const struct workflow *wf, size_t index)
     return index < wf->step_count ? wf->steps[index].id : NULL;
 }
 
+enum workflow_action workflow_step_action(const struct workflow *wf, size_t index)
+{
+    return index < wf->step_count ? wf->steps[index].action : WORKFLOW_ACTION_TOOL;
+}
+
 size_t workflow_step_persona(const struct workflow *wf, size_t index)
 {
-    return index < wf->step_count ? wf->steps[index].persona : 0;
+    return index < wf->step_count ? wf->steps[index].persona : SIZE_MAX;
 }
 
 const char *workflow_step_server(const struct workflow *wf, size_t index)

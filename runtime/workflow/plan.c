@@ -5,6 +5,7 @@
  */
 #include "workflow-internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,18 @@ static cJSON *plan_personas(const struct workflow *wf)
         cJSON *servers = cJSON_AddArrayToObject(persona, "servers");
         add_string(persona, "role", p->role);
         add_string(persona, "goal", p->goal);
+        add_string(persona, "instructions", p->instructions);
+        add_string(persona, "model", p->model);
+        cJSON_AddNumberToObject(persona, "replicas", (double)p->replicas);
+        if (p->timeout_ms || p->max_tool_calls || p->max_tokens) {
+            cJSON *limits = cJSON_AddObjectToObject(persona, "limits");
+            if (p->timeout_ms)
+                cJSON_AddNumberToObject(limits, "timeout_ms", (double)p->timeout_ms);
+            if (p->max_tool_calls)
+                cJSON_AddNumberToObject(limits, "max_tool_calls", (double)p->max_tool_calls);
+            if (p->max_tokens)
+                cJSON_AddNumberToObject(limits, "max_tokens", (double)p->max_tokens);
+        }
         for (size_t j = 0; j < p->server_count; j++)
             cJSON_AddItemToArray(servers, cJSON_CreateString(wf->servers[p->servers[j]].name));
         if (p->has_allowlist) {
@@ -79,6 +92,86 @@ static cJSON *plan_personas(const struct workflow *wf)
         }
     }
     return personas;
+}
+
+static void add_expr(const struct workflow *wf, cJSON *object, const char *key, size_t expr)
+{
+    if (expr != WF_NO_EXPR)
+        cJSON_AddStringToObject(object, key, wf->exprs[expr].text);
+}
+
+/* The action: its key, and the fields it has (tool steps keep "server" and "tool" on top). */
+static void plan_action(const struct workflow *wf, const struct wf_step *s, cJSON *step)
+{
+    cJSON *object;
+
+    switch (s->action) {
+    case WORKFLOW_ACTION_TOOL:
+        cJSON_AddStringToObject(step, "server", s->server);
+        cJSON_AddStringToObject(step, "tool", s->tool);
+        break;
+    case WORKFLOW_ACTION_PROMPT:
+        object = cJSON_AddObjectToObject(step, "prompt");
+        cJSON_AddStringToObject(object, "server", s->server);
+        cJSON_AddStringToObject(object, "name", s->tool);
+        break;
+    case WORKFLOW_ACTION_RESOURCE:
+        object = cJSON_AddObjectToObject(step, "resource");
+        cJSON_AddStringToObject(object, "server", s->server);
+        cJSON_AddStringToObject(object, "uri", s->uri);
+        break;
+    case WORKFLOW_ACTION_ASK:
+        cJSON_AddStringToObject(step, "ask", s->ask);
+        break;
+    case WORKFLOW_ACTION_EVAL:
+        add_expr(wf, step, "eval", s->eval);
+        break;
+    case WORKFLOW_ACTION_APPROVAL:
+        object = cJSON_AddObjectToObject(step, "approval");
+        /* "who" is always a list in the plan. */
+        if (cJSON_IsArray(s->approval_who))
+            cJSON_AddItemToObject(object, "who", cJSON_Duplicate(s->approval_who, true));
+        else
+            cJSON_AddItemToArray(cJSON_AddArrayToObject(object, "who"),
+                                 cJSON_CreateString(s->approval_who->valuestring));
+        cJSON_AddStringToObject(object, "why", s->approval_why);
+        add_expr(wf, object, "if", s->approval_if);
+        break;
+    case WORKFLOW_ACTION_WORKFLOW:
+        cJSON_AddStringToObject(step, "workflow", s->sub_workflow);
+        break;
+    }
+    if (s->action == WORKFLOW_ACTION_TOOL || s->action == WORKFLOW_ACTION_PROMPT ||
+        s->action == WORKFLOW_ACTION_WORKFLOW)
+        cJSON_AddItemToObject(step, "with",
+                              s->with ? cJSON_Duplicate(s->with, true) : cJSON_CreateObject());
+}
+
+/* Modifiers appear only when set; a plan without them means the defaults. */
+static void plan_modifiers(const struct workflow *wf, const struct wf_step *s, cJSON *step)
+{
+    add_expr(wf, step, "when", s->when);
+    add_expr(wf, step, "for_each", s->for_each);
+    add_expr(wf, step, "output", s->output);
+    if (s->concurrency)
+        cJSON_AddNumberToObject(step, "concurrency", (double)s->concurrency);
+    if (s->timeout_ms)
+        cJSON_AddNumberToObject(step, "timeout_ms", (double)s->timeout_ms);
+    if (s->has_retry) {
+        cJSON *retry = cJSON_AddObjectToObject(step, "retry");
+        cJSON *errors = cJSON_AddArrayToObject(retry, "errors");
+        cJSON_AddNumberToObject(retry, "attempts", (double)s->retry_attempts);
+        cJSON_AddNumberToObject(retry, "backoff_ms", (double)s->retry_backoff_ms);
+        cJSON_AddNumberToObject(retry, "max_delay_ms", (double)s->retry_max_delay_ms);
+        for (size_t i = 0; wf_error_class_names[i]; i++)
+            if (s->retry_errors & (1u << i))
+                cJSON_AddItemToArray(errors, cJSON_CreateString(wf_error_class_names[i]));
+    }
+    if (s->on_error == WF_ON_ERROR_CONTINUE)
+        cJSON_AddStringToObject(step, "on_error", "continue");
+    else if (s->on_error == WF_ON_ERROR_FALLBACK)
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(step, "on_error"), "fallback",
+                                wf->steps[s->fallback].id);
 }
 
 static cJSON *plan_steps(const struct workflow *wf)
@@ -91,15 +184,14 @@ static cJSON *plan_steps(const struct workflow *wf)
         cJSON *needs;
         cJSON_AddItemToArray(steps, step);
         cJSON_AddStringToObject(step, "id", s->id);
-        cJSON_AddStringToObject(step, "persona", wf->personas[s->persona].name);
-        cJSON_AddStringToObject(step, "server", s->server);
-        cJSON_AddStringToObject(step, "tool", s->tool);
-        cJSON_AddItemToObject(step, "with",
-                              s->with ? cJSON_Duplicate(s->with, true) : cJSON_CreateObject());
+        if (s->persona != SIZE_MAX)
+            cJSON_AddStringToObject(step, "persona", wf->personas[s->persona].name);
+        plan_action(wf, s, step);
         needs = cJSON_AddArrayToObject(step, "needs");
         for (size_t j = 0; j < s->need_count; j++)
             cJSON_AddItemToArray(needs, cJSON_CreateString(wf->steps[s->needs[j]].id));
         add_string(step, "save", s->save);
+        plan_modifiers(wf, s, step);
     }
     return steps;
 }

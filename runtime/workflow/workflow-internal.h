@@ -9,6 +9,7 @@
 #include "workflow.h"
 
 #include <jq.h>
+#include <stdint.h>
 
 /* ---- document: a cJSON tree plus where each value (and object key) came from ---------- */
 
@@ -36,6 +37,24 @@ void wf_doc_release(struct wf_doc *doc);
  */
 int wf_doc_fail(const struct wf_doc *doc, const cJSON *node, bool at_key, struct tr_error *err,
                 const char *fmt, ...) TR_PRINTF(5, 6);
+/* load.c: records where node (and its key) starts. */
+void wf_doc_pos_add(struct wf_doc *doc, const cJSON *node, int line, int column, int key_line,
+                    int key_column);
+/* load.c: refuses an object holding a key twice, naming the later occurrence. */
+int wf_doc_check_duplicate_keys(const struct wf_doc *doc, const cJSON *object,
+                                struct tr_error *err) TR_MUST_CHECK;
+/* yaml.c: parses YAML text into doc (root and positions). */
+int wf_yaml_parse(struct wf_doc *doc, const char *text, size_t len,
+                  struct tr_error *err) TR_MUST_CHECK;
+
+/* A cursor over the input text that knows its line and column (in characters, 1-based). */
+struct wf_scan {
+    const char *text;
+    size_t len, i;
+    int line, column;
+};
+void wf_scan_to(struct wf_scan *s, size_t target);
+
 /* Position of node (or of its key) as "LINE:COLUMN" into buf. */
 const char *wf_doc_where(const struct wf_doc *doc, const cJSON *node, bool at_key, char *buf,
                          size_t size);
@@ -74,31 +93,74 @@ struct wf_input {
 
 struct wf_server {
     const char *name;
-    cJSON *config; /* normalized mcpServers entry, owned */
+    cJSON *config; /* normalized mcpServers entry with ${env:NAME} references, owned */
 };
 
 struct wf_persona {
     const char *name;
-    const char *role, *goal;
+    const char *role, *goal, *instructions, *model;
     size_t *servers;
     size_t server_count;
     const char **tools; /* allowlist entries */
     size_t tool_count;
     bool has_allowlist;
+    long replicas;                   /* >= 1 */
+    int64_t timeout_ms;              /* limits; 0 when not set */
+    long max_tool_calls, max_tokens; /* 0 when not set */
+    bool broken;                     /* had a problem: steps naming it are not checked further */
 };
+
+/* Error classes a retry may be limited to (bit flags). */
+enum {
+    WF_ERROR_TIMEOUT = 1 << 0,
+    WF_ERROR_TRANSPORT = 1 << 1,
+    WF_ERROR_PROTOCOL = 1 << 2,
+    WF_ERROR_TOOL = 1 << 3,
+};
+extern const char *const wf_error_class_names[]; /* indexed by bit number, NULL-terminated */
+
+enum wf_on_error { WF_ON_ERROR_FAIL, WF_ON_ERROR_CONTINUE, WF_ON_ERROR_FALLBACK };
+
+#define WF_NO_EXPR ((size_t)-1)
 
 struct wf_step {
     const char *id;
-    size_t persona;
-    char *server, *tool;  /* split from "server.tool", owned */
-    const char *tool_ref; /* "server.tool" as written */
+    enum workflow_action action;
+    size_t persona;            /* SIZE_MAX for steps without one (eval, approval, workflow) */
+    char *server, *tool;       /* tool: split from "server.tool"; prompt: server and prompt name;
+                                  resource: server (tool NULL); owned */
+    const char *tool_ref;      /* "server.tool" as written */
+    const char *uri;           /* resource */
+    const char *ask;           /* ask: the prompt (may hold ${{ }}) */
+    const char *sub_workflow;  /* workflow: the file as written */
+    const cJSON *approval_who; /* approval: string or list of strings */
+    const char *approval_why;
     const char *save;
     size_t *needs;
     size_t need_count;
     const cJSON *with; /* object or NULL */
     struct wf_template *templates;
     size_t template_count;
+    /* compiled expressions (indexes into wf->exprs), WF_NO_EXPR when absent */
+    size_t when, for_each, output, eval, approval_if;
+    long concurrency;   /* 0 when not set */
+    int64_t timeout_ms; /* 0 when not set */
+    bool has_retry;
+    long retry_attempts;
+    int64_t retry_backoff_ms, retry_max_delay_ms;
+    unsigned retry_errors;
+    enum wf_on_error on_error;
+    size_t fallback; /* step index, for WF_ON_ERROR_FALLBACK */
 };
+
+/* One problem found while checking a file. */
+struct wf_problem {
+    int line, column;
+    size_t order;  /* discovery order, to keep sorting stable */
+    char *message; /* "FILE:LINE:COLUMN: what" */
+};
+
+#define WF_MAX_PROBLEMS 200
 
 /* Strings and cJSON values borrowed by the model live in doc, which the workflow owns. */
 struct workflow {
@@ -115,13 +177,89 @@ struct workflow {
     size_t step_count;
     struct wf_expr *exprs;
     size_t expr_count, expr_alloc;
+    struct wf_problem *problems;
+    size_t problem_count;
+    bool too_many_problems;
+    bool from_file; /* loaded by path: sub-workflow files are looked for beside it */
 };
 
-/* validate.c: checks wf->doc and fills in the model; errors name FILE:LINE:COLUMN. */
+/* ---- checking: shared by validate.c, personas.c, steps.c, dag.c ---------------------- */
+
+/* State of one check of a document, across the files that build the model. */
+struct wf_build {
+    struct workflow *wf;
+    const struct wf_doc *doc;
+    const cJSON **step_nodes;     /* each step's mapping */
+    const cJSON **needs_nodes;    /* each step's `needs` value, or NULL */
+    const cJSON **fallback_nodes; /* each step's `on_error.fallback` value, or NULL */
+    bool servers_broken;  /* mcp_servers had a problem: unknown server names are not reported */
+    bool personas_broken; /* likewise for personas */
+};
+
+/*
+ * Records a problem at node (at its key when at_key) and returns TR_EINVAL. Checks go on
+ * after a problem where the rest of the file still makes sense, so that one pass finds them
+ * all; workflow_load reports the first one found.
+ */
+int wf_problem(struct workflow *wf, const cJSON *node, bool at_key, const char *fmt, ...)
+    TR_PRINTF(4, 5);
+
+int wf_check_keys(struct wf_build *b, const cJSON *object, const char *const *known,
+                  const char *context);
+int wf_expect_string(struct wf_build *b, const cJSON *item, const char *context);
+int wf_expect_mapping(struct wf_build *b, const cJSON *item, const char *context);
+int wf_expect_string_list(struct wf_build *b, const cJSON *item, const char *context);
+int wf_expect_string_map(struct wf_build *b, const cJSON *item, const char *context);
+int wf_optional_string(struct wf_build *b, const cJSON *object, const char *key,
+                       const char *context, const char **ret);
+/* An integer member in [min, max]; *ret untouched when absent. */
+int wf_optional_integer(struct wf_build *b, const cJSON *object, const char *key, long min,
+                        long max, const char *context, long *ret);
+/* A duration member: "500ms", "30s", "5m", "1h" or a number of seconds; *ret_ms untouched
+   when absent. */
+int wf_optional_duration(struct wf_build *b, const cJSON *object, const char *key,
+                         const char *context, int64_t *ret_ms);
+bool wf_valid_name(const char *s, bool allow_dot);
+size_t wf_count_items(const cJSON *node);
+/* " (did you mean 'X'?)" or "", into buf. */
+const char *wf_suggestion(const char *word, const char *const *names, size_t count, char *buf,
+                          size_t size);
+long wf_server_find(const struct workflow *wf, const char *name);
+bool wf_persona_holds(const struct workflow *wf, const struct wf_persona *persona,
+                      const char *server);
+long wf_step_find(const struct workflow *wf, const char *id);
+
+/* env.c: checks the ${env:NAME} references in node's strings. */
+int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
+/* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
+int wf_env_resolve(cJSON *node, struct tr_error *err);
+
+/* personas.c */
+int wf_build_servers(struct wf_build *b, const cJSON *node);
+int wf_build_personas(struct wf_build *b, const cJSON *node);
+/* steps.c */
+int wf_build_steps(struct wf_build *b, const cJSON *node);
+/* dag.c: resolves needs and fallbacks once every id is known, then looks for cycles. */
+int wf_build_dag(struct wf_build *b);
+
+/*
+ * validate.c: checks wf->doc and fills in the model, recording every problem in
+ * wf->problems; on any, err holds the first and TR_EINVAL is returned.
+ */
 int wf_build(struct workflow *wf, struct tr_error *err) TR_MUST_CHECK;
 
-/* expr.c: finds and compiles the `${{ }}` expressions of a step's `with`. */
-int wf_step_compile(struct workflow *wf, size_t index, struct tr_error *err) TR_MUST_CHECK;
+/* expr.c: finds and compiles the `${{ }}` templates inside node (a step's `with`, its ask
+   prompt, ...); problems name the step and `what`. */
+int wf_templates_compile(struct workflow *wf, size_t step, const cJSON *node,
+                         const char *what) TR_MUST_CHECK;
+/*
+ * expr.c: compiles a jq expression written as "EXPR" or "${{ EXPR }}" (the string node) for
+ * step `what` ('when', 'for_each', ...); *ret_index is its place in wf->exprs.
+ */
+int wf_expression_compile(struct workflow *wf, size_t step, const cJSON *node, const char *what,
+                          size_t *ret_index) TR_MUST_CHECK;
+/* expr.c: the text of a "${{ EXPR }}"-or-bare expression, trimmed. Caller frees. */
+char *wf_expression_text(const char *written);
 /* expr.c: frees a step's templates and the workflow's compiled expressions. */
 void wf_step_templates_free(struct wf_step *step);
 void wf_exprs_free(struct workflow *wf);

@@ -20,6 +20,17 @@
 
 enum workflow_format { WORKFLOW_YAML, WORKFLOW_JSON };
 
+/* What a step does: exactly one action per step. */
+enum workflow_action {
+    WORKFLOW_ACTION_TOOL,     /* MCP tools/call */
+    WORKFLOW_ACTION_RESOURCE, /* MCP resources/read */
+    WORKFLOW_ACTION_PROMPT,   /* MCP prompts/get */
+    WORKFLOW_ACTION_ASK,      /* an LLM turn with the persona's tools */
+    WORKFLOW_ACTION_EVAL,     /* a pure jq transform, no agent */
+    WORKFLOW_ACTION_APPROVAL, /* a human gate */
+    WORKFLOW_ACTION_WORKFLOW, /* a sub-workflow from another file */
+};
+
 struct workflow;
 
 /*
@@ -33,6 +44,19 @@ int workflow_load_string(const char *text, size_t len, enum workflow_format form
                          const char *file_name, struct workflow **ret_workflow,
                          struct tr_error *err) TR_MUST_CHECK;
 void workflow_free(struct workflow **workflow);
+
+/*
+ * Checks a file and reports every problem found, not only the first: returns 0 when there is
+ * none, else TR_EINVAL (or the error of reading the file) and *ret_problems, *ret_count: the
+ * lines "FILE:LINE:COLUMN: what", ordered by position. A syntax error stops the check, so it
+ * is the only problem. Free the list with workflow_problems_free.
+ */
+int workflow_check(const char *path, char ***ret_problems, size_t *ret_count) TR_MUST_CHECK;
+/* The same from memory. */
+int workflow_check_string(const char *text, size_t len, enum workflow_format format,
+                          const char *file_name, char ***ret_problems,
+                          size_t *ret_count) TR_MUST_CHECK;
+void workflow_problems_free(char **problems, size_t count);
 
 const char *workflow_name(const struct workflow *wf);
 const char *workflow_file(const struct workflow *wf);
@@ -62,14 +86,29 @@ size_t workflow_persona_count(const struct workflow *wf);
 const char *workflow_persona_name(const struct workflow *wf, size_t index);
 /* Index of the named persona, or -1. */
 long workflow_persona_find(const struct workflow *wf, const char *name);
+/* How many worker processes the persona asks for (1 unless `replicas` says otherwise). */
+long workflow_persona_replicas(const struct workflow *wf, size_t index);
 /*
  * What an agent for this persona needs, as one object:
- * {"name", "role", "servers": {NAME: server config, ...}, "tools": ["server.tool", ...]}.
+ * {"name", "role", "goal", "instructions", "model", "limits": {...},
+ *  "servers": {NAME: server config, ...}, "tools": ["server.tool", ...]} (absent keys omitted).
  * "tools" is the allowlist; a persona without one may call any tool of its servers.
- * Caller frees.
+ * Server values keep their ${env:NAME} references as written: this is the variant to store
+ * and to log (audit `agent.started`). Caller frees.
  */
 cJSON *workflow_persona_config(const struct workflow *wf, size_t index);
-/* Whether the persona may call server.tool (allowlist entries may end in '*'). */
+/*
+ * The same with every ${env:NAME} in server args, env, headers, url and cwd replaced by the
+ * variable's value from the environment: the variant to hand to the agent (the `welcome`
+ * message), never to store or log. Fails with TR_ENOTFOUND naming the variable (never a
+ * value) when one is not set.
+ */
+int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJSON **ret_config,
+                                     struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Whether the persona may call server.tool: it holds the server and, when it has an
+ * allowlist, an entry matches ("server.pattern", pattern a glob with * ? and [...]).
+ */
 bool workflow_persona_allows(const struct workflow *wf, size_t index, const char *server,
                              const char *tool);
 
@@ -78,8 +117,14 @@ bool workflow_persona_allows(const struct workflow *wf, size_t index, const char
 /* Steps are in file order; `needs` only ever point to other steps (no cycles). */
 size_t workflow_step_count(const struct workflow *wf);
 const char *workflow_step_id(const struct workflow *wf, size_t index);
+enum workflow_action workflow_step_action(const struct workflow *wf, size_t index);
+/* "tool", "resource", "prompt", "ask", "eval", "approval" or "workflow". */
+const char *workflow_action_name(enum workflow_action action);
+/* The step's persona; SIZE_MAX for steps that have none (eval, approval, workflow). */
 size_t workflow_step_persona(const struct workflow *wf, size_t index);
+/* The server of a tool, resource or prompt step, else NULL. */
 const char *workflow_step_server(const struct workflow *wf, size_t index);
+/* The tool of a tool step (the prompt's name for a prompt step), else NULL. */
 const char *workflow_step_tool(const struct workflow *wf, size_t index);
 /* Context key the step's output is saved under, or NULL. */
 const char *workflow_step_save(const struct workflow *wf, size_t index);
@@ -89,7 +134,7 @@ size_t workflow_step_need(const struct workflow *wf, size_t index, size_t n);
 
 /*
  * Evaluates the step's `with` arguments over scope, the document
- * {"input": ..., "context": ..., "steps": {ID: {"output": ...}}}.
+ * {"input": ..., "context": ..., "item": ..., "steps": {ID: {"output": ...}}}.
  * A string value "${{ jq }}" becomes the expression's value (any JSON type); a string that
  * merely contains "${{ jq }}" parts has each replaced by its value as text; everything else
  * is copied. Returns TR_EINVAL with a message naming the step and argument when a jq

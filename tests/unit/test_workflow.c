@@ -579,11 +579,59 @@ static const struct broken broken_files[] = {
     {"jq-syntax.yaml", "13:13", "step 'greet': argument 'name': jq: syntax error, unexpected $end"},
     {"jq-unknown-function.json", "7:33",
      "step 'greet': argument 'name.first': jq: shout/0 is not defined"},
+    {"missing-action.yaml", "7:5",
+     "step 'greet': missing an action: one of tool, resource, prompt, ask, eval, approval or "
+     "workflow"},
+    {"two-actions.yaml", "10:5",
+     "step 'greet': 'tool' and 'eval' exclude each other: a step has one action"},
+    {"eval-with-persona.yaml", "8:5",
+     "step 'shape': 'eval' steps run without an agent: remove 'persona'"},
+    {"ask-without-model.yaml", "9:5",
+     "step 'think': 'ask' needs a model: persona 'greeter' has no 'model'"},
+    {"when-jq-syntax.yaml", "10:11", "step 'greet': 'when': jq: syntax error, unexpected $end"},
+    {"for-each-jq.json", "7:18", "step 'greet': 'for_each': jq: mapp/1 is not defined"},
+    {"concurrency-without-for-each.yaml", "10:5", "step 'greet': 'concurrency' needs 'for_each'"},
+    {"retry-error-class.yaml", "12:25",
+     "step 'greet': retry: unknown error class 'transprt' (did you mean 'transport'?); use "
+     "timeout, transport, protocol or tool_error"},
+    {"bad-duration.yaml", "10:14",
+     "step 'greet': 'timeout' must be a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\""},
+    {"on-error-bad.yaml", "10:15",
+     "step 'greet': 'on_error' must be 'fail', 'continue' or {fallback: STEP}, not 'ignore'"},
+    {"fallback-unknown.yaml", "10:26",
+     "step 'greet': falls back to unknown step 'greet_plain' (did you mean 'greet-plain'?)"},
+    {"approval-missing-why.yaml", "9:7", "step 'sign-off': 'approval' needs 'who' and 'why'"},
+    {"env-malformed.yaml", "6:22",
+     "server 'api': malformed environment reference: write ${env:NAME} with NAME of "
+     "[A-Za-z_][A-Za-z0-9_]*"},
+    {"sse-type.json", "4:24",
+     "server 'remote': type 'sse' (the old HTTP+SSE transport) is not supported; use 'http' "
+     "(Streamable HTTP)"},
+    {"replicas-out-of-range.yaml", "7:15",
+     "persona 'greeter': 'replicas' must be between 1 and 64, not 0"},
+    {"workflow-missing-file.yaml", "8:15",
+     "step 'child': workflow file 'sub/missing.yaml' not found"},
+    {"with-on-eval.yaml", "9:5",
+     "step 'shape': 'with' is for tool, prompt and workflow steps, not 'eval'"},
+    {"persona-unknown-key.yaml", "7:5",
+     "persona 'greeter': unknown key 'instruction' (did you mean 'instructions'?)"},
+    {"limits-unknown-key.yaml", "9:7", "persona 'greeter': limits: unknown key 'max_calls'"},
+    {"input-default-type.yaml", "5:14",
+     "input 'count': default must be of type integer, not a string"},
+    {"prompt-server-not-held.yaml", "10:13",
+     "step 'draft': prompt 'docs.summary': persona 'greeter' does not hold server 'docs'"},
+    {"resource-missing-uri.yaml", "10:7", "step 'read': 'resource' needs 'server' and 'uri'"},
+    {"allowlist-bad-glob.yaml", "7:13",
+     "persona 'greeter': allowlist entry 'demo.format_[a-z': '[' without ']'"},
+    {"output-jq-unknown.yaml", "10:13", "step 'greet': 'output': jq: totext/0 is not defined"},
+    {"needs-wrong-type.yaml", "10:12",
+     "step 'greet': 'needs' must be a step id or a list of them, not a mapping"},
+    {"many-problems.yaml", "2:7", "'name' must match [A-Za-z0-9_.-]+, not 'many problems'"},
 };
 
 Test(workflow, broken_files_fail_with_file_line_column)
 {
-    cr_assert_geq(sizeof(broken_files) / sizeof(broken_files[0]), 12);
+    cr_assert_geq(sizeof(broken_files) / sizeof(broken_files[0]), 30);
     for (size_t i = 0; i < sizeof(broken_files) / sizeof(broken_files[0]); i++) {
         const struct broken *b = &broken_files[i];
         char *relative = xasprintf("tests/workflows/broken/%s", b->file);

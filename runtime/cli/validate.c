@@ -1,0 +1,138 @@
+/*
+ * cli/validate.c: `troupe validate FILE...`: checks workflow files and lists every problem,
+ * one line each as FILE:LINE:COLUMN: what; for a valid file, its plan's content hash (the
+ * SHA-256 of the canonical plan JSON, as `troupe run` stores it). It runs nothing.
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workflow.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: troupe validate [options] FILE...\n"
+                 "\n"
+                 "Checks workflow files (YAML, or JSON when the name ends in .json) and lists\n"
+                 "every problem as FILE:LINE:COLUMN: what is wrong. Nothing is run.\n"
+                 "\n"
+                 "options:\n"
+                 "  --hash      print only 'HASH  FILE' for each valid file: the SHA-256 of its\n"
+                 "              canonical plan, the plan_hash a run of it records\n"
+                 "  --plan      print the canonical plan JSON of each valid file\n"
+                 "  -q, --quiet print problems only\n"
+                 "  -h, --help  show this help\n"
+                 "\n"
+                 "exit status: 0 every file is valid, 1 a file has problems, 2 bad usage.\n");
+}
+
+void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE])
+{
+    unsigned char digest[crypto_hash_sha256_BYTES];
+
+    crypto_hash_sha256(digest, (const unsigned char *)plan_json, strlen(plan_json));
+    sodium_bin2hex(hex, CLI_PLAN_HASH_HEX_SIZE, digest, sizeof(digest));
+}
+
+enum output { OUTPUT_SUMMARY, OUTPUT_HASH, OUTPUT_PLAN, OUTPUT_QUIET };
+
+/* Returns the number of problems of one file (0 when it is valid). */
+static size_t validate_file(const char *path, enum output output)
+{
+    char **problems = NULL;
+    size_t count = 0;
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+
+    if (workflow_check(path, &problems, &count) < 0) {
+        for (size_t i = 0; i < count; i++)
+            printf("%s\n", problems[i]);
+        workflow_problems_free(problems, count);
+        return count ? count : 1;
+    }
+    /* Valid: load it again for the plan (checking is cheap next to what a run costs). */
+    if (workflow_load(path, &wf, &err) < 0) {
+        printf("%s\n", err.message);
+        return 1;
+    }
+    char *plan = workflow_plan_json(wf);
+    char hash[CLI_PLAN_HASH_HEX_SIZE];
+    cli_plan_hash(plan, hash);
+    switch (output) {
+    case OUTPUT_SUMMARY:
+        printf("%s: ok: %zu steps, %zu personas, %zu servers; plan sha256 %s\n", path,
+               workflow_step_count(wf), workflow_persona_count(wf), workflow_server_count(wf),
+               hash);
+        break;
+    case OUTPUT_HASH:
+        printf("%s  %s\n", hash, path);
+        break;
+    case OUTPUT_PLAN:
+        printf("%s\n", plan);
+        break;
+    case OUTPUT_QUIET:
+        break;
+    }
+    free(plan);
+    workflow_free(&wf);
+    return 0;
+}
+
+int cli_validate(int argc, char **argv, struct cli_common *common)
+{
+    enum { OPT_HASH = 3000, OPT_PLAN };
+    static const struct option options[] = {
+        {"hash", no_argument, NULL, OPT_HASH},
+        {"plan", no_argument, NULL, OPT_PLAN},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    enum output output = OUTPUT_SUMMARY;
+    size_t problems = 0, broken = 0;
+    int opt;
+
+    (void)common;
+    while ((opt = getopt_long(argc, argv, "qh", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_HASH:
+            output = OUTPUT_HASH;
+            break;
+        case OPT_PLAN:
+            output = OUTPUT_PLAN;
+            break;
+        case 'q':
+            output = OUTPUT_QUIET;
+            break;
+        case 'h':
+            usage(stdout);
+            return CLI_OK;
+        default:
+            usage(stderr);
+            return CLI_USAGE;
+        }
+    }
+    if (optind == argc) {
+        cli_error("validate: which workflow files? (see 'troupe validate --help')");
+        return CLI_USAGE;
+    }
+    if (sodium_init() < 0) {
+        cli_error("validate: libsodium could not start");
+        return CLI_FAILED;
+    }
+    for (int i = optind; i < argc; i++) {
+        size_t n = validate_file(argv[i], output);
+        problems += n;
+        broken += n > 0;
+    }
+    fflush(stdout);
+    if (problems) {
+        cli_error("%zu problem%s in %zu of %d file%s", problems, problems == 1 ? "" : "s", broken,
+                  argc - optind, argc - optind == 1 ? "" : "s");
+        return CLI_FAILED;
+    }
+    return CLI_OK;
+}

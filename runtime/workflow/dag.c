@@ -1,0 +1,167 @@
+/*
+ * workflow/dag.c: the graph of steps: resolves `needs` and `on_error.fallback` ids to step
+ * indexes once every step is known, and refuses cycles, naming them. It checks nothing else.
+ */
+#include "workflow-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char **step_ids(const struct workflow *wf)
+{
+    const char **ids = xcalloc(wf->step_count + 1, sizeof(*ids));
+    size_t n = 0;
+
+    for (size_t i = 0; i < wf->step_count; i++)
+        if (wf->steps[i].id)
+            ids[n++] = wf->steps[i].id;
+    return ids;
+}
+
+static long find_or_report(struct wf_build *b, const cJSON *entry, const char *what,
+                           const char *step_id)
+{
+    struct workflow *wf = b->wf;
+    long found = wf_step_find(wf, entry->valuestring);
+
+    if (found < 0) {
+        const char **ids = step_ids(wf);
+        size_t count = 0;
+        char hint[128];
+        while (ids[count])
+            count++;
+        wf_problem(wf, entry, false, "step '%s': %s unknown step '%s'%s", step_id, what,
+                   entry->valuestring,
+                   wf_suggestion(entry->valuestring, ids, count, hint, sizeof(hint)));
+        free(ids);
+    }
+    return found;
+}
+
+static void resolve_needs(struct wf_build *b, size_t index)
+{
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    const cJSON *needs = b->needs_nodes[index];
+    const cJSON *entry;
+
+    if (!needs || !step->id)
+        return;
+    step->needs =
+        xcalloc(cJSON_IsArray(needs) ? wf_count_items(needs) + 1 : 1, sizeof(*step->needs));
+    for (entry = cJSON_IsArray(needs) ? needs->child : needs; entry;
+         entry = cJSON_IsArray(needs) ? entry->next : NULL) {
+        long found = find_or_report(b, entry, "needs", step->id);
+        bool twice = false;
+
+        if (found < 0)
+            continue;
+        if ((size_t)found == index) {
+            wf_problem(wf, entry, false, "step '%s' needs itself", step->id);
+            continue;
+        }
+        for (size_t i = 0; i < step->need_count && !twice; i++)
+            twice = step->needs[i] == (size_t)found;
+        if (twice) {
+            wf_problem(wf, entry, false, "step '%s' needs '%s' twice", step->id,
+                       entry->valuestring);
+            continue;
+        }
+        step->needs[step->need_count++] = (size_t)found;
+    }
+}
+
+static void resolve_fallback(struct wf_build *b, size_t index)
+{
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    const cJSON *fallback = b->fallback_nodes[index];
+    long found;
+
+    if (!fallback || !step->id ||
+        (found = find_or_report(b, fallback, "falls back to", step->id)) < 0)
+        return;
+    if ((size_t)found == index) {
+        wf_problem(wf, fallback, false, "step '%s' falls back to itself", step->id);
+        return;
+    }
+    step->fallback = (size_t)found;
+}
+
+static const cJSON *need_node(struct wf_build *b, size_t step, size_t n)
+{
+    const cJSON *needs = b->needs_nodes[step];
+    const cJSON *entry;
+
+    if (!cJSON_IsArray(needs))
+        return needs;
+    /* needs[] skips entries that had a problem: find the n-th one that resolved. */
+    cJSON_ArrayForEach(entry, needs)
+    {
+        long found = wf_step_find(b->wf, entry->valuestring);
+        if (found >= 0 && (size_t)found == b->wf->steps[step].needs[n])
+            return entry;
+    }
+    return needs;
+}
+
+/* Depth-first search with an explicit stack (no recursion: steps may be many). */
+static int check_cycles(struct wf_build *b)
+{
+    struct workflow *wf = b->wf;
+    enum { WHITE, GREY, BLACK } *color = xcalloc(wf->step_count, sizeof(*color));
+    size_t *stack = xmalloc(wf->step_count * sizeof(*stack));
+    size_t *next = xcalloc(wf->step_count, sizeof(*next));
+    int rc = 0;
+
+    for (size_t root = 0; root < wf->step_count; root++) {
+        size_t depth = 0;
+        if (color[root] != WHITE)
+            continue;
+        stack[depth++] = root;
+        color[root] = GREY;
+        while (depth > 0) {
+            size_t top = stack[depth - 1];
+            if (next[top] == wf->steps[top].need_count) {
+                color[top] = BLACK;
+                depth--;
+                continue;
+            }
+            size_t n = next[top]++;
+            size_t need = wf->steps[top].needs[n];
+            if (color[need] == WHITE) {
+                color[need] = GREY;
+                stack[depth++] = need;
+            } else if (color[need] == GREY) {
+                struct tr_buf path;
+                size_t from = 0;
+                while (stack[from] != need)
+                    from++;
+                tr_buf_init(&path, 0);
+                for (size_t i = from; i < depth; i++)
+                    if (tr_buf_appendf(&path, "%s -> ", wf->steps[stack[i]].id) < 0)
+                        break;
+                if (tr_buf_appendf(&path, "%s", wf->steps[need].id) < 0)
+                    path.len = 0;
+                rc = wf_problem(wf, need_node(b, top, n), false, "cycle in needs: %s",
+                                path.data ? path.data : "");
+                tr_buf_release(&path);
+                /* One report per cycle is enough; the rest of the graph is still walked. */
+                color[need] = BLACK;
+            }
+        }
+    }
+    free(next);
+    free(stack);
+    free(color);
+    return rc;
+}
+
+int wf_build_dag(struct wf_build *b)
+{
+    for (size_t i = 0; i < b->wf->step_count; i++) {
+        resolve_needs(b, i);
+        resolve_fallback(b, i);
+    }
+    return check_cycles(b);
+}

@@ -1,0 +1,290 @@
+/*
+ * workflow/personas.c: checks `mcp_servers` (the `mcpServers` shape of MCP hosts, with
+ * ${env:NAME} references) and `personas` (role, goal, instructions, servers, tool allowlist,
+ * model, replicas, limits), and builds their part of the model. Steps are in steps.c.
+ */
+#define _GNU_SOURCE
+#include "workflow-internal.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- servers ------------------------------------------------------------------------------ */
+
+static int build_server(struct wf_build *b, const cJSON *node, struct wf_server *server)
+{
+    static const char *const keys[] = {"type", "command", "args",    "env",
+                                       "cwd",  "url",     "headers", NULL};
+    static const char *const strings[] = {"type", "command", "cwd", "url", NULL};
+    struct workflow *wf = b->wf;
+    const cJSON *command, *url, *type, *item;
+    char context[256];
+    int rc;
+
+    snprintf(context, sizeof(context), "server '%s': ", node->string);
+    if (!wf_valid_name(node->string, false))
+        return wf_problem(wf, node, true, "server name '%s' must match [A-Za-z0-9_-]+",
+                          node->string);
+    if ((rc = wf_expect_mapping(b, node, "mcp_servers: ")) < 0 ||
+        (rc = wf_check_keys(b, node, keys, context)) < 0)
+        return rc;
+    for (size_t i = 0; strings[i]; i++)
+        if ((item = cJSON_GetObjectItemCaseSensitive(node, strings[i])) != NULL &&
+            (rc = wf_expect_string(b, item, context)) < 0)
+            return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "args")) != NULL &&
+        (rc = wf_expect_string_list(b, item, context)) < 0)
+        return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "env")) != NULL &&
+        (rc = wf_expect_string_map(b, item, context)) < 0)
+        return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL &&
+        (rc = wf_expect_string_map(b, item, context)) < 0)
+        return rc;
+    command = cJSON_GetObjectItemCaseSensitive(node, "command");
+    url = cJSON_GetObjectItemCaseSensitive(node, "url");
+    type = cJSON_GetObjectItemCaseSensitive(node, "type");
+    if (!command && !url)
+        return wf_problem(wf, node, false, "%smissing required key 'command' (or 'url')", context);
+    if (command && url)
+        return wf_problem(wf, url, true, "%s'command' and 'url' exclude each other", context);
+    if (command && !command->valuestring[0])
+        return wf_problem(wf, command, false, "%s'command' must not be empty", context);
+    if (!url && (item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL)
+        return wf_problem(wf, item, true, "%s'headers' needs 'url'", context);
+    for (size_t i = 0; url && i < 3; i++)
+        if ((item = cJSON_GetObjectItemCaseSensitive(
+                 node, (const char *[]){"args", "env", "cwd"}[i])) != NULL)
+            return wf_problem(wf, item, true, "%s'%s' needs 'command'", context, item->string);
+    if (url && strncmp(url->valuestring, "http://", 7) &&
+        strncmp(url->valuestring, "https://", 8) && strncmp(url->valuestring, "${env:", 6))
+        return wf_problem(wf, url, false, "%s'url' must start with http:// or https://", context);
+    /* Hosts write "type" too; it must agree with the transport the other keys give. */
+    if (type) {
+        const char *t = type->valuestring;
+        if (!strcmp(t, "sse"))
+            return wf_problem(wf, type, false,
+                              "%stype 'sse' (the old HTTP+SSE transport) is not supported; use "
+                              "'http' (Streamable HTTP)",
+                              context);
+        if (strcmp(t, "stdio") && strcmp(t, "http") && strcmp(t, "streamable-http"))
+            return wf_problem(wf, type, false,
+                              "%s'type' must be 'stdio', 'http' or 'streamable-http', not '%s'",
+                              context, t);
+        if (!strcmp(t, "stdio") != (command != NULL))
+            return wf_problem(wf, type, false, "%stype '%s' does not match '%s'", context, t,
+                              command ? "command" : "url");
+    }
+    if ((rc = wf_env_check(wf, node, context)) < 0)
+        return rc;
+
+    /* The normalized entry, keys in the order hosts write them; "type" is implied. */
+    server->config = cJSON_CreateObject();
+    for (size_t i = 1; keys[i]; i++)
+        if ((item = cJSON_GetObjectItemCaseSensitive(node, keys[i])) != NULL)
+            cJSON_AddItemToObject(server->config, keys[i], cJSON_Duplicate(item, true));
+    return 0;
+}
+
+int wf_build_servers(struct wf_build *b, const cJSON *node)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *item;
+    int rc = 0;
+
+    if (wf_expect_mapping(b, node, "") < 0)
+        return TR_EINVAL;
+    if (!node->child)
+        return wf_problem(wf, node, true, "'mcp_servers' must not be empty");
+    wf->servers = xcalloc(wf_count_items(node), sizeof(*wf->servers));
+    cJSON_ArrayForEach(item, node)
+    {
+        /* A broken server keeps its name, so that personas naming it are not blamed. */
+        struct wf_server *server = &wf->servers[wf->server_count++];
+        server->name = item->string;
+        if (build_server(b, item, server) < 0)
+            rc = TR_EINVAL;
+    }
+    (void)rc;
+    return 0;
+}
+
+/* ---- personas ----------------------------------------------------------------------------- */
+
+static const char **server_names(const struct workflow *wf)
+{
+    const char **names = xcalloc(wf->server_count + 1, sizeof(*names));
+
+    for (size_t i = 0; i < wf->server_count; i++)
+        names[i] = wf->servers[i].name;
+    return names;
+}
+
+/* An allowlist entry is "server.pattern", pattern a glob (* ? [...]) over tool names. */
+static int check_allow_entry(struct wf_build *b, const struct wf_persona *persona,
+                             const cJSON *entry, const char *context)
+{
+    const char *text = entry->valuestring;
+    const char *dot = strchr(text, '.');
+    const char *glob = strpbrk(text, "*?[");
+    char *server;
+    int rc = 0;
+
+    if (!dot || dot == text || !dot[1] || (glob && glob < dot))
+        return wf_problem(b->wf, entry, false,
+                          "%sallowlist entry '%s' must be 'server.tool' (the tool part may be a "
+                          "glob such as 'fs.read_*')",
+                          context, text);
+    /* fnmatch reports a malformed pattern only by not matching: test one bracket by hand. */
+    const char *open = strchr(dot, '[');
+    if (open && !strchr(open, ']'))
+        return wf_problem(b->wf, entry, false, "%sallowlist entry '%s': '[' without ']'", context,
+                          text);
+    server = xstrndup(text, (size_t)(dot - text));
+    if (!wf_persona_holds(b->wf, persona, server))
+        rc = wf_problem(b->wf, entry, false,
+                        "%sallowlist entry '%s' names server '%s', not one of the persona's "
+                        "servers",
+                        context, text, server);
+    free(server);
+    return rc;
+}
+
+static int build_limits(struct wf_build *b, const cJSON *node, struct wf_persona *persona,
+                        const char *context)
+{
+    static const char *const keys[] = {"timeout", "max_tool_calls", "max_tokens", NULL};
+    char inner[300];
+    int rc;
+
+    snprintf(inner, sizeof(inner), "%slimits: ", context);
+    if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
+        (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
+        (rc = wf_optional_duration(b, node, "timeout", inner, &persona->timeout_ms)) < 0 ||
+        (rc = wf_optional_integer(b, node, "max_tool_calls", 1, 1000000, inner,
+                                  &persona->max_tool_calls)) < 0 ||
+        (rc = wf_optional_integer(b, node, "max_tokens", 1, 100000000, inner,
+                                  &persona->max_tokens)) < 0)
+        return rc;
+    return 0;
+}
+
+static int build_persona(struct wf_build *b, const cJSON *node, struct wf_persona *persona)
+{
+    static const char *const keys[] = {"role",  "goal",     "instructions", "servers", "tools",
+                                       "model", "replicas", "limits",       NULL};
+    struct workflow *wf = b->wf;
+    const char **names = NULL;
+    const cJSON *servers, *tools, *limits, *entry;
+    char context[256], hint[128];
+    int rc;
+
+    persona->name = node->string;
+    persona->replicas = 1;
+    snprintf(context, sizeof(context), "persona '%s': ", node->string);
+    if (!wf_valid_name(node->string, false))
+        return wf_problem(wf, node, true, "persona name '%s' must match [A-Za-z0-9_-]+",
+                          node->string);
+    if ((rc = wf_expect_mapping(b, node, "personas: ")) < 0 ||
+        (rc = wf_check_keys(b, node, keys, context)) < 0)
+        return rc;
+    if ((rc = wf_optional_string(b, node, "role", context, &persona->role)) < 0 ||
+        (rc = wf_optional_string(b, node, "goal", context, &persona->goal)) < 0 ||
+        (rc = wf_optional_string(b, node, "instructions", context, &persona->instructions)) < 0 ||
+        (rc = wf_optional_string(b, node, "model", context, &persona->model)) < 0 ||
+        (rc = wf_optional_integer(b, node, "replicas", 1, 64, context, &persona->replicas)) < 0)
+        return rc;
+    if (persona->model && !persona->model[0])
+        return wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "model"), false,
+                          "%s'model' must not be empty", context);
+    if ((limits = cJSON_GetObjectItemCaseSensitive(node, "limits")) != NULL &&
+        (rc = build_limits(b, limits, persona, context)) < 0)
+        return rc;
+    servers = cJSON_GetObjectItemCaseSensitive(node, "servers");
+    if (servers && (rc = wf_expect_string_list(b, servers, context)) < 0)
+        return rc;
+    persona->servers = xcalloc(wf_count_items(servers) + 1, sizeof(*persona->servers));
+    names = server_names(wf);
+    cJSON_ArrayForEach(entry, servers)
+    {
+        long index = wf_server_find(wf, entry->valuestring);
+        if (index < 0) {
+            if (b->servers_broken) {
+                rc = TR_EINVAL;
+                goto out;
+            }
+            rc = wf_problem(
+                wf, entry, false, "%sunknown server '%s'%s", context, entry->valuestring,
+                wf_suggestion(entry->valuestring, names, wf->server_count, hint, sizeof(hint)));
+            goto out;
+        }
+        if (wf_persona_holds(wf, persona, entry->valuestring)) {
+            rc = wf_problem(wf, entry, false, "%sserver '%s' is listed twice", context,
+                            entry->valuestring);
+            goto out;
+        }
+        persona->servers[persona->server_count++] = (size_t)index;
+    }
+    if ((tools = cJSON_GetObjectItemCaseSensitive(node, "tools")) != NULL) {
+        if ((rc = wf_expect_string_list(b, tools, context)) < 0)
+            goto out;
+        persona->has_allowlist = true;
+        persona->tools = xcalloc(wf_count_items(tools) + 1, sizeof(*persona->tools));
+        cJSON_ArrayForEach(entry, tools)
+        {
+            if (check_allow_entry(b, persona, entry, context) < 0)
+                rc = TR_EINVAL;
+            persona->tools[persona->tool_count++] = entry->valuestring;
+        }
+    }
+out:
+    free(names);
+    return rc;
+}
+
+int wf_build_personas(struct wf_build *b, const cJSON *node)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *item;
+
+    if (wf_expect_mapping(b, node, "") < 0)
+        return TR_EINVAL;
+    if (!node->child)
+        return wf_problem(wf, node, true, "'personas' must not be empty");
+    wf->personas = xcalloc(wf_count_items(node), sizeof(*wf->personas));
+    cJSON_ArrayForEach(item, node)
+    {
+        /* Counted first so that workflow_free releases a half-built persona. */
+        struct wf_persona *persona = &wf->personas[wf->persona_count++];
+        if (build_persona(b, item, persona) < 0)
+            persona->broken = true;
+    }
+    return 0;
+}
+
+/* ---- the allowlist at run time --------------------------------------------------------- */
+
+bool workflow_persona_allows(const struct workflow *wf, size_t index, const char *server,
+                             const char *tool)
+{
+    const struct wf_persona *persona;
+    size_t server_len;
+
+    if (index >= wf->persona_count || !server || !tool)
+        return false;
+    persona = &wf->personas[index];
+    if (!wf_persona_holds(wf, persona, server))
+        return false;
+    if (!persona->has_allowlist)
+        return true;
+    server_len = strlen(server);
+    for (size_t i = 0; i < persona->tool_count; i++) {
+        const char *entry = persona->tools[i];
+        if (!strncmp(entry, server, server_len) && entry[server_len] == '.' &&
+            fnmatch(entry + server_len + 1, tool, 0) == 0)
+            return true;
+    }
+    return false;
+}

@@ -1,0 +1,503 @@
+/*
+ * workflow/steps.c: checks each step (its id, persona, one action among tool, resource,
+ * prompt, ask, eval, approval and workflow, and the modifiers when, for_each, concurrency,
+ * retry, timeout, save, output, on_error) and builds the steps of the model. `needs`,
+ * fallbacks and cycles are resolved in dag.c, once every id is known.
+ */
+#define _GNU_SOURCE
+#include "workflow-internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *const wf_error_class_names[] = {"timeout", "transport", "protocol", "tool_error", NULL};
+
+static const char *const action_names[] = {"tool", "resource", "prompt",   "ask",
+                                           "eval", "approval", "workflow", NULL};
+
+const char *workflow_action_name(enum workflow_action action)
+{
+    return (size_t)action < sizeof(action_names) / sizeof(action_names[0]) - 1
+               ? action_names[action]
+               : "unknown";
+}
+
+/* Actions that an agent performs, and so need a persona. */
+static bool action_needs_persona(enum workflow_action action)
+{
+    return action == WORKFLOW_ACTION_TOOL || action == WORKFLOW_ACTION_RESOURCE ||
+           action == WORKFLOW_ACTION_PROMPT || action == WORKFLOW_ACTION_ASK;
+}
+
+/* ---- actions ------------------------------------------------------------------------------ */
+
+/* "server.name" for tool and prompt steps: a server the persona holds. */
+static int check_server_ref(struct wf_build *b, struct wf_step *step, const cJSON *ref,
+                            const char *context)
+{
+    struct workflow *wf = b->wf;
+    const struct wf_persona *persona = &wf->personas[step->persona];
+    const char *text = ref->valuestring;
+    const char *dot = strchr(text, '.');
+    const char *kind = ref->string;
+
+    if (!dot || dot == text || !dot[1] || strpbrk(text, "*?["))
+        return wf_problem(wf, ref, false, "%s'%s' must be 'server.%s', not '%s'", context, kind,
+                          kind, text);
+    step->tool_ref = text;
+    step->server = xstrndup(text, (size_t)(dot - text));
+    step->tool = xstrdup(dot + 1);
+    if (wf_server_find(wf, step->server) < 0) {
+        const char **names = xcalloc(wf->server_count + 1, sizeof(*names));
+        char hint[128];
+        for (size_t i = 0; i < wf->server_count; i++)
+            names[i] = wf->servers[i].name;
+        int rc = b->servers_broken
+                     ? TR_EINVAL
+                     : wf_problem(wf, ref, false, "%s%s '%s' names unknown server '%s'%s", context,
+                                  kind, text, step->server,
+                                  wf_suggestion(step->server, names, wf->server_count, hint,
+                                                sizeof(hint)));
+        free(names);
+        return rc;
+    }
+    if (persona->broken)
+        return 0;
+    if (!wf_persona_holds(wf, persona, step->server))
+        return wf_problem(wf, ref, false, "%s%s '%s': persona '%s' does not hold server '%s'",
+                          context, kind, text, persona->name, step->server);
+    if (step->action == WORKFLOW_ACTION_TOOL &&
+        !workflow_persona_allows(wf, step->persona, step->server, step->tool))
+        return wf_problem(wf, ref, false, "%stool '%s' is not on the allowlist of persona '%s'",
+                          context, text, persona->name);
+    return 0;
+}
+
+static int check_resource(struct wf_build *b, size_t index, const cJSON *node, const char *context)
+{
+    static const char *const keys[] = {"server", "uri", NULL};
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    const struct wf_persona *persona = &wf->personas[step->persona];
+    const cJSON *server = cJSON_GetObjectItemCaseSensitive(node, "server");
+    const cJSON *uri = cJSON_GetObjectItemCaseSensitive(node, "uri");
+    int rc;
+
+    if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
+        (rc = wf_check_keys(b, node, keys, context)) < 0)
+        return rc;
+    if (!server || !uri)
+        return wf_problem(wf, node, false, "%s'resource' needs 'server' and 'uri'", context);
+    if ((rc = wf_expect_string(b, server, context)) < 0 ||
+        (rc = wf_expect_string(b, uri, context)) < 0)
+        return rc;
+    if (!uri->valuestring[0])
+        return wf_problem(wf, uri, false, "%s'uri' must not be empty", context);
+    step->server = xstrdup(server->valuestring);
+    step->uri = uri->valuestring;
+    if (wf_server_find(wf, step->server) < 0)
+        return b->servers_broken
+                   ? TR_EINVAL
+                   : wf_problem(wf, server, false, "%sunknown server '%s'", context, step->server);
+    if (!persona->broken && !wf_persona_holds(wf, persona, step->server))
+        return wf_problem(wf, server, false, "%spersona '%s' does not hold server '%s'", context,
+                          persona->name, step->server);
+    return wf_templates_compile(wf, index, uri, "uri");
+}
+
+static int check_approval(struct wf_build *b, size_t index, const cJSON *node, const char *context)
+{
+    static const char *const keys[] = {"who", "why", "if", NULL};
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    const cJSON *who = cJSON_GetObjectItemCaseSensitive(node, "who");
+    const cJSON *why = cJSON_GetObjectItemCaseSensitive(node, "why");
+    const cJSON *condition = cJSON_GetObjectItemCaseSensitive(node, "if");
+    int rc;
+
+    if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
+        (rc = wf_check_keys(b, node, keys, context)) < 0)
+        return rc;
+    if (!who || !why)
+        return wf_problem(wf, node, false, "%s'approval' needs 'who' and 'why'", context);
+    if (cJSON_IsArray(who)) {
+        if ((rc = wf_expect_string_list(b, who, context)) < 0)
+            return rc;
+        if (!who->child)
+            return wf_problem(wf, who, false, "%s'who' must name at least one approver", context);
+    } else if (!cJSON_IsString(who) || !who->valuestring[0]) {
+        return wf_problem(wf, who, false, "%s'who' must be a name or a list of names, not %s",
+                          context, cJSON_IsString(who) ? "an empty string" : wf_kind_name(who));
+    }
+    if ((rc = wf_expect_string(b, why, context)) < 0)
+        return rc;
+    step->approval_who = who;
+    step->approval_why = why->valuestring;
+    if ((rc = wf_templates_compile(wf, index, why, "why")) < 0)
+        return rc;
+    if (condition) {
+        if ((rc = wf_expect_string(b, condition, context)) < 0)
+            return rc;
+        return wf_expression_compile(wf, index, condition, "approval.if", &step->approval_if);
+    }
+    return 0;
+}
+
+static int check_sub_workflow(struct wf_build *b, const cJSON *node, struct wf_step *step,
+                              const char *context)
+{
+    struct workflow *wf = b->wf;
+    const char *path = node->valuestring;
+    size_t len = strlen(path);
+    int rc;
+
+    if ((rc = wf_expect_string(b, node, context)) < 0)
+        return rc;
+    if (!(len > 5 && !strcmp(path + len - 5, ".yaml")) &&
+        !(len > 4 && !strcmp(path + len - 4, ".yml")) &&
+        !(len > 5 && !strcmp(path + len - 5, ".json")))
+        return wf_problem(wf, node, false,
+                          "%s'workflow' must name a .yaml, .yml or .json file, not '%s'", context,
+                          path);
+    if (path[0] == '/')
+        return wf_problem(wf, node, false, "%s'workflow' must be relative to this file, not '%s'",
+                          context, path);
+    step->sub_workflow = path;
+    if (wf->from_file) {
+        const char *slash = strrchr(wf->doc.file, '/');
+        char *full = slash ? xasprintf("%.*s/%s", (int)(slash - wf->doc.file), wf->doc.file, path)
+                           : xstrdup(path);
+        bool exists = access(full, R_OK) == 0;
+        free(full);
+        if (!exists)
+            return wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path);
+    }
+    return 0;
+}
+
+static int check_action(struct wf_build *b, size_t index, const cJSON *action, const char *context)
+{
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    int rc;
+
+    switch (step->action) {
+    case WORKFLOW_ACTION_TOOL:
+    case WORKFLOW_ACTION_PROMPT:
+        if ((rc = wf_expect_string(b, action, context)) < 0)
+            return rc;
+        return check_server_ref(b, step, action, context);
+    case WORKFLOW_ACTION_RESOURCE:
+        return check_resource(b, index, action, context);
+    case WORKFLOW_ACTION_ASK:
+        if ((rc = wf_expect_string(b, action, context)) < 0)
+            return rc;
+        if (!action->valuestring[0])
+            return wf_problem(wf, action, false, "%s'ask' must not be empty", context);
+        step->ask = action->valuestring;
+        if (!wf->personas[step->persona].model && !wf->personas[step->persona].broken)
+            return wf_problem(wf, action, true,
+                              "%s'ask' needs a model: persona '%s' has no 'model'", context,
+                              wf->personas[step->persona].name);
+        return wf_templates_compile(wf, index, action, "ask");
+    case WORKFLOW_ACTION_EVAL:
+        if ((rc = wf_expect_string(b, action, context)) < 0)
+            return rc;
+        return wf_expression_compile(wf, index, action, "eval", &step->eval);
+    case WORKFLOW_ACTION_APPROVAL:
+        return check_approval(b, index, action, context);
+    case WORKFLOW_ACTION_WORKFLOW:
+        return check_sub_workflow(b, action, step, context);
+    }
+    return 0;
+}
+
+/* ---- modifiers ---------------------------------------------------------------------------- */
+
+static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *step,
+                       const char *context)
+{
+    static const char *const keys[] = {"attempts", "backoff", "max_delay", "errors", NULL};
+    struct workflow *wf = b->wf;
+    const cJSON *errors, *entry;
+    char inner[300], hint[128];
+    int rc;
+
+    snprintf(inner, sizeof(inner), "%sretry: ", context);
+    step->has_retry = true;
+    step->retry_attempts = 3;
+    step->retry_backoff_ms = 1000;
+    step->retry_max_delay_ms = 60000;
+    step->retry_errors = WF_ERROR_TIMEOUT | WF_ERROR_TRANSPORT;
+    if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
+        (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
+        (rc = wf_optional_integer(b, node, "attempts", 1, 100, inner, &step->retry_attempts)) < 0 ||
+        (rc = wf_optional_duration(b, node, "backoff", inner, &step->retry_backoff_ms)) < 0 ||
+        (rc = wf_optional_duration(b, node, "max_delay", inner, &step->retry_max_delay_ms)) < 0)
+        return rc;
+    if (step->retry_max_delay_ms < step->retry_backoff_ms)
+        return wf_problem(wf, node, false, "%s'max_delay' must not be shorter than 'backoff'",
+                          inner);
+    if ((errors = cJSON_GetObjectItemCaseSensitive(node, "errors")) == NULL)
+        return 0;
+    if ((rc = wf_expect_string_list(b, errors, inner)) < 0)
+        return rc;
+    step->retry_errors = 0;
+    cJSON_ArrayForEach(entry, errors)
+    {
+        unsigned bit = 0;
+        for (size_t i = 0; wf_error_class_names[i] && !bit; i++)
+            if (!strcmp(entry->valuestring, wf_error_class_names[i]))
+                bit = 1u << i;
+        if (!bit)
+            return wf_problem(
+                wf, entry, false,
+                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool_error",
+                inner, entry->valuestring,
+                wf_suggestion(entry->valuestring, wf_error_class_names, 4, hint, sizeof(hint)));
+        step->retry_errors |= bit;
+    }
+    if (!step->retry_errors)
+        return wf_problem(wf, errors, false, "%s'errors' must name at least one error class",
+                          inner);
+    return 0;
+}
+
+static int check_on_error(struct wf_build *b, const cJSON *node, size_t index, const char *context)
+{
+    static const char *const keys[] = {"fallback", NULL};
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    const cJSON *fallback;
+    int rc;
+
+    if (cJSON_IsString(node) && !strcmp(node->valuestring, "fail")) {
+        step->on_error = WF_ON_ERROR_FAIL;
+        return 0;
+    }
+    if (cJSON_IsString(node) && !strcmp(node->valuestring, "continue")) {
+        step->on_error = WF_ON_ERROR_CONTINUE;
+        return 0;
+    }
+    if (!cJSON_IsObject(node))
+        return wf_problem(wf, node, false,
+                          "%s'on_error' must be 'fail', 'continue' or {fallback: STEP}, not %s%s%s",
+                          context, cJSON_IsString(node) ? "'" : "",
+                          cJSON_IsString(node) ? node->valuestring : wf_kind_name(node),
+                          cJSON_IsString(node) ? "'" : "");
+    if ((rc = wf_check_keys(b, node, keys, context)) < 0)
+        return rc;
+    if (!(fallback = cJSON_GetObjectItemCaseSensitive(node, "fallback")))
+        return wf_problem(wf, node, false, "%s'on_error' needs 'fallback'", context);
+    if ((rc = wf_expect_string(b, fallback, context)) < 0)
+        return rc;
+    step->on_error = WF_ON_ERROR_FALLBACK;
+    b->fallback_nodes[index] = fallback;
+    return 0;
+}
+
+static int check_needs(struct wf_build *b, const cJSON *item, size_t index, const char *context)
+{
+    const cJSON *entry;
+
+    if (cJSON_IsArray(item)) {
+        cJSON_ArrayForEach(entry, item)
+        {
+            if (!cJSON_IsString(entry))
+                return wf_problem(b->wf, entry, false, "%s'needs' must hold step ids, not %s",
+                                  context, wf_kind_name(entry));
+        }
+    } else if (!cJSON_IsString(item)) {
+        return wf_problem(b->wf, item, false,
+                          "%s'needs' must be a step id or a list of them, not %s", context,
+                          wf_kind_name(item));
+    }
+    b->needs_nodes[index] = item;
+    return 0;
+}
+
+/* The modifiers any step may have; each is checked even when another has a problem. */
+static int check_modifiers(struct wf_build *b, const cJSON *node, size_t index, const char *context)
+{
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    static const char *const expressions[] = {"when", "for_each", "output", NULL};
+    size_t *slots[] = {&step->when, &step->for_each, &step->output};
+    const cJSON *item;
+    int rc = 0;
+
+    for (size_t i = 0; expressions[i]; i++)
+        if ((item = cJSON_GetObjectItemCaseSensitive(node, expressions[i])) != NULL &&
+            (wf_expect_string(b, item, context) < 0 ||
+             wf_expression_compile(wf, index, item, expressions[i], slots[i]) < 0))
+            rc = TR_EINVAL;
+    if (wf_optional_integer(b, node, "concurrency", 1, 1024, context, &step->concurrency) < 0)
+        rc = TR_EINVAL;
+    else if (step->concurrency && step->for_each == WF_NO_EXPR &&
+             !cJSON_GetObjectItemCaseSensitive(node, "for_each"))
+        rc = wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "concurrency"), true,
+                        "%s'concurrency' needs 'for_each'", context);
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "retry")) != NULL &&
+        check_retry(b, item, step, context) < 0)
+        rc = TR_EINVAL;
+    if (wf_optional_duration(b, node, "timeout", context, &step->timeout_ms) < 0)
+        rc = TR_EINVAL;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "on_error")) != NULL &&
+        check_on_error(b, item, index, context) < 0)
+        rc = TR_EINVAL;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "needs")) != NULL &&
+        check_needs(b, item, index, context) < 0)
+        rc = TR_EINVAL;
+    if (wf_optional_string(b, node, "save", context, &step->save) < 0)
+        rc = TR_EINVAL;
+    else if (step->save && !wf_valid_name(step->save, true))
+        rc = wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "save"), false,
+                        "%s'save' must match [A-Za-z0-9_.-]+, not '%s'", context, step->save);
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "with")) != NULL) {
+        if (step->action != WORKFLOW_ACTION_TOOL && step->action != WORKFLOW_ACTION_PROMPT &&
+            step->action != WORKFLOW_ACTION_WORKFLOW)
+            rc = wf_problem(wf, item, true,
+                            "%s'with' is for tool, prompt and workflow steps, "
+                            "not '%s'",
+                            context, workflow_action_name(step->action));
+        else if (wf_expect_mapping(b, item, context) < 0)
+            rc = TR_EINVAL;
+        else if ((step->with = item), wf_templates_compile(wf, index, item, "") < 0)
+            rc = TR_EINVAL;
+    }
+    return rc;
+}
+
+/* ---- one step ------------------------------------------------------------------------------ */
+
+static int check_persona(struct wf_build *b, const cJSON *node, struct wf_step *step,
+                         const char *context)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *persona = cJSON_GetObjectItemCaseSensitive(node, "persona");
+    const char *action = workflow_action_name(step->action);
+    char hint[128];
+    long found;
+    int rc;
+
+    if (!action_needs_persona(step->action)) {
+        if (persona)
+            return wf_problem(wf, persona, true,
+                              "%s'%s' steps run without an agent: remove 'persona'", context,
+                              action);
+        return 0;
+    }
+    if (!persona)
+        return wf_problem(wf, node, false,
+                          "%smissing required key 'persona' (a '%s' step needs "
+                          "one)",
+                          context, action);
+    if ((rc = wf_expect_string(b, persona, context)) < 0)
+        return rc;
+    if ((found = workflow_persona_find(wf, persona->valuestring)) < 0) {
+        if (b->personas_broken)
+            return TR_EINVAL;
+        const char **names = xcalloc(wf->persona_count + 1, sizeof(*names));
+        for (size_t i = 0; i < wf->persona_count; i++)
+            names[i] = wf->personas[i].name;
+        rc = wf_problem(
+            wf, persona, false, "%sunknown persona '%s'%s", context, persona->valuestring,
+            wf_suggestion(persona->valuestring, names, wf->persona_count, hint, sizeof(hint)));
+        free(names);
+        return rc;
+    }
+    step->persona = (size_t)found;
+    return 0;
+}
+
+static int build_step(struct wf_build *b, const cJSON *node, size_t index)
+{
+    static const char *const keys[] = {
+        "id",          "description", "persona", "needs",    "when",     "tool",     "resource",
+        "prompt",      "ask",         "eval",    "approval", "workflow", "with",     "for_each",
+        "concurrency", "retry",       "timeout", "save",     "output",   "on_error", NULL};
+    struct workflow *wf = b->wf;
+    struct wf_step *step = &wf->steps[index];
+    const cJSON *id = NULL, *action = NULL, *item;
+    char context[256], where[32];
+    const char *description;
+    long found;
+    int rc;
+
+    step->persona = SIZE_MAX;
+    step->when = step->for_each = step->output = step->eval = step->approval_if = WF_NO_EXPR;
+    snprintf(context, sizeof(context), "step %zu: ", index + 1);
+    if (!cJSON_IsObject(node))
+        return wf_problem(wf, node, false, "%sa step must be a mapping, not %s", context,
+                          wf_kind_name(node));
+    b->step_nodes[index] = node;
+    if ((rc = wf_check_keys(b, node, keys, context)) < 0)
+        return rc;
+    if (!(id = cJSON_GetObjectItemCaseSensitive(node, "id")))
+        return wf_problem(wf, node, false, "%smissing required key 'id'", context);
+    if ((rc = wf_expect_string(b, id, context)) < 0)
+        return rc;
+    if (!wf_valid_name(id->valuestring, false))
+        return wf_problem(wf, id, false, "%s'id' must match [A-Za-z0-9_-]+, not '%s'", context,
+                          id->valuestring);
+    if ((found = wf_step_find(wf, id->valuestring)) >= 0)
+        return wf_problem(wf, id, false, "duplicate step id '%s' (first at %s)", id->valuestring,
+                          wf_doc_where(b->doc,
+                                       cJSON_GetObjectItemCaseSensitive(b->step_nodes[found], "id"),
+                                       false, where, sizeof(where)));
+    step->id = id->valuestring;
+    snprintf(context, sizeof(context), "step '%s': ", step->id);
+    if ((rc = wf_optional_string(b, node, "description", context, &description)) < 0)
+        return rc;
+
+    /* Exactly one action. */
+    cJSON_ArrayForEach(item, node)
+    {
+        for (size_t i = 0; action_names[i]; i++) {
+            if (strcmp(item->string, action_names[i]))
+                continue;
+            if (action)
+                return wf_problem(wf, item, true,
+                                  "%s'%s' and '%s' exclude each other: a step has one action",
+                                  context, action->string, item->string);
+            action = item;
+            step->action = (enum workflow_action)i;
+        }
+    }
+    if (!action)
+        return wf_problem(wf, node, false,
+                          "%smissing an action: one of tool, resource, prompt, ask, eval, "
+                          "approval or workflow",
+                          context);
+    rc = check_persona(b, node, step, context);
+    if (rc == 0)
+        rc = check_action(b, index, action, context);
+    if (check_modifiers(b, node, index, context) < 0)
+        rc = TR_EINVAL;
+    return rc;
+}
+
+int wf_build_steps(struct wf_build *b, const cJSON *node)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *item;
+    size_t count;
+
+    if (!cJSON_IsArray(node))
+        return wf_problem(wf, node, false, "'steps' must be a list, not %s", wf_kind_name(node));
+    if (!(count = wf_count_items(node)))
+        return wf_problem(wf, node, true, "'steps' must not be empty");
+    wf->steps = xcalloc(count, sizeof(*wf->steps));
+    b->step_nodes = xcalloc(count, sizeof(*b->step_nodes));
+    b->needs_nodes = xcalloc(count, sizeof(*b->needs_nodes));
+    b->fallback_nodes = xcalloc(count, sizeof(*b->fallback_nodes));
+    cJSON_ArrayForEach(item, node)
+    {
+        /* Counted first so that workflow_free releases a half-built step. */
+        wf->step_count++;
+        (void)build_step(b, item, wf->step_count - 1);
+    }
+    return 0;
+}

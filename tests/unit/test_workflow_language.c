@@ -1,0 +1,415 @@
+/*
+ * test_workflow_language.c: the workflow language beyond the walking skeleton: every problem
+ * of a file in one check, the step actions and modifiers, persona settings, ${env:NAME}
+ * secrets, and plans that do not depend on the format, key order or layout of the file.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workflow.h"
+
+static char *source_path(const char *relative)
+{
+    const char *dir = getenv("TROUPE_SOURCE_DIR");
+
+    return xasprintf("%s/%s", dir ? dir : ".", relative);
+}
+
+static struct workflow *load_file(const char *relative)
+{
+    char *path = source_path(relative);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    int rc = workflow_load(path, &wf, &err);
+
+    cr_assert_eq(rc, 0, "loading %s: %s", path, err.message);
+    free(path);
+    return wf;
+}
+
+static struct workflow *load_text(const char *text, enum workflow_format format)
+{
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    int rc =
+        workflow_load_string(text, strlen(text), format,
+                             format == WORKFLOW_JSON ? "inline.json" : "inline.yaml", &wf, &err);
+
+    cr_assert_eq(rc, 0, "loading inline text: %s", err.message);
+    return wf;
+}
+
+static void assert_json(const cJSON *value, const char *expected)
+{
+    char *text = cJSON_PrintUnformatted(value);
+
+    cr_assert_str_eq(text, expected);
+    free(text);
+}
+
+static char *plan_of(const char *text, enum workflow_format format)
+{
+    struct workflow *wf = load_text(text, format);
+    char *plan = workflow_plan_json(wf);
+
+    workflow_free(&wf);
+    return plan;
+}
+
+/* ---- every problem ------------------------------------------------------------------------ */
+
+Test(workflow_language, check_lists_every_problem_by_position)
+{
+    char *path = source_path("tests/workflows/broken/many-problems.yaml");
+    static const char *const expected[] = {
+        "2:7: 'name' must match [A-Za-z0-9_.-]+, not 'many problems'",
+        "4:38: server 'demo': unknown key 'arg' (did you mean 'args'?)",
+        "7:21: persona 'greeter': unknown server 'dmeo' (did you mean 'demo'?)",
+        "15:11: step 'greet': 'when': jq: syntax error, unexpected $end",
+        "18:11: step 'count': tool 'demo.add' is not on the allowlist of persona 'analyst'",
+        "19:20: step 'count': needs unknown step 'report'",
+        "20:9: duplicate step id 'greet' (first at 12:9)",
+    };
+    char **problems = NULL;
+    size_t count = 0;
+
+    cr_assert_eq(workflow_check(path, &problems, &count), TR_EINVAL);
+    cr_assert_eq(count, sizeof(expected) / sizeof(expected[0]), "%zu problems", count);
+    for (size_t i = 0; i < count; i++) {
+        char *line = xasprintf("%s:%s", path, expected[i]);
+        cr_expect_str_eq(problems[i], line);
+        free(line);
+    }
+    workflow_problems_free(problems, count);
+    free(path);
+}
+
+Test(workflow_language, check_of_a_valid_file_or_a_syntax_error)
+{
+    char **problems = (char **)1;
+    size_t count = 99;
+    char *path = source_path("workflows/loan-review.yaml");
+
+    cr_assert_eq(workflow_check(path, &problems, &count), 0);
+    cr_assert_null(problems);
+    cr_assert_eq(count, 0);
+    free(path);
+    /* A syntax error stops the check: it is the one problem. */
+    cr_assert_eq(workflow_check_string("name: [", 7, WORKFLOW_YAML, "x.yaml", &problems, &count),
+                 TR_EINVAL);
+    cr_assert_eq(count, 1);
+    cr_assert(!strncmp(problems[0], "x.yaml:", 7), "%s", problems[0]);
+    workflow_problems_free(problems, count);
+    /* An unreadable file is one problem too. */
+    cr_assert_lt(workflow_check("/nonexistent/troupe.yaml", &problems, &count), 0);
+    cr_assert_eq(count, 1);
+    cr_assert_not_null(strstr(problems[0], "/nonexistent/troupe.yaml"));
+    workflow_problems_free(problems, count);
+}
+
+Test(workflow_language, one_problem_does_not_hide_the_next_step)
+{
+    static const char text[] = "name: two\n"
+                               "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                               "personas: {p: {servers: [demo]}}\n"
+                               "steps:\n"
+                               "  - {id: a, persona: p, tool: demo.x, timeout: forever}\n"
+                               "  - {id: b, persona: q, tool: demo.x}\n"
+                               "  - {id: c, eval: '.x |'}\n";
+    char **problems = NULL;
+    size_t count = 0;
+
+    cr_assert_eq(
+        workflow_check_string(text, strlen(text), WORKFLOW_YAML, "t.yaml", &problems, &count),
+        TR_EINVAL);
+    cr_assert_eq(count, 3);
+    cr_expect_str_eq(problems[0], "t.yaml:5:48: step 'a': 'timeout' must be a duration such as "
+                                  "\"500ms\", \"30s\", \"5m\" or \"1h\"");
+    cr_expect_str_eq(problems[1], "t.yaml:6:22: step 'b': unknown persona 'q' (did you mean "
+                                  "'p'?)");
+    cr_expect_str_eq(problems[2], "t.yaml:7:19: step 'c': 'eval': jq: syntax error, "
+                                  "unexpected $end");
+    workflow_problems_free(problems, count);
+}
+
+/* ---- the vocabulary -------------------------------------------------------------------- */
+
+Test(workflow_language, loan_review_has_every_action)
+{
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    static const struct {
+        const char *id;
+        enum workflow_action action;
+        const char *persona, *server, *tool;
+    } expected[] = {
+        {"welcome", WORKFLOW_ACTION_TOOL, "loan_officer", "demo", "greet"},
+        {"history", WORKFLOW_ACTION_RESOURCE, "credit_analyst", "bureau", NULL},
+        {"count_words", WORKFLOW_ACTION_TOOL, "credit_analyst", "demo", "word_count"},
+        {"credit_prompt", WORKFLOW_ACTION_PROMPT, "credit_analyst", "bureau", "credit_summary"},
+        {"assess", WORKFLOW_ACTION_ASK, "credit_analyst", NULL, NULL},
+        {"default_score", WORKFLOW_ACTION_EVAL, NULL, NULL, NULL},
+        {"decide", WORKFLOW_ACTION_EVAL, NULL, NULL, NULL},
+        {"sign_off", WORKFLOW_ACTION_APPROVAL, NULL, NULL, NULL},
+        {"notify", WORKFLOW_ACTION_WORKFLOW, NULL, NULL, NULL},
+        {"report", WORKFLOW_ACTION_TOOL, "loan_officer", "demo", "format_report"},
+    };
+
+    cr_assert_eq(workflow_step_count(wf), sizeof(expected) / sizeof(expected[0]));
+    for (size_t i = 0; i < workflow_step_count(wf); i++) {
+        size_t persona = workflow_step_persona(wf, i);
+        cr_expect_str_eq(workflow_step_id(wf, i), expected[i].id);
+        cr_expect_eq(workflow_step_action(wf, i), expected[i].action, "%s", expected[i].id);
+        if (expected[i].persona)
+            cr_expect_str_eq(workflow_persona_name(wf, persona), expected[i].persona);
+        else
+            cr_expect_eq(persona, SIZE_MAX, "%s", expected[i].id);
+        if (expected[i].server)
+            cr_expect_str_eq(workflow_step_server(wf, i), expected[i].server);
+        else
+            cr_expect_null(workflow_step_server(wf, i), "%s", expected[i].id);
+        if (expected[i].tool)
+            cr_expect_str_eq(workflow_step_tool(wf, i), expected[i].tool);
+        else
+            cr_expect_null(workflow_step_tool(wf, i), "%s", expected[i].id);
+    }
+    cr_assert_str_eq(workflow_action_name(WORKFLOW_ACTION_APPROVAL), "approval");
+    cr_assert_eq(workflow_persona_replicas(wf, 1), 2);
+    cr_assert_eq(workflow_persona_replicas(wf, 0), 1);
+    workflow_free(&wf);
+}
+
+Test(workflow_language, plan_normalizes_modifiers)
+{
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    char *text = workflow_plan_json(wf);
+    cJSON *plan = cJSON_Parse(text);
+    const cJSON *steps = cJSON_GetObjectItem(plan, "steps");
+
+    /* Durations become milliseconds; retry gets its defaults; expressions lose ${{ }}. */
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "retry"),
+                "{\"attempts\":4,\"backoff_ms\":500,\"errors\":[\"timeout\",\"transport\"],"
+                "\"max_delay_ms\":10000}");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "timeout_ms"), "30000");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "resource"),
+                "{\"server\":\"bureau\",\"uri\":\"bureau://reports/${{ .input.applicant.id }}\"}");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 2), "for_each"),
+                "\".input.applicant.statements\"");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 2), "concurrency"), "4");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 3), "on_error"), "\"continue\"");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 4), "on_error"),
+                "{\"fallback\":\"default_score\"}");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 7), "approval"),
+                "{\"if\":\".input.amount > .input.threshold\",\"who\":[\"risk_manager\"],"
+                "\"why\":\"A loan of ${{ .input.amount }} euros needs a second pair of eyes.\"}");
+    assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 7), "when"),
+                "\".context.decision.approve\"");
+    assert_json(cJSON_GetObjectItem(cJSON_GetObjectItem(plan, "personas"), "credit_analyst"),
+                "{\"goal\":\"Measure the applicant's credit history in plain numbers.\","
+                "\"limits\":{\"max_tokens\":20000,\"max_tool_calls\":20,\"timeout_ms\":120000},"
+                "\"model\":\"gpt-4o-mini\",\"replicas\":2,\"role\":\"Credit analyst\","
+                "\"servers\":[\"demo\",\"bureau\"],\"tools\":[\"demo.word_count\","
+                "\"bureau.credit_*\"]}");
+    cJSON_Delete(plan);
+    free(text);
+    workflow_free(&wf);
+}
+
+Test(workflow_language, expressions_may_be_bare_or_wrapped)
+{
+    char *bare = plan_of("name: e\n"
+                         "mcp_servers: {d: {command: x}}\n"
+                         "personas: {p: {servers: [d]}}\n"
+                         "steps: [{id: a, eval: '.input | keys', when: .input.go}]\n",
+                         WORKFLOW_YAML);
+    char *wrapped = plan_of("name: e\n"
+                            "mcp_servers: {d: {command: x}}\n"
+                            "personas: {p: {servers: [d]}}\n"
+                            "steps: [{id: a, eval: '${{ .input | keys }}', when: "
+                            "'${{.input.go}}'}]\n",
+                            WORKFLOW_YAML);
+
+    cr_assert_str_eq(bare, wrapped);
+    free(bare);
+    free(wrapped);
+}
+
+Test(workflow_language, allowlist_globs)
+{
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers: {fs: {command: x}}\n"
+                                    "personas: {p: {servers: [fs], tools: ['fs.read_?', "
+                                    "'fs.list_[ab]*', fs.stat]}}\n"
+                                    "steps: [{id: a, persona: p, tool: fs.read_1}]\n",
+                                    WORKFLOW_YAML);
+
+    cr_assert(workflow_persona_allows(wf, 0, "fs", "read_1"));
+    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "read_12"));
+    cr_assert(workflow_persona_allows(wf, 0, "fs", "list_all"));
+    cr_assert(workflow_persona_allows(wf, 0, "fs", "list_b"));
+    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "list_c"));
+    cr_assert(workflow_persona_allows(wf, 0, "fs", "stat"));
+    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "stats"));
+    workflow_free(&wf);
+}
+
+Test(workflow_language, durations)
+{
+    static const struct {
+        const char *written;
+        const char *plan; /* the step's timeout_ms, or NULL when refused */
+    } cases[] = {
+        {"250ms", "\"timeout_ms\":250"},
+        {"30s", "\"timeout_ms\":30000"},
+        {"2m", "\"timeout_ms\":120000"},
+        {"1h", "\"timeout_ms\":3600000"},
+        {"1.5", "\"timeout_ms\":1500"},
+        {"0s", NULL},
+        {"1.5s", "\"timeout_ms\":1500"},
+        {"-1", NULL},
+        {"\"9999h\"", NULL},
+        {"\"s\"", NULL},
+        {"1.5ms", NULL},
+        {"\"10 s\"", NULL},
+        {"[1]", NULL},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *text = xasprintf("name: d\n"
+                               "mcp_servers: {d: {command: x}}\n"
+                               "personas: {p: {servers: [d]}}\n"
+                               "steps: [{id: a, persona: p, tool: d.t, timeout: %s}]\n",
+                               cases[i].written);
+        struct workflow *wf = NULL;
+        struct tr_error err = {0};
+        int rc = workflow_load_string(text, strlen(text), WORKFLOW_YAML, "d.yaml", &wf, &err);
+        if (cases[i].plan) {
+            cr_assert_eq(rc, 0, "%s: %s", cases[i].written, err.message);
+            char *plan = workflow_plan_json(wf);
+            cr_expect_not_null(strstr(plan, cases[i].plan), "%s: %s", cases[i].written, plan);
+            free(plan);
+        } else {
+            cr_expect_eq(rc, TR_EINVAL, "%s loaded", cases[i].written);
+        }
+        workflow_free(&wf);
+        free(text);
+    }
+}
+
+/* ---- secrets ---------------------------------------------------------------------------- */
+
+static const char secrets_yaml[] = "name: secrets\n"
+                                   "mcp_servers:\n"
+                                   "  api:\n"
+                                   "    url: https://api.example.com/mcp\n"
+                                   "    headers: {Authorization: 'Bearer ${env:TROUPE_T_TOKEN}'}\n"
+                                   "  local:\n"
+                                   "    command: tool\n"
+                                   "    args: ['--key=${env:TROUPE_T_KEY}', plain]\n"
+                                   "    env: {KEY: '${env:TROUPE_T_KEY}', MODE: fast}\n"
+                                   "personas: {p: {servers: [api, local]}}\n"
+                                   "steps: [{id: a, persona: p, tool: api.x}]\n";
+
+Test(workflow_language, env_references_stay_references_except_for_the_agent)
+{
+    struct workflow *wf;
+    struct tr_error err = {0};
+    cJSON *config = NULL;
+    char *plan, *text;
+
+    setenv("TROUPE_T_TOKEN", "s3cr3t-token", 1);
+    setenv("TROUPE_T_KEY", "k3y", 1);
+    wf = load_text(secrets_yaml, WORKFLOW_YAML);
+
+    /* The plan (stored with the run) and the audit variant hold references only. */
+    plan = workflow_plan_json(wf);
+    cr_assert_null(strstr(plan, "s3cr3t"));
+    cr_assert_null(strstr(plan, "k3y"));
+    cr_assert_not_null(strstr(plan, "Bearer ${env:TROUPE_T_TOKEN}"));
+    config = workflow_persona_config(wf, 0);
+    text = cJSON_PrintUnformatted(config);
+    cr_assert_null(strstr(text, "s3cr3t"));
+    cr_assert_not_null(strstr(text, "${env:TROUPE_T_KEY}"));
+    free(text);
+    cJSON_Delete(config);
+
+    /* The agent's variant has the values. */
+    cr_assert_eq(workflow_persona_config_resolved(wf, 0, &config, &err), 0, "%s", err.message);
+    assert_json(cJSON_GetObjectItem(config, "servers"),
+                "{\"api\":{\"url\":\"https://api.example.com/mcp\",\"headers\":{"
+                "\"Authorization\":\"Bearer s3cr3t-token\"}},\"local\":{\"command\":\"tool\","
+                "\"args\":[\"--key=k3y\",\"plain\"],\"env\":{\"KEY\":\"k3y\",\"MODE\":\"fast\"}}}");
+    cJSON_Delete(config);
+
+    /* An unset variable is named, and nothing is returned. */
+    unsetenv("TROUPE_T_KEY");
+    config = (cJSON *)&err;
+    cr_assert_eq(workflow_persona_config_resolved(wf, 0, &config, &err), TR_ENOTFOUND);
+    cr_assert_eq(config, (cJSON *)&err);
+    cr_assert_str_eq(err.message, "persona 'p': environment variable 'TROUPE_T_KEY' is not set");
+    free(plan);
+    workflow_free(&wf);
+}
+
+/* ---- one plan, whatever the form ---------------------------------------------------------- */
+
+Test(workflow_language, loan_review_twins_give_the_same_plan)
+{
+    struct workflow *yaml = load_file("workflows/loan-review.yaml");
+    struct workflow *json = load_file("workflows/loan-review.json");
+    char *a = workflow_plan_json(yaml), *b = workflow_plan_json(json);
+
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+    workflow_free(&yaml);
+    workflow_free(&json);
+}
+
+Test(workflow_language, plan_ignores_key_order_layout_and_schema_line)
+{
+    char *block = plan_of("# a comment\n"
+                          "name: same\n"
+                          "inputs:\n"
+                          "  who: {type: string, default: world}\n"
+                          "mcp_servers:\n"
+                          "  demo:\n"
+                          "    command: troupe-demo-tools\n"
+                          "personas:\n"
+                          "  greeter:\n"
+                          "    servers: [demo]\n"
+                          "    role: Greeter\n"
+                          "steps:\n"
+                          "  - id: greet\n"
+                          "    persona: greeter\n"
+                          "    tool: demo.greet\n"
+                          "    with: {name: '${{ .input.who }}', loud: true}\n"
+                          "    needs: []\n"
+                          "    retry: {}\n",
+                          WORKFLOW_YAML);
+    char *flow = plan_of("{steps: [{retry: {attempts: 3}, with: {loud: true, name: "
+                         "\"${{ .input.who }}\"}, tool: demo.greet, persona: greeter, id: greet}],"
+                         " personas: {greeter: {role: Greeter, servers: [demo], replicas: 1}},"
+                         " mcp_servers: {demo: {command: troupe-demo-tools}}, inputs: {who: "
+                         "{default: world, required: false}}, name: same}",
+                         WORKFLOW_YAML);
+    char *json = plan_of("{\"$schema\": \"../schemas/workflow.schema.json\",\n"
+                         "  \"personas\": {\"greeter\": {\"servers\": [\"demo\"],"
+                         " \"role\": \"Greeter\"}},\n"
+                         "  \"name\": \"same\", \"steps\": [{\"id\": \"greet\", \"tool\":"
+                         " \"demo.greet\", \"persona\": \"greeter\", \"retry\": {\"backoff\": "
+                         "\"1s\"}, \"needs\": [],"
+                         " \"with\": {\"name\": \"${{ .input.who }}\", \"loud\": true}}],\n"
+                         "  \"mcp_servers\": {\"demo\": {\"command\": \"troupe-demo-tools\"}},"
+                         " \"inputs\": {\"who\": {\"type\": \"string\", \"default\": "
+                         "\"world\"}}}",
+                         WORKFLOW_JSON);
+
+    cr_assert_str_eq(block, flow);
+    cr_assert_str_eq(block, json);
+    free(block);
+    free(flow);
+    free(json);
+}
