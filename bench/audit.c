@@ -29,7 +29,8 @@ int main(int argc, char **argv)
     char run_id[STORE_RUN_ID_SIZE];
     /* A typical MCP response event: ~300 bytes of JSON. */
     const char *payload =
-        "{\"server\":\"demo\",\"direction\":\"received\",\"message\":{\"jsonrpc\":\"2.0\",\"id\":42,"
+        "{\"server\":\"demo\",\"direction\":\"received\",\"message\":{\"jsonrpc\":\"2.0\",\"id\":"
+        "42,"
         "\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"Hello, world! This is a tool "
         "result of a typical size, with some words in it.\"}],\"isError\":false}}}";
 
