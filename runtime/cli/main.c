@@ -18,6 +18,8 @@ static const struct {
     {"run", cli_run, "run a workflow file"},
     {"runs", cli_runs, "list the runs in the database"},
     {"log", cli_log, "show a run's audit trail, in order"},
+    {"resume", cli_resume, "carry on a run whose scheduler died"},
+    {"cancel", cli_cancel, "cancel a run"},
 };
 
 static void usage(FILE *out)
