@@ -25,8 +25,11 @@
 
 struct server {
     char *name;
+    const cJSON *entry; /* its configuration, in agent->config */
     struct mcp_session *session;
-    char *failure; /* why the session is unusable, or NULL */
+    char *failure;           /* why the session is unusable, or NULL */
+    int restarts;            /* times the server was restarted after dying */
+    int64_t next_restart_ms; /* a dead server is not started again before this */
 };
 
 struct agent {
@@ -37,6 +40,7 @@ struct agent {
     struct server servers[MAX_SERVERS];
     size_t server_count;
     const char *current_step; /* the step being performed, for audit events */
+    int64_t last_sent_ms;     /* when the scheduler last heard from us */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -59,6 +63,8 @@ static void send_or_log(struct agent *agent, const struct bus_msg *msg)
     if (bus_send(agent->bus, msg, &err) < 0)
         tr_log(TR_LOG_ERROR, "could not send %s to the scheduler: %s", bus_msg_type_name(msg->type),
                err.message);
+    else
+        agent->last_sent_ms = tr_now_ms();
 }
 
 static void send_event(struct agent *agent, const char *step_id, const char *type, cJSON *payload)
@@ -139,21 +145,20 @@ static const char **string_vector(const cJSON *first, const cJSON *array)
     return v;
 }
 
-static int open_server(struct agent *agent, const cJSON *entry, struct tr_error *err)
+/* Starts the server described by entry and opens an MCP session with it. */
+static int start_session(struct agent *agent, const cJSON *entry, struct mcp_session **ret_session,
+                         struct tr_error *err)
 {
     const cJSON *command = cJSON_GetObjectItemCaseSensitive(entry, "command");
     const cJSON *args = cJSON_GetObjectItemCaseSensitive(entry, "args");
     const cJSON *env = cJSON_GetObjectItemCaseSensitive(entry, "env");
     const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
-    struct server *server = &agent->servers[agent->server_count];
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
     char **env_strings = NULL;
     const char **envv = NULL;
     size_t env_count = 0;
     int rc;
 
-    if (agent->server_count == MAX_SERVERS)
-        return tr_error_set(err, TR_ETOOBIG, "a persona may use at most %d servers", MAX_SERVERS);
     if (!cJSON_IsString(command))
         return tr_error_set(err, TR_EINVAL, "server '%s' has no command", entry->string);
 
@@ -175,22 +180,66 @@ static int open_server(struct agent *agent, const cJSON *entry, struct tr_error 
         .env = envv,
         .cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL,
     };
-    server->name = xstrdup(entry->string);
-    rc = mcp_session_open_stdio(&params, &observer, &server->session, err);
-    if (rc == 0) {
-        tr_log(TR_LOG_DEBUG, "MCP server '%s' ready (protocol %s)", server->name,
-               mcp_session_protocol_version(server->session));
-    } else {
-        free(server->name);
-    }
-    if (rc == 0)
-        agent->server_count++;
+    rc = mcp_session_open_stdio(&params, &observer, ret_session, err);
     free(argv);
     for (size_t i = 0; i < env_count; i++)
         free(env_strings[i]);
     free(env_strings);
     free(envv);
     return rc;
+}
+
+static int open_server(struct agent *agent, const cJSON *entry, struct tr_error *err)
+{
+    struct server *server = &agent->servers[agent->server_count];
+    int rc;
+
+    if (agent->server_count == MAX_SERVERS)
+        return tr_error_set(err, TR_ETOOBIG, "a persona may use at most %d servers", MAX_SERVERS);
+    rc = start_session(agent, entry, &server->session, err);
+    if (rc < 0)
+        return rc;
+    server->name = xstrdup(entry->string);
+    server->entry = entry;
+    tr_log(TR_LOG_DEBUG, "MCP server '%s' ready (protocol %s)", server->name,
+           mcp_session_protocol_version(server->session));
+    agent->server_count++;
+    return 0;
+}
+
+/*
+ * A server that died is started again and its session re-established, with a growing delay
+ * between tries (100 ms, doubling, at most 5 s). Until then calls to it fail as transport
+ * errors, which the scheduler retries.
+ */
+static void restart_server(struct agent *agent, struct server *server, const char *step_id)
+{
+    struct tr_error err = {0};
+    int64_t now = tr_now_ms();
+
+    mcp_session_free(&server->session);
+    if (now < server->next_restart_ms)
+        return;
+    int64_t delay = 100;
+    for (int i = 0; i < server->restarts && delay < 5000; i++)
+        delay *= 2;
+    server->restarts++;
+    server->next_restart_ms = now + (delay > 5000 ? 5000 : delay);
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "server", server->name);
+    cJSON_AddNumberToObject(payload, "restarts", server->restarts);
+    if (start_session(agent, server->entry, &server->session, &err) == 0) {
+        free(server->failure);
+        server->failure = NULL;
+        tr_log(TR_LOG_WARN, "MCP server '%s' restarted", server->name);
+    } else {
+        free(server->failure);
+        server->failure =
+            xasprintf("MCP server '%s' could not be restarted: %s", server->name, err.message);
+        cJSON_AddStringToObject(payload, "error", err.message);
+        tr_log(TR_LOG_WARN, "%s", server->failure);
+    }
+    send_event(agent, step_id, "mcp.restarted", payload);
 }
 
 static struct server *find_server(struct agent *agent, const char *name)
@@ -269,6 +318,7 @@ static void perform(struct agent *agent, const struct bus_msg *assign)
     cJSON *meta = cJSON_CreateObject();
     cJSON *output = NULL;
     char *error = NULL;
+    const char *error_class = NULL;
 
     tr_log_context(NULL, assign->step_id, agent->persona);
     agent->current_step = assign->step_id;
@@ -281,32 +331,41 @@ static void perform(struct agent *agent, const struct bus_msg *assign)
         cJSON_AddStringToObject(payload, "tool", assign->tool);
         cJSON_AddStringToObject(payload, "reason", error);
         send_event(agent, assign->step_id, "policy.denied", payload);
+        error_class = "policy";
     } else if (!server) {
         error = xasprintf("persona '%s' has no server '%s'", agent->persona, assign->server);
-    } else if (server->failure) {
-        error = xstrdup(server->failure);
+        error_class = "policy";
+    } else if (!server->session &&
+               (restart_server(agent, server, assign->step_id), !server->session)) {
+        error = xstrdup(server->failure ? server->failure : "the MCP server is restarting");
+        error_class = "transport";
     } else if (!cJSON_IsObject(arguments)) {
         error =
             xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
+        error_class = "protocol";
     } else if (call_tool(server, assign, arguments, meta, &output, &err) < 0) {
         error = xstrdup(err.message);
-        if (err.code == TR_EPEER) {
-            /* The server is gone; later steps on it fail fast with the same reason. */
-            server->failure = xstrdup(err.message);
-        }
+        error_class = err.code == TR_ETIMEDOUT ? "timeout"
+                      : err.code == TR_EPEER   ? "transport"
+                                               : "protocol";
     } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(output, "isError"))) {
         char *text = result_text(output);
         error = xasprintf("tool %s.%s reported an error: %s", assign->server, assign->tool,
                           *text ? text : "(no text)");
+        error_class = "tool";
         free(text);
     }
 
     result.ok = error == NULL;
     result.error = error;
+    result.error_class = (char *)error_class;
     result.json = output ? cJSON_PrintUnformatted(output) : NULL;
     if (error)
         tr_log(TR_LOG_WARN, "%s", error);
     send_or_log(agent, &result);
+    /* A server that died is started again now, so the retry finds it ready. */
+    if (server && err.code == TR_EPEER)
+        restart_server(agent, server, assign->step_id);
     agent->current_step = NULL;
     tr_log_context(NULL, NULL, agent->persona);
     free(result.json);
@@ -370,7 +429,11 @@ static void serve(struct agent *agent)
     while (!stop_requested) {
         struct tr_error err = {0};
         struct bus_msg *msg = NULL;
-        if (bus_recv(agent->bus, 500, &msg, &err) < 0) {
+        if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
+            struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
+            send_or_log(agent, &heartbeat);
+        }
+        if (bus_recv(agent->bus, BUS_HEARTBEAT_MS / 2, &msg, &err) < 0) {
             tr_log(TR_LOG_WARN, "%s", err.message);
             continue;
         }

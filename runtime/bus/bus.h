@@ -28,7 +28,10 @@ enum bus_msg_type {
     BUS_RESULT,    /* agent → scheduler: a step ended (ok, json output or error) */
     BUS_SHUTDOWN,  /* scheduler → agent: close sessions and exit */
     BUS_BYE,       /* agent → scheduler: exiting (error set if it failed) */
+    BUS_HEARTBEAT, /* agent → scheduler: still alive (sent every BUS_HEARTBEAT_MS when idle) */
 };
+
+#define BUS_HEARTBEAT_MS 1000
 
 /* One message. Fields not used by a type are NULL / 0. */
 struct bus_msg {
@@ -47,6 +50,7 @@ struct bus_msg {
     char *json;            /* welcome: config; assign: arguments; event: payload; result: output */
     bool ok;               /* result */
     char *error;           /* result, bye: what went wrong, or NULL */
+    char *error_class;     /* result: "tool", "protocol", "transport", "timeout", "policy" */
 };
 
 struct bus;

@@ -33,6 +33,7 @@ static const struct field fields[] = {
     {"json", FIELD_STR, offsetof(struct bus_msg, json)},
     {"ok", FIELD_BOOL, offsetof(struct bus_msg, ok)},
     {"error", FIELD_STR, offsetof(struct bus_msg, error)},
+    {"error_class", FIELD_STR, offsetof(struct bus_msg, error_class)},
 };
 #define FIELD_COUNT (sizeof(fields) / sizeof(fields[0]))
 #define F(name) (1u << field_index_##name)
@@ -50,6 +51,7 @@ enum {
     field_index_json,
     field_index_ok,
     field_index_error,
+    field_index_error_class,
 };
 
 struct type_info {
@@ -67,8 +69,9 @@ static const struct type_info types[] = {
     [BUS_RESULT] = {"result", F(step_id) | F(attempt) | F(ok)},
     [BUS_SHUTDOWN] = {"shutdown", 0},
     [BUS_BYE] = {"bye", 0},
+    [BUS_HEARTBEAT] = {"heartbeat", 0},
 };
-#define TYPE_MAX BUS_BYE
+#define TYPE_MAX BUS_HEARTBEAT
 
 const char *bus_msg_type_name(enum bus_msg_type type)
 {

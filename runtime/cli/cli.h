@@ -66,5 +66,7 @@ int cli_graph(int argc, char **argv, struct cli_common *common);
 #define CLI_PLAN_HASH_HEX_SIZE 65
 /* The SHA-256 of a plan's canonical JSON, in hex: what the store records as plan_hash. */
 void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE]);
+int cli_resume(int argc, char **argv, struct cli_common *common);
+int cli_cancel(int argc, char **argv, struct cli_common *common);
 
 #endif

@@ -24,6 +24,8 @@ static const struct {
     {"replay", cli_replay, "replay a run against its recorded tool results, calling nothing"},
     {"validate", cli_validate, "check workflow files, listing every problem"},
     {"graph", cli_graph, "draw a workflow's steps as Mermaid or Graphviz"},
+    {"resume", cli_resume, "carry on a run whose scheduler died"},
+    {"cancel", cli_cancel, "cancel a run"},
 };
 
 static void usage(FILE *out)

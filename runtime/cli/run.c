@@ -4,15 +4,16 @@
  * context.
  */
 #define _GNU_SOURCE
-#include "cli.h"
+#include "run-common.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "sched.h"
 #include "workflow.h"
 
 static void usage(FILE *out)
@@ -20,14 +21,14 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: troupe run FILE [options]\n"
             "\n"
-            "Runs the workflow in FILE (YAML, or JSON when it ends in .json): starts one agent\n"
-            "per persona, performs every step and records the run, its steps, the shared\n"
-            "context and an audit trail in the database.\n"
+            "Runs the workflow in FILE (YAML, or JSON when it ends in .json): starts agents\n"
+            "for each persona, performs every step (all ready steps at once) and records the\n"
+            "run, its steps, the shared context and an audit trail in the database. If this\n"
+            "process dies, 'troupe resume RUN' carries the run on.\n"
             "\n"
             "options:\n"
             "  -i, --input NAME=VALUE  set an input; VALUE is read as JSON when it parses as\n"
-            "                          JSON, else taken as a string (repeatable)\n"
-            "  --timeout SECONDS       how long one step may take (default %d)\n"
+            "                          JSON, else taken as a string (repeatable)\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
             "  -q, --quiet             print only the run id and outcome\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
@@ -35,27 +36,153 @@ static void usage(FILE *out)
             "  -h, --help              show this help\n"
             "\n"
             "exit status: 0 the run succeeded, 1 it failed, 2 bad usage or a broken workflow,\n"
-            "130 cancelled (Ctrl-C).\n",
-            SCHED_DEFAULT_STEP_TIMEOUT_MS / 1000, STORE_DEFAULT_PATH);
+            "130 cancelled (Ctrl-C, troupe cancel).\n",
+            STORE_DEFAULT_PATH);
 }
 
-struct progress {
-    bool quiet;
-    size_t width;
-};
+/* ---- progress ----------------------------------------------------------------------------- */
 
-static void on_step(void *userdata, const char *step_id, const char *persona, const char *state,
-                    int64_t duration_ms, const char *error)
+static void clear_status_line(struct cli_progress *progress)
 {
-    struct progress *progress = userdata;
+    if (progress->line_open) {
+        fputs("\r\033[K", stdout);
+        progress->line_open = false;
+    }
+}
+
+static void print_json_progress(struct cli_progress *progress, const struct sched_progress *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", p->event);
+    if (p->step_id)
+        cJSON_AddStringToObject(o, "step", p->step_id);
+    if (p->persona)
+        cJSON_AddStringToObject(o, "persona", p->persona);
+    if (p->state)
+        cJSON_AddStringToObject(o, "state", p->state);
+    cJSON_AddNumberToObject(o, "attempt", p->attempt);
+    cJSON_AddNumberToObject(o, "duration_ms", (double)p->duration_ms);
+    if (p->error)
+        cJSON_AddStringToObject(o, "error", p->error);
+    cJSON_AddNumberToObject(o, "done", (double)p->done);
+    cJSON_AddNumberToObject(o, "total", (double)p->total);
+    cJSON_AddNumberToObject(o, "failed", (double)p->failed);
+    cJSON_AddNumberToObject(o, "retries", (double)p->retries);
+    cJSON_AddNumberToObject(o, "in_flight", (double)p->in_flight);
+    cJSON_AddNumberToObject(o, "elapsed_ms", (double)(tr_now_ms() - progress->start_ms));
+    char *line = cJSON_PrintUnformatted(o);
+    puts(line);
+    free(line);
+    cJSON_Delete(o);
+}
+
+static void on_progress(void *userdata, const struct sched_progress *p)
+{
+    struct cli_progress *progress = userdata;
+
     if (progress->quiet)
         return;
-    char took[32] = "";
-    if (strcmp(state, "skipped") != 0)
-        snprintf(took, sizeof(took), "%6lld ms", (long long)duration_ms);
-    printf("  %-9s %-*s %-12s %9s%s%s\n", state, (int)progress->width, step_id, persona, took,
-           error ? "  " : "", error ? error : "");
+    if (progress->json) {
+        print_json_progress(progress, p);
+        fflush(stdout);
+        return;
+    }
+    clear_status_line(progress);
+    if (strcmp(p->event, "agent") == 0) {
+        printf("  restarted an agent for persona '%s' (restart %d)\n", p->persona, p->attempt);
+    } else {
+        char took[32] = "";
+        const char *state = strcmp(p->event, "retry") == 0 ? "retrying" : p->state;
+        if (strcmp(state, "skipped") != 0 && strcmp(state, "cancelled") != 0)
+            snprintf(took, sizeof(took), "%6lld ms", (long long)p->duration_ms);
+        printf("  %-9s %-*s %-12s %9s%s%s\n", state, (int)progress->width, p->step_id, p->persona,
+               took, p->error ? "  " : "", p->error ? p->error : "");
+    }
+    if (progress->tty && p->total > 1) {
+        double seconds = (double)(tr_now_ms() - progress->start_ms) / 1000.0;
+        printf("[%zu/%zu done] %zu in flight, %zu failed, %zu retries, %.1f steps/s", p->done,
+               p->total, p->in_flight, p->failed, p->retries,
+               seconds > 0 ? (double)p->done / seconds : 0.0);
+        progress->line_open = true;
+    }
     fflush(stdout);
+}
+
+static int parse_int(const char *option, const char *arg, long min, long max, long *ret)
+{
+    char *end;
+    long value = strtol(arg, &end, 10);
+    if (!*arg || *end || value < min || value > max) {
+        cli_error("%s wants a number from %ld to %ld, not '%s'", option, min, max, arg);
+        return -1;
+    }
+    *ret = value;
+    return 0;
+}
+
+int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
+                     const char *arg)
+{
+    long value;
+
+    switch (opt) {
+    case CLI_OPT_TIMEOUT:
+        if (parse_int("--timeout", arg, 1, 86400, &value) < 0)
+            return -1;
+        opts->step_timeout_ms = (int)value * 1000;
+        return 1;
+    case CLI_OPT_REPLICAS:
+        if (parse_int("--replicas", arg, 1, SCHED_MAX_REPLICAS, &value) < 0)
+            return -1;
+        opts->replicas = (int)value;
+        return 1;
+    case CLI_OPT_RETRIES:
+        if (parse_int("--retries", arg, 1, 100, &value) < 0)
+            return -1;
+        opts->max_attempts = (int)value;
+        return 1;
+    case CLI_OPT_RETRY_DELAY:
+        if (parse_int("--retry-delay", arg, 1, 3600000, &value) < 0)
+            return -1;
+        opts->retry_delay_ms = (int)value;
+        return 1;
+    case CLI_OPT_DEADLINE:
+        if (parse_int("--deadline", arg, 1, 30 * 86400, &value) < 0)
+            return -1;
+        opts->deadline_ms = (int64_t)value * 1000;
+        return 1;
+    case CLI_OPT_JSON:
+        progress->json = true;
+        return 1;
+    case CLI_OPT_RETRY_ON: {
+        char *copy = xstrdup(arg), *save = NULL;
+        unsigned mask = 0;
+        for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+            static const char *const names[] = {"tool", "protocol", "transport", "timeout"};
+            bool known = false;
+            for (size_t i = 0; i < 4; i++)
+                if (strcmp(name, names[i]) == 0) {
+                    mask |= 1u << i;
+                    known = true;
+                }
+            if (!known) {
+                cli_error("--retry-on: '%s' is not one of tool, protocol, transport, timeout",
+                          name);
+                free(copy);
+                return -1;
+            }
+        }
+        free(copy);
+        if (!mask) {
+            cli_error("--retry-on wants at least one error class");
+            return -1;
+        }
+        opts->retry_on = mask;
+        return 1;
+    }
+    default:
+        return 0;
+    }
 }
 
 static int print_context_entry(void *userdata, const struct store_context_entry *entry)
@@ -93,11 +220,76 @@ static char *prepend_self_to_path(void)
     return self;
 }
 
+void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
+                       const struct cli_common *common, const struct workflow *wf,
+                       char **ret_self_dir, char **ret_agent, char **ret_run_root)
+{
+    char *db_copy = xstrdup(cli_db_path(common));
+
+    for (size_t i = 0; i < workflow_step_count(wf); i++)
+        if (strlen(workflow_step_id(wf, i)) > progress->width)
+            progress->width = strlen(workflow_step_id(wf, i));
+    progress->tty = !progress->json && !progress->quiet && isatty(STDOUT_FILENO);
+    progress->start_ms = tr_now_ms();
+    *ret_self_dir = prepend_self_to_path();
+    *ret_agent = getenv("TROUPE_AGENT") ? xstrdup(getenv("TROUPE_AGENT"))
+                                        : xasprintf("%s/troupe-agent", *ret_self_dir);
+    *ret_run_root = xasprintf("%s/runs", dirname(db_copy));
+    free(db_copy);
+    opts->agent_program = *ret_agent;
+    opts->run_root = *ret_run_root;
+    opts->log_format = common->log_format;
+    opts->on_progress = on_progress;
+    opts->userdata = progress;
+}
+
+int cli_sched_report(struct store *store, const struct cli_common *common,
+                     struct cli_progress *progress, const char *run_id, int rc,
+                     const struct tr_error *err, int64_t start_ms)
+{
+    double seconds = (double)(tr_now_ms() - start_ms) / 1000.0;
+    int status = rc == 0 ? CLI_OK : rc == -ECANCELED ? CLI_CANCELLED : CLI_FAILED;
+    const char *outcome = rc == 0 ? "succeeded" : rc == -ECANCELED ? "cancelled" : "failed";
+    struct tr_error list_err = {0};
+
+    clear_status_line(progress);
+    if (progress->json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "event", "run");
+        cJSON_AddStringToObject(o, "run", run_id);
+        cJSON_AddStringToObject(o, "status", outcome);
+        cJSON_AddNumberToObject(o, "elapsed_ms", seconds * 1000.0);
+        if (rc < 0)
+            cJSON_AddStringToObject(o, "error", err->message);
+        char *line = cJSON_PrintUnformatted(o);
+        puts(line);
+        free(line);
+        cJSON_Delete(o);
+        return status;
+    }
+    if (rc == 0)
+        printf("run %s succeeded in %.2f s\n", run_id, seconds);
+    else
+        printf("run %s %s after %.2f s: %s\n", run_id,
+               rc == -ECANCELED ? "was cancelled" : "failed", seconds, err->message);
+    if (!progress->quiet) {
+        size_t entries = 0;
+        printf("\ncontext:\n");
+        if (store_context_list(store, run_id, print_context_entry, &entries, &list_err) < 0)
+            cli_error("%s", list_err.message);
+        else if (entries == 0)
+            printf("  (empty)\n");
+        printf("\naudit trail: troupe log %s%s%s\n", run_id, common->db_path ? " --db " : "",
+               common->db_path ? common->db_path : "");
+    }
+    return status;
+}
+
 int cli_run(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
         {"input", required_argument, NULL, 'i'},
-        {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},
+        CLI_SCHED_OPTIONS,
         {"db", required_argument, NULL, CLI_OPT_DB},
         {"quiet", no_argument, NULL, 'q'},
         {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT},
@@ -105,14 +297,14 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct progress progress = {.width = 8};
-    struct sched_options opts = {.on_step = on_step, .userdata = &progress};
+    struct cli_progress progress = {.width = 8};
+    struct sched_options opts = {0};
     struct tr_error err = {0};
     struct workflow *wf = NULL;
     struct store *store = NULL;
     cJSON *given = cJSON_CreateObject();
     cJSON *input = NULL;
-    char *self_dir = NULL, *agent = NULL, *db_copy = NULL, *run_root = NULL;
+    char *self_dir = NULL, *agent = NULL, *run_root = NULL, *workflow_path = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
     int opt;
@@ -120,21 +312,16 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     while ((opt = getopt_long(argc, argv, "i:qvh", options, NULL)) != -1) {
         if (cli_common_option(common, opt, optarg))
             continue;
+        int handled = cli_sched_option(&opts, &progress, opt, optarg);
+        if (handled < 0)
+            goto out;
+        if (handled)
+            continue;
         switch (opt) {
         case 'i':
             if (add_input(given, optarg) < 0)
                 goto out;
             break;
-        case CLI_OPT_TIMEOUT: {
-            char *end;
-            long seconds = strtol(optarg, &end, 10);
-            if (*end || seconds <= 0 || seconds > 86400) {
-                cli_error("--timeout wants a number of seconds from 1 to 86400, not '%s'", optarg);
-                goto out;
-            }
-            opts.step_timeout_ms = (int)seconds * 1000;
-            break;
-        }
         case 'q':
             progress.quiet = true;
             break;
@@ -169,9 +356,7 @@ int cli_run(int argc, char **argv, struct cli_common *common)
             goto out;
         }
     }
-    for (size_t i = 0; i < workflow_step_count(wf); i++)
-        if (strlen(workflow_step_id(wf, i)) > progress.width)
-            progress.width = strlen(workflow_step_id(wf, i));
+    workflow_path = realpath(argv[optind], NULL);
 
     const char *db_path = cli_db_path(common);
     if (store_open(db_path, &store, &err) < 0) {
@@ -179,45 +364,21 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         status = CLI_FAILED;
         goto out;
     }
-    self_dir = prepend_self_to_path();
-    agent = getenv("TROUPE_AGENT") ? xstrdup(getenv("TROUPE_AGENT"))
-                                   : xasprintf("%s/troupe-agent", self_dir);
-    db_copy = xstrdup(db_path);
-    run_root = xasprintf("%s/runs", dirname(db_copy));
-    opts.agent_program = agent;
-    opts.run_root = run_root;
+    cli_sched_prepare(&opts, &progress, common, wf, &self_dir, &agent, &run_root);
     opts.input = input;
-    opts.log_format = common->log_format;
+    opts.workflow_path = workflow_path;
 
-    if (!progress.quiet)
+    if (!progress.quiet && !progress.json)
         printf("troupe: running workflow '%s' from %s\n", workflow_name(wf), workflow_file(wf));
     fflush(stdout); /* before the agents, which share the terminal, say anything */
     int64_t start = tr_now_ms();
     int rc = sched_run(wf, store, &opts, run_id, &err);
-    double seconds = (double)(tr_now_ms() - start) / 1000.0;
     if (!run_id[0]) {
         cli_error("could not start the run: %s", err.message);
         status = CLI_FAILED;
         goto out;
     }
-    if (rc == 0) {
-        printf("run %s succeeded in %.2f s\n", run_id, seconds);
-        status = CLI_OK;
-    } else {
-        printf("run %s %s after %.2f s: %s\n", run_id,
-               rc == -ECANCELED ? "was cancelled" : "failed", seconds, err.message);
-        status = rc == -ECANCELED ? CLI_CANCELLED : CLI_FAILED;
-    }
-    if (!progress.quiet) {
-        size_t entries = 0;
-        printf("\ncontext:\n");
-        if (store_context_list(store, run_id, print_context_entry, &entries, &err) < 0)
-            cli_error("%s", err.message);
-        else if (entries == 0)
-            printf("  (empty)\n");
-        printf("\naudit trail: troupe log %s%s%s\n", run_id, common->db_path ? " --db " : "",
-               common->db_path ? common->db_path : "");
-    }
+    status = cli_sched_report(store, common, &progress, run_id, rc, &err, start);
 out:
     workflow_free(&wf);
     store_free(&store);
@@ -225,7 +386,7 @@ out:
     cJSON_Delete(input);
     free(self_dir);
     free(agent);
-    free(db_copy);
     free(run_root);
+    free(workflow_path);
     return status;
 }

@@ -1,26 +1,89 @@
 /*
- * Internals shared by sched.c (the run loop) and agents.c (agent processes).
+ * Internals shared by the scheduler's files: sched.c (the run loop, setting up and ending a
+ * run), steps.c (step states, dispatch, retries), supervise.c (messages from agents, agent
+ * restarts), recover.c (resuming a run from the store) and agents.c (agent processes).
  */
 #ifndef TROUPE_SCHED_INTERNAL_H
 #define TROUPE_SCHED_INTERNAL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "bus.h"
 #include "sched.h"
+
+#define SCHED_STEP_GRACE_MS 5000 /* beyond the tool timeout, for the agent to report */
+#define SCHED_HEARTBEAT_TIMEOUT_MS 10000
+#define SCHED_RESTART_DELAY_MS 100 /* first delay before restarting a dead agent */
+#define SCHED_RESTART_MAX_DELAY_MS 5000
+#define SCHED_MAX_RESTARTS 10 /* per agent slot, before the run gives up */
+
+/* ---- steps ------------------------------------------------------------------------------- */
+
+enum step_state {
+    STEP_PENDING,          /* some need has not succeeded yet */
+    STEP_READY,            /* in the ready queue, waiting for an agent */
+    STEP_DISPATCHED,       /* an agent performs it */
+    STEP_RETRY_WAIT,       /* an attempt failed; the next is due at due_ms */
+    STEP_WAITING_APPROVAL, /* paused until someone decides (troupe approve) */
+    STEP_SUCCEEDED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_CANCELLED,
+};
+
+extern const char *const sched__state_names[];
+
+static inline bool step_state_final(enum step_state state)
+{
+    return state >= STEP_SUCCEEDED;
+}
+
+/*
+ * What governs a step's attempts. Today every field comes from the run's options; the
+ * workflow's per-step fields (retry, timeout, approval) will override them here, in
+ * sched__step_policy, and nowhere else.
+ */
+struct step_policy {
+    int max_attempts;
+    unsigned retry_on; /* SCHED_RETRY_* */
+    int delay_ms;
+    int max_delay_ms;
+    int timeout_ms;
+    bool approval; /* wait for a decision before the first dispatch */
+};
+
+struct step_run {
+    enum step_state state;
+    int attempt;    /* dispatches over the run's whole life (persisted) */
+    int failures;   /* failed attempts since this scheduler took the run over */
+    unsigned unmet; /* needs that have not succeeded */
+    int64_t dispatched_ms;
+    int64_t deadline_ms; /* dispatched: when the scheduler gives up waiting */
+    int64_t due_ms;      /* retry-wait: when it becomes ready again */
+    long agent;          /* index of the agent performing it, or -1 */
+};
+
+/* ---- agents ------------------------------------------------------------------------------ */
 
 enum agent_state { AGENT_STARTING, AGENT_WELCOMED, AGENT_READY, AGENT_STOPPING, AGENT_GONE };
 
 struct agent_proc {
     size_t persona_index;
+    int replica;
+    int generation; /* 1 for the first process of this slot, +1 at each restart */
     char *persona;  /* the persona's name */
-    char *identity; /* its bus identity */
+    char *identity; /* its bus identity: PERSONA#REPLICA.GENERATION */
     pid_t pid;
     enum agent_state state;
     int64_t started_ms;
-    long step; /* index of the step in flight, or -1 */
+    int64_t last_seen_ms; /* the last message from it */
+    long step;            /* index of the step in flight, or -1 */
     int exit_status;
     bool exit_expected; /* the scheduler asked it to stop, or it said bye */
+    int restarts;
+    int64_t restart_due_ms; /* gone and to be started again at this time, or 0 */
 };
 
 /* Starts troupe-agent for the agent's persona, connected to endpoint. */
@@ -32,5 +95,75 @@ bool agent_reap(struct agent_proc *agent);
 void agent_kill(struct agent_proc *agent, int sig);
 /* "exit status 3" or "killed by signal 9 (Killed)". */
 void agent_describe_status(int status, char *buf, size_t size);
+
+/* ---- the run ----------------------------------------------------------------------------- */
+
+struct run {
+    const struct workflow *wf;
+    struct store *store;
+    struct sched_options opts; /* with defaults filled in */
+    char id[STORE_RUN_ID_SIZE];
+    char *dir;
+    char *socket_path;
+    char *endpoint;
+    struct bus *bus;
+    struct agent_proc *agents;
+    size_t agent_count;
+    struct step_run *steps;
+    size_t step_count;
+    size_t *by_id;      /* step indexes sorted by id, for lookups */
+    size_t *dependents; /* dependents of step i: dependents[dep_start[i] .. dep_start[i+1]] */
+    size_t *dep_start;
+    size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
+    size_t ready_head, ready_len;
+    size_t done, failed, in_flight, retries;
+    cJSON *scope; /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    struct bus_msg **outbox; /* assignments to send once the turn is committed */
+    size_t outbox_len, outbox_cap;
+    char *failure;         /* the first reason the run fails, or NULL */
+    bool cancelling;       /* cancelled (signal) or past its deadline */
+    int64_t deadline_ms;   /* monotonic time the run must end by, or 0 */
+    int64_t deadline_wall; /* the same in epoch ms, as kept in the run's options */
+};
+
+extern volatile sig_atomic_t sched__cancel_signal;
+
+/* sched.c */
+void sched__fail(struct run *run, const char *fmt, ...) TR_PRINTF(2, 3);
+void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,
+                  cJSON *payload);
+void sched__progress(struct run *run, const char *event, size_t index, const char *error,
+                     int64_t duration_ms);
+long sched__find_step(struct run *run, const char *step_id);
+
+/* steps.c */
+void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy);
+void sched__record_step(struct run *run, size_t index, const char *output_json, const char *error);
+void sched__build_graph(struct run *run);
+void sched__make_ready(struct run *run, size_t index);
+void sched__step_succeeded(struct run *run, size_t index, const cJSON *result);
+/* A failed attempt: retried when the policy allows the class, else the step fails. */
+void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
+                                const char *error);
+void sched__step_cancel(struct run *run, size_t index, const char *reason);
+void sched__dispatch_ready(struct run *run);
+void sched__check_steps(struct run *run, int64_t now);
+unsigned sched__error_class(const char *name);
+
+/* supervise.c */
+void sched__on_message(struct run *run, struct bus_msg *msg);
+void sched__check_agents(struct run *run, int64_t now);
+int sched__start_agents(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+void sched__stop_agents(struct run *run);
+
+/* recover.c */
+char *sched__options_json(const struct run *run);
+void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
+                              const char *json);
+int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+
+/* sched.c: turns */
+int sched__begin(struct run *run);
+int sched__commit_and_send(struct run *run, struct tr_error *err);
 
 #endif

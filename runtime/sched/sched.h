@@ -1,7 +1,9 @@
 /*
- * sched: runs a workflow. It records the run in the store, starts one troupe-agent process
- * per persona, dispatches each step once its needs are met (arguments resolved first), and
- * commits every result with its audit events and context writes before acting on it.
+ * sched: runs a workflow durably. It records the run in the store, starts `replicas`
+ * troupe-agent processes per persona, dispatches every ready step at once (arguments
+ * resolved first), retries failed attempts by policy, restarts agents that die, and commits
+ * every transition with its audit events and context writes before acting on it. A run whose
+ * scheduler died is carried on by sched_resume.
  *
  * Ownership: everything passed in is borrowed for the duration of the call.
  */
@@ -16,27 +18,88 @@
 
 #define SCHED_DEFAULT_STEP_TIMEOUT_MS 60000
 #define SCHED_AGENT_START_TIMEOUT_MS 30000
+#define SCHED_DEFAULT_MAX_ATTEMPTS 3
+#define SCHED_DEFAULT_RETRY_DELAY_MS 200
+#define SCHED_DEFAULT_RETRY_MAX_DELAY_MS 10000
+#define SCHED_MAX_REPLICAS 64
+
+/* Error classes of a failed attempt, which a retry policy selects (a bit mask). */
+enum {
+    SCHED_RETRY_TOOL = 1u << 0,      /* the tool answered isError */
+    SCHED_RETRY_PROTOCOL = 1u << 1,  /* garbage, a JSON-RPC error, a bad result */
+    SCHED_RETRY_TRANSPORT = 1u << 2, /* the MCP server or the agent died */
+    SCHED_RETRY_TIMEOUT = 1u << 3,   /* the step's timeout passed */
+};
+#define SCHED_DEFAULT_RETRY_ON (SCHED_RETRY_TRANSPORT | SCHED_RETRY_TIMEOUT)
+
+/* One thing that happened, for progress output. Strings live during the callback only. */
+struct sched_progress {
+    const char *event;   /* "step" (a step reached a state), "retry", "agent" (restart) */
+    const char *step_id; /* or NULL */
+    const char *persona; /* or NULL */
+    const char *state;   /* "succeeded", "failed", "skipped", "cancelled", "dispatched", ... */
+    int attempt;
+    int64_t duration_ms; /* of the attempt that ended */
+    const char *error;   /* or NULL */
+    size_t done;         /* steps in a final state */
+    size_t total;        /* steps of the run */
+    size_t failed;       /* steps failed */
+    size_t retries;      /* attempts retried so far */
+    size_t in_flight;    /* steps dispatched now */
+};
 
 struct sched_options {
     const char *agent_program;     /* path of troupe-agent */
     const char *run_root;          /* directory under which each run gets its own directory */
     const cJSON *input;            /* the run's inputs (already resolved), or NULL */
-    int step_timeout_ms;           /* 0: SCHED_DEFAULT_STEP_TIMEOUT_MS */
+    const char *workflow_path;     /* absolute path of the workflow file, kept for resume */
     enum tr_log_format log_format; /* passed on to agents */
-    /* Called after each step ends (for progress output); may be NULL. */
-    void (*on_step)(void *userdata, const char *step_id, const char *persona, const char *state,
-                    int64_t duration_ms, const char *error);
+    /*
+     * The defaults of every step's policy; 0 means the SCHED_DEFAULT_* value. They are kept
+     * with the run, and sched_resume uses the kept ones for those left 0 here.
+     */
+    int step_timeout_ms;
+    int replicas;           /* agent processes per persona */
+    int max_attempts;       /* of each step, counting the first */
+    unsigned retry_on;      /* SCHED_RETRY_* */
+    int retry_delay_ms;     /* first backoff delay; doubles each retry, with jitter */
+    int retry_max_delay_ms; /* the longest backoff delay */
+    int64_t deadline_ms;    /* the run must end within this (from its start), or fails */
+    /* Called for each step transition worth showing; may be NULL. */
+    void (*on_progress)(void *userdata, const struct sched_progress *progress);
     void *userdata;
 };
 
 /*
  * Creates a run of wf in store and runs it to its end. Returns 0 when the run succeeded,
- * TR_ETOOL when it ran and failed (err says why: the first failed step), or another negative
- * code if it could not be carried out (err says why). Whenever a run was created, its id is
- * in ret_run_id (otherwise ret_run_id is the empty string). Installs handlers for SIGINT and
- * SIGTERM for its duration: either stops the run, which ends as cancelled.
+ * TR_ETOOL when it ran and failed (err says why: the first failed step), -ECANCELED when it
+ * was cancelled, or another negative code if it could not be carried out (err says why).
+ * Whenever a run was created, its id is in ret_run_id (otherwise the empty string). Installs
+ * handlers for SIGINT and SIGTERM for its duration: either cancels the run.
  */
 int sched_run(const struct workflow *wf, struct store *store, const struct sched_options *opts,
               char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * Carries on run_id, whose scheduler died: steps that succeeded are kept (never redone),
+ * steps that were in flight are dispatched again with the same idempotency key, and the run
+ * goes on to its end. wf must be the run's workflow (its plan hash is checked). Refuses a run
+ * that has ended (TR_EINVAL) or whose scheduler is still alive (TR_EINVAL). Returns as
+ * sched_run.
+ */
+int sched_resume(const struct workflow *wf, struct store *store, const char *run_id,
+                 const struct sched_options *opts, struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * Whether the process pid is a live troupe scheduler (its program is named troupe).
+ */
+bool sched_pid_alive(int64_t pid);
+
+/*
+ * Marks a run whose scheduler is gone as cancelled: its unfinished steps become cancelled,
+ * and the audit log records who cancelled it. TR_EINVAL if the run has ended.
+ */
+int sched_cancel_orphan(struct store *store, const char *run_id, const char *actor,
+                        struct tr_error *err) TR_MUST_CHECK;
 
 #endif

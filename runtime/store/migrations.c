@@ -69,8 +69,56 @@ static const char migration_1[] =
     "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit\n"
     "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;\n";
 
+/*
+ * Version 2: the durable scheduler. Steps get the states of retries, approvals and
+ * cancellation (SQLite cannot alter a CHECK constraint, so the table is rebuilt and its rows
+ * copied); a run records the scheduler that drives it (pid, so `troupe resume` and
+ * `troupe cancel` can tell a live scheduler from a dead one) and the options it was started
+ * with (so a resumed run goes on the same way); approvals record each decision.
+ */
+static const char migration_2[] =
+    "CREATE TABLE steps_v2 (\n"
+    "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    step_id TEXT NOT NULL,\n"
+    "    persona TEXT,\n"
+    "    state TEXT NOT NULL\n"
+    "        CHECK (state IN ('pending', 'ready', 'dispatched', 'retry-wait',\n"
+    "                         'waiting-approval', 'succeeded', 'failed', 'skipped',\n"
+    "                         'cancelled')),\n"
+    "    attempt INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),\n"
+    "    output_json TEXT,\n"
+    "    error TEXT,\n"
+    "    started_at TEXT,\n"
+    "    finished_at TEXT,\n"
+    "    ord INTEGER NOT NULL CHECK (ord >= 1),\n"
+    /* Milliseconds since the epoch at which a step in retry-wait is due, else NULL. */
+    "    next_attempt_at INTEGER,\n"
+    "    PRIMARY KEY (run_id, step_id),\n"
+    "    UNIQUE (run_id, ord)\n"
+    ") STRICT;\n"
+    "INSERT INTO steps_v2 (run_id, step_id, persona, state, attempt, output_json, error,\n"
+    "                      started_at, finished_at, ord)\n"
+    "    SELECT run_id, step_id, persona, state, attempt, output_json, error, started_at,\n"
+    "           finished_at, ord FROM steps;\n"
+    "DROP TABLE steps;\n"
+    "ALTER TABLE steps_v2 RENAME TO steps;\n"
+
+    "ALTER TABLE runs ADD COLUMN scheduler_pid INTEGER;\n"
+    "ALTER TABLE runs ADD COLUMN options_json TEXT;\n"
+
+    "CREATE TABLE approvals (\n"
+    "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    step_id TEXT NOT NULL,\n"
+    "    decision TEXT NOT NULL CHECK (decision IN ('approved', 'rejected')),\n"
+    "    actor TEXT NOT NULL,\n"
+    "    comment TEXT,\n"
+    "    decided_at TEXT NOT NULL,\n"
+    "    PRIMARY KEY (run_id, step_id)\n"
+    ") STRICT;\n";
+
 const char *const store__migrations[] = {
     migration_1,
+    migration_2,
 };
 
 const int store__migration_count = (int)(sizeof(store__migrations) / sizeof(store__migrations[0]));

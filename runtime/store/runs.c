@@ -141,6 +141,40 @@ int store_run_finish(struct store *store, const char *run_id, const char *status
     return rc;
 }
 
+int store_run_set_scheduler(struct store *store, const char *run_id, int64_t pid,
+                            const char *options_json, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc;
+
+    if (is_blank(run_id))
+        return tr_error_set(err, TR_EINVAL, "could not record the scheduler: no run id given");
+    rc = store__check_writable(store, "could not record the scheduler of a run", err);
+    if (rc < 0)
+        return rc;
+    rc = store__stmt_acquire(store, STMT_RUN_SET_SCHEDULER, &stmt, err);
+    if (rc < 0)
+        return rc;
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = pid > 0 ? sqlite3_bind_int64(stmt, 2, pid) : sqlite3_bind_null(stmt, 2);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 3, options_json);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        rc = store__fail(store, rc, err, "could not record the scheduler of run '%s'", run_id);
+    else if (sqlite3_changes(store->db) == 0)
+        rc = tr_error_set(err, TR_ENOTFOUND,
+                          "could not record the scheduler of run '%s': no "
+                          "such run",
+                          run_id);
+    else
+        rc = 0;
+    store__stmt_release(store, STMT_RUN_SET_SCHEDULER, stmt);
+    return rc;
+}
+
 /* Runs a lookup statement bound to text (or nothing); copies column 0 of its row if any. */
 static int lookup_run_id(struct store *store, enum store_stmt id, const char *text,
                          char ret_run_id[STORE_RUN_ID_SIZE], bool *ret_found, struct tr_error *err)
@@ -235,6 +269,8 @@ static int scan_run(sqlite3_stmt *stmt, void *ctx)
         .finished_at = store__column_text(stmt, 6),
         .plan_hash = store__column_text(stmt, 7),
         .input_json = store__column_text(stmt, 8),
+        .scheduler_pid = sqlite3_column_int64(stmt, 9),
+        .options_json = store__column_text(stmt, 10),
     };
 
     scan->rows++;
@@ -268,7 +304,9 @@ int store_run_get(struct store *store, const char *run_id,
 
 static bool is_step_state(const char *state)
 {
-    static const char *const states[] = {"pending", "dispatched", "succeeded", "failed", "skipped"};
+    static const char *const states[] = {
+        "pending",   "ready",  "dispatched", "retry-wait", "waiting-approval",
+        "succeeded", "failed", "skipped",    "cancelled"};
 
     for (size_t i = 0; state && i < sizeof(states) / sizeof(states[0]); i++)
         if (strcmp(state, states[i]) == 0)
@@ -280,6 +318,21 @@ int store_step_set(struct store *store, const char *run_id, const char *step_id,
                    const char *persona, const char *state, int attempt, const char *output_json,
                    const char *error, struct tr_error *err)
 {
+    struct store_step step = {.step_id = step_id,
+                              .persona = persona,
+                              .state = state,
+                              .attempt = attempt,
+                              .output_json = output_json,
+                              .error = error};
+    return store_step_put(store, run_id, &step, err);
+}
+
+int store_step_put(struct store *store, const char *run_id, const struct store_step *step,
+                   struct tr_error *err)
+{
+    const char *step_id = step->step_id, *persona = step->persona, *state = step->state;
+    const char *output_json = step->output_json, *error = step->error;
+    int attempt = step->attempt;
     sqlite3_stmt *stmt = NULL;
     char now[32];
     int rc;
@@ -287,10 +340,10 @@ int store_step_set(struct store *store, const char *run_id, const char *step_id,
     if (is_blank(run_id) || is_blank(step_id))
         return tr_error_set(err, TR_EINVAL, "could not record a step: run and step ids required");
     if (!is_step_state(state))
-        return tr_error_set(err, TR_EINVAL,
-                            "could not record step '%s' of run '%s': state '%s' is not one of "
-                            "pending, dispatched, succeeded, failed, skipped",
-                            step_id, run_id, state ? state : "(null)");
+        return tr_error_set(
+            err, TR_EINVAL,
+            "could not record step '%s' of run '%s': state '%s' is not one of " STORE_STEP_STATES,
+            step_id, run_id, state ? state : "(null)");
     if (attempt < 0)
         return tr_error_set(err, TR_EINVAL,
                             "could not record step '%s' of run '%s': negative attempt %d", step_id,
@@ -318,6 +371,9 @@ int store_step_set(struct store *store, const char *run_id, const char *step_id,
     if (rc == SQLITE_OK)
         rc = store__bind_text(stmt, 8, now);
     if (rc == SQLITE_OK)
+        rc = step->next_attempt_at_ms > 0 ? sqlite3_bind_int64(stmt, 9, step->next_attempt_at_ms)
+                                          : sqlite3_bind_null(stmt, 9);
+    if (rc == SQLITE_OK)
         rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE)
         rc = store__fail(store, rc, err, "could not record step '%s' of run '%s'", step_id, run_id);
@@ -344,6 +400,7 @@ static int scan_step(sqlite3_stmt *stmt, void *ctx)
         .error = store__column_text(stmt, 5),
         .started_at = store__column_text(stmt, 6),
         .finished_at = store__column_text(stmt, 7),
+        .next_attempt_at_ms = sqlite3_column_int64(stmt, 8),
     };
 
     return scan->fn(scan->userdata, &step);

@@ -19,7 +19,7 @@
 
 #define RUN_COLUMNS                                                                                \
     "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
-    "input_json"
+    "input_json, scheduler_pid, options_json"
 
 static const char *const statement_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
@@ -29,6 +29,8 @@ static const char *const statement_sql[STMT_COUNT] = {
                         " input_json, status, started_at)"
                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
     [STMT_RUN_FINISH] = "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
+    [STMT_RUN_SET_SCHEDULER] = "UPDATE runs SET scheduler_pid = ?2,"
+                               " options_json = coalesce(?3, options_json) WHERE id = ?1",
     [STMT_RUN_BY_ID] = "SELECT id FROM runs WHERE id = ?1",
     [STMT_RUN_LATEST] = "SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1",
     [STMT_RUN_PREFIX] = "SELECT count(*), min(id) FROM runs WHERE substr(id, 1, length(?1)) = ?1",
@@ -40,29 +42,31 @@ static const char *const statement_sql[STMT_COUNT] = {
      */
     [STMT_STEP_UPSERT] =
         "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, error,"
-        " started_at, finished_at, ord)"
+        " started_at, finished_at, ord, next_attempt_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
         "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
-        "  CASE WHEN ?4 IN ('succeeded', 'failed', 'skipped') THEN ?8 END,"
-        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1))"
+        "  CASE WHEN ?4 IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN ?8 END,"
+        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)"
         " ON CONFLICT (run_id, step_id) DO UPDATE SET"
         "  persona = coalesce(excluded.persona, steps.persona),"
         "  state = excluded.state,"
         "  attempt = excluded.attempt,"
         "  output_json = excluded.output_json,"
         "  error = excluded.error,"
+        "  next_attempt_at = excluded.next_attempt_at,"
         "  started_at = CASE"
         "   WHEN excluded.state = 'pending' THEN NULL"
         "   WHEN excluded.state = 'dispatched'"
         "    AND (steps.state <> 'dispatched' OR steps.attempt <> excluded.attempt) THEN ?8"
         "   ELSE steps.started_at END,"
         "  finished_at = CASE"
-        "   WHEN excluded.state NOT IN ('succeeded', 'failed', 'skipped') THEN NULL"
+        "   WHEN excluded.state NOT IN ('succeeded', 'failed', 'skipped', 'cancelled')"
+        "    THEN NULL"
         "   WHEN steps.state = excluded.state AND steps.attempt = excluded.attempt"
         "    THEN steps.finished_at"
         "   ELSE ?8 END",
     [STMT_STEPS_LIST] = "SELECT step_id, persona, state, attempt, output_json, error, started_at,"
-                        " finished_at FROM steps WHERE run_id = ?1 ORDER BY ord",
+                        " finished_at, next_attempt_at FROM steps WHERE run_id = ?1 ORDER BY ord",
     [STMT_CONTEXT_INSERT] =
         "INSERT INTO context (run_id, key, version, value_json, step_id, written_at)"
         " VALUES (?1, ?2,"

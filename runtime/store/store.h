@@ -52,6 +52,12 @@ int store_run_create(struct store *store, const char *workflow_name, const char 
 int store_run_finish(struct store *store, const char *run_id, const char *status, const char *error,
                      struct tr_error *err) TR_MUST_CHECK;
 /*
+ * Records the process that drives the run now (its pid; 0 once none does) and, when
+ * options_json is not NULL, the scheduler options the run was started with.
+ */
+int store_run_set_scheduler(struct store *store, const char *run_id, int64_t pid,
+                            const char *options_json, struct tr_error *err) TR_MUST_CHECK;
+/*
  * Finds a run by its full id or a unique prefix, or "latest" for the newest run.
  * TR_ENOTFOUND if none matches, TR_EINVAL if the prefix is ambiguous.
  */
@@ -68,6 +74,8 @@ struct store_run {
     const char *finished_at; /* or NULL */
     const char *plan_hash;   /* hex SHA-256 of plan_json */
     const char *input_json;
+    int64_t scheduler_pid;    /* the scheduler driving it, or 0 */
+    const char *options_json; /* the scheduler options it was started with, or NULL */
 };
 
 /* Calls fn for every run, newest first; a non-zero return from fn stops and is returned. */
@@ -80,10 +88,16 @@ int store_run_get(struct store *store, const char *run_id,
 
 /* ---- steps ---------------------------------------------------------------------------- */
 
+/* A step's states: STORE_STEP_STATES lists them for messages. */
+#define STORE_STEP_STATES                                                                          \
+    "pending, ready, dispatched, retry-wait, waiting-approval, succeeded, failed, skipped, "       \
+    "cancelled"
+
 /*
- * Records a step's state ("pending", "dispatched", "succeeded", "failed", "skipped") with
- * its persona, attempt, output (JSON text or NULL) and error (or NULL), creating the row on
- * first use. The step's started/finished times follow the state.
+ * Records a step's state (one of STORE_STEP_STATES) with its persona, attempt, output (JSON
+ * text or NULL) and error (or NULL), creating the row on first use. The step's
+ * started/finished times follow the state: started at each dispatch, finished in succeeded,
+ * failed, skipped and cancelled.
  */
 int store_step_set(struct store *store, const char *run_id, const char *step_id,
                    const char *persona, const char *state, int attempt, const char *output_json,
@@ -94,11 +108,16 @@ struct store_step {
     const char *persona;
     const char *state;
     int attempt;
-    const char *output_json; /* or NULL */
-    const char *error;       /* or NULL */
-    const char *started_at;  /* or NULL */
-    const char *finished_at; /* or NULL */
+    const char *output_json;    /* or NULL */
+    const char *error;          /* or NULL */
+    const char *started_at;     /* or NULL */
+    const char *finished_at;    /* or NULL */
+    int64_t next_attempt_at_ms; /* retry-wait: when the next attempt is due (epoch ms), else 0 */
 };
+
+/* store_step_set with every field of step (started_at and finished_at are ignored). */
+int store_step_put(struct store *store, const char *run_id, const struct store_step *step,
+                   struct tr_error *err) TR_MUST_CHECK;
 
 /* Calls fn for each step of the run, in the order they were first recorded. */
 int store_steps_list(struct store *store, const char *run_id,

@@ -449,12 +449,12 @@ Test(failure, tool_error_fails_the_run_with_the_tools_message)
 }
 
 /* Starts the slow workflow and waits until its slow step is in flight. */
-static void start_slow_run(struct env *env, struct harness_proc *proc, char **path)
+static void start_slow_run(struct env *env, struct harness_proc *proc, char **path,
+                           const char *with, const char *retries)
 {
     char *server = harness_build_path("tests/test-mcp-misbehave");
-    *path = harness_write_file(env->dir, "slow.yaml",
-                               misbehave_workflow(server, "sleep", "{ms: 30000}"));
-    const char *argv[] = {env->troupe, "--db", env->db, "run", *path, NULL};
+    *path = harness_write_file(env->dir, "slow.yaml", misbehave_workflow(server, "sleep", with));
+    const char *argv[] = {env->troupe, "--db", env->db, "run", "--retries", retries, *path, NULL};
     harness_spawn(argv, env->dir, proc);
     cr_assert_eq(harness_db_wait(env->db,
                                  "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
@@ -464,18 +464,58 @@ static void start_slow_run(struct env *env, struct harness_proc *proc, char **pa
     free(server);
 }
 
-Test(failure, agent_killed_mid_step_fails_the_run_and_leaves_nothing)
+static void kill_first_agent(struct env *env)
+{
+    long long agent = harness_db_int(env->db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                              "audit WHERE type = 'agent.started'");
+    cr_assert_gt(agent, 0);
+    cr_assert_eq(kill((pid_t)agent, SIGKILL), 0);
+}
+
+Test(failure, agent_killed_mid_step_is_restarted_and_the_step_retried)
 {
     struct env env = setup_env();
     struct harness_proc proc;
     struct harness_result r;
     char *path;
 
-    start_slow_run(&env, &proc, &path);
-    long long agent = harness_db_int(env.db, "SELECT json_extract(payload_json, '$.pid') FROM "
-                                             "audit WHERE type = 'agent.started'");
-    cr_assert_gt(agent, 0);
-    cr_assert_eq(kill((pid_t)agent, SIGKILL), 0);
+    start_slow_run(&env, &proc, &path, "{ms: 1000}", "3");
+    kill_first_agent(&env);
+    harness_finish(&proc, 60000, &r);
+
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "retrying") && strstr(r.out, "signal 9"), "%s", r.out);
+    char *step = harness_db_text(env.db, "SELECT state FROM steps WHERE step_id = 'doomed'");
+    cr_assert_str_eq(step, "succeeded");
+    cr_assert_eq(harness_db_int(env.db, "SELECT attempt FROM steps WHERE step_id = 'doomed'"), 2);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry' AND "
+                                        "json_extract(payload_json, '$.class') = 'transport'"),
+                 1);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                        "'agent.restarted'"),
+                 1);
+    /* Both attempts carried the same idempotency key. */
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(DISTINCT json_extract(payload_json, "
+                                        "'$.message.params._meta.\"io.troupe/idempotency-key\"')) "
+                                        "FROM audit WHERE type = 'mcp.request' AND step_id = "
+                                        "'doomed' AND json_extract(payload_json, "
+                                        "'$.message.method') = 'tools/call'"),
+                 1);
+    harness_result_release(&r);
+    free(path);
+    free(step);
+    release_env(&env);
+}
+
+Test(failure, agent_killed_mid_step_without_retries_fails_the_run_and_leaves_nothing)
+{
+    struct env env = setup_env();
+    struct harness_proc proc;
+    struct harness_result r;
+    char *path;
+
+    start_slow_run(&env, &proc, &path, "{ms: 30000}", "1");
+    kill_first_agent(&env);
     harness_finish(&proc, 60000, &r);
 
     cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
@@ -500,7 +540,7 @@ Test(failure, ctrl_c_cancels_the_run_cleanly)
     struct harness_result r;
     char *path;
 
-    start_slow_run(&env, &proc, &path);
+    start_slow_run(&env, &proc, &path, "{ms: 30000}", "3");
     cr_assert_eq(kill(proc.pid, SIGINT), 0);
     harness_finish(&proc, 60000, &r);
 
@@ -509,7 +549,7 @@ Test(failure, ctrl_c_cancels_the_run_cleanly)
     char *status = harness_db_text(env.db, "SELECT status FROM runs");
     cr_assert_str_eq(status, "cancelled");
     char *step = harness_db_text(env.db, "SELECT state FROM steps WHERE step_id = 'doomed'");
-    cr_assert_str_eq(step, "failed");
+    cr_assert_str_eq(step, "cancelled");
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'run.finished'"),
                  1);
     harness_result_release(&r);
@@ -591,9 +631,10 @@ Test(cli, help_and_version)
     char *troupe = harness_build_path("troupe");
     char *agent = harness_build_path("troupe-agent");
     const char *const commands[][4] = {
-        {troupe, "--help", NULL},        {troupe, "--version", NULL},
-        {troupe, "run", "--help", NULL}, {troupe, "runs", "--help", NULL},
-        {troupe, "log", "--help", NULL}, {agent, "--help", NULL},
+        {troupe, "--help", NULL},           {troupe, "--version", NULL},
+        {troupe, "run", "--help", NULL},    {troupe, "runs", "--help", NULL},
+        {troupe, "log", "--help", NULL},    {troupe, "resume", "--help", NULL},
+        {troupe, "cancel", "--help", NULL}, {agent, "--help", NULL},
     };
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         struct harness_result r;

@@ -11,7 +11,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <sodium.h>
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,6 +263,110 @@ static int scan_processes(const char *dir, const char *needle)
     }
     closedir(proc);
     return count;
+}
+
+int harness_find_pids(const char *needle, int *pids, int max)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    int count = 0;
+
+    cr_assert_not_null(proc);
+    while ((entry = readdir(proc)) && count < max) {
+        char path[300], cmdline[4096];
+        pid_t pid = (pid_t)atoi(entry->d_name);
+        if (pid <= 0 || pid == getpid())
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, cmdline, sizeof(cmdline) - 1);
+        close(fd);
+        for (ssize_t i = 0; i < len - 1; i++)
+            if (cmdline[i] == '\0')
+                cmdline[i] = ' ';
+        cmdline[len > 0 ? len : 0] = '\0';
+        if (strstr(cmdline, needle) && !strstr(cmdline, "test_"))
+            pids[count++] = pid;
+    }
+    closedir(proc);
+    return count;
+}
+
+static void hash_field(crypto_hash_sha256_state *state, const char *field)
+{
+    uint64_t len = strlen(field);
+    unsigned char prefix[8];
+    for (int i = 0; i < 8; i++)
+        prefix[i] = (unsigned char)(len >> (56 - 8 * i));
+    crypto_hash_sha256_update(state, prefix, sizeof(prefix));
+    crypto_hash_sha256_update(state, (const unsigned char *)field, len);
+}
+
+static const char *text_or(sqlite3_stmt *stmt, int column, const char *fallback)
+{
+    const unsigned char *text = sqlite3_column_text(stmt, column);
+    return text ? (const char *)text : fallback;
+}
+
+long long harness_audit_verify(const char *db_path, const char *run_id)
+{
+    sqlite3 *db;
+    sqlite3_stmt *stmt;
+    char prev[65] = "0000000000000000000000000000000000000000000000000000000000000000";
+    long long expected = 1;
+
+    cr_assert_eq(sodium_init() >= 0, 1);
+    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT seq, time, step_id, actor, type, payload_json, "
+                                    "prev_hash, hash FROM audit WHERE run_id = ?1 ORDER BY seq",
+                                    -1, &stmt, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(stmt, 1, run_id, -1, SQLITE_TRANSIENT);
+    while (sqlite3_step(stmt) == SQLITE_ROW) {
+        long long seq = sqlite3_column_int64(stmt, 0);
+        char seq_text[32], hex[65];
+        unsigned char digest[crypto_hash_sha256_BYTES];
+        crypto_hash_sha256_state state;
+
+        if (seq != expected) {
+            fprintf(stderr, "audit of %s: seq %lld where %lld was expected\n", run_id, seq,
+                    expected);
+            expected = -1;
+            break;
+        }
+        if (strcmp(text_or(stmt, 6, ""), prev) != 0) {
+            fprintf(stderr, "audit of %s: seq %lld does not link to the event before\n", run_id,
+                    seq);
+            expected = -1;
+            break;
+        }
+        snprintf(seq_text, sizeof(seq_text), "%lld", seq);
+        crypto_hash_sha256_init(&state);
+        hash_field(&state, "troupe-audit-v1");
+        hash_field(&state, prev);
+        hash_field(&state, run_id);
+        hash_field(&state, seq_text);
+        hash_field(&state, text_or(stmt, 1, ""));
+        hash_field(&state, text_or(stmt, 2, ""));
+        hash_field(&state, text_or(stmt, 3, ""));
+        hash_field(&state, text_or(stmt, 4, ""));
+        hash_field(&state, text_or(stmt, 5, ""));
+        crypto_hash_sha256_final(&state, digest);
+        sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
+        if (strcmp(hex, text_or(stmt, 7, "")) != 0) {
+            fprintf(stderr, "audit of %s: seq %lld has a wrong hash\n", run_id, seq);
+            expected = -1;
+            break;
+        }
+        memcpy(prev, hex, sizeof(prev));
+        expected++;
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return expected < 0 ? -1 : expected - 1;
 }
 
 int harness_leftover_processes(const char *dir, const char *needle)

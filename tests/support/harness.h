@@ -51,4 +51,13 @@ int harness_count_lines(const char *s);
  * contains needle (when not NULL). Waits up to 3 s for them to go. */
 int harness_leftover_processes(const char *dir, const char *needle);
 
+/* Pids of processes (other than this one) whose command line contains needle; at most max. */
+int harness_find_pids(const char *needle, int *pids, int max);
+/*
+ * Checks the run's audit log: seq 1..n without a gap, each prev_hash the hash of the event
+ * before, and each hash recomputed from the documented encoding. Returns the number of
+ * events, or -1 (with the reason printed) if the chain is broken.
+ */
+long long harness_audit_verify(const char *db_path, const char *run_id);
+
 #endif

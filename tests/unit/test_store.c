@@ -288,7 +288,7 @@ Test(store, open_creates_file_parents_and_wal)
     cr_assert_str_eq(mode, "wal");
     cr_assert_eq(store_schema_version(store), store__migration_count);
     cr_assert_eq(raw_int(db, "PRAGMA user_version"), store__migration_count);
-    cr_assert_eq(store__migration_count, 1);
+    cr_assert_eq(store__migration_count, 2);
     cr_assert_eq(raw_int(db, "PRAGMA application_id"), 0x54525045);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND"
                              " name IN ('runs', 'steps', 'context', 'audit')"),
@@ -332,6 +332,59 @@ Test(store, reopen_keeps_data_and_schema)
     cr_assert_eq(count_events(store, run_id), 2);
     store_free(&store);
     cr_assert_eq(verify_chain(path, run_id), 2);
+}
+
+Test(store, migration_2_keeps_version_1_rows_and_adds_the_scheduler_states)
+{
+    char *path = tmp_path("v1.db");
+    struct tr_error err = {0};
+    struct store *store = NULL;
+    char run_id[STORE_RUN_ID_SIZE];
+    sqlite3 *db = raw_open(path);
+
+    /* A database as a version-1 troupe left it. */
+    raw_exec(db, store__migrations[0]);
+    raw_exec(db, "PRAGMA user_version = 1");
+    raw_exec(db, "INSERT INTO runs (id, workflow_name, plan_json, plan_hash, input_json,"
+                 " started_at) VALUES ('r-1', 'w', '{}', 'h', '{}', '2026-01-01T00:00:00.000Z')");
+    raw_exec(db, "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, ord)"
+                 " VALUES ('r-1', 'a', 'p', 'succeeded', 1, '\"out\"', 1),"
+                 " ('r-1', 'b', 'p', 'dispatched', 2, NULL, 2)");
+    sqlite3_close(db);
+
+    store = open_store(path);
+    cr_assert_eq(store_schema_version(store), 2);
+    db = raw_open(path);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE run_id = 'r-1'"), 2);
+    cr_assert_eq(raw_int(db, "SELECT attempt FROM steps WHERE step_id = 'b'"), 2);
+    cr_assert_eq(raw_int(db, "SELECT ord FROM steps WHERE step_id = 'b'"), 2);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'approvals'"), 1);
+    sqlite3_close(db);
+
+    /* The new states are accepted, and next_attempt_at is kept with retry-wait. */
+    strcpy(run_id, "r-1");
+    struct store_step step = {.step_id = "b",
+                              .persona = "p",
+                              .state = "retry-wait",
+                              .attempt = 2,
+                              .error = "boom",
+                              .next_attempt_at_ms = 1234};
+    cr_assert_eq(store_step_put(store, run_id, &step, &err), 0, "%s", err.message);
+    for (const char *const *state =
+             (const char *const[]){"ready", "waiting-approval", "cancelled", NULL};
+         *state; state++)
+        cr_assert_eq(store_step_set(store, run_id, "c", "p", *state, 0, NULL, NULL, &err), 0, "%s",
+                     err.message);
+    cr_assert_eq(store_step_set(store, run_id, "c", "p", "bogus", 0, NULL, NULL, &err), TR_EINVAL);
+    cr_assert_eq(store_run_set_scheduler(store, run_id, 4242, "{\"replicas\":2}", &err), 0);
+    db = raw_open(path);
+    cr_assert_eq(raw_int(db, "SELECT next_attempt_at FROM steps WHERE step_id = 'b'"), 1234);
+    cr_assert_eq(raw_int(db, "SELECT scheduler_pid FROM runs WHERE id = 'r-1'"), 4242);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'c' AND "
+                             "finished_at IS NOT NULL"),
+                 1, "cancelled is a final state");
+    sqlite3_close(db);
+    store_free(&store);
 }
 
 Test(store, newer_schema_is_refused)

@@ -1,0 +1,153 @@
+/*
+ * cli/resume.c: `troupe resume RUN`: carries on a run whose scheduler died (killed, machine
+ * rebooted). The workflow is loaded again from where the run found it and must be unchanged;
+ * the scheduler keeps what succeeded and dispatches again what was in flight.
+ */
+#define _GNU_SOURCE
+#include "run-common.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workflow.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe resume RUN [options]\n"
+            "\n"
+            "Carries on RUN (an id, a unique prefix of one, or 'latest') after its scheduler\n"
+            "died: steps that succeeded are kept, steps that were in flight are dispatched\n"
+            "again with the same idempotency key, and the run goes on to its end. The run's\n"
+            "own options (replicas, retries, timeout, deadline) apply unless given here.\n"
+            "\n"
+            "options:\n"
+            "  --file FILE             the workflow file, if it has moved since the run "
+            "began\n" CLI_SCHED_USAGE
+            "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
+            "  -q, --quiet             print only the run id and outcome\n"
+            "  --log-format FORMAT     log lines as text (default) or json\n"
+            "  -v, --verbose           log debug lines\n"
+            "  -h, --help              show this help\n"
+            "\n"
+            "exit status: as troupe run.\n",
+            STORE_DEFAULT_PATH);
+}
+
+struct found {
+    char *path;
+    char *status;
+};
+
+static int find_workflow(void *userdata, const struct store_run *run)
+{
+    struct found *found = userdata;
+    cJSON *options = run->options_json ? cJSON_Parse(run->options_json) : NULL;
+    const cJSON *path = cJSON_GetObjectItemCaseSensitive(options, "workflow_path");
+
+    found->path = xstrdup(cJSON_IsString(path) ? path->valuestring
+                          : run->workflow_file ? run->workflow_file
+                                               : "");
+    found->status = xstrdup(run->status);
+    cJSON_Delete(options);
+    return 0;
+}
+
+int cli_resume(int argc, char **argv, struct cli_common *common)
+{
+    enum { OPT_FILE = 1200 };
+    static const struct option options[] = {
+        {"file", required_argument, NULL, OPT_FILE},
+        CLI_SCHED_OPTIONS,
+        {"db", required_argument, NULL, CLI_OPT_DB},
+        {"quiet", no_argument, NULL, 'q'},
+        {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct cli_progress progress = {.width = 8};
+    struct sched_options opts = {0};
+    struct tr_error err = {0};
+    struct workflow *wf = NULL;
+    struct store *store = NULL;
+    struct found found = {0};
+    const char *file = NULL;
+    char *self_dir = NULL, *agent = NULL, *run_root = NULL;
+    char run_id[STORE_RUN_ID_SIZE] = "";
+    int status = CLI_USAGE;
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "qvh", options, NULL)) != -1) {
+        if (cli_common_option(common, opt, optarg))
+            continue;
+        int handled = cli_sched_option(&opts, &progress, opt, optarg);
+        if (handled < 0)
+            goto out;
+        if (handled)
+            continue;
+        switch (opt) {
+        case OPT_FILE:
+            file = optarg;
+            break;
+        case 'q':
+            progress.quiet = true;
+            break;
+        case 'h':
+            usage(stdout);
+            status = CLI_OK;
+            goto out;
+        default:
+            usage(stderr);
+            goto out;
+        }
+    }
+    if (optind + 1 != argc) {
+        cli_error("resume: which run? (see 'troupe resume --help')");
+        goto out;
+    }
+    tr_log_setup("troupe", common->verbose ? TR_LOG_DEBUG : TR_LOG_INFO, common->log_format);
+    status = CLI_FAILED;
+    store = cli_open_existing_store(common);
+    if (!store)
+        goto out;
+    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
+        store_run_get(store, run_id, find_workflow, &found, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    if (strcmp(found.status, "running") != 0) {
+        cli_error("run %s has ended (%s); there is nothing to resume", run_id, found.status);
+        goto out;
+    }
+    if (!file)
+        file = found.path;
+    if (workflow_load(file, &wf, &err) < 0) {
+        cli_error("could not load the workflow of run %s: %s", run_id, err.message);
+        goto out;
+    }
+    cli_sched_prepare(&opts, &progress, common, wf, &self_dir, &agent, &run_root);
+    opts.workflow_path = found.path;
+    if (!progress.quiet && !progress.json)
+        printf("troupe: resuming run %s of workflow '%s'\n", run_id, workflow_name(wf));
+    fflush(stdout);
+    int64_t start = tr_now_ms();
+    int rc = sched_resume(wf, store, run_id, &opts, &err);
+    if (rc < 0 && rc != TR_ETOOL && rc != -ECANCELED && !progress.json) {
+        /* Refused before it began (ended, still running, workflow changed). */
+        cli_error("%s", err.message);
+        goto out;
+    }
+    status = cli_sched_report(store, common, &progress, run_id, rc, &err, start);
+out:
+    workflow_free(&wf);
+    store_free(&store);
+    free(found.path);
+    free(found.status);
+    free(self_dir);
+    free(agent);
+    free(run_root);
+    return status;
+}

@@ -1,0 +1,64 @@
+/*
+ * What `troupe run` and `troupe resume` share (run.c implements it): the scheduler's options
+ * on the command line, progress output (live on a terminal, plain lines otherwise, JSON lines
+ * with --json), and the final report.
+ */
+#ifndef TROUPE_CLI_RUN_COMMON_H
+#define TROUPE_CLI_RUN_COMMON_H
+
+#include "cli.h"
+#include "sched.h"
+
+/* Long option ids of the scheduler options (after cli.h's shared ones). */
+enum {
+    CLI_OPT_REPLICAS = 1100,
+    CLI_OPT_RETRIES,
+    CLI_OPT_RETRY_ON,
+    CLI_OPT_RETRY_DELAY,
+    CLI_OPT_DEADLINE,
+};
+
+/* The getopt entries of the scheduler options, to splice into a command's table. */
+#define CLI_SCHED_OPTIONS                                                                          \
+    {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},                                         \
+        {"replicas", required_argument, NULL, CLI_OPT_REPLICAS},                                   \
+        {"retries", required_argument, NULL, CLI_OPT_RETRIES},                                     \
+        {"retry-on", required_argument, NULL, CLI_OPT_RETRY_ON},                                   \
+        {"retry-delay", required_argument, NULL, CLI_OPT_RETRY_DELAY},                             \
+        {"deadline", required_argument, NULL, CLI_OPT_DEADLINE},                                   \
+    {                                                                                              \
+        "json", no_argument, NULL, CLI_OPT_JSON                                                    \
+    }
+
+#define CLI_SCHED_USAGE                                                                            \
+    "  --timeout SECONDS       how long one step may take (default 60)\n"                          \
+    "  --replicas N            agent processes per persona, run in parallel (default 1)\n"         \
+    "  --retries N             attempts of a step, the first included (default 3)\n"               \
+    "  --retry-on CLASSES      error classes retried, comma-separated, from tool, protocol,\n"     \
+    "                          transport, timeout (default transport,timeout)\n"                   \
+    "  --retry-delay MS        first retry delay; doubles each retry, jittered (default 200)\n"    \
+    "  --deadline SECONDS      the run fails if it has not ended by then\n"                        \
+    "  --json                  progress as JSON lines on stdout\n"
+
+struct cli_progress {
+    bool quiet;
+    bool json;
+    bool tty;       /* a live status line */
+    bool line_open; /* the status line is on screen */
+    size_t width;
+    int64_t start_ms;
+};
+
+/* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */
+int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
+                     const char *arg);
+/* Sets up progress output and the options every run needs (agent program, run root). */
+void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
+                       const struct cli_common *common, const struct workflow *wf,
+                       char **ret_self_dir, char **ret_agent, char **ret_run_root);
+/* Prints the outcome of sched_run or sched_resume; returns the exit status. */
+int cli_sched_report(struct store *store, const struct cli_common *common,
+                     struct cli_progress *progress, const char *run_id, int rc,
+                     const struct tr_error *err, int64_t start_ms);
+
+#endif

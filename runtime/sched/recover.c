@@ -1,0 +1,253 @@
+/*
+ * sched/recover.c: what a run keeps so that another scheduler can carry it on: its options
+ * (kept as JSON with the run), and rebuilding the in-memory state of a run from the store
+ * (steps, outputs, context) for sched_resume. It decides nothing about what runs next;
+ * steps.c does.
+ */
+#define _GNU_SOURCE
+#include "sched-internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- options ------------------------------------------------------------------------------ */
+
+char *sched__options_json(const struct run *run)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *on = cJSON_AddArrayToObject(o, "retry_on");
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } classes[] = {{SCHED_RETRY_TOOL, "tool"},
+                   {SCHED_RETRY_PROTOCOL, "protocol"},
+                   {SCHED_RETRY_TRANSPORT, "transport"},
+                   {SCHED_RETRY_TIMEOUT, "timeout"}};
+
+    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
+        if (run->opts.retry_on & classes[i].bit)
+            cJSON_AddItemToArray(on, cJSON_CreateString(classes[i].name));
+    cJSON_AddNumberToObject(o, "step_timeout_ms", run->opts.step_timeout_ms);
+    cJSON_AddNumberToObject(o, "replicas", run->opts.replicas);
+    cJSON_AddNumberToObject(o, "max_attempts", run->opts.max_attempts);
+    cJSON_AddNumberToObject(o, "retry_delay_ms", run->opts.retry_delay_ms);
+    cJSON_AddNumberToObject(o, "retry_max_delay_ms", run->opts.retry_max_delay_ms);
+    if (run->deadline_wall)
+        cJSON_AddNumberToObject(o, "deadline_at_ms", (double)run->deadline_wall);
+    if (run->opts.workflow_path)
+        cJSON_AddStringToObject(o, "workflow_path", run->opts.workflow_path);
+    char *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return json;
+}
+
+static int int_field(const cJSON *o, const char *name, int current, int max)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (current > 0 || !cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > max)
+        return current;
+    return (int)v->valuedouble;
+}
+
+void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
+                              const char *json)
+{
+    cJSON *o = json ? cJSON_Parse(json) : NULL;
+    const cJSON *item;
+
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return;
+    }
+    opts->step_timeout_ms = int_field(o, "step_timeout_ms", opts->step_timeout_ms, 86400000);
+    opts->replicas = int_field(o, "replicas", opts->replicas, SCHED_MAX_REPLICAS);
+    opts->max_attempts = int_field(o, "max_attempts", opts->max_attempts, 1000);
+    opts->retry_delay_ms = int_field(o, "retry_delay_ms", opts->retry_delay_ms, 86400000);
+    opts->retry_max_delay_ms =
+        int_field(o, "retry_max_delay_ms", opts->retry_max_delay_ms, 86400000);
+    if (!opts->retry_on && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "retry_on"))) {
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "retry_on"))
+        {
+            if (cJSON_IsString(item))
+                opts->retry_on |= sched__error_class(item->valuestring);
+        }
+    }
+    item = cJSON_GetObjectItemCaseSensitive(o, "deadline_at_ms");
+    if (cJSON_IsNumber(item) && !opts->deadline_ms)
+        *ret_deadline_wall = (int64_t)item->valuedouble;
+    cJSON_Delete(o);
+}
+
+/* ---- rebuilding a run ----------------------------------------------------------------------- */
+
+static enum step_state parse_state(const char *name)
+{
+    for (int s = STEP_PENDING; s <= STEP_CANCELLED; s++)
+        if (name && strcmp(name, sched__state_names[s]) == 0)
+            return (enum step_state)s;
+    return STEP_PENDING;
+}
+
+struct load {
+    struct run *run;
+    struct tr_error *err;
+    int64_t wall_now;
+};
+
+static int load_step(void *userdata, const struct store_step *row)
+{
+    struct load *load = userdata;
+    struct run *run = load->run;
+    long index = sched__find_step(run, row->step_id);
+
+    if (index < 0)
+        return tr_error_set(load->err, TR_EINVAL,
+                            "run '%s' has a step '%s' that its workflow does not have", run->id,
+                            row->step_id);
+    struct step_run *step = &run->steps[index];
+    step->attempt = row->attempt;
+    step->state = parse_state(row->state);
+    if (step->state == STEP_SUCCEEDED) {
+        cJSON *output = row->output_json ? cJSON_Parse(row->output_json) : NULL;
+        cJSON *entry = cJSON_CreateObject();
+        cJSON_AddItemToObject(entry, "output", output ? output : cJSON_CreateNull());
+        cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), row->step_id, entry);
+    } else if (step->state == STEP_FAILED && !run->failure) {
+        run->failure = xasprintf("step '%s' failed: %s", row->step_id,
+                                 row->error ? row->error : "unknown error");
+    } else if (step->state == STEP_RETRY_WAIT) {
+        int64_t wait = row->next_attempt_at_ms - load->wall_now;
+        step->due_ms = tr_now_ms() + (wait > 0 ? wait : 0);
+    }
+    return 0;
+}
+
+static int load_context(void *userdata, const struct store_context_entry *entry)
+{
+    struct load *load = userdata;
+    cJSON *value = cJSON_Parse(entry->value_json);
+    cJSON_AddItemToObject(cJSON_GetObjectItem(load->run->scope, "context"), entry->key,
+                          value ? value : cJSON_CreateNull());
+    return 0;
+}
+
+int sched__load_run(struct run *run, struct tr_error *err)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct load load = {run, err, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000};
+    int rc = store_steps_list(run->store, run->id, load_step, &load, err);
+
+    if (rc == 0)
+        rc = store_context_list(run->store, run->id, load_context, &load, err);
+    if (rc < 0)
+        return rc;
+    /* Counters and needs from the loaded states; what was in flight goes out again. */
+    for (size_t i = 0; i < run->step_count; i++) {
+        struct step_run *step = &run->steps[i];
+        step->agent = -1;
+        step->unmet = 0;
+        for (size_t k = 0; k < workflow_step_needs_count(run->wf, i); k++)
+            step->unmet += run->steps[workflow_step_need(run->wf, i, k)].state != STEP_SUCCEEDED;
+        if (step_state_final(step->state)) {
+            run->done++;
+            run->failed += step->state == STEP_FAILED;
+        }
+    }
+    return 0;
+}
+
+/* ---- cancelling a run without a scheduler --------------------------------------------------- */
+
+struct orphan {
+    char status[32];
+    int64_t pid;
+    char **unfinished; /* step ids */
+    char **personas;
+    int *attempts;
+    size_t count;
+};
+
+static int orphan_run(void *userdata, const struct store_run *r)
+{
+    struct orphan *o = userdata;
+    snprintf(o->status, sizeof(o->status), "%s", r->status);
+    o->pid = r->scheduler_pid;
+    return 0;
+}
+
+static int orphan_step(void *userdata, const struct store_step *step)
+{
+    struct orphan *o = userdata;
+    enum step_state state = parse_state(step->state);
+    if (step_state_final(state))
+        return 0;
+    o->unfinished = xrealloc(o->unfinished, (o->count + 1) * sizeof(*o->unfinished));
+    o->personas = xrealloc(o->personas, (o->count + 1) * sizeof(*o->personas));
+    o->attempts = xrealloc(o->attempts, (o->count + 1) * sizeof(*o->attempts));
+    o->unfinished[o->count] = xstrdup(step->step_id);
+    o->personas[o->count] = step->persona ? xstrdup(step->persona) : NULL;
+    o->attempts[o->count] = step->attempt;
+    o->count++;
+    return 0;
+}
+
+static void append(struct store *store, const char *run_id, const char *step_id, const char *actor,
+                   const char *type, cJSON *payload, int *rc, struct tr_error *err)
+{
+    char *json = cJSON_PrintUnformatted(payload);
+    if (*rc == 0)
+        *rc = store_audit_append(store, run_id, step_id, actor, type, json, err);
+    free(json);
+    cJSON_Delete(payload);
+}
+
+int sched_cancel_orphan(struct store *store, const char *run_id, const char *actor,
+                        struct tr_error *err)
+{
+    struct orphan o = {0};
+    int rc = store_begin(store, err);
+
+    if (rc == 0)
+        rc = store_run_get(store, run_id, orphan_run, &o, err);
+    if (rc == 0 && strcmp(o.status, "running") != 0)
+        rc = tr_error_set(err, TR_EINVAL, "run '%s' has ended (%s)", run_id, o.status);
+    if (rc == 0 && sched_pid_alive(o.pid))
+        rc = tr_error_set(err, TR_EINVAL, "run '%s' has a live scheduler (process %lld)", run_id,
+                          (long long)o.pid);
+    if (rc == 0)
+        rc = store_steps_list(store, run_id, orphan_step, &o, err);
+    for (size_t i = 0; rc == 0 && i < o.count; i++) {
+        rc = store_step_set(store, run_id, o.unfinished[i], o.personas[i], "cancelled",
+                            o.attempts[i], NULL, "the run was cancelled", err);
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "reason", "the run was cancelled");
+        append(store, run_id, o.unfinished[i], "scheduler", "step.cancelled", payload, &rc, err);
+    }
+    if (rc == 0) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "status", "cancelled");
+        cJSON_AddStringToObject(payload, "by", actor);
+        cJSON_AddStringToObject(payload, "error", "cancelled while no scheduler was running it");
+        append(store, run_id, NULL, actor, "run.finished", payload, &rc, err);
+    }
+    if (rc == 0)
+        rc = store_run_finish(store, run_id, "cancelled",
+                              "cancelled while no scheduler was running it", err);
+    if (rc == 0)
+        rc = store_run_set_scheduler(store, run_id, 0, NULL, err);
+    if (rc == 0)
+        rc = store_commit(store, err);
+    else
+        store_rollback(store);
+    for (size_t i = 0; i < o.count; i++) {
+        free(o.unfinished[i]);
+        free(o.personas[i]);
+    }
+    free(o.unfinished);
+    free(o.personas);
+    free(o.attempts);
+    return rc;
+}

@@ -1,0 +1,431 @@
+/*
+ * sched/steps.c: the life of a step: its policy, the dependency graph and the ready queue,
+ * dispatch to an idle agent, success (output, context write), failed attempts (retry with
+ * backoff, or failure), cancellation and timeouts. Every transition is recorded in the store
+ * within the turn's transaction; agents and messages are supervise.c's.
+ */
+#define _GNU_SOURCE
+#include "sched-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+const char *const sched__state_names[] = {
+    [STEP_PENDING] = "pending",
+    [STEP_READY] = "ready",
+    [STEP_DISPATCHED] = "dispatched",
+    [STEP_RETRY_WAIT] = "retry-wait",
+    [STEP_WAITING_APPROVAL] = "waiting-approval",
+    [STEP_SUCCEEDED] = "succeeded",
+    [STEP_FAILED] = "failed",
+    [STEP_SKIPPED] = "skipped",
+    [STEP_CANCELLED] = "cancelled",
+};
+
+/* ---- policy ------------------------------------------------------------------------------- */
+
+void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy)
+{
+    (void)index; /* per-step workflow fields (retry, timeout, approval) plug in here */
+    ret_policy->max_attempts = run->opts.max_attempts;
+    ret_policy->retry_on = run->opts.retry_on;
+    ret_policy->delay_ms = run->opts.retry_delay_ms;
+    ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
+    ret_policy->timeout_ms = run->opts.step_timeout_ms;
+    ret_policy->approval = false;
+}
+
+unsigned sched__error_class(const char *name)
+{
+    if (!name)
+        return SCHED_RETRY_PROTOCOL;
+    if (strcmp(name, "tool") == 0)
+        return SCHED_RETRY_TOOL;
+    if (strcmp(name, "transport") == 0)
+        return SCHED_RETRY_TRANSPORT;
+    if (strcmp(name, "timeout") == 0)
+        return SCHED_RETRY_TIMEOUT;
+    if (strcmp(name, "policy") == 0)
+        return 0; /* never retried: a refusal stays a refusal */
+    return SCHED_RETRY_PROTOCOL;
+}
+
+static const char *class_name(unsigned error_class)
+{
+    switch (error_class) {
+    case SCHED_RETRY_TOOL:
+        return "tool";
+    case SCHED_RETRY_TRANSPORT:
+        return "transport";
+    case SCHED_RETRY_TIMEOUT:
+        return "timeout";
+    case SCHED_RETRY_PROTOCOL:
+        return "protocol";
+    default:
+        return "policy";
+    }
+}
+
+/* Exponential backoff with jitter: delay * 2^(n-1), capped, then a random 50..100 %. */
+static int64_t backoff_ms(const struct step_policy *policy, int failures)
+{
+    int64_t delay = policy->delay_ms;
+
+    for (int i = 1; i < failures && delay < policy->max_delay_ms; i++)
+        delay *= 2;
+    if (delay > policy->max_delay_ms)
+        delay = policy->max_delay_ms;
+    return delay / 2 + (int64_t)randombytes_uniform((uint32_t)(delay / 2 + 1));
+}
+
+/* ---- recording ---------------------------------------------------------------------------- */
+
+void sched__record_step(struct run *run, size_t index, const char *output_json, const char *error)
+{
+    struct tr_error err = {0};
+    struct step_run *step = &run->steps[index];
+    size_t persona = workflow_step_persona(run->wf, index);
+    struct store_step record = {
+        .step_id = workflow_step_id(run->wf, index),
+        .persona = workflow_persona_name(run->wf, persona),
+        .state = sched__state_names[step->state],
+        .attempt = step->attempt,
+        .output_json = output_json,
+        .error = error,
+    };
+
+    if (step->state == STEP_RETRY_WAIT) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        record.next_attempt_at_ms =
+            (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + (step->due_ms - tr_now_ms());
+    }
+    if (store_step_put(run->store, run->id, &record, &err) < 0)
+        sched__fail(run, "%s", err.message);
+}
+
+/* ---- the graph and the ready queue ---------------------------------------------------------- */
+
+void sched__build_graph(struct run *run)
+{
+    size_t n = run->step_count, edges = 0;
+
+    run->dep_start = xcalloc(n + 1, sizeof(*run->dep_start));
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < workflow_step_needs_count(run->wf, i); k++) {
+            run->dep_start[workflow_step_need(run->wf, i, k) + 1]++;
+            edges++;
+        }
+    for (size_t i = 0; i < n; i++)
+        run->dep_start[i + 1] += run->dep_start[i];
+    run->dependents = xcalloc(edges ? edges : 1, sizeof(*run->dependents));
+    size_t *fill = xcalloc(n ? n : 1, sizeof(*fill));
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < workflow_step_needs_count(run->wf, i); k++) {
+            size_t need = workflow_step_need(run->wf, i, k);
+            run->dependents[run->dep_start[need] + fill[need]++] = i;
+        }
+    free(fill);
+    run->ready = xcalloc(n ? n : 1, sizeof(*run->ready));
+}
+
+void sched__make_ready(struct run *run, size_t index)
+{
+    struct step_run *step = &run->steps[index];
+
+    step->state = STEP_READY;
+    sched__record_step(run, index, NULL, NULL);
+    run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
+    run->ready_len++;
+}
+
+static void release_dependents(struct run *run, size_t index)
+{
+    for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++) {
+        size_t next = run->dependents[k];
+        struct step_run *step = &run->steps[next];
+        if (step->unmet > 0 && --step->unmet == 0 && step->state == STEP_PENDING)
+            sched__make_ready(run, next);
+    }
+}
+
+/* Leaves the dispatched state: the agent is free, the counters follow. */
+static void leave_dispatched(struct run *run, struct step_run *step, size_t index)
+{
+    if (step->state != STEP_DISPATCHED)
+        return;
+    if (step->agent >= 0 && run->agents[step->agent].step == (long)index)
+        run->agents[step->agent].step = -1;
+    step->agent = -1;
+    run->in_flight--;
+}
+
+static void reach_final(struct run *run, size_t index, enum step_state state)
+{
+    run->steps[index].state = state;
+    run->done++;
+    if (state == STEP_FAILED)
+        run->failed++;
+}
+
+/* ---- transitions -------------------------------------------------------------------------- */
+
+/*
+ * A step's output, from its CallToolResult: structuredContent when the tool gave one, else
+ * the text of its text items (joined by newlines), else its content as it is.
+ */
+static cJSON *step_output(const cJSON *result)
+{
+    const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
+    const cJSON *item;
+    struct tr_buf text;
+    bool all_text = cJSON_GetArraySize(content) > 0;
+
+    if (structured && !cJSON_IsNull(structured))
+        return cJSON_Duplicate(structured, true);
+    cJSON_ArrayForEach(item, content)
+    {
+        if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(item, "text")))
+            all_text = false;
+    }
+    if (!all_text)
+        return content ? cJSON_Duplicate(content, true) : cJSON_CreateNull();
+    tr_buf_init(&text, 0);
+    cJSON_ArrayForEach(item, content)
+    {
+        const char *s = cJSON_GetObjectItemCaseSensitive(item, "text")->valuestring;
+        int rc = text.len ? tr_buf_append(&text, "\n", 1) : 0;
+        rc |= tr_buf_append(&text, s, strlen(s));
+        (void)rc; /* unlimited buffer */
+    }
+    cJSON *out = cJSON_CreateString(text.data ? text.data : "");
+    tr_buf_release(&text);
+    return out;
+}
+
+void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+{
+    struct step_run *step = &run->steps[index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    int64_t duration = tr_now_ms() - step->dispatched_ms;
+    cJSON *output = step_output(result);
+    char *output_json = cJSON_PrintUnformatted(output);
+    const char *key = workflow_step_save(run->wf, index);
+    cJSON *payload = cJSON_CreateObject();
+
+    leave_dispatched(run, step, index);
+    reach_final(run, index, STEP_SUCCEEDED);
+    sched__record_step(run, index, output_json, NULL);
+
+    cJSON *entry = cJSON_CreateObject();
+    cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
+    cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+    if (key) {
+        struct tr_error err = {0};
+        cJSON *context = cJSON_GetObjectItem(run->scope, "context");
+        cJSON_DeleteItemFromObjectCaseSensitive(context, key);
+        cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+        if (store_context_put(run->store, run->id, key, output_json, step_id, &err) < 0)
+            sched__fail(run, "%s", err.message);
+        cJSON *write = cJSON_CreateObject();
+        cJSON_AddStringToObject(write, "key", key);
+        cJSON_AddItemToObject(write, "value", cJSON_Duplicate(output, true));
+        sched__audit(run, step_id, "scheduler", "context.write", write);
+    }
+    cJSON_AddStringToObject(payload, "status", "succeeded");
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
+    cJSON_AddItemToObject(payload, "output", output);
+    sched__audit(run, step_id, "scheduler", "step.finished", payload);
+    sched__progress(run, "step", index, NULL, duration);
+    release_dependents(run, index);
+    free(output_json);
+}
+
+static void step_failed(struct run *run, size_t index, const char *error, int64_t duration)
+{
+    struct step_run *step = &run->steps[index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    cJSON *payload = cJSON_CreateObject();
+
+    reach_final(run, index, STEP_FAILED);
+    sched__record_step(run, index, NULL, error);
+    cJSON_AddStringToObject(payload, "status", "failed");
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
+    cJSON_AddStringToObject(payload, "error", error);
+    sched__audit(run, step_id, "scheduler", "step.finished", payload);
+    sched__fail(run, "step '%s' failed: %s", step_id, error);
+    sched__progress(run, "step", index, error, duration);
+}
+
+void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
+                                const char *error)
+{
+    struct step_run *step = &run->steps[index];
+    struct step_policy policy;
+    int64_t duration = step->state == STEP_DISPATCHED ? tr_now_ms() - step->dispatched_ms : 0;
+
+    sched__step_policy(run, index, &policy);
+    leave_dispatched(run, step, index);
+    step->failures++;
+    if (!(policy.retry_on & error_class) || step->failures >= policy.max_attempts ||
+        run->cancelling || run->failure) {
+        step_failed(run, index, error, duration);
+        return;
+    }
+    int64_t delay = backoff_ms(&policy, step->failures);
+    cJSON *payload = cJSON_CreateObject();
+    step->state = STEP_RETRY_WAIT;
+    step->due_ms = tr_now_ms() + delay;
+    run->retries++;
+    sched__record_step(run, index, NULL, error);
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddStringToObject(payload, "error", error);
+    cJSON_AddStringToObject(payload, "class", class_name(error_class));
+    cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.retry", payload);
+    tr_log(TR_LOG_WARN, "step '%s' attempt %d failed (%s); retrying in %lld ms",
+           workflow_step_id(run->wf, index), step->attempt, error, (long long)delay);
+    sched__progress(run, "retry", index, error, duration);
+}
+
+void sched__step_cancel(struct run *run, size_t index, const char *reason)
+{
+    struct step_run *step = &run->steps[index];
+    bool was_skipped = !run->cancelling && step->state != STEP_DISPATCHED;
+    cJSON *payload = cJSON_CreateObject();
+
+    leave_dispatched(run, step, index);
+    reach_final(run, index, was_skipped ? STEP_SKIPPED : STEP_CANCELLED);
+    sched__record_step(run, index, NULL, was_skipped ? NULL : reason);
+    cJSON_AddStringToObject(payload, "reason", reason);
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
+                 was_skipped ? "step.skipped" : "step.cancelled", payload);
+    sched__progress(run, "step", index, NULL, 0);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+static long idle_agent_for(struct run *run, size_t persona)
+{
+    for (size_t i = 0; i < run->agent_count; i++) {
+        struct agent_proc *agent = &run->agents[i];
+        if (agent->persona_index == persona && agent->state == AGENT_READY && agent->step < 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+/* Resolves a ready step's arguments and records it as dispatched; the message waits in the
+ * outbox until the turn is committed. */
+static void dispatch(struct run *run, size_t index, long agent_index)
+{
+    struct step_run *step = &run->steps[index];
+    struct agent_proc *agent = &run->agents[agent_index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    const char *server = workflow_step_server(run->wf, index);
+    const char *tool = workflow_step_tool(run->wf, index);
+    struct step_policy policy;
+    struct tr_error err = {0};
+    cJSON *arguments = NULL;
+
+    sched__step_policy(run, index, &policy);
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    if (workflow_step_arguments(run->wf, index, run->scope, &arguments, &err) < 0) {
+        step_failed(run, index, err.message, 0);
+        return;
+    }
+    if (!workflow_persona_allows(run->wf, agent->persona_index, server, tool)) {
+        /* The loader refuses such workflows; this guards the invariant at run time too. */
+        char *reason = xasprintf("persona '%s' may not call %s.%s", agent->persona, server, tool);
+        step_failed(run, index, reason, 0);
+        free(reason);
+        cJSON_Delete(arguments);
+        return;
+    }
+    struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
+    msg->peer = xstrdup(agent->identity);
+    msg->step_id = xstrdup(step_id);
+    msg->attempt = step->attempt;
+    msg->server = xstrdup(server);
+    msg->tool = xstrdup(tool);
+    /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
+    msg->idempotency_key = xasprintf("%s/%s", run->id, step_id);
+    msg->timeout_ms = policy.timeout_ms;
+    msg->json = cJSON_PrintUnformatted(arguments);
+
+    step->state = STEP_DISPATCHED;
+    step->agent = agent_index;
+    step->deadline_ms = step->dispatched_ms + policy.timeout_ms + SCHED_STEP_GRACE_MS;
+    agent->step = (long)index;
+    run->in_flight++;
+    sched__record_step(run, index, NULL, NULL);
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "persona", agent->persona);
+    cJSON_AddStringToObject(payload, "agent", agent->identity);
+    cJSON_AddStringToObject(payload, "server", server);
+    cJSON_AddStringToObject(payload, "tool", tool);
+    cJSON_AddItemToObject(payload, "arguments", arguments);
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
+    sched__audit(run, step_id, "scheduler", "step.dispatched", payload);
+
+    if (run->outbox_len == run->outbox_cap) {
+        run->outbox_cap = run->outbox_cap ? 2 * run->outbox_cap : 16;
+        run->outbox = xrealloc(run->outbox, run->outbox_cap * sizeof(*run->outbox));
+    }
+    run->outbox[run->outbox_len++] = msg;
+}
+
+void sched__dispatch_ready(struct run *run)
+{
+    if (run->failure || run->cancelling)
+        return;
+    /* Each ready step in turn; one whose persona has no idle agent waits at the back. */
+    for (size_t n = run->ready_len; n > 0 && run->ready_len > 0; n--) {
+        size_t index = run->ready[run->ready_head];
+        run->ready_head = (run->ready_head + 1) % run->step_count;
+        run->ready_len--;
+        if (run->steps[index].state != STEP_READY)
+            continue;
+        long agent = idle_agent_for(run, workflow_step_persona(run->wf, index));
+        if (agent >= 0) {
+            dispatch(run, index, agent);
+        } else {
+            run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
+            run->ready_len++;
+        }
+    }
+}
+
+/* ---- timers ------------------------------------------------------------------------------- */
+
+void sched__check_steps(struct run *run, int64_t now)
+{
+    for (size_t i = 0; i < run->step_count; i++) {
+        struct step_run *step = &run->steps[i];
+        if (step->state == STEP_RETRY_WAIT && now >= step->due_ms && !run->cancelling &&
+            !run->failure) {
+            sched__make_ready(run, i);
+        } else if (step->state == STEP_DISPATCHED && now > step->deadline_ms) {
+            struct step_policy policy;
+            sched__step_policy(run, i, &policy);
+            /* The agent did not even report its own timeout: it is stuck; replace it. */
+            if (step->agent >= 0) {
+                struct agent_proc *agent = &run->agents[step->agent];
+                tr_log(TR_LOG_WARN, "agent '%s' is stuck in step '%s'; killing it", agent->identity,
+                       workflow_step_id(run->wf, i));
+                agent_kill(agent, SIGKILL);
+            }
+            char *reason = xasprintf("no result within %d ms", policy.timeout_ms);
+            sched__step_attempt_failed(run, i, SCHED_RETRY_TIMEOUT, reason);
+            free(reason);
+        }
+    }
+}

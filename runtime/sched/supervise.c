@@ -1,0 +1,358 @@
+/*
+ * sched/supervise.c: the scheduler's side of the bus and of its agents: starting
+ * `replicas` agents per persona, the hello/welcome/ready handshake, events and results,
+ * heartbeats, and restarting an agent that dies or stops answering (with backoff; the step
+ * it was performing is retried by steps.c). Process details are agents.c's.
+ */
+#define _GNU_SOURCE
+#include "sched-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define AGENT_STOP_GRACE_MS 5000 /* after shutdown, before SIGTERM; as long again to SIGKILL */
+
+static char *actor_of(const struct agent_proc *agent)
+{
+    return xasprintf("persona:%s", agent->persona);
+}
+
+static long find_agent(struct run *run, const char *identity)
+{
+    for (size_t i = 0; i < run->agent_count; i++)
+        if (identity && strcmp(run->agents[i].identity, identity) == 0)
+            return (long)i;
+    return -1;
+}
+
+/* ---- messages from agents ------------------------------------------------------------------ */
+
+static bool event_type_allowed(const char *type)
+{
+    static const char *const allowed[] = {"mcp.request",  "mcp.response", "mcp.notification",
+                                          "mcp.stderr",   "mcp.garbage",  "policy.denied",
+                                          "mcp.restarted"};
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+        if (strcmp(type, allowed[i]) == 0)
+            return true;
+    return false;
+}
+
+static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
+{
+    cJSON *payload = cJSON_Parse(msg->json);
+    long step = sched__find_step(run, msg->step_id);
+    char *actor = actor_of(agent);
+
+    if (!event_type_allowed(msg->event_type)) {
+        tr_log(TR_LOG_WARN, "agent '%s' sent an event of unknown type '%s'; ignored",
+               agent->identity, msg->event_type);
+    } else {
+        if (!payload) {
+            payload = cJSON_CreateObject();
+            cJSON_AddStringToObject(payload, "unparsed", msg->json);
+        }
+        sched__audit(run, step >= 0 ? msg->step_id : NULL, actor, msg->event_type, payload);
+        payload = NULL;
+    }
+    cJSON_Delete(payload);
+    free(actor);
+}
+
+static void on_result(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
+{
+    long index = sched__find_step(run, msg->step_id);
+    long agent_index = agent - run->agents;
+
+    if (index < 0 || agent->step != index || run->steps[index].state != STEP_DISPATCHED ||
+        run->steps[index].agent != agent_index || run->steps[index].attempt != msg->attempt) {
+        tr_log(TR_LOG_WARN, "agent '%s' sent a result for step '%s' it was not performing; ignored",
+               agent->identity, msg->step_id);
+        return;
+    }
+    cJSON *result = msg->json ? cJSON_Parse(msg->json) : NULL;
+    if (msg->ok && !cJSON_IsObject(result))
+        sched__step_attempt_failed(run, (size_t)index, SCHED_RETRY_PROTOCOL,
+                                   "the agent's result is not a JSON object");
+    else if (msg->ok)
+        sched__step_succeeded(run, (size_t)index, result);
+    else
+        sched__step_attempt_failed(run, (size_t)index, sched__error_class(msg->error_class),
+                                   msg->error ? msg->error : "unknown error");
+    cJSON_Delete(result);
+}
+
+static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
+{
+    struct tr_error err = {0};
+
+    if (msg->version != BUS_PROTOCOL_VERSION || strcmp(msg->persona, agent->persona) != 0 ||
+        msg->pid != agent->pid || agent->state != AGENT_STARTING) {
+        tr_log(TR_LOG_WARN,
+               "refusing hello from '%s' (persona '%s', pid %lld, bus protocol %lld): "
+               "not the agent this run started",
+               agent->identity, msg->persona, (long long)msg->pid, (long long)msg->version);
+        return;
+    }
+    cJSON *config = workflow_persona_config(run->wf, agent->persona_index);
+    struct bus_msg welcome = {.type = BUS_WELCOME, .peer = agent->identity};
+    welcome.json = cJSON_PrintUnformatted(config);
+    if (bus_send(run->bus, &welcome, &err) < 0)
+        sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
+    agent->state = AGENT_WELCOMED;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "persona", agent->persona);
+    cJSON_AddStringToObject(payload, "agent", agent->identity);
+    cJSON_AddNumberToObject(payload, "pid", (double)agent->pid);
+    cJSON_AddItemToObject(payload, "config", config);
+    char *actor = actor_of(agent);
+    sched__audit(run, NULL, actor, "agent.started", payload);
+    free(actor);
+    free(welcome.json);
+}
+
+void sched__on_message(struct run *run, struct bus_msg *msg)
+{
+    long index = find_agent(run, msg->peer);
+    struct agent_proc *agent = index >= 0 ? &run->agents[index] : NULL;
+
+    if (!agent || agent->state == AGENT_GONE) {
+        tr_log(TR_LOG_WARN, "ignoring a %s message from unknown bus peer '%s'",
+               bus_msg_type_name(msg->type), msg->peer);
+        return;
+    }
+    agent->last_seen_ms = tr_now_ms();
+    switch (msg->type) {
+    case BUS_HELLO:
+        on_hello(run, agent, msg);
+        break;
+    case BUS_READY:
+        if (agent->state == AGENT_WELCOMED) {
+            agent->state = AGENT_READY;
+            char *actor = actor_of(agent);
+            cJSON *payload = cJSON_CreateObject();
+            cJSON_AddStringToObject(payload, "persona", agent->persona);
+            cJSON_AddStringToObject(payload, "agent", agent->identity);
+            sched__audit(run, NULL, actor, "agent.ready", payload);
+            free(actor);
+        }
+        break;
+    case BUS_EVENT:
+        on_event(run, agent, msg);
+        break;
+    case BUS_RESULT:
+        on_result(run, agent, msg);
+        break;
+    case BUS_HEARTBEAT:
+        break;
+    case BUS_BYE:
+        if (msg->error && !agent->exit_expected)
+            sched__fail(run, "agent for persona '%s' failed: %s", agent->persona, msg->error);
+        agent->exit_expected = true;
+        break;
+    default:
+        tr_log(TR_LOG_WARN, "agent '%s' sent a %s message, which agents do not send; ignored",
+               agent->identity, bus_msg_type_name(msg->type));
+    }
+}
+
+/* ---- starting and restarting -------------------------------------------------------------- */
+
+static int spawn(struct run *run, struct agent_proc *agent, struct tr_error *err)
+{
+    free(agent->identity);
+    /* The scheduler's pid keeps apart the agents of successive schedulers of one run: an
+     * agent of a dead scheduler may still reconnect to the socket path for a moment. */
+    agent->identity =
+        xasprintf("%s#%d.%d.%d", agent->persona, agent->replica, agent->generation, (int)getpid());
+    agent->step = -1;
+    agent->exit_expected = false;
+    agent->restart_due_ms = 0;
+    int rc = agent_spawn(agent, run->opts.agent_program, run->endpoint, run->opts.log_format, err);
+    agent->last_seen_ms = tr_now_ms();
+    return rc;
+}
+
+int sched__start_agents(struct run *run, struct tr_error *err)
+{
+    size_t personas = workflow_persona_count(run->wf);
+    int replicas = run->opts.replicas;
+    int rc = bus_listen(run->endpoint, &run->bus, err);
+
+    run->agents = xcalloc(personas * (size_t)replicas + 1, sizeof(*run->agents));
+    for (size_t p = 0; rc == 0 && p < personas; p++) {
+        size_t steps = 0;
+        for (size_t s = 0; s < run->step_count; s++)
+            steps +=
+                workflow_step_persona(run->wf, s) == p && !step_state_final(run->steps[s].state);
+        /* No more replicas than the persona has steps left. */
+        for (int r = 0; rc == 0 && r < replicas && (size_t)r < steps; r++) {
+            struct agent_proc *agent = &run->agents[run->agent_count];
+            agent->persona_index = p;
+            agent->replica = r;
+            agent->generation = 1;
+            agent->persona = xstrdup(workflow_persona_name(run->wf, p));
+            rc = spawn(run, agent, err);
+            run->agent_count++; /* counted even on failure, so it is freed */
+        }
+    }
+    return rc;
+}
+
+/* Whether a persona still has work that an agent could be needed for. */
+static bool persona_has_work(struct run *run, size_t persona)
+{
+    for (size_t s = 0; s < run->step_count; s++)
+        if (workflow_step_persona(run->wf, s) == persona && !step_state_final(run->steps[s].state))
+            return true;
+    return false;
+}
+
+static void on_agent_exit(struct run *run, struct agent_proc *agent)
+{
+    char how[128];
+    char *actor = actor_of(agent);
+    cJSON *payload = cJSON_CreateObject();
+
+    agent_describe_status(agent->exit_status, how, sizeof(how));
+    cJSON_AddStringToObject(payload, "persona", agent->persona);
+    cJSON_AddStringToObject(payload, "agent", agent->identity);
+    cJSON_AddNumberToObject(payload, "pid", (double)agent->pid);
+    cJSON_AddStringToObject(payload, "status", how);
+    sched__audit(run, NULL, actor, "agent.exited", payload);
+    free(actor);
+    if (agent->step >= 0) {
+        char *reason = xasprintf("the agent for persona '%s' exited during the step (%s)",
+                                 agent->persona, how);
+        sched__step_attempt_failed(run, (size_t)agent->step, SCHED_RETRY_TRANSPORT, reason);
+        free(reason);
+    }
+    if (agent->exit_expected || run->cancelling || run->failure)
+        return;
+    if (agent->restarts >= SCHED_MAX_RESTARTS) {
+        sched__fail(run, "the agent for persona '%s' exited unexpectedly %d times (last: %s)",
+                    agent->persona, agent->restarts + 1, how);
+        return;
+    }
+    int64_t delay = SCHED_RESTART_DELAY_MS;
+    for (int i = 0; i < agent->restarts && delay < SCHED_RESTART_MAX_DELAY_MS; i++)
+        delay *= 2;
+    if (delay > SCHED_RESTART_MAX_DELAY_MS)
+        delay = SCHED_RESTART_MAX_DELAY_MS;
+    agent->restart_due_ms = tr_now_ms() + delay;
+    tr_log(TR_LOG_WARN, "the agent '%s' exited unexpectedly (%s); restarting it in %lld ms",
+           agent->identity, how, (long long)delay);
+}
+
+static void restart(struct run *run, struct agent_proc *agent)
+{
+    struct tr_error err = {0};
+    char *actor = actor_of(agent);
+    cJSON *payload = cJSON_CreateObject();
+
+    agent->restarts++;
+    agent->generation++;
+    if (spawn(run, agent, &err) < 0) {
+        sched__fail(run, "could not restart the agent for persona '%s': %s", agent->persona,
+                    err.message);
+        agent->state = AGENT_GONE;
+    }
+    cJSON_AddStringToObject(payload, "persona", agent->persona);
+    cJSON_AddStringToObject(payload, "agent", agent->identity);
+    cJSON_AddNumberToObject(payload, "restarts", agent->restarts);
+    sched__audit(run, NULL, actor, "agent.restarted", payload);
+    free(actor);
+    struct sched_progress progress = {.event = "agent",
+                                      .persona = agent->persona,
+                                      .state = "restarted",
+                                      .attempt = agent->restarts};
+    if (run->opts.on_progress)
+        run->opts.on_progress(run->opts.userdata, &progress);
+}
+
+void sched__check_agents(struct run *run, int64_t now)
+{
+    for (size_t i = 0; i < run->agent_count; i++) {
+        struct agent_proc *agent = &run->agents[i];
+        if (agent_reap(agent)) {
+            on_agent_exit(run, agent);
+        } else if (agent->state == AGENT_GONE) {
+            if (agent->restart_due_ms && now >= agent->restart_due_ms && !run->cancelling &&
+                !run->failure) {
+                if (persona_has_work(run, agent->persona_index))
+                    restart(run, agent);
+                else
+                    agent->restart_due_ms = 0;
+            }
+        } else if ((agent->state == AGENT_STARTING || agent->state == AGENT_WELCOMED) &&
+                   !agent->exit_expected &&
+                   now - agent->started_ms > SCHED_AGENT_START_TIMEOUT_MS) {
+            sched__fail(run, "the agent for persona '%s' did not become ready within %d s",
+                        agent->persona, SCHED_AGENT_START_TIMEOUT_MS / 1000);
+            agent->exit_expected = true;
+            agent_kill(agent, SIGTERM);
+        } else if (agent->state == AGENT_READY && agent->step < 0 && !agent->exit_expected &&
+                   now - agent->last_seen_ms > SCHED_HEARTBEAT_TIMEOUT_MS) {
+            /* Idle agents send heartbeats; this one stopped: it is replaced. */
+            tr_log(TR_LOG_WARN, "agent '%s' sent no heartbeat for %d s; killing it",
+                   agent->identity, SCHED_HEARTBEAT_TIMEOUT_MS / 1000);
+            agent_kill(agent, SIGKILL);
+            agent->last_seen_ms = now;
+        }
+    }
+}
+
+/* ---- stopping ----------------------------------------------------------------------------- */
+
+/* Asks every agent to stop, then insists. Records their exits. */
+void sched__stop_agents(struct run *run)
+{
+    int64_t start = tr_now_ms();
+    bool termed = false, killed = false;
+
+    for (size_t i = 0; i < run->agent_count; i++) {
+        struct agent_proc *agent = &run->agents[i];
+        struct bus_msg shutdown = {.type = BUS_SHUTDOWN, .peer = agent->identity};
+        agent->exit_expected = true;
+        agent->restart_due_ms = 0;
+        /* An agent that never said hello cannot hear a shutdown message; when cancelled,
+         * one in the middle of a tool call is told by signal as well. */
+        if (agent->state == AGENT_STARTING || run->cancelling ||
+            (agent->state != AGENT_GONE && bus_send(run->bus, &shutdown, NULL) < 0))
+            agent_kill(agent, SIGTERM);
+    }
+    for (;;) {
+        bool alive = false;
+        struct bus_msg *msg = NULL;
+        struct tr_error err = {0};
+
+        if (sched__begin(run) < 0)
+            return;
+        while (run->bus && bus_recv(run->bus, 0, &msg, &err) == 0 && msg) {
+            sched__on_message(run, msg);
+            bus_msg_free(&msg);
+        }
+        for (size_t i = 0; i < run->agent_count; i++) {
+            if (agent_reap(&run->agents[i]))
+                on_agent_exit(run, &run->agents[i]);
+            alive |= run->agents[i].state != AGENT_GONE;
+        }
+        (void)sched__commit_and_send(run, &err);
+        if (!alive)
+            return;
+        int64_t waited = tr_now_ms() - start;
+        if (!termed && waited > AGENT_STOP_GRACE_MS) {
+            tr_log(TR_LOG_WARN, "agents did not stop within %d s; sending SIGTERM",
+                   AGENT_STOP_GRACE_MS / 1000);
+            for (size_t i = 0; i < run->agent_count; i++)
+                agent_kill(&run->agents[i], SIGTERM);
+            termed = true;
+        } else if (!killed && waited > 2 * AGENT_STOP_GRACE_MS) {
+            for (size_t i = 0; i < run->agent_count; i++)
+                agent_kill(&run->agents[i], SIGKILL);
+            killed = true;
+        }
+        usleep(20 * 1000);
+    }
+}

@@ -1,0 +1,431 @@
+/*
+ * Fault tests of the durable scheduler, with real processes: the scheduler killed (-9) at
+ * random moments of a 200-step workflow and resumed each time; agents and MCP servers killed
+ * mid-step; cancel and the run deadline. The test MCP server (test-mcp-effects) counts the
+ * effects of each idempotency key, so an effect applied twice would show.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+struct env {
+    char *dir;
+    char *db;
+    char *effects;
+    char *troupe;
+};
+
+static struct env setup_env(void)
+{
+    struct env env;
+    env.dir = harness_tempdir();
+    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
+    cr_assert_geq(asprintf(&env.effects, "%s/effects.db", env.dir), 0);
+    env.troupe = harness_build_path("troupe");
+    return env;
+}
+
+static void release_env(struct env *env)
+{
+    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
+                 "processes were left running in %s", env->dir);
+    free(env->dir);
+    free(env->db);
+    free(env->effects);
+    free(env->troupe);
+}
+
+static long long query_int(const char *db, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static long long query_int(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    char *sql;
+    va_start(ap, fmt);
+    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
+    va_end(ap);
+    long long value = harness_db_int(db, sql);
+    free(sql);
+    return value;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/*
+ * A workflow of `chains` chains of `length` steps on the effects server: each step passes on
+ * the output of the one before it (so a resumed run must have restored that output), and the
+ * head of chain c waits for the tail of chain c - 4 (so the graph is not just parallel lines).
+ */
+static char *effects_workflow(struct env *env, int chains, int length, int min_ms, int max_ms)
+{
+    char *server = harness_build_path("tests/test-mcp-effects");
+    size_t cap = 1 << 20, len = 0;
+    char *text = malloc(cap);
+    cr_assert_not_null(text);
+    len += (size_t)snprintf(text + len, cap - len,
+                            "name: effects\n"
+                            "mcp_servers:\n"
+                            "  fx:\n"
+                            "    command: %s\n"
+                            "    args: [\"%s\"]\n"
+                            "personas:\n"
+                            "  worker:\n"
+                            "    servers: [fx]\n"
+                            "steps:\n",
+                            server, env->effects);
+    for (int c = 0; c < chains; c++)
+        for (int k = 0; k < length; k++) {
+            int n = c * length + k;
+            int ms = min_ms + rand() % (max_ms - min_ms + 1);
+            len += (size_t)snprintf(text + len, cap - len,
+                                    "  - id: s%03d\n"
+                                    "    persona: worker\n"
+                                    "    tool: fx.effect\n",
+                                    n);
+            /* jq expressions are costly to load (each compiles on its own), so only the
+             * second step of each chain takes its input from the first. */
+            if (k == 1)
+                len += (size_t)snprintf(text + len, cap - len,
+                                        "    with: {n: %d, ms: %d, prev: \"${{ "
+                                        ".steps.s%03d.output.n }}\"}\n"
+                                        "    needs: s%03d\n",
+                                        n, ms, n - 1, n - 1);
+            else if (k > 1)
+                len += (size_t)snprintf(text + len, cap - len,
+                                        "    with: {n: %d, ms: %d, prev: %d}\n"
+                                        "    needs: s%03d\n",
+                                        n, ms, n - 1, n - 1);
+            else if (c >= 4)
+                len += (size_t)snprintf(text + len, cap - len,
+                                        "    with: {n: %d, ms: %d}\n"
+                                        "    needs: s%03d\n",
+                                        n, ms, (c - 4) * length + length - 1);
+            else
+                len +=
+                    (size_t)snprintf(text + len, cap - len, "    with: {n: %d, ms: %d}\n", n, ms);
+        }
+    cr_assert_lt(len, cap);
+    char *path = harness_write_file(env->dir, "effects.yaml", text);
+    free(text);
+    free(server);
+    return path;
+}
+
+/* Every step ran its effect exactly once under its own key, and chained outputs arrived. */
+static void check_effects_once(struct env *env, const char *run, int steps)
+{
+    cr_assert_eq(query_int(env->effects, "SELECT count(*) FROM effects"), steps);
+    cr_assert_eq(query_int(env->effects, "SELECT count(DISTINCT key) FROM effects"), steps);
+    cr_assert_eq(
+        query_int(env->effects, "SELECT count(*) FROM effects WHERE key NOT LIKE '%s/s%%'", run), 0,
+        "every key is RUN/STEP");
+    /* The server saw no key that troupe did not give it. */
+    cr_assert_eq(query_int(env->effects,
+                           "SELECT count(*) FROM calls WHERE key NOT IN (SELECT key FROM effects)"),
+                 0);
+    cr_assert_eq(query_int(env->db,
+                           "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
+                           "'succeeded' AND step_id <> 's000' AND "
+                           "CAST(substr(step_id, 2) AS INTEGER) %% 10 <> 0 AND "
+                           "json_extract(output_json, '$.prev') <> "
+                           "CAST(substr(step_id, 2) AS INTEGER) - 1",
+                           run),
+                 0, "a step did not get the output of the step before it");
+}
+
+/* No step was dispatched again after it succeeded: completed steps are never redone. */
+static void check_never_redone(struct env *env, const char *run)
+{
+    cr_assert_eq(query_int(env->db,
+                           "SELECT count(*) FROM audit d JOIN audit f ON d.run_id = f.run_id "
+                           "AND d.step_id = f.step_id WHERE d.run_id = '%s' AND d.type = "
+                           "'step.dispatched' AND f.type = 'step.finished' AND "
+                           "json_extract(f.payload_json, '$.status') = 'succeeded' AND "
+                           "d.seq > f.seq",
+                           run),
+                 0);
+}
+
+/* ---- kill -9 the scheduler --------------------------------------------------------------------
+ */
+
+Test(faults, scheduler_killed_20_times_resumes_to_a_complete_run, .timeout = 400)
+{
+    struct env env = setup_env();
+    const int steps = 200, kills_wanted = 20;
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    char *path = effects_workflow(&env, 20, 10, 40, 100);
+    int kills = 0, resumes = 0;
+    char *run = NULL;
+
+    for (int round = 0; round < 80; round++) {
+        struct harness_proc proc;
+        struct harness_result r;
+        if (!run)
+            run = access(env.db, F_OK) == 0 ? harness_db_text(env.db, "SELECT id FROM runs") : NULL;
+        if (!run) {
+            const char *argv[] = {env.troupe, "--db",          env.db, "run", "-q", "--replicas",
+                                  "4",        "--retry-delay", "20",   path,  NULL};
+            harness_spawn(argv, env.dir, &proc);
+        } else {
+            const char *argv[] = {env.troupe, "--db", env.db, "resume", "-q", run, NULL};
+            harness_spawn(argv, env.dir, &proc);
+            resumes++;
+        }
+        if (kills < kills_wanted) {
+            /* A random moment after this scheduler has taken the run over. */
+            char *sql;
+            cr_assert_geq(
+                asprintf(&sql, "SELECT count(*) FROM runs WHERE scheduler_pid = %d", proc.pid), 0);
+            bool took_over = harness_db_wait(env.db, sql, 1, 60000) == 1;
+            free(sql);
+            sleep_ms(rand() % 200);
+            if (took_over && kill(proc.pid, SIGKILL) == 0)
+                kills++;
+        }
+        harness_finish(&proc, 120000, &r);
+        if (getenv("TROUPE_TEST_TRACE"))
+            fprintf(stderr, "round %d: kills %d at %lld ms\n", round, kills, (long long)time(NULL));
+        if (!run)
+            run = access(env.db, F_OK) == 0 ? harness_db_text(env.db, "SELECT id FROM runs") : NULL;
+        char *status = run ? harness_db_text(env.db, "SELECT status FROM runs") : NULL;
+        bool ended = status && strcmp(status, "running") != 0;
+        if (ended)
+            cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+        free(status);
+        harness_result_release(&r);
+        if (ended)
+            break;
+    }
+    cr_assert_not_null(run);
+    char *status = harness_db_text(env.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "succeeded");
+    cr_log_info("scheduler killed %d times, resumed %d times", kills, resumes);
+    cr_assert_geq(kills, 10, "the run ended after only %d kills", kills);
+    cr_assert_eq(query_int(env.db,
+                           "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
+                           "'succeeded'",
+                           run),
+                 steps);
+    check_effects_once(&env, run, steps);
+    check_never_redone(&env, run);
+    /* Re-dispatches happen only for steps in flight at a kill (4 replicas at most). */
+    long long calls = query_int(env.effects, "SELECT count(*) FROM calls");
+    cr_assert_leq(calls, steps + 4LL * kills, "%lld calls", calls);
+    /* One chain, without a gap, across every resume. */
+    long long events = query_int(env.db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
+    cr_assert_eq(harness_audit_verify(env.db, run), events);
+    cr_assert_geq(query_int(env.db,
+                            "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                            "'run.resumed'",
+                            run),
+                  1);
+    cr_assert_eq(query_int(env.db,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'run.finished'",
+                           run),
+                 1);
+    free(status);
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
+/* ---- agents and MCP servers killed mid-step
+ * ------------------------------------------------------ */
+
+Test(faults, agents_and_servers_killed_mid_step_are_restarted_and_steps_retried, .timeout = 300)
+{
+    struct env env = setup_env();
+    const int steps = 40;
+    char *path = effects_workflow(&env, 4, 10, 150, 250);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe,  "--db", env.db,          "run", "-q", "--replicas", "3",
+                          "--retries", "6",    "--retry-delay", "20",  path, NULL};
+    int agent_kills = 0, server_kills = 0;
+    char *needle;
+    cr_assert_geq(asprintf(&needle, "test-mcp-effects %s", env.effects), 0);
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_geq(
+        harness_db_wait(env.db, "SELECT count(*) FROM audit WHERE type = 'agent.ready'", 3, 30000),
+        3);
+    for (int i = 0; i < 8; i++) {
+        sleep_ms(300);
+        if (i % 2 == 0) {
+            /* The newest agent that is still alive. */
+            long long pid = harness_db_int(env.db, "SELECT json_extract(payload_json, '$.pid') "
+                                                   "FROM audit WHERE type = 'agent.started' "
+                                                   "ORDER BY seq DESC LIMIT 1");
+            if (pid > 0 && kill((pid_t)pid, SIGKILL) == 0)
+                agent_kills++;
+        } else {
+            int pids[16];
+            int n = harness_find_pids(needle, pids, 16);
+            if (n > 0 && kill(pids[0], SIGKILL) == 0)
+                server_kills++;
+        }
+    }
+    harness_finish(&proc, 120000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    cr_assert_gt(agent_kills, 0);
+    cr_assert_gt(server_kills, 0);
+    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), steps);
+    cr_assert_gt(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"), 0);
+    cr_assert_gt(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'agent.restarted'"), 0);
+    cr_assert_gt(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'mcp.restarted'"), 0);
+    check_effects_once(&env, run, steps);
+    check_never_redone(&env, run);
+    long long events = query_int(env.db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
+    cr_assert_eq(harness_audit_verify(env.db, run), events);
+    harness_result_release(&r);
+    free(needle);
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
+/* ---- cancel and deadline
+ * -------------------------------------------------------------------------- */
+
+Test(faults, troupe_cancel_stops_a_running_run)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 2, 5, 2000, 2000);
+    struct harness_proc proc;
+    struct harness_result r, c;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", "--replicas", "2", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_geq(
+        harness_db_wait(env.db, "SELECT count(*) FROM steps WHERE state = 'dispatched'", 2, 30000),
+        2);
+    const char *cancel[] = {env.troupe, "--db", env.db, "cancel", "latest", NULL};
+    harness_run(cancel, env.dir, 60000, &c);
+    cr_assert_eq(c.exit_code, 0, "%s%s", c.out, c.err);
+    cr_assert(strstr(c.out, "cancelled"), "%s", c.out);
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 130, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *status = harness_db_text(env.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "cancelled");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state IN ('pending', "
+                                        "'ready', 'dispatched', 'retry-wait')"),
+                 0);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'cancelled'"),
+                 10);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    cr_assert_eq(harness_audit_verify(env.db, run),
+                 harness_db_int(env.db, "SELECT count(*) FROM audit"));
+
+    /* A cancelled run cannot be resumed or cancelled again. */
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", run, NULL};
+    harness_result_release(&c);
+    harness_run(resume, env.dir, 30000, &c);
+    cr_assert_eq(c.exit_code, 1);
+    cr_assert(strstr(c.err, "has ended"), "%s", c.err);
+    harness_result_release(&c);
+    harness_result_release(&r);
+    free(status);
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
+Test(faults, cancel_of_a_run_whose_scheduler_died_marks_it_cancelled)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 5, 2000, 2000);
+    struct harness_proc proc;
+    struct harness_result r, c;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_geq(
+        harness_db_wait(env.db, "SELECT count(*) FROM steps WHERE state = 'dispatched'", 1, 30000),
+        1);
+    kill(proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    const char *cancel[] = {env.troupe, "--db", env.db, "cancel", "latest", NULL};
+    harness_run(cancel, env.dir, 30000, &c);
+    cr_assert_eq(c.exit_code, 0, "%s%s", c.out, c.err);
+    cr_assert(strstr(c.out, "no scheduler"), "%s", c.out);
+    char *status = harness_db_text(env.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "cancelled");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'cancelled'"), 5);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    cr_assert_eq(harness_audit_verify(env.db, run),
+                 harness_db_int(env.db, "SELECT count(*) FROM audit"));
+    harness_result_release(&c);
+    harness_result_release(&r);
+    free(status);
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
+Test(faults, run_deadline_fails_the_run_and_cancels_what_is_in_flight)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 5, 3000, 3000);
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", "--deadline", "1", path, NULL};
+
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "deadline"), "%s", r.out);
+    char *status = harness_db_text(env.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "failed");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'cancelled'"), 5);
+    harness_result_release(&r);
+    free(status);
+    free(path);
+    release_env(&env);
+}
+
+/* ---- parallel dispatch and progress -------------------------------------------------------------
+ */
+
+Test(faults, replicas_run_ready_steps_in_parallel_with_json_progress)
+{
+    struct env env = setup_env();
+    /* 8 independent chains of one 300 ms step: 4 replicas take about 0.6 s, one 2.4 s. */
+    char *path = effects_workflow(&env, 8, 1, 300, 300);
+    struct harness_result r;
+    const char *argv[] = {env.troupe,   "--db", env.db, "run", "--json",
+                          "--replicas", "4",    path,   NULL};
+
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    /* At some moment 4 steps were in flight at once. */
+    cr_assert(strstr(r.out, "\"in_flight\":3") || strstr(r.out, "\"in_flight\":4"), "%s", r.out);
+    cr_assert(strstr(r.out, "\"event\":\"run\"") && strstr(r.out, "\"status\":\"succeeded\""), "%s",
+              r.out);
+    cr_assert_eq(harness_count_lines(r.out), 9, "one line per step and one for the run:\n%s",
+                 r.out);
+    /* Four distinct agents performed steps. */
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(DISTINCT json_extract(payload_json, "
+                                        "'$.agent')) FROM audit WHERE type = 'step.dispatched'"),
+                 4);
+    long long span = harness_db_int(
+        env.db, "SELECT CAST((julianday(max(finished_at)) - julianday(min(started_at))) * "
+                "86400000 AS INTEGER) FROM steps");
+    cr_assert_lt(span, 2000, "8 steps of 300 ms took %lld ms with 4 replicas", span);
+    harness_result_release(&r);
+    free(path);
+    release_env(&env);
+}
