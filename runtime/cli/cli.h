@@ -43,5 +43,6 @@ void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 int cli_run(int argc, char **argv, struct cli_common *common);
 int cli_runs(int argc, char **argv, struct cli_common *common);
 int cli_log(int argc, char **argv, struct cli_common *common);
+int cli_mcp(int argc, char **argv, struct cli_common *common);
 
 #endif

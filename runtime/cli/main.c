@@ -18,6 +18,7 @@ static const struct {
     {"run", cli_run, "run a workflow file"},
     {"runs", cli_runs, "list the runs in the database"},
     {"log", cli_log, "show a run's audit trail, in order"},
+    {"mcp", cli_mcp, "talk to an MCP server: info, tools, resources, prompts, call"},
 };
 
 static void usage(FILE *out)

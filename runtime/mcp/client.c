@@ -118,6 +118,14 @@ static int unpark(struct mcp_session *s, int64_t id, cJSON **ret_response, struc
     return 0;
 }
 
+/* Drops whatever was parked for id (a request given up on). */
+static void unpark_drop(struct mcp_session *s, int64_t id)
+{
+    cJSON *response = NULL;
+    if (unpark(s, id, &response, NULL) == 1)
+        cJSON_Delete(response);
+}
+
 static void parked_free_all(struct mcp_session *s)
 {
     while (s->parked) {
@@ -129,10 +137,32 @@ static void parked_free_all(struct mcp_session *s)
     }
 }
 
-/* Whether a response id belongs to a request still in flight (ids below next_id). */
+/* Whether a response id belongs to a pipelined request still waiting to be waited for. */
 static bool id_in_flight(const struct mcp_session *s, const cJSON *id)
 {
-    return cJSON_IsNumber(id) && id->valuedouble >= 1 && id->valuedouble < (double)s->next_id;
+    for (const struct mcp__pending *p = s->pending; p && cJSON_IsNumber(id); p = p->next)
+        if (id->valuedouble == (double)p->id)
+            return true;
+    return false;
+}
+
+static struct mcp__pending *pending_take(struct mcp_session *s, int64_t ticket)
+{
+    for (struct mcp__pending **pp = &s->pending; *pp; pp = &(*pp)->next) {
+        struct mcp__pending *p = *pp;
+        if (p->ticket == ticket) {
+            *pp = p->next;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void pending_free(struct mcp__pending *p)
+{
+    free(p->method);
+    cJSON_Delete(p->params);
+    free(p);
 }
 
 /*
@@ -328,35 +358,41 @@ static int error_response(struct mcp_session *s, const char *method, const cJSON
 }
 
 /*
- * Sends one request (params taken; the modern _meta added) and waits for its response.
- * Returns 0 with the whole response message (result or error) in *ret_response, or a
- * transport error; a request given up on is cancelled if cancellable.
+ * Sends one request: params (borrowed) plus the members of extra (borrowed, may be NULL: the
+ * inputResponses and requestState of a retry), with the modern _meta. Returns 0 with its id.
  */
-static int round_trip(struct mcp_session *s, const char *method, cJSON *params, int64_t deadline,
-                      int timeout_ms, bool cancellable, cJSON **ret_response, struct tr_error *err)
+static int start(struct mcp_session *s, const char *method, const cJSON *params, const cJSON *extra,
+                 int64_t *ret_id, struct tr_error *err)
 {
-    if (s->dead) {
-        cJSON_Delete(params);
+    if (s->dead)
         return tr_error_set(err, TR_EPEER, "MCP server '%s' is not running (%s); cannot send %s",
                             s->name, s->exit_desc, method);
-    }
-    if (s->modern) {
-        if (!params)
-            params = cJSON_CreateObject();
-        mcp__add_request_meta(s, params);
+    cJSON *p = params ? cJSON_Duplicate(params, 1) : NULL;
+    if (extra || s->modern) {
+        if (!p)
+            p = cJSON_CreateObject();
+        for (const cJSON *e = extra ? extra->child : NULL; e; e = e->next) {
+            cJSON_DeleteItemFromObjectCaseSensitive(p, e->string);
+            cJSON_AddItemToObject(p, e->string, cJSON_Duplicate(e, 1));
+        }
+        if (s->modern)
+            mcp__add_request_meta(s, p);
     }
     int64_t id = s->next_id++;
-    mcp__send(s, mcp__request_new(id, method, params), id);
-    int rc = wait_response(s, id, method, deadline, timeout_ms, ret_response, err);
-    if (rc < 0) {
-        if (s->http)
-            mcp__http_abandon(s->http, id);
-        if (cancellable && !s->dead && rc == TR_ETIMEDOUT)
-            send_cancel(s, id, "timed out");
-        else if (cancellable && !s->dead && rc == TR_EPROTO && !s->http)
-            send_cancel(s, id, "troupe gave up: protocol error");
-    }
-    return rc;
+    mcp__send(s, mcp__request_new(id, method, p), id);
+    *ret_id = id;
+    return 0;
+}
+
+/* Gives up on request id: stops its transfer and tells the server. */
+static void give_up(struct mcp_session *s, int64_t id, int rc, bool cancellable)
+{
+    if (s->http)
+        mcp__http_abandon(s->http, id);
+    if (cancellable && !s->dead && rc == TR_ETIMEDOUT)
+        send_cancel(s, id, "timed out");
+    else if (cancellable && !s->dead && rc == TR_EPROTO && !s->http)
+        send_cancel(s, id, "troupe gave up: protocol error");
 }
 
 /* From an UnsupportedProtocolVersionError: the newest version both sides speak, or NULL. */
@@ -419,11 +455,13 @@ static int input_responses(struct mcp_session *s, const char *method, const cJSO
 }
 
 /*
- * A request with everything the era needs: the modern retry on UnsupportedProtocolVersionError
- * and the InputRequiredResult rounds. params is borrowed. Returns 0 with the result object.
+ * Waits for request *id (of method with params, both borrowed) to complete, with everything
+ * the era needs: the modern retry on UnsupportedProtocolVersionError and the
+ * InputRequiredResult rounds, each a new request whose id replaces *id. Returns 0 with the
+ * result object; on failure the request is given up on (cancelled if cancellable).
  */
-static int request(struct mcp_session *s, const char *method, const cJSON *params, int timeout_ms,
-                   bool cancellable, cJSON **ret_result, struct tr_error *err)
+static int finish(struct mcp_session *s, const char *method, const cJSON *params, int64_t *id,
+                  int timeout_ms, bool cancellable, cJSON **ret_result, struct tr_error *err)
 {
     if (timeout_ms <= 0)
         timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
@@ -433,52 +471,46 @@ static int request(struct mcp_session *s, const char *method, const cJSON *param
     int rc = 0;
 
     for (int round = 0;; round++) {
-        if (round == MAX_INPUT_ROUNDS) {
-            rc = tr_error_set(err, TR_EPROTO,
-                              "MCP server '%s' asked for input more than %d times "
-                              "during %s",
-                              s->name, MAX_INPUT_ROUNDS, method);
-            goto out;
-        }
-        cJSON *p = params ? cJSON_Duplicate(params, 1) : NULL;
-        if (extra) {
-            if (!p)
-                p = cJSON_CreateObject();
-            for (cJSON *e = extra->child; e; e = e->next)
-                cJSON_AddItemToObject(p, e->string, cJSON_Duplicate(e, 1));
-        }
         cJSON *response = NULL;
-        rc = round_trip(s, method, p, deadline, timeout_ms, cancellable, &response, err);
-        if (rc < 0)
+        rc = wait_response(s, *id, method, deadline, timeout_ms, &response, err);
+        if (rc < 0) {
+            give_up(s, *id, rc, cancellable);
             goto out;
+        }
         const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
         if (error) {
             int code = 0;
             rc = error_response(s, method, error, &code, err);
             const char *version = code == UNSUPPORTED_PROTOCOL_VERSION ? pick_version(error) : NULL;
+            cJSON_Delete(response);
             if (s->modern && version && mcp__version_is_modern(version) && !version_retried) {
                 version_retried = true; /* once: a server that keeps refusing gets its error */
                 set_version(s, version, true);
-                cJSON_Delete(response);
-                round--;
-                continue;
+                rc = start(s, method, params, extra, id, err);
+                if (rc == 0)
+                    continue;
             }
-            cJSON_Delete(response);
             goto out;
         }
         cJSON *result = cJSON_DetachItemFromObjectCaseSensitive(response, "result");
         cJSON_Delete(response);
         if (!cJSON_IsObject(result)) {
             cJSON_Delete(result);
-            rc = tr_error_set(err, TR_EPROTO,
-                              "MCP server '%s' answered %s with a non-object "
-                              "result",
-                              s->name, method);
+            rc =
+                tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with a non-object result",
+                             s->name, method);
             goto out;
         }
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(result, "resultType");
         if (!s->modern || !cJSON_IsString(type) || strcmp(type->valuestring, "input_required")) {
             *ret_result = result; /* no resultType means complete */
+            goto out;
+        }
+        if (round + 1 == MAX_INPUT_ROUNDS) {
+            cJSON_Delete(result);
+            rc = tr_error_set(err, TR_EPROTO,
+                              "MCP server '%s' asked for input more than %d times during %s",
+                              s->name, MAX_INPUT_ROUNDS, method);
             goto out;
         }
         cJSON_Delete(extra);
@@ -491,6 +523,7 @@ static int request(struct mcp_session *s, const char *method, const cJSON *param
             cJSON *state = cJSON_GetObjectItemCaseSensitive(result, "requestState");
             if (state) /* echoed exactly, never inspected */
                 cJSON_AddItemToObject(extra, "requestState", cJSON_Duplicate(state, 1));
+            rc = start(s, method, params, extra, id, err);
         }
         cJSON_Delete(result);
         if (rc < 0)
@@ -499,6 +532,17 @@ static int request(struct mcp_session *s, const char *method, const cJSON *param
 out:
     cJSON_Delete(extra);
     return rc;
+}
+
+/* One blocking request: start and finish. params is borrowed. */
+static int request(struct mcp_session *s, const char *method, const cJSON *params, int timeout_ms,
+                   bool cancellable, cJSON **ret_result, struct tr_error *err)
+{
+    int64_t id;
+    int rc = start(s, method, params, NULL, &id, err);
+    if (rc < 0)
+        return rc;
+    return finish(s, method, params, &id, timeout_ms, cancellable, ret_result, err);
 }
 
 /* ---- opening ----------------------------------------------------------------------------- */
@@ -715,6 +759,50 @@ int mcp_session_request(struct mcp_session *session, const char *method, const c
     return request(session, method, params, timeout_ms, true, ret_result, err);
 }
 
+int mcp_session_send(struct mcp_session *session, const char *method, const cJSON *params,
+                     int64_t *ret_ticket, struct tr_error *err)
+{
+    if (!method || (params && !cJSON_IsObject(params)))
+        return tr_error_set(err, TR_EINVAL, "a request needs a method and params as an object");
+    int64_t id;
+    int rc = start(session, method, params, NULL, &id, err);
+    if (rc < 0)
+        return rc;
+    struct mcp__pending *p = xcalloc(1, sizeof(*p));
+    p->ticket = p->id = id;
+    p->method = xstrdup(method);
+    p->params = params ? cJSON_Duplicate(params, 1) : NULL;
+    p->next = session->pending;
+    session->pending = p;
+    *ret_ticket = id;
+    return 0;
+}
+
+int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                     cJSON **ret_result, struct tr_error *err)
+{
+    struct mcp__pending *p = pending_take(session, ticket);
+    if (!p)
+        return tr_error_set(err, TR_EINVAL, "no request %lld is in flight", (long long)ticket);
+    /* Out of the table while waited for: its own responses come straight here. */
+    int rc = finish(session, p->method, p->params, &p->id, timeout_ms, true, ret_result, err);
+    pending_free(p);
+    return rc;
+}
+
+void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason)
+{
+    struct mcp__pending *p = pending_take(session, ticket);
+    if (!p)
+        return;
+    if (session->http)
+        mcp__http_abandon(session->http, p->id);
+    if (!session->dead)
+        send_cancel(session, p->id, reason ? reason : "cancelled by the caller");
+    unpark_drop(session, p->id);
+    pending_free(p);
+}
+
 int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
                        struct tr_error *err)
 {
@@ -856,6 +944,11 @@ void mcp_session_free(struct mcp_session **session)
         mcp__stdio_stop(s, STOP_GRACE_MS);
     }
     parked_free_all(s);
+    while (s->pending) {
+        struct mcp__pending *p = s->pending;
+        s->pending = p->next;
+        pending_free(p);
+    }
     mcp__lines_release(&s->lines);
     tr_buf_release(&s->outq);
     cJSON_Delete(s->server_info);

@@ -193,6 +193,15 @@ struct mcp__parked {
     struct mcp__parked *next;
 };
 
+/* A request sent with mcp_session_send and not yet waited for. */
+struct mcp__pending {
+    int64_t ticket; /* the caller's handle: the first id */
+    int64_t id;     /* the id of its latest round */
+    char *method;
+    cJSON *params;
+    struct mcp__pending *next;
+};
+
 struct mcp_session {
     char *name;
     struct mcp_observer observer;
@@ -222,6 +231,7 @@ struct mcp_session {
     cJSON *server_capabilities;
     cJSON *tools; /* the last full tools/list, for x-mcp-header; NULL when stale */
     struct mcp__parked *parked;
+    struct mcp__pending *pending;
 };
 
 /* stdio.c: the server's pipes, seen from the session. */

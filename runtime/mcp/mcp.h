@@ -129,6 +129,18 @@ const cJSON *mcp_session_server_capabilities(const struct mcp_session *session);
  */
 int mcp_session_request(struct mcp_session *session, const char *method, const cJSON *params,
                         int timeout_ms, cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Pipelining: sends a request (params borrowed) and returns at once with a ticket. Several
+ * may be in flight; responses are matched by id whatever their order. Each ticket must be
+ * waited for or cancelled once.
+ */
+int mcp_session_send(struct mcp_session *session, const char *method, const cJSON *params,
+                     int64_t *ret_ticket, struct tr_error *err) TR_MUST_CHECK;
+/* Waits for a ticket's result, as mcp_session_request does (timeouts cancel the request). */
+int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                     cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
+/* Cancels a ticket: notifications/cancelled with reason (NULL for a default); never blocks. */
+void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason);
 /* A notification (params borrowed, may be NULL). */
 int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
                        struct tr_error *err) TR_MUST_CHECK;
