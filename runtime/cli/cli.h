@@ -68,5 +68,6 @@ int cli_graph(int argc, char **argv, struct cli_common *common);
 void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE]);
 int cli_resume(int argc, char **argv, struct cli_common *common);
 int cli_cancel(int argc, char **argv, struct cli_common *common);
+int cli_mcp(int argc, char **argv, struct cli_common *common);
 
 #endif

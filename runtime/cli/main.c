@@ -26,6 +26,7 @@ static const struct {
     {"graph", cli_graph, "draw a workflow's steps as Mermaid or Graphviz"},
     {"resume", cli_resume, "carry on a run whose scheduler died"},
     {"cancel", cli_cancel, "cancel a run"},
+    {"mcp", cli_mcp, "talk to an MCP server: info, tools, resources, prompts, call"},
 };
 
 static void usage(FILE *out)

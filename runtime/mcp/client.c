@@ -1,7 +1,8 @@
 /*
- * mcp/client.c: client sessions with stdio MCP servers: the initialize handshake, requests
- * matched to responses by id while serving pings, stderr and the observer, and shutdown.
- * Spawning the process is stdio.c's job; framing and message building are jsonrpc.c's.
+ * mcp/client.c: client sessions: era and version negotiation (server/discover or the
+ * initialize handshake), requests matched to responses by id over either transport, the
+ * modern era's retries (UnsupportedProtocolVersionError, InputRequiredResult), and shutdown.
+ * The pipes are stdio.c's, HTTP is http.c's, server requests are handlers.c's.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,143 +15,38 @@
 
 #include "mcp-internal.h"
 
-#define STDERR_LINE_MAX 4096 /* longer stderr lines reach the observer in pieces */
-#define READ_CHUNK 65536
 #define STOP_GRACE_MS 2000
 #define MAX_LIST_PAGES 1000
+#define MAX_INPUT_ROUNDS 16 /* InputRequiredResult round trips for one request */
+#define HTTP_PUMP_MS 1000
+#define STREAM_WAIT_MS 2000
 
-struct mcp_session {
-    char *name;
-    struct mcp_observer observer;
-    struct mcp__process proc;
-    struct mcp__lines lines; /* the server's stdout */
-    struct tr_buf outq;      /* bytes not yet written to the server's stdin */
-    char *chunk;             /* READ_CHUNK bytes for reading stdout */
-    char err_line[STDERR_LINE_MAX + 1];
-    size_t err_len;
-    int64_t next_id;
-    bool stdout_eof;
-    bool stdin_broken; /* the server closed its stdin: nothing more can be sent */
-    bool dead;         /* the server is gone and reaped; exit_desc says how */
-    char exit_desc[64];
-    char *protocol_version;
-    cJSON *server_info;
-    cJSON *server_capabilities;
-};
+#define UNSUPPORTED_PROTOCOL_VERSION (-32022)
 
-/* ---- observer and stderr ----------------------------------------------------------------- */
+/* ---- sending ----------------------------------------------------------------------------- */
 
-static void observe(struct mcp_session *s, enum mcp_direction direction, const char *json)
+void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json)
 {
     if (s->observer.on_message)
         s->observer.on_message(s->observer.userdata, s->name, direction, json);
 }
 
-static void emit_stderr_line(struct mcp_session *s)
-{
-    if (s->err_len > 0 && s->err_line[s->err_len - 1] == '\r')
-        s->err_len--;
-    s->err_line[s->err_len] = '\0';
-    if (s->observer.on_stderr)
-        s->observer.on_stderr(s->observer.userdata, s->name, s->err_line);
-    s->err_len = 0;
-}
-
-static void feed_stderr(struct mcp_session *s, const char *data, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (data[i] == '\n') {
-            emit_stderr_line(s);
-            continue;
-        }
-        s->err_line[s->err_len++] = data[i];
-        if (s->err_len == STDERR_LINE_MAX)
-            emit_stderr_line(s);
-    }
-}
-
-/* Reads what stderr holds now (nonblocking); at end of file, closes it. */
-static void read_stderr(struct mcp_session *s)
-{
-    char chunk[4096];
-    for (int rounds = 0; s->proc.err_fd >= 0 && rounds < 16; rounds++) {
-        ssize_t n = read(s->proc.err_fd, chunk, sizeof(chunk));
-        if (n > 0) {
-            feed_stderr(s, chunk, (size_t)n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
-        if (s->err_len > 0)
-            emit_stderr_line(s); /* a last line without a newline */
-        close(s->proc.err_fd);
-        s->proc.err_fd = -1;
-    }
-}
-
-/*
- * Reads once from stdout into the line buffer (or drops it when discard); notes end of file.
- * Returns whether it got bytes.
- */
-static bool read_stdout(struct mcp_session *s, bool discard)
-{
-    if (s->proc.out_fd < 0)
-        return false;
-    ssize_t n = read(s->proc.out_fd, s->chunk, READ_CHUNK);
-    if (n > 0) {
-        if (!discard)
-            mcp__lines_feed(&s->lines, s->chunk, (size_t)n);
-        return true;
-    }
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return false;
-    s->stdout_eof = true;
-    close(s->proc.out_fd);
-    s->proc.out_fd = -1;
-    return false;
-}
-
-/* ---- sending ----------------------------------------------------------------------------- */
-
-static void close_stdin(struct mcp_session *s)
-{
-    if (s->proc.in_fd >= 0) {
-        close(s->proc.in_fd);
-        s->proc.in_fd = -1;
-    }
-    tr_buf_release(&s->outq);
-}
-
-/* Writes as much of the queue as the pipe takes now. */
-static void flush_out(struct mcp_session *s)
-{
-    while (s->outq.len > 0 && s->proc.in_fd >= 0) {
-        ssize_t n = mcp__write_some(s->proc.in_fd, s->outq.data, s->outq.len);
-        if (n == -EAGAIN)
-            return;
-        if (n < 0) { /* EPIPE: it closed its stdin or exited; the read side will tell */
-            s->stdin_broken = true;
-            close_stdin(s);
-            return;
-        }
-        tr_buf_consume(&s->outq, (size_t)n);
-    }
-}
-
-/* Queues msg (taken) for the server, shows it to the observer, and writes what it can. */
-static void send_message(struct mcp_session *s, cJSON *msg)
+void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id)
 {
     char *text = mcp__json_print(msg);
-    cJSON_Delete(msg);
-    observe(s, MCP_SENT, text);
-    if (s->proc.in_fd >= 0) {
-        int rc = tr_buf_append(&s->outq, text, strlen(text));
-        rc |= tr_buf_append(&s->outq, "\n", 1);
-        (void)rc; /* unlimited buffer: our own messages */
-        flush_out(s);
+    mcp__observe(s, MCP_SENT, text);
+    if (s->http) {
+        const cJSON *method = cJSON_GetObjectItemCaseSensitive(msg, "method");
+        char **headers = NULL;
+        if (s->modern && cJSON_IsString(method))
+            headers = mcp__request_headers(s, method->valuestring,
+                                           cJSON_GetObjectItemCaseSensitive(msg, "params"));
+        mcp__http_post(s->http, text, (const char *const *)headers, request_id);
+        mcp__headers_free(headers);
+    } else {
+        mcp__stdio_send(s, text);
     }
+    cJSON_Delete(msg);
     free(text);
 }
 
@@ -159,59 +55,12 @@ static void send_cancel(struct mcp_session *s, int64_t id, const char *reason)
     cJSON *params = cJSON_CreateObject();
     cJSON_AddNumberToObject(params, "requestId", (double)id);
     cJSON_AddStringToObject(params, "reason", reason);
-    send_message(s, mcp__notification_new("notifications/cancelled", params));
+    if (s->modern)
+        mcp__add_request_meta(s, params);
+    mcp__send(s, mcp__notification_new("notifications/cancelled", params), -1);
 }
 
-/* ---- stopping the server ----------------------------------------------------------------- */
-
-/* Waits up to timeout_ms for the child to exit, draining its output meanwhile. */
-static bool wait_exit(struct mcp_session *s, int timeout_ms)
-{
-    int64_t deadline = tr_now_ms() + timeout_ms;
-    for (;;) {
-        if (mcp__process_exited(&s->proc))
-            return true;
-        int64_t left = deadline - tr_now_ms();
-        if (left <= 0)
-            return false;
-        /* No pidfd here: poll the pipes (a server may be blocked writing to them). */
-        struct pollfd fds[2];
-        nfds_t nfds = 0;
-        if (s->proc.out_fd >= 0)
-            fds[nfds++] = (struct pollfd){.fd = s->proc.out_fd, .events = POLLIN};
-        if (s->proc.err_fd >= 0)
-            fds[nfds++] = (struct pollfd){.fd = s->proc.err_fd, .events = POLLIN};
-        if (poll(fds, nfds, left < 10 ? (int)left : 10) > 0) {
-            read_stdout(s, true);
-            read_stderr(s);
-        }
-    }
-}
-
-/*
- * Closes the server's stdin, then escalates: grace_ms to exit, SIGTERM to its group, grace_ms,
- * SIGKILL. Reaps it and records how it ended. Returns true if it exited without a signal
- * from us.
- */
-static bool stop_server(struct mcp_session *s, int grace_ms)
-{
-    bool on_its_own = true;
-    close_stdin(s);
-    if (!wait_exit(s, grace_ms)) {
-        on_its_own = false;
-        mcp__process_signal(&s->proc, SIGTERM);
-        if (!wait_exit(s, grace_ms))
-            mcp__process_signal(&s->proc, SIGKILL);
-    }
-    /* The leader is a zombie now (or about to be): stragglers in its group go too. */
-    mcp__process_signal(&s->proc, on_its_own ? SIGTERM : SIGKILL);
-    mcp__process_reap(&s->proc);
-    read_stderr(s);
-    mcp__process_close_fds(&s->proc);
-    s->dead = true;
-    mcp__process_describe(&s->proc, s->exit_desc, sizeof(s->exit_desc));
-    return on_its_own;
-}
+/* ---- the server going away --------------------------------------------------------------- */
 
 static int grace_before(int64_t deadline)
 {
@@ -219,11 +68,11 @@ static int grace_before(int64_t deadline)
     return left < 100 ? 100 : left > STOP_GRACE_MS ? STOP_GRACE_MS : (int)left;
 }
 
-/* The server closed its output or its input: stop it and say how it ended. */
+/* The stdio server closed its output or its input: stop it and say how it ended. */
 static int peer_gone(struct mcp_session *s, const char *method, int64_t deadline,
                      struct tr_error *err)
 {
-    if (stop_server(s, grace_before(deadline)))
+    if (mcp__stdio_stop(s, grace_before(deadline)))
         return tr_error_set(err, TR_EPEER, "MCP server '%s' exited during %s (%s)", s->name, method,
                             s->exit_desc);
     return tr_error_set(err, TR_EPEER,
@@ -233,35 +82,101 @@ static int peer_gone(struct mcp_session *s, const char *method, int64_t deadline
 
 /* ---- receiving --------------------------------------------------------------------------- */
 
-/* A request from the server: troupe answers ping and refuses the rest for now. */
-static void answer_server_request(struct mcp_session *s, const cJSON *id, const char *method)
-{
-    if (strcmp(method, "ping") == 0) {
-        send_message(s, mcp__result_response_new(id, cJSON_CreateObject()));
-        return;
-    }
-    char message[256];
-    snprintf(message, sizeof(message), "Method not found: troupe does not handle '%s'", method);
-    send_message(s, mcp__error_response_new(id, MCP__METHOD_NOT_FOUND, message));
-}
-
 static bool id_matches(const cJSON *id, int64_t want)
 {
     return cJSON_IsNumber(id) && id->valuedouble == (double)want;
 }
 
+static void park(struct mcp_session *s, int64_t id, cJSON *response, int code, const char *text)
+{
+    struct mcp__parked *p = xcalloc(1, sizeof(*p));
+    p->id = id;
+    p->response = response;
+    p->error_code = code;
+    p->error_message = text ? xstrdup(text) : NULL;
+    p->next = s->parked;
+    s->parked = p;
+}
+
+/* Takes a parked response to id: 1 with *ret_response, a negative code, or 0 if none. */
+static int unpark(struct mcp_session *s, int64_t id, cJSON **ret_response, struct tr_error *err)
+{
+    for (struct mcp__parked **pp = &s->parked; *pp; pp = &(*pp)->next) {
+        struct mcp__parked *p = *pp;
+        if (p->id != id)
+            continue;
+        *pp = p->next;
+        int rc = 1;
+        if (p->response)
+            *ret_response = p->response;
+        else
+            rc = tr_error_set(err, p->error_code, "%s", p->error_message);
+        free(p->error_message);
+        free(p);
+        return rc;
+    }
+    return 0;
+}
+
+/* Drops whatever was parked for id (a request given up on). */
+static void unpark_drop(struct mcp_session *s, int64_t id)
+{
+    cJSON *response = NULL;
+    if (unpark(s, id, &response, NULL) == 1)
+        cJSON_Delete(response);
+}
+
+static void parked_free_all(struct mcp_session *s)
+{
+    while (s->parked) {
+        struct mcp__parked *p = s->parked;
+        s->parked = p->next;
+        cJSON_Delete(p->response);
+        free(p->error_message);
+        free(p);
+    }
+}
+
+/* Whether a response id belongs to a pipelined request still waiting to be waited for. */
+static bool id_in_flight(const struct mcp_session *s, const cJSON *id)
+{
+    for (const struct mcp__pending *p = s->pending; p && cJSON_IsNumber(id); p = p->next)
+        if (id->valuedouble == (double)p->id)
+            return true;
+    return false;
+}
+
+static struct mcp__pending *pending_take(struct mcp_session *s, int64_t ticket)
+{
+    for (struct mcp__pending **pp = &s->pending; *pp; pp = &(*pp)->next) {
+        struct mcp__pending *p = *pp;
+        if (p->ticket == ticket) {
+            *pp = p->next;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void pending_free(struct mcp__pending *p)
+{
+    free(p->method);
+    cJSON_Delete(p->params);
+    free(p);
+}
+
 /*
- * Handles one line from the server's stdout while waiting for the response to id. Returns 1
+ * Handles one message text from the server while waiting for the response to id. Returns 1
  * with *ret_response (the whole message) when it is that response, 0 to keep waiting, or
  * TR_EPROTO.
  */
-static int handle_line(struct mcp_session *s, char *line, size_t len, int64_t id,
-                       const char *method, cJSON **ret_response, struct tr_error *err)
+static int handle_message(struct mcp_session *s, const char *line, size_t len, int64_t id,
+                          const char *method, cJSON **ret_response, struct tr_error *err)
 {
     size_t blank = strspn(line, " \t");
     if (blank == len)
         return 0; /* tolerate empty lines */
-    observe(s, MCP_RECEIVED, line);
+    mcp__observe(s, MCP_RECEIVED, line);
 
     char excerpt[81];
     cJSON *msg = mcp__json_parse_line(line, len);
@@ -272,6 +187,13 @@ static int handle_line(struct mcp_session *s, char *line, size_t len, int64_t id
                             s->name, method, excerpt, len >= sizeof(excerpt) ? "..." : "");
     }
     int rc = 0;
+    if (cJSON_IsArray(msg)) {
+        rc = tr_error_set(err, TR_EPROTO,
+                          "MCP server '%s' sent a JSON-RPC batch during %s, which MCP does not "
+                          "allow",
+                          s->name, method);
+        goto out;
+    }
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(msg, "jsonrpc");
     if (!cJSON_IsObject(msg) || !cJSON_IsString(version) ||
         strcmp(version->valuestring, "2.0") != 0) {
@@ -284,10 +206,13 @@ static int handle_line(struct mcp_session *s, char *line, size_t len, int64_t id
     }
     const cJSON *msg_id = cJSON_GetObjectItemCaseSensitive(msg, "id");
     const cJSON *msg_method = cJSON_GetObjectItemCaseSensitive(msg, "method");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
     if (cJSON_IsString(msg_method)) {
         if (mcp__id_valid(msg_id))
-            answer_server_request(s, msg_id, msg_method->valuestring);
-        goto out; /* notifications: the observer has seen them; nothing else to do yet */
+            mcp__answer_server_request(s, msg_id, msg_method->valuestring, params);
+        else if (!msg_id)
+            mcp__handle_notification(s, msg_method->valuestring, params);
+        goto out;
     }
     bool is_response = cJSON_HasObjectItem(msg, "result") || cJSON_HasObjectItem(msg, "error");
     if (!is_response || !msg_id) {
@@ -298,8 +223,13 @@ static int handle_line(struct mcp_session *s, char *line, size_t len, int64_t id
                           s->name, method, excerpt, len >= sizeof(excerpt) ? "..." : "");
         goto out;
     }
-    if (!id_matches(msg_id, id))
-        goto out; /* not ours (or abandoned earlier): ignore it */
+    if (!id_matches(msg_id, id)) {
+        if (id_in_flight(s, msg_id)) { /* another call's: keep it for its waiter */
+            park(s, (int64_t)msg_id->valuedouble, msg, 0, NULL);
+            msg = NULL;
+        }
+        goto out; /* unknown id: ignore it */
+    }
     *ret_response = msg;
     msg = NULL;
     rc = 1;
@@ -308,7 +238,7 @@ out:
     return rc;
 }
 
-/* Handles the complete lines buffered so far. Same returns as handle_line. */
+/* Handles the complete lines buffered so far. Same returns as handle_message. */
 static int handle_buffered(struct mcp_session *s, int64_t id, const char *method,
                            cJSON **ret_response, struct tr_error *err)
 {
@@ -322,9 +252,35 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
                                 s->name, s->lines.max_line, method);
         if (rc <= 0)
             return 0;
-        rc = handle_line(s, line, len, id, method, ret_response, err);
+        rc = handle_message(s, line, len, id, method, ret_response, err);
         if (rc != 0)
             return rc;
+    }
+}
+
+/* The HTTP side of wait_response: what the transport delivered, then more transfer. */
+static int wait_http(struct mcp_session *s, int64_t id, const char *method, int64_t deadline,
+                     int timeout_ms, cJSON **ret_response, struct tr_error *err)
+{
+    for (;;) {
+        struct mcp__inbound *in;
+        while ((in = mcp__http_next(s->http))) {
+            int rc = 0;
+            if (!in->text && in->failed_id == id)
+                rc = tr_error_set(err, in->error_code, "%s during %s", in->error_message, method);
+            else if (!in->text)
+                park(s, in->failed_id, NULL, in->error_code, in->error_message);
+            else
+                rc = handle_message(s, in->text, strlen(in->text), id, method, ret_response, err);
+            mcp__inbound_free(in);
+            if (rc != 0)
+                return rc < 0 ? rc : 0;
+        }
+        int64_t left = deadline - tr_now_ms();
+        if (left <= 0)
+            return tr_error_set(err, TR_ETIMEDOUT, "MCP server '%s' did not answer %s within %d ms",
+                                s->name, method, timeout_ms);
+        mcp__http_pump(s->http, left > HTTP_PUMP_MS ? HTTP_PUMP_MS : (int)left);
     }
 }
 
@@ -335,13 +291,19 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
 static int wait_response(struct mcp_session *s, int64_t id, const char *method, int64_t deadline,
                          int timeout_ms, cJSON **ret_response, struct tr_error *err)
 {
+    int rc = unpark(s, id, ret_response, err);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    if (s->http)
+        return wait_http(s, id, method, deadline, timeout_ms, ret_response, err);
     for (;;) {
-        int rc = handle_buffered(s, id, method, ret_response, err);
+        rc = handle_buffered(s, id, method, ret_response, err);
         if (rc != 0)
             return rc < 0 ? rc : 0;
         if (s->stdin_broken && !s->stdout_eof) {
             /* Its answer may already be on the way: take what is there before giving up. */
-            while (read_stdout(s, false) && mcp__lines_pending(&s->lines) <= s->lines.max_line)
+            while (mcp__stdio_read_stdout(s, false) &&
+                   mcp__lines_pending(&s->lines) <= s->lines.max_line)
                 ;
             rc = handle_buffered(s, id, method, ret_response, err);
             if (rc != 0)
@@ -371,117 +333,353 @@ static int wait_response(struct mcp_session *s, int64_t id, const char *method, 
         if (ready <= 0)
             continue;
         if (at_in < nfds && fds[at_in].revents)
-            flush_out(s);
+            mcp__stdio_flush(s);
         if (at_err < nfds && fds[at_err].revents)
-            read_stderr(s);
+            mcp__stdio_read_stderr(s);
         if (fds[0].revents)
-            read_stdout(s, false);
+            mcp__stdio_read_stdout(s, false);
     }
 }
 
+/* ---- one round trip ---------------------------------------------------------------------- */
+
+/* A JSON-RPC error response as a TR_EPROTO error; *ret_code gets its code. */
+static int error_response(struct mcp_session *s, const char *method, const cJSON *error,
+                          int *ret_code, struct tr_error *err)
+{
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(error, "code");
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(error, "message");
+    char excerpt[512];
+    const char *text = cJSON_IsString(message) ? message->valuestring : "(no message)";
+    mcp__excerpt(excerpt, sizeof(excerpt), text, strlen(text));
+    *ret_code = cJSON_IsNumber(code) ? code->valueint : 0;
+    return tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with error %d: %s", s->name,
+                        method, *ret_code, excerpt);
+}
+
 /*
- * Sends a request (params taken) and waits for its response. Returns 0 with the detached
- * "result" object in *ret_result, or an error; a request given up on is cancelled if
- * cancellable.
+ * Sends one request: params (borrowed) plus the members of extra (borrowed, may be NULL: the
+ * inputResponses and requestState of a retry), with the modern _meta. Returns 0 with its id.
  */
-static int request(struct mcp_session *s, const char *method, cJSON *params, int timeout_ms,
-                   bool cancellable, cJSON **ret_result, struct tr_error *err)
+static int start(struct mcp_session *s, const char *method, const cJSON *params, const cJSON *extra,
+                 int64_t *ret_id, struct tr_error *err)
+{
+    if (s->dead)
+        return tr_error_set(err, TR_EPEER, "MCP server '%s' is not running (%s); cannot send %s",
+                            s->name, s->exit_desc, method);
+    cJSON *p = params ? cJSON_Duplicate(params, 1) : NULL;
+    if (extra || s->modern) {
+        if (!p)
+            p = cJSON_CreateObject();
+        for (const cJSON *e = extra ? extra->child : NULL; e; e = e->next) {
+            cJSON_DeleteItemFromObjectCaseSensitive(p, e->string);
+            cJSON_AddItemToObject(p, e->string, cJSON_Duplicate(e, 1));
+        }
+        if (s->modern)
+            mcp__add_request_meta(s, p);
+    }
+    int64_t id = s->next_id++;
+    mcp__send(s, mcp__request_new(id, method, p), id);
+    *ret_id = id;
+    return 0;
+}
+
+/* Gives up on request id: stops its transfer and tells the server. */
+static void give_up(struct mcp_session *s, int64_t id, int rc, bool cancellable)
+{
+    if (s->http)
+        mcp__http_abandon(s->http, id);
+    if (cancellable && !s->dead && rc == TR_ETIMEDOUT)
+        send_cancel(s, id, "timed out");
+    else if (cancellable && !s->dead && rc == TR_EPROTO && !s->http)
+        send_cancel(s, id, "troupe gave up: protocol error");
+}
+
+/* From an UnsupportedProtocolVersionError: the newest version both sides speak, or NULL. */
+static const char *pick_version(const cJSON *error)
+{
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(error, "data");
+    const cJSON *supported = cJSON_GetObjectItemCaseSensitive(data, "supported");
+    for (const char *const *v = mcp__supported_versions; *v; v++) {
+        const cJSON *item;
+        cJSON_ArrayForEach(item, supported)
+        {
+            if (cJSON_IsString(item) && strcmp(item->valuestring, *v) == 0)
+                return *v;
+        }
+    }
+    return NULL;
+}
+
+static void set_version(struct mcp_session *s, const char *version, bool modern)
+{
+    free(s->protocol_version);
+    s->protocol_version = xstrdup(version);
+    s->modern = modern;
+    if (s->http)
+        mcp__http_set_protocol_version(s->http, version, modern);
+}
+
+/*
+ * Answers an InputRequiredResult's inputRequests through the handlers: returns 0 with the
+ * inputResponses object, or an error.
+ */
+static int input_responses(struct mcp_session *s, const char *method, const cJSON *requests,
+                           cJSON **ret_responses, struct tr_error *err)
+{
+    if (!cJSON_IsObject(requests))
+        return tr_error_set(err, TR_EPROTO,
+                            "MCP server '%s' answered %s with input_required but no "
+                            "inputRequests object",
+                            s->name, method);
+    cJSON *responses = cJSON_CreateObject();
+    const cJSON *req;
+    cJSON_ArrayForEach(req, requests)
+    {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(req, "method");
+        cJSON *result = NULL;
+        int rc =
+            cJSON_IsString(m)
+                ? mcp__run_handler(s, m->valuestring,
+                                   cJSON_GetObjectItemCaseSensitive(req, "params"), &result, err)
+                : tr_error_set(err, TR_EPROTO, "an input request has no method");
+        if (rc < 0) {
+            cJSON_Delete(responses);
+            tr_error_prefix(err, "MCP server '%s' needs input for %s", s->name, method);
+            return rc;
+        }
+        cJSON_AddItemToObject(responses, req->string, result);
+    }
+    *ret_responses = responses;
+    return 0;
+}
+
+/*
+ * Waits for request *id (of method with params, both borrowed) to complete, with everything
+ * the era needs: the modern retry on UnsupportedProtocolVersionError and the
+ * InputRequiredResult rounds, each a new request whose id replaces *id. Returns 0 with the
+ * result object; on failure the request is given up on (cancelled if cancellable).
+ */
+static int finish(struct mcp_session *s, const char *method, const cJSON *params, int64_t *id,
+                  int timeout_ms, bool cancellable, cJSON **ret_result, struct tr_error *err)
 {
     if (timeout_ms <= 0)
         timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
     int64_t deadline = tr_now_ms() + timeout_ms;
-    if (s->dead) {
-        cJSON_Delete(params);
-        return tr_error_set(err, TR_EPEER, "MCP server '%s' is not running (%s); cannot send %s",
-                            s->name, s->exit_desc, method);
-    }
+    cJSON *extra = NULL; /* inputResponses and requestState for the next round */
+    bool version_retried = false;
+    int rc = 0;
 
-    int64_t id = s->next_id++;
-    send_message(s, mcp__request_new(id, method, params));
-    cJSON *response = NULL;
-    int rc = wait_response(s, id, method, deadline, timeout_ms, &response, err);
-    if (rc < 0) {
-        if (cancellable && !s->dead)
-            send_cancel(s, id, rc == TR_ETIMEDOUT ? "timed out" : "troupe gave up: protocol error");
-        return rc;
-    }
-
-    const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
-    if (error) {
-        const cJSON *code = cJSON_GetObjectItemCaseSensitive(error, "code");
-        const cJSON *message = cJSON_GetObjectItemCaseSensitive(error, "message");
-        char excerpt[512];
-        const char *text = cJSON_IsString(message) ? message->valuestring : "(no message)";
-        mcp__excerpt(excerpt, sizeof(excerpt), text, strlen(text));
-        rc = tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with error %d: %s", s->name,
-                          method, cJSON_IsNumber(code) ? code->valueint : 0, excerpt);
-        goto out;
-    }
-    cJSON *result = cJSON_DetachItemFromObjectCaseSensitive(response, "result");
-    if (!cJSON_IsObject(result)) {
+    for (int round = 0;; round++) {
+        cJSON *response = NULL;
+        rc = wait_response(s, *id, method, deadline, timeout_ms, &response, err);
+        if (rc < 0) {
+            give_up(s, *id, rc, cancellable);
+            goto out;
+        }
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
+        if (error) {
+            int code = 0;
+            rc = error_response(s, method, error, &code, err);
+            const char *version = code == UNSUPPORTED_PROTOCOL_VERSION ? pick_version(error) : NULL;
+            cJSON_Delete(response);
+            if (s->modern && version && mcp__version_is_modern(version) && !version_retried) {
+                version_retried = true; /* once: a server that keeps refusing gets its error */
+                set_version(s, version, true);
+                rc = start(s, method, params, extra, id, err);
+                if (rc == 0)
+                    continue;
+            }
+            goto out;
+        }
+        cJSON *result = cJSON_DetachItemFromObjectCaseSensitive(response, "result");
+        cJSON_Delete(response);
+        if (!cJSON_IsObject(result)) {
+            cJSON_Delete(result);
+            rc =
+                tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with a non-object result",
+                             s->name, method);
+            goto out;
+        }
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(result, "resultType");
+        if (!s->modern || !cJSON_IsString(type) || strcmp(type->valuestring, "input_required")) {
+            *ret_result = result; /* no resultType means complete */
+            goto out;
+        }
+        if (round + 1 == MAX_INPUT_ROUNDS) {
+            cJSON_Delete(result);
+            rc = tr_error_set(err, TR_EPROTO,
+                              "MCP server '%s' asked for input more than %d times during %s",
+                              s->name, MAX_INPUT_ROUNDS, method);
+            goto out;
+        }
+        cJSON_Delete(extra);
+        extra = cJSON_CreateObject();
+        cJSON *responses = NULL;
+        rc = input_responses(s, method, cJSON_GetObjectItemCaseSensitive(result, "inputRequests"),
+                             &responses, err);
+        if (rc == 0) {
+            cJSON_AddItemToObject(extra, "inputResponses", responses);
+            cJSON *state = cJSON_GetObjectItemCaseSensitive(result, "requestState");
+            if (state) /* echoed exactly, never inspected */
+                cJSON_AddItemToObject(extra, "requestState", cJSON_Duplicate(state, 1));
+            rc = start(s, method, params, extra, id, err);
+        }
         cJSON_Delete(result);
-        rc = tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with a non-object result",
-                          s->name, method);
-        goto out;
+        if (rc < 0)
+            goto out;
     }
-    *ret_result = result;
 out:
-    cJSON_Delete(response);
+    cJSON_Delete(extra);
     return rc;
 }
 
-/* ---- the session ------------------------------------------------------------------------- */
+/* One blocking request: start and finish. params is borrowed. */
+static int request(struct mcp_session *s, const char *method, const cJSON *params, int timeout_ms,
+                   bool cancellable, cJSON **ret_result, struct tr_error *err)
+{
+    int64_t id;
+    int rc = start(s, method, params, NULL, &id, err);
+    if (rc < 0)
+        return rc;
+    return finish(s, method, params, &id, timeout_ms, cancellable, ret_result, err);
+}
 
-static int handshake(struct mcp_session *s, int timeout_ms, struct tr_error *err)
+/* ---- opening ----------------------------------------------------------------------------- */
+
+static int take_server_info(struct mcp_session *s, cJSON *result, const char *method,
+                            struct tr_error *err)
+{
+    cJSON *info = cJSON_GetObjectItemCaseSensitive(result, "serverInfo");
+    if (!info) { /* 2026-07-28 may carry it in the result's _meta */
+        cJSON *meta = cJSON_GetObjectItemCaseSensitive(result, "_meta");
+        info = cJSON_GetObjectItemCaseSensitive(meta, "io.modelcontextprotocol/serverInfo");
+    }
+    cJSON *capabilities = cJSON_GetObjectItemCaseSensitive(result, "capabilities");
+    if (info &&
+        (!cJSON_IsObject(info) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(info, "name"))))
+        return tr_error_set(err, TR_EPROTO,
+                            "MCP server '%s' answered %s without a valid "
+                            "serverInfo",
+                            s->name, method);
+    if (!info && !s->modern)
+        return tr_error_set(err, TR_EPROTO,
+                            "MCP server '%s' answered %s without a valid "
+                            "serverInfo",
+                            s->name, method);
+    if (capabilities && !cJSON_IsObject(capabilities))
+        return tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with invalid capabilities",
+                            s->name, method);
+    cJSON_Delete(s->server_info);
+    cJSON_Delete(s->server_capabilities);
+    s->server_info = info ? cJSON_Duplicate(info, 1) : cJSON_CreateObject();
+    s->server_capabilities = capabilities ? cJSON_Duplicate(capabilities, 1) : cJSON_CreateObject();
+    return 0;
+}
+
+static int handshake(struct mcp_session *s, const char *version, int timeout_ms,
+                     struct tr_error *err)
 {
     cJSON *params = cJSON_CreateObject();
-    cJSON_AddStringToObject(params, "protocolVersion", MCP_LATEST_PROTOCOL_VERSION);
-    cJSON_AddObjectToObject(params, "capabilities");
+    cJSON_AddStringToObject(params, "protocolVersion", version);
+    cJSON_AddItemToObject(params, "capabilities", mcp__client_capabilities(s));
     cJSON *client_info = cJSON_AddObjectToObject(params, "clientInfo");
     cJSON_AddStringToObject(client_info, "name", "troupe");
     cJSON_AddStringToObject(client_info, "version", TR_VERSION);
 
+    s->modern = false;
+    if (s->http)
+        mcp__http_set_protocol_version(s->http, NULL, false);
     cJSON *result = NULL;
     int rc = request(s, "initialize", params, timeout_ms, false, &result, err);
+    cJSON_Delete(params);
     if (rc < 0)
         return rc;
 
-    const cJSON *version = cJSON_GetObjectItemCaseSensitive(result, "protocolVersion");
-    cJSON *info = cJSON_GetObjectItemCaseSensitive(result, "serverInfo");
-    cJSON *capabilities = cJSON_GetObjectItemCaseSensitive(result, "capabilities");
-    if (!cJSON_IsString(version)) {
+    const cJSON *agreed = cJSON_GetObjectItemCaseSensitive(result, "protocolVersion");
+    if (!cJSON_IsString(agreed)) {
         rc = tr_error_set(err, TR_EPROTO,
                           "MCP server '%s' answered initialize without a protocolVersion", s->name);
         goto out;
     }
-    if (!mcp__version_supported(version->valuestring)) {
+    if (!mcp__version_supported(agreed->valuestring) ||
+        mcp__version_is_modern(agreed->valuestring)) {
         char excerpt[64];
-        mcp__excerpt(excerpt, sizeof(excerpt), version->valuestring, strlen(version->valuestring));
+        mcp__excerpt(excerpt, sizeof(excerpt), agreed->valuestring, strlen(agreed->valuestring));
         rc = tr_error_set(err, TR_EPROTO,
                           "MCP server '%s' wants protocol version '%s', which troupe does not "
                           "support (it speaks 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05)",
                           s->name, excerpt);
         goto out;
     }
-    if (!cJSON_IsObject(info) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(info, "name"))) {
-        rc =
-            tr_error_set(err, TR_EPROTO,
-                         "MCP server '%s' answered initialize without a valid serverInfo", s->name);
+    rc = take_server_info(s, result, "initialize", err);
+    if (rc < 0)
         goto out;
-    }
-    if (capabilities && !cJSON_IsObject(capabilities)) {
-        rc = tr_error_set(err, TR_EPROTO,
-                          "MCP server '%s' answered initialize with invalid capabilities", s->name);
-        goto out;
-    }
-    s->protocol_version = xstrdup(version->valuestring);
-    s->server_info = cJSON_DetachItemViaPointer(result, info);
-    s->server_capabilities =
-        capabilities ? cJSON_DetachItemViaPointer(result, capabilities) : cJSON_CreateObject();
-    send_message(s, mcp__notification_new("notifications/initialized", NULL));
+    set_version(s, agreed->valuestring, false);
+    mcp__send(s, mcp__notification_new("notifications/initialized", NULL), -1);
+    if (s->http) /* where a legacy server sends requests and notifications of its own */
+        mcp__http_open_stream(s->http, STREAM_WAIT_MS);
 out:
     cJSON_Delete(result);
     return rc;
+}
+
+/* The modern era's opening: server/discover. Returns 1 if the server is legacy. */
+static int discover(struct mcp_session *s, const char *version, bool may_fall_back, int timeout_ms,
+                    struct tr_error *err)
+{
+    set_version(s, version, true);
+    cJSON *result = NULL;
+    struct tr_error probe_err = {0};
+    int rc = request(s, "server/discover", NULL, timeout_ms, false, &result, &probe_err);
+    if (rc < 0) {
+        /* A recognized modern error was retried inside request(); anything else is legacy. */
+        if (may_fall_back && rc != TR_ETIMEDOUT && !s->dead)
+            return 1;
+        if (err)
+            *err = probe_err;
+        return rc;
+    }
+    rc = take_server_info(s, result, "server/discover", err);
+    cJSON_Delete(result);
+    return rc;
+}
+
+/* Picks the era and version: discover first when modern is wanted, else the handshake. */
+static int negotiate(struct mcp_session *s, const char *wanted, bool auto_default, int timeout_ms,
+                     struct tr_error *err)
+{
+    bool automatic = wanted ? strcmp(wanted, MCP_VERSION_AUTO) == 0 : auto_default;
+    if (wanted && !automatic && !mcp__version_supported(wanted))
+        return tr_error_set(err, TR_EINVAL, "troupe does not speak protocol version '%s'", wanted);
+    if (automatic || mcp__version_is_modern(wanted)) {
+        int rc = discover(s, automatic ? MCP_MODERN_PROTOCOL_VERSION : wanted, automatic,
+                          timeout_ms, err);
+        if (rc <= 0)
+            return rc;
+        parked_free_all(s);
+        if (s->http)
+            mcp__http_reset_session(s->http);
+        wanted = NULL;
+    }
+    return handshake(s, wanted ? wanted : MCP_LATEST_PROTOCOL_VERSION, timeout_ms, err);
+}
+
+static struct mcp_session *session_new(const char *name, const struct mcp_observer *observer,
+                                       const struct mcp_client_handlers *handlers,
+                                       size_t max_message)
+{
+    struct mcp_session *s = xcalloc(1, sizeof(*s));
+    s->name = xstrdup(name);
+    if (observer)
+        s->observer = *observer;
+    if (handlers)
+        s->handlers = *handlers;
+    s->max_message = max_message ? max_message : MCP_DEFAULT_MAX_MESSAGE;
+    mcp__lines_init(&s->lines, s->max_message);
+    tr_buf_init(&s->outq, 0);
+    s->next_id = 1;
+    return s;
 }
 
 int mcp_session_open_stdio(const struct mcp_stdio_params *params,
@@ -491,23 +689,14 @@ int mcp_session_open_stdio(const struct mcp_stdio_params *params,
     const char *name = params->name                      ? params->name
                        : params->argv && params->argv[0] ? params->argv[0]
                                                          : "(unnamed)";
-    struct mcp_session *s = xcalloc(1, sizeof(*s));
-    s->name = xstrdup(name);
-    if (observer)
-        s->observer = *observer;
-    size_t max_message =
-        params->max_message_bytes ? params->max_message_bytes : MCP_DEFAULT_MAX_MESSAGE;
-    mcp__lines_init(&s->lines, max_message);
-    tr_buf_init(&s->outq, 0);
-    s->chunk = xmalloc(READ_CHUNK);
-    s->next_id = 1;
-
+    struct mcp_session *s =
+        session_new(name, observer, params->handlers, params->max_message_bytes);
     int rc = mcp__process_spawn(&s->proc, s->name, params, err);
     if (rc < 0) {
         s->dead = true; /* nothing to stop: spawn cleaned up after itself */
         goto out;
     }
-    rc = handshake(s, params->timeout_ms, err);
+    rc = negotiate(s, params->protocol_version, false, params->timeout_ms, err);
 out:
     if (rc < 0) {
         mcp_session_free(&s);
@@ -517,9 +706,34 @@ out:
     return 0;
 }
 
+int mcp_session_open_http(const struct mcp_http_params *params, const struct mcp_observer *observer,
+                          struct mcp_session **ret_session, struct tr_error *err)
+{
+    if (!params->url)
+        return tr_error_set(err, TR_EINVAL, "an HTTP MCP server needs a URL");
+    const char *name = params->name ? params->name : params->url;
+    struct mcp_session *s =
+        session_new(name, observer, params->handlers, params->max_message_bytes);
+    s->http = mcp__http_new(params->url, params->headers, s->max_message, s->name);
+    int rc = negotiate(s, params->protocol_version, true, params->timeout_ms, err);
+    if (rc < 0) {
+        mcp_session_free(&s);
+        return rc;
+    }
+    *ret_session = s;
+    return 0;
+}
+
+/* ---- the public calls -------------------------------------------------------------------- */
+
 const char *mcp_session_protocol_version(const struct mcp_session *session)
 {
     return session->protocol_version;
+}
+
+bool mcp_session_is_modern(const struct mcp_session *session)
+{
+    return session->modern;
 }
 
 const cJSON *mcp_session_server_info(const struct mcp_session *session)
@@ -527,9 +741,82 @@ const cJSON *mcp_session_server_info(const struct mcp_session *session)
     return session->server_info;
 }
 
+const cJSON *mcp_session_server_capabilities(const struct mcp_session *session)
+{
+    return session->server_capabilities;
+}
+
 pid_t mcp_session_pid(const struct mcp_session *session)
 {
-    return session->proc.pid;
+    return session->http ? 0 : session->proc.pid;
+}
+
+int mcp_session_request(struct mcp_session *session, const char *method, const cJSON *params,
+                        int timeout_ms, cJSON **ret_result, struct tr_error *err)
+{
+    if (!method || (params && !cJSON_IsObject(params)))
+        return tr_error_set(err, TR_EINVAL, "a request needs a method and params as an object");
+    return request(session, method, params, timeout_ms, true, ret_result, err);
+}
+
+int mcp_session_send(struct mcp_session *session, const char *method, const cJSON *params,
+                     int64_t *ret_ticket, struct tr_error *err)
+{
+    if (!method || (params && !cJSON_IsObject(params)))
+        return tr_error_set(err, TR_EINVAL, "a request needs a method and params as an object");
+    int64_t id;
+    int rc = start(session, method, params, NULL, &id, err);
+    if (rc < 0)
+        return rc;
+    struct mcp__pending *p = xcalloc(1, sizeof(*p));
+    p->ticket = p->id = id;
+    p->method = xstrdup(method);
+    p->params = params ? cJSON_Duplicate(params, 1) : NULL;
+    p->next = session->pending;
+    session->pending = p;
+    *ret_ticket = id;
+    return 0;
+}
+
+int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                     cJSON **ret_result, struct tr_error *err)
+{
+    struct mcp__pending *p = pending_take(session, ticket);
+    if (!p)
+        return tr_error_set(err, TR_EINVAL, "no request %lld is in flight", (long long)ticket);
+    /* Out of the table while waited for: its own responses come straight here. */
+    int rc = finish(session, p->method, p->params, &p->id, timeout_ms, true, ret_result, err);
+    pending_free(p);
+    return rc;
+}
+
+void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason)
+{
+    struct mcp__pending *p = pending_take(session, ticket);
+    if (!p)
+        return;
+    if (session->http)
+        mcp__http_abandon(session->http, p->id);
+    if (!session->dead)
+        send_cancel(session, p->id, reason ? reason : "cancelled by the caller");
+    unpark_drop(session, p->id);
+    pending_free(p);
+}
+
+int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
+                       struct tr_error *err)
+{
+    if (session->dead)
+        return tr_error_set(err, TR_EPEER, "MCP server '%s' is not running (%s)", session->name,
+                            session->exit_desc);
+    cJSON *p = params ? cJSON_Duplicate(params, 1) : NULL;
+    if (session->modern) {
+        if (!p)
+            p = cJSON_CreateObject();
+        mcp__add_request_meta(session, p);
+    }
+    mcp__send(session, mcp__notification_new(method, p), -1);
+    return 0;
 }
 
 int mcp_session_call_tool(struct mcp_session *session, const char *tool, const cJSON *arguments,
@@ -548,6 +835,7 @@ int mcp_session_call_tool(struct mcp_session *session, const char *tool, const c
 
     cJSON *result = NULL;
     int rc = request(session, "tools/call", params, timeout_ms, true, &result, err);
+    cJSON_Delete(params);
     if (rc < 0)
         return rc;
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
@@ -563,61 +851,84 @@ int mcp_session_call_tool(struct mcp_session *session, const char *tool, const c
     return 0;
 }
 
-int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **ret_tools,
-                           struct tr_error *err)
+int mcp_session_list_all(struct mcp_session *session, const char *method, const char *key,
+                         int timeout_ms, cJSON **ret_items, struct tr_error *err)
 {
     if (timeout_ms <= 0)
         timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
     int64_t deadline = tr_now_ms() + timeout_ms;
-    cJSON *tools = cJSON_CreateArray();
+    cJSON *items = cJSON_CreateArray();
     char *cursor = NULL;
     int rc = 0;
 
     for (int page = 0;; page++) {
         if (page == MAX_LIST_PAGES) {
-            rc = tr_error_set(err, TR_EPROTO,
-                              "MCP server '%s' answered tools/list with more than %d pages",
-                              session->name, MAX_LIST_PAGES);
+            rc = tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with more than %d pages",
+                              session->name, method, MAX_LIST_PAGES);
             goto out;
         }
-        cJSON *params = NULL;
-        if (cursor) {
-            params = cJSON_CreateObject();
+        cJSON *params = cJSON_CreateObject();
+        if (cursor)
             cJSON_AddStringToObject(params, "cursor", cursor);
-        }
         int64_t left = deadline - tr_now_ms();
         cJSON *result = NULL;
-        rc = request(session, "tools/list", params, left > 0 ? (int)left : 1, true, &result, err);
+        rc = request(session, method, params, left > 0 ? (int)left : 1, true, &result, err);
+        cJSON_Delete(params);
         if (rc < 0)
             goto out;
-        cJSON *page_tools = cJSON_GetObjectItemCaseSensitive(result, "tools");
+        cJSON *page_items = cJSON_GetObjectItemCaseSensitive(result, key);
         const cJSON *next = cJSON_GetObjectItemCaseSensitive(result, "nextCursor");
         bool valid =
-            cJSON_IsArray(page_tools) && (!next || cJSON_IsString(next) || cJSON_IsNull(next));
-        for (cJSON *t = valid ? page_tools->child : NULL; t; t = t->next)
-            if (!cJSON_IsObject(t) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(t, "name")))
+            cJSON_IsArray(page_items) && (!next || cJSON_IsString(next) || cJSON_IsNull(next));
+        for (cJSON *t = valid ? page_items->child : NULL; t; t = t->next)
+            if (!cJSON_IsObject(t))
                 valid = false;
         if (!valid) {
             cJSON_Delete(result);
-            rc = tr_error_set(err, TR_EPROTO,
-                              "MCP server '%s' answered tools/list with an invalid result",
-                              session->name);
+            rc = tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with an invalid result",
+                              session->name, method);
             goto out;
         }
-        while (page_tools->child)
-            cJSON_AddItemToArray(tools, cJSON_DetachItemViaPointer(page_tools, page_tools->child));
+        while (page_items->child)
+            cJSON_AddItemToArray(items, cJSON_DetachItemViaPointer(page_items, page_items->child));
         free(cursor);
         cursor = cJSON_IsString(next) && next->valuestring[0] ? xstrdup(next->valuestring) : NULL;
         cJSON_Delete(result);
         if (!cursor)
             break;
     }
-    *ret_tools = tools;
-    tools = NULL;
+    *ret_items = items;
+    items = NULL;
 out:
     free(cursor);
-    cJSON_Delete(tools);
+    cJSON_Delete(items);
     return rc;
+}
+
+int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **ret_tools,
+                           struct tr_error *err)
+{
+    cJSON *tools = NULL;
+    int rc = mcp_session_list_all(session, "tools/list", "tools", timeout_ms, &tools, err);
+    if (rc < 0)
+        return rc;
+    for (cJSON *t = tools->child, *next; t; t = next) {
+        next = t->next;
+        bool named = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(t, "name"));
+        if (!named) {
+            cJSON_Delete(tools);
+            return tr_error_set(err, TR_EPROTO,
+                                "MCP server '%s' answered tools/list with an invalid result",
+                                session->name);
+        }
+        /* Tools whose x-mcp-header annotations are invalid must not be used (2026-07-28). */
+        if (session->modern && !mcp__tool_headers_valid(t))
+            cJSON_Delete(cJSON_DetachItemViaPointer(tools, t));
+    }
+    cJSON_Delete(session->tools);
+    session->tools = cJSON_Duplicate(tools, 1);
+    *ret_tools = tools;
+    return 0;
 }
 
 void mcp_session_free(struct mcp_session **session)
@@ -625,12 +936,24 @@ void mcp_session_free(struct mcp_session **session)
     struct mcp_session *s = session ? *session : NULL;
     if (!s)
         return;
-    if (!s->dead)
-        stop_server(s, STOP_GRACE_MS);
+    if (s->http) {
+        if (!s->modern)
+            mcp__http_delete_session(s->http);
+        mcp__http_free(&s->http);
+    } else if (!s->dead) {
+        mcp__stdio_stop(s, STOP_GRACE_MS);
+    }
+    parked_free_all(s);
+    while (s->pending) {
+        struct mcp__pending *p = s->pending;
+        s->pending = p->next;
+        pending_free(p);
+    }
     mcp__lines_release(&s->lines);
     tr_buf_release(&s->outq);
     cJSON_Delete(s->server_info);
     cJSON_Delete(s->server_capabilities);
+    cJSON_Delete(s->tools);
     free(s->protocol_version);
     free(s->chunk);
     free(s->name);

@@ -15,7 +15,7 @@
 #include "mcp-internal.h"
 
 const char *const mcp__supported_versions[] = {
-    "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05", NULL,
+    "2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05", NULL,
 };
 
 bool mcp__version_supported(const char *version)

@@ -110,4 +110,168 @@ void mcp__process_describe(const struct mcp__process *proc, char *buf, size_t si
 /* Closes whichever of our pipe ends are still open. */
 void mcp__process_close_fds(struct mcp__process *proc);
 
+/* ---- Server-Sent Events (sse.c) ----------------------------------------------------------- */
+
+/* Called for each complete event that has data: event type ("message" by default), the data. */
+typedef void (*mcp__sse_event_fn)(void *userdata, const char *event, const char *data, size_t len);
+
+/*
+ * An incremental event-stream parser. Memory held stays below max_event plus one line; an
+ * event whose data passes max_event is dropped and reported once as TR_ETOOBIG.
+ */
+struct mcp__sse {
+    struct tr_buf line; /* the unfinished line */
+    struct tr_buf data; /* the data lines of the event being read */
+    size_t max_event;
+    bool has_data, overflow, line_overflow, after_cr;
+    bool has_id;       /* an id field was seen: last_id can resume the stream */
+    char event[64];    /* the event field of the event being read */
+    char last_id[256]; /* the last event id (kept across events, as the spec says) */
+    long retry_ms;     /* the last retry field, -1 if none */
+};
+
+void mcp__sse_init(struct mcp__sse *sse, size_t max_event);
+void mcp__sse_release(struct mcp__sse *sse);
+/* Feeds bytes; calls fn for each complete event. Returns 0, or TR_ETOOBIG if an event was dropped.
+ */
+int mcp__sse_feed(struct mcp__sse *sse, const char *data, size_t n, mcp__sse_event_fn fn,
+                  void *userdata) TR_MUST_CHECK;
+
+/* ---- Streamable HTTP (http.c) ------------------------------------------------------------- */
+
+struct mcp__http;
+
+/* What the transport hands to the session: a message from the server, or a failed request. */
+struct mcp__inbound {
+    char *text;        /* a JSON-RPC message as received, or NULL for a failure */
+    int64_t failed_id; /* the request the failure is about (text NULL) */
+    int error_code;    /* TR_* code of the failure */
+    char *error_message;
+    struct mcp__inbound *next;
+};
+void mcp__inbound_free(struct mcp__inbound *in);
+
+/* A transport for one endpoint URL; headers are extra "Name: value" lines for every request. */
+struct mcp__http *mcp__http_new(const char *url, const char *const *headers, size_t max_message,
+                                const char *name);
+void mcp__http_free(struct mcp__http **http);
+/*
+ * The protocol version sent in MCP-Protocol-Version (NULL: none; copied). The modern era has
+ * no sessions: Mcp-Session-Id is then neither kept nor sent.
+ */
+void mcp__http_set_protocol_version(struct mcp__http *http, const char *version, bool modern);
+/* Forgets the session id (after a 404, before initializing again). */
+void mcp__http_reset_session(struct mcp__http *http);
+const char *mcp__http_session_id(const struct mcp__http *http);
+/*
+ * Starts a POST of json (copied) with extra header lines (NULL-ended, may be NULL).
+ * request_id is the JSON-RPC id it carries, or -1 for a notification or a response.
+ */
+void mcp__http_post(struct mcp__http *http, const char *json, const char *const *headers,
+                    int64_t request_id);
+/* Drives transfers for at most timeout_ms (returns early when something arrived). */
+void mcp__http_pump(struct mcp__http *http, int timeout_ms);
+/* The next inbound item (caller frees with mcp__inbound_free), or NULL. */
+struct mcp__inbound *mcp__http_next(struct mcp__http *http);
+/* Stops the transfers that carry request_id (given up on). */
+void mcp__http_abandon(struct mcp__http *http, int64_t request_id);
+/* Opens the standalone GET stream, waiting up to wait_ms for the server to accept it. */
+void mcp__http_open_stream(struct mcp__http *http, int wait_ms);
+/* Sends DELETE for the session, if there is one (blocking, short timeout). */
+void mcp__http_delete_session(struct mcp__http *http);
+
+/* ---- the session (client.c), shared with stdio.c, modern.c and handlers.c ----------------- */
+
+#define MCP__STDERR_LINE_MAX 4096 /* longer stderr lines reach the observer in pieces */
+
+/* A response that arrived for a request other than the one being waited for. */
+struct mcp__parked {
+    int64_t id;
+    cJSON *response; /* the whole message, or NULL for a transport failure */
+    int error_code;  /* the failure, when response is NULL */
+    char *error_message;
+    struct mcp__parked *next;
+};
+
+/* A request sent with mcp_session_send and not yet waited for. */
+struct mcp__pending {
+    int64_t ticket; /* the caller's handle: the first id */
+    int64_t id;     /* the id of its latest round */
+    char *method;
+    cJSON *params;
+    struct mcp__pending *next;
+};
+
+struct mcp_session {
+    char *name;
+    struct mcp_observer observer;
+    struct mcp_client_handlers handlers;
+    size_t max_message;
+    int64_t next_id;
+    bool dead; /* the server is gone (stdio: reaped); exit_desc says how */
+    char exit_desc[128];
+
+    /* stdio */
+    struct mcp__process proc;
+    struct mcp__lines lines; /* the server's stdout */
+    struct tr_buf outq;      /* bytes not yet written to the server's stdin */
+    char *chunk;             /* for reading stdout */
+    char err_line[MCP__STDERR_LINE_MAX + 1];
+    size_t err_len;
+    bool stdout_eof;
+    bool stdin_broken; /* the server closed its stdin: nothing more can be sent */
+
+    /* Streamable HTTP (NULL for stdio) */
+    struct mcp__http *http;
+
+    /* the protocol */
+    bool modern;
+    char *protocol_version;
+    cJSON *server_info;
+    cJSON *server_capabilities;
+    cJSON *tools; /* the last full tools/list, for x-mcp-header; NULL when stale */
+    struct mcp__parked *parked;
+    struct mcp__pending *pending;
+};
+
+/* stdio.c: the server's pipes, seen from the session. */
+void mcp__stdio_send(struct mcp_session *s, const char *text);
+void mcp__stdio_flush(struct mcp_session *s);
+bool mcp__stdio_read_stdout(struct mcp_session *s, bool discard);
+void mcp__stdio_read_stderr(struct mcp_session *s);
+/* Closes stdin, escalates to SIGTERM and SIGKILL; reaps. True if it exited on its own. */
+bool mcp__stdio_stop(struct mcp_session *s, int grace_ms);
+
+/* client.c */
+void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json);
+/* Sends msg (taken) to the server; request_id is its id or -1. */
+void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id);
+
+/* handlers.c */
+/* Answers a request from the server (ping, sampling, elicitation, roots; others refused). */
+void mcp__answer_server_request(struct mcp_session *s, const cJSON *id, const char *method,
+                                const cJSON *params);
+/* Handles a notification from the server (invalidates caches, tells the handler). */
+void mcp__handle_notification(struct mcp_session *s, const char *method, const cJSON *params);
+/*
+ * Runs the handler for method (sampling/createMessage, elicitation/create, roots/list) and
+ * returns 0 with its result object, or a negative code with err (no handler: TR_EDENIED).
+ */
+int mcp__run_handler(struct mcp_session *s, const char *method, const cJSON *params,
+                     cJSON **ret_result, struct tr_error *err);
+/* The ClientCapabilities the handlers allow. */
+cJSON *mcp__client_capabilities(const struct mcp_session *s);
+
+/* modern.c */
+bool mcp__version_is_modern(const char *version);
+/* Adds the modern per-request _meta (version, capabilities, client info) to params. */
+void mcp__add_request_meta(struct mcp_session *s, cJSON *params);
+/* The HTTP header lines for a request (Mcp-Method, Mcp-Name, Mcp-Param-*); NULL-ended. */
+char **mcp__request_headers(struct mcp_session *s, const char *method, const cJSON *params);
+void mcp__headers_free(char **headers);
+/* Whether a Tool's x-mcp-header annotations are valid (clients exclude tools that are not). */
+bool mcp__tool_headers_valid(const cJSON *tool);
+/* "=?base64?...?=" for values unsafe in a header, else the value; caller frees. */
+char *mcp__header_value(const char *value);
+
 #endif

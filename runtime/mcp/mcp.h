@@ -1,6 +1,8 @@
 /*
- * mcp: the Model Context Protocol client (sessions with MCP servers over stdio) and a small
- * server side used by troupe's demo servers and test servers.
+ * mcp: the Model Context Protocol client (sessions with MCP servers over stdio or Streamable
+ * HTTP, in both protocol eras: the initialize handshake of 2024-11-05..2025-11-25 and the
+ * stateless per-request metadata of 2026-07-28) and a small server side used by troupe's demo
+ * servers and test servers.
  *
  * Ownership: cJSON values passed in are borrowed; cJSON values returned through ret_*
  * parameters belong to the caller (cJSON_Delete). Strings returned by accessors live as long
@@ -18,12 +20,39 @@
 
 #define MCP_DEFAULT_MAX_MESSAGE (16u * 1024 * 1024)
 #define MCP_DEFAULT_TIMEOUT_MS 30000
-/* The newest handshake-era revision the client offers first. */
+/* The newest handshake-era (legacy) revision the client offers first. */
 #define MCP_LATEST_PROTOCOL_VERSION "2025-11-25"
+/* The newest stateless (modern) revision. */
+#define MCP_MODERN_PROTOCOL_VERSION "2026-07-28"
+/* As a requested protocol version: prefer modern, fall back to legacy (the versioning page). */
+#define MCP_VERSION_AUTO "auto"
 
 /* ---- client ------------------------------------------------------------------------------- */
 
 struct mcp_session;
+
+/*
+ * What the caller answers for the server (server-to-client requests, and in the modern era
+ * the same requests embedded in an InputRequiredResult). Each request handler returns 0 with
+ * the result object (taken by the session), or a negative code with err set (the server gets
+ * a JSON-RPC error). A NULL handler means the capability is not declared and such requests
+ * are refused. Handlers run synchronously inside session calls and must not call the session.
+ */
+struct mcp_client_handlers {
+    /* sampling/createMessage: params is CreateMessageRequestParams. */
+    int (*sampling)(void *userdata, const cJSON *params, cJSON **ret_result, struct tr_error *err);
+    /*
+     * elicitation/create: returns an ElicitResult. In form mode the session then fills every
+     * field the handler left out with the requested schema's default.
+     */
+    int (*elicitation)(void *userdata, const cJSON *params, cJSON **ret_result,
+                       struct tr_error *err);
+    /* roots/list: returns the array of Root objects. */
+    int (*roots)(void *userdata, cJSON **ret_roots, struct tr_error *err);
+    /* Every notification from the server (progress, logging, list_changed, ...). */
+    void (*notification)(void *userdata, const char *method, const cJSON *params);
+    void *userdata;
+};
 
 /* How to start a stdio server. */
 struct mcp_stdio_params {
@@ -34,6 +63,21 @@ struct mcp_stdio_params {
     const char *cwd;          /* working directory, or NULL for the current one */
     size_t max_message_bytes; /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
     int timeout_ms;           /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
+    /* NULL: the legacy handshake at MCP_LATEST_PROTOCOL_VERSION; or a revision to require,
+       or MCP_VERSION_AUTO (probe with server/discover, fall back to the handshake) */
+    const char *protocol_version;
+    const struct mcp_client_handlers *handlers; /* copied; NULL for none */
+};
+
+/* How to reach a Streamable HTTP server. */
+struct mcp_http_params {
+    const char *name;             /* used in messages; NULL means the URL */
+    const char *url;              /* the MCP endpoint */
+    const char *const *headers;   /* extra "Name: value" lines (e.g. Authorization) */
+    size_t max_message_bytes;     /* 0 means MCP_DEFAULT_MAX_MESSAGE */
+    int timeout_ms;               /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
+    const char *protocol_version; /* NULL or MCP_VERSION_AUTO: prefer modern; or one */
+    const struct mcp_client_handlers *handlers; /* copied; NULL for none */
 };
 
 enum mcp_direction { MCP_SENT, MCP_RECEIVED };
@@ -62,8 +106,50 @@ int mcp_session_open_stdio(const struct mcp_stdio_params *params,
                            const struct mcp_observer *observer, struct mcp_session **ret_session,
                            struct tr_error *err) TR_MUST_CHECK;
 
-/* The protocol revision the server agreed to, e.g. "2025-11-25". */
+/*
+ * Connects to a Streamable HTTP server: in the modern era server/discover (retrying with a
+ * version from an UnsupportedProtocolVersionError), else, or when the server turns out to be
+ * legacy, the initialize handshake. Same errors as mcp_session_open_stdio.
+ */
+int mcp_session_open_http(const struct mcp_http_params *params, const struct mcp_observer *observer,
+                          struct mcp_session **ret_session, struct tr_error *err) TR_MUST_CHECK;
+
+/* The protocol revision in use with this server, e.g. "2025-11-25" or "2026-07-28". */
 const char *mcp_session_protocol_version(const struct mcp_session *session);
+/* Whether the session speaks the modern (stateless, 2026-07-28) era. */
+bool mcp_session_is_modern(const struct mcp_session *session);
+/* The server's capabilities object, never NULL. */
+const cJSON *mcp_session_server_capabilities(const struct mcp_session *session);
+
+/*
+ * Any request: method with params (borrowed, may be NULL). In the modern era the session adds
+ * the per-request _meta, retries on UnsupportedProtocolVersionError and completes
+ * InputRequiredResults through the handlers (retrying with inputResponses and requestState).
+ * Returns 0 with the final result object, or the errors of mcp_session_call_tool.
+ */
+int mcp_session_request(struct mcp_session *session, const char *method, const cJSON *params,
+                        int timeout_ms, cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Pipelining: sends a request (params borrowed) and returns at once with a ticket. Several
+ * may be in flight; responses are matched by id whatever their order. Each ticket must be
+ * waited for or cancelled once.
+ */
+int mcp_session_send(struct mcp_session *session, const char *method, const cJSON *params,
+                     int64_t *ret_ticket, struct tr_error *err) TR_MUST_CHECK;
+/* Waits for a ticket's result, as mcp_session_request does (timeouts cancel the request). */
+int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                     cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
+/* Cancels a ticket: notifications/cancelled with reason (NULL for a default); never blocks. */
+void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason);
+/* A notification (params borrowed, may be NULL). */
+int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
+                       struct tr_error *err) TR_MUST_CHECK;
+/*
+ * A paginated list (tools/list, resources/list, resources/templates/list, prompts/list):
+ * follows every nextCursor and returns the concatenated array under key (e.g. "resources").
+ */
+int mcp_session_list_all(struct mcp_session *session, const char *method, const char *key,
+                         int timeout_ms, cJSON **ret_items, struct tr_error *err) TR_MUST_CHECK;
 /* The server's serverInfo object from the handshake (name, version), never NULL. */
 const cJSON *mcp_session_server_info(const struct mcp_session *session);
 /* The server's process id (for tests and supervision). */

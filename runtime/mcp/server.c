@@ -118,10 +118,11 @@ cJSON *mcp_result_structured(cJSON *structured)
 static cJSON *do_initialize(const struct mcp_server *server, const cJSON *params)
 {
     const cJSON *requested = cJSON_GetObjectItemCaseSensitive(params, "protocolVersion");
-    const char *version =
-        cJSON_IsString(requested) && mcp__version_supported(requested->valuestring)
-            ? requested->valuestring
-            : MCP_LATEST_PROTOCOL_VERSION;
+    const char *version = cJSON_IsString(requested) &&
+                                  mcp__version_supported(requested->valuestring) &&
+                                  !mcp__version_is_modern(requested->valuestring)
+                              ? requested->valuestring
+                              : MCP_LATEST_PROTOCOL_VERSION;
     cJSON *result = cJSON_CreateObject();
     cJSON_AddStringToObject(result, "protocolVersion", version);
     cJSON *capabilities = cJSON_AddObjectToObject(result, "capabilities");

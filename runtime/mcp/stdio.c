@@ -1,10 +1,12 @@
 /*
  * mcp/stdio.c: the stdio server's child process: fork/exec with pipes, its own process group
- * and a parent-death signal; signalling and reaping it. It neither reads nor writes messages.
+ * and a parent-death signal; signalling, stopping and reaping it; reading and writing its
+ * pipes for the session. It does not interpret messages: client.c does.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,4 +289,149 @@ void mcp__process_close_fds(struct mcp__process *proc)
     close_fd(&proc->in_fd);
     close_fd(&proc->out_fd);
     close_fd(&proc->err_fd);
+}
+
+/* ---- the pipes, seen from a session ------------------------------------------------------ */
+
+#define READ_CHUNK 65536
+
+static void emit_stderr_line(struct mcp_session *s)
+{
+    if (s->err_len > 0 && s->err_line[s->err_len - 1] == '\r')
+        s->err_len--;
+    s->err_line[s->err_len] = '\0';
+    if (s->observer.on_stderr)
+        s->observer.on_stderr(s->observer.userdata, s->name, s->err_line);
+    s->err_len = 0;
+}
+
+static void feed_stderr(struct mcp_session *s, const char *data, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (data[i] == '\n') {
+            emit_stderr_line(s);
+            continue;
+        }
+        s->err_line[s->err_len++] = data[i];
+        if (s->err_len == MCP__STDERR_LINE_MAX)
+            emit_stderr_line(s);
+    }
+}
+
+void mcp__stdio_read_stderr(struct mcp_session *s)
+{
+    char chunk[4096];
+    for (int rounds = 0; s->proc.err_fd >= 0 && rounds < 16; rounds++) {
+        ssize_t n = read(s->proc.err_fd, chunk, sizeof(chunk));
+        if (n > 0) {
+            feed_stderr(s, chunk, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (s->err_len > 0)
+            emit_stderr_line(s); /* a last line without a newline */
+        close(s->proc.err_fd);
+        s->proc.err_fd = -1;
+    }
+}
+
+bool mcp__stdio_read_stdout(struct mcp_session *s, bool discard)
+{
+    if (s->proc.out_fd < 0)
+        return false;
+    if (!s->chunk)
+        s->chunk = xmalloc(READ_CHUNK);
+    ssize_t n = read(s->proc.out_fd, s->chunk, READ_CHUNK);
+    if (n > 0) {
+        if (!discard)
+            mcp__lines_feed(&s->lines, s->chunk, (size_t)n);
+        return true;
+    }
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return false;
+    s->stdout_eof = true;
+    close(s->proc.out_fd);
+    s->proc.out_fd = -1;
+    return false;
+}
+
+static void close_stdin(struct mcp_session *s)
+{
+    if (s->proc.in_fd >= 0) {
+        close(s->proc.in_fd);
+        s->proc.in_fd = -1;
+    }
+    tr_buf_release(&s->outq);
+}
+
+void mcp__stdio_flush(struct mcp_session *s)
+{
+    while (s->outq.len > 0 && s->proc.in_fd >= 0) {
+        ssize_t n = mcp__write_some(s->proc.in_fd, s->outq.data, s->outq.len);
+        if (n == -EAGAIN)
+            return;
+        if (n < 0) { /* EPIPE: it closed its stdin or exited; the read side will tell */
+            s->stdin_broken = true;
+            close_stdin(s);
+            return;
+        }
+        tr_buf_consume(&s->outq, (size_t)n);
+    }
+}
+
+void mcp__stdio_send(struct mcp_session *s, const char *text)
+{
+    if (s->proc.in_fd < 0)
+        return;
+    int rc = tr_buf_append(&s->outq, text, strlen(text));
+    rc |= tr_buf_append(&s->outq, "\n", 1);
+    (void)rc; /* unlimited buffer: our own messages */
+    mcp__stdio_flush(s);
+}
+
+/* Waits up to timeout_ms for the child to exit, draining its output meanwhile. */
+static bool wait_exit(struct mcp_session *s, int timeout_ms)
+{
+    int64_t deadline = tr_now_ms() + timeout_ms;
+    for (;;) {
+        if (mcp__process_exited(&s->proc))
+            return true;
+        int64_t left = deadline - tr_now_ms();
+        if (left <= 0)
+            return false;
+        /* No pidfd here: poll the pipes (a server may be blocked writing to them). */
+        struct pollfd fds[2];
+        nfds_t nfds = 0;
+        if (s->proc.out_fd >= 0)
+            fds[nfds++] = (struct pollfd){.fd = s->proc.out_fd, .events = POLLIN};
+        if (s->proc.err_fd >= 0)
+            fds[nfds++] = (struct pollfd){.fd = s->proc.err_fd, .events = POLLIN};
+        if (poll(fds, nfds, left < 10 ? (int)left : 10) > 0) {
+            mcp__stdio_read_stdout(s, true);
+            mcp__stdio_read_stderr(s);
+        }
+    }
+}
+
+bool mcp__stdio_stop(struct mcp_session *s, int grace_ms)
+{
+    bool on_its_own = true;
+    close_stdin(s);
+    if (!wait_exit(s, grace_ms)) {
+        on_its_own = false;
+        mcp__process_signal(&s->proc, SIGTERM);
+        if (!wait_exit(s, grace_ms))
+            mcp__process_signal(&s->proc, SIGKILL);
+    }
+    /* The leader is a zombie now (or about to be): stragglers in its group go too. */
+    mcp__process_signal(&s->proc, on_its_own ? SIGTERM : SIGKILL);
+    mcp__process_reap(&s->proc);
+    mcp__stdio_read_stderr(s);
+    mcp__process_close_fds(&s->proc);
+    s->dead = true;
+    mcp__process_describe(&s->proc, s->exit_desc, sizeof(s->exit_desc));
+    return on_its_own;
 }

@@ -1,0 +1,402 @@
+/*
+ * cli/mcp.c: `troupe mcp`: talk to one MCP server by hand: what it is (version, era,
+ * capabilities), its tools, resources and prompts, and calling a tool. The server is a URL, a
+ * command, or a name in a {"mcpServers": {...}} file. It neither runs nor records workflows.
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp.h"
+
+#define MAX_ITEMS 64 /* argv entries, env entries and headers taken from a config entry */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe mcp ACTION [options] (--url URL | --server NAME | -- COMMAND [ARG...])\n"
+            "\n"
+            "actions:\n"
+            "  info                 negotiated protocol version, era, server and capabilities\n"
+            "  tools                the server's tools (every page)\n"
+            "  resources            the server's resources and resource templates\n"
+            "  prompts              the server's prompts\n"
+            "  call TOOL [JSON]     call a tool with JSON arguments (an object)\n"
+            "\n"
+            "options:\n"
+            "  --url URL            a Streamable HTTP server\n"
+            "  --server NAME        a server named in the config file\n"
+            "  --config FILE        {\"mcpServers\": {...}} (default: $TROUPE_MCP_CONFIG, else\n"
+            "                       .mcp.json); ${VAR} in env and headers comes from the\n"
+            "                       environment\n"
+            "  --header 'N: V'      an extra HTTP header (repeatable)\n"
+            "  --protocol VERSION   auto (prefer 2026-07-28, fall back), or a revision\n"
+            "  --timeout MS         per request (default %d)\n"
+            "  --json               print JSON as received\n"
+            "  -h, --help           show this help\n",
+            MCP_DEFAULT_TIMEOUT_MS);
+}
+
+/* ---- the server ---------------------------------------------------------------------------- */
+
+struct target {
+    const char *url;
+    const char *server;
+    const char *config;
+    const char *protocol;
+    const char *argv[MAX_ITEMS + 1];
+    const char *env[MAX_ITEMS + 1];
+    const char *headers[MAX_ITEMS + 1];
+    size_t n_headers;
+    const char *cwd;
+    cJSON *config_json;
+    char *owned[3 * MAX_ITEMS]; /* strings built from the config */
+    size_t n_owned;
+};
+
+static const char *keep(struct target *t, char *s)
+{
+    if (t->n_owned == sizeof(t->owned) / sizeof(t->owned[0])) {
+        free(s);
+        return "";
+    }
+    t->owned[t->n_owned++] = s;
+    return s;
+}
+
+/* Copies text with each ${NAME} replaced by the environment variable (empty if unset). */
+static char *expand(const char *text)
+{
+    struct tr_buf out;
+    tr_buf_init(&out, 0);
+    int rc = 0;
+    for (const char *p = text; *p;) {
+        const char *end = p[0] == '$' && p[1] == '{' ? strchr(p, '}') : NULL;
+        if (end) {
+            char *name = xstrndup(p + 2, (size_t)(end - p - 2));
+            const char *value = getenv(name);
+            rc |= tr_buf_append(&out, value ? value : "", value ? strlen(value) : 0);
+            free(name);
+            p = end + 1;
+        } else {
+            rc |= tr_buf_append(&out, p, 1);
+            p++;
+        }
+    }
+    (void)rc; /* unlimited buffer */
+    return tr_buf_take(&out);
+}
+
+static int load_config(struct target *t)
+{
+    const char *path = t->config ? t->config : getenv("TROUPE_MCP_CONFIG");
+    if (!path)
+        path = ".mcp.json";
+    char *text = NULL;
+    size_t len = 0;
+    struct tr_error err = {0};
+    if (tr_file_read(path, 4u << 20, &text, &len, &err) < 0) {
+        cli_error("%s", err.message);
+        return CLI_USAGE;
+    }
+    t->config_json = cJSON_ParseWithLength(text, len);
+    free(text);
+    cJSON *servers = cJSON_GetObjectItemCaseSensitive(t->config_json, "mcpServers");
+    cJSON *entry = cJSON_GetObjectItemCaseSensitive(servers, t->server);
+    if (!cJSON_IsObject(entry)) {
+        cli_error("%s: no server named '%s' under \"mcpServers\"", path, t->server);
+        return CLI_USAGE;
+    }
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
+    const cJSON *command = cJSON_GetObjectItemCaseSensitive(entry, "command");
+    const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
+    if (cJSON_IsString(url)) {
+        t->url = url->valuestring;
+    } else if (cJSON_IsString(command)) {
+        size_t n = 0;
+        t->argv[n++] = command->valuestring;
+        const cJSON *arg;
+        cJSON_ArrayForEach(arg, cJSON_GetObjectItemCaseSensitive(entry, "args"))
+        {
+            if (cJSON_IsString(arg) && n < MAX_ITEMS)
+                t->argv[n++] = arg->valuestring;
+        }
+        size_t e = 0;
+        const cJSON *var;
+        cJSON_ArrayForEach(var, cJSON_GetObjectItemCaseSensitive(entry, "env"))
+        {
+            if (cJSON_IsString(var) && e < MAX_ITEMS) {
+                char *value = expand(var->valuestring);
+                t->env[e++] = keep(t, xasprintf("%s=%s", var->string, value));
+                free(value);
+            }
+        }
+        if (cJSON_IsString(cwd))
+            t->cwd = cwd->valuestring;
+    } else {
+        cli_error("%s: server '%s' has neither \"url\" nor \"command\"", path, t->server);
+        return CLI_USAGE;
+    }
+    const cJSON *header;
+    cJSON_ArrayForEach(header, cJSON_GetObjectItemCaseSensitive(entry, "headers"))
+    {
+        if (cJSON_IsString(header) && t->n_headers < MAX_ITEMS) {
+            char *value = expand(header->valuestring);
+            t->headers[t->n_headers++] = keep(t, xasprintf("%s: %s", header->string, value));
+            free(value);
+        }
+    }
+    return CLI_OK;
+}
+
+static int open_target(struct target *t, int timeout_ms, struct mcp_session **ret_session)
+{
+    struct tr_error err = {0};
+    int rc;
+    if (t->url) {
+        struct mcp_http_params params = {
+            .url = t->url,
+            .headers = t->headers,
+            .timeout_ms = timeout_ms,
+            .protocol_version = t->protocol,
+        };
+        rc = mcp_session_open_http(&params, NULL, ret_session, &err);
+    } else {
+        struct mcp_stdio_params params = {
+            .argv = t->argv,
+            .env = t->env,
+            .cwd = t->cwd,
+            .timeout_ms = timeout_ms,
+            .protocol_version = t->protocol ? t->protocol : MCP_VERSION_AUTO,
+        };
+        rc = mcp_session_open_stdio(&params, NULL, ret_session, &err);
+    }
+    if (rc < 0) {
+        cli_error("%s", err.message);
+        return CLI_FAILED;
+    }
+    return CLI_OK;
+}
+
+/* ---- the actions --------------------------------------------------------------------------- */
+
+static void print_json(const cJSON *json)
+{
+    char *text = cJSON_Print(json);
+    puts(text);
+    free(text);
+}
+
+static const char *str(const cJSON *object, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(object, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static int do_info(struct mcp_session *session, bool json)
+{
+    const cJSON *info = mcp_session_server_info(session);
+    const cJSON *caps = mcp_session_server_capabilities(session);
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "protocolVersion", mcp_session_protocol_version(session));
+        cJSON_AddStringToObject(o, "era", mcp_session_is_modern(session) ? "modern" : "legacy");
+        cJSON_AddItemToObject(o, "serverInfo", cJSON_Duplicate(info, 1));
+        cJSON_AddItemToObject(o, "capabilities", cJSON_Duplicate(caps, 1));
+        print_json(o);
+        cJSON_Delete(o);
+        return CLI_OK;
+    }
+    printf("protocol:     %s (%s era)\n", mcp_session_protocol_version(session),
+           mcp_session_is_modern(session) ? "modern, stateless" : "legacy, initialize handshake");
+    printf("server:       %s %s\n", str(info, "name"), str(info, "version"));
+    printf("capabilities: ");
+    const cJSON *cap;
+    cJSON_ArrayForEach(cap, caps) printf("%s%s", cap->string, cap->next ? ", " : "");
+    printf("\n");
+    return CLI_OK;
+}
+
+/* Lists method's items: "name  description" lines (or JSON). */
+static int do_list(struct mcp_session *session, const char *method, const char *key,
+                   const char *name_key, int timeout_ms, bool json)
+{
+    struct tr_error err = {0};
+    cJSON *items = NULL;
+    int rc = strcmp(method, "tools/list") == 0
+                 ? mcp_session_list_tools(session, timeout_ms, &items, &err)
+                 : mcp_session_list_all(session, method, key, timeout_ms, &items, &err);
+    if (rc < 0) {
+        cli_error("%s", err.message);
+        return CLI_FAILED;
+    }
+    if (json) {
+        print_json(items);
+    } else {
+        const cJSON *item;
+        cJSON_ArrayForEach(item, items)
+        {
+            const char *description = str(item, "description");
+            const char *newline = strchr(description, '\n');
+            int len = newline ? (int)(newline - description) : (int)strlen(description);
+            printf("%-32s %.*s\n", str(item, name_key), len, description);
+        }
+    }
+    cJSON_Delete(items);
+    return CLI_OK;
+}
+
+static int do_call(struct mcp_session *session, const char *tool, const char *args_text,
+                   int timeout_ms, bool json)
+{
+    cJSON *args = args_text ? cJSON_Parse(args_text) : NULL;
+    if (args_text && !cJSON_IsObject(args)) {
+        cJSON_Delete(args);
+        cli_error("the arguments must be a JSON object, e.g. '{\"message\": \"hi\"}'");
+        return CLI_USAGE;
+    }
+    struct tr_error err = {0};
+    cJSON *result = NULL;
+    /* Lists first: in the modern era x-mcp-header parameters need the tool's schema. */
+    cJSON *tools = NULL;
+    if (mcp_session_list_tools(session, timeout_ms, &tools, &err) == 0)
+        cJSON_Delete(tools);
+    int rc = mcp_session_call_tool(session, tool, args, NULL, timeout_ms, &result, &err);
+    cJSON_Delete(args);
+    if (rc < 0) {
+        cli_error("%s", err.message);
+        return CLI_FAILED;
+    }
+    bool is_error = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"));
+    if (json) {
+        print_json(result);
+    } else {
+        const cJSON *item;
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(result, "content"))
+        {
+            const char *type = str(item, "type");
+            if (strcmp(type, "text") == 0)
+                printf("%s\n", str(item, "text"));
+            else if (strcmp(type, "resource_link") == 0)
+                printf("[resource link] %s %s\n", str(item, "uri"), str(item, "name"));
+            else if (strcmp(type, "resource") == 0)
+                printf("[resource] %s\n", str(cJSON_GetObjectItem(item, "resource"), "uri"));
+            else
+                printf("[%s] %s, %zu bytes base64\n", type, str(item, "mimeType"),
+                       strlen(str(item, "data")));
+        }
+        const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
+        if (structured) {
+            printf("structured content:\n");
+            print_json(structured);
+        }
+    }
+    cJSON_Delete(result);
+    return is_error ? CLI_FAILED : CLI_OK;
+}
+
+int cli_mcp(int argc, char **argv, struct cli_common *common)
+{
+    enum { OPT_URL = 2000, OPT_SERVER, OPT_CONFIG, OPT_HEADER, OPT_PROTOCOL };
+    static const struct option options[] = {
+        {"url", required_argument, NULL, OPT_URL},
+        {"server", required_argument, NULL, OPT_SERVER},
+        {"config", required_argument, NULL, OPT_CONFIG},
+        {"header", required_argument, NULL, OPT_HEADER},
+        {"protocol", required_argument, NULL, OPT_PROTOCOL},
+        {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},
+        {"json", no_argument, NULL, CLI_OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct target t = {0};
+    bool json = false;
+    int timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
+    /* Everything after "--" is the server's command: keep it away from getopt. */
+    int end = 1;
+    while (end < argc && strcmp(argv[end], "--") != 0)
+        end++;
+    size_t n_argv = 0;
+    for (int k = end + 1; k < argc && n_argv < MAX_ITEMS; k++)
+        t.argv[n_argv++] = argv[k];
+    int opt;
+    while ((opt = getopt_long(end, argv, "h", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_URL:
+            t.url = optarg;
+            break;
+        case OPT_SERVER:
+            t.server = optarg;
+            break;
+        case OPT_CONFIG:
+            t.config = optarg;
+            break;
+        case OPT_PROTOCOL:
+            t.protocol = optarg;
+            break;
+        case OPT_HEADER:
+            if (t.n_headers < MAX_ITEMS)
+                t.headers[t.n_headers++] = optarg;
+            break;
+        case CLI_OPT_TIMEOUT:
+            timeout_ms = atoi(optarg);
+            break;
+        case CLI_OPT_JSON:
+            json = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return CLI_OK;
+        default:
+            if (cli_common_option(common, opt, optarg))
+                break;
+            usage(stderr);
+            return CLI_USAGE;
+        }
+    }
+    /* ACTION [TOOL [JSON]], in any order with the options. */
+    const char *positional[3] = {0};
+    size_t n_positional = 0;
+    for (int k = optind; k < end; k++)
+        if (n_positional < 3)
+            positional[n_positional++] = argv[k];
+    const char *action = positional[0];
+    int sources = (t.url != NULL) + (t.server != NULL) + (n_argv > 0);
+    if (!action || sources != 1 || (strcmp(action, "call") == 0 && !positional[1])) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    int rc = t.server ? load_config(&t) : CLI_OK;
+    struct mcp_session *session = NULL;
+    if (rc == CLI_OK)
+        rc = open_target(&t, timeout_ms, &session);
+    if (rc == CLI_OK) {
+        if (strcmp(action, "info") == 0) {
+            rc = do_info(session, json);
+        } else if (strcmp(action, "tools") == 0) {
+            rc = do_list(session, "tools/list", "tools", "name", timeout_ms, json);
+        } else if (strcmp(action, "resources") == 0) {
+            rc = do_list(session, "resources/list", "resources", "uri", timeout_ms, json);
+            if (rc == CLI_OK && !json)
+                printf("templates:\n");
+            if (rc == CLI_OK)
+                rc = do_list(session, "resources/templates/list", "resourceTemplates",
+                             "uriTemplate", timeout_ms, json);
+        } else if (strcmp(action, "prompts") == 0) {
+            rc = do_list(session, "prompts/list", "prompts", "name", timeout_ms, json);
+        } else if (strcmp(action, "call") == 0) {
+            rc = do_call(session, positional[1], positional[2], timeout_ms, json);
+        } else {
+            cli_error("unknown action '%s' (see 'troupe mcp --help')", action);
+            rc = CLI_USAGE;
+        }
+    }
+    mcp_session_free(&session);
+    for (size_t k = 0; k < t.n_owned; k++)
+        free(t.owned[k]);
+    cJSON_Delete(t.config_json);
+    return rc;
+}

@@ -1,0 +1,552 @@
+/*
+ * mcp/http.c: the Streamable HTTP transport over libcurl's multi interface: POSTs answered
+ * with JSON or an SSE stream, Mcp-Session-Id, MCP-Protocol-Version, resumption with GET and
+ * Last-Event-ID after the retry delay, DELETE on close. It knows nothing of MCP methods: the
+ * session (client.c) gives it message texts and takes back what arrives.
+ */
+#define _GNU_SOURCE
+#include <curl/curl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "mcp-internal.h"
+
+#define DEFAULT_RETRY_MS 1000
+#define MAX_RESUMES 8 /* reconnections for one request before giving up */
+#define DELETE_TIMEOUT_MS 2000
+
+struct transfer {
+    struct mcp__http *http;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    int64_t request_id; /* JSON-RPC id the transfer carries or resumes, -1 if none */
+    bool is_get;
+    bool standalone; /* the optional GET stream for server-initiated messages */
+    bool got_headers;
+    int resumes; /* resumption attempts so far for request_id */
+    bool sse_checked, is_sse;
+    bool got_response; /* the response to request_id came on this transfer */
+    bool too_big;
+    struct tr_buf reply; /* a JSON reply (not SSE) */
+    struct mcp__sse sse;
+    struct transfer *next;
+};
+
+/* A stream to resume by GET once its retry delay has passed. */
+struct resume {
+    int64_t request_id; /* -1: the standalone stream */
+    int64_t at_ms;
+    int resumes;
+    char last_id[256];
+    struct resume *next;
+};
+
+struct mcp__http {
+    char *name;
+    char *url;
+    CURLM *multi;
+    struct curl_slist *extra; /* the caller's headers for every request */
+    bool want_stream;         /* keep the standalone GET stream open */
+    char *session_id;
+    char *protocol_version;
+    bool modern;
+    size_t max_message;
+    struct transfer *transfers;
+    struct resume *resumes;
+    struct mcp__inbound *in_head, *in_tail;
+};
+
+/* ---- the inbound queue -------------------------------------------------------------------- */
+
+void mcp__inbound_free(struct mcp__inbound *in)
+{
+    if (!in)
+        return;
+    free(in->text);
+    free(in->error_message);
+    free(in);
+}
+
+static void enqueue(struct mcp__http *h, struct mcp__inbound *in)
+{
+    if (h->in_tail)
+        h->in_tail->next = in;
+    else
+        h->in_head = in;
+    h->in_tail = in;
+}
+
+static void push_message(struct mcp__http *h, const char *text, size_t len)
+{
+    struct mcp__inbound *in = xcalloc(1, sizeof(*in));
+    in->text = xstrndup(text, len);
+    enqueue(h, in);
+}
+
+static void push_failure(struct mcp__http *h, int64_t id, int code, const char *fmt, ...)
+    TR_PRINTF(4, 5);
+static void push_failure(struct mcp__http *h, int64_t id, int code, const char *fmt, ...)
+{
+    struct mcp__inbound *in = xcalloc(1, sizeof(*in));
+    in->failed_id = id;
+    in->error_code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    in->error_message = xvasprintf(fmt, ap);
+    va_end(ap);
+    enqueue(h, in);
+}
+
+struct mcp__inbound *mcp__http_next(struct mcp__http *h)
+{
+    struct mcp__inbound *in = h->in_head;
+    if (in) {
+        h->in_head = in->next;
+        if (!h->in_head)
+            h->in_tail = NULL;
+        in->next = NULL;
+    }
+    return in;
+}
+
+/* Whether text is a response (result or error) to id. */
+static bool is_response_to(const char *text, size_t len, int64_t id)
+{
+    if (id < 0)
+        return false;
+    cJSON *msg = cJSON_ParseWithLength(text, len);
+    const cJSON *msg_id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+    bool yes = cJSON_IsNumber(msg_id) && msg_id->valuedouble == (double)id &&
+               !cJSON_HasObjectItem(msg, "method");
+    cJSON_Delete(msg);
+    return yes;
+}
+
+/* ---- receiving ---------------------------------------------------------------------------- */
+
+static void on_sse_event(void *userdata, const char *event, const char *data, size_t len)
+{
+    struct transfer *t = userdata;
+    if (strcmp(event, "message") != 0 || len == 0 || strspn(data, " \t\r\n") == len)
+        return;
+    if (is_response_to(data, len, t->request_id))
+        t->got_response = true;
+    push_message(t->http, data, len);
+}
+
+static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata)
+{
+    struct transfer *t = userdata;
+    size_t n = size * nitems;
+    static const char key[] = "mcp-session-id:";
+    if (n <= 2) /* the blank line that ends the headers */
+        t->got_headers = true;
+    if (!t->http->modern && n > sizeof(key) - 1 && strncasecmp(buffer, key, sizeof(key) - 1) == 0) {
+        const char *v = buffer + sizeof(key) - 1;
+        size_t vlen = n - (sizeof(key) - 1);
+        while (vlen > 0 && (*v == ' ' || *v == '\t'))
+            v++, vlen--;
+        while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+            vlen--;
+        /* Visible ASCII only (the spec's rule); ignore anything else. */
+        bool valid = vlen > 0 && vlen < 1024;
+        for (size_t i = 0; valid && i < vlen; i++)
+            valid = v[i] >= 0x21 && v[i] <= 0x7e;
+        if (valid) {
+            free(t->http->session_id);
+            t->http->session_id = xstrndup(v, vlen);
+        }
+    }
+    return n;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    struct transfer *t = userdata;
+    size_t n = size * nmemb;
+    if (!t->sse_checked) {
+        char *type = NULL;
+        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &type);
+        t->is_sse = type && strncasecmp(type, "text/event-stream", 17) == 0;
+        t->sse_checked = true;
+    }
+    if (t->is_sse) {
+        if (mcp__sse_feed(&t->sse, data, n, on_sse_event, t) < 0)
+            t->too_big = true;
+        return n;
+    }
+    if (!t->too_big && tr_buf_append(&t->reply, data, n) < 0) {
+        t->too_big = true;
+        tr_buf_release(&t->reply);
+    }
+    return n;
+}
+
+/* ---- starting transfers ------------------------------------------------------------------- */
+
+static struct curl_slist *add_header(struct curl_slist *list, const char *line)
+{
+    struct curl_slist *next = curl_slist_append(list, line);
+    if (!next) {
+        fprintf(stderr, "troupe: out of memory\n");
+        abort();
+    }
+    return next;
+}
+
+static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bool is_get)
+{
+    struct transfer *t = xcalloc(1, sizeof(*t));
+    t->http = h;
+    t->request_id = request_id;
+    t->is_get = is_get;
+    tr_buf_init(&t->reply, h->max_message);
+    mcp__sse_init(&t->sse, h->max_message);
+    t->easy = curl_easy_init();
+    if (!t->easy) {
+        fprintf(stderr, "troupe: curl_easy_init failed\n");
+        abort();
+    }
+    curl_easy_setopt(t->easy, CURLOPT_URL, h->url);
+    curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+    curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
+    for (struct curl_slist *e = h->extra; e; e = e->next)
+        t->headers = add_header(t->headers, e->data);
+    if (h->session_id) {
+        char *line = xasprintf("Mcp-Session-Id: %s", h->session_id);
+        t->headers = add_header(t->headers, line);
+        free(line);
+    }
+    if (h->protocol_version) {
+        char *line = xasprintf("MCP-Protocol-Version: %s", h->protocol_version);
+        t->headers = add_header(t->headers, line);
+        free(line);
+    }
+    return t;
+}
+
+static void transfer_start(struct mcp__http *h, struct transfer *t)
+{
+    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+    t->next = h->transfers;
+    h->transfers = t;
+    curl_multi_add_handle(h->multi, t->easy);
+}
+
+static void transfer_free(struct transfer *t)
+{
+    curl_easy_cleanup(t->easy);
+    curl_slist_free_all(t->headers);
+    free(t->body);
+    tr_buf_release(&t->reply);
+    mcp__sse_release(&t->sse);
+    free(t);
+}
+
+static void transfer_remove(struct mcp__http *h, struct transfer *t)
+{
+    for (struct transfer **p = &h->transfers; *p; p = &(*p)->next)
+        if (*p == t) {
+            *p = t->next;
+            break;
+        }
+    curl_multi_remove_handle(h->multi, t->easy);
+    transfer_free(t);
+}
+
+void mcp__http_post(struct mcp__http *h, const char *json, const char *const *headers,
+                    int64_t request_id)
+{
+    struct transfer *t = transfer_new(h, request_id, false);
+    t->headers = add_header(t->headers, "Content-Type: application/json");
+    t->headers = add_header(t->headers, "Accept: application/json, text/event-stream");
+    for (size_t i = 0; headers && headers[i]; i++)
+        t->headers = add_header(t->headers, headers[i]);
+    t->body = xstrdup(json);
+    curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
+    transfer_start(h, t);
+}
+
+static struct transfer *start_get(struct mcp__http *h, int64_t request_id, const char *last_id)
+{
+    struct transfer *t = transfer_new(h, request_id, true);
+    t->standalone = request_id < 0;
+    t->headers = add_header(t->headers, "Accept: text/event-stream");
+    if (last_id && last_id[0]) {
+        char *line = xasprintf("Last-Event-ID: %s", last_id);
+        t->headers = add_header(t->headers, line);
+        free(line);
+    }
+    curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+    transfer_start(h, t);
+    return t;
+}
+
+static void start_resume(struct mcp__http *h, struct resume *r)
+{
+    if (r->request_id < 0 && !h->want_stream)
+        return;
+    struct transfer *t = start_get(h, r->request_id, r->last_id);
+    t->resumes = r->resumes;
+}
+
+void mcp__http_open_stream(struct mcp__http *h, int wait_ms)
+{
+    h->want_stream = true;
+    struct transfer *t = start_get(h, -1, NULL);
+    /* Wait for its headers, so that what the server sends next has somewhere to go. */
+    int64_t deadline = tr_now_ms() + wait_ms;
+    for (;;) {
+        bool alive = false;
+        for (struct transfer *x = h->transfers; x; x = x->next)
+            alive |= x == t;
+        if (!alive || t->got_headers || tr_now_ms() >= deadline)
+            break;
+        mcp__http_pump(h, 10);
+    }
+}
+
+/* ---- finishing transfers ------------------------------------------------------------------ */
+
+static void schedule_resume(struct mcp__http *h, const struct transfer *t)
+{
+    struct resume *r = xcalloc(1, sizeof(*r));
+    r->request_id = t->request_id;
+    long retry = t->sse.retry_ms >= 0 ? t->sse.retry_ms : DEFAULT_RETRY_MS;
+    r->at_ms = tr_now_ms() + retry;
+    r->resumes = t->resumes + 1;
+    snprintf(r->last_id, sizeof(r->last_id), "%s", t->sse.last_id);
+    r->next = h->resumes;
+    h->resumes = r;
+}
+
+/* A JSON reply: one message or a batch of them. */
+static void deliver_json(struct mcp__http *h, struct transfer *t)
+{
+    cJSON *msg = cJSON_ParseWithLength(t->reply.data, t->reply.len);
+    if (cJSON_IsArray(msg)) {
+        for (cJSON *m = msg->child; m; m = m->next) {
+            char *text = mcp__json_print(m);
+            if (is_response_to(text, strlen(text), t->request_id))
+                t->got_response = true;
+            push_message(h, text, strlen(text));
+            free(text);
+        }
+    } else {
+        if (is_response_to(t->reply.data, t->reply.len, t->request_id))
+            t->got_response = true;
+        push_message(h, t->reply.data, t->reply.len); /* garbage too: the session reports it */
+    }
+    cJSON_Delete(msg);
+}
+
+static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
+{
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    int64_t id = t->request_id;
+    const char *what = t->is_get ? "GET" : "POST";
+
+    if (t->standalone) {
+        /* Reconnect a stream that the server ended; not one it refused (405) or broke. */
+        if (result == CURLE_OK && status >= 200 && status < 300 && t->is_sse &&
+            t->resumes < MAX_RESUMES)
+            schedule_resume(h, t);
+        return;
+    }
+    if (result != CURLE_OK) {
+        if (id >= 0 && !t->got_response)
+            push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
+                         what, h->url, curl_easy_strerror(result));
+        return;
+    }
+    if (t->too_big) {
+        if (id >= 0 && !t->got_response)
+            push_failure(h, id, TR_EPROTO, "MCP server '%s' sent a message longer than %zu bytes",
+                         h->name, h->max_message);
+        return;
+    }
+    if (status >= 200 && status < 300 && t->is_sse) {
+        if (id >= 0 && !t->got_response) {
+            /* The stream ended before the response: resume it where it stopped if we can. */
+            if (t->sse.has_id && t->resumes < MAX_RESUMES)
+                schedule_resume(h, t);
+            else
+                push_failure(h, id, TR_EPEER,
+                             "MCP server '%s' closed the event stream before answering", h->name);
+        }
+        return;
+    }
+    if (!t->is_sse && t->reply.len > 0 && strspn(t->reply.data, " \t\r\n") < t->reply.len) {
+        /* JSON, even on an error status: a JSON-RPC error says more than the status. */
+        cJSON *probe = cJSON_ParseWithLength(t->reply.data, t->reply.len);
+        bool json = cJSON_IsObject(probe) || cJSON_IsArray(probe);
+        cJSON_Delete(probe);
+        if (json || (status >= 200 && status < 300)) {
+            deliver_json(h, t);
+            if (t->got_response || id < 0)
+                return;
+        }
+    }
+    if (id < 0 || t->got_response)
+        return;
+    if (status == 404 && h->session_id) {
+        push_failure(h, id, TR_EPEER, "MCP server '%s' no longer knows session %s (HTTP 404)",
+                     h->name, h->session_id);
+        return;
+    }
+    if (status >= 200 && status < 300)
+        push_failure(h, id, TR_EPROTO,
+                     "MCP server '%s' answered a request with HTTP %ld and no "
+                     "response",
+                     h->name, status);
+    else
+        push_failure(h, id, TR_EPROTO, "MCP server '%s' answered %s with HTTP status %ld", h->name,
+                     what, status);
+}
+
+void mcp__http_pump(struct mcp__http *h, int timeout_ms)
+{
+    int64_t now = tr_now_ms();
+    for (struct resume **p = &h->resumes; *p;) {
+        struct resume *r = *p;
+        if (r->at_ms <= now) {
+            *p = r->next;
+            start_resume(h, r);
+            free(r);
+            continue;
+        }
+        int64_t wait = r->at_ms - now;
+        if (wait < timeout_ms)
+            timeout_ms = (int)wait;
+        p = &r->next;
+    }
+    int running = 0;
+    curl_multi_perform(h->multi, &running);
+    if (!h->in_head) {
+        curl_multi_poll(h->multi, NULL, 0, timeout_ms > 0 ? timeout_ms : 0, NULL);
+        curl_multi_perform(h->multi, &running);
+    }
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(h->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        struct transfer *t = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        CURLcode result = m->data.result;
+        finish(h, t, result);
+        transfer_remove(h, t);
+    }
+}
+
+void mcp__http_abandon(struct mcp__http *h, int64_t request_id)
+{
+    for (struct transfer *t = h->transfers, *next; t; t = next) {
+        next = t->next;
+        if (t->request_id == request_id)
+            transfer_remove(h, t);
+    }
+    for (struct resume **p = &h->resumes; *p;) {
+        struct resume *r = *p;
+        if (r->request_id == request_id) {
+            *p = r->next;
+            free(r);
+        } else {
+            p = &r->next;
+        }
+    }
+}
+
+/* ---- the transport ------------------------------------------------------------------------ */
+
+struct mcp__http *mcp__http_new(const char *url, const char *const *headers, size_t max_message,
+                                const char *name)
+{
+    static bool curl_ready;
+    if (!curl_ready) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        curl_ready = true;
+    }
+    struct mcp__http *h = xcalloc(1, sizeof(*h));
+    h->name = xstrdup(name);
+    h->url = xstrdup(url);
+    h->max_message = max_message ? max_message : MCP_DEFAULT_MAX_MESSAGE;
+    h->multi = curl_multi_init();
+    if (!h->multi) {
+        fprintf(stderr, "troupe: curl_multi_init failed\n");
+        abort();
+    }
+    for (size_t i = 0; headers && headers[i]; i++)
+        h->extra = add_header(h->extra, headers[i]);
+    return h;
+}
+
+void mcp__http_set_protocol_version(struct mcp__http *h, const char *version, bool modern)
+{
+    free(h->protocol_version);
+    h->protocol_version = version ? xstrdup(version) : NULL;
+    h->modern = modern;
+    if (modern)
+        mcp__http_reset_session(h);
+}
+
+void mcp__http_reset_session(struct mcp__http *h)
+{
+    free(h->session_id);
+    h->session_id = NULL;
+}
+
+const char *mcp__http_session_id(const struct mcp__http *h)
+{
+    return h->session_id;
+}
+
+void mcp__http_delete_session(struct mcp__http *h)
+{
+    if (!h->session_id)
+        return;
+    struct transfer *t = transfer_new(h, -1, false);
+    curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, "DELETE");
+    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)DELETE_TIMEOUT_MS);
+    curl_easy_perform(t->easy); /* best effort: a 405 says the server keeps no sessions */
+    transfer_free(t);
+    mcp__http_reset_session(h);
+}
+
+void mcp__http_free(struct mcp__http **http)
+{
+    struct mcp__http *h = http ? *http : NULL;
+    if (!h)
+        return;
+    while (h->transfers)
+        transfer_remove(h, h->transfers);
+    while (h->resumes) {
+        struct resume *r = h->resumes;
+        h->resumes = r->next;
+        free(r);
+    }
+    for (struct mcp__inbound *in; (in = mcp__http_next(h));)
+        mcp__inbound_free(in);
+    curl_multi_cleanup(h->multi);
+    curl_slist_free_all(h->extra);
+    free(h->session_id);
+    free(h->protocol_version);
+    free(h->url);
+    free(h->name);
+    free(h);
+    *http = NULL;
+}
