@@ -63,9 +63,10 @@ static size_t validate_file(const char *path, enum output output)
     cli_plan_hash(plan, hash);
     switch (output) {
     case OUTPUT_SUMMARY:
-        printf("%s: ok: %zu steps, %zu personas, %zu servers; plan sha256 %s\n", path,
-               workflow_step_count(wf), workflow_persona_count(wf), workflow_server_count(wf),
-               hash);
+        printf("%s: ok: %zu step%s, %zu persona%s, %zu server%s; plan sha256 %s\n", path,
+               workflow_step_count(wf), workflow_step_count(wf) == 1 ? "" : "s",
+               workflow_persona_count(wf), workflow_persona_count(wf) == 1 ? "" : "s",
+               workflow_server_count(wf), workflow_server_count(wf) == 1 ? "" : "s", hash);
         break;
     case OUTPUT_HASH:
         printf("%s  %s\n", hash, path);

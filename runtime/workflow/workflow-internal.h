@@ -180,7 +180,8 @@ struct workflow {
     struct wf_problem *problems;
     size_t problem_count;
     bool too_many_problems;
-    bool from_file; /* loaded by path: sub-workflow files are looked for beside it */
+    bool from_file;                /* loaded by path: sub-workflow files are looked for beside it */
+    const struct workflow *parent; /* the workflow whose step loads this one, while checking */
 };
 
 /* ---- checking: shared by validate.c, personas.c, steps.c, dag.c ---------------------- */
@@ -233,6 +234,10 @@ long wf_step_find(const struct workflow *wf, const char *id);
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
 /* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
 int wf_env_resolve(cJSON *node, struct tr_error *err);
+
+/* load.c: loads a sub-workflow file while checking parent (its problems end the load). */
+int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,
+                   struct tr_error *err) TR_MUST_CHECK;
 
 /* personas.c */
 int wf_build_servers(struct wf_build *b, const cJSON *node);

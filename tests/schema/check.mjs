@@ -3,7 +3,9 @@
 //   2. every workflow under workflows/ validates against it, and broken files that the schema
 //      can see (wrong keys, types, shapes) fail it;
 //   3. `troupe graph` output of every example parses with Mermaid's own parser and renders
-//      with Graphviz (`dot -Tsvg`).
+//      with Graphviz (`dot -Tsvg`);
+//   4. `troupe validate` accepts the examples (twins with one plan hash) and lists a located
+//      problem for every broken file; `troupe run` refuses actions not performed yet.
 // Exit 0 when all pass, 77 (skipped) when the npm packages are not installed and
 // TROUPE_REQUIRE_SCHEMA is not set, 1 otherwise.
 import { spawnSync } from 'node:child_process';
@@ -117,6 +119,39 @@ for (const file of examples) {
         fail(`dot ${file}`, svg.error ? svg.error.message : `${dotRun.stderr}${svg.stderr}`);
     else ok(`troupe graph --format dot ${file} renders with dot -Tsvg`);
 }
+
+// ---- 4: troupe validate and troupe run on the same files ------------------------------------
+
+const examplePaths = examples.map((f) => join(workflowsDir, f));
+const valid = spawnSync(troupe, ['validate', '--hash', ...examplePaths], { encoding: 'utf8' });
+if (valid.status !== 0) fail('troupe validate workflows/*', `exit ${valid.status}: ${valid.stdout}${valid.stderr}`);
+else ok('troupe validate accepts every example');
+// Twins (same name, .yaml and .json) have the same plan hash.
+const hashes = new Map();
+for (const line of valid.stdout.trim().split('\n')) {
+    const [hash, path] = line.split(/\s+/);
+    const stem = path.replace(/\.(ya?ml|json)$/, '');
+    if (hashes.has(stem) && hashes.get(stem) !== hash) fail(`twins ${stem}`, 'plan hashes differ');
+    else if (hashes.has(stem)) ok(`${stem.split('/').pop()}: YAML and JSON twins have the same plan hash`);
+    hashes.set(stem, hash);
+}
+
+const brokenDir = join(source, 'tests', 'workflows', 'broken');
+const brokenFiles = readdirSync(brokenDir).sort().map((f) => join(brokenDir, f));
+const broken = spawnSync(troupe, ['validate', ...brokenFiles], { encoding: 'utf8' });
+const lines = broken.stdout.trim().split('\n');
+const located = lines.filter((l) => /^[^:]+:\d+:\d+: ./.test(l));
+if (broken.status !== 1) fail('troupe validate broken/*', `exit ${broken.status}, not 1`);
+else if (located.length !== lines.length || lines.length < brokenFiles.length)
+    fail('troupe validate broken/*', `${lines.length} lines for ${brokenFiles.length} files`);
+else if (!/problems in \d+ of \d+ files/.test(broken.stderr)) fail('troupe validate', broken.stderr);
+else ok(`troupe validate lists ${lines.length} problems with positions for ${brokenFiles.length} broken files, exit 1`);
+
+const refused = spawnSync(troupe, ['run', join(workflowsDir, 'loan-review.yaml'), '-i', 'applicant={}', '-i', 'amount=1'],
+    { encoding: 'utf8', env: { ...process.env, TROUPE_DB: '/nonexistent/troupe.db' } });
+if (refused.status === 2 && refused.stderr.includes("step 'history': 'resource' steps are not executed yet"))
+    ok('troupe run refuses actions the scheduler does not perform yet');
+else fail('troupe run loan-review.yaml', `exit ${refused.status}: ${refused.stderr}`);
 
 // A drawing that is not Mermaid must be refused, or the check above proves nothing.
 try {

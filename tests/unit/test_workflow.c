@@ -626,6 +626,11 @@ static const struct broken broken_files[] = {
     {"output-jq-unknown.yaml", "10:13", "step 'greet': 'output': jq: totext/0 is not defined"},
     {"needs-wrong-type.yaml", "10:12",
      "step 'greet': 'needs' must be a step id or a list of them, not a mapping"},
+    {"sub-workflow-input.yaml", "10:7",
+     "step 'hello': workflow '../../../workflows/hello.yaml' has no input 'whom' (did you mean "
+     "'who'?)"},
+    {"sub-workflow-self.yaml", "8:15",
+     "step 'again': workflow './sub-workflow-self.yaml' includes itself"},
     {"many-problems.yaml", "2:7", "'name' must match [A-Za-z0-9_.-]+, not 'many problems'"},
 };
 

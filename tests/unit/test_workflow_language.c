@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "workflow.h"
 
@@ -133,6 +134,74 @@ Test(workflow_language, one_problem_does_not_hide_the_next_step)
     cr_expect_str_eq(problems[2], "t.yaml:7:19: step 'c': 'eval': jq: syntax error, "
                                   "unexpected $end");
     workflow_problems_free(problems, count);
+}
+
+Test(workflow_language, sub_workflow_problems_are_reported_in_the_parent)
+{
+    char *path = source_path("tests/workflows/broken/sub-workflow-broken.yaml");
+    char *inner = source_path("tests/workflows/broken/cycle.yaml");
+    char *expected = xasprintf("%s:8:15: step 'inner': workflow 'cycle.yaml' does not load: "
+                               "%s:9:50: cycle in needs: a -> b -> c -> a",
+                               path, inner);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+
+    cr_assert_eq(workflow_load(path, &wf, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, expected);
+    free(expected);
+    free(inner);
+    free(path);
+}
+
+Test(workflow_language, sub_workflow_required_inputs_must_be_given)
+{
+    /* From memory there is no directory to look in: the file is not opened. */
+    struct workflow *wf = load_text("name: s\n"
+                                    "mcp_servers: {d: {command: x}}\n"
+                                    "personas: {p: {servers: [d]}}\n"
+                                    "steps: [{id: a, workflow: nowhere.yaml}]\n",
+                                    WORKFLOW_YAML);
+    workflow_free(&wf);
+
+    char dir[] = "/tmp/troupe-sub-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *child = xasprintf("%s/child.yaml", dir);
+    char *parent = xasprintf("%s/parent.yaml", dir);
+    FILE *f = fopen(child, "w");
+    cr_assert_not_null(f);
+    fputs("name: child\n"
+          "inputs: {amount: {type: number}, note: {required: false}}\n"
+          "mcp_servers: {d: {command: x}}\n"
+          "personas: {p: {servers: [d]}}\n"
+          "steps: [{id: a, eval: .input}]\n",
+          f);
+    fclose(f);
+    f = fopen(parent, "w");
+    cr_assert_not_null(f);
+    fputs("name: parent\n"
+          "mcp_servers: {d: {command: x}}\n"
+          "personas: {p: {servers: [d]}}\n"
+          "steps:\n"
+          "  - {id: a, workflow: child.yaml, with: {note: hi}}\n"
+          "  - {id: b, workflow: child.yaml, with: {amount: '${{ 1 }}'}}\n",
+          f);
+    fclose(f);
+    char **problems = NULL;
+    size_t count = 0;
+    int rc = workflow_check(parent, &problems, &count);
+    unlink(child);
+    unlink(parent);
+    rmdir(dir);
+    cr_assert_eq(rc, TR_EINVAL);
+    cr_assert_eq(count, 1);
+    char *expected = xasprintf("%s:5:5: step 'a': workflow 'child.yaml' needs input 'amount' "
+                               "(number) in 'with'",
+                               parent);
+    cr_assert_str_eq(problems[0], expected);
+    free(expected);
+    workflow_problems_free(problems, count);
+    free(child);
+    free(parent);
 }
 
 /* ---- the vocabulary -------------------------------------------------------------------- */
