@@ -391,9 +391,9 @@ static cJSON *cjson_from_jv(jv value, int depth)
 
 /* ---- evaluation ----------------------------------------------------------------------- */
 
-/* The first output of expr over scope (borrowed), or an error naming the argument. */
+/* The first output of expr over scope (borrowed), or an error naming the step and label. */
 static int expr_run(const struct workflow *wf, size_t index, jv scope, const char *step_id,
-                    const char *argument, jv *ret_value, struct tr_error *err)
+                    const char *label, jv *ret_value, struct tr_error *err)
 {
     const struct wf_expr *expr = &wf->exprs[index];
     jv value;
@@ -408,20 +408,20 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
         jv message = jv_invalid_get_msg(value);
         int rc;
         if (jv_get_kind(message) == JV_KIND_STRING) {
-            rc = tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: %s", step_id, argument,
+            rc = tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: %s", step_id, label,
                               jv_string_value(message));
         } else {
             jv text = jv_dump_string(jv_copy(message), 0);
-            rc = tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: error %s", step_id,
-                              argument, jv_string_value(text));
+            rc = tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: error %s", step_id, label,
+                              jv_string_value(text));
             jv_free(text);
         }
         jv_free(message);
         return rc;
     }
     jv_free(value);
-    return tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: '%s' produced no value",
-                        step_id, argument, expr->text);
+    return tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: '%s' produced no value", step_id, label,
+                        expr->text);
 }
 
 static const struct wf_template *template_find(const struct wf_step *step, const cJSON *node)
@@ -433,7 +433,7 @@ static const struct wf_template *template_find(const struct wf_step *step, const
 }
 
 static int eval_template(const struct workflow *wf, const struct wf_step *step,
-                         const struct wf_template *t, jv scope, const char *argument,
+                         const struct wf_template *t, jv scope, const char *label,
                          cJSON **ret_value, struct tr_error *err)
 {
     struct tr_buf text;
@@ -441,14 +441,13 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
 
     if (t->whole) {
         jv value;
-        if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, argument, &value, err)) < 0)
+        if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, label, &value, err)) < 0)
             return rc;
         *ret_value = cjson_from_jv(value, 0);
         jv_free(value);
         if (!*ret_value)
-            return tr_error_set(err, TR_EINVAL,
-                                "step '%s': argument '%s': value nested deeper than %d levels",
-                                step->id, argument, WF_MAX_VALUE_DEPTH);
+            return tr_error_set(err, TR_EINVAL, "step '%s': %s: value nested deeper than %d levels",
+                                step->id, label, WF_MAX_VALUE_DEPTH);
         return 0;
     }
     tr_buf_init(&text, WF_MAX_ARGUMENT_BYTES);
@@ -457,7 +456,7 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
         jv value;
         if (part->literal) {
             rc = tr_buf_append(&text, part->literal, strlen(part->literal));
-        } else if ((rc = expr_run(wf, part->expr, scope, step->id, argument, &value, err)) == 0) {
+        } else if ((rc = expr_run(wf, part->expr, scope, step->id, label, &value, err)) == 0) {
             /* Strings go in as they are; anything else as compact JSON. */
             if (jv_get_kind(value) == JV_KIND_STRING) {
                 rc = tr_buf_append(&text, jv_string_value(value),
@@ -470,8 +469,8 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
             jv_free(value);
         }
         if (rc == TR_ETOOBIG)
-            rc = tr_error_set(err, TR_ETOOBIG, "step '%s': argument '%s': longer than %u bytes",
-                              step->id, argument, WF_MAX_ARGUMENT_BYTES);
+            rc = tr_error_set(err, TR_ETOOBIG, "step '%s': %s: longer than %u bytes", step->id,
+                              label, WF_MAX_ARGUMENT_BYTES);
     }
     if (rc == 0) {
         char *data = tr_buf_take(&text);
@@ -493,8 +492,12 @@ static int eval_value(const struct workflow *wf, const struct wf_step *step, con
     size_t index = 0;
     int rc;
 
-    if (cJSON_IsString(node) && (t = template_find(step, node)) != NULL)
-        return eval_template(wf, step, t, scope, argument, ret_value, err);
+    if (cJSON_IsString(node) && (t = template_find(step, node)) != NULL) {
+        char *label = xasprintf("argument '%s'", argument);
+        rc = eval_template(wf, step, t, scope, label, ret_value, err);
+        free(label);
+        return rc;
+    }
     if (!cJSON_IsArray(node) && !cJSON_IsObject(node)) {
         if (!(*ret_value = cJSON_Duplicate(node, false)))
             abort();
@@ -543,5 +546,101 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
     if (rc < 0)
         return rc;
     *ret_arguments = arguments;
+    return 0;
+}
+
+/* ---- the other expressions and texts of a step --------------------------------------- */
+
+static size_t expression_of(const struct wf_step *step, enum workflow_expression which)
+{
+    switch (which) {
+    case WORKFLOW_EXPR_WHEN:
+        return step->when;
+    case WORKFLOW_EXPR_FOR_EACH:
+        return step->for_each;
+    case WORKFLOW_EXPR_OUTPUT:
+        return step->output;
+    case WORKFLOW_EXPR_EVAL:
+        return step->eval;
+    case WORKFLOW_EXPR_APPROVAL_IF:
+        return step->approval_if;
+    }
+    return WF_NO_EXPR;
+}
+
+static const char *const expression_names[] = {"when", "for_each", "output", "eval", "approval.if"};
+
+bool workflow_step_has_expression(const struct workflow *wf, size_t index,
+                                  enum workflow_expression which)
+{
+    return index < wf->step_count && expression_of(&wf->steps[index], which) != WF_NO_EXPR;
+}
+
+int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
+                           const cJSON *scope, cJSON **ret_value, struct tr_error *err)
+{
+    const struct wf_step *step;
+    size_t expr;
+    char label[32];
+    jv scope_jv, value;
+    cJSON *result;
+    int rc;
+
+    if (index >= wf->step_count)
+        return tr_error_set(err, TR_ENOTFOUND, "no step %zu", index);
+    step = &wf->steps[index];
+    if ((expr = expression_of(step, which)) == WF_NO_EXPR)
+        return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id,
+                            expression_names[which]);
+    snprintf(label, sizeof(label), "'%s'", expression_names[which]);
+    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    rc = expr_run(wf, expr, scope_jv, step->id, label, &value, err);
+    jv_free(scope_jv);
+    if (rc < 0)
+        return rc;
+    result = cjson_from_jv(value, 0);
+    jv_free(value);
+    if (!result)
+        return tr_error_set(err, TR_EINVAL, "step '%s': %s: value nested deeper than %d levels",
+                            step->id, label, WF_MAX_VALUE_DEPTH);
+    *ret_value = result;
+    return 0;
+}
+
+int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_text which,
+                       const cJSON *scope, char **ret_text, struct tr_error *err)
+{
+    static const char *const names[] = {"ask", "resource.uri", "approval.why"};
+    const struct wf_step *step;
+    const struct wf_template *t;
+    const cJSON *node;
+    cJSON *value = NULL;
+    char label[32];
+    jv scope_jv;
+    int rc;
+
+    if (index >= wf->step_count)
+        return tr_error_set(err, TR_ENOTFOUND, "no step %zu", index);
+    step = &wf->steps[index];
+    node = which == WORKFLOW_TEXT_ASK   ? step->ask_node
+           : which == WORKFLOW_TEXT_URI ? step->uri_node
+                                        : step->why_node;
+    if (!node)
+        return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id, names[which]);
+    if (!(t = template_find(step, node))) {
+        *ret_text = xstrdup(node->valuestring);
+        return 0;
+    }
+    snprintf(label, sizeof(label), "'%s'", names[which]);
+    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    rc = eval_template(wf, step, t, scope_jv, label, &value, err);
+    jv_free(scope_jv);
+    if (rc < 0)
+        return rc;
+    /* A text is text: a whole-string expression of another type is printed as JSON. */
+    *ret_text = cJSON_IsString(value) ? xstrdup(value->valuestring) : cJSON_PrintUnformatted(value);
+    cJSON_Delete(value);
+    if (!*ret_text)
+        abort();
     return 0;
 }

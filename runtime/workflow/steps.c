@@ -97,6 +97,7 @@ static int check_resource(struct wf_build *b, size_t index, const cJSON *node, c
         return wf_problem(wf, uri, false, "%s'uri' must not be empty", context);
     step->server = xstrdup(server->valuestring);
     step->uri = uri->valuestring;
+    step->uri_node = uri;
     if (wf_server_find(wf, step->server) < 0)
         return b->servers_broken
                    ? TR_EINVAL
@@ -134,7 +135,14 @@ static int check_approval(struct wf_build *b, size_t index, const cJSON *node, c
     if ((rc = wf_expect_string(b, why, context)) < 0)
         return rc;
     step->approval_who = who;
+    if (cJSON_IsArray(who)) {
+        step->approvers = cJSON_Duplicate(who, true);
+    } else {
+        step->approvers = cJSON_CreateArray();
+        cJSON_AddItemToArray(step->approvers, cJSON_CreateString(who->valuestring));
+    }
     step->approval_why = why->valuestring;
+    step->why_node = why;
     if ((rc = wf_templates_compile(wf, index, why, "why")) < 0)
         return rc;
     if (condition) {
@@ -266,6 +274,7 @@ static int check_action(struct wf_build *b, size_t index, const cJSON *step_node
         if (!action->valuestring[0])
             return wf_problem(wf, action, false, "%s'ask' must not be empty", context);
         step->ask = action->valuestring;
+        step->ask_node = action;
         if (!wf->personas[step->persona].model && !wf->personas[step->persona].broken)
             return wf_problem(wf, action, true,
                               "%s'ask' needs a model: persona '%s' has no 'model'", context,
@@ -299,7 +308,7 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
     step->retry_attempts = 3;
     step->retry_backoff_ms = 1000;
     step->retry_max_delay_ms = 60000;
-    step->retry_errors = WF_ERROR_TIMEOUT | WF_ERROR_TRANSPORT;
+    step->retry_errors = WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT;
     if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
         (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
         (rc = wf_optional_integer(b, node, "attempts", 1, 100, inner, &step->retry_attempts)) < 0 ||
@@ -343,11 +352,11 @@ static int check_on_error(struct wf_build *b, const cJSON *node, size_t index, c
     int rc;
 
     if (cJSON_IsString(node) && !strcmp(node->valuestring, "fail")) {
-        step->on_error = WF_ON_ERROR_FAIL;
+        step->on_error = WORKFLOW_ON_ERROR_FAIL;
         return 0;
     }
     if (cJSON_IsString(node) && !strcmp(node->valuestring, "continue")) {
-        step->on_error = WF_ON_ERROR_CONTINUE;
+        step->on_error = WORKFLOW_ON_ERROR_CONTINUE;
         return 0;
     }
     if (!cJSON_IsObject(node))
@@ -362,7 +371,7 @@ static int check_on_error(struct wf_build *b, const cJSON *node, size_t index, c
         return wf_problem(wf, node, false, "%s'on_error' needs 'fallback'", context);
     if ((rc = wf_expect_string(b, fallback, context)) < 0)
         return rc;
-    step->on_error = WF_ON_ERROR_FALLBACK;
+    step->on_error = WORKFLOW_ON_ERROR_FALLBACK;
     b->fallback_nodes[index] = fallback;
     return 0;
 }

@@ -110,16 +110,8 @@ struct wf_persona {
     bool broken;                     /* had a problem: steps naming it are not checked further */
 };
 
-/* Error classes a retry may be limited to (bit flags). */
-enum {
-    WF_ERROR_TIMEOUT = 1 << 0,
-    WF_ERROR_TRANSPORT = 1 << 1,
-    WF_ERROR_PROTOCOL = 1 << 2,
-    WF_ERROR_TOOL = 1 << 3,
-};
-extern const char *const wf_error_class_names[]; /* indexed by bit number, NULL-terminated */
-
-enum wf_on_error { WF_ON_ERROR_FAIL, WF_ON_ERROR_CONTINUE, WF_ON_ERROR_FALLBACK };
+/* The names of the WORKFLOW_ERROR_* classes, indexed by bit number, NULL-terminated. */
+extern const char *const wf_error_class_names[];
 
 #define WF_NO_EXPR ((size_t)-1)
 
@@ -133,8 +125,10 @@ struct wf_step {
     const char *uri;           /* resource */
     const char *ask;           /* ask: the prompt (may hold ${{ }}) */
     const char *sub_workflow;  /* workflow: the file as written */
-    const cJSON *approval_who; /* approval: string or list of strings */
+    const cJSON *approval_who; /* approval: string or list of strings, as written */
+    cJSON *approvers;          /* approval: always a list, owned */
     const char *approval_why;
+    const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */
     const char *save;
     size_t *needs;
     size_t need_count;
@@ -149,8 +143,8 @@ struct wf_step {
     long retry_attempts;
     int64_t retry_backoff_ms, retry_max_delay_ms;
     unsigned retry_errors;
-    enum wf_on_error on_error;
-    size_t fallback; /* step index, for WF_ON_ERROR_FALLBACK */
+    enum workflow_on_error on_error;
+    size_t fallback; /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
 };
 
 /* One problem found while checking a file. */

@@ -367,6 +367,116 @@ Test(workflow_language, durations)
     }
 }
 
+/* ---- what the scheduler asks of a step ---------------------------------------------------- */
+
+static long step_named(const struct workflow *wf, const char *id)
+{
+    for (size_t i = 0; i < workflow_step_count(wf); i++)
+        if (!strcmp(workflow_step_id(wf, i), id))
+            return (long)i;
+    cr_assert_fail("no step %s", id);
+    return -1;
+}
+
+Test(workflow_language, scheduler_evaluates_expressions_and_texts)
+{
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    cJSON *scope = cJSON_Parse("{\"input\": {\"applicant\": {\"id\": \"A7\", \"name\": \"Ada\","
+                               " \"statements\": [\"one two\", \"three\"]}, \"amount\": 80000,"
+                               " \"threshold\": 50000},"
+                               " \"context\": {\"risk\": {\"score\": 3}, \"history\": \"clean\","
+                               " \"decision\": {\"approve\": true}},"
+                               " \"result\": [{\"structuredContent\": {\"words\": 2}},"
+                               " {\"structuredContent\": {\"words\": 1}}]}");
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    char *text = NULL;
+    size_t count_words = (size_t)step_named(wf, "count_words");
+    size_t decide = (size_t)step_named(wf, "decide");
+    size_t sign_off = (size_t)step_named(wf, "sign_off");
+    size_t history = (size_t)step_named(wf, "history");
+    size_t assess = (size_t)step_named(wf, "assess");
+
+    cr_assert(workflow_step_has_expression(wf, count_words, WORKFLOW_EXPR_FOR_EACH));
+    cr_assert_not(workflow_step_has_expression(wf, count_words, WORKFLOW_EXPR_WHEN));
+    cr_assert_eq(
+        workflow_step_evaluate(wf, count_words, WORKFLOW_EXPR_FOR_EACH, scope, &value, &err), 0,
+        "%s", err.message);
+    assert_json(value, "[\"one two\",\"three\"]");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, count_words, WORKFLOW_EXPR_OUTPUT, scope, &value, &err),
+                 0, "%s", err.message);
+    assert_json(value, "3");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, decide, WORKFLOW_EXPR_EVAL, scope, &value, &err), 0,
+                 "%s", err.message);
+    assert_json(value, "{\"approve\":true,\"amount\":80000}");
+    cJSON_Delete(value);
+    cr_assert_eq(
+        workflow_step_evaluate(wf, sign_off, WORKFLOW_EXPR_APPROVAL_IF, scope, &value, &err), 0,
+        "%s", err.message);
+    assert_json(value, "true");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, sign_off, WORKFLOW_EXPR_WHEN, scope, &value, &err), 0,
+                 "%s", err.message);
+    assert_json(value, "true");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, decide, WORKFLOW_EXPR_WHEN, scope, &value, &err),
+                 TR_ENOTFOUND);
+    cr_assert_str_eq(err.message, "step 'decide' has no 'when'");
+
+    cr_assert_eq(workflow_step_text(wf, history, WORKFLOW_TEXT_URI, scope, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "bureau://reports/A7");
+    free(text);
+    cr_assert_eq(workflow_step_text(wf, sign_off, WORKFLOW_TEXT_WHY, scope, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "A loan of 80000 euros needs a second pair of eyes.");
+    free(text);
+    cr_assert_eq(workflow_step_text(wf, assess, WORKFLOW_TEXT_ASK, scope, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert(!strncmp(text, "Assess the credit risk of Ada for 80000 euros,", 46), "%s", text);
+    free(text);
+    cr_assert_eq(workflow_step_text(wf, assess, WORKFLOW_TEXT_URI, scope, &text, &err),
+                 TR_ENOTFOUND);
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+}
+
+Test(workflow_language, scheduler_reads_modifiers)
+{
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    struct workflow_retry retry;
+    size_t fallback = 0;
+
+    cr_assert(workflow_step_retry(wf, (size_t)step_named(wf, "history"), &retry));
+    cr_assert_eq(retry.attempts, 4);
+    cr_assert_eq(retry.backoff_ms, 500);
+    cr_assert_eq(retry.max_delay_ms, 10000);
+    cr_assert_eq(retry.errors, WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT);
+    cr_assert_not(workflow_step_retry(wf, (size_t)step_named(wf, "welcome"), &retry));
+    cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "history")), 30000);
+    /* No timeout of its own: the persona's limit. */
+    cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "assess")), 120000);
+    cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "welcome")), 0);
+    cr_assert_eq(workflow_step_concurrency(wf, (size_t)step_named(wf, "count_words")), 4);
+    cr_assert_eq(workflow_step_on_error(wf, (size_t)step_named(wf, "credit_prompt"), NULL),
+                 WORKFLOW_ON_ERROR_CONTINUE);
+    cr_assert_eq(workflow_step_on_error(wf, (size_t)step_named(wf, "assess"), &fallback),
+                 WORKFLOW_ON_ERROR_FALLBACK);
+    cr_assert_eq(fallback, (size_t)step_named(wf, "default_score"));
+    cr_assert(workflow_step_is_fallback(wf, fallback));
+    cr_assert_not(workflow_step_is_fallback(wf, (size_t)step_named(wf, "assess")));
+    cr_assert_eq(workflow_step_on_error(wf, (size_t)step_named(wf, "welcome"), NULL),
+                 WORKFLOW_ON_ERROR_FAIL);
+    assert_json(workflow_step_approvers(wf, (size_t)step_named(wf, "sign_off")),
+                "[\"risk_manager\"]");
+    cr_assert_null(workflow_step_approvers(wf, 0));
+    cr_assert_str_eq(workflow_step_sub_workflow(wf, (size_t)step_named(wf, "notify")),
+                     "hello.yaml");
+    workflow_free(&wf);
+}
+
 /* ---- secrets ---------------------------------------------------------------------------- */
 
 static const char secrets_yaml[] = "name: secrets\n"
