@@ -134,7 +134,6 @@ static int check_approval(struct wf_build *b, size_t index, const cJSON *node, c
     }
     if ((rc = wf_expect_string(b, why, context)) < 0)
         return rc;
-    step->approval_who = who;
     if (cJSON_IsArray(who)) {
         step->approvers = cJSON_Duplicate(who, true);
     } else {

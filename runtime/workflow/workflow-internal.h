@@ -118,15 +118,14 @@ extern const char *const wf_error_class_names[];
 struct wf_step {
     const char *id;
     enum workflow_action action;
-    size_t persona;            /* SIZE_MAX for steps without one (eval, approval, workflow) */
-    char *server, *tool;       /* tool: split from "server.tool"; prompt: server and prompt name;
-                                  resource: server (tool NULL); owned */
-    const char *tool_ref;      /* "server.tool" as written */
-    const char *uri;           /* resource */
-    const char *ask;           /* ask: the prompt (may hold ${{ }}) */
-    const char *sub_workflow;  /* workflow: the file as written */
-    const cJSON *approval_who; /* approval: string or list of strings, as written */
-    cJSON *approvers;          /* approval: always a list, owned */
+    size_t persona;           /* SIZE_MAX for steps without one (eval, approval, workflow) */
+    char *server, *tool;      /* tool: split from "server.tool"; prompt: server and prompt name;
+                                 resource: server (tool NULL); owned */
+    const char *tool_ref;     /* "server.tool" as written */
+    const char *uri;          /* resource */
+    const char *ask;          /* ask: the prompt (may hold ${{ }}) */
+    const char *sub_workflow; /* workflow: the file as written */
+    cJSON *approvers;         /* approval: always a list, owned */
     const char *approval_why;
     const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */
     const char *save;
@@ -226,6 +225,8 @@ long wf_step_find(const struct workflow *wf, const char *id);
 
 /* env.c: checks the ${env:NAME} references in node's strings. */
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
+/* env.c: refuses literal values under secret-looking names (Authorization, *_TOKEN, ...). */
+int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context);
 /* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
 int wf_env_resolve(cJSON *node, struct tr_error *err);
 

@@ -639,6 +639,9 @@ static const struct broken broken_files[] = {
      "step 'shout' reads '.steps.greet' but does not need it (add 'greet' to its needs)"},
     {"steps-ref-unknown.json", "7:29",
      "step 'check': '.steps.gret': there is no step 'gret' (did you mean 'greet'?)"},
+    {"secret-in-clear.json", "7:47",
+     "server 'github': 'GITHUB_PERSONAL_ACCESS_TOKEN' holds a secret in clear: write it as "
+     "${env:NAME} so that it stays out of the plan, the database and the logs"},
     {"many-problems.yaml", "2:7", "'name' must match [A-Za-z0-9_.-]+, not 'many problems'"},
 };
 
