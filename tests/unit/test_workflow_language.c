@@ -136,6 +136,30 @@ Test(workflow_language, one_problem_does_not_hide_the_next_step)
     workflow_problems_free(problems, count);
 }
 
+Test(workflow_language, problems_are_capped)
+{
+    struct tr_buf text;
+    char **problems = NULL;
+    size_t count = 0;
+
+    tr_buf_init(&text, 0);
+    cr_assert_eq(tr_buf_appendf(&text, "name: many\n"
+                                       "mcp_servers: {d: {command: x}}\n"
+                                       "personas: {p: {servers: [d]}}\n"
+                                       "steps:\n"),
+                 0);
+    for (int i = 0; i < 300; i++)
+        cr_assert_eq(tr_buf_appendf(&text, "  - {id: s%d, persona: nobody, tool: d.t}\n", i), 0);
+    cr_assert_eq(
+        workflow_check_string(text.data, text.len, WORKFLOW_YAML, "m.yaml", &problems, &count),
+        TR_EINVAL);
+    cr_assert_eq(count, 201);
+    cr_assert_str_eq(problems[0], "m.yaml:5:23: step 's0': unknown persona 'nobody'");
+    cr_assert_str_eq(problems[200], "m.yaml: too many problems; stopped after 200");
+    workflow_problems_free(problems, count);
+    tr_buf_release(&text);
+}
+
 Test(workflow_language, sub_workflow_problems_are_reported_in_the_parent)
 {
     char *path = source_path("tests/workflows/broken/sub-workflow-broken.yaml");
