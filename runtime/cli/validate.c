@@ -45,18 +45,12 @@ static size_t validate_file(const char *path, enum output output)
     char **problems = NULL;
     size_t count = 0;
     struct workflow *wf = NULL;
-    struct tr_error err = {0};
 
-    if (workflow_check(path, &problems, &count) < 0) {
+    if (workflow_check(path, &wf, &problems, &count) < 0) {
         for (size_t i = 0; i < count; i++)
             printf("%s\n", problems[i]);
         workflow_problems_free(problems, count);
         return count ? count : 1;
-    }
-    /* Valid: load it again for the plan (checking is cheap next to what a run costs). */
-    if (workflow_load(path, &wf, &err) < 0) {
-        printf("%s\n", err.message);
-        return 1;
     }
     char *plan = workflow_plan_json(wf);
     char hash[CLI_PLAN_HASH_HEX_SIZE];

@@ -1,7 +1,7 @@
 /*
- * workflow/expr.c: the `${{ jq }}` expressions in step arguments: finding them in `with`
- * strings, compiling each once at load time with libjq, and evaluating them over a scope
- * document (cJSON converted to and from jv). It does not validate anything else.
+ * workflow/expr.c: the jq expressions of steps: finding `${{ }}` in `with` strings and other
+ * texts, registering them for compile.c (which compiles them all at load time), and
+ * evaluating them over a scope document (cJSON converted to and from jv).
  */
 #include "workflow-internal.h"
 
@@ -14,13 +14,6 @@
 #define WF_MAX_ARGUMENT_BYTES (16u * 1024 * 1024)
 /* A value computed by jq may not nest deeper than this (the conversion recurses). */
 #define WF_MAX_VALUE_DEPTH 512
-
-/*
- * Compiled in front of every expression: the environment is not visible to workflows (secrets
- * come from the environment and must never reach step arguments, and so the audit ledger),
- * and nothing writes to the runtime's stderr.
- */
-static const char expr_prelude[] = "def env: {}; def stderr: .; {} as $ENV | ";
 
 /* ---- finding ${{ }} ------------------------------------------------------------------- */
 
@@ -52,86 +45,6 @@ static long expression_end(const char *text)
         }
     }
     return -1;
-}
-
-/* ---- compiling ------------------------------------------------------------------------- */
-
-struct compile_error {
-    char message[512];
-    bool set;
-};
-
-static void discard_message(void *data, jv message)
-{
-    (void)data;
-    jv_free(message);
-}
-
-/* jq 1.6 reports "jq: error: WHAT at <top-level>, line 1:\nPROGRAM"; keep WHAT. */
-static void capture_error(void *data, jv message)
-{
-    struct compile_error *ce = data;
-    static const char prefix[] = "jq: error: ";
-    static const char *const cuts[] = {"\n", " at <top-level>", " (Unix shell quoting issues?)",
-                                       NULL};
-    const char *text;
-
-    if (ce->set || jv_get_kind(message) != JV_KIND_STRING) {
-        jv_free(message);
-        return;
-    }
-    text = jv_string_value(message);
-    if (!strncmp(text, prefix, sizeof(prefix) - 1))
-        text += sizeof(prefix) - 1;
-    snprintf(ce->message, sizeof(ce->message), "%s", text);
-    for (size_t i = 0; cuts[i]; i++) {
-        char *cut = strstr(ce->message, cuts[i]);
-        if (cut)
-            *cut = '\0';
-    }
-    ce->set = true;
-    jv_free(message);
-}
-
-/* Compiles text (once per distinct text); *ret_index is its place in wf->exprs. */
-static int expr_compile(struct workflow *wf, const char *text, size_t *ret_index,
-                        struct compile_error *ce)
-{
-    struct wf_expr *expr;
-    char *program;
-    int ok;
-
-    for (size_t i = 0; i < wf->expr_count; i++)
-        if (!strcmp(wf->exprs[i].text, text)) {
-            *ret_index = i;
-            return 0;
-        }
-    if (wf->expr_count == wf->expr_alloc) {
-        wf->expr_alloc = wf->expr_alloc ? 2 * wf->expr_alloc : 8;
-        wf->exprs = xrealloc(wf->exprs, wf->expr_alloc * sizeof(*wf->exprs));
-    }
-    expr = &wf->exprs[wf->expr_count];
-    expr->text = xstrdup(text);
-    expr->jq = jq_init();
-    if (!expr->jq)
-        abort();
-    wf->expr_count++;
-    jq_set_error_cb(expr->jq, capture_error, ce);
-    jq_set_debug_cb(expr->jq, discard_message, NULL);
-    /* Without a library path jq 1.6 aborts on `include`; an empty one makes it an error. */
-    jq_set_attr(expr->jq, jv_string("JQ_LIBRARY_PATH"), jv_array());
-    program = xasprintf("%s%s", expr_prelude, text);
-    ok = jq_compile(expr->jq, program);
-    free(program);
-    /* Later messages (none are expected at run time) must not reach a dead pointer. */
-    jq_set_error_cb(expr->jq, discard_message, NULL);
-    if (!ok) {
-        if (!ce->set)
-            snprintf(ce->message, sizeof(ce->message), "does not compile");
-        return TR_EINVAL;
-    }
-    *ret_index = wf->expr_count - 1;
-    return 0;
 }
 
 static void add_part(struct wf_template *t, char *literal, size_t expr)
@@ -174,15 +87,14 @@ static int template_parse(struct workflow *wf, const struct wf_step *step, const
                               step->id, label);
         char *raw = xstrndup(open + 3, (size_t)end);
         const char *expression = trim(raw);
-        struct compile_error ce = {{0}, false};
         size_t index = 0;
         int rc = 0;
 
         if (!*expression)
             rc = wf_problem(wf, node, false, "step '%s': %s: empty expression in '${{ }}'",
                             step->id, label);
-        else if (expr_compile(wf, expression, &index, &ce) < 0)
-            rc = wf_problem(wf, node, false, "step '%s': %s: jq: %s", step->id, label, ce.message);
+        else
+            index = wf_expr_register(wf, expression, node, (size_t)(step - wf->steps), label);
         free(raw);
         if (rc < 0)
             return rc;
@@ -263,15 +175,15 @@ int wf_expression_compile(struct workflow *wf, size_t step, const cJSON *node, c
                           size_t *ret_index)
 {
     char *text = wf_expression_text(node->valuestring);
-    struct compile_error ce = {{0}, false};
+    char *label = xasprintf("'%s'", what);
     int rc = 0;
 
     if (!*text)
         rc = wf_problem(wf, node, false, "step '%s': '%s': empty expression", wf->steps[step].id,
                         what);
-    else if (expr_compile(wf, text, ret_index, &ce) < 0)
-        rc = wf_problem(wf, node, false, "step '%s': '%s': jq: %s", wf->steps[step].id, what,
-                        ce.message);
+    else
+        *ret_index = wf_expr_register(wf, text, node, step, label);
+    free(label);
     free(text);
     return rc;
 }
@@ -286,17 +198,6 @@ void wf_step_templates_free(struct wf_step *step)
     free(step->templates);
     step->templates = NULL;
     step->template_count = 0;
-}
-
-void wf_exprs_free(struct workflow *wf)
-{
-    for (size_t i = 0; i < wf->expr_count; i++) {
-        jq_teardown(&wf->exprs[i].jq);
-        free(wf->exprs[i].text);
-    }
-    free(wf->exprs);
-    wf->exprs = NULL;
-    wf->expr_count = wf->expr_alloc = 0;
 }
 
 /* ---- cJSON <-> jv ------------------------------------------------------------------------- */
@@ -396,10 +297,10 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
                     const char *label, jv *ret_value, struct tr_error *err)
 {
     const struct wf_expr *expr = &wf->exprs[index];
+    jq_state *jq = wf_expr_start(wf, index, jv_copy(scope));
     jv value;
 
-    jq_start(expr->jq, jv_copy(scope), 0);
-    value = jq_next(expr->jq);
+    value = jq_next(jq);
     if (jv_is_valid(value)) {
         *ret_value = value;
         return 0;

@@ -437,7 +437,8 @@ int workflow_check_string(const char *text, size_t len, enum workflow_format for
     return rc;
 }
 
-int workflow_check(const char *path, char ***ret_problems, size_t *ret_count)
+int workflow_check(const char *path, struct workflow **ret_workflow, char ***ret_problems,
+                   size_t *ret_count)
 {
     struct workflow *wf = NULL;
     struct tr_error err = {0};
@@ -449,6 +450,10 @@ int workflow_check(const char *path, char ***ret_problems, size_t *ret_count)
         rc = load_text(text, len, format_of(path), path, true, NULL, &wf, &err);
     free(text);
     rc = list_problems(rc, wf, &err, ret_problems, ret_count);
+    if (rc == 0 && ret_workflow) {
+        *ret_workflow = wf;
+        return 0;
+    }
     workflow_free(&wf);
     return rc;
 }

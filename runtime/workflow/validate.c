@@ -458,6 +458,9 @@ int wf_build(struct workflow *wf, struct tr_error *err)
     struct wf_build b = {.wf = wf, .doc = &wf->doc};
 
     build_top(&b);
+    /* Compiled once, together, after every step has registered its expressions. */
+    if (wf->expr_count)
+        (void)wf_exprs_compile(wf);
     free(b.step_nodes);
     free(b.needs_nodes);
     free(b.fallback_nodes);

@@ -61,10 +61,17 @@ const char *wf_doc_where(const struct wf_doc *doc, const cJSON *node, bool at_ke
 
 /* ---- expressions ---------------------------------------------------------------------- */
 
-/* One compiled jq program, shared by every `${{ }}` with the same text. */
+/* One jq expression, shared by every place with the same text (compile.c compiles them). */
 struct wf_expr {
     char *text;
-    jq_state *jq;
+};
+
+/* A place that uses an expression, to report its problems. */
+struct wf_expr_use {
+    size_t expr;
+    const cJSON *node; /* the string holding it */
+    size_t step;
+    char *label; /* "argument 'name'", "'when'", ... */
 };
 
 /* A piece of a templated string: literal text, or an expression (expr index). */
@@ -170,6 +177,10 @@ struct workflow {
     size_t step_count;
     struct wf_expr *exprs;
     size_t expr_count, expr_alloc;
+    struct wf_expr_use *uses;
+    size_t use_count;
+    jq_state **programs; /* compiled, one per WF_EXPRS_PER_PROGRAM expressions */
+    size_t program_count;
     struct wf_problem *problems;
     size_t problem_count;
     bool too_many_problems;
@@ -260,8 +271,18 @@ int wf_expression_compile(struct workflow *wf, size_t step, const cJSON *node, c
                           size_t *ret_index) TR_MUST_CHECK;
 /* expr.c: the text of a "${{ EXPR }}"-or-bare expression, trimmed. Caller frees. */
 char *wf_expression_text(const char *written);
-/* expr.c: frees a step's templates and the workflow's compiled expressions. */
+/* expr.c: frees a step's templates. */
 void wf_step_templates_free(struct wf_step *step);
+
+/* compile.c: the index of text among the workflow's expressions (added if new), noting the
+   place that uses it; nothing is compiled yet. */
+size_t wf_expr_register(struct workflow *wf, const char *text, const cJSON *node, size_t step,
+                        const char *label);
+/* compile.c: compiles every registered expression, reporting the ones that fail. */
+int wf_exprs_compile(struct workflow *wf);
+/* compile.c: starts expression index over scope (consumed); call jq_next on the result. */
+jq_state *wf_expr_start(const struct workflow *wf, size_t index, jv scope);
+/* compile.c: frees the expressions and their programs. */
 void wf_exprs_free(struct workflow *wf);
 
 /* validate.c: the smallest edit distance from word to one of names (count), or NULL if > 2. */

@@ -48,12 +48,14 @@ void workflow_free(struct workflow **workflow);
 
 /*
  * Checks a file and reports every problem found, not only the first: returns 0 when there is
- * none, else TR_EINVAL (or the error of reading the file) and *ret_problems, *ret_count: the
- * lines "FILE:LINE:COLUMN: what", ordered by position. A syntax error stops the check, so it
- * is the only problem. Free the list with workflow_problems_free.
+ * none (and the loaded workflow in *ret_workflow, unless that is NULL), else TR_EINVAL (or
+ * the error of reading the file) and *ret_problems, *ret_count: the lines
+ * "FILE:LINE:COLUMN: what", ordered by position. A syntax error stops the check, so it is
+ * the only problem. Free the list with workflow_problems_free.
  */
-int workflow_check(const char *path, char ***ret_problems, size_t *ret_count) TR_MUST_CHECK;
-/* The same from memory. */
+int workflow_check(const char *path, struct workflow **ret_workflow, char ***ret_problems,
+                   size_t *ret_count) TR_MUST_CHECK;
+/* The same from memory, without the workflow. */
 int workflow_check_string(const char *text, size_t len, enum workflow_format format,
                           const char *file_name, char ***ret_problems,
                           size_t *ret_count) TR_MUST_CHECK;

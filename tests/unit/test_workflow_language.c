@@ -77,7 +77,7 @@ Test(workflow_language, check_lists_every_problem_by_position)
     char **problems = NULL;
     size_t count = 0;
 
-    cr_assert_eq(workflow_check(path, &problems, &count), TR_EINVAL);
+    cr_assert_eq(workflow_check(path, NULL, &problems, &count), TR_EINVAL);
     cr_assert_eq(count, sizeof(expected) / sizeof(expected[0]), "%zu problems", count);
     for (size_t i = 0; i < count; i++) {
         char *line = xasprintf("%s:%s", path, expected[i]);
@@ -94,7 +94,7 @@ Test(workflow_language, check_of_a_valid_file_or_a_syntax_error)
     size_t count = 99;
     char *path = source_path("workflows/loan-review.yaml");
 
-    cr_assert_eq(workflow_check(path, &problems, &count), 0);
+    cr_assert_eq(workflow_check(path, NULL, &problems, &count), 0);
     cr_assert_null(problems);
     cr_assert_eq(count, 0);
     free(path);
@@ -105,7 +105,7 @@ Test(workflow_language, check_of_a_valid_file_or_a_syntax_error)
     cr_assert(!strncmp(problems[0], "x.yaml:", 7), "%s", problems[0]);
     workflow_problems_free(problems, count);
     /* An unreadable file is one problem too. */
-    cr_assert_lt(workflow_check("/nonexistent/troupe.yaml", &problems, &count), 0);
+    cr_assert_lt(workflow_check("/nonexistent/troupe.yaml", NULL, &problems, &count), 0);
     cr_assert_eq(count, 1);
     cr_assert_not_null(strstr(problems[0], "/nonexistent/troupe.yaml"));
     workflow_problems_free(problems, count);
@@ -212,7 +212,7 @@ Test(workflow_language, sub_workflow_required_inputs_must_be_given)
     fclose(f);
     char **problems = NULL;
     size_t count = 0;
-    int rc = workflow_check(parent, &problems, &count);
+    int rc = workflow_check(parent, NULL, &problems, &count);
     unlink(child);
     unlink(parent);
     rmdir(dir);
@@ -327,6 +327,52 @@ Test(workflow_language, expressions_may_be_bare_or_wrapped)
     cr_assert_str_eq(bare, wrapped);
     free(bare);
     free(wrapped);
+}
+
+Test(workflow_language, expressions_compile_together_and_fail_alone)
+{
+    static const char good[] = "name: together\n"
+                               "mcp_servers: {d: {command: x}}\n"
+                               "personas: {p: {servers: [d]}}\n"
+                               "steps:\n"
+                               "  - {id: a, eval: 'def inc: . + 1; .input.n | inc'}\n"
+                               "  - {id: b, eval: \".input.n # a comment\"}\n"
+                               "  - {id: c, eval: '\"; def x: 1;\" | length'}\n";
+    static const char bad[] = "name: together\n"
+                              "mcp_servers: {d: {command: x}}\n"
+                              "personas: {p: {servers: [d]}}\n"
+                              "steps:\n"
+                              "  - {id: a, eval: '.x', when: '.y'}\n"
+                              "  - {id: b, eval: '.input | (', when: '.y'}\n"
+                              "  - {id: c, eval: '.z', when: 'nosuch(1)'}\n"
+                              "  - {id: d, eval: '.input | ('}\n";
+    struct workflow *wf = load_text(good, WORKFLOW_YAML);
+    cJSON *scope = cJSON_Parse("{\"input\": {\"n\": 41}}");
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    char **problems = NULL;
+    size_t count = 0;
+
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert_eq(workflow_step_evaluate(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err), 0,
+                     "%s", err.message);
+        assert_json(value, (const char *[]){"42", "41", "11"}[i]);
+        cJSON_Delete(value);
+    }
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+
+    /* Every failing expression is found, at every place that uses it. */
+    cr_assert_eq(
+        workflow_check_string(bad, strlen(bad), WORKFLOW_YAML, "b.yaml", &problems, &count),
+        TR_EINVAL);
+    cr_assert_eq(count, 3);
+    cr_expect_str_eq(problems[0], "b.yaml:6:19: step 'b': 'eval': jq: syntax error, unexpected "
+                                  "$end");
+    cr_expect_str_eq(problems[1], "b.yaml:7:31: step 'c': 'when': jq: nosuch/1 is not defined");
+    cr_expect_str_eq(problems[2], "b.yaml:8:19: step 'd': 'eval': jq: syntax error, unexpected "
+                                  "$end");
+    workflow_problems_free(problems, count);
 }
 
 Test(workflow_language, allowlist_globs)
