@@ -1,7 +1,9 @@
 /*
- * workflow: loads a workflow file (YAML through libfyaml, JSON through cJSON), validates it
- * and turns it into an immutable plan: servers, personas, steps in a dependency order, and
- * compiled jq expressions for step arguments.
+ * workflow: loads a workflow file (YAML through libfyaml, JSON through cJSON), checks it
+ * (every problem, with FILE:LINE:COLUMN) and turns it into an immutable plan: servers (with
+ * ${env:NAME} secrets kept as references), personas, steps with one action each and their
+ * modifiers, and jq expressions compiled at load time. The language is described in
+ * docs/workflows.md and schemas/workflow.schema.json.
  *
  * Ownership: a struct workflow owns everything reachable from it; strings and cJSON values
  * returned by accessors live as long as the workflow. cJSON values returned through ret_*
