@@ -45,27 +45,22 @@ static size_t validate_file(const char *path, enum output output)
     char **problems = NULL;
     size_t count = 0;
     struct workflow *wf = NULL;
-    struct tr_error err = {0};
 
-    if (workflow_check(path, &problems, &count) < 0) {
+    if (workflow_check(path, &wf, &problems, &count) < 0) {
         for (size_t i = 0; i < count; i++)
             printf("%s\n", problems[i]);
         workflow_problems_free(problems, count);
         return count ? count : 1;
-    }
-    /* Valid: load it again for the plan (checking is cheap next to what a run costs). */
-    if (workflow_load(path, &wf, &err) < 0) {
-        printf("%s\n", err.message);
-        return 1;
     }
     char *plan = workflow_plan_json(wf);
     char hash[CLI_PLAN_HASH_HEX_SIZE];
     cli_plan_hash(plan, hash);
     switch (output) {
     case OUTPUT_SUMMARY:
-        printf("%s: ok: %zu steps, %zu personas, %zu servers; plan sha256 %s\n", path,
-               workflow_step_count(wf), workflow_persona_count(wf), workflow_server_count(wf),
-               hash);
+        printf("%s: ok: %zu step%s, %zu persona%s, %zu server%s; plan sha256 %s\n", path,
+               workflow_step_count(wf), workflow_step_count(wf) == 1 ? "" : "s",
+               workflow_persona_count(wf), workflow_persona_count(wf) == 1 ? "" : "s",
+               workflow_server_count(wf), workflow_server_count(wf) == 1 ? "" : "s", hash);
         break;
     case OUTPUT_HASH:
         printf("%s  %s\n", hash, path);

@@ -1,6 +1,7 @@
 /*
  * workflow/dag.c: the graph of steps: resolves `needs` and `on_error.fallback` ids to step
- * indexes once every step is known, and refuses cycles, naming them. It checks nothing else.
+ * indexes once every step is known, refuses cycles (naming them), and checks that expressions
+ * read `.steps.ID` only of steps that come before (through `needs`). It checks nothing else.
  */
 #include "workflow-internal.h"
 
@@ -157,11 +158,128 @@ static int check_cycles(struct wf_build *b)
     return rc;
 }
 
+/* ---- .steps.ID in expressions ------------------------------------------------------------ */
+
+/* Whether `ancestor` is reached from `index` through needs (the graph has no cycles). */
+static bool comes_before(const struct workflow *wf, size_t index, size_t ancestor, bool *seen)
+{
+    const struct wf_step *step = &wf->steps[index];
+
+    for (size_t i = 0; i < step->need_count; i++) {
+        size_t need = step->needs[i];
+        if (need == ancestor)
+            return true;
+        if (!seen[need]) {
+            seen[need] = true;
+            if (comes_before(wf, need, ancestor, seen))
+                return true;
+        }
+    }
+    return false;
+}
+
+static bool id_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+}
+
+/*
+ * Finds ".steps.ID" and ".steps[\"ID\"]" in the string node (an expression or a template);
+ * a step may read only the steps it needs, directly or not.
+ */
+static int check_step_refs(struct wf_build *b, size_t index, const cJSON *node)
+{
+    struct workflow *wf = b->wf;
+    const char *text = node->valuestring;
+    int rc = 0;
+
+    for (const char *p = strstr(text, ".steps"); p; p = strstr(p + 1, ".steps")) {
+        const char *start = p + 6;
+        size_t len = 0;
+        if (*start == '.') {
+            start++;
+            /* jq identifiers have no '-': `.steps.a-b` subtracts. */
+            while (id_char(start[len]) && start[len] != '-')
+                len++;
+        } else if (!strncmp(start, "[\"", 2)) {
+            start += 2;
+            while (id_char(start[len]))
+                len++;
+            if (start[len] != '"')
+                len = 0;
+        }
+        if (!len)
+            continue;
+        char *id = xstrndup(start, len);
+        long found = wf_step_find(wf, id);
+        if (found < 0) {
+            const char **ids = step_ids(wf);
+            size_t count = 0;
+            char hint[128];
+            while (ids[count])
+                count++;
+            rc = wf_problem(wf, node, false, "step '%s': '.steps.%s': there is no step '%s'%s",
+                            wf->steps[index].id, id, id,
+                            wf_suggestion(id, ids, count, hint, sizeof(hint)));
+            free(ids);
+        } else {
+            bool *seen = xcalloc(wf->step_count, sizeof(*seen));
+            if (!comes_before(wf, index, (size_t)found, seen))
+                rc = wf_problem(wf, node, false,
+                                "step '%s' reads '.steps.%s' but does not need it (add '%s' to "
+                                "its needs)",
+                                wf->steps[index].id, id, id);
+            free(seen);
+        }
+        free(id);
+    }
+    return rc;
+}
+
+/* Every string of node's tree that is an expression or holds one. */
+static int check_refs_in(struct wf_build *b, size_t index, const cJSON *node, bool expression)
+{
+    const cJSON *child;
+    int rc = 0;
+
+    if (cJSON_IsString(node))
+        return expression || strstr(node->valuestring, "${{") ? check_step_refs(b, index, node) : 0;
+    cJSON_ArrayForEach(child, node)
+    {
+        if (check_refs_in(b, index, child, expression) < 0)
+            rc = TR_EINVAL;
+    }
+    return rc;
+}
+
+static void check_expression_refs(struct wf_build *b)
+{
+    static const char *const expressions[] = {"when", "for_each", "output", "eval", NULL};
+    static const char *const templates[] = {"with", "ask", "resource", NULL};
+
+    for (size_t i = 0; i < b->wf->step_count; i++) {
+        const cJSON *node = b->step_nodes[i];
+        const cJSON *approval = cJSON_GetObjectItemCaseSensitive(node, "approval");
+        if (!node || !b->wf->steps[i].id)
+            continue;
+        for (size_t k = 0; expressions[k]; k++)
+            (void)check_refs_in(b, i, cJSON_GetObjectItemCaseSensitive(node, expressions[k]), true);
+        for (size_t k = 0; templates[k]; k++)
+            (void)check_refs_in(b, i, cJSON_GetObjectItemCaseSensitive(node, templates[k]), false);
+        (void)check_refs_in(b, i, cJSON_GetObjectItemCaseSensitive(approval, "if"), true);
+        (void)check_refs_in(b, i, cJSON_GetObjectItemCaseSensitive(approval, "why"), false);
+    }
+}
+
 int wf_build_dag(struct wf_build *b)
 {
     for (size_t i = 0; i < b->wf->step_count; i++) {
         resolve_needs(b, i);
         resolve_fallback(b, i);
     }
-    return check_cycles(b);
+    if (check_cycles(b) < 0)
+        return TR_EINVAL;
+    check_expression_refs(b);
+    return 0;
 }

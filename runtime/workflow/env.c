@@ -59,6 +59,48 @@ int wf_env_check(struct workflow *wf, const cJSON *node, const char *context)
     return rc;
 }
 
+/* Whether an env variable or header name says its value is a secret. */
+static bool secret_name(const char *name)
+{
+    static const char *const words[] = {"TOKEN",  "SECRET",      "PASSWORD",   "PASSWD", "API_KEY",
+                                        "APIKEY", "PRIVATE_KEY", "ACCESS_KEY", NULL};
+    char upper[128];
+    size_t n = 0;
+
+    for (; name[n] && n < sizeof(upper) - 1; n++)
+        upper[n] = (char)(name[n] >= 'a' && name[n] <= 'z' ? name[n] - 32 : name[n]);
+    upper[n] = '\0';
+    if (!strcmp(upper, "AUTHORIZATION") || !strcmp(upper, "PROXY-AUTHORIZATION") ||
+        !strcmp(upper, "X-API-KEY") || !strcmp(upper, "COOKIE"))
+        return true;
+    for (size_t i = 0; words[i]; i++) {
+        const char *hit = strstr(upper, words[i]);
+        size_t len = strlen(words[i]);
+        /* A whole word of the name: FOO_TOKEN, TOKEN_FOO, TOKEN; not TOKENIZER_MODE. */
+        if (hit && (hit == upper || hit[-1] == '_' || hit[-1] == '-') &&
+            (!hit[len] || hit[len] == '_' || hit[len] == '-'))
+            return true;
+    }
+    return false;
+}
+
+int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context)
+{
+    const cJSON *entry;
+    int rc = 0;
+
+    cJSON_ArrayForEach(entry, map)
+    {
+        if (cJSON_IsString(entry) && entry->valuestring[0] && secret_name(entry->string) &&
+            !strstr(entry->valuestring, ENV_OPEN))
+            rc = wf_problem(wf, entry, false,
+                            "%s'%s' holds a secret in clear: write it as ${env:NAME} so that it "
+                            "stays out of the plan, the database and the logs",
+                            context, entry->string);
+    }
+    return rc;
+}
+
 /* Replaces the references in one string; NULL (err set) when a variable is not set. */
 static char *resolve_string(const char *text, struct tr_error *err)
 {

@@ -1,7 +1,7 @@
 /*
- * workflow/expr.c: the `${{ jq }}` expressions in step arguments: finding them in `with`
- * strings, compiling each once at load time with libjq, and evaluating them over a scope
- * document (cJSON converted to and from jv). It does not validate anything else.
+ * workflow/expr.c: the jq expressions of steps: finding `${{ }}` in `with` strings and other
+ * texts, registering them for compile.c (which compiles them all at load time), and
+ * evaluating them over a scope document (cJSON converted to and from jv).
  */
 #include "workflow-internal.h"
 
@@ -14,13 +14,6 @@
 #define WF_MAX_ARGUMENT_BYTES (16u * 1024 * 1024)
 /* A value computed by jq may not nest deeper than this (the conversion recurses). */
 #define WF_MAX_VALUE_DEPTH 512
-
-/*
- * Compiled in front of every expression: the environment is not visible to workflows (secrets
- * come from the environment and must never reach step arguments, and so the audit ledger),
- * and nothing writes to the runtime's stderr.
- */
-static const char expr_prelude[] = "def env: {}; def stderr: .; {} as $ENV | ";
 
 /* ---- finding ${{ }} ------------------------------------------------------------------- */
 
@@ -52,86 +45,6 @@ static long expression_end(const char *text)
         }
     }
     return -1;
-}
-
-/* ---- compiling ------------------------------------------------------------------------- */
-
-struct compile_error {
-    char message[512];
-    bool set;
-};
-
-static void discard_message(void *data, jv message)
-{
-    (void)data;
-    jv_free(message);
-}
-
-/* jq 1.6 reports "jq: error: WHAT at <top-level>, line 1:\nPROGRAM"; keep WHAT. */
-static void capture_error(void *data, jv message)
-{
-    struct compile_error *ce = data;
-    static const char prefix[] = "jq: error: ";
-    static const char *const cuts[] = {"\n", " at <top-level>", " (Unix shell quoting issues?)",
-                                       NULL};
-    const char *text;
-
-    if (ce->set || jv_get_kind(message) != JV_KIND_STRING) {
-        jv_free(message);
-        return;
-    }
-    text = jv_string_value(message);
-    if (!strncmp(text, prefix, sizeof(prefix) - 1))
-        text += sizeof(prefix) - 1;
-    snprintf(ce->message, sizeof(ce->message), "%s", text);
-    for (size_t i = 0; cuts[i]; i++) {
-        char *cut = strstr(ce->message, cuts[i]);
-        if (cut)
-            *cut = '\0';
-    }
-    ce->set = true;
-    jv_free(message);
-}
-
-/* Compiles text (once per distinct text); *ret_index is its place in wf->exprs. */
-static int expr_compile(struct workflow *wf, const char *text, size_t *ret_index,
-                        struct compile_error *ce)
-{
-    struct wf_expr *expr;
-    char *program;
-    int ok;
-
-    for (size_t i = 0; i < wf->expr_count; i++)
-        if (!strcmp(wf->exprs[i].text, text)) {
-            *ret_index = i;
-            return 0;
-        }
-    if (wf->expr_count == wf->expr_alloc) {
-        wf->expr_alloc = wf->expr_alloc ? 2 * wf->expr_alloc : 8;
-        wf->exprs = xrealloc(wf->exprs, wf->expr_alloc * sizeof(*wf->exprs));
-    }
-    expr = &wf->exprs[wf->expr_count];
-    expr->text = xstrdup(text);
-    expr->jq = jq_init();
-    if (!expr->jq)
-        abort();
-    wf->expr_count++;
-    jq_set_error_cb(expr->jq, capture_error, ce);
-    jq_set_debug_cb(expr->jq, discard_message, NULL);
-    /* Without a library path jq 1.6 aborts on `include`; an empty one makes it an error. */
-    jq_set_attr(expr->jq, jv_string("JQ_LIBRARY_PATH"), jv_array());
-    program = xasprintf("%s%s", expr_prelude, text);
-    ok = jq_compile(expr->jq, program);
-    free(program);
-    /* Later messages (none are expected at run time) must not reach a dead pointer. */
-    jq_set_error_cb(expr->jq, discard_message, NULL);
-    if (!ok) {
-        if (!ce->set)
-            snprintf(ce->message, sizeof(ce->message), "does not compile");
-        return TR_EINVAL;
-    }
-    *ret_index = wf->expr_count - 1;
-    return 0;
 }
 
 static void add_part(struct wf_template *t, char *literal, size_t expr)
@@ -174,15 +87,14 @@ static int template_parse(struct workflow *wf, const struct wf_step *step, const
                               step->id, label);
         char *raw = xstrndup(open + 3, (size_t)end);
         const char *expression = trim(raw);
-        struct compile_error ce = {{0}, false};
         size_t index = 0;
         int rc = 0;
 
         if (!*expression)
             rc = wf_problem(wf, node, false, "step '%s': %s: empty expression in '${{ }}'",
                             step->id, label);
-        else if (expr_compile(wf, expression, &index, &ce) < 0)
-            rc = wf_problem(wf, node, false, "step '%s': %s: jq: %s", step->id, label, ce.message);
+        else
+            index = wf_expr_register(wf, expression, node, (size_t)(step - wf->steps), label);
         free(raw);
         if (rc < 0)
             return rc;
@@ -263,15 +175,15 @@ int wf_expression_compile(struct workflow *wf, size_t step, const cJSON *node, c
                           size_t *ret_index)
 {
     char *text = wf_expression_text(node->valuestring);
-    struct compile_error ce = {{0}, false};
+    char *label = xasprintf("'%s'", what);
     int rc = 0;
 
     if (!*text)
         rc = wf_problem(wf, node, false, "step '%s': '%s': empty expression", wf->steps[step].id,
                         what);
-    else if (expr_compile(wf, text, ret_index, &ce) < 0)
-        rc = wf_problem(wf, node, false, "step '%s': '%s': jq: %s", wf->steps[step].id, what,
-                        ce.message);
+    else
+        *ret_index = wf_expr_register(wf, text, node, step, label);
+    free(label);
     free(text);
     return rc;
 }
@@ -286,17 +198,6 @@ void wf_step_templates_free(struct wf_step *step)
     free(step->templates);
     step->templates = NULL;
     step->template_count = 0;
-}
-
-void wf_exprs_free(struct workflow *wf)
-{
-    for (size_t i = 0; i < wf->expr_count; i++) {
-        jq_teardown(&wf->exprs[i].jq);
-        free(wf->exprs[i].text);
-    }
-    free(wf->exprs);
-    wf->exprs = NULL;
-    wf->expr_count = wf->expr_alloc = 0;
 }
 
 /* ---- cJSON <-> jv ------------------------------------------------------------------------- */
@@ -391,15 +292,15 @@ static cJSON *cjson_from_jv(jv value, int depth)
 
 /* ---- evaluation ----------------------------------------------------------------------- */
 
-/* The first output of expr over scope (borrowed), or an error naming the argument. */
+/* The first output of expr over scope (borrowed), or an error naming the step and label. */
 static int expr_run(const struct workflow *wf, size_t index, jv scope, const char *step_id,
-                    const char *argument, jv *ret_value, struct tr_error *err)
+                    const char *label, jv *ret_value, struct tr_error *err)
 {
     const struct wf_expr *expr = &wf->exprs[index];
+    jq_state *jq = wf_expr_start(wf, index, jv_copy(scope));
     jv value;
 
-    jq_start(expr->jq, jv_copy(scope), 0);
-    value = jq_next(expr->jq);
+    value = jq_next(jq);
     if (jv_is_valid(value)) {
         *ret_value = value;
         return 0;
@@ -408,20 +309,20 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
         jv message = jv_invalid_get_msg(value);
         int rc;
         if (jv_get_kind(message) == JV_KIND_STRING) {
-            rc = tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: %s", step_id, argument,
+            rc = tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: %s", step_id, label,
                               jv_string_value(message));
         } else {
             jv text = jv_dump_string(jv_copy(message), 0);
-            rc = tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: error %s", step_id,
-                              argument, jv_string_value(text));
+            rc = tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: error %s", step_id, label,
+                              jv_string_value(text));
             jv_free(text);
         }
         jv_free(message);
         return rc;
     }
     jv_free(value);
-    return tr_error_set(err, TR_EINVAL, "step '%s': argument '%s': jq: '%s' produced no value",
-                        step_id, argument, expr->text);
+    return tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: '%s' produced no value", step_id, label,
+                        expr->text);
 }
 
 static const struct wf_template *template_find(const struct wf_step *step, const cJSON *node)
@@ -433,7 +334,7 @@ static const struct wf_template *template_find(const struct wf_step *step, const
 }
 
 static int eval_template(const struct workflow *wf, const struct wf_step *step,
-                         const struct wf_template *t, jv scope, const char *argument,
+                         const struct wf_template *t, jv scope, const char *label,
                          cJSON **ret_value, struct tr_error *err)
 {
     struct tr_buf text;
@@ -441,14 +342,13 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
 
     if (t->whole) {
         jv value;
-        if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, argument, &value, err)) < 0)
+        if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, label, &value, err)) < 0)
             return rc;
         *ret_value = cjson_from_jv(value, 0);
         jv_free(value);
         if (!*ret_value)
-            return tr_error_set(err, TR_EINVAL,
-                                "step '%s': argument '%s': value nested deeper than %d levels",
-                                step->id, argument, WF_MAX_VALUE_DEPTH);
+            return tr_error_set(err, TR_EINVAL, "step '%s': %s: value nested deeper than %d levels",
+                                step->id, label, WF_MAX_VALUE_DEPTH);
         return 0;
     }
     tr_buf_init(&text, WF_MAX_ARGUMENT_BYTES);
@@ -457,7 +357,7 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
         jv value;
         if (part->literal) {
             rc = tr_buf_append(&text, part->literal, strlen(part->literal));
-        } else if ((rc = expr_run(wf, part->expr, scope, step->id, argument, &value, err)) == 0) {
+        } else if ((rc = expr_run(wf, part->expr, scope, step->id, label, &value, err)) == 0) {
             /* Strings go in as they are; anything else as compact JSON. */
             if (jv_get_kind(value) == JV_KIND_STRING) {
                 rc = tr_buf_append(&text, jv_string_value(value),
@@ -470,8 +370,8 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
             jv_free(value);
         }
         if (rc == TR_ETOOBIG)
-            rc = tr_error_set(err, TR_ETOOBIG, "step '%s': argument '%s': longer than %u bytes",
-                              step->id, argument, WF_MAX_ARGUMENT_BYTES);
+            rc = tr_error_set(err, TR_ETOOBIG, "step '%s': %s: longer than %u bytes", step->id,
+                              label, WF_MAX_ARGUMENT_BYTES);
     }
     if (rc == 0) {
         char *data = tr_buf_take(&text);
@@ -493,8 +393,12 @@ static int eval_value(const struct workflow *wf, const struct wf_step *step, con
     size_t index = 0;
     int rc;
 
-    if (cJSON_IsString(node) && (t = template_find(step, node)) != NULL)
-        return eval_template(wf, step, t, scope, argument, ret_value, err);
+    if (cJSON_IsString(node) && (t = template_find(step, node)) != NULL) {
+        char *label = xasprintf("argument '%s'", argument);
+        rc = eval_template(wf, step, t, scope, label, ret_value, err);
+        free(label);
+        return rc;
+    }
     if (!cJSON_IsArray(node) && !cJSON_IsObject(node)) {
         if (!(*ret_value = cJSON_Duplicate(node, false)))
             abort();
@@ -543,5 +447,101 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
     if (rc < 0)
         return rc;
     *ret_arguments = arguments;
+    return 0;
+}
+
+/* ---- the other expressions and texts of a step --------------------------------------- */
+
+static size_t expression_of(const struct wf_step *step, enum workflow_expression which)
+{
+    switch (which) {
+    case WORKFLOW_EXPR_WHEN:
+        return step->when;
+    case WORKFLOW_EXPR_FOR_EACH:
+        return step->for_each;
+    case WORKFLOW_EXPR_OUTPUT:
+        return step->output;
+    case WORKFLOW_EXPR_EVAL:
+        return step->eval;
+    case WORKFLOW_EXPR_APPROVAL_IF:
+        return step->approval_if;
+    }
+    return WF_NO_EXPR;
+}
+
+static const char *const expression_names[] = {"when", "for_each", "output", "eval", "approval.if"};
+
+bool workflow_step_has_expression(const struct workflow *wf, size_t index,
+                                  enum workflow_expression which)
+{
+    return index < wf->step_count && expression_of(&wf->steps[index], which) != WF_NO_EXPR;
+}
+
+int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
+                           const cJSON *scope, cJSON **ret_value, struct tr_error *err)
+{
+    const struct wf_step *step;
+    size_t expr;
+    char label[32];
+    jv scope_jv, value;
+    cJSON *result;
+    int rc;
+
+    if (index >= wf->step_count)
+        return tr_error_set(err, TR_ENOTFOUND, "no step %zu", index);
+    step = &wf->steps[index];
+    if ((expr = expression_of(step, which)) == WF_NO_EXPR)
+        return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id,
+                            expression_names[which]);
+    snprintf(label, sizeof(label), "'%s'", expression_names[which]);
+    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    rc = expr_run(wf, expr, scope_jv, step->id, label, &value, err);
+    jv_free(scope_jv);
+    if (rc < 0)
+        return rc;
+    result = cjson_from_jv(value, 0);
+    jv_free(value);
+    if (!result)
+        return tr_error_set(err, TR_EINVAL, "step '%s': %s: value nested deeper than %d levels",
+                            step->id, label, WF_MAX_VALUE_DEPTH);
+    *ret_value = result;
+    return 0;
+}
+
+int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_text which,
+                       const cJSON *scope, char **ret_text, struct tr_error *err)
+{
+    static const char *const names[] = {"ask", "resource.uri", "approval.why"};
+    const struct wf_step *step;
+    const struct wf_template *t;
+    const cJSON *node;
+    cJSON *value = NULL;
+    char label[32];
+    jv scope_jv;
+    int rc;
+
+    if (index >= wf->step_count)
+        return tr_error_set(err, TR_ENOTFOUND, "no step %zu", index);
+    step = &wf->steps[index];
+    node = which == WORKFLOW_TEXT_ASK   ? step->ask_node
+           : which == WORKFLOW_TEXT_URI ? step->uri_node
+                                        : step->why_node;
+    if (!node)
+        return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id, names[which]);
+    if (!(t = template_find(step, node))) {
+        *ret_text = xstrdup(node->valuestring);
+        return 0;
+    }
+    snprintf(label, sizeof(label), "'%s'", names[which]);
+    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    rc = eval_template(wf, step, t, scope_jv, label, &value, err);
+    jv_free(scope_jv);
+    if (rc < 0)
+        return rc;
+    /* A text is text: a whole-string expression of another type is printed as JSON. */
+    *ret_text = cJSON_IsString(value) ? xstrdup(value->valuestring) : cJSON_PrintUnformatted(value);
+    cJSON_Delete(value);
+    if (!*ret_text)
+        abort();
     return 0;
 }

@@ -301,13 +301,14 @@ out:
 /* Parses and checks; *ret_wf is the workflow even when it has problems (NULL if it does not
    parse), so that the caller can list them. */
 static int load_text(const char *text, size_t len, enum workflow_format format,
-                     const char *file_name, bool from_file, struct workflow **ret_wf,
-                     struct tr_error *err)
+                     const char *file_name, bool from_file, const struct workflow *parent,
+                     struct workflow **ret_wf, struct tr_error *err)
 {
     struct workflow *wf = xcalloc(1, sizeof(*wf));
     int rc;
 
     wf->from_file = from_file;
+    wf->parent = parent;
     if ((rc = wf_doc_parse(&wf->doc, text, len, format, file_name, err)) < 0) {
         workflow_free(&wf);
         *ret_wf = NULL;
@@ -322,7 +323,7 @@ int workflow_load_string(const char *text, size_t len, enum workflow_format form
                          struct tr_error *err)
 {
     struct workflow *wf = NULL;
-    int rc = load_text(text, len, format, file_name, false, &wf, err);
+    int rc = load_text(text, len, format, file_name, false, NULL, &wf, err);
 
     if (rc < 0) {
         workflow_free(&wf);
@@ -348,13 +349,33 @@ int workflow_load(const char *path, struct workflow **ret_workflow, struct tr_er
 
     if ((rc = tr_file_read(path, WORKFLOW_MAX_FILE_BYTES, &text, &len, err)) < 0)
         return rc;
-    rc = load_text(text, len, format_of(path), path, true, &wf, err);
+    rc = load_text(text, len, format_of(path), path, true, NULL, &wf, err);
     free(text);
     if (rc < 0) {
         workflow_free(&wf);
         return rc;
     }
     *ret_workflow = wf;
+    return 0;
+}
+
+int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,
+                   struct tr_error *err)
+{
+    struct workflow *wf = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int rc;
+
+    if ((rc = tr_file_read(path, WORKFLOW_MAX_FILE_BYTES, &text, &len, err)) < 0)
+        return rc;
+    rc = load_text(text, len, format_of(path), path, true, parent, &wf, err);
+    free(text);
+    if (rc < 0) {
+        workflow_free(&wf);
+        return rc;
+    }
+    *ret_wf = wf;
     return 0;
 }
 
@@ -409,14 +430,15 @@ int workflow_check_string(const char *text, size_t len, enum workflow_format for
 {
     struct workflow *wf = NULL;
     struct tr_error err = {0};
-    int rc = load_text(text, len, format, file_name, false, &wf, &err);
+    int rc = load_text(text, len, format, file_name, false, NULL, &wf, &err);
 
     rc = list_problems(rc, wf, &err, ret_problems, ret_count);
     workflow_free(&wf);
     return rc;
 }
 
-int workflow_check(const char *path, char ***ret_problems, size_t *ret_count)
+int workflow_check(const char *path, struct workflow **ret_workflow, char ***ret_problems,
+                   size_t *ret_count)
 {
     struct workflow *wf = NULL;
     struct tr_error err = {0};
@@ -425,9 +447,13 @@ int workflow_check(const char *path, char ***ret_problems, size_t *ret_count)
     int rc;
 
     if ((rc = tr_file_read(path, WORKFLOW_MAX_FILE_BYTES, &text, &len, &err)) == 0)
-        rc = load_text(text, len, format_of(path), path, true, &wf, &err);
+        rc = load_text(text, len, format_of(path), path, true, NULL, &wf, &err);
     free(text);
     rc = list_problems(rc, wf, &err, ret_problems, ret_count);
+    if (rc == 0 && ret_workflow) {
+        *ret_workflow = wf;
+        return 0;
+    }
     workflow_free(&wf);
     return rc;
 }

@@ -19,6 +19,7 @@ void workflow_free(struct workflow **workflow)
         free(wf->steps[i].server);
         free(wf->steps[i].tool);
         free(wf->steps[i].needs);
+        cJSON_Delete(wf->steps[i].approvers);
         wf_step_templates_free(&wf->steps[i]);
     }
     free(wf->steps);
@@ -256,4 +257,61 @@ size_t workflow_step_need(const struct workflow *wf, size_t index, size_t n)
 {
     return index < wf->step_count && n < wf->steps[index].need_count ? wf->steps[index].needs[n]
                                                                      : SIZE_MAX;
+}
+
+bool workflow_step_retry(const struct workflow *wf, size_t index, struct workflow_retry *ret)
+{
+    const struct wf_step *step;
+
+    if (index >= wf->step_count || !wf->steps[index].has_retry)
+        return false;
+    step = &wf->steps[index];
+    *ret = (struct workflow_retry){step->retry_attempts, step->retry_backoff_ms,
+                                   step->retry_max_delay_ms, step->retry_errors};
+    return true;
+}
+
+int64_t workflow_step_timeout_ms(const struct workflow *wf, size_t index)
+{
+    const struct wf_step *step;
+
+    if (index >= wf->step_count)
+        return 0;
+    step = &wf->steps[index];
+    if (step->timeout_ms || step->persona == SIZE_MAX)
+        return step->timeout_ms;
+    return wf->personas[step->persona].timeout_ms;
+}
+
+long workflow_step_concurrency(const struct workflow *wf, size_t index)
+{
+    return index < wf->step_count ? wf->steps[index].concurrency : 0;
+}
+
+enum workflow_on_error workflow_step_on_error(const struct workflow *wf, size_t index,
+                                              size_t *ret_fallback)
+{
+    if (index >= wf->step_count)
+        return WORKFLOW_ON_ERROR_FAIL;
+    if (wf->steps[index].on_error == WORKFLOW_ON_ERROR_FALLBACK && ret_fallback)
+        *ret_fallback = wf->steps[index].fallback;
+    return wf->steps[index].on_error;
+}
+
+bool workflow_step_is_fallback(const struct workflow *wf, size_t index)
+{
+    for (size_t i = 0; i < wf->step_count; i++)
+        if (wf->steps[i].on_error == WORKFLOW_ON_ERROR_FALLBACK && wf->steps[i].fallback == index)
+            return true;
+    return false;
+}
+
+const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index)
+{
+    return index < wf->step_count ? wf->steps[index].approvers : NULL;
+}
+
+const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index)
+{
+    return index < wf->step_count ? wf->steps[index].sub_workflow : NULL;
 }

@@ -77,7 +77,10 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
             return wf_problem(wf, type, false, "%stype '%s' does not match '%s'", context, t,
                               command ? "command" : "url");
     }
-    if ((rc = wf_env_check(wf, node, context)) < 0)
+    if ((rc = wf_env_check(wf, node, context)) < 0 ||
+        (rc = wf_env_check_clear(wf, cJSON_GetObjectItemCaseSensitive(node, "env"), context)) < 0 ||
+        (rc = wf_env_check_clear(wf, cJSON_GetObjectItemCaseSensitive(node, "headers"), context)) <
+            0)
         return rc;
 
     /* The normalized entry, keys in the order hosts write them; "type" is implied. */

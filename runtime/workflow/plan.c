@@ -129,11 +129,7 @@ static void plan_action(const struct workflow *wf, const struct wf_step *s, cJSO
     case WORKFLOW_ACTION_APPROVAL:
         object = cJSON_AddObjectToObject(step, "approval");
         /* "who" is always a list in the plan. */
-        if (cJSON_IsArray(s->approval_who))
-            cJSON_AddItemToObject(object, "who", cJSON_Duplicate(s->approval_who, true));
-        else
-            cJSON_AddItemToArray(cJSON_AddArrayToObject(object, "who"),
-                                 cJSON_CreateString(s->approval_who->valuestring));
+        cJSON_AddItemToObject(object, "who", cJSON_Duplicate(s->approvers, true));
         cJSON_AddStringToObject(object, "why", s->approval_why);
         add_expr(wf, object, "if", s->approval_if);
         break;
@@ -167,9 +163,9 @@ static void plan_modifiers(const struct workflow *wf, const struct wf_step *s, c
             if (s->retry_errors & (1u << i))
                 cJSON_AddItemToArray(errors, cJSON_CreateString(wf_error_class_names[i]));
     }
-    if (s->on_error == WF_ON_ERROR_CONTINUE)
+    if (s->on_error == WORKFLOW_ON_ERROR_CONTINUE)
         cJSON_AddStringToObject(step, "on_error", "continue");
-    else if (s->on_error == WF_ON_ERROR_FALLBACK)
+    else if (s->on_error == WORKFLOW_ON_ERROR_FALLBACK)
         cJSON_AddStringToObject(cJSON_AddObjectToObject(step, "on_error"), "fallback",
                                 wf->steps[s->fallback].id);
 }

@@ -97,6 +97,7 @@ static int check_resource(struct wf_build *b, size_t index, const cJSON *node, c
         return wf_problem(wf, uri, false, "%s'uri' must not be empty", context);
     step->server = xstrdup(server->valuestring);
     step->uri = uri->valuestring;
+    step->uri_node = uri;
     if (wf_server_find(wf, step->server) < 0)
         return b->servers_broken
                    ? TR_EINVAL
@@ -133,8 +134,14 @@ static int check_approval(struct wf_build *b, size_t index, const cJSON *node, c
     }
     if ((rc = wf_expect_string(b, why, context)) < 0)
         return rc;
-    step->approval_who = who;
+    if (cJSON_IsArray(who)) {
+        step->approvers = cJSON_Duplicate(who, true);
+    } else {
+        step->approvers = cJSON_CreateArray();
+        cJSON_AddItemToArray(step->approvers, cJSON_CreateString(who->valuestring));
+    }
     step->approval_why = why->valuestring;
+    step->why_node = why;
     if ((rc = wf_templates_compile(wf, index, why, "why")) < 0)
         return rc;
     if (condition) {
@@ -145,16 +152,69 @@ static int check_approval(struct wf_build *b, size_t index, const cJSON *node, c
     return 0;
 }
 
-static int check_sub_workflow(struct wf_build *b, const cJSON *node, struct wf_step *step,
-                              const char *context)
+/* Whether the file at path is wf's own or one of its ancestors' (a workflow including itself). */
+static bool includes_itself(const struct workflow *wf, const char *path)
+{
+    char *target = realpath(path, NULL);
+    bool found = false;
+
+    for (const struct workflow *w = wf; target && w && !found; w = w->parent) {
+        char *mine = realpath(w->doc.file, NULL);
+        found = mine && !strcmp(mine, target);
+        free(mine);
+    }
+    free(target);
+    return found;
+}
+
+/* The sub-workflow's inputs against the step's `with`: known names, required ones given. */
+static int check_sub_inputs(struct wf_build *b, const struct workflow *child,
+                            const cJSON *step_node, const char *path, const char *context)
+{
+    const cJSON *given = cJSON_GetObjectItemCaseSensitive(step_node, "with");
+    const cJSON *with = cJSON_IsObject(given) ? given : NULL;
+    const cJSON *item;
+    const char **names = xcalloc(child->input_count + 1, sizeof(*names));
+    char hint[128];
+    int rc = 0;
+
+    for (size_t i = 0; i < child->input_count; i++)
+        names[i] = child->inputs[i].name;
+    cJSON_ArrayForEach(item, with)
+    {
+        bool known = false;
+        for (size_t i = 0; i < child->input_count && !known; i++)
+            known = !strcmp(names[i], item->string);
+        if (!known)
+            rc = wf_problem(
+                b->wf, item, true, "%sworkflow '%s' has no input '%s'%s", context, path,
+                item->string,
+                wf_suggestion(item->string, names, child->input_count, hint, sizeof(hint)));
+    }
+    for (size_t i = 0; i < child->input_count; i++)
+        if (child->inputs[i].required && !cJSON_GetObjectItemCaseSensitive(with, names[i]))
+            rc = wf_problem(b->wf, step_node, false,
+                            "%sworkflow '%s' needs input '%s' (%s) in 'with'", context, path,
+                            names[i], child->inputs[i].type);
+    free(names);
+    return rc;
+}
+
+/* At most this many workflows inside one another. */
+#define WF_MAX_NESTING 8
+
+static int check_sub_workflow(struct wf_build *b, const cJSON *step_node, const cJSON *node,
+                              struct wf_step *step, const char *context)
 {
     struct workflow *wf = b->wf;
-    const char *path = node->valuestring;
-    size_t len = strlen(path);
+    const char *path;
+    size_t len, depth = 0;
     int rc;
 
     if ((rc = wf_expect_string(b, node, context)) < 0)
         return rc;
+    path = node->valuestring;
+    len = strlen(path);
     if (!(len > 5 && !strcmp(path + len - 5, ".yaml")) &&
         !(len > 4 && !strcmp(path + len - 4, ".yml")) &&
         !(len > 5 && !strcmp(path + len - 5, ".json")))
@@ -165,19 +225,35 @@ static int check_sub_workflow(struct wf_build *b, const cJSON *node, struct wf_s
         return wf_problem(wf, node, false, "%s'workflow' must be relative to this file, not '%s'",
                           context, path);
     step->sub_workflow = path;
-    if (wf->from_file) {
-        const char *slash = strrchr(wf->doc.file, '/');
-        char *full = slash ? xasprintf("%.*s/%s", (int)(slash - wf->doc.file), wf->doc.file, path)
-                           : xstrdup(path);
-        bool exists = access(full, R_OK) == 0;
-        free(full);
-        if (!exists)
-            return wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path);
-    }
-    return 0;
+    if (!wf->from_file)
+        return 0;
+    const char *slash = strrchr(wf->doc.file, '/');
+    char *full = slash ? xasprintf("%.*s/%s", (int)(slash - wf->doc.file), wf->doc.file, path)
+                       : xstrdup(path);
+    struct workflow *child = NULL;
+    struct tr_error err = {0};
+
+    for (const struct workflow *w = wf; w; w = w->parent)
+        depth++;
+    if (access(full, R_OK) != 0)
+        rc = wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path);
+    else if (includes_itself(wf, full))
+        rc = wf_problem(wf, node, false, "%sworkflow '%s' includes itself", context, path);
+    else if (depth >= WF_MAX_NESTING)
+        rc =
+            wf_problem(wf, node, false, "%sworkflows nest deeper than %d", context, WF_MAX_NESTING);
+    else if (wf_load_nested(full, wf, &child, &err) < 0)
+        rc = wf_problem(wf, node, false, "%sworkflow '%s' does not load: %s", context, path,
+                        err.message);
+    else
+        rc = check_sub_inputs(b, child, step_node, path, context);
+    workflow_free(&child);
+    free(full);
+    return rc;
 }
 
-static int check_action(struct wf_build *b, size_t index, const cJSON *action, const char *context)
+static int check_action(struct wf_build *b, size_t index, const cJSON *step_node,
+                        const cJSON *action, const char *context)
 {
     struct workflow *wf = b->wf;
     struct wf_step *step = &wf->steps[index];
@@ -197,6 +273,7 @@ static int check_action(struct wf_build *b, size_t index, const cJSON *action, c
         if (!action->valuestring[0])
             return wf_problem(wf, action, false, "%s'ask' must not be empty", context);
         step->ask = action->valuestring;
+        step->ask_node = action;
         if (!wf->personas[step->persona].model && !wf->personas[step->persona].broken)
             return wf_problem(wf, action, true,
                               "%s'ask' needs a model: persona '%s' has no 'model'", context,
@@ -209,7 +286,7 @@ static int check_action(struct wf_build *b, size_t index, const cJSON *action, c
     case WORKFLOW_ACTION_APPROVAL:
         return check_approval(b, index, action, context);
     case WORKFLOW_ACTION_WORKFLOW:
-        return check_sub_workflow(b, action, step, context);
+        return check_sub_workflow(b, step_node, action, step, context);
     }
     return 0;
 }
@@ -230,7 +307,7 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
     step->retry_attempts = 3;
     step->retry_backoff_ms = 1000;
     step->retry_max_delay_ms = 60000;
-    step->retry_errors = WF_ERROR_TIMEOUT | WF_ERROR_TRANSPORT;
+    step->retry_errors = WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT;
     if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
         (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
         (rc = wf_optional_integer(b, node, "attempts", 1, 100, inner, &step->retry_attempts)) < 0 ||
@@ -274,11 +351,11 @@ static int check_on_error(struct wf_build *b, const cJSON *node, size_t index, c
     int rc;
 
     if (cJSON_IsString(node) && !strcmp(node->valuestring, "fail")) {
-        step->on_error = WF_ON_ERROR_FAIL;
+        step->on_error = WORKFLOW_ON_ERROR_FAIL;
         return 0;
     }
     if (cJSON_IsString(node) && !strcmp(node->valuestring, "continue")) {
-        step->on_error = WF_ON_ERROR_CONTINUE;
+        step->on_error = WORKFLOW_ON_ERROR_CONTINUE;
         return 0;
     }
     if (!cJSON_IsObject(node))
@@ -293,7 +370,7 @@ static int check_on_error(struct wf_build *b, const cJSON *node, size_t index, c
         return wf_problem(wf, node, false, "%s'on_error' needs 'fallback'", context);
     if ((rc = wf_expect_string(b, fallback, context)) < 0)
         return rc;
-    step->on_error = WF_ON_ERROR_FALLBACK;
+    step->on_error = WORKFLOW_ON_ERROR_FALLBACK;
     b->fallback_nodes[index] = fallback;
     return 0;
 }
@@ -473,7 +550,7 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
                           context);
     rc = check_persona(b, node, step, context);
     if (rc == 0)
-        rc = check_action(b, index, action, context);
+        rc = check_action(b, index, node, action, context);
     if (check_modifiers(b, node, index, context) < 0)
         rc = TR_EINVAL;
     return rc;

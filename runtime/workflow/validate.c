@@ -1,9 +1,9 @@
 /*
  * workflow/validate.c: checks a parsed workflow document and builds the model: the generic
  * checks every part uses (keys, types, names, durations, suggestions), the problem list, the
- * top level and the inputs. Servers and personas are in personas.c, steps in steps.c, needs
- * and cycles in dag.c. The format itself is described in docs/workflows.md and
- * schemas/workflow.schema.json.
+ * top level and the inputs. Servers and personas are in personas.c (secrets in env.c), steps
+ * in steps.c, needs and cycles in dag.c, jq in expr.c and compile.c. The format itself is
+ * described in docs/workflows.md and schemas/workflow.schema.json.
  *
  * Every problem is recorded (wf_problem) and checking goes on with the next input, server,
  * persona or step, so that one pass reports them all; within one item the first problem ends
@@ -458,6 +458,9 @@ int wf_build(struct workflow *wf, struct tr_error *err)
     struct wf_build b = {.wf = wf, .doc = &wf->doc};
 
     build_top(&b);
+    /* Compiled once, together, after every step has registered its expressions. */
+    if (wf->expr_count)
+        (void)wf_exprs_compile(wf);
     free(b.step_nodes);
     free(b.needs_nodes);
     free(b.fallback_nodes);

@@ -61,10 +61,17 @@ const char *wf_doc_where(const struct wf_doc *doc, const cJSON *node, bool at_ke
 
 /* ---- expressions ---------------------------------------------------------------------- */
 
-/* One compiled jq program, shared by every `${{ }}` with the same text. */
+/* One jq expression, shared by every place with the same text (compile.c compiles them). */
 struct wf_expr {
     char *text;
-    jq_state *jq;
+};
+
+/* A place that uses an expression, to report its problems. */
+struct wf_expr_use {
+    size_t expr;
+    const cJSON *node; /* the string holding it */
+    size_t step;
+    char *label; /* "argument 'name'", "'when'", ... */
 };
 
 /* A piece of a templated string: literal text, or an expression (expr index). */
@@ -110,31 +117,24 @@ struct wf_persona {
     bool broken;                     /* had a problem: steps naming it are not checked further */
 };
 
-/* Error classes a retry may be limited to (bit flags). */
-enum {
-    WF_ERROR_TIMEOUT = 1 << 0,
-    WF_ERROR_TRANSPORT = 1 << 1,
-    WF_ERROR_PROTOCOL = 1 << 2,
-    WF_ERROR_TOOL = 1 << 3,
-};
-extern const char *const wf_error_class_names[]; /* indexed by bit number, NULL-terminated */
-
-enum wf_on_error { WF_ON_ERROR_FAIL, WF_ON_ERROR_CONTINUE, WF_ON_ERROR_FALLBACK };
+/* The names of the WORKFLOW_ERROR_* classes, indexed by bit number, NULL-terminated. */
+extern const char *const wf_error_class_names[];
 
 #define WF_NO_EXPR ((size_t)-1)
 
 struct wf_step {
     const char *id;
     enum workflow_action action;
-    size_t persona;            /* SIZE_MAX for steps without one (eval, approval, workflow) */
-    char *server, *tool;       /* tool: split from "server.tool"; prompt: server and prompt name;
-                                  resource: server (tool NULL); owned */
-    const char *tool_ref;      /* "server.tool" as written */
-    const char *uri;           /* resource */
-    const char *ask;           /* ask: the prompt (may hold ${{ }}) */
-    const char *sub_workflow;  /* workflow: the file as written */
-    const cJSON *approval_who; /* approval: string or list of strings */
+    size_t persona;           /* SIZE_MAX for steps without one (eval, approval, workflow) */
+    char *server, *tool;      /* tool: split from "server.tool"; prompt: server and prompt name;
+                                 resource: server (tool NULL); owned */
+    const char *tool_ref;     /* "server.tool" as written */
+    const char *uri;          /* resource */
+    const char *ask;          /* ask: the prompt (may hold ${{ }}) */
+    const char *sub_workflow; /* workflow: the file as written */
+    cJSON *approvers;         /* approval: always a list, owned */
     const char *approval_why;
+    const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */
     const char *save;
     size_t *needs;
     size_t need_count;
@@ -149,8 +149,8 @@ struct wf_step {
     long retry_attempts;
     int64_t retry_backoff_ms, retry_max_delay_ms;
     unsigned retry_errors;
-    enum wf_on_error on_error;
-    size_t fallback; /* step index, for WF_ON_ERROR_FALLBACK */
+    enum workflow_on_error on_error;
+    size_t fallback; /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
 };
 
 /* One problem found while checking a file. */
@@ -177,10 +177,15 @@ struct workflow {
     size_t step_count;
     struct wf_expr *exprs;
     size_t expr_count, expr_alloc;
+    struct wf_expr_use *uses;
+    size_t use_count;
+    jq_state **programs; /* compiled, one per WF_EXPRS_PER_PROGRAM expressions */
+    size_t program_count;
     struct wf_problem *problems;
     size_t problem_count;
     bool too_many_problems;
-    bool from_file; /* loaded by path: sub-workflow files are looked for beside it */
+    bool from_file;                /* loaded by path: sub-workflow files are looked for beside it */
+    const struct workflow *parent; /* the workflow whose step loads this one, while checking */
 };
 
 /* ---- checking: shared by validate.c, personas.c, steps.c, dag.c ---------------------- */
@@ -231,8 +236,14 @@ long wf_step_find(const struct workflow *wf, const char *id);
 
 /* env.c: checks the ${env:NAME} references in node's strings. */
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
+/* env.c: refuses literal values under secret-looking names (Authorization, *_TOKEN, ...). */
+int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context);
 /* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
 int wf_env_resolve(cJSON *node, struct tr_error *err);
+
+/* load.c: loads a sub-workflow file while checking parent (its problems end the load). */
+int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,
+                   struct tr_error *err) TR_MUST_CHECK;
 
 /* personas.c */
 int wf_build_servers(struct wf_build *b, const cJSON *node);
@@ -260,8 +271,18 @@ int wf_expression_compile(struct workflow *wf, size_t step, const cJSON *node, c
                           size_t *ret_index) TR_MUST_CHECK;
 /* expr.c: the text of a "${{ EXPR }}"-or-bare expression, trimmed. Caller frees. */
 char *wf_expression_text(const char *written);
-/* expr.c: frees a step's templates and the workflow's compiled expressions. */
+/* expr.c: frees a step's templates. */
 void wf_step_templates_free(struct wf_step *step);
+
+/* compile.c: the index of text among the workflow's expressions (added if new), noting the
+   place that uses it; nothing is compiled yet. */
+size_t wf_expr_register(struct workflow *wf, const char *text, const cJSON *node, size_t step,
+                        const char *label);
+/* compile.c: compiles every registered expression, reporting the ones that fail. */
+int wf_exprs_compile(struct workflow *wf);
+/* compile.c: starts expression index over scope (consumed); call jq_next on the result. */
+jq_state *wf_expr_start(const struct workflow *wf, size_t index, jv scope);
+/* compile.c: frees the expressions and their programs. */
 void wf_exprs_free(struct workflow *wf);
 
 /* validate.c: the smallest edit distance from word to one of names (count), or NULL if > 2. */

@@ -1,7 +1,9 @@
 /*
- * workflow: loads a workflow file (YAML through libfyaml, JSON through cJSON), validates it
- * and turns it into an immutable plan: servers, personas, steps in a dependency order, and
- * compiled jq expressions for step arguments.
+ * workflow: loads a workflow file (YAML through libfyaml, JSON through cJSON), checks it
+ * (every problem, with FILE:LINE:COLUMN) and turns it into an immutable plan: servers (with
+ * ${env:NAME} secrets kept as references), personas, steps with one action each and their
+ * modifiers, and jq expressions compiled at load time. The language is described in
+ * docs/workflows.md and schemas/workflow.schema.json.
  *
  * Ownership: a struct workflow owns everything reachable from it; strings and cJSON values
  * returned by accessors live as long as the workflow. cJSON values returned through ret_*
@@ -13,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "base.h"
 
@@ -47,12 +50,14 @@ void workflow_free(struct workflow **workflow);
 
 /*
  * Checks a file and reports every problem found, not only the first: returns 0 when there is
- * none, else TR_EINVAL (or the error of reading the file) and *ret_problems, *ret_count: the
- * lines "FILE:LINE:COLUMN: what", ordered by position. A syntax error stops the check, so it
- * is the only problem. Free the list with workflow_problems_free.
+ * none (and the loaded workflow in *ret_workflow, unless that is NULL), else TR_EINVAL (or
+ * the error of reading the file) and *ret_problems, *ret_count: the lines
+ * "FILE:LINE:COLUMN: what", ordered by position. A syntax error stops the check, so it is
+ * the only problem. Free the list with workflow_problems_free.
  */
-int workflow_check(const char *path, char ***ret_problems, size_t *ret_count) TR_MUST_CHECK;
-/* The same from memory. */
+int workflow_check(const char *path, struct workflow **ret_workflow, char ***ret_problems,
+                   size_t *ret_count) TR_MUST_CHECK;
+/* The same from memory, without the workflow. */
 int workflow_check_string(const char *text, size_t len, enum workflow_format format,
                           const char *file_name, char ***ret_problems,
                           size_t *ret_count) TR_MUST_CHECK;
@@ -142,5 +147,66 @@ size_t workflow_step_need(const struct workflow *wf, size_t index, size_t n);
  */
 int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
                             cJSON **ret_arguments, struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- what the scheduler needs for the other actions and the modifiers ---------------- */
+
+/* The jq expressions a step may have. */
+enum workflow_expression {
+    WORKFLOW_EXPR_WHEN,        /* run the step only when true */
+    WORKFLOW_EXPR_FOR_EACH,    /* the list to map over (each element is .item) */
+    WORKFLOW_EXPR_OUTPUT,      /* the step's output from its result (.result) */
+    WORKFLOW_EXPR_EVAL,        /* an eval step's value */
+    WORKFLOW_EXPR_APPROVAL_IF, /* an approval is asked only when true */
+};
+bool workflow_step_has_expression(const struct workflow *wf, size_t index,
+                                  enum workflow_expression which);
+/*
+ * Evaluates one of the step's expressions over scope (as for workflow_step_arguments, plus
+ * "result" for output): its first value, the caller's. TR_ENOTFOUND when the step has no
+ * such expression; TR_EINVAL naming the step when jq fails or yields nothing.
+ */
+int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
+                           const cJSON *scope, cJSON **ret_value,
+                           struct tr_error *err) TR_MUST_CHECK;
+
+/* The texts a step may have, with ${{ }} inside. */
+enum workflow_text { WORKFLOW_TEXT_ASK, WORKFLOW_TEXT_URI, WORKFLOW_TEXT_WHY };
+/* Renders one of them over scope into *ret_text (the caller's). TR_ENOTFOUND if absent. */
+int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_text which,
+                       const cJSON *scope, char **ret_text, struct tr_error *err) TR_MUST_CHECK;
+
+/* Error classes a retry covers (bit flags). */
+enum {
+    WORKFLOW_ERROR_TIMEOUT = 1 << 0,   /* the step's deadline passed */
+    WORKFLOW_ERROR_TRANSPORT = 1 << 1, /* the server died or could not be reached */
+    WORKFLOW_ERROR_PROTOCOL = 1 << 2,  /* a JSON-RPC error */
+    WORKFLOW_ERROR_TOOL = 1 << 3,      /* the tool answered isError */
+};
+struct workflow_retry {
+    long attempts; /* in all, the first included */
+    int64_t backoff_ms, max_delay_ms;
+    unsigned errors; /* WORKFLOW_ERROR_* */
+};
+/* Whether the step retries; if so *ret is its policy (defaults applied). */
+bool workflow_step_retry(const struct workflow *wf, size_t index, struct workflow_retry *ret);
+/* The step's timeout: its own, else its persona's `limits.timeout`, else 0 (none). */
+int64_t workflow_step_timeout_ms(const struct workflow *wf, size_t index);
+/* With for_each: how many elements at once; 0 means all. */
+long workflow_step_concurrency(const struct workflow *wf, size_t index);
+
+enum workflow_on_error {
+    WORKFLOW_ON_ERROR_FAIL,
+    WORKFLOW_ON_ERROR_CONTINUE,
+    WORKFLOW_ON_ERROR_FALLBACK
+};
+/* What a failure does; for WORKFLOW_ON_ERROR_FALLBACK, *ret_fallback is the step to run. */
+enum workflow_on_error workflow_step_on_error(const struct workflow *wf, size_t index,
+                                              size_t *ret_fallback);
+/* Whether some step names this one as its fallback (it then runs only in that role). */
+bool workflow_step_is_fallback(const struct workflow *wf, size_t index);
+/* An approval step's approvers: a list of strings (the workflow's), else NULL. */
+const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index);
+/* A workflow step's file as written (relative to workflow_file), else NULL. */
+const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index);
 
 #endif

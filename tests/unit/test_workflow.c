@@ -207,9 +207,13 @@ static const char expressions_yaml[] =
     "      quoted_number: \"5\"\n"
     "      plain: no expression here\n"
     "      output: \"${{ .steps.greet.output }}\"\n"
+    "    needs: greet\n"
     "  - id: none\n"
     "    persona: p\n"
-    "    tool: demo.echo\n";
+    "    tool: demo.echo\n"
+    "  - id: greet\n"
+    "    persona: p\n"
+    "    tool: demo.greet\n";
 
 Test(workflow, arguments_keep_types_interpolate_and_nest)
 {
@@ -626,6 +630,18 @@ static const struct broken broken_files[] = {
     {"output-jq-unknown.yaml", "10:13", "step 'greet': 'output': jq: totext/0 is not defined"},
     {"needs-wrong-type.yaml", "10:12",
      "step 'greet': 'needs' must be a step id or a list of them, not a mapping"},
+    {"sub-workflow-input.yaml", "10:7",
+     "step 'hello': workflow '../../../workflows/hello.yaml' has no input 'whom' (did you mean "
+     "'who'?)"},
+    {"sub-workflow-self.yaml", "8:15",
+     "step 'again': workflow './sub-workflow-self.yaml' includes itself"},
+    {"steps-ref-not-needed.yaml", "15:13",
+     "step 'shout' reads '.steps.greet' but does not need it (add 'greet' to its needs)"},
+    {"steps-ref-unknown.json", "7:29",
+     "step 'check': '.steps.gret': there is no step 'gret' (did you mean 'greet'?)"},
+    {"secret-in-clear.json", "7:47",
+     "server 'github': 'GITHUB_PERSONAL_ACCESS_TOKEN' holds a secret in clear: write it as "
+     "${env:NAME} so that it stays out of the plan, the database and the logs"},
     {"many-problems.yaml", "2:7", "'name' must match [A-Za-z0-9_.-]+, not 'many problems'"},
 };
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "workflow.h"
 
@@ -76,7 +77,7 @@ Test(workflow_language, check_lists_every_problem_by_position)
     char **problems = NULL;
     size_t count = 0;
 
-    cr_assert_eq(workflow_check(path, &problems, &count), TR_EINVAL);
+    cr_assert_eq(workflow_check(path, NULL, &problems, &count), TR_EINVAL);
     cr_assert_eq(count, sizeof(expected) / sizeof(expected[0]), "%zu problems", count);
     for (size_t i = 0; i < count; i++) {
         char *line = xasprintf("%s:%s", path, expected[i]);
@@ -93,7 +94,7 @@ Test(workflow_language, check_of_a_valid_file_or_a_syntax_error)
     size_t count = 99;
     char *path = source_path("workflows/loan-review.yaml");
 
-    cr_assert_eq(workflow_check(path, &problems, &count), 0);
+    cr_assert_eq(workflow_check(path, NULL, &problems, &count), 0);
     cr_assert_null(problems);
     cr_assert_eq(count, 0);
     free(path);
@@ -104,7 +105,7 @@ Test(workflow_language, check_of_a_valid_file_or_a_syntax_error)
     cr_assert(!strncmp(problems[0], "x.yaml:", 7), "%s", problems[0]);
     workflow_problems_free(problems, count);
     /* An unreadable file is one problem too. */
-    cr_assert_lt(workflow_check("/nonexistent/troupe.yaml", &problems, &count), 0);
+    cr_assert_lt(workflow_check("/nonexistent/troupe.yaml", NULL, &problems, &count), 0);
     cr_assert_eq(count, 1);
     cr_assert_not_null(strstr(problems[0], "/nonexistent/troupe.yaml"));
     workflow_problems_free(problems, count);
@@ -133,6 +134,98 @@ Test(workflow_language, one_problem_does_not_hide_the_next_step)
     cr_expect_str_eq(problems[2], "t.yaml:7:19: step 'c': 'eval': jq: syntax error, "
                                   "unexpected $end");
     workflow_problems_free(problems, count);
+}
+
+Test(workflow_language, problems_are_capped)
+{
+    struct tr_buf text;
+    char **problems = NULL;
+    size_t count = 0;
+
+    tr_buf_init(&text, 0);
+    cr_assert_eq(tr_buf_appendf(&text, "name: many\n"
+                                       "mcp_servers: {d: {command: x}}\n"
+                                       "personas: {p: {servers: [d]}}\n"
+                                       "steps:\n"),
+                 0);
+    for (int i = 0; i < 300; i++)
+        cr_assert_eq(tr_buf_appendf(&text, "  - {id: s%d, persona: nobody, tool: d.t}\n", i), 0);
+    cr_assert_eq(
+        workflow_check_string(text.data, text.len, WORKFLOW_YAML, "m.yaml", &problems, &count),
+        TR_EINVAL);
+    cr_assert_eq(count, 201);
+    cr_assert_str_eq(problems[0], "m.yaml:5:23: step 's0': unknown persona 'nobody'");
+    cr_assert_str_eq(problems[200], "m.yaml: too many problems; stopped after 200");
+    workflow_problems_free(problems, count);
+    tr_buf_release(&text);
+}
+
+Test(workflow_language, sub_workflow_problems_are_reported_in_the_parent)
+{
+    char *path = source_path("tests/workflows/broken/sub-workflow-broken.yaml");
+    char *inner = source_path("tests/workflows/broken/cycle.yaml");
+    char *expected = xasprintf("%s:8:15: step 'inner': workflow 'cycle.yaml' does not load: "
+                               "%s:9:50: cycle in needs: a -> b -> c -> a",
+                               path, inner);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+
+    cr_assert_eq(workflow_load(path, &wf, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, expected);
+    free(expected);
+    free(inner);
+    free(path);
+}
+
+Test(workflow_language, sub_workflow_required_inputs_must_be_given)
+{
+    /* From memory there is no directory to look in: the file is not opened. */
+    struct workflow *wf = load_text("name: s\n"
+                                    "mcp_servers: {d: {command: x}}\n"
+                                    "personas: {p: {servers: [d]}}\n"
+                                    "steps: [{id: a, workflow: nowhere.yaml}]\n",
+                                    WORKFLOW_YAML);
+    workflow_free(&wf);
+
+    char dir[] = "/tmp/troupe-sub-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *child = xasprintf("%s/child.yaml", dir);
+    char *parent = xasprintf("%s/parent.yaml", dir);
+    FILE *f = fopen(child, "w");
+    cr_assert_not_null(f);
+    fputs("name: child\n"
+          "inputs: {amount: {type: number}, note: {required: false}}\n"
+          "mcp_servers: {d: {command: x}}\n"
+          "personas: {p: {servers: [d]}}\n"
+          "steps: [{id: a, eval: .input}]\n",
+          f);
+    fclose(f);
+    f = fopen(parent, "w");
+    cr_assert_not_null(f);
+    fputs("name: parent\n"
+          "mcp_servers: {d: {command: x}}\n"
+          "personas: {p: {servers: [d]}}\n"
+          "steps:\n"
+          "  - {id: a, workflow: child.yaml, with: {note: hi}}\n"
+          "  - {id: b, workflow: child.yaml, with: {amount: '${{ 1 }}'}}\n",
+          f);
+    fclose(f);
+    char **problems = NULL;
+    size_t count = 0;
+    int rc = workflow_check(parent, NULL, &problems, &count);
+    unlink(child);
+    unlink(parent);
+    rmdir(dir);
+    cr_assert_eq(rc, TR_EINVAL);
+    cr_assert_eq(count, 1);
+    char *expected = xasprintf("%s:5:5: step 'a': workflow 'child.yaml' needs input 'amount' "
+                               "(number) in 'with'",
+                               parent);
+    cr_assert_str_eq(problems[0], expected);
+    free(expected);
+    workflow_problems_free(problems, count);
+    free(child);
+    free(parent);
 }
 
 /* ---- the vocabulary -------------------------------------------------------------------- */
@@ -236,6 +329,52 @@ Test(workflow_language, expressions_may_be_bare_or_wrapped)
     free(wrapped);
 }
 
+Test(workflow_language, expressions_compile_together_and_fail_alone)
+{
+    static const char good[] = "name: together\n"
+                               "mcp_servers: {d: {command: x}}\n"
+                               "personas: {p: {servers: [d]}}\n"
+                               "steps:\n"
+                               "  - {id: a, eval: 'def inc: . + 1; .input.n | inc'}\n"
+                               "  - {id: b, eval: \".input.n # a comment\"}\n"
+                               "  - {id: c, eval: '\"; def x: 1;\" | length'}\n";
+    static const char bad[] = "name: together\n"
+                              "mcp_servers: {d: {command: x}}\n"
+                              "personas: {p: {servers: [d]}}\n"
+                              "steps:\n"
+                              "  - {id: a, eval: '.x', when: '.y'}\n"
+                              "  - {id: b, eval: '.input | (', when: '.y'}\n"
+                              "  - {id: c, eval: '.z', when: 'nosuch(1)'}\n"
+                              "  - {id: d, eval: '.input | ('}\n";
+    struct workflow *wf = load_text(good, WORKFLOW_YAML);
+    cJSON *scope = cJSON_Parse("{\"input\": {\"n\": 41}}");
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    char **problems = NULL;
+    size_t count = 0;
+
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert_eq(workflow_step_evaluate(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err), 0,
+                     "%s", err.message);
+        assert_json(value, (const char *[]){"42", "41", "11"}[i]);
+        cJSON_Delete(value);
+    }
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+
+    /* Every failing expression is found, at every place that uses it. */
+    cr_assert_eq(
+        workflow_check_string(bad, strlen(bad), WORKFLOW_YAML, "b.yaml", &problems, &count),
+        TR_EINVAL);
+    cr_assert_eq(count, 3);
+    cr_expect_str_eq(problems[0], "b.yaml:6:19: step 'b': 'eval': jq: syntax error, unexpected "
+                                  "$end");
+    cr_expect_str_eq(problems[1], "b.yaml:7:31: step 'c': 'when': jq: nosuch/1 is not defined");
+    cr_expect_str_eq(problems[2], "b.yaml:8:19: step 'd': 'eval': jq: syntax error, unexpected "
+                                  "$end");
+    workflow_problems_free(problems, count);
+}
+
 Test(workflow_language, allowlist_globs)
 {
     struct workflow *wf = load_text("name: g\n"
@@ -296,6 +435,116 @@ Test(workflow_language, durations)
         workflow_free(&wf);
         free(text);
     }
+}
+
+/* ---- what the scheduler asks of a step ---------------------------------------------------- */
+
+static long step_named(const struct workflow *wf, const char *id)
+{
+    for (size_t i = 0; i < workflow_step_count(wf); i++)
+        if (!strcmp(workflow_step_id(wf, i), id))
+            return (long)i;
+    cr_assert_fail("no step %s", id);
+    return -1;
+}
+
+Test(workflow_language, scheduler_evaluates_expressions_and_texts)
+{
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    cJSON *scope = cJSON_Parse("{\"input\": {\"applicant\": {\"id\": \"A7\", \"name\": \"Ada\","
+                               " \"statements\": [\"one two\", \"three\"]}, \"amount\": 80000,"
+                               " \"threshold\": 50000},"
+                               " \"context\": {\"risk\": {\"score\": 3}, \"history\": \"clean\","
+                               " \"decision\": {\"approve\": true}},"
+                               " \"result\": [{\"structuredContent\": {\"words\": 2}},"
+                               " {\"structuredContent\": {\"words\": 1}}]}");
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    char *text = NULL;
+    size_t count_words = (size_t)step_named(wf, "count_words");
+    size_t decide = (size_t)step_named(wf, "decide");
+    size_t sign_off = (size_t)step_named(wf, "sign_off");
+    size_t history = (size_t)step_named(wf, "history");
+    size_t assess = (size_t)step_named(wf, "assess");
+
+    cr_assert(workflow_step_has_expression(wf, count_words, WORKFLOW_EXPR_FOR_EACH));
+    cr_assert_not(workflow_step_has_expression(wf, count_words, WORKFLOW_EXPR_WHEN));
+    cr_assert_eq(
+        workflow_step_evaluate(wf, count_words, WORKFLOW_EXPR_FOR_EACH, scope, &value, &err), 0,
+        "%s", err.message);
+    assert_json(value, "[\"one two\",\"three\"]");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, count_words, WORKFLOW_EXPR_OUTPUT, scope, &value, &err),
+                 0, "%s", err.message);
+    assert_json(value, "3");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, decide, WORKFLOW_EXPR_EVAL, scope, &value, &err), 0,
+                 "%s", err.message);
+    assert_json(value, "{\"approve\":true,\"amount\":80000}");
+    cJSON_Delete(value);
+    cr_assert_eq(
+        workflow_step_evaluate(wf, sign_off, WORKFLOW_EXPR_APPROVAL_IF, scope, &value, &err), 0,
+        "%s", err.message);
+    assert_json(value, "true");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, sign_off, WORKFLOW_EXPR_WHEN, scope, &value, &err), 0,
+                 "%s", err.message);
+    assert_json(value, "true");
+    cJSON_Delete(value);
+    cr_assert_eq(workflow_step_evaluate(wf, decide, WORKFLOW_EXPR_WHEN, scope, &value, &err),
+                 TR_ENOTFOUND);
+    cr_assert_str_eq(err.message, "step 'decide' has no 'when'");
+
+    cr_assert_eq(workflow_step_text(wf, history, WORKFLOW_TEXT_URI, scope, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "bureau://reports/A7");
+    free(text);
+    cr_assert_eq(workflow_step_text(wf, sign_off, WORKFLOW_TEXT_WHY, scope, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "A loan of 80000 euros needs a second pair of eyes.");
+    free(text);
+    cr_assert_eq(workflow_step_text(wf, assess, WORKFLOW_TEXT_ASK, scope, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert(!strncmp(text, "Assess the credit risk of Ada for 80000 euros,", 46), "%s", text);
+    free(text);
+    cr_assert_eq(workflow_step_text(wf, assess, WORKFLOW_TEXT_URI, scope, &text, &err),
+                 TR_ENOTFOUND);
+    cJSON_Delete(scope);
+    workflow_free(&wf);
+}
+
+Test(workflow_language, scheduler_reads_modifiers)
+{
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    struct workflow_retry retry;
+    size_t fallback = 0;
+
+    cr_assert(workflow_step_retry(wf, (size_t)step_named(wf, "history"), &retry));
+    cr_assert_eq(retry.attempts, 4);
+    cr_assert_eq(retry.backoff_ms, 500);
+    cr_assert_eq(retry.max_delay_ms, 10000);
+    cr_assert_eq(retry.errors, WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT);
+    cr_assert_not(workflow_step_retry(wf, (size_t)step_named(wf, "welcome"), &retry));
+    cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "history")), 30000);
+    /* No timeout of its own: the persona's limit. */
+    cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "assess")), 120000);
+    cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "welcome")), 0);
+    cr_assert_eq(workflow_step_concurrency(wf, (size_t)step_named(wf, "count_words")), 4);
+    cr_assert_eq(workflow_step_on_error(wf, (size_t)step_named(wf, "credit_prompt"), NULL),
+                 WORKFLOW_ON_ERROR_CONTINUE);
+    cr_assert_eq(workflow_step_on_error(wf, (size_t)step_named(wf, "assess"), &fallback),
+                 WORKFLOW_ON_ERROR_FALLBACK);
+    cr_assert_eq(fallback, (size_t)step_named(wf, "default_score"));
+    cr_assert(workflow_step_is_fallback(wf, fallback));
+    cr_assert_not(workflow_step_is_fallback(wf, (size_t)step_named(wf, "assess")));
+    cr_assert_eq(workflow_step_on_error(wf, (size_t)step_named(wf, "welcome"), NULL),
+                 WORKFLOW_ON_ERROR_FAIL);
+    assert_json(workflow_step_approvers(wf, (size_t)step_named(wf, "sign_off")),
+                "[\"risk_manager\"]");
+    cr_assert_null(workflow_step_approvers(wf, 0));
+    cr_assert_str_eq(workflow_step_sub_workflow(wf, (size_t)step_named(wf, "notify")),
+                     "hello.yaml");
+    workflow_free(&wf);
 }
 
 /* ---- secrets ---------------------------------------------------------------------------- */
