@@ -153,6 +153,23 @@ if (refused.status === 2 && refused.stderr.includes("step 'history': 'resource' 
     ok('troupe run refuses actions the scheduler does not perform yet');
 else fail('troupe run loan-review.yaml', `exit ${refused.status}: ${refused.stderr}`);
 
+// The hash `troupe validate --hash` prints is the plan_hash a run of the file records.
+{
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(join(tmpdir(), 'troupe-schema-'));
+    const db = join(dir, 'troupe.db');
+    const hello = join(workflowsDir, 'hello.yaml');
+    const run = spawnSync(troupe, ['run', '--db', db, '-q', hello], { encoding: 'utf8', cwd: dir });
+    const runs = spawnSync(troupe, ['runs', '--db', db, '--json'], { encoding: 'utf8' });
+    const stored = runs.status === 0 ? JSON.parse(runs.stdout.trim().split('\n')[0]).plan_hash : null;
+    const printed = spawnSync(troupe, ['validate', '--hash', hello], { encoding: 'utf8' }).stdout.split(/\s+/)[0];
+    if (run.status !== 0) fail('troupe run hello.yaml', `exit ${run.status}: ${run.stderr}`);
+    else if (stored !== printed) fail('plan hash', `run stored ${stored}, validate printed ${printed}`);
+    else ok('a run records the plan hash that troupe validate --hash prints');
+    rmSync(dir, { recursive: true, force: true });
+}
+
 // A drawing that is not Mermaid must be refused, or the check above proves nothing.
 try {
     await mermaid.parse('flowchart TD\n  a -->\n');
