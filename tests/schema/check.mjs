@@ -64,6 +64,21 @@ function walkDescriptions(node, path) {
 walkDescriptions(schema, '$');
 for (const [name, def] of Object.entries(schema.$defs)) walkDescriptions(def, `$defs.${name}`);
 
+// docs/workflows.md is kept beside the schema: every field the schema knows is on the page.
+const docs = readFileSync(join(source, 'docs', 'workflows.md'), 'utf8');
+const fields = new Set();
+(function collect(node) {
+    if (!node || typeof node !== 'object') return;
+    for (const [key, value] of Object.entries(node.properties ?? {})) {
+        fields.add(key);
+        collect(value);
+    }
+    for (const branch of [...(node.oneOf ?? []), ...Object.values(node.$defs ?? {})]) collect(branch);
+})(schema);
+const undocumented = [...fields].filter((f) => f !== '$schema' && !new RegExp(`(^|[^A-Za-z_])${f.replace('$', '\\$')}([^A-Za-z_]|$)`, 'm').test(docs));
+if (undocumented.length) fail('docs/workflows.md', `fields not described: ${undocumented.join(', ')}`);
+else ok(`docs/workflows.md mentions all ${fields.size} fields of the schema`);
+
 const workflowsDir = join(source, 'workflows');
 const examples = readdirSync(workflowsDir).filter((f) => /\.(ya?ml|json)$/.test(f)).sort();
 if (examples.length < 2) fail('workflows/', 'no examples found');
