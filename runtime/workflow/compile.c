@@ -159,31 +159,39 @@ static bool range_compiles(const struct workflow *wf, size_t first, size_t count
     return ok;
 }
 
-/* Reports one expression's problem at every place that uses it. */
-static void report(struct workflow *wf, size_t expr)
+/*
+ * Compiles one expression alone (as before the workflow's were compiled together) and, if it
+ * fails, reports why at every place that uses it. Returns whether it failed.
+ */
+static bool report_alone(struct workflow *wf, size_t expr)
 {
     struct compile_error ce = {{0}, false};
     char *program = xasprintf("%s%s", expr_prelude, wf->exprs[expr].text);
     jq_state *jq = program_compile(program, &ce);
+    bool failed = jq == NULL;
 
-    /* Alone it compiles: only its neighbours' text made the difference (a stray `def`). */
-    if (jq)
-        snprintf(ce.message, sizeof(ce.message), "does not compile inside the workflow");
-    else if (!ce.set)
-        snprintf(ce.message, sizeof(ce.message), "does not compile");
     jq_teardown(&jq);
     free(program);
+    if (!failed)
+        return false;
+    if (!ce.set)
+        snprintf(ce.message, sizeof(ce.message), "does not compile");
     for (size_t i = 0; i < wf->use_count; i++)
         if (wf->uses[i].expr == expr)
             wf_problem(wf, wf->uses[i].node, false, "step '%s': %s: jq: %s",
                        wf->steps[wf->uses[i].step].id, wf->uses[i].label, ce.message);
+    return true;
 }
 
-/* Halves a failing range until the expressions that fail on their own are found. */
+/*
+ * Finds the expressions of a failing range that fail alone: a few are compiled one by one,
+ * more are halved first (each compile costs about the same, whatever its size).
+ */
 static void find_problems(struct workflow *wf, size_t first, size_t count)
 {
-    if (count == 1) {
-        report(wf, first);
+    if (count <= 4) {
+        for (size_t i = first; i < first + count; i++)
+            (void)report_alone(wf, i);
         return;
     }
     size_t half = count / 2;

@@ -160,22 +160,33 @@ static int check_cycles(struct wf_build *b)
 
 /* ---- .steps.ID in expressions ------------------------------------------------------------ */
 
-/* Whether `ancestor` is reached from `index` through needs (the graph has no cycles). */
-static bool comes_before(const struct workflow *wf, size_t index, size_t ancestor, bool *seen)
+/*
+ * Whether `ancestor` is reached from `index` through needs. An explicit stack, not recursion:
+ * a chain of needs may be as long as the file allows.
+ */
+static bool comes_before(const struct workflow *wf, size_t index, size_t ancestor)
 {
-    const struct wf_step *step = &wf->steps[index];
+    bool *seen = xcalloc(wf->step_count, sizeof(*seen));
+    size_t *stack = xmalloc(wf->step_count * sizeof(*stack));
+    size_t depth = 0;
+    bool found = false;
 
-    for (size_t i = 0; i < step->need_count; i++) {
-        size_t need = step->needs[i];
-        if (need == ancestor)
-            return true;
-        if (!seen[need]) {
-            seen[need] = true;
-            if (comes_before(wf, need, ancestor, seen))
-                return true;
+    stack[depth++] = index;
+    seen[index] = true;
+    while (depth > 0 && !found) {
+        const struct wf_step *step = &wf->steps[stack[--depth]];
+        for (size_t i = 0; i < step->need_count && !found; i++) {
+            size_t need = step->needs[i];
+            found = need == ancestor;
+            if (!seen[need]) {
+                seen[need] = true;
+                stack[depth++] = need;
+            }
         }
     }
-    return false;
+    free(stack);
+    free(seen);
+    return found;
 }
 
 static bool id_char(char c)
@@ -224,13 +235,11 @@ static int check_step_refs(struct wf_build *b, size_t index, const cJSON *node)
                             wf_suggestion(id, ids, count, hint, sizeof(hint)));
             free(ids);
         } else {
-            bool *seen = xcalloc(wf->step_count, sizeof(*seen));
-            if (!comes_before(wf, index, (size_t)found, seen))
+            if (!comes_before(wf, index, (size_t)found))
                 rc = wf_problem(wf, node, false,
                                 "step '%s' reads '.steps.%s' but does not need it (add '%s' to "
                                 "its needs)",
                                 wf->steps[index].id, id, id);
-            free(seen);
         }
         free(id);
     }

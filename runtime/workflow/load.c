@@ -277,6 +277,64 @@ static int json_parse(struct wf_doc *doc, const char *text, size_t len, struct t
     return json_check_keys(doc, doc->root, err);
 }
 
+/* ---- UTF-8 ------------------------------------------------------------------------------- */
+
+/*
+ * The length of the well-formed UTF-8 sequence at text[i] (1 to 4), or 0. Overlong forms,
+ * surrogates and code points past U+10FFFF are not well formed (RFC 3629).
+ */
+static size_t utf8_sequence(const unsigned char *text, size_t len, size_t i)
+{
+    unsigned char c = text[i];
+    size_t n;
+    unsigned char low = 0x80, high = 0xBF;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF)
+        n = 3;
+    else if (c >= 0xF0 && c <= 0xF4)
+        n = 4;
+    else
+        return 0;
+    if (c == 0xE0)
+        low = 0xA0;
+    else if (c == 0xED)
+        high = 0x9F;
+    else if (c == 0xF0)
+        low = 0x90;
+    else if (c == 0xF4)
+        high = 0x8F;
+    if (i + n > len || text[i + 1] < low || text[i + 1] > high)
+        return 0;
+    for (size_t k = 2; k < n; k++)
+        if (text[i + k] < 0x80 || text[i + k] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* Workflow files are UTF-8 (libfyaml 0.7 can loop forever on a stray byte in a directive). */
+static int check_utf8(const struct wf_doc *doc, const char *text, size_t len,
+                      enum workflow_format format, struct tr_error *err)
+{
+    const unsigned char *bytes = (const unsigned char *)text;
+
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_sequence(bytes, len, i);
+        if (n == 0) {
+            struct wf_scan s = {text, len, 0, 1, 1};
+            wf_scan_to(&s, i);
+            return tr_error_set(err, TR_EINVAL, "%s:%d:%d: invalid %s: not UTF-8 (byte 0x%02X)",
+                                doc->file, s.line, s.column,
+                                format == WORKFLOW_JSON ? "JSON" : "YAML", bytes[i]);
+        }
+        i += n;
+    }
+    return 0;
+}
+
 /* ---- entry points ----------------------------------------------------------------------- */
 
 int wf_doc_parse(struct wf_doc *doc, const char *text, size_t len, enum workflow_format format,
@@ -290,6 +348,8 @@ int wf_doc_parse(struct wf_doc *doc, const char *text, size_t len, enum workflow
                           WORKFLOW_MAX_FILE_BYTES);
         goto out;
     }
+    if ((rc = check_utf8(doc, text, len, format, err)) < 0)
+        goto out;
     rc = format == WORKFLOW_JSON ? json_parse(doc, text, len, err)
                                  : wf_yaml_parse(doc, text, len, err);
 out:

@@ -180,6 +180,7 @@ static cJSON *plan_steps(const struct workflow *wf)
         cJSON *needs;
         cJSON_AddItemToArray(steps, step);
         cJSON_AddStringToObject(step, "id", s->id);
+        add_string(step, "description", s->description);
         if (s->persona != SIZE_MAX)
             cJSON_AddStringToObject(step, "persona", wf->personas[s->persona].name);
         plan_action(wf, s, step);

@@ -436,12 +436,13 @@ static int check_modifiers(struct wf_build *b, const cJSON *node, size_t index, 
         if (step->action != WORKFLOW_ACTION_TOOL && step->action != WORKFLOW_ACTION_PROMPT &&
             step->action != WORKFLOW_ACTION_WORKFLOW)
             rc = wf_problem(wf, item, true,
-                            "%s'with' is for tool, prompt and workflow steps, "
-                            "not '%s'",
-                            context, workflow_action_name(step->action));
+                            "%s'with' is for tool, prompt and workflow steps, not '%s'", context,
+                            workflow_action_name(step->action));
         else if (wf_expect_mapping(b, item, context) < 0)
             rc = TR_EINVAL;
-        else if ((step->with = item), wf_templates_compile(wf, index, item, "") < 0)
+        else
+            step->with = item;
+        if (step->with && wf_templates_compile(wf, index, item, "") < 0)
             rc = TR_EINVAL;
     }
     return rc;
@@ -499,7 +500,6 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
     struct wf_step *step = &wf->steps[index];
     const cJSON *id = NULL, *action = NULL, *item;
     char context[256], where[32];
-    const char *description;
     long found;
     int rc;
 
@@ -526,7 +526,7 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
                                        false, where, sizeof(where)));
     step->id = id->valuestring;
     snprintf(context, sizeof(context), "step '%s': ", step->id);
-    if ((rc = wf_optional_string(b, node, "description", context, &description)) < 0)
+    if ((rc = wf_optional_string(b, node, "description", context, &step->description)) < 0)
         return rc;
 
     /* Exactly one action. */

@@ -135,6 +135,7 @@ struct wf_step {
     cJSON *approvers;         /* approval: always a list, owned */
     const char *approval_why;
     const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */
+    const char *description;
     const char *save;
     size_t *needs;
     size_t need_count;

@@ -64,6 +64,21 @@ function walkDescriptions(node, path) {
 walkDescriptions(schema, '$');
 for (const [name, def] of Object.entries(schema.$defs)) walkDescriptions(def, `$defs.${name}`);
 
+// docs/workflows.md is kept beside the schema: every field the schema knows is on the page.
+const docs = readFileSync(join(source, 'docs', 'workflows.md'), 'utf8');
+const fields = new Set();
+(function collect(node) {
+    if (!node || typeof node !== 'object') return;
+    for (const [key, value] of Object.entries(node.properties ?? {})) {
+        fields.add(key);
+        collect(value);
+    }
+    for (const branch of [...(node.oneOf ?? []), ...Object.values(node.$defs ?? {})]) collect(branch);
+})(schema);
+const undocumented = [...fields].filter((f) => f !== '$schema' && !new RegExp(`(^|[^A-Za-z_])${f.replace('$', '\\$')}([^A-Za-z_]|$)`, 'm').test(docs));
+if (undocumented.length) fail('docs/workflows.md', `fields not described: ${undocumented.join(', ')}`);
+else ok(`docs/workflows.md mentions all ${fields.size} fields of the schema`);
+
 const workflowsDir = join(source, 'workflows');
 const examples = readdirSync(workflowsDir).filter((f) => /\.(ya?ml|json)$/.test(f)).sort();
 if (examples.length < 2) fail('workflows/', 'no examples found');
@@ -152,6 +167,23 @@ const refused = spawnSync(troupe, ['run', join(workflowsDir, 'loan-review.yaml')
 if (refused.status === 2 && refused.stderr.includes("step 'history': 'resource' steps are not executed yet"))
     ok('troupe run refuses actions the scheduler does not perform yet');
 else fail('troupe run loan-review.yaml', `exit ${refused.status}: ${refused.stderr}`);
+
+// The hash `troupe validate --hash` prints is the plan_hash a run of the file records.
+{
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(join(tmpdir(), 'troupe-schema-'));
+    const db = join(dir, 'troupe.db');
+    const hello = join(workflowsDir, 'hello.yaml');
+    const run = spawnSync(troupe, ['run', '--db', db, '-q', hello], { encoding: 'utf8', cwd: dir });
+    const runs = spawnSync(troupe, ['runs', '--db', db, '--json'], { encoding: 'utf8' });
+    const stored = runs.status === 0 ? JSON.parse(runs.stdout.trim().split('\n')[0]).plan_hash : null;
+    const printed = spawnSync(troupe, ['validate', '--hash', hello], { encoding: 'utf8' }).stdout.split(/\s+/)[0];
+    if (run.status !== 0) fail('troupe run hello.yaml', `exit ${run.status}: ${run.stderr}`);
+    else if (stored !== printed) fail('plan hash', `run stored ${stored}, validate printed ${printed}`);
+    else ok('a run records the plan hash that troupe validate --hash prints');
+    rmSync(dir, { recursive: true, force: true });
+}
 
 // A drawing that is not Mermaid must be refused, or the check above proves nothing.
 try {

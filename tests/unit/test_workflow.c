@@ -642,6 +642,8 @@ static const struct broken broken_files[] = {
     {"secret-in-clear.json", "7:47",
      "server 'github': 'GITHUB_PERSONAL_ACCESS_TOKEN' holds a secret in clear: write it as "
      "${env:NAME} so that it stays out of the plan, the database and the logs"},
+    {"not-utf8.yaml", "3:2", "invalid YAML: not UTF-8 (byte 0xEE)"},
+    {"not-utf8.json", "2:15", "invalid JSON: not UTF-8 (byte 0xE9)"},
     {"many-problems.yaml", "2:7", "'name' must match [A-Za-z0-9_.-]+, not 'many problems'"},
 };
 
