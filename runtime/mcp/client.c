@@ -454,6 +454,9 @@ static int input_responses(struct mcp_session *s, const char *method, const cJSO
     return 0;
 }
 
+static int handshake(struct mcp_session *s, const char *version, int timeout_ms,
+                     struct tr_error *err);
+
 /*
  * Waits for request *id (of method with params, both borrowed) to complete, with everything
  * the era needs: the modern retry on UnsupportedProtocolVersionError and the
@@ -467,12 +470,25 @@ static int finish(struct mcp_session *s, const char *method, const cJSON *params
         timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
     int64_t deadline = tr_now_ms() + timeout_ms;
     cJSON *extra = NULL; /* inputResponses and requestState for the next round */
-    bool version_retried = false;
+    bool version_retried = false, reinitialized = false;
     int rc = 0;
 
     for (int round = 0;; round++) {
         cJSON *response = NULL;
         rc = wait_response(s, *id, method, deadline, timeout_ms, &response, err);
+        if (rc == TR_ENOTFOUND && s->http && !s->modern && !reinitialized &&
+            strcmp(method, "initialize") != 0) {
+            /* The server forgot our session (HTTP 404): start a new one, send it again. */
+            reinitialized = true;
+            mcp__http_reset_session(s->http);
+            char *version = xstrdup(s->protocol_version);
+            rc = handshake(s, version, timeout_ms, err);
+            free(version);
+            if (rc == 0)
+                rc = start(s, method, params, extra, id, err);
+            if (rc == 0)
+                continue;
+        }
         if (rc < 0) {
             give_up(s, *id, rc, cancellable);
             goto out;

@@ -333,23 +333,13 @@ static void schedule_resume(struct mcp__http *h, const struct transfer *t)
 }
 
 /* A JSON reply: one message or a batch of them. */
+/* A JSON reply, as received: the session judges it (a batch, which MCP forbids, included). */
 static void deliver_json(struct mcp__http *h, struct transfer *t)
 {
-    cJSON *msg = cJSON_ParseWithLength(t->reply.data, t->reply.len);
-    if (cJSON_IsArray(msg)) {
-        for (cJSON *m = msg->child; m; m = m->next) {
-            char *text = mcp__json_print(m);
-            if (is_response_to(text, strlen(text), t->request_id))
-                t->got_response = true;
-            push_message(h, text, strlen(text));
-            free(text);
-        }
-    } else {
-        if (is_response_to(t->reply.data, t->reply.len, t->request_id))
-            t->got_response = true;
-        push_message(h, t->reply.data, t->reply.len); /* garbage too: the session reports it */
-    }
-    cJSON_Delete(msg);
+    bool batch = t->reply.data[strspn(t->reply.data, " \t\r\n")] == '[';
+    if (batch || is_response_to(t->reply.data, t->reply.len, t->request_id))
+        t->got_response = true;
+    push_message(h, t->reply.data, t->reply.len);
 }
 
 static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
@@ -403,7 +393,8 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     if (id < 0 || t->got_response)
         return;
     if (status == 404 && h->session_id) {
-        push_failure(h, id, TR_EPEER, "MCP server '%s' no longer knows session %s (HTTP 404)",
+        /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404)",
                      h->name, h->session_id);
         return;
     }
