@@ -266,7 +266,7 @@ static int wait_http(struct mcp_session *s, int64_t id, const char *method, int6
         struct mcp__inbound *in;
         while ((in = mcp__http_next(s->http))) {
             int rc = 0;
-            if (!in->text && in->failed_id == id)
+            if (!in->text && (in->failed_id == id || in->failed_id == MCP__ALL_REQUESTS))
                 rc = tr_error_set(err, in->error_code, "%s during %s", in->error_message, method);
             else if (!in->text)
                 park(s, in->failed_id, NULL, in->error_code, in->error_message);
@@ -633,7 +633,7 @@ static int handshake(struct mcp_session *s, const char *version, int timeout_ms,
         goto out;
     set_version(s, agreed->valuestring, false);
     mcp__send(s, mcp__notification_new("notifications/initialized", NULL), -1);
-    if (s->http) /* where a legacy server sends requests and notifications of its own */
+    if (s->http && !s->legacy_sse) /* where a legacy server sends requests of its own */
         mcp__http_open_stream(s->http, STREAM_WAIT_MS);
 out:
     cJSON_Delete(result);
@@ -678,7 +678,16 @@ static int negotiate(struct mcp_session *s, const char *wanted, bool auto_defaul
             mcp__http_reset_session(s->http);
         wanted = NULL;
     }
-    return handshake(s, wanted ? wanted : MCP_LATEST_PROTOCOL_VERSION, timeout_ms, err);
+    const char *version = wanted ? wanted : MCP_LATEST_PROTOCOL_VERSION;
+    int rc = handshake(s, version, timeout_ms, err);
+    if (rc < 0 && rc != TR_ETIMEDOUT && s->http &&
+        mcp__http_open_legacy_sse(s->http, timeout_ms > 0 ? timeout_ms : STREAM_WAIT_MS) == 0) {
+        /* A server of the HTTP+SSE transport (2024-11-05): the same handshake over it. */
+        s->legacy_sse = true;
+        parked_free_all(s);
+        rc = handshake(s, version, timeout_ms, err);
+    }
+    return rc;
 }
 
 static struct mcp_session *session_new(const char *name, const struct mcp_observer *observer,

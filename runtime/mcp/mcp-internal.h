@@ -175,6 +175,13 @@ void mcp__http_pump(struct mcp__http *http, int timeout_ms);
 struct mcp__inbound *mcp__http_next(struct mcp__http *http);
 /* Stops the transfers that carry request_id (given up on). */
 void mcp__http_abandon(struct mcp__http *http, int64_t request_id);
+/* failed_id of a failure that ends every request in flight (the old transport's stream died). */
+#define MCP__ALL_REQUESTS (-2)
+/*
+ * Falls back to the HTTP+SSE transport of 2024-11-05: GET the URL as an event stream and wait
+ * up to wait_ms for its "endpoint" event. Returns 0, or TR_EPROTO if it is not such a server.
+ */
+int mcp__http_open_legacy_sse(struct mcp__http *http, int wait_ms) TR_MUST_CHECK;
 /* Opens the standalone GET stream, waiting up to wait_ms for the server to accept it. */
 void mcp__http_open_stream(struct mcp__http *http, int wait_ms);
 /* Sends DELETE for the session, if there is one (blocking, short timeout). */
@@ -223,6 +230,7 @@ struct mcp_session {
 
     /* Streamable HTTP (NULL for stdio) */
     struct mcp__http *http;
+    bool legacy_sse; /* fell back to the HTTP+SSE transport of 2024-11-05 */
 
     /* the protocol */
     bool modern;
