@@ -828,6 +828,32 @@ void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char 
     pending_free(p);
 }
 
+int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t *ret_ticket,
+                       struct tr_error *err)
+{
+    if (!session->modern)
+        return tr_error_set(err, TR_EINVAL,
+                            "subscriptions/listen needs the modern era (2026-07-28); MCP server "
+                            "'%s' speaks %s",
+                            session->name, session->protocol_version);
+    if (!cJSON_IsObject(filter))
+        return tr_error_set(err, TR_EINVAL, "subscriptions/listen needs a notifications filter");
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddItemToObject(params, "notifications", cJSON_Duplicate(filter, 1));
+    int rc = mcp_session_send(session, "subscriptions/listen", params, ret_ticket, err);
+    cJSON_Delete(params);
+    return rc;
+}
+
+int mcp_session_poll(struct mcp_session *session, int timeout_ms, struct tr_error *err)
+{
+    cJSON *never = NULL;
+    int rc = wait_response(session, -1, "a wait for notifications", tr_now_ms() + timeout_ms,
+                           timeout_ms, &never, err);
+    cJSON_Delete(never);
+    return rc == TR_ETIMEDOUT ? 0 : rc;
+}
+
 int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
                        struct tr_error *err)
 {

@@ -141,6 +141,20 @@ int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms
                      cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
 /* Cancels a ticket: notifications/cancelled with reason (NULL for a default); never blocks. */
 void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason);
+/*
+ * Modern era: opens a subscriptions/listen stream with filter (borrowed, e.g.
+ * {"toolsListChanged": true, "resourceSubscriptions": ["file:///x"]}) and returns at once
+ * with its ticket. The acknowledgment and the notifications reach the notification handler
+ * whenever the session waits (mcp_session_poll, or any call); mcp_session_cancel ends it.
+ */
+int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t *ret_ticket,
+                       struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Waits up to timeout_ms for what the server sends on its own (notifications, requests),
+ * handling it. Returns 0, or an error if the server is gone.
+ */
+int mcp_session_poll(struct mcp_session *session, int timeout_ms,
+                     struct tr_error *err) TR_MUST_CHECK;
 /* A notification (params borrowed, may be NULL). */
 int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
                        struct tr_error *err) TR_MUST_CHECK;

@@ -195,6 +195,22 @@ static bool handle_post(int fd, const char *body, const char *session)
               "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32600,"
               "\"message\":\"Bad Request: no session\"}}",
               NULL);
+    } else if (strcmp(method->valuestring, "subscriptions/listen") == 0 && modern) {
+        /* The acknowledgment, one notification, then the stream stays open. */
+        char event[512];
+        sse_begin(fd);
+        snprintf(event, sizeof(event),
+                 "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/subscriptions/acknowledged\","
+                 "\"params\":{\"_meta\":{\"io.modelcontextprotocol/subscriptionId\":%d},"
+                 "\"notifications\":{\"toolsListChanged\":true}}}",
+                 id->valueint);
+        sse_event(fd, event);
+        snprintf(event, sizeof(event),
+                 "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\","
+                 "\"params\":{\"_meta\":{\"io.modelcontextprotocol/subscriptionId\":%d}}}",
+                 id->valueint);
+        sse_event(fd, event);
+        held = true;
     } else if (strcmp(method->valuestring, "initialize") == 0) {
         cJSON *result = cJSON_CreateObject();
         cJSON_AddStringToObject(result, "protocolVersion", "2025-11-25");

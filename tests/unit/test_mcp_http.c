@@ -132,7 +132,18 @@ static int on_elicitation(void *userdata, const cJSON *params, cJSON **ret_resul
     return 0;
 }
 
-static const struct mcp_client_handlers handlers = {.elicitation = on_elicitation};
+static int notifications_seen;
+static bool saw_ack, saw_list_changed;
+
+static void on_notification(void *userdata, const char *method, const cJSON *params)
+{
+    notifications_seen++;
+    saw_ack |= strcmp(method, "notifications/subscriptions/acknowledged") == 0;
+    saw_list_changed |= strcmp(method, "notifications/tools/list_changed") == 0;
+}
+
+static const struct mcp_client_handlers handlers = {.elicitation = on_elicitation,
+                                                    .notification = on_notification};
 
 static struct mcp_session *open_http(const struct server *srv, size_t max_message)
 {
@@ -200,6 +211,25 @@ Test(mcp_http, modern_server_is_spoken_to_without_handshake, .timeout = 30)
     cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
     cr_assert(mcp_session_is_modern(s));
     assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, true);
+    struct mcp_session *s = open_http(&srv, 0);
+    cJSON *filter = cJSON_Parse("{\"toolsListChanged\":true}");
+    int64_t ticket;
+    struct tr_error err = {0};
+    cr_assert_eq(mcp_session_listen(s, filter, &ticket, &err), 0, "%s", err.message);
+    for (int i = 0; i < 20 && !saw_list_changed; i++)
+        cr_assert_eq(mcp_session_poll(s, 100, &err), 0, "%s", err.message);
+    cr_assert(saw_ack && saw_list_changed);
+    mcp_session_cancel(s, ticket, NULL);
+    assert_echo(s);
+    cJSON_Delete(filter);
     mcp_session_free(&s);
     server_stop(&srv);
 }
