@@ -218,7 +218,9 @@ struct mcp_server *mcp_server_new(const char *name, const char *version);
 void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *def);
 /*
  * Serves newline-delimited JSON-RPC on in_fd/out_fd until in_fd reaches end of file:
- * initialize (version negotiation), ping, tools/list, tools/call; other methods get
+ * initialize (version negotiation) or, in the modern era, server/discover and requests
+ * carrying their version in _meta (an unsupported one gets -32022), ping, tools/list,
+ * tools/call; other methods get
  * JSON-RPC error -32601, malformed input -32700/-32600. Returns 0 at end of input.
  */
 int mcp_server_run_stdio(struct mcp_server *server, int in_fd, int out_fd,

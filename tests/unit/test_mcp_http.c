@@ -429,17 +429,43 @@ Test(mcp_stdio_more, batch_is_a_protocol_error_and_the_session_goes_on, .timeout
     free(program);
 }
 
-Test(mcp_stdio_more, modern_probe_falls_back_on_a_legacy_server, .timeout = 30)
+static void record_sent(void *userdata, const char *server, enum mcp_direction direction,
+                        const char *json)
+{
+    if (direction == MCP_SENT && strstr(json, "\"tools/call\""))
+        *(char **)userdata = xstrdup(json);
+}
+
+Test(mcp_stdio_more, dual_era_server_is_spoken_to_in_the_modern_era, .timeout = 30)
 {
     const char *dir = getenv("TROUPE_BUILD_DIR");
     char *program = xasprintf("%s/troupe-demo-tools", dir);
     const char *argv[] = {program, NULL};
+    char *sent = NULL;
+    struct mcp_observer observer = {.on_message = record_sent, .userdata = &sent};
     struct mcp_stdio_params params = {
         .name = "demo", .argv = argv, .protocol_version = MCP_VERSION_AUTO};
     struct tr_error err = {0};
     struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_stdio(&params, &observer, &s, &err), 0, "%s", err.message);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
+    cr_assert(mcp_session_is_modern(s));
+    cr_assert_str_eq(
+        cJSON_GetObjectItemCaseSensitive(mcp_session_server_info(s), "name")->valuestring,
+        "troupe-demo-tools");
+    assert_echo(s);
+    /* Every modern request carries the version, capabilities and client info in _meta. */
+    cr_assert_not_null(sent);
+    cr_assert(strstr(sent, "\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\""), "%s",
+              sent);
+    cr_assert(strstr(sent, "io.modelcontextprotocol/clientInfo"), "%s", sent);
+    free(sent);
+    mcp_session_free(&s);
+
+    /* Asked for a legacy revision, the same server gets the handshake. */
+    params.protocol_version = "2025-06-18";
     cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
-    cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25");
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2025-06-18");
     cr_assert_not(mcp_session_is_modern(s));
     mcp_session_free(&s);
     free(program);
