@@ -2,8 +2,9 @@
  * test-mcp-http-misbehave: a Streamable HTTP MCP server (legacy era, or modern with --modern)
  * that misbehaves on request, for the client's robustness tests: tools/call of garbage,
  * huge, unknown_id, batch, die, hang, ask (an elicitation on the stream before the response),
- * expire (HTTP 404 for a known session, once) and echo. One connection at a time, each closed
- * after its reply; "hang" connections are held open. Prints its port on stdout. Tests only.
+ * expire (HTTP 404 for a known session, once), whoami (the Authorization header) and echo. One
+ * connection at a time, each closed after its reply; "hang" connections are held open. Prints its
+ * port on stdout. Tests only.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -26,6 +27,7 @@ static int sessions;    /* sessions started */
 static bool expired;    /* "expire" answered 404 once */
 static int ask_fd = -1; /* the SSE stream of an "ask" call waiting for the client's answer */
 static cJSON *ask_id;
+static char authorization[256]; /* the last request's Authorization header ("whoami") */
 
 static void write_all(int fd, const char *data, size_t len)
 {
@@ -141,6 +143,8 @@ static bool handle_call(int fd, const cJSON *id, const char *tool, const cJSON *
         cJSON_Delete(ask_id);
         ask_id = cJSON_Duplicate(id, 1);
         return true;
+    } else if (strcmp(tool, "whoami") == 0) {
+        send_json(fd, response(id, text_result(authorization)), NULL);
     } else if (strcmp(tool, "expire") == 0 && !expired) {
         expired = true;
         reply(fd, 404, "text/plain", "no such session", NULL);
@@ -261,6 +265,8 @@ static bool read_request(int fd, char *buf, size_t size, char **ret_body, char *
             content_length = strtoul(line + 17, NULL, 10);
         if (strncasecmp(line + 2, "Mcp-Session-Id:", 15) == 0)
             sscanf(line + 17, " %63s", session);
+        if (strncasecmp(line + 2, "Authorization:", 14) == 0)
+            sscanf(line + 16, " %255[^\r]", authorization);
     }
     char *body = end + 4;
     while ((size_t)(buf + len - body) < content_length) {

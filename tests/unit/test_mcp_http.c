@@ -470,3 +470,80 @@ Test(mcp_stdio_more, dual_era_server_is_spoken_to_in_the_modern_era, .timeout = 
     mcp_session_free(&s);
     free(program);
 }
+
+/* ---- troupe mcp ---------------------------------------------------------------------------- */
+
+/* Runs a shell command line; returns its exit status with its stdout in *ret_out. */
+static int run(const char *command, char **ret_out)
+{
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p);
+    char *out = xmalloc(65536);
+    size_t len = fread(out, 1, 65535, p);
+    out[len] = '\0';
+    int status = pclose(p);
+    *ret_out = out;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Test(mcp_cli, servers_by_command_url_and_config, .timeout = 60)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    struct server srv;
+    server_start(&srv, false);
+    char config[] = "/tmp/troupe-mcp-config-XXXXXX";
+    int fd = mkstemp(config);
+    cr_assert_geq(fd, 0);
+    dprintf(fd,
+            "{\"mcpServers\": {\"demo\": {\"command\": \"%s/troupe-demo-tools\"},"
+            " \"web\": {\"url\": \"%s\", \"headers\": {\"Authorization\": \"Bearer "
+            "${TROUPE_TEST_TOKEN}\"}}}}",
+            dir, srv.url);
+    close(fd);
+    setenv("TROUPE_TEST_TOKEN", "s3cret", 1);
+    char *out, *cmd;
+
+    cmd = xasprintf("'%s/troupe' mcp tools --server demo --config %s", dir, config);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert(strstr(out, "greet") && strstr(out, "word_count"), "%s", out);
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp call greet '{\"name\": \"Ada\"}' --config %s --server demo",
+                    dir, config);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert_str_eq(out, "Hello, Ada!\n");
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp info --json -- '%s/troupe-demo-tools'", dir, dir);
+    cr_assert_eq(run(cmd, &out), 0);
+    cJSON *info = cJSON_Parse(out);
+    cr_assert_str_eq(cJSON_GetObjectItem(info, "protocolVersion")->valuestring, "2026-07-28");
+    cr_assert_str_eq(cJSON_GetObjectItem(info, "era")->valuestring, "modern");
+    cJSON_Delete(info);
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp info --url %s", dir, srv.url);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert(strstr(out, "2025-11-25 (legacy"), "%s", out);
+    free(out);
+    free(cmd);
+
+    /* The bearer token comes from the environment, through the config's headers. */
+    cmd = xasprintf("'%s/troupe' mcp call whoami --server web --config %s", dir, config);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert_str_eq(out, "Bearer s3cret\n");
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp tools --server nosuch --config %s 2>&1", dir, config);
+    cr_assert_eq(run(cmd, &out), 2);
+    cr_assert(strstr(out, "no server named 'nosuch'"), "%s", out);
+    free(out);
+    free(cmd);
+
+    unlink(config);
+    server_stop(&srv);
+}
