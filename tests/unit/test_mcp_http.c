@@ -486,7 +486,7 @@ static int run(const char *command, char **ret_out)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-Test(mcp_cli, servers_by_command_url_and_config, .timeout = 60)
+Test(mcp_cli, servers_by_command_url_and_config, .timeout = 30)
 {
     const char *dir = getenv("TROUPE_BUILD_DIR");
     struct server srv;
