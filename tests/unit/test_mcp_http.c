@@ -471,6 +471,41 @@ Test(mcp_stdio_more, dual_era_server_is_spoken_to_in_the_modern_era, .timeout = 
     free(program);
 }
 
+Test(mcp_pipeline, a_server_dying_fails_every_call_in_flight, .timeout = 30)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    char *program = xasprintf("%s/tests/test-mcp-misbehave", dir);
+    const char *argv[] = {program, NULL};
+    struct mcp_stdio_params params = {.name = "misbehave", .argv = argv};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    const char *calls[3][2] = {
+        {"sleep", "{\"ms\":50}"}, {"exit_mid_call", "{\"code\":4}"}, {"sleep", "{\"ms\":1}"}};
+    int64_t tickets[3];
+    for (int i = 0; i < 3; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "name", calls[i][0]);
+        cJSON_AddItemToObject(p, "arguments", cJSON_Parse(calls[i][1]));
+        cr_assert_eq(mcp_session_send(s, "tools/call", p, &tickets[i], &err), 0);
+        cJSON_Delete(p);
+    }
+    /* The first was answered before the exit; the others get the exit, none hangs. */
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_wait(s, tickets[0], 5000, &result, &err), 0, "%s", err.message);
+    cJSON_Delete(result);
+    for (int i = 2; i >= 1; i--) {
+        int64_t start = tr_now_ms();
+        cr_assert_eq(mcp_session_wait(s, tickets[i], 5000, &result, &err), TR_EPEER, "%s",
+                     err.message);
+        cr_assert(strstr(err.message, "exit status 4") || strstr(err.message, "not running"), "%s",
+                  err.message);
+        cr_assert_lt(tr_now_ms() - start, 3000);
+    }
+    mcp_session_free(&s);
+    free(program);
+}
+
 /* ---- troupe mcp ---------------------------------------------------------------------------- */
 
 /* Runs a shell command line; returns its exit status with its stdout in *ret_out. */
