@@ -54,6 +54,8 @@ struct mcp__http {
     char *session_id;
     char *protocol_version;
     bool modern;
+    bool legacy_sse; /* the HTTP+SSE transport of 2024-11-05: replies come on the GET stream */
+    char *post_url;  /* its "endpoint" event: where to POST */
     size_t max_message;
     struct transfer *transfers;
     struct resume *resumes;
@@ -131,6 +133,22 @@ static bool is_response_to(const char *text, size_t len, int64_t id)
 static void on_sse_event(void *userdata, const char *event, const char *data, size_t len)
 {
     struct transfer *t = userdata;
+    if (strcmp(event, "endpoint") == 0 && t->standalone && t->http->legacy_sse) {
+        /* HTTP+SSE (2024-11-05): where to POST, relative to the stream's URL. */
+        char *target = xstrndup(data, len);
+        CURLU *u = curl_url();
+        char *resolved = NULL;
+        if (u && curl_url_set(u, CURLUPART_URL, t->http->url, 0) == CURLUE_OK &&
+            curl_url_set(u, CURLUPART_URL, target, 0) == CURLUE_OK &&
+            curl_url_get(u, CURLUPART_URL, &resolved, 0) == CURLUE_OK) {
+            free(t->http->post_url);
+            t->http->post_url = xstrdup(resolved);
+        }
+        curl_free(resolved);
+        curl_url_cleanup(u);
+        free(target);
+        return;
+    }
     if (strcmp(event, "message") != 0 || len == 0 || strspn(data, " \t\r\n") == len)
         return;
     if (is_response_to(data, len, t->request_id))
@@ -211,7 +229,7 @@ static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bo
         fprintf(stderr, "troupe: curl_easy_init failed\n");
         abort();
     }
-    curl_easy_setopt(t->easy, CURLOPT_URL, h->url);
+    curl_easy_setopt(t->easy, CURLOPT_URL, h->post_url && !is_get ? h->post_url : h->url);
     curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
@@ -302,6 +320,29 @@ static void start_resume(struct mcp__http *h, struct resume *r)
     t->resumes = r->resumes;
 }
 
+int mcp__http_open_legacy_sse(struct mcp__http *h, int wait_ms)
+{
+    h->legacy_sse = true;
+    struct transfer *t = start_get(h, -1, NULL);
+    int64_t deadline = tr_now_ms() + wait_ms;
+    for (;;) {
+        bool alive = false;
+        for (struct transfer *x = h->transfers; x; x = x->next)
+            alive |= x == t;
+        if (h->post_url)
+            return 0;
+        if (!alive || tr_now_ms() >= deadline)
+            break;
+        mcp__http_pump(h, 10);
+    }
+    h->legacy_sse = false;
+    if (h->transfers == t)
+        transfer_remove(h, t);
+    for (struct mcp__inbound *in; (in = mcp__http_next(h));)
+        mcp__inbound_free(in);
+    return TR_EPROTO;
+}
+
 void mcp__http_open_stream(struct mcp__http *h, int wait_ms)
 {
     h->want_stream = true;
@@ -333,23 +374,13 @@ static void schedule_resume(struct mcp__http *h, const struct transfer *t)
 }
 
 /* A JSON reply: one message or a batch of them. */
+/* A JSON reply, as received: the session judges it (a batch, which MCP forbids, included). */
 static void deliver_json(struct mcp__http *h, struct transfer *t)
 {
-    cJSON *msg = cJSON_ParseWithLength(t->reply.data, t->reply.len);
-    if (cJSON_IsArray(msg)) {
-        for (cJSON *m = msg->child; m; m = m->next) {
-            char *text = mcp__json_print(m);
-            if (is_response_to(text, strlen(text), t->request_id))
-                t->got_response = true;
-            push_message(h, text, strlen(text));
-            free(text);
-        }
-    } else {
-        if (is_response_to(t->reply.data, t->reply.len, t->request_id))
-            t->got_response = true;
-        push_message(h, t->reply.data, t->reply.len); /* garbage too: the session reports it */
-    }
-    cJSON_Delete(msg);
+    bool batch = t->reply.data[strspn(t->reply.data, " \t\r\n")] == '[';
+    if (batch || is_response_to(t->reply.data, t->reply.len, t->request_id))
+        t->got_response = true;
+    push_message(h, t->reply.data, t->reply.len);
 }
 
 static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
@@ -359,6 +390,12 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     int64_t id = t->request_id;
     const char *what = t->is_get ? "GET" : "POST";
 
+    if (t->standalone && h->legacy_sse) {
+        /* The old transport's one stream carried every reply: nothing can resume it. */
+        push_failure(h, MCP__ALL_REQUESTS, TR_EPEER, "MCP server '%s' closed its event stream",
+                     h->name);
+        return;
+    }
     if (t->standalone) {
         /* Reconnect a stream that the server ended; not one it refused (405) or broke. */
         if (result == CURLE_OK && status >= 200 && status < 300 && t->is_sse &&
@@ -378,6 +415,8 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
                          h->name, h->max_message);
         return;
     }
+    if (h->legacy_sse && !t->is_get && status >= 200 && status < 300)
+        return; /* "Accepted": the reply comes on the event stream */
     if (status >= 200 && status < 300 && t->is_sse) {
         if (id >= 0 && !t->got_response) {
             /* The stream ended before the response: resume it where it stopped if we can. */
@@ -403,7 +442,8 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     if (id < 0 || t->got_response)
         return;
     if (status == 404 && h->session_id) {
-        push_failure(h, id, TR_EPEER, "MCP server '%s' no longer knows session %s (HTTP 404)",
+        /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404)",
                      h->name, h->session_id);
         return;
     }
@@ -545,6 +585,7 @@ void mcp__http_free(struct mcp__http **http)
     curl_slist_free_all(h->extra);
     free(h->session_id);
     free(h->protocol_version);
+    free(h->post_url);
     free(h->url);
     free(h->name);
     free(h);

@@ -175,6 +175,13 @@ void mcp__http_pump(struct mcp__http *http, int timeout_ms);
 struct mcp__inbound *mcp__http_next(struct mcp__http *http);
 /* Stops the transfers that carry request_id (given up on). */
 void mcp__http_abandon(struct mcp__http *http, int64_t request_id);
+/* failed_id of a failure that ends every request in flight (the old transport's stream died). */
+#define MCP__ALL_REQUESTS (-2)
+/*
+ * Falls back to the HTTP+SSE transport of 2024-11-05: GET the URL as an event stream and wait
+ * up to wait_ms for its "endpoint" event. Returns 0, or TR_EPROTO if it is not such a server.
+ */
+int mcp__http_open_legacy_sse(struct mcp__http *http, int wait_ms) TR_MUST_CHECK;
 /* Opens the standalone GET stream, waiting up to wait_ms for the server to accept it. */
 void mcp__http_open_stream(struct mcp__http *http, int wait_ms);
 /* Sends DELETE for the session, if there is one (blocking, short timeout). */
@@ -223,6 +230,7 @@ struct mcp_session {
 
     /* Streamable HTTP (NULL for stdio) */
     struct mcp__http *http;
+    bool legacy_sse; /* fell back to the HTTP+SSE transport of 2024-11-05 */
 
     /* the protocol */
     bool modern;
@@ -242,10 +250,37 @@ void mcp__stdio_read_stderr(struct mcp_session *s);
 /* Closes stdin, escalates to SIGTERM and SIGKILL; reaps. True if it exited on its own. */
 bool mcp__stdio_stop(struct mcp_session *s, int grace_ms);
 
-/* client.c */
+/* client.c: the engine */
 void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json);
 /* Sends msg (taken) to the server; request_id is its id or -1. */
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id);
+void mcp__send_cancel(struct mcp_session *s, int64_t id, const char *reason);
+/*
+ * Waits for the response to id, handling everything else that arrives: 0 with the whole
+ * message, or an error (TR_ETIMEDOUT at deadline). id -1 waits for nothing (polling).
+ */
+int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, int64_t deadline,
+                       int timeout_ms, cJSON **ret_response, struct tr_error *err) TR_MUST_CHECK;
+/* Sends method with params (borrowed) plus extra's members and the modern _meta: *ret_id. */
+int mcp__start(struct mcp_session *s, const char *method, const cJSON *params, const cJSON *extra,
+               int64_t *ret_id, struct tr_error *err) TR_MUST_CHECK;
+/* Completes request *id: era retries and input rounds (new ids replace *id); the result. */
+int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, int64_t *id,
+                int timeout_ms, bool cancellable, cJSON **ret_result,
+                struct tr_error *err) TR_MUST_CHECK;
+/* start, then finish. */
+int mcp__request(struct mcp_session *s, const char *method, const cJSON *params, int timeout_ms,
+                 bool cancellable, cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
+void mcp__set_version(struct mcp_session *s, const char *version, bool modern);
+void mcp__parked_free_all(struct mcp_session *s);
+void mcp__unpark_drop(struct mcp_session *s, int64_t id);
+/* Takes a pipelined request out of the table (NULL if unknown). */
+struct mcp__pending *mcp__pending_take(struct mcp_session *s, int64_t ticket);
+void mcp__pending_free(struct mcp__pending *p);
+
+/* session.c: the initialize handshake at version (also after an HTTP 404). */
+int mcp__handshake(struct mcp_session *s, const char *version, int timeout_ms,
+                   struct tr_error *err) TR_MUST_CHECK;
 
 /* handlers.c */
 /* Answers a request from the server (ping, sampling, elicitation, roots; others refused). */

@@ -141,6 +141,20 @@ int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms
                      cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
 /* Cancels a ticket: notifications/cancelled with reason (NULL for a default); never blocks. */
 void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason);
+/*
+ * Modern era: opens a subscriptions/listen stream with filter (borrowed, e.g.
+ * {"toolsListChanged": true, "resourceSubscriptions": ["file:///x"]}) and returns at once
+ * with its ticket. The acknowledgment and the notifications reach the notification handler
+ * whenever the session waits (mcp_session_poll, or any call); mcp_session_cancel ends it.
+ */
+int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t *ret_ticket,
+                       struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Waits up to timeout_ms for what the server sends on its own (notifications, requests),
+ * handling it. Returns 0, or an error if the server is gone.
+ */
+int mcp_session_poll(struct mcp_session *session, int timeout_ms,
+                     struct tr_error *err) TR_MUST_CHECK;
 /* A notification (params borrowed, may be NULL). */
 int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
                        struct tr_error *err) TR_MUST_CHECK;
@@ -204,7 +218,9 @@ struct mcp_server *mcp_server_new(const char *name, const char *version);
 void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *def);
 /*
  * Serves newline-delimited JSON-RPC on in_fd/out_fd until in_fd reaches end of file:
- * initialize (version negotiation), ping, tools/list, tools/call; other methods get
+ * initialize (version negotiation) or, in the modern era, server/discover and requests
+ * carrying their version in _meta (an unsupported one gets -32022), ping, tools/list,
+ * tools/call; other methods get
  * JSON-RPC error -32601, malformed input -32700/-32600. Returns 0 at end of input.
  */
 int mcp_server_run_stdio(struct mcp_server *server, int in_fd, int out_fd,

@@ -1,7 +1,8 @@
 /*
  * mcp/server.c: a small blocking MCP server over newline-delimited JSON-RPC, enough for the
- * demo and test servers: initialize, ping, tools/list, tools/call. No resources, prompts,
- * server-initiated requests or concurrency: one request is answered at a time.
+ * demo and test servers, in both eras: initialize or server/discover (requests that carry a
+ * modern _meta version are answered statelessly), ping, tools/list, tools/call. No resources,
+ * prompts, server-initiated requests or concurrency: one request is answered at a time.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -134,6 +135,35 @@ static cJSON *do_initialize(const struct mcp_server *server, const cJSON *params
     return result;
 }
 
+/* The modern era's server/discover: every revision served, capabilities and identity. */
+static cJSON *do_discover(const struct mcp_server *server)
+{
+    cJSON *result = cJSON_CreateObject();
+    cJSON_AddStringToObject(result, "resultType", "complete");
+    cJSON *versions = cJSON_AddArrayToObject(result, "supportedVersions");
+    for (size_t i = 0; mcp__supported_versions[i]; i++)
+        cJSON_AddItemToArray(versions, cJSON_CreateString(mcp__supported_versions[i]));
+    cJSON *tools =
+        cJSON_AddObjectToObject(cJSON_AddObjectToObject(result, "capabilities"), "tools");
+    cJSON_AddBoolToObject(tools, "listChanged", false);
+    cJSON *meta = cJSON_AddObjectToObject(result, "_meta");
+    cJSON *info = cJSON_AddObjectToObject(meta, "io.modelcontextprotocol/serverInfo");
+    cJSON_AddStringToObject(info, "name", server->name);
+    cJSON_AddStringToObject(info, "version", server->version);
+    cJSON_AddNumberToObject(result, "ttlMs", 0);
+    cJSON_AddStringToObject(result, "cacheScope", "private");
+    return result;
+}
+
+/* The version a modern request declares in its _meta, or NULL for a legacy one. */
+static const char *request_version(const cJSON *params)
+{
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(params, "_meta");
+    const cJSON *v =
+        cJSON_GetObjectItemCaseSensitive(meta, "io.modelcontextprotocol/protocolVersion");
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
 static cJSON *do_tools_list(const struct mcp_server *server)
 {
     cJSON *result = cJSON_CreateObject();
@@ -223,7 +253,26 @@ static cJSON *handle_line(const struct mcp_server *server, const char *line, siz
         goto out; /* notifications (initialized, cancelled, ...) need nothing from us */
 
     const char *m = method->valuestring;
-    if (strcmp(m, "initialize") == 0)
+    const char *declared = request_version(params);
+    if (declared && (!mcp__version_supported(declared) || !mcp__version_is_modern(declared))) {
+        /* UnsupportedProtocolVersionError, with what this server speaks. */
+        cJSON *error = cJSON_CreateObject();
+        cJSON_AddNumberToObject(error, "code", -32022);
+        cJSON_AddStringToObject(error, "message", "Unsupported protocol version");
+        cJSON *data = cJSON_AddObjectToObject(error, "data");
+        cJSON *supported = cJSON_AddArrayToObject(data, "supported");
+        for (size_t i = 0; mcp__supported_versions[i]; i++)
+            cJSON_AddItemToArray(supported, cJSON_CreateString(mcp__supported_versions[i]));
+        cJSON_AddStringToObject(data, "requested", declared);
+        response = cJSON_CreateObject();
+        cJSON_AddStringToObject(response, "jsonrpc", "2.0");
+        cJSON_AddItemToObject(response, "id", cJSON_Duplicate(id, 1));
+        cJSON_AddItemToObject(response, "error", error);
+        goto out;
+    }
+    if (strcmp(m, "server/discover") == 0)
+        response = mcp__result_response_new(id, do_discover(server));
+    else if (strcmp(m, "initialize") == 0)
         response = mcp__result_response_new(id, do_initialize(server, params));
     else if (strcmp(m, "ping") == 0)
         response = mcp__result_response_new(id, cJSON_CreateObject());
@@ -235,6 +284,14 @@ static cJSON *handle_line(const struct mcp_server *server, const char *line, siz
         char message[256];
         snprintf(message, sizeof(message), "Method not found: %.200s", m);
         response = mcp__error_response_new(id, MCP__METHOD_NOT_FOUND, message);
+    }
+    /* Modern results say they are complete; and a list may be cached by this client only. */
+    cJSON *result = declared ? cJSON_GetObjectItemCaseSensitive(response, "result") : NULL;
+    if (cJSON_IsObject(result) && !cJSON_HasObjectItem(result, "resultType"))
+        cJSON_AddStringToObject(result, "resultType", "complete");
+    if (cJSON_IsObject(result) && strcmp(m, "tools/list") == 0) {
+        cJSON_AddNumberToObject(result, "ttlMs", 0);
+        cJSON_AddStringToObject(result, "cacheScope", "private");
     }
 out:
     cJSON_Delete(msg);

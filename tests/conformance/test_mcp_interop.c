@@ -372,6 +372,46 @@ static struct mcp_session *open_stdio(const char *const *argv, const char *const
     return s;
 }
 
+/* Starts server-everything in a transport mode on port, in its own process group. */
+static pid_t start_http_server(const char *server, const char *mode, int port)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char env_port[32];
+        snprintf(env_port, sizeof(env_port), "%d", port);
+        setenv("PORT", env_port, 1);
+        setpgid(0, 0);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl(peer.node, peer.node, server, mode, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Connects, retrying while the server starts. */
+static struct mcp_session *open_http_retrying(const char *url)
+{
+    struct mcp_http_params params = {
+        .name = "everything-http",
+        .url = url,
+        .handlers = &handlers,
+        .timeout_ms = 5000,
+    };
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    int rc = -1;
+    for (int attempt = 0; attempt < 100 && rc < 0; attempt++) {
+        rc = mcp_session_open_http(&params, &observer, &s, &err);
+        if (rc < 0)
+            usleep(100000);
+    }
+    cr_assert_eq(rc, 0, "%s", err.message);
+    return s;
+}
+
 /* ---- tests --------------------------------------------------------------------------------- */
 
 TestSuite(mcp_interop, .init = setup, .fini = teardown, .timeout = 120);
@@ -396,35 +436,9 @@ Test(mcp_interop, everything_over_streamable_http)
     char *server =
         xasprintf("%s/@modelcontextprotocol/server-everything/dist/index.js", peer.modules);
     int port = 20000 + (int)(getpid() % 20000);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        char env_port[32];
-        snprintf(env_port, sizeof(env_port), "%d", port);
-        setenv("PORT", env_port, 1);
-        setpgid(0, 0);
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        execl(peer.node, peer.node, server, "streamableHttp", (char *)NULL);
-        _exit(127);
-    }
+    pid_t pid = start_http_server(server, "streamableHttp", port);
     char *url = xasprintf("http://127.0.0.1:%d/mcp", port);
-    struct mcp_http_params params = {
-        .name = "everything-http",
-        .url = url,
-        .handlers = &handlers,
-        .timeout_ms = 5000,
-    };
-    struct tr_error err = {0};
-    struct mcp_session *s = NULL;
-    int rc = -1;
-    for (int attempt = 0; attempt < 100 && rc < 0; attempt++) {
-        rc = mcp_session_open_http(&params, &observer, &s, &err);
-        if (rc < 0)
-            usleep(100000);
-    }
-    cr_assert_eq(rc, 0, "%s", err.message);
+    struct mcp_session *s = open_http_retrying(url);
     cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25");
     exercise_everything(s);
     mcp_session_free(&s);
@@ -499,5 +513,31 @@ Test(mcp_interop, memory_keeps_a_graph)
     unlink(path);
     free(path);
     free(env_file);
+    free(server);
+}
+
+Test(mcp_interop, everything_over_the_old_http_sse_transport)
+{
+    char *server =
+        xasprintf("%s/@modelcontextprotocol/server-everything/dist/index.js", peer.modules);
+    int port = 20000 + (int)((getpid() + 7919) % 20000);
+    pid_t pid = start_http_server(server, "sse", port);
+    char *url = xasprintf("http://127.0.0.1:%d/sse", port);
+    struct mcp_session *s = open_http_retrying(url);
+    cJSON *r = call(s, "get-sum", "{\"a\":2,\"b\":3}", NULL);
+    char *text = text_of(r);
+    cr_assert(strstr(text, "5"), "%s", text);
+    free(text);
+    cJSON_Delete(r);
+    r = call(s, "trigger-sampling-request", "{\"prompt\":\"hi\",\"maxTokens\":20}", NULL);
+    cr_assert_eq(peer.samplings, 1);
+    cJSON_Delete(r);
+    char *v = xstrdup(mcp_session_protocol_version(s));
+    mcp_session_free(&s);
+    kill(-pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    validate_messages(v);
+    free(v);
+    free(url);
     free(server);
 }

@@ -1,7 +1,8 @@
 /*
  * test-mcp-misbehave: an MCP server over stdio that misbehaves on request, for the client's
- * robustness tests (exits mid-call, sleeps, writes garbage, huge lines, stray responses and
- * stderr noise; --no-init, --bad-version and --exit-on-start break the handshake). Tests only.
+ * robustness tests (exits mid-call, sleeps, writes garbage, huge lines, stray responses,
+ * batches and stderr noise; --no-init, --bad-version and --exit-on-start break the handshake).
+ * Tests only.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,6 +62,15 @@ static int garbage(void *userdata, const cJSON *arguments, cJSON **ret_result, s
     static const char line[] = "this is not json\n";
     write_or_die(STDOUT_FILENO, line, sizeof(line) - 1);
     *ret_result = mcp_result_text("garbage written", false);
+    return 0;
+}
+
+static int batch(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    static const char line[] = "[{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\","
+                               "\"params\":{\"level\":\"info\",\"data\":\"batched\"}}]\n";
+    write_or_die(STDOUT_FILENO, line, sizeof(line) - 1);
+    *ret_result = mcp_result_text("batch written", false);
     return 0;
 }
 
@@ -172,6 +182,8 @@ static const struct mcp_tool_def tools[] = {
     {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
      "{\"type\":\"object\"}", ask_client, NULL},
     {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
+    {"batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.", "{\"type\":\"object\"}",
+     batch, NULL},
 };
 
 /* ---- broken handshakes ------------------------------------------------------------------- */

@@ -1,0 +1,465 @@
+/*
+ * mcp/session.c: opening sessions (era and version negotiation: server/discover, the
+ * initialize handshake, the HTTP+SSE fallback) and the public calls built on client.c's
+ * round trips; closing them.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp-internal.h"
+
+#define MAX_LIST_PAGES 1000
+#define STREAM_WAIT_MS 2000
+#define STOP_GRACE_MS 2000
+
+/* ---- opening ----------------------------------------------------------------------------- */
+
+static int take_server_info(struct mcp_session *s, cJSON *result, const char *method,
+                            struct tr_error *err)
+{
+    cJSON *info = cJSON_GetObjectItemCaseSensitive(result, "serverInfo");
+    if (!info) { /* 2026-07-28 may carry it in the result's _meta */
+        cJSON *meta = cJSON_GetObjectItemCaseSensitive(result, "_meta");
+        info = cJSON_GetObjectItemCaseSensitive(meta, "io.modelcontextprotocol/serverInfo");
+    }
+    cJSON *capabilities = cJSON_GetObjectItemCaseSensitive(result, "capabilities");
+    if (info &&
+        (!cJSON_IsObject(info) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(info, "name"))))
+        return tr_error_set(err, TR_EPROTO,
+                            "MCP server '%s' answered %s without a valid "
+                            "serverInfo",
+                            s->name, method);
+    if (!info && !s->modern)
+        return tr_error_set(err, TR_EPROTO,
+                            "MCP server '%s' answered %s without a valid "
+                            "serverInfo",
+                            s->name, method);
+    if (capabilities && !cJSON_IsObject(capabilities))
+        return tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with invalid capabilities",
+                            s->name, method);
+    cJSON_Delete(s->server_info);
+    cJSON_Delete(s->server_capabilities);
+    s->server_info = info ? cJSON_Duplicate(info, 1) : cJSON_CreateObject();
+    s->server_capabilities = capabilities ? cJSON_Duplicate(capabilities, 1) : cJSON_CreateObject();
+    return 0;
+}
+
+int mcp__handshake(struct mcp_session *s, const char *version, int timeout_ms, struct tr_error *err)
+{
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "protocolVersion", version);
+    cJSON_AddItemToObject(params, "capabilities", mcp__client_capabilities(s));
+    cJSON *client_info = cJSON_AddObjectToObject(params, "clientInfo");
+    cJSON_AddStringToObject(client_info, "name", "troupe");
+    cJSON_AddStringToObject(client_info, "version", TR_VERSION);
+
+    s->modern = false;
+    if (s->http)
+        mcp__http_set_protocol_version(s->http, NULL, false);
+    cJSON *result = NULL;
+    int rc = mcp__request(s, "initialize", params, timeout_ms, false, &result, err);
+    cJSON_Delete(params);
+    if (rc < 0)
+        return rc;
+
+    const cJSON *agreed = cJSON_GetObjectItemCaseSensitive(result, "protocolVersion");
+    if (!cJSON_IsString(agreed)) {
+        rc = tr_error_set(err, TR_EPROTO,
+                          "MCP server '%s' answered initialize without a protocolVersion", s->name);
+        goto out;
+    }
+    if (!mcp__version_supported(agreed->valuestring) ||
+        mcp__version_is_modern(agreed->valuestring)) {
+        char excerpt[64];
+        mcp__excerpt(excerpt, sizeof(excerpt), agreed->valuestring, strlen(agreed->valuestring));
+        rc = tr_error_set(err, TR_EPROTO,
+                          "MCP server '%s' wants protocol version '%s', which troupe does not "
+                          "support (it speaks 2025-11-25, 2025-06-18, 2025-03-26, 2024-11-05)",
+                          s->name, excerpt);
+        goto out;
+    }
+    rc = take_server_info(s, result, "initialize", err);
+    if (rc < 0)
+        goto out;
+    mcp__set_version(s, agreed->valuestring, false);
+    mcp__send(s, mcp__notification_new("notifications/initialized", NULL), -1);
+    if (s->http && !s->legacy_sse) /* where a legacy server sends requests of its own */
+        mcp__http_open_stream(s->http, STREAM_WAIT_MS);
+out:
+    cJSON_Delete(result);
+    return rc;
+}
+
+/* The modern era's opening: server/discover. Returns 1 if the server is legacy. */
+static int discover(struct mcp_session *s, const char *version, bool may_fall_back, int timeout_ms,
+                    struct tr_error *err)
+{
+    mcp__set_version(s, version, true);
+    cJSON *result = NULL;
+    struct tr_error probe_err = {0};
+    int rc = mcp__request(s, "server/discover", NULL, timeout_ms, false, &result, &probe_err);
+    if (rc < 0) {
+        /* A recognized modern error was retried inside mcp__request(); anything else is legacy. */
+        if (may_fall_back && rc != TR_ETIMEDOUT && !s->dead)
+            return 1;
+        if (err)
+            *err = probe_err;
+        return rc;
+    }
+    rc = take_server_info(s, result, "server/discover", err);
+    cJSON_Delete(result);
+    return rc;
+}
+
+/* Picks the era and version: discover first when modern is wanted, else the handshake. */
+static int negotiate(struct mcp_session *s, const char *wanted, bool auto_default, int timeout_ms,
+                     struct tr_error *err)
+{
+    bool automatic = wanted ? strcmp(wanted, MCP_VERSION_AUTO) == 0 : auto_default;
+    if (wanted && !automatic && !mcp__version_supported(wanted))
+        return tr_error_set(err, TR_EINVAL, "troupe does not speak protocol version '%s'", wanted);
+    if (automatic || mcp__version_is_modern(wanted)) {
+        int rc = discover(s, automatic ? MCP_MODERN_PROTOCOL_VERSION : wanted, automatic,
+                          timeout_ms, err);
+        if (rc <= 0)
+            return rc;
+        mcp__parked_free_all(s);
+        if (s->http)
+            mcp__http_reset_session(s->http);
+        wanted = NULL;
+    }
+    const char *version = wanted ? wanted : MCP_LATEST_PROTOCOL_VERSION;
+    int rc = mcp__handshake(s, version, timeout_ms, err);
+    if (rc < 0 && rc != TR_ETIMEDOUT && s->http &&
+        mcp__http_open_legacy_sse(s->http, timeout_ms > 0 ? timeout_ms : STREAM_WAIT_MS) == 0) {
+        /* A server of the HTTP+SSE transport (2024-11-05): the same handshake over it. */
+        s->legacy_sse = true;
+        mcp__parked_free_all(s);
+        rc = mcp__handshake(s, version, timeout_ms, err);
+    }
+    return rc;
+}
+
+static struct mcp_session *session_new(const char *name, const struct mcp_observer *observer,
+                                       const struct mcp_client_handlers *handlers,
+                                       size_t max_message)
+{
+    struct mcp_session *s = xcalloc(1, sizeof(*s));
+    s->name = xstrdup(name);
+    if (observer)
+        s->observer = *observer;
+    if (handlers)
+        s->handlers = *handlers;
+    s->max_message = max_message ? max_message : MCP_DEFAULT_MAX_MESSAGE;
+    mcp__lines_init(&s->lines, s->max_message);
+    tr_buf_init(&s->outq, 0);
+    s->next_id = 1;
+    return s;
+}
+
+int mcp_session_open_stdio(const struct mcp_stdio_params *params,
+                           const struct mcp_observer *observer, struct mcp_session **ret_session,
+                           struct tr_error *err)
+{
+    const char *name = params->name                      ? params->name
+                       : params->argv && params->argv[0] ? params->argv[0]
+                                                         : "(unnamed)";
+    struct mcp_session *s =
+        session_new(name, observer, params->handlers, params->max_message_bytes);
+    int rc = mcp__process_spawn(&s->proc, s->name, params, err);
+    if (rc < 0) {
+        s->dead = true; /* nothing to stop: spawn cleaned up after itself */
+        goto out;
+    }
+    rc = negotiate(s, params->protocol_version, false, params->timeout_ms, err);
+out:
+    if (rc < 0) {
+        mcp_session_free(&s);
+        return rc;
+    }
+    *ret_session = s;
+    return 0;
+}
+
+int mcp_session_open_http(const struct mcp_http_params *params, const struct mcp_observer *observer,
+                          struct mcp_session **ret_session, struct tr_error *err)
+{
+    if (!params->url)
+        return tr_error_set(err, TR_EINVAL, "an HTTP MCP server needs a URL");
+    const char *name = params->name ? params->name : params->url;
+    struct mcp_session *s =
+        session_new(name, observer, params->handlers, params->max_message_bytes);
+    s->http = mcp__http_new(params->url, params->headers, s->max_message, s->name);
+    int rc = negotiate(s, params->protocol_version, true, params->timeout_ms, err);
+    if (rc < 0) {
+        mcp_session_free(&s);
+        return rc;
+    }
+    *ret_session = s;
+    return 0;
+}
+
+/* ---- the public calls -------------------------------------------------------------------- */
+
+const char *mcp_session_protocol_version(const struct mcp_session *session)
+{
+    return session->protocol_version;
+}
+
+bool mcp_session_is_modern(const struct mcp_session *session)
+{
+    return session->modern;
+}
+
+const cJSON *mcp_session_server_info(const struct mcp_session *session)
+{
+    return session->server_info;
+}
+
+const cJSON *mcp_session_server_capabilities(const struct mcp_session *session)
+{
+    return session->server_capabilities;
+}
+
+pid_t mcp_session_pid(const struct mcp_session *session)
+{
+    return session->http ? 0 : session->proc.pid;
+}
+
+int mcp_session_request(struct mcp_session *session, const char *method, const cJSON *params,
+                        int timeout_ms, cJSON **ret_result, struct tr_error *err)
+{
+    if (!method || (params && !cJSON_IsObject(params)))
+        return tr_error_set(err, TR_EINVAL, "a request needs a method and params as an object");
+    return mcp__request(session, method, params, timeout_ms, true, ret_result, err);
+}
+
+int mcp_session_send(struct mcp_session *session, const char *method, const cJSON *params,
+                     int64_t *ret_ticket, struct tr_error *err)
+{
+    if (!method || (params && !cJSON_IsObject(params)))
+        return tr_error_set(err, TR_EINVAL, "a request needs a method and params as an object");
+    int64_t id;
+    int rc = mcp__start(session, method, params, NULL, &id, err);
+    if (rc < 0)
+        return rc;
+    struct mcp__pending *p = xcalloc(1, sizeof(*p));
+    p->ticket = p->id = id;
+    p->method = xstrdup(method);
+    p->params = params ? cJSON_Duplicate(params, 1) : NULL;
+    p->next = session->pending;
+    session->pending = p;
+    *ret_ticket = id;
+    return 0;
+}
+
+int mcp_session_wait(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                     cJSON **ret_result, struct tr_error *err)
+{
+    struct mcp__pending *p = mcp__pending_take(session, ticket);
+    if (!p)
+        return tr_error_set(err, TR_EINVAL, "no request %lld is in flight", (long long)ticket);
+    /* Out of the table while waited for: its own responses come straight here. */
+    int rc = mcp__finish(session, p->method, p->params, &p->id, timeout_ms, true, ret_result, err);
+    mcp__pending_free(p);
+    return rc;
+}
+
+void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char *reason)
+{
+    struct mcp__pending *p = mcp__pending_take(session, ticket);
+    if (!p)
+        return;
+    if (session->http)
+        mcp__http_abandon(session->http, p->id);
+    if (!session->dead)
+        mcp__send_cancel(session, p->id, reason ? reason : "cancelled by the caller");
+    mcp__unpark_drop(session, p->id);
+    mcp__pending_free(p);
+}
+
+int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t *ret_ticket,
+                       struct tr_error *err)
+{
+    if (!session->modern)
+        return tr_error_set(err, TR_EINVAL,
+                            "subscriptions/listen needs the modern era (2026-07-28); MCP server "
+                            "'%s' speaks %s",
+                            session->name, session->protocol_version);
+    if (!cJSON_IsObject(filter))
+        return tr_error_set(err, TR_EINVAL, "subscriptions/listen needs a notifications filter");
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddItemToObject(params, "notifications", cJSON_Duplicate(filter, 1));
+    int rc = mcp_session_send(session, "subscriptions/listen", params, ret_ticket, err);
+    cJSON_Delete(params);
+    return rc;
+}
+
+int mcp_session_poll(struct mcp_session *session, int timeout_ms, struct tr_error *err)
+{
+    cJSON *never = NULL;
+    int rc = mcp__wait_response(session, -1, "a wait for notifications", tr_now_ms() + timeout_ms,
+                                timeout_ms, &never, err);
+    cJSON_Delete(never);
+    return rc == TR_ETIMEDOUT ? 0 : rc;
+}
+
+int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
+                       struct tr_error *err)
+{
+    if (session->dead)
+        return tr_error_set(err, TR_EPEER, "MCP server '%s' is not running (%s)", session->name,
+                            session->exit_desc);
+    cJSON *p = params ? cJSON_Duplicate(params, 1) : NULL;
+    if (session->modern) {
+        if (!p)
+            p = cJSON_CreateObject();
+        mcp__add_request_meta(session, p);
+    }
+    mcp__send(session, mcp__notification_new(method, p), -1);
+    return 0;
+}
+
+int mcp_session_call_tool(struct mcp_session *session, const char *tool, const cJSON *arguments,
+                          const cJSON *meta, int timeout_ms, cJSON **ret_result,
+                          struct tr_error *err)
+{
+    if (!tool || (arguments && !cJSON_IsObject(arguments)) || (meta && !cJSON_IsObject(meta)))
+        return tr_error_set(err, TR_EINVAL,
+                            "tools/call needs a tool name, and arguments and _meta as objects");
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "name", tool);
+    if (arguments)
+        cJSON_AddItemToObject(params, "arguments", cJSON_Duplicate(arguments, 1));
+    if (meta)
+        cJSON_AddItemToObject(params, "_meta", cJSON_Duplicate(meta, 1));
+
+    cJSON *result = NULL;
+    int rc = mcp__request(session, "tools/call", params, timeout_ms, true, &result, err);
+    cJSON_Delete(params);
+    if (rc < 0)
+        return rc;
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
+    const cJSON *is_error = cJSON_GetObjectItemCaseSensitive(result, "isError");
+    if ((content && !cJSON_IsArray(content)) || (is_error && !cJSON_IsBool(is_error))) {
+        cJSON_Delete(result);
+        return tr_error_set(err, TR_EPROTO,
+                            "MCP server '%s' answered tools/call for '%s' with an invalid "
+                            "CallToolResult",
+                            session->name, tool);
+    }
+    *ret_result = result;
+    return 0;
+}
+
+int mcp_session_list_all(struct mcp_session *session, const char *method, const char *key,
+                         int timeout_ms, cJSON **ret_items, struct tr_error *err)
+{
+    if (timeout_ms <= 0)
+        timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
+    int64_t deadline = tr_now_ms() + timeout_ms;
+    cJSON *items = cJSON_CreateArray();
+    char *cursor = NULL;
+    int rc = 0;
+
+    for (int page = 0;; page++) {
+        if (page == MAX_LIST_PAGES) {
+            rc = tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with more than %d pages",
+                              session->name, method, MAX_LIST_PAGES);
+            goto out;
+        }
+        cJSON *params = cJSON_CreateObject();
+        if (cursor)
+            cJSON_AddStringToObject(params, "cursor", cursor);
+        int64_t left = deadline - tr_now_ms();
+        cJSON *result = NULL;
+        rc = mcp__request(session, method, params, left > 0 ? (int)left : 1, true, &result, err);
+        cJSON_Delete(params);
+        if (rc < 0)
+            goto out;
+        cJSON *page_items = cJSON_GetObjectItemCaseSensitive(result, key);
+        const cJSON *next = cJSON_GetObjectItemCaseSensitive(result, "nextCursor");
+        bool valid =
+            cJSON_IsArray(page_items) && (!next || cJSON_IsString(next) || cJSON_IsNull(next));
+        for (cJSON *t = valid ? page_items->child : NULL; t; t = t->next)
+            if (!cJSON_IsObject(t))
+                valid = false;
+        if (!valid) {
+            cJSON_Delete(result);
+            rc = tr_error_set(err, TR_EPROTO, "MCP server '%s' answered %s with an invalid result",
+                              session->name, method);
+            goto out;
+        }
+        while (page_items->child)
+            cJSON_AddItemToArray(items, cJSON_DetachItemViaPointer(page_items, page_items->child));
+        free(cursor);
+        cursor = cJSON_IsString(next) && next->valuestring[0] ? xstrdup(next->valuestring) : NULL;
+        cJSON_Delete(result);
+        if (!cursor)
+            break;
+    }
+    *ret_items = items;
+    items = NULL;
+out:
+    free(cursor);
+    cJSON_Delete(items);
+    return rc;
+}
+
+int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **ret_tools,
+                           struct tr_error *err)
+{
+    cJSON *tools = NULL;
+    int rc = mcp_session_list_all(session, "tools/list", "tools", timeout_ms, &tools, err);
+    if (rc < 0)
+        return rc;
+    for (cJSON *t = tools->child, *next; t; t = next) {
+        next = t->next;
+        bool named = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(t, "name"));
+        if (!named) {
+            cJSON_Delete(tools);
+            return tr_error_set(err, TR_EPROTO,
+                                "MCP server '%s' answered tools/list with an invalid result",
+                                session->name);
+        }
+        /* Tools whose x-mcp-header annotations are invalid must not be used (2026-07-28). */
+        if (session->modern && !mcp__tool_headers_valid(t))
+            cJSON_Delete(cJSON_DetachItemViaPointer(tools, t));
+    }
+    cJSON_Delete(session->tools);
+    session->tools = cJSON_Duplicate(tools, 1);
+    *ret_tools = tools;
+    return 0;
+}
+
+void mcp_session_free(struct mcp_session **session)
+{
+    struct mcp_session *s = session ? *session : NULL;
+    if (!s)
+        return;
+    if (s->http) {
+        if (!s->modern)
+            mcp__http_delete_session(s->http);
+        mcp__http_free(&s->http);
+    } else if (!s->dead) {
+        mcp__stdio_stop(s, STOP_GRACE_MS);
+    }
+    mcp__parked_free_all(s);
+    while (s->pending) {
+        struct mcp__pending *p = s->pending;
+        s->pending = p->next;
+        mcp__pending_free(p);
+    }
+    mcp__lines_release(&s->lines);
+    tr_buf_release(&s->outq);
+    cJSON_Delete(s->server_info);
+    cJSON_Delete(s->server_capabilities);
+    cJSON_Delete(s->tools);
+    free(s->protocol_version);
+    free(s->chunk);
+    free(s->name);
+    free(s);
+    *session = NULL;
+}

@@ -1,0 +1,584 @@
+/*
+ * Tests of runtime/mcp beyond stdio basics: the SSE parser, the Streamable HTTP client
+ * against test-mcp-http-misbehave (legacy and modern era, each robustness case), handlers,
+ * and several requests in flight on one session.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mcp-internal.h"
+
+/* ---- the SSE parser ---------------------------------------------------------------------- */
+
+struct events {
+    char *data[16];
+    char *types[16];
+    size_t n;
+};
+
+static void on_event(void *userdata, const char *event, const char *data, size_t len)
+{
+    struct events *e = userdata;
+    if (e->n < 16) {
+        e->types[e->n] = xstrdup(event);
+        e->data[e->n++] = xstrndup(data, len);
+    }
+}
+
+static void events_release(struct events *e)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        free(e->data[i]);
+        free(e->types[i]);
+    }
+}
+
+Test(mcp_sse, fields_comments_and_line_ends)
+{
+    struct mcp__sse sse;
+    mcp__sse_init(&sse, 1024);
+    struct events e = {0};
+    const char *stream = ": keep-alive\r\nid: 7\r\nretry: 1500\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n"
+                         "event: other\ndata: x\n\n"
+                         "id: 8\n\n" /* priming: an id and no data dispatches nothing */
+                         "data:no-space\rdata\r\r";
+    /* Byte by byte: framing must not depend on how reads split the stream. */
+    for (size_t i = 0; stream[i]; i++)
+        cr_assert_eq(mcp__sse_feed(&sse, stream + i, 1, on_event, &e), 0);
+    cr_assert_eq(e.n, 3);
+    cr_assert_str_eq(e.data[0], "{\"a\":\n1}");
+    cr_assert_str_eq(e.types[0], "message");
+    cr_assert_str_eq(e.types[1], "other");
+    cr_assert_str_eq(e.data[2], "no-space\n");
+    cr_assert_str_eq(sse.last_id, "8");
+    cr_assert_eq(sse.retry_ms, 1500);
+    events_release(&e);
+    mcp__sse_release(&sse);
+}
+
+Test(mcp_sse, oversized_event_is_dropped_and_reported_once)
+{
+    struct mcp__sse sse;
+    mcp__sse_init(&sse, 64);
+    struct events e = {0};
+    char big[300];
+    memset(big, 'x', sizeof(big));
+    cr_assert_eq(mcp__sse_feed(&sse, "data: ", 6, on_event, &e), 0);
+    cr_assert_eq(mcp__sse_feed(&sse, big, sizeof(big), on_event, &e), 0);
+    cr_assert_eq(mcp__sse_feed(&sse, "\n\n", 2, on_event, &e), TR_ETOOBIG);
+    cr_assert_eq(mcp__sse_feed(&sse, "data: ok\n\n", 10, on_event, &e), 0);
+    cr_assert_eq(e.n, 1);
+    cr_assert_str_eq(e.data[0], "ok");
+    cr_assert_leq(sse.line.alloc, 256);
+    events_release(&e);
+    mcp__sse_release(&sse);
+}
+
+/* ---- the HTTP server under test ---------------------------------------------------------- */
+
+struct server {
+    pid_t pid;
+    char *url;
+};
+
+static void server_start(struct server *srv, bool modern)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    cr_assert(dir, "TROUPE_BUILD_DIR must name the build directory");
+    char *program = xasprintf("%s/tests/test-mcp-http-misbehave", dir);
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    srv->pid = fork();
+    cr_assert_geq(srv->pid, 0);
+    if (srv->pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(program, program, modern ? "--modern" : "--legacy", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[32] = "";
+    FILE *out = fdopen(fds[0], "r");
+    cr_assert(fgets(line, sizeof(line), out), "the test server did not start");
+    fclose(out);
+    srv->url = xasprintf("http://127.0.0.1:%d/mcp", atoi(line));
+    free(program);
+}
+
+static void server_stop(struct server *srv)
+{
+    kill(srv->pid, SIGKILL);
+    waitpid(srv->pid, NULL, 0);
+    free(srv->url);
+}
+
+static int elicitations;
+
+static int on_elicitation(void *userdata, const cJSON *params, cJSON **ret_result,
+                          struct tr_error *err)
+{
+    elicitations++;
+    cJSON *result = cJSON_CreateObject();
+    cJSON_AddStringToObject(result, "action", "accept");
+    cJSON *content = cJSON_AddObjectToObject(result, "content");
+    cJSON_AddNumberToObject(content, "age", 37); /* given: its default must not replace it */
+    *ret_result = result;
+    return 0;
+}
+
+static int notifications_seen;
+static bool saw_ack, saw_list_changed;
+
+static void on_notification(void *userdata, const char *method, const cJSON *params)
+{
+    notifications_seen++;
+    saw_ack |= strcmp(method, "notifications/subscriptions/acknowledged") == 0;
+    saw_list_changed |= strcmp(method, "notifications/tools/list_changed") == 0;
+}
+
+static const struct mcp_client_handlers handlers = {.elicitation = on_elicitation,
+                                                    .notification = on_notification};
+
+static struct mcp_session *open_http(const struct server *srv, size_t max_message)
+{
+    struct mcp_http_params params = {
+        .name = "http-under-test",
+        .url = srv->url,
+        .max_message_bytes = max_message,
+        .handlers = &handlers,
+        .timeout_ms = 5000,
+    };
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_http(&params, NULL, &s, &err), 0, "%s", err.message);
+    return s;
+}
+
+static int call(struct mcp_session *s, const char *tool, const char *args_json, int timeout_ms,
+                char **ret_text, struct tr_error *err)
+{
+    cJSON *args = args_json ? cJSON_Parse(args_json) : NULL;
+    cJSON *result = NULL;
+    int rc = mcp_session_call_tool(s, tool, args, NULL, timeout_ms, &result, err);
+    cJSON_Delete(args);
+    if (rc == 0) {
+        const cJSON *first =
+            cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(result, "content"), 0);
+        *ret_text = xstrdup(cJSON_GetObjectItemCaseSensitive(first, "text")->valuestring);
+        cJSON_Delete(result);
+    }
+    return rc;
+}
+
+static void assert_echo(struct mcp_session *s)
+{
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "echo", "{\"message\":\"still here\"}", 5000, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "still here");
+    free(text);
+}
+
+/* ---- HTTP tests -------------------------------------------------------------------------- */
+
+Test(mcp_http, legacy_server_gets_the_handshake_after_the_modern_probe, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25");
+    cr_assert_not(mcp_session_is_modern(s));
+    cr_assert_str_eq(
+        cJSON_GetObjectItemCaseSensitive(mcp_session_server_info(s), "name")->valuestring,
+        "test-mcp-http-misbehave");
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, modern_server_is_spoken_to_without_handshake, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, true);
+    struct mcp_session *s = open_http(&srv, 0);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
+    cr_assert(mcp_session_is_modern(s));
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, true);
+    struct mcp_session *s = open_http(&srv, 0);
+    cJSON *filter = cJSON_Parse("{\"toolsListChanged\":true}");
+    int64_t ticket;
+    struct tr_error err = {0};
+    cr_assert_eq(mcp_session_listen(s, filter, &ticket, &err), 0, "%s", err.message);
+    for (int i = 0; i < 20 && !saw_list_changed; i++)
+        cr_assert_eq(mcp_session_poll(s, 100, &err), 0, "%s", err.message);
+    cr_assert(saw_ack && saw_list_changed);
+    mcp_session_cancel(s, ticket, NULL);
+    assert_echo(s);
+    cJSON_Delete(filter);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, garbage_is_a_protocol_error, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "garbage", NULL, 5000, &text, &err), TR_EPROTO);
+    cr_assert(strstr(err.message, "not JSON"), "%s", err.message);
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, oversized_event_is_an_error, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 4096);
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "huge", "{\"size\":100000}", 5000, &text, &err), TR_EPROTO);
+    cr_assert(strstr(err.message, "longer than 4096 bytes"), "%s", err.message);
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, response_with_unknown_id_is_ignored, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "unknown_id", NULL, 5000, &text, &err), 0, "%s", err.message);
+    cr_assert_str_eq(text, "after a stray response");
+    free(text);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, batch_is_a_protocol_error, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "batch", NULL, 5000, &text, &err), TR_EPROTO);
+    cr_assert(strstr(err.message, "batch"), "%s", err.message);
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, connection_closed_without_reply_is_a_peer_error, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "die", NULL, 5000, &text, &err), TR_EPEER);
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, dead_server_fails_calls_in_flight, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    int64_t start = tr_now_ms();
+    cr_assert_eq(call(s, "echo", NULL, 5000, &text, &err), TR_EPEER, "%s", err.message);
+    cr_assert_lt(tr_now_ms() - start, 3000);
+    mcp_session_free(&s);
+    free(srv.url);
+}
+
+Test(mcp_http, timeout_cancels_and_the_session_goes_on, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    int64_t start = tr_now_ms();
+    cr_assert_eq(call(s, "hang", NULL, 300, &text, &err), TR_ETIMEDOUT);
+    cr_assert_lt(tr_now_ms() - start, 2000);
+    assert_echo(s);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, server_request_on_the_stream_is_answered_with_defaults, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    elicitations = 0;
+    cr_assert_eq(call(s, "ask", NULL, 5000, &text, &err), 0, "%s", err.message);
+    cr_assert_eq(elicitations, 1);
+    cJSON *answer = cJSON_Parse(text);
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(answer, "content");
+    cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(content, "name")->valuestring, "Ada");
+    cr_assert_eq(cJSON_GetObjectItemCaseSensitive(content, "age")->valueint, 37);
+    cJSON_Delete(answer);
+    free(text);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct mcp_session *s = open_http(&srv, 0);
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "expire", NULL, 5000, &text, &err), 0, "%s", err.message);
+    cr_assert_str_eq(text, "expire");
+    free(text);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+/* ---- several requests in flight ---------------------------------------------------------- */
+
+Test(mcp_pipeline, replies_are_matched_whatever_the_order, .timeout = 30)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    char *program = xasprintf("%s/troupe-demo-tools", dir);
+    const char *argv[] = {program, NULL};
+    struct mcp_stdio_params params = {.name = "demo", .argv = argv};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    int64_t tickets[4];
+    for (int i = 0; i < 4; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "name", "echo");
+        cJSON *args = cJSON_AddObjectToObject(p, "arguments");
+        char message[8];
+        snprintf(message, sizeof(message), "m%d", i);
+        cJSON_AddStringToObject(args, "message", message);
+        cr_assert_eq(mcp_session_send(s, "tools/call", p, &tickets[i], &err), 0);
+        cJSON_Delete(p);
+    }
+    mcp_session_cancel(s, tickets[1], NULL); /* its reply, when it comes, is dropped */
+    for (int i = 3; i >= 0; i--) {
+        if (i == 1)
+            continue;
+        cJSON *result = NULL;
+        cr_assert_eq(mcp_session_wait(s, tickets[i], 5000, &result, &err), 0, "%s", err.message);
+        char want[8];
+        snprintf(want, sizeof(want), "m%d", i);
+        const cJSON *first =
+            cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(result, "content"), 0);
+        cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(first, "text")->valuestring, want);
+        cJSON_Delete(result);
+    }
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_wait(s, tickets[1], 100, &result, &err), TR_EINVAL);
+    mcp_session_free(&s);
+    free(program);
+}
+
+Test(mcp_stdio_more, batch_is_a_protocol_error_and_the_session_goes_on, .timeout = 30)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    char *program = xasprintf("%s/tests/test-mcp-misbehave", dir);
+    const char *argv[] = {program, NULL};
+    struct mcp_stdio_params params = {.name = "misbehave", .argv = argv};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    char *text = NULL;
+    cr_assert_eq(call(s, "batch", NULL, 5000, &text, &err), TR_EPROTO);
+    cr_assert(strstr(err.message, "batch"), "%s", err.message);
+    /* The late reply to the failed call is ignored: the next call gets its own. */
+    cr_assert_eq(call(s, "sleep", "{\"ms\":1}", 5000, &text, &err), 0, "%s", err.message);
+    cr_assert_str_eq(text, "slept");
+    free(text);
+    mcp_session_free(&s);
+    free(program);
+}
+
+static void record_sent(void *userdata, const char *server, enum mcp_direction direction,
+                        const char *json)
+{
+    if (direction == MCP_SENT && strstr(json, "\"tools/call\""))
+        *(char **)userdata = xstrdup(json);
+}
+
+Test(mcp_stdio_more, dual_era_server_is_spoken_to_in_the_modern_era, .timeout = 30)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    char *program = xasprintf("%s/troupe-demo-tools", dir);
+    const char *argv[] = {program, NULL};
+    char *sent = NULL;
+    struct mcp_observer observer = {.on_message = record_sent, .userdata = &sent};
+    struct mcp_stdio_params params = {
+        .name = "demo", .argv = argv, .protocol_version = MCP_VERSION_AUTO};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_stdio(&params, &observer, &s, &err), 0, "%s", err.message);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
+    cr_assert(mcp_session_is_modern(s));
+    cr_assert_str_eq(
+        cJSON_GetObjectItemCaseSensitive(mcp_session_server_info(s), "name")->valuestring,
+        "troupe-demo-tools");
+    assert_echo(s);
+    /* Every modern request carries the version, capabilities and client info in _meta. */
+    cr_assert_not_null(sent);
+    cr_assert(strstr(sent, "\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\""), "%s",
+              sent);
+    cr_assert(strstr(sent, "io.modelcontextprotocol/clientInfo"), "%s", sent);
+    free(sent);
+    mcp_session_free(&s);
+
+    /* Asked for a legacy revision, the same server gets the handshake. */
+    params.protocol_version = "2025-06-18";
+    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2025-06-18");
+    cr_assert_not(mcp_session_is_modern(s));
+    mcp_session_free(&s);
+    free(program);
+}
+
+Test(mcp_pipeline, a_server_dying_fails_every_call_in_flight, .timeout = 30)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    char *program = xasprintf("%s/tests/test-mcp-misbehave", dir);
+    const char *argv[] = {program, NULL};
+    struct mcp_stdio_params params = {.name = "misbehave", .argv = argv};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    const char *calls[3][2] = {
+        {"sleep", "{\"ms\":50}"}, {"exit_mid_call", "{\"code\":4}"}, {"sleep", "{\"ms\":1}"}};
+    int64_t tickets[3];
+    for (int i = 0; i < 3; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "name", calls[i][0]);
+        cJSON_AddItemToObject(p, "arguments", cJSON_Parse(calls[i][1]));
+        cr_assert_eq(mcp_session_send(s, "tools/call", p, &tickets[i], &err), 0);
+        cJSON_Delete(p);
+    }
+    /* The first was answered before the exit; the others get the exit, none hangs. */
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_wait(s, tickets[0], 5000, &result, &err), 0, "%s", err.message);
+    cJSON_Delete(result);
+    for (int i = 2; i >= 1; i--) {
+        int64_t start = tr_now_ms();
+        cr_assert_eq(mcp_session_wait(s, tickets[i], 5000, &result, &err), TR_EPEER, "%s",
+                     err.message);
+        cr_assert(strstr(err.message, "exit status 4") || strstr(err.message, "not running"), "%s",
+                  err.message);
+        cr_assert_lt(tr_now_ms() - start, 3000);
+    }
+    mcp_session_free(&s);
+    free(program);
+}
+
+/* ---- troupe mcp ---------------------------------------------------------------------------- */
+
+/* Runs a shell command line; returns its exit status with its stdout in *ret_out. */
+static int run(const char *command, char **ret_out)
+{
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p);
+    char *out = xmalloc(65536);
+    size_t len = fread(out, 1, 65535, p);
+    out[len] = '\0';
+    int status = pclose(p);
+    *ret_out = out;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Test(mcp_cli, servers_by_command_url_and_config, .timeout = 30)
+{
+    const char *dir = getenv("TROUPE_BUILD_DIR");
+    struct server srv;
+    server_start(&srv, false);
+    char config[] = "/tmp/troupe-mcp-config-XXXXXX";
+    int fd = mkstemp(config);
+    cr_assert_geq(fd, 0);
+    dprintf(fd,
+            "{\"mcpServers\": {\"demo\": {\"command\": \"%s/troupe-demo-tools\"},"
+            " \"web\": {\"url\": \"%s\", \"headers\": {\"Authorization\": \"Bearer "
+            "${TROUPE_TEST_TOKEN}\"}}}}",
+            dir, srv.url);
+    close(fd);
+    setenv("TROUPE_TEST_TOKEN", "s3cret", 1);
+    char *out, *cmd;
+
+    cmd = xasprintf("'%s/troupe' mcp tools --server demo --config %s", dir, config);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert(strstr(out, "greet") && strstr(out, "word_count"), "%s", out);
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp call greet '{\"name\": \"Ada\"}' --config %s --server demo",
+                    dir, config);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert_str_eq(out, "Hello, Ada!\n");
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp info --json -- '%s/troupe-demo-tools'", dir, dir);
+    cr_assert_eq(run(cmd, &out), 0);
+    cJSON *info = cJSON_Parse(out);
+    cr_assert_str_eq(cJSON_GetObjectItem(info, "protocolVersion")->valuestring, "2026-07-28");
+    cr_assert_str_eq(cJSON_GetObjectItem(info, "era")->valuestring, "modern");
+    cJSON_Delete(info);
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp info --url %s", dir, srv.url);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert(strstr(out, "2025-11-25 (legacy"), "%s", out);
+    free(out);
+    free(cmd);
+
+    /* The bearer token comes from the environment, through the config's headers. */
+    cmd = xasprintf("'%s/troupe' mcp call whoami --server web --config %s", dir, config);
+    cr_assert_eq(run(cmd, &out), 0);
+    cr_assert_str_eq(out, "Bearer s3cret\n");
+    free(out);
+    free(cmd);
+
+    cmd = xasprintf("'%s/troupe' mcp tools --server nosuch --config %s 2>&1", dir, config);
+    cr_assert_eq(run(cmd, &out), 2);
+    cr_assert(strstr(out, "no server named 'nosuch'"), "%s", out);
+    free(out);
+    free(cmd);
+
+    unlink(config);
+    server_stop(&srv);
+}
