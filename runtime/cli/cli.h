@@ -45,5 +45,7 @@ int cli_runs(int argc, char **argv, struct cli_common *common);
 int cli_log(int argc, char **argv, struct cli_common *common);
 int cli_resume(int argc, char **argv, struct cli_common *common);
 int cli_cancel(int argc, char **argv, struct cli_common *common);
+int cli_worker(int argc, char **argv, struct cli_common *common);
+int cli_keygen(int argc, char **argv, struct cli_common *common);
 
 #endif

@@ -20,6 +20,8 @@ static const struct {
     {"log", cli_log, "show a run's audit trail, in order"},
     {"resume", cli_resume, "carry on a run whose scheduler died"},
     {"cancel", cli_cancel, "cancel a run"},
+    {"worker", cli_worker, "run an agent for a remote scheduler (tcp, CURVE)"},
+    {"keygen", cli_keygen, "make a CURVE key pair for remote workers"},
 };
 
 static void usage(FILE *out)

@@ -7,6 +7,7 @@
 #define TROUPE_CLI_RUN_COMMON_H
 
 #include "cli.h"
+#include "bus.h"
 #include "sched.h"
 
 /* Long option ids of the scheduler options (after cli.h's shared ones). */
@@ -16,19 +17,27 @@ enum {
     CLI_OPT_RETRY_ON,
     CLI_OPT_RETRY_DELAY,
     CLI_OPT_DEADLINE,
+    CLI_OPT_LISTEN,
+    CLI_OPT_KEY,
+    CLI_OPT_ALLOW,
+    CLI_OPT_REMOTE,
 };
 
 /* The getopt entries of the scheduler options, to splice into a command's table. */
-#define CLI_SCHED_OPTIONS                                                                          \
-    {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},                                         \
-        {"replicas", required_argument, NULL, CLI_OPT_REPLICAS},                                   \
-        {"retries", required_argument, NULL, CLI_OPT_RETRIES},                                     \
-        {"retry-on", required_argument, NULL, CLI_OPT_RETRY_ON},                                   \
-        {"retry-delay", required_argument, NULL, CLI_OPT_RETRY_DELAY},                             \
-        {"deadline", required_argument, NULL, CLI_OPT_DEADLINE},                                   \
-    {                                                                                              \
-        "json", no_argument, NULL, CLI_OPT_JSON                                                    \
-    }
+/* clang-format off */
+#define CLI_SCHED_OPTIONS \
+    {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT}, \
+    {"replicas", required_argument, NULL, CLI_OPT_REPLICAS}, \
+    {"retries", required_argument, NULL, CLI_OPT_RETRIES}, \
+    {"retry-on", required_argument, NULL, CLI_OPT_RETRY_ON}, \
+    {"retry-delay", required_argument, NULL, CLI_OPT_RETRY_DELAY}, \
+    {"deadline", required_argument, NULL, CLI_OPT_DEADLINE}, \
+    {"json", no_argument, NULL, CLI_OPT_JSON}, \
+    {"listen", required_argument, NULL, CLI_OPT_LISTEN}, \
+    {"key", required_argument, NULL, CLI_OPT_KEY}, \
+    {"allow", required_argument, NULL, CLI_OPT_ALLOW}, \
+    {"remote", required_argument, NULL, CLI_OPT_REMOTE}
+/* clang-format on */
 
 #define CLI_SCHED_USAGE                                                                            \
     "  --timeout SECONDS       how long one step may take (default 60)\n"                          \
@@ -38,9 +47,20 @@ enum {
     "                          transport, timeout (default transport,timeout)\n"                   \
     "  --retry-delay MS        first retry delay; doubles each retry, jittered (default 200)\n"    \
     "  --deadline SECONDS      the run fails if it has not ended by then\n"                        \
-    "  --json                  progress as JSON lines on stdout\n"
+    "  --json                  progress as JSON lines on stdout\n"                                 \
+    "  --listen tcp://H:P      also accept remote workers (troupe worker) there, over CURVE\n"     \
+    "  --key FILE              the scheduler's key pair for --listen (troupe keygen)\n"            \
+    "  --allow FILE            a worker public key to accept (repeatable)\n"                       \
+    "  --remote PERSONA        a persona only remote workers play (repeatable)\n"
+
+#define CLI_MAX_KEYS 64
 
 struct cli_progress {
+    /* Remote workers: the keys read from --key and --allow, the --remote personas. */
+    char secret[BUS_KEY_SIZE];
+    char allowed[CLI_MAX_KEYS][BUS_KEY_SIZE];
+    const char *allowed_ptrs[CLI_MAX_KEYS];
+    const char *remote[CLI_MAX_KEYS];
     bool quiet;
     bool json;
     bool tty;       /* a live status line */

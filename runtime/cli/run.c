@@ -154,6 +154,49 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
     case CLI_OPT_JSON:
         progress->json = true;
         return 1;
+    case CLI_OPT_LISTEN:
+        if (strncmp(arg, "tcp://", 6) != 0) {
+            cli_error("--listen wants a tcp:// endpoint, not '%s'", arg);
+            return -1;
+        }
+        opts->listen = arg;
+        return 1;
+    case CLI_OPT_KEY: {
+        char public[BUS_KEY_SIZE];
+        struct tr_error err = {0};
+        if (bus_key_file_read(arg, public, progress->secret, &err) < 0 || !progress->secret[0]) {
+            cli_error("--key: %s", err.message[0] ? err.message : "the file holds no secret key");
+            return -1;
+        }
+        opts->server_secret = progress->secret;
+        return 1;
+    }
+    case CLI_OPT_ALLOW: {
+        char unused[BUS_KEY_SIZE];
+        struct tr_error err = {0};
+        size_t n = opts->allowed_count;
+        if (n == CLI_MAX_KEYS) {
+            cli_error("--allow: at most %d keys", CLI_MAX_KEYS);
+            return -1;
+        }
+        if (bus_key_file_read(arg, progress->allowed[n], unused, &err) < 0) {
+            cli_error("--allow: %s", err.message);
+            return -1;
+        }
+        memset(unused, 0, sizeof(unused));
+        progress->allowed_ptrs[n] = progress->allowed[n];
+        opts->allowed_keys = progress->allowed_ptrs;
+        opts->allowed_count = n + 1;
+        return 1;
+    }
+    case CLI_OPT_REMOTE:
+        if (opts->remote_count == CLI_MAX_KEYS) {
+            cli_error("--remote: at most %d personas", CLI_MAX_KEYS);
+            return -1;
+        }
+        progress->remote[opts->remote_count++] = arg;
+        opts->remote_personas = progress->remote;
+        return 1;
     case CLI_OPT_RETRY_ON: {
         char *copy = xstrdup(arg), *save = NULL;
         unsigned mask = 0;
@@ -230,6 +273,19 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
         if (strlen(workflow_step_id(wf, i)) > progress->width)
             progress->width = strlen(workflow_step_id(wf, i));
     progress->tty = !progress->json && !progress->quiet && isatty(STDOUT_FILENO);
+    for (size_t i = 0; i < opts->remote_count; i++)
+        if (workflow_persona_find(wf, opts->remote_personas[i]) < 0) {
+            cli_error("--remote: the workflow has no persona '%s'", opts->remote_personas[i]);
+            exit(CLI_USAGE);
+        }
+    if (opts->remote_count && !opts->listen) {
+        cli_error("--remote needs --listen (where the remote workers connect)");
+        exit(CLI_USAGE);
+    }
+    if (opts->listen && !opts->server_secret) {
+        cli_error("--listen needs --key (the scheduler's key pair, from troupe keygen)");
+        exit(CLI_USAGE);
+    }
     progress->start_ms = tr_now_ms();
     *ret_self_dir = prepend_self_to_path();
     *ret_agent = getenv("TROUPE_AGENT") ? xstrdup(getenv("TROUPE_AGENT"))

@@ -109,7 +109,7 @@ static int load_step(void *userdata, const struct store_step *row)
     struct step_run *step = &run->steps[index];
     step->attempt = row->attempt;
     step->state = parse_state(row->state);
-    if (step->state == STEP_SUCCEEDED) {
+    if (step->state == STEP_SUCCEEDED && run->keep_outputs) {
         cJSON *output = row->output_json ? cJSON_Parse(row->output_json) : NULL;
         cJSON *entry = cJSON_CreateObject();
         cJSON_AddItemToObject(entry, "output", output ? output : cJSON_CreateNull());

@@ -63,6 +63,7 @@ struct step_run {
     int64_t deadline_ms; /* dispatched: when the scheduler gives up waiting */
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
     long agent;          /* index of the agent performing it, or -1 */
+    bool uses_scope;     /* its arguments hold ${{ }} expressions */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -84,6 +85,8 @@ struct agent_proc {
     bool exit_expected; /* the scheduler asked it to stop, or it said bye */
     int restarts;
     int64_t restart_due_ms; /* gone and to be started again at this time, or 0 */
+    bool remote;            /* a troupe worker on the CURVE endpoint: no process of ours */
+    int64_t remote_pid;     /* its pid on its own machine, as it said */
 };
 
 /* Starts troupe-agent for the agent's persona, connected to endpoint. */
@@ -117,7 +120,8 @@ struct run {
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
     size_t done, failed, in_flight, retries;
-    cJSON *scope; /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    cJSON *scope;      /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    bool keep_outputs; /* some step's arguments use the scope: outputs are kept in it */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
     char *failure;         /* the first reason the run fails, or NULL */

@@ -221,9 +221,11 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
     reach_final(run, index, STEP_SUCCEEDED);
     sched__record_step(run, index, output_json, NULL);
 
-    cJSON *entry = cJSON_CreateObject();
-    cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
-    cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+    if (run->keep_outputs) {
+        cJSON *entry = cJSON_CreateObject();
+        cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
+        cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+    }
     if (key) {
         struct tr_error err = {0};
         cJSON *context = cJSON_GetObjectItem(run->scope, "context");
@@ -337,7 +339,9 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     sched__step_policy(run, index, &policy);
     step->attempt++;
     step->dispatched_ms = tr_now_ms();
-    if (workflow_step_arguments(run->wf, index, run->scope, &arguments, &err) < 0) {
+    /* Arguments without expressions need no scope: converting it costs as much as it holds. */
+    if (workflow_step_arguments(run->wf, index, step->uses_scope ? run->scope : NULL, &arguments,
+                                &err) < 0) {
         step_failed(run, index, err.message, 0);
         return;
     }
@@ -351,6 +355,7 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     }
     struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
     msg->peer = xstrdup(agent->identity);
+    msg->remote = agent->remote;
     msg->step_id = xstrdup(step_id);
     msg->attempt = step->attempt;
     msg->server = xstrdup(server);
@@ -385,10 +390,14 @@ static void dispatch(struct run *run, size_t index, long agent_index)
 
 void sched__dispatch_ready(struct run *run)
 {
+    size_t idle = 0;
+
     if (run->failure || run->cancelling)
         return;
+    for (size_t i = 0; i < run->agent_count; i++)
+        idle += run->agents[i].state == AGENT_READY && run->agents[i].step < 0;
     /* Each ready step in turn; one whose persona has no idle agent waits at the back. */
-    for (size_t n = run->ready_len; n > 0 && run->ready_len > 0; n--) {
+    for (size_t n = run->ready_len; idle > 0 && n > 0 && run->ready_len > 0; n--) {
         size_t index = run->ready[run->ready_head];
         run->ready_head = (run->ready_head + 1) % run->step_count;
         run->ready_len--;
@@ -397,6 +406,7 @@ void sched__dispatch_ready(struct run *run)
         long agent = idle_agent_for(run, workflow_step_persona(run->wf, index));
         if (agent >= 0) {
             dispatch(run, index, agent);
+            idle--;
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
             run->ready_len++;
