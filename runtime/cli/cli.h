@@ -47,5 +47,6 @@ int cli_resume(int argc, char **argv, struct cli_common *common);
 int cli_cancel(int argc, char **argv, struct cli_common *common);
 int cli_worker(int argc, char **argv, struct cli_common *common);
 int cli_keygen(int argc, char **argv, struct cli_common *common);
+int cli_approve(int argc, char **argv, struct cli_common *common);
 
 #endif

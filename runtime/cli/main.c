@@ -20,6 +20,7 @@ static const struct {
     {"log", cli_log, "show a run's audit trail, in order"},
     {"resume", cli_resume, "carry on a run whose scheduler died"},
     {"cancel", cli_cancel, "cancel a run"},
+    {"approve", cli_approve, "approve or reject a step that waits for a decision"},
     {"worker", cli_worker, "run an agent for a remote scheduler (tcp, CURVE)"},
     {"keygen", cli_keygen, "make a CURVE key pair for remote workers"},
 };
@@ -33,7 +34,7 @@ static void usage(FILE *out)
                  "\n"
                  "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  %-6s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-7s %s\n", commands[i].name, commands[i].summary);
     fprintf(out,
             "\n"
             "options:\n"

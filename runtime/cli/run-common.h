@@ -21,6 +21,7 @@ enum {
     CLI_OPT_KEY,
     CLI_OPT_ALLOW,
     CLI_OPT_REMOTE,
+    CLI_OPT_APPROVE,
 };
 
 /* The getopt entries of the scheduler options, to splice into a command's table. */
@@ -36,7 +37,8 @@ enum {
     {"listen", required_argument, NULL, CLI_OPT_LISTEN}, \
     {"key", required_argument, NULL, CLI_OPT_KEY}, \
     {"allow", required_argument, NULL, CLI_OPT_ALLOW}, \
-    {"remote", required_argument, NULL, CLI_OPT_REMOTE}
+    {"remote", required_argument, NULL, CLI_OPT_REMOTE}, \
+    {"approve", required_argument, NULL, CLI_OPT_APPROVE}
 /* clang-format on */
 
 #define CLI_SCHED_USAGE                                                                            \
@@ -51,7 +53,8 @@ enum {
     "  --listen tcp://H:P      also accept remote workers (troupe worker) there, over CURVE\n"     \
     "  --key FILE              the scheduler's key pair for --listen (troupe keygen)\n"            \
     "  --allow FILE            a worker public key to accept (repeatable)\n"                       \
-    "  --remote PERSONA        a persona only remote workers play (repeatable)\n"
+    "  --remote PERSONA        a persona only remote workers play (repeatable)\n"                  \
+    "  --approve STEP          STEP waits for troupe approve before it runs (repeatable)\n"
 
 #define CLI_MAX_KEYS 64
 
@@ -61,6 +64,7 @@ struct cli_progress {
     char allowed[CLI_MAX_KEYS][BUS_KEY_SIZE];
     const char *allowed_ptrs[CLI_MAX_KEYS];
     const char *remote[CLI_MAX_KEYS];
+    const char *approve[CLI_MAX_KEYS];
     bool quiet;
     bool json;
     bool tty;       /* a live status line */

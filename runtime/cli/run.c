@@ -88,7 +88,10 @@ static void on_progress(void *userdata, const struct sched_progress *p)
         return;
     }
     clear_status_line(progress);
-    if (strcmp(p->event, "agent") == 0) {
+    if (strcmp(p->event, "approval") == 0) {
+        printf("  waiting   %-*s %-12s for approval: troupe approve RUN %s --as NAME\n",
+               (int)progress->width, p->step_id, p->persona, p->step_id);
+    } else if (strcmp(p->event, "agent") == 0) {
         printf("  restarted an agent for persona '%s' (restart %d)\n", p->persona, p->attempt);
     } else {
         char took[32] = "";
@@ -189,6 +192,14 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
         opts->allowed_count = n + 1;
         return 1;
     }
+    case CLI_OPT_APPROVE:
+        if (opts->approve_count == CLI_MAX_KEYS) {
+            cli_error("--approve: at most %d steps", CLI_MAX_KEYS);
+            return -1;
+        }
+        progress->approve[opts->approve_count++] = arg;
+        opts->approve_steps = progress->approve;
+        return 1;
     case CLI_OPT_REMOTE:
         if (opts->remote_count == CLI_MAX_KEYS) {
             cli_error("--remote: at most %d personas", CLI_MAX_KEYS);
@@ -273,6 +284,15 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
         if (strlen(workflow_step_id(wf, i)) > progress->width)
             progress->width = strlen(workflow_step_id(wf, i));
     progress->tty = !progress->json && !progress->quiet && isatty(STDOUT_FILENO);
+    for (size_t i = 0; i < opts->approve_count; i++) {
+        bool found = false;
+        for (size_t s = 0; s < workflow_step_count(wf) && !found; s++)
+            found = strcmp(workflow_step_id(wf, s), opts->approve_steps[i]) == 0;
+        if (!found) {
+            cli_error("--approve: the workflow has no step '%s'", opts->approve_steps[i]);
+            exit(CLI_USAGE);
+        }
+    }
     for (size_t i = 0; i < opts->remote_count; i++)
         if (workflow_persona_find(wf, opts->remote_personas[i]) < 0) {
             cli_error("--remote: the workflow has no persona '%s'", opts->remote_personas[i]);

@@ -38,6 +38,10 @@ char *sched__options_json(const struct run *run)
         cJSON_AddNumberToObject(o, "deadline_at_ms", (double)run->deadline_wall);
     if (run->opts.workflow_path)
         cJSON_AddStringToObject(o, "workflow_path", run->opts.workflow_path);
+    cJSON *approve = cJSON_AddArrayToObject(o, "approve");
+    for (size_t i = 0; i < run->step_count; i++)
+        if (run->steps[i].needs_approval)
+            cJSON_AddItemToArray(approve, cJSON_CreateString(workflow_step_id(run->wf, i)));
     char *json = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return json;
@@ -49,6 +53,20 @@ static int int_field(const cJSON *o, const char *name, int current, int max)
     if (current > 0 || !cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > max)
         return current;
     return (int)v->valuedouble;
+}
+
+void sched__approvals_from_json(struct run *run, const char *json)
+{
+    cJSON *o = json ? cJSON_Parse(json) : NULL;
+    const cJSON *item;
+
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "approve"))
+    {
+        long index = cJSON_IsString(item) ? sched__find_step(run, item->valuestring) : -1;
+        if (index >= 0)
+            run->steps[index].needs_approval = true;
+    }
+    cJSON_Delete(o);
 }
 
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
@@ -117,6 +135,9 @@ static int load_step(void *userdata, const struct store_step *row)
     } else if (step->state == STEP_FAILED && !run->failure) {
         run->failure = xasprintf("step '%s' failed: %s", row->step_id,
                                  row->error ? row->error : "unknown error");
+    } else if (step->state == STEP_WAITING_APPROVAL) {
+        step->needs_approval = true;
+        run->waiting++;
     } else if (step->state == STEP_RETRY_WAIT) {
         int64_t wait = row->next_attempt_at_ms - load->wall_now;
         step->due_ms = tr_now_ms() + (wait > 0 ? wait : 0);

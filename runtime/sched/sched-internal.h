@@ -64,6 +64,8 @@ struct step_run {
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
     long agent;          /* index of the agent performing it, or -1 */
     bool uses_scope;     /* its arguments hold ${{ }} expressions */
+    bool needs_approval; /* it waits for troupe approve before its first dispatch */
+    bool approved;
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -119,7 +121,7 @@ struct run {
     size_t *dep_start;
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
-    size_t done, failed, in_flight, retries;
+    size_t done, failed, in_flight, retries, waiting;
     cJSON *scope;      /* {"input", "context", "steps"}: what step arguments are evaluated over */
     bool keep_outputs; /* some step's arguments use the scope: outputs are kept in it */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
@@ -152,6 +154,8 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
 void sched__step_cancel(struct run *run, size_t index, const char *reason);
 void sched__dispatch_ready(struct run *run);
 void sched__check_steps(struct run *run, int64_t now);
+/* Looks for decisions on the steps waiting for approval, and acts on them. */
+void sched__check_approvals(struct run *run);
 unsigned sched__error_class(const char *name);
 
 /* supervise.c */
@@ -165,6 +169,8 @@ char *sched__options_json(const struct run *run);
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
                               const char *json);
 int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+/* Marks the steps the kept options say need approval. */
+void sched__approvals_from_json(struct run *run, const char *json);
 
 /* sched.c: turns */
 int sched__begin(struct run *run);

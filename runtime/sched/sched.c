@@ -22,6 +22,7 @@
 #define POLL_MS 50
 #define TIMER_CHECK_MS 20
 #define GROUP_COMMIT_MS 50
+#define APPROVAL_CHECK_MS 200
 #define MAX_MESSAGES_PER_TURN 4096
 #define MAX_IPC_PATH 100 /* sun_path is 108 bytes */
 
@@ -180,7 +181,7 @@ static void cancel_unfinished(struct run *run, const char *reason)
  */
 static void loop(struct run *run)
 {
-    int64_t last_timers = 0, opened_ms = 0;
+    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0;
     bool open = false;
     struct tr_error err = {0};
 
@@ -239,6 +240,10 @@ static void loop(struct run *run)
             sched__check_agents(run, now);
             sched__check_steps(run, now);
             last_timers = now;
+        }
+        if (run->waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
+            sched__check_approvals(run);
+            last_approvals = now;
         }
         sched__dispatch_ready(run);
         if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS || run->done == run->step_count ||
@@ -354,6 +359,11 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     index_steps(run);
     sched__build_graph(run);
     find_expressions(run);
+    for (size_t i = 0; i < opts->approve_count; i++) {
+        long index = sched__find_step(run, opts->approve_steps[i]);
+        if (index >= 0)
+            run->steps[index].needs_approval = true;
+    }
     run->scope = cJSON_CreateObject();
     cJSON_AddItemToObject(run->scope, "input",
                           opts->input ? cJSON_Duplicate(opts->input, true) : cJSON_CreateObject());
@@ -616,6 +626,7 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     init_run(&run, wf, store, &merged);
     snprintf(run.id, sizeof(run.id), "%s", run_id);
     run.deadline_wall = opts->deadline_ms > 0 ? wall_ms() + opts->deadline_ms : deadline_wall;
+    sched__approvals_from_json(&run, record.options_json);
     rc = sched__load_run(&run, err);
     if (rc == 0)
         rc = drive(&run, true, err);

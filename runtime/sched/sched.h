@@ -66,6 +66,9 @@ struct sched_options {
     int retry_delay_ms;     /* first backoff delay; doubles each retry, with jitter */
     int retry_max_delay_ms; /* the longest backoff delay */
     int64_t deadline_ms;    /* the run must end within this (from its start), or fails */
+    /* Steps that wait for a decision (troupe approve) before they run; kept with the run. */
+    const char *const *approve_steps;
+    size_t approve_count;
     /*
      * Remote workers (troupe worker): a tcp endpoint to listen on with CURVE, the
      * scheduler's secret key (Z85), the client public keys accepted, and the personas that

@@ -35,7 +35,7 @@ void sched__step_policy(const struct run *run, size_t index, struct step_policy 
     ret_policy->delay_ms = run->opts.retry_delay_ms;
     ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
     ret_policy->timeout_ms = run->opts.step_timeout_ms;
-    ret_policy->approval = false;
+    ret_policy->approval = run->steps[index].needs_approval;
 }
 
 unsigned sched__error_class(const char *name)
@@ -135,7 +135,26 @@ void sched__build_graph(struct run *run)
 void sched__make_ready(struct run *run, size_t index)
 {
     struct step_run *step = &run->steps[index];
+    struct step_policy policy;
 
+    sched__step_policy(run, index, &policy);
+    if (policy.approval && !step->approved) {
+        if (step->state != STEP_WAITING_APPROVAL) {
+            step->state = STEP_WAITING_APPROVAL;
+            run->waiting++;
+            sched__record_step(run, index, NULL, NULL);
+            cJSON *payload = cJSON_CreateObject();
+            cJSON_AddStringToObject(payload, "reason", "the step needs approval");
+            sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
+                         "step.waiting_approval", payload);
+            tr_log(TR_LOG_INFO, "step '%s' waits for approval: troupe approve %s %s --as NAME",
+                   workflow_step_id(run->wf, index), run->id, workflow_step_id(run->wf, index));
+            sched__progress(run, "approval", index, NULL, 0);
+        }
+        return;
+    }
+    if (step->state == STEP_WAITING_APPROVAL)
+        run->waiting--;
     step->state = STEP_READY;
     sched__record_step(run, index, NULL, NULL);
     run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
@@ -411,6 +430,62 @@ void sched__dispatch_ready(struct run *run)
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
             run->ready_len++;
         }
+    }
+}
+
+/* ---- approvals ---------------------------------------------------------------------------- */
+
+struct decision {
+    bool found;
+    bool approved;
+    char *actor;
+    char *comment;
+};
+
+static int copy_decision(void *userdata, const struct store_approval *approval)
+{
+    struct decision *d = userdata;
+    d->found = true;
+    d->approved = strcmp(approval->decision, "approved") == 0;
+    d->actor = xstrdup(approval->actor);
+    d->comment = approval->comment ? xstrdup(approval->comment) : NULL;
+    return 0;
+}
+
+void sched__check_approvals(struct run *run)
+{
+    for (size_t i = 0; i < run->step_count && run->waiting > 0; i++) {
+        struct step_run *step = &run->steps[i];
+        struct decision d = {0};
+        struct tr_error err = {0};
+        const char *step_id = workflow_step_id(run->wf, i);
+
+        if (step->state != STEP_WAITING_APPROVAL)
+            continue;
+        if (store_approval_get(run->store, run->id, step_id, copy_decision, &d, &err) < 0) {
+            sched__fail(run, "%s", err.message);
+            return;
+        }
+        if (!d.found)
+            continue;
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "by", d.actor);
+        if (d.comment)
+            cJSON_AddStringToObject(payload, "comment", d.comment);
+        sched__audit(run, step_id, "scheduler", d.approved ? "step.approved" : "step.rejected",
+                     payload);
+        if (d.approved) {
+            step->approved = true;
+            sched__make_ready(run, i);
+        } else {
+            char *reason = xasprintf("rejected by %s%s%s", d.actor, d.comment ? ": " : "",
+                                     d.comment ? d.comment : "");
+            run->waiting--;
+            step_failed(run, i, reason, 0);
+            free(reason);
+        }
+        free(d.actor);
+        free(d.comment);
     }
 }
 

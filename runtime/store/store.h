@@ -143,6 +143,27 @@ int store_context_list(struct store *store, const char *run_id,
                        int (*fn)(void *userdata, const struct store_context_entry *entry),
                        void *userdata, struct tr_error *err) TR_MUST_CHECK;
 
+/* ---- approvals ------------------------------------------------------------------------ */
+
+struct store_approval {
+    const char *decision; /* "approved" or "rejected" */
+    const char *actor;    /* who decided */
+    const char *comment;  /* or NULL */
+    const char *decided_at;
+};
+
+/*
+ * Records the decision on a step that needs approval: decision "approved" or "rejected", by
+ * actor, with an optional comment. A step is decided once: TR_EINVAL if it already was.
+ */
+int store_approval_put(struct store *store, const char *run_id, const char *step_id,
+                       const char *decision, const char *actor, const char *comment,
+                       struct tr_error *err) TR_MUST_CHECK;
+/* Calls fn with the decision on the step, if there is one; returns 0 either way. */
+int store_approval_get(struct store *store, const char *run_id, const char *step_id,
+                       int (*fn)(void *userdata, const struct store_approval *approval),
+                       void *userdata, struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- audit log ------------------------------------------------------------------------ */
 
 /*

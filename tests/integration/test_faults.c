@@ -530,3 +530,123 @@ Test(remote, worker_in_another_netns_completes_steps_and_an_unknown_key_is_refus
     free(path);
     release_env(&env);
 }
+
+/* ---- approvals ----------------------------------------------------------------------------------
+ */
+
+static void approve(struct env *env, const char *step, const char *as, bool reject,
+                    const char *comment)
+{
+    struct harness_result r;
+    const char *argv[] = {env->troupe,
+                          "--db",
+                          env->db,
+                          "approve",
+                          "latest",
+                          step,
+                          "--as",
+                          as,
+                          "--comment",
+                          comment,
+                          reject ? "--reject" : NULL,
+                          NULL};
+    harness_run(argv, env->dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+}
+
+Test(approval, a_step_waits_for_troupe_approve_then_runs)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 3, 10, 10);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve", "s001", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE step_id = 's001' AND "
+                                 "state = 'waiting-approval'",
+                                 1, 30000),
+                 1);
+    sleep_ms(300);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 1,
+                 "only the step before the approval ran");
+    approve(&env, "s001", "alice", false, "looks right");
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "for approval"), "%s", r.out);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                        "'approval.decided' AND actor = 'user:alice' AND "
+                                        "json_extract(payload_json, '$.comment') = "
+                                        "'looks right'"),
+                 1);
+    cr_assert_lt(harness_db_int(env.db, "SELECT seq FROM audit WHERE type = 'step.approved'"),
+                 harness_db_int(env.db, "SELECT seq FROM audit WHERE type = 'step.dispatched' "
+                                        "AND step_id = 's001'"));
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    cr_assert_eq(harness_audit_verify(env.db, run),
+                 harness_db_int(env.db, "SELECT count(*) FROM audit"),
+                 "the chain holds across the two writers");
+    harness_result_release(&r);
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
+Test(approval, a_rejected_step_fails_the_run)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 3, 10, 10);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve", "s001", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE state = 'waiting-approval'", 1,
+                                 30000),
+                 1);
+    approve(&env, "s001", "bob", true, "not today");
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *error = harness_db_text(env.db, "SELECT error FROM runs");
+    cr_assert(error && strstr(error, "rejected by bob: not today"), "%s", error);
+    char *s2 = harness_db_text(env.db, "SELECT state FROM steps WHERE step_id = 's002'");
+    cr_assert_str_eq(s2, "skipped");
+    harness_result_release(&r);
+    free(error);
+    free(s2);
+    free(path);
+    release_env(&env);
+}
+
+Test(approval, a_decision_made_while_the_scheduler_is_dead_is_seen_at_resume)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 3, 10, 10);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve", "s002", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE state = 'waiting-approval'", 1,
+                                 30000),
+                 1);
+    kill(proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    approve(&env, "s002", "carol", false, "go");
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
+    harness_run(resume, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    check_effects_once(&env, run, 3);
+    harness_result_release(&r);
+    free(run);
+    free(path);
+    release_env(&env);
+}
