@@ -650,3 +650,42 @@ Test(approval, a_decision_made_while_the_scheduler_is_dead_is_seen_at_resume)
     free(path);
     release_env(&env);
 }
+
+/* ---- an agent that stops answering -------------------------------------------------------------
+ */
+
+Test(faults, a_stopped_agent_is_killed_restarted_and_its_step_retried)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 3, 400, 400);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db",          env.db, "run", "-q", "--timeout",
+                          "1",        "--retry-delay", "20",   path,  NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM audit WHERE type = 'mcp.request' "
+                                 "AND step_id = 's000'",
+                                 1, 30000),
+                 1);
+    long long agent = harness_db_int(env.db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                             "audit WHERE type = 'agent.started'");
+    cr_assert_eq(kill((pid_t)agent, SIGSTOP), 0); /* alive, but silent: in the middle of s000 */
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.err, "is stuck in step 's000'"), "%s", r.err);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry' AND "
+                                        "json_extract(payload_json, '$.class') = 'timeout'"),
+                 1);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                        "'agent.restarted'"),
+                 1);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    check_effects_once(&env, run, 3);
+    harness_result_release(&r);
+    free(run);
+    free(path);
+    release_env(&env);
+}
