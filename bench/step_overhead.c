@@ -97,7 +97,8 @@ static char *write_workflow(const char *dir, const char *name, int steps, bool c
 }
 
 /* Runs `troupe run` on the workflow; the time is the scheduler's own (its "in X s"). */
-static struct figures run_troupe(const char *dir, const char *workflow, int replicas)
+static struct figures run_troupe(const char *dir, const char *workflow, int replicas,
+                                 const char *durability)
 {
     struct figures figures = {.seconds = -1};
     char *troupe = xasprintf("%s/troupe", build_dir);
@@ -188,38 +189,45 @@ int main(int argc, char **argv)
     printf("direct MCP calls (one client, no orchestration): %d calls in %.2f s, %.3f ms/call\n",
            chain, direct, direct_ms);
 
-    char *chain_dir = xasprintf("%s/chain", dir);
-    mkdir(chain_dir, 0700);
-    char *chain_file = write_workflow(chain_dir, "chain", chain, true);
-    struct figures c = run_troupe(chain_dir, chain_file, 1);
-    if (c.exit_code != 0 || c.seconds < 0) {
-        fprintf(stderr, "step_overhead: the chain run failed (exit %d); see %s\n", c.exit_code,
-                chain_dir);
-        return 1;
-    }
-    double step_ms = c.seconds * 1000.0 / chain;
-    printf("chain of %d steps: %.2f s, %.3f ms/step, overhead %.3f ms/step beyond the direct "
-           "call (ratio %.1fx), scheduler peak RSS %.1f MB\n",
-           chain, c.seconds, step_ms, step_ms - direct_ms, step_ms / direct_ms,
-           (double)c.max_rss_kb / 1024.0);
+    char *chain_file = NULL, *fan_file = NULL;
+    static const char *const levels[] = {"power", "process"};
+    for (int level = 0; level < 2; level++) {
+        const char *durability = levels[level];
+        char *chain_dir = xasprintf("%s/chain-%s", dir, durability);
+        mkdir(chain_dir, 0700);
+        if (!chain_file)
+            chain_file = write_workflow(dir, "chain", chain, true);
+        struct figures c = run_troupe(chain_dir, chain_file, 1, durability);
+        if (c.exit_code != 0 || c.seconds < 0) {
+            fprintf(stderr, "step_overhead: the chain run failed (exit %d); see %s\n", c.exit_code,
+                    chain_dir);
+            return 1;
+        }
+        double step_ms = c.seconds * 1000.0 / chain;
+        printf("[durability %s] chain of %d steps: %.2f s, %.3f ms/step, overhead %.3f ms/step "
+               "beyond the direct call (ratio %.1fx), scheduler peak RSS %.1f MB\n",
+               durability, chain, c.seconds, step_ms, step_ms - direct_ms, step_ms / direct_ms,
+               (double)c.max_rss_kb / 1024.0);
 
-    char *fan_dir = xasprintf("%s/fanout", dir);
-    mkdir(fan_dir, 0700);
-    char *fan_file = write_workflow(fan_dir, "fanout", fanout, false);
-    struct figures f = run_troupe(fan_dir, fan_file, replicas);
-    if (f.exit_code != 0 || f.seconds < 0) {
-        fprintf(stderr, "step_overhead: the fan-out run failed (exit %d); see %s\n", f.exit_code,
-                fan_dir);
-        return 1;
+        char *fan_dir = xasprintf("%s/fanout-%s", dir, durability);
+        mkdir(fan_dir, 0700);
+        if (!fan_file)
+            fan_file = write_workflow(dir, "fanout", fanout, false);
+        struct figures f = run_troupe(fan_dir, fan_file, replicas, durability);
+        if (f.exit_code != 0 || f.seconds < 0) {
+            fprintf(stderr, "step_overhead: the fan-out run failed (exit %d); see %s\n",
+                    f.exit_code, fan_dir);
+            return 1;
+        }
+        printf("[durability %s] fan-out of %d independent steps, %d replicas: %.2f s, %.0f "
+               "steps/s (direct: %.0f calls/s), scheduler peak RSS %.1f MB\n",
+               durability, fanout, replicas, f.seconds, fanout / f.seconds, 1000.0 / direct_ms,
+               (double)f.max_rss_kb / 1024.0);
+        free(chain_dir);
+        free(fan_dir);
     }
-    printf("fan-out of %d independent steps, %d replicas: %.2f s, %.0f steps/s (direct: %.0f "
-           "calls/s), scheduler peak RSS %.1f MB\n",
-           fanout, replicas, f.seconds, fanout / f.seconds, 1000.0 / direct_ms,
-           (double)f.max_rss_kb / 1024.0);
     printf("targets: chain overhead <= 0.3 ms/step; fan-out >= 10000 items/s; RSS < 64 MB\n");
-    free(chain_dir);
     free(chain_file);
-    free(fan_dir);
     free(fan_file);
     free(build_dir);
     return 0;

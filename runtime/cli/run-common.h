@@ -22,6 +22,7 @@ enum {
     CLI_OPT_ALLOW,
     CLI_OPT_REMOTE,
     CLI_OPT_APPROVE,
+    CLI_OPT_DURABILITY,
 };
 
 /* The getopt entries of the scheduler options, to splice into a command's table. */
@@ -38,7 +39,8 @@ enum {
     {"key", required_argument, NULL, CLI_OPT_KEY}, \
     {"allow", required_argument, NULL, CLI_OPT_ALLOW}, \
     {"remote", required_argument, NULL, CLI_OPT_REMOTE}, \
-    {"approve", required_argument, NULL, CLI_OPT_APPROVE}
+    {"approve", required_argument, NULL, CLI_OPT_APPROVE}, \
+    {"durability", required_argument, NULL, CLI_OPT_DURABILITY}
 /* clang-format on */
 
 #define CLI_SCHED_USAGE                                                                            \
@@ -54,7 +56,9 @@ enum {
     "  --key FILE              the scheduler's key pair for --listen (troupe keygen)\n"            \
     "  --allow FILE            a worker public key to accept (repeatable)\n"                       \
     "  --remote PERSONA        a persona only remote workers play (repeatable)\n"                  \
-    "  --approve STEP          STEP waits for troupe approve before it runs (repeatable)\n"
+    "  --approve STEP          STEP waits for troupe approve before it runs (repeatable)\n"        \
+    "  --durability LEVEL      power (default): each commit survives a power cut (fsync);\n"       \
+    "                          process: commits survive any process crash, not a power cut\n"
 
 #define CLI_MAX_KEYS 64
 
@@ -65,6 +69,7 @@ struct cli_progress {
     const char *allowed_ptrs[CLI_MAX_KEYS];
     const char *remote[CLI_MAX_KEYS];
     const char *approve[CLI_MAX_KEYS];
+    enum store_durability durability;
     bool quiet;
     bool json;
     bool tty;       /* a live status line */
@@ -76,6 +81,8 @@ struct cli_progress {
 /* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */
 int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
                      const char *arg);
+/* Applies --durability to the store; prints the error and returns -1 on failure. */
+int cli_sched_durability(struct store *store, const struct cli_progress *progress);
 /* Sets up progress output and the options every run needs (agent program, run root). */
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
                        const struct cli_common *common, const struct workflow *wf,

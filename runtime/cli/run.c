@@ -192,6 +192,16 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
         opts->allowed_count = n + 1;
         return 1;
     }
+    case CLI_OPT_DURABILITY:
+        if (strcmp(arg, "power") == 0) {
+            progress->durability = STORE_DURABLE_POWER;
+        } else if (strcmp(arg, "process") == 0) {
+            progress->durability = STORE_DURABLE_PROCESS;
+        } else {
+            cli_error("--durability is 'power' or 'process', not '%s'", arg);
+            return -1;
+        }
+        return 1;
     case CLI_OPT_APPROVE:
         if (opts->approve_count == CLI_MAX_KEYS) {
             cli_error("--approve: at most %d steps", CLI_MAX_KEYS);
@@ -272,6 +282,16 @@ static char *prepend_self_to_path(void)
     setenv("PATH", value, 1);
     free(value);
     return self;
+}
+
+int cli_sched_durability(struct store *store, const struct cli_progress *progress)
+{
+    struct tr_error err = {0};
+    if (store_set_durability(store, progress->durability, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    return 0;
 }
 
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
@@ -428,6 +448,10 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     const char *db_path = cli_db_path(common);
     if (store_open(db_path, &store, &err) < 0) {
         cli_error("%s", err.message);
+        status = CLI_FAILED;
+        goto out;
+    }
+    if (cli_sched_durability(store, &progress) < 0) {
         status = CLI_FAILED;
         goto out;
     }

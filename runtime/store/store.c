@@ -439,6 +439,17 @@ void store_free(struct store **store)
     *store = NULL;
 }
 
+int store_set_durability(struct store *store, enum store_durability durability,
+                         struct tr_error *err)
+{
+    if (store->in_transaction)
+        return tr_error_set(err, TR_EINVAL, "could not change durability inside a transaction");
+    return exec_sql(store,
+                    durability == STORE_DURABLE_PROCESS ? "PRAGMA synchronous = NORMAL"
+                                                        : "PRAGMA synchronous = FULL",
+                    err);
+}
+
 int store_schema_version(const struct store *store)
 {
     return store->schema_version;

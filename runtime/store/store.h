@@ -26,6 +26,17 @@ struct store;
 int store_open(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
 /* Closes the database. Accepts NULL; sets *store to NULL. */
 void store_free(struct store **store);
+/*
+ * How far a commit is durable: STORE_DURABLE_POWER (the default: synchronous FULL, a
+ * committed transaction survives a power cut; one fsync per commit) or STORE_DURABLE_PROCESS
+ * (synchronous NORMAL in WAL mode: a commit survives the death of any process, kill -9
+ * included, and stays atomic, but the last commits may be lost in a power cut). Not inside a
+ * transaction.
+ */
+enum store_durability { STORE_DURABLE_POWER, STORE_DURABLE_PROCESS };
+int store_set_durability(struct store *store, enum store_durability durability,
+                         struct tr_error *err) TR_MUST_CHECK;
+
 /* The schema version now in the file (the number of migrations applied). */
 int store_schema_version(const struct store *store);
 
