@@ -426,6 +426,45 @@ static int open_servers(struct agent *agent, struct tr_error *err)
     return 0;
 }
 
+/*
+ * The tools whose MCP annotations do not promise they are harmless: not readOnlyHint, and
+ * destructiveHint not false (the protocol's default is true). The scheduler can hold calls
+ * to them for approval. As JSON: {"destructive": ["server.tool", ...]}.
+ */
+static char *destructive_tools(struct agent *agent)
+{
+    cJSON *out = cJSON_CreateObject();
+    cJSON *list = cJSON_AddArrayToObject(out, "destructive");
+
+    for (size_t i = 0; i < agent->server_count; i++) {
+        struct tr_error err = {0};
+        cJSON *tools = NULL;
+        const cJSON *tool;
+        if (mcp_session_list_tools(agent->servers[i].session, 10000, &tools, &err) < 0) {
+            tr_log(TR_LOG_WARN, "could not list the tools of '%s': %s", agent->servers[i].name,
+                   err.message);
+            continue;
+        }
+        cJSON_ArrayForEach(tool, tools)
+        {
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
+            const cJSON *annotations = cJSON_GetObjectItemCaseSensitive(tool, "annotations");
+            const cJSON *read_only = cJSON_GetObjectItemCaseSensitive(annotations, "readOnlyHint");
+            const cJSON *destructive =
+                cJSON_GetObjectItemCaseSensitive(annotations, "destructiveHint");
+            if (!cJSON_IsString(name) || cJSON_IsTrue(read_only) || cJSON_IsFalse(destructive))
+                continue;
+            char *qualified = xasprintf("%s.%s", agent->servers[i].name, name->valuestring);
+            cJSON_AddItemToArray(list, cJSON_CreateString(qualified));
+            free(qualified);
+        }
+        cJSON_Delete(tools);
+    }
+    char *json = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return json;
+}
+
 static void serve(struct agent *agent)
 {
     while (!stop_requested) {
@@ -598,7 +637,9 @@ int main(int argc, char **argv)
         goto out;
     }
     struct bus_msg ready = {.type = BUS_READY};
+    ready.json = destructive_tools(&agent);
     send_or_log(&agent, &ready);
+    free(ready.json);
     serve(&agent);
     status = 0;
 out:

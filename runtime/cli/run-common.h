@@ -23,6 +23,7 @@ enum {
     CLI_OPT_REMOTE,
     CLI_OPT_APPROVE,
     CLI_OPT_DURABILITY,
+    CLI_OPT_APPROVE_DESTRUCTIVE,
 };
 
 /* The getopt entries of the scheduler options, to splice into a command's table. */
@@ -40,7 +41,8 @@ enum {
     {"allow", required_argument, NULL, CLI_OPT_ALLOW}, \
     {"remote", required_argument, NULL, CLI_OPT_REMOTE}, \
     {"approve", required_argument, NULL, CLI_OPT_APPROVE}, \
-    {"durability", required_argument, NULL, CLI_OPT_DURABILITY}
+    {"durability", required_argument, NULL, CLI_OPT_DURABILITY}, \
+    {"approve-destructive", no_argument, NULL, CLI_OPT_APPROVE_DESTRUCTIVE}
 /* clang-format on */
 
 #define CLI_SCHED_USAGE                                                                            \
@@ -57,6 +59,8 @@ enum {
     "  --allow FILE            a worker public key to accept (repeatable)\n"                       \
     "  --remote PERSONA        a persona only remote workers play (repeatable)\n"                  \
     "  --approve STEP          STEP waits for troupe approve before it runs (repeatable)\n"        \
+    "  --approve-destructive   calls to tools not annotated harmless (readOnlyHint, or\n"          \
+    "                          destructiveHint false) wait for troupe approve\n"                   \
     "  --durability LEVEL      power (default): each commit survives a power cut (fsync);\n"       \
     "                          process: commits survive any process crash, not a power cut\n"
 

@@ -192,6 +192,9 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
         opts->allowed_count = n + 1;
         return 1;
     }
+    case CLI_OPT_APPROVE_DESTRUCTIVE:
+        opts->approve_destructive = true;
+        return 1;
     case CLI_OPT_DURABILITY:
         if (strcmp(arg, "power") == 0) {
             progress->durability = STORE_DURABLE_POWER;

@@ -38,6 +38,8 @@ char *sched__options_json(const struct run *run)
         cJSON_AddNumberToObject(o, "deadline_at_ms", (double)run->deadline_wall);
     if (run->opts.workflow_path)
         cJSON_AddStringToObject(o, "workflow_path", run->opts.workflow_path);
+    if (run->opts.approve_destructive)
+        cJSON_AddBoolToObject(o, "approve_destructive", true);
     cJSON *approve = cJSON_AddArrayToObject(o, "approve");
     for (size_t i = 0; i < run->step_count; i++)
         if (run->steps[i].needs_approval)
@@ -92,6 +94,8 @@ void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_
                 opts->retry_on |= sched__error_class(item->valuestring);
         }
     }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "approve_destructive")))
+        opts->approve_destructive = true;
     item = cJSON_GetObjectItemCaseSensitive(o, "deadline_at_ms");
     if (cJSON_IsNumber(item) && !opts->deadline_ms)
         *ret_deadline_wall = (int64_t)item->valuedouble;

@@ -122,8 +122,9 @@ struct run {
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
     size_t done, failed, in_flight, retries, waiting;
-    cJSON *scope;      /* {"input", "context", "steps"}: what step arguments are evaluated over */
-    bool keep_outputs; /* some step's arguments use the scope: outputs are kept in it */
+    cJSON *scope;       /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    bool keep_outputs;  /* some step's arguments use the scope: outputs are kept in it */
+    cJSON *destructive; /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
     char *failure;         /* the first reason the run fails, or NULL */
@@ -154,6 +155,8 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
 void sched__step_cancel(struct run *run, size_t index, const char *reason);
 void sched__dispatch_ready(struct run *run);
 void sched__check_steps(struct run *run, int64_t now);
+/* Records the destructive tools an agent of persona reported in its ready message. */
+void sched__note_destructive(struct run *run, const char *persona, const char *ready_json);
 /* Looks for decisions on the steps waiting for approval, and acts on them. */
 void sched__check_approvals(struct run *run);
 unsigned sched__error_class(const char *name);

@@ -498,6 +498,7 @@ static void release_run(struct run *run)
     free(run->ready);
     free(run->failure);
     cJSON_Delete(run->scope);
+    cJSON_Delete(run->destructive);
 }
 
 /* Runs a run that this process has taken over, to its end. */

@@ -69,6 +69,9 @@ struct sched_options {
     /* Steps that wait for a decision (troupe approve) before they run; kept with the run. */
     const char *const *approve_steps;
     size_t approve_count;
+    /* Every call to a tool whose MCP annotations do not rule out a destructive effect waits
+     * for approval (the agents report which tools those are). Kept with the run. */
+    bool approve_destructive;
     /*
      * Remote workers (troupe worker): a tcp endpoint to listen on with CURVE, the
      * scheduler's secret key (Z85), the client public keys accepted, and the personas that

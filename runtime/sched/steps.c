@@ -27,15 +27,49 @@ const char *const sched__state_names[] = {
 
 /* ---- policy ------------------------------------------------------------------------------- */
 
+static bool is_destructive(const struct run *run, size_t index)
+{
+    const char *persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index));
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(run->destructive, persona);
+    const cJSON *tool;
+    char *qualified;
+    bool found = false;
+
+    if (!tools)
+        return false;
+    qualified = xasprintf("%s.%s", workflow_step_server(run->wf, index),
+                          workflow_step_tool(run->wf, index));
+    cJSON_ArrayForEach(tool, tools)
+    {
+        if (cJSON_IsString(tool) && strcmp(tool->valuestring, qualified) == 0)
+            found = true;
+    }
+    free(qualified);
+    return found;
+}
+
+void sched__note_destructive(struct run *run, const char *persona, const char *ready_json)
+{
+    cJSON *ready = ready_json ? cJSON_Parse(ready_json) : NULL;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(ready, "destructive");
+
+    if (!run->destructive)
+        run->destructive = cJSON_CreateObject();
+    if (cJSON_IsArray(list) && !cJSON_GetObjectItemCaseSensitive(run->destructive, persona))
+        cJSON_AddItemToObject(run->destructive, persona, cJSON_Duplicate(list, true));
+    cJSON_Delete(ready);
+}
+
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy)
 {
-    (void)index; /* per-step workflow fields (retry, timeout, approval) plug in here */
+    /* Per-step workflow fields (retry, timeout, approval) plug in here. */
     ret_policy->max_attempts = run->opts.max_attempts;
     ret_policy->retry_on = run->opts.retry_on;
     ret_policy->delay_ms = run->opts.retry_delay_ms;
     ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
     ret_policy->timeout_ms = run->opts.step_timeout_ms;
-    ret_policy->approval = run->steps[index].needs_approval;
+    ret_policy->approval = run->steps[index].needs_approval ||
+                           (run->opts.approve_destructive && is_destructive(run, index));
 }
 
 unsigned sched__error_class(const char *name)
@@ -144,7 +178,10 @@ void sched__make_ready(struct run *run, size_t index)
             run->waiting++;
             sched__record_step(run, index, NULL, NULL);
             cJSON *payload = cJSON_CreateObject();
-            cJSON_AddStringToObject(payload, "reason", "the step needs approval");
+            cJSON_AddStringToObject(payload, "reason",
+                                    step->needs_approval
+                                        ? "the step needs approval"
+                                        : "its tool may be destructive (MCP annotations)");
             sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
                          "step.waiting_approval", payload);
             tr_log(TR_LOG_INFO, "step '%s' waits for approval: troupe approve %s %s --as NAME",
@@ -422,6 +459,13 @@ void sched__dispatch_ready(struct run *run)
         run->ready_len--;
         if (run->steps[index].state != STEP_READY)
             continue;
+        /* The agents' tool annotations may have made it one that needs approval. */
+        struct step_policy policy;
+        sched__step_policy(run, index, &policy);
+        if (policy.approval && !run->steps[index].approved) {
+            sched__make_ready(run, index);
+            continue;
+        }
         long agent = idle_agent_for(run, workflow_step_persona(run->wf, index));
         if (agent >= 0) {
             dispatch(run, index, agent);

@@ -198,6 +198,7 @@ void sched__on_message(struct run *run, struct bus_msg *msg)
     case BUS_READY:
         if (agent->state == AGENT_WELCOMED) {
             agent->state = AGENT_READY;
+            sched__note_destructive(run, agent->persona, msg->json);
             char *actor = actor_of(agent);
             cJSON *payload = cJSON_CreateObject();
             cJSON_AddStringToObject(payload, "persona", agent->persona);

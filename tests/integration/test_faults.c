@@ -689,3 +689,36 @@ Test(faults, a_stopped_agent_is_killed_restarted_and_its_step_retried)
     free(path);
     release_env(&env);
 }
+
+Test(approval, calls_to_tools_annotated_destructive_wait_for_approval)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 2, 10, 10);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve-destructive", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    for (int i = 0; i < 2; i++) {
+        char step[8], *sql;
+        snprintf(step, sizeof(step), "s%03d", i);
+        cr_assert_geq(asprintf(&sql,
+                               "SELECT count(*) FROM steps WHERE step_id = '%s' AND state = "
+                               "'waiting-approval'",
+                               step),
+                      0);
+        cr_assert_eq(harness_db_wait(env.db, sql, 1, 30000), 1, "%s did not wait", step);
+        free(sql);
+        approve(&env, step, "dana", false, "checked");
+    }
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                        "'step.waiting_approval' AND payload_json LIKE "
+                                        "'%destructive%'"),
+                 2);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 2);
+    harness_result_release(&r);
+    free(path);
+    release_env(&env);
+}
