@@ -16,6 +16,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "base.h"
 #include "bus.h"
 #include "mcp.h"
@@ -424,6 +426,45 @@ static int open_servers(struct agent *agent, struct tr_error *err)
     return 0;
 }
 
+/*
+ * The tools whose MCP annotations do not promise they are harmless: not readOnlyHint, and
+ * destructiveHint not false (the protocol's default is true). The scheduler can hold calls
+ * to them for approval. As JSON: {"destructive": ["server.tool", ...]}.
+ */
+static char *destructive_tools(struct agent *agent)
+{
+    cJSON *out = cJSON_CreateObject();
+    cJSON *list = cJSON_AddArrayToObject(out, "destructive");
+
+    for (size_t i = 0; i < agent->server_count; i++) {
+        struct tr_error err = {0};
+        cJSON *tools = NULL;
+        const cJSON *tool;
+        if (mcp_session_list_tools(agent->servers[i].session, 10000, &tools, &err) < 0) {
+            tr_log(TR_LOG_WARN, "could not list the tools of '%s': %s", agent->servers[i].name,
+                   err.message);
+            continue;
+        }
+        cJSON_ArrayForEach(tool, tools)
+        {
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
+            const cJSON *annotations = cJSON_GetObjectItemCaseSensitive(tool, "annotations");
+            const cJSON *read_only = cJSON_GetObjectItemCaseSensitive(annotations, "readOnlyHint");
+            const cJSON *destructive =
+                cJSON_GetObjectItemCaseSensitive(annotations, "destructiveHint");
+            if (!cJSON_IsString(name) || cJSON_IsTrue(read_only) || cJSON_IsFalse(destructive))
+                continue;
+            char *qualified = xasprintf("%s.%s", agent->servers[i].name, name->valuestring);
+            cJSON_AddItemToArray(list, cJSON_CreateString(qualified));
+            free(qualified);
+        }
+        cJSON_Delete(tools);
+    }
+    char *json = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return json;
+}
+
 static void serve(struct agent *agent)
 {
     while (!stop_requested) {
@@ -463,6 +504,8 @@ static void usage(FILE *out)
                  "  --persona NAME       the persona this agent plays\n"
                  "  --identity ID        bus identity (default: the persona name)\n"
                  "  --die-with-parent    exit when the parent process dies\n"
+                 "  --server-key FILE    the scheduler's CURVE public key (tcp endpoints)\n"
+                 "  --key FILE           this worker's CURVE key pair (troupe keygen)\n"
                  "  --log-format FORMAT  text (default) or json\n"
                  "  --verbose            log debug lines\n"
                  "  -h, --help           show this help\n"
@@ -471,19 +514,30 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_CONNECT = 256, OPT_PERSONA, OPT_IDENTITY, OPT_DIE, OPT_LOG, OPT_VERSION };
+    enum {
+        OPT_CONNECT = 256,
+        OPT_PERSONA,
+        OPT_IDENTITY,
+        OPT_DIE,
+        OPT_LOG,
+        OPT_VERSION,
+        OPT_SERVER_KEY,
+        OPT_KEY
+    };
     static const struct option options[] = {
         {"connect", required_argument, NULL, OPT_CONNECT},
         {"persona", required_argument, NULL, OPT_PERSONA},
         {"identity", required_argument, NULL, OPT_IDENTITY},
         {"die-with-parent", no_argument, NULL, OPT_DIE},
+        {"server-key", required_argument, NULL, OPT_SERVER_KEY},
+        {"key", required_argument, NULL, OPT_KEY},
         {"log-format", required_argument, NULL, OPT_LOG},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
-    const char *endpoint = NULL, *identity = NULL;
+    const char *endpoint = NULL, *identity = NULL, *server_key = NULL, *key = NULL;
     enum tr_log_format format = TR_LOG_TEXT;
     enum tr_log_level level = TR_LOG_INFO;
     struct agent agent = {0};
@@ -506,6 +560,12 @@ int main(int argc, char **argv)
             prctl(PR_SET_PDEATHSIG, SIGTERM);
             if (getppid() == 1)
                 return 1;
+            break;
+        case OPT_SERVER_KEY:
+            server_key = optarg;
+            break;
+        case OPT_KEY:
+            key = optarg;
             break;
         case OPT_LOG:
             if (tr_log_format_parse(optarg, &format) < 0) {
@@ -539,7 +599,27 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
-    if (bus_connect(endpoint, identity ? identity : agent.persona, &agent.bus, &err) < 0) {
+    if (!server_key != !key) {
+        fprintf(stderr, "troupe-agent: --server-key and --key go together\n");
+        return 2;
+    }
+    if (server_key) {
+        char server_public[BUS_KEY_SIZE], unused[BUS_KEY_SIZE];
+        char public[BUS_KEY_SIZE], secret[BUS_KEY_SIZE];
+        int rc = bus_key_file_read(server_key, server_public, unused, &err);
+        if (rc == 0)
+            rc = bus_key_file_read(key, public, secret, &err);
+        if (rc == 0 && !secret[0])
+            rc = tr_error_set(&err, TR_EINVAL, "key file '%s' holds no secret key", key);
+        if (rc == 0)
+            rc = bus_connect_curve(endpoint, identity ? identity : agent.persona, server_public,
+                                   public, secret, &agent.bus, &err);
+        sodium_memzero(secret, sizeof(secret));
+        if (rc < 0) {
+            tr_log(TR_LOG_ERROR, "%s", err.message);
+            return 1;
+        }
+    } else if (bus_connect(endpoint, identity ? identity : agent.persona, &agent.bus, &err) < 0) {
         tr_log(TR_LOG_ERROR, "%s", err.message);
         return 1;
     }
@@ -557,7 +637,9 @@ int main(int argc, char **argv)
         goto out;
     }
     struct bus_msg ready = {.type = BUS_READY};
+    ready.json = destructive_tools(&agent);
     send_or_log(&agent, &ready);
+    free(ready.json);
     serve(&agent);
     status = 0;
 out:

@@ -6,6 +6,7 @@
 #include "bus.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,13 +16,36 @@ struct bus {
     void *context;
     void *socket;
     bool router;
+    /* Remote workers: a CURVE ROUTER, and the ZAP handler that checks their keys. */
+    void *remote;
+    void *zap;
+    char (*allowed)[BUS_KEY_SIZE];
+    size_t allowed_count;
 };
+
+#define ZAP_ENDPOINT "inproc://zeromq.zap.01"
+
+static void *new_socket(void *context, int type)
+{
+    int64_t max = BUS_MAX_MESSAGE_BYTES;
+    int linger = 1000;
+    void *socket = zmq_socket(context, type);
+
+    if (!socket)
+        return NULL;
+    /* An oversized frame from a peer is dropped by ZeroMQ (the peer is disconnected). */
+    zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof(max));
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof(linger));
+    if (type == ZMQ_ROUTER) {
+        int mandatory = 1;
+        zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
+    }
+    return socket;
+}
 
 static int bus_new(int type, struct bus **ret_bus, struct tr_error *err)
 {
     struct bus *bus = xcalloc(1, sizeof(*bus));
-    int64_t max = BUS_MAX_MESSAGE_BYTES;
-    int linger = 1000;
 
     bus->router = type == ZMQ_ROUTER;
     bus->context = zmq_ctx_new();
@@ -30,19 +54,12 @@ static int bus_new(int type, struct bus **ret_bus, struct tr_error *err)
         return tr_error_set(err, -errno, "could not create ZeroMQ context: %s",
                             zmq_strerror(errno));
     }
-    bus->socket = zmq_socket(bus->context, type);
+    bus->socket = new_socket(bus->context, type);
     if (!bus->socket) {
         int e = errno;
         zmq_ctx_term(bus->context);
         free(bus);
         return tr_error_set(err, -e, "could not create ZeroMQ socket: %s", zmq_strerror(e));
-    }
-    /* An oversized frame from a peer is dropped by ZeroMQ (the peer is disconnected). */
-    zmq_setsockopt(bus->socket, ZMQ_MAXMSGSIZE, &max, sizeof(max));
-    zmq_setsockopt(bus->socket, ZMQ_LINGER, &linger, sizeof(linger));
-    if (bus->router) {
-        int mandatory = 1;
-        zmq_setsockopt(bus->socket, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof(mandatory));
     }
     *ret_bus = bus;
     return 0;
@@ -96,6 +113,11 @@ void bus_free(struct bus **busp)
         return;
     if (bus->socket)
         zmq_close(bus->socket);
+    if (bus->remote)
+        zmq_close(bus->remote);
+    if (bus->zap)
+        zmq_close(bus->zap);
+    free(bus->allowed);
     if (bus->context)
         zmq_ctx_term(bus->context);
     free(bus);
@@ -115,16 +137,17 @@ int bus_send(struct bus *bus, const struct bus_msg *msg, struct tr_error *err)
 
     if (rc < 0)
         return rc;
+    void *socket = msg->remote && bus->remote ? bus->remote : bus->socket;
     if (bus->router) {
         if (!msg->peer) {
             rc = tr_error_set(err, TR_EINVAL, "no recipient for %s message",
                               bus_msg_type_name(msg->type));
             goto out;
         }
-        if (zmq_send(bus->socket, msg->peer, strlen(msg->peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        if (zmq_send(socket, msg->peer, strlen(msg->peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
             goto send_failed;
     }
-    if (zmq_send(bus->socket, data, len, ZMQ_DONTWAIT) < 0)
+    if (zmq_send(socket, data, len, ZMQ_DONTWAIT) < 0)
         goto send_failed;
     goto out;
 send_failed:
@@ -139,8 +162,175 @@ out:
     return rc;
 }
 
+static int recv_frames(void *socket, zmq_msg_t *frames, int max_frames, int *ret_count);
+
+/* ==== CURVE: remote workers ================================================================ */
+
+int bus_curve_keypair(char ret_public[BUS_KEY_SIZE], char ret_secret[BUS_KEY_SIZE],
+                      struct tr_error *err)
+{
+    if (zmq_curve_keypair(ret_public, ret_secret) < 0)
+        return tr_error_set(err, -errno, "could not make a CURVE key pair: %s",
+                            zmq_strerror(errno));
+    return 0;
+}
+
+int bus_curve_public(const char *secret, char ret_public[BUS_KEY_SIZE], struct tr_error *err)
+{
+    if (!secret || strlen(secret) != BUS_KEY_SIZE - 1 || zmq_curve_public(ret_public, secret) < 0)
+        return tr_error_set(err, TR_EINVAL, "not a CURVE secret key (40 characters of Z85)");
+    return 0;
+}
+
+static bool is_z85_key(const char *s)
+{
+    uint8_t binary[32];
+    return strlen(s) == BUS_KEY_SIZE - 1 && zmq_z85_decode(binary, s) != NULL;
+}
+
+int bus_key_file_read(const char *path, char ret_public[BUS_KEY_SIZE],
+                      char ret_secret[BUS_KEY_SIZE], struct tr_error *err)
+{
+    FILE *f = fopen(path, "r");
+    char line[256];
+    int rc = 0;
+
+    ret_public[0] = ret_secret[0] = '\0';
+    if (!f)
+        return tr_error_set(err, -errno, "could not read key file '%s': %s", path, strerror(errno));
+    while (rc == 0 && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        char *value = line;
+        char *target = ret_public;
+        if (strncmp(line, "public=", 7) == 0) {
+            value = line + 7;
+        } else if (strncmp(line, "secret=", 7) == 0) {
+            value = line + 7;
+            target = ret_secret;
+        } else if (!*line || *line == '#') {
+            continue;
+        }
+        if (!is_z85_key(value))
+            rc = tr_error_set(err, TR_EINVAL, "key file '%s' holds a line that is not a key", path);
+        else
+            memcpy(target, value, BUS_KEY_SIZE);
+    }
+    fclose(f);
+    if (rc == 0 && ret_secret[0] && !ret_public[0])
+        rc = bus_curve_public(ret_secret, ret_public, err);
+    if (rc == 0 && !ret_public[0])
+        rc = tr_error_set(err, TR_EINVAL, "key file '%s' holds no key", path);
+    return rc;
+}
+
+int bus_listen_curve(struct bus *bus, const char *endpoint, const char *server_secret,
+                     const char *const *allowed, size_t count, struct tr_error *err)
+{
+    int on = 1;
+
+    if (!bus->router || bus->remote)
+        return tr_error_set(err, TR_EINVAL, "a CURVE endpoint needs a listening bus, once");
+    if (!is_z85_key(server_secret))
+        return tr_error_set(err, TR_EINVAL, "the server's CURVE secret key is not a key");
+    bus->allowed = xcalloc(count ? count : 1, sizeof(*bus->allowed));
+    for (size_t i = 0; i < count; i++) {
+        if (!is_z85_key(allowed[i]))
+            return tr_error_set(err, TR_EINVAL, "allowed client key %zu is not a key", i + 1);
+        memcpy(bus->allowed[i], allowed[i], BUS_KEY_SIZE);
+    }
+    bus->allowed_count = count;
+    /* The ZAP handler must be bound before the CURVE socket accepts anyone. */
+    bus->zap = zmq_socket(bus->context, ZMQ_REP);
+    if (!bus->zap || zmq_bind(bus->zap, ZAP_ENDPOINT) < 0)
+        return tr_error_set(err, -errno, "could not start the key check: %s", zmq_strerror(errno));
+    bus->remote = new_socket(bus->context, ZMQ_ROUTER);
+    if (!bus->remote)
+        return tr_error_set(err, -errno, "could not create ZeroMQ socket: %s", zmq_strerror(errno));
+    zmq_setsockopt(bus->remote, ZMQ_CURVE_SERVER, &on, sizeof(on));
+    zmq_setsockopt(bus->remote, ZMQ_CURVE_SECRETKEY, server_secret, BUS_KEY_SIZE - 1);
+    zmq_setsockopt(bus->remote, ZMQ_ZAP_DOMAIN, "troupe", 6);
+    if (zmq_bind(bus->remote, endpoint) < 0)
+        return tr_error_set(err, -errno, "could not listen on '%s': %s", endpoint,
+                            zmq_strerror(errno));
+    return 0;
+}
+
+int bus_connect_curve(const char *endpoint, const char *identity, const char *server_public,
+                      const char *client_public, const char *client_secret, struct bus **ret_bus,
+                      struct tr_error *err)
+{
+    struct bus *bus;
+    size_t len = strlen(identity);
+    int rc;
+
+    if (len == 0 || len > BUS_MAX_IDENTITY)
+        return tr_error_set(err, TR_EINVAL, "bus identity must be 1 to %d bytes", BUS_MAX_IDENTITY);
+    if (!is_z85_key(server_public) || !is_z85_key(client_public) || !is_z85_key(client_secret))
+        return tr_error_set(err, TR_EINVAL, "CURVE keys must be 40 characters of Z85");
+    rc = bus_new(ZMQ_DEALER, &bus, err);
+    if (rc < 0)
+        return rc;
+    zmq_setsockopt(bus->socket, ZMQ_ROUTING_ID, identity, len);
+    zmq_setsockopt(bus->socket, ZMQ_CURVE_SERVERKEY, server_public, BUS_KEY_SIZE - 1);
+    zmq_setsockopt(bus->socket, ZMQ_CURVE_PUBLICKEY, client_public, BUS_KEY_SIZE - 1);
+    zmq_setsockopt(bus->socket, ZMQ_CURVE_SECRETKEY, client_secret, BUS_KEY_SIZE - 1);
+    if (zmq_connect(bus->socket, endpoint) < 0) {
+        rc = tr_error_set(err, -errno, "could not connect to '%s': %s", endpoint,
+                          zmq_strerror(errno));
+        bus_free(&bus);
+        return rc;
+    }
+    *ret_bus = bus;
+    return 0;
+}
+
+/*
+ * Answers one ZAP request (RFC 27): CURVE clients whose public key is allowed get 200, others
+ * 400, and the refusal is returned as TR_EDENIED for the caller to log.
+ */
+static int handle_zap(struct bus *bus, struct tr_error *err)
+{
+    zmq_msg_t frames[8];
+    int count = 0;
+    int rc = recv_frames(bus->zap, frames, 8, &count);
+    char address[64] = "?", key[BUS_KEY_SIZE] = "";
+    bool ok = false;
+
+    if (rc < 0)
+        return 0;
+    if (count >= 7 && zmq_msg_size(&frames[5]) == 5 &&
+        memcmp(zmq_msg_data(&frames[5]), "CURVE", 5) == 0 && zmq_msg_size(&frames[6]) == 32) {
+        zmq_z85_encode(key, zmq_msg_data(&frames[6]), 32);
+        for (size_t i = 0; i < bus->allowed_count && !ok; i++)
+            ok = strcmp(key, bus->allowed[i]) == 0;
+    }
+    if (count >= 4) {
+        size_t n = zmq_msg_size(&frames[3]);
+        n = n < sizeof(address) - 1 ? n : sizeof(address) - 1;
+        memcpy(address, zmq_msg_data(&frames[3]), n);
+        address[n] = '\0';
+    }
+    /* The reply: version, request id (echoed), status, text, user id, metadata. */
+    zmq_send(bus->zap, "1.0", 3, ZMQ_SNDMORE);
+    if (count >= 2)
+        zmq_send(bus->zap, zmq_msg_data(&frames[1]), zmq_msg_size(&frames[1]), ZMQ_SNDMORE);
+    else
+        zmq_send(bus->zap, "", 0, ZMQ_SNDMORE);
+    zmq_send(bus->zap, ok ? "200" : "400", 3, ZMQ_SNDMORE);
+    zmq_send(bus->zap, ok ? "OK" : "key not allowed", ok ? 2 : 15, ZMQ_SNDMORE);
+    zmq_send(bus->zap, key, strlen(key), ZMQ_SNDMORE);
+    zmq_send(bus->zap, "", 0, 0);
+    for (int i = 0; i < count && i < 8; i++)
+        zmq_msg_close(&frames[i]);
+    if (ok)
+        return 0;
+    return tr_error_set(err, TR_EDENIED,
+                        "refused a remote worker from %s: its CURVE key %s is not allowed", address,
+                        key[0] ? key : "(none)");
+}
+
 /* Receives one whole multipart message as frames; drops the rest of an over-long one. */
-static int recv_frames(struct bus *bus, zmq_msg_t *frames, int max_frames, int *ret_count)
+static int recv_frames(void *socket, zmq_msg_t *frames, int max_frames, int *ret_count)
 {
     int count = 0;
     int more = 1;
@@ -148,7 +338,7 @@ static int recv_frames(struct bus *bus, zmq_msg_t *frames, int max_frames, int *
     while (more) {
         zmq_msg_t part;
         zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, bus->socket, count == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+        if (zmq_msg_recv(&part, socket, count == 0 ? ZMQ_DONTWAIT : 0) < 0) {
             int e = errno;
             zmq_msg_close(&part);
             for (int i = 0; i < count && i < max_frames; i++)
@@ -168,22 +358,29 @@ static int recv_frames(struct bus *bus, zmq_msg_t *frames, int max_frames, int *
 
 int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg, struct tr_error *err)
 {
-    zmq_pollitem_t item = {.socket = bus->socket, .events = ZMQ_POLLIN};
+    zmq_pollitem_t items[3] = {{.socket = bus->socket, .events = ZMQ_POLLIN},
+                               {.socket = bus->remote, .events = ZMQ_POLLIN},
+                               {.socket = bus->zap, .events = ZMQ_POLLIN}};
+    int item_count = bus->zap ? 3 : 1;
     zmq_msg_t frames[3];
     int count = 0;
     int want = bus->router ? 2 : 1;
     char peer[BUS_MAX_IDENTITY + 1] = "";
+    bool remote = false;
     int rc;
 
     *ret_msg = NULL;
-    rc = zmq_poll(&item, 1, timeout_ms);
+    rc = zmq_poll(items, item_count, timeout_ms);
     if (rc < 0)
         return errno == EINTR
                    ? 0
                    : tr_error_set(err, -errno, "bus poll failed: %s", zmq_strerror(errno));
     if (rc == 0)
         return 0;
-    rc = recv_frames(bus, frames, 3, &count);
+    if (item_count == 3 && (items[2].revents & ZMQ_POLLIN))
+        return handle_zap(bus, err);
+    remote = item_count == 3 && !(items[0].revents & ZMQ_POLLIN);
+    rc = recv_frames(remote ? bus->remote : bus->socket, frames, 3, &count);
     if (rc == -EAGAIN || rc == -EINTR)
         return 0;
     if (rc < 0)
@@ -208,8 +405,10 @@ int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg, struct t
         tr_error_prefix(err, "from '%s'", bus->router ? peer : "scheduler");
         goto out;
     }
-    if (bus->router)
+    if (bus->router) {
         (*ret_msg)->peer = xstrdup(peer);
+        (*ret_msg)->remote = remote;
+    }
 out:
     for (int i = 0; i < count && i < 3; i++)
         zmq_msg_close(&frames[i]);

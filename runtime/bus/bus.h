@@ -51,6 +51,7 @@ struct bus_msg {
     bool ok;               /* result */
     char *error;           /* result, bye: what went wrong, or NULL */
     char *error_class;     /* result: "tool", "protocol", "transport", "timeout", "policy" */
+    bool remote;           /* ROUTER side, not encoded: the peer is on the CURVE endpoint */
 };
 
 struct bus;
@@ -60,6 +61,34 @@ int bus_listen(const char *endpoint, struct bus **ret_bus, struct tr_error *err)
 /* Connects a DEALER socket with the given identity (1..BUS_MAX_IDENTITY bytes). */
 int bus_connect(const char *endpoint, const char *identity, struct bus **ret_bus,
                 struct tr_error *err) TR_MUST_CHECK;
+#define BUS_KEY_SIZE 41 /* a CURVE key in Z85 text, and its NUL */
+
+/* Generates a CURVE key pair as Z85 text. */
+int bus_curve_keypair(char ret_public[BUS_KEY_SIZE], char ret_secret[BUS_KEY_SIZE],
+                      struct tr_error *err) TR_MUST_CHECK;
+/* The public key of a secret key (both Z85). */
+int bus_curve_public(const char *secret, char ret_public[BUS_KEY_SIZE],
+                     struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Reads a key file: "public=Z85" and "secret=Z85" lines (as troupe keygen writes them), or a
+ * lone Z85 public key. ret_secret is the empty string when the file holds no secret.
+ */
+int bus_key_file_read(const char *path, char ret_public[BUS_KEY_SIZE],
+                      char ret_secret[BUS_KEY_SIZE], struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Adds to a listening bus a second ROUTER at endpoint (tcp://HOST:PORT) for remote workers:
+ * it requires CURVE with the server's secret key, and accepts only the client public keys in
+ * allowed (Z85; count of them). A refused connection is reported by bus_recv as TR_EDENIED
+ * naming the address and key. Messages from it have msg->remote set; a reply to such a peer
+ * needs msg->remote set too.
+ */
+int bus_listen_curve(struct bus *bus, const char *endpoint, const char *server_secret,
+                     const char *const *allowed, size_t count, struct tr_error *err) TR_MUST_CHECK;
+/* bus_connect over CURVE: the server's public key and the client's key pair (Z85). */
+int bus_connect_curve(const char *endpoint, const char *identity, const char *server_public,
+                      const char *client_public, const char *client_secret, struct bus **ret_bus,
+                      struct tr_error *err) TR_MUST_CHECK;
+
 /* Closes the socket (pending messages are given up to 1 s) and the context. Accepts NULL. */
 void bus_free(struct bus **bus);
 /* The ZeroMQ socket, for zmq_poll alongside other descriptors. */

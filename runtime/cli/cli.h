@@ -69,5 +69,8 @@ void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE]);
 int cli_resume(int argc, char **argv, struct cli_common *common);
 int cli_cancel(int argc, char **argv, struct cli_common *common);
 int cli_mcp(int argc, char **argv, struct cli_common *common);
+int cli_worker(int argc, char **argv, struct cli_common *common);
+int cli_keygen(int argc, char **argv, struct cli_common *common);
+int cli_approve(int argc, char **argv, struct cli_common *common);
 
 #endif

@@ -27,6 +27,9 @@ static const struct {
     {"resume", cli_resume, "carry on a run whose scheduler died"},
     {"cancel", cli_cancel, "cancel a run"},
     {"mcp", cli_mcp, "talk to an MCP server: info, tools, resources, prompts, call"},
+    {"approve", cli_approve, "approve or reject a step that waits for a decision"},
+    {"worker", cli_worker, "run an agent for a remote scheduler (tcp, CURVE)"},
+    {"keygen", cli_keygen, "make a CURVE key pair for remote workers"},
 };
 
 static void usage(FILE *out)

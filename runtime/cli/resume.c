@@ -111,7 +111,7 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     tr_log_setup("troupe", common->verbose ? TR_LOG_DEBUG : TR_LOG_INFO, common->log_format);
     status = CLI_FAILED;
     store = cli_open_existing_store(common);
-    if (!store)
+    if (!store || cli_sched_durability(store, &progress) < 0)
         goto out;
     if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
         store_run_get(store, run_id, find_workflow, &found, &err) < 0) {

@@ -7,6 +7,7 @@
 #define TROUPE_CLI_RUN_COMMON_H
 
 #include "cli.h"
+#include "bus.h"
 #include "sched.h"
 
 /* Long option ids of the scheduler options (after cli.h's shared ones). */
@@ -16,19 +17,33 @@ enum {
     CLI_OPT_RETRY_ON,
     CLI_OPT_RETRY_DELAY,
     CLI_OPT_DEADLINE,
+    CLI_OPT_LISTEN,
+    CLI_OPT_KEY,
+    CLI_OPT_ALLOW,
+    CLI_OPT_REMOTE,
+    CLI_OPT_APPROVE,
+    CLI_OPT_DURABILITY,
+    CLI_OPT_APPROVE_DESTRUCTIVE,
 };
 
 /* The getopt entries of the scheduler options, to splice into a command's table. */
-#define CLI_SCHED_OPTIONS                                                                          \
-    {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},                                         \
-        {"replicas", required_argument, NULL, CLI_OPT_REPLICAS},                                   \
-        {"retries", required_argument, NULL, CLI_OPT_RETRIES},                                     \
-        {"retry-on", required_argument, NULL, CLI_OPT_RETRY_ON},                                   \
-        {"retry-delay", required_argument, NULL, CLI_OPT_RETRY_DELAY},                             \
-        {"deadline", required_argument, NULL, CLI_OPT_DEADLINE},                                   \
-    {                                                                                              \
-        "json", no_argument, NULL, CLI_OPT_JSON                                                    \
-    }
+/* clang-format off */
+#define CLI_SCHED_OPTIONS \
+    {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT}, \
+    {"replicas", required_argument, NULL, CLI_OPT_REPLICAS}, \
+    {"retries", required_argument, NULL, CLI_OPT_RETRIES}, \
+    {"retry-on", required_argument, NULL, CLI_OPT_RETRY_ON}, \
+    {"retry-delay", required_argument, NULL, CLI_OPT_RETRY_DELAY}, \
+    {"deadline", required_argument, NULL, CLI_OPT_DEADLINE}, \
+    {"json", no_argument, NULL, CLI_OPT_JSON}, \
+    {"listen", required_argument, NULL, CLI_OPT_LISTEN}, \
+    {"key", required_argument, NULL, CLI_OPT_KEY}, \
+    {"allow", required_argument, NULL, CLI_OPT_ALLOW}, \
+    {"remote", required_argument, NULL, CLI_OPT_REMOTE}, \
+    {"approve", required_argument, NULL, CLI_OPT_APPROVE}, \
+    {"durability", required_argument, NULL, CLI_OPT_DURABILITY}, \
+    {"approve-destructive", no_argument, NULL, CLI_OPT_APPROVE_DESTRUCTIVE}
+/* clang-format on */
 
 #define CLI_SCHED_USAGE                                                                            \
     "  --timeout SECONDS       how long one step may take (default 60)\n"                          \
@@ -38,9 +53,27 @@ enum {
     "                          transport, timeout (default transport,timeout)\n"                   \
     "  --retry-delay MS        first retry delay; doubles each retry, jittered (default 200)\n"    \
     "  --deadline SECONDS      the run fails if it has not ended by then\n"                        \
-    "  --json                  progress as JSON lines on stdout\n"
+    "  --json                  progress as JSON lines on stdout\n"                                 \
+    "  --listen tcp://H:P      also accept remote workers (troupe worker) there, over CURVE\n"     \
+    "  --key FILE              the scheduler's key pair for --listen (troupe keygen)\n"            \
+    "  --allow FILE            a worker public key to accept (repeatable)\n"                       \
+    "  --remote PERSONA        a persona only remote workers play (repeatable)\n"                  \
+    "  --approve STEP          STEP waits for troupe approve before it runs (repeatable)\n"        \
+    "  --approve-destructive   calls to tools not annotated harmless (readOnlyHint, or\n"          \
+    "                          destructiveHint false) wait for troupe approve\n"                   \
+    "  --durability LEVEL      power (default): each commit survives a power cut (fsync);\n"       \
+    "                          process: commits survive any process crash, not a power cut\n"
+
+#define CLI_MAX_KEYS 64
 
 struct cli_progress {
+    /* Remote workers: the keys read from --key and --allow, the --remote personas. */
+    char secret[BUS_KEY_SIZE];
+    char allowed[CLI_MAX_KEYS][BUS_KEY_SIZE];
+    const char *allowed_ptrs[CLI_MAX_KEYS];
+    const char *remote[CLI_MAX_KEYS];
+    const char *approve[CLI_MAX_KEYS];
+    enum store_durability durability;
     bool quiet;
     bool json;
     bool tty;       /* a live status line */
@@ -52,6 +85,8 @@ struct cli_progress {
 /* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */
 int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
                      const char *arg);
+/* Applies --durability to the store; prints the error and returns -1 on failure. */
+int cli_sched_durability(struct store *store, const struct cli_progress *progress);
 /* Sets up progress output and the options every run needs (agent program, run root). */
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
                        const struct cli_common *common, const struct workflow *wf,

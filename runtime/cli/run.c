@@ -88,7 +88,10 @@ static void on_progress(void *userdata, const struct sched_progress *p)
         return;
     }
     clear_status_line(progress);
-    if (strcmp(p->event, "agent") == 0) {
+    if (strcmp(p->event, "approval") == 0) {
+        printf("  waiting   %-*s %-12s for approval: troupe approve RUN %s --as NAME\n",
+               (int)progress->width, p->step_id, p->persona, p->step_id);
+    } else if (strcmp(p->event, "agent") == 0) {
         printf("  restarted an agent for persona '%s' (restart %d)\n", p->persona, p->attempt);
     } else {
         char took[32] = "";
@@ -153,6 +156,70 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
         return 1;
     case CLI_OPT_JSON:
         progress->json = true;
+        return 1;
+    case CLI_OPT_LISTEN:
+        if (strncmp(arg, "tcp://", 6) != 0) {
+            cli_error("--listen wants a tcp:// endpoint, not '%s'", arg);
+            return -1;
+        }
+        opts->listen = arg;
+        return 1;
+    case CLI_OPT_KEY: {
+        char public[BUS_KEY_SIZE];
+        struct tr_error err = {0};
+        if (bus_key_file_read(arg, public, progress->secret, &err) < 0 || !progress->secret[0]) {
+            cli_error("--key: %s", err.message[0] ? err.message : "the file holds no secret key");
+            return -1;
+        }
+        opts->server_secret = progress->secret;
+        return 1;
+    }
+    case CLI_OPT_ALLOW: {
+        char unused[BUS_KEY_SIZE];
+        struct tr_error err = {0};
+        size_t n = opts->allowed_count;
+        if (n == CLI_MAX_KEYS) {
+            cli_error("--allow: at most %d keys", CLI_MAX_KEYS);
+            return -1;
+        }
+        if (bus_key_file_read(arg, progress->allowed[n], unused, &err) < 0) {
+            cli_error("--allow: %s", err.message);
+            return -1;
+        }
+        memset(unused, 0, sizeof(unused));
+        progress->allowed_ptrs[n] = progress->allowed[n];
+        opts->allowed_keys = progress->allowed_ptrs;
+        opts->allowed_count = n + 1;
+        return 1;
+    }
+    case CLI_OPT_APPROVE_DESTRUCTIVE:
+        opts->approve_destructive = true;
+        return 1;
+    case CLI_OPT_DURABILITY:
+        if (strcmp(arg, "power") == 0) {
+            progress->durability = STORE_DURABLE_POWER;
+        } else if (strcmp(arg, "process") == 0) {
+            progress->durability = STORE_DURABLE_PROCESS;
+        } else {
+            cli_error("--durability is 'power' or 'process', not '%s'", arg);
+            return -1;
+        }
+        return 1;
+    case CLI_OPT_APPROVE:
+        if (opts->approve_count == CLI_MAX_KEYS) {
+            cli_error("--approve: at most %d steps", CLI_MAX_KEYS);
+            return -1;
+        }
+        progress->approve[opts->approve_count++] = arg;
+        opts->approve_steps = progress->approve;
+        return 1;
+    case CLI_OPT_REMOTE:
+        if (opts->remote_count == CLI_MAX_KEYS) {
+            cli_error("--remote: at most %d personas", CLI_MAX_KEYS);
+            return -1;
+        }
+        progress->remote[opts->remote_count++] = arg;
+        opts->remote_personas = progress->remote;
         return 1;
     case CLI_OPT_RETRY_ON: {
         char *copy = xstrdup(arg), *save = NULL;
@@ -220,6 +287,16 @@ static char *prepend_self_to_path(void)
     return self;
 }
 
+int cli_sched_durability(struct store *store, const struct cli_progress *progress)
+{
+    struct tr_error err = {0};
+    if (store_set_durability(store, progress->durability, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    return 0;
+}
+
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
                        const struct cli_common *common, const struct workflow *wf,
                        char **ret_self_dir, char **ret_agent, char **ret_run_root)
@@ -230,6 +307,28 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
         if (strlen(workflow_step_id(wf, i)) > progress->width)
             progress->width = strlen(workflow_step_id(wf, i));
     progress->tty = !progress->json && !progress->quiet && isatty(STDOUT_FILENO);
+    for (size_t i = 0; i < opts->approve_count; i++) {
+        bool found = false;
+        for (size_t s = 0; s < workflow_step_count(wf) && !found; s++)
+            found = strcmp(workflow_step_id(wf, s), opts->approve_steps[i]) == 0;
+        if (!found) {
+            cli_error("--approve: the workflow has no step '%s'", opts->approve_steps[i]);
+            exit(CLI_USAGE);
+        }
+    }
+    for (size_t i = 0; i < opts->remote_count; i++)
+        if (workflow_persona_find(wf, opts->remote_personas[i]) < 0) {
+            cli_error("--remote: the workflow has no persona '%s'", opts->remote_personas[i]);
+            exit(CLI_USAGE);
+        }
+    if (opts->remote_count && !opts->listen) {
+        cli_error("--remote needs --listen (where the remote workers connect)");
+        exit(CLI_USAGE);
+    }
+    if (opts->listen && !opts->server_secret) {
+        cli_error("--listen needs --key (the scheduler's key pair, from troupe keygen)");
+        exit(CLI_USAGE);
+    }
     progress->start_ms = tr_now_ms();
     *ret_self_dir = prepend_self_to_path();
     *ret_agent = getenv("TROUPE_AGENT") ? xstrdup(getenv("TROUPE_AGENT"))
@@ -361,6 +460,10 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     const char *db_path = cli_db_path(common);
     if (store_open(db_path, &store, &err) < 0) {
         cli_error("%s", err.message);
+        status = CLI_FAILED;
+        goto out;
+    }
+    if (cli_sched_durability(store, &progress) < 0) {
         status = CLI_FAILED;
         goto out;
     }

@@ -38,6 +38,12 @@ char *sched__options_json(const struct run *run)
         cJSON_AddNumberToObject(o, "deadline_at_ms", (double)run->deadline_wall);
     if (run->opts.workflow_path)
         cJSON_AddStringToObject(o, "workflow_path", run->opts.workflow_path);
+    if (run->opts.approve_destructive)
+        cJSON_AddBoolToObject(o, "approve_destructive", true);
+    cJSON *approve = cJSON_AddArrayToObject(o, "approve");
+    for (size_t i = 0; i < run->step_count; i++)
+        if (run->steps[i].needs_approval)
+            cJSON_AddItemToArray(approve, cJSON_CreateString(workflow_step_id(run->wf, i)));
     char *json = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return json;
@@ -49,6 +55,20 @@ static int int_field(const cJSON *o, const char *name, int current, int max)
     if (current > 0 || !cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > max)
         return current;
     return (int)v->valuedouble;
+}
+
+void sched__approvals_from_json(struct run *run, const char *json)
+{
+    cJSON *o = json ? cJSON_Parse(json) : NULL;
+    const cJSON *item;
+
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "approve"))
+    {
+        long index = cJSON_IsString(item) ? sched__find_step(run, item->valuestring) : -1;
+        if (index >= 0)
+            run->steps[index].needs_approval = true;
+    }
+    cJSON_Delete(o);
 }
 
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
@@ -74,6 +94,8 @@ void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_
                 opts->retry_on |= sched__error_class(item->valuestring);
         }
     }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "approve_destructive")))
+        opts->approve_destructive = true;
     item = cJSON_GetObjectItemCaseSensitive(o, "deadline_at_ms");
     if (cJSON_IsNumber(item) && !opts->deadline_ms)
         *ret_deadline_wall = (int64_t)item->valuedouble;
@@ -109,7 +131,7 @@ static int load_step(void *userdata, const struct store_step *row)
     struct step_run *step = &run->steps[index];
     step->attempt = row->attempt;
     step->state = parse_state(row->state);
-    if (step->state == STEP_SUCCEEDED) {
+    if (step->state == STEP_SUCCEEDED && run->keep_outputs) {
         cJSON *output = row->output_json ? cJSON_Parse(row->output_json) : NULL;
         cJSON *entry = cJSON_CreateObject();
         cJSON_AddItemToObject(entry, "output", output ? output : cJSON_CreateNull());
@@ -117,6 +139,9 @@ static int load_step(void *userdata, const struct store_step *row)
     } else if (step->state == STEP_FAILED && !run->failure) {
         run->failure = xasprintf("step '%s' failed: %s", row->step_id,
                                  row->error ? row->error : "unknown error");
+    } else if (step->state == STEP_WAITING_APPROVAL) {
+        step->needs_approval = true;
+        run->waiting++;
     } else if (step->state == STEP_RETRY_WAIT) {
         int64_t wait = row->next_attempt_at_ms - load->wall_now;
         step->due_ms = tr_now_ms() + (wait > 0 ? wait : 0);

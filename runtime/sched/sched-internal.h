@@ -63,6 +63,9 @@ struct step_run {
     int64_t deadline_ms; /* dispatched: when the scheduler gives up waiting */
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
     long agent;          /* index of the agent performing it, or -1 */
+    bool uses_scope;     /* its arguments hold ${{ }} expressions */
+    bool needs_approval; /* it waits for troupe approve before its first dispatch */
+    bool approved;
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -84,6 +87,8 @@ struct agent_proc {
     bool exit_expected; /* the scheduler asked it to stop, or it said bye */
     int restarts;
     int64_t restart_due_ms; /* gone and to be started again at this time, or 0 */
+    bool remote;            /* a troupe worker on the CURVE endpoint: no process of ours */
+    int64_t remote_pid;     /* its pid on its own machine, as it said */
 };
 
 /* Starts troupe-agent for the agent's persona, connected to endpoint. */
@@ -116,8 +121,10 @@ struct run {
     size_t *dep_start;
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
-    size_t done, failed, in_flight, retries;
-    cJSON *scope; /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    size_t done, failed, in_flight, retries, waiting;
+    cJSON *scope;       /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    bool keep_outputs;  /* some step's arguments use the scope: outputs are kept in it */
+    cJSON *destructive; /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
     char *failure;         /* the first reason the run fails, or NULL */
@@ -148,6 +155,10 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
 void sched__step_cancel(struct run *run, size_t index, const char *reason);
 void sched__dispatch_ready(struct run *run);
 void sched__check_steps(struct run *run, int64_t now);
+/* Records the destructive tools an agent of persona reported in its ready message. */
+void sched__note_destructive(struct run *run, const char *persona, const char *ready_json);
+/* Looks for decisions on the steps waiting for approval, and acts on them. */
+void sched__check_approvals(struct run *run);
 unsigned sched__error_class(const char *name);
 
 /* supervise.c */
@@ -161,6 +172,8 @@ char *sched__options_json(const struct run *run);
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
                               const char *json);
 int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+/* Marks the steps the kept options say need approval. */
+void sched__approvals_from_json(struct run *run, const char *json);
 
 /* sched.c: turns */
 int sched__begin(struct run *run);

@@ -21,6 +21,8 @@
 
 #define POLL_MS 50
 #define TIMER_CHECK_MS 20
+#define GROUP_COMMIT_MS 50
+#define APPROVAL_CHECK_MS 200
 #define MAX_MESSAGES_PER_TURN 4096
 #define MAX_IPC_PATH 100 /* sun_path is 108 bytes */
 
@@ -171,33 +173,60 @@ static void cancel_unfinished(struct run *run, const char *reason)
     (void)sched__commit_and_send(run, &err);
 }
 
+/*
+ * The loop keeps one transaction open across turns and commits it when something is to be
+ * acted upon (assignments to send), when it is GROUP_COMMIT_MS old, or before the loop
+ * stops. What arrives in between (events, results) is grouped into one commit: a crash loses
+ * at most those, and their steps are dispatched again with the same idempotency key.
+ */
 static void loop(struct run *run)
 {
-    int64_t last_timers = 0;
+    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0;
+    bool open = false;
+    struct tr_error err = {0};
 
     while (run->done < run->step_count) {
-        struct tr_error err = {0};
         struct bus_msg *msg = NULL;
         int64_t now = tr_now_ms();
+        bool cancel = sched__cancel_signal && !run->cancelling;
+        bool late = run->deadline_ms && now > run->deadline_ms && !run->cancelling;
 
-        if (sched__cancel_signal && !run->cancelling) {
+        if ((cancel || late || (run->failure && run->in_flight == 0)) && open) {
+            if (sched__commit_and_send(run, &err) < 0)
+                return;
+            open = false;
+        }
+        if (cancel) {
             run->cancelling = true;
             cancel_unfinished(run, "the run was cancelled");
-            break;
+            return;
         }
-        if (run->deadline_ms && now > run->deadline_ms && !run->cancelling) {
+        if (late) {
             sched__fail(run, "the run did not finish within its deadline");
             run->cancelling = true;
             cancel_unfinished(run, "the run's deadline passed");
-            break;
+            return;
         }
         if (run->failure && run->in_flight == 0)
-            break;
-        int rc = bus_recv(run->bus, run->ready_len && !run->failure ? 0 : POLL_MS, &msg, &err);
-        if (sched__begin(run) < 0)
-            break;
+            return;
+        int wait = run->ready_len && !run->failure ? 0 : POLL_MS;
+        if (open && wait > GROUP_COMMIT_MS - (now - opened_ms))
+            wait = (int)(GROUP_COMMIT_MS - (now - opened_ms));
+        int rc = bus_recv(run->bus, wait < 0 ? 0 : wait, &msg, &err);
+        if (!open) {
+            if (sched__begin(run) < 0)
+                return;
+            open = true;
+            opened_ms = tr_now_ms();
+        }
         /* Everything that has arrived is applied in this one transaction. */
         for (int n = 0; n < MAX_MESSAGES_PER_TURN && (rc < 0 || msg); n++) {
+            if (rc == TR_EDENIED) {
+                /* A remote worker with a key we were not given: refused, and on record. */
+                cJSON *payload = cJSON_CreateObject();
+                cJSON_AddStringToObject(payload, "reason", err.message);
+                sched__audit(run, NULL, "scheduler", "bus.refused", payload);
+            }
             if (rc < 0)
                 tr_log(TR_LOG_WARN, "%s", err.message);
             else
@@ -212,10 +241,20 @@ static void loop(struct run *run)
             sched__check_steps(run, now);
             last_timers = now;
         }
+        if (run->waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
+            sched__check_approvals(run);
+            last_approvals = now;
+        }
         sched__dispatch_ready(run);
-        if (sched__commit_and_send(run, &err) < 0)
-            break;
+        if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS || run->done == run->step_count ||
+            run->failure) {
+            open = false;
+            if (sched__commit_and_send(run, &err) < 0)
+                return;
+        }
     }
+    if (open)
+        (void)sched__commit_and_send(run, &err);
 }
 
 /* ---- setting up a run ----------------------------------------------------------------------- */
@@ -248,6 +287,47 @@ static int make_run_dir(struct run *run, struct tr_error *err)
     return 0;
 }
 
+static bool has_expression(const cJSON *value)
+{
+    const cJSON *item;
+
+    if (cJSON_IsString(value))
+        return strstr(value->valuestring, "${{") != NULL;
+    cJSON_ArrayForEach(item, value)
+    {
+        if (has_expression(item))
+            return true;
+    }
+    return false;
+}
+
+/* Which steps' arguments hold expressions, read from the plan (its steps are in step order). */
+static void find_expressions(struct run *run)
+{
+    char *plan_json = workflow_plan_json(run->wf);
+    cJSON *plan = cJSON_Parse(plan_json);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(plan, "steps");
+    size_t i = 0;
+    const cJSON *step;
+
+    cJSON_ArrayForEach(step, steps)
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(step, "id");
+        if (i < run->step_count && cJSON_IsString(id) &&
+            strcmp(id->valuestring, workflow_step_id(run->wf, i)) == 0)
+            run->steps[i].uses_scope =
+                has_expression(cJSON_GetObjectItemCaseSensitive(step, "with"));
+        i++;
+    }
+    if (i != run->step_count) /* not the plan this file expects: assume every step needs it */
+        for (i = 0; i < run->step_count; i++)
+            run->steps[i].uses_scope = true;
+    for (i = 0; i < run->step_count; i++)
+        run->keep_outputs |= run->steps[i].uses_scope;
+    cJSON_Delete(plan);
+    free(plan_json);
+}
+
 static void init_run(struct run *run, const struct workflow *wf, struct store *store,
                      const struct sched_options *opts)
 {
@@ -278,6 +358,12 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     }
     index_steps(run);
     sched__build_graph(run);
+    find_expressions(run);
+    for (size_t i = 0; i < opts->approve_count; i++) {
+        long index = sched__find_step(run, opts->approve_steps[i]);
+        if (index >= 0)
+            run->steps[index].needs_approval = true;
+    }
     run->scope = cJSON_CreateObject();
     cJSON_AddItemToObject(run->scope, "input",
                           opts->input ? cJSON_Duplicate(opts->input, true) : cJSON_CreateObject());
@@ -412,6 +498,7 @@ static void release_run(struct run *run)
     free(run->ready);
     free(run->failure);
     cJSON_Delete(run->scope);
+    cJSON_Delete(run->destructive);
 }
 
 /* Runs a run that this process has taken over, to its end. */
@@ -540,6 +627,7 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     init_run(&run, wf, store, &merged);
     snprintf(run.id, sizeof(run.id), "%s", run_id);
     run.deadline_wall = opts->deadline_ms > 0 ? wall_ms() + opts->deadline_ms : deadline_wall;
+    sched__approvals_from_json(&run, record.options_json);
     rc = sched__load_run(&run, err);
     if (rc == 0)
         rc = drive(&run, true, err);

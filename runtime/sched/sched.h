@@ -22,6 +22,7 @@
 #define SCHED_DEFAULT_RETRY_DELAY_MS 200
 #define SCHED_DEFAULT_RETRY_MAX_DELAY_MS 10000
 #define SCHED_MAX_REPLICAS 64
+#define SCHED_MAX_REMOTE_WORKERS 64
 
 /* Error classes of a failed attempt, which a retry policy selects (a bit mask). */
 enum {
@@ -65,6 +66,24 @@ struct sched_options {
     int retry_delay_ms;     /* first backoff delay; doubles each retry, with jitter */
     int retry_max_delay_ms; /* the longest backoff delay */
     int64_t deadline_ms;    /* the run must end within this (from its start), or fails */
+    /* Steps that wait for a decision (troupe approve) before they run; kept with the run. */
+    const char *const *approve_steps;
+    size_t approve_count;
+    /* Every call to a tool whose MCP annotations do not rule out a destructive effect waits
+     * for approval (the agents report which tools those are). Kept with the run. */
+    bool approve_destructive;
+    /*
+     * Remote workers (troupe worker): a tcp endpoint to listen on with CURVE, the
+     * scheduler's secret key (Z85), the client public keys accepted, and the personas that
+     * only remote workers play (no local agent is started for them). Not kept with the run:
+     * a resumed run needs them again.
+     */
+    const char *listen;
+    const char *server_secret;
+    const char *const *allowed_keys;
+    size_t allowed_count;
+    const char *const *remote_personas;
+    size_t remote_count;
     /* Called for each step transition worth showing; may be NULL. */
     void (*on_progress)(void *userdata, const struct sched_progress *progress);
     void *userdata;

@@ -27,15 +27,49 @@ const char *const sched__state_names[] = {
 
 /* ---- policy ------------------------------------------------------------------------------- */
 
+static bool is_destructive(const struct run *run, size_t index)
+{
+    const char *persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index));
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(run->destructive, persona);
+    const cJSON *tool;
+    char *qualified;
+    bool found = false;
+
+    if (!tools)
+        return false;
+    qualified = xasprintf("%s.%s", workflow_step_server(run->wf, index),
+                          workflow_step_tool(run->wf, index));
+    cJSON_ArrayForEach(tool, tools)
+    {
+        if (cJSON_IsString(tool) && strcmp(tool->valuestring, qualified) == 0)
+            found = true;
+    }
+    free(qualified);
+    return found;
+}
+
+void sched__note_destructive(struct run *run, const char *persona, const char *ready_json)
+{
+    cJSON *ready = ready_json ? cJSON_Parse(ready_json) : NULL;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(ready, "destructive");
+
+    if (!run->destructive)
+        run->destructive = cJSON_CreateObject();
+    if (cJSON_IsArray(list) && !cJSON_GetObjectItemCaseSensitive(run->destructive, persona))
+        cJSON_AddItemToObject(run->destructive, persona, cJSON_Duplicate(list, true));
+    cJSON_Delete(ready);
+}
+
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy)
 {
-    (void)index; /* per-step workflow fields (retry, timeout, approval) plug in here */
+    /* Per-step workflow fields (retry, timeout, approval) plug in here. */
     ret_policy->max_attempts = run->opts.max_attempts;
     ret_policy->retry_on = run->opts.retry_on;
     ret_policy->delay_ms = run->opts.retry_delay_ms;
     ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
     ret_policy->timeout_ms = run->opts.step_timeout_ms;
-    ret_policy->approval = false;
+    ret_policy->approval = run->steps[index].needs_approval ||
+                           (run->opts.approve_destructive && is_destructive(run, index));
 }
 
 unsigned sched__error_class(const char *name)
@@ -135,7 +169,29 @@ void sched__build_graph(struct run *run)
 void sched__make_ready(struct run *run, size_t index)
 {
     struct step_run *step = &run->steps[index];
+    struct step_policy policy;
 
+    sched__step_policy(run, index, &policy);
+    if (policy.approval && !step->approved) {
+        if (step->state != STEP_WAITING_APPROVAL) {
+            step->state = STEP_WAITING_APPROVAL;
+            run->waiting++;
+            sched__record_step(run, index, NULL, NULL);
+            cJSON *payload = cJSON_CreateObject();
+            cJSON_AddStringToObject(payload, "reason",
+                                    step->needs_approval
+                                        ? "the step needs approval"
+                                        : "its tool may be destructive (MCP annotations)");
+            sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
+                         "step.waiting_approval", payload);
+            tr_log(TR_LOG_INFO, "step '%s' waits for approval: troupe approve %s %s --as NAME",
+                   workflow_step_id(run->wf, index), run->id, workflow_step_id(run->wf, index));
+            sched__progress(run, "approval", index, NULL, 0);
+        }
+        return;
+    }
+    if (step->state == STEP_WAITING_APPROVAL)
+        run->waiting--;
     step->state = STEP_READY;
     sched__record_step(run, index, NULL, NULL);
     run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
@@ -221,9 +277,11 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
     reach_final(run, index, STEP_SUCCEEDED);
     sched__record_step(run, index, output_json, NULL);
 
-    cJSON *entry = cJSON_CreateObject();
-    cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
-    cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+    if (run->keep_outputs) {
+        cJSON *entry = cJSON_CreateObject();
+        cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
+        cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+    }
     if (key) {
         struct tr_error err = {0};
         cJSON *context = cJSON_GetObjectItem(run->scope, "context");
@@ -337,7 +395,9 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     sched__step_policy(run, index, &policy);
     step->attempt++;
     step->dispatched_ms = tr_now_ms();
-    if (workflow_step_arguments(run->wf, index, run->scope, &arguments, &err) < 0) {
+    /* Arguments without expressions need no scope: converting it costs as much as it holds. */
+    if (workflow_step_arguments(run->wf, index, step->uses_scope ? run->scope : NULL, &arguments,
+                                &err) < 0) {
         step_failed(run, index, err.message, 0);
         return;
     }
@@ -351,6 +411,7 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     }
     struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
     msg->peer = xstrdup(agent->identity);
+    msg->remote = agent->remote;
     msg->step_id = xstrdup(step_id);
     msg->attempt = step->attempt;
     msg->server = xstrdup(server);
@@ -385,22 +446,90 @@ static void dispatch(struct run *run, size_t index, long agent_index)
 
 void sched__dispatch_ready(struct run *run)
 {
+    size_t idle = 0;
+
     if (run->failure || run->cancelling)
         return;
+    for (size_t i = 0; i < run->agent_count; i++)
+        idle += run->agents[i].state == AGENT_READY && run->agents[i].step < 0;
     /* Each ready step in turn; one whose persona has no idle agent waits at the back. */
-    for (size_t n = run->ready_len; n > 0 && run->ready_len > 0; n--) {
+    for (size_t n = run->ready_len; idle > 0 && n > 0 && run->ready_len > 0; n--) {
         size_t index = run->ready[run->ready_head];
         run->ready_head = (run->ready_head + 1) % run->step_count;
         run->ready_len--;
         if (run->steps[index].state != STEP_READY)
             continue;
+        /* The agents' tool annotations may have made it one that needs approval. */
+        struct step_policy policy;
+        sched__step_policy(run, index, &policy);
+        if (policy.approval && !run->steps[index].approved) {
+            sched__make_ready(run, index);
+            continue;
+        }
         long agent = idle_agent_for(run, workflow_step_persona(run->wf, index));
         if (agent >= 0) {
             dispatch(run, index, agent);
+            idle--;
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
             run->ready_len++;
         }
+    }
+}
+
+/* ---- approvals ---------------------------------------------------------------------------- */
+
+struct decision {
+    bool found;
+    bool approved;
+    char *actor;
+    char *comment;
+};
+
+static int copy_decision(void *userdata, const struct store_approval *approval)
+{
+    struct decision *d = userdata;
+    d->found = true;
+    d->approved = strcmp(approval->decision, "approved") == 0;
+    d->actor = xstrdup(approval->actor);
+    d->comment = approval->comment ? xstrdup(approval->comment) : NULL;
+    return 0;
+}
+
+void sched__check_approvals(struct run *run)
+{
+    for (size_t i = 0; i < run->step_count && run->waiting > 0; i++) {
+        struct step_run *step = &run->steps[i];
+        struct decision d = {0};
+        struct tr_error err = {0};
+        const char *step_id = workflow_step_id(run->wf, i);
+
+        if (step->state != STEP_WAITING_APPROVAL)
+            continue;
+        if (store_approval_get(run->store, run->id, step_id, copy_decision, &d, &err) < 0) {
+            sched__fail(run, "%s", err.message);
+            return;
+        }
+        if (!d.found)
+            continue;
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "by", d.actor);
+        if (d.comment)
+            cJSON_AddStringToObject(payload, "comment", d.comment);
+        sched__audit(run, step_id, "scheduler", d.approved ? "step.approved" : "step.rejected",
+                     payload);
+        if (d.approved) {
+            step->approved = true;
+            sched__make_ready(run, i);
+        } else {
+            char *reason = xasprintf("rejected by %s%s%s", d.actor, d.comment ? ": " : "",
+                                     d.comment ? d.comment : "");
+            run->waiting--;
+            step_failed(run, i, reason, 0);
+            free(reason);
+        }
+        free(d.actor);
+        free(d.comment);
     }
 }
 

@@ -18,12 +18,57 @@ static char *actor_of(const struct agent_proc *agent)
     return xasprintf("persona:%s", agent->persona);
 }
 
-static long find_agent(struct run *run, const char *identity)
+static long find_agent(struct run *run, const char *identity, bool remote)
 {
     for (size_t i = 0; i < run->agent_count; i++)
-        if (identity && strcmp(run->agents[i].identity, identity) == 0)
+        if (identity && run->agents[i].remote == remote &&
+            strcmp(run->agents[i].identity, identity) == 0)
             return (long)i;
     return -1;
+}
+
+static bool persona_is_remote(const struct run *run, const char *persona)
+{
+    for (size_t i = 0; i < run->opts.remote_count; i++)
+        if (persona && strcmp(run->opts.remote_personas[i], persona) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * A hello on the CURVE endpoint (its key was checked) for a persona played remotely: the
+ * worker gets an agent slot (a new one, or its old one back after it went away).
+ */
+static long admit_remote(struct run *run, const struct bus_msg *msg)
+{
+    long found = find_agent(run, msg->peer, true);
+    long persona = msg->persona ? workflow_persona_find(run->wf, msg->persona) : -1;
+
+    if (msg->type != BUS_HELLO || persona < 0 || !persona_is_remote(run, msg->persona))
+        return found;
+    if (found >= 0 && run->agents[found].state != AGENT_GONE)
+        return found;
+    if (found < 0) {
+        size_t remotes = 0;
+        for (size_t i = 0; i < run->agent_count; i++)
+            remotes += run->agents[i].remote;
+        if (remotes >= SCHED_MAX_REMOTE_WORKERS)
+            return -1;
+        found = (long)run->agent_count++;
+        struct agent_proc *agent = &run->agents[found];
+        memset(agent, 0, sizeof(*agent));
+        agent->persona = xstrdup(msg->persona);
+        agent->identity = xstrdup(msg->peer);
+        agent->remote = true;
+    }
+    struct agent_proc *agent = &run->agents[found];
+    agent->persona_index = (size_t)persona;
+    agent->state = AGENT_STARTING;
+    agent->step = -1;
+    agent->exit_expected = false;
+    agent->remote_pid = msg->pid;
+    agent->started_ms = agent->last_seen_ms = tr_now_ms();
+    return found;
 }
 
 /* ---- messages from agents ------------------------------------------------------------------ */
@@ -88,7 +133,7 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
     struct tr_error err = {0};
 
     if (msg->version != BUS_PROTOCOL_VERSION || strcmp(msg->persona, agent->persona) != 0 ||
-        msg->pid != agent->pid || agent->state != AGENT_STARTING) {
+        (!agent->remote && msg->pid != agent->pid) || agent->state != AGENT_STARTING) {
         tr_log(TR_LOG_WARN,
                "refusing hello from '%s' (persona '%s', pid %lld, bus protocol %lld): "
                "not the agent this run started",
@@ -96,7 +141,8 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
         return;
     }
     cJSON *config = workflow_persona_config(run->wf, agent->persona_index);
-    struct bus_msg welcome = {.type = BUS_WELCOME, .peer = agent->identity};
+    struct bus_msg welcome = {
+        .type = BUS_WELCOME, .peer = agent->identity, .remote = agent->remote};
     welcome.json = cJSON_PrintUnformatted(config);
     if (bus_send(run->bus, &welcome, &err) < 0)
         sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
@@ -104,7 +150,9 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
-    cJSON_AddNumberToObject(payload, "pid", (double)agent->pid);
+    cJSON_AddNumberToObject(payload, "pid", (double)(agent->remote ? msg->pid : agent->pid));
+    if (agent->remote)
+        cJSON_AddBoolToObject(payload, "remote", true);
     cJSON_AddItemToObject(payload, "config", config);
     char *actor = actor_of(agent);
     sched__audit(run, NULL, actor, "agent.started", payload);
@@ -112,9 +160,29 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
     free(welcome.json);
 }
 
+/* A remote worker is gone (it said bye, or stopped answering): its step is retried. */
+static void lose_remote(struct run *run, struct agent_proc *agent, const char *why)
+{
+    char *actor = actor_of(agent);
+    cJSON *payload = cJSON_CreateObject();
+
+    agent->state = AGENT_GONE;
+    cJSON_AddStringToObject(payload, "persona", agent->persona);
+    cJSON_AddStringToObject(payload, "agent", agent->identity);
+    cJSON_AddStringToObject(payload, "status", why);
+    sched__audit(run, NULL, actor, "agent.exited", payload);
+    free(actor);
+    if (agent->step >= 0) {
+        char *reason = xasprintf("the remote worker '%s' went away during the step (%s)",
+                                 agent->identity, why);
+        sched__step_attempt_failed(run, (size_t)agent->step, SCHED_RETRY_TRANSPORT, reason);
+        free(reason);
+    }
+}
+
 void sched__on_message(struct run *run, struct bus_msg *msg)
 {
-    long index = find_agent(run, msg->peer);
+    long index = msg->remote ? admit_remote(run, msg) : find_agent(run, msg->peer, false);
     struct agent_proc *agent = index >= 0 ? &run->agents[index] : NULL;
 
     if (!agent || agent->state == AGENT_GONE) {
@@ -130,6 +198,7 @@ void sched__on_message(struct run *run, struct bus_msg *msg)
     case BUS_READY:
         if (agent->state == AGENT_WELCOMED) {
             agent->state = AGENT_READY;
+            sched__note_destructive(run, agent->persona, msg->json);
             char *actor = actor_of(agent);
             cJSON *payload = cJSON_CreateObject();
             cJSON_AddStringToObject(payload, "persona", agent->persona);
@@ -147,9 +216,11 @@ void sched__on_message(struct run *run, struct bus_msg *msg)
     case BUS_HEARTBEAT:
         break;
     case BUS_BYE:
-        if (msg->error && !agent->exit_expected)
+        if (msg->error && !agent->exit_expected && !agent->remote)
             sched__fail(run, "agent for persona '%s' failed: %s", agent->persona, msg->error);
         agent->exit_expected = true;
+        if (agent->remote)
+            lose_remote(run, agent, msg->error ? msg->error : "it said bye");
         break;
     default:
         tr_log(TR_LOG_WARN, "agent '%s' sent a %s message, which agents do not send; ignored",
@@ -180,9 +251,15 @@ int sched__start_agents(struct run *run, struct tr_error *err)
     int replicas = run->opts.replicas;
     int rc = bus_listen(run->endpoint, &run->bus, err);
 
-    run->agents = xcalloc(personas * (size_t)replicas + 1, sizeof(*run->agents));
+    if (rc == 0 && run->opts.listen)
+        rc = bus_listen_curve(run->bus, run->opts.listen, run->opts.server_secret,
+                              run->opts.allowed_keys, run->opts.allowed_count, err);
+    run->agents =
+        xcalloc(personas * (size_t)replicas + SCHED_MAX_REMOTE_WORKERS, sizeof(*run->agents));
     for (size_t p = 0; rc == 0 && p < personas; p++) {
         size_t steps = 0;
+        if (persona_is_remote(run, workflow_persona_name(run->wf, p)))
+            continue;
         for (size_t s = 0; s < run->step_count; s++)
             steps +=
                 workflow_step_persona(run->wf, s) == p && !step_state_final(run->steps[s].state);
@@ -275,6 +352,14 @@ void sched__check_agents(struct run *run, int64_t now)
 {
     for (size_t i = 0; i < run->agent_count; i++) {
         struct agent_proc *agent = &run->agents[i];
+        if (agent->remote) {
+            bool silent = now - agent->last_seen_ms >
+                          (agent->step >= 0 ? run->opts.step_timeout_ms + SCHED_STEP_GRACE_MS
+                                            : SCHED_HEARTBEAT_TIMEOUT_MS);
+            if (agent->state != AGENT_GONE && silent)
+                lose_remote(run, agent, "it stopped answering");
+            continue;
+        }
         if (agent_reap(agent)) {
             on_agent_exit(run, agent);
         } else if (agent->state == AGENT_GONE) {
@@ -313,14 +398,19 @@ void sched__stop_agents(struct run *run)
 
     for (size_t i = 0; i < run->agent_count; i++) {
         struct agent_proc *agent = &run->agents[i];
-        struct bus_msg shutdown = {.type = BUS_SHUTDOWN, .peer = agent->identity};
+        struct bus_msg shutdown = {
+            .type = BUS_SHUTDOWN, .peer = agent->identity, .remote = agent->remote};
         agent->exit_expected = true;
         agent->restart_due_ms = 0;
         /* An agent that never said hello cannot hear a shutdown message; when cancelled,
          * one in the middle of a tool call is told by signal as well. */
-        if (agent->state == AGENT_STARTING || run->cancelling ||
-            (agent->state != AGENT_GONE && bus_send(run->bus, &shutdown, NULL) < 0))
+        if (agent->remote) {
+            if (agent->state != AGENT_GONE && bus_send(run->bus, &shutdown, NULL) < 0)
+                agent->state = AGENT_GONE;
+        } else if (agent->state == AGENT_STARTING || run->cancelling ||
+                   (agent->state != AGENT_GONE && bus_send(run->bus, &shutdown, NULL) < 0)) {
             agent_kill(agent, SIGTERM);
+        }
     }
     for (;;) {
         bool alive = false;
@@ -342,6 +432,10 @@ void sched__stop_agents(struct run *run)
         if (!alive)
             return;
         int64_t waited = tr_now_ms() - start;
+        /* A remote worker that does not say bye is not waited for longer. */
+        for (size_t i = 0; i < run->agent_count && waited > AGENT_STOP_GRACE_MS; i++)
+            if (run->agents[i].remote)
+                run->agents[i].state = AGENT_GONE;
         if (!termed && waited > AGENT_STOP_GRACE_MS) {
             tr_log(TR_LOG_WARN, "agents did not stop within %d s; sending SIGTERM",
                    AGENT_STOP_GRACE_MS / 1000);

@@ -481,3 +481,83 @@ int store_context_list(struct store *store, const char *run_id,
     return store__scan(store, STMT_CONTEXT_LIST, run_id, scan_context, &scan, err,
                        "could not read the context of run '%s'", run_id ? run_id : "(null)");
 }
+
+/* ==== approvals ========================================================================== */
+
+int store_approval_put(struct store *store, const char *run_id, const char *step_id,
+                       const char *decision, const char *actor, const char *comment,
+                       struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    char now[32];
+    int rc;
+
+    if (is_blank(run_id) || is_blank(step_id) || is_blank(actor))
+        return tr_error_set(err, TR_EINVAL,
+                            "could not record a decision: run, step and actor "
+                            "required");
+    if (!decision || (strcmp(decision, "approved") != 0 && strcmp(decision, "rejected") != 0))
+        return tr_error_set(err, TR_EINVAL, "a decision is 'approved' or 'rejected'");
+    rc = store__check_writable(store, "could not record a decision", err);
+    if (rc < 0)
+        return rc;
+    rc = store__stmt_acquire(store, STMT_APPROVAL_INSERT, &stmt, err);
+    if (rc < 0)
+        return rc;
+    tr_wall_iso8601(now, sizeof(now));
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, step_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 3, decision);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 4, actor);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 5, comment);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 6, now);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+        rc = tr_error_set(err, TR_EINVAL, "step '%s' of run '%s' has already been decided", step_id,
+                          run_id);
+    else if (rc != SQLITE_DONE)
+        rc = store__fail(store, rc, err, "could not record the decision on step '%s' of run '%s'",
+                         step_id, run_id);
+    else
+        rc = 0;
+    store__stmt_release(store, STMT_APPROVAL_INSERT, stmt);
+    return rc;
+}
+
+int store_approval_get(struct store *store, const char *run_id, const char *step_id,
+                       int (*fn)(void *userdata, const struct store_approval *approval),
+                       void *userdata, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = store__stmt_acquire(store, STMT_APPROVAL_GET, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, step_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+        struct store_approval approval = {
+            .decision = store__column_text(stmt, 0),
+            .actor = store__column_text(stmt, 1),
+            .comment = store__column_text(stmt, 2),
+            .decided_at = store__column_text(stmt, 3),
+        };
+        rc = fn(userdata, &approval);
+    } else if (rc == SQLITE_DONE) {
+        rc = 0;
+    } else {
+        rc = store__fail(store, rc, err, "could not read the decision on step '%s' of run '%s'",
+                         step_id ? step_id : "(null)", run_id ? run_id : "(null)");
+    }
+    store__stmt_release(store, STMT_APPROVAL_GET, stmt);
+    return rc;
+}

@@ -75,6 +75,10 @@ static const char *const statement_sql[STMT_COUNT] = {
     /* SQLite takes the bare columns from the row that holds max(version). */
     [STMT_CONTEXT_LIST] = "SELECT key, value_json, step_id, max(version) FROM context"
                           " WHERE run_id = ?1 GROUP BY key ORDER BY key",
+    [STMT_APPROVAL_INSERT] = "INSERT INTO approvals (run_id, step_id, decision, actor, comment,"
+                             " decided_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [STMT_APPROVAL_GET] = "SELECT decision, actor, comment, decided_at FROM approvals"
+                          " WHERE run_id = ?1 AND step_id = ?2",
     [STMT_AUDIT_LAST] = "SELECT seq, hash FROM audit WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",
     [STMT_AUDIT_INSERT] = "INSERT INTO audit (run_id, seq, time, step_id, actor, type,"
                           " payload_json, prev_hash, hash)"
@@ -439,6 +443,17 @@ void store_free(struct store **store)
     free(s->path);
     free(s);
     *store = NULL;
+}
+
+int store_set_durability(struct store *store, enum store_durability durability,
+                         struct tr_error *err)
+{
+    if (store->in_transaction)
+        return tr_error_set(err, TR_EINVAL, "could not change durability inside a transaction");
+    return exec_sql(store,
+                    durability == STORE_DURABLE_PROCESS ? "PRAGMA synchronous = NORMAL"
+                                                        : "PRAGMA synchronous = FULL",
+                    err);
 }
 
 int store_schema_version(const struct store *store)

@@ -26,6 +26,17 @@ struct store;
 int store_open(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
 /* Closes the database. Accepts NULL; sets *store to NULL. */
 void store_free(struct store **store);
+/*
+ * How far a commit is durable: STORE_DURABLE_POWER (the default: synchronous FULL, a
+ * committed transaction survives a power cut; one fsync per commit) or STORE_DURABLE_PROCESS
+ * (synchronous NORMAL in WAL mode: a commit survives the death of any process, kill -9
+ * included, and stays atomic, but the last commits may be lost in a power cut). Not inside a
+ * transaction.
+ */
+enum store_durability { STORE_DURABLE_POWER, STORE_DURABLE_PROCESS };
+int store_set_durability(struct store *store, enum store_durability durability,
+                         struct tr_error *err) TR_MUST_CHECK;
+
 /* The schema version now in the file (the number of migrations applied). */
 int store_schema_version(const struct store *store);
 
@@ -141,6 +152,27 @@ struct store_context_entry {
 /* Calls fn for the current value of each key, sorted by key. */
 int store_context_list(struct store *store, const char *run_id,
                        int (*fn)(void *userdata, const struct store_context_entry *entry),
+                       void *userdata, struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- approvals ------------------------------------------------------------------------ */
+
+struct store_approval {
+    const char *decision; /* "approved" or "rejected" */
+    const char *actor;    /* who decided */
+    const char *comment;  /* or NULL */
+    const char *decided_at;
+};
+
+/*
+ * Records the decision on a step that needs approval: decision "approved" or "rejected", by
+ * actor, with an optional comment. A step is decided once: TR_EINVAL if it already was.
+ */
+int store_approval_put(struct store *store, const char *run_id, const char *step_id,
+                       const char *decision, const char *actor, const char *comment,
+                       struct tr_error *err) TR_MUST_CHECK;
+/* Calls fn with the decision on the step, if there is one; returns 0 either way. */
+int store_approval_get(struct store *store, const char *run_id, const char *step_id,
+                       int (*fn)(void *userdata, const struct store_approval *approval),
                        void *userdata, struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- audit log ------------------------------------------------------------------------ */

@@ -631,10 +631,17 @@ Test(cli, help_and_version)
     char *troupe = harness_build_path("troupe");
     char *agent = harness_build_path("troupe-agent");
     const char *const commands[][4] = {
-        {troupe, "--help", NULL},           {troupe, "--version", NULL},
-        {troupe, "run", "--help", NULL},    {troupe, "runs", "--help", NULL},
-        {troupe, "log", "--help", NULL},    {troupe, "resume", "--help", NULL},
-        {troupe, "cancel", "--help", NULL}, {agent, "--help", NULL},
+        {troupe, "--help", NULL},
+        {troupe, "--version", NULL},
+        {troupe, "run", "--help", NULL},
+        {troupe, "runs", "--help", NULL},
+        {troupe, "log", "--help", NULL},
+        {troupe, "resume", "--help", NULL},
+        {troupe, "cancel", "--help", NULL},
+        {troupe, "approve", "--help", NULL},
+        {troupe, "worker", "--help", NULL},
+        {troupe, "keygen", "--help", NULL},
+        {agent, "--help", NULL},
     };
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         struct harness_result r;

@@ -171,6 +171,7 @@ static void handle(const cJSON *message)
         cJSON_AddStringToObject(tool, "name", "effect");
         cJSON_AddStringToObject(tool, "description", "Applies an effect once per key.");
         cJSON_AddItemToObject(tool, "inputSchema", cJSON_Parse("{\"type\":\"object\"}"));
+        cJSON_AddItemToObject(tool, "annotations", cJSON_Parse("{\"destructiveHint\":true}"));
         cJSON_AddItemToArray(cJSON_AddArrayToObject(result, "tools"), tool);
         reply(message_out);
     } else if (strcmp(method->valuestring, "tools/call") == 0) {

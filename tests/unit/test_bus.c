@@ -257,3 +257,104 @@ Test(bus_socket, bad_endpoint_is_a_clear_error)
               err.message);
     cr_assert_lt(bus_connect("ipc:///tmp/x", "", &bus, &err), 0);
 }
+
+/* ==== CURVE: remote workers ================================================================ */
+
+static char *write_key_file(const char *text)
+{
+    char *path = strdup("/tmp/troupe-key-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+Test(bus_curve, key_files_are_read_and_checked)
+{
+    char public[BUS_KEY_SIZE], secret[BUS_KEY_SIZE], p2[BUS_KEY_SIZE], s2[BUS_KEY_SIZE];
+    struct tr_error err = {0};
+    cr_assert_eq(bus_curve_keypair(public, secret, &err), 0);
+
+    char *text = NULL;
+    cr_assert_geq(asprintf(&text, "public=%s\nsecret=%s\n", public, secret), 0);
+    char *pair = write_key_file(text);
+    cr_assert_eq(bus_key_file_read(pair, p2, s2, &err), 0, "%s", err.message);
+    cr_assert_str_eq(p2, public);
+    cr_assert_str_eq(s2, secret);
+    free(text);
+
+    cr_assert_geq(asprintf(&text, "%s\n", public), 0);
+    char *pub = write_key_file(text);
+    cr_assert_eq(bus_key_file_read(pub, p2, s2, &err), 0, "%s", err.message);
+    cr_assert_str_eq(p2, public);
+    cr_assert_str_eq(s2, "");
+    free(text);
+
+    char *junk = write_key_file("public=not a key\n");
+    cr_assert_eq(bus_key_file_read(junk, p2, s2, &err), TR_EINVAL);
+    cr_assert(strstr(err.message, "not a key"), "%s", err.message);
+    cr_assert_lt(bus_key_file_read("/nonexistent/key", p2, s2, &err), 0);
+
+    unlink(pair), unlink(pub), unlink(junk);
+    free(pair), free(pub), free(junk);
+}
+
+Test(bus_curve, allowed_keys_talk_and_others_are_refused)
+{
+    char server_public[BUS_KEY_SIZE], server_secret[BUS_KEY_SIZE];
+    char good_public[BUS_KEY_SIZE], good_secret[BUS_KEY_SIZE];
+    char bad_public[BUS_KEY_SIZE], bad_secret[BUS_KEY_SIZE];
+    struct tr_error err = {0};
+    struct bus *server = NULL, *good = NULL, *bad = NULL;
+    char ipc[64], tcp[64];
+    snprintf(ipc, sizeof(ipc), "ipc:///tmp/troupe-curve-%d", (int)getpid());
+    snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", 42000 + (int)(getpid() % 10000));
+
+    cr_assert_eq(bus_curve_keypair(server_public, server_secret, &err), 0);
+    cr_assert_eq(bus_curve_keypair(good_public, good_secret, &err), 0);
+    cr_assert_eq(bus_curve_keypair(bad_public, bad_secret, &err), 0);
+    const char *allowed[] = {good_public};
+    cr_assert_eq(bus_listen(ipc, &server, &err), 0, "%s", err.message);
+    cr_assert_eq(bus_listen_curve(server, tcp, server_secret, allowed, 1, &err), 0, "%s",
+                 err.message);
+
+    /* An unknown key: refused, and said so. */
+    cr_assert_eq(bus_connect_curve(tcp, "bad", server_public, bad_public, bad_secret, &bad, &err),
+                 0);
+    struct bus_msg hello = {.type = BUS_HELLO, .version = 1, .persona = "p", .pid = 1};
+    cr_assert_eq(bus_send(bad, &hello, &err), 0);
+    struct bus_msg *msg = NULL;
+    int rc = 0;
+    for (int i = 0; i < 50 && rc == 0 && !msg; i++)
+        rc = bus_recv(server, 100, &msg, &err);
+    cr_assert_eq(rc, TR_EDENIED, "rc %d: %s", rc, err.message);
+    cr_assert(strstr(err.message, bad_public) && strstr(err.message, "127.0.0.1"), "%s",
+              err.message);
+    cr_assert_null(msg);
+
+    /* An allowed key: its message arrives, marked remote, and a reply goes back. */
+    cr_assert_eq(
+        bus_connect_curve(tcp, "good", server_public, good_public, good_secret, &good, &err), 0);
+    cr_assert_eq(bus_send(good, &hello, &err), 0);
+    for (int i = 0; i < 50 && !msg; i++)
+        if (bus_recv(server, 100, &msg, &err) < 0)
+            fprintf(stderr, "%s\n", err.message);
+    cr_assert_not_null(msg, "the allowed worker's message did not arrive");
+    cr_assert_eq(msg->type, BUS_HELLO);
+    cr_assert_str_eq(msg->peer, "good");
+    cr_assert(msg->remote);
+    struct bus_msg welcome = {.type = BUS_WELCOME, .peer = "good", .remote = true, .json = "{}"};
+    cr_assert_eq(bus_send(server, &welcome, &err), 0, "%s", err.message);
+    struct bus_msg *reply = NULL;
+    for (int i = 0; i < 50 && !reply; i++)
+        cr_assert_eq(bus_recv(good, 100, &reply, &err), 0, "%s", err.message);
+    cr_assert_not_null(reply);
+    cr_assert_eq(reply->type, BUS_WELCOME);
+
+    bus_msg_free(&msg);
+    bus_msg_free(&reply);
+    bus_free(&bad);
+    bus_free(&good);
+    bus_free(&server);
+}
