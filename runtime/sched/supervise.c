@@ -140,12 +140,21 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
                agent->identity, msg->persona, (long long)msg->pid, (long long)msg->version);
         return;
     }
+    /* The agent gets the configuration with ${env:NAME} resolved; the audit log keeps the
+     * references, so no secret value is ever stored or hashed. */
     cJSON *config = workflow_persona_config(run->wf, agent->persona_index);
+    cJSON *resolved = NULL;
     struct bus_msg welcome = {
         .type = BUS_WELCOME, .peer = agent->identity, .remote = agent->remote};
-    welcome.json = cJSON_PrintUnformatted(config);
-    if (bus_send(run->bus, &welcome, &err) < 0)
-        sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
+    if (workflow_persona_config_resolved(run->wf, agent->persona_index, &resolved, &err) < 0) {
+        sched__fail(run, "cannot start persona '%s': %s", agent->persona, err.message);
+    } else {
+        welcome.json = cJSON_PrintUnformatted(resolved);
+        if (bus_send(run->bus, &welcome, &err) < 0)
+            sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
+        explicit_bzero(welcome.json, strlen(welcome.json));
+    }
+    cJSON_Delete(resolved);
     agent->state = AGENT_WELCOMED;
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
