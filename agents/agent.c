@@ -59,10 +59,64 @@ static void on_signal(int sig)
 
 /* ---- sending to the scheduler ----------------------------------------------------------- */
 
-static void send_or_log(struct agent *agent, const struct bus_msg *msg)
+/* Replaces every occurrence of needle in text by replacement; returns a new string. */
+static char *replace_all(const char *text, const char *needle, const char *replacement)
+{
+    struct tr_buf out;
+    size_t n = strlen(needle);
+    int rc = 0;
+
+    tr_buf_init(&out, 0);
+    for (const char *p; (p = strstr(text, needle)); text = p + n) {
+        rc |= tr_buf_append(&out, text, (size_t)(p - text));
+        rc |= tr_buf_append(&out, replacement, strlen(replacement));
+    }
+    rc |= tr_buf_append(&out, text, strlen(text));
+    (void)rc; /* unlimited buffer */
+    return tr_buf_take(&out);
+}
+
+/*
+ * Blanks out the secret values the scheduler named (welcome's "redact": {NAME: value}), as
+ * written and as escaped in JSON, so no secret leaves the agent. Returns a new string.
+ */
+static char *redact(const struct agent *agent, const char *text)
+{
+    const cJSON *secret;
+    char *out = xstrdup(text);
+
+    cJSON_ArrayForEach(secret, cJSON_GetObjectItemCaseSensitive(agent->config, "redact"))
+    {
+        if (!cJSON_IsString(secret) || strlen(secret->valuestring) < 4)
+            continue; /* too short to tell from ordinary text */
+        char *mark = xasprintf("[redacted:%s]", secret->string);
+        char *quoted = cJSON_PrintUnformatted(secret);
+        quoted[strlen(quoted) - 1] = '\0'; /* the JSON-escaped form, without its quotes */
+        const char *forms[] = {secret->valuestring, quoted + 1};
+        for (size_t i = 0; i < 2; i++) {
+            if (!*forms[i] || !strstr(out, forms[i]))
+                continue;
+            char *next = replace_all(out, forms[i], mark);
+            free(out);
+            out = next;
+        }
+        free(mark);
+        free(quoted);
+    }
+    return out;
+}
+
+static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
 {
     struct tr_error err = {0};
-    if (bus_send(agent->bus, msg, &err) < 0)
+    struct bus_msg copy = *msg_in, *msg = &copy;
+
+    copy.json = msg_in->json ? redact(agent, msg_in->json) : NULL;
+    copy.error = msg_in->error ? redact(agent, msg_in->error) : NULL;
+    int rc = bus_send(agent->bus, msg, &err);
+    free(copy.json);
+    free(copy.error);
+    if (rc < 0)
         tr_log(TR_LOG_ERROR, "could not send %s to the scheduler: %s", bus_msg_type_name(msg->type),
                err.message);
     else

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -62,4 +63,71 @@ Test(everything, echo_and_sum_through_two_personas)
     free(sum);
     free(final);
     free(server_name);
+}
+
+/* Whether the file holds needle anywhere (a raw scan: the database and its write-ahead log). */
+static bool file_contains(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t n = strlen(needle), len = 0;
+    char *data = NULL;
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        data = realloc(data, len + got);
+        cr_assert_not_null(data);
+        memcpy(data + len, chunk, got);
+        len += got;
+    }
+    fclose(f);
+    bool found = data && memmem(data, len, needle, n) != NULL;
+    free(data);
+    return found;
+}
+
+Test(everything, a_secret_echoed_by_a_server_never_reaches_the_database)
+{
+    const char *secret = "s3cr3t-Value-for-troupe-42";
+    char *folder = harness_source_path("tests/interop");
+    char *server = harness_source_path(
+        "tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if (access(server, R_OK) != 0) {
+        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"), "server-everything is not installed");
+        cr_skip_test("server-everything is not installed; run scripts/test");
+    }
+    char *dir = harness_tempdir();
+    char *db, *wal;
+    cr_assert_geq(asprintf(&db, "%s/troupe.db", dir), 0);
+    cr_assert_geq(asprintf(&wal, "%s/troupe.db-wal", dir), 0);
+    char *troupe = harness_build_path("troupe");
+    const char *argv[] = {troupe, "--db", db, "run", "secret.yaml", NULL};
+    struct harness_result r;
+
+    setenv("TROUPE_TEST_SECRET", secret, 1);
+    harness_run(argv, folder, 120000, &r);
+    unsetenv("TROUPE_TEST_SECRET");
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_null(strstr(r.out, secret), "the secret was printed:\n%s", r.out);
+
+    /* The server did get it, and said so: its reply is in the log, the value blanked out. */
+    char *env = harness_db_text(db, "SELECT value_json FROM context WHERE key = 'env'");
+    cr_assert(env && strstr(env, "API_TOKEN") && strstr(env, "[redacted:TROUPE_TEST_SECRET]"), "%s",
+              env);
+    /* The configuration on record keeps the reference, never the value. */
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit WHERE type = 'agent.started' "
+                                    "AND payload_json LIKE '%${env:TROUPE_TEST_SECRET}%'"),
+                 1);
+    cr_assert(!file_contains(db, secret) && !file_contains(wal, secret),
+              "the secret's value is in the database files");
+
+    harness_result_release(&r);
+    free(env);
+    free(folder);
+    free(server);
+    free(dir);
+    free(db);
+    free(wal);
+    free(troupe);
 }
