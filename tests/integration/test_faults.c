@@ -722,3 +722,55 @@ Test(approval, calls_to_tools_annotated_destructive_wait_for_approval)
     free(path);
     release_env(&env);
 }
+
+/* ---- what resume refuses ------------------------------------------------------------------------
+ */
+
+Test(faults, resume_refuses_a_live_run_and_a_changed_workflow)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 3, 1500, 1500);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(
+        harness_db_wait(env.db, "SELECT count(*) FROM steps WHERE state = 'dispatched'", 1, 30000),
+        1);
+    harness_run(resume, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "still being run by process"), "%s", r.err);
+    harness_result_release(&r);
+
+    kill(proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    /* The file changes under the run: resume will not guess. */
+    char *copy = NULL;
+    cr_assert_geq(
+        asprintf(&copy, "cp %s %s.orig && sed -i 's/ms: 1500/ms: 1/' %s", path, path, path), 0);
+    cr_assert_eq(system(copy), 0);
+    harness_run(resume, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "has changed"), "%s", r.err);
+    harness_result_release(&r);
+
+    /* The original, named with --file, is accepted and the run completes. */
+    char *orig = NULL;
+    cr_assert_geq(asprintf(&orig, "%s.orig", path), 0);
+    const char *resume_file[] = {env.troupe, "--db",   env.db, "resume",
+                                 "latest",   "--file", orig,   NULL};
+    harness_run(resume_file, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    check_effects_once(&env, run, 3);
+    harness_result_release(&r);
+    free(run);
+    free(copy);
+    free(orig);
+    free(path);
+    release_env(&env);
+}
