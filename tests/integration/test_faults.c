@@ -504,13 +504,16 @@ Test(remote, worker_in_another_netns_completes_steps_and_an_unknown_key_is_refus
     struct harness_result r, g, b;
     harness_finish(&run, 60000, &r);
     harness_finish(&good, 20000, &g);
-    harness_finish(&bad, 100, &b); /* it waits for a welcome that never comes: killed */
+    harness_finish(&bad, 30000, &b);
     sh("ip link del %s 2>/dev/null; ip netns del %s", host_if, ns);
 
     cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s\nworker:\n%s", r.exit_code, r.out, r.err, g.err);
     cr_assert(strstr(r.err, "refused a remote worker from 10.213.") && strstr(r.err, "not allowed"),
               "%s", r.err);
     cr_assert_eq(g.exit_code, 0, "the worker did not end cleanly: %d\n%s", g.exit_code, g.err);
+    /* The refused worker is told, and gives up. */
+    cr_assert_eq(b.exit_code, 1, "exit %d\n%s", b.exit_code, b.err);
+    cr_assert(strstr(b.err, "refused this worker's CURVE key"), "%s", b.err);
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 6);
     /* Every step was dispatched to the remote worker, which had started in the namespace. */
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'agent.started' "
