@@ -21,6 +21,8 @@ struct bus {
     void *zap;
     char (*allowed)[BUS_KEY_SIZE];
     size_t allowed_count;
+    /* A CURVE client: the monitor that tells it the server refused its key. */
+    void *monitor;
 };
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
@@ -117,6 +119,8 @@ void bus_free(struct bus **busp)
         zmq_close(bus->remote);
     if (bus->zap)
         zmq_close(bus->zap);
+    if (bus->monitor)
+        zmq_close(bus->monitor);
     free(bus->allowed);
     if (bus->context)
         zmq_ctx_term(bus->context);
@@ -274,6 +278,18 @@ int bus_connect_curve(const char *endpoint, const char *identity, const char *se
     zmq_setsockopt(bus->socket, ZMQ_CURVE_SERVERKEY, server_public, BUS_KEY_SIZE - 1);
     zmq_setsockopt(bus->socket, ZMQ_CURVE_PUBLICKEY, client_public, BUS_KEY_SIZE - 1);
     zmq_setsockopt(bus->socket, ZMQ_CURVE_SECRETKEY, client_secret, BUS_KEY_SIZE - 1);
+    /* A refused handshake is only visible through a socket monitor. */
+    char monitor[64];
+    snprintf(monitor, sizeof(monitor), "inproc://troupe-monitor-%p", (void *)bus);
+    if (zmq_socket_monitor(bus->socket, monitor,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) ==
+        0) {
+        bus->monitor = zmq_socket(bus->context, ZMQ_PAIR);
+        if (bus->monitor && zmq_connect(bus->monitor, monitor) < 0) {
+            zmq_close(bus->monitor);
+            bus->monitor = NULL;
+        }
+    }
     if (zmq_connect(bus->socket, endpoint) < 0) {
         rc = tr_error_set(err, -errno, "could not connect to '%s': %s", endpoint,
                           zmq_strerror(errno));
@@ -329,6 +345,27 @@ static int handle_zap(struct bus *bus, struct tr_error *err)
                         key[0] ? key : "(none)");
 }
 
+/* A monitor event on a CURVE client: the server refused the handshake. */
+static int handle_monitor(struct bus *bus, struct tr_error *err)
+{
+    zmq_msg_t frames[2];
+    int count = 0;
+    uint16_t event = 0;
+
+    if (recv_frames(bus->monitor, frames, 2, &count) < 0)
+        return 0;
+    if (count >= 1 && zmq_msg_size(&frames[0]) >= 2)
+        memcpy(&event, zmq_msg_data(&frames[0]), sizeof(event));
+    for (int i = 0; i < count && i < 2; i++)
+        zmq_msg_close(&frames[i]);
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        return tr_error_set(err, TR_EDENIED, "the scheduler refused this worker's CURVE key");
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        return tr_error_set(err, TR_EDENIED,
+                            "the CURVE handshake with the scheduler failed (wrong server key?)");
+    return 0;
+}
+
 /* Receives one whole multipart message as frames; drops the rest of an over-long one. */
 static int recv_frames(void *socket, zmq_msg_t *frames, int max_frames, int *ret_count)
 {
@@ -362,6 +399,11 @@ int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg, struct t
                                {.socket = bus->remote, .events = ZMQ_POLLIN},
                                {.socket = bus->zap, .events = ZMQ_POLLIN}};
     int item_count = bus->zap ? 3 : 1;
+
+    if (bus->monitor) {
+        items[1].socket = bus->monitor;
+        item_count = 2;
+    }
     zmq_msg_t frames[3];
     int count = 0;
     int want = bus->router ? 2 : 1;
@@ -379,6 +421,8 @@ int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg, struct t
         return 0;
     if (item_count == 3 && (items[2].revents & ZMQ_POLLIN))
         return handle_zap(bus, err);
+    if (bus->monitor && (items[1].revents & ZMQ_POLLIN))
+        return handle_monitor(bus, err);
     remote = item_count == 3 && !(items[0].revents & ZMQ_POLLIN);
     rc = recv_frames(remote ? bus->remote : bus->socket, frames, 3, &count);
     if (rc == -EAGAIN || rc == -EINTR)

@@ -332,6 +332,12 @@ Test(bus_curve, allowed_keys_talk_and_others_are_refused)
     cr_assert(strstr(err.message, bad_public) && strstr(err.message, "127.0.0.1"), "%s",
               err.message);
     cr_assert_null(msg);
+    /* The refused client learns it too. */
+    rc = 0;
+    for (int i = 0; i < 50 && rc == 0; i++)
+        rc = bus_recv(bad, 100, &msg, &err);
+    cr_assert_eq(rc, TR_EDENIED, "rc %d", rc);
+    cr_assert(strstr(err.message, "refused this worker's CURVE key"), "%s", err.message);
 
     /* An allowed key: its message arrives, marked remote, and a reply goes back. */
     cr_assert_eq(
