@@ -46,6 +46,7 @@ struct recording {
     char *file;
     cJSON *input;
     char *plan_hash;
+    bool run_succeeded; /* a run that did not succeed may have left ready steps unrun */
 };
 
 static long step_index(const struct workflow *wf, const char *id)
@@ -93,6 +94,7 @@ static int copy_run(void *userdata, const struct store_run *run)
     struct recording *rec = userdata;
     rec->file = run->workflow_file ? xstrdup(run->workflow_file) : NULL;
     rec->plan_hash = xstrdup(run->plan_hash);
+    rec->run_succeeded = strcmp(run->status, "succeeded") == 0;
     return 0;
 }
 
@@ -137,38 +139,49 @@ static bool same_request(const struct workflow *wf, size_t i, const cJSON *argum
     return same;
 }
 
-/* The replay proper: steps in the scheduler's order, until every step is settled. */
+/* The replay proper: steps become ready as the scheduler makes them, until nothing changes. */
 static int replay(struct recording *rec, size_t *ret_matched)
 {
     const struct workflow *wf = rec->wf;
     size_t n = workflow_step_count(wf);
-    enum { PENDING, SUCCEEDED, FAILED } *state = xcalloc(n, sizeof(*state));
+    enum { PENDING, SUCCEEDED, FAILED, NOT_RUN } *state = xcalloc(n, sizeof(*state));
     cJSON *scope = cJSON_CreateObject();
     cJSON *context = cJSON_AddObjectToObject(scope, "context");
     cJSON *steps = cJSON_AddObjectToObject(scope, "steps");
-    bool progress = true, failed = false;
+    bool progress = true;
     int status = CLI_OK;
 
     cJSON_AddItemToObject(scope, "input",
                           rec->input ? cJSON_Duplicate(rec->input, true) : cJSON_CreateObject());
     *ret_matched = 0;
-    while (progress && !failed && status == CLI_OK) {
+    while (progress && status == CLI_OK) {
         progress = false;
-        for (size_t i = 0; i < n && status == CLI_OK && !failed; i++) {
+        for (size_t i = 0; i < n && status == CLI_OK; i++) {
             bool ready = state[i] == PENDING;
             for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
                 ready = state[workflow_step_need(wf, i, k)] == SUCCEEDED;
             if (!ready)
                 continue;
             struct recorded_step *r = &rec->steps[i];
+            const cJSON *outcome = cJSON_GetObjectItemCaseSensitive(r->finished, "status");
+            bool succeeded =
+                cJSON_IsString(outcome) && strcmp(outcome->valuestring, "succeeded") == 0;
+            progress = true;
+            if (!r->dispatched || !r->request) {
+                /* The run never called the tool: it ended first, or the step was refused
+                 * before any call (a rejected approval). Only a run that succeeded must have
+                 * called it. */
+                if (rec->run_succeeded || succeeded) {
+                    printf("DIVERGENCE at step '%s': replay calls %s.%s, the run never did\n",
+                           workflow_step_id(wf, i), workflow_step_server(wf, i),
+                           workflow_step_tool(wf, i));
+                    status = CLI_FAILED;
+                }
+                state[i] = NOT_RUN;
+                continue;
+            }
             struct tr_error err = {0};
             cJSON *arguments = NULL;
-            if (!r->dispatched || !r->finished) {
-                printf("DIVERGENCE at step '%s': replay runs it, the run never %s it\n",
-                       workflow_step_id(wf, i), r->dispatched ? "finished" : "dispatched");
-                status = CLI_FAILED;
-                break;
-            }
             if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {
                 printf("DIVERGENCE at step '%s': its arguments do not evaluate: %s\n",
                        workflow_step_id(wf, i), err.message);
@@ -181,12 +194,9 @@ static int replay(struct recording *rec, size_t *ret_matched)
             if (status != CLI_OK)
                 break;
             (*ret_matched)++;
-            progress = true;
-            const cJSON *outcome = cJSON_GetObjectItemCaseSensitive(r->finished, "status");
-            if (!cJSON_IsString(outcome) || strcmp(outcome->valuestring, "succeeded") != 0) {
-                state[i] = FAILED; /* the run stopped dispatching here; so does the replay */
-                failed = true;
-                break;
+            if (!succeeded) {
+                state[i] = FAILED;
+                continue;
             }
             state[i] = SUCCEEDED;
             const cJSON *output = cJSON_GetObjectItemCaseSensitive(r->finished, "output");
@@ -200,9 +210,9 @@ static int replay(struct recording *rec, size_t *ret_matched)
         }
     }
     for (size_t i = 0; status == CLI_OK && i < n; i++) {
-        if (state[i] == PENDING && rec->steps[i].dispatched) {
-            printf("DIVERGENCE at step '%s': the run performed it, the replay never reaches it\n",
-                   workflow_step_id(wf, i));
+        if (state[i] == PENDING && rec->steps[i].request) {
+            printf("DIVERGENCE at step '%s': the run called %s.%s, the replay never reaches it\n",
+                   workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i));
             status = CLI_FAILED;
         }
     }

@@ -36,6 +36,7 @@ static struct env setup_env(void)
 
 static void release_env(struct env *env)
 {
+    harness_check_runs(env->troupe, env->db, env->dir);
     cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
                  "processes were left running in %s", env->dir);
     free(env->dir);

@@ -33,12 +33,7 @@ static struct env setup_env(void)
 
 static void release_env(struct env *env)
 {
-    /* MCP servers' stderr goes to the audit log: no sanitizer report may hide there. */
-    if (access(env->db, F_OK) == 0)
-        cr_assert_eq(harness_db_int(env->db, "SELECT count(*) FROM audit WHERE type = "
-                                             "'mcp.stderr' AND (payload_json LIKE '%Sanitizer%' "
-                                             "OR payload_json LIKE '%runtime error:%')"),
-                     0, "a sanitizer report in an MCP server's stderr");
+    harness_check_runs(env->troupe, env->db, env->dir);
     cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
                  "processes were left running in %s", env->dir);
     free(env->dir);

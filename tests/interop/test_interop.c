@@ -52,6 +52,7 @@ Test(everything, echo_and_sum_through_two_personas)
                                     "'tools/call'"),
                  3);
     cr_assert_eq(harness_leftover_processes(NULL, "server-everything"), 0);
+    harness_check_runs(troupe, db, folder);
 
     harness_result_release(&r);
     free(folder);

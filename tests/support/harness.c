@@ -380,3 +380,38 @@ int harness_leftover_processes(const char *dir, const char *needle)
     }
     return count;
 }
+
+void harness_check_runs(const char *troupe, const char *db, const char *dir)
+{
+    struct harness_result r;
+
+    if (access(db, F_OK) != 0)
+        return;
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit WHERE type = 'mcp.stderr' AND "
+                                    "(payload_json LIKE '%Sanitizer%' OR payload_json LIKE "
+                                    "'%runtime error:%')"),
+                 0, "a sanitizer report in an MCP server's stderr");
+    const char *verify[] = {troupe, "--db", db, "audit", "verify", NULL};
+    harness_run(verify, dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "audit verify:\n%s%s", r.out, r.err);
+    harness_result_release(&r);
+
+    long long runs = harness_db_int(db, "SELECT count(*) FROM runs WHERE status != 'running'");
+    for (long long i = 0; i < runs; i++) {
+        char sql[160];
+        snprintf(sql, sizeof(sql),
+                 "SELECT id FROM runs WHERE status != 'running' ORDER BY id LIMIT 1 OFFSET %lld",
+                 i);
+        char *run = harness_db_text(db, sql);
+        const char *replay[] = {troupe, "--db", db, "replay", run, NULL};
+        harness_run(replay, dir, 120000, &r);
+        /* A test that edited its workflow after the run meets replay's refusal to replay a
+         * changed file: that is replay doing its job, not a divergence. */
+        if (!strstr(r.err, "has changed since run")) {
+            cr_assert_eq(r.exit_code, 0, "replay of %s:\n%s%s", run, r.out, r.err);
+            cr_assert(strstr(r.out, "no divergence"), "%s", r.out);
+        }
+        harness_result_release(&r);
+        free(run);
+    }
+}

@@ -60,4 +60,12 @@ int harness_find_pids(const char *needle, int *pids, int max);
  */
 long long harness_audit_verify(const char *db_path, const char *run_id);
 
+/*
+ * What every integration test checks of the runs it leaves in db: no sanitizer report in an
+ * MCP server's stderr (it goes to the audit log), every run's audit chain verifies
+ * (`troupe audit verify`), and every run that ended replays without divergence
+ * (`troupe replay`). dir is the working directory for the commands.
+ */
+void harness_check_runs(const char *troupe, const char *db, const char *dir);
+
 #endif
