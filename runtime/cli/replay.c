@@ -10,20 +10,29 @@
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "run-common.h"
 #include "workflow.h"
 
 static void usage(FILE *out)
 {
     fprintf(out,
             "usage: troupe replay RUN [--workflow FILE] [--db FILE]\n"
+            "       troupe replay RUN --from STEP [--workflow FILE] [--db FILE]\n"
             "\n"
             "Replays a run without calling any tool: the workflow's logic runs again over the\n"
             "run's inputs and its recorded tool results, and every tool call it would make is\n"
             "compared with the recorded request. Reports the first divergence.\n"
             "\n"
+            "With --from STEP, forks the run instead: a new run (recording RUN as its parent)\n"
+            "takes over the recorded results of the steps that do not depend on STEP, and runs\n"
+            "STEP and everything after it live.\n"
+            "\n"
             "options:\n"
+            "  --from STEP      fork from STEP: earlier results reused, STEP onwards live\n"
             "  --workflow FILE  replay against this workflow (e.g. an edited one) rather than\n"
             "                   the run's own file, which must be unchanged since the run\n"
             "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
@@ -36,8 +45,9 @@ static void usage(FILE *out)
 /* What the log recorded of one step: its last attempt. */
 struct recorded_step {
     cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
-    cJSON *finished; /* step.finished payload, or NULL */
+    cJSON *finished; /* step.finished payload (or step.reused), or NULL */
     bool dispatched;
+    bool reused; /* a forked run took it over from its parent */
 };
 
 struct recording {
@@ -75,6 +85,11 @@ static int record_event(void *userdata, const struct store_audit_event *event)
         rec->steps[i].dispatched = true;
         replace(&rec->steps[i].request, NULL);
         replace(&rec->steps[i].finished, NULL);
+    } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
+        rec->steps[i].reused = true;
+        cJSON_AddStringToObject(payload, "status", "succeeded");
+        replace(&rec->steps[i].finished, payload);
+        payload = NULL;
     } else if (i >= 0 && strcmp(event->type, "step.finished") == 0) {
         replace(&rec->steps[i].finished, payload);
         payload = NULL;
@@ -167,7 +182,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
             bool succeeded =
                 cJSON_IsString(outcome) && strcmp(outcome->valuestring, "succeeded") == 0;
             progress = true;
-            if (!r->dispatched || !r->request) {
+            if (!r->reused && (!r->dispatched || !r->request)) {
                 /* The run never called the tool: it ended first, or the step was refused
                  * before any call (a rejected approval). Only a run that succeeded must have
                  * called it. */
@@ -180,20 +195,24 @@ static int replay(struct recording *rec, size_t *ret_matched)
                 state[i] = NOT_RUN;
                 continue;
             }
-            struct tr_error err = {0};
-            cJSON *arguments = NULL;
-            if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {
-                printf("DIVERGENCE at step '%s': its arguments do not evaluate: %s\n",
-                       workflow_step_id(wf, i), err.message);
-                status = CLI_FAILED;
-                break;
+            /* A step a forked run took over from its parent was not called by this run:
+             * replay takes the parent's result too. */
+            if (!r->reused) {
+                struct tr_error err = {0};
+                cJSON *arguments = NULL;
+                if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {
+                    printf("DIVERGENCE at step '%s': its arguments do not evaluate: %s\n",
+                           workflow_step_id(wf, i), err.message);
+                    status = CLI_FAILED;
+                    break;
+                }
+                if (!same_request(wf, i, arguments, r->request))
+                    status = CLI_FAILED;
+                cJSON_Delete(arguments);
+                if (status != CLI_OK)
+                    break;
+                (*ret_matched)++;
             }
-            if (!same_request(wf, i, arguments, r->request))
-                status = CLI_FAILED;
-            cJSON_Delete(arguments);
-            if (status != CLI_OK)
-                break;
-            (*ret_matched)++;
             if (!succeeded) {
                 state[i] = FAILED;
                 continue;
@@ -221,16 +240,87 @@ static int replay(struct recording *rec, size_t *ret_matched)
     return status;
 }
 
+/* ---- forking ------------------------------------------------------------------------------ */
+
+/*
+ * Runs a new run of wf that takes over, from the recorded run, the results of every step that
+ * neither is `from` nor depends on it (when they succeeded there), and runs the rest live.
+ */
+static int fork_run(struct store *store, struct recording *rec, const char *parent,
+                    const char *from, const char *workflow_path, struct cli_common *common)
+{
+    const struct workflow *wf = rec->wf;
+    size_t n = workflow_step_count(wf);
+    long start_index = step_index(wf, from);
+    struct sched_options opts = {0};
+    struct cli_progress progress = {0};
+    struct tr_error err = {0};
+    char run_id[STORE_RUN_ID_SIZE] = "";
+    char *self_dir = NULL, *agent = NULL, *run_root = NULL;
+    int status = CLI_FAILED;
+
+    if (start_index < 0) {
+        cli_error("replay --from: the workflow has no step '%s'", from);
+        return CLI_USAGE;
+    }
+    /* Live: `from` and everything that depends on it, however indirectly. */
+    bool *live = xcalloc(n ? n : 1, sizeof(*live));
+    live[start_index] = true;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; !live[i] && k < workflow_step_needs_count(wf, i); k++)
+                if (live[workflow_step_need(wf, i, k)])
+                    live[i] = changed = true;
+    }
+    struct sched_reuse *reuse = xcalloc(n ? n : 1, sizeof(*reuse));
+    size_t reuse_count = 0;
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *outcome = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "status");
+        if (live[i] || !cJSON_IsString(outcome) || strcmp(outcome->valuestring, "succeeded") != 0)
+            continue;
+        reuse[reuse_count].step_id = workflow_step_id(wf, i);
+        reuse[reuse_count].output =
+            cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "output");
+        reuse_count++;
+    }
+    cli_sched_prepare(&opts, &progress, common, wf, &self_dir, &agent, &run_root);
+    char *absolute = realpath(workflow_path, NULL);
+    opts.input = rec->input;
+    opts.workflow_path = absolute;
+    opts.parent_run_id = parent;
+    opts.reuse = reuse;
+    opts.reuse_count = reuse_count;
+    if (!progress.quiet && !progress.json)
+        printf("troupe: forking run %s from step '%s': %zu step%s reused, the rest live\n", parent,
+               from, reuse_count, reuse_count == 1 ? "" : "s");
+    fflush(stdout);
+    int64_t start = tr_now_ms();
+    int rc = sched_run(wf, store, &opts, run_id, &err);
+    if (!run_id[0])
+        cli_error("could not start the fork: %s", err.message);
+    else
+        status = cli_sched_report(store, common, &progress, run_id, rc, &err, start);
+    free(absolute);
+    free(self_dir);
+    free(agent);
+    free(run_root);
+    free(reuse);
+    free(live);
+    return status;
+}
+
 int cli_replay(int argc, char **argv, struct cli_common *common)
 {
-    enum { OPT_WORKFLOW = 3300 };
+    enum { OPT_WORKFLOW = 3300, OPT_FROM };
     static const struct option options[] = {
         {"db", required_argument, NULL, CLI_OPT_DB},
         {"workflow", required_argument, NULL, OPT_WORKFLOW},
+        {"from", required_argument, NULL, OPT_FROM},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *workflow_path = NULL;
+    const char *workflow_path = NULL, *from = NULL;
     struct recording rec = {0};
     struct workflow *wf = NULL;
     struct tr_error err = {0};
@@ -243,6 +333,10 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
             continue;
         if (opt == OPT_WORKFLOW) {
             workflow_path = optarg;
+            continue;
+        }
+        if (opt == OPT_FROM) {
+            from = optarg;
             continue;
         }
         usage(opt == 'h' ? stdout : stderr);
@@ -268,7 +362,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
-    if (!workflow_path && !plan_matches(wf, rec.plan_hash)) {
+    if (!workflow_path && !from && !plan_matches(wf, rec.plan_hash)) {
         cli_error("%s has changed since run %s (its plan hash differs); to replay the run "
                   "against the edited workflow, name it with --workflow",
                   rec.file, run_id);
@@ -278,6 +372,11 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     rec.steps = xcalloc(workflow_step_count(wf), sizeof(*rec.steps));
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
+        goto out;
+    }
+    if (from) {
+        status =
+            fork_run(store, &rec, run_id, from, workflow_path ? workflow_path : rec.file, common);
         goto out;
     }
     size_t matched = 0;

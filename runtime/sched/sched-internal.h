@@ -149,6 +149,11 @@ void sched__record_step(struct run *run, size_t index, const char *output_json, 
 void sched__build_graph(struct run *run);
 void sched__make_ready(struct run *run, size_t index);
 void sched__step_succeeded(struct run *run, size_t index, const cJSON *result);
+/*
+ * A forked run takes the step over from its parent with the recorded output: succeeded
+ * without a call. For a run being created, before take-over queues what is ready.
+ */
+void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent);
 /* A failed attempt: retried when the policy allows the class, else the step fails. */
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
                                 const char *error);

@@ -49,6 +49,12 @@ struct sched_progress {
     size_t in_flight;    /* steps dispatched now */
 };
 
+/* A step a forked run takes over from its parent: its recorded output, not run again. */
+struct sched_reuse {
+    const char *step_id;
+    const cJSON *output;
+};
+
 struct sched_options {
     const char *agent_program;     /* path of troupe-agent */
     const char *run_root;          /* directory under which each run gets its own directory */
@@ -84,6 +90,14 @@ struct sched_options {
     size_t allowed_count;
     const char *const *remote_personas;
     size_t remote_count;
+    /*
+     * A fork (troupe replay --from): the run it comes from, recorded in the new run's
+     * run.started event, and the steps taken over from it with their outputs (a step.reused
+     * event each, instead of a call). Not for sched_resume.
+     */
+    const char *parent_run_id;
+    const struct sched_reuse *reuse;
+    size_t reuse_count;
     /* Called for each step transition worth showing; may be NULL. */
     void (*on_progress)(void *userdata, const struct sched_progress *progress);
     void *userdata;

@@ -263,19 +263,11 @@ static cJSON *step_output(const cJSON *result)
     return out;
 }
 
-void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+/* Keeps a succeeded step's output where expressions read it, and saves it to the context. */
+static void keep_output(struct run *run, size_t index, const cJSON *output, const char *output_json)
 {
-    struct step_run *step = &run->steps[index];
     const char *step_id = workflow_step_id(run->wf, index);
-    int64_t duration = tr_now_ms() - step->dispatched_ms;
-    cJSON *output = step_output(result);
-    char *output_json = cJSON_PrintUnformatted(output);
     const char *key = workflow_step_save(run->wf, index);
-    cJSON *payload = cJSON_CreateObject();
-
-    leave_dispatched(run, step, index);
-    reach_final(run, index, STEP_SUCCEEDED);
-    sched__record_step(run, index, output_json, NULL);
 
     if (run->keep_outputs) {
         cJSON *entry = cJSON_CreateObject();
@@ -294,6 +286,21 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
         cJSON_AddItemToObject(write, "value", cJSON_Duplicate(output, true));
         sched__audit(run, step_id, "scheduler", "context.write", write);
     }
+}
+
+void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+{
+    struct step_run *step = &run->steps[index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    int64_t duration = tr_now_ms() - step->dispatched_ms;
+    cJSON *output = step_output(result);
+    char *output_json = cJSON_PrintUnformatted(output);
+    cJSON *payload = cJSON_CreateObject();
+
+    leave_dispatched(run, step, index);
+    reach_final(run, index, STEP_SUCCEEDED);
+    sched__record_step(run, index, output_json, NULL);
+    keep_output(run, index, output, output_json);
     cJSON_AddStringToObject(payload, "status", "succeeded");
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
@@ -301,6 +308,24 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
+    free(output_json);
+}
+
+void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent)
+{
+    char *output_json = cJSON_PrintUnformatted(output);
+    cJSON *payload = cJSON_CreateObject();
+
+    reach_final(run, index, STEP_SUCCEEDED);
+    sched__record_step(run, index, output_json, NULL);
+    cJSON_AddStringToObject(payload, "parent", parent);
+    cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.reused", payload);
+    keep_output(run, index, output, output_json);
+    /* Only the counts: take-over queues what became ready, as for any new run. */
+    for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++)
+        if (run->steps[run->dependents[k]].unmet > 0)
+            run->steps[run->dependents[k]].unmet--;
     free(output_json);
 }
 

@@ -521,3 +521,68 @@ Test(replay, an_edited_workflow_diverges_at_the_right_step)
     free(copy);
     release(&f);
 }
+
+Test(replay, a_fork_reuses_earlier_results_and_runs_the_rest_live)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    char *source = harness_source_path("workflows/hello.yaml");
+    const char *sed[] = {"/bin/sed",
+                         "s/text: \"${{ .context.greeting }}\"/text: \"${{ "
+                         ".context.greeting }} again\"/",
+                         source, NULL};
+    harness_run(sed, f.dir, 10000, &r);
+    char *edited = harness_write_file(f.dir, "edited.yaml", r.out);
+    harness_result_release(&r);
+
+    const char *fork[] = {f.troupe, "--db",  f.db,         "replay", f.run,
+                          "--from", "count", "--workflow", edited,   NULL};
+    harness_run(fork, f.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "1 step reused"), "%s", r.out);
+    harness_result_release(&r);
+
+    char *child = harness_db_text(f.db, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1");
+    cr_assert_str_neq(child, f.run);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT json_extract(payload_json, '$.parent') FROM audit WHERE run_id = '%s' AND "
+             "type = 'run.started'",
+             child);
+    char *parent = harness_db_text(f.db, sql);
+    cr_assert_str_eq(parent, f.run);
+    /* greet was taken over, not called again; count and report ran live on the new text. */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM audit WHERE run_id = '%s' AND step_id = 'greet' AND type = "
+             "'mcp.request'",
+             child);
+    cr_assert_eq(harness_db_int(f.db, sql), 0);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM audit WHERE run_id = '%s' AND step_id = 'greet' AND type = "
+             "'step.reused'",
+             child);
+    cr_assert_eq(harness_db_int(f.db, sql), 1);
+    snprintf(sql, sizeof(sql),
+             "SELECT json_extract(value_json, '$.words') FROM context WHERE run_id = '%s' AND "
+             "key = 'stats'",
+             child);
+    char *words = harness_db_text(f.db, sql);
+    cr_assert_str_eq(words, "3");
+
+    /* The fork replays like any run, and an unknown step is refused. */
+    troupe(&f, &r, "replay", child, NULL, NULL, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "2 tool calls matched the record, no divergence"), "%s", r.out);
+    harness_result_release(&r);
+    troupe(&f, &r, "replay", f.run, "--from", "nosuch", NULL);
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "no step 'nosuch'"), "%s", r.err);
+    harness_result_release(&r);
+
+    free(source);
+    free(edited);
+    free(child);
+    free(parent);
+    free(words);
+    release(&f);
+}
