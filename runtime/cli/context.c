@@ -20,7 +20,7 @@ static void usage(FILE *out)
             "options:\n"
             "  --at SEQ    the context as it was right after audit event SEQ\n"
             "  --history   every write (of KEY, or of every key), with its audit event, time\n"
-            "              and writing step\n"
+            "              and writer (step/persona#attempt)\n"
             "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
             "  -h, --help  show this help\n"
             "\n"
@@ -51,8 +51,14 @@ static int apply_write(void *userdata, const struct store_audit_event *event)
         r->writes++;
         if (r->history) {
             char *text = cJSON_PrintUnformatted(value);
-            printf("%5lld %s %-12s %s = %s\n", (long long)event->seq, event->time,
-                   event->step_id ? event->step_id : "-", key->valuestring, text);
+            const cJSON *persona = cJSON_GetObjectItemCaseSensitive(payload, "persona");
+            const cJSON *attempt = cJSON_GetObjectItemCaseSensitive(payload, "attempt");
+            char who[128];
+            snprintf(who, sizeof(who), "%s/%s#%d", event->step_id ? event->step_id : "-",
+                     cJSON_IsString(persona) ? persona->valuestring : "-",
+                     cJSON_IsNumber(attempt) ? attempt->valueint : 0);
+            printf("%5lld %s %-24s %s = %s\n", (long long)event->seq, event->time, who,
+                   key->valuestring, text);
             free(text);
             cJSON_Delete(value);
         } else {

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "sched-internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -282,8 +283,12 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
         if (store_context_put(run->store, run->id, key, output_json, step_id, &err) < 0)
             sched__fail(run, "%s", err.message);
         cJSON *write = cJSON_CreateObject();
+        size_t persona = workflow_step_persona(run->wf, index);
         cJSON_AddStringToObject(write, "key", key);
         cJSON_AddItemToObject(write, "value", cJSON_Duplicate(output, true));
+        if (persona != SIZE_MAX)
+            cJSON_AddStringToObject(write, "persona", workflow_persona_name(run->wf, persona));
+        cJSON_AddNumberToObject(write, "attempt", run->steps[index].attempt);
         sched__audit(run, step_id, "scheduler", "context.write", write);
     }
 }
