@@ -234,6 +234,22 @@ Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
     server_stop(&srv);
 }
 
+Test(mcp_http, header_mismatch_lists_tools_and_retries, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, true);
+    struct mcp_session *s = open_http(&srv, 0);
+    /* No tools/list yet, so no Mcp-Param-Region: the server refuses, the client recovers. */
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "needs_header", "{\"region\":\"eu west\"}", 5000, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "eu west");
+    free(text);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
 Test(mcp_http, garbage_is_a_protocol_error, .timeout = 30)
 {
     struct server srv;
