@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,6 +98,7 @@ static void server_start(struct server *srv, bool modern)
     srv->pid = fork();
     cr_assert_geq(srv->pid, 0);
     if (srv->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it running */
         dup2(fds[1], 1);
         close(fds[0]);
         execl(program, program, modern ? "--modern" : "--legacy", (char *)NULL);
