@@ -21,6 +21,7 @@
 #define HTTP_PUMP_MS 1000
 
 #define UNSUPPORTED_PROTOCOL_VERSION (-32022)
+#define HEADER_MISMATCH (-32020)
 
 /* ---- sending ----------------------------------------------------------------------------- */
 
@@ -466,7 +467,7 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
         timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
     int64_t deadline = tr_now_ms() + timeout_ms;
     cJSON *extra = NULL; /* inputResponses and requestState for the next round */
-    bool version_retried = false, reinitialized = false;
+    bool version_retried = false, reinitialized = false, headers_retried = false;
     int rc = 0;
 
     for (int round = 0;; round++) {
@@ -495,6 +496,19 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
             rc = error_response(s, method, error, &code, err);
             const char *version = code == UNSUPPORTED_PROTOCOL_VERSION ? pick_version(error) : NULL;
             cJSON_Delete(response);
+            if (code == HEADER_MISMATCH && s->modern && s->http && !headers_retried &&
+                strcmp(method, "tools/call") == 0) {
+                /* Mcp-Param-* headers come from the tool's schema: list again, retry once. */
+                headers_retried = true;
+                cJSON *tools = NULL;
+                rc = mcp_session_list_tools(s, timeout_ms, &tools, err);
+                cJSON_Delete(tools);
+                if (rc == 0)
+                    rc = mcp__start(s, method, params, extra, id, err);
+                if (rc == 0)
+                    continue;
+                goto out;
+            }
             if (s->modern && version && mcp__version_is_modern(version) && !version_retried) {
                 version_retried = true; /* once: a server that keeps refusing gets its error */
                 mcp__set_version(s, version, true);

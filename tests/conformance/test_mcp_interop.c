@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -382,6 +383,7 @@ static pid_t start_http_server(const char *server, const char *mode, int port)
         snprintf(env_port, sizeof(env_port), "%d", port);
         setenv("PORT", env_port, 1);
         setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it running */
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
         dup2(devnull, 2);

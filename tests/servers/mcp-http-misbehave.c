@@ -28,6 +28,7 @@ static bool expired;    /* "expire" answered 404 once */
 static int ask_fd = -1; /* the SSE stream of an "ask" call waiting for the client's answer */
 static cJSON *ask_id;
 static char authorization[256]; /* the last request's Authorization header ("whoami") */
+static char param_region[256];  /* the last request's Mcp-Param-Region header */
 
 static void write_all(int fd, const char *data, size_t len)
 {
@@ -143,6 +144,15 @@ static bool handle_call(int fd, const cJSON *id, const char *tool, const cJSON *
         cJSON_Delete(ask_id);
         ask_id = cJSON_Duplicate(id, 1);
         return true;
+    } else if (strcmp(tool, "needs_header") == 0 && !param_region[0]) {
+        char body[256];
+        snprintf(body, sizeof(body),
+                 "{\"jsonrpc\":\"2.0\",\"id\":%d,\"error\":{\"code\":-32020,"
+                 "\"message\":\"Header mismatch: Mcp-Param-Region is missing\"}}",
+                 id->valueint);
+        reply(fd, 400, "application/json", body, NULL);
+    } else if (strcmp(tool, "needs_header") == 0) {
+        send_json(fd, response(id, text_result(param_region)), NULL);
     } else if (strcmp(tool, "whoami") == 0) {
         send_json(fd, response(id, text_result(authorization)), NULL);
     } else if (strcmp(tool, "expire") == 0 && !expired) {
@@ -232,8 +242,9 @@ static bool handle_post(int fd, const char *body, const char *session)
         held = handle_call(fd, id, cJSON_IsString(name) ? name->valuestring : "",
                            cJSON_GetObjectItem(params, "arguments"));
     } else {
-        cJSON *result = cJSON_CreateObject();
-        cJSON_AddArrayToObject(result, "tools");
+        cJSON *result = cJSON_Parse(
+            "{\"tools\":[{\"name\":\"needs_header\",\"inputSchema\":{\"type\":\"object\","
+            "\"properties\":{\"region\":{\"type\":\"string\",\"x-mcp-header\":\"Region\"}}}}]}");
         send_json(fd, response(id, result), NULL);
     }
     cJSON_Delete(msg);
@@ -265,6 +276,8 @@ static bool read_request(int fd, char *buf, size_t size, char **ret_body, char *
             content_length = strtoul(line + 17, NULL, 10);
         if (strncasecmp(line + 2, "Mcp-Session-Id:", 15) == 0)
             sscanf(line + 17, " %63s", session);
+        if (strncasecmp(line + 2, "Mcp-Param-Region:", 17) == 0)
+            sscanf(line + 19, " %255[^\r]", param_region);
         if (strncasecmp(line + 2, "Authorization:", 14) == 0)
             sscanf(line + 16, " %255[^\r]", authorization);
     }
@@ -302,6 +315,7 @@ int main(int argc, char **argv)
         char method[16] = "", session[64] = "";
         char *body = NULL;
         buf[0] = '\0';
+        param_region[0] = '\0';
         bool keep = false;
         if (read_request(fd, buf, MAX_REQUEST, &body, method, session)) {
             if (strcmp(method, "POST") == 0)

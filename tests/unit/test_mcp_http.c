@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,6 +98,7 @@ static void server_start(struct server *srv, bool modern)
     srv->pid = fork();
     cr_assert_geq(srv->pid, 0);
     if (srv->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it running */
         dup2(fds[1], 1);
         close(fds[0]);
         execl(program, program, modern ? "--modern" : "--legacy", (char *)NULL);
@@ -230,6 +232,22 @@ Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
     mcp_session_cancel(s, ticket, NULL);
     assert_echo(s);
     cJSON_Delete(filter);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
+Test(mcp_http, header_mismatch_lists_tools_and_retries, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, true);
+    struct mcp_session *s = open_http(&srv, 0);
+    /* No tools/list yet, so no Mcp-Param-Region: the server refuses, the client recovers. */
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "needs_header", "{\"region\":\"eu west\"}", 5000, &text, &err), 0, "%s",
+                 err.message);
+    cr_assert_str_eq(text, "eu west");
+    free(text);
     mcp_session_free(&s);
     server_stop(&srv);
 }
