@@ -1,7 +1,7 @@
 /*
- * cli/audit.c: `troupe audit verify|sign|keygen|export`: check a run's hash chain (and,
- * given a public key, its signature), sign a run's head, make signing keys, and export the
- * log as JSON Lines or OpenTelemetry spans (export.c does the formats).
+ * cli/audit.c: `troupe audit verify|sign|export`: check a run's hash chain (and, given a
+ * public key, its signature), sign a run's head (keys from `troupe keygen --signing`), and
+ * export the log as JSON Lines or OpenTelemetry spans (export.c does the formats).
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -20,7 +20,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: troupe audit verify [RUN...] [--signature FILE --public-key FILE]\n"
             "       troupe audit sign RUN --key FILE [--output FILE]\n"
-            "       troupe audit keygen --output FILE\n"
+
             "       troupe audit export RUN [--format jsonl|otlp] [--output FILE]\n"
             "\n"
             "verify   recompute each run's hash chain (every run when none is named) and name\n"
@@ -28,7 +28,7 @@ static void usage(FILE *out)
             "         the run's head was signed by that key (detects a database forged whole)\n"
             "sign     sign a run's audit head with an Ed25519 secret key; writes the signature\n"
             "         (JSON) to --output or standard output\n"
-            "keygen   make an Ed25519 key pair: FILE (secret, mode 0600) and FILE.pub\n"
+            "         (keys: troupe keygen --signing NAME makes NAME.key and NAME.pub)\n"
             "export   write the run's audit log as JSON Lines (schemas/audit-event.schema.json)\n"
             "         or as OpenTelemetry spans in OTLP JSON (--format otlp)\n"
             "\n"
@@ -41,22 +41,6 @@ static void usage(FILE *out)
 }
 
 /* ---- key and signature files -------------------------------------------------------------- */
-
-static int write_file(const char *path, const char *text, mode_t mode)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    size_t len = strlen(text);
-
-    if (fd < 0) {
-        cli_error("could not create '%s': %s", path, strerror(errno));
-        return -1;
-    }
-    if (write(fd, text, len) != (ssize_t)len || close(fd) < 0) {
-        cli_error("could not write '%s': %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
 /* Reads a hex key of exactly size bytes from a file. */
 static int read_key(const char *path, unsigned char *key, size_t size)
@@ -78,35 +62,6 @@ static int read_key(const char *path, unsigned char *key, size_t size)
         return -1;
     }
     return 0;
-}
-
-static int keygen(const char *output)
-{
-    unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES];
-    unsigned char secret_key[STORE_AUDIT_KEY_SECRET_BYTES];
-    char secret_hex[2 * STORE_AUDIT_KEY_SECRET_BYTES + 2];
-    char public_hex[2 * STORE_AUDIT_KEY_PUBLIC_BYTES + 2];
-
-    if (!output) {
-        cli_error("audit keygen: where to? (--output FILE)");
-        return CLI_USAGE;
-    }
-    store_audit_keygen(public_key, secret_key);
-    sodium_bin2hex(secret_hex, sizeof(secret_hex) - 1, secret_key, sizeof(secret_key));
-    sodium_bin2hex(public_hex, sizeof(public_hex) - 1, public_key, sizeof(public_key));
-    strcat(secret_hex, "\n");
-    strcat(public_hex, "\n");
-    char *public_path = xasprintf("%s.pub", output);
-    int rc = write_file(output, secret_hex, 0600);
-    if (rc == 0)
-        rc = write_file(public_path, public_hex, 0644);
-    if (rc == 0)
-        printf("secret key: %s (keep it private)\npublic key: %s (give it to verifiers)\n", output,
-               public_path);
-    sodium_memzero(secret_hex, sizeof(secret_hex));
-    sodium_memzero(secret_key, sizeof(secret_key));
-    free(public_path);
-    return rc == 0 ? CLI_OK : CLI_FAILED;
 }
 
 static char *signature_to_json(const struct store_audit_signature *sig)
@@ -267,7 +222,7 @@ static int sign(struct store *store, const char *run, const char *key_path, cons
     char *json = signature_to_json(&sig);
     char *line = xasprintf("%s\n", json);
     if (output)
-        status = write_file(output, line, 0644) == 0 ? CLI_OK : CLI_FAILED;
+        status = cli_write_new_file(output, 0644, line) == 0 ? CLI_OK : CLI_FAILED;
     else
         status = fputs(line, stdout) >= 0 ? CLI_OK : CLI_FAILED;
     free(json);
@@ -322,16 +277,14 @@ int cli_audit(int argc, char **argv, struct cli_common *common)
         }
     }
     if (optind >= argc) {
-        cli_error("audit: verify, sign, keygen or export? (see 'troupe audit --help')");
+        cli_error("audit: verify, sign or export? (see 'troupe audit --help')");
         return CLI_USAGE;
     }
     const char *action = argv[optind++];
-    if (strcmp(action, "keygen") == 0)
-        return optind == argc ? keygen(output) : CLI_USAGE;
 
     bool one_run = strcmp(action, "sign") == 0 || strcmp(action, "export") == 0;
     if (!one_run && strcmp(action, "verify") != 0) {
-        cli_error("audit: unknown action '%s' (verify, sign, keygen or export)", action);
+        cli_error("audit: unknown action '%s' (verify, sign or export)", action);
         return CLI_USAGE;
     }
     if (one_run && optind + 1 != argc) {

@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "base.h"
 #include "store.h"
@@ -43,6 +44,8 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
                              void (*print_usage)(FILE *out));
 /* Opens an existing database for reading commands; prints the error and returns NULL. */
 struct store *cli_open_existing_store(const struct cli_common *common);
+/* Creates path (never overwriting) with mode and text; prints the error and returns -1. */
+int cli_write_new_file(const char *path, mode_t mode, const char *text);
 /* Prints "troupe: MESSAGE" to stderr. */
 void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 

@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +119,27 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
         return opt == 'h' ? CLI_OK : CLI_USAGE;
     }
     return -1;
+}
+
+int cli_write_new_file(const char *path, mode_t mode, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    size_t len = strlen(text);
+
+    if (fd < 0) {
+        cli_error("could not create '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    if (write(fd, text, len) != (ssize_t)len) {
+        cli_error("could not write '%s': %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (close(fd) < 0) {
+        cli_error("could not write '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 struct store *cli_open_existing_store(const struct cli_common *common)

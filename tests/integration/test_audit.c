@@ -263,11 +263,14 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
     struct harness_result r;
     char *key, *pub, *sig, *other;
     cr_assert_geq(asprintf(&key, "%s/audit.key", f.dir), 0);
-    cr_assert_geq(asprintf(&pub, "%s/audit.key.pub", f.dir), 0);
+    cr_assert_geq(asprintf(&pub, "%s/audit.pub", f.dir), 0);
     cr_assert_geq(asprintf(&sig, "%s/run.sig", f.dir), 0);
     cr_assert_geq(asprintf(&other, "%s/other.key", f.dir), 0);
 
-    troupe(&f, &r, "audit", "keygen", "--output", key, NULL);
+    char *base, *other_base;
+    cr_assert_geq(asprintf(&base, "%s/audit", f.dir), 0);
+    cr_assert_geq(asprintf(&other_base, "%s/other", f.dir), 0);
+    troupe(&f, &r, "keygen", "--signing", base, NULL, NULL);
     cr_assert_eq(r.exit_code, 0, "%s", r.err);
     harness_result_release(&r);
     cr_assert_eq(access(pub, R_OK), 0);
@@ -302,7 +305,7 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
     harness_result_release(&r);
 
     /* Nor can the forger sign with a key of their own. */
-    troupe(&f, &r, "audit", "keygen", "--output", other, NULL);
+    troupe(&f, &r, "keygen", "--signing", other_base, NULL, NULL);
     harness_result_release(&r);
     const char *forger_sign[] = {f.troupe, "--db",  forged, "audit", "sign",
                                  f.run,    "--key", other,  NULL};
@@ -321,6 +324,8 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
     free(pub);
     free(sig);
     free(other);
+    free(base);
+    free(other_base);
     free(forged);
     free(forged_sig);
     release(&f);
