@@ -18,20 +18,20 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"run", cli_run, "run a workflow file"},
-    {"runs", cli_runs, "list the runs in the database"},
-    {"log", cli_log, "show a run's audit trail, in order"},
-    {"show", cli_show, "show a run's steps: status, persona, attempts, durations"},
-    {"context", cli_context, "show a run's shared context, now or at any point"},
-    {"audit", cli_audit, "verify, sign and export audit logs"},
-    {"replay", cli_replay, "replay a run against its recorded tool results, calling nothing"},
-    {"validate", cli_validate, "check workflow files, listing every problem"},
-    {"graph", cli_graph, "draw a workflow's steps as Mermaid or Graphviz"},
     {"resume", cli_resume, "carry on a run whose scheduler died"},
     {"cancel", cli_cancel, "cancel a run"},
-    {"mcp", cli_mcp, "talk to an MCP server: info, tools, resources, prompts, call"},
     {"approve", cli_approve, "approve or reject a step that waits for a decision"},
+    {"runs", cli_runs, "list the runs in the database"},
+    {"show", cli_show, "show a run's steps: status, persona, attempts, durations"},
+    {"log", cli_log, "show a run's audit trail, in order"},
+    {"context", cli_context, "show a run's shared context, now or at any point"},
+    {"audit", cli_audit, "verify, sign and export audit logs"},
+    {"replay", cli_replay, "replay a run against its recorded tool results, or fork it"},
+    {"validate", cli_validate, "check workflow files, listing every problem"},
+    {"graph", cli_graph, "draw a workflow's steps as Mermaid or Graphviz"},
+    {"mcp", cli_mcp, "talk to an MCP server: info, tools, resources, prompts, call"},
     {"worker", cli_worker, "run an agent for a remote scheduler (tcp, CURVE)"},
-    {"keygen", cli_keygen, "make a CURVE key pair for remote workers"},
+    {"keygen", cli_keygen, "make a key pair: CURVE for workers, --signing for audit logs"},
 };
 
 static void usage(FILE *out)
