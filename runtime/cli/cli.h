@@ -44,6 +44,11 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
                              void (*print_usage)(FILE *out));
 /* Opens an existing database for reading commands; prints the error and returns NULL. */
 struct store *cli_open_existing_store(const struct cli_common *common);
+/*
+ * A run's status for people: "interrupted" for a run still marked running whose scheduler is
+ * gone (troupe resume carries it on), else the stored status.
+ */
+const char *cli_run_status(const struct store_run *run);
 /* Creates path (never overwriting) with mode and text; prints the error and returns -1. */
 int cli_write_new_file(const char *path, mode_t mode, const char *text);
 /* Prints "troupe: MESSAGE" to stderr. */

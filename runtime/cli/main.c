@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include "sched.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -119,6 +121,13 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
         return opt == 'h' ? CLI_OK : CLI_USAGE;
     }
     return -1;
+}
+
+const char *cli_run_status(const struct store_run *run)
+{
+    if (strcmp(run->status, "running") == 0 && !sched_pid_alive(run->scheduler_pid))
+        return "interrupted";
+    return run->status;
 }
 
 int cli_write_new_file(const char *path, mode_t mode, const char *text)

@@ -28,7 +28,7 @@ static int print_run(void *userdata, const struct store_run *run)
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "id", run->id);
-        cJSON_AddStringToObject(o, "status", run->status);
+        cJSON_AddStringToObject(o, "status", cli_run_status(run));
         cJSON_AddStringToObject(o, "workflow", run->workflow_name);
         cJSON_AddStringToObject(o, "file", run->workflow_file);
         cJSON_AddStringToObject(o, "plan_hash", run->plan_hash);
@@ -43,7 +43,7 @@ static int print_run(void *userdata, const struct store_run *run)
         cJSON_Delete(o);
         return 0;
     }
-    printf("%-26s %-10s %-16s %-24s %-24s%s%s\n", run->id, run->status, run->workflow_name,
+    printf("%-26s %-10s %-16s %-24s %-24s%s%s\n", run->id, cli_run_status(run), run->workflow_name,
            run->started_at, run->finished_at ? run->finished_at : "-", run->error ? "  " : "",
            run->error ? run->error : "");
     return 0;

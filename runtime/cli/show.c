@@ -66,7 +66,7 @@ static int print_run(void *userdata, const struct store_run *run)
         add_string(doc, "id", run->id);
         add_string(doc, "workflow", run->workflow_name);
         add_string(doc, "file", run->workflow_file);
-        add_string(doc, "status", run->status);
+        add_string(doc, "status", cli_run_status(run));
         add_string(doc, "error", run->error);
         add_string(doc, "started_at", run->started_at);
         add_string(doc, "finished_at", run->finished_at);
@@ -83,9 +83,10 @@ static int print_run(void *userdata, const struct store_run *run)
            "finished  %s (%s)\n"
            "plan      sha256:%s\n"
            "input     %s\n\n",
-           run->id, run->workflow_name, run->workflow_file ? run->workflow_file : "-", run->status,
-           run->error ? ": " : "", run->error ? run->error : "", run->started_at,
-           run->finished_at ? run->finished_at : "-", took, run->plan_hash, run->input_json);
+           run->id, run->workflow_name, run->workflow_file ? run->workflow_file : "-",
+           cli_run_status(run), run->error ? ": " : "", run->error ? run->error : "",
+           run->started_at, run->finished_at ? run->finished_at : "-", took, run->plan_hash,
+           run->input_json);
     printf("%-20s %-10s %-14s %7s %10s  %s\n", "STEP", "STATE", "PERSONA", "ATTEMPT", "DURATION",
            "ERROR");
     return 0;

@@ -50,6 +50,13 @@ Test(disk, a_full_disk_fails_the_run_cleanly_and_keeps_what_was_committed)
     harness_run(verify, dir, 10000, &c);
     cr_assert_eq(c.exit_code, 0, "%s%s", c.out, c.err);
     harness_result_release(&c);
+    /* Its scheduler is gone: the run is shown as interrupted, for troupe resume to finish. */
+    if (harness_db_int(copy, "SELECT count(*) FROM runs WHERE status = 'running'") == 1) {
+        const char *runs[] = {troupe, "--db", copy, "runs", NULL};
+        harness_run(runs, dir, 10000, &c);
+        cr_assert(strstr(c.out, "interrupted"), "%s", c.out);
+        harness_result_release(&c);
+    }
 
     harness_result_release(&r);
     free(dir);
