@@ -235,6 +235,8 @@ static int start_session(struct agent *agent, const cJSON *entry, struct mcp_ses
         .argv = argv,
         .env = envv,
         .cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL,
+        /* The current stateless revision first, the handshake for servers that lack it. */
+        .protocol_version = MCP_VERSION_AUTO,
     };
     rc = mcp_session_open_stdio(&params, &observer, ret_session, err);
     free(argv);

@@ -143,12 +143,28 @@ static void check_hello_run(struct env *env, const char *file, const char *who)
                            "'$.message.method') = 'tools/call'",
                            run),
                  3);
+    /* Each agent meets the demo server in the stateless 2026-07-28 revision (server/discover,
+     * then every request carries its _meta), not through the legacy handshake. */
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'mcp.request' AND json_extract(payload_json, "
+                           "'$.message.method') = 'server/discover'",
+                           run),
+                 2);
     cr_assert_eq(query_int(env,
                            "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
                            "'mcp.request' AND json_extract(payload_json, "
                            "'$.message.method') = 'initialize'",
                            run),
-                 2);
+                 0);
+    cr_assert_eq(query_int(env,
+                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                           "'mcp.request' AND json_extract(payload_json, "
+                           "'$.message.method') = 'tools/call' AND json_extract(payload_json, "
+                           "'$.message.params._meta.\"io.modelcontextprotocol/protocolVersion\"')"
+                           " = '2026-07-28'",
+                           run),
+                 3);
     cr_assert_eq(query_int(env,
                            "SELECT count(*) FROM audit a WHERE run_id = '%s' AND type = "
                            "'mcp.response' AND step_id IS NOT NULL",

@@ -47,6 +47,12 @@ Test(everything, echo_and_sum_through_two_personas)
             "WHERE type = 'mcp.response' AND json_extract(payload_json, "
             "'$.message.result.serverInfo') IS NOT NULL LIMIT 1");
     cr_assert(server_name && strstr(server_name, "everything"), "%s", server_name);
+    /* server-everything speaks only the handshake revisions over stdio: the agent's probe
+     * (server/discover) is refused and it falls back to initialize. */
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
+                                    "json_extract(payload_json, '$.message.method') = "
+                                    "'initialize'"),
+                 2);
     cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
                                     "json_extract(payload_json, '$.message.method') = "
                                     "'tools/call'"),
