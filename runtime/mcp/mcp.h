@@ -63,8 +63,8 @@ struct mcp_stdio_params {
     const char *cwd;          /* working directory, or NULL for the current one */
     size_t max_message_bytes; /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
     int timeout_ms;           /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
-    /* NULL: the legacy handshake at MCP_LATEST_PROTOCOL_VERSION; or a revision to require,
-       or MCP_VERSION_AUTO (probe with server/discover, fall back to the handshake) */
+    /* NULL or MCP_VERSION_AUTO: prefer the stateless revision (probe with server/discover),
+       fall back to the handshake; or one revision to require */
     const char *protocol_version;
     const struct mcp_client_handlers *handlers; /* copied; NULL for none */
 };

@@ -173,7 +173,7 @@ int mcp_session_open_stdio(const struct mcp_stdio_params *params,
         s->dead = true; /* nothing to stop: spawn cleaned up after itself */
         goto out;
     }
-    rc = negotiate(s, params->protocol_version, false, params->timeout_ms, err);
+    rc = negotiate(s, params->protocol_version, true, params->timeout_ms, err);
 out:
     if (rc < 0) {
         mcp_session_free(&s);

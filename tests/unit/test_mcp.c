@@ -89,11 +89,13 @@ static struct mcp_observer observer_for(struct recorder *r)
 static int open_argv(const char *const *argv, size_t max_message, int timeout_ms,
                      struct recorder *r, struct mcp_session **ret_session, struct tr_error *err)
 {
+    /* These tests exercise the handshake era; the default (both eras) has its own tests. */
     struct mcp_stdio_params params = {
         .name = "under-test",
         .argv = argv,
         .max_message_bytes = max_message,
         .timeout_ms = timeout_ms,
+        .protocol_version = MCP_LATEST_PROTOCOL_VERSION,
     };
     struct mcp_observer observer = observer_for(r ? r : &fallback_recorder);
     return mcp_session_open_stdio(&params, &observer, ret_session, err);
@@ -1004,4 +1006,24 @@ Test(mcp_server, result_helpers_follow_call_tool_result)
     cr_assert_eq(cJSON_GetObjectItemCaseSensitive(result, "structuredContent"), structured);
     cr_assert_str_eq(first_text(result), "{\"n\":1,\"list\":[true,null]}");
     cJSON_Delete(result);
+}
+
+Test(mcp_stdio, by_default_the_stateless_revision_is_preferred)
+{
+    char *path = program_path("troupe-demo-tools");
+    const char *argv[] = {path, NULL};
+    struct mcp_stdio_params params = {.name = "under-test", .argv = argv, .timeout_ms = 10000};
+    struct recorder r = {0};
+    struct mcp_observer observer = observer_for(&r);
+    struct mcp_session *s = NULL;
+    struct tr_error err = {0};
+
+    cr_assert_eq(mcp_session_open_stdio(&params, &observer, &s, &err), 0, "%s", err.message);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
+    char *text = call_text(s, "greet", "{\"name\":\"modern\"}");
+    cr_assert_str_eq(text, "Hello, modern!");
+    free(text);
+    mcp_session_free(&s);
+    recorder_release(&r);
+    free(path);
 }
