@@ -61,14 +61,50 @@ void sched__note_destructive(struct run *run, const char *persona, const char *r
     cJSON_Delete(ready);
 }
 
+/* The workflow's error classes (WORKFLOW_ERROR_*) as the scheduler's (SCHED_RETRY_*). */
+static unsigned retry_classes(unsigned errors)
+{
+    unsigned classes = 0;
+
+    if (errors & WORKFLOW_ERROR_TIMEOUT)
+        classes |= SCHED_RETRY_TIMEOUT;
+    if (errors & WORKFLOW_ERROR_TRANSPORT)
+        classes |= SCHED_RETRY_TRANSPORT;
+    if (errors & WORKFLOW_ERROR_PROTOCOL)
+        classes |= SCHED_RETRY_PROTOCOL;
+    if (errors & WORKFLOW_ERROR_TOOL)
+        classes |= SCHED_RETRY_TOOL;
+    return classes;
+}
+
+static int clamp_ms(int64_t ms)
+{
+    return ms > INT32_MAX ? INT32_MAX : ms < 1 ? 1 : (int)ms;
+}
+
+/* The run's options are the defaults; the step's own `retry` and `timeout` override them. */
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy)
 {
-    /* Per-step workflow fields (retry, timeout, approval) plug in here. */
+    struct workflow_retry retry;
+    int64_t timeout_ms = workflow_step_timeout_ms(run->wf, index);
+
     ret_policy->max_attempts = run->opts.max_attempts;
     ret_policy->retry_on = run->opts.retry_on;
     ret_policy->delay_ms = run->opts.retry_delay_ms;
     ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
     ret_policy->timeout_ms = run->opts.step_timeout_ms;
+    if (workflow_step_retry(run->wf, index, &retry)) {
+        ret_policy->max_attempts = retry.attempts < 1           ? 1
+                                   : retry.attempts > INT32_MAX ? INT32_MAX
+                                                                : (int)retry.attempts;
+        ret_policy->retry_on = retry_classes(retry.errors);
+        ret_policy->delay_ms = clamp_ms(retry.backoff_ms);
+        ret_policy->max_delay_ms = clamp_ms(retry.max_delay_ms);
+        if (ret_policy->max_delay_ms < ret_policy->delay_ms)
+            ret_policy->max_delay_ms = ret_policy->delay_ms;
+    }
+    if (timeout_ms > 0)
+        ret_policy->timeout_ms = clamp_ms(timeout_ms);
     ret_policy->approval = run->steps[index].needs_approval ||
                            (run->opts.approve_destructive && is_destructive(run, index));
 }
