@@ -154,6 +154,68 @@ static bool same_request(const struct workflow *wf, size_t i, const cJSON *argum
     return same;
 }
 
+enum { REPLAY_RUN, REPLAY_NOT_RUN, REPLAY_DIVERGED };
+
+/*
+ * A step's `when` over the replay's scope: REPLAY_RUN when it holds (or there is none),
+ * REPLAY_NOT_RUN when the step is skipped (or fails on it), as the run must have done too,
+ * else REPLAY_DIVERGED (printed).
+ */
+static int replay_when(const struct workflow *wf, size_t i, const cJSON *scope,
+                       const struct recorded_step *r, bool succeeded)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    bool holds;
+
+    if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_WHEN) || r->reused)
+        return REPLAY_RUN;
+    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_WHEN, scope, &value, &err) < 0) {
+        if (!succeeded && !r->request)
+            return REPLAY_NOT_RUN; /* the run failed the step on it too */
+        printf("DIVERGENCE at step '%s': its 'when' does not evaluate: %s\n",
+               workflow_step_id(wf, i), err.message);
+        return REPLAY_DIVERGED;
+    }
+    holds = value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
+    cJSON_Delete(value);
+    if (holds)
+        return REPLAY_RUN;
+    if (r->request || r->finished) {
+        printf("DIVERGENCE at step '%s': its 'when' is false in the replay, the run ran it\n",
+               workflow_step_id(wf, i));
+        return REPLAY_DIVERGED;
+    }
+    return REPLAY_NOT_RUN;
+}
+
+/* Whether an eval step yields the output the run recorded; prints a divergence if not. */
+static bool same_eval(const struct workflow *wf, size_t i, const cJSON *scope,
+                      const cJSON *recorded)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    bool same;
+
+    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err) < 0) {
+        printf("DIVERGENCE at step '%s': its eval does not evaluate: %s\n", workflow_step_id(wf, i),
+               err.message);
+        return false;
+    }
+    same = recorded && cJSON_Compare(value, recorded, true);
+    if (!same) {
+        char *now = compact(value), *then = compact(recorded);
+        printf("DIVERGENCE at step '%s':\n"
+               "  replay's eval yields  %s\n"
+               "  the run recorded      %s\n",
+               workflow_step_id(wf, i), now, then);
+        free(now);
+        free(then);
+    }
+    cJSON_Delete(value);
+    return same;
+}
+
 /* The replay proper: steps become ready as the scheduler makes them, until nothing changes. */
 static int replay(struct recording *rec, size_t *ret_matched)
 {
@@ -182,7 +244,36 @@ static int replay(struct recording *rec, size_t *ret_matched)
             bool succeeded =
                 cJSON_IsString(outcome) && strcmp(outcome->valuestring, "succeeded") == 0;
             progress = true;
-            if (!r->reused && (!r->dispatched || !r->request)) {
+            int decided = replay_when(wf, i, scope, r, succeeded);
+            if (decided == REPLAY_DIVERGED) {
+                status = CLI_FAILED;
+                break;
+            }
+            if (decided == REPLAY_NOT_RUN) {
+                state[i] = NOT_RUN; /* and so the steps that need it */
+                continue;
+            }
+            enum workflow_action action = workflow_step_action(wf, i);
+            if (action != WORKFLOW_ACTION_TOOL) {
+                /* Computed by the scheduler itself, no call: an eval must yield what the run
+                 * recorded; an approval passed or not as recorded. */
+                if (!r->finished) {
+                    if (rec->run_succeeded) {
+                        printf("DIVERGENCE at step '%s': the replay runs its %s, the run never "
+                               "did\n",
+                               workflow_step_id(wf, i), workflow_action_name(action));
+                        status = CLI_FAILED;
+                    }
+                    state[i] = NOT_RUN;
+                    continue;
+                }
+                if (succeeded && !r->reused && action == WORKFLOW_ACTION_EVAL &&
+                    !same_eval(wf, i, scope,
+                               cJSON_GetObjectItemCaseSensitive(r->finished, "output"))) {
+                    status = CLI_FAILED;
+                    break;
+                }
+            } else if (!r->reused && (!r->dispatched || !r->request)) {
                 /* The run never called the tool: it ended first, or the step was refused
                  * before any call (a rejected approval). Only a run that succeeded must have
                  * called it. */
@@ -197,7 +288,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             /* A step a forked run took over from its parent was not called by this run:
              * replay takes the parent's result too. */
-            if (!r->reused) {
+            if (action == WORKFLOW_ACTION_TOOL && !r->reused) {
                 struct tr_error err = {0};
                 cJSON *arguments = NULL;
                 if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {

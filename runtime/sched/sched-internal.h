@@ -41,8 +41,8 @@ static inline bool step_state_final(enum step_state state)
 }
 
 /*
- * What governs a step's attempts. Today every field comes from the run's options; the
- * workflow's per-step fields (retry, timeout, approval) will override them here, in
+ * What governs a step's attempts: the run's options are the defaults, the workflow's
+ * per-step fields (retry, timeout, approval steps) override them here, in
  * sched__step_policy, and nowhere else.
  */
 struct step_policy {
@@ -66,6 +66,8 @@ struct step_run {
     bool uses_scope;     /* its arguments hold ${{ }} expressions */
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
+    bool checked; /* its `when` (and an approval's `if`) has been decided */
+    bool gate;    /* an approval step whose approval is asked */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */

@@ -105,8 +105,10 @@ void sched__step_policy(const struct run *run, size_t index, struct step_policy 
     }
     if (timeout_ms > 0)
         ret_policy->timeout_ms = clamp_ms(timeout_ms);
-    ret_policy->approval = run->steps[index].needs_approval ||
-                           (run->opts.approve_destructive && is_destructive(run, index));
+    ret_policy->approval = run->steps[index].needs_approval || run->steps[index].gate ||
+                           (run->opts.approve_destructive &&
+                            workflow_step_action(run->wf, index) == WORKFLOW_ACTION_TOOL &&
+                            is_destructive(run, index));
 }
 
 unsigned sched__error_class(const char *name)
@@ -203,6 +205,24 @@ void sched__build_graph(struct run *run)
     run->ready = xcalloc(n ? n : 1, sizeof(*run->ready));
 }
 
+/* An approval step's approvers and its `why`, rendered, for whoever decides. */
+static void add_approval_details(struct run *run, size_t index, cJSON *payload)
+{
+    const cJSON *approvers = workflow_step_approvers(run->wf, index);
+    struct tr_error err = {0};
+    char *why = NULL;
+
+    if (approvers)
+        cJSON_AddItemToObject(payload, "approvers", cJSON_Duplicate(approvers, true));
+    if (workflow_step_text(run->wf, index, WORKFLOW_TEXT_WHY, run->scope, &why, &err) == 0)
+        cJSON_AddStringToObject(payload, "why", why);
+    free(why);
+}
+
+static bool check_step(struct run *run, size_t index);
+static void run_eval(struct run *run, size_t index);
+static void pass_gate(struct run *run, size_t index, const char *by, const char *comment);
+
 void sched__make_ready(struct run *run, size_t index)
 {
     struct step_run *step = &run->steps[index];
@@ -216,9 +236,11 @@ void sched__make_ready(struct run *run, size_t index)
             sched__record_step(run, index, NULL, NULL);
             cJSON *payload = cJSON_CreateObject();
             cJSON_AddStringToObject(payload, "reason",
-                                    step->needs_approval
+                                    step->gate ? "an approval step"
+                                    : step->needs_approval
                                         ? "the step needs approval"
                                         : "its tool may be destructive (MCP annotations)");
+            add_approval_details(run, index, payload);
             sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
                          "step.waiting_approval", payload);
             tr_log(TR_LOG_INFO, "step '%s' waits for approval: troupe approve %s %s --as NAME",
@@ -329,12 +351,10 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
     }
 }
 
-void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+/* The step succeeded with output (taken): recorded, kept, saved, audited; dependents follow. */
+static void succeed(struct run *run, size_t index, cJSON *output, int64_t duration)
 {
     struct step_run *step = &run->steps[index];
-    const char *step_id = workflow_step_id(run->wf, index);
-    int64_t duration = tr_now_ms() - step->dispatched_ms;
-    cJSON *output = step_output(result);
     char *output_json = cJSON_PrintUnformatted(output);
     cJSON *payload = cJSON_CreateObject();
 
@@ -346,10 +366,36 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     cJSON_AddItemToObject(payload, "output", output);
-    sched__audit(run, step_id, "scheduler", "step.finished", payload);
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
     free(output_json);
+}
+
+static void step_failed(struct run *run, size_t index, const char *error, int64_t duration);
+
+void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+{
+    struct step_run *step = &run->steps[index];
+    int64_t duration = tr_now_ms() - step->dispatched_ms;
+    cJSON *output = NULL;
+
+    if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT)) {
+        /* `output` sees the raw result as .result, beside what any expression sees. */
+        struct tr_error err = {0};
+        cJSON_AddItemToObject(run->scope, "result", cJSON_Duplicate(result, true));
+        int rc =
+            workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_OUTPUT, run->scope, &output, &err);
+        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "result");
+        if (rc < 0) {
+            leave_dispatched(run, step, index);
+            step_failed(run, index, err.message, duration);
+            return;
+        }
+    } else {
+        output = step_output(result);
+    }
+    succeed(run, index, output, duration);
 }
 
 void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent)
@@ -385,6 +431,108 @@ static void step_failed(struct run *run, size_t index, const char *error, int64_
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
     sched__fail(run, "step '%s' failed: %s", step_id, error);
     sched__progress(run, "step", index, error, duration);
+}
+
+/* ---- what the scheduler decides and computes itself: when, eval, approval ------------------ */
+
+/* jq's truth: everything but false and null. */
+static bool truthy(const cJSON *value)
+{
+    return value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
+}
+
+/* Skips a step that has not started, and with it the steps that need it (they are skipped
+ * too, docs/workflows.md). */
+static void skip_step(struct run *run, size_t index, const char *reason)
+{
+    struct step_run *step = &run->steps[index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    cJSON *payload = cJSON_CreateObject();
+
+    if (step_state_final(step->state))
+        return;
+    if (step->state == STEP_WAITING_APPROVAL)
+        run->waiting--;
+    reach_final(run, index, STEP_SKIPPED);
+    sched__record_step(run, index, NULL, NULL);
+    cJSON_AddStringToObject(payload, "reason", reason);
+    sched__audit(run, step_id, "scheduler", "step.skipped", payload);
+    sched__progress(run, "step", index, NULL, 0);
+    char *because = xasprintf("it needs '%s', which was skipped", step_id);
+    for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++)
+        skip_step(run, run->dependents[k], because);
+    free(because);
+}
+
+/* Evaluates one of the step's conditions into *ret_truth; false with the step failed when it
+ * does not evaluate. Without the expression, the condition holds. */
+static bool condition(struct run *run, size_t index, enum workflow_expression which,
+                      bool *ret_truth)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+
+    *ret_truth = true;
+    if (!workflow_step_has_expression(run->wf, index, which))
+        return true;
+    if (workflow_step_evaluate(run->wf, index, which, run->scope, &value, &err) < 0) {
+        step_failed(run, index, err.message, 0);
+        return false;
+    }
+    *ret_truth = truthy(value);
+    cJSON_Delete(value);
+    return true;
+}
+
+/* The checks of a step leaving pending: false when it was skipped or failed instead. */
+static bool check_step(struct run *run, size_t index)
+{
+    bool truth;
+
+    if (!condition(run, index, WORKFLOW_EXPR_WHEN, &truth))
+        return false;
+    if (!truth) {
+        skip_step(run, index, "its 'when' condition is false");
+        return false;
+    }
+    if (workflow_step_action(run->wf, index) == WORKFLOW_ACTION_APPROVAL) {
+        if (!condition(run, index, WORKFLOW_EXPR_APPROVAL_IF, &truth))
+            return false;
+        run->steps[index].gate = truth;
+    }
+    return true;
+}
+
+/* An eval step: its expression's value is its output, computed here, without an agent. */
+static void run_eval(struct run *run, size_t index)
+{
+    struct step_run *step = &run->steps[index];
+    struct tr_error err = {0};
+    cJSON *output = NULL;
+
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_EVAL, run->scope, &output, &err) < 0)
+        step_failed(run, index, err.message, 0);
+    else
+        succeed(run, index, output, tr_now_ms() - step->dispatched_ms);
+}
+
+/* An approval step passes: approved by someone, or not asked (its `if` was false). */
+static void pass_gate(struct run *run, size_t index, const char *by, const char *comment)
+{
+    struct step_run *step = &run->steps[index];
+    cJSON *output = cJSON_CreateObject();
+
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    cJSON_AddBoolToObject(output, "approved", true);
+    cJSON_AddBoolToObject(output, "asked", by != NULL);
+    if (by)
+        cJSON_AddStringToObject(output, "by", by);
+    if (comment)
+        cJSON_AddStringToObject(output, "comment", comment);
+    succeed(run, index, output, 0);
 }
 
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
@@ -518,21 +666,40 @@ void sched__dispatch_ready(struct run *run)
         return;
     for (size_t i = 0; i < run->agent_count; i++)
         idle += run->agents[i].state == AGENT_READY && run->agents[i].step < 0;
-    /* Each ready step in turn; one whose persona has no idle agent waits at the back. */
-    for (size_t n = run->ready_len; idle > 0 && n > 0 && run->ready_len > 0; n--) {
+    /* Each ready step in turn; one whose persona has no idle agent waits at the back. What
+     * needs no agent (when, eval, approval) is done here, within the turn; the steps it
+     * releases are queued for the next. */
+    for (size_t n = run->ready_len; n > 0 && run->ready_len > 0 && !run->failure; n--) {
         size_t index = run->ready[run->ready_head];
+        struct step_run *step = &run->steps[index];
         run->ready_head = (run->ready_head + 1) % run->step_count;
         run->ready_len--;
-        if (run->steps[index].state != STEP_READY)
+        if (step->state != STEP_READY)
             continue;
+        /* `when` (and an approval's `if`) is decided once the needs are met; a resumed run
+         * decides it again, over the same outputs. */
+        if (!step->checked) {
+            step->checked = true;
+            if (!check_step(run, index))
+                continue;
+        }
         /* The agents' tool annotations may have made it one that needs approval. */
         struct step_policy policy;
         sched__step_policy(run, index, &policy);
-        if (policy.approval && !run->steps[index].approved) {
+        if (policy.approval && !step->approved) {
             sched__make_ready(run, index);
             continue;
         }
-        long agent = idle_agent_for(run, workflow_step_persona(run->wf, index));
+        enum workflow_action action = workflow_step_action(run->wf, index);
+        if (action == WORKFLOW_ACTION_EVAL) {
+            run_eval(run, index);
+            continue;
+        }
+        if (action == WORKFLOW_ACTION_APPROVAL) {
+            pass_gate(run, index, NULL, NULL); /* its `if` was false: nobody is asked */
+            continue;
+        }
+        long agent = idle > 0 ? idle_agent_for(run, workflow_step_persona(run->wf, index)) : -1;
         if (agent >= 0) {
             dispatch(run, index, agent);
             idle--;
@@ -584,7 +751,11 @@ void sched__check_approvals(struct run *run)
             cJSON_AddStringToObject(payload, "comment", d.comment);
         sched__audit(run, step_id, "scheduler", d.approved ? "step.approved" : "step.rejected",
                      payload);
-        if (d.approved) {
+        if (d.approved && workflow_step_action(run->wf, i) == WORKFLOW_ACTION_APPROVAL) {
+            step->approved = true;
+            run->waiting--;
+            pass_gate(run, i, d.actor, d.comment);
+        } else if (d.approved) {
             step->approved = true;
             sched__make_ready(run, i);
         } else {

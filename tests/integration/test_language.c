@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
 
@@ -65,8 +66,8 @@ static char *query_text(const char *db, const char *fmt, ...)
     return value;
 }
 
-/* Writes the workflow (steps appended to a header naming both test servers) and runs it. */
-static void run_steps(struct env *env, const char *steps, struct harness_result *ret)
+/* Writes the workflow (steps appended to a header naming both test servers); caller frees. */
+static char *write_steps(struct env *env, const char *steps)
 {
     char *misbehave = harness_build_path("tests/test-mcp-misbehave");
     char *text;
@@ -84,11 +85,18 @@ static void run_steps(struct env *env, const char *steps, struct harness_result 
                            misbehave, steps),
                   0);
     char *path = harness_write_file(env->dir, "wf.yaml", text);
+    free(text);
+    free(misbehave);
+    return path;
+}
+
+/* Writes the workflow and runs it to its end. */
+static void run_steps(struct env *env, const char *steps, struct harness_result *ret)
+{
+    char *path = write_steps(env, steps);
     const char *argv[] = {env->troupe, "--db", env->db, "run", path, NULL};
     harness_run(argv, env->dir, 60000, ret);
     free(path);
-    free(text);
-    free(misbehave);
 }
 
 static const char *state_of(struct env *env, const char *step)
@@ -100,7 +108,16 @@ static const char *state_of(struct env *env, const char *step)
     return state;
 }
 
-__attribute__((unused)) static char *output_of(struct env *env, const char *step)
+static const char *run_status(struct env *env)
+{
+    static char status[64];
+    char *s = harness_db_text(env->db, "SELECT status FROM runs");
+    snprintf(status, sizeof(status), "%s", s ? s : "(none)");
+    free(s);
+    return status;
+}
+
+static char *output_of(struct env *env, const char *step)
 {
     return query_text(env->db, "SELECT output_json FROM steps WHERE step_id = '%s'", step);
 }
@@ -126,4 +143,237 @@ Test(language, step_timeout_and_retry_override_the_defaults)
     cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"), 1);
     harness_result_release(&r);
     release_env(&env);
+}
+
+/* ---- when ------------------------------------------------------------------------------- */
+
+Test(language, a_false_when_skips_the_step_and_the_steps_that_need_it)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: hello\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: Ada}\n"
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"${{ .steps.hello.output }}\"}\n"
+              "    needs: hello\n"
+              "    when: '.steps.hello.output | test(\"Bob\")'\n"
+              "  - id: after_count\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {message: never}\n"
+              "    needs: count\n"
+              "  - id: ada\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"${{ .steps.hello.output }}\"}\n"
+              "    needs: hello\n"
+              "    when: '.steps.hello.output | test(\"Ada\")'\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "count"), "skipped");
+    cr_assert_str_eq(state_of(&env, "after_count"), "skipped");
+    cr_assert_str_eq(state_of(&env, "ada"), "succeeded");
+    cr_assert_eq(query_int(env.db,
+                           "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
+                           "'count' AND payload_json LIKE '%%when%%'"),
+                 1);
+    cr_assert_eq(query_int(env.db,
+                           "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
+                           "'after_count' AND payload_json LIKE '%%needs ''count''%%'"),
+                 1);
+    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
+                                   "AND step_id IN ('count', 'after_count')"),
+                 0);
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- eval and output ---------------------------------------------------------------------- */
+
+Test(language, eval_steps_compute_their_output_without_an_agent)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"one two three\"}\n"
+              "    save: counts\n"
+              "  - id: decide\n"
+              "    eval: '{long: (.context.counts.words > 2), words: .steps.count.output.words}'\n"
+              "    needs: count\n"
+              "    save: decision\n"
+              "  - id: report\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {message: \"long=${{ .context.decision.long }}\"}\n"
+              "    needs: decide\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *decided = output_of(&env, "decide");
+    cr_assert_str_eq(decided, "{\"long\":true,\"words\":3}");
+    char *saved = query_text(env.db, "SELECT value_json FROM context WHERE key = 'decision'");
+    cr_assert_str_eq(saved, "{\"long\":true,\"words\":3}");
+    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
+                                   "AND step_id = 'decide'"),
+                 0);
+    char *report = output_of(&env, "report");
+    cr_assert_not_null(strstr(report, "long=true"), "report: %s", report);
+    free(decided);
+    free(saved);
+    free(report);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, a_failing_eval_fails_the_step_and_the_run)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: broken\n"
+              "    eval: 'error(\"no way\")'\n"
+              "  - id: after\n"
+              "    eval: '1'\n"
+              "    needs: broken\n",
+              &r);
+    cr_assert_neq(r.exit_code, 0);
+    cr_assert_str_eq(state_of(&env, "broken"), "failed");
+    cr_assert_str_eq(run_status(&env), "failed");
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, output_transforms_the_raw_result_before_save)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"a b c d\"}\n"
+              "    output: '{n: .result.structuredContent.words, error: .result.isError}'\n"
+              "    save: n\n"
+              "  - id: greet\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: Ada}\n"
+              "    output: '.result.content[0].text | ascii_upcase'\n"
+              "  - id: use\n"
+              "    eval: '[.context.n.n, .steps.greet.output]'\n"
+              "    needs: [count, greet]\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *saved = query_text(env.db, "SELECT value_json FROM context WHERE key = 'n'");
+    cr_assert_str_eq(saved, "{\"n\":4,\"error\":false}");
+    char *used = output_of(&env, "use");
+    cr_assert_str_eq(used, "[4,\"HELLO, ADA!\"]");
+    free(saved);
+    free(used);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- approval steps ------------------------------------------------------------------------ */
+
+static void approve(struct env *env, const char *step, const char *as, bool reject)
+{
+    struct harness_result r;
+    const char *argv[] = {env->troupe,
+                          "--db",
+                          env->db,
+                          "approve",
+                          "latest",
+                          step,
+                          "--as",
+                          as,
+                          "--comment",
+                          "checked",
+                          reject ? "--reject" : NULL,
+                          NULL};
+    harness_run(argv, env->dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+}
+
+#define GATED_STEPS                                                                                \
+    "  - id: count\n"                                                                              \
+    "    persona: worker\n"                                                                        \
+    "    tool: demo.word_count\n"                                                                  \
+    "    with: {text: \"a b c\"}\n"                                                                \
+    "  - id: sign_off\n"                                                                           \
+    "    approval:\n"                                                                              \
+    "      who: [risk_manager]\n"                                                                  \
+    "      why: \"${{ .steps.count.output.words }} words need a second pair of eyes\"\n"           \
+    "      if: .steps.count.output.words > 2\n"                                                    \
+    "    needs: count\n"                                                                           \
+    "  - id: unasked\n"                                                                            \
+    "    approval:\n"                                                                              \
+    "      who: risk_manager\n"                                                                    \
+    "      why: never asked\n"                                                                     \
+    "      if: .steps.count.output.words > 100\n"                                                  \
+    "    needs: count\n"                                                                           \
+    "  - id: after\n"                                                                              \
+    "    eval: '[.steps.sign_off.output.by, .steps.unasked.output.asked]'\n"                       \
+    "    needs: [sign_off, unasked]\n"
+
+static void run_gated(bool reject)
+{
+    struct env env = setup_env();
+    char *path = write_steps(&env, GATED_STEPS);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE step_id = 'sign_off' AND "
+                                 "state = 'waiting-approval'",
+                                 1, 30000),
+                 1);
+    struct timespec pause = {0, 300 * 1000000L};
+    nanosleep(&pause, NULL);
+    cr_assert_str_eq(state_of(&env, "after"), "pending", "nothing passes the gate unapproved");
+    char *waiting = query_text(env.db, "SELECT payload_json FROM audit WHERE type = "
+                                       "'step.waiting_approval' AND step_id = 'sign_off'");
+    cr_assert(waiting && strstr(waiting, "3 words need a second pair of eyes") &&
+                  strstr(waiting, "risk_manager"),
+              "%s", waiting);
+    free(waiting);
+    approve(&env, "sign_off", "rita", reject);
+    harness_finish(&proc, 60000, &r);
+    if (reject) {
+        cr_assert_neq(r.exit_code, 0, "%s%s", r.out, r.err);
+        cr_assert_str_eq(state_of(&env, "sign_off"), "failed");
+        cr_assert_str_eq(state_of(&env, "after"), "skipped");
+    } else {
+        cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+        char *after = output_of(&env, "after");
+        cr_assert_str_eq(after, "[\"rita\",false]");
+        free(after);
+        cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                       "'step.waiting_approval' AND step_id = 'unasked'"),
+                     0);
+    }
+    harness_result_release(&r);
+    free(path);
+    release_env(&env);
+}
+
+Test(language, an_approval_step_waits_for_troupe_approve)
+{
+    run_gated(false);
+}
+
+Test(language, a_rejected_approval_step_fails_the_run)
+{
+    run_gated(true);
 }
