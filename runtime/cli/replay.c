@@ -216,14 +216,44 @@ static bool same_eval(const struct workflow *wf, size_t i, const cJSON *scope,
     return same;
 }
 
+/* Keeps a step's output where expressions read it, and saves it to the context. */
+static void keep(const struct workflow *wf, size_t i, cJSON *scope, const cJSON *output)
+{
+    cJSON *steps = cJSON_GetObjectItemCaseSensitive(scope, "steps");
+    cJSON *context = cJSON_GetObjectItemCaseSensitive(scope, "context");
+    const char *key = workflow_step_save(wf, i);
+    cJSON *entry = cJSON_CreateObject();
+
+    cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
+    cJSON_DeleteItemFromObjectCaseSensitive(steps, workflow_step_id(wf, i));
+    cJSON_AddItemToObject(steps, workflow_step_id(wf, i), entry);
+    if (key) {
+        cJSON_DeleteItemFromObjectCaseSensitive(context, key);
+        cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+    }
+}
+
+/* The step in state `failed` whose recorded failure started fallback step f, or -1. */
+static long fallback_for(const struct recording *rec, const int *state, int failed, size_t f)
+{
+    for (size_t i = 0; i < workflow_step_count(rec->wf); i++) {
+        const cJSON *named = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "fallback");
+        if (state[i] == failed && cJSON_IsString(named) &&
+            strcmp(named->valuestring, workflow_step_id(rec->wf, f)) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
 /* The replay proper: steps become ready as the scheduler makes them, until nothing changes. */
 static int replay(struct recording *rec, size_t *ret_matched)
 {
     const struct workflow *wf = rec->wf;
     size_t n = workflow_step_count(wf);
-    enum { PENDING, SUCCEEDED, FAILED, NOT_RUN } *state = xcalloc(n, sizeof(*state));
+    enum { PENDING, SUCCEEDED, FAILED, NOT_RUN };
+    int *state = xcalloc(n ? n : 1, sizeof(*state));
     cJSON *scope = cJSON_CreateObject();
-    cJSON *context = cJSON_AddObjectToObject(scope, "context");
+    cJSON_AddObjectToObject(scope, "context");
     cJSON *steps = cJSON_AddObjectToObject(scope, "steps");
     bool progress = true;
     int status = CLI_OK;
@@ -237,6 +267,9 @@ static int replay(struct recording *rec, size_t *ret_matched)
             bool ready = state[i] == PENDING;
             for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
                 ready = state[workflow_step_need(wf, i, k)] == SUCCEEDED;
+            /* A fallback runs only for a step that failed into it. */
+            if (ready && workflow_step_is_fallback(wf, i))
+                ready = fallback_for(rec, state, FAILED, i) >= 0;
             if (!ready)
                 continue;
             struct recorded_step *r = &rec->steps[i];
@@ -306,16 +339,22 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             if (!succeeded) {
                 state[i] = FAILED;
+                /* The run went on without it (on_error: continue): its output is null. */
+                if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r->finished, "on_error"))) {
+                    state[i] = SUCCEEDED;
+                    cJSON_AddNullToObject(cJSON_AddObjectToObject(steps, workflow_step_id(wf, i)),
+                                          "output");
+                }
                 continue;
             }
             state[i] = SUCCEEDED;
             const cJSON *output = cJSON_GetObjectItemCaseSensitive(r->finished, "output");
-            cJSON *entry = cJSON_AddObjectToObject(steps, workflow_step_id(wf, i));
-            cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
-            const char *key = workflow_step_save(wf, i);
-            if (key) {
-                cJSON_DeleteItemFromObjectCaseSensitive(context, key);
-                cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+            keep(wf, i, scope, output);
+            /* A fallback's output stands in for the step that failed into it. */
+            long failed = fallback_for(rec, state, FAILED, i);
+            if (failed >= 0) {
+                state[failed] = SUCCEEDED;
+                keep(wf, (size_t)failed, scope, output);
             }
         }
     }

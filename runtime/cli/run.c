@@ -458,6 +458,11 @@ int cli_run(int argc, char **argv, struct cli_common *common)
                       workflow_step_id(wf, i), workflow_action_name(action));
             goto out;
         }
+        if (workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH)) {
+            cli_error("%s: step '%s': 'for_each' is not executed yet", workflow_file(wf),
+                      workflow_step_id(wf, i));
+            goto out;
+        }
     }
     workflow_path = realpath(argv[optind], NULL);
 

@@ -66,8 +66,9 @@ struct step_run {
     bool uses_scope;     /* its arguments hold ${{ }} expressions */
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
-    bool checked; /* its `when` (and an approval's `if`) has been decided */
-    bool gate;    /* an approval step whose approval is asked */
+    bool checked;    /* its `when` (and an approval's `if`) has been decided */
+    bool gate;       /* an approval step whose approval is asked */
+    long stands_for; /* a fallback step: the failed step it runs for, or -1 (not started) */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -160,6 +161,11 @@ void sched__step_reused(struct run *run, size_t index, const cJSON *output, cons
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
                                 const char *error);
 void sched__step_cancel(struct run *run, size_t index, const char *reason);
+/*
+ * Whether the steps that need this one may start: it succeeded, or it failed and its
+ * on_error absorbs the failure (continue, or a fallback that succeeded).
+ */
+bool sched__step_stands(const struct run *run, size_t index);
 void sched__dispatch_ready(struct run *run);
 void sched__check_steps(struct run *run, int64_t now);
 /* Records the destructive tools an agent of persona reported in its ready message. */

@@ -360,6 +360,7 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     run->steps = xcalloc(run->step_count ? run->step_count : 1, sizeof(*run->steps));
     for (size_t i = 0; i < run->step_count; i++) {
         run->steps[i].agent = -1;
+        run->steps[i].stands_for = -1;
         run->steps[i].unmet = (unsigned)workflow_step_needs_count(wf, i);
     }
     index_steps(run);
@@ -446,8 +447,11 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
     bool *queue = xcalloc(run->step_count ? run->step_count : 1, sizeof(*queue));
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];
+        /* A fallback starts only when the step it stands in for has failed. */
+        bool may_start = !workflow_step_is_fallback(run->wf, i) || step->stands_for >= 0;
         queue[i] = step->state == STEP_DISPATCHED ||
-                   ((step->state == STEP_PENDING || step->state == STEP_READY) && step->unmet == 0);
+                   ((step->state == STEP_PENDING || step->state == STEP_READY) &&
+                    step->unmet == 0 && may_start);
     }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];

@@ -262,9 +262,53 @@ static void release_dependents(struct run *run, size_t index)
     for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++) {
         size_t next = run->dependents[k];
         struct step_run *step = &run->steps[next];
-        if (step->unmet > 0 && --step->unmet == 0 && step->state == STEP_PENDING)
+        if (step->unmet > 0 && --step->unmet == 0 && step->state == STEP_PENDING &&
+            (!workflow_step_is_fallback(run->wf, next) || step->stands_for >= 0))
             sched__make_ready(run, next);
     }
+}
+
+bool sched__step_stands(const struct run *run, size_t index)
+{
+    size_t fallback;
+
+    if (run->steps[index].state == STEP_SUCCEEDED)
+        return true;
+    if (run->steps[index].state != STEP_FAILED)
+        return false;
+    switch (workflow_step_on_error(run->wf, index, &fallback)) {
+    case WORKFLOW_ON_ERROR_CONTINUE:
+        return true;
+    case WORKFLOW_ON_ERROR_FALLBACK:
+        return run->steps[fallback].state == STEP_SUCCEEDED &&
+               run->steps[fallback].stands_for == (long)index;
+    default:
+        return false;
+    }
+}
+
+static void skip_step(struct run *run, size_t index, const char *reason);
+
+/*
+ * A step whose fallback was not needed: once every step naming it has ended without
+ * starting it, the fallback is skipped (it never runs on its own).
+ */
+static void settle_fallback(struct run *run, size_t index)
+{
+    size_t fallback;
+
+    if (workflow_step_on_error(run->wf, index, &fallback) != WORKFLOW_ON_ERROR_FALLBACK ||
+        step_state_final(run->steps[fallback].state) || run->steps[fallback].stands_for >= 0)
+        return;
+    for (size_t i = 0; i < run->step_count; i++) {
+        size_t other;
+        if (workflow_step_on_error(run->wf, i, &other) == WORKFLOW_ON_ERROR_FALLBACK &&
+            other == fallback && !step_state_final(run->steps[i].state))
+            return;
+    }
+    char *reason = xasprintf("a fallback, and '%s' did not fail", workflow_step_id(run->wf, index));
+    skip_step(run, fallback, reason);
+    free(reason);
 }
 
 /* Leaves the dispatched state: the agent is free, the counters follow. */
@@ -278,12 +322,16 @@ static void leave_dispatched(struct run *run, struct step_run *step, size_t inde
     run->in_flight--;
 }
 
+static void settle_fallback(struct run *run, size_t index);
+
 static void reach_final(struct run *run, size_t index, enum step_state state)
 {
     run->steps[index].state = state;
     run->done++;
     if (state == STEP_FAILED)
         run->failed++;
+    if (state != STEP_FAILED)
+        settle_fallback(run, index);
 }
 
 /* ---- transitions -------------------------------------------------------------------------- */
@@ -357,6 +405,7 @@ static void succeed(struct run *run, size_t index, cJSON *output, int64_t durati
     struct step_run *step = &run->steps[index];
     char *output_json = cJSON_PrintUnformatted(output);
     cJSON *payload = cJSON_CreateObject();
+    cJSON *stand_in = step->stands_for >= 0 ? cJSON_Duplicate(output, true) : NULL;
 
     leave_dispatched(run, step, index);
     reach_final(run, index, STEP_SUCCEEDED);
@@ -369,6 +418,12 @@ static void succeed(struct run *run, size_t index, cJSON *output, int64_t durati
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
+    if (stand_in) {
+        /* A fallback's output stands in for the failed step's: its dependents see it there. */
+        keep_output(run, (size_t)step->stands_for, stand_in, output_json);
+        release_dependents(run, (size_t)step->stands_for);
+        cJSON_Delete(stand_in);
+    }
     free(output_json);
 }
 
@@ -422,15 +477,51 @@ static void step_failed(struct run *run, size_t index, const char *error, int64_
     const char *step_id = workflow_step_id(run->wf, index);
     cJSON *payload = cJSON_CreateObject();
 
+    size_t fallback = SIZE_MAX;
+    enum workflow_on_error on_error = workflow_step_on_error(run->wf, index, &fallback);
+
+    /* A fallback runs once, for one step; a second failure naming it is not absorbed. */
+    if (run->cancelling ||
+        (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+         (run->steps[fallback].stands_for >= 0 || step_state_final(run->steps[fallback].state))))
+        on_error = WORKFLOW_ON_ERROR_FAIL;
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        run->steps[fallback].stands_for = (long)index;
     reach_final(run, index, STEP_FAILED);
     sched__record_step(run, index, NULL, error);
     cJSON_AddStringToObject(payload, "status", "failed");
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     cJSON_AddStringToObject(payload, "error", error);
+    if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
+        cJSON_AddStringToObject(payload, "on_error", "continue");
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        cJSON_AddStringToObject(payload, "fallback", workflow_step_id(run->wf, fallback));
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
-    sched__fail(run, "step '%s' failed: %s", step_id, error);
     sched__progress(run, "step", index, error, duration);
+    switch (on_error) {
+    case WORKFLOW_ON_ERROR_CONTINUE: {
+        /* The run goes on without it: the steps that need it see a null output. */
+        cJSON *nothing = cJSON_CreateNull();
+        if (run->keep_outputs) {
+            cJSON *entry = cJSON_CreateObject();
+            cJSON_AddItemToObject(entry, "output", nothing);
+            cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+        } else {
+            cJSON_Delete(nothing);
+        }
+        release_dependents(run, index);
+        break;
+    }
+    case WORKFLOW_ON_ERROR_FALLBACK:
+        tr_log(TR_LOG_WARN, "step '%s' failed (%s); its fallback '%s' runs instead", step_id, error,
+               workflow_step_id(run->wf, fallback));
+        if (run->steps[fallback].state == STEP_PENDING && run->steps[fallback].unmet == 0)
+            sched__make_ready(run, fallback);
+        break;
+    default:
+        sched__fail(run, "step '%s' failed: %s", step_id, error);
+    }
 }
 
 /* ---- what the scheduler decides and computes itself: when, eval, approval ------------------ */

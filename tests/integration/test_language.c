@@ -377,3 +377,89 @@ Test(language, a_rejected_approval_step_fails_the_run)
 {
     run_gated(true);
 }
+
+/* ---- on_error ------------------------------------------------------------------------------ */
+
+Test(language, on_error_continue_goes_on_with_a_null_output)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: broken\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {text: not an argument of echo}\n"
+              "    on_error: continue\n"
+              "  - id: after\n"
+              "    eval: '[.steps.broken.output, \"went on\"]'\n"
+              "    needs: broken\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "broken"), "failed");
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    char *after = output_of(&env, "after");
+    cr_assert_str_eq(after, "[null,\"went on\"]");
+    free(after);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, a_fallback_stands_in_for_a_failed_step)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: assess\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {text: not an argument of echo}\n"
+              "    save: risk\n"
+              "    on_error: {fallback: default_score}\n"
+              "  - id: default_score\n"
+              "    eval: '{score: 5, reason: \"no assessment\"}'\n"
+              "  - id: decide\n"
+              "    eval: '[.steps.assess.output.score, .context.risk.reason]'\n"
+              "    needs: assess\n"
+              "  - id: greet\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: Ada}\n"
+              "    on_error: {fallback: not_needed}\n"
+              "  - id: not_needed\n"
+              "    eval: '\"never\"'\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "assess"), "failed");
+    cr_assert_str_eq(state_of(&env, "default_score"), "succeeded");
+    cr_assert_str_eq(state_of(&env, "not_needed"), "skipped");
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    char *decided = output_of(&env, "decide");
+    cr_assert_str_eq(decided, "[5,\"no assessment\"]");
+    free(decided);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, a_failed_fallback_fails_the_run)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: assess\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {text: not an argument of echo}\n"
+              "    on_error: {fallback: also_broken}\n"
+              "  - id: also_broken\n"
+              "    eval: 'error(\"no fallback either\")'\n"
+              "  - id: decide\n"
+              "    eval: '.steps.assess.output'\n"
+              "    needs: assess\n",
+              &r);
+    cr_assert_neq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "also_broken"), "failed");
+    cr_assert_str_eq(state_of(&env, "decide"), "skipped");
+    cr_assert_str_eq(run_status(&env), "failed");
+    harness_result_release(&r);
+    release_env(&env);
+}
