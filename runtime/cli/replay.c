@@ -287,7 +287,15 @@ static int replay(struct recording *rec, size_t *ret_matched)
                 continue;
             }
             enum workflow_action action = workflow_step_action(wf, i);
-            if (action != WORKFLOW_ACTION_TOOL) {
+            bool for_each = workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH);
+            if (for_each && action == WORKFLOW_ACTION_TOOL) {
+                /* One call per item: the replay does not compare them yet; it takes the
+                 * step's recorded outcome. */
+                if (!r->finished) {
+                    state[i] = NOT_RUN;
+                    continue;
+                }
+            } else if (action != WORKFLOW_ACTION_TOOL) {
                 /* Computed by the scheduler itself, no call: an eval must yield what the run
                  * recorded; an approval passed or not as recorded. */
                 if (!r->finished) {
@@ -321,7 +329,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             /* A step a forked run took over from its parent was not called by this run:
              * replay takes the parent's result too. */
-            if (action == WORKFLOW_ACTION_TOOL && !r->reused) {
+            if (action == WORKFLOW_ACTION_TOOL && !for_each && !r->reused) {
                 struct tr_error err = {0};
                 cJSON *arguments = NULL;
                 if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {

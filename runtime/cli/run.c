@@ -458,9 +458,10 @@ int cli_run(int argc, char **argv, struct cli_common *common)
                       workflow_step_id(wf, i), workflow_action_name(action));
             goto out;
         }
-        if (workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH)) {
-            cli_error("%s: step '%s': 'for_each' is not executed yet", workflow_file(wf),
-                      workflow_step_id(wf, i));
+        if (workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH) &&
+            action != WORKFLOW_ACTION_TOOL) {
+            cli_error("%s: step '%s': 'for_each' over '%s' steps is not executed yet",
+                      workflow_file(wf), workflow_step_id(wf, i), workflow_action_name(action));
             goto out;
         }
     }

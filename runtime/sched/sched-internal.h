@@ -69,6 +69,12 @@ struct step_run {
     bool checked;    /* its `when` (and an approval's `if`) has been decided */
     bool gate;       /* an approval step whose approval is asked */
     long stands_for; /* a fallback step: the failed step it runs for, or -1 (not started) */
+    /* for_each: the items (evaluated at the first dispatch), the raw results so far, and the
+     * item in flight. Items run one after the other on one agent; not persisted: a resumed
+     * run starts the list again (the idempotency keys RUN/STEP/IDX deduplicate). */
+    cJSON *items;
+    cJSON *results;
+    int item;
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */

@@ -523,6 +523,10 @@ static void release_run(struct run *run)
     free(run->socket_path);
     free(run->endpoint);
     free(run->dir);
+    for (size_t i = 0; i < run->step_count; i++) {
+        cJSON_Delete(run->steps[i].items);
+        cJSON_Delete(run->steps[i].results);
+    }
     free(run->steps);
     free(run->by_id);
     free(run->dependents);

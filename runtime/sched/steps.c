@@ -428,13 +428,30 @@ static void succeed(struct run *run, size_t index, cJSON *output, int64_t durati
 }
 
 static void step_failed(struct run *run, size_t index, const char *error, int64_t duration);
+static void dispatch(struct run *run, size_t index, long agent_index, bool next_item);
 
 void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
 {
     struct step_run *step = &run->steps[index];
     int64_t duration = tr_now_ms() - step->dispatched_ms;
     cJSON *output = NULL;
+    cJSON *results = NULL;
 
+    if (step->items) {
+        /* One item done: the next goes to the same agent; after the last, the step's result
+         * is the list of the results, in order. */
+        if (result)
+            cJSON_AddItemToArray(step->results, cJSON_Duplicate(result, true));
+        if (result && ++step->item < cJSON_GetArraySize(step->items)) {
+            dispatch(run, index, step->agent, true);
+            return;
+        }
+        results = step->results;
+        step->results = NULL;
+        cJSON_Delete(step->items);
+        step->items = NULL;
+        result = results;
+    }
     if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT)) {
         /* `output` sees the raw result as .result, beside what any expression sees. */
         struct tr_error err = {0};
@@ -445,11 +462,17 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
         if (rc < 0) {
             leave_dispatched(run, step, index);
             step_failed(run, index, err.message, duration);
+            cJSON_Delete(results);
             return;
         }
+    } else if (results) {
+        const cJSON *each;
+        output = cJSON_CreateArray();
+        cJSON_ArrayForEach(each, results) cJSON_AddItemToArray(output, step_output(each));
     } else {
         output = step_output(result);
     }
+    cJSON_Delete(results);
     succeed(run, index, output, duration);
 }
 
@@ -686,8 +709,9 @@ static long idle_agent_for(struct run *run, size_t persona)
 
 /* Resolves a ready step's arguments and records it as dispatched; the message waits in the
  * outbox until the turn is committed. */
-static void dispatch(struct run *run, size_t index, long agent_index)
+static void dispatch(struct run *run, size_t index, long agent_index, bool next_item)
 {
+    bool for_each = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH);
     struct step_run *step = &run->steps[index];
     struct agent_proc *agent = &run->agents[agent_index];
     const char *step_id = workflow_step_id(run->wf, index);
@@ -698,17 +722,46 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     cJSON *arguments = NULL;
 
     sched__step_policy(run, index, &policy);
-    step->attempt++;
+    if (!next_item)
+        step->attempt++;
     step->dispatched_ms = tr_now_ms();
+    if (for_each && !step->items) {
+        if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_FOR_EACH, run->scope, &step->items,
+                                   &err) < 0) {
+            leave_dispatched(run, step, index); /* a later item, on its agent */
+            step_failed(run, index, err.message, 0);
+            return;
+        }
+        if (!cJSON_IsArray(step->items)) {
+            char *reason = xasprintf("step '%s': 'for_each' does not yield a list", step_id);
+            step_failed(run, index, reason, 0);
+            free(reason);
+            return;
+        }
+        step->results = cJSON_CreateArray();
+        step->item = 0;
+        if (cJSON_GetArraySize(step->items) == 0) {
+            sched__step_succeeded(run, index, NULL); /* nothing to call: the list of none */
+            return;
+        }
+    }
+    if (for_each)
+        cJSON_AddItemToObject(run->scope, "item",
+                              cJSON_Duplicate(cJSON_GetArrayItem(step->items, step->item), true));
     /* Arguments without expressions need no scope: converting it costs as much as it holds. */
-    if (workflow_step_arguments(run->wf, index, step->uses_scope ? run->scope : NULL, &arguments,
-                                &err) < 0) {
+    int rc = workflow_step_arguments(
+        run->wf, index, step->uses_scope || for_each ? run->scope : NULL, &arguments, &err);
+    if (for_each)
+        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "item");
+    if (rc < 0) {
+        leave_dispatched(run, step, index); /* a later item, on its agent */
         step_failed(run, index, err.message, 0);
         return;
     }
     if (!workflow_persona_allows(run->wf, agent->persona_index, server, tool)) {
         /* The loader refuses such workflows; this guards the invariant at run time too. */
         char *reason = xasprintf("persona '%s' may not call %s.%s", agent->persona, server, tool);
+        leave_dispatched(run, step, index);
         step_failed(run, index, reason, 0);
         free(reason);
         cJSON_Delete(arguments);
@@ -722,16 +775,19 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     msg->server = xstrdup(server);
     msg->tool = xstrdup(tool);
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
-    msg->idempotency_key = xasprintf("%s/%s", run->id, step_id);
+    msg->idempotency_key = for_each ? xasprintf("%s/%s/%d", run->id, step_id, step->item)
+                                    : xasprintf("%s/%s", run->id, step_id);
     msg->timeout_ms = policy.timeout_ms;
     msg->json = cJSON_PrintUnformatted(arguments);
 
-    step->state = STEP_DISPATCHED;
-    step->agent = agent_index;
     step->deadline_ms = step->dispatched_ms + policy.timeout_ms + SCHED_STEP_GRACE_MS;
-    agent->step = (long)index;
-    run->in_flight++;
-    sched__record_step(run, index, NULL, NULL);
+    if (!next_item) {
+        step->state = STEP_DISPATCHED;
+        step->agent = agent_index;
+        agent->step = (long)index;
+        run->in_flight++;
+        sched__record_step(run, index, NULL, NULL);
+    }
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
@@ -739,6 +795,10 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     cJSON_AddStringToObject(payload, "tool", tool);
     cJSON_AddItemToObject(payload, "arguments", arguments);
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    if (for_each) {
+        cJSON_AddNumberToObject(payload, "item", step->item);
+        cJSON_AddNumberToObject(payload, "items", cJSON_GetArraySize(step->items));
+    }
     cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
     sched__audit(run, step_id, "scheduler", "step.dispatched", payload);
 
@@ -792,7 +852,7 @@ void sched__dispatch_ready(struct run *run)
         }
         long agent = idle > 0 ? idle_agent_for(run, workflow_step_persona(run->wf, index)) : -1;
         if (agent >= 0) {
-            dispatch(run, index, agent);
+            dispatch(run, index, agent, false);
             idle--;
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;

@@ -463,3 +463,56 @@ Test(language, a_failed_fallback_fails_the_run)
     harness_result_release(&r);
     release_env(&env);
 }
+
+/* ---- for_each ------------------------------------------------------------------------------ */
+
+Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_order)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: texts\n"
+              "    eval: '[\"one\", \"one two\", \"one two three\"]'\n"
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"${{ .item }}\"}\n"
+              "    needs: texts\n"
+              "    for_each: .steps.texts.output\n"
+              "    concurrency: 2\n"
+              "    save: counts\n"
+              "  - id: words\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: \"${{ .item }}\"}\n"
+              "    for_each: '[\"Ada\", \"Bob\"]'\n"
+              "    output: '[.result[].content[0].text]'\n"
+              "  - id: none\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: \"${{ .item }}\"}\n"
+              "    for_each: '[]'\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *counts = query_text(env.db, "SELECT value_json FROM context WHERE key = 'counts'");
+    cr_assert_str_eq(counts, "[{\"words\":1,\"characters\":3},{\"words\":2,\"characters\":7},"
+                             "{\"words\":3,\"characters\":13}]");
+    char *words = output_of(&env, "words");
+    cr_assert_str_eq(words, "[\"Hello, Ada!\",\"Hello, Bob!\"]");
+    char *none = output_of(&env, "none");
+    cr_assert_str_eq(none, "[]");
+    cr_assert_eq(query_int(env.db, "SELECT count(DISTINCT json_extract(payload_json, "
+                                   "'$.idempotency_key')) FROM audit WHERE type = "
+                                   "'step.dispatched' AND step_id = 'count'"),
+                 3);
+    char *key = query_text(env.db, "SELECT json_extract(payload_json, '$.idempotency_key') FROM "
+                                   "audit WHERE type = 'step.dispatched' AND step_id = 'count' "
+                                   "ORDER BY seq DESC LIMIT 1");
+    cr_assert(key && strlen(key) > 9 && strcmp(key + strlen(key) - 8, "/count/2") == 0, "%s", key);
+    free(key);
+    free(counts);
+    free(words);
+    free(none);
+    harness_result_release(&r);
+    release_env(&env);
+}
