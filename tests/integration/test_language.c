@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -514,5 +515,55 @@ Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_orde
     free(words);
     free(none);
     harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- resuming ------------------------------------------------------------------------------ */
+
+Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
+{
+    struct env env = setup_env();
+    char *path =
+        write_steps(&env, "  - id: assess\n"
+                          "    persona: worker\n"
+                          "    tool: demo.echo\n"
+                          "    with: {text: not an argument of echo}\n"
+                          "    on_error: {fallback: default_score}\n"
+                          "  - id: default_score\n"
+                          "    eval: '{score: 5}'\n"
+                          "  - id: maybe\n"
+                          "    eval: '\"never\"'\n"
+                          "    when: .input.nothing\n"
+                          "  - id: gate\n"
+                          "    approval: {who: carol, why: \"score ${{ "
+                          ".steps.assess.output.score }}\"}\n"
+                          "    needs: assess\n"
+                          "  - id: after\n"
+                          "    eval: '[.steps.assess.output.score, .steps.gate.output.by]'\n"
+                          "    needs: gate\n");
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE step_id = 'gate' AND state = "
+                                 "'waiting-approval'",
+                                 1, 30000),
+                 1);
+    kill(proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    approve(&env, "gate", "carol", false);
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
+    harness_run(resume, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    cr_assert_str_eq(state_of(&env, "maybe"), "skipped");
+    char *after = output_of(&env, "after");
+    cr_assert_str_eq(after, "[5,\"carol\"]");
+    free(after);
+    harness_result_release(&r);
+    free(path);
     release_env(&env);
 }
