@@ -1,8 +1,10 @@
 /*
- * sched/steps.c: the life of a step: its policy, the dependency graph and the ready queue,
- * dispatch to an idle agent, success (output, context write), failed attempts (retry with
- * backoff, or failure), cancellation and timeouts. Every transition is recorded in the store
- * within the turn's transaction; agents and messages are supervise.c's.
+ * sched/steps.c: the life of a step: its policy (run defaults, the step's retry and timeout),
+ * the dependency graph and the ready queue, `when` (skips), what the scheduler computes itself
+ * (eval, approval steps), dispatch to an idle agent (for_each one item after the other),
+ * success (output transform, context write), failed attempts (retry with backoff, or failure,
+ * or on_error continue / fallback), cancellation and timeouts. Every transition is recorded in
+ * the store within the turn's transaction; agents and messages are supervise.c's.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
