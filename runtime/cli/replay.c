@@ -42,12 +42,16 @@ static void usage(FILE *out)
             STORE_DEFAULT_PATH);
 }
 
+#define REPLAY_MAX_ITEMS 1000000 /* a for_each item index beyond this is not believed */
+
 /* What the log recorded of one step: its last attempt. */
 struct recorded_step {
     cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
     cJSON *finished; /* step.finished payload (or step.reused), or NULL */
     bool dispatched;
-    bool reused; /* a forked run took it over from its parent */
+    bool reused;          /* a forked run took it over from its parent */
+    cJSON *item_requests; /* for_each: the last request of each item, by index (or NULL) */
+    int item;             /* for_each: the item the last step.dispatched was for */
 };
 
 struct recording {
@@ -82,7 +86,12 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     if (strcmp(event->type, "run.started") == 0) {
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
     } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
         rec->steps[i].dispatched = true;
+        rec->steps[i].item =
+            cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble < REPLAY_MAX_ITEMS
+                ? (int)item->valuedouble
+                : 0;
         replace(&rec->steps[i].request, NULL);
         replace(&rec->steps[i].finished, NULL);
     } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
@@ -96,9 +105,18 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     } else if (i >= 0 && strcmp(event->type, "mcp.request") == 0) {
         cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
-        if (cJSON_IsString(method) && strcmp(method->valuestring, "tools/call") == 0)
+        if (cJSON_IsString(method) && strcmp(method->valuestring, "tools/call") == 0) {
             replace(&rec->steps[i].request,
                     cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
+            struct recorded_step *r = &rec->steps[i];
+            if (!r->item_requests)
+                r->item_requests = cJSON_CreateArray();
+            while (cJSON_GetArraySize(r->item_requests) <= r->item)
+                cJSON_AddItemToArray(r->item_requests, cJSON_CreateNull());
+            cJSON_ReplaceItemInArray(r->item_requests, r->item,
+                                     r->request ? cJSON_Duplicate(r->request, true)
+                                                : cJSON_CreateNull());
+        }
     }
     cJSON_Delete(payload);
     return 0;
@@ -245,6 +263,57 @@ static long fallback_for(const struct recording *rec, const int *state, int fail
     return -1;
 }
 
+/*
+ * A for_each step: its list over the replay's scope, and each item's call compared with the
+ * recorded one (all of them when the step succeeded; those that were made otherwise).
+ */
+static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
+                       const struct recorded_step *r, bool succeeded, size_t *matched)
+{
+    struct tr_error err = {0};
+    cJSON *items = NULL;
+    bool same = true;
+    int recorded = cJSON_GetArraySize(r->item_requests);
+
+    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
+        !cJSON_IsArray(items)) {
+        cJSON_Delete(items);
+        if (!succeeded && recorded == 0)
+            return true; /* the run failed the step on its list too */
+        printf("DIVERGENCE at step '%s': its for_each does not yield a list%s%s\n",
+               workflow_step_id(wf, i), err.message[0] ? ": " : "", err.message);
+        return false;
+    }
+    int n = cJSON_GetArraySize(items);
+    if (recorded > n || (succeeded && recorded != n)) {
+        printf("DIVERGENCE at step '%s': replay calls %s.%s for %d item%s, the run for %d\n",
+               workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i), n,
+               n == 1 ? "" : "s", recorded);
+        cJSON_Delete(items);
+        return false;
+    }
+    for (int k = 0; same && k < recorded; k++) {
+        const cJSON *request = cJSON_GetArrayItem(r->item_requests, k);
+        cJSON *arguments = NULL;
+        if (cJSON_IsNull(request))
+            continue;
+        cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(cJSON_GetArrayItem(items, k), true));
+        int rc = workflow_step_arguments(wf, i, scope, &arguments, &err);
+        cJSON_DeleteItemFromObjectCaseSensitive(scope, "item");
+        if (rc < 0) {
+            printf("DIVERGENCE at step '%s' item %d: its arguments do not evaluate: %s\n",
+                   workflow_step_id(wf, i), k, err.message);
+            same = false;
+        } else {
+            same = same_request(wf, i, arguments, request);
+            *matched += same;
+        }
+        cJSON_Delete(arguments);
+    }
+    cJSON_Delete(items);
+    return same;
+}
+
 /* The replay proper: steps become ready as the scheduler makes them, until nothing changes. */
 static int replay(struct recording *rec, size_t *ret_matched)
 {
@@ -289,11 +358,14 @@ static int replay(struct recording *rec, size_t *ret_matched)
             enum workflow_action action = workflow_step_action(wf, i);
             bool for_each = workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH);
             if (for_each && action == WORKFLOW_ACTION_TOOL) {
-                /* One call per item: the replay does not compare them yet; it takes the
-                 * step's recorded outcome. */
-                if (!r->finished) {
+                /* One call per item, each compared with the item's last recorded call. */
+                if (!r->finished && !r->reused) {
                     state[i] = NOT_RUN;
                     continue;
+                }
+                if (!r->reused && !same_items(wf, i, scope, r, succeeded, ret_matched)) {
+                    status = CLI_FAILED;
+                    break;
                 }
             } else if (action != WORKFLOW_ACTION_TOOL) {
                 /* Computed by the scheduler itself, no call: an eval must yield what the run
@@ -526,6 +598,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
 out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
         cJSON_Delete(rec.steps[i].request);
+        cJSON_Delete(rec.steps[i].item_requests);
         cJSON_Delete(rec.steps[i].finished);
     }
     free(rec.steps);
