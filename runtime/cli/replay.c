@@ -42,12 +42,16 @@ static void usage(FILE *out)
             STORE_DEFAULT_PATH);
 }
 
+#define REPLAY_MAX_ITEMS 1000000 /* a for_each item index beyond this is not believed */
+
 /* What the log recorded of one step: its last attempt. */
 struct recorded_step {
     cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
     cJSON *finished; /* step.finished payload (or step.reused), or NULL */
     bool dispatched;
-    bool reused; /* a forked run took it over from its parent */
+    bool reused;          /* a forked run took it over from its parent */
+    cJSON *item_requests; /* for_each: the last request of each item, by index (or NULL) */
+    int item;             /* for_each: the item the last step.dispatched was for */
 };
 
 struct recording {
@@ -82,7 +86,12 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     if (strcmp(event->type, "run.started") == 0) {
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
     } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
         rec->steps[i].dispatched = true;
+        rec->steps[i].item =
+            cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble < REPLAY_MAX_ITEMS
+                ? (int)item->valuedouble
+                : 0;
         replace(&rec->steps[i].request, NULL);
         replace(&rec->steps[i].finished, NULL);
     } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
@@ -96,9 +105,18 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     } else if (i >= 0 && strcmp(event->type, "mcp.request") == 0) {
         cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
-        if (cJSON_IsString(method) && strcmp(method->valuestring, "tools/call") == 0)
+        if (cJSON_IsString(method) && strcmp(method->valuestring, "tools/call") == 0) {
             replace(&rec->steps[i].request,
                     cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
+            struct recorded_step *r = &rec->steps[i];
+            if (!r->item_requests)
+                r->item_requests = cJSON_CreateArray();
+            while (cJSON_GetArraySize(r->item_requests) <= r->item)
+                cJSON_AddItemToArray(r->item_requests, cJSON_CreateNull());
+            cJSON_ReplaceItemInArray(r->item_requests, r->item,
+                                     r->request ? cJSON_Duplicate(r->request, true)
+                                                : cJSON_CreateNull());
+        }
     }
     cJSON_Delete(payload);
     return 0;
@@ -154,14 +172,157 @@ static bool same_request(const struct workflow *wf, size_t i, const cJSON *argum
     return same;
 }
 
+enum { REPLAY_RUN, REPLAY_NOT_RUN, REPLAY_DIVERGED };
+
+/*
+ * A step's `when` over the replay's scope: REPLAY_RUN when it holds (or there is none),
+ * REPLAY_NOT_RUN when the step is skipped (or fails on it), as the run must have done too,
+ * else REPLAY_DIVERGED (printed).
+ */
+static int replay_when(const struct workflow *wf, size_t i, const cJSON *scope,
+                       const struct recorded_step *r, bool succeeded)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    bool holds;
+
+    if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_WHEN) || r->reused)
+        return REPLAY_RUN;
+    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_WHEN, scope, &value, &err) < 0) {
+        if (!succeeded && !r->request)
+            return REPLAY_NOT_RUN; /* the run failed the step on it too */
+        printf("DIVERGENCE at step '%s': its 'when' does not evaluate: %s\n",
+               workflow_step_id(wf, i), err.message);
+        return REPLAY_DIVERGED;
+    }
+    holds = value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
+    cJSON_Delete(value);
+    if (holds)
+        return REPLAY_RUN;
+    if (r->request || r->finished) {
+        printf("DIVERGENCE at step '%s': its 'when' is false in the replay, the run ran it\n",
+               workflow_step_id(wf, i));
+        return REPLAY_DIVERGED;
+    }
+    return REPLAY_NOT_RUN;
+}
+
+/* Whether an eval step yields the output the run recorded; prints a divergence if not. */
+static bool same_eval(const struct workflow *wf, size_t i, const cJSON *scope,
+                      const cJSON *recorded)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+    bool same;
+
+    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err) < 0) {
+        printf("DIVERGENCE at step '%s': its eval does not evaluate: %s\n", workflow_step_id(wf, i),
+               err.message);
+        return false;
+    }
+    same = recorded && cJSON_Compare(value, recorded, true);
+    if (!same) {
+        char *now = compact(value), *then = compact(recorded);
+        printf("DIVERGENCE at step '%s':\n"
+               "  replay's eval yields  %s\n"
+               "  the run recorded      %s\n",
+               workflow_step_id(wf, i), now, then);
+        free(now);
+        free(then);
+    }
+    cJSON_Delete(value);
+    return same;
+}
+
+/* Keeps a step's output where expressions read it, and saves it to the context. */
+static void keep(const struct workflow *wf, size_t i, cJSON *scope, const cJSON *output)
+{
+    cJSON *steps = cJSON_GetObjectItemCaseSensitive(scope, "steps");
+    cJSON *context = cJSON_GetObjectItemCaseSensitive(scope, "context");
+    const char *key = workflow_step_save(wf, i);
+    cJSON *entry = cJSON_CreateObject();
+
+    cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
+    cJSON_DeleteItemFromObjectCaseSensitive(steps, workflow_step_id(wf, i));
+    cJSON_AddItemToObject(steps, workflow_step_id(wf, i), entry);
+    if (key) {
+        cJSON_DeleteItemFromObjectCaseSensitive(context, key);
+        cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+    }
+}
+
+/* The step in state `failed` whose recorded failure started fallback step f, or -1. */
+static long fallback_for(const struct recording *rec, const int *state, int failed, size_t f)
+{
+    for (size_t i = 0; i < workflow_step_count(rec->wf); i++) {
+        const cJSON *named = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "fallback");
+        if (state[i] == failed && cJSON_IsString(named) &&
+            strcmp(named->valuestring, workflow_step_id(rec->wf, f)) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+/*
+ * A for_each step: its list over the replay's scope, and each item's call compared with the
+ * recorded one (all of them when the step succeeded; those that were made otherwise).
+ */
+static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
+                       const struct recorded_step *r, bool succeeded, size_t *matched)
+{
+    struct tr_error err = {0};
+    cJSON *items = NULL;
+    bool same = true;
+    int recorded = cJSON_GetArraySize(r->item_requests);
+
+    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
+        !cJSON_IsArray(items)) {
+        cJSON_Delete(items);
+        if (!succeeded && recorded == 0)
+            return true; /* the run failed the step on its list too */
+        printf("DIVERGENCE at step '%s': its for_each does not yield a list%s%s\n",
+               workflow_step_id(wf, i), err.message[0] ? ": " : "", err.message);
+        return false;
+    }
+    int n = cJSON_GetArraySize(items);
+    if (recorded > n || (succeeded && recorded != n)) {
+        printf("DIVERGENCE at step '%s': replay calls %s.%s for %d item%s, the run for %d\n",
+               workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i), n,
+               n == 1 ? "" : "s", recorded);
+        cJSON_Delete(items);
+        return false;
+    }
+    for (int k = 0; same && k < recorded; k++) {
+        const cJSON *request = cJSON_GetArrayItem(r->item_requests, k);
+        cJSON *arguments = NULL;
+        if (cJSON_IsNull(request))
+            continue;
+        cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(cJSON_GetArrayItem(items, k), true));
+        int rc = workflow_step_arguments(wf, i, scope, &arguments, &err);
+        cJSON_DeleteItemFromObjectCaseSensitive(scope, "item");
+        if (rc < 0) {
+            printf("DIVERGENCE at step '%s' item %d: its arguments do not evaluate: %s\n",
+                   workflow_step_id(wf, i), k, err.message);
+            same = false;
+        } else {
+            same = same_request(wf, i, arguments, request);
+            *matched += same;
+        }
+        cJSON_Delete(arguments);
+    }
+    cJSON_Delete(items);
+    return same;
+}
+
 /* The replay proper: steps become ready as the scheduler makes them, until nothing changes. */
 static int replay(struct recording *rec, size_t *ret_matched)
 {
     const struct workflow *wf = rec->wf;
     size_t n = workflow_step_count(wf);
-    enum { PENDING, SUCCEEDED, FAILED, NOT_RUN } *state = xcalloc(n, sizeof(*state));
+    enum { PENDING, SUCCEEDED, FAILED, NOT_RUN };
+    int *state = xcalloc(n ? n : 1, sizeof(*state));
     cJSON *scope = cJSON_CreateObject();
-    cJSON *context = cJSON_AddObjectToObject(scope, "context");
+    cJSON_AddObjectToObject(scope, "context");
     cJSON *steps = cJSON_AddObjectToObject(scope, "steps");
     bool progress = true;
     int status = CLI_OK;
@@ -175,6 +336,9 @@ static int replay(struct recording *rec, size_t *ret_matched)
             bool ready = state[i] == PENDING;
             for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
                 ready = state[workflow_step_need(wf, i, k)] == SUCCEEDED;
+            /* A fallback runs only for a step that failed into it. */
+            if (ready && workflow_step_is_fallback(wf, i))
+                ready = fallback_for(rec, state, FAILED, i) >= 0;
             if (!ready)
                 continue;
             struct recorded_step *r = &rec->steps[i];
@@ -182,7 +346,47 @@ static int replay(struct recording *rec, size_t *ret_matched)
             bool succeeded =
                 cJSON_IsString(outcome) && strcmp(outcome->valuestring, "succeeded") == 0;
             progress = true;
-            if (!r->reused && (!r->dispatched || !r->request)) {
+            int decided = replay_when(wf, i, scope, r, succeeded);
+            if (decided == REPLAY_DIVERGED) {
+                status = CLI_FAILED;
+                break;
+            }
+            if (decided == REPLAY_NOT_RUN) {
+                state[i] = NOT_RUN; /* and so the steps that need it */
+                continue;
+            }
+            enum workflow_action action = workflow_step_action(wf, i);
+            bool for_each = workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH);
+            if (for_each && action == WORKFLOW_ACTION_TOOL) {
+                /* One call per item, each compared with the item's last recorded call. */
+                if (!r->finished && !r->reused) {
+                    state[i] = NOT_RUN;
+                    continue;
+                }
+                if (!r->reused && !same_items(wf, i, scope, r, succeeded, ret_matched)) {
+                    status = CLI_FAILED;
+                    break;
+                }
+            } else if (action != WORKFLOW_ACTION_TOOL) {
+                /* Computed by the scheduler itself, no call: an eval must yield what the run
+                 * recorded; an approval passed or not as recorded. */
+                if (!r->finished) {
+                    if (rec->run_succeeded) {
+                        printf("DIVERGENCE at step '%s': the replay runs its %s, the run never "
+                               "did\n",
+                               workflow_step_id(wf, i), workflow_action_name(action));
+                        status = CLI_FAILED;
+                    }
+                    state[i] = NOT_RUN;
+                    continue;
+                }
+                if (succeeded && !r->reused && action == WORKFLOW_ACTION_EVAL &&
+                    !same_eval(wf, i, scope,
+                               cJSON_GetObjectItemCaseSensitive(r->finished, "output"))) {
+                    status = CLI_FAILED;
+                    break;
+                }
+            } else if (!r->reused && (!r->dispatched || !r->request)) {
                 /* The run never called the tool: it ended first, or the step was refused
                  * before any call (a rejected approval). Only a run that succeeded must have
                  * called it. */
@@ -197,7 +401,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             /* A step a forked run took over from its parent was not called by this run:
              * replay takes the parent's result too. */
-            if (!r->reused) {
+            if (action == WORKFLOW_ACTION_TOOL && !for_each && !r->reused) {
                 struct tr_error err = {0};
                 cJSON *arguments = NULL;
                 if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {
@@ -215,16 +419,22 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             if (!succeeded) {
                 state[i] = FAILED;
+                /* The run went on without it (on_error: continue): its output is null. */
+                if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r->finished, "on_error"))) {
+                    state[i] = SUCCEEDED;
+                    cJSON_AddNullToObject(cJSON_AddObjectToObject(steps, workflow_step_id(wf, i)),
+                                          "output");
+                }
                 continue;
             }
             state[i] = SUCCEEDED;
             const cJSON *output = cJSON_GetObjectItemCaseSensitive(r->finished, "output");
-            cJSON *entry = cJSON_AddObjectToObject(steps, workflow_step_id(wf, i));
-            cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
-            const char *key = workflow_step_save(wf, i);
-            if (key) {
-                cJSON_DeleteItemFromObjectCaseSensitive(context, key);
-                cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+            keep(wf, i, scope, output);
+            /* A fallback's output stands in for the step that failed into it. */
+            long failed = fallback_for(rec, state, FAILED, i);
+            if (failed >= 0) {
+                state[failed] = SUCCEEDED;
+                keep(wf, (size_t)failed, scope, output);
             }
         }
     }
@@ -388,6 +598,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
 out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
         cJSON_Delete(rec.steps[i].request);
+        cJSON_Delete(rec.steps[i].item_requests);
         cJSON_Delete(rec.steps[i].finished);
     }
     free(rec.steps);

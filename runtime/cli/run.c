@@ -88,9 +88,11 @@ static void on_progress(void *userdata, const struct sched_progress *p)
         return;
     }
     clear_status_line(progress);
+    /* eval and approval steps have no persona */
+    const char *persona = p->persona ? p->persona : "-";
     if (strcmp(p->event, "approval") == 0) {
         printf("  waiting   %-*s %-12s for approval: troupe approve RUN %s --as NAME\n",
-               (int)progress->width, p->step_id, p->persona, p->step_id);
+               (int)progress->width, p->step_id, persona, p->step_id);
     } else if (strcmp(p->event, "agent") == 0) {
         printf("  restarted an agent for persona '%s' (restart %d)\n", p->persona, p->attempt);
     } else {
@@ -98,7 +100,7 @@ static void on_progress(void *userdata, const struct sched_progress *p)
         const char *state = strcmp(p->event, "retry") == 0 ? "retrying" : p->state;
         if (strcmp(state, "skipped") != 0 && strcmp(state, "cancelled") != 0)
             snprintf(took, sizeof(took), "%6lld ms", (long long)p->duration_ms);
-        printf("  %-9s %-*s %-12s %9s%s%s\n", state, (int)progress->width, p->step_id, p->persona,
+        printf("  %-9s %-*s %-12s %9s%s%s\n", state, (int)progress->width, p->step_id, persona,
                took, p->error ? "  " : "", p->error ? p->error : "");
     }
     if (progress->tty && p->total > 1) {
@@ -446,12 +448,20 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
-    /* Until the scheduler performs the other actions (#5), refuse them before any work. */
+    /* Until the scheduler performs resource, prompt, ask and workflow steps, refuse them before
+     * any work. */
     for (size_t i = 0; i < workflow_step_count(wf); i++) {
         enum workflow_action action = workflow_step_action(wf, i);
-        if (action != WORKFLOW_ACTION_TOOL) {
+        if (action != WORKFLOW_ACTION_TOOL && action != WORKFLOW_ACTION_EVAL &&
+            action != WORKFLOW_ACTION_APPROVAL) {
             cli_error("%s: step '%s': '%s' steps are not executed yet", workflow_file(wf),
                       workflow_step_id(wf, i), workflow_action_name(action));
+            goto out;
+        }
+        if (workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH) &&
+            action != WORKFLOW_ACTION_TOOL) {
+            cli_error("%s: step '%s': 'for_each' over '%s' steps is not executed yet",
+                      workflow_file(wf), workflow_step_id(wf, i), workflow_action_name(action));
             goto out;
         }
     }

@@ -136,7 +136,8 @@ static int load_step(void *userdata, const struct store_step *row)
         cJSON *entry = cJSON_CreateObject();
         cJSON_AddItemToObject(entry, "output", output ? output : cJSON_CreateNull());
         cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), row->step_id, entry);
-    } else if (step->state == STEP_FAILED && !run->failure) {
+    } else if (step->state == STEP_FAILED && !run->failure &&
+               workflow_step_on_error(run->wf, (size_t)index, NULL) == WORKFLOW_ON_ERROR_FAIL) {
         run->failure = xasprintf("step '%s' failed: %s", row->step_id,
                                  row->error ? row->error : "unknown error");
     } else if (step->state == STEP_WAITING_APPROVAL) {
@@ -169,13 +170,39 @@ int sched__load_run(struct run *run, struct tr_error *err)
         rc = store_context_list(run->store, run->id, load_context, &load, err);
     if (rc < 0)
         return rc;
+    /* A failed step's fallback runs for it (again, if it had not ended). */
+    for (size_t i = 0; i < run->step_count; i++) {
+        size_t fallback;
+        if (run->steps[i].state == STEP_FAILED &&
+            workflow_step_on_error(run->wf, i, &fallback) == WORKFLOW_ON_ERROR_FALLBACK &&
+            run->steps[fallback].stands_for < 0)
+            run->steps[fallback].stands_for = (long)i;
+    }
+    /* What the steps that need an absorbed failure see in its place: null (continue), or the
+     * fallback's output. */
+    cJSON *outputs = cJSON_GetObjectItem(run->scope, "steps");
+    for (size_t i = 0; run->keep_outputs && i < run->step_count; i++) {
+        size_t fallback;
+        enum workflow_on_error on_error = workflow_step_on_error(run->wf, i, &fallback);
+        if (run->steps[i].state != STEP_FAILED || !sched__step_stands(run, i))
+            continue;
+        const cJSON *stand_in = NULL;
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+            stand_in = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(outputs, workflow_step_id(run->wf, fallback)),
+                "output");
+        cJSON *entry = cJSON_CreateObject();
+        cJSON_AddItemToObject(entry, "output",
+                              stand_in ? cJSON_Duplicate(stand_in, true) : cJSON_CreateNull());
+        cJSON_AddItemToObject(outputs, workflow_step_id(run->wf, i), entry);
+    }
     /* Counters and needs from the loaded states; what was in flight goes out again. */
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];
         step->agent = -1;
         step->unmet = 0;
         for (size_t k = 0; k < workflow_step_needs_count(run->wf, i); k++)
-            step->unmet += run->steps[workflow_step_need(run->wf, i, k)].state != STEP_SUCCEEDED;
+            step->unmet += !sched__step_stands(run, workflow_step_need(run->wf, i, k));
         if (step_state_final(step->state)) {
             run->done++;
             run->failed += step->state == STEP_FAILED;

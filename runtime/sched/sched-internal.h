@@ -41,8 +41,8 @@ static inline bool step_state_final(enum step_state state)
 }
 
 /*
- * What governs a step's attempts. Today every field comes from the run's options; the
- * workflow's per-step fields (retry, timeout, approval) will override them here, in
+ * What governs a step's attempts: the run's options are the defaults, the workflow's
+ * per-step fields (retry, timeout, approval steps) override them here, in
  * sched__step_policy, and nowhere else.
  */
 struct step_policy {
@@ -66,6 +66,15 @@ struct step_run {
     bool uses_scope;     /* its arguments hold ${{ }} expressions */
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
+    bool checked;    /* its `when` (and an approval's `if`) has been decided */
+    bool gate;       /* an approval step whose approval is asked */
+    long stands_for; /* a fallback step: the failed step it runs for, or -1 (not started) */
+    /* for_each: the items (evaluated at the first dispatch), the raw results so far, and the
+     * item in flight. Items run one after the other on one agent; not persisted: a resumed
+     * run starts the list again (the idempotency keys RUN/STEP/IDX deduplicate). */
+    cJSON *items;
+    cJSON *results;
+    int item;
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -158,6 +167,11 @@ void sched__step_reused(struct run *run, size_t index, const cJSON *output, cons
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
                                 const char *error);
 void sched__step_cancel(struct run *run, size_t index, const char *reason);
+/*
+ * Whether the steps that need this one may start: it succeeded, or it failed and its
+ * on_error absorbs the failure (continue, or a fallback that succeeded).
+ */
+bool sched__step_stands(const struct run *run, size_t index);
 void sched__dispatch_ready(struct run *run);
 void sched__check_steps(struct run *run, int64_t now);
 /* Records the destructive tools an agent of persona reported in its ready message. */

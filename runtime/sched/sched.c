@@ -322,8 +322,14 @@ static void find_expressions(struct run *run)
     if (i != run->step_count) /* not the plan this file expects: assume every step needs it */
         for (i = 0; i < run->step_count; i++)
             run->steps[i].uses_scope = true;
-    for (i = 0; i < run->step_count; i++)
+    for (i = 0; i < run->step_count; i++) {
         run->keep_outputs |= run->steps[i].uses_scope;
+        /* when, eval, output, for_each, approval.if: the scheduler evaluates them itself. */
+        for (int e = WORKFLOW_EXPR_WHEN; e <= WORKFLOW_EXPR_APPROVAL_IF; e++)
+            run->keep_outputs |=
+                workflow_step_has_expression(run->wf, i, (enum workflow_expression)e);
+        run->keep_outputs |= workflow_step_action(run->wf, i) == WORKFLOW_ACTION_APPROVAL;
+    }
     cJSON_Delete(plan);
     free(plan_json);
 }
@@ -354,6 +360,7 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     run->steps = xcalloc(run->step_count ? run->step_count : 1, sizeof(*run->steps));
     for (size_t i = 0; i < run->step_count; i++) {
         run->steps[i].agent = -1;
+        run->steps[i].stands_for = -1;
         run->steps[i].unmet = (unsigned)workflow_step_needs_count(wf, i);
     }
     index_steps(run);
@@ -435,8 +442,21 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
         cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
         sched__audit(run, NULL, "scheduler", "run.resumed", payload);
     }
+    /* Which steps to queue is decided before any is: a step done at once (eval, a `when`
+     * skip) releases its dependents itself, and they must not be queued twice. */
+    bool *queue = xcalloc(run->step_count ? run->step_count : 1, sizeof(*queue));
+    for (size_t i = 0; i < run->step_count; i++) {
+        struct step_run *step = &run->steps[i];
+        /* A fallback starts only when the step it stands in for has failed. */
+        bool may_start = !workflow_step_is_fallback(run->wf, i) || step->stands_for >= 0;
+        queue[i] = step->state == STEP_DISPATCHED ||
+                   ((step->state == STEP_PENDING || step->state == STEP_READY) &&
+                    step->unmet == 0 && may_start);
+    }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];
+        if (!queue[i] || step_state_final(step->state))
+            continue;
         if (step->state == STEP_DISPATCHED) {
             cJSON *payload = cJSON_CreateObject();
             cJSON_AddNumberToObject(payload, "attempt", step->attempt);
@@ -448,6 +468,7 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
             sched__make_ready(run, i);
         }
     }
+    free(queue);
     if (rc == 0 && run->failure)
         rc = tr_error_set(err, TR_EIO, "%s", run->failure);
     if (rc == 0)
@@ -502,6 +523,10 @@ static void release_run(struct run *run)
     free(run->socket_path);
     free(run->endpoint);
     free(run->dir);
+    for (size_t i = 0; i < run->step_count; i++) {
+        cJSON_Delete(run->steps[i].items);
+        cJSON_Delete(run->steps[i].results);
+    }
     free(run->steps);
     free(run->by_id);
     free(run->dependents);

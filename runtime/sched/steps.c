@@ -1,8 +1,10 @@
 /*
- * sched/steps.c: the life of a step: its policy, the dependency graph and the ready queue,
- * dispatch to an idle agent, success (output, context write), failed attempts (retry with
- * backoff, or failure), cancellation and timeouts. Every transition is recorded in the store
- * within the turn's transaction; agents and messages are supervise.c's.
+ * sched/steps.c: the life of a step: its policy (run defaults, the step's retry and timeout),
+ * the dependency graph and the ready queue, `when` (skips), what the scheduler computes itself
+ * (eval, approval steps), dispatch to an idle agent (for_each one item after the other),
+ * success (output transform, context write), failed attempts (retry with backoff, or failure,
+ * or on_error continue / fallback), cancellation and timeouts. Every transition is recorded in
+ * the store within the turn's transaction; agents and messages are supervise.c's.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
@@ -61,16 +63,54 @@ void sched__note_destructive(struct run *run, const char *persona, const char *r
     cJSON_Delete(ready);
 }
 
+/* The workflow's error classes (WORKFLOW_ERROR_*) as the scheduler's (SCHED_RETRY_*). */
+static unsigned retry_classes(unsigned errors)
+{
+    unsigned classes = 0;
+
+    if (errors & WORKFLOW_ERROR_TIMEOUT)
+        classes |= SCHED_RETRY_TIMEOUT;
+    if (errors & WORKFLOW_ERROR_TRANSPORT)
+        classes |= SCHED_RETRY_TRANSPORT;
+    if (errors & WORKFLOW_ERROR_PROTOCOL)
+        classes |= SCHED_RETRY_PROTOCOL;
+    if (errors & WORKFLOW_ERROR_TOOL)
+        classes |= SCHED_RETRY_TOOL;
+    return classes;
+}
+
+static int clamp_ms(int64_t ms)
+{
+    return ms > INT32_MAX ? INT32_MAX : ms < 1 ? 1 : (int)ms;
+}
+
+/* The run's options are the defaults; the step's own `retry` and `timeout` override them. */
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy)
 {
-    /* Per-step workflow fields (retry, timeout, approval) plug in here. */
+    struct workflow_retry retry;
+    int64_t timeout_ms = workflow_step_timeout_ms(run->wf, index);
+
     ret_policy->max_attempts = run->opts.max_attempts;
     ret_policy->retry_on = run->opts.retry_on;
     ret_policy->delay_ms = run->opts.retry_delay_ms;
     ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
     ret_policy->timeout_ms = run->opts.step_timeout_ms;
-    ret_policy->approval = run->steps[index].needs_approval ||
-                           (run->opts.approve_destructive && is_destructive(run, index));
+    if (workflow_step_retry(run->wf, index, &retry)) {
+        ret_policy->max_attempts = retry.attempts < 1           ? 1
+                                   : retry.attempts > INT32_MAX ? INT32_MAX
+                                                                : (int)retry.attempts;
+        ret_policy->retry_on = retry_classes(retry.errors);
+        ret_policy->delay_ms = clamp_ms(retry.backoff_ms);
+        ret_policy->max_delay_ms = clamp_ms(retry.max_delay_ms);
+        if (ret_policy->max_delay_ms < ret_policy->delay_ms)
+            ret_policy->max_delay_ms = ret_policy->delay_ms;
+    }
+    if (timeout_ms > 0)
+        ret_policy->timeout_ms = clamp_ms(timeout_ms);
+    ret_policy->approval = run->steps[index].needs_approval || run->steps[index].gate ||
+                           (run->opts.approve_destructive &&
+                            workflow_step_action(run->wf, index) == WORKFLOW_ACTION_TOOL &&
+                            is_destructive(run, index));
 }
 
 unsigned sched__error_class(const char *name)
@@ -167,6 +207,24 @@ void sched__build_graph(struct run *run)
     run->ready = xcalloc(n ? n : 1, sizeof(*run->ready));
 }
 
+/* An approval step's approvers and its `why`, rendered, for whoever decides. */
+static void add_approval_details(struct run *run, size_t index, cJSON *payload)
+{
+    const cJSON *approvers = workflow_step_approvers(run->wf, index);
+    struct tr_error err = {0};
+    char *why = NULL;
+
+    if (approvers)
+        cJSON_AddItemToObject(payload, "approvers", cJSON_Duplicate(approvers, true));
+    if (workflow_step_text(run->wf, index, WORKFLOW_TEXT_WHY, run->scope, &why, &err) == 0)
+        cJSON_AddStringToObject(payload, "why", why);
+    free(why);
+}
+
+static bool check_step(struct run *run, size_t index);
+static void run_eval(struct run *run, size_t index);
+static void pass_gate(struct run *run, size_t index, const char *by, const char *comment);
+
 void sched__make_ready(struct run *run, size_t index)
 {
     struct step_run *step = &run->steps[index];
@@ -180,9 +238,11 @@ void sched__make_ready(struct run *run, size_t index)
             sched__record_step(run, index, NULL, NULL);
             cJSON *payload = cJSON_CreateObject();
             cJSON_AddStringToObject(payload, "reason",
-                                    step->needs_approval
+                                    step->gate ? "an approval step"
+                                    : step->needs_approval
                                         ? "the step needs approval"
                                         : "its tool may be destructive (MCP annotations)");
+            add_approval_details(run, index, payload);
             sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
                          "step.waiting_approval", payload);
             tr_log(TR_LOG_INFO, "step '%s' waits for approval: troupe approve %s %s --as NAME",
@@ -204,9 +264,53 @@ static void release_dependents(struct run *run, size_t index)
     for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++) {
         size_t next = run->dependents[k];
         struct step_run *step = &run->steps[next];
-        if (step->unmet > 0 && --step->unmet == 0 && step->state == STEP_PENDING)
+        if (step->unmet > 0 && --step->unmet == 0 && step->state == STEP_PENDING &&
+            (!workflow_step_is_fallback(run->wf, next) || step->stands_for >= 0))
             sched__make_ready(run, next);
     }
+}
+
+bool sched__step_stands(const struct run *run, size_t index)
+{
+    size_t fallback;
+
+    if (run->steps[index].state == STEP_SUCCEEDED)
+        return true;
+    if (run->steps[index].state != STEP_FAILED)
+        return false;
+    switch (workflow_step_on_error(run->wf, index, &fallback)) {
+    case WORKFLOW_ON_ERROR_CONTINUE:
+        return true;
+    case WORKFLOW_ON_ERROR_FALLBACK:
+        return run->steps[fallback].state == STEP_SUCCEEDED &&
+               run->steps[fallback].stands_for == (long)index;
+    default:
+        return false;
+    }
+}
+
+static void skip_step(struct run *run, size_t index, const char *reason);
+
+/*
+ * A step whose fallback was not needed: once every step naming it has ended without
+ * starting it, the fallback is skipped (it never runs on its own).
+ */
+static void settle_fallback(struct run *run, size_t index)
+{
+    size_t fallback;
+
+    if (workflow_step_on_error(run->wf, index, &fallback) != WORKFLOW_ON_ERROR_FALLBACK ||
+        step_state_final(run->steps[fallback].state) || run->steps[fallback].stands_for >= 0)
+        return;
+    for (size_t i = 0; i < run->step_count; i++) {
+        size_t other;
+        if (workflow_step_on_error(run->wf, i, &other) == WORKFLOW_ON_ERROR_FALLBACK &&
+            other == fallback && !step_state_final(run->steps[i].state))
+            return;
+    }
+    char *reason = xasprintf("a fallback, and '%s' did not fail", workflow_step_id(run->wf, index));
+    skip_step(run, fallback, reason);
+    free(reason);
 }
 
 /* Leaves the dispatched state: the agent is free, the counters follow. */
@@ -220,12 +324,16 @@ static void leave_dispatched(struct run *run, struct step_run *step, size_t inde
     run->in_flight--;
 }
 
+static void settle_fallback(struct run *run, size_t index);
+
 static void reach_final(struct run *run, size_t index, enum step_state state)
 {
     run->steps[index].state = state;
     run->done++;
     if (state == STEP_FAILED)
         run->failed++;
+    if (state != STEP_FAILED)
+        settle_fallback(run, index);
 }
 
 /* ---- transitions -------------------------------------------------------------------------- */
@@ -293,14 +401,13 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
     }
 }
 
-void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+/* The step succeeded with output (taken): recorded, kept, saved, audited; dependents follow. */
+static void succeed(struct run *run, size_t index, cJSON *output, int64_t duration)
 {
     struct step_run *step = &run->steps[index];
-    const char *step_id = workflow_step_id(run->wf, index);
-    int64_t duration = tr_now_ms() - step->dispatched_ms;
-    cJSON *output = step_output(result);
     char *output_json = cJSON_PrintUnformatted(output);
     cJSON *payload = cJSON_CreateObject();
+    cJSON *stand_in = step->stands_for >= 0 ? cJSON_Duplicate(output, true) : NULL;
 
     leave_dispatched(run, step, index);
     reach_final(run, index, STEP_SUCCEEDED);
@@ -310,10 +417,65 @@ void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     cJSON_AddItemToObject(payload, "output", output);
-    sched__audit(run, step_id, "scheduler", "step.finished", payload);
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
+    if (stand_in) {
+        /* A fallback's output stands in for the failed step's: its dependents see it there. */
+        keep_output(run, (size_t)step->stands_for, stand_in, output_json);
+        release_dependents(run, (size_t)step->stands_for);
+        cJSON_Delete(stand_in);
+    }
     free(output_json);
+}
+
+static void step_failed(struct run *run, size_t index, const char *error, int64_t duration);
+static void dispatch(struct run *run, size_t index, long agent_index, bool next_item);
+
+void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+{
+    struct step_run *step = &run->steps[index];
+    int64_t duration = tr_now_ms() - step->dispatched_ms;
+    cJSON *output = NULL;
+    cJSON *results = NULL;
+
+    if (step->items) {
+        /* One item done: the next goes to the same agent; after the last, the step's result
+         * is the list of the results, in order. */
+        if (result)
+            cJSON_AddItemToArray(step->results, cJSON_Duplicate(result, true));
+        if (result && ++step->item < cJSON_GetArraySize(step->items)) {
+            dispatch(run, index, step->agent, true);
+            return;
+        }
+        results = step->results;
+        step->results = NULL;
+        cJSON_Delete(step->items);
+        step->items = NULL;
+        result = results;
+    }
+    if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT)) {
+        /* `output` sees the raw result as .result, beside what any expression sees. */
+        struct tr_error err = {0};
+        cJSON_AddItemToObject(run->scope, "result", cJSON_Duplicate(result, true));
+        int rc =
+            workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_OUTPUT, run->scope, &output, &err);
+        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "result");
+        if (rc < 0) {
+            leave_dispatched(run, step, index);
+            step_failed(run, index, err.message, duration);
+            cJSON_Delete(results);
+            return;
+        }
+    } else if (results) {
+        const cJSON *each;
+        output = cJSON_CreateArray();
+        cJSON_ArrayForEach(each, results) cJSON_AddItemToArray(output, step_output(each));
+    } else {
+        output = step_output(result);
+    }
+    cJSON_Delete(results);
+    succeed(run, index, output, duration);
 }
 
 void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent)
@@ -340,15 +502,153 @@ static void step_failed(struct run *run, size_t index, const char *error, int64_
     const char *step_id = workflow_step_id(run->wf, index);
     cJSON *payload = cJSON_CreateObject();
 
+    size_t fallback = SIZE_MAX;
+    enum workflow_on_error on_error = workflow_step_on_error(run->wf, index, &fallback);
+
+    /* A fallback runs once, for one step; a second failure naming it is not absorbed. */
+    if (run->cancelling ||
+        (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+         (run->steps[fallback].stands_for >= 0 || step_state_final(run->steps[fallback].state))))
+        on_error = WORKFLOW_ON_ERROR_FAIL;
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        run->steps[fallback].stands_for = (long)index;
     reach_final(run, index, STEP_FAILED);
     sched__record_step(run, index, NULL, error);
     cJSON_AddStringToObject(payload, "status", "failed");
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     cJSON_AddStringToObject(payload, "error", error);
+    if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
+        cJSON_AddStringToObject(payload, "on_error", "continue");
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        cJSON_AddStringToObject(payload, "fallback", workflow_step_id(run->wf, fallback));
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
-    sched__fail(run, "step '%s' failed: %s", step_id, error);
     sched__progress(run, "step", index, error, duration);
+    switch (on_error) {
+    case WORKFLOW_ON_ERROR_CONTINUE: {
+        /* The run goes on without it: the steps that need it see a null output. */
+        cJSON *nothing = cJSON_CreateNull();
+        if (run->keep_outputs) {
+            cJSON *entry = cJSON_CreateObject();
+            cJSON_AddItemToObject(entry, "output", nothing);
+            cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+        } else {
+            cJSON_Delete(nothing);
+        }
+        release_dependents(run, index);
+        break;
+    }
+    case WORKFLOW_ON_ERROR_FALLBACK:
+        tr_log(TR_LOG_WARN, "step '%s' failed (%s); its fallback '%s' runs instead", step_id, error,
+               workflow_step_id(run->wf, fallback));
+        if (run->steps[fallback].state == STEP_PENDING && run->steps[fallback].unmet == 0)
+            sched__make_ready(run, fallback);
+        break;
+    default:
+        sched__fail(run, "step '%s' failed: %s", step_id, error);
+    }
+}
+
+/* ---- what the scheduler decides and computes itself: when, eval, approval ------------------ */
+
+/* jq's truth: everything but false and null. */
+static bool truthy(const cJSON *value)
+{
+    return value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
+}
+
+/* Skips a step that has not started, and with it the steps that need it (they are skipped
+ * too, docs/workflows.md). */
+static void skip_step(struct run *run, size_t index, const char *reason)
+{
+    struct step_run *step = &run->steps[index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    cJSON *payload = cJSON_CreateObject();
+
+    if (step_state_final(step->state))
+        return;
+    if (step->state == STEP_WAITING_APPROVAL)
+        run->waiting--;
+    reach_final(run, index, STEP_SKIPPED);
+    sched__record_step(run, index, NULL, NULL);
+    cJSON_AddStringToObject(payload, "reason", reason);
+    sched__audit(run, step_id, "scheduler", "step.skipped", payload);
+    sched__progress(run, "step", index, NULL, 0);
+    char *because = xasprintf("it needs '%s', which was skipped", step_id);
+    for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++)
+        skip_step(run, run->dependents[k], because);
+    free(because);
+}
+
+/* Evaluates one of the step's conditions into *ret_truth; false with the step failed when it
+ * does not evaluate. Without the expression, the condition holds. */
+static bool condition(struct run *run, size_t index, enum workflow_expression which,
+                      bool *ret_truth)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+
+    *ret_truth = true;
+    if (!workflow_step_has_expression(run->wf, index, which))
+        return true;
+    if (workflow_step_evaluate(run->wf, index, which, run->scope, &value, &err) < 0) {
+        step_failed(run, index, err.message, 0);
+        return false;
+    }
+    *ret_truth = truthy(value);
+    cJSON_Delete(value);
+    return true;
+}
+
+/* The checks of a step leaving pending: false when it was skipped or failed instead. */
+static bool check_step(struct run *run, size_t index)
+{
+    bool truth;
+
+    if (!condition(run, index, WORKFLOW_EXPR_WHEN, &truth))
+        return false;
+    if (!truth) {
+        skip_step(run, index, "its 'when' condition is false");
+        return false;
+    }
+    if (workflow_step_action(run->wf, index) == WORKFLOW_ACTION_APPROVAL) {
+        if (!condition(run, index, WORKFLOW_EXPR_APPROVAL_IF, &truth))
+            return false;
+        run->steps[index].gate = truth;
+    }
+    return true;
+}
+
+/* An eval step: its expression's value is its output, computed here, without an agent. */
+static void run_eval(struct run *run, size_t index)
+{
+    struct step_run *step = &run->steps[index];
+    struct tr_error err = {0};
+    cJSON *output = NULL;
+
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_EVAL, run->scope, &output, &err) < 0)
+        step_failed(run, index, err.message, 0);
+    else
+        succeed(run, index, output, tr_now_ms() - step->dispatched_ms);
+}
+
+/* An approval step passes: approved by someone, or not asked (its `if` was false). */
+static void pass_gate(struct run *run, size_t index, const char *by, const char *comment)
+{
+    struct step_run *step = &run->steps[index];
+    cJSON *output = cJSON_CreateObject();
+
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    cJSON_AddBoolToObject(output, "approved", true);
+    cJSON_AddBoolToObject(output, "asked", by != NULL);
+    if (by)
+        cJSON_AddStringToObject(output, "by", by);
+    if (comment)
+        cJSON_AddStringToObject(output, "comment", comment);
+    succeed(run, index, output, 0);
 }
 
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
@@ -411,8 +711,9 @@ static long idle_agent_for(struct run *run, size_t persona)
 
 /* Resolves a ready step's arguments and records it as dispatched; the message waits in the
  * outbox until the turn is committed. */
-static void dispatch(struct run *run, size_t index, long agent_index)
+static void dispatch(struct run *run, size_t index, long agent_index, bool next_item)
 {
+    bool for_each = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH);
     struct step_run *step = &run->steps[index];
     struct agent_proc *agent = &run->agents[agent_index];
     const char *step_id = workflow_step_id(run->wf, index);
@@ -423,17 +724,46 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     cJSON *arguments = NULL;
 
     sched__step_policy(run, index, &policy);
-    step->attempt++;
+    if (!next_item)
+        step->attempt++;
     step->dispatched_ms = tr_now_ms();
+    if (for_each && !step->items) {
+        if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_FOR_EACH, run->scope, &step->items,
+                                   &err) < 0) {
+            leave_dispatched(run, step, index); /* a later item, on its agent */
+            step_failed(run, index, err.message, 0);
+            return;
+        }
+        if (!cJSON_IsArray(step->items)) {
+            char *reason = xasprintf("step '%s': 'for_each' does not yield a list", step_id);
+            step_failed(run, index, reason, 0);
+            free(reason);
+            return;
+        }
+        step->results = cJSON_CreateArray();
+        step->item = 0;
+        if (cJSON_GetArraySize(step->items) == 0) {
+            sched__step_succeeded(run, index, NULL); /* nothing to call: the list of none */
+            return;
+        }
+    }
+    if (for_each)
+        cJSON_AddItemToObject(run->scope, "item",
+                              cJSON_Duplicate(cJSON_GetArrayItem(step->items, step->item), true));
     /* Arguments without expressions need no scope: converting it costs as much as it holds. */
-    if (workflow_step_arguments(run->wf, index, step->uses_scope ? run->scope : NULL, &arguments,
-                                &err) < 0) {
+    int rc = workflow_step_arguments(
+        run->wf, index, step->uses_scope || for_each ? run->scope : NULL, &arguments, &err);
+    if (for_each)
+        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "item");
+    if (rc < 0) {
+        leave_dispatched(run, step, index); /* a later item, on its agent */
         step_failed(run, index, err.message, 0);
         return;
     }
     if (!workflow_persona_allows(run->wf, agent->persona_index, server, tool)) {
         /* The loader refuses such workflows; this guards the invariant at run time too. */
         char *reason = xasprintf("persona '%s' may not call %s.%s", agent->persona, server, tool);
+        leave_dispatched(run, step, index);
         step_failed(run, index, reason, 0);
         free(reason);
         cJSON_Delete(arguments);
@@ -447,16 +777,19 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     msg->server = xstrdup(server);
     msg->tool = xstrdup(tool);
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
-    msg->idempotency_key = xasprintf("%s/%s", run->id, step_id);
+    msg->idempotency_key = for_each ? xasprintf("%s/%s/%d", run->id, step_id, step->item)
+                                    : xasprintf("%s/%s", run->id, step_id);
     msg->timeout_ms = policy.timeout_ms;
     msg->json = cJSON_PrintUnformatted(arguments);
 
-    step->state = STEP_DISPATCHED;
-    step->agent = agent_index;
     step->deadline_ms = step->dispatched_ms + policy.timeout_ms + SCHED_STEP_GRACE_MS;
-    agent->step = (long)index;
-    run->in_flight++;
-    sched__record_step(run, index, NULL, NULL);
+    if (!next_item) {
+        step->state = STEP_DISPATCHED;
+        step->agent = agent_index;
+        agent->step = (long)index;
+        run->in_flight++;
+        sched__record_step(run, index, NULL, NULL);
+    }
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
@@ -464,6 +797,10 @@ static void dispatch(struct run *run, size_t index, long agent_index)
     cJSON_AddStringToObject(payload, "tool", tool);
     cJSON_AddItemToObject(payload, "arguments", arguments);
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    if (for_each) {
+        cJSON_AddNumberToObject(payload, "item", step->item);
+        cJSON_AddNumberToObject(payload, "items", cJSON_GetArraySize(step->items));
+    }
     cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
     sched__audit(run, step_id, "scheduler", "step.dispatched", payload);
 
@@ -482,23 +819,42 @@ void sched__dispatch_ready(struct run *run)
         return;
     for (size_t i = 0; i < run->agent_count; i++)
         idle += run->agents[i].state == AGENT_READY && run->agents[i].step < 0;
-    /* Each ready step in turn; one whose persona has no idle agent waits at the back. */
-    for (size_t n = run->ready_len; idle > 0 && n > 0 && run->ready_len > 0; n--) {
+    /* Each ready step in turn; one whose persona has no idle agent waits at the back. What
+     * needs no agent (when, eval, approval) is done here, within the turn; the steps it
+     * releases are queued for the next. */
+    for (size_t n = run->ready_len; n > 0 && run->ready_len > 0 && !run->failure; n--) {
         size_t index = run->ready[run->ready_head];
+        struct step_run *step = &run->steps[index];
         run->ready_head = (run->ready_head + 1) % run->step_count;
         run->ready_len--;
-        if (run->steps[index].state != STEP_READY)
+        if (step->state != STEP_READY)
             continue;
+        /* `when` (and an approval's `if`) is decided once the needs are met; a resumed run
+         * decides it again, over the same outputs. */
+        if (!step->checked) {
+            step->checked = true;
+            if (!check_step(run, index))
+                continue;
+        }
         /* The agents' tool annotations may have made it one that needs approval. */
         struct step_policy policy;
         sched__step_policy(run, index, &policy);
-        if (policy.approval && !run->steps[index].approved) {
+        if (policy.approval && !step->approved) {
             sched__make_ready(run, index);
             continue;
         }
-        long agent = idle_agent_for(run, workflow_step_persona(run->wf, index));
+        enum workflow_action action = workflow_step_action(run->wf, index);
+        if (action == WORKFLOW_ACTION_EVAL) {
+            run_eval(run, index);
+            continue;
+        }
+        if (action == WORKFLOW_ACTION_APPROVAL) {
+            pass_gate(run, index, NULL, NULL); /* its `if` was false: nobody is asked */
+            continue;
+        }
+        long agent = idle > 0 ? idle_agent_for(run, workflow_step_persona(run->wf, index)) : -1;
         if (agent >= 0) {
-            dispatch(run, index, agent);
+            dispatch(run, index, agent, false);
             idle--;
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
@@ -548,7 +904,11 @@ void sched__check_approvals(struct run *run)
             cJSON_AddStringToObject(payload, "comment", d.comment);
         sched__audit(run, step_id, "scheduler", d.approved ? "step.approved" : "step.rejected",
                      payload);
-        if (d.approved) {
+        if (d.approved && workflow_step_action(run->wf, i) == WORKFLOW_ACTION_APPROVAL) {
+            step->approved = true;
+            run->waiting--;
+            pass_gate(run, i, d.actor, d.comment);
+        } else if (d.approved) {
             step->approved = true;
             sched__make_ready(run, i);
         } else {

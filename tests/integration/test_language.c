@@ -1,0 +1,569 @@
+/*
+ * Integration tests of the workflow language's modifiers and actions as the scheduler
+ * executes them (per-step retry and timeout, when, eval, output), with real processes: the
+ * troupe CLI, its agents and the test MCP servers. Every run left is audit-verified and
+ * replayed without divergence (harness_check_runs).
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "harness.h"
+
+struct env {
+    char *dir;
+    char *db;
+    char *troupe;
+};
+
+static struct env setup_env(void)
+{
+    struct env env;
+    env.dir = harness_tempdir();
+    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
+    env.troupe = harness_build_path("troupe");
+    return env;
+}
+
+static void release_env(struct env *env)
+{
+    harness_check_runs(env->troupe, env->db, env->dir);
+    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
+                 "processes were left running in %s", env->dir);
+    free(env->dir);
+    free(env->db);
+    free(env->troupe);
+}
+
+static long long query_int(const char *db, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static long long query_int(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    char *sql;
+    va_start(ap, fmt);
+    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
+    va_end(ap);
+    long long value = harness_db_int(db, sql);
+    free(sql);
+    return value;
+}
+
+static char *query_text(const char *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *query_text(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    char *sql;
+    va_start(ap, fmt);
+    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
+    va_end(ap);
+    char *value = harness_db_text(db, sql);
+    free(sql);
+    return value;
+}
+
+/* Writes the workflow (steps appended to a header naming both test servers); caller frees. */
+static char *write_steps(struct env *env, const char *steps)
+{
+    char *misbehave = harness_build_path("tests/test-mcp-misbehave");
+    char *text;
+    cr_assert_geq(asprintf(&text,
+                           "name: language\n"
+                           "mcp_servers:\n"
+                           "  demo:\n"
+                           "    command: troupe-demo-tools\n"
+                           "  flaky:\n"
+                           "    command: %s\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [demo, flaky]\n"
+                           "steps:\n%s",
+                           misbehave, steps),
+                  0);
+    char *path = harness_write_file(env->dir, "wf.yaml", text);
+    free(text);
+    free(misbehave);
+    return path;
+}
+
+/* Writes the workflow and runs it to its end. */
+static void run_steps(struct env *env, const char *steps, struct harness_result *ret)
+{
+    char *path = write_steps(env, steps);
+    const char *argv[] = {env->troupe, "--db", env->db, "run", path, NULL};
+    harness_run(argv, env->dir, 60000, ret);
+    free(path);
+}
+
+static const char *state_of(struct env *env, const char *step)
+{
+    static char state[64];
+    char *s = query_text(env->db, "SELECT state FROM steps WHERE step_id = '%s'", step);
+    snprintf(state, sizeof(state), "%s", s ? s : "(none)");
+    free(s);
+    return state;
+}
+
+static const char *run_status(struct env *env)
+{
+    static char status[64];
+    char *s = harness_db_text(env->db, "SELECT status FROM runs");
+    snprintf(status, sizeof(status), "%s", s ? s : "(none)");
+    free(s);
+    return status;
+}
+
+static char *output_of(struct env *env, const char *step)
+{
+    return query_text(env->db, "SELECT output_json FROM steps WHERE step_id = '%s'", step);
+}
+
+/* ---- retry and timeout ---------------------------------------------------------------- */
+
+Test(language, step_timeout_and_retry_override_the_defaults)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    /* The CLI defaults: 60 s timeout, 3 attempts. The step's own: 300 ms, 2 attempts. */
+    run_steps(&env,
+              "  - id: slow\n"
+              "    persona: worker\n"
+              "    tool: flaky.sleep\n"
+              "    with: {ms: 5000}\n"
+              "    timeout: 300ms\n"
+              "    retry: {attempts: 2, backoff: 10ms, errors: [timeout]}\n",
+              &r);
+    cr_assert_neq(r.exit_code, 0, "stderr: %s", r.err);
+    cr_assert_str_eq(state_of(&env, "slow"), "failed");
+    cr_assert_eq(query_int(env.db, "SELECT attempt FROM steps WHERE step_id = 'slow'"), 2);
+    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"), 1);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- when ------------------------------------------------------------------------------- */
+
+Test(language, a_false_when_skips_the_step_and_the_steps_that_need_it)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: hello\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: Ada}\n"
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"${{ .steps.hello.output }}\"}\n"
+              "    needs: hello\n"
+              "    when: '.steps.hello.output | test(\"Bob\")'\n"
+              "  - id: after_count\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {message: never}\n"
+              "    needs: count\n"
+              "  - id: ada\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"${{ .steps.hello.output }}\"}\n"
+              "    needs: hello\n"
+              "    when: '.steps.hello.output | test(\"Ada\")'\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "count"), "skipped");
+    cr_assert_str_eq(state_of(&env, "after_count"), "skipped");
+    cr_assert_str_eq(state_of(&env, "ada"), "succeeded");
+    cr_assert_eq(query_int(env.db,
+                           "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
+                           "'count' AND payload_json LIKE '%%when%%'"),
+                 1);
+    cr_assert_eq(query_int(env.db,
+                           "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
+                           "'after_count' AND payload_json LIKE '%%needs ''count''%%'"),
+                 1);
+    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
+                                   "AND step_id IN ('count', 'after_count')"),
+                 0);
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- eval and output ---------------------------------------------------------------------- */
+
+Test(language, eval_steps_compute_their_output_without_an_agent)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"one two three\"}\n"
+              "    save: counts\n"
+              "  - id: decide\n"
+              "    eval: '{long: (.context.counts.words > 2), words: .steps.count.output.words}'\n"
+              "    needs: count\n"
+              "    save: decision\n"
+              "  - id: report\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {message: \"long=${{ .context.decision.long }}\"}\n"
+              "    needs: decide\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *decided = output_of(&env, "decide");
+    cr_assert_str_eq(decided, "{\"long\":true,\"words\":3}");
+    char *saved = query_text(env.db, "SELECT value_json FROM context WHERE key = 'decision'");
+    cr_assert_str_eq(saved, "{\"long\":true,\"words\":3}");
+    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
+                                   "AND step_id = 'decide'"),
+                 0);
+    char *report = output_of(&env, "report");
+    cr_assert_not_null(strstr(report, "long=true"), "report: %s", report);
+    free(decided);
+    free(saved);
+    free(report);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, a_failing_eval_fails_the_step_and_the_run)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: broken\n"
+              "    eval: 'error(\"no way\")'\n"
+              "  - id: after\n"
+              "    eval: '1'\n"
+              "    needs: broken\n",
+              &r);
+    cr_assert_neq(r.exit_code, 0);
+    cr_assert_str_eq(state_of(&env, "broken"), "failed");
+    cr_assert_str_eq(run_status(&env), "failed");
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, output_transforms_the_raw_result_before_save)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"a b c d\"}\n"
+              "    output: '{n: .result.structuredContent.words, error: .result.isError}'\n"
+              "    save: n\n"
+              "  - id: greet\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: Ada}\n"
+              "    output: '.result.content[0].text | ascii_upcase'\n"
+              "  - id: use\n"
+              "    eval: '[.context.n.n, .steps.greet.output]'\n"
+              "    needs: [count, greet]\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *saved = query_text(env.db, "SELECT value_json FROM context WHERE key = 'n'");
+    cr_assert_str_eq(saved, "{\"n\":4,\"error\":false}");
+    char *used = output_of(&env, "use");
+    cr_assert_str_eq(used, "[4,\"HELLO, ADA!\"]");
+    free(saved);
+    free(used);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- approval steps ------------------------------------------------------------------------ */
+
+static void approve(struct env *env, const char *step, const char *as, bool reject)
+{
+    struct harness_result r;
+    const char *argv[] = {env->troupe,
+                          "--db",
+                          env->db,
+                          "approve",
+                          "latest",
+                          step,
+                          "--as",
+                          as,
+                          "--comment",
+                          "checked",
+                          reject ? "--reject" : NULL,
+                          NULL};
+    harness_run(argv, env->dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+}
+
+#define GATED_STEPS                                                                                \
+    "  - id: count\n"                                                                              \
+    "    persona: worker\n"                                                                        \
+    "    tool: demo.word_count\n"                                                                  \
+    "    with: {text: \"a b c\"}\n"                                                                \
+    "  - id: sign_off\n"                                                                           \
+    "    approval:\n"                                                                              \
+    "      who: [risk_manager]\n"                                                                  \
+    "      why: \"${{ .steps.count.output.words }} words need a second pair of eyes\"\n"           \
+    "      if: .steps.count.output.words > 2\n"                                                    \
+    "    needs: count\n"                                                                           \
+    "  - id: unasked\n"                                                                            \
+    "    approval:\n"                                                                              \
+    "      who: risk_manager\n"                                                                    \
+    "      why: never asked\n"                                                                     \
+    "      if: .steps.count.output.words > 100\n"                                                  \
+    "    needs: count\n"                                                                           \
+    "  - id: after\n"                                                                              \
+    "    eval: '[.steps.sign_off.output.by, .steps.unasked.output.asked]'\n"                       \
+    "    needs: [sign_off, unasked]\n"
+
+static void run_gated(bool reject)
+{
+    struct env env = setup_env();
+    char *path = write_steps(&env, GATED_STEPS);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE step_id = 'sign_off' AND "
+                                 "state = 'waiting-approval'",
+                                 1, 30000),
+                 1);
+    struct timespec pause = {0, 300 * 1000000L};
+    nanosleep(&pause, NULL);
+    cr_assert_str_eq(state_of(&env, "after"), "pending", "nothing passes the gate unapproved");
+    char *waiting = query_text(env.db, "SELECT payload_json FROM audit WHERE type = "
+                                       "'step.waiting_approval' AND step_id = 'sign_off'");
+    cr_assert(waiting && strstr(waiting, "3 words need a second pair of eyes") &&
+                  strstr(waiting, "risk_manager"),
+              "%s", waiting);
+    free(waiting);
+    approve(&env, "sign_off", "rita", reject);
+    harness_finish(&proc, 60000, &r);
+    if (reject) {
+        cr_assert_neq(r.exit_code, 0, "%s%s", r.out, r.err);
+        cr_assert_str_eq(state_of(&env, "sign_off"), "failed");
+        cr_assert_str_eq(state_of(&env, "after"), "skipped");
+    } else {
+        cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+        char *after = output_of(&env, "after");
+        cr_assert_str_eq(after, "[\"rita\",false]");
+        free(after);
+        cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                       "'step.waiting_approval' AND step_id = 'unasked'"),
+                     0);
+    }
+    harness_result_release(&r);
+    free(path);
+    release_env(&env);
+}
+
+Test(language, an_approval_step_waits_for_troupe_approve)
+{
+    run_gated(false);
+}
+
+Test(language, a_rejected_approval_step_fails_the_run)
+{
+    run_gated(true);
+}
+
+/* ---- on_error ------------------------------------------------------------------------------ */
+
+Test(language, on_error_continue_goes_on_with_a_null_output)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: broken\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {text: not an argument of echo}\n"
+              "    on_error: continue\n"
+              "  - id: after\n"
+              "    eval: '[.steps.broken.output, \"went on\"]'\n"
+              "    needs: broken\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "broken"), "failed");
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    char *after = output_of(&env, "after");
+    cr_assert_str_eq(after, "[null,\"went on\"]");
+    free(after);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, a_fallback_stands_in_for_a_failed_step)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: assess\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {text: not an argument of echo}\n"
+              "    save: risk\n"
+              "    on_error: {fallback: default_score}\n"
+              "  - id: default_score\n"
+              "    eval: '{score: 5, reason: \"no assessment\"}'\n"
+              "  - id: decide\n"
+              "    eval: '[.steps.assess.output.score, .context.risk.reason]'\n"
+              "    needs: assess\n"
+              "  - id: greet\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: Ada}\n"
+              "    on_error: {fallback: not_needed}\n"
+              "  - id: not_needed\n"
+              "    eval: '\"never\"'\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "assess"), "failed");
+    cr_assert_str_eq(state_of(&env, "default_score"), "succeeded");
+    cr_assert_str_eq(state_of(&env, "not_needed"), "skipped");
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    char *decided = output_of(&env, "decide");
+    cr_assert_str_eq(decided, "[5,\"no assessment\"]");
+    free(decided);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+Test(language, a_failed_fallback_fails_the_run)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: assess\n"
+              "    persona: worker\n"
+              "    tool: demo.echo\n"
+              "    with: {text: not an argument of echo}\n"
+              "    on_error: {fallback: also_broken}\n"
+              "  - id: also_broken\n"
+              "    eval: 'error(\"no fallback either\")'\n"
+              "  - id: decide\n"
+              "    eval: '.steps.assess.output'\n"
+              "    needs: assess\n",
+              &r);
+    cr_assert_neq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert_str_eq(state_of(&env, "also_broken"), "failed");
+    cr_assert_str_eq(state_of(&env, "decide"), "skipped");
+    cr_assert_str_eq(run_status(&env), "failed");
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- for_each ------------------------------------------------------------------------------ */
+
+Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_order)
+{
+    struct env env = setup_env();
+    struct harness_result r;
+    run_steps(&env,
+              "  - id: texts\n"
+              "    eval: '[\"one\", \"one two\", \"one two three\"]'\n"
+              "  - id: count\n"
+              "    persona: worker\n"
+              "    tool: demo.word_count\n"
+              "    with: {text: \"${{ .item }}\"}\n"
+              "    needs: texts\n"
+              "    for_each: .steps.texts.output\n"
+              "    concurrency: 2\n"
+              "    save: counts\n"
+              "  - id: words\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: \"${{ .item }}\"}\n"
+              "    for_each: '[\"Ada\", \"Bob\"]'\n"
+              "    output: '[.result[].content[0].text]'\n"
+              "  - id: none\n"
+              "    persona: worker\n"
+              "    tool: demo.greet\n"
+              "    with: {name: \"${{ .item }}\"}\n"
+              "    for_each: '[]'\n",
+              &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *counts = query_text(env.db, "SELECT value_json FROM context WHERE key = 'counts'");
+    cr_assert_str_eq(counts, "[{\"words\":1,\"characters\":3},{\"words\":2,\"characters\":7},"
+                             "{\"words\":3,\"characters\":13}]");
+    char *words = output_of(&env, "words");
+    cr_assert_str_eq(words, "[\"Hello, Ada!\",\"Hello, Bob!\"]");
+    char *none = output_of(&env, "none");
+    cr_assert_str_eq(none, "[]");
+    cr_assert_eq(query_int(env.db, "SELECT count(DISTINCT json_extract(payload_json, "
+                                   "'$.idempotency_key')) FROM audit WHERE type = "
+                                   "'step.dispatched' AND step_id = 'count'"),
+                 3);
+    char *key = query_text(env.db, "SELECT json_extract(payload_json, '$.idempotency_key') FROM "
+                                   "audit WHERE type = 'step.dispatched' AND step_id = 'count' "
+                                   "ORDER BY seq DESC LIMIT 1");
+    cr_assert(key && strlen(key) > 9 && strcmp(key + strlen(key) - 8, "/count/2") == 0, "%s", key);
+    free(key);
+    free(counts);
+    free(words);
+    free(none);
+    harness_result_release(&r);
+    release_env(&env);
+}
+
+/* ---- resuming ------------------------------------------------------------------------------ */
+
+Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
+{
+    struct env env = setup_env();
+    char *path =
+        write_steps(&env, "  - id: assess\n"
+                          "    persona: worker\n"
+                          "    tool: demo.echo\n"
+                          "    with: {text: not an argument of echo}\n"
+                          "    on_error: {fallback: default_score}\n"
+                          "  - id: default_score\n"
+                          "    eval: '{score: 5}'\n"
+                          "  - id: maybe\n"
+                          "    eval: '\"never\"'\n"
+                          "    when: .input.nothing\n"
+                          "  - id: gate\n"
+                          "    approval: {who: carol, why: \"score ${{ "
+                          ".steps.assess.output.score }}\"}\n"
+                          "    needs: assess\n"
+                          "  - id: after\n"
+                          "    eval: '[.steps.assess.output.score, .steps.gate.output.by]'\n"
+                          "    needs: gate\n");
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.db,
+                                 "SELECT count(*) FROM steps WHERE step_id = 'gate' AND state = "
+                                 "'waiting-approval'",
+                                 1, 30000),
+                 1);
+    kill(proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    approve(&env, "gate", "carol", false);
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
+    harness_run(resume, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_str_eq(run_status(&env), "succeeded");
+    cr_assert_str_eq(state_of(&env, "maybe"), "skipped");
+    char *after = output_of(&env, "after");
+    cr_assert_str_eq(after, "[5,\"carol\"]");
+    free(after);
+    harness_result_release(&r);
+    free(path);
+    release_env(&env);
+}
