@@ -179,6 +179,10 @@ void sched__note_destructive(struct run *run, const char *persona, const char *r
 /* Looks for decisions on the steps waiting for approval, and acts on them. */
 void sched__check_approvals(struct run *run);
 unsigned sched__error_class(const char *name);
+/* "tool", "protocol", "transport", "timeout" or "policy". */
+const char *sched__error_class_name(unsigned error_class);
+/* Exponential backoff with jitter before attempt failures + 1. */
+int64_t sched__backoff_ms(const struct step_policy *policy, int failures);
 
 /* supervise.c */
 void sched__on_message(struct run *run, struct bus_msg *msg);

@@ -1,6 +1,6 @@
 /*
- * sched/steps.c: the life of a step: its policy (run defaults, the step's retry and timeout),
- * the dependency graph and the ready queue, `when` (skips), what the scheduler computes itself
+ * sched/steps.c: the life of a step (its policy is policy.c's): the dependency graph and the
+ * ready queue, `when` (skips), what the scheduler computes itself
  * (eval, approval steps), dispatch to an idle agent (for_each one item after the other),
  * success (output transform, context write), failed attempts (retry with backoff, or failure,
  * or on_error continue / fallback), cancellation and timeouts. Every transition is recorded in
@@ -14,8 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <sodium.h>
-
 const char *const sched__state_names[] = {
     [STEP_PENDING] = "pending",
     [STEP_READY] = "ready",
@@ -27,134 +25,6 @@ const char *const sched__state_names[] = {
     [STEP_SKIPPED] = "skipped",
     [STEP_CANCELLED] = "cancelled",
 };
-
-/* ---- policy ------------------------------------------------------------------------------- */
-
-static bool is_destructive(const struct run *run, size_t index)
-{
-    const char *persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index));
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(run->destructive, persona);
-    const cJSON *tool;
-    char *qualified;
-    bool found = false;
-
-    if (!tools)
-        return false;
-    qualified = xasprintf("%s.%s", workflow_step_server(run->wf, index),
-                          workflow_step_tool(run->wf, index));
-    cJSON_ArrayForEach(tool, tools)
-    {
-        if (cJSON_IsString(tool) && strcmp(tool->valuestring, qualified) == 0)
-            found = true;
-    }
-    free(qualified);
-    return found;
-}
-
-void sched__note_destructive(struct run *run, const char *persona, const char *ready_json)
-{
-    cJSON *ready = ready_json ? cJSON_Parse(ready_json) : NULL;
-    const cJSON *list = cJSON_GetObjectItemCaseSensitive(ready, "destructive");
-
-    if (!run->destructive)
-        run->destructive = cJSON_CreateObject();
-    if (cJSON_IsArray(list) && !cJSON_GetObjectItemCaseSensitive(run->destructive, persona))
-        cJSON_AddItemToObject(run->destructive, persona, cJSON_Duplicate(list, true));
-    cJSON_Delete(ready);
-}
-
-/* The workflow's error classes (WORKFLOW_ERROR_*) as the scheduler's (SCHED_RETRY_*). */
-static unsigned retry_classes(unsigned errors)
-{
-    unsigned classes = 0;
-
-    if (errors & WORKFLOW_ERROR_TIMEOUT)
-        classes |= SCHED_RETRY_TIMEOUT;
-    if (errors & WORKFLOW_ERROR_TRANSPORT)
-        classes |= SCHED_RETRY_TRANSPORT;
-    if (errors & WORKFLOW_ERROR_PROTOCOL)
-        classes |= SCHED_RETRY_PROTOCOL;
-    if (errors & WORKFLOW_ERROR_TOOL)
-        classes |= SCHED_RETRY_TOOL;
-    return classes;
-}
-
-static int clamp_ms(int64_t ms)
-{
-    return ms > INT32_MAX ? INT32_MAX : ms < 1 ? 1 : (int)ms;
-}
-
-/* The run's options are the defaults; the step's own `retry` and `timeout` override them. */
-void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy)
-{
-    struct workflow_retry retry;
-    int64_t timeout_ms = workflow_step_timeout_ms(run->wf, index);
-
-    ret_policy->max_attempts = run->opts.max_attempts;
-    ret_policy->retry_on = run->opts.retry_on;
-    ret_policy->delay_ms = run->opts.retry_delay_ms;
-    ret_policy->max_delay_ms = run->opts.retry_max_delay_ms;
-    ret_policy->timeout_ms = run->opts.step_timeout_ms;
-    if (workflow_step_retry(run->wf, index, &retry)) {
-        ret_policy->max_attempts = retry.attempts < 1           ? 1
-                                   : retry.attempts > INT32_MAX ? INT32_MAX
-                                                                : (int)retry.attempts;
-        ret_policy->retry_on = retry_classes(retry.errors);
-        ret_policy->delay_ms = clamp_ms(retry.backoff_ms);
-        ret_policy->max_delay_ms = clamp_ms(retry.max_delay_ms);
-        if (ret_policy->max_delay_ms < ret_policy->delay_ms)
-            ret_policy->max_delay_ms = ret_policy->delay_ms;
-    }
-    if (timeout_ms > 0)
-        ret_policy->timeout_ms = clamp_ms(timeout_ms);
-    ret_policy->approval = run->steps[index].needs_approval || run->steps[index].gate ||
-                           (run->opts.approve_destructive &&
-                            workflow_step_action(run->wf, index) == WORKFLOW_ACTION_TOOL &&
-                            is_destructive(run, index));
-}
-
-unsigned sched__error_class(const char *name)
-{
-    if (!name)
-        return SCHED_RETRY_PROTOCOL;
-    if (strcmp(name, "tool") == 0)
-        return SCHED_RETRY_TOOL;
-    if (strcmp(name, "transport") == 0)
-        return SCHED_RETRY_TRANSPORT;
-    if (strcmp(name, "timeout") == 0)
-        return SCHED_RETRY_TIMEOUT;
-    if (strcmp(name, "policy") == 0)
-        return 0; /* never retried: a refusal stays a refusal */
-    return SCHED_RETRY_PROTOCOL;
-}
-
-static const char *class_name(unsigned error_class)
-{
-    switch (error_class) {
-    case SCHED_RETRY_TOOL:
-        return "tool";
-    case SCHED_RETRY_TRANSPORT:
-        return "transport";
-    case SCHED_RETRY_TIMEOUT:
-        return "timeout";
-    case SCHED_RETRY_PROTOCOL:
-        return "protocol";
-    default:
-        return "policy";
-    }
-}
-
-/* Exponential backoff with jitter: delay * 2^(n-1), capped, then a random 50..100 %. */
-static int64_t backoff_ms(const struct step_policy *policy, int failures)
-{
-    int64_t delay = policy->delay_ms;
-
-    for (int i = 1; i < failures && delay < policy->max_delay_ms; i++)
-        delay *= 2;
-    if (delay > policy->max_delay_ms)
-        delay = policy->max_delay_ms;
-    return delay / 2 + (int64_t)randombytes_uniform((uint32_t)(delay / 2 + 1));
-}
 
 /* ---- recording ---------------------------------------------------------------------------- */
 
@@ -666,7 +536,7 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
         step_failed(run, index, error, duration);
         return;
     }
-    int64_t delay = backoff_ms(&policy, step->failures);
+    int64_t delay = sched__backoff_ms(&policy, step->failures);
     cJSON *payload = cJSON_CreateObject();
     step->state = STEP_RETRY_WAIT;
     step->due_ms = tr_now_ms() + delay;
@@ -674,7 +544,7 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
     sched__record_step(run, index, NULL, error);
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddStringToObject(payload, "error", error);
-    cJSON_AddStringToObject(payload, "class", class_name(error_class));
+    cJSON_AddStringToObject(payload, "class", sched__error_class_name(error_class));
     cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.retry", payload);
     tr_log(TR_LOG_WARN, "step '%s' attempt %d failed (%s); retrying in %lld ms",
