@@ -45,20 +45,6 @@ static void release_env(struct env *env)
     free(env->troupe);
 }
 
-static long long query_int(const char *db, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static long long query_int(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    char *sql;
-    va_start(ap, fmt);
-    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
-    va_end(ap);
-    long long value = harness_db_int(db, sql);
-    free(sql);
-    return value;
-}
-
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
@@ -128,36 +114,38 @@ static char *effects_workflow(struct env *env, int chains, int length, int min_m
 /* Every step ran its effect exactly once under its own key, and chained outputs arrived. */
 static void check_effects_once(struct env *env, const char *run, int steps)
 {
-    cr_assert_eq(query_int(env->effects, "SELECT count(*) FROM effects"), steps);
-    cr_assert_eq(query_int(env->effects, "SELECT count(DISTINCT key) FROM effects"), steps);
-    cr_assert_eq(
-        query_int(env->effects, "SELECT count(*) FROM effects WHERE key NOT LIKE '%s/s%%'", run), 0,
-        "every key is RUN/STEP");
+    cr_assert_eq(harness_query_int(env->effects, "SELECT count(*) FROM effects"), steps);
+    cr_assert_eq(harness_query_int(env->effects, "SELECT count(DISTINCT key) FROM effects"), steps);
+    cr_assert_eq(harness_query_int(env->effects,
+                                   "SELECT count(*) FROM effects WHERE key NOT LIKE '%s/s%%'", run),
+                 0, "every key is RUN/STEP");
     /* The server saw no key that troupe did not give it. */
-    cr_assert_eq(query_int(env->effects,
-                           "SELECT count(*) FROM calls WHERE key NOT IN (SELECT key FROM effects)"),
-                 0);
-    cr_assert_eq(query_int(env->db,
-                           "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
-                           "'succeeded' AND step_id <> 's000' AND "
-                           "CAST(substr(step_id, 2) AS INTEGER) %% 10 <> 0 AND "
-                           "json_extract(output_json, '$.prev') <> "
-                           "CAST(substr(step_id, 2) AS INTEGER) - 1",
-                           run),
+    cr_assert_eq(
+        harness_query_int(env->effects,
+                          "SELECT count(*) FROM calls WHERE key NOT IN (SELECT key FROM effects)"),
+        0);
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
+                                   "'succeeded' AND step_id <> 's000' AND "
+                                   "CAST(substr(step_id, 2) AS INTEGER) %% 10 <> 0 AND "
+                                   "json_extract(output_json, '$.prev') <> "
+                                   "CAST(substr(step_id, 2) AS INTEGER) - 1",
+                                   run),
                  0, "a step did not get the output of the step before it");
 }
 
 /* No step was dispatched again after it succeeded: completed steps are never redone. */
 static void check_never_redone(struct env *env, const char *run)
 {
-    cr_assert_eq(query_int(env->db,
-                           "SELECT count(*) FROM audit d JOIN audit f ON d.run_id = f.run_id "
-                           "AND d.step_id = f.step_id WHERE d.run_id = '%s' AND d.type = "
-                           "'step.dispatched' AND f.type = 'step.finished' AND "
-                           "json_extract(f.payload_json, '$.status') = 'succeeded' AND "
-                           "d.seq > f.seq",
-                           run),
-                 0);
+    cr_assert_eq(
+        harness_query_int(env->db,
+                          "SELECT count(*) FROM audit d JOIN audit f ON d.run_id = f.run_id "
+                          "AND d.step_id = f.step_id WHERE d.run_id = '%s' AND d.type = "
+                          "'step.dispatched' AND f.type = 'step.finished' AND "
+                          "json_extract(f.payload_json, '$.status') = 'succeeded' AND "
+                          "d.seq > f.seq",
+                          run),
+        0);
 }
 
 /* ---- kill -9 the scheduler --------------------------------------------------------------------
@@ -216,28 +204,29 @@ Test(faults, scheduler_killed_20_times_resumes_to_a_complete_run)
     cr_assert_str_eq(status, "succeeded");
     fprintf(stderr, "scheduler killed %d times, resumed %d times\n", kills, resumes);
     cr_assert_geq(kills, 10, "the run ended after only %d kills", kills);
-    cr_assert_eq(query_int(env.db,
-                           "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
-                           "'succeeded'",
-                           run),
+    cr_assert_eq(harness_query_int(env.db,
+                                   "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
+                                   "'succeeded'",
+                                   run),
                  steps);
     check_effects_once(&env, run, steps);
     check_never_redone(&env, run);
     /* Re-dispatches happen only for steps in flight at a kill (4 replicas at most). */
-    long long calls = query_int(env.effects, "SELECT count(*) FROM calls");
+    long long calls = harness_query_int(env.effects, "SELECT count(*) FROM calls");
     cr_assert_leq(calls, steps + 4LL * kills, "%lld calls", calls);
     /* One chain, without a gap, across every resume. */
-    long long events = query_int(env.db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
+    long long events =
+        harness_query_int(env.db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
     cr_assert_eq(harness_audit_verify(env.db, run), events);
-    cr_assert_geq(query_int(env.db,
-                            "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                            "'run.resumed'",
-                            run),
+    cr_assert_geq(harness_query_int(env.db,
+                                    "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                    "'run.resumed'",
+                                    run),
                   1);
-    cr_assert_eq(query_int(env.db,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'run.finished'",
-                           run),
+    cr_assert_eq(harness_query_int(env.db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'run.finished'",
+                                   run),
                  1);
     free(status);
     free(run);
@@ -286,13 +275,18 @@ Test(faults, agents_and_servers_killed_mid_step_are_restarted_and_steps_retried)
     char *run = harness_db_text(env.db, "SELECT id FROM runs");
     cr_assert_gt(agent_kills, 0);
     cr_assert_gt(server_kills, 0);
-    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), steps);
-    cr_assert_gt(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"), 0);
-    cr_assert_gt(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'agent.restarted'"), 0);
-    cr_assert_gt(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'mcp.restarted'"), 0);
+    cr_assert_eq(harness_query_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"),
+                 steps);
+    cr_assert_gt(harness_query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"),
+                 0);
+    cr_assert_gt(
+        harness_query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'agent.restarted'"), 0);
+    cr_assert_gt(
+        harness_query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'mcp.restarted'"), 0);
     check_effects_once(&env, run, steps);
     check_never_redone(&env, run);
-    long long events = query_int(env.db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
+    long long events =
+        harness_query_int(env.db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
     cr_assert_eq(harness_audit_verify(env.db, run), events);
     harness_result_release(&r);
     free(needle);

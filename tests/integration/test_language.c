@@ -15,60 +15,8 @@
 
 #include "harness.h"
 
-struct env {
-    char *dir;
-    char *db;
-    char *troupe;
-};
-
-static struct env setup_env(void)
-{
-    struct env env;
-    env.dir = harness_tempdir();
-    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
-    env.troupe = harness_build_path("troupe");
-    return env;
-}
-
-static void release_env(struct env *env)
-{
-    harness_check_runs(env->troupe, env->db, env->dir);
-    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
-                 "processes were left running in %s", env->dir);
-    free(env->dir);
-    free(env->db);
-    free(env->troupe);
-}
-
-static long long query_int(const char *db, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static long long query_int(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    char *sql;
-    va_start(ap, fmt);
-    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
-    va_end(ap);
-    long long value = harness_db_int(db, sql);
-    free(sql);
-    return value;
-}
-
-static char *query_text(const char *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static char *query_text(const char *db, const char *fmt, ...)
-{
-    va_list ap;
-    char *sql;
-    va_start(ap, fmt);
-    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
-    va_end(ap);
-    char *value = harness_db_text(db, sql);
-    free(sql);
-    return value;
-}
-
 /* Writes the workflow (steps appended to a header naming both test servers); caller frees. */
-static char *write_steps(struct env *env, const char *steps)
+static char *write_steps(struct harness_env *env, const char *steps)
 {
     char *misbehave = harness_build_path("tests/test-mcp-misbehave");
     char *text;
@@ -92,7 +40,7 @@ static char *write_steps(struct env *env, const char *steps)
 }
 
 /* Writes the workflow and runs it to its end. */
-static void run_steps(struct env *env, const char *steps, struct harness_result *ret)
+static void run_steps(struct harness_env *env, const char *steps, struct harness_result *ret)
 {
     char *path = write_steps(env, steps);
     const char *argv[] = {env->troupe, "--db", env->db, "run", path, NULL};
@@ -100,16 +48,16 @@ static void run_steps(struct env *env, const char *steps, struct harness_result 
     free(path);
 }
 
-static const char *state_of(struct env *env, const char *step)
+static const char *state_of(struct harness_env *env, const char *step)
 {
     static char state[64];
-    char *s = query_text(env->db, "SELECT state FROM steps WHERE step_id = '%s'", step);
+    char *s = harness_query_text(env->db, "SELECT state FROM steps WHERE step_id = '%s'", step);
     snprintf(state, sizeof(state), "%s", s ? s : "(none)");
     free(s);
     return state;
 }
 
-static const char *run_status(struct env *env)
+static const char *run_status(struct harness_env *env)
 {
     static char status[64];
     char *s = harness_db_text(env->db, "SELECT status FROM runs");
@@ -118,16 +66,16 @@ static const char *run_status(struct env *env)
     return status;
 }
 
-static char *output_of(struct env *env, const char *step)
+static char *output_of(struct harness_env *env, const char *step)
 {
-    return query_text(env->db, "SELECT output_json FROM steps WHERE step_id = '%s'", step);
+    return harness_query_text(env->db, "SELECT output_json FROM steps WHERE step_id = '%s'", step);
 }
 
 /* ---- retry and timeout ---------------------------------------------------------------- */
 
 Test(language, step_timeout_and_retry_override_the_defaults)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     /* The CLI defaults: 60 s timeout, 3 attempts. The step's own: 300 ms, 2 attempts. */
     run_steps(&env,
@@ -140,17 +88,18 @@ Test(language, step_timeout_and_retry_override_the_defaults)
               &r);
     cr_assert_neq(r.exit_code, 0, "stderr: %s", r.err);
     cr_assert_str_eq(state_of(&env, "slow"), "failed");
-    cr_assert_eq(query_int(env.db, "SELECT attempt FROM steps WHERE step_id = 'slow'"), 2);
-    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"), 1);
+    cr_assert_eq(harness_query_int(env.db, "SELECT attempt FROM steps WHERE step_id = 'slow'"), 2);
+    cr_assert_eq(harness_query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"),
+                 1);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- when ------------------------------------------------------------------------------- */
 
 Test(language, a_false_when_skips_the_step_and_the_steps_that_need_it)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: hello\n"
@@ -179,27 +128,28 @@ Test(language, a_false_when_skips_the_step_and_the_steps_that_need_it)
     cr_assert_str_eq(state_of(&env, "count"), "skipped");
     cr_assert_str_eq(state_of(&env, "after_count"), "skipped");
     cr_assert_str_eq(state_of(&env, "ada"), "succeeded");
-    cr_assert_eq(query_int(env.db,
-                           "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
-                           "'count' AND payload_json LIKE '%%when%%'"),
+    cr_assert_eq(harness_query_int(
+                     env.db, "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
+                             "'count' AND payload_json LIKE '%%when%%'"),
                  1);
-    cr_assert_eq(query_int(env.db,
-                           "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
-                           "'after_count' AND payload_json LIKE '%%needs ''count''%%'"),
+    cr_assert_eq(harness_query_int(
+                     env.db, "SELECT count(*) FROM audit WHERE type = 'step.skipped' AND step_id = "
+                             "'after_count' AND payload_json LIKE '%%needs ''count''%%'"),
                  1);
-    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
+    cr_assert_eq(harness_query_int(env.db,
+                                   "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
                                    "AND step_id IN ('count', 'after_count')"),
                  0);
     cr_assert_str_eq(run_status(&env), "succeeded");
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- eval and output ---------------------------------------------------------------------- */
 
 Test(language, eval_steps_compute_their_output_without_an_agent)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: count\n"
@@ -220,9 +170,11 @@ Test(language, eval_steps_compute_their_output_without_an_agent)
     cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
     char *decided = output_of(&env, "decide");
     cr_assert_str_eq(decided, "{\"long\":true,\"words\":3}");
-    char *saved = query_text(env.db, "SELECT value_json FROM context WHERE key = 'decision'");
+    char *saved =
+        harness_query_text(env.db, "SELECT value_json FROM context WHERE key = 'decision'");
     cr_assert_str_eq(saved, "{\"long\":true,\"words\":3}");
-    cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
+    cr_assert_eq(harness_query_int(env.db,
+                                   "SELECT count(*) FROM audit WHERE type = 'step.dispatched' "
                                    "AND step_id = 'decide'"),
                  0);
     char *report = output_of(&env, "report");
@@ -231,12 +183,12 @@ Test(language, eval_steps_compute_their_output_without_an_agent)
     free(saved);
     free(report);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(language, a_failing_eval_fails_the_step_and_the_run)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: broken\n"
@@ -249,12 +201,12 @@ Test(language, a_failing_eval_fails_the_step_and_the_run)
     cr_assert_str_eq(state_of(&env, "broken"), "failed");
     cr_assert_str_eq(run_status(&env), "failed");
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(language, output_transforms_the_raw_result_before_save)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: count\n"
@@ -273,19 +225,19 @@ Test(language, output_transforms_the_raw_result_before_save)
               "    needs: [count, greet]\n",
               &r);
     cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
-    char *saved = query_text(env.db, "SELECT value_json FROM context WHERE key = 'n'");
+    char *saved = harness_query_text(env.db, "SELECT value_json FROM context WHERE key = 'n'");
     cr_assert_str_eq(saved, "{\"n\":4,\"error\":false}");
     char *used = output_of(&env, "use");
     cr_assert_str_eq(used, "[4,\"HELLO, ADA!\"]");
     free(saved);
     free(used);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- approval steps ------------------------------------------------------------------------ */
 
-static void approve(struct env *env, const char *step, const char *as, bool reject)
+static void approve(struct harness_env *env, const char *step, const char *as, bool reject)
 {
     struct harness_result r;
     const char *argv[] = {env->troupe,
@@ -328,7 +280,7 @@ static void approve(struct env *env, const char *step, const char *as, bool reje
 
 static void run_gated(bool reject)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     char *path = write_steps(&env, GATED_STEPS);
     struct harness_proc proc;
     struct harness_result r;
@@ -343,8 +295,8 @@ static void run_gated(bool reject)
     struct timespec pause = {0, 300 * 1000000L};
     nanosleep(&pause, NULL);
     cr_assert_str_eq(state_of(&env, "after"), "pending", "nothing passes the gate unapproved");
-    char *waiting = query_text(env.db, "SELECT payload_json FROM audit WHERE type = "
-                                       "'step.waiting_approval' AND step_id = 'sign_off'");
+    char *waiting = harness_query_text(env.db, "SELECT payload_json FROM audit WHERE type = "
+                                               "'step.waiting_approval' AND step_id = 'sign_off'");
     cr_assert(waiting && strstr(waiting, "3 words need a second pair of eyes") &&
                   strstr(waiting, "risk_manager"),
               "%s", waiting);
@@ -360,13 +312,13 @@ static void run_gated(bool reject)
         char *after = output_of(&env, "after");
         cr_assert_str_eq(after, "[\"rita\",false]");
         free(after);
-        cr_assert_eq(query_int(env.db, "SELECT count(*) FROM audit WHERE type = "
-                                       "'step.waiting_approval' AND step_id = 'unasked'"),
+        cr_assert_eq(harness_query_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                               "'step.waiting_approval' AND step_id = 'unasked'"),
                      0);
     }
     harness_result_release(&r);
     free(path);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(language, an_approval_step_waits_for_troupe_approve)
@@ -383,7 +335,7 @@ Test(language, a_rejected_approval_step_fails_the_run)
 
 Test(language, on_error_continue_goes_on_with_a_null_output)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: broken\n"
@@ -402,12 +354,12 @@ Test(language, on_error_continue_goes_on_with_a_null_output)
     cr_assert_str_eq(after, "[null,\"went on\"]");
     free(after);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(language, a_fallback_stands_in_for_a_failed_step)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: assess\n"
@@ -438,12 +390,12 @@ Test(language, a_fallback_stands_in_for_a_failed_step)
     cr_assert_str_eq(decided, "[5,\"no assessment\"]");
     free(decided);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(language, a_failed_fallback_fails_the_run)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: assess\n"
@@ -462,14 +414,14 @@ Test(language, a_failed_fallback_fails_the_run)
     cr_assert_str_eq(state_of(&env, "decide"), "skipped");
     cr_assert_str_eq(run_status(&env), "failed");
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- for_each ------------------------------------------------------------------------------ */
 
 Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_order)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     run_steps(&env,
               "  - id: texts\n"
@@ -495,18 +447,20 @@ Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_orde
               "    for_each: '[]'\n",
               &r);
     cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
-    char *counts = query_text(env.db, "SELECT value_json FROM context WHERE key = 'counts'");
+    char *counts =
+        harness_query_text(env.db, "SELECT value_json FROM context WHERE key = 'counts'");
     cr_assert_str_eq(counts, "[{\"words\":1,\"characters\":3},{\"words\":2,\"characters\":7},"
                              "{\"words\":3,\"characters\":13}]");
     char *words = output_of(&env, "words");
     cr_assert_str_eq(words, "[\"Hello, Ada!\",\"Hello, Bob!\"]");
     char *none = output_of(&env, "none");
     cr_assert_str_eq(none, "[]");
-    cr_assert_eq(query_int(env.db, "SELECT count(DISTINCT json_extract(payload_json, "
-                                   "'$.idempotency_key')) FROM audit WHERE type = "
-                                   "'step.dispatched' AND step_id = 'count'"),
+    cr_assert_eq(harness_query_int(env.db, "SELECT count(DISTINCT json_extract(payload_json, "
+                                           "'$.idempotency_key')) FROM audit WHERE type = "
+                                           "'step.dispatched' AND step_id = 'count'"),
                  3);
-    char *key = query_text(env.db, "SELECT json_extract(payload_json, '$.idempotency_key') FROM "
+    char *key =
+        harness_query_text(env.db, "SELECT json_extract(payload_json, '$.idempotency_key') FROM "
                                    "audit WHERE type = 'step.dispatched' AND step_id = 'count' "
                                    "ORDER BY seq DESC LIMIT 1");
     cr_assert(key && strlen(key) > 9 && strcmp(key + strlen(key) - 8, "/count/2") == 0, "%s", key);
@@ -515,14 +469,14 @@ Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_orde
     free(words);
     free(none);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- resuming ------------------------------------------------------------------------------ */
 
 Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     char *path =
         write_steps(&env, "  - id: assess\n"
                           "    persona: worker\n"
@@ -565,5 +519,5 @@ Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
     free(after);
     harness_result_release(&r);
     free(path);
-    release_env(&env);
+    harness_env_release(&env);
 }

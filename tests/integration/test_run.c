@@ -16,68 +16,9 @@
 #include "bus.h"
 #include "harness.h"
 
-struct env {
-    char *dir;
-    char *db;
-    char *troupe;
-};
-
-static struct env setup_env(void)
-{
-    struct env env;
-    env.dir = harness_tempdir();
-    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
-    env.troupe = harness_build_path("troupe");
-    return env;
-}
-
-static void release_env(struct env *env)
-{
-    harness_check_runs(env->troupe, env->db, env->dir);
-    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
-                 "processes were left running in %s", env->dir);
-    free(env->dir);
-    free(env->db);
-    free(env->troupe);
-}
-
-static char *vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
-static char *vformat(const char *fmt, va_list ap)
-{
-    char *sql;
-    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
-    return sql;
-}
-
-static char *query_text(struct env *env, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static char *query_text(struct env *env, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = vformat(fmt, ap);
-    va_end(ap);
-    char *value = harness_db_text(env->db, sql);
-    free(sql);
-    return value;
-}
-
-static long long query_int(struct env *env, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static long long query_int(struct env *env, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *sql = vformat(fmt, ap);
-    va_end(ap);
-    long long value = harness_db_int(env->db, sql);
-    free(sql);
-    return value;
-}
-
 /* ---- the showcase workflow ------------------------------------------------------------ */
 
-static void check_hello_run(struct env *env, const char *file, const char *who)
+static void check_hello_run(struct harness_env *env, const char *file, const char *who)
 {
     struct harness_result r;
     char *workflow = harness_source_path(file);
@@ -92,101 +33,105 @@ static void check_hello_run(struct env *env, const char *file, const char *who)
     char *run = harness_db_text(env->db, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1");
     cr_assert_not_null(run);
     cr_assert(strstr(r.out, run), "stdout names the run %s:\n%s", run, r.out);
-    char *status = query_text(env, "SELECT status FROM runs WHERE id = '%s'", run);
+    char *status = harness_query_text(env->db, "SELECT status FROM runs WHERE id = '%s'", run);
     cr_assert_str_eq(status, "succeeded");
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
-                           "'succeeded'",
-                           run),
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM steps WHERE run_id = '%s' AND state = "
+                                   "'succeeded'",
+                                   run),
                  3);
 
     /* The shared context holds each step's output under its key. */
     char *expected_greeting;
     cr_assert_geq(asprintf(&expected_greeting, "\"Hello, %s!\"", who), 0);
-    char *greeting = query_text(env,
-                                "SELECT value_json FROM context WHERE run_id = '%s' AND "
-                                "key = 'greeting' ORDER BY version DESC LIMIT 1",
-                                run);
+    char *greeting = harness_query_text(env->db,
+                                        "SELECT value_json FROM context WHERE run_id = '%s' AND "
+                                        "key = 'greeting' ORDER BY version DESC LIMIT 1",
+                                        run);
     cr_assert_str_eq(greeting, expected_greeting);
-    char *words = query_text(env,
-                             "SELECT json_extract(value_json, '$.words') FROM context "
-                             "WHERE run_id = '%s' AND key = 'stats'",
-                             run);
+    char *words = harness_query_text(env->db,
+                                     "SELECT json_extract(value_json, '$.words') FROM context "
+                                     "WHERE run_id = '%s' AND key = 'stats'",
+                                     run);
     cr_assert_str_eq(words, "2");
-    char *report = query_text(env,
-                              "SELECT value_json FROM context WHERE run_id = '%s' AND "
-                              "key = 'report'",
-                              run);
+    char *report = harness_query_text(env->db,
+                                      "SELECT value_json FROM context WHERE run_id = '%s' AND "
+                                      "key = 'report'",
+                                      run);
     cr_assert_not_null(report);
     cr_assert(strstr(report, who) && strstr(report, "words: 2"), "report: %s", report);
     cr_assert(strstr(r.out, "greeting = "), "stdout shows the context:\n%s", r.out);
 
     /* The audit log: contiguous, ordered, and every MCP exchange is in it. */
-    long long events = query_int(env, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
-    cr_assert_eq(query_int(env, "SELECT max(seq) FROM audit WHERE run_id = '%s'", run), events);
-    char *first = query_text(env, "SELECT type FROM audit WHERE run_id = '%s' AND seq = 1", run);
+    long long events =
+        harness_query_int(env->db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run);
+    cr_assert_eq(harness_query_int(env->db, "SELECT max(seq) FROM audit WHERE run_id = '%s'", run),
+                 events);
+    char *first =
+        harness_query_text(env->db, "SELECT type FROM audit WHERE run_id = '%s' AND seq = 1", run);
     cr_assert_str_eq(first, "run.started");
     free(first);
-    char *last = query_text(env,
-                            "SELECT type FROM audit WHERE run_id = '%s' ORDER BY seq DESC "
-                            "LIMIT 1",
-                            run);
+    char *last = harness_query_text(env->db,
+                                    "SELECT type FROM audit WHERE run_id = '%s' ORDER BY seq DESC "
+                                    "LIMIT 1",
+                                    run);
     cr_assert_str_eq(last, "run.finished");
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'step.dispatched'",
-                           run),
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'step.dispatched'",
+                                   run),
                  3);
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'mcp.request' AND json_extract(payload_json, "
-                           "'$.message.method') = 'tools/call'",
-                           run),
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'mcp.request' AND json_extract(payload_json, "
+                                   "'$.message.method') = 'tools/call'",
+                                   run),
                  3);
     /* Each agent meets the demo server in the stateless 2026-07-28 revision (server/discover,
      * then every request carries its _meta), not through the legacy handshake. */
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'mcp.request' AND json_extract(payload_json, "
-                           "'$.message.method') = 'server/discover'",
-                           run),
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'mcp.request' AND json_extract(payload_json, "
+                                   "'$.message.method') = 'server/discover'",
+                                   run),
                  2);
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'mcp.request' AND json_extract(payload_json, "
-                           "'$.message.method') = 'initialize'",
-                           run),
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'mcp.request' AND json_extract(payload_json, "
+                                   "'$.message.method') = 'initialize'",
+                                   run),
                  0);
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'mcp.request' AND json_extract(payload_json, "
-                           "'$.message.method') = 'tools/call' AND json_extract(payload_json, "
-                           "'$.message.params._meta.\"io.modelcontextprotocol/protocolVersion\"')"
-                           " = '2026-07-28'",
-                           run),
-                 3);
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit a WHERE run_id = '%s' AND type = "
-                           "'mcp.response' AND step_id IS NOT NULL",
-                           run),
+    cr_assert_eq(
+        harness_query_int(env->db,
+                          "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                          "'mcp.request' AND json_extract(payload_json, "
+                          "'$.message.method') = 'tools/call' AND json_extract(payload_json, "
+                          "'$.message.params._meta.\"io.modelcontextprotocol/protocolVersion\"')"
+                          " = '2026-07-28'",
+                          run),
+        3);
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM audit a WHERE run_id = '%s' AND type = "
+                                   "'mcp.response' AND step_id IS NOT NULL",
+                                   run),
                  3);
     /* The idempotency key travels in the request's _meta. */
-    cr_assert_eq(query_int(env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'mcp.request' AND json_extract(payload_json, "
-                           "'$.message.params._meta.\"io.troupe/idempotency-key\"') "
-                           "IS NOT NULL",
-                           run),
+    cr_assert_eq(harness_query_int(env->db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'mcp.request' AND json_extract(payload_json, "
+                                   "'$.message.params._meta.\"io.troupe/idempotency-key\"') "
+                                   "IS NOT NULL",
+                                   run),
                  3);
     /* Dependencies were respected: count was dispatched after greet finished. */
-    cr_assert_lt(query_int(env,
-                           "SELECT seq FROM audit WHERE run_id = '%s' AND step_id = "
-                           "'greet' AND type = 'step.finished'",
-                           run),
-                 query_int(env,
-                           "SELECT seq FROM audit WHERE run_id = '%s' AND step_id = "
-                           "'count' AND type = 'step.dispatched'",
-                           run));
+    cr_assert_lt(harness_query_int(env->db,
+                                   "SELECT seq FROM audit WHERE run_id = '%s' AND step_id = "
+                                   "'greet' AND type = 'step.finished'",
+                                   run),
+                 harness_query_int(env->db,
+                                   "SELECT seq FROM audit WHERE run_id = '%s' AND step_id = "
+                                   "'count' AND type = 'step.dispatched'",
+                                   run));
 
     /* troupe log shows the MCP requests and responses of the run. */
     struct harness_result log;
@@ -213,7 +158,7 @@ static void check_hello_run(struct env *env, const char *file, const char *who)
 
 Test(run, hello_yaml_runs_end_to_end)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     check_hello_run(&env, "workflows/hello.yaml", "world");
 
     /* troupe runs lists it; `latest` resolves to it. */
@@ -223,19 +168,19 @@ Test(run, hello_yaml_runs_end_to_end)
     cr_assert_eq(r.exit_code, 0);
     cr_assert(strstr(r.out, "succeeded") && strstr(r.out, "hello"), "%s", r.out);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(run, json_twin_runs_the_same_with_an_input)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     check_hello_run(&env, "workflows/hello.json", "Ada");
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(run, default_database_is_under_dot_troupe)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     char *workflow = harness_source_path("workflows/hello.yaml");
     const char *argv[] = {env.troupe, "run", "--quiet", workflow, NULL};
@@ -252,7 +197,7 @@ Test(run, default_database_is_under_dot_troupe)
     free(workflow);
     free(db);
     free(mode);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- broken workflows: one line naming file:line:column, nothing written ---------------- */
@@ -260,7 +205,7 @@ Test(run, default_database_is_under_dot_troupe)
 static void check_broken(const char *name, const char *text, const char *position,
                          const char *fragment)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     char *path = harness_write_file(env.dir, name, text);
     const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
@@ -276,7 +221,7 @@ static void check_broken(const char *name, const char *text, const char *positio
     harness_result_release(&r);
     free(path);
     free(where);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 #define HEAD                                                                                       \
@@ -329,7 +274,7 @@ Test(broken, unknown_server_in_a_persona_json)
 
 Test(broken, missing_file)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     const char *argv[] = {env.troupe, "--db", env.db, "run", "no-such-file.yaml", NULL};
     harness_run(argv, env.dir, 10000, &r);
@@ -337,7 +282,7 @@ Test(broken, missing_file)
     cr_assert(strstr(r.err, "no-such-file.yaml"), "%s", r.err);
     cr_assert_neq(access(env.db, F_OK), 0);
     harness_result_release(&r);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- failures at run time ------------------------------------------------------------- */
@@ -374,7 +319,7 @@ static const char *misbehave_workflow(const char *server, const char *tool, cons
 
 Test(failure, server_exiting_mid_call_fails_the_step_and_the_run)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     char *server = harness_build_path("tests/test-mcp-misbehave");
     char *path = harness_write_file(env.dir, "exit.yaml",
@@ -387,35 +332,35 @@ Test(failure, server_exiting_mid_call_fails_the_step_and_the_run)
     cr_assert(strstr(r.out, "exit status 3"), "the reason is shown:\n%s", r.out);
 
     char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    char *status = query_text(&env, "SELECT status FROM runs WHERE id = '%s'", run);
+    char *status = harness_query_text(env.db, "SELECT status FROM runs WHERE id = '%s'", run);
     cr_assert_str_eq(status, "failed");
-    char *error = query_text(&env, "SELECT error FROM runs WHERE id = '%s'", run);
+    char *error = harness_query_text(env.db, "SELECT error FROM runs WHERE id = '%s'", run);
     cr_assert(strstr(error, "doomed") && strstr(error, "exit status 3"), "%s", error);
-    char *first = query_text(&env,
-                             "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
-                             "'first'",
-                             run);
+    char *first = harness_query_text(env.db,
+                                     "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
+                                     "'first'",
+                                     run);
     cr_assert_str_eq(first, "succeeded");
-    char *doomed = query_text(&env,
-                              "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
-                              "'doomed'",
-                              run);
+    char *doomed = harness_query_text(env.db,
+                                      "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
+                                      "'doomed'",
+                                      run);
     cr_assert_str_eq(doomed, "failed");
-    char *never = query_text(&env,
-                             "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
-                             "'never'",
-                             run);
+    char *never = harness_query_text(env.db,
+                                     "SELECT state FROM steps WHERE run_id = '%s' AND step_id = "
+                                     "'never'",
+                                     run);
     cr_assert_str_eq(never, "skipped");
-    cr_assert_eq(query_int(&env,
-                           "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
-                           "'step.finished' AND step_id = 'doomed' AND "
-                           "json_extract(payload_json, '$.status') = 'failed'",
-                           run),
+    cr_assert_eq(harness_query_int(env.db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'step.finished' AND step_id = 'doomed' AND "
+                                   "json_extract(payload_json, '$.status') = 'failed'",
+                                   run),
                  1);
-    char *finished = query_text(&env,
-                                "SELECT json_extract(payload_json, '$.status') FROM audit "
-                                "WHERE run_id = '%s' AND type = 'run.finished'",
-                                run);
+    char *finished = harness_query_text(env.db,
+                                        "SELECT json_extract(payload_json, '$.status') FROM audit "
+                                        "WHERE run_id = '%s' AND type = 'run.finished'",
+                                        run);
     cr_assert_str_eq(finished, "failed");
     free(finished);
 
@@ -435,12 +380,12 @@ Test(failure, server_exiting_mid_call_fails_the_step_and_the_run)
     free(first);
     free(doomed);
     free(never);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(failure, tool_error_fails_the_run_with_the_tools_message)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     char *path = harness_write_file(
         env.dir, "toolerror.yaml",
@@ -456,11 +401,11 @@ Test(failure, tool_error_fails_the_run_with_the_tools_message)
     harness_result_release(&r);
     free(path);
     free(error);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* Starts the slow workflow and waits until its slow step is in flight. */
-static void start_slow_run(struct env *env, struct harness_proc *proc, char **path,
+static void start_slow_run(struct harness_env *env, struct harness_proc *proc, char **path,
                            const char *with, const char *retries)
 {
     char *server = harness_build_path("tests/test-mcp-misbehave");
@@ -475,7 +420,7 @@ static void start_slow_run(struct env *env, struct harness_proc *proc, char **pa
     free(server);
 }
 
-static void kill_first_agent(struct env *env)
+static void kill_first_agent(struct harness_env *env)
 {
     long long agent = harness_db_int(env->db, "SELECT json_extract(payload_json, '$.pid') FROM "
                                               "audit WHERE type = 'agent.started'");
@@ -485,7 +430,7 @@ static void kill_first_agent(struct env *env)
 
 Test(failure, agent_killed_mid_step_is_restarted_and_the_step_retried)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_proc proc;
     struct harness_result r;
     char *path;
@@ -515,12 +460,12 @@ Test(failure, agent_killed_mid_step_is_restarted_and_the_step_retried)
     harness_result_release(&r);
     free(path);
     free(step);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(failure, agent_killed_mid_step_without_retries_fails_the_run_and_leaves_nothing)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_proc proc;
     struct harness_result r;
     char *path;
@@ -541,12 +486,12 @@ Test(failure, agent_killed_mid_step_without_retries_fails_the_run_and_leaves_not
     free(path);
     free(error);
     free(step);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(failure, ctrl_c_cancels_the_run_cleanly)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_proc proc;
     struct harness_result r;
     char *path;
@@ -567,12 +512,12 @@ Test(failure, ctrl_c_cancels_the_run_cleanly)
     free(path);
     free(status);
     free(step);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 Test(failure, bus_messages_from_nowhere_are_refused_and_the_run_goes_on)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_proc proc;
     struct harness_result r;
     char *server = harness_build_path("tests/test-mcp-misbehave");
@@ -632,7 +577,7 @@ Test(failure, bus_messages_from_nowhere_are_refused_and_the_run_goes_on)
     free(run);
     free(endpoint);
     free(output);
-    release_env(&env);
+    harness_env_release(&env);
 }
 
 /* ---- the command line ------------------------------------------------------------------- */
@@ -673,7 +618,7 @@ Test(cli, help_and_version)
 
 Test(cli, reading_commands_on_a_missing_database_or_run)
 {
-    struct env env = setup_env();
+    struct harness_env env = harness_env_new();
     struct harness_result r;
     const char *runs[] = {env.troupe, "--db", env.db, "runs", NULL};
     harness_run(runs, env.dir, 10000, &r);
@@ -693,5 +638,5 @@ Test(cli, reading_commands_on_a_missing_database_or_run)
     cr_assert(strstr(r.err, "r-nope"), "%s", r.err);
     harness_result_release(&r);
     free(workflow);
-    release_env(&env);
+    harness_env_release(&env);
 }

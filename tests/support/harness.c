@@ -14,6 +14,7 @@
 #include <sodium.h>
 #include <sqlite3.h>
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -414,4 +415,53 @@ void harness_check_runs(const char *troupe, const char *db, const char *dir)
         harness_result_release(&r);
         free(run);
     }
+}
+
+struct harness_env harness_env_new(void)
+{
+    struct harness_env env;
+    env.dir = harness_tempdir();
+    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
+    env.troupe = harness_build_path("troupe");
+    return env;
+}
+
+void harness_env_release(struct harness_env *env)
+{
+    harness_check_runs(env->troupe, env->db, env->dir);
+    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
+                 "processes were left running in %s", env->dir);
+    free(env->dir);
+    free(env->db);
+    free(env->troupe);
+}
+
+static char *format_sql(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static char *format_sql(const char *fmt, va_list ap)
+{
+    char *sql;
+    cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
+    return sql;
+}
+
+long long harness_query_int(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = format_sql(fmt, ap);
+    va_end(ap);
+    long long value = harness_db_int(db, sql);
+    free(sql);
+    return value;
+}
+
+char *harness_query_text(const char *db, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *sql = format_sql(fmt, ap);
+    va_end(ap);
+    char *value = harness_db_text(db, sql);
+    free(sql);
+    return value;
 }

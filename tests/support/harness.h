@@ -68,4 +68,22 @@ long long harness_audit_verify(const char *db_path, const char *run_id);
  */
 void harness_check_runs(const char *troupe, const char *db, const char *dir);
 
+/* A test's world: a temporary directory, a database path in it, the troupe program. */
+struct harness_env {
+    char *dir;
+    char *db; /* DIR/state/troupe.db, not created */
+    char *troupe;
+};
+
+struct harness_env harness_env_new(void);
+/* Checks the runs the test left (harness_check_runs) and that no process was left running
+ * in the directory, then frees the paths (the directory stays, for post-mortems). */
+void harness_env_release(struct harness_env *env);
+
+/* harness_db_int and harness_db_text with the SQL formatted printf-style. */
+long long harness_query_int(const char *db, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+char *harness_query_text(const char *db, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 #endif
