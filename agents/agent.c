@@ -59,6 +59,13 @@ static void on_signal(int sig)
 
 /* ---- sending to the scheduler ----------------------------------------------------------- */
 
+/* The run this agent works for (from the welcome), for log lines; NULL before it. */
+static const char *run_of(const struct agent *agent)
+{
+    const cJSON *run = cJSON_GetObjectItemCaseSensitive(agent->config, "run");
+    return cJSON_IsString(run) ? run->valuestring : NULL;
+}
+
 /* Replaces every occurrence of needle in text by replacement; returns a new string. */
 static char *replace_all(const char *text, const char *needle, const char *replacement)
 {
@@ -378,7 +385,7 @@ static void perform(struct agent *agent, const struct bus_msg *assign)
     char *error = NULL;
     const char *error_class = NULL;
 
-    tr_log_context(NULL, assign->step_id, agent->persona);
+    tr_log_context(run_of(agent), assign->step_id, agent->persona);
     agent->current_step = assign->step_id;
     cJSON_AddStringToObject(meta, "io.troupe/idempotency-key", assign->idempotency_key);
     if (!tool_allowed(agent, assign->server, assign->tool)) {
@@ -425,7 +432,7 @@ static void perform(struct agent *agent, const struct bus_msg *assign)
     if (server && err.code == TR_EPEER)
         restart_server(agent, server, assign->step_id);
     agent->current_step = NULL;
-    tr_log_context(NULL, NULL, agent->persona);
+    tr_log_context(run_of(agent), NULL, agent->persona);
     free(result.json);
     free(error);
     cJSON_Delete(output);
@@ -459,6 +466,7 @@ static int wait_for_welcome(struct agent *agent, struct tr_error *err)
         bus_msg_free(&msg);
         if (!cJSON_IsObject(agent->config))
             return tr_error_set(err, TR_EPROTO, "welcome carries no persona configuration");
+        tr_log_context(run_of(agent), NULL, agent->persona);
         return 0;
     }
     return tr_error_set(err, TR_ETIMEDOUT, "no welcome from the scheduler within %d s",

@@ -178,6 +178,7 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
         sched__fail(run, "cannot start persona '%s': %s", agent->persona, err.message);
     } else {
         collect_secrets(config, cJSON_AddObjectToObject(resolved, "redact"));
+        cJSON_AddStringToObject(resolved, "run", run->id); /* for the agent's log lines */
         welcome.json = cJSON_PrintUnformatted(resolved);
         if (bus_send(run->bus, &welcome, &err) < 0)
             sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
