@@ -71,9 +71,6 @@ struct cJSON *cli_audit_event_json(const char *run_id, const struct store_audit_
 int cli_validate(int argc, char **argv, struct cli_common *common);
 int cli_graph(int argc, char **argv, struct cli_common *common);
 
-#define CLI_PLAN_HASH_HEX_SIZE 65
-/* The SHA-256 of a plan's canonical JSON, in hex: what the store records as plan_hash. */
-void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE]);
 int cli_resume(int argc, char **argv, struct cli_common *common);
 int cli_cancel(int argc, char **argv, struct cli_common *common);
 int cli_mcp(int argc, char **argv, struct cli_common *common);

@@ -133,10 +133,10 @@ static int copy_run(void *userdata, const struct store_run *run)
 
 static bool plan_matches(const struct workflow *wf, const char *plan_hash)
 {
-    char hash[CLI_PLAN_HASH_HEX_SIZE];
+    char hash[STORE_PLAN_HASH_SIZE];
     char *plan = workflow_plan_json(wf);
 
-    cli_plan_hash(plan, hash);
+    store_plan_hash(plan, hash);
     free(plan);
     return strcmp(hash, plan_hash) == 0;
 }

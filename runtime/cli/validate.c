@@ -6,7 +6,6 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,14 +28,6 @@ static void usage(FILE *out)
                  "exit status: 0 every file is valid, 1 a file has problems, 2 bad usage.\n");
 }
 
-void cli_plan_hash(const char *plan_json, char hex[CLI_PLAN_HASH_HEX_SIZE])
-{
-    unsigned char digest[crypto_hash_sha256_BYTES];
-
-    crypto_hash_sha256(digest, (const unsigned char *)plan_json, strlen(plan_json));
-    sodium_bin2hex(hex, CLI_PLAN_HASH_HEX_SIZE, digest, sizeof(digest));
-}
-
 enum output { OUTPUT_SUMMARY, OUTPUT_HASH, OUTPUT_PLAN, OUTPUT_QUIET };
 
 /* Returns the number of problems of one file (0 when it is valid). */
@@ -53,8 +44,8 @@ static size_t validate_file(const char *path, enum output output)
         return count ? count : 1;
     }
     char *plan = workflow_plan_json(wf);
-    char hash[CLI_PLAN_HASH_HEX_SIZE];
-    cli_plan_hash(plan, hash);
+    char hash[STORE_PLAN_HASH_SIZE];
+    store_plan_hash(plan, hash);
     switch (output) {
     case OUTPUT_SUMMARY:
         printf("%s: ok: %zu step%s, %zu persona%s, %zu server%s; plan sha256 %s\n", path,
@@ -113,10 +104,6 @@ int cli_validate(int argc, char **argv, struct cli_common *common)
     if (optind == argc) {
         cli_error("validate: which workflow files? (see 'troupe validate --help')");
         return CLI_USAGE;
-    }
-    if (sodium_init() < 0) {
-        cli_error("validate: libsodium could not start");
-        return CLI_FAILED;
     }
     for (int i = optind; i < argc; i++) {
         size_t n = validate_file(argv[i], output);

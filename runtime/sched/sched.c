@@ -17,8 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sodium.h>
-
 #define POLL_MS 50
 #define TIMER_CHECK_MS 20
 #define GROUP_COMMIT_MS 50
@@ -626,11 +624,9 @@ static int check_resumable(const struct workflow *wf, const char *run_id,
                             "(troupe cancel %s)",
                             run_id, (long long)record->scheduler_pid, run_id);
     /* The same plan, or the steps would not mean what the store says they did. */
-    unsigned char digest[crypto_hash_sha256_BYTES];
-    char hex[crypto_hash_sha256_BYTES * 2 + 1];
+    char hex[STORE_PLAN_HASH_SIZE];
     char *plan = workflow_plan_json(wf);
-    crypto_hash_sha256(digest, (const unsigned char *)plan, strlen(plan));
-    sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
+    store_plan_hash(plan, hex);
     free(plan);
     if (strcmp(hex, record->plan_hash) != 0)
         return tr_error_set(err, TR_EINVAL,

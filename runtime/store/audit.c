@@ -39,7 +39,7 @@
 static const char genesis_hash[STORE_HASH_HEX_SIZE] =
     "0000000000000000000000000000000000000000000000000000000000000000";
 
-static void hash_field(crypto_hash_sha256_state *state, const char *field)
+void store__hash_field(crypto_hash_sha256_state *state, const char *field)
 {
     uint64_t len = strlen(field);
     unsigned char prefix[8];
@@ -60,15 +60,15 @@ static void chain_hash(const char *prev_hash, const char *run_id, int64_t seq, c
 
     snprintf(seq_text, sizeof(seq_text), "%" PRId64, seq);
     crypto_hash_sha256_init(&state);
-    hash_field(&state, AUDIT_HASH_DOMAIN);
-    hash_field(&state, prev_hash);
-    hash_field(&state, run_id);
-    hash_field(&state, seq_text);
-    hash_field(&state, time);
-    hash_field(&state, step_id ? step_id : "");
-    hash_field(&state, actor);
-    hash_field(&state, type);
-    hash_field(&state, payload_json);
+    store__hash_field(&state, AUDIT_HASH_DOMAIN);
+    store__hash_field(&state, prev_hash);
+    store__hash_field(&state, run_id);
+    store__hash_field(&state, seq_text);
+    store__hash_field(&state, time);
+    store__hash_field(&state, step_id ? step_id : "");
+    store__hash_field(&state, actor);
+    store__hash_field(&state, type);
+    store__hash_field(&state, payload_json);
     crypto_hash_sha256_final(&state, digest);
     sodium_bin2hex(ret_hash, STORE_HASH_HEX_SIZE, digest, sizeof(digest));
 }

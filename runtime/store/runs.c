@@ -40,12 +40,19 @@ static void make_run_id(const char *now, char ret_run_id[STORE_RUN_ID_SIZE])
              now + 11, now + 14, now + 17, hex);
 }
 
+void store_plan_hash(const char *plan_json, char ret_hash[STORE_PLAN_HASH_SIZE])
+{
+    unsigned char digest[crypto_hash_sha256_BYTES];
+
+    crypto_hash_sha256(digest, (const unsigned char *)plan_json, strlen(plan_json));
+    sodium_bin2hex(ret_hash, STORE_PLAN_HASH_SIZE, digest, sizeof(digest));
+}
+
 int store_run_create(struct store *store, const char *workflow_name, const char *workflow_file,
                      const char *plan_json, const char *input_json,
                      char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err)
 {
-    unsigned char digest[crypto_hash_sha256_BYTES];
-    char plan_hash[STORE_HASH_HEX_SIZE];
+    char plan_hash[STORE_PLAN_HASH_SIZE];
     char run_id[STORE_RUN_ID_SIZE];
     char now[32];
     int rc;
@@ -57,8 +64,7 @@ int store_run_create(struct store *store, const char *workflow_name, const char 
     if (rc < 0)
         return rc;
 
-    crypto_hash_sha256(digest, (const unsigned char *)plan_json, strlen(plan_json));
-    sodium_bin2hex(plan_hash, sizeof(plan_hash), digest, sizeof(digest));
+    store_plan_hash(plan_json, plan_hash);
     tr_wall_iso8601(now, sizeof(now));
 
     /* 24 random bits per second: a collision is unlikely, and retried if it happens. */

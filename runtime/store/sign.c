@@ -24,14 +24,8 @@ static void head_digest(const char *run_id, int64_t seq, const char *head,
 
     snprintf(seq_text, sizeof(seq_text), "%" PRId64, seq);
     crypto_hash_sha256_init(&state);
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        uint64_t len = strlen(fields[i]);
-        unsigned char prefix[8];
-        for (int b = 0; b < 8; b++)
-            prefix[b] = (unsigned char)(len >> (56 - 8 * b));
-        crypto_hash_sha256_update(&state, prefix, sizeof(prefix));
-        crypto_hash_sha256_update(&state, (const unsigned char *)fields[i], len);
-    }
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        store__hash_field(&state, fields[i]);
     crypto_hash_sha256_final(&state, ret_digest);
 }
 

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <sodium.h>
 #include <sqlite3.h>
 
 #include "store.h"
@@ -100,6 +101,10 @@ const char *store__column_text(sqlite3_stmt *stmt, int column);
  */
 int store__check_writable(struct store *store, const char *what,
                           struct tr_error *err) TR_MUST_CHECK;
+
+/* Feeds one field to a SHA-256: its length (8 bytes, big-endian), then its bytes. The
+ * encoding of the audit chain (audit.c) and of signed heads (sign.c). */
+void store__hash_field(crypto_hash_sha256_state *state, const char *field);
 
 /* Forgets every remembered audit chain end (after a rollback or any failure). */
 void store__audit_forget(struct store *store);

@@ -52,6 +52,11 @@ void store_rollback(struct store *store);
 
 /* ---- runs ----------------------------------------------------------------------------- */
 
+#define STORE_PLAN_HASH_SIZE 65 /* hex SHA-256 and its NUL */
+
+/* The plan hash a run records: lowercase hex SHA-256 of the plan's canonical JSON. */
+void store_plan_hash(const char *plan_json, char ret_hash[STORE_PLAN_HASH_SIZE]);
+
 /*
  * Creates a run in state "running" with a new id (e.g. "r-20261125-114001-3f9a2c") written
  * to ret_run_id. plan_json is the canonical plan; the run records it and its SHA-256.

@@ -199,17 +199,6 @@ Test(audit, the_log_refuses_updates_and_deletes)
 
 /* ---- signatures against a forged database ------------------------------------------------- */
 
-/* An independent implementation of the documented chain encoding (runtime/store/audit.c). */
-static void field(crypto_hash_sha256_state *state, const char *text)
-{
-    uint64_t len = strlen(text);
-    unsigned char prefix[8];
-    for (int i = 0; i < 8; i++)
-        prefix[i] = (unsigned char)(len >> (56 - 8 * i));
-    crypto_hash_sha256_update(state, prefix, 8);
-    crypto_hash_sha256_update(state, (const unsigned char *)text, len);
-}
-
 /* Rewrites every hash of the run so the forged chain is consistent again. */
 static void rechain(const char *db_path, const char *run)
 {
@@ -236,12 +225,12 @@ static void rechain(const char *db_path, const char *run)
         unsigned char digest[32];
         char hash[65];
         crypto_hash_sha256_init(&state);
-        field(&state, "troupe-audit-v1");
-        field(&state, prev);
-        field(&state, run);
-        field(&state, (const char *)sqlite3_column_text(select, 0));
+        harness_hash_field(&state, "troupe-audit-v1");
+        harness_hash_field(&state, prev);
+        harness_hash_field(&state, run);
+        harness_hash_field(&state, (const char *)sqlite3_column_text(select, 0));
         for (int c = 1; c <= 5; c++)
-            field(&state, (const char *)sqlite3_column_text(select, c));
+            harness_hash_field(&state, (const char *)sqlite3_column_text(select, c));
         crypto_hash_sha256_final(&state, digest);
         sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
         sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);

@@ -295,7 +295,7 @@ int harness_find_pids(const char *needle, int *pids, int max)
     return count;
 }
 
-static void hash_field(crypto_hash_sha256_state *state, const char *field)
+void harness_hash_field(crypto_hash_sha256_state *state, const char *field)
 {
     uint64_t len = strlen(field);
     unsigned char prefix[8];
@@ -346,15 +346,15 @@ long long harness_audit_verify(const char *db_path, const char *run_id)
         }
         snprintf(seq_text, sizeof(seq_text), "%lld", seq);
         crypto_hash_sha256_init(&state);
-        hash_field(&state, "troupe-audit-v1");
-        hash_field(&state, prev);
-        hash_field(&state, run_id);
-        hash_field(&state, seq_text);
-        hash_field(&state, text_or(stmt, 1, ""));
-        hash_field(&state, text_or(stmt, 2, ""));
-        hash_field(&state, text_or(stmt, 3, ""));
-        hash_field(&state, text_or(stmt, 4, ""));
-        hash_field(&state, text_or(stmt, 5, ""));
+        harness_hash_field(&state, "troupe-audit-v1");
+        harness_hash_field(&state, prev);
+        harness_hash_field(&state, run_id);
+        harness_hash_field(&state, seq_text);
+        harness_hash_field(&state, text_or(stmt, 1, ""));
+        harness_hash_field(&state, text_or(stmt, 2, ""));
+        harness_hash_field(&state, text_or(stmt, 3, ""));
+        harness_hash_field(&state, text_or(stmt, 4, ""));
+        harness_hash_field(&state, text_or(stmt, 5, ""));
         crypto_hash_sha256_final(&state, digest);
         sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
         if (strcmp(hex, text_or(stmt, 7, "")) != 0) {

@@ -6,6 +6,7 @@
 #ifndef TROUPE_TEST_HARNESS_H
 #define TROUPE_TEST_HARNESS_H
 
+#include <sodium.h>
 #include <stdbool.h>
 
 struct harness_result {
@@ -85,5 +86,11 @@ long long harness_query_int(const char *db, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 char *harness_query_text(const char *db, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/*
+ * One field of the audit log's documented hash encoding (its length as 8 bytes big-endian,
+ * then its bytes), written here independently of runtime/store so tests check the format.
+ */
+void harness_hash_field(crypto_hash_sha256_state *state, const char *field);
 
 #endif
