@@ -375,8 +375,10 @@ static int call_tool(struct server *server, const struct bus_msg *assign, const 
 
 static void perform(struct agent *agent, const struct bus_msg *assign)
 {
-    struct bus_msg result = {
-        .type = BUS_RESULT, .step_id = assign->step_id, .attempt = assign->attempt};
+    struct bus_msg result = {.type = BUS_RESULT,
+                             .task = assign->task,
+                             .step_id = assign->step_id,
+                             .attempt = assign->attempt};
     struct tr_error err = {0};
     struct server *server = find_server(agent, assign->server);
     cJSON *arguments = cJSON_Parse(assign->json);

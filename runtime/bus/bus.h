@@ -15,7 +15,7 @@
 
 #include "base.h"
 
-#define BUS_PROTOCOL_VERSION 1
+#define BUS_PROTOCOL_VERSION 2
 #define BUS_MAX_MESSAGE_BYTES (32u * 1024 * 1024)
 #define BUS_MAX_IDENTITY 255
 
@@ -29,6 +29,7 @@ enum bus_msg_type {
     BUS_SHUTDOWN,  /* scheduler → agent: close sessions and exit */
     BUS_BYE,       /* agent → scheduler: exiting (error set if it failed) */
     BUS_HEARTBEAT, /* agent → scheduler: still alive (sent every BUS_HEARTBEAT_MS when idle) */
+    BUS_CANCEL,    /* scheduler → agent: give up a task (notifications/cancelled to its server) */
 };
 
 #define BUS_HEARTBEAT_MS 1000
@@ -40,6 +41,8 @@ struct bus_msg {
     int64_t version;       /* hello: BUS_PROTOCOL_VERSION */
     char *persona;         /* hello */
     int64_t pid;           /* hello */
+    int64_t task;          /* assign, result, cancel, event: the scheduler's id of one
+                              assignment (>= 1); several may be in flight on one agent */
     char *step_id;         /* assign, event, result */
     int64_t attempt;       /* assign, result */
     char *server;          /* assign, event */
@@ -49,7 +52,7 @@ struct bus_msg {
     char *event_type;      /* event: "mcp.request", "mcp.response", "mcp.notification", ... */
     char *json;            /* welcome: config; assign: arguments; event: payload; result: output */
     bool ok;               /* result */
-    char *error;           /* result, bye: what went wrong, or NULL */
+    char *error;           /* result, bye, cancel: what went wrong (cancel: why), or NULL */
     char *error_class;     /* result: "tool", "protocol", "transport", "timeout", "policy" */
     bool remote;           /* ROUTER side, not encoded: the peer is on the CURVE endpoint */
 };

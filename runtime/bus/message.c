@@ -23,6 +23,7 @@ static const struct field fields[] = {
     {"version", FIELD_INT, offsetof(struct bus_msg, version)},
     {"persona", FIELD_STR, offsetof(struct bus_msg, persona)},
     {"pid", FIELD_INT, offsetof(struct bus_msg, pid)},
+    {"task", FIELD_INT, offsetof(struct bus_msg, task)},
     {"step_id", FIELD_STR, offsetof(struct bus_msg, step_id)},
     {"attempt", FIELD_INT, offsetof(struct bus_msg, attempt)},
     {"server", FIELD_STR, offsetof(struct bus_msg, server)},
@@ -41,6 +42,7 @@ enum {
     field_index_version,
     field_index_persona,
     field_index_pid,
+    field_index_task,
     field_index_step_id,
     field_index_attempt,
     field_index_server,
@@ -63,15 +65,16 @@ static const struct type_info types[] = {
     [BUS_HELLO] = {"hello", F(version) | F(persona) | F(pid)},
     [BUS_WELCOME] = {"welcome", F(json)},
     [BUS_READY] = {"ready", 0},
-    [BUS_ASSIGN] = {"assign",
-                    F(step_id) | F(attempt) | F(server) | F(tool) | F(json) | F(idempotency_key)},
+    [BUS_ASSIGN] = {"assign", F(task) | F(step_id) | F(attempt) | F(server) | F(tool) | F(json) |
+                                  F(idempotency_key)},
     [BUS_EVENT] = {"event", F(event_type) | F(json)},
-    [BUS_RESULT] = {"result", F(step_id) | F(attempt) | F(ok)},
+    [BUS_RESULT] = {"result", F(task) | F(step_id) | F(attempt) | F(ok)},
     [BUS_SHUTDOWN] = {"shutdown", 0},
     [BUS_BYE] = {"bye", 0},
     [BUS_HEARTBEAT] = {"heartbeat", 0},
+    [BUS_CANCEL] = {"cancel", F(task)},
 };
-#define TYPE_MAX BUS_HEARTBEAT
+#define TYPE_MAX BUS_CANCEL
 
 const char *bus_msg_type_name(enum bus_msg_type type)
 {
@@ -362,6 +365,11 @@ int bus_msg_decode(const char *data, size_t len, struct bus_msg **ret_msg, struc
             f++;
         rc = tr_error_set(err, TR_EPROTO, "%s message lacks field '%s'", types[msg->type].name,
                           fields[f].key);
+        goto out;
+    }
+    if ((types[msg->type].required & F(task)) && msg->task < 1) {
+        rc = tr_error_set(err, TR_EPROTO, "%s message has task %lld; tasks are numbered from 1",
+                          types[msg->type].name, (long long)msg->task);
         goto out;
     }
     *ret_msg = msg;

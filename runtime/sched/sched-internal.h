@@ -134,6 +134,7 @@ struct run {
     cJSON *scope;       /* {"input", "context", "steps"}: what step arguments are evaluated over */
     bool keep_outputs;  /* some step's arguments use the scope: outputs are kept in it */
     cJSON *destructive; /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
+    int64_t last_task;  /* the last task id given to an assignment */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
     char *failure;         /* the first reason the run fails, or NULL */

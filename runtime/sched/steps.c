@@ -642,6 +642,7 @@ static void dispatch(struct run *run, size_t index, long agent_index, bool next_
     struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
     msg->peer = xstrdup(agent->identity);
     msg->remote = agent->remote;
+    msg->task = ++run->last_task;
     msg->step_id = xstrdup(step_id);
     msg->attempt = step->attempt;
     msg->server = xstrdup(server);

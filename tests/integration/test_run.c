@@ -542,6 +542,7 @@ Test(failure, bus_messages_from_nowhere_are_refused_and_the_run_goes_on)
     cr_assert_eq(zmq_connect(intruder, endpoint), 0);
     cr_assert_eq(zmq_send(intruder, "\xc1garbage", 8, 0), 8);
     struct bus_msg forged = {.type = BUS_RESULT,
+                             .task = 1,
                              .step_id = "doomed",
                              .attempt = 1,
                              .ok = true,
@@ -551,7 +552,8 @@ Test(failure, bus_messages_from_nowhere_are_refused_and_the_run_goes_on)
     cr_assert_eq(bus_msg_encode(&forged, &data, &len, NULL), 0);
     cr_assert_eq(zmq_send(intruder, data, len, 0), (int)len);
     free(data);
-    struct bus_msg hello = {.type = BUS_HELLO, .version = 1, .persona = "worker", .pid = 1};
+    struct bus_msg hello = {
+        .type = BUS_HELLO, .version = BUS_PROTOCOL_VERSION, .persona = "worker", .pid = 1};
     cr_assert_eq(bus_msg_encode(&hello, &data, &len, NULL), 0);
     cr_assert_eq(zmq_send(intruder, data, len, 0), (int)len);
     free(data);

@@ -29,6 +29,7 @@ static struct bus_msg *roundtrip(const struct bus_msg *msg)
 Test(bus_message, assign_roundtrip_keeps_every_field)
 {
     struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
+    msg->task = 41;
     msg->step_id = xstrdup("greet");
     msg->attempt = 2;
     msg->server = xstrdup("demo");
@@ -39,6 +40,7 @@ Test(bus_message, assign_roundtrip_keeps_every_field)
 
     struct bus_msg *out = roundtrip(msg);
     cr_assert_eq(out->type, BUS_ASSIGN);
+    cr_assert_eq(out->task, 41);
     cr_assert_str_eq(out->step_id, "greet");
     cr_assert_eq(out->attempt, 2);
     cr_assert_str_eq(out->server, "demo");
@@ -52,9 +54,35 @@ Test(bus_message, assign_roundtrip_keeps_every_field)
     cr_assert_null(msg);
 }
 
+Test(bus_message, cancel_names_its_task_and_needs_one)
+{
+    struct bus_msg *msg = bus_msg_new(BUS_CANCEL);
+    struct tr_error err = {0};
+    char *data = NULL;
+    size_t len = 0;
+
+    msg->task = 9;
+    msg->error = xstrdup("the run was cancelled");
+    struct bus_msg *out = roundtrip(msg);
+    cr_assert_eq(out->type, BUS_CANCEL);
+    cr_assert_eq(out->task, 9);
+    cr_assert_str_eq(out->error, "the run was cancelled");
+    cr_assert_str_eq(bus_msg_type_name(BUS_CANCEL), "cancel");
+    bus_msg_free(&out);
+
+    /* Without its task, a cancel (like an assign or a result) is refused on decoding. */
+    msg->task = 0;
+    cr_assert_eq(bus_msg_encode(msg, &data, &len, &err), 0);
+    cr_assert_lt(bus_msg_decode(data, len, &out, &err), 0);
+    cr_assert(strstr(err.message, "task"), "%s", err.message);
+    free(data);
+    bus_msg_free(&msg);
+}
+
 Test(bus_message, result_false_and_negative_numbers_survive)
 {
     struct bus_msg *msg = bus_msg_new(BUS_RESULT);
+    msg->task = 3;
     msg->step_id = xstrdup("s");
     msg->attempt = 1;
     msg->ok = false;
@@ -115,7 +143,7 @@ Test(bus_message, malformed_messages_are_refused_with_a_reason)
 
     const char *missing[] = {"type", "assign", "step_id", "x"};
     pack_map(&sbuf, missing, 2);
-    expect_decode_error(sbuf.data, sbuf.size, "assign message lacks field 'attempt'");
+    expect_decode_error(sbuf.data, sbuf.size, "assign message lacks field 'task'");
     msgpack_sbuffer_destroy(&sbuf);
 
     const char *wrong_type[] = {"type", "hello", "pid", "12"};
@@ -322,7 +350,8 @@ Test(bus_curve, allowed_keys_talk_and_others_are_refused)
     /* An unknown key: refused, and said so. */
     cr_assert_eq(bus_connect_curve(tcp, "bad", server_public, bad_public, bad_secret, &bad, &err),
                  0);
-    struct bus_msg hello = {.type = BUS_HELLO, .version = 1, .persona = "p", .pid = 1};
+    struct bus_msg hello = {
+        .type = BUS_HELLO, .version = BUS_PROTOCOL_VERSION, .persona = "p", .pid = 1};
     cr_assert_eq(bus_send(bad, &hello, &err), 0);
     struct bus_msg *msg = NULL;
     int rc = 0;
