@@ -52,6 +52,7 @@ struct recorded_step {
     bool reused;          /* a forked run took it over from its parent */
     cJSON *item_requests; /* for_each: the last request of each item, by index (or NULL) */
     int item;             /* for_each: the item the last step.dispatched was for */
+    cJSON *task_items;    /* for_each: {"TASK": item} from step.dispatched, for its calls */
 };
 
 struct recording {
@@ -87,11 +88,21 @@ static int record_event(void *userdata, const struct store_audit_event *event)
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
     } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
+        const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
         rec->steps[i].dispatched = true;
         rec->steps[i].item =
             cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble < REPLAY_MAX_ITEMS
                 ? (int)item->valuedouble
                 : 0;
+        if (cJSON_IsNumber(item) && cJSON_IsNumber(task)) {
+            /* Items run several at once: their calls are matched by task, not by order. */
+            char key[32];
+            snprintf(key, sizeof(key), "%.0f", task->valuedouble);
+            if (!rec->steps[i].task_items)
+                rec->steps[i].task_items = cJSON_CreateObject();
+            cJSON_DeleteItemFromObjectCaseSensitive(rec->steps[i].task_items, key);
+            cJSON_AddNumberToObject(rec->steps[i].task_items, key, rec->steps[i].item);
+        }
         replace(&rec->steps[i].request, NULL);
         replace(&rec->steps[i].finished, NULL);
     } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
@@ -109,6 +120,14 @@ static int record_event(void *userdata, const struct store_audit_event *event)
             replace(&rec->steps[i].request,
                     cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
             struct recorded_step *r = &rec->steps[i];
+            const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
+            if (cJSON_IsNumber(task) && r->task_items) {
+                char key[32];
+                snprintf(key, sizeof(key), "%.0f", task->valuedouble);
+                const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->task_items, key);
+                if (cJSON_IsNumber(item))
+                    r->item = (int)item->valuedouble;
+            }
             if (!r->item_requests)
                 r->item_requests = cJSON_CreateArray();
             while (cJSON_GetArraySize(r->item_requests) <= r->item)
@@ -295,6 +314,12 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
     for (int k = 0; same && k < recorded; k++) {
         const cJSON *request = cJSON_GetArrayItem(r->item_requests, k);
         cJSON *arguments = NULL;
+        if (cJSON_IsNull(request) && succeeded) {
+            printf("DIVERGENCE at step '%s' item %d: the log holds no call for it\n",
+                   workflow_step_id(wf, i), k);
+            same = false;
+            break;
+        }
         if (cJSON_IsNull(request))
             continue;
         cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(cJSON_GetArrayItem(items, k), true));
@@ -599,6 +624,7 @@ out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
         cJSON_Delete(rec.steps[i].request);
         cJSON_Delete(rec.steps[i].item_requests);
+        cJSON_Delete(rec.steps[i].task_items);
         cJSON_Delete(rec.steps[i].finished);
     }
     free(rec.steps);

@@ -24,6 +24,7 @@ enum {
     CLI_OPT_APPROVE,
     CLI_OPT_DURABILITY,
     CLI_OPT_APPROVE_DESTRUCTIVE,
+    CLI_OPT_CREDIT,
 };
 
 /* The getopt entries of the scheduler options, to splice into a command's table. */
@@ -31,6 +32,7 @@ enum {
 #define CLI_SCHED_OPTIONS \
     {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT}, \
     {"replicas", required_argument, NULL, CLI_OPT_REPLICAS}, \
+    {"credit", required_argument, NULL, CLI_OPT_CREDIT}, \
     {"retries", required_argument, NULL, CLI_OPT_RETRIES}, \
     {"retry-on", required_argument, NULL, CLI_OPT_RETRY_ON}, \
     {"retry-delay", required_argument, NULL, CLI_OPT_RETRY_DELAY}, \
@@ -47,7 +49,9 @@ enum {
 
 #define CLI_SCHED_USAGE                                                                            \
     "  --timeout SECONDS       how long one step may take (default 60)\n"                          \
-    "  --replicas N            agent processes per persona, run in parallel (default 1)\n"         \
+    "  --replicas N            agent processes per persona (default: the persona's\n"              \
+    "                          replicas in the workflow, else 1)\n"                                \
+    "  --credit N              tool calls one agent may have in flight at once (default 8)\n"      \
     "  --retries N             attempts of a step, the first included (default 3)\n"               \
     "  --retry-on CLASSES      error classes retried, comma-separated, from tool, protocol,\n"     \
     "                          transport, timeout (default transport,timeout)\n"                   \
@@ -80,6 +84,7 @@ struct cli_progress {
     bool line_open; /* the status line is on screen */
     size_t width;
     int64_t start_ms;
+    int64_t items_shown_ms; /* when the last item progress was shown (they are throttled) */
 };
 
 /* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */

@@ -69,6 +69,10 @@ static void print_json_progress(struct cli_progress *progress, const struct sche
     cJSON_AddNumberToObject(o, "failed", (double)p->failed);
     cJSON_AddNumberToObject(o, "retries", (double)p->retries);
     cJSON_AddNumberToObject(o, "in_flight", (double)p->in_flight);
+    if (strcmp(p->event, "item") == 0) {
+        cJSON_AddNumberToObject(o, "items_done", (double)p->items_done);
+        cJSON_AddNumberToObject(o, "items_total", (double)p->items_total);
+    }
     cJSON_AddNumberToObject(o, "elapsed_ms", (double)(tr_now_ms() - progress->start_ms));
     char *line = cJSON_PrintUnformatted(o);
     puts(line);
@@ -82,6 +86,15 @@ static void on_progress(void *userdata, const struct sched_progress *p)
 
     if (progress->quiet)
         return;
+    /* Items of a fan-out: at most a few lines a second, and the last one. */
+    bool item = strcmp(p->event, "item") == 0;
+    if (item) {
+        int64_t now = tr_now_ms();
+        int64_t every = progress->json ? 250 : progress->tty ? 100 : 1000;
+        if (p->items_done < p->items_total && now - progress->items_shown_ms < every)
+            return;
+        progress->items_shown_ms = now;
+    }
     if (progress->json) {
         print_json_progress(progress, p);
         fflush(stdout);
@@ -90,7 +103,17 @@ static void on_progress(void *userdata, const struct sched_progress *p)
     clear_status_line(progress);
     /* eval and approval steps have no persona */
     const char *persona = p->persona ? p->persona : "-";
-    if (strcmp(p->event, "approval") == 0) {
+    double rate = p->duration_ms > 0 ? (double)p->items_done * 1000.0 / (double)p->duration_ms : 0;
+    if (item && progress->tty) {
+        printf("  %-9s %-*s %ld/%ld items, %.0f items/s", "running", (int)progress->width,
+               p->step_id, p->items_done, p->items_total, rate);
+        progress->line_open = true;
+        fflush(stdout);
+        return;
+    } else if (item) {
+        printf("  %-9s %-*s %-12s %ld/%ld items, %.0f items/s\n", "items", (int)progress->width,
+               p->step_id, persona, p->items_done, p->items_total, rate);
+    } else if (strcmp(p->event, "approval") == 0) {
         printf("  waiting   %-*s %-12s for approval: troupe approve RUN %s --as NAME\n",
                (int)progress->width, p->step_id, persona, p->step_id);
     } else if (strcmp(p->event, "agent") == 0) {
@@ -140,6 +163,11 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
         if (parse_int("--replicas", arg, 1, SCHED_MAX_REPLICAS, &value) < 0)
             return -1;
         opts->replicas = (int)value;
+        return 1;
+    case CLI_OPT_CREDIT:
+        if (parse_int("--credit", arg, 1, SCHED_MAX_CREDIT, &value) < 0)
+            return -1;
+        opts->credit = (int)value;
         return 1;
     case CLI_OPT_RETRIES:
         if (parse_int("--retries", arg, 1, 100, &value) < 0)

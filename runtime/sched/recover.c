@@ -30,7 +30,9 @@ char *sched__options_json(const struct run *run)
         if (run->opts.retry_on & classes[i].bit)
             cJSON_AddItemToArray(on, cJSON_CreateString(classes[i].name));
     cJSON_AddNumberToObject(o, "step_timeout_ms", run->opts.step_timeout_ms);
-    cJSON_AddNumberToObject(o, "replicas", run->opts.replicas);
+    if (run->opts.replicas > 0)
+        cJSON_AddNumberToObject(o, "replicas", run->opts.replicas);
+    cJSON_AddNumberToObject(o, "credit", run->opts.credit);
     cJSON_AddNumberToObject(o, "max_attempts", run->opts.max_attempts);
     cJSON_AddNumberToObject(o, "retry_delay_ms", run->opts.retry_delay_ms);
     cJSON_AddNumberToObject(o, "retry_max_delay_ms", run->opts.retry_max_delay_ms);
@@ -83,6 +85,7 @@ void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_
     }
     opts->step_timeout_ms = int_field(o, "step_timeout_ms", opts->step_timeout_ms, 86400000);
     opts->replicas = int_field(o, "replicas", opts->replicas, SCHED_MAX_REPLICAS);
+    opts->credit = int_field(o, "credit", opts->credit, SCHED_MAX_CREDIT);
     opts->max_attempts = int_field(o, "max_attempts", opts->max_attempts, 1000);
     opts->retry_delay_ms = int_field(o, "retry_delay_ms", opts->retry_delay_ms, 86400000);
     opts->retry_max_delay_ms =
@@ -199,7 +202,6 @@ int sched__load_run(struct run *run, struct tr_error *err)
     /* Counters and needs from the loaded states; what was in flight goes out again. */
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];
-        step->agent = -1;
         step->unmet = 0;
         for (size_t k = 0; k < workflow_step_needs_count(run->wf, i); k++)
             step->unmet += !sched__step_stands(run, workflow_step_need(run->wf, i, k));

@@ -62,19 +62,49 @@ struct step_run {
     int64_t dispatched_ms;
     int64_t deadline_ms; /* dispatched: when the scheduler gives up waiting */
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
-    long agent;          /* index of the agent performing it, or -1 */
     bool uses_scope;     /* its arguments hold ${{ }} expressions */
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
-    bool checked;    /* its `when` (and an approval's `if`) has been decided */
-    bool gate;       /* an approval step whose approval is asked */
-    long stands_for; /* a fallback step: the failed step it runs for, or -1 (not started) */
-    /* for_each: the items (evaluated at the first dispatch), the raw results so far, and the
-     * item in flight. Items run one after the other on one agent; not persisted: a resumed
-     * run starts the list again (the idempotency keys RUN/STEP/IDX deduplicate). */
+    bool checked;       /* its `when` (and an approval's `if`) has been decided */
+    bool gate;          /* an approval step whose approval is asked */
+    long stands_for;    /* a fallback step: the failed step it runs for, or -1 (not started) */
+    int64_t task;       /* a tool step in flight: its task's id, else 0 */
+    struct fanout *fan; /* a for_each step under way, else NULL */
+};
+
+/*
+ * A for_each step under way: its items (evaluated once per scheduler), which of them have
+ * succeeded (kept in the store as they arrive, so a resumed run skips them), and how many are
+ * active (a task in flight, or waiting for a retry), at most `window` at once. Memory holds
+ * the list and one bit per item, never the results.
+ */
+struct fanout {
     cJSON *items;
-    cJSON *results;
-    int item;
+    cJSON **item; /* item[i]: the i-th of items (cJSON arrays are lists) */
+    long count;
+    long next; /* the lowest item that may still need dispatching */
+    long done; /* items that succeeded, this scheduler or an earlier one */
+    long active;
+    long window;
+    unsigned char *finished; /* a bit per item */
+};
+
+/*
+ * One assignment: a tool step, or one item of a for_each step, on an agent. An item whose
+ * attempt failed keeps its task while it waits for its retry (agent -1, due_ms). A task the
+ * scheduler gave up (cancelled) holds its agent's credit until the agent answers.
+ */
+struct task {
+    int64_t id; /* sent in the assign; the result names it */
+    size_t step;
+    long item;    /* for_each: the item's index, else -1 */
+    long agent;   /* the agent performing it, or -1 */
+    int attempt;  /* the attempt sent: the step's, or the item's own */
+    int failures; /* an item's failed attempts */
+    bool cancelled;
+    int64_t dispatched_ms;
+    int64_t deadline_ms; /* when the scheduler stops waiting for the result */
+    int64_t due_ms;      /* an item waiting for its retry: when it is due */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -91,7 +121,7 @@ struct agent_proc {
     enum agent_state state;
     int64_t started_ms;
     int64_t last_seen_ms; /* the last message from it */
-    long step;            /* index of the step in flight, or -1 */
+    int load;             /* tasks it holds (cancelled ones until answered) */
     int exit_status;
     bool exit_expected; /* the scheduler asked it to stop, or it said bye */
     int restarts;
@@ -130,7 +160,9 @@ struct run {
     size_t *dep_start;
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
-    size_t done, failed, in_flight, retries, waiting;
+    size_t done, failed, in_flight, retries, waiting; /* in_flight: tasks on agents */
+    struct task *tasks;                               /* every task, in no order */
+    size_t task_count, task_cap;
     cJSON *scope;       /* {"input", "context", "steps"}: what step arguments are evaluated over */
     bool keep_outputs;  /* some step's arguments use the scope: outputs are kept in it */
     cJSON *destructive; /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
@@ -151,6 +183,8 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
                   cJSON *payload);
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms);
+/* An item of a for_each step succeeded (progress shows items done and items per second). */
+void sched__progress_items(struct run *run, size_t index);
 long sched__find_step(struct run *run, const char *step_id);
 
 /* steps.c */
@@ -158,7 +192,17 @@ void sched__step_policy(const struct run *run, size_t index, struct step_policy 
 void sched__record_step(struct run *run, size_t index, const char *output_json, const char *error);
 void sched__build_graph(struct run *run);
 void sched__make_ready(struct run *run, size_t index);
-void sched__step_succeeded(struct run *run, size_t index, const cJSON *result);
+/*
+ * A step's call(s) succeeded: result is the CallToolResult (for a for_each step whose output
+ * transforms the list, the array of them), or outputs_json (taken) the JSON text of a
+ * for_each's list of item outputs. The output is computed, recorded and saved; dependents
+ * follow.
+ */
+void sched__step_result(struct run *run, size_t index, const cJSON *result, char *outputs_json);
+/* A step fails now (no retry): on_error decides what follows. */
+void sched__step_failed(struct run *run, size_t index, const char *error, int64_t duration);
+/* A step's output from a CallToolResult: structuredContent, else the text, else content. */
+cJSON *sched__tool_output(const cJSON *result);
 /*
  * A forked run takes the step over from its parent with the recorded output: succeeded
  * without a call. For a run being created, before take-over queues what is ready.
@@ -184,6 +228,26 @@ unsigned sched__error_class(const char *name);
 const char *sched__error_class_name(unsigned error_class);
 /* Exponential backoff with jitter before attempt failures + 1. */
 int64_t sched__backoff_ms(const struct step_policy *policy, int failures);
+
+/* tasks.c */
+struct task *sched__task_find(struct run *run, int64_t id);
+/* The ready agent of the persona with the most credit left, or -1. */
+long sched__agent_for(struct run *run, size_t persona);
+/* Dispatches a ready tool step to the agent (a task; the assign waits in the outbox). */
+void sched__dispatch_step(struct run *run, size_t index, long agent_index);
+/* A ready for_each step: evaluates its list, skips items done before, starts the fan-out. */
+void sched__fanout_start(struct run *run, size_t index);
+/* Dispatches items of the fan-outs under way (retries first) while agents have credit. */
+void sched__fanout_fill(struct run *run);
+/* Gives up every task of the step (agents are told to cancel) and its fan-out. */
+void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason);
+/* A result message from agent: settles its task. */
+void sched__task_result(struct run *run, struct agent_proc *agent, const struct bus_msg *msg);
+/* The agent is gone: each of its tasks failed with a transport error. */
+void sched__agent_tasks_lost(struct run *run, struct agent_proc *agent, const char *reason);
+/* Tasks past their deadline: their agent is stuck and killed; the attempt failed. */
+void sched__check_tasks(struct run *run, int64_t now);
+void sched__tasks_release(struct run *run);
 
 /* supervise.c */
 void sched__on_message(struct run *run, struct bus_msg *msg);

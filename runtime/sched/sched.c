@@ -66,6 +66,30 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
     cJSON_Delete(payload);
 }
 
+void sched__progress_items(struct run *run, size_t index)
+{
+    const struct fanout *fan = run->steps[index].fan;
+
+    if (!run->opts.on_progress || !fan)
+        return;
+    struct sched_progress progress = {
+        .event = "item",
+        .step_id = workflow_step_id(run->wf, index),
+        .persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index)),
+        .state = sched__state_names[run->steps[index].state],
+        .attempt = run->steps[index].attempt,
+        .done = run->done,
+        .total = run->step_count,
+        .failed = run->failed,
+        .retries = run->retries,
+        .in_flight = run->in_flight,
+        .duration_ms = tr_now_ms() - run->steps[index].dispatched_ms,
+        .items_done = fan->done,
+        .items_total = fan->count,
+    };
+    run->opts.on_progress(run->opts.userdata, &progress);
+}
+
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms)
 {
@@ -340,8 +364,12 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     run->opts = *opts;
     if (run->opts.step_timeout_ms <= 0)
         run->opts.step_timeout_ms = SCHED_DEFAULT_STEP_TIMEOUT_MS;
-    if (run->opts.replicas <= 0)
-        run->opts.replicas = 1;
+    if (run->opts.replicas < 0)
+        run->opts.replicas = 0;
+    if (run->opts.credit <= 0)
+        run->opts.credit = SCHED_DEFAULT_CREDIT;
+    if (run->opts.credit > SCHED_MAX_CREDIT)
+        run->opts.credit = SCHED_MAX_CREDIT;
     if (run->opts.replicas > SCHED_MAX_REPLICAS)
         run->opts.replicas = SCHED_MAX_REPLICAS;
     if (run->opts.max_attempts <= 0)
@@ -357,7 +385,6 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     run->step_count = workflow_step_count(wf);
     run->steps = xcalloc(run->step_count ? run->step_count : 1, sizeof(*run->steps));
     for (size_t i = 0; i < run->step_count; i++) {
-        run->steps[i].agent = -1;
         run->steps[i].stands_for = -1;
         run->steps[i].unmet = (unsigned)workflow_step_needs_count(wf, i);
     }
@@ -521,10 +548,7 @@ static void release_run(struct run *run)
     free(run->socket_path);
     free(run->endpoint);
     free(run->dir);
-    for (size_t i = 0; i < run->step_count; i++) {
-        cJSON_Delete(run->steps[i].items);
-        cJSON_Delete(run->steps[i].results);
-    }
+    sched__tasks_release(run);
     free(run->steps);
     free(run->by_id);
     free(run->dependents);
@@ -547,6 +571,9 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
     if (run->deadline_wall)
         run->deadline_ms = tr_now_ms() + (run->deadline_wall - wall_ms());
     tr_log_context(run->id, NULL, NULL);
+    /* Its memory must not grow with the database (a fan-out of many items writes a lot). */
+    if (store_set_read_map(run->store, false, &setup_err) < 0)
+        tr_log(TR_LOG_WARN, "%s", setup_err.message);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGPIPE, &ignore, &old_pipe);

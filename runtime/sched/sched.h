@@ -22,6 +22,8 @@
 #define SCHED_DEFAULT_RETRY_DELAY_MS 200
 #define SCHED_DEFAULT_RETRY_MAX_DELAY_MS 10000
 #define SCHED_MAX_REPLICAS 64
+#define SCHED_DEFAULT_CREDIT 8
+#define SCHED_MAX_CREDIT 1024
 #define SCHED_MAX_REMOTE_WORKERS 64
 
 /* Error classes of a failed attempt, which a retry policy selects (a bit mask). */
@@ -35,7 +37,9 @@ enum {
 
 /* One thing that happened, for progress output. Strings live during the callback only. */
 struct sched_progress {
-    const char *event;   /* "step" (a step reached a state), "retry", "agent" (restart) */
+    /* "step" (a step reached a state), "item" (an item of a for_each step succeeded),
+     * "retry", "agent" (restart) */
+    const char *event;
     const char *step_id; /* or NULL */
     const char *persona; /* or NULL */
     const char *state;   /* "succeeded", "failed", "skipped", "cancelled", "dispatched", ... */
@@ -46,7 +50,9 @@ struct sched_progress {
     size_t total;        /* steps of the run */
     size_t failed;       /* steps failed */
     size_t retries;      /* attempts retried so far */
-    size_t in_flight;    /* steps dispatched now */
+    size_t in_flight;    /* tool calls on agents now */
+    long items_done;     /* "item": items of the for_each step that succeeded */
+    long items_total;    /* "item": its items */
 };
 
 /* A step a forked run takes over from its parent: its recorded output, not run again. */
@@ -66,7 +72,8 @@ struct sched_options {
      * with the run, and sched_resume uses the kept ones for those left 0 here.
      */
     int step_timeout_ms;
-    int replicas;           /* agent processes per persona */
+    int replicas;           /* agent processes per persona (0: the workflow's, else 1) */
+    int credit;             /* tasks (tool calls) one agent may have in flight at once */
     int max_attempts;       /* of each step, counting the first */
     unsigned retry_on;      /* SCHED_RETRY_* */
     int retry_delay_ms;     /* first backoff delay; doubles each retry, with jitter */

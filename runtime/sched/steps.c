@@ -1,7 +1,7 @@
 /*
  * sched/steps.c: the life of a step (its policy is policy.c's): the dependency graph and the
  * ready queue, `when` (skips), what the scheduler computes itself
- * (eval, approval steps), dispatch to an idle agent (for_each one item after the other),
+ * (eval, approval steps), the ready queue's dispatch (tasks.c holds the tasks and fan-outs),
  * success (output transform, context write), failed attempts (retry with backoff, or failure,
  * or on_error continue / fallback), cancellation and timeouts. Every transition is recorded in
  * the store within the turn's transaction; agents and messages are supervise.c's.
@@ -183,15 +183,12 @@ static void settle_fallback(struct run *run, size_t index)
     free(reason);
 }
 
-/* Leaves the dispatched state: the agent is free, the counters follow. */
-static void leave_dispatched(struct run *run, struct step_run *step, size_t index)
+/* Leaves the dispatched state: whatever tasks the step still has are given up. */
+static void leave_dispatched(struct run *run, struct step_run *step, size_t index,
+                             const char *reason)
 {
-    if (step->state != STEP_DISPATCHED)
-        return;
-    if (step->agent >= 0 && run->agents[step->agent].step == (long)index)
-        run->agents[step->agent].step = -1;
-    step->agent = -1;
-    run->in_flight--;
+    if (step->state == STEP_DISPATCHED)
+        sched__step_tasks_cancel(run, index, reason);
 }
 
 static void settle_fallback(struct run *run, size_t index);
@@ -212,7 +209,7 @@ static void reach_final(struct run *run, size_t index, enum step_state state)
  * A step's output, from its CallToolResult: structuredContent when the tool gave one, else
  * the text of its text items (joined by newlines), else its content as it is.
  */
-static cJSON *step_output(const cJSON *result)
+cJSON *sched__tool_output(const cJSON *result)
 {
     const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
@@ -272,21 +269,36 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
 }
 
 /* The step succeeded with output (taken): recorded, kept, saved, audited; dependents follow. */
-static void succeed(struct run *run, size_t index, cJSON *output, int64_t duration)
+/*
+ * The step succeeded with output (taken), given as a tree, as JSON text (taken), or both:
+ * recorded, kept, saved, audited; dependents follow. A fan-out's list comes as text only,
+ * and becomes a tree only if an expression or the context needs one.
+ */
+static void succeed(struct run *run, size_t index, cJSON *output, char *output_json,
+                    int64_t duration)
 {
     struct step_run *step = &run->steps[index];
-    char *output_json = cJSON_PrintUnformatted(output);
     cJSON *payload = cJSON_CreateObject();
-    cJSON *stand_in = step->stands_for >= 0 ? cJSON_Duplicate(output, true) : NULL;
 
-    leave_dispatched(run, step, index);
+    if (!output_json)
+        output_json = cJSON_PrintUnformatted(output);
+    if (!output &&
+        (run->keep_outputs || workflow_step_save(run->wf, index) || step->stands_for >= 0)) {
+        output = cJSON_Parse(output_json);
+        if (!output)
+            output = cJSON_CreateNull(); /* not reached: the text was printed by cJSON */
+    }
+    cJSON *stand_in = step->stands_for >= 0 ? cJSON_Duplicate(output, true) : NULL;
+    leave_dispatched(run, step, index, "the step ended");
     reach_final(run, index, STEP_SUCCEEDED);
     sched__record_step(run, index, output_json, NULL);
-    keep_output(run, index, output, output_json);
+    if (output)
+        keep_output(run, index, output, output_json);
     cJSON_AddStringToObject(payload, "status", "succeeded");
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
-    cJSON_AddItemToObject(payload, "output", output);
+    /* The text as it is: the same as printing the tree, without another copy of it. */
+    cJSON_AddRawToObject(payload, "output", output_json);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
@@ -296,56 +308,37 @@ static void succeed(struct run *run, size_t index, cJSON *output, int64_t durati
         release_dependents(run, (size_t)step->stands_for);
         cJSON_Delete(stand_in);
     }
+    cJSON_Delete(output);
     free(output_json);
 }
 
-static void step_failed(struct run *run, size_t index, const char *error, int64_t duration);
-static void dispatch(struct run *run, size_t index, long agent_index, bool next_item);
-
-void sched__step_succeeded(struct run *run, size_t index, const cJSON *result)
+void sched__step_result(struct run *run, size_t index, const cJSON *result, char *outputs_json)
 {
     struct step_run *step = &run->steps[index];
     int64_t duration = tr_now_ms() - step->dispatched_ms;
     cJSON *output = NULL;
-    cJSON *results = NULL;
 
-    if (step->items) {
-        /* One item done: the next goes to the same agent; after the last, the step's result
-         * is the list of the results, in order. */
-        if (result)
-            cJSON_AddItemToArray(step->results, cJSON_Duplicate(result, true));
-        if (result && ++step->item < cJSON_GetArraySize(step->items)) {
-            dispatch(run, index, step->agent, true);
-            return;
-        }
-        results = step->results;
-        step->results = NULL;
-        cJSON_Delete(step->items);
-        step->items = NULL;
-        result = results;
-    }
     if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT)) {
-        /* `output` sees the raw result as .result, beside what any expression sees. */
+        /* `output` sees the raw result (a for_each's list of them) as .result, beside what
+         * any expression sees. */
         struct tr_error err = {0};
-        cJSON_AddItemToObject(run->scope, "result", cJSON_Duplicate(result, true));
+        cJSON_AddItemToObject(run->scope, "result",
+                              result ? cJSON_Duplicate(result, true) : cJSON_CreateArray());
         int rc =
             workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_OUTPUT, run->scope, &output, &err);
         cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "result");
+        free(outputs_json);
         if (rc < 0) {
-            leave_dispatched(run, step, index);
-            step_failed(run, index, err.message, duration);
-            cJSON_Delete(results);
+            leave_dispatched(run, step, index, "the step failed");
+            sched__step_failed(run, index, err.message, duration);
             return;
         }
-    } else if (results) {
-        const cJSON *each;
-        output = cJSON_CreateArray();
-        cJSON_ArrayForEach(each, results) cJSON_AddItemToArray(output, step_output(each));
+        succeed(run, index, output, NULL, duration);
+    } else if (outputs_json) {
+        succeed(run, index, NULL, outputs_json, duration);
     } else {
-        output = step_output(result);
+        succeed(run, index, sched__tool_output(result), NULL, duration);
     }
-    cJSON_Delete(results);
-    succeed(run, index, output, duration);
 }
 
 void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent)
@@ -366,9 +359,11 @@ void sched__step_reused(struct run *run, size_t index, const cJSON *output, cons
     free(output_json);
 }
 
-static void step_failed(struct run *run, size_t index, const char *error, int64_t duration)
+void sched__step_failed(struct run *run, size_t index, const char *error, int64_t duration)
 {
     struct step_run *step = &run->steps[index];
+
+    leave_dispatched(run, step, index, error);
     const char *step_id = workflow_step_id(run->wf, index);
     cJSON *payload = cJSON_CreateObject();
 
@@ -462,7 +457,7 @@ static bool condition(struct run *run, size_t index, enum workflow_expression wh
     if (!workflow_step_has_expression(run->wf, index, which))
         return true;
     if (workflow_step_evaluate(run->wf, index, which, run->scope, &value, &err) < 0) {
-        step_failed(run, index, err.message, 0);
+        sched__step_failed(run, index, err.message, 0);
         return false;
     }
     *ret_truth = truthy(value);
@@ -499,9 +494,9 @@ static void run_eval(struct run *run, size_t index)
     step->attempt++;
     step->dispatched_ms = tr_now_ms();
     if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_EVAL, run->scope, &output, &err) < 0)
-        step_failed(run, index, err.message, 0);
+        sched__step_failed(run, index, err.message, 0);
     else
-        succeed(run, index, output, tr_now_ms() - step->dispatched_ms);
+        succeed(run, index, output, NULL, tr_now_ms() - step->dispatched_ms);
 }
 
 /* An approval step passes: approved by someone, or not asked (its `if` was false). */
@@ -518,7 +513,7 @@ static void pass_gate(struct run *run, size_t index, const char *by, const char 
         cJSON_AddStringToObject(output, "by", by);
     if (comment)
         cJSON_AddStringToObject(output, "comment", comment);
-    succeed(run, index, output, 0);
+    succeed(run, index, output, NULL, 0);
 }
 
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
@@ -529,11 +524,11 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
     int64_t duration = step->state == STEP_DISPATCHED ? tr_now_ms() - step->dispatched_ms : 0;
 
     sched__step_policy(run, index, &policy);
-    leave_dispatched(run, step, index);
+    leave_dispatched(run, step, index, error);
     step->failures++;
     if (!(policy.retry_on & error_class) || step->failures >= policy.max_attempts ||
         run->cancelling || run->failure) {
-        step_failed(run, index, error, duration);
+        sched__step_failed(run, index, error, duration);
         return;
     }
     int64_t delay = sched__backoff_ms(&policy, step->failures);
@@ -558,7 +553,7 @@ void sched__step_cancel(struct run *run, size_t index, const char *reason)
     bool was_skipped = !run->cancelling && step->state != STEP_DISPATCHED;
     cJSON *payload = cJSON_CreateObject();
 
-    leave_dispatched(run, step, index);
+    leave_dispatched(run, step, index, reason);
     reach_final(run, index, was_skipped ? STEP_SKIPPED : STEP_CANCELLED);
     sched__record_step(run, index, NULL, was_skipped ? NULL : reason);
     cJSON_AddStringToObject(payload, "reason", reason);
@@ -569,127 +564,10 @@ void sched__step_cancel(struct run *run, size_t index, const char *reason)
 
 /* ---- dispatch ----------------------------------------------------------------------------- */
 
-static long idle_agent_for(struct run *run, size_t persona)
-{
-    for (size_t i = 0; i < run->agent_count; i++) {
-        struct agent_proc *agent = &run->agents[i];
-        if (agent->persona_index == persona && agent->state == AGENT_READY && agent->step < 0)
-            return (long)i;
-    }
-    return -1;
-}
-
-/* Resolves a ready step's arguments and records it as dispatched; the message waits in the
- * outbox until the turn is committed. */
-static void dispatch(struct run *run, size_t index, long agent_index, bool next_item)
-{
-    bool for_each = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH);
-    struct step_run *step = &run->steps[index];
-    struct agent_proc *agent = &run->agents[agent_index];
-    const char *step_id = workflow_step_id(run->wf, index);
-    const char *server = workflow_step_server(run->wf, index);
-    const char *tool = workflow_step_tool(run->wf, index);
-    struct step_policy policy;
-    struct tr_error err = {0};
-    cJSON *arguments = NULL;
-
-    sched__step_policy(run, index, &policy);
-    if (!next_item)
-        step->attempt++;
-    step->dispatched_ms = tr_now_ms();
-    if (for_each && !step->items) {
-        if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_FOR_EACH, run->scope, &step->items,
-                                   &err) < 0) {
-            leave_dispatched(run, step, index); /* a later item, on its agent */
-            step_failed(run, index, err.message, 0);
-            return;
-        }
-        if (!cJSON_IsArray(step->items)) {
-            char *reason = xasprintf("step '%s': 'for_each' does not yield a list", step_id);
-            step_failed(run, index, reason, 0);
-            free(reason);
-            return;
-        }
-        step->results = cJSON_CreateArray();
-        step->item = 0;
-        if (cJSON_GetArraySize(step->items) == 0) {
-            sched__step_succeeded(run, index, NULL); /* nothing to call: the list of none */
-            return;
-        }
-    }
-    if (for_each)
-        cJSON_AddItemToObject(run->scope, "item",
-                              cJSON_Duplicate(cJSON_GetArrayItem(step->items, step->item), true));
-    /* Arguments without expressions need no scope: converting it costs as much as it holds. */
-    int rc = workflow_step_arguments(
-        run->wf, index, step->uses_scope || for_each ? run->scope : NULL, &arguments, &err);
-    if (for_each)
-        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "item");
-    if (rc < 0) {
-        leave_dispatched(run, step, index); /* a later item, on its agent */
-        step_failed(run, index, err.message, 0);
-        return;
-    }
-    if (!workflow_persona_allows(run->wf, agent->persona_index, server, tool)) {
-        /* The loader refuses such workflows; this guards the invariant at run time too. */
-        char *reason = xasprintf("persona '%s' may not call %s.%s", agent->persona, server, tool);
-        leave_dispatched(run, step, index);
-        step_failed(run, index, reason, 0);
-        free(reason);
-        cJSON_Delete(arguments);
-        return;
-    }
-    struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
-    msg->peer = xstrdup(agent->identity);
-    msg->remote = agent->remote;
-    msg->task = ++run->last_task;
-    msg->step_id = xstrdup(step_id);
-    msg->attempt = step->attempt;
-    msg->server = xstrdup(server);
-    msg->tool = xstrdup(tool);
-    /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
-    msg->idempotency_key = for_each ? xasprintf("%s/%s/%d", run->id, step_id, step->item)
-                                    : xasprintf("%s/%s", run->id, step_id);
-    msg->timeout_ms = policy.timeout_ms;
-    msg->json = cJSON_PrintUnformatted(arguments);
-
-    step->deadline_ms = step->dispatched_ms + policy.timeout_ms + SCHED_STEP_GRACE_MS;
-    if (!next_item) {
-        step->state = STEP_DISPATCHED;
-        step->agent = agent_index;
-        agent->step = (long)index;
-        run->in_flight++;
-        sched__record_step(run, index, NULL, NULL);
-    }
-    cJSON *payload = cJSON_CreateObject();
-    cJSON_AddStringToObject(payload, "persona", agent->persona);
-    cJSON_AddStringToObject(payload, "agent", agent->identity);
-    cJSON_AddStringToObject(payload, "server", server);
-    cJSON_AddStringToObject(payload, "tool", tool);
-    cJSON_AddItemToObject(payload, "arguments", arguments);
-    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
-    if (for_each) {
-        cJSON_AddNumberToObject(payload, "item", step->item);
-        cJSON_AddNumberToObject(payload, "items", cJSON_GetArraySize(step->items));
-    }
-    cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
-    sched__audit(run, step_id, "scheduler", "step.dispatched", payload);
-
-    if (run->outbox_len == run->outbox_cap) {
-        run->outbox_cap = run->outbox_cap ? 2 * run->outbox_cap : 16;
-        run->outbox = xrealloc(run->outbox, run->outbox_cap * sizeof(*run->outbox));
-    }
-    run->outbox[run->outbox_len++] = msg;
-}
-
 void sched__dispatch_ready(struct run *run)
 {
-    size_t idle = 0;
-
     if (run->failure || run->cancelling)
         return;
-    for (size_t i = 0; i < run->agent_count; i++)
-        idle += run->agents[i].state == AGENT_READY && run->agents[i].step < 0;
     /* Each ready step in turn; one whose persona has no idle agent waits at the back. What
      * needs no agent (when, eval, approval) is done here, within the turn; the steps it
      * releases are queued for the next. */
@@ -723,15 +601,19 @@ void sched__dispatch_ready(struct run *run)
             pass_gate(run, index, NULL, NULL); /* its `if` was false: nobody is asked */
             continue;
         }
-        long agent = idle > 0 ? idle_agent_for(run, workflow_step_persona(run->wf, index)) : -1;
+        if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH)) {
+            sched__fanout_start(run, index); /* its items go to agents below */
+            continue;
+        }
+        long agent = sched__agent_for(run, workflow_step_persona(run->wf, index));
         if (agent >= 0) {
-            dispatch(run, index, agent, false);
-            idle--;
+            sched__dispatch_step(run, index, agent);
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
             run->ready_len++;
         }
     }
+    sched__fanout_fill(run);
 }
 
 /* ---- approvals ---------------------------------------------------------------------------- */
@@ -786,7 +668,7 @@ void sched__check_approvals(struct run *run)
             char *reason = xasprintf("rejected by %s%s%s", d.actor, d.comment ? ": " : "",
                                      d.comment ? d.comment : "");
             run->waiting--;
-            step_failed(run, i, reason, 0);
+            sched__step_failed(run, i, reason, 0);
             free(reason);
         }
         free(d.actor);
@@ -801,21 +683,8 @@ void sched__check_steps(struct run *run, int64_t now)
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];
         if (step->state == STEP_RETRY_WAIT && now >= step->due_ms && !run->cancelling &&
-            !run->failure) {
+            !run->failure)
             sched__make_ready(run, i);
-        } else if (step->state == STEP_DISPATCHED && now > step->deadline_ms) {
-            struct step_policy policy;
-            sched__step_policy(run, i, &policy);
-            /* The agent did not even report its own timeout: it is stuck; replace it. */
-            if (step->agent >= 0) {
-                struct agent_proc *agent = &run->agents[step->agent];
-                tr_log(TR_LOG_WARN, "agent '%s' is stuck in step '%s'; killing it", agent->identity,
-                       workflow_step_id(run->wf, i));
-                agent_kill(agent, SIGKILL);
-            }
-            char *reason = xasprintf("no result within %d ms", policy.timeout_ms);
-            sched__step_attempt_failed(run, i, SCHED_RETRY_TIMEOUT, reason);
-            free(reason);
-        }
     }
+    sched__check_tasks(run, now);
 }

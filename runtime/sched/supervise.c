@@ -64,7 +64,7 @@ static long admit_remote(struct run *run, const struct bus_msg *msg)
     struct agent_proc *agent = &run->agents[found];
     agent->persona_index = (size_t)persona;
     agent->state = AGENT_STARTING;
-    agent->step = -1;
+    agent->load = 0;
     agent->exit_expected = false;
     agent->remote_pid = msg->pid;
     agent->started_ms = agent->last_seen_ms = tr_now_ms();
@@ -94,38 +94,20 @@ static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *
         tr_log(TR_LOG_WARN, "agent '%s' sent an event of unknown type '%s'; ignored",
                agent->identity, msg->event_type);
     } else {
-        if (!payload) {
+        if (!cJSON_IsObject(payload)) {
+            cJSON_Delete(payload);
             payload = cJSON_CreateObject();
             cJSON_AddStringToObject(payload, "unparsed", msg->json);
         }
+        /* The task it belongs to (of several in flight), so each call can be told apart. */
+        cJSON_DeleteItemFromObjectCaseSensitive(payload, "task");
+        if (msg->task > 0)
+            cJSON_AddNumberToObject(payload, "task", (double)msg->task);
         sched__audit(run, step >= 0 ? msg->step_id : NULL, actor, msg->event_type, payload);
         payload = NULL;
     }
     cJSON_Delete(payload);
     free(actor);
-}
-
-static void on_result(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
-{
-    long index = sched__find_step(run, msg->step_id);
-    long agent_index = agent - run->agents;
-
-    if (index < 0 || agent->step != index || run->steps[index].state != STEP_DISPATCHED ||
-        run->steps[index].agent != agent_index || run->steps[index].attempt != msg->attempt) {
-        tr_log(TR_LOG_WARN, "agent '%s' sent a result for step '%s' it was not performing; ignored",
-               agent->identity, msg->step_id);
-        return;
-    }
-    cJSON *result = msg->json ? cJSON_Parse(msg->json) : NULL;
-    if (msg->ok && !cJSON_IsObject(result))
-        sched__step_attempt_failed(run, (size_t)index, SCHED_RETRY_PROTOCOL,
-                                   "the agent's result is not a JSON object");
-    else if (msg->ok)
-        sched__step_succeeded(run, (size_t)index, result);
-    else
-        sched__step_attempt_failed(run, (size_t)index, sched__error_class(msg->error_class),
-                                   msg->error ? msg->error : "unknown error");
-    cJSON_Delete(result);
 }
 
 /*
@@ -179,6 +161,7 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
     } else {
         collect_secrets(config, cJSON_AddObjectToObject(resolved, "redact"));
         cJSON_AddStringToObject(resolved, "run", run->id); /* for the agent's log lines */
+        cJSON_AddNumberToObject(resolved, "credit", run->opts.credit);
         welcome.json = cJSON_PrintUnformatted(resolved);
         if (bus_send(run->bus, &welcome, &err) < 0)
             sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
@@ -211,10 +194,10 @@ static void lose_remote(struct run *run, struct agent_proc *agent, const char *w
     cJSON_AddStringToObject(payload, "status", why);
     sched__audit(run, NULL, actor, "agent.exited", payload);
     free(actor);
-    if (agent->step >= 0) {
+    if (agent->load > 0) {
         char *reason = xasprintf("the remote worker '%s' went away during the step (%s)",
                                  agent->identity, why);
-        sched__step_attempt_failed(run, (size_t)agent->step, SCHED_RETRY_TRANSPORT, reason);
+        sched__agent_tasks_lost(run, agent, reason);
         free(reason);
     }
 }
@@ -250,7 +233,7 @@ void sched__on_message(struct run *run, struct bus_msg *msg)
         on_event(run, agent, msg);
         break;
     case BUS_RESULT:
-        on_result(run, agent, msg);
+        sched__task_result(run, agent, msg);
         break;
     case BUS_HEARTBEAT:
         break;
@@ -276,7 +259,7 @@ static int spawn(struct run *run, struct agent_proc *agent, struct tr_error *err
      * agent of a dead scheduler may still reconnect to the socket path for a moment. */
     agent->identity =
         xasprintf("%s#%d.%d.%d", agent->persona, agent->replica, agent->generation, (int)getpid());
-    agent->step = -1;
+    agent->load = 0;
     agent->exit_expected = false;
     agent->restart_due_ms = 0;
     int rc = agent_spawn(agent, run->opts.agent_program, run->endpoint, run->opts.log_format, err);
@@ -293,20 +276,29 @@ int sched__start_agents(struct run *run, struct tr_error *err)
     if (rc == 0 && run->opts.listen)
         rc = bus_listen_curve(run->bus, run->opts.listen, run->opts.server_secret,
                               run->opts.allowed_keys, run->opts.allowed_count, err);
-    run->agents =
-        xcalloc(personas * (size_t)replicas + SCHED_MAX_REMOTE_WORKERS, sizeof(*run->agents));
+    size_t slots = SCHED_MAX_REMOTE_WORKERS;
+    for (size_t p = 0; p < personas; p++)
+        slots += (size_t)(replicas > 0 ? replicas : workflow_persona_replicas(run->wf, p));
+    run->agents = xcalloc(slots, sizeof(*run->agents));
     for (size_t p = 0; rc == 0 && p < personas; p++) {
         size_t steps = 0;
+        bool fans = false;
         if (persona_is_remote(run, workflow_persona_name(run->wf, p)))
             continue;
-        for (size_t s = 0; s < run->step_count; s++)
-            steps +=
+        for (size_t s = 0; s < run->step_count; s++) {
+            bool left =
                 workflow_step_persona(run->wf, s) == p && !step_state_final(run->steps[s].state);
-        /* No more replicas than the persona has steps left. */
-        for (int r = 0; rc == 0 && r < replicas && (size_t)r < steps; r++) {
+            steps += left;
+            fans |= left && workflow_step_has_expression(run->wf, s, WORKFLOW_EXPR_FOR_EACH);
+        }
+        /* No more replicas than the persona has steps left, unless a for_each can use them. */
+        long wanted = replicas > 0 ? replicas : workflow_persona_replicas(run->wf, p);
+        if (wanted > SCHED_MAX_REPLICAS)
+            wanted = SCHED_MAX_REPLICAS;
+        for (long r = 0; rc == 0 && r < wanted && (fans || (size_t)r < steps); r++) {
             struct agent_proc *agent = &run->agents[run->agent_count];
             agent->persona_index = p;
-            agent->replica = r;
+            agent->replica = (int)r;
             agent->generation = 1;
             agent->persona = xstrdup(workflow_persona_name(run->wf, p));
             rc = spawn(run, agent, err);
@@ -338,10 +330,10 @@ static void on_agent_exit(struct run *run, struct agent_proc *agent)
     cJSON_AddStringToObject(payload, "status", how);
     sched__audit(run, NULL, actor, "agent.exited", payload);
     free(actor);
-    if (agent->step >= 0) {
+    if (agent->load > 0) {
         char *reason = xasprintf("the agent for persona '%s' exited during the step (%s)",
                                  agent->persona, how);
-        sched__step_attempt_failed(run, (size_t)agent->step, SCHED_RETRY_TRANSPORT, reason);
+        sched__agent_tasks_lost(run, agent, reason);
         free(reason);
     }
     if (agent->exit_expected || run->cancelling || run->failure)
@@ -393,8 +385,8 @@ void sched__check_agents(struct run *run, int64_t now)
         struct agent_proc *agent = &run->agents[i];
         if (agent->remote) {
             bool silent = now - agent->last_seen_ms >
-                          (agent->step >= 0 ? run->opts.step_timeout_ms + SCHED_STEP_GRACE_MS
-                                            : SCHED_HEARTBEAT_TIMEOUT_MS);
+                          (agent->load > 0 ? run->opts.step_timeout_ms + SCHED_STEP_GRACE_MS
+                                           : SCHED_HEARTBEAT_TIMEOUT_MS);
             if (agent->state != AGENT_GONE && silent)
                 lose_remote(run, agent, "it stopped answering");
             continue;
@@ -416,7 +408,7 @@ void sched__check_agents(struct run *run, int64_t now)
                         agent->persona, SCHED_AGENT_START_TIMEOUT_MS / 1000);
             agent->exit_expected = true;
             agent_kill(agent, SIGTERM);
-        } else if (agent->state == AGENT_READY && agent->step < 0 && !agent->exit_expected &&
+        } else if (agent->state == AGENT_READY && agent->load == 0 && !agent->exit_expected &&
                    now - agent->last_seen_ms > SCHED_HEARTBEAT_TIMEOUT_MS) {
             /* Idle agents send heartbeats; this one stopped: it is replaced. */
             tr_log(TR_LOG_WARN, "agent '%s' sent no heartbeat for %d s; killing it",

@@ -116,9 +116,27 @@ static const char migration_2[] =
     "    PRIMARY KEY (run_id, step_id)\n"
     ") STRICT;\n";
 
+/*
+ * Version 3: the items of a for_each step. Each item that succeeded keeps its output (and,
+ * when the step transforms the list with `output`, the tool's raw result), so a resumed run
+ * calls only the items that had not finished, and the step's output is assembled from here
+ * without holding every result in memory while the items run.
+ */
+static const char migration_3[] = "CREATE TABLE step_items (\n"
+                                  "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+                                  "    step_id TEXT NOT NULL,\n"
+                                  "    idx INTEGER NOT NULL CHECK (idx >= 0),\n"
+                                  "    attempt INTEGER NOT NULL CHECK (attempt >= 1),\n"
+                                  "    output_json TEXT NOT NULL,\n"
+                                  "    result_json TEXT,\n"
+                                  "    finished_at TEXT NOT NULL,\n"
+                                  "    PRIMARY KEY (run_id, step_id, idx)\n"
+                                  ") STRICT, WITHOUT ROWID;\n";
+
 const char *const store__migrations[] = {
     migration_1,
     migration_2,
+    migration_3,
 };
 
 const int store__migration_count = (int)(sizeof(store__migrations) / sizeof(store__migrations[0]));

@@ -77,6 +77,12 @@ static const char *const statement_sql[STMT_COUNT] = {
                           " WHERE run_id = ?1 GROUP BY key ORDER BY key",
     [STMT_APPROVAL_INSERT] = "INSERT INTO approvals (run_id, step_id, decision, actor, comment,"
                              " decided_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [STMT_ITEM_INSERT] = "INSERT OR REPLACE INTO step_items (run_id, step_id, idx, attempt,"
+                         " output_json, result_json, finished_at)"
+                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [STMT_ITEMS_LIST] = "SELECT idx, attempt, output_json, result_json FROM step_items"
+                        " WHERE run_id = ?1 AND step_id = ?2 ORDER BY idx",
+    [STMT_ITEMS_CLEAR] = "DELETE FROM step_items WHERE run_id = ?1 AND step_id = ?2",
     [STMT_APPROVAL_GET] = "SELECT decision, actor, comment, decided_at FROM approvals"
                           " WHERE run_id = ?1 AND step_id = ?2",
     [STMT_AUDIT_LAST] = "SELECT seq, hash FROM audit WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",
@@ -319,6 +325,11 @@ static int configure(struct store *store, struct tr_error *err)
                     "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
                     " PRAGMA mmap_size = 268435456",
                     err);
+}
+
+int store_set_read_map(struct store *store, bool on, struct tr_error *err)
+{
+    return exec_sql(store, on ? "PRAGMA mmap_size = 268435456" : "PRAGMA mmap_size = 0", err);
 }
 
 /* Applies the missing migrations, one transaction each, re-checking the version under lock. */

@@ -9,6 +9,7 @@
 #ifndef TROUPE_STORE_H
 #define TROUPE_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base.h"
@@ -49,6 +50,13 @@ int store_schema_version(const struct store *store);
 int store_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 int store_commit(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 void store_rollback(struct store *store);
+
+/*
+ * Reads go through a memory map of up to 256 MiB of the file (the default: reading a whole
+ * audit log, as verify does, is faster so), or not. Mapped pages count in the process's
+ * resident memory as the file grows, so a long-lived writer (the scheduler) turns it off.
+ */
+int store_set_read_map(struct store *store, bool on, struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- runs ----------------------------------------------------------------------------- */
 
@@ -139,6 +147,31 @@ int store_step_put(struct store *store, const char *run_id, const struct store_s
 int store_steps_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_step *step), void *userdata,
                      struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- the items of a for_each step --------------------------------------------------------- */
+
+/*
+ * Records that item idx (from 0) of a for_each step succeeded on its attempt, with its output
+ * (JSON text) and, when the step needs it, the tool's raw result (JSON text or NULL).
+ */
+int store_step_item_put(struct store *store, const char *run_id, const char *step_id, int64_t idx,
+                        int attempt, const char *output_json, const char *result_json,
+                        struct tr_error *err) TR_MUST_CHECK;
+
+struct store_step_item {
+    int64_t idx;
+    int attempt;
+    const char *output_json;
+    const char *result_json; /* or NULL */
+};
+
+/* Calls fn for each item of the step that succeeded, by index. */
+int store_step_items_list(struct store *store, const char *run_id, const char *step_id,
+                          int (*fn)(void *userdata, const struct store_step_item *item),
+                          void *userdata, struct tr_error *err) TR_MUST_CHECK;
+/* Forgets the step's items (a step that runs again from its first item). */
+int store_step_items_clear(struct store *store, const char *run_id, const char *step_id,
+                           struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- shared context -------------------------------------------------------------------- */
 

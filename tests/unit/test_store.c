@@ -288,7 +288,7 @@ Test(store, open_creates_file_parents_and_wal)
     cr_assert_str_eq(mode, "wal");
     cr_assert_eq(store_schema_version(store), store__migration_count);
     cr_assert_eq(raw_int(db, "PRAGMA user_version"), store__migration_count);
-    cr_assert_eq(store__migration_count, 2);
+    cr_assert_eq(store__migration_count, 3);
     cr_assert_eq(raw_int(db, "PRAGMA application_id"), 0x54525045);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND"
                              " name IN ('runs', 'steps', 'context', 'audit')"),
@@ -353,7 +353,7 @@ Test(store, migration_2_keeps_version_1_rows_and_adds_the_scheduler_states)
     sqlite3_close(db);
 
     store = open_store(path);
-    cr_assert_eq(store_schema_version(store), 2);
+    cr_assert_eq(store_schema_version(store), store__migration_count);
     db = raw_open(path);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE run_id = 'r-1'"), 2);
     cr_assert_eq(raw_int(db, "SELECT attempt FROM steps WHERE step_id = 'b'"), 2);

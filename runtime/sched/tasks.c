@@ -1,0 +1,570 @@
+/*
+ * sched/tasks.c: assignments on agents. A tool step in flight is one task; a for_each step
+ * is a fan-out whose items are tasks, at most its window at once, spread over the persona's
+ * agents within each agent's credit. Results, lost agents, timeouts and cancellation are
+ * settled here per task; what a step's end means (output, retries, failure) is steps.c's.
+ */
+#define _GNU_SOURCE
+#include "sched-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the task table ------------------------------------------------------------------------- */
+
+struct task *sched__task_find(struct run *run, int64_t id)
+{
+    for (size_t i = 0; i < run->task_count; i++)
+        if (run->tasks[i].id == id)
+            return &run->tasks[i];
+    return NULL;
+}
+
+static struct task *task_new(struct run *run, size_t step, long item)
+{
+    if (run->task_count == run->task_cap) {
+        run->task_cap = run->task_cap ? 2 * run->task_cap : 64;
+        run->tasks = xrealloc(run->tasks, run->task_cap * sizeof(*run->tasks));
+    }
+    struct task *task = &run->tasks[run->task_count++];
+    memset(task, 0, sizeof(*task));
+    task->id = ++run->last_task;
+    task->step = step;
+    task->item = item;
+    task->agent = -1;
+    return task;
+}
+
+/* The task leaves its agent: the agent's credit comes back. */
+static void task_unassign(struct run *run, struct task *task)
+{
+    if (task->agent < 0)
+        return;
+    run->agents[task->agent].load--;
+    run->in_flight--;
+    task->agent = -1;
+}
+
+/* Forgets a task. Pointers into the table are stale afterwards. */
+static void task_drop(struct run *run, struct task *task)
+{
+    task_unassign(run, task);
+    *task = run->tasks[--run->task_count];
+}
+
+static void outbox_push(struct run *run, struct bus_msg *msg)
+{
+    if (run->outbox_len == run->outbox_cap) {
+        run->outbox_cap = run->outbox_cap ? 2 * run->outbox_cap : 16;
+        run->outbox = xrealloc(run->outbox, run->outbox_cap * sizeof(*run->outbox));
+    }
+    run->outbox[run->outbox_len++] = msg;
+}
+
+/*
+ * Gives a task up. On an agent it is told to cancel (notifications/cancelled to its server)
+ * and the task holds the agent's credit until the agent answers; otherwise it is dropped.
+ */
+static void task_cancel(struct run *run, struct task *task, const char *reason)
+{
+    struct agent_proc *agent = task->agent >= 0 ? &run->agents[task->agent] : NULL;
+
+    if (!agent || agent->state == AGENT_GONE) {
+        task_drop(run, task);
+        return;
+    }
+    struct bus_msg *msg = bus_msg_new(BUS_CANCEL);
+    msg->peer = xstrdup(agent->identity);
+    msg->remote = agent->remote;
+    msg->task = task->id;
+    msg->error = xstrdup(reason);
+    outbox_push(run, msg);
+    task->cancelled = true;
+}
+
+static void fanout_free(struct fanout **fan)
+{
+    if (!*fan)
+        return;
+    cJSON_Delete((*fan)->items);
+    free((*fan)->item);
+    free((*fan)->finished);
+    free(*fan);
+    *fan = NULL;
+}
+
+void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason)
+{
+    for (size_t i = run->task_count; i-- > 0;)
+        if (i < run->task_count && run->tasks[i].step == index && !run->tasks[i].cancelled)
+            task_cancel(run, &run->tasks[i], reason);
+    run->steps[index].task = 0;
+    fanout_free(&run->steps[index].fan);
+}
+
+/* ---- agents ------------------------------------------------------------------------------- */
+
+/*
+ * The ready agent of the persona with the most credit left, or -1 when all are busy. While
+ * some of the persona's agents are still starting, a busy agent gets no more: the work waits
+ * the moment it takes them to be ready, rather than piling up on the first one.
+ */
+long sched__agent_for(struct run *run, size_t persona)
+{
+    long best = -1;
+    int best_left = 0;
+    bool starting = false;
+
+    for (size_t i = 0; i < run->agent_count; i++) {
+        struct agent_proc *agent = &run->agents[i];
+        int left = run->opts.credit - agent->load;
+        if (agent->persona_index != persona)
+            continue;
+        starting |= (agent->state == AGENT_STARTING || agent->state == AGENT_WELCOMED) &&
+                    !agent->exit_expected;
+        if (agent->state == AGENT_READY && left > best_left) {
+            best = (long)i;
+            best_left = left;
+        }
+    }
+    if (best >= 0 && starting && run->agents[best].load > 0)
+        return -1;
+    return best;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------- */
+
+/*
+ * Resolves the task's arguments (with .item for an item) and queues its assign, sent once
+ * the turn is committed, with a step.dispatched event. False when the arguments do not
+ * resolve (err says why).
+ */
+static bool send_task(struct run *run, struct task *task, long agent_index, struct tr_error *err)
+{
+    size_t index = task->step;
+    struct step_run *step = &run->steps[index];
+    struct agent_proc *agent = &run->agents[agent_index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    const char *server = workflow_step_server(run->wf, index);
+    const char *tool = workflow_step_tool(run->wf, index);
+    struct step_policy policy;
+    cJSON *arguments = NULL;
+
+    if (step->fan)
+        cJSON_AddItemToObject(run->scope, "item",
+                              cJSON_Duplicate(step->fan->item[task->item], true));
+    /* Arguments without expressions need no scope: converting it costs as much as it holds. */
+    int rc = workflow_step_arguments(
+        run->wf, index, step->uses_scope || step->fan ? run->scope : NULL, &arguments, err);
+    if (step->fan)
+        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "item");
+    if (rc < 0)
+        return false;
+    if (!workflow_persona_allows(run->wf, agent->persona_index, server, tool)) {
+        /* The loader refuses such workflows; this guards the invariant at run time too. */
+        cJSON_Delete(arguments);
+        tr_error_set(err, TR_EINVAL, "persona '%s' may not call %s.%s", agent->persona, server,
+                     tool);
+        return false;
+    }
+    sched__step_policy(run, index, &policy);
+    task->agent = agent_index;
+    task->dispatched_ms = tr_now_ms();
+    task->deadline_ms = task->dispatched_ms + policy.timeout_ms + SCHED_STEP_GRACE_MS;
+    agent->load++;
+    run->in_flight++;
+
+    struct bus_msg *msg = bus_msg_new(BUS_ASSIGN);
+    msg->peer = xstrdup(agent->identity);
+    msg->remote = agent->remote;
+    msg->task = task->id;
+    msg->step_id = xstrdup(step_id);
+    msg->attempt = task->attempt;
+    msg->server = xstrdup(server);
+    msg->tool = xstrdup(tool);
+    /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
+    msg->idempotency_key = task->item >= 0 ? xasprintf("%s/%s/%ld", run->id, step_id, task->item)
+                                           : xasprintf("%s/%s", run->id, step_id);
+    msg->timeout_ms = policy.timeout_ms;
+    msg->json = cJSON_PrintUnformatted(arguments);
+
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "persona", agent->persona);
+    cJSON_AddStringToObject(payload, "agent", agent->identity);
+    cJSON_AddStringToObject(payload, "server", server);
+    cJSON_AddStringToObject(payload, "tool", tool);
+    cJSON_AddItemToObject(payload, "arguments", arguments);
+    cJSON_AddNumberToObject(payload, "attempt", task->attempt);
+    cJSON_AddNumberToObject(payload, "task", (double)task->id);
+    if (task->item >= 0) {
+        cJSON_AddNumberToObject(payload, "item", (double)task->item);
+        cJSON_AddNumberToObject(payload, "items", (double)step->fan->count);
+    }
+    cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
+    sched__audit(run, step_id, "scheduler", "step.dispatched", payload);
+    outbox_push(run, msg);
+    return true;
+}
+
+void sched__dispatch_step(struct run *run, size_t index, long agent_index)
+{
+    struct step_run *step = &run->steps[index];
+    struct tr_error err = {0};
+
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    struct task *task = task_new(run, index, -1);
+    task->attempt = step->attempt;
+    if (!send_task(run, task, agent_index, &err)) {
+        task_drop(run, task);
+        sched__step_failed(run, index, err.message, 0);
+        return;
+    }
+    step->task = task->id;
+    step->state = STEP_DISPATCHED;
+    sched__record_step(run, index, NULL, NULL);
+}
+
+/* ---- for_each --------------------------------------------------------------------------- */
+
+static bool item_finished(const struct fanout *fan, long item)
+{
+    return fan->finished[item / 8] & (1u << (item % 8));
+}
+
+static int note_finished(void *userdata, const struct store_step_item *item)
+{
+    struct fanout *fan = userdata;
+
+    if (item->idx >= 0 && item->idx < fan->count && !item_finished(fan, (long)item->idx)) {
+        fan->finished[item->idx / 8] |= (unsigned char)(1u << (item->idx % 8));
+        fan->done++;
+    }
+    return 0;
+}
+
+/*
+ * The items' raw results (for the step's `output`), as a tree, or their outputs, as the JSON
+ * text of the list, in order, from the store.
+ */
+struct gather {
+    cJSON *list;
+    struct tr_buf text;
+};
+
+static int gather_item(void *userdata, const struct store_step_item *item)
+{
+    struct gather *g = userdata;
+
+    if (g->list) {
+        cJSON *value = item->result_json ? cJSON_Parse(item->result_json) : NULL;
+        cJSON_AddItemToArray(g->list, value ? value : cJSON_CreateNull());
+        return 0;
+    }
+    int rc = tr_buf_append(&g->text, g->text.len > 1 ? "," : "", g->text.len > 1);
+    rc |= tr_buf_append(&g->text, item->output_json, strlen(item->output_json));
+    return rc;
+}
+
+/* Every item succeeded: the step's result is the list, assembled from the store. */
+static void fanout_complete(struct run *run, size_t index)
+{
+    struct step_run *step = &run->steps[index];
+    struct tr_error err = {0};
+    bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
+    struct gather g = {.list = raw ? cJSON_CreateArray() : NULL};
+
+    tr_buf_init(&g.text, 0);
+    int rc = tr_buf_append(&g.text, "[", 1);
+    if (rc == 0)
+        rc = store_step_items_list(run->store, run->id, workflow_step_id(run->wf, index),
+                                   gather_item, &g, &err);
+    if (rc == 0)
+        rc = tr_buf_append(&g.text, "]", 1);
+    if (rc < 0) {
+        cJSON_Delete(g.list);
+        tr_buf_release(&g.text);
+        sched__fail(run, "%s", err.message[0] ? err.message : "out of memory");
+        return;
+    }
+    sched__step_tasks_cancel(run, index, "the step ended"); /* frees the fan-out; none left */
+    step->task = 0;
+    if (raw) {
+        tr_buf_release(&g.text);
+        sched__step_result(run, index, g.list, NULL);
+        cJSON_Delete(g.list);
+    } else {
+        sched__step_result(run, index, NULL, tr_buf_take(&g.text));
+    }
+}
+
+/*
+ * A for_each step leaves the ready queue: its list is evaluated, the items that succeeded
+ * before (a resumed run) are skipped, and the items are dispatched as agents have credit.
+ */
+void sched__fanout_start(struct run *run, size_t index)
+{
+    struct step_run *step = &run->steps[index];
+    const char *step_id = workflow_step_id(run->wf, index);
+    struct tr_error err = {0};
+    cJSON *items = NULL;
+
+    step->attempt++;
+    step->dispatched_ms = tr_now_ms();
+    if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_FOR_EACH, run->scope, &items, &err) <
+        0) {
+        sched__step_failed(run, index, err.message, 0);
+        return;
+    }
+    if (!cJSON_IsArray(items)) {
+        char *reason = xasprintf("step '%s': 'for_each' does not yield a list", step_id);
+        cJSON_Delete(items);
+        sched__step_failed(run, index, reason, 0);
+        free(reason);
+        return;
+    }
+    struct fanout *fan = xcalloc(1, sizeof(*fan));
+    long concurrency = workflow_step_concurrency(run->wf, index);
+    fan->items = items;
+    fan->count = cJSON_GetArraySize(items);
+    fan->window = concurrency > 0 ? concurrency : fan->count;
+    fan->finished = xcalloc((size_t)fan->count / 8 + 1, 1);
+    fan->item = xcalloc((size_t)fan->count + 1, sizeof(*fan->item));
+    long k = 0;
+    for (cJSON *each = items->child; each; each = each->next)
+        fan->item[k++] = each;
+    step->fan = fan;
+    if (store_step_items_list(run->store, run->id, step_id, note_finished, fan, &err) < 0) {
+        sched__fail(run, "%s", err.message);
+        return;
+    }
+    step->state = STEP_DISPATCHED;
+    sched__record_step(run, index, NULL, NULL);
+    if (fan->done > 0) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddNumberToObject(payload, "done", (double)fan->done);
+        cJSON_AddNumberToObject(payload, "items", (double)fan->count);
+        sched__audit(run, step_id, "scheduler", "step.items_recovered", payload);
+    }
+    if (fan->done == fan->count)
+        fanout_complete(run, index);
+}
+
+/* Dispatches one more item of the fan-out to the agent (or its retry, when task is given). */
+static void dispatch_item(struct run *run, size_t index, struct task *task, long agent_index)
+{
+    struct step_run *step = &run->steps[index];
+    struct tr_error err = {0};
+
+    if (!task) {
+        struct fanout *fan = step->fan;
+        while (fan->next < fan->count && item_finished(fan, fan->next))
+            fan->next++;
+        task = task_new(run, index, fan->next++);
+        fan->active++;
+    }
+    task->attempt++;
+    if (!send_task(run, task, agent_index, &err)) {
+        char *reason = xasprintf("item %ld: %s", task->item, err.message);
+        sched__step_tasks_cancel(run, index, reason);
+        sched__step_failed(run, index, reason, 0);
+        free(reason);
+    }
+}
+
+/* Whether the fan-out has an item left to start and room in its window. */
+static bool fanout_wants(const struct fanout *fan)
+{
+    long next = fan->next;
+    while (next < fan->count && item_finished(fan, next))
+        next++;
+    return next < fan->count && fan->active < fan->window;
+}
+
+void sched__fanout_fill(struct run *run)
+{
+    if (run->failure || run->cancelling)
+        return;
+    /* Items due for a retry go first, then new ones, while agents have credit. */
+    int64_t now = tr_now_ms();
+    for (size_t i = run->task_count; i-- > 0;) {
+        if (i >= run->task_count)
+            continue; /* a failed dispatch cancelled its step's other tasks */
+        struct task *task = &run->tasks[i];
+        if (task->agent >= 0 || task->item < 0 || task->cancelled || now < task->due_ms)
+            continue;
+        long agent = sched__agent_for(run, workflow_step_persona(run->wf, task->step));
+        if (agent >= 0)
+            dispatch_item(run, task->step, task, agent);
+    }
+    for (size_t index = 0; index < run->step_count; index++) {
+        struct step_run *step = &run->steps[index];
+        if (!step->fan || step->state != STEP_DISPATCHED)
+            continue;
+        size_t persona = workflow_step_persona(run->wf, index);
+        long agent;
+        while (step->fan && fanout_wants(step->fan) &&
+               (agent = sched__agent_for(run, persona)) >= 0)
+            dispatch_item(run, index, NULL, agent);
+    }
+}
+
+/* ---- results ------------------------------------------------------------------------------ */
+
+/* An item's result arrived: kept in the store; the step completes with its last item. */
+static void item_succeeded(struct run *run, struct task *task, const cJSON *result)
+{
+    size_t index = task->step;
+    struct step_run *step = &run->steps[index];
+    struct fanout *fan = step->fan;
+    struct tr_error err = {0};
+    bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
+    cJSON *output = sched__tool_output(result);
+    char *output_json = cJSON_PrintUnformatted(output);
+    char *result_json = raw ? cJSON_PrintUnformatted(result) : NULL;
+    long item = task->item;
+
+    if (store_step_item_put(run->store, run->id, workflow_step_id(run->wf, index), item,
+                            task->attempt, output_json, result_json, &err) < 0)
+        sched__fail(run, "%s", err.message);
+    free(output_json);
+    free(result_json);
+    cJSON_Delete(output);
+    task_drop(run, task);
+    fan->finished[item / 8] |= (unsigned char)(1u << (item % 8));
+    fan->done++;
+    fan->active--;
+    sched__progress_items(run, index);
+    if (fan->done == fan->count)
+        fanout_complete(run, index);
+}
+
+/*
+ * An item's attempt failed: retried after a backoff when the policy allows it (the task
+ * waits without an agent), else the step fails and its other items are cancelled.
+ */
+static void item_attempt_failed(struct run *run, struct task *task, unsigned error_class,
+                                const char *error)
+{
+    size_t index = task->step;
+    struct step_policy policy;
+
+    sched__step_policy(run, index, &policy);
+    task_unassign(run, task);
+    task->failures++;
+    if (!(policy.retry_on & error_class) || task->failures >= policy.max_attempts ||
+        run->cancelling || run->failure) {
+        char *reason = xasprintf("item %ld: %s", task->item, error);
+        sched__step_tasks_cancel(run, index, reason);
+        sched__step_failed(run, index, reason, 0);
+        free(reason);
+        return;
+    }
+    int64_t delay = sched__backoff_ms(&policy, task->failures);
+    task->due_ms = tr_now_ms() + delay;
+    run->retries++;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddNumberToObject(payload, "attempt", task->attempt);
+    cJSON_AddNumberToObject(payload, "item", (double)task->item);
+    cJSON_AddStringToObject(payload, "error", error);
+    cJSON_AddStringToObject(payload, "class", sched__error_class_name(error_class));
+    cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.retry", payload);
+    tr_log(TR_LOG_WARN, "step '%s' item %ld attempt %d failed (%s); retrying in %lld ms",
+           workflow_step_id(run->wf, index), task->item, task->attempt, error, (long long)delay);
+    sched__progress(run, "retry", index, error, 0);
+}
+
+/* A task's attempt failed, whatever the cause: the item's or the step's policy decides. */
+static void task_failed(struct run *run, struct task *task, unsigned error_class, const char *error)
+{
+    if (task->cancelled) {
+        task_drop(run, task);
+    } else if (task->item >= 0) {
+        item_attempt_failed(run, task, error_class, error);
+    } else {
+        size_t index = task->step;
+        task_drop(run, task);
+        run->steps[index].task = 0;
+        sched__step_attempt_failed(run, index, error_class, error);
+    }
+}
+
+void sched__task_result(struct run *run, struct agent_proc *agent, const struct bus_msg *msg)
+{
+    long agent_index = agent - run->agents;
+    struct task *task = sched__task_find(run, msg->task);
+
+    if (!task || task->agent != agent_index || task->attempt != msg->attempt || !msg->step_id ||
+        strcmp(msg->step_id, workflow_step_id(run->wf, task->step)) != 0) {
+        tr_log(TR_LOG_WARN,
+               "agent '%s' sent a result for task %lld (step '%s') it was not performing; "
+               "ignored",
+               agent->identity, (long long)msg->task, msg->step_id ? msg->step_id : "?");
+        return;
+    }
+    if (task->cancelled) {
+        task_drop(run, task); /* the answer to our cancel: its credit comes back */
+        return;
+    }
+    cJSON *result = msg->json ? cJSON_Parse(msg->json) : NULL;
+    if (msg->ok && !cJSON_IsObject(result)) {
+        task_failed(run, task, SCHED_RETRY_PROTOCOL, "the agent's result is not a JSON object");
+    } else if (!msg->ok) {
+        task_failed(run, task, sched__error_class(msg->error_class),
+                    msg->error ? msg->error : "unknown error");
+    } else if (task->item >= 0) {
+        item_succeeded(run, task, result);
+    } else {
+        size_t index = task->step;
+        task_drop(run, task);
+        run->steps[index].task = 0;
+        sched__step_result(run, index, result, NULL);
+    }
+    cJSON_Delete(result);
+}
+
+/* ---- lost agents and timers ----------------------------------------------------------------- */
+
+void sched__agent_tasks_lost(struct run *run, struct agent_proc *agent, const char *reason)
+{
+    long agent_index = agent - run->agents;
+
+    for (size_t i = run->task_count; i-- > 0;) {
+        /* task_failed may drop tasks (a failed step cancels its others): i is re-checked. */
+        if (i < run->task_count && run->tasks[i].agent == agent_index)
+            task_failed(run, &run->tasks[i], SCHED_RETRY_TRANSPORT, reason);
+    }
+    agent->load = 0;
+}
+
+void sched__check_tasks(struct run *run, int64_t now)
+{
+    for (size_t i = run->task_count; i-- > 0;) {
+        if (i >= run->task_count)
+            continue;
+        struct task *task = &run->tasks[i];
+        if (task->agent < 0 || now <= task->deadline_ms)
+            continue;
+        struct agent_proc *agent = &run->agents[task->agent];
+        struct step_policy policy;
+        sched__step_policy(run, task->step, &policy);
+        /* The agent did not even report its own timeout: it is stuck; replace it. Its other
+         * tasks fail when its exit is seen. */
+        tr_log(TR_LOG_WARN, "agent '%s' is stuck in step '%s'; killing it", agent->identity,
+               workflow_step_id(run->wf, task->step));
+        agent_kill(agent, SIGKILL);
+        char *reason = xasprintf("no result within %d ms", policy.timeout_ms);
+        task_failed(run, task, SCHED_RETRY_TIMEOUT, reason);
+        free(reason);
+    }
+}
+
+void sched__tasks_release(struct run *run)
+{
+    for (size_t i = 0; i < run->step_count; i++)
+        fanout_free(&run->steps[i].fan);
+    free(run->tasks);
+    run->tasks = NULL;
+    run->task_count = run->task_cap = 0;
+}
