@@ -675,17 +675,20 @@ static void cancel_task(struct agent *agent, const struct bus_msg *cancel)
 static void pump_server(struct agent *agent, struct server *server)
 {
     struct tr_error err = {0};
-    int rc = mcp_session_poll(server->session, 0, &err);
-    if (rc == TR_EPROTO) {
+    int rc;
+    /* After a bad message the lines behind it are already read: poll again to handle them. */
+    for (int round = 0; (rc = mcp_session_poll(server->session, 0, &err)) == TR_EPROTO; round++) {
         /* A bad message is the call's failure when there is one call to blame. */
         struct task *only = only_task_on(agent, server->name);
         if (only)
             task_abort(agent, only, "troupe gave up: protocol error", err.message, "protocol");
         else
             tr_log(TR_LOG_WARN, "%s", err.message);
-    } else if (rc < 0 && rc != TR_EPEER) {
-        tr_log(TR_LOG_WARN, "%s", err.message);
+        if (round == MAX_DRAIN)
+            break;
     }
+    if (rc < 0 && rc != TR_EPEER && rc != TR_EPROTO)
+        tr_log(TR_LOG_WARN, "%s", err.message);
     /* Again after each pass: taking one result may read (and park) another's. */
     bool died = false, finished = true;
     while (finished) {
@@ -916,6 +919,7 @@ static void serve(struct agent *agent)
         if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
             struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
             send_or_log(agent, &heartbeat);
+            agent->last_sent_ms = tr_now_ms(); /* also when it failed: no busy loop */
         }
     }
     cancel_all(agent, "the agent is stopping");

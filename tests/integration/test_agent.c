@@ -445,6 +445,27 @@ Test(agent, cancel_sends_notifications_cancelled_with_the_reason, .timeout = 60)
     sched_stop(&s);
 }
 
+Test(agent, garbage_fails_the_one_call_in_flight_as_a_protocol_error, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    assign(&s, 1, "garbage", "{}", 5000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, "protocol");
+    cr_assert(strstr(r->error, "not JSON"), "%s", r->error);
+    bus_msg_free(&r);
+    bool seen = false;
+    for (size_t i = 0; i < s.n_events; i++)
+        seen |= strcmp(s.events[i]->event_type, "mcp.garbage") == 0 && s.events[i]->task == 1;
+    cr_assert(seen, "no mcp.garbage event of task 1");
+    /* The session goes on. */
+    assign(&s, 2, "sleep", "{\"ms\":1}", 5000);
+    r = result_of(&s, 2, WAIT_MS);
+    check_result(r, 2, NULL);
+    bus_msg_free(&r);
+    sched_stop(&s);
+}
+
 Test(agent, timeout_cancels_the_request, .timeout = 60)
 {
     struct sched s;

@@ -2,9 +2,10 @@
  * test-mcp-concurrent: an MCP stdio server for the agent's concurrency tests. It works on
  * every tools/call at once: `sleep` answers after `ms`, `barrier` answers only when `n`
  * barrier calls are waiting together (so it finishes only if they were all sent before any
- * was answered), `fail` answers with isError. A request named by notifications/cancelled is
- * dropped unanswered, as the protocol says. Every line it receives is appended to LOG, for the
- * tests to read. It speaks the handshake era only (initialize, ping, tools/list, tools/call).
+ * was answered), `fail` answers with isError, `garbage` writes a line that is not JSON first. A
+ * request named by notifications/cancelled is dropped unanswered, as the protocol says. Every line
+ * it receives is appended to LOG, for the tests to read. It speaks the handshake era only
+ * (initialize, ping, tools/list, tools/call).
  *
  * usage: test-mcp-concurrent LOG
  */
@@ -127,6 +128,11 @@ static void call_tool(const cJSON *id, const cJSON *params)
         tool_result(id, "fail", "failed as asked", true);
         return;
     }
+    if (strcmp(tool, "garbage") == 0) {
+        fputs("this is not json\n", stdout);
+        tool_result(id, "garbage", "garbage written", false);
+        return;
+    }
     if ((strcmp(tool, "sleep") != 0 && strcmp(tool, "barrier") != 0) ||
         waiting_count == MAX_WAITING) {
         error_response(id, -32602, "unknown tool, or too many calls waiting");
@@ -154,7 +160,7 @@ static void cancelled(const cJSON *params)
 
 static void list_tools(const cJSON *id)
 {
-    static const char *const names[] = {"sleep", "barrier", "fail"};
+    static const char *const names[] = {"sleep", "barrier", "fail", "garbage"};
     cJSON *message = response(id);
     cJSON *tools = cJSON_AddArrayToObject(cJSON_AddObjectToObject(message, "result"), "tools");
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
