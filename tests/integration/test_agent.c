@@ -204,6 +204,24 @@ static void check_result(struct bus_msg *msg, int64_t task, const char *error_cl
     cr_assert_str_eq(msg->error_class, error_class, "task %lld: %s", (long long)task, msg->error);
 }
 
+/* Waits for task's result and checks it (check_result; its error has error_has, if given). */
+static void expect_result(struct sched *s, int64_t task, const char *error_class,
+                          const char *error_has)
+{
+    struct bus_msg *r = result_of(s, task, WAIT_MS);
+    check_result(r, task, error_class);
+    cr_assert(!error_has || strstr(r->error, error_has), "task %lld: %s", (long long)task,
+              r->error);
+    bus_msg_free(&r);
+}
+
+/* A short call as task goes through: the agent and its server work. */
+static void expect_working(struct sched *s, int64_t task)
+{
+    assign(s, task, "sleep", "{\"ms\":1}", 5000);
+    expect_result(s, task, NULL, NULL);
+}
+
 /*
  * Starts an agent whose persona uses test-mcp-concurrent and welcomes it with credit (0: no
  * credit in the welcome); returns once it is ready.
@@ -257,6 +275,20 @@ static void check_agent_stderr(const struct harness_result *r)
               "the agent reported:\n%s", r->err);
 }
 
+/* Checks that nothing is left running, and frees what the test kept. */
+static void sched_release(struct sched *s)
+{
+    cr_assert_eq(harness_leftover_processes(s->dir, s->log), 0, "processes were left running");
+    for (size_t i = 0; i < s->n_events; i++)
+        bus_msg_free(&s->events[i]);
+    for (size_t i = 0; i < s->n_results; i++)
+        bus_msg_free(&s->results[i]);
+    bus_free(&s->bus);
+    free(s->peer);
+    free(s->log);
+    free(s->dir);
+}
+
 /* Shuts the agent down (it says bye and exits 0) and checks nothing is left running. */
 static void sched_stop(struct sched *s)
 {
@@ -269,15 +301,7 @@ static void sched_stop(struct sched *s)
     cr_assert_eq(r.exit_code, 0, "the agent exited with %d:\n%s", r.exit_code, r.err);
     check_agent_stderr(&r);
     harness_result_release(&r);
-    cr_assert_eq(harness_leftover_processes(s->dir, s->log), 0, "processes were left running");
-    for (size_t i = 0; i < s->n_events; i++)
-        bus_msg_free(&s->events[i]);
-    for (size_t i = 0; i < s->n_results; i++)
-        bus_msg_free(&s->results[i]);
-    bus_free(&s->bus);
-    free(s->peer);
-    free(s->log);
-    free(s->dir);
+    sched_release(s);
 }
 
 /* The messages the server received, parsed; caller deletes. */
@@ -350,11 +374,8 @@ Test(agent, credit_4_keeps_4_calls_in_flight, .timeout = 60)
     int64_t start = now_ms();
     for (int64_t task = 5; task <= 8; task++)
         assign(&s, task, "sleep", "{\"ms\":600}", 5000);
-    for (int64_t task = 5; task <= 8; task++) {
-        struct bus_msg *r = result_of(&s, task, WAIT_MS);
-        check_result(r, task, NULL);
-        bus_msg_free(&r);
-    }
+    for (int64_t task = 5; task <= 8; task++)
+        expect_result(&s, task, NULL, NULL);
     int64_t took = now_ms() - start;
     cr_assert_lt(took, 1500, "four 600 ms calls took %lld ms: they did not overlap",
                  (long long)took);
@@ -368,11 +389,8 @@ Test(agent, events_carry_the_task_of_their_request, .timeout = 60)
     for (int64_t task = 1; task <= 3; task++)
         assign(&s, task, "sleep", "{\"ms\":300,\"note\":\"" SECRET "\"}", 5000);
     assign(&s, 4, "fail", "{}", 5000);
-    for (int64_t task = 1; task <= 4; task++) {
-        struct bus_msg *r = result_of(&s, task, WAIT_MS);
-        check_result(r, task, task == 4 ? "tool" : NULL);
-        bus_msg_free(&r);
-    }
+    for (int64_t task = 1; task <= 4; task++)
+        expect_result(&s, task, task == 4 ? "tool" : NULL, task == 4 ? "failed as asked" : NULL);
     for (int64_t task = 1; task <= 4; task++) {
         char key[64], step[32];
         snprintf(key, sizeof(key), "run-1/step-%lld/key", (long long)task);
@@ -431,17 +449,12 @@ Test(agent, cancel_sends_notifications_cancelled_with_the_reason, .timeout = 60)
     cJSON_Delete(sent);
 
     /* The other task goes on; a cancel for a task the agent does not hold is ignored. */
-    r = result_of(&s, 2, WAIT_MS);
-    check_result(r, 2, NULL);
-    bus_msg_free(&r);
+    expect_result(&s, 2, NULL, NULL);
     send_cancel(&s, 99, "who?");
     send_cancel(&s, 1, "again");
     listen_for(&s, 300);
     cr_assert_eq(s.n_results, 0, "a cancel for a task not held was answered");
-    assign(&s, 3, "sleep", "{\"ms\":1}", 5000);
-    r = result_of(&s, 3, WAIT_MS);
-    check_result(r, 3, NULL);
-    bus_msg_free(&r);
+    expect_working(&s, 3);
     sched_stop(&s);
 }
 
@@ -450,19 +463,12 @@ Test(agent, garbage_fails_the_one_call_in_flight_as_a_protocol_error, .timeout =
     struct sched s;
     sched_start(&s, 4);
     assign(&s, 1, "garbage", "{}", 5000);
-    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
-    check_result(r, 1, "protocol");
-    cr_assert(strstr(r->error, "not JSON"), "%s", r->error);
-    bus_msg_free(&r);
+    expect_result(&s, 1, "protocol", "not JSON");
     bool seen = false;
     for (size_t i = 0; i < s.n_events; i++)
         seen |= strcmp(s.events[i]->event_type, "mcp.garbage") == 0 && s.events[i]->task == 1;
     cr_assert(seen, "no mcp.garbage event of task 1");
-    /* The session goes on. */
-    assign(&s, 2, "sleep", "{\"ms\":1}", 5000);
-    r = result_of(&s, 2, WAIT_MS);
-    check_result(r, 2, NULL);
-    bus_msg_free(&r);
+    expect_working(&s, 2); /* the session goes on */
     sched_stop(&s);
 }
 
@@ -481,9 +487,7 @@ Test(agent, timeout_cancels_the_request, .timeout = 60)
     cr_assert(took >= 250 && took < 2000, "the 300 ms timeout came after %lld ms", (long long)took);
     char *reason = expect_server_cancelled(&s, request_id_of(&s, 1));
     free(reason);
-    r = result_of(&s, 2, WAIT_MS);
-    check_result(r, 2, NULL);
-    bus_msg_free(&r);
+    expect_result(&s, 2, NULL, NULL);
     sched_stop(&s);
 }
 
@@ -498,12 +502,8 @@ Test(agent, server_killed_mid_call_fails_every_task_then_restarts, .timeout = 60
     int pids[4];
     cr_assert_eq(harness_find_pids(s.log, pids, 4), 1, "expected one server process");
     cr_assert_eq(kill(pids[0], SIGKILL), 0);
-    for (int64_t task = 1; task <= 3; task++) {
-        struct bus_msg *r = result_of(&s, task, WAIT_MS);
-        check_result(r, task, "transport");
-        cr_assert(strstr(r->error, "signal 9"), "%s", r->error);
-        bus_msg_free(&r);
-    }
+    for (int64_t task = 1; task <= 3; task++)
+        expect_result(&s, task, "transport", "signal 9");
     cJSON *restarted = NULL;
     for (size_t i = 0; i < s.n_events && !restarted; i++)
         if (strcmp(s.events[i]->event_type, "mcp.restarted") == 0)
@@ -518,10 +518,7 @@ Test(agent, server_killed_mid_call_fails_every_task_then_restarts, .timeout = 60
     cr_assert_null(cJSON_GetObjectItemCaseSensitive(restarted, "error"));
     cJSON_Delete(restarted);
 
-    assign(&s, 4, "sleep", "{\"ms\":1}", 5000);
-    struct bus_msg *r = result_of(&s, 4, WAIT_MS);
-    check_result(r, 4, NULL);
-    bus_msg_free(&r);
+    expect_working(&s, 4);
     sched_stop(&s);
 }
 
@@ -532,9 +529,7 @@ Test(agent, heartbeats_go_out_while_busy, .timeout = 60)
     assign(&s, 1, "sleep", "{\"ms\":2600}", 10000);
     request_id_of(&s, 1);
     s.heartbeats = 0;
-    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
-    check_result(r, 1, NULL);
-    bus_msg_free(&r);
+    expect_result(&s, 1, NULL, NULL);
     cr_assert_geq(s.heartbeats, 2, "%zu heartbeats during a 2.6 s call", s.heartbeats);
     sched_stop(&s);
 }
@@ -559,11 +554,5 @@ Test(agent, sigterm_ends_the_loop_and_cancels_calls_in_flight, .timeout = 60)
     cr_assert_lt(took, 3000, "the agent took %lld ms to stop", (long long)took);
     char *reason = expect_server_cancelled(&s, id);
     free(reason);
-    cr_assert_eq(harness_leftover_processes(s.dir, s.log), 0);
-    for (size_t i = 0; i < s.n_events; i++)
-        bus_msg_free(&s.events[i]);
-    bus_free(&s.bus);
-    free(s.peer);
-    free(s.log);
-    free(s.dir);
+    sched_release(&s);
 }

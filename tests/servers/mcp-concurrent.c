@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jsonrpc-stdout.h"
+
 #define MAX_WAITING 1024
 #define NEVER INT64_MAX
 
@@ -43,48 +45,13 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void reply(cJSON *message)
-{
-    char *text = cJSON_PrintUnformatted(message);
-    size_t len = strlen(text);
-    text[len] = '\n'; /* replaces the NUL: written with its length */
-    fwrite(text, 1, len + 1, stdout);
-    fflush(stdout);
-    free(text);
-    cJSON_Delete(message);
-}
-
-static cJSON *response(const cJSON *id)
-{
-    cJSON *message = cJSON_CreateObject();
-    cJSON_AddStringToObject(message, "jsonrpc", "2.0");
-    cJSON_AddItemToObject(message, "id", cJSON_Duplicate(id, true));
-    return message;
-}
-
-static void error_response(const cJSON *id, int code, const char *text)
-{
-    cJSON *message = response(id);
-    cJSON *error = cJSON_AddObjectToObject(message, "error");
-    cJSON_AddNumberToObject(error, "code", code);
-    cJSON_AddStringToObject(error, "message", text);
-    reply(message);
-}
-
 /* A CallToolResult with one text item and {"tool", "waiting"}: calls waiting when it answered. */
 static void tool_result(const cJSON *id, const char *tool, const char *text, bool is_error)
 {
-    cJSON *message = response(id);
-    cJSON *result = cJSON_AddObjectToObject(message, "result");
-    cJSON *item = cJSON_CreateObject();
-    cJSON_AddStringToObject(item, "type", "text");
-    cJSON_AddStringToObject(item, "text", text);
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(result, "content"), item);
-    cJSON *structured = cJSON_AddObjectToObject(result, "structuredContent");
+    cJSON *structured = cJSON_CreateObject();
     cJSON_AddStringToObject(structured, "tool", tool);
     cJSON_AddNumberToObject(structured, "waiting", (double)waiting_count);
-    cJSON_AddBoolToObject(result, "isError", is_error);
-    reply(message);
+    text_result(id, text, is_error, structured);
 }
 
 static void forget(size_t i)
@@ -186,19 +153,8 @@ static void handle(const cJSON *message)
             cancelled(params);
         return;
     }
-    if (strcmp(method->valuestring, "initialize") == 0) {
-        cJSON *out = response(id);
-        cJSON *result = cJSON_AddObjectToObject(out, "result");
-        cJSON_AddStringToObject(result, "protocolVersion", "2025-06-18");
-        cJSON_AddObjectToObject(cJSON_AddObjectToObject(result, "capabilities"), "tools");
-        cJSON *info = cJSON_AddObjectToObject(result, "serverInfo");
-        cJSON_AddStringToObject(info, "name", "test-mcp-concurrent");
-        cJSON_AddStringToObject(info, "version", "1");
-        reply(out);
-    } else if (strcmp(method->valuestring, "ping") == 0) {
-        cJSON *out = response(id);
-        cJSON_AddObjectToObject(out, "result");
-        reply(out);
+    if (answer_handshake(method->valuestring, id, params, "test-mcp-concurrent")) {
+        return;
     } else if (strcmp(method->valuestring, "tools/list") == 0) {
         list_tools(id);
     } else if (strcmp(method->valuestring, "tools/call") == 0) {
