@@ -219,6 +219,12 @@ static struct task *only_task_on(const struct agent *agent, const char *server)
     return only;
 }
 
+/* What cannot be told apart by id: the task a session call is made for, else the only one. */
+static struct task *current_or_only(const struct agent *agent, const char *server)
+{
+    return agent->current ? agent->current : only_task_on(agent, server);
+}
+
 /*
  * The task a message to or from server belongs to: by JSON-RPC id, the one whose request a
  * response answers, or that a notifications/cancelled (requestId) or a progress notification
@@ -242,12 +248,9 @@ static struct task *task_of_message(struct agent *agent, const char *server,
             about = cJSON_GetObjectItemCaseSensitive(params, "progressToken");
         task = task_of_request(agent, server, about);
     }
-    if (!task && agent->current) {
-        task = agent->current;
-        if (direction == MCP_SENT && has_method && cJSON_IsNumber(id))
-            task->request_id = (int64_t)id->valuedouble; /* a new round of its request */
-    }
-    return task ? task : only_task_on(agent, server);
+    if (!task && agent->current && direction == MCP_SENT && has_method && cJSON_IsNumber(id))
+        agent->current->request_id = (int64_t)id->valuedouble; /* a new round of its request */
+    return task ? task : current_or_only(agent, server);
 }
 
 static void on_mcp_message(void *userdata, const char *server, enum mcp_direction direction,
@@ -267,8 +270,7 @@ static void on_mcp_message(void *userdata, const char *server, enum mcp_directio
     } else {
         /* Not JSON: keep the exact text, the audit trail must show what the server sent. */
         cJSON_AddStringToObject(payload, "raw", json);
-        send_event(agent, agent->current ? agent->current : only_task_on(agent, server),
-                   "mcp.garbage", payload);
+        send_event(agent, current_or_only(agent, server), "mcp.garbage", payload);
     }
 }
 
@@ -278,8 +280,7 @@ static void on_mcp_stderr(void *userdata, const char *server, const char *line)
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "server", server);
     cJSON_AddStringToObject(payload, "line", line);
-    send_event(agent, agent->current ? agent->current : only_task_on(agent, server), "mcp.stderr",
-               payload);
+    send_event(agent, current_or_only(agent, server), "mcp.stderr", payload);
 }
 
 /* ---- MCP sessions -------------------------------------------------------------------------- */

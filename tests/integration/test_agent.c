@@ -160,8 +160,8 @@ static int64_t request_id_of(struct sched *s, int64_t task)
     return value;
 }
 
-static void assign(struct sched *s, int64_t task, const char *tool, const char *arguments,
-                   int64_t timeout_ms)
+static void assign_to(struct sched *s, int64_t task, const char *server, const char *tool,
+                      const char *arguments, int64_t timeout_ms)
 {
     char step[32], key[64];
     snprintf(step, sizeof(step), "step-%lld", (long long)task);
@@ -171,13 +171,19 @@ static void assign(struct sched *s, int64_t task, const char *tool, const char *
                           .task = task,
                           .step_id = step,
                           .attempt = task + 100, /* so that an echo of the task id shows */
-                          .server = "conc",
+                          .server = (char *)server,
                           .tool = (char *)tool,
                           .idempotency_key = key,
                           .timeout_ms = timeout_ms,
                           .json = (char *)arguments};
     struct tr_error err = {0};
     cr_assert_eq(bus_send(s->bus, &msg, &err), 0, "%s", err.message);
+}
+
+static void assign(struct sched *s, int64_t task, const char *tool, const char *arguments,
+                   int64_t timeout_ms)
+{
+    assign_to(s, task, "conc", tool, arguments, timeout_ms);
 }
 
 static void send_cancel(struct sched *s, int64_t task, const char *reason)
@@ -252,7 +258,11 @@ static void sched_start(struct sched *s, int credit)
     cJSON *entry = cJSON_AddObjectToObject(cJSON_AddObjectToObject(config, "servers"), "conc");
     cJSON_AddStringToObject(entry, "command", server);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(config, "tools"), cJSON_CreateString("conc.*"));
+    cJSON *tools = cJSON_AddArrayToObject(config, "tools");
+    static const char *const allowed[] = {"conc.sleep", "conc.barrier", "conc.fail", "conc.garbage",
+                                          "elsewhere.*"};
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+        cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
     if (credit)
         cJSON_AddNumberToObject(config, "credit", credit);
@@ -469,6 +479,34 @@ Test(agent, garbage_fails_the_one_call_in_flight_as_a_protocol_error, .timeout =
         seen |= strcmp(s.events[i]->event_type, "mcp.garbage") == 0 && s.events[i]->task == 1;
     cr_assert(seen, "no mcp.garbage event of task 1");
     expect_working(&s, 2); /* the session goes on */
+    sched_stop(&s);
+}
+
+Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    assign(&s, 1, "sleep", "{\"ms\":300}", 5000);
+    assign(&s, 2, "drop_tables", "{}", 5000);
+    assign_to(&s, 3, "elsewhere", "sleep", "{}", 5000);
+    assign(&s, 4, "sleep", "[1,2]", 5000);
+    expect_result(&s, 2, "policy", "not on its allowlist");
+    expect_result(&s, 3, "policy", "has no server 'elsewhere'");
+    expect_result(&s, 4, "protocol", "not a JSON object");
+    cJSON *denied = NULL;
+    for (size_t i = 0; i < s.n_events && !denied; i++)
+        if (strcmp(s.events[i]->event_type, "policy.denied") == 0 && s.events[i]->task == 2)
+            denied = cJSON_Parse(s.events[i]->json);
+    cr_assert_not_null(denied, "no policy.denied event of task 2");
+    cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(denied, "tool")->valuestring, "drop_tables");
+    cJSON_Delete(denied);
+    expect_result(&s, 1, NULL, NULL); /* the call in flight meanwhile was not disturbed */
+    cJSON *lines = server_log(&s);
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert(!strstr(text, "drop_tables") && !strstr(text, "[1,2]"),
+              "a refused call reached the server: %s", text);
+    free(text);
+    cJSON_Delete(lines);
     sched_stop(&s);
 }
 
