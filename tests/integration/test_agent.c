@@ -118,34 +118,55 @@ static void listen_for(struct sched *s, int ms)
     }
 }
 
-/* The message of the first event of type for task (0: of no task) whose JSON has needle. */
-static cJSON *event_message(const struct sched *s, int64_t task, const char *type,
+#define ANY_TASK (-1)
+
+/*
+ * The payload of the first event of type for task (0: of no task; ANY_TASK) whose JSON has
+ * needle, or NULL. Caller deletes.
+ */
+static cJSON *event_payload(const struct sched *s, int64_t task, const char *type,
                             const char *needle)
 {
     for (size_t i = 0; i < s->n_events; i++) {
         const struct bus_msg *e = s->events[i];
-        if (e->task != task || strcmp(e->event_type, type) != 0 || !strstr(e->json, needle))
-            continue;
-        cJSON *payload = cJSON_Parse(e->json);
-        cJSON *message = cJSON_DetachItemFromObject(payload, "message");
-        cJSON_Delete(payload);
-        return message;
+        if ((task == ANY_TASK || e->task == task) && strcmp(e->event_type, type) == 0 &&
+            strstr(e->json, needle))
+            return cJSON_Parse(e->json);
     }
     return NULL;
 }
 
-/* Waits until an event of type for task whose JSON has needle came; its message. */
-static cJSON *expect_event(struct sched *s, int64_t task, const char *type, const char *needle)
+/* The MCP message of such an event, or NULL. Caller deletes. */
+static cJSON *event_message(const struct sched *s, int64_t task, const char *type,
+                            const char *needle)
+{
+    cJSON *payload = event_payload(s, task, type, needle);
+    cJSON *message = cJSON_DetachItemFromObject(payload, "message");
+    cJSON_Delete(payload);
+    return message;
+}
+
+/* Waits until such an event came; its payload. */
+static cJSON *wait_event(struct sched *s, int64_t task, const char *type, const char *needle)
 {
     int64_t deadline = now_ms() + WAIT_MS;
-    cJSON *message;
-    while (!(message = event_message(s, task, type, needle))) {
+    cJSON *payload;
+    while (!(payload = event_payload(s, task, type, needle))) {
         cr_assert_lt(now_ms(), deadline, "no %s event with '%s' for task %lld", type, needle,
                      (long long)task);
         struct bus_msg *msg = receive(s, 100);
         if (msg && !kept(s, msg))
             bus_msg_free(&msg);
     }
+    return payload;
+}
+
+/* Waits until such an event came; its MCP message. */
+static cJSON *expect_event(struct sched *s, int64_t task, const char *type, const char *needle)
+{
+    cJSON *payload = wait_event(s, task, type, needle);
+    cJSON *message = cJSON_DetachItemFromObject(payload, "message");
+    cJSON_Delete(payload);
     return message;
 }
 
@@ -474,10 +495,7 @@ Test(agent, garbage_fails_the_one_call_in_flight_as_a_protocol_error, .timeout =
     sched_start(&s, 4);
     assign(&s, 1, "garbage", "{}", 5000);
     expect_result(&s, 1, "protocol", "not JSON");
-    bool seen = false;
-    for (size_t i = 0; i < s.n_events; i++)
-        seen |= strcmp(s.events[i]->event_type, "mcp.garbage") == 0 && s.events[i]->task == 1;
-    cr_assert(seen, "no mcp.garbage event of task 1");
+    cJSON_Delete(wait_event(&s, 1, "mcp.garbage", "not json"));
     expect_working(&s, 2); /* the session goes on */
     sched_stop(&s);
 }
@@ -493,11 +511,7 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
     expect_result(&s, 2, "policy", "not on its allowlist");
     expect_result(&s, 3, "policy", "has no server 'elsewhere'");
     expect_result(&s, 4, "protocol", "not a JSON object");
-    cJSON *denied = NULL;
-    for (size_t i = 0; i < s.n_events && !denied; i++)
-        if (strcmp(s.events[i]->event_type, "policy.denied") == 0 && s.events[i]->task == 2)
-            denied = cJSON_Parse(s.events[i]->json);
-    cr_assert_not_null(denied, "no policy.denied event of task 2");
+    cJSON *denied = wait_event(&s, 2, "policy.denied", "allowlist");
     cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(denied, "tool")->valuestring, "drop_tables");
     cJSON_Delete(denied);
     expect_result(&s, 1, NULL, NULL); /* the call in flight meanwhile was not disturbed */
@@ -542,17 +556,7 @@ Test(agent, server_killed_mid_call_fails_every_task_then_restarts, .timeout = 60
     cr_assert_eq(kill(pids[0], SIGKILL), 0);
     for (int64_t task = 1; task <= 3; task++)
         expect_result(&s, task, "transport", "signal 9");
-    cJSON *restarted = NULL;
-    for (size_t i = 0; i < s.n_events && !restarted; i++)
-        if (strcmp(s.events[i]->event_type, "mcp.restarted") == 0)
-            restarted = cJSON_Parse(s.events[i]->json);
-    if (!restarted) {
-        listen_for(&s, 500);
-        for (size_t i = 0; i < s.n_events && !restarted; i++)
-            if (strcmp(s.events[i]->event_type, "mcp.restarted") == 0)
-                restarted = cJSON_Parse(s.events[i]->json);
-    }
-    cr_assert_not_null(restarted, "no mcp.restarted event");
+    cJSON *restarted = wait_event(&s, ANY_TASK, "mcp.restarted", "conc");
     cr_assert_null(cJSON_GetObjectItemCaseSensitive(restarted, "error"));
     cJSON_Delete(restarted);
 
