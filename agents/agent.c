@@ -1,12 +1,15 @@
 /*
  * troupe-agent: the worker for one persona. It connects to the scheduler's bus, receives the
  * persona's configuration, opens an MCP session with each of the persona's servers, then
- * performs the steps it is assigned, streaming every MCP message back as an audit event.
- * It never opens the database: everything it knows arrives over the bus.
+ * performs the tasks it is assigned, several at once (up to the welcome's credit), in one
+ * event loop over the bus, the servers' pipes and the tasks' timers, streaming every MCP
+ * message back as an audit event of its task. It never opens the database: everything it
+ * knows arrives over the bus.
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <signal.h>
@@ -17,6 +20,7 @@
 #include <unistd.h>
 
 #include <sodium.h>
+#include <zmq.h>
 
 #include "base.h"
 #include "bus.h"
@@ -24,6 +28,9 @@
 
 #define WELCOME_TIMEOUT_MS 30000
 #define MAX_SERVERS 64
+#define MAX_CREDIT 1024
+#define HTTP_PUMP_MS 10 /* how often sessions without descriptors (HTTP) are driven */
+#define MAX_DRAIN 1024  /* bus messages handled in one loop turn */
 
 struct server {
     char *name;
@@ -34,27 +41,46 @@ struct server {
     int64_t next_restart_ms; /* a dead server is not started again before this */
 };
 
+/* One assignment in flight: a tools/call started on a server's session. */
+struct task {
+    int64_t id; /* the scheduler's */
+    char *step_id;
+    int64_t attempt;
+    struct server *server;
+    char *tool;
+    int64_t ticket;     /* its request in server->session */
+    int64_t request_id; /* the JSON-RPC id of its latest round (the ticket is the first) */
+    int timeout_ms;
+    int64_t deadline_ms;
+};
+
 struct agent {
     struct bus *bus;
     char *persona;
     cJSON *config;
     cJSON *allowlist; /* array of "server.tool" patterns, or NULL: everything allowed */
+    int credit;       /* tasks the scheduler may have in flight here (welcome) */
     struct server servers[MAX_SERVERS];
     size_t server_count;
-    const char *current_step; /* the step being performed, for audit events */
-    int64_t last_sent_ms;     /* when the scheduler last heard from us */
+    struct task **tasks; /* in flight, oldest first */
+    size_t task_count, task_alloc;
+    struct task *current; /* the task a session call is made for: its messages are its events */
+    int64_t last_sent_ms; /* when the scheduler last heard from us */
 };
 
 static volatile sig_atomic_t stop_requested;
-static volatile sig_atomic_t in_call;
+/* Written by the signal handler so that the loop's poll wakes at once (the self-pipe trick). */
+static int signal_pipe[2] = {-1, -1};
 
-/* Between steps a signal stops the loop cleanly; during a tool call, which blocks, the agent
- * exits at once (its MCP servers follow through their parent-death signal). */
 static void on_signal(int sig)
 {
-    if (in_call)
-        _exit(128 + sig);
+    int saved = errno;
     stop_requested = 1;
+    if (signal_pipe[1] >= 0) {
+        ssize_t n = write(signal_pipe[1], "", 1);
+        (void)n; /* a full pipe already wakes the loop */
+    }
+    errno = saved;
 }
 
 /* ---- sending to the scheduler ----------------------------------------------------------- */
@@ -130,10 +156,13 @@ static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
         agent->last_sent_ms = tr_now_ms();
 }
 
-static void send_event(struct agent *agent, const char *step_id, const char *type, cJSON *payload)
+/* An audit event (payload taken) of task, or of no task when it is NULL. */
+static void send_event(struct agent *agent, const struct task *task, const char *type,
+                       cJSON *payload)
 {
     struct bus_msg msg = {.type = BUS_EVENT};
-    msg.step_id = (char *)step_id;
+    msg.task = task ? task->id : 0;
+    msg.step_id = task ? task->step_id : NULL;
     msg.event_type = (char *)type;
     msg.json = cJSON_PrintUnformatted(payload);
     send_or_log(agent, &msg);
@@ -159,6 +188,71 @@ static const char *mcp_event_type(const cJSON *message)
     return "mcp.response";
 }
 
+/* ---- which task an MCP message belongs to ------------------------------------------------ */
+
+/* The task in flight on server whose request has the JSON-RPC id id, or NULL. */
+static struct task *task_of_request(const struct agent *agent, const char *server, const cJSON *id)
+{
+    if (!cJSON_IsNumber(id))
+        return NULL;
+    for (size_t i = 0; i < agent->task_count; i++) {
+        struct task *task = agent->tasks[i];
+        if (strcmp(task->server->name, server) == 0 &&
+            (id->valuedouble == (double)task->ticket ||
+             id->valuedouble == (double)task->request_id))
+            return task;
+    }
+    return NULL;
+}
+
+/* The one task in flight on server, or NULL if there are none or several. */
+static struct task *only_task_on(const struct agent *agent, const char *server)
+{
+    struct task *only = NULL;
+    for (size_t i = 0; i < agent->task_count; i++) {
+        if (strcmp(agent->tasks[i]->server->name, server) != 0)
+            continue;
+        if (only)
+            return NULL;
+        only = agent->tasks[i];
+    }
+    return only;
+}
+
+/* What cannot be told apart by id: the task a session call is made for, else the only one. */
+static struct task *current_or_only(const struct agent *agent, const char *server)
+{
+    return agent->current ? agent->current : only_task_on(agent, server);
+}
+
+/*
+ * The task a message to or from server belongs to: by JSON-RPC id, the one whose request a
+ * response answers, or that a notifications/cancelled (requestId) or a progress notification
+ * (progressToken: troupe asks for no progress, so a server sending some most likely uses the
+ * request id) is about; else the one a session call is being made for; else the only task in
+ * flight on that server. NULL when it cannot be told.
+ */
+static struct task *task_of_message(struct agent *agent, const char *server,
+                                    enum mcp_direction direction, const cJSON *message)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(message, "id");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
+    bool has_method = cJSON_HasObjectItem(message, "method");
+    struct task *task = NULL;
+
+    if (!has_method && direction == MCP_RECEIVED) {
+        task = task_of_request(agent, server, id);
+    } else if (has_method && !id) {
+        const cJSON *about = cJSON_GetObjectItemCaseSensitive(params, "requestId");
+        if (!about)
+            about = cJSON_GetObjectItemCaseSensitive(params, "progressToken");
+        task = task_of_request(agent, server, about);
+    }
+    if (!task && agent->current && direction == MCP_SENT && has_method && cJSON_IsNumber(id))
+        agent->current->request_id = (int64_t)id->valuedouble; /* a new round of its request */
+    return task ? task : current_or_only(agent, server);
+}
+
 static void on_mcp_message(void *userdata, const char *server, enum mcp_direction direction,
                            const char *json)
 {
@@ -170,12 +264,13 @@ static void on_mcp_message(void *userdata, const char *server, enum mcp_directio
     cJSON_AddStringToObject(payload, "direction", direction == MCP_SENT ? "sent" : "received");
     if (message) {
         const char *type = mcp_event_type(message);
+        struct task *task = task_of_message(agent, server, direction, message);
         cJSON_AddItemToObject(payload, "message", message);
-        send_event(agent, agent->current_step, type, payload);
+        send_event(agent, task, type, payload);
     } else {
         /* Not JSON: keep the exact text, the audit trail must show what the server sent. */
         cJSON_AddStringToObject(payload, "raw", json);
-        send_event(agent, agent->current_step, "mcp.garbage", payload);
+        send_event(agent, current_or_only(agent, server), "mcp.garbage", payload);
     }
 }
 
@@ -185,7 +280,7 @@ static void on_mcp_stderr(void *userdata, const char *server, const char *line)
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "server", server);
     cJSON_AddStringToObject(payload, "line", line);
-    send_event(agent, agent->current_step, "mcp.stderr", payload);
+    send_event(agent, current_or_only(agent, server), "mcp.stderr", payload);
 }
 
 /* ---- MCP sessions -------------------------------------------------------------------------- */
@@ -277,7 +372,7 @@ static int open_server(struct agent *agent, const cJSON *entry, struct tr_error 
  * between tries (100 ms, doubling, at most 5 s). Until then calls to it fail as transport
  * errors, which the scheduler retries.
  */
-static void restart_server(struct agent *agent, struct server *server, const char *step_id)
+static void restart_server(struct agent *agent, struct server *server)
 {
     struct tr_error err = {0};
     int64_t now = tr_now_ms();
@@ -304,7 +399,7 @@ static void restart_server(struct agent *agent, struct server *server, const cha
         cJSON_AddStringToObject(payload, "error", err.message);
         tr_log(TR_LOG_WARN, "%s", server->failure);
     }
-    send_event(agent, step_id, "mcp.restarted", payload);
+    send_event(agent, agent->current, "mcp.restarted", payload);
 }
 
 static struct server *find_server(struct agent *agent, const char *name)
@@ -336,7 +431,7 @@ static bool tool_allowed(const struct agent *agent, const char *server, const ch
     return allowed;
 }
 
-/* ---- performing a step ------------------------------------------------------------------- */
+/* ---- tasks ------------------------------------------------------------------------------- */
 
 /* Joins the text items of a CallToolResult's content, for error messages. */
 static char *result_text(const cJSON *result)
@@ -361,34 +456,112 @@ static char *result_text(const cJSON *result)
     return tr_buf_take(&buf);
 }
 
-static int call_tool(struct server *server, const struct bus_msg *assign, const cJSON *arguments,
-                     const cJSON *meta, cJSON **ret_output, struct tr_error *err)
+/* The result's error_class for a failed MCP call. */
+static const char *error_class_of(int code)
 {
-    if (stop_requested)
-        return tr_error_set(err, -ECANCELED, "the agent is stopping");
-    in_call = 1;
-    int rc = mcp_session_call_tool(server->session, assign->tool, arguments, meta,
-                                   (int)assign->timeout_ms, ret_output, err);
-    in_call = 0;
-    return rc;
+    return code == TR_ETIMEDOUT ? "timeout" : code == TR_EPEER ? "transport" : "protocol";
 }
 
-static void perform(struct agent *agent, const struct bus_msg *assign)
+static struct task *task_find(const struct agent *agent, int64_t id)
+{
+    for (size_t i = 0; i < agent->task_count; i++)
+        if (agent->tasks[i]->id == id)
+            return agent->tasks[i];
+    return NULL;
+}
+
+static size_t tasks_on(const struct agent *agent, const struct server *server)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < agent->task_count; i++)
+        n += agent->tasks[i]->server == server;
+    return n;
+}
+
+static void task_add(struct agent *agent, struct task *task)
+{
+    if (agent->task_count == agent->task_alloc) {
+        agent->task_alloc = agent->task_alloc ? 2 * agent->task_alloc : 16;
+        agent->tasks = xrealloc(agent->tasks, agent->task_alloc * sizeof(*agent->tasks));
+    }
+    agent->tasks[agent->task_count++] = task;
+}
+
+/* Takes task out of the table (if it is there) and frees it. */
+static void task_free(struct agent *agent, struct task *task)
+{
+    for (size_t i = 0; i < agent->task_count; i++) {
+        if (agent->tasks[i] != task)
+            continue;
+        memmove(&agent->tasks[i], &agent->tasks[i + 1],
+                (agent->task_count - i - 1) * sizeof(*agent->tasks));
+        agent->task_count--;
+        break;
+    }
+    free(task->step_id);
+    free(task->tool);
+    free(task);
+}
+
+/*
+ * Ends a task: sends its result, ok with output (borrowed, may be NULL) when error is NULL,
+ * else the error and its class; then forgets the task.
+ */
+static void task_complete(struct agent *agent, struct task *task, const cJSON *output,
+                          const char *error, const char *error_class)
 {
     struct bus_msg result = {.type = BUS_RESULT,
-                             .task = assign->task,
-                             .step_id = assign->step_id,
-                             .attempt = assign->attempt};
-    struct tr_error err = {0};
+                             .task = task->id,
+                             .step_id = task->step_id,
+                             .attempt = task->attempt,
+                             .ok = error == NULL,
+                             .error = (char *)error,
+                             .error_class = (char *)error_class};
+
+    tr_log_context(run_of(agent), task->step_id, agent->persona);
+    if (error)
+        tr_log(TR_LOG_WARN, "%s", error);
+    result.json = output ? cJSON_PrintUnformatted(output) : NULL;
+    send_or_log(agent, &result);
+    free(result.json);
+    tr_log_context(run_of(agent), NULL, agent->persona);
+    task_free(agent, task);
+}
+
+/*
+ * An assignment: the agent's own checks (allowlist, server, arguments), then its tools/call
+ * is sent and the task joins the table; the loop completes it. Failures before the call end
+ * the task at once.
+ */
+static void task_start(struct agent *agent, const struct bus_msg *assign)
+{
+    if (task_find(agent, assign->task)) {
+        tr_log(TR_LOG_WARN, "ignoring a second assignment of task %lld", (long long)assign->task);
+        return;
+    }
+    if (agent->task_count >= (size_t)agent->credit)
+        tr_log(TR_LOG_WARN, "task %lld is assigned beyond the credit of %d tasks",
+               (long long)assign->task, agent->credit);
+
+    struct task *task = xcalloc(1, sizeof(*task));
     struct server *server = find_server(agent, assign->server);
     cJSON *arguments = cJSON_Parse(assign->json);
     cJSON *meta = cJSON_CreateObject();
-    cJSON *output = NULL;
+    struct tr_error err = {0};
     char *error = NULL;
     const char *error_class = NULL;
 
-    tr_log_context(run_of(agent), assign->step_id, agent->persona);
-    agent->current_step = assign->step_id;
+    task->id = assign->task;
+    task->step_id = xstrdup(assign->step_id);
+    task->tool = xstrdup(assign->tool);
+    task->attempt = assign->attempt;
+    task->server = server;
+    task->timeout_ms = assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX
+                           ? (int)assign->timeout_ms
+                           : MCP_DEFAULT_TIMEOUT_MS;
+    task->deadline_ms = tr_now_ms() + task->timeout_ms;
+    agent->current = task;
+    tr_log_context(run_of(agent), task->step_id, agent->persona);
     cJSON_AddStringToObject(meta, "io.troupe/idempotency-key", assign->idempotency_key);
     if (!tool_allowed(agent, assign->server, assign->tool)) {
         error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
@@ -397,49 +570,154 @@ static void perform(struct agent *agent, const struct bus_msg *assign)
         cJSON_AddStringToObject(payload, "server", assign->server);
         cJSON_AddStringToObject(payload, "tool", assign->tool);
         cJSON_AddStringToObject(payload, "reason", error);
-        send_event(agent, assign->step_id, "policy.denied", payload);
+        send_event(agent, task, "policy.denied", payload);
         error_class = "policy";
     } else if (!server) {
         error = xasprintf("persona '%s' has no server '%s'", agent->persona, assign->server);
         error_class = "policy";
-    } else if (!server->session &&
-               (restart_server(agent, server, assign->step_id), !server->session)) {
+    } else if (!server->session && (restart_server(agent, server), !server->session)) {
         error = xstrdup(server->failure ? server->failure : "the MCP server is restarting");
         error_class = "transport";
     } else if (!cJSON_IsObject(arguments)) {
         error =
             xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
         error_class = "protocol";
-    } else if (call_tool(server, assign, arguments, meta, &output, &err) < 0) {
+    } else if (mcp_session_call_tool_start(server->session, assign->tool, arguments, meta,
+                                           &task->ticket, &err) < 0) {
         error = xstrdup(err.message);
-        error_class = err.code == TR_ETIMEDOUT ? "timeout"
-                      : err.code == TR_EPEER   ? "transport"
-                                               : "protocol";
+        error_class = error_class_of(err.code);
+    }
+    agent->current = NULL;
+    tr_log_context(run_of(agent), NULL, agent->persona);
+    if (error)
+        task_complete(agent, task, NULL, error, error_class);
+    else
+        task_add(agent, task);
+    free(error);
+    cJSON_Delete(arguments);
+    cJSON_Delete(meta);
+}
+
+/* Takes the result of a task whose ticket is done and completes it. Returns the call's rc. */
+static int task_finish(struct agent *agent, struct task *task)
+{
+    struct server *server = task->server;
+    int64_t left = task->deadline_ms - tr_now_ms();
+    struct tr_error err = {0};
+    cJSON *output = NULL;
+    char *error = NULL;
+    const char *error_class = NULL;
+
+    agent->current = task;
+    int rc = mcp_session_call_tool_finish(server->session, task->ticket, left > 0 ? (int)left : 1,
+                                          &output, &err);
+    agent->current = NULL;
+    if (rc < 0) {
+        error = xstrdup(err.message);
+        error_class = error_class_of(err.code);
     } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(output, "isError"))) {
         char *text = result_text(output);
-        error = xasprintf("tool %s.%s reported an error: %s", assign->server, assign->tool,
+        error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool,
                           *text ? text : "(no text)");
         error_class = "tool";
         free(text);
     }
-
-    result.ok = error == NULL;
-    result.error = error;
-    result.error_class = (char *)error_class;
-    result.json = output ? cJSON_PrintUnformatted(output) : NULL;
-    if (error)
-        tr_log(TR_LOG_WARN, "%s", error);
-    send_or_log(agent, &result);
-    /* A server that died is started again now, so the retry finds it ready. */
-    if (server && err.code == TR_EPEER)
-        restart_server(agent, server, assign->step_id);
-    agent->current_step = NULL;
-    tr_log_context(run_of(agent), NULL, agent->persona);
-    free(result.json);
+    task_complete(agent, task, output, error, error_class);
     free(error);
     cJSON_Delete(output);
-    cJSON_Delete(arguments);
-    cJSON_Delete(meta);
+    return rc;
+}
+
+/* Gives a task up: notifications/cancelled with reason to its server, and a failed result. */
+static void task_abort(struct agent *agent, struct task *task, const char *reason,
+                       const char *error, const char *error_class)
+{
+    agent->current = task;
+    mcp_session_cancel(task->server->session, task->ticket, reason);
+    agent->current = NULL;
+    task_complete(agent, task, NULL, error, error_class);
+}
+
+/* Tasks whose time is up are cancelled and fail as timeouts. */
+static void expire_tasks(struct agent *agent)
+{
+    int64_t now = tr_now_ms();
+    for (size_t i = 0; i < agent->task_count;) {
+        struct task *task = agent->tasks[i];
+        if (task->deadline_ms > now) {
+            i++;
+            continue;
+        }
+        char *error = xasprintf("MCP server '%s' did not answer tools/call within %d ms",
+                                task->server->name, task->timeout_ms);
+        task_abort(agent, task, "timed out", error, "timeout");
+        free(error);
+    }
+}
+
+/* The scheduler's cancel: the task's request is cancelled with its reason, the task fails. */
+static void cancel_task(struct agent *agent, const struct bus_msg *cancel)
+{
+    struct task *task = task_find(agent, cancel->task);
+    if (!task) {
+        tr_log(TR_LOG_DEBUG, "ignoring a cancel for task %lld, which is not here",
+               (long long)cancel->task);
+        return;
+    }
+    const char *reason = cancel->error ? cancel->error : "cancelled by the scheduler";
+    task_abort(agent, task, reason, reason, "cancelled");
+}
+
+/*
+ * Reads what server sent (without waiting) and completes its tasks whose response came. When
+ * it died, every task on it fails as a transport error and it is started again, so that the
+ * retry finds it ready.
+ */
+static void pump_server(struct agent *agent, struct server *server)
+{
+    struct tr_error err = {0};
+    int rc;
+    /* After a bad message the lines behind it are already read: poll again to handle them. */
+    for (int round = 0; (rc = mcp_session_poll(server->session, 0, &err)) == TR_EPROTO; round++) {
+        /* A bad message is the call's failure when there is one call to blame. */
+        struct task *only = only_task_on(agent, server->name);
+        if (only)
+            task_abort(agent, only, "troupe gave up: protocol error", err.message, "protocol");
+        else
+            tr_log(TR_LOG_WARN, "%s", err.message);
+        if (round == MAX_DRAIN)
+            break;
+    }
+    if (rc < 0 && rc != TR_EPEER && rc != TR_EPROTO)
+        tr_log(TR_LOG_WARN, "%s", err.message);
+    /* Again after each pass: taking one result may read (and park) another's. */
+    bool died = false, finished = true;
+    while (finished) {
+        finished = false;
+        for (size_t i = 0; i < agent->task_count;) {
+            struct task *task = agent->tasks[i];
+            if (task->server != server || !mcp_session_ticket_done(server->session, task->ticket)) {
+                i++;
+                continue;
+            }
+            died |= task_finish(agent, task) == TR_EPEER; /* takes it out of the table */
+            finished = true;
+        }
+    }
+    if (died && tasks_on(agent, server) == 0)
+        restart_server(agent, server);
+}
+
+/* On the way out: the servers are told to stop working on what is in flight. */
+static void cancel_all(struct agent *agent, const char *reason)
+{
+    while (agent->task_count > 0) {
+        struct task *task = agent->tasks[0];
+        agent->current = task;
+        mcp_session_cancel(task->server->session, task->ticket, reason);
+        agent->current = NULL;
+        task_free(agent, task);
+    }
 }
 
 /* ---- life cycle --------------------------------------------------------------------------- */
@@ -468,6 +746,9 @@ static int wait_for_welcome(struct agent *agent, struct tr_error *err)
         bus_msg_free(&msg);
         if (!cJSON_IsObject(agent->config))
             return tr_error_set(err, TR_EPROTO, "welcome carries no persona configuration");
+        const cJSON *credit = cJSON_GetObjectItemCaseSensitive(agent->config, "credit");
+        double wanted = cJSON_IsNumber(credit) ? credit->valuedouble : 1;
+        agent->credit = wanted < 1 ? 1 : wanted > MAX_CREDIT ? MAX_CREDIT : (int)wanted;
         tr_log_context(run_of(agent), NULL, agent->persona);
         return 0;
     }
@@ -531,31 +812,118 @@ static char *destructive_tools(struct agent *agent)
     return json;
 }
 
-static void serve(struct agent *agent)
+/* Handles one message from the scheduler; returns false for shutdown. */
+static bool handle_message(struct agent *agent, const struct bus_msg *msg)
 {
-    while (!stop_requested) {
+    switch (msg->type) {
+    case BUS_ASSIGN:
+        task_start(agent, msg);
+        return true;
+    case BUS_CANCEL:
+        cancel_task(agent, msg);
+        return true;
+    case BUS_SHUTDOWN:
+        return false;
+    default:
+        tr_log(TR_LOG_WARN, "ignoring unexpected %s message", bus_msg_type_name(msg->type));
+        return true;
+    }
+}
+
+/* Everything the scheduler has sent so far; returns false for shutdown. */
+static bool drain_bus(struct agent *agent)
+{
+    for (int i = 0; i < MAX_DRAIN; i++) {
         struct tr_error err = {0};
         struct bus_msg *msg = NULL;
-        if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
-            struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
-            send_or_log(agent, &heartbeat);
-        }
-        if (bus_recv(agent->bus, BUS_HEARTBEAT_MS / 2, &msg, &err) < 0) {
+        if (bus_recv(agent->bus, 0, &msg, &err) < 0) {
             tr_log(TR_LOG_WARN, "%s", err.message);
             continue;
         }
         if (!msg)
-            continue;
-        if (msg->type == BUS_ASSIGN) {
-            perform(agent, msg);
-        } else if (msg->type == BUS_SHUTDOWN) {
-            bus_msg_free(&msg);
-            return;
-        } else {
-            tr_log(TR_LOG_WARN, "ignoring unexpected %s message", bus_msg_type_name(msg->type));
-        }
+            return true;
+        bool go_on = handle_message(agent, msg);
         bus_msg_free(&msg);
+        if (!go_on)
+            return false;
     }
+    return true;
+}
+
+/* How long the loop may sleep: until the next heartbeat is due or a task's time is up. */
+static long poll_timeout(const struct agent *agent, bool drive_http)
+{
+    int64_t wake = agent->last_sent_ms + BUS_HEARTBEAT_MS;
+    for (size_t i = 0; i < agent->task_count; i++)
+        if (agent->tasks[i]->deadline_ms < wake)
+            wake = agent->tasks[i]->deadline_ms;
+    int64_t left = wake - tr_now_ms();
+    if (drive_http && left > HTTP_PUMP_MS)
+        left = HTTP_PUMP_MS;
+    return left < 0 ? 0 : (long)left;
+}
+
+/*
+ * The event loop: zmq_poll over the bus, the signal pipe and the pipes of the servers that
+ * have tasks in flight; then the bus is drained, the servers that stirred are read, expired
+ * tasks are cancelled and a heartbeat goes out when the scheduler has heard nothing for a
+ * while.
+ */
+static void serve(struct agent *agent)
+{
+    zmq_pollitem_t items[2 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
+    struct server *owner[2 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
+    bool stirred[MAX_SERVERS];
+
+    while (!stop_requested) {
+        int n = 0;
+        bool drive_http = false;
+        memset(stirred, 0, sizeof(stirred));
+        items[n++] = (zmq_pollitem_t){.socket = bus_socket(agent->bus), .events = ZMQ_POLLIN};
+        items[n++] = (zmq_pollitem_t){.fd = signal_pipe[0], .events = ZMQ_POLLIN};
+        for (size_t i = 0; i < agent->server_count; i++) {
+            struct server *server = &agent->servers[i];
+            struct pollfd fds[MCP_SESSION_MAX_FDS];
+            if (!server->session || tasks_on(agent, server) == 0)
+                continue;
+            size_t count = mcp_session_pollfds(server->session, fds);
+            if (count == 0) /* HTTP, or gone: it is driven (or finished) every turn */
+                stirred[i] = drive_http = true;
+            for (size_t j = 0; j < count; j++) {
+                owner[n] = server;
+                items[n++] = (zmq_pollitem_t){
+                    .fd = fds[j].fd,
+                    .events = (short)(((fds[j].events & POLLIN) ? ZMQ_POLLIN : 0) |
+                                      ((fds[j].events & POLLOUT) ? ZMQ_POLLOUT : 0))};
+            }
+        }
+        if (zmq_poll(items, n, poll_timeout(agent, drive_http)) < 0 && errno != EINTR) {
+            tr_log(TR_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+            break;
+        }
+        if (stop_requested)
+            break;
+        if (items[1].revents) {
+            char drain[64];
+            while (read(signal_pipe[0], drain, sizeof(drain)) > 0)
+                ;
+        }
+        for (int i = 2; i < n; i++)
+            if (items[i].revents)
+                stirred[owner[i] - agent->servers] = true;
+        if (!drain_bus(agent))
+            break;
+        for (size_t i = 0; i < agent->server_count; i++)
+            if (stirred[i] && agent->servers[i].session && tasks_on(agent, &agent->servers[i]))
+                pump_server(agent, &agent->servers[i]);
+        expire_tasks(agent);
+        if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
+            struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
+            send_or_log(agent, &heartbeat);
+            agent->last_sent_ms = tr_now_ms(); /* also when it failed: no busy loop */
+        }
+    }
+    cancel_all(agent, "the agent is stopping");
 }
 
 static void usage(FILE *out)
@@ -661,6 +1029,10 @@ int main(int argc, char **argv)
     tr_log_setup("troupe-agent", level, format);
     tr_log_context(NULL, NULL, agent.persona);
     signal(SIGPIPE, SIG_IGN);
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        tr_log(TR_LOG_ERROR, "pipe: %s", strerror(errno));
+        return 1;
+    }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
@@ -716,6 +1088,7 @@ out:
     }
     if (status == 0)
         send_bye(&agent, stop_requested ? "stopped by a signal" : NULL);
+    free(agent.tasks);
     cJSON_Delete(agent.config);
     bus_free(&agent.bus);
     tr_log_context(NULL, NULL, NULL);

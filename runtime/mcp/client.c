@@ -146,6 +146,22 @@ static bool id_in_flight(const struct mcp_session *s, const cJSON *id)
     return false;
 }
 
+const struct mcp__pending *mcp__pending_find(const struct mcp_session *s, int64_t ticket)
+{
+    for (const struct mcp__pending *p = s->pending; p; p = p->next)
+        if (p->ticket == ticket)
+            return p;
+    return NULL;
+}
+
+bool mcp__parked_has(const struct mcp_session *s, int64_t id)
+{
+    for (const struct mcp__parked *p = s->parked; p; p = p->next)
+        if (p->id == id)
+            return true;
+    return false;
+}
+
 struct mcp__pending *mcp__pending_take(struct mcp_session *s, int64_t ticket)
 {
     for (struct mcp__pending **pp = &s->pending; *pp; pp = &(*pp)->next) {
@@ -262,6 +278,7 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
 static int wait_http(struct mcp_session *s, int64_t id, const char *method, int64_t deadline,
                      int timeout_ms, cJSON **ret_response, struct tr_error *err)
 {
+    bool pumped = false;
     for (;;) {
         struct mcp__inbound *in;
         while ((in = mcp__http_next(s->http))) {
@@ -277,10 +294,12 @@ static int wait_http(struct mcp_session *s, int64_t id, const char *method, int6
                 return rc < 0 ? rc : 0;
         }
         int64_t left = deadline - tr_now_ms();
-        if (left <= 0)
+        if (left <= 0 && pumped)
             return tr_error_set(err, TR_ETIMEDOUT, "MCP server '%s' did not answer %s within %d ms",
                                 s->name, method, timeout_ms);
-        mcp__http_pump(s->http, left > HTTP_PUMP_MS ? HTTP_PUMP_MS : (int)left);
+        /* At least once, so that a wait without time (a poll) still moves the transfers. */
+        pumped = true;
+        mcp__http_pump(s->http, left <= 0 ? 0 : left > HTTP_PUMP_MS ? HTTP_PUMP_MS : (int)left);
     }
 }
 
@@ -296,6 +315,7 @@ int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, in
         return rc < 0 ? rc : 0;
     if (s->http)
         return wait_http(s, id, method, deadline, timeout_ms, ret_response, err);
+    bool polled = false;
     for (;;) {
         rc = handle_buffered(s, id, method, ret_response, err);
         if (rc != 0)
@@ -312,9 +332,11 @@ int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, in
         if (s->stdout_eof || s->stdin_broken)
             return peer_gone(s, method, deadline, err);
         int64_t left = deadline - tr_now_ms();
-        if (left <= 0)
+        if (left <= 0 && polled)
             return tr_error_set(err, TR_ETIMEDOUT, "MCP server '%s' did not answer %s within %d ms",
                                 s->name, method, timeout_ms);
+        /* At least once, so that a wait without time (a poll) still reads what is there. */
+        polled = true;
 
         struct pollfd fds[3];
         nfds_t nfds = 0, at_err = 3, at_in = 3;
@@ -327,7 +349,7 @@ int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, in
             at_in = nfds;
             fds[nfds++] = (struct pollfd){.fd = s->proc.in_fd, .events = POLLOUT};
         }
-        int ready = poll(fds, nfds, left > 60000 ? 60000 : (int)left);
+        int ready = poll(fds, nfds, left <= 0 ? 0 : left > 60000 ? 60000 : (int)left);
         if (ready < 0 && errno != EINTR)
             return tr_error_set(err, TR_EIO, "poll: %s", strerror(errno));
         if (ready <= 0)

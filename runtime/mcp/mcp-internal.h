@@ -274,6 +274,10 @@ int mcp__request(struct mcp_session *s, const char *method, const cJSON *params,
 void mcp__set_version(struct mcp_session *s, const char *version, bool modern);
 void mcp__parked_free_all(struct mcp_session *s);
 void mcp__unpark_drop(struct mcp_session *s, int64_t id);
+/* A pipelined request by its ticket (NULL if unknown). */
+const struct mcp__pending *mcp__pending_find(const struct mcp_session *s, int64_t ticket);
+/* Whether something (a response or a transport failure) is parked for id. */
+bool mcp__parked_has(const struct mcp_session *s, int64_t id);
 /* Takes a pipelined request out of the table (NULL if unknown). */
 struct mcp__pending *mcp__pending_take(struct mcp_session *s, int64_t ticket);
 void mcp__pending_free(struct mcp__pending *p);

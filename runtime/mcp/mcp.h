@@ -12,6 +12,7 @@
 #define TROUPE_MCP_H
 
 #include <cjson/cJSON.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -151,10 +152,40 @@ int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t
                        struct tr_error *err) TR_MUST_CHECK;
 /*
  * Waits up to timeout_ms for what the server sends on its own (notifications, requests),
- * handling it. Returns 0, or an error if the server is gone.
+ * handling it, and keeps the responses to tickets in flight for their waiters. With 0 it
+ * does not wait but still reads and handles what is there. Returns 0, or an error: TR_EPEER
+ * if the server is gone (it is then stopped and reaped), TR_EPROTO for a message that is not
+ * JSON-RPC (the rest is read by the next call).
  */
 int mcp_session_poll(struct mcp_session *session, int timeout_ms,
                      struct tr_error *err) TR_MUST_CHECK;
+/*
+ * For an event loop that keeps several tickets in flight without blocking:
+ *
+ *     n = mcp_session_pollfds(session, fds);      -- wait on these (poll, zmq_poll), then
+ *     mcp_session_poll(session, 0, &err);         -- read and handle what arrived, and
+ *     if (mcp_session_ticket_done(session, t))    -- for each ticket that is done,
+ *         mcp_session_wait(session, t, ms, ...);  -- take its result: this does not block
+ *
+ * (mcp_session_wait may still block up to its timeout when the modern era needs another round
+ * for the request: an UnsupportedProtocolVersionError retry or an InputRequiredResult.)
+ */
+#define MCP_SESSION_MAX_FDS 3
+/*
+ * The descriptors to wait on, with their poll(2) events, before pumping the session with
+ * mcp_session_poll(session, 0, ...): a stdio server's stdout and stderr (both must be read, or
+ * a chatty server blocks), and its stdin while queued requests wait to be written. Returns how
+ * many it wrote to ret_fds: 0 once the server is gone, and always 0 for HTTP, whose transfers
+ * move only inside session calls (pump those with mcp_session_poll and a short timeout).
+ */
+size_t mcp_session_pollfds(const struct mcp_session *session,
+                           struct pollfd ret_fds[MCP_SESSION_MAX_FDS]);
+/*
+ * Whether waiting for ticket would not block: its response (or its failure) has arrived, or
+ * the server is gone (the wait then gives what it had sent, or TR_EPEER), or the ticket is
+ * unknown (TR_EINVAL). Never blocks and reads nothing: mcp_session_poll does the reading.
+ */
+bool mcp_session_ticket_done(const struct mcp_session *session, int64_t ticket);
 /* A notification (params borrowed, may be NULL). */
 int mcp_session_notify(struct mcp_session *session, const char *method, const cJSON *params,
                        struct tr_error *err) TR_MUST_CHECK;
@@ -181,6 +212,19 @@ pid_t mcp_session_pid(const struct mcp_session *session);
 int mcp_session_call_tool(struct mcp_session *session, const char *tool, const cJSON *arguments,
                           const cJSON *meta, int timeout_ms, cJSON **ret_result,
                           struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * mcp_session_call_tool in two halves, for several calls in flight: _start sends tools/call
+ * (same arguments and checks) and returns at once with a ticket for mcp_session_ticket_done
+ * and mcp_session_cancel; _finish waits for it as mcp_session_wait does and checks the
+ * CallToolResult, with the returns of mcp_session_call_tool (TR_EINVAL if ticket is not a
+ * tools/call in flight). A ticket is finished or cancelled once.
+ */
+int mcp_session_call_tool_start(struct mcp_session *session, const char *tool,
+                                const cJSON *arguments, const cJSON *meta, int64_t *ret_ticket,
+                                struct tr_error *err) TR_MUST_CHECK;
+int mcp_session_call_tool_finish(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                                 cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
 
 /* tools/list, following every page; *ret_tools is an array of Tool objects. */
 int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **ret_tools,

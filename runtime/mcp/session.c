@@ -280,6 +280,30 @@ void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char 
     mcp__pending_free(p);
 }
 
+bool mcp_session_ticket_done(const struct mcp_session *session, int64_t ticket)
+{
+    const struct mcp__pending *p = mcp__pending_find(session, ticket);
+    /* A server that is gone answers every wait at once, with what it sent before or an error. */
+    return !p || session->dead || session->stdout_eof || session->stdin_broken ||
+           mcp__parked_has(session, p->id);
+}
+
+size_t mcp_session_pollfds(const struct mcp_session *session,
+                           struct pollfd ret_fds[MCP_SESSION_MAX_FDS])
+{
+    const struct mcp__process *proc = &session->proc;
+    size_t n = 0;
+    if (session->http || session->dead)
+        return 0;
+    if (proc->out_fd >= 0)
+        ret_fds[n++] = (struct pollfd){.fd = proc->out_fd, .events = POLLIN};
+    if (proc->err_fd >= 0)
+        ret_fds[n++] = (struct pollfd){.fd = proc->err_fd, .events = POLLIN};
+    if (proc->in_fd >= 0 && session->outq.len > 0)
+        ret_fds[n++] = (struct pollfd){.fd = proc->in_fd, .events = POLLOUT};
+    return n;
+}
+
 int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t *ret_ticket,
                        struct tr_error *err)
 {
@@ -322,25 +346,32 @@ int mcp_session_notify(struct mcp_session *session, const char *method, const cJ
     return 0;
 }
 
-int mcp_session_call_tool(struct mcp_session *session, const char *tool, const cJSON *arguments,
-                          const cJSON *meta, int timeout_ms, cJSON **ret_result,
-                          struct tr_error *err)
+/* Whether tools/call's arguments and _meta are objects (or absent), as the call needs. */
+static int check_tool_call(const char *tool, const cJSON *arguments, const cJSON *meta,
+                           struct tr_error *err)
 {
     if (!tool || (arguments && !cJSON_IsObject(arguments)) || (meta && !cJSON_IsObject(meta)))
         return tr_error_set(err, TR_EINVAL,
                             "tools/call needs a tool name, and arguments and _meta as objects");
+    return 0;
+}
+
+/* tools/call's params: name, arguments and _meta (copied). */
+static cJSON *tool_call_params(const char *tool, const cJSON *arguments, const cJSON *meta)
+{
     cJSON *params = cJSON_CreateObject();
     cJSON_AddStringToObject(params, "name", tool);
     if (arguments)
         cJSON_AddItemToObject(params, "arguments", cJSON_Duplicate(arguments, 1));
     if (meta)
         cJSON_AddItemToObject(params, "_meta", cJSON_Duplicate(meta, 1));
+    return params;
+}
 
-    cJSON *result = NULL;
-    int rc = mcp__request(session, "tools/call", params, timeout_ms, true, &result, err);
-    cJSON_Delete(params);
-    if (rc < 0)
-        return rc;
+/* Checks that result (taken) is a CallToolResult; 0 with it in *ret_result, or TR_EPROTO. */
+static int take_tool_result(struct mcp_session *session, const char *tool, cJSON *result,
+                            cJSON **ret_result, struct tr_error *err)
+{
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
     const cJSON *is_error = cJSON_GetObjectItemCaseSensitive(result, "isError");
     if ((content && !cJSON_IsArray(content)) || (is_error && !cJSON_IsBool(is_error))) {
@@ -352,6 +383,51 @@ int mcp_session_call_tool(struct mcp_session *session, const char *tool, const c
     }
     *ret_result = result;
     return 0;
+}
+
+int mcp_session_call_tool(struct mcp_session *session, const char *tool, const cJSON *arguments,
+                          const cJSON *meta, int timeout_ms, cJSON **ret_result,
+                          struct tr_error *err)
+{
+    int rc = check_tool_call(tool, arguments, meta, err);
+    if (rc < 0)
+        return rc;
+    cJSON *params = tool_call_params(tool, arguments, meta);
+    cJSON *result = NULL;
+    rc = mcp__request(session, "tools/call", params, timeout_ms, true, &result, err);
+    cJSON_Delete(params);
+    if (rc < 0)
+        return rc;
+    return take_tool_result(session, tool, result, ret_result, err);
+}
+
+int mcp_session_call_tool_start(struct mcp_session *session, const char *tool,
+                                const cJSON *arguments, const cJSON *meta, int64_t *ret_ticket,
+                                struct tr_error *err)
+{
+    int rc = check_tool_call(tool, arguments, meta, err);
+    if (rc < 0)
+        return rc;
+    cJSON *params = tool_call_params(tool, arguments, meta);
+    rc = mcp_session_send(session, "tools/call", params, ret_ticket, err);
+    cJSON_Delete(params);
+    return rc;
+}
+
+int mcp_session_call_tool_finish(struct mcp_session *session, int64_t ticket, int timeout_ms,
+                                 cJSON **ret_result, struct tr_error *err)
+{
+    const struct mcp__pending *p = mcp__pending_find(session, ticket);
+    const cJSON *name = p ? cJSON_GetObjectItemCaseSensitive(p->params, "name") : NULL;
+    if (!p || !p->method || strcmp(p->method, "tools/call") != 0 || !cJSON_IsString(name))
+        return tr_error_set(err, TR_EINVAL, "no tools/call %lld is in flight", (long long)ticket);
+    char *tool = xstrdup(name->valuestring); /* the ticket's params go once it is waited for */
+    cJSON *result = NULL;
+    int rc = mcp_session_wait(session, ticket, timeout_ms, &result, err);
+    if (rc == 0)
+        rc = take_tool_result(session, tool, result, ret_result, err);
+    free(tool);
+    return rc;
 }
 
 int mcp_session_list_all(struct mcp_session *session, const char *method, const char *key,

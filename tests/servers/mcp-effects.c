@@ -17,49 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jsonrpc-stdout.h"
+
 static sqlite3 *db;
-
-static void reply(cJSON *message)
-{
-    char *text = cJSON_PrintUnformatted(message);
-    size_t len = strlen(text);
-    text[len] = '\n'; /* replaces the NUL: written with its length */
-    fwrite(text, 1, len + 1, stdout);
-    fflush(stdout);
-    free(text);
-    cJSON_Delete(message);
-}
-
-static cJSON *response(const cJSON *id)
-{
-    cJSON *message = cJSON_CreateObject();
-    cJSON_AddStringToObject(message, "jsonrpc", "2.0");
-    cJSON_AddItemToObject(message, "id", cJSON_Duplicate(id, true));
-    return message;
-}
-
-static void error_response(const cJSON *id, int code, const char *text)
-{
-    cJSON *message = response(id);
-    cJSON *error = cJSON_AddObjectToObject(message, "error");
-    cJSON_AddNumberToObject(error, "code", code);
-    cJSON_AddStringToObject(error, "message", text);
-    reply(message);
-}
-
-static void text_result(const cJSON *id, const char *text, bool is_error, cJSON *structured)
-{
-    cJSON *message = response(id);
-    cJSON *result = cJSON_AddObjectToObject(message, "result");
-    cJSON *item = cJSON_CreateObject();
-    cJSON_AddStringToObject(item, "type", "text");
-    cJSON_AddStringToObject(item, "text", text);
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(result, "content"), item);
-    if (structured)
-        cJSON_AddItemToObject(result, "structuredContent", structured);
-    cJSON_AddBoolToObject(result, "isError", is_error);
-    reply(message);
-}
 
 static int exec_sql(const char *sql)
 {
@@ -149,21 +109,8 @@ static void handle(const cJSON *message)
 
     if (!cJSON_IsString(method) || !id)
         return; /* a notification or a response: nothing to answer */
-    if (strcmp(method->valuestring, "initialize") == 0) {
-        const cJSON *version = cJSON_GetObjectItemCaseSensitive(params, "protocolVersion");
-        cJSON *message_out = response(id);
-        cJSON *result = cJSON_AddObjectToObject(message_out, "result");
-        cJSON_AddStringToObject(result, "protocolVersion",
-                                cJSON_IsString(version) ? version->valuestring : "2025-06-18");
-        cJSON_AddObjectToObject(cJSON_AddObjectToObject(result, "capabilities"), "tools");
-        cJSON *info = cJSON_AddObjectToObject(result, "serverInfo");
-        cJSON_AddStringToObject(info, "name", "test-mcp-effects");
-        cJSON_AddStringToObject(info, "version", "1");
-        reply(message_out);
-    } else if (strcmp(method->valuestring, "ping") == 0) {
-        cJSON *message_out = response(id);
-        cJSON_AddObjectToObject(message_out, "result");
-        reply(message_out);
+    if (answer_handshake(method->valuestring, id, params, "test-mcp-effects")) {
+        return;
     } else if (strcmp(method->valuestring, "tools/list") == 0) {
         cJSON *message_out = response(id);
         cJSON *result = cJSON_AddObjectToObject(message_out, "result");

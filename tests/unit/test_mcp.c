@@ -1027,3 +1027,137 @@ Test(mcp_stdio, by_default_the_stateless_revision_is_preferred)
     recorder_release(&r);
     free(path);
 }
+
+/* ---- several calls in flight, driven by the caller's own poll -------------------------- */
+
+/* Opens test-mcp-concurrent (works on every call at once), logging to a temporary file. */
+static struct mcp_session *open_concurrent(struct recorder *r, char **ret_log)
+{
+    char *path = program_path("tests/test-mcp-concurrent");
+    char log[] = "/tmp/troupe-concurrent-XXXXXX";
+    int fd = mkstemp(log);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    const char *argv[] = {path, log, NULL};
+    struct mcp_session *s = NULL;
+    struct tr_error err = {0};
+    int rc = open_argv(argv, 0, 10000, r, &s, &err);
+    free(path);
+    cr_assert_eq(rc, 0, "opening test-mcp-concurrent failed: %s", err.message);
+    *ret_log = xstrdup(log);
+    return s;
+}
+
+static int64_t start_call(struct mcp_session *s, const char *tool, const char *arguments_json)
+{
+    cJSON *arguments = cJSON_Parse(arguments_json);
+    cJSON *meta = cJSON_Parse("{\"io.troupe/idempotency-key\":\"k\"}");
+    int64_t ticket = 0;
+    struct tr_error err = {0};
+    cr_assert_eq(mcp_session_call_tool_start(s, tool, arguments, meta, &ticket, &err), 0, "%s",
+                 err.message);
+    cJSON_Delete(meta);
+    cJSON_Delete(arguments);
+    return ticket;
+}
+
+/* Waits on the session's descriptors, then pumps it without blocking; the pump's rc. */
+static int pump(struct mcp_session *s, int timeout_ms, struct tr_error *err)
+{
+    struct pollfd fds[MCP_SESSION_MAX_FDS];
+    size_t n = mcp_session_pollfds(s, fds);
+    if (n > 0)
+        cr_assert_geq(poll(fds, n, timeout_ms), 0);
+    int64_t start = tr_now_ms();
+    int rc = mcp_session_poll(s, 0, err);
+    cr_assert_lt(tr_now_ms() - start, 50, "a poll without time blocked");
+    return rc;
+}
+
+Test(mcp_stdio, calls_in_flight_complete_in_the_order_they_are_answered, .timeout = 30)
+{
+    struct recorder r = {0};
+    char *log = NULL;
+    struct mcp_session *s = open_concurrent(&r, &log);
+    struct tr_error err = {0};
+    struct pollfd fds[MCP_SESSION_MAX_FDS];
+    cr_assert_eq(mcp_session_pollfds(s, fds), 2, "stdout and stderr, stdin's queue is empty");
+    cr_assert(fds[0].events & POLLIN);
+
+    int64_t slow = start_call(s, "sleep", "{\"ms\":600}");
+    int64_t fast = start_call(s, "sleep", "{\"ms\":50}");
+    cr_assert_neq(slow, fast);
+    cr_assert(!mcp_session_ticket_done(s, slow) && !mcp_session_ticket_done(s, fast));
+    int64_t start = tr_now_ms();
+    while (!mcp_session_ticket_done(s, fast)) {
+        cr_assert_eq(pump(s, 1000, &err), 0, "%s", err.message);
+        cr_assert_lt(tr_now_ms() - start, 5000, "the fast call never came back");
+    }
+    cr_assert(!mcp_session_ticket_done(s, slow), "the slow call came back with the fast one");
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_call_tool_finish(s, fast, 1000, &result, &err), 0, "%s", err.message);
+    cr_assert_str_eq(first_text(result), "slept");
+    cJSON_Delete(result);
+    result = NULL;
+    /* Taken once: the ticket is gone now. */
+    cr_assert(mcp_session_ticket_done(s, fast));
+    cr_assert_eq(mcp_session_call_tool_finish(s, fast, 1000, &result, &err), TR_EINVAL);
+
+    while (!mcp_session_ticket_done(s, slow)) {
+        cr_assert_eq(pump(s, 1000, &err), 0, "%s", err.message);
+        cr_assert_lt(tr_now_ms() - start, 5000, "the slow call never came back");
+    }
+    int64_t took = tr_now_ms() - start;
+    cr_assert(took >= 550 && took < 1000, "600 ms and 50 ms at once took %lld ms", (long long)took);
+    cr_assert_eq(mcp_session_call_tool_finish(s, slow, 1000, &result, &err), 0, "%s", err.message);
+    cJSON_Delete(result);
+
+    /* A tools/call cancelled while in flight: notifications/cancelled names its request. */
+    int64_t dropped = start_call(s, "sleep", "{\"ms\":60000}");
+    mcp_session_cancel(s, dropped, "no longer needed");
+    cJSON *last = cJSON_Parse(r.messages[r.n_messages - 1]);
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(last, "params");
+    cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(last, "method")->valuestring,
+                     "notifications/cancelled");
+    cr_assert_eq(cJSON_GetObjectItemCaseSensitive(params, "requestId")->valuedouble,
+                 (double)dropped);
+    cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(params, "reason")->valuestring,
+                     "no longer needed");
+    cJSON_Delete(last);
+    cr_assert_eq(mcp_session_call_tool_finish(s, dropped, 1000, &result, &err), TR_EINVAL);
+    mcp_session_free(&s);
+    assert_no_children();
+    recorder_release(&r);
+    unlink(log);
+    free(log);
+}
+
+Test(mcp_stdio, a_server_dying_ends_every_call_in_flight, .timeout = 30)
+{
+    char *log = NULL;
+    struct mcp_session *s = open_concurrent(NULL, &log);
+    struct tr_error err = {0};
+    int64_t tickets[3];
+    for (int i = 0; i < 3; i++)
+        tickets[i] = start_call(s, "sleep", "{\"ms\":60000}");
+    cr_assert_eq(kill(mcp_session_pid(s), SIGKILL), 0);
+    int rc = 0;
+    for (int64_t start = tr_now_ms(); rc == 0;) {
+        rc = pump(s, 1000, &err);
+        cr_assert_lt(tr_now_ms() - start, 5000, "the server's death went unnoticed");
+    }
+    cr_assert_eq(rc, TR_EPEER, "rc %d: %s", rc, err.message);
+    struct pollfd fds[MCP_SESSION_MAX_FDS];
+    cr_assert_eq(mcp_session_pollfds(s, fds), 0, "nothing to wait on once the server is gone");
+    for (int i = 0; i < 3; i++) {
+        cJSON *result = NULL;
+        cr_assert(mcp_session_ticket_done(s, tickets[i]));
+        rc = mcp_session_call_tool_finish(s, tickets[i], 1000, &result, &err);
+        cr_assert_eq(rc, TR_EPEER, "rc %d: %s", rc, err.message);
+        cr_assert(strstr(err.message, "killed by signal 9"), "%s", err.message);
+    }
+    mcp_session_free(&s);
+    assert_no_children();
+    unlink(log);
+    free(log);
+}

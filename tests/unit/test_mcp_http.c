@@ -217,6 +217,31 @@ Test(mcp_http, modern_server_is_spoken_to_without_handshake, .timeout = 30)
     server_stop(&srv);
 }
 
+Test(mcp_http, calls_in_flight_are_driven_by_polls_without_descriptors, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, true);
+    struct mcp_session *s = open_http(&srv, 0);
+    struct pollfd fds[MCP_SESSION_MAX_FDS];
+    cr_assert_eq(mcp_session_pollfds(s, fds), 0, "an HTTP session has no descriptors to offer");
+    struct tr_error err = {0};
+    cJSON *arguments = cJSON_Parse("{\"message\":\"in flight\"}");
+    int64_t ticket;
+    cr_assert_eq(mcp_session_call_tool_start(s, "echo", arguments, NULL, &ticket, &err), 0, "%s",
+                 err.message);
+    cJSON_Delete(arguments);
+    for (int i = 0; i < 500 && !mcp_session_ticket_done(s, ticket); i++)
+        cr_assert_eq(mcp_session_poll(s, 10, &err), 0, "%s", err.message);
+    cr_assert(mcp_session_ticket_done(s, ticket), "the call never came back");
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_call_tool_finish(s, ticket, 100, &result, &err), 0, "%s", err.message);
+    const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(result, "content"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(first, "text")->valuestring, "in flight");
+    cJSON_Delete(result);
+    mcp_session_free(&s);
+    server_stop(&srv);
+}
+
 Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
 {
     struct server srv;

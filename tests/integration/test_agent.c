@@ -1,0 +1,600 @@
+/*
+ * Tests of troupe-agent on its own: the test plays the scheduler on a real ROUTER socket
+ * (runtime/bus over ipc) and drives a real agent process whose persona uses
+ * test-mcp-concurrent, a server that works on every call at once and logs what it receives.
+ * Concurrency within the credit, cancel, timeouts, a server killed mid-call, the task of each
+ * event, heartbeats while busy and SIGTERM with calls in flight.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bus.h"
+#include "harness.h"
+
+#define WAIT_MS 10000 /* the longest any message may take to come */
+#define MAX_KEPT 4096
+#define SECRET "hunter2-very-secret"
+
+/* The scheduler's side of one agent. */
+struct sched {
+    char *dir;
+    char *log; /* what the server received */
+    struct bus *bus;
+    struct harness_proc agent;
+    char *peer;
+    struct bus_msg *events[MAX_KEPT]; /* every event received */
+    size_t n_events;
+    struct bus_msg *results[MAX_KEPT]; /* results not yet taken */
+    size_t n_results;
+    size_t heartbeats;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Receives one message within timeout_ms, keeping events and results; NULL on timeout. */
+static struct bus_msg *receive(struct sched *s, int timeout_ms)
+{
+    struct bus_msg *msg = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(bus_recv(s->bus, timeout_ms, &msg, &err), 0, "%s", err.message);
+    if (!msg)
+        return NULL;
+    if (msg->type == BUS_HEARTBEAT)
+        s->heartbeats++;
+    if (msg->type == BUS_EVENT && s->n_events < MAX_KEPT) {
+        s->events[s->n_events++] = msg;
+        return msg;
+    }
+    if (msg->type == BUS_RESULT) {
+        cr_assert_lt(s->n_results, MAX_KEPT);
+        s->results[s->n_results++] = msg;
+        return msg;
+    }
+    return msg; /* the caller frees what is neither */
+}
+
+static bool kept(const struct sched *s, const struct bus_msg *msg)
+{
+    return msg->type == BUS_EVENT || msg->type == BUS_RESULT;
+}
+
+/* Waits for a message of type; fails the test after timeout_ms. */
+static struct bus_msg *expect(struct sched *s, enum bus_msg_type type, int timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        cr_assert_gt(left, 0, "no %s from the agent within %d ms", bus_msg_type_name(type),
+                     timeout_ms);
+        struct bus_msg *msg = receive(s, (int)left);
+        if (msg && msg->type == type)
+            return msg;
+        if (msg && !kept(s, msg))
+            bus_msg_free(&msg);
+    }
+}
+
+/* Takes the result of task, waiting up to timeout_ms for it. */
+static struct bus_msg *result_of(struct sched *s, int64_t task, int timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        for (size_t i = 0; i < s->n_results; i++) {
+            struct bus_msg *msg = s->results[i];
+            if (msg->task != task)
+                continue;
+            s->results[i] = s->results[--s->n_results];
+            return msg;
+        }
+        int64_t left = deadline - now_ms();
+        cr_assert_gt(left, 0, "no result for task %lld within %d ms", (long long)task, timeout_ms);
+        struct bus_msg *msg = receive(s, (int)left);
+        if (msg && !kept(s, msg))
+            bus_msg_free(&msg);
+    }
+}
+
+/* Lets whatever the agent sends for ms arrive. */
+static void listen_for(struct sched *s, int ms)
+{
+    int64_t deadline = now_ms() + ms;
+    for (int64_t left; (left = deadline - now_ms()) > 0;) {
+        struct bus_msg *msg = receive(s, (int)left);
+        if (msg && !kept(s, msg))
+            bus_msg_free(&msg);
+    }
+}
+
+#define ANY_TASK (-1)
+
+/*
+ * The payload of the first event of type for task (0: of no task; ANY_TASK) whose JSON has
+ * needle, or NULL. Caller deletes.
+ */
+static cJSON *event_payload(const struct sched *s, int64_t task, const char *type,
+                            const char *needle)
+{
+    for (size_t i = 0; i < s->n_events; i++) {
+        const struct bus_msg *e = s->events[i];
+        if ((task == ANY_TASK || e->task == task) && strcmp(e->event_type, type) == 0 &&
+            strstr(e->json, needle))
+            return cJSON_Parse(e->json);
+    }
+    return NULL;
+}
+
+/* The MCP message of such an event, or NULL. Caller deletes. */
+static cJSON *event_message(const struct sched *s, int64_t task, const char *type,
+                            const char *needle)
+{
+    cJSON *payload = event_payload(s, task, type, needle);
+    cJSON *message = cJSON_DetachItemFromObject(payload, "message");
+    cJSON_Delete(payload);
+    return message;
+}
+
+/* Waits until such an event came; its payload. */
+static cJSON *wait_event(struct sched *s, int64_t task, const char *type, const char *needle)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    cJSON *payload;
+    while (!(payload = event_payload(s, task, type, needle))) {
+        cr_assert_lt(now_ms(), deadline, "no %s event with '%s' for task %lld", type, needle,
+                     (long long)task);
+        struct bus_msg *msg = receive(s, 100);
+        if (msg && !kept(s, msg))
+            bus_msg_free(&msg);
+    }
+    return payload;
+}
+
+/* Waits until such an event came; its MCP message. */
+static cJSON *expect_event(struct sched *s, int64_t task, const char *type, const char *needle)
+{
+    cJSON *payload = wait_event(s, task, type, needle);
+    cJSON *message = cJSON_DetachItemFromObject(payload, "message");
+    cJSON_Delete(payload);
+    return message;
+}
+
+/* The JSON-RPC id of the tools/call the agent sent for task. */
+static int64_t request_id_of(struct sched *s, int64_t task)
+{
+    cJSON *request = expect_event(s, task, "mcp.request", "tools/call");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");
+    cr_assert(cJSON_IsNumber(id), "the request of task %lld has no numeric id", (long long)task);
+    int64_t value = (int64_t)id->valuedouble;
+    cJSON_Delete(request);
+    return value;
+}
+
+static void assign_to(struct sched *s, int64_t task, const char *server, const char *tool,
+                      const char *arguments, int64_t timeout_ms)
+{
+    char step[32], key[64];
+    snprintf(step, sizeof(step), "step-%lld", (long long)task);
+    snprintf(key, sizeof(key), "run-1/step-%lld/key", (long long)task);
+    struct bus_msg msg = {.type = BUS_ASSIGN,
+                          .peer = s->peer,
+                          .task = task,
+                          .step_id = step,
+                          .attempt = task + 100, /* so that an echo of the task id shows */
+                          .server = (char *)server,
+                          .tool = (char *)tool,
+                          .idempotency_key = key,
+                          .timeout_ms = timeout_ms,
+                          .json = (char *)arguments};
+    struct tr_error err = {0};
+    cr_assert_eq(bus_send(s->bus, &msg, &err), 0, "%s", err.message);
+}
+
+static void assign(struct sched *s, int64_t task, const char *tool, const char *arguments,
+                   int64_t timeout_ms)
+{
+    assign_to(s, task, "conc", tool, arguments, timeout_ms);
+}
+
+static void send_cancel(struct sched *s, int64_t task, const char *reason)
+{
+    struct bus_msg msg = {
+        .type = BUS_CANCEL, .peer = s->peer, .task = task, .error = (char *)reason};
+    struct tr_error err = {0};
+    cr_assert_eq(bus_send(s->bus, &msg, &err), 0, "%s", err.message);
+}
+
+/* Checks a result: its task's step and attempt echoed, ok or the error class. */
+static void check_result(struct bus_msg *msg, int64_t task, const char *error_class)
+{
+    char step[32];
+    snprintf(step, sizeof(step), "step-%lld", (long long)task);
+    cr_assert_eq(msg->task, task);
+    cr_assert_str_eq(msg->step_id, step);
+    cr_assert_eq(msg->attempt, task + 100);
+    if (!error_class) {
+        cr_assert(msg->ok, "task %lld failed: %s", (long long)task, msg->error);
+        return;
+    }
+    cr_assert(!msg->ok, "task %lld succeeded, expected %s", (long long)task, error_class);
+    cr_assert_str_eq(msg->error_class, error_class, "task %lld: %s", (long long)task, msg->error);
+}
+
+/* Waits for task's result and checks it (check_result; its error has error_has, if given). */
+static void expect_result(struct sched *s, int64_t task, const char *error_class,
+                          const char *error_has)
+{
+    struct bus_msg *r = result_of(s, task, WAIT_MS);
+    check_result(r, task, error_class);
+    cr_assert(!error_has || strstr(r->error, error_has), "task %lld: %s", (long long)task,
+              r->error);
+    bus_msg_free(&r);
+}
+
+/* A short call as task goes through: the agent and its server work. */
+static void expect_working(struct sched *s, int64_t task)
+{
+    assign(s, task, "sleep", "{\"ms\":1}", 5000);
+    expect_result(s, task, NULL, NULL);
+}
+
+/*
+ * Starts an agent whose persona uses test-mcp-concurrent and welcomes it with credit (0: no
+ * credit in the welcome); returns once it is ready.
+ */
+static void sched_start(struct sched *s, int credit)
+{
+    memset(s, 0, sizeof(*s));
+    s->dir = harness_tempdir();
+    s->log = xasprintf("%s/server.log", s->dir);
+    char *endpoint = xasprintf("ipc://%s/bus", s->dir);
+    struct tr_error err = {0};
+    cr_assert_eq(bus_listen(endpoint, &s->bus, &err), 0, "%s", err.message);
+
+    char *agent = harness_build_path("troupe-agent");
+    char *server = harness_build_path("tests/test-mcp-concurrent");
+    const char *argv[] = {agent,        "--connect", endpoint, "--persona",
+                          "concurrent", "--verbose", NULL};
+    harness_spawn(argv, s->dir, &s->agent);
+
+    struct bus_msg *hello = expect(s, BUS_HELLO, WAIT_MS);
+    cr_assert_eq(hello->version, BUS_PROTOCOL_VERSION);
+    cr_assert_str_eq(hello->persona, "concurrent");
+    s->peer = xstrdup(hello->peer);
+    bus_msg_free(&hello);
+
+    cJSON *config = cJSON_CreateObject();
+    cJSON_AddStringToObject(config, "run", "run-1");
+    cJSON *entry = cJSON_AddObjectToObject(cJSON_AddObjectToObject(config, "servers"), "conc");
+    cJSON_AddStringToObject(entry, "command", server);
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
+    cJSON *tools = cJSON_AddArrayToObject(config, "tools");
+    static const char *const allowed[] = {"conc.sleep", "conc.barrier", "conc.fail", "conc.garbage",
+                                          "elsewhere.*"};
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+        cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
+    if (credit)
+        cJSON_AddNumberToObject(config, "credit", credit);
+    char *json = cJSON_PrintUnformatted(config);
+    struct bus_msg welcome = {.type = BUS_WELCOME, .peer = s->peer, .json = json};
+    cr_assert_eq(bus_send(s->bus, &welcome, &err), 0, "%s", err.message);
+    struct bus_msg *ready = expect(s, BUS_READY, WAIT_MS);
+    bus_msg_free(&ready);
+    free(json);
+    cJSON_Delete(config);
+    free(server);
+    free(agent);
+    free(endpoint);
+}
+
+/* Whether the agent's stderr shows a sanitizer report. */
+static void check_agent_stderr(const struct harness_result *r)
+{
+    cr_assert(!strstr(r->err, "Sanitizer") && !strstr(r->err, "runtime error:"),
+              "the agent reported:\n%s", r->err);
+}
+
+/* Checks that nothing is left running, and frees what the test kept. */
+static void sched_release(struct sched *s)
+{
+    cr_assert_eq(harness_leftover_processes(s->dir, s->log), 0, "processes were left running");
+    for (size_t i = 0; i < s->n_events; i++)
+        bus_msg_free(&s->events[i]);
+    for (size_t i = 0; i < s->n_results; i++)
+        bus_msg_free(&s->results[i]);
+    bus_free(&s->bus);
+    free(s->peer);
+    free(s->log);
+    free(s->dir);
+}
+
+/* Shuts the agent down (it says bye and exits 0) and checks nothing is left running. */
+static void sched_stop(struct sched *s)
+{
+    struct bus_msg shutdown = {.type = BUS_SHUTDOWN, .peer = s->peer};
+    cr_assert_eq(bus_send(s->bus, &shutdown, NULL), 0);
+    struct bus_msg *bye = expect(s, BUS_BYE, WAIT_MS);
+    bus_msg_free(&bye);
+    struct harness_result r = {0};
+    harness_finish(&s->agent, WAIT_MS, &r);
+    cr_assert_eq(r.exit_code, 0, "the agent exited with %d:\n%s", r.exit_code, r.err);
+    check_agent_stderr(&r);
+    harness_result_release(&r);
+    sched_release(s);
+}
+
+/* The messages the server received, parsed; caller deletes. */
+static cJSON *server_log(const struct sched *s)
+{
+    cJSON *lines = cJSON_CreateArray();
+    FILE *f = fopen(s->log, "r");
+    char *line = NULL;
+    size_t size = 0;
+    while (f && getline(&line, &size, f) > 0) {
+        cJSON *message = cJSON_Parse(line);
+        if (message)
+            cJSON_AddItemToArray(lines, message);
+    }
+    free(line);
+    if (f)
+        fclose(f);
+    return lines;
+}
+
+/* Waits until the server received notifications/cancelled for request id; its reason. */
+static char *expect_server_cancelled(const struct sched *s, int64_t id)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    for (;;) {
+        cJSON *lines = server_log(s);
+        const cJSON *message;
+        cJSON_ArrayForEach(message, lines)
+        {
+            const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
+            const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
+            const cJSON *request = cJSON_GetObjectItemCaseSensitive(params, "requestId");
+            const cJSON *reason = cJSON_GetObjectItemCaseSensitive(params, "reason");
+            if (cJSON_IsString(method) &&
+                strcmp(method->valuestring, "notifications/cancelled") == 0 &&
+                cJSON_IsNumber(request) && request->valuedouble == (double)id) {
+                char *text = xstrdup(cJSON_IsString(reason) ? reason->valuestring : "");
+                cJSON_Delete(lines);
+                return text;
+            }
+        }
+        cJSON_Delete(lines);
+        cr_assert_lt(now_ms(), deadline, "the server got no notifications/cancelled for %lld",
+                     (long long)id);
+        usleep(20 * 1000);
+    }
+}
+
+/* ---- tests ------------------------------------------------------------------------------- */
+
+Test(agent, credit_4_keeps_4_calls_in_flight, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    /* A barrier of 4 answers only when all 4 calls wait in the server together. */
+    for (int64_t task = 1; task <= 4; task++)
+        assign(&s, task, "barrier", "{\"n\":4}", 5000);
+    for (int64_t task = 1; task <= 4; task++) {
+        struct bus_msg *r = result_of(&s, task, WAIT_MS);
+        check_result(r, task, NULL);
+        cJSON *output = cJSON_Parse(r->json);
+        const cJSON *tool = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(output, "structuredContent"), "tool");
+        cr_assert(cJSON_IsString(tool) && strcmp(tool->valuestring, "barrier") == 0);
+        cJSON_Delete(output);
+        bus_msg_free(&r);
+    }
+
+    /* And in time: four sleeps of 600 ms take about one. */
+    int64_t start = now_ms();
+    for (int64_t task = 5; task <= 8; task++)
+        assign(&s, task, "sleep", "{\"ms\":600}", 5000);
+    for (int64_t task = 5; task <= 8; task++)
+        expect_result(&s, task, NULL, NULL);
+    int64_t took = now_ms() - start;
+    cr_assert_lt(took, 1500, "four 600 ms calls took %lld ms: they did not overlap",
+                 (long long)took);
+    sched_stop(&s);
+}
+
+Test(agent, events_carry_the_task_of_their_request, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    for (int64_t task = 1; task <= 3; task++)
+        assign(&s, task, "sleep", "{\"ms\":300,\"note\":\"" SECRET "\"}", 5000);
+    assign(&s, 4, "fail", "{}", 5000);
+    for (int64_t task = 1; task <= 4; task++)
+        expect_result(&s, task, task == 4 ? "tool" : NULL, task == 4 ? "failed as asked" : NULL);
+    for (int64_t task = 1; task <= 4; task++) {
+        char key[64], step[32];
+        snprintf(key, sizeof(key), "run-1/step-%lld/key", (long long)task);
+        snprintf(step, sizeof(step), "step-%lld", (long long)task);
+        /* Its request: with its idempotency key, and the secret blanked out. */
+        cJSON *request = event_message(&s, task, "mcp.request", key);
+        cr_assert_not_null(request, "no mcp.request event of task %lld", (long long)task);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(request, "id");
+        cr_assert(cJSON_IsNumber(id));
+        char *text = cJSON_PrintUnformatted(request);
+        cr_assert(!strstr(text, SECRET), "the secret reached the events: %s", text);
+        cr_assert(task == 4 || strstr(text, "[redacted:SECRET]"), "%s", text);
+        free(text);
+        /* Its response: the same id, the same task. */
+        char needle[64];
+        snprintf(needle, sizeof(needle), "\"id\":%lld", (long long)id->valuedouble);
+        cJSON *response = event_message(&s, task, "mcp.response", needle);
+        cr_assert_not_null(response, "no mcp.response event %s for task %lld", needle,
+                           (long long)task);
+        cJSON_Delete(response);
+        cJSON_Delete(request);
+        for (size_t i = 0; i < s.n_events; i++)
+            if (s.events[i]->task == task)
+                cr_assert_str_eq(s.events[i]->step_id, step);
+    }
+    /* No response event was put on the wrong task. */
+    for (size_t i = 0; i < s.n_events; i++) {
+        const struct bus_msg *e = s.events[i];
+        if (strcmp(e->event_type, "mcp.response") != 0 || e->task == 0)
+            continue;
+        cJSON *payload = cJSON_Parse(e->json);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(payload, "message"), "id");
+        cr_assert_eq((int64_t)id->valuedouble, request_id_of(&s, e->task));
+        cJSON_Delete(payload);
+    }
+    sched_stop(&s);
+}
+
+Test(agent, cancel_sends_notifications_cancelled_with_the_reason, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    assign(&s, 1, "sleep", "{\"ms\":20000}", 30000);
+    assign(&s, 2, "sleep", "{\"ms\":200}", 30000);
+    int64_t id = request_id_of(&s, 1);
+    send_cancel(&s, 1, "a sibling item failed");
+    struct bus_msg *r = result_of(&s, 1, 2000);
+    check_result(r, 1, "cancelled");
+    cr_assert_str_eq(r->error, "a sibling item failed");
+    bus_msg_free(&r);
+    char *reason = expect_server_cancelled(&s, id);
+    cr_assert_str_eq(reason, "a sibling item failed");
+    free(reason);
+    cJSON *sent = expect_event(&s, 1, "mcp.notification", "notifications/cancelled");
+    cJSON_Delete(sent);
+
+    /* The other task goes on; a cancel for a task the agent does not hold is ignored. */
+    expect_result(&s, 2, NULL, NULL);
+    send_cancel(&s, 99, "who?");
+    send_cancel(&s, 1, "again");
+    listen_for(&s, 300);
+    cr_assert_eq(s.n_results, 0, "a cancel for a task not held was answered");
+    expect_working(&s, 3);
+    sched_stop(&s);
+}
+
+Test(agent, garbage_fails_the_one_call_in_flight_as_a_protocol_error, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    assign(&s, 1, "garbage", "{}", 5000);
+    expect_result(&s, 1, "protocol", "not JSON");
+    cJSON_Delete(wait_event(&s, 1, "mcp.garbage", "not json"));
+    expect_working(&s, 2); /* the session goes on */
+    sched_stop(&s);
+}
+
+Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    assign(&s, 1, "sleep", "{\"ms\":300}", 5000);
+    assign(&s, 2, "drop_tables", "{}", 5000);
+    assign_to(&s, 3, "elsewhere", "sleep", "{}", 5000);
+    assign(&s, 4, "sleep", "[1,2]", 5000);
+    expect_result(&s, 2, "policy", "not on its allowlist");
+    expect_result(&s, 3, "policy", "has no server 'elsewhere'");
+    expect_result(&s, 4, "protocol", "not a JSON object");
+    cJSON *denied = wait_event(&s, 2, "policy.denied", "allowlist");
+    cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(denied, "tool")->valuestring, "drop_tables");
+    cJSON_Delete(denied);
+    expect_result(&s, 1, NULL, NULL); /* the call in flight meanwhile was not disturbed */
+    cJSON *lines = server_log(&s);
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert(!strstr(text, "drop_tables") && !strstr(text, "[1,2]"),
+              "a refused call reached the server: %s", text);
+    free(text);
+    cJSON_Delete(lines);
+    sched_stop(&s);
+}
+
+Test(agent, timeout_cancels_the_request, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 2);
+    int64_t start = now_ms();
+    assign(&s, 1, "sleep", "{\"ms\":20000}", 300);
+    assign(&s, 2, "sleep", "{\"ms\":100}", 5000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    int64_t took = now_ms() - start;
+    check_result(r, 1, "timeout");
+    cr_assert(strstr(r->error, "300 ms"), "%s", r->error);
+    bus_msg_free(&r);
+    cr_assert(took >= 250 && took < 2000, "the 300 ms timeout came after %lld ms", (long long)took);
+    char *reason = expect_server_cancelled(&s, request_id_of(&s, 1));
+    free(reason);
+    expect_result(&s, 2, NULL, NULL);
+    sched_stop(&s);
+}
+
+Test(agent, server_killed_mid_call_fails_every_task_then_restarts, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 4);
+    for (int64_t task = 1; task <= 3; task++)
+        assign(&s, task, "sleep", "{\"ms\":20000}", 30000);
+    for (int64_t task = 1; task <= 3; task++)
+        request_id_of(&s, task); /* all three are sent */
+    int pids[4];
+    cr_assert_eq(harness_find_pids(s.log, pids, 4), 1, "expected one server process");
+    cr_assert_eq(kill(pids[0], SIGKILL), 0);
+    for (int64_t task = 1; task <= 3; task++)
+        expect_result(&s, task, "transport", "signal 9");
+    cJSON *restarted = wait_event(&s, ANY_TASK, "mcp.restarted", "conc");
+    cr_assert_null(cJSON_GetObjectItemCaseSensitive(restarted, "error"));
+    cJSON_Delete(restarted);
+
+    expect_working(&s, 4);
+    sched_stop(&s);
+}
+
+Test(agent, heartbeats_go_out_while_busy, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 0); /* no credit in the welcome: 1 */
+    assign(&s, 1, "sleep", "{\"ms\":2600}", 10000);
+    request_id_of(&s, 1);
+    s.heartbeats = 0;
+    expect_result(&s, 1, NULL, NULL);
+    cr_assert_geq(s.heartbeats, 2, "%zu heartbeats during a 2.6 s call", s.heartbeats);
+    sched_stop(&s);
+}
+
+Test(agent, sigterm_ends_the_loop_and_cancels_calls_in_flight, .timeout = 60)
+{
+    struct sched s;
+    sched_start(&s, 2);
+    assign(&s, 1, "sleep", "{\"ms\":20000}", 30000);
+    int64_t id = request_id_of(&s, 1);
+    int64_t start = now_ms();
+    cr_assert_eq(kill(s.agent.pid, SIGTERM), 0);
+    struct bus_msg *bye = expect(&s, BUS_BYE, WAIT_MS);
+    cr_assert_str_eq(bye->error, "stopped by a signal");
+    bus_msg_free(&bye);
+    struct harness_result res = {0};
+    harness_finish(&s.agent, WAIT_MS, &res);
+    int64_t took = now_ms() - start;
+    cr_assert_eq(res.exit_code, 0, "%s", res.err);
+    check_agent_stderr(&res);
+    harness_result_release(&res);
+    cr_assert_lt(took, 3000, "the agent took %lld ms to stop", (long long)took);
+    char *reason = expect_server_cancelled(&s, id);
+    free(reason);
+    sched_release(&s);
+}
