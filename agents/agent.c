@@ -1082,7 +1082,11 @@ int main(int argc, char **argv)
     status = 0;
 out:
     for (size_t i = 0; i < agent.server_count; i++) {
-        mcp_session_free(&agent.servers[i].session);
+        /* Stopped by a signal (the scheduler is gone, or the run cancelled): no grace. */
+        if (stop_requested)
+            mcp_session_free_now(&agent.servers[i].session);
+        else
+            mcp_session_free(&agent.servers[i].session);
         free(agent.servers[i].name);
         free(agent.servers[i].failure);
     }

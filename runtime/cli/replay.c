@@ -42,34 +42,95 @@ static void usage(FILE *out)
             STORE_DEFAULT_PATH);
 }
 
-#define REPLAY_MAX_ITEMS 1000000 /* a for_each item index beyond this is not believed */
+#define REPLAY_MAX_ITEMS 10000000  /* a for_each item index beyond this is not believed */
+#define REPLAY_MAX_TASKS 100000000 /* nor a task id beyond this */
 
 /* What the log recorded of one step: its last attempt. */
 struct recorded_step {
     cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
     cJSON *finished; /* step.finished payload (or step.reused), or NULL */
     bool dispatched;
-    bool reused;          /* a forked run took it over from its parent */
-    cJSON *item_requests; /* for_each: the last request of each item, by index (or NULL) */
-    int item;             /* for_each: the item the last step.dispatched was for */
-    cJSON *task_items;    /* for_each: {"TASK": item} from step.dispatched, for its calls */
+    bool reused;           /* a forked run took it over from its parent */
+    cJSON **item_requests; /* for_each: the last request of each item, by index (or NULL) */
+    size_t item_count;     /* entries of item_requests */
+    int item;              /* for_each: the item the last step.dispatched was for */
+};
+
+/* A task of the run (step.dispatched names it; the agent's events carry it). */
+struct recorded_task {
+    long step; /* -1: none */
+    long item;
 };
 
 struct recording {
     const struct workflow *wf;
     struct recorded_step *steps;
+    size_t *by_id;               /* step indexes sorted by id */
+    struct recorded_task *tasks; /* by task id: ids grow over the whole run */
+    size_t task_cap;
     char *file;
     cJSON *input;
     char *plan_hash;
     bool run_succeeded; /* a run that did not succeed may have left ready steps unrun */
 };
 
-static long step_index(const struct workflow *wf, const char *id)
+static const struct workflow *sort_wf; /* for compare_ids: qsort has no user argument */
+
+static int compare_ids(const void *a, const void *b)
 {
-    for (size_t i = 0; id && i < workflow_step_count(wf); i++)
-        if (strcmp(workflow_step_id(wf, i), id) == 0)
-            return (long)i;
+    return strcmp(workflow_step_id(sort_wf, *(const size_t *)a),
+                  workflow_step_id(sort_wf, *(const size_t *)b));
+}
+
+static long step_index(const struct recording *rec, const char *id)
+{
+    size_t lo = 0, hi = workflow_step_count(rec->wf);
+
+    while (id && lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(id, workflow_step_id(rec->wf, rec->by_id[mid]));
+        if (c == 0)
+            return (long)rec->by_id[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
     return -1;
+}
+
+/* The task's slot, grown as needed; NULL for an id not believed. */
+static struct recorded_task *task_slot(struct recording *rec, double id)
+{
+    if (!(id >= 1 && id < REPLAY_MAX_TASKS))
+        return NULL;
+    size_t k = (size_t)id;
+    if (k >= rec->task_cap) {
+        size_t cap = rec->task_cap ? rec->task_cap : 1024;
+        while (cap <= k)
+            cap *= 2;
+        rec->tasks = xrealloc(rec->tasks, cap * sizeof(*rec->tasks));
+        for (size_t j = rec->task_cap; j < cap; j++)
+            rec->tasks[j] = (struct recorded_task){-1, -1};
+        rec->task_cap = cap;
+    }
+    return &rec->tasks[k];
+}
+
+/* Keeps request (taken) as the item's call, replacing an earlier one. */
+static void keep_item_request(struct recorded_step *r, int item, cJSON *request)
+{
+    if ((size_t)item >= r->item_count) {
+        size_t count = r->item_count ? r->item_count : 16;
+        while (count <= (size_t)item)
+            count *= 2;
+        r->item_requests = xrealloc(r->item_requests, count * sizeof(*r->item_requests));
+        memset(r->item_requests + r->item_count, 0,
+               (count - r->item_count) * sizeof(*r->item_requests));
+        r->item_count = count;
+    }
+    cJSON_Delete(r->item_requests[item]);
+    r->item_requests[item] = request;
 }
 
 static void replace(cJSON **slot, cJSON *value)
@@ -81,7 +142,7 @@ static void replace(cJSON **slot, cJSON *value)
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
-    long i = step_index(rec->wf, event->step_id);
+    long i = step_index(rec, event->step_id);
     cJSON *payload = cJSON_Parse(event->payload_json);
 
     if (strcmp(event->type, "run.started") == 0) {
@@ -94,14 +155,12 @@ static int record_event(void *userdata, const struct store_audit_event *event)
             cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble < REPLAY_MAX_ITEMS
                 ? (int)item->valuedouble
                 : 0;
-        if (cJSON_IsNumber(item) && cJSON_IsNumber(task)) {
+        struct recorded_task *slot =
+            cJSON_IsNumber(task) ? task_slot(rec, task->valuedouble) : NULL;
+        if (slot) {
             /* Items run several at once: their calls are matched by task, not by order. */
-            char key[32];
-            snprintf(key, sizeof(key), "%.0f", task->valuedouble);
-            if (!rec->steps[i].task_items)
-                rec->steps[i].task_items = cJSON_CreateObject();
-            cJSON_DeleteItemFromObjectCaseSensitive(rec->steps[i].task_items, key);
-            cJSON_AddNumberToObject(rec->steps[i].task_items, key, rec->steps[i].item);
+            slot->step = i;
+            slot->item = rec->steps[i].item;
         }
         replace(&rec->steps[i].request, NULL);
         replace(&rec->steps[i].finished, NULL);
@@ -121,20 +180,12 @@ static int record_event(void *userdata, const struct store_audit_event *event)
                     cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
             struct recorded_step *r = &rec->steps[i];
             const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
-            if (cJSON_IsNumber(task) && r->task_items) {
-                char key[32];
-                snprintf(key, sizeof(key), "%.0f", task->valuedouble);
-                const cJSON *item = cJSON_GetObjectItemCaseSensitive(r->task_items, key);
-                if (cJSON_IsNumber(item))
-                    r->item = (int)item->valuedouble;
-            }
-            if (!r->item_requests)
-                r->item_requests = cJSON_CreateArray();
-            while (cJSON_GetArraySize(r->item_requests) <= r->item)
-                cJSON_AddItemToArray(r->item_requests, cJSON_CreateNull());
-            cJSON_ReplaceItemInArray(r->item_requests, r->item,
-                                     r->request ? cJSON_Duplicate(r->request, true)
-                                                : cJSON_CreateNull());
+            const struct recorded_task *slot =
+                cJSON_IsNumber(task) ? task_slot(rec, task->valuedouble) : NULL;
+            if (slot && slot->step == i)
+                r->item = (int)slot->item;
+            keep_item_request(r, r->item,
+                              r->request ? cJSON_Duplicate(r->request, true) : cJSON_CreateNull());
         }
     }
     cJSON_Delete(payload);
@@ -292,7 +343,10 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
     struct tr_error err = {0};
     cJSON *items = NULL;
     bool same = true;
-    int recorded = cJSON_GetArraySize(r->item_requests);
+    int recorded = (int)r->item_count;
+
+    while (recorded > 0 && !r->item_requests[recorded - 1])
+        recorded--;
 
     if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
         !cJSON_IsArray(items)) {
@@ -311,18 +365,19 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         cJSON_Delete(items);
         return false;
     }
-    for (int k = 0; same && k < recorded; k++) {
-        const cJSON *request = cJSON_GetArrayItem(r->item_requests, k);
+    const cJSON *each = items->child;
+    for (int k = 0; same && k < recorded; k++, each = each->next) {
+        const cJSON *request = r->item_requests[k];
         cJSON *arguments = NULL;
-        if (cJSON_IsNull(request) && succeeded) {
+        if (!request && succeeded) {
             printf("DIVERGENCE at step '%s' item %d: the log holds no call for it\n",
                    workflow_step_id(wf, i), k);
             same = false;
             break;
         }
-        if (cJSON_IsNull(request))
+        if (!request || cJSON_IsNull(request))
             continue;
-        cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(cJSON_GetArrayItem(items, k), true));
+        cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(each, true));
         int rc = workflow_step_arguments(wf, i, scope, &arguments, &err);
         cJSON_DeleteItemFromObjectCaseSensitive(scope, "item");
         if (rc < 0) {
@@ -486,7 +541,7 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
 {
     const struct workflow *wf = rec->wf;
     size_t n = workflow_step_count(wf);
-    long start_index = step_index(wf, from);
+    long start_index = step_index(rec, from);
     struct sched_options opts = {0};
     struct cli_progress progress = {0};
     struct tr_error err = {0};
@@ -604,7 +659,13 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         goto out;
     }
     rec.wf = wf;
-    rec.steps = xcalloc(workflow_step_count(wf), sizeof(*rec.steps));
+    rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
+    rec.by_id = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.by_id));
+    for (size_t i = 0; i < workflow_step_count(wf); i++)
+        rec.by_id[i] = i;
+    sort_wf = wf;
+    qsort(rec.by_id, workflow_step_count(wf), sizeof(*rec.by_id), compare_ids);
+    sort_wf = NULL;
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
@@ -623,11 +684,14 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
 out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
         cJSON_Delete(rec.steps[i].request);
-        cJSON_Delete(rec.steps[i].item_requests);
-        cJSON_Delete(rec.steps[i].task_items);
+        for (size_t k = 0; k < rec.steps[i].item_count; k++)
+            cJSON_Delete(rec.steps[i].item_requests[k]);
+        free(rec.steps[i].item_requests);
         cJSON_Delete(rec.steps[i].finished);
     }
     free(rec.steps);
+    free(rec.by_id);
+    free(rec.tasks);
     free(rec.file);
     free(rec.plan_hash);
     cJSON_Delete(rec.input);

@@ -236,6 +236,11 @@ int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **
  * Accepts NULL; sets *session to NULL.
  */
 void mcp_session_free(struct mcp_session **session);
+/*
+ * mcp_session_free for a client that is being stopped (a signal, its scheduler gone): the
+ * same steps, 100 ms apart, so a server in the middle of a call does not hold it up.
+ */
+void mcp_session_free_now(struct mcp_session **session);
 
 /* ---- server side (demo and test servers) -------------------------------------------------- */
 

@@ -12,6 +12,7 @@
 
 #define MAX_LIST_PAGES 1000
 #define STREAM_WAIT_MS 2000
+#define STOP_NOW_GRACE_MS 100 /* mcp_session_free_now: the client is being stopped */
 #define STOP_GRACE_MS 2000
 
 /* ---- opening ----------------------------------------------------------------------------- */
@@ -510,7 +511,7 @@ int mcp_session_list_tools(struct mcp_session *session, int timeout_ms, cJSON **
     return 0;
 }
 
-void mcp_session_free(struct mcp_session **session)
+static void session_free(struct mcp_session **session, int grace_ms)
 {
     struct mcp_session *s = session ? *session : NULL;
     if (!s)
@@ -520,7 +521,7 @@ void mcp_session_free(struct mcp_session **session)
             mcp__http_delete_session(s->http);
         mcp__http_free(&s->http);
     } else if (!s->dead) {
-        mcp__stdio_stop(s, STOP_GRACE_MS);
+        mcp__stdio_stop(s, grace_ms);
     }
     mcp__parked_free_all(s);
     while (s->pending) {
@@ -538,4 +539,14 @@ void mcp_session_free(struct mcp_session **session)
     free(s->name);
     free(s);
     *session = NULL;
+}
+
+void mcp_session_free(struct mcp_session **session)
+{
+    session_free(session, STOP_GRACE_MS);
+}
+
+void mcp_session_free_now(struct mcp_session **session)
+{
+    session_free(session, STOP_NOW_GRACE_MS);
 }

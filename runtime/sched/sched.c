@@ -460,6 +460,9 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
 
     if (rc == 0)
         rc = store_run_set_scheduler(run->store, run->id, getpid(), options, err);
+    /* Task ids stay unique over the run's whole life: every earlier task has its event. */
+    if (rc == 0)
+        rc = store_audit_last_seq(run->store, run->id, &run->last_task, err);
     if (rc == 0 && resumed) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddNumberToObject(payload, "pid", getpid());

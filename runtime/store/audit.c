@@ -142,6 +142,13 @@ static int load_tip(struct store *store, const char *run_id, int64_t *ret_seq,
     return rc;
 }
 
+int store_audit_last_seq(struct store *store, const char *run_id, int64_t *ret_seq,
+                         struct tr_error *err)
+{
+    char hash[STORE_HASH_HEX_SIZE];
+    return load_tip(store, run_id, ret_seq, hash, err);
+}
+
 /* ==== append and list ==================================================================== */
 
 /* Inserts one event; returns a sqlite rc (SQLITE_DONE on success). */

@@ -226,6 +226,10 @@ int store_audit_append(struct store *store, const char *run_id, const char *step
                        const char *actor, const char *type, const char *payload_json,
                        struct tr_error *err) TR_MUST_CHECK;
 
+/* The sequence number of the run's last event (0 when it has none). */
+int store_audit_last_seq(struct store *store, const char *run_id, int64_t *ret_seq,
+                         struct tr_error *err) TR_MUST_CHECK;
+
 struct store_audit_event {
     int64_t seq; /* 1, 2, 3, ... within the run */
     const char *time;
