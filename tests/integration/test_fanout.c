@@ -322,3 +322,68 @@ Test(fanout, an_mcp_server_killed_mid_fanout_has_its_items_retried)
     free(path);
     release_env(&env);
 }
+
+/* How many lines of the file hold needle. */
+static int count_lines_with(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int n = 0;
+
+    while (f && fgets(line, sizeof(line), f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+Test(fanout, ctrl_c_sends_notifications_cancelled_for_every_call_in_flight)
+{
+    struct env env = setup_env();
+    char *server = harness_build_path("tests/test-mcp-concurrent");
+    char *log, *text;
+    cr_assert_geq(asprintf(&log, "%s/server.log", env.h.dir), 0);
+    cr_assert_geq(asprintf(&text,
+                           "name: slow\n"
+                           "mcp_servers:\n"
+                           "  slow:\n"
+                           "    command: %s\n"
+                           "    args: [\"%s\"]\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [slow]\n"
+                           "steps:\n"
+                           "  - id: each\n"
+                           "    persona: worker\n"
+                           "    tool: slow.sleep\n"
+                           "    for_each: '[range(0; 6)]'\n"
+                           "    with: {ms: 30000}\n",
+                           server, log),
+                  0);
+    char *path = harness_write_file(env.h.dir, "slow.yaml", text);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q", path, NULL};
+
+    harness_spawn(argv, env.h.dir, &proc);
+    for (int i = 0; i < 300 && count_lines_with(log, "\"tools/call\"") < 6; i++)
+        sleep_ms(20);
+    cr_assert_eq(count_lines_with(log, "\"tools/call\""), 6, "the six calls were not all sent");
+    kill(proc.pid, SIGINT);
+    harness_finish(&proc, 30000, &r);
+    cr_assert_eq(r.exit_code, 130, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    /* Each call in flight was cancelled by the protocol, not only by killing the server. */
+    cr_assert_eq(count_lines_with(log, "notifications/cancelled"), 6, "see %s", log);
+    char *status = harness_db_text(env.h.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "cancelled");
+    char *state = harness_db_text(env.h.db, "SELECT state FROM steps WHERE step_id = 'each'");
+    cr_assert_str_eq(state, "cancelled");
+    harness_result_release(&r);
+    free(state);
+    free(status);
+    free(path);
+    free(text);
+    free(log);
+    free(server);
+    release_env(&env);
+}
