@@ -66,6 +66,7 @@ struct step_run {
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
     bool checked;       /* its `when` (and an approval's `if`) has been decided */
+    bool ready_unsaved; /* ready, and not recorded so yet (sched__record_ready) */
     bool gate;          /* an approval step whose approval is asked */
     long stands_for;    /* a fallback step: the failed step it runs for, or -1 (not started) */
     int64_t task;       /* a tool step in flight: its task's id, else 0 */
@@ -161,6 +162,7 @@ struct run {
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
     size_t done, failed, in_flight, retries, waiting; /* in_flight: tasks on agents */
+    size_t fanouts;                                   /* for_each steps under way */
     struct task *tasks;                               /* every task, in no order */
     size_t task_count, task_cap;
     cJSON *scope;       /* {"input", "context", "steps"}: what step arguments are evaluated over */
@@ -190,6 +192,8 @@ long sched__find_step(struct run *run, const char *step_id);
 /* steps.c */
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy);
 void sched__record_step(struct run *run, size_t index, const char *output_json, const char *error);
+/* Records the steps still in the ready queue that are not recorded as ready yet. */
+void sched__record_ready(struct run *run);
 void sched__build_graph(struct run *run);
 void sched__make_ready(struct run *run, size_t index);
 /*

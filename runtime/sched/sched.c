@@ -161,6 +161,7 @@ int sched__begin(struct run *run)
 /* Commits the turn, then sends what it dispatched. */
 int sched__commit_and_send(struct run *run, struct tr_error *err)
 {
+    sched__record_ready(run);
     int rc = store_commit(run->store, err);
 
     if (rc < 0) {
@@ -497,6 +498,7 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
         }
     }
     free(queue);
+    sched__record_ready(run);
     if (rc == 0 && run->failure)
         rc = tr_error_set(err, TR_EIO, "%s", run->failure);
     if (rc == 0)

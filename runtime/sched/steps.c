@@ -48,8 +48,18 @@ void sched__record_step(struct run *run, size_t index, const char *output_json, 
         record.next_attempt_at_ms =
             (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + (step->due_ms - tr_now_ms());
     }
+    step->ready_unsaved = false;
     if (store_step_put(run->store, run->id, &record, &err) < 0)
         sched__fail(run, "%s", err.message);
+}
+
+void sched__record_ready(struct run *run)
+{
+    for (size_t k = 0; k < run->ready_len; k++) {
+        size_t index = run->ready[(run->ready_head + k) % run->step_count];
+        if (run->steps[index].ready_unsaved && run->steps[index].state == STEP_READY)
+            sched__record_step(run, index, NULL, NULL);
+    }
 }
 
 /* ---- the graph and the ready queue ---------------------------------------------------------- */
@@ -124,7 +134,9 @@ void sched__make_ready(struct run *run, size_t index)
     if (step->state == STEP_WAITING_APPROVAL)
         run->waiting--;
     step->state = STEP_READY;
-    sched__record_step(run, index, NULL, NULL);
+    /* Recorded at the end of the turn if it is still ready then: most are dispatched within
+     * the turn, and their dispatched state, committed with it, says more. */
+    step->ready_unsaved = true;
     run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
     run->ready_len++;
 }

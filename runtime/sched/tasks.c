@@ -82,10 +82,11 @@ static void task_cancel(struct run *run, struct task *task, const char *reason)
     task->cancelled = true;
 }
 
-static void fanout_free(struct fanout **fan)
+static void fanout_free(struct run *run, struct fanout **fan)
 {
     if (!*fan)
         return;
+    run->fanouts--;
     cJSON_Delete((*fan)->items);
     free((*fan)->item);
     free((*fan)->finished);
@@ -99,7 +100,7 @@ void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason)
         if (i < run->task_count && run->tasks[i].step == index && !run->tasks[i].cancelled)
             task_cancel(run, &run->tasks[i], reason);
     run->steps[index].task = 0;
-    fanout_free(&run->steps[index].fan);
+    fanout_free(run, &run->steps[index].fan);
 }
 
 /* ---- agents ------------------------------------------------------------------------------- */
@@ -334,6 +335,7 @@ void sched__fanout_start(struct run *run, size_t index)
     for (cJSON *each = items->child; each; each = each->next)
         fan->item[k++] = each;
     step->fan = fan;
+    run->fanouts++;
     if (store_step_items_list(run->store, run->id, step_id, note_finished, fan, &err) < 0) {
         sched__fail(run, "%s", err.message);
         return;
@@ -383,7 +385,7 @@ static bool fanout_wants(const struct fanout *fan)
 
 void sched__fanout_fill(struct run *run)
 {
-    if (run->failure || run->cancelling)
+    if (run->failure || run->cancelling || run->task_count + run->fanouts == 0)
         return;
     /* Items due for a retry go first, then new ones, while agents have credit. */
     int64_t now = tr_now_ms();
@@ -397,7 +399,7 @@ void sched__fanout_fill(struct run *run)
         if (agent >= 0)
             dispatch_item(run, task->step, task, agent);
     }
-    for (size_t index = 0; index < run->step_count; index++) {
+    for (size_t index = 0; run->fanouts > 0 && index < run->step_count; index++) {
         struct step_run *step = &run->steps[index];
         if (!step->fan || step->state != STEP_DISPATCHED)
             continue;
@@ -563,7 +565,7 @@ void sched__check_tasks(struct run *run, int64_t now)
 void sched__tasks_release(struct run *run)
 {
     for (size_t i = 0; i < run->step_count; i++)
-        fanout_free(&run->steps[i].fan);
+        fanout_free(run, &run->steps[i].fan);
     free(run->tasks);
     run->tasks = NULL;
     run->task_count = run->task_cap = 0;

@@ -333,12 +333,35 @@ int store_step_set(struct store *store, const char *run_id, const char *step_id,
     return store_step_put(store, run_id, &step, err);
 }
 
+/* Binds the step's fields to ?1..?9 of the upsert or the update; a SQLite code. */
+static int bind_step(sqlite3_stmt *stmt, const char *run_id, const struct store_step *step,
+                     const char *now)
+{
+    int rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, step->step_id);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 3, step->persona);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 4, step->state);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(stmt, 5, step->attempt);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 6, step->output_json);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 7, step->error);
+    if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 8, now);
+    if (rc == SQLITE_OK)
+        rc = step->next_attempt_at_ms > 0 ? sqlite3_bind_int64(stmt, 9, step->next_attempt_at_ms)
+                                          : sqlite3_bind_null(stmt, 9);
+    return rc;
+}
+
 int store_step_put(struct store *store, const char *run_id, const struct store_step *step,
                    struct tr_error *err)
 {
-    const char *step_id = step->step_id, *persona = step->persona, *state = step->state;
-    const char *output_json = step->output_json, *error = step->error;
-    int attempt = step->attempt;
+    const char *step_id = step->step_id, *state = step->state;
     sqlite3_stmt *stmt = NULL;
     char now[32];
     int rc;
@@ -350,43 +373,32 @@ int store_step_put(struct store *store, const char *run_id, const struct store_s
             err, TR_EINVAL,
             "could not record step '%s' of run '%s': state '%s' is not one of " STORE_STEP_STATES,
             step_id, run_id, state ? state : "(null)");
-    if (attempt < 0)
+    if (step->attempt < 0)
         return tr_error_set(err, TR_EINVAL,
                             "could not record step '%s' of run '%s': negative attempt %d", step_id,
-                            run_id, attempt);
+                            run_id, step->attempt);
     rc = store__check_writable(store, "could not record a step", err);
     if (rc < 0)
         return rc;
-    rc = store__stmt_acquire(store, STMT_STEP_UPSERT, &stmt, err);
-    if (rc < 0)
-        return rc;
     tr_wall_iso8601(now, sizeof(now));
-    rc = store__bind_text(stmt, 1, run_id);
-    if (rc == SQLITE_OK)
-        rc = store__bind_text(stmt, 2, step_id);
-    if (rc == SQLITE_OK)
-        rc = store__bind_text(stmt, 3, persona);
-    if (rc == SQLITE_OK)
-        rc = store__bind_text(stmt, 4, state);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int(stmt, 5, attempt);
-    if (rc == SQLITE_OK)
-        rc = store__bind_text(stmt, 6, output_json);
-    if (rc == SQLITE_OK)
-        rc = store__bind_text(stmt, 7, error);
-    if (rc == SQLITE_OK)
-        rc = store__bind_text(stmt, 8, now);
-    if (rc == SQLITE_OK)
-        rc = step->next_attempt_at_ms > 0 ? sqlite3_bind_int64(stmt, 9, step->next_attempt_at_ms)
-                                          : sqlite3_bind_null(stmt, 9);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(stmt);
-    if (rc != SQLITE_DONE)
-        rc = store__fail(store, rc, err, "could not record step '%s' of run '%s'", step_id, run_id);
-    else
-        rc = 0;
-    store__stmt_release(store, STMT_STEP_UPSERT, stmt);
-    return rc;
+    /* An update first (the row exists but for a step's first record), else the upsert. */
+    for (enum store_stmt id = STMT_STEP_UPDATE;; id = STMT_STEP_UPSERT) {
+        rc = store__stmt_acquire(store, id, &stmt, err);
+        if (rc < 0)
+            return rc;
+        rc = bind_step(stmt, run_id, step, now);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(stmt);
+        bool done = rc != SQLITE_DONE || id == STMT_STEP_UPSERT || sqlite3_changes(store->db) > 0;
+        if (rc != SQLITE_DONE)
+            rc = store__fail(store, rc, err, "could not record step '%s' of run '%s'", step_id,
+                             run_id);
+        else
+            rc = 0;
+        store__stmt_release(store, id, stmt);
+        if (done)
+            return rc;
+    }
 }
 
 struct step_scan {

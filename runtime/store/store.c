@@ -65,6 +65,24 @@ static const char *const statement_sql[STMT_COUNT] = {
         "   WHEN steps.state = excluded.state AND steps.attempt = excluded.attempt"
         "    THEN steps.finished_at"
         "   ELSE ?8 END",
+    /* The same as the upsert's update, for a row that exists (almost always): cheaper. */
+    [STMT_STEP_UPDATE] =
+        "UPDATE steps SET"
+        "  persona = coalesce(?3, persona),"
+        "  state = ?4,"
+        "  attempt = ?5,"
+        "  output_json = ?6,"
+        "  error = ?7,"
+        "  next_attempt_at = ?9,"
+        "  started_at = CASE"
+        "   WHEN ?4 = 'pending' THEN NULL"
+        "   WHEN ?4 = 'dispatched' AND (state <> 'dispatched' OR attempt <> ?5) THEN ?8"
+        "   ELSE started_at END,"
+        "  finished_at = CASE"
+        "   WHEN ?4 NOT IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN NULL"
+        "   WHEN state = ?4 AND attempt = ?5 THEN finished_at"
+        "   ELSE ?8 END"
+        " WHERE run_id = ?1 AND step_id = ?2",
     [STMT_STEPS_LIST] = "SELECT step_id, persona, state, attempt, output_json, error, started_at,"
                         " finished_at, next_attempt_at FROM steps WHERE run_id = ?1 ORDER BY ord",
     [STMT_CONTEXT_INSERT] =

@@ -87,6 +87,7 @@ static void resolve_fallback(struct wf_build *b, size_t index)
         return;
     }
     step->fallback = (size_t)found;
+    wf->steps[found].is_fallback = true;
 }
 
 static const cJSON *need_node(struct wf_build *b, size_t step, size_t n)

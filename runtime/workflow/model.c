@@ -300,10 +300,7 @@ enum workflow_on_error workflow_step_on_error(const struct workflow *wf, size_t 
 
 bool workflow_step_is_fallback(const struct workflow *wf, size_t index)
 {
-    for (size_t i = 0; i < wf->step_count; i++)
-        if (wf->steps[i].on_error == WORKFLOW_ON_ERROR_FALLBACK && wf->steps[i].fallback == index)
-            return true;
-    return false;
+    return index < wf->step_count && wf->steps[index].is_fallback;
 }
 
 const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index)

@@ -151,7 +151,8 @@ struct wf_step {
     int64_t retry_backoff_ms, retry_max_delay_ms;
     unsigned retry_errors;
     enum workflow_on_error on_error;
-    size_t fallback; /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
+    size_t fallback;  /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
+    bool is_fallback; /* some step falls back to this one */
 };
 
 /* One problem found while checking a file. */
