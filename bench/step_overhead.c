@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base.h"
@@ -31,6 +32,13 @@ struct figures {
 };
 
 static char *build_dir;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* The direct baseline: one MCP client calling demo.echo n times in a row. */
 static double direct_calls(int n)
@@ -48,7 +56,7 @@ static double direct_calls(int n)
         fprintf(stderr, "step_overhead: %s\n", err.message);
         goto out;
     }
-    int64_t start = tr_now_ms();
+    double start = now_seconds();
     for (int i = 0; i < n; i++) {
         cJSON *result = NULL;
         char key[64];
@@ -61,7 +69,7 @@ static double direct_calls(int n)
         }
         cJSON_Delete(result);
     }
-    seconds = (double)(tr_now_ms() - start) / 1000.0;
+    seconds = now_seconds() - start;
 out:
     mcp_session_free(&session);
     cJSON_Delete(arguments);
@@ -217,11 +225,18 @@ int main(int argc, char **argv)
     setenv("PATH", path_env, 1);
     free(path_env);
 
-    double direct = direct_calls(chain);
-    if (direct < 0)
-        return 1;
+    /* The best of three: the baseline is what one client can do, not a slow moment of it. */
+    double direct = -1;
+    for (int round = 0; round < 3; round++) {
+        double seconds = direct_calls(chain);
+        if (seconds < 0)
+            return 1;
+        if (direct < 0 || seconds < direct)
+            direct = seconds;
+    }
     double direct_ms = direct * 1000.0 / chain;
-    printf("direct MCP calls (one client, no orchestration): %d calls in %.2f s, %.3f ms/call, "
+    printf("direct MCP calls (one client, no orchestration, best of 3): %d calls in %.2f s, "
+           "%.3f ms/call, "
            "%.0f calls/s\n",
            chain, direct, direct_ms, 1000.0 / direct_ms);
 
