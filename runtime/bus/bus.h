@@ -53,7 +53,8 @@ struct bus_msg {
     char *json;            /* welcome: config; assign: arguments; event: payload; result: output */
     bool ok;               /* result */
     char *error;           /* result, bye, cancel: what went wrong (cancel: why), or NULL */
-    char *error_class;     /* result: "tool", "protocol", "transport", "timeout", "policy" */
+    char *error_class;     /* result: "tool", "protocol", "transport", "timeout", "policy",
+                              "cancelled" */
     bool remote;           /* ROUTER side, not encoded: the peer is on the CURVE endpoint */
 };
 
