@@ -51,7 +51,7 @@ enum {
     "  --timeout SECONDS       how long one step may take (default 60)\n"                          \
     "  --replicas N            agent processes per persona (default: the persona's\n"              \
     "                          replicas in the workflow, else 1)\n"                                \
-    "  --credit N              tool calls one agent may have in flight at once (default 16)\n"      \
+    "  --credit N              tool calls one agent may have in flight at once (default 16)\n"     \
     "  --retries N             attempts of a step, the first included (default 3)\n"               \
     "  --retry-on CLASSES      error classes retried, comma-separated, from tool, protocol,\n"     \
     "                          transport, timeout (default transport,timeout)\n"                   \
