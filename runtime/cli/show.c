@@ -104,6 +104,8 @@ static int print_step(void *userdata, const struct store_step *step)
         add_string(o, "state", step->state);
         add_string(o, "persona", step->persona);
         cJSON_AddNumberToObject(o, "attempts", step->attempt);
+        if (step->items_done > 0)
+            cJSON_AddNumberToObject(o, "items_done", (double)step->items_done);
         add_string(o, "started_at", step->started_at);
         add_string(o, "finished_at", step->finished_at);
         cJSON *output = step->output_json ? cJSON_Parse(step->output_json) : NULL;
@@ -112,9 +114,13 @@ static int print_step(void *userdata, const struct store_step *step)
         cJSON_AddItemToArray(steps, o);
         return 0;
     }
-    printf("%-20s %-10s %-14s %7d %10s  %s\n", step->step_id, step->state,
-           step->persona ? step->persona : "-", step->attempt, took,
-           step->error ? step->error : "");
+    char items[48] = "";
+    if (step->items_done > 0)
+        snprintf(items, sizeof(items), "%s%lld items done", step->error ? "; " : "",
+                 (long long)step->items_done);
+    printf("%-20s %-10s %-14s %7d %10s  %s%s\n", step->step_id, step->state,
+           step->persona ? step->persona : "-", step->attempt, took, step->error ? step->error : "",
+           items);
     return 0;
 }
 

@@ -419,6 +419,7 @@ static int scan_step(sqlite3_stmt *stmt, void *ctx)
         .started_at = store__column_text(stmt, 6),
         .finished_at = store__column_text(stmt, 7),
         .next_attempt_at_ms = sqlite3_column_int64(stmt, 8),
+        .items_done = sqlite3_column_int64(stmt, 9),
     };
 
     return scan->fn(scan->userdata, &step);

@@ -84,7 +84,9 @@ static const char *const statement_sql[STMT_COUNT] = {
         "   ELSE ?8 END"
         " WHERE run_id = ?1 AND step_id = ?2",
     [STMT_STEPS_LIST] = "SELECT step_id, persona, state, attempt, output_json, error, started_at,"
-                        " finished_at, next_attempt_at FROM steps WHERE run_id = ?1 ORDER BY ord",
+                        " finished_at, next_attempt_at, (SELECT count(*) FROM step_items i"
+                        "  WHERE i.run_id = steps.run_id AND i.step_id = steps.step_id)"
+                        " FROM steps WHERE run_id = ?1 ORDER BY ord",
     [STMT_CONTEXT_INSERT] =
         "INSERT INTO context (run_id, key, version, value_json, step_id, written_at)"
         " VALUES (?1, ?2,"

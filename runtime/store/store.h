@@ -137,6 +137,7 @@ struct store_step {
     const char *started_at;     /* or NULL */
     const char *finished_at;    /* or NULL */
     int64_t next_attempt_at_ms; /* retry-wait: when the next attempt is due (epoch ms), else 0 */
+    int64_t items_done;         /* a for_each step: its items that succeeded (when listed) */
 };
 
 /* store_step_set with every field of step (started_at and finished_at are ignored). */

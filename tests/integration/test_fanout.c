@@ -138,6 +138,12 @@ Test(fanout, items_spread_over_replicas_within_the_window_and_come_back_in_order
     cr_assert(strstr(r.out, "\"event\":\"item\""), "%s", r.out);
     cr_assert(strstr(r.out, "\"items_done\":40,\"items_total\":40"), "%s", r.out);
     harness_result_release(&r);
+    /* troupe show counts the items done. */
+    const char *show[] = {env.h.troupe, "--db", env.h.db, "show", "latest", NULL};
+    harness_run(show, env.h.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "40 items done"), "%s", r.out);
+    harness_result_release(&r);
     free(run);
     free(path);
     release_env(&env);
