@@ -34,6 +34,13 @@ static void release_env(struct env *env)
     free(env->effects);
 }
 
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
@@ -343,12 +350,13 @@ static int count_lines_with(const char *path, const char *needle)
     return n;
 }
 
-Test(fanout, ctrl_c_sends_notifications_cancelled_for_every_call_in_flight)
+/* A for_each of `items` calls to slow.sleep (ms each) on the concurrent test server, which logs
+ * every line it receives to *ret_log; extra is appended to the step. */
+static char *slow_workflow(struct env *env, int items, int ms, const char *extra, char **ret_log)
 {
-    struct env env = setup_env();
     char *server = harness_build_path("tests/test-mcp-concurrent");
-    char *log, *text;
-    cr_assert_geq(asprintf(&log, "%s/server.log", env.h.dir), 0);
+    char *text;
+    cr_assert_geq(asprintf(ret_log, "%s/server.log", env->h.dir), 0);
     cr_assert_geq(asprintf(&text,
                            "name: slow\n"
                            "mcp_servers:\n"
@@ -362,11 +370,22 @@ Test(fanout, ctrl_c_sends_notifications_cancelled_for_every_call_in_flight)
                            "  - id: each\n"
                            "    persona: worker\n"
                            "    tool: slow.sleep\n"
-                           "    for_each: '[range(0; 6)]'\n"
-                           "    with: {ms: 30000}\n",
-                           server, log),
+                           "    for_each: '[range(0; %d)]'\n"
+                           "    with: {ms: %d}\n"
+                           "%s",
+                           server, *ret_log, items, ms, extra),
                   0);
-    char *path = harness_write_file(env.h.dir, "slow.yaml", text);
+    char *path = harness_write_file(env->h.dir, "slow.yaml", text);
+    free(text);
+    free(server);
+    return path;
+}
+
+Test(fanout, ctrl_c_sends_notifications_cancelled_for_every_call_in_flight)
+{
+    struct env env = setup_env();
+    char *log;
+    char *path = slow_workflow(&env, 6, 30000, "", &log);
     struct harness_proc proc;
     struct harness_result r;
     const char *argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q", path, NULL};
@@ -388,8 +407,33 @@ Test(fanout, ctrl_c_sends_notifications_cancelled_for_every_call_in_flight)
     free(state);
     free(status);
     free(path);
-    free(text);
     free(log);
-    free(server);
+    release_env(&env);
+}
+
+Test(fanout, a_call_past_its_timeout_is_cancelled_with_notifications_cancelled)
+{
+    struct env env = setup_env();
+    char *log;
+    char *path = slow_workflow(&env, 2, 30000, "    timeout: 1s\n", &log);
+    struct harness_result r;
+    const char *argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q",
+                          "--retries",  "1",    path,     NULL};
+    int64_t start = monotonic_ms();
+
+    harness_run(argv, env.h.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_lt(monotonic_ms() - start, 10000, "the timeout did not end the calls");
+    cr_assert(strstr(r.out, "item "), "%s", r.out);
+    /* The agent cancelled the timed-out call by the protocol; the other item was cancelled
+     * when the step failed. */
+    cr_assert_eq(count_lines_with(log, "notifications/cancelled"), 2, "see %s", log);
+    cr_assert_geq(harness_db_int(env.h.db, "SELECT count(*) FROM audit WHERE type = "
+                                           "'mcp.notification' AND payload_json LIKE "
+                                           "'%notifications/cancelled%'"),
+                  2);
+    harness_result_release(&r);
+    free(path);
+    free(log);
     release_env(&env);
 }
