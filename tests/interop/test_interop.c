@@ -138,3 +138,65 @@ Test(everything, a_secret_echoed_by_a_server_never_reaches_the_database)
     free(wal);
     free(troupe);
 }
+
+Test(everything, a_fanout_keeps_calls_in_flight_and_a_timeout_cancels_by_the_protocol)
+{
+    char *folder = harness_source_path("tests/interop");
+    char *server = harness_source_path(
+        "tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if (access(server, R_OK) != 0) {
+        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"),
+                       "server-everything is not installed (npm ci in tests/interop)");
+        cr_skip_test("server-everything is not installed; run scripts/test");
+    }
+    char *dir = harness_tempdir();
+    char *db;
+    cr_assert_geq(asprintf(&db, "%s/troupe.db", dir), 0);
+    char *troupe = harness_build_path("troupe");
+    const char *argv[] = {troupe, "--db", db, "run", "--credit", "8", "fanout.yaml", NULL};
+    struct harness_result r;
+
+    harness_run(argv, folder, 120000, &r);
+    /* The long operation timed out: the run fails, after the fan-out succeeded. */
+    cr_assert_eq(r.exit_code, 1, "exit %d\nstdout:\n%s\nstderr:\n%s", r.exit_code, r.out, r.err);
+    char *state = harness_db_text(db, "SELECT state FROM steps WHERE step_id = 'echoes'");
+    cr_assert_str_eq(state, "succeeded");
+    /* Every item's output, in order. */
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM steps, json_each(steps.output_json) j "
+                                    "WHERE step_id = 'echoes' AND j.value = 'Echo: item ' || "
+                                    "j.key"),
+                 40);
+    /* Several calls were in flight on the one session at once (the server answered them as
+     * the SDK does, concurrently): some request was sent before the previous one's answer. */
+    cr_assert_gt(harness_db_int(db, "WITH ev AS (SELECT seq, CASE type WHEN 'mcp.request' THEN 1 "
+                                    "ELSE -1 END AS d FROM audit WHERE step_id = 'echoes' AND "
+                                    "type IN ('mcp.request', 'mcp.response') AND "
+                                    "json_extract(payload_json, '$.task') IS NOT NULL) "
+                                    "SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY seq) AS n "
+                                    "FROM ev)"),
+                 1);
+    /* The timed-out call was cancelled with notifications/cancelled naming its request. */
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit a WHERE a.step_id = 'slow' AND "
+                                    "a.type = 'mcp.notification' AND "
+                                    "json_extract(a.payload_json, '$.message.method') = "
+                                    "'notifications/cancelled' AND "
+                                    "json_extract(a.payload_json, '$.direction') = 'sent' AND "
+                                    "json_extract(a.payload_json, '$.message.params.requestId') "
+                                    "= (SELECT json_extract(b.payload_json, '$.message.id') FROM "
+                                    "audit b WHERE b.step_id = 'slow' AND b.type = 'mcp.request' "
+                                    "AND json_extract(b.payload_json, '$.message.method') = "
+                                    "'tools/call')"),
+                 1);
+    char *error = harness_db_text(db, "SELECT error FROM steps WHERE step_id = 'slow'");
+    cr_assert(error && strstr(error, "did not answer tools/call within 1000 ms"), "%s", error);
+    cr_assert_eq(harness_leftover_processes(NULL, "server-everything"), 0);
+    harness_check_runs(troupe, db, folder);
+    harness_result_release(&r);
+    free(error);
+    free(state);
+    free(folder);
+    free(server);
+    free(dir);
+    free(db);
+    free(troupe);
+}
