@@ -47,7 +47,8 @@ struct task {
     char *step_id;
     int64_t attempt;
     struct server *server;
-    char *tool;
+    char *tool;         /* the tool (or prompt, or resource URI) */
+    char *method;       /* "resources/read" or "prompts/get", or NULL for a tools/call */
     int64_t ticket;     /* its request in server->session */
     int64_t request_id; /* the JSON-RPC id of its latest round (the ticket is the first) */
     int timeout_ms;
@@ -500,6 +501,7 @@ static void task_free(struct agent *agent, struct task *task)
     }
     free(task->step_id);
     free(task->tool);
+    free(task->method);
     free(task);
 }
 
@@ -554,6 +556,7 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     task->id = assign->task;
     task->step_id = xstrdup(assign->step_id);
     task->tool = xstrdup(assign->tool);
+    task->method = assign->method ? xstrdup(assign->method) : NULL;
     task->attempt = assign->attempt;
     task->server = server;
     task->timeout_ms = assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX
@@ -563,7 +566,12 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     agent->current = task;
     tr_log_context(run_of(agent), task->step_id, agent->persona);
     cJSON_AddStringToObject(meta, "io.troupe/idempotency-key", assign->idempotency_key);
-    if (!tool_allowed(agent, assign->server, assign->tool)) {
+    bool reads = task->method && strcmp(task->method, "resources/read") == 0;
+    bool known = !task->method || reads || strcmp(task->method, "prompts/get") == 0;
+    if (!known) {
+        error = xasprintf("unknown request '%s' in an assignment", task->method);
+        error_class = "protocol";
+    } else if (!reads && !tool_allowed(agent, assign->server, assign->tool)) {
         error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
                           assign->server, assign->tool);
         cJSON *payload = cJSON_CreateObject();
@@ -582,8 +590,10 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
         error =
             xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
         error_class = "protocol";
-    } else if (mcp_session_call_tool_start(server->session, assign->tool, arguments, meta,
-                                           &task->ticket, &err) < 0) {
+    } else if (task->method ? mcp_session_send(server->session, task->method, arguments,
+                                               &task->ticket, &err) < 0
+                            : mcp_session_call_tool_start(server->session, assign->tool, arguments,
+                                                          meta, &task->ticket, &err) < 0) {
         error = xstrdup(err.message);
         error_class = error_class_of(err.code);
     }
@@ -609,13 +619,16 @@ static int task_finish(struct agent *agent, struct task *task)
     const char *error_class = NULL;
 
     agent->current = task;
-    int rc = mcp_session_call_tool_finish(server->session, task->ticket, left > 0 ? (int)left : 1,
-                                          &output, &err);
+    /* A resource read or a prompt is any request; a tool call has its result checked. */
+    int rc = task->method ? mcp_session_wait(server->session, task->ticket,
+                                             left > 0 ? (int)left : 1, &output, &err)
+                          : mcp_session_call_tool_finish(server->session, task->ticket,
+                                                         left > 0 ? (int)left : 1, &output, &err);
     agent->current = NULL;
     if (rc < 0) {
         error = xstrdup(err.message);
         error_class = error_class_of(err.code);
-    } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(output, "isError"))) {
+    } else if (!task->method && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(output, "isError"))) {
         char *text = result_text(output);
         error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool,
                           *text ? text : "(no text)");

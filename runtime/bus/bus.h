@@ -46,7 +46,9 @@ struct bus_msg {
     char *step_id;         /* assign, event, result */
     int64_t attempt;       /* assign, result */
     char *server;          /* assign, event */
-    char *tool;            /* assign */
+    char *tool;            /* assign: the tool; or the prompt, or the resource's URI */
+    char *method;          /* assign: "resources/read" or "prompts/get" (json: its params);
+                              absent for a tool (json: its arguments) */
     char *idempotency_key; /* assign */
     int64_t timeout_ms;    /* assign: how long the tool call may take (0: the default) */
     char *event_type;      /* event: "mcp.request", "mcp.response", "mcp.notification", ... */

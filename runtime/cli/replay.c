@@ -175,7 +175,9 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     } else if (i >= 0 && strcmp(event->type, "mcp.request") == 0) {
         cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
-        if (cJSON_IsString(method) && strcmp(method->valuestring, "tools/call") == 0) {
+        if (cJSON_IsString(method) && (strcmp(method->valuestring, "tools/call") == 0 ||
+                                       strcmp(method->valuestring, "resources/read") == 0 ||
+                                       strcmp(method->valuestring, "prompts/get") == 0)) {
             replace(&rec->steps[i].request,
                     cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
             struct recorded_step *r = &rec->steps[i];
@@ -217,29 +219,57 @@ static char *compact(const cJSON *value)
 }
 
 /* Compares the call the runtime would make with the recorded one; prints a divergence. */
-static bool same_request(const struct workflow *wf, size_t i, const cJSON *arguments,
-                         const cJSON *recorded)
+/*
+ * Whether the request the replay makes (params, from sched_step_request) is the one the run
+ * made (the recorded params, whose _meta is the client's own). Prints the divergence.
+ */
+static bool same_request(const struct workflow *wf, size_t i, const char *method,
+                         const cJSON *params, const cJSON *recorded)
 {
-    const char *tool = workflow_step_tool(wf, i);
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(recorded, "name");
-    const cJSON *args = cJSON_GetObjectItemCaseSensitive(recorded, "arguments");
-    cJSON *empty = cJSON_CreateObject();
-    bool same = recorded && cJSON_IsString(name) && strcmp(name->valuestring, tool) == 0 &&
-                cJSON_Compare(arguments, args ? args : empty, true);
+    cJSON *then = cJSON_CreateObject();
+    bool tool = strcmp(method, "tools/call") == 0;
 
-    if (!same) {
-        char *now = compact(arguments), *then = compact(args);
+    /* What the request asked, member by member: the rest (the client's _meta, a later
+     * round's inputResponses) is the client's own. No arguments sent is the same as {}. */
+    for (const cJSON *member = params->child; member; member = member->next) {
+        const cJSON *value = cJSON_GetObjectItemCaseSensitive(recorded, member->string);
+        if (value)
+            cJSON_AddItemToObject(then, member->string, cJSON_Duplicate(value, true));
+        else if (strcmp(member->string, "arguments") == 0 && cJSON_IsObject(recorded))
+            cJSON_AddObjectToObject(then, "arguments");
+    }
+    bool same = cJSON_IsObject(recorded) && cJSON_Compare(params, then, true);
+    if (!same && tool) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(then, "name");
+        char *now_args = compact(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
+        char *then_args = compact(cJSON_GetObjectItemCaseSensitive(then, "arguments"));
         printf("DIVERGENCE at step '%s':\n"
                "  replay calls    %s.%s %s\n"
                "  the run called  %s.%s %s\n",
-               workflow_step_id(wf, i), workflow_step_server(wf, i), tool, now,
-               workflow_step_server(wf, i), cJSON_IsString(name) ? name->valuestring : "(none)",
-               then);
-        free(now);
-        free(then);
+               workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i),
+               now_args, workflow_step_server(wf, i),
+               cJSON_IsString(name) ? name->valuestring : "(none)", then_args);
+        free(now_args);
+        free(then_args);
+    } else if (!same) {
+        char *now_params = compact(params), *then_params = compact(then);
+        printf("DIVERGENCE at step '%s':\n"
+               "  replay asks     %s %s %s\n"
+               "  the run asked   %s %s %s\n",
+               workflow_step_id(wf, i), workflow_step_server(wf, i), method, now_params,
+               workflow_step_server(wf, i), method, then_params);
+        free(now_params);
+        free(then_params);
     }
-    cJSON_Delete(empty);
+    cJSON_Delete(then);
     return same;
+}
+
+/* Tool, resource and prompt steps make an MCP request; the others are the scheduler's. */
+static bool makes_request(enum workflow_action action)
+{
+    return action == WORKFLOW_ACTION_TOOL || action == WORKFLOW_ACTION_RESOURCE ||
+           action == WORKFLOW_ACTION_PROMPT;
 }
 
 enum { REPLAY_RUN, REPLAY_NOT_RUN, REPLAY_DIVERGED };
@@ -368,7 +398,7 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
     const cJSON *each = items->child;
     for (int k = 0; same && k < recorded; k++, each = each->next) {
         const cJSON *request = r->item_requests[k];
-        cJSON *arguments = NULL;
+        cJSON *params = NULL;
         if (!request && succeeded) {
             printf("DIVERGENCE at step '%s' item %d: the log holds no call for it\n",
                    workflow_step_id(wf, i), k);
@@ -377,18 +407,20 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         }
         if (!request || cJSON_IsNull(request))
             continue;
+        const char *method = NULL;
         cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(each, true));
-        int rc = workflow_step_arguments(wf, i, scope, &arguments, &err);
+        int rc = sched_step_request(wf, i, scope, &method, &params, &err);
         cJSON_DeleteItemFromObjectCaseSensitive(scope, "item");
         if (rc < 0) {
-            printf("DIVERGENCE at step '%s' item %d: its arguments do not evaluate: %s\n",
+            printf("DIVERGENCE at step '%s' item %d: its request does not evaluate: %s\n",
                    workflow_step_id(wf, i), k, err.message);
             same = false;
         } else {
-            same = same_request(wf, i, arguments, request);
+            same = same_request(wf, i, method, params, request);
             *matched += same;
         }
-        cJSON_Delete(arguments);
+        cJSON_Delete(params);
+        params = NULL;
     }
     cJSON_Delete(items);
     return same;
@@ -437,7 +469,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             enum workflow_action action = workflow_step_action(wf, i);
             bool for_each = workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH);
-            if (for_each && action == WORKFLOW_ACTION_TOOL) {
+            if (for_each && makes_request(action)) {
                 /* One call per item, each compared with the item's last recorded call. */
                 if (!r->finished && !r->reused) {
                     state[i] = NOT_RUN;
@@ -447,7 +479,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
                     status = CLI_FAILED;
                     break;
                 }
-            } else if (action != WORKFLOW_ACTION_TOOL) {
+            } else if (!makes_request(action)) {
                 /* Computed by the scheduler itself, no call: an eval must yield what the run
                  * recorded; an approval passed or not as recorded. */
                 if (!r->finished) {
@@ -481,18 +513,19 @@ static int replay(struct recording *rec, size_t *ret_matched)
             }
             /* A step a forked run took over from its parent was not called by this run:
              * replay takes the parent's result too. */
-            if (action == WORKFLOW_ACTION_TOOL && !for_each && !r->reused) {
+            if (makes_request(action) && !for_each && !r->reused) {
                 struct tr_error err = {0};
-                cJSON *arguments = NULL;
-                if (workflow_step_arguments(wf, i, scope, &arguments, &err) < 0) {
-                    printf("DIVERGENCE at step '%s': its arguments do not evaluate: %s\n",
+                const char *method = NULL;
+                cJSON *params = NULL;
+                if (sched_step_request(wf, i, scope, &method, &params, &err) < 0) {
+                    printf("DIVERGENCE at step '%s': its request does not evaluate: %s\n",
                            workflow_step_id(wf, i), err.message);
                     status = CLI_FAILED;
                     break;
                 }
-                if (!same_request(wf, i, arguments, r->request))
+                if (!same_request(wf, i, method, params, r->request))
                     status = CLI_FAILED;
-                cJSON_Delete(arguments);
+                cJSON_Delete(params);
                 if (status != CLI_OK)
                     break;
                 (*ret_matched)++;

@@ -476,20 +476,12 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
-    /* Until the scheduler performs resource, prompt, ask and workflow steps, refuse them before
-     * any work. */
+    /* Until the scheduler performs ask and workflow steps, refuse them before any work. */
     for (size_t i = 0; i < workflow_step_count(wf); i++) {
         enum workflow_action action = workflow_step_action(wf, i);
-        if (action != WORKFLOW_ACTION_TOOL && action != WORKFLOW_ACTION_EVAL &&
-            action != WORKFLOW_ACTION_APPROVAL) {
+        if (action == WORKFLOW_ACTION_ASK || action == WORKFLOW_ACTION_WORKFLOW) {
             cli_error("%s: step '%s': '%s' steps are not executed yet", workflow_file(wf),
                       workflow_step_id(wf, i), workflow_action_name(action));
-            goto out;
-        }
-        if (workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH) &&
-            action != WORKFLOW_ACTION_TOOL) {
-            cli_error("%s: step '%s': 'for_each' over '%s' steps is not executed yet",
-                      workflow_file(wf), workflow_step_id(wf, i), workflow_action_name(action));
             goto out;
         }
     }

@@ -205,8 +205,12 @@ void sched__make_ready(struct run *run, size_t index);
 void sched__step_result(struct run *run, size_t index, const cJSON *result, char *outputs_json);
 /* A step fails now (no retry): on_error decides what follows. */
 void sched__step_failed(struct run *run, size_t index, const char *error, int64_t duration);
-/* A step's output from a CallToolResult: structuredContent, else the text, else content. */
-cJSON *sched__tool_output(const cJSON *result);
+/*
+ * A step's output from its request's result: for a tool (CallToolResult) structuredContent,
+ * else the text, else the content; for a resource the text of its one text content, else its
+ * contents; for a prompt the GetPromptResult.
+ */
+cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *result);
 /*
  * A forked run takes the step over from its parent with the recorded output: succeeded
  * without a call. For a run being created, before take-over queues what is ready.

@@ -111,6 +111,18 @@ struct sched_options {
 };
 
 /*
+ * The MCP request a tool, resource or prompt step makes, over scope (with .item set for an
+ * item of a for_each; NULL when its arguments use no expression): *ret_method is
+ * "tools/call", "resources/read" or "prompts/get" (static), *ret_params (the caller's) is
+ * {name, arguments} for a tool, {uri} for a resource, {name, arguments} for a prompt (whose
+ * argument values are strings, as MCP has them: other JSON values are given as JSON text).
+ * The scheduler sends it, and replay compares it with the recorded request: one path.
+ */
+int sched_step_request(const struct workflow *wf, size_t index, const cJSON *scope,
+                       const char **ret_method, cJSON **ret_params,
+                       struct tr_error *err) TR_MUST_CHECK;
+
+/*
  * Creates a run of wf in store and runs it to its end. Returns 0 when the run succeeded,
  * TR_ETOOL when it ran and failed (err says why: the first failed step), -ECANCELED when it
  * was cancelled, or another negative code if it could not be carried out (err says why).

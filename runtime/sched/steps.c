@@ -221,7 +221,7 @@ static void reach_final(struct run *run, size_t index, enum step_state state)
  * A step's output, from its CallToolResult: structuredContent when the tool gave one, else
  * the text of its text items (joined by newlines), else its content as it is.
  */
-cJSON *sched__tool_output(const cJSON *result)
+static cJSON *tool_output(const cJSON *result)
 {
     const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
@@ -249,6 +249,32 @@ cJSON *sched__tool_output(const cJSON *result)
     cJSON *out = cJSON_CreateString(text.data ? text.data : "");
     tr_buf_release(&text);
     return out;
+}
+
+/*
+ * A resource's output, from its ReadResourceResult: the text of its one text content, else
+ * its contents as they are.
+ */
+static cJSON *resource_output(const cJSON *result)
+{
+    const cJSON *contents = cJSON_GetObjectItemCaseSensitive(result, "contents");
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(contents, 0), "text");
+
+    if (cJSON_GetArraySize(contents) == 1 && cJSON_IsString(text))
+        return cJSON_CreateString(text->valuestring);
+    return contents ? cJSON_Duplicate(contents, true) : cJSON_CreateNull();
+}
+
+cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *result)
+{
+    switch (workflow_step_action(wf, index)) {
+    case WORKFLOW_ACTION_RESOURCE:
+        return resource_output(result);
+    case WORKFLOW_ACTION_PROMPT:
+        return cJSON_Duplicate(result, true); /* GetPromptResult: description, messages */
+    default:
+        return tool_output(result);
+    }
 }
 
 /* Keeps a succeeded step's output where expressions read it, and saves it to the context. */
@@ -349,7 +375,7 @@ void sched__step_result(struct run *run, size_t index, const cJSON *result, char
     } else if (outputs_json) {
         succeed(run, index, NULL, outputs_json, duration);
     } else {
-        succeed(run, index, sched__tool_output(result), NULL, duration);
+        succeed(run, index, sched__call_output(run->wf, index, result), NULL, duration);
     }
 }
 

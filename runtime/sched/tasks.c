@@ -135,37 +135,90 @@ long sched__agent_for(struct run *run, size_t persona)
 
 /* ---- dispatch ------------------------------------------------------------------------------- */
 
+int sched_step_request(const struct workflow *wf, size_t index, const cJSON *scope,
+                       const char **ret_method, cJSON **ret_params, struct tr_error *err)
+{
+    enum workflow_action action = workflow_step_action(wf, index);
+    cJSON *params = cJSON_CreateObject();
+    cJSON *arguments = NULL;
+    char *uri = NULL;
+    int rc = 0;
+
+    switch (action) {
+    case WORKFLOW_ACTION_TOOL:
+    case WORKFLOW_ACTION_PROMPT:
+        rc = workflow_step_arguments(wf, index, scope, &arguments, err);
+        if (rc < 0)
+            break;
+        cJSON_AddStringToObject(params, "name", workflow_step_tool(wf, index));
+        if (action == WORKFLOW_ACTION_PROMPT) {
+            /* A prompt's arguments are strings. */
+            cJSON *strings = cJSON_CreateObject();
+            for (const cJSON *arg = arguments ? arguments->child : NULL; arg; arg = arg->next) {
+                char *text = cJSON_IsString(arg) ? NULL : cJSON_PrintUnformatted(arg);
+                cJSON_AddStringToObject(strings, arg->string, text ? text : arg->valuestring);
+                free(text);
+            }
+            cJSON_Delete(arguments);
+            arguments = strings;
+        }
+        cJSON_AddItemToObject(params, "arguments", arguments ? arguments : cJSON_CreateObject());
+        *ret_method = action == WORKFLOW_ACTION_TOOL ? "tools/call" : "prompts/get";
+        break;
+    case WORKFLOW_ACTION_RESOURCE:
+        rc = workflow_step_text(wf, index, WORKFLOW_TEXT_URI, scope, &uri, err);
+        if (rc < 0)
+            break;
+        cJSON_AddStringToObject(params, "uri", uri);
+        free(uri);
+        *ret_method = "resources/read";
+        break;
+    default:
+        rc = tr_error_set(err, TR_EINVAL, "step '%s': a %s step makes no MCP request",
+                          workflow_step_id(wf, index), workflow_action_name(action));
+    }
+    if (rc < 0) {
+        cJSON_Delete(params);
+        return rc;
+    }
+    *ret_params = params;
+    return 0;
+}
+
 /*
- * Resolves the task's arguments (with .item for an item) and queues its assign, sent once
- * the turn is committed, with a step.dispatched event. False when the arguments do not
- * resolve (err says why).
+ * Resolves the task's request (with .item for an item) and queues its assign, sent once the
+ * turn is committed, with a step.dispatched event. False when the request does not resolve
+ * (err says why).
  */
 static bool send_task(struct run *run, struct task *task, long agent_index, struct tr_error *err)
 {
     size_t index = task->step;
     struct step_run *step = &run->steps[index];
     struct agent_proc *agent = &run->agents[agent_index];
+    enum workflow_action action = workflow_step_action(run->wf, index);
     const char *step_id = workflow_step_id(run->wf, index);
     const char *server = workflow_step_server(run->wf, index);
-    const char *tool = workflow_step_tool(run->wf, index);
     struct step_policy policy;
-    cJSON *arguments = NULL;
+    const char *method = NULL;
+    cJSON *params = NULL;
 
     if (step->fan)
         cJSON_AddItemToObject(run->scope, "item",
                               cJSON_Duplicate(step->fan->item[task->item], true));
     /* Arguments without expressions need no scope: converting it costs as much as it holds. */
-    int rc = workflow_step_arguments(
-        run->wf, index, step->uses_scope || step->fan ? run->scope : NULL, &arguments, err);
+    bool scoped = step->uses_scope || step->fan || action != WORKFLOW_ACTION_TOOL;
+    int rc = sched_step_request(run->wf, index, scoped ? run->scope : NULL, &method, &params, err);
     if (step->fan)
         cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "item");
     if (rc < 0)
         return false;
-    if (!workflow_persona_allows(run->wf, agent->persona_index, server, tool)) {
+    const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
+    if (action != WORKFLOW_ACTION_RESOURCE &&
+        !workflow_persona_allows(run->wf, agent->persona_index, server, name)) {
         /* The loader refuses such workflows; this guards the invariant at run time too. */
-        cJSON_Delete(arguments);
         tr_error_set(err, TR_EINVAL, "persona '%s' may not call %s.%s", agent->persona, server,
-                     tool);
+                     name);
+        cJSON_Delete(params);
         return false;
     }
     sched__step_policy(run, index, &policy);
@@ -182,19 +235,34 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     msg->step_id = xstrdup(step_id);
     msg->attempt = task->attempt;
     msg->server = xstrdup(server);
-    msg->tool = xstrdup(tool);
+    if (action == WORKFLOW_ACTION_TOOL) {
+        /* A tool's assign carries its name and arguments; the agent makes the request. */
+        msg->tool = xstrdup(name);
+        msg->json = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
+    } else {
+        msg->method = xstrdup(method);
+        msg->tool = xstrdup(
+            name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
+        msg->json = cJSON_PrintUnformatted(params);
+    }
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
     msg->idempotency_key = task->item >= 0 ? xasprintf("%s/%s/%ld", run->id, step_id, task->item)
                                            : xasprintf("%s/%s", run->id, step_id);
     msg->timeout_ms = policy.timeout_ms;
-    msg->json = cJSON_PrintUnformatted(arguments);
 
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
     cJSON_AddStringToObject(payload, "server", server);
-    cJSON_AddStringToObject(payload, "tool", tool);
-    cJSON_AddItemToObject(payload, "arguments", arguments);
+    if (action == WORKFLOW_ACTION_TOOL) {
+        cJSON_AddStringToObject(payload, "tool", name);
+        cJSON_AddItemToObject(payload, "arguments",
+                              cJSON_DetachItemFromObjectCaseSensitive(params, "arguments"));
+    } else {
+        cJSON_AddStringToObject(payload, "method", method);
+        cJSON_AddItemToObject(payload, "params", cJSON_Duplicate(params, true));
+    }
+    cJSON_Delete(params);
     cJSON_AddNumberToObject(payload, "attempt", task->attempt);
     cJSON_AddNumberToObject(payload, "task", (double)task->id);
     if (task->item >= 0) {
@@ -421,7 +489,7 @@ static void item_succeeded(struct run *run, struct task *task, const cJSON *resu
     struct fanout *fan = step->fan;
     struct tr_error err = {0};
     bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
-    cJSON *output = sched__tool_output(result);
+    cJSON *output = sched__call_output(run->wf, index, result);
     char *output_json = cJSON_PrintUnformatted(output);
     char *result_json = raw ? cJSON_PrintUnformatted(result) : NULL;
     long item = task->item;

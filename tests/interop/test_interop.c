@@ -14,6 +14,46 @@
 
 #include "harness.h"
 
+/* A test's world: the interop folder (the workflows' cwd), a fresh database, troupe. */
+struct interop {
+    char *folder;
+    char *dir;
+    char *db;
+    char *troupe;
+};
+
+/* Skips the test when server-everything is not installed (fails under scripts/test). */
+static struct interop interop_setup(void)
+{
+    struct interop it = {0};
+    char *server = harness_source_path(
+        "tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    bool installed = access(server, R_OK) == 0;
+
+    free(server);
+    if (!installed) {
+        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"),
+                       "server-everything is not installed (npm ci in tests/interop)");
+        cr_skip_test("server-everything is not installed; run scripts/test");
+    }
+    it.folder = harness_source_path("tests/interop");
+    it.dir = harness_tempdir();
+    cr_assert_geq(asprintf(&it.db, "%s/troupe.db", it.dir), 0);
+    it.troupe = harness_build_path("troupe");
+    return it;
+}
+
+/* Checks the runs left (audit verify, replay) and that no server was left running. */
+static void interop_release(struct interop *it)
+{
+    cr_assert_eq(harness_leftover_processes(NULL, "server-everything"), 0);
+    harness_check_runs(it->troupe, it->db, it->folder);
+    free(it->folder);
+    free(it->dir);
+    free(it->db);
+    free(it->troupe);
+}
+
 Test(everything, echo_and_sum_through_two_personas)
 {
     char *folder = harness_source_path("tests/interop");
@@ -141,18 +181,8 @@ Test(everything, a_secret_echoed_by_a_server_never_reaches_the_database)
 
 Test(everything, a_fanout_keeps_calls_in_flight_and_a_timeout_cancels_by_the_protocol)
 {
-    char *folder = harness_source_path("tests/interop");
-    char *server = harness_source_path(
-        "tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if (access(server, R_OK) != 0) {
-        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"),
-                       "server-everything is not installed (npm ci in tests/interop)");
-        cr_skip_test("server-everything is not installed; run scripts/test");
-    }
-    char *dir = harness_tempdir();
-    char *db;
-    cr_assert_geq(asprintf(&db, "%s/troupe.db", dir), 0);
-    char *troupe = harness_build_path("troupe");
+    struct interop it = interop_setup();
+    char *folder = it.folder, *db = it.db, *troupe = it.troupe;
     const char *argv[] = {troupe, "--db", db, "run", "--credit", "8", "fanout.yaml", NULL};
     struct harness_result r;
 
@@ -189,14 +219,43 @@ Test(everything, a_fanout_keeps_calls_in_flight_and_a_timeout_cancels_by_the_pro
                  1);
     char *error = harness_db_text(db, "SELECT error FROM steps WHERE step_id = 'slow'");
     cr_assert(error && strstr(error, "did not answer tools/call within 1000 ms"), "%s", error);
-    cr_assert_eq(harness_leftover_processes(NULL, "server-everything"), 0);
-    harness_check_runs(troupe, db, folder);
     harness_result_release(&r);
     free(error);
     free(state);
-    free(folder);
-    free(server);
-    free(dir);
-    free(db);
-    free(troupe);
+    interop_release(&it);
+}
+
+Test(everything, resource_and_prompt_steps_read_through_the_protocol_and_replay)
+{
+    struct interop it = interop_setup();
+    char *folder = it.folder, *db = it.db, *troupe = it.troupe;
+    const char *argv[] = {troupe, "--db", db, "run", "reads.yaml", NULL};
+    struct harness_result r;
+
+    harness_run(argv, folder, 120000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\nstdout:\n%s\nstderr:\n%s", r.exit_code, r.out, r.err);
+    /* A resource's one text content is its output, saved to the context. */
+    char *features = harness_db_text(db, "SELECT value_json FROM context WHERE key = 'features'");
+    cr_assert(features && features[0] == '"' && strlen(features) > 100, "%s", features);
+    /* Each item read its own resource of the template, in order. */
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM steps, json_each(steps.output_json) j "
+                                    "WHERE step_id = 'dynamic' AND j.value LIKE 'Resource ' || "
+                                    "(j.key + 1) || ': This is a plaintext resource%'"),
+                 3);
+    /* The prompt got its arguments as strings (7 became "7") and its text is the output. */
+    char *question = harness_db_text(db, "SELECT value_json FROM context WHERE key = 'question'");
+    cr_assert(question && strstr(question, "Lisbon, 7"), "%s", question);
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
+                                    "json_extract(payload_json, '$.message.method') = "
+                                    "'resources/read'"),
+                 4);
+    cr_assert_eq(harness_db_int(db, "SELECT count(*) FROM audit WHERE type = 'mcp.request' AND "
+                                    "json_extract(payload_json, '$.message.method') = "
+                                    "'prompts/get' AND json_extract(payload_json, "
+                                    "'$.message.params.arguments.state') = '7'"),
+                 1);
+    harness_result_release(&r);
+    free(question);
+    free(features);
+    interop_release(&it); /* replay compares each read and the prompt with the record */
 }

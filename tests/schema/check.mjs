@@ -164,7 +164,7 @@ else ok(`troupe validate lists ${lines.length} problems with positions for ${bro
 
 const refused = spawnSync(troupe, ['run', join(workflowsDir, 'loan-review.yaml'), '-i', 'applicant={}', '-i', 'amount=1'],
     { encoding: 'utf8', env: { ...process.env, TROUPE_DB: '/nonexistent/troupe.db' } });
-if (refused.status === 2 && refused.stderr.includes("step 'history': 'resource' steps are not executed yet"))
+if (refused.status === 2 && refused.stderr.includes("step 'assess': 'ask' steps are not executed yet"))
     ok('troupe run refuses actions the scheduler does not perform yet');
 else fail('troupe run loan-review.yaml', `exit ${refused.status}: ${refused.stderr}`);
 
