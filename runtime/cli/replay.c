@@ -395,6 +395,7 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         cJSON_Delete(items);
         return false;
     }
+    struct workflow_scope *prepared = workflow_scope_new(scope); /* once, for every item */
     const cJSON *each = items->child;
     for (int k = 0; same && k < recorded; k++, each = each->next) {
         const cJSON *request = r->item_requests[k];
@@ -408,9 +409,9 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         if (!request || cJSON_IsNull(request))
             continue;
         const char *method = NULL;
-        cJSON_AddItemToObject(scope, "item", cJSON_Duplicate(each, true));
-        int rc = sched_step_request(wf, i, scope, &method, &params, &err);
-        cJSON_DeleteItemFromObjectCaseSensitive(scope, "item");
+        struct workflow_scope *item_scope = workflow_scope_with_item(prepared, each);
+        int rc = sched_step_request(wf, i, item_scope, &method, &params, &err);
+        workflow_scope_free(&item_scope);
         if (rc < 0) {
             printf("DIVERGENCE at step '%s' item %d: its request does not evaluate: %s\n",
                    workflow_step_id(wf, i), k, err.message);
@@ -422,6 +423,7 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         cJSON_Delete(params);
         params = NULL;
     }
+    workflow_scope_free(&prepared);
     cJSON_Delete(items);
     return same;
 }
@@ -517,7 +519,10 @@ static int replay(struct recording *rec, size_t *ret_matched)
                 struct tr_error err = {0};
                 const char *method = NULL;
                 cJSON *params = NULL;
-                if (sched_step_request(wf, i, scope, &method, &params, &err) < 0) {
+                struct workflow_scope *prepared = workflow_scope_new(scope);
+                int rc = sched_step_request(wf, i, prepared, &method, &params, &err);
+                workflow_scope_free(&prepared);
+                if (rc < 0) {
                     printf("DIVERGENCE at step '%s': its request does not evaluate: %s\n",
                            workflow_step_id(wf, i), err.message);
                     status = CLI_FAILED;

@@ -81,7 +81,8 @@ struct step_run {
  */
 struct fanout {
     cJSON *items;
-    cJSON **item; /* item[i]: the i-th of items (cJSON arrays are lists) */
+    cJSON **item;                 /* item[i]: the i-th of items (cJSON arrays are lists) */
+    struct workflow_scope *scope; /* the scope when the step started, for every item */
     long count;
     long next; /* the lowest item that may still need dispatching */
     long done; /* items that succeeded, this scheduler or an earlier one */
@@ -161,6 +162,7 @@ struct run {
     size_t *dep_start;
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
+    bool ready_stalled; /* the last dispatch left every ready step waiting for an agent */
     size_t done, failed, in_flight, retries, waiting; /* in_flight: tasks on agents */
     size_t fanouts;                                   /* for_each steps under way */
     struct task *tasks;                               /* every task, in no order */

@@ -232,7 +232,7 @@ static void loop(struct run *run)
         }
         if (run->failure && run->in_flight == 0)
             return;
-        int wait = run->ready_len && !run->failure ? 0 : POLL_MS;
+        int wait = run->ready_len && !run->ready_stalled && !run->failure ? 0 : POLL_MS;
         if (open && wait > GROUP_COMMIT_MS - (now - opened_ms))
             wait = (int)(GROUP_COMMIT_MS - (now - opened_ms));
         int rc = bus_recv(run->bus, wait < 0 ? 0 : wait, &msg, &err);

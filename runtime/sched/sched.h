@@ -111,14 +111,14 @@ struct sched_options {
 };
 
 /*
- * The MCP request a tool, resource or prompt step makes, over scope (with .item set for an
- * item of a for_each; NULL when its arguments use no expression): *ret_method is
+ * The MCP request a tool, resource or prompt step makes, over scope (prepared once, with
+ * .item set for an item of a for_each; NULL when it uses no expression): *ret_method is
  * "tools/call", "resources/read" or "prompts/get" (static), *ret_params (the caller's) is
  * {name, arguments} for a tool, {uri} for a resource, {name, arguments} for a prompt (whose
  * argument values are strings, as MCP has them: other JSON values are given as JSON text).
  * The scheduler sends it, and replay compares it with the recorded request: one path.
  */
-int sched_step_request(const struct workflow *wf, size_t index, const cJSON *scope,
+int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params,
                        struct tr_error *err) TR_MUST_CHECK;
 

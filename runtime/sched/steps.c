@@ -604,6 +604,9 @@ void sched__step_cancel(struct run *run, size_t index, const char *reason)
 
 void sched__dispatch_ready(struct run *run)
 {
+    size_t popped = 0, requeued = 0;
+    int64_t tasks = run->last_task;
+
     if (run->failure || run->cancelling)
         return;
     /* Each ready step in turn; one whose persona has no idle agent waits at the back. What
@@ -614,6 +617,7 @@ void sched__dispatch_ready(struct run *run)
         struct step_run *step = &run->steps[index];
         run->ready_head = (run->ready_head + 1) % run->step_count;
         run->ready_len--;
+        popped++;
         if (step->state != STEP_READY)
             continue;
         /* `when` (and an approval's `if`) is decided once the needs are met; a resumed run
@@ -649,9 +653,13 @@ void sched__dispatch_ready(struct run *run)
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;
             run->ready_len++;
+            requeued++;
         }
     }
     sched__fanout_fill(run);
+    /* Every ready step went back to wait for an agent, and nothing was dispatched: the loop
+     * sleeps until something arrives (a result, a ready agent) instead of spinning. */
+    run->ready_stalled = run->ready_len > 0 && popped == requeued && run->last_task == tasks;
 }
 
 /* ---- approvals ---------------------------------------------------------------------------- */

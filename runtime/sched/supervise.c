@@ -414,6 +414,7 @@ void sched__check_agents(struct run *run, int64_t now)
             tr_log(TR_LOG_WARN, "agent '%s' sent no heartbeat for %d s; killing it",
                    agent->identity, SCHED_HEARTBEAT_TIMEOUT_MS / 1000);
             agent_kill(agent, SIGKILL);
+            agent->state = AGENT_STOPPING; /* no work goes to it until its exit is seen */
             agent->last_seen_ms = now;
         }
     }

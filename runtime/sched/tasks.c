@@ -88,6 +88,7 @@ static void fanout_free(struct run *run, struct fanout **fan)
         return;
     run->fanouts--;
     cJSON_Delete((*fan)->items);
+    workflow_scope_free(&(*fan)->scope);
     free((*fan)->item);
     free((*fan)->finished);
     free(*fan);
@@ -135,7 +136,7 @@ long sched__agent_for(struct run *run, size_t persona)
 
 /* ---- dispatch ------------------------------------------------------------------------------- */
 
-int sched_step_request(const struct workflow *wf, size_t index, const cJSON *scope,
+int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params, struct tr_error *err)
 {
     enum workflow_action action = workflow_step_action(wf, index);
@@ -147,7 +148,7 @@ int sched_step_request(const struct workflow *wf, size_t index, const cJSON *sco
     switch (action) {
     case WORKFLOW_ACTION_TOOL:
     case WORKFLOW_ACTION_PROMPT:
-        rc = workflow_step_arguments(wf, index, scope, &arguments, err);
+        rc = workflow_step_arguments_in(wf, index, scope, &arguments, err);
         if (rc < 0)
             break;
         cJSON_AddStringToObject(params, "name", workflow_step_tool(wf, index));
@@ -166,7 +167,7 @@ int sched_step_request(const struct workflow *wf, size_t index, const cJSON *sco
         *ret_method = action == WORKFLOW_ACTION_TOOL ? "tools/call" : "prompts/get";
         break;
     case WORKFLOW_ACTION_RESOURCE:
-        rc = workflow_step_text(wf, index, WORKFLOW_TEXT_URI, scope, &uri, err);
+        rc = workflow_step_text_in(wf, index, WORKFLOW_TEXT_URI, scope, &uri, err);
         if (rc < 0)
             break;
         cJSON_AddStringToObject(params, "uri", uri);
@@ -202,14 +203,14 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     const char *method = NULL;
     cJSON *params = NULL;
 
-    if (step->fan)
-        cJSON_AddItemToObject(run->scope, "item",
-                              cJSON_Duplicate(step->fan->item[task->item], true));
-    /* Arguments without expressions need no scope: converting it costs as much as it holds. */
-    bool scoped = step->uses_scope || step->fan || action != WORKFLOW_ACTION_TOOL;
-    int rc = sched_step_request(run->wf, index, scoped ? run->scope : NULL, &method, &params, err);
-    if (step->fan)
-        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "item");
+    /* An item sees the scope as it was when its step started (converted once), and .item. A
+     * tool whose arguments hold no expression needs no scope at all. */
+    struct workflow_scope *scope =
+        step->fan ? workflow_scope_with_item(step->fan->scope, step->fan->item[task->item])
+        : step->uses_scope || action != WORKFLOW_ACTION_TOOL ? workflow_scope_new(run->scope)
+                                                             : NULL;
+    int rc = sched_step_request(run->wf, index, scope, &method, &params, err);
+    workflow_scope_free(&scope);
     if (rc < 0)
         return false;
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
@@ -399,6 +400,7 @@ void sched__fanout_start(struct run *run, size_t index)
     fan->window = concurrency > 0 ? concurrency : fan->count;
     fan->finished = xcalloc((size_t)fan->count / 8 + 1, 1);
     fan->item = xcalloc((size_t)fan->count + 1, sizeof(*fan->item));
+    fan->scope = workflow_scope_new(run->scope);
     long k = 0;
     for (cJSON *each = items->child; each; each = each->next)
         fan->item[k++] = each;
@@ -619,11 +621,25 @@ void sched__check_tasks(struct run *run, int64_t now)
         struct agent_proc *agent = &run->agents[task->agent];
         struct step_policy policy;
         sched__step_policy(run, task->step, &policy);
-        /* The agent did not even report its own timeout: it is stuck; replace it. Its other
-         * tasks fail when its exit is seen. */
-        tr_log(TR_LOG_WARN, "agent '%s' is stuck in step '%s'; killing it", agent->identity,
-               workflow_step_id(run->wf, task->step));
-        agent_kill(agent, SIGKILL);
+        if (agent->remote) {
+            /* A remote worker cannot be killed from here: it is told to give the call up,
+             * and a late answer to this attempt is ignored. */
+            tr_log(TR_LOG_WARN, "remote worker '%s' gave no result for step '%s' in time",
+                   agent->identity, workflow_step_id(run->wf, task->step));
+            struct bus_msg *msg = bus_msg_new(BUS_CANCEL);
+            msg->peer = xstrdup(agent->identity);
+            msg->remote = true;
+            msg->task = task->id;
+            msg->error = xstrdup("no result in time");
+            outbox_push(run, msg);
+        } else {
+            /* The agent did not even report its own timeout: it is stuck; replace it. Its
+             * other tasks fail when its exit is seen; nothing more goes to it till then. */
+            tr_log(TR_LOG_WARN, "agent '%s' is stuck in step '%s'; killing it", agent->identity,
+                   workflow_step_id(run->wf, task->step));
+            agent_kill(agent, SIGKILL);
+            agent->state = AGENT_STOPPING;
+        }
         char *reason = xasprintf("no result within %d ms", policy.timeout_ms);
         task_failed(run, task, SCHED_RETRY_TIMEOUT, reason);
         free(reason);

@@ -425,12 +425,43 @@ static int eval_value(const struct workflow *wf, const struct wf_step *step, con
     return 0;
 }
 
-int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
-                            cJSON **ret_arguments, struct tr_error *err)
+/* ---- prepared scopes ------------------------------------------------------------------ */
+
+struct workflow_scope {
+    jv value;
+};
+
+struct workflow_scope *workflow_scope_new(const cJSON *scope)
+{
+    struct workflow_scope *prepared = xcalloc(1, sizeof(*prepared));
+    prepared->value = scope ? jv_from_cjson(scope) : jv_object();
+    return prepared;
+}
+
+struct workflow_scope *workflow_scope_with_item(const struct workflow_scope *base,
+                                                const cJSON *item)
+{
+    struct workflow_scope *prepared = xcalloc(1, sizeof(*prepared));
+    /* jq values are shared by reference count: only the top-level object is copied. */
+    prepared->value = jv_object_set(jv_copy(base->value), jv_string("item"), jv_from_cjson(item));
+    return prepared;
+}
+
+void workflow_scope_free(struct workflow_scope **scope)
+{
+    if (!*scope)
+        return;
+    jv_free((*scope)->value);
+    free(*scope);
+    *scope = NULL;
+}
+
+int workflow_step_arguments_in(const struct workflow *wf, size_t index,
+                               const struct workflow_scope *scope, cJSON **ret_arguments,
+                               struct tr_error *err)
 {
     const struct wf_step *step;
     cJSON *arguments = NULL;
-    jv scope_jv;
     int rc;
 
     if (index >= wf->step_count)
@@ -441,13 +472,22 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
             abort();
         return 0;
     }
-    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    jv scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* eval_value borrows it */
     rc = eval_value(wf, step, step->with, scope_jv, "", &arguments, err);
     jv_free(scope_jv);
     if (rc < 0)
         return rc;
     *ret_arguments = arguments;
     return 0;
+}
+
+int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
+                            cJSON **ret_arguments, struct tr_error *err)
+{
+    struct workflow_scope *prepared = workflow_scope_new(scope);
+    int rc = workflow_step_arguments_in(wf, index, prepared, ret_arguments, err);
+    workflow_scope_free(&prepared);
+    return rc;
 }
 
 /* ---- the other expressions and texts of a step --------------------------------------- */
@@ -508,8 +548,8 @@ int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflo
     return 0;
 }
 
-int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_text which,
-                       const cJSON *scope, char **ret_text, struct tr_error *err)
+int workflow_step_text_in(const struct workflow *wf, size_t index, enum workflow_text which,
+                          const struct workflow_scope *scope, char **ret_text, struct tr_error *err)
 {
     static const char *const names[] = {"ask", "resource.uri", "approval.why"};
     const struct wf_step *step;
@@ -517,7 +557,6 @@ int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_te
     const cJSON *node;
     cJSON *value = NULL;
     char label[32];
-    jv scope_jv;
     int rc;
 
     if (index >= wf->step_count)
@@ -533,7 +572,7 @@ int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_te
         return 0;
     }
     snprintf(label, sizeof(label), "'%s'", names[which]);
-    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    jv scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* eval_template borrows it */
     rc = eval_template(wf, step, t, scope_jv, label, &value, err);
     jv_free(scope_jv);
     if (rc < 0)
@@ -544,4 +583,13 @@ int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_te
     if (!*ret_text)
         abort();
     return 0;
+}
+
+int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_text which,
+                       const cJSON *scope, char **ret_text, struct tr_error *err)
+{
+    struct workflow_scope *prepared = workflow_scope_new(scope);
+    int rc = workflow_step_text_in(wf, index, which, prepared, ret_text, err);
+    workflow_scope_free(&prepared);
+    return rc;
 }

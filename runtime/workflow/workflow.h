@@ -148,6 +148,21 @@ size_t workflow_step_need(const struct workflow *wf, size_t index, size_t n);
 int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
                             cJSON **ret_arguments, struct tr_error *err) TR_MUST_CHECK;
 
+/*
+ * A scope converted for jq once, for many evaluations over it (the items of a for_each):
+ * converting a scope costs as much as it holds. workflow_scope_new takes a snapshot of scope
+ * (NULL: an empty one); workflow_scope_with_item is base with .item set, sharing the rest.
+ */
+struct workflow_scope;
+struct workflow_scope *workflow_scope_new(const cJSON *scope);
+struct workflow_scope *workflow_scope_with_item(const struct workflow_scope *base,
+                                                const cJSON *item);
+void workflow_scope_free(struct workflow_scope **scope);
+/* workflow_step_arguments over a prepared scope (NULL: an empty one). */
+int workflow_step_arguments_in(const struct workflow *wf, size_t index,
+                               const struct workflow_scope *scope, cJSON **ret_arguments,
+                               struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- what the scheduler needs for the other actions and the modifiers ---------------- */
 
 /* The jq expressions a step may have. */
@@ -174,6 +189,10 @@ enum workflow_text { WORKFLOW_TEXT_ASK, WORKFLOW_TEXT_URI, WORKFLOW_TEXT_WHY };
 /* Renders one of them over scope into *ret_text (the caller's). TR_ENOTFOUND if absent. */
 int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_text which,
                        const cJSON *scope, char **ret_text, struct tr_error *err) TR_MUST_CHECK;
+/* workflow_step_text over a prepared scope (NULL: an empty one). */
+int workflow_step_text_in(const struct workflow *wf, size_t index, enum workflow_text which,
+                          const struct workflow_scope *scope, char **ret_text,
+                          struct tr_error *err) TR_MUST_CHECK;
 
 /* Error classes a retry covers (bit flags). */
 enum {

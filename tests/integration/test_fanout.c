@@ -437,3 +437,42 @@ Test(fanout, a_call_past_its_timeout_is_cancelled_with_notifications_cancelled)
     free(log);
     release_env(&env);
 }
+
+Test(fanout, a_stuck_agent_is_replaced_and_gets_no_more_items)
+{
+    struct env env = setup_env();
+    /* 12 items of 200 ms, 4 at once on the one agent; each attempt may take 1 s. */
+    char *path = fanout_workflow(&env, "[range(0; 12)]", 200, "");
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {
+        env.h.troupe, "--db",       env.h.db,  "run",           "-q",  "--credit", "4", "--timeout",
+        "1",          "--retry-on", "timeout", "--retry-delay", "500", path,       NULL};
+
+    harness_spawn(argv, env.h.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.h.db,
+                                 "SELECT count(*) >= 1 FROM audit WHERE type = 'mcp.request' "
+                                 "AND step_id = 'each'",
+                                 1, 30000),
+                 1);
+    long long pid = harness_db_int(env.h.db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                             "audit WHERE type = 'agent.started'");
+    cr_assert_gt(pid, 1);
+    kill((pid_t)pid, SIGSTOP); /* alive, silent: its calls time out, and it is killed */
+    harness_finish(&proc, 90000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
+    check_items_once(&env, run, 12);
+    /* Once the scheduler gave up on it, nothing more went to the stopped agent. */
+    cr_assert_eq(harness_db_int(env.h.db,
+                                "SELECT count(*) FROM audit d WHERE d.type = 'step.dispatched' "
+                                "AND json_extract(d.payload_json, '$.agent') = (SELECT "
+                                "json_extract(payload_json, '$.agent') FROM audit WHERE "
+                                "type = 'agent.started' ORDER BY seq LIMIT 1) AND d.seq > "
+                                "(SELECT min(seq) FROM audit WHERE type = 'step.retry')"),
+                 0);
+    harness_result_release(&r);
+    free(run);
+    free(path);
+    release_env(&env);
+}
