@@ -23,6 +23,7 @@ void workflow_free(struct workflow **workflow)
         wf_step_templates_free(&wf->steps[i]);
     }
     free(wf->steps);
+    free(wf->id_slots);
     for (size_t i = 0; i < wf->persona_count; i++) {
         free(wf->personas[i].servers);
         free(wf->personas[i].tools);

@@ -525,6 +525,7 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
                                        cJSON_GetObjectItemCaseSensitive(b->step_nodes[found], "id"),
                                        false, where, sizeof(where)));
     step->id = id->valuestring;
+    wf_step_index_add(wf, index);
     snprintf(context, sizeof(context), "step '%s': ", step->id);
     if ((rc = wf_optional_string(b, node, "description", context, &step->description)) < 0)
         return rc;
@@ -567,6 +568,7 @@ int wf_build_steps(struct wf_build *b, const cJSON *node)
     if (!(count = wf_count_items(node)))
         return wf_problem(wf, node, true, "'steps' must not be empty");
     wf->steps = xcalloc(count, sizeof(*wf->steps));
+    wf_step_index_init(wf, count);
     b->step_nodes = xcalloc(count, sizeof(*b->step_nodes));
     b->needs_nodes = xcalloc(count, sizeof(*b->needs_nodes));
     b->fallback_nodes = xcalloc(count, sizeof(*b->fallback_nodes));

@@ -178,12 +178,43 @@ bool wf_persona_holds(const struct workflow *wf, const struct wf_persona *person
     return false;
 }
 
+/* FNV-1a: step ids are short. */
+static size_t id_hash(const char *id)
+{
+    size_t h = 1469598103934665603u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211u;
+    return h;
+}
+
 long wf_step_find(const struct workflow *wf, const char *id)
 {
-    for (size_t i = 0; i < wf->step_count; i++)
-        if (wf->steps[i].id && !strcmp(wf->steps[i].id, id))
-            return (long)i;
-    return -1;
+    if (!wf->id_slot_count)
+        return -1;
+    for (size_t k = id_hash(id) & (wf->id_slot_count - 1);; k = (k + 1) & (wf->id_slot_count - 1)) {
+        size_t slot = wf->id_slots[k];
+        if (!slot)
+            return -1;
+        if (!strcmp(wf->steps[slot - 1].id, id))
+            return (long)(slot - 1);
+    }
+}
+
+void wf_step_index_init(struct workflow *wf, size_t count)
+{
+    /* At most half full (a power of two, for the mask). */
+    wf->id_slot_count = 16;
+    while (wf->id_slot_count < 2 * count)
+        wf->id_slot_count *= 2;
+    wf->id_slots = xcalloc(wf->id_slot_count, sizeof(*wf->id_slots));
+}
+
+void wf_step_index_add(struct workflow *wf, size_t index)
+{
+    size_t k = id_hash(wf->steps[index].id) & (wf->id_slot_count - 1);
+    while (wf->id_slots[k])
+        k = (k + 1) & (wf->id_slot_count - 1);
+    wf->id_slots[k] = index + 1;
 }
 
 /* ---- generic checks --------------------------------------------------------------------- */

@@ -177,6 +177,8 @@ struct workflow {
     size_t persona_count;
     struct wf_step *steps;
     size_t step_count;
+    size_t *id_slots; /* open addressing over step ids: step index + 1, 0 for an empty slot */
+    size_t id_slot_count;
     struct wf_expr *exprs;
     size_t expr_count, expr_alloc;
     struct wf_expr_use *uses;
@@ -235,6 +237,9 @@ long wf_server_find(const struct workflow *wf, const char *name);
 bool wf_persona_holds(const struct workflow *wf, const struct wf_persona *persona,
                       const char *server);
 long wf_step_find(const struct workflow *wf, const char *id);
+/* Room to find count steps by id; then each step (its id set, not a duplicate) is added. */
+void wf_step_index_init(struct workflow *wf, size_t count);
+void wf_step_index_add(struct workflow *wf, size_t index);
 
 /* env.c: checks the ${env:NAME} references in node's strings. */
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
