@@ -56,18 +56,8 @@ static void interop_release(struct interop *it)
 
 Test(everything, echo_and_sum_through_two_personas)
 {
-    char *folder = harness_source_path("tests/interop");
-    char *server = harness_source_path(
-        "tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if (access(server, R_OK) != 0) {
-        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"),
-                       "server-everything is not installed (npm ci in tests/interop)");
-        cr_skip_test("server-everything is not installed; run scripts/test");
-    }
-    char *dir = harness_tempdir();
-    char *db;
-    cr_assert_geq(asprintf(&db, "%s/troupe.db", dir), 0);
-    char *troupe = harness_build_path("troupe");
+    struct interop it = interop_setup();
+    char *folder = it.folder, *db = it.db, *troupe = it.troupe;
     const char *argv[] = {troupe, "--db", db, "run", "everything.yaml", NULL};
     struct harness_result r;
 
@@ -97,15 +87,8 @@ Test(everything, echo_and_sum_through_two_personas)
                                     "json_extract(payload_json, '$.message.method') = "
                                     "'tools/call'"),
                  3);
-    cr_assert_eq(harness_leftover_processes(NULL, "server-everything"), 0);
-    harness_check_runs(troupe, db, folder);
-
     harness_result_release(&r);
-    free(folder);
-    free(server);
-    free(dir);
-    free(db);
-    free(troupe);
+    interop_release(&it);
     free(echoed);
     free(sum);
     free(final);
@@ -137,18 +120,10 @@ static bool file_contains(const char *path, const char *needle)
 Test(everything, a_secret_echoed_by_a_server_never_reaches_the_database)
 {
     const char *secret = "s3cr3t-Value-for-troupe-42";
-    char *folder = harness_source_path("tests/interop");
-    char *server = harness_source_path(
-        "tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if (access(server, R_OK) != 0) {
-        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"), "server-everything is not installed");
-        cr_skip_test("server-everything is not installed; run scripts/test");
-    }
-    char *dir = harness_tempdir();
-    char *db, *wal;
-    cr_assert_geq(asprintf(&db, "%s/troupe.db", dir), 0);
-    cr_assert_geq(asprintf(&wal, "%s/troupe.db-wal", dir), 0);
-    char *troupe = harness_build_path("troupe");
+    struct interop it = interop_setup();
+    char *folder = it.folder, *db = it.db, *troupe = it.troupe;
+    char *wal;
+    cr_assert_geq(asprintf(&wal, "%s-wal", db), 0);
     const char *argv[] = {troupe, "--db", db, "run", "secret.yaml", NULL};
     struct harness_result r;
 
@@ -171,12 +146,8 @@ Test(everything, a_secret_echoed_by_a_server_never_reaches_the_database)
 
     harness_result_release(&r);
     free(env);
-    free(folder);
-    free(server);
-    free(dir);
-    free(db);
     free(wal);
-    free(troupe);
+    interop_release(&it);
 }
 
 Test(everything, a_fanout_keeps_calls_in_flight_and_a_timeout_cancels_by_the_protocol)
