@@ -476,3 +476,37 @@ Test(fanout, a_stuck_agent_is_replaced_and_gets_no_more_items)
     free(path);
     release_env(&env);
 }
+
+Test(fanout, an_agent_killed_mid_fanout_is_restarted_and_its_items_retried)
+{
+    struct env env = setup_env();
+    char *path = fanout_workflow(&env, "[range(0; 60)]", 30, "");
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.h.troupe, "--db",          env.h.db, "run", "-q", "--replicas",
+                          "2",          "--retry-delay", "20",     path,  NULL};
+
+    harness_spawn(argv, env.h.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.effects, "SELECT count(*) >= 10 FROM calls", 1, 60000), 1);
+    long long pid = harness_db_int(env.h.db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                             "audit WHERE type = 'agent.started' ORDER BY seq "
+                                             "LIMIT 1");
+    cr_assert_gt(pid, 1);
+    kill((pid_t)pid, SIGKILL);
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
+    check_items_once(&env, run, 60);
+    /* Its calls in flight failed as transport errors and were retried; it was restarted. */
+    cr_assert_geq(harness_db_int(env.h.db, "SELECT count(*) FROM audit WHERE type = 'step.retry' "
+                                           "AND json_extract(payload_json, '$.class') = "
+                                           "'transport'"),
+                  1);
+    cr_assert_eq(harness_db_int(env.h.db, "SELECT count(*) FROM audit WHERE type = "
+                                          "'agent.restarted'"),
+                 1);
+    harness_result_release(&r);
+    free(run);
+    free(path);
+    release_env(&env);
+}
