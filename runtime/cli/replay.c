@@ -65,7 +65,6 @@ struct recorded_task {
 struct recording {
     const struct workflow *wf;
     struct recorded_step *steps;
-    size_t *by_id;               /* step indexes sorted by id */
     struct recorded_task *tasks; /* by task id: ids grow over the whole run */
     size_t task_cap;
     char *file;
@@ -73,31 +72,6 @@ struct recording {
     char *plan_hash;
     bool run_succeeded; /* a run that did not succeed may have left ready steps unrun */
 };
-
-static const struct workflow *sort_wf; /* for compare_ids: qsort has no user argument */
-
-static int compare_ids(const void *a, const void *b)
-{
-    return strcmp(workflow_step_id(sort_wf, *(const size_t *)a),
-                  workflow_step_id(sort_wf, *(const size_t *)b));
-}
-
-static long step_index(const struct recording *rec, const char *id)
-{
-    size_t lo = 0, hi = workflow_step_count(rec->wf);
-
-    while (id && lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(id, workflow_step_id(rec->wf, rec->by_id[mid]));
-        if (c == 0)
-            return (long)rec->by_id[mid];
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return -1;
-}
 
 /* The task's slot, grown as needed; NULL for an id not believed. */
 static struct recorded_task *task_slot(struct recording *rec, double id)
@@ -142,7 +116,7 @@ static void replace(cJSON **slot, cJSON *value)
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
-    long i = step_index(rec, event->step_id);
+    long i = workflow_step_find(rec->wf, event->step_id);
     cJSON *payload = cJSON_Parse(event->payload_json);
 
     if (strcmp(event->type, "run.started") == 0) {
@@ -579,7 +553,7 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
 {
     const struct workflow *wf = rec->wf;
     size_t n = workflow_step_count(wf);
-    long start_index = step_index(rec, from);
+    long start_index = workflow_step_find(rec->wf, from);
     struct sched_options opts = {0};
     struct cli_progress progress = {0};
     struct tr_error err = {0};
@@ -698,12 +672,6 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     }
     rec.wf = wf;
     rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
-    rec.by_id = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.by_id));
-    for (size_t i = 0; i < workflow_step_count(wf); i++)
-        rec.by_id[i] = i;
-    sort_wf = wf;
-    qsort(rec.by_id, workflow_step_count(wf), sizeof(*rec.by_id), compare_ids);
-    sort_wf = NULL;
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
@@ -728,7 +696,6 @@ out:
         cJSON_Delete(rec.steps[i].finished);
     }
     free(rec.steps);
-    free(rec.by_id);
     free(rec.tasks);
     free(rec.file);
     free(rec.plan_hash);

@@ -338,10 +338,7 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
             progress->width = strlen(workflow_step_id(wf, i));
     progress->tty = !progress->json && !progress->quiet && isatty(STDOUT_FILENO);
     for (size_t i = 0; i < opts->approve_count; i++) {
-        bool found = false;
-        for (size_t s = 0; s < workflow_step_count(wf) && !found; s++)
-            found = strcmp(workflow_step_id(wf, s), opts->approve_steps[i]) == 0;
-        if (!found) {
+        if (workflow_step_find(wf, opts->approve_steps[i]) < 0) {
             cli_error("--approve: the workflow has no step '%s'", opts->approve_steps[i]);
             exit(CLI_USAGE);
         }

@@ -66,7 +66,7 @@ void sched__approvals_from_json(struct run *run, const char *json)
 
     cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "approve"))
     {
-        long index = cJSON_IsString(item) ? sched__find_step(run, item->valuestring) : -1;
+        long index = cJSON_IsString(item) ? workflow_step_find(run->wf, item->valuestring) : -1;
         if (index >= 0)
             run->steps[index].needs_approval = true;
     }
@@ -125,7 +125,7 @@ static int load_step(void *userdata, const struct store_step *row)
 {
     struct load *load = userdata;
     struct run *run = load->run;
-    long index = sched__find_step(run, row->step_id);
+    long index = workflow_step_find(run->wf, row->step_id);
 
     if (index < 0)
         return tr_error_set(load->err, TR_EINVAL,

@@ -69,7 +69,6 @@ struct step_run {
     bool ready_unsaved; /* ready, and not recorded so yet (sched__record_ready) */
     bool gate;          /* an approval step whose approval is asked */
     long stands_for;    /* a fallback step: the failed step it runs for, or -1 (not started) */
-    int64_t task;       /* a tool step in flight: its task's id, else 0 */
     struct fanout *fan; /* a for_each step under way, else NULL */
 };
 
@@ -104,7 +103,6 @@ struct task {
     int attempt;  /* the attempt sent: the step's, or the item's own */
     int failures; /* an item's failed attempts */
     bool cancelled;
-    int64_t dispatched_ms;
     int64_t deadline_ms; /* when the scheduler stops waiting for the result */
     int64_t due_ms;      /* an item waiting for its retry: when it is due */
 };
@@ -157,7 +155,6 @@ struct run {
     size_t agent_count;
     struct step_run *steps;
     size_t step_count;
-    size_t *by_id;      /* step indexes sorted by id, for lookups */
     size_t *dependents; /* dependents of step i: dependents[dep_start[i] .. dep_start[i+1]] */
     size_t *dep_start;
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
@@ -189,7 +186,6 @@ void sched__progress(struct run *run, const char *event, size_t index, const cha
                      int64_t duration_ms);
 /* An item of a for_each step succeeded (progress shows items done and items per second). */
 void sched__progress_items(struct run *run, size_t index);
-long sched__find_step(struct run *run, const char *step_id);
 
 /* steps.c */
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy);

@@ -112,41 +112,6 @@ void sched__progress(struct run *run, const char *event, size_t index, const cha
     run->opts.on_progress(run->opts.userdata, &progress);
 }
 
-static const struct run *sort_run; /* for compare_ids: qsort has no user argument */
-
-static int compare_ids(const void *a, const void *b)
-{
-    return strcmp(workflow_step_id(sort_run->wf, *(const size_t *)a),
-                  workflow_step_id(sort_run->wf, *(const size_t *)b));
-}
-
-static void index_steps(struct run *run)
-{
-    run->by_id = xcalloc(run->step_count ? run->step_count : 1, sizeof(*run->by_id));
-    for (size_t i = 0; i < run->step_count; i++)
-        run->by_id[i] = i;
-    sort_run = run;
-    qsort(run->by_id, run->step_count, sizeof(*run->by_id), compare_ids);
-    sort_run = NULL;
-}
-
-long sched__find_step(struct run *run, const char *step_id)
-{
-    size_t lo = 0, hi = run->step_count;
-
-    while (step_id && lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(step_id, workflow_step_id(run->wf, run->by_id[mid]));
-        if (c == 0)
-            return (long)run->by_id[mid];
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return -1;
-}
-
 /* ---- turns -------------------------------------------------------------------------------- */
 
 int sched__begin(struct run *run)
@@ -389,11 +354,10 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
         run->steps[i].stands_for = -1;
         run->steps[i].unmet = (unsigned)workflow_step_needs_count(wf, i);
     }
-    index_steps(run);
     sched__build_graph(run);
     find_expressions(run);
     for (size_t i = 0; i < opts->approve_count; i++) {
-        long index = sched__find_step(run, opts->approve_steps[i]);
+        long index = workflow_step_find(run->wf, opts->approve_steps[i]);
         if (index >= 0)
             run->steps[index].needs_approval = true;
     }
@@ -429,7 +393,7 @@ static int create_run(struct run *run, struct tr_error *err)
         sched__record_step(run, i, NULL, NULL);
     for (size_t i = 0; rc == 0 && i < run->opts.reuse_count; i++) {
         const struct sched_reuse *reuse = &run->opts.reuse[i];
-        long index = sched__find_step(run, reuse->step_id);
+        long index = workflow_step_find(run->wf, reuse->step_id);
         if (index < 0 || run->steps[index].state == STEP_SUCCEEDED)
             rc = tr_error_set(err, TR_EINVAL, "cannot reuse step '%s': %s", reuse->step_id,
                               index < 0 ? "the workflow has no such step" : "reused twice");
@@ -555,7 +519,6 @@ static void release_run(struct run *run)
     free(run->dir);
     sched__tasks_release(run);
     free(run->steps);
-    free(run->by_id);
     free(run->dependents);
     free(run->dep_start);
     free(run->ready);

@@ -367,7 +367,6 @@ void sched__step_result(struct run *run, size_t index, const cJSON *result, char
         cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "result");
         free(outputs_json);
         if (rc < 0) {
-            leave_dispatched(run, step, index, "the step failed");
             sched__step_failed(run, index, err.message, duration);
             return;
         }

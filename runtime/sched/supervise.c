@@ -87,7 +87,7 @@ static bool event_type_allowed(const char *type)
 static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
 {
     cJSON *payload = cJSON_Parse(msg->json);
-    long step = sched__find_step(run, msg->step_id);
+    long step = workflow_step_find(run->wf, msg->step_id);
     char *actor = actor_of(agent);
 
     if (!event_type_allowed(msg->event_type)) {

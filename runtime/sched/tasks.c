@@ -100,7 +100,6 @@ void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason)
     for (size_t i = run->task_count; i-- > 0;)
         if (i < run->task_count && run->tasks[i].step == index && !run->tasks[i].cancelled)
             task_cancel(run, &run->tasks[i], reason);
-    run->steps[index].task = 0;
     fanout_free(run, &run->steps[index].fan);
 }
 
@@ -224,8 +223,7 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     }
     sched__step_policy(run, index, &policy);
     task->agent = agent_index;
-    task->dispatched_ms = tr_now_ms();
-    task->deadline_ms = task->dispatched_ms + policy.timeout_ms + SCHED_STEP_GRACE_MS;
+    task->deadline_ms = tr_now_ms() + policy.timeout_ms + SCHED_STEP_GRACE_MS;
     agent->load++;
     run->in_flight++;
 
@@ -290,7 +288,6 @@ void sched__dispatch_step(struct run *run, size_t index, long agent_index)
         sched__step_failed(run, index, err.message, 0);
         return;
     }
-    step->task = task->id;
     step->state = STEP_DISPATCHED;
     sched__record_step(run, index, NULL, NULL);
 }
@@ -339,7 +336,6 @@ static int gather_item(void *userdata, const struct store_step_item *item)
 /* Every item succeeded: the step's result is the list, assembled from the store. */
 static void fanout_complete(struct run *run, size_t index)
 {
-    struct step_run *step = &run->steps[index];
     struct tr_error err = {0};
     bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
     struct gather g = {.list = raw ? cJSON_CreateArray() : NULL};
@@ -357,8 +353,6 @@ static void fanout_complete(struct run *run, size_t index)
         sched__fail(run, "%s", err.message[0] ? err.message : "out of memory");
         return;
     }
-    sched__step_tasks_cancel(run, index, "the step ended"); /* frees the fan-out; none left */
-    step->task = 0;
     if (raw) {
         tr_buf_release(&g.text);
         sched__step_result(run, index, g.list, NULL);
@@ -429,28 +423,24 @@ static void dispatch_item(struct run *run, size_t index, struct task *task, long
     struct tr_error err = {0};
 
     if (!task) {
-        struct fanout *fan = step->fan;
-        while (fan->next < fan->count && item_finished(fan, fan->next))
-            fan->next++;
-        task = task_new(run, index, fan->next++);
-        fan->active++;
+        task = task_new(run, index, step->fan->next++); /* fanout_wants skipped finished ones */
+        step->fan->active++;
     }
     task->attempt++;
     if (!send_task(run, task, agent_index, &err)) {
         char *reason = xasprintf("item %ld: %s", task->item, err.message);
-        sched__step_tasks_cancel(run, index, reason);
-        sched__step_failed(run, index, reason, 0);
+        sched__step_failed(run, index, reason, 0); /* its other items are cancelled */
         free(reason);
     }
 }
 
-/* Whether the fan-out has an item left to start and room in its window. */
-static bool fanout_wants(const struct fanout *fan)
+/* Whether the fan-out has an item left to start (next, past the finished ones) and room in
+ * its window. */
+static bool fanout_wants(struct fanout *fan)
 {
-    long next = fan->next;
-    while (next < fan->count && item_finished(fan, next))
-        next++;
-    return next < fan->count && fan->active < fan->window;
+    while (fan->next < fan->count && item_finished(fan, fan->next))
+        fan->next++;
+    return fan->next < fan->count && fan->active < fan->window;
 }
 
 void sched__fanout_fill(struct run *run)
@@ -527,8 +517,7 @@ static void item_attempt_failed(struct run *run, struct task *task, unsigned err
     if (!(policy.retry_on & error_class) || task->failures >= policy.max_attempts ||
         run->cancelling || run->failure) {
         char *reason = xasprintf("item %ld: %s", task->item, error);
-        sched__step_tasks_cancel(run, index, reason);
-        sched__step_failed(run, index, reason, 0);
+        sched__step_failed(run, index, reason, 0); /* its other items are cancelled */
         free(reason);
         return;
     }
@@ -557,7 +546,6 @@ static void task_failed(struct run *run, struct task *task, unsigned error_class
     } else {
         size_t index = task->step;
         task_drop(run, task);
-        run->steps[index].task = 0;
         sched__step_attempt_failed(run, index, error_class, error);
     }
 }
@@ -590,7 +578,6 @@ void sched__task_result(struct run *run, struct agent_proc *agent, const struct 
     } else {
         size_t index = task->step;
         task_drop(run, task);
-        run->steps[index].task = 0;
         sched__step_result(run, index, result, NULL);
     }
     cJSON_Delete(result);

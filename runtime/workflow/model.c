@@ -141,6 +141,11 @@ const char *workflow_persona_name(const struct workflow *wf, size_t index)
     return index < wf->persona_count ? wf->personas[index].name : NULL;
 }
 
+long workflow_step_find(const struct workflow *wf, const char *id)
+{
+    return id ? wf_step_find(wf, id) : -1;
+}
+
 long workflow_persona_find(const struct workflow *wf, const char *name)
 {
     for (size_t i = 0; i < wf->persona_count; i++)

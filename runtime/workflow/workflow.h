@@ -119,6 +119,9 @@ bool workflow_persona_allows(const struct workflow *wf, size_t index, const char
 
 /* ---- steps ---------------------------------------------------------------------------- */
 
+/* The index of the step with this id, or -1 (a hash lookup, for callers that do it often). */
+long workflow_step_find(const struct workflow *wf, const char *id);
+
 /* Steps are in file order; `needs` only ever point to other steps (no cycles). */
 size_t workflow_step_count(const struct workflow *wf);
 const char *workflow_step_id(const struct workflow *wf, size_t index);
