@@ -24,25 +24,20 @@ struct env {
     char *troupe;
 };
 
+/* harness_env's world, plus the effects server's database. */
 static struct env setup_env(void)
 {
-    struct env env;
-    env.dir = harness_tempdir();
-    cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
+    struct harness_env h = harness_env_new();
+    struct env env = {.dir = h.dir, .db = h.db, .troupe = h.troupe};
     cr_assert_geq(asprintf(&env.effects, "%s/effects.db", env.dir), 0);
-    env.troupe = harness_build_path("troupe");
     return env;
 }
 
 static void release_env(struct env *env)
 {
-    harness_check_runs(env->troupe, env->db, env->dir);
-    cr_assert_eq(harness_leftover_processes(env->dir, env->dir), 0,
-                 "processes were left running in %s", env->dir);
-    free(env->dir);
-    free(env->db);
+    struct harness_env h = {.dir = env->dir, .db = env->db, .troupe = env->troupe};
+    harness_env_release(&h);
     free(env->effects);
-    free(env->troupe);
 }
 
 static void sleep_ms(int ms)
