@@ -16,7 +16,6 @@
 
 #include "mcp-internal.h"
 
-#define STOP_GRACE_MS 2000
 #define MAX_INPUT_ROUNDS 16 /* InputRequiredResult round trips for one request */
 #define HTTP_PUMP_MS 1000
 
@@ -65,7 +64,7 @@ void mcp__send_cancel(struct mcp_session *s, int64_t id, const char *reason)
 static int grace_before(int64_t deadline)
 {
     int64_t left = deadline - tr_now_ms();
-    return left < 100 ? 100 : left > STOP_GRACE_MS ? STOP_GRACE_MS : (int)left;
+    return left < 100 ? 100 : left > MCP__STOP_GRACE_MS ? MCP__STOP_GRACE_MS : (int)left;
 }
 
 /* The stdio server closed its output or its input: stop it and say how it ended. */

@@ -320,23 +320,49 @@ static void start_resume(struct mcp__http *h, struct resume *r)
     t->resumes = r->resumes;
 }
 
+static bool transfer_alive(const struct mcp__http *h, const struct transfer *t)
+{
+    for (const struct transfer *x = h->transfers; x; x = x->next)
+        if (x == t)
+            return true;
+    return false;
+}
+
+/* Pumps until the GET t is gone, done(h, t) holds, or wait_ms passed; returns done's last say. */
+static bool wait_get(struct mcp__http *h, struct transfer *t, int wait_ms,
+                     bool (*done)(const struct mcp__http *h, const struct transfer *t))
+{
+    int64_t deadline = tr_now_ms() + wait_ms;
+    for (;;) {
+        bool alive = transfer_alive(h, t);
+        if (alive && done(h, t))
+            return true;
+        if (!alive || tr_now_ms() >= deadline)
+            return false;
+        mcp__http_pump(h, 10);
+    }
+}
+
+static bool got_post_url(const struct mcp__http *h, const struct transfer *t)
+{
+    (void)t;
+    return h->post_url != NULL;
+}
+
+static bool got_headers(const struct mcp__http *h, const struct transfer *t)
+{
+    (void)h;
+    return t->got_headers;
+}
+
 int mcp__http_open_legacy_sse(struct mcp__http *h, int wait_ms)
 {
     h->legacy_sse = true;
     struct transfer *t = start_get(h, -1, NULL);
-    int64_t deadline = tr_now_ms() + wait_ms;
-    for (;;) {
-        bool alive = false;
-        for (struct transfer *x = h->transfers; x; x = x->next)
-            alive |= x == t;
-        if (h->post_url)
-            return 0;
-        if (!alive || tr_now_ms() >= deadline)
-            break;
-        mcp__http_pump(h, 10);
-    }
+    if (wait_get(h, t, wait_ms, got_post_url) || h->post_url)
+        return 0;
     h->legacy_sse = false;
-    if (h->transfers == t)
+    if (transfer_alive(h, t))
         transfer_remove(h, t);
     for (struct mcp__inbound *in; (in = mcp__http_next(h));)
         mcp__inbound_free(in);
@@ -346,17 +372,8 @@ int mcp__http_open_legacy_sse(struct mcp__http *h, int wait_ms)
 void mcp__http_open_stream(struct mcp__http *h, int wait_ms)
 {
     h->want_stream = true;
-    struct transfer *t = start_get(h, -1, NULL);
     /* Wait for its headers, so that what the server sends next has somewhere to go. */
-    int64_t deadline = tr_now_ms() + wait_ms;
-    for (;;) {
-        bool alive = false;
-        for (struct transfer *x = h->transfers; x; x = x->next)
-            alive |= x == t;
-        if (!alive || t->got_headers || tr_now_ms() >= deadline)
-            break;
-        mcp__http_pump(h, 10);
-    }
+    (void)wait_get(h, start_get(h, -1, NULL), wait_ms, got_headers);
 }
 
 /* ---- finishing transfers ------------------------------------------------------------------ */
@@ -373,7 +390,6 @@ static void schedule_resume(struct mcp__http *h, const struct transfer *t)
     h->resumes = r;
 }
 
-/* A JSON reply: one message or a batch of them. */
 /* A JSON reply, as received: the session judges it (a batch, which MCP forbids, included). */
 static void deliver_json(struct mcp__http *h, struct transfer *t)
 {
@@ -547,11 +563,6 @@ void mcp__http_reset_session(struct mcp__http *h)
 {
     free(h->session_id);
     h->session_id = NULL;
-}
-
-const char *mcp__http_session_id(const struct mcp__http *h)
-{
-    return h->session_id;
 }
 
 void mcp__http_delete_session(struct mcp__http *h)

@@ -15,6 +15,8 @@
 
 /* ---- JSON-RPC 2.0 (jsonrpc.c) ------------------------------------------------------------ */
 
+/* How long a server gets to exit on its own when its session ends (then SIGTERM, SIGKILL). */
+#define MCP__STOP_GRACE_MS 2000
 #define MCP__PARSE_ERROR (-32700)
 #define MCP__INVALID_REQUEST (-32600)
 #define MCP__METHOD_NOT_FOUND (-32601)
@@ -162,7 +164,6 @@ void mcp__http_free(struct mcp__http **http);
 void mcp__http_set_protocol_version(struct mcp__http *http, const char *version, bool modern);
 /* Forgets the session id (after a 404, before initializing again). */
 void mcp__http_reset_session(struct mcp__http *http);
-const char *mcp__http_session_id(const struct mcp__http *http);
 /*
  * Starts a POST of json (copied) with extra header lines (NULL-ended, may be NULL).
  * request_id is the JSON-RPC id it carries, or -1 for a notification or a response.

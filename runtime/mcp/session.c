@@ -13,7 +13,6 @@
 #define MAX_LIST_PAGES 1000
 #define STREAM_WAIT_MS 2000
 #define STOP_NOW_GRACE_MS 100 /* mcp_session_free_now: the client is being stopped */
-#define STOP_GRACE_MS 2000
 
 /* ---- opening ----------------------------------------------------------------------------- */
 
@@ -543,7 +542,7 @@ static void session_free(struct mcp_session **session, int grace_ms)
 
 void mcp_session_free(struct mcp_session **session)
 {
-    session_free(session, STOP_GRACE_MS);
+    session_free(session, MCP__STOP_GRACE_MS);
 }
 
 void mcp_session_free_now(struct mcp_session **session)
