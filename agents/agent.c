@@ -19,9 +19,6 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include <sodium.h>
-#include <zmq.h>
-
 #include "base.h"
 #include "bus.h"
 #include "mcp.h"
@@ -877,52 +874,46 @@ static long poll_timeout(const struct agent *agent, bool drive_http)
 }
 
 /*
- * The event loop: zmq_poll over the bus, the signal pipe and the pipes of the servers that
+ * The event loop: bus_poll over the bus, the signal pipe and the pipes of the servers that
  * have tasks in flight; then the bus is drained, the servers that stirred are read, expired
  * tasks are cancelled and a heartbeat goes out when the scheduler has heard nothing for a
  * while.
  */
 static void serve(struct agent *agent)
 {
-    zmq_pollitem_t items[2 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
-    struct server *owner[2 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
+    struct pollfd fds[1 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
+    struct server *owner[1 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
     bool stirred[MAX_SERVERS];
 
     while (!stop_requested) {
-        int n = 0;
-        bool drive_http = false;
+        size_t n = 0;
+        bool drive_http = false, bus_ready = false;
+        struct tr_error err = {0};
         memset(stirred, 0, sizeof(stirred));
-        items[n++] = (zmq_pollitem_t){.socket = bus_socket(agent->bus), .events = ZMQ_POLLIN};
-        items[n++] = (zmq_pollitem_t){.fd = signal_pipe[0], .events = ZMQ_POLLIN};
+        fds[n++] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
         for (size_t i = 0; i < agent->server_count; i++) {
             struct server *server = &agent->servers[i];
-            struct pollfd fds[MCP_SESSION_MAX_FDS];
             if (!server->session || tasks_on(agent, server) == 0)
                 continue;
-            size_t count = mcp_session_pollfds(server->session, fds);
+            size_t count = mcp_session_pollfds(server->session, fds + n);
             if (count == 0) /* HTTP, or gone: it is driven (or finished) every turn */
                 stirred[i] = drive_http = true;
-            for (size_t j = 0; j < count; j++) {
-                owner[n] = server;
-                items[n++] = (zmq_pollitem_t){
-                    .fd = fds[j].fd,
-                    .events = (short)(((fds[j].events & POLLIN) ? ZMQ_POLLIN : 0) |
-                                      ((fds[j].events & POLLOUT) ? ZMQ_POLLOUT : 0))};
-            }
+            for (size_t j = 0; j < count; j++)
+                owner[n++] = server;
         }
-        if (zmq_poll(items, n, poll_timeout(agent, drive_http)) < 0 && errno != EINTR) {
-            tr_log(TR_LOG_ERROR, "poll failed: %s", zmq_strerror(errno));
+        if (bus_poll(agent->bus, fds, n, poll_timeout(agent, drive_http), &bus_ready, &err) < 0) {
+            tr_log(TR_LOG_ERROR, "%s", err.message);
             break;
         }
         if (stop_requested)
             break;
-        if (items[1].revents) {
+        if (fds[0].revents) {
             char drain[64];
             while (read(signal_pipe[0], drain, sizeof(drain)) > 0)
                 ;
         }
-        for (int i = 2; i < n; i++)
-            if (items[i].revents)
+        for (size_t i = 1; i < n; i++)
+            if (fds[i].revents)
                 stirred[owner[i] - agent->servers] = true;
         if (!drain_bus(agent))
             break;
@@ -1065,7 +1056,7 @@ int main(int argc, char **argv)
         if (rc == 0)
             rc = bus_connect_curve(endpoint, identity ? identity : agent.persona, server_public,
                                    public, secret, &agent.bus, &err);
-        sodium_memzero(secret, sizeof(secret));
+        explicit_bzero(secret, sizeof(secret));
         if (rc < 0) {
             tr_log(TR_LOG_ERROR, "%s", err.message);
             return 1;

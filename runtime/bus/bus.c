@@ -128,9 +128,33 @@ void bus_free(struct bus **busp)
     *busp = NULL;
 }
 
-void *bus_socket(struct bus *bus)
+int bus_poll(struct bus *bus, struct pollfd *fds, size_t count, int timeout_ms, bool *ret_bus_ready,
+             struct tr_error *err)
 {
-    return bus->socket;
+    zmq_pollitem_t stack[64];
+    zmq_pollitem_t *items = count < 64 ? stack : xcalloc(count + 1, sizeof(*items));
+    int rc;
+
+    items[0] = (zmq_pollitem_t){.socket = bus->socket, .events = ZMQ_POLLIN};
+    for (size_t i = 0; i < count; i++)
+        items[i + 1] =
+            (zmq_pollitem_t){.fd = fds[i].fd,
+                             .events = (short)(((fds[i].events & POLLIN) ? ZMQ_POLLIN : 0) |
+                                               ((fds[i].events & POLLOUT) ? ZMQ_POLLOUT : 0))};
+    rc = zmq_poll(items, (int)count + 1, timeout_ms);
+    if (rc < 0 && errno == EINTR)
+        rc = 0;
+    else if (rc < 0)
+        rc = tr_error_set(err, -errno, "bus poll failed: %s", zmq_strerror(errno));
+    *ret_bus_ready = rc > 0 && (items[0].revents & ZMQ_POLLIN);
+    for (size_t i = 0; i < count; i++)
+        fds[i].revents = (short)(rc > 0 ? (((items[i + 1].revents & ZMQ_POLLIN) ? POLLIN : 0) |
+                                           ((items[i + 1].revents & ZMQ_POLLOUT) ? POLLOUT : 0) |
+                                           ((items[i + 1].revents & ZMQ_POLLERR) ? POLLERR : 0))
+                                        : 0);
+    if (items != stack)
+        free(items);
+    return rc;
 }
 
 int bus_send(struct bus *bus, const struct bus_msg *msg, struct tr_error *err)

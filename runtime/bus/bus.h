@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <poll.h>
 
 #include "base.h"
 
@@ -97,8 +98,14 @@ int bus_connect_curve(const char *endpoint, const char *identity, const char *se
 
 /* Closes the socket (pending messages are given up to 1 s) and the context. Accepts NULL. */
 void bus_free(struct bus **bus);
-/* The ZeroMQ socket, for zmq_poll alongside other descriptors. */
-void *bus_socket(struct bus *bus);
+/*
+ * Waits up to timeout_ms (-1: forever) until a message can be received from the bus or one of
+ * fds (events POLLIN and POLLOUT; their revents are set) is ready, for a loop over the bus and
+ * other descriptors. Returns how many are ready (the bus counting as one: *ret_bus_ready), 0
+ * on timeout or when a signal interrupted the wait, or an error.
+ */
+int bus_poll(struct bus *bus, struct pollfd *fds, size_t count, int timeout_ms, bool *ret_bus_ready,
+             struct tr_error *err) TR_MUST_CHECK;
 
 /*
  * Sends msg (on a ROUTER, to msg->peer). Never blocks: TR_EPEER if the peer is unknown or
