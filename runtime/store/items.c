@@ -85,25 +85,3 @@ out:
     store__stmt_release(store, STMT_ITEMS_LIST, stmt);
     return rc;
 }
-
-int store_step_items_clear(struct store *store, const char *run_id, const char *step_id,
-                           struct tr_error *err)
-{
-    sqlite3_stmt *stmt = NULL;
-    int rc = store__check_writable(store, "could not forget items", err);
-
-    if (rc == 0)
-        rc = store__stmt_acquire(store, STMT_ITEMS_CLEAR, &stmt, err);
-    if (rc < 0)
-        return rc;
-    rc = bind_step(stmt, run_id, step_id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(stmt);
-    if (rc != SQLITE_DONE)
-        rc = store__fail(store, rc, err, "could not forget the items of step '%s' of run '%s'",
-                         step_id ? step_id : "(null)", run_id ? run_id : "(null)");
-    else
-        rc = 0;
-    store__stmt_release(store, STMT_ITEMS_CLEAR, stmt);
-    return rc;
-}

@@ -102,7 +102,6 @@ static const char *const statement_sql[STMT_COUNT] = {
                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [STMT_ITEMS_LIST] = "SELECT idx, attempt, output_json, result_json FROM step_items"
                         " WHERE run_id = ?1 AND step_id = ?2 ORDER BY idx",
-    [STMT_ITEMS_CLEAR] = "DELETE FROM step_items WHERE run_id = ?1 AND step_id = ?2",
     [STMT_APPROVAL_GET] = "SELECT decision, actor, comment, decided_at FROM approvals"
                           " WHERE run_id = ?1 AND step_id = ?2",
     [STMT_AUDIT_LAST] = "SELECT seq, hash FROM audit WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",

@@ -170,9 +170,6 @@ struct store_step_item {
 int store_step_items_list(struct store *store, const char *run_id, const char *step_id,
                           int (*fn)(void *userdata, const struct store_step_item *item),
                           void *userdata, struct tr_error *err) TR_MUST_CHECK;
-/* Forgets the step's items (a step that runs again from its first item). */
-int store_step_items_clear(struct store *store, const char *run_id, const char *step_id,
-                           struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- shared context -------------------------------------------------------------------- */
 

@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char **step_ids(const struct workflow *wf)
+/* " (did you mean 'X'?)" for an unknown step id, or "", in hint. */
+static const char *step_hint(const struct workflow *wf, const char *id, char *hint, size_t size)
 {
     const char **ids = xcalloc(wf->step_count + 1, sizeof(*ids));
     size_t n = 0;
@@ -16,7 +17,9 @@ static const char **step_ids(const struct workflow *wf)
     for (size_t i = 0; i < wf->step_count; i++)
         if (wf->steps[i].id)
             ids[n++] = wf->steps[i].id;
-    return ids;
+    wf_suggestion(id, ids, n, hint, size); /* writes hint */
+    free(ids);
+    return hint;
 }
 
 static long find_or_report(struct wf_build *b, const cJSON *entry, const char *what,
@@ -26,15 +29,9 @@ static long find_or_report(struct wf_build *b, const cJSON *entry, const char *w
     long found = wf_step_find(wf, entry->valuestring);
 
     if (found < 0) {
-        const char **ids = step_ids(wf);
-        size_t count = 0;
         char hint[128];
-        while (ids[count])
-            count++;
         wf_problem(wf, entry, false, "step '%s': %s unknown step '%s'%s", step_id, what,
-                   entry->valuestring,
-                   wf_suggestion(entry->valuestring, ids, count, hint, sizeof(hint)));
-        free(ids);
+                   entry->valuestring, step_hint(wf, entry->valuestring, hint, sizeof(hint)));
     }
     return found;
 }
@@ -226,15 +223,9 @@ static int check_step_refs(struct wf_build *b, size_t index, const cJSON *node)
         char *id = xstrndup(start, len);
         long found = wf_step_find(wf, id);
         if (found < 0) {
-            const char **ids = step_ids(wf);
-            size_t count = 0;
             char hint[128];
-            while (ids[count])
-                count++;
             rc = wf_problem(wf, node, false, "step '%s': '.steps.%s': there is no step '%s'%s",
-                            wf->steps[index].id, id, id,
-                            wf_suggestion(id, ids, count, hint, sizeof(hint)));
-            free(ids);
+                            wf->steps[index].id, id, id, step_hint(wf, id, hint, sizeof(hint)));
         } else {
             if (!comes_before(wf, index, (size_t)found))
                 rc = wf_problem(wf, node, false,

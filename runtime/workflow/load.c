@@ -400,25 +400,6 @@ static enum workflow_format format_of(const char *path)
     return dot && !strcmp(dot, ".json") ? WORKFLOW_JSON : WORKFLOW_YAML;
 }
 
-int workflow_load(const char *path, struct workflow **ret_workflow, struct tr_error *err)
-{
-    struct workflow *wf = NULL;
-    char *text = NULL;
-    size_t len = 0;
-    int rc;
-
-    if ((rc = tr_file_read(path, WORKFLOW_MAX_FILE_BYTES, &text, &len, err)) < 0)
-        return rc;
-    rc = load_text(text, len, format_of(path), path, true, NULL, &wf, err);
-    free(text);
-    if (rc < 0) {
-        workflow_free(&wf);
-        return rc;
-    }
-    *ret_workflow = wf;
-    return 0;
-}
-
 int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,
                    struct tr_error *err)
 {
@@ -437,6 +418,11 @@ int wf_load_nested(const char *path, const struct workflow *parent, struct workf
     }
     *ret_wf = wf;
     return 0;
+}
+
+int workflow_load(const char *path, struct workflow **ret_workflow, struct tr_error *err)
+{
+    return wf_load_nested(path, NULL, ret_workflow, err);
 }
 
 /* ---- every problem ------------------------------------------------------------------------ */

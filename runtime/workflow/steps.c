@@ -46,7 +46,6 @@ static int check_server_ref(struct wf_build *b, struct wf_step *step, const cJSO
     if (!dot || dot == text || !dot[1] || strpbrk(text, "*?["))
         return wf_problem(wf, ref, false, "%s'%s' must be 'server.%s', not '%s'", context, kind,
                           kind, text);
-    step->tool_ref = text;
     step->server = xstrndup(text, (size_t)(dot - text));
     step->tool = xstrdup(dot + 1);
     if (wf_server_find(wf, step->server) < 0) {

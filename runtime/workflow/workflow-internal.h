@@ -128,7 +128,6 @@ struct wf_step {
     size_t persona;           /* SIZE_MAX for steps without one (eval, approval, workflow) */
     char *server, *tool;      /* tool: split from "server.tool"; prompt: server and prompt name;
                                  resource: server (tool NULL); owned */
-    const char *tool_ref;     /* "server.tool" as written */
     const char *uri;          /* resource */
     const char *ask;          /* ask: the prompt (may hold ${{ }}) */
     const char *sub_workflow; /* workflow: the file as written */
