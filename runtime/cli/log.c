@@ -39,9 +39,7 @@ static int print_event(void *userdata, const struct store_audit_event *event)
 {
     struct printer *p = userdata;
 
-    if (event->seq <= p->last_seq)
-        return 0;
-    p->last_seq = event->seq;
+    p->last_seq = event->seq; /* the next listing starts after it */
     if (p->step && (!event->step_id || strcmp(p->step, event->step_id) != 0))
         return 0;
     if (p->json) {
@@ -110,7 +108,8 @@ int cli_log(int argc, char **argv, struct cli_common *common)
         if (rc == 0 && follow)
             rc = store_run_get(store, run_id, copy_status, status, &err);
         if (rc == 0)
-            rc = store_audit_list(store, run_id, print_event, &printer, &err);
+            rc = store_audit_list_after(store, run_id, printer.last_seq, print_event, &printer,
+                                        &err);
         fflush(stdout);
         /* The status is read before the events, so nothing written before the end is missed. */
         if (rc < 0 || !follow || strcmp(status, "running") != 0)

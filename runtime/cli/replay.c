@@ -116,9 +116,17 @@ static void replace(cJSON **slot, cJSON *value)
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
+    static const char *const used[] = {"run.started", "step.dispatched", "step.reused",
+                                       "step.finished", "mcp.request"};
     long i = workflow_step_find(rec->wf, event->step_id);
-    cJSON *payload = cJSON_Parse(event->payload_json);
+    bool wanted = false;
 
+    /* Responses and notifications, the biggest events, are not replayed: not even parsed. */
+    for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
+        wanted = strcmp(event->type, used[k]) == 0;
+    if (!wanted)
+        return 0;
+    cJSON *payload = cJSON_Parse(event->payload_json);
     if (strcmp(event->type, "run.started") == 0) {
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
     } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {

@@ -263,14 +263,21 @@ static int scan_event(sqlite3_stmt *stmt, void *ctx)
     return scan->fn(scan->userdata, &event);
 }
 
+int store_audit_list_after(struct store *store, const char *run_id, int64_t after_seq,
+                           int (*fn)(void *userdata, const struct store_audit_event *event),
+                           void *userdata, struct tr_error *err)
+{
+    struct event_scan scan = {fn, userdata};
+
+    return store__scan(store, STMT_AUDIT_LIST, run_id, after_seq, scan_event, &scan, err,
+                       "could not read the audit log of run '%s'", run_id ? run_id : "(null)");
+}
+
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err)
 {
-    struct event_scan scan = {fn, userdata};
-
-    return store__scan(store, STMT_AUDIT_LIST, run_id, scan_event, &scan, err,
-                       "could not read the audit log of run '%s'", run_id ? run_id : "(null)");
+    return store_audit_list_after(store, run_id, 0, fn, userdata, err);
 }
 
 /* ==== verification ======================================================================== */

@@ -288,7 +288,7 @@ int store_runs_list(struct store *store, int (*fn)(void *userdata, const struct 
 {
     struct run_scan scan = {fn, userdata, 0};
 
-    return store__scan(store, STMT_RUNS_LIST, NULL, scan_run, &scan, err, "could not read runs");
+    return store__scan(store, STMT_RUNS_LIST, NULL, 0, scan_run, &scan, err, "could not read runs");
 }
 
 int store_run_get(struct store *store, const char *run_id,
@@ -300,7 +300,7 @@ int store_run_get(struct store *store, const char *run_id,
 
     if (is_blank(run_id))
         return tr_error_set(err, TR_EINVAL, "no run id given");
-    rc = store__scan(store, STMT_RUN_GET, run_id, scan_run, &scan, err, "could not read runs");
+    rc = store__scan(store, STMT_RUN_GET, run_id, 0, scan_run, &scan, err, "could not read runs");
     if (rc == 0 && scan.rows == 0)
         rc = tr_error_set(err, TR_ENOTFOUND, "no run '%s'", run_id);
     return rc;
@@ -431,7 +431,7 @@ int store_steps_list(struct store *store, const char *run_id,
 {
     struct step_scan scan = {fn, userdata};
 
-    return store__scan(store, STMT_STEPS_LIST, run_id, scan_step, &scan, err,
+    return store__scan(store, STMT_STEPS_LIST, run_id, 0, scan_step, &scan, err,
                        "could not read the steps of run '%s'", run_id ? run_id : "(null)");
 }
 
@@ -497,7 +497,7 @@ int store_context_list(struct store *store, const char *run_id,
 {
     struct context_scan scan = {fn, userdata};
 
-    return store__scan(store, STMT_CONTEXT_LIST, run_id, scan_context, &scan, err,
+    return store__scan(store, STMT_CONTEXT_LIST, run_id, 0, scan_context, &scan, err,
                        "could not read the context of run '%s'", run_id ? run_id : "(null)");
 }
 

@@ -85,13 +85,14 @@ void store__stmt_release(struct store *store, enum store_stmt id, sqlite3_stmt *
 
 /*
  * Runs statement id, its ?1 bound to run_id (left unbound, that is NULL, when run_id is
- * NULL), and calls row(stmt, ctx) for each result row; row maps the columns into a record
+ * NULL) and after to ?2 when the statement has one, and calls row(stmt, ctx) for each
+ * result row; row maps the columns into a record
  * and hands it to the caller's callback. A non-zero return from row stops the scan and is
  * returned. A sqlite failure is reported with store__fail and the message fmt.
  */
-int store__scan(struct store *store, enum store_stmt id, const char *run_id,
+int store__scan(struct store *store, enum store_stmt id, const char *run_id, int64_t after,
                 int (*row)(sqlite3_stmt *stmt, void *ctx), void *ctx, struct tr_error *err,
-                const char *fmt, ...) TR_PRINTF(7, 8) TR_MUST_CHECK;
+                const char *fmt, ...) TR_PRINTF(8, 9) TR_MUST_CHECK;
 
 /* Binds text, or NULL when text is NULL. Returns a sqlite rc. */
 int store__bind_text(sqlite3_stmt *stmt, int index, const char *text);

@@ -110,7 +110,7 @@ static const char *const statement_sql[STMT_COUNT] = {
                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [STMT_AUDIT_LIST] = "SELECT seq, time, step_id, actor, type, payload_json, hash, prev_hash"
                         " FROM audit"
-                        " WHERE run_id = ?1 ORDER BY seq",
+                        " WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
 };
 
 /* ==== helpers shared with runs.c and audit.c ============================================ */
@@ -196,7 +196,7 @@ void store__stmt_release(struct store *store, enum store_stmt id, sqlite3_stmt *
     }
 }
 
-int store__scan(struct store *store, enum store_stmt id, const char *run_id,
+int store__scan(struct store *store, enum store_stmt id, const char *run_id, int64_t after,
                 int (*row)(sqlite3_stmt *stmt, void *ctx), void *ctx, struct tr_error *err,
                 const char *fmt, ...)
 {
@@ -207,6 +207,8 @@ int store__scan(struct store *store, enum store_stmt id, const char *run_id,
     if (rc < 0)
         return rc;
     rc = run_id ? store__bind_text(stmt, 1, run_id) : SQLITE_OK;
+    if (rc == SQLITE_OK && sqlite3_bind_parameter_count(stmt) >= 2)
+        rc = sqlite3_bind_int64(stmt, 2, after);
     if (rc != SQLITE_OK)
         goto fail;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {

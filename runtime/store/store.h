@@ -243,6 +243,10 @@ struct store_audit_event {
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err) TR_MUST_CHECK;
+/* The same from the event after after_seq on (a reader following a run). */
+int store_audit_list_after(struct store *store, const char *run_id, int64_t after_seq,
+                           int (*fn)(void *userdata, const struct store_audit_event *event),
+                           void *userdata, struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- verification and signatures ---------------------------------------------------------- */
 

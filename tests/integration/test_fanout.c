@@ -510,3 +510,35 @@ Test(fanout, an_agent_killed_mid_fanout_is_restarted_and_its_items_retried)
     free(path);
     release_env(&env);
 }
+
+Test(fanout, log_follow_prints_each_event_once_as_the_run_goes_on)
+{
+    struct env env = setup_env();
+    char *log;
+    char *path = slow_workflow(&env, 4, 300, "    concurrency: 1\n", &log);
+    struct harness_proc run_proc, follow_proc;
+    struct harness_result r, f;
+    const char *argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q", path, NULL};
+    const char *follow[] = {env.h.troupe, "--db", env.h.db, "log", "latest", "--follow", NULL};
+
+    harness_spawn(argv, env.h.dir, &run_proc);
+    cr_assert_eq(harness_db_wait(env.h.db,
+                                 "SELECT count(*) >= 1 FROM audit WHERE type = "
+                                 "'step.dispatched'",
+                                 1, 30000),
+                 1);
+    harness_spawn(follow, env.h.dir, &follow_proc); /* while the items run */
+    harness_finish(&run_proc, 60000, &r);
+    harness_finish(&follow_proc, 30000, &f);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert_eq(f.exit_code, 0, "exit %d\n%s\n%s", f.exit_code, f.out, f.err);
+    /* It ended with the run, having printed every event exactly once. */
+    long long events = harness_db_int(env.h.db, "SELECT count(*) FROM audit");
+    cr_assert_eq(harness_count_lines(f.out), events, "%s", f.out);
+    cr_assert(strstr(f.out, "run.finished"), "%s", f.out);
+    harness_result_release(&r);
+    harness_result_release(&f);
+    free(path);
+    free(log);
+    release_env(&env);
+}
