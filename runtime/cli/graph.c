@@ -71,20 +71,6 @@ static const char *step_marks(const cJSON *step)
     return when && each ? " (if, for each)" : when ? " (if)" : each ? " (for each)" : "";
 }
 
-static long step_index(const cJSON *steps, const char *id)
-{
-    long i = 0;
-    const cJSON *step;
-
-    cJSON_ArrayForEach(step, steps)
-    {
-        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(step, "id")), id))
-            return i;
-        i++;
-    }
-    return -1;
-}
-
 /* ---- Mermaid -------------------------------------------------------------------------------- */
 
 /* Mermaid labels are in double quotes; a quote inside is written as an entity. */
@@ -125,7 +111,7 @@ static void mermaid_node(FILE *out, const cJSON *step, long index, const char *i
     free(summary);
 }
 
-static void draw_mermaid(FILE *out, const cJSON *plan)
+static void draw_mermaid(FILE *out, const struct workflow *wf, const cJSON *plan)
 {
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(plan, "steps");
     const cJSON *personas = cJSON_GetObjectItemCaseSensitive(plan, "personas");
@@ -170,11 +156,11 @@ static void draw_mermaid(FILE *out, const cJSON *plan)
     {
         const cJSON *need, *on_error = cJSON_GetObjectItemCaseSensitive(step, "on_error");
         cJSON_ArrayForEach(need, cJSON_GetObjectItemCaseSensitive(step, "needs"))
-            fprintf(out, "    s%ld --> s%ld\n", step_index(steps, need->valuestring), i);
+            fprintf(out, "    s%ld --> s%ld\n", workflow_step_find(wf, need->valuestring), i);
         if (cJSON_IsObject(on_error))
             fprintf(out, "    s%ld -. on error .-> s%ld\n", i,
-                    step_index(steps, cJSON_GetStringValue(
-                                          cJSON_GetObjectItemCaseSensitive(on_error, "fallback"))));
+                    workflow_step_find(wf, cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                                               on_error, "fallback"))));
         i++;
     }
 }
@@ -214,7 +200,7 @@ static void dot_node(FILE *out, const cJSON *step, long index, const char *fill,
     free(summary);
 }
 
-static void draw_dot(FILE *out, const cJSON *plan)
+static void draw_dot(FILE *out, const struct workflow *wf, const cJSON *plan)
 {
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(plan, "steps");
     const cJSON *personas = cJSON_GetObjectItemCaseSensitive(plan, "personas");
@@ -266,11 +252,11 @@ static void draw_dot(FILE *out, const cJSON *plan)
     {
         const cJSON *need, *on_error = cJSON_GetObjectItemCaseSensitive(step, "on_error");
         cJSON_ArrayForEach(need, cJSON_GetObjectItemCaseSensitive(step, "needs"))
-            fprintf(out, "    s%ld -> s%ld;\n", step_index(steps, need->valuestring), i);
+            fprintf(out, "    s%ld -> s%ld;\n", workflow_step_find(wf, need->valuestring), i);
         if (cJSON_IsObject(on_error))
             fprintf(out, "    s%ld -> s%ld [style=dashed, label=\"on error\"];\n", i,
-                    step_index(steps, cJSON_GetStringValue(
-                                          cJSON_GetObjectItemCaseSensitive(on_error, "fallback"))));
+                    workflow_step_find(wf, cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                                               on_error, "fallback"))));
         i++;
     }
     fputs("}\n", out);
@@ -320,9 +306,9 @@ int cli_graph(int argc, char **argv, struct cli_common *common)
     if (!plan)
         abort();
     if (!strcmp(format, "dot"))
-        draw_dot(stdout, plan);
+        draw_dot(stdout, wf, plan);
     else
-        draw_mermaid(stdout, plan);
+        draw_mermaid(stdout, wf, plan);
     cJSON_Delete(plan);
     free(text);
     workflow_free(&wf);
