@@ -58,6 +58,12 @@ struct agent {
     cJSON *config;
     cJSON *allowlist; /* array of "server.tool" patterns, or NULL: everything allowed */
     int credit;       /* tasks the scheduler may have in flight here (welcome) */
+    /* What redact blanks out: each secret as written and as escaped in JSON, and its mark. */
+    struct redaction {
+        char *form;
+        char *mark;
+    } * redactions;
+    size_t redaction_count;
     struct server servers[MAX_SERVERS];
     size_t server_count;
     struct task **tasks; /* in flight, oldest first */
@@ -108,31 +114,45 @@ static char *replace_all(const char *text, const char *needle, const char *repla
 }
 
 /*
- * Blanks out the secret values the scheduler named (welcome's "redact": {NAME: value}), as
- * written and as escaped in JSON, so no secret leaves the agent. Returns a new string.
+ * The secret values the scheduler named (welcome's "redact": {NAME: value}), as written and as
+ * escaped in JSON, with the mark that replaces them: worked out once, for every message.
  */
-static char *redact(const struct agent *agent, const char *text)
+static void prepare_redactions(struct agent *agent)
 {
     const cJSON *secret;
-    char *out = xstrdup(text);
 
     cJSON_ArrayForEach(secret, cJSON_GetObjectItemCaseSensitive(agent->config, "redact"))
     {
         if (!cJSON_IsString(secret) || strlen(secret->valuestring) < 4)
             continue; /* too short to tell from ordinary text */
-        char *mark = xasprintf("[redacted:%s]", secret->string);
         char *quoted = cJSON_PrintUnformatted(secret);
         quoted[strlen(quoted) - 1] = '\0'; /* the JSON-escaped form, without its quotes */
         const char *forms[] = {secret->valuestring, quoted + 1};
         for (size_t i = 0; i < 2; i++) {
-            if (!*forms[i] || !strstr(out, forms[i]))
-                continue;
-            char *next = replace_all(out, forms[i], mark);
-            free(out);
-            out = next;
+            if (i == 1 && strcmp(forms[1], forms[0]) == 0)
+                break; /* nothing to escape: one form */
+            agent->redactions = xrealloc(agent->redactions,
+                                         (agent->redaction_count + 1) * sizeof(*agent->redactions));
+            agent->redactions[agent->redaction_count++] = (struct redaction){
+                .form = xstrdup(forms[i]), .mark = xasprintf("[redacted:%s]", secret->string)};
         }
-        free(mark);
         free(quoted);
+    }
+}
+
+/* Blanks out the secrets in text, so none leaves the agent: a new string, or NULL when text
+ * holds none. */
+static char *redact(const struct agent *agent, const char *text)
+{
+    char *out = NULL;
+
+    for (size_t i = 0; i < agent->redaction_count; i++) {
+        const struct redaction *r = &agent->redactions[i];
+        if (!strstr(out ? out : text, r->form))
+            continue;
+        char *next = replace_all(out ? out : text, r->form, r->mark);
+        free(out);
+        out = next;
     }
     return out;
 }
@@ -142,11 +162,13 @@ static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
     struct tr_error err = {0};
     struct bus_msg copy = *msg_in, *msg = &copy;
 
-    copy.json = msg_in->json ? redact(agent, msg_in->json) : NULL;
-    copy.error = msg_in->error ? redact(agent, msg_in->error) : NULL;
+    char *json = msg_in->json ? redact(agent, msg_in->json) : NULL;
+    char *error = msg_in->error ? redact(agent, msg_in->error) : NULL;
+    copy.json = json ? json : msg_in->json;
+    copy.error = error ? error : msg_in->error;
     int rc = bus_send(agent->bus, msg, &err);
-    free(copy.json);
-    free(copy.error);
+    free(json);
+    free(error);
     if (rc < 0)
         tr_log(TR_LOG_ERROR, "could not send %s to the scheduler: %s", bus_msg_type_name(msg->type),
                err.message);
@@ -759,6 +781,7 @@ static int wait_for_welcome(struct agent *agent, struct tr_error *err)
         const cJSON *credit = cJSON_GetObjectItemCaseSensitive(agent->config, "credit");
         double wanted = cJSON_IsNumber(credit) ? credit->valuedouble : 1;
         agent->credit = wanted < 1 ? 1 : wanted > MAX_CREDIT ? MAX_CREDIT : (int)wanted;
+        prepare_redactions(agent);
         tr_log_context(run_of(agent), NULL, agent->persona);
         return 0;
     }
@@ -1097,6 +1120,12 @@ out:
     if (status == 0)
         send_bye(&agent, stop_requested ? "stopped by a signal" : NULL);
     free(agent.tasks);
+    for (size_t i = 0; i < agent.redaction_count; i++) {
+        explicit_bzero(agent.redactions[i].form, strlen(agent.redactions[i].form));
+        free(agent.redactions[i].form);
+        free(agent.redactions[i].mark);
+    }
+    free(agent.redactions);
     cJSON_Delete(agent.config);
     bus_free(&agent.bus);
     tr_log_context(NULL, NULL, NULL);
