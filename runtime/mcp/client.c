@@ -337,28 +337,23 @@ int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, in
         /* At least once, so that a wait without time (a poll) still reads what is there. */
         polled = true;
 
-        struct pollfd fds[3];
-        nfds_t nfds = 0, at_err = 3, at_in = 3;
-        fds[nfds++] = (struct pollfd){.fd = s->proc.out_fd, .events = POLLIN};
-        if (s->proc.err_fd >= 0) {
-            at_err = nfds;
-            fds[nfds++] = (struct pollfd){.fd = s->proc.err_fd, .events = POLLIN};
-        }
-        if (s->outq.len > 0 && s->proc.in_fd >= 0) {
-            at_in = nfds;
-            fds[nfds++] = (struct pollfd){.fd = s->proc.in_fd, .events = POLLOUT};
-        }
+        struct pollfd fds[MCP_SESSION_MAX_FDS];
+        size_t nfds = mcp_session_pollfds(s, fds);
+        if (nfds == 0)
+            return peer_gone(s, method, deadline, err);
         int ready = poll(fds, nfds, left <= 0 ? 0 : left > 60000 ? 60000 : (int)left);
         if (ready < 0 && errno != EINTR)
             return tr_error_set(err, TR_EIO, "poll: %s", strerror(errno));
-        if (ready <= 0)
-            continue;
-        if (at_in < nfds && fds[at_in].revents)
-            mcp__stdio_flush(s);
-        if (at_err < nfds && fds[at_err].revents)
-            mcp__stdio_read_stderr(s);
-        if (fds[0].revents)
-            mcp__stdio_read_stdout(s, false);
+        for (size_t i = 0; ready > 0 && i < nfds; i++) {
+            if (!fds[i].revents)
+                continue;
+            if (fds[i].fd == s->proc.in_fd)
+                mcp__stdio_flush(s);
+            else if (fds[i].fd == s->proc.err_fd)
+                mcp__stdio_read_stderr(s);
+            else
+                mcp__stdio_read_stdout(s, false);
+        }
     }
 }
 
