@@ -84,27 +84,41 @@ int bus_listen(const char *endpoint, struct bus **ret_bus, struct tr_error *err)
     return 0;
 }
 
-int bus_connect(const char *endpoint, const char *identity, struct bus **ret_bus,
-                struct tr_error *err)
+/* A DEALER with identity (1..BUS_MAX_IDENTITY bytes), not connected yet. */
+static int dealer_new(const char *identity, struct bus **ret_bus, struct tr_error *err)
 {
-    struct bus *bus;
     size_t len = strlen(identity);
     int rc;
 
     if (len == 0 || len > BUS_MAX_IDENTITY)
         return tr_error_set(err, TR_EINVAL, "bus identity must be 1 to %d bytes", BUS_MAX_IDENTITY);
-    rc = bus_new(ZMQ_DEALER, &bus, err);
-    if (rc < 0)
-        return rc;
-    zmq_setsockopt(bus->socket, ZMQ_ROUTING_ID, identity, len);
+    rc = bus_new(ZMQ_DEALER, ret_bus, err);
+    if (rc == 0)
+        zmq_setsockopt((*ret_bus)->socket, ZMQ_ROUTING_ID, identity, len);
+    return rc;
+}
+
+/* Connects bus (taken) to endpoint: *ret_bus, or freed with the error. */
+static int dealer_connect(struct bus *bus, const char *endpoint, struct bus **ret_bus,
+                          struct tr_error *err)
+{
     if (zmq_connect(bus->socket, endpoint) < 0) {
-        rc = tr_error_set(err, -errno, "could not connect to '%s': %s", endpoint,
-                          zmq_strerror(errno));
+        int rc = tr_error_set(err, -errno, "could not connect to '%s': %s", endpoint,
+                              zmq_strerror(errno));
         bus_free(&bus);
         return rc;
     }
     *ret_bus = bus;
     return 0;
+}
+
+int bus_connect(const char *endpoint, const char *identity, struct bus **ret_bus,
+                struct tr_error *err)
+{
+    struct bus *bus;
+    int rc = dealer_new(identity, &bus, err);
+
+    return rc < 0 ? rc : dealer_connect(bus, endpoint, ret_bus, err);
 }
 
 void bus_free(struct bus **busp)
@@ -288,17 +302,13 @@ int bus_connect_curve(const char *endpoint, const char *identity, const char *se
                       struct tr_error *err)
 {
     struct bus *bus;
-    size_t len = strlen(identity);
     int rc;
 
-    if (len == 0 || len > BUS_MAX_IDENTITY)
-        return tr_error_set(err, TR_EINVAL, "bus identity must be 1 to %d bytes", BUS_MAX_IDENTITY);
     if (!is_z85_key(server_public) || !is_z85_key(client_public) || !is_z85_key(client_secret))
         return tr_error_set(err, TR_EINVAL, "CURVE keys must be 40 characters of Z85");
-    rc = bus_new(ZMQ_DEALER, &bus, err);
+    rc = dealer_new(identity, &bus, err);
     if (rc < 0)
         return rc;
-    zmq_setsockopt(bus->socket, ZMQ_ROUTING_ID, identity, len);
     zmq_setsockopt(bus->socket, ZMQ_CURVE_SERVERKEY, server_public, BUS_KEY_SIZE - 1);
     zmq_setsockopt(bus->socket, ZMQ_CURVE_PUBLICKEY, client_public, BUS_KEY_SIZE - 1);
     zmq_setsockopt(bus->socket, ZMQ_CURVE_SECRETKEY, client_secret, BUS_KEY_SIZE - 1);
@@ -314,14 +324,7 @@ int bus_connect_curve(const char *endpoint, const char *identity, const char *se
             bus->monitor = NULL;
         }
     }
-    if (zmq_connect(bus->socket, endpoint) < 0) {
-        rc = tr_error_set(err, -errno, "could not connect to '%s': %s", endpoint,
-                          zmq_strerror(errno));
-        bus_free(&bus);
-        return rc;
-    }
-    *ret_bus = bus;
-    return 0;
+    return dealer_connect(bus, endpoint, ret_bus, err);
 }
 
 /*
