@@ -37,6 +37,11 @@ bool cli_common_option(struct cli_common *common, int opt, const char *arg);
 /* The database path: --db, else $TROUPE_DB, else STORE_DEFAULT_PATH. */
 const char *cli_db_path(const struct cli_common *common);
 /*
+ * The troupe-agent program ($TROUPE_AGENT, else the one next to troupe), with the programs
+ * next to troupe (troupe-agent, the demo servers) put first in PATH. The caller frees it.
+ */
+char *cli_agent_program(void);
+/*
  * Parses the options of a reading command that takes only --db, --json and --help.
  * Returns -1 to go on (with *json set), or the exit status when the command is done.
  */

@@ -566,7 +566,6 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
     struct cli_progress progress = {0};
     struct tr_error err = {0};
     char run_id[STORE_RUN_ID_SIZE] = "";
-    char *self_dir = NULL, *agent = NULL, *run_root = NULL;
     int status = CLI_FAILED;
 
     if (start_index < 0) {
@@ -594,7 +593,7 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
             cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "output");
         reuse_count++;
     }
-    cli_sched_prepare(&opts, &progress, common, wf, &self_dir, &agent, &run_root);
+    cli_sched_prepare(&opts, &progress, common, wf);
     char *absolute = realpath(workflow_path, NULL);
     opts.input = rec->input;
     opts.workflow_path = absolute;
@@ -612,9 +611,7 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
     else
         status = cli_sched_report(store, common, &progress, run_id, rc, &err, start);
     free(absolute);
-    free(self_dir);
-    free(agent);
-    free(run_root);
+    cli_progress_release(&progress);
     free(reuse);
     free(live);
     return status;

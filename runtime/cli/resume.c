@@ -75,7 +75,6 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     struct store *store = NULL;
     struct found found = {0};
     const char *file = NULL;
-    char *self_dir = NULL, *agent = NULL, *run_root = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
     int opt;
@@ -128,7 +127,7 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
         cli_error("could not load the workflow of run %s: %s", run_id, err.message);
         goto out;
     }
-    cli_sched_prepare(&opts, &progress, common, wf, &self_dir, &agent, &run_root);
+    cli_sched_prepare(&opts, &progress, common, wf);
     opts.workflow_path = found.path;
     if (!progress.quiet && !progress.json)
         printf("troupe: resuming run %s of workflow '%s'\n", run_id, workflow_name(wf));
@@ -146,8 +145,6 @@ out:
     store_free(&store);
     free(found.path);
     free(found.status);
-    free(self_dir);
-    free(agent);
-    free(run_root);
+    cli_progress_release(&progress);
     return status;
 }

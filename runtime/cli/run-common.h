@@ -85,6 +85,8 @@ struct cli_progress {
     size_t width;
     int64_t start_ms;
     int64_t items_shown_ms; /* when the last item progress was shown (they are throttled) */
+    char *agent_program;    /* what cli_sched_prepare set up, freed by cli_progress_release */
+    char *run_root;
 };
 
 /* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */
@@ -92,10 +94,13 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
                      const char *arg);
 /* Applies --durability to the store; prints the error and returns -1 on failure. */
 int cli_sched_durability(struct store *store, const struct cli_progress *progress);
-/* Sets up progress output and the options every run needs (agent program, run root). */
+/*
+ * Sets up progress output and the options every run needs (agent program, run root, kept in
+ * progress until cli_progress_release).
+ */
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
-                       const struct cli_common *common, const struct workflow *wf,
-                       char **ret_self_dir, char **ret_agent, char **ret_run_root);
+                       const struct cli_common *common, const struct workflow *wf);
+void cli_progress_release(struct cli_progress *progress);
 /* Prints the outcome of sched_run or sched_resume; returns the exit status. */
 int cli_sched_report(struct store *store, const struct cli_common *common,
                      struct cli_progress *progress, const char *run_id, int rc,

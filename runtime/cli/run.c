@@ -306,15 +306,17 @@ static int add_input(cJSON *inputs, const char *assignment)
     return 0;
 }
 
-/* Programs next to troupe (troupe-agent, the demo servers) come first in PATH. */
-static char *prepend_self_to_path(void)
+char *cli_agent_program(void)
 {
     char *self = tr_self_dir();
     const char *path = getenv("PATH");
     char *value = xasprintf("%s%s%s", self, path && *path ? ":" : "", path ? path : "");
+    char *agent = getenv("TROUPE_AGENT") ? xstrdup(getenv("TROUPE_AGENT"))
+                                         : xasprintf("%s/troupe-agent", self);
     setenv("PATH", value, 1);
     free(value);
-    return self;
+    free(self);
+    return agent;
 }
 
 int cli_sched_durability(struct store *store, const struct cli_progress *progress)
@@ -328,8 +330,7 @@ int cli_sched_durability(struct store *store, const struct cli_progress *progres
 }
 
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
-                       const struct cli_common *common, const struct workflow *wf,
-                       char **ret_self_dir, char **ret_agent, char **ret_run_root)
+                       const struct cli_common *common, const struct workflow *wf)
 {
     char *db_copy = xstrdup(cli_db_path(common));
 
@@ -357,16 +358,21 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
         exit(CLI_USAGE);
     }
     progress->start_ms = tr_now_ms();
-    *ret_self_dir = prepend_self_to_path();
-    *ret_agent = getenv("TROUPE_AGENT") ? xstrdup(getenv("TROUPE_AGENT"))
-                                        : xasprintf("%s/troupe-agent", *ret_self_dir);
-    *ret_run_root = xasprintf("%s/runs", dirname(db_copy));
+    progress->agent_program = cli_agent_program();
+    progress->run_root = xasprintf("%s/runs", dirname(db_copy));
     free(db_copy);
-    opts->agent_program = *ret_agent;
-    opts->run_root = *ret_run_root;
+    opts->agent_program = progress->agent_program;
+    opts->run_root = progress->run_root;
     opts->log_format = common->log_format;
     opts->on_progress = on_progress;
     opts->userdata = progress;
+}
+
+void cli_progress_release(struct cli_progress *progress)
+{
+    free(progress->agent_program);
+    free(progress->run_root);
+    progress->agent_program = progress->run_root = NULL;
 }
 
 int cli_sched_report(struct store *store, const struct cli_common *common,
@@ -430,7 +436,7 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     struct store *store = NULL;
     cJSON *given = cJSON_CreateObject();
     cJSON *input = NULL;
-    char *self_dir = NULL, *agent = NULL, *run_root = NULL, *workflow_path = NULL;
+    char *workflow_path = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
     int opt;
@@ -494,7 +500,7 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         status = CLI_FAILED;
         goto out;
     }
-    cli_sched_prepare(&opts, &progress, common, wf, &self_dir, &agent, &run_root);
+    cli_sched_prepare(&opts, &progress, common, wf);
     opts.input = input;
     opts.workflow_path = workflow_path;
 
@@ -514,9 +520,7 @@ out:
     store_free(&store);
     cJSON_Delete(given);
     cJSON_Delete(input);
-    free(self_dir);
-    free(agent);
-    free(run_root);
+    cli_progress_release(&progress);
     free(workflow_path);
     return status;
 }

@@ -88,8 +88,7 @@ int cli_worker(int argc, char **argv, struct cli_common *common)
     char host[128] = "host";
     gethostname(host, sizeof(host) - 1);
     char *default_identity = xasprintf("%s@%s.%d", persona, host, (int)getpid());
-    char *self = tr_self_dir();
-    char *agent = xasprintf("%s/troupe-agent", self);
+    char *agent = cli_agent_program(); /* the persona's servers may be next to troupe too */
     const char *agent_argv[] = {agent,
                                 "--connect",
                                 connect,
@@ -105,15 +104,9 @@ int cli_worker(int argc, char **argv, struct cli_common *common)
                                 common->log_format == TR_LOG_JSON ? "json" : "text",
                                 common->verbose ? "--verbose" : NULL,
                                 NULL};
-    /* The persona's MCP servers may be programs shipped next to troupe. */
-    const char *path = getenv("PATH");
-    char *new_path = xasprintf("%s%s%s", self, path && *path ? ":" : "", path ? path : "");
-    setenv("PATH", new_path, 1);
     execv(agent, (char *const *)agent_argv);
     cli_error("could not run '%s': %s", agent, strerror(errno));
-    free(new_path);
     free(agent);
-    free(self);
     free(default_identity);
     return CLI_FAILED;
 }
