@@ -19,7 +19,6 @@
 #define MAX_INPUT_ROUNDS 16 /* InputRequiredResult round trips for one request */
 #define HTTP_PUMP_MS 1000
 
-#define UNSUPPORTED_PROTOCOL_VERSION (-32022)
 #define HEADER_MISMATCH (-32020)
 
 /* ---- sending ----------------------------------------------------------------------------- */
@@ -510,7 +509,8 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
         if (error) {
             int code = 0;
             rc = error_response(s, method, error, &code, err);
-            const char *version = code == UNSUPPORTED_PROTOCOL_VERSION ? pick_version(error) : NULL;
+            const char *version =
+                code == MCP__UNSUPPORTED_PROTOCOL_VERSION ? pick_version(error) : NULL;
             cJSON_Delete(response);
             if (code == HEADER_MISMATCH && s->modern && s->http && !headers_retried &&
                 strcmp(method, "tools/call") == 0) {

@@ -22,6 +22,7 @@
 #define MCP__METHOD_NOT_FOUND (-32601)
 #define MCP__INVALID_PARAMS (-32602)
 #define MCP__INTERNAL_ERROR (-32603)
+#define MCP__UNSUPPORTED_PROTOCOL_VERSION (-32022)
 
 /* Protocol revisions troupe speaks, newest first; NULL-ended. */
 extern const char *const mcp__supported_versions[];

@@ -15,7 +15,7 @@
 bool mcp__version_is_modern(const char *version)
 {
     /* Dated revisions compare as strings; the first stateless one is 2026-07-28. */
-    return version && strcmp(version, "2026-07-28") >= 0;
+    return version && strcmp(version, MCP_MODERN_PROTOCOL_VERSION) >= 0;
 }
 
 void mcp__add_request_meta(struct mcp_session *s, cJSON *params)

@@ -136,13 +136,20 @@ static cJSON *do_initialize(const struct mcp_server *server, const cJSON *params
 }
 
 /* The modern era's server/discover: every revision served, capabilities and identity. */
+/* The protocol revisions this server speaks, newest first, as a JSON array. */
+static cJSON *supported_versions(void)
+{
+    cJSON *versions = cJSON_CreateArray();
+    for (size_t i = 0; mcp__supported_versions[i]; i++)
+        cJSON_AddItemToArray(versions, cJSON_CreateString(mcp__supported_versions[i]));
+    return versions;
+}
+
 static cJSON *do_discover(const struct mcp_server *server)
 {
     cJSON *result = cJSON_CreateObject();
     cJSON_AddStringToObject(result, "resultType", "complete");
-    cJSON *versions = cJSON_AddArrayToObject(result, "supportedVersions");
-    for (size_t i = 0; mcp__supported_versions[i]; i++)
-        cJSON_AddItemToArray(versions, cJSON_CreateString(mcp__supported_versions[i]));
+    cJSON_AddItemToObject(result, "supportedVersions", supported_versions());
     cJSON *tools =
         cJSON_AddObjectToObject(cJSON_AddObjectToObject(result, "capabilities"), "tools");
     cJSON_AddBoolToObject(tools, "listChanged", false);
@@ -256,18 +263,12 @@ static cJSON *handle_line(const struct mcp_server *server, const char *line, siz
     const char *declared = request_version(params);
     if (declared && (!mcp__version_supported(declared) || !mcp__version_is_modern(declared))) {
         /* UnsupportedProtocolVersionError, with what this server speaks. */
-        cJSON *error = cJSON_CreateObject();
-        cJSON_AddNumberToObject(error, "code", -32022);
-        cJSON_AddStringToObject(error, "message", "Unsupported protocol version");
-        cJSON *data = cJSON_AddObjectToObject(error, "data");
-        cJSON *supported = cJSON_AddArrayToObject(data, "supported");
-        for (size_t i = 0; mcp__supported_versions[i]; i++)
-            cJSON_AddItemToArray(supported, cJSON_CreateString(mcp__supported_versions[i]));
+        response = mcp__error_response_new(id, MCP__UNSUPPORTED_PROTOCOL_VERSION,
+                                           "Unsupported protocol version");
+        cJSON *data =
+            cJSON_AddObjectToObject(cJSON_GetObjectItemCaseSensitive(response, "error"), "data");
+        cJSON_AddItemToObject(data, "supported", supported_versions());
         cJSON_AddStringToObject(data, "requested", declared);
-        response = cJSON_CreateObject();
-        cJSON_AddStringToObject(response, "jsonrpc", "2.0");
-        cJSON_AddItemToObject(response, "id", cJSON_Duplicate(id, 1));
-        cJSON_AddItemToObject(response, "error", error);
         goto out;
     }
     if (strcmp(m, "server/discover") == 0)
