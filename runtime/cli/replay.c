@@ -391,7 +391,7 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         if (!request || cJSON_IsNull(request))
             continue;
         const char *method = NULL;
-        struct workflow_scope *item_scope = workflow_scope_with_item(prepared, each);
+        struct workflow_scope *item_scope = workflow_scope_with(prepared, "item", each);
         int rc = sched_step_request(wf, i, item_scope, &method, &params, &err);
         workflow_scope_free(&item_scope);
         if (rc < 0) {

@@ -199,6 +199,7 @@ int sched__load_run(struct run *run, struct tr_error *err)
                               stand_in ? cJSON_Duplicate(stand_in, true) : cJSON_CreateNull());
         cJSON_AddItemToObject(outputs, workflow_step_id(run->wf, i), entry);
     }
+    sched__scope_changed(run); /* the outputs and the context are in the scope now */
     /* Counters and needs from the loaded states; what was in flight goes out again. */
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];

@@ -164,10 +164,11 @@ struct run {
     size_t fanouts;                                   /* for_each steps under way */
     struct task *tasks;                               /* every task, in no order */
     size_t task_count, task_cap;
-    cJSON *scope;       /* {"input", "context", "steps"}: what step arguments are evaluated over */
-    bool keep_outputs;  /* some step's arguments use the scope: outputs are kept in it */
-    cJSON *destructive; /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
-    int64_t last_task;  /* the last task id given to an assignment */
+    cJSON *scope; /* {"input", "context", "steps"}: what step arguments are evaluated over */
+    struct workflow_scope *prepared; /* scope converted for jq (sched__scope), till it changes */
+    bool keep_outputs;       /* some step's arguments use the scope: outputs are kept in it */
+    cJSON *destructive;      /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
+    int64_t last_task;       /* the last task id given to an assignment */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
     char *failure;         /* the first reason the run fails, or NULL */
@@ -184,6 +185,10 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
                   cJSON *payload);
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms);
+/* The run's scope converted for jq: once, for every evaluation until it changes. */
+const struct workflow_scope *sched__scope(struct run *run);
+/* Call after changing run->scope: the next sched__scope converts it again. */
+void sched__scope_changed(struct run *run);
 /* An item of a for_each step succeeded (progress shows items done and items per second). */
 void sched__progress_items(struct run *run, size_t index);
 

@@ -66,6 +66,18 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
     cJSON_Delete(payload);
 }
 
+const struct workflow_scope *sched__scope(struct run *run)
+{
+    if (!run->prepared)
+        run->prepared = workflow_scope_new(run->scope);
+    return run->prepared;
+}
+
+void sched__scope_changed(struct run *run)
+{
+    workflow_scope_free(&run->prepared);
+}
+
 void sched__progress_items(struct run *run, size_t index)
 {
     const struct fanout *fan = run->steps[index].fan;
@@ -524,6 +536,7 @@ static void release_run(struct run *run)
     free(run->ready);
     free(run->failure);
     cJSON_Delete(run->scope);
+    workflow_scope_free(&run->prepared);
     cJSON_Delete(run->destructive);
 }
 

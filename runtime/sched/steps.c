@@ -96,7 +96,8 @@ static void add_approval_details(struct run *run, size_t index, cJSON *payload)
 
     if (approvers)
         cJSON_AddItemToObject(payload, "approvers", cJSON_Duplicate(approvers, true));
-    if (workflow_step_text(run->wf, index, WORKFLOW_TEXT_WHY, run->scope, &why, &err) == 0)
+    if (workflow_step_text_in(run->wf, index, WORKFLOW_TEXT_WHY, sched__scope(run), &why, &err) ==
+        0)
         cJSON_AddStringToObject(payload, "why", why);
     free(why);
 }
@@ -287,12 +288,14 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
         cJSON *entry = cJSON_CreateObject();
         cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
         cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+        sched__scope_changed(run);
     }
     if (key) {
         struct tr_error err = {0};
         cJSON *context = cJSON_GetObjectItem(run->scope, "context");
         cJSON_DeleteItemFromObjectCaseSensitive(context, key);
         cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
+        sched__scope_changed(run);
         if (store_context_put(run->store, run->id, key, output_json, step_id, &err) < 0)
             sched__fail(run, "%s", err.message);
         cJSON *write = cJSON_CreateObject();
@@ -360,11 +363,13 @@ void sched__step_result(struct run *run, size_t index, const cJSON *result, char
         /* `output` sees the raw result (a for_each's list of them) as .result, beside what
          * any expression sees. */
         struct tr_error err = {0};
-        cJSON_AddItemToObject(run->scope, "result",
-                              result ? cJSON_Duplicate(result, true) : cJSON_CreateArray());
+        cJSON *none = result ? NULL : cJSON_CreateArray();
+        struct workflow_scope *with =
+            workflow_scope_with(sched__scope(run), "result", result ? result : none);
         int rc =
-            workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_OUTPUT, run->scope, &output, &err);
-        cJSON_DeleteItemFromObjectCaseSensitive(run->scope, "result");
+            workflow_step_evaluate_in(run->wf, index, WORKFLOW_EXPR_OUTPUT, with, &output, &err);
+        workflow_scope_free(&with);
+        cJSON_Delete(none);
         free(outputs_json);
         if (rc < 0) {
             sched__step_failed(run, index, err.message, duration);
@@ -434,6 +439,7 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
             cJSON *entry = cJSON_CreateObject();
             cJSON_AddItemToObject(entry, "output", nothing);
             cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
+            sched__scope_changed(run);
         } else {
             cJSON_Delete(nothing);
         }
@@ -493,7 +499,7 @@ static bool condition(struct run *run, size_t index, enum workflow_expression wh
     *ret_truth = true;
     if (!workflow_step_has_expression(run->wf, index, which))
         return true;
-    if (workflow_step_evaluate(run->wf, index, which, run->scope, &value, &err) < 0) {
+    if (workflow_step_evaluate_in(run->wf, index, which, sched__scope(run), &value, &err) < 0) {
         sched__step_failed(run, index, err.message, 0);
         return false;
     }
@@ -530,7 +536,8 @@ static void run_eval(struct run *run, size_t index)
 
     step->attempt++;
     step->dispatched_ms = tr_now_ms();
-    if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_EVAL, run->scope, &output, &err) < 0)
+    if (workflow_step_evaluate_in(run->wf, index, WORKFLOW_EXPR_EVAL, sched__scope(run), &output,
+                                  &err) < 0)
         sched__step_failed(run, index, err.message, 0);
     else
         succeed(run, index, output, NULL, tr_now_ms() - step->dispatched_ms);

@@ -204,12 +204,15 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
 
     /* An item sees the scope as it was when its step started (converted once), and .item. A
      * tool whose arguments hold no expression needs no scope at all. */
-    struct workflow_scope *scope =
-        step->fan ? workflow_scope_with_item(step->fan->scope, step->fan->item[task->item])
-        : step->uses_scope || action != WORKFLOW_ACTION_TOOL ? workflow_scope_new(run->scope)
-                                                             : NULL;
+    struct workflow_scope *item =
+        step->fan ? workflow_scope_with(step->fan->scope, "item", step->fan->item[task->item])
+                  : NULL;
+    const struct workflow_scope *scope = item ? item
+                                         : step->uses_scope || action != WORKFLOW_ACTION_TOOL
+                                             ? sched__scope(run)
+                                             : NULL;
     int rc = sched_step_request(run->wf, index, scope, &method, &params, err);
-    workflow_scope_free(&scope);
+    workflow_scope_free(&item);
     if (rc < 0)
         return false;
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
@@ -375,8 +378,8 @@ void sched__fanout_start(struct run *run, size_t index)
 
     step->attempt++;
     step->dispatched_ms = tr_now_ms();
-    if (workflow_step_evaluate(run->wf, index, WORKFLOW_EXPR_FOR_EACH, run->scope, &items, &err) <
-        0) {
+    if (workflow_step_evaluate_in(run->wf, index, WORKFLOW_EXPR_FOR_EACH, sched__scope(run), &items,
+                                  &err) < 0) {
         sched__step_failed(run, index, err.message, 0);
         return;
     }

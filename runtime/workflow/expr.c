@@ -438,12 +438,12 @@ struct workflow_scope *workflow_scope_new(const cJSON *scope)
     return prepared;
 }
 
-struct workflow_scope *workflow_scope_with_item(const struct workflow_scope *base,
-                                                const cJSON *item)
+struct workflow_scope *workflow_scope_with(const struct workflow_scope *base, const char *key,
+                                           const cJSON *value)
 {
     struct workflow_scope *prepared = xcalloc(1, sizeof(*prepared));
     /* jq values are shared by reference count: only the top-level object is copied. */
-    prepared->value = jv_object_set(jv_copy(base->value), jv_string("item"), jv_from_cjson(item));
+    prepared->value = jv_object_set(jv_copy(base->value), jv_string(key), jv_from_cjson(value));
     return prepared;
 }
 
@@ -517,8 +517,9 @@ bool workflow_step_has_expression(const struct workflow *wf, size_t index,
     return index < wf->step_count && expression_of(&wf->steps[index], which) != WF_NO_EXPR;
 }
 
-int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
-                           const cJSON *scope, cJSON **ret_value, struct tr_error *err)
+int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
+                              enum workflow_expression which, const struct workflow_scope *scope,
+                              cJSON **ret_value, struct tr_error *err)
 {
     const struct wf_step *step;
     size_t expr;
@@ -534,7 +535,7 @@ int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflo
         return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id,
                             expression_names[which]);
     snprintf(label, sizeof(label), "'%s'", expression_names[which]);
-    scope_jv = scope ? jv_from_cjson(scope) : jv_object();
+    scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* expr_run borrows it */
     rc = expr_run(wf, expr, scope_jv, step->id, label, &value, err);
     jv_free(scope_jv);
     if (rc < 0)
@@ -546,6 +547,15 @@ int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflo
                             step->id, label, WF_MAX_VALUE_DEPTH);
     *ret_value = result;
     return 0;
+}
+
+int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
+                           const cJSON *scope, cJSON **ret_value, struct tr_error *err)
+{
+    struct workflow_scope *prepared = workflow_scope_new(scope);
+    int rc = workflow_step_evaluate_in(wf, index, which, prepared, ret_value, err);
+    workflow_scope_free(&prepared);
+    return rc;
 }
 
 int workflow_step_text_in(const struct workflow *wf, size_t index, enum workflow_text which,

@@ -152,14 +152,15 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
                             cJSON **ret_arguments, struct tr_error *err) TR_MUST_CHECK;
 
 /*
- * A scope converted for jq once, for many evaluations over it (the items of a for_each):
- * converting a scope costs as much as it holds. workflow_scope_new takes a snapshot of scope
- * (NULL: an empty one); workflow_scope_with_item is base with .item set, sharing the rest.
+ * A scope converted for jq once, for many evaluations over it (the items of a for_each, the
+ * steps of a turn): converting a scope costs as much as it holds. workflow_scope_new takes a
+ * snapshot of scope (NULL: an empty one); workflow_scope_with is base with .KEY set to value
+ * (.item, .result), sharing the rest.
  */
 struct workflow_scope;
 struct workflow_scope *workflow_scope_new(const cJSON *scope);
-struct workflow_scope *workflow_scope_with_item(const struct workflow_scope *base,
-                                                const cJSON *item);
+struct workflow_scope *workflow_scope_with(const struct workflow_scope *base, const char *key,
+                                           const cJSON *value);
 void workflow_scope_free(struct workflow_scope **scope);
 /* workflow_step_arguments over a prepared scope (NULL: an empty one). */
 int workflow_step_arguments_in(const struct workflow *wf, size_t index,
@@ -186,6 +187,10 @@ bool workflow_step_has_expression(const struct workflow *wf, size_t index,
 int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
                            const cJSON *scope, cJSON **ret_value,
                            struct tr_error *err) TR_MUST_CHECK;
+/* workflow_step_evaluate over a prepared scope (NULL: an empty one). */
+int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
+                              enum workflow_expression which, const struct workflow_scope *scope,
+                              cJSON **ret_value, struct tr_error *err) TR_MUST_CHECK;
 
 /* The texts a step may have, with ${{ }} inside. */
 enum workflow_text { WORKFLOW_TEXT_ASK, WORKFLOW_TEXT_URI, WORKFLOW_TEXT_WHY };
