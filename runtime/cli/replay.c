@@ -261,7 +261,7 @@ enum { REPLAY_RUN, REPLAY_NOT_RUN, REPLAY_DIVERGED };
  * REPLAY_NOT_RUN when the step is skipped (or fails on it), as the run must have done too,
  * else REPLAY_DIVERGED (printed).
  */
-static int replay_when(const struct workflow *wf, size_t i, const cJSON *scope,
+static int replay_when(const struct workflow *wf, size_t i, const struct workflow_scope *scope,
                        const struct recorded_step *r, bool succeeded)
 {
     struct tr_error err = {0};
@@ -270,7 +270,7 @@ static int replay_when(const struct workflow *wf, size_t i, const cJSON *scope,
 
     if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_WHEN) || r->reused)
         return REPLAY_RUN;
-    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_WHEN, scope, &value, &err) < 0) {
+    if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_WHEN, scope, &value, &err) < 0) {
         if (!succeeded && !r->request)
             return REPLAY_NOT_RUN; /* the run failed the step on it too */
         printf("DIVERGENCE at step '%s': its 'when' does not evaluate: %s\n",
@@ -290,14 +290,14 @@ static int replay_when(const struct workflow *wf, size_t i, const cJSON *scope,
 }
 
 /* Whether an eval step yields the output the run recorded; prints a divergence if not. */
-static bool same_eval(const struct workflow *wf, size_t i, const cJSON *scope,
+static bool same_eval(const struct workflow *wf, size_t i, const struct workflow_scope *scope,
                       const cJSON *recorded)
 {
     struct tr_error err = {0};
     cJSON *value = NULL;
     bool same;
 
-    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err) < 0) {
+    if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err) < 0) {
         printf("DIVERGENCE at step '%s': its eval does not evaluate: %s\n", workflow_step_id(wf, i),
                err.message);
         return false;
@@ -349,7 +349,7 @@ static long fallback_for(const struct recording *rec, const int *state, int fail
  * A for_each step: its list over the replay's scope, and each item's call compared with the
  * recorded one (all of them when the step succeeded; those that were made otherwise).
  */
-static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
+static bool same_items(const struct workflow *wf, size_t i, const struct workflow_scope *scope,
                        const struct recorded_step *r, bool succeeded, size_t *matched)
 {
     struct tr_error err = {0};
@@ -360,7 +360,7 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
     while (recorded > 0 && !r->item_requests[recorded - 1])
         recorded--;
 
-    if (workflow_step_evaluate(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
+    if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
         !cJSON_IsArray(items)) {
         cJSON_Delete(items);
         if (!succeeded && recorded == 0)
@@ -377,7 +377,6 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         cJSON_Delete(items);
         return false;
     }
-    struct workflow_scope *prepared = workflow_scope_new(scope); /* once, for every item */
     const cJSON *each = items->child;
     for (int k = 0; same && k < recorded; k++, each = each->next) {
         const cJSON *request = r->item_requests[k];
@@ -391,7 +390,7 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         if (!request || cJSON_IsNull(request))
             continue;
         const char *method = NULL;
-        struct workflow_scope *item_scope = workflow_scope_with(prepared, "item", each);
+        struct workflow_scope *item_scope = workflow_scope_with(scope, "item", each);
         int rc = sched_step_request(wf, i, item_scope, &method, &params, &err);
         workflow_scope_free(&item_scope);
         if (rc < 0) {
@@ -405,12 +404,16 @@ static bool same_items(const struct workflow *wf, size_t i, cJSON *scope,
         cJSON_Delete(params);
         params = NULL;
     }
-    workflow_scope_free(&prepared);
     cJSON_Delete(items);
     return same;
 }
 
-/* The replay proper: steps become ready as the scheduler makes them, until nothing changes. */
+/*
+ * The replay proper: steps become ready as the scheduler makes them, until nothing changes.
+ * It goes in rounds: the steps ready at the start of a round are decided over the same scope
+ * (converted for jq once), and what they output joins the scope at the end of the round, as
+ * steps dispatched in one turn of the scheduler do (a step reads only the steps it needs).
+ */
 static int replay(struct recording *rec, size_t *ret_matched)
 {
     const struct workflow *wf = rec->wf;
@@ -422,12 +425,20 @@ static int replay(struct recording *rec, size_t *ret_matched)
     cJSON *steps = cJSON_AddObjectToObject(scope, "steps");
     bool progress = true;
     int status = CLI_OK;
+    struct settled {
+        size_t step;
+        long output_of; /* the step whose recorded output it takes, or -1 for null */
+    } *settled = xcalloc(2 * n + 1, sizeof(*settled));
+    size_t settled_count = 0;
+    struct workflow_scope *prepared = NULL;
 
     cJSON_AddItemToObject(scope, "input",
                           rec->input ? cJSON_Duplicate(rec->input, true) : cJSON_CreateObject());
     *ret_matched = 0;
     while (progress && status == CLI_OK) {
         progress = false;
+        settled_count = 0;
+        prepared = workflow_scope_new(scope);
         for (size_t i = 0; i < n && status == CLI_OK; i++) {
             bool ready = state[i] == PENDING;
             for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
@@ -442,7 +453,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
             bool succeeded =
                 cJSON_IsString(outcome) && strcmp(outcome->valuestring, "succeeded") == 0;
             progress = true;
-            int decided = replay_when(wf, i, scope, r, succeeded);
+            int decided = replay_when(wf, i, prepared, r, succeeded);
             if (decided == REPLAY_DIVERGED) {
                 status = CLI_FAILED;
                 break;
@@ -459,7 +470,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
                     state[i] = NOT_RUN;
                     continue;
                 }
-                if (!r->reused && !same_items(wf, i, scope, r, succeeded, ret_matched)) {
+                if (!r->reused && !same_items(wf, i, prepared, r, succeeded, ret_matched)) {
                     status = CLI_FAILED;
                     break;
                 }
@@ -477,7 +488,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
                     continue;
                 }
                 if (succeeded && !r->reused && action == WORKFLOW_ACTION_EVAL &&
-                    !same_eval(wf, i, scope,
+                    !same_eval(wf, i, prepared,
                                cJSON_GetObjectItemCaseSensitive(r->finished, "output"))) {
                     status = CLI_FAILED;
                     break;
@@ -501,9 +512,7 @@ static int replay(struct recording *rec, size_t *ret_matched)
                 struct tr_error err = {0};
                 const char *method = NULL;
                 cJSON *params = NULL;
-                struct workflow_scope *prepared = workflow_scope_new(scope);
                 int rc = sched_step_request(wf, i, prepared, &method, &params, &err);
-                workflow_scope_free(&prepared);
                 if (rc < 0) {
                     printf("DIVERGENCE at step '%s': its request does not evaluate: %s\n",
                            workflow_step_id(wf, i), err.message);
@@ -520,24 +529,31 @@ static int replay(struct recording *rec, size_t *ret_matched)
             if (!succeeded) {
                 state[i] = FAILED;
                 /* The run went on without it (on_error: continue): its output is null. */
-                if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r->finished, "on_error"))) {
-                    state[i] = SUCCEEDED;
-                    cJSON_AddNullToObject(cJSON_AddObjectToObject(steps, workflow_step_id(wf, i)),
-                                          "output");
-                }
+                if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r->finished, "on_error")))
+                    settled[settled_count++] = (struct settled){i, -1};
                 continue;
             }
-            state[i] = SUCCEEDED;
-            const cJSON *output = cJSON_GetObjectItemCaseSensitive(r->finished, "output");
-            keep(wf, i, scope, output);
+            settled[settled_count++] = (struct settled){i, (long)i};
             /* A fallback's output stands in for the step that failed into it. */
             long failed = fallback_for(rec, state, FAILED, i);
-            if (failed >= 0) {
-                state[failed] = SUCCEEDED;
-                keep(wf, (size_t)failed, scope, output);
-            }
+            if (failed >= 0)
+                settled[settled_count++] = (struct settled){(size_t)failed, (long)i};
+        }
+        workflow_scope_free(&prepared);
+        for (size_t k = 0; k < settled_count; k++) {
+            const struct settled *done = &settled[k];
+            state[done->step] = SUCCEEDED;
+            if (done->output_of < 0)
+                cJSON_AddNullToObject(
+                    cJSON_AddObjectToObject(steps, workflow_step_id(wf, done->step)), "output");
+            else
+                keep(wf, done->step, scope,
+                     cJSON_GetObjectItemCaseSensitive(rec->steps[done->output_of].finished,
+                                                      "output"));
         }
     }
+    workflow_scope_free(&prepared);
+    free(settled);
     for (size_t i = 0; status == CLI_OK && i < n; i++) {
         if (state[i] == PENDING && rec->steps[i].request) {
             printf("DIVERGENCE at step '%s': the run called %s.%s, the replay never reaches it\n",
