@@ -18,7 +18,9 @@
 cJSON *cli_audit_event_json(const char *run_id, const struct store_audit_event *event)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON *payload = cJSON_Parse(event->payload_json);
+    /* The payload's text as it was hashed, so the hash can be recomputed from the export;
+     * parsed only to be sure it is JSON (a damaged database is shown as null). */
+    cJSON *parsed = cJSON_Parse(event->payload_json);
 
     cJSON_AddStringToObject(o, "run", run_id);
     cJSON_AddNumberToObject(o, "seq", (double)event->seq);
@@ -29,7 +31,11 @@ cJSON *cli_audit_event_json(const char *run_id, const struct store_audit_event *
         cJSON_AddStringToObject(o, "step", event->step_id);
     else
         cJSON_AddNullToObject(o, "step");
-    cJSON_AddItemToObject(o, "payload", payload ? payload : cJSON_CreateNull());
+    if (parsed)
+        cJSON_AddRawToObject(o, "payload", event->payload_json);
+    else
+        cJSON_AddNullToObject(o, "payload");
+    cJSON_Delete(parsed);
     cJSON_AddStringToObject(o, "prev_hash", event->prev_hash ? event->prev_hash : "");
     cJSON_AddStringToObject(o, "hash", event->hash);
     return o;
