@@ -333,7 +333,6 @@ static int start_session(struct agent *agent, const cJSON *entry, struct mcp_ses
     const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
     char **env_strings = NULL;
-    const char **envv = NULL;
     size_t env_count = 0;
     int rc;
 
@@ -347,15 +346,12 @@ static int start_session(struct agent *agent, const cJSON *entry, struct mcp_ses
         if (cJSON_IsString(var))
             env_strings[env_count++] = xasprintf("%s=%s", var->string, var->valuestring);
     }
-    envv = xcalloc(env_count + 1, sizeof(*envv));
-    for (size_t i = 0; i < env_count; i++)
-        envv[i] = env_strings[i];
 
     const char **argv = string_vector(command, args);
     struct mcp_stdio_params params = {
         .name = entry->string,
         .argv = argv,
-        .env = envv,
+        .env = (const char *const *)env_strings, /* NULL-ended: calloc'd one longer */
         .cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL,
         /* The current stateless revision first, the handshake for servers that lack it. */
         .protocol_version = MCP_VERSION_AUTO,
@@ -365,7 +361,6 @@ static int start_session(struct agent *agent, const cJSON *entry, struct mcp_ses
     for (size_t i = 0; i < env_count; i++)
         free(env_strings[i]);
     free(env_strings);
-    free(envv);
     return rc;
 }
 
@@ -661,12 +656,18 @@ static int task_finish(struct agent *agent, struct task *task)
 }
 
 /* Gives a task up: notifications/cancelled with reason to its server, and a failed result. */
-static void task_abort(struct agent *agent, struct task *task, const char *reason,
-                       const char *error, const char *error_class)
+/* notifications/cancelled with reason for the task's request (its events are the task's). */
+static void cancel_request(struct agent *agent, struct task *task, const char *reason)
 {
     agent->current = task;
     mcp_session_cancel(task->server->session, task->ticket, reason);
     agent->current = NULL;
+}
+
+static void task_abort(struct agent *agent, struct task *task, const char *reason,
+                       const char *error, const char *error_class)
+{
+    cancel_request(agent, task, reason);
     task_complete(agent, task, NULL, error, error_class);
 }
 
@@ -745,9 +746,7 @@ static void cancel_all(struct agent *agent, const char *reason)
 {
     while (agent->task_count > 0) {
         struct task *task = agent->tasks[0];
-        agent->current = task;
-        mcp_session_cancel(task->server->session, task->ticket, reason);
-        agent->current = NULL;
+        cancel_request(agent, task, reason);
         task_free(agent, task);
     }
 }
