@@ -67,6 +67,10 @@ int cli_show(int argc, char **argv, struct cli_common *common);
 int cli_context(int argc, char **argv, struct cli_common *common);
 int cli_replay(int argc, char **argv, struct cli_common *common);
 
+struct cJSON;
+/* The members every --json view of a run has (id, workflow, file, status, error, started_at,
+ * finished_at, plan_hash; null when unknown), added to o. */
+void cli_run_json(struct cJSON *o, const struct store_run *run);
 /* Milliseconds since the epoch of a store timestamp ("2026-11-25T11:39:59.123Z"), or -1. */
 int64_t cli_time_ms(const char *iso);
 /* `troupe audit export`: writes the run's log as jsonl or otlp to output (or stdout). */

@@ -183,10 +183,9 @@ static int write_otlp_event(void *userdata, const struct store_audit_event *even
 {
     struct otlp *ctx = userdata;
     /* Only the events that open or close a span are read (MCP traffic is the bulk). */
-    bool read = strcmp(event->type, "run.started") == 0 ||
-                strcmp(event->type, "step.dispatched") == 0 ||
-                strcmp(event->type, "step.finished") == 0 ||
-                strcmp(event->type, "run.finished") == 0;
+    bool read =
+        strcmp(event->type, "run.started") == 0 || strcmp(event->type, "step.dispatched") == 0 ||
+        strcmp(event->type, "step.finished") == 0 || strcmp(event->type, "run.finished") == 0;
     cJSON *payload = read ? cJSON_Parse(event->payload_json) : NULL;
     struct open_step *open = find_open(ctx, event->step_id);
     cJSON *span = open ? open->span : NULL;

@@ -130,6 +130,27 @@ const char *cli_run_status(const struct store_run *run)
     return run->status;
 }
 
+/* A string member, or null when there is none. */
+static void add_string(cJSON *o, const char *key, const char *value)
+{
+    if (value)
+        cJSON_AddStringToObject(o, key, value);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+void cli_run_json(cJSON *o, const struct store_run *run)
+{
+    add_string(o, "id", run->id);
+    add_string(o, "workflow", run->workflow_name);
+    add_string(o, "file", run->workflow_file);
+    add_string(o, "status", cli_run_status(run));
+    add_string(o, "error", run->error);
+    add_string(o, "started_at", run->started_at);
+    add_string(o, "finished_at", run->finished_at);
+    add_string(o, "plan_hash", run->plan_hash);
+}
+
 int cli_write_new_file(const char *path, mode_t mode, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);

@@ -27,16 +27,7 @@ static int print_run(void *userdata, const struct store_run *run)
 
     if (json) {
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", run->id);
-        cJSON_AddStringToObject(o, "status", cli_run_status(run));
-        cJSON_AddStringToObject(o, "workflow", run->workflow_name);
-        cJSON_AddStringToObject(o, "file", run->workflow_file);
-        cJSON_AddStringToObject(o, "plan_hash", run->plan_hash);
-        cJSON_AddStringToObject(o, "started_at", run->started_at);
-        if (run->finished_at)
-            cJSON_AddStringToObject(o, "finished_at", run->finished_at);
-        if (run->error)
-            cJSON_AddStringToObject(o, "error", run->error);
+        cli_run_json(o, run);
         char *line = cJSON_PrintUnformatted(o);
         puts(line);
         free(line);

@@ -63,14 +63,7 @@ static int print_run(void *userdata, const struct store_run *run)
     char took[32];
 
     if (doc) {
-        add_string(doc, "id", run->id);
-        add_string(doc, "workflow", run->workflow_name);
-        add_string(doc, "file", run->workflow_file);
-        add_string(doc, "status", cli_run_status(run));
-        add_string(doc, "error", run->error);
-        add_string(doc, "started_at", run->started_at);
-        add_string(doc, "finished_at", run->finished_at);
-        add_string(doc, "plan_hash", run->plan_hash);
+        cli_run_json(doc, run);
         cJSON *input = cJSON_Parse(run->input_json);
         cJSON_AddItemToObject(doc, "input", input ? input : cJSON_CreateNull());
         return 0;
