@@ -274,19 +274,18 @@ static struct task *task_of_message(struct agent *agent, const char *server,
 }
 
 static void on_mcp_message(void *userdata, const char *server, enum mcp_direction direction,
-                           const char *json)
+                           const char *json, const cJSON *message)
 {
     struct agent *agent = userdata;
     cJSON *payload = cJSON_CreateObject();
-    cJSON *message = cJSON_Parse(json);
 
     cJSON_AddStringToObject(payload, "server", server);
     cJSON_AddStringToObject(payload, "direction", direction == MCP_SENT ? "sent" : "received");
     if (message) {
-        const char *type = mcp_event_type(message);
-        struct task *task = task_of_message(agent, server, direction, message);
-        cJSON_AddItemToObject(payload, "message", message);
-        send_event(agent, task, type, payload);
+        /* The message as it went over the wire, not parsed and printed again. */
+        cJSON_AddRawToObject(payload, "message", json);
+        send_event(agent, task_of_message(agent, server, direction, message),
+                   mcp_event_type(message), payload);
     } else {
         /* Not JSON: keep the exact text, the audit trail must show what the server sent. */
         cJSON_AddStringToObject(payload, "raw", json);

@@ -23,16 +23,17 @@
 
 /* ---- sending ----------------------------------------------------------------------------- */
 
-void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json)
+void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json,
+                  const cJSON *message)
 {
     if (s->observer.on_message)
-        s->observer.on_message(s->observer.userdata, s->name, direction, json);
+        s->observer.on_message(s->observer.userdata, s->name, direction, json, message);
 }
 
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id)
 {
     char *text = mcp__json_print(msg);
-    mcp__observe(s, MCP_SENT, text);
+    mcp__observe(s, MCP_SENT, text, msg);
     if (s->http) {
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(msg, "method");
         char **headers = NULL;
@@ -190,10 +191,9 @@ static int handle_message(struct mcp_session *s, const char *line, size_t len, i
     size_t blank = strspn(line, " \t");
     if (blank == len)
         return 0; /* tolerate empty lines */
-    mcp__observe(s, MCP_RECEIVED, line);
-
     char excerpt[81];
     cJSON *msg = mcp__json_parse_line(line, len);
+    mcp__observe(s, MCP_RECEIVED, line, msg);
     if (!msg) {
         mcp__excerpt(excerpt, sizeof(excerpt), line, len);
         return tr_error_set(err, TR_EPROTO,

@@ -253,7 +253,9 @@ void mcp__stdio_read_stderr(struct mcp_session *s);
 bool mcp__stdio_stop(struct mcp_session *s, int grace_ms);
 
 /* client.c: the engine */
-void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json);
+/* Tells the observer of a message: its text and, when it is JSON, it parsed (or NULL). */
+void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json,
+                  const cJSON *message);
 /* Sends msg (taken) to the server; request_id is its id or -1. */
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id);
 void mcp__send_cancel(struct mcp_session *s, int64_t id, const char *reason);

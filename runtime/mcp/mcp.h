@@ -86,12 +86,13 @@ enum mcp_direction { MCP_SENT, MCP_RECEIVED };
 /*
  * Optional observer, called synchronously from within session calls:
  * on_message with the exact JSON text of every JSON-RPC message sent or received (requests,
- * responses, notifications), for the audit trail; on_stderr with each line the server writes
- * to its stderr (without the newline).
+ * responses, notifications), for the audit trail, and the message as parsed (borrowed for the
+ * call; NULL when the text is not JSON); on_stderr with each line the server writes to its
+ * stderr (without the newline).
  */
 struct mcp_observer {
     void (*on_message)(void *userdata, const char *server, enum mcp_direction direction,
-                       const char *json);
+                       const char *json, const cJSON *message);
     void (*on_stderr)(void *userdata, const char *server, const char *line);
     void *userdata;
 };

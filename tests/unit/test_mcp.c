@@ -36,19 +36,25 @@ struct recorder {
     size_t n_stderr;
     size_t n_stderr_total;
     bool wrong_server_name;
+    bool wrong_message; /* a parsed message that does not match its text */
 };
 
 /* Where tests that do not look at the observer still have the server's stderr checked. */
 static struct recorder fallback_recorder;
 
 static void record_message(void *userdata, const char *server, enum mcp_direction direction,
-                           const char *json)
+                           const char *json, const cJSON *message)
 {
     struct recorder *r = userdata;
     if (r == &fallback_recorder)
         return;
     if (strcmp(server, "under-test") != 0)
         r->wrong_server_name = true;
+    /* The parsed message comes with the text exactly when the text is JSON, and is the same. */
+    cJSON *parsed = cJSON_Parse(json);
+    if ((parsed != NULL) != (message != NULL) || (parsed && !cJSON_Compare(parsed, message, true)))
+        r->wrong_message = true;
+    cJSON_Delete(parsed);
     if (r->n_messages < MAX_RECORDED) {
         r->directions[r->n_messages] = direction;
         r->messages[r->n_messages++] = xstrdup(json);
@@ -386,6 +392,7 @@ Test(mcp_stdio, observer_sees_every_request_and_response, .timeout = 30)
     };
     cr_assert_eq(r.n_messages, sizeof(want) / sizeof(want[0]), "saw %zu messages", r.n_messages);
     cr_assert_not(r.wrong_server_name);
+    cr_assert_not(r.wrong_message);
     for (size_t i = 0; i < r.n_messages; i++) {
         cr_assert_eq(r.directions[i], want[i].direction, "message %zu direction", i);
         cr_assert_null(strchr(r.messages[i], '\n'), "message %zu has no newline", i);
@@ -718,6 +725,7 @@ Test(mcp_stdio, stderr_lines_reach_the_observer, .timeout = 30)
     cr_assert_str_eq(r.stderr_lines[0], "noise line 0");
     cr_assert_str_eq(r.stderr_lines[2], "noise line 2");
     cr_assert_not(r.wrong_server_name);
+    cr_assert_not(r.wrong_message);
     recorder_release(&r);
 }
 

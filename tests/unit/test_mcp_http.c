@@ -473,7 +473,7 @@ Test(mcp_stdio_more, batch_is_a_protocol_error_and_the_session_goes_on, .timeout
 }
 
 static void record_sent(void *userdata, const char *server, enum mcp_direction direction,
-                        const char *json)
+                        const char *json, const cJSON *message)
 {
     if (direction == MCP_SENT && strstr(json, "\"tools/call\""))
         *(char **)userdata = xstrdup(json);
