@@ -20,7 +20,7 @@ cJSON *cli_audit_event_json(const char *run_id, const struct store_audit_event *
     cJSON *o = cJSON_CreateObject();
     /* The payload's text as it was hashed, so the hash can be recomputed from the export;
      * parsed only to be sure it is JSON (a damaged database is shown as null). */
-    cJSON *parsed = cJSON_Parse(event->payload_json);
+    cJSON *parsed = cJSON_ParseWithOpts(event->payload_json, NULL, true);
 
     cJSON_AddStringToObject(o, "run", run_id);
     cJSON_AddNumberToObject(o, "seq", (double)event->seq);

@@ -183,6 +183,9 @@ extern volatile sig_atomic_t sched__cancel_signal;
 void sched__fail(struct run *run, const char *fmt, ...) TR_PRINTF(2, 3);
 void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,
                   cJSON *payload);
+/* sched__audit with the payload as JSON text (borrowed), recorded as it is. */
+void sched__audit_json(struct run *run, const char *step_id, const char *actor, const char *type,
+                       const char *payload_json);
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms);
 /* The run's scope converted for jq: once, for every evaluation until it changes. */

@@ -54,14 +54,21 @@ void sched__fail(struct run *run, const char *fmt, ...)
 }
 
 /* Appends an audit event; a store failure ends the run (it cannot be explained otherwise). */
+void sched__audit_json(struct run *run, const char *step_id, const char *actor, const char *type,
+                       const char *payload_json)
+{
+    struct tr_error err = {0};
+
+    if (store_audit_append(run->store, run->id, step_id, actor, type, payload_json, &err) < 0)
+        sched__fail(run, "%s", err.message);
+}
+
 void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,
                   cJSON *payload)
 {
-    struct tr_error err = {0};
     char *json = cJSON_PrintUnformatted(payload);
 
-    if (store_audit_append(run->store, run->id, step_id, actor, type, json, &err) < 0)
-        sched__fail(run, "%s", err.message);
+    sched__audit_json(run, step_id, actor, type, json);
     free(json);
     cJSON_Delete(payload);
 }

@@ -86,24 +86,34 @@ static bool event_type_allowed(const char *type)
 
 static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
 {
-    cJSON *payload = cJSON_Parse(msg->json);
+    /* The whole text must be the one object: it may be recorded as it is. */
+    cJSON *payload = cJSON_ParseWithOpts(msg->json, NULL, true);
     long step = workflow_step_find(run->wf, msg->step_id);
+    const char *step_id = step >= 0 ? msg->step_id : NULL;
     char *actor = actor_of(agent);
 
     if (!event_type_allowed(msg->event_type)) {
         tr_log(TR_LOG_WARN, "agent '%s' sent an event of unknown type '%s'; ignored",
                agent->identity, msg->event_type);
+    } else if (cJSON_IsObject(payload) && payload->child && !cJSON_HasObjectItem(payload, "task")) {
+        /* Recorded as the agent wrote it (the MCP messages in it as they went over the wire),
+         * with the task it belongs to (of several in flight) put first. */
+        const char *members = strchr(msg->json, '{') + 1;
+        char *json =
+            msg->task > 0 ? xasprintf("{\"task\":%lld,%s", (long long)msg->task, members) : NULL;
+        sched__audit_json(run, step_id, actor, msg->event_type, json ? json : msg->json);
+        free(json);
     } else {
+        /* Anything else an agent may send is kept, and kept valid JSON. */
         if (!cJSON_IsObject(payload)) {
             cJSON_Delete(payload);
             payload = cJSON_CreateObject();
             cJSON_AddStringToObject(payload, "unparsed", msg->json);
         }
-        /* The task it belongs to (of several in flight), so each call can be told apart. */
         cJSON_DeleteItemFromObjectCaseSensitive(payload, "task");
         if (msg->task > 0)
             cJSON_AddNumberToObject(payload, "task", (double)msg->task);
-        sched__audit(run, step >= 0 ? msg->step_id : NULL, actor, msg->event_type, payload);
+        sched__audit(run, step_id, actor, msg->event_type, payload);
         payload = NULL;
     }
     cJSON_Delete(payload);
