@@ -320,6 +320,12 @@ static bool is_step_state(const char *state)
     return false;
 }
 
+static bool is_final_state(const char *state)
+{
+    return strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
+           strcmp(state, "skipped") == 0 || strcmp(state, "cancelled") == 0;
+}
+
 int store_step_set(struct store *store, const char *run_id, const char *step_id,
                    const char *persona, const char *state, int attempt, const char *output_json,
                    const char *error, struct tr_error *err)
@@ -355,6 +361,8 @@ static int bind_step(sqlite3_stmt *stmt, const char *run_id, const struct store_
     if (rc == SQLITE_OK)
         rc = step->next_attempt_at_ms > 0 ? sqlite3_bind_int64(stmt, 9, step->next_attempt_at_ms)
                                           : sqlite3_bind_null(stmt, 9);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(stmt, 10, is_final_state(step->state));
     return rc;
 }
 

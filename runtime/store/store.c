@@ -37,15 +37,16 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_RUNS_LIST] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY started_at DESC, rowid DESC",
     [STMT_RUN_GET] = "SELECT " RUN_COLUMNS " FROM runs WHERE id = ?1",
     /*
-     * ?8 is now. A step starts when dispatched (again, for a new attempt), finishes when it
-     * reaches a final state, and both times clear when it goes back to pending.
+     * ?8 is now, ?10 whether the state is final (bound: an IN list of constants would cost a
+     * temporary index per execution). A step starts when dispatched (again, for a new attempt),
+     * finishes when it reaches a final state, and both times clear when it goes back to pending.
      */
     [STMT_STEP_UPSERT] =
         "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, error,"
         " started_at, finished_at, ord, next_attempt_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
         "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
-        "  CASE WHEN ?4 IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN ?8 END,"
+        "  CASE WHEN ?10 THEN ?8 END,"
         "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)"
         " ON CONFLICT (run_id, step_id) DO UPDATE SET"
         "  persona = coalesce(excluded.persona, steps.persona),"
@@ -60,8 +61,7 @@ static const char *const statement_sql[STMT_COUNT] = {
         "    AND (steps.state <> 'dispatched' OR steps.attempt <> excluded.attempt) THEN ?8"
         "   ELSE steps.started_at END,"
         "  finished_at = CASE"
-        "   WHEN excluded.state NOT IN ('succeeded', 'failed', 'skipped', 'cancelled')"
-        "    THEN NULL"
+        "   WHEN NOT ?10 THEN NULL"
         "   WHEN steps.state = excluded.state AND steps.attempt = excluded.attempt"
         "    THEN steps.finished_at"
         "   ELSE ?8 END",
@@ -79,7 +79,7 @@ static const char *const statement_sql[STMT_COUNT] = {
         "   WHEN ?4 = 'dispatched' AND (state <> 'dispatched' OR attempt <> ?5) THEN ?8"
         "   ELSE started_at END,"
         "  finished_at = CASE"
-        "   WHEN ?4 NOT IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN NULL"
+        "   WHEN NOT ?10 THEN NULL"
         "   WHEN state = ?4 AND attempt = ?5 THEN finished_at"
         "   ELSE ?8 END"
         " WHERE run_id = ?1 AND step_id = ?2",

@@ -288,7 +288,7 @@ Test(store, open_creates_file_parents_and_wal)
     cr_assert_str_eq(mode, "wal");
     cr_assert_eq(store_schema_version(store), store__migration_count);
     cr_assert_eq(raw_int(db, "PRAGMA user_version"), store__migration_count);
-    cr_assert_eq(store__migration_count, 3);
+    cr_assert_eq(store__migration_count, 4);
     cr_assert_eq(raw_int(db, "PRAGMA application_id"), 0x54525045);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND"
                              " name IN ('runs', 'steps', 'context', 'audit')"),
@@ -383,6 +383,62 @@ Test(store, migration_2_keeps_version_1_rows_and_adds_the_scheduler_states)
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'c' AND "
                              "finished_at IS NOT NULL"),
                  1, "cancelled is a final state");
+    sqlite3_close(db);
+    store_free(&store);
+}
+
+Test(store, migration_4_keeps_the_steps_and_their_check)
+{
+    char *path = tmp_path("v3.db");
+    struct tr_error err = {0};
+    struct store *store = NULL;
+    sqlite3 *db = raw_open(path);
+
+    /* A database as a version-3 troupe left it. */
+    for (int i = 0; i < 3; i++)
+        raw_exec(db, store__migrations[i]);
+    raw_exec(db, "PRAGMA user_version = 3");
+    raw_exec(db, "INSERT INTO runs (id, workflow_name, plan_json, plan_hash, input_json,"
+                 " started_at) VALUES ('r-1', 'w', '{}', 'h', '{}', '2026-01-01T00:00:00.000Z')");
+    raw_exec(db, "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json,"
+                 " started_at, finished_at, ord, next_attempt_at)"
+                 " VALUES ('r-1', 'a', 'p', 'succeeded', 1, '\"out\"', 's', 'f', 1, NULL),"
+                 " ('r-1', 'b', 'p', 'retry-wait', 2, NULL, 's', NULL, 2, 99)");
+    sqlite3_close(db);
+
+    store = open_store(path);
+    cr_assert_eq(store_schema_version(store), 4);
+    db = raw_open(path);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE run_id = 'r-1'"), 2);
+    cr_assert_eq(raw_int(db, "SELECT next_attempt_at FROM steps WHERE step_id = 'b'"), 99);
+    cr_assert_eq(raw_int(db, "SELECT ord FROM steps WHERE step_id = 'b'"), 2);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'a' AND"
+                             " output_json = '\"out\"' AND finished_at = 'f'"),
+                 1);
+    /* The database itself still refuses a state troupe does not know. */
+    cr_assert_neq(
+        sqlite3_exec(db, "UPDATE steps SET state = 'bogus' WHERE step_id = 'a'", NULL, NULL, NULL),
+        SQLITE_OK);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'steps_v4'"), 0);
+    sqlite3_close(db);
+
+    /* Final states still set the finish time; going back to pending clears both times. */
+    struct store_step step = {.step_id = "b", .persona = "p", .state = "failed", .attempt = 2};
+    cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
+    step.state = "dispatched", step.step_id = "c";
+    cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
+    step.state = "pending", step.step_id = "a";
+    cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
+    db = raw_open(path);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'b' AND"
+                             " finished_at IS NOT NULL AND finished_at <> 'f'"),
+                 1);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'c' AND"
+                             " started_at IS NOT NULL AND finished_at IS NULL AND ord = 3"),
+                 1);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'a' AND"
+                             " started_at IS NULL AND finished_at IS NULL"),
+                 1);
     sqlite3_close(db);
     store_free(&store);
 }
