@@ -7,7 +7,10 @@
  *   for_each: one step over M items (demo.echo with the item), run by --replicas R agents
  *
  * Each at both durability levels (power: fsync per commit, the default; process).
- * Prints per-step overhead, items per second, the scheduler's peak RSS and the ratios.
+ * Prints per-step overhead, items per second, the scheduler's peak RSS and the ratios; and
+ * the floor of this machine: what a chained step costs at the least beyond the direct call,
+ * one bus round trip (scheduler → agent → scheduler) plus one commit of one audit event,
+ * measured alone with nothing else running.
  * usage: step_overhead [--chain N] [--items M] [--replicas R] [--quick]
  */
 #define _GNU_SOURCE
@@ -23,7 +26,9 @@
 #include <unistd.h>
 
 #include "base.h"
+#include "bus.h"
 #include "mcp.h"
+#include "store.h"
 
 struct figures {
     double seconds;
@@ -123,6 +128,100 @@ static char *write_workflow(const char *dir, const char *name, int steps, bool c
     }
     fclose(f);
     return path;
+}
+
+static void die(const char *what, const struct tr_error *err)
+{
+    fprintf(stderr, "step_overhead: %s: %s\n", what, err->message);
+    exit(1);
+}
+
+/*
+ * The bus alone: n assignments from a ROUTER to a DEALER in another process, each answered
+ * by a result before the next goes, as a chain's steps go. Returns seconds per round trip.
+ */
+static double bus_round_trips(const char *dir, int n)
+{
+    char *endpoint = xasprintf("ipc://%s/floor.bus", dir);
+    struct bus *bus = NULL;
+    struct bus_msg *msg = NULL;
+    struct tr_error err = {0};
+
+    if (bus_listen(endpoint, &bus, &err) < 0)
+        die("bus", &err);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct bus *agent = NULL;
+        struct bus_msg ready = {.type = BUS_READY};
+        if (bus_connect(endpoint, "floor", &agent, &err) < 0 || bus_send(agent, &ready, &err) < 0)
+            die("bus", &err);
+        for (int i = 0; i < n; i++) {
+            if (bus_recv(agent, 10000, &msg, &err) < 0 || !msg)
+                _exit(1);
+            struct bus_msg result = {.type = BUS_RESULT,
+                                     .task = msg->task,
+                                     .step_id = msg->step_id,
+                                     .attempt = 1,
+                                     .ok = true,
+                                     .json = "{\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}"};
+            if (bus_send(agent, &result, &err) < 0)
+                _exit(1);
+            bus_msg_free(&msg);
+        }
+        bus_free(&agent);
+        _exit(0);
+    }
+    if (bus_recv(bus, 10000, &msg, &err) < 0 || !msg)
+        die("bus: no agent", &err);
+    char *peer = xstrdup(msg->peer);
+    bus_msg_free(&msg);
+    double start = now_seconds();
+    for (int i = 0; i < n; i++) {
+        char step[32];
+        snprintf(step, sizeof(step), "s%d", i);
+        struct bus_msg assign = {.type = BUS_ASSIGN,
+                                 .peer = peer,
+                                 .task = i + 1,
+                                 .step_id = step,
+                                 .attempt = 1,
+                                 .server = "demo",
+                                 .tool = "echo",
+                                 .json = "{\"message\":\"x\"}",
+                                 .idempotency_key = step};
+        if (bus_send(bus, &assign, &err) < 0 || bus_recv(bus, 10000, &msg, &err) < 0 || !msg)
+            die("bus: no result", &err);
+        bus_msg_free(&msg);
+    }
+    double seconds = (now_seconds() - start) / n;
+    waitpid(pid, NULL, 0);
+    bus_free(&bus);
+    free(peer);
+    free(endpoint);
+    return seconds;
+}
+
+/* One transaction holding one audit event, n times. Returns seconds per commit. */
+static double event_commits(const char *dir, enum store_durability durability, int n)
+{
+    char *path = xasprintf("%s/floor-%d.db", dir, (int)durability);
+    struct store *store = NULL;
+    struct tr_error err = {0};
+    char run_id[STORE_RUN_ID_SIZE];
+
+    if (store_open(path, &store, &err) < 0 || store_set_durability(store, durability, &err) < 0 ||
+        store_run_create(store, "floor", "floor.yaml", "{}", "{}", run_id, &err) < 0)
+        die("store", &err);
+    double start = now_seconds();
+    for (int i = 0; i < n; i++)
+        if (store_begin(store, &err) < 0 ||
+            store_audit_append(store, run_id, "s", "scheduler", "step.succeeded",
+                               "{\"output\":{\"message\":\"x\"}}", &err) < 0 ||
+            store_commit(store, &err) < 0)
+            die("store", &err);
+    double seconds = (now_seconds() - start) / n;
+    store_free(&store);
+    return seconds;
 }
 
 /* Runs `troupe run` on the workflow; the time is the scheduler's own (its "in X s"). */
@@ -225,20 +324,36 @@ int main(int argc, char **argv)
     setenv("PATH", path_env, 1);
     free(path_env);
 
-    /* The best of three: the baseline is what one client can do, not a slow moment of it. */
-    double direct = -1;
+    /* The best of three: the baseline (and the floor) is what this machine can do, not a slow
+     * moment of it. */
+    double direct = -1, trip = -1, commit[2] = {-1, -1};
+    int floor_n = chain < 2000 ? chain : 2000;
     for (int round = 0; round < 3; round++) {
         double seconds = direct_calls(chain);
         if (seconds < 0)
             return 1;
         if (direct < 0 || seconds < direct)
             direct = seconds;
+        seconds = bus_round_trips(dir, floor_n);
+        if (trip < 0 || seconds < trip)
+            trip = seconds;
+        for (int level = 0; level < 2; level++) {
+            seconds =
+                event_commits(dir, level ? STORE_DURABLE_PROCESS : STORE_DURABLE_POWER, floor_n);
+            if (commit[level] < 0 || seconds < commit[level])
+                commit[level] = seconds;
+        }
     }
     double direct_ms = direct * 1000.0 / chain;
     printf("direct MCP calls (one client, no orchestration, best of 3): %d calls in %.2f s, "
            "%.3f ms/call, "
            "%.0f calls/s\n",
            chain, direct, direct_ms, 1000.0 / direct_ms);
+    printf("floor of a chained step beyond the direct call, on this machine (best of 3): one bus "
+           "round trip %.3f ms + one commit of one event %.3f ms (power) / %.3f ms (process) = "
+           "%.3f ms (power) / %.3f ms (process)\n",
+           trip * 1000, commit[0] * 1000, commit[1] * 1000, (trip + commit[0]) * 1000,
+           (trip + commit[1]) * 1000);
 
     char *chain_file = write_workflow(dir, "chain", chain, true);
     char *each_file = write_for_each(dir, items);
