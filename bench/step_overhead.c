@@ -4,6 +4,8 @@
  * same MCP calls made directly by one client with no orchestration.
  *
  *   chain:    N steps, each needing the one before, one no-op tool call each (demo.echo)
+ *   passing:  the same chain, each step's argument the output of the one before (an
+ *             expression: the scheduler keeps every output where expressions read it)
  *   for_each: one step over M items (demo.echo with the item), run by --replicas R agents
  *
  * Each at both durability levels (power: fsync per commit, the default; process).
@@ -104,7 +106,8 @@ static char *write_for_each(const char *dir, int items)
     return path;
 }
 
-static char *write_workflow(const char *dir, const char *name, int steps, bool chained)
+static char *write_workflow(const char *dir, const char *name, int steps, bool chained,
+                            bool passing)
 {
     char *path = xasprintf("%s/%s.yaml", dir, name);
     FILE *f = fopen(path, "w");
@@ -119,10 +122,11 @@ static char *write_workflow(const char *dir, const char *name, int steps, bool c
             "steps:\n",
             name);
     for (int i = 0; i < steps; i++) {
-        fprintf(f,
-                "  - id: s%d\n    persona: worker\n    tool: demo.echo\n"
-                "    with: {message: x}\n",
-                i);
+        fprintf(f, "  - id: s%d\n    persona: worker\n    tool: demo.echo\n", i);
+        if (passing && i > 0)
+            fprintf(f, "    with: {message: \"${{ .steps.s%d.output }}\"}\n", i - 1);
+        else
+            fprintf(f, "    with: {message: x}\n");
         if (chained && i > 0)
             fprintf(f, "    needs: s%d\n", i - 1);
     }
@@ -355,7 +359,8 @@ int main(int argc, char **argv)
            trip * 1000, commit[0] * 1000, commit[1] * 1000, (trip + commit[0]) * 1000,
            (trip + commit[1]) * 1000);
 
-    char *chain_file = write_workflow(dir, "chain", chain, true);
+    char *chain_file = write_workflow(dir, "chain", chain, true, false);
+    char *passing_file = write_workflow(dir, "passing", chain, true, true);
     char *each_file = write_for_each(dir, items);
     static const char *const levels[] = {"power", "process"};
     for (int level = 0; level < 2; level++) {
@@ -374,6 +379,24 @@ int main(int argc, char **argv)
                durability, chain, c.seconds, step_ms, step_ms - direct_ms, step_ms / direct_ms,
                (double)c.max_rss_kb / 1024.0);
 
+        if (level == 0) {
+            /* Outputs kept for expressions cost the same at every step, however many. */
+            char *passing_dir = xasprintf("%s/passing-%s", dir, durability);
+            mkdir(passing_dir, 0700);
+            struct figures p = run_troupe(passing_dir, passing_file, 1, durability);
+            if (p.exit_code != 0 || p.seconds < 0) {
+                fprintf(stderr, "step_overhead: the passing chain failed (exit %d); see %s\n",
+                        p.exit_code, passing_dir);
+                return 1;
+            }
+            double passing_ms = p.seconds * 1000.0 / chain;
+            printf("[durability %-7s] chain of %d steps, each passing its output to the next: "
+                   "%.2f s, %.3f ms/step, overhead %.3f ms/step beyond the direct call, "
+                   "scheduler peak RSS %.1f MB\n",
+                   durability, chain, p.seconds, passing_ms, passing_ms - direct_ms,
+                   (double)p.max_rss_kb / 1024.0);
+            free(passing_dir);
+        }
         char *each_dir = xasprintf("%s/for_each-%s", dir, durability);
         mkdir(each_dir, 0700);
         struct figures f = run_troupe(each_dir, each_file, replicas, durability);
@@ -392,6 +415,7 @@ int main(int argc, char **argv)
     printf("targets: chain overhead <= 0.3 ms/step; for_each >= 10000 items/s; RSS < 64 MB at "
            "100000 items\n");
     free(chain_file);
+    free(passing_file);
     free(each_file);
     free(build_dir);
     return 0;

@@ -316,21 +316,24 @@ static bool same_eval(const struct workflow *wf, size_t i, const struct workflow
     return same;
 }
 
-/* Keeps a step's output where expressions read it, and saves it to the context. */
-static void keep(const struct workflow *wf, size_t i, cJSON *scope, const cJSON *output)
+/* Keeps a step's output (NULL: null) where expressions read it, and saves it to the context. */
+static void keep(const struct workflow *wf, size_t i, struct workflow_scope *scope,
+                 const cJSON *output, bool save)
 {
-    cJSON *steps = cJSON_GetObjectItemCaseSensitive(scope, "steps");
-    cJSON *context = cJSON_GetObjectItemCaseSensitive(scope, "context");
     const char *key = workflow_step_save(wf, i);
-    cJSON *entry = cJSON_CreateObject();
+    cJSON *null = output ? NULL : cJSON_CreateNull();
+    struct tr_error err = {0};
 
-    cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
-    cJSON_DeleteItemFromObjectCaseSensitive(steps, workflow_step_id(wf, i));
-    cJSON_AddItemToObject(steps, workflow_step_id(wf, i), entry);
-    if (key) {
-        cJSON_DeleteItemFromObjectCaseSensitive(context, key);
-        cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
-    }
+    /* A tree is always JSON: these cannot fail. Kept as the scheduler keeps it, only where
+     * an expression may read it. */
+    int rc = workflow_step_output_read(wf, i)
+                 ? workflow_scope_set(scope, "steps", workflow_step_id(wf, i), "output",
+                                      output ? output : null, NULL, &err)
+                 : 0;
+    if (key && save)
+        rc |= workflow_scope_set(scope, "context", key, NULL, output ? output : null, NULL, &err);
+    (void)rc;
+    cJSON_Delete(null);
 }
 
 /* The step in state `failed` whose recorded failure started fallback step f, or -1. */
@@ -420,9 +423,9 @@ static int replay(struct recording *rec, size_t *ret_matched)
     size_t n = workflow_step_count(wf);
     enum { PENDING, SUCCEEDED, FAILED, NOT_RUN };
     int *state = xcalloc(n ? n : 1, sizeof(*state));
-    cJSON *scope = cJSON_CreateObject();
-    cJSON_AddObjectToObject(scope, "context");
-    cJSON *steps = cJSON_AddObjectToObject(scope, "steps");
+    cJSON *start = cJSON_CreateObject();
+    cJSON_AddObjectToObject(start, "context");
+    cJSON_AddObjectToObject(start, "steps");
     bool progress = true;
     int status = CLI_OK;
     struct settled {
@@ -430,15 +433,16 @@ static int replay(struct recording *rec, size_t *ret_matched)
         long output_of; /* the step whose recorded output it takes, or -1 for null */
     } *settled = xcalloc(2 * n + 1, sizeof(*settled));
     size_t settled_count = 0;
-    struct workflow_scope *prepared = NULL;
 
-    cJSON_AddItemToObject(scope, "input",
+    cJSON_AddItemToObject(start, "input",
                           rec->input ? cJSON_Duplicate(rec->input, true) : cJSON_CreateObject());
+    /* One scope, changed in place between rounds. */
+    struct workflow_scope *prepared = workflow_scope_new(start);
+    cJSON_Delete(start);
     *ret_matched = 0;
     while (progress && status == CLI_OK) {
         progress = false;
         settled_count = 0;
-        prepared = workflow_scope_new(scope);
         for (size_t i = 0; i < n && status == CLI_OK; i++) {
             bool ready = state[i] == PENDING;
             for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
@@ -539,17 +543,14 @@ static int replay(struct recording *rec, size_t *ret_matched)
             if (failed >= 0)
                 settled[settled_count++] = (struct settled){(size_t)failed, (long)i};
         }
-        workflow_scope_free(&prepared);
         for (size_t k = 0; k < settled_count; k++) {
             const struct settled *done = &settled[k];
             state[done->step] = SUCCEEDED;
-            if (done->output_of < 0)
-                cJSON_AddNullToObject(
-                    cJSON_AddObjectToObject(steps, workflow_step_id(wf, done->step)), "output");
-            else
-                keep(wf, done->step, scope,
-                     cJSON_GetObjectItemCaseSensitive(rec->steps[done->output_of].finished,
-                                                      "output"));
+            keep(wf, done->step, prepared,
+                 done->output_of < 0 ? NULL
+                                     : cJSON_GetObjectItemCaseSensitive(
+                                           rec->steps[done->output_of].finished, "output"),
+                 done->output_of >= 0);
         }
     }
     workflow_scope_free(&prepared);
@@ -561,7 +562,6 @@ static int replay(struct recording *rec, size_t *ret_matched)
             status = CLI_FAILED;
         }
     }
-    cJSON_Delete(scope);
     free(state);
     return status;
 }

@@ -134,11 +134,13 @@ static int load_step(void *userdata, const struct store_step *row)
     struct step_run *step = &run->steps[index];
     step->attempt = row->attempt;
     step->state = parse_state(row->state);
-    if (step->state == STEP_SUCCEEDED && run->keep_outputs) {
-        cJSON *output = row->output_json ? cJSON_Parse(row->output_json) : NULL;
-        cJSON *entry = cJSON_CreateObject();
-        cJSON_AddItemToObject(entry, "output", output ? output : cJSON_CreateNull());
-        cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), row->step_id, entry);
+    if (step->state == STEP_SUCCEEDED && workflow_step_output_read(run->wf, (size_t)index)) {
+        /* Written by the scheduler as JSON; anything else is a damaged database. */
+        if (workflow_scope_set(run->scope, "steps", row->step_id, "output", NULL, row->output_json,
+                               load->err) < 0) {
+            tr_error_prefix(load->err, "run '%s', the output of step '%s'", run->id, row->step_id);
+            return load->err->code;
+        }
     } else if (step->state == STEP_FAILED && !run->failure &&
                workflow_step_on_error(run->wf, (size_t)index, NULL) == WORKFLOW_ON_ERROR_FAIL) {
         run->failure = xasprintf("step '%s' failed: %s", row->step_id,
@@ -156,9 +158,11 @@ static int load_step(void *userdata, const struct store_step *row)
 static int load_context(void *userdata, const struct store_context_entry *entry)
 {
     struct load *load = userdata;
-    cJSON *value = cJSON_Parse(entry->value_json);
-    cJSON_AddItemToObject(cJSON_GetObjectItem(load->run->scope, "context"), entry->key,
-                          value ? value : cJSON_CreateNull());
+    if (workflow_scope_set(load->run->scope, "context", entry->key, NULL, NULL, entry->value_json,
+                           load->err) < 0) {
+        tr_error_prefix(load->err, "run '%s', context key '%s'", load->run->id, entry->key);
+        return load->err->code;
+    }
     return 0;
 }
 
@@ -183,23 +187,18 @@ int sched__load_run(struct run *run, struct tr_error *err)
     }
     /* What the steps that need an absorbed failure see in its place: null (continue), or the
      * fallback's output. */
-    cJSON *outputs = cJSON_GetObjectItem(run->scope, "steps");
-    for (size_t i = 0; run->keep_outputs && i < run->step_count; i++) {
+    for (size_t i = 0; i < run->step_count; i++) {
         size_t fallback;
         enum workflow_on_error on_error = workflow_step_on_error(run->wf, i, &fallback);
-        if (run->steps[i].state != STEP_FAILED || !sched__step_stands(run, i))
+        if (run->steps[i].state != STEP_FAILED || !sched__step_stands(run, i) ||
+            !workflow_step_output_read(run->wf, i))
             continue;
-        const cJSON *stand_in = NULL;
-        if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
-            stand_in = cJSON_GetObjectItemCaseSensitive(
-                cJSON_GetObjectItemCaseSensitive(outputs, workflow_step_id(run->wf, fallback)),
-                "output");
-        cJSON *entry = cJSON_CreateObject();
-        cJSON_AddItemToObject(entry, "output",
-                              stand_in ? cJSON_Duplicate(stand_in, true) : cJSON_CreateNull());
-        cJSON_AddItemToObject(outputs, workflow_step_id(run->wf, i), entry);
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK && run->steps[fallback].state == STEP_SUCCEEDED)
+            workflow_scope_set_same(run->scope, "steps", workflow_step_id(run->wf, i),
+                                    workflow_step_id(run->wf, fallback));
+        else
+            sched__scope_set(run, "steps", workflow_step_id(run->wf, i), "output", NULL, NULL);
     }
-    sched__scope_changed(run); /* the outputs and the context are in the scope now */
     /* Counters and needs from the loaded states; what was in flight goes out again. */
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];

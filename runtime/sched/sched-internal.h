@@ -79,8 +79,7 @@ struct step_run {
  * the list and one bit per item, never the results.
  */
 struct fanout {
-    cJSON *items;
-    cJSON **item;                 /* item[i]: the i-th of items (cJSON arrays are lists) */
+    struct workflow_list *items;  /* as jq yielded them */
     struct workflow_scope *scope; /* the scope when the step started, for every item */
     long count;
     long next; /* the lowest item that may still need dispatching */
@@ -164,9 +163,9 @@ struct run {
     size_t fanouts;                                   /* for_each steps under way */
     struct task *tasks;                               /* every task, in no order */
     size_t task_count, task_cap;
-    cJSON *scope; /* {"input", "context", "steps"}: what step arguments are evaluated over */
-    struct workflow_scope *prepared; /* scope converted for jq (sched__scope), till it changes */
-    bool keep_outputs;       /* some step's arguments use the scope: outputs are kept in it */
+    /* {"input", "context", "steps"}: what expressions are evaluated over, kept for jq and
+     * changed in place as steps end */
+    struct workflow_scope *scope;
     cJSON *destructive;      /* {PERSONA: ["server.tool", ...]} as the persona's agents reported */
     int64_t last_task;       /* the last task id given to an assignment */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
@@ -188,10 +187,11 @@ void sched__audit_json(struct run *run, const char *step_id, const char *actor, 
                        const char *payload_json);
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms);
-/* The run's scope converted for jq: once, for every evaluation until it changes. */
+/* The run's scope, for evaluations. */
 const struct workflow_scope *sched__scope(struct run *run);
-/* Call after changing run->scope: the next sched__scope converts it again. */
-void sched__scope_changed(struct run *run);
+/* Sets .MEMBER.KEY of the run's scope (workflow_scope_set); a failure fails the run. */
+void sched__scope_set(struct run *run, const char *member, const char *key, const char *wrap,
+                      const cJSON *value, const char *json);
 /* An item of a for_each step succeeded (progress shows items done and items per second). */
 void sched__progress_items(struct run *run, size_t index);
 

@@ -75,14 +75,15 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
 
 const struct workflow_scope *sched__scope(struct run *run)
 {
-    if (!run->prepared)
-        run->prepared = workflow_scope_new(run->scope);
-    return run->prepared;
+    return run->scope;
 }
 
-void sched__scope_changed(struct run *run)
+void sched__scope_set(struct run *run, const char *member, const char *key, const char *wrap,
+                      const cJSON *value, const char *json)
 {
-    workflow_scope_free(&run->prepared);
+    struct tr_error err = {0};
+    if (workflow_scope_set(run->scope, member, key, wrap, value, json, &err) < 0)
+        sched__fail(run, "the output of '%s' cannot be kept: %s", key, err.message);
 }
 
 void sched__progress_items(struct run *run, size_t index)
@@ -329,14 +330,6 @@ static void find_expressions(struct run *run)
     if (i != run->step_count) /* not the plan this file expects: assume every step needs it */
         for (i = 0; i < run->step_count; i++)
             run->steps[i].uses_scope = true;
-    for (i = 0; i < run->step_count; i++) {
-        run->keep_outputs |= run->steps[i].uses_scope;
-        /* when, eval, output, for_each, approval.if: the scheduler evaluates them itself. */
-        for (int e = WORKFLOW_EXPR_WHEN; e <= WORKFLOW_EXPR_APPROVAL_IF; e++)
-            run->keep_outputs |=
-                workflow_step_has_expression(run->wf, i, (enum workflow_expression)e);
-        run->keep_outputs |= workflow_step_action(run->wf, i) == WORKFLOW_ACTION_APPROVAL;
-    }
     cJSON_Delete(plan);
     free(plan_json);
 }
@@ -380,11 +373,13 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
         if (index >= 0)
             run->steps[index].needs_approval = true;
     }
-    run->scope = cJSON_CreateObject();
-    cJSON_AddItemToObject(run->scope, "input",
+    cJSON *scope = cJSON_CreateObject();
+    cJSON_AddItemToObject(scope, "input",
                           opts->input ? cJSON_Duplicate(opts->input, true) : cJSON_CreateObject());
-    cJSON_AddItemToObject(run->scope, "context", cJSON_CreateObject());
-    cJSON_AddItemToObject(run->scope, "steps", cJSON_CreateObject());
+    cJSON_AddItemToObject(scope, "context", cJSON_CreateObject());
+    cJSON_AddItemToObject(scope, "steps", cJSON_CreateObject());
+    run->scope = workflow_scope_new(scope);
+    cJSON_Delete(scope);
 }
 
 static int create_run(struct run *run, struct tr_error *err)
@@ -542,8 +537,7 @@ static void release_run(struct run *run)
     free(run->dep_start);
     free(run->ready);
     free(run->failure);
-    cJSON_Delete(run->scope);
-    workflow_scope_free(&run->prepared);
+    workflow_scope_free(&run->scope);
     cJSON_Delete(run->destructive);
 }
 

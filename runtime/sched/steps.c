@@ -278,30 +278,27 @@ cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *
     }
 }
 
-/* Keeps a succeeded step's output where expressions read it, and saves it to the context. */
+/*
+ * Keeps a succeeded step's output where expressions read it, and saves it to the context.
+ * The output is given as JSON text, and also as a tree when there is one (NULL for a
+ * fan-out's list, which goes into the scope from its text, never built as a tree).
+ */
 static void keep_output(struct run *run, size_t index, const cJSON *output, const char *output_json)
 {
     const char *step_id = workflow_step_id(run->wf, index);
     const char *key = workflow_step_save(run->wf, index);
 
-    if (run->keep_outputs) {
-        cJSON *entry = cJSON_CreateObject();
-        cJSON_AddItemToObject(entry, "output", cJSON_Duplicate(output, true));
-        cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
-        sched__scope_changed(run);
-    }
+    if (workflow_step_output_read(run->wf, index))
+        sched__scope_set(run, "steps", step_id, "output", output, output_json);
     if (key) {
         struct tr_error err = {0};
-        cJSON *context = cJSON_GetObjectItem(run->scope, "context");
-        cJSON_DeleteItemFromObjectCaseSensitive(context, key);
-        cJSON_AddItemToObject(context, key, cJSON_Duplicate(output, true));
-        sched__scope_changed(run);
+        sched__scope_set(run, "context", key, NULL, output, output_json);
         if (store_context_put(run->store, run->id, key, output_json, step_id, &err) < 0)
             sched__fail(run, "%s", err.message);
         cJSON *write = cJSON_CreateObject();
         size_t persona = workflow_step_persona(run->wf, index);
         cJSON_AddStringToObject(write, "key", key);
-        cJSON_AddItemToObject(write, "value", cJSON_Duplicate(output, true));
+        cJSON_AddRawToObject(write, "value", output_json);
         if (persona != SIZE_MAX)
             cJSON_AddStringToObject(write, "persona", workflow_persona_name(run->wf, persona));
         cJSON_AddNumberToObject(write, "attempt", run->steps[index].attempt);
@@ -309,11 +306,10 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
     }
 }
 
-/* The step succeeded with output (taken): recorded, kept, saved, audited; dependents follow. */
 /*
  * The step succeeded with output (taken), given as a tree, as JSON text (taken), or both:
  * recorded, kept, saved, audited; dependents follow. A fan-out's list comes as text only,
- * and becomes a tree only if an expression or the context needs one.
+ * and is never built as a tree.
  */
 static void succeed(struct run *run, size_t index, cJSON *output, char *output_json,
                     int64_t duration)
@@ -323,18 +319,10 @@ static void succeed(struct run *run, size_t index, cJSON *output, char *output_j
 
     if (!output_json)
         output_json = cJSON_PrintUnformatted(output);
-    if (!output &&
-        (run->keep_outputs || workflow_step_save(run->wf, index) || step->stands_for >= 0)) {
-        output = cJSON_Parse(output_json);
-        if (!output)
-            output = cJSON_CreateNull(); /* not reached: the text was printed by cJSON */
-    }
-    cJSON *stand_in = step->stands_for >= 0 ? cJSON_Duplicate(output, true) : NULL;
     leave_dispatched(run, step, index, "the step ended");
     reach_final(run, index, STEP_SUCCEEDED);
     sched__record_step(run, index, output_json, NULL);
-    if (output)
-        keep_output(run, index, output, output_json);
+    keep_output(run, index, output, output_json);
     cJSON_AddStringToObject(payload, "status", "succeeded");
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
@@ -343,11 +331,10 @@ static void succeed(struct run *run, size_t index, cJSON *output, char *output_j
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
-    if (stand_in) {
+    if (step->stands_for >= 0) {
         /* A fallback's output stands in for the failed step's: its dependents see it there. */
-        keep_output(run, (size_t)step->stands_for, stand_in, output_json);
+        keep_output(run, (size_t)step->stands_for, output, output_json);
         release_dependents(run, (size_t)step->stands_for);
-        cJSON_Delete(stand_in);
     }
     cJSON_Delete(output);
     free(output_json);
@@ -434,15 +421,8 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
     switch (on_error) {
     case WORKFLOW_ON_ERROR_CONTINUE: {
         /* The run goes on without it: the steps that need it see a null output. */
-        cJSON *nothing = cJSON_CreateNull();
-        if (run->keep_outputs) {
-            cJSON *entry = cJSON_CreateObject();
-            cJSON_AddItemToObject(entry, "output", nothing);
-            cJSON_AddItemToObject(cJSON_GetObjectItem(run->scope, "steps"), step_id, entry);
-            sched__scope_changed(run);
-        } else {
-            cJSON_Delete(nothing);
-        }
+        if (workflow_step_output_read(run->wf, index))
+            sched__scope_set(run, "steps", step_id, "output", NULL, NULL);
         release_dependents(run, index);
         break;
     }

@@ -87,9 +87,8 @@ static void fanout_free(struct run *run, struct fanout **fan)
     if (!*fan)
         return;
     run->fanouts--;
-    cJSON_Delete((*fan)->items);
+    workflow_list_free(&(*fan)->items);
     workflow_scope_free(&(*fan)->scope);
-    free((*fan)->item);
     free((*fan)->finished);
     free(*fan);
     *fan = NULL;
@@ -205,7 +204,7 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     /* An item sees the scope as it was when its step started (converted once), and .item. A
      * tool whose arguments hold no expression needs no scope at all. */
     struct workflow_scope *item =
-        step->fan ? workflow_scope_with(step->fan->scope, "item", step->fan->item[task->item])
+        step->fan ? workflow_scope_with_item(step->fan->scope, "item", step->fan->items, task->item)
                   : NULL;
     const struct workflow_scope *scope = item ? item
                                          : step->uses_scope || action != WORKFLOW_ACTION_TOOL
@@ -374,18 +373,18 @@ void sched__fanout_start(struct run *run, size_t index)
     struct step_run *step = &run->steps[index];
     const char *step_id = workflow_step_id(run->wf, index);
     struct tr_error err = {0};
-    cJSON *items = NULL;
+    struct workflow_list *items = NULL;
 
     step->attempt++;
     step->dispatched_ms = tr_now_ms();
-    if (workflow_step_evaluate_in(run->wf, index, WORKFLOW_EXPR_FOR_EACH, sched__scope(run), &items,
-                                  &err) < 0) {
+    if (workflow_step_evaluate_list(run->wf, index, WORKFLOW_EXPR_FOR_EACH, sched__scope(run),
+                                    &items, &err) < 0) {
         sched__step_failed(run, index, err.message, 0);
         return;
     }
-    if (!cJSON_IsArray(items)) {
+    if (workflow_list_count(items) < 0) {
         char *reason = xasprintf("step '%s': 'for_each' does not yield a list", step_id);
-        cJSON_Delete(items);
+        workflow_list_free(&items);
         sched__step_failed(run, index, reason, 0);
         free(reason);
         return;
@@ -393,14 +392,10 @@ void sched__fanout_start(struct run *run, size_t index)
     struct fanout *fan = xcalloc(1, sizeof(*fan));
     long concurrency = workflow_step_concurrency(run->wf, index);
     fan->items = items;
-    fan->count = cJSON_GetArraySize(items);
+    fan->count = workflow_list_count(items);
     fan->window = concurrency > 0 ? concurrency : fan->count;
     fan->finished = xcalloc((size_t)fan->count / 8 + 1, 1);
-    fan->item = xcalloc((size_t)fan->count + 1, sizeof(*fan->item));
-    fan->scope = workflow_scope_new(run->scope);
-    long k = 0;
-    for (cJSON *each = items->child; each; each = each->next)
-        fan->item[k++] = each;
+    fan->scope = workflow_scope_copy(run->scope);
     step->fan = fan;
     run->fanouts++;
     if (store_step_items_list(run->store, run->id, step_id, note_finished, fan, &err) < 0) {

@@ -273,6 +273,45 @@ static void check_expression_refs(struct wf_build *b)
     }
 }
 
+/* Whether the step evaluates anything over the scope: templates, when, for_each, eval... */
+static bool reads_scope(const struct wf_step *step)
+{
+    return step->template_count > 0 || step->when != WF_NO_EXPR || step->for_each != WF_NO_EXPR ||
+           step->output != WF_NO_EXPR || step->eval != WF_NO_EXPR ||
+           step->approval_if != WF_NO_EXPR;
+}
+
+/*
+ * Which outputs can be read (workflow_step_output_read): every step that a step reading the
+ * scope needs, directly or not; and the fallback of a step whose output can be read, since
+ * its output stands in for that one's. An explicit stack, not recursion.
+ */
+static void mark_outputs_read(struct workflow *wf)
+{
+    size_t *stack = xmalloc((wf->step_count + 1) * sizeof(*stack));
+    size_t depth = 0;
+
+    for (size_t i = 0; i < wf->step_count; i++) {
+        if (!reads_scope(&wf->steps[i]))
+            continue;
+        stack[depth++] = i;
+        while (depth > 0) {
+            const struct wf_step *step = &wf->steps[stack[--depth]];
+            for (size_t k = 0; k < step->need_count; k++) {
+                struct wf_step *need = &wf->steps[step->needs[k]];
+                if (!need->output_read) {
+                    need->output_read = true;
+                    stack[depth++] = step->needs[k];
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < wf->step_count; i++)
+        if (wf->steps[i].output_read && wf->steps[i].on_error == WORKFLOW_ON_ERROR_FALLBACK)
+            wf->steps[wf->steps[i].fallback].output_read = true;
+    free(stack);
+}
+
 int wf_build_dag(struct wf_build *b)
 {
     for (size_t i = 0; i < b->wf->step_count; i++) {
@@ -282,5 +321,11 @@ int wf_build_dag(struct wf_build *b)
     if (check_cycles(b) < 0)
         return TR_EINVAL;
     check_expression_refs(b);
+    mark_outputs_read(b->wf);
     return 0;
+}
+
+bool workflow_step_output_read(const struct workflow *wf, size_t index)
+{
+    return index < wf->step_count && wf->steps[index].output_read;
 }

@@ -447,6 +447,65 @@ struct workflow_scope *workflow_scope_with(const struct workflow_scope *base, co
     return prepared;
 }
 
+struct workflow_scope *workflow_scope_copy(const struct workflow_scope *scope)
+{
+    struct workflow_scope *copy = xcalloc(1, sizeof(*copy));
+    copy->value = jv_copy(scope->value);
+    return copy;
+}
+
+/*
+ * Takes .MEMBER out of scope as the only reference to it, so that it can be changed in place
+ * (jq copies a value that is shared before changing it). Its slot is kept, holding null, so
+ * that putting it back keeps the order of the scope's keys.
+ */
+static jv take_member(struct workflow_scope *scope, const char *member)
+{
+    jv object = jv_object_get(jv_copy(scope->value), jv_string(member));
+    if (jv_get_kind(object) != JV_KIND_OBJECT) {
+        jv_free(object);
+        object = jv_object();
+    }
+    scope->value = jv_object_set(scope->value, jv_string(member), jv_null());
+    return object;
+}
+
+int workflow_scope_set(struct workflow_scope *scope, const char *member, const char *key,
+                       const char *wrap, const cJSON *value, const char *json, struct tr_error *err)
+{
+    jv converted = value  ? jv_from_cjson(value)
+                   : json ? jv_parse_sized(json, (int)strlen(json))
+                          : jv_null();
+
+    if (!jv_is_valid(converted)) {
+        jv message = jv_invalid_get_msg(converted);
+        int rc = tr_error_set(err, TR_EINVAL, "not JSON: %s",
+                              jv_get_kind(message) == JV_KIND_STRING ? jv_string_value(message)
+                                                                     : "unknown error");
+        jv_free(message);
+        return rc;
+    }
+    if (wrap)
+        converted = jv_object_set(jv_object(), jv_string(wrap), converted);
+    jv object = take_member(scope, member);
+    object = jv_object_set(object, jv_string(key), converted);
+    scope->value = jv_object_set(scope->value, jv_string(member), object);
+    return 0;
+}
+
+void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
+                             const char *from)
+{
+    jv object = take_member(scope, member);
+    jv same = jv_object_get(jv_copy(object), jv_string(from));
+    if (!jv_is_valid(same)) {
+        jv_free(same);
+        same = jv_null();
+    }
+    object = jv_object_set(object, jv_string(to), same);
+    scope->value = jv_object_set(scope->value, jv_string(member), object);
+}
+
 void workflow_scope_free(struct workflow_scope **scope)
 {
     if (!*scope)
@@ -517,16 +576,13 @@ bool workflow_step_has_expression(const struct workflow *wf, size_t index,
     return index < wf->step_count && expression_of(&wf->steps[index], which) != WF_NO_EXPR;
 }
 
-int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
-                              enum workflow_expression which, const struct workflow_scope *scope,
-                              cJSON **ret_value, struct tr_error *err)
+/* A step's expression over scope, as jq's value; the label of the expression in *ret_label. */
+static int evaluate_jv(const struct workflow *wf, size_t index, enum workflow_expression which,
+                       const struct workflow_scope *scope, jv *ret_value, char ret_label[32],
+                       struct tr_error *err)
 {
     const struct wf_step *step;
     size_t expr;
-    char label[32];
-    jv scope_jv, value;
-    cJSON *result;
-    int rc;
 
     if (index >= wf->step_count)
         return tr_error_set(err, TR_ENOTFOUND, "no step %zu", index);
@@ -534,10 +590,65 @@ int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
     if ((expr = expression_of(step, which)) == WF_NO_EXPR)
         return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id,
                             expression_names[which]);
-    snprintf(label, sizeof(label), "'%s'", expression_names[which]);
-    scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* expr_run borrows it */
-    rc = expr_run(wf, expr, scope_jv, step->id, label, &value, err);
+    snprintf(ret_label, 32, "'%s'", expression_names[which]);
+    jv scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* expr_run borrows it */
+    int rc = expr_run(wf, expr, scope_jv, step->id, ret_label, ret_value, err);
     jv_free(scope_jv);
+    return rc;
+}
+
+struct workflow_list {
+    jv value;
+};
+
+int workflow_step_evaluate_list(const struct workflow *wf, size_t index,
+                                enum workflow_expression which, const struct workflow_scope *scope,
+                                struct workflow_list **ret_list, struct tr_error *err)
+{
+    char label[32];
+    jv value;
+    int rc = evaluate_jv(wf, index, which, scope, &value, label, err);
+
+    if (rc < 0)
+        return rc;
+    *ret_list = xcalloc(1, sizeof(**ret_list));
+    (*ret_list)->value = value;
+    return 0;
+}
+
+long workflow_list_count(const struct workflow_list *list)
+{
+    return jv_get_kind(list->value) == JV_KIND_ARRAY ? jv_array_length(jv_copy(list->value)) : -1;
+}
+
+struct workflow_scope *workflow_scope_with_item(const struct workflow_scope *base, const char *key,
+                                                const struct workflow_list *list, long index)
+{
+    struct workflow_scope *prepared = xcalloc(1, sizeof(*prepared));
+    prepared->value = jv_object_set(jv_copy(base->value), jv_string(key),
+                                    jv_array_get(jv_copy(list->value), (int)index));
+    return prepared;
+}
+
+void workflow_list_free(struct workflow_list **list)
+{
+    if (!*list)
+        return;
+    jv_free((*list)->value);
+    free(*list);
+    *list = NULL;
+}
+
+int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
+                              enum workflow_expression which, const struct workflow_scope *scope,
+                              cJSON **ret_value, struct tr_error *err)
+{
+    const struct wf_step *step = index < wf->step_count ? &wf->steps[index] : NULL;
+    char label[32];
+    jv value;
+    cJSON *result;
+    int rc = evaluate_jv(wf, index, which, scope, &value, label, err);
+
     if (rc < 0)
         return rc;
     result = cjson_from_jv(value, 0);

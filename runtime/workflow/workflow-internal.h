@@ -152,6 +152,7 @@ struct wf_step {
     enum workflow_on_error on_error;
     size_t fallback;  /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
     bool is_fallback; /* some step falls back to this one */
+    bool output_read; /* workflow_step_output_read */
 };
 
 /* One problem found while checking a file. */

@@ -161,6 +161,24 @@ struct workflow_scope;
 struct workflow_scope *workflow_scope_new(const cJSON *scope);
 struct workflow_scope *workflow_scope_with(const struct workflow_scope *base, const char *key,
                                            const cJSON *value);
+/* A snapshot of scope in constant time (they share what they hold): later changes to either
+ * do not show in the other. */
+struct workflow_scope *workflow_scope_copy(const struct workflow_scope *scope);
+/*
+ * Sets .MEMBER.KEY in scope (member: "steps", "context"...; created if missing) in place, in
+ * time that does not grow with what the scope holds (a run's scope changes at every step),
+ * keeping the key's place if it was there. The value is value, or when value is NULL the JSON
+ * text json (a fan-out's list, never built as a tree), or null when both are NULL. When wrap
+ * is not NULL the value goes in an object as its member wrap (.steps.ID.output). Fails only
+ * on json that is not JSON.
+ */
+int workflow_scope_set(struct workflow_scope *scope, const char *member, const char *key,
+                       const char *wrap, const cJSON *value, const char *json,
+                       struct tr_error *err) TR_MUST_CHECK;
+/* Sets .MEMBER.TO to what .MEMBER.FROM holds (shared, not copied), or to null if it is not
+ * there. */
+void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
+                             const char *from);
 void workflow_scope_free(struct workflow_scope **scope);
 /* workflow_step_arguments over a prepared scope (NULL: an empty one). */
 int workflow_step_arguments_in(const struct workflow *wf, size_t index,
@@ -191,6 +209,20 @@ int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflo
 int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
                               enum workflow_expression which, const struct workflow_scope *scope,
                               cJSON **ret_value, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * The same, kept as jq holds it (a for_each's list of 100,000 items is never built as a
+ * tree): workflow_list_count is its length, -1 when it is not a list; workflow_scope_with_item
+ * is base with .KEY set to its index-th item, shared, not copied.
+ */
+struct workflow_list;
+int workflow_step_evaluate_list(const struct workflow *wf, size_t index,
+                                enum workflow_expression which, const struct workflow_scope *scope,
+                                struct workflow_list **ret_list,
+                                struct tr_error *err) TR_MUST_CHECK;
+long workflow_list_count(const struct workflow_list *list);
+struct workflow_scope *workflow_scope_with_item(const struct workflow_scope *base, const char *key,
+                                                const struct workflow_list *list, long index);
+void workflow_list_free(struct workflow_list **list);
 
 /* The texts a step may have, with ${{ }} inside. */
 enum workflow_text { WORKFLOW_TEXT_ASK, WORKFLOW_TEXT_URI, WORKFLOW_TEXT_WHY };
@@ -231,6 +263,13 @@ enum workflow_on_error workflow_step_on_error(const struct workflow *wf, size_t 
                                               size_t *ret_fallback);
 /* Whether some step names this one as its fallback (it then runs only in that role). */
 bool workflow_step_is_fallback(const struct workflow *wf, size_t index);
+/*
+ * Whether the step's output can be read by an expression (.steps.ID.output): a step may read
+ * only the steps it needs, directly or not, so this holds when a step that needs it evaluates
+ * anything over the scope, or when it is the fallback of a step whose output can be read.
+ * Outputs that cannot be read need not be kept where expressions see them.
+ */
+bool workflow_step_output_read(const struct workflow *wf, size_t index);
 /* An approval step's approvers: a list of strings (the workflow's), else NULL. */
 const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index);
 /* A workflow step's file as written (relative to workflow_file), else NULL. */

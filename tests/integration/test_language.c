@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -474,6 +475,24 @@ Test(language, for_each_calls_the_tool_per_item_and_collects_the_results_in_orde
 
 /* ---- resuming ------------------------------------------------------------------------------ */
 
+/* Runs the workflow at path until its step 'gate' waits for approval, then kills it (-9). */
+static void run_to_the_gate_and_kill(struct harness_env *env, const char *path)
+{
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env->troupe, "--db", env->db, "run", path, NULL};
+
+    harness_spawn(argv, env->dir, &proc);
+    cr_assert_eq(harness_db_wait(env->db,
+                                 "SELECT count(*) FROM steps WHERE step_id = 'gate' AND state = "
+                                 "'waiting-approval'",
+                                 1, 30000),
+                 1);
+    kill(proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+}
+
 Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
 {
     struct harness_env env = harness_env_new();
@@ -495,19 +514,9 @@ Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
                           "  - id: after\n"
                           "    eval: '[.steps.assess.output.score, .steps.gate.output.by]'\n"
                           "    needs: gate\n");
-    struct harness_proc proc;
     struct harness_result r;
-    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
 
-    harness_spawn(argv, env.dir, &proc);
-    cr_assert_eq(harness_db_wait(env.db,
-                                 "SELECT count(*) FROM steps WHERE step_id = 'gate' AND state = "
-                                 "'waiting-approval'",
-                                 1, 30000),
-                 1);
-    kill(proc.pid, SIGKILL);
-    harness_finish(&proc, 30000, &r);
-    harness_result_release(&r);
+    run_to_the_gate_and_kill(&env, path);
     approve(&env, "gate", "carol", false);
     const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
     harness_run(resume, env.dir, 60000, &r);
@@ -517,6 +526,44 @@ Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
     char *after = output_of(&env, "after");
     cr_assert_str_eq(after, "[5,\"carol\"]");
     free(after);
+    harness_result_release(&r);
+    free(path);
+    harness_env_release(&env);
+}
+
+Test(language, a_resume_refuses_a_stored_output_that_is_not_json)
+{
+    struct harness_env env = harness_env_new();
+    char *path = write_steps(&env, "  - id: first\n"
+                                   "    persona: worker\n"
+                                   "    tool: demo.echo\n"
+                                   "    with: {message: hello}\n"
+                                   "  - id: gate\n"
+                                   "    approval: {who: carol, why: check}\n"
+                                   "    needs: first\n"
+                                   "  - id: after\n"
+                                   "    eval: .steps.first.output\n"
+                                   "    needs: gate\n");
+    struct harness_result r;
+    sqlite3 *db = NULL;
+
+    run_to_the_gate_and_kill(&env, path);
+    /* The database damaged by hand: the output the next step reads is no longer JSON. */
+    cr_assert_eq(sqlite3_open(env.db, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db,
+                              "UPDATE steps SET output_json = '{\"torn' WHERE step_id = 'first'",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+    approve(&env, "gate", "carol", false);
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
+    harness_run(resume, env.dir, 60000, &r);
+    cr_assert_neq(r.exit_code, 0, "a damaged output was taken as null:\n%s", r.out);
+    cr_assert(strstr(r.err, "the output of step 'first'") && strstr(r.err, "not JSON"), "%s",
+              r.err);
+    /* Nothing was run or lost: the step after the gate never ran. */
+    cr_assert_str_eq(state_of(&env, "first"), "succeeded");
+    cr_assert_str_neq(state_of(&env, "after"), "succeeded");
     harness_result_release(&r);
     free(path);
     harness_env_release(&env);

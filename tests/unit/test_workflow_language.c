@@ -662,3 +662,38 @@ Test(workflow_language, plan_ignores_key_order_layout_and_schema_line)
     free(flow);
     free(json);
 }
+
+Test(workflow_language, outputs_read_are_those_of_steps_needed_by_a_step_that_reads_the_scope)
+{
+    struct workflow *wf = load_text(
+        "name: reads\n"
+        "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+        "personas: {worker: {servers: [demo]}}\n"
+        "steps:\n"
+        "  - {id: a, persona: worker, tool: demo.echo, with: {message: x}}\n"
+        "  - {id: b, persona: worker, tool: demo.echo, with: {message: x}, needs: a}\n"
+        "  - {id: c, eval: '.steps.b.output', needs: b}\n"
+        "  - {id: lone, persona: worker, tool: demo.echo, with: {message: x}}\n"
+        "  - {id: batch, persona: worker, tool: demo.echo, for_each: '[1, 2]',\n"
+        "     with: {message: '${{ .item | tostring }}'}, needs: lone}\n"
+        "  - {id: risky, persona: worker, tool: demo.echo, with: {message: x},\n"
+        "     on_error: {fallback: safe}}\n"
+        "  - {id: safe, eval: '\"default\"'}\n"
+        "  - {id: gate, approval: {who: carol, why: 'risky said ${{ .steps.risky.output }}'},\n"
+        "     needs: risky}\n",
+        WORKFLOW_YAML);
+
+    /* a through b: c's eval reads b, and b needs a. */
+    cr_assert(workflow_step_output_read(wf, (size_t)step_named(wf, "a")));
+    cr_assert(workflow_step_output_read(wf, (size_t)step_named(wf, "b")));
+    /* Nothing needs c; batch reads the scope, so lone (which it needs) can be read, but no
+     * step needs batch: its list of results is never kept for expressions. */
+    cr_assert_not(workflow_step_output_read(wf, (size_t)step_named(wf, "c")));
+    cr_assert(workflow_step_output_read(wf, (size_t)step_named(wf, "lone")));
+    cr_assert_not(workflow_step_output_read(wf, (size_t)step_named(wf, "batch")));
+    /* gate's why reads risky; safe stands in for risky, so its output can be read too. */
+    cr_assert(workflow_step_output_read(wf, (size_t)step_named(wf, "risky")));
+    cr_assert(workflow_step_output_read(wf, (size_t)step_named(wf, "safe")));
+    cr_assert_not(workflow_step_output_read(wf, (size_t)step_named(wf, "gate")));
+    workflow_free(&wf);
+}
