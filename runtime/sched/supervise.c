@@ -8,6 +8,7 @@
 #include "sched-internal.h"
 
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -99,8 +100,16 @@ static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *
         /* Recorded as the agent wrote it (the MCP messages in it as they went over the wire),
          * with the task it belongs to (of several in flight) put first. */
         const char *members = strchr(msg->json, '{') + 1;
-        char *json =
-            msg->task > 0 ? xasprintf("{\"task\":%lld,%s", (long long)msg->task, members) : NULL;
+        char *json = NULL;
+        if (msg->task > 0) {
+            /* Not through printf: the payload may be long, and every event comes this way. */
+            char head[40];
+            int n = snprintf(head, sizeof(head), "{\"task\":%lld,", (long long)msg->task);
+            size_t rest = strlen(members);
+            json = xmalloc((size_t)n + rest + 1);
+            memcpy(json, head, (size_t)n);
+            memcpy(json + n, members, rest + 1);
+        }
         sched__audit_json(run, step_id, actor, msg->event_type, json ? json : msg->json);
         free(json);
     } else {

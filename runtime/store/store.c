@@ -229,11 +229,15 @@ out:
     return rc;
 }
 
+/*
+ * Bound without a copy: every statement is bound, stepped and released (reset, bindings
+ * cleared) by one function while its caller's strings live.
+ */
 int store__bind_text(sqlite3_stmt *stmt, int index, const char *text)
 {
     if (!text)
         return sqlite3_bind_null(stmt, index);
-    return sqlite3_bind_text(stmt, index, text, -1, SQLITE_TRANSIENT);
+    return sqlite3_bind_text(stmt, index, text, -1, SQLITE_STATIC);
 }
 
 const char *store__column_text(sqlite3_stmt *stmt, int column)
