@@ -6,6 +6,7 @@
  * Problems are found by halving a failing set until single expressions remain, each then
  * compiled alone for its message. It does not find expressions (expr.c) or check anything else.
  */
+#define _GNU_SOURCE
 #include "workflow-internal.h"
 
 #include <stdio.h>
@@ -85,11 +86,19 @@ static void capture_error(void *data, jv message)
     jv_free(message);
 }
 
-/* A compiled program, or NULL; the first error message goes to ce when given. */
+/*
+ * A compiled program, or NULL; the first error message goes to ce when given.
+ *
+ * jq 1.6 sources $HOME/.jq into every program it compiles, when there is one: a user's own
+ * definitions would change what a workflow computes on that machine, and its replay on
+ * another. HOME is hidden from jq while it compiles (troupe compiles before it starts any
+ * thread), so expressions mean the same everywhere.
+ */
 static jq_state *program_compile(const char *program, struct compile_error *ce)
 {
     struct compile_error ignored = {{0}, false};
     jq_state *jq = jq_init();
+    char *home = getenv("HOME") ? xstrdup(getenv("HOME")) : NULL;
     int ok;
 
     if (!jq)
@@ -98,7 +107,12 @@ static jq_state *program_compile(const char *program, struct compile_error *ce)
     jq_set_debug_cb(jq, discard_message, NULL);
     /* Without a library path jq 1.6 aborts on `include`; an empty one makes it an error. */
     jq_set_attr(jq, jv_string("JQ_LIBRARY_PATH"), jv_array());
+    if (home)
+        unsetenv("HOME");
     ok = jq_compile(jq, program);
+    if (home && setenv("HOME", home, 1) < 0)
+        abort(); /* only out of memory */
+    free(home);
     /* Later messages (none are expected at run time) must not reach a dead pointer. */
     jq_set_error_cb(jq, discard_message, NULL);
     if (!ok)

@@ -697,3 +697,51 @@ Test(workflow_language, outputs_read_are_those_of_steps_needed_by_a_step_that_re
     cr_assert_not(workflow_step_output_read(wf, (size_t)step_named(wf, "gate")));
     workflow_free(&wf);
 }
+
+Test(workflow_language, expressions_ignore_the_users_own_jq_definitions)
+{
+    /* jq sources $HOME/.jq into what it compiles; a workflow must mean the same anywhere. */
+    char dir[] = "/tmp/troupe-jqhome-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *rc_file = xasprintf("%s/.jq", dir);
+    FILE *f = fopen(rc_file, "w");
+    cr_assert_not_null(f);
+    fputs("def secret: \"from ~/.jq\"; def tostring: \"hijacked\";\n", f);
+    fclose(f);
+    char *home = getenv("HOME") ? xstrdup(getenv("HOME")) : NULL;
+    setenv("HOME", dir, 1);
+
+    static const char header[] = "name: hermetic\n"
+                                 "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                                 "personas: {worker: {servers: [demo]}}\n"
+                                 "steps:\n";
+    char *uses_secret = xasprintf("%s  - {id: e, eval: secret}\n", header);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    cr_assert_neq(workflow_load_string(uses_secret, strlen(uses_secret), WORKFLOW_YAML,
+                                       "inline.yaml", &wf, &err),
+                  0);
+    cr_assert(strstr(err.message, "secret/0 is not defined"), "%s", err.message);
+
+    char *builtin = xasprintf("%s  - {id: e, eval: '42 | tostring'}\n", header);
+    wf = load_text(builtin, WORKFLOW_YAML);
+    cJSON *value = NULL;
+    cr_assert_eq(workflow_step_evaluate(wf, 0, WORKFLOW_EXPR_EVAL, NULL, &value, &err), 0, "%s",
+                 err.message);
+    assert_json(value, "\"42\"");
+    /* HOME is as it was. */
+    cr_assert_str_eq(getenv("HOME"), dir);
+
+    cJSON_Delete(value);
+    workflow_free(&wf);
+    if (home)
+        setenv("HOME", home, 1);
+    else
+        unsetenv("HOME");
+    unlink(rc_file);
+    rmdir(dir);
+    free(home);
+    free(rc_file);
+    free(uses_secret);
+    free(builtin);
+}
