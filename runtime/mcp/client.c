@@ -33,7 +33,7 @@ void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const cha
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id)
 {
     char *text = mcp__json_print(msg);
-    /* Observed once on its way: the server is not kept waiting while it is reported. */
+    mcp__observe(s, MCP_SENT, text, msg);
     if (s->http) {
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(msg, "method");
         char **headers = NULL;
@@ -45,7 +45,6 @@ void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id)
     } else {
         mcp__stdio_send(s, text);
     }
-    mcp__observe(s, MCP_SENT, text, msg);
     cJSON_Delete(msg);
     free(text);
 }

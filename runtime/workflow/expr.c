@@ -478,12 +478,13 @@ int workflow_scope_set(struct workflow_scope *scope, const char *member, const c
                           : jv_null();
 
     if (!jv_is_valid(converted)) {
-        jv message = jv_invalid_get_msg(converted);
-        int rc = tr_error_set(err, TR_EINVAL, "not JSON: %s",
-                              jv_get_kind(message) == JV_KIND_STRING ? jv_string_value(message)
-                                                                     : "unknown error");
-        jv_free(message);
-        return rc;
+        /* jq's parser stops at 256 levels; what troupe wrote may nest deeper (cJSON's 1000). */
+        jv_free(converted);
+        cJSON *tree = json ? cJSON_Parse(json) : NULL;
+        if (!tree)
+            return tr_error_set(err, TR_EINVAL, "not JSON: %.40s", json ? json : "(none)");
+        converted = jv_from_cjson(tree);
+        cJSON_Delete(tree);
     }
     if (wrap)
         converted = jv_object_set(jv_object(), jv_string(wrap), converted);

@@ -745,3 +745,36 @@ Test(workflow_language, expressions_ignore_the_users_own_jq_definitions)
     free(uses_secret);
     free(builtin);
 }
+
+Test(workflow_language, a_scope_takes_json_text_nested_deeper_than_jqs_parser_goes)
+{
+    /* jq's own parser stops at 256 levels; troupe's values may nest deeper. */
+    struct tr_buf text;
+    tr_buf_init(&text, 0);
+    for (int i = 0; i < 300; i++)
+        cr_assert_eq(tr_buf_append(&text, "[", 1), 0);
+    for (int i = 0; i < 300; i++)
+        cr_assert_eq(tr_buf_append(&text, "]", 1), 0);
+    cr_assert_eq(tr_buf_append(&text, "", 1), 0);
+    struct workflow *wf = load_text("name: deep\n"
+                                    "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                                    "personas: {worker: {servers: [demo]}}\n"
+                                    "steps:\n"
+                                    "  - {id: e, eval: '[.context.k | ..] | length'}\n",
+                                    WORKFLOW_YAML);
+    struct workflow_scope *scope = workflow_scope_new(NULL);
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+
+    cr_assert_eq(workflow_scope_set(scope, "context", "k", NULL, NULL, text.data, &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(workflow_step_evaluate_in(wf, 0, WORKFLOW_EXPR_EVAL, scope, &value, &err), 0, "%s",
+                 err.message);
+    assert_json(value, "300");
+    cr_assert_eq(workflow_scope_set(scope, "context", "k", NULL, NULL, "{\"torn", &err), TR_EINVAL);
+    cr_assert(strstr(err.message, "not JSON"), "%s", err.message);
+    cJSON_Delete(value);
+    workflow_scope_free(&scope);
+    workflow_free(&wf);
+    tr_buf_release(&text);
+}
