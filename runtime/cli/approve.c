@@ -85,12 +85,8 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         case OPT_COMMENT:
             comment = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind + 2 != argc || !as || !*as) {

@@ -268,12 +268,8 @@ int cli_audit(int argc, char **argv, struct cli_common *common)
         case OPT_FORMAT:
             format = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind >= argc) {

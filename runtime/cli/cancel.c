@@ -61,12 +61,7 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         if (cli_common_option(common, opt, optarg))
             continue;
-        if (opt == 'h') {
-            usage(stdout);
-            return CLI_OK;
-        }
-        usage(stderr);
-        return CLI_USAGE;
+        return cli_usage(opt, usage);
     }
     if (optind + 1 != argc) {
         cli_error("cancel: which run? (see 'troupe cancel --help')");

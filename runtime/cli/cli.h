@@ -56,6 +56,12 @@ struct store *cli_open_existing_store(const struct cli_common *common);
 const char *cli_run_status(const struct store_run *run);
 /* Creates path (never overwriting) with mode and text; prints the error and returns -1. */
 int cli_write_new_file(const char *path, mode_t mode, const char *text);
+/*
+ * Ends option parsing at opt, which the command does not take: for -h prints the usage on
+ * stdout and returns CLI_OK, else (an unknown option, a missing argument) on stderr and returns
+ * CLI_USAGE.
+ */
+int cli_usage(int opt, void (*print_usage)(FILE *out));
 /* Prints "troupe: MESSAGE" to stderr. */
 void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 

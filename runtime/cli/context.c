@@ -130,8 +130,7 @@ int cli_context(int argc, char **argv, struct cli_common *common)
             r.history = true;
             continue;
         }
-        usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
+        return cli_usage(opt, usage);
     }
     if (optind >= argc || argc - optind > 2) {
         cli_error("context: which run (and, optionally, which key)?");

@@ -91,8 +91,7 @@ int cli_log(int argc, char **argv, struct cli_common *common)
         } else if (opt == 'f') {
             follow = true;
         } else {
-            usage(opt == 'h' ? stdout : stderr);
-            return opt == 'h' ? CLI_OK : CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind + 1 != argc) {

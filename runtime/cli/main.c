@@ -67,6 +67,12 @@ void cli_error(const char *fmt, ...)
     va_end(ap);
 }
 
+int cli_usage(int opt, void (*print_usage)(FILE *out))
+{
+    print_usage(opt == 'h' ? stdout : stderr);
+    return opt == 'h' ? CLI_OK : CLI_USAGE;
+}
+
 bool cli_common_option(struct cli_common *common, int opt, const char *arg)
 {
     switch (opt) {
@@ -117,8 +123,7 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
             *json = true;
             continue;
         }
-        print_usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
+        return cli_usage(opt, print_usage);
     }
     return -1;
 }

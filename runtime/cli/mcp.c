@@ -347,14 +347,10 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         case CLI_OPT_JSON:
             json = true;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
             if (cli_common_option(common, opt, optarg))
                 break;
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     /* ACTION [TOOL [JSON]], in any order with the options. */

@@ -662,8 +662,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
             from = optarg;
             continue;
         }
-        usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
+        return cli_usage(opt, usage);
     }
     if (optind + 1 != argc) {
         cli_error("replay: which run? (a run id, a prefix of one, or 'latest')");

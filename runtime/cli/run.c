@@ -457,12 +457,8 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         case 'q':
             progress.quiet = true;
             break;
-        case 'h':
-            usage(stdout);
-            status = CLI_OK;
-            goto out;
         default:
-            usage(stderr);
+            status = cli_usage(opt, usage);
             goto out;
         }
     }
