@@ -177,8 +177,7 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
     }
     for (int i = 0; i < run_count; i++) {
         char run_id[STORE_RUN_ID_SIZE];
-        if (store_run_resolve(store, runs[i], run_id, &err) < 0) {
-            cli_error("%s", err.message);
+        if (cli_run_resolve(store, runs[i], run_id) < 0) {
             all_ok = false;
             continue;
         }

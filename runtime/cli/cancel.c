@@ -68,11 +68,10 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
         return CLI_USAGE;
     }
     status = CLI_FAILED;
-    store = cli_open_existing_store(common);
+    store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         goto out;
-    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
-        store_run_get(store, run_id, read_state, &state, &err) < 0) {
+    if (store_run_get(store, run_id, read_state, &state, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }

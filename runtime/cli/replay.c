@@ -668,11 +668,10 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         cli_error("replay: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
-        store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
+    if (store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }
