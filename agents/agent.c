@@ -304,62 +304,21 @@ static void on_mcp_stderr(void *userdata, const char *server, const char *line)
 
 /* ---- MCP sessions -------------------------------------------------------------------------- */
 
-/* Turns a JSON array of strings into a NULL-ended vector (strings borrowed from the JSON). */
-static const char **string_vector(const cJSON *first, const cJSON *array)
-{
-    size_t n = cJSON_GetArraySize(array) + 2;
-    const char **v = xcalloc(n, sizeof(*v));
-    size_t i = 0;
-    const cJSON *item;
-
-    if (first)
-        v[i++] = first->valuestring;
-    cJSON_ArrayForEach(item, array)
-    {
-        if (cJSON_IsString(item))
-            v[i++] = item->valuestring;
-    }
-    return v;
-}
-
 /* Starts the server described by entry and opens an MCP session with it. */
 static int start_session(struct agent *agent, const cJSON *entry, struct mcp_session **ret_session,
                          struct tr_error *err)
 {
-    const cJSON *command = cJSON_GetObjectItemCaseSensitive(entry, "command");
-    const cJSON *args = cJSON_GetObjectItemCaseSensitive(entry, "args");
-    const cJSON *env = cJSON_GetObjectItemCaseSensitive(entry, "env");
-    const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
-    char **env_strings = NULL;
-    size_t env_count = 0;
-    int rc;
-
-    if (!cJSON_IsString(command))
-        return tr_error_set(err, TR_EINVAL, "server '%s' has no command", entry->string);
-
-    const cJSON *var;
-    env_strings = xcalloc((size_t)cJSON_GetArraySize(env) + 1, sizeof(*env_strings));
-    cJSON_ArrayForEach(var, env)
-    {
-        if (cJSON_IsString(var))
-            env_strings[env_count++] = xasprintf("%s=%s", var->string, var->valuestring);
-    }
-
-    const char **argv = string_vector(command, args);
     struct mcp_stdio_params params = {
         .name = entry->string,
-        .argv = argv,
-        .env = (const char *const *)env_strings, /* NULL-ended: calloc'd one longer */
-        .cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL,
         /* The current stateless revision first, the handshake for servers that lack it. */
         .protocol_version = MCP_VERSION_AUTO,
     };
-    rc = mcp_session_open_stdio(&params, &observer, ret_session, err);
-    free(argv);
-    for (size_t i = 0; i < env_count; i++)
-        free(env_strings[i]);
-    free(env_strings);
+    int rc = mcp_stdio_params_from_json(&params, entry, NULL, err);
+
+    if (rc == 0)
+        rc = mcp_session_open_stdio(&params, &observer, ret_session, err);
+    mcp_stdio_params_release(&params);
     return rc;
 }
 

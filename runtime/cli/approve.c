@@ -85,12 +85,8 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         case OPT_COMMENT:
             comment = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind + 2 != argc || !as || !*as) {
@@ -99,12 +95,11 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         return CLI_USAGE;
     }
     status = CLI_FAILED;
-    store = cli_open_existing_store(common);
+    store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         goto out;
     struct lookup l = {.step_id = argv[optind + 1]};
-    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
-        store_run_get(store, run_id, run_status, &l, &err) < 0 ||
+    if (store_run_get(store, run_id, run_status, &l, &err) < 0 ||
         store_steps_list(store, run_id, find_step, &l, &err) < 0) {
         cli_error("%s", err.message);
         goto out;

@@ -177,8 +177,7 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
     }
     for (int i = 0; i < run_count; i++) {
         char run_id[STORE_RUN_ID_SIZE];
-        if (store_run_resolve(store, runs[i], run_id, &err) < 0) {
-            cli_error("%s", err.message);
+        if (cli_run_resolve(store, runs[i], run_id) < 0) {
             all_ok = false;
             continue;
         }
@@ -268,12 +267,8 @@ int cli_audit(int argc, char **argv, struct cli_common *common)
         case OPT_FORMAT:
             format = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind >= argc) {

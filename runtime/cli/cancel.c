@@ -61,23 +61,17 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         if (cli_common_option(common, opt, optarg))
             continue;
-        if (opt == 'h') {
-            usage(stdout);
-            return CLI_OK;
-        }
-        usage(stderr);
-        return CLI_USAGE;
+        return cli_usage(opt, usage);
     }
     if (optind + 1 != argc) {
         cli_error("cancel: which run? (see 'troupe cancel --help')");
         return CLI_USAGE;
     }
     status = CLI_FAILED;
-    store = cli_open_existing_store(common);
+    store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         goto out;
-    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
-        store_run_get(store, run_id, read_state, &state, &err) < 0) {
+    if (store_run_get(store, run_id, read_state, &state, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }

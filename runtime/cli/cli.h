@@ -50,12 +50,26 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
 /* Opens an existing database for reading commands; prints the error and returns NULL. */
 struct store *cli_open_existing_store(const struct cli_common *common);
 /*
+ * Resolves ref (a run id, a unique prefix of one, or 'latest') into run_id; prints the error
+ * and returns -1 when there is no such run.
+ */
+int cli_run_resolve(struct store *store, const char *ref, char run_id[STORE_RUN_ID_SIZE]);
+/* cli_open_existing_store, then cli_run_resolve; prints the error and returns NULL. */
+struct store *cli_open_run(const struct cli_common *common, const char *ref,
+                           char run_id[STORE_RUN_ID_SIZE]);
+/*
  * A run's status for people: "interrupted" for a run still marked running whose scheduler is
  * gone (troupe resume carries it on), else the stored status.
  */
 const char *cli_run_status(const struct store_run *run);
 /* Creates path (never overwriting) with mode and text; prints the error and returns -1. */
 int cli_write_new_file(const char *path, mode_t mode, const char *text);
+/*
+ * Ends option parsing at opt, which the command does not take: for -h prints the usage on
+ * stdout and returns CLI_OK, else (an unknown option, a missing argument) on stderr and returns
+ * CLI_USAGE.
+ */
+int cli_usage(int opt, void (*print_usage)(FILE *out));
 /* Prints "troupe: MESSAGE" to stderr. */
 void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 

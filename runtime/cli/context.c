@@ -130,24 +130,23 @@ int cli_context(int argc, char **argv, struct cli_common *common)
             r.history = true;
             continue;
         }
-        usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
+        return cli_usage(opt, usage);
     }
     if (optind >= argc || argc - optind > 2) {
         cli_error("context: which run (and, optionally, which key)?");
         return CLI_USAGE;
     }
     r.key = argc - optind == 2 ? argv[optind + 1] : NULL;
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    int rc = store_run_resolve(store, argv[optind], run_id, &err);
-    if (rc == 0 && (r.at || r.history)) {
+    int rc;
+    if (r.at || r.history) {
         r.context = cJSON_CreateObject();
         rc = store_audit_list(store, run_id, apply_write, &r, &err);
         if (rc >= 0 && !r.history)
             print_rebuilt(&r);
-    } else if (rc == 0) {
+    } else {
         rc = store_context_list(store, run_id, print_entry, &r, &err);
     }
     if (rc < 0)

@@ -266,10 +266,8 @@ int cli_export(struct store *store, const char *run, const char *format, const c
     FILE *out = stdout;
     int rc;
 
-    if (store_run_resolve(store, run, run_id, &err) < 0) {
-        cli_error("%s", err.message);
+    if (cli_run_resolve(store, run, run_id) < 0)
         return CLI_FAILED;
-    }
     if (output && !(out = fopen(output, "wx"))) {
         cli_error("could not create '%s': %s", output, strerror(errno));
         return CLI_FAILED;

@@ -280,12 +280,8 @@ int cli_graph(int argc, char **argv, struct cli_common *common)
         case 'f':
             format = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (strcmp(format, "mermaid") && strcmp(format, "dot")) {

@@ -91,18 +91,17 @@ int cli_log(int argc, char **argv, struct cli_common *common)
         } else if (opt == 'f') {
             follow = true;
         } else {
-            usage(opt == 'h' ? stdout : stderr);
-            return opt == 'h' ? CLI_OK : CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind + 1 != argc) {
         cli_error("log: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    int rc = store_run_resolve(store, argv[optind], run_id, &err);
+    int rc = 0;
     for (;;) {
         char status[16] = "";
         if (rc == 0 && follow)

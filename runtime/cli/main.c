@@ -67,6 +67,12 @@ void cli_error(const char *fmt, ...)
     va_end(ap);
 }
 
+int cli_usage(int opt, void (*print_usage)(FILE *out))
+{
+    print_usage(opt == 'h' ? stdout : stderr);
+    return opt == 'h' ? CLI_OK : CLI_USAGE;
+}
+
 bool cli_common_option(struct cli_common *common, int opt, const char *arg)
 {
     switch (opt) {
@@ -117,10 +123,30 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
             *json = true;
             continue;
         }
-        print_usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
+        return cli_usage(opt, print_usage);
     }
     return -1;
+}
+
+int cli_run_resolve(struct store *store, const char *ref, char run_id[STORE_RUN_ID_SIZE])
+{
+    struct tr_error err = {0};
+
+    if (store_run_resolve(store, ref, run_id, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    return 0;
+}
+
+struct store *cli_open_run(const struct cli_common *common, const char *ref,
+                           char run_id[STORE_RUN_ID_SIZE])
+{
+    struct store *store = cli_open_existing_store(common);
+
+    if (store && cli_run_resolve(store, ref, run_id) < 0)
+        store_free(&store);
+    return store;
 }
 
 const char *cli_run_status(const struct store_run *run)

@@ -12,7 +12,7 @@
 
 #include "mcp.h"
 
-#define MAX_ITEMS 64 /* argv entries, env entries and headers taken from a config entry */
+#define MAX_ITEMS 64 /* argv entries after --, and headers taken from a config entry */
 
 static void usage(FILE *out)
 {
@@ -48,10 +48,9 @@ struct target {
     const char *config;
     const char *protocol;
     const char *argv[MAX_ITEMS + 1];
-    const char *env[MAX_ITEMS + 1];
     const char *headers[MAX_ITEMS + 1];
     size_t n_headers;
-    const char *cwd;
+    struct mcp_stdio_params stdio; /* a command from the config */
     cJSON *config_json;
     char *owned[3 * MAX_ITEMS]; /* strings built from the config */
     size_t n_owned;
@@ -111,32 +110,9 @@ static int load_config(struct target *t)
         return CLI_USAGE;
     }
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
-    const cJSON *command = cJSON_GetObjectItemCaseSensitive(entry, "command");
-    const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
     if (cJSON_IsString(url)) {
         t->url = url->valuestring;
-    } else if (cJSON_IsString(command)) {
-        size_t n = 0;
-        t->argv[n++] = command->valuestring;
-        const cJSON *arg;
-        cJSON_ArrayForEach(arg, cJSON_GetObjectItemCaseSensitive(entry, "args"))
-        {
-            if (cJSON_IsString(arg) && n < MAX_ITEMS)
-                t->argv[n++] = arg->valuestring;
-        }
-        size_t e = 0;
-        const cJSON *var;
-        cJSON_ArrayForEach(var, cJSON_GetObjectItemCaseSensitive(entry, "env"))
-        {
-            if (cJSON_IsString(var) && e < MAX_ITEMS) {
-                char *value = expand(var->valuestring);
-                t->env[e++] = keep(t, xasprintf("%s=%s", var->string, value));
-                free(value);
-            }
-        }
-        if (cJSON_IsString(cwd))
-            t->cwd = cwd->valuestring;
-    } else {
+    } else if (mcp_stdio_params_from_json(&t->stdio, entry, expand, NULL) < 0) {
         cli_error("%s: server '%s' has neither \"url\" nor \"command\"", path, t->server);
         return CLI_USAGE;
     }
@@ -165,13 +141,11 @@ static int open_target(struct target *t, int timeout_ms, struct mcp_session **re
         };
         rc = mcp_session_open_http(&params, NULL, ret_session, &err);
     } else {
-        struct mcp_stdio_params params = {
-            .argv = t->argv,
-            .env = t->env,
-            .cwd = t->cwd,
-            .timeout_ms = timeout_ms,
-            .protocol_version = t->protocol ? t->protocol : MCP_VERSION_AUTO,
-        };
+        struct mcp_stdio_params params = t->stdio;
+        if (!params.argv)
+            params.argv = t->argv; /* -- COMMAND [ARG...] */
+        params.timeout_ms = timeout_ms;
+        params.protocol_version = t->protocol ? t->protocol : MCP_VERSION_AUTO;
         rc = mcp_session_open_stdio(&params, NULL, ret_session, &err);
     }
     if (rc < 0) {
@@ -347,14 +321,10 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         case CLI_OPT_JSON:
             json = true;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
             if (cli_common_option(common, opt, optarg))
                 break;
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     /* ACTION [TOOL [JSON]], in any order with the options. */
@@ -395,6 +365,7 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         }
     }
     mcp_session_free(&session);
+    mcp_stdio_params_release(&t.stdio);
     for (size_t k = 0; k < t.n_owned; k++)
         free(t.owned[k]);
     cJSON_Delete(t.config_json);

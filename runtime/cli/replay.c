@@ -662,18 +662,16 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
             from = optarg;
             continue;
         }
-        usage(opt == 'h' ? stdout : stderr);
-        return opt == 'h' ? CLI_OK : CLI_USAGE;
+        return cli_usage(opt, usage);
     }
     if (optind + 1 != argc) {
         cli_error("replay: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
-        store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
+    if (store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }

@@ -55,17 +55,22 @@ static int find_workflow(void *userdata, const struct store_run *run)
     return 0;
 }
 
+enum { OPT_FILE = 1200 };
+
+/* --file FILE, the one option of resume's own. */
+static int resume_option(void *userdata, int opt, const char *arg)
+{
+    if (opt != OPT_FILE)
+        return 0;
+    *(const char **)userdata = arg;
+    return 1;
+}
+
 int cli_resume(int argc, char **argv, struct cli_common *common)
 {
-    enum { OPT_FILE = 1200 };
     static const struct option options[] = {
         {"file", required_argument, NULL, OPT_FILE},
         CLI_SCHED_OPTIONS,
-        {"db", required_argument, NULL, CLI_OPT_DB},
-        {"quiet", no_argument, NULL, 'q'},
-        {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct cli_progress progress = {.width = 8};
@@ -77,31 +82,12 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     const char *file = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
-    int opt;
+    int done = cli_sched_parse_options(argc, argv, "qvh", options, common, &opts, &progress,
+                                       resume_option, &file, usage);
 
-    while ((opt = getopt_long(argc, argv, "qvh", options, NULL)) != -1) {
-        if (cli_common_option(common, opt, optarg))
-            continue;
-        int handled = cli_sched_option(&opts, &progress, opt, optarg);
-        if (handled < 0)
-            goto out;
-        if (handled)
-            continue;
-        switch (opt) {
-        case OPT_FILE:
-            file = optarg;
-            break;
-        case 'q':
-            progress.quiet = true;
-            break;
-        case 'h':
-            usage(stdout);
-            status = CLI_OK;
-            goto out;
-        default:
-            usage(stderr);
-            goto out;
-        }
+    if (done >= 0) {
+        status = done;
+        goto out;
     }
     if (optind + 1 != argc) {
         cli_error("resume: which run? (see 'troupe resume --help')");

@@ -27,7 +27,10 @@ enum {
     CLI_OPT_CREDIT,
 };
 
-/* The getopt entries of the scheduler options, to splice into a command's table. */
+/*
+ * The getopt entries of the scheduler options and of the shared ones run and resume take
+ * (--db, -q, --log-format, -v, -h), to end a command's table before its {NULL} entry.
+ */
 /* clang-format off */
 #define CLI_SCHED_OPTIONS \
     {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT}, \
@@ -44,7 +47,12 @@ enum {
     {"remote", required_argument, NULL, CLI_OPT_REMOTE}, \
     {"approve", required_argument, NULL, CLI_OPT_APPROVE}, \
     {"durability", required_argument, NULL, CLI_OPT_DURABILITY}, \
-    {"approve-destructive", no_argument, NULL, CLI_OPT_APPROVE_DESTRUCTIVE}
+    {"approve-destructive", no_argument, NULL, CLI_OPT_APPROVE_DESTRUCTIVE}, \
+    {"db", required_argument, NULL, CLI_OPT_DB}, \
+    {"quiet", no_argument, NULL, 'q'}, \
+    {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT}, \
+    {"verbose", no_argument, NULL, 'v'}, \
+    {"help", no_argument, NULL, 'h'}
 /* clang-format on */
 
 #define CLI_SCHED_USAGE                                                                            \
@@ -89,9 +97,16 @@ struct cli_progress {
     char *run_root;
 };
 
-/* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */
-int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
-                     const char *arg);
+/*
+ * Parses the options of run or resume: the shared ones, the scheduler's, -q and -h, and through
+ * own those of the command (own returns 1 for one it took, 0 for one it does not take, -1 for a
+ * bad value it printed). Returns -1 to go on, or the exit status when the command is done.
+ */
+int cli_sched_parse_options(int argc, char **argv, const char *shortopts,
+                            const struct option *options, struct cli_common *common,
+                            struct sched_options *opts, struct cli_progress *progress,
+                            int (*own)(void *userdata, int opt, const char *arg), void *userdata,
+                            void (*print_usage)(FILE *out));
 /* Applies --durability to the store; prints the error and returns -1 on failure. */
 int cli_sched_durability(struct store *store, const struct cli_progress *progress);
 /*

@@ -148,8 +148,9 @@ static int parse_int(const char *option, const char *arg, long min, long max, lo
     return 0;
 }
 
-int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
-                     const char *arg)
+/* Handles a scheduler option; returns 1 if opt was one, -1 on a bad value (printed). */
+static int sched_option(struct sched_options *opts, struct cli_progress *progress, int opt,
+                        const char *arg)
 {
     long value;
 
@@ -280,6 +281,32 @@ int cli_sched_option(struct sched_options *opts, struct cli_progress *progress, 
     default:
         return 0;
     }
+}
+
+int cli_sched_parse_options(int argc, char **argv, const char *shortopts,
+                            const struct option *options, struct cli_common *common,
+                            struct sched_options *opts, struct cli_progress *progress,
+                            int (*own)(void *userdata, int opt, const char *arg), void *userdata,
+                            void (*print_usage)(FILE *out))
+{
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, shortopts, options, NULL)) != -1) {
+        if (cli_common_option(common, opt, optarg))
+            continue;
+        int taken = sched_option(opts, progress, opt, optarg);
+        if (taken == 0 && opt == 'q') {
+            progress->quiet = true;
+            continue;
+        }
+        if (taken == 0)
+            taken = own(userdata, opt, optarg);
+        if (taken == 0)
+            return cli_usage(opt, print_usage);
+        if (taken < 0)
+            return CLI_USAGE;
+    }
+    return -1;
 }
 
 static int print_context_entry(void *userdata, const struct store_context_entry *entry)
@@ -417,16 +444,19 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
     return status;
 }
 
+/* -i NAME=VALUE, the one option of run's own. */
+static int run_option(void *userdata, int opt, const char *arg)
+{
+    if (opt != 'i')
+        return 0;
+    return add_input(userdata, arg) < 0 ? -1 : 1;
+}
+
 int cli_run(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
         {"input", required_argument, NULL, 'i'},
         CLI_SCHED_OPTIONS,
-        {"db", required_argument, NULL, CLI_OPT_DB},
-        {"quiet", no_argument, NULL, 'q'},
-        {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct cli_progress progress = {.width = 8};
@@ -439,32 +469,12 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     char *workflow_path = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
-    int opt;
+    int done = cli_sched_parse_options(argc, argv, "i:qvh", options, common, &opts, &progress,
+                                       run_option, given, usage);
 
-    while ((opt = getopt_long(argc, argv, "i:qvh", options, NULL)) != -1) {
-        if (cli_common_option(common, opt, optarg))
-            continue;
-        int handled = cli_sched_option(&opts, &progress, opt, optarg);
-        if (handled < 0)
-            goto out;
-        if (handled)
-            continue;
-        switch (opt) {
-        case 'i':
-            if (add_input(given, optarg) < 0)
-                goto out;
-            break;
-        case 'q':
-            progress.quiet = true;
-            break;
-        case 'h':
-            usage(stdout);
-            status = CLI_OK;
-            goto out;
-        default:
-            usage(stderr);
-            goto out;
-        }
+    if (done >= 0) {
+        status = done;
+        goto out;
     }
     if (optind + 1 != argc) {
         cli_error(optind == argc ? "run: which workflow file? (see 'troupe run --help')"

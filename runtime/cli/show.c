@@ -130,14 +130,12 @@ int cli_show(int argc, char **argv, struct cli_common *common)
         cli_error("show: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
     cJSON *doc = json ? cJSON_CreateObject() : NULL;
     cJSON *steps = json ? cJSON_CreateArray() : NULL;
-    int rc = store_run_resolve(store, argv[optind], run_id, &err);
-    if (rc == 0)
-        rc = store_run_get(store, run_id, print_run, doc, &err);
+    int rc = store_run_get(store, run_id, print_run, doc, &err);
     if (rc == 0)
         rc = store_steps_list(store, run_id, print_step, steps, &err);
     if (rc == 0 && json) {

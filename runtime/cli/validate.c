@@ -93,12 +93,8 @@ int cli_validate(int argc, char **argv, struct cli_common *common)
         case 'q':
             output = OUTPUT_QUIET;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (optind == argc) {

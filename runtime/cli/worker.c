@@ -69,12 +69,8 @@ int cli_worker(int argc, char **argv, struct cli_common *common)
         case OPT_IDENTITY:
             identity = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return CLI_OK;
         default:
-            usage(stderr);
-            return CLI_USAGE;
+            return cli_usage(opt, usage);
         }
     }
     if (!connect || !persona || !server_key || !key || optind != argc) {

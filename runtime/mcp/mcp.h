@@ -70,6 +70,20 @@ struct mcp_stdio_params {
     const struct mcp_client_handlers *handlers; /* copied; NULL for none */
 };
 
+/*
+ * Fills params->argv, env and cwd from a server entry of a workflow or an {"mcpServers": {...}}
+ * file, {"command": "...", "args": [...], "env": {...}, "cwd": "..."} (members that are not
+ * strings are passed over), and leaves the rest of params as it is. The strings of argv and cwd
+ * are borrowed from entry; expand (NULL for none) turns each env value into the text to use,
+ * which it allocates. Fails with TR_EINVAL if entry has no command. The caller releases params
+ * with mcp_stdio_params_release.
+ */
+int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *entry,
+                               char *(*expand)(const char *value),
+                               struct tr_error *err) TR_MUST_CHECK;
+/* Frees what mcp_stdio_params_from_json allocated (argv, env); accepts zeroed params. */
+void mcp_stdio_params_release(struct mcp_stdio_params *params);
+
 /* How to reach a Streamable HTTP server. */
 struct mcp_http_params {
     const char *name;             /* used in messages; NULL means the URL */

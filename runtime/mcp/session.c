@@ -159,6 +159,52 @@ static struct mcp_session *session_new(const char *name, const struct mcp_observ
     return s;
 }
 
+int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *entry,
+                               char *(*expand)(const char *value), struct tr_error *err)
+{
+    const cJSON *command = cJSON_GetObjectItemCaseSensitive(entry, "command");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(entry, "args");
+    const cJSON *env = cJSON_GetObjectItemCaseSensitive(entry, "env");
+    const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
+    const cJSON *item;
+    size_t n = 0;
+
+    if (!cJSON_IsString(command))
+        return tr_error_set(err, TR_EINVAL, "server '%s' has no command", entry->string);
+    /* NULL-ended: one longer than the strings they may hold. */
+    const char **argv = xcalloc((size_t)cJSON_GetArraySize(args) + 2, sizeof(*argv));
+    char **env_strings = xcalloc((size_t)cJSON_GetArraySize(env) + 1, sizeof(*env_strings));
+    argv[n++] = command->valuestring;
+    cJSON_ArrayForEach(item, args)
+    {
+        if (cJSON_IsString(item))
+            argv[n++] = item->valuestring;
+    }
+    n = 0;
+    cJSON_ArrayForEach(item, env)
+    {
+        if (!cJSON_IsString(item))
+            continue;
+        char *value = expand ? expand(item->valuestring) : NULL;
+        env_strings[n++] = xasprintf("%s=%s", item->string, value ? value : item->valuestring);
+        free(value);
+    }
+    params->argv = argv;
+    params->env = (const char *const *)env_strings;
+    params->cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL;
+    return 0;
+}
+
+void mcp_stdio_params_release(struct mcp_stdio_params *params)
+{
+    for (size_t i = 0; params->env && params->env[i]; i++)
+        free((char *)params->env[i]);
+    free((char **)params->env);
+    free((const char **)params->argv);
+    params->env = NULL;
+    params->argv = NULL;
+}
+
 int mcp_session_open_stdio(const struct mcp_stdio_params *params,
                            const struct mcp_observer *observer, struct mcp_session **ret_session,
                            struct tr_error *err)
