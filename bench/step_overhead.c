@@ -13,7 +13,10 @@
  * the floor of this machine: what a chained step costs at the least beyond the direct call,
  * one bus round trip (scheduler → agent → scheduler) plus one commit of one audit event,
  * measured alone with nothing else running.
- * usage: step_overhead [--chain N] [--items M] [--replicas R] [--quick]
+ * With --langgraph, the passing chain also runs in LangGraph (JS) through the official MCP
+ * TypeScript SDK, checkpointed in SQLite after every step (bench/peers; `npm ci` there first),
+ * and the ratio is printed.
+ * usage: step_overhead [--chain N] [--items M] [--replicas R] [--quick] [--langgraph]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -228,6 +231,48 @@ static double event_commits(const char *dir, enum store_durability durability, i
     return seconds;
 }
 
+/*
+ * The passing chain of `steps` steps in LangGraph (bench/peers/langgraph-chain.mjs); its JSON
+ * line parsed, or NULL after saying why.
+ */
+static cJSON *langgraph_chain(const char *dir, int steps)
+{
+    char *script = xasprintf("%s/bench/peers/langgraph-chain.mjs", TROUPE_SOURCE_DIR);
+    char *modules =
+        xasprintf("%s/bench/peers/node_modules/@langchain/langgraph", TROUPE_SOURCE_DIR);
+    char *command = xasprintf("node '%s' %d '%s/troupe-demo-tools' '%s/langgraph.db'", script,
+                              steps, build_dir, dir);
+    cJSON *figures = NULL;
+    char line[4096] = "";
+
+    if (access(modules, F_OK) != 0) {
+        fprintf(stderr,
+                "step_overhead: LangGraph is not installed: run (cd %s/bench/peers && "
+                "npm ci) first\n",
+                TROUPE_SOURCE_DIR);
+        goto out;
+    }
+    fflush(stdout);
+    FILE *p = popen(command, "r");
+    if (p) {
+        while (fgets(line, sizeof(line), p))
+            if (line[0] == '{')
+                figures = cJSON_Parse(line);
+        int status = pclose(p);
+        if (status != 0) {
+            cJSON_Delete(figures);
+            figures = NULL;
+        }
+    }
+    if (!figures)
+        fprintf(stderr, "step_overhead: the LangGraph chain failed (%s)\n", command);
+out:
+    free(script);
+    free(modules);
+    free(command);
+    return figures;
+}
+
 /* Runs `troupe run` on the workflow; the time is the scheduler's own (its "in X s"). */
 static struct figures run_troupe(const char *dir, const char *workflow, int replicas,
                                  const char *durability)
@@ -277,17 +322,24 @@ static void usage(FILE *out)
                  "  --chain N     steps of the chain (default 10000)\n"
                  "  --items M     items of the for_each step (default 100000)\n"
                  "  --replicas R  agents for the for_each (default 2)\n"
-                 "  --quick       a smoke run: 200 steps, 2000 items\n");
+                 "  --quick       a smoke run: 200 steps, 2000 items\n"
+                 "  --langgraph   also run the passing chain in LangGraph (JS), after\n"
+                 "                (cd bench/peers && npm ci)\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"chain", required_argument, NULL, 'c'},    {"items", required_argument, NULL, 'i'},
-        {"replicas", required_argument, NULL, 'r'}, {"quick", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"chain", required_argument, NULL, 'c'},
+        {"items", required_argument, NULL, 'i'},
+        {"replicas", required_argument, NULL, 'r'},
+        {"quick", no_argument, NULL, 'q'},
+        {"langgraph", no_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int chain = 10000, items = 100000, replicas = 2, opt;
+    bool langgraph = false;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (opt) {
@@ -299,6 +351,9 @@ int main(int argc, char **argv)
             break;
         case 'r':
             replicas = atoi(optarg);
+            break;
+        case 'l':
+            langgraph = true;
             break;
         case 'q':
             chain = 200, items = 2000;
@@ -395,6 +450,21 @@ int main(int argc, char **argv)
                    "scheduler peak RSS %.1f MB\n",
                    durability, chain, p.seconds, passing_ms, passing_ms - direct_ms,
                    (double)p.max_rss_kb / 1024.0);
+            cJSON *peer = langgraph ? langgraph_chain(passing_dir, chain) : NULL;
+            if (langgraph && !peer)
+                return 1;
+            if (peer) {
+                double graph_ms =
+                           cJSON_GetObjectItem(peer, "graph_seconds")->valuedouble * 1000.0 / chain,
+                       own_ms = cJSON_GetObjectItem(peer, "direct_seconds")->valuedouble * 1000.0 /
+                                chain;
+                printf("[peer LangGraph %s] the same chain (JS, official MCP TypeScript SDK, "
+                       "SQLite checkpoint after every step): %.3f ms/step, overhead %.3f ms/step "
+                       "beyond its own direct call (%.3f ms); troupe is %.2fx as fast per step\n",
+                       cJSON_GetStringValue(cJSON_GetObjectItem(peer, "langgraph")), graph_ms,
+                       graph_ms - own_ms, own_ms, graph_ms / passing_ms);
+                cJSON_Delete(peer);
+            }
             free(passing_dir);
         }
         char *each_dir = xasprintf("%s/for_each-%s", dir, durability);
