@@ -85,6 +85,8 @@ char *tr_buf_take(struct tr_buf *buf);
 int64_t tr_now_ms(void);
 /* Wall clock as "2026-11-25T11:39:59.123Z" into buf (at least 32 bytes); returns buf. */
 char *tr_wall_iso8601(char *buf, size_t size);
+/* A uniformly random number in [0, bound] from the kernel's generator (backoff jitter). */
+uint32_t tr_random_upto(uint32_t bound);
 
 /* ---- files -------------------------------------------------------------------------------- */
 

@@ -11,8 +11,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <sodium.h>
-
 /* ---- policy ------------------------------------------------------------------------------- */
 
 static bool is_destructive(const struct run *run, size_t index)
@@ -138,5 +136,5 @@ int64_t sched__backoff_ms(const struct step_policy *policy, int failures)
         delay *= 2;
     if (delay > policy->max_delay_ms)
         delay = policy->max_delay_ms;
-    return delay / 2 + (int64_t)randombytes_uniform((uint32_t)(delay / 2 + 1));
+    return delay / 2 + (int64_t)tr_random_upto((uint32_t)(delay / 2));
 }

@@ -230,9 +230,20 @@ int store_run_resolve(struct store *store, const char *id_or_prefix,
     rc = store__stmt_acquire(store, STMT_RUN_PREFIX, &stmt, err);
     if (rc < 0)
         return rc;
+    /* The prefix with its last byte that can grow grown by one, the rest dropped. */
+    char *above = xstrdup(id_or_prefix);
+    size_t n = strlen(above);
+    while (n > 0 && (unsigned char)above[n - 1] == 0xff)
+        above[--n] = '\0';
+    if (n > 0)
+        above[n - 1] = (char)((unsigned char)above[n - 1] + 1);
+    /* Only bytes 0xff: no id (troupe's are ASCII) starts so, none is above it either. */
     rc = store__bind_text(stmt, 1, id_or_prefix);
     if (rc == SQLITE_OK)
+        rc = store__bind_text(stmt, 2, n > 0 ? above : "");
+    if (rc == SQLITE_OK)
         rc = sqlite3_step(stmt);
+    free(above);
     if (rc != SQLITE_ROW) {
         rc = store__fail(store, rc, err, "could not look up run '%s'", id_or_prefix);
         goto out;

@@ -33,7 +33,10 @@ static const char *const statement_sql[STMT_COUNT] = {
                                " options_json = coalesce(?3, options_json) WHERE id = ?1",
     [STMT_RUN_BY_ID] = "SELECT id FROM runs WHERE id = ?1",
     [STMT_RUN_LATEST] = "SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1",
-    [STMT_RUN_PREFIX] = "SELECT count(*), min(id) FROM runs WHERE substr(id, 1, length(?1)) = ?1",
+    /* ?2 is the least text above every id that starts with ?1: the index finds the range;
+     * substr keeps only the ids that really start with ?1. */
+    [STMT_RUN_PREFIX] = "SELECT count(*), min(id) FROM runs WHERE id >= ?1 AND id < ?2"
+                        " AND substr(id, 1, length(?1)) = ?1",
     [STMT_RUNS_LIST] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY started_at DESC, rowid DESC",
     [STMT_RUN_GET] = "SELECT " RUN_COLUMNS " FROM runs WHERE id = ?1",
     /*

@@ -92,6 +92,35 @@ Test(base_clock, monotonic_and_wall)
     cr_assert_eq(when[23], 'Z');
 }
 
+Test(base_clock, stamps_taken_in_the_same_second_keep_their_milliseconds)
+{
+    /* The date is formatted once a second: the milliseconds still move. */
+    char first[40], later[40];
+    tr_wall_iso8601(first, sizeof(first));
+    usleep(5000);
+    tr_wall_iso8601(later, sizeof(later));
+    cr_assert_str_neq(first, later);
+    cr_assert_eq(strlen(later), 24, "%s", later);
+    char small[8];
+    tr_wall_iso8601(small, sizeof(small)); /* cut short, still a string */
+    cr_assert_eq(strlen(small), 7);
+}
+
+Test(base_random, upto_covers_its_range_and_no_more)
+{
+    bool seen[4] = {false};
+    for (int i = 0; i < 400; i++) {
+        uint32_t v = tr_random_upto(3);
+        cr_assert_leq(v, 3);
+        seen[v] = true;
+    }
+    for (int k = 0; k < 4; k++)
+        cr_assert(seen[k], "%d never drawn in 400 draws", k);
+    cr_assert_eq(tr_random_upto(0), 0);
+    cr_assert_leq(tr_random_upto(UINT32_MAX - 1), UINT32_MAX - 1);
+    (void)tr_random_upto(UINT32_MAX); /* the whole range: no rejection loop to get stuck in */
+}
+
 Test(base_log, text_lines_carry_the_context, .init = cr_redirect_stderr)
 {
     tr_log_setup("troupe", TR_LOG_INFO, TR_LOG_TEXT);

@@ -638,6 +638,10 @@ Test(store, run_resolve_exact_prefix_latest)
     /* LIKE would match these; the prefix match must not. */
     cr_assert_eq(store_run_resolve(store, "R-2026", run_id, &err), TR_ENOTFOUND);
     cr_assert_eq(store_run_resolve(store, "r-2026010_", run_id, &err), TR_ENOTFOUND);
+    /* The range the index is searched in: its ends. */
+    cr_assert_eq(store_run_resolve(store, "r-20260102-000000-ccccc", run_id, &err), 0);
+    cr_assert_eq(store_run_resolve(store, "r-20260102-000000-cccccd", run_id, &err), TR_ENOTFOUND);
+    cr_assert_eq(store_run_resolve(store, "\xff\xff", run_id, &err), TR_ENOTFOUND);
     store_free(&store);
 }
 
