@@ -226,6 +226,25 @@ int harness_count_lines(const char *s)
     return n;
 }
 
+/* Reads pid's command line into buf (size bytes), its NULs made spaces; false (and buf empty)
+ * if it cannot be read. */
+static bool read_cmdline(pid_t pid, char *buf, size_t size)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+    int fd = open(path, O_RDONLY);
+    buf[0] = '\0';
+    if (fd < 0)
+        return false;
+    ssize_t len = read(fd, buf, size - 1);
+    close(fd);
+    for (ssize_t i = 0; i < len - 1; i++)
+        if (buf[i] == '\0')
+            buf[i] = ' ';
+    buf[len > 0 ? len : 0] = '\0';
+    return true;
+}
+
 static int scan_processes(const char *dir, const char *needle)
 {
     DIR *proc = opendir("/proc");
@@ -245,18 +264,9 @@ static int scan_processes(const char *dir, const char *needle)
             target[n] = '\0';
             match = dir && strcmp(target, dir) == 0;
         }
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-        int fd = open(path, O_RDONLY);
-        if (fd >= 0) {
-            ssize_t len = read(fd, cmdline, sizeof(cmdline) - 1);
-            close(fd);
-            for (ssize_t i = 0; i < len - 1; i++)
-                if (cmdline[i] == '\0')
-                    cmdline[i] = ' ';
-            cmdline[len > 0 ? len : 0] = '\0';
-            if (needle && strstr(cmdline, needle) && !strstr(cmdline, "test_"))
-                match = true;
-        }
+        if (read_cmdline(pid, cmdline, sizeof(cmdline)) && needle && strstr(cmdline, needle) &&
+            !strstr(cmdline, "test_"))
+            match = true;
         if (match) {
             fprintf(stderr, "leftover process %d: %s\n", pid, cmdline);
             count++;
@@ -274,20 +284,12 @@ int harness_find_pids(const char *needle, int *pids, int max)
 
     cr_assert_not_null(proc);
     while ((entry = readdir(proc)) && count < max) {
-        char path[300], cmdline[4096];
+        char cmdline[4096];
         pid_t pid = (pid_t)atoi(entry->d_name);
         if (pid <= 0 || pid == getpid())
             continue;
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-        int fd = open(path, O_RDONLY);
-        if (fd < 0)
+        if (!read_cmdline(pid, cmdline, sizeof(cmdline)))
             continue;
-        ssize_t len = read(fd, cmdline, sizeof(cmdline) - 1);
-        close(fd);
-        for (ssize_t i = 0; i < len - 1; i++)
-            if (cmdline[i] == '\0')
-                cmdline[i] = ' ';
-        cmdline[len > 0 ? len : 0] = '\0';
         if (strstr(cmdline, needle) && !strstr(cmdline, "test_"))
             pids[count++] = pid;
     }
