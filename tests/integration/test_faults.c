@@ -25,6 +25,12 @@ struct env {
 };
 
 /* harness_env's world, plus the effects server's database. */
+/* The harness_env part of env (the same strings, not copies). */
+static struct harness_env harness_view(const struct env *env)
+{
+    return (struct harness_env){.dir = env->dir, .db = env->db, .troupe = env->troupe};
+}
+
 static struct env setup_env(void)
 {
     struct harness_env h = harness_env_new();
@@ -35,7 +41,7 @@ static struct env setup_env(void)
 
 static void release_env(struct env *env)
 {
-    struct harness_env h = {.dir = env->dir, .db = env->db, .troupe = env->troupe};
+    struct harness_env h = harness_view(env);
     harness_env_release(&h);
     free(env->effects);
 }
@@ -558,35 +564,8 @@ Test(remote, worker_in_another_netns_completes_steps_and_an_unknown_key_is_refus
 static void approve(struct env *env, const char *step, const char *as, bool reject,
                     const char *comment)
 {
-    struct harness_result r;
-    const char *argv[] = {env->troupe,
-                          "--db",
-                          env->db,
-                          "approve",
-                          "latest",
-                          step,
-                          "--as",
-                          as,
-                          "--comment",
-                          comment,
-                          reject ? "--reject" : NULL,
-                          NULL};
-    harness_run(argv, env->dir, 30000, &r);
-    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
-    harness_result_release(&r);
-}
-
-/* Waits (up to 30 s) until step waits for approval. */
-static void wait_for_approval(struct env *env, const char *step)
-{
-    char *sql;
-    cr_assert_geq(asprintf(&sql,
-                           "SELECT count(*) FROM steps WHERE step_id = '%s' AND state = "
-                           "'waiting-approval'",
-                           step),
-                  0);
-    cr_assert_eq(harness_db_wait(env->db, sql, 1, 30000), 1, "%s did not wait", step);
-    free(sql);
+    struct harness_env h = harness_view(env);
+    harness_approve(&h, step, as, comment, reject);
 }
 
 /* Starts `troupe run --approve STEP` on path and waits until STEP waits for approval. */
@@ -595,7 +574,7 @@ static void spawn_waiting_for_approval(struct env *env, const char *path, const 
 {
     const char *argv[] = {env->troupe, "--db", env->db, "run", "--approve", step, path, NULL};
     harness_spawn(argv, env->dir, ret);
-    wait_for_approval(env, step);
+    harness_wait_for_approval(env->db, step);
 }
 
 Test(approval, a_step_waits_for_troupe_approve_then_runs)
@@ -717,7 +696,7 @@ Test(approval, calls_to_tools_annotated_destructive_wait_for_approval)
     for (int i = 0; i < 2; i++) {
         char step[8];
         snprintf(step, sizeof(step), "s%03d", i);
-        wait_for_approval(&env, step);
+        harness_wait_for_approval(env.db, step);
         approve(&env, step, "dana", false, "checked");
     }
     harness_finish(&proc, 60000, &r);

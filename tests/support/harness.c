@@ -467,3 +467,36 @@ char *harness_query_text(const char *db, const char *fmt, ...)
     free(sql);
     return value;
 }
+
+void harness_approve(const struct harness_env *env, const char *step, const char *as,
+                     const char *comment, bool reject)
+{
+    struct harness_result r;
+    const char *argv[] = {env->troupe,
+                          "--db",
+                          env->db,
+                          "approve",
+                          "latest",
+                          step,
+                          "--as",
+                          as,
+                          "--comment",
+                          comment,
+                          reject ? "--reject" : NULL,
+                          NULL};
+    harness_run(argv, env->dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+}
+
+void harness_wait_for_approval(const char *db, const char *step)
+{
+    char *sql;
+    cr_assert_geq(asprintf(&sql,
+                           "SELECT count(*) FROM steps WHERE step_id = '%s' AND state = "
+                           "'waiting-approval'",
+                           step),
+                  0);
+    cr_assert_eq(harness_db_wait(db, sql, 1, 30000), 1, "%s did not wait", step);
+    free(sql);
+}
