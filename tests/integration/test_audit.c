@@ -467,19 +467,28 @@ Test(replay, a_run_replays_without_divergence_and_starts_nothing)
     release(&f);
 }
 
-Test(replay, an_edited_workflow_diverges_at_the_right_step)
+/* workflows/hello.yaml with the count step's text changed, as DIR/edited.yaml; its path. */
+static char *write_edited_hello(struct fixture *f)
 {
-    struct fixture f = make_run();
     struct harness_result r;
     char *source = harness_source_path("workflows/hello.yaml");
     const char *sed[] = {"/bin/sed",
                          "s/text: \"${{ .context.greeting }}\"/text: \"${{ "
                          ".context.greeting }} again\"/",
                          source, NULL};
-    harness_run(sed, f.dir, 10000, &r);
+    harness_run(sed, f->dir, 10000, &r);
     cr_assert(strstr(r.out, "again"), "the edit did not apply");
-    char *edited = harness_write_file(f.dir, "edited.yaml", r.out);
+    char *edited = harness_write_file(f->dir, "edited.yaml", r.out);
     harness_result_release(&r);
+    free(source);
+    return edited;
+}
+
+Test(replay, an_edited_workflow_diverges_at_the_right_step)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    char *edited = write_edited_hello(&f);
 
     troupe(&f, &r, "replay", f.run, "--workflow", edited, NULL);
     cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
@@ -509,7 +518,6 @@ Test(replay, an_edited_workflow_diverges_at_the_right_step)
     harness_result_release(&r);
 
     free(latest);
-    free(source);
     free(edited);
     free(original);
     free(copy);
@@ -520,14 +528,7 @@ Test(replay, a_fork_reuses_earlier_results_and_runs_the_rest_live)
 {
     struct fixture f = make_run();
     struct harness_result r;
-    char *source = harness_source_path("workflows/hello.yaml");
-    const char *sed[] = {"/bin/sed",
-                         "s/text: \"${{ .context.greeting }}\"/text: \"${{ "
-                         ".context.greeting }} again\"/",
-                         source, NULL};
-    harness_run(sed, f.dir, 10000, &r);
-    char *edited = harness_write_file(f.dir, "edited.yaml", r.out);
-    harness_result_release(&r);
+    char *edited = write_edited_hello(&f);
 
     const char *fork[] = {f.troupe, "--db",  f.db,         "replay", f.run,
                           "--from", "count", "--workflow", edited,   NULL};
@@ -573,7 +574,6 @@ Test(replay, a_fork_reuses_earlier_results_and_runs_the_rest_live)
     cr_assert(strstr(r.err, "no step 'nosuch'"), "%s", r.err);
     harness_result_release(&r);
 
-    free(source);
     free(edited);
     free(child);
     free(parent);

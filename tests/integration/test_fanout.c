@@ -122,6 +122,25 @@ static void check_items_once(struct env *env, const char *run, int items)
                  items);
 }
 
+/* The run exited 0 and each of its items had its effect once; the run's id (caller frees). */
+static char *check_succeeded_once(struct env *env, const struct harness_result *r, int items)
+{
+    cr_assert_eq(r->exit_code, 0, "exit %d\n%s\n%s", r->exit_code, r->out, r->err);
+    char *run = harness_db_text(env->h.db, "SELECT id FROM runs");
+    check_items_once(env, run, items);
+    return run;
+}
+
+/* The pid of the first agent the run started. */
+static pid_t first_agent_pid(struct env *env)
+{
+    long long pid = harness_db_int(env->h.db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                              "audit WHERE type = 'agent.started' ORDER BY seq "
+                                              "LIMIT 1");
+    cr_assert_gt(pid, 1);
+    return (pid_t)pid;
+}
+
 Test(fanout, items_spread_over_replicas_within_the_window_and_come_back_in_order)
 {
     struct env env = setup_env();
@@ -131,9 +150,7 @@ Test(fanout, items_spread_over_replicas_within_the_window_and_come_back_in_order
                           "2",          "--credit", "8",      path,  NULL};
 
     harness_run(argv, env.h.dir, 60000, &r);
-    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
-    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
-    check_items_once(&env, run, 40);
+    char *run = check_succeeded_once(&env, &r, 40);
     /* The window held: never more than 3 items at once, and 3 at some moment. */
     cr_assert_eq(max_in_flight(env.h.db, run), 3);
     /* Both agents took items. */
@@ -165,9 +182,7 @@ Test(fanout, without_a_window_items_fill_every_agents_credit)
                           "2",          "--credit", "4",      path,  NULL};
 
     harness_run(argv, env.h.dir, 60000, &r);
-    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
-    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
-    check_items_once(&env, run, 60);
+    char *run = check_succeeded_once(&env, &r, 60);
     /* 2 agents of credit 4: 8 at once at most, and more than one agent's worth at a time. */
     long long most = max_in_flight(env.h.db, run);
     cr_assert(most > 4 && most <= 8, "%lld items in flight at most", most);
@@ -323,9 +338,7 @@ Test(fanout, an_mcp_server_killed_mid_fanout_has_its_items_retried)
     cr_assert_geq(n, 1, "no MCP server running");
     kill(pids[0], SIGKILL);
     harness_finish(&proc, 60000, &r);
-    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
-    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
-    check_items_once(&env, run, 40);
+    char *run = check_succeeded_once(&env, &r, 40);
     cr_assert_geq(harness_query_int(env.h.db,
                                     "SELECT count(*) FROM audit WHERE type = 'step.retry' AND "
                                     "json_extract(payload_json, '$.class') = 'transport'"),
@@ -455,14 +468,9 @@ Test(fanout, a_stuck_agent_is_replaced_and_gets_no_more_items)
                                  "AND step_id = 'each'",
                                  1, 30000),
                  1);
-    long long pid = harness_db_int(env.h.db, "SELECT json_extract(payload_json, '$.pid') FROM "
-                                             "audit WHERE type = 'agent.started'");
-    cr_assert_gt(pid, 1);
-    kill((pid_t)pid, SIGSTOP); /* alive, silent: its calls time out, and it is killed */
+    kill(first_agent_pid(&env), SIGSTOP); /* alive, silent: its calls time out, and it is killed */
     harness_finish(&proc, 90000, &r);
-    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
-    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
-    check_items_once(&env, run, 12);
+    char *run = check_succeeded_once(&env, &r, 12);
     /* Once the scheduler gave up on it, nothing more went to the stopped agent. */
     cr_assert_eq(harness_db_int(env.h.db,
                                 "SELECT count(*) FROM audit d WHERE d.type = 'step.dispatched' "
@@ -488,15 +496,9 @@ Test(fanout, an_agent_killed_mid_fanout_is_restarted_and_its_items_retried)
 
     harness_spawn(argv, env.h.dir, &proc);
     cr_assert_eq(harness_db_wait(env.effects, "SELECT count(*) >= 10 FROM calls", 1, 60000), 1);
-    long long pid = harness_db_int(env.h.db, "SELECT json_extract(payload_json, '$.pid') FROM "
-                                             "audit WHERE type = 'agent.started' ORDER BY seq "
-                                             "LIMIT 1");
-    cr_assert_gt(pid, 1);
-    kill((pid_t)pid, SIGKILL);
+    kill(first_agent_pid(&env), SIGKILL);
     harness_finish(&proc, 60000, &r);
-    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
-    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
-    check_items_once(&env, run, 60);
+    char *run = check_succeeded_once(&env, &r, 60);
     /* Its calls in flight failed as transport errors and were retried; it was restarted. */
     cr_assert_geq(harness_db_int(env.h.db, "SELECT count(*) FROM audit WHERE type = 'step.retry' "
                                            "AND json_extract(payload_json, '$.class') = "

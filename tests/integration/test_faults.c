@@ -25,6 +25,12 @@ struct env {
 };
 
 /* harness_env's world, plus the effects server's database. */
+/* The harness_env part of env (the same strings, not copies). */
+static struct harness_env harness_view(const struct env *env)
+{
+    return (struct harness_env){.dir = env->dir, .db = env->db, .troupe = env->troupe};
+}
+
 static struct env setup_env(void)
 {
     struct harness_env h = harness_env_new();
@@ -35,7 +41,7 @@ static struct env setup_env(void)
 
 static void release_env(struct env *env)
 {
-    struct harness_env h = {.dir = env->dir, .db = env->db, .troupe = env->troupe};
+    struct harness_env h = harness_view(env);
     harness_env_release(&h);
     free(env->effects);
 }
@@ -44,6 +50,33 @@ static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
     nanosleep(&ts, NULL);
+}
+
+/* How many steps of the database are in state. */
+static long long count_steps(struct env *env, const char *state)
+{
+    return harness_query_int(env->db, "SELECT count(*) FROM steps WHERE state = '%s'", state);
+}
+
+/*
+ * The id of the database's one run, after checking that its audit chain verifies and holds
+ * every event of the database (why says which writers it spans, for the failure message).
+ */
+static char *check_audit_chain(struct env *env, const char *why)
+{
+    char *run = harness_db_text(env->db, "SELECT id FROM runs");
+    cr_assert_eq(harness_audit_verify(env->db, run),
+                 harness_db_int(env->db, "SELECT count(*) FROM audit"), "%s", why);
+    return run;
+}
+
+/* kill -9 the scheduler and reap it; what it wrote is of no interest. */
+static void kill_scheduler(struct harness_proc *proc)
+{
+    struct harness_result r;
+    kill(proc->pid, SIGKILL);
+    harness_finish(proc, 30000, &r);
+    harness_result_release(&r);
 }
 
 /*
@@ -127,6 +160,15 @@ static void check_effects_once(struct env *env, const char *run, int steps)
                                    "CAST(substr(step_id, 2) AS INTEGER) - 1",
                                    run),
                  0, "a step did not get the output of the step before it");
+}
+
+/* The database's one run completed: all its steps succeeded, each effect applied once. */
+static void check_completed(struct env *env, int steps)
+{
+    cr_assert_eq(count_steps(env, "succeeded"), steps);
+    char *run = harness_db_text(env->db, "SELECT id FROM runs");
+    check_effects_once(env, run, steps);
+    free(run);
 }
 
 /* No step was dispatched again after it succeeded: completed steps are never redone. */
@@ -271,8 +313,7 @@ Test(faults, agents_and_servers_killed_mid_step_are_restarted_and_steps_retried)
     char *run = harness_db_text(env.db, "SELECT id FROM runs");
     cr_assert_gt(agent_kills, 0);
     cr_assert_gt(server_kills, 0);
-    cr_assert_eq(harness_query_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"),
-                 steps);
+    cr_assert_eq(count_steps(&env, "succeeded"), steps);
     cr_assert_gt(harness_query_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.retry'"),
                  0);
     cr_assert_gt(
@@ -317,11 +358,8 @@ Test(faults, troupe_cancel_stops_a_running_run)
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state IN ('pending', "
                                         "'ready', 'dispatched', 'retry-wait')"),
                  0);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'cancelled'"),
-                 10);
-    char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    cr_assert_eq(harness_audit_verify(env.db, run),
-                 harness_db_int(env.db, "SELECT count(*) FROM audit"));
+    cr_assert_eq(count_steps(&env, "cancelled"), 10);
+    char *run = check_audit_chain(&env, "the chain holds across the scheduler and cancel");
 
     /* A cancelled run cannot be resumed or cancelled again. */
     const char *resume[] = {env.troupe, "--db", env.db, "resume", run, NULL};
@@ -342,27 +380,23 @@ Test(faults, cancel_of_a_run_whose_scheduler_died_marks_it_cancelled)
     struct env env = setup_env();
     char *path = effects_workflow(&env, 1, 5, 2000, 2000);
     struct harness_proc proc;
-    struct harness_result r, c;
+    struct harness_result c;
     const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
 
     harness_spawn(argv, env.dir, &proc);
     cr_assert_geq(
         harness_db_wait(env.db, "SELECT count(*) FROM steps WHERE state = 'dispatched'", 1, 30000),
         1);
-    kill(proc.pid, SIGKILL);
-    harness_finish(&proc, 30000, &r);
+    kill_scheduler(&proc);
     const char *cancel[] = {env.troupe, "--db", env.db, "cancel", "latest", NULL};
     harness_run(cancel, env.dir, 30000, &c);
     cr_assert_eq(c.exit_code, 0, "%s%s", c.out, c.err);
     cr_assert(strstr(c.out, "no scheduler"), "%s", c.out);
     char *status = harness_db_text(env.db, "SELECT status FROM runs");
     cr_assert_str_eq(status, "cancelled");
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'cancelled'"), 5);
-    char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    cr_assert_eq(harness_audit_verify(env.db, run),
-                 harness_db_int(env.db, "SELECT count(*) FROM audit"));
+    cr_assert_eq(count_steps(&env, "cancelled"), 5);
+    char *run = check_audit_chain(&env, "the chain holds across the scheduler and cancel");
     harness_result_release(&c);
-    harness_result_release(&r);
     free(status);
     free(run);
     free(path);
@@ -381,7 +415,7 @@ Test(faults, run_deadline_fails_the_run_and_cancels_what_is_in_flight)
     cr_assert(strstr(r.out, "deadline"), "%s", r.out);
     char *status = harness_db_text(env.db, "SELECT status FROM runs");
     cr_assert_str_eq(status, "failed");
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'cancelled'"), 5);
+    cr_assert_eq(count_steps(&env, "cancelled"), 5);
     harness_result_release(&r);
     free(status);
     free(path);
@@ -484,8 +518,7 @@ Test(remote, worker_in_another_netns_completes_steps_and_an_unknown_key_is_refus
     cr_assert_geq(
         harness_db_wait(env.db, "SELECT count(*) FROM audit WHERE type = 'bus.refused'", 1, 30000),
         1, "the worker with an unknown key was not refused");
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 0,
-                 "a refused worker did work");
+    cr_assert_eq(count_steps(&env, "succeeded"), 0, "a refused worker did work");
 
     const char *good_argv[] = {"/usr/sbin/ip", "netns",      "exec",   ns,          env.troupe,
                                "worker",       "--connect",  endpoint, "--persona", "worker",
@@ -505,7 +538,7 @@ Test(remote, worker_in_another_netns_completes_steps_and_an_unknown_key_is_refus
     /* The refused worker is told, and gives up. */
     cr_assert_eq(b.exit_code, 1, "exit %d\n%s", b.exit_code, b.err);
     cr_assert(strstr(b.err, "refused this worker's CURVE key"), "%s", b.err);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 6);
+    cr_assert_eq(count_steps(&env, "succeeded"), 6);
     /* Every step was dispatched to the remote worker, which had started in the namespace. */
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'agent.started' "
                                         "AND json_extract(payload_json, '$.remote')"),
@@ -531,22 +564,17 @@ Test(remote, worker_in_another_netns_completes_steps_and_an_unknown_key_is_refus
 static void approve(struct env *env, const char *step, const char *as, bool reject,
                     const char *comment)
 {
-    struct harness_result r;
-    const char *argv[] = {env->troupe,
-                          "--db",
-                          env->db,
-                          "approve",
-                          "latest",
-                          step,
-                          "--as",
-                          as,
-                          "--comment",
-                          comment,
-                          reject ? "--reject" : NULL,
-                          NULL};
-    harness_run(argv, env->dir, 30000, &r);
-    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
-    harness_result_release(&r);
+    struct harness_env h = harness_view(env);
+    harness_approve(&h, step, as, comment, reject);
+}
+
+/* Starts `troupe run --approve STEP` on path and waits until STEP waits for approval. */
+static void spawn_waiting_for_approval(struct env *env, const char *path, const char *step,
+                                       struct harness_proc *ret)
+{
+    const char *argv[] = {env->troupe, "--db", env->db, "run", "--approve", step, path, NULL};
+    harness_spawn(argv, env->dir, ret);
+    harness_wait_for_approval(env->db, step);
 }
 
 Test(approval, a_step_waits_for_troupe_approve_then_runs)
@@ -555,22 +583,15 @@ Test(approval, a_step_waits_for_troupe_approve_then_runs)
     char *path = effects_workflow(&env, 1, 3, 10, 10);
     struct harness_proc proc;
     struct harness_result r;
-    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve", "s001", path, NULL};
 
-    harness_spawn(argv, env.dir, &proc);
-    cr_assert_eq(harness_db_wait(env.db,
-                                 "SELECT count(*) FROM steps WHERE step_id = 's001' AND "
-                                 "state = 'waiting-approval'",
-                                 1, 30000),
-                 1);
+    spawn_waiting_for_approval(&env, path, "s001", &proc);
     sleep_ms(300);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 1,
-                 "only the step before the approval ran");
+    cr_assert_eq(count_steps(&env, "succeeded"), 1, "only the step before the approval ran");
     approve(&env, "s001", "alice", false, "looks right");
     harness_finish(&proc, 60000, &r);
     cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
     cr_assert(strstr(r.out, "for approval"), "%s", r.out);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
+    cr_assert_eq(count_steps(&env, "succeeded"), 3);
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
                                         "'approval.decided' AND actor = 'user:alice' AND "
                                         "json_extract(payload_json, '$.comment') = "
@@ -579,10 +600,7 @@ Test(approval, a_step_waits_for_troupe_approve_then_runs)
     cr_assert_lt(harness_db_int(env.db, "SELECT seq FROM audit WHERE type = 'step.approved'"),
                  harness_db_int(env.db, "SELECT seq FROM audit WHERE type = 'step.dispatched' "
                                         "AND step_id = 's001'"));
-    char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    cr_assert_eq(harness_audit_verify(env.db, run),
-                 harness_db_int(env.db, "SELECT count(*) FROM audit"),
-                 "the chain holds across the two writers");
+    char *run = check_audit_chain(&env, "the chain holds across the two writers");
     harness_result_release(&r);
     free(run);
     free(path);
@@ -595,13 +613,8 @@ Test(approval, a_rejected_step_fails_the_run)
     char *path = effects_workflow(&env, 1, 3, 10, 10);
     struct harness_proc proc;
     struct harness_result r;
-    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve", "s001", path, NULL};
 
-    harness_spawn(argv, env.dir, &proc);
-    cr_assert_eq(harness_db_wait(env.db,
-                                 "SELECT count(*) FROM steps WHERE state = 'waiting-approval'", 1,
-                                 30000),
-                 1);
+    spawn_waiting_for_approval(&env, path, "s001", &proc);
     approve(&env, "s001", "bob", true, "not today");
     harness_finish(&proc, 60000, &r);
     cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
@@ -622,25 +635,15 @@ Test(approval, a_decision_made_while_the_scheduler_is_dead_is_seen_at_resume)
     char *path = effects_workflow(&env, 1, 3, 10, 10);
     struct harness_proc proc;
     struct harness_result r;
-    const char *argv[] = {env.troupe, "--db", env.db, "run", "--approve", "s002", path, NULL};
 
-    harness_spawn(argv, env.dir, &proc);
-    cr_assert_eq(harness_db_wait(env.db,
-                                 "SELECT count(*) FROM steps WHERE state = 'waiting-approval'", 1,
-                                 30000),
-                 1);
-    kill(proc.pid, SIGKILL);
-    harness_finish(&proc, 30000, &r);
-    harness_result_release(&r);
+    spawn_waiting_for_approval(&env, path, "s002", &proc);
+    kill_scheduler(&proc);
     approve(&env, "s002", "carol", false, "go");
     const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
     harness_run(resume, env.dir, 60000, &r);
     cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
-    char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    check_effects_once(&env, run, 3);
+    check_completed(&env, 3);
     harness_result_release(&r);
-    free(run);
     free(path);
     release_env(&env);
 }
@@ -675,11 +678,8 @@ Test(faults, a_stopped_agent_is_killed_restarted_and_its_step_retried)
     cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
                                         "'agent.restarted'"),
                  1);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
-    char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    check_effects_once(&env, run, 3);
+    check_completed(&env, 3);
     harness_result_release(&r);
-    free(run);
     free(path);
     release_env(&env);
 }
@@ -694,15 +694,9 @@ Test(approval, calls_to_tools_annotated_destructive_wait_for_approval)
 
     harness_spawn(argv, env.dir, &proc);
     for (int i = 0; i < 2; i++) {
-        char step[8], *sql;
+        char step[8];
         snprintf(step, sizeof(step), "s%03d", i);
-        cr_assert_geq(asprintf(&sql,
-                               "SELECT count(*) FROM steps WHERE step_id = '%s' AND state = "
-                               "'waiting-approval'",
-                               step),
-                      0);
-        cr_assert_eq(harness_db_wait(env.db, sql, 1, 30000), 1, "%s did not wait", step);
-        free(sql);
+        harness_wait_for_approval(env.db, step);
         approve(&env, step, "dana", false, "checked");
     }
     harness_finish(&proc, 60000, &r);
@@ -711,7 +705,7 @@ Test(approval, calls_to_tools_annotated_destructive_wait_for_approval)
                                         "'step.waiting_approval' AND payload_json LIKE "
                                         "'%destructive%'"),
                  2);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 2);
+    cr_assert_eq(count_steps(&env, "succeeded"), 2);
     harness_result_release(&r);
     free(path);
     release_env(&env);
@@ -738,9 +732,7 @@ Test(faults, resume_refuses_a_live_run_and_a_changed_workflow)
     cr_assert(strstr(r.err, "still being run by process"), "%s", r.err);
     harness_result_release(&r);
 
-    kill(proc.pid, SIGKILL);
-    harness_finish(&proc, 30000, &r);
-    harness_result_release(&r);
+    kill_scheduler(&proc);
     /* The file changes under the run: resume will not guess. */
     char *copy = NULL;
     cr_assert_geq(
@@ -758,11 +750,8 @@ Test(faults, resume_refuses_a_live_run_and_a_changed_workflow)
                                  "latest",   "--file", orig,   NULL};
     harness_run(resume_file, env.dir, 60000, &r);
     cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
-    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE state = 'succeeded'"), 3);
-    char *run = harness_db_text(env.db, "SELECT id FROM runs");
-    check_effects_once(&env, run, 3);
+    check_completed(&env, 3);
     harness_result_release(&r);
-    free(run);
     free(copy);
     free(orig);
     free(path);

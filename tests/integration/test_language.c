@@ -238,26 +238,6 @@ Test(language, output_transforms_the_raw_result_before_save)
 
 /* ---- approval steps ------------------------------------------------------------------------ */
 
-static void approve(struct harness_env *env, const char *step, const char *as, bool reject)
-{
-    struct harness_result r;
-    const char *argv[] = {env->troupe,
-                          "--db",
-                          env->db,
-                          "approve",
-                          "latest",
-                          step,
-                          "--as",
-                          as,
-                          "--comment",
-                          "checked",
-                          reject ? "--reject" : NULL,
-                          NULL};
-    harness_run(argv, env->dir, 30000, &r);
-    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
-    harness_result_release(&r);
-}
-
 #define GATED_STEPS                                                                                \
     "  - id: count\n"                                                                              \
     "    persona: worker\n"                                                                        \
@@ -288,11 +268,7 @@ static void run_gated(bool reject)
     const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
 
     harness_spawn(argv, env.dir, &proc);
-    cr_assert_eq(harness_db_wait(env.db,
-                                 "SELECT count(*) FROM steps WHERE step_id = 'sign_off' AND "
-                                 "state = 'waiting-approval'",
-                                 1, 30000),
-                 1);
+    harness_wait_for_approval(env.db, "sign_off");
     struct timespec pause = {0, 300 * 1000000L};
     nanosleep(&pause, NULL);
     cr_assert_str_eq(state_of(&env, "after"), "pending", "nothing passes the gate unapproved");
@@ -302,7 +278,7 @@ static void run_gated(bool reject)
                   strstr(waiting, "risk_manager"),
               "%s", waiting);
     free(waiting);
-    approve(&env, "sign_off", "rita", reject);
+    harness_approve(&env, "sign_off", "rita", "checked", reject);
     harness_finish(&proc, 60000, &r);
     if (reject) {
         cr_assert_neq(r.exit_code, 0, "%s%s", r.out, r.err);
@@ -483,11 +459,7 @@ static void run_to_the_gate_and_kill(struct harness_env *env, const char *path)
     const char *argv[] = {env->troupe, "--db", env->db, "run", path, NULL};
 
     harness_spawn(argv, env->dir, &proc);
-    cr_assert_eq(harness_db_wait(env->db,
-                                 "SELECT count(*) FROM steps WHERE step_id = 'gate' AND state = "
-                                 "'waiting-approval'",
-                                 1, 30000),
-                 1);
+    harness_wait_for_approval(env->db, "gate");
     kill(proc.pid, SIGKILL);
     harness_finish(&proc, 30000, &r);
     harness_result_release(&r);
@@ -517,7 +489,7 @@ Test(language, a_resumed_run_keeps_fallbacks_skips_and_approval_steps)
     struct harness_result r;
 
     run_to_the_gate_and_kill(&env, path);
-    approve(&env, "gate", "carol", false);
+    harness_approve(&env, "gate", "carol", "checked", false);
     const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
     harness_run(resume, env.dir, 60000, &r);
     cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
@@ -555,7 +527,7 @@ Test(language, a_resume_refuses_a_stored_output_that_is_not_json)
                               NULL, NULL, NULL),
                  SQLITE_OK);
     sqlite3_close(db);
-    approve(&env, "gate", "carol", false);
+    harness_approve(&env, "gate", "carol", "checked", false);
     const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
     harness_run(resume, env.dir, 60000, &r);
     cr_assert_neq(r.exit_code, 0, "a damaged output was taken as null:\n%s", r.out);

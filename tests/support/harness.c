@@ -226,6 +226,25 @@ int harness_count_lines(const char *s)
     return n;
 }
 
+/* Reads pid's command line into buf (size bytes), its NULs made spaces; false (and buf empty)
+ * if it cannot be read. */
+static bool read_cmdline(pid_t pid, char *buf, size_t size)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+    int fd = open(path, O_RDONLY);
+    buf[0] = '\0';
+    if (fd < 0)
+        return false;
+    ssize_t len = read(fd, buf, size - 1);
+    close(fd);
+    for (ssize_t i = 0; i < len - 1; i++)
+        if (buf[i] == '\0')
+            buf[i] = ' ';
+    buf[len > 0 ? len : 0] = '\0';
+    return true;
+}
+
 static int scan_processes(const char *dir, const char *needle)
 {
     DIR *proc = opendir("/proc");
@@ -245,18 +264,9 @@ static int scan_processes(const char *dir, const char *needle)
             target[n] = '\0';
             match = dir && strcmp(target, dir) == 0;
         }
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-        int fd = open(path, O_RDONLY);
-        if (fd >= 0) {
-            ssize_t len = read(fd, cmdline, sizeof(cmdline) - 1);
-            close(fd);
-            for (ssize_t i = 0; i < len - 1; i++)
-                if (cmdline[i] == '\0')
-                    cmdline[i] = ' ';
-            cmdline[len > 0 ? len : 0] = '\0';
-            if (needle && strstr(cmdline, needle) && !strstr(cmdline, "test_"))
-                match = true;
-        }
+        if (read_cmdline(pid, cmdline, sizeof(cmdline)) && needle && strstr(cmdline, needle) &&
+            !strstr(cmdline, "test_"))
+            match = true;
         if (match) {
             fprintf(stderr, "leftover process %d: %s\n", pid, cmdline);
             count++;
@@ -274,20 +284,12 @@ int harness_find_pids(const char *needle, int *pids, int max)
 
     cr_assert_not_null(proc);
     while ((entry = readdir(proc)) && count < max) {
-        char path[300], cmdline[4096];
+        char cmdline[4096];
         pid_t pid = (pid_t)atoi(entry->d_name);
         if (pid <= 0 || pid == getpid())
             continue;
-        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-        int fd = open(path, O_RDONLY);
-        if (fd < 0)
+        if (!read_cmdline(pid, cmdline, sizeof(cmdline)))
             continue;
-        ssize_t len = read(fd, cmdline, sizeof(cmdline) - 1);
-        close(fd);
-        for (ssize_t i = 0; i < len - 1; i++)
-            if (cmdline[i] == '\0')
-                cmdline[i] = ' ';
-        cmdline[len > 0 ? len : 0] = '\0';
         if (strstr(cmdline, needle) && !strstr(cmdline, "test_"))
             pids[count++] = pid;
     }
@@ -464,4 +466,37 @@ char *harness_query_text(const char *db, const char *fmt, ...)
     char *value = harness_db_text(db, sql);
     free(sql);
     return value;
+}
+
+void harness_approve(const struct harness_env *env, const char *step, const char *as,
+                     const char *comment, bool reject)
+{
+    struct harness_result r;
+    const char *argv[] = {env->troupe,
+                          "--db",
+                          env->db,
+                          "approve",
+                          "latest",
+                          step,
+                          "--as",
+                          as,
+                          "--comment",
+                          comment,
+                          reject ? "--reject" : NULL,
+                          NULL};
+    harness_run(argv, env->dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+}
+
+void harness_wait_for_approval(const char *db, const char *step)
+{
+    char *sql;
+    cr_assert_geq(asprintf(&sql,
+                           "SELECT count(*) FROM steps WHERE step_id = '%s' AND state = "
+                           "'waiting-approval'",
+                           step),
+                  0);
+    cr_assert_eq(harness_db_wait(db, sql, 1, 30000), 1, "%s did not wait", step);
+    free(sql);
 }

@@ -81,6 +81,13 @@ struct harness_env harness_env_new(void);
  * in the directory, then frees the paths (the directory stays, for post-mortems). */
 void harness_env_release(struct harness_env *env);
 
+/* `troupe approve latest STEP --as AS --comment COMMENT` (with --reject if reject) in env's
+ * directory; asserts that it exits 0. */
+void harness_approve(const struct harness_env *env, const char *step, const char *as,
+                     const char *comment, bool reject);
+/* Waits up to 30 s until step waits for approval in db; asserts that it does. */
+void harness_wait_for_approval(const char *db, const char *step);
+
 /* harness_db_int and harness_db_text with the SQL formatted printf-style. */
 long long harness_query_int(const char *db, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

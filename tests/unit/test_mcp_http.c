@@ -147,8 +147,10 @@ static void on_notification(void *userdata, const char *method, const cJSON *par
 static const struct mcp_client_handlers handlers = {.elicitation = on_elicitation,
                                                     .notification = on_notification};
 
-static struct mcp_session *open_http(const struct server *srv, size_t max_message)
+/* Starts a test server of the era asked for and opens a session to it. */
+static struct mcp_session *open_http(struct server *srv, bool modern, size_t max_message)
 {
+    server_start(srv, modern);
     struct mcp_http_params params = {
         .name = "http-under-test",
         .url = srv->url,
@@ -178,12 +180,36 @@ static int call(struct mcp_session *s, const char *tool, const char *args_json, 
     return rc;
 }
 
-static void assert_echo(struct mcp_session *s)
+/* Closes the session and stops its test server. */
+static void close_http(struct server *srv, struct mcp_session **s)
+{
+    mcp_session_free(s);
+    server_stop(srv);
+}
+
+/* Calls tool (5 s), which must succeed; the text of its first content item (caller frees). */
+static char *call_ok(struct mcp_session *s, const char *tool, const char *args_json)
 {
     char *text = NULL;
     struct tr_error err = {0};
-    cr_assert_eq(call(s, "echo", "{\"message\":\"still here\"}", 5000, &text, &err), 0, "%s",
-                 err.message);
+    cr_assert_eq(call(s, tool, args_json, 5000, &text, &err), 0, "%s", err.message);
+    return text;
+}
+
+/* Calls tool (5 s), which must fail with rc and, when what is not NULL, say what. */
+static void call_fails(struct mcp_session *s, const char *tool, const char *args_json, int rc,
+                       const char *what)
+{
+    char *text = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, tool, args_json, 5000, &text, &err), rc, "%s", err.message);
+    if (what)
+        cr_assert(strstr(err.message, what), "%s", err.message);
+}
+
+static void assert_echo(struct mcp_session *s)
+{
+    char *text = call_ok(s, "echo", "{\"message\":\"still here\"}");
     cr_assert_str_eq(text, "still here");
     free(text);
 }
@@ -193,35 +219,30 @@ static void assert_echo(struct mcp_session *s)
 Test(mcp_http, legacy_server_gets_the_handshake_after_the_modern_probe, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, false, 0);
     cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25");
     cr_assert_not(mcp_session_is_modern(s));
     cr_assert_str_eq(
         cJSON_GetObjectItemCaseSensitive(mcp_session_server_info(s), "name")->valuestring,
         "test-mcp-http-misbehave");
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, modern_server_is_spoken_to_without_handshake, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, true);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, true, 0);
     cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
     cr_assert(mcp_session_is_modern(s));
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, calls_in_flight_are_driven_by_polls_without_descriptors, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, true);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, true, 0);
     struct pollfd fds[MCP_SESSION_MAX_FDS];
     cr_assert_eq(mcp_session_pollfds(s, fds), 0, "an HTTP session has no descriptors to offer");
     struct tr_error err = {0};
@@ -238,15 +259,13 @@ Test(mcp_http, calls_in_flight_are_driven_by_polls_without_descriptors, .timeout
     const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(result, "content"), 0);
     cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(first, "text")->valuestring, "in flight");
     cJSON_Delete(result);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, true);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, true, 0);
     cJSON *filter = cJSON_Parse("{\"toolsListChanged\":true}");
     int64_t ticket;
     struct tr_error err = {0};
@@ -257,106 +276,74 @@ Test(mcp_http, subscriptions_listen_delivers_notifications, .timeout = 30)
     mcp_session_cancel(s, ticket, NULL);
     assert_echo(s);
     cJSON_Delete(filter);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, header_mismatch_lists_tools_and_retries, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, true);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, true, 0);
     /* No tools/list yet, so no Mcp-Param-Region: the server refuses, the client recovers. */
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "needs_header", "{\"region\":\"eu west\"}", 5000, &text, &err), 0, "%s",
-                 err.message);
+    char *text = call_ok(s, "needs_header", "{\"region\":\"eu west\"}");
     cr_assert_str_eq(text, "eu west");
     free(text);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, garbage_is_a_protocol_error, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "garbage", NULL, 5000, &text, &err), TR_EPROTO);
-    cr_assert(strstr(err.message, "not JSON"), "%s", err.message);
+    struct mcp_session *s = open_http(&srv, false, 0);
+    call_fails(s, "garbage", NULL, TR_EPROTO, "not JSON");
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, oversized_event_is_an_error, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 4096);
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "huge", "{\"size\":100000}", 5000, &text, &err), TR_EPROTO);
-    cr_assert(strstr(err.message, "longer than 4096 bytes"), "%s", err.message);
+    struct mcp_session *s = open_http(&srv, false, 4096);
+    call_fails(s, "huge", "{\"size\":100000}", TR_EPROTO, "longer than 4096 bytes");
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, response_with_unknown_id_is_ignored, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "unknown_id", NULL, 5000, &text, &err), 0, "%s", err.message);
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "unknown_id", NULL);
     cr_assert_str_eq(text, "after a stray response");
     free(text);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, batch_is_a_protocol_error, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "batch", NULL, 5000, &text, &err), TR_EPROTO);
-    cr_assert(strstr(err.message, "batch"), "%s", err.message);
+    struct mcp_session *s = open_http(&srv, false, 0);
+    call_fails(s, "batch", NULL, TR_EPROTO, "batch");
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, connection_closed_without_reply_is_a_peer_error, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "die", NULL, 5000, &text, &err), TR_EPEER);
+    struct mcp_session *s = open_http(&srv, false, 0);
+    call_fails(s, "die", NULL, TR_EPEER, NULL);
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, dead_server_fails_calls_in_flight, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, false, 0);
     kill(srv.pid, SIGKILL);
     waitpid(srv.pid, NULL, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
     int64_t start = tr_now_ms();
-    cr_assert_eq(call(s, "echo", NULL, 5000, &text, &err), TR_EPEER, "%s", err.message);
+    call_fails(s, "echo", NULL, TR_EPEER, NULL);
     cr_assert_lt(tr_now_ms() - start, 3000);
     mcp_session_free(&s);
     free(srv.url);
@@ -365,27 +352,22 @@ Test(mcp_http, dead_server_fails_calls_in_flight, .timeout = 30)
 Test(mcp_http, timeout_cancels_and_the_session_goes_on, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
+    struct mcp_session *s = open_http(&srv, false, 0);
     char *text = NULL;
     struct tr_error err = {0};
     int64_t start = tr_now_ms();
     cr_assert_eq(call(s, "hang", NULL, 300, &text, &err), TR_ETIMEDOUT);
     cr_assert_lt(tr_now_ms() - start, 2000);
     assert_echo(s);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, server_request_on_the_stream_is_answered_with_defaults, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
+    struct mcp_session *s = open_http(&srv, false, 0);
     elicitations = 0;
-    cr_assert_eq(call(s, "ask", NULL, 5000, &text, &err), 0, "%s", err.message);
+    char *text = call_ok(s, "ask", NULL);
     cr_assert_eq(elicitations, 1);
     cJSON *answer = cJSON_Parse(text);
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(answer, "content");
@@ -393,35 +375,41 @@ Test(mcp_http, server_request_on_the_stream_is_answered_with_defaults, .timeout 
     cr_assert_eq(cJSON_GetObjectItemCaseSensitive(content, "age")->valueint, 37);
     cJSON_Delete(answer);
     free(text);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
 {
     struct server srv;
-    server_start(&srv, false);
-    struct mcp_session *s = open_http(&srv, 0);
-    char *text = NULL;
-    struct tr_error err = {0};
-    cr_assert_eq(call(s, "expire", NULL, 5000, &text, &err), 0, "%s", err.message);
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "expire", NULL);
     cr_assert_str_eq(text, "expire");
     free(text);
-    mcp_session_free(&s);
-    server_stop(&srv);
+    close_http(&srv, &s);
 }
 
 /* ---- several requests in flight ---------------------------------------------------------- */
 
-Test(mcp_pipeline, replies_are_matched_whatever_the_order, .timeout = 30)
+/* Opens a session to $TROUPE_BUILD_DIR/rel over stdio, in the era asked for (NULL: the default). */
+static struct mcp_session *open_stdio(const char *name, const char *rel,
+                                      const struct mcp_observer *observer,
+                                      const char *protocol_version)
 {
-    const char *dir = getenv("TROUPE_BUILD_DIR");
-    char *program = xasprintf("%s/troupe-demo-tools", dir);
+    char *program = xasprintf("%s/%s", getenv("TROUPE_BUILD_DIR"), rel);
     const char *argv[] = {program, NULL};
-    struct mcp_stdio_params params = {.name = "demo", .argv = argv};
+    struct mcp_stdio_params params = {
+        .name = name, .argv = argv, .protocol_version = protocol_version};
     struct tr_error err = {0};
     struct mcp_session *s = NULL;
-    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    cr_assert_eq(mcp_session_open_stdio(&params, observer, &s, &err), 0, "%s", err.message);
+    free(program);
+    return s;
+}
+
+Test(mcp_pipeline, replies_are_matched_whatever_the_order, .timeout = 30)
+{
+    struct mcp_session *s = open_stdio("demo", "troupe-demo-tools", NULL, NULL);
+    struct tr_error err = {0};
     int64_t tickets[4];
     for (int i = 0; i < 4; i++) {
         cJSON *p = cJSON_CreateObject();
@@ -449,27 +437,17 @@ Test(mcp_pipeline, replies_are_matched_whatever_the_order, .timeout = 30)
     cJSON *result = NULL;
     cr_assert_eq(mcp_session_wait(s, tickets[1], 100, &result, &err), TR_EINVAL);
     mcp_session_free(&s);
-    free(program);
 }
 
 Test(mcp_stdio_more, batch_is_a_protocol_error_and_the_session_goes_on, .timeout = 30)
 {
-    const char *dir = getenv("TROUPE_BUILD_DIR");
-    char *program = xasprintf("%s/tests/test-mcp-misbehave", dir);
-    const char *argv[] = {program, NULL};
-    struct mcp_stdio_params params = {.name = "misbehave", .argv = argv};
-    struct tr_error err = {0};
-    struct mcp_session *s = NULL;
-    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
-    char *text = NULL;
-    cr_assert_eq(call(s, "batch", NULL, 5000, &text, &err), TR_EPROTO);
-    cr_assert(strstr(err.message, "batch"), "%s", err.message);
+    struct mcp_session *s = open_stdio("misbehave", "tests/test-mcp-misbehave", NULL, NULL);
+    call_fails(s, "batch", NULL, TR_EPROTO, "batch");
     /* The late reply to the failed call is ignored: the next call gets its own. */
-    cr_assert_eq(call(s, "sleep", "{\"ms\":1}", 5000, &text, &err), 0, "%s", err.message);
+    char *text = call_ok(s, "sleep", "{\"ms\":1}");
     cr_assert_str_eq(text, "slept");
     free(text);
     mcp_session_free(&s);
-    free(program);
 }
 
 static void record_sent(void *userdata, const char *server, enum mcp_direction direction,
@@ -481,16 +459,9 @@ static void record_sent(void *userdata, const char *server, enum mcp_direction d
 
 Test(mcp_stdio_more, dual_era_server_is_spoken_to_in_the_modern_era, .timeout = 30)
 {
-    const char *dir = getenv("TROUPE_BUILD_DIR");
-    char *program = xasprintf("%s/troupe-demo-tools", dir);
-    const char *argv[] = {program, NULL};
     char *sent = NULL;
     struct mcp_observer observer = {.on_message = record_sent, .userdata = &sent};
-    struct mcp_stdio_params params = {
-        .name = "demo", .argv = argv, .protocol_version = MCP_VERSION_AUTO};
-    struct tr_error err = {0};
-    struct mcp_session *s = NULL;
-    cr_assert_eq(mcp_session_open_stdio(&params, &observer, &s, &err), 0, "%s", err.message);
+    struct mcp_session *s = open_stdio("demo", "troupe-demo-tools", &observer, MCP_VERSION_AUTO);
     cr_assert_str_eq(mcp_session_protocol_version(s), "2026-07-28");
     cr_assert(mcp_session_is_modern(s));
     cr_assert_str_eq(
@@ -506,23 +477,16 @@ Test(mcp_stdio_more, dual_era_server_is_spoken_to_in_the_modern_era, .timeout = 
     mcp_session_free(&s);
 
     /* Asked for a legacy revision, the same server gets the handshake. */
-    params.protocol_version = "2025-06-18";
-    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
+    s = open_stdio("demo", "troupe-demo-tools", NULL, "2025-06-18");
     cr_assert_str_eq(mcp_session_protocol_version(s), "2025-06-18");
     cr_assert_not(mcp_session_is_modern(s));
     mcp_session_free(&s);
-    free(program);
 }
 
 Test(mcp_pipeline, a_server_dying_fails_every_call_in_flight, .timeout = 30)
 {
-    const char *dir = getenv("TROUPE_BUILD_DIR");
-    char *program = xasprintf("%s/tests/test-mcp-misbehave", dir);
-    const char *argv[] = {program, NULL};
-    struct mcp_stdio_params params = {.name = "misbehave", .argv = argv};
+    struct mcp_session *s = open_stdio("misbehave", "tests/test-mcp-misbehave", NULL, NULL);
     struct tr_error err = {0};
-    struct mcp_session *s = NULL;
-    cr_assert_eq(mcp_session_open_stdio(&params, NULL, &s, &err), 0, "%s", err.message);
     const char *calls[3][2] = {
         {"sleep", "{\"ms\":50}"}, {"exit_mid_call", "{\"code\":4}"}, {"sleep", "{\"ms\":1}"}};
     int64_t tickets[3];
@@ -546,7 +510,6 @@ Test(mcp_pipeline, a_server_dying_fails_every_call_in_flight, .timeout = 30)
         cr_assert_lt(tr_now_ms() - start, 3000);
     }
     mcp_session_free(&s);
-    free(program);
 }
 
 /* ---- troupe mcp ---------------------------------------------------------------------------- */
