@@ -778,3 +778,48 @@ Test(workflow_language, a_scope_takes_json_text_nested_deeper_than_jqs_parser_go
     workflow_free(&wf);
     tr_buf_release(&text);
 }
+
+/* A workflow of n eval steps, step i evaluating `i * 2` (all distinct); one broken when bad. */
+static char *many_evals(int n, int bad)
+{
+    struct tr_buf text;
+    tr_buf_init(&text, 0);
+    cr_assert_eq(tr_buf_appendf(&text, "name: many\n"
+                                       "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                                       "personas: {worker: {servers: [demo]}}\n"
+                                       "steps:\n"),
+                 0);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(
+            tr_buf_appendf(&text, "  - {id: e%d, eval: '%d * 2%s'}\n", i, i, i == bad ? " +" : ""),
+            0);
+    return tr_buf_take(&text);
+}
+
+Test(workflow_language, expressions_compiled_in_several_programs_each_evaluate_to_their_own)
+{
+    /* Expressions are compiled a few hundred to a program: across the programs' edges, each
+     * step must still get its own expression. */
+    char *text = many_evals(450, -1);
+    struct workflow *wf = load_text(text, WORKFLOW_YAML);
+    struct tr_error err = {0};
+
+    for (size_t i = 0; i < 450; i++) {
+        cJSON *value = NULL;
+        cr_assert_eq(workflow_step_evaluate(wf, i, WORKFLOW_EXPR_EVAL, NULL, &value, &err), 0,
+                     "step %zu: %s", i, err.message);
+        cr_assert(cJSON_IsNumber(value) && value->valuedouble == 2.0 * (double)i, "step %zu", i);
+        cJSON_Delete(value);
+    }
+    workflow_free(&wf);
+    free(text);
+
+    /* One broken expression among them is reported at its own step. */
+    text = many_evals(450, 310);
+    wf = NULL;
+    cr_assert_neq(workflow_load_string(text, strlen(text), WORKFLOW_YAML, "many.yaml", &wf, &err),
+                  0);
+    cr_assert(strstr(err.message, "step 'e310'"), "%s", err.message);
+    cr_assert_null(wf);
+    free(text);
+}
