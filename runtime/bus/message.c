@@ -18,45 +18,33 @@ struct field {
     size_t offset;
 };
 
-/* Every field but type and peer, in encoding order. */
-static const struct field fields[] = {
-    {"version", FIELD_INT, offsetof(struct bus_msg, version)},
-    {"persona", FIELD_STR, offsetof(struct bus_msg, persona)},
-    {"pid", FIELD_INT, offsetof(struct bus_msg, pid)},
-    {"task", FIELD_INT, offsetof(struct bus_msg, task)},
-    {"step_id", FIELD_STR, offsetof(struct bus_msg, step_id)},
-    {"attempt", FIELD_INT, offsetof(struct bus_msg, attempt)},
-    {"server", FIELD_STR, offsetof(struct bus_msg, server)},
-    {"tool", FIELD_STR, offsetof(struct bus_msg, tool)},
-    {"method", FIELD_STR, offsetof(struct bus_msg, method)},
-    {"idempotency_key", FIELD_STR, offsetof(struct bus_msg, idempotency_key)},
-    {"timeout_ms", FIELD_INT, offsetof(struct bus_msg, timeout_ms)},
-    {"event_type", FIELD_STR, offsetof(struct bus_msg, event_type)},
-    {"json", FIELD_STR, offsetof(struct bus_msg, json)},
-    {"ok", FIELD_BOOL, offsetof(struct bus_msg, ok)},
-    {"error", FIELD_STR, offsetof(struct bus_msg, error)},
-    {"error_class", FIELD_STR, offsetof(struct bus_msg, error_class)},
-};
+/* Every field but type and peer, in encoding order: the table and the index of each. */
+#define BUS_FIELDS(X)                                                                              \
+    X(version, FIELD_INT)                                                                          \
+    X(persona, FIELD_STR)                                                                          \
+    X(pid, FIELD_INT)                                                                              \
+    X(task, FIELD_INT)                                                                             \
+    X(step_id, FIELD_STR)                                                                          \
+    X(attempt, FIELD_INT)                                                                          \
+    X(server, FIELD_STR)                                                                           \
+    X(tool, FIELD_STR)                                                                             \
+    X(method, FIELD_STR)                                                                           \
+    X(idempotency_key, FIELD_STR)                                                                  \
+    X(timeout_ms, FIELD_INT)                                                                       \
+    X(event_type, FIELD_STR)                                                                       \
+    X(json, FIELD_STR)                                                                             \
+    X(ok, FIELD_BOOL)                                                                              \
+    X(error, FIELD_STR)                                                                            \
+    X(error_class, FIELD_STR)
+
+#define FIELD_ENTRY(name, kind) {#name, kind, offsetof(struct bus_msg, name)},
+static const struct field fields[] = {BUS_FIELDS(FIELD_ENTRY)};
+#undef FIELD_ENTRY
 #define FIELD_COUNT (sizeof(fields) / sizeof(fields[0]))
 #define F(name) (1u << field_index_##name)
-enum {
-    field_index_version,
-    field_index_persona,
-    field_index_pid,
-    field_index_task,
-    field_index_step_id,
-    field_index_attempt,
-    field_index_server,
-    field_index_tool,
-    field_index_method,
-    field_index_idempotency_key,
-    field_index_timeout_ms,
-    field_index_event_type,
-    field_index_json,
-    field_index_ok,
-    field_index_error,
-    field_index_error_class,
-};
+#define FIELD_INDEX(name, kind) field_index_##name,
+enum { BUS_FIELDS(FIELD_INDEX) };
+#undef FIELD_INDEX
 
 struct type_info {
     const char *name;
