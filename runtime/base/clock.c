@@ -41,8 +41,10 @@ uint32_t tr_random_upto(uint32_t bound)
     uint32_t value;
 
     do {
-        if (getrandom(&value, sizeof(value), 0) != (ssize_t)sizeof(value))
+        if (getrandom(&value, sizeof(value), 0) != (ssize_t)sizeof(value)) {
             value = (uint32_t)tr_now_ms(); /* no entropy (not expected): jitter still varies */
+            break;
+        }
     } while (limit != (UINT64_C(1) << 32) && value >= limit);
     return (uint32_t)(value % range);
 }

@@ -212,6 +212,7 @@ int store_run_resolve(struct store *store, const char *id_or_prefix,
     sqlite3_stmt *stmt = NULL;
     char found_id[STORE_RUN_ID_SIZE];
     bool found = false;
+    char *above = NULL;
     int64_t matches;
     int rc;
 
@@ -230,8 +231,9 @@ int store_run_resolve(struct store *store, const char *id_or_prefix,
     rc = store__stmt_acquire(store, STMT_RUN_PREFIX, &stmt, err);
     if (rc < 0)
         return rc;
-    /* The prefix with its last byte that can grow grown by one, the rest dropped. */
-    char *above = xstrdup(id_or_prefix);
+    /* The prefix with its last byte that can grow grown by one, the rest dropped (bound
+     * without a copy: freed once the statement is released). */
+    above = xstrdup(id_or_prefix);
     size_t n = strlen(above);
     while (n > 0 && (unsigned char)above[n - 1] == 0xff)
         above[--n] = '\0';
@@ -243,7 +245,6 @@ int store_run_resolve(struct store *store, const char *id_or_prefix,
         rc = store__bind_text(stmt, 2, n > 0 ? above : "");
     if (rc == SQLITE_OK)
         rc = sqlite3_step(stmt);
-    free(above);
     if (rc != SQLITE_ROW) {
         rc = store__fail(store, rc, err, "could not look up run '%s'", id_or_prefix);
         goto out;
@@ -261,6 +262,7 @@ int store_run_resolve(struct store *store, const char *id_or_prefix,
     }
 out:
     store__stmt_release(store, STMT_RUN_PREFIX, stmt);
+    free(above);
     if (rc == 0 && found)
         memcpy(ret_run_id, found_id, sizeof(found_id));
     return rc;
