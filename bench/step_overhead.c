@@ -13,9 +13,9 @@
  * the floor of this machine: what a chained step costs at the least beyond the direct call,
  * one bus round trip (scheduler → agent → scheduler) plus one commit of one audit event,
  * measured alone with nothing else running.
- * With --langgraph, the passing chain also runs in LangGraph (JS) through the official MCP
- * TypeScript SDK, checkpointed in SQLite after every step (bench/peers; `npm ci` there first),
- * and the ratio is printed.
+ * With --langgraph, the passing chain and a for_each of 2,000 items also run in LangGraph (JS)
+ * through the official MCP TypeScript SDK, with its SQLite checkpointer (bench/peers; `npm ci`
+ * there first), and the ratios are printed.
  * usage: step_overhead [--chain N] [--items M] [--replicas R] [--quick] [--langgraph]
  */
 #define _GNU_SOURCE
@@ -34,6 +34,8 @@
 #include "bus.h"
 #include "mcp.h"
 #include "store.h"
+
+#define PEER_FANOUT_ITEMS 2000
 
 struct figures {
     double seconds;
@@ -232,16 +234,16 @@ static double event_commits(const char *dir, enum store_durability durability, i
 }
 
 /*
- * The passing chain of `steps` steps in LangGraph (bench/peers/langgraph-chain.mjs); its JSON
- * line parsed, or NULL after saying why.
+ * One of the peer scripts (bench/peers/langgraph-NAME.mjs: chain, fanout) over count steps or
+ * items; its JSON line parsed, or NULL after saying why.
  */
-static cJSON *langgraph_chain(const char *dir, int steps)
+static cJSON *langgraph_run(const char *name, const char *dir, int count)
 {
-    char *script = xasprintf("%s/bench/peers/langgraph-chain.mjs", TROUPE_SOURCE_DIR);
+    char *script = xasprintf("%s/bench/peers/langgraph-%s.mjs", TROUPE_SOURCE_DIR, name);
     char *modules =
         xasprintf("%s/bench/peers/node_modules/@langchain/langgraph", TROUPE_SOURCE_DIR);
-    char *command = xasprintf("node '%s' %d '%s/troupe-demo-tools' '%s/langgraph.db'", script,
-                              steps, build_dir, dir);
+    char *command = xasprintf("node '%s' %d '%s/troupe-demo-tools' '%s/langgraph-%s.db'", script,
+                              count, build_dir, dir, name);
     cJSON *figures = NULL;
     char line[4096] = "";
 
@@ -265,7 +267,7 @@ static cJSON *langgraph_chain(const char *dir, int steps)
         }
     }
     if (!figures)
-        fprintf(stderr, "step_overhead: the LangGraph chain failed (%s)\n", command);
+        fprintf(stderr, "step_overhead: the LangGraph %s failed (%s)\n", name, command);
 out:
     free(script);
     free(modules);
@@ -323,7 +325,8 @@ static void usage(FILE *out)
                  "  --items M     items of the for_each step (default 100000)\n"
                  "  --replicas R  agents for the for_each (default 2)\n"
                  "  --quick       a smoke run: 200 steps, 2000 items\n"
-                 "  --langgraph   also run the passing chain in LangGraph (JS), after\n"
+                 "  --langgraph   also run the passing chain and a for_each in LangGraph (JS),\n"
+                 "                after\n"
                  "                (cd bench/peers && npm ci)\n");
 }
 
@@ -450,7 +453,7 @@ int main(int argc, char **argv)
                    "scheduler peak RSS %.1f MB\n",
                    durability, chain, p.seconds, passing_ms, passing_ms - direct_ms,
                    (double)p.max_rss_kb / 1024.0);
-            cJSON *peer = langgraph ? langgraph_chain(passing_dir, chain) : NULL;
+            cJSON *peer = langgraph ? langgraph_run("chain", passing_dir, chain) : NULL;
             if (langgraph && !peer)
                 return 1;
             if (peer) {
@@ -481,6 +484,30 @@ int main(int argc, char **argv)
                (items / f.seconds) / (1000.0 / direct_ms), (double)f.max_rss_kb / 1024.0);
         free(chain_dir);
         free(each_dir);
+    }
+    if (langgraph) {
+        /* The same fan-out at a size LangGraph finishes in seconds (it slows down as the
+         * items grow), both at their defaults: troupe's power, LangGraph's checkpointer. */
+        int peer_items = items < PEER_FANOUT_ITEMS ? items : PEER_FANOUT_ITEMS;
+        char *peer_dir = xasprintf("%s/peer-fanout", dir);
+        mkdir(peer_dir, 0700);
+        char *peer_file = write_for_each(peer_dir, peer_items);
+        struct figures f = run_troupe(peer_dir, peer_file, replicas, "power");
+        cJSON *peer = langgraph_run("fanout", peer_dir, peer_items);
+        if (f.exit_code != 0 || f.seconds < 0 || !peer) {
+            fprintf(stderr, "step_overhead: the fan-out comparison failed; see %s\n", peer_dir);
+            return 1;
+        }
+        double theirs = peer_items / cJSON_GetObjectItem(peer, "seconds")->valuedouble,
+               ours = peer_items / f.seconds;
+        printf("[peer LangGraph %s] for_each of %d items (Send: every call in flight on one "
+               "client, SQLite checkpointer): %.0f items/s; troupe's (power, %d replicas): %.0f "
+               "items/s, %.1fx as many\n",
+               cJSON_GetStringValue(cJSON_GetObjectItem(peer, "langgraph")), peer_items, theirs,
+               replicas, ours, ours / theirs);
+        cJSON_Delete(peer);
+        free(peer_file);
+        free(peer_dir);
     }
     printf("targets: chain overhead <= 0.3 ms/step; for_each >= 10000 items/s; RSS < 64 MB at "
            "100000 items\n");
