@@ -320,14 +320,14 @@ static struct figures run_troupe(const char *dir, const char *workflow, int repl
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: step_overhead [--chain N] [--items M] [--replicas R] [--quick]\n"
+    fprintf(out, "usage: step_overhead [--chain N] [--items M] [--replicas R] [--quick] "
+                 "[--langgraph]\n"
                  "  --chain N     steps of the chain (default 10000)\n"
                  "  --items M     items of the for_each step (default 100000)\n"
                  "  --replicas R  agents for the for_each (default 2)\n"
                  "  --quick       a smoke run: 200 steps, 2000 items\n"
                  "  --langgraph   also run the passing chain and a for_each in LangGraph (JS),\n"
-                 "                after\n"
-                 "                (cd bench/peers && npm ci)\n");
+                 "                after (cd bench/peers && npm ci)\n");
 }
 
 int main(int argc, char **argv)
