@@ -62,7 +62,6 @@ struct step_run {
     int64_t dispatched_ms;
     int64_t deadline_ms; /* dispatched: when the scheduler gives up waiting */
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
-    bool uses_scope;     /* its arguments hold ${{ }} expressions */
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
     bool checked;       /* its `when` (and an approval's `if`) has been decided */

@@ -295,45 +295,6 @@ static int make_run_dir(struct run *run, struct tr_error *err)
     return 0;
 }
 
-static bool has_expression(const cJSON *value)
-{
-    const cJSON *item;
-
-    if (cJSON_IsString(value))
-        return strstr(value->valuestring, "${{") != NULL;
-    cJSON_ArrayForEach(item, value)
-    {
-        if (has_expression(item))
-            return true;
-    }
-    return false;
-}
-
-/* Which steps' arguments hold expressions, read from the plan (its steps are in step order). */
-static void find_expressions(struct run *run)
-{
-    char *plan_json = workflow_plan_json(run->wf);
-    cJSON *plan = cJSON_Parse(plan_json);
-    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(plan, "steps");
-    size_t i = 0;
-    const cJSON *step;
-
-    cJSON_ArrayForEach(step, steps)
-    {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(step, "id");
-        if (i < run->step_count && cJSON_IsString(id) &&
-            strcmp(id->valuestring, workflow_step_id(run->wf, i)) == 0)
-            run->steps[i].uses_scope =
-                has_expression(cJSON_GetObjectItemCaseSensitive(step, "with"));
-        i++;
-    }
-    if (i != run->step_count) /* not the plan this file expects: assume every step needs it */
-        for (i = 0; i < run->step_count; i++)
-            run->steps[i].uses_scope = true;
-    cJSON_Delete(plan);
-    free(plan_json);
-}
-
 static void init_run(struct run *run, const struct workflow *wf, struct store *store,
                      const struct sched_options *opts)
 {
@@ -367,7 +328,6 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
         run->steps[i].unmet = (unsigned)workflow_step_needs_count(wf, i);
     }
     sched__build_graph(run);
-    find_expressions(run);
     for (size_t i = 0; i < opts->approve_count; i++) {
         long index = workflow_step_find(run->wf, opts->approve_steps[i]);
         if (index >= 0)

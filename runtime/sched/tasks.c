@@ -201,15 +201,11 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     const char *method = NULL;
     cJSON *params = NULL;
 
-    /* An item sees the scope as it was when its step started (converted once), and .item. A
-     * tool whose arguments hold no expression needs no scope at all. */
+    /* An item sees the scope as it was when its step started, and .item. */
     struct workflow_scope *item =
         step->fan ? workflow_scope_with_item(step->fan->scope, "item", step->fan->items, task->item)
                   : NULL;
-    const struct workflow_scope *scope = item ? item
-                                         : step->uses_scope || action != WORKFLOW_ACTION_TOOL
-                                             ? sched__scope(run)
-                                             : NULL;
+    const struct workflow_scope *scope = item ? item : sched__scope(run);
     int rc = sched_step_request(run->wf, index, scope, &method, &params, err);
     workflow_scope_free(&item);
     if (rc < 0)
