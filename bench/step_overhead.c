@@ -90,29 +90,9 @@ out:
     return seconds;
 }
 
-static char *write_for_each(const char *dir, int items)
-{
-    char *path = xasprintf("%s/for_each.yaml", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "step_overhead: cannot write %s: %s\n", path, strerror(errno));
-        exit(1);
-    }
-    fprintf(f,
-            "name: for_each\n"
-            "mcp_servers:\n  demo:\n    command: troupe-demo-tools\n"
-            "personas:\n  worker:\n    servers: [demo]\n"
-            "steps:\n"
-            "  - id: each\n    persona: worker\n    tool: demo.echo\n"
-            "    for_each: \"[range(0; %d)]\"\n"
-            "    with: {message: \"${{ .item | tostring }}\"}\n",
-            items);
-    fclose(f);
-    return path;
-}
-
-static char *write_workflow(const char *dir, const char *name, int steps, bool chained,
-                            bool passing)
+/* Creates DIR/NAME.yaml with the header every workflow here shares (one persona, the demo
+ * server), ready for its steps; *ret_path is the file's path. */
+static FILE *start_workflow(const char *dir, const char *name, char **ret_path)
 {
     char *path = xasprintf("%s/%s.yaml", dir, name);
     FILE *f = fopen(path, "w");
@@ -126,13 +106,35 @@ static char *write_workflow(const char *dir, const char *name, int steps, bool c
             "personas:\n  worker:\n    servers: [demo]\n"
             "steps:\n",
             name);
+    *ret_path = path;
+    return f;
+}
+
+static char *write_for_each(const char *dir, int items)
+{
+    char *path;
+    FILE *f = start_workflow(dir, "for_each", &path);
+    fprintf(f,
+            "  - id: each\n    persona: worker\n    tool: demo.echo\n"
+            "    for_each: \"[range(0; %d)]\"\n"
+            "    with: {message: \"${{ .item | tostring }}\"}\n",
+            items);
+    fclose(f);
+    return path;
+}
+
+/* A chain of steps, each needing the one before; passing: each takes its output as argument. */
+static char *write_chain(const char *dir, const char *name, int steps, bool passing)
+{
+    char *path;
+    FILE *f = start_workflow(dir, name, &path);
     for (int i = 0; i < steps; i++) {
         fprintf(f, "  - id: s%d\n    persona: worker\n    tool: demo.echo\n", i);
         if (passing && i > 0)
             fprintf(f, "    with: {message: \"${{ .steps.s%d.output }}\"}\n", i - 1);
         else
             fprintf(f, "    with: {message: x}\n");
-        if (chained && i > 0)
+        if (i > 0)
             fprintf(f, "    needs: s%d\n", i - 1);
     }
     fclose(f);
@@ -417,8 +419,8 @@ int main(int argc, char **argv)
            trip * 1000, commit[0] * 1000, commit[1] * 1000, (trip + commit[0]) * 1000,
            (trip + commit[1]) * 1000);
 
-    char *chain_file = write_workflow(dir, "chain", chain, true, false);
-    char *passing_file = write_workflow(dir, "passing", chain, true, true);
+    char *chain_file = write_chain(dir, "chain", chain, false);
+    char *passing_file = write_chain(dir, "passing", chain, true);
     char *each_file = write_for_each(dir, items);
     static const char *const levels[] = {"power", "process"};
     for (int level = 0; level < 2; level++) {
