@@ -25,7 +25,6 @@
 
 #define WELCOME_TIMEOUT_MS 30000
 #define MAX_SERVERS 64
-#define MAX_CREDIT 1024
 #define HTTP_PUMP_MS 10 /* how often sessions without descriptors (HTTP) are driven */
 #define MAX_DRAIN 1024  /* bus messages handled in one loop turn */
 
@@ -44,10 +43,9 @@ struct task {
     char *step_id;
     int64_t attempt;
     struct server *server;
-    char *tool;         /* the tool (or prompt, or resource URI) */
-    char *method;       /* "resources/read" or "prompts/get", or NULL for a tools/call */
-    int64_t ticket;     /* its request in server->session */
-    int64_t request_id; /* the JSON-RPC id of its latest round (the ticket is the first) */
+    char *tool;     /* the tool (or prompt, or resource URI) */
+    char *method;   /* "resources/read" or "prompts/get", or NULL for a tools/call */
+    int64_t ticket; /* its request in server->session */
     int timeout_ms;
     int64_t deadline_ms;
 };
@@ -217,9 +215,7 @@ static struct task *task_of_request(const struct agent *agent, const char *serve
         return NULL;
     for (size_t i = 0; i < agent->task_count; i++) {
         struct task *task = agent->tasks[i];
-        if (strcmp(task->server->name, server) == 0 &&
-            (id->valuedouble == (double)task->ticket ||
-             id->valuedouble == (double)task->request_id))
+        if (strcmp(task->server->name, server) == 0 && id->valuedouble == (double)task->ticket)
             return task;
     }
     return NULL;
@@ -268,8 +264,8 @@ static struct task *task_of_message(struct agent *agent, const char *server,
             about = cJSON_GetObjectItemCaseSensitive(params, "progressToken");
         task = task_of_request(agent, server, about);
     }
-    if (!task && agent->current && direction == MCP_SENT && has_method && cJSON_IsNumber(id))
-        agent->current->request_id = (int64_t)id->valuedouble; /* a new round of its request */
+    /* A later round of a request (input required) is sent inside the call made for its task:
+     * it is the current one. */
     return task ? task : current_or_only(agent, server);
 }
 
@@ -613,7 +609,6 @@ static int task_finish(struct agent *agent, struct task *task)
     return rc;
 }
 
-/* Gives a task up: notifications/cancelled with reason to its server, and a failed result. */
 /* notifications/cancelled with reason for the task's request (its events are the task's). */
 static void cancel_request(struct agent *agent, struct task *task, const char *reason)
 {
@@ -639,8 +634,9 @@ static void expire_tasks(struct agent *agent)
             i++;
             continue;
         }
-        char *error = xasprintf("MCP server '%s' did not answer tools/call within %d ms",
-                                task->server->name, task->timeout_ms);
+        char *error =
+            xasprintf("MCP server '%s' did not answer %s within %d ms", task->server->name,
+                      task->method ? task->method : "tools/call", task->timeout_ms);
         task_abort(agent, task, "timed out", error, "timeout");
         free(error);
     }
@@ -737,7 +733,7 @@ static int wait_for_welcome(struct agent *agent, struct tr_error *err)
             return tr_error_set(err, TR_EPROTO, "welcome carries no persona configuration");
         const cJSON *credit = cJSON_GetObjectItemCaseSensitive(agent->config, "credit");
         double wanted = cJSON_IsNumber(credit) ? credit->valuedouble : 1;
-        agent->credit = wanted < 1 ? 1 : wanted > MAX_CREDIT ? MAX_CREDIT : (int)wanted;
+        agent->credit = wanted < 1 ? 1 : wanted > BUS_MAX_CREDIT ? BUS_MAX_CREDIT : (int)wanted;
         prepare_redactions(agent);
         tr_log_context(run_of(agent), NULL, agent->persona);
         return 0;

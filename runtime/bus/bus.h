@@ -34,6 +34,8 @@ enum bus_msg_type {
 };
 
 #define BUS_HEARTBEAT_MS 1000
+/* The most calls the scheduler may have in flight on one agent (the welcome's credit). */
+#define BUS_MAX_CREDIT 1024
 
 /* One message. Fields not used by a type are NULL / 0. */
 struct bus_msg {

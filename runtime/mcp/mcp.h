@@ -146,9 +146,10 @@ const cJSON *mcp_session_server_capabilities(const struct mcp_session *session);
 int mcp_session_request(struct mcp_session *session, const char *method, const cJSON *params,
                         int timeout_ms, cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
 /*
- * Pipelining: sends a request (params borrowed) and returns at once with a ticket. Several
- * may be in flight; responses are matched by id whatever their order. Each ticket must be
- * waited for or cancelled once.
+ * Pipelining: sends a request (params borrowed) and returns at once with a ticket: the
+ * request's JSON-RPC id, so that an observer can tell which request a message is about.
+ * Several may be in flight; responses are matched by id whatever their order. Each ticket must
+ * be waited for or cancelled once.
  */
 int mcp_session_send(struct mcp_session *session, const char *method, const cJSON *params,
                      int64_t *ret_ticket, struct tr_error *err) TR_MUST_CHECK;

@@ -135,7 +135,6 @@ static cJSON *do_initialize(const struct mcp_server *server, const cJSON *params
     return result;
 }
 
-/* The modern era's server/discover: every revision served, capabilities and identity. */
 /* The protocol revisions this server speaks, newest first, as a JSON array. */
 static cJSON *supported_versions(void)
 {
@@ -145,6 +144,7 @@ static cJSON *supported_versions(void)
     return versions;
 }
 
+/* The modern era's server/discover: every revision served, capabilities and identity. */
 static cJSON *do_discover(const struct mcp_server *server)
 {
     cJSON *result = cJSON_CreateObject();

@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 
 #include "base.h"
+#include "bus.h"
 #include "store.h"
 #include "workflow.h"
 
@@ -23,7 +24,7 @@
 #define SCHED_DEFAULT_RETRY_MAX_DELAY_MS 10000
 #define SCHED_MAX_REPLICAS 64
 #define SCHED_DEFAULT_CREDIT 16
-#define SCHED_MAX_CREDIT 1024
+#define SCHED_MAX_CREDIT BUS_MAX_CREDIT
 #define SCHED_MAX_REMOTE_WORKERS 64
 
 /* Error classes of a failed attempt, which a retry policy selects (a bit mask). */
