@@ -60,7 +60,6 @@ struct step_run {
     int failures;   /* failed attempts since this scheduler took the run over */
     unsigned unmet; /* needs that have not succeeded */
     int64_t dispatched_ms;
-    int64_t deadline_ms; /* dispatched: when the scheduler gives up waiting */
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
     bool needs_approval; /* it waits for troupe approve before its first dispatch */
     bool approved;
@@ -184,6 +183,7 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
 /* sched__audit with the payload as JSON text (borrowed), recorded as it is. */
 void sched__audit_json(struct run *run, const char *step_id, const char *actor, const char *type,
                        const char *payload_json);
+/* A progress event of step index (with its items done and in all, when it fans out). */
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms);
 /* The run's scope, for evaluations. */
@@ -191,8 +191,6 @@ const struct workflow_scope *sched__scope(struct run *run);
 /* Sets .MEMBER.KEY of the run's scope (workflow_scope_set); a failure fails the run. */
 void sched__scope_set(struct run *run, const char *member, const char *key, const char *wrap,
                       const cJSON *value, const char *json);
-/* An item of a for_each step succeeded (progress shows items done and items per second). */
-void sched__progress_items(struct run *run, size_t index);
 
 /* steps.c */
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy);

@@ -86,30 +86,6 @@ void sched__scope_set(struct run *run, const char *member, const char *key, cons
         sched__fail(run, "the output of '%s' cannot be kept: %s", key, err.message);
 }
 
-void sched__progress_items(struct run *run, size_t index)
-{
-    const struct fanout *fan = run->steps[index].fan;
-
-    if (!run->opts.on_progress || !fan)
-        return;
-    struct sched_progress progress = {
-        .event = "item",
-        .step_id = workflow_step_id(run->wf, index),
-        .persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index)),
-        .state = sched__state_names[run->steps[index].state],
-        .attempt = run->steps[index].attempt,
-        .done = run->done,
-        .total = run->step_count,
-        .failed = run->failed,
-        .retries = run->retries,
-        .in_flight = run->in_flight,
-        .duration_ms = tr_now_ms() - run->steps[index].dispatched_ms,
-        .items_done = fan->done,
-        .items_total = fan->count,
-    };
-    run->opts.on_progress(run->opts.userdata, &progress);
-}
-
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms)
 {
@@ -129,6 +105,11 @@ void sched__progress(struct run *run, const char *event, size_t index, const cha
         .retries = run->retries,
         .in_flight = run->in_flight,
     };
+    const struct fanout *fan = run->steps[index].fan;
+    if (fan) {
+        progress.items_done = fan->done;
+        progress.items_total = fan->count;
+    }
     run->opts.on_progress(run->opts.userdata, &progress);
 }
 

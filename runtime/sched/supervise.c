@@ -286,10 +286,16 @@ static int spawn(struct run *run, struct agent_proc *agent, struct tr_error *err
     return rc;
 }
 
+/* Agents a persona gets: --replicas, else the workflow's (both checked when read). */
+static long replicas_of(const struct run *run, size_t persona)
+{
+    return run->opts.replicas > 0 ? run->opts.replicas
+                                  : workflow_persona_replicas(run->wf, persona);
+}
+
 int sched__start_agents(struct run *run, struct tr_error *err)
 {
     size_t personas = workflow_persona_count(run->wf);
-    int replicas = run->opts.replicas;
     int rc = bus_listen(run->endpoint, &run->bus, err);
 
     if (rc == 0 && run->opts.listen)
@@ -297,7 +303,7 @@ int sched__start_agents(struct run *run, struct tr_error *err)
                               run->opts.allowed_keys, run->opts.allowed_count, err);
     size_t slots = SCHED_MAX_REMOTE_WORKERS;
     for (size_t p = 0; p < personas; p++)
-        slots += (size_t)(replicas > 0 ? replicas : workflow_persona_replicas(run->wf, p));
+        slots += (size_t)replicas_of(run, p);
     run->agents = xcalloc(slots, sizeof(*run->agents));
     for (size_t p = 0; rc == 0 && p < personas; p++) {
         size_t steps = 0;
@@ -311,9 +317,7 @@ int sched__start_agents(struct run *run, struct tr_error *err)
             fans |= left && workflow_step_has_expression(run->wf, s, WORKFLOW_EXPR_FOR_EACH);
         }
         /* No more replicas than the persona has steps left, unless a for_each can use them. */
-        long wanted = replicas > 0 ? replicas : workflow_persona_replicas(run->wf, p);
-        if (wanted > SCHED_MAX_REPLICAS)
-            wanted = SCHED_MAX_REPLICAS;
+        long wanted = replicas_of(run, p);
         for (long r = 0; rc == 0 && r < wanted && (fans || (size_t)r < steps); r++) {
             struct agent_proc *agent = &run->agents[run->agent_count];
             agent->persona_index = p;

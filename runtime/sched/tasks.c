@@ -65,6 +65,18 @@ static void outbox_push(struct run *run, struct bus_msg *msg)
  * Gives a task up. On an agent it is told to cancel (notifications/cancelled to its server)
  * and the task holds the agent's credit until the agent answers; otherwise it is dropped.
  */
+/* Queues a cancel of task to its agent, sent with the turn's commit. */
+static void send_cancel(struct run *run, const struct agent_proc *agent, const struct task *task,
+                        const char *reason)
+{
+    struct bus_msg *msg = bus_msg_new(BUS_CANCEL);
+    msg->peer = xstrdup(agent->identity);
+    msg->remote = agent->remote;
+    msg->task = task->id;
+    msg->error = xstrdup(reason);
+    outbox_push(run, msg);
+}
+
 static void task_cancel(struct run *run, struct task *task, const char *reason)
 {
     struct agent_proc *agent = task->agent >= 0 ? &run->agents[task->agent] : NULL;
@@ -73,12 +85,7 @@ static void task_cancel(struct run *run, struct task *task, const char *reason)
         task_drop(run, task);
         return;
     }
-    struct bus_msg *msg = bus_msg_new(BUS_CANCEL);
-    msg->peer = xstrdup(agent->identity);
-    msg->remote = agent->remote;
-    msg->task = task->id;
-    msg->error = xstrdup(reason);
-    outbox_push(run, msg);
+    send_cancel(run, agent, task, reason);
     task->cancelled = true;
 }
 
@@ -251,13 +258,13 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
     cJSON_AddStringToObject(payload, "server", server);
+    /* What the assign carries, as it was printed for it: not printed again. */
     if (action == WORKFLOW_ACTION_TOOL) {
         cJSON_AddStringToObject(payload, "tool", name);
-        cJSON_AddItemToObject(payload, "arguments",
-                              cJSON_DetachItemFromObjectCaseSensitive(params, "arguments"));
+        cJSON_AddRawToObject(payload, "arguments", msg->json);
     } else {
         cJSON_AddStringToObject(payload, "method", method);
-        cJSON_AddItemToObject(payload, "params", cJSON_Duplicate(params, true));
+        cJSON_AddRawToObject(payload, "params", msg->json);
     }
     cJSON_Delete(params);
     cJSON_AddNumberToObject(payload, "attempt", task->attempt);
@@ -467,8 +474,12 @@ void sched__fanout_fill(struct run *run)
 
 /* ---- results ------------------------------------------------------------------------------ */
 
-/* An item's result arrived: kept in the store; the step completes with its last item. */
-static void item_succeeded(struct run *run, struct task *task, const cJSON *result)
+/*
+ * An item's result arrived (parsed, and as the agent's text): kept in the store; the step
+ * completes with its last item.
+ */
+static void item_succeeded(struct run *run, struct task *task, const cJSON *result,
+                           const char *result_text)
 {
     size_t index = task->step;
     struct step_run *step = &run->steps[index];
@@ -477,20 +488,19 @@ static void item_succeeded(struct run *run, struct task *task, const cJSON *resu
     bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
     cJSON *output = sched__call_output(run->wf, index, result);
     char *output_json = cJSON_PrintUnformatted(output);
-    char *result_json = raw ? cJSON_PrintUnformatted(result) : NULL;
     long item = task->item;
 
+    /* The raw result is kept for the step's `output` expression. */
     if (store_step_item_put(run->store, run->id, workflow_step_id(run->wf, index), item,
-                            task->attempt, output_json, result_json, &err) < 0)
+                            task->attempt, output_json, raw ? result_text : NULL, &err) < 0)
         sched__fail(run, "%s", err.message);
     free(output_json);
-    free(result_json);
     cJSON_Delete(output);
     task_drop(run, task);
     fan->finished[item / 8] |= (unsigned char)(1u << (item % 8));
     fan->done++;
     fan->active--;
-    sched__progress_items(run, index);
+    sched__progress(run, "item", index, NULL, tr_now_ms() - step->dispatched_ms);
     if (fan->done == fan->count)
         fanout_complete(run, index);
 }
@@ -568,7 +578,7 @@ void sched__task_result(struct run *run, struct agent_proc *agent, const struct 
         task_failed(run, task, sched__error_class(msg->error_class),
                     msg->error ? msg->error : "unknown error");
     } else if (task->item >= 0) {
-        item_succeeded(run, task, result);
+        item_succeeded(run, task, result, msg->json);
     } else {
         size_t index = task->step;
         task_drop(run, task);
@@ -607,12 +617,7 @@ void sched__check_tasks(struct run *run, int64_t now)
              * and a late answer to this attempt is ignored. */
             tr_log(TR_LOG_WARN, "remote worker '%s' gave no result for step '%s' in time",
                    agent->identity, workflow_step_id(run->wf, task->step));
-            struct bus_msg *msg = bus_msg_new(BUS_CANCEL);
-            msg->peer = xstrdup(agent->identity);
-            msg->remote = true;
-            msg->task = task->id;
-            msg->error = xstrdup("no result in time");
-            outbox_push(run, msg);
+            send_cancel(run, agent, task, "no result in time");
         } else {
             /* The agent did not even report its own timeout: it is stuck; replace it. Its
              * other tasks fail when its exit is seen; nothing more goes to it till then. */
