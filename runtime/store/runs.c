@@ -402,15 +402,24 @@ int store_step_put(struct store *store, const char *run_id, const struct store_s
     if (rc < 0)
         return rc;
     tr_wall_iso8601(now, sizeof(now));
-    /* An update first (the row exists but for a step's first record), else the upsert. */
-    for (enum store_stmt id = STMT_STEP_UPDATE;; id = STMT_STEP_UPSERT) {
+    /*
+     * An update first (the row exists but for a step's first record), else the insert; an
+     * insert that finds the row after all (another writer was first) updates it.
+     */
+    for (int round = 0;; round++) {
+        enum store_stmt id = round % 2 == 0 ? STMT_STEP_UPDATE : STMT_STEP_INSERT;
         rc = store__stmt_acquire(store, id, &stmt, err);
         if (rc < 0)
             return rc;
         rc = bind_step(stmt, run_id, step, now);
         if (rc == SQLITE_OK)
             rc = sqlite3_step(stmt);
-        bool done = rc != SQLITE_DONE || id == STMT_STEP_UPSERT || sqlite3_changes(store->db) > 0;
+        bool lost_race = id == STMT_STEP_INSERT && rc == SQLITE_CONSTRAINT_PRIMARYKEY && round < 2;
+        if (lost_race) {
+            store__stmt_release(store, id, stmt);
+            continue;
+        }
+        bool done = rc != SQLITE_DONE || id == STMT_STEP_INSERT || sqlite3_changes(store->db) > 0;
         if (rc != SQLITE_DONE)
             rc = store__fail(store, rc, err, "could not record step '%s' of run '%s'", step_id,
                              run_id);

@@ -44,31 +44,15 @@ static const char *const statement_sql[STMT_COUNT] = {
      * temporary index per execution). A step starts when dispatched (again, for a new attempt),
      * finishes when it reaches a final state, and both times clear when it goes back to pending.
      */
-    [STMT_STEP_UPSERT] =
+    /* A step's first record: the next place in the run's order. */
+    [STMT_STEP_INSERT] =
         "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, error,"
         " started_at, finished_at, ord, next_attempt_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
         "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
         "  CASE WHEN ?10 THEN ?8 END,"
-        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)"
-        " ON CONFLICT (run_id, step_id) DO UPDATE SET"
-        "  persona = coalesce(excluded.persona, steps.persona),"
-        "  state = excluded.state,"
-        "  attempt = excluded.attempt,"
-        "  output_json = excluded.output_json,"
-        "  error = excluded.error,"
-        "  next_attempt_at = excluded.next_attempt_at,"
-        "  started_at = CASE"
-        "   WHEN excluded.state = 'pending' THEN NULL"
-        "   WHEN excluded.state = 'dispatched'"
-        "    AND (steps.state <> 'dispatched' OR steps.attempt <> excluded.attempt) THEN ?8"
-        "   ELSE steps.started_at END,"
-        "  finished_at = CASE"
-        "   WHEN NOT ?10 THEN NULL"
-        "   WHEN steps.state = excluded.state AND steps.attempt = excluded.attempt"
-        "    THEN steps.finished_at"
-        "   ELSE ?8 END",
-    /* The same as the upsert's update, for a row that exists (almost always): cheaper. */
+        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)",
+    /* Every later record (almost all of them). */
     [STMT_STEP_UPDATE] =
         "UPDATE steps SET"
         "  persona = coalesce(?3, persona),"
