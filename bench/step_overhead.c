@@ -237,9 +237,11 @@ static double event_commits(const char *dir, enum store_durability durability, i
 
 /*
  * One of the peer scripts (bench/peers/langgraph-NAME.mjs: chain, fanout) over count steps or
- * items; its JSON line parsed, or NULL after saying why.
+ * items; its JSON line parsed, holding the numbers named in figures_wanted (NULL-terminated)
+ * and "langgraph", or NULL after saying why.
  */
-static cJSON *langgraph_run(const char *name, const char *dir, int count)
+static cJSON *langgraph_run(const char *name, const char *dir, int count,
+                            const char *const *figures_wanted)
 {
     char *script = xasprintf("%s/bench/peers/langgraph-%s.mjs", TROUPE_SOURCE_DIR, name);
     char *modules =
@@ -262,8 +264,11 @@ static cJSON *langgraph_run(const char *name, const char *dir, int count)
         while (fgets(line, sizeof(line), p))
             if (line[0] == '{')
                 figures = cJSON_Parse(line);
-        int status = pclose(p);
-        if (status != 0) {
+        bool complete = pclose(p) == 0 &&
+                        cJSON_IsString(cJSON_GetObjectItemCaseSensitive(figures, "langgraph"));
+        for (size_t i = 0; complete && figures_wanted[i]; i++)
+            complete = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(figures, figures_wanted[i]));
+        if (!complete) {
             cJSON_Delete(figures);
             figures = NULL;
         }
@@ -455,7 +460,11 @@ int main(int argc, char **argv)
                    "scheduler peak RSS %.1f MB\n",
                    durability, chain, p.seconds, passing_ms, passing_ms - direct_ms,
                    (double)p.max_rss_kb / 1024.0);
-            cJSON *peer = langgraph ? langgraph_run("chain", passing_dir, chain) : NULL;
+            cJSON *peer =
+                langgraph
+                    ? langgraph_run("chain", passing_dir, chain,
+                                    (const char *const[]){"graph_seconds", "direct_seconds", NULL})
+                    : NULL;
             if (langgraph && !peer)
                 return 1;
             if (peer) {
@@ -495,7 +504,8 @@ int main(int argc, char **argv)
         mkdir(peer_dir, 0700);
         char *peer_file = write_for_each(peer_dir, peer_items);
         struct figures f = run_troupe(peer_dir, peer_file, replicas, "power");
-        cJSON *peer = langgraph_run("fanout", peer_dir, peer_items);
+        cJSON *peer =
+            langgraph_run("fanout", peer_dir, peer_items, (const char *const[]){"seconds", NULL});
         if (f.exit_code != 0 || f.seconds < 0 || !peer) {
             fprintf(stderr, "step_overhead: the fan-out comparison failed; see %s\n", peer_dir);
             return 1;
