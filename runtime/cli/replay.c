@@ -316,24 +316,14 @@ static bool same_eval(const struct workflow *wf, size_t i, const struct workflow
     return same;
 }
 
-/* Keeps a step's output (NULL: null) where expressions read it, and saves it to the context. */
+/* Keeps a step's output (NULL: null) as the scheduler does; saved to the context if save. */
 static void keep(const struct workflow *wf, size_t i, struct workflow_scope *scope,
                  const cJSON *output, bool save)
 {
-    const char *key = workflow_step_save(wf, i);
-    cJSON *null = output ? NULL : cJSON_CreateNull();
     struct tr_error err = {0};
-
-    /* A tree is always JSON: these cannot fail. Kept as the scheduler keeps it, only where
-     * an expression may read it. */
-    int rc = workflow_step_output_read(wf, i)
-                 ? workflow_scope_set(scope, "steps", workflow_step_id(wf, i), "output",
-                                      output ? output : null, NULL, &err)
-                 : 0;
-    if (key && save)
-        rc |= workflow_scope_set(scope, "context", key, NULL, output ? output : null, NULL, &err);
+    /* A tree is always JSON: this cannot fail. */
+    int rc = workflow_scope_keep_output(scope, wf, i, output, NULL, save, &err);
     (void)rc;
-    cJSON_Delete(null);
 }
 
 /* The step in state `failed` whose recorded failure started fallback step f, or -1. */
@@ -356,32 +346,32 @@ static bool same_items(const struct workflow *wf, size_t i, const struct workflo
                        const struct recorded_step *r, bool succeeded, size_t *matched)
 {
     struct tr_error err = {0};
-    cJSON *items = NULL;
+    struct workflow_list *items = NULL;
     bool same = true;
     int recorded = (int)r->item_count;
 
     while (recorded > 0 && !r->item_requests[recorded - 1])
         recorded--;
 
-    if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
-        !cJSON_IsArray(items)) {
-        cJSON_Delete(items);
+    /* The list as the scheduler keeps it: as jq yielded it, each item given as it is. */
+    if (workflow_step_evaluate_list(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
+        workflow_list_count(items) < 0) {
+        workflow_list_free(&items);
         if (!succeeded && recorded == 0)
             return true; /* the run failed the step on its list too */
         printf("DIVERGENCE at step '%s': its for_each does not yield a list%s%s\n",
                workflow_step_id(wf, i), err.message[0] ? ": " : "", err.message);
         return false;
     }
-    int n = cJSON_GetArraySize(items);
+    int n = (int)workflow_list_count(items);
     if (recorded > n || (succeeded && recorded != n)) {
         printf("DIVERGENCE at step '%s': replay calls %s.%s for %d item%s, the run for %d\n",
                workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i), n,
                n == 1 ? "" : "s", recorded);
-        cJSON_Delete(items);
+        workflow_list_free(&items);
         return false;
     }
-    const cJSON *each = items->child;
-    for (int k = 0; same && k < recorded; k++, each = each->next) {
+    for (int k = 0; same && k < recorded; k++) {
         const cJSON *request = r->item_requests[k];
         cJSON *params = NULL;
         if (!request && succeeded) {
@@ -393,7 +383,7 @@ static bool same_items(const struct workflow *wf, size_t i, const struct workflo
         if (!request || cJSON_IsNull(request))
             continue;
         const char *method = NULL;
-        struct workflow_scope *item_scope = workflow_scope_with(scope, "item", each);
+        struct workflow_scope *item_scope = workflow_scope_with_item(scope, "item", items, k);
         int rc = sched_step_request(wf, i, item_scope, &method, &params, &err);
         workflow_scope_free(&item_scope);
         if (rc < 0) {
@@ -407,7 +397,7 @@ static bool same_items(const struct workflow *wf, size_t i, const struct workflo
         cJSON_Delete(params);
         params = NULL;
     }
-    cJSON_Delete(items);
+    workflow_list_free(&items);
     return same;
 }
 

@@ -190,14 +190,16 @@ int sched__load_run(struct run *run, struct tr_error *err)
     for (size_t i = 0; i < run->step_count; i++) {
         size_t fallback;
         enum workflow_on_error on_error = workflow_step_on_error(run->wf, i, &fallback);
-        if (run->steps[i].state != STEP_FAILED || !sched__step_stands(run, i) ||
-            !workflow_step_output_read(run->wf, i))
+        if (run->steps[i].state != STEP_FAILED || !sched__step_stands(run, i))
             continue;
-        if (on_error == WORKFLOW_ON_ERROR_FALLBACK && run->steps[fallback].state == STEP_SUCCEEDED)
-            workflow_scope_set_same(run->scope, "steps", workflow_step_id(run->wf, i),
-                                    workflow_step_id(run->wf, fallback));
-        else
-            sched__scope_set(run, "steps", workflow_step_id(run->wf, i), "output", NULL, NULL);
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+            run->steps[fallback].state == STEP_SUCCEEDED) {
+            if (workflow_step_output_read(run->wf, i))
+                workflow_scope_set_same(run->scope, "steps", workflow_step_id(run->wf, i),
+                                        workflow_step_id(run->wf, fallback));
+        } else {
+            sched__scope_keep(run, i, NULL, NULL, false);
+        }
     }
     /* Counters and needs from the loaded states; what was in flight goes out again. */
     for (size_t i = 0; i < run->step_count; i++) {

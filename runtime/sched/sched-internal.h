@@ -188,9 +188,10 @@ void sched__progress(struct run *run, const char *event, size_t index, const cha
                      int64_t duration_ms);
 /* The run's scope, for evaluations. */
 const struct workflow_scope *sched__scope(struct run *run);
-/* Sets .MEMBER.KEY of the run's scope (workflow_scope_set); a failure fails the run. */
-void sched__scope_set(struct run *run, const char *member, const char *key, const char *wrap,
-                      const cJSON *value, const char *json);
+/* Keeps step index's output in the run's scope (workflow_scope_keep_output); a failure fails
+ * the run. */
+void sched__scope_keep(struct run *run, size_t index, const cJSON *output, const char *output_json,
+                       bool save);
 
 /* steps.c */
 void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy);

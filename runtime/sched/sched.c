@@ -78,12 +78,13 @@ const struct workflow_scope *sched__scope(struct run *run)
     return run->scope;
 }
 
-void sched__scope_set(struct run *run, const char *member, const char *key, const char *wrap,
-                      const cJSON *value, const char *json)
+void sched__scope_keep(struct run *run, size_t index, const cJSON *output, const char *output_json,
+                       bool save)
 {
     struct tr_error err = {0};
-    if (workflow_scope_set(run->scope, member, key, wrap, value, json, &err) < 0)
-        sched__fail(run, "the output of '%s' cannot be kept: %s", key, err.message);
+    if (workflow_scope_keep_output(run->scope, run->wf, index, output, output_json, save, &err) < 0)
+        sched__fail(run, "the output of '%s' cannot be kept: %s", workflow_step_id(run->wf, index),
+                    err.message);
 }
 
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,

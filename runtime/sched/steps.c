@@ -288,11 +288,9 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
     const char *step_id = workflow_step_id(run->wf, index);
     const char *key = workflow_step_save(run->wf, index);
 
-    if (workflow_step_output_read(run->wf, index))
-        sched__scope_set(run, "steps", step_id, "output", output, output_json);
+    sched__scope_keep(run, index, output, output_json, true);
     if (key) {
         struct tr_error err = {0};
-        sched__scope_set(run, "context", key, NULL, output, output_json);
         if (store_context_put(run->store, run->id, key, output_json, step_id, &err) < 0)
             sched__fail(run, "%s", err.message);
         cJSON *write = cJSON_CreateObject();
@@ -421,8 +419,7 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
     switch (on_error) {
     case WORKFLOW_ON_ERROR_CONTINUE: {
         /* The run goes on without it: the steps that need it see a null output. */
-        if (workflow_step_output_read(run->wf, index))
-            sched__scope_set(run, "steps", step_id, "output", NULL, NULL);
+        sched__scope_keep(run, index, NULL, NULL, false);
         release_dependents(run, index);
         break;
     }

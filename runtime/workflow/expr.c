@@ -494,6 +494,21 @@ int workflow_scope_set(struct workflow_scope *scope, const char *member, const c
     return 0;
 }
 
+int workflow_scope_keep_output(struct workflow_scope *scope, const struct workflow *wf,
+                               size_t index, const cJSON *output, const char *output_json,
+                               bool save, struct tr_error *err)
+{
+    const char *key = workflow_step_save(wf, index);
+    int rc = 0;
+
+    if (workflow_step_output_read(wf, index))
+        rc = workflow_scope_set(scope, "steps", workflow_step_id(wf, index), "output", output,
+                                output_json, err);
+    if (rc == 0 && save && key)
+        rc = workflow_scope_set(scope, "context", key, NULL, output, output_json, err);
+    return rc;
+}
+
 void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
                              const char *from)
 {

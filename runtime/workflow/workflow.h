@@ -175,6 +175,15 @@ struct workflow_scope *workflow_scope_copy(const struct workflow_scope *scope);
 int workflow_scope_set(struct workflow_scope *scope, const char *member, const char *key,
                        const char *wrap, const cJSON *value, const char *json,
                        struct tr_error *err) TR_MUST_CHECK;
+/*
+ * A step's output (a tree, or JSON text when output is NULL; null when both are) where
+ * expressions see it: .steps.ID.output when an expression may read it
+ * (workflow_step_output_read), and .context.KEY of its `save` when save is set. The scheduler
+ * and replay keep outputs through this one rule.
+ */
+int workflow_scope_keep_output(struct workflow_scope *scope, const struct workflow *wf,
+                               size_t index, const cJSON *output, const char *output_json,
+                               bool save, struct tr_error *err) TR_MUST_CHECK;
 /* Sets .MEMBER.TO to what .MEMBER.FROM holds (shared, not copied), or to null if it is not
  * there. */
 void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
