@@ -431,10 +431,10 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
                   "cancel it",
                   run_id, run_id, db, db_path, run_id, db, db_path);
     else if (rc == SCHED_ESTORE)
-        cli_error("run %s stopped: the database could not be written (%s); nothing more was "
-                  "recorded, and once it can be written again (free space on its disk), "
+        cli_error("run %s stopped: the database '%s' could not be written (%s); nothing more "
+                  "was recorded, and once it can be written again (free space on its disk), "
                   "troupe resume %s%s%s carries the run on",
-                  run_id, err->message, run_id, db, db_path);
+                  run_id, cli_db_path(common), err->message, run_id, db, db_path);
     if (progress->json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "event", "run");
