@@ -432,8 +432,8 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
                   run_id, run_id, db, db_path, run_id, db, db_path);
     else if (rc == SCHED_ESTORE)
         cli_error("run %s stopped: the database '%s' could not be written (%s); nothing more "
-                  "was recorded, and once it can be written again (free space on its disk), "
-                  "troupe resume %s%s%s carries the run on",
+                  "was recorded, and once it can be written again (room on its disk, the I/O "
+                  "error fixed), troupe resume %s%s%s carries the run on",
                   run_id, cli_db_path(common), err->message, run_id, db, db_path);
     if (progress->json) {
         cJSON *o = cJSON_CreateObject();
