@@ -14,7 +14,9 @@
 #include "base.h"
 #include "store.h"
 
-enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2, CLI_CANCELLED = 130 };
+/* Exit statuses. CLI_STORE_FAILED: a run stopped because its database could not be written,
+ * resumable; CLI_CANCELLED: a run was cancelled, or stopped by Ctrl-C (resumable). */
+enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2, CLI_STORE_FAILED = 3, CLI_CANCELLED = 130 };
 
 /* Options shared by all subcommands, as long options with these ids. */
 enum {

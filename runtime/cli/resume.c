@@ -19,7 +19,8 @@ static void usage(FILE *out)
             "usage: troupe resume RUN [options]\n"
             "\n"
             "Carries on RUN (an id, a unique prefix of one, or 'latest') after its scheduler\n"
-            "died: steps that succeeded are kept, steps that were in flight are dispatched\n"
+            "died or stopped (Ctrl-C, a database it could not write): steps that succeeded\n"
+            "are kept, steps that were in flight are dispatched\n"
             "again with the same idempotency key, and the run goes on to its end. The run's\n"
             "own options (replicas, retries, timeout, deadline) apply unless given here.\n"
             "\n"
@@ -120,7 +121,8 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     fflush(stdout);
     int64_t start = tr_now_ms();
     int rc = sched_resume(wf, store, run_id, &opts, &err);
-    if (rc < 0 && rc != TR_ETOOL && rc != -ECANCELED && !progress.json) {
+    if (rc < 0 && rc != TR_ETOOL && rc != -ECANCELED && rc != SCHED_ESTOPPED &&
+        rc != SCHED_ESTORE && !progress.json) {
         /* Refused before it began (ended, still running, workflow changed). */
         cli_error("%s", err.message);
         goto out;

@@ -35,8 +35,12 @@ static void usage(FILE *out)
             "  -v, --verbose           log debug lines\n"
             "  -h, --help              show this help\n"
             "\n"
+            "Ctrl-C stops the run and leaves it for 'troupe resume RUN'; a second Ctrl-C, or\n"
+            "'troupe cancel RUN', cancels it.\n"
+            "\n"
             "exit status: 0 the run succeeded, 1 it failed, 2 bad usage or a broken workflow,\n"
-            "130 cancelled (Ctrl-C, troupe cancel).\n",
+            "3 the database could not be written (a full disk): the run stopped, resumable,\n"
+            "130 stopped by Ctrl-C (resumable) or cancelled (a second Ctrl-C, troupe cancel).\n",
             STORE_DEFAULT_PATH);
 }
 
@@ -407,11 +411,30 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
                      const struct tr_error *err, int64_t start_ms)
 {
     double seconds = (double)(tr_now_ms() - start_ms) / 1000.0;
-    int status = rc == 0 ? CLI_OK : rc == -ECANCELED ? CLI_CANCELLED : CLI_FAILED;
-    const char *outcome = rc == 0 ? "succeeded" : rc == -ECANCELED ? "cancelled" : "failed";
+    int status = rc == 0                                    ? CLI_OK
+                 : rc == -ECANCELED || rc == SCHED_ESTOPPED ? CLI_CANCELLED
+                 : rc == SCHED_ESTORE                       ? CLI_STORE_FAILED
+                                                            : CLI_FAILED;
+    const char *outcome = rc == 0                ? "succeeded"
+                          : rc == -ECANCELED     ? "cancelled"
+                          : rc == SCHED_ESTOPPED ? "interrupted"
+                          : rc == SCHED_ESTORE   ? "stopped"
+                                                 : "failed";
+    const char *db = common->db_path ? " --db " : "";
+    const char *db_path = common->db_path ? common->db_path : "";
     struct tr_error list_err = {0};
 
     clear_status_line(progress);
+    /* A run that stopped before its end says how to carry it on, whatever the output format. */
+    if (rc == SCHED_ESTOPPED)
+        cli_error("stopped; run %s is resumable: troupe resume %s%s%s, or troupe cancel %s%s%s to "
+                  "cancel it",
+                  run_id, run_id, db, db_path, run_id, db, db_path);
+    else if (rc == SCHED_ESTORE)
+        cli_error("run %s stopped: the database '%s' could not be written (%s); nothing more "
+                  "was recorded, and once it can be written again (room on its disk, the I/O "
+                  "error fixed), troupe resume %s%s%s carries the run on",
+                  run_id, cli_db_path(common), err->message, run_id, db, db_path);
     if (progress->json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "event", "run");
@@ -426,6 +449,8 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
         cJSON_Delete(o);
         return status;
     }
+    if (rc == SCHED_ESTOPPED || rc == SCHED_ESTORE)
+        return status;
     if (rc == 0)
         printf("run %s succeeded in %.2f s\n", run_id, seconds);
     else
@@ -438,8 +463,7 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
             cli_error("%s", list_err.message);
         else if (entries == 0)
             printf("  (empty)\n");
-        printf("\naudit trail: troupe log %s%s%s\n", run_id, common->db_path ? " --db " : "",
-               common->db_path ? common->db_path : "");
+        printf("\naudit trail: troupe log %s%s%s\n", run_id, db, db_path);
     }
     return status;
 }

@@ -168,16 +168,27 @@ struct run {
     int64_t last_task;       /* the last task id given to an assignment */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
-    char *failure;         /* the first reason the run fails, or NULL */
+    char *failure; /* the first reason the run fails, or NULL */
+    /* The first store failure (sched__store_failed), or NULL. Once set, nothing more is
+     * recorded: the run stops, resumable, and what happens after is never the work's fault. */
+    char *store_lost;
+    bool stopping;         /* the first SIGINT: the run stops, resumable */
     bool cancelling;       /* cancelled (signal) or past its deadline */
     int64_t deadline_ms;   /* monotonic time the run must end by, or 0 */
     int64_t deadline_wall; /* the same in epoch ms, as kept in the run's options */
 };
 
-extern volatile sig_atomic_t sched__cancel_signal;
+extern volatile sig_atomic_t sched__stop_signal;   /* the first SIGINT */
+extern volatile sig_atomic_t sched__cancel_signal; /* SIGTERM, or SIGINT again */
 
 /* sched.c */
 void sched__fail(struct run *run, const char *fmt, ...) TR_PRINTF(2, 3);
+/*
+ * A store call failed (err says how): the store and this process may no longer agree on what
+ * happened, so the turn is rolled back, nothing more is recorded, and the run stops, resumable.
+ * Every failed store call in the scheduler comes here, whatever the error.
+ */
+void sched__store_failed(struct run *run, const struct tr_error *err);
 void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,
                   cJSON *payload);
 /* sched__audit with the payload as JSON text (borrowed), recorded as it is. */
@@ -275,7 +286,7 @@ int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
 /* Marks the steps the kept options say need approval. */
 void sched__approvals_from_json(struct run *run, const char *json);
 
-/* sched.c: turns */
+/* sched.c: turns. Once the store is lost, begin refuses and commit rolls back. */
 int sched__begin(struct run *run);
 int sched__commit_and_send(struct run *run, struct tr_error *err);
 

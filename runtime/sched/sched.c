@@ -24,11 +24,16 @@
 #define MAX_MESSAGES_PER_TURN 4096
 #define MAX_IPC_PATH 100 /* sun_path is 108 bytes */
 
+volatile sig_atomic_t sched__stop_signal;
 volatile sig_atomic_t sched__cancel_signal;
 
-static void on_cancel_signal(int sig)
+/* The first SIGINT stops the run (resumable); SIGTERM or another SIGINT cancels it. */
+static void on_signal(int sig)
 {
-    sched__cancel_signal = sig;
+    if (sig == SIGINT && !sched__stop_signal && !sched__cancel_signal)
+        sched__stop_signal = sig;
+    else
+        sched__cancel_signal = sig;
 }
 
 static int64_t wall_ms(void)
@@ -53,14 +58,20 @@ void sched__fail(struct run *run, const char *fmt, ...)
         free(reason);
 }
 
-/* Appends an audit event; a store failure ends the run (it cannot be explained otherwise). */
+void sched__store_failed(struct run *run, const struct tr_error *err)
+{
+    if (!run->store_lost)
+        run->store_lost = xstrdup(err->message[0] ? err->message : "the database failed");
+}
+
+/* Appends an audit event; a store failure stops the run (it cannot be explained otherwise). */
 void sched__audit_json(struct run *run, const char *step_id, const char *actor, const char *type,
                        const char *payload_json)
 {
     struct tr_error err = {0};
 
     if (store_audit_append(run->store, run->id, step_id, actor, type, payload_json, &err) < 0)
-        sched__fail(run, "%s", err.message);
+        sched__store_failed(run, &err);
 }
 
 void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,
@@ -90,7 +101,8 @@ void sched__scope_keep(struct run *run, size_t index, const cJSON *output, const
 void sched__progress(struct run *run, const char *event, size_t index, const char *error,
                      int64_t duration_ms)
 {
-    if (!run->opts.on_progress)
+    /* Once the store is lost, what the turn did is not recorded: it is not shown either. */
+    if (!run->opts.on_progress || run->store_lost)
         return;
     struct sched_progress progress = {
         .event = event,
@@ -119,21 +131,30 @@ void sched__progress(struct run *run, const char *event, size_t index, const cha
 int sched__begin(struct run *run)
 {
     struct tr_error err = {0};
+
+    if (run->store_lost)
+        return TR_EIO;
     int rc = store_begin(run->store, &err);
     if (rc < 0)
-        sched__fail(run, "%s", err.message);
+        sched__store_failed(run, &err);
     return rc;
 }
 
-/* Commits the turn, then sends what it dispatched. */
+/*
+ * Commits the turn, then sends what it dispatched. A turn in which a store call failed is
+ * rolled back whole: part of it did not reach the store, so none of it may, and nothing it
+ * dispatched is sent.
+ */
 int sched__commit_and_send(struct run *run, struct tr_error *err)
 {
-    sched__record_ready(run);
-    int rc = store_commit(run->store, err);
+    int rc;
 
-    if (rc < 0) {
+    sched__record_ready(run);
+    if (run->store_lost) {
         store_rollback(run->store);
-        sched__fail(run, "%s", err->message);
+        rc = tr_error_set(err, TR_EIO, "%s", run->store_lost);
+    } else if ((rc = store_commit(run->store, err)) < 0) {
+        sched__store_failed(run, err); /* store_commit rolled back */
     }
     for (size_t i = 0; i < run->outbox_len; i++) {
         struct tr_error send_err = {0};
@@ -175,13 +196,14 @@ static void loop(struct run *run)
     bool open = false;
     struct tr_error err = {0};
 
-    while (run->done < run->step_count) {
+    while (run->done < run->step_count && !run->store_lost) {
         struct bus_msg *msg = NULL;
         int64_t now = tr_now_ms();
         bool cancel = sched__cancel_signal && !run->cancelling;
+        bool stop = sched__stop_signal && !run->cancelling;
         bool late = run->deadline_ms && now > run->deadline_ms && !run->cancelling;
 
-        if ((cancel || late || (run->failure && run->in_flight == 0)) && open) {
+        if ((cancel || stop || late || (run->failure && run->in_flight == 0)) && open) {
             if (sched__commit_and_send(run, &err) < 0)
                 return;
             open = false;
@@ -189,6 +211,12 @@ static void loop(struct run *run)
         if (cancel) {
             run->cancelling = true;
             cancel_unfinished(run, "the run was cancelled");
+            return;
+        }
+        if (stop) {
+            /* What is committed stays; the agents are shut down next, and the run is left
+             * for troupe resume (end_run). */
+            run->stopping = true;
             return;
         }
         if (late) {
@@ -356,8 +384,8 @@ static int create_run(struct run *run, struct tr_error *err)
         else
             sched__step_reused(run, (size_t)index, reuse->output, run->opts.parent_run_id);
     }
-    if (rc == 0 && run->failure)
-        rc = tr_error_set(err, TR_EIO, "%s", run->failure);
+    if (rc == 0 && (run->store_lost || run->failure))
+        rc = tr_error_set(err, TR_EIO, "%s", run->store_lost ? run->store_lost : run->failure);
     if (rc == 0)
         rc = store_commit(run->store, err);
     if (rc < 0) {
@@ -419,8 +447,8 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
     }
     free(queue);
     sched__record_ready(run);
-    if (rc == 0 && run->failure)
-        rc = tr_error_set(err, TR_EIO, "%s", run->failure);
+    if (rc == 0 && run->store_lost)
+        rc = tr_error_set(err, TR_EIO, "%s", run->store_lost);
     if (rc == 0)
         rc = store_commit(run->store, err);
     if (rc < 0)
@@ -429,14 +457,13 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
     return rc;
 }
 
+/* Records the end of the run. If the store fails, the run stays resumable (store_lost). */
 static void finish_run(struct run *run, const char *status)
 {
     struct tr_error err = {0};
 
-    if (store_begin(run->store, &err) < 0) {
-        tr_log(TR_LOG_ERROR, "could not record the end of the run: %s", err.message);
+    if (sched__begin(run) < 0)
         return;
-    }
     for (size_t i = 0; i < run->step_count; i++)
         if (!step_state_final(run->steps[i].state))
             sched__step_cancel(run, i, "the run ended before it could run");
@@ -446,11 +473,61 @@ static void finish_run(struct run *run, const char *status)
         cJSON_AddStringToObject(payload, "error", run->failure);
     sched__audit(run, NULL, "scheduler", "run.finished", payload);
     if (store_run_finish(run->store, run->id, status, run->failure, &err) < 0 ||
-        store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0 ||
-        store_commit(run->store, &err) < 0) {
-        store_rollback(run->store);
-        tr_log(TR_LOG_ERROR, "could not record the end of the run: %s", err.message);
+        store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
+        sched__store_failed(run, &err);
+    (void)sched__commit_and_send(run, &err);
+}
+
+/*
+ * The first SIGINT: the run is left without a scheduler (shown as interrupted) for troupe
+ * resume, with a run.interrupted event. Steps in flight stay dispatched; resume sends them
+ * again with the same idempotency key.
+ */
+static void record_stop(struct run *run)
+{
+    struct tr_error err = {0};
+
+    if (sched__begin(run) < 0)
+        return;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "reason", "stopped by SIGINT (Ctrl-C)");
+    cJSON_AddNumberToObject(payload, "done", (double)run->done);
+    cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
+    sched__audit(run, NULL, "scheduler", "run.interrupted", payload);
+    if (store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
+        sched__store_failed(run, &err);
+    (void)sched__commit_and_send(run, &err);
+}
+
+/*
+ * Once the agents are stopped: records how the run ends (or that it stopped), and returns what
+ * sched_run returns. A lost store records nothing more: the run stays as the last commit left
+ * it, for troupe resume.
+ */
+static int end_run(struct run *run, struct tr_error *err)
+{
+    if (run->stopping && sched__cancel_signal && !run->store_lost) {
+        /* Ctrl-C again (or troupe cancel) while the run was stopping: it is cancelled. */
+        run->cancelling = true;
+        cancel_unfinished(run, "the run was cancelled");
     }
+    bool cancelled = sched__cancel_signal && run->cancelling;
+    if (run->stopping && !cancelled)
+        record_stop(run);
+    else if (!run->store_lost) {
+        if (cancelled) {
+            free(run->failure);
+            run->failure = xasprintf("cancelled by %s", strsignal(sched__cancel_signal));
+        }
+        finish_run(run, cancelled ? "cancelled" : run->failure ? "failed" : "succeeded");
+    }
+    if (run->store_lost)
+        return tr_error_set(err, SCHED_ESTORE, "%s", run->store_lost);
+    if (run->stopping && !cancelled)
+        return tr_error_set(err, SCHED_ESTOPPED, "the run was stopped (SIGINT)");
+    if (cancelled || run->failure)
+        return tr_error_set(err, cancelled ? -ECANCELED : TR_ETOOL, "%s", run->failure);
+    return 0;
 }
 
 static void release_run(struct run *run)
@@ -479,6 +556,7 @@ static void release_run(struct run *run)
     free(run->dep_start);
     free(run->ready);
     free(run->failure);
+    free(run->store_lost);
     workflow_scope_free(&run->scope);
     cJSON_Delete(run->destructive);
 }
@@ -486,11 +564,10 @@ static void release_run(struct run *run)
 /* Runs a run that this process has taken over, to its end. */
 static int drive(struct run *run, bool resumed, struct tr_error *err)
 {
-    struct sigaction sa = {.sa_handler = on_cancel_signal}, old_int, old_term, old_pipe;
+    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_pipe;
     struct sigaction ignore = {.sa_handler = SIG_IGN};
     struct tr_error setup_err = {0};
-    const char *status;
-    int rc = 0;
+    int rc;
 
     if (run->deadline_wall)
         run->deadline_ms = tr_now_ms() + (run->deadline_wall - wall_ms());
@@ -502,21 +579,14 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGPIPE, &ignore, &old_pipe);
 
-    if (take_over(run, resumed, &setup_err) < 0 || make_run_dir(run, &setup_err) < 0 ||
-        sched__start_agents(run, &setup_err) < 0)
+    if (take_over(run, resumed, &setup_err) < 0)
+        sched__store_failed(run, &setup_err); /* nothing of it was committed */
+    else if (make_run_dir(run, &setup_err) < 0 || sched__start_agents(run, &setup_err) < 0)
         sched__fail(run, "%s", setup_err.message);
     else
         loop(run);
     sched__stop_agents(run);
-
-    status = sched__cancel_signal ? "cancelled" : run->failure ? "failed" : "succeeded";
-    if (sched__cancel_signal) {
-        free(run->failure);
-        run->failure = xasprintf("cancelled by %s", strsignal(sched__cancel_signal));
-    }
-    finish_run(run, status);
-    if (strcmp(status, "succeeded") != 0)
-        rc = tr_error_set(err, sched__cancel_signal ? -ECANCELED : TR_ETOOL, "%s", run->failure);
+    rc = end_run(run, err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGPIPE, &old_pipe, NULL);
@@ -531,7 +601,7 @@ int sched_run(const struct workflow *wf, struct store *store, const struct sched
     int rc;
 
     ret_run_id[0] = '\0';
-    sched__cancel_signal = 0;
+    sched__stop_signal = sched__cancel_signal = 0;
     init_run(&run, wf, store, opts);
     rc = create_run(&run, err);
     if (rc == 0) {
@@ -596,7 +666,7 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     cJSON *input = NULL;
     int rc;
 
-    sched__cancel_signal = 0;
+    sched__stop_signal = sched__cancel_signal = 0;
     rc = store_run_get(store, run_id, copy_run, &record, err);
     if (rc < 0)
         goto out;

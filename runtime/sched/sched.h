@@ -124,11 +124,24 @@ int sched_step_request(const struct workflow *wf, size_t index, const struct wor
                        struct tr_error *err) TR_MUST_CHECK;
 
 /*
+ * Codes of a run that stopped before its end and stays resumable (troupe resume carries it on):
+ * SCHED_ESTOPPED, the first SIGINT (Ctrl-C) asked it to stop; SCHED_ESTORE, the store could not
+ * be written (a full disk, an I/O error), and nothing was recorded after that failure.
+ */
+enum {
+    SCHED_ESTOPPED = -1100,
+    SCHED_ESTORE = -1101,
+};
+
+/*
  * Creates a run of wf in store and runs it to its end. Returns 0 when the run succeeded,
  * TR_ETOOL when it ran and failed (err says why: the first failed step), -ECANCELED when it
- * was cancelled, or another negative code if it could not be carried out (err says why).
- * Whenever a run was created, its id is in ret_run_id (otherwise the empty string). Installs
- * handlers for SIGINT and SIGTERM for its duration: either cancels the run.
+ * was cancelled, SCHED_ESTOPPED or SCHED_ESTORE when it stopped and stays resumable (err says
+ * why), or another negative code if it could not be carried out (err says why). Whenever a run
+ * was created, its id is in ret_run_id (otherwise the empty string). Installs handlers for
+ * SIGINT and SIGTERM for its duration: the first SIGINT stops the run (its agents are shut
+ * down, what they finish is kept, the run is left without a scheduler); SIGTERM, or a second
+ * SIGINT, cancels it.
  */
 int sched_run(const struct workflow *wf, struct store *store, const struct sched_options *opts,
               char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;

@@ -50,7 +50,7 @@ void sched__record_step(struct run *run, size_t index, const char *output_json, 
     }
     step->ready_unsaved = false;
     if (store_step_put(run->store, run->id, &record, &err) < 0)
-        sched__fail(run, "%s", err.message);
+        sched__store_failed(run, &err);
 }
 
 void sched__record_ready(struct run *run)
@@ -292,7 +292,7 @@ static void keep_output(struct run *run, size_t index, const cJSON *output, cons
     if (key) {
         struct tr_error err = {0};
         if (store_context_put(run->store, run->id, key, output_json, step_id, &err) < 0)
-            sched__fail(run, "%s", err.message);
+            sched__store_failed(run, &err);
         cJSON *write = cJSON_CreateObject();
         size_t persona = workflow_step_persona(run->wf, index);
         cJSON_AddStringToObject(write, "key", key);
@@ -675,7 +675,7 @@ void sched__check_approvals(struct run *run)
         if (step->state != STEP_WAITING_APPROVAL)
             continue;
         if (store_approval_get(run->store, run->id, step_id, copy_decision, &d, &err) < 0) {
-            sched__fail(run, "%s", err.message);
+            sched__store_failed(run, &err);
             return;
         }
         if (!d.found)

@@ -418,7 +418,7 @@ void sched__check_agents(struct run *run, int64_t now)
             on_agent_exit(run, agent);
         } else if (agent->state == AGENT_GONE) {
             if (agent->restart_due_ms && now >= agent->restart_due_ms && !run->cancelling &&
-                !run->failure) {
+                !run->failure && !run->store_lost) {
                 if (persona_has_work(run, agent->persona_index))
                     restart(run, agent);
                 else
@@ -445,7 +445,11 @@ void sched__check_agents(struct run *run, int64_t now)
 
 /* ---- stopping ----------------------------------------------------------------------------- */
 
-/* Asks every agent to stop, then insists. Records their exits. */
+/*
+ * Asks every agent to stop, then insists. Records what they send meanwhile and their exits,
+ * unless the store is lost: then nothing is recorded, but they are stopped all the same. A
+ * cancel that comes while a stopped run's agents stop (Ctrl-C again) tells them by signal.
+ */
 void sched__stop_agents(struct run *run)
 {
     int64_t start = tr_now_ms();
@@ -472,18 +476,24 @@ void sched__stop_agents(struct run *run)
         struct bus_msg *msg = NULL;
         struct tr_error err = {0};
 
-        if (sched__begin(run) < 0)
-            return;
+        if (run->stopping && sched__cancel_signal && !run->cancelling) {
+            run->cancelling = true;
+            for (size_t i = 0; i < run->agent_count; i++)
+                agent_kill(&run->agents[i], SIGTERM);
+        }
+        bool record = sched__begin(run) == 0;
         while (run->bus && bus_recv(run->bus, 0, &msg, &err) == 0 && msg) {
-            sched__on_message(run, msg);
+            if (record)
+                sched__on_message(run, msg);
             bus_msg_free(&msg);
         }
         for (size_t i = 0; i < run->agent_count; i++) {
-            if (agent_reap(&run->agents[i]))
+            if (agent_reap(&run->agents[i]) && record)
                 on_agent_exit(run, &run->agents[i]);
             alive |= run->agents[i].state != AGENT_GONE;
         }
-        (void)sched__commit_and_send(run, &err);
+        if (record)
+            (void)sched__commit_and_send(run, &err);
         if (!alive)
             return;
         int64_t waited = tr_now_ms() - start;

@@ -355,7 +355,10 @@ static void fanout_complete(struct run *run, size_t index)
     if (rc < 0) {
         cJSON_Delete(g.list);
         tr_buf_release(&g.text);
-        sched__fail(run, "%s", err.message[0] ? err.message : "out of memory");
+        if (err.message[0])
+            sched__store_failed(run, &err);
+        else
+            sched__fail(run, "out of memory");
         return;
     }
     if (raw) {
@@ -402,7 +405,7 @@ void sched__fanout_start(struct run *run, size_t index)
     step->fan = fan;
     run->fanouts++;
     if (store_step_items_list(run->store, run->id, step_id, note_finished, fan, &err) < 0) {
-        sched__fail(run, "%s", err.message);
+        sched__store_failed(run, &err);
         return;
     }
     step->state = STEP_DISPATCHED;
@@ -493,7 +496,7 @@ static void item_succeeded(struct run *run, struct task *task, const cJSON *resu
     /* The raw result is kept for the step's `output` expression. */
     if (store_step_item_put(run->store, run->id, workflow_step_id(run->wf, index), item,
                             task->attempt, output_json, raw ? result_text : NULL, &err) < 0)
-        sched__fail(run, "%s", err.message);
+        sched__store_failed(run, &err);
     free(output_json);
     cJSON_Delete(output);
     task_drop(run, task);
@@ -540,10 +543,14 @@ static void item_attempt_failed(struct run *run, struct task *task, unsigned err
     sched__progress(run, "retry", index, error, 0);
 }
 
-/* A task's attempt failed, whatever the cause: the item's or the step's policy decides. */
+/*
+ * A task's attempt failed, whatever the cause: the item's or the step's policy decides. While
+ * the run stops (the first Ctrl-C, or the store lost) a failure is the stop's doing, not the
+ * work's: the task is let go, and its step stays dispatched for troupe resume to send again.
+ */
 static void task_failed(struct run *run, struct task *task, unsigned error_class, const char *error)
 {
-    if (task->cancelled) {
+    if (task->cancelled || run->stopping || run->store_lost) {
         task_drop(run, task);
     } else if (task->item >= 0) {
         item_attempt_failed(run, task, error_class, error);

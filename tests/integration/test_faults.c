@@ -375,6 +375,111 @@ Test(faults, troupe_cancel_stops_a_running_run)
     release_env(&env);
 }
 
+/* A for_each of `items` items on the effects server, then a step that counts its outputs. */
+static char *effects_fanout_workflow(struct env *env, int items, int ms)
+{
+    char *server = harness_build_path("tests/test-mcp-effects");
+    char *text;
+    cr_assert_geq(asprintf(&text,
+                           "name: fanout\n"
+                           "mcp_servers:\n"
+                           "  fx:\n"
+                           "    command: %s\n"
+                           "    args: [\"%s\"]\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [fx]\n"
+                           "steps:\n"
+                           "  - id: each\n"
+                           "    persona: worker\n"
+                           "    tool: fx.effect\n"
+                           "    for_each: '[range(0; %d)]'\n"
+                           "    with: {n: \"${{ .item }}\", ms: %d}\n"
+                           "  - id: after\n"
+                           "    persona: worker\n"
+                           "    tool: fx.effect\n"
+                           "    needs: each\n"
+                           "    with: {n: \"${{ .steps.each.output | length }}\"}\n",
+                           server, env->effects, items, ms),
+                  0);
+    char *path = harness_write_file(env->dir, "fanout.yaml", text);
+    free(text);
+    free(server);
+    return path;
+}
+
+Test(faults, ctrl_c_stops_a_for_each_resumable_and_resume_calls_only_what_was_not_done)
+{
+    struct env env = setup_env();
+    const int items = 300;
+    char *path = effects_fanout_workflow(&env, items, 5);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", path, NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_geq(harness_db_wait(env.db, "SELECT count(*) FROM step_items", 100, 60000), 100);
+    cr_assert_eq(kill(proc.pid, SIGINT), 0);
+    harness_finish(&proc, 60000, &r);
+
+    /* Stopped, and it says how to go on. */
+    cr_assert_eq(r.exit_code, 130, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    char *run = harness_db_text(env.db, "SELECT id FROM runs");
+    char *hint;
+    cr_assert_geq(asprintf(&hint, "stopped; run %s is resumable: troupe resume %s", run, run), 0);
+    cr_assert(strstr(r.err, hint), "%s", r.err);
+    free(hint);
+    harness_result_release(&r);
+    /* The run is left without a scheduler, shown as interrupted; nothing ended. */
+    char *status = harness_db_text(env.db, "SELECT status FROM runs WHERE scheduler_pid IS NULL");
+    cr_assert_str_eq(status, "running");
+    free(status);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = "
+                                        "'run.interrupted'"),
+                 1);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type IN "
+                                        "('run.finished', 'step.finished', 'step.cancelled', "
+                                        "'step.skipped', 'step.retry')"),
+                 0);
+    cr_assert_eq(count_steps(&env, "dispatched"), 1);
+    const char *runs[] = {env.troupe, "--db", env.db, "runs", NULL};
+    harness_run(runs, env.dir, 30000, &r);
+    cr_assert(strstr(r.out, "interrupted"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* Resume calls only the items that had not finished. */
+    long long done = harness_db_int(env.db, "SELECT count(*) FROM step_items");
+    char *finished = harness_db_text(env.db, "SELECT group_concat(idx) FROM step_items");
+    long long last_call = harness_db_int(env.effects, "SELECT max(rowid) FROM calls");
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "-q", run, NULL};
+    harness_run(resume, env.dir, 120000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    harness_result_release(&r);
+    status = harness_db_text(env.db, "SELECT status FROM runs");
+    cr_assert_str_eq(status, "succeeded");
+    free(status);
+    cr_assert_eq(count_steps(&env, "succeeded"), 2);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(DISTINCT idx) FROM step_items"), items);
+    cr_assert_eq(harness_db_int(env.db, "SELECT json_extract(output_json, '$.n') FROM steps WHERE "
+                                        "step_id = 'after'"),
+                 items);
+    cr_assert_eq(harness_query_int(env.effects,
+                                   "SELECT count(*) FROM calls WHERE rowid > %lld AND "
+                                   "key LIKE '%s/each/%%' AND CAST(substr(key, %zu) AS INTEGER) "
+                                   "IN (%s)",
+                                   last_call, run, strlen(run) + strlen("/each/") + 1, finished),
+                 0, "an item done before the stop was called again (%lld were done)", done);
+    cr_assert_eq(harness_db_int(env.effects, "SELECT count(*) FROM effects"), items + 1);
+    cr_assert_eq(harness_db_int(env.db, "SELECT json_extract(payload_json, '$.done') FROM audit "
+                                        "WHERE type = 'step.items_recovered'"),
+                 done);
+    free(check_audit_chain(&env, "the chain holds across the stop and the resume"));
+    free(finished);
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
 Test(faults, cancel_of_a_run_whose_scheduler_died_marks_it_cancelled)
 {
     struct env env = setup_env();
