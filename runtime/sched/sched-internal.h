@@ -172,6 +172,7 @@ struct run {
     bool cancelling;       /* cancelled (signal) or past its deadline */
     int64_t deadline_ms;   /* monotonic time the run must end by, or 0 */
     int64_t deadline_wall; /* the same in epoch ms, as kept in the run's options */
+    bool owned;            /* this process owns the run (store_run_own) until release_run */
 };
 
 extern volatile sig_atomic_t sched__cancel_signal;

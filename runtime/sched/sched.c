@@ -335,6 +335,11 @@ static int create_run(struct run *run, struct tr_error *err)
     if (rc == 0)
         rc = store_run_create(run->store, workflow_name(run->wf), workflow_file(run->wf), plan,
                               input, run->id, err);
+    /* Owned before anyone can see it: a resume of it waits for nothing and takes nothing. */
+    if (rc == 0)
+        rc = store_run_own(run->store, run->id, NULL, err);
+    if (rc == 0)
+        run->owned = true;
     if (rc == 0) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
@@ -362,6 +367,9 @@ static int create_run(struct run *run, struct tr_error *err)
         rc = store_commit(run->store, err);
     if (rc < 0) {
         store_rollback(run->store);
+        if (run->owned)
+            store_run_disown(run->store, run->id);
+        run->owned = false;
         run->id[0] = '\0';
     }
     free(plan);
@@ -455,6 +463,9 @@ static void finish_run(struct run *run, const char *status)
 
 static void release_run(struct run *run)
 {
+    if (run->owned)
+        store_run_disown(run->store, run->id);
+    run->owned = false;
     for (size_t i = 0; i < run->agent_count; i++) {
         free(run->agents[i].persona);
         free(run->agents[i].identity);
@@ -569,11 +580,6 @@ static int check_resumable(const struct workflow *wf, const char *run_id,
     if (strcmp(record->status, "running") != 0)
         return tr_error_set(err, TR_EINVAL, "run '%s' has ended (%s); there is nothing to resume",
                             run_id, record->status);
-    if (sched_pid_alive(record->scheduler_pid))
-        return tr_error_set(err, TR_EINVAL,
-                            "run '%s' is still being run by process %lld; cancel it first "
-                            "(troupe cancel %s)",
-                            run_id, (long long)record->scheduler_pid, run_id);
     /* The same plan, or the steps would not mean what the store says they did. */
     char hex[STORE_PLAN_HASH_SIZE];
     char *plan = workflow_plan_json(wf);
@@ -597,6 +603,12 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     int rc;
 
     sched__cancel_signal = 0;
+    /* Taken before anything of the run is read, and kept until release_run. */
+    rc = store_run_own(store, run_id, NULL, err);
+    if (rc < 0)
+        goto out;
+    run.owned = true;
+    snprintf(run.id, sizeof(run.id), "%s", run_id);
     rc = store_run_get(store, run_id, copy_run, &record, err);
     if (rc < 0)
         goto out;
@@ -616,6 +628,8 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
         rc = drive(&run, true, err);
     release_run(&run);
 out:
+    if (run.owned) /* refused before it was taken over */
+        store_run_disown(store, run_id);
     cJSON_Delete(input);
     free(record.options_json);
     free(record.input_json);
