@@ -159,4 +159,16 @@ bool sched_pid_alive(int64_t pid);
 int sched_cancel_orphan(struct store *store, const char *run_id, const char *actor,
                         struct tr_error *err) TR_MUST_CHECK;
 
+/*
+ * Records a decision on step_id of run_id (approved, or rejected when !approve) by `by`, with an
+ * optional comment, and its approval.decided audit event, in one transaction, for the run's
+ * scheduler (or the next resume) to act on. Only a decision that takes effect is recorded: the
+ * run is running and the step waits for approval now, undecided. Otherwise TR_EINVAL says why
+ * (the run has ended, no such step, already decided, the step does not wait for a decision:
+ * it has no gate, or has not reached it, or has ended) and nothing is written.
+ */
+int sched_approval_decide(struct store *store, const char *run_id, const char *step_id,
+                          bool approve, const char *by, const char *comment,
+                          struct tr_error *err) TR_MUST_CHECK;
+
 #endif
