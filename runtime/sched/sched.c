@@ -211,13 +211,10 @@ static void loop(struct run *run)
         }
         /* Everything that has arrived is applied in this one transaction. */
         for (int n = 0; n < MAX_MESSAGES_PER_TURN && (rc < 0 || msg); n++) {
-            if (rc == TR_EDENIED) {
+            if (rc == TR_EDENIED)
                 /* A remote worker with a key we were not given: refused, and on record. */
-                cJSON *payload = cJSON_CreateObject();
-                cJSON_AddStringToObject(payload, "reason", err.message);
-                sched__audit(run, NULL, "scheduler", "bus.refused", payload);
-            }
-            if (rc < 0)
+                sched__on_refused(run, err.message, tr_now_ms());
+            else if (rc < 0)
                 tr_log(TR_LOG_WARN, "%s", err.message);
             else
                 sched__on_message(run, msg);
@@ -231,6 +228,7 @@ static void loop(struct run *run)
             sched__check_steps(run, now);
             last_timers = now;
         }
+        sched__report_refused(run, now, false);
         if (run->waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
             sched__check_approvals(run);
             last_approvals = now;
@@ -448,6 +446,7 @@ static void finish_run(struct run *run, const char *status)
     for (size_t i = 0; i < run->step_count; i++)
         if (!step_state_final(run->steps[i].state))
             sched__step_cancel(run, i, "the run ended before it could run");
+    sched__report_refused(run, tr_now_ms(), true);
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "status", status);
     if (run->failure)
@@ -490,6 +489,7 @@ static void release_run(struct run *run)
     free(run->dep_start);
     free(run->ready);
     free(run->failure);
+    free(run->refused.last_reason);
     workflow_scope_free(&run->scope);
     cJSON_Delete(run->destructive);
 }
