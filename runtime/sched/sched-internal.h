@@ -187,6 +187,12 @@ struct run {
 
 extern volatile sig_atomic_t sched__cancel_signal;
 
+/* sender.c: who sent the signal that cancels the run. note is for the signal handler (the first
+ * signal sent by a process is kept); describe says "cancelled by ..." (caller frees). */
+void sched__sender_note(const siginfo_t *info);
+void sched__sender_forget(void);
+char *sched__sender_describe(int sig);
+
 /* sched.c */
 void sched__fail(struct run *run, const char *fmt, ...) TR_PRINTF(2, 3);
 void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,

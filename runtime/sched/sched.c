@@ -26,8 +26,10 @@
 
 volatile sig_atomic_t sched__cancel_signal;
 
-static void on_cancel_signal(int sig)
+static void on_cancel_signal(int sig, siginfo_t *info, void *context)
 {
+    (void)context;
+    sched__sender_note(info);
     sched__cancel_signal = sig;
 }
 
@@ -497,7 +499,8 @@ static void release_run(struct run *run)
 /* Runs a run that this process has taken over, to its end. */
 static int drive(struct run *run, bool resumed, struct tr_error *err)
 {
-    struct sigaction sa = {.sa_handler = on_cancel_signal}, old_int, old_term, old_pipe;
+    struct sigaction sa = {.sa_sigaction = on_cancel_signal, .sa_flags = SA_SIGINFO};
+    struct sigaction old_int, old_term, old_pipe;
     struct sigaction ignore = {.sa_handler = SIG_IGN};
     struct tr_error setup_err = {0};
     const char *status;
@@ -523,7 +526,7 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
     status = sched__cancel_signal ? "cancelled" : run->failure ? "failed" : "succeeded";
     if (sched__cancel_signal) {
         free(run->failure);
-        run->failure = xasprintf("cancelled by %s", strsignal(sched__cancel_signal));
+        run->failure = sched__sender_describe(sched__cancel_signal);
     }
     finish_run(run, status);
     if (strcmp(status, "succeeded") != 0)
@@ -543,6 +546,7 @@ int sched_run(const struct workflow *wf, struct store *store, const struct sched
 
     ret_run_id[0] = '\0';
     sched__cancel_signal = 0;
+    sched__sender_forget();
     init_run(&run, wf, store, opts);
     rc = create_run(&run, err);
     if (rc == 0) {
@@ -603,6 +607,7 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     int rc;
 
     sched__cancel_signal = 0;
+    sched__sender_forget();
     /* Taken before anything of the run is read, and kept until release_run. */
     rc = store_run_own(store, run_id, NULL, err);
     if (rc < 0)

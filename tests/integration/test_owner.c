@@ -273,3 +273,62 @@ Test(owner, resumes_racing_a_starting_run_are_refused, .timeout = 120)
     free(run);
     world_release(&w);
 }
+
+/* Starts `troupe run` of the chain and waits until a few of its steps succeeded. */
+static void run_under_way(struct world *w, struct harness_proc *ret)
+{
+    const char *argv[] = {w->env.troupe, "--db", w->env.db, "run", "-q", w->workflow, NULL};
+    long long runs =
+        access(w->env.db, F_OK) == 0 ? harness_db_int(w->env.db, "SELECT count(*) FROM runs") : 0;
+    harness_spawn(argv, w->env.dir, ret);
+    cr_assert_gt(harness_db_wait(w->env.db, "SELECT count(*) FROM runs", runs + 1, 60000), runs);
+    cr_assert_geq(harness_db_wait(w->env.db,
+                                  "SELECT count(*) FROM steps WHERE state = 'succeeded' AND run_id "
+                                  "= (SELECT id FROM runs ORDER BY rowid DESC LIMIT 1)",
+                                  3, 60000),
+                  3);
+}
+
+/* The newest run's error, which says who cancelled it. */
+static void check_cancelled_by(struct world *w, const char *want)
+{
+    char *error = harness_db_text(w->env.db, "SELECT error FROM runs ORDER BY rowid DESC LIMIT 1");
+    cr_assert(error && strstr(error, want), "'%s' does not say '%s'", error, want);
+    char *payload = harness_db_text(w->env.db, "SELECT payload_json FROM audit WHERE type = "
+                                               "'run.finished' ORDER BY rowid DESC LIMIT 1");
+    cr_assert(payload && strstr(payload, want), "%s", payload);
+    free(payload);
+    free(error);
+}
+
+Test(owner, a_cancelled_run_says_who_cancelled_it, .timeout = 120)
+{
+    struct world w = world_new();
+    struct harness_proc proc, cancel;
+    struct harness_result r, c;
+    char want[128];
+
+    /* troupe cancel, named with its process and user. */
+    run_under_way(&w, &proc);
+    const char *argv[] = {w.env.troupe, "--db", w.env.db, "cancel", "latest", NULL};
+    harness_spawn(argv, w.env.dir, &cancel);
+    harness_finish(&cancel, 60000, &c);
+    cr_assert_eq(c.exit_code, 0, "%s%s", c.out, c.err);
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 130, "exit %d\n%s%s", r.exit_code, r.out, r.err);
+    snprintf(want, sizeof(want), "cancelled by troupe cancel (process %d, user ", cancel.pid);
+    check_cancelled_by(&w, want);
+    cr_assert(strstr(r.out, want), "%s", r.out);
+    harness_result_release(&r);
+    harness_result_release(&c);
+
+    /* Any other process's SIGTERM, named with its program. */
+    run_under_way(&w, &proc);
+    cr_assert_eq(kill(proc.pid, SIGTERM), 0);
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 130, "exit %d\n%s%s", r.exit_code, r.out, r.err);
+    snprintf(want, sizeof(want), "cancelled by SIGTERM from process %d (", (int)getpid());
+    check_cancelled_by(&w, want);
+    harness_result_release(&r);
+    world_release(&w);
+}
