@@ -106,8 +106,12 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
             goto out;
         }
         int64_t owner = store_run_owner(store, run_id);
+        char what[128];
         if (owner <= 0 || owner == signalled)
             continue;
+        cli_describe_process(owner, what, sizeof(what));
+        if (strcmp(what, "troupe cancel") == 0)
+            continue; /* another cancel is marking it cancelled: wait for it */
         if (kill((pid_t)owner, SIGTERM) < 0) {
             cli_error("could not signal process %lld, which owns run %s: %s", (long long)owner,
                       run_id, strerror(errno));

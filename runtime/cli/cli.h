@@ -64,6 +64,9 @@ struct store *cli_open_run(const struct cli_common *common, const char *ref,
  * another process owns it, CLI_FAILED when it cannot be taken (the lock file cannot be opened).
  */
 int cli_run_take(struct store *store, const char *run_id);
+/* What process pid is, from its command line: "troupe resume" (its program and subcommand),
+ * or "" when unknown. */
+void cli_describe_process(int64_t pid, char *buf, size_t size);
 /* Prints the one line that says run_id is owned by process pid (0: unknown) and what it is. */
 void cli_run_busy(const char *run_id, int64_t pid);
 /*

@@ -149,8 +149,7 @@ struct store *cli_open_run(const struct cli_common *common, const char *ref,
     return store;
 }
 
-/* What process pid is, from its command line: "troupe resume", or "" when unknown. */
-static void describe_process(int64_t pid, char *buf, size_t size)
+void cli_describe_process(int64_t pid, char *buf, size_t size)
 {
     char path[64], cmdline[512];
     ssize_t n = 0;
@@ -185,7 +184,7 @@ void cli_run_busy(const char *run_id, int64_t pid)
         cli_error("run %s is owned by another process; nothing was done", run_id);
         return;
     }
-    describe_process(pid, what, sizeof(what));
+    cli_describe_process(pid, what, sizeof(what));
     cli_error("run %s is owned by process %lld%s%s%s; nothing was done", run_id, (long long)pid,
               what[0] ? " (" : "", what, what[0] ? ")" : "");
 }

@@ -332,3 +332,35 @@ Test(owner, a_cancelled_run_says_who_cancelled_it, .timeout = 120)
     harness_result_release(&r);
     world_release(&w);
 }
+
+Test(owner, two_cancels_at_once_of_a_run_nobody_runs_cancel_it_once, .timeout = 120)
+{
+    struct world w = world_new();
+
+    for (int trial = 0; trial < 3; trial++) {
+        char *run = run_and_kill(&w, 10);
+        const char *cancel[] = {w.env.troupe, "--db", w.env.db, "cancel", run, NULL};
+        struct harness_proc a, b;
+        struct harness_result ra, rb;
+
+        harness_spawn(cancel, w.env.dir, &a);
+        harness_spawn(cancel, w.env.dir, &b);
+        harness_finish(&a, 60000, &ra);
+        harness_finish(&b, 60000, &rb);
+        /* One marks it cancelled; the other waits for that and says so (or comes after it). */
+        cr_assert(ra.exit_code == 0 || rb.exit_code == 0, "%s%s\n%s%s", ra.out, ra.err, rb.out,
+                  rb.err);
+        cr_assert(ra.exit_code <= 1 && rb.exit_code <= 1, "%s%s\n%s%s", ra.out, ra.err, rb.out,
+                  rb.err);
+        cr_assert(status_is(&w, run, "cancelled"));
+        cr_assert_eq(harness_query_int(w.env.db,
+                                       "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                       "'run.finished'",
+                                       run),
+                     1);
+        harness_result_release(&ra);
+        harness_result_release(&rb);
+        free(run);
+    }
+    world_release(&w);
+}
