@@ -3,9 +3,13 @@
  * DEALER whose identity names it. Frames are [identity,] body; the body is one encoded
  * message (message.c). This file moves frames; it does not interpret them.
  */
+#define _GNU_SOURCE
 #include "bus.h"
 
 #include <errno.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,11 +71,39 @@ static int bus_new(int type, struct bus **ret_bus, struct tr_error *err)
     return 0;
 }
 
+/*
+ * ZeroMQ binds an ipc endpoint by replacing its socket file, so a second bind would silently
+ * take the address from a live listener: refuse an address where someone answers. A file left
+ * by a dead process (nobody answers) is replaced as usual.
+ */
+static int check_ipc_free(const char *endpoint, struct tr_error *err)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    const char *path = endpoint + 6;
+
+    if (strncmp(endpoint, "ipc://", 6) != 0 || strlen(path) >= sizeof(addr.sun_path))
+        return 0; /* not ipc, or too long for ZeroMQ too: its bind says so */
+    memcpy(addr.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int rc = connect(fd, (const struct sockaddr *)&addr, sizeof(addr));
+    close(fd);
+    if (rc == 0)
+        return tr_error_set(err, -EADDRINUSE,
+                            "could not listen on '%s': another process is listening there",
+                            endpoint);
+    return 0;
+}
+
 int bus_listen(const char *endpoint, struct bus **ret_bus, struct tr_error *err)
 {
     struct bus *bus;
-    int rc = bus_new(ZMQ_ROUTER, &bus, err);
+    int rc = check_ipc_free(endpoint, err);
 
+    if (rc < 0)
+        return rc;
+    rc = bus_new(ZMQ_ROUTER, &bus, err);
     if (rc < 0)
         return rc;
     if (zmq_bind(bus->socket, endpoint) < 0) {

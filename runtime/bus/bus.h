@@ -65,7 +65,8 @@ struct bus_msg {
 
 struct bus;
 
-/* Binds a ROUTER socket at endpoint ("ipc:///path" or "tcp://host:port"). */
+/* Binds a ROUTER socket at endpoint ("ipc:///path" or "tcp://host:port"). An ipc path where
+ * a live process listens is refused (-EADDRINUSE), never taken over. */
 int bus_listen(const char *endpoint, struct bus **ret_bus, struct tr_error *err) TR_MUST_CHECK;
 /* Connects a DEALER socket with the given identity (1..BUS_MAX_IDENTITY bytes). */
 int bus_connect(const char *endpoint, const char *identity, struct bus **ret_bus,

@@ -1,12 +1,12 @@
 /*
  * cli/approve.c: `troupe approve RUN STEP --as NAME [--reject] [--comment TEXT]`: records a
- * decision on a step waiting for approval, in the approvals table and the audit log. The
- * run's scheduler sees it within a moment; a run without one sees it at `troupe resume`.
+ * decision on a step waiting for approval (sched_approval_decide: refused, exit 2, unless it
+ * takes effect). The run's scheduler sees it within a moment; a run without one, at resume.
  */
 #define _GNU_SOURCE
 #include "cli.h"
+#include "sched.h"
 
-#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,8 +17,10 @@ static void usage(FILE *out)
             "\n"
             "Approves (or with --reject, rejects) STEP of RUN, a step that waits for a\n"
             "decision before it runs. The decision, who made it and the comment go into the\n"
-            "audit log; an approved step runs, a rejected one fails and so does its run.\n"
-            "A step can be decided before it is reached, and only once.\n"
+            "audit log; an approved step runs, a rejected one fails (and so does its run,\n"
+            "unless the step's on_error says otherwise). Only a step that waits for a\n"
+            "decision now (state waiting-approval, see troupe show) can be decided, and\n"
+            "only once: anything else is refused with exit 2 and nothing is recorded.\n"
             "\n"
             "options:\n"
             "  --as NAME       who decides (required)\n"
@@ -27,30 +29,6 @@ static void usage(FILE *out)
             "  --db FILE       the database (default: $TROUPE_DB, else %s)\n"
             "  -h, --help      show this help\n",
             STORE_DEFAULT_PATH);
-}
-
-struct lookup {
-    const char *step_id;
-    char status[32];
-    char state[32];
-    bool found;
-};
-
-static int run_status(void *userdata, const struct store_run *run)
-{
-    struct lookup *l = userdata;
-    snprintf(l->status, sizeof(l->status), "%s", run->status);
-    return 0;
-}
-
-static int find_step(void *userdata, const struct store_step *step)
-{
-    struct lookup *l = userdata;
-    if (strcmp(step->step_id, l->step_id) == 0) {
-        l->found = true;
-        snprintf(l->state, sizeof(l->state), "%s", step->state);
-    }
-    return 0;
 }
 
 int cli_approve(int argc, char **argv, struct cli_common *common)
@@ -98,50 +76,15 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
     store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         goto out;
-    struct lookup l = {.step_id = argv[optind + 1]};
-    if (store_run_get(store, run_id, run_status, &l, &err) < 0 ||
-        store_steps_list(store, run_id, find_step, &l, &err) < 0) {
-        cli_error("%s", err.message);
-        goto out;
-    }
-    if (strcmp(l.status, "running") != 0) {
-        cli_error("run %s has ended (%s)", run_id, l.status);
-        goto out;
-    }
-    if (!l.found) {
-        cli_error("run %s has no step '%s'", run_id, l.step_id);
-        goto out;
-    }
-    if (strcmp(l.state, "succeeded") == 0 || strcmp(l.state, "failed") == 0 ||
-        strcmp(l.state, "skipped") == 0 || strcmp(l.state, "cancelled") == 0) {
-        cli_error("step '%s' of run %s has ended (%s)", l.step_id, run_id, l.state);
-        goto out;
-    }
-    const char *decision = reject ? "rejected" : "approved";
-    char *actor = xasprintf("user:%s", as);
-    cJSON *payload = cJSON_CreateObject();
-    cJSON_AddStringToObject(payload, "decision", decision);
-    cJSON_AddStringToObject(payload, "by", as);
-    if (comment)
-        cJSON_AddStringToObject(payload, "comment", comment);
-    char *json = cJSON_PrintUnformatted(payload);
-    int rc = store_begin(store, &err);
-    if (rc == 0)
-        rc = store_approval_put(store, run_id, l.step_id, decision, as, comment, &err);
-    if (rc == 0)
-        rc = store_audit_append(store, run_id, l.step_id, actor, "approval.decided", json, &err);
-    if (rc == 0)
-        rc = store_commit(store, &err);
-    else
-        store_rollback(store);
-    free(json);
-    free(actor);
-    cJSON_Delete(payload);
+    const char *step_id = argv[optind + 1];
+    int rc = sched_approval_decide(store, run_id, step_id, !reject, as, comment, &err);
     if (rc < 0) {
+        /* A decision without effect is refused: nothing was written. */
         cli_error("%s", err.message);
+        status = rc == TR_EINVAL ? CLI_USAGE : CLI_FAILED;
         goto out;
     }
-    printf("step '%s' of run %s %s by %s\n", l.step_id, run_id, decision, as);
+    printf("step '%s' of run %s %s by %s\n", step_id, run_id, reject ? "rejected" : "approved", as);
     status = CLI_OK;
 out:
     store_free(&store);

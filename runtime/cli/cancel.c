@@ -1,7 +1,7 @@
 /*
- * cli/cancel.c: `troupe cancel RUN`: asks the run's scheduler to stop (SIGTERM to the pid the
- * run records, once it is checked to be a troupe scheduler) and waits until the run is
- * recorded as cancelled. A run whose scheduler is gone is marked cancelled directly.
+ * cli/cancel.c: `troupe cancel RUN`: asks the process that owns the run (its scheduler, as the
+ * kernel's lock names it) to stop with SIGTERM and waits until the run is recorded as
+ * cancelled. A run nobody owns is taken and marked cancelled here.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -27,20 +27,15 @@ static void usage(FILE *out)
             "\n"
             "options:\n"
             "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
-            "  -h, --help  show this help\n",
+            "  -h, --help  show this help\n"
+            "\n"
+            "exit status: 0 cancelled, 1 the run had ended (or ended otherwise), 2 bad usage.\n",
             STORE_DEFAULT_PATH);
 }
 
-struct state {
-    char status[32];
-    int64_t pid;
-};
-
-static int read_state(void *userdata, const struct store_run *run)
+static int read_status(void *userdata, const struct store_run *run)
 {
-    struct state *state = userdata;
-    snprintf(state->status, sizeof(state->status), "%s", run->status);
-    state->pid = run->scheduler_pid;
+    snprintf(userdata, 32, "%s", run->status);
     return 0;
 }
 
@@ -53,8 +48,10 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
     };
     struct tr_error err = {0};
     struct store *store = NULL;
-    struct state state = {0};
     char run_id[STORE_RUN_ID_SIZE];
+    char status_now[32];
+    char *actor = NULL;
+    int64_t signalled = 0;
     int status = CLI_USAGE;
     int opt;
 
@@ -71,46 +68,59 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
     store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         goto out;
-    if (store_run_get(store, run_id, read_state, &state, &err) < 0) {
-        cli_error("%s", err.message);
-        goto out;
-    }
-    if (strcmp(state.status, "running") != 0) {
-        cli_error("run %s has already ended (%s)", run_id, state.status);
-        goto out;
-    }
-    if (!sched_pid_alive(state.pid)) {
-        char *actor = xasprintf("user:%s", getenv("USER") ? getenv("USER") : "unknown");
+    actor = xasprintf("user:%s", getenv("USER") ? getenv("USER") : "unknown");
+    /*
+     * Whoever owns the run ends it: a run nobody owns is cancelled here, under its ownership
+     * (so no resume can take it meanwhile); the owner of one that is owned is asked to cancel
+     * it, and if it dies instead (a resume still starting up), the run is taken here after all.
+     */
+    for (int64_t start = tr_now_ms();; usleep(100 * 1000)) {
+        if (store_run_get(store, run_id, read_status, status_now, &err) < 0) {
+            cli_error("%s", err.message);
+            goto out;
+        }
+        if (strcmp(status_now, "running") != 0 && !signalled) {
+            cli_error("run %s has already ended (%s)", run_id, status_now);
+            goto out;
+        }
+        if (strcmp(status_now, "running") != 0) {
+            printf("run %s %s\n", run_id, status_now);
+            status = strcmp(status_now, "cancelled") == 0 ? CLI_OK : CLI_FAILED;
+            goto out;
+        }
+        if (tr_now_ms() - start > CANCEL_WAIT_MS) {
+            cli_error("run %s: its owner (process %lld) has not stopped within %d s", run_id,
+                      (long long)signalled, CANCEL_WAIT_MS / 1000);
+            goto out;
+        }
         int rc = sched_cancel_orphan(store, run_id, actor, &err);
-        free(actor);
-        if (rc < 0) {
+        if (rc == 0) {
+            printf("run %s cancelled (no scheduler was running it)\n", run_id);
+            status = CLI_OK;
+            goto out;
+        }
+        if (rc == TR_EINVAL)
+            continue; /* it ended in between: said above */
+        if (rc != -EBUSY) {
             cli_error("%s", err.message);
             goto out;
         }
-        printf("run %s cancelled (no scheduler was running it)\n", run_id);
-        status = CLI_OK;
-        goto out;
-    }
-    if (kill((pid_t)state.pid, SIGTERM) < 0) {
-        cli_error("could not signal the scheduler of run %s (process %lld): %s", run_id,
-                  (long long)state.pid, strerror(errno));
-        goto out;
-    }
-    for (int64_t start = tr_now_ms(); tr_now_ms() - start < CANCEL_WAIT_MS;) {
-        usleep(100 * 1000);
-        if (store_run_get(store, run_id, read_state, &state, &err) < 0) {
-            cli_error("%s", err.message);
+        int64_t owner = store_run_owner(store, run_id);
+        char what[128];
+        if (owner <= 0 || owner == signalled)
+            continue;
+        cli_describe_process(owner, what, sizeof(what));
+        if (strcmp(what, "troupe cancel") == 0)
+            continue; /* another cancel is marking it cancelled: wait for it */
+        if (kill((pid_t)owner, SIGTERM) < 0) {
+            cli_error("could not signal process %lld, which owns run %s: %s", (long long)owner,
+                      run_id, strerror(errno));
             goto out;
         }
-        if (strcmp(state.status, "running") != 0) {
-            printf("run %s %s\n", run_id, state.status);
-            status = strcmp(state.status, "cancelled") == 0 ? CLI_OK : CLI_FAILED;
-            goto out;
-        }
+        signalled = owner;
     }
-    cli_error("run %s: the scheduler (process %lld) has not stopped within %d s", run_id,
-              (long long)state.pid, CANCEL_WAIT_MS / 1000);
 out:
+    free(actor);
     store_free(&store);
     return status;
 }

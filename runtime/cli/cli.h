@@ -1,7 +1,8 @@
 /*
  * The troupe command's shared pieces: options every subcommand takes, and the entry point
  * of each subcommand (one file each). Exit codes: 0 success, 1 the work failed (a run
- * failed, a record is missing), 2 bad usage or bad input (a broken workflow file).
+ * failed, a record is missing), 2 bad usage or bad input (a broken workflow file), 3 the run
+ * is owned by another live process (nothing was done).
  */
 #ifndef TROUPE_CLI_H
 #define TROUPE_CLI_H
@@ -15,8 +16,16 @@
 #include "store.h"
 
 /* Exit statuses. CLI_STORE_FAILED: a run stopped because its database could not be written,
- * resumable; CLI_CANCELLED: a run was cancelled, or stopped by Ctrl-C (resumable). */
-enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2, CLI_STORE_FAILED = 3, CLI_CANCELLED = 130 };
+ * resumable; CLI_BUSY: another process owns the run, nothing was done; CLI_CANCELLED: a run
+ * was cancelled, or stopped by Ctrl-C (resumable). */
+enum {
+    CLI_OK = 0,
+    CLI_FAILED = 1,
+    CLI_USAGE = 2,
+    CLI_STORE_FAILED = 3,
+    CLI_BUSY = 4,
+    CLI_CANCELLED = 130
+};
 
 /* Options shared by all subcommands, as long options with these ids. */
 enum {
@@ -59,6 +68,17 @@ int cli_run_resolve(struct store *store, const char *ref, char run_id[STORE_RUN_
 /* cli_open_existing_store, then cli_run_resolve; prints the error and returns NULL. */
 struct store *cli_open_run(const struct cli_common *common, const char *ref,
                            char run_id[STORE_RUN_ID_SIZE]);
+/*
+ * Takes run_id for this process (store_run_own) before anything of it is read to act on.
+ * Returns 0, or prints why not (cli_run_busy) and returns the exit status: CLI_BUSY when
+ * another process owns it, CLI_FAILED when it cannot be taken (the lock file cannot be opened).
+ */
+int cli_run_take(struct store *store, const char *run_id);
+/* What process pid is, from its command line: "troupe resume" (its program and subcommand),
+ * or "" when unknown. */
+void cli_describe_process(int64_t pid, char *buf, size_t size);
+/* Prints the one line that says run_id is owned by process pid (0: unknown) and what it is. */
+void cli_run_busy(const char *run_id, int64_t pid);
 /*
  * A run's status for people: "interrupted" for a run still marked running whose scheduler is
  * gone (troupe resume carries it on), else the stored status.

@@ -149,6 +149,63 @@ struct store *cli_open_run(const struct cli_common *common, const char *ref,
     return store;
 }
 
+void cli_describe_process(int64_t pid, char *buf, size_t size)
+{
+    char path[64], cmdline[512];
+    ssize_t n = 0;
+    int fd;
+
+    buf[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%lld/cmdline", (long long)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = read(fd, cmdline, sizeof(cmdline) - 1);
+        close(fd);
+    }
+    if (n <= 0)
+        return;
+    cmdline[n] = '\0';
+    const char *program = strrchr(cmdline, '/') ? strrchr(cmdline, '/') + 1 : cmdline;
+    /* Its subcommand: the first argument that names one. */
+    for (const char *arg = cmdline + strlen(cmdline) + 1; arg < cmdline + n; arg += strlen(arg) + 1)
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+            if (strcmp(arg, commands[i].name) == 0) {
+                snprintf(buf, size, "%s %s", program, arg);
+                return;
+            }
+    snprintf(buf, size, "%s", program);
+}
+
+void cli_run_busy(const char *run_id, int64_t pid)
+{
+    char what[128];
+
+    if (pid <= 0) {
+        cli_error("run %s is owned by another process; nothing was done", run_id);
+        return;
+    }
+    cli_describe_process(pid, what, sizeof(what));
+    cli_error("run %s is owned by process %lld%s%s%s; nothing was done", run_id, (long long)pid,
+              what[0] ? " (" : "", what, what[0] ? ")" : "");
+}
+
+int cli_run_take(struct store *store, const char *run_id)
+{
+    struct tr_error err = {0};
+    int64_t owner = 0;
+    int rc = store_run_own(store, run_id, &owner, &err);
+
+    if (rc == -EBUSY) {
+        cli_run_busy(run_id, owner);
+        return CLI_BUSY;
+    }
+    if (rc < 0) {
+        cli_error("%s", err.message);
+        return CLI_FAILED;
+    }
+    return 0;
+}
+
 const char *cli_run_status(const struct store_run *run)
 {
     if (strcmp(run->status, "running") == 0 && !sched_pid_alive(run->scheduler_pid))

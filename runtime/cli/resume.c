@@ -33,7 +33,8 @@ static void usage(FILE *out)
             "  -v, --verbose           log debug lines\n"
             "  -h, --help              show this help\n"
             "\n"
-            "exit status: as troupe run.\n",
+            "exit status: as troupe run; 4 when another process owns RUN (its scheduler,\n"
+            "another resume, a cancel): nothing is done then.\n",
             STORE_DEFAULT_PATH);
 }
 
@@ -99,8 +100,17 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     store = cli_open_existing_store(common);
     if (!store || cli_sched_durability(store, &progress) < 0)
         goto out;
-    if (store_run_resolve(store, argv[optind], run_id, &err) < 0 ||
-        store_run_get(store, run_id, find_workflow, &found, &err) < 0) {
+    if (store_run_resolve(store, argv[optind], run_id, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    /* Owned before anything of it is read or said; sched_resume keeps it to the end. */
+    int taken = cli_run_take(store, run_id);
+    if (taken != 0) {
+        status = taken;
+        goto out;
+    }
+    if (store_run_get(store, run_id, find_workflow, &found, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }
@@ -123,7 +133,7 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     int rc = sched_resume(wf, store, run_id, &opts, &err);
     if (rc < 0 && rc != TR_ETOOL && rc != -ECANCELED && rc != SCHED_ESTOPPED &&
         rc != SCHED_ESTORE && !progress.json) {
-        /* Refused before it began (ended, still running, workflow changed). */
+        /* Refused before it began (ended, workflow changed). */
         cli_error("%s", err.message);
         goto out;
     }

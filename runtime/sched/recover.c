@@ -219,7 +219,6 @@ int sched__load_run(struct run *run, struct tr_error *err)
 
 struct orphan {
     char status[32];
-    int64_t pid;
     char **unfinished; /* step ids */
     char **personas;
     int *attempts;
@@ -230,7 +229,6 @@ static int orphan_run(void *userdata, const struct store_run *r)
 {
     struct orphan *o = userdata;
     snprintf(o->status, sizeof(o->status), "%s", r->status);
-    o->pid = r->scheduler_pid;
     return 0;
 }
 
@@ -264,15 +262,15 @@ int sched_cancel_orphan(struct store *store, const char *run_id, const char *act
                         struct tr_error *err)
 {
     struct orphan o = {0};
-    int rc = store_begin(store, err);
+    int rc = store_run_own(store, run_id, NULL, err);
 
+    if (rc < 0)
+        return rc;
+    rc = store_begin(store, err);
     if (rc == 0)
         rc = store_run_get(store, run_id, orphan_run, &o, err);
     if (rc == 0 && strcmp(o.status, "running") != 0)
         rc = tr_error_set(err, TR_EINVAL, "run '%s' has ended (%s)", run_id, o.status);
-    if (rc == 0 && sched_pid_alive(o.pid))
-        rc = tr_error_set(err, TR_EINVAL, "run '%s' has a live scheduler (process %lld)", run_id,
-                          (long long)o.pid);
     if (rc == 0)
         rc = store_steps_list(store, run_id, orphan_step, &o, err);
     for (size_t i = 0; rc == 0 && i < o.count; i++) {
@@ -298,6 +296,7 @@ int sched_cancel_orphan(struct store *store, const char *run_id, const char *act
         rc = store_commit(store, err);
     else
         store_rollback(store);
+    store_run_disown(store, run_id);
     for (size_t i = 0; i < o.count; i++) {
         free(o.unfinished[i]);
         free(o.personas[i]);

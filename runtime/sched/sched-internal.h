@@ -17,7 +17,8 @@
 #define SCHED_HEARTBEAT_TIMEOUT_MS 10000
 #define SCHED_RESTART_DELAY_MS 100 /* first delay before restarting a dead agent */
 #define SCHED_RESTART_MAX_DELAY_MS 5000
-#define SCHED_MAX_RESTARTS 10 /* per agent slot, before the run gives up */
+#define SCHED_MAX_RESTARTS 10           /* per agent slot, before the run gives up */
+#define SCHED_REFUSED_INTERVAL_MS 60000 /* at most one summary of refused workers this often */
 
 /* ---- steps ------------------------------------------------------------------------------- */
 
@@ -176,10 +177,26 @@ struct run {
     bool cancelling;       /* cancelled (signal) or past its deadline */
     int64_t deadline_ms;   /* monotonic time the run must end by, or 0 */
     int64_t deadline_wall; /* the same in epoch ms, as kept in the run's options */
+    bool owned;            /* this process owns the run (store_run_own) until release_run */
+    /* Refused remote workers (supervise.c): the first is audited on its own, the others only
+     * counted into one summary event per SCHED_REFUSED_INTERVAL_MS, and at the end. */
+    struct {
+        int64_t total;         /* refusals so far */
+        int64_t pending;       /* counted since the last event */
+        int64_t pending_since; /* when the first of those came (monotonic ms) */
+        int64_t last_event_ms; /* when the last bus.refused event was appended */
+        char *last_reason;     /* the newest refusal's message */
+    } refused;
 };
 
 extern volatile sig_atomic_t sched__stop_signal;   /* the first SIGINT */
 extern volatile sig_atomic_t sched__cancel_signal; /* SIGTERM, or SIGINT again */
+
+/* sender.c: who sent the signal that cancels the run. note is for the signal handler (the first
+ * signal sent by a process is kept); describe says "cancelled by ..." (caller frees). */
+void sched__sender_note(const siginfo_t *info);
+void sched__sender_forget(void);
+char *sched__sender_describe(int sig);
 
 /* sched.c */
 void sched__fail(struct run *run, const char *fmt, ...) TR_PRINTF(2, 3);
@@ -277,6 +294,12 @@ void sched__on_message(struct run *run, struct bus_msg *msg);
 void sched__check_agents(struct run *run, int64_t now);
 int sched__start_agents(struct run *run, struct tr_error *err) TR_MUST_CHECK;
 void sched__stop_agents(struct run *run);
+/* A remote worker's handshake was refused (reason): audited, or counted for a later summary
+ * (the log must not grow with what strangers send). Inside the turn's transaction. */
+void sched__on_refused(struct run *run, const char *reason, int64_t now);
+/* Appends the summary of the refusals counted since the last event, if any, once an interval
+ * has passed since that event, or now when final (the run is ending). */
+void sched__report_refused(struct run *run, int64_t now, bool final);
 
 /* recover.c */
 char *sched__options_json(const struct run *run);

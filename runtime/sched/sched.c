@@ -28,12 +28,15 @@ volatile sig_atomic_t sched__stop_signal;
 volatile sig_atomic_t sched__cancel_signal;
 
 /* The first SIGINT stops the run (resumable); SIGTERM or another SIGINT cancels it. */
-static void on_signal(int sig)
+static void on_signal(int sig, siginfo_t *info, void *context)
 {
+    (void)context;
     if (sig == SIGINT && !sched__stop_signal && !sched__cancel_signal)
         sched__stop_signal = sig;
-    else
+    else {
+        sched__sender_note(info);
         sched__cancel_signal = sig;
+    }
 }
 
 static int64_t wall_ms(void)
@@ -239,13 +242,10 @@ static void loop(struct run *run)
         }
         /* Everything that has arrived is applied in this one transaction. */
         for (int n = 0; n < MAX_MESSAGES_PER_TURN && (rc < 0 || msg); n++) {
-            if (rc == TR_EDENIED) {
+            if (rc == TR_EDENIED)
                 /* A remote worker with a key we were not given: refused, and on record. */
-                cJSON *payload = cJSON_CreateObject();
-                cJSON_AddStringToObject(payload, "reason", err.message);
-                sched__audit(run, NULL, "scheduler", "bus.refused", payload);
-            }
-            if (rc < 0)
+                sched__on_refused(run, err.message, tr_now_ms());
+            else if (rc < 0)
                 tr_log(TR_LOG_WARN, "%s", err.message);
             else
                 sched__on_message(run, msg);
@@ -259,6 +259,7 @@ static void loop(struct run *run)
             sched__check_steps(run, now);
             last_timers = now;
         }
+        sched__report_refused(run, now, false);
         if (run->waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
             sched__check_approvals(run);
             last_approvals = now;
@@ -363,6 +364,11 @@ static int create_run(struct run *run, struct tr_error *err)
     if (rc == 0)
         rc = store_run_create(run->store, workflow_name(run->wf), workflow_file(run->wf), plan,
                               input, run->id, err);
+    /* Owned before anyone can see it: a resume of it waits for nothing and takes nothing. */
+    if (rc == 0)
+        rc = store_run_own(run->store, run->id, NULL, err);
+    if (rc == 0)
+        run->owned = true;
     if (rc == 0) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
@@ -390,6 +396,9 @@ static int create_run(struct run *run, struct tr_error *err)
         rc = store_commit(run->store, err);
     if (rc < 0) {
         store_rollback(run->store);
+        if (run->owned)
+            store_run_disown(run->store, run->id);
+        run->owned = false;
         run->id[0] = '\0';
     }
     free(plan);
@@ -467,6 +476,7 @@ static void finish_run(struct run *run, const char *status)
     for (size_t i = 0; i < run->step_count; i++)
         if (!step_state_final(run->steps[i].state))
             sched__step_cancel(run, i, "the run ended before it could run");
+    sched__report_refused(run, tr_now_ms(), true);
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "status", status);
     if (run->failure)
@@ -517,7 +527,7 @@ static int end_run(struct run *run, struct tr_error *err)
     else if (!run->store_lost) {
         if (cancelled) {
             free(run->failure);
-            run->failure = xasprintf("cancelled by %s", strsignal(sched__cancel_signal));
+            run->failure = sched__sender_describe(sched__cancel_signal);
         }
         finish_run(run, cancelled ? "cancelled" : run->failure ? "failed" : "succeeded");
     }
@@ -532,6 +542,9 @@ static int end_run(struct run *run, struct tr_error *err)
 
 static void release_run(struct run *run)
 {
+    if (run->owned)
+        store_run_disown(run->store, run->id);
+    run->owned = false;
     for (size_t i = 0; i < run->agent_count; i++) {
         free(run->agents[i].persona);
         free(run->agents[i].identity);
@@ -557,6 +570,7 @@ static void release_run(struct run *run)
     free(run->ready);
     free(run->failure);
     free(run->store_lost);
+    free(run->refused.last_reason);
     workflow_scope_free(&run->scope);
     cJSON_Delete(run->destructive);
 }
@@ -564,7 +578,8 @@ static void release_run(struct run *run)
 /* Runs a run that this process has taken over, to its end. */
 static int drive(struct run *run, bool resumed, struct tr_error *err)
 {
-    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_pipe;
+    struct sigaction sa = {.sa_sigaction = on_signal, .sa_flags = SA_SIGINFO};
+    struct sigaction old_int, old_term, old_pipe;
     struct sigaction ignore = {.sa_handler = SIG_IGN};
     struct tr_error setup_err = {0};
     int rc;
@@ -602,6 +617,7 @@ int sched_run(const struct workflow *wf, struct store *store, const struct sched
 
     ret_run_id[0] = '\0';
     sched__stop_signal = sched__cancel_signal = 0;
+    sched__sender_forget();
     init_run(&run, wf, store, opts);
     rc = create_run(&run, err);
     if (rc == 0) {
@@ -639,11 +655,6 @@ static int check_resumable(const struct workflow *wf, const char *run_id,
     if (strcmp(record->status, "running") != 0)
         return tr_error_set(err, TR_EINVAL, "run '%s' has ended (%s); there is nothing to resume",
                             run_id, record->status);
-    if (sched_pid_alive(record->scheduler_pid))
-        return tr_error_set(err, TR_EINVAL,
-                            "run '%s' is still being run by process %lld; cancel it first "
-                            "(troupe cancel %s)",
-                            run_id, (long long)record->scheduler_pid, run_id);
     /* The same plan, or the steps would not mean what the store says they did. */
     char hex[STORE_PLAN_HASH_SIZE];
     char *plan = workflow_plan_json(wf);
@@ -667,6 +678,13 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     int rc;
 
     sched__stop_signal = sched__cancel_signal = 0;
+    sched__sender_forget();
+    /* Taken before anything of the run is read, and kept until release_run. */
+    rc = store_run_own(store, run_id, NULL, err);
+    if (rc < 0)
+        goto out;
+    run.owned = true;
+    snprintf(run.id, sizeof(run.id), "%s", run_id);
     rc = store_run_get(store, run_id, copy_run, &record, err);
     if (rc < 0)
         goto out;
@@ -686,6 +704,8 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
         rc = drive(&run, true, err);
     release_run(&run);
 out:
+    if (run.owned) /* refused before it was taken over */
+        store_run_disown(store, run_id);
     cJSON_Delete(input);
     free(record.options_json);
     free(record.input_json);

@@ -134,7 +134,8 @@ enum {
 };
 
 /*
- * Creates a run of wf in store and runs it to its end. Returns 0 when the run succeeded,
+ * Creates a run of wf in store and runs it to its end, owning it (store_run_own) from before
+ * its first commit to its end. Returns 0 when the run succeeded,
  * TR_ETOOL when it ran and failed (err says why: the first failed step), -ECANCELED when it
  * was cancelled, SCHED_ESTOPPED or SCHED_ESTORE when it stopped and stays resumable (err says
  * why), or another negative code if it could not be carried out (err says why). Whenever a run
@@ -149,23 +150,38 @@ int sched_run(const struct workflow *wf, struct store *store, const struct sched
 /*
  * Carries on run_id, whose scheduler died: steps that succeeded are kept (never redone),
  * steps that were in flight are dispatched again with the same idempotency key, and the run
- * goes on to its end. wf must be the run's workflow (its plan hash is checked). Refuses a run
- * that has ended (TR_EINVAL) or whose scheduler is still alive (TR_EINVAL). Returns as
- * sched_run.
+ * goes on to its end. It takes the run (store_run_own) before it reads anything of it, and
+ * keeps it to the end: -EBUSY, with nothing read or written, when another process owns it
+ * (its scheduler, another resume, a cancel). wf must be the run's workflow (its plan hash is
+ * checked). Refuses a run that has ended (TR_EINVAL). Returns as sched_run.
  */
 int sched_resume(const struct workflow *wf, struct store *store, const char *run_id,
                  const struct sched_options *opts, struct tr_error *err) TR_MUST_CHECK;
 
 /*
- * Whether the process pid is a live troupe scheduler (its program is named troupe).
+ * Whether the process pid is a live troupe process (its program is named troupe): a guess
+ * from a recorded pid, for display only. Who owns a run is store_run_owner's to say.
  */
 bool sched_pid_alive(int64_t pid);
 
 /*
  * Marks a run whose scheduler is gone as cancelled: its unfinished steps become cancelled,
- * and the audit log records who cancelled it. TR_EINVAL if the run has ended.
+ * and the audit log records who cancelled it. Takes the run for the while (store_run_own):
+ * -EBUSY, with nothing written, when another process owns it. TR_EINVAL if the run has ended.
  */
 int sched_cancel_orphan(struct store *store, const char *run_id, const char *actor,
                         struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * Records a decision on step_id of run_id (approved, or rejected when !approve) by `by`, with an
+ * optional comment, and its approval.decided audit event, in one transaction, for the run's
+ * scheduler (or the next resume) to act on. Only a decision that takes effect is recorded: the
+ * run is running and the step waits for approval now, undecided. Otherwise TR_EINVAL says why
+ * (the run has ended, no such step, already decided, the step does not wait for a decision:
+ * it has no gate, or has not reached it, or has ended) and nothing is written.
+ */
+int sched_approval_decide(struct store *store, const char *run_id, const char *step_id,
+                          bool approve, const char *by, const char *comment,
+                          struct tr_error *err) TR_MUST_CHECK;
 
 #endif

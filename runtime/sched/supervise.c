@@ -515,3 +515,42 @@ void sched__stop_agents(struct run *run)
         usleep(20 * 1000);
     }
 }
+
+/* ---- refused remote workers ----------------------------------------------------------------- */
+
+void sched__on_refused(struct run *run, const char *reason, int64_t now)
+{
+    run->refused.total++;
+    if (run->refused.total == 1) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "reason", reason);
+        sched__audit(run, NULL, "scheduler", "bus.refused", payload);
+        tr_log(TR_LOG_WARN, "%s (further refusals are counted, and summarised every %d s)", reason,
+               SCHED_REFUSED_INTERVAL_MS / 1000);
+        run->refused.last_event_ms = now;
+        return;
+    }
+    if (run->refused.pending++ == 0)
+        run->refused.pending_since = now;
+    free(run->refused.last_reason);
+    run->refused.last_reason = xstrdup(reason);
+    sched__report_refused(run, now, false);
+}
+
+void sched__report_refused(struct run *run, int64_t now, bool final)
+{
+    if (run->refused.pending == 0 ||
+        (!final && now - run->refused.last_event_ms < SCHED_REFUSED_INTERVAL_MS))
+        return;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "reason", run->refused.last_reason);
+    cJSON_AddNumberToObject(payload, "count", (double)run->refused.pending);
+    cJSON_AddNumberToObject(payload, "over_ms", (double)(now - run->refused.pending_since));
+    cJSON_AddNumberToObject(payload, "total", (double)run->refused.total);
+    sched__audit(run, NULL, "scheduler", "bus.refused", payload);
+    tr_log(TR_LOG_WARN, "refused %lld more remote workers in %lld ms (%lld in all); the last: %s",
+           (long long)run->refused.pending, (long long)(now - run->refused.pending_since),
+           (long long)run->refused.total, run->refused.last_reason);
+    run->refused.pending = 0;
+    run->refused.last_event_ms = now;
+}

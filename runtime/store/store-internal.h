@@ -65,6 +65,7 @@ struct store {
     sqlite3_stmt *stmts[STMT_COUNT];
     struct store_audit_tip tips[STORE_AUDIT_TIPS];
     unsigned next_tip; /* round-robin replacement */
+    int owner_fd;      /* DB.owners, open once a run is taken (owner.c), else -1 */
 };
 
 /*

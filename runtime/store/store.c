@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -422,6 +423,7 @@ int store_open(const char *path, struct store **ret_store, struct tr_error *err)
 
     store = xcalloc(1, sizeof(*store));
     store->path = xstrdup(path);
+    store->owner_fd = -1;
     rc = sqlite3_open_v2(path, &store->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -463,6 +465,8 @@ void store_free(struct store **store)
     for (int i = 0; i < STMT_COUNT; i++)
         (void)sqlite3_finalize(s->stmts[i]);
     (void)sqlite3_close(s->db);
+    if (s->owner_fd >= 0)
+        close(s->owner_fd); /* lets go of the runs it owned */
     free(s->path);
     free(s);
     *store = NULL;

@@ -82,6 +82,22 @@ int store_run_finish(struct store *store, const char *run_id, const char *status
 int store_run_set_scheduler(struct store *store, const char *run_id, int64_t pid,
                             const char *options_json, struct tr_error *err) TR_MUST_CHECK;
 /*
+ * Ownership: exactly one process at a time may drive a run (create it, take it over, cancel it
+ * without its scheduler). It is a kernel lock on one byte of DB.owners, the file beside the
+ * database, so it dies with its holder. store_run_own takes run_id for this process without
+ * waiting: 0 when this process owns it now (or already did), -EBUSY when another process
+ * does (*ret_owner_pid its pid when the kernel could tell it, else 0; err says who), another
+ * negative code when the lock file cannot be opened (a directory that cannot be written).
+ * Take it before reading anything of the run to act on it, and keep it while acting. The lock
+ * is per process (POSIX): a process must not own runs through two stores of one database.
+ * store_run_disown lets the run go. store_run_owner takes nothing (readers never lock, and a
+ * read-only copy has no lock file): the pid of another process that owns the run, else 0.
+ */
+int store_run_own(struct store *store, const char *run_id, int64_t *ret_owner_pid,
+                  struct tr_error *err) TR_MUST_CHECK;
+void store_run_disown(struct store *store, const char *run_id);
+int64_t store_run_owner(struct store *store, const char *run_id);
+/*
  * Finds a run by its full id or a unique prefix, or "latest" for the newest run.
  * TR_ENOTFOUND if none matches, TR_EINVAL if the prefix is ambiguous.
  */

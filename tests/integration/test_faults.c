@@ -833,8 +833,8 @@ Test(faults, resume_refuses_a_live_run_and_a_changed_workflow)
         harness_db_wait(env.db, "SELECT count(*) FROM steps WHERE state = 'dispatched'", 1, 30000),
         1);
     harness_run(resume, env.dir, 30000, &r);
-    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
-    cr_assert(strstr(r.err, "still being run by process"), "%s", r.err);
+    cr_assert_eq(r.exit_code, 4, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "is owned by process"), "%s", r.err);
     harness_result_release(&r);
 
     kill_scheduler(&proc);

@@ -4,10 +4,13 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -284,6 +287,46 @@ Test(bus_socket, bad_endpoint_is_a_clear_error)
     cr_assert(strstr(err.message, "could not listen on 'ipc:///nonexistent-dir/x/y/bus'"), "%s",
               err.message);
     cr_assert_lt(bus_connect("ipc:///tmp/x", "", &bus, &err), 0);
+}
+
+Test(bus_socket, a_live_ipc_address_is_never_taken_a_dead_one_is)
+{
+    struct tr_error err = {0};
+    struct bus *first = NULL, *second = NULL;
+    char dir[] = "/tmp/troupe-bus-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *endpoint = NULL, *path = NULL;
+    cr_assert_geq(asprintf(&path, "%s/bus", dir), 0);
+    cr_assert_geq(asprintf(&endpoint, "ipc://%s", path), 0);
+
+    cr_assert_eq(bus_listen(endpoint, &first, &err), 0, "%s", err.message);
+    cr_assert_eq(bus_listen(endpoint, &second, &err), -EADDRINUSE, "a live address was taken");
+    cr_assert_null(second);
+    cr_assert(strstr(err.message, "another process is listening there"), "%s", err.message);
+    /* The first still owns its address: a peer reaches it. */
+    struct bus *dealer = NULL;
+    struct bus_msg *msg = bus_msg_new(BUS_BYE), *got = NULL;
+    cr_assert_eq(bus_connect(endpoint, "agent#1", &dealer, &err), 0, "%s", err.message);
+    cr_assert_eq(bus_send(dealer, msg, &err), 0, "%s", err.message);
+    cr_assert_eq(bus_recv(first, 2000, &got, &err), 0, "%s", err.message);
+    cr_assert_not_null(got);
+    bus_msg_free(&got);
+    bus_msg_free(&msg);
+    bus_free(&dealer);
+    bus_free(&first);
+    /* A socket file nobody listens on (its process died) is replaced. */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path);
+    unlink(path);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    close(fd);
+    cr_assert_eq(bus_listen(endpoint, &second, &err), 0, "%s", err.message);
+    bus_free(&second);
+    unlink(path);
+    rmdir(dir);
+    free(endpoint);
+    free(path);
 }
 
 /* ==== CURVE: remote workers ================================================================ */

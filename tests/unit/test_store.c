@@ -4,6 +4,7 @@
  * of foreign or newer files, and a disk-full fault injected with RLIMIT_FSIZE.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -918,6 +920,47 @@ Test(store, commit_is_visible_to_other_connections)
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM runs"), 1);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM audit"), 1);
     sqlite3_close(db);
+    store_free(&store);
+}
+
+Test(store, a_run_is_owned_by_one_process_until_it_dies)
+{
+    char *path = tmp_path("troupe.db");
+    struct store *store = open_store(path);
+    struct tr_error err = {0};
+    int64_t owner = -1;
+    int ready[2];
+    char byte = 0;
+
+    cr_assert_eq(pipe(ready), 0);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        struct store *mine = open_store(path);
+        if (store_run_own(mine, "r-one", NULL, NULL) == 0 && write(ready[1], "y", 1) == 1)
+            pause(); /* owns r-one until killed */
+        _exit(1);
+    }
+    cr_assert_eq(read(ready[0], &byte, 1), 1);
+    /* Held by the child: refused, and the kernel names it. */
+    cr_assert_eq(store_run_own(store, "r-one", &owner, &err), -EBUSY);
+    cr_assert_eq(owner, child);
+    char want[64];
+    snprintf(want, sizeof(want), "run 'r-one' is owned by process %d", (int)child);
+    cr_assert_str_eq(err.message, want);
+    cr_assert_eq(store_run_owner(store, "r-one"), child);
+    /* Another run is free; our own is not "another process's". */
+    cr_assert_eq(store_run_own(store, "r-two", &owner, &err), 0, "%s", err.message);
+    cr_assert_eq(store_run_owner(store, "r-two"), 0);
+    /* kill -9 lets it go: nothing stale to guess about. */
+    kill(child, SIGKILL);
+    cr_assert_eq(waitpid(child, NULL, 0), child);
+    cr_assert_eq(store_run_owner(store, "r-one"), 0);
+    cr_assert_eq(store_run_own(store, "r-one", &owner, &err), 0, "%s", err.message);
+    store_run_disown(store, "r-one");
+    store_run_disown(store, "r-two");
+    close(ready[0]);
+    close(ready[1]);
     store_free(&store);
 }
 
