@@ -489,14 +489,10 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
-    /* Until the scheduler performs ask and workflow steps, refuse them before any work. */
-    for (size_t i = 0; i < workflow_step_count(wf); i++) {
-        enum workflow_action action = workflow_step_action(wf, i);
-        if (action == WORKFLOW_ACTION_ASK || action == WORKFLOW_ACTION_WORKFLOW) {
-            cli_error("%s: step '%s': '%s' steps are not executed yet", workflow_file(wf),
-                      workflow_step_id(wf, i), workflow_action_name(action));
-            goto out;
-        }
+    /* And what the run needs of the environment, before anything starts. */
+    if (workflow_check_run(wf, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
     }
     workflow_path = realpath(argv[optind], NULL);
 

@@ -166,6 +166,7 @@ int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *ent
     const cJSON *args = cJSON_GetObjectItemCaseSensitive(entry, "args");
     const cJSON *env = cJSON_GetObjectItemCaseSensitive(entry, "env");
     const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
+    const cJSON *inherit = cJSON_GetObjectItemCaseSensitive(entry, "inherit_env");
     const cJSON *item;
     size_t n = 0;
 
@@ -174,6 +175,8 @@ int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *ent
     /* NULL-ended: one longer than the strings they may hold. */
     const char **argv = xcalloc((size_t)cJSON_GetArraySize(args) + 2, sizeof(*argv));
     char **env_strings = xcalloc((size_t)cJSON_GetArraySize(env) + 1, sizeof(*env_strings));
+    const char **inherit_names =
+        xcalloc((size_t)cJSON_GetArraySize(inherit) + 1, sizeof(*inherit_names));
     argv[n++] = command->valuestring;
     cJSON_ArrayForEach(item, args)
     {
@@ -189,8 +192,15 @@ int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *ent
         env_strings[n++] = xasprintf("%s=%s", item->string, value ? value : item->valuestring);
         free(value);
     }
+    n = 0;
+    cJSON_ArrayForEach(item, inherit)
+    {
+        if (cJSON_IsString(item))
+            inherit_names[n++] = item->valuestring;
+    }
     params->argv = argv;
     params->env = (const char *const *)env_strings;
+    params->inherit_env = inherit_names;
     params->cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL;
     return 0;
 }
@@ -201,6 +211,8 @@ void mcp_stdio_params_release(struct mcp_stdio_params *params)
         free((char *)params->env[i]);
     free((char **)params->env);
     free((const char **)params->argv);
+    free((const char **)params->inherit_env);
+    params->inherit_env = NULL;
     params->env = NULL;
     params->argv = NULL;
 }

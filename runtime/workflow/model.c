@@ -208,10 +208,18 @@ int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJ
 
     if (!config)
         return tr_error_set(err, TR_ENOTFOUND, "no persona %zu", index);
-    if ((rc = wf_env_resolve(cJSON_GetObjectItemCaseSensitive(config, "servers"), err)) < 0) {
+    cJSON *servers = cJSON_GetObjectItemCaseSensitive(config, "servers");
+    cJSON *server;
+    /* The values to redact, found before the references are replaced. */
+    wf_env_collect_secrets(servers, cJSON_AddObjectToObject(config, "redact"));
+    if ((rc = wf_env_resolve(servers, err)) < 0) {
         tr_error_prefix(err, "persona '%s'", wf->personas[index].name);
         cJSON_Delete(config);
         return rc;
+    }
+    cJSON_ArrayForEach(server, servers)
+    {
+        wf_env_inherit(server);
     }
     *ret_config = config;
     return 0;

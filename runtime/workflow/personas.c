@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #include "workflow-internal.h"
 
+#include "mcp.h"
+
 #include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,11 +15,50 @@
 
 /* ---- servers ------------------------------------------------------------------------------ */
 
+/* `inherit_env`: names of variables of troupe run's environment the server gets as they are. */
+static int check_inherit_env(struct wf_build *b, const cJSON *list, const char *context)
+{
+    const cJSON *name, *other;
+    int rc;
+
+    if ((rc = wf_expect_string_list(b, list, context)) < 0)
+        return rc;
+    cJSON_ArrayForEach(name, list)
+    {
+        if (!wf_env_valid_name(name->valuestring))
+            return wf_problem(b->wf, name, false,
+                              "%sinherit_env: '%s' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                              context, name->valuestring);
+        for (other = list->child; other != name; other = other->next)
+            if (!strcmp(other->valuestring, name->valuestring))
+                return wf_problem(b->wf, name, false, "%sinherit_env: '%s' is listed twice",
+                                  context, name->valuestring);
+    }
+    return 0;
+}
+
+/* `protocol`: auto (the default: modern, falling back to the handshake) or one revision. */
+static int check_protocol(struct wf_build *b, const cJSON *item, const char *context)
+{
+    const char *const *versions = mcp_protocol_versions();
+    char list[256] = "";
+
+    if (!strcmp(item->valuestring, MCP_VERSION_AUTO) ||
+        mcp_protocol_version_supported(item->valuestring))
+        return 0;
+    for (size_t i = 0; versions[i]; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+                 versions[i]);
+    return wf_problem(b->wf, item, false,
+                      "%s'protocol' must be 'auto' or a revision troupe speaks (%s), not '%s'",
+                      context, list, item->valuestring);
+}
+
 static int build_server(struct wf_build *b, const cJSON *node, struct wf_server *server)
 {
-    static const char *const keys[] = {"type", "command", "args",    "env",
-                                       "cwd",  "url",     "headers", NULL};
-    static const char *const strings[] = {"type", "command", "cwd", "url", NULL};
+    static const char *const keys[] = {"type", "command", "args",    "env",      "inherit_env",
+                                       "cwd",  "url",     "headers", "protocol", NULL};
+    static const char *const strings[] = {"type", "command", "cwd", "url", "protocol", NULL};
     struct workflow *wf = b->wf;
     const cJSON *command, *url, *type, *item;
     char context[256];
@@ -43,6 +84,12 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
     if ((item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL &&
         (rc = wf_expect_string_map(b, item, context)) < 0)
         return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "inherit_env")) != NULL &&
+        (rc = check_inherit_env(b, item, context)) < 0)
+        return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "protocol")) != NULL &&
+        (rc = check_protocol(b, item, context)) < 0)
+        return rc;
     command = cJSON_GetObjectItemCaseSensitive(node, "command");
     url = cJSON_GetObjectItemCaseSensitive(node, "url");
     type = cJSON_GetObjectItemCaseSensitive(node, "type");
@@ -54,9 +101,9 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
         return wf_problem(wf, command, false, "%s'command' must not be empty", context);
     if (!url && (item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL)
         return wf_problem(wf, item, true, "%s'headers' needs 'url'", context);
-    for (size_t i = 0; url && i < 3; i++)
+    for (size_t i = 0; url && i < 4; i++)
         if ((item = cJSON_GetObjectItemCaseSensitive(
-                 node, (const char *[]){"args", "env", "cwd"}[i])) != NULL)
+                 node, (const char *[]){"args", "env", "inherit_env", "cwd"}[i])) != NULL)
             return wf_problem(wf, item, true, "%s'%s' needs 'command'", context, item->string);
     if (url && strncmp(url->valuestring, "http://", 7) &&
         strncmp(url->valuestring, "https://", 8) && strncmp(url->valuestring, "${env:", 6))

@@ -541,6 +541,7 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
                                   context, action->string, item->string);
             action = item;
             step->action = (enum workflow_action)i;
+            step->action_node = item;
         }
     }
     if (!action)

@@ -134,6 +134,7 @@ struct wf_step {
     cJSON *approvers;         /* approval: always a list, owned */
     const char *approval_why;
     const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */
+    const cJSON *action_node;                    /* the action's value, for messages */
     const char *description;
     const char *save;
     size_t *needs;
@@ -247,6 +248,13 @@ int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
 int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context);
 /* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
 int wf_env_resolve(cJSON *node, struct tr_error *err);
+/* Whether name is a variable name, [A-Za-z_][A-Za-z0-9_]*. */
+bool wf_env_valid_name(const char *name);
+/* Adds {NAME: value} to redact for each ${env:NAME} under node that is set and not empty. */
+void wf_env_collect_secrets(const cJSON *node, cJSON *redact);
+/* Turns a server entry's inherit_env into env entries with the variables' values (those that
+ * are set and not declared in env) and drops inherit_env. */
+void wf_env_inherit(cJSON *server);
 
 /* load.c: loads a sub-workflow file while checking parent (its problems end the load). */
 int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,

@@ -158,6 +158,65 @@ static int ask_client(void *userdata, const cJSON *arguments, cJSON **ret_result
     return 0;
 }
 
+extern char **environ;
+
+/* Its whole environment as text, one NAME=value a line: what a server could leak. */
+static int environ_tool(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                        struct tr_error *err)
+{
+    struct tr_buf text;
+    tr_buf_init(&text, 0);
+    for (char **e = environ; *e; e++)
+        if (tr_buf_append(&text, *e, strlen(*e)) < 0 || tr_buf_append(&text, "\n", 1) < 0)
+            return tr_error_set(err, TR_ETOOBIG, "environ: too big");
+    char *joined = tr_buf_take(&text);
+    *ret_result = mcp_result_text(joined, false);
+    free(joined);
+    return 0;
+}
+
+/*
+ * Returns the value of the environment variable `name` in every way a server might: in its
+ * text as written, as JSON text (JSON in JSON) once and twice, in structuredContent next to
+ * an unrelated number, on stderr, and with `fail`, in an error.
+ */
+static int reveal(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(arguments, "name");
+    const char *value = cJSON_IsString(name) ? getenv(name->valuestring) : NULL;
+    if (!value)
+        return tr_error_set(err, TR_EINVAL, "reveal: no variable named so");
+    fprintf(stderr, "reveal: the value is %s\n", value);
+    fflush(stderr);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arguments, "fail")))
+        return tr_error_set(err, TR_EINVAL, "reveal: refusing token %s", value);
+    cJSON *inner = cJSON_CreateObject();
+    cJSON_AddStringToObject(inner, "token", value);
+    cJSON_AddNumberToObject(inner, "sum", 25000);
+    char *once = cJSON_PrintUnformatted(inner);
+    cJSON *outer = cJSON_CreateObject();
+    cJSON_AddStringToObject(outer, "wrapped", once);
+    char *twice = cJSON_PrintUnformatted(outer);
+    char *raw = xasprintf("the token is %s, the sum 25000", value);
+    cJSON *result = cJSON_CreateObject();
+    cJSON *content = cJSON_AddArrayToObject(result, "content");
+    const char *texts[] = {raw, once, twice};
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "type", "text");
+        cJSON_AddStringToObject(item, "text", texts[i]);
+        cJSON_AddItemToArray(content, item);
+    }
+    cJSON_AddItemToObject(result, "structuredContent", cJSON_Duplicate(inner, 1));
+    *ret_result = result;
+    free(raw);
+    free(once);
+    free(twice);
+    cJSON_Delete(inner);
+    cJSON_Delete(outer);
+    return 0;
+}
+
 static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
 {
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
@@ -182,6 +241,12 @@ static const struct mcp_tool_def tools[] = {
     {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
      "{\"type\":\"object\"}", ask_client, NULL},
     {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
+    {"environ", "Replies with its whole environment, one NAME=value a line.",
+     "{\"type\":\"object\"}", environ_tool, NULL},
+    {"reveal", "Replies with an environment variable's value in several encodings.",
+     "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+     "\"fail\":{\"type\":\"boolean\"}},\"required\":[\"name\"]}",
+     reveal, NULL},
     {"batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.", "{\"type\":\"object\"}",
      batch, NULL},
 };
