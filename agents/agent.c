@@ -10,7 +10,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -55,7 +54,10 @@ struct agent {
     struct bus *bus;
     char *persona;
     cJSON *config;
-    cJSON *allowlist;          /* array of "server.tool" patterns, or NULL: everything allowed */
+    /* "server.pattern" entries for tools and prompts (mcp_allowlist_matches); when the
+     * welcome has neither list everything is allowed, else each kind only by its own. */
+    const cJSON *tool_allowlist, *prompt_allowlist;
+    bool has_allowlist;
     int credit;                /* tasks the scheduler may have in flight here (welcome) */
     struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
     struct server servers[MAX_SERVERS];
@@ -323,25 +325,22 @@ static struct server *find_server(struct agent *agent, const char *name)
     return NULL;
 }
 
-/* The agent's own allowlist check, made again after the scheduler's (least privilege). */
-static bool tool_allowed(const struct agent *agent, const char *server, const char *tool)
+/* The agent's own allowlist check, made again after the scheduler's (least privilege):
+ * a tool (method NULL) by the tools list, a prompt by the prompts list. */
+static bool allowed(const struct agent *agent, const char *method, const char *server,
+                    const char *name)
 {
-    const cJSON *pattern;
-    char *qualified;
-    bool allowed = false;
+    const cJSON *list = method ? agent->prompt_allowlist : agent->tool_allowlist;
+    const cJSON *entry;
 
-    if (!agent->allowlist)
+    if (!agent->has_allowlist)
         return true;
-    qualified = xasprintf("%s.%s", server, tool);
-    cJSON_ArrayForEach(pattern, agent->allowlist)
+    cJSON_ArrayForEach(entry, list)
     {
-        if (cJSON_IsString(pattern) && fnmatch(pattern->valuestring, qualified, 0) == 0) {
-            allowed = true;
-            break;
-        }
+        if (cJSON_IsString(entry) && mcp_allowlist_matches(entry->valuestring, server, name))
+            return true;
     }
-    free(qualified);
-    return allowed;
+    return false;
 }
 
 /* ---- tasks ------------------------------------------------------------------------------- */
@@ -483,7 +482,7 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     if (!known) {
         error = xasprintf("unknown request '%s' in an assignment", task->method);
         error_class = "protocol";
-    } else if (!reads && !tool_allowed(agent, assign->server, assign->tool)) {
+    } else if (!reads && !allowed(agent, task->method, assign->server, assign->tool)) {
         error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
                           assign->server, assign->tool);
         cJSON *payload = cJSON_CreateObject();
@@ -692,9 +691,9 @@ static int open_servers(struct agent *agent, struct tr_error *err)
     const cJSON *servers = cJSON_GetObjectItemCaseSensitive(agent->config, "servers");
     const cJSON *entry;
 
-    agent->allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
-    if (!cJSON_IsArray(agent->allowlist))
-        agent->allowlist = NULL;
+    agent->tool_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
+    agent->prompt_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "prompts");
+    agent->has_allowlist = agent->tool_allowlist || agent->prompt_allowlist;
     cJSON_ArrayForEach(entry, servers)
     {
         int rc = open_server(agent, entry, err); /* err names the server */

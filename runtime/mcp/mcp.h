@@ -33,6 +33,17 @@ const char *const *mcp_protocol_versions(void);
 /* Whether troupe speaks this revision (MCP_VERSION_AUTO is not one). */
 bool mcp_protocol_version_supported(const char *version);
 
+/*
+ * Allowlists: an entry is "server.pattern"; it matches a tool or prompt `name` of `server` when
+ * the server part is equal and the pattern matches the whole name. Matching is
+ * case-sensitive; in the pattern `*` matches any run of characters and `?` one character,
+ * `[abc]`, `[a-z]` and `[!a-z]` one character of (or not of) a class; none of them matches a
+ * dot, so `fs.read_*` allows `read_file` but not `read_file.admin`.
+ */
+bool mcp_allowlist_matches(const char *entry, const char *server, const char *name);
+/* Why entry is not a well-formed allowlist entry (a static string), or NULL when it is. */
+const char *mcp_allowlist_entry_problem(const char *entry);
+
 /* ---- client ------------------------------------------------------------------------------- */
 
 struct mcp_session;

@@ -27,6 +27,7 @@ void workflow_free(struct workflow **workflow)
     for (size_t i = 0; i < wf->persona_count; i++) {
         free(wf->personas[i].servers);
         free(wf->personas[i].tools);
+        free(wf->personas[i].prompts);
     }
     free(wf->personas);
     for (size_t i = 0; i < wf->server_count; i++)
@@ -187,11 +188,7 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index)
         const struct wf_server *server = &wf->servers[persona->servers[i]];
         cJSON_AddItemToObject(servers, server->name, cJSON_Duplicate(server->config, true));
     }
-    if (persona->has_allowlist) {
-        cJSON *tools = cJSON_AddArrayToObject(config, "tools");
-        for (size_t i = 0; i < persona->tool_count; i++)
-            cJSON_AddItemToArray(tools, cJSON_CreateString(persona->tools[i]));
-    }
+    wf_persona_add_allowlists(persona, config);
     return config;
 }
 

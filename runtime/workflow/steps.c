@@ -67,10 +67,10 @@ static int check_server_ref(struct wf_build *b, struct wf_step *step, const cJSO
     if (!wf_persona_holds(wf, persona, step->server))
         return wf_problem(wf, ref, false, "%s%s '%s': persona '%s' does not hold server '%s'",
                           context, kind, text, persona->name, step->server);
-    if (step->action == WORKFLOW_ACTION_TOOL &&
-        !workflow_persona_allows(wf, step->persona, step->server, step->tool))
-        return wf_problem(wf, ref, false, "%stool '%s' is not on the allowlist of persona '%s'",
-                          context, text, persona->name);
+    if ((step->action == WORKFLOW_ACTION_TOOL || step->action == WORKFLOW_ACTION_PROMPT) &&
+        !workflow_persona_allows(wf, step->persona, step->action, step->server, step->tool))
+        return wf_problem(wf, ref, false, "%s%s '%s' is not on the allowlist of persona '%s'",
+                          context, kind, text, persona->name);
     return 0;
 }
 

@@ -128,11 +128,13 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index);
 int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJSON **ret_config,
                                      struct tr_error *err) TR_MUST_CHECK;
 /*
- * Whether the persona may call server.tool: it holds the server and, when it has an
- * allowlist, an entry matches ("server.pattern", pattern a glob with * ? and [...]).
+ * Whether the persona may use `name` of server by action: it holds the server and, for a
+ * tool or a prompt when the persona declares `tools` or `prompts`, an entry of that kind's
+ * own list matches (mcp_allowlist_matches: "server.pattern", case-sensitive, wildcards never
+ * match a dot). A resource is allowed on any server the persona holds.
  */
-bool workflow_persona_allows(const struct workflow *wf, size_t index, const char *server,
-                             const char *tool);
+bool workflow_persona_allows(const struct workflow *wf, size_t index, enum workflow_action action,
+                             const char *server, const char *name);
 
 /* ---- steps ---------------------------------------------------------------------------- */
 

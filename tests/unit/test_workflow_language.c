@@ -302,7 +302,8 @@ Test(workflow_language, plan_normalizes_modifiers)
     assert_json(cJSON_GetObjectItem(cJSON_GetObjectItem(plan, "personas"), "credit_analyst"),
                 "{\"goal\":\"Measure the applicant's credit history in plain numbers.\","
                 "\"limits\":{\"max_tokens\":20000,\"max_tool_calls\":20,\"timeout_ms\":120000},"
-                "\"model\":\"gpt-4o-mini\",\"replicas\":2,\"role\":\"Credit analyst\","
+                "\"model\":\"gpt-4o-mini\",\"prompts\":[\"bureau.credit_summary\"],\"replicas\":2,"
+                "\"role\":\"Credit analyst\","
                 "\"servers\":[\"demo\",\"bureau\"],\"tools\":[\"demo.word_count\","
                 "\"bureau.credit_*\"]}");
     cJSON_Delete(plan);
@@ -384,13 +385,88 @@ Test(workflow_language, allowlist_globs)
                                     "steps: [{id: a, persona: p, tool: fs.read_1}]\n",
                                     WORKFLOW_YAML);
 
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "read_1"));
-    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "read_12"));
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "list_all"));
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "list_b"));
-    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "list_c"));
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "stat"));
-    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "stats"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "read_1"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "read_12"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "list_all"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "list_b"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "list_c"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "stat"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "stats"));
+    workflow_free(&wf);
+}
+
+Test(workflow_language, allowlist_wildcards_stop_at_dots_and_case_counts)
+{
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers: {fx: {command: x}}\n"
+                                    "personas: {p: {servers: [fx], tools: ['fx.format_*', "
+                                    "'fx.a?c', 'fx.[!.]x', 'fx.*.read']}}\n"
+                                    "steps: [{id: a, persona: p, tool: fx.format_x}]\n",
+                                    WORKFLOW_YAML);
+    const struct {
+        const char *name;
+        bool allowed;
+    } cases[] = {
+        {"format_x", true},
+        {"format_", true},
+        {"format_x.admin", false},
+        {"format_.x", false},
+        {"Format_x", false},
+        {"FORMAT_X", false},
+        {"abc", true},
+        {"a.c", false},
+        {"ax", true},
+        {"zx", true},
+        {".x", false},
+        {"files.read", true},
+        {"files.sub.read", false},
+        {".read", true},
+        {"format_x.", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        cr_assert_eq(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fx", cases[i].name),
+                     cases[i].allowed, "%s", cases[i].name);
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "FX", "format_x"),
+                  "server names are case-sensitive too");
+    workflow_free(&wf);
+}
+
+Test(workflow_language, allowlists_for_tools_and_prompts_are_separate)
+{
+    /* A tool entry does not allow a prompt of that name, nor a prompt entry a tool. */
+    char **problems = NULL;
+    size_t count = 0;
+    static const char text[] = "name: g\n"
+                               "mcp_servers: {fx: {command: x}}\n"
+                               "personas:\n"
+                               "  p: {servers: [fx], tools: [fx.summary], prompts: [fx.brief_*]}\n"
+                               "steps:\n"
+                               "  - {id: a, persona: p, prompt: fx.summary}\n"
+                               "  - {id: b, persona: p, tool: fx.brief_x}\n"
+                               "  - {id: c, persona: p, prompt: fx.brief_x}\n"
+                               "  - {id: d, persona: p, tool: fx.summary}\n"
+                               "  - {id: e, persona: p, resource: {server: fx, uri: 'x://y'}}\n";
+    cr_assert_lt(
+        workflow_check_string(text, strlen(text), WORKFLOW_YAML, "g.yaml", &problems, &count), 0);
+    cr_assert_eq(count, 2);
+    cr_expect_str_eq(problems[0], "g.yaml:6:33: step 'a': prompt 'fx.summary' is not on the "
+                                  "allowlist of persona 'p'");
+    cr_expect_str_eq(problems[1], "g.yaml:7:31: step 'b': tool 'fx.brief_x' is not on the "
+                                  "allowlist of persona 'p'");
+    workflow_problems_free(problems, count);
+
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers: {fx: {command: x}}\n"
+                                    "personas: {p: {servers: [fx], tools: [fx.summary]}}\n"
+                                    "steps: [{id: a, persona: p, tool: fx.summary}]\n",
+                                    WORKFLOW_YAML);
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fx", "summary"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_PROMPT, "fx", "summary"),
+                  "a persona with a tools list and no prompts list may get no prompt");
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_RESOURCE, "fx", "x://y"));
+    cJSON *config = workflow_persona_config(wf, 0);
+    cr_assert_null(cJSON_GetObjectItem(config, "prompts"));
+    cJSON_Delete(config);
     workflow_free(&wf);
 }
 
