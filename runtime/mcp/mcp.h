@@ -27,6 +27,10 @@
 #define MCP_MODERN_PROTOCOL_VERSION "2026-07-28"
 /* As a requested protocol version: prefer modern, fall back to legacy (the versioning page). */
 #define MCP_VERSION_AUTO "auto"
+/* With MCP_VERSION_AUTO, how long server/discover may go unanswered before the session falls
+ * back to the initialize handshake (a legacy server may ignore the method); an error, or an
+ * answer that is not to server/discover, falls back at once. */
+#define MCP_DISCOVER_WAIT_MS 3000
 
 /* The protocol revisions troupe speaks, newest first, NULL-ended (static). */
 const char *const *mcp_protocol_versions(void);

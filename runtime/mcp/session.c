@@ -99,10 +99,17 @@ static int discover(struct mcp_session *s, const char *version, bool may_fall_ba
     mcp__set_version(s, version, true);
     cJSON *result = NULL;
     struct tr_error probe_err = {0};
-    int rc = mcp__request(s, "server/discover", NULL, timeout_ms, false, &result, &probe_err);
+    int wait_ms = timeout_ms > 0 ? timeout_ms : MCP_DEFAULT_TIMEOUT_MS;
+    /* A legacy server may say nothing at all to a method it does not know: wait briefly. */
+    if (may_fall_back && wait_ms > MCP_DISCOVER_WAIT_MS)
+        wait_ms = MCP_DISCOVER_WAIT_MS;
+    s->probing = may_fall_back;
+    int rc = mcp__request(s, "server/discover", NULL, wait_ms, false, &result, &probe_err);
+    s->probing = false;
     if (rc < 0) {
-        /* A recognized modern error was retried inside mcp__request(); anything else is legacy. */
-        if (may_fall_back && rc != TR_ETIMEDOUT && !s->dead)
+        /* A recognized modern error was retried inside mcp__request(); anything else (an
+         * error, another answer, silence) is a legacy server. */
+        if (may_fall_back && !s->dead)
             return 1;
         if (err)
             *err = probe_err;
@@ -382,7 +389,7 @@ int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t
 int mcp_session_poll(struct mcp_session *session, int timeout_ms, struct tr_error *err)
 {
     cJSON *never = NULL;
-    int rc = mcp__wait_response(session, -1, "a wait for notifications", tr_now_ms() + timeout_ms,
+    int rc = mcp__wait_response(session, -1, "a request in flight", tr_now_ms() + timeout_ms,
                                 timeout_ms, &never, err);
     cJSON_Delete(never);
     return rc == TR_ETIMEDOUT ? 0 : rc;

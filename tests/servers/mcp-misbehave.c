@@ -1,7 +1,9 @@
 /*
  * test-mcp-misbehave: an MCP server over stdio that misbehaves on request, for the client's
  * robustness tests (exits mid-call, sleeps, writes garbage, huge lines, stray responses,
- * batches and stderr noise; --no-init, --bad-version and --exit-on-start break the handshake).
+ * batches and stderr noise; --no-init, --bad-version and --exit-on-start break the handshake;
+ * --silent-discover and --odd-discover play legacy servers that never answer server/discover
+ * or answer it with an id nobody used).
  * Tests only.
  */
 #define _GNU_SOURCE
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mcp.h"
@@ -291,6 +294,49 @@ static int broken_handshake(bool bad_version)
     return 0;
 }
 
+/*
+ * A legacy server in front of the real one: server/discover requests never reach it; with
+ * odd, each is answered with a response to an id nobody used. Every other line is passed on.
+ */
+static int legacy_front(bool odd)
+{
+    int to_server[2];
+    if (pipe(to_server) < 0)
+        return 1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid == 0) {
+        close(to_server[1]);
+        if (dup2(to_server[0], STDIN_FILENO) < 0)
+            _exit(1);
+        close(to_server[0]);
+        _exit(mcp_server_main(PROGRAM, tools, sizeof(tools) / sizeof(tools[0])));
+    }
+    close(to_server[0]);
+    for (;;) {
+        char *line = read_request_line();
+        if (!*line) {
+            free(line);
+            break;
+        }
+        if (strstr(line, "\"server/discover\"")) {
+            static const char answer[] =
+                "{\"jsonrpc\":\"2.0\",\"id\":424242,\"result\":{\"ok\":true}}\n";
+            if (odd)
+                write_or_die(STDOUT_FILENO, answer, sizeof(answer) - 1);
+        } else {
+            write_or_die(to_server[1], line, strlen(line));
+            write_or_die(to_server[1], "\n", 1);
+        }
+        free(line);
+    }
+    close(to_server[1]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bool no_init = false, bad_version = false;
@@ -301,8 +347,12 @@ int main(int argc, char **argv)
             no_init = true;
         else if (strcmp(argv[i], "--bad-version") == 0)
             bad_version = true;
+        else if (strcmp(argv[i], "--silent-discover") == 0 ||
+                 strcmp(argv[i], "--odd-discover") == 0)
+            return legacy_front(strcmp(argv[i], "--odd-discover") == 0);
         else {
-            fprintf(stderr, "usage: " PROGRAM " [--no-init | --bad-version | --exit-on-start]\n");
+            fprintf(stderr, "usage: " PROGRAM " [--no-init | --bad-version | --exit-on-start | "
+                            "--silent-discover | --odd-discover]\n");
             return 2;
         }
     }
