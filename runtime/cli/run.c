@@ -258,6 +258,8 @@ static int sched_option(struct sched_options *opts, struct cli_progress *progres
         for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
             static const char *const names[] = {"tool", "protocol", "transport", "timeout"};
             bool known = false;
+            if (strcmp(name, "tool_error") == 0) /* the older spelling of workflows */
+                name = "tool";
             for (size_t i = 0; i < 4; i++)
                 if (strcmp(name, names[i]) == 0) {
                     mask |= 1u << i;
@@ -483,9 +485,17 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     }
     tr_log_setup("troupe", common->verbose ? TR_LOG_DEBUG : TR_LOG_INFO, common->log_format);
 
-    /* Everything about the workflow and its inputs is checked before the store is touched. */
-    if (workflow_load(argv[optind], &wf, &err) < 0 ||
-        workflow_inputs_resolve(wf, given, &input, &err) < 0) {
+    /* Everything about the workflow and its inputs is checked before the store is touched;
+     * every problem of the file is shown, not the first alone. */
+    char **problems = NULL;
+    size_t problem_count = 0;
+    if (workflow_check(argv[optind], &wf, &problems, &problem_count) < 0) {
+        for (size_t i = 0; i < problem_count; i++)
+            cli_error("%s", problems[i]);
+        workflow_problems_free(problems, problem_count);
+        goto out;
+    }
+    if (workflow_inputs_resolve(wf, given, &input, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }

@@ -173,7 +173,7 @@ static const char **server_names(const struct workflow *wf)
 
 /* An allowlist entry is "server.pattern" (mcp_allowlist_matches), server one the persona holds. */
 static int check_allow_entry(struct wf_build *b, const struct wf_persona *persona,
-                             const cJSON *entry, const char *context)
+                             const cJSON *servers, const cJSON *entry, const char *context)
 {
     const char *text = entry->valuestring;
     const char *problem = mcp_allowlist_entry_problem(text);
@@ -184,7 +184,15 @@ static int check_allow_entry(struct wf_build *b, const struct wf_persona *person
         return wf_problem(b->wf, entry, false, "%sallowlist entry '%s'%s%s", context, text,
                           *problem == '\'' ? ": " : " ", problem);
     server = xstrndup(text, (size_t)(strchr(text, '.') - text));
-    if (!wf_persona_holds(b->wf, persona, server))
+    /* A server the persona lists but the workflow lacks was reported with the list. */
+    bool reported = false;
+    const cJSON *name;
+    cJSON_ArrayForEach(name, servers)
+    {
+        reported |= cJSON_IsString(name) && !strcmp(name->valuestring, server) &&
+                    wf_server_find(b->wf, server) < 0;
+    }
+    if (!reported && !wf_persona_holds(b->wf, persona, server))
         rc = wf_problem(b->wf, entry, false,
                         "%sallowlist entry '%s' names server '%s', not one of the persona's "
                         "servers",
@@ -195,7 +203,8 @@ static int check_allow_entry(struct wf_build *b, const struct wf_persona *person
 
 /* `tools` or `prompts`: a list of allowlist entries, each checked. */
 static int build_allowlist(struct wf_build *b, const cJSON *list, struct wf_persona *persona,
-                           const char ***ret_entries, size_t *ret_count, const char *context)
+                           const cJSON *servers, const char ***ret_entries, size_t *ret_count,
+                           const char *context)
 {
     const cJSON *entry;
     int rc;
@@ -206,7 +215,7 @@ static int build_allowlist(struct wf_build *b, const cJSON *list, struct wf_pers
     *ret_entries = xcalloc(wf_count_items(list) + 1, sizeof(**ret_entries));
     cJSON_ArrayForEach(entry, list)
     {
-        if (check_allow_entry(b, persona, entry, context) < 0)
+        if (check_allow_entry(b, persona, servers, entry, context) < 0)
             rc = TR_EINVAL;
         (*ret_entries)[(*ret_count)++] = entry->valuestring;
     }
@@ -271,28 +280,29 @@ static int build_persona(struct wf_build *b, const cJSON *node, struct wf_person
     cJSON_ArrayForEach(entry, servers)
     {
         long index = wf_server_find(wf, entry->valuestring);
-        if (index < 0) {
-            if (b->servers_broken) {
-                rc = TR_EINVAL;
-                goto out;
-            }
-            rc = wf_problem(
+        if (index < 0 && b->servers_broken) {
+            rc = TR_EINVAL;
+            goto out;
+        }
+        /* Reported, and the rest checked: the persona's allowlist and steps still make
+         * sense for the servers it names rightly. */
+        if (index < 0)
+            (void)wf_problem(
                 wf, entry, false, "%sunknown server '%s'%s", context, entry->valuestring,
                 wf_suggestion(entry->valuestring, names, wf->server_count, hint, sizeof(hint)));
-            goto out;
-        }
-        if (wf_persona_holds(wf, persona, entry->valuestring)) {
-            rc = wf_problem(wf, entry, false, "%sserver '%s' is listed twice", context,
-                            entry->valuestring);
-            goto out;
-        }
-        persona->servers[persona->server_count++] = (size_t)index;
+        else if (wf_persona_holds(wf, persona, entry->valuestring))
+            (void)wf_problem(wf, entry, false, "%sserver '%s' is listed twice", context,
+                             entry->valuestring);
+        else
+            persona->servers[persona->server_count++] = (size_t)index;
     }
     if ((tools = cJSON_GetObjectItemCaseSensitive(node, "tools")) != NULL &&
-        build_allowlist(b, tools, persona, &persona->tools, &persona->tool_count, context) < 0)
+        build_allowlist(b, tools, persona, servers, &persona->tools, &persona->tool_count,
+                        context) < 0)
         rc = TR_EINVAL;
     if ((prompts = cJSON_GetObjectItemCaseSensitive(node, "prompts")) != NULL &&
-        build_allowlist(b, prompts, persona, &persona->prompts, &persona->prompt_count, context) <
+        build_allowlist(b, prompts, persona, servers, &persona->prompts, &persona->prompt_count,
+                        context) <
             0)
         rc = TR_EINVAL;
     /* A persona that lists what it may use lists all of it: tools only by `tools`. */

@@ -12,7 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *const wf_error_class_names[] = {"timeout", "transport", "protocol", "tool_error", NULL};
+/* The classes as the agent reports them (and troupe run --retry-on names them); "tool_error",
+ * their older spelling in workflows, is read as "tool". */
+const char *const wf_error_class_names[] = {"timeout", "transport", "protocol", "tool", NULL};
 
 static const char *const action_names[] = {"tool", "resource", "prompt",   "ask",
                                            "eval", "approval", "workflow", NULL};
@@ -323,14 +325,15 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
     step->retry_errors = 0;
     cJSON_ArrayForEach(entry, errors)
     {
+        const char *name = strcmp(entry->valuestring, "tool_error") ? entry->valuestring : "tool";
         unsigned bit = 0;
         for (size_t i = 0; wf_error_class_names[i] && !bit; i++)
-            if (!strcmp(entry->valuestring, wf_error_class_names[i]))
+            if (!strcmp(name, wf_error_class_names[i]))
                 bit = 1u << i;
         if (!bit)
             return wf_problem(
                 wf, entry, false,
-                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool_error",
+                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool",
                 inner, entry->valuestring,
                 wf_suggestion(entry->valuestring, wf_error_class_names, 4, hint, sizeof(hint)));
         step->retry_errors |= bit;

@@ -599,7 +599,7 @@ static const struct broken broken_files[] = {
     {"concurrency-without-for-each.yaml", "10:5", "step 'greet': 'concurrency' needs 'for_each'"},
     {"retry-error-class.yaml", "12:25",
      "step 'greet': retry: unknown error class 'transprt' (did you mean 'transport'?); use "
-     "timeout, transport, protocol or tool_error"},
+     "timeout, transport, protocol or tool"},
     {"bad-duration.yaml", "10:14",
      "step 'greet': 'timeout' must be a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\""},
     {"on-error-bad.yaml", "10:15",

@@ -899,3 +899,95 @@ Test(workflow_language, expressions_compiled_in_several_programs_each_evaluate_t
     cr_assert_null(wf);
     free(text);
 }
+
+Test(workflow_language, run_check_lists_every_unset_variable_and_unsafe_secret)
+{
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers:\n"
+                                    "  a: {command: x, env: {T: '${env:TROUPE_T_UNSET_1}'}}\n"
+                                    "  b: {command: x, args: ['--k=${env:TROUPE_T_SHORT}', "
+                                    "'${env:TROUPE_T_UNSET_2}', '${env:TROUPE_T_NUMBER}']}\n"
+                                    "personas: {p: {servers: [a, b]}}\n"
+                                    "steps: [{id: s, persona: p, tool: a.t}]\n",
+                                    WORKFLOW_YAML);
+    struct tr_error err = {0};
+
+    unsetenv("TROUPE_T_UNSET_1");
+    unsetenv("TROUPE_T_UNSET_2");
+    setenv("TROUPE_T_SHORT", "abc", 1);
+    setenv("TROUPE_T_NUMBER", "1234567890", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_ENOTFOUND);
+    cr_assert(strstr(err.message, "environment variables not set: TROUPE_T_UNSET_1 (server 'a'); "
+                                  "TROUPE_T_UNSET_2 (server 'b')"),
+              "%s", err.message);
+    cr_assert(strstr(err.message, "${env:TROUPE_T_SHORT} of server 'b' is too short"), "%s",
+              err.message);
+    cr_assert(strstr(err.message, "${env:TROUPE_T_NUMBER} of server 'b' is JSON text"), "%s",
+              err.message);
+    cr_assert_null(strstr(err.message, "1234567890"), "a value in the message: %s", err.message);
+
+    setenv("TROUPE_T_UNSET_1", "long-enough-1", 1);
+    setenv("TROUPE_T_UNSET_2", "long-enough-2", 1);
+    setenv("TROUPE_T_SHORT", "long-enough-3", 1);
+    setenv("TROUPE_T_NUMBER", "long-enough-4", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), 0, "%s", err.message);
+    workflow_free(&wf);
+
+    /* A step the scheduler cannot perform: refused with its position. */
+    wf = load_text("name: g\n"
+                   "mcp_servers: {a: {command: x}}\n"
+                   "personas: {p: {servers: [a], model: m}}\n"
+                   "steps:\n"
+                   "  - {id: s, persona: p, ask: hello}\n",
+                   WORKFLOW_YAML);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert(strstr(err.message, ":5:25: step 's': 'ask' steps are not executed yet"), "%s",
+              err.message);
+    workflow_free(&wf);
+}
+
+Test(workflow_language, an_unknown_server_hides_no_other_problem)
+{
+    static const char text[] = "name: hide\n"
+                               "mcp_servers:\n"
+                               "  demo: {command: troupe-demo-tools}\n"
+                               "personas:\n"
+                               "  p:\n"
+                               "    servers: [demo, nosuch]\n"
+                               "    tools: [demo.greet, nosuch.x]\n"
+                               "steps:\n"
+                               "  - {id: a, persona: p, tool: demo.add}\n"
+                               "  - {id: b, persona: p, tool: demo.greet}\n";
+    char **problems = NULL;
+    size_t count = 0;
+    cr_assert_lt(workflow_check_string(text, strlen(text), WORKFLOW_YAML, "h.yaml", &problems,
+                                       &count),
+                 0);
+    cr_assert_eq(count, 2, "%zu problems: %s", count, count ? problems[count - 1] : "");
+    cr_expect_str_eq(problems[0], "h.yaml:6:21: persona 'p': unknown server 'nosuch'");
+    cr_expect_str_eq(problems[1],
+                     "h.yaml:9:31: step 'a': tool 'demo.add' is not on the allowlist of persona "
+                     "'p'");
+    workflow_problems_free(problems, count);
+}
+
+Test(workflow_language, retry_class_tool_has_one_meaning_in_both_spellings)
+{
+    const char *spellings[] = {"tool", "tool_error"};
+    for (size_t i = 0; i < 2; i++) {
+        char *text = xasprintf("name: r\n"
+                               "mcp_servers: {a: {command: x}}\n"
+                               "personas: {p: {servers: [a]}}\n"
+                               "steps: [{id: s, persona: p, tool: a.t, retry: {errors: [%s]}}]\n",
+                               spellings[i]);
+        struct workflow *wf = load_text(text, WORKFLOW_YAML);
+        struct workflow_retry retry;
+        cr_assert(workflow_step_retry(wf, 0, &retry));
+        cr_assert_eq(retry.errors, WORKFLOW_ERROR_TOOL, "%s", spellings[i]);
+        char *plan = workflow_plan_json(wf);
+        cr_assert(strstr(plan, "\"errors\":[\"tool\"]"), "the plan writes one spelling: %s", plan);
+        free(plan);
+        workflow_free(&wf);
+        free(text);
+    }
+}
