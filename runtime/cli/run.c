@@ -27,8 +27,9 @@ static void usage(FILE *out)
             "process dies, 'troupe resume RUN' carries the run on.\n"
             "\n"
             "options:\n"
-            "  -i, --input NAME=VALUE  set an input; VALUE is read as JSON when it parses as\n"
-            "                          JSON, else taken as a string (repeatable)\n" CLI_SCHED_USAGE
+            "  -i, --input NAME=VALUE  set an input; a string input takes VALUE as it is, others\n"
+            "                          read it as JSON when it parses, else as a string\n"
+            "                          (repeatable)\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
             "  -q, --quiet             print only the run id and outcome\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
@@ -326,11 +327,9 @@ static int add_input(cJSON *inputs, const char *assignment)
         return -1;
     }
     char *name = xstrndup(assignment, (size_t)(eq - assignment));
-    cJSON *value = cJSON_Parse(eq + 1);
-    if (!value)
-        value = cJSON_CreateString(eq + 1);
+    /* The text as given: its type comes from the input's declaration (after loading). */
     cJSON_DeleteItemFromObjectCaseSensitive(inputs, name);
-    cJSON_AddItemToObject(inputs, name, value);
+    cJSON_AddItemToObject(inputs, name, cJSON_CreateString(eq + 1));
     free(name);
     return 0;
 }
@@ -495,7 +494,10 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         workflow_problems_free(problems, problem_count);
         goto out;
     }
-    if (workflow_inputs_resolve(wf, given, &input, &err) < 0) {
+    cJSON *typed = workflow_inputs_from_text(wf, given);
+    int resolved = workflow_inputs_resolve(wf, typed, &input, &err);
+    cJSON_Delete(typed);
+    if (resolved < 0) {
         cli_error("%s", err.message);
         goto out;
     }

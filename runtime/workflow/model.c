@@ -55,6 +55,29 @@ const char *workflow_file(const struct workflow *wf)
 
 /* ---- inputs ---------------------------------------------------------------------------- */
 
+cJSON *workflow_inputs_from_text(const struct workflow *wf, const cJSON *texts)
+{
+    cJSON *values = cJSON_CreateObject();
+    const cJSON *text;
+
+    cJSON_ArrayForEach(text, texts)
+    {
+        const char *type = NULL;
+        cJSON *value = NULL;
+        for (size_t i = 0; i < wf->input_count && !type; i++)
+            if (!strcmp(wf->inputs[i].name, text->string))
+                type = wf->inputs[i].type;
+        if (!cJSON_IsString(text))
+            value = cJSON_Duplicate(text, true);
+        else if (!type || strcmp(type, "string") != 0)
+            value = cJSON_Parse(text->valuestring);
+        if (!value)
+            value = cJSON_CreateString(text->valuestring);
+        cJSON_AddItemToObject(values, text->string, value);
+    }
+    return values;
+}
+
 int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON **ret_input,
                             struct tr_error *err)
 {

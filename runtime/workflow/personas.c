@@ -302,8 +302,7 @@ static int build_persona(struct wf_build *b, const cJSON *node, struct wf_person
         rc = TR_EINVAL;
     if ((prompts = cJSON_GetObjectItemCaseSensitive(node, "prompts")) != NULL &&
         build_allowlist(b, prompts, persona, servers, &persona->prompts, &persona->prompt_count,
-                        context) <
-            0)
+                        context) < 0)
         rc = TR_EINVAL;
     /* A persona that lists what it may use lists all of it: tools only by `tools`. */
     if (persona->has_allowlist && !persona->tools)

@@ -333,8 +333,8 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
         if (!bit)
             return wf_problem(
                 wf, entry, false,
-                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool",
-                inner, entry->valuestring,
+                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool", inner,
+                entry->valuestring,
                 wf_suggestion(entry->valuestring, wf_error_class_names, 4, hint, sizeof(hint)));
         step->retry_errors |= bit;
     }

@@ -69,6 +69,13 @@ const char *workflow_file(const struct workflow *wf);
 char *workflow_plan_json(const struct workflow *wf);
 
 /*
+ * Inputs given as text ({NAME: "TEXT"}, as `troupe run -i NAME=TEXT` gives them) as values:
+ * an input declared `type: string` takes the text as it is (`-i who=42` is "42"); any other
+ * reads it as JSON when it parses, else as a string. Members that are not strings are kept.
+ * Never NULL; caller frees.
+ */
+cJSON *workflow_inputs_from_text(const struct workflow *wf, const cJSON *texts);
+/*
  * Applies the workflow's input declarations to the given inputs (an object, or NULL):
  * defaults filled in, required inputs checked, unknown names and wrong types refused.
  */

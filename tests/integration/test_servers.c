@@ -106,3 +106,22 @@ Test(servers, an_oversized_message_names_its_size_and_the_limit, .timeout = 120)
     harness_result_release(&r);
     harness_env_release(&env);
 }
+
+Test(cli, a_string_input_takes_digits_and_both_retry_spellings_are_accepted, .timeout = 120)
+{
+    struct harness_env env = harness_env_new();
+    char *workflow = harness_source_path("workflows/hello.yaml");
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db",   env.db,       "run",        workflow,
+                          "-i",       "who=42", "--retry-on", "tool_error", NULL};
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "\"Hello, 42!\""), "%s", r.out);
+    char *retry_on =
+        harness_db_text(env.db, "SELECT json_extract(options_json, '$.retry_on') FROM runs");
+    cr_assert(retry_on && strstr(retry_on, "\"tool\""), "%s", retry_on ? retry_on : "(null)");
+    free(retry_on);
+    harness_result_release(&r);
+    free(workflow);
+    harness_env_release(&env);
+}

@@ -960,9 +960,8 @@ Test(workflow_language, an_unknown_server_hides_no_other_problem)
                                "  - {id: b, persona: p, tool: demo.greet}\n";
     char **problems = NULL;
     size_t count = 0;
-    cr_assert_lt(workflow_check_string(text, strlen(text), WORKFLOW_YAML, "h.yaml", &problems,
-                                       &count),
-                 0);
+    cr_assert_lt(
+        workflow_check_string(text, strlen(text), WORKFLOW_YAML, "h.yaml", &problems, &count), 0);
     cr_assert_eq(count, 2, "%zu problems: %s", count, count ? problems[count - 1] : "");
     cr_expect_str_eq(problems[0], "h.yaml:6:21: persona 'p': unknown server 'nosuch'");
     cr_expect_str_eq(problems[1],
@@ -990,4 +989,33 @@ Test(workflow_language, retry_class_tool_has_one_meaning_in_both_spellings)
         workflow_free(&wf);
         free(text);
     }
+}
+
+Test(workflow_language, a_string_input_takes_the_text_as_given)
+{
+    struct workflow *wf = load_text("name: i\n"
+                                    "inputs:\n"
+                                    "  who: {type: string}\n"
+                                    "  amount: {type: number}\n"
+                                    "  any: {required: false}\n"
+                                    "  flags: {type: object}\n"
+                                    "mcp_servers: {a: {command: x}}\n"
+                                    "personas: {p: {servers: [a]}}\n"
+                                    "steps: [{id: s, persona: p, tool: a.t}]\n",
+                                    WORKFLOW_YAML);
+    cJSON *texts = cJSON_Parse("{\"who\":\"42\",\"amount\":\"42\",\"any\":\"true\","
+                               "\"flags\":\"{\\\"a\\\":1}\",\"undeclared\":\"[1]\"}");
+    cJSON *values = workflow_inputs_from_text(wf, texts);
+    char *text = cJSON_PrintUnformatted(values);
+    cr_assert_str_eq(text, "{\"who\":\"42\",\"amount\":42,\"any\":\"true\",\"flags\":{\"a\":1},"
+                           "\"undeclared\":[1]}");
+    free(text);
+    cJSON *input = NULL;
+    struct tr_error err = {0};
+    cJSON_DeleteItemFromObject(values, "undeclared");
+    cr_assert_eq(workflow_inputs_resolve(wf, values, &input, &err), 0, "%s", err.message);
+    cJSON_Delete(input);
+    cJSON_Delete(values);
+    cJSON_Delete(texts);
+    workflow_free(&wf);
 }
