@@ -26,6 +26,9 @@ struct redactor {
     size_t mark_count;
     struct form *forms; /* longest first, so that no form eats part of a longer one */
     size_t form_count;
+    /* The pairs of bytes a form starts with (a bit each): a one-pass test for any form. */
+    unsigned char first_pairs[65536 / 8];
+    bool short_form; /* a form of one byte, which the pairs cannot tell */
 };
 
 /* ---- buffers ----------------------------------------------------------------------------- */
@@ -172,7 +175,11 @@ static size_t read_literal(const char *s, size_t n, struct tr_buf *decoded, size
         if (s[i] == '"')
             return i + 1;
         if (s[i] != '\\') {
-            put_char(decoded, s[i]);
+            size_t run = i + 1;
+            while (run < n && s[run] != '"' && s[run] != '\\')
+                run++;
+            put(decoded, s + i, run - i);
+            i = run - 1;
             continue;
         }
         if (++i == n)
@@ -340,6 +347,13 @@ struct redactor *redactor_new(const cJSON *secrets)
         add_base64_forms(r, secret->valuestring, mark);
     }
     qsort(r->forms, r->form_count, sizeof(*r->forms), longest_first);
+    for (size_t i = 0; i < r->form_count; i++) {
+        const unsigned char *b = (const unsigned char *)r->forms[i].bytes;
+        if (r->forms[i].len < 2)
+            r->short_form = true;
+        else
+            r->first_pairs[(b[0] << 8 | b[1]) / 8] |= (unsigned char)(1u << (b[1] % 8));
+    }
     return r;
 }
 
@@ -394,6 +408,37 @@ static bool replace_forms(const struct redactor *r, struct tr_buf *text)
     return changed;
 }
 
+/* Replaces the forms in out from byte start on (free text); whether any was found. */
+static bool replace_forms_from(const struct redactor *r, struct tr_buf *out, size_t start)
+{
+    bool any = false;
+
+    /* One pass over the text; forms are compared only where one could start. */
+    const unsigned char *text = (const unsigned char *)out->data;
+    for (size_t at = start; at + 1 < out->len && !any && !r->short_form; at++) {
+        unsigned pair = text[at] << 8 | text[at + 1];
+        if (!(r->first_pairs[pair / 8] & (1u << (pair % 8))))
+            continue;
+        for (size_t i = 0; i < r->form_count && !any; i++)
+            any = r->forms[i].len <= out->len - at &&
+                  memcmp(out->data + at, r->forms[i].bytes, r->forms[i].len) == 0;
+    }
+    for (size_t i = 0; i < r->form_count && !any && r->short_form; i++)
+        any = out->len > start &&
+              memmem(out->data + start, out->len - start, r->forms[i].bytes, r->forms[i].len);
+    if (!any)
+        return false;
+    struct tr_buf mine;
+    tr_buf_init(&mine, 0);
+    put(&mine, out->data + start, out->len - start);
+    explicit_bzero(out->data + start, out->len - start);
+    (void)replace_forms(r, &mine);
+    out->len = start;
+    put(out, mine.data, mine.len);
+    tr_buf_release(&mine);
+    return true;
+}
+
 /* Whether s is a JSON object or array (then only its strings may change). */
 static bool is_document(const char *s, size_t n)
 {
@@ -408,68 +453,80 @@ static bool is_document(const char *s, size_t n)
     return doc != NULL;
 }
 
+/* Buffers for the literals being decoded, one pair per level, reused: no allocation per
+ * string once they have grown. */
+struct scratch {
+    struct tr_buf decoded[REDACT_MAX_DEPTH], inner[REDACT_MAX_DEPTH];
+};
+
 /*
  * Appends s redacted to out; whether anything changed. Every string literal in s is decoded
  * and redacted one level deeper; in a document nothing else changes, in free text the
  * secrets' forms are replaced too.
  */
 static bool redact_into(const struct redactor *r, const char *s, size_t n, int depth,
-                        struct tr_buf *out)
+                        struct scratch *scratch, struct tr_buf *out)
 {
-    bool document = is_document(s, n), changed = false;
     size_t start = out->len;
 
+    /* Most strings hold no literal: then only the forms can be in them. */
+    if (depth >= REDACT_MAX_DEPTH || !memchr(s, '"', n)) {
+        put(out, s, n);
+        return replace_forms_from(r, out, start);
+    }
+    bool document = is_document(s, n), changed = false;
+    struct tr_buf *decoded = &scratch->decoded[depth], *inner = &scratch->inner[depth];
     for (size_t i = 0; i < n;) {
-        struct tr_buf decoded, inner;
         size_t len = 0, seen = 1;
-        if (s[i] != '"' || depth >= REDACT_MAX_DEPTH) {
-            put_char(out, s[i++]);
+        if (s[i] != '"') {
+            const char *quote = memchr(s + i, '"', n - i);
+            size_t run = quote ? (size_t)(quote - s) - i : n - i;
+            put(out, s + i, run);
+            i += run;
             continue;
         }
-        tr_buf_init(&decoded, 0);
-        tr_buf_init(&inner, 0);
-        len = read_literal(s + i, n - i, &decoded, &seen);
-        if (len > 0 &&
-            redact_into(r, decoded.data ? decoded.data : "", decoded.len, depth + 1, &inner)) {
+        decoded->len = inner->len = 0;
+        len = read_literal(s + i, n - i, decoded, &seen);
+        if (len > 0 && redact_into(r, decoded->data ? decoded->data : "", decoded->len, depth + 1,
+                                   scratch, inner)) {
             put_char(out, '"');
-            escape_json(inner.data, inner.len, false, out);
+            escape_json(inner->data, inner->len, false, out);
             put_char(out, '"');
             changed = true;
         } else {
             len = len ? len : seen; /* not a literal: text */
             put(out, s + i, len);
         }
-        if (decoded.data)
-            explicit_bzero(decoded.data, decoded.len);
-        if (inner.data)
-            explicit_bzero(inner.data, inner.len);
-        tr_buf_release(&decoded);
-        tr_buf_release(&inner);
+        if (decoded->len)
+            explicit_bzero(decoded->data, decoded->len);
+        if (inner->len)
+            explicit_bzero(inner->data, inner->len);
         i += len;
     }
-    if (!document) {
-        /* Only this call's part of out is free text. */
-        struct tr_buf mine;
-        tr_buf_init(&mine, 0);
-        put(&mine, out->data ? out->data + start : "", out->len - start);
-        if (replace_forms(r, &mine)) {
-            out->len = start;
-            put(out, mine.data, mine.len);
-            changed = true;
-        }
-        tr_buf_release(&mine);
-    }
+    if (!document)
+        changed |= replace_forms_from(r, out, start);
     return changed;
 }
 
 char *redactor_apply(const struct redactor *redactor, const char *text)
 {
+    struct scratch scratch;
     struct tr_buf out;
+    bool changed;
 
     if (!text || !redactor_active(redactor))
         return NULL;
+    for (size_t i = 0; i < REDACT_MAX_DEPTH; i++) {
+        tr_buf_init(&scratch.decoded[i], 0);
+        tr_buf_init(&scratch.inner[i], 0);
+    }
     tr_buf_init(&out, 0);
-    if (!redact_into(redactor, text, strlen(text), 0, &out)) {
+    changed = redact_into(redactor, text, strlen(text), 0, &scratch, &out);
+    for (size_t i = 0; i < REDACT_MAX_DEPTH; i++) {
+        tr_buf_release(&scratch.decoded[i]);
+        tr_buf_release(&scratch.inner[i]);
+    }
+    if (!changed) {
         if (out.data)
             explicit_bzero(out.data, out.len);
         tr_buf_release(&out);
