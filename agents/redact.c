@@ -346,7 +346,8 @@ struct redactor *redactor_new(const cJSON *secrets)
         add_url_forms(r, secret->valuestring, mark);
         add_base64_forms(r, secret->valuestring, mark);
     }
-    qsort(r->forms, r->form_count, sizeof(*r->forms), longest_first);
+    if (r->form_count)
+        qsort(r->forms, r->form_count, sizeof(*r->forms), longest_first);
     for (size_t i = 0; i < r->form_count; i++) {
         const unsigned char *b = (const unsigned char *)r->forms[i].bytes;
         if (r->forms[i].len < 2)

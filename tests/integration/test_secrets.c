@@ -228,7 +228,7 @@ static void expect_refusal(const char *value, const char *needle)
     harness_env_release(&env);
 }
 
-Test(secrets, unsafe_secrets_and_unset_variables_stop_the_run_before_it_starts, .timeout = 60)
+Test(secrets, unsafe_secrets_and_unset_variables_stop_the_run_before_it_starts, .timeout = 120)
 {
     expect_refusal("2500", "too short to redact safely");
     expect_refusal("1234567890", "JSON text");
