@@ -21,6 +21,8 @@ struct form {
     const char *mark; /* the secret's */
 };
 
+#define REDACT_MIN_LINE 8 /* the shortest line of a secret redacted on its own */
+
 struct redactor {
     char **marks;
     size_t mark_count;
@@ -251,6 +253,24 @@ static void add_buf_form(struct redactor *r, struct tr_buf *buf, const char *mar
     tr_buf_init(buf, 0);
 }
 
+/*
+ * Each line of a secret of several lines (a PEM key, a value with a trailing newline), when
+ * it is long enough to tell from ordinary text: a server's stderr reaches the agent line by
+ * line.
+ */
+static void add_line_forms(struct redactor *r, const char *value, const char *mark)
+{
+    if (!strchr(value, '\n'))
+        return;
+    for (const char *line = value; *line;) {
+        size_t len = strcspn(line, "\n");
+        size_t text = len > 0 && line[len - 1] == '\r' ? len - 1 : len;
+        if (text >= REDACT_MIN_LINE)
+            add_form(r, line, text, mark);
+        line += len + (line[len] == '\n');
+    }
+}
+
 /* JSON-escaped once and twice, with non-ASCII as it is and as \uXXXX. */
 static void add_escaped_forms(struct redactor *r, const char *value, const char *mark)
 {
@@ -342,6 +362,7 @@ struct redactor *redactor_new(const cJSON *secrets)
         r->marks = xrealloc(r->marks, (r->mark_count + 1) * sizeof(*r->marks));
         const char *mark = r->marks[r->mark_count++] = xasprintf("[redacted:%s]", secret->string);
         add_form(r, secret->valuestring, strlen(secret->valuestring), mark);
+        add_line_forms(r, secret->valuestring, mark);
         add_escaped_forms(r, secret->valuestring, mark);
         add_url_forms(r, secret->valuestring, mark);
         add_base64_forms(r, secret->valuestring, mark);

@@ -6,7 +6,8 @@
  * strings (keys and values), each decoded first, so a document stays valid JSON and its
  * numbers, literals and layout are kept byte for byte. Inside a decoded string it looks for
  * each secret
- *   - as written,
+ *   - as written, and each line of 8 bytes or more of a secret of several lines (a server's
+ *     stderr comes line by line),
  *   - inside every JSON string literal the text holds (JSON in JSON, whatever escapes the
  *     encoder chose: \", \\, \/, \uXXXX), recursively up to REDACT_MAX_DEPTH levels,
  *   - JSON-escaped once or twice (cut-off fragments of JSON text), with non-ASCII as is or as

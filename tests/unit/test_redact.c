@@ -235,3 +235,13 @@ Test(redact, hostile_texts_stay_linear_and_bounded, .timeout = 20)
     free(doc);
     redactor_free(&r);
 }
+
+Test(redact, each_line_of_a_secret_of_several_lines)
+{
+    struct redactor *r = make("KEY", "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\r\nshort\n");
+    char *out = apply(r, "stderr: MIIEvQIBADANBgkqhkiG9w0B");
+    cr_assert_str_eq(out, "stderr: [redacted:KEY]");
+    free(out);
+    cr_assert_null(redactor_apply(r, "a short line"), "lines under 8 bytes stay");
+    redactor_free(&r);
+}
