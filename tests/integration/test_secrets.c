@@ -38,6 +38,10 @@ static char *workflow_text(void)
                            "    persona: p\n"
                            "    tool: m.environ\n"
                            "    save: environment\n"
+                           "  - id: agent_environment\n"
+                           "    persona: p\n"
+                           "    tool: m.environ\n"
+                           "    with: {parent: true}\n"
                            "  - id: reveal\n"
                            "    persona: p\n"
                            "    tool: m.reveal\n"
@@ -128,6 +132,18 @@ Test(secrets, servers_get_no_stray_environment_and_echoed_secrets_are_redacted, 
     cr_assert_null(strstr(seen, "UNRELATED_SECRET"), "a stray variable reached the server:\n%s",
                    seen);
     cr_assert_null(strstr(seen, "TROUPE_BUILD_DIR"), "%s", seen);
+
+    /* The agent itself was started with the default set only. */
+    char *agent_json = harness_db_text(env.db, "SELECT output_json FROM steps WHERE step_id = "
+                                               "'agent_environment'");
+    cJSON *agent_doc = cJSON_Parse(agent_json);
+    cr_assert(cJSON_IsString(agent_doc), "%s", agent_json);
+    cr_assert(strstr(agent_doc->valuestring, "PATH="), "%s", agent_doc->valuestring);
+    cr_assert_null(strstr(agent_doc->valuestring, "UNRELATED_SECRET"), "%s",
+                   agent_doc->valuestring);
+    cr_assert_null(strstr(agent_doc->valuestring, "API_TOKEN"), "%s", agent_doc->valuestring);
+    cJSON_Delete(agent_doc);
+    free(agent_json);
 
     /* The echoed secret is redacted in every encoding, and the result is still JSON with
      * its unrelated number intact: the step's output (structuredContent)... */

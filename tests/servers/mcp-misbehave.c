@@ -163,12 +163,28 @@ static int ask_client(void *userdata, const cJSON *arguments, cJSON **ret_result
 
 extern char **environ;
 
-/* Its whole environment as text, one NAME=value a line: what a server could leak. */
+/*
+ * Its whole environment as text, one NAME=value a line: what a server could leak; with
+ * "parent": true, the environment its parent (the agent) was started with.
+ */
 static int environ_tool(void *userdata, const cJSON *arguments, cJSON **ret_result,
                         struct tr_error *err)
 {
     struct tr_buf text;
     tr_buf_init(&text, 0);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arguments, "parent"))) {
+        char path[64], *data = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof(path), "/proc/%d/environ", (int)getppid());
+        if (tr_file_read(path, 1u << 20, &data, &len, err) < 0)
+            return err->code;
+        for (size_t i = 0; i < len; i++)
+            if (data[i] == '\0')
+                data[i] = '\n';
+        *ret_result = mcp_result_text(data, false);
+        free(data);
+        return 0;
+    }
     for (char **e = environ; *e; e++)
         if (tr_buf_append(&text, *e, strlen(*e)) < 0 || tr_buf_append(&text, "\n", 1) < 0)
             return tr_error_set(err, TR_ETOOBIG, "environ: too big");
@@ -244,8 +260,9 @@ static const struct mcp_tool_def tools[] = {
     {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
      "{\"type\":\"object\"}", ask_client, NULL},
     {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
-    {"environ", "Replies with its whole environment, one NAME=value a line.",
-     "{\"type\":\"object\"}", environ_tool, NULL},
+    {"environ", "Replies with its whole environment (or its parent's), one NAME=value a line.",
+     "{\"type\":\"object\",\"properties\":{\"parent\":{\"type\":\"boolean\"}}}", environ_tool,
+     NULL},
     {"reveal", "Replies with an environment variable's value in several encodings.",
      "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
      "\"fail\":{\"type\":\"boolean\"}},\"required\":[\"name\"]}",
