@@ -470,9 +470,16 @@ static bool is_document(const char *s, size_t n)
         i++;
     if (i == n || (s[i] != '{' && s[i] != '['))
         return false;
-    cJSON *doc = cJSON_ParseWithLength(s, n);
+    const char *end = NULL;
+    cJSON *doc = cJSON_ParseWithLengthOpts(s, n, &end, false);
     cJSON_Delete(doc);
-    return doc != NULL;
+    if (!doc)
+        return false;
+    /* The whole text: JSON followed by anything else is free text. */
+    for (i = (size_t)(end - s); i < n; i++)
+        if (!strchr(" \t\r\n", s[i]) || !s[i])
+            return false;
+    return true;
 }
 
 /* Buffers for the literals being decoded, one pair per level, reused: no allocation per

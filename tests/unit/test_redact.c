@@ -245,3 +245,13 @@ Test(redact, each_line_of_a_secret_of_several_lines)
     cr_assert_null(redactor_apply(r, "a short line"), "lines under 8 bytes stay");
     redactor_free(&r);
 }
+
+Test(redact, json_followed_by_text_is_free_text)
+{
+    /* Found by fuzz_redact: a document with text after it must not pass as a document. */
+    struct redactor *r = make("K", "s3cr\\et-value");
+    char *out = apply(r, "{\"a\":\"b\"} s3cr\\et-value");
+    cr_assert_str_eq(out, "{\"a\":\"b\"} [redacted:K]");
+    free(out);
+    redactor_free(&r);
+}
