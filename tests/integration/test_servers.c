@@ -125,3 +125,42 @@ Test(cli, a_string_input_takes_digits_and_both_retry_spellings_are_accepted, .ti
     free(workflow);
     harness_env_release(&env);
 }
+
+Test(cli, troupe_mcp_starts_a_server_with_the_default_environment_only, .timeout = 120)
+{
+    struct harness_env env = harness_env_new();
+    char *server = harness_build_path("tests/test-mcp-misbehave");
+    char *config = NULL;
+    cr_assert_geq(asprintf(&config,
+                           "{\"mcpServers\": {\"m\": {\"command\": \"%s\", \"env\": "
+                           "{\"DECLARED\": \"yes\"}, \"inherit_env\": [\"PASSED_ON\"]}}}",
+                           server),
+                  0);
+    char *config_path = harness_write_file(env.dir, "mcp.json", config);
+    struct harness_result r;
+
+    setenv("UNRELATED_SECRET", "never-share-this-9f8e7d", 1);
+    setenv("PASSED_ON", "visible-value-1", 1);
+    const char *dashed[] = {env.troupe, "mcp", "call", "environ", "--", server, NULL};
+    harness_run(dashed, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s", r.exit_code, r.err);
+    cr_assert(strstr(r.out, "PATH="), "%s", r.out);
+    cr_assert_null(strstr(r.out, "UNRELATED_SECRET"), "%s", r.out);
+    cr_assert_null(strstr(r.out, "PASSED_ON"), "%s", r.out);
+    harness_result_release(&r);
+
+    const char *named[] = {env.troupe,  "mcp",      "call", "environ", "--config",
+                           config_path, "--server", "m",    NULL};
+    harness_run(named, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s", r.exit_code, r.err);
+    cr_assert(strstr(r.out, "DECLARED=yes\n"), "%s", r.out);
+    cr_assert(strstr(r.out, "PASSED_ON=visible-value-1\n"), "%s", r.out);
+    cr_assert_null(strstr(r.out, "UNRELATED_SECRET"), "%s", r.out);
+    harness_result_release(&r);
+    unsetenv("UNRELATED_SECRET");
+    unsetenv("PASSED_ON");
+    free(config_path);
+    free(config);
+    free(server);
+    harness_env_release(&env);
+}
