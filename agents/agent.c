@@ -10,7 +10,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +21,7 @@
 #include "base.h"
 #include "bus.h"
 #include "mcp.h"
+#include "redact.h"
 
 #define WELCOME_TIMEOUT_MS 30000
 #define MAX_SERVERS 64
@@ -54,14 +54,12 @@ struct agent {
     struct bus *bus;
     char *persona;
     cJSON *config;
-    cJSON *allowlist; /* array of "server.tool" patterns, or NULL: everything allowed */
-    int credit;       /* tasks the scheduler may have in flight here (welcome) */
-    /* What redact blanks out: each secret as written and as escaped in JSON, and its mark. */
-    struct redaction {
-        char *form;
-        char *mark;
-    } * redactions;
-    size_t redaction_count;
+    /* "server.pattern" entries for tools and prompts (mcp_allowlist_matches); when the
+     * welcome has neither list everything is allowed, else each kind only by its own. */
+    const cJSON *tool_allowlist, *prompt_allowlist;
+    bool has_allowlist;
+    int credit;                /* tasks the scheduler may have in flight here (welcome) */
+    struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
     struct server servers[MAX_SERVERS];
     size_t server_count;
     struct task **tasks; /* in flight, oldest first */
@@ -94,65 +92,11 @@ static const char *run_of(const struct agent *agent)
     return cJSON_IsString(run) ? run->valuestring : NULL;
 }
 
-/* Replaces every occurrence of needle in text by replacement; returns a new string. */
-static char *replace_all(const char *text, const char *needle, const char *replacement)
+/* The logger's filter: no secret reaches the agent's log lines either. */
+static char *redact_log_line(void *userdata, const char *message)
 {
-    struct tr_buf out;
-    size_t n = strlen(needle);
-    int rc = 0;
-
-    tr_buf_init(&out, 0);
-    for (const char *p; (p = strstr(text, needle)); text = p + n) {
-        rc |= tr_buf_append(&out, text, (size_t)(p - text));
-        rc |= tr_buf_append(&out, replacement, strlen(replacement));
-    }
-    rc |= tr_buf_append(&out, text, strlen(text));
-    (void)rc; /* unlimited buffer */
-    return tr_buf_take(&out);
-}
-
-/*
- * The secret values the scheduler named (welcome's "redact": {NAME: value}), as written and as
- * escaped in JSON, with the mark that replaces them: worked out once, for every message.
- */
-static void prepare_redactions(struct agent *agent)
-{
-    const cJSON *secret;
-
-    cJSON_ArrayForEach(secret, cJSON_GetObjectItemCaseSensitive(agent->config, "redact"))
-    {
-        if (!cJSON_IsString(secret) || strlen(secret->valuestring) < 4)
-            continue; /* too short to tell from ordinary text */
-        char *quoted = cJSON_PrintUnformatted(secret);
-        quoted[strlen(quoted) - 1] = '\0'; /* the JSON-escaped form, without its quotes */
-        const char *forms[] = {secret->valuestring, quoted + 1};
-        for (size_t i = 0; i < 2; i++) {
-            if (i == 1 && strcmp(forms[1], forms[0]) == 0)
-                break; /* nothing to escape: one form */
-            agent->redactions = xrealloc(agent->redactions,
-                                         (agent->redaction_count + 1) * sizeof(*agent->redactions));
-            agent->redactions[agent->redaction_count++] = (struct redaction){
-                .form = xstrdup(forms[i]), .mark = xasprintf("[redacted:%s]", secret->string)};
-        }
-        free(quoted);
-    }
-}
-
-/* Blanks out the secrets in text, so none leaves the agent: a new string, or NULL when text
- * holds none. */
-static char *redact(const struct agent *agent, const char *text)
-{
-    char *out = NULL;
-
-    for (size_t i = 0; i < agent->redaction_count; i++) {
-        const struct redaction *r = &agent->redactions[i];
-        if (!strstr(out ? out : text, r->form))
-            continue;
-        char *next = replace_all(out ? out : text, r->form, r->mark);
-        free(out);
-        out = next;
-    }
-    return out;
+    const struct agent *agent = userdata;
+    return redactor_apply(agent->redactor, message);
 }
 
 static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
@@ -160,8 +104,8 @@ static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
     struct tr_error err = {0};
     struct bus_msg copy = *msg_in, *msg = &copy;
 
-    char *json = msg_in->json ? redact(agent, msg_in->json) : NULL;
-    char *error = msg_in->error ? redact(agent, msg_in->error) : NULL;
+    char *json = redactor_apply(agent->redactor, msg_in->json);
+    char *error = redactor_apply(agent->redactor, msg_in->error);
     copy.json = json ? json : msg_in->json;
     copy.error = error ? error : msg_in->error;
     int rc = bus_send(agent->bus, msg, &err);
@@ -305,10 +249,12 @@ static int start_session(struct agent *agent, const cJSON *entry, struct mcp_ses
                          struct tr_error *err)
 {
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
+    const cJSON *protocol = cJSON_GetObjectItemCaseSensitive(entry, "protocol");
     struct mcp_stdio_params params = {
         .name = entry->string,
-        /* The current stateless revision first, the handshake for servers that lack it. */
-        .protocol_version = MCP_VERSION_AUTO,
+        /* The workflow's pin, else the current stateless revision first and the handshake
+         * for servers that lack it. */
+        .protocol_version = cJSON_IsString(protocol) ? protocol->valuestring : MCP_VERSION_AUTO,
     };
     int rc = mcp_stdio_params_from_json(&params, entry, NULL, err);
 
@@ -379,25 +325,22 @@ static struct server *find_server(struct agent *agent, const char *name)
     return NULL;
 }
 
-/* The agent's own allowlist check, made again after the scheduler's (least privilege). */
-static bool tool_allowed(const struct agent *agent, const char *server, const char *tool)
+/* The agent's own allowlist check, made again after the scheduler's (least privilege):
+ * a tool (method NULL) by the tools list, a prompt by the prompts list. */
+static bool allowed(const struct agent *agent, const char *method, const char *server,
+                    const char *name)
 {
-    const cJSON *pattern;
-    char *qualified;
-    bool allowed = false;
+    const cJSON *list = method ? agent->prompt_allowlist : agent->tool_allowlist;
+    const cJSON *entry;
 
-    if (!agent->allowlist)
+    if (!agent->has_allowlist)
         return true;
-    qualified = xasprintf("%s.%s", server, tool);
-    cJSON_ArrayForEach(pattern, agent->allowlist)
+    cJSON_ArrayForEach(entry, list)
     {
-        if (cJSON_IsString(pattern) && fnmatch(pattern->valuestring, qualified, 0) == 0) {
-            allowed = true;
-            break;
-        }
+        if (cJSON_IsString(entry) && mcp_allowlist_matches(entry->valuestring, server, name))
+            return true;
     }
-    free(qualified);
-    return allowed;
+    return false;
 }
 
 /* ---- tasks ------------------------------------------------------------------------------- */
@@ -539,7 +482,7 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     if (!known) {
         error = xasprintf("unknown request '%s' in an assignment", task->method);
         error_class = "protocol";
-    } else if (!reads && !tool_allowed(agent, assign->server, assign->tool)) {
+    } else if (!reads && !allowed(agent, task->method, assign->server, assign->tool)) {
         error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
                           assign->server, assign->tool);
         cJSON *payload = cJSON_CreateObject();
@@ -734,7 +677,8 @@ static int wait_for_welcome(struct agent *agent, struct tr_error *err)
         const cJSON *credit = cJSON_GetObjectItemCaseSensitive(agent->config, "credit");
         double wanted = cJSON_IsNumber(credit) ? credit->valuedouble : 1;
         agent->credit = wanted < 1 ? 1 : wanted > BUS_MAX_CREDIT ? BUS_MAX_CREDIT : (int)wanted;
-        prepare_redactions(agent);
+        agent->redactor = redactor_new(cJSON_GetObjectItemCaseSensitive(agent->config, "redact"));
+        tr_log_set_filter(redact_log_line, agent);
         tr_log_context(run_of(agent), NULL, agent->persona);
         return 0;
     }
@@ -747,9 +691,9 @@ static int open_servers(struct agent *agent, struct tr_error *err)
     const cJSON *servers = cJSON_GetObjectItemCaseSensitive(agent->config, "servers");
     const cJSON *entry;
 
-    agent->allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
-    if (!cJSON_IsArray(agent->allowlist))
-        agent->allowlist = NULL;
+    agent->tool_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
+    agent->prompt_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "prompts");
+    agent->has_allowlist = agent->tool_allowlist || agent->prompt_allowlist;
     cJSON_ArrayForEach(entry, servers)
     {
         int rc = open_server(agent, entry, err); /* err names the server */
@@ -1073,12 +1017,8 @@ out:
     if (status == 0)
         send_bye(&agent, stop_requested ? "stopped by a signal" : NULL);
     free(agent.tasks);
-    for (size_t i = 0; i < agent.redaction_count; i++) {
-        explicit_bzero(agent.redactions[i].form, strlen(agent.redactions[i].form));
-        free(agent.redactions[i].form);
-        free(agent.redactions[i].mark);
-    }
-    free(agent.redactions);
+    tr_log_set_filter(NULL, NULL);
+    redactor_free(&agent.redactor);
     cJSON_Delete(agent.config);
     bus_free(&agent.bus);
     tr_log_context(NULL, NULL, NULL);

@@ -9,6 +9,7 @@
 #define TROUPE_BASE_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,6 +99,27 @@ int tr_mkdir_parents(const char *path, struct tr_error *err) TR_MUST_CHECK;
 /* Directory holding the running executable (from /proc/self/exe). Caller frees. */
 char *tr_self_dir(void);
 
+/* ---- the environment of child processes -------------------------------------------------- */
+
+/*
+ * Whether name is in the default set every child process of troupe (agent, MCP server)
+ * keeps: HOME, LOGNAME, PATH, SHELL, TERM, USER (the official MCP SDKs' set), the locale
+ * (LANG, LANGUAGE, LC_*) and the sanitizers' ASAN_OPTIONS, LSAN_OPTIONS, UBSAN_OPTIONS.
+ */
+bool tr_env_is_default(const char *name);
+/*
+ * The environment for a child: the current environment's entries in the default set or named
+ * in keep (NULL-ended, may be NULL), except values that start with "()" (exported shell
+ * functions), then set's "NAME=value" entries (NULL-ended, may be NULL), which replace any of
+ * the same name. Nothing else of the current environment passes. The strings are borrowed
+ * from environ and set: free only the array. TR_EINVAL when an entry of set is not NAME=value.
+ */
+int tr_env_for_child(const char *const *keep, const char *const *set, char ***ret_env,
+                     struct tr_error *err) TR_MUST_CHECK;
+
+/* What an agent process keeps beyond the default set (troupe's own libraries may need it). */
+#define TR_ENV_AGENT_KEEP ((const char *const[]){"LD_LIBRARY_PATH", NULL})
+
 /* ---- logging (for top-level loops only) --------------------------------------------------- */
 
 enum tr_log_level { TR_LOG_DEBUG, TR_LOG_INFO, TR_LOG_WARN, TR_LOG_ERROR };
@@ -108,6 +130,9 @@ void tr_log_setup(const char *program, enum tr_log_level min_level, enum tr_log_
 /* Context fields carried by every following line; NULL clears a field. Strings are copied. */
 void tr_log_context(const char *run_id, const char *step_id, const char *persona);
 void tr_log(enum tr_log_level level, const char *fmt, ...) TR_PRINTF(2, 3);
+/* Every message goes through filter (NULL for none) before it is written: it returns a new
+ * string to write instead (freed by the logger), or NULL to write the message as it is. */
+void tr_log_set_filter(char *(*filter)(void *userdata, const char *message), void *userdata);
 /* Parses "text" or "json"; returns 0 or TR_EINVAL. */
 int tr_log_format_parse(const char *name, enum tr_log_format *ret_format) TR_MUST_CHECK;
 

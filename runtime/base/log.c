@@ -13,7 +13,9 @@ static struct {
     enum tr_log_level min_level;
     enum tr_log_format format;
     char *run_id, *step_id, *persona;
-} logger = {"troupe", TR_LOG_INFO, TR_LOG_TEXT, NULL, NULL, NULL};
+    char *(*filter)(void *userdata, const char *message);
+    void *filter_userdata;
+} logger = {"troupe", TR_LOG_INFO, TR_LOG_TEXT, NULL, NULL, NULL, NULL, NULL};
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};
 
@@ -35,6 +37,12 @@ void tr_log_context(const char *run_id, const char *step_id, const char *persona
     replace(&logger.run_id, run_id);
     replace(&logger.step_id, step_id);
     replace(&logger.persona, persona);
+}
+
+void tr_log_set_filter(char *(*filter)(void *userdata, const char *message), void *userdata)
+{
+    logger.filter = filter;
+    logger.filter_userdata = userdata;
 }
 
 int tr_log_format_parse(const char *name, enum tr_log_format *ret_format)
@@ -77,6 +85,11 @@ void tr_log(enum tr_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     char *msg = xvasprintf(fmt, ap);
     va_end(ap);
+    char *filtered = logger.filter ? logger.filter(logger.filter_userdata, msg) : NULL;
+    if (filtered) {
+        free(msg);
+        msg = filtered;
+    }
     tr_wall_iso8601(when, sizeof(when));
     tr_buf_init(&out, 0);
     const char *keys[] = {"run", "step", "persona"};

@@ -124,6 +124,10 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
         cli_error("could not load the workflow of run %s: %s", run_id, err.message);
         goto out;
     }
+    if (workflow_check_run(wf, &err) < 0) {
+        cli_error("cannot resume run %s: %s", run_id, err.message);
+        goto out;
+    }
     cli_sched_prepare(&opts, &progress, common, wf);
     opts.workflow_path = found.path;
     if (!progress.quiet && !progress.json)

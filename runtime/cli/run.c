@@ -27,8 +27,9 @@ static void usage(FILE *out)
             "process dies, 'troupe resume RUN' carries the run on.\n"
             "\n"
             "options:\n"
-            "  -i, --input NAME=VALUE  set an input; VALUE is read as JSON when it parses as\n"
-            "                          JSON, else taken as a string (repeatable)\n" CLI_SCHED_USAGE
+            "  -i, --input NAME=VALUE  set an input; a string input takes VALUE as it is, others\n"
+            "                          read it as JSON when it parses, else as a string\n"
+            "                          (repeatable)\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
             "  -q, --quiet             print only the run id and outcome\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
@@ -262,6 +263,8 @@ static int sched_option(struct sched_options *opts, struct cli_progress *progres
         for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
             static const char *const names[] = {"tool", "protocol", "transport", "timeout"};
             bool known = false;
+            if (strcmp(name, "tool_error") == 0) /* the older spelling of workflows */
+                name = "tool";
             for (size_t i = 0; i < 4; i++)
                 if (strcmp(name, names[i]) == 0) {
                     mask |= 1u << i;
@@ -328,11 +331,9 @@ static int add_input(cJSON *inputs, const char *assignment)
         return -1;
     }
     char *name = xstrndup(assignment, (size_t)(eq - assignment));
-    cJSON *value = cJSON_Parse(eq + 1);
-    if (!value)
-        value = cJSON_CreateString(eq + 1);
+    /* The text as given: its type comes from the input's declaration (after loading). */
     cJSON_DeleteItemFromObjectCaseSensitive(inputs, name);
-    cJSON_AddItemToObject(inputs, name, value);
+    cJSON_AddItemToObject(inputs, name, cJSON_CreateString(eq + 1));
     free(name);
     return 0;
 }
@@ -507,20 +508,27 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     }
     tr_log_setup("troupe", common->verbose ? TR_LOG_DEBUG : TR_LOG_INFO, common->log_format);
 
-    /* Everything about the workflow and its inputs is checked before the store is touched. */
-    if (workflow_load(argv[optind], &wf, &err) < 0 ||
-        workflow_inputs_resolve(wf, given, &input, &err) < 0) {
+    /* Everything about the workflow and its inputs is checked before the store is touched;
+     * every problem of the file is shown, not the first alone. */
+    char **problems = NULL;
+    size_t problem_count = 0;
+    if (workflow_check(argv[optind], &wf, &problems, &problem_count) < 0) {
+        for (size_t i = 0; i < problem_count; i++)
+            cli_error("%s", problems[i]);
+        workflow_problems_free(problems, problem_count);
+        goto out;
+    }
+    cJSON *typed = workflow_inputs_from_text(wf, given);
+    int resolved = workflow_inputs_resolve(wf, typed, &input, &err);
+    cJSON_Delete(typed);
+    if (resolved < 0) {
         cli_error("%s", err.message);
         goto out;
     }
-    /* Until the scheduler performs ask and workflow steps, refuse them before any work. */
-    for (size_t i = 0; i < workflow_step_count(wf); i++) {
-        enum workflow_action action = workflow_step_action(wf, i);
-        if (action == WORKFLOW_ACTION_ASK || action == WORKFLOW_ACTION_WORKFLOW) {
-            cli_error("%s: step '%s': '%s' steps are not executed yet", workflow_file(wf),
-                      workflow_step_id(wf, i), workflow_action_name(action));
-            goto out;
-        }
+    /* And what the run needs of the environment, before anything starts. */
+    if (workflow_check_run(wf, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
     }
     workflow_path = realpath(argv[optind], NULL);
 

@@ -100,7 +100,11 @@ int cli_worker(int argc, char **argv, struct cli_common *common)
                                 common->log_format == TR_LOG_JSON ? "json" : "text",
                                 common->verbose ? "--verbose" : NULL,
                                 NULL};
-    execv(agent, (char *const *)agent_argv);
+    /* The agent keeps only the default environment: see tr_env_for_child. */
+    char **env = NULL;
+    if (tr_env_for_child(TR_ENV_AGENT_KEEP, NULL, &env, NULL) == 0)
+        execve(agent, (char *const *)agent_argv, env);
+    free(env);
     cli_error("could not run '%s': %s", agent, strerror(errno));
     free(agent);
     free(default_identity);

@@ -237,6 +237,14 @@ static int handle_message(struct mcp_session *s, const char *line, size_t len, i
                           s->name, method, excerpt, len >= sizeof(excerpt) ? "..." : "");
         goto out;
     }
+    if (!id_matches(msg_id, id) && s->probing) {
+        /* Only a legacy server answers something else to server/discover (an id it made up,
+         * or null): the probe is over, the handshake comes next. */
+        rc = tr_error_set(err, TR_EPROTO,
+                          "MCP server '%s' answered something other than %s: a legacy server",
+                          s->name, method);
+        goto out;
+    }
     if (!id_matches(msg_id, id)) {
         if (id_in_flight(s, msg_id)) { /* another call's: keep it for its waiter */
             park(s, (int64_t)msg_id->valuedouble, msg, 0, NULL);
@@ -262,8 +270,12 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
         int rc = mcp__lines_next(&s->lines, &line, &len);
         if (rc == TR_ETOOBIG)
             return tr_error_set(err, TR_EPROTO,
-                                "MCP server '%s' wrote a message longer than %zu bytes during %s",
-                                s->name, s->lines.max_line, method);
+                                "MCP server '%s' sent a message of more than %zu bytes (%.1f MiB), "
+                                "the limit for one message, while %s%s was awaited; it was dropped",
+                                s->name, s->lines.max_line,
+                                (double)s->lines.max_line / (1024 * 1024),
+                                id >= 0 ? "the answer to " : "the answer to a request in flight",
+                                id >= 0 ? method : "");
         if (rc <= 0)
             return 0;
         rc = handle_message(s, line, len, id, method, ret_response, err);

@@ -427,8 +427,10 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     }
     if (t->too_big) {
         if (id >= 0 && !t->got_response)
-            push_failure(h, id, TR_EPROTO, "MCP server '%s' sent a message longer than %zu bytes",
-                         h->name, h->max_message);
+            push_failure(h, id, TR_EPROTO,
+                         "MCP server '%s' sent a message of more than %zu bytes (%.1f MiB), the "
+                         "limit for one message; it was dropped",
+                         h->name, h->max_message, (double)h->max_message / (1024 * 1024));
         return;
     }
     if (h->legacy_sse && !t->is_get && status >= 200 && status < 300)

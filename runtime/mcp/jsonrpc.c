@@ -18,6 +18,16 @@ const char *const mcp__supported_versions[] = {
     "2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05", NULL,
 };
 
+const char *const *mcp_protocol_versions(void)
+{
+    return mcp__supported_versions;
+}
+
+bool mcp_protocol_version_supported(const char *version)
+{
+    return mcp__version_supported(version);
+}
+
 bool mcp__version_supported(const char *version)
 {
     if (!version)

@@ -236,6 +236,7 @@ struct mcp_session {
 
     /* the protocol */
     bool modern;
+    bool probing; /* waiting for server/discover's answer: any other answer means legacy */
     char *protocol_version;
     cJSON *server_info;
     cJSON *server_capabilities;

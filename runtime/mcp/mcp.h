@@ -27,6 +27,26 @@
 #define MCP_MODERN_PROTOCOL_VERSION "2026-07-28"
 /* As a requested protocol version: prefer modern, fall back to legacy (the versioning page). */
 #define MCP_VERSION_AUTO "auto"
+/* With MCP_VERSION_AUTO, how long server/discover may go unanswered before the session falls
+ * back to the initialize handshake (a legacy server may ignore the method); an error, or an
+ * answer that is not to server/discover, falls back at once. */
+#define MCP_DISCOVER_WAIT_MS 3000
+
+/* The protocol revisions troupe speaks, newest first, NULL-ended (static). */
+const char *const *mcp_protocol_versions(void);
+/* Whether troupe speaks this revision (MCP_VERSION_AUTO is not one). */
+bool mcp_protocol_version_supported(const char *version);
+
+/*
+ * Allowlists: an entry is "server.pattern"; it matches a tool or prompt `name` of `server` when
+ * the server part is equal and the pattern matches the whole name. Matching is
+ * case-sensitive; in the pattern `*` matches any run of characters and `?` one character,
+ * `[abc]`, `[a-z]` and `[!a-z]` one character of (or not of) a class; none of them matches a
+ * dot, so `fs.read_*` allows `read_file` but not `read_file.admin`.
+ */
+bool mcp_allowlist_matches(const char *entry, const char *server, const char *name);
+/* Why entry is not a well-formed allowlist entry (a static string), or NULL when it is. */
+const char *mcp_allowlist_entry_problem(const char *entry);
 
 /* ---- client ------------------------------------------------------------------------------- */
 
@@ -57,13 +77,15 @@ struct mcp_client_handlers {
 
 /* How to start a stdio server. */
 struct mcp_stdio_params {
-    const char *name;         /* the server's name in the workflow, used in messages */
-    const char *const *argv;  /* argv[0] is the command, searched in PATH; NULL-ended */
-    const char *const *env;   /* extra "NAME=value" entries on top of the inherited
-                                 environment; NULL-ended, or NULL */
-    const char *cwd;          /* working directory, or NULL for the current one */
-    size_t max_message_bytes; /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
-    int timeout_ms;           /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
+    const char *name;        /* the server's name in the workflow, used in messages */
+    const char *const *argv; /* argv[0] is the command, searched in PATH; NULL-ended */
+    /* The server's environment is the default set of the caller's (tr_env_is_default), the
+       variables named in inherit_env, and env's entries, nothing else. */
+    const char *const *env;         /* "NAME=value" entries; NULL-ended, or NULL */
+    const char *const *inherit_env; /* names of variables passed on; NULL-ended, or NULL */
+    const char *cwd;                /* working directory, or NULL for the current one */
+    size_t max_message_bytes;       /* longest accepted line; 0 means MCP_DEFAULT_MAX_MESSAGE */
+    int timeout_ms;                 /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
     /* NULL or MCP_VERSION_AUTO: prefer the stateless revision (probe with server/discover),
        fall back to the handshake; or one revision to require */
     const char *protocol_version;
@@ -71,17 +93,19 @@ struct mcp_stdio_params {
 };
 
 /*
- * Fills params->argv, env and cwd from a server entry of a workflow or an {"mcpServers": {...}}
- * file, {"command": "...", "args": [...], "env": {...}, "cwd": "..."} (members that are not
- * strings are passed over), and leaves the rest of params as it is. The strings of argv and cwd
- * are borrowed from entry; expand (NULL for none) turns each env value into the text to use,
+ * Fills params->argv, env, inherit_env and cwd from a server entry of a workflow or an
+ * {"mcpServers": {...}} file, {"command": "...", "args": [...], "env": {...},
+ * "inherit_env": [...], "cwd": "..."} (members that are not strings are passed over), and
+ * leaves the rest of params as it is. The strings of argv, inherit_env and cwd are borrowed
+ * from entry; expand (NULL for none) turns each env value into the text to use,
  * which it allocates. Fails with TR_EINVAL if entry has no command. The caller releases params
  * with mcp_stdio_params_release.
  */
 int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *entry,
                                char *(*expand)(const char *value),
                                struct tr_error *err) TR_MUST_CHECK;
-/* Frees what mcp_stdio_params_from_json allocated (argv, env); accepts zeroed params. */
+/* Frees what mcp_stdio_params_from_json allocated (argv, env, inherit_env); accepts zeroed
+ * params. */
 void mcp_stdio_params_release(struct mcp_stdio_params *params);
 
 /* How to reach a Streamable HTTP server. */

@@ -99,10 +99,17 @@ static int discover(struct mcp_session *s, const char *version, bool may_fall_ba
     mcp__set_version(s, version, true);
     cJSON *result = NULL;
     struct tr_error probe_err = {0};
-    int rc = mcp__request(s, "server/discover", NULL, timeout_ms, false, &result, &probe_err);
+    int wait_ms = timeout_ms > 0 ? timeout_ms : MCP_DEFAULT_TIMEOUT_MS;
+    /* A legacy server may say nothing at all to a method it does not know: wait briefly. */
+    if (may_fall_back && wait_ms > MCP_DISCOVER_WAIT_MS)
+        wait_ms = MCP_DISCOVER_WAIT_MS;
+    s->probing = may_fall_back;
+    int rc = mcp__request(s, "server/discover", NULL, wait_ms, false, &result, &probe_err);
+    s->probing = false;
     if (rc < 0) {
-        /* A recognized modern error was retried inside mcp__request(); anything else is legacy. */
-        if (may_fall_back && rc != TR_ETIMEDOUT && !s->dead)
+        /* A recognized modern error was retried inside mcp__request(); anything else (an
+         * error, another answer, silence) is a legacy server. */
+        if (may_fall_back && !s->dead)
             return 1;
         if (err)
             *err = probe_err;
@@ -166,6 +173,7 @@ int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *ent
     const cJSON *args = cJSON_GetObjectItemCaseSensitive(entry, "args");
     const cJSON *env = cJSON_GetObjectItemCaseSensitive(entry, "env");
     const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(entry, "cwd");
+    const cJSON *inherit = cJSON_GetObjectItemCaseSensitive(entry, "inherit_env");
     const cJSON *item;
     size_t n = 0;
 
@@ -174,6 +182,8 @@ int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *ent
     /* NULL-ended: one longer than the strings they may hold. */
     const char **argv = xcalloc((size_t)cJSON_GetArraySize(args) + 2, sizeof(*argv));
     char **env_strings = xcalloc((size_t)cJSON_GetArraySize(env) + 1, sizeof(*env_strings));
+    const char **inherit_names =
+        xcalloc((size_t)cJSON_GetArraySize(inherit) + 1, sizeof(*inherit_names));
     argv[n++] = command->valuestring;
     cJSON_ArrayForEach(item, args)
     {
@@ -189,8 +199,15 @@ int mcp_stdio_params_from_json(struct mcp_stdio_params *params, const cJSON *ent
         env_strings[n++] = xasprintf("%s=%s", item->string, value ? value : item->valuestring);
         free(value);
     }
+    n = 0;
+    cJSON_ArrayForEach(item, inherit)
+    {
+        if (cJSON_IsString(item))
+            inherit_names[n++] = item->valuestring;
+    }
     params->argv = argv;
     params->env = (const char *const *)env_strings;
+    params->inherit_env = inherit_names;
     params->cwd = cJSON_IsString(cwd) ? cwd->valuestring : NULL;
     return 0;
 }
@@ -201,6 +218,8 @@ void mcp_stdio_params_release(struct mcp_stdio_params *params)
         free((char *)params->env[i]);
     free((char **)params->env);
     free((const char **)params->argv);
+    free((const char **)params->inherit_env);
+    params->inherit_env = NULL;
     params->env = NULL;
     params->argv = NULL;
 }
@@ -370,7 +389,7 @@ int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t
 int mcp_session_poll(struct mcp_session *session, int timeout_ms, struct tr_error *err)
 {
     cJSON *never = NULL;
-    int rc = mcp__wait_response(session, -1, "a wait for notifications", tr_now_ms() + timeout_ms,
+    int rc = mcp__wait_response(session, -1, "a request in flight", tr_now_ms() + timeout_ms,
                                 timeout_ms, &never, err);
     cJSON_Delete(never);
     return rc == TR_ETIMEDOUT ? 0 : rc;

@@ -17,57 +17,12 @@
 
 #include "mcp-internal.h"
 
-extern char **environ;
-
 /* What the child reports through the close-on-exec pipe when it cannot exec. */
 enum spawn_stage { STAGE_SETUP, STAGE_CHDIR, STAGE_EXEC };
 struct spawn_report {
     int stage;
     int errnum;
 };
-
-/* ---- environment ------------------------------------------------------------------------- */
-
-static size_t name_len(const char *entry)
-{
-    const char *eq = strchr(entry, '=');
-    return eq ? (size_t)(eq - entry) : 0;
-}
-
-/*
- * The inherited environment with extra's entries added (replacing any of the same name).
- * Built before fork: the child may only call async-signal-safe functions. The strings are
- * borrowed; free only the array.
- */
-static int build_env(const char *const *extra, char ***ret_env, struct tr_error *err)
-{
-    size_t n_inherited = 0, n_extra = 0;
-    while (environ && environ[n_inherited])
-        n_inherited++;
-    while (extra && extra[n_extra]) {
-        if (name_len(extra[n_extra]) == 0)
-            return tr_error_set(err, TR_EINVAL,
-                                "environment entry '%s' is not of the form NAME=value",
-                                extra[n_extra]);
-        n_extra++;
-    }
-    char **env = xcalloc(n_inherited + n_extra + 1, sizeof(*env));
-    size_t n = 0;
-    for (size_t i = 0; i < n_inherited; i++) {
-        size_t len = name_len(environ[i]);
-        bool replaced = false;
-        for (size_t j = 0; j < n_extra && len > 0; j++)
-            if (name_len(extra[j]) == len && strncmp(environ[i], extra[j], len) == 0)
-                replaced = true;
-        if (!replaced)
-            env[n++] = environ[i];
-    }
-    for (size_t j = 0; j < n_extra; j++)
-        env[n++] = (char *)extra[j];
-    env[n] = NULL;
-    *ret_env = env;
-    return 0;
-}
 
 /* ---- the child, between fork and exec: async-signal-safe calls only ---------------------- */
 
@@ -157,7 +112,8 @@ int mcp__process_spawn(struct mcp__process *proc, const char *name,
 
     if (!params->argv || !params->argv[0] || !params->argv[0][0])
         return tr_error_set(err, TR_EINVAL, "MCP server '%s' has no command", name);
-    rc = build_env(params->env, &env, err);
+    /* Built before fork: the child may only call async-signal-safe functions. */
+    rc = tr_env_for_child(params->inherit_env, params->env, &env, err);
     if (rc < 0)
         return rc;
 

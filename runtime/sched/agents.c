@@ -28,22 +28,31 @@ int agent_spawn(struct agent_proc *agent, const char *program, const char *endpo
                           "--log-format",
                           log_format == TR_LOG_JSON ? "json" : "text",
                           NULL};
+    /* The agent needs none of the scheduler's environment beyond the default set: its
+     * configuration (with the secrets its servers need) comes in the welcome. */
+    char **env = NULL;
     pid_t pid;
+    int rc;
 
     if (access(program, X_OK) < 0)
         return tr_error_set(err, -errno, "cannot run the agent program '%s': %s", program,
                             strerror(errno));
+    if ((rc = tr_env_for_child(TR_ENV_AGENT_KEEP, NULL, &env, err)) < 0)
+        return rc;
     pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        free(env);
         return tr_error_set(err, -errno, "could not start an agent: fork: %s", strerror(errno));
+    }
     if (pid == 0) {
         /* Its own process group: a Ctrl-C at the terminal reaches the scheduler, which
          * then stops the agents in order, rather than killing them mid-step. */
         setpgid(0, 0);
-        execv(program, (char *const *)argv);
+        execve(program, (char *const *)argv, env);
         fprintf(stderr, "troupe: could not run '%s': %s\n", program, strerror(errno));
         _exit(127);
     }
+    free(env);
     agent->pid = pid;
     agent->state = AGENT_STARTING;
     agent->started_ms = tr_now_ms();

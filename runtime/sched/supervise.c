@@ -129,34 +129,6 @@ static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *
     free(actor);
 }
 
-/*
- * Adds to redact every ${env:NAME} referenced in value, mapped to its value: the agent blanks
- * these values out of everything it reports, so a server that echoes a secret (in a result,
- * an error or its stderr) cannot put it into the audit log.
- */
-static void collect_secrets(const cJSON *value, cJSON *redact)
-{
-    const cJSON *child;
-
-    if (cJSON_IsString(value)) {
-        for (const char *p = strstr(value->valuestring, "${env:"); p; p = strstr(p + 1, "${env:")) {
-            const char *name = p + 6, *end = strchr(name, '}');
-            if (!end || end == name)
-                continue;
-            char *key = xstrndup(name, (size_t)(end - name));
-            const char *secret = getenv(key);
-            if (secret && *secret && !cJSON_HasObjectItem(redact, key))
-                cJSON_AddStringToObject(redact, key, secret);
-            free(key);
-        }
-        return;
-    }
-    cJSON_ArrayForEach(child, value)
-    {
-        collect_secrets(child, redact);
-    }
-}
-
 static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *msg)
 {
     struct tr_error err = {0};
@@ -178,7 +150,6 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
     if (workflow_persona_config_resolved(run->wf, agent->persona_index, &resolved, &err) < 0) {
         sched__fail(run, "cannot start persona '%s': %s", agent->persona, err.message);
     } else {
-        collect_secrets(config, cJSON_AddObjectToObject(resolved, "redact"));
         cJSON_AddStringToObject(resolved, "run", run->id); /* for the agent's log lines */
         cJSON_AddNumberToObject(resolved, "credit", run->opts.credit);
         welcome.json = cJSON_PrintUnformatted(resolved);

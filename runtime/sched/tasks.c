@@ -219,7 +219,7 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
         return false;
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
     if (action != WORKFLOW_ACTION_RESOURCE &&
-        !workflow_persona_allows(run->wf, agent->persona_index, server, name)) {
+        !workflow_persona_allows(run->wf, agent->persona_index, action, server, name)) {
         /* The loader refuses such workflows; this guards the invariant at run time too. */
         tr_error_set(err, TR_EINVAL, "persona '%s' may not call %s.%s", agent->persona, server,
                      name);

@@ -1,8 +1,9 @@
 /*
  * workflow/env.c: `${env:NAME}` references in server definitions (args, env, headers, url,
- * cwd). The plan, the audit log and every message keep the reference; only
- * workflow_persona_config_resolved puts the values in, for the agent. It does not read any
- * other part of the environment.
+ * cwd) and the variables a stdio server inherits (`inherit_env`). The plan, the audit log and
+ * every message keep the reference; only workflow_persona_config_resolved puts the values in,
+ * for the agent, and workflow_check_run checks before a run that each is set and, for a
+ * secret, safe to redact. It does not read any other part of the environment.
  */
 #include "workflow-internal.h"
 
@@ -33,6 +34,15 @@ static size_t env_reference(const char *s, size_t *name_len)
         return 0;
     *name_len = n - start;
     return n + 1;
+}
+
+bool wf_env_valid_name(const char *name)
+{
+    size_t n = 0;
+
+    while (name[n] && env_name_char(name[n], n == 0))
+        n++;
+    return n > 0 && !name[n];
 }
 
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context)
@@ -161,4 +171,140 @@ int wf_env_resolve(cJSON *node, struct tr_error *err)
             return rc;
     }
     return 0;
+}
+
+/* ---- before a run, and for the agent ---------------------------------------------------- */
+
+/*
+ * Calls visit for each ${env:NAME} in the strings under node, with the name (NUL-ended copy)
+ * and the variable's value (NULL when it is not set).
+ */
+static void each_reference(const cJSON *node,
+                           void (*visit)(void *ctx, const char *name, const char *value), void *ctx)
+{
+    const cJSON *child;
+
+    if (cJSON_IsString(node)) {
+        for (const char *p = strstr(node->valuestring, ENV_OPEN); p; p = strstr(p + 1, ENV_OPEN)) {
+            size_t name_len;
+            if (!env_reference(p, &name_len))
+                continue;
+            char *name = xstrndup(p + strlen(ENV_OPEN), name_len);
+            visit(ctx, name, getenv(name));
+            free(name);
+        }
+        return;
+    }
+    cJSON_ArrayForEach(child, node)
+    {
+        each_reference(child, visit, ctx);
+    }
+}
+
+const char *workflow_secret_unsafe(const char *value)
+{
+    cJSON *parsed;
+
+    if (strlen(value) < WORKFLOW_SECRET_MIN_LENGTH)
+        return "too short to redact safely";
+    /* A value that is JSON text itself (12345678, true, [1,2]) could come back as a JSON value
+     * rather than inside a string, where redaction does not look. */
+    if ((parsed = cJSON_Parse(value)) != NULL) {
+        cJSON_Delete(parsed);
+        return "JSON text (a number, literal, array, object or quoted string), which a server "
+               "could return outside a string, where it cannot be redacted";
+    }
+    return NULL;
+}
+
+struct run_check {
+    const char *server;
+    struct tr_buf missing, unsafe;
+};
+
+static void check_one(void *ctx, const char *name, const char *value)
+{
+    struct run_check *check = ctx;
+    const char *why = value ? workflow_secret_unsafe(value) : NULL;
+    struct tr_buf *list = !value ? &check->missing : why ? &check->unsafe : NULL;
+    char *entry;
+
+    if (!list)
+        return;
+    entry = !value ? xasprintf("%s (server '%s')", name, check->server)
+                   : xasprintf("${env:%s} of server '%s' is %s (%zu characters; at least %d, not "
+                               "JSON text)",
+                               name, check->server, why, strlen(value), WORKFLOW_SECRET_MIN_LENGTH);
+    /* Each name once: a server may reference one variable several times. */
+    if (!list->data || !strstr(list->data, entry)) {
+        if ((list->len && tr_buf_append(list, "; ", 2) < 0) ||
+            tr_buf_append(list, entry, strlen(entry)) < 0)
+            abort();
+    }
+    free(entry);
+}
+
+int workflow_check_run(const struct workflow *wf, struct tr_error *err)
+{
+    struct run_check check = {0};
+    char where[32];
+    int rc = 0;
+
+    /* Steps the scheduler cannot perform yet: the first one, with where it is. */
+    for (size_t i = 0; i < wf->step_count; i++) {
+        const struct wf_step *step = &wf->steps[i];
+        if (step->action != WORKFLOW_ACTION_ASK && step->action != WORKFLOW_ACTION_WORKFLOW)
+            continue;
+        return tr_error_set(err, TR_EINVAL, "%s:%s: step '%s': '%s' steps are not executed yet",
+                            wf->doc.file,
+                            wf_doc_where(&wf->doc, step->action_node, true, where, sizeof(where)),
+                            step->id, workflow_action_name(step->action));
+    }
+    tr_buf_init(&check.missing, 0);
+    tr_buf_init(&check.unsafe, 0);
+    for (size_t i = 0; i < wf->server_count; i++) {
+        check.server = wf->servers[i].name;
+        each_reference(wf->servers[i].config, check_one, &check);
+    }
+    if (check.missing.len)
+        rc = tr_error_set(err, TR_ENOTFOUND, "environment variables not set: %s%s%s",
+                          check.missing.data, check.unsafe.len ? "; and " : "",
+                          check.unsafe.len ? check.unsafe.data : "");
+    else if (check.unsafe.len)
+        rc = tr_error_set(err, TR_EINVAL, "refusing secrets: %s", check.unsafe.data);
+    tr_buf_release(&check.missing);
+    tr_buf_release(&check.unsafe);
+    return rc;
+}
+
+static void add_secret(void *ctx, const char *name, const char *value)
+{
+    cJSON *redact = ctx;
+
+    if (value && *value && !cJSON_HasObjectItem(redact, name))
+        cJSON_AddStringToObject(redact, name, value);
+}
+
+void wf_env_collect_secrets(const cJSON *node, cJSON *redact)
+{
+    each_reference(node, add_secret, redact);
+}
+
+void wf_env_inherit(cJSON *server)
+{
+    cJSON *names = cJSON_DetachItemFromObjectCaseSensitive(server, "inherit_env");
+    cJSON *env = cJSON_GetObjectItemCaseSensitive(server, "env");
+    const cJSON *name;
+
+    cJSON_ArrayForEach(name, names)
+    {
+        const char *value = cJSON_IsString(name) ? getenv(name->valuestring) : NULL;
+        if (!value)
+            continue; /* as the program would see it when started from the shell */
+        if (!env)
+            env = cJSON_AddObjectToObject(server, "env");
+        if (!cJSON_HasObjectItem(env, name->valuestring)) /* declared env wins */
+            cJSON_AddStringToObject(env, name->valuestring, value);
+    }
+    cJSON_Delete(names);
 }

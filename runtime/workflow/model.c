@@ -27,6 +27,7 @@ void workflow_free(struct workflow **workflow)
     for (size_t i = 0; i < wf->persona_count; i++) {
         free(wf->personas[i].servers);
         free(wf->personas[i].tools);
+        free(wf->personas[i].prompts);
     }
     free(wf->personas);
     for (size_t i = 0; i < wf->server_count; i++)
@@ -53,6 +54,29 @@ const char *workflow_file(const struct workflow *wf)
 }
 
 /* ---- inputs ---------------------------------------------------------------------------- */
+
+cJSON *workflow_inputs_from_text(const struct workflow *wf, const cJSON *texts)
+{
+    cJSON *values = cJSON_CreateObject();
+    const cJSON *text;
+
+    cJSON_ArrayForEach(text, texts)
+    {
+        const char *type = NULL;
+        cJSON *value = NULL;
+        for (size_t i = 0; i < wf->input_count && !type; i++)
+            if (!strcmp(wf->inputs[i].name, text->string))
+                type = wf->inputs[i].type;
+        if (!cJSON_IsString(text))
+            value = cJSON_Duplicate(text, true);
+        else if (!type || strcmp(type, "string") != 0)
+            value = cJSON_Parse(text->valuestring);
+        if (!value)
+            value = cJSON_CreateString(text->valuestring);
+        cJSON_AddItemToObject(values, text->string, value);
+    }
+    return values;
+}
 
 int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON **ret_input,
                             struct tr_error *err)
@@ -187,11 +211,7 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index)
         const struct wf_server *server = &wf->servers[persona->servers[i]];
         cJSON_AddItemToObject(servers, server->name, cJSON_Duplicate(server->config, true));
     }
-    if (persona->has_allowlist) {
-        cJSON *tools = cJSON_AddArrayToObject(config, "tools");
-        for (size_t i = 0; i < persona->tool_count; i++)
-            cJSON_AddItemToArray(tools, cJSON_CreateString(persona->tools[i]));
-    }
+    wf_persona_add_allowlists(persona, config);
     return config;
 }
 
@@ -208,10 +228,18 @@ int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJ
 
     if (!config)
         return tr_error_set(err, TR_ENOTFOUND, "no persona %zu", index);
-    if ((rc = wf_env_resolve(cJSON_GetObjectItemCaseSensitive(config, "servers"), err)) < 0) {
+    cJSON *servers = cJSON_GetObjectItemCaseSensitive(config, "servers");
+    cJSON *server;
+    /* The values to redact, found before the references are replaced. */
+    wf_env_collect_secrets(servers, cJSON_AddObjectToObject(config, "redact"));
+    if ((rc = wf_env_resolve(servers, err)) < 0) {
         tr_error_prefix(err, "persona '%s'", wf->personas[index].name);
         cJSON_Delete(config);
         return rc;
+    }
+    cJSON_ArrayForEach(server, servers)
+    {
+        wf_env_inherit(server);
     }
     *ret_config = config;
     return 0;

@@ -6,18 +6,58 @@
 #define _GNU_SOURCE
 #include "workflow-internal.h"
 
-#include <fnmatch.h>
+#include "mcp.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- servers ------------------------------------------------------------------------------ */
 
+/* `inherit_env`: names of variables of troupe run's environment the server gets as they are. */
+static int check_inherit_env(struct wf_build *b, const cJSON *list, const char *context)
+{
+    const cJSON *name, *other;
+    int rc;
+
+    if ((rc = wf_expect_string_list(b, list, context)) < 0)
+        return rc;
+    cJSON_ArrayForEach(name, list)
+    {
+        if (!wf_env_valid_name(name->valuestring))
+            return wf_problem(b->wf, name, false,
+                              "%sinherit_env: '%s' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                              context, name->valuestring);
+        for (other = list->child; other != name; other = other->next)
+            if (!strcmp(other->valuestring, name->valuestring))
+                return wf_problem(b->wf, name, false, "%sinherit_env: '%s' is listed twice",
+                                  context, name->valuestring);
+    }
+    return 0;
+}
+
+/* `protocol`: auto (the default: modern, falling back to the handshake) or one revision. */
+static int check_protocol(struct wf_build *b, const cJSON *item, const char *context)
+{
+    const char *const *versions = mcp_protocol_versions();
+    char list[256] = "";
+
+    if (!strcmp(item->valuestring, MCP_VERSION_AUTO) ||
+        mcp_protocol_version_supported(item->valuestring))
+        return 0;
+    for (size_t i = 0; versions[i]; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+                 versions[i]);
+    return wf_problem(b->wf, item, false,
+                      "%s'protocol' must be 'auto' or a revision troupe speaks (%s), not '%s'",
+                      context, list, item->valuestring);
+}
+
 static int build_server(struct wf_build *b, const cJSON *node, struct wf_server *server)
 {
-    static const char *const keys[] = {"type", "command", "args",    "env",
-                                       "cwd",  "url",     "headers", NULL};
-    static const char *const strings[] = {"type", "command", "cwd", "url", NULL};
+    static const char *const keys[] = {"type", "command", "args",    "env",      "inherit_env",
+                                       "cwd",  "url",     "headers", "protocol", NULL};
+    static const char *const strings[] = {"type", "command", "cwd", "url", "protocol", NULL};
     struct workflow *wf = b->wf;
     const cJSON *command, *url, *type, *item;
     char context[256];
@@ -43,6 +83,12 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
     if ((item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL &&
         (rc = wf_expect_string_map(b, item, context)) < 0)
         return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "inherit_env")) != NULL &&
+        (rc = check_inherit_env(b, item, context)) < 0)
+        return rc;
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "protocol")) != NULL &&
+        (rc = check_protocol(b, item, context)) < 0)
+        return rc;
     command = cJSON_GetObjectItemCaseSensitive(node, "command");
     url = cJSON_GetObjectItemCaseSensitive(node, "url");
     type = cJSON_GetObjectItemCaseSensitive(node, "type");
@@ -54,9 +100,9 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
         return wf_problem(wf, command, false, "%s'command' must not be empty", context);
     if (!url && (item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL)
         return wf_problem(wf, item, true, "%s'headers' needs 'url'", context);
-    for (size_t i = 0; url && i < 3; i++)
+    for (size_t i = 0; url && i < 4; i++)
         if ((item = cJSON_GetObjectItemCaseSensitive(
-                 node, (const char *[]){"args", "env", "cwd"}[i])) != NULL)
+                 node, (const char *[]){"args", "env", "inherit_env", "cwd"}[i])) != NULL)
             return wf_problem(wf, item, true, "%s'%s' needs 'command'", context, item->string);
     if (url && strncmp(url->valuestring, "http://", 7) &&
         strncmp(url->valuestring, "https://", 8) && strncmp(url->valuestring, "${env:", 6))
@@ -125,33 +171,54 @@ static const char **server_names(const struct workflow *wf)
     return names;
 }
 
-/* An allowlist entry is "server.pattern", pattern a glob (* ? [...]) over tool names. */
+/* An allowlist entry is "server.pattern" (mcp_allowlist_matches), server one the persona holds. */
 static int check_allow_entry(struct wf_build *b, const struct wf_persona *persona,
-                             const cJSON *entry, const char *context)
+                             const cJSON *servers, const cJSON *entry, const char *context)
 {
     const char *text = entry->valuestring;
-    const char *dot = strchr(text, '.');
-    const char *glob = strpbrk(text, "*?[");
+    const char *problem = mcp_allowlist_entry_problem(text);
     char *server;
     int rc = 0;
 
-    if (!dot || dot == text || !dot[1] || (glob && glob < dot))
-        return wf_problem(b->wf, entry, false,
-                          "%sallowlist entry '%s' must be 'server.tool' (the tool part may be a "
-                          "glob such as 'fs.read_*')",
-                          context, text);
-    /* fnmatch reports a malformed pattern only by not matching: test one bracket by hand. */
-    const char *open = strchr(dot, '[');
-    if (open && !strchr(open, ']'))
-        return wf_problem(b->wf, entry, false, "%sallowlist entry '%s': '[' without ']'", context,
-                          text);
-    server = xstrndup(text, (size_t)(dot - text));
-    if (!wf_persona_holds(b->wf, persona, server))
+    if (problem)
+        return wf_problem(b->wf, entry, false, "%sallowlist entry '%s'%s%s", context, text,
+                          *problem == '\'' ? ": " : " ", problem);
+    server = xstrndup(text, (size_t)(strchr(text, '.') - text));
+    /* A server the persona lists but the workflow lacks was reported with the list. */
+    bool reported = false;
+    const cJSON *name;
+    cJSON_ArrayForEach(name, servers)
+    {
+        reported |= cJSON_IsString(name) && !strcmp(name->valuestring, server) &&
+                    wf_server_find(b->wf, server) < 0;
+    }
+    if (!reported && !wf_persona_holds(b->wf, persona, server))
         rc = wf_problem(b->wf, entry, false,
                         "%sallowlist entry '%s' names server '%s', not one of the persona's "
                         "servers",
                         context, text, server);
     free(server);
+    return rc;
+}
+
+/* `tools` or `prompts`: a list of allowlist entries, each checked. */
+static int build_allowlist(struct wf_build *b, const cJSON *list, struct wf_persona *persona,
+                           const cJSON *servers, const char ***ret_entries, size_t *ret_count,
+                           const char *context)
+{
+    const cJSON *entry;
+    int rc;
+
+    if ((rc = wf_expect_string_list(b, list, context)) < 0)
+        return rc;
+    persona->has_allowlist = true;
+    *ret_entries = xcalloc(wf_count_items(list) + 1, sizeof(**ret_entries));
+    cJSON_ArrayForEach(entry, list)
+    {
+        if (check_allow_entry(b, persona, servers, entry, context) < 0)
+            rc = TR_EINVAL;
+        (*ret_entries)[(*ret_count)++] = entry->valuestring;
+    }
     return rc;
 }
 
@@ -176,11 +243,11 @@ static int build_limits(struct wf_build *b, const cJSON *node, struct wf_persona
 
 static int build_persona(struct wf_build *b, const cJSON *node, struct wf_persona *persona)
 {
-    static const char *const keys[] = {"role",  "goal",     "instructions", "servers", "tools",
-                                       "model", "replicas", "limits",       NULL};
+    static const char *const keys[] = {"role",    "goal",  "instructions", "servers", "tools",
+                                       "prompts", "model", "replicas",     "limits",  NULL};
     struct workflow *wf = b->wf;
     const char **names = NULL;
-    const cJSON *servers, *tools, *limits, *entry;
+    const cJSON *servers, *tools, *prompts, *limits, *entry;
     char context[256], hint[128];
     int rc;
 
@@ -213,35 +280,33 @@ static int build_persona(struct wf_build *b, const cJSON *node, struct wf_person
     cJSON_ArrayForEach(entry, servers)
     {
         long index = wf_server_find(wf, entry->valuestring);
-        if (index < 0) {
-            if (b->servers_broken) {
-                rc = TR_EINVAL;
-                goto out;
-            }
-            rc = wf_problem(
+        if (index < 0 && b->servers_broken) {
+            rc = TR_EINVAL;
+            goto out;
+        }
+        /* Reported, and the rest checked: the persona's allowlist and steps still make
+         * sense for the servers it names rightly. */
+        if (index < 0)
+            (void)wf_problem(
                 wf, entry, false, "%sunknown server '%s'%s", context, entry->valuestring,
                 wf_suggestion(entry->valuestring, names, wf->server_count, hint, sizeof(hint)));
-            goto out;
-        }
-        if (wf_persona_holds(wf, persona, entry->valuestring)) {
-            rc = wf_problem(wf, entry, false, "%sserver '%s' is listed twice", context,
-                            entry->valuestring);
-            goto out;
-        }
-        persona->servers[persona->server_count++] = (size_t)index;
+        else if (wf_persona_holds(wf, persona, entry->valuestring))
+            (void)wf_problem(wf, entry, false, "%sserver '%s' is listed twice", context,
+                             entry->valuestring);
+        else
+            persona->servers[persona->server_count++] = (size_t)index;
     }
-    if ((tools = cJSON_GetObjectItemCaseSensitive(node, "tools")) != NULL) {
-        if ((rc = wf_expect_string_list(b, tools, context)) < 0)
-            goto out;
-        persona->has_allowlist = true;
-        persona->tools = xcalloc(wf_count_items(tools) + 1, sizeof(*persona->tools));
-        cJSON_ArrayForEach(entry, tools)
-        {
-            if (check_allow_entry(b, persona, entry, context) < 0)
-                rc = TR_EINVAL;
-            persona->tools[persona->tool_count++] = entry->valuestring;
-        }
-    }
+    if ((tools = cJSON_GetObjectItemCaseSensitive(node, "tools")) != NULL &&
+        build_allowlist(b, tools, persona, servers, &persona->tools, &persona->tool_count,
+                        context) < 0)
+        rc = TR_EINVAL;
+    if ((prompts = cJSON_GetObjectItemCaseSensitive(node, "prompts")) != NULL &&
+        build_allowlist(b, prompts, persona, servers, &persona->prompts, &persona->prompt_count,
+                        context) < 0)
+        rc = TR_EINVAL;
+    /* A persona that lists what it may use lists all of it: tools only by `tools`. */
+    if (persona->has_allowlist && !persona->tools)
+        persona->tools = xcalloc(1, sizeof(*persona->tools));
 out:
     free(names);
     return rc;
@@ -269,25 +334,40 @@ int wf_build_personas(struct wf_build *b, const cJSON *node)
 
 /* ---- the allowlist at run time --------------------------------------------------------- */
 
-bool workflow_persona_allows(const struct workflow *wf, size_t index, const char *server,
-                             const char *tool)
+void wf_persona_add_allowlists(const struct wf_persona *persona, cJSON *object)
+{
+    if (!persona->has_allowlist)
+        return;
+    cJSON *tools = cJSON_AddArrayToObject(object, "tools");
+    for (size_t i = 0; i < persona->tool_count; i++)
+        cJSON_AddItemToArray(tools, cJSON_CreateString(persona->tools[i]));
+    if (!persona->prompts)
+        return;
+    cJSON *prompts = cJSON_AddArrayToObject(object, "prompts");
+    for (size_t i = 0; i < persona->prompt_count; i++)
+        cJSON_AddItemToArray(prompts, cJSON_CreateString(persona->prompts[i]));
+}
+
+bool workflow_persona_allows(const struct workflow *wf, size_t index, enum workflow_action action,
+                             const char *server, const char *name)
 {
     const struct wf_persona *persona;
-    size_t server_len;
+    const char **entries;
+    size_t count;
 
-    if (index >= wf->persona_count || !server || !tool)
+    if (index >= wf->persona_count || !server || !name)
         return false;
     persona = &wf->personas[index];
     if (!wf_persona_holds(wf, persona, server))
         return false;
-    if (!persona->has_allowlist)
+    if (action == WORKFLOW_ACTION_RESOURCE || !persona->has_allowlist)
         return true;
-    server_len = strlen(server);
-    for (size_t i = 0; i < persona->tool_count; i++) {
-        const char *entry = persona->tools[i];
-        if (!strncmp(entry, server, server_len) && entry[server_len] == '.' &&
-            fnmatch(entry + server_len + 1, tool, 0) == 0)
+    if (action != WORKFLOW_ACTION_TOOL && action != WORKFLOW_ACTION_PROMPT)
+        return false;
+    entries = action == WORKFLOW_ACTION_TOOL ? persona->tools : persona->prompts;
+    count = action == WORKFLOW_ACTION_TOOL ? persona->tool_count : persona->prompt_count;
+    for (size_t i = 0; i < count; i++)
+        if (mcp_allowlist_matches(entries[i], server, name))
             return true;
-    }
     return false;
 }

@@ -85,11 +85,7 @@ static cJSON *plan_personas(const struct workflow *wf)
         }
         for (size_t j = 0; j < p->server_count; j++)
             cJSON_AddItemToArray(servers, cJSON_CreateString(wf->servers[p->servers[j]].name));
-        if (p->has_allowlist) {
-            cJSON *tools = cJSON_AddArrayToObject(persona, "tools");
-            for (size_t j = 0; j < p->tool_count; j++)
-                cJSON_AddItemToArray(tools, cJSON_CreateString(p->tools[j]));
-        }
+        wf_persona_add_allowlists(p, persona);
     }
     return personas;
 }

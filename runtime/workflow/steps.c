@@ -12,7 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *const wf_error_class_names[] = {"timeout", "transport", "protocol", "tool_error", NULL};
+/* The classes as the agent reports them (and troupe run --retry-on names them); "tool_error",
+ * their older spelling in workflows, is read as "tool". */
+const char *const wf_error_class_names[] = {"timeout", "transport", "protocol", "tool", NULL};
 
 static const char *const action_names[] = {"tool", "resource", "prompt",   "ask",
                                            "eval", "approval", "workflow", NULL};
@@ -67,10 +69,10 @@ static int check_server_ref(struct wf_build *b, struct wf_step *step, const cJSO
     if (!wf_persona_holds(wf, persona, step->server))
         return wf_problem(wf, ref, false, "%s%s '%s': persona '%s' does not hold server '%s'",
                           context, kind, text, persona->name, step->server);
-    if (step->action == WORKFLOW_ACTION_TOOL &&
-        !workflow_persona_allows(wf, step->persona, step->server, step->tool))
-        return wf_problem(wf, ref, false, "%stool '%s' is not on the allowlist of persona '%s'",
-                          context, text, persona->name);
+    if ((step->action == WORKFLOW_ACTION_TOOL || step->action == WORKFLOW_ACTION_PROMPT) &&
+        !workflow_persona_allows(wf, step->persona, step->action, step->server, step->tool))
+        return wf_problem(wf, ref, false, "%s%s '%s' is not on the allowlist of persona '%s'",
+                          context, kind, text, persona->name);
     return 0;
 }
 
@@ -323,15 +325,16 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
     step->retry_errors = 0;
     cJSON_ArrayForEach(entry, errors)
     {
+        const char *name = strcmp(entry->valuestring, "tool_error") ? entry->valuestring : "tool";
         unsigned bit = 0;
         for (size_t i = 0; wf_error_class_names[i] && !bit; i++)
-            if (!strcmp(entry->valuestring, wf_error_class_names[i]))
+            if (!strcmp(name, wf_error_class_names[i]))
                 bit = 1u << i;
         if (!bit)
             return wf_problem(
                 wf, entry, false,
-                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool_error",
-                inner, entry->valuestring,
+                "%sunknown error class '%s'%s; use timeout, transport, protocol or tool", inner,
+                entry->valuestring,
                 wf_suggestion(entry->valuestring, wf_error_class_names, 4, hint, sizeof(hint)));
         step->retry_errors |= bit;
     }
@@ -541,6 +544,7 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
                                   context, action->string, item->string);
             action = item;
             step->action = (enum workflow_action)i;
+            step->action_node = item;
         }
     }
     if (!action)

@@ -108,11 +108,13 @@ struct wf_persona {
     const char *role, *goal, *instructions, *model;
     size_t *servers;
     size_t server_count;
-    const char **tools; /* allowlist entries */
+    const char **tools; /* allowlist entries for tools */
     size_t tool_count;
-    bool has_allowlist;
-    long replicas;                   /* >= 1 */
-    int64_t timeout_ms;              /* limits; 0 when not set */
+    const char **prompts; /* allowlist entries for prompts, NULL when not declared */
+    size_t prompt_count;
+    bool has_allowlist; /* `tools` or `prompts` declared: each kind only by its own list */
+    long replicas;      /* >= 1 */
+    int64_t timeout_ms; /* limits; 0 when not set */
     long max_tool_calls, max_tokens; /* 0 when not set */
     bool broken;                     /* had a problem: steps naming it are not checked further */
 };
@@ -134,6 +136,7 @@ struct wf_step {
     cJSON *approvers;         /* approval: always a list, owned */
     const char *approval_why;
     const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */
+    const cJSON *action_node;                    /* the action's value, for messages */
     const char *description;
     const char *save;
     size_t *needs;
@@ -247,6 +250,16 @@ int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
 int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context);
 /* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
 int wf_env_resolve(cJSON *node, struct tr_error *err);
+/* Adds the persona's "tools" (and "prompts", when declared) to object, when it has an
+ * allowlist: what the plan records and what the agent checks. */
+void wf_persona_add_allowlists(const struct wf_persona *persona, cJSON *object);
+/* Whether name is a variable name, [A-Za-z_][A-Za-z0-9_]*. */
+bool wf_env_valid_name(const char *name);
+/* Adds {NAME: value} to redact for each ${env:NAME} under node that is set and not empty. */
+void wf_env_collect_secrets(const cJSON *node, cJSON *redact);
+/* Turns a server entry's inherit_env into env entries with the variables' values (those that
+ * are set and not declared in env) and drops inherit_env. */
+void wf_env_inherit(cJSON *server);
 
 /* load.c: loads a sub-workflow file while checking parent (its problems end the load). */
 int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,

@@ -69,11 +69,33 @@ const char *workflow_file(const struct workflow *wf);
 char *workflow_plan_json(const struct workflow *wf);
 
 /*
+ * Inputs given as text ({NAME: "TEXT"}, as `troupe run -i NAME=TEXT` gives them) as values:
+ * an input declared `type: string` takes the text as it is (`-i who=42` is "42"); any other
+ * reads it as JSON when it parses, else as a string. Members that are not strings are kept.
+ * Never NULL; caller frees.
+ */
+cJSON *workflow_inputs_from_text(const struct workflow *wf, const cJSON *texts);
+/*
  * Applies the workflow's input declarations to the given inputs (an object, or NULL):
  * defaults filled in, required inputs checked, unknown names and wrong types refused.
  */
 int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON **ret_input,
                             struct tr_error *err) TR_MUST_CHECK;
+
+/* A secret (the value of a ${env:NAME}) is redacted only if it has at least this many bytes. */
+#define WORKFLOW_SECRET_MIN_LENGTH 8
+/*
+ * Why a secret's value cannot be redacted safely (a static string: shorter than
+ * WORKFLOW_SECRET_MIN_LENGTH, or JSON text itself such as a number), or NULL when it can.
+ */
+const char *workflow_secret_unsafe(const char *value);
+/*
+ * What a run needs beyond a valid file, checked before anything starts: no `ask` or
+ * `workflow` step (the scheduler does not perform them yet; FILE:LINE:COLUMN of the first),
+ * every ${env:NAME} of every server set (TR_ENOTFOUND listing all that are not), and each
+ * such value safe to redact (TR_EINVAL listing all that are not, by name, never by value).
+ */
+int workflow_check_run(const struct workflow *wf, struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- servers -------------------------------------------------------------------------- */
 
@@ -104,18 +126,22 @@ long workflow_persona_replicas(const struct workflow *wf, size_t index);
 cJSON *workflow_persona_config(const struct workflow *wf, size_t index);
 /*
  * The same with every ${env:NAME} in server args, env, headers, url and cwd replaced by the
- * variable's value from the environment: the variant to hand to the agent (the `welcome`
- * message), never to store or log. Fails with TR_ENOTFOUND naming the variable (never a
- * value) when one is not set.
+ * variable's value from the environment, each server's `inherit_env` turned into `env`
+ * entries with the values of those variables that are set (declared `env` entries win), and
+ * "redact": {NAME: value} for every secret referenced: the variant to hand to the agent (the
+ * `welcome` message), never to store or log. Fails with TR_ENOTFOUND naming the variable
+ * (never a value) when one is not set.
  */
 int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJSON **ret_config,
                                      struct tr_error *err) TR_MUST_CHECK;
 /*
- * Whether the persona may call server.tool: it holds the server and, when it has an
- * allowlist, an entry matches ("server.pattern", pattern a glob with * ? and [...]).
+ * Whether the persona may use `name` of server by action: it holds the server and, for a
+ * tool or a prompt when the persona declares `tools` or `prompts`, an entry of that kind's
+ * own list matches (mcp_allowlist_matches: "server.pattern", case-sensitive, wildcards never
+ * match a dot). A resource is allowed on any server the persona holds.
  */
-bool workflow_persona_allows(const struct workflow *wf, size_t index, const char *server,
-                             const char *tool);
+bool workflow_persona_allows(const struct workflow *wf, size_t index, enum workflow_action action,
+                             const char *server, const char *name);
 
 /* ---- steps ---------------------------------------------------------------------------- */
 

@@ -280,8 +280,8 @@ static void sched_start(struct sched *s, int credit)
     cJSON_AddStringToObject(entry, "command", server);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
     cJSON *tools = cJSON_AddArrayToObject(config, "tools");
-    static const char *const allowed[] = {"conc.sleep", "conc.barrier", "conc.fail", "conc.garbage",
-                                          "elsewhere.*"};
+    static const char *const allowed[] = {"conc.sleep",   "conc.barrier", "conc.fail",
+                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
@@ -508,6 +508,23 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
     assign(&s, 2, "drop_tables", "{}", 5000);
     assign_to(&s, 3, "elsewhere", "sleep", "{}", 5000);
     assign(&s, 4, "sleep", "[1,2]", 5000);
+    /* A wildcard does not cross a dot; a tool entry does not allow a prompt of its name. */
+    assign(&s, 5, "sleep_x.admin", "{}", 5000);
+    struct bus_msg prompt = {.type = BUS_ASSIGN,
+                             .peer = s.peer,
+                             .task = 6,
+                             .step_id = "step-6",
+                             .attempt = 106,
+                             .server = "conc",
+                             .tool = "sleep",
+                             .method = "prompts/get",
+                             .idempotency_key = "run-1/step-6/key",
+                             .timeout_ms = 5000,
+                             .json = "{\"name\":\"sleep\"}"};
+    struct tr_error err = {0};
+    cr_assert_eq(bus_send(s.bus, &prompt, &err), 0, "%s", err.message);
+    expect_result(&s, 5, "policy", "not on its allowlist");
+    expect_result(&s, 6, "policy", "not on its allowlist");
     expect_result(&s, 2, "policy", "not on its allowlist");
     expect_result(&s, 3, "policy", "has no server 'elsewhere'");
     expect_result(&s, 4, "protocol", "not a JSON object");
@@ -517,7 +534,8 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
     expect_result(&s, 1, NULL, NULL); /* the call in flight meanwhile was not disturbed */
     cJSON *lines = server_log(&s);
     char *text = cJSON_PrintUnformatted(lines);
-    cr_assert(!strstr(text, "drop_tables") && !strstr(text, "[1,2]"),
+    cr_assert(!strstr(text, "drop_tables") && !strstr(text, "[1,2]") && !strstr(text, "admin") &&
+                  !strstr(text, "prompts/get"),
               "a refused call reached the server: %s", text);
     free(text);
     cJSON_Delete(lines);

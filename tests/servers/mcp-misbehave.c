@@ -1,7 +1,9 @@
 /*
  * test-mcp-misbehave: an MCP server over stdio that misbehaves on request, for the client's
  * robustness tests (exits mid-call, sleeps, writes garbage, huge lines, stray responses,
- * batches and stderr noise; --no-init, --bad-version and --exit-on-start break the handshake).
+ * batches and stderr noise; --no-init, --bad-version and --exit-on-start break the handshake;
+ * --silent-discover and --odd-discover play legacy servers that never answer server/discover
+ * or answer it with an id nobody used).
  * Tests only.
  */
 #define _GNU_SOURCE
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mcp.h"
@@ -158,6 +161,81 @@ static int ask_client(void *userdata, const cJSON *arguments, cJSON **ret_result
     return 0;
 }
 
+extern char **environ;
+
+/*
+ * Its whole environment as text, one NAME=value a line: what a server could leak; with
+ * "parent": true, the environment its parent (the agent) was started with.
+ */
+static int environ_tool(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                        struct tr_error *err)
+{
+    struct tr_buf text;
+    tr_buf_init(&text, 0);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arguments, "parent"))) {
+        char path[64], *data = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof(path), "/proc/%d/environ", (int)getppid());
+        if (tr_file_read(path, 1u << 20, &data, &len, err) < 0)
+            return err->code;
+        for (size_t i = 0; i < len; i++)
+            if (data[i] == '\0')
+                data[i] = '\n';
+        *ret_result = mcp_result_text(data, false);
+        free(data);
+        return 0;
+    }
+    for (char **e = environ; *e; e++)
+        if (tr_buf_append(&text, *e, strlen(*e)) < 0 || tr_buf_append(&text, "\n", 1) < 0)
+            return tr_error_set(err, TR_ETOOBIG, "environ: too big");
+    char *joined = tr_buf_take(&text);
+    *ret_result = mcp_result_text(joined, false);
+    free(joined);
+    return 0;
+}
+
+/*
+ * Returns the value of the environment variable `name` in every way a server might: in its
+ * text as written, as JSON text (JSON in JSON) once and twice, in structuredContent next to
+ * an unrelated number, on stderr, and with `fail`, in an error.
+ */
+static int reveal(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(arguments, "name");
+    const char *value = cJSON_IsString(name) ? getenv(name->valuestring) : NULL;
+    if (!value)
+        return tr_error_set(err, TR_EINVAL, "reveal: no variable named so");
+    fprintf(stderr, "reveal: the value is %s\n", value);
+    fflush(stderr);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arguments, "fail")))
+        return tr_error_set(err, TR_EINVAL, "reveal: refusing token %s", value);
+    cJSON *inner = cJSON_CreateObject();
+    cJSON_AddStringToObject(inner, "token", value);
+    cJSON_AddNumberToObject(inner, "sum", 25000);
+    char *once = cJSON_PrintUnformatted(inner);
+    cJSON *outer = cJSON_CreateObject();
+    cJSON_AddStringToObject(outer, "wrapped", once);
+    char *twice = cJSON_PrintUnformatted(outer);
+    char *raw = xasprintf("the token is %s, the sum 25000", value);
+    cJSON *result = cJSON_CreateObject();
+    cJSON *content = cJSON_AddArrayToObject(result, "content");
+    const char *texts[] = {raw, once, twice};
+    for (size_t i = 0; i < 3; i++) {
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "type", "text");
+        cJSON_AddStringToObject(item, "text", texts[i]);
+        cJSON_AddItemToArray(content, item);
+    }
+    cJSON_AddItemToObject(result, "structuredContent", cJSON_Duplicate(inner, 1));
+    *ret_result = result;
+    free(raw);
+    free(once);
+    free(twice);
+    cJSON_Delete(inner);
+    cJSON_Delete(outer);
+    return 0;
+}
+
 static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
 {
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
@@ -182,6 +260,13 @@ static const struct mcp_tool_def tools[] = {
     {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
      "{\"type\":\"object\"}", ask_client, NULL},
     {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
+    {"environ", "Replies with its whole environment (or its parent's), one NAME=value a line.",
+     "{\"type\":\"object\",\"properties\":{\"parent\":{\"type\":\"boolean\"}}}", environ_tool,
+     NULL},
+    {"reveal", "Replies with an environment variable's value in several encodings.",
+     "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+     "\"fail\":{\"type\":\"boolean\"}},\"required\":[\"name\"]}",
+     reveal, NULL},
     {"batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.", "{\"type\":\"object\"}",
      batch, NULL},
 };
@@ -226,6 +311,49 @@ static int broken_handshake(bool bad_version)
     return 0;
 }
 
+/*
+ * A legacy server in front of the real one: server/discover requests never reach it; with
+ * odd, each is answered with a response to an id nobody used. Every other line is passed on.
+ */
+static int legacy_front(bool odd)
+{
+    int to_server[2];
+    if (pipe(to_server) < 0)
+        return 1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid == 0) {
+        close(to_server[1]);
+        if (dup2(to_server[0], STDIN_FILENO) < 0)
+            _exit(1);
+        close(to_server[0]);
+        _exit(mcp_server_main(PROGRAM, tools, sizeof(tools) / sizeof(tools[0])));
+    }
+    close(to_server[0]);
+    for (;;) {
+        char *line = read_request_line();
+        if (!*line) {
+            free(line);
+            break;
+        }
+        if (strstr(line, "\"server/discover\"")) {
+            static const char answer[] =
+                "{\"jsonrpc\":\"2.0\",\"id\":424242,\"result\":{\"ok\":true}}\n";
+            if (odd)
+                write_or_die(STDOUT_FILENO, answer, sizeof(answer) - 1);
+        } else {
+            write_or_die(to_server[1], line, strlen(line));
+            write_or_die(to_server[1], "\n", 1);
+        }
+        free(line);
+    }
+    close(to_server[1]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bool no_init = false, bad_version = false;
@@ -236,8 +364,12 @@ int main(int argc, char **argv)
             no_init = true;
         else if (strcmp(argv[i], "--bad-version") == 0)
             bad_version = true;
+        else if (strcmp(argv[i], "--silent-discover") == 0 ||
+                 strcmp(argv[i], "--odd-discover") == 0)
+            return legacy_front(strcmp(argv[i], "--odd-discover") == 0);
         else {
-            fprintf(stderr, "usage: " PROGRAM " [--no-init | --bad-version | --exit-on-start]\n");
+            fprintf(stderr, "usage: " PROGRAM " [--no-init | --bad-version | --exit-on-start | "
+                            "--silent-discover | --odd-discover]\n");
             return 2;
         }
     }

@@ -640,7 +640,7 @@ Test(mcp_stdio, oversized_line_is_an_error, .timeout = 30)
     struct tr_error err = {0};
     int rc = call(s, "huge", "{\"bytes\":300000}", 5000, &result, &err);
     cr_assert_eq(rc, TR_EPROTO, "rc %d: %s", rc, err.message);
-    cr_assert(strstr(err.message, "longer than 4096 bytes"), "%s", err.message);
+    cr_assert(strstr(err.message, "more than 4096 bytes"), "%s", err.message);
     cr_assert_null(result);
     /* The rest of the long line is skipped; the next call works. */
     char *text = call_text(s, "sleep", "{\"ms\":0}");
@@ -1168,4 +1168,48 @@ Test(mcp_stdio, a_server_dying_ends_every_call_in_flight, .timeout = 30)
     assert_no_children();
     unlink(log);
     free(log);
+}
+
+/* Opens test-mcp-misbehave with option in the default (auto) era; its time in *ret_ms. */
+static struct mcp_session *open_auto(const char *option, int64_t *ret_ms)
+{
+    char *path = program_path("tests/test-mcp-misbehave");
+    const char *argv[] = {path, option, NULL};
+    struct mcp_stdio_params params = {
+        .name = "legacy", .argv = argv, .protocol_version = MCP_VERSION_AUTO};
+    struct mcp_observer observer = observer_for(&fallback_recorder);
+    struct mcp_session *s = NULL;
+    struct tr_error err = {0};
+    int64_t start = tr_now_ms();
+    int rc = mcp_session_open_stdio(&params, &observer, &s, &err);
+    *ret_ms = tr_now_ms() - start;
+    free(path);
+    cr_assert_eq(rc, 0, "%s: %s", option, err.message);
+    return s;
+}
+
+Test(mcp_stdio, silent_discover_falls_back_to_the_handshake_after_the_short_wait, .timeout = 30)
+{
+    int64_t took;
+    struct mcp_session *s = open_auto("--silent-discover", &took);
+    cr_assert_str_eq(mcp_session_protocol_version(s), MCP_LATEST_PROTOCOL_VERSION);
+    cr_assert_geq(took, MCP_DISCOVER_WAIT_MS - 100, "%lld ms", (long long)took);
+    cr_assert_lt(took, MCP_DISCOVER_WAIT_MS + 3000, "%lld ms: not the short wait", (long long)took);
+    cJSON *result = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(call(s, "sleep", "{\"ms\":1}", 5000, &result, &err), 0, "%s", err.message);
+    cJSON_Delete(result);
+    mcp_session_free(&s);
+    assert_no_children();
+}
+
+Test(mcp_stdio, another_answer_to_discover_falls_back_at_once, .timeout = 30)
+{
+    int64_t took;
+    struct mcp_session *s = open_auto("--odd-discover", &took);
+    cr_assert_str_eq(mcp_session_protocol_version(s), MCP_LATEST_PROTOCOL_VERSION);
+    cr_assert_lt(took, 1500, "%lld ms: it waited although the server had answered",
+                 (long long)took);
+    mcp_session_free(&s);
+    assert_no_children();
 }

@@ -303,7 +303,7 @@ Test(mcp_http, oversized_event_is_an_error, .timeout = 30)
 {
     struct server srv;
     struct mcp_session *s = open_http(&srv, false, 4096);
-    call_fails(s, "huge", "{\"size\":100000}", TR_EPROTO, "longer than 4096 bytes");
+    call_fails(s, "huge", "{\"size\":100000}", TR_EPROTO, "more than 4096 bytes");
     assert_echo(s);
     close_http(&srv, &s);
 }

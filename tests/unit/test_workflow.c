@@ -324,23 +324,25 @@ Test(workflow, allowlist_globbing)
     size_t free_persona = (size_t)workflow_persona_find(wf, "free");
     cJSON *config;
 
-    cr_assert(workflow_persona_allows(wf, picky, "demo", "greet"));
-    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "greeting"));
-    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "gree"));
-    cr_assert(workflow_persona_allows(wf, picky, "demo", "format_report"));
-    cr_assert(workflow_persona_allows(wf, picky, "demo", "format_"));
-    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "format"));
-    cr_assert_not(workflow_persona_allows(wf, picky, "demo", "add"));
-    cr_assert_not(workflow_persona_allows(wf, picky, "other", "greet"));
+    cr_assert(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "greet"));
+    cr_assert_not(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "greeting"));
+    cr_assert_not(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "gree"));
+    cr_assert(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "format_report"));
+    cr_assert(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "format_"));
+    cr_assert_not(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "format"));
+    cr_assert_not(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "demo", "add"));
+    cr_assert_not(workflow_persona_allows(wf, picky, WORKFLOW_ACTION_TOOL, "other", "greet"));
 
-    cr_assert(workflow_persona_allows(wf, demo_all, "demo", "add"));
-    cr_assert(workflow_persona_allows(wf, demo_all, "demo", "anything.at.all"));
-    cr_assert_not(workflow_persona_allows(wf, demo_all, "other", "add"),
+    cr_assert(workflow_persona_allows(wf, demo_all, WORKFLOW_ACTION_TOOL, "demo", "add"));
+    cr_assert_not(
+        workflow_persona_allows(wf, demo_all, WORKFLOW_ACTION_TOOL, "demo", "anything.at.all"),
+        "a wildcard never matches a dot");
+    cr_assert_not(workflow_persona_allows(wf, demo_all, WORKFLOW_ACTION_TOOL, "other", "add"),
                   "holding a server is not enough when an allowlist exists");
 
-    cr_assert(workflow_persona_allows(wf, free_persona, "demo", "add"));
-    cr_assert_not(workflow_persona_allows(wf, free_persona, "other", "add"));
-    cr_assert_not(workflow_persona_allows(wf, 99, "demo", "add"));
+    cr_assert(workflow_persona_allows(wf, free_persona, WORKFLOW_ACTION_TOOL, "demo", "add"));
+    cr_assert_not(workflow_persona_allows(wf, free_persona, WORKFLOW_ACTION_TOOL, "other", "add"));
+    cr_assert_not(workflow_persona_allows(wf, 99, WORKFLOW_ACTION_TOOL, "demo", "add"));
 
     /* Without an allowlist, the persona config has no "tools". */
     config = workflow_persona_config(wf, free_persona);
@@ -597,7 +599,7 @@ static const struct broken broken_files[] = {
     {"concurrency-without-for-each.yaml", "10:5", "step 'greet': 'concurrency' needs 'for_each'"},
     {"retry-error-class.yaml", "12:25",
      "step 'greet': retry: unknown error class 'transprt' (did you mean 'transport'?); use "
-     "timeout, transport, protocol or tool_error"},
+     "timeout, transport, protocol or tool"},
     {"bad-duration.yaml", "10:14",
      "step 'greet': 'timeout' must be a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\""},
     {"on-error-bad.yaml", "10:15",

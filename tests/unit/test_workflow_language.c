@@ -302,7 +302,8 @@ Test(workflow_language, plan_normalizes_modifiers)
     assert_json(cJSON_GetObjectItem(cJSON_GetObjectItem(plan, "personas"), "credit_analyst"),
                 "{\"goal\":\"Measure the applicant's credit history in plain numbers.\","
                 "\"limits\":{\"max_tokens\":20000,\"max_tool_calls\":20,\"timeout_ms\":120000},"
-                "\"model\":\"gpt-4o-mini\",\"replicas\":2,\"role\":\"Credit analyst\","
+                "\"model\":\"gpt-4o-mini\",\"prompts\":[\"bureau.credit_summary\"],\"replicas\":2,"
+                "\"role\":\"Credit analyst\","
                 "\"servers\":[\"demo\",\"bureau\"],\"tools\":[\"demo.word_count\","
                 "\"bureau.credit_*\"]}");
     cJSON_Delete(plan);
@@ -384,13 +385,88 @@ Test(workflow_language, allowlist_globs)
                                     "steps: [{id: a, persona: p, tool: fs.read_1}]\n",
                                     WORKFLOW_YAML);
 
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "read_1"));
-    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "read_12"));
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "list_all"));
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "list_b"));
-    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "list_c"));
-    cr_assert(workflow_persona_allows(wf, 0, "fs", "stat"));
-    cr_assert_not(workflow_persona_allows(wf, 0, "fs", "stats"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "read_1"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "read_12"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "list_all"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "list_b"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "list_c"));
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "stat"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fs", "stats"));
+    workflow_free(&wf);
+}
+
+Test(workflow_language, allowlist_wildcards_stop_at_dots_and_case_counts)
+{
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers: {fx: {command: x}}\n"
+                                    "personas: {p: {servers: [fx], tools: ['fx.format_*', "
+                                    "'fx.a?c', 'fx.[!.]x', 'fx.*.read']}}\n"
+                                    "steps: [{id: a, persona: p, tool: fx.format_x}]\n",
+                                    WORKFLOW_YAML);
+    const struct {
+        const char *name;
+        bool allowed;
+    } cases[] = {
+        {"format_x", true},
+        {"format_", true},
+        {"format_x.admin", false},
+        {"format_.x", false},
+        {"Format_x", false},
+        {"FORMAT_X", false},
+        {"abc", true},
+        {"a.c", false},
+        {"ax", true},
+        {"zx", true},
+        {".x", false},
+        {"files.read", true},
+        {"files.sub.read", false},
+        {".read", true},
+        {"format_x.", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        cr_assert_eq(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fx", cases[i].name),
+                     cases[i].allowed, "%s", cases[i].name);
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "FX", "format_x"),
+                  "server names are case-sensitive too");
+    workflow_free(&wf);
+}
+
+Test(workflow_language, allowlists_for_tools_and_prompts_are_separate)
+{
+    /* A tool entry does not allow a prompt of that name, nor a prompt entry a tool. */
+    char **problems = NULL;
+    size_t count = 0;
+    static const char text[] = "name: g\n"
+                               "mcp_servers: {fx: {command: x}}\n"
+                               "personas:\n"
+                               "  p: {servers: [fx], tools: [fx.summary], prompts: [fx.brief_*]}\n"
+                               "steps:\n"
+                               "  - {id: a, persona: p, prompt: fx.summary}\n"
+                               "  - {id: b, persona: p, tool: fx.brief_x}\n"
+                               "  - {id: c, persona: p, prompt: fx.brief_x}\n"
+                               "  - {id: d, persona: p, tool: fx.summary}\n"
+                               "  - {id: e, persona: p, resource: {server: fx, uri: 'x://y'}}\n";
+    cr_assert_lt(
+        workflow_check_string(text, strlen(text), WORKFLOW_YAML, "g.yaml", &problems, &count), 0);
+    cr_assert_eq(count, 2);
+    cr_expect_str_eq(problems[0], "g.yaml:6:33: step 'a': prompt 'fx.summary' is not on the "
+                                  "allowlist of persona 'p'");
+    cr_expect_str_eq(problems[1], "g.yaml:7:31: step 'b': tool 'fx.brief_x' is not on the "
+                                  "allowlist of persona 'p'");
+    workflow_problems_free(problems, count);
+
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers: {fx: {command: x}}\n"
+                                    "personas: {p: {servers: [fx], tools: [fx.summary]}}\n"
+                                    "steps: [{id: a, persona: p, tool: fx.summary}]\n",
+                                    WORKFLOW_YAML);
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_TOOL, "fx", "summary"));
+    cr_assert_not(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_PROMPT, "fx", "summary"),
+                  "a persona with a tools list and no prompts list may get no prompt");
+    cr_assert(workflow_persona_allows(wf, 0, WORKFLOW_ACTION_RESOURCE, "fx", "x://y"));
+    cJSON *config = workflow_persona_config(wf, 0);
+    cr_assert_null(cJSON_GetObjectItem(config, "prompts"));
+    cJSON_Delete(config);
     workflow_free(&wf);
 }
 
@@ -822,4 +898,124 @@ Test(workflow_language, expressions_compiled_in_several_programs_each_evaluate_t
     cr_assert(strstr(err.message, "step 'e310'"), "%s", err.message);
     cr_assert_null(wf);
     free(text);
+}
+
+Test(workflow_language, run_check_lists_every_unset_variable_and_unsafe_secret)
+{
+    struct workflow *wf = load_text("name: g\n"
+                                    "mcp_servers:\n"
+                                    "  a: {command: x, env: {T: '${env:TROUPE_T_UNSET_1}'}}\n"
+                                    "  b: {command: x, args: ['--k=${env:TROUPE_T_SHORT}', "
+                                    "'${env:TROUPE_T_UNSET_2}', '${env:TROUPE_T_NUMBER}']}\n"
+                                    "personas: {p: {servers: [a, b]}}\n"
+                                    "steps: [{id: s, persona: p, tool: a.t}]\n",
+                                    WORKFLOW_YAML);
+    struct tr_error err = {0};
+
+    unsetenv("TROUPE_T_UNSET_1");
+    unsetenv("TROUPE_T_UNSET_2");
+    setenv("TROUPE_T_SHORT", "abc", 1);
+    setenv("TROUPE_T_NUMBER", "1234567890", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_ENOTFOUND);
+    cr_assert(strstr(err.message, "environment variables not set: TROUPE_T_UNSET_1 (server 'a'); "
+                                  "TROUPE_T_UNSET_2 (server 'b')"),
+              "%s", err.message);
+    cr_assert(strstr(err.message, "${env:TROUPE_T_SHORT} of server 'b' is too short"), "%s",
+              err.message);
+    cr_assert(strstr(err.message, "${env:TROUPE_T_NUMBER} of server 'b' is JSON text"), "%s",
+              err.message);
+    cr_assert_null(strstr(err.message, "1234567890"), "a value in the message: %s", err.message);
+
+    setenv("TROUPE_T_UNSET_1", "long-enough-1", 1);
+    setenv("TROUPE_T_UNSET_2", "long-enough-2", 1);
+    setenv("TROUPE_T_SHORT", "long-enough-3", 1);
+    setenv("TROUPE_T_NUMBER", "long-enough-4", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), 0, "%s", err.message);
+    workflow_free(&wf);
+
+    /* A step the scheduler cannot perform: refused with its position. */
+    wf = load_text("name: g\n"
+                   "mcp_servers: {a: {command: x}}\n"
+                   "personas: {p: {servers: [a], model: m}}\n"
+                   "steps:\n"
+                   "  - {id: s, persona: p, ask: hello}\n",
+                   WORKFLOW_YAML);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert(strstr(err.message, ":5:25: step 's': 'ask' steps are not executed yet"), "%s",
+              err.message);
+    workflow_free(&wf);
+}
+
+Test(workflow_language, an_unknown_server_hides_no_other_problem)
+{
+    static const char text[] = "name: hide\n"
+                               "mcp_servers:\n"
+                               "  demo: {command: troupe-demo-tools}\n"
+                               "personas:\n"
+                               "  p:\n"
+                               "    servers: [demo, nosuch]\n"
+                               "    tools: [demo.greet, nosuch.x]\n"
+                               "steps:\n"
+                               "  - {id: a, persona: p, tool: demo.add}\n"
+                               "  - {id: b, persona: p, tool: demo.greet}\n";
+    char **problems = NULL;
+    size_t count = 0;
+    cr_assert_lt(
+        workflow_check_string(text, strlen(text), WORKFLOW_YAML, "h.yaml", &problems, &count), 0);
+    cr_assert_eq(count, 2, "%zu problems: %s", count, count ? problems[count - 1] : "");
+    cr_expect_str_eq(problems[0], "h.yaml:6:21: persona 'p': unknown server 'nosuch'");
+    cr_expect_str_eq(problems[1],
+                     "h.yaml:9:31: step 'a': tool 'demo.add' is not on the allowlist of persona "
+                     "'p'");
+    workflow_problems_free(problems, count);
+}
+
+Test(workflow_language, retry_class_tool_has_one_meaning_in_both_spellings)
+{
+    const char *spellings[] = {"tool", "tool_error"};
+    for (size_t i = 0; i < 2; i++) {
+        char *text = xasprintf("name: r\n"
+                               "mcp_servers: {a: {command: x}}\n"
+                               "personas: {p: {servers: [a]}}\n"
+                               "steps: [{id: s, persona: p, tool: a.t, retry: {errors: [%s]}}]\n",
+                               spellings[i]);
+        struct workflow *wf = load_text(text, WORKFLOW_YAML);
+        struct workflow_retry retry;
+        cr_assert(workflow_step_retry(wf, 0, &retry));
+        cr_assert_eq(retry.errors, WORKFLOW_ERROR_TOOL, "%s", spellings[i]);
+        char *plan = workflow_plan_json(wf);
+        cr_assert(strstr(plan, "\"errors\":[\"tool\"]"), "the plan writes one spelling: %s", plan);
+        free(plan);
+        workflow_free(&wf);
+        free(text);
+    }
+}
+
+Test(workflow_language, a_string_input_takes_the_text_as_given)
+{
+    struct workflow *wf = load_text("name: i\n"
+                                    "inputs:\n"
+                                    "  who: {type: string}\n"
+                                    "  amount: {type: number}\n"
+                                    "  any: {required: false}\n"
+                                    "  flags: {type: object}\n"
+                                    "mcp_servers: {a: {command: x}}\n"
+                                    "personas: {p: {servers: [a]}}\n"
+                                    "steps: [{id: s, persona: p, tool: a.t}]\n",
+                                    WORKFLOW_YAML);
+    cJSON *texts = cJSON_Parse("{\"who\":\"42\",\"amount\":\"42\",\"any\":\"true\","
+                               "\"flags\":\"{\\\"a\\\":1}\",\"undeclared\":\"[1]\"}");
+    cJSON *values = workflow_inputs_from_text(wf, texts);
+    char *text = cJSON_PrintUnformatted(values);
+    cr_assert_str_eq(text, "{\"who\":\"42\",\"amount\":42,\"any\":\"true\",\"flags\":{\"a\":1},"
+                           "\"undeclared\":[1]}");
+    free(text);
+    cJSON *input = NULL;
+    struct tr_error err = {0};
+    cJSON_DeleteItemFromObject(values, "undeclared");
+    cr_assert_eq(workflow_inputs_resolve(wf, values, &input, &err), 0, "%s", err.message);
+    cJSON_Delete(input);
+    cJSON_Delete(values);
+    cJSON_Delete(texts);
+    workflow_free(&wf);
 }

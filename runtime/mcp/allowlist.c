@@ -1,0 +1,90 @@
+/*
+ * mcp/allowlist.c: the one matcher of allowlist entries ("server.pattern") against a server
+ * and a tool or prompt name, used by the workflow loader, the scheduler and the agent. It
+ * knows patterns, not personas: which list applies is the caller's.
+ */
+#include <string.h>
+
+#include "mcp-internal.h"
+
+/* Whether the class at p (after its '[') holds c; *ret_end is set past its ']'. */
+static bool class_matches(const char *p, char c, const char **ret_end)
+{
+    bool negated = *p == '!' || *p == '^', found = false;
+
+    if (negated)
+        p++;
+    for (bool first = true; *p && (first || *p != ']'); first = false) {
+        char low = *p, high = *p;
+        if (p[1] == '-' && p[2] && p[2] != ']') {
+            high = p[2];
+            p += 3;
+        } else {
+            p++;
+        }
+        found |= c >= low && c <= high;
+    }
+    *ret_end = *p == ']' ? p + 1 : p;
+    return c != '.' && found != negated;
+}
+
+/* Glob match of name against pattern, where no wildcard matches a dot. */
+static bool glob_matches(const char *pattern, const char *name)
+{
+    const char *star = NULL, *resume = NULL;
+
+    while (*name) {
+        const char *next;
+        if (*pattern == '*') {
+            star = ++pattern;
+            resume = name;
+            continue;
+        }
+        if (*pattern == '?' && *name != '.') {
+            pattern++;
+            name++;
+            continue;
+        }
+        if (*pattern == '[' && class_matches(pattern + 1, *name, &next)) {
+            pattern = next;
+            name++;
+            continue;
+        }
+        if (*pattern && *pattern != '*' && *pattern != '?' && *pattern != '[' &&
+            *pattern == *name) {
+            pattern++;
+            name++;
+            continue;
+        }
+        /* Let the last star take one more character, unless that is a dot. */
+        if (!star || *resume == '.')
+            return false;
+        pattern = star;
+        name = ++resume;
+    }
+    while (*pattern == '*')
+        pattern++;
+    return !*pattern;
+}
+
+bool mcp_allowlist_matches(const char *entry, const char *server, const char *name)
+{
+    size_t server_len = strlen(server);
+
+    if (!entry || !name || strncmp(entry, server, server_len) != 0 || entry[server_len] != '.')
+        return false;
+    return glob_matches(entry + server_len + 1, name);
+}
+
+const char *mcp_allowlist_entry_problem(const char *entry)
+{
+    const char *dot = strchr(entry, '.');
+    const char *glob = strpbrk(entry, "*?[");
+
+    if (!dot || dot == entry || !dot[1] || (glob && glob < dot))
+        return "must be 'server.name' (the name part may be a glob such as 'fs.read_*')";
+    for (const char *open = strchr(dot, '['); open; open = strchr(open + 1, '['))
+        if (!strchr(open, ']'))
+            return "'[' without ']'";
+    return NULL;
+}
