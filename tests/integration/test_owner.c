@@ -28,7 +28,10 @@ struct world {
 };
 
 /* A chain of CHAIN steps on the effects server, each passing its output's n to the next. */
-static struct world world_new(void)
+/* A chain of CHAIN steps of step_ms each: short for the many trials of the resume race; the
+ * cancel races take a slower one, so a busy machine cannot finish the run before the cancel
+ * arrives. */
+static struct world world_new_ms(int step_ms)
 {
     struct world w = {.env = harness_env_new()};
     char *server = harness_build_path("tests/test-mcp-effects");
@@ -45,18 +48,23 @@ static struct world world_new(void)
                          "personas:\n"
                          "  worker: {servers: [fx]}\n"
                          "steps:\n"
-                         "  - {id: s000, persona: worker, tool: fx.effect, with: {n: 0, ms: 8}}\n",
-                         server, w.effects);
+                         "  - {id: s000, persona: worker, tool: fx.effect, with: {n: 0, ms: %d}}\n",
+                         server, w.effects, step_ms);
     for (int n = 1; n < CHAIN; n++)
         len += (size_t)snprintf(text + len, cap - len,
                                 "  - {id: s%03d, persona: worker, tool: fx.effect, needs: s%03d,"
-                                " with: {n: %d, ms: 8, prev: \"${{ .steps.s%03d.output.n }}\"}}\n",
-                                n, n - 1, n, n - 1);
+                                " with: {n: %d, ms: %d, prev: \"${{ .steps.s%03d.output.n }}\"}}\n",
+                                n, n - 1, n, step_ms, n - 1);
     cr_assert_lt(len, cap);
     w.workflow = harness_write_file(w.env.dir, "chain.yaml", text);
     free(text);
     free(server);
     return w;
+}
+
+static struct world world_new(void)
+{
+    return world_new_ms(8);
 }
 
 static void world_release(struct world *w)
@@ -192,7 +200,7 @@ Test(owner, two_resumes_at_once_one_takes_the_run_the_other_is_refused, .timeout
 
 Test(owner, a_resume_and_a_cancel_at_once_end_the_run_cancelled_once, .timeout = 120)
 {
-    struct world w = world_new();
+    struct world w = world_new_ms(40);
 
     for (int trial = 0; trial < 6; trial++) {
         char *run = run_and_kill(&w, 10);
@@ -306,7 +314,7 @@ static void check_cancelled_by(struct world *w, const char *want)
 
 Test(owner, a_cancelled_run_says_who_cancelled_it, .timeout = 120)
 {
-    struct world w = world_new();
+    struct world w = world_new_ms(40);
     struct harness_proc proc, cancel;
     struct harness_result r, c;
     char want[128];
