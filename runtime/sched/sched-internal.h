@@ -216,10 +216,12 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
  */
 cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *result);
 /*
- * A forked run takes the step over from its parent with the recorded output: succeeded
- * without a call. For a run being created, before take-over queues what is ready.
+ * A forked run takes over from its parent the steps of run->opts.reuse (sched_reuse says how),
+ * with a step.reused event each, and leaves the others to run: for a run being created, before
+ * take-over queues what is ready. TR_EINVAL (err) for a step the workflow does not have, or
+ * one named twice.
  */
-void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent);
+int sched__steps_reuse(struct run *run, struct tr_error *err) TR_MUST_CHECK;
 /* A failed attempt: retried when the policy allows the class, else the step fails. */
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
                                 const char *error);
@@ -272,6 +274,9 @@ char *sched__options_json(const struct run *run);
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
                               const char *json);
 int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+/* From the steps' states set at once (a resumed or a forked run): the needs each step still
+ * waits for (those that do not stand), and the counts of steps done and failed. */
+void sched__count_states(struct run *run);
 /* Marks the steps the kept options say need approval. */
 void sched__approvals_from_json(struct run *run, const char *json);
 

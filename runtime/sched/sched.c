@@ -347,15 +347,8 @@ static int create_run(struct run *run, struct tr_error *err)
     }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++)
         sched__record_step(run, i, NULL, NULL);
-    for (size_t i = 0; rc == 0 && i < run->opts.reuse_count; i++) {
-        const struct sched_reuse *reuse = &run->opts.reuse[i];
-        long index = workflow_step_find(run->wf, reuse->step_id);
-        if (index < 0 || run->steps[index].state == STEP_SUCCEEDED)
-            rc = tr_error_set(err, TR_EINVAL, "cannot reuse step '%s': %s", reuse->step_id,
-                              index < 0 ? "the workflow has no such step" : "reused twice");
-        else
-            sched__step_reused(run, (size_t)index, reuse->output, run->opts.parent_run_id);
-    }
+    if (rc == 0 && run->opts.reuse_count)
+        rc = sched__steps_reuse(run, err);
     if (rc == 0 && run->failure)
         rc = tr_error_set(err, TR_EIO, "%s", run->failure);
     if (rc == 0)

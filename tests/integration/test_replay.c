@@ -1,0 +1,230 @@
+/*
+ * Integration tests of `troupe replay` and its forks (`--from STEP`) with real processes: a
+ * fork takes over every recorded result of the steps that do not depend on STEP, whatever
+ * stood in for them (a fallback, a skip, on_error: continue), and runs exactly STEP and its
+ * dependents live; a run replays from the plan stored with it, without its file. Every run
+ * left is audit-verified and replayed without divergence (harness_check_runs).
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+/* A workflow whose steps stand in every way a step can without succeeding, beside an
+ * independent branch (greet, after) to fork from. */
+static const char fallback_workflow[] = "name: forks\n"
+                                        "mcp_servers:\n"
+                                        "  demo:\n"
+                                        "    command: troupe-demo-tools\n"
+                                        "personas:\n"
+                                        "  worker:\n"
+                                        "    servers: [demo]\n"
+                                        "steps:\n"
+                                        "  - id: assess\n"
+                                        "    persona: worker\n"
+                                        "    tool: demo.echo\n"
+                                        "    with: {text: not an argument of echo}\n"
+                                        "    on_error: {fallback: default_score}\n"
+                                        "  - id: default_score\n"
+                                        "    eval: '{score: 5}'\n"
+                                        "  - id: decide\n"
+                                        "    eval: '.steps.assess.output.score + 1'\n"
+                                        "    needs: assess\n"
+                                        "  - id: lenient\n"
+                                        "    persona: worker\n"
+                                        "    tool: demo.echo\n"
+                                        "    with: {text: not an argument of echo either}\n"
+                                        "    on_error: continue\n"
+                                        "  - id: after_lenient\n"
+                                        "    eval: '[.steps.lenient.output]'\n"
+                                        "    needs: lenient\n"
+                                        "  - id: maybe\n"
+                                        "    eval: '\"never\"'\n"
+                                        "    when: .input.nothing\n"
+                                        "  - id: after_maybe\n"
+                                        "    eval: '\"never either\"'\n"
+                                        "    needs: maybe\n"
+                                        "  - id: greet\n"
+                                        "    persona: worker\n"
+                                        "    tool: demo.greet\n"
+                                        "    with: {name: Ada}\n"
+                                        "    on_error: {fallback: not_needed}\n"
+                                        "  - id: not_needed\n"
+                                        "    eval: '\"never\"'\n"
+                                        "  - id: after\n"
+                                        "    eval: '[.steps.greet.output, .steps.decide.output]'\n"
+                                        "    needs: [greet, decide]\n";
+
+static char *run_id_latest(const struct harness_env *env)
+{
+    return harness_db_text(env->db, "SELECT id FROM runs ORDER BY rowid DESC LIMIT 1");
+}
+
+static long long events_of(const struct harness_env *env, const char *run, const char *step,
+                           const char *type)
+{
+    return harness_query_int(env->db,
+                             "SELECT count(*) FROM audit WHERE run_id = '%s' AND step_id = '%s' "
+                             "AND type = '%s'",
+                             run, step, type);
+}
+
+static char *state_in(const struct harness_env *env, const char *run, const char *step)
+{
+    return harness_query_text(
+        env->db, "SELECT state FROM steps WHERE run_id = '%s' AND step_id = '%s'", run, step);
+}
+
+/* Runs the fallback workflow (it succeeds), then forks it from `from`; the fork's id. */
+static char *fork_from(struct harness_env *env, const char *from, char **ret_parent)
+{
+    struct harness_result r;
+    char *path = harness_write_file(env->dir, "forks.yaml", fallback_workflow);
+    const char *run[] = {env->troupe, "--db", env->db, "run", "-q", path, NULL};
+    harness_run(run, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    *ret_parent = run_id_latest(env);
+    const char *fork[] = {env->troupe, "--db",   env->db, "replay",
+                          *ret_parent, "--from", from,    NULL};
+    harness_run(fork, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "the fork fails where its parent succeeded:\n%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *child = run_id_latest(env);
+    cr_assert_str_neq(child, *ret_parent);
+    free(path);
+    return child;
+}
+
+Test(fork, reuses_fallbacks_skips_and_continues_of_steps_that_do_not_depend_on_it)
+{
+    struct harness_env env = harness_env_new();
+    char *parent = NULL;
+    char *child = fork_from(&env, "greet", &parent);
+
+    /* Taken over, whatever stood in for them: no call, one step.reused each, the same state. */
+    static const char *const reused[] = {"assess",        "default_score", "decide",     "lenient",
+                                         "after_lenient", "maybe",         "after_maybe"};
+    for (size_t i = 0; i < sizeof(reused) / sizeof(reused[0]); i++) {
+        cr_assert_eq(events_of(&env, child, reused[i], "step.reused"), 1, "%s", reused[i]);
+        cr_assert_eq(events_of(&env, child, reused[i], "mcp.request"), 0, "%s", reused[i]);
+        cr_assert_eq(events_of(&env, child, reused[i], "step.finished"), 0, "%s", reused[i]);
+        char *then = state_in(&env, parent, reused[i]);
+        char *now = state_in(&env, child, reused[i]);
+        cr_assert_str_eq(now, then, "%s", reused[i]);
+        free(then);
+        free(now);
+    }
+    /* STEP and its dependents ran live, over the reused outputs (the fallback's included);
+     * so did STEP's fallback, whose fate is STEP's: skipped again, as greet did not fail. */
+    cr_assert_eq(events_of(&env, child, "greet", "mcp.request"), 1);
+    cr_assert_eq(events_of(&env, child, "not_needed", "step.reused"), 0);
+    cr_assert_eq(events_of(&env, child, "not_needed", "step.skipped"), 1);
+    cr_assert_eq(events_of(&env, child, "after", "step.finished"), 1);
+    char *after = harness_query_text(
+        env.db, "SELECT output_json FROM steps WHERE run_id = '%s' AND step_id = 'after'", child);
+    cr_assert_str_eq(after, "[\"Hello, Ada!\",6]");
+    char *status = harness_query_text(env.db, "SELECT status FROM runs WHERE id = '%s'", child);
+    cr_assert_str_eq(status, "succeeded");
+    free(after);
+    free(status);
+    free(parent);
+    free(child);
+    harness_env_release(&env);
+}
+
+Test(fork, from_a_step_that_failed_into_its_fallback_runs_both_live)
+{
+    struct harness_env env = harness_env_new();
+    char *parent = NULL;
+    char *child = fork_from(&env, "assess", &parent);
+
+    /* assess fails again, live, and its fallback stands in for it again, live. */
+    cr_assert_eq(events_of(&env, child, "assess", "mcp.request"), 1);
+    cr_assert_eq(events_of(&env, child, "default_score", "step.finished"), 1);
+    cr_assert_eq(events_of(&env, child, "decide", "step.finished"), 1);
+    cr_assert_eq(events_of(&env, child, "after", "step.finished"), 1);
+    cr_assert_eq(events_of(&env, child, "greet", "step.reused"), 1);
+    cr_assert_eq(events_of(&env, child, "greet", "mcp.request"), 0);
+    cr_assert_eq(events_of(&env, child, "lenient", "step.reused"), 1);
+    cr_assert_eq(events_of(&env, child, "not_needed", "step.reused"), 1);
+    cr_assert_eq(events_of(&env, child, "maybe", "step.reused"), 1);
+    free(parent);
+    free(child);
+    harness_env_release(&env);
+}
+
+/* broken fails the run while slow is in flight: independent, which needs only slow, is never
+ * reached (skipped as the run ended), which is no result to take over. */
+static char *write_unreached(struct harness_env *env, const char *name, const char *tool,
+                             const char *with)
+{
+    char *flaky = harness_build_path("tests/test-mcp-misbehave");
+    char *text;
+    cr_assert_geq(asprintf(&text,
+                           "name: unreached\n"
+                           "mcp_servers:\n"
+                           "  demo:\n"
+                           "    command: troupe-demo-tools\n"
+                           "  flaky:\n"
+                           "    command: %s\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [demo, flaky]\n"
+                           "steps:\n"
+                           "  - id: slow\n"
+                           "    persona: worker\n"
+                           "    tool: flaky.sleep\n"
+                           "    with: {ms: 400}\n"
+                           "  - id: independent\n"
+                           "    eval: '\"ran\"'\n"
+                           "    needs: slow\n"
+                           "  - id: broken\n"
+                           "    persona: worker\n"
+                           "    tool: demo.%s\n"
+                           "    with: {%s}\n",
+                           flaky, tool, with),
+                  0);
+    char *path = harness_write_file(env->dir, name, text);
+    free(text);
+    free(flaky);
+    return path;
+}
+
+Test(fork, runs_the_steps_its_parent_never_reached)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *broken = write_unreached(&env, "broken.yaml", "echo", "text: not an argument of echo");
+    char *fixed = write_unreached(&env, "fixed.yaml", "greet", "name: Bo");
+
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", broken, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *parent = run_id_latest(&env);
+    char *then = state_in(&env, parent, "independent");
+    cr_assert_str_eq(then, "skipped");
+    const char *fork[] = {env.troupe, "--db",   env.db,       "replay", parent,
+                          "--from",   "broken", "--workflow", fixed,    NULL};
+    harness_run(fork, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *child = run_id_latest(&env);
+    cr_assert_eq(events_of(&env, child, "slow", "step.reused"), 1);
+    cr_assert_eq(events_of(&env, child, "independent", "step.reused"), 0);
+    char *now = state_in(&env, child, "independent");
+    cr_assert_str_eq(now, "succeeded");
+
+    free(now);
+    free(then);
+    free(child);
+    free(parent);
+    free(broken);
+    free(fixed);
+    harness_env_release(&env);
+}
