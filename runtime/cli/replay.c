@@ -34,7 +34,7 @@ static void usage(FILE *out)
             "options:\n"
             "  --from STEP      fork from STEP: earlier results reused, STEP onwards live\n"
             "  --workflow FILE  replay against this workflow (e.g. an edited one) rather than\n"
-            "                   the run's own file, which must be unchanged since the run\n"
+            "                   the plan stored with the run (its file is not needed)\n"
             "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
             "  -h, --help       show this help\n"
             "\n"
@@ -70,8 +70,10 @@ struct recording {
     size_t task_cap;
     char *file;
     cJSON *input;
-    char *plan_hash;
-    bool run_succeeded; /* a run that did not succeed may have left ready steps unrun */
+    char *plan_json;        /* the plan stored with the run */
+    char *plan_hash;        /* its hash as the runs table has it */
+    char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
+    bool run_succeeded;     /* a run that did not succeed may have left ready steps unrun */
 };
 
 /* The task's slot, grown as needed; NULL for an id not believed. */
@@ -129,7 +131,10 @@ static int record_event(void *userdata, const struct store_audit_event *event)
         return 0;
     cJSON *payload = cJSON_Parse(event->payload_json);
     if (strcmp(event->type, "run.started") == 0) {
+        const cJSON *hash = cJSON_GetObjectItemCaseSensitive(payload, "plan_hash");
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
+        free(rec->logged_plan_hash);
+        rec->logged_plan_hash = cJSON_IsString(hash) ? xstrdup(hash->valuestring) : NULL;
     } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
         const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
@@ -189,6 +194,7 @@ static int copy_run(void *userdata, const struct store_run *run)
     struct recording *rec = userdata;
     rec->file = run->workflow_file ? xstrdup(run->workflow_file) : NULL;
     rec->plan_hash = xstrdup(run->plan_hash);
+    rec->plan_json = run->plan_json ? xstrdup(run->plan_json) : NULL;
     rec->run_succeeded = strcmp(run->status, "succeeded") == 0;
     return 0;
 }
@@ -201,6 +207,40 @@ static bool plan_matches(const struct workflow *wf, const char *plan_hash)
     store_plan_hash(plan, hash);
     free(plan);
     return strcmp(hash, plan_hash) == 0;
+}
+
+/*
+ * The workflow the run ran: its plan as stored with the run, so that neither the file nor the
+ * directory it was run from is needed; or, for a plan this version does not load back, its
+ * file if unchanged since. Prints why not.
+ */
+static int load_recorded(const struct recording *rec, const char *run_id,
+                         struct workflow **ret_workflow)
+{
+    struct tr_error err = {0}, file_err = {0};
+    char hash[STORE_PLAN_HASH_SIZE] = "";
+
+    if (rec->plan_json)
+        store_plan_hash(rec->plan_json, hash);
+    if (strcmp(hash, rec->plan_hash) != 0) {
+        cli_error("run %s: the plan stored with it does not match its plan hash (the database "
+                  "was changed)",
+                  run_id);
+        return -1;
+    }
+    if (workflow_load_plan(rec->plan_json, rec->file ? rec->file : "(the stored plan)",
+                           ret_workflow, &err) == 0)
+        return 0;
+    if (rec->file && workflow_load(rec->file, ret_workflow, &file_err) == 0 &&
+        plan_matches(*ret_workflow, rec->plan_hash))
+        return 0;
+    workflow_free(ret_workflow);
+    cli_error("run %s: %s%s%s; name its workflow with --workflow", run_id, err.message,
+              rec->file ? ", and its file " : "",
+              !rec->file         ? ""
+              : file_err.message[0] ? file_err.message
+                                 : "has changed since the run (its plan hash differs)");
+    return -1;
 }
 
 static char *compact(const cJSON *value)
@@ -670,7 +710,8 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
         if (!live[i] && reusable(rec, i, &reuse[reuse_count]))
             reuse_count++;
     cli_sched_prepare(&opts, &progress, common, wf);
-    char *absolute = realpath(workflow_path, NULL);
+    /* Kept for resume: the file it was forked with, or the run's own if it is still there. */
+    char *absolute = workflow_path ? realpath(workflow_path, NULL) : NULL;
     opts.input = rec->input;
     opts.workflow_path = absolute;
     opts.parent_run_id = parent;
@@ -735,24 +776,23 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
-    if (!workflow_path && !rec.file) {
-        cli_error("run %s records no workflow file; name one with --workflow", run_id);
-        goto out;
-    }
-    if (workflow_load(workflow_path ? workflow_path : rec.file, &wf, &err) < 0) {
+    /* The run's own plan, or a what-if against the file named. */
+    if (workflow_path && workflow_load(workflow_path, &wf, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }
-    if (!workflow_path && !from && !plan_matches(wf, rec.plan_hash)) {
-        cli_error("%s has changed since run %s (its plan hash differs); to replay the run "
-                  "against the edited workflow, name it with --workflow",
-                  rec.file, run_id);
+    if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
         goto out;
-    }
     rec.wf = wf;
     rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
+        goto out;
+    }
+    if (!workflow_path && rec.logged_plan_hash && strcmp(rec.logged_plan_hash, rec.plan_hash)) {
+        cli_error("run %s: the plan stored with it is not the one its audit log names "
+                  "(run.started): the database was changed",
+                  run_id);
         goto out;
     }
     if (from) {
@@ -779,6 +819,8 @@ out:
     free(rec.tasks);
     free(rec.file);
     free(rec.plan_hash);
+    free(rec.plan_json);
+    free(rec.logged_plan_hash);
     cJSON_Delete(rec.input);
     workflow_free(&wf);
     store_free(&store);

@@ -341,6 +341,10 @@ static int create_run(struct run *run, struct tr_error *err)
         cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
         cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
         cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
+        /* The chain vouches for the plan stored with the run (replay runs it). */
+        char plan_hash[STORE_PLAN_HASH_SIZE];
+        store_plan_hash(plan, plan_hash);
+        cJSON_AddStringToObject(payload, "plan_hash", plan_hash);
         if (run->opts.parent_run_id)
             cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
         sched__audit(run, NULL, "scheduler", "run.started", payload);

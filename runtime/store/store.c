@@ -19,7 +19,7 @@
 
 #define RUN_COLUMNS                                                                                \
     "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
-    "input_json, scheduler_pid, options_json"
+    "input_json, scheduler_pid, options_json, plan_json"
 
 static const char *const statement_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",

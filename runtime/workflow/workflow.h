@@ -67,6 +67,13 @@ const char *workflow_name(const struct workflow *wf);
 const char *workflow_file(const struct workflow *wf);
 /* The plan as canonical JSON (object keys sorted, no insignificant space). Caller frees. */
 char *workflow_plan_json(const struct workflow *wf);
+/*
+ * Loads a workflow back from its plan (workflow_plan_json's text, as a run stores it), so
+ * that a run can be replayed without its file; file_name is the name it keeps (messages,
+ * workflow_file). TR_EINVAL when the text is not a plan that loads back to the very same plan.
+ */
+int workflow_load_plan(const char *plan_json, const char *file_name, struct workflow **ret_workflow,
+                       struct tr_error *err) TR_MUST_CHECK;
 
 /*
  * Applies the workflow's input declarations to the given inputs (an object, or NULL):

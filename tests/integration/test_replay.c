@@ -7,6 +7,9 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <sodium.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,5 +229,108 @@ Test(fork, runs_the_steps_its_parent_never_reached)
     free(parent);
     free(broken);
     free(fixed);
+    harness_env_release(&env);
+}
+
+/* A copy of env's database whose run's stored plan greets Eve (with its hash in the runs
+ * table recomputed, if rehash); its path. */
+static char *copy_with_plan_changed(const struct harness_env *env, const char *run, bool rehash)
+{
+    sqlite3 *db;
+    char *copy, *sql;
+    cr_assert_geq(asprintf(&copy, "%s/copy-%d.db", env->dir, rehash), 0);
+    cr_assert_eq(sqlite3_open(env->db, &db), SQLITE_OK);
+    cr_assert_geq(asprintf(&sql, "VACUUM INTO '%s'", copy), 0);
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    free(sql);
+    char *plan = harness_query_text(env->db, "SELECT plan_json FROM runs WHERE id = '%s'", run);
+    char *at = strstr(plan, "Ada");
+    cr_assert_not_null(at);
+    memcpy(at, "Eve", 3);
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    crypto_hash_sha256(digest, (const unsigned char *)plan, strlen(plan));
+    sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
+    cr_assert_eq(sqlite3_open(copy, &db), SQLITE_OK);
+    sqlite3_stmt *stmt;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "UPDATE runs SET plan_json = ?1, plan_hash = "
+                                    "CASE WHEN ?2 THEN ?3 ELSE plan_hash END WHERE id = ?4",
+                                    -1, &stmt, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_bind_text(stmt, 1, plan, -1, SQLITE_STATIC);
+    sqlite3_bind_int(stmt, 2, rehash);
+    sqlite3_bind_text(stmt, 3, hex, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 4, run, -1, SQLITE_STATIC);
+    cr_assert_eq(sqlite3_step(stmt), SQLITE_DONE, "%s", sqlite3_errmsg(db));
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    free(plan);
+    return copy;
+}
+
+Test(replay, from_the_plan_stored_with_the_run_without_its_file)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *path = harness_write_file(env.dir, "forks.yaml", fallback_workflow);
+    char *elsewhere;
+    cr_assert_geq(asprintf(&elsewhere, "%s/elsewhere", env.dir), 0);
+    cr_assert_eq(mkdir(elsewhere, 0700), 0);
+
+    /* Run by a relative path, then the file goes. */
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", "forks.yaml", NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *parent = run_id_latest(&env);
+    cr_assert_eq(unlink(path), 0);
+
+    const char *replay[] = {env.troupe, "--db", env.db, "replay", parent, NULL};
+    harness_run(replay, elsewhere, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "3 tool calls matched the record, no divergence"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* A fork too runs the stored plan. */
+    const char *fork[] = {env.troupe, "--db", env.db, "replay", parent, "--from", "greet", NULL};
+    harness_run(fork, elsewhere, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *child = run_id_latest(&env);
+    cr_assert_str_neq(child, parent);
+    cr_assert_eq(events_of(&env, child, "greet", "mcp.request"), 1);
+
+    /* --workflow still replays against the file named. */
+    char *edited = harness_write_file(elsewhere, "edited.yaml", fallback_workflow);
+    const char *what_if[] = {env.troupe, "--db",       env.db,        "replay",
+                             parent,     "--workflow", "edited.yaml", NULL};
+    harness_run(what_if, elsewhere, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+
+    /* The stored plan is the one the hash-chained log names: one changed is refused, even
+     * with its hash in the runs table recomputed. */
+    char *copy = copy_with_plan_changed(&env, parent, false);
+    const char *tampered[] = {env.troupe, "--db", copy, "replay", parent, NULL};
+    harness_run(tampered, elsewhere, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "does not match its plan hash"), "%s", r.err);
+    harness_result_release(&r);
+    free(copy);
+    copy = copy_with_plan_changed(&env, parent, true);
+    tampered[2] = copy;
+    harness_run(tampered, elsewhere, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "not the one its audit log names"), "%s", r.err);
+    harness_result_release(&r);
+
+    free(copy);
+    free(edited);
+    free(child);
+    free(parent);
+    free(elsewhere);
+    free(path);
     harness_env_release(&env);
 }
