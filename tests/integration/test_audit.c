@@ -322,25 +322,6 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
 
 /* ---- exports and inspection ------------------------------------------------------------- */
 
-/* Runs a checker from tests/audit (Node, test-only) on a file; skips without its packages. */
-static void node_check(const char *script, const char *arg1, const char *arg2)
-{
-    char *modules = harness_source_path("tests/audit/node_modules/ajv");
-    if (access(modules, R_OK) != 0) {
-        free(modules);
-        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"), "tests/audit has no node_modules");
-        cr_skip_test("the checkers' npm packages are not installed; run scripts/test");
-    }
-    char *path = harness_source_path(script);
-    const char *argv[] = {"/usr/bin/env", "node", path, arg1, arg2, NULL};
-    struct harness_result r;
-    harness_run(argv, NULL, 60000, &r);
-    cr_assert_eq(r.exit_code, 0, "%s %s:\n%s%s", script, arg1, r.out, r.err);
-    harness_result_release(&r);
-    free(path);
-    free(modules);
-}
-
 Test(audit, exports_validate_against_the_schema_and_the_otlp_protobuf)
 {
     struct fixture f = make_run();
@@ -360,8 +341,8 @@ Test(audit, exports_validate_against_the_schema_and_the_otlp_protobuf)
     harness_result_release(&r);
 
     char *schema = harness_source_path("schemas/audit-event.schema.json");
-    node_check("tests/audit/validate-jsonl.js", schema, jsonl);
-    node_check("tests/audit/check-otlp.js", otlp, NULL);
+    free(harness_node_check("tests/audit/validate-jsonl.js", schema, jsonl));
+    free(harness_node_check("tests/audit/check-otlp.js", otlp, NULL));
     free(schema);
     free(jsonl);
     free(otlp);
