@@ -136,12 +136,19 @@ static void on_progress(void *userdata, const struct sched_progress *p)
     fflush(stdout);
 }
 
-static int parse_int(const char *option, const char *arg, long min, long max, long *ret)
+int cli_parse_int(const char *option, const char *arg, long min, long max, long *ret)
 {
-    char *end;
-    long value = strtol(arg, &end, 10);
-    if (!*arg || *end || value < min || value > max) {
-        cli_error("%s wants a number from %ld to %ld, not '%s'", option, min, max, arg);
+    char *end = NULL;
+    bool digits =
+        (arg[0] >= '0' && arg[0] <= '9') || (arg[0] == '-' && arg[1] >= '0' && arg[1] <= '9');
+    errno = 0;
+    long value = digits ? strtol(arg, &end, 10) : 0;
+    if (!digits || *end) {
+        cli_error("%s wants a whole number from %ld to %ld, not '%s'", option, min, max, arg);
+        return -1;
+    }
+    if (errno == ERANGE || value < min || value > max) {
+        cli_error("%s %s is out of range: it must be from %ld to %ld", option, arg, min, max);
         return -1;
     }
     *ret = value;
@@ -156,32 +163,32 @@ static int sched_option(struct sched_options *opts, struct cli_progress *progres
 
     switch (opt) {
     case CLI_OPT_TIMEOUT:
-        if (parse_int("--timeout", arg, 1, 86400, &value) < 0)
+        if (cli_parse_int("--timeout", arg, 1, 86400, &value) < 0)
             return -1;
         opts->step_timeout_ms = (int)value * 1000;
         return 1;
     case CLI_OPT_REPLICAS:
-        if (parse_int("--replicas", arg, 1, SCHED_MAX_REPLICAS, &value) < 0)
+        if (cli_parse_int("--replicas", arg, 1, SCHED_MAX_REPLICAS, &value) < 0)
             return -1;
         opts->replicas = (int)value;
         return 1;
     case CLI_OPT_CREDIT:
-        if (parse_int("--credit", arg, 1, SCHED_MAX_CREDIT, &value) < 0)
+        if (cli_parse_int("--credit", arg, 1, SCHED_MAX_CREDIT, &value) < 0)
             return -1;
         opts->credit = (int)value;
         return 1;
     case CLI_OPT_RETRIES:
-        if (parse_int("--retries", arg, 1, 100, &value) < 0)
+        if (cli_parse_int("--retries", arg, 1, 100, &value) < 0)
             return -1;
         opts->max_attempts = (int)value;
         return 1;
     case CLI_OPT_RETRY_DELAY:
-        if (parse_int("--retry-delay", arg, 1, 3600000, &value) < 0)
+        if (cli_parse_int("--retry-delay", arg, 1, 3600000, &value) < 0)
             return -1;
         opts->retry_delay_ms = (int)value;
         return 1;
     case CLI_OPT_DEADLINE:
-        if (parse_int("--deadline", arg, 1, 30 * 86400, &value) < 0)
+        if (cli_parse_int("--deadline", arg, 1, 30 * 86400, &value) < 0)
             return -1;
         opts->deadline_ms = (int64_t)value * 1000;
         return 1;
@@ -325,8 +332,18 @@ static int add_input(cJSON *inputs, const char *assignment)
     }
     char *name = xstrndup(assignment, (size_t)(eq - assignment));
     cJSON *value = cJSON_Parse(eq + 1);
+    struct tr_error err = {0};
     if (!value)
         value = cJSON_CreateString(eq + 1);
+    char *what = xasprintf("--input %s", assignment);
+    int rc = workflow_json_check(value, what, &err);
+    free(what);
+    if (rc < 0) {
+        cli_error("%s", err.message);
+        cJSON_Delete(value);
+        free(name);
+        return -1;
+    }
     cJSON_DeleteItemFromObjectCaseSensitive(inputs, name);
     cJSON_AddItemToObject(inputs, name, value);
     free(name);

@@ -5,6 +5,7 @@
  */
 #include "workflow-internal.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,7 +293,42 @@ static cJSON *cjson_from_jv(jv value, int depth)
 
 /* ---- evaluation ----------------------------------------------------------------------- */
 
-/* The first output of expr over scope (borrowed), or an error naming the step and label. */
+/* Whether every number in value (borrowed) is finite; what nests deeper than a value may is
+ * refused on its way to JSON (cjson_from_jv). */
+static bool jv_finite(jv value, int depth)
+{
+    bool finite = true;
+
+    if (depth > WF_MAX_VALUE_DEPTH)
+        return true;
+    switch (jv_get_kind(value)) {
+    case JV_KIND_NUMBER:
+        return isfinite(jv_number_value(value));
+    case JV_KIND_ARRAY:
+        for (int i = 0, n = jv_array_length(jv_copy(value)); finite && i < n; i++) {
+            jv item = jv_array_get(jv_copy(value), i);
+            finite = jv_finite(item, depth + 1);
+            jv_free(item);
+        }
+        return finite;
+    case JV_KIND_OBJECT:
+        for (int it = jv_object_iter(value); finite && jv_object_iter_valid(value, it);
+             it = jv_object_iter_next(value, it)) {
+            jv item = jv_object_iter_value(value, it);
+            finite = jv_finite(item, depth + 1);
+            jv_free(item);
+        }
+        return finite;
+    default:
+        return true;
+    }
+}
+
+/*
+ * The one output of expr over scope (borrowed), or an error naming the step and label: an
+ * expression that yields several values is refused, not cut to its first (a list is made with
+ * [...]), and so is one that yields a number JSON cannot carry (infinite, NaN).
+ */
 static int expr_run(const struct workflow *wf, size_t index, jv scope, const char *step_id,
                     const char *label, jv *ret_value, struct tr_error *err)
 {
@@ -302,6 +338,24 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
 
     value = jq_next(jq);
     if (jv_is_valid(value)) {
+        jv more = jq_next(jq);
+        bool several = jv_is_valid(more);
+        int rc = 0;
+        jv_free(more);
+        if (several)
+            rc = tr_error_set(err, TR_EINVAL,
+                              "step '%s': %s: jq: '%s' yields several values, not one (to make "
+                              "a list of them, write [%s])",
+                              step_id, label, expr->text, expr->text);
+        else if (!jv_finite(value, 0))
+            rc = tr_error_set(err, TR_EINVAL,
+                              "step '%s': %s: jq: '%s' yields a number JSON cannot carry "
+                              "(infinite or NaN)",
+                              step_id, label, expr->text);
+        if (rc < 0) {
+            jv_free(value);
+            return rc;
+        }
         *ret_value = value;
         return 0;
     }

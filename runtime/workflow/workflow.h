@@ -82,6 +82,13 @@ int workflow_load_plan(const char *plan_json, const char *file_name, struct work
 int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON **ret_input,
                             struct tr_error *err) TR_MUST_CHECK;
 
+/*
+ * Checks that every number in value, a JSON value from outside (inputs, a server's result), is
+ * one JSON can carry back: a parser turns 1e400 into an infinity, which would be written as
+ * null. TR_EINVAL with err "WHAT holds a number out of range at PATH ..." otherwise.
+ */
+int workflow_json_check(const cJSON *value, const char *what, struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- servers -------------------------------------------------------------------------- */
 
 size_t workflow_server_count(const struct workflow *wf);
