@@ -378,6 +378,14 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
 {
     char *db_copy = xstrdup(cli_db_path(common));
 
+    /* -q: errors only; -v: debug lines too (every audit event as it is recorded); the agents
+     * log likewise. */
+    opts->log_verbosity = progress->quiet ? -1 : common->verbose ? 1 : 0;
+    tr_log_setup("troupe",
+                 progress->quiet   ? TR_LOG_ERROR
+                 : common->verbose ? TR_LOG_DEBUG
+                                   : TR_LOG_INFO,
+                 common->log_format);
     for (size_t i = 0; i < workflow_step_count(wf); i++)
         if (strlen(workflow_step_id(wf, i)) > progress->width)
             progress->width = strlen(workflow_step_id(wf, i));

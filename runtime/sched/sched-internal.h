@@ -127,9 +127,10 @@ struct agent_proc {
     int64_t remote_pid;     /* its pid on its own machine, as it said */
 };
 
-/* Starts troupe-agent for the agent's persona, connected to endpoint. */
+/* Starts troupe-agent for the agent's persona, connected to endpoint, logging as told. */
 int agent_spawn(struct agent_proc *agent, const char *program, const char *endpoint,
-                enum tr_log_format log_format, struct tr_error *err) TR_MUST_CHECK;
+                enum tr_log_format log_format, enum tr_log_level log_level,
+                struct tr_error *err) TR_MUST_CHECK;
 /* Collects the agent's exit status if it has exited; returns true when it just did. */
 bool agent_reap(struct agent_proc *agent);
 /* Sends sig to a live agent. */

@@ -46,7 +46,8 @@ void sched__fail(struct run *run, const char *fmt, ...)
     va_start(ap, fmt);
     char *reason = xvasprintf(fmt, ap);
     va_end(ap);
-    tr_log(TR_LOG_ERROR, "%s", reason);
+    /* The first reason is the run's; what follows from it is said, but not as its error. */
+    tr_log(run->failure ? TR_LOG_WARN : TR_LOG_ERROR, "%s", reason);
     if (!run->failure)
         run->failure = reason;
     else
@@ -59,6 +60,9 @@ void sched__audit_json(struct run *run, const char *step_id, const char *actor, 
 {
     struct tr_error err = {0};
 
+    /* -v: what is recorded, as it is, in short. */
+    tr_log(TR_LOG_DEBUG, "%s %s%s%s: %.200s%s", actor, type, step_id ? " of step " : "",
+           step_id ? step_id : "", payload_json, strnlen(payload_json, 201) > 200 ? "..." : "");
     if (store_audit_append(run->store, run->id, step_id, actor, type, payload_json, &err) < 0)
         sched__fail(run, "%s", err.message);
 }

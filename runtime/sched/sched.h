@@ -78,6 +78,7 @@ struct sched_options {
     const cJSON *input;            /* the run's inputs (already resolved), or NULL */
     const char *workflow_path;     /* absolute path of the workflow file, kept for resume */
     enum tr_log_format log_format; /* passed on to agents */
+    int log_verbosity;             /* -1 errors only (-q), 0 info, 1 debug too (-v): agents too */
     /*
      * The defaults of every step's policy; 0 means the SCHED_DEFAULT_* value. They are kept
      * with the run, and sched_resume uses the kept ones for those left 0 here.

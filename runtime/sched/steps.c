@@ -389,8 +389,9 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
     size_t fallback = SIZE_MAX;
     enum workflow_on_error on_error = workflow_step_on_error(run->wf, index, &fallback);
 
-    /* A fallback runs once, for one step; a second failure naming it is not absorbed. */
-    if (run->cancelling ||
+    /* A fallback runs once, for one step; a second failure naming it is not absorbed. Nothing
+     * starts once the run is cancelled or has failed. */
+    if (run->cancelling || run->failure ||
         (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
          (run->steps[fallback].stands_for >= 0 || step_state_final(run->steps[fallback].state))))
         on_error = WORKFLOW_ON_ERROR_FAIL;

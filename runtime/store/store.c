@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -420,6 +421,23 @@ int store_open(const char *path, struct store **ret_store, struct tr_error *err)
         return rc;
     }
 
+    /* A database to create in a directory that cannot take it: SQLite would fall back to
+     * opening it read-only and report that the file does not exist. Say why instead. */
+    if (access(path, F_OK) != 0 && errno == ENOENT) {
+        char *dir = xstrdup(path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *(slash == dir ? slash + 1 : slash) = '\0';
+        rc = access(slash ? dir : ".", W_OK | X_OK) != 0
+                 ? tr_error_set(err, TR_EIO,
+                                "could not create database '%s': its directory '%s' is not "
+                                "writable (%s)",
+                                path, slash ? dir : ".", strerror(errno))
+                 : 0;
+        free(dir);
+        if (rc < 0)
+            return rc;
+    }
     store = xcalloc(1, sizeof(*store));
     store->path = xstrdup(path);
     rc = sqlite3_open_v2(path, &store->db,

@@ -159,8 +159,8 @@ size_t workflow_step_need(const struct workflow *wf, size_t index, size_t n);
  * {"input": ..., "context": ..., "item": ..., "steps": {ID: {"output": ...}}}.
  * A string value "${{ jq }}" becomes the expression's value (any JSON type); a string that
  * merely contains "${{ jq }}" parts has each replaced by its value as text; everything else
- * is copied. Returns TR_EINVAL with a message naming the step and argument when a jq
- * expression fails or yields no value.
+ * is copied. Returns TR_EINVAL with a message naming the argument (not the step: the caller
+ * says which step, once) when a jq expression fails or yields no value, or several.
  */
 int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
                             cJSON **ret_arguments, struct tr_error *err) TR_MUST_CHECK;
@@ -223,7 +223,8 @@ bool workflow_step_has_expression(const struct workflow *wf, size_t index,
 /*
  * Evaluates one of the step's expressions over scope (as for workflow_step_arguments, plus
  * "result" for output): its first value, the caller's. TR_ENOTFOUND when the step has no
- * such expression; TR_EINVAL naming the step when jq fails or yields nothing.
+ * such expression; TR_EINVAL naming the expression (not the step) when jq fails or yields
+ * nothing, or several values.
  */
 int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
                            const cJSON *scope, cJSON **ret_value,

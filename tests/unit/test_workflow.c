@@ -272,23 +272,23 @@ static void assert_argument_error(const char *with, const char *expected)
 Test(workflow, runtime_jq_errors_name_step_and_argument)
 {
     assert_argument_error("{a: \"${{ error(\\\"boom\\\") }}\"}",
-                          "step 's': argument 'a': jq: boom");
+                          "argument 'a': jq: boom");
     assert_argument_error("{a: {b: [1, \"x${{ .input.who.name }}\"]}}",
-                          "step 's': argument 'a.b[1]': jq: Cannot index string with string "
+                          "argument 'a.b[1]': jq: Cannot index string with string "
                           "\"name\"");
     assert_argument_error("{a: \"${{ empty }}\"}",
-                          "step 's': argument 'a': jq: 'empty' produced no value");
+                          "argument 'a': jq: 'empty' produced no value");
     assert_argument_error("{a: \"${{ error({code: 1}) }}\"}",
-                          "step 's': argument 'a': jq: error {\"code\":1}");
+                          "argument 'a': jq: error {\"code\":1}");
     /* One value, not the first of several; and one that JSON can carry. */
     assert_argument_error("{a: \"${{ 1, 2 }}\"}",
-                          "step 's': argument 'a': jq: '1, 2' yields several values, not one (to "
+                          "argument 'a': jq: '1, 2' yields several values, not one (to "
                           "make a list of them, write [1, 2])");
     assert_argument_error("{a: \"${{ [1, infinite] }}\"}",
-                          "step 's': argument 'a': jq: '[1, infinite]' yields a number JSON cannot "
+                          "argument 'a': jq: '[1, infinite]' yields a number JSON cannot "
                           "carry (infinite or NaN)");
     assert_argument_error("{a: \"${{ {x: nan} }}\"}",
-                          "step 's': argument 'a': jq: '{x: nan}' yields a number JSON cannot "
+                          "argument 'a': jq: '{x: nan}' yields a number JSON cannot "
                           "carry (infinite or NaN)");
 }
 
@@ -535,7 +535,7 @@ Test(workflow, deep_jq_values_are_refused)
     cJSON *args = NULL;
 
     cr_assert_eq(workflow_step_arguments(wf, 0, NULL, &args, &err), TR_EINVAL);
-    cr_assert_str_eq(err.message, "step 's': argument 'a': value nested deeper than 512 levels");
+    cr_assert_str_eq(err.message, "argument 'a': value nested deeper than 512 levels");
     cr_assert_null(args);
     workflow_free(&wf);
 }
