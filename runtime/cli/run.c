@@ -30,9 +30,9 @@ static void usage(FILE *out)
             "  -i, --input NAME=VALUE  set an input; VALUE is read as JSON when it parses as\n"
             "                          JSON, else taken as a string (repeatable)\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
-            "  -q, --quiet             print only the run id and outcome\n"
+            "  -q, --quiet             print only the run id and outcome, and errors\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
-            "  -v, --verbose           log debug lines\n"
+            "  -v, --verbose           log debug lines: every audit event as it is recorded\n"
             "  -h, --help              show this help\n"
             "\n"
             "exit status: 0 the run succeeded, 1 it failed, 2 bad usage or a broken workflow,\n"

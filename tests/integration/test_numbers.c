@@ -180,3 +180,40 @@ Test(numbers, an_expression_that_yields_several_values_fails_its_step)
     free(path);
     harness_env_release(&env);
 }
+
+Test(numbers, a_server_result_out_of_range_fails_the_call_rather_than_becoming_null)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *flaky = harness_build_path("tests/test-mcp-misbehave");
+    char *text;
+    cr_assert_geq(asprintf(&text,
+                           "name: server-numbers\n"
+                           "mcp_servers:\n"
+                           "  flaky:\n"
+                           "    command: %s\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [flaky]\n"
+                           "steps:\n"
+                           "  - id: sum\n"
+                           "    persona: worker\n"
+                           "    tool: flaky.huge_number\n",
+                           flaky),
+                  0);
+    char *path = harness_write_file(env.dir, "server.yaml", text);
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *error = harness_db_text(env.db, "SELECT error FROM steps WHERE step_id = 'sum'");
+    cr_assert(error && strstr(error, "MCP server 'flaky' sent a number out of range"), "%s", error);
+    char *output = harness_db_text(env.db, "SELECT output_json FROM steps WHERE step_id = 'sum'");
+    cr_assert_null(output, "%s", output);
+    free(output);
+    free(error);
+    free(path);
+    free(text);
+    free(flaky);
+    harness_env_release(&env);
+}

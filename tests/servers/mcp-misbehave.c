@@ -158,6 +158,16 @@ static int ask_client(void *userdata, const cJSON *arguments, cJSON **ret_result
     return 0;
 }
 
+/* A result whose structuredContent holds 1e400, a number no double holds (written as is). */
+static int huge_number(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                       struct tr_error *err)
+{
+    cJSON *result = mcp_result_text("a number out of range", false);
+    cJSON_AddRawToObject(cJSON_AddObjectToObject(result, "structuredContent"), "sum", "1e400");
+    *ret_result = result;
+    return 0;
+}
+
 static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
 {
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
@@ -182,6 +192,8 @@ static const struct mcp_tool_def tools[] = {
     {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
      "{\"type\":\"object\"}", ask_client, NULL},
     {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
+    {"huge_number", "Replies with structuredContent {\"sum\": 1e400}.", "{\"type\":\"object\"}",
+     huge_number, NULL},
     {"batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.", "{\"type\":\"object\"}",
      batch, NULL},
 };

@@ -168,7 +168,9 @@ static void note_request(size_t size)
 }
 
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/allocator_interface.h>
+/* From sanitizer/allocator_interface.h, which not every compiler installs. */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
 static void on_malloc(const volatile void *ptr, size_t size)
 {
     (void)ptr;
