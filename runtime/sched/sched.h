@@ -67,7 +67,7 @@ struct sched_progress {
 struct sched_reuse {
     const char *step_id;
     const char *state;   /* "succeeded" (also NULL), "failed" or "skipped" */
-    const cJSON *output; /* succeeded: its output */
+    const cJSON *output; /* succeeded: its output (NULL: null) */
     const char *error;   /* failed: why */
     const char *reason;  /* skipped: why */
 };

@@ -727,13 +727,16 @@ int sched__steps_reuse(struct run *run, struct tr_error *err)
             record_reused(run, i, of[i], NULL, payload);
             continue;
         }
-        char *output_json = cJSON_PrintUnformatted(of[i]->output);
-        cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(of[i]->output, true));
+        cJSON *none = of[i]->output ? NULL : cJSON_CreateNull();
+        const cJSON *output = of[i]->output ? of[i]->output : none;
+        char *output_json = cJSON_PrintUnformatted(output);
+        cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
         record_reused(run, i, of[i], output_json, payload);
-        keep_output(run, i, of[i]->output, output_json);
+        keep_output(run, i, output, output_json);
         if (step->stands_for >= 0)
-            keep_output(run, (size_t)step->stands_for, of[i]->output, output_json);
+            keep_output(run, (size_t)step->stands_for, output, output_json);
         free(output_json);
+        cJSON_Delete(none);
     }
     /* What follows from them, as it would live: the needs met, a fallback that no failure
      * needs is skipped, and so are the steps that need a skipped step. */

@@ -161,6 +161,60 @@ Test(fork, from_a_step_that_failed_into_its_fallback_runs_both_live)
     harness_env_release(&env);
 }
 
+/* The failure of a step that does not depend on STEP is taken over, and its fallback, which
+ * does, stands in for it again live: what needs the failed step sees the new output. */
+Test(fork, a_failure_taken_over_is_stood_in_for_by_its_fallback_run_live)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *path = harness_write_file(env.dir, "live-fallback.yaml",
+                                    "name: live-fallback\n"
+                                    "inputs:\n"
+                                    "  seed: {type: integer, default: 5}\n"
+                                    "mcp_servers:\n"
+                                    "  demo:\n"
+                                    "    command: troupe-demo-tools\n"
+                                    "personas:\n"
+                                    "  worker:\n"
+                                    "    servers: [demo]\n"
+                                    "steps:\n"
+                                    "  - id: seed\n"
+                                    "    eval: '.input.seed'\n"
+                                    "  - id: assess\n"
+                                    "    persona: worker\n"
+                                    "    tool: demo.echo\n"
+                                    "    with: {text: not an argument of echo}\n"
+                                    "    on_error: {fallback: default_score}\n"
+                                    "  - id: default_score\n"
+                                    "    eval: '{score: .steps.seed.output}'\n"
+                                    "    needs: seed\n"
+                                    "  - id: decide\n"
+                                    "    eval: '.steps.assess.output.score * 10'\n"
+                                    "    needs: assess\n");
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *parent = run_id_latest(&env);
+    const char *fork[] = {env.troupe, "--db", env.db, "replay", parent, "--from", "seed", NULL};
+    harness_run(fork, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *child = run_id_latest(&env);
+    cr_assert_eq(events_of(&env, child, "assess", "step.reused"), 1);
+    cr_assert_eq(events_of(&env, child, "assess", "mcp.request"), 0);
+    cr_assert_eq(events_of(&env, child, "default_score", "step.finished"), 1);
+    cr_assert_eq(events_of(&env, child, "decide", "step.finished"), 1);
+    char *decided = harness_query_text(
+        env.db, "SELECT output_json FROM steps WHERE run_id = '%s' AND step_id = 'decide'", child);
+    cr_assert_str_eq(decided, "50");
+    free(decided);
+    free(child);
+    free(parent);
+    free(path);
+    harness_env_release(&env);
+}
+
 /* broken fails the run while slow is in flight: independent, which needs only slow, is never
  * reached (skipped as the run ended), which is no result to take over. */
 static char *write_unreached(struct harness_env *env, const char *name, const char *tool,
