@@ -237,9 +237,9 @@ static int load_recorded(const struct recording *rec, const char *run_id,
     workflow_free(ret_workflow);
     cli_error("run %s: %s%s%s; name its workflow with --workflow", run_id, err.message,
               rec->file ? ", and its file " : "",
-              !rec->file         ? ""
+              !rec->file            ? ""
               : file_err.message[0] ? file_err.message
-                                 : "has changed since the run (its plan hash differs)");
+                                    : "has changed since the run (its plan hash differs)");
     return -1;
 }
 
