@@ -271,13 +271,11 @@ static void assert_argument_error(const char *with, const char *expected)
 
 Test(workflow, runtime_jq_errors_name_step_and_argument)
 {
-    assert_argument_error("{a: \"${{ error(\\\"boom\\\") }}\"}",
-                          "argument 'a': jq: boom");
+    assert_argument_error("{a: \"${{ error(\\\"boom\\\") }}\"}", "argument 'a': jq: boom");
     assert_argument_error("{a: {b: [1, \"x${{ .input.who.name }}\"]}}",
                           "argument 'a.b[1]': jq: Cannot index string with string "
                           "\"name\"");
-    assert_argument_error("{a: \"${{ empty }}\"}",
-                          "argument 'a': jq: 'empty' produced no value");
+    assert_argument_error("{a: \"${{ empty }}\"}", "argument 'a': jq: 'empty' produced no value");
     assert_argument_error("{a: \"${{ error({code: 1}) }}\"}",
                           "argument 'a': jq: error {\"code\":1}");
     /* One value, not the first of several; and one that JSON can carry. */
