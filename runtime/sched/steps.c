@@ -440,10 +440,10 @@ static void skip_step(struct run *run, size_t index, const char *reason)
 {
     struct step_run *step = &run->steps[index];
     const char *step_id = workflow_step_id(run->wf, index);
-    cJSON *payload = cJSON_CreateObject();
 
     if (step_state_final(step->state))
         return;
+    cJSON *payload = cJSON_CreateObject();
     if (step->state == STEP_WAITING_APPROVAL)
         run->waiting--;
     reach_final(run, index, STEP_SKIPPED);
