@@ -866,6 +866,7 @@ static void usage(FILE *out)
                  "  --key FILE           this worker's CURVE key pair (troupe keygen)\n"
                  "  --log-format FORMAT  text (default) or json\n"
                  "  --verbose            log debug lines\n"
+                 "  --quiet              log errors only\n"
                  "  -h, --help           show this help\n"
                  "  --version            show the version\n");
 }
@@ -891,6 +892,7 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, OPT_KEY},
         {"log-format", required_argument, NULL, OPT_LOG},
         {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -903,7 +905,7 @@ int main(int argc, char **argv)
     int status = 1;
     int opt;
 
-    while ((opt = getopt_long(argc, argv, "hv", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hvq", options, NULL)) != -1) {
         switch (opt) {
         case OPT_CONNECT:
             endpoint = optarg;
@@ -933,6 +935,9 @@ int main(int argc, char **argv)
             break;
         case 'v':
             level = TR_LOG_DEBUG;
+            break;
+        case 'q':
+            level = TR_LOG_ERROR;
             break;
         case 'h':
             usage(stdout);

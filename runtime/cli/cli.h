@@ -92,6 +92,11 @@ int cli_write_new_file(const char *path, mode_t mode, const char *text);
  * CLI_USAGE.
  */
 int cli_usage(int opt, void (*print_usage)(FILE *out));
+/*
+ * Reads option's argument arg as a whole number from min to max into *ret; prints why not
+ * (not a number, or out of range with the limits) and returns -1.
+ */
+int cli_parse_int(const char *option, const char *arg, long min, long max, long *ret);
 /* Prints "troupe: MESSAGE" to stderr. */
 void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 

@@ -315,9 +315,13 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
             if (t.n_headers < MAX_ITEMS)
                 t.headers[t.n_headers++] = optarg;
             break;
-        case CLI_OPT_TIMEOUT:
-            timeout_ms = atoi(optarg);
+        case CLI_OPT_TIMEOUT: {
+            long ms;
+            if (cli_parse_int("--timeout", optarg, 1, 86400000, &ms) < 0)
+                return CLI_USAGE;
+            timeout_ms = (int)ms;
             break;
+        }
         case CLI_OPT_JSON:
             json = true;
             break;

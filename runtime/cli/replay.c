@@ -34,7 +34,7 @@ static void usage(FILE *out)
             "options:\n"
             "  --from STEP      fork from STEP: earlier results reused, STEP onwards live\n"
             "  --workflow FILE  replay against this workflow (e.g. an edited one) rather than\n"
-            "                   the run's own file, which must be unchanged since the run\n"
+            "                   the plan stored with the run (its file is not needed)\n"
             "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
             "  -h, --help       show this help\n"
             "\n"
@@ -49,6 +49,7 @@ static void usage(FILE *out)
 struct recorded_step {
     cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
     cJSON *finished; /* step.finished payload (or step.reused), or NULL */
+    cJSON *skipped;  /* step.skipped payload, or NULL */
     bool dispatched;
     bool reused;           /* a forked run took it over from its parent */
     cJSON **item_requests; /* for_each: the last request of each item, by index (or NULL) */
@@ -69,8 +70,10 @@ struct recording {
     size_t task_cap;
     char *file;
     cJSON *input;
-    char *plan_hash;
-    bool run_succeeded; /* a run that did not succeed may have left ready steps unrun */
+    char *plan_json;        /* the plan stored with the run */
+    char *plan_hash;        /* its hash as the runs table has it */
+    char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
+    bool run_succeeded;     /* a run that did not succeed may have left ready steps unrun */
 };
 
 /* The task's slot, grown as needed; NULL for an id not believed. */
@@ -116,8 +119,8 @@ static void replace(cJSON **slot, cJSON *value)
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
-    static const char *const used[] = {"run.started", "step.dispatched", "step.reused",
-                                       "step.finished", "mcp.request"};
+    static const char *const used[] = {"run.started",   "step.dispatched", "step.reused",
+                                       "step.finished", "step.skipped",    "mcp.request"};
     long i = workflow_step_find(rec->wf, event->step_id);
     bool wanted = false;
 
@@ -128,7 +131,10 @@ static int record_event(void *userdata, const struct store_audit_event *event)
         return 0;
     cJSON *payload = cJSON_Parse(event->payload_json);
     if (strcmp(event->type, "run.started") == 0) {
+        const cJSON *hash = cJSON_GetObjectItemCaseSensitive(payload, "plan_hash");
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
+        free(rec->logged_plan_hash);
+        rec->logged_plan_hash = cJSON_IsString(hash) ? xstrdup(hash->valuestring) : NULL;
     } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
         const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
         const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
@@ -146,10 +152,17 @@ static int record_event(void *userdata, const struct store_audit_event *event)
         }
         replace(&rec->steps[i].request, NULL);
         replace(&rec->steps[i].finished, NULL);
+        replace(&rec->steps[i].skipped, NULL);
     } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
         rec->steps[i].reused = true;
-        cJSON_AddStringToObject(payload, "status", "succeeded");
+        /* Taken over as it ended in the parent: succeeded (the only state of older forks),
+         * failed, or skipped. */
+        if (!cJSON_GetObjectItemCaseSensitive(payload, "status"))
+            cJSON_AddStringToObject(payload, "status", "succeeded");
         replace(&rec->steps[i].finished, payload);
+        payload = NULL;
+    } else if (i >= 0 && strcmp(event->type, "step.skipped") == 0) {
+        replace(&rec->steps[i].skipped, payload);
         payload = NULL;
     } else if (i >= 0 && strcmp(event->type, "step.finished") == 0) {
         replace(&rec->steps[i].finished, payload);
@@ -181,6 +194,7 @@ static int copy_run(void *userdata, const struct store_run *run)
     struct recording *rec = userdata;
     rec->file = run->workflow_file ? xstrdup(run->workflow_file) : NULL;
     rec->plan_hash = xstrdup(run->plan_hash);
+    rec->plan_json = run->plan_json ? xstrdup(run->plan_json) : NULL;
     rec->run_succeeded = strcmp(run->status, "succeeded") == 0;
     return 0;
 }
@@ -193,6 +207,40 @@ static bool plan_matches(const struct workflow *wf, const char *plan_hash)
     store_plan_hash(plan, hash);
     free(plan);
     return strcmp(hash, plan_hash) == 0;
+}
+
+/*
+ * The workflow the run ran: its plan as stored with the run, so that neither the file nor the
+ * directory it was run from is needed; or, for a plan this version does not load back, its
+ * file if unchanged since. Prints why not.
+ */
+static int load_recorded(const struct recording *rec, const char *run_id,
+                         struct workflow **ret_workflow)
+{
+    struct tr_error err = {0}, file_err = {0};
+    char hash[STORE_PLAN_HASH_SIZE] = "";
+
+    if (rec->plan_json)
+        store_plan_hash(rec->plan_json, hash);
+    if (strcmp(hash, rec->plan_hash) != 0) {
+        cli_error("run %s: the plan stored with it does not match its plan hash (the database "
+                  "was changed)",
+                  run_id);
+        return -1;
+    }
+    if (workflow_load_plan(rec->plan_json, rec->file ? rec->file : "(the stored plan)",
+                           ret_workflow, &err) == 0)
+        return 0;
+    if (rec->file && workflow_load(rec->file, ret_workflow, &file_err) == 0 &&
+        plan_matches(*ret_workflow, rec->plan_hash))
+        return 0;
+    workflow_free(ret_workflow);
+    cli_error("run %s: %s%s%s; name its workflow with --workflow", run_id, err.message,
+              rec->file ? ", and its file " : "",
+              !rec->file            ? ""
+              : file_err.message[0] ? file_err.message
+                                    : "has changed since the run (its plan hash differs)");
+    return -1;
 }
 
 static char *compact(const cJSON *value)
@@ -268,7 +316,12 @@ static int replay_when(const struct workflow *wf, size_t i, const struct workflo
     cJSON *value = NULL;
     bool holds;
 
-    if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_WHEN) || r->reused)
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(r->finished, "status");
+    if (r->reused)
+        return cJSON_IsString(status) && strcmp(status->valuestring, "skipped") == 0
+                   ? REPLAY_NOT_RUN /* the parent skipped it, and the fork took that over */
+                   : REPLAY_RUN;
+    if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_WHEN))
         return REPLAY_RUN;
     if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_WHEN, scope, &value, &err) < 0) {
         if (!succeeded && !r->request)
@@ -558,9 +611,81 @@ static int replay(struct recording *rec, size_t *ret_matched)
 
 /* ---- forking ------------------------------------------------------------------------------ */
 
+/* The state step i ended in as the log records it ("succeeded", "failed"...), or NULL. */
+static const char *recorded_state(const struct recording *rec, size_t i)
+{
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "status");
+    return cJSON_IsString(status) ? status->valuestring : NULL;
+}
+
 /*
- * Runs a new run of wf that takes over, from the recorded run, the results of every step that
- * neither is `from` nor depends on it (when they succeeded there), and runs the rest live.
+ * Which steps a fork from step `from` runs live: `from`, and every step whose result depends
+ * on it however indirectly: a step that needs a live one; a fallback of a live step (whether it
+ * runs depends on that step); a step that needs one whose failure a live fallback absorbed (it
+ * sees the fallback's output). The others keep their recorded results.
+ */
+static bool *live_steps(const struct recording *rec, size_t from)
+{
+    const struct workflow *wf = rec->wf;
+    size_t n = workflow_step_count(wf);
+    bool *live = xcalloc(n ? n : 1, sizeof(*live));
+
+    live[from] = true;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t i = 0; i < n; i++) {
+            size_t fallback;
+            bool absorbs = workflow_step_on_error(wf, i, &fallback) == WORKFLOW_ON_ERROR_FALLBACK;
+            if (absorbs && live[i] && !live[fallback])
+                live[fallback] = changed = true;
+            for (size_t k = 0; !live[i] && k < workflow_step_needs_count(wf, i); k++) {
+                size_t need = workflow_step_need(wf, i, k);
+                const char *state = recorded_state(rec, need);
+                bool stood_in =
+                    workflow_step_on_error(wf, need, &fallback) == WORKFLOW_ON_ERROR_FALLBACK &&
+                    state && strcmp(state, "failed") == 0 && live[fallback];
+                if (live[need] || stood_in)
+                    live[i] = changed = true;
+            }
+        }
+    }
+    return live;
+}
+
+/*
+ * What a fork takes over of step i, as it ended in the parent (the scheduler decides what
+ * each means: sched_reuse): its success, a failure the run went on without, or a skip the
+ * scheduler decided. False for a step that did not end there, failed the run, or ended only
+ * because the run did: it runs in the fork.
+ */
+static bool reusable(const struct recording *rec, size_t i, struct sched_reuse *ret)
+{
+    const struct recorded_step *r = &rec->steps[i];
+    const char *state = recorded_state(rec, i);
+    const cJSON *error = cJSON_GetObjectItemCaseSensitive(r->finished, "error");
+    const cJSON *why =
+        cJSON_GetObjectItemCaseSensitive(r->finished ? r->finished : r->skipped, "reason");
+
+    *ret = (struct sched_reuse){
+        .step_id = workflow_step_id(rec->wf, i),
+        .state = state,
+        .output = cJSON_GetObjectItemCaseSensitive(r->finished, "output"),
+        .error = cJSON_IsString(error) ? error->valuestring : NULL,
+        .reason = cJSON_IsString(why) ? why->valuestring : NULL,
+    };
+    if (!r->finished && r->skipped) {
+        ret->state = "skipped";
+        return !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r->skipped, "unreached"));
+    }
+    if (state && strcmp(state, "failed") == 0)
+        return cJSON_GetObjectItemCaseSensitive(r->finished, "on_error") ||
+               cJSON_GetObjectItemCaseSensitive(r->finished, "fallback");
+    return state && (strcmp(state, "succeeded") == 0 || strcmp(state, "skipped") == 0);
+}
+
+/*
+ * Runs a new run of wf that takes over, from the recorded run, the recorded results of every
+ * step that does not depend on `from` (live_steps), and runs the rest live.
  */
 static int fork_run(struct store *store, struct recording *rec, const char *parent,
                     const char *from, const char *workflow_path, struct cli_common *common)
@@ -578,29 +703,15 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
         cli_error("replay --from: the workflow has no step '%s'", from);
         return CLI_USAGE;
     }
-    /* Live: `from` and everything that depends on it, however indirectly. */
-    bool *live = xcalloc(n ? n : 1, sizeof(*live));
-    live[start_index] = true;
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (size_t i = 0; i < n; i++)
-            for (size_t k = 0; !live[i] && k < workflow_step_needs_count(wf, i); k++)
-                if (live[workflow_step_need(wf, i, k)])
-                    live[i] = changed = true;
-    }
+    bool *live = live_steps(rec, (size_t)start_index);
     struct sched_reuse *reuse = xcalloc(n ? n : 1, sizeof(*reuse));
     size_t reuse_count = 0;
-    for (size_t i = 0; i < n; i++) {
-        const cJSON *outcome = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "status");
-        if (live[i] || !cJSON_IsString(outcome) || strcmp(outcome->valuestring, "succeeded") != 0)
-            continue;
-        reuse[reuse_count].step_id = workflow_step_id(wf, i);
-        reuse[reuse_count].output =
-            cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "output");
-        reuse_count++;
-    }
+    for (size_t i = 0; i < n; i++)
+        if (!live[i] && reusable(rec, i, &reuse[reuse_count]))
+            reuse_count++;
     cli_sched_prepare(&opts, &progress, common, wf);
-    char *absolute = realpath(workflow_path, NULL);
+    /* Kept for resume: the file it was forked with, or the run's own if it is still there. */
+    char *absolute = workflow_path ? realpath(workflow_path, NULL) : NULL;
     opts.input = rec->input;
     opts.workflow_path = absolute;
     opts.parent_run_id = parent;
@@ -665,24 +776,23 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
         goto out;
     }
-    if (!workflow_path && !rec.file) {
-        cli_error("run %s records no workflow file; name one with --workflow", run_id);
-        goto out;
-    }
-    if (workflow_load(workflow_path ? workflow_path : rec.file, &wf, &err) < 0) {
+    /* The run's own plan, or a what-if against the file named. */
+    if (workflow_path && workflow_load(workflow_path, &wf, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }
-    if (!workflow_path && !from && !plan_matches(wf, rec.plan_hash)) {
-        cli_error("%s has changed since run %s (its plan hash differs); to replay the run "
-                  "against the edited workflow, name it with --workflow",
-                  rec.file, run_id);
+    if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
         goto out;
-    }
     rec.wf = wf;
     rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
+        goto out;
+    }
+    if (!workflow_path && rec.logged_plan_hash && strcmp(rec.logged_plan_hash, rec.plan_hash)) {
+        cli_error("run %s: the plan stored with it is not the one its audit log names "
+                  "(run.started): the database was changed",
+                  run_id);
         goto out;
     }
     if (from) {
@@ -703,11 +813,14 @@ out:
             cJSON_Delete(rec.steps[i].item_requests[k]);
         free(rec.steps[i].item_requests);
         cJSON_Delete(rec.steps[i].finished);
+        cJSON_Delete(rec.steps[i].skipped);
     }
     free(rec.steps);
     free(rec.tasks);
     free(rec.file);
     free(rec.plan_hash);
+    free(rec.plan_json);
+    free(rec.logged_plan_hash);
     cJSON_Delete(rec.input);
     workflow_free(&wf);
     store_free(&store);

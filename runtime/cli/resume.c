@@ -28,9 +28,9 @@ static void usage(FILE *out)
             "  --file FILE             the workflow file, if it has moved since the run "
             "began\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
-            "  -q, --quiet             print only the run id and outcome\n"
+            "  -q, --quiet             print only the run id and outcome, and errors\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
-            "  -v, --verbose           log debug lines\n"
+            "  -v, --verbose           log debug lines: every audit event as it is recorded\n"
             "  -h, --help              show this help\n"
             "\n"
             "exit status: as troupe run; 4 when another process owns RUN (its scheduler,\n"

@@ -31,9 +31,9 @@ static void usage(FILE *out)
             "                          read it as JSON when it parses, else as a string\n"
             "                          (repeatable)\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
-            "  -q, --quiet             print only the run id and outcome\n"
+            "  -q, --quiet             print only the run id and outcome, and errors\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
-            "  -v, --verbose           log debug lines\n"
+            "  -v, --verbose           log debug lines: every audit event as it is recorded\n"
             "  -h, --help              show this help\n"
             "\n"
             "Ctrl-C stops the run and leaves it for 'troupe resume RUN'; a second Ctrl-C, or\n"
@@ -141,12 +141,19 @@ static void on_progress(void *userdata, const struct sched_progress *p)
     fflush(stdout);
 }
 
-static int parse_int(const char *option, const char *arg, long min, long max, long *ret)
+int cli_parse_int(const char *option, const char *arg, long min, long max, long *ret)
 {
-    char *end;
-    long value = strtol(arg, &end, 10);
-    if (!*arg || *end || value < min || value > max) {
-        cli_error("%s wants a number from %ld to %ld, not '%s'", option, min, max, arg);
+    char *end = NULL;
+    bool digits =
+        (arg[0] >= '0' && arg[0] <= '9') || (arg[0] == '-' && arg[1] >= '0' && arg[1] <= '9');
+    errno = 0;
+    long value = digits ? strtol(arg, &end, 10) : 0;
+    if (!digits || *end) {
+        cli_error("%s wants a whole number from %ld to %ld, not '%s'", option, min, max, arg);
+        return -1;
+    }
+    if (errno == ERANGE || value < min || value > max) {
+        cli_error("%s %s is out of range: it must be from %ld to %ld", option, arg, min, max);
         return -1;
     }
     *ret = value;
@@ -161,32 +168,32 @@ static int sched_option(struct sched_options *opts, struct cli_progress *progres
 
     switch (opt) {
     case CLI_OPT_TIMEOUT:
-        if (parse_int("--timeout", arg, 1, 86400, &value) < 0)
+        if (cli_parse_int("--timeout", arg, 1, 86400, &value) < 0)
             return -1;
         opts->step_timeout_ms = (int)value * 1000;
         return 1;
     case CLI_OPT_REPLICAS:
-        if (parse_int("--replicas", arg, 1, SCHED_MAX_REPLICAS, &value) < 0)
+        if (cli_parse_int("--replicas", arg, 1, SCHED_MAX_REPLICAS, &value) < 0)
             return -1;
         opts->replicas = (int)value;
         return 1;
     case CLI_OPT_CREDIT:
-        if (parse_int("--credit", arg, 1, SCHED_MAX_CREDIT, &value) < 0)
+        if (cli_parse_int("--credit", arg, 1, SCHED_MAX_CREDIT, &value) < 0)
             return -1;
         opts->credit = (int)value;
         return 1;
     case CLI_OPT_RETRIES:
-        if (parse_int("--retries", arg, 1, 100, &value) < 0)
+        if (cli_parse_int("--retries", arg, 1, 100, &value) < 0)
             return -1;
         opts->max_attempts = (int)value;
         return 1;
     case CLI_OPT_RETRY_DELAY:
-        if (parse_int("--retry-delay", arg, 1, 3600000, &value) < 0)
+        if (cli_parse_int("--retry-delay", arg, 1, 3600000, &value) < 0)
             return -1;
         opts->retry_delay_ms = (int)value;
         return 1;
     case CLI_OPT_DEADLINE:
-        if (parse_int("--deadline", arg, 1, 30 * 86400, &value) < 0)
+        if (cli_parse_int("--deadline", arg, 1, 30 * 86400, &value) < 0)
             return -1;
         opts->deadline_ms = (int64_t)value * 1000;
         return 1;
@@ -323,6 +330,25 @@ static int print_context_entry(void *userdata, const struct store_context_entry 
     return 0;
 }
 
+/* Each -i value as its input's type read it holds numbers JSON can carry (not 1e400). */
+static int check_input_numbers(const cJSON *texts, const cJSON *values, struct tr_error *err)
+{
+    const cJSON *text;
+    int rc = 0;
+
+    cJSON_ArrayForEach(text, texts)
+    {
+        if (!cJSON_IsString(text))
+            continue;
+        char *what = xasprintf("--input %s=%s", text->string, text->valuestring);
+        rc = workflow_json_check(cJSON_GetObjectItemCaseSensitive(values, text->string), what, err);
+        free(what);
+        if (rc < 0)
+            break;
+    }
+    return rc;
+}
+
 static int add_input(cJSON *inputs, const char *assignment)
 {
     const char *eq = strchr(assignment, '=');
@@ -366,6 +392,14 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
 {
     char *db_copy = xstrdup(cli_db_path(common));
 
+    /* -q: errors only; -v: debug lines too (every audit event as it is recorded); the agents
+     * log likewise. */
+    opts->log_verbosity = progress->quiet ? -1 : common->verbose ? 1 : 0;
+    tr_log_setup("troupe",
+                 progress->quiet   ? TR_LOG_ERROR
+                 : common->verbose ? TR_LOG_DEBUG
+                                   : TR_LOG_INFO,
+                 common->log_format);
     for (size_t i = 0; i < workflow_step_count(wf); i++)
         if (strlen(workflow_step_id(wf, i)) > progress->width)
             progress->width = strlen(workflow_step_id(wf, i));
@@ -519,7 +553,9 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         goto out;
     }
     cJSON *typed = workflow_inputs_from_text(wf, given);
-    int resolved = workflow_inputs_resolve(wf, typed, &input, &err);
+    int resolved = check_input_numbers(given, typed, &err);
+    if (resolved == 0)
+        resolved = workflow_inputs_resolve(wf, typed, &input, &err);
     cJSON_Delete(typed);
     if (resolved < 0) {
         cli_error("%s", err.message);

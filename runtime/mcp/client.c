@@ -208,6 +208,13 @@ static int handle_message(struct mcp_session *s, const char *line, size_t len, i
                           s->name, method);
         goto out;
     }
+    if (!mcp__json_finite(msg)) {
+        rc = tr_error_set(err, TR_EPROTO,
+                          "MCP server '%s' sent a number out of range during %s: JSON numbers "
+                          "here are doubles, finite, from -1.8e308 to 1.8e308",
+                          s->name, method);
+        goto out;
+    }
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(msg, "jsonrpc");
     if (!cJSON_IsObject(msg) || !cJSON_IsString(version) ||
         strcmp(version->valuestring, "2.0") != 0) {

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -199,6 +200,20 @@ cJSON *mcp__json_parse_line(const char *line, size_t len)
         return NULL; /* an embedded NUL byte: not JSON text */
     const char *end = NULL;
     return cJSON_ParseWithOpts(line, &end, 1);
+}
+
+bool mcp__json_finite(const cJSON *value)
+{
+    const cJSON *child;
+
+    if (cJSON_IsNumber(value))
+        return isfinite(value->valuedouble);
+    cJSON_ArrayForEach(child, value)
+    {
+        if (!mcp__json_finite(child))
+            return false;
+    }
+    return true;
 }
 
 bool mcp__id_valid(const cJSON *id)

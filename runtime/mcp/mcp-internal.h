@@ -70,6 +70,9 @@ char *mcp__json_print(const cJSON *json);
 cJSON *mcp__json_parse_line(const char *line, size_t len);
 /* Whether id is a valid JSON-RPC request id for MCP: a string or an integral number. */
 bool mcp__id_valid(const cJSON *id);
+/* Whether every number in value is finite: a peer's 1e400 parses as an infinity, which would
+ * be passed on as null. */
+bool mcp__json_finite(const cJSON *value);
 
 /* {"jsonrpc":"2.0","id":id,"method":method,"params":params}; params taken, may be NULL. */
 cJSON *mcp__request_new(int64_t id, const char *method, cJSON *params);

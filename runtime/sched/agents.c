@@ -15,19 +15,18 @@
 #include <unistd.h>
 
 int agent_spawn(struct agent_proc *agent, const char *program, const char *endpoint,
-                enum tr_log_format log_format, struct tr_error *err)
+                enum tr_log_format log_format, enum tr_log_level log_level, struct tr_error *err)
 {
-    const char *argv[] = {program,
-                          "--connect",
-                          endpoint,
-                          "--persona",
-                          agent->persona,
-                          "--identity",
-                          agent->identity,
-                          "--die-with-parent",
-                          "--log-format",
-                          log_format == TR_LOG_JSON ? "json" : "text",
-                          NULL};
+    /* Its logging follows the scheduler's: errors only (-q), or debug lines too (-v). */
+    const char *level = log_level >= TR_LOG_ERROR   ? "--quiet"
+                        : log_level <= TR_LOG_DEBUG ? "--verbose"
+                                                    : NULL;
+    const char *argv[] = {program,         "--connect",
+                          endpoint,        "--persona",
+                          agent->persona,  "--identity",
+                          agent->identity, "--die-with-parent",
+                          "--log-format",  log_format == TR_LOG_JSON ? "json" : "text",
+                          level,           NULL};
     /* The agent needs none of the scheduler's environment beyond the default set: its
      * configuration (with the secrets its servers need) comes in the welcome. */
     char **env = NULL;

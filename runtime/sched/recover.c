@@ -202,6 +202,13 @@ int sched__load_run(struct run *run, struct tr_error *err)
         }
     }
     /* Counters and needs from the loaded states; what was in flight goes out again. */
+    sched__count_states(run);
+    return 0;
+}
+
+void sched__count_states(struct run *run)
+{
+    run->done = run->failed = 0;
     for (size_t i = 0; i < run->step_count; i++) {
         struct step_run *step = &run->steps[i];
         step->unmet = 0;
@@ -212,7 +219,6 @@ int sched__load_run(struct run *run, struct tr_error *err)
             run->failed += step->state == STEP_FAILED;
         }
     }
-    return 0;
 }
 
 /* ---- cancelling a run without a scheduler --------------------------------------------------- */

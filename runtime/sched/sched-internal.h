@@ -128,9 +128,10 @@ struct agent_proc {
     int64_t remote_pid;     /* its pid on its own machine, as it said */
 };
 
-/* Starts troupe-agent for the agent's persona, connected to endpoint. */
+/* Starts troupe-agent for the agent's persona, connected to endpoint, logging as told. */
 int agent_spawn(struct agent_proc *agent, const char *program, const char *endpoint,
-                enum tr_log_format log_format, struct tr_error *err) TR_MUST_CHECK;
+                enum tr_log_format log_format, enum tr_log_level log_level,
+                struct tr_error *err) TR_MUST_CHECK;
 /* Collects the agent's exit status if it has exited; returns true when it just did. */
 bool agent_reap(struct agent_proc *agent);
 /* Sends sig to a live agent. */
@@ -244,10 +245,12 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
  */
 cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *result);
 /*
- * A forked run takes the step over from its parent with the recorded output: succeeded
- * without a call. For a run being created, before take-over queues what is ready.
+ * A forked run takes over from its parent the steps of run->opts.reuse (sched_reuse says how),
+ * with a step.reused event each, and leaves the others to run: for a run being created, before
+ * take-over queues what is ready. TR_EINVAL (err) for a step the workflow does not have, or
+ * one named twice.
  */
-void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent);
+int sched__steps_reuse(struct run *run, struct tr_error *err) TR_MUST_CHECK;
 /* A failed attempt: retried when the policy allows the class, else the step fails. */
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
                                 const char *error);
@@ -306,6 +309,9 @@ char *sched__options_json(const struct run *run);
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
                               const char *json);
 int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+/* From the steps' states set at once (a resumed or a forked run): the needs each step still
+ * waits for (those that do not stand), and the counts of steps done and failed. */
+void sched__count_states(struct run *run);
 /* Marks the steps the kept options say need approval. */
 void sched__approvals_from_json(struct run *run, const char *json);
 

@@ -54,7 +54,8 @@ void sched__fail(struct run *run, const char *fmt, ...)
     va_start(ap, fmt);
     char *reason = xvasprintf(fmt, ap);
     va_end(ap);
-    tr_log(TR_LOG_ERROR, "%s", reason);
+    /* The first reason is the run's; what follows from it is said, but not as its error. */
+    tr_log(run->failure ? TR_LOG_WARN : TR_LOG_ERROR, "%s", reason);
     if (!run->failure)
         run->failure = reason;
     else
@@ -73,6 +74,9 @@ void sched__audit_json(struct run *run, const char *step_id, const char *actor, 
 {
     struct tr_error err = {0};
 
+    /* -v: what is recorded, as it is, in short. */
+    tr_log(TR_LOG_DEBUG, "%s %s%s%s: %.200s%s", actor, type, step_id ? " of step " : "",
+           step_id ? step_id : "", payload_json, strnlen(payload_json, 201) > 200 ? "..." : "");
     if (store_audit_append(run->store, run->id, step_id, actor, type, payload_json, &err) < 0)
         sched__store_failed(run, &err);
 }
@@ -375,21 +379,18 @@ static int create_run(struct run *run, struct tr_error *err)
         cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
         cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
         cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
+        /* The chain vouches for the plan stored with the run (replay runs it). */
+        char plan_hash[STORE_PLAN_HASH_SIZE];
+        store_plan_hash(plan, plan_hash);
+        cJSON_AddStringToObject(payload, "plan_hash", plan_hash);
         if (run->opts.parent_run_id)
             cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
         sched__audit(run, NULL, "scheduler", "run.started", payload);
     }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++)
         sched__record_step(run, i, NULL, NULL);
-    for (size_t i = 0; rc == 0 && i < run->opts.reuse_count; i++) {
-        const struct sched_reuse *reuse = &run->opts.reuse[i];
-        long index = workflow_step_find(run->wf, reuse->step_id);
-        if (index < 0 || run->steps[index].state == STEP_SUCCEEDED)
-            rc = tr_error_set(err, TR_EINVAL, "cannot reuse step '%s': %s", reuse->step_id,
-                              index < 0 ? "the workflow has no such step" : "reused twice");
-        else
-            sched__step_reused(run, (size_t)index, reuse->output, run->opts.parent_run_id);
-    }
+    if (rc == 0 && run->opts.reuse_count)
+        rc = sched__steps_reuse(run, err);
     if (rc == 0 && (run->store_lost || run->failure))
         rc = tr_error_set(err, TR_EIO, "%s", run->store_lost ? run->store_lost : run->failure);
     if (rc == 0)

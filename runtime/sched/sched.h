@@ -56,10 +56,20 @@ struct sched_progress {
     long items_total;    /* "item": its items */
 };
 
-/* A step a forked run takes over from its parent: its recorded output, not run again. */
+/*
+ * A step a forked run takes over from its parent as it ended there, instead of running it:
+ * "succeeded" with its output, "failed" with its error, or "skipped" (a decision of the
+ * parent's scheduler: a false `when`, a skipped need, a fallback not needed) with its reason.
+ * A failure is taken over only when the workflow goes on without the step (`on_error:
+ * continue`, or a fallback, which then stands in for it: taken over too, or run live); any
+ * other failure runs again.
+ */
 struct sched_reuse {
     const char *step_id;
-    const cJSON *output;
+    const char *state;   /* "succeeded" (also NULL), "failed" or "skipped" */
+    const cJSON *output; /* succeeded: its output (NULL: null) */
+    const char *error;   /* failed: why */
+    const char *reason;  /* skipped: why */
 };
 
 struct sched_options {
@@ -68,6 +78,7 @@ struct sched_options {
     const cJSON *input;            /* the run's inputs (already resolved), or NULL */
     const char *workflow_path;     /* absolute path of the workflow file, kept for resume */
     enum tr_log_format log_format; /* passed on to agents */
+    int log_verbosity;             /* -1 errors only (-q), 0 info, 1 debug too (-v): agents too */
     /*
      * The defaults of every step's policy; 0 means the SCHED_DEFAULT_* value. They are kept
      * with the run, and sched_resume uses the kept ones for those left 0 here.

@@ -368,22 +368,14 @@ void sched__step_result(struct run *run, size_t index, const cJSON *result, char
     }
 }
 
-void sched__step_reused(struct run *run, size_t index, const cJSON *output, const char *parent)
+/* How the run goes on without a failed step, for its step.finished (or step.reused) event. */
+static void add_on_error(const struct run *run, cJSON *payload, enum workflow_on_error on_error,
+                         size_t fallback)
 {
-    char *output_json = cJSON_PrintUnformatted(output);
-    cJSON *payload = cJSON_CreateObject();
-
-    reach_final(run, index, STEP_SUCCEEDED);
-    sched__record_step(run, index, output_json, NULL);
-    cJSON_AddStringToObject(payload, "parent", parent);
-    cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
-    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.reused", payload);
-    keep_output(run, index, output, output_json);
-    /* Only the counts: take-over queues what became ready, as for any new run. */
-    for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++)
-        if (run->steps[run->dependents[k]].unmet > 0)
-            run->steps[run->dependents[k]].unmet--;
-    free(output_json);
+    if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
+        cJSON_AddStringToObject(payload, "on_error", "continue");
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        cJSON_AddStringToObject(payload, "fallback", workflow_step_id(run->wf, fallback));
 }
 
 void sched__step_failed(struct run *run, size_t index, const char *error, int64_t duration)
@@ -397,8 +389,9 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
     size_t fallback = SIZE_MAX;
     enum workflow_on_error on_error = workflow_step_on_error(run->wf, index, &fallback);
 
-    /* A fallback runs once, for one step; a second failure naming it is not absorbed. */
-    if (run->cancelling ||
+    /* A fallback runs once, for one step; a second failure naming it is not absorbed. Nothing
+     * starts once the run is cancelled or has failed. */
+    if (run->cancelling || run->failure ||
         (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
          (run->steps[fallback].stands_for >= 0 || step_state_final(run->steps[fallback].state))))
         on_error = WORKFLOW_ON_ERROR_FAIL;
@@ -410,10 +403,7 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     cJSON_AddStringToObject(payload, "error", error);
-    if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
-        cJSON_AddStringToObject(payload, "on_error", "continue");
-    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
-        cJSON_AddStringToObject(payload, "fallback", workflow_step_id(run->wf, fallback));
+    add_on_error(run, payload, on_error, fallback);
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, error, duration);
     switch (on_error) {
@@ -442,16 +432,18 @@ static bool truthy(const cJSON *value)
     return value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
 }
 
+static void skip_dependents(struct run *run, size_t index);
+
 /* Skips a step that has not started, and with it the steps that need it (they are skipped
  * too, docs/workflows.md). */
 static void skip_step(struct run *run, size_t index, const char *reason)
 {
     struct step_run *step = &run->steps[index];
     const char *step_id = workflow_step_id(run->wf, index);
-    cJSON *payload = cJSON_CreateObject();
 
     if (step_state_final(step->state))
         return;
+    cJSON *payload = cJSON_CreateObject();
     if (step->state == STEP_WAITING_APPROVAL)
         run->waiting--;
     reach_final(run, index, STEP_SKIPPED);
@@ -459,7 +451,12 @@ static void skip_step(struct run *run, size_t index, const char *reason)
     cJSON_AddStringToObject(payload, "reason", reason);
     sched__audit(run, step_id, "scheduler", "step.skipped", payload);
     sched__progress(run, "step", index, NULL, 0);
-    char *because = xasprintf("it needs '%s', which was skipped", step_id);
+    skip_dependents(run, index);
+}
+
+static void skip_dependents(struct run *run, size_t index)
+{
+    char *because = xasprintf("it needs '%s', which was skipped", workflow_step_id(run->wf, index));
     for (size_t k = run->dep_start[index]; k < run->dep_start[index + 1]; k++)
         skip_step(run, run->dependents[k], because);
     free(because);
@@ -578,6 +575,9 @@ void sched__step_cancel(struct run *run, size_t index, const char *reason)
     reach_final(run, index, was_skipped ? STEP_SKIPPED : STEP_CANCELLED);
     sched__record_step(run, index, NULL, was_skipped ? NULL : reason);
     cJSON_AddStringToObject(payload, "reason", reason);
+    /* Not a decision about the step, unlike the other skips: a fork runs it (replay.c). */
+    if (was_skipped)
+        cJSON_AddBoolToObject(payload, "unreached", true);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
                  was_skipped ? "step.skipped" : "step.cancelled", payload);
     sched__progress(run, "step", index, NULL, 0);
@@ -643,6 +643,113 @@ void sched__dispatch_ready(struct run *run)
     /* Every ready step went back to wait for an agent, and nothing was dispatched: the loop
      * sleeps until something arrives (a result, a ready agent) instead of spinning. */
     run->ready_stalled = run->ready_len > 0 && popped == requeued && run->last_task == tasks;
+}
+
+/* ---- a fork's take-over -------------------------------------------------------------------- */
+
+/* The state a reused step ended in, or STEP_PENDING for none that can be taken over. */
+static enum step_state reuse_state(const struct sched_reuse *reuse)
+{
+    if (!reuse->state || strcmp(reuse->state, "succeeded") == 0)
+        return STEP_SUCCEEDED;
+    if (strcmp(reuse->state, "failed") == 0)
+        return STEP_FAILED;
+    if (strcmp(reuse->state, "skipped") == 0)
+        return STEP_SKIPPED;
+    return STEP_PENDING;
+}
+
+/* Records step index as taken over from the parent run, in the state already set. */
+static void record_reused(struct run *run, size_t index, const struct sched_reuse *reuse,
+                          const char *output_json, cJSON *payload)
+{
+    struct step_run *step = &run->steps[index];
+
+    sched__record_step(run, index, output_json, step->state == STEP_FAILED ? reuse->error : NULL);
+    cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
+    cJSON_AddStringToObject(payload, "status", sched__state_names[step->state]);
+    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.reused", payload);
+}
+
+int sched__steps_reuse(struct run *run, struct tr_error *err)
+{
+    size_t n = run->step_count;
+    const struct sched_reuse **of = xcalloc(n ? n : 1, sizeof(*of));
+    int rc = 0;
+
+    for (size_t i = 0; rc == 0 && i < run->opts.reuse_count; i++) {
+        const struct sched_reuse *reuse = &run->opts.reuse[i];
+        long index = workflow_step_find(run->wf, reuse->step_id);
+        if (index < 0 || of[index] || reuse_state(reuse) == STEP_PENDING)
+            rc = tr_error_set(err, TR_EINVAL, "cannot reuse step '%s': %s", reuse->step_id,
+                              index < 0   ? "the workflow has no such step"
+                              : of[index] ? "reused twice"
+                                          : "not a state a step ends in");
+        else
+            of[index] = reuse;
+    }
+    /* Failures first: one is taken over only if the workflow goes on without the step, as the
+     * live scheduler would (a fallback runs once, for one step, and must not have ended
+     * otherwise); its fallback then stands in for it, taken over too or run live. */
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t fallback = SIZE_MAX;
+        if (!of[i] || reuse_state(of[i]) != STEP_FAILED)
+            continue;
+        enum workflow_on_error on_error = workflow_step_on_error(run->wf, i, &fallback);
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+            (run->steps[fallback].stands_for >= 0 ||
+             (of[fallback] && reuse_state(of[fallback]) != STEP_SUCCEEDED)))
+            on_error = WORKFLOW_ON_ERROR_FAIL;
+        if (on_error == WORKFLOW_ON_ERROR_FAIL) {
+            of[i] = NULL; /* it runs again */
+            continue;
+        }
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+            run->steps[fallback].stands_for = (long)i;
+        run->steps[i].state = STEP_FAILED;
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "error", of[i]->error ? of[i]->error : "");
+        add_on_error(run, payload, on_error, fallback);
+        record_reused(run, i, of[i], NULL, payload);
+        if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
+            sched__scope_keep(run, i, NULL, NULL, false);
+    }
+    /* Then what succeeded (a fallback's output standing in for the failure it absorbed) or
+     * was skipped. */
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        struct step_run *step = &run->steps[i];
+        if (!of[i] || reuse_state(of[i]) == STEP_FAILED)
+            continue;
+        step->state = reuse_state(of[i]);
+        cJSON *payload = cJSON_CreateObject();
+        if (step->state == STEP_SKIPPED) {
+            cJSON_AddStringToObject(payload, "reason", of[i]->reason ? of[i]->reason : "");
+            record_reused(run, i, of[i], NULL, payload);
+            continue;
+        }
+        cJSON *none = of[i]->output ? NULL : cJSON_CreateNull();
+        const cJSON *output = of[i]->output ? of[i]->output : none;
+        char *output_json = cJSON_PrintUnformatted(output);
+        cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
+        record_reused(run, i, of[i], output_json, payload);
+        keep_output(run, i, output, output_json);
+        if (step->stands_for >= 0)
+            keep_output(run, (size_t)step->stands_for, output, output_json);
+        free(output_json);
+        cJSON_Delete(none);
+    }
+    /* What follows from them, as it would live: the needs met, a fallback that no failure
+     * needs is skipped, and so are the steps that need a skipped step. */
+    sched__count_states(run);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (!of[i] || run->steps[i].state == STEP_FAILED)
+            continue;
+        settle_fallback(run, i);
+        if (run->steps[i].state == STEP_SKIPPED)
+            skip_dependents(run, i);
+    }
+    free(of);
+    return rc;
 }
 
 /* ---- approvals ---------------------------------------------------------------------------- */

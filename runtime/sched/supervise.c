@@ -228,8 +228,18 @@ void sched__on_message(struct run *run, struct bus_msg *msg)
     case BUS_HEARTBEAT:
         break;
     case BUS_BYE:
-        if (msg->error && !agent->exit_expected && !agent->remote)
-            sched__fail(run, "agent for persona '%s' failed: %s", agent->persona, msg->error);
+        if (msg->error && !agent->exit_expected && !agent->remote) {
+            char *why = xasprintf("agent for persona '%s' failed: %s", agent->persona, msg->error);
+            sched__fail(run, "%s", why);
+            /* Its steps cannot run: they fail with why, not skipped as the run ends. */
+            for (size_t s = 0; s < run->step_count; s++) {
+                enum step_state state = run->steps[s].state;
+                if (workflow_step_persona(run->wf, s) == agent->persona_index &&
+                    (state == STEP_PENDING || state == STEP_READY || state == STEP_RETRY_WAIT))
+                    sched__step_failed(run, s, why, 0);
+            }
+            free(why);
+        }
         agent->exit_expected = true;
         if (agent->remote)
             lose_remote(run, agent, msg->error ? msg->error : "it said bye");
@@ -252,7 +262,11 @@ static int spawn(struct run *run, struct agent_proc *agent, struct tr_error *err
     agent->load = 0;
     agent->exit_expected = false;
     agent->restart_due_ms = 0;
-    int rc = agent_spawn(agent, run->opts.agent_program, run->endpoint, run->opts.log_format, err);
+    enum tr_log_level level = run->opts.log_verbosity < 0   ? TR_LOG_ERROR
+                              : run->opts.log_verbosity > 0 ? TR_LOG_DEBUG
+                                                            : TR_LOG_INFO;
+    int rc = agent_spawn(agent, run->opts.agent_program, run->endpoint, run->opts.log_format, level,
+                         err);
     agent->last_seen_ms = tr_now_ms();
     return rc;
 }

@@ -389,10 +389,8 @@ void sched__fanout_start(struct run *run, size_t index)
         return;
     }
     if (workflow_list_count(items) < 0) {
-        char *reason = xasprintf("step '%s': 'for_each' does not yield a list", step_id);
         workflow_list_free(&items);
-        sched__step_failed(run, index, reason, 0);
-        free(reason);
+        sched__step_failed(run, index, "'for_each' does not yield a list", 0);
         return;
     }
     struct fanout *fan = xcalloc(1, sizeof(*fan));

@@ -290,6 +290,7 @@ static int scan_run(sqlite3_stmt *stmt, void *ctx)
         .input_json = store__column_text(stmt, 8),
         .scheduler_pid = sqlite3_column_int64(stmt, 9),
         .options_json = store__column_text(stmt, 10),
+        .plan_json = store__column_text(stmt, 11),
     };
 
     scan->rows++;

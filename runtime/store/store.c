@@ -20,7 +20,7 @@
 
 #define RUN_COLUMNS                                                                                \
     "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
-    "input_json, scheduler_pid, options_json"
+    "input_json, scheduler_pid, options_json, plan_json"
 
 static const char *const statement_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
@@ -421,6 +421,23 @@ int store_open(const char *path, struct store **ret_store, struct tr_error *err)
         return rc;
     }
 
+    /* A database to create in a directory that cannot take it: SQLite would fall back to
+     * opening it read-only and report that the file does not exist. Say why instead. */
+    if (access(path, F_OK) != 0 && errno == ENOENT) {
+        char *dir = xstrdup(path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *(slash == dir ? slash + 1 : slash) = '\0';
+        rc = access(slash ? dir : ".", W_OK | X_OK) != 0
+                 ? tr_error_set(err, TR_EIO,
+                                "could not create database '%s': its directory '%s' is not "
+                                "writable (%s)",
+                                path, slash ? dir : ".", strerror(errno))
+                 : 0;
+        free(dir);
+        if (rc < 0)
+            return rc;
+    }
     store = xcalloc(1, sizeof(*store));
     store->path = xstrdup(path);
     store->owner_fd = -1;

@@ -116,6 +116,7 @@ struct store_run {
     const char *input_json;
     int64_t scheduler_pid;    /* the scheduler driving it, or 0 */
     const char *options_json; /* the scheduler options it was started with, or NULL */
+    const char *plan_json;    /* the plan it ran (workflow_plan_json) */
 };
 
 /* Calls fn for every run, newest first; a non-zero return from fn stops and is returned. */

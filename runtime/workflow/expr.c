@@ -5,6 +5,7 @@
  */
 #include "workflow-internal.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,9 +293,44 @@ static cJSON *cjson_from_jv(jv value, int depth)
 
 /* ---- evaluation ----------------------------------------------------------------------- */
 
-/* The first output of expr over scope (borrowed), or an error naming the step and label. */
-static int expr_run(const struct workflow *wf, size_t index, jv scope, const char *step_id,
-                    const char *label, jv *ret_value, struct tr_error *err)
+/* Whether every number in value (borrowed) is finite; what nests deeper than a value may is
+ * refused on its way to JSON (cjson_from_jv). */
+static bool jv_finite(jv value, int depth)
+{
+    bool finite = true;
+
+    if (depth > WF_MAX_VALUE_DEPTH)
+        return true;
+    switch (jv_get_kind(value)) {
+    case JV_KIND_NUMBER:
+        return isfinite(jv_number_value(value));
+    case JV_KIND_ARRAY:
+        for (int i = 0, n = jv_array_length(jv_copy(value)); finite && i < n; i++) {
+            jv item = jv_array_get(jv_copy(value), i);
+            finite = jv_finite(item, depth + 1);
+            jv_free(item);
+        }
+        return finite;
+    case JV_KIND_OBJECT:
+        for (int it = jv_object_iter(value); finite && jv_object_iter_valid(value, it);
+             it = jv_object_iter_next(value, it)) {
+            jv item = jv_object_iter_value(value, it);
+            finite = jv_finite(item, depth + 1);
+            jv_free(item);
+        }
+        return finite;
+    default:
+        return true;
+    }
+}
+
+/*
+ * The one output of expr over scope (borrowed), or an error naming its label (the caller names
+ * the step, once): an expression that yields several values is refused, not cut to its first
+ * (a list is made with [...]), and so is one that yields a number JSON cannot carry.
+ */
+static int expr_run(const struct workflow *wf, size_t index, jv scope, const char *label,
+                    jv *ret_value, struct tr_error *err)
 {
     const struct wf_expr *expr = &wf->exprs[index];
     jq_state *jq = wf_expr_start(wf, index, jv_copy(scope));
@@ -302,6 +338,24 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
 
     value = jq_next(jq);
     if (jv_is_valid(value)) {
+        jv more = jq_next(jq);
+        bool several = jv_is_valid(more);
+        int rc = 0;
+        jv_free(more);
+        if (several)
+            rc = tr_error_set(err, TR_EINVAL,
+                              "%s: jq: '%s' yields several values, not one (to make "
+                              "a list of them, write [%s])",
+                              label, expr->text, expr->text);
+        else if (!jv_finite(value, 0))
+            rc = tr_error_set(err, TR_EINVAL,
+                              "%s: jq: '%s' yields a number JSON cannot carry "
+                              "(infinite or NaN)",
+                              label, expr->text);
+        if (rc < 0) {
+            jv_free(value);
+            return rc;
+        }
         *ret_value = value;
         return 0;
     }
@@ -309,20 +363,17 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
         jv message = jv_invalid_get_msg(value);
         int rc;
         if (jv_get_kind(message) == JV_KIND_STRING) {
-            rc = tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: %s", step_id, label,
-                              jv_string_value(message));
+            rc = tr_error_set(err, TR_EINVAL, "%s: jq: %s", label, jv_string_value(message));
         } else {
             jv text = jv_dump_string(jv_copy(message), 0);
-            rc = tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: error %s", step_id, label,
-                              jv_string_value(text));
+            rc = tr_error_set(err, TR_EINVAL, "%s: jq: error %s", label, jv_string_value(text));
             jv_free(text);
         }
         jv_free(message);
         return rc;
     }
     jv_free(value);
-    return tr_error_set(err, TR_EINVAL, "step '%s': %s: jq: '%s' produced no value", step_id, label,
-                        expr->text);
+    return tr_error_set(err, TR_EINVAL, "%s: jq: '%s' produced no value", label, expr->text);
 }
 
 static const struct wf_template *template_find(const struct wf_step *step, const cJSON *node)
@@ -342,13 +393,13 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
 
     if (t->whole) {
         jv value;
-        if ((rc = expr_run(wf, t->parts[0].expr, scope, step->id, label, &value, err)) < 0)
+        if ((rc = expr_run(wf, t->parts[0].expr, scope, label, &value, err)) < 0)
             return rc;
         *ret_value = cjson_from_jv(value, 0);
         jv_free(value);
         if (!*ret_value)
-            return tr_error_set(err, TR_EINVAL, "step '%s': %s: value nested deeper than %d levels",
-                                step->id, label, WF_MAX_VALUE_DEPTH);
+            return tr_error_set(err, TR_EINVAL, "%s: value nested deeper than %d levels", label,
+                                WF_MAX_VALUE_DEPTH);
         return 0;
     }
     tr_buf_init(&text, WF_MAX_ARGUMENT_BYTES);
@@ -357,7 +408,7 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
         jv value;
         if (part->literal) {
             rc = tr_buf_append(&text, part->literal, strlen(part->literal));
-        } else if ((rc = expr_run(wf, part->expr, scope, step->id, label, &value, err)) == 0) {
+        } else if ((rc = expr_run(wf, part->expr, scope, label, &value, err)) == 0) {
             /* Strings go in as they are; anything else as compact JSON. */
             if (jv_get_kind(value) == JV_KIND_STRING) {
                 rc = tr_buf_append(&text, jv_string_value(value),
@@ -370,8 +421,8 @@ static int eval_template(const struct workflow *wf, const struct wf_step *step,
             jv_free(value);
         }
         if (rc == TR_ETOOBIG)
-            rc = tr_error_set(err, TR_ETOOBIG, "step '%s': %s: longer than %u bytes", step->id,
-                              label, WF_MAX_ARGUMENT_BYTES);
+            rc = tr_error_set(err, TR_ETOOBIG, "%s: longer than %u bytes", label,
+                              WF_MAX_ARGUMENT_BYTES);
     }
     if (rc == 0) {
         char *data = tr_buf_take(&text);
@@ -608,7 +659,7 @@ static int evaluate_jv(const struct workflow *wf, size_t index, enum workflow_ex
                             expression_names[which]);
     snprintf(ret_label, 32, "'%s'", expression_names[which]);
     jv scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* expr_run borrows it */
-    int rc = expr_run(wf, expr, scope_jv, step->id, ret_label, ret_value, err);
+    int rc = expr_run(wf, expr, scope_jv, ret_label, ret_value, err);
     jv_free(scope_jv);
     return rc;
 }
@@ -659,7 +710,6 @@ int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
                               enum workflow_expression which, const struct workflow_scope *scope,
                               cJSON **ret_value, struct tr_error *err)
 {
-    const struct wf_step *step = index < wf->step_count ? &wf->steps[index] : NULL;
     char label[32];
     jv value;
     cJSON *result;
@@ -670,8 +720,8 @@ int workflow_step_evaluate_in(const struct workflow *wf, size_t index,
     result = cjson_from_jv(value, 0);
     jv_free(value);
     if (!result)
-        return tr_error_set(err, TR_EINVAL, "step '%s': %s: value nested deeper than %d levels",
-                            step->id, label, WF_MAX_VALUE_DEPTH);
+        return tr_error_set(err, TR_EINVAL, "%s: value nested deeper than %d levels", label,
+                            WF_MAX_VALUE_DEPTH);
     *ret_value = result;
     return 0;
 }

@@ -5,7 +5,9 @@
  */
 #include "workflow-internal.h"
 
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,6 +119,20 @@ int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON
                 continue;
             rc = tr_error_set(err, TR_EINVAL, "missing required input '%s' (%s)", decl->name,
                               decl->type);
+            goto out;
+        }
+        char what[128];
+        snprintf(what, sizeof(what), "input '%s'", decl->name);
+        if ((rc = workflow_json_check(value, what, err)) < 0)
+            goto out;
+        bool number = cJSON_IsNumber(value);
+        if (!strcmp(decl->type, "integer") && number && !wf_type_matches(decl->type, value)) {
+            bool whole = value->valuedouble == floor(value->valuedouble);
+            rc = tr_error_set(err, TR_EINVAL,
+                              whole ? "input '%s' is out of range: %.17g is beyond the integers "
+                                      "JSON carries exactly (-2^53 to 2^53)"
+                                    : "input '%s' must be a whole number (type integer), not %.17g",
+                              decl->name, value->valuedouble);
             goto out;
         }
         if (!wf_type_matches(decl->type, value)) {

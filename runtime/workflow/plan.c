@@ -1,11 +1,13 @@
 /*
  * workflow/plan.c: the plan, the normalized workflow as canonical JSON (object keys sorted
  * bytewise at every level, no insignificant space, defaults applied, `needs` always a list),
- * so that equivalent YAML and JSON files give the same text. It does not validate.
+ * so that equivalent YAML and JSON files give the same text, and back: a workflow loaded from
+ * a run's stored plan (the loader validates it). It does not validate.
  */
 #include "workflow-internal.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -212,4 +214,108 @@ char *workflow_plan_json(const struct workflow *wf)
     if (!text)
         abort();
     return text;
+}
+
+/* ---- back from a plan ------------------------------------------------------------------------ */
+
+/* Renames object's number member `from` (milliseconds) to `to`, as a duration "Nms". */
+static void duration_back(cJSON *object, const char *from, const char *to)
+{
+    cJSON *ms = cJSON_DetachItemFromObjectCaseSensitive(object, from);
+    char text[48];
+
+    if (cJSON_IsNumber(ms)) {
+        snprintf(text, sizeof(text), "%.0fms", ms->valuedouble);
+        cJSON_AddStringToObject(object, to, text);
+    } else if (ms) {
+        cJSON_AddItemToObject(object, to, ms); /* not a plan's: the loader says what is wrong */
+        ms = NULL;
+    }
+    cJSON_Delete(ms);
+}
+
+/* "server.name" from object's members (removed), as tool and prompt references are written. */
+static char *reference_back(cJSON *object, const char *name_key)
+{
+    const cJSON *server = cJSON_GetObjectItemCaseSensitive(object, "server");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(object, name_key);
+    char *text = xasprintf("%s.%s", cJSON_IsString(server) ? server->valuestring : "",
+                           cJSON_IsString(name) ? name->valuestring : "");
+    cJSON_DeleteItemFromObjectCaseSensitive(object, "server");
+    cJSON_DeleteItemFromObjectCaseSensitive(object, name_key);
+    return text;
+}
+
+/* The plan turned back into the shape of a workflow file (the inverse of the above). */
+static void plan_to_file(cJSON *doc)
+{
+    cJSON *item;
+
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(doc, "personas"))
+    {
+        cJSON *limits = cJSON_GetObjectItemCaseSensitive(item, "limits");
+        if (cJSON_IsObject(limits))
+            duration_back(limits, "timeout_ms", "timeout");
+    }
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(doc, "steps"))
+    {
+        cJSON *prompt = cJSON_GetObjectItemCaseSensitive(item, "prompt");
+        cJSON *retry = cJSON_GetObjectItemCaseSensitive(item, "retry");
+        if (!cJSON_IsObject(item))
+            continue;
+        if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(item, "tool"))) {
+            char *tool = reference_back(item, "tool");
+            cJSON_AddStringToObject(item, "tool", tool);
+            free(tool);
+        }
+        if (cJSON_IsObject(prompt)) {
+            char *text = reference_back(prompt, "name");
+            cJSON_ReplaceItemInObjectCaseSensitive(item, "prompt", cJSON_CreateString(text));
+            free(text);
+        }
+        duration_back(item, "timeout_ms", "timeout");
+        if (cJSON_IsObject(retry)) {
+            duration_back(retry, "backoff_ms", "backoff");
+            duration_back(retry, "max_delay_ms", "max_delay");
+        }
+    }
+}
+
+int workflow_load_plan(const char *plan_json, const char *file_name, struct workflow **ret_workflow,
+                       struct tr_error *err)
+{
+    cJSON *doc = plan_json ? cJSON_Parse(plan_json) : NULL;
+    struct workflow *wf = NULL;
+    char *text = NULL, *again = NULL;
+    int rc;
+
+    *ret_workflow = NULL;
+    if (!cJSON_IsObject(doc)) {
+        rc = tr_error_set(err, TR_EINVAL, "%s: the stored plan is not a JSON object", file_name);
+        goto out;
+    }
+    plan_to_file(doc);
+    text = cJSON_PrintUnformatted(doc);
+    rc = workflow_load_string(text, strlen(text), WORKFLOW_JSON, file_name, &wf, err);
+    if (rc < 0) {
+        tr_error_prefix(err, "the stored plan does not load");
+        goto out;
+    }
+    /* The plan is what a run did: a workflow that would plan anything else is not it. */
+    again = workflow_plan_json(wf);
+    if (strcmp(again, plan_json) != 0) {
+        rc = tr_error_set(err, TR_EINVAL,
+                          "%s: the stored plan does not load back to itself (a plan of another "
+                          "version of troupe?)",
+                          file_name);
+        goto out;
+    }
+    *ret_workflow = wf;
+    wf = NULL;
+out:
+    workflow_free(&wf);
+    free(again);
+    free(text);
+    cJSON_Delete(doc);
+    return rc;
 }

@@ -65,6 +65,40 @@ const char *wf_kind_name(const cJSON *value)
     return "nothing";
 }
 
+/* The path of the first number in value that is not finite, under path; false if none. */
+static bool infinite_at(const cJSON *value, char *path, size_t size)
+{
+    size_t len = strlen(path), index = 0;
+    const cJSON *child;
+
+    if (cJSON_IsNumber(value))
+        return !isfinite(value->valuedouble);
+    cJSON_ArrayForEach(child, value)
+    {
+        if (cJSON_IsObject(value))
+            snprintf(path + len, size - len, ".%s", child->string);
+        else
+            snprintf(path + len, size - len, "[%zu]", index);
+        index++;
+        if (infinite_at(child, path, size))
+            return true;
+    }
+    path[len] = '\0';
+    return false;
+}
+
+int workflow_json_check(const cJSON *value, const char *what, struct tr_error *err)
+{
+    char path[256] = "";
+
+    if (!infinite_at(value, path, sizeof(path)))
+        return 0;
+    return tr_error_set(err, TR_EINVAL,
+                        "%s holds a number out of range%s%s: JSON numbers here are doubles, "
+                        "finite, from -1.8e308 to 1.8e308",
+                        what, path[0] ? " at " : "", path);
+}
+
 bool wf_type_matches(const char *type, const cJSON *value)
 {
     if (!strcmp(type, "string"))
@@ -298,12 +332,18 @@ int wf_optional_integer(struct wf_build *b, const cJSON *object, const char *key
 
     if (!item)
         return 0;
-    if (!wf_type_matches("integer", item))
+    if (!cJSON_IsNumber(item))
         return wf_problem(b->wf, item, false, "%s'%s' must be an integer, not %s", context, key,
-                          cJSON_IsNumber(item) ? "a fraction" : wf_kind_name(item));
-    if (item->valuedouble < (double)min || item->valuedouble > (double)max)
-        return wf_problem(b->wf, item, false, "%s'%s' must be between %ld and %ld, not %.0f",
+                          wf_kind_name(item));
+    /* Range first: it also refuses what no integer is (an infinity, 2^63). */
+    if (!(item->valuedouble >= (double)min && item->valuedouble <= (double)max))
+        return wf_problem(b->wf, item, false,
+                          "%s'%s' is out of range: it must be between %ld "
+                          "and %ld, not %.17g",
                           context, key, min, max, item->valuedouble);
+    if (!wf_type_matches("integer", item))
+        return wf_problem(b->wf, item, false, "%s'%s' must be a whole number, not %.17g", context,
+                          key, item->valuedouble);
     *ret = (long)item->valuedouble;
     return 0;
 }
@@ -336,13 +376,16 @@ int wf_optional_duration(struct wf_build *b, const cJSON *object, const char *ke
         return wf_problem(b->wf, item, false, "%s'%s' must be a duration such as \"30s\", not %s",
                           context, key, wf_kind_name(item));
     }
+    if (ms == HUGE_VAL || (cJSON_IsNumber(item) && !isfinite(ms)))
+        ms = (double)WF_MAX_DURATION_MS + 1; /* out of range, said below */
     if (ms < 0 || !isfinite(ms) || (cJSON_IsString(item) && ms != floor(ms)))
         return wf_problem(b->wf, item, false,
                           "%s'%s' must be a duration such as \"500ms\", \"30s\", \"5m\" or "
                           "\"1h\"%s",
                           context, key, cJSON_IsNumber(item) ? " (or seconds)" : "");
     if (ms < 1 || ms > (double)WF_MAX_DURATION_MS)
-        return wf_problem(b->wf, item, false, "%s'%s' must be between 1ms and 168h", context, key);
+        return wf_problem(b->wf, item, false,
+                          "%s'%s' is out of range: it must be between 1ms and 168h", context, key);
     *ret_ms = (int64_t)ms;
     return 0;
 }

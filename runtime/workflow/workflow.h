@@ -67,6 +67,13 @@ const char *workflow_name(const struct workflow *wf);
 const char *workflow_file(const struct workflow *wf);
 /* The plan as canonical JSON (object keys sorted, no insignificant space). Caller frees. */
 char *workflow_plan_json(const struct workflow *wf);
+/*
+ * Loads a workflow back from its plan (workflow_plan_json's text, as a run stores it), so
+ * that a run can be replayed without its file; file_name is the name it keeps (messages,
+ * workflow_file). TR_EINVAL when the text is not a plan that loads back to the very same plan.
+ */
+int workflow_load_plan(const char *plan_json, const char *file_name, struct workflow **ret_workflow,
+                       struct tr_error *err) TR_MUST_CHECK;
 
 /*
  * Inputs given as text ({NAME: "TEXT"}, as `troupe run -i NAME=TEXT` gives them) as values:
@@ -96,6 +103,12 @@ const char *workflow_secret_unsafe(const char *value);
  * such value safe to redact (TR_EINVAL listing all that are not, by name, never by value).
  */
 int workflow_check_run(const struct workflow *wf, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Checks that every number in value, a JSON value from outside (inputs, a server's result), is
+ * one JSON can carry back: a parser turns 1e400 into an infinity, which would be written as
+ * null. TR_EINVAL with err "WHAT holds a number out of range at PATH ..." otherwise.
+ */
+int workflow_json_check(const cJSON *value, const char *what, struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- servers -------------------------------------------------------------------------- */
 
@@ -171,8 +184,8 @@ size_t workflow_step_need(const struct workflow *wf, size_t index, size_t n);
  * {"input": ..., "context": ..., "item": ..., "steps": {ID: {"output": ...}}}.
  * A string value "${{ jq }}" becomes the expression's value (any JSON type); a string that
  * merely contains "${{ jq }}" parts has each replaced by its value as text; everything else
- * is copied. Returns TR_EINVAL with a message naming the step and argument when a jq
- * expression fails or yields no value.
+ * is copied. Returns TR_EINVAL with a message naming the argument (not the step: the caller
+ * says which step, once) when a jq expression fails or yields no value, or several.
  */
 int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON *scope,
                             cJSON **ret_arguments, struct tr_error *err) TR_MUST_CHECK;
@@ -235,7 +248,8 @@ bool workflow_step_has_expression(const struct workflow *wf, size_t index,
 /*
  * Evaluates one of the step's expressions over scope (as for workflow_step_arguments, plus
  * "result" for output): its first value, the caller's. TR_ENOTFOUND when the step has no
- * such expression; TR_EINVAL naming the step when jq fails or yields nothing.
+ * such expression; TR_EINVAL naming the expression (not the step) when jq fails or yields
+ * nothing, or several values.
  */
 int workflow_step_evaluate(const struct workflow *wf, size_t index, enum workflow_expression which,
                            const cJSON *scope, cJSON **ret_value,

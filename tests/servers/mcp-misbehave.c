@@ -236,6 +236,16 @@ static int reveal(void *userdata, const cJSON *arguments, cJSON **ret_result, st
     return 0;
 }
 
+/* A result whose structuredContent holds 1e400, a number no double holds (written as is). */
+static int huge_number(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                       struct tr_error *err)
+{
+    cJSON *result = mcp_result_text("a number out of range", false);
+    cJSON_AddRawToObject(cJSON_AddObjectToObject(result, "structuredContent"), "sum", "1e400");
+    *ret_result = result;
+    return 0;
+}
+
 static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
 {
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
@@ -267,6 +277,8 @@ static const struct mcp_tool_def tools[] = {
      "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
      "\"fail\":{\"type\":\"boolean\"}},\"required\":[\"name\"]}",
      reveal, NULL},
+    {"huge_number", "Replies with structuredContent {\"sum\": 1e400}.", "{\"type\":\"object\"}",
+     huge_number, NULL},
     {"batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.", "{\"type\":\"object\"}",
      batch, NULL},
 };

@@ -500,3 +500,24 @@ void harness_wait_for_approval(const char *db, const char *step)
     cr_assert_eq(harness_db_wait(db, sql, 1, 30000), 1, "%s did not wait", step);
     free(sql);
 }
+
+char *harness_node_check(const char *script, const char *arg1, const char *arg2)
+{
+    char *modules = harness_source_path("tests/audit/node_modules/ajv");
+    if (access(modules, R_OK) != 0) {
+        free(modules);
+        cr_assert_null(getenv("TROUPE_REQUIRE_INTEROP"), "tests/audit has no node_modules");
+        cr_skip_test("the checkers' npm packages are not installed; run scripts/test");
+    }
+    char *path = harness_source_path(script);
+    const char *argv[] = {"/usr/bin/env", "node", path, arg1, arg2, NULL};
+    struct harness_result r;
+    harness_run(argv, NULL, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s %s:\n%s%s", script, arg1, r.out, r.err);
+    char *out = r.out;
+    r.out = NULL;
+    harness_result_release(&r);
+    free(path);
+    free(modules);
+    return out;
+}

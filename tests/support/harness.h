@@ -46,6 +46,13 @@ long long harness_db_int(const char *db_path, const char *sql);
 /* The same as text (NULL if no row or NULL); caller frees. */
 char *harness_db_text(const char *db_path, const char *sql);
 
+/*
+ * Runs a checker of tests/audit (Node, test-only) on its arguments (arg2 may be NULL) and
+ * asserts that it passes; returns what it printed (caller frees). Skips the test when the
+ * checkers' npm packages are not installed, unless TROUPE_REQUIRE_INTEROP is set.
+ */
+char *harness_node_check(const char *script, const char *arg1, const char *arg2);
+
 /* Number of lines in s. */
 int harness_count_lines(const char *s);
 /* Processes (other than this one) whose working directory is dir, or whose command line

@@ -271,15 +271,23 @@ static void assert_argument_error(const char *with, const char *expected)
 
 Test(workflow, runtime_jq_errors_name_step_and_argument)
 {
-    assert_argument_error("{a: \"${{ error(\\\"boom\\\") }}\"}",
-                          "step 's': argument 'a': jq: boom");
+    assert_argument_error("{a: \"${{ error(\\\"boom\\\") }}\"}", "argument 'a': jq: boom");
     assert_argument_error("{a: {b: [1, \"x${{ .input.who.name }}\"]}}",
-                          "step 's': argument 'a.b[1]': jq: Cannot index string with string "
+                          "argument 'a.b[1]': jq: Cannot index string with string "
                           "\"name\"");
-    assert_argument_error("{a: \"${{ empty }}\"}",
-                          "step 's': argument 'a': jq: 'empty' produced no value");
+    assert_argument_error("{a: \"${{ empty }}\"}", "argument 'a': jq: 'empty' produced no value");
     assert_argument_error("{a: \"${{ error({code: 1}) }}\"}",
-                          "step 's': argument 'a': jq: error {\"code\":1}");
+                          "argument 'a': jq: error {\"code\":1}");
+    /* One value, not the first of several; and one that JSON can carry. */
+    assert_argument_error("{a: \"${{ 1, 2 }}\"}",
+                          "argument 'a': jq: '1, 2' yields several values, not one (to "
+                          "make a list of them, write [1, 2])");
+    assert_argument_error("{a: \"${{ [1, infinite] }}\"}",
+                          "argument 'a': jq: '[1, infinite]' yields a number JSON cannot "
+                          "carry (infinite or NaN)");
+    assert_argument_error("{a: \"${{ {x: nan} }}\"}",
+                          "argument 'a': jq: '{x: nan}' yields a number JSON cannot "
+                          "carry (infinite or NaN)");
 }
 
 Test(workflow, expressions_cannot_read_the_environment)
@@ -397,7 +405,18 @@ Test(workflow, inputs_resolve)
     cr_assert_eq(resolve(wf, "{\"count\": 1, \"zzzzzz\": 1}", &input, &err), TR_EINVAL);
     cr_assert_str_eq(err.message, "unknown input 'zzzzzz'");
     cr_assert_eq(resolve(wf, "{\"count\": 1.5}", &input, &err), TR_EINVAL);
-    cr_assert_str_eq(err.message, "input 'count' must be of type integer, not a number");
+    cr_assert_str_eq(err.message, "input 'count' must be a whole number (type integer), not 1.5");
+    /* Too large an integer is out of range (not "not a number"); an infinity is refused. */
+    cr_assert_eq(resolve(wf, "{\"count\": 9223372036854775808}", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "input 'count' is out of range: 9.2233720368547758e+18 is "
+                                  "beyond the integers JSON carries exactly (-2^53 to 2^53)");
+    cr_assert_eq(resolve(wf, "{\"count\": 1, \"ratio\": 1e400}", &input, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "input 'ratio' holds a number out of range: JSON numbers here "
+                                  "are doubles, finite, from -1.8e308 to 1.8e308");
+    cr_assert_eq(resolve(wf, "{\"count\": 1, \"options\": {\"a\": [0, -1e999]}}", &input, &err),
+                 TR_EINVAL);
+    cr_assert_str_eq(err.message, "input 'options' holds a number out of range at .a[1]: JSON "
+                                  "numbers here are doubles, finite, from -1.8e308 to 1.8e308");
     cr_assert_eq(resolve(wf, "{\"count\": 1, \"who\": 7}", &input, &err), TR_EINVAL);
     cr_assert_str_eq(err.message, "input 'who' must be of type string, not a number");
     cr_assert_eq(resolve(wf, "[1]", &input, &err), TR_EINVAL);
@@ -516,7 +535,7 @@ Test(workflow, deep_jq_values_are_refused)
     cJSON *args = NULL;
 
     cr_assert_eq(workflow_step_arguments(wf, 0, NULL, &args, &err), TR_EINVAL);
-    cr_assert_str_eq(err.message, "step 's': argument 'a': value nested deeper than 512 levels");
+    cr_assert_str_eq(err.message, "argument 'a': value nested deeper than 512 levels");
     cr_assert_null(args);
     workflow_free(&wf);
 }
@@ -614,7 +633,7 @@ static const struct broken broken_files[] = {
      "server 'remote': type 'sse' (the old HTTP+SSE transport) is not supported; use 'http' "
      "(Streamable HTTP)"},
     {"replicas-out-of-range.yaml", "7:15",
-     "persona 'greeter': 'replicas' must be between 1 and 64, not 0"},
+     "persona 'greeter': 'replicas' is out of range: it must be between 1 and 64, not 0"},
     {"workflow-missing-file.yaml", "8:15",
      "step 'child': workflow file 'sub/missing.yaml' not found"},
     {"with-on-eval.yaml", "9:5",

@@ -274,6 +274,51 @@ Test(workflow_language, loan_review_has_every_action)
     workflow_free(&wf);
 }
 
+/* A run keeps its plan: replay loads the workflow back from it, without the file. */
+Test(workflow_language, a_plan_loads_back_to_the_same_workflow)
+{
+    static const char *const files[] = {"workflows/loan-review.yaml", "workflows/hello.yaml"};
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        struct workflow *wf = load_file(files[i]), *back = NULL;
+        struct tr_error err = {0};
+        char *plan = workflow_plan_json(wf);
+        cr_assert_eq(workflow_load_plan(plan, "recorded.yaml", &back, &err), 0, "%s: %s", files[i],
+                     err.message);
+        char *again = workflow_plan_json(back);
+        cr_assert_str_eq(again, plan);
+        cr_assert_str_eq(workflow_file(back), "recorded.yaml");
+        cr_assert_eq(workflow_step_count(back), workflow_step_count(wf));
+        free(again);
+        free(plan);
+        workflow_free(&back);
+        workflow_free(&wf);
+    }
+    /* Not a plan, or one that plans something else: refused, never half loaded. */
+    static const char *const bad[] = {"[]", "{\"name\": 5}", "not json",
+                                      "{\"name\":\"x\",\"steps\":[{\"id\":\"a\","
+                                      "\"eval\":\"1\",\"extra\":1}]}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct workflow *back = NULL;
+        struct tr_error err = {0};
+        cr_assert_lt(workflow_load_plan(bad[i], "recorded.yaml", &back, &err), 0, "%s", bad[i]);
+        cr_assert_null(back);
+        cr_assert(err.message[0], "%s", bad[i]);
+    }
+    /* A plan whose workflow plans differently (a `needs` the loader adds) is not the plan. */
+    struct workflow *wf = load_file("workflows/hello.yaml"), *back = NULL;
+    struct tr_error err = {0};
+    char *plan = workflow_plan_json(wf);
+    char *needs = strstr(plan, "\"needs\":[],");
+    cr_assert_not_null(needs);
+    memmove(needs, needs + strlen("\"needs\":[],"), strlen(needs + strlen("\"needs\":[],")) + 1);
+    cr_assert_lt(workflow_load_plan(plan, "recorded.yaml", &back, &err), 0);
+    cr_assert(strstr(err.message, "does not load back"), "%s", err.message);
+    cr_assert_null(back);
+    free(plan);
+    workflow_free(&wf);
+}
+
 Test(workflow_language, plan_normalizes_modifiers)
 {
     struct workflow *wf = load_file("workflows/loan-review.yaml");
