@@ -345,9 +345,21 @@ int store_set_read_map(struct store *store, bool on, struct tr_error *err)
     return exec_sql(store, on ? "PRAGMA mmap_size = 268435456" : "PRAGMA mmap_size = 0", err);
 }
 
-/* Applies the missing migrations, one transaction each, re-checking the version under lock. */
+/*
+ * Applies the missing migrations, one transaction each, re-checking the version under lock.
+ * A database already up to date is seen so without taking the write lock: a busy scheduler
+ * commits many times a second, and a command that only opens the file (cancel, approve) must
+ * not queue behind it for a lock it does not need.
+ */
 static int migrate(struct store *store, struct tr_error *err)
 {
+    int64_t current = -1;
+
+    if (query_one(store, "PRAGMA user_version", &current, NULL, 0, err) == 0 &&
+        current == store__migration_count) {
+        store->schema_version = (int)current;
+        return 0;
+    }
     for (;;) {
         int64_t version = 0;
         char *set_version = NULL;
