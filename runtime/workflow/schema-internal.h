@@ -23,6 +23,8 @@ int schema_regex_compile(const char *pattern, struct schema_regex **ret_regex,
                          struct tr_error *err) TR_MUST_CHECK;
 /* Whether text holds a match anywhere (patterns are not anchored). */
 bool schema_regex_search(const struct schema_regex *regex, const char *text);
+/* The size of its POSIX translation with repetitions expanded: what matching it first costs. */
+size_t schema_regex_cost(const struct schema_regex *regex);
 void schema_regex_free(struct schema_regex **regex);
 
 /* ---- compiled schemas ------------------------------------------------------------------ */

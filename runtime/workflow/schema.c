@@ -14,6 +14,11 @@
 #define SCHEMA_DIALECT "https://json-schema.org/draft/2020-12/schema"
 /* cJSON's own parser stops at this nesting; a tree built otherwise is held to it too. */
 #define SCHEMA_MAX_JSON_NESTING 1000
+/* Bounds of the locations kept for messages (where_child). */
+#define SCHEMA_WHERE_MAX 256
+#define SCHEMA_SEGMENT_MAX 64
+/* The patterns of one schema, their expanded sizes added (schema_regex_cost). */
+#define SCHEMA_MAX_PATTERN_COST 100000
 
 struct compiler {
     struct workflow_schema *schema;
@@ -21,6 +26,7 @@ struct compiler {
     /* Nodes by the address of their JSON value (open addressing), to resolve $refs. */
     struct schema_node **index;
     size_t index_size;
+    size_t pattern_cost;
 };
 
 static int fail(struct compiler *c, const char *where, const char *fmt, ...) TR_PRINTF(3, 4);
@@ -35,16 +41,30 @@ static int fail(struct compiler *c, const char *where, const char *fmt, ...)
     return tr_error_set(c->err, TR_EINVAL, "schema %s: %s", where, what);
 }
 
-/* where + "/" + segment, the segment escaped as a JSON pointer's (~0, ~1). */
+/*
+ * where + "/" + segment, the segment escaped as a JSON pointer's (~0, ~1). Locations are for
+ * messages only ($ref resolves by value), so they stop growing past SCHEMA_WHERE_MAX bytes
+ * ("#/items/items/.../...") and a long segment is cut ("#/properties/aaaa...").
+ */
 static char *where_child(const char *where, const char *segment)
 {
+    size_t len = strlen(where), n = 0;
     struct tr_buf buf;
 
+    if (len > SCHEMA_WHERE_MAX)
+        return len >= 4 && strcmp(where + len - 4, "/...") == 0 ? xstrdup(where)
+                                                                : xasprintf("%s/...", where);
     tr_buf_init(&buf, 0);
     if (tr_buf_appendf(&buf, "%s/", where) < 0)
         abort();
-    for (const char *s = segment; *s; s++) {
+    for (const char *s = segment; *s; s++, n++) {
         const char *piece = *s == '~' ? "~0" : *s == '/' ? "~1" : NULL;
+        if (n >= SCHEMA_SEGMENT_MAX && ((unsigned char)*s & 0xC0) != 0x80) {
+            piece = "...";
+            if (tr_buf_append(&buf, piece, 3) < 0)
+                abort();
+            break;
+        }
         if ((piece ? tr_buf_append(&buf, piece, 2) : tr_buf_append(&buf, s, 1)) < 0)
             abort();
     }
@@ -421,6 +441,14 @@ static int compile_pattern(struct compiler *c, const char *where, const char *so
     if (schema_regex_compile(source, ret_regex, &why) < 0)
         return tr_error_set(c->err, why.code, "schema %s: pattern \"%s\": %s", where, source,
                             why.message);
+    c->pattern_cost += schema_regex_cost(*ret_regex);
+    if (c->pattern_cost > SCHEMA_MAX_PATTERN_COST) {
+        schema_regex_free(ret_regex);
+        return tr_error_set(c->err, TR_ETOOBIG,
+                            "schema %s: its patterns together are too large once expanded "
+                            "(more than %d bytes)",
+                            where, SCHEMA_MAX_PATTERN_COST);
+    }
     return 0;
 }
 

@@ -391,9 +391,13 @@ static bool check_type(struct validation *v, const struct schema_node *node, con
             snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "", type_name(bit));
         }
     }
+    if (type == SCHEMA_OBJECT || type == SCHEMA_ARRAY) {
+        report(v, node, "type", "is an %s, not %s%s", type_name(type),
+               strchr(names, ',') ? "one of " : "", names);
+        return false;
+    }
     value = shown(json);
-    report(v, node, "type", "%s is %s %s, not %s%s", value,
-           type == SCHEMA_OBJECT || type == SCHEMA_ARRAY ? "an" : "a",
+    report(v, node, "type", "%s is a %s, not %s%s", value,
            type ? type_name(type) : "value of no JSON type", strchr(names, ',') ? "one of " : "",
            names);
     free(value);
