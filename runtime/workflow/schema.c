@@ -688,8 +688,10 @@ static int compile_schema(struct compiler *c, const cJSON *json, char *where, in
 {
     struct schema_node *node;
     const cJSON *member;
+    uint64_t seen = 0; /* keywords[] met so far, by index */
     int rc = 0;
 
+    _Static_assert(sizeof(keywords) / sizeof(keywords[0]) <= 64, "one bit per keyword");
     if (depth > WORKFLOW_SCHEMA_MAX_DEPTH) {
         rc = tr_error_set(c->err, TR_ETOOBIG, "schema %s: subschemas nested deeper than %d", where,
                           WORKFLOW_SCHEMA_MAX_DEPTH);
@@ -716,6 +718,10 @@ static int compile_schema(struct compiler *c, const cJSON *json, char *where, in
                 break;
         if (i == sizeof(keywords) / sizeof(keywords[0]))
             return fail(c, node->where, "keyword '%s' is not supported", member->string);
+        /* JSON parsers disagree on which of two equal keys wins: neither does. */
+        if (seen & ((uint64_t)1 << i))
+            return fail(c, node->where, "keyword '%s' appears twice", member->string);
+        seen |= (uint64_t)1 << i;
         site.where = where_child(node->where, member->string);
         rc = keywords[i].compile(c, &site);
         free(site.where);

@@ -451,6 +451,8 @@ Test(schema, keywords_it_does_not_implement_are_refused_by_name)
     expect_refused("{\"required\": [\"a\", \"a\"]}", TR_EINVAL, "lists \"a\" twice");
     expect_refused("{\"multipleOf\": 0}", TR_EINVAL, "schema #/multipleOf: must be greater than 0");
     expect_refused("[]", TR_EINVAL, "schema #: a schema must be an object or a boolean");
+    expect_refused("{\"properties\": {\"a\": {\"pattern\": \"^a\", \"pattern\": \"^b\"}}}",
+                   TR_EINVAL, "schema #/properties/a: keyword 'pattern' appears twice");
     /* Annotations are accepted, and never fail a validation. */
     {
         struct workflow_schema *schema = compile_text(
