@@ -1,31 +1,58 @@
 /*
  * schema-internal.h: what the JSON Schema files share: the compiled form of a schema
- * (schema.c builds it, schema_validate.c walks it) and the ECMA-262 pattern translator
- * (schema_regex.c). Nothing here is visible outside runtime/workflow.
+ * (schema.c builds it, schema_validate.c walks it) and patterns (schema_regex.c reads them,
+ * schema_automaton.c compiles and runs them). Nothing here is visible outside
+ * runtime/workflow.
  */
 #ifndef TROUPE_SCHEMA_INTERNAL_H
 #define TROUPE_SCHEMA_INTERNAL_H
 
 #include "workflow.h"
 
-#include <regex.h>
-
-/* ---- patterns: ECMA-262 regular expressions run as POSIX EREs over UTF-8 bytes --------- */
+/* ---- patterns: ECMA-262 regular expressions as byte automata over UTF-8 ---------------- */
 
 struct schema_regex;
 /*
- * Translates pattern (ECMA-262, as JSON Schema's `pattern` and `patternProperties` are
- * written) to a POSIX extended regular expression with the same matches over UTF-8 text, and
- * compiles it. Refuses (TR_EINVAL, with the reason) what it cannot translate exactly:
- * lookaround, backreferences, \b, \p{...}, and patterns too large once expanded.
+ * Compiles pattern (ECMA-262, as JSON Schema's `pattern` and `patternProperties` are
+ * written). Refuses (TR_EINVAL, with the reason) what it does not implement: lookaround,
+ * backreferences, \b, \p{...}; TR_ETOOBIG for a pattern too large once its repetitions are
+ * expanded.
  */
 int schema_regex_compile(const char *pattern, struct schema_regex **ret_regex,
                          struct tr_error *err) TR_MUST_CHECK;
-/* Whether text holds a match anywhere (patterns are not anchored). */
-bool schema_regex_search(const struct schema_regex *regex, const char *text);
-/* The size of its POSIX translation with repetitions expanded: what matching it first costs. */
+/*
+ * Whether text holds a match anywhere (patterns are not anchored): 1 or 0; -1 once *work,
+ * which the search increases by the steps it takes (at most the text's length times the
+ * automaton's size), passes limit.
+ */
+int schema_regex_search(const struct schema_regex *regex, const char *text, size_t *work,
+                        size_t limit);
+/* The size of its automaton, in instructions. */
 size_t schema_regex_cost(const struct schema_regex *regex);
 void schema_regex_free(struct schema_regex **regex);
+
+/* schema_regex.c reads a pattern into a tree of these, schema_automaton.c compiles it. */
+struct cp_range {
+    uint32_t lo, hi; /* code points */
+};
+
+enum rx_kind { RX_EMPTY, RX_SET, RX_CAT, RX_ALT, RX_REPEAT, RX_BOL, RX_EOL };
+
+struct rx_node {
+    enum rx_kind kind;
+    struct cp_range *ranges; /* RX_SET: one code point of these (sorted, merged, non-empty) */
+    size_t range_count;
+    struct rx_node **kids; /* RX_CAT, RX_ALT; RX_REPEAT has one */
+    size_t kid_count;
+    long min, max; /* RX_REPEAT; max -1: no bound */
+};
+
+/* The tree of pattern, or TR_EINVAL / TR_ETOOBIG with the reason (what is not implemented). */
+int schema_regex_parse(const char *pattern, struct rx_node **ret_tree,
+                       struct tr_error *err) TR_MUST_CHECK;
+void schema_regex_tree_free(struct rx_node *tree);
+/* cp as UTF-8 into out; returns its length (1 to 4). */
+size_t schema_utf8_encode(uint32_t cp, unsigned char out[4]);
 
 /* ---- compiled schemas ------------------------------------------------------------------ */
 

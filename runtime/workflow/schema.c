@@ -17,8 +17,8 @@
 /* Bounds of the locations kept for messages (where_child). */
 #define SCHEMA_WHERE_MAX 256
 #define SCHEMA_SEGMENT_MAX 64
-/* The patterns of one schema, their expanded sizes added (schema_regex_cost). */
-#define SCHEMA_MAX_PATTERN_COST 100000
+/* The patterns of one schema, their automata's sizes added (schema_regex_cost). */
+#define SCHEMA_MAX_PATTERN_COST 500000
 
 struct compiler {
     struct workflow_schema *schema;
@@ -446,7 +446,7 @@ static int compile_pattern(struct compiler *c, const char *where, const char *so
         schema_regex_free(ret_regex);
         return tr_error_set(c->err, TR_ETOOBIG,
                             "schema %s: its patterns together are too large once expanded "
-                            "(more than %d bytes)",
+                            "(more than %d instructions)",
                             where, SCHEMA_MAX_PATTERN_COST);
     }
     return 0;

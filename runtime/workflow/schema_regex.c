@@ -1,18 +1,13 @@
 /*
- * workflow/schema_regex.c: JSON Schema's patterns (ECMA-262 regular expressions) translated to
- * POSIX extended regular expressions that match the same UTF-8 strings, run by the C library's
- * regcomp/regexec in the "C" locale, byte by byte. Code points become UTF-8 byte sequences
- * ('.', classes, \d \w \s and their negations, non-ASCII literals), so a class or '.' matches
- * one code point, as in ECMA-262, whatever the process's locale. It does not translate what
- * POSIX cannot say or what would change meaning: lookaround, backreferences, \b and \B,
- * \p{...}, named backreferences; those patterns are refused with the reason, never run
- * approximately. Lazy quantifiers become greedy (whether a match exists does not change).
+ * workflow/schema_regex.c: reads JSON Schema's patterns (ECMA-262 regular expressions) into
+ * the tree schema_automaton.c compiles and runs. Code points are sets of ranges: '.', classes,
+ * \d \w \s and their negations are each one set, one code point wide, as in ECMA-262. What
+ * it does not implement is refused with the reason, never read approximately: lookaround,
+ * backreferences, \b and \B, \p{...}, named backreferences. Lazy quantifiers read as greedy
+ * (whether a match exists does not change).
  */
-#define _GNU_SOURCE
 #include "schema-internal.h"
 
-#include <locale.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,25 +15,10 @@
 #define REGEX_MAX_PATTERN_BYTES 4096
 #define REGEX_MAX_GROUP_DEPTH 32
 #define REGEX_MAX_REPEAT 1000
-/* The POSIX pattern's size with counted repetitions expanded, as regcomp expands them. */
-/* regexec's first match builds its automaton, in time that grows faster than this size:
-   ~0.3 s at the bound (measured: "^[a-z]{0,1000}$", "^.{0,100}$"); later matches reuse it.
-   '.' costs ~170 bytes (12 UTF-8 alternatives), so "^.{0,200}$" is refused: maxLength says
-   that for any length. */
-#define REGEX_MAX_EXPANDED_BYTES 20000
 #define REGEX_MAX_RANGES 512
 #define CODE_POINT_MAX 0x10FFFFu
 
-struct schema_regex {
-    regex_t compiled;
-    size_t cost; /* its expanded size */
-};
-
 /* ---- sets of code points ---------------------------------------------------------------- */
-
-struct cp_range {
-    uint32_t lo, hi;
-};
 
 struct cp_set {
     struct cp_range ranges[REGEX_MAX_RANGES];
@@ -154,7 +134,7 @@ static int set_class_escape(struct cp_set *set, char letter, struct tr_error *er
 
 /* ---- UTF-8 ------------------------------------------------------------------------------- */
 
-static size_t utf8_encode(uint32_t cp, unsigned char out[4])
+size_t schema_utf8_encode(uint32_t cp, unsigned char out[4])
 {
     if (cp < 0x80) {
         out[0] = (unsigned char)cp;
@@ -209,175 +189,59 @@ static int utf8_decode(const char **p, uint32_t *ret_cp)
     return 0;
 }
 
-/* ---- the translator ---------------------------------------------------------------------- */
+/* ---- parsing: the pattern into a tree ---------------------------------------------------- */
 
-struct translator {
+struct parser {
     const char *p;
-    struct tr_buf out;
     struct tr_error *err;
     size_t depth;
-    /* Per open group: its expanded size so far, and that of its last atom (0: none yet, or
-       the last thing cannot be repeated). */
-    struct {
-        size_t size, last;
-    } groups[REGEX_MAX_GROUP_DEPTH + 1];
 };
 
-static void put(struct translator *t, const char *s, size_t n)
+static struct rx_node *node_new(enum rx_kind kind)
 {
-    /* The buffer has no limit of its own (the expanded size, checked after every atom,
-       bounds it), so appending cannot fail. */
-    if (tr_buf_append(&t->out, s, n) < 0)
-        abort();
+    struct rx_node *node = xcalloc(1, sizeof(*node));
+    node->kind = kind;
+    return node;
 }
 
-static void puts_(struct translator *t, const char *s)
+void schema_regex_tree_free(struct rx_node *node)
 {
-    put(t, s, strlen(s));
-}
-
-static int too_big(struct translator *t)
-{
-    return tr_error_set(t->err, TR_ETOOBIG,
-                        "too large once its repetitions are expanded (more than %d bytes)",
-                        REGEX_MAX_EXPANDED_BYTES);
-}
-
-/* Counts an atom emitted from out.len == start. */
-static int atom_done(struct translator *t, size_t start)
-{
-    size_t size = t->out.len - start;
-    t->groups[t->depth].last = size;
-    t->groups[t->depth].size += size;
-    return t->groups[t->depth].size > REGEX_MAX_EXPANDED_BYTES ? too_big(t) : 0;
-}
-
-/* A bracket expression's member: the characters POSIX reads specially, as collating symbols. */
-static void put_bracket_char(struct translator *t, uint32_t c)
-{
-    char one = (char)c;
-    if (strchr("]-^[", one)) {
-        puts_(t, "[.");
-        put(t, &one, 1);
-        puts_(t, ".]");
-    } else {
-        put(t, &one, 1);
-    }
-}
-
-static void put_byte_range(struct translator *t, unsigned char lo, unsigned char hi)
-{
-    if (lo == hi) {
-        put(t, (const char *)&lo, 1);
+    if (!node)
         return;
-    }
-    puts_(t, "[");
-    put(t, (const char *)&lo, 1);
-    puts_(t, "-");
-    put(t, (const char *)&hi, 1);
-    puts_(t, "]");
+    for (size_t i = 0; i < node->kid_count; i++)
+        schema_regex_tree_free(node->kids[i]);
+    free(node->kids);
+    free(node->ranges);
+    free(node);
 }
 
-/*
- * The UTF-8 byte sequences of the code points lo..hi (both above ASCII), as alternatives
- * "|[\xC2-\xDF][\x80-\xBF]...": split until every byte of lo and hi differs only within one
- * range per position (the method of RE2 and Rust's utf8-ranges).
- */
-static void put_utf8_ranges(struct translator *t, uint32_t lo, uint32_t hi)
+static void node_add(struct rx_node *parent, struct rx_node *kid)
 {
-    static const uint32_t last_of_length[] = {0x7F, 0x7FF, 0xFFFF};
-    unsigned char a[4], b[4];
-    size_t n;
-
-    for (size_t i = 0; i < 3; i++) {
-        if (lo <= last_of_length[i] && hi > last_of_length[i]) {
-            put_utf8_ranges(t, lo, last_of_length[i]);
-            put_utf8_ranges(t, last_of_length[i] + 1, hi);
-            return;
-        }
-    }
-    for (unsigned i = 1; i < 4; i++) {
-        uint32_t m = (1u << (6 * i)) - 1;
-        if ((lo & ~m) != (hi & ~m)) {
-            if ((lo & m) != 0) {
-                put_utf8_ranges(t, lo, lo | m);
-                put_utf8_ranges(t, (lo | m) + 1, hi);
-                return;
-            }
-            if ((hi & m) != m) {
-                put_utf8_ranges(t, lo, (hi & ~m) - 1);
-                put_utf8_ranges(t, hi & ~m, hi);
-                return;
-            }
-        }
-    }
-    n = utf8_encode(lo, a);
-    utf8_encode(hi, b);
-    puts_(t, "|");
-    for (size_t i = 0; i < n; i++)
-        put_byte_range(t, a[i], b[i]);
+    parent->kids = xrealloc(parent->kids, (parent->kid_count + 1) * sizeof(*parent->kids));
+    parent->kids[parent->kid_count++] = kid;
 }
 
-/* Emits an atom matching one code point of set. */
-static int put_set(struct translator *t, struct cp_set *set)
+/* A node matching one code point of set; NULL (and err) when the set is empty. */
+static struct rx_node *set_node(struct parser *t, struct cp_set *set)
 {
-    size_t start = t->out.len;
-    bool ascii = false, other = false;
+    struct rx_node *node;
 
     set_normalize(set);
-    if (set->count == 0)
-        return tr_error_set(t->err, TR_EINVAL, "a character class that matches nothing");
-    for (size_t i = 0; i < set->count; i++) {
-        ascii |= set->ranges[i].lo < 0x80;
-        other |= set->ranges[i].hi >= 0x80;
+    if (set->count == 0) {
+        tr_error_set(t->err, TR_EINVAL, "a character class that matches nothing");
+        return NULL;
     }
-    if (other)
-        puts_(t, "(");
-    if (ascii) {
-        puts_(t, "[");
-        for (size_t i = 0; i < set->count && set->ranges[i].lo < 0x80; i++) {
-            uint32_t hi = set->ranges[i].hi < 0x80 ? set->ranges[i].hi : 0x7F;
-            put_bracket_char(t, set->ranges[i].lo);
-            if (hi != set->ranges[i].lo) {
-                puts_(t, "-");
-                put_bracket_char(t, hi);
-            }
-        }
-        puts_(t, "]");
-    }
-    if (other) {
-        size_t first = t->out.len;
-        for (size_t i = 0; i < set->count; i++)
-            if (set->ranges[i].hi >= 0x80)
-                put_utf8_ranges(t, set->ranges[i].lo < 0x80 ? 0x80 : set->ranges[i].lo,
-                                set->ranges[i].hi);
-        if (!ascii) { /* the first alternative needs no '|' */
-            memmove(t->out.data + first, t->out.data + first + 1, t->out.len - first);
-            t->out.len--;
-        }
-        puts_(t, ")");
-    }
-    return atom_done(t, start);
+    node = node_new(RX_SET);
+    node->ranges = xcalloc(set->count, sizeof(*node->ranges));
+    memcpy(node->ranges, set->ranges, set->count * sizeof(*node->ranges));
+    node->range_count = set->count;
+    return node;
 }
 
-/* Emits an atom matching the code point cp. */
-static int put_literal(struct translator *t, uint32_t cp)
+static struct rx_node *code_point_node(struct parser *t, uint32_t cp)
 {
-    size_t start = t->out.len;
-    unsigned char bytes[4];
-    size_t n = utf8_encode(cp, bytes);
-
-    if (n == 1 && strchr(".[]()*+?{}|^$\\", (char)cp)) {
-        puts_(t, "\\");
-        put(t, (const char *)bytes, 1);
-    } else if (n == 1) {
-        put(t, (const char *)bytes, 1);
-    } else {
-        puts_(t, "(");
-        put(t, (const char *)bytes, n);
-        puts_(t, ")");
-    }
-    return atom_done(t, start);
+    struct cp_set one = {.ranges = {{cp, cp}}, .count = 1};
+    return set_node(t, &one);
 }
 
 static int hex_digits(const char *p, size_t n, uint32_t *ret)
@@ -400,7 +264,7 @@ static int hex_digits(const char *p, size_t n, uint32_t *ret)
 enum escape_kind { ESCAPE_CODE_POINT, ESCAPE_CLASS };
 
 /* Reads the escape whose backslash is at t->p: a code point, or a class added to set. */
-static int read_escape(struct translator *t, bool in_class, uint32_t *ret_cp, struct cp_set *set,
+static int read_escape(struct parser *t, bool in_class, uint32_t *ret_cp, struct cp_set *set,
                        enum escape_kind *ret_kind)
 {
     char c = t->p[1];
@@ -459,11 +323,9 @@ static int read_escape(struct translator *t, bool in_class, uint32_t *ret_cp, st
             *ret_cp = '\b';
             return 0;
         }
-        return tr_error_set(t->err, TR_EINVAL,
-                            "'\\b' (word boundary) has no POSIX equivalent: not supported");
+        return tr_error_set(t->err, TR_EINVAL, "'\\b' (word boundary) is not supported");
     case 'B':
-        return tr_error_set(t->err, TR_EINVAL,
-                            "'\\B' (not a word boundary) has no POSIX equivalent: not supported");
+        return tr_error_set(t->err, TR_EINVAL, "'\\B' (not a word boundary) is not supported");
     case 'p':
     case 'P':
         return tr_error_set(t->err, TR_EINVAL, "'\\%c{...}' (Unicode properties) is not supported",
@@ -495,7 +357,7 @@ static int read_escape(struct translator *t, bool in_class, uint32_t *ret_cp, st
 }
 
 /* Reads one code point of a class or of the pattern, escaped or not. */
-static int read_char(struct translator *t, bool in_class, uint32_t *ret_cp, struct cp_set *set,
+static int read_char(struct parser *t, bool in_class, uint32_t *ret_cp, struct cp_set *set,
                      enum escape_kind *ret_kind)
 {
     if (t->p[0] == '\\')
@@ -506,10 +368,9 @@ static int read_char(struct translator *t, bool in_class, uint32_t *ret_cp, stru
     return 0;
 }
 
-/* A class "[...]" whose '[' is at t->p. */
-static int translate_class(struct translator *t)
+/* A class "[...]" whose '[' is at t->p, into set (empty). */
+static int parse_class(struct parser *t, struct cp_set *set)
 {
-    struct cp_set *set = xcalloc(1, sizeof(*set));
     bool negate;
     int rc = 0;
 
@@ -560,9 +421,7 @@ static int translate_class(struct translator *t)
     }
     if (negate)
         set_complement(set);
-    rc = put_set(t, set);
 out:
-    free(set);
     return rc;
 }
 
@@ -596,220 +455,188 @@ static int read_braces(const char *p, long *ret_min, long *ret_max, size_t *ret_
     return 1;
 }
 
-/* A quantifier at t->p (already known to be one), applied to the last atom. */
-static int translate_quantifier(struct translator *t, long min, long max, size_t len)
-{
-    size_t *last = &t->groups[t->depth].last;
-    size_t *size = &t->groups[t->depth].size;
-    long copies = 1;
+static struct rx_node *parse_alternatives(struct parser *t);
 
-    if (*last == 0)
-        return tr_error_set(t->err, TR_EINVAL, "a quantifier follows nothing it can repeat");
-    if (t->p[0] == '{') {
-        char text[64];
-        if (min > REGEX_MAX_REPEAT || max > REGEX_MAX_REPEAT)
-            return tr_error_set(t->err, TR_ETOOBIG, "a repetition count above %d",
-                                REGEX_MAX_REPEAT);
-        if (max >= 0 && max < min)
-            return tr_error_set(t->err, TR_EINVAL, "a repetition {%ld,%ld} out of order", min, max);
-        if (max < 0)
-            snprintf(text, sizeof(text), "{%ld,}", min);
-        else
-            snprintf(text, sizeof(text), "{%ld,%ld}", min, max);
-        puts_(t, text);
-        copies = (max < 0 ? min + 1 : max);
-        if (copies < 1)
-            copies = 1;
-    } else {
-        put(t, t->p, 1);
-    }
-    t->p += len;
-    if (t->p[0] == '?') /* lazy: the same matches exist */
-        t->p++;
-    *size += *last * (size_t)(copies - 1);
-    *last = 0;
-    return *size > REGEX_MAX_EXPANDED_BYTES ? too_big(t) : 0;
-}
-
-static int translate_group_open(struct translator *t)
+/* A group "(...)" whose '(' is at t->p. */
+static struct rx_node *parse_group(struct parser *t)
 {
+    struct rx_node *inner;
+
     if (t->p[1] == '?') {
         if (t->p[2] == ':') {
             t->p += 3;
         } else if (t->p[2] == '=' || t->p[2] == '!' ||
                    (t->p[2] == '<' && (t->p[3] == '=' || t->p[3] == '!'))) {
-            return tr_error_set(t->err, TR_EINVAL,
-                                "lookaround ('(?=', '(?!', '(?<=', '(?<!') "
-                                "has no POSIX equivalent: not supported");
+            tr_error_set(t->err, TR_EINVAL,
+                         "lookaround ('(?=', '(?!', '(?<=', '(?<!') is not supported");
+            return NULL;
         } else if (t->p[2] == '<') {
             const char *close = strchr(t->p + 3, '>');
-            if (!close)
-                return tr_error_set(t->err, TR_EINVAL, "a group name is not closed");
+            if (!close) {
+                tr_error_set(t->err, TR_EINVAL, "a group name is not closed");
+                return NULL;
+            }
             t->p = close + 1;
         } else {
-            return tr_error_set(t->err, TR_EINVAL, "'(?%c' is not supported", t->p[2]);
+            tr_error_set(t->err, TR_EINVAL, "'(?%c' is not supported", t->p[2]);
+            return NULL;
         }
     } else {
         t->p++;
     }
-    if (t->depth == REGEX_MAX_GROUP_DEPTH)
-        return tr_error_set(t->err, TR_ETOOBIG, "groups nested deeper than %d",
-                            REGEX_MAX_GROUP_DEPTH);
-    puts_(t, "(");
+    if (t->depth == REGEX_MAX_GROUP_DEPTH) {
+        tr_error_set(t->err, TR_ETOOBIG, "groups nested deeper than %d", REGEX_MAX_GROUP_DEPTH);
+        return NULL;
+    }
     t->depth++;
-    t->groups[t->depth].size = 0;
-    t->groups[t->depth].last = 0;
-    return 0;
-}
-
-static int translate_group_close(struct translator *t)
-{
-    size_t size;
-
-    if (t->depth == 0)
-        return tr_error_set(t->err, TR_EINVAL, "a ')' closes no group");
-    t->p++;
-    puts_(t, ")");
-    size = t->groups[t->depth].size + 2;
+    inner = parse_alternatives(t);
     t->depth--;
-    t->groups[t->depth].last = size;
-    t->groups[t->depth].size += size;
-    return t->groups[t->depth].size > REGEX_MAX_EXPANDED_BYTES ? too_big(t) : 0;
+    if (inner && t->p[0] != ')') {
+        tr_error_set(t->err, TR_EINVAL, "a '(' is not closed");
+        schema_regex_tree_free(inner);
+        return NULL;
+    }
+    t->p += inner != NULL;
+    return inner;
 }
 
-static int translate(struct translator *t)
+/* One atom at t->p: a code point, a class, a group or an assertion. */
+static struct rx_node *parse_atom(struct parser *t)
 {
-    int rc = 0;
+    struct cp_set *set;
+    struct rx_node *node = NULL;
+    enum escape_kind kind;
+    long min, max;
+    size_t len;
+    uint32_t cp;
 
-    while (rc == 0 && t->p[0] != '\0') {
-        char c = t->p[0];
+    switch (t->p[0]) {
+    case '(':
+        return parse_group(t);
+    case '^':
+        t->p++;
+        return node_new(RX_BOL);
+    case '$':
+        t->p++;
+        return node_new(RX_EOL);
+    case '*':
+    case '+':
+    case '?':
+        tr_error_set(t->err, TR_EINVAL, "a quantifier follows nothing it can repeat");
+        return NULL;
+    case '{':
+        if (read_braces(t->p, &min, &max, &len)) {
+            tr_error_set(t->err, TR_EINVAL, "a quantifier follows nothing it can repeat");
+            return NULL;
+        }
+        t->p++; /* a '{' that starts no quantifier is itself (ECMA-262 Annex B) */
+        return code_point_node(t, '{');
+    case '.':
+        t->p++;
+        set = xcalloc(1, sizeof(*set));
+        if (set_add(set, '\n', '\n', t->err) == 0 && set_add(set, '\r', '\r', t->err) == 0 &&
+            set_add(set, 0x2028, 0x2029, t->err) == 0) {
+            set_complement(set);
+            node = set_node(t, set);
+        }
+        free(set);
+        return node;
+    case '[':
+        set = xcalloc(1, sizeof(*set));
+        if (parse_class(t, set) == 0)
+            node = set_node(t, set);
+        free(set);
+        return node;
+    default:
+        set = xcalloc(1, sizeof(*set));
+        if (read_char(t, false, &cp, set, &kind) == 0)
+            node = kind == ESCAPE_CLASS ? set_node(t, set) : code_point_node(t, cp);
+        free(set);
+        return node;
+    }
+}
+
+/* Atoms with their quantifiers, up to '|', ')' or the end. */
+static struct rx_node *parse_sequence(struct parser *t)
+{
+    struct rx_node *seq = node_new(RX_CAT);
+
+    while (t->p[0] != '\0' && t->p[0] != '|' && t->p[0] != ')') {
+        struct rx_node *atom = parse_atom(t), *repeat;
         long min, max;
         size_t len;
-        uint32_t cp;
-        enum escape_kind kind;
-        struct cp_set *set;
 
-        switch (c) {
-        case '(':
-            rc = translate_group_open(t);
-            break;
-        case ')':
-            rc = translate_group_close(t);
-            break;
-        case '|':
-        case '^':
-        case '$':
-            put(t, t->p++, 1);
-            t->groups[t->depth].size++;
-            t->groups[t->depth].last = 0;
-            break;
-        case '*':
-        case '+':
-        case '?':
-            rc = translate_quantifier(t, 0, 0, 1);
-            break;
-        case '[':
-            rc = translate_class(t);
-            break;
-        case '.':
-            set = xcalloc(1, sizeof(*set));
-            t->p++;
-            if ((rc = set_add(set, '\n', '\n', t->err)) == 0 &&
-                (rc = set_add(set, '\r', '\r', t->err)) == 0 &&
-                (rc = set_add(set, 0x2028, 0x2029, t->err)) == 0) {
-                set_complement(set);
-                rc = put_set(t, set);
-            }
-            free(set);
-            break;
-        case '{':
-            if (read_braces(t->p, &min, &max, &len)) {
-                rc = translate_quantifier(t, min, max, len);
-                break;
-            }
-            t->p++; /* a '{' that starts no quantifier is itself (ECMA-262 Annex B) */
-            rc = put_literal(t, '{');
-            break;
-        default:
-            set = xcalloc(1, sizeof(*set));
-            if ((rc = read_char(t, false, &cp, set, &kind)) == 0)
-                rc = kind == ESCAPE_CLASS ? put_set(t, set) : put_literal(t, cp);
-            free(set);
-            break;
+        if (!atom)
+            goto fail;
+        node_add(seq, atom);
+        if (t->p[0] == '*' || t->p[0] == '+' || t->p[0] == '?') {
+            min = t->p[0] == '+';
+            max = t->p[0] == '?' ? 1 : -1;
+            len = 1;
+        } else if (!read_braces(t->p, &min, &max, &len)) {
+            continue;
         }
+        if (atom->kind == RX_BOL || atom->kind == RX_EOL) {
+            tr_error_set(t->err, TR_EINVAL, "an assertion ('^', '$') cannot be repeated");
+            goto fail;
+        }
+        if (min > REGEX_MAX_REPEAT || max > REGEX_MAX_REPEAT) {
+            tr_error_set(t->err, TR_ETOOBIG, "a repetition count above %d", REGEX_MAX_REPEAT);
+            goto fail;
+        }
+        if (max >= 0 && max < min) {
+            tr_error_set(t->err, TR_EINVAL, "a repetition {%ld,%ld} out of order", min, max);
+            goto fail;
+        }
+        t->p += len;
+        if (t->p[0] == '?') /* lazy: the same matches exist */
+            t->p++;
+        if (t->p[0] == '*' || t->p[0] == '+' || t->p[0] == '?' ||
+            read_braces(t->p, &min, &min, &len)) {
+            tr_error_set(t->err, TR_EINVAL, "a quantifier follows nothing it can repeat");
+            goto fail;
+        }
+        repeat = node_new(RX_REPEAT);
+        repeat->min = min;
+        repeat->max = max;
+        node_add(repeat, atom);
+        seq->kids[seq->kid_count - 1] = repeat;
     }
-    if (rc == 0 && t->depth != 0)
-        rc = tr_error_set(t->err, TR_EINVAL, "a '(' is not closed");
-    return rc;
+    return seq;
+fail:
+    schema_regex_tree_free(seq);
+    return NULL;
 }
 
-/* ---- compiling and matching ---------------------------------------------------------------- */
-
-/* regcomp and regexec read the thread's locale: both run in "C", so bytes are bytes. */
-static locale_t c_locale;
-static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
-
-static void c_locale_init(void)
+static struct rx_node *parse_alternatives(struct parser *t)
 {
-    c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
-    if (!c_locale)
-        abort();
+    struct rx_node *alt = node_new(RX_ALT), *seq;
+
+    for (;;) {
+        if (!(seq = parse_sequence(t))) {
+            schema_regex_tree_free(alt);
+            return NULL;
+        }
+        node_add(alt, seq);
+        if (t->p[0] != '|')
+            return alt;
+        t->p++;
+    }
 }
 
-int schema_regex_compile(const char *pattern, struct schema_regex **ret_regex, struct tr_error *err)
+int schema_regex_parse(const char *pattern, struct rx_node **ret_tree, struct tr_error *err)
 {
-    struct translator t = {.p = pattern, .err = err};
-    struct schema_regex *regex = NULL;
-    locale_t previous;
-    int rc;
+    struct parser t = {.p = pattern, .err = err};
+    struct rx_node *tree;
 
     if (strlen(pattern) > REGEX_MAX_PATTERN_BYTES)
         return tr_error_set(err, TR_ETOOBIG, "longer than %d bytes", REGEX_MAX_PATTERN_BYTES);
-    tr_buf_init(&t.out, 0);
-    if ((rc = translate(&t)) < 0)
-        goto out;
-    pthread_once(&c_locale_once, c_locale_init);
-    regex = xcalloc(1, sizeof(*regex));
-    previous = uselocale(c_locale);
-    rc = regcomp(&regex->compiled, t.out.len ? t.out.data : "()", REG_EXTENDED | REG_NOSUB);
-    uselocale(previous);
-    if (rc != 0) {
-        char why[128];
-        regerror(rc, &regex->compiled, why, sizeof(why));
-        free(regex);
-        regex = NULL;
-        rc = tr_error_set(err, TR_EINVAL, "not a valid regular expression (%s)", why);
-        goto out;
+    if (!(tree = parse_alternatives(&t)))
+        return err ? err->code : TR_EINVAL;
+    if (t.p[0] == ')') {
+        schema_regex_tree_free(tree);
+        return tr_error_set(err, TR_EINVAL, "a ')' closes no group");
     }
-    regex->cost = t.groups[0].size;
-    *ret_regex = regex;
-out:
-    tr_buf_release(&t.out);
-    return rc;
-}
-
-bool schema_regex_search(const struct schema_regex *regex, const char *text)
-{
-    locale_t previous;
-    int rc;
-
-    pthread_once(&c_locale_once, c_locale_init);
-    previous = uselocale(c_locale);
-    rc = regexec(&regex->compiled, text, 0, NULL, 0);
-    uselocale(previous);
-    return rc == 0;
-}
-
-size_t schema_regex_cost(const struct schema_regex *regex)
-{
-    return regex->cost;
-}
-
-void schema_regex_free(struct schema_regex **regex)
-{
-    if (!*regex)
-        return;
-    regfree(&(*regex)->compiled);
-    free(*regex);
-    *regex = NULL;
+    *ret_tree = tree;
+    return 0;
 }

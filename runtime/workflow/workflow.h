@@ -291,7 +291,8 @@ const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index);
  * steps, tools' `outputSchema`. The keywords it knows are listed in docs/workflows.md
  * ("JSON Schema"); any other is refused by name when the schema is compiled, never ignored.
  * `$ref` is local only ("#", "#/$defs/name", any JSON pointer into the same document).
- * Patterns are ECMA-262 translated to POSIX; what cannot be translated exactly is refused.
+ * Patterns are ECMA-262, matched by an automaton in linear time; what it does not implement
+ * (lookaround, backreferences, \b, \p{...}) is refused.
  * A compiled schema is immutable: validating from several threads at once is safe.
  *
  * Bounds against hostile schemas and instances: schema and instance nesting, and the
