@@ -275,7 +275,7 @@ static bool set_has(const struct thread_set *s, uint32_t pc)
 
 /*
  * Adds the thread at pc to s, following jumps and the assertions that hold at position at of
- * a text of length len; returns whether a thread reached MATCH. stack holds count entries.
+ * a text of length len; returns whether a thread reached MATCH. stack holds 2 * count + 1.
  */
 static bool add_thread(const struct schema_regex *re, struct thread_set *s, uint32_t *stack,
                        uint32_t pc, size_t at, size_t len, size_t *work)
@@ -321,11 +321,11 @@ int schema_regex_search(const struct schema_regex *re, const char *text, size_t 
 {
     size_t len = strlen(text), n = re->count;
     struct thread_set now, next;
-    uint32_t *memory = xcalloc(5 * n, sizeof(*memory)), *stack = memory + 4 * n;
+    /* Two sets, and add_thread's stack: an instruction enters a set once and then pushes at
+       most two others, so the stack holds at most 2n + 1. */
+    uint32_t *memory = xcalloc(6 * n + 1, sizeof(*memory)), *stack = memory + 4 * n;
     int found = 0;
 
-    /* Each set is visited at most once per instruction, so the stack never holds more than
-       the program's size. */
     now = (struct thread_set){memory, memory + n, 0};
     next = (struct thread_set){memory + 2 * n, memory + 3 * n, 0};
     for (size_t at = 0;; at++) {
