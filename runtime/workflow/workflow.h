@@ -324,4 +324,48 @@ const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index);
 /* A workflow step's file as written (relative to workflow_file), else NULL. */
 const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index);
 
+/* ---- JSON Schema (draft 2020-12): checking JSON answers against a schema ------------- */
+
+/*
+ * A JSON Schema compiled once and used to validate many instances: `output_schema` of ask
+ * steps, tools' `outputSchema`. The keywords it knows are listed in docs/workflows.md
+ * ("JSON Schema"); any other is refused by name when the schema is compiled, never ignored.
+ * `$ref` is local only ("#", "#/$defs/name", any JSON pointer into the same document).
+ * Patterns are ECMA-262, matched by an automaton in linear time; what it does not implement
+ * (lookaround, backreferences, \b, \p{...}) is refused.
+ * A compiled schema is immutable: validating from several threads at once is safe.
+ *
+ * Bounds against hostile schemas and instances: schema and instance nesting, and the
+ * evaluation depth that recursive $refs reach, stop at WORKFLOW_SCHEMA_MAX_DEPTH; one
+ * validation takes at most WORKFLOW_SCHEMA_MAX_WORK steps; a schema holds at most
+ * WORKFLOW_SCHEMA_MAX_NODES subschemas.
+ */
+#define WORKFLOW_SCHEMA_MAX_DEPTH 256
+#define WORKFLOW_SCHEMA_MAX_WORK 10000000
+#define WORKFLOW_SCHEMA_MAX_NODES 100000
+struct workflow_schema;
+/*
+ * Compiles schema (an object or a boolean; it is copied, the caller keeps it). TR_EINVAL
+ * when it uses a keyword not supported, or a keyword wrongly ("schema #/properties/a:
+ * keyword 'unevaluatedProperties' is not supported"); TR_ETOOBIG past a bound.
+ */
+int workflow_schema_compile(const cJSON *schema, struct workflow_schema **ret_schema,
+                            struct tr_error *err) TR_MUST_CHECK;
+void workflow_schema_free(struct workflow_schema **schema);
+/*
+ * Validates instance: 0 when it is valid; TR_EINVAL with the first error in err, as
+ * "/reasons/0/code: "X9" is not one of the enum values (#/properties/...enum)": where in
+ * the instance (a JSON pointer; "(root)" for the whole), what is wrong, and the schema
+ * keyword that says so; TR_ETOOBIG when a bound stopped the validation (err says which).
+ */
+int workflow_schema_validate(const struct workflow_schema *schema, const cJSON *instance,
+                             struct tr_error *err) TR_MUST_CHECK;
+/*
+ * The same, collecting up to max errors (at least one) into *ret_errors, *ret_count (lines
+ * as above, in the order found; free with workflow_problems_free). Returns 0 and no errors
+ * when instance is valid.
+ */
+int workflow_schema_errors(const struct workflow_schema *schema, const cJSON *instance, size_t max,
+                           char ***ret_errors, size_t *ret_count) TR_MUST_CHECK;
+
 #endif
