@@ -22,9 +22,9 @@ static void usage(const struct mcp_server_program *program, FILE *out)
         fprintf(out, " [--%s %s]", program->options[i].name, program->options[i].arg_name);
     fprintf(out, "\n\n%s\n\nOptions:\n", program->about);
     fprintf(out, "  %-24s %s\n", "--http [HOST:]PORT",
-            "serve Streamable HTTP at http://HOST:PORT/mcp (HOST 127.0.0.1 by default; port 0\n"
-            "                           picks a free one) and print that URL on stdout; without\n"
-            "                           it, serve JSON-RPC on stdin/stdout until stdin closes");
+            "serve Streamable HTTP at http://HOST:PORT/mcp and print that URL on\n"
+            "                           stdout (HOST: 127.0.0.1 by default; PORT 0 picks a free\n"
+            "                           one); without it, serve stdin/stdout until stdin closes");
     for (size_t i = 0; i < program->n_options; i++) {
         char left[64];
         snprintf(left, sizeof(left), "--%s %s", program->options[i].name,
