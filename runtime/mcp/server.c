@@ -649,13 +649,14 @@ cJSON *mcp__server_handle(const struct mcp_server *server, const cJSON *msg,
         snprintf(message, sizeof(message), "Method not found: %.200s", m);
         response = mcp__error_response_new(id, MCP__METHOD_NOT_FOUND, message);
     }
-    /* Modern results say they are complete; and a list may be cached by this client only. */
+    /* Modern results say they are complete; lists and reads may be cached by this client only. */
     cJSON *result = modern ? cJSON_GetObjectItemCaseSensitive(response, "result") : NULL;
     if (cJSON_IsObject(result) && !cJSON_HasObjectItem(result, "resultType"))
         cJSON_AddStringToObject(result, "resultType", "complete");
     if (cJSON_IsObject(result) &&
         (strcmp(m, "server/discover") == 0 || strcmp(m, "tools/list") == 0 ||
-         strcmp(m, "resources/list") == 0 || strcmp(m, "resources/templates/list") == 0)) {
+         strcmp(m, "resources/list") == 0 || strcmp(m, "resources/templates/list") == 0 ||
+         strcmp(m, "resources/read") == 0)) {
         cJSON_AddNumberToObject(result, "ttlMs", 0);
         cJSON_AddStringToObject(result, "cacheScope", "private");
     }
