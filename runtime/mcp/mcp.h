@@ -350,6 +350,8 @@ struct mcp_server *mcp_server_new(const char *name, const char *version);
 void mcp_server_set_instructions(struct mcp_server *server, const char *instructions);
 /* Registers a tool; def's strings must outlive the server. */
 void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *def);
+/* Registers count tools of a table. */
+void mcp_server_add_tools(struct mcp_server *server, const struct mcp_tool_def *defs, size_t count);
 /* Registers a resource, or a template; the server then offers the resources capability. */
 void mcp_server_add_resource(struct mcp_server *server, const struct mcp_resource_def *def);
 void mcp_server_add_resource_template(struct mcp_server *server,
@@ -420,5 +422,7 @@ cJSON *mcp_result_text(const char *text, bool is_error);
 cJSON *mcp_result_structured(cJSON *structured);
 /* The contents of resources/read: one TextResourceContents (mime_type may be NULL). */
 cJSON *mcp_resource_text(const char *uri, const char *mime_type, const char *text);
+/* The same for a JSON value (taken over), as indented application/json text. */
+cJSON *mcp_resource_json(const char *uri, cJSON *value);
 
 #endif

@@ -81,6 +81,12 @@ void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *d
         (struct server_tool){.def = *def, .input_schema = input, .output_schema = output};
 }
 
+void mcp_server_add_tools(struct mcp_server *server, const struct mcp_tool_def *defs, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        mcp_server_add_tool(server, &defs[i]);
+}
+
 void mcp_server_add_resource(struct mcp_server *server, const struct mcp_resource_def *def)
 {
     server->resources =
@@ -120,8 +126,7 @@ int mcp_server_main(const char *name, const struct mcp_tool_def *tools, size_t c
     struct mcp_server *server = mcp_server_new(name, TR_VERSION);
     struct tr_error err = {0};
 
-    for (size_t i = 0; i < count; i++)
-        mcp_server_add_tool(server, &tools[i]);
+    mcp_server_add_tools(server, tools, count);
     int rc = mcp_server_run_stdio(server, STDIN_FILENO, STDOUT_FILENO, &err);
     mcp_server_free(&server);
     if (rc < 0) {
@@ -171,6 +176,15 @@ cJSON *mcp_resource_text(const char *uri, const char *mime_type, const char *tex
         cJSON_AddStringToObject(item, "mimeType", mime_type);
     cJSON_AddStringToObject(item, "text", text);
     cJSON_AddItemToArray(contents, item);
+    return contents;
+}
+
+cJSON *mcp_resource_json(const char *uri, cJSON *value)
+{
+    char *text = cJSON_Print(value);
+    cJSON_Delete(value);
+    cJSON *contents = mcp_resource_text(uri, "application/json", text);
+    free(text);
     return contents;
 }
 

@@ -180,24 +180,35 @@ static int build_report(struct bureau *b, const char *tool, const char *applican
 
 /* ---- tools ------------------------------------------------------------------------------- */
 
+/*
+ * What both tools do first: check the arguments, then draw the injected failure. Returns 0 with
+ * *ret_applicant when the call goes on, 1 when *ret_result already holds the failure, or an
+ * argument error.
+ */
+static int begin_call(struct bureau *b, const char *tool, const cJSON *arguments,
+                      const char **ret_applicant, cJSON **ret_result, struct tr_error *err)
+{
+    static const char *const known[] = {"applicant_id", NULL};
+    int rc = mcp_args_only(tool, arguments, known, err);
+    if (rc == 0)
+        rc = loan_data_id_arg(tool, arguments, "applicant_id", applicant_prefixes,
+                              "A00042 (or C00042 for a co-applicant)", ret_applicant, err);
+    if (rc == 0 && injected_failure(b, tool, *ret_applicant)) {
+        *ret_result = unavailable(tool, *ret_applicant);
+        return 1;
+    }
+    return rc;
+}
+
 static int pull_report(void *userdata, const cJSON *arguments, cJSON **ret_result,
                        struct tr_error *err)
 {
-    static const char *const known[] = {"applicant_id", NULL};
-    struct bureau *b = userdata;
     const char *applicant = NULL;
-    int rc = mcp_args_only("pull_report", arguments, known, err);
-    if (rc == 0)
-        rc = loan_data_id_arg("pull_report", arguments, "applicant_id", applicant_prefixes,
-                              "A00042 (or C00042 for a co-applicant)", &applicant, err);
-    if (rc < 0)
-        return rc;
-    if (injected_failure(b, "pull_report", applicant)) {
-        *ret_result = unavailable("pull_report", applicant);
-        return 0;
-    }
+    int rc = begin_call(userdata, "pull_report", arguments, &applicant, ret_result, err);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
     cJSON *report = NULL;
-    rc = build_report(b, "pull_report", applicant, &report, err);
+    rc = build_report(userdata, "pull_report", applicant, &report, err);
     if (rc == 0)
         *ret_result = mcp_result_structured(report);
     return rc;
@@ -206,19 +217,11 @@ static int pull_report(void *userdata, const cJSON *arguments, cJSON **ret_resul
 static int get_score(void *userdata, const cJSON *arguments, cJSON **ret_result,
                      struct tr_error *err)
 {
-    static const char *const known[] = {"applicant_id", NULL};
     struct bureau *b = userdata;
     const char *applicant = NULL;
-    int rc = mcp_args_only("get_score", arguments, known, err);
-    if (rc == 0)
-        rc = loan_data_id_arg("get_score", arguments, "applicant_id", applicant_prefixes,
-                              "A00042 (or C00042 for a co-applicant)", &applicant, err);
-    if (rc < 0)
-        return rc;
-    if (injected_failure(b, "get_score", applicant)) {
-        *ret_result = unavailable("get_score", applicant);
-        return 0;
-    }
+    int rc = begin_call(b, "get_score", arguments, &applicant, ret_result, err);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
     const char *params[] = {applicant, NULL};
     cJSON *row = NULL;
     rc = loan_data_row(b->db,
@@ -290,10 +293,7 @@ static int read_report(void *userdata, const char *uri, const cJSON *vars, cJSON
     int rc = build_report(userdata, "resources/read", id->valuestring, &report, err);
     if (rc < 0)
         return rc;
-    char *text = cJSON_Print(report);
-    cJSON_Delete(report);
-    *ret_contents = mcp_resource_text(uri, "application/json", text);
-    free(text);
+    *ret_contents = mcp_resource_json(uri, report);
     return 0;
 }
 
@@ -401,8 +401,7 @@ static int setup(void *userdata, struct mcp_server *server, struct tr_error *err
             .hints = MCP_TOOL_QUERY,
         },
     };
-    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-        mcp_server_add_tool(server, &tools[i]);
+    mcp_server_add_tools(server, tools, sizeof(tools) / sizeof(tools[0]));
     mcp_server_add_resource_template(
         server, &(struct mcp_resource_template_def){
                     .uri_template = "bureau://reports/{applicant_id}",

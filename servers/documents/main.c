@@ -410,10 +410,7 @@ static int read_document(void *userdata, const char *uri, const cJSON *vars, cJS
     int rc = load_document(userdata, "resources/read", application, doc_id, &doc, err);
     if (rc < 0)
         return rc;
-    char *text = cJSON_Print(doc);
-    cJSON_Delete(doc);
-    *ret_contents = mcp_resource_text(uri, "application/json", text);
-    free(text);
+    *ret_contents = mcp_resource_json(uri, doc);
     return 0;
 }
 
@@ -461,10 +458,7 @@ static int read_application(void *userdata, const char *uri, const cJSON *vars,
                               cJSON_GetObjectItem(vars, "application_id")->valuestring, &app, err);
     if (rc < 0)
         return rc;
-    char *text = cJSON_Print(app);
-    cJSON_Delete(app);
-    *ret_contents = mcp_resource_text(uri, "application/json", text);
-    free(text);
+    *ret_contents = mcp_resource_json(uri, app);
     return 0;
 }
 
@@ -537,8 +531,7 @@ static int setup(void *userdata, struct mcp_server *server, struct tr_error *err
             .hints = MCP_TOOL_QUERY,
         },
     };
-    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-        mcp_server_add_tool(server, &tools[i]);
+    mcp_server_add_tools(server, tools, sizeof(tools) / sizeof(tools[0]));
     mcp_server_add_resource_template(
         server, &(struct mcp_resource_template_def){
                     .uri_template = "docs://applications/{application_id}/{doc_id}",

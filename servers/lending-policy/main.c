@@ -16,7 +16,6 @@
 #include "mcp.h"
 
 #define PROGRAM "troupe-lending-policy"
-#define CURRENT_VERSION "v3"
 
 /* ---- the policies ------------------------------------------------------------------------ */
 
@@ -295,6 +294,18 @@ static int score_arg(const char *tool, const cJSON *arguments, double *ret_score
     return rc;
 }
 
+/* The arguments every loan check shares: policy_version, product and loan_amount. */
+static int loan_args(const char *tool, const cJSON *arguments, const char *const *known,
+                     const cJSON **ret_policy, const char **ret_product, double *ret_amount,
+                     struct tr_error *err)
+{
+    int rc = mcp_args_only(tool, arguments, known, err);
+    rc = rc ? rc : version_arg(tool, arguments, ret_policy, err);
+    rc = rc ? rc : product_arg(tool, arguments, ret_product, err);
+    rc = rc ? rc : amount_arg(tool, arguments, "loan_amount", true, true, ret_amount, err);
+    return rc;
+}
+
 /* ---- tools ------------------------------------------------------------------------------- */
 
 static cJSON *single(cJSON *rule)
@@ -344,10 +355,7 @@ static int tool_check_ltv(void *userdata, const cJSON *arguments, cJSON **ret_re
     const cJSON *policy;
     const char *product;
     double amount, collateral;
-    int rc = mcp_args_only("check_ltv", arguments, known, err);
-    rc = rc ? rc : version_arg("check_ltv", arguments, &policy, err);
-    rc = rc ? rc : product_arg("check_ltv", arguments, &product, err);
-    rc = rc ? rc : amount_arg("check_ltv", arguments, "loan_amount", true, true, &amount, err);
+    int rc = loan_args("check_ltv", arguments, known, &policy, &product, &amount, err);
     rc =
         rc ? rc
            : amount_arg("check_ltv", arguments, "collateral_value", false, false, &collateral, err);
@@ -385,10 +393,7 @@ static int tool_check_exposure(void *userdata, const cJSON *arguments, cJSON **r
     const cJSON *policy;
     const char *product;
     double amount, existing;
-    int rc = mcp_args_only("check_exposure", arguments, known, err);
-    rc = rc ? rc : version_arg("check_exposure", arguments, &policy, err);
-    rc = rc ? rc : product_arg("check_exposure", arguments, &product, err);
-    rc = rc ? rc : amount_arg("check_exposure", arguments, "loan_amount", true, true, &amount, err);
+    int rc = loan_args("check_exposure", arguments, known, &policy, &product, &amount, err);
     rc = rc ? rc
             : amount_arg("check_exposure", arguments, "existing_exposure", false, false, &existing,
                          err);
@@ -417,10 +422,7 @@ static int tool_evaluate(void *userdata, const cJSON *arguments, cJSON **ret_res
     const cJSON *policy;
     const char *product;
     double amount, collateral, income, debts, payment, score, existing;
-    int rc = mcp_args_only(tool, arguments, known, err);
-    rc = rc ? rc : version_arg(tool, arguments, &policy, err);
-    rc = rc ? rc : product_arg(tool, arguments, &product, err);
-    rc = rc ? rc : amount_arg(tool, arguments, "loan_amount", true, true, &amount, err);
+    int rc = loan_args(tool, arguments, known, &policy, &product, &amount, err);
     rc = rc ? rc : amount_arg(tool, arguments, "collateral_value", false, false, &collateral, err);
     rc = rc ? rc : amount_arg(tool, arguments, "monthly_income", true, true, &income, err);
     rc = rc ? rc : amount_arg(tool, arguments, "monthly_debt_payments", true, false, &debts, err);
@@ -514,33 +516,32 @@ static const char policy_input[] =
 static const char score_input[] = "{\"type\":\"object\",\"properties\":{" SCORE_PROPERTY
                                   "," VERSION_PROPERTY "},\"additionalProperties\":false}";
 static const char
-    dti_input[] =
-        "{\"type\":\"object\",\"properties\":{" MONEY(
-            "monthly_income",
-            "Gross monthly income.") "," MONEY("monthly_debt_payments",
-                                               "Existing monthly debt payments (the bureau's "
-                                               "total).") "," MONEY("proposed_monthly_payment",
-                                                                    "The new loan's monthly "
-                                                                    "payment (default 0).") "," VERSION_PROPERTY
-                                                                                            "},"
-                                                                                            "\"requ"
-                                                                                            "ired\""
-                                                                                            ":["
-                                                                                            "\"mont"
-                                                                                            "hly_"
-                                                                                            "income"
-                                                                                            "\","
-                                                                                            "\"mont"
-                                                                                            "hly_"
-                                                                                            "debt_"
-                                                                                            "paymen"
-                                                                                            "ts\"],"
-                                                                                            "\"addi"
-                                                                                            "tional"
-                                                                                            "Proper"
-                                                                                            "ties\""
-                                                                                            ":false"
-                                                                                            "}";
+    dti_input
+        [] = "{\"type\":\"object\",\"properties\":{" MONEY("monthly_income", "Gross monthly "
+                                                                             "income.") "," MONEY(
+            "monthly_debt_payments",
+            "Existing monthly debt payments (the bureau's "
+            "total).") "," MONEY("proposed_monthly_payment",
+                                 "The new loan's monthly "
+                                 "payment (default 0).") "," VERSION_PROPERTY "},"
+                                                         "\"requ"
+                                                         "ired\""
+                                                         ":["
+                                                         "\"mont"
+                                                         "hly_"
+                                                         "income"
+                                                         "\","
+                                                         "\"mont"
+                                                         "hly_"
+                                                         "debt_"
+                                                         "paymen"
+                                                         "ts\"],"
+                                                         "\"addi"
+                                                         "tional"
+                                                         "Proper"
+                                                         "ties\""
+                                                         ":false"
+                                                         "}";
 static const char ltv_input[] = "{\"type\":\"object\",\"properties\":{" PRODUCT_PROPERTY "," MONEY(
     "loan_amount",
     "The amount "
@@ -557,29 +558,55 @@ static const char exposure_input[] =
                                 "(default 0).") "," VERSION_PROPERTY
                                                 "},\"required\":[\"product\",\"loan_amount\"],"
                                                 "\"additionalProperties\":false}";
-static const char
-    evaluate_input
-        [] = "{\"type\":\"object\",\"properties\":{" PRODUCT_PROPERTY
-             "," MONEY(
-                 "loan_amount",
-                 "The amount "
-                 "requested.") ",\"collateral_value\":{\"type\":[\"number\",\"null\"],\"minimum\":"
-                               "0}," MONEY("monthly_income",
-                                           "Gross monthly income (verified).") "," MONEY("monthly_"
-                                                                                         "debt_"
-                                                                                         "payments",
-                                                                                         "Existing "
-                                                                                         "monthly "
-                                                                                         "debt "
-                                                                                         "payments"
-                                                                                         ".") "," MONEY("proposed_monthly_payment",
-                                                                                                        "The new loan's monthly payment.") "," SCORE_PROPERTY
-                                                                                                                                           "," MONEY(
-                                                                                                                                               "existing_exposure",
-                                                                                                                                               "What the borrower already owes the lender.") "," VERSION_PROPERTY
-                                                                                                                                                                                             "},\"required\":[\"product\",\"loan_amount\",\"monthly_income\","
-                                                                                                                                                                                             "\"monthly_debt_payments\",\"proposed_monthly_payment\",\"score\"],"
-                                                                                                                                                                                             "\"additionalProperties\":false}";
+static const char evaluate_input[] =
+    "{\"type\":\"object\",\"properties\":{" PRODUCT_PROPERTY "," MONEY(
+        "loan_amount",
+        "The amount "
+        "requested.") ",\"collateral_value\":{\"type\":[\"number\",\"null\"],\"minimum\":"
+                      "0}," MONEY("monthly_income", "Gross monthly income (verified).") "," MONEY(
+                          "monthly_"
+                          "debt_"
+                          "payments",
+                          "Existing "
+                          "monthly "
+                          "debt "
+                          "payments"
+                          ".") "," MONEY("proposed_monthly_payment",
+                                         "The new loan's monthly payment.") "," SCORE_PROPERTY
+                                                                            "," MONEY(
+                                                                                "existing_exposure",
+                                                                                "What the borrower "
+                                                                                "already owes the "
+                                                                                "lender.") "," VERSION_PROPERTY
+                                                                                           "},"
+                                                                                           "\"requi"
+                                                                                           "red\":["
+                                                                                           "\"produ"
+                                                                                           "ct\","
+                                                                                           "\"loan_"
+                                                                                           "amount"
+                                                                                           "\","
+                                                                                           "\"month"
+                                                                                           "ly_"
+                                                                                           "income"
+                                                                                           "\","
+                                                                                           "\"month"
+                                                                                           "ly_"
+                                                                                           "debt_"
+                                                                                           "payment"
+                                                                                           "s\","
+                                                                                           "\"propo"
+                                                                                           "sed_"
+                                                                                           "monthly"
+                                                                                           "_paymen"
+                                                                                           "t\","
+                                                                                           "\"score"
+                                                                                           "\"],"
+                                                                                           "\"addit"
+                                                                                           "ionalPr"
+                                                                                           "opertie"
+                                                                                           "s\":"
+                                                                                           "false}";
 
 static const char policy_schema[] =
     "{\"type\":\"object\",\"properties\":{\"policy\":{\"type\":\"string\"},"
@@ -609,9 +636,7 @@ static const char evaluate_schema[] =
 static int read_policy(void *userdata, const char *uri, const cJSON *vars, cJSON **ret_contents,
                        struct tr_error *err)
 {
-    char *text = cJSON_Print(userdata);
-    *ret_contents = mcp_resource_text(uri, "application/json", text);
-    free(text);
+    *ret_contents = mcp_resource_json(uri, cJSON_Duplicate(userdata, 1));
     return 0;
 }
 
@@ -663,8 +688,7 @@ static int setup(void *userdata, struct mcp_server *server, struct tr_error *err
                   policy_input, policy_schema, tool_get_policy),
     };
 #undef RULE_TOOL
-    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-        mcp_server_add_tool(server, &tools[i]);
+    mcp_server_add_tools(server, tools, sizeof(tools) / sizeof(tools[0]));
     mcp_server_add_resource(server, &(struct mcp_resource_def){
                                         .uri = "policy://lending/v3",
                                         .name = "lending-policy-v3",

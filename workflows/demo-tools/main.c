@@ -193,8 +193,7 @@ static const struct mcp_tool_def tools[] = {
 
 static int setup(void *userdata, struct mcp_server *server, struct tr_error *err)
 {
-    for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-        mcp_server_add_tool(server, &tools[i]);
+    mcp_server_add_tools(server, tools, sizeof(tools) / sizeof(tools[0]));
     return 0;
 }
 
