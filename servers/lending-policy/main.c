@@ -156,6 +156,26 @@ static cJSON *check_score_rule(const cJSON *policy, double score)
     return rule_result(policy, id, "score", PASS, score, approve, NULL, text);
 }
 
+/*
+ * A ratio against its two bounds: above decline it fails, above approve it is referred, else
+ * it passes. text holds the explanation's start ("debt-to-income ... = 44.0%"); this ends it.
+ */
+static cJSON *ratio_rule(const cJSON *policy, const char *id, const char *check, double ratio,
+                         double approve, double decline, const char *fail_code,
+                         const char *refer_code, char *text, size_t size)
+{
+    size_t used = strlen(text);
+    enum outcome outcome = ratio > decline ? FAIL : ratio > approve ? REFER : PASS;
+    double limit = outcome == FAIL ? decline : approve;
+    snprintf(text + used, size - used, " is %s %.0f%%%s", outcome == PASS ? "at most" : "above",
+             limit * 100, outcome == REFER ? ", within the review band" : "");
+    return rule_result(policy, id, check, outcome, ratio, limit,
+                       outcome == FAIL    ? fail_code
+                       : outcome == REFER ? refer_code
+                                          : NULL,
+                       text);
+}
+
 static cJSON *check_dti_rule(const cJSON *policy, double income, double debts, double payment)
 {
     const cJSON *rule = cJSON_GetObjectItem(policy, "dti");
@@ -165,18 +185,8 @@ static cJSON *check_dti_rule(const cJSON *policy, double income, double debts, d
     char text[256];
     snprintf(text, sizeof(text), "debt-to-income (%.0f + %.0f) / %.0f = %.1f%%", debts, payment,
              income, dti * 100);
-    if (dti > decline) {
-        snprintf(text + strlen(text), sizeof(text) - strlen(text), " is above %.0f%%",
-                 decline * 100);
-        return rule_result(policy, id, "dti", FAIL, dti, decline, "DTI_EXCESSIVE", text);
-    }
-    if (dti > approve) {
-        snprintf(text + strlen(text), sizeof(text) - strlen(text),
-                 " is above %.0f%%, within the review band", approve * 100);
-        return rule_result(policy, id, "dti", REFER, dti, approve, "DTI_ELEVATED", text);
-    }
-    snprintf(text + strlen(text), sizeof(text) - strlen(text), " is at most %.0f%%", approve * 100);
-    return rule_result(policy, id, "dti", PASS, dti, approve, NULL, text);
+    return ratio_rule(policy, id, "dti", dti, approve, decline, "DTI_EXCESSIVE", "DTI_ELEVATED",
+                      text, sizeof(text));
 }
 
 static cJSON *check_ltv_rule(const cJSON *policy, const char *product, double amount,
@@ -200,18 +210,8 @@ static cJSON *check_ltv_rule(const cJSON *policy, const char *product, double am
     double ltv = amount / collateral;
     snprintf(text, sizeof(text), "loan-to-value %.0f / %.0f = %.1f%%", amount, collateral,
              ltv * 100);
-    if (ltv > decline) {
-        snprintf(text + strlen(text), sizeof(text) - strlen(text), " is above %.0f%%",
-                 decline * 100);
-        return rule_result(policy, id, "ltv", FAIL, ltv, decline, "LTV_EXCESSIVE", text);
-    }
-    if (ltv > approve) {
-        snprintf(text + strlen(text), sizeof(text) - strlen(text),
-                 " is above %.0f%%, within the review band", approve * 100);
-        return rule_result(policy, id, "ltv", REFER, ltv, approve, "LTV_ELEVATED", text);
-    }
-    snprintf(text + strlen(text), sizeof(text) - strlen(text), " is at most %.0f%%", approve * 100);
-    return rule_result(policy, id, "ltv", PASS, ltv, approve, NULL, text);
+    return ratio_rule(policy, id, "ltv", ltv, approve, decline, "LTV_EXCESSIVE", "LTV_ELEVATED",
+                      text, sizeof(text));
 }
 
 /* Two rules: the product's maximum amount, and the borrower's total exposure. */
@@ -515,33 +515,32 @@ static const char policy_input[] =
     "{\"type\":\"object\",\"properties\":{" VERSION_PROPERTY "},\"additionalProperties\":false}";
 static const char score_input[] = "{\"type\":\"object\",\"properties\":{" SCORE_PROPERTY
                                   "," VERSION_PROPERTY "},\"additionalProperties\":false}";
-static const char
-    dti_input
-        [] = "{\"type\":\"object\",\"properties\":{" MONEY("monthly_income", "Gross monthly "
-                                                                             "income.") "," MONEY(
-            "monthly_debt_payments",
-            "Existing monthly debt payments (the bureau's "
-            "total).") "," MONEY("proposed_monthly_payment",
-                                 "The new loan's monthly "
-                                 "payment (default 0).") "," VERSION_PROPERTY "},"
-                                                         "\"requ"
-                                                         "ired\""
-                                                         ":["
-                                                         "\"mont"
-                                                         "hly_"
-                                                         "income"
-                                                         "\","
-                                                         "\"mont"
-                                                         "hly_"
-                                                         "debt_"
-                                                         "paymen"
-                                                         "ts\"],"
-                                                         "\"addi"
-                                                         "tional"
-                                                         "Proper"
-                                                         "ties\""
-                                                         ":false"
-                                                         "}";
+static const char dti_input[] = "{\"type\":\"object\",\"properties\":{" MONEY(
+    "monthly_income",
+    "Gross monthly "
+    "income.") "," MONEY("monthly_debt_payments",
+                         "Existing monthly debt payments (the bureau's "
+                         "total).") "," MONEY("proposed_monthly_payment",
+                                              "The new loan's monthly "
+                                              "payment (default 0).") "," VERSION_PROPERTY "},"
+                                                                      "\"requ"
+                                                                      "ired\""
+                                                                      ":["
+                                                                      "\"mont"
+                                                                      "hly_"
+                                                                      "income"
+                                                                      "\","
+                                                                      "\"mont"
+                                                                      "hly_"
+                                                                      "debt_"
+                                                                      "paymen"
+                                                                      "ts\"],"
+                                                                      "\"addi"
+                                                                      "tional"
+                                                                      "Proper"
+                                                                      "ties\""
+                                                                      ":false"
+                                                                      "}";
 static const char ltv_input[] = "{\"type\":\"object\",\"properties\":{" PRODUCT_PROPERTY "," MONEY(
     "loan_amount",
     "The amount "
