@@ -646,6 +646,14 @@ Test(loan_servers, http_refuses_what_the_transport_forbids, .timeout = 60)
          &reply);
     cr_assert_eq(reply.status, 400);
     cr_assert(strstr(reply.body, "-32022"), "%s", reply.body);
+    /* A body over the 16 MiB cap is refused whole, and the server goes on. */
+    size_t huge = 17u * 1024 * 1024;
+    char *big = malloc(huge + 1);
+    memset(big, ' ', huge);
+    big[huge] = '\0';
+    http(url, "POST", json, big, &reply);
+    free(big);
+    cr_assert_eq(reply.status, 413, "%ld %s", reply.status, reply.body);
     /* A notification is accepted with no body. */
     http(url, "POST", json, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}",
          &reply);
