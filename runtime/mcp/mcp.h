@@ -1,8 +1,9 @@
 /*
  * mcp: the Model Context Protocol client (sessions with MCP servers over stdio or Streamable
  * HTTP, in both protocol eras: the initialize handshake of 2024-11-05..2025-11-25 and the
- * stateless per-request metadata of 2026-07-28) and a small server side used by troupe's demo
- * servers and test servers.
+ * stateless per-request metadata of 2026-07-28) and the server side of troupe's own MCP servers
+ * (servers/, troupe-demo-tools, the test servers): tools, resources, both eras, stdio; HTTP and
+ * the programs' main() live in the separate library troupe-mcp-server (libmicrohttpd).
  *
  * Ownership: cJSON values passed in are borrowed; cJSON values returned through ret_*
  * parameters belong to the caller (cJSON_Delete). Strings returned by accessors live as long
