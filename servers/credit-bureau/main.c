@@ -17,20 +17,14 @@
 #define DATA_FILE "credit-bureau.db"
 /* Calls for one applicant past this many (in this process) never fail by injection. */
 #define MAX_INJECTED_PER_APPLICANT 2
-#define ATTEMPT_BUCKETS 4096
-
-struct attempt {
-    char *key; /* "TOOL APPLICANT" */
-    unsigned count;
-    struct attempt *next;
-};
 
 struct bureau {
     const char *data_path;
+    const char *attempts_path; /* --attempts: shared by several processes; else in memory */
     sqlite3 *db;
+    sqlite3 *attempts; /* attempts (key, count), opened when --fail-rate is above 0 */
     double fail_rate;
     uint64_t seed;
-    struct attempt *attempts[ATTEMPT_BUCKETS];
 };
 
 static const char *const applicant_prefixes[] = {"A", "C", NULL};
@@ -51,23 +45,33 @@ static uint64_t mix(uint64_t z)
     return z ^ (z >> 31);
 }
 
-/* How many times this process has been asked tool for applicant before (then counts this one). */
-static unsigned next_attempt(struct bureau *b, const char *tool, const char *applicant)
+/*
+ * How many times tool was called for applicant before this call (which it counts), in this
+ * process or, with --attempts, in every process that shares the file.
+ */
+static int next_attempt(struct bureau *b, const char *tool, const char *applicant,
+                        unsigned *ret_attempt, struct tr_error *err)
 {
-    char *key = xasprintf("%s %s", tool, applicant);
-    struct attempt **bucket = &b->attempts[fnv1a(0xCBF29CE484222325ull, key) % ATTEMPT_BUCKETS];
-    for (struct attempt *a = *bucket; a; a = a->next) {
-        if (strcmp(a->key, key) == 0) {
-            free(key);
-            return a->count++;
-        }
+    char key[96];
+    snprintf(key, sizeof(key), "%llu/%s/%s", (unsigned long long)b->seed, tool, applicant);
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(b->attempts,
+                                "INSERT INTO attempts VALUES (?1, 1) ON CONFLICT (key)"
+                                " DO UPDATE SET count = count + 1 RETURNING count",
+                                -1, &stmt, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
+        rc = sqlite3_step(stmt);
     }
-    struct attempt *a = xcalloc(1, sizeof(*a));
-    a->key = key;
-    a->count = 1;
-    a->next = *bucket;
-    *bucket = a;
-    return 0;
+    if (rc != SQLITE_ROW) {
+        rc = tr_error_set(err, TR_EIO, "%s: cannot count attempts: %s", tool,
+                          sqlite3_errmsg(b->attempts));
+    } else {
+        *ret_attempt = (unsigned)sqlite3_column_int64(stmt, 0) - 1;
+        rc = 0;
+    }
+    sqlite3_finalize(stmt);
+    return rc;
 }
 
 /*
@@ -75,13 +79,15 @@ static unsigned next_attempt(struct bureau *b, const char *tool, const char *app
  * rate, for the first MAX_INJECTED_PER_APPLICANT attempts only. The same seed and the same
  * sequence of calls give the same failures, and a retry draws anew, so it can succeed.
  */
-static bool injected_failure(struct bureau *b, const char *tool, const char *applicant)
+static int injected_failure(struct bureau *b, const char *tool, const char *applicant,
+                            struct tr_error *err)
 {
     if (b->fail_rate <= 0)
-        return false;
-    unsigned attempt = next_attempt(b, tool, applicant);
-    if (attempt >= MAX_INJECTED_PER_APPLICANT)
-        return false;
+        return 0;
+    unsigned attempt = 0;
+    int rc = next_attempt(b, tool, applicant, &attempt, err);
+    if (rc < 0 || attempt >= MAX_INJECTED_PER_APPLICANT)
+        return rc;
     char text[96];
     snprintf(text, sizeof(text), "%s/%s/%u", tool, applicant, attempt);
     uint64_t h = mix(fnv1a(0xCBF29CE484222325ull ^ mix(b->seed), text));
@@ -193,10 +199,10 @@ static int begin_call(struct bureau *b, const char *tool, const cJSON *arguments
     if (rc == 0)
         rc = loan_data_id_arg(tool, arguments, "applicant_id", applicant_prefixes,
                               "A00042 (or C00042 for a co-applicant)", ret_applicant, err);
-    if (rc == 0 && injected_failure(b, tool, *ret_applicant)) {
+    if (rc == 0)
+        rc = injected_failure(b, tool, *ret_applicant, err);
+    if (rc == 1)
         *ret_result = unavailable(tool, *ret_applicant);
-        return 1;
-    }
     return rc;
 }
 
@@ -362,10 +368,34 @@ static int set_seed(void *userdata, const char *value, struct tr_error *err)
     return 0;
 }
 
+static int set_attempts(void *userdata, const char *value, struct tr_error *err)
+{
+    ((struct bureau *)userdata)->attempts_path = value;
+    return 0;
+}
+
+/* The attempt counts: in memory, or in the --attempts file that several processes share. */
+static int open_attempts(struct bureau *b, struct tr_error *err)
+{
+    const char *path = b->attempts_path ? b->attempts_path : ":memory:";
+    if (sqlite3_open(path, &b->attempts) != SQLITE_OK ||
+        sqlite3_busy_timeout(b->attempts, 10000) != SQLITE_OK ||
+        sqlite3_exec(b->attempts,
+                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;"
+                     "CREATE TABLE IF NOT EXISTS attempts (key TEXT PRIMARY KEY,"
+                     " count INTEGER NOT NULL)",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        return tr_error_set(err, TR_EIO, "--attempts %s: %s", path,
+                            b->attempts ? sqlite3_errmsg(b->attempts) : "out of memory");
+    return 0;
+}
+
 static int setup(void *userdata, struct mcp_server *server, struct tr_error *err)
 {
     struct bureau *b = userdata;
     int rc = loan_data_open(b->data_path, DATA_FILE, &b->db, err);
+    if (rc == 0 && b->fail_rate > 0)
+        rc = open_attempts(b, err);
     if (rc < 0)
         return rc;
     mcp_server_set_instructions(
@@ -421,13 +451,7 @@ static void teardown(void *userdata)
 {
     struct bureau *b = userdata;
     sqlite3_close(b->db);
-    for (size_t i = 0; i < ATTEMPT_BUCKETS; i++) {
-        for (struct attempt *a = b->attempts[i], *next; a; a = next) {
-            next = a->next;
-            free(a->key);
-            free(a);
-        }
-    }
+    sqlite3_close(b->attempts);
 }
 
 int main(int argc, char **argv)
@@ -439,6 +463,10 @@ int main(int argc, char **argv)
         {"fail-rate", "P",
          "fail that share (0..1, default 0) of tool calls with BUREAU_UNAVAILABLE", set_fail_rate},
         {"seed", "N", "the seed of those failures (default 0)", set_seed},
+        {"attempts", "FILE",
+         "count attempts in this SQLite file, shared by every server given it (default: in "
+         "memory, per process)",
+         set_attempts},
     };
     const struct mcp_server_program program = {
         .name = PROGRAM,
@@ -446,8 +474,8 @@ int main(int argc, char **argv)
             "A synthetic credit bureau as an MCP server: tools pull_report and get_score, and\n"
             "resources bureau://reports/{applicant_id}. With --fail-rate P, a call fails with a\n"
             "retryable error when a hash of (seed, tool, applicant, attempt) falls below P, for\n"
-            "an applicant's first two calls to a tool in this process: the same seed and calls\n"
-            "fail the same way, and a retry can succeed.",
+            "an applicant's first two calls to a tool (in this process, or in all that share\n"
+            "--attempts FILE): the same seed and calls fail the same way, and a retry can succeed.",
         .options = options,
         .n_options = sizeof(options) / sizeof(options[0]),
         .setup = setup,

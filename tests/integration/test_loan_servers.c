@@ -352,6 +352,50 @@ Test(loan_servers, credit_bureau_failures_are_seeded_and_retries_succeed, .timeo
     free(clean);
 }
 
+/* Whether get_score fails for applicant number n on this server (one call). */
+static bool score_fails(struct server *srv, int n)
+{
+    char args[64];
+    snprintf(args, sizeof(args), "{\"applicant_id\":\"A%05d\"}", n);
+    cJSON *result = call(srv, "get_score", args);
+    bool failed = cJSON_IsTrue(cJSON_GetObjectItem(result, "isError"));
+    cJSON_Delete(result);
+    return failed;
+}
+
+Test(loan_servers, credit_bureau_processes_sharing_attempts_count_together, .timeout = 60)
+{
+    char *dir = harness_tempdir();
+    char *file = xasprintf("%s/attempts.db", dir);
+    const char *shared[] = {"--fail-rate", "0.25", "--seed", "7", "--attempts", file, NULL};
+    const char *own[] = {"--fail-rate", "0.25", "--seed", "7", NULL};
+    struct server a, b, c;
+    start(&a, "troupe-credit-bureau", shared, STDIO, MODERN);
+    start(&b, "troupe-credit-bureau", shared, HTTP, MODERN);
+    start(&c, "troupe-credit-bureau", own, STDIO, MODERN);
+    int failed = 0, failed_again = 0;
+    for (int n = 11; n < 91; n++) {
+        if (!score_fails(&a, n))
+            continue;
+        failed++;
+        /* Another process with its own count draws attempt 0 again: the same failure. */
+        cr_assert(score_fails(&c, n), "A%05d: attempt 0 is the same draw everywhere", n);
+        /* A process sharing the count goes on to attempts 1 and 2: the last never fails. */
+        bool second = score_fails(&b, n);
+        failed_again += second;
+        if (second)
+            cr_assert(!score_fails(&b, n), "A%05d fails a third time", n);
+    }
+    cr_assert_gt(failed, 0);
+    /* Had b counted on its own, its first call of each would have been attempt 0: all failing. */
+    cr_assert_lt(failed_again, failed);
+    stop(&a);
+    stop(&b);
+    stop(&c);
+    free(file);
+    free(dir);
+}
+
 /* ---- documents --------------------------------------------------------------------------- */
 
 Test(loan_servers, documents_serves_applications_documents_and_checks, .timeout = 60)
