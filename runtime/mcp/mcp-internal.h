@@ -23,6 +23,8 @@
 #define MCP__INVALID_PARAMS (-32602)
 #define MCP__INTERNAL_ERROR (-32603)
 #define MCP__UNSUPPORTED_PROTOCOL_VERSION (-32022)
+#define MCP__RESOURCE_NOT_FOUND (-32002) /* the handshake era's; -32602 in the modern one */
+#define MCP__HEADER_MISMATCH (-32020)
 
 /* Protocol revisions troupe speaks, newest first; NULL-ended. */
 extern const char *const mcp__supported_versions[];
@@ -320,5 +322,16 @@ void mcp__headers_free(char **headers);
 bool mcp__tool_headers_valid(const cJSON *tool);
 /* "=?base64?...?=" for values unsafe in a header, else the value; caller frees. */
 char *mcp__header_value(const char *value);
+
+/* ---- server side (server.c, for server_http.c) -------------------------------------------- */
+
+/*
+ * Answers one parsed JSON-RPC message; returns the response (the caller's), or NULL for a
+ * notification or a response. transport_version is the version the transport declares (the
+ * HTTP MCP-Protocol-Version header), or NULL: a modern one makes the request modern even
+ * without _meta, which is then an error.
+ */
+cJSON *mcp__server_handle(const struct mcp_server *server, const cJSON *msg,
+                          const char *transport_version);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * mcp: the Model Context Protocol client (sessions with MCP servers over stdio or Streamable
  * HTTP, in both protocol eras: the initialize handshake of 2024-11-05..2025-11-25 and the
- * stateless per-request metadata of 2026-07-28) and a small server side used by troupe's demo
- * servers and test servers.
+ * stateless per-request metadata of 2026-07-28) and the server side of troupe's own MCP servers
+ * (servers/, troupe-demo-tools, the test servers): tools, resources, both eras, stdio; HTTP and
+ * the programs' main() live in the separate library troupe-mcp-server (libmicrohttpd).
  *
  * Ownership: cJSON values passed in are borrowed; cJSON values returned through ret_*
  * parameters belong to the caller (cJSON_Delete). Strings returned by accessors live as long
@@ -282,16 +283,28 @@ void mcp_session_free(struct mcp_session **session);
  */
 void mcp_session_free_now(struct mcp_session **session);
 
-/* ---- server side (demo and test servers) -------------------------------------------------- */
+/* ---- server side (troupe's MCP servers: servers/, demo and test servers) ------------------ */
 
 struct mcp_server;
 
 /*
- * A tool handler: returns 0 with a CallToolResult in *ret_result (see mcp_result_text), or a
- * negative code with err set, which the server turns into a result with isError true.
+ * A tool handler: returns 0 with a CallToolResult in *ret_result (see mcp_result_text and
+ * mcp_result_structured), or a negative code with err set, which the server turns into a
+ * result with isError true (a tool error the model can see, not a JSON-RPC error).
  */
 typedef int (*mcp_tool_fn)(void *userdata, const cJSON *arguments, cJSON **ret_result,
                            struct tr_error *err);
+
+/* A tool's behaviour hints (ToolAnnotations); with MCP_TOOL_ANNOTATED all four are sent. */
+enum mcp_tool_hints {
+    MCP_TOOL_ANNOTATED = 1 << 0,
+    MCP_TOOL_READ_ONLY = 1 << 1,   /* readOnlyHint: changes nothing */
+    MCP_TOOL_DESTRUCTIVE = 1 << 2, /* destructiveHint: may destroy or overwrite */
+    MCP_TOOL_IDEMPOTENT = 1 << 3,  /* idempotentHint: calling again changes nothing more */
+    MCP_TOOL_OPEN_WORLD = 1 << 4,  /* openWorldHint: reaches beyond its own data */
+};
+/* The hints of a tool that only reads its own data. */
+#define MCP_TOOL_QUERY (MCP_TOOL_ANNOTATED | MCP_TOOL_READ_ONLY | MCP_TOOL_IDEMPOTENT)
 
 struct mcp_tool_def {
     const char *name;
@@ -299,18 +312,83 @@ struct mcp_tool_def {
     const char *input_schema_json; /* JSON Schema of the arguments, as JSON text */
     mcp_tool_fn fn;
     void *userdata;
+    const char *title;              /* a display name, or NULL */
+    const char *output_schema_json; /* JSON Schema of structuredContent, or NULL; a tool that
+                                       declares one must return structuredContent */
+    unsigned hints;                 /* enum mcp_tool_hints, or 0 for no annotations */
 };
+
+/*
+ * Reads a resource: returns 0 with *ret_contents an array of ResourceContents (see
+ * mcp_resource_text), TR_ENOTFOUND when there is no such resource (err may say why), or
+ * another negative code with err set. vars holds a template's variables by name (NULL for a
+ * fixed resource).
+ */
+typedef int (*mcp_resource_read_fn)(void *userdata, const char *uri, const cJSON *vars,
+                                    cJSON **ret_contents, struct tr_error *err);
+/*
+ * Enumerates a template's resources for resources/list: appends the Resource objects from
+ * offset on, at most limit of them (limit may be 0), to list, and sets *ret_total to how many
+ * there are in all.
+ */
+typedef int (*mcp_resource_list_fn)(void *userdata, size_t offset, size_t limit, cJSON *list,
+                                    size_t *ret_total, struct tr_error *err);
+
+struct mcp_resource_def {
+    const char *uri;
+    const char *name;
+    const char *title;       /* or NULL */
+    const char *description; /* or NULL */
+    const char *mime_type;   /* or NULL */
+    mcp_resource_read_fn read;
+    void *userdata;
+};
+
+struct mcp_resource_template_def {
+    const char *uri_template; /* RFC 6570 level 1: "docs://applications/{id}/{doc}" */
+    const char *name;
+    const char *title;
+    const char *description;
+    const char *mime_type;
+    mcp_resource_read_fn read; /* called for a URI the template matches, with its variables */
+    mcp_resource_list_fn list; /* NULL: its resources are not listed */
+    void *userdata;
+};
+
+/*
+ * Argument checks for tool handlers, with messages that name the tool ("TOOL: missing required
+ * argument 'x' (a string)"). Each returns 0 or TR_EINVAL with err set. mcp_args_only fails
+ * unless arguments holds only the listed names (NULL-ended); mcp_arg_string and
+ * mcp_arg_number write *ret_value only when the argument is there (null counts as absent for
+ * an optional one), and fail when a required one is missing or one has the wrong type.
+ */
+int mcp_args_only(const char *tool, const cJSON *arguments, const char *const *known,
+                  struct tr_error *err) TR_MUST_CHECK;
+int mcp_arg_string(const char *tool, const cJSON *arguments, const char *name, bool required,
+                   const char **ret_value, struct tr_error *err) TR_MUST_CHECK;
+int mcp_arg_number(const char *tool, const cJSON *arguments, const char *name, bool required,
+                   double *ret_value, struct tr_error *err) TR_MUST_CHECK;
 
 /* A server named name/version that offers the tools capability. Never NULL. */
 struct mcp_server *mcp_server_new(const char *name, const char *version);
+/* The instructions sent with initialize and server/discover (copied; NULL for none). */
+void mcp_server_set_instructions(struct mcp_server *server, const char *instructions);
 /* Registers a tool; def's strings must outlive the server. */
 void mcp_server_add_tool(struct mcp_server *server, const struct mcp_tool_def *def);
+/* Registers count tools of a table. */
+void mcp_server_add_tools(struct mcp_server *server, const struct mcp_tool_def *defs, size_t count);
+/* Registers a resource, or a template; the server then offers the resources capability. */
+void mcp_server_add_resource(struct mcp_server *server, const struct mcp_resource_def *def);
+void mcp_server_add_resource_template(struct mcp_server *server,
+                                      const struct mcp_resource_template_def *def);
 /*
  * Serves newline-delimited JSON-RPC on in_fd/out_fd until in_fd reaches end of file:
  * initialize (version negotiation) or, in the modern era, server/discover and requests
- * carrying their version in _meta (an unsupported one gets -32022), ping, tools/list,
- * tools/call; other methods get
- * JSON-RPC error -32601, malformed input -32700/-32600. Returns 0 at end of input.
+ * carrying their version and client capabilities in _meta (an unsupported version gets
+ * -32022, missing _meta fields -32602, handshake-era methods -32601), ping, tools/list,
+ * tools/call, resources/list (pages of 100), resources/templates/list, resources/read (an
+ * unknown URI: -32002, or -32602 in the modern era); other methods get JSON-RPC error -32601,
+ * malformed input -32700/-32600. Returns 0 at end of input.
  */
 int mcp_server_run_stdio(struct mcp_server *server, int in_fd, int out_fd,
                          struct tr_error *err) TR_MUST_CHECK;
@@ -321,9 +399,55 @@ void mcp_server_free(struct mcp_server **server);
  */
 int mcp_server_main(const char *name, const struct mcp_tool_def *tools, size_t count);
 
+/* ---- server programs over stdio or HTTP (library troupe-mcp-server: libmicrohttpd) ------- */
+
+/*
+ * Serves Streamable HTTP at http://HOST:PORT/mcp (listen is "PORT" or "HOST:PORT"; HOST
+ * defaults to 127.0.0.1, port 0 picks a free one) until SIGINT or SIGTERM. POST answers with
+ * one JSON response (202 for notifications); GET and DELETE get 405; requests from an Origin
+ * or Host other than the listening address are refused (403, DNS rebinding). In the modern era
+ * the MCP-Protocol-Version, Mcp-Method and Mcp-Name headers must match the body (-32020) and
+ * errors use 400 (404 for -32601). Once listening, calls ready (if not NULL) with the URL.
+ */
+int mcp_server_run_http(struct mcp_server *server, const char *listen,
+                        void (*ready)(const char *url, void *userdata), void *userdata,
+                        struct tr_error *err) TR_MUST_CHECK;
+
+/* An option a server program adds to the common ones (--http, --help, --version). */
+struct mcp_server_option {
+    const char *name;     /* the long option without its dashes: "data" for --data */
+    const char *arg_name; /* "FILE", "P": every option takes a value */
+    const char *help;
+    /* Takes the value; returns a negative code with err set when it is not acceptable. */
+    int (*set)(void *userdata, const char *value, struct tr_error *err);
+};
+
+struct mcp_server_program {
+    const char *name;  /* the program's name, e.g. "troupe-credit-bureau" */
+    const char *about; /* the paragraphs --help prints after the usage line */
+    const struct mcp_server_option *options;
+    size_t n_options;
+    /* After the options: registers tools and resources (opens data files, ...). */
+    int (*setup)(void *userdata, struct mcp_server *server, struct tr_error *err);
+    void (*teardown)(void *userdata); /* may be NULL */
+    void *userdata;
+};
+
+/*
+ * main() of a server program: parses argv (--http [HOST:]PORT serves Streamable HTTP and
+ * prints the endpoint's URL on stdout; without it, stdio), sets the server up and serves.
+ * Returns the exit status: 0, 1 for a failure while serving or setting up, 2 for a usage
+ * error; each failure is one line on stderr, "NAME: what went wrong".
+ */
+int mcp_server_program_main(const struct mcp_server_program *program, int argc, char **argv);
+
 /* A CallToolResult with one text content item. */
 cJSON *mcp_result_text(const char *text, bool is_error);
 /* A CallToolResult with structuredContent (taken over) and its JSON text as a text item. */
 cJSON *mcp_result_structured(cJSON *structured);
+/* The contents of resources/read: one TextResourceContents (mime_type may be NULL). */
+cJSON *mcp_resource_text(const char *uri, const char *mime_type, const char *text);
+/* The same for a JSON value (taken over), as indented application/json text. */
+cJSON *mcp_resource_json(const char *uri, cJSON *value);
 
 #endif

@@ -251,36 +251,41 @@ static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, stru
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
 }
 
+/* Designated, so that the fields a tool leaves out (title, output schema, hints) are zero. */
+#define TOOL(name_, description_, schema_, fn_)                                                    \
+    {                                                                                              \
+        .name = name_, .description = description_, .input_schema_json = schema_, .fn = fn_        \
+    }
+
 static const struct mcp_tool_def tools[] = {
-    {"exit_mid_call", "Exits at once with status code (default 3), without replying.",
-     "{\"type\":\"object\",\"properties\":{\"code\":{\"type\":\"integer\",\"default\":3}}}",
-     exit_mid_call, NULL},
-    {"sleep", "Sleeps ms milliseconds, then replies \"slept\".",
-     "{\"type\":\"object\",\"properties\":{\"ms\":{\"type\":\"integer\"}},"
-     "\"required\":[\"ms\"]}",
-     sleep_tool, NULL},
-    {"garbage", "Writes a line that is not JSON to stdout, then replies.", "{\"type\":\"object\"}",
-     garbage, NULL},
-    {"huge", "Writes one JSON notification line of the given size, then replies.",
-     "{\"type\":\"object\",\"properties\":{\"bytes\":{\"type\":\"integer\"}}}", huge, NULL},
-    {"unknown_id", "Writes responses with ids nobody asked for, then replies.",
-     "{\"type\":\"object\"}", unknown_id, NULL},
-    {"stderr_noise", "Writes lines to stderr, then replies.",
-     "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"integer\"}}}", stderr_noise, NULL},
-    {"ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
-     "{\"type\":\"object\"}", ask_client, NULL},
-    {"fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail, NULL},
-    {"environ", "Replies with its whole environment (or its parent's), one NAME=value a line.",
-     "{\"type\":\"object\",\"properties\":{\"parent\":{\"type\":\"boolean\"}}}", environ_tool,
-     NULL},
-    {"reveal", "Replies with an environment variable's value in several encodings.",
-     "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
-     "\"fail\":{\"type\":\"boolean\"}},\"required\":[\"name\"]}",
-     reveal, NULL},
-    {"huge_number", "Replies with structuredContent {\"sum\": 1e400}.", "{\"type\":\"object\"}",
-     huge_number, NULL},
-    {"batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.", "{\"type\":\"object\"}",
-     batch, NULL},
+    TOOL("exit_mid_call", "Exits at once with status code (default 3), without replying.",
+         "{\"type\":\"object\",\"properties\":{\"code\":{\"type\":\"integer\",\"default\":3}}}",
+         exit_mid_call),
+    TOOL("sleep", "Sleeps ms milliseconds, then replies \"slept\".",
+         "{\"type\":\"object\",\"properties\":{\"ms\":{\"type\":\"integer\"}},"
+         "\"required\":[\"ms\"]}",
+         sleep_tool),
+    TOOL("garbage", "Writes a line that is not JSON to stdout, then replies.",
+         "{\"type\":\"object\"}", garbage),
+    TOOL("huge", "Writes one JSON notification line of the given size, then replies.",
+         "{\"type\":\"object\",\"properties\":{\"bytes\":{\"type\":\"integer\"}}}", huge),
+    TOOL("unknown_id", "Writes responses with ids nobody asked for, then replies.",
+         "{\"type\":\"object\"}", unknown_id),
+    TOOL("stderr_noise", "Writes lines to stderr, then replies.",
+         "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"integer\"}}}", stderr_noise),
+    TOOL("ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
+         "{\"type\":\"object\"}", ask_client),
+    TOOL("fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail),
+    TOOL("environ", "Replies with its whole environment (or its parent's), one NAME=value a line.",
+         "{\"type\":\"object\",\"properties\":{\"parent\":{\"type\":\"boolean\"}}}", environ_tool),
+    TOOL("reveal", "Replies with an environment variable's value in several encodings.",
+         "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+         "\"fail\":{\"type\":\"boolean\"}},\"required\":[\"name\"]}",
+         reveal),
+    TOOL("huge_number", "Replies with structuredContent {\"sum\": 1e400}.", "{\"type\":\"object\"}",
+         huge_number),
+    TOOL("batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.",
+         "{\"type\":\"object\"}", batch),
 };
 
 /* ---- broken handshakes ------------------------------------------------------------------- */

@@ -1,7 +1,7 @@
 /*
- * troupe-demo-tools: a deterministic demo MCP server over stdio (greet, word_count,
- * format_report, add, echo), built on runtime/mcp's server side. It keeps no state and touches
- * nothing outside its own stdin, stdout and stderr.
+ * troupe-demo-tools: a deterministic demo MCP server over stdio or Streamable HTTP (greet,
+ * word_count, format_report, add, echo), built on runtime/mcp's server side. It keeps no state
+ * and touches nothing outside its own stdin, stdout, stderr and, with --http, its socket.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -14,57 +14,15 @@
 
 #define PROGRAM "troupe-demo-tools"
 
-/* ---- argument checks --------------------------------------------------------------------- */
-
-/* Fails unless arguments holds only the listed names (NULL-ended). */
-static int only_known(const char *tool, const cJSON *arguments, const char *const *known,
-                      struct tr_error *err)
-{
-    for (const cJSON *item = arguments->child; item; item = item->next) {
-        bool found = false;
-        for (size_t i = 0; known[i] && !found; i++)
-            found = strcmp(item->string, known[i]) == 0;
-        if (!found)
-            return tr_error_set(err, TR_EINVAL, "%s: unexpected argument '%s'", tool, item->string);
-    }
-    return 0;
-}
-
-static int string_arg(const char *tool, const cJSON *arguments, const char *name,
-                      const char **ret_value, struct tr_error *err)
-{
-    const cJSON *value = cJSON_GetObjectItemCaseSensitive(arguments, name);
-    if (!value)
-        return tr_error_set(err, TR_EINVAL, "%s: missing required argument '%s' (a string)", tool,
-                            name);
-    if (!cJSON_IsString(value))
-        return tr_error_set(err, TR_EINVAL, "%s: argument '%s' must be a string", tool, name);
-    *ret_value = value->valuestring;
-    return 0;
-}
-
-static int number_arg(const char *tool, const cJSON *arguments, const char *name, double *ret_value,
-                      struct tr_error *err)
-{
-    const cJSON *value = cJSON_GetObjectItemCaseSensitive(arguments, name);
-    if (!value)
-        return tr_error_set(err, TR_EINVAL, "%s: missing required argument '%s' (a number)", tool,
-                            name);
-    if (!cJSON_IsNumber(value))
-        return tr_error_set(err, TR_EINVAL, "%s: argument '%s' must be a number", tool, name);
-    *ret_value = value->valuedouble;
-    return 0;
-}
-
 /* ---- tools ------------------------------------------------------------------------------- */
 
 static int greet(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
 {
     static const char *const known[] = {"name", NULL};
     const char *name;
-    int rc = only_known("greet", arguments, known, err);
+    int rc = mcp_args_only("greet", arguments, known, err);
     if (rc == 0)
-        rc = string_arg("greet", arguments, "name", &name, err);
+        rc = mcp_arg_string("greet", arguments, "name", true, &name, err);
     if (rc < 0)
         return rc;
     char *text = xasprintf("Hello, %s!", name);
@@ -78,9 +36,9 @@ static int word_count(void *userdata, const cJSON *arguments, cJSON **ret_result
 {
     static const char *const known[] = {"text", NULL};
     const char *text;
-    int rc = only_known("word_count", arguments, known, err);
+    int rc = mcp_args_only("word_count", arguments, known, err);
     if (rc == 0)
-        rc = string_arg("word_count", arguments, "text", &text, err);
+        rc = mcp_arg_string("word_count", arguments, "text", true, &text, err);
     if (rc < 0)
         return rc;
     /* Words: runs of non-whitespace (ASCII whitespace). Characters: Unicode code points. */
@@ -107,9 +65,9 @@ static int format_report(void *userdata, const cJSON *arguments, cJSON **ret_res
 {
     static const char *const known[] = {"title", "lines", NULL};
     const char *title;
-    int rc = only_known("format_report", arguments, known, err);
+    int rc = mcp_args_only("format_report", arguments, known, err);
     if (rc == 0)
-        rc = string_arg("format_report", arguments, "title", &title, err);
+        rc = mcp_arg_string("format_report", arguments, "title", true, &title, err);
     if (rc < 0)
         return rc;
     const cJSON *lines = cJSON_GetObjectItemCaseSensitive(arguments, "lines");
@@ -142,11 +100,11 @@ static int add(void *userdata, const cJSON *arguments, cJSON **ret_result, struc
 {
     static const char *const known[] = {"a", "b", NULL};
     double a, b;
-    int rc = only_known("add", arguments, known, err);
+    int rc = mcp_args_only("add", arguments, known, err);
     if (rc == 0)
-        rc = number_arg("add", arguments, "a", &a, err);
+        rc = mcp_arg_number("add", arguments, "a", true, &a, err);
     if (rc == 0)
-        rc = number_arg("add", arguments, "b", &b, err);
+        rc = mcp_arg_number("add", arguments, "b", true, &b, err);
     if (rc < 0)
         return rc;
     double sum = a + b;
@@ -162,9 +120,9 @@ static int echo(void *userdata, const cJSON *arguments, cJSON **ret_result, stru
 {
     static const char *const known[] = {"message", NULL};
     const char *message;
-    int rc = only_known("echo", arguments, known, err);
+    int rc = mcp_args_only("echo", arguments, known, err);
     if (rc == 0)
-        rc = string_arg("echo", arguments, "message", &message, err);
+        rc = mcp_arg_string("echo", arguments, "message", true, &message, err);
     if (rc < 0)
         return rc;
     *ret_result = mcp_result_text(message, false);
@@ -179,6 +137,7 @@ static const struct mcp_tool_def tools[] = {
                              "\"string\",\"description\":\"Who to greet.\"}},"
                              "\"required\":[\"name\"],\"additionalProperties\":false}",
         .fn = greet,
+        .hints = MCP_TOOL_QUERY,
     },
     {
         .name = "word_count",
@@ -189,6 +148,10 @@ static const struct mcp_tool_def tools[] = {
                              "\"string\",\"description\":\"The text to count.\"}},"
                              "\"required\":[\"text\"],\"additionalProperties\":false}",
         .fn = word_count,
+        .output_schema_json = "{\"type\":\"object\",\"properties\":{\"words\":{\"type\":"
+                              "\"integer\"},\"characters\":{\"type\":\"integer\"}},"
+                              "\"required\":[\"words\",\"characters\"]}",
+        .hints = MCP_TOOL_QUERY,
     },
     {
         .name = "format_report",
@@ -202,6 +165,7 @@ static const struct mcp_tool_def tools[] = {
                              "\"required\":[\"title\",\"lines\"],"
                              "\"additionalProperties\":false}",
         .fn = format_report,
+        .hints = MCP_TOOL_QUERY,
     },
     {
         .name = "add",
@@ -210,6 +174,9 @@ static const struct mcp_tool_def tools[] = {
                              "\"number\"},\"b\":{\"type\":\"number\"}},"
                              "\"required\":[\"a\",\"b\"],\"additionalProperties\":false}",
         .fn = add,
+        .output_schema_json = "{\"type\":\"object\",\"properties\":{\"sum\":{\"type\":"
+                              "\"number\"}},\"required\":[\"sum\"]}",
+        .hints = MCP_TOOL_QUERY,
     },
     {
         .name = "echo",
@@ -218,39 +185,29 @@ static const struct mcp_tool_def tools[] = {
                              "\"string\",\"description\":\"The text to send back.\"}},"
                              "\"required\":[\"message\"],\"additionalProperties\":false}",
         .fn = echo,
+        .hints = MCP_TOOL_QUERY,
     },
 };
 
 /* ---- main -------------------------------------------------------------------------------- */
 
-static void usage(FILE *out)
+static int setup(void *userdata, struct mcp_server *server, struct tr_error *err)
 {
-    fprintf(out, "Usage: " PROGRAM " [--help] [--version]\n"
-                 "\n"
-                 "A deterministic demo MCP server speaking JSON-RPC over stdin/stdout (stdio\n"
-                 "transport). It serves until its standard input closes. Tools:\n"
-                 "  greet {name}              text \"Hello, NAME!\"\n"
-                 "  word_count {text}         structured {\"words\", \"characters\"}\n"
-                 "  format_report {title, lines}  text report, one \"- \" line per item\n"
-                 "  add {a, b}                structured {\"sum\"}\n"
-                 "  echo {message}            the message as text\n");
+    mcp_server_add_tools(server, tools, sizeof(tools) / sizeof(tools[0]));
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--version") == 0) {
-            printf(PROGRAM " %s\n", TR_VERSION);
-            return 0;
-        }
-        fprintf(stderr, PROGRAM ": unknown argument '%s'\n", argv[i]);
-        usage(stderr);
-        return 2;
-    }
-
-    return mcp_server_main(PROGRAM, tools, sizeof(tools) / sizeof(tools[0]));
+    const struct mcp_server_program program = {
+        .name = PROGRAM,
+        .about = "A deterministic demo MCP server. Tools:\n"
+                 "  greet {name}              text \"Hello, NAME!\"\n"
+                 "  word_count {text}         structured {\"words\", \"characters\"}\n"
+                 "  format_report {title, lines}  text report, one \"- \" line per item\n"
+                 "  add {a, b}                structured {\"sum\"}\n"
+                 "  echo {message}            the message as text",
+        .setup = setup,
+    };
+    return mcp_server_program_main(&program, argc, argv);
 }
