@@ -217,15 +217,28 @@ const char *workflow_secret_unsafe(const char *value)
     return NULL;
 }
 
+/*
+ * Where a reference is a secret: the values of a server's `env` and `headers`, where
+ * credentials go. A reference in its command, args, cwd or url is configuration (a path, a
+ * host); it must be set, and it is redacted when it is safe to, but a short one (HOME=/root)
+ * is not refused: blanking "/root" out of every result would corrupt them, not protect them.
+ */
+static bool secret_member(const cJSON *member)
+{
+    return member->string &&
+           (strcmp(member->string, "env") == 0 || strcmp(member->string, "headers") == 0);
+}
+
 struct run_check {
     const char *server;
+    bool secret; /* the references visited now are secrets */
     struct tr_buf missing, unsafe;
 };
 
 static void check_one(void *ctx, const char *name, const char *value)
 {
     struct run_check *check = ctx;
-    const char *why = value ? workflow_secret_unsafe(value) : NULL;
+    const char *why = value && check->secret ? workflow_secret_unsafe(value) : NULL;
     struct tr_buf *list = !value ? &check->missing : why ? &check->unsafe : NULL;
     char *entry;
 
@@ -263,8 +276,13 @@ int workflow_check_run(const struct workflow *wf, struct tr_error *err)
     tr_buf_init(&check.missing, 0);
     tr_buf_init(&check.unsafe, 0);
     for (size_t i = 0; i < wf->server_count; i++) {
+        const cJSON *member;
         check.server = wf->servers[i].name;
-        each_reference(wf->servers[i].config, check_one, &check);
+        cJSON_ArrayForEach(member, wf->servers[i].config)
+        {
+            check.secret = secret_member(member);
+            each_reference(member, check_one, &check);
+        }
     }
     if (check.missing.len)
         rc = tr_error_set(err, TR_ENOTFOUND, "environment variables not set: %s%s%s",
@@ -285,9 +303,24 @@ static void add_secret(void *ctx, const char *name, const char *value)
         cJSON_AddStringToObject(redact, name, value);
 }
 
-void wf_env_collect_secrets(const cJSON *node, cJSON *redact)
+/* A configuration value (not in env or headers) is redacted only where that is safe. */
+static void add_config_value(void *ctx, const char *name, const char *value)
 {
-    each_reference(node, add_secret, redact);
+    if (value && !workflow_secret_unsafe(value))
+        add_secret(ctx, name, value);
+}
+
+void wf_env_collect_secrets(const cJSON *servers, cJSON *redact)
+{
+    const cJSON *server, *member;
+
+    cJSON_ArrayForEach(server, servers)
+    {
+        cJSON_ArrayForEach(member, server)
+        {
+            each_reference(member, secret_member(member) ? add_secret : add_config_value, redact);
+        }
+    }
 }
 
 void wf_env_inherit(cJSON *server)

@@ -255,8 +255,9 @@ int wf_env_resolve(cJSON *node, struct tr_error *err);
 void wf_persona_add_allowlists(const struct wf_persona *persona, cJSON *object);
 /* Whether name is a variable name, [A-Za-z_][A-Za-z0-9_]*. */
 bool wf_env_valid_name(const char *name);
-/* Adds {NAME: value} to redact for each ${env:NAME} under node that is set and not empty. */
-void wf_env_collect_secrets(const cJSON *node, cJSON *redact);
+/* Adds {NAME: value} to redact for each ${env:NAME} of the servers (an object of server
+ * entries): every one in env and headers, the others when they are safe to redact. */
+void wf_env_collect_secrets(const cJSON *servers, cJSON *redact);
 /* Turns a server entry's inherit_env into env entries with the variables' values (those that
  * are set and not declared in env) and drops inherit_env. */
 void wf_env_inherit(cJSON *server);

@@ -251,3 +251,44 @@ Test(secrets, unsafe_secrets_and_unset_variables_stop_the_run_before_it_starts, 
     expect_refusal("\"quoted-text\"", "JSON text");
     expect_refusal(NULL, "environment variables not set: API_TOKEN (server 'm')");
 }
+
+/*
+ * A reference in a server's cwd (or args, url) is configuration, not a secret: a short one (a
+ * directory such as /tmp) runs, and the results that hold it are not blanked out.
+ */
+Test(secrets, short_configuration_values_in_cwd_and_args_are_not_refused, .timeout = 120)
+{
+    struct harness_env env = harness_env_new();
+    char *server = harness_build_path("tests/test-mcp-misbehave");
+    char *text = NULL;
+    cr_assert_geq(
+        asprintf(&text,
+                 "name: config\n"
+                 "mcp_servers:\n"
+                 "  m:\n"
+                 "    command: %s\n"
+                 "    cwd: ${env:SHORT_DIR}\n"
+                 "personas:\n"
+                 "  p: {servers: [m]}\n"
+                 "steps:\n"
+                 "  - {id: environment, persona: p, tool: m.environ, save: environment}\n",
+                 server),
+        0);
+    char *workflow = harness_write_file(env.dir, "config.yaml", text);
+    struct harness_result r;
+
+    setenv("SHORT_DIR", "/tmp", 1);
+    const char *argv[] = {env.troupe, "--db", env.db, "run", workflow, NULL};
+    harness_run(argv, env.dir, 30000, &r);
+    unsetenv("SHORT_DIR");
+    cr_assert_eq(r.exit_code, 0, "exit %d\nstderr:\n%s", r.exit_code, r.err);
+    char *saved = harness_db_text(env.db, "SELECT value_json FROM context WHERE key = "
+                                          "'environment'");
+    cr_assert(saved && !strstr(saved, "[redacted:SHORT_DIR]"), "%s", saved ? saved : "(none)");
+    free(saved);
+    harness_result_release(&r);
+    free(workflow);
+    free(text);
+    free(server);
+    harness_env_release(&env);
+}

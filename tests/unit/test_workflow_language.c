@@ -947,20 +947,23 @@ Test(workflow_language, expressions_compiled_in_several_programs_each_evaluate_t
 
 Test(workflow_language, run_check_lists_every_unset_variable_and_unsafe_secret)
 {
-    struct workflow *wf = load_text("name: g\n"
-                                    "mcp_servers:\n"
-                                    "  a: {command: x, env: {T: '${env:TROUPE_T_UNSET_1}'}}\n"
-                                    "  b: {command: x, args: ['--k=${env:TROUPE_T_SHORT}', "
-                                    "'${env:TROUPE_T_UNSET_2}', '${env:TROUPE_T_NUMBER}']}\n"
-                                    "personas: {p: {servers: [a, b]}}\n"
-                                    "steps: [{id: s, persona: p, tool: a.t}]\n",
-                                    WORKFLOW_YAML);
+    struct workflow *wf =
+        load_text("name: g\n"
+                  "mcp_servers:\n"
+                  "  a: {command: x, env: {T: '${env:TROUPE_T_UNSET_1}'}}\n"
+                  "  b: {command: x, env: {K: '--k=${env:TROUPE_T_SHORT}', "
+                  "N: '${env:TROUPE_T_NUMBER}'}, args: ['${env:TROUPE_T_UNSET_2}', "
+                  "'${env:TROUPE_T_CONFIG}'], cwd: '${env:TROUPE_T_CONFIG}'}\n"
+                  "personas: {p: {servers: [a, b]}}\n"
+                  "steps: [{id: s, persona: p, tool: a.t}]\n",
+                  WORKFLOW_YAML);
     struct tr_error err = {0};
 
     unsetenv("TROUPE_T_UNSET_1");
     unsetenv("TROUPE_T_UNSET_2");
     setenv("TROUPE_T_SHORT", "abc", 1);
     setenv("TROUPE_T_NUMBER", "1234567890", 1);
+    setenv("TROUPE_T_CONFIG", "/tmp", 1); /* configuration, not a secret: short is fine */
     cr_assert_eq(workflow_check_run(wf, &err), TR_ENOTFOUND);
     cr_assert(strstr(err.message, "environment variables not set: TROUPE_T_UNSET_1 (server 'a'); "
                                   "TROUPE_T_UNSET_2 (server 'b')"),
@@ -970,6 +973,7 @@ Test(workflow_language, run_check_lists_every_unset_variable_and_unsafe_secret)
     cr_assert(strstr(err.message, "${env:TROUPE_T_NUMBER} of server 'b' is JSON text"), "%s",
               err.message);
     cr_assert_null(strstr(err.message, "1234567890"), "a value in the message: %s", err.message);
+    cr_assert_null(strstr(err.message, "TROUPE_T_CONFIG"), "%s", err.message);
 
     setenv("TROUPE_T_UNSET_1", "long-enough-1", 1);
     setenv("TROUPE_T_UNSET_2", "long-enough-2", 1);
