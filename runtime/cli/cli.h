@@ -73,6 +73,27 @@ int cli_usage(int opt, void (*print_usage)(FILE *out));
 /* Prints "troupe: MESSAGE" to stderr. */
 void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
 
+/*
+ * Whether a run's records can be shown: its audit chain verifies (store_audit_verify) and its
+ * records agree with it (sched_ledger_check). cli_run_check fills ret (ret->trusted) and
+ * returns 0, or prints the error and returns -1 when the database could not be read.
+ */
+#include "sched.h"
+struct cli_run_check {
+    bool trusted;
+    struct store_audit_check chain;
+    struct sched_ledger_report ledger;
+};
+int cli_run_check(struct store *store, const char *run_id, struct cli_run_check *ret);
+/* Prints what cli_run_check found wrong, one line each, after indent. */
+void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_check *check);
+/*
+ * For reading commands that refuse an untrusted run (show, context): cli_run_check, and when
+ * the run is not trusted, prints why to stderr ("COMMAND: refusing to show run ...") and
+ * returns -1 (also when the database could not be read); 0 when the run can be shown.
+ */
+int cli_run_check_refuse(struct store *store, const char *run_id, const char *command);
+
 int cli_run(int argc, char **argv, struct cli_common *common);
 int cli_runs(int argc, char **argv, struct cli_common *common);
 int cli_log(int argc, char **argv, struct cli_common *common);

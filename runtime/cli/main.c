@@ -156,6 +156,57 @@ const char *cli_run_status(const struct store_run *run)
     return run->status;
 }
 
+int cli_run_check(struct store *store, const char *run_id, struct cli_run_check *ret)
+{
+    struct tr_error err = {0};
+    int rc;
+
+    memset(ret, 0, sizeof(*ret));
+    rc = store_audit_verify(store, run_id, 0, &ret->chain, &err);
+    if (rc < 0 && !ret->chain.bad_seq) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    if (sched_ledger_check(store, run_id, &ret->ledger, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    ret->trusted = !ret->chain.bad_seq && ret->ledger.problems == 0;
+    return 0;
+}
+
+void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_check *check)
+{
+    if (check->chain.bad_seq) {
+        char *problem = tr_text_escape(check->chain.problem, 0);
+        fprintf(out, "%saudit log broken at event %lld: %s\n", indent,
+                (long long)check->chain.bad_seq, problem);
+        free(problem);
+    }
+    for (size_t i = 0; i < check->ledger.lines; i++)
+        fprintf(out, "%s%s\n", indent, check->ledger.line[i]);
+    if (check->ledger.problems > (int64_t)check->ledger.lines)
+        fprintf(out, "%s... and %lld more\n", indent,
+                (long long)(check->ledger.problems - (int64_t)check->ledger.lines));
+}
+
+int cli_run_check_refuse(struct store *store, const char *run_id, const char *command)
+{
+    struct cli_run_check *check = xmalloc(sizeof(*check));
+    int rc = cli_run_check(store, run_id, check);
+
+    if (rc == 0 && !check->trusted) {
+        cli_error("%s: refusing to show run %s: its records disagree with its audit log "
+                  "(tampered with, or damaged):",
+                  command, run_id);
+        cli_run_check_print(stderr, "  ", check);
+        fprintf(stderr, "(troupe audit verify %s names every problem)\n", run_id);
+        rc = -1;
+    }
+    free(check);
+    return rc;
+}
+
 /* A string member, or null when there is none. */
 static void add_string(cJSON *o, const char *key, const char *value)
 {

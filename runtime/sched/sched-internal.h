@@ -169,6 +169,9 @@ struct run {
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
     char *failure;         /* the first reason the run fails, or NULL */
+    /* The times of the step row last recorded (sched__record_step), for its final event. */
+    char row_started_at[STORE_TIME_SIZE];
+    char row_finished_at[STORE_TIME_SIZE];
     bool cancelling;       /* cancelled (signal) or past its deadline */
     int64_t deadline_ms;   /* monotonic time the run must end by, or 0 */
     int64_t deadline_wall; /* the same in epoch ms, as kept in the run's options */

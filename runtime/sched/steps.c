@@ -49,8 +49,43 @@ void sched__record_step(struct run *run, size_t index, const char *output_json, 
             (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + (step->due_ms - tr_now_ms());
     }
     step->ready_unsaved = false;
-    if (store_step_put(run->store, run->id, &record, &err) < 0)
+    if (store_step_record(run->store, run->id, &record, run->row_started_at, run->row_finished_at,
+                          &err) < 0)
         sched__fail(run, "%s", err.message);
+}
+
+/* A JSON string, or null for NULL or "". */
+static void add_text_or_null(cJSON *payload, const char *name, const char *text)
+{
+    if (text && *text)
+        cJSON_AddStringToObject(payload, name, text);
+    else
+        cJSON_AddNullToObject(payload, name);
+}
+
+/*
+ * What a step's final event adds so that the ledger backs its row (docs/audit.md): the
+ * persona, the attempt, the row's times as just recorded (sched__record_step, called right
+ * before), and, for a for_each step, the digest of its items as the store holds them.
+ */
+static void add_row_facts(struct run *run, size_t index, cJSON *payload)
+{
+    add_text_or_null(payload, "persona",
+                     workflow_persona_name(run->wf, workflow_step_persona(run->wf, index)));
+    if (!cJSON_HasObjectItem(payload, "attempt"))
+        cJSON_AddNumberToObject(payload, "attempt", run->steps[index].attempt);
+    add_text_or_null(payload, "started_at", run->row_started_at);
+    add_text_or_null(payload, "finished_at", run->row_finished_at);
+    if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH)) {
+        struct tr_error err = {0};
+        char *items = NULL;
+        if (store_step_items_digest(run->store, run->id, workflow_step_id(run->wf, index), &items,
+                                    &err) < 0)
+            sched__fail(run, "%s", err.message);
+        else
+            cJSON_AddRawToObject(payload, "items", items);
+        free(items);
+    }
 }
 
 void sched__record_ready(struct run *run)
@@ -326,6 +361,7 @@ static void succeed(struct run *run, size_t index, cJSON *output, char *output_j
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     /* The text as it is: the same as printing the tree, without another copy of it. */
     cJSON_AddRawToObject(payload, "output", output_json);
+    add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
@@ -376,7 +412,8 @@ void sched__step_reused(struct run *run, size_t index, const cJSON *output, cons
     reach_final(run, index, STEP_SUCCEEDED);
     sched__record_step(run, index, output_json, NULL);
     cJSON_AddStringToObject(payload, "parent", parent);
-    cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
+    cJSON_AddRawToObject(payload, "output", output_json);
+    add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.reused", payload);
     keep_output(run, index, output, output_json);
     /* Only the counts: take-over queues what became ready, as for any new run. */
@@ -414,6 +451,7 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
         cJSON_AddStringToObject(payload, "on_error", "continue");
     if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
         cJSON_AddStringToObject(payload, "fallback", workflow_step_id(run->wf, fallback));
+    add_row_facts(run, index, payload);
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, error, duration);
     switch (on_error) {
@@ -457,6 +495,7 @@ static void skip_step(struct run *run, size_t index, const char *reason)
     reach_final(run, index, STEP_SKIPPED);
     sched__record_step(run, index, NULL, NULL);
     cJSON_AddStringToObject(payload, "reason", reason);
+    add_row_facts(run, index, payload);
     sched__audit(run, step_id, "scheduler", "step.skipped", payload);
     sched__progress(run, "step", index, NULL, 0);
     char *because = xasprintf("it needs '%s', which was skipped", step_id);
@@ -578,6 +617,7 @@ void sched__step_cancel(struct run *run, size_t index, const char *reason)
     reach_final(run, index, was_skipped ? STEP_SKIPPED : STEP_CANCELLED);
     sched__record_step(run, index, NULL, was_skipped ? NULL : reason);
     cJSON_AddStringToObject(payload, "reason", reason);
+    add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
                  was_skipped ? "step.skipped" : "step.cancelled", payload);
     sched__progress(run, "step", index, NULL, 0);

@@ -46,6 +46,9 @@ enum store_stmt {
     STMT_AUDIT_LAST,
     STMT_AUDIT_INSERT,
     STMT_AUDIT_LIST,
+    STMT_SIGNATURE_INSERT,
+    STMT_SIGNATURE_LAST,
+    STMT_CONTEXT_HISTORY,
     STMT_COUNT
 };
 
@@ -54,6 +57,7 @@ struct store_audit_tip {
     bool used;
     char run_id[STORE_RUN_ID_SIZE];
     int64_t seq;
+    int encoding; /* the run's audit hash encoding (1 or 2) */
     char hash[STORE_HASH_HEX_SIZE];
 };
 
@@ -107,8 +111,11 @@ int store__check_writable(struct store *store, const char *what,
                           struct tr_error *err) TR_MUST_CHECK;
 
 /* Feeds one field to a SHA-256: its length (8 bytes, big-endian), then its bytes. The
- * encoding of the audit chain (audit.c) and of signed heads (sign.c). */
+ * encoding of the audit chain v1 (audit.c) and of signed heads (sign.c). */
 void store__hash_field(crypto_hash_sha256_state *state, const char *field);
+/* The same for troupe-audit-v2: a tag byte (0 for NULL, which ends there; 1 for a text)
+ * before the length and the bytes. */
+void store__hash_field_v2(crypto_hash_sha256_state *state, const char *field);
 
 /* Forgets every remembered audit chain end (after a rollback or any failure). */
 void store__audit_forget(struct store *store);

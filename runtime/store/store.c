@@ -19,15 +19,15 @@
 
 #define RUN_COLUMNS                                                                                \
     "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
-    "input_json, scheduler_pid, options_json"
+    "input_json, scheduler_pid, options_json, audit_encoding, plan_json"
 
 static const char *const statement_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
     [STMT_COMMIT] = "COMMIT",
     [STMT_ROLLBACK] = "ROLLBACK",
     [STMT_RUN_INSERT] = "INSERT INTO runs (id, workflow_name, workflow_file, plan_json, plan_hash,"
-                        " input_json, status, started_at)"
-                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
+                        " input_json, status, started_at, audit_encoding)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8)",
     [STMT_RUN_FINISH] = "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
     [STMT_RUN_SET_SCHEDULER] = "UPDATE runs SET scheduler_pid = ?2,"
                                " options_json = coalesce(?3, options_json) WHERE id = ?1",
@@ -51,7 +51,8 @@ static const char *const statement_sql[STMT_COUNT] = {
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
         "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
         "  CASE WHEN ?10 THEN ?8 END,"
-        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)",
+        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)"
+        " RETURNING started_at, finished_at",
     /* Every later record (almost all of them). */
     [STMT_STEP_UPDATE] =
         "UPDATE steps SET"
@@ -69,7 +70,8 @@ static const char *const statement_sql[STMT_COUNT] = {
         "   WHEN NOT ?10 THEN NULL"
         "   WHEN state = ?4 AND attempt = ?5 THEN finished_at"
         "   ELSE ?8 END"
-        " WHERE run_id = ?1 AND step_id = ?2",
+        " WHERE run_id = ?1 AND step_id = ?2"
+        " RETURNING started_at, finished_at",
     [STMT_STEPS_LIST] = "SELECT step_id, persona, state, attempt, output_json, error, started_at,"
                         " finished_at, next_attempt_at, (SELECT count(*) FROM step_items i"
                         "  WHERE i.run_id = steps.run_id AND i.step_id = steps.step_id)"
@@ -91,13 +93,22 @@ static const char *const statement_sql[STMT_COUNT] = {
                         " WHERE run_id = ?1 AND step_id = ?2 ORDER BY idx",
     [STMT_APPROVAL_GET] = "SELECT decision, actor, comment, decided_at FROM approvals"
                           " WHERE run_id = ?1 AND step_id = ?2",
-    [STMT_AUDIT_LAST] = "SELECT seq, hash FROM audit WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",
+    /* The run's encoding, and its last event's seq and hash (NULL when it has none). */
+    [STMT_AUDIT_LAST] = "SELECT r.audit_encoding, a.seq, a.hash FROM runs r"
+                        " LEFT JOIN (SELECT seq, hash FROM audit WHERE run_id = ?1"
+                        "  ORDER BY seq DESC LIMIT 1) a WHERE r.id = ?1",
     [STMT_AUDIT_INSERT] = "INSERT INTO audit (run_id, seq, time, step_id, actor, type,"
                           " payload_json, prev_hash, hash)"
                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [STMT_AUDIT_LIST] = "SELECT seq, time, step_id, actor, type, payload_json, hash, prev_hash"
                         " FROM audit"
                         " WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+    [STMT_SIGNATURE_INSERT] = "INSERT OR IGNORE INTO signatures (run_id, seq, head, public_key,"
+                              " signature, signed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [STMT_SIGNATURE_LAST] = "SELECT seq, head FROM signatures WHERE run_id = ?1"
+                            " ORDER BY seq DESC LIMIT 1",
+    [STMT_CONTEXT_HISTORY] = "SELECT key, value_json, step_id, version FROM context"
+                             " WHERE run_id = ?1 ORDER BY key, version",
 };
 
 /* ==== helpers shared with runs.c and audit.c ============================================ */

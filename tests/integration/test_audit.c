@@ -60,25 +60,37 @@ static void troupe(struct fixture *f, struct harness_result *r, const char *a, c
     harness_run(argv, f->dir, 30000, r);
 }
 
-/* Runs SQL on the database as an attacker would: the append-only triggers dropped first. */
+/* Collects "DROP TRIGGER name;" statements. */
+static int drop_trigger(void *userdata, int columns, char **values, char **names)
+{
+    char **sql = userdata, *more;
+    (void)columns;
+    (void)names;
+    cr_assert_geq(asprintf(&more, "%sDROP TRIGGER \"%s\";", *sql, values[0]), 0);
+    free(*sql);
+    *sql = more;
+    return 0;
+}
+
+/* Runs SQL on the database as an attacker would: every trigger dropped first. */
 static void tamper(const char *db_path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void tamper(const char *db_path, const char *fmt, ...)
 {
     sqlite3 *db;
-    char *sql, *error = NULL;
+    char *sql, *error = NULL, *drops = strdup("");
     va_list ap;
 
     va_start(ap, fmt);
     cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
     va_end(ap);
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db,
-                              "DROP TRIGGER IF EXISTS audit_no_update;"
-                              "DROP TRIGGER IF EXISTS audit_no_delete;",
-                              NULL, NULL, &error),
+    cr_assert_eq(sqlite3_exec(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
+                              drop_trigger, &drops, &error),
                  SQLITE_OK, "%s", error);
+    cr_assert_eq(sqlite3_exec(db, drops, NULL, NULL, &error), SQLITE_OK, "%s", error);
     cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &error), SQLITE_OK, "%s: %s", sql, error);
     sqlite3_close(db);
+    free(drops);
     free(sql);
 }
 
@@ -210,7 +222,7 @@ static void rechain(const char *db_path, const char *run)
     prev[64] = '\0';
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
     cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT seq, time, coalesce(step_id, ''), actor, type, "
+                                    "SELECT seq, time, step_id, actor, type, "
                                     "payload_json FROM audit WHERE run_id = ?1 ORDER BY seq",
                                     -1, &select, NULL),
                  SQLITE_OK);
@@ -225,12 +237,12 @@ static void rechain(const char *db_path, const char *run)
         unsigned char digest[32];
         char hash[65];
         crypto_hash_sha256_init(&state);
-        harness_hash_field(&state, "troupe-audit-v1");
-        harness_hash_field(&state, prev);
-        harness_hash_field(&state, run);
-        harness_hash_field(&state, (const char *)sqlite3_column_text(select, 0));
+        harness_hash_field_v2(&state, "troupe-audit-v2");
+        harness_hash_field_v2(&state, prev);
+        harness_hash_field_v2(&state, run);
+        harness_hash_field_v2(&state, (const char *)sqlite3_column_text(select, 0));
         for (int c = 1; c <= 5; c++)
-            harness_hash_field(&state, (const char *)sqlite3_column_text(select, c));
+            harness_hash_field_v2(&state, (const char *)sqlite3_column_text(select, c));
         crypto_hash_sha256_final(&state, digest);
         sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
         sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
@@ -280,7 +292,10 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
     /* A forger changes the greeting and recomputes the whole chain: it verifies on its own,
      * but it is not the database that was signed. */
     char *forged = copy_db(&f, "forged.db");
-    tamper(forged, "UPDATE audit SET payload_json = replace(payload_json, 'Hello', 'Goodbye')");
+    tamper(forged, "UPDATE audit SET payload_json = replace(payload_json, 'Hello', 'Goodbye');"
+                   "UPDATE steps SET output_json = replace(output_json, 'Hello', 'Goodbye');"
+                   "UPDATE context SET value_json = replace(value_json, 'Hello', 'Goodbye');"
+                   "DELETE FROM signatures");
     rechain(forged, f.run);
     const char *plain[] = {f.troupe, "--db", forged, "audit", "verify", f.run, NULL};
     harness_run(plain, f.dir, 30000, &r);

@@ -99,5 +99,7 @@ char *harness_query_text(const char *db, const char *fmt, ...)
  * then its bytes), written here independently of runtime/store so tests check the format.
  */
 void harness_hash_field(crypto_hash_sha256_state *state, const char *field);
+/* The same in troupe-audit-v2: a tag byte (0 for NULL, then nothing; 1 for a text) first. */
+void harness_hash_field_v2(crypto_hash_sha256_state *state, const char *field);
 
 #endif
