@@ -152,8 +152,7 @@ static bool verify_one(struct store *store, const char *run_id)
     }
     if (check->chain.bad_seq) {
         char *problem = tr_text_escape(check->chain.problem, 0);
-        printf("%s: BROKEN at event %lld: %s\n", run_id, (long long)check->chain.bad_seq,
-               problem);
+        printf("%s: BROKEN at event %lld: %s\n", run_id, (long long)check->chain.bad_seq, problem);
         free(problem);
     }
     if (check->ledger.problems) {

@@ -94,6 +94,24 @@ void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_che
  */
 int cli_run_check_refuse(struct store *store, const char *run_id, const char *command);
 
+/*
+ * Text output of untrusted values (table.c). cli_cell_print prints text escaped for the
+ * terminal (tr_text_escape; NULL as "-") in width columns: padded, or cut with an ellipsis
+ * when wider; width 0 prints it whole. A table collects its rows (escaped copies), then
+ * prints them aligned by display width; max_width (borrowed, one per column, 0 for no limit)
+ * caps each column, the last one is never padded.
+ */
+void cli_cell_print(FILE *out, const char *text, size_t width);
+struct cli_table;
+struct cli_table *cli_table_new(size_t columns, const char *const *headers,
+                                const size_t *max_width);
+void cli_table_add(struct cli_table *table, const char *const *cells);
+void cli_table_print(struct cli_table *table, FILE *out);
+void cli_table_free(struct cli_table **table);
+
+/* Prints the line after a run's signed head saying that what follows is not signed. */
+void cli_print_signed_head_marker(FILE *out, int64_t signed_seq);
+
 int cli_run(int argc, char **argv, struct cli_common *common);
 int cli_runs(int argc, char **argv, struct cli_common *common);
 int cli_log(int argc, char **argv, struct cli_common *common);

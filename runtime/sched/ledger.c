@@ -397,7 +397,8 @@ static int check_step(void *userdata, const struct store_step *row)
             compare(l, where, "finished_at", row->finished_at, &none);
             if (row->attempt != 0)
                 problem(l, "%s.attempt is %d, the log says 0 (no event)", where, row->attempt);
-        } else if (strcmp(row->state, "retry-wait") == 0 || strcmp(s->kind, "step.dispatched") == 0) {
+        } else if (strcmp(row->state, "retry-wait") == 0 ||
+                   strcmp(s->kind, "step.dispatched") == 0) {
             if (strcmp(row->state, "retry-wait") == 0)
                 compare(l, where, "error", row->error, &s->error);
             else
@@ -446,21 +447,23 @@ static int check_items(struct ledger *l, struct store *store, const struct expec
             double ri = r ? cJSON_GetArrayItem(r, 0)->valuedouble : 1e300;
             double gi = g ? cJSON_GetArrayItem(g, 0)->valuedouble : 1e300;
             if (ri < gi) {
-                problem(l, "step_items[%s #%.0f]: a row the log does not record (event %" PRId64
-                           ")",
+                problem(l,
+                        "step_items[%s #%.0f]: a row the log does not record (event %" PRId64 ")",
                         s->id, ri, s->items.seq);
                 i++;
             } else if (gi < ri) {
-                problem(l, "step_items[%s #%.0f]: the log records it (event %" PRId64
-                           "), there is no row",
+                problem(l,
+                        "step_items[%s #%.0f]: the log records it (event %" PRId64
+                        "), there is no row",
                         s->id, gi, s->items.seq);
                 j++;
             } else {
                 if (!cJSON_Compare(r, g, true)) {
                     bool attempt = cJSON_GetArrayItem(r, 1)->valuedouble !=
                                    cJSON_GetArrayItem(g, 1)->valuedouble;
-                    problem(l, "step_items[%s #%.0f].%s differs from what the log records "
-                               "(event %" PRId64 ")",
+                    problem(l,
+                            "step_items[%s #%.0f].%s differs from what the log records "
+                            "(event %" PRId64 ")",
                             s->id, ri, attempt ? "attempt" : "output_json/result_json",
                             s->items.seq);
                 }
@@ -470,9 +473,9 @@ static int check_items(struct ledger *l, struct store *store, const struct expec
             named++;
         }
         if (!named)
-            problem(l, "step_items[%s]: the items differ from what the log records (event %" PRId64
-                       ")",
-                    s->id, s->items.seq);
+            problem(
+                l, "step_items[%s]: the items differ from what the log records (event %" PRId64 ")",
+                s->id, s->items.seq);
         cJSON_Delete(rows);
         cJSON_Delete(logged);
     }
@@ -522,8 +525,8 @@ static int check_context_row(void *userdata, const struct store_context_entry *r
 
 static void ledger_release(struct ledger *l)
 {
-    struct said *run_fields[] = {&l->workflow,   &l->file,           &l->input,
-                                 &l->plan_hash,  &l->run_started_at, &l->status,
+    struct said *run_fields[] = {&l->workflow,  &l->file,           &l->input,
+                                 &l->plan_hash, &l->run_started_at, &l->status,
                                  &l->run_error, &l->run_finished_at};
     for (size_t i = 0; i < sizeof(run_fields) / sizeof(run_fields[0]); i++)
         said_release(run_fields[i]);

@@ -168,7 +168,7 @@ struct run {
     int64_t last_task;       /* the last task id given to an assignment */
     struct bus_msg **outbox; /* assignments to send once the turn is committed */
     size_t outbox_len, outbox_cap;
-    char *failure;         /* the first reason the run fails, or NULL */
+    char *failure; /* the first reason the run fails, or NULL */
     /* The times of the step row last recorded (sched__record_step), for its final event. */
     char row_started_at[STORE_TIME_SIZE];
     char row_finished_at[STORE_TIME_SIZE];

@@ -335,7 +335,8 @@ static int copy_run_row(void *userdata, const struct store_run *r)
 {
     struct run_row *row = userdata;
     snprintf(row->started_at, sizeof(row->started_at), "%s", r->started_at);
-    snprintf(row->finished_at, sizeof(row->finished_at), "%s", r->finished_at ? r->finished_at : "");
+    snprintf(row->finished_at, sizeof(row->finished_at), "%s",
+             r->finished_at ? r->finished_at : "");
     snprintf(row->plan_hash, sizeof(row->plan_hash), "%s", r->plan_hash);
     return 0;
 }

@@ -254,7 +254,8 @@ int store_audit_append(struct store *store, const char *run_id, const char *step
             if (rc < 0)
                 return rc;
         }
-        chain_hash(encoding, prev_hash, run_id, last_seq + 1, time, step_id, actor, type, payload, hash);
+        chain_hash(encoding, prev_hash, run_id, last_seq + 1, time, step_id, actor, type, payload,
+                   hash);
 
         rc = store__stmt_acquire(store, STMT_AUDIT_INSERT, &stmt, err);
         if (rc < 0)

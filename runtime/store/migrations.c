@@ -220,11 +220,7 @@ static const char migration_5[] =
     "BEGIN SELECT RAISE(ABORT, 'signatures are append-only'); END;\n";
 
 const char *const store__migrations[] = {
-    migration_1,
-    migration_2,
-    migration_3,
-    migration_4,
-    migration_5,
+    migration_1, migration_2, migration_3, migration_4, migration_5,
 };
 
 const int store__migration_count = (int)(sizeof(store__migrations) / sizeof(store__migrations[0]));

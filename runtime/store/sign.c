@@ -104,7 +104,8 @@ int store_audit_verify_signature(struct store *store, const struct store_audit_s
                             sig->run_id, sig->seq);
     if (check.next_seq > 0)
         return tr_error_set(err, TR_EINVAL,
-                            "run '%s': event %" PRId64 " (%s) follows the signed head (event %" PRId64
+                            "run '%s': event %" PRId64
+                            " (%s) follows the signed head (event %" PRId64
                             "): it was appended after the run was signed, and no signature "
                             "covers it",
                             sig->run_id, check.next_seq, check.next_type, sig->seq);
@@ -142,8 +143,7 @@ int store_audit_signature_record(struct store *store, const struct store_audit_s
     if (rc == SQLITE_OK)
         rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE)
-        rc = store__fail(store, rc, err, "could not record the signature of run '%s'",
-                         sig->run_id);
+        rc = store__fail(store, rc, err, "could not record the signature of run '%s'", sig->run_id);
     else
         rc = 0;
     store__stmt_release(store, STMT_SIGNATURE_INSERT, stmt);

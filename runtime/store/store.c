@@ -546,6 +546,19 @@ int store_commit(struct store *store, struct tr_error *err)
     return 0;
 }
 
+int store_read_begin(struct store *store, struct tr_error *err)
+{
+    if (store->in_transaction || !sqlite3_get_autocommit(store->db))
+        return tr_error_set(err, TR_EINVAL, "could not begin a read: a transaction is open");
+    return exec_sql(store, "BEGIN DEFERRED", err);
+}
+
+void store_read_end(struct store *store)
+{
+    if (store && !store->in_transaction && !sqlite3_get_autocommit(store->db))
+        (void)sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 void store_rollback(struct store *store)
 {
     if (!store)

@@ -338,9 +338,9 @@ long long harness_audit_verify(const char *db_path, const char *run_id)
     cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     /* The run's encoding: 2 for runs recorded since schema version 5, else 1. */
     int encoding = 1;
-    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT audit_encoding FROM runs WHERE id = ?1", -1,
-                                    &stmt, NULL),
-                 SQLITE_OK);
+    cr_assert_eq(
+        sqlite3_prepare_v2(db, "SELECT audit_encoding FROM runs WHERE id = ?1", -1, &stmt, NULL),
+        SQLITE_OK);
     sqlite3_bind_text(stmt, 1, run_id, -1, SQLITE_TRANSIENT);
     if (sqlite3_step(stmt) == SQLITE_ROW)
         encoding = sqlite3_column_int(stmt, 0);
@@ -373,10 +373,14 @@ long long harness_audit_verify(const char *db_path, const char *run_id)
         crypto_hash_sha256_init(&state);
         if (encoding == 2) {
             /* troupe-audit-v2: a tag byte (0 NULL, 1 text) before each length-prefixed field */
-            const char *fields[] = {"troupe-audit-v2",     prev,
-                                    run_id,                seq_text,
-                                    text_or_null(stmt, 1), text_or_null(stmt, 2),
-                                    text_or_null(stmt, 3), text_or_null(stmt, 4),
+            const char *fields[] = {"troupe-audit-v2",
+                                    prev,
+                                    run_id,
+                                    seq_text,
+                                    text_or_null(stmt, 1),
+                                    text_or_null(stmt, 2),
+                                    text_or_null(stmt, 3),
+                                    text_or_null(stmt, 4),
                                     text_or_null(stmt, 5)};
             for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
                 harness_hash_field_v2(&state, fields[i]);
