@@ -65,7 +65,9 @@ static void said_set(struct said *s, const cJSON *value, int64_t seq, bool as_js
     free(s->text);
     s->known = true;
     s->seq = seq;
-    if (!value || cJSON_IsNull(value))
+    /* A JSON value is the row's JSON text (null included); a string member is the row's
+     * text, and null there is SQL NULL. */
+    if (!value || (!as_json && cJSON_IsNull(value)))
         s->text = NULL;
     else if (!as_json && cJSON_IsString(value))
         s->text = xstrdup(value->valuestring);
@@ -380,6 +382,13 @@ static int check_step(void *userdata, const struct store_step *row)
     snprintf(where, sizeof(where), "steps[%.120s]", row->step_id);
     if (s)
         s->row_seen = true;
+    if ((!s || !s->final) && l->finished_seq) {
+        /* A run ends with every step in a final state, each with its event. */
+        problem(l, "%s.state is %s, the log says the run ended (event %" PRId64
+                   ") with no final event for this step",
+                where, shown(row->state, a, sizeof(a)), l->finished_seq);
+        return 0;
+    }
     if (!s || !s->final) {
         if (!state_allowed(s, row->state)) {
             if (s)
