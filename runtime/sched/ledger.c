@@ -384,8 +384,9 @@ static int check_step(void *userdata, const struct store_step *row)
         s->row_seen = true;
     if ((!s || !s->final) && l->finished_seq) {
         /* A run ends with every step in a final state, each with its event. */
-        problem(l, "%s.state is %s, the log says the run ended (event %" PRId64
-                   ") with no final event for this step",
+        problem(l,
+                "%s.state is %s, the log says the run ended (event %" PRId64
+                ") with no final event for this step",
                 where, shown(row->state, a, sizeof(a)), l->finished_seq);
         return 0;
     }

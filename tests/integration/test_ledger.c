@@ -57,9 +57,8 @@ static char *tampered_copy(const char *name, const char *sql, bool drop_triggers
 
     cr_assert_geq(asprintf(&copy, "%s/%s-%s.db", env.dir, name, drop_triggers ? "raw" : "guarded"),
                   0);
-    cr_assert_geq(asprintf(&command, "rm -f '%s' && sqlite3 '%s' \".backup '%s'\"", copy, env.db,
-                           copy),
-                  0);
+    cr_assert_geq(
+        asprintf(&command, "rm -f '%s' && sqlite3 '%s' \".backup '%s'\"", copy, env.db, copy), 0);
     cr_assert_eq(system(command), 0, "%s", command);
     free(command);
     cr_assert_eq(sqlite3_open(copy, &db), SQLITE_OK);
@@ -144,8 +143,7 @@ static const struct tamper_case cases[] = {
     {"plan-hash", "UPDATE runs SET plan_hash = substr(plan_hash, 2) || '0'", "runs[RUN].plan_hash",
      true},
     {"plan", "UPDATE runs SET plan_json = '{}'", "runs[RUN].plan_json", true},
-    {"input", "UPDATE runs SET input_json = '{\"who\":\"mallory\"}'", "runs[RUN].input_json",
-     true},
+    {"input", "UPDATE runs SET input_json = '{\"who\":\"mallory\"}'", "runs[RUN].input_json", true},
     {"running", "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL",
      "runs[RUN].status", true},
     /* steps: what show prints of each */
@@ -163,11 +161,13 @@ static const struct tamper_case cases[] = {
      "steps[broken].error", true},
     {"step-error-null", "UPDATE steps SET error = NULL WHERE step_id = 'broken'",
      "steps[broken].error", true},
-    {"step-started", "UPDATE steps SET started_at = '2020-01-01T00:00:00.000Z' WHERE step_id = "
-                     "'greet'",
+    {"step-started",
+     "UPDATE steps SET started_at = '2020-01-01T00:00:00.000Z' WHERE step_id = "
+     "'greet'",
      "steps[greet].started_at", true},
-    {"step-finished", "UPDATE steps SET finished_at = '2030-01-01T00:00:00.000Z' WHERE step_id = "
-                      "'each'",
+    {"step-finished",
+     "UPDATE steps SET finished_at = '2030-01-01T00:00:00.000Z' WHERE step_id = "
+     "'each'",
      "steps[each].finished_at", true},
     {"step-deleted", "DELETE FROM steps WHERE step_id = 'broken'", "steps[broken]", true},
     {"step-added",
