@@ -47,8 +47,18 @@ char *cli_agent_program(void);
  */
 int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, bool *json,
                              void (*print_usage)(FILE *out));
-/* Opens an existing database for reading commands; prints the error and returns NULL. */
+/*
+ * Opens an existing database for a command that may write (checked first: a corrupt file is
+ * refused); one that cannot be written (a read-only copy) is opened read-only instead.
+ * Prints the error and returns NULL.
+ */
 struct store *cli_open_existing_store(const struct cli_common *common);
+/* Opens an existing database for a reading command: read-only (store_open_read), never
+ * written or migrated, so read-only copies work. Prints the error and returns NULL. */
+struct store *cli_open_reader(const struct cli_common *common);
+/* cli_open_reader, then cli_run_resolve; prints the error and returns NULL. */
+struct store *cli_open_run_reader(const struct cli_common *common, const char *ref,
+                                  char run_id[STORE_RUN_ID_SIZE]);
 /*
  * Resolves ref (a run id, a unique prefix of one, or 'latest') into run_id; prints the error
  * and returns -1 when there is no such run.

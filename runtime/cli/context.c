@@ -153,7 +153,7 @@ int cli_context(int argc, char **argv, struct cli_common *common)
         return CLI_USAGE;
     }
     r.key = argc - optind == 2 ? argv[optind + 1] : NULL;
-    struct store *store = cli_open_run(common, argv[optind], run_id);
+    struct store *store = cli_open_run_reader(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
     int64_t last = 0;

@@ -138,7 +138,7 @@ int cli_log(int argc, char **argv, struct cli_common *common)
         cli_error("log: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_run(common, argv[optind], run_id);
+    struct store *store = cli_open_run_reader(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
     /* The log is the ledger itself: it is shown even when the run's records disagree with

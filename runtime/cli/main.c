@@ -249,7 +249,9 @@ int cli_write_new_file(const char *path, mode_t mode, const char *text)
     return 0;
 }
 
-struct store *cli_open_existing_store(const struct cli_common *common)
+/* Opens the database at the common path: read-only when asked, or when it cannot be written
+ * (a copy on a read-only filesystem: the commands that write then say so when they try). */
+static struct store *open_existing(const struct cli_common *common, bool read_only)
 {
     const char *path = cli_db_path(common);
     struct tr_error err = {0};
@@ -259,10 +261,32 @@ struct store *cli_open_existing_store(const struct cli_common *common)
         cli_error("no database at '%s' (run a workflow first, or name one with --db)", path);
         return NULL;
     }
-    if (store_open(path, &store, &err) < 0) {
+    if (!read_only && access(path, W_OK) < 0 && (errno == EROFS || errno == EACCES))
+        read_only = true;
+    if ((read_only ? store_open_read(path, &store, &err) : store_open(path, &store, &err)) < 0) {
         cli_error("%s", err.message);
         return NULL;
     }
+    return store;
+}
+
+struct store *cli_open_existing_store(const struct cli_common *common)
+{
+    return open_existing(common, false);
+}
+
+struct store *cli_open_reader(const struct cli_common *common)
+{
+    return open_existing(common, true);
+}
+
+struct store *cli_open_run_reader(const struct cli_common *common, const char *ref,
+                                  char run_id[STORE_RUN_ID_SIZE])
+{
+    struct store *store = cli_open_reader(common);
+
+    if (store && cli_run_resolve(store, ref, run_id) < 0)
+        store_free(&store);
     return store;
 }
 

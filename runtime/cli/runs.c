@@ -81,7 +81,7 @@ int cli_runs(int argc, char **argv, struct cli_common *common)
         cli_error("runs takes no arguments (see 'troupe runs --help')");
         return CLI_USAGE;
     }
-    l.store = cli_open_existing_store(common);
+    l.store = cli_open_reader(common);
     if (!l.store)
         return CLI_FAILED;
     if (!l.json)

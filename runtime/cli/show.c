@@ -157,7 +157,7 @@ int cli_show(int argc, char **argv, struct cli_common *common)
         cli_error("show: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_run(common, argv[optind], run_id);
+    struct store *store = cli_open_run_reader(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
     /* One snapshot: what is checked is what is shown, whatever a live run commits. */

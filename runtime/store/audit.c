@@ -310,6 +310,27 @@ int store_audit_list_after(struct store *store, const char *run_id, int64_t afte
                        "could not read the audit log of run '%s'", run_id ? run_id : "(null)");
 }
 
+struct id_scan {
+    int (*fn)(void *userdata, const char *run_id);
+    void *userdata;
+};
+
+static int scan_run_id(sqlite3_stmt *stmt, void *ctx)
+{
+    const struct id_scan *scan = ctx;
+    const char *id = store__column_text(stmt, 0);
+    return id ? scan->fn(scan->userdata, id) : 0;
+}
+
+int store_audit_run_ids(struct store *store, int (*fn)(void *userdata, const char *run_id),
+                        void *userdata, struct tr_error *err)
+{
+    struct id_scan scan = {fn, userdata};
+
+    return store__scan(store, STMT_AUDIT_RUN_IDS, NULL, 0, scan_run_id, &scan, err,
+                       "could not read the runs of the audit log");
+}
+
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err)

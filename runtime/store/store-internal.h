@@ -49,6 +49,7 @@ enum store_stmt {
     STMT_SIGNATURE_INSERT,
     STMT_SIGNATURE_LAST,
     STMT_CONTEXT_HISTORY,
+    STMT_AUDIT_RUN_IDS,
     STMT_COUNT
 };
 
@@ -66,6 +67,7 @@ struct store {
     char *path;
     int schema_version;
     bool in_transaction; /* store_begin succeeded and no commit/rollback since */
+    bool read_only;      /* store_open_read: nothing is ever written */
     sqlite3_stmt *stmts[STMT_COUNT];
     struct store_audit_tip tips[STORE_AUDIT_TIPS];
     unsigned next_tip; /* round-robin replacement */

@@ -27,6 +27,22 @@ struct store;
  * whose schema is newer than this build knows (TR_EINVAL).
  */
 int store_open(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * store_open for a writer also checks the file first (PRAGMA quick_check, store_quick_check)
+ * and refuses a corrupt one (TR_EIO), so nothing is written into it.
+ *
+ * Opens an existing database for reading only: it is never written, migrated or switched
+ * to WAL, so a copy on a read-only filesystem (or a read-only file) can be read. When its
+ * directory is not writable and no write-ahead log is pending beside it, it is opened
+ * immutable (no -shm or -wal is made). A database of an older schema is copied into memory
+ * and migrated there. Writes through it fail.
+ */
+int store_open_read(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Checks the file's structure (PRAGMA quick_check: every page, not the indexes' contents;
+ * about 0.1 s per 100 MB, docs/audit.md). TR_EIO naming the first problems when it is corrupt.
+ */
+int store_quick_check(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 /* Closes the database. Accepts NULL; sets *store to NULL. */
 void store_free(struct store **store);
 /*
@@ -276,6 +292,12 @@ struct store_audit_event {
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Calls fn with the id of each run that has audit events (a whole scan of the log: for a
+ * database whose runs table cannot be read). Stops early when fn returns non-zero.
+ */
+int store_audit_run_ids(struct store *store, int (*fn)(void *userdata, const char *run_id),
+                        void *userdata, struct tr_error *err) TR_MUST_CHECK;
 /* The same from the event after after_seq on (a reader following a run). */
 int store_audit_list_after(struct store *store, const char *run_id, int64_t after_seq,
                            int (*fn)(void *userdata, const struct store_audit_event *event),
