@@ -61,10 +61,14 @@ void cli_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("troupe: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    char *message = xvasprintf(fmt, ap);
     va_end(ap);
+    /* Messages carry untrusted text (a tool's error, a value from the database): escaped,
+     * it cannot clear the screen or forge a line. */
+    char *safe = tr_text_escape(message, 0);
+    fprintf(stderr, "troupe: %s\n", safe);
+    free(safe);
+    free(message);
 }
 
 int cli_usage(int opt, void (*print_usage)(FILE *out))

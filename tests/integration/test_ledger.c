@@ -259,3 +259,43 @@ Test(ledger, an_untouched_run_is_shown)
     free(run);
     harness_env_release(&env);
 }
+
+/* Text that a terminal would obey: ESC, CR, a line or paragraph separator, a bidi override,
+ * or a line forged to look like troupe's own. */
+static void expect_inert(const char *what, const char *text)
+{
+    cr_assert_null(strchr(text, '\x1b'), "%s lets an escape sequence through:\n%s", what, text);
+    cr_assert_null(strchr(text, '\r'), "%s lets a carriage return through:\n%s", what, text);
+    cr_assert_null(strstr(text, "\xe2\x80\xa8"), "%s lets U+2028 through:\n%s", what, text);
+    cr_assert_null(strstr(text, "\xe2\x80\xae"), "%s lets U+202E through:\n%s", what, text);
+    cr_assert_null(strstr(text, "\nrun r-x succeeded"), "%s prints a forged line:\n%s", what, text);
+    cr_assert_neq(strncmp(text, "run r-x succeeded", 17), 0, "%s prints a forged line", what);
+}
+
+Test(output, a_servers_text_cannot_move_the_cursor_or_forge_lines)
+{
+    struct harness_result r;
+    char *workflow = harness_source_path("tests/workflows/hostile-text.yaml");
+
+    env = harness_env_new();
+    const char *argv[] = {env.troupe, "--db", env.db, "run", workflow, NULL};
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "unexpected argument '\\x1b[2J"), "%s", r.out);
+    expect_inert("run's progress", r.out);
+    expect_inert("run's log lines", r.err);
+    harness_result_release(&r);
+    run = harness_db_text(env.db, "SELECT id FROM runs");
+
+    const char *readers[][2] = {{"show", run}, {"runs", NULL}, {"log", run}, {"context", run}};
+    for (size_t i = 0; i < sizeof(readers) / sizeof(readers[0]); i++) {
+        troupe_on(env.db, &r, readers[i][0], readers[i][1], NULL);
+        cr_assert_eq(r.exit_code, 0, "%s: %s%s", readers[i][0], r.out, r.err);
+        expect_inert(readers[i][0], r.out);
+        expect_inert(readers[i][0], r.err);
+        harness_result_release(&r);
+    }
+    free(workflow);
+    free(run);
+    harness_env_release(&env);
+}
