@@ -150,6 +150,7 @@ void sched__make_ready(struct run *run, size_t index)
     if (policy.approval && !step->approved) {
         if (step->state != STEP_WAITING_APPROVAL) {
             step->state = STEP_WAITING_APPROVAL;
+            step->dispatched_ms = tr_now_ms(); /* the wait starts: an approval step's time */
             run->waiting++;
             sched__record_step(run, index, NULL, NULL);
             cJSON *payload = cJSON_CreateObject();
@@ -564,16 +565,17 @@ static void pass_gate(struct run *run, size_t index, const char *by, const char 
 {
     struct step_run *step = &run->steps[index];
     cJSON *output = cJSON_CreateObject();
+    /* Asked, its time is the wait for the decision (since this scheduler saw it begin). */
+    int64_t waited = by && step->dispatched_ms > 0 ? tr_now_ms() - step->dispatched_ms : 0;
 
     step->attempt++;
-    step->dispatched_ms = tr_now_ms();
     cJSON_AddBoolToObject(output, "approved", true);
     cJSON_AddBoolToObject(output, "asked", by != NULL);
     if (by)
         cJSON_AddStringToObject(output, "by", by);
     if (comment)
         cJSON_AddStringToObject(output, "comment", comment);
-    succeed(run, index, output, NULL, 0);
+    succeed(run, index, output, NULL, waited);
 }
 
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,

@@ -43,15 +43,16 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_RUN_GET] = "SELECT " RUN_COLUMNS " FROM runs WHERE id = ?1",
     /*
      * ?8 is now, ?10 whether the state is final (bound: an IN list of constants would cost a
-     * temporary index per execution). A step starts when dispatched (again, for a new attempt),
-     * finishes when it reaches a final state, and both times clear when it goes back to pending.
+     * temporary index per execution). A step starts when dispatched (again, for a new attempt)
+     * or when it begins to wait for approval (an approval step's time is its wait), finishes
+     * when it reaches a final state, and both times clear when it goes back to pending.
      */
     /* A step's first record: the next place in the run's order. */
     [STMT_STEP_INSERT] =
         "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, error,"
         " started_at, finished_at, ord, next_attempt_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
-        "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
+        "  CASE WHEN ?4 = 'dispatched' OR ?4 = 'waiting-approval' THEN ?8 END,"
         "  CASE WHEN ?10 THEN ?8 END,"
         "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)"
         " RETURNING started_at, finished_at",
@@ -67,6 +68,7 @@ static const char *const statement_sql[STMT_COUNT] = {
         "  started_at = CASE"
         "   WHEN ?4 = 'pending' THEN NULL"
         "   WHEN ?4 = 'dispatched' AND (state <> 'dispatched' OR attempt <> ?5) THEN ?8"
+        "   WHEN ?4 = 'waiting-approval' AND state <> 'waiting-approval' THEN ?8"
         "   ELSE started_at END,"
         "  finished_at = CASE"
         "   WHEN NOT ?10 THEN NULL"

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -296,6 +297,54 @@ Test(output, a_servers_text_cannot_move_the_cursor_or_forge_lines)
         harness_result_release(&r);
     }
     free(workflow);
+    free(run);
+    harness_env_release(&env);
+}
+
+/* ---- what show says of an approval --------------------------------------------------------- */
+
+Test(show, an_approval_step_shows_how_long_it_waited)
+{
+    struct harness_result r;
+    struct harness_proc proc;
+
+    env = harness_env_new();
+    char *path = harness_write_file(env.dir, "gate.yaml",
+                                    "name: gate\n"
+                                    "mcp_servers:\n"
+                                    "  demo: {command: troupe-demo-tools, args: []}\n"
+                                    "personas:\n"
+                                    "  clerk: {role: Clerk, goal: Do it., servers: [demo],"
+                                    " tools: [demo.greet]}\n"
+                                    "steps:\n"
+                                    "  - id: gate\n"
+                                    "    approval: {who: carol, why: sign it}\n"
+                                    "  - id: after\n"
+                                    "    eval: '.steps.gate.output.by'\n"
+                                    "    needs: gate\n");
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_spawn(argv, env.dir, &proc);
+    harness_wait_for_approval(env.db, "gate");
+    usleep(1500 * 1000);
+    harness_approve(&env, "gate", "carol", "ok", false);
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+
+    cr_assert_geq(harness_db_int(env.db, "SELECT json_extract(payload_json, '$.duration_ms')"
+                                         " FROM audit WHERE type = 'step.finished' AND"
+                                         " step_id = 'gate'"),
+                  1400);
+    run = harness_db_text(env.db, "SELECT id FROM runs");
+    troupe_on(env.db, &r, "show", run, NULL);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    const char *line = strstr(r.out, "\ngate ");
+    cr_assert_not_null(line, "%s", r.out);
+    double seconds = 0;
+    cr_assert_eq(sscanf(strstr(line, " 1 ") + 3, " %lf s", &seconds), 1, "%s", r.out);
+    cr_assert_geq(seconds, 1.4, "the wait is not shown: %s", r.out);
+    harness_result_release(&r);
+    free(path);
     free(run);
     harness_env_release(&env);
 }
