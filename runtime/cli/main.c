@@ -143,14 +143,23 @@ int cli_run_resolve(struct store *store, const char *ref, char run_id[STORE_RUN_
     return 0;
 }
 
-struct store *cli_open_run(const struct cli_common *common, const char *ref,
-                           char run_id[STORE_RUN_ID_SIZE])
+static struct store *open_existing(const struct cli_common *common, bool read_only);
+
+/* Opens the database (read-only or not), then resolves ref into run_id. */
+static struct store *open_run(const struct cli_common *common, bool read_only, const char *ref,
+                              char run_id[STORE_RUN_ID_SIZE])
 {
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = open_existing(common, read_only);
 
     if (store && cli_run_resolve(store, ref, run_id) < 0)
         store_free(&store);
     return store;
+}
+
+struct store *cli_open_run(const struct cli_common *common, const char *ref,
+                           char run_id[STORE_RUN_ID_SIZE])
+{
+    return open_run(common, false, ref, run_id);
 }
 
 const char *cli_run_status(const struct store_run *run)
@@ -287,11 +296,7 @@ struct store *cli_open_reader(const struct cli_common *common)
 struct store *cli_open_run_reader(const struct cli_common *common, const char *ref,
                                   char run_id[STORE_RUN_ID_SIZE])
 {
-    struct store *store = cli_open_reader(common);
-
-    if (store && cli_run_resolve(store, ref, run_id) < 0)
-        store_free(&store);
-    return store;
+    return open_run(common, true, ref, run_id);
 }
 
 int main(int argc, char **argv)

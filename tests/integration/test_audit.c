@@ -60,37 +60,17 @@ static void troupe(struct fixture *f, struct harness_result *r, const char *a, c
     harness_run(argv, f->dir, 30000, r);
 }
 
-/* Collects "DROP TRIGGER name;" statements. */
-static int drop_trigger(void *userdata, int columns, char **values, char **names)
-{
-    char **sql = userdata, *more;
-    (void)columns;
-    (void)names;
-    cr_assert_geq(asprintf(&more, "%sDROP TRIGGER \"%s\";", *sql, values[0]), 0);
-    free(*sql);
-    *sql = more;
-    return 0;
-}
-
 /* Runs SQL on the database as an attacker would: every trigger dropped first. */
 static void tamper(const char *db_path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void tamper(const char *db_path, const char *fmt, ...)
 {
-    sqlite3 *db;
-    char *sql, *error = NULL, *drops = strdup("");
+    char *sql;
     va_list ap;
 
     va_start(ap, fmt);
     cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
     va_end(ap);
-    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
-                              drop_trigger, &drops, &error),
-                 SQLITE_OK, "%s", error);
-    cr_assert_eq(sqlite3_exec(db, drops, NULL, NULL, &error), SQLITE_OK, "%s", error);
-    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &error), SQLITE_OK, "%s: %s", sql, error);
-    sqlite3_close(db);
-    free(drops);
+    (void)harness_db_tamper(db_path, true, sql);
     free(sql);
 }
 
@@ -211,51 +191,12 @@ Test(audit, the_log_refuses_updates_and_deletes)
 
 /* ---- signatures against a forged database ------------------------------------------------- */
 
+static void rechain_in(const char *db_path, const char *run, int encoding);
+
 /* Rewrites every hash of the run so the forged chain is consistent again. */
 static void rechain(const char *db_path, const char *run)
 {
-    sqlite3 *db;
-    sqlite3_stmt *select, *update;
-    char prev[65];
-
-    memset(prev, '0', 64);
-    prev[64] = '\0';
-    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT seq, time, step_id, actor, type, "
-                                    "payload_json FROM audit WHERE run_id = ?1 ORDER BY seq",
-                                    -1, &select, NULL),
-                 SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
-                                    "?3 AND seq = ?4",
-                                    -1, &update, NULL),
-                 SQLITE_OK);
-    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
-    while (sqlite3_step(select) == SQLITE_ROW) {
-        crypto_hash_sha256_state state;
-        unsigned char digest[32];
-        char hash[65];
-        crypto_hash_sha256_init(&state);
-        harness_hash_field_v2(&state, "troupe-audit-v2");
-        harness_hash_field_v2(&state, prev);
-        harness_hash_field_v2(&state, run);
-        harness_hash_field_v2(&state, (const char *)sqlite3_column_text(select, 0));
-        for (int c = 1; c <= 5; c++)
-            harness_hash_field_v2(&state, (const char *)sqlite3_column_text(select, c));
-        crypto_hash_sha256_final(&state, digest);
-        sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
-        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
-        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
-        sqlite3_reset(update);
-        memcpy(prev, hash, sizeof(prev));
-    }
-    sqlite3_finalize(select);
-    sqlite3_finalize(update);
-    sqlite3_close(db);
+    rechain_in(db_path, run, 2);
 }
 
 Test(audit, a_signed_run_detects_a_database_forged_whole)

@@ -37,24 +37,11 @@ static void run_ledger_workflow(void)
                  1);
 }
 
-static int drop_trigger(void *userdata, int columns, char **values, char **names)
-{
-    char **sql = userdata, *more;
-    (void)columns;
-    (void)names;
-    cr_assert_geq(asprintf(&more, "%sDROP TRIGGER \"%s\";", *sql, values[0]), 0);
-    free(*sql);
-    *sql = more;
-    return 0;
-}
-
 /* Runs sql on a fresh copy of the database; returns the copy's path, or NULL when sqlite
  * refused the change (a trigger). */
 static char *tampered_copy(const char *name, const char *sql, bool drop_triggers)
 {
     char *copy, *command;
-    sqlite3 *db;
-    char *error = NULL, *drops = strdup("");
 
     cr_assert_geq(asprintf(&copy, "%s/%s-%s.db", env.dir, name, drop_triggers ? "raw" : "guarded"),
                   0);
@@ -62,20 +49,7 @@ static char *tampered_copy(const char *name, const char *sql, bool drop_triggers
         asprintf(&command, "rm -f '%s' && sqlite3 '%s' \".backup '%s'\"", copy, env.db, copy), 0);
     cr_assert_eq(system(command), 0, "%s", command);
     free(command);
-    cr_assert_eq(sqlite3_open(copy, &db), SQLITE_OK);
-    if (drop_triggers) {
-        cr_assert_eq(sqlite3_exec(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
-                                  drop_trigger, &drops, &error),
-                     SQLITE_OK, "%s", error);
-        cr_assert_eq(sqlite3_exec(db, drops, NULL, NULL, &error), SQLITE_OK, "%s", error);
-    }
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &error);
-    if (drop_triggers)
-        cr_assert_eq(rc, SQLITE_OK, "%s: %s", sql, error);
-    sqlite3_free(error);
-    cr_assert_eq(sqlite3_changes(db) > 0 || rc != SQLITE_OK, 1, "%s changed nothing", sql);
-    sqlite3_close(db);
-    free(drops);
+    int rc = harness_db_tamper(copy, drop_triggers, sql);
     if (rc != SQLITE_OK) {
         free(copy);
         return NULL;

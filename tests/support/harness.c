@@ -538,3 +538,38 @@ void harness_wait_for_approval(const char *db, const char *step)
     cr_assert_eq(harness_db_wait(db, sql, 1, 30000), 1, "%s did not wait", step);
     free(sql);
 }
+
+/* Collects "DROP TRIGGER name;" statements. */
+static int collect_trigger(void *userdata, int columns, char **values, char **names)
+{
+    char **sql = userdata, *more;
+    (void)columns;
+    (void)names;
+    cr_assert_geq(asprintf(&more, "%sDROP TRIGGER \"%s\";", *sql, values[0]), 0);
+    free(*sql);
+    *sql = more;
+    return 0;
+}
+
+int harness_db_tamper(const char *db_path, bool drop_triggers, const char *sql)
+{
+    sqlite3 *db;
+    char *error = NULL, *drops = strdup("");
+
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    if (drop_triggers) {
+        cr_assert_eq(sqlite3_exec(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
+                                  collect_trigger, &drops, &error),
+                     SQLITE_OK, "%s", error);
+        cr_assert_eq(sqlite3_exec(db, drops, NULL, NULL, &error), SQLITE_OK, "%s", error);
+    }
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &error);
+    if (drop_triggers)
+        cr_assert_eq(rc, SQLITE_OK, "%s: %s", sql, error);
+    if (rc == SQLITE_OK)
+        cr_assert_gt(sqlite3_changes(db), 0, "%s changed nothing", sql);
+    sqlite3_free(error);
+    sqlite3_close(db);
+    free(drops);
+    return rc;
+}
