@@ -24,7 +24,10 @@ static void usage(FILE *out)
             "options:\n"
             "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
             "  --json      the run and its steps as one JSON object\n"
-            "  -h, --help  show this help\n",
+            "  -h, --help  show this help\n"
+            "\n"
+            "exit status: 0 shown, 1 no such run or it does not verify, 2 bad usage (no run,\n"
+            "or an empty one).\n",
             STORE_DEFAULT_PATH);
 }
 
