@@ -582,7 +582,8 @@ int sched_ledger_check(struct store *store, const char *run_id, struct sched_led
         rc = check_items(&l, store, s, err);
     }
     if (rc == 0) {
-        qsort(l.writes, l.write_count, sizeof(*l.writes), by_key_then_seq);
+        if (l.write_count)
+            qsort(l.writes, l.write_count, sizeof(*l.writes), by_key_then_seq);
         rc = store_context_history(store, run_id, check_context_row, &l, err);
     }
     for (size_t i = 0; rc == 0 && i < l.write_count; i++)
