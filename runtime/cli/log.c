@@ -144,10 +144,13 @@ int cli_log(int argc, char **argv, struct cli_common *common)
     /* The log is the ledger itself: it is shown even when the run's records disagree with
      * it, or its chain is broken, but that is said first, and the exit status is 1. */
     struct cli_run_check *check = xmalloc(sizeof(*check));
-    /* Without --follow, one snapshot: what is checked is what is listed. */
-    int rc = follow ? 0 : store_read_begin(store, &err);
+    /* One snapshot: what is checked is what is listed (with --follow, what is checked is
+     * the run as it was when the listing started). */
+    int rc = store_read_begin(store, &err);
     if (rc == 0)
         rc = cli_run_check(store, run_id, check) < 0 ? -1 : 0;
+    if (follow)
+        store_read_end(store);
     bool untrusted = rc == 0 && !check->trusted;
     if (untrusted) {
         cli_error("log: run %s does not verify: the records or the log were tampered with, or "

@@ -713,6 +713,12 @@ int store_read_begin(struct store *store, struct tr_error *err)
     return exec_sql(store, "BEGIN DEFERRED", err);
 }
 
+void store_read_end(struct store *store)
+{
+    if (store && !store->in_transaction && !sqlite3_get_autocommit(store->db))
+        (void)sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 void store_rollback(struct store *store)
 {
     if (!store)

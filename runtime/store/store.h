@@ -69,11 +69,12 @@ int store_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 int store_commit(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 void store_rollback(struct store *store);
 /*
- * A read transaction: every read until the store is freed sees the database as it was at the
- * first one (one snapshot), whatever a writer commits meanwhile. Takes no lock a writer waits
- * for. For reading commands only.
+ * A read transaction: every read until store_read_end (or the store is freed) sees the
+ * database as it was at the first one (one snapshot), whatever a writer commits meanwhile.
+ * Takes no lock a writer waits for. For reading commands only. store_read_end accepts none.
  */
 int store_read_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
+void store_read_end(struct store *store);
 
 /*
  * Reads go through a memory map of up to 256 MiB of the file (the default: reading a whole
