@@ -489,12 +489,14 @@ Test(audit, events_after_a_signed_head_fail_both_verifies_and_are_marked_in_the_
     tamper(db3, "UPDATE runs SET status = 'running', finished_at = NULL");
     char *key;
     cr_assert_geq(asprintf(&key, "%s/audit.key", f.dir), 0);
-    const char *sign_running[] = {f.troupe, "--db",  db2, "audit", "sign",
+    const char *sign_running[] = {f.troupe, "--db",  db3, "audit", "sign",
                                   f.run,    "--key", key, NULL};
     harness_run(sign_running, f.dir, 30000, &r);
     cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "still running"), "%s", r.err);
     harness_result_release(&r);
     free(key);
+    free(db3);
     free(db);
     free(db2);
     free(sig);
