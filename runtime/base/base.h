@@ -80,6 +80,26 @@ void tr_buf_consume(struct tr_buf *buf, size_t n);
 /* Hands the data over to the caller (NUL-terminated, never NULL) and resets the buffer. */
 char *tr_buf_take(struct tr_buf *buf);
 
+/* ---- untrusted text on a terminal ---------------------------------------------------------- */
+
+/*
+ * A copy of untrusted text (a tool's output or error, anything read from the database or a
+ * peer) safe to print in text output and text log lines: C0 controls, DEL and C1 controls
+ * become \n, \r, \t or \xNN; the line and paragraph separators (U+2028, U+2029) and the
+ * bidi controls (U+061C, U+200E-200F, U+202A-202E, U+2066-2069) become \uNNNN; bytes that
+ * are not UTF-8 become \xNN. Other text, backslashes included, is kept as it is (this is for
+ * eyes, not a reversible encoding). max_bytes > 0 cuts the result near that size, ending it
+ * with "...". Caller frees.
+ */
+char *tr_text_escape(const char *text, size_t max_bytes);
+/* Whether code point cp is one tr_text_escape shows as an escape. */
+bool tr_text_is_unsafe(long cp);
+/* Terminal columns text takes (UTF-8: wide characters 2, combining marks 0). */
+size_t tr_text_width(const char *text);
+/* How many bytes of text fit in columns (never splitting a character); the width they take
+ * in *ret_width when not NULL. */
+size_t tr_text_fit(const char *text, size_t columns, size_t *ret_width);
+
 /* ---- clocks ------------------------------------------------------------------------------- */
 
 /* Monotonic milliseconds, for deadlines. */

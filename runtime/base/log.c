@@ -108,12 +108,18 @@ void tr_log(enum tr_log_level level, const char *fmt, ...)
         json_string(&out, msg);
         rc |= tr_buf_append(&out, "}\n", 2);
     } else {
-        rc |= tr_buf_appendf(&out, "%s %s: %s", logger.program, level_names[level], msg);
+        /* Text lines carry untrusted text (a tool's error, a server's message): escaped, it
+         * cannot clear the screen or forge a line. */
+        char *safe = tr_text_escape(msg, 0);
+        rc |= tr_buf_appendf(&out, "%s %s: %s", logger.program, level_names[level], safe);
+        free(safe);
         const char *sep = " [";
         for (int i = 0; i < 3; i++) {
             if (!vals[i])
                 continue;
-            rc |= tr_buf_appendf(&out, "%s%s=%s", sep, keys[i], vals[i]);
+            safe = tr_text_escape(vals[i], 0);
+            rc |= tr_buf_appendf(&out, "%s%s=%s", sep, keys[i], safe);
+            free(safe);
             sep = " ";
         }
         if (*sep == ' ' && sep[1] == '\0')

@@ -24,10 +24,13 @@ static void usage(FILE *out)
             "       troupe audit export RUN [--format jsonl|otlp] [--output FILE]\n"
             "\n"
             "verify   recompute each run's hash chain (every run when none is named) and name\n"
-            "         the first bad event; with --signature and --public-key, also check that\n"
-            "         the run's head was signed by that key (detects a database forged whole)\n"
-            "sign     sign a run's audit head with an Ed25519 secret key; writes the signature\n"
-            "         (JSON) to --output or standard output\n"
+            "         the first bad event, and check each run's records (runs, steps, context,\n"
+            "         items) against its log, naming each that disagrees; with --signature and\n"
+            "         --public-key, check instead that the run (the one named, else the one\n"
+            "         signed) was signed by that key and that no event follows its signed head\n"
+            "sign     sign a finished run's audit head with an Ed25519 secret key; writes the\n"
+            "         signature (JSON) to --output or standard output and records it in the\n"
+            "         database (verify then refuses any event appended after it)\n"
             "         (keys: troupe keygen --signing NAME makes NAME.key and NAME.pub)\n"
             "export   write the run's audit log as JSON Lines (schemas/audit-event.schema.json)\n"
             "         or as OpenTelemetry spans in OTLP JSON (--format otlp)\n"
@@ -126,28 +129,51 @@ struct run_ids {
     size_t count;
 };
 
-static int collect_run(void *userdata, const struct store_run *run)
+static int collect_id(void *userdata, const char *run_id)
 {
     struct run_ids *list = userdata;
+    for (size_t i = 0; i < list->count; i++)
+        if (strcmp(list->ids[i], run_id) == 0)
+            return 0;
     list->ids = xrealloc(list->ids, (list->count + 1) * sizeof(*list->ids));
-    list->ids[list->count++] = xstrdup(run->id);
+    list->ids[list->count++] = xstrdup(run_id);
     return 0;
+}
+
+static int collect_run(void *userdata, const struct store_run *run)
+{
+    return collect_id(userdata, run->id);
 }
 
 static bool verify_one(struct store *store, const char *run_id)
 {
-    struct store_audit_check check;
-    struct tr_error err = {0};
+    struct cli_run_check *check = xmalloc(sizeof(*check));
+    bool ok = false;
 
-    if (store_audit_verify(store, run_id, 0, &check, &err) == 0) {
-        printf("%s: ok, %lld events, head %s\n", run_id, (long long)check.events, check.head);
-        return true;
+    if (cli_run_check(store, run_id, check) < 0) {
+        printf("%s: UNREADABLE (the error is above)\n", run_id);
+        goto out;
     }
-    if (check.bad_seq)
-        printf("%s: BROKEN at event %lld: %s\n", run_id, (long long)check.bad_seq, check.problem);
-    else
-        cli_error("%s", err.message);
-    return false;
+    ok = check->trusted;
+    if (ok) {
+        printf("%s: ok, %lld events, head %s\n", run_id, (long long)check->chain.events,
+               check->chain.head);
+        goto out;
+    }
+    if (check->chain.bad_seq) {
+        char *problem = tr_text_escape(check->chain.problem, 0);
+        printf("%s: BROKEN at event %lld: %s\n", run_id, (long long)check->chain.bad_seq, problem);
+        free(problem);
+    }
+    if (check->ledger.problems) {
+        printf("%s: RECORDS DISAGREE with the audit log (%lld):\n", run_id,
+               (long long)check->ledger.problems);
+        check->chain.bad_seq = 0; /* printed above */
+        cli_run_check_print(stdout, "  ", check);
+    }
+out:
+    free(check);
+    return ok;
 }
 
 static int verify(struct store *store, char **runs, int run_count, const char *signature_path,
@@ -164,9 +190,24 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
     if (signature_path) {
         struct store_audit_signature sig;
         unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES];
+        if (run_count > 1) {
+            cli_error("audit verify: a signature is of one run; name at most one");
+            return CLI_USAGE;
+        }
         if (signature_from_file(signature_path, &sig) < 0 ||
             read_key(public_key_path, public_key, sizeof(public_key)) < 0)
             return CLI_FAILED;
+        if (run_count == 1) {
+            char run_id[STORE_RUN_ID_SIZE];
+            if (cli_run_resolve(store, runs[0], run_id) < 0)
+                return CLI_FAILED;
+            if (strcmp(run_id, sig.run_id) != 0) {
+                printf("%s: signature NOT valid: '%s' is the signature of run %s, not of this "
+                       "run\n",
+                       run_id, signature_path, sig.run_id);
+                return CLI_FAILED;
+            }
+        }
         if (store_audit_verify_signature(store, &sig, public_key, &err) < 0) {
             printf("%s: signature NOT valid: %s\n", sig.run_id, err.message);
             return CLI_FAILED;
@@ -184,15 +225,24 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
         all_ok &= verify_one(store, run_id);
     }
     if (run_count == 0) {
+        /* Every run that can be read is verified, even when part of the file is corrupt: the
+         * runs listed before a bad page, else the runs the audit log names. */
         if (store_runs_list(store, collect_run, &list, &err) < 0) {
             cli_error("%s", err.message);
-            return CLI_FAILED;
+            all_ok = false;
+            if (store_audit_run_ids(store, collect_id, &list, &err) < 0)
+                cli_error("%s", err.message);
         }
         for (size_t i = list.count; i-- > 0;) /* oldest first */
             all_ok &= verify_one(store, list.ids[i]);
         for (size_t i = 0; i < list.count; i++)
             free(list.ids[i]);
         free(list.ids);
+        /* Then the file itself: a bad page no run's check read is found here. */
+        if (store_quick_check(store, &err) < 0) {
+            printf("database: CORRUPT: %s\n", err.message);
+            all_ok = false;
+        }
     }
     return all_ok ? CLI_OK : CLI_FAILED;
 }
@@ -214,7 +264,8 @@ static int sign(struct store *store, const char *run, const char *key_path, cons
     if (read_key(key_path, secret_key, sizeof(secret_key)) < 0)
         return CLI_FAILED;
     if (store_run_resolve(store, run, run_id, &err) < 0 ||
-        store_audit_sign(store, run_id, secret_key, &sig, &err) < 0) {
+        store_audit_sign(store, run_id, secret_key, &sig, &err) < 0 ||
+        store_audit_signature_record(store, &sig, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
     }
@@ -291,7 +342,9 @@ int cli_audit(int argc, char **argv, struct cli_common *common)
         cli_error("audit export: --format is jsonl or otlp, not '%s'", format);
         return CLI_USAGE;
     }
-    struct store *store = cli_open_existing_store(common);
+    /* Only sign writes (it records the signature); verify and export read, from copies too. */
+    struct store *store =
+        strcmp(action, "sign") == 0 ? cli_open_existing_store(common) : cli_open_reader(common);
     if (!store)
         return CLI_FAILED;
     int status;

@@ -58,8 +58,18 @@ char *cli_agent_program(void);
  */
 int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, bool *json,
                              void (*print_usage)(FILE *out));
-/* Opens an existing database for reading commands; prints the error and returns NULL. */
+/*
+ * Opens an existing database for a command that may write (checked first: a corrupt file is
+ * refused); one that cannot be written (a read-only copy) is opened read-only instead.
+ * Prints the error and returns NULL.
+ */
 struct store *cli_open_existing_store(const struct cli_common *common);
+/* Opens an existing database for a reading command: read-only (store_open_read), never
+ * written or migrated, so read-only copies work. Prints the error and returns NULL. */
+struct store *cli_open_reader(const struct cli_common *common);
+/* cli_open_reader, then cli_run_resolve; prints the error and returns NULL. */
+struct store *cli_open_run_reader(const struct cli_common *common, const char *ref,
+                                  char run_id[STORE_RUN_ID_SIZE]);
 /*
  * Resolves ref (a run id, a unique prefix of one, or 'latest') into run_id; prints the error
  * and returns -1 when there is no such run.
@@ -99,6 +109,45 @@ int cli_usage(int opt, void (*print_usage)(FILE *out));
 int cli_parse_int(const char *option, const char *arg, long min, long max, long *ret);
 /* Prints "troupe: MESSAGE" to stderr. */
 void cli_error(const char *fmt, ...) TR_PRINTF(1, 2);
+
+/*
+ * Whether a run's records can be shown: its audit chain verifies (store_audit_verify) and its
+ * records agree with it (sched_ledger_check). cli_run_check fills ret (ret->trusted) and
+ * returns 0, or prints the error and returns -1 when the database could not be read.
+ */
+#include "sched.h"
+struct cli_run_check {
+    bool trusted;
+    struct store_audit_check chain;
+    struct sched_ledger_report ledger;
+};
+int cli_run_check(struct store *store, const char *run_id, struct cli_run_check *ret);
+/* Prints what cli_run_check found wrong, one line each, after indent. */
+void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_check *check);
+/*
+ * For reading commands that refuse an untrusted run (show, context): cli_run_check, and when
+ * the run is not trusted, prints why to stderr ("COMMAND: refusing to show run ...") and
+ * returns -1 (also when the database could not be read); 0 when the run can be shown.
+ */
+int cli_run_check_refuse(struct store *store, const char *run_id, const char *command);
+
+/*
+ * Text output of untrusted values (table.c). cli_cell_print prints text escaped for the
+ * terminal (tr_text_escape; NULL as "-") in width columns: padded, or cut with an ellipsis
+ * when wider; width 0 prints it whole. A table collects its rows (escaped copies), then
+ * prints them aligned by display width; max_width (borrowed, one per column, 0 for no limit)
+ * caps each column, the last one is never padded.
+ */
+void cli_cell_print(FILE *out, const char *text, size_t width);
+struct cli_table;
+struct cli_table *cli_table_new(size_t columns, const char *const *headers,
+                                const size_t *max_width);
+void cli_table_add(struct cli_table *table, const char *const *cells);
+void cli_table_print(struct cli_table *table, FILE *out);
+void cli_table_free(struct cli_table **table);
+
+/* Prints the line after a run's signed head saying that what follows is not signed. */
+void cli_print_signed_head_marker(FILE *out, int64_t signed_seq);
 
 int cli_run(int argc, char **argv, struct cli_common *common);
 int cli_runs(int argc, char **argv, struct cli_common *common);

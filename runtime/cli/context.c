@@ -1,7 +1,8 @@
 /*
  * cli/context.c: `troupe context RUN [KEY] [--at SEQ] [--history]`: the shared context of a
  * run as it is, or as it was after any audit event (rebuilt from the log's context.write
- * events, which are hash-chained, so what it shows is what the run saw).
+ * events, which are hash-chained, so what it shows is what the run saw). A run whose records
+ * disagree with its log is refused.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -24,7 +25,12 @@ static void usage(FILE *out)
             "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
             "  -h, --help  show this help\n"
             "\n"
-            "exit status: 0 shown, 1 no such run or key, 2 bad usage.\n",
+            "A run whose records disagree with its audit log (tampered with, or damaged) is\n"
+            "refused: troupe audit verify RUN names what differs; so is a run with events\n"
+            "after its signed head (troupe audit sign).\n"
+            "\n"
+            "exit status: 0 shown, 1 no such run or key, --at past the log's end, or the run\n"
+            "does not verify; 2 bad usage.\n",
             STORE_DEFAULT_PATH);
 }
 
@@ -35,6 +41,17 @@ struct rebuild {
     cJSON *context;  /* key → value as of `at` */
     size_t writes;
 };
+
+/* "KEY = VALUE" (or VALUE alone for one key), both escaped for the terminal. */
+static void print_value(const struct rebuild *r, const char *key, const char *value_json)
+{
+    if (!r->key) {
+        cli_cell_print(stdout, key, 0);
+        fputs(" = ", stdout);
+    }
+    cli_cell_print(stdout, value_json, 0);
+    fputc('\n', stdout);
+}
 
 static int apply_write(void *userdata, const struct store_audit_event *event)
 {
@@ -57,8 +74,13 @@ static int apply_write(void *userdata, const struct store_audit_event *event)
             snprintf(who, sizeof(who), "%s/%s#%d", event->step_id ? event->step_id : "-",
                      cJSON_IsString(persona) ? persona->valuestring : "-",
                      cJSON_IsNumber(attempt) ? attempt->valueint : 0);
-            printf("%5lld %s %-24s %s = %s\n", (long long)event->seq, event->time, who,
-                   key->valuestring, text);
+            printf("%5lld %s ", (long long)event->seq, event->time);
+            cli_cell_print(stdout, who, 24);
+            fputc(' ', stdout);
+            cli_cell_print(stdout, key->valuestring, 0);
+            fputs(" = ", stdout);
+            cli_cell_print(stdout, text, 0);
+            fputc('\n', stdout);
             free(text);
             cJSON_Delete(value);
         } else {
@@ -78,10 +100,7 @@ static int print_entry(void *userdata, const struct store_context_entry *entry)
     if (r->key && strcmp(r->key, entry->key) != 0)
         return 0;
     r->writes++;
-    if (r->key)
-        printf("%s\n", entry->value_json);
-    else
-        printf("%s = %s\n", entry->key, entry->value_json);
+    print_value(r, entry->key, entry->value_json);
     return 0;
 }
 
@@ -91,10 +110,7 @@ static void print_rebuilt(struct rebuild *r)
     cJSON_ArrayForEach(item, r->context)
     {
         char *text = cJSON_PrintUnformatted(item);
-        if (r->key)
-            printf("%s\n", text);
-        else
-            printf("%s = %s\n", item->string, text);
+        print_value(r, item->string, text);
         free(text);
     }
 }
@@ -132,16 +148,33 @@ int cli_context(int argc, char **argv, struct cli_common *common)
         }
         return cli_usage(opt, usage);
     }
-    if (optind >= argc || argc - optind > 2) {
+    if (optind >= argc || argc - optind > 2 || !*argv[optind]) {
         cli_error("context: which run (and, optionally, which key)?");
         return CLI_USAGE;
     }
     r.key = argc - optind == 2 ? argv[optind + 1] : NULL;
-    struct store *store = cli_open_run(common, argv[optind], run_id);
+    struct store *store = cli_open_run_reader(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    int rc;
-    if (r.at || r.history) {
+    int64_t last = 0;
+    /* One snapshot: what is checked is what is shown. A run that does not verify (events
+     * after its signed head included) is refused. */
+    int rc = store_read_begin(store, &err);
+    if (rc == 0 && cli_run_check_refuse(store, run_id, "context") < 0) {
+        store_free(&store);
+        return CLI_FAILED;
+    }
+    if (rc == 0)
+        rc = store_audit_last_seq(store, run_id, &last, &err);
+    if (rc == 0 && r.at > last) {
+        cli_error("context: run %s has %lld audit events; --at %lld is past its end", run_id,
+                  (long long)last, (long long)r.at);
+        store_free(&store);
+        return CLI_FAILED;
+    }
+    if (rc < 0) {
+        /* reported below */
+    } else if (r.at || r.history) {
         r.context = cJSON_CreateObject();
         rc = store_audit_list(store, run_id, apply_write, &r, &err);
         if (rc >= 0 && !r.history)

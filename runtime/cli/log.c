@@ -17,14 +17,21 @@ static void usage(FILE *out)
             "\n"
             "Shows the audit trail of a run, in order: the run and step lifecycle, every\n"
             "MCP request, response and notification, context writes and agent events.\n"
-            "RUN is a run id, a unique prefix of one, or 'latest'.\n"
+            "RUN is a run id, a unique prefix of one, or 'latest'. Text from tools and\n"
+            "servers is shown with control characters escaped. The events are shown even when\n"
+            "the run does not verify (its records disagree with the log, or the chain is\n"
+            "broken), but that is said first on stderr; after a signed head, a line says that\n"
+            "what follows is covered by no signature.\n"
             "\n"
             "options:\n"
             "  --step ID     only the events of that step\n"
             "  -f, --follow  keep printing new events until the run ends\n"
             "  --json        one JSON object per event (schemas/audit-event.schema.json)\n"
             "  --db FILE     the database (default: $TROUPE_DB, else %s)\n"
-            "  -h, --help    show this help\n",
+            "  -h, --help    show this help\n"
+            "\n"
+            "exit status: 0 shown, 1 no such run or step, the run does not verify, or events\n"
+            "follow its signed head; 2 bad usage.\n",
             STORE_DEFAULT_PATH);
 }
 
@@ -32,16 +39,33 @@ struct printer {
     const char *run_id;
     const char *step;
     bool json;
-    int64_t last_seq; /* events up to this one were printed */
+    int64_t last_seq;   /* events up to this one were printed */
+    int64_t signed_seq; /* the run's signed head, or 0 */
+    bool past_signed;   /* an event after the signed head was listed */
+    size_t matched;     /* events of --step listed */
 };
+
+/* The line that says what follows a signed head is not covered by it. */
+void cli_print_signed_head_marker(FILE *out, int64_t signed_seq)
+{
+    fprintf(out,
+            "----- signed head: event %lld. The events below were appended after the run was "
+            "signed: NO signature covers them -----\n",
+            (long long)signed_seq);
+}
 
 static int print_event(void *userdata, const struct store_audit_event *event)
 {
     struct printer *p = userdata;
 
     p->last_seq = event->seq; /* the next listing starts after it */
+    if (p->signed_seq > 0 && event->seq > p->signed_seq && !p->past_signed) {
+        p->past_signed = true;
+        cli_print_signed_head_marker(p->json ? stderr : stdout, p->signed_seq);
+    }
     if (p->step && (!event->step_id || strcmp(p->step, event->step_id) != 0))
         return 0;
+    p->matched++;
     if (p->json) {
         cJSON *o = cli_audit_event_json(p->run_id, event);
         char *line = cJSON_PrintUnformatted(o);
@@ -51,10 +75,26 @@ static int print_event(void *userdata, const struct store_audit_event *event)
     } else {
         /* The time of day is enough on a terminal; --json has the full timestamp. */
         const char *t = strchr(event->time, 'T');
-        printf("%5lld %s %-18s %-18s %-10s %s\n", (long long)event->seq, t ? t + 1 : event->time,
-               event->actor, event->type, event->step_id ? event->step_id : "-",
-               event->payload_json);
+        printf("%5lld ", (long long)event->seq);
+        cli_cell_print(stdout, t ? t + 1 : event->time, 13);
+        fputc(' ', stdout);
+        cli_cell_print(stdout, event->actor, 18);
+        fputc(' ', stdout);
+        cli_cell_print(stdout, event->type, 22);
+        fputc(' ', stdout);
+        cli_cell_print(stdout, event->step_id, 16);
+        fputc(' ', stdout);
+        cli_cell_print(stdout, event->payload_json, 0);
+        fputc('\n', stdout);
     }
+    return 0;
+}
+
+static int find_step(void *userdata, const struct store_step *step)
+{
+    struct printer *p = userdata;
+    if (strcmp(step->step_id, p->step) == 0)
+        p->matched++;
     return 0;
 }
 
@@ -75,7 +115,7 @@ int cli_log(int argc, char **argv, struct cli_common *common)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    char run_id[STORE_RUN_ID_SIZE];
+    char run_id[STORE_RUN_ID_SIZE], head[65];
     struct printer printer = {.run_id = run_id};
     struct tr_error err = {0};
     bool follow = false;
@@ -94,14 +134,42 @@ int cli_log(int argc, char **argv, struct cli_common *common)
             return cli_usage(opt, usage);
         }
     }
-    if (optind + 1 != argc) {
+    if (optind + 1 != argc || !*argv[optind]) {
         cli_error("log: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_run(common, argv[optind], run_id);
+    struct store *store = cli_open_run_reader(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    int rc = 0;
+    /* The log is the ledger itself: it is shown even when the run's records disagree with
+     * it, or its chain is broken, but that is said first, and the exit status is 1. */
+    struct cli_run_check *check = xmalloc(sizeof(*check));
+    /* One snapshot: what is checked is what is listed (with --follow, what is checked is
+     * the run as it was when the listing started). */
+    int rc = store_read_begin(store, &err);
+    if (rc == 0)
+        rc = cli_run_check(store, run_id, check) < 0 ? -1 : 0;
+    if (follow)
+        store_read_end(store);
+    bool untrusted = rc == 0 && !check->trusted;
+    if (untrusted) {
+        cli_error("log: run %s does not verify: the records or the log were tampered with, or "
+                  "damaged:",
+                  run_id);
+        cli_run_check_print(stderr, "  ", check);
+    }
+    free(check);
+    if (rc == 0)
+        rc = store_audit_signed_head(store, run_id, &printer.signed_seq, head, &err);
+    if (rc == 0 && printer.step) {
+        rc = store_steps_list(store, run_id, find_step, &printer, &err);
+        if (rc == 0 && printer.matched == 0) {
+            cli_error("log: run %s has no step '%s'", run_id, printer.step);
+            store_free(&store);
+            return CLI_FAILED;
+        }
+        printer.matched = 0;
+    }
     for (;;) {
         char status[16] = "";
         if (rc == 0 && follow)
@@ -115,8 +183,12 @@ int cli_log(int argc, char **argv, struct cli_common *common)
             break;
         usleep(200 * 1000);
     }
-    if (rc < 0)
+    if (rc < 0 && err.message[0])
         cli_error("%s", err.message);
+    if (rc == 0 && printer.past_signed)
+        cli_error("log: events follow the signed head of run %s (event %lld): no signature "
+                  "covers them",
+                  run_id, (long long)printer.signed_seq);
     store_free(&store);
-    return rc < 0 ? CLI_FAILED : CLI_OK;
+    return rc < 0 || untrusted || printer.past_signed ? CLI_FAILED : CLI_OK;
 }

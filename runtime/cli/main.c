@@ -61,10 +61,14 @@ void cli_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("troupe: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    char *message = xvasprintf(fmt, ap);
     va_end(ap);
+    /* Messages carry untrusted text (a tool's error, a value from the database): escaped,
+     * it cannot clear the screen or forge a line. */
+    char *safe = tr_text_escape(message, 0);
+    fprintf(stderr, "troupe: %s\n", safe);
+    free(safe);
+    free(message);
 }
 
 int cli_usage(int opt, void (*print_usage)(FILE *out))
@@ -139,10 +143,13 @@ int cli_run_resolve(struct store *store, const char *ref, char run_id[STORE_RUN_
     return 0;
 }
 
-struct store *cli_open_run(const struct cli_common *common, const char *ref,
-                           char run_id[STORE_RUN_ID_SIZE])
+static struct store *open_existing(const struct cli_common *common, bool read_only);
+
+/* Opens the database (read-only or not), then resolves ref into run_id. */
+static struct store *open_run(const struct cli_common *common, bool read_only, const char *ref,
+                              char run_id[STORE_RUN_ID_SIZE])
 {
-    struct store *store = cli_open_existing_store(common);
+    struct store *store = open_existing(common, read_only);
 
     if (store && cli_run_resolve(store, ref, run_id) < 0)
         store_free(&store);
@@ -206,11 +213,68 @@ int cli_run_take(struct store *store, const char *run_id)
     return 0;
 }
 
+struct store *cli_open_run(const struct cli_common *common, const char *ref,
+                           char run_id[STORE_RUN_ID_SIZE])
+{
+    return open_run(common, false, ref, run_id);
+}
+
 const char *cli_run_status(const struct store_run *run)
 {
     if (strcmp(run->status, "running") == 0 && !sched_pid_alive(run->scheduler_pid))
         return "interrupted";
     return run->status;
+}
+
+int cli_run_check(struct store *store, const char *run_id, struct cli_run_check *ret)
+{
+    struct tr_error err = {0};
+    int rc;
+
+    memset(ret, 0, sizeof(*ret));
+    rc = store_audit_verify(store, run_id, 0, &ret->chain, &err);
+    if (rc < 0 && !ret->chain.bad_seq) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    if (sched_ledger_check(store, run_id, &ret->ledger, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    ret->trusted = !ret->chain.bad_seq && ret->ledger.problems == 0;
+    return 0;
+}
+
+void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_check *check)
+{
+    if (check->chain.bad_seq) {
+        char *problem = tr_text_escape(check->chain.problem, 0);
+        fprintf(out, "%saudit log broken at event %lld: %s\n", indent,
+                (long long)check->chain.bad_seq, problem);
+        free(problem);
+    }
+    for (size_t i = 0; i < check->ledger.lines; i++)
+        fprintf(out, "%s%s\n", indent, check->ledger.line[i]);
+    if (check->ledger.problems > (int64_t)check->ledger.lines)
+        fprintf(out, "%s... and %lld more\n", indent,
+                (long long)(check->ledger.problems - (int64_t)check->ledger.lines));
+}
+
+int cli_run_check_refuse(struct store *store, const char *run_id, const char *command)
+{
+    struct cli_run_check *check = xmalloc(sizeof(*check));
+    int rc = cli_run_check(store, run_id, check);
+
+    if (rc == 0 && !check->trusted) {
+        cli_error("%s: refusing to show run %s: its records disagree with its audit log "
+                  "(tampered with, or damaged):",
+                  command, run_id);
+        cli_run_check_print(stderr, "  ", check);
+        fprintf(stderr, "(troupe audit verify %s names every problem)\n", run_id);
+        rc = -1;
+    }
+    free(check);
+    return rc;
 }
 
 /* A string member, or null when there is none. */
@@ -255,7 +319,9 @@ int cli_write_new_file(const char *path, mode_t mode, const char *text)
     return 0;
 }
 
-struct store *cli_open_existing_store(const struct cli_common *common)
+/* Opens the database at the common path: read-only when asked, or when it cannot be written
+ * (a copy on a read-only filesystem: the commands that write then say so when they try). */
+static struct store *open_existing(const struct cli_common *common, bool read_only)
 {
     const char *path = cli_db_path(common);
     struct tr_error err = {0};
@@ -265,11 +331,29 @@ struct store *cli_open_existing_store(const struct cli_common *common)
         cli_error("no database at '%s' (run a workflow first, or name one with --db)", path);
         return NULL;
     }
-    if (store_open(path, &store, &err) < 0) {
+    if (!read_only && access(path, W_OK) < 0 && (errno == EROFS || errno == EACCES))
+        read_only = true;
+    if ((read_only ? store_open_read(path, &store, &err) : store_open(path, &store, &err)) < 0) {
         cli_error("%s", err.message);
         return NULL;
     }
     return store;
+}
+
+struct store *cli_open_existing_store(const struct cli_common *common)
+{
+    return open_existing(common, false);
+}
+
+struct store *cli_open_reader(const struct cli_common *common)
+{
+    return open_existing(common, true);
+}
+
+struct store *cli_open_run_reader(const struct cli_common *common, const char *ref,
+                                  char run_id[STORE_RUN_ID_SIZE])
+{
+    return open_run(common, true, ref, run_id);
 }
 
 int main(int argc, char **argv)

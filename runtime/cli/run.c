@@ -128,8 +128,11 @@ static void on_progress(void *userdata, const struct sched_progress *p)
         const char *state = strcmp(p->event, "retry") == 0 ? "retrying" : p->state;
         if (strcmp(state, "skipped") != 0 && strcmp(state, "cancelled") != 0)
             snprintf(took, sizeof(took), "%6lld ms", (long long)p->duration_ms);
-        printf("  %-9s %-*s %-12s %9s%s%s\n", state, (int)progress->width, p->step_id, persona,
-               took, p->error ? "  " : "", p->error ? p->error : "");
+        /* A tool's error is its server's text: escaped, it cannot forge lines. */
+        printf("  %-9s %-*s %-12s %9s%s", state, (int)progress->width, p->step_id, persona, took,
+               p->error ? "  " : "");
+        cli_cell_print(stdout, p->error ? p->error : "", 0);
+        fputc('\n', stdout);
     }
     if (progress->tty && p->total > 1) {
         double seconds = (double)(tr_now_ms() - progress->start_ms) / 1000.0;
@@ -326,7 +329,11 @@ int cli_sched_parse_options(int argc, char **argv, const char *shortopts,
 static int print_context_entry(void *userdata, const struct store_context_entry *entry)
 {
     (*(size_t *)userdata)++;
-    printf("  %s = %s\n", entry->key, entry->value_json);
+    fputs("  ", stdout);
+    cli_cell_print(stdout, entry->key, 0);
+    fputs(" = ", stdout);
+    cli_cell_print(stdout, entry->value_json, 0);
+    fputc('\n', stdout);
     return 0;
 }
 
@@ -488,9 +495,12 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
         return status;
     if (rc == 0)
         printf("run %s succeeded in %.2f s\n", run_id, seconds);
-    else
-        printf("run %s %s after %.2f s: %s\n", run_id,
-               rc == -ECANCELED ? "was cancelled" : "failed", seconds, err->message);
+    else {
+        printf("run %s %s after %.2f s: ", run_id, rc == -ECANCELED ? "was cancelled" : "failed",
+               seconds);
+        cli_cell_print(stdout, err->message, 0);
+        fputc('\n', stdout);
+    }
     if (!progress->quiet) {
         size_t entries = 0;
         printf("\ncontext:\n");

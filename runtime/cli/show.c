@@ -1,6 +1,7 @@
 /*
  * cli/show.c: `troupe show RUN`: the run at a glance: its workflow, status and times, then
- * each step with its state, persona, attempts and duration.
+ * each step with its state, persona, attempts and duration. A run whose records disagree with
+ * its audit log is refused (cli_run_check_refuse), never shown.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -17,12 +18,16 @@ static void usage(FILE *out)
             "\n"
             "Shows a run: workflow, status, times, plan hash and error, then each step with\n"
             "its state, persona, attempts and duration. RUN is a run id, a unique prefix\n"
-            "of one, or 'latest'.\n"
+            "of one, or 'latest'. A run whose records disagree with its audit log (tampered\n"
+            "with, or damaged) is refused: troupe audit verify RUN names what differs.\n"
             "\n"
             "options:\n"
             "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
             "  --json      the run and its steps as one JSON object\n"
-            "  -h, --help  show this help\n",
+            "  -h, --help  show this help\n"
+            "\n"
+            "exit status: 0 shown, 1 no such run or it does not verify, 2 bad usage (no run,\n"
+            "or an empty one).\n",
             STORE_DEFAULT_PATH);
 }
 
@@ -57,41 +62,60 @@ static void add_string(cJSON *o, const char *key, const char *value)
         cJSON_AddNullToObject(o, key);
 }
 
+struct show {
+    cJSON *doc;              /* --json: the run's object, else NULL */
+    cJSON *steps;            /* --json: its steps */
+    struct cli_table *table; /* text: the steps */
+};
+
+/* A header line of the run: its label, then the value escaped for the terminal. */
+static void print_field(const char *label, const char *value, const char *suffix)
+{
+    printf("%-9s ", label);
+    cli_cell_print(stdout, value, 0);
+    fputs(suffix ? suffix : "", stdout);
+    fputc('\n', stdout);
+}
+
 static int print_run(void *userdata, const struct store_run *run)
 {
-    cJSON *doc = userdata;
+    struct show *show = userdata;
     char took[32];
 
-    if (doc) {
-        cli_run_json(doc, run);
+    if (show->doc) {
+        cli_run_json(show->doc, run);
         cJSON *input = cJSON_Parse(run->input_json);
-        cJSON_AddItemToObject(doc, "input", input ? input : cJSON_CreateNull());
+        cJSON_AddItemToObject(show->doc, "input", input ? input : cJSON_CreateNull());
         return 0;
     }
     duration(run->started_at, run->finished_at, took, sizeof(took));
-    printf("run       %s\n"
-           "workflow  %s (%s)\n"
-           "status    %s%s%s\n"
-           "started   %s\n"
-           "finished  %s (%s)\n"
-           "plan      sha256:%s\n"
-           "input     %s\n\n",
-           run->id, run->workflow_name, run->workflow_file ? run->workflow_file : "-",
-           cli_run_status(run), run->error ? ": " : "", run->error ? run->error : "",
-           run->started_at, run->finished_at ? run->finished_at : "-", took, run->plan_hash,
-           run->input_json);
-    printf("%-20s %-10s %-14s %7s %10s  %s\n", "STEP", "STATE", "PERSONA", "ATTEMPT", "DURATION",
-           "ERROR");
+    char *workflow =
+        xasprintf("%s (%s)", run->workflow_name, run->workflow_file ? run->workflow_file : "-");
+    char *status = xasprintf("%s%s%s", cli_run_status(run), run->error ? ": " : "",
+                             run->error ? run->error : "");
+    char *finished = xasprintf("%s (%s)", run->finished_at ? run->finished_at : "-", took);
+    char *plan = xasprintf("sha256:%s", run->plan_hash);
+    print_field("run", run->id, NULL);
+    print_field("workflow", workflow, NULL);
+    print_field("status", status, NULL);
+    print_field("started", run->started_at, NULL);
+    print_field("finished", finished, NULL);
+    print_field("plan", plan, NULL);
+    print_field("input", run->input_json, "\n");
+    free(workflow);
+    free(status);
+    free(finished);
+    free(plan);
     return 0;
 }
 
 static int print_step(void *userdata, const struct store_step *step)
 {
-    cJSON *steps = userdata;
+    struct show *show = userdata;
     char took[32];
 
     duration(step->started_at, step->finished_at, took, sizeof(took));
-    if (steps) {
+    if (show->steps) {
         cJSON *o = cJSON_CreateObject();
         add_string(o, "id", step->step_id);
         add_string(o, "state", step->state);
@@ -104,21 +128,27 @@ static int print_step(void *userdata, const struct store_step *step)
         cJSON *output = step->output_json ? cJSON_Parse(step->output_json) : NULL;
         cJSON_AddItemToObject(o, "output", output ? output : cJSON_CreateNull());
         add_string(o, "error", step->error);
-        cJSON_AddItemToArray(steps, o);
+        cJSON_AddItemToArray(show->steps, o);
         return 0;
     }
-    char items[48] = "";
+    char attempt[16], items[48] = "";
+    snprintf(attempt, sizeof(attempt), "%d", step->attempt);
     if (step->items_done > 0)
         snprintf(items, sizeof(items), "%s%lld items done", step->error ? "; " : "",
                  (long long)step->items_done);
-    printf("%-20s %-10s %-14s %7d %10s  %s%s\n", step->step_id, step->state,
-           step->persona ? step->persona : "-", step->attempt, took, step->error ? step->error : "",
-           items);
+    char *error = xasprintf("%s%s", step->error ? step->error : "", items);
+    const char *cells[] = {step->step_id, step->state, step->persona ? step->persona : "-",
+                           attempt,       took,        error};
+    cli_table_add(show->table, cells);
+    free(error);
     return 0;
 }
 
 int cli_show(int argc, char **argv, struct cli_common *common)
 {
+    static const char *const headers[] = {"STEP",    "STATE",    "PERSONA",
+                                          "ATTEMPT", "DURATION", "ERROR"};
+    static const size_t widths[] = {40, 16, 24, 7, 12, 0};
     char run_id[STORE_RUN_ID_SIZE];
     struct tr_error err = {0};
     bool json = false;
@@ -126,29 +156,42 @@ int cli_show(int argc, char **argv, struct cli_common *common)
 
     if (done >= 0)
         return done;
-    if (optind + 1 != argc) {
+    if (optind + 1 != argc || !*argv[optind]) {
         cli_error("show: which run? (a run id, a prefix of one, or 'latest')");
         return CLI_USAGE;
     }
-    struct store *store = cli_open_run(common, argv[optind], run_id);
+    struct store *store = cli_open_run_reader(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    cJSON *doc = json ? cJSON_CreateObject() : NULL;
-    cJSON *steps = json ? cJSON_CreateArray() : NULL;
-    int rc = store_run_get(store, run_id, print_run, doc, &err);
+    /* One snapshot: what is checked is what is shown, whatever a live run commits. */
+    if (store_read_begin(store, &err) < 0 || cli_run_check_refuse(store, run_id, "show") < 0) {
+        if (err.message[0])
+            cli_error("%s", err.message);
+        store_free(&store);
+        return CLI_FAILED;
+    }
+    struct show show = {
+        .doc = json ? cJSON_CreateObject() : NULL,
+        .steps = json ? cJSON_CreateArray() : NULL,
+        .table = json ? NULL : cli_table_new(6, headers, widths),
+    };
+    int rc = store_run_get(store, run_id, print_run, &show, &err);
     if (rc == 0)
-        rc = store_steps_list(store, run_id, print_step, steps, &err);
+        rc = store_steps_list(store, run_id, print_step, &show, &err);
     if (rc == 0 && json) {
-        cJSON_AddItemToObject(doc, "steps", steps);
-        steps = NULL;
-        char *text = cJSON_Print(doc);
+        cJSON_AddItemToObject(show.doc, "steps", show.steps);
+        show.steps = NULL;
+        char *text = cJSON_Print(show.doc);
         puts(text);
         free(text);
+    } else if (rc == 0) {
+        cli_table_print(show.table, stdout);
     }
     if (rc < 0)
         cli_error("%s", err.message);
-    cJSON_Delete(doc);
-    cJSON_Delete(steps);
+    cJSON_Delete(show.doc);
+    cJSON_Delete(show.steps);
+    cli_table_free(&show.table);
     store_free(&store);
     return rc < 0 ? CLI_FAILED : CLI_OK;
 }

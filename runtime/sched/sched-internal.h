@@ -174,7 +174,10 @@ struct run {
     /* The first store failure (sched__store_failed), or NULL. Once set, nothing more is
      * recorded: the run stops, resumable, and what happens after is never the work's fault. */
     char *store_lost;
-    bool stopping;         /* the first SIGINT: the run stops, resumable */
+    bool stopping; /* the first SIGINT: the run stops, resumable */
+    /* The times of the step row last recorded (sched__record_step), for its final event. */
+    char row_started_at[STORE_TIME_SIZE];
+    char row_finished_at[STORE_TIME_SIZE];
     bool cancelling;       /* cancelled (signal) or past its deadline */
     int64_t deadline_ms;   /* monotonic time the run must end by, or 0 */
     int64_t deadline_wall; /* the same in epoch ms, as kept in the run's options */

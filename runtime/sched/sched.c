@@ -357,8 +357,26 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     cJSON_Delete(scope);
 }
 
+/* The run row's times and plan hash, for the events that back them (docs/audit.md). */
+struct run_row {
+    char started_at[STORE_TIME_SIZE];
+    char finished_at[STORE_TIME_SIZE];
+    char plan_hash[STORE_PLAN_HASH_SIZE];
+};
+
+static int copy_run_row(void *userdata, const struct store_run *r)
+{
+    struct run_row *row = userdata;
+    snprintf(row->started_at, sizeof(row->started_at), "%s", r->started_at);
+    snprintf(row->finished_at, sizeof(row->finished_at), "%s",
+             r->finished_at ? r->finished_at : "");
+    snprintf(row->plan_hash, sizeof(row->plan_hash), "%s", r->plan_hash);
+    return 0;
+}
+
 static int create_run(struct run *run, struct tr_error *err)
 {
+    struct run_row row = {"", "", ""};
     char *plan = workflow_plan_json(run->wf);
     char *input = cJSON_PrintUnformatted(run->opts.input);
     int rc = store_begin(run->store, err);
@@ -373,18 +391,19 @@ static int create_run(struct run *run, struct tr_error *err)
         rc = store_run_own(run->store, run->id, NULL, err);
     if (rc == 0)
         run->owned = true;
+    if (rc == 0)
+        rc = store_run_get(run->store, run->id, copy_run_row, &row, err);
     if (rc == 0) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
         cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
         cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
         cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
-        /* The chain vouches for the plan stored with the run (replay runs it). */
-        char plan_hash[STORE_PLAN_HASH_SIZE];
-        store_plan_hash(plan, plan_hash);
-        cJSON_AddStringToObject(payload, "plan_hash", plan_hash);
         if (run->opts.parent_run_id)
             cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
+        /* The chain vouches for the plan stored with the run (replay runs it). */
+        cJSON_AddStringToObject(payload, "plan_hash", row.plan_hash);
+        cJSON_AddStringToObject(payload, "started_at", row.started_at);
         sched__audit(run, NULL, "scheduler", "run.started", payload);
     }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++)
@@ -478,13 +497,18 @@ static void finish_run(struct run *run, const char *status)
         if (!step_state_final(run->steps[i].state))
             sched__step_cancel(run, i, "the run ended before it could run");
     sched__report_refused(run, tr_now_ms(), true);
+    /* The row first: its end time goes into the event that backs it. */
+    struct run_row row = {"", "", ""};
+    if (store_run_finish(run->store, run->id, status, run->failure, &err) < 0 ||
+        store_run_get(run->store, run->id, copy_run_row, &row, &err) < 0)
+        sched__store_failed(run, &err);
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "status", status);
     if (run->failure)
         cJSON_AddStringToObject(payload, "error", run->failure);
+    cJSON_AddStringToObject(payload, "finished_at", row.finished_at);
     sched__audit(run, NULL, "scheduler", "run.finished", payload);
-    if (store_run_finish(run->store, run->id, status, run->failure, &err) < 0 ||
-        store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
+    if (store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
         sched__store_failed(run, &err);
     (void)sched__commit_and_send(run, &err);
 }

@@ -195,4 +195,25 @@ int sched_approval_decide(struct store *store, const char *run_id, const char *s
                           bool approve, const char *by, const char *comment,
                           struct tr_error *err) TR_MUST_CHECK;
 
+/* ---- the ledger backs the records (ledger.c) ------------------------------------------ */
+
+#define SCHED_LEDGER_MAX_LINES 32
+struct sched_ledger_report {
+    int64_t problems; /* fields or rows that disagree with the log */
+    size_t lines;     /* how many of them line[] describes (the first ones) */
+    char line[SCHED_LEDGER_MAX_LINES][320];
+};
+
+/*
+ * Checks the run's records against what its audit events say they are: its runs row (the
+ * workflow, file, inputs, plan hash and times; status, error and end), each step's row (state,
+ * persona, attempt, output, error, times), each context write and each for_each item
+ * (docs/audit.md, "What the log backs"). Reads only. Returns 0 with report->problems counting
+ * the disagreements, each named by table, key and field in report->line (escaped for a
+ * terminal); a negative code when the database could not be read. The chain's own integrity
+ * is store_audit_verify's: check it first, since this trusts the events as they are.
+ */
+int sched_ledger_check(struct store *store, const char *run_id, struct sched_ledger_report *report,
+                       struct tr_error *err) TR_MUST_CHECK;
+
 #endif

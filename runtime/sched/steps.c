@@ -49,8 +49,43 @@ void sched__record_step(struct run *run, size_t index, const char *output_json, 
             (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + (step->due_ms - tr_now_ms());
     }
     step->ready_unsaved = false;
-    if (store_step_put(run->store, run->id, &record, &err) < 0)
+    if (store_step_record(run->store, run->id, &record, run->row_started_at, run->row_finished_at,
+                          &err) < 0)
         sched__store_failed(run, &err);
+}
+
+/* A JSON string, or null for NULL or "". */
+static void add_text_or_null(cJSON *payload, const char *name, const char *text)
+{
+    if (text && *text)
+        cJSON_AddStringToObject(payload, name, text);
+    else
+        cJSON_AddNullToObject(payload, name);
+}
+
+/*
+ * What a step's final event adds so that the ledger backs its row (docs/audit.md): the
+ * persona, the attempt, the row's times as just recorded (sched__record_step, called right
+ * before), and, for a for_each step, the digest of its items as the store holds them.
+ */
+static void add_row_facts(struct run *run, size_t index, cJSON *payload)
+{
+    add_text_or_null(payload, "persona",
+                     workflow_persona_name(run->wf, workflow_step_persona(run->wf, index)));
+    if (!cJSON_HasObjectItem(payload, "attempt"))
+        cJSON_AddNumberToObject(payload, "attempt", run->steps[index].attempt);
+    add_text_or_null(payload, "started_at", run->row_started_at);
+    add_text_or_null(payload, "finished_at", run->row_finished_at);
+    if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH)) {
+        struct tr_error err = {0};
+        char *items = NULL;
+        if (store_step_items_digest(run->store, run->id, workflow_step_id(run->wf, index), &items,
+                                    &err) < 0)
+            sched__store_failed(run, &err);
+        else
+            cJSON_AddRawToObject(payload, "items", items);
+        free(items);
+    }
 }
 
 void sched__record_ready(struct run *run)
@@ -115,6 +150,7 @@ void sched__make_ready(struct run *run, size_t index)
     if (policy.approval && !step->approved) {
         if (step->state != STEP_WAITING_APPROVAL) {
             step->state = STEP_WAITING_APPROVAL;
+            step->dispatched_ms = tr_now_ms(); /* the wait starts: an approval step's time */
             run->waiting++;
             sched__record_step(run, index, NULL, NULL);
             cJSON *payload = cJSON_CreateObject();
@@ -326,6 +362,7 @@ static void succeed(struct run *run, size_t index, cJSON *output, char *output_j
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     /* The text as it is: the same as printing the tree, without another copy of it. */
     cJSON_AddRawToObject(payload, "output", output_json);
+    add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, NULL, duration);
     release_dependents(run, index);
@@ -404,6 +441,7 @@ void sched__step_failed(struct run *run, size_t index, const char *error, int64_
     cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
     cJSON_AddStringToObject(payload, "error", error);
     add_on_error(run, payload, on_error, fallback);
+    add_row_facts(run, index, payload);
     sched__audit(run, step_id, "scheduler", "step.finished", payload);
     sched__progress(run, "step", index, error, duration);
     switch (on_error) {
@@ -449,6 +487,7 @@ static void skip_step(struct run *run, size_t index, const char *reason)
     reach_final(run, index, STEP_SKIPPED);
     sched__record_step(run, index, NULL, NULL);
     cJSON_AddStringToObject(payload, "reason", reason);
+    add_row_facts(run, index, payload);
     sched__audit(run, step_id, "scheduler", "step.skipped", payload);
     sched__progress(run, "step", index, NULL, 0);
     skip_dependents(run, index);
@@ -522,16 +561,17 @@ static void pass_gate(struct run *run, size_t index, const char *by, const char 
 {
     struct step_run *step = &run->steps[index];
     cJSON *output = cJSON_CreateObject();
+    /* Asked, its time is the wait for the decision (since this scheduler saw it begin). */
+    int64_t waited = by && step->dispatched_ms > 0 ? tr_now_ms() - step->dispatched_ms : 0;
 
     step->attempt++;
-    step->dispatched_ms = tr_now_ms();
     cJSON_AddBoolToObject(output, "approved", true);
     cJSON_AddBoolToObject(output, "asked", by != NULL);
     if (by)
         cJSON_AddStringToObject(output, "by", by);
     if (comment)
         cJSON_AddStringToObject(output, "comment", comment);
-    succeed(run, index, output, NULL, 0);
+    succeed(run, index, output, NULL, waited);
 }
 
 void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
@@ -578,6 +618,7 @@ void sched__step_cancel(struct run *run, size_t index, const char *reason)
     /* Not a decision about the step, unlike the other skips: a fork runs it (replay.c). */
     if (was_skipped)
         cJSON_AddBoolToObject(payload, "unreached", true);
+    add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler",
                  was_skipped ? "step.skipped" : "step.cancelled", payload);
     sched__progress(run, "step", index, NULL, 0);
@@ -668,6 +709,7 @@ static void record_reused(struct run *run, size_t index, const struct sched_reus
     sched__record_step(run, index, output_json, step->state == STEP_FAILED ? reuse->error : NULL);
     cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
     cJSON_AddStringToObject(payload, "status", sched__state_names[step->state]);
+    add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.reused", payload);
 }
 

@@ -17,24 +17,31 @@
 
 /*
  * The hash chain. Event n of a run stores prev_hash, the hash of event n - 1 (64 '0' for
- * event 1), and hash = lowercase hex of SHA-256(E), where E concatenates, for each of the
- * fields below in this order, its length in bytes as an 8-byte big-endian unsigned integer
- * followed by its bytes (as stored, UTF-8, no terminating NUL):
+ * event 1), and hash = lowercase hex of SHA-256(E), where E concatenates the fields below in
+ * this order, each encoded as the run's encoding says (runs.audit_encoding):
  *
- *   1. "troupe-audit-v1"   the name and version of this encoding
+ *   1. the encoding's name ("troupe-audit-v2", or "troupe-audit-v1" for runs recorded before)
  *   2. prev_hash           64 lowercase hex characters
  *   3. run_id
  *   4. seq                 decimal ASCII, no sign, no leading zeros ("1", "2", ...)
  *   5. time                as stored ("2026-11-25T11:39:59.123Z")
- *   6. step_id             or the empty string when the event has none (NULL in the table;
- *                          an empty step id is refused, so the two cannot be confused)
+ *   6. step_id             or SQL NULL when the event has none
  *   7. actor
  *   8. type
- *   9. payload_json        exactly as stored ("null" when the caller gave none)
+ *   9. payload_json        exactly as stored ("null" when the caller gave none: a missing
+ *                          payload is recorded as the JSON value null)
  *
- * Length prefixes make the encoding unambiguous: no two field lists give the same E.
+ * troupe-audit-v2 (every run created since schema version 5): each field is a tag byte, 0x00
+ * for SQL NULL (nothing follows) or 0x01 for a text, then, for a text, its length in bytes as
+ * an 8-byte big-endian unsigned integer and its bytes (as stored, UTF-8, no NUL). Every pair
+ * of different field lists gives a different E: NULL and "" differ by their tag.
+ *
+ * troupe-audit-v1 (older runs, still verified): no tag byte; a NULL field is encoded as the
+ * empty text, so a NULL step_id and an empty one encode alike (append refuses an empty step
+ * id, but a forger could swap one for the other unseen: the reason for v2).
  */
-#define AUDIT_HASH_DOMAIN "troupe-audit-v1"
+#define AUDIT_HASH_DOMAIN_V1 "troupe-audit-v1"
+#define AUDIT_HASH_DOMAIN_V2 "troupe-audit-v2"
 
 static const char genesis_hash[STORE_HASH_HEX_SIZE] =
     "0000000000000000000000000000000000000000000000000000000000000000";
@@ -50,8 +57,17 @@ void store__hash_field(crypto_hash_sha256_state *state, const char *field)
     crypto_hash_sha256_update(state, (const unsigned char *)field, len);
 }
 
-static void chain_hash(const char *prev_hash, const char *run_id, int64_t seq, const char *time,
-                       const char *step_id, const char *actor, const char *type,
+void store__hash_field_v2(crypto_hash_sha256_state *state, const char *field)
+{
+    unsigned char tag = field ? 1 : 0;
+
+    crypto_hash_sha256_update(state, &tag, 1);
+    if (field)
+        store__hash_field(state, field);
+}
+
+static void chain_hash(int encoding, const char *prev_hash, const char *run_id, int64_t seq,
+                       const char *time, const char *step_id, const char *actor, const char *type,
                        const char *payload_json, char ret_hash[STORE_HASH_HEX_SIZE])
 {
     crypto_hash_sha256_state state;
@@ -59,16 +75,24 @@ static void chain_hash(const char *prev_hash, const char *run_id, int64_t seq, c
     char seq_text[24];
 
     snprintf(seq_text, sizeof(seq_text), "%" PRId64, seq);
+    const char *fields[] = {
+        encoding >= 2 ? AUDIT_HASH_DOMAIN_V2 : AUDIT_HASH_DOMAIN_V1,
+        prev_hash,
+        run_id,
+        seq_text,
+        time,
+        step_id,
+        actor,
+        type,
+        payload_json,
+    };
     crypto_hash_sha256_init(&state);
-    store__hash_field(&state, AUDIT_HASH_DOMAIN);
-    store__hash_field(&state, prev_hash);
-    store__hash_field(&state, run_id);
-    store__hash_field(&state, seq_text);
-    store__hash_field(&state, time);
-    store__hash_field(&state, step_id ? step_id : "");
-    store__hash_field(&state, actor);
-    store__hash_field(&state, type);
-    store__hash_field(&state, payload_json);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (encoding >= 2)
+            store__hash_field_v2(&state, fields[i]);
+        else
+            store__hash_field(&state, fields[i] ? fields[i] : "");
+    }
     crypto_hash_sha256_final(&state, digest);
     sodium_bin2hex(ret_hash, STORE_HASH_HEX_SIZE, digest, sizeof(digest));
 }
@@ -83,7 +107,8 @@ static struct store_audit_tip *find_tip(struct store *store, const char *run_id)
     return NULL;
 }
 
-static void remember_tip(struct store *store, const char *run_id, int64_t seq, const char *hash)
+static void remember_tip(struct store *store, const char *run_id, int64_t seq, const char *hash,
+                         int encoding)
 {
     struct store_audit_tip *tip = find_tip(store, run_id);
 
@@ -96,6 +121,7 @@ static void remember_tip(struct store *store, const char *run_id, int64_t seq, c
     tip->used = true;
     snprintf(tip->run_id, sizeof(tip->run_id), "%s", run_id);
     tip->seq = seq;
+    tip->encoding = encoding;
     snprintf(tip->hash, sizeof(tip->hash), "%s", hash);
 }
 
@@ -105,22 +131,27 @@ void store__audit_forget(struct store *store)
     store->next_tip = 0;
 }
 
-/* Reads the run's chain end from the table: (0, 64 zeros) for a run without events. */
+/*
+ * Reads the run's chain end from the table: (0, 64 zeros) for a run without events, and the
+ * run's hash encoding (2 when the run is unknown: the insert then fails on its foreign key).
+ */
 static int load_tip(struct store *store, const char *run_id, int64_t *ret_seq,
-                    char ret_hash[STORE_HASH_HEX_SIZE], struct tr_error *err)
+                    char ret_hash[STORE_HASH_HEX_SIZE], int *ret_encoding, struct tr_error *err)
 {
     sqlite3_stmt *stmt = NULL;
     int rc = store__stmt_acquire(store, STMT_AUDIT_LAST, &stmt, err);
 
     if (rc < 0)
         return rc;
+    *ret_encoding = STORE_AUDIT_ENCODING;
     rc = store__bind_text(stmt, 1, run_id);
     if (rc == SQLITE_OK)
         rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW) {
-        int64_t seq = sqlite3_column_int64(stmt, 0);
-        const char *hash = store__column_text(stmt, 1);
+    if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 1) != SQLITE_NULL) {
+        int64_t seq = sqlite3_column_int64(stmt, 1);
+        const char *hash = store__column_text(stmt, 2);
 
+        *ret_encoding = sqlite3_column_int(stmt, 0);
         if (seq < 1 || !hash || strlen(hash) != STORE_HASH_HEX_SIZE - 1) {
             rc = tr_error_set(err, TR_EIO,
                               "could not append audit event to run '%s': the log is corrupt "
@@ -131,7 +162,9 @@ static int load_tip(struct store *store, const char *run_id, int64_t *ret_seq,
             memcpy(ret_hash, hash, STORE_HASH_HEX_SIZE);
             rc = 0;
         }
-    } else if (rc == SQLITE_DONE) {
+    } else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+        if (rc == SQLITE_ROW)
+            *ret_encoding = sqlite3_column_int(stmt, 0);
         *ret_seq = 0;
         memcpy(ret_hash, genesis_hash, STORE_HASH_HEX_SIZE);
         rc = 0;
@@ -146,7 +179,8 @@ int store_audit_last_seq(struct store *store, const char *run_id, int64_t *ret_s
                          struct tr_error *err)
 {
     char hash[STORE_HASH_HEX_SIZE];
-    return load_tip(store, run_id, ret_seq, hash, err);
+    int encoding;
+    return load_tip(store, run_id, ret_seq, hash, &encoding, err);
 }
 
 /* ==== append and list ==================================================================== */
@@ -209,16 +243,19 @@ int store_audit_append(struct store *store, const char *run_id, const char *step
         char prev_hash[STORE_HASH_HEX_SIZE];
         char hash[STORE_HASH_HEX_SIZE];
         int64_t last_seq = 0;
+        int encoding = STORE_AUDIT_ENCODING;
 
         if (tip) {
             last_seq = tip->seq;
+            encoding = tip->encoding;
             memcpy(prev_hash, tip->hash, sizeof(prev_hash));
         } else {
-            rc = load_tip(store, run_id, &last_seq, prev_hash, err);
+            rc = load_tip(store, run_id, &last_seq, prev_hash, &encoding, err);
             if (rc < 0)
                 return rc;
         }
-        chain_hash(prev_hash, run_id, last_seq + 1, time, step_id, actor, type, payload, hash);
+        chain_hash(encoding, prev_hash, run_id, last_seq + 1, time, step_id, actor, type, payload,
+                   hash);
 
         rc = store__stmt_acquire(store, STMT_AUDIT_INSERT, &stmt, err);
         if (rc < 0)
@@ -227,7 +264,7 @@ int store_audit_append(struct store *store, const char *run_id, const char *step
                           prev_hash, hash);
         if (rc == SQLITE_DONE) {
             store__stmt_release(store, STMT_AUDIT_INSERT, stmt);
-            remember_tip(store, run_id, last_seq + 1, hash);
+            remember_tip(store, run_id, last_seq + 1, hash, encoding);
             return 0;
         }
         if (rc == SQLITE_CONSTRAINT_PRIMARYKEY && tip) {
@@ -273,6 +310,27 @@ int store_audit_list_after(struct store *store, const char *run_id, int64_t afte
                        "could not read the audit log of run '%s'", run_id ? run_id : "(null)");
 }
 
+struct id_scan {
+    int (*fn)(void *userdata, const char *run_id);
+    void *userdata;
+};
+
+static int scan_run_id(sqlite3_stmt *stmt, void *ctx)
+{
+    const struct id_scan *scan = ctx;
+    const char *id = store__column_text(stmt, 0);
+    return id ? scan->fn(scan->userdata, id) : 0;
+}
+
+int store_audit_run_ids(struct store *store, int (*fn)(void *userdata, const char *run_id),
+                        void *userdata, struct tr_error *err)
+{
+    struct id_scan scan = {fn, userdata};
+
+    return store__scan(store, STMT_AUDIT_RUN_IDS, NULL, 0, scan_run_id, &scan, err,
+                       "could not read the runs of the audit log");
+}
+
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err)
@@ -299,9 +357,14 @@ struct pending_event {
 
 struct verify_scan {
     const char *run_id;
+    int encoding;
     int64_t up_to_seq;
     struct store_audit_check *check;
     bool last_is_run_finished; /* whether the last verified event is run.finished */
+    int64_t signed_seq;        /* the last signed head recorded for the run, or 0 */
+    char signed_head[STORE_HASH_HEX_SIZE];
+    int64_t after_seq; /* the first event past up_to_seq, or 0 */
+    char after_type[64];
     struct pending_event *events;
     size_t count;
     struct tr_buf arena; /* the chunk's strings, NUL-separated */
@@ -329,7 +392,7 @@ static void *hash_range(void *arg)
     for (size_t i = job->from; i < job->to; i++) {
         struct pending_event *e = &job->scan->events[i];
         char hash[STORE_HASH_HEX_SIZE];
-        chain_hash(a + e->prev_hash, job->scan->run_id, e->seq, a + e->time,
+        chain_hash(job->scan->encoding, a + e->prev_hash, job->scan->run_id, e->seq, a + e->time,
                    e->has_step ? a + e->step_id : NULL, a + e->actor, a + e->type, a + e->payload,
                    hash);
         e->hash_ok = strcmp(hash, a + e->hash) == 0;
@@ -391,6 +454,16 @@ static int check_chunk(struct verify_scan *scan)
             snprintf(check->problem, sizeof(check->problem),
                      "event %" PRId64 " (%s) does not match its hash: its contents were changed",
                      e->seq, a + e->type);
+        } else if (e->seq == scan->signed_seq && strcmp(a + e->hash, scan->signed_head) != 0) {
+            check->bad_seq = e->seq;
+            snprintf(check->problem, sizeof(check->problem),
+                     "event %" PRId64 " is not the head that was signed", e->seq);
+        } else if (scan->signed_seq > 0 && e->seq > scan->signed_seq) {
+            check->bad_seq = e->seq;
+            snprintf(check->problem, sizeof(check->problem),
+                     "event %" PRId64 " (%.48s) follows the signed head (event %" PRId64
+                     "): it was appended after the run was signed, and no signature covers it",
+                     e->seq, a + e->type, scan->signed_seq);
         }
         if (check->bad_seq) {
             rc = 1;
@@ -409,8 +482,12 @@ static int verify_event(void *userdata, const struct store_audit_event *event)
 {
     struct verify_scan *scan = userdata;
 
-    if (scan->up_to_seq > 0 && event->seq > scan->up_to_seq)
-        return 1; /* stop: what follows is not part of the check */
+    if (scan->up_to_seq > 0 && event->seq > scan->up_to_seq) {
+        /* stop: what follows is not part of the check, but is named */
+        scan->after_seq = event->seq;
+        snprintf(scan->after_type, sizeof(scan->after_type), "%s", event->type);
+        return 1;
+    }
     struct pending_event *e = &scan->events[scan->count++];
     e->seq = event->seq;
     e->time = keep(scan, event->time);
@@ -424,24 +501,68 @@ static int verify_event(void *userdata, const struct store_audit_event *event)
     return scan->count == VERIFY_CHUNK ? check_chunk(scan) : 0;
 }
 
-static int copy_status(void *userdata, const struct store_run *run)
+struct run_facts {
+    char status[16];
+    int encoding;
+};
+
+static int copy_facts(void *userdata, const struct store_run *run)
 {
-    snprintf(userdata, 16, "%s", run->status);
+    struct run_facts *facts = userdata;
+    snprintf(facts->status, sizeof(facts->status), "%s", run->status);
+    facts->encoding = run->audit_encoding;
     return 0;
+}
+
+int store_audit_signed_head(struct store *store, const char *run_id, int64_t *ret_seq,
+                            char ret_head[65], struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = store__stmt_acquire(store, STMT_SIGNATURE_LAST, &stmt, err);
+
+    if (rc < 0)
+        return rc;
+    *ret_seq = 0;
+    memcpy(ret_head, genesis_hash, STORE_HASH_HEX_SIZE);
+    rc = store__bind_text(stmt, 1, run_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+        const char *head = store__column_text(stmt, 1);
+        *ret_seq = sqlite3_column_int64(stmt, 0);
+        snprintf(ret_head, STORE_HASH_HEX_SIZE, "%s", head ? head : "");
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        rc = 0;
+    } else {
+        rc = store__fail(store, rc, err, "could not read the signatures of run '%s'", run_id);
+    }
+    store__stmt_release(store, STMT_SIGNATURE_LAST, stmt);
+    return rc;
 }
 
 int store_audit_verify(struct store *store, const char *run_id, int64_t up_to_seq,
                        struct store_audit_check *ret, struct tr_error *err)
 {
     struct verify_scan scan = {.run_id = run_id, .up_to_seq = up_to_seq, .check = ret};
-    char status[16] = "";
+    struct run_facts facts = {"", 0};
+    const char *status = facts.status;
     int rc;
 
     memset(ret, 0, sizeof(*ret));
     memcpy(ret->head, genesis_hash, sizeof(ret->head));
-    rc = store_run_get(store, run_id, copy_status, status, err);
+    rc = store_run_get(store, run_id, copy_facts, &facts, err);
     if (rc < 0)
         return rc;
+    scan.encoding = facts.encoding;
+    /* A signed head recorded in the database: nothing may follow it (a check against the
+     * signature file itself is store_audit_verify_signature's). */
+    if (up_to_seq == 0) {
+        rc = store_audit_signed_head(store, run_id, &scan.signed_seq, scan.signed_head, err);
+        if (rc < 0)
+            return rc;
+        ret->signed_seq = scan.signed_seq;
+    }
     scan.events = xcalloc(VERIFY_CHUNK, sizeof(*scan.events));
     tr_buf_init(&scan.arena, 0);
     rc = store_audit_list(store, run_id, verify_event, &scan, err);
@@ -450,11 +571,18 @@ int store_audit_verify(struct store *store, const char *run_id, int64_t up_to_se
     if (!ret->bad_seq)
         check_chunk(&scan); /* the last, partial chunk */
     rc = 0;
+    ret->next_seq = scan.after_seq;
+    snprintf(ret->next_type, sizeof(ret->next_type), "%s", scan.after_type);
     if (!ret->bad_seq && up_to_seq > 0 && ret->events < up_to_seq) {
         ret->bad_seq = ret->events + 1;
         snprintf(ret->problem, sizeof(ret->problem),
                  "the log ends at event %" PRId64 ", before event %" PRId64, ret->events,
                  up_to_seq);
+    } else if (!ret->bad_seq && scan.signed_seq > ret->events) {
+        ret->bad_seq = ret->events + 1;
+        snprintf(ret->problem, sizeof(ret->problem),
+                 "the log ends at event %" PRId64 ", before the signed head (event %" PRId64 ")",
+                 ret->events, scan.signed_seq);
     } else if (!ret->bad_seq && up_to_seq == 0 && strcmp(status, "running") != 0 &&
                !scan.last_is_run_finished) {
         /* A finished run's last event is its run.finished: anything else means the end of

@@ -165,11 +165,62 @@ static const char migration_4[] =
     "DROP TABLE steps;\n"
     "ALTER TABLE steps_v4 RENAME TO steps;\n";
 
+/*
+ * Version 5: the ledger backs the records. Each run records its audit hash encoding (runs
+ * from before are troupe-audit-v1, new ones v2: audit.c); the signatures made of a run's head
+ * are kept (`troupe audit sign`), so verify and log can say what follows a signed head; and
+ * rows that are never legitimately changed refuse it (a guard against accidents, not a
+ * defence: triggers can be dropped; `troupe audit verify` checks the rows against the log).
+ */
+static const char migration_5[] =
+    "ALTER TABLE runs ADD COLUMN audit_encoding INTEGER NOT NULL DEFAULT 1\n"
+    "    CHECK (audit_encoding = 1 OR audit_encoding = 2);\n"
+
+    "CREATE TABLE signatures (\n"
+    "    run_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    seq INTEGER NOT NULL CHECK (seq >= 1),\n"
+    "    head TEXT NOT NULL CHECK (length(head) = 64),\n"
+    "    public_key TEXT NOT NULL,\n"
+    "    signature TEXT NOT NULL,\n"
+    "    signed_at TEXT NOT NULL,\n"
+    "    PRIMARY KEY (run_id, seq, public_key)\n"
+    ") STRICT;\n"
+
+    "CREATE TRIGGER runs_no_delete BEFORE DELETE ON runs\n"
+    "BEGIN SELECT RAISE(ABORT, 'runs are never deleted'); END;\n"
+    "CREATE TRIGGER runs_fixed BEFORE UPDATE OF id, workflow_name, workflow_file, plan_json,\n"
+    "    plan_hash, input_json, started_at, audit_encoding ON runs\n"
+    "BEGIN SELECT RAISE(ABORT, 'a run''s identity, plan and inputs never change'); END;\n"
+    "CREATE TRIGGER runs_final BEFORE UPDATE OF status, error, finished_at ON runs\n"
+    "    WHEN OLD.status <> 'running'\n"
+    "BEGIN SELECT RAISE(ABORT, 'a finished run''s outcome never changes'); END;\n"
+
+    "CREATE TRIGGER steps_no_delete BEFORE DELETE ON steps\n"
+    "BEGIN SELECT RAISE(ABORT, 'steps are never deleted'); END;\n"
+    "CREATE TRIGGER steps_final BEFORE UPDATE ON steps\n"
+    "    WHEN (OLD.state = 'succeeded' OR OLD.state = 'failed' OR OLD.state = 'skipped'\n"
+    "          OR OLD.state = 'cancelled')\n"
+    "BEGIN SELECT RAISE(ABORT, 'a step in a final state never changes'); END;\n"
+
+    "CREATE TRIGGER context_no_update BEFORE UPDATE ON context\n"
+    "BEGIN SELECT RAISE(ABORT, 'context writes are append-only'); END;\n"
+    "CREATE TRIGGER context_no_delete BEFORE DELETE ON context\n"
+    "BEGIN SELECT RAISE(ABORT, 'context writes are append-only'); END;\n"
+    "CREATE TRIGGER step_items_no_update BEFORE UPDATE ON step_items\n"
+    "BEGIN SELECT RAISE(ABORT, 'a finished item never changes'); END;\n"
+    "CREATE TRIGGER step_items_no_delete BEFORE DELETE ON step_items\n"
+    "BEGIN SELECT RAISE(ABORT, 'a finished item never changes'); END;\n"
+    "CREATE TRIGGER approvals_no_update BEFORE UPDATE ON approvals\n"
+    "BEGIN SELECT RAISE(ABORT, 'a decision never changes'); END;\n"
+    "CREATE TRIGGER approvals_no_delete BEFORE DELETE ON approvals\n"
+    "BEGIN SELECT RAISE(ABORT, 'a decision never changes'); END;\n"
+    "CREATE TRIGGER signatures_no_update BEFORE UPDATE ON signatures\n"
+    "BEGIN SELECT RAISE(ABORT, 'signatures are append-only'); END;\n"
+    "CREATE TRIGGER signatures_no_delete BEFORE DELETE ON signatures\n"
+    "BEGIN SELECT RAISE(ABORT, 'signatures are append-only'); END;\n";
+
 const char *const store__migrations[] = {
-    migration_1,
-    migration_2,
-    migration_3,
-    migration_4,
+    migration_1, migration_2, migration_3, migration_4, migration_5,
 };
 
 const int store__migration_count = (int)(sizeof(store__migrations) / sizeof(store__migrations[0]));

@@ -89,6 +89,8 @@ int store_run_create(struct store *store, const char *workflow_name, const char 
         if (rc == SQLITE_OK)
             rc = store__bind_text(stmt, 7, now);
         if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int(stmt, 8, STORE_AUDIT_ENCODING);
+        if (rc == SQLITE_OK)
             rc = sqlite3_step(stmt);
         if (rc == SQLITE_DONE) {
             store__stmt_release(store, STMT_RUN_INSERT, stmt);
@@ -290,7 +292,8 @@ static int scan_run(sqlite3_stmt *stmt, void *ctx)
         .input_json = store__column_text(stmt, 8),
         .scheduler_pid = sqlite3_column_int64(stmt, 9),
         .options_json = store__column_text(stmt, 10),
-        .plan_json = store__column_text(stmt, 11),
+        .audit_encoding = sqlite3_column_int(stmt, 11),
+        .plan_json = store__column_text(stmt, 12),
     };
 
     scan->rows++;
@@ -380,8 +383,24 @@ static int bind_step(sqlite3_stmt *stmt, const char *run_id, const struct store_
     return rc;
 }
 
+/* Copies a time column into ret (STORE_TIME_SIZE bytes), "" for NULL; ret may be NULL. */
+static void copy_time(sqlite3_stmt *stmt, int column, char *ret)
+{
+    const char *text = store__column_text(stmt, column);
+
+    if (ret)
+        snprintf(ret, STORE_TIME_SIZE, "%s", text ? text : "");
+}
+
 int store_step_put(struct store *store, const char *run_id, const struct store_step *step,
                    struct tr_error *err)
+{
+    return store_step_record(store, run_id, step, NULL, NULL, err);
+}
+
+int store_step_record(struct store *store, const char *run_id, const struct store_step *step,
+                      char ret_started_at[STORE_TIME_SIZE], char ret_finished_at[STORE_TIME_SIZE],
+                      struct tr_error *err)
 {
     const char *step_id = step->step_id, *state = step->state;
     sqlite3_stmt *stmt = NULL;
@@ -405,22 +424,30 @@ int store_step_put(struct store *store, const char *run_id, const struct store_s
     tr_wall_iso8601(now, sizeof(now));
     /*
      * An update first (the row exists but for a step's first record), else the insert; an
-     * insert that finds the row after all (another writer was first) updates it.
+     * insert that finds the row after all (another writer was first) updates it. Both return
+     * the row's times (RETURNING), which the step's final audit event records.
      */
     for (int round = 0;; round++) {
         enum store_stmt id = round % 2 == 0 ? STMT_STEP_UPDATE : STMT_STEP_INSERT;
+        bool returned = false;
         rc = store__stmt_acquire(store, id, &stmt, err);
         if (rc < 0)
             return rc;
         rc = bind_step(stmt, run_id, step, now);
         if (rc == SQLITE_OK)
             rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW) {
+            returned = true;
+            copy_time(stmt, 0, ret_started_at);
+            copy_time(stmt, 1, ret_finished_at);
+            rc = sqlite3_step(stmt);
+        }
         bool lost_race = id == STMT_STEP_INSERT && rc == SQLITE_CONSTRAINT_PRIMARYKEY && round < 2;
         if (lost_race) {
             store__stmt_release(store, id, stmt);
             continue;
         }
-        bool done = rc != SQLITE_DONE || id == STMT_STEP_INSERT || sqlite3_changes(store->db) > 0;
+        bool done = rc != SQLITE_DONE || id == STMT_STEP_INSERT || returned;
         if (rc != SQLITE_DONE)
             rc = store__fail(store, rc, err, "could not record step '%s' of run '%s'", step_id,
                              run_id);
@@ -529,6 +556,16 @@ int store_context_list(struct store *store, const char *run_id,
     struct context_scan scan = {fn, userdata};
 
     return store__scan(store, STMT_CONTEXT_LIST, run_id, 0, scan_context, &scan, err,
+                       "could not read the context of run '%s'", run_id ? run_id : "(null)");
+}
+
+int store_context_history(struct store *store, const char *run_id,
+                          int (*fn)(void *userdata, const struct store_context_entry *entry),
+                          void *userdata, struct tr_error *err)
+{
+    struct context_scan scan = {fn, userdata};
+
+    return store__scan(store, STMT_CONTEXT_HISTORY, run_id, 0, scan_context, &scan, err,
                        "could not read the context of run '%s'", run_id ? run_id : "(null)");
 }
 

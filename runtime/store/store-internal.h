@@ -46,6 +46,10 @@ enum store_stmt {
     STMT_AUDIT_LAST,
     STMT_AUDIT_INSERT,
     STMT_AUDIT_LIST,
+    STMT_SIGNATURE_INSERT,
+    STMT_SIGNATURE_LAST,
+    STMT_CONTEXT_HISTORY,
+    STMT_AUDIT_RUN_IDS,
     STMT_COUNT
 };
 
@@ -54,6 +58,7 @@ struct store_audit_tip {
     bool used;
     char run_id[STORE_RUN_ID_SIZE];
     int64_t seq;
+    int encoding; /* the run's audit hash encoding (1 or 2) */
     char hash[STORE_HASH_HEX_SIZE];
 };
 
@@ -62,6 +67,7 @@ struct store {
     char *path;
     int schema_version;
     bool in_transaction; /* store_begin succeeded and no commit/rollback since */
+    bool read_only;      /* store_open_read: nothing is ever written */
     sqlite3_stmt *stmts[STMT_COUNT];
     struct store_audit_tip tips[STORE_AUDIT_TIPS];
     unsigned next_tip; /* round-robin replacement */
@@ -108,8 +114,11 @@ int store__check_writable(struct store *store, const char *what,
                           struct tr_error *err) TR_MUST_CHECK;
 
 /* Feeds one field to a SHA-256: its length (8 bytes, big-endian), then its bytes. The
- * encoding of the audit chain (audit.c) and of signed heads (sign.c). */
+ * encoding of the audit chain v1 (audit.c) and of signed heads (sign.c). */
 void store__hash_field(crypto_hash_sha256_state *state, const char *field);
+/* The same for troupe-audit-v2: a tag byte (0 for NULL, which ends there; 1 for a text)
+ * before the length and the bytes. */
+void store__hash_field_v2(crypto_hash_sha256_state *state, const char *field);
 
 /* Forgets every remembered audit chain end (after a rollback or any failure). */
 void store__audit_forget(struct store *store);

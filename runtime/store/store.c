@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,15 +22,15 @@
 
 #define RUN_COLUMNS                                                                                \
     "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
-    "input_json, scheduler_pid, options_json, plan_json"
+    "input_json, scheduler_pid, options_json, audit_encoding, plan_json"
 
 static const char *const statement_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
     [STMT_COMMIT] = "COMMIT",
     [STMT_ROLLBACK] = "ROLLBACK",
     [STMT_RUN_INSERT] = "INSERT INTO runs (id, workflow_name, workflow_file, plan_json, plan_hash,"
-                        " input_json, status, started_at)"
-                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
+                        " input_json, status, started_at, audit_encoding)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8)",
     [STMT_RUN_FINISH] = "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
     [STMT_RUN_SET_SCHEDULER] = "UPDATE runs SET scheduler_pid = ?2,"
                                " options_json = coalesce(?3, options_json) WHERE id = ?1",
@@ -42,17 +44,19 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_RUN_GET] = "SELECT " RUN_COLUMNS " FROM runs WHERE id = ?1",
     /*
      * ?8 is now, ?10 whether the state is final (bound: an IN list of constants would cost a
-     * temporary index per execution). A step starts when dispatched (again, for a new attempt),
-     * finishes when it reaches a final state, and both times clear when it goes back to pending.
+     * temporary index per execution). A step starts when dispatched (again, for a new attempt)
+     * or when it begins to wait for approval (an approval step's time is its wait), finishes
+     * when it reaches a final state, and both times clear when it goes back to pending.
      */
     /* A step's first record: the next place in the run's order. */
     [STMT_STEP_INSERT] =
         "INSERT INTO steps (run_id, step_id, persona, state, attempt, output_json, error,"
         " started_at, finished_at, ord, next_attempt_at)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
-        "  CASE WHEN ?4 = 'dispatched' THEN ?8 END,"
+        "  CASE WHEN ?4 = 'dispatched' OR ?4 = 'waiting-approval' THEN ?8 END,"
         "  CASE WHEN ?10 THEN ?8 END,"
-        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)",
+        "  (SELECT coalesce(max(ord), 0) + 1 FROM steps WHERE run_id = ?1), ?9)"
+        " RETURNING started_at, finished_at",
     /* Every later record (almost all of them). */
     [STMT_STEP_UPDATE] =
         "UPDATE steps SET"
@@ -65,12 +69,14 @@ static const char *const statement_sql[STMT_COUNT] = {
         "  started_at = CASE"
         "   WHEN ?4 = 'pending' THEN NULL"
         "   WHEN ?4 = 'dispatched' AND (state <> 'dispatched' OR attempt <> ?5) THEN ?8"
+        "   WHEN ?4 = 'waiting-approval' AND state <> 'waiting-approval' THEN ?8"
         "   ELSE started_at END,"
         "  finished_at = CASE"
         "   WHEN NOT ?10 THEN NULL"
         "   WHEN state = ?4 AND attempt = ?5 THEN finished_at"
         "   ELSE ?8 END"
-        " WHERE run_id = ?1 AND step_id = ?2",
+        " WHERE run_id = ?1 AND step_id = ?2"
+        " RETURNING started_at, finished_at",
     [STMT_STEPS_LIST] = "SELECT step_id, persona, state, attempt, output_json, error, started_at,"
                         " finished_at, next_attempt_at, (SELECT count(*) FROM step_items i"
                         "  WHERE i.run_id = steps.run_id AND i.step_id = steps.step_id)"
@@ -92,13 +98,23 @@ static const char *const statement_sql[STMT_COUNT] = {
                         " WHERE run_id = ?1 AND step_id = ?2 ORDER BY idx",
     [STMT_APPROVAL_GET] = "SELECT decision, actor, comment, decided_at FROM approvals"
                           " WHERE run_id = ?1 AND step_id = ?2",
-    [STMT_AUDIT_LAST] = "SELECT seq, hash FROM audit WHERE run_id = ?1 ORDER BY seq DESC LIMIT 1",
+    /* The run's encoding, and its last event's seq and hash (NULL when it has none). */
+    [STMT_AUDIT_LAST] = "SELECT r.audit_encoding, a.seq, a.hash FROM runs r"
+                        " LEFT JOIN (SELECT seq, hash FROM audit WHERE run_id = ?1"
+                        "  ORDER BY seq DESC LIMIT 1) a WHERE r.id = ?1",
     [STMT_AUDIT_INSERT] = "INSERT INTO audit (run_id, seq, time, step_id, actor, type,"
                           " payload_json, prev_hash, hash)"
                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [STMT_AUDIT_LIST] = "SELECT seq, time, step_id, actor, type, payload_json, hash, prev_hash"
                         " FROM audit"
                         " WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+    [STMT_SIGNATURE_INSERT] = "INSERT OR IGNORE INTO signatures (run_id, seq, head, public_key,"
+                              " signature, signed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [STMT_SIGNATURE_LAST] = "SELECT seq, head FROM signatures WHERE run_id = ?1"
+                            " ORDER BY seq DESC LIMIT 1",
+    [STMT_AUDIT_RUN_IDS] = "SELECT DISTINCT run_id FROM audit",
+    [STMT_CONTEXT_HISTORY] = "SELECT key, value_json, step_id, version FROM context"
+                             " WHERE run_id = ?1 ORDER BY key, version",
 };
 
 /* ==== helpers shared with runs.c and audit.c ============================================ */
@@ -418,7 +434,135 @@ static int prepare_statements(struct store *store, struct tr_error *err)
     return 0;
 }
 
-int store_open(const char *path, struct store **ret_store, struct tr_error *err)
+/* The first problems PRAGMA quick_check finds, or 0 when there is none. */
+int store_quick_check(struct store *store, struct tr_error *err)
+{
+    sqlite3_stmt *stmt = NULL;
+    char found[512] = "";
+    int rc = sqlite3_prepare_v2(store->db, "PRAGMA quick_check(4)", -1, &stmt, NULL);
+
+    while (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *line = store__column_text(stmt, 0);
+        if (line && strcmp(line, "ok") != 0)
+            snprintf(found + strlen(found), sizeof(found) - strlen(found), "%s%s",
+                     found[0] ? "; " : "", line);
+        for (char *c = found; *c; c++)
+            if (*c == '\n')
+                *c = ' '; /* one line */
+        rc = SQLITE_OK;
+    }
+    if (rc == SQLITE_DONE && found[0])
+        rc = tr_error_set(err, TR_EIO, "database '%s' is corrupt: %s", store->path, found);
+    else if (rc == SQLITE_DONE)
+        rc = 0;
+    else if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB)
+        rc = tr_error_set(err, TR_EIO, "database '%s' is corrupt: %s", store->path,
+                          sqlite3_errmsg(store->db));
+    else
+        rc = store__fail(store, rc, err, "could not check database '%s'", store->path);
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+/* The directory that holds path is writable (the journal files can be made there). */
+static bool dir_writable(const char *path)
+{
+    char *dir = xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    bool ok;
+
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    ok = access(slash ? dir : ".", W_OK) == 0;
+    free(dir);
+    return ok;
+}
+
+/*
+ * A read-only database older than this build's schema: copied into memory and migrated
+ * there, so the statements of this build work on it; the file is never written.
+ */
+static int migrate_in_memory(struct store *store, struct tr_error *err)
+{
+    sqlite3 *memory = NULL;
+    int rc = sqlite3_open_v2(":memory:", &memory, SQLITE_OPEN_READWRITE, NULL);
+
+    if (rc == SQLITE_OK) {
+        sqlite3_backup *backup = sqlite3_backup_init(memory, "main", store->db, "main");
+        rc = backup ? sqlite3_backup_step(backup, -1) : sqlite3_errcode(memory);
+        if (backup)
+            (void)sqlite3_backup_finish(backup);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    if (rc != SQLITE_OK) {
+        rc = store__fail(store, rc, err, "could not read database '%s'", store->path);
+        sqlite3_close(memory);
+        return rc;
+    }
+    (void)sqlite3_close(store->db);
+    store->db = memory;
+    (void)sqlite3_extended_result_codes(store->db, 1);
+    return migrate(store, err);
+}
+
+/* "file:PATH" with the characters a URI gives meaning to escaped, and ?immutable=1. */
+static char *file_uri(const char *path, bool immutable)
+{
+    struct tr_buf uri;
+    int rc;
+
+    tr_buf_init(&uri, 0);
+    rc = tr_buf_append(&uri, "file:", 5);
+    for (const char *c = path; *c && rc == 0; c++)
+        rc = *c == '?' || *c == '#' || *c == '%' ? tr_buf_appendf(&uri, "%%%02X", (unsigned char)*c)
+                                                 : tr_buf_append(&uri, c, 1);
+    if (rc == 0 && immutable)
+        rc = tr_buf_append(&uri, "?immutable=1", 12);
+    (void)rc; /* an unlimited buffer */
+    return tr_buf_take(&uri);
+}
+
+/* Opens the file: read-write (created if need be), or read-only. */
+static int open_file(struct store *store, bool read_only, struct tr_error *err)
+{
+    const char *path = store->path;
+    char *uri = NULL;
+    int flags = SQLITE_OPEN_NOMUTEX;
+    int rc;
+
+    if (!read_only) {
+        flags |= SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    } else {
+        /*
+         * Read-only: on a read-only filesystem (or directory), the write-ahead log's index
+         * cannot be made. A database without a pending log (its last writer closed it) is
+         * then opened immutable: no lock, no -wal, no -shm. With a log left beside it, the log
+         * holds committed data: it is read as it is (SQLite needs its -shm there too).
+         */
+        char *wal = xasprintf("%s-wal", path);
+        struct stat st;
+        bool pending_log = stat(wal, &st) == 0 && st.st_size > 0;
+        free(wal);
+        flags |= SQLITE_OPEN_READONLY | SQLITE_OPEN_URI;
+        uri = file_uri(path, !dir_writable(path) && !pending_log);
+    }
+    rc = sqlite3_open_v2(uri ? uri : path, &store->db, flags, NULL);
+    free(uri);
+    if (rc != SQLITE_OK) {
+        if (!store->db)
+            return tr_error_set(err, TR_EIO, "could not open database '%s': %s", path,
+                                sqlite3_errstr(rc));
+        return store__fail(store, rc, err, "could not open database '%s'", path);
+    }
+    (void)sqlite3_extended_result_codes(store->db, 1);
+    (void)sqlite3_busy_timeout(store->db, STORE_BUSY_TIMEOUT_MS);
+    return 0;
+}
+
+static int open_store(const char *path, bool read_only, struct store **ret_store,
+                      struct tr_error *err)
 {
     struct store *store = NULL;
     int rc;
@@ -427,51 +571,65 @@ int store_open(const char *path, struct store **ret_store, struct tr_error *err)
         return tr_error_set(err, TR_EINVAL, "could not open the database: no path given");
     if (sodium_init() < 0)
         return tr_error_set(err, TR_EIO, "could not initialise libsodium");
-    rc = tr_mkdir_parents(path, err);
-    if (rc < 0) {
-        tr_error_prefix(err, "could not open database '%s'", path);
-        return rc;
+    if (!read_only) {
+        rc = tr_mkdir_parents(path, err);
+        if (rc < 0) {
+            tr_error_prefix(err, "could not open database '%s'", path);
+            return rc;
+        }
+        /* A writer needs the file and its directory (the journal files) writable: say so,
+         * rather than what SQLite makes of it (it falls back to read-only, then reports that
+         * a file to create does not exist). */
+        bool exists = access(path, F_OK) == 0;
+        if ((exists && access(path, W_OK) < 0) || !dir_writable(path)) {
+            int saved = errno == ENOENT ? EACCES : errno;
+            if (!exists) {
+                char *dir = xstrdup(path);
+                char *slash = strrchr(dir, '/');
+                if (slash)
+                    *(slash == dir ? slash + 1 : slash) = '\0';
+                rc = tr_error_set(err, TR_EIO,
+                                  "could not create database '%s': its directory '%s' is not "
+                                  "writable (%s)",
+                                  path, slash ? dir : ".", strerror(saved));
+                free(dir);
+                return rc;
+            }
+            return tr_error_set(err, TR_EIO,
+                                "could not open database '%s' for writing: %s (it and its "
+                                "directory must be writable; reading commands work on a "
+                                "read-only copy)",
+                                path, strerror(saved));
+        }
     }
 
-    /* A database to create in a directory that cannot take it: SQLite would fall back to
-     * opening it read-only and report that the file does not exist. Say why instead. */
-    if (access(path, F_OK) != 0 && errno == ENOENT) {
-        char *dir = xstrdup(path);
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *(slash == dir ? slash + 1 : slash) = '\0';
-        rc = access(slash ? dir : ".", W_OK | X_OK) != 0
-                 ? tr_error_set(err, TR_EIO,
-                                "could not create database '%s': its directory '%s' is not "
-                                "writable (%s)",
-                                path, slash ? dir : ".", strerror(errno))
-                 : 0;
-        free(dir);
-        if (rc < 0)
-            return rc;
-    }
     store = xcalloc(1, sizeof(*store));
     store->path = xstrdup(path);
     store->owner_fd = -1;
-    rc = sqlite3_open_v2(path, &store->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        if (!store->db) {
-            rc = tr_error_set(err, TR_EIO, "could not open database '%s': %s", path,
-                              sqlite3_errstr(rc));
-            goto err_store;
-        }
-        rc = store__fail(store, rc, err, "could not open database '%s'", path);
-        goto err_store;
+    store->read_only = read_only;
+    rc = open_file(store, read_only, err);
+    if (rc == 0)
+        rc = check_identity(store, err);
+    /* A writer checks the file before it writes into it: never into a corrupt one. */
+    if (rc == 0 && !read_only && (rc = store_quick_check(store, err)) < 0 && err) {
+        char *what = xstrdup(err->message);
+        rc = tr_error_set(err, rc,
+                          "%s; nothing was written to it (troupe audit verify reports the runs "
+                          "it can still read)",
+                          what);
+        free(what);
     }
-    (void)sqlite3_extended_result_codes(store->db, 1);
-    (void)sqlite3_busy_timeout(store->db, STORE_BUSY_TIMEOUT_MS);
-
-    rc = check_identity(store, err);
-    if (rc == 0)
+    if (rc == 0 && !read_only)
         rc = configure(store, err);
-    if (rc == 0)
+    if (rc == 0 && !read_only)
         rc = migrate(store, err);
+    if (rc == 0 && read_only) {
+        int64_t version = 0;
+        rc = query_one(store, "PRAGMA user_version", &version, NULL, 0, err);
+        store->schema_version = (int)version;
+        if (rc == 0 && version < store__migration_count)
+            rc = migrate_in_memory(store, err);
+    }
     if (rc == 0)
         rc = prepare_statements(store, err);
     if (rc < 0)
@@ -483,6 +641,16 @@ int store_open(const char *path, struct store **ret_store, struct tr_error *err)
 err_store:
     store_free(&store);
     return rc;
+}
+
+int store_open(const char *path, struct store **ret_store, struct tr_error *err)
+{
+    return open_store(path, false, ret_store, err);
+}
+
+int store_open_read(const char *path, struct store **ret_store, struct tr_error *err)
+{
+    return open_store(path, true, ret_store, err);
 }
 
 void store_free(struct store **store)
@@ -566,6 +734,19 @@ int store_commit(struct store *store, struct tr_error *err)
     }
     store->in_transaction = false;
     return 0;
+}
+
+int store_read_begin(struct store *store, struct tr_error *err)
+{
+    if (store->in_transaction || !sqlite3_get_autocommit(store->db))
+        return tr_error_set(err, TR_EINVAL, "could not begin a read: a transaction is open");
+    return exec_sql(store, "BEGIN DEFERRED", err);
+}
+
+void store_read_end(struct store *store)
+{
+    if (store && !store->in_transaction && !sqlite3_get_autocommit(store->db))
+        (void)sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 void store_rollback(struct store *store)

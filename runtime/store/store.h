@@ -15,6 +15,8 @@
 #include "base.h"
 
 #define STORE_RUN_ID_SIZE 32 /* room for a run id and its NUL */
+/* The audit hash encoding of new runs: troupe-audit-v2 (runtime/store/audit.c, docs/audit.md). */
+#define STORE_AUDIT_ENCODING 2
 #define STORE_DEFAULT_PATH ".troupe/troupe.db"
 
 struct store;
@@ -25,6 +27,22 @@ struct store;
  * whose schema is newer than this build knows (TR_EINVAL).
  */
 int store_open(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * store_open for a writer also checks the file first (PRAGMA quick_check, store_quick_check)
+ * and refuses a corrupt one (TR_EIO), so nothing is written into it.
+ *
+ * Opens an existing database for reading only: it is never written, migrated or switched
+ * to WAL, so a copy on a read-only filesystem (or a read-only file) can be read. When its
+ * directory is not writable and no write-ahead log is pending beside it, it is opened
+ * immutable (no -shm or -wal is made). A database of an older schema is copied into memory
+ * and migrated there. Writes through it fail.
+ */
+int store_open_read(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Checks the file's structure (PRAGMA quick_check: every page, not the indexes' contents;
+ * about 0.1 s per 100 MB, docs/audit.md). TR_EIO naming the first problems when it is corrupt.
+ */
+int store_quick_check(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 /* Closes the database. Accepts NULL; sets *store to NULL. */
 void store_free(struct store **store);
 /*
@@ -50,6 +68,13 @@ int store_schema_version(const struct store *store);
 int store_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 int store_commit(struct store *store, struct tr_error *err) TR_MUST_CHECK;
 void store_rollback(struct store *store);
+/*
+ * A read transaction: every read until store_read_end (or the store is freed) sees the
+ * database as it was at the first one (one snapshot), whatever a writer commits meanwhile.
+ * Takes no lock a writer waits for. For reading commands only. store_read_end accepts none.
+ */
+int store_read_begin(struct store *store, struct tr_error *err) TR_MUST_CHECK;
+void store_read_end(struct store *store);
 
 /*
  * Reads go through a memory map of up to 256 MiB of the file (the default: reading a whole
@@ -116,7 +141,8 @@ struct store_run {
     const char *input_json;
     int64_t scheduler_pid;    /* the scheduler driving it, or 0 */
     const char *options_json; /* the scheduler options it was started with, or NULL */
-    const char *plan_json;    /* the plan it ran (workflow_plan_json) */
+    int audit_encoding;       /* its audit hash encoding: 1 (troupe-audit-v1) or 2 (v2) */
+    const char *plan_json;    /* the canonical plan it ran */
 };
 
 /* Calls fn for every run, newest first; a non-zero return from fn stops and is returned. */
@@ -160,6 +186,15 @@ struct store_step {
 /* store_step_set with every field of step (started_at and finished_at are ignored). */
 int store_step_put(struct store *store, const char *run_id, const struct store_step *step,
                    struct tr_error *err) TR_MUST_CHECK;
+/*
+ * store_step_put, also copying the row's started_at and finished_at as recorded ("" for
+ * none) to ret_started_at and ret_finished_at when they are not NULL: a step's final audit
+ * event carries them, so the ledger backs them.
+ */
+#define STORE_TIME_SIZE 32
+int store_step_record(struct store *store, const char *run_id, const struct store_step *step,
+                      char ret_started_at[STORE_TIME_SIZE], char ret_finished_at[STORE_TIME_SIZE],
+                      struct tr_error *err) TR_MUST_CHECK;
 
 /* Calls fn for each step of the run, in the order they were first recorded. */
 int store_steps_list(struct store *store, const char *run_id,
@@ -183,6 +218,16 @@ struct store_step_item {
     const char *result_json; /* or NULL */
 };
 
+/*
+ * The digest of the step's items, as recorded, for its final audit event (the ledger backs
+ * the items with it): JSON text of an array with, for each item by index,
+ * [idx, attempt, "SHA-256 hex"], the hash over the item's output_json and result_json, each
+ * encoded as a troupe-audit-v2 field (docs/audit.md). "[]" for a step without items. The
+ * caller frees *ret_json.
+ */
+int store_step_items_digest(struct store *store, const char *run_id, const char *step_id,
+                            char **ret_json, struct tr_error *err) TR_MUST_CHECK;
+
 /* Calls fn for each item of the step that succeeded, by index. */
 int store_step_items_list(struct store *store, const char *run_id, const char *step_id,
                           int (*fn)(void *userdata, const struct store_step_item *item),
@@ -202,6 +247,10 @@ struct store_context_entry {
     int64_t version;     /* 1 for the first write of the key, then 2, ... */
 };
 
+/* Calls fn for every write of each key (every version), sorted by key, then version. */
+int store_context_history(struct store *store, const char *run_id,
+                          int (*fn)(void *userdata, const struct store_context_entry *entry),
+                          void *userdata, struct tr_error *err) TR_MUST_CHECK;
 /* Calls fn for the current value of each key, sorted by key. */
 int store_context_list(struct store *store, const char *run_id,
                        int (*fn)(void *userdata, const struct store_context_entry *entry),
@@ -260,6 +309,12 @@ struct store_audit_event {
 int store_audit_list(struct store *store, const char *run_id,
                      int (*fn)(void *userdata, const struct store_audit_event *event),
                      void *userdata, struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Calls fn with the id of each run that has audit events (a whole scan of the log: for a
+ * database whose runs table cannot be read). Stops early when fn returns non-zero.
+ */
+int store_audit_run_ids(struct store *store, int (*fn)(void *userdata, const char *run_id),
+                        void *userdata, struct tr_error *err) TR_MUST_CHECK;
 /* The same from the event after after_seq on (a reader following a run). */
 int store_audit_list_after(struct store *store, const char *run_id, int64_t after_seq,
                            int (*fn)(void *userdata, const struct store_audit_event *event),
@@ -271,17 +326,22 @@ int store_audit_list_after(struct store *store, const char *run_id, int64_t afte
 #define STORE_AUDIT_KEY_SECRET_BYTES 64
 
 struct store_audit_check {
-    int64_t events;    /* events that verified */
-    int64_t bad_seq;   /* the first bad sequence number, or 0 when the chain is intact */
-    char head[65];     /* hash of the last event that verified (64 zeros if none) */
-    char problem[256]; /* what is wrong at bad_seq, or "" */
+    int64_t events;     /* events that verified */
+    int64_t bad_seq;    /* the first bad sequence number, or 0 when the chain is intact */
+    char head[65];      /* hash of the last event that verified (64 zeros if none) */
+    char problem[256];  /* what is wrong at bad_seq, or "" */
+    int64_t signed_seq; /* up_to_seq 0: the last signed head recorded for the run, or 0 */
+    int64_t next_seq;   /* up_to_seq > 0: the first event after it, or 0 when none follows */
+    char next_type[64]; /* and its type */
 };
 
 /*
- * Recomputes the run's hash chain from its first event (up to up_to_seq when it is > 0):
- * sequence numbers run 1, 2, 3... without a gap, each event links to the previous one's
- * hash, each hash matches the event's contents, and a finished run's log ends with its
- * run.finished event. Returns 0 when all holds; TR_EINVAL when it does not, with
+ * Recomputes the run's hash chain from its first event (up to up_to_seq when it is > 0), in
+ * the run's encoding (troupe-audit-v1 or v2): sequence numbers run 1, 2, 3... without a gap,
+ * each event links to the previous one's hash, each hash matches the event's contents, and a
+ * finished run's log ends with its run.finished event. With up_to_seq 0, a signed head
+ * recorded for the run (store_audit_signature_record) must be in the log, and no event may
+ * follow it. Returns 0 when all holds; TR_EINVAL when it does not, with
  * ret->bad_seq and ret->problem saying where and what (and err the same in one line);
  * another negative code when the log could not be read.
  */
@@ -300,15 +360,29 @@ struct store_audit_signature {
     unsigned char signature[64];
 };
 
-/* Verifies the run's chain, then signs its head (run id, last seq, last hash). */
+/*
+ * The last signed head recorded for the run: its seq (0 when the run was never signed) and
+ * hash.
+ */
+int store_audit_signed_head(struct store *store, const char *run_id, int64_t *ret_seq,
+                            char ret_head[65], struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * Verifies the run's chain, then signs its head (run id, last seq, last hash). Refuses a run
+ * still running (TR_EINVAL): what it appends later would follow the signed head.
+ */
 int store_audit_sign(struct store *store, const char *run_id,
                      const unsigned char secret_key[STORE_AUDIT_KEY_SECRET_BYTES],
                      struct store_audit_signature *ret_signature,
                      struct tr_error *err) TR_MUST_CHECK;
+/* Records a signature in the database, so verify and log know the run's signed head. */
+int store_audit_signature_record(struct store *store, const struct store_audit_signature *signature,
+                                 struct tr_error *err) TR_MUST_CHECK;
 /*
  * Checks a signature against public_key (the verifier's own copy, never the one carried in
  * the signature) and against the database: the chain up to the signed seq must verify and
- * end in the signed head. TR_EINVAL with a message saying which check failed.
+ * end in the signed head, and no event may follow it (the first one is named). TR_EINVAL
+ * with a message saying which check failed.
  */
 int store_audit_verify_signature(struct store *store, const struct store_audit_signature *signature,
                                  const unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES],

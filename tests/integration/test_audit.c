@@ -60,25 +60,17 @@ static void troupe(struct fixture *f, struct harness_result *r, const char *a, c
     harness_run(argv, f->dir, 30000, r);
 }
 
-/* Runs SQL on the database as an attacker would: the append-only triggers dropped first. */
+/* Runs SQL on the database as an attacker would: every trigger dropped first. */
 static void tamper(const char *db_path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void tamper(const char *db_path, const char *fmt, ...)
 {
-    sqlite3 *db;
-    char *sql, *error = NULL;
+    char *sql;
     va_list ap;
 
     va_start(ap, fmt);
     cr_assert_geq(vasprintf(&sql, fmt, ap), 0);
     va_end(ap);
-    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db,
-                              "DROP TRIGGER IF EXISTS audit_no_update;"
-                              "DROP TRIGGER IF EXISTS audit_no_delete;",
-                              NULL, NULL, &error),
-                 SQLITE_OK, "%s", error);
-    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &error), SQLITE_OK, "%s: %s", sql, error);
-    sqlite3_close(db);
+    (void)harness_db_tamper(db_path, true, sql);
     free(sql);
 }
 
@@ -199,51 +191,12 @@ Test(audit, the_log_refuses_updates_and_deletes)
 
 /* ---- signatures against a forged database ------------------------------------------------- */
 
+static void rechain_in(const char *db_path, const char *run, int encoding);
+
 /* Rewrites every hash of the run so the forged chain is consistent again. */
 static void rechain(const char *db_path, const char *run)
 {
-    sqlite3 *db;
-    sqlite3_stmt *select, *update;
-    char prev[65];
-
-    memset(prev, '0', 64);
-    prev[64] = '\0';
-    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT seq, time, coalesce(step_id, ''), actor, type, "
-                                    "payload_json FROM audit WHERE run_id = ?1 ORDER BY seq",
-                                    -1, &select, NULL),
-                 SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
-                                    "?3 AND seq = ?4",
-                                    -1, &update, NULL),
-                 SQLITE_OK);
-    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
-    while (sqlite3_step(select) == SQLITE_ROW) {
-        crypto_hash_sha256_state state;
-        unsigned char digest[32];
-        char hash[65];
-        crypto_hash_sha256_init(&state);
-        harness_hash_field(&state, "troupe-audit-v1");
-        harness_hash_field(&state, prev);
-        harness_hash_field(&state, run);
-        harness_hash_field(&state, (const char *)sqlite3_column_text(select, 0));
-        for (int c = 1; c <= 5; c++)
-            harness_hash_field(&state, (const char *)sqlite3_column_text(select, c));
-        crypto_hash_sha256_final(&state, digest);
-        sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
-        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
-        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
-        sqlite3_reset(update);
-        memcpy(prev, hash, sizeof(prev));
-    }
-    sqlite3_finalize(select);
-    sqlite3_finalize(update);
-    sqlite3_close(db);
+    rechain_in(db_path, run, 2);
 }
 
 Test(audit, a_signed_run_detects_a_database_forged_whole)
@@ -280,7 +233,10 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
     /* A forger changes the greeting and recomputes the whole chain: it verifies on its own,
      * but it is not the database that was signed. */
     char *forged = copy_db(&f, "forged.db");
-    tamper(forged, "UPDATE audit SET payload_json = replace(payload_json, 'Hello', 'Goodbye')");
+    tamper(forged, "UPDATE audit SET payload_json = replace(payload_json, 'Hello', 'Goodbye');"
+                   "UPDATE steps SET output_json = replace(output_json, 'Hello', 'Goodbye');"
+                   "UPDATE context SET value_json = replace(value_json, 'Hello', 'Goodbye');"
+                   "DELETE FROM signatures");
     rechain(forged, f.run);
     const char *plain[] = {f.troupe, "--db", forged, "audit", "verify", f.run, NULL};
     harness_run(plain, f.dir, 30000, &r);
@@ -317,6 +273,272 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
     free(other_base);
     free(forged);
     free(forged_sig);
+    release(&f);
+}
+
+/* ---- the hash encoding, and what follows a signed head ---------------------------------- */
+
+/* The chain hash of one event in troupe-audit-v2 or v1, computed here from the documented
+ * encoding (docs/audit.md), independently of runtime/store. */
+static void event_hash(int encoding, const char *prev, const char *run, long long seq,
+                       const char *time, const char *step, const char *actor, const char *type,
+                       const char *payload, char hash[65])
+{
+    crypto_hash_sha256_state state;
+    unsigned char digest[32];
+    char seq_text[32];
+    snprintf(seq_text, sizeof(seq_text), "%lld", seq);
+    const char *fields[] = {encoding == 2 ? "troupe-audit-v2" : "troupe-audit-v1",
+                            prev,
+                            run,
+                            seq_text,
+                            time,
+                            step,
+                            actor,
+                            type,
+                            payload};
+    crypto_hash_sha256_init(&state);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (encoding == 2)
+            harness_hash_field_v2(&state, fields[i]);
+        else
+            harness_hash_field(&state, fields[i] ? fields[i] : "");
+    }
+    crypto_hash_sha256_final(&state, digest);
+    sodium_bin2hex(hash, 65, digest, sizeof(digest));
+}
+
+/* Appends an event with a correct chain hash, as a forger who can compute hashes would. */
+static void append_chained(const char *db_path, const char *run, const char *type, const char *step,
+                           const char *payload)
+{
+    char *prev = harness_query_text(
+        db_path, "SELECT hash FROM audit WHERE run_id = '%s' ORDER BY seq DESC LIMIT 1", run);
+    long long seq =
+        harness_query_int(db_path, "SELECT max(seq) FROM audit WHERE run_id = '%s'", run) + 1;
+    char hash[65];
+    event_hash(2, prev, run, seq, "2026-12-03T09:00:00.000Z", step, "scheduler", type, payload,
+               hash);
+    tamper(db_path,
+           "INSERT INTO audit VALUES ('%s', %lld, '2026-12-03T09:00:00.000Z', %s%s%s,"
+           " 'scheduler', '%s', '%s', '%s', '%s')",
+           run, seq, step ? "'" : "", step ? step : "NULL", step ? "'" : "", type, payload, prev,
+           hash);
+    free(prev);
+}
+
+/* Recomputes the whole chain of run in encoding (1 or 2), as rechain does in v2. */
+static void rechain_in(const char *db_path, const char *run, int encoding)
+{
+    sqlite3 *db;
+    sqlite3_stmt *select, *update;
+    char prev[65];
+
+    memset(prev, '0', 64);
+    prev[64] = '\0';
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT seq, time, step_id, actor, type, payload_json FROM "
+                                    "audit WHERE run_id = ?1 ORDER BY seq",
+                                    -1, &select, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
+                                    "?3 AND seq = ?4",
+                                    -1, &update, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
+    while (sqlite3_step(select) == SQLITE_ROW) {
+        char hash[65];
+        event_hash(encoding, prev, run, sqlite3_column_int64(select, 0),
+                   (const char *)sqlite3_column_text(select, 1),
+                   (const char *)sqlite3_column_text(select, 2),
+                   (const char *)sqlite3_column_text(select, 3),
+                   (const char *)sqlite3_column_text(select, 4),
+                   (const char *)sqlite3_column_text(select, 5), hash);
+        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
+        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
+        sqlite3_reset(update);
+        memcpy(prev, hash, sizeof(prev));
+    }
+    sqlite3_finalize(select);
+    sqlite3_finalize(update);
+    sqlite3_close(db);
+}
+
+Test(audit, the_hash_tells_a_null_field_from_an_empty_one)
+{
+    struct fixture f = make_run();
+    cr_assert_eq(harness_query_int(f.db, "SELECT audit_encoding FROM runs"), 2);
+    /* The independent recomputation agrees with troupe's. */
+    cr_assert_eq(harness_audit_verify(f.db, f.run), f.events);
+
+    /* run.started has no step: a NULL step id becomes an empty one. In v1 both hashed alike. */
+    char *db = copy_db(&f, "empty-step.db");
+    tamper(db, "UPDATE audit SET step_id = '' WHERE seq = 1");
+    expect_broken(&f, db, 1, "does not match its hash");
+    free(db);
+
+    /* Switching a run to the old encoding breaks every hash. */
+    db = copy_db(&f, "downgraded.db");
+    tamper(db, "UPDATE runs SET audit_encoding = 1");
+    expect_broken(&f, db, 1, "does not match its hash");
+    free(db);
+    release(&f);
+}
+
+Test(audit, runs_recorded_in_the_v1_encoding_still_verify)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+
+    /* A run as an older troupe recorded it: encoding 1, every hash in v1. */
+    char *db = copy_db(&f, "v1.db");
+    tamper(db, "UPDATE runs SET audit_encoding = 1");
+    rechain_in(db, f.run, 1);
+    cr_assert_eq(harness_audit_verify(db, f.run), f.events);
+    const char *verify[] = {f.troupe, "--db", db, "audit", "verify", f.run, NULL};
+    harness_run(verify, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    free(db);
+    release(&f);
+}
+
+/* Signs the fixture's run into DIR/run.sig with a new key DIR/audit.key (.pub). */
+static void sign_run(struct fixture *f, const char *run)
+{
+    struct harness_result r;
+    char *base, *key;
+    cr_assert_geq(asprintf(&base, "%s/audit", f->dir), 0);
+    cr_assert_geq(asprintf(&key, "%s/audit.key", f->dir), 0);
+    if (access(key, R_OK) != 0) {
+        troupe(f, &r, "keygen", "--signing", base, NULL, NULL);
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        harness_result_release(&r);
+    }
+    troupe(f, &r, "audit", "sign", run, "--key", key);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    free(harness_write_file(f->dir, "run.sig", r.out));
+    harness_result_release(&r);
+    free(base);
+    free(key);
+}
+
+Test(audit, events_after_a_signed_head_fail_both_verifies_and_are_marked_in_the_log)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    char *sig, *pub;
+    cr_assert_geq(asprintf(&sig, "%s/run.sig", f.dir), 0);
+    cr_assert_geq(asprintf(&pub, "%s/audit.pub", f.dir), 0);
+    sign_run(&f, f.run);
+
+    /* A forger appends a well-chained context write after the signed head. */
+    char *db = copy_db(&f, "appended.db");
+    append_chained(db, f.run, "context.write", "greet",
+                   "{\"key\":\"greeting\",\"value\":\"forged\"}");
+    char named[96];
+    snprintf(named, sizeof(named), "event %lld (context.write) follows the signed head",
+             f.events + 1);
+
+    const char *plain[] = {f.troupe, "--db", db, "audit", "verify", f.run, NULL};
+    harness_run(plain, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, named), "%s", r.out);
+    harness_result_release(&r);
+
+    const char *with_sig[] = {f.troupe, "--db",         db,  "audit", "verify", "--signature",
+                              sig,      "--public-key", pub, NULL};
+    harness_run(with_sig, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, named), "%s", r.out);
+    harness_result_release(&r);
+
+    /* Even with the signature's record gone from the database, the file catches it. */
+    tamper(db, "DELETE FROM signatures");
+    harness_run(with_sig, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, named), "%s", r.out);
+    harness_result_release(&r);
+
+    /* The log ends at the signed head, or says that what follows is signed by nobody. */
+    char *db2 = copy_db(&f, "appended2.db");
+    append_chained(db2, f.run, "step.retry", "greet", "{}");
+    const char *log[] = {f.troupe, "--db", db2, "log", f.run, NULL};
+    harness_run(log, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    const char *marker = strstr(r.out, "NO signature covers them");
+    cr_assert(marker, "%s", r.out);
+    cr_assert(strstr(marker, "step.retry"), "the forged event is below the marker: %s", r.out);
+    char last[32];
+    snprintf(last, sizeof(last), "%5lld ", f.events);
+    cr_assert(strstr(r.out, last) < marker, "%s", r.out);
+    harness_result_release(&r);
+    const char *context[] = {f.troupe, "--db", db2, "context", f.run, "--history", NULL};
+    harness_run(context, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "follows the signed head"), "%s", r.err);
+    harness_result_release(&r);
+
+    /* A running run cannot be signed: what it appends later would follow the head. */
+    char *db3 = copy_db(&f, "running.db");
+    tamper(db3, "UPDATE runs SET status = 'running', finished_at = NULL");
+    char *key;
+    cr_assert_geq(asprintf(&key, "%s/audit.key", f.dir), 0);
+    const char *sign_running[] = {f.troupe, "--db",  db3, "audit", "sign",
+                                  f.run,    "--key", key, NULL};
+    harness_run(sign_running, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "still running"), "%s", r.err);
+    harness_result_release(&r);
+    free(key);
+    free(db3);
+    free(db);
+    free(db2);
+    free(sig);
+    free(pub);
+    release(&f);
+}
+
+Test(audit, a_signature_is_checked_against_the_run_named)
+{
+    struct fixture f = make_run();
+    struct harness_result r;
+    char *workflow = harness_source_path("workflows/hello.yaml");
+    const char *again[] = {f.troupe, "--db", f.db, "run", "-q", workflow, NULL};
+    harness_run(again, f.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    char *other = harness_query_text(f.db, "SELECT id FROM runs WHERE id <> '%s'", f.run);
+    char *sig, *pub;
+    cr_assert_geq(asprintf(&sig, "%s/run.sig", f.dir), 0);
+    cr_assert_geq(asprintf(&pub, "%s/audit.pub", f.dir), 0);
+    sign_run(&f, f.run);
+
+    /* Named the other run: the signature is not of it, and that is what is said. */
+    const char *verify[] = {f.troupe,      "--db", f.db,           "audit", "verify", other,
+                            "--signature", sig,    "--public-key", pub,     NULL};
+    harness_run(verify, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, other), "%s", r.out);
+    cr_assert(strstr(r.out, "signature NOT valid"), "%s", r.out);
+    cr_assert_null(strstr(r.out, "signature valid"), "%s", r.out);
+    harness_result_release(&r);
+
+    /* Named the signed run, or none: valid. */
+    verify[5] = f.run;
+    harness_run(verify, f.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "signature valid"), "%s", r.out);
+    harness_result_release(&r);
+    free(workflow);
+    free(other);
+    free(sig);
+    free(pub);
     release(&f);
 }
 

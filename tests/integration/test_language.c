@@ -522,7 +522,9 @@ Test(language, a_resume_refuses_a_stored_output_that_is_not_json)
     run_to_the_gate_and_kill(&env, path);
     /* The database damaged by hand: the output the next step reads is no longer JSON. */
     cr_assert_eq(sqlite3_open(env.db, &db), SQLITE_OK);
+    /* A final step's row refuses changes (a trigger): damage does not ask. */
     cr_assert_eq(sqlite3_exec(db,
+                              "DROP TRIGGER steps_final;"
                               "UPDATE steps SET output_json = '{\"torn' WHERE step_id = 'first'",
                               NULL, NULL, NULL),
                  SQLITE_OK);
@@ -537,6 +539,16 @@ Test(language, a_resume_refuses_a_stored_output_that_is_not_json)
     cr_assert_str_eq(state_of(&env, "first"), "succeeded");
     cr_assert_str_neq(state_of(&env, "after"), "succeeded");
     harness_result_release(&r);
+    /* And the damage is found: the row no longer says what the log does. */
+    const char *verify[] = {env.troupe, "--db", env.db, "audit", "verify", NULL};
+    harness_run(verify, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.out);
+    cr_assert(strstr(r.out, "steps[first].output_json"), "%s", r.out);
+    harness_result_release(&r);
     free(path);
-    harness_env_release(&env);
+    /* Not harness_env_release: it checks that every run verifies, and this one must not. */
+    cr_assert_eq(harness_leftover_processes(env.dir, NULL), 0);
+    free(env.dir);
+    free(env.db);
+    free(env.troupe);
 }

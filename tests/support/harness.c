@@ -313,6 +313,20 @@ static const char *text_or(sqlite3_stmt *stmt, int column, const char *fallback)
     return text ? (const char *)text : fallback;
 }
 
+void harness_hash_field_v2(crypto_hash_sha256_state *state, const char *field)
+{
+    unsigned char tag = field ? 1 : 0;
+    crypto_hash_sha256_update(state, &tag, 1);
+    if (field)
+        harness_hash_field(state, field);
+}
+
+/* A column as text, or NULL for SQL NULL. */
+static const char *text_or_null(sqlite3_stmt *stmt, int column)
+{
+    return (const char *)sqlite3_column_text(stmt, column);
+}
+
 long long harness_audit_verify(const char *db_path, const char *run_id)
 {
     sqlite3 *db;
@@ -322,6 +336,15 @@ long long harness_audit_verify(const char *db_path, const char *run_id)
 
     cr_assert_eq(sodium_init() >= 0, 1);
     cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    /* The run's encoding: 2 for runs recorded since schema version 5, else 1. */
+    int encoding = 1;
+    cr_assert_eq(
+        sqlite3_prepare_v2(db, "SELECT audit_encoding FROM runs WHERE id = ?1", -1, &stmt, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(stmt, 1, run_id, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(stmt) == SQLITE_ROW)
+        encoding = sqlite3_column_int(stmt, 0);
+    sqlite3_finalize(stmt);
     cr_assert_eq(sqlite3_prepare_v2(db,
                                     "SELECT seq, time, step_id, actor, type, payload_json, "
                                     "prev_hash, hash FROM audit WHERE run_id = ?1 ORDER BY seq",
@@ -348,15 +371,30 @@ long long harness_audit_verify(const char *db_path, const char *run_id)
         }
         snprintf(seq_text, sizeof(seq_text), "%lld", seq);
         crypto_hash_sha256_init(&state);
-        harness_hash_field(&state, "troupe-audit-v1");
-        harness_hash_field(&state, prev);
-        harness_hash_field(&state, run_id);
-        harness_hash_field(&state, seq_text);
-        harness_hash_field(&state, text_or(stmt, 1, ""));
-        harness_hash_field(&state, text_or(stmt, 2, ""));
-        harness_hash_field(&state, text_or(stmt, 3, ""));
-        harness_hash_field(&state, text_or(stmt, 4, ""));
-        harness_hash_field(&state, text_or(stmt, 5, ""));
+        if (encoding == 2) {
+            /* troupe-audit-v2: a tag byte (0 NULL, 1 text) before each length-prefixed field */
+            const char *fields[] = {"troupe-audit-v2",
+                                    prev,
+                                    run_id,
+                                    seq_text,
+                                    text_or_null(stmt, 1),
+                                    text_or_null(stmt, 2),
+                                    text_or_null(stmt, 3),
+                                    text_or_null(stmt, 4),
+                                    text_or_null(stmt, 5)};
+            for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+                harness_hash_field_v2(&state, fields[i]);
+        } else {
+            harness_hash_field(&state, "troupe-audit-v1");
+            harness_hash_field(&state, prev);
+            harness_hash_field(&state, run_id);
+            harness_hash_field(&state, seq_text);
+            harness_hash_field(&state, text_or(stmt, 1, ""));
+            harness_hash_field(&state, text_or(stmt, 2, ""));
+            harness_hash_field(&state, text_or(stmt, 3, ""));
+            harness_hash_field(&state, text_or(stmt, 4, ""));
+            harness_hash_field(&state, text_or(stmt, 5, ""));
+        }
         crypto_hash_sha256_final(&state, digest);
         sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
         if (strcmp(hex, text_or(stmt, 7, "")) != 0) {
@@ -520,4 +558,39 @@ char *harness_node_check(const char *script, const char *arg1, const char *arg2)
     free(path);
     free(modules);
     return out;
+}
+
+/* Collects "DROP TRIGGER name;" statements. */
+static int collect_trigger(void *userdata, int columns, char **values, char **names)
+{
+    char **sql = userdata, *more;
+    (void)columns;
+    (void)names;
+    cr_assert_geq(asprintf(&more, "%sDROP TRIGGER \"%s\";", *sql, values[0]), 0);
+    free(*sql);
+    *sql = more;
+    return 0;
+}
+
+int harness_db_tamper(const char *db_path, bool drop_triggers, const char *sql)
+{
+    sqlite3 *db;
+    char *error = NULL, *drops = strdup("");
+
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    if (drop_triggers) {
+        cr_assert_eq(sqlite3_exec(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
+                                  collect_trigger, &drops, &error),
+                     SQLITE_OK, "%s", error);
+        cr_assert_eq(sqlite3_exec(db, drops, NULL, NULL, &error), SQLITE_OK, "%s", error);
+    }
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &error);
+    if (drop_triggers)
+        cr_assert_eq(rc, SQLITE_OK, "%s: %s", sql, error);
+    if (rc == SQLITE_OK)
+        cr_assert_gt(sqlite3_changes(db), 0, "%s changed nothing", sql);
+    sqlite3_free(error);
+    sqlite3_close(db);
+    free(drops);
+    return rc;
 }

@@ -95,6 +95,13 @@ void harness_approve(const struct harness_env *env, const char *step, const char
 /* Waits up to 30 s until step waits for approval in db; asserts that it does. */
 void harness_wait_for_approval(const char *db, const char *step);
 
+/*
+ * Runs sql on the database as an attacker would, every trigger dropped first when
+ * drop_triggers (then sql must succeed). Asserts that a change that succeeds changed a row.
+ * Returns sqlite's code (a trigger's refusal when the triggers stand).
+ */
+int harness_db_tamper(const char *db_path, bool drop_triggers, const char *sql);
+
 /* harness_db_int and harness_db_text with the SQL formatted printf-style. */
 long long harness_query_int(const char *db, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -106,5 +113,7 @@ char *harness_query_text(const char *db, const char *fmt, ...)
  * then its bytes), written here independently of runtime/store so tests check the format.
  */
 void harness_hash_field(crypto_hash_sha256_state *state, const char *field);
+/* The same in troupe-audit-v2: a tag byte (0 for NULL, then nothing; 1 for a text) first. */
+void harness_hash_field_v2(crypto_hash_sha256_state *state, const char *field);
 
 #endif

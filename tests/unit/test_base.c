@@ -154,3 +154,57 @@ Test(base_log, format_names)
     cr_assert_eq(f, TR_LOG_JSON);
     cr_assert_eq(tr_log_format_parse("xml", &f), TR_EINVAL);
 }
+
+/* ---- untrusted text on a terminal -------------------------------------------------------- */
+
+Test(base, text_escape_shows_what_a_terminal_would_obey)
+{
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"plain text, \\ kept, é and 漢字", "plain text, \\ kept, é and 漢字"},
+        {"a\nb\rc\td", "a\\nb\\rc\\td"},
+        {"\x1b[2J\x1b[Hclear", "\\x1b[2J\\x1b[Hclear"},
+        {"del\x7f", "del\\x7f"},
+        {"c1 \xc2\x9b", "c1 \\u009b"},                            /* CSI in C1 */
+        {"sep \xe2\x80\xa8 \xe2\x80\xa9", "sep \\u2028 \\u2029"}, /* line, paragraph */
+        {"bidi \xe2\x80\xae \xe2\x81\xa6 \xe2\x80\x8f", "bidi \\u202e \\u2066 \\u200f"},
+        {"bad \xff\xc3", "bad \\xff\\xc3"}, /* not UTF-8 */
+        {"overlong \xc0\xaf", "overlong \\xc0\\xaf"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *out = tr_text_escape(cases[i].in, 0);
+        cr_assert_str_eq(out, cases[i].out);
+        free(out);
+    }
+    char *cut = tr_text_escape("0123456789012345678901234567890123456789", 20);
+    cr_assert_leq(strlen(cut), 20);
+    cr_assert(strstr(cut, "..."), "%s", cut);
+    free(cut);
+}
+
+Test(base, text_width_counts_columns_not_bytes)
+{
+    size_t width = 0;
+    cr_assert_eq(tr_text_width("abc"), 3);
+    cr_assert_eq(tr_text_width("é"), 1);
+    cr_assert_eq(tr_text_width("漢字"), 4);
+    cr_assert_eq(tr_text_width("e\xcc\x81"), 1);      /* e and a combining acute */
+    cr_assert_eq(tr_text_fit("漢字x", 3, &width), 3); /* one wide character fits, not two */
+    cr_assert_eq(width, 2);
+}
+
+Test(base_log, text_lines_escape_untrusted_text, .init = cr_redirect_stderr)
+{
+    tr_log_setup("troupe", TR_LOG_INFO, TR_LOG_TEXT);
+    tr_log_context("r-1", "step\x1b[1m", NULL);
+    tr_log(TR_LOG_WARN, "tool said: \x1b[2J\x1b[H\nrun r-x succeeded");
+    tr_log_context(NULL, NULL, NULL);
+    fflush(stderr);
+    FILE *f = cr_get_redirected_stderr();
+    char line[512] = "", more[64] = "";
+    cr_assert_not_null(fgets(line, sizeof(line), f));
+    cr_assert_null(fgets(more, sizeof(more), f), "a forged second line: %s", more);
+    cr_assert_str_eq(line, "troupe warn: tool said: \\x1b[2J\\x1b[H\\nrun r-x succeeded"
+                           " [run=r-1 step=step\\x1b[1m]\n");
+}

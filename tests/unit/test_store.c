@@ -224,15 +224,15 @@ static void expected_hash(const char *prev, const char *run_id, const char *seq,
     unsigned char digest[32];
 
     crypto_hash_sha256_init(&state);
-    hash_field(&state, "troupe-audit-v1");
-    hash_field(&state, prev);
-    hash_field(&state, run_id);
-    hash_field(&state, seq);
-    hash_field(&state, time);
-    hash_field(&state, step_id ? step_id : "");
-    hash_field(&state, actor);
-    hash_field(&state, type);
-    hash_field(&state, payload);
+    /* troupe-audit-v2: a tag byte (0 NULL, 1 text) before each length-prefixed field. */
+    const char *fields[] = {"troupe-audit-v2", prev,  run_id, seq,    time,
+                            step_id,           actor, type,   payload};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        unsigned char tag = fields[i] ? 1 : 0;
+        crypto_hash_sha256_update(&state, &tag, 1);
+        if (fields[i])
+            hash_field(&state, fields[i]);
+    }
     crypto_hash_sha256_final(&state, digest);
     sodium_bin2hex(out, 65, digest, sizeof(digest));
 }
@@ -290,12 +290,13 @@ Test(store, open_creates_file_parents_and_wal)
     cr_assert_str_eq(mode, "wal");
     cr_assert_eq(store_schema_version(store), store__migration_count);
     cr_assert_eq(raw_int(db, "PRAGMA user_version"), store__migration_count);
-    cr_assert_eq(store__migration_count, 4);
+    cr_assert_eq(store__migration_count, 5);
     cr_assert_eq(raw_int(db, "PRAGMA application_id"), 0x54525045);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND"
                              " name IN ('runs', 'steps', 'context', 'audit')"),
                  4);
-    cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 2);
+    /* The log's two, and migration 5's guards of the rows never legitimately changed. */
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 15);
     sqlite3_close(db);
     store_free(&store);
     cr_assert_null(store);
@@ -409,7 +410,7 @@ Test(store, migration_4_keeps_the_steps_and_their_check)
     sqlite3_close(db);
 
     store = open_store(path);
-    cr_assert_eq(store_schema_version(store), 4);
+    cr_assert_eq(store_schema_version(store), store__migration_count);
     db = raw_open(path);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE run_id = 'r-1'"), 2);
     cr_assert_eq(raw_int(db, "SELECT next_attempt_at FROM steps WHERE step_id = 'b'"), 99);
@@ -429,8 +430,9 @@ Test(store, migration_4_keeps_the_steps_and_their_check)
     cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
     step.state = "dispatched", step.step_id = "c";
     cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
+    /* A final step never changes again (migration 5's guard). */
     step.state = "pending", step.step_id = "a";
-    cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
+    cr_assert_neq(store_step_put(store, "r-1", &step, &err), 0);
     db = raw_open(path);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'b' AND"
                              " finished_at IS NOT NULL AND finished_at <> 'f'"),
@@ -438,7 +440,9 @@ Test(store, migration_4_keeps_the_steps_and_their_check)
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'c' AND"
                              " started_at IS NOT NULL AND finished_at IS NULL AND ord = 3"),
                  1);
-    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'a' AND"
+    step.state = "pending", step.step_id = "c";
+    cr_assert_eq(store_step_put(store, "r-1", &step, &err), 0, "%s", err.message);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM steps WHERE step_id = 'c' AND"
                              " started_at IS NULL AND finished_at IS NULL"),
                  1);
     sqlite3_close(db);
@@ -684,15 +688,22 @@ Test(store, steps_states_times_and_order)
     cr_assert_str_eq(rows.c[2], "(null)");  /* skipped: never started */
     cr_assert_str_neq(rows.d[2], "(null)");
 
-    /* Retry: back to pending clears the times; the order stays that of first recording. */
-    cr_assert_eq(store_step_set(store, run_id, "fetch", "clerk", "pending", 1, NULL, NULL, &err),
+    /* A final step never changes (a trigger refuses it: the ledger backs it). */
+    cr_assert_neq(store_step_set(store, run_id, "fetch", "clerk", "pending", 1, NULL, NULL, &err),
+                  0);
+    cr_assert(strstr(err.message, "a step in a final state never changes"), "%s", err.message);
+    /* Back to pending clears the times; the order stays that of first recording. */
+    cr_assert_eq(
+        store_step_set(store, run_id, "fetch2", "clerk", "dispatched", 1, NULL, NULL, &err), 0);
+    cr_assert_eq(store_step_set(store, run_id, "fetch2", "clerk", "pending", 1, NULL, NULL, &err),
                  0);
     memset(&rows, 0, sizeof(rows));
     cr_assert_eq(store_steps_list(store, run_id, collect_step, &rows, &err), 0);
     cr_assert_str_eq(rows.a[0], "fetch");
-    cr_assert_str_eq(rows.b[0], "pending");
-    cr_assert_str_eq(rows.c[0], "(null)");
-    cr_assert_str_eq(rows.d[0], "(null)");
+    cr_assert_str_eq(rows.a[3], "fetch2");
+    cr_assert_str_eq(rows.b[3], "pending");
+    cr_assert_str_eq(rows.c[3], "(null)");
+    cr_assert_str_eq(rows.d[3], "(null)");
 
     memset(&rows, 0, sizeof(rows));
     rows.stop_after = 2;
