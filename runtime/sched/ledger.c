@@ -199,8 +199,12 @@ static void on_step_event(struct ledger *l, const struct store_audit_event *e, c
         bool ok = strcmp(s->state, "succeeded") == 0;
         take_final(s, p, e->seq, ok ? "output" : NULL, ok ? NULL : "error");
     } else if (strcmp(type, "step.reused") == 0) {
-        set_state(s, "step.reused", "succeeded", true, e->seq);
-        take_final(s, p, e->seq, "output", NULL);
+        /* A fork takes a step over in the state it ended in (succeeded, failed, skipped). */
+        const cJSON *status = cJSON_GetObjectItemCaseSensitive(p, "status");
+        const char *state = cJSON_IsString(status) ? status->valuestring : "succeeded";
+        set_state(s, "step.reused", state, true, e->seq);
+        take_final(s, p, e->seq, strcmp(state, "succeeded") == 0 ? "output" : NULL,
+                   strcmp(state, "failed") == 0 ? "error" : NULL);
     } else if (strcmp(type, "step.skipped") == 0) {
         set_state(s, "step.skipped", "skipped", true, e->seq);
         take_final(s, p, e->seq, NULL, NULL);

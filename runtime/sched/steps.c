@@ -750,7 +750,10 @@ int sched__steps_reuse(struct run *run, struct tr_error *err)
             run->steps[fallback].stands_for = (long)i;
         run->steps[i].state = STEP_FAILED;
         cJSON *payload = cJSON_CreateObject();
-        cJSON_AddStringToObject(payload, "error", of[i]->error ? of[i]->error : "");
+        if (of[i]->error)
+            cJSON_AddStringToObject(payload, "error", of[i]->error);
+        else
+            cJSON_AddNullToObject(payload, "error"); /* as the row holds it */
         add_on_error(run, payload, on_error, fallback);
         record_reused(run, i, of[i], NULL, payload);
         if (on_error == WORKFLOW_ON_ERROR_CONTINUE)

@@ -307,6 +307,9 @@ static char *copy_with_plan_changed(const struct harness_env *env, const char *r
     crypto_hash_sha256(digest, (const unsigned char *)plan, strlen(plan));
     sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
     cr_assert_eq(sqlite3_open(copy, &db), SQLITE_OK);
+    /* A forger drops the guard first (the ledger, not the trigger, is the defence). */
+    cr_assert_eq(sqlite3_exec(db, "DROP TRIGGER runs_fixed", NULL, NULL, NULL), SQLITE_OK, "%s",
+                 sqlite3_errmsg(db));
     sqlite3_stmt *stmt;
     cr_assert_eq(sqlite3_prepare_v2(db,
                                     "UPDATE runs SET plan_json = ?1, plan_hash = "
