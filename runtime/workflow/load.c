@@ -224,6 +224,32 @@ static int json_check_keys(const struct wf_doc *doc, const cJSON *node, struct t
     return 0;
 }
 
+/* The offset of the first [ or { that opens a level deeper than WF_MAX_DEPTH (outside
+ * strings), or len when there is none. */
+static size_t json_too_deep_at(const char *text, size_t len)
+{
+    int depth = 0;
+    bool in_string = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > WF_MAX_DEPTH)
+                return i;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return len;
+}
+
 static int json_parse(struct wf_doc *doc, const char *text, size_t len, struct tr_error *err)
 {
     const char *end = NULL;
@@ -238,6 +264,14 @@ static int json_parse(struct wf_doc *doc, const char *text, size_t len, struct t
         wf_scan_to(&s, (size_t)(nul - text));
         return tr_error_set(err, TR_EINVAL, "%s:%d:%d: invalid JSON: NUL byte", doc->file, s.line,
                             s.column);
+    }
+    /* Too deep for a workflow, as YAML is (and before cJSON's own limit, which it reports as a
+     * plain syntax error): say so, where. */
+    size_t too_deep = json_too_deep_at(text, len);
+    if (too_deep < len) {
+        wf_scan_to(&s, too_deep);
+        return tr_error_set(err, TR_EINVAL, "%s:%d:%d: nested deeper than %d levels", doc->file,
+                            s.line, s.column, WF_MAX_DEPTH);
     }
     doc->root = cJSON_ParseWithLengthOpts(text, len, &end, false);
     if (doc->root && end) {

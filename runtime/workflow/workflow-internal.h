@@ -166,6 +166,8 @@ struct wf_problem {
 };
 
 #define WF_MAX_PROBLEMS 200
+/* How deep a workflow file may nest (YAML and JSON alike). */
+#define WF_MAX_DEPTH 256
 
 /* Strings and cJSON values borrowed by the model live in doc, which the workflow owns. */
 struct workflow {

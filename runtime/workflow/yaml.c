@@ -17,7 +17,6 @@
 /* Alias expansion can make a small file huge ("billion laughs"); cap the nodes built. */
 #define WF_MAX_NODES (1u << 20)
 /* Deeper nesting than any workflow needs; keeps the recursive walks off the stack's edge. */
-#define WF_MAX_DEPTH 256
 
 struct anchor {
     char *name;

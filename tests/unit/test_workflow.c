@@ -496,6 +496,15 @@ Test(workflow, hostile_inputs_are_refused)
     memset(deep + 3, '[', 600);
     cr_assert_str_eq(load_fails(deep, WORKFLOW_YAML, &err),
                      "inline.yaml:1:259: nested deeper than 256 levels");
+    /* JSON the same, before cJSON's own limit (which it reports as a plain syntax error); a
+     * bracket inside a string is text, not a level. */
+    {
+        char json[1400] = "{\"s\": \"[[[\\\"[[\", \"a\": ";
+        size_t at = strlen(json);
+        memset(json + at, '[', 1200);
+        cr_assert_str_eq(load_fails(json, WORKFLOW_JSON, &err),
+                         "inline.json:1:278: nested deeper than 256 levels");
+    }
     {
         const char text[] = "name: x\n  \0more";
         struct workflow *wf = NULL;
