@@ -122,6 +122,7 @@ struct agent_proc {
     int load;             /* tasks it holds (cancelled ones until answered) */
     int exit_status;
     bool exit_expected; /* the scheduler asked it to stop, or it said bye */
+    bool stuck;         /* killed for giving no result in time: its calls timed out */
     int restarts;
     int64_t restart_due_ms; /* gone and to be started again at this time, or 0 */
     bool remote;            /* a troupe worker on the CURVE endpoint: no process of ours */
@@ -289,7 +290,8 @@ void sched__fanout_fill(struct run *run);
 void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason);
 /* A result message from agent: settles its task. */
 void sched__task_result(struct run *run, struct agent_proc *agent, const struct bus_msg *msg);
-/* The agent is gone: each of its tasks failed with a transport error. */
+/* The agent is gone: each of its tasks failed with a transport error (a timeout when it was
+ * killed for being stuck). */
 void sched__agent_tasks_lost(struct run *run, struct agent_proc *agent, const char *reason);
 /* Tasks past their deadline: their agent is stuck and killed; the attempt failed. */
 void sched__check_tasks(struct run *run, int64_t now);

@@ -339,8 +339,14 @@ static void on_agent_exit(struct run *run, struct agent_proc *agent)
     sched__audit(run, NULL, actor, "agent.exited", payload);
     free(actor);
     if (agent->load > 0) {
-        char *reason = xasprintf("the agent for persona '%s' exited during the step (%s)",
-                                 agent->persona, how);
+        /* Killed for being stuck, its other calls were not answered in time either: they
+         * fail as timeouts, as the one that found it stuck did, not as a transport fault. */
+        char *reason =
+            agent->stuck
+                ? xasprintf("the agent for persona '%s' gave no result in time and was replaced",
+                            agent->persona)
+                : xasprintf("the agent for persona '%s' exited during the step (%s)",
+                            agent->persona, how);
         sched__agent_tasks_lost(run, agent, reason);
         free(reason);
     }
@@ -369,6 +375,7 @@ static void restart(struct run *run, struct agent_proc *agent)
 
     agent->restarts++;
     agent->generation++;
+    agent->stuck = false;
     if (spawn(run, agent, &err) < 0) {
         sched__fail(run, "could not restart the agent for persona '%s': %s", agent->persona,
                     err.message);

@@ -601,7 +601,8 @@ void sched__agent_tasks_lost(struct run *run, struct agent_proc *agent, const ch
     for (size_t i = run->task_count; i-- > 0;) {
         /* task_failed may drop tasks (a failed step cancels its others): i is re-checked. */
         if (i < run->task_count && run->tasks[i].agent == agent_index)
-            task_failed(run, &run->tasks[i], SCHED_RETRY_TRANSPORT, reason);
+            task_failed(run, &run->tasks[i],
+                        agent->stuck ? SCHED_RETRY_TIMEOUT : SCHED_RETRY_TRANSPORT, reason);
     }
     agent->load = 0;
 }
@@ -630,6 +631,7 @@ void sched__check_tasks(struct run *run, int64_t now)
                    workflow_step_id(run->wf, task->step));
             agent_kill(agent, SIGKILL);
             agent->state = AGENT_STOPPING;
+            agent->stuck = true;
         }
         char *reason = xasprintf("no result within %d ms", policy.timeout_ms);
         task_failed(run, task, SCHED_RETRY_TIMEOUT, reason);
