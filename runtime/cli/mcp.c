@@ -226,7 +226,7 @@ static int do_list(struct mcp_session *session, const char *method, const char *
 static int do_call(struct mcp_session *session, const char *tool, const char *args_text,
                    int timeout_ms, bool json)
 {
-    cJSON *args = args_text ? cJSON_Parse(args_text) : NULL;
+    cJSON *args = args_text ? cJSON_ParseWithOpts(args_text, NULL, true) : NULL;
     if (args_text && !cJSON_IsObject(args)) {
         cJSON_Delete(args);
         cli_error("the arguments must be a JSON object, e.g. '{\"message\": \"hi\"}'");

@@ -72,7 +72,9 @@ cJSON *workflow_inputs_from_text(const struct workflow *wf, const cJSON *texts)
         if (!cJSON_IsString(text))
             value = cJSON_Duplicate(text, true);
         else if (!type || strcmp(type, "string") != 0)
-            value = cJSON_Parse(text->valuestring);
+            /* The whole text or nothing: cJSON_Parse alone reads "5abc" or "1_000" as a number
+             * and drops the rest. */
+            value = cJSON_ParseWithOpts(text->valuestring, NULL, true);
         if (!value)
             value = cJSON_CreateString(text->valuestring);
         cJSON_AddItemToObject(values, text->string, value);

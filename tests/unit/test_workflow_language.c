@@ -1066,5 +1066,21 @@ Test(workflow_language, a_string_input_takes_the_text_as_given)
     cJSON_Delete(input);
     cJSON_Delete(values);
     cJSON_Delete(texts);
+
+    /* A number is the whole text or not a number: "5abc" and "1_000" are not read as 5 and 1,
+     * so the number input refuses them. */
+    const char *not_numbers[] = {"5abc", "1_000", "0x10", "1,2", "5 6"};
+    for (size_t i = 0; i < sizeof(not_numbers) / sizeof(not_numbers[0]); i++) {
+        texts = cJSON_CreateObject();
+        cJSON_AddStringToObject(texts, "who", "x");
+        cJSON_AddStringToObject(texts, "amount", not_numbers[i]);
+        values = workflow_inputs_from_text(wf, texts);
+        cr_assert(cJSON_IsString(cJSON_GetObjectItem(values, "amount")), "%s", not_numbers[i]);
+        input = NULL;
+        cr_assert_eq(workflow_inputs_resolve(wf, values, &input, &err), TR_EINVAL, "%s",
+                     not_numbers[i]);
+        cJSON_Delete(values);
+        cJSON_Delete(texts);
+    }
     workflow_free(&wf);
 }
