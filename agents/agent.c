@@ -25,8 +25,9 @@
 
 #define WELCOME_TIMEOUT_MS 30000
 #define MAX_SERVERS 64
-#define HTTP_PUMP_MS 10 /* how often sessions without descriptors (HTTP) are driven */
-#define MAX_DRAIN 1024  /* bus messages handled in one loop turn */
+#define HTTP_PUMP_MS 10          /* how often sessions without descriptors (HTTP) are driven */
+#define MAX_DRAIN 1024           /* bus messages handled in one loop turn */
+#define AGENT_SEND_WAIT_MS 60000 /* how long a message waits for room on the bus */
 
 struct server {
     char *name;
@@ -108,7 +109,9 @@ static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
     char *error = redactor_apply(agent->redactor, msg_in->error);
     copy.json = json ? json : msg_in->json;
     copy.error = error ? error : msg_in->error;
-    int rc = bus_send(agent->bus, msg, &err);
+    /* A full queue (a server flooding its stderr) makes the agent wait, not drop the message:
+     * the audit log must have no gap. The scheduler drains its queue every turn. */
+    int rc = bus_send_wait(agent->bus, msg, AGENT_SEND_WAIT_MS, &err);
     free(json);
     free(error);
     if (rc < 0)

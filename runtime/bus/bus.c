@@ -236,6 +236,25 @@ out:
     return rc;
 }
 
+int bus_send_wait(struct bus *bus, const struct bus_msg *msg, int timeout_ms, struct tr_error *err)
+{
+    void *socket = msg->remote && bus->remote ? bus->remote : bus->socket;
+    int64_t deadline = tr_now_ms() + timeout_ms;
+
+    for (;;) {
+        struct tr_error attempt = {0};
+        int rc = bus_send(bus, msg, &attempt);
+        int64_t left = deadline - tr_now_ms();
+        if (rc != -EAGAIN || left <= 0) {
+            if (rc < 0 && err)
+                *err = attempt;
+            return rc;
+        }
+        zmq_pollitem_t item = {.socket = socket, .events = ZMQ_POLLOUT};
+        (void)zmq_poll(&item, 1, left > 100 ? 100 : (long)left);
+    }
+}
+
 static int recv_frames(void *socket, zmq_msg_t *frames, int max_frames, int *ret_count);
 
 /* ==== CURVE: remote workers ================================================================ */

@@ -116,6 +116,13 @@ int bus_poll(struct bus *bus, struct pollfd *fds, size_t count, int timeout_ms, 
  */
 int bus_send(struct bus *bus, const struct bus_msg *msg, struct tr_error *err) TR_MUST_CHECK;
 /*
+ * bus_send, waiting up to timeout_ms for room when the peer's queue is full (-EAGAIN only once
+ * that time has passed). For an agent: blocking here is its back-pressure (it reads nothing
+ * from its servers meanwhile), where dropping a message would leave a gap in the audit log.
+ */
+int bus_send_wait(struct bus *bus, const struct bus_msg *msg, int timeout_ms,
+                  struct tr_error *err) TR_MUST_CHECK;
+/*
  * Receives one message, waiting up to timeout_ms (0: don't wait, -1: forever).
  * Returns 0 with *ret_msg NULL on timeout. A malformed or oversized message is consumed and
  * reported as TR_EPROTO (naming the sender on a ROUTER); the bus stays usable.

@@ -245,7 +245,7 @@ static void loop(struct run *run)
             opened_ms = tr_now_ms();
         }
         /* Everything that has arrived is applied in this one transaction. */
-        for (int n = 0; n < MAX_MESSAGES_PER_TURN && (rc < 0 || msg); n++) {
+        for (int n = 0; rc < 0 || msg; n++) {
             if (rc == TR_EDENIED)
                 /* A remote worker with a key we were not given: refused, and on record. */
                 sched__on_refused(run, err.message, tr_now_ms());
@@ -254,6 +254,10 @@ static void loop(struct run *run)
             else
                 sched__on_message(run, msg);
             bus_msg_free(&msg);
+            /* At the turn's limit, what is still queued waits for the next turn: nothing is
+             * taken off the bus that this turn will not apply. */
+            if (n + 1 >= MAX_MESSAGES_PER_TURN)
+                break;
             rc = bus_recv(run->bus, 0, &msg, &err);
         }
         bus_msg_free(&msg);

@@ -649,3 +649,41 @@ Test(cli, reading_commands_on_a_missing_database_or_run)
     free(workflow);
     harness_env_release(&env);
 }
+
+/*
+ * A server that writes 20,000 stderr lines in one call: each is an event the agent sends at
+ * once, far more than one turn of the scheduler applies (4,096 messages) and than the bus
+ * queues. Every line is in the audit log, none dropped (the 4,097th message of a turn was).
+ */
+Test(run, a_flood_of_events_leaves_no_gap_in_the_audit_log, .timeout = 120)
+{
+    struct harness_env env = harness_env_new();
+    char *server = harness_build_path("tests/test-mcp-misbehave");
+    char *text = NULL;
+    cr_assert_geq(asprintf(&text,
+                           "name: flood\n"
+                           "mcp_servers: {m: {command: %s}}\n"
+                           "personas: {p: {servers: [m]}}\n"
+                           "steps:\n"
+                           "  - {id: noise, persona: p, tool: m.stderr_noise, with: {lines: "
+                           "20000}}\n",
+                           server),
+                  0);
+    char *workflow = harness_write_file(env.dir, "flood.yaml", text);
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", workflow, NULL};
+    struct harness_result r;
+
+    harness_run(argv, env.dir, 90000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s%s", r.exit_code, r.out, r.err);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'mcp.stderr'"),
+                 20000);
+    cr_assert_eq(harness_db_int(env.db,
+                                "SELECT count(DISTINCT json_extract(payload_json, '$.line')) FROM "
+                                "audit WHERE type = 'mcp.stderr'"),
+                 20000);
+    harness_result_release(&r);
+    free(workflow);
+    free(text);
+    free(server);
+    harness_env_release(&env);
+}
