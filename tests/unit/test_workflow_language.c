@@ -993,6 +993,20 @@ Test(workflow_language, run_check_lists_every_unset_variable_and_unsafe_secret)
     cr_assert(strstr(err.message, ":5:25: step 's': 'ask' steps are not executed yet"), "%s",
               err.message);
     workflow_free(&wf);
+
+    /* A server by url, which personas cannot use yet: refused before anything starts. */
+    wf = load_text("name: g\n"
+                   "mcp_servers:\n"
+                   "  h:\n"
+                   "    url: http://127.0.0.1:1/mcp\n"
+                   "personas: {p: {servers: [h]}}\n"
+                   "steps:\n"
+                   "  - {id: s, persona: p, tool: h.t}\n",
+                   WORKFLOW_YAML);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert(strstr(err.message, ":4:5: server 'h': personas cannot use Streamable HTTP"), "%s",
+              err.message);
+    workflow_free(&wf);
 }
 
 Test(workflow_language, an_unknown_server_hides_no_other_problem)
