@@ -72,6 +72,13 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
                   "--help')");
         return CLI_USAGE;
     }
+    /* A name and a comment go into the ledger and onto terminals: no control character may
+     * forge a line there. */
+    for (const char *p = as; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            cli_error("approve: --as NAME may not hold control characters (a newline, an escape)");
+            return CLI_USAGE;
+        }
     status = CLI_FAILED;
     store = cli_open_run(common, argv[optind], run_id);
     if (!store)

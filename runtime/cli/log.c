@@ -181,6 +181,13 @@ int cli_log(int argc, char **argv, struct cli_common *common)
         /* The status is read before the events, so nothing written before the end is missed. */
         if (rc < 0 || !follow || strcmp(status, "running") != 0)
             break;
+        /* A run nobody drives (its scheduler died or was stopped) will not grow: say so. */
+        if (store_run_owner(store, run_id) <= 0) {
+            cli_error("log: run %s is interrupted (no scheduler runs it); 'troupe resume %s' "
+                      "carries it on",
+                      run_id, run_id);
+            break;
+        }
         usleep(200 * 1000);
     }
     if (rc < 0 && err.message[0])

@@ -85,6 +85,13 @@ Test(decisions, only_a_step_waiting_for_one_takes_a_decision, .timeout = 120)
 
     harness_wait_for_approval(env.db, "gate");
     refused(&env, "slow", true, "does not wait for approval (it is succeeded)");
+    /* A name that would forge a line in the log or move a terminal's cursor. */
+    char *err = NULL;
+    cr_assert_eq(decide(&env, "gate", "eve\nrun r-x succeeded", false, &err), 2, "%s", err);
+    cr_assert(strstr(err, "may not hold control characters"), "%s", err);
+    free(err);
+    cr_assert_eq(decide(&env, "gate", "eve\x1b[31m", false, &err), 2, "%s", err);
+    free(err);
     harness_approve(&env, "gate", "alice", "fine", false);
     refused(&env, "gate", true, "has already been approved by alice");
     harness_finish(&proc, 60000, &r);

@@ -840,6 +840,12 @@ Test(faults, resume_refuses_a_live_run_and_a_changed_workflow)
     harness_result_release(&r);
 
     kill_scheduler(&proc);
+    /* Following a run nobody drives ends at once, saying how to carry it on. */
+    const char *follow[] = {env.troupe, "--db", env.db, "log", "latest", "--follow", NULL};
+    harness_run(follow, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "is interrupted (no scheduler runs it); 'troupe resume"), "%s", r.err);
+    harness_result_release(&r);
     /* The file changes under the run: resume will not guess. */
     char *copy = NULL;
     cr_assert_geq(
