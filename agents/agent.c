@@ -129,7 +129,7 @@ static void send_event(struct agent *agent, const struct task *task, const char 
     msg.task = task ? task->id : 0;
     msg.step_id = task ? task->step_id : NULL;
     msg.event_type = (char *)type;
-    msg.json = cJSON_PrintUnformatted(payload);
+    msg.json = tr_json_print(payload);
     send_or_log(agent, &msg);
     free(msg.json);
     cJSON_Delete(payload);
@@ -437,7 +437,7 @@ static void task_complete(struct agent *agent, struct task *task, const cJSON *o
     tr_log_context(run_of(agent), task->step_id, agent->persona);
     if (error)
         tr_log(TR_LOG_WARN, "%s", error);
-    result.json = output ? cJSON_PrintUnformatted(output) : NULL;
+    result.json = output ? tr_json_print(output) : NULL;
     send_or_log(agent, &result);
     free(result.json);
     tr_log_context(run_of(agent), NULL, agent->persona);
@@ -740,7 +740,7 @@ static char *destructive_tools(struct agent *agent)
         }
         cJSON_Delete(tools);
     }
-    char *json = cJSON_PrintUnformatted(out);
+    char *json = tr_json_print(out);
     cJSON_Delete(out);
     return json;
 }

@@ -18,6 +18,17 @@
 #define TR_MUST_CHECK __attribute__((warn_unused_result))
 #define TR_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
+/* ---- JSON (cJSON) ------------------------------------------------------------------------ */
+
+struct cJSON;
+/*
+ * cJSON_PrintUnformatted and cJSON_Print, except that every number prints so that it reads
+ * back exactly (cJSON alone rounds some to 15 digits). Aborts when out of memory; NULL for a
+ * NULL item. Caller frees.
+ */
+char *tr_json_print(const struct cJSON *item);
+char *tr_json_print_pretty(const struct cJSON *item);
+
 /* ---- errors ------------------------------------------------------------------------------ */
 
 /* Module-independent error codes; modules return these or -errno values. */

@@ -80,7 +80,7 @@ static char *signature_to_json(const struct store_audit_signature *sig)
     cJSON_AddStringToObject(o, "public_key", hex);
     sodium_bin2hex(hex, sizeof(hex), sig->signature, sizeof(sig->signature));
     cJSON_AddStringToObject(o, "signature", hex);
-    char *text = cJSON_PrintUnformatted(o);
+    char *text = tr_json_print(o);
     cJSON_Delete(o);
     return text;
 }

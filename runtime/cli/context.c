@@ -67,7 +67,7 @@ static int apply_write(void *userdata, const struct store_audit_event *event)
     if (cJSON_IsString(key) && value && (!r->key || strcmp(r->key, key->valuestring) == 0)) {
         r->writes++;
         if (r->history) {
-            char *text = cJSON_PrintUnformatted(value);
+            char *text = tr_json_print(value);
             const cJSON *persona = cJSON_GetObjectItemCaseSensitive(payload, "persona");
             const cJSON *attempt = cJSON_GetObjectItemCaseSensitive(payload, "attempt");
             char who[128];
@@ -109,7 +109,7 @@ static void print_rebuilt(struct rebuild *r)
     const cJSON *item;
     cJSON_ArrayForEach(item, r->context)
     {
-        char *text = cJSON_PrintUnformatted(item);
+        char *text = tr_json_print(item);
         print_value(r, item->string, text);
         free(text);
     }

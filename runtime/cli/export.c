@@ -50,7 +50,7 @@ static int write_jsonl(void *userdata, const struct store_audit_event *event)
 {
     struct jsonl *ctx = userdata;
     cJSON *o = cli_audit_event_json(ctx->run_id, event);
-    char *line = cJSON_PrintUnformatted(o);
+    char *line = tr_json_print(o);
     int rc = fprintf(ctx->out, "%s\n", line) < 0 ? -EIO : 0;
     free(line);
     cJSON_Delete(o);
@@ -342,7 +342,7 @@ static char *call_name(const cJSON *message)
 
 static char *call_key(const struct store_audit_event *event, const cJSON *payload, const cJSON *id)
 {
-    char *id_text = cJSON_PrintUnformatted(id);
+    char *id_text = tr_json_print(id);
     const char *server = payload_string(payload, "server");
     char *key = xasprintf("%s\n%s\n%s", event->actor, server ? server : "", id_text);
     free(id_text);
@@ -374,7 +374,7 @@ static long on_mcp(struct otlp *ctx, const struct store_audit_event *event, cons
         size_t span =
             span_open(ctx, parent, "call", event->seq, call_name(message), SPAN_KIND_CLIENT, ms);
         cJSON *attributes = ctx->spans[span].attributes;
-        char *id_text = cJSON_PrintUnformatted(id);
+        char *id_text = tr_json_print(id);
         add_attribute(attributes, "rpc.system", "jsonrpc");
         add_attribute(attributes, "rpc.method", payload_string(message, "method"));
         add_attribute(attributes, "rpc.jsonrpc.request_id", id_text);
@@ -633,7 +633,7 @@ int cli_export(struct store *store, const char *run, const char *format, const c
         rc = store_audit_list(store, run_id, write_otlp_event, &ctx, &err);
         if (rc == 0) {
             cJSON *doc = otlp_document(&ctx);
-            char *text = cJSON_PrintUnformatted(doc);
+            char *text = tr_json_print(doc);
             if (fprintf(out, "%s\n", text) < 0)
                 rc = tr_error_set(&err, -EIO, "could not write the export");
             free(text);

@@ -68,7 +68,7 @@ static int print_event(void *userdata, const struct store_audit_event *event)
     p->matched++;
     if (p->json) {
         cJSON *o = cli_audit_event_json(p->run_id, event);
-        char *line = cJSON_PrintUnformatted(o);
+        char *line = tr_json_print(o);
         puts(line);
         free(line);
         cJSON_Delete(o);

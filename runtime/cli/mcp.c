@@ -159,7 +159,7 @@ static int open_target(struct target *t, int timeout_ms, struct mcp_session **re
 
 static void print_json(const cJSON *json)
 {
-    char *text = cJSON_Print(json);
+    char *text = tr_json_print_pretty(json);
     puts(text);
     free(text);
 }

@@ -245,7 +245,7 @@ static int load_recorded(const struct recording *rec, const char *run_id,
 
 static char *compact(const cJSON *value)
 {
-    return value ? cJSON_PrintUnformatted(value) : xstrdup("(nothing)");
+    return value ? tr_json_print(value) : xstrdup("(nothing)");
 }
 
 /* Compares the call the runtime would make with the recorded one; prints a divergence. */

@@ -79,7 +79,7 @@ static void print_json_progress(struct cli_progress *progress, const struct sche
         cJSON_AddNumberToObject(o, "items_total", (double)p->items_total);
     }
     cJSON_AddNumberToObject(o, "elapsed_ms", (double)(tr_now_ms() - progress->start_ms));
-    char *line = cJSON_PrintUnformatted(o);
+    char *line = tr_json_print(o);
     puts(line);
     free(line);
     cJSON_Delete(o);
@@ -485,7 +485,7 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
         cJSON_AddNumberToObject(o, "elapsed_ms", seconds * 1000.0);
         if (rc < 0)
             cJSON_AddStringToObject(o, "error", err->message);
-        char *line = cJSON_PrintUnformatted(o);
+        char *line = tr_json_print(o);
         puts(line);
         free(line);
         cJSON_Delete(o);

@@ -50,7 +50,7 @@ static int print_run(void *userdata, const struct store_run *run)
         cJSON *o = cJSON_CreateObject();
         cli_run_json(o, run);
         cJSON_AddBoolToObject(o, "verified", check->trusted);
-        char *line = cJSON_PrintUnformatted(o);
+        char *line = tr_json_print(o);
         puts(line);
         free(line);
         cJSON_Delete(o);

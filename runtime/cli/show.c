@@ -181,7 +181,7 @@ int cli_show(int argc, char **argv, struct cli_common *common)
     if (rc == 0 && json) {
         cJSON_AddItemToObject(show.doc, "steps", show.steps);
         show.steps = NULL;
-        char *text = cJSON_Print(show.doc);
+        char *text = tr_json_print_pretty(show.doc);
         puts(text);
         free(text);
     } else if (rc == 0) {

@@ -186,7 +186,7 @@ int mcp__write_all(int fd, const void *data, size_t len)
 
 char *mcp__json_print(const cJSON *json)
 {
-    char *text = cJSON_PrintUnformatted(json);
+    char *text = tr_json_print(json);
     if (!text) {
         fprintf(stderr, "troupe: out of memory printing JSON\n");
         abort();

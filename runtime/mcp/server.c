@@ -181,7 +181,7 @@ cJSON *mcp_resource_text(const char *uri, const char *mime_type, const char *tex
 
 cJSON *mcp_resource_json(const char *uri, cJSON *value)
 {
-    char *text = cJSON_Print(value);
+    char *text = tr_json_print_pretty(value);
     cJSON_Delete(value);
     cJSON *contents = mcp_resource_text(uri, "application/json", text);
     free(text);

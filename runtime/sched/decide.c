@@ -86,7 +86,7 @@ int sched_approval_decide(struct store *store, const char *run_id, const char *s
         cJSON_AddStringToObject(payload, "by", by);
         if (comment)
             cJSON_AddStringToObject(payload, "comment", comment);
-        char *json = cJSON_PrintUnformatted(payload);
+        char *json = tr_json_print(payload);
         char *actor = xasprintf("user:%s", by);
         rc = store_audit_append(store, run_id, step_id, actor, "approval.decided", json, err);
         free(actor);

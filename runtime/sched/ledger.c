@@ -72,7 +72,7 @@ static void said_set(struct said *s, const cJSON *value, int64_t seq, bool as_js
     else if (!as_json && cJSON_IsString(value))
         s->text = xstrdup(value->valuestring);
     else
-        s->text = cJSON_PrintUnformatted(value);
+        s->text = tr_json_print(value);
 }
 
 static void said_release(struct said *s)
@@ -227,7 +227,7 @@ static void on_context_write(struct ledger *l, const struct store_audit_event *e
     }
     l->writes[l->write_count++] = (struct context_write){
         .key = xstrdup(key->valuestring),
-        .value = cJSON_PrintUnformatted(value),
+        .value = tr_json_print(value),
         .step_id = e->step_id ? xstrdup(e->step_id) : NULL,
         .seq = e->seq,
     };

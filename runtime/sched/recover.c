@@ -46,7 +46,7 @@ char *sched__options_json(const struct run *run)
     for (size_t i = 0; i < run->step_count; i++)
         if (run->steps[i].needs_approval)
             cJSON_AddItemToArray(approve, cJSON_CreateString(workflow_step_id(run->wf, i)));
-    char *json = cJSON_PrintUnformatted(o);
+    char *json = tr_json_print(o);
     cJSON_Delete(o);
     return json;
 }
@@ -257,7 +257,7 @@ static int orphan_step(void *userdata, const struct store_step *step)
 static void append(struct store *store, const char *run_id, const char *step_id, const char *actor,
                    const char *type, cJSON *payload, int *rc, struct tr_error *err)
 {
-    char *json = cJSON_PrintUnformatted(payload);
+    char *json = tr_json_print(payload);
     if (*rc == 0)
         *rc = store_audit_append(store, run_id, step_id, actor, type, json, err);
     free(json);

@@ -84,7 +84,7 @@ void sched__audit_json(struct run *run, const char *step_id, const char *actor, 
 void sched__audit(struct run *run, const char *step_id, const char *actor, const char *type,
                   cJSON *payload)
 {
-    char *json = cJSON_PrintUnformatted(payload);
+    char *json = tr_json_print(payload);
 
     sched__audit_json(run, step_id, actor, type, json);
     free(json);
@@ -382,7 +382,7 @@ static int create_run(struct run *run, struct tr_error *err)
 {
     struct run_row row = {"", "", ""};
     char *plan = workflow_plan_json(run->wf);
-    char *input = cJSON_PrintUnformatted(run->opts.input);
+    char *input = tr_json_print(run->opts.input);
     int rc = store_begin(run->store, err);
 
     if (run->opts.deadline_ms > 0)

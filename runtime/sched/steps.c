@@ -352,7 +352,7 @@ static void succeed(struct run *run, size_t index, cJSON *output, char *output_j
     cJSON *payload = cJSON_CreateObject();
 
     if (!output_json)
-        output_json = cJSON_PrintUnformatted(output);
+        output_json = tr_json_print(output);
     leave_dispatched(run, step, index, "the step ended");
     reach_final(run, index, STEP_SUCCEEDED);
     sched__record_step(run, index, output_json, NULL);
@@ -774,7 +774,7 @@ int sched__steps_reuse(struct run *run, struct tr_error *err)
         }
         cJSON *none = of[i]->output ? NULL : cJSON_CreateNull();
         const cJSON *output = of[i]->output ? of[i]->output : none;
-        char *output_json = cJSON_PrintUnformatted(output);
+        char *output_json = tr_json_print(output);
         cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
         record_reused(run, i, of[i], output_json, payload);
         keep_output(run, i, output, output_json);

@@ -152,7 +152,7 @@ static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *
     } else {
         cJSON_AddStringToObject(resolved, "run", run->id); /* for the agent's log lines */
         cJSON_AddNumberToObject(resolved, "credit", run->opts.credit);
-        welcome.json = cJSON_PrintUnformatted(resolved);
+        welcome.json = tr_json_print(resolved);
         if (bus_send(run->bus, &welcome, &err) < 0)
             sched__fail(run, "could not welcome agent '%s': %s", agent->identity, err.message);
         explicit_bzero(welcome.json, strlen(welcome.json));

@@ -161,7 +161,7 @@ int sched_step_request(const struct workflow *wf, size_t index, const struct wor
             /* A prompt's arguments are strings. */
             cJSON *strings = cJSON_CreateObject();
             for (const cJSON *arg = arguments ? arguments->child : NULL; arg; arg = arg->next) {
-                char *text = cJSON_IsString(arg) ? NULL : cJSON_PrintUnformatted(arg);
+                char *text = cJSON_IsString(arg) ? NULL : tr_json_print(arg);
                 cJSON_AddStringToObject(strings, arg->string, text ? text : arg->valuestring);
                 free(text);
             }
@@ -242,12 +242,12 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     if (action == WORKFLOW_ACTION_TOOL) {
         /* A tool's assign carries its name and arguments; the agent makes the request. */
         msg->tool = xstrdup(name);
-        msg->json = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
+        msg->json = tr_json_print(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
     } else {
         msg->method = xstrdup(method);
         msg->tool = xstrdup(
             name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
-        msg->json = cJSON_PrintUnformatted(params);
+        msg->json = tr_json_print(params);
     }
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
     msg->idempotency_key = task->item >= 0 ? xasprintf("%s/%s/%ld", run->id, step_id, task->item)
@@ -488,7 +488,7 @@ static void item_succeeded(struct run *run, struct task *task, const cJSON *resu
     struct tr_error err = {0};
     bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
     cJSON *output = sched__call_output(run->wf, index, result);
-    char *output_json = cJSON_PrintUnformatted(output);
+    char *output_json = tr_json_print(output);
     long item = task->item;
 
     /* The raw result is kept for the step's `output` expression. */

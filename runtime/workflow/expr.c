@@ -765,7 +765,7 @@ int workflow_step_text_in(const struct workflow *wf, size_t index, enum workflow
     if (rc < 0)
         return rc;
     /* A text is text: a whole-string expression of another type is printed as JSON. */
-    *ret_text = cJSON_IsString(value) ? xstrdup(value->valuestring) : cJSON_PrintUnformatted(value);
+    *ret_text = cJSON_IsString(value) ? xstrdup(value->valuestring) : tr_json_print(value);
     cJSON_Delete(value);
     if (!*ret_text)
         abort();

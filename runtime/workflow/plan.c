@@ -209,7 +209,7 @@ char *workflow_plan_json(const struct workflow *wf)
     cJSON_AddItemToObject(plan, "personas", plan_personas(wf));
     cJSON_AddItemToObject(plan, "steps", plan_steps(wf));
     sort_keys(plan);
-    text = cJSON_PrintUnformatted(plan);
+    text = tr_json_print(plan);
     cJSON_Delete(plan);
     if (!text)
         abort();
@@ -295,7 +295,7 @@ int workflow_load_plan(const char *plan_json, const char *file_name, struct work
         goto out;
     }
     plan_to_file(doc);
-    text = cJSON_PrintUnformatted(doc);
+    text = tr_json_print(doc);
     rc = workflow_load_string(text, strlen(text), WORKFLOW_JSON, file_name, &wf, err);
     if (rc < 0) {
         tr_error_prefix(err, "the stored plan does not load");

@@ -177,7 +177,7 @@ static char *shown(const cJSON *json)
             copy = cJSON_CreateString(prefix);
             free(prefix);
         }
-        text = copy ? cJSON_PrintUnformatted(copy) : NULL;
+        text = copy ? tr_json_print(copy) : NULL;
         cJSON_Delete(copy);
         if (!text)
             abort();

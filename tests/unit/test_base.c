@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "base.h"
 
 Test(base_buf, appends_until_the_limit_then_refuses_without_change)
@@ -207,4 +209,46 @@ Test(base_log, text_lines_escape_untrusted_text, .init = cr_redirect_stderr)
     cr_assert_null(fgets(more, sizeof(more), f), "a forged second line: %s", more);
     cr_assert_str_eq(line, "troupe warn: tool said: \\x1b[2J\\x1b[H\\nrun r-x succeeded"
                            " [run=r-1 step=step\\x1b[1m]\n");
+}
+
+/* Every number prints so that it reads back exactly (cJSON alone rounds some to 15 digits). */
+Test(base_json, numbers_print_exactly)
+{
+    const char *texts[] = {"9007199254740991",
+                           "0.30000000000000004",
+                           "-2.5e-300",
+                           "123456789012345680",
+                           "1.7976931348623157e+308",
+                           "0.1",
+                           "42",
+                           "-0"};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        cJSON *number = cJSON_Parse(texts[i]);
+        cJSON *doc = cJSON_CreateObject();
+        cJSON_AddItemToObject(doc, "n", number);
+        cJSON_AddStringToObject(doc, "s", texts[i]);
+        char *text = tr_json_print(doc);
+        cJSON *back = cJSON_Parse(text);
+        cr_assert_eq(cJSON_GetObjectItem(back, "n")->valuedouble, number->valuedouble, "%s: %s",
+                     texts[i], text);
+        /* The tree is as it was: still a number, printable again, the same way. */
+        cr_assert(cJSON_IsNumber(number));
+        char *again = tr_json_print_pretty(doc);
+        cJSON *back_again = cJSON_Parse(again);
+        cr_assert_eq(cJSON_GetObjectItem(back_again, "n")->valuedouble, number->valuedouble);
+        free(again);
+        free(text);
+        cJSON_Delete(back_again);
+        cJSON_Delete(back);
+        cJSON_Delete(doc);
+    }
+    /* What cJSON alone prints (the reason for this function). */
+    cJSON *n = cJSON_CreateNumber(9007199254740991.0);
+    char *plain = cJSON_PrintUnformatted(n);
+    char *exact = tr_json_print(n);
+    cr_assert_str_eq(exact, "9007199254740991");
+    cr_assert_str_neq(plain, exact, "cJSON prints it exactly now: %s", plain);
+    free(plain);
+    free(exact);
+    cJSON_Delete(n);
 }
