@@ -1,7 +1,8 @@
 /*
  * cli/resume.c: `troupe resume RUN`: carries on a run whose scheduler died (killed, machine
- * rebooted). The workflow is loaded again from where the run found it and must be unchanged;
- * the scheduler keeps what succeeded and dispatches again what was in flight.
+ * rebooted). The workflow is loaded again from where the run found it and must be unchanged
+ * (or, when that file is gone, from the plan stored with the run); the scheduler keeps what
+ * succeeded and dispatches again what was in flight.
  */
 #define _GNU_SOURCE
 #include "run-common.h"
@@ -10,6 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "workflow.h"
 
@@ -41,6 +43,7 @@ static void usage(FILE *out)
 struct found {
     char *path;
     char *status;
+    char *plan_json;
 };
 
 static int find_workflow(void *userdata, const struct store_run *run)
@@ -53,6 +56,7 @@ static int find_workflow(void *userdata, const struct store_run *run)
                           : run->workflow_file ? run->workflow_file
                                                : "");
     found->status = xstrdup(run->status);
+    found->plan_json = run->plan_json ? xstrdup(run->plan_json) : NULL;
     cJSON_Delete(options);
     return 0;
 }
@@ -118,14 +122,25 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
         cli_error("run %s has ended (%s); there is nothing to resume", run_id, found.status);
         goto out;
     }
-    if (!file)
-        file = found.path;
-    if (workflow_load(file, &wf, &err) < 0) {
+    if (!file && access(found.path, F_OK) != 0 && found.plan_json) {
+        /* The file is gone (or the run moved to another machine): the plan stored with the run,
+         * which its audit log vouches for, is the workflow. */
+        tr_log(TR_LOG_INFO,
+               "the workflow file '%s' is gone: resuming run %s from the plan "
+               "stored with it",
+               found.path, run_id);
+        if (workflow_load_plan(found.plan_json, found.path, &wf, &err) < 0) {
+            cli_error("could not load the plan stored with run %s: %s", run_id, err.message);
+            goto out;
+        }
+    } else if (workflow_load(file ? file : found.path, &wf, &err) < 0) {
         cli_error("could not load the workflow of run %s: %s", run_id, err.message);
         goto out;
     }
     if (workflow_check_run(wf, &err) < 0) {
+        /* Unset variables, unsafe secrets: the environment, not the run, is at fault. */
         cli_error("cannot resume run %s: %s", run_id, err.message);
+        status = CLI_USAGE;
         goto out;
     }
     cli_sched_prepare(&opts, &progress, common, wf);
@@ -147,6 +162,7 @@ out:
     store_free(&store);
     free(found.path);
     free(found.status);
+    free(found.plan_json);
     cli_progress_release(&progress);
     return status;
 }

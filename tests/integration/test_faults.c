@@ -870,3 +870,29 @@ Test(faults, resume_refuses_a_live_run_and_a_changed_workflow)
     free(path);
     release_env(&env);
 }
+
+/* The workflow file gone (deleted, or the database copied to another machine): resume runs the
+ * plan stored with the run, which its audit log vouches for. */
+Test(faults, resume_runs_the_stored_plan_when_the_file_is_gone)
+{
+    struct env env = setup_env();
+    char *path = effects_workflow(&env, 1, 3, 800, 800);
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
+
+    harness_spawn(argv, env.dir, &proc);
+    cr_assert_eq(
+        harness_db_wait(env.db, "SELECT count(*) FROM steps WHERE state = 'dispatched'", 1, 30000),
+        1);
+    kill_scheduler(&proc);
+    cr_assert_eq(unlink(path), 0);
+    harness_run(resume, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "is gone: resuming run"), "%s", r.err);
+    check_completed(&env, 3);
+    harness_result_release(&r);
+    free(path);
+    release_env(&env);
+}
