@@ -66,7 +66,17 @@ static const char *keep(struct target *t, char *s)
     return s;
 }
 
-/* Copies text with each ${NAME} replaced by the environment variable (empty if unset). */
+/* The variable a ${NAME} (or ${env:NAME}, as workflows write it) at p names; caller frees. */
+static char *reference_name(const char *p, const char *end)
+{
+    const char *name = p + 2;
+    if (strncmp(name, "env:", 4) == 0 && name + 4 <= end)
+        name += 4;
+    return xstrndup(name, (size_t)(end - name));
+}
+
+/* Copies text with each ${NAME} replaced by the environment variable (checked to be set
+ * first: unset_references). */
 static char *expand(const char *text)
 {
     struct tr_buf out;
@@ -75,7 +85,7 @@ static char *expand(const char *text)
     for (const char *p = text; *p;) {
         const char *end = p[0] == '$' && p[1] == '{' ? strchr(p, '}') : NULL;
         if (end) {
-            char *name = xstrndup(p + 2, (size_t)(end - p - 2));
+            char *name = reference_name(p, end);
             const char *value = getenv(name);
             rc |= tr_buf_append(&out, value ? value : "", value ? strlen(value) : 0);
             free(name);
@@ -87,6 +97,31 @@ static char *expand(const char *text)
     }
     (void)rc; /* unlimited buffer */
     return tr_buf_take(&out);
+}
+
+/* Appends to missing each variable that a ${NAME} in the strings under node names and the
+ * environment does not set. */
+static void unset_references(const cJSON *node, struct tr_buf *missing)
+{
+    const cJSON *child;
+    if (cJSON_IsString(node)) {
+        for (const char *p = strstr(node->valuestring, "${"); p; p = strstr(p + 1, "${")) {
+            const char *end = strchr(p, '}');
+            if (!end)
+                break;
+            char *name = reference_name(p, end);
+            if (!getenv(name) && (!missing->data || !strstr(missing->data, name)) &&
+                ((missing->len && tr_buf_append(missing, ", ", 2) < 0) ||
+                 tr_buf_append(missing, name, strlen(name)) < 0))
+                abort();
+            free(name);
+        }
+        return;
+    }
+    cJSON_ArrayForEach(child, node)
+    {
+        unset_references(child, missing);
+    }
 }
 
 static int load_config(struct target *t)
@@ -109,6 +144,18 @@ static int load_config(struct target *t)
         cli_error("%s: no server named '%s' under \"mcpServers\"", path, t->server);
         return CLI_USAGE;
     }
+    /* An unset variable would send an empty token or an empty setting: refused, all named. */
+    struct tr_buf missing;
+    tr_buf_init(&missing, 0);
+    unset_references(cJSON_GetObjectItemCaseSensitive(entry, "env"), &missing);
+    unset_references(cJSON_GetObjectItemCaseSensitive(entry, "headers"), &missing);
+    if (missing.len) {
+        cli_error("%s: server '%s': environment variables not set: %s", path, t->server,
+                  missing.data);
+        tr_buf_release(&missing);
+        return CLI_USAGE;
+    }
+    tr_buf_release(&missing);
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
     if (cJSON_IsString(url)) {
         t->url = url->valuestring;

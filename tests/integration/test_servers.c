@@ -157,6 +157,35 @@ Test(cli, troupe_mcp_starts_a_server_with_the_default_environment_only, .timeout
     cr_assert(strstr(r.out, "PASSED_ON=visible-value-1\n"), "%s", r.out);
     cr_assert_null(strstr(r.out, "UNRELATED_SECRET"), "%s", r.out);
     harness_result_release(&r);
+
+    /* ${NAME} and ${env:NAME} both name a variable; an unset one is refused, never sent empty. */
+    char *refs = NULL;
+    cr_assert_geq(asprintf(&refs,
+                           "{\"mcpServers\": {\"m\": {\"command\": \"%s\", \"env\": "
+                           "{\"A\": \"${TROUPE_T_NOPE_1}\", \"B\": \"${env:TROUPE_T_NOPE_2}\", "
+                           "\"C\": \"${env:PASSED_ON}\"}}}}",
+                           server),
+                  0);
+    char *refs_path = harness_write_file(env.dir, "refs.json", refs);
+    const char *with_refs[] = {env.troupe, "mcp",      "call", "environ", "--config",
+                               refs_path,  "--server", "m",    NULL};
+    harness_run(with_refs, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 2, "exit %d\n%s", r.exit_code, r.err);
+    cr_assert(strstr(r.err, "environment variables not set: TROUPE_T_NOPE_1, TROUPE_T_NOPE_2"),
+              "%s", r.err);
+    harness_result_release(&r);
+    setenv("TROUPE_T_NOPE_1", "one", 1);
+    setenv("TROUPE_T_NOPE_2", "two", 1);
+    harness_run(with_refs, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s", r.exit_code, r.err);
+    cr_assert(strstr(r.out, "A=one\n") && strstr(r.out, "B=two\n") &&
+                  strstr(r.out, "C=visible-value-1\n"),
+              "%s", r.out);
+    harness_result_release(&r);
+    unsetenv("TROUPE_T_NOPE_1");
+    unsetenv("TROUPE_T_NOPE_2");
+    free(refs_path);
+    free(refs);
     unsetenv("UNRELATED_SECRET");
     unsetenv("PASSED_ON");
     free(config_path);
