@@ -288,6 +288,9 @@ void sched__fanout_start(struct run *run, size_t index);
 void sched__fanout_fill(struct run *run);
 /* Gives up every task of the step (agents are told to cancel) and its fan-out. */
 void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason);
+/* Raises the open-files limit to what the run's agents need, or says why it cannot
+ * (TR_EINVAL), before anything is started. */
+int sched__check_fd_limit(const struct run *run, struct tr_error *err) TR_MUST_CHECK;
 /* A result message from agent: settles its task. */
 void sched__task_result(struct run *run, struct agent_proc *agent, const struct bus_msg *msg);
 /* The agent is gone: each of its tasks failed with a transport error (a timeout when it was

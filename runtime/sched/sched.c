@@ -648,7 +648,9 @@ int sched_run(const struct workflow *wf, struct store *store, const struct sched
     sched__stop_signal = sched__cancel_signal = 0;
     sched__sender_forget();
     init_run(&run, wf, store, opts);
-    rc = create_run(&run, err);
+    rc = sched__check_fd_limit(&run, err);
+    if (rc == 0)
+        rc = create_run(&run, err);
     if (rc == 0) {
         memcpy(ret_run_id, run.id, STORE_RUN_ID_SIZE);
         rc = drive(&run, false, err);
@@ -728,7 +730,9 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     snprintf(run.id, sizeof(run.id), "%s", run_id);
     run.deadline_wall = opts->deadline_ms > 0 ? wall_ms() + opts->deadline_ms : deadline_wall;
     sched__approvals_from_json(&run, record.options_json);
-    rc = sched__load_run(&run, err);
+    rc = sched__check_fd_limit(&run, err);
+    if (rc == 0)
+        rc = sched__load_run(&run, err);
     if (rc == 0)
         rc = drive(&run, true, err);
     release_run(&run);

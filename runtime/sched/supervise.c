@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "sched-internal.h"
 
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -276,6 +277,31 @@ static long replicas_of(const struct run *run, size_t persona)
 {
     return run->opts.replicas > 0 ? run->opts.replicas
                                   : workflow_persona_replicas(run->wf, persona);
+}
+
+int sched__check_fd_limit(const struct run *run, struct tr_error *err)
+{
+    struct rlimit limit;
+    long agents = 0;
+
+    for (size_t p = 0; p < workflow_persona_count(run->wf); p++)
+        agents += replicas_of(run, p);
+    /* The database and its journal, the bus and ZeroMQ's own, the owner lock, and for each
+     * agent its socket, pipes and process handle, with room to spare. */
+    rlim_t need = (rlim_t)(64 + 8 * agents);
+    if (getrlimit(RLIMIT_NOFILE, &limit) < 0 || limit.rlim_cur >= need)
+        return 0;
+    /* Raised as far as the hard limit allows, as a service manager would. */
+    if (limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= need) {
+        limit.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &limit) == 0)
+            return 0;
+    }
+    return tr_error_set(err, TR_EINVAL,
+                        "too few open files allowed (ulimit -n is %llu, at most %llu): %ld agents "
+                        "need about %llu; raise the limit (ulimit -n %llu)",
+                        (unsigned long long)limit.rlim_cur, (unsigned long long)limit.rlim_max,
+                        agents, (unsigned long long)need, (unsigned long long)need);
 }
 
 int sched__start_agents(struct run *run, struct tr_error *err)

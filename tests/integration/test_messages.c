@@ -209,3 +209,39 @@ Test(messages, quiet_logs_errors_only_and_verbose_logs_every_event)
     free(path);
     harness_env_release(&env);
 }
+
+/*
+ * Too few open files for the run's agents: a one-line error before anything starts, instead
+ * of ZeroMQ's assertion aborting the scheduler mid-run; a low soft limit under a higher hard
+ * one is raised and the run goes on.
+ */
+Test(messages, too_few_open_files_is_said_before_anything_starts)
+{
+    struct harness_env env = harness_env_new();
+    char *workflow = harness_source_path("workflows/hello.yaml");
+    char *script = NULL;
+    struct harness_result r;
+
+    cr_assert_geq(asprintf(&script, "ulimit -n 16 && exec '%s' --db '%s' run -q --replicas 4 '%s'",
+                           env.troupe, env.db, workflow),
+                  0);
+    const char *hard[] = {"/bin/sh", "-c", script, NULL};
+    harness_run(hard, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.err, "too few open files allowed (ulimit -n is 16"), "%s", r.err);
+    cr_assert_eq(harness_count_lines(r.err), 1, "%s", r.err);
+    cr_assert_neq(r.exit_code, 134);
+    harness_result_release(&r);
+    free(script);
+
+    cr_assert_geq(asprintf(&script, "ulimit -Sn 16 && exec '%s' --db '%s' run -q --replicas 4 '%s'",
+                           env.troupe, env.db, workflow),
+                  0);
+    const char *soft[] = {"/bin/sh", "-c", script, NULL};
+    harness_run(soft, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s%s", r.exit_code, r.out, r.err);
+    harness_result_release(&r);
+    free(script);
+    free(workflow);
+    harness_env_release(&env);
+}
