@@ -39,6 +39,21 @@ static int read_status(void *userdata, const struct store_run *run)
     return 0;
 }
 
+/* Whether process pid is stopped (SIGSTOP, a debugger): it cannot act on a signal now. */
+static bool process_stopped(int64_t pid)
+{
+    char path[64], stat[512];
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(stat, 1, sizeof(stat) - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    const char *close = strrchr(stat, ')'); /* the command name may hold anything */
+    return close && close[1] == ' ' && (close[2] == 'T' || close[2] == 't');
+}
+
 int cli_cancel(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
@@ -89,8 +104,11 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
             goto out;
         }
         if (tr_now_ms() - start > CANCEL_WAIT_MS) {
-            cli_error("run %s: its owner (process %lld) has not stopped within %d s", run_id,
-                      (long long)signalled, CANCEL_WAIT_MS / 1000);
+            cli_error("run %s: its owner (process %lld) has not stopped within %d s%s", run_id,
+                      (long long)signalled, CANCEL_WAIT_MS / 1000,
+                      process_stopped(signalled)
+                          ? "; it is stopped (SIGSTOP): 'kill -CONT' it and it will cancel"
+                          : "");
             goto out;
         }
         int rc = sched_cancel_orphan(store, run_id, actor, &err);
@@ -118,6 +136,8 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
             goto out;
         }
         signalled = owner;
+        cli_error("asked process %lld (%s), which runs it, to cancel run %s; waiting up to %d s",
+                  (long long)owner, what[0] ? what : "troupe", run_id, CANCEL_WAIT_MS / 1000);
     }
 out:
     free(actor);
