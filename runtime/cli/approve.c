@@ -83,6 +83,9 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
     store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         goto out;
+    /* A decision on a run whose records the log does not back would be acted upon with them. */
+    if (cli_run_check_refuse_now(store, run_id, "approve", "record a decision on") < 0)
+        goto out;
     const char *step_id = argv[optind + 1];
     int rc = sched_approval_decide(store, run_id, step_id, !reject, as, comment, &err);
     if (rc < 0) {

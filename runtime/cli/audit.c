@@ -148,30 +148,32 @@ static int collect_run(void *userdata, const struct store_run *run)
 static bool verify_one(struct store *store, const char *run_id)
 {
     struct cli_run_check *check = xmalloc(sizeof(*check));
+    char *shown = tr_text_escape(run_id, 0); /* an id from the file: never raw on a terminal */
     bool ok = false;
 
     if (cli_run_check(store, run_id, check) < 0) {
-        printf("%s: UNREADABLE (the error is above)\n", run_id);
+        printf("%s: UNREADABLE (the error is above)\n", shown);
         goto out;
     }
     ok = check->trusted;
     if (ok) {
-        printf("%s: ok, %lld events, head %s\n", run_id, (long long)check->chain.events,
+        printf("%s: ok, %lld events, head %s\n", shown, (long long)check->chain.events,
                check->chain.head);
         goto out;
     }
     if (check->chain.bad_seq) {
         char *problem = tr_text_escape(check->chain.problem, 0);
-        printf("%s: BROKEN at event %lld: %s\n", run_id, (long long)check->chain.bad_seq, problem);
+        printf("%s: BROKEN at event %lld: %s\n", shown, (long long)check->chain.bad_seq, problem);
         free(problem);
     }
     if (check->ledger.problems) {
-        printf("%s: RECORDS DISAGREE with the audit log (%lld):\n", run_id,
+        printf("%s: RECORDS DISAGREE with the audit log (%lld):\n", shown,
                (long long)check->ledger.problems);
         check->chain.bad_seq = 0; /* printed above */
         cli_run_check_print(stdout, "  ", check);
     }
 out:
+    free(shown);
     free(check);
     return ok;
 }
@@ -214,7 +216,9 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
         }
         printf("%s: signature valid: events 1 to %lld, head %s\n", sig.run_id, (long long)sig.seq,
                sig.head);
-        return CLI_OK;
+        /* The signature vouches for the head; what troupe shows must also agree with the log
+         * it heads. */
+        return verify_one(store, sig.run_id) ? CLI_OK : CLI_FAILED;
     }
     for (int i = 0; i < run_count; i++) {
         char run_id[STORE_RUN_ID_SIZE];
@@ -230,11 +234,23 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
         if (store_runs_list(store, collect_run, &list, &err) < 0) {
             cli_error("%s", err.message);
             all_ok = false;
-            if (store_audit_run_ids(store, collect_id, &list, &err) < 0)
-                cli_error("%s", err.message);
         }
-        for (size_t i = list.count; i-- > 0;) /* oldest first */
+        /* Then the runs the audit log names: one whose runs row is gone is not hidden. */
+        size_t listed = list.count;
+        if (store_audit_run_ids(store, collect_id, &list, &err) < 0) {
+            cli_error("%s", err.message);
+            all_ok = false;
+        }
+        for (size_t i = listed; i-- > 0;) /* oldest first */
             all_ok &= verify_one(store, list.ids[i]);
+        for (size_t i = listed; i < list.count; i++) {
+            char *shown = tr_text_escape(list.ids[i], 0);
+            printf("%s: NO RUN RECORD: the audit log holds events of a run the runs table does "
+                   "not list (deleted?)\n",
+                   shown);
+            free(shown);
+            all_ok = false;
+        }
         for (size_t i = 0; i < list.count; i++)
             free(list.ids[i]);
         free(list.ids);
@@ -263,8 +279,14 @@ static int sign(struct store *store, const char *run, const char *key_path, cons
     }
     if (read_key(key_path, secret_key, sizeof(secret_key)) < 0)
         return CLI_FAILED;
-    if (store_run_resolve(store, run, run_id, &err) < 0 ||
-        store_audit_sign(store, run_id, secret_key, &sig, &err) < 0 ||
+    if (store_run_resolve(store, run, run_id, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    /* A signature vouches for the run as troupe shows it: never for records its log denies. */
+    if (cli_run_check_refuse_now(store, run_id, "audit sign", "sign") < 0)
+        goto out;
+    if (store_audit_sign(store, run_id, secret_key, &sig, &err) < 0 ||
         store_audit_signature_record(store, &sig, &err) < 0) {
         cli_error("%s", err.message);
         goto out;

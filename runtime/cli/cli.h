@@ -125,11 +125,19 @@ int cli_run_check(struct store *store, const char *run_id, struct cli_run_check 
 /* Prints what cli_run_check found wrong, one line each, after indent. */
 void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_check *check);
 /*
- * For reading commands that refuse an untrusted run (show, context): cli_run_check, and when
- * the run is not trusted, prints why to stderr ("COMMAND: refusing to show run ...") and
- * returns -1 (also when the database could not be read); 0 when the run can be shown.
+ * For commands that refuse an untrusted run (show, context; and replay, export, resume,
+ * approve, which would act on what the log does not back): cli_run_check, and when the run
+ * is not trusted, prints why to stderr ("COMMAND: refusing to VERB run ...") and returns -1
+ * (also when the database could not be read); 0 when the run can be used.
  */
-int cli_run_check_refuse(struct store *store, const char *run_id, const char *command);
+int cli_run_check_refuse(struct store *store, const char *run_id, const char *command,
+                         const char *verb);
+/*
+ * cli_run_check_refuse in a read snapshot of its own (a scheduler may be writing the run),
+ * for commands that then go on to do something with the run.
+ */
+int cli_run_check_refuse_now(struct store *store, const char *run_id, const char *command,
+                             const char *verb);
 
 /*
  * Text output of untrusted values (table.c). cli_cell_print prints text escaped for the

@@ -160,7 +160,7 @@ int cli_context(int argc, char **argv, struct cli_common *common)
     /* One snapshot: what is checked is what is shown. A run that does not verify (events
      * after its signed head included) is refused. */
     int rc = store_read_begin(store, &err);
-    if (rc == 0 && cli_run_check_refuse(store, run_id, "context") < 0) {
+    if (rc == 0 && cli_run_check_refuse(store, run_id, "context", "show") < 0) {
         store_free(&store);
         return CLI_FAILED;
     }

@@ -260,20 +260,35 @@ void cli_run_check_print(FILE *out, const char *indent, const struct cli_run_che
                 (long long)(check->ledger.problems - (int64_t)check->ledger.lines));
 }
 
-int cli_run_check_refuse(struct store *store, const char *run_id, const char *command)
+int cli_run_check_refuse(struct store *store, const char *run_id, const char *command,
+                         const char *verb)
 {
     struct cli_run_check *check = xmalloc(sizeof(*check));
     int rc = cli_run_check(store, run_id, check);
 
     if (rc == 0 && !check->trusted) {
-        cli_error("%s: refusing to show run %s: its records disagree with its audit log "
+        cli_error("%s: refusing to %s run %s: its records disagree with its audit log "
                   "(tampered with, or damaged):",
-                  command, run_id);
+                  command, verb, run_id);
         cli_run_check_print(stderr, "  ", check);
         fprintf(stderr, "(troupe audit verify %s names every problem)\n", run_id);
         rc = -1;
     }
     free(check);
+    return rc;
+}
+
+int cli_run_check_refuse_now(struct store *store, const char *run_id, const char *command,
+                             const char *verb)
+{
+    struct tr_error err = {0};
+
+    if (store_read_begin(store, &err) < 0) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    int rc = cli_run_check_refuse(store, run_id, command, verb);
+    store_read_end(store);
     return rc;
 }
 

@@ -772,6 +772,10 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
+    /* What the log does not back is neither replayed as if it were sound nor carried into a
+     * fork, whose own chain would then verify. */
+    if (cli_run_check_refuse_now(store, run_id, "replay", "replay") < 0)
+        goto out;
     if (store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
         cli_error("%s", err.message);
         goto out;

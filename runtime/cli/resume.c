@@ -122,6 +122,10 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
         cli_error("run %s has ended (%s); there is nothing to resume", run_id, found.status);
         goto out;
     }
+    /* Carried on from records its log does not back, the run would act on them (call tools
+     * with a forged context) and chain those calls in as if they were sound. */
+    if (cli_run_check_refuse_now(store, run_id, "resume", "resume") < 0)
+        goto out;
     if (!file && access(found.path, F_OK) != 0 && found.plan_json) {
         /* The file is gone (or the run moved to another machine): the plan stored with the run,
          * which its audit log vouches for, is the workflow. */

@@ -164,7 +164,8 @@ int cli_show(int argc, char **argv, struct cli_common *common)
     if (!store)
         return CLI_FAILED;
     /* One snapshot: what is checked is what is shown, whatever a live run commits. */
-    if (store_read_begin(store, &err) < 0 || cli_run_check_refuse(store, run_id, "show") < 0) {
+    if (store_read_begin(store, &err) < 0 ||
+        cli_run_check_refuse(store, run_id, "show", "show") < 0) {
         if (err.message[0])
             cli_error("%s", err.message);
         store_free(&store);

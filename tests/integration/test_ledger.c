@@ -322,3 +322,72 @@ Test(show, an_approval_step_shows_how_long_it_waited)
     free(run);
     harness_env_release(&env);
 }
+
+/*
+ * What a signature vouches for is what troupe shows: a signed run whose rows were changed
+ * fails verify --signature too, and is refused a signature; a run whose runs row was deleted
+ * is still found by verify (its events remain); a forged run id is printed escaped.
+ */
+Test(ledger, signatures_deleted_runs_and_forged_ids_are_not_let_through, .timeout = 120)
+{
+    struct harness_result r;
+    char *base = NULL, *key = NULL, *pub = NULL, *sig = NULL;
+
+    env = harness_env_new();
+    run_ledger_workflow();
+    cr_assert_geq(asprintf(&base, "%s/signer", env.dir), 0);
+    cr_assert_geq(asprintf(&key, "%s.key", base), 0);
+    cr_assert_geq(asprintf(&pub, "%s.pub", base), 0);
+    cr_assert_geq(asprintf(&sig, "%s/run.sig", env.dir), 0);
+    const char *keygen[] = {env.troupe, "keygen", "--signing", base, NULL};
+    harness_run(keygen, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    const char *sign[] = {env.troupe, "--db", env.db, "audit", "sign", run,
+                          "--key",    key,    "-o",   sig,     NULL};
+    harness_run(sign, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+
+    char *rows = tampered_copy("signed-rows", "UPDATE context SET value_json = '\"forged\"'", true);
+    cr_assert_not_null(rows);
+    const char *verify_sig[] = {env.troupe,    "--db", rows,           "audit", "verify", run,
+                                "--signature", sig,    "--public-key", pub,     NULL};
+    harness_run(verify_sig, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "signature valid") && strstr(r.out, "RECORDS DISAGREE"), "%s", r.out);
+    harness_result_release(&r);
+    sign[2] = rows;
+    sign[9] = "-";
+    sign[8] = NULL;
+    harness_run(sign, env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "refusing to sign run"), "%s", r.err);
+    harness_result_release(&r);
+
+    char *gone = tampered_copy("no-run-row", "DELETE FROM runs", true);
+    cr_assert_not_null(gone);
+    troupe_on(gone, &r, "audit", "verify", NULL);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "NO RUN RECORD"), "%s", r.out);
+    harness_result_release(&r);
+
+    char *forged = tampered_copy("forged-id",
+                                 "UPDATE audit SET run_id = 'r-x' || char(27) || "
+                                 "'[8m' WHERE seq = 1",
+                                 true);
+    cr_assert_not_null(forged);
+    troupe_on(forged, &r, "audit", "verify", NULL);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert_null(strchr(r.out, 27), "a raw escape reached the terminal: %s", r.out);
+    harness_result_release(&r);
+    free(forged);
+    free(gone);
+    free(rows);
+    free(sig);
+    free(pub);
+    free(key);
+    free(base);
+    free(run);
+    harness_env_release(&env);
+}
