@@ -96,8 +96,16 @@ static const char *const statement_sql[STMT_COUNT] = {
                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [STMT_ITEMS_LIST] = "SELECT idx, attempt, output_json, result_json FROM step_items"
                         " WHERE run_id = ?1 AND step_id = ?2 ORDER BY idx",
-    [STMT_APPROVAL_GET] = "SELECT decision, actor, comment, decided_at FROM approvals"
-                          " WHERE run_id = ?1 AND step_id = ?2",
+    /* Only a decision its approval.decided event backs (the same decision, by the same
+     * person): a row written by hand is not one. */
+    [STMT_APPROVAL_GET] =
+        "SELECT a.decision, a.actor, a.comment, a.decided_at FROM approvals a"
+        " WHERE a.run_id = ?1 AND a.step_id = ?2 AND EXISTS (SELECT 1 FROM audit e"
+        " WHERE e.run_id = a.run_id AND e.step_id = a.step_id AND e.type = 'approval.decided'"
+        " AND e.actor = 'user:' || a.actor"
+        " AND json_extract(e.payload_json, '$.decision') IS a.decision"
+        " AND json_extract(e.payload_json, '$.by') IS a.actor"
+        " AND json_extract(e.payload_json, '$.comment') IS a.comment)",
     /* The run's encoding, and its last event's seq and hash (NULL when it has none). */
     [STMT_AUDIT_LAST] = "SELECT r.audit_encoding, a.seq, a.hash FROM runs r"
                         " LEFT JOIN (SELECT seq, hash FROM audit WHERE run_id = ?1"

@@ -272,7 +272,8 @@ struct store_approval {
 int store_approval_put(struct store *store, const char *run_id, const char *step_id,
                        const char *decision, const char *actor, const char *comment,
                        struct tr_error *err) TR_MUST_CHECK;
-/* Calls fn with the decision on the step, if there is one; returns 0 either way. */
+/* Calls fn with the decision on the step, if there is one that its approval.decided audit event
+ * backs (a row alone is not a decision); returns 0 either way. */
 int store_approval_get(struct store *store, const char *run_id, const char *step_id,
                        int (*fn)(void *userdata, const struct store_approval *approval),
                        void *userdata, struct tr_error *err) TR_MUST_CHECK;

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sqlite3.h>
 
 #include "harness.h"
 
@@ -85,6 +87,21 @@ Test(decisions, only_a_step_waiting_for_one_takes_a_decision, .timeout = 120)
 
     harness_wait_for_approval(env.db, "gate");
     refused(&env, "slow", true, "does not wait for approval (it is succeeded)");
+    /* A decision written into the table by hand, with no approval.decided event: not obeyed. */
+    cr_assert_eq(harness_db_tamper(env.db, false,
+                                   "INSERT INTO approvals SELECT id, 'gate', 'approved', 'forger', "
+                                   "NULL, '2026-01-01T00:00:00.000Z' FROM runs"),
+                 SQLITE_OK);
+    usleep(2500 * 1000);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'step.approved'"),
+                 0);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM steps WHERE step_id = 'gate' AND "
+                                        "state = 'waiting-approval'"),
+                 1);
+    cr_assert_eq(harness_db_tamper(env.db, false,
+                                   "DROP TRIGGER approvals_no_delete; DELETE FROM approvals "
+                                   "WHERE actor = 'forger'"),
+                 SQLITE_OK);
     /* A name that would forge a line in the log or move a terminal's cursor. */
     char *err = NULL;
     cr_assert_eq(decide(&env, "gate", "eve\nrun r-x succeeded", false, &err), 2, "%s", err);
