@@ -191,6 +191,8 @@ static sqlite3_stmt *query(sqlite3 **db, const char *db_path, const char *sql)
     sqlite3_stmt *stmt = NULL;
     cr_assert_eq(sqlite3_open_v2(db_path, db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK,
                  "cannot open %s", db_path);
+    /* A database being created (its schema written) is locked for a moment: wait for it. */
+    sqlite3_busy_timeout(*db, 10000);
     cr_assert_eq(sqlite3_prepare_v2(*db, sql, -1, &stmt, NULL), SQLITE_OK, "%s: %s", sql,
                  sqlite3_errmsg(*db));
     return stmt;
