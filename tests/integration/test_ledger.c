@@ -328,7 +328,7 @@ Test(show, an_approval_step_shows_how_long_it_waited)
  * fails verify --signature too, and is refused a signature; a run whose runs row was deleted
  * is still found by verify (its events remain); a forged run id is printed escaped.
  */
-Test(ledger, signatures_deleted_runs_and_forged_ids_are_not_let_through, .timeout = 120)
+Test(ledger, signatures_deleted_runs_and_forged_ids_are_not_let_through, .timeout = 300)
 {
     struct harness_result r;
     char *base = NULL, *key = NULL, *pub = NULL, *sig = NULL;
