@@ -580,6 +580,8 @@ int harness_db_tamper(const char *db_path, bool drop_triggers, const char *sql)
     char *error = NULL, *drops = strdup("");
 
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    /* A live scheduler holds the write lock between its commits: wait for a gap. */
+    sqlite3_busy_timeout(db, 10000);
     if (drop_triggers) {
         cr_assert_eq(sqlite3_exec(db, "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
                                   collect_trigger, &drops, &error),
