@@ -28,6 +28,11 @@ struct cJSON;
  */
 char *tr_json_print(const struct cJSON *item);
 char *tr_json_print_pretty(const struct cJSON *item);
+/*
+ * Whether value holds a number that is not finite (a parser turns 1e400 into an infinity,
+ * which prints as null); its place is appended to path (".a[2]"), a string of size bytes.
+ */
+bool tr_json_infinite_at(const struct cJSON *value, char *path, size_t size);
 
 /* ---- errors ------------------------------------------------------------------------------ */
 

@@ -82,6 +82,27 @@ static char *print(const cJSON *item, bool pretty)
     return text;
 }
 
+bool tr_json_infinite_at(const struct cJSON *value, char *path, size_t size)
+{
+    size_t len = strlen(path), index = 0;
+    const cJSON *child;
+
+    if (cJSON_IsNumber(value))
+        return !isfinite(value->valuedouble);
+    cJSON_ArrayForEach(child, value)
+    {
+        if (cJSON_IsObject(value))
+            snprintf(path + len, size - len, ".%s", child->string);
+        else
+            snprintf(path + len, size - len, "[%zu]", index);
+        index++;
+        if (tr_json_infinite_at(child, path, size))
+            return true;
+    }
+    path[len] = '\0';
+    return false;
+}
+
 char *tr_json_print(const struct cJSON *item)
 {
     return print(item, false);

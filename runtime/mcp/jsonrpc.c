@@ -204,16 +204,8 @@ cJSON *mcp__json_parse_line(const char *line, size_t len)
 
 bool mcp__json_finite(const cJSON *value)
 {
-    const cJSON *child;
-
-    if (cJSON_IsNumber(value))
-        return isfinite(value->valuedouble);
-    cJSON_ArrayForEach(child, value)
-    {
-        if (!mcp__json_finite(child))
-            return false;
-    }
-    return true;
+    char path[8] = ""; /* where does not matter here */
+    return !tr_json_infinite_at(value, path, sizeof(path));
 }
 
 bool mcp__id_valid(const cJSON *id)

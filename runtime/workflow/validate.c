@@ -65,33 +65,11 @@ const char *wf_kind_name(const cJSON *value)
     return "nothing";
 }
 
-/* The path of the first number in value that is not finite, under path; false if none. */
-static bool infinite_at(const cJSON *value, char *path, size_t size)
-{
-    size_t len = strlen(path), index = 0;
-    const cJSON *child;
-
-    if (cJSON_IsNumber(value))
-        return !isfinite(value->valuedouble);
-    cJSON_ArrayForEach(child, value)
-    {
-        if (cJSON_IsObject(value))
-            snprintf(path + len, size - len, ".%s", child->string);
-        else
-            snprintf(path + len, size - len, "[%zu]", index);
-        index++;
-        if (infinite_at(child, path, size))
-            return true;
-    }
-    path[len] = '\0';
-    return false;
-}
-
 int workflow_json_check(const cJSON *value, const char *what, struct tr_error *err)
 {
     char path[256] = "";
 
-    if (!infinite_at(value, path, sizeof(path)))
+    if (!tr_json_infinite_at(value, path, sizeof(path)))
         return 0;
     return tr_error_set(err, TR_EINVAL,
                         "%s holds a number out of range%s%s: JSON numbers here are doubles, "
