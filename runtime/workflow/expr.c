@@ -616,6 +616,28 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
     return rc;
 }
 
+/* ---- a run's outputs ----------------------------------------------------------------- */
+
+int workflow_outputs_in(const struct workflow *wf, const struct workflow_scope *scope,
+                        cJSON **ret_outputs, struct tr_error *err)
+{
+    jv context = scope ? jv_object_get(jv_copy(scope->value), jv_string("context")) : jv_null();
+    cJSON *outputs;
+
+    (void)wf;
+    if (jv_get_kind(context) != JV_KIND_OBJECT) {
+        jv_free(context);
+        context = jv_object();
+    }
+    outputs = cjson_from_jv(context, 0);
+    jv_free(context);
+    if (!outputs)
+        return tr_error_set(err, TR_EINVAL, "the run's context nests deeper than %d levels",
+                            WF_MAX_VALUE_DEPTH);
+    *ret_outputs = outputs;
+    return 0;
+}
+
 /* ---- the other expressions and texts of a step --------------------------------------- */
 
 static size_t expression_of(const struct wf_step *step, enum workflow_expression which)

@@ -22,6 +22,7 @@ void workflow_free(struct workflow **workflow)
         free(wf->steps[i].tool);
         free(wf->steps[i].needs);
         cJSON_Delete(wf->steps[i].approvers);
+        workflow_free(&wf->steps[i].child);
         wf_step_templates_free(&wf->steps[i]);
     }
     free(wf->steps);
@@ -363,4 +364,9 @@ const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index)
 const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index)
 {
     return index < wf->step_count ? wf->steps[index].sub_workflow : NULL;
+}
+
+const struct workflow *workflow_step_child(const struct workflow *wf, size_t index)
+{
+    return index < wf->step_count ? wf->steps[index].child : NULL;
 }

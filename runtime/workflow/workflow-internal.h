@@ -133,6 +133,7 @@ struct wf_step {
     const char *uri;          /* resource */
     const char *ask;          /* ask: the prompt (may hold ${{ }}) */
     const char *sub_workflow; /* workflow: the file as written */
+    struct workflow *child;   /* workflow: the file loaded, owned (NULL until it loads) */
     cJSON *approvers;         /* approval: always a list, owned */
     const char *approval_why;
     const cJSON *ask_node, *uri_node, *why_node; /* the texts that may hold ${{ }} */

@@ -324,6 +324,29 @@ const cJSON *workflow_step_approvers(const struct workflow *wf, size_t index);
 /* A workflow step's file as written (relative to workflow_file), else NULL. */
 const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index);
 
+/* ---- workflow steps and a run's outputs ----------------------------------------------- */
+
+/*
+ * How deep files may nest: a.yaml -> b.yaml -> ... counts each file, the top one included
+ * (docs/workflows.md, "workflow").
+ */
+#define WORKFLOW_MAX_DEPTH 8
+/*
+ * The child workflow a `workflow` step runs, loaded (and checked) with its parent; NULL for
+ * other actions. Owned by wf. Its workflow_plan_json is the plan its child run stores. The
+ * child's inputs are the step's `with` rendered like a tool's arguments
+ * (workflow_step_arguments_in), then resolved with workflow_inputs_resolve(child, ...).
+ */
+const struct workflow *workflow_step_child(const struct workflow *wf, size_t index);
+/*
+ * The run's outputs at its end, over its final scope: the `outputs:` map (name -> jq
+ * expression, each yielding one value) evaluated into an object, or, without `outputs:`, the
+ * run's context (the scope's .context, {} when absent) as it is. *ret_outputs is the caller's.
+ * TR_EINVAL naming the output when an expression fails or yields no value, or several.
+ */
+int workflow_outputs_in(const struct workflow *wf, const struct workflow_scope *scope,
+                        cJSON **ret_outputs, struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- JSON Schema (draft 2020-12): checking JSON answers against a schema ------------- */
 
 /*
