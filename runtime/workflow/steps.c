@@ -343,6 +343,8 @@ static int check_sub_workflow(struct wf_build *b, const cJSON *node, struct wf_s
                         path);
     } else if ((rc = wf_load_nested(full, path, wf, &child, &err)) == TR_EINVAL) {
         rc = child_problem(wf, node, context, path, child, err.message);
+    } else if (rc == TR_ETOOBIG) {
+        rc = wf_problem(wf, node, false, "%sworkflow file '%s': %s", context, path, err.message);
     } else if (rc < 0) {
         rc = wf_problem(wf, node, false, "%sworkflow file '%s' cannot be read: %s", context, path,
                         err.message);
