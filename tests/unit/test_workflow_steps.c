@@ -653,3 +653,24 @@ Test(workflow_steps, outputs_that_read_steps_otherwise_keep_every_step)
         free(text);
     }
 }
+
+/* ---- what reads the plan ------------------------------------------------------------------ */
+
+Test(workflow_steps, troupe_graph_names_the_child_file_from_the_embedded_plan)
+{
+    const char *build = getenv("TROUPE_BUILD_DIR");
+    char *outer = source_path("tests/workflows/children/outer.yaml");
+    char *command = xasprintf("'%s/troupe' graph '%s'", build ? build : "build", outer);
+    FILE *out = popen(command, "r");
+    char line[512];
+    size_t named = 0;
+
+    cr_assert_not_null(out);
+    while (fgets(line, sizeof(line), out))
+        if (strstr(line, "workflow greet.yaml"))
+            named++;
+    cr_expect_eq(pclose(out), 0);
+    cr_expect_eq(named, 3, "the three workflow steps, each labelled with its file");
+    free(command);
+    free(outer);
+}
