@@ -215,6 +215,14 @@ Test(workflow_steps, files_that_are_not_regular_or_too_big_are_refused, .init = 
     cr_expect(strstr(message, ":4:27: step 'a': workflow file 'dir.yaml' is not a regular file"),
               "%s", message);
 
+    /* A path that cannot be looked at: said with why. */
+    free(write_file("notdir-parent.yaml",
+                    "name: p\n" HEADER "steps: [{id: a, workflow: fifo.yaml/x.yaml}]\n"));
+    cr_assert_eq(load_fails("notdir-parent.yaml", message, sizeof(message)), TR_EINVAL);
+    cr_expect(strstr(message, ":4:27: step 'a': workflow file 'fifo.yaml/x.yaml' cannot be read: "
+                              "Not a directory"),
+              "%s", message);
+
     /* One file past the size limit, then a tree past it in all (each inclusion counted). */
     struct tr_buf big;
     tr_buf_init(&big, 0);
