@@ -436,7 +436,8 @@ static bool answer(struct replay *r, int64_t now)
             k++;
             continue;
         }
-        r->pending[k] = r->pending[--r->pending_count];
+        /* In the order they were dispatched, as a live run mostly sees them end. */
+        memmove(&r->pending[k], &r->pending[k + 1], (--r->pending_count - k) * sizeof(*r->pending));
         progress = true;
         if (c->outcome == OUTCOME_SUCCESS && c->item != ENGINE_NO_ITEM) {
             cJSON *none = cJSON_CreateObject();
