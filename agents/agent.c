@@ -374,7 +374,10 @@ static char *result_text(const cJSON *result)
 /* The result's error_class for a failed MCP call. */
 static const char *error_class_of(int code)
 {
-    return code == TR_ETIMEDOUT ? "timeout" : code == TR_EPEER ? "transport" : "protocol";
+    enum tr_error_class class = code == TR_ETIMEDOUT ? TR_ERROR_CLASS_TIMEOUT
+                                : code == TR_EPEER   ? TR_ERROR_CLASS_TRANSPORT
+                                                     : TR_ERROR_CLASS_PROTOCOL;
+    return tr_error_class_names[class];
 }
 
 static struct task *task_find(const struct agent *agent, int64_t id)
@@ -484,7 +487,7 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     bool known = !task->method || reads || strcmp(task->method, "prompts/get") == 0;
     if (!known) {
         error = xasprintf("unknown request '%s' in an assignment", task->method);
-        error_class = "protocol";
+        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
     } else if (!reads && !allowed(agent, task->method, assign->server, assign->tool)) {
         error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
                           assign->server, assign->tool);
@@ -493,17 +496,17 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
         cJSON_AddStringToObject(payload, "tool", assign->tool);
         cJSON_AddStringToObject(payload, "reason", error);
         send_event(agent, task, "policy.denied", payload);
-        error_class = "policy";
+        error_class = tr_error_class_names[TR_ERROR_CLASS_POLICY];
     } else if (!server) {
         error = xasprintf("persona '%s' has no server '%s'", agent->persona, assign->server);
-        error_class = "policy";
+        error_class = tr_error_class_names[TR_ERROR_CLASS_POLICY];
     } else if (!server->session && (restart_server(agent, server), !server->session)) {
         error = xstrdup(server->failure ? server->failure : "the MCP server is restarting");
-        error_class = "transport";
+        error_class = tr_error_class_names[TR_ERROR_CLASS_TRANSPORT];
     } else if (!cJSON_IsObject(arguments)) {
         error =
             xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
-        error_class = "protocol";
+        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
     } else if (task->method ? mcp_session_send(server->session, task->method, arguments,
                                                &task->ticket, &err) < 0
                             : mcp_session_call_tool_start(server->session, assign->tool, arguments,
@@ -546,7 +549,7 @@ static int task_finish(struct agent *agent, struct task *task)
         char *text = result_text(output);
         error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool,
                           *text ? text : "(no text)");
-        error_class = "tool";
+        error_class = tr_error_class_names[TR_ERROR_CLASS_TOOL];
         free(text);
     }
     task_complete(agent, task, output, error, error_class);
@@ -583,7 +586,7 @@ static void expire_tasks(struct agent *agent)
         char *error =
             xasprintf("MCP server '%s' did not answer %s within %d ms", task->server->name,
                       task->method ? task->method : "tools/call", task->timeout_ms);
-        task_abort(agent, task, "timed out", error, "timeout");
+        task_abort(agent, task, "timed out", error, tr_error_class_names[TR_ERROR_CLASS_TIMEOUT]);
         free(error);
     }
 }
@@ -615,7 +618,8 @@ static void pump_server(struct agent *agent, struct server *server)
         /* A bad message is the call's failure when there is one call to blame. */
         struct task *only = only_task_on(agent, server->name);
         if (only)
-            task_abort(agent, only, "troupe gave up: protocol error", err.message, "protocol");
+            task_abort(agent, only, "troupe gave up: protocol error", err.message,
+                       tr_error_class_names[TR_ERROR_CLASS_PROTOCOL]);
         else
             tr_log(TR_LOG_WARN, "%s", err.message);
         if (round == MAX_DRAIN)

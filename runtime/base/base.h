@@ -116,6 +116,28 @@ size_t tr_text_width(const char *text);
  * in *ret_width when not NULL. */
 size_t tr_text_fit(const char *text, size_t columns, size_t *ret_width);
 
+/* ---- error classes ------------------------------------------------------------------------ */
+
+/*
+ * Why a call failed, the one list of the classes: the agent reports one with each failed
+ * call, a retry policy (a workflow's `retry.errors`, --retry-on, the run's kept options)
+ * selects some by TR_ERROR_CLASS_BIT, and tr_error_class_names[] spells them everywhere.
+ * The first TR_ERROR_CLASS_RETRYABLE may be retried; a policy refusal never is.
+ */
+enum tr_error_class {
+    TR_ERROR_CLASS_TIMEOUT,   /* the call's timeout passed */
+    TR_ERROR_CLASS_TRANSPORT, /* the MCP server or the agent died, or could not be reached */
+    TR_ERROR_CLASS_PROTOCOL,  /* garbage, a JSON-RPC error, a bad result */
+    TR_ERROR_CLASS_TOOL,      /* the tool answered isError */
+    TR_ERROR_CLASS_POLICY,    /* refused by policy (the allowlist): a refusal stays one */
+    TR_ERROR_CLASS_COUNT
+};
+#define TR_ERROR_CLASS_RETRYABLE 4
+#define TR_ERROR_CLASS_BIT(c) (1u << (c))
+extern const char *const tr_error_class_names[TR_ERROR_CLASS_COUNT];
+/* The class named name ("tool_error" is tool's older spelling), or -1 for none. */
+int tr_error_class_parse(const char *name);
+
 /* ---- clocks ------------------------------------------------------------------------------- */
 
 /* Monotonic milliseconds, for deadlines. */

@@ -61,3 +61,19 @@ const char *tr_strerror(int code)
         return code < 0 && code > -4096 ? strerror(-code) : "unknown error";
     }
 }
+
+const char *const tr_error_class_names[TR_ERROR_CLASS_COUNT] = {
+    [TR_ERROR_CLASS_TIMEOUT] = "timeout",   [TR_ERROR_CLASS_TRANSPORT] = "transport",
+    [TR_ERROR_CLASS_PROTOCOL] = "protocol", [TR_ERROR_CLASS_TOOL] = "tool",
+    [TR_ERROR_CLASS_POLICY] = "policy",
+};
+
+int tr_error_class_parse(const char *name)
+{
+    if (name && strcmp(name, "tool_error") == 0)
+        name = "tool";
+    for (int i = 0; name && i < TR_ERROR_CLASS_COUNT; i++)
+        if (strcmp(name, tr_error_class_names[i]) == 0)
+            return i;
+    return -1;
+}

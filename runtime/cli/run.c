@@ -271,16 +271,10 @@ static int sched_option(struct sched_options *opts, struct cli_progress *progres
         char *copy = xstrdup(arg), *save = NULL;
         unsigned mask = 0;
         for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
-            static const char *const names[] = {"tool", "protocol", "transport", "timeout"};
-            bool known = false;
-            if (strcmp(name, "tool_error") == 0) /* the older spelling of workflows */
-                name = "tool";
-            for (size_t i = 0; i < 4; i++)
-                if (strcmp(name, names[i]) == 0) {
-                    mask |= 1u << i;
-                    known = true;
-                }
-            if (!known) {
+            int class = tr_error_class_parse(name);
+            if (class >= 0 && class < TR_ERROR_CLASS_RETRYABLE)
+                mask |= TR_ERROR_CLASS_BIT(class);
+            else {
                 cli_error("--retry-on: '%s' is not one of tool, protocol, transport, timeout",
                           name);
                 free(copy);

@@ -46,22 +46,6 @@ void sched__note_destructive(struct run *run, const char *persona, const char *r
     cJSON_Delete(ready);
 }
 
-/* The workflow's error classes (WORKFLOW_ERROR_*) as the scheduler's (SCHED_RETRY_*). */
-static unsigned retry_classes(unsigned errors)
-{
-    unsigned classes = 0;
-
-    if (errors & WORKFLOW_ERROR_TIMEOUT)
-        classes |= SCHED_RETRY_TIMEOUT;
-    if (errors & WORKFLOW_ERROR_TRANSPORT)
-        classes |= SCHED_RETRY_TRANSPORT;
-    if (errors & WORKFLOW_ERROR_PROTOCOL)
-        classes |= SCHED_RETRY_PROTOCOL;
-    if (errors & WORKFLOW_ERROR_TOOL)
-        classes |= SCHED_RETRY_TOOL;
-    return classes;
-}
-
 static int clamp_ms(int64_t ms)
 {
     return ms > INT32_MAX ? INT32_MAX : ms < 1 ? 1 : (int)ms;
@@ -82,7 +66,7 @@ void sched__step_policy(const struct run *run, size_t index, struct step_policy 
         ret_policy->max_attempts = retry.attempts < 1           ? 1
                                    : retry.attempts > INT32_MAX ? INT32_MAX
                                                                 : (int)retry.attempts;
-        ret_policy->retry_on = retry_classes(retry.errors);
+        ret_policy->retry_on = retry.errors;
         ret_policy->delay_ms = clamp_ms(retry.backoff_ms);
         ret_policy->max_delay_ms = clamp_ms(retry.max_delay_ms);
         if (ret_policy->max_delay_ms < ret_policy->delay_ms)
@@ -96,35 +80,11 @@ void sched__step_policy(const struct run *run, size_t index, struct step_policy 
                             is_destructive(run, index));
 }
 
-unsigned sched__error_class(const char *name)
+enum tr_error_class sched__error_class(const char *name)
 {
-    if (!name)
-        return SCHED_RETRY_PROTOCOL;
-    if (strcmp(name, "tool") == 0)
-        return SCHED_RETRY_TOOL;
-    if (strcmp(name, "transport") == 0)
-        return SCHED_RETRY_TRANSPORT;
-    if (strcmp(name, "timeout") == 0)
-        return SCHED_RETRY_TIMEOUT;
-    if (strcmp(name, "policy") == 0)
-        return 0; /* never retried: a refusal stays a refusal */
-    return SCHED_RETRY_PROTOCOL;
-}
-
-const char *sched__error_class_name(unsigned error_class)
-{
-    switch (error_class) {
-    case SCHED_RETRY_TOOL:
-        return "tool";
-    case SCHED_RETRY_TRANSPORT:
-        return "transport";
-    case SCHED_RETRY_TIMEOUT:
-        return "timeout";
-    case SCHED_RETRY_PROTOCOL:
-        return "protocol";
-    default:
-        return "policy";
-    }
+    int class = tr_error_class_parse(name);
+    /* What the agent does not name is a bad result. */
+    return class < 0 ? TR_ERROR_CLASS_PROTOCOL : (enum tr_error_class) class;
 }
 
 /* Exponential backoff with jitter: delay * 2^(n-1), capped, then a random 50..100 %. */

@@ -18,17 +18,10 @@ char *sched__options_json(const struct run *run)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON *on = cJSON_AddArrayToObject(o, "retry_on");
-    static const struct {
-        unsigned bit;
-        const char *name;
-    } classes[] = {{SCHED_RETRY_TOOL, "tool"},
-                   {SCHED_RETRY_PROTOCOL, "protocol"},
-                   {SCHED_RETRY_TRANSPORT, "transport"},
-                   {SCHED_RETRY_TIMEOUT, "timeout"}};
 
-    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
-        if (run->opts.retry_on & classes[i].bit)
-            cJSON_AddItemToArray(on, cJSON_CreateString(classes[i].name));
+    for (int i = 0; i < TR_ERROR_CLASS_RETRYABLE; i++)
+        if (run->opts.retry_on & TR_ERROR_CLASS_BIT(i))
+            cJSON_AddItemToArray(on, cJSON_CreateString(tr_error_class_names[i]));
     cJSON_AddNumberToObject(o, "step_timeout_ms", run->opts.step_timeout_ms);
     if (run->opts.replicas > 0)
         cJSON_AddNumberToObject(o, "replicas", run->opts.replicas);
@@ -93,8 +86,9 @@ void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_
     if (!opts->retry_on && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "retry_on"))) {
         cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "retry_on"))
         {
-            if (cJSON_IsString(item))
-                opts->retry_on |= sched__error_class(item->valuestring);
+            int class = tr_error_class_parse(cJSON_GetStringValue(item));
+            if (class >= 0 && class < TR_ERROR_CLASS_RETRYABLE)
+                opts->retry_on |= TR_ERROR_CLASS_BIT(class);
         }
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "approve_destructive")))
@@ -109,10 +103,8 @@ void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_
 
 static enum step_state parse_state(const char *name)
 {
-    for (int s = STEP_PENDING; s <= STEP_CANCELLED; s++)
-        if (name && strcmp(name, sched__state_names[s]) == 0)
-            return (enum step_state)s;
-    return STEP_PENDING;
+    int state = step_state_parse(name);
+    return state < 0 ? STEP_PENDING : (enum step_state)state;
 }
 
 struct load {

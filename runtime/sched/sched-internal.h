@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "bus.h"
+#include "engine.h"
 #include "sched.h"
 
 #define SCHED_STEP_GRACE_MS 5000 /* beyond the tool timeout, for the agent to report */
@@ -22,24 +23,7 @@
 
 /* ---- steps ------------------------------------------------------------------------------- */
 
-enum step_state {
-    STEP_PENDING,          /* some need has not succeeded yet */
-    STEP_READY,            /* in the ready queue, waiting for an agent */
-    STEP_DISPATCHED,       /* an agent performs it */
-    STEP_RETRY_WAIT,       /* an attempt failed; the next is due at due_ms */
-    STEP_WAITING_APPROVAL, /* paused until someone decides (troupe approve) */
-    STEP_SUCCEEDED,
-    STEP_FAILED,
-    STEP_SKIPPED,
-    STEP_CANCELLED,
-};
-
-extern const char *const sched__state_names[];
-
-static inline bool step_state_final(enum step_state state)
-{
-    return state >= STEP_SUCCEEDED;
-}
+/* A step's states (enum step_state, step_state_names, step_state_final) are store.h's. */
 
 /*
  * What governs a step's attempts: the run's options are the defaults, the workflow's
@@ -48,7 +32,7 @@ static inline bool step_state_final(enum step_state state)
  */
 struct step_policy {
     int max_attempts;
-    unsigned retry_on; /* SCHED_RETRY_* */
+    unsigned retry_on; /* TR_ERROR_CLASS_BIT of each class retried */
     int delay_ms;
     int max_delay_ms;
     int timeout_ms;
@@ -256,7 +240,7 @@ cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *
  */
 int sched__steps_reuse(struct run *run, struct tr_error *err) TR_MUST_CHECK;
 /* A failed attempt: retried when the policy allows the class, else the step fails. */
-void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
+void sched__step_attempt_failed(struct run *run, size_t index, enum tr_error_class error_class,
                                 const char *error);
 void sched__step_cancel(struct run *run, size_t index, const char *reason);
 /*
@@ -270,9 +254,8 @@ void sched__check_steps(struct run *run, int64_t now);
 void sched__note_destructive(struct run *run, const char *persona, const char *ready_json);
 /* Looks for decisions on the steps waiting for approval, and acts on them. */
 void sched__check_approvals(struct run *run);
-unsigned sched__error_class(const char *name);
-/* "tool", "protocol", "transport", "timeout" or "policy". */
-const char *sched__error_class_name(unsigned error_class);
+/* The class the agent named (tr_error_class_names), protocol for none or another name. */
+enum tr_error_class sched__error_class(const char *name);
 /* Exponential backoff with jitter before attempt failures + 1. */
 int64_t sched__backoff_ms(const struct step_policy *policy, int failures);
 

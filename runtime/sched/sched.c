@@ -115,7 +115,7 @@ void sched__progress(struct run *run, const char *event, size_t index, const cha
         .event = event,
         .step_id = workflow_step_id(run->wf, index),
         .persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index)),
-        .state = sched__state_names[run->steps[index].state],
+        .state = step_state_names[run->steps[index].state],
         .attempt = run->steps[index].attempt,
         .duration_ms = duration_ms,
         .error = error,

@@ -27,14 +27,9 @@
 #define SCHED_MAX_CREDIT BUS_MAX_CREDIT
 #define SCHED_MAX_REMOTE_WORKERS 64
 
-/* Error classes of a failed attempt, which a retry policy selects (a bit mask). */
-enum {
-    SCHED_RETRY_TOOL = 1u << 0,      /* the tool answered isError */
-    SCHED_RETRY_PROTOCOL = 1u << 1,  /* garbage, a JSON-RPC error, a bad result */
-    SCHED_RETRY_TRANSPORT = 1u << 2, /* the MCP server or the agent died */
-    SCHED_RETRY_TIMEOUT = 1u << 3,   /* the step's timeout passed */
-};
-#define SCHED_DEFAULT_RETRY_ON (SCHED_RETRY_TRANSPORT | SCHED_RETRY_TIMEOUT)
+/* The error classes retried by default (TR_ERROR_CLASS_BIT of each, base.h). */
+#define SCHED_DEFAULT_RETRY_ON                                                                     \
+    (TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TRANSPORT) | TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TIMEOUT))
 
 /* One thing that happened, for progress output. Strings live during the callback only. */
 struct sched_progress {
@@ -87,7 +82,7 @@ struct sched_options {
     int replicas;           /* agent processes per persona (0: the workflow's, else 1) */
     int credit;             /* tasks (tool calls) one agent may have in flight at once */
     int max_attempts;       /* of each step, counting the first */
-    unsigned retry_on;      /* SCHED_RETRY_* */
+    unsigned retry_on;      /* TR_ERROR_CLASS_BIT of each class retried */
     int retry_delay_ms;     /* first backoff delay; doubles each retry, with jitter */
     int retry_max_delay_ms; /* the longest backoff delay */
     int64_t deadline_ms;    /* the run must end within this (from its start), or fails */

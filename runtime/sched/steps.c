@@ -14,18 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-const char *const sched__state_names[] = {
-    [STEP_PENDING] = "pending",
-    [STEP_READY] = "ready",
-    [STEP_DISPATCHED] = "dispatched",
-    [STEP_RETRY_WAIT] = "retry-wait",
-    [STEP_WAITING_APPROVAL] = "waiting-approval",
-    [STEP_SUCCEEDED] = "succeeded",
-    [STEP_FAILED] = "failed",
-    [STEP_SKIPPED] = "skipped",
-    [STEP_CANCELLED] = "cancelled",
-};
-
 /* ---- recording ---------------------------------------------------------------------------- */
 
 void sched__record_step(struct run *run, size_t index, const char *output_json, const char *error)
@@ -36,7 +24,7 @@ void sched__record_step(struct run *run, size_t index, const char *output_json, 
     struct store_step record = {
         .step_id = workflow_step_id(run->wf, index),
         .persona = workflow_persona_name(run->wf, persona),
-        .state = sched__state_names[step->state],
+        .state = step_state_names[step->state],
         .attempt = step->attempt,
         .output_json = output_json,
         .error = error,
@@ -574,7 +562,7 @@ static void pass_gate(struct run *run, size_t index, const char *by, const char 
     succeed(run, index, output, NULL, waited);
 }
 
-void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_class,
+void sched__step_attempt_failed(struct run *run, size_t index, enum tr_error_class error_class,
                                 const char *error)
 {
     struct step_run *step = &run->steps[index];
@@ -584,8 +572,8 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
     sched__step_policy(run, index, &policy);
     leave_dispatched(run, step, index, error);
     step->failures++;
-    if (!(policy.retry_on & error_class) || step->failures >= policy.max_attempts ||
-        run->cancelling || run->failure) {
+    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+        step->failures >= policy.max_attempts || run->cancelling || run->failure) {
         sched__step_failed(run, index, error, duration);
         return;
     }
@@ -597,7 +585,7 @@ void sched__step_attempt_failed(struct run *run, size_t index, unsigned error_cl
     sched__record_step(run, index, NULL, error);
     cJSON_AddNumberToObject(payload, "attempt", step->attempt);
     cJSON_AddStringToObject(payload, "error", error);
-    cJSON_AddStringToObject(payload, "class", sched__error_class_name(error_class));
+    cJSON_AddStringToObject(payload, "class", tr_error_class_names[error_class]);
     cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.retry", payload);
     tr_log(TR_LOG_WARN, "step '%s' attempt %d failed (%s); retrying in %lld ms",
@@ -708,7 +696,7 @@ static void record_reused(struct run *run, size_t index, const struct sched_reus
 
     sched__record_step(run, index, output_json, step->state == STEP_FAILED ? reuse->error : NULL);
     cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
-    cJSON_AddStringToObject(payload, "status", sched__state_names[step->state]);
+    cJSON_AddStringToObject(payload, "status", step_state_names[step->state]);
     add_row_facts(run, index, payload);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.reused", payload);
 }

@@ -510,7 +510,7 @@ static void item_succeeded(struct run *run, struct task *task, const cJSON *resu
  * An item's attempt failed: retried after a backoff when the policy allows it (the task
  * waits without an agent), else the step fails and its other items are cancelled.
  */
-static void item_attempt_failed(struct run *run, struct task *task, unsigned error_class,
+static void item_attempt_failed(struct run *run, struct task *task, enum tr_error_class error_class,
                                 const char *error)
 {
     size_t index = task->step;
@@ -519,8 +519,8 @@ static void item_attempt_failed(struct run *run, struct task *task, unsigned err
     sched__step_policy(run, index, &policy);
     task_unassign(run, task);
     task->failures++;
-    if (!(policy.retry_on & error_class) || task->failures >= policy.max_attempts ||
-        run->cancelling || run->failure) {
+    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+        task->failures >= policy.max_attempts || run->cancelling || run->failure) {
         char *reason = xasprintf("item %ld: %s", task->item, error);
         sched__step_failed(run, index, reason, 0); /* its other items are cancelled */
         free(reason);
@@ -533,7 +533,7 @@ static void item_attempt_failed(struct run *run, struct task *task, unsigned err
     cJSON_AddNumberToObject(payload, "attempt", task->attempt);
     cJSON_AddNumberToObject(payload, "item", (double)task->item);
     cJSON_AddStringToObject(payload, "error", error);
-    cJSON_AddStringToObject(payload, "class", sched__error_class_name(error_class));
+    cJSON_AddStringToObject(payload, "class", tr_error_class_names[error_class]);
     cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
     sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.retry", payload);
     tr_log(TR_LOG_WARN, "step '%s' item %ld attempt %d failed (%s); retrying in %lld ms",
@@ -546,7 +546,8 @@ static void item_attempt_failed(struct run *run, struct task *task, unsigned err
  * the run stops (the first Ctrl-C, or the store lost) a failure is the stop's doing, not the
  * work's: the task is let go, and its step stays dispatched for troupe resume to send again.
  */
-static void task_failed(struct run *run, struct task *task, unsigned error_class, const char *error)
+static void task_failed(struct run *run, struct task *task, enum tr_error_class error_class,
+                        const char *error)
 {
     if (task->cancelled || run->stopping || run->store_lost) {
         task_drop(run, task);
@@ -578,7 +579,7 @@ void sched__task_result(struct run *run, struct agent_proc *agent, const struct 
     }
     cJSON *result = msg->json ? cJSON_Parse(msg->json) : NULL;
     if (msg->ok && !cJSON_IsObject(result)) {
-        task_failed(run, task, SCHED_RETRY_PROTOCOL, "the agent's result is not a JSON object");
+        task_failed(run, task, TR_ERROR_CLASS_PROTOCOL, "the agent's result is not a JSON object");
     } else if (!msg->ok) {
         task_failed(run, task, sched__error_class(msg->error_class),
                     msg->error ? msg->error : "unknown error");
@@ -602,7 +603,7 @@ void sched__agent_tasks_lost(struct run *run, struct agent_proc *agent, const ch
         /* task_failed may drop tasks (a failed step cancels its others): i is re-checked. */
         if (i < run->task_count && run->tasks[i].agent == agent_index)
             task_failed(run, &run->tasks[i],
-                        agent->stuck ? SCHED_RETRY_TIMEOUT : SCHED_RETRY_TRANSPORT, reason);
+                        agent->stuck ? TR_ERROR_CLASS_TIMEOUT : TR_ERROR_CLASS_TRANSPORT, reason);
     }
     agent->load = 0;
 }
@@ -634,7 +635,7 @@ void sched__check_tasks(struct run *run, int64_t now)
             agent->stuck = true;
         }
         char *reason = xasprintf("no result within %d ms", policy.timeout_ms);
-        task_failed(run, task, SCHED_RETRY_TIMEOUT, reason);
+        task_failed(run, task, TR_ERROR_CLASS_TIMEOUT, reason);
         free(reason);
     }
 }

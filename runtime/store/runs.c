@@ -325,22 +325,24 @@ int store_run_get(struct store *store, const char *run_id,
 
 /* ==== steps ============================================================================== */
 
-static bool is_step_state(const char *state)
-{
-    static const char *const states[] = {
-        "pending",   "ready",  "dispatched", "retry-wait", "waiting-approval",
-        "succeeded", "failed", "skipped",    "cancelled"};
+const char *const step_state_names[STEP_STATE_COUNT] = {
+    [STEP_PENDING] = "pending",
+    [STEP_READY] = "ready",
+    [STEP_DISPATCHED] = "dispatched",
+    [STEP_RETRY_WAIT] = "retry-wait",
+    [STEP_WAITING_APPROVAL] = "waiting-approval",
+    [STEP_SUCCEEDED] = "succeeded",
+    [STEP_FAILED] = "failed",
+    [STEP_SKIPPED] = "skipped",
+    [STEP_CANCELLED] = "cancelled",
+};
 
-    for (size_t i = 0; state && i < sizeof(states) / sizeof(states[0]); i++)
-        if (strcmp(state, states[i]) == 0)
-            return true;
-    return false;
-}
-
-static bool is_final_state(const char *state)
+int step_state_parse(const char *name)
 {
-    return strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
-           strcmp(state, "skipped") == 0 || strcmp(state, "cancelled") == 0;
+    for (int i = 0; name && i < STEP_STATE_COUNT; i++)
+        if (strcmp(name, step_state_names[i]) == 0)
+            return i;
+    return -1;
 }
 
 int store_step_set(struct store *store, const char *run_id, const char *step_id,
@@ -379,7 +381,8 @@ static int bind_step(sqlite3_stmt *stmt, const char *run_id, const struct store_
         rc = step->next_attempt_at_ms > 0 ? sqlite3_bind_int64(stmt, 9, step->next_attempt_at_ms)
                                           : sqlite3_bind_null(stmt, 9);
     if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int(stmt, 10, is_final_state(step->state));
+        rc = sqlite3_bind_int(stmt, 10,
+                              step_state_final((enum step_state)step_state_parse(step->state)));
     return rc;
 }
 
@@ -409,7 +412,7 @@ int store_step_record(struct store *store, const char *run_id, const struct stor
 
     if (is_blank(run_id) || is_blank(step_id))
         return tr_error_set(err, TR_EINVAL, "could not record a step: run and step ids required");
-    if (!is_step_state(state))
+    if (step_state_parse(state) < 0)
         return tr_error_set(
             err, TR_EINVAL,
             "could not record step '%s' of run '%s': state '%s' is not one of " STORE_STEP_STATES,

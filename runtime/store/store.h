@@ -155,10 +155,35 @@ int store_run_get(struct store *store, const char *run_id,
 
 /* ---- steps ---------------------------------------------------------------------------- */
 
-/* A step's states: STORE_STEP_STATES lists them for messages. */
+/*
+ * A step's states, the one list of them (the scheduler's engine, the store and the CLI all use
+ * it): step_state_names[] their names as rows and events hold them, step_state_final which
+ * ones a step never leaves. STORE_STEP_STATES lists them for messages.
+ */
+enum step_state {
+    STEP_PENDING,          /* some need has not succeeded yet */
+    STEP_READY,            /* waiting for an agent */
+    STEP_DISPATCHED,       /* an agent (or a child run) performs it */
+    STEP_RETRY_WAIT,       /* an attempt failed; the next is due later */
+    STEP_WAITING_APPROVAL, /* paused until someone decides (troupe approve) */
+    STEP_SUCCEEDED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_CANCELLED,
+    STEP_STATE_COUNT
+};
+extern const char *const step_state_names[STEP_STATE_COUNT];
 #define STORE_STEP_STATES                                                                          \
     "pending, ready, dispatched, retry-wait, waiting-approval, succeeded, failed, skipped, "       \
     "cancelled"
+
+static inline bool step_state_final(enum step_state state)
+{
+    return state >= STEP_SUCCEEDED && state < STEP_STATE_COUNT;
+}
+
+/* The state named name, or -1 for no state. */
+int step_state_parse(const char *name);
 
 /*
  * Records a step's state (one of STORE_STEP_STATES) with its persona, attempt, output (JSON

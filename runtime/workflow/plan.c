@@ -157,9 +157,9 @@ static void plan_modifiers(const struct workflow *wf, const struct wf_step *s, c
         cJSON_AddNumberToObject(retry, "attempts", (double)s->retry_attempts);
         cJSON_AddNumberToObject(retry, "backoff_ms", (double)s->retry_backoff_ms);
         cJSON_AddNumberToObject(retry, "max_delay_ms", (double)s->retry_max_delay_ms);
-        for (size_t i = 0; wf_error_class_names[i]; i++)
-            if (s->retry_errors & (1u << i))
-                cJSON_AddItemToArray(errors, cJSON_CreateString(wf_error_class_names[i]));
+        for (int i = 0; i < TR_ERROR_CLASS_RETRYABLE; i++)
+            if (s->retry_errors & TR_ERROR_CLASS_BIT(i))
+                cJSON_AddItemToArray(errors, cJSON_CreateString(tr_error_class_names[i]));
     }
     if (s->on_error == WORKFLOW_ON_ERROR_CONTINUE)
         cJSON_AddStringToObject(step, "on_error", "continue");

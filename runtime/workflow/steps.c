@@ -14,7 +14,6 @@
 
 /* The classes as the agent reports them (and troupe run --retry-on names them); "tool_error",
  * their older spelling in workflows, is read as "tool". */
-const char *const wf_error_class_names[] = {"timeout", "transport", "protocol", "tool", NULL};
 
 static const char *const action_names[] = {"tool", "resource", "prompt",   "ask",
                                            "eval", "approval", "workflow", NULL};
@@ -308,7 +307,8 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
     step->retry_attempts = 3;
     step->retry_backoff_ms = 1000;
     step->retry_max_delay_ms = 60000;
-    step->retry_errors = WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT;
+    step->retry_errors =
+        TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TIMEOUT) | TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TRANSPORT);
     if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
         (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
         (rc = wf_optional_integer(b, node, "attempts", 1, 100, inner, &step->retry_attempts)) < 0 ||
@@ -325,18 +325,15 @@ static int check_retry(struct wf_build *b, const cJSON *node, struct wf_step *st
     step->retry_errors = 0;
     cJSON_ArrayForEach(entry, errors)
     {
-        const char *name = strcmp(entry->valuestring, "tool_error") ? entry->valuestring : "tool";
-        unsigned bit = 0;
-        for (size_t i = 0; wf_error_class_names[i] && !bit; i++)
-            if (!strcmp(name, wf_error_class_names[i]))
-                bit = 1u << i;
-        if (!bit)
+        int class = tr_error_class_parse(entry->valuestring);
+        if (class < 0 || class >= TR_ERROR_CLASS_RETRYABLE)
             return wf_problem(
                 wf, entry, false,
                 "%sunknown error class '%s'%s; use timeout, transport, protocol or tool", inner,
                 entry->valuestring,
-                wf_suggestion(entry->valuestring, wf_error_class_names, 4, hint, sizeof(hint)));
-        step->retry_errors |= bit;
+                wf_suggestion(entry->valuestring, tr_error_class_names, TR_ERROR_CLASS_RETRYABLE,
+                              hint, sizeof(hint)));
+        step->retry_errors |= TR_ERROR_CLASS_BIT(class);
     }
     if (!step->retry_errors)
         return wf_problem(wf, errors, false, "%s'errors' must name at least one error class",

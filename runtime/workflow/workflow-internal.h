@@ -119,8 +119,6 @@ struct wf_persona {
     bool broken;                     /* had a problem: steps naming it are not checked further */
 };
 
-/* The names of the WORKFLOW_ERROR_* classes, indexed by bit number, NULL-terminated. */
-extern const char *const wf_error_class_names[];
 
 #define WF_NO_EXPR ((size_t)-1)
 

@@ -283,17 +283,10 @@ int workflow_step_text_in(const struct workflow *wf, size_t index, enum workflow
                           const struct workflow_scope *scope, char **ret_text,
                           struct tr_error *err) TR_MUST_CHECK;
 
-/* Error classes a retry covers (bit flags). */
-enum {
-    WORKFLOW_ERROR_TIMEOUT = 1 << 0,   /* the step's deadline passed */
-    WORKFLOW_ERROR_TRANSPORT = 1 << 1, /* the server died or could not be reached */
-    WORKFLOW_ERROR_PROTOCOL = 1 << 2,  /* a JSON-RPC error */
-    WORKFLOW_ERROR_TOOL = 1 << 3,      /* the tool answered isError */
-};
 struct workflow_retry {
     long attempts; /* in all, the first included */
     int64_t backoff_ms, max_delay_ms;
-    unsigned errors; /* WORKFLOW_ERROR_* */
+    unsigned errors; /* TR_ERROR_CLASS_BIT of each class retried */
 };
 /* Whether the step retries; if so *ret is its policy (defaults applied). */
 bool workflow_step_retry(const struct workflow *wf, size_t index, struct workflow_retry *ret);

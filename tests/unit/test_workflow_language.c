@@ -644,7 +644,8 @@ Test(workflow_language, scheduler_reads_modifiers)
     cr_assert_eq(retry.attempts, 4);
     cr_assert_eq(retry.backoff_ms, 500);
     cr_assert_eq(retry.max_delay_ms, 10000);
-    cr_assert_eq(retry.errors, WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT);
+    cr_assert_eq(retry.errors, TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TIMEOUT) |
+                                   TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TRANSPORT));
     cr_assert_not(workflow_step_retry(wf, (size_t)step_named(wf, "welcome"), &retry));
     cr_assert_eq(workflow_step_timeout_ms(wf, (size_t)step_named(wf, "history")), 30000);
     /* No timeout of its own: the persona's limit. */
@@ -1045,7 +1046,7 @@ Test(workflow_language, retry_class_tool_has_one_meaning_in_both_spellings)
         struct workflow *wf = load_text(text, WORKFLOW_YAML);
         struct workflow_retry retry;
         cr_assert(workflow_step_retry(wf, 0, &retry));
-        cr_assert_eq(retry.errors, WORKFLOW_ERROR_TOOL, "%s", spellings[i]);
+        cr_assert_eq(retry.errors, TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TOOL), "%s", spellings[i]);
         char *plan = workflow_plan_json(wf);
         cr_assert(strstr(plan, "\"errors\":[\"tool\"]"), "the plan writes one spelling: %s", plan);
         free(plan);
