@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ enum corpus_action {
     CORPUS_APPROVE, /* approves `asked` and rejects `refused` once both wait */
     CORPUS_CANCEL,  /* troupe cancel once `slow` is dispatched */
     CORPUS_FORK,    /* then forks the run from `greet`, and checks the fork as well */
+    CORPUS_RESUME,  /* kill -9 once two items of `each` are done, then troupe resume */
 };
 
 struct corpus_entry {
@@ -49,6 +51,7 @@ static const struct corpus_entry corpus[] = {
     {"tests/workflows/corpus/fallback-once.yaml", 1, CORPUS_RUN},
     {"tests/workflows/corpus/foreach.yaml", 0, CORPUS_RUN},
     {"tests/workflows/corpus/cancel.yaml", 130, CORPUS_CANCEL},
+    {"tests/workflows/corpus/resume.yaml", 0, CORPUS_RESUME},
 };
 
 /* Workflow files that are not run, and why. */
@@ -290,6 +293,19 @@ static char *run_live(const struct harness_env *env, const struct corpus_entry *
         harness_run(cancel, env->dir, 60000, &r);
         cr_assert_eq(r.exit_code, 0, "troupe cancel: %s%s", r.out, r.err);
         harness_result_release(&r);
+    } else if (entry->action == CORPUS_RESUME) {
+        cr_assert_eq(harness_db_wait(env->db,
+                                     "SELECT count(*) FROM step_items WHERE step_id = 'each'", 2,
+                                     30000),
+                     2);
+        cr_assert_eq(kill(proc.pid, SIGKILL), 0);
+        harness_finish(&proc, 30000, &r);
+        cr_assert_eq(r.exit_code, 128 + SIGKILL);
+        harness_result_release(&r);
+        char *run = latest_run(env);
+        const char *resume[] = {env->troupe, "--db", env->db, "resume", "-q", run, NULL};
+        harness_spawn(resume, env->dir, &proc);
+        free(run);
     }
     harness_finish(&proc, 120000, &r);
     cr_assert_eq(r.exit_code, entry->exit_code, "%s: troupe run exited %d, not %d\n%s%s",
@@ -342,6 +358,7 @@ CORPUS_TEST(fallback_fails, 9)
 CORPUS_TEST(fallback_once, 10)
 CORPUS_TEST(foreach, 11)
 CORPUS_TEST(cancel, 12)
+CORPUS_TEST(resume, 13)
 
 static bool known(const char *path)
 {
@@ -359,7 +376,7 @@ Test(corpus, knows_every_workflow_of_the_repository)
 {
     static const char *const folders[] = {"workflows", "tests/workflows", "tests/workflows/corpus",
                                           "tests/interop"};
-    cr_assert_eq(COUNT(corpus), 13, "a CORPUS_TEST for each entry");
+    cr_assert_eq(COUNT(corpus), 14, "a CORPUS_TEST for each entry");
     for (size_t f = 0; f < COUNT(folders); f++) {
         char *dir_path = harness_source_path(folders[f]);
         DIR *dir = opendir(dir_path);
