@@ -15,22 +15,20 @@
  * Everything an effect points to is the engine's and stays valid until the next event or
  * engine_effects_clear: the driver copies what it keeps. Event arguments are borrowed.
  *
- * Usage:
+ * Usage (the live driver, sched.c; replay.c the same, fed from the log):
  *
  *     struct engine *e = engine_new(&config);
- *     engine_load_step(e, ...);             // take-over: states already recorded, if any
+ *     engine_load_step(e, ...); engine_load_item(e, ...); engine_loaded(e);  // a take-over
+ *     engine_reuse(e, ...);                 // a fork
  *     engine_start(e, now_ms);
  *     for (;;) {
- *         drain(engine_effects(e, &n), n);  // carry out, in order, then
+ *         drain(engine_effects(e, &n), n);  // carry out in order; GATHER is answered at once
  *         engine_effects_clear(e);
- *         if (engine_ended(e)) break;
- *         ... wait for something, then one of:
- *         engine_offer(e, persona, slots, now_ms);      // agents of persona have capacity
- *         engine_result(e, step, item, attempt, result, now_ms);
- *         engine_failure(e, step, item, attempt, class, message, now_ms);
- *         engine_tick(e, now_ms);                       // retries due, deadlines
- *         engine_approval(e, step, approve, by, comment, now_ms);
- *         engine_cancel(e, reason, now_ms);
+ *         ... wait for something, then:
+ *         engine_result / engine_failure    // a call ended
+ *         engine_tick(e, now_ms);           // retry waits due
+ *         engine_approval(e, ...);          // a decision
+ *         engine_dispatch(e, slots, now);   // what is ready goes out, within the room given
  *     }
  *     engine_free(&e);
  *
@@ -57,8 +55,6 @@ struct sched_reuse;
 #define ENGINE_NO_ITEM (-1L)
 /* ENGINE_NO_STEP in a `step` field: the effect concerns the run, not a step. */
 #define ENGINE_NO_STEP SIZE_MAX
-/* Beyond a call's timeout, how long the engine waits for its result before it fails it. */
-#define ENGINE_CALL_GRACE_MS 5000
 
 /*
  * A step's policy as the engine applies it: the run's defaults, overridden by the step's own
@@ -77,10 +73,9 @@ struct engine_config {
     const struct workflow *wf;     /* borrowed */
     struct workflow_scope *scope;  /* borrowed; outputs are kept in it as steps end */
     struct engine_policy defaults; /* the run's options (0 fields: SCHED_DEFAULT_*) */
-    uint64_t seed;                 /* backoff jitter; keep it with the run for replay */
+    uint64_t seed;                 /* backoff jitter: the live driver derives it from the run id */
     /* Steps that wait for a decision before they run (--approve), by index; may be NULL. */
     const bool *needs_approval;
-    int64_t deadline_ms; /* the run fails (cancelled) at this time, or 0 */
 };
 
 /* ---- effects ------------------------------------------------------------------------------ */
@@ -89,33 +84,42 @@ enum engine_effect_kind {
     /* Record step's row: state, attempt, output (JSON text or NULL), error (or NULL); a
      * retry wait also has due_ms (when the next attempt is due, in the events' clock). */
     ENGINE_RECORD,
+    /* The step became ready: not recorded yet (a step is mostly dispatched in the same turn,
+     * and its dispatched state says more); the driver records it at the end of its turn if
+     * engine_step_state still says STEP_READY. */
+    ENGINE_READY,
     /* Append an audit event of `type` for step (or the run: ENGINE_NO_STEP), actor
-     * "scheduler", with payload. row_facts: a step's final event, to which the driver adds
-     * the row's facts as just recorded (persona, attempt, times, a for_each's items digest;
-     * docs/audit.md). */
+     * "scheduler", with payload (the driver may take it: set it NULL). row_facts: a step's
+     * final event, to which the driver adds the row's facts as just recorded (persona,
+     * attempt, times, a for_each's items digest; docs/audit.md). */
     ENGINE_AUDIT,
-    /* Send a request: step's call (item: one for_each item, else ENGINE_NO_ITEM) at attempt,
-     * `method` and `params` as sched_step_request makes them, within timeout_ms. target says
-     * who performs it: an agent of persona, or (ENGINE_TARGET_CHILD) a child run. */
+    /* Send a request: step's call (item: one for_each item of items_total, else
+     * ENGINE_NO_ITEM) at attempt, `method` and `params` as sched_step_request makes them,
+     * within timeout_ms, to target: an agent of `persona`, or (ENGINE_TARGET_CHILD) a child
+     * run. The driver answers later with engine_result or engine_failure for (step, item,
+     * attempt). */
     ENGINE_DISPATCH,
     /* Give up step's calls in flight (all its items): reason says why. */
     ENGINE_CANCEL_CALLS,
-    /* Write key = value_json (JSON text) to the run's context, for step. */
+    /* Write key = value_json (JSON text) to the run's context, for step at attempt. */
     ENGINE_CONTEXT_WRITE,
-    /* One for_each item succeeded: keep its output (output_json) and raw result
-     * (result_json) in the store; they are not kept in memory. */
+    /* One for_each item succeeded: keep its output (output_json) and, when the step has an
+     * `output`, its raw result (result_json, else NULL) in the store; not kept in memory. */
     ENGINE_ITEM_DONE,
-    /* Every item of a for_each step succeeded: the driver gathers them (from the store, in
-     * order) and answers with engine_gathered, within the same turn. raw: the raw results
-     * are wanted (the step has an `output`), else the outputs' list as JSON text. */
+    /* Every item of a for_each step succeeded: the driver gathers them (in order) and answers
+     * with engine_gathered right away, while it drains. raw: the raw results are wanted (the
+     * step has an `output`), else the outputs' list as JSON text. */
     ENGINE_GATHER,
-    /* A progress event for whoever watches: event ("step", "item", "retry", "approval"),
-     * step, error, duration_ms. */
+    /* A progress event (type: "step", "item", "retry", "approval") of step, with the state,
+     * attempt, error, duration_ms and the counts at that moment. */
     ENGINE_PROGRESS,
     /* A decision, in the shape `troupe replay --decisions` prints (docs/scheduler.md). */
     ENGINE_DECISION,
-    /* The run ended: status ("succeeded", "failed", "cancelled") and reason (or NULL). */
-    ENGINE_ENDED,
+    /* A line for the log: level and reason (the message). */
+    ENGINE_LOG,
+    /* The run fails: reason (the first one is the run's error; later ones are logged). What is
+     * in flight may still end; nothing new starts. */
+    ENGINE_RUN_FAILED,
 };
 
 enum engine_target {
@@ -128,7 +132,7 @@ enum engine_decision {
     ENGINE_DECIDE_SKIP,     /* skipped: a false `when`, a skipped need, an unneeded fallback */
     ENGINE_DECIDE_SUCCEED,
     ENGINE_DECIDE_FAIL,
-    ENGINE_DECIDE_FALLBACK, /* the step's fallback runs for it (`for`: the failed step) */
+    ENGINE_DECIDE_FALLBACK, /* the step, a fallback, runs for for_step, which failed */
     ENGINE_DECIDE_RETRY,
     ENGINE_DECIDE_APPROVE,
     ENGINE_DECIDE_REJECT,
@@ -142,23 +146,28 @@ struct engine_effect {
     enum engine_effect_kind kind;
     size_t step; /* index in the workflow, or ENGINE_NO_STEP */
     long item;   /* ENGINE_NO_ITEM, or the for_each item */
-    int attempt;
-    enum step_state state;   /* RECORD */
+    int attempt; /* the step's (an item's for DISPATCH, ITEM_DONE) when the effect was made */
+    enum step_state state;   /* RECORD, PROGRESS */
     const char *output_json; /* RECORD, ITEM_DONE: JSON text, or NULL */
-    const char *result_json; /* ITEM_DONE: the raw result, JSON text */
+    const char *result_json; /* ITEM_DONE */
     const char *error;       /* RECORD, PROGRESS: or NULL */
     int64_t due_ms;          /* RECORD of STEP_RETRY_WAIT */
-    const char *type;        /* AUDIT: the event type; PROGRESS: the event; ENDED: status */
-    cJSON *payload;          /* AUDIT (the driver may add to it, or take it: set it NULL) */
-    bool row_facts;          /* AUDIT: a step's final event */
+    const char *type;        /* AUDIT: the event type; PROGRESS: the event */
+    cJSON *payload;          /* AUDIT */
+    bool row_facts;          /* AUDIT */
     const char *method;      /* DISPATCH */
-    const cJSON *params;     /* DISPATCH */
+    cJSON *params;           /* DISPATCH (the driver may take it: set it NULL) */
     int timeout_ms;          /* DISPATCH */
+    size_t persona;          /* DISPATCH */
+    long items_total;        /* DISPATCH of an item, PROGRESS of a for_each */
     enum engine_target target;
     const char *key;               /* CONTEXT_WRITE */
     const char *value_json;        /* CONTEXT_WRITE */
-    const char *reason;            /* CANCEL_CALLS, ENDED */
+    const char *reason;            /* CANCEL_CALLS, LOG, RUN_FAILED */
+    enum tr_log_level level;       /* LOG */
     int64_t duration_ms;           /* PROGRESS */
+    size_t done, failed, retries;  /* PROGRESS: steps ended, failed, attempts retried */
+    long items_done;               /* PROGRESS of a for_each */
     bool raw;                      /* GATHER */
     enum engine_decision decision; /* DECISION */
     size_t for_step;               /* DECISION fallback: the step it runs for */
@@ -171,94 +180,114 @@ struct engine *engine_new(const struct engine_config *config);
 void engine_free(struct engine **engine);
 
 /*
- * A step as an earlier scheduler left it (a resumed run), before engine_start: its state and
- * attempt; output_json its output when it succeeded (kept in the scope); items_done the
- * for_each items already done (a bit per item, may be NULL), approved whether a decision let
- * it pass. Steps that were in flight are dispatched again. TR_EINVAL for a step out of range.
+ * A take-over (a resumed run), before engine_start: step as an earlier scheduler left it
+ * (state, attempt; error: a failed step's; due_ms: a retry wait's next attempt, in the
+ * events' clock). A step that waited for approval waits again; a failed step that on_error
+ * does not absorb fails the run (engine_failure_reason). Outputs are the driver's to put in
+ * the scope. TR_EINVAL for a step or state out of range.
  */
 int engine_load_step(struct engine *engine, size_t step, enum step_state state, int attempt,
-                     const char *output_json, bool approved, struct tr_error *err) TR_MUST_CHECK;
+                     const char *error, int64_t due_ms, struct tr_error *err) TR_MUST_CHECK;
+/* A for_each item of step that succeeded before: not dispatched again. */
+void engine_load_item(struct engine *engine, size_t step, long item);
+/* The loaded states are complete: fallbacks standing in, what absorbed failures leave in the
+ * scope, the needs still unmet, the counts. */
+void engine_loaded(struct engine *engine);
 
 /*
- * A fork takes over steps from its parent (sched_reuse's rules: a failure only when the
- * workflow goes on without it), before engine_start: RECORD and a step.reused AUDIT each, a
- * REUSE decision each. TR_EINVAL (err) for a step the workflow does not have, one named twice,
- * or a state a step does not end in; then nothing is taken over.
+ * A fork takes over steps from its parent run (sched_reuse's rules: a failure only when the
+ * workflow goes on without it), before engine_start: RECORD, a step.reused AUDIT (naming
+ * parent) and a REUSE decision each; then a fallback nobody needs and the dependents of a
+ * skipped step are skipped. TR_EINVAL (err) for a step the workflow does not have, one named
+ * twice, or a state a step does not end in; then nothing is taken over.
  */
 int engine_reuse(struct engine *engine, const struct sched_reuse *reuse, size_t count,
-                 struct tr_error *err) TR_MUST_CHECK;
+                 const char *parent, struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- events ------------------------------------------------------------------------------- */
 
-/* The run begins (or is taken over): the steps whose needs stand become ready. */
+/* The run begins (or is taken over): the steps whose needs stand become ready; those that
+ * were in flight are dispatched again (a step.recovered AUDIT each). */
 void engine_start(struct engine *engine, int64_t now_ms);
 
 /*
- * Agents of persona can take `slots` more calls now: the engine decides what is dispatched
- * (DISPATCH effects, at most slots of them, ready steps first in the order they became
- * ready, then for_each items within their windows, retries first). What needs no agent (when,
- * eval, approval steps) is decided here too. Returns the number of DISPATCH effects made.
+ * Decides what goes out now: the ready steps, in the order they became ready (their `when`,
+ * eval and approval steps decided here, no agent needed), then for_each items within their
+ * windows, retries first. slots[persona] is how many calls agents of that persona can take
+ * (the driver's fact): each DISPATCH takes one. Returns the DISPATCH effects made.
  */
-size_t engine_offer(struct engine *engine, size_t persona, size_t slots, int64_t now_ms);
-
-/* Decides what needs no agent among the ready steps (when, eval, approval, skips). */
-void engine_settle(struct engine *engine, int64_t now_ms);
+size_t engine_dispatch(struct engine *engine, size_t *slots, int64_t now_ms);
+/* The last engine_dispatch left every ready step waiting for room and sent nothing. */
+bool engine_stalled(const struct engine *engine);
 
 /*
  * A call succeeded: result is its JSON result (a CallToolResult, a ReadResourceResult, a
- * GetPromptResult, or a child run's outputs). A result for a call the engine no longer waits
- * for (cancelled, an older attempt) is ignored: returns false.
+ * GetPromptResult, or a child run's outputs), result_json the same as text (kept for an
+ * item's raw result). A result for a call the engine no longer waits for (cancelled, another
+ * attempt) is ignored: returns false.
  */
 bool engine_result(struct engine *engine, size_t step, long item, int attempt, const cJSON *result,
-                   int64_t now_ms);
+                   const char *result_json, int64_t now_ms);
 
 /* A call failed with error class and message: retried when the policy allows, else the step
  * fails and on_error decides. False for a call the engine no longer waits for. */
 bool engine_failure(struct engine *engine, size_t step, long item, int attempt,
                     enum tr_error_class error_class, const char *message, int64_t now_ms);
 
-/* The answer to ENGINE_GATHER: the raw results (raw, a tree), or the outputs (JSON text). */
-void engine_gathered(struct engine *engine, size_t step, const cJSON *results,
-                     const char *outputs_json, int64_t now_ms);
+/* A step fails now, for a reason of the driver's (its agents cannot be started), without a
+ * retry; on_error decides. Nothing for a step that has ended. */
+void engine_step_failed(struct engine *engine, size_t step, const char *error, int64_t now_ms);
 
-/* Time passed: retry waits that are due become ready; calls past their timeout (plus
- * ENGINE_CALL_GRACE_MS) fail with TR_ERROR_CLASS_TIMEOUT; past the deadline, the run is
- * cancelled. */
+/* The answer to ENGINE_GATHER: the raw results (a tree), or the outputs' list (JSON text,
+ * taken). */
+void engine_gathered(struct engine *engine, size_t step, const cJSON *results, char *outputs_json,
+                     int64_t now_ms);
+
+/* Time passed: retry waits that are due become ready (items' retries go out at the next
+ * engine_dispatch once due). */
 void engine_tick(struct engine *engine, int64_t now_ms);
 
-/* A decision on a step waiting for approval. False (nothing done) when it does not wait. */
+/* A decision on a step waiting for approval: step.approved or step.rejected, then the step
+ * goes on, or fails. False (nothing done) when it does not wait. */
 bool engine_approval(struct engine *engine, size_t step, bool approve, const char *by,
                      const char *comment, int64_t now_ms);
 
-/* The run is cancelled: steps in flight are cancelled (CANCEL_CALLS), the others end
- * cancelled or skipped, nothing more starts; ENDED "cancelled". */
-void engine_cancel(struct engine *engine, const char *reason, int64_t now_ms);
+/* The step's tool may be destructive (its agents said so) or the step was named by
+ * --approve: it waits for a decision before its first dispatch. */
+void engine_step_needs_approval(struct engine *engine, size_t step, bool destructive);
 
-/* The run fails for a reason of the driver's (an agent that cannot start, a lost store):
- * nothing more starts; what is in flight may still end. ENDED once nothing is in flight. */
-void engine_abort(struct engine *engine, const char *reason, int64_t now_ms);
+/* The run is being cancelled: nothing more starts or is retried, no failure is absorbed. */
+void engine_cancel(struct engine *engine);
+/* The run fails for a reason of the driver's (a lost store, agents that cannot start):
+ * nothing more starts. The first reason is kept. */
+void engine_abort(struct engine *engine, const char *reason);
+/* Ends every step that has not ended: cancelled (in flight, or the run cancelled) or skipped
+ * as unreached, with reason. */
+void engine_end_steps(struct engine *engine, const char *reason);
 
 /* ---- the queue and queries --------------------------------------------------------------- */
 
-/* The effects made since the last clear, in the order they are to be carried out. */
-const struct engine_effect *engine_effects(const struct engine *engine, size_t *ret_count);
+/* The effects made since the last clear, in the order they are to be carried out. Events
+ * called while draining (engine_gathered) append: index the array afresh each time. */
+struct engine_effect *engine_effects(struct engine *engine, size_t *ret_count);
 /* Empties the queue (buffers are kept for the next event). */
 void engine_effects_clear(struct engine *engine);
 
 enum step_state engine_step_state(const struct engine *engine, size_t step);
 int engine_step_attempt(const struct engine *engine, size_t step);
+/* A for_each under way: its items done and in all. False when it is not under way. */
+bool engine_step_items(const struct engine *engine, size_t step, long *ret_done, long *ret_count);
+/* Whether steps needing step may start: it succeeded, or on_error absorbed its failure. */
+bool engine_step_stands(const struct engine *engine, size_t step);
 void engine_step_policy(const struct engine *engine, size_t step, struct engine_policy *ret_policy);
-/* The earliest time an engine_tick has something to do, or INT64_MAX. */
-int64_t engine_next_due(const struct engine *engine);
-/* Ready steps (or items) of persona wait for an agent. */
-bool engine_wants(const struct engine *engine, size_t persona);
 
 struct engine_counts {
-    size_t done, failed, retries, waiting, in_flight, total;
+    size_t done, failed, retries, waiting, ready, total;
 };
 void engine_counts(const struct engine *engine, struct engine_counts *ret_counts);
-/* ENDED was made: nothing more will happen. */
-bool engine_ended(const struct engine *engine);
+/* The reason the run fails, or NULL. */
+const char *engine_failure_reason(const struct engine *engine);
+bool engine_cancelling(const struct engine *engine);
 
 /*
  * The backoff before attempt failures + 1 of (step, item): delay_ms * 2^(failures-1), capped
@@ -266,5 +295,12 @@ bool engine_ended(const struct engine *engine);
  */
 int64_t engine_backoff_ms(const struct engine_policy *policy, uint64_t seed, size_t step, long item,
                           int failures);
+
+/*
+ * A step's output from its call's result: for a tool (CallToolResult) structuredContent, else
+ * the text, else the content; for a resource the text of its one text content, else its
+ * contents; for a prompt the GetPromptResult (sched/steps.c).
+ */
+cJSON *sched_step_output(const struct workflow *wf, size_t step, const cJSON *result);
 
 #endif

@@ -227,12 +227,6 @@ void sched__step_result(struct run *run, size_t index, const cJSON *result, char
 /* A step fails now (no retry): on_error decides what follows. */
 void sched__step_failed(struct run *run, size_t index, const char *error, int64_t duration);
 /*
- * A step's output from its request's result: for a tool (CallToolResult) structuredContent,
- * else the text, else the content; for a resource the text of its one text content, else its
- * contents; for a prompt the GetPromptResult.
- */
-cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *result);
-/*
  * A forked run takes over from its parent the steps of run->opts.reuse (sched_reuse says how),
  * with a step.reused event each, and leaves the others to run: for a run being created, before
  * take-over queues what is ready. TR_EINVAL (err) for a step the workflow does not have, or

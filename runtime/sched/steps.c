@@ -290,7 +290,7 @@ static cJSON *resource_output(const cJSON *result)
     return contents ? cJSON_Duplicate(contents, true) : cJSON_CreateNull();
 }
 
-cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *result)
+cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *result)
 {
     switch (workflow_step_action(wf, index)) {
     case WORKFLOW_ACTION_RESOURCE:
@@ -389,7 +389,7 @@ void sched__step_result(struct run *run, size_t index, const cJSON *result, char
     } else if (outputs_json) {
         succeed(run, index, NULL, outputs_json, duration);
     } else {
-        succeed(run, index, sched__call_output(run->wf, index, result), NULL, duration);
+        succeed(run, index, sched_step_output(run->wf, index, result), NULL, duration);
     }
 }
 

@@ -487,7 +487,7 @@ static void item_succeeded(struct run *run, struct task *task, const cJSON *resu
     struct fanout *fan = step->fan;
     struct tr_error err = {0};
     bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
-    cJSON *output = sched__call_output(run->wf, index, result);
+    cJSON *output = sched_step_output(run->wf, index, result);
     char *output_json = tr_json_print(output);
     long item = task->item;
 

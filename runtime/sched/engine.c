@@ -1,0 +1,1513 @@
+/*
+ * sched/engine.c: a run's decisions (engine.h): which steps are ready, `when` and skips, eval
+ * and approval steps, for_each items and their window, outputs, on_error, retries and their
+ * backoff, cancellation, a fork's take-over. It answers each event with effects queued for a
+ * driver; it does no I/O, reads no clock and keeps no agent, task or message.
+ */
+#define _GNU_SOURCE
+#include "engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched.h"
+
+const char *const engine_decision_names[] = {
+    [ENGINE_DECIDE_DISPATCH] = "dispatch", [ENGINE_DECIDE_SKIP] = "skip",
+    [ENGINE_DECIDE_SUCCEED] = "succeed",   [ENGINE_DECIDE_FAIL] = "fail",
+    [ENGINE_DECIDE_FALLBACK] = "fallback", [ENGINE_DECIDE_RETRY] = "retry",
+    [ENGINE_DECIDE_APPROVE] = "approve",   [ENGINE_DECIDE_REJECT] = "reject",
+    [ENGINE_DECIDE_REUSE] = "reuse",
+};
+
+/* An item of a for_each under way: sent (in_flight), or waiting for its retry (due_ms). */
+struct item_run {
+    long item;
+    int attempt;  /* the attempt sent */
+    int failures; /* its failed attempts */
+    bool in_flight;
+    int64_t due_ms;
+};
+
+/*
+ * A for_each step under way: its items (evaluated once per start), which of them are active,
+ * at most `window` at once. Which items succeeded is the step's `finished` bits; their results
+ * are the driver's to keep (ENGINE_ITEM_DONE), never held here.
+ */
+struct fanout {
+    struct workflow_list *items;
+    struct workflow_scope *scope; /* the scope when the step started, for every item */
+    long count;
+    long next; /* the lowest item that may still need dispatching */
+    long done;
+    long window;
+    struct item_run *active;
+    size_t active_len, active_cap;
+};
+
+struct step_run {
+    enum step_state state;
+    int attempt;    /* dispatches over the run's whole life */
+    int failures;   /* failed attempts since this engine took the run over */
+    unsigned unmet; /* needs that do not stand */
+    int64_t dispatched_ms;
+    int64_t due_ms;      /* retry-wait: when it becomes ready again */
+    bool needs_approval; /* --approve, or a decision that was asked before a resume */
+    bool destructive;    /* its tool may be destructive, and such calls wait for approval */
+    bool approved;
+    bool checked; /* its `when` (and an approval's `if`) has been decided */
+    bool gate;    /* an approval step whose approval is asked */
+    long stands_for;
+    struct fanout *fan;
+    unsigned char *finished; /* for_each: a bit per item that succeeded (over the run's life) */
+    long finished_bits;      /* bits allocated */
+};
+
+struct block {
+    struct block *next;
+    size_t used, size;
+    char data[];
+};
+
+struct engine {
+    const struct workflow *wf;
+    struct workflow_scope *scope;
+    struct engine_policy defaults;
+    uint64_t seed;
+    size_t step_count;
+    struct step_run *steps;
+    size_t *dependents; /* dependents of step i: dependents[dep_start[i] .. dep_start[i+1]] */
+    size_t *dep_start;
+    size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
+    size_t ready_head, ready_len;
+    bool stalled;
+    size_t done, failed, retries, waiting, fanouts;
+    char *failure; /* the first reason the run fails, or NULL */
+    bool cancelling;
+    bool loaded; /* steps were loaded (a take-over) */
+    /* the effect queue, its strings and what it owns till the next clear */
+    struct engine_effect *effects;
+    size_t effect_count, effect_cap;
+    struct block *blocks;
+    void **owned;
+    size_t owned_count, owned_cap;
+};
+
+/* ---- the effect queue ---------------------------------------------------------------------- */
+
+static struct engine_effect *push(struct engine *e, enum engine_effect_kind kind, size_t step)
+{
+    if (e->effect_count == e->effect_cap) {
+        e->effect_cap = e->effect_cap ? 2 * e->effect_cap : 32;
+        e->effects = xrealloc(e->effects, e->effect_cap * sizeof(*e->effects));
+    }
+    struct engine_effect *fx = &e->effects[e->effect_count++];
+    memset(fx, 0, sizeof(*fx));
+    fx->kind = kind;
+    fx->step = step;
+    fx->item = ENGINE_NO_ITEM;
+    fx->for_step = ENGINE_NO_STEP;
+    if (step != ENGINE_NO_STEP)
+        fx->attempt = e->steps[step].attempt;
+    return fx;
+}
+
+/* A copy of s (or NULL) that lives until the queue is cleared. */
+static const char *keep(struct engine *e, const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t len = strlen(s) + 1;
+    struct block *b = e->blocks;
+    if (!b || b->size - b->used < len) {
+        size_t size = len > 4000 ? len : 4000;
+        b = xmalloc(sizeof(*b) + size);
+        b->next = e->blocks;
+        b->used = 0;
+        b->size = size;
+        e->blocks = b;
+    }
+    char *copy = memcpy(b->data + b->used, s, len);
+    b->used += len;
+    return copy;
+}
+
+/* Takes p (malloc'd), freed when the queue is cleared. */
+static void *own(struct engine *e, void *p)
+{
+    if (e->owned_count == e->owned_cap) {
+        e->owned_cap = e->owned_cap ? 2 * e->owned_cap : 16;
+        e->owned = xrealloc(e->owned, e->owned_cap * sizeof(*e->owned));
+    }
+    e->owned[e->owned_count++] = p;
+    return p;
+}
+
+struct engine_effect *engine_effects(struct engine *e, size_t *ret_count)
+{
+    *ret_count = e->effect_count;
+    return e->effects;
+}
+
+void engine_effects_clear(struct engine *e)
+{
+    for (size_t i = 0; i < e->effect_count; i++) {
+        cJSON_Delete(e->effects[i].payload);
+        cJSON_Delete(e->effects[i].params);
+    }
+    e->effect_count = 0;
+    for (size_t i = 0; i < e->owned_count; i++)
+        free(e->owned[i]);
+    e->owned_count = 0;
+    /* The newest block is kept for the next event. */
+    struct block *b = e->blocks;
+    if (b) {
+        for (struct block *old = b->next; old;) {
+            struct block *next = old->next;
+            free(old);
+            old = next;
+        }
+        b->next = NULL;
+        b->used = 0;
+    }
+}
+
+static void audit(struct engine *e, size_t step, const char *type, cJSON *payload, bool row_facts)
+{
+    struct engine_effect *fx = push(e, ENGINE_AUDIT, step);
+    fx->type = type;
+    fx->payload = payload;
+    fx->row_facts = row_facts;
+}
+
+static void record(struct engine *e, size_t step, const char *output_json, const char *error)
+{
+    struct engine_effect *fx = push(e, ENGINE_RECORD, step);
+    fx->state = e->steps[step].state;
+    fx->output_json = output_json;
+    fx->error = keep(e, error);
+    fx->due_ms = e->steps[step].due_ms;
+}
+
+static void progress(struct engine *e, const char *event, size_t step, const char *error,
+                     int64_t duration_ms)
+{
+    struct engine_effect *fx = push(e, ENGINE_PROGRESS, step);
+    const struct fanout *fan = e->steps[step].fan;
+    fx->type = event;
+    fx->state = e->steps[step].state;
+    fx->error = keep(e, error);
+    fx->duration_ms = duration_ms;
+    fx->done = e->done;
+    fx->failed = e->failed;
+    fx->retries = e->retries;
+    if (fan) {
+        fx->items_done = fan->done;
+        fx->items_total = fan->count;
+    }
+}
+
+static void decide(struct engine *e, size_t step, long item, enum engine_decision decision,
+                   size_t for_step)
+{
+    struct engine_effect *fx = push(e, ENGINE_DECISION, step);
+    fx->item = item;
+    fx->decision = decision;
+    fx->for_step = for_step;
+}
+
+static void say(struct engine *e, size_t step, enum tr_log_level level, char *message)
+{
+    struct engine_effect *fx = push(e, ENGINE_LOG, step);
+    fx->level = level;
+    fx->reason = own(e, message);
+}
+
+/* The run fails (the first reason is kept); the driver is told each time. */
+static void fail_run(struct engine *e, char *reason)
+{
+    struct engine_effect *fx = push(e, ENGINE_RUN_FAILED, ENGINE_NO_STEP);
+    fx->reason = own(e, reason);
+    if (!e->failure)
+        e->failure = xstrdup(reason);
+}
+
+/* ---- life ---------------------------------------------------------------------------------- */
+
+static void build_graph(struct engine *e)
+{
+    size_t n = e->step_count, edges = 0;
+
+    e->dep_start = xcalloc(n + 1, sizeof(*e->dep_start));
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < workflow_step_needs_count(e->wf, i); k++) {
+            e->dep_start[workflow_step_need(e->wf, i, k) + 1]++;
+            edges++;
+        }
+    for (size_t i = 0; i < n; i++)
+        e->dep_start[i + 1] += e->dep_start[i];
+    e->dependents = xcalloc(edges ? edges : 1, sizeof(*e->dependents));
+    size_t *fill = xcalloc(n ? n : 1, sizeof(*fill));
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < workflow_step_needs_count(e->wf, i); k++) {
+            size_t need = workflow_step_need(e->wf, i, k);
+            e->dependents[e->dep_start[need] + fill[need]++] = i;
+        }
+    free(fill);
+    e->ready = xcalloc(n ? n : 1, sizeof(*e->ready));
+}
+
+struct engine *engine_new(const struct engine_config *config)
+{
+    struct engine *e = xcalloc(1, sizeof(*e));
+
+    e->wf = config->wf;
+    e->scope = config->scope;
+    e->defaults = config->defaults;
+    if (e->defaults.max_attempts <= 0)
+        e->defaults.max_attempts = SCHED_DEFAULT_MAX_ATTEMPTS;
+    if (!e->defaults.retry_on)
+        e->defaults.retry_on = SCHED_DEFAULT_RETRY_ON;
+    if (e->defaults.delay_ms <= 0)
+        e->defaults.delay_ms = SCHED_DEFAULT_RETRY_DELAY_MS;
+    if (e->defaults.max_delay_ms < e->defaults.delay_ms)
+        e->defaults.max_delay_ms = e->defaults.delay_ms;
+    if (e->defaults.timeout_ms <= 0)
+        e->defaults.timeout_ms = SCHED_DEFAULT_STEP_TIMEOUT_MS;
+    e->seed = config->seed;
+    e->step_count = workflow_step_count(config->wf);
+    e->steps = xcalloc(e->step_count ? e->step_count : 1, sizeof(*e->steps));
+    for (size_t i = 0; i < e->step_count; i++) {
+        e->steps[i].stands_for = -1;
+        e->steps[i].unmet = (unsigned)workflow_step_needs_count(e->wf, i);
+        e->steps[i].needs_approval = config->needs_approval && config->needs_approval[i];
+    }
+    build_graph(e);
+    return e;
+}
+
+static void fanout_free(struct engine *e, struct fanout **fan)
+{
+    if (!*fan)
+        return;
+    e->fanouts--;
+    workflow_list_free(&(*fan)->items);
+    workflow_scope_free(&(*fan)->scope);
+    free((*fan)->active);
+    free(*fan);
+    *fan = NULL;
+}
+
+void engine_free(struct engine **engine)
+{
+    struct engine *e = *engine;
+
+    if (!e)
+        return;
+    engine_effects_clear(e);
+    free(e->blocks);
+    free(e->owned);
+    free(e->effects);
+    for (size_t i = 0; i < e->step_count; i++) {
+        fanout_free(e, &e->steps[i].fan);
+        free(e->steps[i].finished);
+    }
+    free(e->steps);
+    free(e->dependents);
+    free(e->dep_start);
+    free(e->ready);
+    free(e->failure);
+    free(e);
+    *engine = NULL;
+}
+
+/* ---- policy -------------------------------------------------------------------------------- */
+
+static int clamp_ms(int64_t ms)
+{
+    return ms > INT32_MAX ? INT32_MAX : ms < 1 ? 1 : (int)ms;
+}
+
+void engine_step_policy(const struct engine *e, size_t index, struct engine_policy *ret)
+{
+    struct workflow_retry retry;
+    int64_t timeout_ms = workflow_step_timeout_ms(e->wf, index);
+    const struct step_run *step = &e->steps[index];
+
+    *ret = e->defaults;
+    if (workflow_step_retry(e->wf, index, &retry)) {
+        ret->max_attempts = retry.attempts < 1           ? 1
+                            : retry.attempts > INT32_MAX ? INT32_MAX
+                                                         : (int)retry.attempts;
+        ret->retry_on = retry.errors;
+        ret->delay_ms = clamp_ms(retry.backoff_ms);
+        ret->max_delay_ms = clamp_ms(retry.max_delay_ms);
+        if (ret->max_delay_ms < ret->delay_ms)
+            ret->max_delay_ms = ret->delay_ms;
+    }
+    if (timeout_ms > 0)
+        ret->timeout_ms = clamp_ms(timeout_ms);
+    ret->approval = step->needs_approval || step->gate || step->destructive;
+}
+
+void engine_step_needs_approval(struct engine *e, size_t index, bool destructive)
+{
+    if (destructive)
+        e->steps[index].destructive = true;
+    else
+        e->steps[index].needs_approval = true;
+}
+
+/* splitmix64: a well-mixed 64-bit hash of x. */
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+int64_t engine_backoff_ms(const struct engine_policy *policy, uint64_t seed, size_t step, long item,
+                          int failures)
+{
+    int64_t delay = policy->delay_ms;
+
+    for (int i = 1; i < failures && delay < policy->max_delay_ms; i++)
+        delay *= 2;
+    if (delay > policy->max_delay_ms)
+        delay = policy->max_delay_ms;
+    uint64_t h = mix(seed ^ mix((uint64_t)step ^ mix((uint64_t)item ^ mix((uint64_t)failures))));
+    return delay / 2 + (int64_t)(h % (uint64_t)(delay / 2 + 1));
+}
+
+/* ---- the graph and the ready queue --------------------------------------------------------- */
+
+static void queue_ready(struct engine *e, size_t index)
+{
+    e->ready[(e->ready_head + e->ready_len) % e->step_count] = index;
+    e->ready_len++;
+}
+
+/* An approval step's approvers and its `why`, rendered, for whoever decides. */
+static void add_approval_details(struct engine *e, size_t index, cJSON *payload)
+{
+    const cJSON *approvers = workflow_step_approvers(e->wf, index);
+    struct tr_error err = {0};
+    char *why = NULL;
+
+    if (approvers)
+        cJSON_AddItemToObject(payload, "approvers", cJSON_Duplicate(approvers, true));
+    if (workflow_step_text_in(e->wf, index, WORKFLOW_TEXT_WHY, e->scope, &why, &err) == 0)
+        cJSON_AddStringToObject(payload, "why", why);
+    free(why);
+}
+
+static void make_ready(struct engine *e, size_t index, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct engine_policy policy;
+
+    engine_step_policy(e, index, &policy);
+    if (policy.approval && !step->approved) {
+        if (step->state != STEP_WAITING_APPROVAL) {
+            step->state = STEP_WAITING_APPROVAL;
+            step->dispatched_ms = now; /* the wait starts: an approval step's time */
+            e->waiting++;
+            record(e, index, NULL, NULL);
+            cJSON *payload = cJSON_CreateObject();
+            cJSON_AddStringToObject(payload, "reason",
+                                    step->gate             ? "an approval step"
+                                    : step->needs_approval ? "the step needs approval"
+                                                           : "its tool may be destructive (MCP "
+                                                             "annotations)");
+            add_approval_details(e, index, payload);
+            audit(e, index, "step.waiting_approval", payload, false);
+            progress(e, "approval", index, NULL, 0);
+        }
+        return;
+    }
+    if (step->state == STEP_WAITING_APPROVAL)
+        e->waiting--;
+    step->state = STEP_READY;
+    queue_ready(e, index);
+    push(e, ENGINE_READY, index);
+    /* Recorded by the driver at the end of its turn if it is still ready then (most are
+     * dispatched within the turn, and their dispatched state says more). */
+}
+
+static void release_dependents(struct engine *e, size_t index, int64_t now)
+{
+    for (size_t k = e->dep_start[index]; k < e->dep_start[index + 1]; k++) {
+        size_t next = e->dependents[k];
+        struct step_run *step = &e->steps[next];
+        if (step->unmet > 0 && --step->unmet == 0 && step->state == STEP_PENDING &&
+            (!workflow_step_is_fallback(e->wf, next) || step->stands_for >= 0))
+            make_ready(e, next, now);
+    }
+}
+
+bool engine_step_stands(const struct engine *e, size_t index)
+{
+    size_t fallback;
+
+    if (e->steps[index].state == STEP_SUCCEEDED)
+        return true;
+    if (e->steps[index].state != STEP_FAILED)
+        return false;
+    switch (workflow_step_on_error(e->wf, index, &fallback)) {
+    case WORKFLOW_ON_ERROR_CONTINUE:
+        return true;
+    case WORKFLOW_ON_ERROR_FALLBACK:
+        return e->steps[fallback].state == STEP_SUCCEEDED &&
+               e->steps[fallback].stands_for == (long)index;
+    default:
+        return false;
+    }
+}
+
+static void skip_step(struct engine *e, size_t index, const char *reason);
+
+/*
+ * A step whose fallback was not needed: once every step naming it has ended without
+ * starting it, the fallback is skipped (it never runs on its own).
+ */
+static void settle_fallback(struct engine *e, size_t index)
+{
+    size_t fallback;
+
+    if (workflow_step_on_error(e->wf, index, &fallback) != WORKFLOW_ON_ERROR_FALLBACK ||
+        step_state_final(e->steps[fallback].state) || e->steps[fallback].stands_for >= 0)
+        return;
+    for (size_t i = 0; i < e->step_count; i++) {
+        size_t other;
+        if (workflow_step_on_error(e->wf, i, &other) == WORKFLOW_ON_ERROR_FALLBACK &&
+            other == fallback && !step_state_final(e->steps[i].state))
+            return;
+    }
+    char *reason = xasprintf("a fallback, and '%s' did not fail", workflow_step_id(e->wf, index));
+    skip_step(e, fallback, reason);
+    free(reason);
+}
+
+/* Leaves the dispatched state: whatever calls the step still has are given up. */
+static void leave_dispatched(struct engine *e, size_t index, const char *reason)
+{
+    if (e->steps[index].state != STEP_DISPATCHED)
+        return;
+    struct engine_effect *fx = push(e, ENGINE_CANCEL_CALLS, index);
+    fx->reason = keep(e, reason);
+    fanout_free(e, &e->steps[index].fan);
+}
+
+static void reach_final(struct engine *e, size_t index, enum step_state state)
+{
+    e->steps[index].state = state;
+    e->done++;
+    if (state == STEP_FAILED)
+        e->failed++;
+    if (state != STEP_FAILED)
+        settle_fallback(e, index);
+}
+
+/* ---- outcomes -------------------------------------------------------------------------------- */
+
+/* Keeps a step's output in the scope; a failure fails the run. */
+static void scope_keep(struct engine *e, size_t index, const cJSON *output, const char *output_json,
+                       bool save)
+{
+    struct tr_error err = {0};
+    if (workflow_scope_keep_output(e->scope, e->wf, index, output, output_json, save, &err) < 0)
+        fail_run(e, xasprintf("the output of '%s' cannot be kept: %s",
+                              workflow_step_id(e->wf, index), err.message));
+}
+
+/*
+ * Keeps a succeeded step's output where expressions read it, and saves it to the context.
+ * The output is given as JSON text, and also as a tree when there is one (NULL for a
+ * fan-out's list, which goes into the scope from its text, never built as a tree).
+ */
+static void keep_output(struct engine *e, size_t index, const cJSON *output,
+                        const char *output_json, int attempt)
+{
+    const char *key = workflow_step_save(e->wf, index);
+
+    scope_keep(e, index, output, output_json, true);
+    if (key) {
+        struct engine_effect *fx = push(e, ENGINE_CONTEXT_WRITE, index);
+        fx->key = key;
+        fx->value_json = output_json;
+        fx->attempt = attempt;
+    }
+}
+
+/*
+ * The step succeeded with output (taken), given as a tree, as JSON text (taken), or both:
+ * recorded, kept, saved, audited; dependents follow.
+ */
+static void succeed(struct engine *e, size_t index, cJSON *output, char *output_json,
+                    int64_t duration, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    cJSON *payload = cJSON_CreateObject();
+
+    output_json = own(e, output_json ? output_json : tr_json_print(output));
+    leave_dispatched(e, index, "the step ended");
+    reach_final(e, index, STEP_SUCCEEDED);
+    decide(e, index, ENGINE_NO_ITEM, ENGINE_DECIDE_SUCCEED, ENGINE_NO_STEP);
+    record(e, index, output_json, NULL);
+    keep_output(e, index, output, output_json, step->attempt);
+    cJSON_AddStringToObject(payload, "status", "succeeded");
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
+    /* The text as it is: the same as printing the tree, without another copy of it. */
+    cJSON_AddRawToObject(payload, "output", output_json);
+    audit(e, index, "step.finished", payload, true);
+    progress(e, "step", index, NULL, duration);
+    release_dependents(e, index, now);
+    if (step->stands_for >= 0) {
+        /* A fallback's output stands in for the failed step's: its dependents see it there. */
+        keep_output(e, (size_t)step->stands_for, output, output_json,
+                    e->steps[step->stands_for].attempt);
+        release_dependents(e, (size_t)step->stands_for, now);
+    }
+    cJSON_Delete(output);
+}
+
+/* How the run goes on without a failed step, for its step.finished (or step.reused) event. */
+static void add_on_error(const struct engine *e, cJSON *payload, enum workflow_on_error on_error,
+                         size_t fallback)
+{
+    if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
+        cJSON_AddStringToObject(payload, "on_error", "continue");
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        cJSON_AddStringToObject(payload, "fallback", workflow_step_id(e->wf, fallback));
+}
+
+/* A step fails now (no retry): on_error decides what follows. */
+static void step_failed(struct engine *e, size_t index, const char *error, int64_t duration,
+                        int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    const char *step_id = workflow_step_id(e->wf, index);
+    size_t fallback = SIZE_MAX;
+    enum workflow_on_error on_error = workflow_step_on_error(e->wf, index, &fallback);
+
+    error = keep(e, error); /* it may be an effect's, or the caller's */
+    leave_dispatched(e, index, error);
+    cJSON *payload = cJSON_CreateObject();
+    /* A fallback runs once, for one step; a second failure naming it is not absorbed. Nothing
+     * starts once the run is cancelled or has failed. */
+    if (e->cancelling || e->failure ||
+        (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+         (e->steps[fallback].stands_for >= 0 || step_state_final(e->steps[fallback].state))))
+        on_error = WORKFLOW_ON_ERROR_FAIL;
+    if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+        e->steps[fallback].stands_for = (long)index;
+    reach_final(e, index, STEP_FAILED);
+    decide(e, index, ENGINE_NO_ITEM, ENGINE_DECIDE_FAIL, ENGINE_NO_STEP);
+    record(e, index, NULL, error);
+    cJSON_AddStringToObject(payload, "status", "failed");
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddNumberToObject(payload, "duration_ms", (double)duration);
+    cJSON_AddStringToObject(payload, "error", error);
+    add_on_error(e, payload, on_error, fallback);
+    audit(e, index, "step.finished", payload, true);
+    progress(e, "step", index, error, duration);
+    switch (on_error) {
+    case WORKFLOW_ON_ERROR_CONTINUE:
+        /* The run goes on without it: the steps that need it see a null output. */
+        scope_keep(e, index, NULL, NULL, false);
+        release_dependents(e, index, now);
+        break;
+    case WORKFLOW_ON_ERROR_FALLBACK:
+        say(e, index, TR_LOG_WARN,
+            xasprintf("step '%s' failed (%s); its fallback '%s' runs instead", step_id, error,
+                      workflow_step_id(e->wf, fallback)));
+        decide(e, fallback, ENGINE_NO_ITEM, ENGINE_DECIDE_FALLBACK, index);
+        if (e->steps[fallback].state == STEP_PENDING && e->steps[fallback].unmet == 0)
+            make_ready(e, fallback, now);
+        break;
+    default:
+        fail_run(e, xasprintf("step '%s' failed: %s", step_id, error));
+    }
+}
+
+/* jq's truth: everything but false and null. */
+static bool truthy(const cJSON *value)
+{
+    return value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
+}
+
+static void skip_dependents(struct engine *e, size_t index);
+
+/* Skips a step that has not started, and with it the steps that need it. */
+static void skip_step(struct engine *e, size_t index, const char *reason)
+{
+    struct step_run *step = &e->steps[index];
+
+    if (step_state_final(step->state))
+        return;
+    cJSON *payload = cJSON_CreateObject();
+    if (step->state == STEP_WAITING_APPROVAL)
+        e->waiting--;
+    reach_final(e, index, STEP_SKIPPED);
+    decide(e, index, ENGINE_NO_ITEM, ENGINE_DECIDE_SKIP, ENGINE_NO_STEP);
+    record(e, index, NULL, NULL);
+    cJSON_AddStringToObject(payload, "reason", reason);
+    audit(e, index, "step.skipped", payload, true);
+    progress(e, "step", index, NULL, 0);
+    skip_dependents(e, index);
+}
+
+static void skip_dependents(struct engine *e, size_t index)
+{
+    char *because = xasprintf("it needs '%s', which was skipped", workflow_step_id(e->wf, index));
+    for (size_t k = e->dep_start[index]; k < e->dep_start[index + 1]; k++)
+        skip_step(e, e->dependents[k], because);
+    free(because);
+}
+
+/* Evaluates one of the step's conditions into *ret_truth; false with the step failed when it
+ * does not evaluate. Without the expression, the condition holds. */
+static bool condition(struct engine *e, size_t index, enum workflow_expression which,
+                      bool *ret_truth, int64_t now)
+{
+    struct tr_error err = {0};
+    cJSON *value = NULL;
+
+    *ret_truth = true;
+    if (!workflow_step_has_expression(e->wf, index, which))
+        return true;
+    if (workflow_step_evaluate_in(e->wf, index, which, e->scope, &value, &err) < 0) {
+        step_failed(e, index, err.message, 0, now);
+        return false;
+    }
+    *ret_truth = truthy(value);
+    cJSON_Delete(value);
+    return true;
+}
+
+/* The checks of a step leaving pending: false when it was skipped or failed instead. */
+static bool check_step(struct engine *e, size_t index, int64_t now)
+{
+    bool truth;
+
+    if (!condition(e, index, WORKFLOW_EXPR_WHEN, &truth, now))
+        return false;
+    if (!truth) {
+        skip_step(e, index, "its 'when' condition is false");
+        return false;
+    }
+    if (workflow_step_action(e->wf, index) == WORKFLOW_ACTION_APPROVAL) {
+        if (!condition(e, index, WORKFLOW_EXPR_APPROVAL_IF, &truth, now))
+            return false;
+        e->steps[index].gate = truth;
+    }
+    return true;
+}
+
+/* An eval step: its expression's value is its output, computed here, without an agent. */
+static void run_eval(struct engine *e, size_t index, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct tr_error err = {0};
+    cJSON *output = NULL;
+
+    step->attempt++;
+    step->dispatched_ms = now;
+    if (workflow_step_evaluate_in(e->wf, index, WORKFLOW_EXPR_EVAL, e->scope, &output, &err) < 0)
+        step_failed(e, index, err.message, 0, now);
+    else
+        succeed(e, index, output, NULL, 0, now);
+}
+
+/* An approval step passes: approved by someone, or not asked (its `if` was false). */
+static void pass_gate(struct engine *e, size_t index, const char *by, const char *comment,
+                      int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    cJSON *output = cJSON_CreateObject();
+    /* Asked, its time is the wait for the decision (since this engine saw it begin). */
+    int64_t waited = by && step->dispatched_ms > 0 ? now - step->dispatched_ms : 0;
+
+    step->attempt++;
+    cJSON_AddBoolToObject(output, "approved", true);
+    cJSON_AddBoolToObject(output, "asked", by != NULL);
+    if (by)
+        cJSON_AddStringToObject(output, "by", by);
+    if (comment)
+        cJSON_AddStringToObject(output, "comment", comment);
+    succeed(e, index, output, NULL, waited, now);
+}
+
+/* ---- results ----------------------------------------------------------------------------- */
+
+static void step_result(struct engine *e, size_t index, const cJSON *result, char *outputs_json,
+                        int64_t now)
+{
+    int64_t duration = now - e->steps[index].dispatched_ms;
+    cJSON *output = NULL;
+
+    if (workflow_step_has_expression(e->wf, index, WORKFLOW_EXPR_OUTPUT)) {
+        /* `output` sees the raw result (a for_each's list of them) as .result. */
+        struct tr_error err = {0};
+        cJSON *none = result ? NULL : cJSON_CreateArray();
+        struct workflow_scope *with =
+            workflow_scope_with(e->scope, "result", result ? result : none);
+        int rc = workflow_step_evaluate_in(e->wf, index, WORKFLOW_EXPR_OUTPUT, with, &output, &err);
+        workflow_scope_free(&with);
+        cJSON_Delete(none);
+        free(outputs_json);
+        if (rc < 0)
+            step_failed(e, index, err.message, duration, now);
+        else
+            succeed(e, index, output, NULL, duration, now);
+    } else if (outputs_json) {
+        succeed(e, index, NULL, outputs_json, duration, now);
+    } else {
+        succeed(e, index, sched_step_output(e->wf, index, result), NULL, duration, now);
+    }
+}
+
+static struct item_run *item_find(struct fanout *fan, long item)
+{
+    for (size_t i = 0; fan && i < fan->active_len; i++)
+        if (fan->active[i].item == item)
+            return &fan->active[i];
+    return NULL;
+}
+
+static void item_forget(struct fanout *fan, struct item_run *run)
+{
+    *run = fan->active[--fan->active_len];
+}
+
+static bool finished(const struct step_run *step, long item)
+{
+    return item < step->finished_bits && (step->finished[item / 8] & (1u << (item % 8)));
+}
+
+static void set_finished(struct step_run *step, long item)
+{
+    if (item >= step->finished_bits) {
+        long bits = step->finished_bits ? step->finished_bits : 64;
+        while (bits <= item)
+            bits *= 2;
+        step->finished = xrealloc(step->finished, (size_t)bits / 8);
+        memset(step->finished + step->finished_bits / 8, 0,
+               (size_t)(bits - step->finished_bits) / 8);
+        step->finished_bits = bits;
+    }
+    step->finished[item / 8] |= (unsigned char)(1u << (item % 8));
+}
+
+/* Every item succeeded: the driver gathers their outputs for the step's result. */
+static void fanout_complete(struct engine *e, size_t index)
+{
+    struct engine_effect *fx = push(e, ENGINE_GATHER, index);
+    fx->raw = workflow_step_has_expression(e->wf, index, WORKFLOW_EXPR_OUTPUT);
+}
+
+bool engine_result(struct engine *e, size_t index, long item, int attempt, const cJSON *result,
+                   const char *result_json, int64_t now)
+{
+    if (index >= e->step_count || e->steps[index].state != STEP_DISPATCHED)
+        return false;
+    struct step_run *step = &e->steps[index];
+    if (item == ENGINE_NO_ITEM) {
+        if (step->fan || attempt != step->attempt)
+            return false;
+        step_result(e, index, result, NULL, now);
+        return true;
+    }
+    struct fanout *fan = step->fan;
+    struct item_run *run = item_find(fan, item);
+    if (!run || !run->in_flight || run->attempt != attempt)
+        return false;
+    bool raw = workflow_step_has_expression(e->wf, index, WORKFLOW_EXPR_OUTPUT);
+    cJSON *output = sched_step_output(e->wf, index, result);
+    struct engine_effect *fx = push(e, ENGINE_ITEM_DONE, index);
+    fx->item = item;
+    fx->attempt = attempt;
+    fx->output_json = own(e, tr_json_print(output));
+    /* The raw result is kept for the step's `output` expression. */
+    fx->result_json = raw ? keep(e, result_json) : NULL;
+    cJSON_Delete(output);
+    item_forget(fan, run);
+    set_finished(step, item);
+    fan->done++;
+    progress(e, "item", index, NULL, now - step->dispatched_ms);
+    if (fan->done == fan->count)
+        fanout_complete(e, index);
+    return true;
+}
+
+void engine_gathered(struct engine *e, size_t index, const cJSON *results, char *outputs_json,
+                     int64_t now)
+{
+    step_result(e, index, results, outputs_json, now);
+}
+
+/* A step's attempt failed: retried when the policy allows the class, else the step fails. */
+static void attempt_failed(struct engine *e, size_t index, enum tr_error_class error_class,
+                           const char *error, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct engine_policy policy;
+    int64_t duration = step->state == STEP_DISPATCHED ? now - step->dispatched_ms : 0;
+
+    engine_step_policy(e, index, &policy);
+    error = keep(e, error);
+    leave_dispatched(e, index, error);
+    step->failures++;
+    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+        step->failures >= policy.max_attempts || e->cancelling || e->failure) {
+        step_failed(e, index, error, duration, now);
+        return;
+    }
+    int64_t delay = engine_backoff_ms(&policy, e->seed, index, ENGINE_NO_ITEM, step->failures);
+    cJSON *payload = cJSON_CreateObject();
+    step->state = STEP_RETRY_WAIT;
+    step->due_ms = now + delay;
+    e->retries++;
+    decide(e, index, ENGINE_NO_ITEM, ENGINE_DECIDE_RETRY, ENGINE_NO_STEP);
+    record(e, index, NULL, error);
+    cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+    cJSON_AddStringToObject(payload, "error", error);
+    cJSON_AddStringToObject(payload, "class", tr_error_class_names[error_class]);
+    cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
+    audit(e, index, "step.retry", payload, false);
+    say(e, index, TR_LOG_WARN,
+        xasprintf("step '%s' attempt %d failed (%s); retrying in %lld ms",
+                  workflow_step_id(e->wf, index), step->attempt, error, (long long)delay));
+    progress(e, "retry", index, error, duration);
+}
+
+/* An item's attempt failed: retried after a backoff, else the step fails (its other items
+ * are cancelled). */
+static void item_attempt_failed(struct engine *e, size_t index, struct item_run *run,
+                                enum tr_error_class error_class, const char *error, int64_t now)
+{
+    struct engine_policy policy;
+
+    engine_step_policy(e, index, &policy);
+    run->in_flight = false;
+    run->failures++;
+    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+        run->failures >= policy.max_attempts || e->cancelling || e->failure) {
+        char *reason = xasprintf("item %ld: %s", run->item, error);
+        step_failed(e, index, reason, 0, now);
+        free(reason);
+        return;
+    }
+    int64_t delay = engine_backoff_ms(&policy, e->seed, index, run->item, run->failures);
+    run->due_ms = now + delay;
+    e->retries++;
+    decide(e, index, run->item, ENGINE_DECIDE_RETRY, ENGINE_NO_STEP);
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddNumberToObject(payload, "attempt", run->attempt);
+    cJSON_AddNumberToObject(payload, "item", (double)run->item);
+    cJSON_AddStringToObject(payload, "error", error);
+    cJSON_AddStringToObject(payload, "class", tr_error_class_names[error_class]);
+    cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
+    audit(e, index, "step.retry", payload, false);
+    say(e, index, TR_LOG_WARN,
+        xasprintf("step '%s' item %ld attempt %d failed (%s); retrying in %lld ms",
+                  workflow_step_id(e->wf, index), run->item, run->attempt, error,
+                  (long long)delay));
+    progress(e, "retry", index, error, 0);
+}
+
+bool engine_failure(struct engine *e, size_t index, long item, int attempt,
+                    enum tr_error_class error_class, const char *message, int64_t now)
+{
+    if (index >= e->step_count || e->steps[index].state != STEP_DISPATCHED)
+        return false;
+    if ((unsigned)error_class >= TR_ERROR_CLASS_COUNT)
+        error_class = TR_ERROR_CLASS_PROTOCOL;
+    if (item == ENGINE_NO_ITEM) {
+        if (e->steps[index].fan || attempt != e->steps[index].attempt)
+            return false;
+        attempt_failed(e, index, error_class, message, now);
+        return true;
+    }
+    struct item_run *run = item_find(e->steps[index].fan, item);
+    if (!run || !run->in_flight || run->attempt != attempt)
+        return false;
+    item_attempt_failed(e, index, run, error_class, message, now);
+    return true;
+}
+
+void engine_step_failed(struct engine *e, size_t index, const char *error, int64_t now)
+{
+    if (index < e->step_count && !step_state_final(e->steps[index].state))
+        step_failed(e, index, error, 0, now);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+/*
+ * The request of a call of step index (item: one of its for_each items) as a DISPATCH effect;
+ * false (err says why) when it does not resolve or the persona may not make it.
+ */
+static bool dispatch(struct engine *e, size_t index, long item, int attempt, struct tr_error *err)
+{
+    struct step_run *step = &e->steps[index];
+    enum workflow_action action = workflow_step_action(e->wf, index);
+    size_t persona = workflow_step_persona(e->wf, index);
+    const char *method = NULL;
+    cJSON *params = NULL;
+    struct engine_policy policy;
+
+    /* An item sees the scope as it was when its step started, and .item. */
+    struct workflow_scope *with =
+        step->fan ? workflow_scope_with_item(step->fan->scope, "item", step->fan->items, item)
+                  : NULL;
+    int rc = sched_step_request(e->wf, index, with ? with : e->scope, &method, &params, err);
+    workflow_scope_free(&with);
+    if (rc < 0)
+        return false;
+    const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
+    if (action != WORKFLOW_ACTION_RESOURCE &&
+        !workflow_persona_allows(e->wf, persona, action, workflow_step_server(e->wf, index),
+                                 name)) {
+        /* The loader refuses such workflows; this guards the invariant at run time too. */
+        tr_error_set(err, TR_EINVAL, "persona '%s' may not call %s.%s",
+                     workflow_persona_name(e->wf, persona), workflow_step_server(e->wf, index),
+                     name);
+        cJSON_Delete(params);
+        return false;
+    }
+    engine_step_policy(e, index, &policy);
+    struct engine_effect *fx = push(e, ENGINE_DISPATCH, index);
+    fx->item = item;
+    fx->attempt = attempt;
+    fx->method = method;
+    fx->params = params;
+    fx->timeout_ms = policy.timeout_ms;
+    fx->persona = persona;
+    fx->target = ENGINE_TARGET_AGENT;
+    if (step->fan)
+        fx->items_total = step->fan->count;
+    decide(e, index, item, ENGINE_DECIDE_DISPATCH, ENGINE_NO_STEP);
+    return true;
+}
+
+static void dispatch_step(struct engine *e, size_t index, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct tr_error err = {0};
+
+    step->attempt++;
+    step->dispatched_ms = now;
+    if (!dispatch(e, index, ENGINE_NO_ITEM, step->attempt, &err)) {
+        step_failed(e, index, err.message, 0, now);
+        return;
+    }
+    step->state = STEP_DISPATCHED;
+    record(e, index, NULL, NULL);
+}
+
+/*
+ * A for_each step leaves the ready queue: its list is evaluated, the items that succeeded
+ * before are skipped, and the items are dispatched as agents have room.
+ */
+static void fanout_start(struct engine *e, size_t index, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct tr_error err = {0};
+    struct workflow_list *items = NULL;
+
+    step->attempt++;
+    step->dispatched_ms = now;
+    if (workflow_step_evaluate_list(e->wf, index, WORKFLOW_EXPR_FOR_EACH, e->scope, &items, &err) <
+        0) {
+        step_failed(e, index, err.message, 0, now);
+        return;
+    }
+    if (workflow_list_count(items) < 0) {
+        workflow_list_free(&items);
+        step_failed(e, index, "'for_each' does not yield a list", 0, now);
+        return;
+    }
+    struct fanout *fan = xcalloc(1, sizeof(*fan));
+    long concurrency = workflow_step_concurrency(e->wf, index);
+    fan->items = items;
+    fan->count = workflow_list_count(items);
+    fan->window = concurrency > 0 ? concurrency : fan->count;
+    fan->scope = workflow_scope_copy(e->scope);
+    for (long i = 0; i < fan->count && i < step->finished_bits; i++)
+        fan->done += finished(step, i);
+    step->fan = fan;
+    e->fanouts++;
+    step->state = STEP_DISPATCHED;
+    record(e, index, NULL, NULL);
+    if (fan->done > 0) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddNumberToObject(payload, "done", (double)fan->done);
+        cJSON_AddNumberToObject(payload, "items", (double)fan->count);
+        audit(e, index, "step.items_recovered", payload, false);
+    }
+    if (fan->done == fan->count)
+        fanout_complete(e, index);
+}
+
+/* Sends one more item of the fan-out (or the retry of run). */
+static void dispatch_item(struct engine *e, size_t index, struct item_run *run, int64_t now)
+{
+    struct fanout *fan = e->steps[index].fan;
+    struct tr_error err = {0};
+
+    if (!run) {
+        if (fan->active_len == fan->active_cap) {
+            fan->active_cap = fan->active_cap ? 2 * fan->active_cap : 8;
+            fan->active = xrealloc(fan->active, fan->active_cap * sizeof(*fan->active));
+        }
+        run = &fan->active[fan->active_len++];
+        memset(run, 0, sizeof(*run));
+        run->item = fan->next++; /* fanout_wants skipped finished ones */
+    }
+    run->attempt++;
+    run->in_flight = true;
+    if (!dispatch(e, index, run->item, run->attempt, &err)) {
+        char *reason = xasprintf("item %ld: %s", run->item, err.message);
+        step_failed(e, index, reason, 0, now); /* its other items are cancelled */
+        free(reason);
+    }
+}
+
+/* Whether the fan-out has an item left to start and room in its window. */
+static bool fanout_wants(const struct step_run *step)
+{
+    struct fanout *fan = step->fan;
+    while (fan->next < fan->count && finished(step, fan->next))
+        fan->next++;
+    return fan->next < fan->count && (long)fan->active_len < fan->window;
+}
+
+static void fanout_fill(struct engine *e, size_t *slots, size_t *made, int64_t now)
+{
+    if (e->failure || e->cancelling || e->fanouts == 0)
+        return;
+    /* Items due for a retry go first, then new ones, while there is room. */
+    for (size_t index = 0; e->fanouts > 0 && index < e->step_count; index++) {
+        struct step_run *step = &e->steps[index];
+        size_t persona = workflow_step_persona(e->wf, index);
+        for (size_t i = 0; step->fan && i < step->fan->active_len && slots[persona] > 0; i++) {
+            struct item_run *run = &step->fan->active[i];
+            if (run->in_flight || now < run->due_ms)
+                continue;
+            slots[persona]--;
+            (*made)++;
+            dispatch_item(e, index, run, now);
+        }
+    }
+    for (size_t index = 0; e->fanouts > 0 && index < e->step_count; index++) {
+        struct step_run *step = &e->steps[index];
+        size_t persona = workflow_step_persona(e->wf, index);
+        if (!step->fan || step->state != STEP_DISPATCHED)
+            continue;
+        while (step->fan && fanout_wants(step) && slots[persona] > 0) {
+            slots[persona]--;
+            (*made)++;
+            dispatch_item(e, index, NULL, now);
+        }
+    }
+}
+
+size_t engine_dispatch(struct engine *e, size_t *slots, int64_t now)
+{
+    size_t popped = 0, requeued = 0, made = 0;
+
+    e->stalled = false;
+    if (e->failure || e->cancelling)
+        return 0;
+    /* Each ready step in turn; one whose persona has no room waits at the back. What needs
+     * no agent (when, eval, approval) is done here; the steps it releases wait for the next
+     * pass. */
+    for (size_t n = e->ready_len; n > 0 && e->ready_len > 0 && !e->failure; n--) {
+        size_t index = e->ready[e->ready_head];
+        struct step_run *step = &e->steps[index];
+        e->ready_head = (e->ready_head + 1) % e->step_count;
+        e->ready_len--;
+        popped++;
+        if (step->state != STEP_READY)
+            continue;
+        /* `when` (and an approval's `if`) is decided once the needs are met; a resumed run
+         * decides it again, over the same outputs. */
+        if (!step->checked) {
+            step->checked = true;
+            if (!check_step(e, index, now))
+                continue;
+        }
+        /* The agents' tool annotations may have made it one that needs approval. */
+        struct engine_policy policy;
+        engine_step_policy(e, index, &policy);
+        if (policy.approval && !step->approved) {
+            make_ready(e, index, now);
+            continue;
+        }
+        enum workflow_action action = workflow_step_action(e->wf, index);
+        if (action == WORKFLOW_ACTION_EVAL) {
+            run_eval(e, index, now);
+            continue;
+        }
+        if (action == WORKFLOW_ACTION_APPROVAL) {
+            pass_gate(e, index, NULL, NULL, now); /* its `if` was false: nobody is asked */
+            continue;
+        }
+        if (workflow_step_has_expression(e->wf, index, WORKFLOW_EXPR_FOR_EACH)) {
+            fanout_start(e, index, now); /* its items go out below */
+            continue;
+        }
+        size_t persona = workflow_step_persona(e->wf, index);
+        if (slots[persona] > 0) {
+            slots[persona]--;
+            made++;
+            dispatch_step(e, index, now);
+        } else {
+            queue_ready(e, index);
+            requeued++;
+        }
+    }
+    fanout_fill(e, slots, &made, now);
+    /* Every ready step went back to wait for room, and nothing was dispatched: the driver
+     * may sleep until something arrives instead of spinning. */
+    e->stalled = e->ready_len > 0 && popped == requeued && made == 0;
+    return made;
+}
+
+/* ---- the clock, approvals, cancel ---------------------------------------------------------- */
+
+void engine_tick(struct engine *e, int64_t now)
+{
+    for (size_t i = 0; i < e->step_count; i++) {
+        struct step_run *step = &e->steps[i];
+        if (step->state == STEP_RETRY_WAIT && now >= step->due_ms && !e->cancelling && !e->failure)
+            make_ready(e, i, now);
+    }
+}
+
+bool engine_approval(struct engine *e, size_t index, bool approve, const char *by,
+                     const char *comment, int64_t now)
+{
+    if (index >= e->step_count || e->steps[index].state != STEP_WAITING_APPROVAL)
+        return false;
+    struct step_run *step = &e->steps[index];
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "by", by);
+    if (comment)
+        cJSON_AddStringToObject(payload, "comment", comment);
+    audit(e, index, approve ? "step.approved" : "step.rejected", payload, false);
+    decide(e, index, ENGINE_NO_ITEM, approve ? ENGINE_DECIDE_APPROVE : ENGINE_DECIDE_REJECT,
+           ENGINE_NO_STEP);
+    if (approve && workflow_step_action(e->wf, index) == WORKFLOW_ACTION_APPROVAL) {
+        step->approved = true;
+        e->waiting--;
+        pass_gate(e, index, by, comment, now);
+    } else if (approve) {
+        step->approved = true;
+        make_ready(e, index, now);
+    } else {
+        char *reason =
+            xasprintf("rejected by %s%s%s", by, comment ? ": " : "", comment ? comment : "");
+        e->waiting--;
+        step_failed(e, index, reason, 0, now);
+        free(reason);
+    }
+    return true;
+}
+
+void engine_cancel(struct engine *e)
+{
+    e->cancelling = true;
+}
+
+void engine_abort(struct engine *e, const char *reason)
+{
+    if (!e->failure)
+        e->failure = xstrdup(reason);
+}
+
+void engine_end_steps(struct engine *e, const char *reason)
+{
+    for (size_t index = 0; index < e->step_count; index++) {
+        struct step_run *step = &e->steps[index];
+        if (step_state_final(step->state))
+            continue;
+        bool was_skipped = !e->cancelling && step->state != STEP_DISPATCHED;
+        cJSON *payload = cJSON_CreateObject();
+        leave_dispatched(e, index, reason);
+        reach_final(e, index, was_skipped ? STEP_SKIPPED : STEP_CANCELLED);
+        record(e, index, NULL, was_skipped ? NULL : reason);
+        cJSON_AddStringToObject(payload, "reason", reason);
+        /* Not a decision about the step, unlike the other skips: a fork runs it. */
+        if (was_skipped)
+            cJSON_AddBoolToObject(payload, "unreached", true);
+        audit(e, index, was_skipped ? "step.skipped" : "step.cancelled", payload, true);
+        progress(e, "step", index, NULL, 0);
+    }
+}
+
+/* ---- taking a run over --------------------------------------------------------------------- */
+
+int engine_load_step(struct engine *e, size_t index, enum step_state state, int attempt,
+                     const char *error, int64_t due_ms, struct tr_error *err)
+{
+    if (index >= e->step_count || (unsigned)state >= STEP_STATE_COUNT)
+        return tr_error_set(err, TR_EINVAL, "no step %zu, or no state %d", index, (int)state);
+    struct step_run *step = &e->steps[index];
+    step->attempt = attempt;
+    step->state = state;
+    e->loaded = true;
+    if (state == STEP_FAILED && !e->failure &&
+        workflow_step_on_error(e->wf, index, NULL) == WORKFLOW_ON_ERROR_FAIL) {
+        e->failure = xasprintf("step '%s' failed: %s", workflow_step_id(e->wf, index),
+                               error ? error : "unknown error");
+    } else if (state == STEP_WAITING_APPROVAL) {
+        step->needs_approval = true;
+        e->waiting++;
+    } else if (state == STEP_RETRY_WAIT) {
+        step->due_ms = due_ms;
+    }
+    return 0;
+}
+
+void engine_load_item(struct engine *e, size_t index, long item)
+{
+    if (index < e->step_count && item >= 0 && !finished(&e->steps[index], item))
+        set_finished(&e->steps[index], item);
+}
+
+/* From the steps' states set at once: the needs each still waits for, and the counts. */
+static void count_states(struct engine *e)
+{
+    e->done = e->failed = 0;
+    for (size_t i = 0; i < e->step_count; i++) {
+        struct step_run *step = &e->steps[i];
+        step->unmet = 0;
+        for (size_t k = 0; k < workflow_step_needs_count(e->wf, i); k++)
+            step->unmet += !engine_step_stands(e, workflow_step_need(e->wf, i, k));
+        if (step_state_final(step->state)) {
+            e->done++;
+            e->failed += step->state == STEP_FAILED;
+        }
+    }
+}
+
+void engine_loaded(struct engine *e)
+{
+    /* A failed step's fallback runs for it (again, if it had not ended). */
+    for (size_t i = 0; i < e->step_count; i++) {
+        size_t fallback;
+        if (e->steps[i].state == STEP_FAILED &&
+            workflow_step_on_error(e->wf, i, &fallback) == WORKFLOW_ON_ERROR_FALLBACK &&
+            e->steps[fallback].stands_for < 0)
+            e->steps[fallback].stands_for = (long)i;
+    }
+    /* What the steps that need an absorbed failure see in its place: null (continue), or the
+     * fallback's output. */
+    for (size_t i = 0; i < e->step_count; i++) {
+        size_t fallback;
+        enum workflow_on_error on_error = workflow_step_on_error(e->wf, i, &fallback);
+        if (e->steps[i].state != STEP_FAILED || !engine_step_stands(e, i))
+            continue;
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK && e->steps[fallback].state == STEP_SUCCEEDED) {
+            if (workflow_step_output_read(e->wf, i))
+                workflow_scope_set_same(e->scope, "steps", workflow_step_id(e->wf, i),
+                                        workflow_step_id(e->wf, fallback));
+        } else {
+            scope_keep(e, i, NULL, NULL, false);
+        }
+    }
+    count_states(e);
+}
+
+void engine_start(struct engine *e, int64_t now)
+{
+    /* Which steps to queue is decided before any is: a step done at once releases its
+     * dependents itself, and they must not be queued twice. */
+    bool *queue = xcalloc(e->step_count ? e->step_count : 1, sizeof(*queue));
+    for (size_t i = 0; i < e->step_count; i++) {
+        struct step_run *step = &e->steps[i];
+        /* A fallback starts only when the step it stands in for has failed. */
+        bool may_start = !workflow_step_is_fallback(e->wf, i) || step->stands_for >= 0;
+        queue[i] = step->state == STEP_DISPATCHED ||
+                   ((step->state == STEP_PENDING || step->state == STEP_READY) &&
+                    step->unmet == 0 && may_start);
+    }
+    for (size_t i = 0; i < e->step_count; i++) {
+        struct step_run *step = &e->steps[i];
+        if (!queue[i] || step_state_final(step->state))
+            continue;
+        if (step->state == STEP_DISPATCHED) {
+            cJSON *payload = cJSON_CreateObject();
+            cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+            cJSON_AddStringToObject(payload, "reason",
+                                    "in flight when the previous scheduler stopped");
+            audit(e, i, "step.recovered", payload, false);
+            make_ready(e, i, now);
+        } else if ((step->state == STEP_PENDING || step->state == STEP_READY) && step->unmet == 0) {
+            make_ready(e, i, now);
+        }
+    }
+    free(queue);
+}
+
+/* ---- a fork's take-over -------------------------------------------------------------------- */
+
+/* The state a reused step ended in, or STEP_PENDING for none that can be taken over. */
+static enum step_state reuse_state(const struct sched_reuse *reuse)
+{
+    if (!reuse->state || strcmp(reuse->state, "succeeded") == 0)
+        return STEP_SUCCEEDED;
+    if (strcmp(reuse->state, "failed") == 0)
+        return STEP_FAILED;
+    if (strcmp(reuse->state, "skipped") == 0)
+        return STEP_SKIPPED;
+    return STEP_PENDING;
+}
+
+/* Records step index as taken over from the parent run, in the state already set. */
+static void record_reused(struct engine *e, size_t index, const struct sched_reuse *reuse,
+                          const char *parent, const char *output_json, cJSON *payload)
+{
+    struct step_run *step = &e->steps[index];
+
+    decide(e, index, ENGINE_NO_ITEM, ENGINE_DECIDE_REUSE, ENGINE_NO_STEP);
+    record(e, index, output_json, step->state == STEP_FAILED ? reuse->error : NULL);
+    cJSON_AddStringToObject(payload, "parent", parent);
+    cJSON_AddStringToObject(payload, "status", step_state_names[step->state]);
+    audit(e, index, "step.reused", payload, true);
+}
+
+int engine_reuse(struct engine *e, const struct sched_reuse *reuse, size_t count,
+                 const char *parent, struct tr_error *err)
+{
+    size_t n = e->step_count;
+    const struct sched_reuse **of = xcalloc(n ? n : 1, sizeof(*of));
+    int rc = 0;
+
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        long index = workflow_step_find(e->wf, reuse[i].step_id);
+        if (index < 0 || of[index] || reuse_state(&reuse[i]) == STEP_PENDING)
+            rc = tr_error_set(err, TR_EINVAL, "cannot reuse step '%s': %s", reuse[i].step_id,
+                              index < 0   ? "the workflow has no such step"
+                              : of[index] ? "reused twice"
+                                          : "not a state a step ends in");
+        else
+            of[index] = &reuse[i];
+    }
+    /* Failures first: one is taken over only if the workflow goes on without the step, as a
+     * live run would (a fallback runs once, for one step, and must not have ended otherwise);
+     * its fallback then stands in for it, taken over too or run live. */
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        size_t fallback = SIZE_MAX;
+        if (!of[i] || reuse_state(of[i]) != STEP_FAILED)
+            continue;
+        enum workflow_on_error on_error = workflow_step_on_error(e->wf, i, &fallback);
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+            (e->steps[fallback].stands_for >= 0 ||
+             (of[fallback] && reuse_state(of[fallback]) != STEP_SUCCEEDED)))
+            on_error = WORKFLOW_ON_ERROR_FAIL;
+        if (on_error == WORKFLOW_ON_ERROR_FAIL) {
+            of[i] = NULL; /* it runs again */
+            continue;
+        }
+        if (on_error == WORKFLOW_ON_ERROR_FALLBACK)
+            e->steps[fallback].stands_for = (long)i;
+        e->steps[i].state = STEP_FAILED;
+        cJSON *payload = cJSON_CreateObject();
+        if (of[i]->error)
+            cJSON_AddStringToObject(payload, "error", of[i]->error);
+        else
+            cJSON_AddNullToObject(payload, "error"); /* as the row holds it */
+        add_on_error(e, payload, on_error, fallback);
+        record_reused(e, i, of[i], parent, NULL, payload);
+        if (on_error == WORKFLOW_ON_ERROR_CONTINUE)
+            scope_keep(e, i, NULL, NULL, false);
+    }
+    /* Then what succeeded (a fallback's output standing in for the failure it absorbed) or
+     * was skipped. */
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        struct step_run *step = &e->steps[i];
+        if (!of[i] || reuse_state(of[i]) == STEP_FAILED)
+            continue;
+        step->state = reuse_state(of[i]);
+        cJSON *payload = cJSON_CreateObject();
+        if (step->state == STEP_SKIPPED) {
+            cJSON_AddStringToObject(payload, "reason", of[i]->reason ? of[i]->reason : "");
+            record_reused(e, i, of[i], parent, NULL, payload);
+            continue;
+        }
+        cJSON *none = of[i]->output ? NULL : cJSON_CreateNull();
+        const cJSON *output = of[i]->output ? of[i]->output : none;
+        char *output_json = own(e, tr_json_print(output));
+        cJSON_AddItemToObject(payload, "output", cJSON_Duplicate(output, true));
+        record_reused(e, i, of[i], parent, output_json, payload);
+        keep_output(e, i, output, output_json, step->attempt);
+        if (step->stands_for >= 0)
+            keep_output(e, (size_t)step->stands_for, output, output_json,
+                        e->steps[step->stands_for].attempt);
+        cJSON_Delete(none);
+    }
+    /* What follows from them, as it would live: the needs met, a fallback that no failure
+     * needs is skipped, and so are the steps that need a skipped step. */
+    count_states(e);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (!of[i] || e->steps[i].state == STEP_FAILED)
+            continue;
+        settle_fallback(e, i);
+        if (e->steps[i].state == STEP_SKIPPED)
+            skip_dependents(e, i);
+    }
+    free(of);
+    return rc;
+}
+
+/* ---- queries ------------------------------------------------------------------------------- */
+
+enum step_state engine_step_state(const struct engine *e, size_t index)
+{
+    return e->steps[index].state;
+}
+
+int engine_step_attempt(const struct engine *e, size_t index)
+{
+    return e->steps[index].attempt;
+}
+
+bool engine_step_items(const struct engine *e, size_t index, long *ret_done, long *ret_count)
+{
+    const struct fanout *fan = e->steps[index].fan;
+    if (!fan)
+        return false;
+    *ret_done = fan->done;
+    *ret_count = fan->count;
+    return true;
+}
+
+void engine_counts(const struct engine *e, struct engine_counts *ret)
+{
+    ret->done = e->done;
+    ret->failed = e->failed;
+    ret->retries = e->retries;
+    ret->waiting = e->waiting;
+    ret->ready = e->ready_len;
+    ret->total = e->step_count;
+}
+
+bool engine_stalled(const struct engine *e)
+{
+    return e->stalled;
+}
+
+const char *engine_failure_reason(const struct engine *e)
+{
+    return e->failure;
+}
+
+bool engine_cancelling(const struct engine *e)
+{
+    return e->cancelling;
+}
