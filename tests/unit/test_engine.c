@@ -849,7 +849,7 @@ static const struct engine_case cases[] = {
         .name = "retry: a result for an attempt given up is ignored",
         .steps = TOOL("a") "    with: {message: a}\n"
                            "    retry: {attempts: 3, backoff: 10ms, errors: [tool]}\n",
-        .script = "fail a tool once\nstale a 1 \"late\"\ntick 10\nok a \"A\"",
+        .script = "fail a tool once\nstale a 1 \"late\"\ntick 10\nstale a 1 \"late\"\nok a \"A\"",
         .decisions = "dispatch a; retry a; dispatch a; succeed a",
         .has = "record a succeeded attempt=2 output=\"A\"",
         .lacks = "output=\"late\"",
