@@ -350,6 +350,11 @@ void engine_step_policy(const struct engine *e, size_t index, struct engine_poli
     ret->approval = step->needs_approval || step->gate || step->destructive;
 }
 
+void engine_seed(struct engine *e, uint64_t seed)
+{
+    e->seed = seed;
+}
+
 void engine_step_needs_approval(struct engine *e, size_t index, bool destructive)
 {
     if (destructive)

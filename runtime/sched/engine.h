@@ -204,6 +204,9 @@ void engine_loaded(struct engine *engine);
 int engine_reuse(struct engine *engine, const struct sched_reuse *reuse, size_t count,
                  const char *parent, struct tr_error *err) TR_MUST_CHECK;
 
+/* The seed of the backoff's jitter (config.seed until then), before the first event. */
+void engine_seed(struct engine *engine, uint64_t seed);
+
 /* ---- events ------------------------------------------------------------------------------- */
 
 /* The run begins (or is taken over): the steps whose needs stand become ready; those that

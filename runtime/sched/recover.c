@@ -37,7 +37,7 @@ char *sched__options_json(const struct run *run)
         cJSON_AddBoolToObject(o, "approve_destructive", true);
     cJSON *approve = cJSON_AddArrayToObject(o, "approve");
     for (size_t i = 0; i < run->step_count; i++)
-        if (run->steps[i].needs_approval)
+        if (run->needs_approval[i])
             cJSON_AddItemToArray(approve, cJSON_CreateString(workflow_step_id(run->wf, i)));
     char *json = tr_json_print(o);
     cJSON_Delete(o);
@@ -60,8 +60,10 @@ void sched__approvals_from_json(struct run *run, const char *json)
     cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "approve"))
     {
         long index = cJSON_IsString(item) ? workflow_step_find(run->wf, item->valuestring) : -1;
-        if (index >= 0)
-            run->steps[index].needs_approval = true;
+        if (index >= 0) {
+            run->needs_approval[index] = true;
+            engine_step_needs_approval(run->engine, (size_t)index, false);
+        }
     }
     cJSON_Delete(o);
 }
@@ -111,6 +113,7 @@ struct load {
     struct run *run;
     struct tr_error *err;
     int64_t wall_now;
+    size_t index; /* load_item: the step */
 };
 
 static int load_step(void *userdata, const struct store_step *row)
@@ -123,27 +126,28 @@ static int load_step(void *userdata, const struct store_step *row)
         return tr_error_set(load->err, TR_EINVAL,
                             "run '%s' has a step '%s' that its workflow does not have", run->id,
                             row->step_id);
-    struct step_run *step = &run->steps[index];
-    step->attempt = row->attempt;
-    step->state = parse_state(row->state);
-    if (step->state == STEP_SUCCEEDED && workflow_step_output_read(run->wf, (size_t)index)) {
+    enum step_state state = parse_state(row->state);
+    int64_t due_ms = 0;
+    if (state == STEP_SUCCEEDED && workflow_step_output_read(run->wf, (size_t)index)) {
         /* Written by the scheduler as JSON; anything else is a damaged database. */
         if (workflow_scope_set(run->scope, "steps", row->step_id, "output", NULL, row->output_json,
                                load->err) < 0) {
             tr_error_prefix(load->err, "run '%s', the output of step '%s'", run->id, row->step_id);
             return load->err->code;
         }
-    } else if (step->state == STEP_FAILED && !run->failure &&
-               workflow_step_on_error(run->wf, (size_t)index, NULL) == WORKFLOW_ON_ERROR_FAIL) {
-        run->failure = xasprintf("step '%s' failed: %s", row->step_id,
-                                 row->error ? row->error : "unknown error");
-    } else if (step->state == STEP_WAITING_APPROVAL) {
-        step->needs_approval = true;
-        run->waiting++;
-    } else if (step->state == STEP_RETRY_WAIT) {
+    } else if (state == STEP_RETRY_WAIT) {
         int64_t wait = row->next_attempt_at_ms - load->wall_now;
-        step->due_ms = tr_now_ms() + (wait > 0 ? wait : 0);
+        due_ms = tr_now_ms() + (wait > 0 ? wait : 0);
     }
+    return engine_load_step(run->engine, (size_t)index, state, row->attempt, row->error, due_ms,
+                            load->err);
+}
+
+static int load_item(void *userdata, const struct store_step_item *item)
+{
+    struct load *load = userdata;
+    if (item->idx >= 0)
+        engine_load_item(load->run->engine, load->index, (long)item->idx);
     return 0;
 }
 
@@ -162,55 +166,27 @@ int sched__load_run(struct run *run, struct tr_error *err)
 {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    struct load load = {run, err, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000};
+    struct load load = {run, err, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, 0};
     int rc = store_steps_list(run->store, run->id, load_step, &load, err);
 
     if (rc == 0)
         rc = store_context_list(run->store, run->id, load_context, &load, err);
+    /* A for_each under way: the items that succeeded are not sent again. */
+    for (size_t i = 0; rc == 0 && i < run->step_count; i++) {
+        load.index = i;
+        if (!step_state_final(engine_step_state(run->engine, i)) &&
+            workflow_step_has_expression(run->wf, i, WORKFLOW_EXPR_FOR_EACH))
+            rc = store_step_items_list(run->store, run->id, workflow_step_id(run->wf, i), load_item,
+                                       &load, err);
+    }
     if (rc < 0)
         return rc;
-    /* A failed step's fallback runs for it (again, if it had not ended). */
-    for (size_t i = 0; i < run->step_count; i++) {
-        size_t fallback;
-        if (run->steps[i].state == STEP_FAILED &&
-            workflow_step_on_error(run->wf, i, &fallback) == WORKFLOW_ON_ERROR_FALLBACK &&
-            run->steps[fallback].stands_for < 0)
-            run->steps[fallback].stands_for = (long)i;
-    }
-    /* What the steps that need an absorbed failure see in its place: null (continue), or the
-     * fallback's output. */
-    for (size_t i = 0; i < run->step_count; i++) {
-        size_t fallback;
-        enum workflow_on_error on_error = workflow_step_on_error(run->wf, i, &fallback);
-        if (run->steps[i].state != STEP_FAILED || !sched__step_stands(run, i))
-            continue;
-        if (on_error == WORKFLOW_ON_ERROR_FALLBACK &&
-            run->steps[fallback].state == STEP_SUCCEEDED) {
-            if (workflow_step_output_read(run->wf, i))
-                workflow_scope_set_same(run->scope, "steps", workflow_step_id(run->wf, i),
-                                        workflow_step_id(run->wf, fallback));
-        } else {
-            sched__scope_keep(run, i, NULL, NULL, false);
-        }
-    }
-    /* Counters and needs from the loaded states; what was in flight goes out again. */
-    sched__count_states(run);
+    /* Fallbacks standing in, what absorbed failures leave, counts; what was in flight goes
+     * out again (engine_start). */
+    engine_loaded(run->engine);
+    if (!run->failure && engine_failure_reason(run->engine))
+        run->failure = xstrdup(engine_failure_reason(run->engine));
     return 0;
-}
-
-void sched__count_states(struct run *run)
-{
-    run->done = run->failed = 0;
-    for (size_t i = 0; i < run->step_count; i++) {
-        struct step_run *step = &run->steps[i];
-        step->unmet = 0;
-        for (size_t k = 0; k < workflow_step_needs_count(run->wf, i); k++)
-            step->unmet += !sched__step_stands(run, workflow_step_need(run->wf, i, k));
-        if (step_state_final(step->state)) {
-            run->done++;
-            run->failed += step->state == STEP_FAILED;
-        }
-    }
 }
 
 /* ---- cancelling a run without a scheduler --------------------------------------------------- */

@@ -26,67 +26,18 @@
 /* A step's states (enum step_state, step_state_names, step_state_final) are store.h's. */
 
 /*
- * What governs a step's attempts: the run's options are the defaults, the workflow's
- * per-step fields (retry, timeout, approval steps) override them here, in
- * sched__step_policy, and nowhere else.
- */
-struct step_policy {
-    int max_attempts;
-    unsigned retry_on; /* TR_ERROR_CLASS_BIT of each class retried */
-    int delay_ms;
-    int max_delay_ms;
-    int timeout_ms;
-    bool approval; /* wait for a decision before the first dispatch */
-};
-
-struct step_run {
-    enum step_state state;
-    int attempt;    /* dispatches over the run's whole life (persisted) */
-    int failures;   /* failed attempts since this scheduler took the run over */
-    unsigned unmet; /* needs that have not succeeded */
-    int64_t dispatched_ms;
-    int64_t due_ms;      /* retry-wait: when it becomes ready again */
-    bool needs_approval; /* it waits for troupe approve before its first dispatch */
-    bool approved;
-    bool checked;       /* its `when` (and an approval's `if`) has been decided */
-    bool ready_unsaved; /* ready, and not recorded so yet (sched__record_ready) */
-    bool gate;          /* an approval step whose approval is asked */
-    long stands_for;    /* a fallback step: the failed step it runs for, or -1 (not started) */
-    struct fanout *fan; /* a for_each step under way, else NULL */
-};
-
-/*
- * A for_each step under way: its items (evaluated once per scheduler), which of them have
- * succeeded (kept in the store as they arrive, so a resumed run skips them), and how many are
- * active (a task in flight, or waiting for a retry), at most `window` at once. Memory holds
- * the list and one bit per item, never the results.
- */
-struct fanout {
-    struct workflow_list *items;  /* as jq yielded them */
-    struct workflow_scope *scope; /* the scope when the step started, for every item */
-    long count;
-    long next; /* the lowest item that may still need dispatching */
-    long done; /* items that succeeded, this scheduler or an earlier one */
-    long active;
-    long window;
-    unsigned char *finished; /* a bit per item */
-};
-
-/*
- * One assignment: a tool step, or one item of a for_each step, on an agent. An item whose
- * attempt failed keeps its task while it waits for its retry (agent -1, due_ms). A task the
- * scheduler gave up (cancelled) holds its agent's credit until the agent answers.
+ * One assignment: a call of a step (or of one of its for_each items) on an agent, as the
+ * engine dispatched it. A task the scheduler gave up (cancelled) holds its agent's credit
+ * until the agent answers.
  */
 struct task {
     int64_t id; /* sent in the assign; the result names it */
     size_t step;
-    long item;    /* for_each: the item's index, else -1 */
-    long agent;   /* the agent performing it, or -1 */
-    int attempt;  /* the attempt sent: the step's, or the item's own */
-    int failures; /* an item's failed attempts */
+    long item;   /* for_each: the item's index, else -1 */
+    long agent;  /* the agent performing it, or -1 */
+    int attempt; /* the attempt sent: the step's, or the item's own */
     bool cancelled;
     int64_t deadline_ms; /* when the scheduler stops waiting for the result */
-    int64_t due_ms;      /* an item waiting for its retry: when it is due */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -137,16 +88,15 @@ struct run {
     struct bus *bus;
     struct agent_proc *agents;
     size_t agent_count;
-    struct step_run *steps;
+    /* The run's decisions (engine.h): step states, readiness, retries, fan-outs. What it
+     * answers is carried out by sched__drain, within the turn. */
+    struct engine *engine;
     size_t step_count;
-    size_t *dependents; /* dependents of step i: dependents[dep_start[i] .. dep_start[i+1]] */
-    size_t *dep_start;
-    size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
-    size_t ready_head, ready_len;
-    bool ready_stalled; /* the last dispatch left every ready step waiting for an agent */
-    size_t done, failed, in_flight, retries, waiting; /* in_flight: tasks on agents */
-    size_t fanouts;                                   /* for_each steps under way */
-    struct task *tasks;                               /* every task, in no order */
+    bool *needs_approval; /* by step: named by --approve (kept with the run's options) */
+    size_t *unsaved;      /* steps that became ready and are not recorded so yet */
+    size_t unsaved_len;   /* (sched__record_ready records those still ready) */
+    size_t in_flight;     /* tasks on agents */
+    struct task *tasks;   /* every task, in no order */
     size_t task_count, task_cap;
     /* {"input", "context", "steps"}: what expressions are evaluated over, kept for jq and
      * changed in place as steps end */
@@ -200,71 +150,49 @@ void sched__audit(struct run *run, const char *step_id, const char *actor, const
 /* sched__audit with the payload as JSON text (borrowed), recorded as it is. */
 void sched__audit_json(struct run *run, const char *step_id, const char *actor, const char *type,
                        const char *payload_json);
-/* A progress event of step index (with its items done and in all, when it fans out). */
-void sched__progress(struct run *run, const char *event, size_t index, const char *error,
-                     int64_t duration_ms);
+/* A progress event (the engine's PROGRESS effect). */
+void sched__progress(struct run *run, const struct engine_effect *fx);
 /* The run's scope, for evaluations. */
 const struct workflow_scope *sched__scope(struct run *run);
-/* Keeps step index's output in the run's scope (workflow_scope_keep_output); a failure fails
- * the run. */
-void sched__scope_keep(struct run *run, size_t index, const cJSON *output, const char *output_json,
-                       bool save);
 
-/* steps.c */
-void sched__step_policy(const struct run *run, size_t index, struct step_policy *ret_policy);
-void sched__record_step(struct run *run, size_t index, const char *output_json, const char *error);
-/* Records the steps still in the ready queue that are not recorded as ready yet. */
+/* steps.c: the live driver's side of the engine */
+/* Carries out the effects the engine made (store calls, audit events, assignments, progress,
+ * logs) in order, and clears them. Called after every engine event. */
+void sched__drain(struct run *run);
+/* The run's counts of steps (engine_counts). */
+void sched__counts(const struct run *run, struct engine_counts *ret_counts);
+/* Records step index's row in the state the engine holds (a new run's pending steps). */
+void sched__record_state(struct run *run, size_t index);
+/* Records the steps that became ready and still are, not recorded so yet. */
 void sched__record_ready(struct run *run);
-void sched__build_graph(struct run *run);
-void sched__make_ready(struct run *run, size_t index);
-/*
- * A step's call(s) succeeded: result is the CallToolResult (for a for_each step whose output
- * transforms the list, the array of them), or outputs_json (taken) the JSON text of a
- * for_each's list of item outputs. The output is computed, recorded and saved; dependents
- * follow.
- */
-void sched__step_result(struct run *run, size_t index, const cJSON *result, char *outputs_json);
-/* A step fails now (no retry): on_error decides what follows. */
-void sched__step_failed(struct run *run, size_t index, const char *error, int64_t duration);
-/*
- * A forked run takes over from its parent the steps of run->opts.reuse (sched_reuse says how),
- * with a step.reused event each, and leaves the others to run: for a run being created, before
- * take-over queues what is ready. TR_EINVAL (err) for a step the workflow does not have, or
- * one named twice.
- */
-int sched__steps_reuse(struct run *run, struct tr_error *err) TR_MUST_CHECK;
-/* A failed attempt: retried when the policy allows the class, else the step fails. */
-void sched__step_attempt_failed(struct run *run, size_t index, enum tr_error_class error_class,
-                                const char *error);
-void sched__step_cancel(struct run *run, size_t index, const char *reason);
-/*
- * Whether the steps that need this one may start: it succeeded, or it failed and its
- * on_error absorbs the failure (continue, or a fallback that succeeded).
- */
-bool sched__step_stands(const struct run *run, size_t index);
+/* Sends what is ready within the room the agents have (engine_dispatch). */
 void sched__dispatch_ready(struct run *run);
+/* Retry waits due (engine_tick), then tasks past their deadline. */
 void sched__check_steps(struct run *run, int64_t now);
 /* Records the destructive tools an agent of persona reported in its ready message. */
 void sched__note_destructive(struct run *run, const char *persona, const char *ready_json);
-/* Looks for decisions on the steps waiting for approval, and acts on them. */
+/* Looks for decisions on the steps waiting for approval, and hands them to the engine. */
 void sched__check_approvals(struct run *run);
 /* The class the agent named (tr_error_class_names), protocol for none or another name. */
 enum tr_error_class sched__error_class(const char *name);
-/* Exponential backoff with jitter before attempt failures + 1. */
-int64_t sched__backoff_ms(const struct step_policy *policy, int failures);
+/* A fork takes over the steps of run->opts.reuse (engine_reuse). */
+int sched__steps_reuse(struct run *run, struct tr_error *err) TR_MUST_CHECK;
+/* The run is cancelled (a signal, its deadline): the engine starts nothing more. */
+void sched__cancelling(struct run *run);
 
 /* tasks.c */
 struct task *sched__task_find(struct run *run, int64_t id);
 /* The ready agent of the persona with the most credit left, or -1. */
 long sched__agent_for(struct run *run, size_t persona);
-/* Dispatches a ready tool step to the agent (a task; the assign waits in the outbox). */
-void sched__dispatch_step(struct run *run, size_t index, long agent_index);
-/* A ready for_each step: evaluates its list, skips items done before, starts the fan-out. */
-void sched__fanout_start(struct run *run, size_t index);
-/* Dispatches items of the fan-outs under way (retries first) while agents have credit. */
-void sched__fanout_fill(struct run *run);
-/* Gives up every task of the step (agents are told to cancel) and its fan-out. */
+/* How many more tasks agents of persona can take now (what sched__agent_for would give). */
+size_t sched__room(struct run *run, size_t persona);
+/* The engine's dispatch: a task on the persona's agent with the most credit left, its assign
+ * in the outbox and its step.dispatched event. */
+void sched__task_send(struct run *run, const struct engine_effect *fx);
+/* Gives up every task of the step (agents are told to cancel). */
 void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason);
+/* The engine's GATHER: the items' outputs (or raw results) from the store, in order. */
+void sched__gather(struct run *run, size_t index, bool raw);
 /* Raises the open-files limit to what the run's agents need, or says why it cannot
  * (TR_EINVAL), before anything is started. */
 int sched__check_fd_limit(const struct run *run, struct tr_error *err) TR_MUST_CHECK;
@@ -294,9 +222,6 @@ char *sched__options_json(const struct run *run);
 void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_wall,
                               const char *json);
 int sched__load_run(struct run *run, struct tr_error *err) TR_MUST_CHECK;
-/* From the steps' states set at once (a resumed or a forked run): the needs each step still
- * waits for (those that do not stand), and the counts of steps done and failed. */
-void sched__count_states(struct run *run);
 /* Marks the steps the kept options say need approval. */
 void sched__approvals_from_json(struct run *run, const char *json);
 

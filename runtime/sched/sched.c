@@ -56,6 +56,8 @@ void sched__fail(struct run *run, const char *fmt, ...)
     va_end(ap);
     /* The first reason is the run's; what follows from it is said, but not as its error. */
     tr_log(run->failure ? TR_LOG_WARN : TR_LOG_ERROR, "%s", reason);
+    if (run->engine)
+        engine_abort(run->engine, reason); /* nothing more starts */
     if (!run->failure)
         run->failure = reason;
     else
@@ -96,40 +98,29 @@ const struct workflow_scope *sched__scope(struct run *run)
     return run->scope;
 }
 
-void sched__scope_keep(struct run *run, size_t index, const cJSON *output, const char *output_json,
-                       bool save)
+void sched__progress(struct run *run, const struct engine_effect *fx)
 {
-    struct tr_error err = {0};
-    if (workflow_scope_keep_output(run->scope, run->wf, index, output, output_json, save, &err) < 0)
-        sched__fail(run, "the output of '%s' cannot be kept: %s", workflow_step_id(run->wf, index),
-                    err.message);
-}
+    size_t index = fx->step;
 
-void sched__progress(struct run *run, const char *event, size_t index, const char *error,
-                     int64_t duration_ms)
-{
     /* Once the store is lost, what the turn did is not recorded: it is not shown either. */
     if (!run->opts.on_progress || run->store_lost)
         return;
     struct sched_progress progress = {
-        .event = event,
+        .event = fx->type,
         .step_id = workflow_step_id(run->wf, index),
         .persona = workflow_persona_name(run->wf, workflow_step_persona(run->wf, index)),
-        .state = step_state_names[run->steps[index].state],
-        .attempt = run->steps[index].attempt,
-        .duration_ms = duration_ms,
-        .error = error,
-        .done = run->done,
+        .state = step_state_names[fx->state],
+        .attempt = fx->attempt,
+        .duration_ms = fx->duration_ms,
+        .error = fx->error,
+        .done = fx->done,
         .total = run->step_count,
-        .failed = run->failed,
-        .retries = run->retries,
+        .failed = fx->failed,
+        .retries = fx->retries,
         .in_flight = run->in_flight,
+        .items_done = fx->items_done,
+        .items_total = fx->items_total,
     };
-    const struct fanout *fan = run->steps[index].fan;
-    if (fan) {
-        progress.items_done = fan->done;
-        progress.items_total = fan->count;
-    }
     run->opts.on_progress(run->opts.userdata, &progress);
 }
 
@@ -185,9 +176,8 @@ static void cancel_unfinished(struct run *run, const char *reason)
 
     if (sched__begin(run) < 0)
         return;
-    for (size_t i = 0; i < run->step_count; i++)
-        if (!step_state_final(run->steps[i].state))
-            sched__step_cancel(run, i, reason);
+    engine_end_steps(run->engine, reason);
+    sched__drain(run);
     (void)sched__commit_and_send(run, &err);
 }
 
@@ -203,7 +193,10 @@ static void loop(struct run *run)
     bool open = false;
     struct tr_error err = {0};
 
-    while (run->done < run->step_count && !run->store_lost) {
+    struct engine_counts counts;
+
+    for (sched__counts(run, &counts); counts.done < run->step_count && !run->store_lost;
+         sched__counts(run, &counts)) {
         struct bus_msg *msg = NULL;
         int64_t now = tr_now_ms();
         bool cancel = sched__cancel_signal && !run->cancelling;
@@ -216,7 +209,7 @@ static void loop(struct run *run)
             open = false;
         }
         if (cancel) {
-            run->cancelling = true;
+            sched__cancelling(run);
             cancel_unfinished(run, "the run was cancelled");
             return;
         }
@@ -228,13 +221,13 @@ static void loop(struct run *run)
         }
         if (late) {
             sched__fail(run, "the run did not finish within its deadline");
-            run->cancelling = true;
+            sched__cancelling(run);
             cancel_unfinished(run, "the run's deadline passed");
             return;
         }
         if (run->failure && run->in_flight == 0)
             return;
-        int wait = run->ready_len && !run->ready_stalled && !run->failure ? 0 : POLL_MS;
+        int wait = counts.ready && !engine_stalled(run->engine) && !run->failure ? 0 : POLL_MS;
         if (open && wait > GROUP_COMMIT_MS - (now - opened_ms))
             wait = (int)(GROUP_COMMIT_MS - (now - opened_ms));
         int rc = bus_recv(run->bus, wait < 0 ? 0 : wait, &msg, &err);
@@ -268,13 +261,15 @@ static void loop(struct run *run)
             last_timers = now;
         }
         sched__report_refused(run, now, false);
-        if (run->waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
+        sched__counts(run, &counts);
+        if (counts.waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
             sched__check_approvals(run);
             last_approvals = now;
         }
         sched__dispatch_ready(run);
-        if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS || run->done == run->step_count ||
-            run->failure) {
+        sched__counts(run, &counts);
+        if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS ||
+            counts.done == run->step_count || run->failure) {
             open = false;
             if (sched__commit_and_send(run, &err) < 0)
                 return;
@@ -341,16 +336,12 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     if (run->opts.retry_max_delay_ms < run->opts.retry_delay_ms)
         run->opts.retry_max_delay_ms = run->opts.retry_delay_ms;
     run->step_count = workflow_step_count(wf);
-    run->steps = xcalloc(run->step_count ? run->step_count : 1, sizeof(*run->steps));
-    for (size_t i = 0; i < run->step_count; i++) {
-        run->steps[i].stands_for = -1;
-        run->steps[i].unmet = (unsigned)workflow_step_needs_count(wf, i);
-    }
-    sched__build_graph(run);
+    run->needs_approval = xcalloc(run->step_count ? run->step_count : 1, sizeof(bool));
+    run->unsaved = xcalloc(run->step_count ? run->step_count : 1, sizeof(*run->unsaved));
     for (size_t i = 0; i < opts->approve_count; i++) {
         long index = workflow_step_find(run->wf, opts->approve_steps[i]);
         if (index >= 0)
-            run->steps[index].needs_approval = true;
+            run->needs_approval[index] = true;
     }
     cJSON *scope = cJSON_CreateObject();
     cJSON_AddItemToObject(scope, "input",
@@ -359,6 +350,17 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     cJSON_AddItemToObject(scope, "steps", cJSON_CreateObject());
     run->scope = workflow_scope_new(scope);
     cJSON_Delete(scope);
+    struct engine_config config = {
+        .wf = wf,
+        .scope = run->scope,
+        .defaults = {.max_attempts = run->opts.max_attempts,
+                     .retry_on = run->opts.retry_on,
+                     .delay_ms = run->opts.retry_delay_ms,
+                     .max_delay_ms = run->opts.retry_max_delay_ms,
+                     .timeout_ms = run->opts.step_timeout_ms},
+        .needs_approval = run->needs_approval,
+    };
+    run->engine = engine_new(&config);
 }
 
 /* The run row's times and plan hash, for the events that back them (docs/audit.md). */
@@ -411,7 +413,7 @@ static int create_run(struct run *run, struct tr_error *err)
         sched__audit(run, NULL, "scheduler", "run.started", payload);
     }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++)
-        sched__record_step(run, i, NULL, NULL);
+        sched__record_state(run, i);
     if (rc == 0 && run->opts.reuse_count)
         rc = sched__steps_reuse(run, err);
     if (rc == 0 && (run->store_lost || run->failure))
@@ -448,37 +450,21 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
     if (rc == 0 && resumed) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddNumberToObject(payload, "pid", getpid());
-        cJSON_AddNumberToObject(payload, "done", (double)run->done);
+        struct engine_counts counts;
+        sched__counts(run, &counts);
+        cJSON_AddNumberToObject(payload, "done", (double)counts.done);
         cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
         sched__audit(run, NULL, "scheduler", "run.resumed", payload);
     }
-    /* Which steps to queue is decided before any is: a step done at once (eval, a `when`
-     * skip) releases its dependents itself, and they must not be queued twice. */
-    bool *queue = xcalloc(run->step_count ? run->step_count : 1, sizeof(*queue));
-    for (size_t i = 0; i < run->step_count; i++) {
-        struct step_run *step = &run->steps[i];
-        /* A fallback starts only when the step it stands in for has failed. */
-        bool may_start = !workflow_step_is_fallback(run->wf, i) || step->stands_for >= 0;
-        queue[i] = step->state == STEP_DISPATCHED ||
-                   ((step->state == STEP_PENDING || step->state == STEP_READY) &&
-                    step->unmet == 0 && may_start);
+    /* The backoff's jitter is the run's own: a replay computes the same delays. */
+    uint64_t seed = 1469598103934665603ull; /* FNV-1a of the run id */
+    for (const char *c = run->id; *c; c++)
+        seed = (seed ^ (unsigned char)*c) * 1099511628211ull;
+    engine_seed(run->engine, seed);
+    if (rc == 0) {
+        engine_start(run->engine, tr_now_ms());
+        sched__drain(run);
     }
-    for (size_t i = 0; rc == 0 && i < run->step_count; i++) {
-        struct step_run *step = &run->steps[i];
-        if (!queue[i] || step_state_final(step->state))
-            continue;
-        if (step->state == STEP_DISPATCHED) {
-            cJSON *payload = cJSON_CreateObject();
-            cJSON_AddNumberToObject(payload, "attempt", step->attempt);
-            cJSON_AddStringToObject(payload, "reason",
-                                    "in flight when the previous scheduler stopped");
-            sched__audit(run, workflow_step_id(run->wf, i), "scheduler", "step.recovered", payload);
-            sched__make_ready(run, i);
-        } else if ((step->state == STEP_PENDING || step->state == STEP_READY) && step->unmet == 0) {
-            sched__make_ready(run, i);
-        }
-    }
-    free(queue);
     sched__record_ready(run);
     if (rc == 0 && run->store_lost)
         rc = tr_error_set(err, TR_EIO, "%s", run->store_lost);
@@ -497,9 +483,8 @@ static void finish_run(struct run *run, const char *status)
 
     if (sched__begin(run) < 0)
         return;
-    for (size_t i = 0; i < run->step_count; i++)
-        if (!step_state_final(run->steps[i].state))
-            sched__step_cancel(run, i, "the run ended before it could run");
+    engine_end_steps(run->engine, "the run ended before it could run");
+    sched__drain(run);
     sched__report_refused(run, tr_now_ms(), true);
     /* The row first: its end time goes into the event that backs it. */
     struct run_row row = {"", "", ""};
@@ -530,7 +515,9 @@ static void record_stop(struct run *run)
         return;
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "reason", "stopped by SIGINT (Ctrl-C)");
-    cJSON_AddNumberToObject(payload, "done", (double)run->done);
+    struct engine_counts counts;
+    sched__counts(run, &counts);
+    cJSON_AddNumberToObject(payload, "done", (double)counts.done);
     cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
     sched__audit(run, NULL, "scheduler", "run.interrupted", payload);
     if (store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
@@ -547,7 +534,7 @@ static int end_run(struct run *run, struct tr_error *err)
 {
     if (run->stopping && sched__cancel_signal && !run->store_lost) {
         /* Ctrl-C again (or troupe cancel) while the run was stopping: it is cancelled. */
-        run->cancelling = true;
+        sched__cancelling(run);
         cancel_unfinished(run, "the run was cancelled");
     }
     bool cancelled = sched__cancel_signal && run->cancelling;
@@ -593,10 +580,9 @@ static void release_run(struct run *run)
     free(run->endpoint);
     free(run->dir);
     sched__tasks_release(run);
-    free(run->steps);
-    free(run->dependents);
-    free(run->dep_start);
-    free(run->ready);
+    engine_free(&run->engine);
+    free(run->needs_approval);
+    free(run->unsaved);
     free(run->failure);
     free(run->store_lost);
     free(run->refused.last_reason);

@@ -234,10 +234,12 @@ void sched__on_message(struct run *run, struct bus_msg *msg)
             sched__fail(run, "%s", why);
             /* Its steps cannot run: they fail with why, not skipped as the run ends. */
             for (size_t s = 0; s < run->step_count; s++) {
-                enum step_state state = run->steps[s].state;
+                enum step_state state = engine_step_state(run->engine, s);
                 if (workflow_step_persona(run->wf, s) == agent->persona_index &&
-                    (state == STEP_PENDING || state == STEP_READY || state == STEP_RETRY_WAIT))
-                    sched__step_failed(run, s, why, 0);
+                    (state == STEP_PENDING || state == STEP_READY || state == STEP_RETRY_WAIT)) {
+                    engine_step_failed(run->engine, s, why, tr_now_ms());
+                    sched__drain(run);
+                }
             }
             free(why);
         }
@@ -322,8 +324,8 @@ int sched__start_agents(struct run *run, struct tr_error *err)
         if (persona_is_remote(run, workflow_persona_name(run->wf, p)))
             continue;
         for (size_t s = 0; s < run->step_count; s++) {
-            bool left =
-                workflow_step_persona(run->wf, s) == p && !step_state_final(run->steps[s].state);
+            bool left = workflow_step_persona(run->wf, s) == p &&
+                        !step_state_final(engine_step_state(run->engine, s));
             steps += left;
             fans |= left && workflow_step_has_expression(run->wf, s, WORKFLOW_EXPR_FOR_EACH);
         }
@@ -346,7 +348,8 @@ int sched__start_agents(struct run *run, struct tr_error *err)
 static bool persona_has_work(struct run *run, size_t persona)
 {
     for (size_t s = 0; s < run->step_count; s++)
-        if (workflow_step_persona(run->wf, s) == persona && !step_state_final(run->steps[s].state))
+        if (workflow_step_persona(run->wf, s) == persona &&
+            !step_state_final(engine_step_state(run->engine, s)))
             return true;
     return false;
 }
@@ -495,7 +498,7 @@ void sched__stop_agents(struct run *run)
         struct tr_error err = {0};
 
         if (run->stopping && sched__cancel_signal && !run->cancelling) {
-            run->cancelling = true;
+            sched__cancelling(run);
             for (size_t i = 0; i < run->agent_count; i++)
                 agent_kill(&run->agents[i], SIGTERM);
         }

@@ -1,12 +1,13 @@
 /*
- * sched/tasks.c: assignments on agents. A tool step in flight is one task; a for_each step
- * is a fan-out whose items are tasks, at most its window at once, spread over the persona's
- * agents within each agent's credit. Results, lost agents, timeouts and cancellation are
- * settled here per task; what a step's end means (output, retries, failure) is steps.c's.
+ * sched/tasks.c: assignments on agents. Each call the engine dispatches (a step's, or one
+ * for_each item's) is a task on one of the persona's agents, within each agent's credit.
+ * Results, lost agents and stuck calls are settled here per task and handed to the engine,
+ * which decides what they mean (output, retries, failure); no rule of a run lives here.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,24 +90,11 @@ static void task_cancel(struct run *run, struct task *task, const char *reason)
     task->cancelled = true;
 }
 
-static void fanout_free(struct run *run, struct fanout **fan)
-{
-    if (!*fan)
-        return;
-    run->fanouts--;
-    workflow_list_free(&(*fan)->items);
-    workflow_scope_free(&(*fan)->scope);
-    free((*fan)->finished);
-    free(*fan);
-    *fan = NULL;
-}
-
 void sched__step_tasks_cancel(struct run *run, size_t index, const char *reason)
 {
     for (size_t i = run->task_count; i-- > 0;)
         if (i < run->task_count && run->tasks[i].step == index && !run->tasks[i].cancelled)
             task_cancel(run, &run->tasks[i], reason);
-    fanout_free(run, &run->steps[index].fan);
 }
 
 /* ---- agents ------------------------------------------------------------------------------- */
@@ -137,6 +125,26 @@ long sched__agent_for(struct run *run, size_t persona)
     if (best >= 0 && starting && run->agents[best].load > 0)
         return -1;
     return best;
+}
+
+size_t sched__room(struct run *run, size_t persona)
+{
+    size_t room = 0, idle = 0;
+    bool starting = false;
+
+    /* As sched__agent_for hands them out: while some agents start, one task per idle agent. */
+    for (size_t i = 0; i < run->agent_count; i++) {
+        struct agent_proc *agent = &run->agents[i];
+        if (agent->persona_index != persona)
+            continue;
+        starting |= (agent->state == AGENT_STARTING || agent->state == AGENT_WELCOMED) &&
+                    !agent->exit_expected;
+        if (agent->state == AGENT_READY && run->opts.credit > agent->load) {
+            room += (size_t)(run->opts.credit - agent->load);
+            idle += agent->load == 0;
+        }
+    }
+    return starting ? idle : room;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------- */
@@ -192,43 +200,27 @@ int sched_step_request(const struct workflow *wf, size_t index, const struct wor
 }
 
 /*
- * Resolves the task's request (with .item for an item) and queues its assign, sent once the
- * turn is committed, with a step.dispatched event. False when the request does not resolve
- * (err says why).
+ * The engine dispatched a call (fx: its step, item, attempt, method and params): a task on
+ * the persona's agent with the most credit left, its assign queued (sent once the turn is
+ * committed) with a step.dispatched event.
  */
-static bool send_task(struct run *run, struct task *task, long agent_index, struct tr_error *err)
+void sched__task_send(struct run *run, const struct engine_effect *fx)
 {
-    size_t index = task->step;
-    struct step_run *step = &run->steps[index];
-    struct agent_proc *agent = &run->agents[agent_index];
+    size_t index = fx->step;
+    long agent_index = sched__agent_for(run, fx->persona);
     enum workflow_action action = workflow_step_action(run->wf, index);
     const char *step_id = workflow_step_id(run->wf, index);
     const char *server = workflow_step_server(run->wf, index);
-    struct step_policy policy;
-    const char *method = NULL;
-    cJSON *params = NULL;
-
-    /* An item sees the scope as it was when its step started, and .item. */
-    struct workflow_scope *item =
-        step->fan ? workflow_scope_with_item(step->fan->scope, "item", step->fan->items, task->item)
-                  : NULL;
-    const struct workflow_scope *scope = item ? item : sched__scope(run);
-    int rc = sched_step_request(run->wf, index, scope, &method, &params, err);
-    workflow_scope_free(&item);
-    if (rc < 0)
-        return false;
+    const cJSON *params = fx->params;
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
-    if (action != WORKFLOW_ACTION_RESOURCE &&
-        !workflow_persona_allows(run->wf, agent->persona_index, action, server, name)) {
-        /* The loader refuses such workflows; this guards the invariant at run time too. */
-        tr_error_set(err, TR_EINVAL, "persona '%s' may not call %s.%s", agent->persona, server,
-                     name);
-        cJSON_Delete(params);
-        return false;
-    }
-    sched__step_policy(run, index, &policy);
+
+    /* The engine was told the room there is: an agent has credit for it. */
+    assert(agent_index >= 0);
+    struct agent_proc *agent = &run->agents[agent_index];
+    struct task *task = task_new(run, index, fx->item);
+    task->attempt = fx->attempt;
     task->agent = agent_index;
-    task->deadline_ms = tr_now_ms() + policy.timeout_ms + SCHED_STEP_GRACE_MS;
+    task->deadline_ms = tr_now_ms() + fx->timeout_ms + SCHED_STEP_GRACE_MS;
     agent->load++;
     run->in_flight++;
 
@@ -244,7 +236,7 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
         msg->tool = xstrdup(name);
         msg->json = tr_json_print(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
     } else {
-        msg->method = xstrdup(method);
+        msg->method = xstrdup(fx->method);
         msg->tool = xstrdup(
             name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
         msg->json = tr_json_print(params);
@@ -252,7 +244,7 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
     msg->idempotency_key = task->item >= 0 ? xasprintf("%s/%s/%ld", run->id, step_id, task->item)
                                            : xasprintf("%s/%s", run->id, step_id);
-    msg->timeout_ms = policy.timeout_ms;
+    msg->timeout_ms = fx->timeout_ms;
 
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
@@ -263,57 +255,21 @@ static bool send_task(struct run *run, struct task *task, long agent_index, stru
         cJSON_AddStringToObject(payload, "tool", name);
         cJSON_AddRawToObject(payload, "arguments", msg->json);
     } else {
-        cJSON_AddStringToObject(payload, "method", method);
+        cJSON_AddStringToObject(payload, "method", fx->method);
         cJSON_AddRawToObject(payload, "params", msg->json);
     }
-    cJSON_Delete(params);
     cJSON_AddNumberToObject(payload, "attempt", task->attempt);
     cJSON_AddNumberToObject(payload, "task", (double)task->id);
     if (task->item >= 0) {
         cJSON_AddNumberToObject(payload, "item", (double)task->item);
-        cJSON_AddNumberToObject(payload, "items", (double)step->fan->count);
+        cJSON_AddNumberToObject(payload, "items", (double)fx->items_total);
     }
     cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
     sched__audit(run, step_id, "scheduler", "step.dispatched", payload);
     outbox_push(run, msg);
-    return true;
-}
-
-void sched__dispatch_step(struct run *run, size_t index, long agent_index)
-{
-    struct step_run *step = &run->steps[index];
-    struct tr_error err = {0};
-
-    step->attempt++;
-    step->dispatched_ms = tr_now_ms();
-    struct task *task = task_new(run, index, -1);
-    task->attempt = step->attempt;
-    if (!send_task(run, task, agent_index, &err)) {
-        task_drop(run, task);
-        sched__step_failed(run, index, err.message, 0);
-        return;
-    }
-    step->state = STEP_DISPATCHED;
-    sched__record_step(run, index, NULL, NULL);
 }
 
 /* ---- for_each --------------------------------------------------------------------------- */
-
-static bool item_finished(const struct fanout *fan, long item)
-{
-    return fan->finished[item / 8] & (1u << (item % 8));
-}
-
-static int note_finished(void *userdata, const struct store_step_item *item)
-{
-    struct fanout *fan = userdata;
-
-    if (item->idx >= 0 && item->idx < fan->count && !item_finished(fan, (long)item->idx)) {
-        fan->finished[item->idx / 8] |= (unsigned char)(1u << (item->idx % 8));
-        fan->done++;
-    }
-    return 0;
-}
 
 /*
  * The items' raw results (for the step's `output`), as a tree, or their outputs, as the JSON
@@ -338,11 +294,9 @@ static int gather_item(void *userdata, const struct store_step_item *item)
     return rc;
 }
 
-/* Every item succeeded: the step's result is the list, assembled from the store. */
-static void fanout_complete(struct run *run, size_t index)
+void sched__gather(struct run *run, size_t index, bool raw)
 {
     struct tr_error err = {0};
-    bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
     struct gather g = {.list = raw ? cJSON_CreateArray() : NULL};
 
     tr_buf_init(&g.text, 0);
@@ -363,200 +317,33 @@ static void fanout_complete(struct run *run, size_t index)
     }
     if (raw) {
         tr_buf_release(&g.text);
-        sched__step_result(run, index, g.list, NULL);
+        engine_gathered(run->engine, index, g.list, NULL, tr_now_ms());
         cJSON_Delete(g.list);
     } else {
-        sched__step_result(run, index, NULL, tr_buf_take(&g.text));
-    }
-}
-
-/*
- * A for_each step leaves the ready queue: its list is evaluated, the items that succeeded
- * before (a resumed run) are skipped, and the items are dispatched as agents have credit.
- */
-void sched__fanout_start(struct run *run, size_t index)
-{
-    struct step_run *step = &run->steps[index];
-    const char *step_id = workflow_step_id(run->wf, index);
-    struct tr_error err = {0};
-    struct workflow_list *items = NULL;
-
-    step->attempt++;
-    step->dispatched_ms = tr_now_ms();
-    if (workflow_step_evaluate_list(run->wf, index, WORKFLOW_EXPR_FOR_EACH, sched__scope(run),
-                                    &items, &err) < 0) {
-        sched__step_failed(run, index, err.message, 0);
-        return;
-    }
-    if (workflow_list_count(items) < 0) {
-        workflow_list_free(&items);
-        sched__step_failed(run, index, "'for_each' does not yield a list", 0);
-        return;
-    }
-    struct fanout *fan = xcalloc(1, sizeof(*fan));
-    long concurrency = workflow_step_concurrency(run->wf, index);
-    fan->items = items;
-    fan->count = workflow_list_count(items);
-    fan->window = concurrency > 0 ? concurrency : fan->count;
-    fan->finished = xcalloc((size_t)fan->count / 8 + 1, 1);
-    fan->scope = workflow_scope_copy(run->scope);
-    step->fan = fan;
-    run->fanouts++;
-    if (store_step_items_list(run->store, run->id, step_id, note_finished, fan, &err) < 0) {
-        sched__store_failed(run, &err);
-        return;
-    }
-    step->state = STEP_DISPATCHED;
-    sched__record_step(run, index, NULL, NULL);
-    if (fan->done > 0) {
-        cJSON *payload = cJSON_CreateObject();
-        cJSON_AddNumberToObject(payload, "done", (double)fan->done);
-        cJSON_AddNumberToObject(payload, "items", (double)fan->count);
-        sched__audit(run, step_id, "scheduler", "step.items_recovered", payload);
-    }
-    if (fan->done == fan->count)
-        fanout_complete(run, index);
-}
-
-/* Dispatches one more item of the fan-out to the agent (or its retry, when task is given). */
-static void dispatch_item(struct run *run, size_t index, struct task *task, long agent_index)
-{
-    struct step_run *step = &run->steps[index];
-    struct tr_error err = {0};
-
-    if (!task) {
-        task = task_new(run, index, step->fan->next++); /* fanout_wants skipped finished ones */
-        step->fan->active++;
-    }
-    task->attempt++;
-    if (!send_task(run, task, agent_index, &err)) {
-        char *reason = xasprintf("item %ld: %s", task->item, err.message);
-        sched__step_failed(run, index, reason, 0); /* its other items are cancelled */
-        free(reason);
-    }
-}
-
-/* Whether the fan-out has an item left to start (next, past the finished ones) and room in
- * its window. */
-static bool fanout_wants(struct fanout *fan)
-{
-    while (fan->next < fan->count && item_finished(fan, fan->next))
-        fan->next++;
-    return fan->next < fan->count && fan->active < fan->window;
-}
-
-void sched__fanout_fill(struct run *run)
-{
-    if (run->failure || run->cancelling || run->task_count + run->fanouts == 0)
-        return;
-    /* Items due for a retry go first, then new ones, while agents have credit. */
-    int64_t now = tr_now_ms();
-    for (size_t i = run->task_count; i-- > 0;) {
-        if (i >= run->task_count)
-            continue; /* a failed dispatch cancelled its step's other tasks */
-        struct task *task = &run->tasks[i];
-        if (task->agent >= 0 || task->item < 0 || task->cancelled || now < task->due_ms)
-            continue;
-        long agent = sched__agent_for(run, workflow_step_persona(run->wf, task->step));
-        if (agent >= 0)
-            dispatch_item(run, task->step, task, agent);
-    }
-    for (size_t index = 0; run->fanouts > 0 && index < run->step_count; index++) {
-        struct step_run *step = &run->steps[index];
-        if (!step->fan || step->state != STEP_DISPATCHED)
-            continue;
-        size_t persona = workflow_step_persona(run->wf, index);
-        long agent;
-        while (step->fan && fanout_wants(step->fan) &&
-               (agent = sched__agent_for(run, persona)) >= 0)
-            dispatch_item(run, index, NULL, agent);
+        engine_gathered(run->engine, index, NULL, tr_buf_take(&g.text), tr_now_ms());
     }
 }
 
 /* ---- results ------------------------------------------------------------------------------ */
 
 /*
- * An item's result arrived (parsed, and as the agent's text): kept in the store; the step
- * completes with its last item.
- */
-static void item_succeeded(struct run *run, struct task *task, const cJSON *result,
-                           const char *result_text)
-{
-    size_t index = task->step;
-    struct step_run *step = &run->steps[index];
-    struct fanout *fan = step->fan;
-    struct tr_error err = {0};
-    bool raw = workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_OUTPUT);
-    cJSON *output = sched_step_output(run->wf, index, result);
-    char *output_json = tr_json_print(output);
-    long item = task->item;
-
-    /* The raw result is kept for the step's `output` expression. */
-    if (store_step_item_put(run->store, run->id, workflow_step_id(run->wf, index), item,
-                            task->attempt, output_json, raw ? result_text : NULL, &err) < 0)
-        sched__store_failed(run, &err);
-    free(output_json);
-    cJSON_Delete(output);
-    task_drop(run, task);
-    fan->finished[item / 8] |= (unsigned char)(1u << (item % 8));
-    fan->done++;
-    fan->active--;
-    sched__progress(run, "item", index, NULL, tr_now_ms() - step->dispatched_ms);
-    if (fan->done == fan->count)
-        fanout_complete(run, index);
-}
-
-/*
- * An item's attempt failed: retried after a backoff when the policy allows it (the task
- * waits without an agent), else the step fails and its other items are cancelled.
- */
-static void item_attempt_failed(struct run *run, struct task *task, enum tr_error_class error_class,
-                                const char *error)
-{
-    size_t index = task->step;
-    struct step_policy policy;
-
-    sched__step_policy(run, index, &policy);
-    task_unassign(run, task);
-    task->failures++;
-    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
-        task->failures >= policy.max_attempts || run->cancelling || run->failure) {
-        char *reason = xasprintf("item %ld: %s", task->item, error);
-        sched__step_failed(run, index, reason, 0); /* its other items are cancelled */
-        free(reason);
-        return;
-    }
-    int64_t delay = sched__backoff_ms(&policy, task->failures);
-    task->due_ms = tr_now_ms() + delay;
-    run->retries++;
-    cJSON *payload = cJSON_CreateObject();
-    cJSON_AddNumberToObject(payload, "attempt", task->attempt);
-    cJSON_AddNumberToObject(payload, "item", (double)task->item);
-    cJSON_AddStringToObject(payload, "error", error);
-    cJSON_AddStringToObject(payload, "class", tr_error_class_names[error_class]);
-    cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
-    sched__audit(run, workflow_step_id(run->wf, index), "scheduler", "step.retry", payload);
-    tr_log(TR_LOG_WARN, "step '%s' item %ld attempt %d failed (%s); retrying in %lld ms",
-           workflow_step_id(run->wf, index), task->item, task->attempt, error, (long long)delay);
-    sched__progress(run, "retry", index, error, 0);
-}
-
-/*
- * A task's attempt failed, whatever the cause: the item's or the step's policy decides. While
- * the run stops (the first Ctrl-C, or the store lost) a failure is the stop's doing, not the
- * work's: the task is let go, and its step stays dispatched for troupe resume to send again.
+ * A task's attempt failed, whatever the cause: the engine decides (a retry, or the step
+ * fails). While the run stops (the first Ctrl-C, or the store lost) a failure is the stop's
+ * doing, not the work's: the task is let go, and its step stays dispatched for troupe resume
+ * to send again.
  */
 static void task_failed(struct run *run, struct task *task, enum tr_error_class error_class,
                         const char *error)
 {
-    if (task->cancelled || run->stopping || run->store_lost) {
-        task_drop(run, task);
-    } else if (task->item >= 0) {
-        item_attempt_failed(run, task, error_class, error);
-    } else {
-        size_t index = task->step;
-        task_drop(run, task);
-        sched__step_attempt_failed(run, index, error_class, error);
+    size_t index = task->step;
+    long item = task->item;
+    int attempt = task->attempt;
+    bool tell = !task->cancelled && !run->stopping && !run->store_lost;
+
+    task_drop(run, task);
+    if (tell) {
+        (void)engine_failure(run->engine, index, item, attempt, error_class, error, tr_now_ms());
+        sched__drain(run);
     }
 }
 
@@ -583,12 +370,13 @@ void sched__task_result(struct run *run, struct agent_proc *agent, const struct 
     } else if (!msg->ok) {
         task_failed(run, task, sched__error_class(msg->error_class),
                     msg->error ? msg->error : "unknown error");
-    } else if (task->item >= 0) {
-        item_succeeded(run, task, result, msg->json);
     } else {
         size_t index = task->step;
+        long item = task->item;
+        int attempt = task->attempt;
         task_drop(run, task);
-        sched__step_result(run, index, result, NULL);
+        (void)engine_result(run->engine, index, item, attempt, result, msg->json, tr_now_ms());
+        sched__drain(run);
     }
     cJSON_Delete(result);
 }
@@ -617,8 +405,8 @@ void sched__check_tasks(struct run *run, int64_t now)
         if (task->agent < 0 || now <= task->deadline_ms)
             continue;
         struct agent_proc *agent = &run->agents[task->agent];
-        struct step_policy policy;
-        sched__step_policy(run, task->step, &policy);
+        struct engine_policy policy;
+        engine_step_policy(run->engine, task->step, &policy);
         if (agent->remote) {
             /* A remote worker cannot be killed from here: it is told to give the call up,
              * and a late answer to this attempt is ignored. */
@@ -642,8 +430,6 @@ void sched__check_tasks(struct run *run, int64_t now)
 
 void sched__tasks_release(struct run *run)
 {
-    for (size_t i = 0; i < run->step_count; i++)
-        fanout_free(run, &run->steps[i].fan);
     free(run->tasks);
     run->tasks = NULL;
     run->task_count = run->task_cap = 0;
