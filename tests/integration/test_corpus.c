@@ -139,7 +139,8 @@ static void each_json_line(const char *text, void (*fn)(void *, const cJSON *), 
  * The live run's decisions, from its audit events (docs/audit.md, "Decisions"): the
  * scheduler's step.dispatched (dispatch), step.retry (retry), step.finished (succeed or fail;
  * a failure whose payload names a fallback F is also F's fallback decision, for the step),
- * step.skipped (skip), step.approved, step.rejected, step.reused, per step and item.
+ * step.skipped (skip, unless "unreached": the run ended first), step.approved, step.rejected,
+ * step.reused, per step and item; step.cancelled is none.
  */
 static void live_decision(void *userdata, const cJSON *event)
 {
@@ -162,7 +163,9 @@ static void live_decision(void *userdata, const cJSON *event)
         const char *fallback = string_of(payload, "fallback");
         if (fallback)
             decisions_add(d, fallback, NULL, "fallback", step);
-    } else if (strcmp(type, "step.skipped") == 0) {
+    } else if (strcmp(type, "step.skipped") == 0 &&
+               !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(payload, "unreached"))) {
+        /* A step skipped only because the run ended first was decided by nobody. */
         decisions_add(d, step, NULL, "skip", NULL);
     } else if (strcmp(type, "step.approved") == 0) {
         decisions_add(d, step, NULL, "approve", NULL);
