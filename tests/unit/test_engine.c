@@ -285,7 +285,8 @@ struct engine_case {
     struct engine_policy defaults;
     /* A fork's take-over: [{"step", "state", "output", "error", "reason"}], or NULL. */
     const char *reuse;
-    /* A resumed run's steps: [{"step", "state", "attempt", "output"}], or NULL. */
+    /* A resumed run's steps: [{"step", "state", "attempt", "output", "items"}] (items: the
+     * for_each items done), or NULL. */
     const char *load;
 };
 
@@ -514,6 +515,12 @@ static void before_start(struct driver *d, const struct engine_case *c)
                                           cJSON_IsNumber(attempt) ? attempt->valueint : 1,
                                           member_string(entry, "error"), 0, &err),
                          0, "%s: %s", c->name, err.message);
+            const cJSON *items = cJSON_GetObjectItemCaseSensitive(entry, "items");
+            const cJSON *done;
+            cJSON_ArrayForEach(done, items)
+            {
+                engine_load_item(d->engine, step, (long)done->valuedouble);
+            }
             /* Outputs are the driver's to put in the scope, from the store. */
             const cJSON *output = cJSON_GetObjectItemCaseSensitive(entry, "output");
             if (output)
@@ -888,11 +895,13 @@ static const struct engine_case cases[] = {
     {
         .name = "fallback: it stands in for the failed step; what needs the step sees its output",
         .steps = TOOL("a") "    with: {message: a}\n    on_error: {fallback: f}\n"
+                           "    save: score\n"
                            "  - id: f\n    eval: '{score: 5}'\n"
                            "  - id: b\n    eval: '.steps.a.output.score + 1'\n    needs: a\n",
         .script = "fail a tool broken",
         .decisions = "dispatch a; fail a; fallback f for a; succeed f; succeed b",
-        .has = "\"fallback\":\"f\"\nrecord b succeeded attempt=1 output=6\nended succeeded",
+        .has = "\"fallback\":\"f\"\nrecord b succeeded attempt=1 output=6\n"
+               "context score={\"score\":5}\nended succeeded",
     },
     {
         .name = "fallback: a fallback not needed is skipped",
@@ -976,6 +985,14 @@ static const struct engine_case cases[] = {
         .decisions = "dispatch b; dispatch c; succeed b; succeed c",
         .has = "\"arguments\":{\"message\":\"A\"}\nended succeeded",
         .lacks = "send a",
+    },
+    {
+        .name = "resume: a for_each calls only the items that had not finished",
+        .steps = TOOL("a") "    for_each: '[1, 2, 3, 4]'\n    with: {message: '${{ .item }}'}\n",
+        .load = "[{\"step\": \"a\", \"state\": \"dispatched\", \"items\": [0, 2]}]",
+        .decisions = "dispatch a#1; dispatch a#3",
+        .has = "audit step.recovered a\naudit step.items_recovered a {\"done\":2,\"items\":4}",
+        .lacks = "send a#0\nsend a#2",
     },
 };
 
