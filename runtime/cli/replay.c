@@ -1,9 +1,7 @@
 /*
- * cli/replay.c: `troupe replay RUN`: re-executes a run's decisions (which steps become ready,
- * the arguments each tool call gets, the persona's allowlist) from its workflow and inputs,
- * against the tool results recorded in its audit log. It starts no agent, no MCP server and
- * calls no model: every request the runtime would make is compared with the recorded one,
- * and the first divergence is reported with the step and both requests.
+ * cli/replay.c: `troupe replay RUN`: its options, the fork (--from), and printing. The replay
+ * itself is the scheduler's (sched_replay: the same engine as a live run, fed from the audit
+ * log); this file holds no decision of its own.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -19,96 +17,47 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: troupe replay RUN [--workflow FILE] [--db FILE]\n"
-            "       troupe replay RUN --from STEP [--workflow FILE] [--db FILE]\n"
-            "\n"
-            "Replays a run without calling any tool: the workflow's logic runs again over the\n"
-            "run's inputs and its recorded tool results, and every tool call it would make is\n"
-            "compared with the recorded request. Reports the first divergence.\n"
-            "\n"
-            "With --from STEP, forks the run instead: a new run (recording RUN as its parent)\n"
-            "takes over the recorded results of the steps that do not depend on STEP, and runs\n"
-            "STEP and everything after it live.\n"
-            "\n"
-            "options:\n"
-            "  --from STEP      fork from STEP: earlier results reused, STEP onwards live\n"
-            "  --workflow FILE  replay against this workflow (e.g. an edited one) rather than\n"
-            "                   the plan stored with the run (its file is not needed)\n"
-            "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
-            "  -h, --help       show this help\n"
-            "\n"
-            "exit status: 0 no divergence, 1 a divergence or an error, 2 bad usage.\n",
-            STORE_DEFAULT_PATH);
+    fprintf(
+        out,
+        "usage: troupe replay RUN [--decisions] [--workflow FILE] [--db FILE]\n"
+        "       troupe replay RUN --from STEP [--workflow FILE] [--db FILE]\n"
+        "\n"
+        "Replays a run without calling any tool: the workflow's logic runs again over the\n"
+        "run's inputs and its recorded tool results, and every tool call it would make is\n"
+        "compared with the recorded request. Reports the first divergence.\n"
+        "\n"
+        "With --from STEP, forks the run instead: a new run (recording RUN as its parent)\n"
+        "takes over the recorded results of the steps that do not depend on STEP, and runs\n"
+        "STEP and everything after it live.\n"
+        "\n"
+        "options:\n"
+        "  --from STEP      fork from STEP: earlier results reused, STEP onwards live\n"
+        "  --decisions      print each decision of the replay as a JSON line\n"
+        "                   ({\"step\":..,\"item\":..,\"decision\":..}; the verdict on stderr)\n"
+        "  --workflow FILE  replay against this workflow (e.g. an edited one) rather than\n"
+        "                   the plan stored with the run (its file is not needed)\n"
+        "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
+        "  -h, --help       show this help\n"
+        "\n"
+        "exit status: 0 no divergence, 1 a divergence or an error, 2 bad usage.\n",
+        STORE_DEFAULT_PATH);
 }
 
-#define REPLAY_MAX_ITEMS 10000000  /* a for_each item index beyond this is not believed */
-#define REPLAY_MAX_TASKS 100000000 /* nor a task id beyond this */
-
-/* What the log recorded of one step: its last attempt. */
+/* What the log recorded of one step, for a fork: how it ended. */
 struct recorded_step {
-    cJSON *request;  /* params of the tools/call it sent (name, arguments), or NULL */
     cJSON *finished; /* step.finished payload (or step.reused), or NULL */
     cJSON *skipped;  /* step.skipped payload, or NULL */
-    bool dispatched;
-    bool reused;           /* a forked run took it over from its parent */
-    cJSON **item_requests; /* for_each: the last request of each item, by index (or NULL) */
-    size_t item_count;     /* entries of item_requests */
-    int item;              /* for_each: the item the last step.dispatched was for */
-};
-
-/* A task of the run (step.dispatched names it; the agent's events carry it). */
-struct recorded_task {
-    long step; /* -1: none */
-    long item;
 };
 
 struct recording {
     const struct workflow *wf;
     struct recorded_step *steps;
-    struct recorded_task *tasks; /* by task id: ids grow over the whole run */
-    size_t task_cap;
     char *file;
     cJSON *input;
     char *plan_json;        /* the plan stored with the run */
     char *plan_hash;        /* its hash as the runs table has it */
     char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
-    bool run_succeeded;     /* a run that did not succeed may have left ready steps unrun */
 };
-
-/* The task's slot, grown as needed; NULL for an id not believed. */
-static struct recorded_task *task_slot(struct recording *rec, double id)
-{
-    if (!(id >= 1 && id < REPLAY_MAX_TASKS))
-        return NULL;
-    size_t k = (size_t)id;
-    if (k >= rec->task_cap) {
-        size_t cap = rec->task_cap ? rec->task_cap : 1024;
-        while (cap <= k)
-            cap *= 2;
-        rec->tasks = xrealloc(rec->tasks, cap * sizeof(*rec->tasks));
-        for (size_t j = rec->task_cap; j < cap; j++)
-            rec->tasks[j] = (struct recorded_task){-1, -1};
-        rec->task_cap = cap;
-    }
-    return &rec->tasks[k];
-}
-
-/* Keeps request (taken) as the item's call, replacing an earlier one. */
-static void keep_item_request(struct recorded_step *r, int item, cJSON *request)
-{
-    if ((size_t)item >= r->item_count) {
-        size_t count = r->item_count ? r->item_count : 16;
-        while (count <= (size_t)item)
-            count *= 2;
-        r->item_requests = xrealloc(r->item_requests, count * sizeof(*r->item_requests));
-        memset(r->item_requests + r->item_count, 0,
-               (count - r->item_count) * sizeof(*r->item_requests));
-        r->item_count = count;
-    }
-    cJSON_Delete(r->item_requests[item]);
-    r->item_requests[item] = request;
-}
 
 static void replace(cJSON **slot, cJSON *value)
 {
@@ -119,8 +68,8 @@ static void replace(cJSON **slot, cJSON *value)
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
-    static const char *const used[] = {"run.started",   "step.dispatched", "step.reused",
-                                       "step.finished", "step.skipped",    "mcp.request"};
+    static const char *const used[] = {"run.started", "step.reused", "step.finished",
+                                       "step.skipped"};
     long i = workflow_step_find(rec->wf, event->step_id);
     bool wanted = false;
 
@@ -135,26 +84,7 @@ static int record_event(void *userdata, const struct store_audit_event *event)
         replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
         free(rec->logged_plan_hash);
         rec->logged_plan_hash = cJSON_IsString(hash) ? xstrdup(hash->valuestring) : NULL;
-    } else if (i >= 0 && strcmp(event->type, "step.dispatched") == 0) {
-        const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
-        const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
-        rec->steps[i].dispatched = true;
-        rec->steps[i].item =
-            cJSON_IsNumber(item) && item->valuedouble >= 0 && item->valuedouble < REPLAY_MAX_ITEMS
-                ? (int)item->valuedouble
-                : 0;
-        struct recorded_task *slot =
-            cJSON_IsNumber(task) ? task_slot(rec, task->valuedouble) : NULL;
-        if (slot) {
-            /* Items run several at once: their calls are matched by task, not by order. */
-            slot->step = i;
-            slot->item = rec->steps[i].item;
-        }
-        replace(&rec->steps[i].request, NULL);
-        replace(&rec->steps[i].finished, NULL);
-        replace(&rec->steps[i].skipped, NULL);
     } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
-        rec->steps[i].reused = true;
         /* Taken over as it ended in the parent: succeeded (the only state of older forks),
          * failed, or skipped. */
         if (!cJSON_GetObjectItemCaseSensitive(payload, "status"))
@@ -167,23 +97,6 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     } else if (i >= 0 && strcmp(event->type, "step.finished") == 0) {
         replace(&rec->steps[i].finished, payload);
         payload = NULL;
-    } else if (i >= 0 && strcmp(event->type, "mcp.request") == 0) {
-        cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
-        const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
-        if (cJSON_IsString(method) && (strcmp(method->valuestring, "tools/call") == 0 ||
-                                       strcmp(method->valuestring, "resources/read") == 0 ||
-                                       strcmp(method->valuestring, "prompts/get") == 0)) {
-            replace(&rec->steps[i].request,
-                    cJSON_DetachItemFromObjectCaseSensitive(message, "params"));
-            struct recorded_step *r = &rec->steps[i];
-            const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
-            const struct recorded_task *slot =
-                cJSON_IsNumber(task) ? task_slot(rec, task->valuedouble) : NULL;
-            if (slot && slot->step == i)
-                r->item = (int)slot->item;
-            keep_item_request(r, r->item,
-                              r->request ? cJSON_Duplicate(r->request, true) : cJSON_CreateNull());
-        }
     }
     cJSON_Delete(payload);
     return 0;
@@ -195,7 +108,6 @@ static int copy_run(void *userdata, const struct store_run *run)
     rec->file = run->workflow_file ? xstrdup(run->workflow_file) : NULL;
     rec->plan_hash = xstrdup(run->plan_hash);
     rec->plan_json = run->plan_json ? xstrdup(run->plan_json) : NULL;
-    rec->run_succeeded = strcmp(run->status, "succeeded") == 0;
     return 0;
 }
 
@@ -241,372 +153,6 @@ static int load_recorded(const struct recording *rec, const char *run_id,
               : file_err.message[0] ? file_err.message
                                     : "has changed since the run (its plan hash differs)");
     return -1;
-}
-
-static char *compact(const cJSON *value)
-{
-    return value ? tr_json_print(value) : xstrdup("(nothing)");
-}
-
-/* Compares the call the runtime would make with the recorded one; prints a divergence. */
-/*
- * Whether the request the replay makes (params, from sched_step_request) is the one the run
- * made (the recorded params, whose _meta is the client's own). Prints the divergence.
- */
-static bool same_request(const struct workflow *wf, size_t i, const char *method,
-                         const cJSON *params, const cJSON *recorded)
-{
-    cJSON *then = cJSON_CreateObject();
-    bool tool = strcmp(method, "tools/call") == 0;
-
-    /* What the request asked, member by member: the rest (the client's _meta, a later
-     * round's inputResponses) is the client's own. No arguments sent is the same as {}. */
-    for (const cJSON *member = params->child; member; member = member->next) {
-        const cJSON *value = cJSON_GetObjectItemCaseSensitive(recorded, member->string);
-        if (value)
-            cJSON_AddItemToObject(then, member->string, cJSON_Duplicate(value, true));
-        else if (strcmp(member->string, "arguments") == 0 && cJSON_IsObject(recorded))
-            cJSON_AddObjectToObject(then, "arguments");
-    }
-    bool same = cJSON_IsObject(recorded) && cJSON_Compare(params, then, true);
-    if (!same && tool) {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(then, "name");
-        char *now_args = compact(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
-        char *then_args = compact(cJSON_GetObjectItemCaseSensitive(then, "arguments"));
-        printf("DIVERGENCE at step '%s':\n"
-               "  replay calls    %s.%s %s\n"
-               "  the run called  %s.%s %s\n",
-               workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i),
-               now_args, workflow_step_server(wf, i),
-               cJSON_IsString(name) ? name->valuestring : "(none)", then_args);
-        free(now_args);
-        free(then_args);
-    } else if (!same) {
-        char *now_params = compact(params), *then_params = compact(then);
-        printf("DIVERGENCE at step '%s':\n"
-               "  replay asks     %s %s %s\n"
-               "  the run asked   %s %s %s\n",
-               workflow_step_id(wf, i), workflow_step_server(wf, i), method, now_params,
-               workflow_step_server(wf, i), method, then_params);
-        free(now_params);
-        free(then_params);
-    }
-    cJSON_Delete(then);
-    return same;
-}
-
-/* Tool, resource and prompt steps make an MCP request; the others are the scheduler's. */
-static bool makes_request(enum workflow_action action)
-{
-    return action == WORKFLOW_ACTION_TOOL || action == WORKFLOW_ACTION_RESOURCE ||
-           action == WORKFLOW_ACTION_PROMPT;
-}
-
-enum { REPLAY_RUN, REPLAY_NOT_RUN, REPLAY_DIVERGED };
-
-/*
- * A step's `when` over the replay's scope: REPLAY_RUN when it holds (or there is none),
- * REPLAY_NOT_RUN when the step is skipped (or fails on it), as the run must have done too,
- * else REPLAY_DIVERGED (printed).
- */
-static int replay_when(const struct workflow *wf, size_t i, const struct workflow_scope *scope,
-                       const struct recorded_step *r, bool succeeded)
-{
-    struct tr_error err = {0};
-    cJSON *value = NULL;
-    bool holds;
-
-    const cJSON *status = cJSON_GetObjectItemCaseSensitive(r->finished, "status");
-    if (r->reused)
-        return cJSON_IsString(status) && strcmp(status->valuestring, "skipped") == 0
-                   ? REPLAY_NOT_RUN /* the parent skipped it, and the fork took that over */
-                   : REPLAY_RUN;
-    if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_WHEN))
-        return REPLAY_RUN;
-    if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_WHEN, scope, &value, &err) < 0) {
-        if (!succeeded && !r->request)
-            return REPLAY_NOT_RUN; /* the run failed the step on it too */
-        printf("DIVERGENCE at step '%s': its 'when' does not evaluate: %s\n",
-               workflow_step_id(wf, i), err.message);
-        return REPLAY_DIVERGED;
-    }
-    holds = value && !cJSON_IsFalse(value) && !cJSON_IsNull(value);
-    cJSON_Delete(value);
-    if (holds)
-        return REPLAY_RUN;
-    if (r->request || r->finished) {
-        printf("DIVERGENCE at step '%s': its 'when' is false in the replay, the run ran it\n",
-               workflow_step_id(wf, i));
-        return REPLAY_DIVERGED;
-    }
-    return REPLAY_NOT_RUN;
-}
-
-/* Whether an eval step yields the output the run recorded; prints a divergence if not. */
-static bool same_eval(const struct workflow *wf, size_t i, const struct workflow_scope *scope,
-                      const cJSON *recorded)
-{
-    struct tr_error err = {0};
-    cJSON *value = NULL;
-    bool same;
-
-    if (workflow_step_evaluate_in(wf, i, WORKFLOW_EXPR_EVAL, scope, &value, &err) < 0) {
-        printf("DIVERGENCE at step '%s': its eval does not evaluate: %s\n", workflow_step_id(wf, i),
-               err.message);
-        return false;
-    }
-    same = recorded && cJSON_Compare(value, recorded, true);
-    if (!same) {
-        char *now = compact(value), *then = compact(recorded);
-        printf("DIVERGENCE at step '%s':\n"
-               "  replay's eval yields  %s\n"
-               "  the run recorded      %s\n",
-               workflow_step_id(wf, i), now, then);
-        free(now);
-        free(then);
-    }
-    cJSON_Delete(value);
-    return same;
-}
-
-/* Keeps a step's output (NULL: null) as the scheduler does; saved to the context if save. */
-static void keep(const struct workflow *wf, size_t i, struct workflow_scope *scope,
-                 const cJSON *output, bool save)
-{
-    struct tr_error err = {0};
-    /* A tree is always JSON: this cannot fail. */
-    int rc = workflow_scope_keep_output(scope, wf, i, output, NULL, save, &err);
-    (void)rc;
-}
-
-/* The step in state `failed` whose recorded failure started fallback step f, or -1. */
-static long fallback_for(const struct recording *rec, const int *state, int failed, size_t f)
-{
-    for (size_t i = 0; i < workflow_step_count(rec->wf); i++) {
-        const cJSON *named = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "fallback");
-        if (state[i] == failed && cJSON_IsString(named) &&
-            strcmp(named->valuestring, workflow_step_id(rec->wf, f)) == 0)
-            return (long)i;
-    }
-    return -1;
-}
-
-/*
- * A for_each step: its list over the replay's scope, and each item's call compared with the
- * recorded one (all of them when the step succeeded; those that were made otherwise).
- */
-static bool same_items(const struct workflow *wf, size_t i, const struct workflow_scope *scope,
-                       const struct recorded_step *r, bool succeeded, size_t *matched)
-{
-    struct tr_error err = {0};
-    struct workflow_list *items = NULL;
-    bool same = true;
-    int recorded = (int)r->item_count;
-
-    while (recorded > 0 && !r->item_requests[recorded - 1])
-        recorded--;
-
-    /* The list as the scheduler keeps it: as jq yielded it, each item given as it is. */
-    if (workflow_step_evaluate_list(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0 ||
-        workflow_list_count(items) < 0) {
-        workflow_list_free(&items);
-        if (!succeeded && recorded == 0)
-            return true; /* the run failed the step on its list too */
-        printf("DIVERGENCE at step '%s': its for_each does not yield a list%s%s\n",
-               workflow_step_id(wf, i), err.message[0] ? ": " : "", err.message);
-        return false;
-    }
-    int n = (int)workflow_list_count(items);
-    if (recorded > n || (succeeded && recorded != n)) {
-        printf("DIVERGENCE at step '%s': replay calls %s.%s for %d item%s, the run for %d\n",
-               workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i), n,
-               n == 1 ? "" : "s", recorded);
-        workflow_list_free(&items);
-        return false;
-    }
-    for (int k = 0; same && k < recorded; k++) {
-        const cJSON *request = r->item_requests[k];
-        cJSON *params = NULL;
-        if (!request && succeeded) {
-            printf("DIVERGENCE at step '%s' item %d: the log holds no call for it\n",
-                   workflow_step_id(wf, i), k);
-            same = false;
-            break;
-        }
-        if (!request || cJSON_IsNull(request))
-            continue;
-        const char *method = NULL;
-        struct workflow_scope *item_scope = workflow_scope_with_item(scope, "item", items, k);
-        int rc = sched_step_request(wf, i, item_scope, &method, &params, &err);
-        workflow_scope_free(&item_scope);
-        if (rc < 0) {
-            printf("DIVERGENCE at step '%s' item %d: its request does not evaluate: %s\n",
-                   workflow_step_id(wf, i), k, err.message);
-            same = false;
-        } else {
-            same = same_request(wf, i, method, params, request);
-            *matched += same;
-        }
-        cJSON_Delete(params);
-        params = NULL;
-    }
-    workflow_list_free(&items);
-    return same;
-}
-
-/*
- * The replay proper: steps become ready as the scheduler makes them, until nothing changes.
- * It goes in rounds: the steps ready at the start of a round are decided over the same scope
- * (converted for jq once), and what they output joins the scope at the end of the round, as
- * steps dispatched in one turn of the scheduler do (a step reads only the steps it needs).
- */
-static int replay(struct recording *rec, size_t *ret_matched)
-{
-    const struct workflow *wf = rec->wf;
-    size_t n = workflow_step_count(wf);
-    enum { PENDING, SUCCEEDED, FAILED, NOT_RUN };
-    int *state = xcalloc(n ? n : 1, sizeof(*state));
-    cJSON *start = cJSON_CreateObject();
-    cJSON_AddObjectToObject(start, "context");
-    cJSON_AddObjectToObject(start, "steps");
-    bool progress = true;
-    int status = CLI_OK;
-    struct settled {
-        size_t step;
-        long output_of; /* the step whose recorded output it takes, or -1 for null */
-    } *settled = xcalloc(2 * n + 1, sizeof(*settled));
-    size_t settled_count = 0;
-
-    cJSON_AddItemToObject(start, "input",
-                          rec->input ? cJSON_Duplicate(rec->input, true) : cJSON_CreateObject());
-    /* One scope, changed in place between rounds. */
-    struct workflow_scope *prepared = workflow_scope_new(start);
-    cJSON_Delete(start);
-    *ret_matched = 0;
-    while (progress && status == CLI_OK) {
-        progress = false;
-        settled_count = 0;
-        for (size_t i = 0; i < n && status == CLI_OK; i++) {
-            bool ready = state[i] == PENDING;
-            for (size_t k = 0; ready && k < workflow_step_needs_count(wf, i); k++)
-                ready = state[workflow_step_need(wf, i, k)] == SUCCEEDED;
-            /* A fallback runs only for a step that failed into it. */
-            if (ready && workflow_step_is_fallback(wf, i))
-                ready = fallback_for(rec, state, FAILED, i) >= 0;
-            if (!ready)
-                continue;
-            struct recorded_step *r = &rec->steps[i];
-            const cJSON *outcome = cJSON_GetObjectItemCaseSensitive(r->finished, "status");
-            bool succeeded =
-                cJSON_IsString(outcome) && strcmp(outcome->valuestring, "succeeded") == 0;
-            progress = true;
-            int decided = replay_when(wf, i, prepared, r, succeeded);
-            if (decided == REPLAY_DIVERGED) {
-                status = CLI_FAILED;
-                break;
-            }
-            if (decided == REPLAY_NOT_RUN) {
-                state[i] = NOT_RUN; /* and so the steps that need it */
-                continue;
-            }
-            enum workflow_action action = workflow_step_action(wf, i);
-            bool for_each = workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH);
-            if (for_each && makes_request(action)) {
-                /* One call per item, each compared with the item's last recorded call. */
-                if (!r->finished && !r->reused) {
-                    state[i] = NOT_RUN;
-                    continue;
-                }
-                if (!r->reused && !same_items(wf, i, prepared, r, succeeded, ret_matched)) {
-                    status = CLI_FAILED;
-                    break;
-                }
-            } else if (!makes_request(action)) {
-                /* Computed by the scheduler itself, no call: an eval must yield what the run
-                 * recorded; an approval passed or not as recorded. */
-                if (!r->finished) {
-                    if (rec->run_succeeded) {
-                        printf("DIVERGENCE at step '%s': the replay runs its %s, the run never "
-                               "did\n",
-                               workflow_step_id(wf, i), workflow_action_name(action));
-                        status = CLI_FAILED;
-                    }
-                    state[i] = NOT_RUN;
-                    continue;
-                }
-                if (succeeded && !r->reused && action == WORKFLOW_ACTION_EVAL &&
-                    !same_eval(wf, i, prepared,
-                               cJSON_GetObjectItemCaseSensitive(r->finished, "output"))) {
-                    status = CLI_FAILED;
-                    break;
-                }
-            } else if (!r->reused && (!r->dispatched || !r->request)) {
-                /* The run never called the tool: it ended first, or the step was refused
-                 * before any call (a rejected approval). Only a run that succeeded must have
-                 * called it. */
-                if (rec->run_succeeded || succeeded) {
-                    printf("DIVERGENCE at step '%s': replay calls %s.%s, the run never did\n",
-                           workflow_step_id(wf, i), workflow_step_server(wf, i),
-                           workflow_step_tool(wf, i));
-                    status = CLI_FAILED;
-                }
-                state[i] = NOT_RUN;
-                continue;
-            }
-            /* A step a forked run took over from its parent was not called by this run:
-             * replay takes the parent's result too. */
-            if (makes_request(action) && !for_each && !r->reused) {
-                struct tr_error err = {0};
-                const char *method = NULL;
-                cJSON *params = NULL;
-                int rc = sched_step_request(wf, i, prepared, &method, &params, &err);
-                if (rc < 0) {
-                    printf("DIVERGENCE at step '%s': its request does not evaluate: %s\n",
-                           workflow_step_id(wf, i), err.message);
-                    status = CLI_FAILED;
-                    break;
-                }
-                if (!same_request(wf, i, method, params, r->request))
-                    status = CLI_FAILED;
-                cJSON_Delete(params);
-                if (status != CLI_OK)
-                    break;
-                (*ret_matched)++;
-            }
-            if (!succeeded) {
-                state[i] = FAILED;
-                /* The run went on without it (on_error: continue): its output is null. */
-                if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r->finished, "on_error")))
-                    settled[settled_count++] = (struct settled){i, -1};
-                continue;
-            }
-            settled[settled_count++] = (struct settled){i, (long)i};
-            /* A fallback's output stands in for the step that failed into it. */
-            long failed = fallback_for(rec, state, FAILED, i);
-            if (failed >= 0)
-                settled[settled_count++] = (struct settled){(size_t)failed, (long)i};
-        }
-        for (size_t k = 0; k < settled_count; k++) {
-            const struct settled *done = &settled[k];
-            state[done->step] = SUCCEEDED;
-            keep(wf, done->step, prepared,
-                 done->output_of < 0 ? NULL
-                                     : cJSON_GetObjectItemCaseSensitive(
-                                           rec->steps[done->output_of].finished, "output"),
-                 done->output_of >= 0);
-        }
-    }
-    workflow_scope_free(&prepared);
-    free(settled);
-    for (size_t i = 0; status == CLI_OK && i < n; i++) {
-        if (state[i] == PENDING && rec->steps[i].request) {
-            printf("DIVERGENCE at step '%s': the run called %s.%s, the replay never reaches it\n",
-                   workflow_step_id(wf, i), workflow_step_server(wf, i), workflow_step_tool(wf, i));
-            status = CLI_FAILED;
-        }
-    }
-    free(state);
-    return status;
 }
 
 /* ---- forking ------------------------------------------------------------------------------ */
@@ -734,17 +280,25 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
     return status;
 }
 
+static void print_decision(void *userdata, const char *json_line)
+{
+    (void)userdata;
+    printf("%s\n", json_line);
+}
+
 int cli_replay(int argc, char **argv, struct cli_common *common)
 {
-    enum { OPT_WORKFLOW = 3300, OPT_FROM };
+    enum { OPT_WORKFLOW = 3300, OPT_FROM, OPT_DECISIONS };
     static const struct option options[] = {
         {"db", required_argument, NULL, CLI_OPT_DB},
         {"workflow", required_argument, NULL, OPT_WORKFLOW},
         {"from", required_argument, NULL, OPT_FROM},
+        {"decisions", no_argument, NULL, OPT_DECISIONS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *workflow_path = NULL, *from = NULL;
+    bool decisions = false;
     struct recording rec = {0};
     struct workflow *wf = NULL;
     struct tr_error err = {0};
@@ -761,6 +315,10 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         }
         if (opt == OPT_FROM) {
             from = optarg;
+            continue;
+        }
+        if (opt == OPT_DECISIONS) {
+            decisions = true;
             continue;
         }
         return cli_usage(opt, usage);
@@ -804,23 +362,29 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
             fork_run(store, &rec, run_id, from, workflow_path ? workflow_path : rec.file, common);
         goto out;
     }
-    size_t matched = 0;
-    status = replay(&rec, &matched);
-    printf("replay of %s: %zu tool call%s matched the record, %s; no tool, server or model "
-           "was called\n",
-           run_id, matched, matched == 1 ? "" : "s",
-           status == CLI_OK ? "no divergence" : "stopped at the first divergence");
+    struct sched_replay_options replay_opts = {.on_decision = decisions ? print_decision : NULL};
+    struct sched_replay_report report = {0};
+    if (sched_replay(wf, store, run_id, &replay_opts, &report, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    status = report.divergence ? CLI_FAILED : CLI_OK;
+    /* With --decisions, stdout holds the JSON lines only: the verdict goes to stderr. */
+    FILE *verdict = decisions ? stderr : stdout;
+    if (report.divergence)
+        fputs(report.divergence, verdict);
+    fprintf(verdict,
+            "replay of %s: %zu tool call%s matched the record, %s; no tool, server or model "
+            "was called\n",
+            run_id, report.matched, report.matched == 1 ? "" : "s",
+            status == CLI_OK ? "no divergence" : "stopped at the first divergence");
+    free(report.divergence);
 out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
-        cJSON_Delete(rec.steps[i].request);
-        for (size_t k = 0; k < rec.steps[i].item_count; k++)
-            cJSON_Delete(rec.steps[i].item_requests[k]);
-        free(rec.steps[i].item_requests);
         cJSON_Delete(rec.steps[i].finished);
         cJSON_Delete(rec.steps[i].skipped);
     }
     free(rec.steps);
-    free(rec.tasks);
     free(rec.file);
     free(rec.plan_hash);
     free(rec.plan_json);

@@ -270,6 +270,8 @@ struct engine *engine_new(const struct engine_config *config)
         e->defaults.retry_on = SCHED_DEFAULT_RETRY_ON;
     if (e->defaults.delay_ms <= 0)
         e->defaults.delay_ms = SCHED_DEFAULT_RETRY_DELAY_MS;
+    if (e->defaults.max_delay_ms <= 0)
+        e->defaults.max_delay_ms = SCHED_DEFAULT_RETRY_MAX_DELAY_MS;
     if (e->defaults.max_delay_ms < e->defaults.delay_ms)
         e->defaults.max_delay_ms = e->defaults.delay_ms;
     if (e->defaults.timeout_ms <= 0)
@@ -847,6 +849,18 @@ bool engine_result(struct engine *e, size_t index, long item, int attempt, const
     return true;
 }
 
+bool engine_succeeded(struct engine *e, size_t index, const char *output_json, int64_t now)
+{
+    if (index >= e->step_count || e->steps[index].state != STEP_DISPATCHED)
+        return false;
+    struct fanout *fan = e->steps[index].fan;
+    if (fan && fan->done < fan->count)
+        return false;
+    succeed(e, index, NULL, xstrdup(output_json ? output_json : "null"),
+            now - e->steps[index].dispatched_ms, now);
+    return true;
+}
+
 void engine_gathered(struct engine *e, size_t index, const cJSON *results, char *outputs_json,
                      int64_t now)
 {
@@ -1357,6 +1371,32 @@ void engine_start(struct engine *e, int64_t now)
         }
     }
     free(queue);
+}
+
+void engine_recover(struct engine *e, const bool *in_flight, int64_t now)
+{
+    e->ready_len = 0;
+    for (size_t i = 0; i < e->step_count; i++) {
+        struct step_run *step = &e->steps[i];
+        step->failures = 0;
+        if (step->state == STEP_DISPATCHED && !in_flight[i]) {
+            /* Its dispatch was never committed: the new scheduler finds it ready. */
+            fanout_free(e, &step->fan);
+            step->attempt--;
+            step->state = STEP_READY;
+            queue_ready(e, i);
+        } else if (step->state == STEP_DISPATCHED) {
+            cJSON *payload = cJSON_CreateObject();
+            cJSON_AddNumberToObject(payload, "attempt", step->attempt);
+            cJSON_AddStringToObject(payload, "reason",
+                                    "in flight when the previous scheduler stopped");
+            audit(e, i, "step.recovered", payload, false);
+            fanout_free(e, &step->fan);
+            make_ready(e, i, now);
+        } else if (step->state == STEP_READY) {
+            queue_ready(e, i);
+        }
+    }
 }
 
 /* ---- a fork's take-over -------------------------------------------------------------------- */

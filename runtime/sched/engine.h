@@ -241,6 +241,22 @@ bool engine_failure(struct engine *engine, size_t step, long item, int attempt,
  * retry; on_error decides. Nothing for a step that has ended. */
 void engine_step_failed(struct engine *engine, size_t step, const char *error, int64_t now_ms);
 
+/*
+ * A call's outcome as a record gives it (replay): the step (a for_each, once every item is
+ * done) succeeded with output_json, its output as recorded; no `output` is computed again.
+ * False when the step is not dispatched (or items are left).
+ */
+bool engine_succeeded(struct engine *engine, size_t step, const char *output_json, int64_t now_ms);
+
+/*
+ * The scheduler was replaced (replay, at a recorded run.resumed): in_flight[step] says the new
+ * scheduler found the step dispatched (its step.recovered event). Those are dispatched again
+ * (a step.recovered AUDIT each; a for_each restarts from the items not done); a step the
+ * engine dispatched but the record does not hold in flight was never committed, and is ready
+ * again at its former attempt. Failed attempts are counted afresh, as at a take-over.
+ */
+void engine_recover(struct engine *engine, const bool *in_flight, int64_t now_ms);
+
 /* The answer to ENGINE_GATHER: the raw results (a tree), or the outputs' list (JSON text,
  * taken). */
 void engine_gathered(struct engine *engine, size_t step, const cJSON *results, char *outputs_json,

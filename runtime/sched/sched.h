@@ -190,6 +190,31 @@ int sched_approval_decide(struct store *store, const char *run_id, const char *s
                           bool approve, const char *by, const char *comment,
                           struct tr_error *err) TR_MUST_CHECK;
 
+/* ---- replay (replay.c) ------------------------------------------------------------------ */
+
+struct sched_replay_options {
+    /* Called with each decision the replay makes, as one JSON line (docs/scheduler.md):
+     * {"step":"a","item":null,"decision":"dispatch"}; may be NULL. */
+    void (*on_decision)(void *userdata, const char *json_line);
+    void *userdata;
+};
+
+struct sched_replay_report {
+    size_t matched;   /* calls the replay made that match the record */
+    char *divergence; /* the first divergence, for people (the caller frees), or NULL */
+};
+
+/*
+ * Replays run_id of store with wf (its own plan, or an edited one): the engine of a live run
+ * decides again, fed from the run's audit log; each call it would make is compared with the
+ * recorded request and answered with the recorded outcome; nothing is called or written.
+ * Returns 0 with the report (divergence NULL when none), or a negative code when the run
+ * cannot be read (err says why).
+ */
+int sched_replay(const struct workflow *wf, struct store *store, const char *run_id,
+                 const struct sched_replay_options *opts, struct sched_replay_report *report,
+                 struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- the ledger backs the records (ledger.c) ------------------------------------------ */
 
 #define SCHED_LEDGER_MAX_LINES 32

@@ -391,3 +391,54 @@ Test(replay, from_the_plan_stored_with_the_run_without_its_file)
     free(path);
     harness_env_release(&env);
 }
+
+/* `troupe replay --decisions`: one JSON line per decision of the engine, in the shape
+ * docs/scheduler.md gives, as many as the live run's audit log holds. */
+Test(replay, prints_its_decisions_as_json_lines)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *path = harness_write_file(env.dir, "forks.yaml", fallback_workflow);
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *id = run_id_latest(&env);
+
+    const char *replay[] = {env.troupe, "--db", env.db, "replay", id, "--decisions", NULL};
+    harness_run(replay, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "no divergence"), "%s", r.err);
+    static const char *const expected[] = {
+        "{\"step\":\"assess\",\"item\":null,\"decision\":\"dispatch\"}\n",
+        "{\"step\":\"assess\",\"item\":null,\"decision\":\"fail\"}\n",
+        "{\"step\":\"default_score\",\"item\":null,\"decision\":\"fallback\",\"for\":\"assess\"}\n",
+        "{\"step\":\"default_score\",\"item\":null,\"decision\":\"succeed\"}\n",
+        "{\"step\":\"lenient\",\"item\":null,\"decision\":\"fail\"}\n",
+        "{\"step\":\"after_lenient\",\"item\":null,\"decision\":\"succeed\"}\n",
+        "{\"step\":\"maybe\",\"item\":null,\"decision\":\"skip\"}\n",
+        "{\"step\":\"after_maybe\",\"item\":null,\"decision\":\"skip\"}\n",
+        "{\"step\":\"greet\",\"item\":null,\"decision\":\"succeed\"}\n",
+        "{\"step\":\"not_needed\",\"item\":null,\"decision\":\"skip\"}\n",
+        "{\"step\":\"after\",\"item\":null,\"decision\":\"succeed\"}\n",
+    };
+    for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++)
+        cr_assert(strstr(r.out, expected[i]), "no %s in:\n%s", expected[i], r.out);
+    /* As many as the log's decision events (docs/scheduler.md, "Decisions"). */
+    long long lines = 0;
+    for (const char *c = r.out; *c; c++)
+        lines += *c == '\n';
+    long long logged = harness_query_int(
+        env.db,
+        "SELECT count(*) + (SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+        "'step.finished' AND json_extract(payload_json, '$.fallback') IS NOT NULL) FROM audit "
+        "WHERE run_id = '%s' AND (type IN ('step.dispatched', 'step.retry', 'step.finished', "
+        "'step.approved', 'step.rejected', 'step.reused') OR (type = 'step.skipped' AND "
+        "json_extract(payload_json, '$.unreached') IS NULL))",
+        id, id);
+    cr_assert_eq(lines, logged, "%s", r.out);
+    harness_result_release(&r);
+    free(id);
+    free(path);
+    harness_env_release(&env);
+}
