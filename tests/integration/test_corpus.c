@@ -2,9 +2,9 @@
  * The corpus: every workflow of the repository that runs without a network (workflows/,
  * tests/workflows/, tests/workflows/corpus/, one file for each rule of docs/workflows.md) is
  * run live on a fresh database, then replayed; the decisions the live run made, read from its
- * audit log (`troupe log RUN --json`, mapped as docs/audit.md says), must be the decisions the
- * replay makes (`troupe replay RUN --decisions`), step by step and item by item: dispatches,
- * skips, successes, failures, fallbacks, retries, approvals, rejections and reuses.
+ * audit log (`troupe log RUN --json`, mapped as docs/scheduler.md "Decisions" says), must be the
+ * decisions the replay makes (`troupe replay RUN --decisions`), step by step and item by item:
+ * dispatches, skips, successes, failures, fallbacks, retries, approvals, rejections and reuses.
  * It does not check what the decisions were (the other integration tests do); only that the
  * two drivers of the one engine agree. A workflow file the table does not know fails the test.
  */
@@ -136,7 +136,7 @@ static void each_json_line(const char *text, void (*fn)(void *, const cJSON *), 
 }
 
 /*
- * The live run's decisions, from its audit events (docs/audit.md, "Decisions"): the
+ * The live run's decisions, from its audit events (docs/scheduler.md, "Decisions"): the
  * scheduler's step.dispatched (dispatch), step.retry (retry), step.finished (succeed or fail;
  * a failure whose payload names a fallback F is also F's fallback decision, for the step),
  * step.skipped (skip, unless "unreached": the run ended first), step.approved, step.rejected,
