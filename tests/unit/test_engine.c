@@ -655,6 +655,23 @@ static const struct engine_case cases[] = {
                "record a succeeded attempt=1 output={\"sum\":42}\n"
                "record b succeeded attempt=1 output=\"one\\ntwo\"",
     },
+    {
+        .name = "resource and prompt: resources/read of the rendered URI, prompts/get with "
+                "string arguments; a resource's output is its one text",
+        .steps = "  - id: r\n    persona: worker\n"
+                 "    resource: {server: demo, uri: 'demo://doc/${{ .input.n }}'}\n"
+                 "  - id: p\n    persona: worker\n    prompt: demo.summary\n"
+                 "    with: {n: '${{ .input.n }}', s: text}\n",
+        .input = "{\"n\": 7}",
+        .script = "ok r {\"contents\":[{\"uri\":\"demo://doc/7\",\"text\":\"seven\"}]}\n"
+                  "ok p {\"messages\":[]}",
+        .decisions = "dispatch r; dispatch p; succeed r; succeed p",
+        .has = "send r attempt=1 timeout=60000 resources/read {\"uri\":\"demo://doc/7\"}\n"
+               "send p attempt=1 timeout=60000 prompts/get {\"name\":\"summary\","
+               "\"arguments\":{\"n\":\"7\",\"s\":\"text\"}}\n"
+               "record r succeeded attempt=1 output=\"seven\"\n"
+               "record p succeeded attempt=1 output={\"messages\":[]}",
+    },
     /* Modifiers: output, save */
     {
         .name = "output transforms the raw result (.result) into the step's output",
@@ -993,6 +1010,15 @@ static const struct engine_case cases[] = {
         .decisions = "dispatch a#1; dispatch a#3",
         .has = "audit step.recovered a\naudit step.items_recovered a {\"done\":2,\"items\":4}",
         .lacks = "send a#0\nsend a#2",
+    },
+    {
+        .name = "resume: a step that waited for approval waits again, and takes the decision",
+        .steps = "  - id: g\n    approval: {who: [boss], why: wait}\n" TOOL(
+            "after") "    with: {message: x}\n    needs: g\n",
+        .load = "[{\"step\": \"g\", \"state\": \"waiting-approval\", \"attempt\": 0}]",
+        .script = "approve g ana",
+        .decisions = "approve g; succeed g; dispatch after",
+        .lacks = "send g",
     },
 };
 
