@@ -28,30 +28,39 @@ enum corpus_action {
     CORPUS_APPROVE, /* approves `asked` and rejects `refused` once both wait */
     CORPUS_CANCEL,  /* troupe cancel once `slow` is dispatched */
     CORPUS_FORK,    /* then forks the run from `greet`, and checks the fork as well */
-    CORPUS_RESUME,  /* kill -9 once two items of `each` are done, then troupe resume */
+    CORPUS_RESUME,  /* kill -9 once kill_when holds, then troupe resume */
 };
 
 struct corpus_entry {
     const char *path; /* relative to the source tree */
     int exit_code;    /* of troupe run */
     enum corpus_action action;
+    const char *option;    /* one more option of troupe run, or NULL */
+    const char *kill_when; /* CORPUS_RESUME: an SQL count that reaches 1 when it is time */
 };
 
 static const struct corpus_entry corpus[] = {
-    {"workflows/hello.yaml", 0, CORPUS_RUN},
-    {"workflows/hello.json", 0, CORPUS_RUN},
-    {"tests/workflows/ledger.yaml", 0, CORPUS_RUN},
-    {"tests/workflows/hostile-text.yaml", 1, CORPUS_RUN},
-    {"tests/workflows/corpus/chain.yaml", 0, CORPUS_RUN},
-    {"tests/workflows/corpus/when.yaml", 0, CORPUS_RUN},
-    {"tests/workflows/corpus/approvals.yaml", 0, CORPUS_APPROVE},
-    {"tests/workflows/corpus/retry.yaml", 0, CORPUS_RUN},
-    {"tests/workflows/corpus/fallback.yaml", 0, CORPUS_FORK},
-    {"tests/workflows/corpus/fallback-fails.yaml", 1, CORPUS_RUN},
-    {"tests/workflows/corpus/fallback-once.yaml", 1, CORPUS_RUN},
-    {"tests/workflows/corpus/foreach.yaml", 0, CORPUS_RUN},
-    {"tests/workflows/corpus/cancel.yaml", 130, CORPUS_CANCEL},
-    {"tests/workflows/corpus/resume.yaml", 0, CORPUS_RESUME},
+    {"workflows/hello.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"workflows/hello.json", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/ledger.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/hostile-text.yaml", 1, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/chain.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/when.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/approvals.yaml", 0, CORPUS_APPROVE, NULL, NULL},
+    {"tests/workflows/corpus/retry.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/fallback.yaml", 0, CORPUS_FORK, NULL, NULL},
+    {"tests/workflows/corpus/fallback-fails.yaml", 1, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/fallback-once.yaml", 1, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/foreach.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/cancel.yaml", 130, CORPUS_CANCEL, NULL, NULL},
+    /* Killed once every call that can be in flight is: items 2 and 3, and lone. */
+    {"tests/workflows/corpus/resume.yaml", 0, CORPUS_RESUME, NULL,
+     "SELECT (SELECT count(*) FROM step_items WHERE step_id = 'each') >= 2 AND (SELECT count(*) "
+     "FROM audit WHERE type = 'step.dispatched') >= 5"},
+    {"tests/workflows/corpus/bureau.yaml", 0, CORPUS_RUN, NULL, NULL},
+    /* Killed while queued waits for room: see the disabled test below. */
+    {"tests/workflows/corpus/credit.yaml", 0, CORPUS_RESUME, "--credit=1",
+     "SELECT count(*) FROM audit WHERE type = 'step.dispatched' AND step_id = 'slow'"},
 };
 
 /* Workflow files that are not run, and why. */
@@ -280,7 +289,11 @@ static void wait_for_state(const struct harness_env *env, const char *step, cons
 static char *run_live(const struct harness_env *env, const struct corpus_entry *entry)
 {
     char *path = harness_source_path(entry->path);
-    const char *argv[] = {env->troupe, "--db", env->db, "run", "-q", path, NULL};
+    const char *argv[] = {env->troupe, "--db", env->db,
+                          "run",       "-q",   entry->option ? entry->option : path,
+                          path,        NULL};
+    if (!entry->option)
+        argv[6] = NULL;
     struct harness_proc proc;
     struct harness_result r;
 
@@ -297,10 +310,8 @@ static char *run_live(const struct harness_env *env, const struct corpus_entry *
         cr_assert_eq(r.exit_code, 0, "troupe cancel: %s%s", r.out, r.err);
         harness_result_release(&r);
     } else if (entry->action == CORPUS_RESUME) {
-        cr_assert_eq(harness_db_wait(env->db,
-                                     "SELECT count(*) FROM step_items WHERE step_id = 'each'", 2,
-                                     30000),
-                     2);
+        cr_assert_eq(harness_db_wait(env->db, entry->kill_when, 1, 30000), 1, "%s",
+                     entry->kill_when);
         cr_assert_eq(kill(proc.pid, SIGKILL), 0);
         harness_finish(&proc, 30000, &r);
         cr_assert_eq(r.exit_code, 128 + SIGKILL);
@@ -362,6 +373,21 @@ CORPUS_TEST(fallback_once, 10)
 CORPUS_TEST(foreach, 11)
 CORPUS_TEST(cancel, 12)
 CORPUS_TEST(resume, 13)
+CORPUS_TEST(bureau, 14)
+
+/*
+ * Disabled: the replay driver decides a dispatch the live run never made. The live run had room
+ * for one call (--credit 1): slow went out, queued waited; killed, then resumed, the scheduler
+ * sent slow again and then queued, once. The replay gives every persona unlimited room, so in
+ * the first scheduler's session it also dispatches queued, and again after the take-over:
+ * `troupe replay --decisions` prints queued's dispatch twice, while plain replay reports no
+ * divergence (queued's one recorded request matches). Enable once replay dispatches, in each
+ * session, only what the log shows that session sent.
+ */
+Test(corpus, credit, .timeout = 180, .disabled = true)
+{
+    check_entry(&corpus[15]);
+}
 
 static bool known(const char *path)
 {
@@ -379,7 +405,7 @@ Test(corpus, knows_every_workflow_of_the_repository)
 {
     static const char *const folders[] = {"workflows", "tests/workflows", "tests/workflows/corpus",
                                           "tests/interop"};
-    cr_assert_eq(COUNT(corpus), 14, "a CORPUS_TEST for each entry");
+    cr_assert_eq(COUNT(corpus), 16, "a CORPUS_TEST for each entry");
     for (size_t f = 0; f < COUNT(folders); f++) {
         char *dir_path = harness_source_path(folders[f]);
         DIR *dir = opendir(dir_path);
