@@ -61,6 +61,8 @@ static const struct corpus_entry corpus[] = {
     /* Killed while queued waits for room: see the disabled test below. */
     {"tests/workflows/corpus/credit.yaml", 0, CORPUS_RESUME, "--credit=1",
      "SELECT count(*) FROM audit WHERE type = 'step.dispatched' AND step_id = 'slow'"},
+    /* Fails while b waits for room: see the disabled test below. */
+    {"tests/workflows/corpus/credit-fails.yaml", 1, CORPUS_RUN, "--credit=1", NULL},
 };
 
 /* Workflow files that are not run, and why. */
@@ -376,17 +378,21 @@ CORPUS_TEST(resume, 13)
 CORPUS_TEST(bureau, 14)
 
 /*
- * Disabled: the replay driver decides a dispatch the live run never made. The live run had room
- * for one call (--credit 1): slow went out, queued waited; killed, then resumed, the scheduler
- * sent slow again and then queued, once. The replay gives every persona unlimited room, so in
- * the first scheduler's session it also dispatches queued, and again after the take-over:
- * `troupe replay --decisions` prints queued's dispatch twice, while plain replay reports no
- * divergence (queued's one recorded request matches). Enable once replay dispatches, in each
- * session, only what the log shows that session sent.
+ * Disabled: the replay driver decides dispatches the live run never made. How much room the
+ * agents had is the live driver's fact, and the log does not say it; the replay gives every
+ * persona unlimited room. With --credit 1:
+ * - credit.yaml: slow went out, queued waited; killed, then resumed, the scheduler sent slow
+ *   again and then queued, once. The replay also dispatches queued in the first scheduler's
+ *   session, and again after the take-over: two dispatches of queued to the run's one.
+ * - credit-fails.yaml: a went out and failed, which failed the run while b waited; b was never
+ *   dispatched (skipped, unreached). The replay dispatches b.
+ * Plain replay reports no divergence for either (every recorded request is matched). Enable
+ * once replay dispatches only what the log shows was sent (in each scheduler's session).
  */
-Test(corpus, credit, .timeout = 180, .disabled = true)
+Test(corpus, replay_dispatches_only_what_the_run_had_room_for, .timeout = 180, .disabled = true)
 {
     check_entry(&corpus[15]);
+    check_entry(&corpus[16]);
 }
 
 static bool known(const char *path)
@@ -405,7 +411,7 @@ Test(corpus, knows_every_workflow_of_the_repository)
 {
     static const char *const folders[] = {"workflows", "tests/workflows", "tests/workflows/corpus",
                                           "tests/interop"};
-    cr_assert_eq(COUNT(corpus), 16, "a CORPUS_TEST for each entry");
+    cr_assert_eq(COUNT(corpus), 17, "a CORPUS_TEST for each entry");
     for (size_t f = 0; f < COUNT(folders); f++) {
         char *dir_path = harness_source_path(folders[f]);
         DIR *dir = opendir(dir_path);
