@@ -13,6 +13,8 @@
  *   stale STEP ATTEMPT RESULT    a result for an attempt the engine no longer waits for
  *   tick MS                      MS milliseconds pass
  *   approve STEP BY / reject STEP BY
+ *   agents-fail STEP TEXT        the step's agents cannot be started (the driver's reason)
+ *   abort TEXT                   the run fails for a reason of the driver's (a lost store)
  *   cancel TEXT                  the run is cancelled (the steps not ended end, with TEXT)
  * After each event the test drives the engine as the live driver does: it carries out the
  * effects (answering a GATHER from the items' outputs it was given) and lets what is ready go
@@ -278,10 +280,11 @@ struct engine_case {
     const char *input;  /* the run's input (JSON), or NULL */
     const char *script; /* the events, one a line */
     const char *decisions;
-    const char *has;     /* lines, "\n" between them, each a substring of some effect's line */
-    const char *lacks;   /* lines, each a substring of no effect's line */
-    size_t slots;        /* offered to each persona after each event; 0: 64 */
-    const char *approve; /* a step that waits for a decision before it runs (--approve) */
+    const char *has;         /* lines, "\n" between them, each a substring of some effect's line */
+    const char *lacks;       /* lines, each a substring of no effect's line */
+    size_t slots;            /* offered to each persona after each event; 0: 64 */
+    const char *approve;     /* a step that waits for a decision before it runs (--approve) */
+    const char *destructive; /* a step whose tool may be destructive (--approve-destructive) */
     struct engine_policy defaults;
     /* A fork's take-over: [{"step", "state", "output", "error", "reason"}], or NULL. */
     const char *reuse;
@@ -430,6 +433,12 @@ static void run_event(struct driver *d, const char *line)
         parse_where(d, at, &step, &item);
         cr_assert(engine_approval(d->engine, step, verb[0] == 'a', arg, "a comment", d->now),
                   "%s: the step does not wait", line);
+    } else if (strcmp(verb, "agents-fail") == 0) {
+        sscanf(rest, "%79s %n", at, &used);
+        parse_where(d, at, &step, &item);
+        engine_step_failed(d->engine, step, rest + used, d->now);
+    } else if (strcmp(verb, "abort") == 0) {
+        engine_abort(d->engine, rest);
     } else if (strcmp(verb, "cancel") == 0) {
         /* As the live driver does: nothing more starts, then every step not ended ends. */
         engine_cancel(d->engine);
@@ -537,6 +546,11 @@ static void run_case(const struct engine_case *c)
 {
     struct driver d;
     driver_init(&d, c);
+    if (c->destructive) {
+        long index = workflow_step_find(d.wf, c->destructive);
+        cr_assert_geq(index, 0);
+        engine_step_needs_approval(d.engine, (size_t)index, true);
+    }
     before_start(&d, c);
     drain(&d);
     engine_start(d.engine, d.now);
@@ -733,6 +747,35 @@ static const struct engine_case cases[] = {
         .script = "approve a ana\nok a \"A\"",
         .decisions = "approve a; dispatch a; succeed a",
         .has = "record a waiting-approval",
+    },
+    {
+        .name = "--approve-destructive: a call whose tool may be destructive waits for a decision",
+        .steps = TOOL("a") "    with: {message: a}\n" TOOL("b") "    with: {message: b}\n",
+        .destructive = "a",
+        .script = "ok b \"B\"\nreject a ana",
+        .decisions = "dispatch b; succeed b; reject a; fail a",
+        .has = "record a waiting-approval\nmay be destructive\nended failed",
+        .lacks = "send a",
+    },
+    /* What the driver cannot do */
+    {
+        .name = "a step whose agents cannot start fails, and on_error decides",
+        .steps = TOOL("a") "    with: {message: a}\n    on_error: continue\n"
+                           "  - id: b\n    eval: '[.steps.a.output]'\n    needs: a\n",
+        .slots = 1,
+        .script = "agents-fail a the agent could not be started",
+        .decisions = "dispatch a; fail a; succeed b",
+        .has = "record a failed attempt=1 error=the agent could not be started\n"
+               "record b succeeded attempt=1 output=[null]\nended succeeded",
+    },
+    {
+        .name = "a run failed by its driver starts nothing more; what is in flight may end",
+        .steps =
+            TOOL("a") "    with: {message: a}\n" TOOL("b") "    with: {message: b}\n    needs: a\n",
+        .script = "abort the database could not be written\nok a \"A\"",
+        .decisions = "dispatch a; succeed a",
+        .has = "ended failed: the database could not be written",
+        .lacks = "send b",
     },
     /* Modifiers: for_each, concurrency */
     {
