@@ -1,7 +1,8 @@
 /*
  * test-mcp-misbehave: an MCP server over stdio that misbehaves on request, for the client's
- * robustness tests (exits mid-call, sleeps, writes garbage, huge lines, stray responses,
- * batches and stderr noise; --no-init, --bad-version and --exit-on-start break the handshake;
+ * robustness tests (exits mid-call, sleeps, fails the first N calls of a key, writes garbage,
+ * huge lines, stray responses, batches and stderr noise; --no-init, --bad-version and
+ * --exit-on-start break the handshake;
  * --silent-discover and --odd-discover play legacy servers that never answer server/discover
  * or answer it with an id nobody used).
  * Tests only.
@@ -251,6 +252,47 @@ static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, stru
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
 }
 
+/*
+ * Fails the first `fails` calls that carry the same `key` in this process (a tool error,
+ * isError), then replies "KEY: ok after N failures"; with `sleep_ms`, a call that would fail
+ * sleeps that long first (so that a step's timeout cuts it: a timeout, then a success).
+ * One process keeps the counts: a persona with one agent sees them all.
+ */
+static int flaky(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
+{
+    enum { FLAKY_KEYS = 256 };
+    static char *keys[FLAKY_KEYS];
+    static long calls[FLAKY_KEYS];
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(arguments, "key");
+    long fails = int_arg(arguments, "fails", 1);
+    long sleep_ms = int_arg(arguments, "sleep_ms", 0);
+    size_t k = 0;
+
+    if (!cJSON_IsString(key))
+        return tr_error_set(err, TR_EINVAL, "flaky: key must be a string");
+    if (sleep_ms < 0 || sleep_ms > 600000)
+        return tr_error_set(err, TR_EINVAL, "flaky: sleep_ms must be within 0..600000");
+    while (k < FLAKY_KEYS && keys[k] && strcmp(keys[k], key->valuestring) != 0)
+        k++;
+    if (k == FLAKY_KEYS)
+        return tr_error_set(err, TR_EINVAL, "flaky: more than %d keys", FLAKY_KEYS);
+    if (!keys[k])
+        keys[k] = xstrdup(key->valuestring);
+    if (calls[k]++ < fails) {
+        if (sleep_ms == 0)
+            return tr_error_set(err, TR_EINVAL, "flaky: %s fails (call %ld of %ld failing)",
+                                key->valuestring, calls[k], fails);
+        struct timespec ts = {.tv_sec = sleep_ms / 1000, .tv_nsec = (sleep_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
+    char *text = xasprintf("%s: ok after %ld failures", key->valuestring,
+                           calls[k] - 1 < fails ? calls[k] - 1 : fails);
+    *ret_result = mcp_result_text(text, false);
+    free(text);
+    return 0;
+}
+
 /* Designated, so that the fields a tool leaves out (title, output schema, hints) are zero. */
 #define TOOL(name_, description_, schema_, fn_)                                                    \
     {                                                                                              \
@@ -276,6 +318,11 @@ static const struct mcp_tool_def tools[] = {
     TOOL("ask_client", "Sends the client a ping and a sampling request; replies with its answers.",
          "{\"type\":\"object\"}", ask_client),
     TOOL("fail", "Always fails (a handler error).", "{\"type\":\"object\"}", fail),
+    TOOL("flaky", "Fails the first `fails` calls of a key (default 1), then replies.",
+         "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"},"
+         "\"fails\":{\"type\":\"integer\"},\"sleep_ms\":{\"type\":\"integer\"}},"
+         "\"required\":[\"key\"]}",
+         flaky),
     TOOL("environ", "Replies with its whole environment (or its parent's), one NAME=value a line.",
          "{\"type\":\"object\",\"properties\":{\"parent\":{\"type\":\"boolean\"}}}", environ_tool),
     TOOL("reveal", "Replies with an environment variable's value in several encodings.",
