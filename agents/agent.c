@@ -55,10 +55,8 @@ struct agent {
     struct bus *bus;
     char *persona;
     cJSON *config;
-    /* "server.pattern" entries for tools and prompts (mcp_allowlist_matches); when the
-     * welcome has neither list everything is allowed, else each kind only by its own. */
-    const cJSON *tool_allowlist, *prompt_allowlist;
-    bool has_allowlist;
+    /* The welcome's `tools` and `prompts` (mcp_allowlist_matches); entries borrow config. */
+    struct mcp_allowlist allowlist;
     int credit;                /* tasks the scheduler may have in flight here (welcome) */
     struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
     struct server servers[MAX_SERVERS];
@@ -328,22 +326,35 @@ static struct server *find_server(struct agent *agent, const char *name)
     return NULL;
 }
 
+/* The welcome's list under key, its strings borrowed (a non-string matches nothing). */
+static const char *const *allowlist_entries(const cJSON *config, const char *key,
+                                            bool *ret_declared, size_t *ret_count)
+{
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(config, key);
+    const char **entries;
+    const cJSON *entry;
+    size_t count = 0;
+
+    if (!list)
+        return NULL;
+    *ret_declared = true;
+    entries = xcalloc((size_t)cJSON_GetArraySize(list) + 1, sizeof(*entries));
+    cJSON_ArrayForEach(entry, (cJSON_IsArray(list) ? list : NULL))
+    {
+        if (cJSON_IsString(entry))
+            entries[count++] = entry->valuestring;
+    }
+    *ret_count = count;
+    return entries;
+}
+
 /* The agent's own allowlist check, made again after the scheduler's (least privilege):
  * a tool (method NULL) by the tools list, a prompt by the prompts list. */
 static bool allowed(const struct agent *agent, const char *method, const char *server,
                     const char *name)
 {
-    const cJSON *list = method ? agent->prompt_allowlist : agent->tool_allowlist;
-    const cJSON *entry;
-
-    if (!agent->has_allowlist)
-        return true;
-    cJSON_ArrayForEach(entry, list)
-    {
-        if (cJSON_IsString(entry) && mcp_allowlist_matches(entry->valuestring, server, name))
-            return true;
-    }
-    return false;
+    return mcp_allowlist_matches(&agent->allowlist, method ? MCP_ALLOW_PROMPT : MCP_ALLOW_TOOL,
+                                 server, name);
 }
 
 /* ---- tasks ------------------------------------------------------------------------------- */
@@ -694,9 +705,10 @@ static int open_servers(struct agent *agent, struct tr_error *err)
     const cJSON *servers = cJSON_GetObjectItemCaseSensitive(agent->config, "servers");
     const cJSON *entry;
 
-    agent->tool_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
-    agent->prompt_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "prompts");
-    agent->has_allowlist = agent->tool_allowlist || agent->prompt_allowlist;
+    struct mcp_allowlist *list = &agent->allowlist;
+    list->tools = allowlist_entries(agent->config, "tools", &list->declared, &list->tool_count);
+    list->prompts =
+        allowlist_entries(agent->config, "prompts", &list->declared, &list->prompt_count);
     cJSON_ArrayForEach(entry, servers)
     {
         int rc = open_server(agent, entry, err); /* err names the server */
@@ -1027,6 +1039,8 @@ out:
     free(agent.tasks);
     tr_log_set_filter(NULL, NULL);
     redactor_free(&agent.redactor);
+    free((void *)agent.allowlist.tools);
+    free((void *)agent.allowlist.prompts);
     cJSON_Delete(agent.config);
     bus_free(&agent.bus);
     tr_log_context(NULL, NULL, NULL);

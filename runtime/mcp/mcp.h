@@ -39,13 +39,29 @@ const char *const *mcp_protocol_versions(void);
 bool mcp_protocol_version_supported(const char *version);
 
 /*
- * Allowlists: an entry is "server.pattern"; it matches a tool or prompt `name` of `server` when
- * the server part is equal and the pattern matches the whole name. Matching is
- * case-sensitive; in the pattern `*` matches any run of characters and `?` one character,
- * `[abc]`, `[a-z]` and `[!a-z]` one character of (or not of) a class; none of them matches a
- * dot, so `fs.read_*` allows `read_file` but not `read_file.admin`.
+ * Allowlists: a persona's `tools` and `prompts` lists of "server.pattern" entries. The one
+ * match (loader, scheduler and agent): a tool only by `tools`, a prompt only by `prompts` (a
+ * tool entry never allows a prompt of that name, nor the reverse); a persona that declares
+ * neither list may use everything, one that declares either is held to both (a list it lacks
+ * allows nothing). An entry matches a name of `server` when its server part is equal and its
+ * pattern matches the whole name, case-sensitive: `*` any run of characters, `?` one, `[abc]`,
+ * `[a-z]`, `[!a-z]` one of (or not of) a class; none of them matches a dot, so `fs.read_*`
+ * allows `read_file` but not `read_file.admin`. A malformed entry (mcp_allowlist_entry_problem)
+ * matches nothing. Entries are borrowed.
  */
-bool mcp_allowlist_matches(const char *entry, const char *server, const char *name);
+enum mcp_allow_kind {
+    MCP_ALLOW_TOOL,   /* tools/call */
+    MCP_ALLOW_PROMPT, /* prompts/get */
+};
+struct mcp_allowlist {
+    bool declared; /* either list was given */
+    const char *const *tools;
+    size_t tool_count;
+    const char *const *prompts;
+    size_t prompt_count;
+};
+bool mcp_allowlist_matches(const struct mcp_allowlist *list, enum mcp_allow_kind kind,
+                           const char *server, const char *name);
 /* Why entry is not a well-formed allowlist entry (a static string), or NULL when it is. */
 const char *mcp_allowlist_entry_problem(const char *entry);
 

@@ -281,7 +281,8 @@ static void sched_start(struct sched *s, int credit)
     cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
     cJSON *tools = cJSON_AddArrayToObject(config, "tools");
     static const char *const allowed[] = {"conc.sleep",   "conc.barrier", "conc.fail",
-                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*"};
+                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*",
+                                          "conc.[s"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
@@ -523,6 +524,11 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
                              .json = "{\"name\":\"sleep\"}"};
     struct tr_error err = {0};
     cr_assert_eq(bus_send(s.bus, &prompt, &err), 0, "%s", err.message);
+    /* Case counts; a malformed entry ('[' without ']') allows nothing. */
+    assign(&s, 7, "SLEEP", "{}", 5000);
+    assign(&s, 8, "s", "{}", 5000);
+    expect_result(&s, 7, "policy", "not on its allowlist");
+    expect_result(&s, 8, "policy", "not on its allowlist");
     expect_result(&s, 5, "policy", "not on its allowlist");
     expect_result(&s, 6, "policy", "not on its allowlist");
     expect_result(&s, 2, "policy", "not on its allowlist");
@@ -535,7 +541,7 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
     cJSON *lines = server_log(&s);
     char *text = cJSON_PrintUnformatted(lines);
     cr_assert(!strstr(text, "drop_tables") && !strstr(text, "[1,2]") && !strstr(text, "admin") &&
-                  !strstr(text, "prompts/get"),
+                  !strstr(text, "prompts/get") && !strstr(text, "SLEEP"),
               "a refused call reached the server: %s", text);
     free(text);
     cJSON_Delete(lines);

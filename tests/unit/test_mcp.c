@@ -1213,3 +1213,75 @@ Test(mcp_stdio, another_answer_to_discover_falls_back_at_once, .timeout = 30)
     mcp_session_free(&s);
     assert_no_children();
 }
+
+/* ---- allowlists ------------------------------------------------------------------------- */
+
+Test(mcp_allowlist, one_match_for_every_rule)
+{
+    static const char *const tools[] = {"fx.read_*", "fx.a?c",  "fx.[!.]x", "fx.*.read",
+                                        "fx.send",   "fx.[a-z", "fx.*z*",   "fx.Up"};
+    static const char *const prompts[] = {"fx.brief_*"};
+    const struct mcp_allowlist list = {.declared = true,
+                                       .tools = tools,
+                                       .tool_count = sizeof(tools) / sizeof(tools[0]),
+                                       .prompts = prompts,
+                                       .prompt_count = 1};
+    const struct mcp_allowlist tools_only = {.declared = true, .tools = tools, .tool_count = 1};
+    const struct mcp_allowlist undeclared = {0};
+    const struct {
+        const struct mcp_allowlist *list;
+        enum mcp_allow_kind kind;
+        const char *server, *name;
+        bool allowed;
+    } cases[] = {
+        /* `*` matches within one dotted segment and never crosses a dot */
+        {&list, MCP_ALLOW_TOOL, "fx", "read_x", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "read_", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "read_x.admin", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "read_.x", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "files.read", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "files.sub.read", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "z.z", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "azb", true},
+        /* `?` and classes match one character, never a dot */
+        {&list, MCP_ALLOW_TOOL, "fx", "abc", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "a.c", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "bx", true},
+        {&list, MCP_ALLOW_TOOL, "fx", ".x", false},
+        /* the whole name, the server part as it is */
+        {&list, MCP_ALLOW_TOOL, "fx", "sendmail", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "xsend", false},
+        {&list, MCP_ALLOW_TOOL, "f", "x.send", false},
+        {&list, MCP_ALLOW_TOOL, "fx.", "send", false},
+        {&list, MCP_ALLOW_TOOL, "other", "send", false},
+        /* case-sensitive, in the server and in the name */
+        {&list, MCP_ALLOW_TOOL, "FX", "send", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "SEND", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "Read_x", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "Up", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "up", false},
+        /* a malformed entry ('[' without ']') matches nothing, not even what it would */
+        {&list, MCP_ALLOW_TOOL, "fx", "a", false},
+        /* a tool entry never allows a prompt of that name, nor a prompt entry a tool */
+        {&list, MCP_ALLOW_PROMPT, "fx", "send", false},
+        {&list, MCP_ALLOW_PROMPT, "fx", "read_x", false},
+        {&list, MCP_ALLOW_PROMPT, "fx", "brief_x", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "brief_x", false},
+        /* a declared list held to both: no prompts list allows no prompt */
+        {&tools_only, MCP_ALLOW_TOOL, "fx", "read_x", true},
+        {&tools_only, MCP_ALLOW_PROMPT, "fx", "read_x", false},
+        /* no list declared: everything */
+        {&undeclared, MCP_ALLOW_TOOL, "fx", "anything.at.all", true},
+        {&undeclared, MCP_ALLOW_PROMPT, "fx", "any", true},
+        /* nothing to match */
+        {&list, MCP_ALLOW_TOOL, "fx", NULL, false},
+        {&list, (enum mcp_allow_kind)7, "fx", "send", false},
+        {NULL, MCP_ALLOW_TOOL, "fx", "send", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        cr_expect_eq(
+            mcp_allowlist_matches(cases[i].list, cases[i].kind, cases[i].server, cases[i].name),
+            cases[i].allowed, "case %zu: %s %s.%s", i,
+            cases[i].kind == MCP_ALLOW_PROMPT ? "prompt" : "tool", cases[i].server,
+            cases[i].name ? cases[i].name : "(null)");
+}
