@@ -16,7 +16,8 @@
 
 #include "base.h"
 
-#define BUS_PROTOCOL_VERSION 2
+/* 3: every assign carries its request as method and params (tools/call too) */
+#define BUS_PROTOCOL_VERSION 3
 #define BUS_MAX_MESSAGE_BYTES (32u * 1024 * 1024)
 #define BUS_MAX_IDENTITY 255
 
@@ -50,8 +51,8 @@ struct bus_msg {
     int64_t attempt;       /* assign, result */
     char *server;          /* assign, event */
     char *tool;            /* assign: the tool; or the prompt, or the resource's URI */
-    char *method;          /* assign: "resources/read" or "prompts/get" (json: its params);
-                              absent for a tool (json: its arguments) */
+    char *method;          /* assign: "tools/call", "prompts/get" or "resources/read" (json: its
+                              params, as mcp_step_request shapes them, naming tool) */
     char *idempotency_key; /* assign */
     int64_t timeout_ms;    /* assign: how long the tool call may take (0: the default) */
     char *event_type;      /* event: "mcp.request", "mcp.response", "mcp.notification", ... */

@@ -14,6 +14,7 @@
 
 #include "base.h"
 #include "bus.h"
+#include "mcp.h"
 #include "store.h"
 #include "workflow.h"
 
@@ -124,15 +125,18 @@ struct sched_options {
 
 /*
  * The MCP request a tool, resource or prompt step makes, over scope (prepared once, with
- * .item set for an item of a for_each; NULL when it uses no expression): *ret_method is
- * "tools/call", "resources/read" or "prompts/get" (static), *ret_params (the caller's) is
- * {name, arguments} for a tool, {uri} for a resource, {name, arguments} for a prompt (whose
- * argument values are strings, as MCP has them: other JSON values are given as JSON text).
+ * .item set for an item of a for_each; NULL when it uses no expression): its arguments or URI
+ * evaluated here, shaped by mcp_step_request (*ret_method static, *ret_params the caller's).
  * The scheduler sends it, and replay compares it with the recorded request: one path.
  */
 int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params,
                        struct tr_error *err) TR_MUST_CHECK;
+/* The MCP kind of a tool, prompt or resource step; TR_EINVAL for any other step. */
+int sched_step_kind(const struct workflow *wf, size_t index,
+                    enum mcp_step_kind *ret_kind) TR_MUST_CHECK;
+/* A tool, prompt or resource step's output (new) from its result (borrowed): mcp_step_output. */
+cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *result);
 
 /*
  * Codes of a run that stopped before its end and stays resumable (troupe resume carries it on):
