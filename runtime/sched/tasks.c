@@ -61,6 +61,11 @@ static void outbox_push(struct run *run, struct bus_msg *msg)
     run->outbox[run->outbox_len++] = msg;
 }
 
+void sched__send_after_commit(struct run *run, struct bus_msg *msg)
+{
+    outbox_push(run, msg);
+}
+
 /*
  * Gives a task up. On an agent it is told to cancel (notifications/cancelled to its server)
  * and the task holds the agent's credit until the agent answers; otherwise it is dropped.
