@@ -274,15 +274,24 @@ static const char *decision_problem(const struct run *run, const struct bus_msg 
     return NULL;
 }
 
-/* The answer to a decision: sent after the turn's commit (ok: it is on record by then). */
+/* The answer to a decision: ok once the turn is committed (it is on record then); a refusal,
+ * which wrote nothing, at once (also while the run stops, when no turn follows). */
 static void answer(struct run *run, const struct bus_msg *msg, const char *error, const char *class)
 {
     struct bus_msg *reply = bus_msg_new(BUS_DECIDED);
+    struct tr_error err = {0};
+
     reply->peer = xstrdup(msg->peer);
     reply->ok = error == NULL;
     reply->error = error ? xstrdup(error) : NULL;
     reply->error_class = class ? xstrdup(class) : NULL;
-    sched__send_after_commit(run, reply);
+    if (!error) {
+        sched__send_after_commit(run, reply);
+        return;
+    }
+    if (bus_send(run->bus, reply, &err) < 0)
+        tr_log(TR_LOG_DEBUG, "could not answer a decision: %s", err.message);
+    bus_msg_free(&reply);
 }
 
 void sched__on_decision(struct run *run, const struct bus_msg *msg, bool from_agent)
