@@ -38,15 +38,16 @@ struct server {
     int64_t next_restart_ms; /* a dead server is not started again before this */
 };
 
-/* One assignment in flight: a tools/call started on a server's session. */
+/* One assignment in flight: a step's request (tools/call, prompts/get, resources/read) sent on
+ * a server's session. */
 struct task {
     int64_t id; /* the scheduler's */
     char *step_id;
     int64_t attempt;
     struct server *server;
-    char *tool;     /* the tool (or prompt, or resource URI) */
-    char *method;   /* "resources/read" or "prompts/get", or NULL for a tools/call */
-    int64_t ticket; /* its request in server->session */
+    char *tool;              /* the tool (or prompt, or resource URI) */
+    enum mcp_step_kind kind; /* which request: mcp_step_method(kind) */
+    int64_t ticket;          /* its request in server->session */
     int timeout_ms;
     int64_t deadline_ms;
 };
@@ -55,10 +56,8 @@ struct agent {
     struct bus *bus;
     char *persona;
     cJSON *config;
-    /* "server.pattern" entries for tools and prompts (mcp_allowlist_matches); when the
-     * welcome has neither list everything is allowed, else each kind only by its own. */
-    const cJSON *tool_allowlist, *prompt_allowlist;
-    bool has_allowlist;
+    /* The welcome's `tools` and `prompts` (mcp_allowlist_matches); entries borrow config. */
+    struct mcp_allowlist allowlist;
     int credit;                /* tasks the scheduler may have in flight here (welcome) */
     struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
     struct server servers[MAX_SERVERS];
@@ -328,48 +327,41 @@ static struct server *find_server(struct agent *agent, const char *name)
     return NULL;
 }
 
-/* The agent's own allowlist check, made again after the scheduler's (least privilege):
- * a tool (method NULL) by the tools list, a prompt by the prompts list. */
-static bool allowed(const struct agent *agent, const char *method, const char *server,
+/* The welcome's list under key, its strings borrowed (a non-string matches nothing). */
+static const char *const *allowlist_entries(const cJSON *config, const char *key,
+                                            bool *ret_declared, size_t *ret_count)
+{
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(config, key);
+    const char **entries;
+    const cJSON *entry;
+    size_t count = 0;
+
+    if (!list)
+        return NULL;
+    *ret_declared = true;
+    entries = xcalloc((size_t)cJSON_GetArraySize(list) + 1, sizeof(*entries));
+    cJSON_ArrayForEach(entry, (cJSON_IsArray(list) ? list : NULL))
+    {
+        if (cJSON_IsString(entry))
+            entries[count++] = entry->valuestring;
+    }
+    *ret_count = count;
+    return entries;
+}
+
+/* The agent's own allowlist check, made again after the scheduler's (least privilege): a
+ * tool by the tools list, a prompt by the prompts list; a resource of any server it holds. */
+static bool allowed(const struct agent *agent, enum mcp_step_kind kind, const char *server,
                     const char *name)
 {
-    const cJSON *list = method ? agent->prompt_allowlist : agent->tool_allowlist;
-    const cJSON *entry;
-
-    if (!agent->has_allowlist)
+    if (kind == MCP_STEP_RESOURCE)
         return true;
-    cJSON_ArrayForEach(entry, list)
-    {
-        if (cJSON_IsString(entry) && mcp_allowlist_matches(entry->valuestring, server, name))
-            return true;
-    }
-    return false;
+    return mcp_allowlist_matches(&agent->allowlist,
+                                 kind == MCP_STEP_PROMPT ? MCP_ALLOW_PROMPT : MCP_ALLOW_TOOL,
+                                 server, name);
 }
 
 /* ---- tasks ------------------------------------------------------------------------------- */
-
-/* Joins the text items of a CallToolResult's content, for error messages. */
-static char *result_text(const cJSON *result)
-{
-    struct tr_buf buf;
-    const cJSON *item;
-    int rc = 0;
-
-    tr_buf_init(&buf, 4096);
-    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(result, "content"))
-    {
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(item, "text");
-        if (!cJSON_IsString(text))
-            continue;
-        if (buf.len)
-            rc = tr_buf_append(&buf, " ", 1);
-        if (rc == 0)
-            rc = tr_buf_append(&buf, text->valuestring, strlen(text->valuestring));
-        if (rc < 0)
-            break;
-    }
-    return tr_buf_take(&buf);
-}
 
 /* The result's error_class for a failed MCP call. */
 static const char *error_class_of(int code)
@@ -418,7 +410,6 @@ static void task_free(struct agent *agent, struct task *task)
     }
     free(task->step_id);
     free(task->tool);
-    free(task->method);
     free(task);
 }
 
@@ -464,16 +455,18 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
 
     struct task *task = xcalloc(1, sizeof(*task));
     struct server *server = find_server(agent, assign->server);
-    cJSON *arguments = cJSON_Parse(assign->json);
-    cJSON *meta = cJSON_CreateObject();
+    /* The request as the scheduler shaped it (mcp_step_request): checked, then sent as is. */
+    cJSON *params = cJSON_ParseWithOpts(assign->json ? assign->json : "", NULL, true);
+    const cJSON *arguments = cJSON_GetObjectItemCaseSensitive(params, "arguments");
     struct tr_error err = {0};
     char *error = NULL;
     const char *error_class = NULL;
+    const char *target = NULL;
+    bool known = mcp_step_kind_of(assign->method, &task->kind) == 0;
 
     task->id = assign->task;
     task->step_id = xstrdup(assign->step_id);
     task->tool = xstrdup(assign->tool);
-    task->method = assign->method ? xstrdup(assign->method) : NULL;
     task->attempt = assign->attempt;
     task->server = server;
     task->timeout_ms = assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX
@@ -482,18 +475,23 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     task->deadline_ms = tr_now_ms() + task->timeout_ms;
     agent->current = task;
     tr_log_context(run_of(agent), task->step_id, agent->persona);
-    cJSON_AddStringToObject(meta, "io.troupe/idempotency-key", assign->idempotency_key);
-    bool reads = task->method && strcmp(task->method, "resources/read") == 0;
-    bool known = !task->method || reads || strcmp(task->method, "prompts/get") == 0;
+    if (known)
+        target = mcp_step_target(task->kind, params);
     if (!known) {
-        error = xasprintf("unknown request '%s' in an assignment", task->method);
+        error = xasprintf("unknown request '%s' in an assignment",
+                          assign->method ? assign->method : "(none)");
         error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
-    } else if (!reads && !allowed(agent, task->method, assign->server, assign->tool)) {
+    } else if (!cJSON_IsObject(params) || !target || strcmp(target, assign->tool) != 0) {
+        /* What is checked below is what is sent: the request names the assign's tool. */
+        error = xasprintf("the request for %s.%s does not name it (params: %s)", assign->server,
+                          assign->tool, cJSON_IsObject(params) ? "another name" : "not an object");
+        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
+    } else if (!allowed(agent, task->kind, assign->server, target)) {
         error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
-                          assign->server, assign->tool);
+                          assign->server, target);
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddStringToObject(payload, "server", assign->server);
-        cJSON_AddStringToObject(payload, "tool", assign->tool);
+        cJSON_AddStringToObject(payload, "tool", target);
         cJSON_AddStringToObject(payload, "reason", error);
         send_event(agent, task, "policy.denied", payload);
         error_class = tr_error_class_names[TR_ERROR_CLASS_POLICY];
@@ -503,16 +501,17 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     } else if (!server->session && (restart_server(agent, server), !server->session)) {
         error = xstrdup(server->failure ? server->failure : "the MCP server is restarting");
         error_class = tr_error_class_names[TR_ERROR_CLASS_TRANSPORT];
-    } else if (!cJSON_IsObject(arguments)) {
+    } else if (task->kind != MCP_STEP_RESOURCE && !cJSON_IsObject(arguments)) {
         error =
             xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
         error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
-    } else if (task->method ? mcp_session_send(server->session, task->method, arguments,
-                                               &task->ticket, &err) < 0
-                            : mcp_session_call_tool_start(server->session, assign->tool, arguments,
-                                                          meta, &task->ticket, &err) < 0) {
-        error = xstrdup(err.message);
-        error_class = error_class_of(err.code);
+    } else {
+        mcp_step_request_key(task->kind, params, assign->idempotency_key);
+        if (mcp_session_send(server->session, mcp_step_method(task->kind), params, &task->ticket,
+                             &err) < 0) {
+            error = xstrdup(err.message);
+            error_class = error_class_of(err.code);
+        }
     }
     agent->current = NULL;
     tr_log_context(run_of(agent), NULL, agent->persona);
@@ -521,8 +520,7 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
     else
         task_add(agent, task);
     free(error);
-    cJSON_Delete(arguments);
-    cJSON_Delete(meta);
+    cJSON_Delete(params);
 }
 
 /* Takes the result of a task whose ticket is done and completes it. Returns the call's rc. */
@@ -536,22 +534,22 @@ static int task_finish(struct agent *agent, struct task *task)
     const char *error_class = NULL;
 
     agent->current = task;
-    /* A resource read or a prompt is any request; a tool call has its result checked. */
-    int rc = task->method ? mcp_session_wait(server->session, task->ticket,
-                                             left > 0 ? (int)left : 1, &output, &err)
-                          : mcp_session_call_tool_finish(server->session, task->ticket,
-                                                         left > 0 ? (int)left : 1, &output, &err);
+    /* A tool call has its CallToolResult checked; a resource read or a prompt is any request. */
+    int rc = task->kind == MCP_STEP_TOOL
+                 ? mcp_session_call_tool_finish(server->session, task->ticket,
+                                                left > 0 ? (int)left : 1, &output, &err)
+                 : mcp_session_wait(server->session, task->ticket, left > 0 ? (int)left : 1,
+                                    &output, &err);
     agent->current = NULL;
+    char *tool_error = rc < 0 ? NULL : mcp_step_error(task->kind, output);
     if (rc < 0) {
         error = xstrdup(err.message);
         error_class = error_class_of(err.code);
-    } else if (!task->method && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(output, "isError"))) {
-        char *text = result_text(output);
-        error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool,
-                          *text ? text : "(no text)");
+    } else if (tool_error) {
+        error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool, tool_error);
         error_class = tr_error_class_names[TR_ERROR_CLASS_TOOL];
-        free(text);
     }
+    free(tool_error);
     task_complete(agent, task, output, error, error_class);
     free(error);
     cJSON_Delete(output);
@@ -583,9 +581,8 @@ static void expire_tasks(struct agent *agent)
             i++;
             continue;
         }
-        char *error =
-            xasprintf("MCP server '%s' did not answer %s within %d ms", task->server->name,
-                      task->method ? task->method : "tools/call", task->timeout_ms);
+        char *error = xasprintf("MCP server '%s' did not answer %s within %d ms",
+                                task->server->name, mcp_step_method(task->kind), task->timeout_ms);
         task_abort(agent, task, "timed out", error, tr_error_class_names[TR_ERROR_CLASS_TIMEOUT]);
         free(error);
     }
@@ -698,9 +695,10 @@ static int open_servers(struct agent *agent, struct tr_error *err)
     const cJSON *servers = cJSON_GetObjectItemCaseSensitive(agent->config, "servers");
     const cJSON *entry;
 
-    agent->tool_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "tools");
-    agent->prompt_allowlist = cJSON_GetObjectItemCaseSensitive(agent->config, "prompts");
-    agent->has_allowlist = agent->tool_allowlist || agent->prompt_allowlist;
+    struct mcp_allowlist *list = &agent->allowlist;
+    list->tools = allowlist_entries(agent->config, "tools", &list->declared, &list->tool_count);
+    list->prompts =
+        allowlist_entries(agent->config, "prompts", &list->declared, &list->prompt_count);
     cJSON_ArrayForEach(entry, servers)
     {
         int rc = open_server(agent, entry, err); /* err names the server */
@@ -1031,6 +1029,8 @@ out:
     free(agent.tasks);
     tr_log_set_filter(NULL, NULL);
     redactor_free(&agent.redactor);
+    free((void *)agent.allowlist.tools);
+    free((void *)agent.allowlist.prompts);
     cJSON_Delete(agent.config);
     bus_free(&agent.bus);
     tr_log_context(NULL, NULL, NULL);

@@ -471,6 +471,32 @@ static int recv_frames(void *socket, zmq_msg_t *frames, int max_frames, int *ret
     return 0;
 }
 
+/*
+ * The pid of the process that sent frame over ipc, as the kernel gave it to ZeroMQ when the
+ * peer connected (SO_PEERCRED: its Peer-Address ends ":uid:gid:pid"); 0 when it is not known
+ * or the peer runs as another user.
+ */
+static int64_t peer_pid(zmq_msg_t *frame)
+{
+    const char *address = zmq_msg_gets(frame, "Peer-Address");
+    const char *colon = address ? strrchr(address, ':') : NULL;
+    long long uid = -1, gid = -1, pid = 0;
+    char tail[64];
+
+    if (!colon)
+        return 0;
+    /* The last three fields, whatever the host part before them holds. */
+    for (int i = 0; i < 2 && colon; i++)
+        colon = colon > address ? memrchr(address, ':', (size_t)(colon - address)) : NULL;
+    if (!colon || strlen(colon) >= sizeof(tail))
+        return 0;
+    snprintf(tail, sizeof(tail), "%s", colon);
+    if (sscanf(tail, ":%lld:%lld:%lld", &uid, &gid, &pid) != 3 || uid != (long long)getuid() ||
+        pid <= 0)
+        return 0;
+    return (int64_t)pid;
+}
+
 int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg, struct tr_error *err)
 {
     zmq_pollitem_t items[3] = {{.socket = bus->socket, .events = ZMQ_POLLIN},
@@ -535,6 +561,9 @@ int bus_recv(struct bus *bus, int timeout_ms, struct bus_msg **ret_msg, struct t
     if (bus->router) {
         (*ret_msg)->peer = xstrdup(peer);
         (*ret_msg)->remote = remote;
+        /* The identity frame may lack the metadata that the body carries: asked of each. */
+        for (int i = count - 1; !remote && i >= 0 && !(*ret_msg)->peer_pid; i--)
+            (*ret_msg)->peer_pid = peer_pid(&frames[i]);
     }
 out:
     for (int i = 0; i < count && i < 3; i++)

@@ -16,7 +16,8 @@
 
 #include "base.h"
 
-#define BUS_PROTOCOL_VERSION 2
+/* 3: every assign carries its request as method and params (tools/call too) */
+#define BUS_PROTOCOL_VERSION 3
 #define BUS_MAX_MESSAGE_BYTES (32u * 1024 * 1024)
 #define BUS_MAX_IDENTITY 255
 
@@ -31,6 +32,8 @@ enum bus_msg_type {
     BUS_BYE,       /* agent → scheduler: exiting (error set if it failed) */
     BUS_HEARTBEAT, /* agent → scheduler: still alive (sent every BUS_HEARTBEAT_MS when idle) */
     BUS_CANCEL,    /* scheduler → agent: give up a task (notifications/cancelled to its server) */
+    BUS_DECIDE,    /* troupe approve → scheduler: a decision on a step waiting for approval */
+    BUS_DECIDED,   /* scheduler → troupe approve: recorded (ok), or why not (error) */
 };
 
 #define BUS_HEARTBEAT_MS 1000
@@ -46,21 +49,28 @@ struct bus_msg {
     int64_t pid;           /* hello */
     int64_t task;          /* assign, result, cancel, event: the scheduler's id of one
                               assignment (>= 1); several may be in flight on one agent */
-    char *step_id;         /* assign, event, result */
+    char *step_id;         /* assign, event, result, decide */
     int64_t attempt;       /* assign, result */
     char *server;          /* assign, event */
     char *tool;            /* assign: the tool; or the prompt, or the resource's URI */
-    char *method;          /* assign: "resources/read" or "prompts/get" (json: its params);
-                              absent for a tool (json: its arguments) */
+    char *method;          /* assign: "tools/call", "prompts/get" or "resources/read" (json: its
+                              params, as mcp_step_request shapes them, naming tool) */
     char *idempotency_key; /* assign */
     int64_t timeout_ms;    /* assign: how long the tool call may take (0: the default) */
     char *event_type;      /* event: "mcp.request", "mcp.response", "mcp.notification", ... */
     char *json;            /* welcome: config; assign: arguments; event: payload; result: output */
-    bool ok;               /* result */
-    char *error;           /* result, bye, cancel: what went wrong (cancel: why), or NULL */
+    bool ok;               /* result; decide: approve (else reject); decided: recorded */
+    char *error;           /* result, bye, cancel, decided: what went wrong (cancel: why), or
+                              NULL */
     char *error_class;     /* result: "tool", "protocol", "transport", "timeout", "policy",
-                              "cancelled" */
+                              "cancelled"; decided: "not-waiting", "decided", "refused" */
+    char *run_id;          /* decide: the run the decision is for */
+    char *actor;           /* decide: who decides (troupe approve --as) */
+    char *comment;         /* decide: why, or NULL */
     bool remote;           /* ROUTER side, not encoded: the peer is on the CURVE endpoint */
+    int64_t peer_pid;      /* ROUTER side, not encoded: the sending process as the kernel names
+                              it (SO_PEERCRED) for a peer of our own user on the ipc endpoint;
+                              0 when unknown (tcp, another user) */
 };
 
 struct bus;

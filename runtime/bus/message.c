@@ -35,7 +35,10 @@ struct field {
     X(json, FIELD_STR)                                                                             \
     X(ok, FIELD_BOOL)                                                                              \
     X(error, FIELD_STR)                                                                            \
-    X(error_class, FIELD_STR)
+    X(error_class, FIELD_STR)                                                                      \
+    X(run_id, FIELD_STR)                                                                           \
+    X(actor, FIELD_STR)                                                                            \
+    X(comment, FIELD_STR)
 
 #define FIELD_ENTRY(name, kind) {#name, kind, offsetof(struct bus_msg, name)},
 static const struct field fields[] = {BUS_FIELDS(FIELD_ENTRY)};
@@ -63,8 +66,12 @@ static const struct type_info types[] = {
     [BUS_BYE] = {"bye", 0},
     [BUS_HEARTBEAT] = {"heartbeat", 0},
     [BUS_CANCEL] = {"cancel", F(task)},
+    /* The scheduler checks a decision's strings itself: one that lacks them is refused on
+     * the record (bus.refused), not dropped as undecodable. ok (approve) must be said. */
+    [BUS_DECIDE] = {"decide", F(ok)},
+    [BUS_DECIDED] = {"decided", F(ok)},
 };
-#define TYPE_MAX BUS_CANCEL
+#define TYPE_MAX BUS_DECIDED
 
 const char *bus_msg_type_name(enum bus_msg_type type)
 {

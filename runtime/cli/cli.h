@@ -47,6 +47,9 @@ struct cli_common {
 bool cli_common_option(struct cli_common *common, int opt, const char *arg);
 /* The database path: --db, else $TROUPE_DB, else STORE_DEFAULT_PATH. */
 const char *cli_db_path(const struct cli_common *common);
+/* The directory under which each run has its own (the bus socket): "runs" next to the
+ * database. The caller frees it. */
+char *cli_run_root(const struct cli_common *common);
 /*
  * The troupe-agent program ($TROUPE_AGENT, else the one next to troupe), with the programs
  * next to troupe (troupe-agent, the demo servers) put first in PATH. The caller frees it.

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,14 @@ const char *cli_db_path(const struct cli_common *common)
     if (common->db_path)
         return common->db_path;
     return env && *env ? env : STORE_DEFAULT_PATH;
+}
+
+char *cli_run_root(const struct cli_common *common)
+{
+    char *db = xstrdup(cli_db_path(common));
+    char *root = xasprintf("%s/runs", dirname(db));
+    free(db);
+    return root;
 }
 
 int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, bool *json,

@@ -9,7 +9,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
-#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -391,8 +390,6 @@ int cli_sched_durability(struct store *store, const struct cli_progress *progres
 void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress,
                        const struct cli_common *common, const struct workflow *wf)
 {
-    char *db_copy = xstrdup(cli_db_path(common));
-
     /* -q: errors only; -v: debug lines too (every audit event as it is recorded); the agents
      * log likewise. */
     opts->log_verbosity = progress->quiet ? -1 : common->verbose ? 1 : 0;
@@ -426,8 +423,7 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
     }
     progress->start_ms = tr_now_ms();
     progress->agent_program = cli_agent_program();
-    progress->run_root = xasprintf("%s/runs", dirname(db_copy));
-    free(db_copy);
+    progress->run_root = cli_run_root(common);
     opts->agent_program = progress->agent_program;
     opts->run_root = progress->run_root;
     opts->log_format = common->log_format;

@@ -1,7 +1,7 @@
 /*
- * mcp/allowlist.c: the one matcher of allowlist entries ("server.pattern") against a server
- * and a tool or prompt name, used by the workflow loader, the scheduler and the agent. It
- * knows patterns, not personas: which list applies is the caller's.
+ * mcp/allowlist.c: the one allowlist match (mcp_allowlist_matches) of a tool or a prompt of a
+ * server against a persona's lists of "server.pattern" entries, used by the workflow loader,
+ * the scheduler and the agent alike. It knows lists and patterns, not where they come from.
  */
 #include <string.h>
 
@@ -67,13 +67,43 @@ static bool glob_matches(const char *pattern, const char *name)
     return !*pattern;
 }
 
-bool mcp_allowlist_matches(const char *entry, const char *server, const char *name)
+/* Whether one entry ("server.pattern") matches name of server; a malformed entry, none. */
+static bool entry_matches(const char *entry, const char *server, const char *name)
 {
     size_t server_len = strlen(server);
 
-    if (!entry || !name || strncmp(entry, server, server_len) != 0 || entry[server_len] != '.')
+    if (!entry || mcp_allowlist_entry_problem(entry) || strncmp(entry, server, server_len) != 0 ||
+        entry[server_len] != '.')
         return false;
     return glob_matches(entry + server_len + 1, name);
+}
+
+bool mcp_allowlist_matches(const struct mcp_allowlist *list, enum mcp_allow_kind kind,
+                           const char *server, const char *name)
+{
+    const char *const *entries;
+    size_t count;
+
+    if (!list || !server || !name)
+        return false;
+    if (!list->declared)
+        return true;
+    switch (kind) {
+    case MCP_ALLOW_TOOL:
+        entries = list->tools;
+        count = list->tool_count;
+        break;
+    case MCP_ALLOW_PROMPT:
+        entries = list->prompts;
+        count = list->prompt_count;
+        break;
+    default:
+        return false;
+    }
+    for (size_t i = 0; entries && i < count; i++)
+        if (entry_matches(entries[i], server, name))
+            return true;
+    return false;
 }
 
 const char *mcp_allowlist_entry_problem(const char *entry)

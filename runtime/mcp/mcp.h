@@ -39,15 +39,75 @@ const char *const *mcp_protocol_versions(void);
 bool mcp_protocol_version_supported(const char *version);
 
 /*
- * Allowlists: an entry is "server.pattern"; it matches a tool or prompt `name` of `server` when
- * the server part is equal and the pattern matches the whole name. Matching is
- * case-sensitive; in the pattern `*` matches any run of characters and `?` one character,
- * `[abc]`, `[a-z]` and `[!a-z]` one character of (or not of) a class; none of them matches a
- * dot, so `fs.read_*` allows `read_file` but not `read_file.admin`.
+ * Allowlists: a persona's `tools` and `prompts` lists of "server.pattern" entries. The one
+ * match (loader, scheduler and agent): a tool only by `tools`, a prompt only by `prompts` (a
+ * tool entry never allows a prompt of that name, nor the reverse); a persona that declares
+ * neither list may use everything, one that declares either is held to both (a list it lacks
+ * allows nothing). An entry matches a name of `server` when its server part is equal and its
+ * pattern matches the whole name, case-sensitive: `*` any run of characters, `?` one, `[abc]`,
+ * `[a-z]`, `[!a-z]` one of (or not of) a class; none of them matches a dot, so `fs.read_*`
+ * allows `read_file` but not `read_file.admin`. A malformed entry (mcp_allowlist_entry_problem)
+ * matches nothing. Entries are borrowed.
  */
-bool mcp_allowlist_matches(const char *entry, const char *server, const char *name);
+enum mcp_allow_kind {
+    MCP_ALLOW_TOOL,   /* tools/call */
+    MCP_ALLOW_PROMPT, /* prompts/get */
+};
+struct mcp_allowlist {
+    bool declared; /* either list was given */
+    const char *const *tools;
+    size_t tool_count;
+    const char *const *prompts;
+    size_t prompt_count;
+};
+bool mcp_allowlist_matches(const struct mcp_allowlist *list, enum mcp_allow_kind kind,
+                           const char *server, const char *name);
 /* Why entry is not a well-formed allowlist entry (a static string), or NULL when it is. */
 const char *mcp_allowlist_entry_problem(const char *entry);
+
+/* ---- a workflow step's MCP shape (step.c) --------------------------------------------------- */
+
+/*
+ * The one home of what a step asks of an MCP server and of how its answer becomes the step's
+ * output: the scheduler builds the request here and reads results here; the agent sends the
+ * request as it is and reads a tool's error here. Nothing here sends or evaluates.
+ */
+enum mcp_step_kind {
+    MCP_STEP_TOOL,     /* tools/call */
+    MCP_STEP_PROMPT,   /* prompts/get */
+    MCP_STEP_RESOURCE, /* resources/read */
+};
+/* The most bytes of a tool's error text that mcp_step_error gives. */
+#define MCP_STEP_ERROR_MAX 4096
+
+/* The kind's method ("tools/call", ...; static), NULL for no kind. */
+const char *mcp_step_method(enum mcp_step_kind kind);
+/* The kind whose method is method; TR_EINVAL (*ret_kind unset) for any other. */
+int mcp_step_kind_of(const char *method, enum mcp_step_kind *ret_kind) TR_MUST_CHECK;
+/*
+ * A step's request params (new): {name, arguments} for a tool (arguments an object, borrowed;
+ * NULL or anything else gives {}), {name, arguments as strings: other values as their JSON
+ * text} for a prompt, {uri} for a resource, target being the name or the URI. NULL when target
+ * is NULL or kind is none.
+ */
+cJSON *mcp_step_request(enum mcp_step_kind kind, const char *target, const cJSON *arguments);
+/* Puts the idempotency key in a tool call's params (its _meta); other kinds take none. */
+void mcp_step_request_key(enum mcp_step_kind kind, cJSON *params, const char *idempotency_key);
+/* The name (tool, prompt) or the URI (resource) in a step's params, borrowed; NULL if none. */
+const char *mcp_step_target(enum mcp_step_kind kind, const cJSON *params);
+/*
+ * A step's output (new, never NULL) from its result (borrowed): a tool's structuredContent
+ * when not null, else the text of its content when every item has text (joined by newlines),
+ * else its content as it is (null when absent); a resource's one text content as a string,
+ * else its contents as they are; a prompt's GetPromptResult as it is.
+ */
+cJSON *mcp_step_output(enum mcp_step_kind kind, const cJSON *result);
+/*
+ * NULL when result is not an error; for a tool result with isError true, the text of its
+ * content items (joined by spaces, at most MCP_STEP_ERROR_MAX bytes, "(no text)" when none),
+ * for the caller to free. Other kinds report errors as JSON-RPC errors, not results.
+ */
+char *mcp_step_error(enum mcp_step_kind kind, const cJSON *result);
 
 /* ---- client ------------------------------------------------------------------------------- */
 

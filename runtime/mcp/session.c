@@ -421,13 +421,10 @@ static int check_tool_call(const char *tool, const cJSON *arguments, const cJSON
     return 0;
 }
 
-/* tools/call's params: name, arguments and _meta (copied). */
+/* tools/call's params: a tool step's request (mcp_step_request) and _meta (copied). */
 static cJSON *tool_call_params(const char *tool, const cJSON *arguments, const cJSON *meta)
 {
-    cJSON *params = cJSON_CreateObject();
-    cJSON_AddStringToObject(params, "name", tool);
-    if (arguments)
-        cJSON_AddItemToObject(params, "arguments", cJSON_Duplicate(arguments, 1));
+    cJSON *params = mcp_step_request(MCP_STEP_TOOL, tool, arguments);
     if (meta)
         cJSON_AddItemToObject(params, "_meta", cJSON_Duplicate(meta, 1));
     return params;

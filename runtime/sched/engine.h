@@ -316,11 +316,4 @@ bool engine_cancelling(const struct engine *engine);
 int64_t engine_backoff_ms(const struct engine_policy *policy, uint64_t seed, size_t step, long item,
                           int failures);
 
-/*
- * A step's output from its call's result: for a tool (CallToolResult) structuredContent, else
- * the text, else the content; for a resource the text of its one text content, else its
- * contents; for a prompt the GetPromptResult (sched/steps.c).
- */
-cJSON *sched_step_output(const struct workflow *wf, size_t step, const cJSON *result);
-
 #endif

@@ -214,6 +214,14 @@ void sched__stop_agents(struct run *run);
 /* A remote worker's handshake was refused (reason): audited, or counted for a later summary
  * (the log must not grow with what strangers send). Inside the turn's transaction. */
 void sched__on_refused(struct run *run, const char *reason, int64_t now);
+/*
+ * A decide message (troupe approve): recorded and acted upon in this turn when troupe approve
+ * sent it for this run, on a step waiting for a decision; refused, audited (bus.refused) and
+ * answered otherwise. from_agent: the peer is one of the run's agents (never a decider).
+ */
+void sched__on_decision(struct run *run, const struct bus_msg *msg, bool from_agent);
+/* Queues msg (taken) to be sent once the turn is committed. */
+void sched__send_after_commit(struct run *run, struct bus_msg *msg);
 /* Appends the summary of the refusals counted since the last event, if any, once an interval
  * has passed since that event, or now when final (the run is ending). */
 void sched__report_refused(struct run *run, int64_t now, bool final);

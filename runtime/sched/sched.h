@@ -14,6 +14,7 @@
 
 #include "base.h"
 #include "bus.h"
+#include "mcp.h"
 #include "store.h"
 #include "workflow.h"
 
@@ -119,15 +120,18 @@ struct sched_options {
 
 /*
  * The MCP request a tool, resource or prompt step makes, over scope (prepared once, with
- * .item set for an item of a for_each; NULL when it uses no expression): *ret_method is
- * "tools/call", "resources/read" or "prompts/get" (static), *ret_params (the caller's) is
- * {name, arguments} for a tool, {uri} for a resource, {name, arguments} for a prompt (whose
- * argument values are strings, as MCP has them: other JSON values are given as JSON text).
+ * .item set for an item of a for_each; NULL when it uses no expression): its arguments or URI
+ * evaluated here, shaped by mcp_step_request (*ret_method static, *ret_params the caller's).
  * The scheduler sends it, and replay compares it with the recorded request: one path.
  */
 int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params,
                        struct tr_error *err) TR_MUST_CHECK;
+/* The MCP kind of a tool, prompt or resource step; TR_EINVAL for any other step. */
+int sched_step_kind(const struct workflow *wf, size_t index,
+                    enum mcp_step_kind *ret_kind) TR_MUST_CHECK;
+/* A tool, prompt or resource step's output (new) from its result (borrowed): mcp_step_output. */
+cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *result);
 
 /*
  * Codes of a run that stopped before its end and stays resumable (troupe resume carries it on):
@@ -179,16 +183,44 @@ int sched_cancel_orphan(struct store *store, const char *run_id, const char *act
                         struct tr_error *err) TR_MUST_CHECK;
 
 /*
- * Records a decision on step_id of run_id (approved, or rejected when !approve) by `by`, with an
- * optional comment, and its approval.decided audit event, in one transaction, for the run's
- * scheduler (or the next resume) to act on. Only a decision that takes effect is recorded: the
- * run is running and the step waits for approval now, undecided. Otherwise TR_EINVAL says why
- * (the run has ended, no such step, already decided, the step does not wait for a decision:
- * it has no gate, or has not reached it, or has ended) and nothing is written.
+ * Decisions on steps that wait for approval (troupe approve). The scheduler module records
+ * them, never the CLI: a run with a live scheduler gets the decision over its bus
+ * (sched_approval_send) and records it in its own turn, acting on it at once; a run that no
+ * process owns has it recorded by sched_approval_record, for its next resume to act on.
+ * Either way only a decision that takes effect is recorded: the run is running and the step
+ * waits for approval now, undecided. A refusal is TR_EINVAL saying why (the run has ended, no
+ * such step, already decided, the step does not wait for a decision) and writes nothing.
  */
-int sched_approval_decide(struct store *store, const char *run_id, const char *step_id,
+#define SCHED_DECISION_MAX_NAME 256
+#define SCHED_DECISION_MAX_COMMENT 4096
+/* The classes of a refused decision (a decided message's error_class). */
+#define SCHED_DECISION_NOT_WAITING "not-waiting"
+#define SCHED_DECISION_DECIDED "decided"
+#define SCHED_DECISION_REFUSED "refused"
+
+/* Why `by` may not name who decides (a static string), or NULL when it may. */
+const char *sched_approval_actor_problem(const char *by);
+/*
+ * Records the decision (approved, or rejected when !approve) by `by` with an optional comment,
+ * and its approval.decided audit event, in one transaction, while it owns the run
+ * (store_run_own): -EBUSY, with nothing written, when another process owns it (its scheduler:
+ * use sched_approval_send). TR_EINVAL as above.
+ */
+int sched_approval_record(struct store *store, const char *run_id, const char *step_id,
                           bool approve, const char *by, const char *comment,
                           struct tr_error *err) TR_MUST_CHECK;
+/* The path of the socket where the scheduler of run_id listens, under run_root (the caller
+ * frees it); NULL when run_root does not resolve. The socket may not exist (no scheduler). */
+char *sched_run_socket(const char *run_root, const char *run_id);
+/*
+ * Hands the decision to the scheduler listening at socket_path and waits up to timeout_ms for
+ * its answer, given once the decision is on record and acted upon: 0; TR_EINVAL with why it
+ * was refused (as above, or the scheduler refused the message); TR_ETIMEDOUT with no answer;
+ * a bus error.
+ */
+int sched_approval_send(const char *socket_path, const char *run_id, const char *step_id,
+                        bool approve, const char *by, const char *comment, int timeout_ms,
+                        struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- replay (replay.c) ------------------------------------------------------------------ */
 

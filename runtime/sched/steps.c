@@ -1,8 +1,7 @@
 /*
  * sched/steps.c: the live driver's side of a step's life. The engine (engine.c) decides; this
  * carries out what it answers, within the turn's transaction: step rows and context writes in
- * the store, audit events, assignments (tasks.c), progress and logs. It also reads a call's
- * result into a step's output (sched_step_output). No rule of a run lives here.
+ * the store, audit events, assignments (tasks.c), progress and logs. No rule of a run lives here.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
@@ -276,67 +275,5 @@ void sched__check_approvals(struct run *run)
         free(d.actor);
         free(d.comment);
         sched__counts(run, &counts);
-    }
-}
-
-/* ---- reading a result ----------------------------------------------------------------------- */
-
-/*
- * A step's output, from its CallToolResult: structuredContent when the tool gave one, else
- * the text of its text items (joined by newlines), else its content as it is.
- */
-static cJSON *tool_output(const cJSON *result)
-{
-    const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
-    const cJSON *item;
-    struct tr_buf text;
-    bool all_text = cJSON_GetArraySize(content) > 0;
-
-    if (structured && !cJSON_IsNull(structured))
-        return cJSON_Duplicate(structured, true);
-    cJSON_ArrayForEach(item, content)
-    {
-        if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(item, "text")))
-            all_text = false;
-    }
-    if (!all_text)
-        return content ? cJSON_Duplicate(content, true) : cJSON_CreateNull();
-    tr_buf_init(&text, 0);
-    cJSON_ArrayForEach(item, content)
-    {
-        const char *s = cJSON_GetObjectItemCaseSensitive(item, "text")->valuestring;
-        int rc = text.len ? tr_buf_append(&text, "\n", 1) : 0;
-        rc |= tr_buf_append(&text, s, strlen(s));
-        (void)rc; /* unlimited buffer */
-    }
-    cJSON *out = cJSON_CreateString(text.data ? text.data : "");
-    tr_buf_release(&text);
-    return out;
-}
-
-/*
- * A resource's output, from its ReadResourceResult: the text of its one text content, else
- * its contents as they are.
- */
-static cJSON *resource_output(const cJSON *result)
-{
-    const cJSON *contents = cJSON_GetObjectItemCaseSensitive(result, "contents");
-    const cJSON *text = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(contents, 0), "text");
-
-    if (cJSON_GetArraySize(contents) == 1 && cJSON_IsString(text))
-        return cJSON_CreateString(text->valuestring);
-    return contents ? cJSON_Duplicate(contents, true) : cJSON_CreateNull();
-}
-
-cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *result)
-{
-    switch (workflow_step_action(wf, index)) {
-    case WORKFLOW_ACTION_RESOURCE:
-        return resource_output(result);
-    case WORKFLOW_ACTION_PROMPT:
-        return cJSON_Duplicate(result, true); /* GetPromptResult: description, messages */
-    default:
-        return tool_output(result);
     }
 }

@@ -195,6 +195,10 @@ static void lose_remote(struct run *run, struct agent_proc *agent, const char *w
 
 void sched__on_message(struct run *run, struct bus_msg *msg)
 {
+    if (msg->type == BUS_DECIDE) {
+        sched__on_decision(run, msg, find_agent(run, msg->peer, msg->remote) >= 0);
+        return;
+    }
     long index = msg->remote ? admit_remote(run, msg) : find_agent(run, msg->peer, false);
     struct agent_proc *agent = index >= 0 ? &run->agents[index] : NULL;
 

@@ -62,6 +62,11 @@ static void outbox_push(struct run *run, struct bus_msg *msg)
     run->outbox[run->outbox_len++] = msg;
 }
 
+void sched__send_after_commit(struct run *run, struct bus_msg *msg)
+{
+    outbox_push(run, msg);
+}
+
 /*
  * Gives a task up. On an agent it is told to cancel (notifications/cancelled to its server)
  * and the task holds the agent's credit until the agent answers; otherwise it is dropped.
@@ -149,54 +154,55 @@ size_t sched__room(struct run *run, size_t persona)
 
 /* ---- dispatch ------------------------------------------------------------------------------- */
 
+int sched_step_kind(const struct workflow *wf, size_t index, enum mcp_step_kind *ret_kind)
+{
+    switch (workflow_step_action(wf, index)) {
+    case WORKFLOW_ACTION_TOOL:
+        *ret_kind = MCP_STEP_TOOL;
+        return 0;
+    case WORKFLOW_ACTION_PROMPT:
+        *ret_kind = MCP_STEP_PROMPT;
+        return 0;
+    case WORKFLOW_ACTION_RESOURCE:
+        *ret_kind = MCP_STEP_RESOURCE;
+        return 0;
+    default:
+        return TR_EINVAL;
+    }
+}
+
 int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params, struct tr_error *err)
 {
-    enum workflow_action action = workflow_step_action(wf, index);
-    cJSON *params = cJSON_CreateObject();
+    enum mcp_step_kind kind;
     cJSON *arguments = NULL;
     char *uri = NULL;
-    int rc = 0;
+    int rc;
 
-    switch (action) {
-    case WORKFLOW_ACTION_TOOL:
-    case WORKFLOW_ACTION_PROMPT:
-        rc = workflow_step_arguments_in(wf, index, scope, &arguments, err);
-        if (rc < 0)
-            break;
-        cJSON_AddStringToObject(params, "name", workflow_step_tool(wf, index));
-        if (action == WORKFLOW_ACTION_PROMPT) {
-            /* A prompt's arguments are strings. */
-            cJSON *strings = cJSON_CreateObject();
-            for (const cJSON *arg = arguments ? arguments->child : NULL; arg; arg = arg->next) {
-                char *text = cJSON_IsString(arg) ? NULL : tr_json_print(arg);
-                cJSON_AddStringToObject(strings, arg->string, text ? text : arg->valuestring);
-                free(text);
-            }
-            cJSON_Delete(arguments);
-            arguments = strings;
-        }
-        cJSON_AddItemToObject(params, "arguments", arguments ? arguments : cJSON_CreateObject());
-        *ret_method = action == WORKFLOW_ACTION_TOOL ? "tools/call" : "prompts/get";
-        break;
-    case WORKFLOW_ACTION_RESOURCE:
-        rc = workflow_step_text_in(wf, index, WORKFLOW_TEXT_URI, scope, &uri, err);
-        if (rc < 0)
-            break;
-        cJSON_AddStringToObject(params, "uri", uri);
-        free(uri);
-        *ret_method = "resources/read";
-        break;
-    default:
-        rc = tr_error_set(err, TR_EINVAL, "step '%s': a %s step makes no MCP request",
-                          workflow_step_id(wf, index), workflow_action_name(action));
-    }
-    if (rc < 0) {
-        cJSON_Delete(params);
+    if (sched_step_kind(wf, index, &kind) < 0)
+        return tr_error_set(err, TR_EINVAL, "step '%s': a %s step makes no MCP request",
+                            workflow_step_id(wf, index),
+                            workflow_action_name(workflow_step_action(wf, index)));
+    /* What the workflow's expressions give is evaluated here; its MCP shape is mcp's. */
+    rc = kind == MCP_STEP_RESOURCE
+             ? workflow_step_text_in(wf, index, WORKFLOW_TEXT_URI, scope, &uri, err)
+             : workflow_step_arguments_in(wf, index, scope, &arguments, err);
+    if (rc < 0)
         return rc;
-    }
-    *ret_params = params;
+    *ret_params = mcp_step_request(kind, uri ? uri : workflow_step_tool(wf, index), arguments);
+    *ret_method = mcp_step_method(kind);
+    free(uri);
+    cJSON_Delete(arguments);
     return 0;
+}
+
+cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *result)
+{
+    enum mcp_step_kind kind;
+
+    if (sched_step_kind(wf, index, &kind) < 0)
+        kind = MCP_STEP_TOOL; /* not reached: only MCP steps have results */
+    return mcp_step_output(kind, result);
 }
 
 /*
@@ -231,16 +237,11 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     msg->step_id = xstrdup(step_id);
     msg->attempt = task->attempt;
     msg->server = xstrdup(server);
-    if (action == WORKFLOW_ACTION_TOOL) {
-        /* A tool's assign carries its name and arguments; the agent makes the request. */
-        msg->tool = xstrdup(name);
-        msg->json = tr_json_print(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
-    } else {
-        msg->method = xstrdup(fx->method);
-        msg->tool = xstrdup(
-            name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
-        msg->json = tr_json_print(params);
-    }
+    /* The request as sched_step_request shaped it: the agent sends it as it is. */
+    msg->method = xstrdup(fx->method);
+    msg->tool = xstrdup(
+        name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
+    msg->json = tr_json_print(params);
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
     msg->idempotency_key = task->item >= 0 ? xasprintf("%s/%s/%ld", run->id, step_id, task->item)
                                            : xasprintf("%s/%s", run->id, step_id);
@@ -250,10 +251,13 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
     cJSON_AddStringToObject(payload, "server", server);
-    /* What the assign carries, as it was printed for it: not printed again. */
+    /* What the assign carries: a tool's name and arguments, or the request's method and
+     * params (as printed for the assign, not printed again). */
     if (action == WORKFLOW_ACTION_TOOL) {
         cJSON_AddStringToObject(payload, "tool", name);
-        cJSON_AddRawToObject(payload, "arguments", msg->json);
+        cJSON_AddItemToObject(
+            payload, "arguments",
+            cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(params, "arguments"), true));
     } else {
         cJSON_AddStringToObject(payload, "method", fx->method);
         cJSON_AddRawToObject(payload, "params", msg->json);

@@ -352,22 +352,21 @@ bool workflow_persona_allows(const struct workflow *wf, size_t index, enum workf
                              const char *server, const char *name)
 {
     const struct wf_persona *persona;
-    const char **entries;
-    size_t count;
 
     if (index >= wf->persona_count || !server || !name)
         return false;
     persona = &wf->personas[index];
     if (!wf_persona_holds(wf, persona, server))
         return false;
-    if (action == WORKFLOW_ACTION_RESOURCE || !persona->has_allowlist)
+    if (action == WORKFLOW_ACTION_RESOURCE)
         return true;
     if (action != WORKFLOW_ACTION_TOOL && action != WORKFLOW_ACTION_PROMPT)
         return false;
-    entries = action == WORKFLOW_ACTION_TOOL ? persona->tools : persona->prompts;
-    count = action == WORKFLOW_ACTION_TOOL ? persona->tool_count : persona->prompt_count;
-    for (size_t i = 0; i < count; i++)
-        if (mcp_allowlist_matches(entries[i], server, name))
-            return true;
-    return false;
+    struct mcp_allowlist list = {.declared = persona->has_allowlist,
+                                 .tools = persona->tools,
+                                 .tool_count = persona->tool_count,
+                                 .prompts = persona->prompts,
+                                 .prompt_count = persona->prompt_count};
+    return mcp_allowlist_matches(
+        &list, action == WORKFLOW_ACTION_TOOL ? MCP_ALLOW_TOOL : MCP_ALLOW_PROMPT, server, name);
 }

@@ -187,6 +187,8 @@ static void assign_to(struct sched *s, int64_t task, const char *server, const c
     char step[32], key[64];
     snprintf(step, sizeof(step), "step-%lld", (long long)task);
     snprintf(key, sizeof(key), "run-1/step-%lld/key", (long long)task);
+    /* The request as the scheduler shapes it (mcp_step_request), the arguments as given. */
+    char *params = xasprintf("{\"name\":\"%s\",\"arguments\":%s}", tool, arguments);
     struct bus_msg msg = {.type = BUS_ASSIGN,
                           .peer = s->peer,
                           .task = task,
@@ -194,11 +196,13 @@ static void assign_to(struct sched *s, int64_t task, const char *server, const c
                           .attempt = task + 100, /* so that an echo of the task id shows */
                           .server = (char *)server,
                           .tool = (char *)tool,
+                          .method = "tools/call",
                           .idempotency_key = key,
                           .timeout_ms = timeout_ms,
-                          .json = (char *)arguments};
+                          .json = params};
     struct tr_error err = {0};
     cr_assert_eq(bus_send(s->bus, &msg, &err), 0, "%s", err.message);
+    free(params);
 }
 
 static void assign(struct sched *s, int64_t task, const char *tool, const char *arguments,
@@ -281,7 +285,8 @@ static void sched_start(struct sched *s, int credit)
     cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
     cJSON *tools = cJSON_AddArrayToObject(config, "tools");
     static const char *const allowed[] = {"conc.sleep",   "conc.barrier", "conc.fail",
-                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*"};
+                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*",
+                                          "conc.[s"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
@@ -523,6 +528,20 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
                              .json = "{\"name\":\"sleep\"}"};
     struct tr_error err = {0};
     cr_assert_eq(bus_send(s.bus, &prompt, &err), 0, "%s", err.message);
+    /* Case counts; a malformed entry ('[' without ']') allows nothing. */
+    assign(&s, 7, "SLEEP", "{}", 5000);
+    assign(&s, 8, "s", "{}", 5000);
+    /* The request names another tool than the assign: what is checked must be what is sent. */
+    struct bus_msg forged = prompt;
+    forged.task = 9;
+    forged.step_id = "step-9";
+    forged.attempt = 109;
+    forged.method = "tools/call";
+    forged.json = "{\"name\":\"drop_tables\",\"arguments\":{}}";
+    cr_assert_eq(bus_send(s.bus, &forged, &err), 0, "%s", err.message);
+    expect_result(&s, 9, "protocol", "does not name it");
+    expect_result(&s, 7, "policy", "not on its allowlist");
+    expect_result(&s, 8, "policy", "not on its allowlist");
     expect_result(&s, 5, "policy", "not on its allowlist");
     expect_result(&s, 6, "policy", "not on its allowlist");
     expect_result(&s, 2, "policy", "not on its allowlist");
@@ -535,7 +554,7 @@ Test(agent, refusals_end_the_task_before_any_call, .timeout = 60)
     cJSON *lines = server_log(&s);
     char *text = cJSON_PrintUnformatted(lines);
     cr_assert(!strstr(text, "drop_tables") && !strstr(text, "[1,2]") && !strstr(text, "admin") &&
-                  !strstr(text, "prompts/get"),
+                  !strstr(text, "prompts/get") && !strstr(text, "SLEEP"),
               "a refused call reached the server: %s", text);
     free(text);
     cJSON_Delete(lines);

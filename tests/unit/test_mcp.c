@@ -1213,3 +1213,201 @@ Test(mcp_stdio, another_answer_to_discover_falls_back_at_once, .timeout = 30)
     mcp_session_free(&s);
     assert_no_children();
 }
+
+/* ---- allowlists ------------------------------------------------------------------------- */
+
+Test(mcp_allowlist, one_match_for_every_rule)
+{
+    static const char *const tools[] = {"fx.read_*", "fx.a?c",  "fx.[!.]x", "fx.*.read",
+                                        "fx.send",   "fx.[a-z", "fx.*z*",   "fx.Up"};
+    static const char *const prompts[] = {"fx.brief_*"};
+    const struct mcp_allowlist list = {.declared = true,
+                                       .tools = tools,
+                                       .tool_count = sizeof(tools) / sizeof(tools[0]),
+                                       .prompts = prompts,
+                                       .prompt_count = 1};
+    const struct mcp_allowlist tools_only = {.declared = true, .tools = tools, .tool_count = 1};
+    const struct mcp_allowlist undeclared = {0};
+    const struct {
+        const struct mcp_allowlist *list;
+        enum mcp_allow_kind kind;
+        const char *server, *name;
+        bool allowed;
+    } cases[] = {
+        /* `*` matches within one dotted segment and never crosses a dot */
+        {&list, MCP_ALLOW_TOOL, "fx", "read_x", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "read_", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "read_x.admin", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "read_.x", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "files.read", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "files.sub.read", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "z.z", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "azb", true},
+        /* `?` and classes match one character, never a dot */
+        {&list, MCP_ALLOW_TOOL, "fx", "abc", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "a.c", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "bx", true},
+        {&list, MCP_ALLOW_TOOL, "fx", ".x", false},
+        /* the whole name, the server part as it is */
+        {&list, MCP_ALLOW_TOOL, "fx", "sendmail", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "xsend", false},
+        {&list, MCP_ALLOW_TOOL, "f", "x.send", false},
+        {&list, MCP_ALLOW_TOOL, "fx.", "send", false},
+        {&list, MCP_ALLOW_TOOL, "other", "send", false},
+        /* case-sensitive, in the server and in the name */
+        {&list, MCP_ALLOW_TOOL, "FX", "send", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "SEND", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "Read_x", false},
+        {&list, MCP_ALLOW_TOOL, "fx", "Up", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "up", false},
+        /* a malformed entry ('[' without ']') matches nothing, not even what it would */
+        {&list, MCP_ALLOW_TOOL, "fx", "a", false},
+        /* a tool entry never allows a prompt of that name, nor a prompt entry a tool */
+        {&list, MCP_ALLOW_PROMPT, "fx", "send", false},
+        {&list, MCP_ALLOW_PROMPT, "fx", "read_x", false},
+        {&list, MCP_ALLOW_PROMPT, "fx", "brief_x", true},
+        {&list, MCP_ALLOW_TOOL, "fx", "brief_x", false},
+        /* a declared list held to both: no prompts list allows no prompt */
+        {&tools_only, MCP_ALLOW_TOOL, "fx", "read_x", true},
+        {&tools_only, MCP_ALLOW_PROMPT, "fx", "read_x", false},
+        /* no list declared: everything */
+        {&undeclared, MCP_ALLOW_TOOL, "fx", "anything.at.all", true},
+        {&undeclared, MCP_ALLOW_PROMPT, "fx", "any", true},
+        /* nothing to match */
+        {&list, MCP_ALLOW_TOOL, "fx", NULL, false},
+        {&list, (enum mcp_allow_kind)7, "fx", "send", false},
+        {NULL, MCP_ALLOW_TOOL, "fx", "send", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        cr_expect_eq(
+            mcp_allowlist_matches(cases[i].list, cases[i].kind, cases[i].server, cases[i].name),
+            cases[i].allowed, "case %zu: %s %s.%s", i,
+            cases[i].kind == MCP_ALLOW_PROMPT ? "prompt" : "tool", cases[i].server,
+            cases[i].name ? cases[i].name : "(null)");
+}
+
+/* ---- a step's MCP shape ----------------------------------------------------------------- */
+
+/* out printed, compared with want (JSON text), out freed. */
+static void expect_json(cJSON *out, const char *want, const char *what)
+{
+    char *text = cJSON_PrintUnformatted(out);
+    cr_expect_str_eq(text, want, "%s", what);
+    free(text);
+    cJSON_Delete(out);
+}
+
+Test(mcp_step, a_request_for_each_kind)
+{
+    cJSON *arguments = cJSON_Parse("{\"n\":7,\"s\":\"x\",\"o\":{\"a\":[1]},\"b\":true}");
+    const struct {
+        enum mcp_step_kind kind;
+        const char *target;
+        const cJSON *arguments;
+        const char *method, *want;
+    } cases[] = {
+        {MCP_STEP_TOOL, "add", arguments, "tools/call",
+         "{\"name\":\"add\",\"arguments\":{\"n\":7,\"s\":\"x\",\"o\":{\"a\":[1]},\"b\":true}}"},
+        {MCP_STEP_TOOL, "add", NULL, "tools/call", "{\"name\":\"add\",\"arguments\":{}}"},
+        /* a prompt's arguments are strings: other values as their JSON text */
+        {MCP_STEP_PROMPT, "brief", arguments, "prompts/get",
+         "{\"name\":\"brief\",\"arguments\":{\"n\":\"7\",\"s\":\"x\",\"o\":\"{\\\"a\\\":[1]}\","
+         "\"b\":\"true\"}}"},
+        {MCP_STEP_RESOURCE, "file:///a", arguments, "resources/read", "{\"uri\":\"file:///a\"}"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cr_expect_str_eq(mcp_step_method(cases[i].kind), cases[i].method);
+        enum mcp_step_kind kind;
+        cr_assert_eq(mcp_step_kind_of(cases[i].method, &kind), 0);
+        cr_expect_eq(kind, cases[i].kind);
+        cJSON *params = mcp_step_request(cases[i].kind, cases[i].target, cases[i].arguments);
+        cr_expect_str_eq(mcp_step_target(cases[i].kind, params), cases[i].target);
+        expect_json(params, cases[i].want, cases[i].method);
+    }
+    enum mcp_step_kind kind = MCP_STEP_PROMPT;
+    cr_expect_eq(mcp_step_kind_of("tools/list", &kind), TR_EINVAL);
+    cr_expect_eq(mcp_step_kind_of(NULL, &kind), TR_EINVAL);
+    cr_expect_eq(kind, MCP_STEP_PROMPT, "a refused method leaves the kind alone");
+    cr_expect_null(mcp_step_request(MCP_STEP_TOOL, NULL, NULL));
+
+    /* The idempotency key goes in a tool call's _meta, and only there. */
+    cJSON *params = mcp_step_request(MCP_STEP_TOOL, "add", NULL);
+    mcp_step_request_key(MCP_STEP_TOOL, params, "run/step/3");
+    expect_json(params,
+                "{\"name\":\"add\",\"arguments\":{},\"_meta\":{\"io.troupe/"
+                "idempotency-key\":\"run/step/3\"}}",
+                "tool key");
+    params = mcp_step_request(MCP_STEP_PROMPT, "brief", NULL);
+    mcp_step_request_key(MCP_STEP_PROMPT, params, "run/step");
+    expect_json(params, "{\"name\":\"brief\",\"arguments\":{}}", "prompt key");
+    cJSON_Delete(arguments);
+}
+
+Test(mcp_step, reading_a_result_into_an_output_or_an_error)
+{
+    const struct {
+        enum mcp_step_kind kind;
+        const char *result, *output, *error;
+    } cases[] = {
+        /* a tool: structuredContent first */
+        {MCP_STEP_TOOL,
+         "{\"content\":[{\"type\":\"text\",\"text\":\"{\\\"n\\\":2}\"}],"
+         "\"structuredContent\":{\"n\":2}}",
+         "{\"n\":2}", NULL},
+        /* a null structuredContent is none: the text */
+        {MCP_STEP_TOOL,
+         "{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}],\"structuredContent\":null}", "\"hi\"",
+         NULL},
+        /* text items joined by newlines */
+        {MCP_STEP_TOOL,
+         "{\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}",
+         "\"a\\nb\"", NULL},
+        /* mixed content: as it is */
+        {MCP_STEP_TOOL,
+         "{\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"image\",\"data\":\"AA==\","
+         "\"mimeType\":\"image/png\"}]}",
+         "[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"image\",\"data\":\"AA==\","
+         "\"mimeType\":\"image/png\"}]",
+         NULL},
+        {MCP_STEP_TOOL, "{\"content\":[]}", "[]", NULL},
+        {MCP_STEP_TOOL, "{}", "null", NULL},
+        /* isError: the text of its content, joined by spaces, for the error */
+        {MCP_STEP_TOOL,
+         "{\"content\":[{\"type\":\"text\",\"text\":\"bad\"},{\"type\":\"image\"},"
+         "{\"type\":\"text\",\"text\":\"input\"}],\"isError\":true}",
+         NULL, "bad input"},
+        {MCP_STEP_TOOL, "{\"content\":[],\"isError\":true}", NULL, "(no text)"},
+        {MCP_STEP_TOOL, "{\"content\":[{\"type\":\"text\",\"text\":\"x\"}],\"isError\":false}",
+         "\"x\"", NULL},
+        /* a resource: its one text content, else its contents */
+        {MCP_STEP_RESOURCE, "{\"contents\":[{\"uri\":\"x://a\",\"text\":\"body\"}]}", "\"body\"",
+         NULL},
+        {MCP_STEP_RESOURCE,
+         "{\"contents\":[{\"uri\":\"x://a\",\"text\":\"1\"},{\"uri\":\"x://b\",\"text\":\"2\"}]}",
+         "[{\"uri\":\"x://a\",\"text\":\"1\"},{\"uri\":\"x://b\",\"text\":\"2\"}]", NULL},
+        {MCP_STEP_RESOURCE, "{\"contents\":[{\"uri\":\"x://a\",\"blob\":\"AA==\"}]}",
+         "[{\"uri\":\"x://a\",\"blob\":\"AA==\"}]", NULL},
+        /* isError is a tool's: other kinds fail as JSON-RPC errors */
+        {MCP_STEP_RESOURCE, "{\"contents\":[],\"isError\":true}", "[]", NULL},
+        /* a prompt: the GetPromptResult as it is */
+        {MCP_STEP_PROMPT,
+         "{\"description\":\"d\",\"messages\":[{\"role\":\"user\",\"content\":{\"type\":\"text\","
+         "\"text\":\"q\"}}]}",
+         "{\"description\":\"d\",\"messages\":[{\"role\":\"user\",\"content\":{\"type\":\"text\","
+         "\"text\":\"q\"}}]}",
+         NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cJSON *result = cJSON_Parse(cases[i].result);
+        cr_assert_not_null(result, "case %zu", i);
+        char *error = mcp_step_error(cases[i].kind, result);
+        if (cases[i].error)
+            cr_expect_str_eq(error, cases[i].error, "case %zu", i);
+        else
+            cr_expect_null(error, "case %zu: %s", i, error);
+        if (cases[i].output)
+            expect_json(mcp_step_output(cases[i].kind, result), cases[i].output, cases[i].result);
+        free(error);
+        cJSON_Delete(result);
+    }
+}

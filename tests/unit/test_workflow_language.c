@@ -476,6 +476,33 @@ Test(workflow_language, allowlist_wildcards_stop_at_dots_and_case_counts)
     workflow_free(&wf);
 }
 
+Test(workflow_language, allowlist_refuses_steps_past_a_dot_or_in_another_case)
+{
+    /* The loader refuses each such step (one problem each), with the one match of run time. */
+    char **problems = NULL;
+    size_t count = 0;
+    static const char text[] = "name: g\n"
+                               "mcp_servers: {fx: {command: x}}\n"
+                               "personas:\n"
+                               "  p: {servers: [fx], tools: ['fx.read_*', fx.Send]}\n"
+                               "steps:\n"
+                               "  - {id: a, persona: p, tool: fx.read_x}\n"
+                               "  - {id: b, persona: p, tool: fx.read_x.admin}\n"
+                               "  - {id: c, persona: p, tool: fx.send}\n"
+                               "  - {id: d, persona: p, tool: fx.Send}\n"
+                               "  - {id: e, persona: p, prompt: fx.Send}\n";
+    cr_assert_lt(
+        workflow_check_string(text, strlen(text), WORKFLOW_YAML, "g.yaml", &problems, &count), 0);
+    cr_assert_eq(count, 3);
+    cr_expect_str_eq(problems[0], "g.yaml:7:31: step 'b': tool 'fx.read_x.admin' is not on the "
+                                  "allowlist of persona 'p'");
+    cr_expect_str_eq(problems[1], "g.yaml:8:31: step 'c': tool 'fx.send' is not on the "
+                                  "allowlist of persona 'p'");
+    cr_expect_str_eq(problems[2], "g.yaml:10:33: step 'e': prompt 'fx.Send' is not on the "
+                                  "allowlist of persona 'p'");
+    workflow_problems_free(problems, count);
+}
+
 Test(workflow_language, allowlists_for_tools_and_prompts_are_separate)
 {
     /* A tool entry does not allow a prompt of that name, nor a prompt entry a tool. */

@@ -142,8 +142,10 @@ Test(workflow_steps, children_load_with_their_parent_and_keep_every_modifier)
     cr_expect_eq(workflow_step_concurrency(wf, each), 2);
     cr_assert(workflow_step_retry(wf, each, &retry));
     cr_expect_eq(retry.attempts, 2);
-    cr_expect_eq(retry.errors, WORKFLOW_ERROR_TIMEOUT | WORKFLOW_ERROR_TRANSPORT |
-                                   WORKFLOW_ERROR_PROTOCOL | WORKFLOW_ERROR_TOOL);
+    cr_expect_eq(retry.errors, TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TIMEOUT) |
+                                   TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TRANSPORT) |
+                                   TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_PROTOCOL) |
+                                   TR_ERROR_CLASS_BIT(TR_ERROR_CLASS_TOOL));
     cr_expect_eq(workflow_step_timeout_ms(wf, each), 30000);
     cr_expect_eq(workflow_step_on_error(wf, each, &fallback), WORKFLOW_ON_ERROR_FALLBACK);
     cr_expect_str_eq(workflow_step_id(wf, fallback), "plain");
