@@ -108,6 +108,14 @@ char *tr_buf_take(struct tr_buf *buf);
  * with "...". Caller frees.
  */
 char *tr_text_escape(const char *text, size_t max_bytes);
+/*
+ * Why name (a person's or a process's name, recorded in the ledger and shown on terminals) is
+ * not one, or NULL: not UTF-8, a control, format or bidi character (what tr_text_escape
+ * escapes, and zero-width characters), or nothing visible (empty, or only spaces).
+ */
+const char *tr_text_name_problem(const char *name);
+/* Whether text is valid UTF-8 (shortest forms, no surrogates). */
+bool tr_text_is_utf8(const char *text);
 /* Whether code point cp is one tr_text_escape shows as an escape. */
 bool tr_text_is_unsafe(long cp);
 /* Terminal columns text takes (UTF-8: wide characters 2, combining marks 0). */

@@ -56,6 +56,38 @@ bool tr_text_is_unsafe(long cp)
            (cp >= 0x2066 && cp <= 0x2069);                          /* bidi isolates */
 }
 
+const char *tr_text_name_problem(const char *name)
+{
+    const unsigned char *s = (const unsigned char *)name;
+    size_t n = strlen(name), len;
+    bool visible = false;
+
+    for (size_t at = 0; at < n; at += len) {
+        long cp = decode(s + at, n - at, &len);
+        if (cp < 0)
+            return "is not UTF-8 text";
+        if (tr_text_is_unsafe(cp) || cp == 0xfeff || (cp >= 0x200b && cp <= 0x200d) || cp == 0x2060)
+            return "may not hold control, format or bidi characters (a newline, an escape, "
+                   "U+202E)";
+        /* Spaces of every kind (ASCII, no-break, the U+2000 block, ideographic) show nothing. */
+        if (!(cp == ' ' || cp == 0xa0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) ||
+              cp == 0x202f || cp == 0x205f || cp == 0x3000))
+            visible = true;
+    }
+    return visible ? NULL : "must hold a visible character";
+}
+
+bool tr_text_is_utf8(const char *text)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t n = strlen(text), len;
+
+    for (size_t at = 0; at < n; at += len)
+        if (decode(s + at, n - at, &len) < 0)
+            return false;
+    return true;
+}
+
 char *tr_text_escape(const char *text, size_t max_bytes)
 {
     const unsigned char *s = (const unsigned char *)(text ? text : "");

@@ -51,6 +51,7 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         {NULL, 0, NULL, 0},
     };
     const char *as = NULL, *comment = NULL;
+    char *shown_step = NULL, *shown_as = NULL; /* as they may be printed */
     bool reject = false;
     struct tr_error err = {0};
     struct store *store = NULL;
@@ -82,6 +83,8 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         return CLI_USAGE;
     }
     const char *problem = sched_approval_actor_problem(as);
+    if (!problem)
+        problem = sched_approval_comment_problem(comment);
     if (problem) {
         cli_error("approve: %s", problem);
         return CLI_USAGE;
@@ -94,6 +97,8 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
     if (cli_run_check_refuse_now(store, run_id, "approve", "record a decision on") < 0)
         goto out;
     const char *step_id = argv[optind + 1];
+    shown_step = tr_text_escape(step_id, 0);
+    shown_as = tr_text_escape(as, 0);
     run_root = cli_run_root(common);
     /*
      * Whoever owns the run records it: a run nobody owns has it recorded now (under its
@@ -106,7 +111,7 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         if (rc == 0) {
             printf("step '%s' of run %s %s by %s (no scheduler is running it: troupe resume "
                    "acts on it)\n",
-                   step_id, run_id, reject ? "rejected" : "approved", as);
+                   shown_step, run_id, reject ? "rejected" : "approved", shown_as);
             break;
         }
         if (rc != -EBUSY)
@@ -117,16 +122,18 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         cli_describe_process(owner, what, sizeof(what));
         free(socket_path);
         socket_path = sched_run_socket(run_root, run_id);
-        /* A scheduler: a troupe run or a troupe resume (whatever troupe is called). */
+        /* A scheduler: a troupe run, a troupe resume, or the fork of a troupe replay --from
+         * (whatever troupe is called). */
         size_t len = strlen(what);
         bool scheduler = owner > 0 && ((len > 4 && !strcmp(what + len - 4, " run")) ||
-                                       (len > 7 && !strcmp(what + len - 7, " resume")));
+                                       (len > 7 && !strcmp(what + len - 7, " resume")) ||
+                                       (len > 7 && !strcmp(what + len - 7, " replay")));
         if (scheduler && socket_path && stat(socket_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
             rc = sched_approval_send(socket_path, run_id, step_id, !reject, as, comment,
                                      APPROVE_WAIT_MS, &err);
             if (rc == 0)
-                printf("step '%s' of run %s %s by %s\n", step_id, run_id,
-                       reject ? "rejected" : "approved", as);
+                printf("step '%s' of run %s %s by %s\n", shown_step, run_id,
+                       reject ? "rejected" : "approved", shown_as);
             break;
         }
         if (tr_now_ms() - start > APPROVE_WAIT_MS) {
@@ -145,6 +152,8 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
     }
     status = CLI_OK;
 out:
+    free(shown_step);
+    free(shown_as);
     free(socket_path);
     free(run_root);
     store_free(&store);

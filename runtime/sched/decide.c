@@ -78,16 +78,34 @@ static int check_target(const struct target *t, const char *run_id, const char *
 
 const char *sched_approval_actor_problem(const char *by)
 {
+    static char why[160]; /* the CLI and the scheduler are single-threaded */
+    const char *problem;
+
     if (!by || !*by)
         return "who decides must be named (--as NAME)";
     if (strlen(by) > SCHED_DECISION_MAX_NAME)
         return "--as NAME is too long";
-    /* A name goes into the ledger and onto terminals: no control character may forge a line
-     * there. */
-    for (const char *p = by; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            return "--as NAME may not hold control characters (a newline, an escape)";
+    /* A name goes into the ledger and onto terminals: it must be readable text that no
+     * control or bidi character can forge a line of, and name someone. */
+    if ((problem = tr_text_name_problem(by))) {
+        snprintf(why, sizeof(why), "--as NAME %s", problem);
+        return why;
+    }
     return NULL;
+}
+
+const char *sched_approval_comment_problem(const char *comment)
+{
+    static char why[96];
+
+    if (!comment)
+        return NULL;
+    if (strlen(comment) > SCHED_DECISION_MAX_COMMENT) {
+        snprintf(why, sizeof(why), "--comment is longer than %d bytes", SCHED_DECISION_MAX_COMMENT);
+        return why;
+    }
+    /* Kept in the ledger and exported as JSON: text, not bytes. */
+    return tr_text_is_utf8(comment) ? NULL : "--comment is not UTF-8 text";
 }
 
 /* The approval.decided event's payload. */
@@ -111,6 +129,9 @@ int sched_approval_record(struct store *store, const char *run_id, const char *s
     const char *decision = approve ? "approved" : "rejected", *class = NULL;
     const char *problem = sched_approval_actor_problem(by);
     struct target t = {.step_id = step_id};
+
+    if (!problem)
+        problem = sched_approval_comment_problem(comment);
     int rc;
 
     if (problem)
@@ -195,9 +216,12 @@ int sched_approval_send(const char *socket_path, const char *run_id, const char 
     for (int64_t deadline = tr_now_ms() + timeout_ms; rc == 0 && !reply;) {
         int64_t left = deadline - tr_now_ms();
         if (left <= 0) {
-            rc = tr_error_set(err, TR_ETIMEDOUT,
-                              "the scheduler of run %s did not answer within %d s", run_id,
-                              timeout_ms / 1000);
+            rc = tr_error_set(
+                err, TR_ETIMEDOUT,
+                "the scheduler of run %s did not answer within %d s (is it stopped, or its "
+                "store lost?); nothing was recorded: a decision it reads after "
+                "this approve has exited is refused",
+                run_id, timeout_ms / 1000);
             break;
         }
         rc = bus_recv(bus, (int)left, &reply, err);
@@ -267,8 +291,10 @@ static const char *decision_problem(const struct run *run, const struct bus_msg 
     if (!msg->run_id || strcmp(msg->run_id, run->id) != 0 || !msg->step_id)
         return "a malformed decision (no run, another run, or no step)";
     const char *problem = sched_approval_actor_problem(msg->actor);
-    if (problem || (msg->comment && strlen(msg->comment) > SCHED_DECISION_MAX_COMMENT)) {
-        snprintf(buf, size, "a malformed decision: %s", problem ? problem : "comment too long");
+    if (!problem)
+        problem = sched_approval_comment_problem(msg->comment);
+    if (problem) {
+        snprintf(buf, size, "a malformed decision: %s", problem);
         return buf;
     }
     return NULL;

@@ -198,8 +198,11 @@ int sched_cancel_orphan(struct store *store, const char *run_id, const char *act
 #define SCHED_DECISION_DECIDED "decided"
 #define SCHED_DECISION_REFUSED "refused"
 
-/* Why `by` may not name who decides (a static string), or NULL when it may. */
+/* Why `by` may not name who decides (tr_text_name_problem, a length), or NULL when it may. The
+ * text is static, valid until the next call. */
 const char *sched_approval_actor_problem(const char *by);
+/* Why a decision's comment is refused (too long, not UTF-8), or NULL; as above. */
+const char *sched_approval_comment_problem(const char *comment);
 /*
  * Records the decision (approved, or rejected when !approve) by `by` with an optional comment,
  * and its approval.decided audit event, in one transaction, while it owns the run
