@@ -51,6 +51,7 @@ struct ledger {
     /* the run */
     int64_t started_seq, finished_seq;
     struct said workflow, file, input, plan_hash, run_started_at;
+    struct said options; /* the last run.started or run.resumed to name them */
     struct said status, run_error, run_finished_at;
     /* the steps: an open-addressing table by id */
     struct expect_step **steps;
@@ -241,7 +242,8 @@ static bool starts_with(const char *s, const char *prefix)
 static int on_event(void *userdata, const struct store_audit_event *e)
 {
     struct ledger *l = userdata;
-    bool run_event = strcmp(e->type, "run.started") == 0 || strcmp(e->type, "run.finished") == 0;
+    bool run_event = strcmp(e->type, "run.started") == 0 || strcmp(e->type, "run.finished") == 0 ||
+                     strcmp(e->type, "run.resumed") == 0;
     bool step_event = e->step_id && starts_with(e->type, "step.");
     bool context = strcmp(e->type, "context.write") == 0;
 
@@ -256,6 +258,9 @@ static int on_event(void *userdata, const struct store_audit_event *e)
         said_member(&l->input, p, "input", e->seq, true);
         said_member(&l->plan_hash, p, "plan_hash", e->seq, false);
         said_member(&l->run_started_at, p, "started_at", e->seq, false);
+        said_member(&l->options, p, "options", e->seq, true);
+    } else if (strcmp(e->type, "run.resumed") == 0) {
+        said_member(&l->options, p, "options", e->seq, true);
     } else if (strcmp(e->type, "run.finished") == 0) {
         l->finished_seq = e->seq;
         said_member(&l->status, p, "status", e->seq, false);
@@ -336,6 +341,7 @@ static int check_run(void *userdata, const struct store_run *run)
         compare(l, where, "input_json", run->input_json, &l->input);
         compare(l, where, "plan_hash", run->plan_hash, &l->plan_hash);
         compare(l, where, "started_at", run->started_at, &l->run_started_at);
+        compare(l, where, "options_json", run->options_json, &l->options);
     }
     store_plan_hash(run->plan_json ? run->plan_json : "", hash);
     if (!same(hash, run->plan_hash))
@@ -539,9 +545,9 @@ static int check_context_row(void *userdata, const struct store_context_entry *r
 
 static void ledger_release(struct ledger *l)
 {
-    struct said *run_fields[] = {&l->workflow,  &l->file,           &l->input,
-                                 &l->plan_hash, &l->run_started_at, &l->status,
-                                 &l->run_error, &l->run_finished_at};
+    struct said *run_fields[] = {&l->workflow,       &l->file,   &l->input,     &l->plan_hash,
+                                 &l->run_started_at, &l->status, &l->run_error, &l->run_finished_at,
+                                 &l->options};
     for (size_t i = 0; i < sizeof(run_fields) / sizeof(run_fields[0]); i++)
         said_release(run_fields[i]);
     for (size_t i = 0; i < l->step_slots; i++) {

@@ -416,6 +416,10 @@ static int create_run(struct run *run, struct tr_error *err)
         /* The chain vouches for the plan stored with the run (replay runs it). */
         cJSON_AddStringToObject(payload, "plan_hash", row.plan_hash);
         cJSON_AddStringToObject(payload, "started_at", row.started_at);
+        /* And for the options the runs row keeps (resume acts on them): the same text. */
+        char *options = sched__options_json(run);
+        cJSON_AddRawToObject(payload, "options", options);
+        free(options);
         sched__audit(run, NULL, "scheduler", "run.started", payload);
     }
     for (size_t i = 0; rc == 0 && i < run->step_count; i++)
@@ -460,6 +464,8 @@ static int take_over(struct run *run, bool resumed, struct tr_error *err)
         sched__counts(run, &counts);
         cJSON_AddNumberToObject(payload, "done", (double)counts.done);
         cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
+        /* The options this scheduler runs it with, as the runs row now keeps them. */
+        cJSON_AddRawToObject(payload, "options", options);
         sched__audit(run, NULL, "scheduler", "run.resumed", payload);
     }
     /* The backoff's jitter is the run's own: a replay computes the same delays. */

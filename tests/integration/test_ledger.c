@@ -121,6 +121,12 @@ static const struct tamper_case cases[] = {
     {"input", "UPDATE runs SET input_json = '{\"who\":\"mallory\"}'", "runs[RUN].input_json", true},
     {"running", "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL",
      "runs[RUN].status", true},
+    /* The options resume acts on (attempts, approvals): a resume may change them, so no
+     * trigger guards them, and the log does. */
+    {"options",
+     "UPDATE runs SET options_json = replace(options_json, '\"approve\":[', "
+     "'\"approve\":[\"greet\",')",
+     "runs[RUN].options_json", false},
     /* steps: what show prints of each */
     {"state", "UPDATE steps SET state = 'failed' WHERE step_id = 'greet'", "steps[greet].state",
      true},
