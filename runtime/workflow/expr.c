@@ -618,6 +618,11 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
 
 /* ---- a run's outputs ----------------------------------------------------------------- */
 
+bool workflow_has_outputs(const struct workflow *wf)
+{
+    return wf->has_outputs;
+}
+
 int workflow_outputs_in(const struct workflow *wf, const struct workflow_scope *scope,
                         cJSON **ret_outputs, struct tr_error *err)
 {

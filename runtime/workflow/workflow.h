@@ -335,6 +335,8 @@ const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index);
  * (workflow_step_arguments_in), then resolved with workflow_inputs_resolve(child, ...).
  */
 const struct workflow *workflow_step_child(const struct workflow *wf, size_t index);
+/* Whether the workflow declares `outputs:` (even empty). */
+bool workflow_has_outputs(const struct workflow *wf);
 /*
  * The run's outputs at its end, over its final scope: the `outputs:` map (name -> jq
  * expression, each yielding one value) evaluated into an object, or, without `outputs:`, the
