@@ -7,7 +7,8 @@
  * every dispatch with the recorded request). The rules of docs/workflows.md live here once:
  * readiness from `needs`, `when` (and skips propagated to dependents), eval and approval
  * steps, for_each items within their concurrency window, `output`, `save`, on_error (fail,
- * continue, fallback), retries by error class with backoff, timeouts, cancel, and a fork's
+ * continue, fallback), retries by error class with backoff, each call's timeout (the driver
+ * enforces it and reports a timeout as a failure of class timeout), cancel, and a fork's
  * take-over of its parent's steps.
  *
  * Ownership: the workflow and the scope given to engine_new are borrowed for the engine's

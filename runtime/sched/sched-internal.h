@@ -1,7 +1,8 @@
 /*
  * Internals shared by the scheduler's files: sched.c (the run loop, setting up and ending a
- * run), steps.c (step states, dispatch, retries), supervise.c (messages from agents, agent
- * restarts), recover.c (resuming a run from the store) and agents.c (agent processes).
+ * run), steps.c (carrying out the engine's effects), tasks.c (calls on agents), supervise.c
+ * (messages from agents, agent restarts), recover.c (resuming a run from the store), agents.c
+ * (agent processes) and replay.c (the replay driver). Every decision is engine.c's.
  */
 #ifndef TROUPE_SCHED_INTERNAL_H
 #define TROUPE_SCHED_INTERNAL_H
