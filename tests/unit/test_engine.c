@@ -1114,3 +1114,23 @@ Test(engine, backoff_jitter_depends_on_the_seed_and_the_item)
     cr_assert(seeds, "the seed changes nothing");
     cr_assert(items, "the item changes nothing");
 }
+
+/*
+ * Disabled: `retry.attempts` counts every attempt "in all, the first included"
+ * (docs/workflows.md), but the engine counts the failures since it took the run over: a run
+ * resumed after its second failed attempt of three gets three more. (The scheduler did the
+ * same before the engine.) Enable once the limit counts the attempts recorded (step->attempt).
+ */
+Test(engine, attempts_count_across_a_resume, .disabled = true)
+{
+    static const struct engine_case c = {
+        .name = "retry: attempts count the attempts made before a resume too",
+        .steps = TOOL("a") "    with: {message: a}\n"
+                           "    retry: {attempts: 3, backoff: 10ms, errors: [tool]}\n",
+        .load = "[{\"step\": \"a\", \"state\": \"retry-wait\", \"attempt\": 2}]",
+        .script = "tick 10\nfail a tool third",
+        .decisions = "dispatch a; fail a",
+        .has = "send a attempt=3\nended failed",
+    };
+    run_case(&c);
+}
