@@ -48,7 +48,7 @@ struct fanout {
 struct step_run {
     enum step_state state;
     int attempt;    /* dispatches over the run's whole life */
-    int failures;   /* failed attempts since this engine took the run over */
+    int failures;   /* failed attempts over the run's life (failures_before at a take-over) */
     unsigned unmet; /* needs that do not stand */
     int64_t dispatched_ms;
     int64_t due_ms;      /* retry-wait: when it becomes ready again */
@@ -879,7 +879,8 @@ static void attempt_failed(struct engine *e, size_t index, enum tr_error_class e
     error = keep(e, error);
     leave_dispatched(e, index, error);
     step->failures++;
-    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+    if (error_class >= TR_ERROR_CLASS_RETRYABLE ||
+        !(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
         step->failures >= policy.max_attempts || e->cancelling || e->failure) {
         step_failed(e, index, error, duration, now);
         return;
@@ -912,7 +913,8 @@ static void item_attempt_failed(struct engine *e, size_t index, struct item_run 
     engine_step_policy(e, index, &policy);
     run->in_flight = false;
     run->failures++;
-    if (!(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+    if (error_class >= TR_ERROR_CLASS_RETRYABLE ||
+        !(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
         run->failures >= policy.max_attempts || e->cancelling || e->failure) {
         char *reason = xasprintf("item %ld: %s", run->item, error);
         step_failed(e, index, reason, 0, now);
@@ -1256,6 +1258,8 @@ void engine_end_steps(struct engine *e, const char *reason)
             continue;
         bool was_skipped = !e->cancelling && step->state != STEP_DISPATCHED;
         cJSON *payload = cJSON_CreateObject();
+        if (step->state == STEP_WAITING_APPROVAL)
+            e->waiting--; /* it waits no more */
         leave_dispatched(e, index, reason);
         reach_final(e, index, was_skipped ? STEP_SKIPPED : STEP_CANCELLED);
         record(e, index, NULL, was_skipped ? NULL : reason);
@@ -1270,6 +1274,18 @@ void engine_end_steps(struct engine *e, const char *reason)
 
 /* ---- taking a run over --------------------------------------------------------------------- */
 
+/*
+ * How many of a step's attempts failed before a scheduler takes it over in state at attempt:
+ * `retry.attempts` counts those of the run's whole life. A retry wait follows its attempt's
+ * failure; a dispatched attempt was lost with its scheduler, not failed.
+ */
+static int failures_before(enum step_state state, int attempt)
+{
+    if (state == STEP_RETRY_WAIT)
+        return attempt;
+    return attempt > 0 ? attempt - 1 : 0;
+}
+
 int engine_load_step(struct engine *e, size_t index, enum step_state state, int attempt,
                      const char *error, int64_t due_ms, struct tr_error *err)
 {
@@ -1278,6 +1294,7 @@ int engine_load_step(struct engine *e, size_t index, enum step_state state, int 
     struct step_run *step = &e->steps[index];
     step->attempt = attempt;
     step->state = state;
+    step->failures = failures_before(state, attempt);
     e->loaded = true;
     if (state == STEP_FAILED && !e->failure &&
         workflow_step_on_error(e->wf, index, NULL) == WORKFLOW_ON_ERROR_FAIL) {
@@ -1378,7 +1395,7 @@ void engine_recover(struct engine *e, const bool *in_flight, int64_t now)
     e->ready_len = 0;
     for (size_t i = 0; i < e->step_count; i++) {
         struct step_run *step = &e->steps[i];
-        step->failures = 0;
+        step->failures = failures_before(step->state, step->attempt);
         if (step->state == STEP_DISPATCHED && !in_flight[i]) {
             /* Its dispatch was never committed: the new scheduler finds it ready. */
             fanout_free(e, &step->fan);

@@ -1116,12 +1116,10 @@ Test(engine, backoff_jitter_depends_on_the_seed_and_the_item)
 }
 
 /*
- * Disabled: `retry.attempts` counts every attempt "in all, the first included"
- * (docs/workflows.md), but the engine counts the failures since it took the run over: a run
- * resumed after its second failed attempt of three gets three more. (The scheduler did the
- * same before the engine.) Enable once the limit counts the attempts recorded (step->attempt).
+ * `retry.attempts` counts every attempt "in all, the first included" (docs/workflows.md),
+ * across resumes: a run resumed after its second failed attempt of three gets one more.
  */
-Test(engine, attempts_count_across_a_resume, .disabled = true)
+Test(engine, attempts_count_across_a_resume)
 {
     static const struct engine_case c = {
         .name = "retry: attempts count the attempts made before a resume too",
