@@ -1,17 +1,38 @@
 /*
- * base/memory.c: allocation that aborts on exhaustion, and tr_buf, a capped growable buffer.
- * Out of memory in troupe's own processes is not recoverable; input size is, via the cap.
+ * base/memory.c: allocation that stops the process with a message on exhaustion, and tr_buf, a
+ * capped growable buffer. Out of memory in troupe's own processes is not recoverable; input
+ * size is, via the caps (the workflow loader bounds what a file may build before building it).
+ * cJSON allocates through the same functions, so none of its calls returns NULL for memory.
  */
 #include "base.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include <cjson/cJSON.h>
+
+/*
+ * A clear message and exit status 1, not abort(): the message is the error, and nothing in a
+ * process out of memory can do better (_exit: atexit handlers would allocate).
+ */
 static void oom(size_t size)
 {
     fprintf(stderr, "troupe: out of memory (allocating %zu bytes)\n", size);
-    abort();
+    _exit(1);
+}
+
+static void *cjson_alloc(size_t size)
+{
+    return xmalloc(size);
+}
+
+__attribute__((constructor)) static void cjson_hooks(void)
+{
+    cJSON_Hooks hooks = {cjson_alloc, free};
+
+    cJSON_InitHooks(&hooks);
 }
 
 void *xmalloc(size_t size)
