@@ -72,6 +72,9 @@ const char *tr_strerror(int code);
 void *xmalloc(size_t size);
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *ptr, size_t size);
+/* What the x* functions do when memory runs out: a message naming size (when not 0), then
+ * exit status 1. For libraries with a handler of their own (libjq). */
+__attribute__((noreturn)) void tr_out_of_memory(size_t size);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) TR_PRINTF(1, 2);

@@ -17,9 +17,12 @@
  * A clear message and exit status 1, not abort(): the message is the error, and nothing in a
  * process out of memory can do better (_exit: atexit handlers would allocate).
  */
-static void oom(size_t size)
+void tr_out_of_memory(size_t size)
 {
-    fprintf(stderr, "troupe: out of memory (allocating %zu bytes)\n", size);
+    if (size)
+        fprintf(stderr, "troupe: out of memory (allocating %zu bytes)\n", size);
+    else
+        fputs("troupe: out of memory\n", stderr);
     _exit(1);
 }
 
@@ -39,7 +42,7 @@ void *xmalloc(size_t size)
 {
     void *p = malloc(size ? size : 1);
     if (!p)
-        oom(size);
+        tr_out_of_memory(size);
     return p;
 }
 
@@ -47,7 +50,7 @@ void *xcalloc(size_t count, size_t size)
 {
     void *p = calloc(count ? count : 1, size ? size : 1);
     if (!p)
-        oom(count * size);
+        tr_out_of_memory(count * size);
     return p;
 }
 
@@ -55,7 +58,7 @@ void *xrealloc(void *ptr, size_t size)
 {
     void *p = realloc(ptr, size ? size : 1);
     if (!p)
-        oom(size);
+        tr_out_of_memory(size);
     return p;
 }
 
@@ -79,7 +82,7 @@ char *xvasprintf(const char *fmt, va_list ap)
     int n = vsnprintf(NULL, 0, fmt, copy);
     va_end(copy);
     if (n < 0)
-        oom(0);
+        tr_out_of_memory(0);
     char *p = xmalloc((size_t)n + 1);
     vsnprintf(p, (size_t)n + 1, fmt, ap);
     return p;
