@@ -1,6 +1,7 @@
 /*
  * base: what every troupe module needs and nothing more: error reporting, memory helpers
- * that abort on exhaustion, clocks, file reading and the logger used by top-level loops.
+ * that exit with a message on exhaustion, clocks, file reading and the logger used by top-level
+ * loops.
  *
  * Ownership: functions returning `char *` hand the caller a heap string to free(); every
  * other pointer argument is borrowed for the duration of the call.
@@ -23,7 +24,7 @@
 struct cJSON;
 /*
  * cJSON_PrintUnformatted and cJSON_Print, except that every number prints so that it reads
- * back exactly (cJSON alone rounds some to 15 digits). Aborts when out of memory; NULL for a
+ * back exactly (cJSON alone rounds some to 15 digits). Exits when out of memory; NULL for a
  * NULL item. Caller frees.
  */
 char *tr_json_print(const struct cJSON *item);
@@ -66,11 +67,14 @@ void tr_error_prefix(struct tr_error *err, const char *fmt, ...) TR_PRINTF(2, 3)
 /* A short description of a code from the enum above or a -errno value. Static string. */
 const char *tr_strerror(int code);
 
-/* ---- memory: abort with a message when out of memory ----------------------------------- */
+/* ---- memory: exit with a message when out of memory (cJSON's too) ---------------------- */
 
 void *xmalloc(size_t size);
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *ptr, size_t size);
+/* What the x* functions do when memory runs out: a message naming size (when not 0), then
+ * exit status 1. For libraries with a handler of their own (libjq). */
+__attribute__((noreturn)) void tr_out_of_memory(size_t size);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) TR_PRINTF(1, 2);

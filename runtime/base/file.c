@@ -1,6 +1,7 @@
 /*
- * base/file.c: whole-file reads with a size cap, parent-directory creation, and the
- * location of the running executable (to find sibling programs such as troupe-agent).
+ * base/file.c: whole-file reads with a size cap (regular files only), parent-directory
+ * creation, and the location of the running executable (to find sibling programs such as
+ * troupe-agent).
  */
 #define _GNU_SOURCE
 #include "base.h"
@@ -19,12 +20,27 @@ int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
 {
     struct tr_buf buf;
     char chunk[65536];
+    struct stat st;
     int rc = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Not blocking in open() on a FIFO without a writer, nor taking a terminal. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 
     if (fd < 0)
         return tr_error_set(err, -errno, "could not open '%s': %s", path, strerror(errno));
     tr_buf_init(&buf, max);
+    /* A FIFO, a socket or a device could block the read for ever, or never end. */
+    if (fstat(fd, &st) < 0) {
+        rc = tr_error_set(err, -errno, "could not read '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = tr_error_set(err, TR_EINVAL, "could not read '%s': %s, not a regular file", path,
+                          S_ISDIR(st.st_mode)    ? "a directory"
+                          : S_ISFIFO(st.st_mode) ? "a FIFO"
+                          : S_ISSOCK(st.st_mode) ? "a socket"
+                                                 : "a device");
+        goto out;
+    }
     for (;;) {
         ssize_t n = read(fd, chunk, sizeof(chunk));
         if (n < 0 && errno == EINTR)

@@ -1,24 +1,48 @@
 /*
- * base/memory.c: allocation that aborts on exhaustion, and tr_buf, a capped growable buffer.
- * Out of memory in troupe's own processes is not recoverable; input size is, via the cap.
+ * base/memory.c: allocation that stops the process with a message on exhaustion, and tr_buf, a
+ * capped growable buffer. Out of memory in troupe's own processes is not recoverable; input
+ * size is, via the caps (the workflow loader bounds what a file may build before building it).
+ * cJSON allocates through the same functions, so none of its calls returns NULL for memory.
  */
 #include "base.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-static void oom(size_t size)
+#include <cjson/cJSON.h>
+
+/*
+ * A clear message and exit status 1, not abort(): the message is the error, and nothing in a
+ * process out of memory can do better (_exit: atexit handlers would allocate).
+ */
+void tr_out_of_memory(size_t size)
 {
-    fprintf(stderr, "troupe: out of memory (allocating %zu bytes)\n", size);
-    abort();
+    if (size)
+        fprintf(stderr, "troupe: out of memory (allocating %zu bytes)\n", size);
+    else
+        fputs("troupe: out of memory\n", stderr);
+    _exit(1);
+}
+
+static void *cjson_alloc(size_t size)
+{
+    return xmalloc(size);
+}
+
+__attribute__((constructor)) static void cjson_hooks(void)
+{
+    cJSON_Hooks hooks = {cjson_alloc, free};
+
+    cJSON_InitHooks(&hooks);
 }
 
 void *xmalloc(size_t size)
 {
     void *p = malloc(size ? size : 1);
     if (!p)
-        oom(size);
+        tr_out_of_memory(size);
     return p;
 }
 
@@ -26,7 +50,7 @@ void *xcalloc(size_t count, size_t size)
 {
     void *p = calloc(count ? count : 1, size ? size : 1);
     if (!p)
-        oom(count * size);
+        tr_out_of_memory(count * size);
     return p;
 }
 
@@ -34,7 +58,7 @@ void *xrealloc(void *ptr, size_t size)
 {
     void *p = realloc(ptr, size ? size : 1);
     if (!p)
-        oom(size);
+        tr_out_of_memory(size);
     return p;
 }
 
@@ -58,7 +82,7 @@ char *xvasprintf(const char *fmt, va_list ap)
     int n = vsnprintf(NULL, 0, fmt, copy);
     va_end(copy);
     if (n < 0)
-        oom(0);
+        tr_out_of_memory(0);
     char *p = xmalloc((size_t)n + 1);
     vsnprintf(p, (size_t)n + 1, fmt, ap);
     return p;

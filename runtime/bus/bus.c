@@ -284,15 +284,21 @@ static bool is_z85_key(const char *s)
 int bus_key_file_read(const char *path, char ret_public[BUS_KEY_SIZE],
                       char ret_secret[BUS_KEY_SIZE], struct tr_error *err)
 {
-    FILE *f = fopen(path, "r");
-    char line[256];
-    int rc = 0;
+    char *text = NULL, *next;
+    size_t len = 0;
+    int rc;
 
     ret_public[0] = ret_secret[0] = '\0';
-    if (!f)
-        return tr_error_set(err, -errno, "could not read key file '%s': %s", path, strerror(errno));
-    while (rc == 0 && fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\r\n")] = '\0';
+    /* tr_file_read: a FIFO or a device named as the key file is refused, not waited on. */
+    if ((rc = tr_file_read(path, 65536, &text, &len, err)) < 0) {
+        tr_error_prefix(err, "key file: ");
+        return rc;
+    }
+    for (char *line = text; rc == 0 && line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        line[strcspn(line, "\r")] = '\0';
         char *value = line;
         char *target = ret_public;
         if (strncmp(line, "public=", 7) == 0) {
@@ -308,7 +314,7 @@ int bus_key_file_read(const char *path, char ret_public[BUS_KEY_SIZE],
         else
             memcpy(target, value, BUS_KEY_SIZE);
     }
-    fclose(f);
+    free(text);
     if (rc == 0 && ret_secret[0] && !ret_public[0])
         rc = bus_curve_public(ret_secret, ret_public, err);
     if (rc == 0 && !ret_public[0])

@@ -147,8 +147,9 @@ static int load_recorded(const struct recording *rec, const char *run_id,
         plan_matches(*ret_workflow, rec->plan_hash))
         return 0;
     workflow_free(ret_workflow);
-    cli_error("run %s: %s%s%s; name its workflow with --workflow", run_id, err.message,
-              rec->file ? ", and its file " : "",
+    cli_error("the plan stored with run %s does not load: %s%s%s; name its workflow with "
+              "--workflow",
+              run_id, err.message, rec->file ? ", and its file " : "",
               !rec->file            ? ""
               : file_err.message[0] ? file_err.message
                                     : "has changed since the run (its plan hash differs)");

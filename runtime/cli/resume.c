@@ -134,7 +134,7 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
                "stored with it",
                found.path, run_id);
         if (workflow_load_plan(found.plan_json, found.path, &wf, &err) < 0) {
-            cli_error("could not load the plan stored with run %s: %s", run_id, err.message);
+            cli_error("the plan stored with run %s does not load: %s", run_id, err.message);
             goto out;
         }
     } else if (workflow_load(file ? file : found.path, &wf, &err) < 0) {

@@ -106,15 +106,47 @@ bool mcp_allowlist_matches(const struct mcp_allowlist *list, enum mcp_allow_kind
     return false;
 }
 
+/*
+ * What is wrong with the class at p (after its '['), as class_matches reads it: unterminated
+ * (a ']' first, or after '!', is a member, so '[]' and '[!]' are open), or a reversed range.
+ * *ret_end is set past its ']'.
+ */
+static const char *class_problem(const char *p, const char **ret_end)
+{
+    if (*p == '!' || *p == '^')
+        p++;
+    for (bool first = true; first || *p != ']'; first = false) {
+        if (!*p)
+            return "'[' without ']' (a ']' right after '[' or '[!' is one of the characters)";
+        if (p[1] == '-' && p[2] && p[2] != ']') {
+            if (p[0] > p[2])
+                return "has a range that runs backwards (as in '[z-a]'), which matches nothing";
+            p += 3;
+        } else {
+            p++;
+        }
+    }
+    *ret_end = p + 1;
+    return NULL;
+}
+
 const char *mcp_allowlist_entry_problem(const char *entry)
 {
     const char *dot = strchr(entry, '.');
     const char *glob = strpbrk(entry, "*?[");
+    const char *problem;
 
     if (!dot || dot == entry || !dot[1] || (glob && glob < dot))
         return "must be 'server.name' (the name part may be a glob such as 'fs.read_*')";
-    for (const char *open = strchr(dot, '['); open; open = strchr(open + 1, '['))
-        if (!strchr(open, ']'))
-            return "'[' without ']'";
+    for (const char *p = entry; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return "holds white space or a control character, which no server or tool name has";
+    for (const char *p = dot + 1; *p;) {
+        if (*p != '[') {
+            p++;
+        } else if ((problem = class_problem(p + 1, &p)) != NULL) {
+            return problem;
+        }
+    }
     return NULL;
 }

@@ -99,6 +99,13 @@ static void capture_error(void *data, jv message)
  * another. HOME is hidden from jq while it compiles (troupe compiles before it starts any
  * thread), so expressions mean the same everywhere.
  */
+/* libjq 1.6 out of memory without a handler calls whatever its unset thread key holds. */
+static void jq_out_of_memory(void *unused)
+{
+    (void)unused;
+    tr_out_of_memory(0);
+}
+
 static jq_state *program_compile(const char *program, struct compile_error *ce)
 {
     struct compile_error ignored = {{0}, false};
@@ -108,6 +115,7 @@ static jq_state *program_compile(const char *program, struct compile_error *ce)
 
     if (!jq)
         abort();
+    jq_set_nomem_handler(jq, jq_out_of_memory, NULL);
     jq_set_error_cb(jq, capture_error, ce ? ce : &ignored);
     jq_set_debug_cb(jq, discard_message, NULL);
     /* Without a library path jq 1.6 aborts on `include`; an empty one makes it an error. */

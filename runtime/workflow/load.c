@@ -379,6 +379,8 @@ int wf_doc_parse(struct wf_doc *doc, const char *text, size_t len, enum workflow
     int rc;
 
     doc->file = xstrdup(file ? file : "<workflow>");
+    if (!doc->budget)
+        doc->budget = &doc->budget_own;
     if (len > max_bytes) {
         rc = tr_error_set(err, TR_ETOOBIG, "%s: larger than %zu bytes", doc->file, max_bytes);
         goto out;
@@ -407,8 +409,11 @@ int wf_load_text(const char *text, size_t len, enum workflow_format format, cons
     if (!origin->parent)
         wf->tree_own = (struct wf_tree){.files = 1, .bytes = len};
     if (origin->from_plan) {
+        /* A plan is JSON (no aliases), within WF_PLAN_MAX_BYTES as a whole. */
         wf->doc.max_bytes = WF_PLAN_MAX_BYTES;
         wf->doc.max_depth = WF_PLAN_MAX_DEPTH;
+    } else {
+        wf->doc.budget = &wf->tree->budget;
     }
     if ((rc = wf_doc_parse(&wf->doc, text, len, format, file_name, err)) < 0) {
         workflow_free(&wf);

@@ -213,13 +213,14 @@ static int build_allowlist(struct wf_build *b, const cJSON *list, struct wf_pers
         return rc;
     persona->has_allowlist = true;
     *ret_entries = xcalloc(wf_count_items(list) + 1, sizeof(**ret_entries));
+    /* A bad entry is reported and matches nothing (mcp_allowlist_matches); the persona is not
+     * broken by it, so that a step it would have allowed is reported too. */
     cJSON_ArrayForEach(entry, list)
     {
-        if (check_allow_entry(b, persona, servers, entry, context) < 0)
-            rc = TR_EINVAL;
+        (void)check_allow_entry(b, persona, servers, entry, context);
         (*ret_entries)[(*ret_count)++] = entry->valuestring;
     }
-    return rc;
+    return 0;
 }
 
 static int build_limits(struct wf_build *b, const cJSON *node, struct wf_persona *persona,

@@ -311,6 +311,31 @@ int workflow_load_plan(const char *plan_json, const char *file_name, struct work
     return wf_load_plan_nested(plan_json, file_name, NULL, NULL, ret_workflow, err);
 }
 
+/*
+ * err's message without its leading "FILE:LINE:COLUMN: ": a position in the plan's text is
+ * nowhere the user can look (and FILE, the workflow's file, is not where it is).
+ */
+static void strip_position(struct tr_error *err, const char *file_name)
+{
+    size_t n = strlen(file_name);
+    const char *at = err->message;
+
+    if (strncmp(at, file_name, n) != 0 || at[n] != ':')
+        return;
+    at += n + 1;
+    for (int part = 0; part < 2; part++) {
+        if (*at < '0' || *at > '9')
+            return;
+        while (*at >= '0' && *at <= '9')
+            at++;
+        if (*at++ != ':')
+            return;
+    }
+    if (*at == ' ')
+        at++;
+    memmove(err->message, at, strlen(at) + 1);
+}
+
 int wf_load_plan_nested(const char *plan_json, const char *file_name, const char *included_as,
                         const struct workflow *parent, struct workflow **ret_workflow,
                         struct tr_error *err)
@@ -323,23 +348,21 @@ int wf_load_plan_nested(const char *plan_json, const char *file_name, const char
 
     *ret_workflow = NULL;
     if (!cJSON_IsObject(doc)) {
-        rc = tr_error_set(err, TR_EINVAL, "%s: the stored plan is not a JSON object", file_name);
+        rc = tr_error_set(err, TR_EINVAL, "not a JSON object");
         goto out;
     }
     plan_to_file(doc);
     text = tr_json_print(doc);
     rc = wf_load_text(text, strlen(text), WORKFLOW_JSON, file_name, &origin, &wf, err);
     if (rc < 0) {
-        tr_error_prefix(err, "the stored plan does not load");
+        strip_position(err, file_name);
         goto out;
     }
     /* The plan is what a run did: a workflow that would plan anything else is not it. */
     again = workflow_plan_json(wf);
     if (strcmp(again, plan_json) != 0) {
         rc = tr_error_set(err, TR_EINVAL,
-                          "%s: the stored plan does not load back to itself (a plan of another "
-                          "version of troupe?)",
-                          file_name);
+                          "it does not load back to itself (a plan of another version of troupe?)");
         goto out;
     }
     *ret_workflow = wf;

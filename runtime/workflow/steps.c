@@ -222,6 +222,9 @@ static int check_room(struct wf_build *b, const cJSON *node, const char *path, c
         free(chain);
         return rc;
     }
+    /* The tree passed its budget in a file already reported: load no more of it. */
+    if (wf->tree->budget.nodes > WF_MAX_NODES || wf->tree->budget.bytes > WF_PLAN_MAX_BYTES)
+        return TR_ETOOBIG;
     if (wf->tree->files >= WF_MAX_FILES)
         return wf_problem(wf, node, false,
                           "%sworkflow '%s': a workflow includes at most %d files in all (each "

@@ -20,10 +20,23 @@ struct wf_pos {
     int key_line, key_column; /* where its key starts, for object members */
 };
 
+/*
+ * What the documents of one workflow tree build in all, counted as each is parsed (YAML
+ * aliases repeat what they name, so a small file can build a huge tree): at most WF_MAX_NODES
+ * values, and about WF_PLAN_MAX_BYTES of compact JSON, which is what the plan embedding them
+ * will take. Passing either stops the load there, before memory runs out.
+ */
+#define WF_MAX_NODES (1u << 20)
+struct wf_budget {
+    size_t nodes, bytes;
+};
+
 struct wf_doc {
     char *file;
-    size_t max_bytes; /* set before parsing: 0 for a file's WORKFLOW_MAX_FILE_BYTES */
-    int max_depth;    /* likewise, 0 for a file's WF_MAX_DEPTH */
+    size_t max_bytes;         /* set before parsing: 0 for a file's WORKFLOW_MAX_FILE_BYTES */
+    int max_depth;            /* likewise, 0 for a file's WF_MAX_DEPTH */
+    struct wf_budget *budget; /* likewise, NULL for the document's own */
+    struct wf_budget budget_own;
     cJSON *root;
     struct wf_pos *pos;
     size_t pos_count, pos_alloc;
@@ -122,7 +135,6 @@ struct wf_persona {
     bool broken;                     /* had a problem: steps naming it are not checked further */
 };
 
-
 #define WF_NO_EXPR ((size_t)-1)
 
 struct wf_step {
@@ -179,6 +191,9 @@ struct wf_problem {
  */
 #define WF_PLAN_MAX_DEPTH (WF_MAX_DEPTH + 4 * WORKFLOW_MAX_DEPTH)
 #define WF_PLAN_MAX_BYTES (4u * WORKFLOW_MAX_FILE_BYTES)
+#define WF_PLAN_TOO_BIG                                                                            \
+    "the plan of this workflow (with the files it includes) would take more than the %u bytes "    \
+    "a plan may take"
 
 /* One entry of `outputs:`: NAME -> a jq expression over the run's final scope. */
 struct wf_output {
@@ -196,6 +211,7 @@ struct wf_output {
 #define WF_MAX_FILES 64
 struct wf_tree {
     size_t files, bytes;
+    struct wf_budget budget; /* what the tree's YAML documents built (their plans, roughly) */
 };
 
 /* Strings and cJSON values borrowed by the model live in doc, which the workflow owns. */

@@ -69,8 +69,10 @@ const char *workflow_file(const struct workflow *wf);
 char *workflow_plan_json(const struct workflow *wf);
 /*
  * Loads a workflow back from its plan (workflow_plan_json's text, as a run stores it), so
- * that a run can be replayed without its file; file_name is the name it keeps (messages,
- * workflow_file). TR_EINVAL when the text is not a plan that loads back to the very same plan.
+ * that a run can be replayed without its file; file_name is the name it keeps (workflow_file,
+ * where its children were). TR_EINVAL when the text is not a plan that loads back to the very
+ * same plan; err then says what is wrong with the plan, naming neither the plan nor the file
+ * (the caller says whose plan it is: "the plan stored with run R: ...").
  */
 int workflow_load_plan(const char *plan_json, const char *file_name, struct workflow **ret_workflow,
                        struct tr_error *err) TR_MUST_CHECK;

@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Alias expansion can make a small file huge ("billion laughs"); cap the nodes built. */
-#define WF_MAX_NODES (1u << 20)
 /* Deeper nesting than any workflow needs; keeps the recursive walks off the stack's edge. */
 
 struct anchor {
@@ -31,7 +29,6 @@ struct yaml_builder {
     size_t len;
     struct anchor *anchors;
     size_t anchor_count, anchor_alloc;
-    size_t node_count;
     int depth;
     struct tr_error *err;
 };
@@ -188,13 +185,43 @@ static void record_subtree(struct wf_doc *doc, const cJSON *node, int line, int 
     cJSON_ArrayForEach(child, node) record_subtree(doc, child, line, column);
 }
 
-static size_t count_nodes(const cJSON *node)
+/* The values under node (itself included) and about their size as compact JSON. */
+static void measure(const cJSON *node, size_t *nodes, size_t *bytes)
 {
-    size_t n = 1;
     const cJSON *child;
 
-    cJSON_ArrayForEach(child, node) n += count_nodes(child);
-    return n;
+    *nodes += 1;
+    *bytes += 2 + (cJSON_IsString(node) ? strlen(node->valuestring) : cJSON_IsNumber(node) ? 8 : 3);
+    cJSON_ArrayForEach(child, node)
+    {
+        *bytes += child->string ? strlen(child->string) + 3 : 0;
+        measure(child, nodes, bytes);
+    }
+}
+
+/*
+ * Counts what event builds against the tree's budget (wf_budget): alias expansion can make a
+ * small file huge ("billion laughs"), and a file included many times builds its tree as many
+ * times. Refuses as soon as the budget is passed.
+ */
+static int charge(struct yaml_builder *b, struct fy_event *event, size_t nodes, size_t bytes)
+{
+    struct wf_budget *budget = b->doc->budget;
+    char what[200];
+
+    budget->nodes += nodes;
+    budget->bytes += bytes;
+    if (budget->nodes > WF_MAX_NODES)
+        snprintf(what, sizeof(what),
+                 "the workflow (with the files it includes) would hold more than %u values "
+                 "(YAML aliases repeat what they name)",
+                 WF_MAX_NODES);
+    else if (budget->bytes > WF_PLAN_MAX_BYTES)
+        snprintf(what, sizeof(what), WF_PLAN_TOO_BIG " (YAML aliases repeat what they name)",
+                 WF_PLAN_MAX_BYTES);
+    else
+        return 0;
+    return yaml_fail_at(b, event, what);
 }
 
 static void anchor_remember(struct yaml_builder *b, struct fy_token *anchor, const cJSON *node)
@@ -242,6 +269,8 @@ static int yaml_mapping(struct yaml_builder *b, cJSON *object)
             rc = yaml_fail_at(b, key_event, "mapping keys must not contain NUL");
             goto out;
         }
+        if ((rc = charge(b, key_event, 0, key_len + 3)) < 0)
+            goto out;
         key = xstrndup(key_text ? key_text : "", key_len);
         fy_parser_event_free(b->parser, key_event);
         key_event = NULL;
@@ -292,13 +321,13 @@ static int yaml_node(struct yaml_builder *b, struct fy_event *event, int key_lin
     int rc = 0;
 
     event_position(b, event, &line, &column);
-    if (++b->node_count > WF_MAX_NODES) {
-        rc = yaml_fail_at(b, event, "document has too many nodes");
-        goto out;
-    }
     switch (event->type) {
     case FYET_SCALAR:
         anchor = event->scalar.anchor;
+        size_t text_len = 0;
+        (void)fy_token_get_text(event->scalar.value, &text_len);
+        if ((rc = charge(b, event, 1, 2 + text_len)) < 0)
+            goto out;
         if (!(node = yaml_scalar(b, event))) {
             rc = yaml_fail_at(b, event, "strings must not contain NUL");
             goto out;
@@ -321,11 +350,10 @@ static int yaml_node(struct yaml_builder *b, struct fy_event *event, int key_lin
             free(what);
             goto out;
         }
-        b->node_count += count_nodes(target);
-        if (b->node_count > WF_MAX_NODES) {
-            rc = yaml_fail_at(b, event, "document has too many nodes");
+        size_t nodes = 0, bytes = 0;
+        measure(target, &nodes, &bytes);
+        if ((rc = charge(b, event, nodes, bytes)) < 0)
             goto out;
-        }
         node = cJSON_Duplicate(target, true);
         if (!node)
             abort();
@@ -338,10 +366,14 @@ static int yaml_node(struct yaml_builder *b, struct fy_event *event, int key_lin
         return 0;
     }
     case FYET_MAPPING_START:
+        if ((rc = charge(b, event, 1, 2)) < 0)
+            goto out;
         anchor = event->mapping_start.anchor;
         node = cJSON_CreateObject();
         break;
     case FYET_SEQUENCE_START:
+        if ((rc = charge(b, event, 1, 2)) < 0)
+            goto out;
         anchor = event->sequence_start.anchor;
         node = cJSON_CreateArray();
         break;

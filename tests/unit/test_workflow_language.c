@@ -316,6 +316,17 @@ Test(workflow_language, a_plan_loads_back_to_the_same_workflow)
     cr_assert(strstr(err.message, "does not load back"), "%s", err.message);
     cr_assert_null(back);
     free(plan);
+    /* A plan with a problem: said without a position in the plan's text put on the file. */
+    plan = workflow_plan_json(wf);
+    char *tools = strstr(plan, "\"tools\":[\"demo.word_count\"]");
+    cr_assert_not_null(tools);
+    memcpy(tools + strlen("\"tools\":[\"demo.word_"), "xxxxx", 5);
+    cr_assert_lt(workflow_load_plan(plan, "recorded.yaml", &back, &err), 0);
+    cr_expect_null(strstr(err.message, "recorded.yaml"), "%s", err.message);
+    cr_expect(strstr(err.message, "step 'count': tool 'demo.word_count' is not on the allowlist"),
+              "%s", err.message);
+    cr_assert_null(back);
+    free(plan);
     workflow_free(&wf);
 }
 

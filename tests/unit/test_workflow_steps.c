@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "workflow.h"
@@ -737,10 +739,52 @@ Test(workflow_steps, a_workflow_whose_plan_would_not_load_back_is_refused)
     cr_assert_eq(tr_buf_appendf(&text, HEADER "steps: [{id: a, eval: '1'}]\n"), 0);
     cr_assert_eq(workflow_load_string(text.data, text.len, WORKFLOW_YAML, "big.yaml", &wf, &err),
                  TR_EINVAL);
-    cr_expect(strstr(err.message, "big.yaml:1:1: the plan of this workflow (with the files it "
-                                  "includes) would take 2097"),
+    /* Refused at the alias that passes the bound (i16, line 18), before building the rest. */
+    cr_expect(strstr(err.message, "big.yaml:18:32: the plan of this workflow (with the files it "
+                                  "includes) would take more than the 16777216 bytes a plan may "
+                                  "take (YAML aliases repeat what they name)"),
               "%s", err.message);
-    cr_expect(strstr(err.message, " bytes, more than the 16777216 a plan may take"), "%s",
-              err.message);
     tr_buf_release(&text);
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+Test(workflow_steps, a_tree_passing_what_a_plan_may_take_is_refused_as_it_loads)
+{
+    /* A 2.8 KB file includes a 1.7 KB one 60 times whose aliases make a 5.5 MB plan: the plan
+     * of the whole would take 330 MB; the load stops at the 4th inclusion, in time and memory
+     * (before, it built the whole plan first, then refused it). */
+    char *path = source_path("tests/workflows/children/alias-heavy-60.yaml");
+    char **problems = NULL;
+    size_t count = 0;
+    struct rusage usage;
+    double start = seconds_now();
+
+    cr_assert_eq(workflow_check(path, NULL, &problems, &count), TR_EINVAL);
+    double elapsed = seconds_now() - start;
+    cr_assert_eq(count, 1, "%zu problems, the first: %s", count, count ? problems[0] : "");
+    cr_expect(strstr(problems[0], "alias-heavy-60.yaml:12:24: step 's3': workflow "
+                                  "'alias-heavy.yaml' does not load: "),
+              "%s", problems[0]);
+    cr_expect(
+        strstr(problems[0],
+               "/alias-heavy.yaml:7:1312: the plan of this workflow (with the files it includes) "
+               "would take more than the 16777216 bytes a plan may take"),
+        "%s", problems[0]);
+    cr_assert_eq(getrusage(RUSAGE_SELF, &usage), 0);
+#if !defined(__SANITIZE_ADDRESS__)
+    /* Sanitizers multiply both; the bound is what a plain build must keep to. */
+    cr_expect_lt(elapsed, 2.0, "%.2f s", elapsed);
+    cr_expect_lt(usage.ru_maxrss, 200L * 1024, "%ld KB", usage.ru_maxrss);
+#else
+    (void)elapsed;
+#endif
+    workflow_problems_free(problems, count);
+    free(path);
 }
