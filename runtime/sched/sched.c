@@ -23,6 +23,9 @@
 #define APPROVAL_CHECK_MS 200
 #define MAX_MESSAGES_PER_TURN 4096
 #define MAX_IPC_PATH 100 /* sun_path is 108 bytes */
+#define CHILD_TURN_MS                                                                              \
+    5 /* the longest wait while child runs are under way (their ends are                           \
+       * seen by reaping, not by a message) */
 
 volatile sig_atomic_t sched__stop_signal;
 volatile sig_atomic_t sched__cancel_signal;
@@ -173,6 +176,9 @@ int sched__commit_and_send(struct run *run, struct tr_error *err)
         bus_msg_free(&run->outbox[i]);
     }
     run->outbox_len = 0;
+    /* HOOK(child runs): the child runs this turn created start once they are committed. */
+    if (rc == 0)
+        sched__children_spawn(run);
     return rc;
 }
 
@@ -199,7 +205,7 @@ static void cancel_unfinished(struct run *run, const char *reason)
  */
 static void loop(struct run *run)
 {
-    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0;
+    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0, changes = 0;
     bool open = false;
     struct tr_error err = {0};
 
@@ -235,6 +241,8 @@ static void loop(struct run *run)
         if (run->failure && run->in_flight == 0)
             return;
         int wait = run->ready_len && !run->ready_stalled && !run->failure ? 0 : POLL_MS;
+        if (run->children && wait > CHILD_TURN_MS) /* HOOK(child runs) */
+            wait = CHILD_TURN_MS;
         if (open && wait > GROUP_COMMIT_MS - (now - opened_ms))
             wait = (int)(GROUP_COMMIT_MS - (now - opened_ms));
         int rc = bus_recv(run->bus, wait < 0 ? 0 : wait, &msg, &err);
@@ -243,6 +251,7 @@ static void loop(struct run *run)
                 return;
             open = true;
             opened_ms = tr_now_ms();
+            changes = store_changes(run->store);
         }
         /* Everything that has arrived is applied in this one transaction. */
         for (int n = 0; rc < 0 || msg; n++) {
@@ -267,14 +276,17 @@ static void loop(struct run *run)
             sched__check_steps(run, now);
             last_timers = now;
         }
+        sched__children_check(run, now); /* HOOK(child runs) */
         sched__report_refused(run, now, false);
         if (run->waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
             sched__check_approvals(run);
             last_approvals = now;
         }
         sched__dispatch_ready(run);
+        /* A turn that wrote nothing lets the write lock go at once: the other writers of the
+         * file (child runs, troupe approve) must never wait on an idle scheduler. */
         if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS || run->done == run->step_count ||
-            run->failure) {
+            run->failure || store_changes(run->store) == changes) {
             open = false;
             if (sched__commit_and_send(run, &err) < 0)
                 return;
@@ -378,9 +390,39 @@ static int copy_run_row(void *userdata, const struct store_run *r)
     return 0;
 }
 
-static int create_run(struct run *run, struct tr_error *err)
+/*
+ * The run's start, inside the transaction that creates it (or, for a child run its parent
+ * created, its first take-over): run.started, which carries the link to the parent of a child
+ * run ({"run", "step", "item", "attempt"}) or the run a fork comes from, and a row per step.
+ */
+static int announce_run(struct run *run, struct tr_error *err)
 {
     struct run_row row = {"", "", ""};
+    int rc = store_run_get(run->store, run->id, copy_run_row, &row, err);
+
+    if (rc == 0) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON *parent = sched__child_parent(run);
+        cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
+        cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
+        cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
+        cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
+        if (parent)
+            cJSON_AddItemToObject(payload, "parent", parent);
+        else if (run->opts.parent_run_id)
+            cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
+        /* The chain vouches for the plan stored with the run (replay runs it). */
+        cJSON_AddStringToObject(payload, "plan_hash", row.plan_hash);
+        cJSON_AddStringToObject(payload, "started_at", row.started_at);
+        sched__audit(run, NULL, "scheduler", "run.started", payload);
+    }
+    for (size_t i = 0; rc == 0 && i < run->step_count; i++)
+        sched__record_step(run, i, NULL, NULL);
+    return rc;
+}
+
+static int create_run(struct run *run, struct tr_error *err)
+{
     char *plan = workflow_plan_json(run->wf);
     char *input = tr_json_print(run->opts.input);
     int rc = store_begin(run->store, err);
@@ -396,22 +438,7 @@ static int create_run(struct run *run, struct tr_error *err)
     if (rc == 0)
         run->owned = true;
     if (rc == 0)
-        rc = store_run_get(run->store, run->id, copy_run_row, &row, err);
-    if (rc == 0) {
-        cJSON *payload = cJSON_CreateObject();
-        cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
-        cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
-        cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
-        cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
-        if (run->opts.parent_run_id)
-            cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
-        /* The chain vouches for the plan stored with the run (replay runs it). */
-        cJSON_AddStringToObject(payload, "plan_hash", row.plan_hash);
-        cJSON_AddStringToObject(payload, "started_at", row.started_at);
-        sched__audit(run, NULL, "scheduler", "run.started", payload);
-    }
-    for (size_t i = 0; rc == 0 && i < run->step_count; i++)
-        sched__record_step(run, i, NULL, NULL);
+        rc = announce_run(run, err);
     if (rc == 0 && run->opts.reuse_count)
         rc = sched__steps_reuse(run, err);
     if (rc == 0 && (run->store_lost || run->failure))
@@ -501,6 +528,10 @@ static void finish_run(struct run *run, const char *status)
         if (!step_state_final(run->steps[i].state))
             sched__step_cancel(run, i, "the run ended before it could run");
     sched__report_refused(run, tr_now_ms(), true);
+    /* HOOK(child runs): a child run records its outputs for its parent (which may fail it). */
+    char *outputs = strcmp(status, "succeeded") == 0 ? sched__child_outputs(run) : NULL;
+    if (run->failure && strcmp(status, "succeeded") == 0)
+        status = "failed";
     /* The row first: its end time goes into the event that backs it. */
     struct run_row row = {"", "", ""};
     if (store_run_finish(run->store, run->id, status, run->failure, &err) < 0 ||
@@ -511,6 +542,9 @@ static void finish_run(struct run *run, const char *status)
     if (run->failure)
         cJSON_AddStringToObject(payload, "error", run->failure);
     cJSON_AddStringToObject(payload, "finished_at", row.finished_at);
+    if (outputs)
+        cJSON_AddRawToObject(payload, "outputs", outputs);
+    free(outputs);
     sched__audit(run, NULL, "scheduler", "run.finished", payload);
     if (store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
         sched__store_failed(run, &err);
@@ -629,6 +663,7 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
         sched__fail(run, "%s", setup_err.message);
     else
         loop(run);
+    sched__children_stop(run); /* HOOK(child runs) */
     sched__stop_agents(run);
     rc = end_run(run, err);
     sigaction(SIGINT, &old_int, NULL);
@@ -731,10 +766,28 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     run.deadline_wall = opts->deadline_ms > 0 ? wall_ms() + opts->deadline_ms : deadline_wall;
     sched__approvals_from_json(&run, record.options_json);
     rc = sched__check_fd_limit(&run, err);
+    /* A child run its parent created and no scheduler has started yet (it has no event): it
+     * starts here, as a new run does. */
+    int64_t events = 0;
+    if (rc == 0)
+        rc = store_audit_last_seq(store, run_id, &events, err);
+    if (rc == 0 && events > 0)
+        cJSON_Delete(sched__child_parent(&run)); /* is it a child run (its outputs at its end) */
+    if (rc == 0 && events == 0) {
+        rc = store_begin(store, err);
+        if (rc == 0)
+            rc = announce_run(&run, err);
+        if (rc == 0 && run.store_lost)
+            rc = tr_error_set(err, TR_EIO, "%s", run.store_lost);
+        if (rc == 0)
+            rc = store_commit(store, err);
+        else
+            store_rollback(store);
+    }
     if (rc == 0)
         rc = sched__load_run(&run, err);
     if (rc == 0)
-        rc = drive(&run, true, err);
+        rc = drive(&run, events > 0, err);
     release_run(&run);
 out:
     if (run.owned) /* refused before it was taken over */

@@ -117,6 +117,14 @@ struct sched_options {
     const char *parent_run_id;
     const struct sched_reuse *reuse;
     size_t reuse_count;
+    /*
+     * How to start a child run (a `workflow` step, runtime/sched/children.c): this argv (the
+     * troupe program, /proc/self/exe, then `resume --child` and the options a child needs),
+     * to which the child's run id is appended. Without it a workflow step fails. Not kept with
+     * the run: a resumed run needs it again.
+     */
+    const char *const *child_argv;
+    size_t child_argc;
     /* Called for each step transition worth showing; may be NULL. */
     void (*on_progress)(void *userdata, const struct sched_progress *progress);
     void *userdata;

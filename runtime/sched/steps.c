@@ -309,6 +309,8 @@ cJSON *sched__call_output(const struct workflow *wf, size_t index, const cJSON *
         return resource_output(result);
     case WORKFLOW_ACTION_PROMPT:
         return cJSON_Duplicate(result, true); /* GetPromptResult: description, messages */
+    case WORKFLOW_ACTION_WORKFLOW:
+        return cJSON_Duplicate(result, true); /* HOOK(child runs): the child's outputs */
     default:
         return tool_output(result);
     }
@@ -671,8 +673,11 @@ void sched__dispatch_ready(struct run *run)
             sched__fanout_start(run, index); /* its items go to agents below */
             continue;
         }
-        long agent = sched__agent_for(run, workflow_step_persona(run->wf, index));
-        if (agent >= 0) {
+        /* HOOK(child runs): a workflow step's task is a child run, on no agent. */
+        long agent = action == WORKFLOW_ACTION_WORKFLOW
+                         ? TASK_CHILD_SLOT
+                         : sched__agent_for(run, workflow_step_persona(run->wf, index));
+        if (agent != -1) {
             sched__dispatch_step(run, index, agent);
         } else {
             run->ready[(run->ready_head + run->ready_len) % run->step_count] = index;

@@ -9,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- the task table ------------------------------------------------------------------------- */
 
@@ -49,6 +50,10 @@ static void task_unassign(struct run *run, struct task *task)
 static void task_drop(struct run *run, struct task *task)
 {
     task_unassign(run, task);
+    if (task->child) { /* HOOK(child runs): a task of a workflow step */
+        free(task->child);
+        run->children--;
+    }
     *task = run->tasks[--run->task_count];
 }
 
@@ -81,6 +86,11 @@ static void task_cancel(struct run *run, struct task *task, const char *reason)
 {
     struct agent_proc *agent = task->agent >= 0 ? &run->agents[task->agent] : NULL;
 
+    /* HOOK(child runs): a child run is told to cancel; its task stays until its end. */
+    if (task->child && sched__child_cancel(run, task)) {
+        task->cancelled = true;
+        return;
+    }
     if (!agent || agent->state == AGENT_GONE) {
         task_drop(run, task);
         return;
@@ -288,7 +298,10 @@ void sched__dispatch_step(struct run *run, size_t index, long agent_index)
     step->dispatched_ms = tr_now_ms();
     struct task *task = task_new(run, index, -1);
     task->attempt = step->attempt;
-    if (!send_task(run, task, agent_index, &err)) {
+    /* HOOK(child runs): a workflow step's task is a child run, on no agent. */
+    bool sent = agent_index == TASK_CHILD_SLOT ? sched__child_start(run, task, &err)
+                                               : send_task(run, task, agent_index, &err);
+    if (!sent) {
         task_drop(run, task);
         sched__step_failed(run, index, err.message, 0);
         return;
@@ -398,6 +411,11 @@ void sched__fanout_start(struct run *run, size_t index)
     fan->items = items;
     fan->count = workflow_list_count(items);
     fan->window = concurrency > 0 ? concurrency : fan->count;
+    /* HOOK(child runs): a child run is a process; without `concurrency`, one per CPU. */
+    if (concurrency <= 0 && workflow_step_action(run->wf, index) == WORKFLOW_ACTION_WORKFLOW) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        fan->window = cpus > 0 ? cpus : 1;
+    }
     fan->finished = xcalloc((size_t)fan->count / 8 + 1, 1);
     fan->scope = workflow_scope_copy(run->scope);
     step->fan = fan;
@@ -429,11 +447,23 @@ static void dispatch_item(struct run *run, size_t index, struct task *task, long
         step->fan->active++;
     }
     task->attempt++;
-    if (!send_task(run, task, agent_index, &err)) {
+    /* HOOK(child runs): an item of a workflow step is a child run, on no agent. */
+    bool sent = agent_index == TASK_CHILD_SLOT ? sched__child_start(run, task, &err)
+                                               : send_task(run, task, agent_index, &err);
+    if (!sent) {
         char *reason = xasprintf("item %ld: %s", task->item, err.message);
         sched__step_failed(run, index, reason, 0); /* its other items are cancelled */
         free(reason);
     }
+}
+
+/* The agent for a task of step index (-1: all busy), or TASK_CHILD_SLOT for a workflow
+ * step's, which needs none (HOOK(child runs)). */
+static long slot_for(struct run *run, size_t index)
+{
+    if (workflow_step_action(run->wf, index) == WORKFLOW_ACTION_WORKFLOW)
+        return TASK_CHILD_SLOT;
+    return sched__agent_for(run, workflow_step_persona(run->wf, index));
 }
 
 /* Whether the fan-out has an item left to start (next, past the finished ones) and room in
@@ -455,20 +485,19 @@ void sched__fanout_fill(struct run *run)
         if (i >= run->task_count)
             continue; /* a failed dispatch cancelled its step's other tasks */
         struct task *task = &run->tasks[i];
-        if (task->agent >= 0 || task->item < 0 || task->cancelled || now < task->due_ms)
+        if (task->agent >= 0 || task->child || task->item < 0 || task->cancelled ||
+            now < task->due_ms)
             continue;
-        long agent = sched__agent_for(run, workflow_step_persona(run->wf, task->step));
-        if (agent >= 0)
+        long agent = slot_for(run, task->step);
+        if (agent != -1)
             dispatch_item(run, task->step, task, agent);
     }
     for (size_t index = 0; run->fanouts > 0 && index < run->step_count; index++) {
         struct step_run *step = &run->steps[index];
         if (!step->fan || step->state != STEP_DISPATCHED)
             continue;
-        size_t persona = workflow_step_persona(run->wf, index);
         long agent;
-        while (step->fan && fanout_wants(step->fan) &&
-               (agent = sched__agent_for(run, persona)) >= 0)
+        while (step->fan && fanout_wants(step->fan) && (agent = slot_for(run, index)) != -1)
             dispatch_item(run, index, NULL, agent);
     }
 }
@@ -577,19 +606,27 @@ void sched__task_result(struct run *run, struct agent_proc *agent, const struct 
         return;
     }
     cJSON *result = msg->json ? cJSON_Parse(msg->json) : NULL;
-    if (msg->ok && !cJSON_IsObject(result)) {
+    if (msg->ok && !cJSON_IsObject(result))
         task_failed(run, task, SCHED_RETRY_PROTOCOL, "the agent's result is not a JSON object");
-    } else if (!msg->ok) {
-        task_failed(run, task, sched__error_class(msg->error_class),
-                    msg->error ? msg->error : "unknown error");
+    else
+        sched__task_settle(run, task, msg->ok, result, msg->json,
+                           sched__error_class(msg->error_class),
+                           msg->error ? msg->error : "unknown error");
+    cJSON_Delete(result);
+}
+
+void sched__task_settle(struct run *run, struct task *task, bool ok, const cJSON *result,
+                        const char *result_text, unsigned error_class, const char *error)
+{
+    if (!ok) {
+        task_failed(run, task, error_class, error);
     } else if (task->item >= 0) {
-        item_succeeded(run, task, result, msg->json);
+        item_succeeded(run, task, result, result_text);
     } else {
         size_t index = task->step;
         task_drop(run, task);
         sched__step_result(run, index, result, NULL);
     }
-    cJSON_Delete(result);
 }
 
 /* ---- lost agents and timers ----------------------------------------------------------------- */
