@@ -150,7 +150,14 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     if ((!args.child || events > 0) &&
         cli_run_check_refuse_now(store, run_id, "resume", "resume") < 0)
         goto out;
-    if (!file && access(found.path, F_OK) != 0 && found.plan_json) {
+    if (args.child && found.plan_json) {
+        /* A child run performs the plan its parent's scheduler created it with, whatever
+         * became of its file since. */
+        if (workflow_load_plan(found.plan_json, found.path, &wf, &err) < 0) {
+            cli_error("could not load the plan stored with run %s: %s", run_id, err.message);
+            goto out;
+        }
+    } else if (!file && access(found.path, F_OK) != 0 && found.plan_json) {
         /* The file is gone (or the run moved to another machine): the plan stored with the run,
          * which its audit log vouches for, is the workflow. */
         tr_log(TR_LOG_INFO,

@@ -40,7 +40,9 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_RUN_SET_SCHEDULER] = "UPDATE runs SET scheduler_pid = ?2,"
                                " options_json = coalesce(?3, options_json) WHERE id = ?1",
     [STMT_RUN_BY_ID] = "SELECT id FROM runs WHERE id = ?1",
-    [STMT_RUN_LATEST] = "SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1",
+    /* A child run (a workflow step's) is its parent's: 'latest' names the newest other. */
+    [STMT_RUN_LATEST] = "SELECT id FROM runs WHERE NOT EXISTS (SELECT 1 FROM child_runs"
+                        " WHERE child_id = runs.id) ORDER BY started_at DESC, rowid DESC LIMIT 1",
     /* ?2 is the least text above every id that starts with ?1: the index finds the range;
      * substr keeps only the ids that really start with ?1. */
     [STMT_RUN_PREFIX] = "SELECT count(*), min(id) FROM runs WHERE id >= ?1 AND id < ?2"

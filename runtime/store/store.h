@@ -133,7 +133,8 @@ int store_run_own(struct store *store, const char *run_id, int64_t *ret_owner_pi
 void store_run_disown(struct store *store, const char *run_id);
 int64_t store_run_owner(struct store *store, const char *run_id);
 /*
- * Finds a run by its full id or a unique prefix, or "latest" for the newest run.
+ * Finds a run by its full id or a unique prefix, or "latest" for the newest run that is not a
+ * child run (a workflow step's).
  * TR_ENOTFOUND if none matches, TR_EINVAL if the prefix is ambiguous.
  */
 int store_run_resolve(struct store *store, const char *id_or_prefix,
