@@ -196,7 +196,9 @@ static bool report_alone(struct workflow *wf, size_t expr)
     if (!ce.set)
         snprintf(ce.message, sizeof(ce.message), "does not compile");
     for (size_t i = 0; i < wf->use_count; i++)
-        if (wf->uses[i].expr == expr)
+        if (wf->uses[i].expr == expr && wf->uses[i].step == WF_NO_STEP)
+            wf_problem(wf, wf->uses[i].node, false, "%s: jq: %s", wf->uses[i].label, ce.message);
+        else if (wf->uses[i].expr == expr)
             wf_problem(wf, wf->uses[i].node, false, "step '%s': %s: jq: %s",
                        wf->steps[wf->uses[i].step].id, wf->uses[i].label, ce.message);
     return true;

@@ -197,6 +197,27 @@ static bool id_char(char c)
  * Finds ".steps.ID" and ".steps[\"ID\"]" in the string node (an expression or a template);
  * a step may read only the steps it needs, directly or not.
  */
+/* The step id of the ".steps.ID" or ".steps[\"ID\"]" starting at p (".steps"), or NULL. */
+static char *steps_ref_id(const char *p)
+{
+    const char *start = p + 6;
+    size_t len = 0;
+
+    if (*start == '.') {
+        start++;
+        /* jq identifiers have no '-': `.steps.a-b` subtracts. */
+        while (id_char(start[len]) && start[len] != '-')
+            len++;
+    } else if (!strncmp(start, "[\"", 2)) {
+        start += 2;
+        while (id_char(start[len]))
+            len++;
+        if (start[len] != '"')
+            len = 0;
+    }
+    return len ? xstrndup(start, len) : NULL;
+}
+
 static int check_step_refs(struct wf_build *b, size_t index, const cJSON *node)
 {
     struct workflow *wf = b->wf;
@@ -204,23 +225,9 @@ static int check_step_refs(struct wf_build *b, size_t index, const cJSON *node)
     int rc = 0;
 
     for (const char *p = strstr(text, ".steps"); p; p = strstr(p + 1, ".steps")) {
-        const char *start = p + 6;
-        size_t len = 0;
-        if (*start == '.') {
-            start++;
-            /* jq identifiers have no '-': `.steps.a-b` subtracts. */
-            while (id_char(start[len]) && start[len] != '-')
-                len++;
-        } else if (!strncmp(start, "[\"", 2)) {
-            start += 2;
-            while (id_char(start[len]))
-                len++;
-            if (start[len] != '"')
-                len = 0;
-        }
-        if (!len)
+        char *id = steps_ref_id(p);
+        if (!id)
             continue;
-        char *id = xstrndup(start, len);
         long found = wf_step_find(wf, id);
         if (found < 0) {
             char hint[128];
@@ -310,6 +317,52 @@ static void mark_outputs_read(struct workflow *wf)
         if (wf->steps[i].output_read && wf->steps[i].on_error == WORKFLOW_ON_ERROR_FALLBACK)
             wf->steps[wf->steps[i].fallback].output_read = true;
     free(stack);
+}
+
+/* The fallbacks of readable steps are readable: their output stands in (chains of them too). */
+static void mark_fallbacks_read(struct workflow *wf)
+{
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t i = 0; i < wf->step_count; i++) {
+            const struct wf_step *step = &wf->steps[i];
+            if (step->output_read && step->on_error == WORKFLOW_ON_ERROR_FALLBACK &&
+                !wf->steps[step->fallback].output_read)
+                changed = wf->steps[step->fallback].output_read = true;
+        }
+    }
+}
+
+/*
+ * `outputs:` are evaluated when every step has ended, so they may read any step: the ones
+ * they name (".steps.ID") are kept readable; a mention of steps in any other form
+ * (`.steps | keys`, `.["steps"]`) keeps every step readable.
+ */
+void wf_check_output_refs(struct wf_build *b)
+{
+    struct workflow *wf = b->wf;
+    bool all = false;
+
+    for (size_t i = 0; i < wf->output_count; i++) {
+        const char *text = wf->outputs[i].node->valuestring;
+        for (const char *p = strstr(text, "steps"); p; p = strstr(p + 1, "steps")) {
+            char *id = p > text && p[-1] == '.' ? steps_ref_id(p - 1) : NULL;
+            long found = id ? wf_step_find(wf, id) : -1;
+            char hint[128];
+            if (!id)
+                all = true;
+            else if (found < 0)
+                wf_problem(wf, wf->outputs[i].node, false,
+                           "output '%s': '.steps.%s': there is no step '%s'%s", wf->outputs[i].name,
+                           id, id, step_hint(wf, id, hint, sizeof(hint)));
+            else
+                wf->steps[found].output_read = true;
+            free(id);
+        }
+    }
+    for (size_t i = 0; all && i < wf->step_count; i++)
+        wf->steps[i].output_read = true;
+    mark_fallbacks_read(wf);
 }
 
 int wf_build_dag(struct wf_build *b)

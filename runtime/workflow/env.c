@@ -257,7 +257,8 @@ static void check_one(void *ctx, const char *name, const char *value)
     free(entry);
 }
 
-int workflow_check_run(const struct workflow *wf, struct tr_error *err)
+/* workflow_check_run for wf's own file, not its children. */
+static int check_run_file(const struct workflow *wf, struct tr_error *err)
 {
     struct run_check check = {0};
     char where[32];
@@ -266,7 +267,7 @@ int workflow_check_run(const struct workflow *wf, struct tr_error *err)
     /* Steps the scheduler cannot perform yet: the first one, with where it is. */
     for (size_t i = 0; i < wf->step_count; i++) {
         const struct wf_step *step = &wf->steps[i];
-        if (step->action != WORKFLOW_ACTION_ASK && step->action != WORKFLOW_ACTION_WORKFLOW)
+        if (step->action != WORKFLOW_ACTION_ASK)
             continue;
         return tr_error_set(err, TR_EINVAL, "%s:%s: step '%s': '%s' steps are not executed yet",
                             wf->doc.file,
@@ -310,6 +311,29 @@ int workflow_check_run(const struct workflow *wf, struct tr_error *err)
         rc = tr_error_set(err, TR_EINVAL, "refusing secrets: %s", check.unsafe.data);
     tr_buf_release(&check.missing);
     tr_buf_release(&check.unsafe);
+    return rc;
+}
+
+int workflow_check_run(const struct workflow *wf, struct tr_error *err)
+{
+    char where[32];
+    int rc = check_run_file(wf, err);
+
+    /* Then each child, named by the step that runs it (children of children likewise). */
+    for (size_t i = 0; rc == 0 && i < wf->step_count; i++) {
+        const struct wf_step *step = &wf->steps[i];
+        if (step->action != WORKFLOW_ACTION_WORKFLOW)
+            continue;
+        wf_doc_where(&wf->doc, step->action_node, false, where, sizeof(where));
+        if (!step->child)
+            return tr_error_set(err, TR_EINVAL,
+                                "%s:%s: step '%s': workflow '%s' was not loaded (a workflow read "
+                                "from memory has no directory to find it in)",
+                                wf->doc.file, where, step->id, step->sub_workflow);
+        if ((rc = workflow_check_run(step->child, err)) < 0)
+            tr_error_prefix(err, "%s:%s: step '%s': workflow '%s'", wf->doc.file, where, step->id,
+                            step->sub_workflow);
+    }
     return rc;
 }
 

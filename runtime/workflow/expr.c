@@ -376,7 +376,7 @@ static int expr_run(const struct workflow *wf, size_t index, jv scope, const cha
     return tr_error_set(err, TR_EINVAL, "%s: jq: '%s' produced no value", label, expr->text);
 }
 
-static const struct wf_template *template_find(const struct wf_step *step, const cJSON *node)
+const struct wf_template *wf_template_find(const struct wf_step *step, const cJSON *node)
 {
     for (size_t i = 0; i < step->template_count; i++)
         if (step->templates[i].node == node)
@@ -444,7 +444,7 @@ static int eval_value(const struct workflow *wf, const struct wf_step *step, con
     size_t index = 0;
     int rc;
 
-    if (cJSON_IsString(node) && (t = template_find(step, node)) != NULL) {
+    if (cJSON_IsString(node) && (t = wf_template_find(step, node)) != NULL) {
         char *label = xasprintf("argument '%s'", argument);
         rc = eval_template(wf, step, t, scope, label, ret_value, err);
         free(label);
@@ -621,20 +621,36 @@ int workflow_step_arguments(const struct workflow *wf, size_t index, const cJSON
 int workflow_outputs_in(const struct workflow *wf, const struct workflow_scope *scope,
                         cJSON **ret_outputs, struct tr_error *err)
 {
-    jv context = scope ? jv_object_get(jv_copy(scope->value), jv_string("context")) : jv_null();
-    cJSON *outputs;
+    jv scope_jv = scope ? jv_copy(scope->value) : jv_object(); /* expr_run borrows it */
+    jv outputs = jv_object();
+    cJSON *result = NULL;
+    char label[160];
+    int rc = 0;
 
-    (void)wf;
-    if (jv_get_kind(context) != JV_KIND_OBJECT) {
-        jv_free(context);
-        context = jv_object();
+    if (!wf->has_outputs) {
+        /* Without `outputs:`, the run's context as it is. */
+        jv_free(outputs);
+        outputs = jv_object_get(jv_copy(scope_jv), jv_string("context"));
+        if (jv_get_kind(outputs) != JV_KIND_OBJECT) {
+            jv_free(outputs);
+            outputs = jv_object();
+        }
+        snprintf(label, sizeof(label), "the run's context");
     }
-    outputs = cjson_from_jv(context, 0);
-    jv_free(context);
-    if (!outputs)
-        return tr_error_set(err, TR_EINVAL, "the run's context nests deeper than %d levels",
-                            WF_MAX_VALUE_DEPTH);
-    *ret_outputs = outputs;
+    for (size_t i = 0; wf->has_outputs && i < wf->output_count && rc == 0; i++) {
+        jv value;
+        snprintf(label, sizeof(label), "output '%s'", wf->outputs[i].name);
+        if ((rc = expr_run(wf, wf->outputs[i].expr, scope_jv, label, &value, err)) == 0)
+            outputs = jv_object_set(outputs, jv_string(wf->outputs[i].name), value);
+    }
+    if (rc == 0 && !(result = cjson_from_jv(outputs, 0)))
+        rc = tr_error_set(err, TR_EINVAL, "%s: value nested deeper than %d levels",
+                          wf->has_outputs ? "outputs" : label, WF_MAX_VALUE_DEPTH);
+    jv_free(outputs);
+    jv_free(scope_jv);
+    if (rc < 0)
+        return rc;
+    *ret_outputs = result;
     return 0;
 }
 
@@ -776,7 +792,7 @@ int workflow_step_text_in(const struct workflow *wf, size_t index, enum workflow
                                         : step->why_node;
     if (!node)
         return tr_error_set(err, TR_ENOTFOUND, "step '%s' has no '%s'", step->id, names[which]);
-    if (!(t = template_find(step, node))) {
+    if (!(t = wf_template_find(step, node))) {
         *ret_text = xstrdup(node->valuestring);
         return 0;
     }

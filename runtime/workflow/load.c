@@ -392,17 +392,19 @@ out:
     return rc;
 }
 
-/* Parses and checks; *ret_wf is the workflow even when it has problems (NULL if it does not
-   parse), so that the caller can list them. */
-static int load_text(const char *text, size_t len, enum workflow_format format,
-                     const char *file_name, bool from_file, const struct workflow *parent,
-                     struct workflow **ret_wf, struct tr_error *err)
+int wf_load_text(const char *text, size_t len, enum workflow_format format, const char *file_name,
+                 const struct wf_origin *origin, struct workflow **ret_wf, struct tr_error *err)
 {
     struct workflow *wf = xcalloc(1, sizeof(*wf));
     int rc;
 
-    wf->from_file = from_file;
-    wf->parent = parent;
+    wf->from_file = origin->from_file;
+    wf->from_plan = origin->from_plan;
+    wf->parent = origin->parent;
+    wf->included_as = origin->included_as;
+    wf->tree = origin->parent ? origin->parent->tree : &wf->tree_own;
+    if (!origin->parent)
+        wf->tree_own = (struct wf_tree){.files = 1, .bytes = len};
     if ((rc = wf_doc_parse(&wf->doc, text, len, format, file_name, err)) < 0) {
         workflow_free(&wf);
         *ret_wf = NULL;
@@ -416,8 +418,9 @@ int workflow_load_string(const char *text, size_t len, enum workflow_format form
                          const char *file_name, struct workflow **ret_workflow,
                          struct tr_error *err)
 {
+    static const struct wf_origin memory = {0};
     struct workflow *wf = NULL;
-    int rc = load_text(text, len, format, file_name, false, NULL, &wf, err);
+    int rc = wf_load_text(text, len, format, file_name, &memory, &wf, err);
 
     if (rc < 0) {
         workflow_free(&wf);
@@ -434,29 +437,45 @@ static enum workflow_format format_of(const char *path)
     return dot && !strcmp(dot, ".json") ? WORKFLOW_JSON : WORKFLOW_YAML;
 }
 
-int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,
-                   struct tr_error *err)
+int wf_load_nested(const char *path, const char *included_as, const struct workflow *parent,
+                   struct workflow **ret_wf, struct tr_error *err)
 {
-    struct workflow *wf = NULL;
+    const struct wf_origin origin = {true, false, parent, included_as};
     char *text = NULL;
     size_t len = 0;
     int rc;
 
+    *ret_wf = NULL;
     if ((rc = tr_file_read(path, WORKFLOW_MAX_FILE_BYTES, &text, &len, err)) < 0)
         return rc;
-    rc = load_text(text, len, format_of(path), path, true, parent, &wf, err);
-    free(text);
-    if (rc < 0) {
-        workflow_free(&wf);
-        return rc;
+    if (parent) {
+        /* The top file counts itself (wf_load_text); an included one is counted here. */
+        if (parent->tree->bytes + len > WORKFLOW_MAX_FILE_BYTES) {
+            rc = tr_error_set(err, TR_ETOOBIG,
+                              "it takes the workflow and the files it includes past %u bytes",
+                              WORKFLOW_MAX_FILE_BYTES);
+            goto out;
+        }
+        parent->tree->files++;
+        parent->tree->bytes += len;
     }
-    *ret_wf = wf;
-    return 0;
+    rc = wf_load_text(text, len, format_of(path), path, &origin, ret_wf, err);
+out:
+    free(text);
+    return rc;
 }
 
 int workflow_load(const char *path, struct workflow **ret_workflow, struct tr_error *err)
 {
-    return wf_load_nested(path, NULL, ret_workflow, err);
+    struct workflow *wf = NULL;
+    int rc = wf_load_nested(path, NULL, NULL, &wf, err);
+
+    if (rc < 0) {
+        workflow_free(&wf);
+        return rc;
+    }
+    *ret_workflow = wf;
+    return 0;
 }
 
 /* ---- every problem ------------------------------------------------------------------------ */
@@ -508,9 +527,10 @@ static int list_problems(int rc, struct workflow *wf, const struct tr_error *err
 int workflow_check_string(const char *text, size_t len, enum workflow_format format,
                           const char *file_name, char ***ret_problems, size_t *ret_count)
 {
+    static const struct wf_origin memory = {0};
     struct workflow *wf = NULL;
     struct tr_error err = {0};
-    int rc = load_text(text, len, format, file_name, false, NULL, &wf, &err);
+    int rc = wf_load_text(text, len, format, file_name, &memory, &wf, &err);
 
     rc = list_problems(rc, wf, &err, ret_problems, ret_count);
     workflow_free(&wf);
@@ -522,13 +542,8 @@ int workflow_check(const char *path, struct workflow **ret_workflow, char ***ret
 {
     struct workflow *wf = NULL;
     struct tr_error err = {0};
-    char *text = NULL;
-    size_t len = 0;
-    int rc;
+    int rc = wf_load_nested(path, NULL, NULL, &wf, &err);
 
-    if ((rc = tr_file_read(path, WORKFLOW_MAX_FILE_BYTES, &text, &len, &err)) == 0)
-        rc = load_text(text, len, format_of(path), path, true, NULL, &wf, &err);
-    free(text);
     rc = list_problems(rc, wf, &err, ret_problems, ret_count);
     if (rc == 0 && ret_workflow) {
         *ret_workflow = wf;

@@ -37,8 +37,10 @@ void workflow_free(struct workflow **workflow)
         cJSON_Delete(wf->servers[i].config);
     free(wf->servers);
     free(wf->inputs);
-    for (size_t i = 0; i < wf->problem_count; i++)
+    for (size_t i = 0; i < wf->problem_count; i++) {
         free(wf->problems[i].message);
+        free(wf->problems[i].cause);
+    }
     free(wf->problems);
     wf_exprs_free(wf);
     wf_doc_release(&wf->doc);
@@ -83,6 +85,29 @@ cJSON *workflow_inputs_from_text(const struct workflow *wf, const cJSON *texts)
     return values;
 }
 
+int wf_input_check_value(const struct wf_input *decl, const cJSON *value, struct tr_error *err)
+{
+    char what[128];
+    int rc;
+
+    snprintf(what, sizeof(what), "input '%s'", decl->name);
+    if ((rc = workflow_json_check(value, what, err)) < 0)
+        return rc;
+    if (!strcmp(decl->type, "integer") && cJSON_IsNumber(value) &&
+        !wf_type_matches(decl->type, value)) {
+        bool whole = value->valuedouble == floor(value->valuedouble);
+        return tr_error_set(err, TR_EINVAL,
+                            whole ? "input '%s' is out of range: %.17g is beyond the integers "
+                                    "JSON carries exactly (-2^53 to 2^53)"
+                                  : "input '%s' must be a whole number (type integer), not %.17g",
+                            decl->name, value->valuedouble);
+    }
+    if (!wf_type_matches(decl->type, value))
+        return tr_error_set(err, TR_EINVAL, "input '%s' must be of type %s, not %s", decl->name,
+                            decl->type, wf_kind_name(value));
+    return 0;
+}
+
 int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON **ret_input,
                             struct tr_error *err)
 {
@@ -124,25 +149,8 @@ int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON
                               decl->type);
             goto out;
         }
-        char what[128];
-        snprintf(what, sizeof(what), "input '%s'", decl->name);
-        if ((rc = workflow_json_check(value, what, err)) < 0)
+        if ((rc = wf_input_check_value(decl, value, err)) < 0)
             goto out;
-        bool number = cJSON_IsNumber(value);
-        if (!strcmp(decl->type, "integer") && number && !wf_type_matches(decl->type, value)) {
-            bool whole = value->valuedouble == floor(value->valuedouble);
-            rc = tr_error_set(err, TR_EINVAL,
-                              whole ? "input '%s' is out of range: %.17g is beyond the integers "
-                                      "JSON carries exactly (-2^53 to 2^53)"
-                                    : "input '%s' must be a whole number (type integer), not %.17g",
-                              decl->name, value->valuedouble);
-            goto out;
-        }
-        if (!wf_type_matches(decl->type, value)) {
-            rc = tr_error_set(err, TR_EINVAL, "input '%s' must be of type %s, not %s", decl->name,
-                              decl->type, wf_kind_name(value));
-            goto out;
-        }
         cJSON_AddItemToObject(input, decl->name, cJSON_Duplicate(value, true));
     }
 out:

@@ -92,6 +92,8 @@ static cJSON *plan_personas(const struct workflow *wf)
     return personas;
 }
 
+static cJSON *plan_object(const struct workflow *wf);
+
 static void add_expr(const struct workflow *wf, cJSON *object, const char *key, size_t expr)
 {
     if (expr != WF_NO_EXPR)
@@ -132,7 +134,15 @@ static void plan_action(const struct workflow *wf, const struct wf_step *s, cJSO
         add_expr(wf, object, "if", s->approval_if);
         break;
     case WORKFLOW_ACTION_WORKFLOW:
-        cJSON_AddStringToObject(step, "workflow", s->sub_workflow);
+        if (!s->child) { /* loaded from memory: no file was read */
+            cJSON_AddStringToObject(step, "workflow", s->sub_workflow);
+            break;
+        }
+        /* The child's own plan, embedded: the parent's hash covers what the child does, and
+         * a run rebuilds the child from it when the file has changed or gone. */
+        object = cJSON_AddObjectToObject(step, "workflow");
+        cJSON_AddStringToObject(object, "file", s->sub_workflow);
+        cJSON_AddItemToObject(object, "plan", plan_object(s->child));
         break;
     }
     if (s->action == WORKFLOW_ACTION_TOOL || s->action == WORKFLOW_ACTION_PROMPT ||
@@ -191,11 +201,10 @@ static cJSON *plan_steps(const struct workflow *wf)
     return steps;
 }
 
-char *workflow_plan_json(const struct workflow *wf)
+static cJSON *plan_object(const struct workflow *wf)
 {
     cJSON *plan = cJSON_CreateObject();
     cJSON *servers;
-    char *text;
 
     if (!plan)
         abort();
@@ -208,6 +217,20 @@ char *workflow_plan_json(const struct workflow *wf)
                               cJSON_Duplicate(wf->servers[i].config, true));
     cJSON_AddItemToObject(plan, "personas", plan_personas(wf));
     cJSON_AddItemToObject(plan, "steps", plan_steps(wf));
+    /* Absent (not empty) without `outputs:`, so that plans without it stay as they were. */
+    if (wf->has_outputs) {
+        cJSON *outputs = cJSON_AddObjectToObject(plan, "outputs");
+        for (size_t i = 0; i < wf->output_count; i++)
+            add_expr(wf, outputs, wf->outputs[i].name, wf->outputs[i].expr);
+    }
+    return plan;
+}
+
+char *workflow_plan_json(const struct workflow *wf)
+{
+    cJSON *plan = plan_object(wf);
+    char *text;
+
     sort_keys(plan);
     text = tr_json_print(plan);
     cJSON_Delete(plan);
@@ -284,6 +307,14 @@ static void plan_to_file(cJSON *doc)
 int workflow_load_plan(const char *plan_json, const char *file_name, struct workflow **ret_workflow,
                        struct tr_error *err)
 {
+    return wf_load_plan_nested(plan_json, file_name, NULL, NULL, ret_workflow, err);
+}
+
+int wf_load_plan_nested(const char *plan_json, const char *file_name, const char *included_as,
+                        const struct workflow *parent, struct workflow **ret_workflow,
+                        struct tr_error *err)
+{
+    const struct wf_origin origin = {false, true, parent, included_as};
     cJSON *doc = plan_json ? cJSON_Parse(plan_json) : NULL;
     struct workflow *wf = NULL;
     char *text = NULL, *again = NULL;
@@ -296,7 +327,7 @@ int workflow_load_plan(const char *plan_json, const char *file_name, struct work
     }
     plan_to_file(doc);
     text = tr_json_print(doc);
-    rc = workflow_load_string(text, strlen(text), WORKFLOW_JSON, file_name, &wf, err);
+    rc = wf_load_text(text, strlen(text), WORKFLOW_JSON, file_name, &origin, &wf, err);
     if (rc < 0) {
         tr_error_prefix(err, "the stored plan does not load");
         goto out;

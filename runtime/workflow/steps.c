@@ -9,7 +9,9 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The classes as the agent reports them (and troupe run --retry-on names them); "tool_error",
@@ -153,27 +155,217 @@ static int check_approval(struct wf_build *b, size_t index, const cJSON *node, c
     return 0;
 }
 
-/* Whether the file at path is wf's own or one of its ancestors' (a workflow including itself). */
-static bool includes_itself(const struct workflow *wf, const char *path)
+/* ---- workflow steps: the child file ---------------------------------------------------- */
+
+/* The ancestor of wf (or wf) whose file is the one at path, or NULL: a cycle of files. */
+static const struct workflow *file_in_chain(const struct workflow *wf, const char *path)
 {
     char *target = realpath(path, NULL);
-    bool found = false;
+    const struct workflow *found = NULL;
 
     for (const struct workflow *w = wf; target && w && !found; w = w->parent) {
         char *mine = realpath(w->doc.file, NULL);
-        found = mine && !strcmp(mine, target);
+        if (mine && !strcmp(mine, target))
+            found = w;
         free(mine);
     }
     free(target);
     return found;
 }
 
-/* The sub-workflow's inputs against the step's `with`: known names, required ones given. */
-static int check_sub_inputs(struct wf_build *b, const struct workflow *child,
-                            const cJSON *step_node, const char *path, const char *context)
+/*
+ * "a.yaml -> b.yaml -> next": the files from `from` (wf or one of its ancestors) down to wf,
+ * each as the step including it wrote it (the top one by its name), then next.
+ */
+static char *file_chain(const struct workflow *wf, const struct workflow *from, const char *next)
 {
-    const cJSON *given = cJSON_GetObjectItemCaseSensitive(step_node, "with");
-    const cJSON *with = cJSON_IsObject(given) ? given : NULL;
+    const struct workflow *chain[WORKFLOW_MAX_DEPTH];
+    size_t count = 0;
+    struct tr_buf text;
+
+    for (const struct workflow *w = wf; w && count < WORKFLOW_MAX_DEPTH; w = w->parent) {
+        chain[count++] = w;
+        if (w == from)
+            break;
+    }
+    tr_buf_init(&text, 0);
+    while (count > 0) {
+        const struct workflow *w = chain[--count];
+        const char *slash = strrchr(w->doc.file, '/');
+        const char *name = w->included_as ? w->included_as : slash ? slash + 1 : w->doc.file;
+        if (tr_buf_appendf(&text, "%s -> ", name) < 0)
+            abort();
+    }
+    if (tr_buf_appendf(&text, "%s", next) < 0)
+        abort();
+    char *result = tr_buf_take(&text);
+    tr_buf_release(&text);
+    return result;
+}
+
+/*
+ * Room for one more file below wf: at most WORKFLOW_MAX_DEPTH files deep, WF_MAX_FILES in
+ * the tree. Files and plans alike, so that a plan loads back wherever its files loaded.
+ */
+static int check_room(struct wf_build *b, const cJSON *node, const char *path, const char *context)
+{
+    struct workflow *wf = b->wf;
+    size_t depth = 0;
+
+    for (const struct workflow *w = wf; w; w = w->parent)
+        depth++;
+    if (depth >= WORKFLOW_MAX_DEPTH) {
+        char *chain = file_chain(wf, NULL, path);
+        int rc = wf_problem(wf, node, false,
+                            "%sworkflow files nest at most %d deep: %s would be file %zu (%s)",
+                            context, WORKFLOW_MAX_DEPTH, path, depth + 1, chain);
+        free(chain);
+        return rc;
+    }
+    if (wf->tree->files >= WF_MAX_FILES)
+        return wf_problem(wf, node, false,
+                          "%sworkflow '%s': a workflow includes at most %d files in all (each "
+                          "time it is included counts)",
+                          context, path, WF_MAX_FILES);
+    return 0;
+}
+
+/* What `workflow:` may name: a .yaml, .yml or .json file, relative to this one. */
+static int check_path(struct wf_build *b, const cJSON *node, const char *path, const char *context)
+{
+    size_t len = strlen(path);
+
+    if (!(len > 5 && !strcmp(path + len - 5, ".yaml")) &&
+        !(len > 4 && !strcmp(path + len - 4, ".yml")) &&
+        !(len > 5 && !strcmp(path + len - 5, ".json")))
+        return wf_problem(b->wf, node, false,
+                          "%s'workflow' must name a .yaml, .yml or .json file, not '%s'", context,
+                          path);
+    if (path[0] == '/')
+        return wf_problem(b->wf, node, false,
+                          "%s'workflow' must be relative to this file, not '%s'", context, path);
+    return 0;
+}
+
+/* path joined to the directory of wf's file. Caller frees. */
+static char *beside(const struct workflow *wf, const char *path)
+{
+    const char *slash = strrchr(wf->doc.file, '/');
+
+    return slash ? xasprintf("%.*s/%s", (int)(slash - wf->doc.file), wf->doc.file, path)
+                 : xstrdup(path);
+}
+
+/* A workflow loaded from a plan: {"file": F, "plan": {...}}, the child rebuilt from its plan. */
+static int load_embedded(struct wf_build *b, const cJSON *node, struct wf_step *step,
+                         const char *context)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *file = cJSON_GetObjectItemCaseSensitive(node, "file");
+    const cJSON *plan = cJSON_GetObjectItemCaseSensitive(node, "plan");
+    struct tr_error err = {0};
+    char *text, *name;
+    int rc;
+
+    if (!cJSON_IsString(file) || !cJSON_IsObject(plan))
+        return wf_problem(wf, node, false, "%s'workflow' must hold 'file' and 'plan'", context);
+    if ((rc = check_path(b, file, file->valuestring, context)) < 0 ||
+        (rc = check_room(b, node, file->valuestring, context)) < 0)
+        return rc;
+    step->sub_workflow = file->valuestring;
+    wf->tree->files++;
+    text = tr_json_print(plan);
+    name = beside(wf, file->valuestring);
+    if (!text)
+        abort();
+    if (wf_load_plan_nested(text, name, file->valuestring, wf, &step->child, &err) < 0)
+        rc = wf_problem(wf, node, false, "%sthe plan of workflow '%s' does not load: %s", context,
+                        file->valuestring, err.message);
+    free(name);
+    free(text);
+    return rc;
+}
+
+/*
+ * "workflow 'F' does not load: CAUSE", CAUSE being the child's first problem or, when that is
+ * one of its own children not loading, that one's cause: the innermost file and position,
+ * however deep, rather than a message growing by a line per level.
+ */
+static int child_problem(struct workflow *wf, const cJSON *node, const char *context,
+                         const char *path, const struct workflow *child, const char *message)
+{
+    const char *cause = child && child->problem_count && child->problems[0].cause
+                            ? child->problems[0].cause
+                            : message;
+    size_t before = wf->problem_count;
+    int rc = wf_problem(wf, node, false, "%sworkflow '%s' does not load: %s", context, path, cause);
+
+    if (wf->problem_count > before)
+        wf->problems[before].cause = xstrdup(cause);
+    return rc;
+}
+
+/* Loads the child file of a workflow step (when this workflow was read from a file). */
+static int check_sub_workflow(struct wf_build *b, const cJSON *node, struct wf_step *step,
+                              const char *context)
+{
+    struct workflow *wf = b->wf, *child = NULL;
+    const struct workflow *again;
+    struct tr_error err = {0};
+    struct stat st;
+    const char *path;
+    char *full, *chain;
+    int rc;
+
+    if (wf->from_plan && cJSON_IsObject(node))
+        return load_embedded(b, node, step, context);
+    if ((rc = wf_expect_string(b, node, context)) < 0)
+        return rc;
+    path = node->valuestring;
+    if ((rc = check_path(b, node, path, context)) < 0)
+        return rc;
+    step->sub_workflow = path;
+    /* From memory there is no directory to look in: the file is not opened. */
+    if (!wf->from_file)
+        return 0;
+    full = beside(wf, path);
+    if (stat(full, &st) < 0 && errno == ENOENT) {
+        rc = wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path);
+    } else if ((again = file_in_chain(wf, full)) != NULL) {
+        chain = file_chain(wf, again, path);
+        rc = wf_problem(wf, node, false, "%scycle in workflow files: %s", context, chain);
+        free(chain);
+    } else if ((rc = check_room(b, node, path, context)) < 0) {
+        /* reported */
+    } else if (stat(full, &st) < 0 || !S_ISREG(st.st_mode)) {
+        /* A directory, a FIFO (which would block the load), a device: never opened. */
+        rc = wf_problem(wf, node, false, "%sworkflow file '%s' is not a regular file", context,
+                        path);
+    } else if ((rc = wf_load_nested(full, path, wf, &child, &err)) == TR_EINVAL) {
+        rc = child_problem(wf, node, context, path, child, err.message);
+    } else if (rc < 0) {
+        rc = wf_problem(wf, node, false, "%sworkflow file '%s' cannot be read: %s", context, path,
+                        err.message);
+    } else {
+        step->child = child;
+        child = NULL;
+    }
+    workflow_free(&child);
+    free(full);
+    return rc;
+}
+
+/*
+ * The child's inputs against the step's `with`: names it declares, the required ones given,
+ * and literal values of its types (a string that is one `${{ }}` has its type at run time
+ * only; any other value, templated strings included, has it now).
+ */
+static int check_sub_inputs(struct wf_build *b, size_t index, const cJSON *step_node,
+                            const char *context)
+{
+    const struct wf_step *step = &b->wf->steps[index];
+    const struct workflow *child = step->child;
+    const cJSON *with = step->with;
     const cJSON *item;
     const char **names = xcalloc(child->input_count + 1, sizeof(*names));
     char hint[128];
@@ -183,73 +375,27 @@ static int check_sub_inputs(struct wf_build *b, const struct workflow *child,
         names[i] = child->inputs[i].name;
     cJSON_ArrayForEach(item, with)
     {
-        bool known = false;
-        for (size_t i = 0; i < child->input_count && !known; i++)
-            known = !strcmp(names[i], item->string);
-        if (!known)
+        const struct wf_input *decl = NULL;
+        const struct wf_template *t = wf_template_find(step, item);
+        struct tr_error err = {0};
+        for (size_t i = 0; i < child->input_count && !decl; i++)
+            if (!strcmp(names[i], item->string))
+                decl = &child->inputs[i];
+        if (!decl)
             rc = wf_problem(
-                b->wf, item, true, "%sworkflow '%s' has no input '%s'%s", context, path,
-                item->string,
+                b->wf, item, true, "%sworkflow '%s' has no input '%s'%s", context,
+                step->sub_workflow, item->string,
                 wf_suggestion(item->string, names, child->input_count, hint, sizeof(hint)));
+        else if (!(t && t->whole) && wf_input_check_value(decl, item, &err) < 0)
+            rc = wf_problem(b->wf, item, false, "%sworkflow '%s': %s", context, step->sub_workflow,
+                            err.message);
     }
     for (size_t i = 0; i < child->input_count; i++)
         if (child->inputs[i].required && !cJSON_GetObjectItemCaseSensitive(with, names[i]))
             rc = wf_problem(b->wf, step_node, false,
-                            "%sworkflow '%s' needs input '%s' (%s) in 'with'", context, path,
-                            names[i], child->inputs[i].type);
+                            "%sworkflow '%s' needs input '%s' (%s) in 'with'", context,
+                            step->sub_workflow, names[i], child->inputs[i].type);
     free(names);
-    return rc;
-}
-
-/* At most this many workflows inside one another. */
-#define WF_MAX_NESTING 8
-
-static int check_sub_workflow(struct wf_build *b, const cJSON *step_node, const cJSON *node,
-                              struct wf_step *step, const char *context)
-{
-    struct workflow *wf = b->wf;
-    const char *path;
-    size_t len, depth = 0;
-    int rc;
-
-    if ((rc = wf_expect_string(b, node, context)) < 0)
-        return rc;
-    path = node->valuestring;
-    len = strlen(path);
-    if (!(len > 5 && !strcmp(path + len - 5, ".yaml")) &&
-        !(len > 4 && !strcmp(path + len - 4, ".yml")) &&
-        !(len > 5 && !strcmp(path + len - 5, ".json")))
-        return wf_problem(wf, node, false,
-                          "%s'workflow' must name a .yaml, .yml or .json file, not '%s'", context,
-                          path);
-    if (path[0] == '/')
-        return wf_problem(wf, node, false, "%s'workflow' must be relative to this file, not '%s'",
-                          context, path);
-    step->sub_workflow = path;
-    if (!wf->from_file)
-        return 0;
-    const char *slash = strrchr(wf->doc.file, '/');
-    char *full = slash ? xasprintf("%.*s/%s", (int)(slash - wf->doc.file), wf->doc.file, path)
-                       : xstrdup(path);
-    struct workflow *child = NULL;
-    struct tr_error err = {0};
-
-    for (const struct workflow *w = wf; w; w = w->parent)
-        depth++;
-    if (access(full, R_OK) != 0)
-        rc = wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path);
-    else if (includes_itself(wf, full))
-        rc = wf_problem(wf, node, false, "%sworkflow '%s' includes itself", context, path);
-    else if (depth >= WF_MAX_NESTING)
-        rc =
-            wf_problem(wf, node, false, "%sworkflows nest deeper than %d", context, WF_MAX_NESTING);
-    else if (wf_load_nested(full, wf, &child, &err) < 0)
-        rc = wf_problem(wf, node, false, "%sworkflow '%s' does not load: %s", context, path,
-                        err.message);
-    else
-        rc = check_sub_inputs(b, child, step_node, path, context);
-    workflow_free(&child);
-    free(full);
     return rc;
 }
 
@@ -287,7 +433,7 @@ static int check_action(struct wf_build *b, size_t index, const cJSON *step_node
     case WORKFLOW_ACTION_APPROVAL:
         return check_approval(b, index, action, context);
     case WORKFLOW_ACTION_WORKFLOW:
-        return check_sub_workflow(b, step_node, action, step, context);
+        return check_sub_workflow(b, action, step, context);
     }
     return 0;
 }
@@ -556,6 +702,9 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
     if (rc == 0)
         rc = check_action(b, index, node, action, context);
     if (check_modifiers(b, node, index, context) < 0)
+        rc = TR_EINVAL;
+    /* After the modifiers: `with` and its templates are known then. */
+    if (step->child && check_sub_inputs(b, index, node, context) < 0)
         rc = TR_EINVAL;
     return rc;
 }

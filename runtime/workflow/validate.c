@@ -43,6 +43,7 @@ int wf_problem(struct workflow *wf, const cJSON *node, bool at_key, const char *
     sscanf(wf_doc_where(&wf->doc, node, at_key, where, sizeof(where)), "%d:%d", &p->line,
            &p->column);
     p->message = xstrdup(err.message);
+    p->cause = NULL;
     return TR_EINVAL;
 }
 
@@ -473,11 +474,12 @@ static void build_inputs(struct wf_build *b, const cJSON *node)
 
 static void build_top(struct wf_build *b)
 {
-    static const char *const keys[] = {"$schema",     "name",     "description", "inputs",
-                                       "mcp_servers", "personas", "steps",       NULL};
+    static const char *const keys[] = {"$schema",  "name",  "description", "inputs", "mcp_servers",
+                                       "personas", "steps", "outputs",     NULL};
     struct workflow *wf = b->wf;
     const cJSON *root = wf->doc.root;
     const cJSON *name = NULL, *servers = NULL, *personas = NULL, *steps = NULL, *item;
+    bool steps_sound = false;
 
     if (!cJSON_IsObject(root)) {
         wf_problem(wf, root, false, "the top level must be a mapping, not %s",
@@ -501,8 +503,51 @@ static void build_top(struct wf_build *b)
         b->servers_broken = true;
     if (require_key(b, root, "personas", "", &personas) < 0 || wf_build_personas(b, personas) < 0)
         b->personas_broken = true;
-    if (require_key(b, root, "steps", "", &steps) == 0 && wf_build_steps(b, steps) == 0)
+    if (require_key(b, root, "steps", "", &steps) == 0 && wf_build_steps(b, steps) == 0) {
         (void)wf_build_dag(b);
+        steps_sound = true;
+    }
+    if ((item = cJSON_GetObjectItemCaseSensitive(root, "outputs")) != NULL) {
+        wf_build_outputs(b, item);
+        /* Which steps they read, once every step id is known. */
+        if (steps_sound)
+            wf_check_output_refs(b);
+    }
+}
+
+/* ---- outputs ------------------------------------------------------------------------------ */
+
+void wf_build_outputs(struct wf_build *b, const cJSON *node)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *item;
+
+    if (wf_expect_mapping(b, node, "") < 0)
+        return;
+    wf->has_outputs = true;
+    wf->outputs = xcalloc(wf_count_items(node) + 1, sizeof(*wf->outputs));
+    cJSON_ArrayForEach(item, node)
+    {
+        char *text, *label;
+        if (!wf_valid_name(item->string, false)) {
+            wf_problem(wf, item, true, "output name '%s' must match [A-Za-z0-9_-]+", item->string);
+            continue;
+        }
+        if (!cJSON_IsString(item)) {
+            wf_problem(wf, item, false, "output '%s' must be a jq expression (a string), not %s",
+                       item->string, wf_kind_name(item));
+            continue;
+        }
+        text = wf_expression_text(item->valuestring);
+        label = xasprintf("output '%s'", item->string);
+        if (!*text)
+            wf_problem(wf, item, false, "%s: empty expression", label);
+        else
+            wf->outputs[wf->output_count++] = (struct wf_output){
+                item->string, item, wf_expr_register(wf, text, item, WF_NO_STEP, label)};
+        free(label);
+        free(text);
+    }
 }
 
 int wf_build(struct workflow *wf, struct tr_error *err)

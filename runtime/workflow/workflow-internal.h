@@ -70,9 +70,10 @@ struct wf_expr {
 struct wf_expr_use {
     size_t expr;
     const cJSON *node; /* the string holding it */
-    size_t step;
-    char *label; /* "argument 'name'", "'when'", ... */
+    size_t step;       /* WF_NO_STEP for the workflow's own (`outputs:`) */
+    char *label;       /* "argument 'name'", "'when'", "output 'total'"... */
 };
+#define WF_NO_STEP ((size_t)-1)
 
 /* A piece of a templated string: literal text, or an expression (expr index). */
 struct wf_part {
@@ -164,11 +165,30 @@ struct wf_problem {
     int line, column;
     size_t order;  /* discovery order, to keep sorting stable */
     char *message; /* "FILE:LINE:COLUMN: what" */
+    char *cause;   /* for a child that does not load: the child's own first cause, else NULL */
 };
 
 #define WF_MAX_PROBLEMS 200
 /* How deep a workflow file may nest (YAML and JSON alike). */
 #define WF_MAX_DEPTH 256
+
+/* One entry of `outputs:`: NAME -> a jq expression over the run's final scope. */
+struct wf_output {
+    const char *name;
+    const cJSON *node; /* the expression's string */
+    size_t expr;
+};
+
+/*
+ * What a workflow and the files it includes read, counted while they load (each inclusion
+ * counted): at most WF_MAX_FILES files and WORKFLOW_MAX_FILE_BYTES bytes in all, so that a
+ * file including another many times over, level after level, cannot grow the load (and the
+ * plan that embeds each child) without bound.
+ */
+#define WF_MAX_FILES 64
+struct wf_tree {
+    size_t files, bytes;
+};
 
 /* Strings and cJSON values borrowed by the model live in doc, which the workflow owns. */
 struct workflow {
@@ -194,8 +214,15 @@ struct workflow {
     struct wf_problem *problems;
     size_t problem_count;
     bool too_many_problems;
+    struct wf_output *outputs; /* the `outputs:` map, in file order */
+    size_t output_count;
+    bool has_outputs;              /* `outputs:` declared (even empty): else the context */
     bool from_file;                /* loaded by path: sub-workflow files are looked for beside it */
-    const struct workflow *parent; /* the workflow whose step loads this one, while checking */
+    bool from_plan;                /* loaded from a plan: workflow steps embed their child's plan */
+    const struct workflow *parent; /* the workflow whose step loads this one */
+    const char *included_as;       /* that step's `workflow:` as written, NULL for the top */
+    struct wf_tree *tree;          /* the top workflow's tree_own, shared by the whole tree */
+    struct wf_tree tree_own;
 };
 
 /* ---- checking: shared by validate.c, personas.c, steps.c, dag.c ---------------------- */
@@ -265,9 +292,33 @@ void wf_env_collect_secrets(const cJSON *servers, cJSON *redact);
  * are set and not declared in env) and drops inherit_env. */
 void wf_env_inherit(cJSON *server);
 
-/* load.c: loads a sub-workflow file while checking parent (its problems end the load). */
-int wf_load_nested(const char *path, const struct workflow *parent, struct workflow **ret_wf,
-                   struct tr_error *err) TR_MUST_CHECK;
+/*
+ * load.c: loads the file at path, the child of parent's step whose `workflow:` says
+ * included_as (both NULL for a top file), counting it in the tree. *ret_wf is the workflow
+ * even when it has problems (NULL when it is not read or does not parse); the caller frees it.
+ */
+int wf_load_nested(const char *path, const char *included_as, const struct workflow *parent,
+                   struct workflow **ret_wf, struct tr_error *err) TR_MUST_CHECK;
+/* plan.c: workflow_load_plan for the child embedded in parent's step (parent NULL: a top plan). */
+int wf_load_plan_nested(const char *plan_json, const char *file_name, const char *included_as,
+                        const struct workflow *parent, struct workflow **ret_workflow,
+                        struct tr_error *err) TR_MUST_CHECK;
+/* load.c: parses and checks text as a workflow of the given origin; *ret_wf is the workflow
+ * even when it has problems (NULL if it does not parse). */
+struct wf_origin {
+    bool from_file, from_plan;
+    const struct workflow *parent;
+    const char *included_as;
+};
+int wf_load_text(const char *text, size_t len, enum workflow_format format, const char *file_name,
+                 const struct wf_origin *origin, struct workflow **ret_wf,
+                 struct tr_error *err) TR_MUST_CHECK;
+
+/* validate.c: the `outputs:` map (names and expressions; step references are dag.c's). */
+void wf_build_outputs(struct wf_build *b, const cJSON *node);
+/* dag.c: the steps `outputs:` reads become readable (workflow_step_output_read); an unknown
+ * one is a problem. */
+void wf_check_output_refs(struct wf_build *b);
 
 /* personas.c */
 int wf_build_servers(struct wf_build *b, const cJSON *node);
@@ -315,5 +366,12 @@ const char *wf_suggest(const char *word, const char *const *names, size_t count)
 const char *wf_kind_name(const cJSON *value);
 /* validate.c: whether value has the declared input type. */
 bool wf_type_matches(const char *type, const cJSON *value);
+/* model.c: whether value may be given for the input (its type, numbers JSON carries); TR_EINVAL
+ * with "input 'NAME' must be of type T, not K" (or why) otherwise. The run checks given inputs
+ * with it, the loader a workflow step's literal `with` values. */
+int wf_input_check_value(const struct wf_input *decl, const cJSON *value,
+                         struct tr_error *err) TR_MUST_CHECK;
+/* expr.c: the template compiled from the string node of step, or NULL when it holds none. */
+const struct wf_template *wf_template_find(const struct wf_step *step, const cJSON *node);
 
 #endif

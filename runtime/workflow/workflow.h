@@ -97,10 +97,13 @@ int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON
  */
 const char *workflow_secret_unsafe(const char *value);
 /*
- * What a run needs beyond a valid file, checked before anything starts: no `ask` or
- * `workflow` step (the scheduler does not perform them yet; FILE:LINE:COLUMN of the first),
- * every ${env:NAME} of every server set (TR_ENOTFOUND listing all that are not), and each
- * such value safe to redact (TR_EINVAL listing all that are not, by name, never by value).
+ * What a run needs beyond a valid file, checked before anything starts: no `ask` step (the
+ * scheduler does not perform them yet; FILE:LINE:COLUMN of the first), every ${env:NAME} of
+ * every server set (TR_ENOTFOUND listing all that are not), and each such value safe to
+ * redact (TR_EINVAL listing all that are not, by name, never by value). Then the same of each
+ * `workflow` step's child, its message prefixed "FILE:LINE:COLUMN: step 'ID': workflow 'F'"
+ * (where the parent names it); a workflow step whose child was not loaded (a workflow read
+ * from memory) is refused.
  */
 int workflow_check_run(const struct workflow *wf, struct tr_error *err) TR_MUST_CHECK;
 /*

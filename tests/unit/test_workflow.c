@@ -664,7 +664,7 @@ static const struct broken broken_files[] = {
      "step 'hello': workflow '../../../workflows/hello.yaml' has no input 'whom' (did you mean "
      "'who'?)"},
     {"sub-workflow-self.yaml", "8:15",
-     "step 'again': workflow './sub-workflow-self.yaml' includes itself"},
+     "step 'again': cycle in workflow files: sub-workflow-self.yaml -> ./sub-workflow-self.yaml"},
     {"steps-ref-not-needed.yaml", "15:13",
      "step 'shout' reads '.steps.greet' but does not need it (add 'greet' to its needs)"},
     {"steps-ref-unknown.json", "7:29",
