@@ -55,6 +55,8 @@ struct recorded_step {
     cJSON **item_requests; /* for_each: the last request of each item, by index (or NULL) */
     size_t item_count;     /* entries of item_requests */
     int item;              /* for_each: the item the last step.dispatched was for */
+    char **children;       /* a workflow step: the child run that succeeded, by item (0: none) */
+    size_t child_count;    /* entries of children */
 };
 
 /* A task of the run (step.dispatched names it; the agent's events carry it). */
@@ -74,6 +76,9 @@ struct recording {
     char *plan_hash;        /* its hash as the runs table has it */
     char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
     bool run_succeeded;     /* a run that did not succeed may have left ready steps unrun */
+    struct store *store;    /* where its child runs are (replay_children) */
+    int depth;              /* 0 for the run named, 1 for its children... */
+    size_t children;        /* child runs replayed, all levels */
 };
 
 /* The task's slot, grown as needed; NULL for an id not believed. */
@@ -116,11 +121,134 @@ static void replace(cJSON **slot, cJSON *value)
     *slot = value;
 }
 
+/* ==== child runs (a workflow step's): replayed from their records, calling nothing ====== */
+/* (Delimited so that it can move with replay into runtime/sched.) */
+
+static char *compact(const cJSON *value)
+{
+    return value ? tr_json_print(value) : xstrdup("(nothing)");
+}
+
+/* Keeps the child run a child.finished event names as its item's, when it succeeded. */
+static void record_child(struct recorded_step *r, const cJSON *payload)
+{
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(payload, "item");
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "run"));
+    const char *status = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "status"));
+    double k = cJSON_IsNumber(item) ? item->valuedouble : 0;
+
+    if (!run || !status || strcmp(status, "succeeded") != 0 || !(k >= 0 && k < REPLAY_MAX_ITEMS))
+        return;
+    if ((size_t)k >= r->child_count) {
+        size_t count = r->child_count ? r->child_count : 16;
+        while (count <= (size_t)k)
+            count *= 2;
+        r->children = xrealloc(r->children, count * sizeof(*r->children));
+        memset(r->children + r->child_count, 0, (count - r->child_count) * sizeof(*r->children));
+        r->child_count = count;
+    }
+    free(r->children[(size_t)k]);
+    r->children[(size_t)k] = xstrdup(run);
+}
+
+static int replay_run(struct store *store, const char *run_id, const char *workflow_path,
+                      const struct workflow *given, int depth, const char *from,
+                      struct cli_common *common, size_t *ret_matched, size_t *ret_children);
+
+static int copy_input(void *userdata, const struct store_run *run)
+{
+    *(cJSON **)userdata = cJSON_Parse(run->input_json);
+    return 0;
+}
+
+/*
+ * The child run of step i (item k, or -1) as the run recorded it: its inputs must be what the
+ * parent renders now (its `with` over scope, then the child's input declarations), and it is
+ * replayed in turn (recursively) against the child workflow the parent's plan holds. Prints a
+ * divergence.
+ */
+static bool replay_child(struct recording *rec, size_t i, long k,
+                         const struct workflow_scope *scope, size_t *matched)
+{
+    const struct workflow *wf = rec->wf;
+    const struct workflow *child = workflow_step_child(wf, i);
+    struct recorded_step *r = &rec->steps[i];
+    const char *id = k < (long)r->child_count ? r->children[k < 0 ? 0 : k] : NULL;
+    struct tr_error err = {0};
+    cJSON *given = NULL, *input = NULL, *recorded = NULL;
+    char item[40] = "";
+    bool same = false;
+
+    if (k >= 0)
+        snprintf(item, sizeof(item), " item %ld", k);
+    if (!child || !id) {
+        printf("DIVERGENCE at step '%s'%s: %s\n", workflow_step_id(wf, i), item,
+               child ? "the run records no child run that succeeded for it"
+                     : "its child workflow is not loaded");
+        return false;
+    }
+    if (rec->depth + 1 > WORKFLOW_MAX_DEPTH) {
+        printf("DIVERGENCE at step '%s'%s: child runs nest deeper than %d\n",
+               workflow_step_id(wf, i), item, WORKFLOW_MAX_DEPTH);
+        return false;
+    }
+    if (workflow_step_arguments_in(wf, i, scope, &given, &err) < 0 ||
+        workflow_inputs_resolve(child, given, &input, &err) < 0) {
+        printf("DIVERGENCE at step '%s'%s: the child's inputs do not evaluate: %s\n",
+               workflow_step_id(wf, i), item, err.message);
+    } else if (store_run_get(rec->store, id, copy_input, &recorded, &err) < 0) {
+        cli_error("%s", err.message);
+    } else if (!cJSON_Compare(input, recorded, true)) {
+        char *now = compact(input), *then = compact(recorded);
+        printf("DIVERGENCE at step '%s'%s: child run %s ran with inputs %s; the replay gives it "
+               "%s\n",
+               workflow_step_id(wf, i), item, id, then, now);
+        free(now);
+        free(then);
+    } else {
+        same = replay_run(rec->store, id, NULL, child, rec->depth + 1, NULL, NULL, matched,
+                          &rec->children) == CLI_OK;
+        rec->children++;
+    }
+    cJSON_Delete(given);
+    cJSON_Delete(input);
+    cJSON_Delete(recorded);
+    return same;
+}
+
+/* The child runs of workflow step i, one per item of a for_each, each replayed. */
+static bool replay_children(struct recording *rec, size_t i, const struct workflow_scope *scope,
+                            size_t *matched)
+{
+    const struct workflow *wf = rec->wf;
+    struct workflow_list *items = NULL;
+    struct tr_error err = {0};
+    bool same = true;
+
+    if (!workflow_step_has_expression(wf, i, WORKFLOW_EXPR_FOR_EACH))
+        return replay_child(rec, i, -1, scope, matched);
+    if (workflow_step_evaluate_list(wf, i, WORKFLOW_EXPR_FOR_EACH, scope, &items, &err) < 0) {
+        printf("DIVERGENCE at step '%s': its for_each does not evaluate: %s\n",
+               workflow_step_id(wf, i), err.message);
+        return false;
+    }
+    for (long k = 0; same && k < workflow_list_count(items); k++) {
+        struct workflow_scope *one = workflow_scope_with_item(scope, "item", items, k);
+        same = replay_child(rec, i, k, one, matched);
+        workflow_scope_free(&one);
+    }
+    workflow_list_free(&items);
+    return same;
+}
+
+/* ==== end of child runs ================================================================== */
+
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
     static const char *const used[] = {"run.started",   "step.dispatched", "step.reused",
-                                       "step.finished", "step.skipped",    "mcp.request"};
+                                       "step.finished", "step.skipped",    "mcp.request",
+                                       "child.finished"};
     long i = workflow_step_find(rec->wf, event->step_id);
     bool wanted = false;
 
@@ -167,6 +295,8 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     } else if (i >= 0 && strcmp(event->type, "step.finished") == 0) {
         replace(&rec->steps[i].finished, payload);
         payload = NULL;
+    } else if (i >= 0 && strcmp(event->type, "child.finished") == 0) {
+        record_child(&rec->steps[i], payload);
     } else if (i >= 0 && strcmp(event->type, "mcp.request") == 0) {
         cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(message, "method");
@@ -243,10 +373,6 @@ static int load_recorded(const struct recording *rec, const char *run_id,
     return -1;
 }
 
-static char *compact(const cJSON *value)
-{
-    return value ? tr_json_print(value) : xstrdup("(nothing)");
-}
 
 /* Compares the call the runtime would make with the recorded one; prints a divergence. */
 /*
@@ -482,7 +608,6 @@ static int replay(struct recording *rec, size_t *ret_matched)
     /* One scope, changed in place between rounds. */
     struct workflow_scope *prepared = workflow_scope_new(start);
     cJSON_Delete(start);
-    *ret_matched = 0;
     while (progress && status == CLI_OK) {
         progress = false;
         settled_count = 0;
@@ -537,6 +662,12 @@ static int replay(struct recording *rec, size_t *ret_matched)
                 if (succeeded && !r->reused && action == WORKFLOW_ACTION_EVAL &&
                     !same_eval(wf, i, prepared,
                                cJSON_GetObjectItemCaseSensitive(r->finished, "output"))) {
+                    status = CLI_FAILED;
+                    break;
+                }
+                /* A workflow step's child runs, replayed from their records. */
+                if (succeeded && !r->reused && action == WORKFLOW_ACTION_WORKFLOW &&
+                    !replay_children(rec, i, prepared, ret_matched)) {
                     status = CLI_FAILED;
                     break;
                 }
@@ -734,6 +865,82 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
     return status;
 }
 
+/*
+ * Replays run_id (or, with from, forks it from that step: fork_run): against the workflow given (a
+ * child run's, from its parent's plan; borrowed), else the file at workflow_path, else the plan
+ * stored with the run. Adds the tool calls matched to *ret_matched and the child runs replayed to
+ * *ret_children. Returns the exit status.
+ */
+static int replay_run(struct store *store, const char *run_id, const char *workflow_path,
+                      const struct workflow *given, int depth, const char *from,
+                      struct cli_common *common, size_t *ret_matched, size_t *ret_children)
+{
+    struct recording rec = {.store = store, .depth = depth};
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    int status = CLI_FAILED;
+
+    /* What the log does not back is neither replayed as if it were sound nor carried into a
+     * fork, whose own chain would then verify. */
+    if (cli_run_check_refuse_now(store, run_id, "replay", "replay") < 0)
+        goto out;
+    if (store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    /* The run's own plan, or a what-if against the file named. */
+    if (workflow_path && workflow_load(workflow_path, &wf, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    if (given && !plan_matches(given, rec.plan_hash)) {
+        printf("DIVERGENCE: child run %s ran another plan than its parent's step holds\n", run_id);
+        goto out;
+    }
+    if (!workflow_path && !given && load_recorded(&rec, run_id, &wf) < 0)
+        goto out;
+    rec.wf = given ? given : wf;
+    rec.steps = xcalloc(workflow_step_count(rec.wf) + 1, sizeof(*rec.steps));
+    if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    if (!workflow_path && rec.logged_plan_hash && strcmp(rec.logged_plan_hash, rec.plan_hash)) {
+        cli_error("run %s: the plan stored with it is not the one its audit log names "
+                  "(run.started): the database was changed",
+                  run_id);
+        goto out;
+    }
+    if (from) {
+        status =
+            fork_run(store, &rec, run_id, from, workflow_path ? workflow_path : rec.file, common);
+        goto out;
+    }
+    status = replay(&rec, ret_matched);
+    *ret_children += rec.children;
+out:
+    for (size_t i = 0; rec.steps && i < workflow_step_count(rec.wf); i++) {
+        cJSON_Delete(rec.steps[i].request);
+        for (size_t k = 0; k < rec.steps[i].item_count; k++)
+            cJSON_Delete(rec.steps[i].item_requests[k]);
+        free(rec.steps[i].item_requests);
+        for (size_t k = 0; k < rec.steps[i].child_count; k++)
+            free(rec.steps[i].children[k]);
+        free(rec.steps[i].children);
+        cJSON_Delete(rec.steps[i].finished);
+        cJSON_Delete(rec.steps[i].skipped);
+    }
+    free(rec.steps);
+    free(rec.tasks);
+    free(rec.file);
+    free(rec.plan_hash);
+    free(rec.plan_json);
+    free(rec.logged_plan_hash);
+    cJSON_Delete(rec.input);
+    workflow_free(&wf);
+    return status;
+}
+
 int cli_replay(int argc, char **argv, struct cli_common *common)
 {
     enum { OPT_WORKFLOW = 3300, OPT_FROM };
@@ -745,9 +952,6 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
         {NULL, 0, NULL, 0},
     };
     const char *workflow_path = NULL, *from = NULL;
-    struct recording rec = {0};
-    struct workflow *wf = NULL;
-    struct tr_error err = {0};
     char run_id[STORE_RUN_ID_SIZE];
     int status = CLI_FAILED;
     int opt;
@@ -772,61 +976,18 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_FAILED;
-    /* What the log does not back is neither replayed as if it were sound nor carried into a
-     * fork, whose own chain would then verify. */
-    if (cli_run_check_refuse_now(store, run_id, "replay", "replay") < 0)
+    size_t matched = 0, children = 0;
+    status = replay_run(store, run_id, workflow_path, NULL, 0, from, common, &matched, &children);
+    if (from)
         goto out;
-    if (store_run_get(store, run_id, copy_run, &rec, &err) < 0) {
-        cli_error("%s", err.message);
-        goto out;
-    }
-    /* The run's own plan, or a what-if against the file named. */
-    if (workflow_path && workflow_load(workflow_path, &wf, &err) < 0) {
-        cli_error("%s", err.message);
-        goto out;
-    }
-    if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
-        goto out;
-    rec.wf = wf;
-    rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
-    if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
-        cli_error("%s", err.message);
-        goto out;
-    }
-    if (!workflow_path && rec.logged_plan_hash && strcmp(rec.logged_plan_hash, rec.plan_hash)) {
-        cli_error("run %s: the plan stored with it is not the one its audit log names "
-                  "(run.started): the database was changed",
-                  run_id);
-        goto out;
-    }
-    if (from) {
-        status =
-            fork_run(store, &rec, run_id, from, workflow_path ? workflow_path : rec.file, common);
-        goto out;
-    }
-    size_t matched = 0;
-    status = replay(&rec, &matched);
-    printf("replay of %s: %zu tool call%s matched the record, %s; no tool, server or model "
+    char with[64] = "";
+    if (children)
+        snprintf(with, sizeof(with), " (with %zu child run%s)", children, children == 1 ? "" : "s");
+    printf("replay of %s%s: %zu tool call%s matched the record, %s; no tool, server or model "
            "was called\n",
-           run_id, matched, matched == 1 ? "" : "s",
+           run_id, with, matched, matched == 1 ? "" : "s",
            status == CLI_OK ? "no divergence" : "stopped at the first divergence");
 out:
-    for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
-        cJSON_Delete(rec.steps[i].request);
-        for (size_t k = 0; k < rec.steps[i].item_count; k++)
-            cJSON_Delete(rec.steps[i].item_requests[k]);
-        free(rec.steps[i].item_requests);
-        cJSON_Delete(rec.steps[i].finished);
-        cJSON_Delete(rec.steps[i].skipped);
-    }
-    free(rec.steps);
-    free(rec.tasks);
-    free(rec.file);
-    free(rec.plan_hash);
-    free(rec.plan_json);
-    free(rec.logged_plan_hash);
-    cJSON_Delete(rec.input);
-    workflow_free(&wf);
     store_free(&store);
     return status;
 }

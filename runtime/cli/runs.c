@@ -45,8 +45,7 @@ struct listing {
     int untrusted; /* runs whose records disagree with their log */
 };
 
-static int print_run(struct listing *l, const struct store_run *run, int depth,
-                     size_t children)
+static int print_run(struct listing *l, const struct store_run *run, int depth, size_t children)
 {
     struct cli_run_check *check = xmalloc(sizeof(*check));
 
@@ -79,9 +78,12 @@ static int print_run(struct listing *l, const struct store_run *run, int depth,
                              ? xasprintf("%s (%zu child run%s)", run->workflow_name, children,
                                          children == 1 ? "" : "s")
                              : xstrdup(run->workflow_name);
-        const char *cells[] = {
-            id,              flag ? "UNTRUSTED" : cli_run_status(run),  workflow,
-            run->started_at, run->finished_at ? run->finished_at : "-", error};
+        const char *cells[] = {id,
+                               flag ? "UNTRUSTED" : cli_run_status(run),
+                               workflow,
+                               run->started_at,
+                               run->finished_at ? run->finished_at : "-",
+                               error};
         cli_table_add(l->table, cells);
         free(id);
         free(workflow);
@@ -103,7 +105,7 @@ static int collect_run(void *userdata, const struct store_run *run)
     struct listed *r = &l->runs[l->count++];
     memset(r, 0, sizeof(*r));
     r->run = *run;
-    const char *from[] = {run->id,          run->workflow_name, run->status,       run->error,
+    const char *from[] = {run->id,         run->workflow_name, run->status,       run->error,
                           run->started_at, run->finished_at,   run->parent_run_id};
     for (size_t i = 0; i < 7; i++)
         r->fields[i] = copy_or_null(from[i]);

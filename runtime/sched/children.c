@@ -158,9 +158,9 @@ static pid_t spawn_child(struct run *run, const char *child_id)
     argv[argc] = child_id;
     pid_t pid = fork();
     if (pid == 0) {
-        /* Never on without its parent: the parent's death stops it as the first Ctrl-C does,
-         * resumable (troupe resume of the parent carries it on). */
-        if (prctl(PR_SET_PDEATHSIG, SIGINT) < 0 || getppid() != parent)
+        /* Never on without its parent: the parent's death stops it (SIGHUP, sched.c), as the
+         * first Ctrl-C does, resumable (troupe resume of the parent carries it on). */
+        if (prctl(PR_SET_PDEATHSIG, SIGHUP) < 0 || getppid() != parent)
             _exit(126);
         /* Its own report goes nowhere; its logs (errors only) go to the parent's stderr. */
         int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -352,10 +352,25 @@ bool sched__child_cancel(struct run *run, struct task *task)
 
 /* ---- the end ------------------------------------------------------------------------------ */
 
+/* Cancels child in the store if it is still running and no process owns it (a child not
+ * started yet, or one whose process is gone). */
+static void cancel_unowned(struct run *run, const char *child)
+{
+    struct child_end end = {"", NULL};
+    struct tr_error err = {0};
+
+    int rc = store_run_get(run->store, child, copy_end, &end, &err);
+    if (rc == 0 && strcmp(end.status, "running") == 0 && store_run_owner(run->store, child) == 0)
+        rc = sched_cancel_orphan(run->store, child, "scheduler", &err);
+    if (rc < 0)
+        tr_log(TR_LOG_WARN, "child run %s: %s", child, err.message);
+    free(end.error);
+}
+
 void sched__children_stop(struct run *run)
 {
     struct tr_error err = {0};
-    int sig = run->stopping && !sched__cancel_signal ? SIGINT : SIGTERM;
+    int sig = run->stopping && !sched__cancel_signal ? SIGHUP : SIGTERM;
     int64_t deadline = tr_now_ms() + CHILD_STOP_WAIT_MS;
     bool killed = false;
 
@@ -388,15 +403,8 @@ void sched__children_stop(struct run *run)
     }
     /* Cancelled: those no process runs now are cancelled in the store (theirs too). */
     for (size_t i = 0; sig == SIGTERM && !run->store_lost && i < run->task_count; i++) {
-        struct task *task = &run->tasks[i];
-        struct child_end end = {"", NULL};
-        if (!task->child || store_run_get(run->store, task->child, copy_end, &end, &err) < 0 ||
-            strcmp(end.status, "running") != 0 || store_run_owner(run->store, task->child) > 0 ||
-            sched_cancel_orphan(run->store, task->child, "scheduler", &err) < 0)
-            if (err.message[0])
-                tr_log(TR_LOG_WARN, "child run %s: %s", task->child, err.message);
-        err.message[0] = '\0';
-        free(end.error);
+        if (run->tasks[i].child)
+            cancel_unowned(run, run->tasks[i].child);
     }
     /* The ends of those that ended, recorded before the run's own (a stopped child is left
      * running, for troupe resume of the parent). */
@@ -491,6 +499,15 @@ static int collect_open(void *userdata, const struct store_child *child)
     return 0;
 }
 
+static void child_list_release(struct child_list *list)
+{
+    for (size_t i = 0; i < list->count; i++)
+        free(list->steps[i]);
+    free(list->ids);
+    free(list->items);
+    free(list->steps);
+}
+
 static int copy_status(void *userdata, const struct store_run *r)
 {
     snprintf(userdata, 16, "%s", r->status);
@@ -517,11 +534,7 @@ int sched__children_cancel_orphans(struct store *store, const char *run_id, cons
         if (rc == TR_EINVAL)
             rc = 0; /* it ended in between */
     }
-    for (size_t i = 0; i < list.count; i++)
-        free(list.steps[i]);
-    free(list.ids);
-    free(list.items);
-    free(list.steps);
+    child_list_release(&list);
     return rc;
 }
 
@@ -553,10 +566,6 @@ int sched__children_settle_orphans(struct store *store, const char *run_id, stru
                                 err);
         free(json);
     }
-    for (size_t i = 0; i < list.count; i++)
-        free(list.steps[i]);
-    free(list.ids);
-    free(list.items);
-    free(list.steps);
+    child_list_release(&list);
     return rc;
 }

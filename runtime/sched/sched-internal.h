@@ -324,7 +324,7 @@ void sched__children_check(struct run *run, int64_t now);
 /* The task is given up: its child process, if any, is told to cancel (SIGTERM). True when the
  * task must be kept until the process is reaped. */
 bool sched__child_cancel(struct run *run, struct task *task);
-/* The loop has ended: every child process is told to stop (SIGINT: the run stops, they stay
+/* The loop has ended: every child process is told to stop (SIGHUP: the run stops, they stay
  * resumable) or to cancel, and waited for; the ends of those that ended are recorded. */
 void sched__children_stop(struct run *run);
 /* A child run at its end: its outputs (workflow_outputs_in), recorded with the link; NULL when

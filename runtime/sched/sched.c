@@ -30,11 +30,18 @@
 volatile sig_atomic_t sched__stop_signal;
 volatile sig_atomic_t sched__cancel_signal;
 
-/* The first SIGINT stops the run (resumable); SIGTERM or another SIGINT cancels it. */
+/*
+ * The first SIGINT stops the run (resumable); SIGTERM or another SIGINT cancels it. SIGHUP
+ * only ever stops it: a child run gets it when its parent's scheduler dies (children.c), which
+ * may deliver it more than once, and a stop is what the parent's resume carries on.
+ */
 static void on_signal(int sig, siginfo_t *info, void *context)
 {
     (void)context;
-    if (sig == SIGINT && !sched__stop_signal && !sched__cancel_signal)
+    if (sig == SIGHUP) {
+        if (!sched__cancel_signal)
+            sched__stop_signal = sig;
+    } else if (sig == SIGINT && !sched__stop_signal && !sched__cancel_signal)
         sched__stop_signal = sig;
     else {
         sched__sender_note(info);
@@ -563,7 +570,10 @@ static void record_stop(struct run *run)
     if (sched__begin(run) < 0)
         return;
     cJSON *payload = cJSON_CreateObject();
-    cJSON_AddStringToObject(payload, "reason", "stopped by SIGINT (Ctrl-C)");
+    cJSON_AddStringToObject(payload, "reason",
+                            sched__stop_signal == SIGHUP
+                                ? "stopped by SIGHUP (its parent run's scheduler is gone)"
+                                : "stopped by SIGINT (Ctrl-C)");
     cJSON_AddNumberToObject(payload, "done", (double)run->done);
     cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
     sched__audit(run, NULL, "scheduler", "run.interrupted", payload);
@@ -642,7 +652,7 @@ static void release_run(struct run *run)
 static int drive(struct run *run, bool resumed, struct tr_error *err)
 {
     struct sigaction sa = {.sa_sigaction = on_signal, .sa_flags = SA_SIGINFO};
-    struct sigaction old_int, old_term, old_pipe;
+    struct sigaction old_int, old_term, old_pipe, old_hup;
     struct sigaction ignore = {.sa_handler = SIG_IGN};
     struct tr_error setup_err = {0};
     int rc;
@@ -655,6 +665,7 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
         tr_log(TR_LOG_WARN, "%s", setup_err.message);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup);
     sigaction(SIGPIPE, &ignore, &old_pipe);
 
     if (take_over(run, resumed, &setup_err) < 0)
@@ -668,6 +679,7 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
     rc = end_run(run, err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
     sigaction(SIGPIPE, &old_pipe, NULL);
     tr_log_context(NULL, NULL, NULL);
     return rc;

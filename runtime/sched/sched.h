@@ -161,7 +161,7 @@ enum {
  * was created, its id is in ret_run_id (otherwise the empty string). Installs handlers for
  * SIGINT and SIGTERM for its duration: the first SIGINT stops the run (its agents are shut
  * down, what they finish is kept, the run is left without a scheduler); SIGTERM, or a second
- * SIGINT, cancels it.
+ * SIGINT, cancels it; SIGHUP (a child run whose parent's scheduler died) only stops it.
  */
 int sched_run(const struct workflow *wf, struct store *store, const struct sched_options *opts,
               char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;
