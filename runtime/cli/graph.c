@@ -57,8 +57,12 @@ static char *step_summary(const cJSON *step)
         return xasprintf("approval by %s%s", cJSON_GetStringValue(cJSON_GetArrayItem(who, 0)),
                          cJSON_GetArraySize(who) > 1 ? ", ..." : "");
     }
-    if ((item = cJSON_GetObjectItemCaseSensitive(step, "workflow")) != NULL)
-        return xasprintf("workflow %s", item->valuestring);
+    if ((item = cJSON_GetObjectItemCaseSensitive(step, "workflow")) != NULL) {
+        /* The file's name, or {"file", "plan"} when the child's plan is embedded. */
+        const cJSON *file =
+            cJSON_IsObject(item) ? cJSON_GetObjectItemCaseSensitive(item, "file") : item;
+        return xasprintf("workflow %s", cJSON_GetStringValue(file));
+    }
     return xstrdup("step");
 }
 

@@ -1,7 +1,9 @@
 /*
  * workflow/dag.c: the graph of steps: resolves `needs` and `on_error.fallback` ids to step
  * indexes once every step is known, refuses cycles (naming them), and checks that expressions
- * read `.steps.ID` only of steps that come before (through `needs`). It checks nothing else.
+ * read `.steps.ID` only of steps that come before (through `needs`), and which outputs can be
+ * read (by later steps, and by the run's `outputs:`, which may read any step). It checks
+ * nothing else.
  */
 #include "workflow-internal.h"
 

@@ -452,7 +452,7 @@ int wf_load_nested(const char *path, const char *included_as, const struct workf
         /* The top file counts itself (wf_load_text); an included one is counted here. */
         if (parent->tree->bytes + len > WORKFLOW_MAX_FILE_BYTES) {
             rc = tr_error_set(err, TR_ETOOBIG,
-                              "it takes the workflow and the files it includes past %u bytes",
+                              "the workflow and the files it includes would pass %u bytes",
                               WORKFLOW_MAX_FILE_BYTES);
             goto out;
         }

@@ -37,6 +37,7 @@ void workflow_free(struct workflow **workflow)
         cJSON_Delete(wf->servers[i].config);
     free(wf->servers);
     free(wf->inputs);
+    free(wf->outputs);
     for (size_t i = 0; i < wf->problem_count; i++) {
         free(wf->problems[i].message);
         free(wf->problems[i].cause);

@@ -2,7 +2,8 @@
  * workflow/plan.c: the plan, the normalized workflow as canonical JSON (object keys sorted
  * bytewise at every level, no insignificant space, defaults applied, `needs` always a list),
  * so that equivalent YAML and JSON files give the same text, and back: a workflow loaded from
- * a run's stored plan (the loader validates it). It does not validate.
+ * a run's stored plan (the loader validates it). A `workflow` step embeds its child's plan,
+ * from which the child is rebuilt without its file. It does not validate.
  */
 #include "workflow-internal.h"
 

@@ -1,8 +1,9 @@
 /*
  * workflow/steps.c: checks each step (its id, persona, one action among tool, resource,
  * prompt, ask, eval, approval and workflow, and the modifiers when, for_each, concurrency,
- * retry, timeout, save, output, on_error) and builds the steps of the model. `needs`,
- * fallbacks and cycles are resolved in dag.c, once every id is known.
+ * retry, timeout, save, output, on_error) and builds the steps of the model, loading the child
+ * file of each `workflow` step (or, from a plan, its embedded plan) and checking `with` against
+ * its inputs. `needs`, fallbacks and cycles are resolved in dag.c, once every id is known.
  */
 #define _GNU_SOURCE
 #include "workflow-internal.h"
@@ -329,20 +330,25 @@ static int check_sub_workflow(struct wf_build *b, const cJSON *node, struct wf_s
     if (!wf->from_file)
         return 0;
     full = beside(wf, path);
-    if (stat(full, &st) < 0 && errno == ENOENT) {
-        rc = wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path);
+    if (stat(full, &st) < 0) {
+        rc = errno == ENOENT
+                 ? wf_problem(wf, node, false, "%sworkflow file '%s' not found", context, path)
+                 : wf_problem(wf, node, false, "%sworkflow file '%s' cannot be read: %s", context,
+                              path, strerror(errno));
     } else if ((again = file_in_chain(wf, full)) != NULL) {
         chain = file_chain(wf, again, path);
         rc = wf_problem(wf, node, false, "%scycle in workflow files: %s", context, chain);
         free(chain);
     } else if ((rc = check_room(b, node, path, context)) < 0) {
         /* reported */
-    } else if (stat(full, &st) < 0 || !S_ISREG(st.st_mode)) {
+    } else if (!S_ISREG(st.st_mode)) {
         /* A directory, a FIFO (which would block the load), a device: never opened. */
         rc = wf_problem(wf, node, false, "%sworkflow file '%s' is not a regular file", context,
                         path);
     } else if ((rc = wf_load_nested(full, path, wf, &child, &err)) == TR_EINVAL) {
         rc = child_problem(wf, node, context, path, child, err.message);
+    } else if (rc == TR_ETOOBIG) {
+        rc = wf_problem(wf, node, false, "%sworkflow file '%s': %s", context, path, err.message);
     } else if (rc < 0) {
         rc = wf_problem(wf, node, false, "%sworkflow file '%s' cannot be read: %s", context, path,
                         err.message);

@@ -331,7 +331,8 @@ const char *workflow_step_sub_workflow(const struct workflow *wf, size_t index);
 
 /*
  * How deep files may nest: a.yaml -> b.yaml -> ... counts each file, the top one included
- * (docs/workflows.md, "workflow").
+ * (docs/workflows.md, "workflow"). A workflow and the files it includes, each counted every
+ * time it is included, also read at most 64 files and WORKFLOW_MAX_FILE_BYTES in all.
  */
 #define WORKFLOW_MAX_DEPTH 8
 /*

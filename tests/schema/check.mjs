@@ -96,7 +96,8 @@ const schemaVisible = [
     'retry-error-class.yaml', 'bad-duration.yaml', 'on-error-bad.yaml',
     'approval-missing-why.yaml', 'sse-type.json', 'replicas-out-of-range.yaml',
     'with-on-eval.yaml', 'persona-unknown-key.yaml', 'limits-unknown-key.yaml',
-    'resource-missing-uri.yaml', 'needs-wrong-type.yaml',
+    'resource-missing-uri.yaml', 'needs-wrong-type.yaml', 'outputs-not-mapping.yaml',
+    'workflow-persona.yaml',
 ];
 for (const file of schemaVisible) {
     const doc = readWorkflow(join(source, 'tests', 'workflows', 'broken', file));

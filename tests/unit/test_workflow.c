@@ -675,16 +675,61 @@ static const struct broken broken_files[] = {
     {"not-utf8.yaml", "3:2", "invalid YAML: not UTF-8 (byte 0xEE)"},
     {"not-utf8.json", "2:15", "invalid JSON: not UTF-8 (byte 0xE9)"},
     {"many-problems.yaml", "2:7", "'name' must match [A-Za-z0-9_.-]+, not 'many problems'"},
+    /* workflow steps; {dir} stands for this directory, where a child's problem names its file */
+    {"workflow-cycle-a.yaml", "8:15",
+     "step 'to-b': workflow 'workflow-cycle-b.yaml' does not load: "
+     "{dir}/workflow-cycle-b.yaml:8:15: step 'to-a': cycle in workflow files: "
+     "workflow-cycle-a.yaml -> workflow-cycle-b.yaml -> workflow-cycle-a.yaml"},
+    {"workflow-too-deep.yaml", "8:15",
+     "step 'next': workflow '../children/deep-2.yaml' does not load: "
+     "{dir}/../children/deep-8.yaml:6:26: step 'next': workflow files nest at most 8 deep: "
+     "deep-9.yaml would be file 9 (workflow-too-deep.yaml -> ../children/deep-2.yaml -> "
+     "deep-3.yaml -> deep-4.yaml -> deep-5.yaml -> deep-6.yaml -> deep-7.yaml -> deep-8.yaml -> "
+     "deep-9.yaml)"},
+    {"workflow-input-missing.yaml", "7:5",
+     "step 'greet': workflow '../children/greet.yaml' needs input 'who' (string) in 'with'"},
+    {"workflow-input-type.yaml", "11:14",
+     "step 'greet': workflow '../children/greet.yaml': input 'times' must be of type integer, "
+     "not a string"},
+    {"workflow-persona.yaml", "8:5",
+     "step 'greet': 'workflow' steps run without an agent: remove 'persona'"},
+    {"sub-workflow-broken.yaml", "8:15",
+     "step 'inner': workflow 'cycle.yaml' does not load: {dir}/cycle.yaml:9:50: cycle in needs: "
+     "a -> b -> c -> a"},
+    {"outputs-jq.yaml", "10:13", "output 'greeting': jq: shout/0 is not defined"},
+    {"outputs-not-mapping.yaml", "9:10", "'outputs' must be a mapping, not a list"},
+    {"outputs-unknown-step.yaml", "10:13",
+     "output 'greeting': '.steps.gret': there is no step 'gret' (did you mean 'greet'?)"},
 };
+
+/* message with each {dir} replaced by dir. Caller frees. */
+static char *with_dir(const char *message, const char *dir)
+{
+    struct tr_buf text;
+    const char *p = message, *at;
+
+    tr_buf_init(&text, 0);
+    while ((at = strstr(p, "{dir}")) != NULL) {
+        cr_assert_eq(tr_buf_appendf(&text, "%.*s%s", (int)(at - p), p, dir), 0);
+        p = at + 5;
+    }
+    cr_assert_eq(tr_buf_appendf(&text, "%s", p), 0);
+    char *result = tr_buf_take(&text);
+    tr_buf_release(&text);
+    return result;
+}
 
 Test(workflow, broken_files_fail_with_file_line_column)
 {
+    char *dir = source_path("tests/workflows/broken");
+
     cr_assert_geq(sizeof(broken_files) / sizeof(broken_files[0]), 30);
     for (size_t i = 0; i < sizeof(broken_files) / sizeof(broken_files[0]); i++) {
         const struct broken *b = &broken_files[i];
         char *relative = xasprintf("tests/workflows/broken/%s", b->file);
         char *path = source_path(relative);
-        char *expected = xasprintf("%s:%s: %s", path, b->where, b->message);
+        char *message = with_dir(b->message, dir);
+        char *expected = xasprintf("%s:%s: %s", path, b->where, message);
         struct workflow *wf = NULL;
         struct tr_error err = {0};
         int rc = workflow_load(path, &wf, &err);
@@ -695,7 +740,9 @@ Test(workflow, broken_files_fail_with_file_line_column)
         cr_expect_null(strchr(err.message, '\n'), "%s: message is one line", b->file);
         workflow_free(&wf);
         free(expected);
+        free(message);
         free(path);
         free(relative);
     }
+    free(dir);
 }
