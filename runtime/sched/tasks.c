@@ -680,6 +680,8 @@ void sched__tasks_release(struct run *run)
 {
     for (size_t i = 0; i < run->step_count; i++)
         fanout_free(run, &run->steps[i].fan);
+    for (size_t i = 0; i < run->task_count; i++)
+        free(run->tasks[i].child); /* HOOK(child runs): a child left running (a stop) */
     free(run->tasks);
     run->tasks = NULL;
     run->task_count = run->task_cap = 0;

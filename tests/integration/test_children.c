@@ -106,7 +106,7 @@ static void run_ok(struct env *env, const char *const *argv, struct harness_resu
     cr_assert_eq(r->exit_code, 0, "exit %d\n%s\n%s", r->exit_code, r->out, r->err);
 }
 
-Test(children, a_childs_outputs_are_its_steps_output_and_the_runs_link_both_ways)
+Test(children, a_childs_outputs_are_its_steps_output_and_the_runs_link_both_ways, .timeout = 300)
 {
     struct env env = setup_env();
     char *child = write_effect_child(&env, "child", 10);
@@ -205,7 +205,7 @@ Test(children, a_childs_outputs_are_its_steps_output_and_the_runs_link_both_ways
 }
 
 Test(children, a_parent_killed_while_a_child_runs_resumes_without_redoing_a_finished_child,
-     .timeout = 120)
+     .timeout = 300)
 {
     struct env env = setup_env();
     char *fast = write_effect_child(&env, "fast", 10);
@@ -280,7 +280,7 @@ Test(children, a_parent_killed_while_a_child_runs_resumes_without_redoing_a_fini
     release_env(&env);
 }
 
-Test(children, cancelling_a_live_parent_cancels_its_child, .timeout = 120)
+Test(children, cancelling_a_live_parent_cancels_its_child, .timeout = 300)
 {
     struct env env = setup_env();
     char *slow = write_effect_child(&env, "slow", 30000);
@@ -329,7 +329,7 @@ Test(children, cancelling_a_live_parent_cancels_its_child, .timeout = 120)
     release_env(&env);
 }
 
-Test(children, a_failing_child_fails_its_step_and_retry_and_on_error_apply, .timeout = 120)
+Test(children, a_failing_child_fails_its_step_and_retry_and_on_error_apply, .timeout = 300)
 {
     struct env env = setup_env();
     char *bad = write_workflow(&env, "bad", "inputs:\n  n: {type: number}\n",
@@ -480,7 +480,7 @@ Test(children, a_for_each_of_1000_children_keeps_the_scheduler_under_64_mb, .tim
     release_env(&env);
 }
 
-Test(children, replay_of_a_parent_replays_its_children_and_catches_other_inputs)
+Test(children, replay_of_a_parent_replays_its_children_and_catches_other_inputs, .timeout = 300)
 {
     struct env env = setup_env();
     char *child = write_effect_child(&env, "child", 10);
@@ -530,7 +530,7 @@ Test(children, replay_of_a_parent_replays_its_children_and_catches_other_inputs)
     release_env(&env);
 }
 
-Test(children, a_cycle_of_workflow_files_is_refused_with_exit_2)
+Test(children, a_cycle_of_workflow_files_is_refused_with_exit_2, .timeout = 300)
 {
     struct env env = setup_env();
     char *a = write_workflow(&env, "a", "", "  - id: to_b\n    workflow: b.yaml\n");
@@ -547,7 +547,8 @@ Test(children, a_cycle_of_workflow_files_is_refused_with_exit_2)
     release_env(&env);
 }
 
-Test(children, audit_verify_of_the_parent_catches_a_child_log_rewritten_after_its_end)
+Test(children, audit_verify_of_the_parent_catches_a_child_log_rewritten_after_its_end,
+     .timeout = 300)
 {
     struct env env = setup_env();
     char *child = write_effect_child(&env, "child", 10);
