@@ -224,9 +224,9 @@ static int json_check_keys(const struct wf_doc *doc, const cJSON *node, struct t
     return 0;
 }
 
-/* The offset of the first [ or { that opens a level deeper than WF_MAX_DEPTH (outside
+/* The offset of the first [ or { that opens a level deeper than max_depth (outside
  * strings), or len when there is none. */
-static size_t json_too_deep_at(const char *text, size_t len)
+static size_t json_too_deep_at(const char *text, size_t len, int max_depth)
 {
     int depth = 0;
     bool in_string = false;
@@ -241,7 +241,7 @@ static size_t json_too_deep_at(const char *text, size_t len)
         } else if (c == '"') {
             in_string = true;
         } else if (c == '[' || c == '{') {
-            if (++depth > WF_MAX_DEPTH)
+            if (++depth > max_depth)
                 return i;
         } else if ((c == ']' || c == '}') && depth > 0) {
             depth--;
@@ -267,11 +267,12 @@ static int json_parse(struct wf_doc *doc, const char *text, size_t len, struct t
     }
     /* Too deep for a workflow, as YAML is (and before cJSON's own limit, which it reports as a
      * plain syntax error): say so, where. */
-    size_t too_deep = json_too_deep_at(text, len);
+    int max_depth = doc->max_depth ? doc->max_depth : WF_MAX_DEPTH;
+    size_t too_deep = json_too_deep_at(text, len, max_depth);
     if (too_deep < len) {
         wf_scan_to(&s, too_deep);
         return tr_error_set(err, TR_EINVAL, "%s:%d:%d: nested deeper than %d levels", doc->file,
-                            s.line, s.column, WF_MAX_DEPTH);
+                            s.line, s.column, max_depth);
     }
     doc->root = cJSON_ParseWithLengthOpts(text, len, &end, false);
     if (doc->root && end) {
@@ -374,12 +375,12 @@ static int check_utf8(const struct wf_doc *doc, const char *text, size_t len,
 int wf_doc_parse(struct wf_doc *doc, const char *text, size_t len, enum workflow_format format,
                  const char *file, struct tr_error *err)
 {
+    size_t max_bytes = doc->max_bytes ? doc->max_bytes : WORKFLOW_MAX_FILE_BYTES;
     int rc;
 
     doc->file = xstrdup(file ? file : "<workflow>");
-    if (len > WORKFLOW_MAX_FILE_BYTES) {
-        rc = tr_error_set(err, TR_ETOOBIG, "%s: larger than %u bytes", doc->file,
-                          WORKFLOW_MAX_FILE_BYTES);
+    if (len > max_bytes) {
+        rc = tr_error_set(err, TR_ETOOBIG, "%s: larger than %zu bytes", doc->file, max_bytes);
         goto out;
     }
     if ((rc = check_utf8(doc, text, len, format, err)) < 0)
@@ -405,6 +406,10 @@ int wf_load_text(const char *text, size_t len, enum workflow_format format, cons
     wf->tree = origin->parent ? origin->parent->tree : &wf->tree_own;
     if (!origin->parent)
         wf->tree_own = (struct wf_tree){.files = 1, .bytes = len};
+    if (origin->from_plan) {
+        wf->doc.max_bytes = WF_PLAN_MAX_BYTES;
+        wf->doc.max_depth = WF_PLAN_MAX_DEPTH;
+    }
     if ((rc = wf_doc_parse(&wf->doc, text, len, format, file_name, err)) < 0) {
         workflow_free(&wf);
         *ret_wf = NULL;

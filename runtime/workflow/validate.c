@@ -561,6 +561,18 @@ int wf_build(struct workflow *wf, struct tr_error *err)
     free(b.step_nodes);
     free(b.needs_nodes);
     free(b.fallback_nodes);
+    /* A run stores the plan and loads it back to resume or replay: it must fit what a plan
+     * may be (the top plan holds its children's). */
+    if (wf->problem_count == 0 && !wf->parent && !wf->from_plan) {
+        char *plan = workflow_plan_json(wf);
+        size_t len = strlen(plan);
+        free(plan);
+        if (len > WF_PLAN_MAX_BYTES)
+            wf_problem(wf, wf->doc.root, false,
+                       "the plan of this workflow (with the files it includes) would take %zu "
+                       "bytes, more than the %u a plan may take",
+                       len, WF_PLAN_MAX_BYTES);
+    }
     if (wf->problem_count == 0)
         return 0;
     return tr_error_set(err, TR_EINVAL, "%s", wf->problems[0].message);

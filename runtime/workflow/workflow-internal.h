@@ -22,6 +22,8 @@ struct wf_pos {
 
 struct wf_doc {
     char *file;
+    size_t max_bytes; /* set before parsing: 0 for a file's WORKFLOW_MAX_FILE_BYTES */
+    int max_depth;    /* likewise, 0 for a file's WF_MAX_DEPTH */
     cJSON *root;
     struct wf_pos *pos;
     size_t pos_count, pos_alloc;
@@ -171,6 +173,14 @@ struct wf_problem {
 #define WF_MAX_PROBLEMS 200
 /* How deep a workflow file may nest (YAML and JSON alike). */
 #define WF_MAX_DEPTH 256
+/*
+ * A plan holds what its files held, normalized, and the plans of its children, each embedding
+ * four levels deeper (steps, the step, its workflow, its plan): what a stored plan may be,
+ * so that every workflow that loads from its files loads back from its plan. The loader
+ * refuses a workflow whose plan would be larger (a plan is somewhat larger than its YAML).
+ */
+#define WF_PLAN_MAX_DEPTH (WF_MAX_DEPTH + 4 * WORKFLOW_MAX_DEPTH)
+#define WF_PLAN_MAX_BYTES (4u * WORKFLOW_MAX_FILE_BYTES)
 
 /* One entry of `outputs:`: NAME -> a jq expression over the run's final scope. */
 struct wf_output {

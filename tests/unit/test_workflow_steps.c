@@ -682,3 +682,63 @@ Test(workflow_steps, troupe_graph_names_the_child_file_from_the_embedded_plan)
     free(command);
     free(outer);
 }
+
+Test(workflow_steps, a_plan_loads_back_whatever_its_files_nest, .init = dir_setup,
+     .fini = dir_teardown)
+{
+    /* A child as deep as a file may nest, embedded in parents as deep as files may nest:
+     * each embedding adds levels to the plan, which must still load back. */
+    struct tr_buf text;
+    struct workflow *back = NULL;
+    struct tr_error err = {0};
+
+    tr_buf_init(&text, 0);
+    cr_assert_eq(tr_buf_appendf(&text, "name: c\ninputs: {x: {type: array, default: "), 0);
+    for (int i = 0; i < 250; i++)
+        cr_assert_eq(tr_buf_appendf(&text, "["), 0);
+    for (int i = 0; i < 250; i++)
+        cr_assert_eq(tr_buf_appendf(&text, "]"), 0);
+    cr_assert_eq(tr_buf_appendf(&text, "}}\n" HEADER "steps: [{id: a, eval: '1'}]\n"), 0);
+    free(write_file("f8.yaml", text.data));
+    tr_buf_release(&text);
+    for (int i = 7; i >= 1; i--) {
+        char *name = xasprintf("f%d.yaml", i);
+        char *body =
+            xasprintf("name: f%d\n" HEADER "steps: [{id: a, workflow: f%d.yaml}]\n", i, i + 1);
+        free(write_file(name, body));
+        free(body);
+        free(name);
+    }
+    char *top = xasprintf("%s/f1.yaml", dir);
+    char *plan = plan_of_path(top);
+    cr_assert_eq(workflow_load_plan(plan, "f1.yaml", &back, &err), 0, "%s", err.message);
+    workflow_free(&back);
+    free(plan);
+    free(top);
+}
+
+Test(workflow_steps, a_workflow_whose_plan_would_not_load_back_is_refused)
+{
+    /* Aliases repeat a value in the plan as many times as they are used. */
+    struct tr_buf text;
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+
+    tr_buf_init(&text, 0);
+    cr_assert_eq(tr_buf_appendf(&text, "name: big\ninputs:\n  i0: {type: string, default: &big '"),
+                 0);
+    for (int i = 0; i < 1024 * 1024; i++)
+        cr_assert_eq(tr_buf_append(&text, "x", 1), 0);
+    cr_assert_eq(tr_buf_appendf(&text, "'}\n"), 0);
+    for (int i = 1; i < 20; i++)
+        cr_assert_eq(tr_buf_appendf(&text, "  i%d: {type: string, default: *big}\n", i), 0);
+    cr_assert_eq(tr_buf_appendf(&text, HEADER "steps: [{id: a, eval: '1'}]\n"), 0);
+    cr_assert_eq(workflow_load_string(text.data, text.len, WORKFLOW_YAML, "big.yaml", &wf, &err),
+                 TR_EINVAL);
+    cr_expect(strstr(err.message, "big.yaml:1:1: the plan of this workflow (with the files it "
+                                  "includes) would take 2097"),
+              "%s", err.message);
+    cr_expect(strstr(err.message, " bytes, more than the 16777216 a plan may take"), "%s",
+              err.message);
+    tr_buf_release(&text);
+}
