@@ -212,7 +212,7 @@ static void cancel_unfinished(struct run *run, const char *reason)
  */
 static void loop(struct run *run)
 {
-    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0;
+    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0, changes = 0;
     bool open = false;
     struct tr_error err = {0};
 
@@ -258,6 +258,7 @@ static void loop(struct run *run)
                 return;
             open = true;
             opened_ms = tr_now_ms();
+            changes = store_changes(run->store);
         }
         /* Everything that has arrived is applied in this one transaction. */
         for (int n = 0; rc < 0 || msg; n++) {
@@ -289,8 +290,10 @@ static void loop(struct run *run)
             last_approvals = now;
         }
         sched__dispatch_ready(run);
+        /* A turn that wrote nothing lets the write lock go at once: the other writers of the
+         * file (child runs, troupe approve) must never wait on an idle scheduler. */
         if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS || run->done == run->step_count ||
-            run->failure) {
+            run->failure || store_changes(run->store) == changes) {
             open = false;
             if (sched__commit_and_send(run, &err) < 0)
                 return;

@@ -708,6 +708,11 @@ int store_set_durability(struct store *store, enum store_durability durability,
                     err);
 }
 
+int64_t store_changes(const struct store *store)
+{
+    return sqlite3_total_changes64(store->db);
+}
+
 int store_schema_version(const struct store *store)
 {
     return store->schema_version;

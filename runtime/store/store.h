@@ -62,6 +62,10 @@ enum store_durability { STORE_DURABLE_POWER, STORE_DURABLE_PROCESS };
 int store_set_durability(struct store *store, enum store_durability durability,
                          struct tr_error *err) TR_MUST_CHECK;
 
+/* Rows this connection has inserted, updated or deleted since it opened (a turn that wrote
+ * nothing can end its transaction at once). */
+int64_t store_changes(const struct store *store);
+
 /* The schema version now in the file (the number of migrations applied). */
 int store_schema_version(const struct store *store);
 

@@ -455,6 +455,8 @@ Test(children, a_for_each_of_1000_children_keeps_the_scheduler_under_64_mb, .tim
             peak = kb;
         if (kb < 0 || kill(proc.pid, 0) < 0 ||
             (access(env.h.db, F_OK) == 0 &&
+             harness_db_int(env.h.db, "SELECT count(*) FROM sqlite_master WHERE name = "
+                                      "'child_runs'") == 1 &&
              harness_db_int(env.h.db, "SELECT count(*) FROM runs WHERE status <> 'running'") ==
                  n + 1))
             break;
