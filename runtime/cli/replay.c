@@ -373,7 +373,6 @@ static int load_recorded(const struct recording *rec, const char *run_id,
     return -1;
 }
 
-
 /* Compares the call the runtime would make with the recorded one; prints a divergence. */
 /*
  * Whether the request the replay makes (params, from sched_step_request) is the one the run
