@@ -3,9 +3,11 @@
  * is a child run: a run of its own in the same store (its id, plan, inputs, audit chain,
  * personas and agents), created here in the parent's turn, linked to the parent's step, item
  * and attempt, and performed by a separate troupe process (`troupe resume --child`) started
- * once the turn is committed. Its end comes back as the task's result (its outputs) or as a
- * failed attempt, through the same entry as an agent's result (sched__task_settle), so
- * retries, on_error and for_each apply unchanged. What the step's end means is steps.c's.
+ * once the turn is committed. The engine dispatched it (a DISPATCH effect with target
+ * ENGINE_TARGET_CHILD, its params the child's inputs; tasks.c hands it here); its end comes
+ * back as the task's result (its outputs) or as a failed attempt, through the same entry as an
+ * agent's result (sched__task_settle: engine_result / engine_failure), so retries, on_error
+ * and for_each apply unchanged. What the step's end means is the engine's.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
