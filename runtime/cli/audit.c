@@ -27,7 +27,9 @@ static void usage(FILE *out)
             "         the first bad event, and check each run's records (runs, steps, context,\n"
             "         items) against its log, naming each that disagrees; with --signature and\n"
             "         --public-key, check instead that the run (the one named, else the one\n"
-            "         signed) was signed by that key and that no event follows its signed head\n"
+            "         signed) was signed by that key and that no event follows its signed head;\n"
+            "         a run named is verified with its child runs (workflow steps), each of\n"
+            "         whose audit head must be the one the parent recorded at its end\n"
             "sign     sign a finished run's audit head with an Ed25519 secret key; writes the\n"
             "         signature (JSON) to --output or standard output and records it in the\n"
             "         database (verify then refuses any event appended after it)\n"
@@ -178,6 +180,104 @@ out:
     return ok;
 }
 
+/* ---- child runs: verified with their parent, and the heads it recorded ------------------- */
+
+#define VERIFY_MAX_DEPTH 16 /* beyond any workflow's nesting: a forged loop of links stops */
+
+struct child_heads {
+    char **ids;      /* the child runs the parent's log names, in order */
+    char **recorded; /* the head its child.finished recorded, or NULL (not ended) */
+    char **steps;
+    size_t count;
+};
+
+static int collect_child(void *userdata, const struct store_audit_event *event)
+{
+    struct child_heads *c = userdata;
+    bool started = strcmp(event->type, "child.started") == 0;
+    if (!started && strcmp(event->type, "child.finished") != 0)
+        return 0;
+    cJSON *payload = cJSON_Parse(event->payload_json);
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "run"));
+    const char *head =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "audit_head"));
+    size_t i = 0;
+    while (run && i < c->count && strcmp(c->ids[i], run) != 0)
+        i++;
+    if (run && i == c->count) {
+        c->ids = xrealloc(c->ids, (c->count + 1) * sizeof(*c->ids));
+        c->recorded = xrealloc(c->recorded, (c->count + 1) * sizeof(*c->recorded));
+        c->steps = xrealloc(c->steps, (c->count + 1) * sizeof(*c->steps));
+        c->ids[i] = xstrdup(run);
+        c->recorded[i] = NULL;
+        c->steps[i] = xstrdup(event->step_id ? event->step_id : "?");
+        c->count++;
+    }
+    if (run && !started && head) {
+        free(c->recorded[i]);
+        c->recorded[i] = xstrdup(head);
+    }
+    cJSON_Delete(payload);
+    return 0;
+}
+
+static bool verify_run(struct store *store, const char *run_id, bool children, int depth);
+
+/*
+ * The child runs run_id's log names: each one's chain head must be the one the parent recorded
+ * at its end (child.finished), and, when children, each is verified too (its own children
+ * with it).
+ */
+static bool verify_children(struct store *store, const char *run_id, bool children, int depth)
+{
+    struct child_heads c = {0};
+    struct tr_error err = {0};
+    bool ok = true;
+
+    if (store_audit_list(store, run_id, collect_child, &c, &err) < 0) {
+        cli_error("%s", err.message);
+        return false;
+    }
+    for (size_t i = 0; i < c.count; i++) {
+        char *shown = tr_text_escape(run_id, 0), *child = tr_text_escape(c.ids[i], 0);
+        char head[65];
+        int64_t seq = 0;
+        if (children && depth >= VERIFY_MAX_DEPTH) {
+            printf("%s: child run %s nests deeper than %d runs\n", shown, child, VERIFY_MAX_DEPTH);
+            ok = false;
+        } else if (children && !verify_run(store, c.ids[i], true, depth + 1)) {
+            ok = false;
+        }
+        if (c.recorded[i] && store_audit_head(store, c.ids[i], &seq, head, &err) < 0) {
+            cli_error("%s", err.message);
+            ok = false;
+        } else if (c.recorded[i] && strcmp(head, c.recorded[i]) != 0) {
+            char *recorded = tr_text_escape(c.recorded[i], 0);
+            printf("%s: CHILD RUN %s (step '%s') has audit head %s, but the parent recorded %s "
+                   "at its end: the child's log was changed after it ended\n",
+                   shown, child, c.steps[i], head, recorded);
+            free(recorded);
+            ok = false;
+        }
+        free(shown);
+        free(child);
+        free(c.ids[i]);
+        free(c.recorded[i]);
+        free(c.steps[i]);
+    }
+    free(c.ids);
+    free(c.recorded);
+    free(c.steps);
+    return ok;
+}
+
+/* verify_one, then the child runs it names (verify_children). */
+static bool verify_run(struct store *store, const char *run_id, bool children, int depth)
+{
+    bool ok = verify_one(store, run_id);
+    return verify_children(store, run_id, children, depth) && ok;
+}
+
 static int verify(struct store *store, char **runs, int run_count, const char *signature_path,
                   const char *public_key_path)
 {
@@ -218,7 +318,7 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
                sig.head);
         /* The signature vouches for the head; what troupe shows must also agree with the log
          * it heads. */
-        return verify_one(store, sig.run_id) ? CLI_OK : CLI_FAILED;
+        return verify_run(store, sig.run_id, true, 0) ? CLI_OK : CLI_FAILED;
     }
     for (int i = 0; i < run_count; i++) {
         char run_id[STORE_RUN_ID_SIZE];
@@ -226,7 +326,7 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
             all_ok = false;
             continue;
         }
-        all_ok &= verify_one(store, run_id);
+        all_ok &= verify_run(store, run_id, true, 0);
     }
     if (run_count == 0) {
         /* Every run that can be read is verified, even when part of the file is corrupt: the
@@ -241,8 +341,9 @@ static int verify(struct store *store, char **runs, int run_count, const char *s
             cli_error("%s", err.message);
             all_ok = false;
         }
+        /* Every run is in the list: a parent's children are verified in their own turn. */
         for (size_t i = listed; i-- > 0;) /* oldest first */
-            all_ok &= verify_one(store, list.ids[i]);
+            all_ok &= verify_run(store, list.ids[i], false, 0);
         for (size_t i = listed; i < list.count; i++) {
             char *shown = tr_text_escape(list.ids[i], 0);
             printf("%s: NO RUN RECORD: the audit log holds events of a run the runs table does "

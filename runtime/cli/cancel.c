@@ -24,6 +24,8 @@ static void usage(FILE *out)
             "Cancels RUN (an id, a unique prefix of one, or 'latest'): its scheduler cancels\n"
             "the steps in flight, stops its agents and MCP servers, and records the run as\n"
             "cancelled. A run whose scheduler has died is recorded as cancelled at once.\n"
+            "Its child runs (workflow steps) are cancelled with it; a child run of a running\n"
+            "run is not cancelled on its own (cancel its parent).\n"
             "\n"
             "options:\n"
             "  --db FILE   the database (default: $TROUPE_DB, else %s)\n"
@@ -82,6 +84,8 @@ int cli_cancel(int argc, char **argv, struct cli_common *common)
     status = CLI_FAILED;
     store = cli_open_run(common, argv[optind], run_id);
     if (!store)
+        goto out;
+    if (cli_run_refuse_child(store, run_id, "cancel") < 0)
         goto out;
     actor = xasprintf("user:%s", getenv("USER") ? getenv("USER") : "unknown");
     /*

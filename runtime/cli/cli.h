@@ -67,6 +67,8 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
  * Prints the error and returns NULL.
  */
 struct store *cli_open_existing_store(const struct cli_common *common);
+/* The same without the file check, for a child run's process (its parent checked it). */
+struct store *cli_open_checked_by_parent(const struct cli_common *common);
 /* Opens an existing database for a reading command: read-only (store_open_read), never
  * written or migrated, so read-only copies work. Prints the error and returns NULL. */
 struct store *cli_open_reader(const struct cli_common *common);
@@ -87,6 +89,11 @@ struct store *cli_open_run(const struct cli_common *common, const char *ref,
  * another process owns it, CLI_FAILED when it cannot be taken (the lock file cannot be opened).
  */
 int cli_run_take(struct store *store, const char *run_id);
+/*
+ * A child run (a workflow step's) is its parent's to carry on or cancel while the parent runs:
+ * prints why (naming the parent) and returns -1 when run_id is a child of a running run, else 0.
+ */
+int cli_run_refuse_child(struct store *store, const char *run_id, const char *command);
 /* What process pid is, from its command line: "troupe resume" (its program and subcommand),
  * or "" when unknown. */
 void cli_describe_process(int64_t pid, char *buf, size_t size);

@@ -222,6 +222,45 @@ int cli_run_take(struct store *store, const char *run_id)
     return 0;
 }
 
+struct parent_of {
+    char parent[STORE_RUN_ID_SIZE];
+    char step[128];
+    char status[16];
+};
+
+static int copy_parent(void *userdata, const struct store_child *child)
+{
+    struct parent_of *p = userdata;
+    snprintf(p->parent, sizeof(p->parent), "%s", child->parent_id);
+    snprintf(p->step, sizeof(p->step), "%s", child->step_id);
+    return 0;
+}
+
+static int copy_parent_status(void *userdata, const struct store_run *run)
+{
+    struct parent_of *p = userdata;
+    snprintf(p->status, sizeof(p->status), "%s", run->status);
+    return 0;
+}
+
+int cli_run_refuse_child(struct store *store, const char *run_id, const char *command)
+{
+    struct parent_of p = {"", "", ""};
+    struct tr_error err = {0};
+
+    if (store_child_get(store, run_id, copy_parent, &p, &err) < 0 ||
+        (p.parent[0] && store_run_get(store, p.parent, copy_parent_status, &p, &err) < 0)) {
+        cli_error("%s", err.message);
+        return -1;
+    }
+    if (!p.parent[0] || strcmp(p.status, "running") != 0)
+        return 0;
+    cli_error("%s: run %s is a child run of run %s (step '%s'), which is running: '%s' the "
+              "parent, whose scheduler carries its child runs",
+              command, run_id, p.parent, p.step, command);
+    return -1;
+}
+
 struct store *cli_open_run(const struct cli_common *common, const char *ref,
                            char run_id[STORE_RUN_ID_SIZE])
 {
@@ -367,6 +406,18 @@ static struct store *open_existing(const struct cli_common *common, bool read_on
 struct store *cli_open_existing_store(const struct cli_common *common)
 {
     return open_existing(common, false);
+}
+
+struct store *cli_open_checked_by_parent(const struct cli_common *common)
+{
+    struct tr_error err = {0};
+    struct store *store = NULL;
+
+    if (store_open_checked_by_parent(cli_db_path(common), &store, &err) < 0) {
+        cli_error("%s", err.message);
+        return NULL;
+    }
+    return store;
 }
 
 struct store *cli_open_reader(const struct cli_common *common)

@@ -374,10 +374,14 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     FILE *verdict = decisions ? stderr : stdout;
     if (report.divergence)
         fputs(report.divergence, verdict);
+    char with[64] = "";
+    if (report.children)
+        snprintf(with, sizeof(with), " (with %zu child run%s)", report.children,
+                 report.children == 1 ? "" : "s");
     fprintf(verdict,
-            "replay of %s: %zu tool call%s matched the record, %s; no tool, server or model "
+            "replay of %s%s: %zu tool call%s matched the record, %s; no tool, server or model "
             "was called\n",
-            run_id, report.matched, report.matched == 1 ? "" : "s",
+            run_id, with, report.matched, report.matched == 1 ? "" : "s",
             status == CLI_OK ? "no divergence" : "stopped at the first divergence");
     free(report.divergence);
 out:

@@ -63,19 +63,31 @@ static int find_workflow(void *userdata, const struct store_run *run)
 
 enum { OPT_FILE = 1200 };
 
-/* --file FILE, the one option of resume's own. */
+struct resume_args {
+    const char *file;
+    bool child;
+};
+
+/* --file FILE, and --child (internal: the parent's scheduler starts a child run so). */
 static int resume_option(void *userdata, int opt, const char *arg)
 {
-    if (opt != OPT_FILE)
-        return 0;
-    *(const char **)userdata = arg;
-    return 1;
+    struct resume_args *args = userdata;
+    if (opt == OPT_FILE) {
+        args->file = arg;
+        return 1;
+    }
+    if (opt == CLI_OPT_CHILD) {
+        args->child = true;
+        return 1;
+    }
+    return 0;
 }
 
 int cli_resume(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
         {"file", required_argument, NULL, OPT_FILE},
+        {"child", no_argument, NULL, CLI_OPT_CHILD},
         CLI_SCHED_OPTIONS,
         {NULL, 0, NULL, 0},
     };
@@ -85,11 +97,12 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     struct workflow *wf = NULL;
     struct store *store = NULL;
     struct found found = {0};
+    struct resume_args args = {NULL, false};
     const char *file = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
     int done = cli_sched_parse_options(argc, argv, "qvh", options, common, &opts, &progress,
-                                       resume_option, &file, usage);
+                                       resume_option, &args, usage);
 
     if (done >= 0) {
         status = done;
@@ -99,9 +112,11 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
         cli_error("resume: which run? (see 'troupe resume --help')");
         goto out;
     }
+    file = args.file;
     tr_log_setup("troupe", common->verbose ? TR_LOG_DEBUG : TR_LOG_INFO, common->log_format);
     status = CLI_FAILED;
-    store = cli_open_existing_store(common);
+    /* A child run's process writes into the file its parent's scheduler has just checked. */
+    store = args.child ? cli_open_checked_by_parent(common) : cli_open_existing_store(common);
     if (!store || cli_sched_durability(store, &progress) < 0)
         goto out;
     if (store_run_resolve(store, argv[optind], run_id, &err) < 0) {
@@ -124,9 +139,25 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     }
     /* Carried on from records its log does not back, the run would act on them (call tools
      * with a forged context) and chain those calls in as if they were sound. */
-    if (cli_run_check_refuse_now(store, run_id, "resume", "resume") < 0)
+    int64_t events = 0;
+    if (!args.child && cli_run_refuse_child(store, run_id, "resume") < 0)
         goto out;
-    if (!file && access(found.path, F_OK) != 0 && found.plan_json) {
+    /* A child run no scheduler has started yet has no record to check. */
+    if (args.child && store_audit_last_seq(store, run_id, &events, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
+    if ((!args.child || events > 0) &&
+        cli_run_check_refuse_now(store, run_id, "resume", "resume") < 0)
+        goto out;
+    if (args.child && found.plan_json) {
+        /* A child run performs the plan its parent's scheduler created it with, whatever
+         * became of its file since. */
+        if (workflow_load_plan(found.plan_json, found.path, &wf, &err) < 0) {
+            cli_error("could not load the plan stored with run %s: %s", run_id, err.message);
+            goto out;
+        }
+    } else if (!file && access(found.path, F_OK) != 0 && found.plan_json) {
         /* The file is gone (or the run moved to another machine): the plan stored with the run,
          * which its audit log vouches for, is the workflow. */
         tr_log(TR_LOG_INFO,
@@ -149,7 +180,7 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
     }
     cli_sched_prepare(&opts, &progress, common, wf);
     opts.workflow_path = found.path;
-    if (!progress.quiet && !progress.json)
+    if (!progress.quiet && !progress.json && !args.child)
         printf("troupe: resuming run %s of workflow '%s'\n", run_id, workflow_name(wf));
     fflush(stdout);
     int64_t start = tr_now_ms();

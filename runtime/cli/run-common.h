@@ -25,6 +25,7 @@ enum {
     CLI_OPT_DURABILITY,
     CLI_OPT_APPROVE_DESTRUCTIVE,
     CLI_OPT_CREDIT,
+    CLI_OPT_CHILD,
 };
 
 /*
@@ -95,6 +96,10 @@ struct cli_progress {
     int64_t items_shown_ms; /* when the last item progress was shown (they are throttled) */
     char *agent_program;    /* what cli_sched_prepare set up, freed by cli_progress_release */
     char *run_root;
+    /* How a child run (a workflow step) is started: this program on `resume --child`. */
+    char *troupe_program;
+    const char *child_argv[16];
+    bool child; /* resume --child: this process performs a child run for its parent */
 };
 
 /*

@@ -427,6 +427,28 @@ void cli_sched_prepare(struct sched_options *opts, struct cli_progress *progress
     opts->agent_program = progress->agent_program;
     opts->run_root = progress->run_root;
     opts->log_format = common->log_format;
+    /* A workflow step's child run is performed by this program, `resume --child` of its id,
+     * on the same database with the same logging and durability (docs/architecture.md). */
+    progress->troupe_program = realpath("/proc/self/exe", NULL);
+    if (progress->troupe_program) {
+        size_t n = 0;
+        const char **argv = progress->child_argv;
+        argv[n++] = progress->troupe_program;
+        argv[n++] = "--db";
+        argv[n++] = cli_db_path(common);
+        argv[n++] = "--log-format";
+        argv[n++] = common->log_format == TR_LOG_JSON ? "json" : "text";
+        if (common->verbose)
+            argv[n++] = "--verbose";
+        argv[n++] = "resume";
+        argv[n++] = "--child";
+        if (!common->verbose)
+            argv[n++] = "--quiet";
+        argv[n++] = "--durability";
+        argv[n++] = progress->durability == STORE_DURABLE_PROCESS ? "process" : "power";
+        opts->child_argv = argv;
+        opts->child_argc = n;
+    }
     opts->on_progress = on_progress;
     opts->userdata = progress;
 }
@@ -435,7 +457,8 @@ void cli_progress_release(struct cli_progress *progress)
 {
     free(progress->agent_program);
     free(progress->run_root);
-    progress->agent_program = progress->run_root = NULL;
+    free(progress->troupe_program);
+    progress->agent_program = progress->run_root = progress->troupe_program = NULL;
 }
 
 int cli_sched_report(struct store *store, const struct cli_common *common,

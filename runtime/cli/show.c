@@ -144,6 +144,62 @@ static int print_step(void *userdata, const struct store_step *step)
     return 0;
 }
 
+/* ---- child runs, under their steps ----------------------------------------------------- */
+
+#define SHOW_MAX_CHILDREN 20 /* per step, in text; the others are counted */
+
+struct children {
+    cJSON *list; /* --json: every child run, else NULL */
+    char step[128];
+    size_t in_step; /* of the step being listed */
+    size_t hidden;  /* of it, not listed */
+};
+
+static void children_flush(struct children *c)
+{
+    if (c->hidden)
+        printf("  %s: ... and %zu more (troupe runs --children)\n", c->step, c->hidden);
+    c->hidden = 0;
+}
+
+static int print_child(void *userdata, const struct store_child *child)
+{
+    struct children *c = userdata;
+
+    if (c->list) {
+        cJSON *o = cJSON_CreateObject();
+        add_string(o, "step", child->step_id);
+        if (child->item >= 0)
+            cJSON_AddNumberToObject(o, "item", (double)child->item);
+        cJSON_AddNumberToObject(o, "attempt", child->attempt);
+        add_string(o, "run", child->child_id);
+        add_string(o, "status", child->status);
+        cJSON_AddItemToArray(c->list, o);
+        return 0;
+    }
+    if (strcmp(c->step, child->step_id) != 0) {
+        children_flush(c);
+        if (!c->step[0])
+            printf("\nchild runs:\n");
+        snprintf(c->step, sizeof(c->step), "%s", child->step_id);
+        c->in_step = 0;
+    }
+    if (++c->in_step > SHOW_MAX_CHILDREN) {
+        c->hidden++;
+        return 0;
+    }
+    char item[32] = "";
+    if (child->item >= 0)
+        snprintf(item, sizeof(item), " item %lld", (long long)child->item);
+    char *line = xasprintf("%s%s attempt %d: %s %s", child->step_id, item, child->attempt,
+                           child->child_id, child->status);
+    printf("  ");
+    cli_cell_print(stdout, line, 0);
+    fputc('\n', stdout);
+    free(line);
+    return 0;
+}
+
 int cli_show(int argc, char **argv, struct cli_common *common)
 {
     static const char *const headers[] = {"STEP",    "STATE",    "PERSONA",
@@ -176,18 +232,26 @@ int cli_show(int argc, char **argv, struct cli_common *common)
         .steps = json ? cJSON_CreateArray() : NULL,
         .table = json ? NULL : cli_table_new(6, headers, widths),
     };
+    struct children children = {.list = json ? cJSON_CreateArray() : NULL};
     int rc = store_run_get(store, run_id, print_run, &show, &err);
     if (rc == 0)
         rc = store_steps_list(store, run_id, print_step, &show, &err);
+    if (rc == 0 && !json)
+        cli_table_print(show.table, stdout);
+    if (rc == 0)
+        rc = store_children_list(store, run_id, print_child, &children, &err);
+    if (rc == 0 && !json)
+        children_flush(&children);
     if (rc == 0 && json) {
         cJSON_AddItemToObject(show.doc, "steps", show.steps);
         show.steps = NULL;
+        cJSON_AddItemToObject(show.doc, "children", children.list);
+        children.list = NULL;
         char *text = tr_json_print_pretty(show.doc);
         puts(text);
         free(text);
-    } else if (rc == 0) {
-        cli_table_print(show.table, stdout);
     }
+    cJSON_Delete(children.list);
     if (rc < 0)
         cli_error("%s", err.message);
     cJSON_Delete(show.doc);

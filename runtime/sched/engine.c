@@ -967,6 +967,15 @@ void engine_step_failed(struct engine *e, size_t index, const char *error, int64
 
 /* ---- dispatch ----------------------------------------------------------------------------- */
 
+/* The slot whose room a call of step index takes: its persona's, or (a `workflow` step, whose
+ * calls are child runs) the one after the personas'. */
+static size_t slot_of(const struct engine *e, size_t index)
+{
+    if (workflow_step_action(e->wf, index) == WORKFLOW_ACTION_WORKFLOW)
+        return workflow_persona_count(e->wf);
+    return workflow_step_persona(e->wf, index);
+}
+
 /*
  * The request of a call of step index (item: one of its for_each items) as a DISPATCH effect;
  * false (err says why) when it does not resolve or the persona may not make it.
@@ -989,7 +998,7 @@ static bool dispatch(struct engine *e, size_t index, long item, int attempt, str
     if (rc < 0)
         return false;
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
-    if (action != WORKFLOW_ACTION_RESOURCE &&
+    if (action != WORKFLOW_ACTION_RESOURCE && action != WORKFLOW_ACTION_WORKFLOW &&
         !workflow_persona_allows(e->wf, persona, action, workflow_step_server(e->wf, index),
                                  name)) {
         /* The loader refuses such workflows; this guards the invariant at run time too. */
@@ -1006,8 +1015,8 @@ static bool dispatch(struct engine *e, size_t index, long item, int attempt, str
     fx->method = method;
     fx->params = params;
     fx->timeout_ms = policy.timeout_ms;
-    fx->persona = persona;
-    fx->target = ENGINE_TARGET_AGENT;
+    fx->persona = slot_of(e, index);
+    fx->target = action == WORKFLOW_ACTION_WORKFLOW ? ENGINE_TARGET_CHILD : ENGINE_TARGET_AGENT;
     if (step->fan)
         fx->items_total = step->fan->count;
     decide(e, index, item, ENGINE_DECIDE_DISPATCH, ENGINE_NO_STEP);
@@ -1113,7 +1122,7 @@ static void fanout_fill(struct engine *e, size_t *slots, size_t *made, int64_t n
     /* Items due for a retry go first, then new ones, while there is room. */
     for (size_t index = 0; e->fanouts > 0 && index < e->step_count; index++) {
         struct step_run *step = &e->steps[index];
-        size_t persona = workflow_step_persona(e->wf, index);
+        size_t persona = slot_of(e, index);
         for (size_t i = 0; step->fan && i < step->fan->active_len && slots[persona] > 0; i++) {
             struct item_run *run = &step->fan->active[i];
             if (run->in_flight || now < run->due_ms)
@@ -1125,7 +1134,7 @@ static void fanout_fill(struct engine *e, size_t *slots, size_t *made, int64_t n
     }
     for (size_t index = 0; e->fanouts > 0 && index < e->step_count; index++) {
         struct step_run *step = &e->steps[index];
-        size_t persona = workflow_step_persona(e->wf, index);
+        size_t persona = slot_of(e, index);
         if (!step->fan || step->state != STEP_DISPATCHED)
             continue;
         while (step->fan && fanout_wants(step) && slots[persona] > 0) {
@@ -1181,7 +1190,7 @@ size_t engine_dispatch(struct engine *e, size_t *slots, int64_t now)
             fanout_start(e, index, now); /* its items go out below */
             continue;
         }
-        size_t persona = workflow_step_persona(e->wf, index);
+        size_t persona = slot_of(e, index);
         if (slots[persona] > 0) {
             slots[persona]--;
             made++;

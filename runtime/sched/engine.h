@@ -96,9 +96,9 @@ enum engine_effect_kind {
     ENGINE_AUDIT,
     /* Send a request: step's call (item: one for_each item of items_total, else
      * ENGINE_NO_ITEM) at attempt, `method` and `params` as sched_step_request makes them,
-     * within timeout_ms, to target: an agent of `persona`, or (ENGINE_TARGET_CHILD) a child
-     * run. The driver answers later with engine_result or engine_failure for (step, item,
-     * attempt). */
+     * within timeout_ms, to target: an agent of `persona`, or (ENGINE_TARGET_CHILD, a
+     * `workflow` step) a child run whose inputs are params (method "workflow"). The driver answers
+     * later with engine_result or engine_failure for (step, item, attempt). */
     ENGINE_DISPATCH,
     /* Give up step's calls in flight (all its items): reason says why. */
     ENGINE_CANCEL_CALLS,
@@ -159,7 +159,7 @@ struct engine_effect {
     const char *method;      /* DISPATCH */
     cJSON *params;           /* DISPATCH (the driver may take it: set it NULL) */
     int timeout_ms;          /* DISPATCH */
-    size_t persona;          /* DISPATCH */
+    size_t persona;          /* DISPATCH: the slot taken (a persona, or the child runs') */
     long items_total;        /* DISPATCH of an item, PROGRESS of a for_each */
     enum engine_target target;
     const char *key;               /* CONTEXT_WRITE */
@@ -217,8 +217,9 @@ void engine_start(struct engine *engine, int64_t now_ms);
 /*
  * Decides what goes out now: the ready steps, in the order they became ready (their `when`,
  * eval and approval steps decided here, no agent needed), then for_each items within their
- * windows, retries first. slots[persona] is how many calls agents of that persona can take
- * (the driver's fact): each DISPATCH takes one. Returns the DISPATCH effects made.
+ * windows, retries first. slots[persona] is how many calls agents of that persona can take,
+ * and slots[workflow_persona_count(wf)] how many more child runs may run at once (both the
+ * driver's facts): each DISPATCH takes one of its slot. Returns the DISPATCH effects made.
  */
 size_t engine_dispatch(struct engine *engine, size_t *slots, int64_t now_ms);
 /* The last engine_dispatch left every ready step waiting for room and sent nothing. */

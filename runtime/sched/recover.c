@@ -240,7 +240,12 @@ int sched_cancel_orphan(struct store *store, const char *run_id, const char *act
 
     if (rc < 0)
         return rc;
-    rc = store_begin(store, err);
+    /* HOOK(child runs): its children first, so that its log records how they ended. */
+    rc = sched__children_cancel_orphans(store, run_id, actor, err);
+    if (rc == 0)
+        rc = store_begin(store, err);
+    if (rc == 0)
+        rc = sched__children_settle_orphans(store, run_id, err);
     if (rc == 0)
         rc = store_run_get(store, run_id, orphan_run, &o, err);
     if (rc == 0 && strcmp(o.status, "running") != 0)

@@ -31,7 +31,9 @@ struct call {
     enum outcome outcome;
     enum tr_error_class error_class;
     char *error;
-    bool used; /* the replay made it */
+    bool used;            /* the replay made it */
+    char *child;          /* a workflow step's: the child run that performed it, or NULL */
+    bool child_succeeded; /* child.finished said so */
 };
 
 struct recorded_step {
@@ -125,7 +127,10 @@ static void note_dispatch(struct replay *r, size_t step, const cJSON *payload)
     c->attempt = (int)number(payload, "attempt", 0);
     c->task = number(payload, "task", -1);
     const cJSON *tool = cJSON_GetObjectItemCaseSensitive(payload, "tool");
-    if (cJSON_IsString(tool)) {
+    const cJSON *child = cJSON_GetObjectItemCaseSensitive(payload, "child");
+    if (cJSON_IsString(child)) {
+        c->child = xstrdup(child->valuestring); /* its request is the child's own input */
+    } else if (cJSON_IsString(tool)) {
         c->request = cJSON_CreateObject();
         cJSON_AddStringToObject(c->request, "name", tool->valuestring);
         const cJSON *arguments = cJSON_GetObjectItemCaseSensitive(payload, "arguments");
@@ -154,7 +159,7 @@ static int read_event(void *userdata, const struct store_audit_event *event)
     static const char *const used[] = {
         "run.started",   "run.resumed",           "step.dispatched", "step.retry",
         "step.finished", "step.reused",           "step.approved",   "step.rejected",
-        "mcp.response",  "step.waiting_approval", "step.recovered"};
+        "mcp.response",  "step.waiting_approval", "step.recovered",  "child.finished"};
     bool wanted = false;
 
     for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
@@ -178,6 +183,20 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         struct call *c = cJSON_IsNumber(task) ? call_of_task(r, task->valuedouble) : NULL;
         if (c && c->outcome == OUTCOME_NONE && cJSON_HasObjectItem(message, "result"))
             c->outcome = OUTCOME_SUCCESS;
+    } else if (strcmp(type, "child.finished") == 0) {
+        /* A child run's end: its call succeeded (or failed, as the step's events say). */
+        const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "run"));
+        const char *status =
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "status"));
+        for (size_t k = r->call_count; run && status && k-- > 0;) {
+            struct call *c = &r->calls[k];
+            if (!c->child || strcmp(c->child, run) != 0)
+                continue;
+            c->child_succeeded = strcmp(status, "succeeded") == 0;
+            if (c->child_succeeded && c->outcome == OUTCOME_NONE)
+                c->outcome = OUTCOME_SUCCESS;
+            break;
+        }
     } else if (index < 0) {
         /* a step the workflow does not have: replay finds the divergence */
     } else if (strcmp(type, "step.dispatched") == 0) {
@@ -328,6 +347,85 @@ static size_t *grow_push(size_t *list, size_t *count, size_t value)
     return list;
 }
 
+static int copy_child_run(void *userdata, const struct store_run *run)
+{
+    struct store_run *copy = userdata;
+    copy->input_json = run->input_json ? xstrdup(run->input_json) : NULL;
+    copy->plan_hash = run->plan_hash ? xstrdup(run->plan_hash) : NULL;
+    return 0;
+}
+
+/*
+ * A workflow step's call (fx: the child's inputs as the parent renders them now) against the
+ * child run c->child the run started: the same inputs as the child's recorded ones, the same
+ * plan as the parent's step holds, and, once it succeeded, the child replayed in turn from its
+ * own record (recursively, calling nothing). Reports the divergence.
+ */
+static bool same_child(struct replay *r, const struct engine_effect *fx, const struct call *c)
+{
+    const struct workflow *child = workflow_step_child(r->wf, fx->step);
+    const char *step_id = workflow_step_id(r->wf, fx->step);
+    struct store_run recorded = {0};
+    struct tr_error err = {0};
+    char where[64] = "", hash[STORE_PLAN_HASH_SIZE] = "";
+    bool same = false;
+
+    if (fx->item != ENGINE_NO_ITEM)
+        snprintf(where, sizeof(where), " item %ld", fx->item);
+    if (!child) {
+        diverge(r, "DIVERGENCE at step '%s'%s: its child workflow is not loaded\n", step_id, where);
+        return false;
+    }
+    if (store_run_get(r->store, c->child, copy_child_run, &recorded, &err) < 0) {
+        diverge(r, "DIVERGENCE at step '%s'%s: child run %s: %s\n", step_id, where, c->child,
+                err.message);
+        goto out;
+    }
+    cJSON *then = recorded.input_json ? cJSON_Parse(recorded.input_json) : NULL;
+    if (!cJSON_Compare(fx->params, then, true)) {
+        char *now_input = compact(fx->params), *then_input = compact(then);
+        diverge(r,
+                "DIVERGENCE at step '%s'%s: child run %s ran with inputs %s; the replay gives "
+                "it %s\n",
+                step_id, where, c->child, then_input, now_input);
+        free(now_input);
+        free(then_input);
+        cJSON_Delete(then);
+        goto out;
+    }
+    cJSON_Delete(then);
+    char *plan = workflow_plan_json(child);
+    store_plan_hash(plan, hash);
+    free(plan);
+    if (!recorded.plan_hash || strcmp(hash, recorded.plan_hash) != 0) {
+        diverge(r, "DIVERGENCE at step '%s'%s: child run %s ran another plan than the step holds\n",
+                step_id, where, c->child);
+        goto out;
+    }
+    same = true;
+    if (!c->child_succeeded)
+        goto out; /* failed, cancelled or stopped: its step's events say the rest */
+    struct sched_replay_report sub = {0};
+    if (sched_replay(child, r->store, c->child, NULL, &sub, &err) < 0) {
+        diverge(r, "DIVERGENCE at step '%s'%s: child run %s: %s\n", step_id, where, c->child,
+                err.message);
+        same = false;
+        goto out;
+    }
+    r->report->matched += sub.matched;
+    r->report->children += 1 + sub.children;
+    if (sub.divergence) {
+        diverge(r, "DIVERGENCE at step '%s'%s: in child run %s:\n%s", step_id, where, c->child,
+                sub.divergence);
+        same = false;
+    }
+    free(sub.divergence);
+out:
+    free((char *)recorded.input_json);
+    free((char *)recorded.plan_hash);
+    return same;
+}
+
 static void dispatched(struct replay *r, const struct engine_effect *fx)
 {
     struct call *c = find_call(r, r->session, fx->step, fx->item, fx->attempt);
@@ -343,9 +441,20 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
         return;
     }
     c->used = true;
-    if (!same_request(r, fx->step, fx->item, fx->method, fx->params, c->request))
+    if (fx->target == ENGINE_TARGET_CHILD) {
+        /* A child run performed it: its own tool calls are what is matched. */
+        if (!c->child) {
+            diverge(r, "DIVERGENCE at step '%s': the run records no child run for it\n",
+                    workflow_step_id(r->wf, fx->step));
+            return;
+        }
+        if (!same_child(r, fx, c))
+            return;
+    } else if (!same_request(r, fx->step, fx->item, fx->method, fx->params, c->request)) {
         return;
-    r->report->matched++;
+    } else {
+        r->report->matched++;
+    }
     r->pending = grow_push(r->pending, &r->pending_count, (size_t)(c - r->calls));
 }
 
@@ -591,7 +700,7 @@ int sched_replay(const struct workflow *wf, struct store *store, const char *run
         now += REPLAY_ROUND_MS;
         engine_tick(r.engine, now);
         drain(&r);
-        for (size_t p = 0; p < personas; p++)
+        for (size_t p = 0; p <= personas; p++) /* and the child runs' slot */
             slots[p] = SIZE_MAX;
         size_t made = engine_dispatch(r.engine, slots, now);
         drain(&r);
@@ -629,6 +738,7 @@ out:
     for (size_t i = 0; i < r.call_count; i++) {
         cJSON_Delete(r.calls[i].request);
         free(r.calls[i].error);
+        free(r.calls[i].child);
     }
     free(r.calls);
     for (size_t i = 0; i < r.step_count; i++) {

@@ -21,6 +21,7 @@
 #define SCHED_RESTART_MAX_DELAY_MS 5000
 #define SCHED_MAX_RESTARTS 10           /* per agent slot, before the run gives up */
 #define SCHED_REFUSED_INTERVAL_MS 60000 /* at most one summary of refused workers this often */
+#define SCHED_CHILDREN_PER_CPU 4        /* child runs (processes) at once, per CPU */
 
 /* ---- steps ------------------------------------------------------------------------------- */
 
@@ -39,6 +40,12 @@ struct task {
     int attempt; /* the attempt sent: the step's, or the item's own */
     bool cancelled;
     int64_t deadline_ms; /* when the scheduler stops waiting for the result */
+    /* A workflow step's task (children.c): the child run performing it (or NULL), and its
+     * process: 0 to be started after the turn's commit, -1 when none of ours runs it. */
+    char *child;
+    pid_t child_pid;
+    int child_starts;       /* processes started for this child run */
+    int64_t child_check_ms; /* when the store was last asked how the child run stands */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -97,6 +104,8 @@ struct run {
     size_t *unsaved;      /* steps that became ready and are not recorded so yet */
     size_t unsaved_len;   /* (sched__record_ready records those still ready) */
     size_t in_flight;     /* tasks on agents */
+    size_t children;      /* tasks with a child run (children.c) */
+    bool is_child;        /* this run is a child run (its outputs are recorded at its end) */
     struct task *tasks;   /* every task, in no order */
     size_t task_count, task_cap;
     /* {"input", "context", "steps"}: what expressions are evaluated over, kept for jq and
@@ -205,6 +214,43 @@ void sched__agent_tasks_lost(struct run *run, struct agent_proc *agent, const ch
 /* Tasks past their deadline: their agent is stuck and killed; the attempt failed. */
 void sched__check_tasks(struct run *run, int64_t now);
 void sched__tasks_release(struct run *run);
+
+/* children.c: `workflow` steps, each task a child run of its own performed by a troupe
+ * process (docs/architecture.md, "Child runs"). */
+/* Finds or creates the task's child run (err says why not: its inputs do not resolve); the
+ * process is started after the turn's commit. Appends child.started for a new one. */
+bool sched__child_start(struct run *run, struct task *task, const cJSON *input, long items_total,
+                        struct tr_error *err);
+/* After a commit: starts the processes of the child runs the turn created or adopted. */
+void sched__children_spawn(struct run *run);
+/* Reaps child processes and asks the store how adopted child runs stand; a child run that
+ * ended settles its task (its outputs are the result, or the attempt failed). */
+void sched__children_check(struct run *run, int64_t now);
+/* The task is given up: its child process, if any, is told to cancel (SIGTERM). True when the
+ * task must be kept until the process is reaped. */
+bool sched__child_cancel(struct run *run, struct task *task);
+/* The loop has ended: every child process is told to stop (SIGHUP: the run stops, they stay
+ * resumable) or to cancel, and waited for; the ends of those that ended are recorded. */
+void sched__children_stop(struct run *run);
+/* A child run at its end: its outputs (workflow_outputs_in), recorded with the link; NULL when
+ * this run is no child or did not succeed. A failure to evaluate them fails the run. */
+char *sched__child_outputs(struct run *run);
+/* A child run's first start: {"run", "step", "item", "attempt"} of its parent, or NULL. */
+cJSON *sched__child_parent(struct run *run);
+/* sched_cancel_orphan of a parent: first its child runs that have not ended are cancelled
+ * (recursively; one still stopping is waited for), then, inside the parent's transaction,
+ * each unsettled child's end is recorded (child.finished) and settled. */
+int sched__children_cancel_orphans(struct store *store, const char *run_id, const char *actor,
+                                   struct tr_error *err) TR_MUST_CHECK;
+int sched__children_settle_orphans(struct store *store, const char *run_id,
+                                   struct tr_error *err) TR_MUST_CHECK;
+/* Settles a task with a result (ok) or a failed attempt: what an agent's result message
+ * does (tasks.c). */
+void sched__task_settle(struct run *run, struct task *task, bool ok, const cJSON *result,
+                        const char *result_text, enum tr_error_class error_class,
+                        const char *error);
+/* How many more child runs may run at once (the engine's slot for them): a few per CPU. */
+size_t sched__child_room(const struct run *run);
 
 /* supervise.c */
 void sched__on_message(struct run *run, struct bus_msg *msg);

@@ -23,15 +23,25 @@
 #define APPROVAL_CHECK_MS 200
 #define MAX_MESSAGES_PER_TURN 4096
 #define MAX_IPC_PATH 100 /* sun_path is 108 bytes */
+#define CHILD_TURN_MS                                                                              \
+    5 /* the longest wait while child runs are under way (their ends are                           \
+       * seen by reaping, not by a message) */
 
 volatile sig_atomic_t sched__stop_signal;
 volatile sig_atomic_t sched__cancel_signal;
 
-/* The first SIGINT stops the run (resumable); SIGTERM or another SIGINT cancels it. */
+/*
+ * The first SIGINT stops the run (resumable); SIGTERM or another SIGINT cancels it. SIGHUP
+ * only ever stops it: a child run gets it when its parent's scheduler dies (children.c), which
+ * may deliver it more than once, and a stop is what the parent's resume carries on.
+ */
 static void on_signal(int sig, siginfo_t *info, void *context)
 {
     (void)context;
-    if (sig == SIGINT && !sched__stop_signal && !sched__cancel_signal)
+    if (sig == SIGHUP) {
+        if (!sched__cancel_signal)
+            sched__stop_signal = sig;
+    } else if (sig == SIGINT && !sched__stop_signal && !sched__cancel_signal)
         sched__stop_signal = sig;
     else {
         sched__sender_note(info);
@@ -164,6 +174,9 @@ int sched__commit_and_send(struct run *run, struct tr_error *err)
         bus_msg_free(&run->outbox[i]);
     }
     run->outbox_len = 0;
+    /* HOOK(child runs): the child runs this turn created start once they are committed. */
+    if (rc == 0)
+        sched__children_spawn(run);
     return rc;
 }
 
@@ -189,7 +202,7 @@ static void cancel_unfinished(struct run *run, const char *reason)
  */
 static void loop(struct run *run)
 {
-    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0;
+    int64_t last_timers = 0, opened_ms = 0, last_approvals = 0, changes = 0;
     bool open = false;
     struct tr_error err = {0};
 
@@ -228,6 +241,8 @@ static void loop(struct run *run)
         if (run->failure && run->in_flight == 0)
             return;
         int wait = counts.ready && !engine_stalled(run->engine) && !run->failure ? 0 : POLL_MS;
+        if (run->children && wait > CHILD_TURN_MS) /* HOOK(child runs) */
+            wait = CHILD_TURN_MS;
         if (open && wait > GROUP_COMMIT_MS - (now - opened_ms))
             wait = (int)(GROUP_COMMIT_MS - (now - opened_ms));
         int rc = bus_recv(run->bus, wait < 0 ? 0 : wait, &msg, &err);
@@ -236,6 +251,7 @@ static void loop(struct run *run)
                 return;
             open = true;
             opened_ms = tr_now_ms();
+            changes = store_changes(run->store);
         }
         /* Everything that has arrived is applied in this one transaction. */
         for (int n = 0; rc < 0 || msg; n++) {
@@ -260,6 +276,7 @@ static void loop(struct run *run)
             sched__check_steps(run, now);
             last_timers = now;
         }
+        sched__children_check(run, now); /* HOOK(child runs) */
         sched__report_refused(run, now, false);
         sched__counts(run, &counts);
         if (counts.waiting && now - last_approvals >= APPROVAL_CHECK_MS) {
@@ -268,8 +285,11 @@ static void loop(struct run *run)
         }
         sched__dispatch_ready(run);
         sched__counts(run, &counts);
+        /* A turn that wrote nothing lets the write lock go at once: the other writers of the
+         * file (child runs, troupe approve) must never wait on an idle scheduler. */
         if (run->outbox_len || now - opened_ms >= GROUP_COMMIT_MS ||
-            counts.done == run->step_count || run->failure) {
+            counts.done == run->step_count || run->failure ||
+            store_changes(run->store) == changes) {
             open = false;
             if (sched__commit_and_send(run, &err) < 0)
                 return;
@@ -386,9 +406,43 @@ static int copy_run_row(void *userdata, const struct store_run *r)
     return 0;
 }
 
-static int create_run(struct run *run, struct tr_error *err)
+/*
+ * The run's start, inside the transaction that creates it (or, for a child run its parent
+ * created, its first take-over): run.started, which carries the link to the parent of a child
+ * run ({"run", "step", "item", "attempt"}) or the run a fork comes from, and a row per step.
+ */
+static int announce_run(struct run *run, struct tr_error *err)
 {
     struct run_row row = {"", "", ""};
+    int rc = store_run_get(run->store, run->id, copy_run_row, &row, err);
+
+    if (rc == 0) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON *parent = sched__child_parent(run);
+        cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
+        cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
+        cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
+        cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
+        if (parent)
+            cJSON_AddItemToObject(payload, "parent", parent);
+        else if (run->opts.parent_run_id)
+            cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
+        /* The chain vouches for the plan stored with the run (replay runs it). */
+        cJSON_AddStringToObject(payload, "plan_hash", row.plan_hash);
+        cJSON_AddStringToObject(payload, "started_at", row.started_at);
+        /* And for the options the runs row keeps (resume acts on them): the same text. */
+        char *options = sched__options_json(run);
+        cJSON_AddRawToObject(payload, "options", options);
+        free(options);
+        sched__audit(run, NULL, "scheduler", "run.started", payload);
+    }
+    for (size_t i = 0; rc == 0 && i < run->step_count; i++)
+        sched__record_state(run, i);
+    return rc;
+}
+
+static int create_run(struct run *run, struct tr_error *err)
+{
     char *plan = workflow_plan_json(run->wf);
     char *input = tr_json_print(run->opts.input);
     int rc = store_begin(run->store, err);
@@ -404,26 +458,7 @@ static int create_run(struct run *run, struct tr_error *err)
     if (rc == 0)
         run->owned = true;
     if (rc == 0)
-        rc = store_run_get(run->store, run->id, copy_run_row, &row, err);
-    if (rc == 0) {
-        cJSON *payload = cJSON_CreateObject();
-        cJSON_AddStringToObject(payload, "workflow", workflow_name(run->wf));
-        cJSON_AddStringToObject(payload, "file", workflow_file(run->wf));
-        cJSON_AddItemToObject(payload, "input", cJSON_Duplicate(run->opts.input, true));
-        cJSON_AddNumberToObject(payload, "steps", (double)run->step_count);
-        if (run->opts.parent_run_id)
-            cJSON_AddStringToObject(payload, "parent", run->opts.parent_run_id);
-        /* The chain vouches for the plan stored with the run (replay runs it). */
-        cJSON_AddStringToObject(payload, "plan_hash", row.plan_hash);
-        cJSON_AddStringToObject(payload, "started_at", row.started_at);
-        /* And for the options the runs row keeps (resume acts on them): the same text. */
-        char *options = sched__options_json(run);
-        cJSON_AddRawToObject(payload, "options", options);
-        free(options);
-        sched__audit(run, NULL, "scheduler", "run.started", payload);
-    }
-    for (size_t i = 0; rc == 0 && i < run->step_count; i++)
-        sched__record_state(run, i);
+        rc = announce_run(run, err);
     if (rc == 0 && run->opts.reuse_count)
         rc = sched__steps_reuse(run, err);
     if (rc == 0 && (run->store_lost || run->failure))
@@ -498,6 +533,10 @@ static void finish_run(struct run *run, const char *status)
     engine_end_steps(run->engine, "the run ended before it could run");
     sched__drain(run);
     sched__report_refused(run, tr_now_ms(), true);
+    /* HOOK(child runs): a child run records its outputs for its parent (which may fail it). */
+    char *outputs = strcmp(status, "succeeded") == 0 ? sched__child_outputs(run) : NULL;
+    if (run->failure && strcmp(status, "succeeded") == 0)
+        status = "failed";
     /* The row first: its end time goes into the event that backs it. */
     struct run_row row = {"", "", ""};
     if (store_run_finish(run->store, run->id, status, run->failure, &err) < 0 ||
@@ -508,6 +547,9 @@ static void finish_run(struct run *run, const char *status)
     if (run->failure)
         cJSON_AddStringToObject(payload, "error", run->failure);
     cJSON_AddStringToObject(payload, "finished_at", row.finished_at);
+    if (outputs)
+        cJSON_AddRawToObject(payload, "outputs", outputs);
+    free(outputs);
     sched__audit(run, NULL, "scheduler", "run.finished", payload);
     if (store_run_set_scheduler(run->store, run->id, 0, NULL, &err) < 0)
         sched__store_failed(run, &err);
@@ -526,7 +568,10 @@ static void record_stop(struct run *run)
     if (sched__begin(run) < 0)
         return;
     cJSON *payload = cJSON_CreateObject();
-    cJSON_AddStringToObject(payload, "reason", "stopped by SIGINT (Ctrl-C)");
+    cJSON_AddStringToObject(payload, "reason",
+                            sched__stop_signal == SIGHUP
+                                ? "stopped by SIGHUP (its parent run's scheduler is gone)"
+                                : "stopped by SIGINT (Ctrl-C)");
     struct engine_counts counts;
     sched__counts(run, &counts);
     cJSON_AddNumberToObject(payload, "done", (double)counts.done);
@@ -612,7 +657,7 @@ static void release_run(struct run *run)
 static int drive(struct run *run, bool resumed, struct tr_error *err)
 {
     struct sigaction sa = {.sa_sigaction = on_signal, .sa_flags = SA_SIGINFO};
-    struct sigaction old_int, old_term, old_pipe;
+    struct sigaction old_int, old_term, old_pipe, old_hup;
     struct sigaction ignore = {.sa_handler = SIG_IGN};
     struct tr_error setup_err = {0};
     int rc;
@@ -625,6 +670,7 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
         tr_log(TR_LOG_WARN, "%s", setup_err.message);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup);
     sigaction(SIGPIPE, &ignore, &old_pipe);
 
     if (take_over(run, resumed, &setup_err) < 0)
@@ -633,10 +679,12 @@ static int drive(struct run *run, bool resumed, struct tr_error *err)
         sched__fail(run, "%s", setup_err.message);
     else
         loop(run);
+    sched__children_stop(run); /* HOOK(child runs) */
     sched__stop_agents(run);
     rc = end_run(run, err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
     sigaction(SIGPIPE, &old_pipe, NULL);
     tr_log_context(NULL, NULL, NULL);
     return rc;
@@ -735,10 +783,28 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     run.deadline_wall = opts->deadline_ms > 0 ? wall_ms() + opts->deadline_ms : deadline_wall;
     sched__approvals_from_json(&run, record.options_json);
     rc = sched__check_fd_limit(&run, err);
+    /* A child run its parent created and no scheduler has started yet (it has no event): it
+     * starts here, as a new run does. */
+    int64_t events = 0;
+    if (rc == 0)
+        rc = store_audit_last_seq(store, run_id, &events, err);
+    if (rc == 0 && events > 0)
+        cJSON_Delete(sched__child_parent(&run)); /* is it a child run (its outputs at its end) */
+    if (rc == 0 && events == 0) {
+        rc = store_begin(store, err);
+        if (rc == 0)
+            rc = announce_run(&run, err);
+        if (rc == 0 && run.store_lost)
+            rc = tr_error_set(err, TR_EIO, "%s", run.store_lost);
+        if (rc == 0)
+            rc = store_commit(store, err);
+        else
+            store_rollback(store);
+    }
     if (rc == 0)
         rc = sched__load_run(&run, err);
     if (rc == 0)
-        rc = drive(&run, true, err);
+        rc = drive(&run, events > 0, err);
     release_run(&run);
 out:
     if (run.owned) /* refused before it was taken over */

@@ -113,6 +113,14 @@ struct sched_options {
     const char *parent_run_id;
     const struct sched_reuse *reuse;
     size_t reuse_count;
+    /*
+     * How to start a child run (a `workflow` step, runtime/sched/children.c): this argv (the
+     * troupe program, /proc/self/exe, then `resume --child` and the options a child needs),
+     * to which the child's run id is appended. Without it a workflow step fails. Not kept with
+     * the run: a resumed run needs it again.
+     */
+    const char *const *child_argv;
+    size_t child_argc;
     /* Called for each step transition worth showing; may be NULL. */
     void (*on_progress)(void *userdata, const struct sched_progress *progress);
     void *userdata;
@@ -122,15 +130,21 @@ struct sched_options {
  * The MCP request a tool, resource or prompt step makes, over scope (prepared once, with
  * .item set for an item of a for_each; NULL when it uses no expression): its arguments or URI
  * evaluated here, shaped by mcp_step_request (*ret_method static, *ret_params the caller's).
- * The scheduler sends it, and replay compares it with the recorded request: one path.
+ * A `workflow` step's request is its child run's inputs (`with`, resolved against the child's
+ * inputs), method SCHED_CHILD_METHOD. The scheduler sends it (or starts the child run with
+ * it), and replay compares it with the recorded request (or the child's recorded input): one
+ * path.
  */
+#define SCHED_CHILD_METHOD "workflow"
+
 int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params,
                        struct tr_error *err) TR_MUST_CHECK;
 /* The MCP kind of a tool, prompt or resource step; TR_EINVAL for any other step. */
 int sched_step_kind(const struct workflow *wf, size_t index,
                     enum mcp_step_kind *ret_kind) TR_MUST_CHECK;
-/* A tool, prompt or resource step's output (new) from its result (borrowed): mcp_step_output. */
+/* A tool, prompt or resource step's output (new) from its result (borrowed): mcp_step_output;
+ * a `workflow` step's is its result, the child run's outputs. */
 cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *result);
 
 /*
@@ -152,7 +166,7 @@ enum {
  * was created, its id is in ret_run_id (otherwise the empty string). Installs handlers for
  * SIGINT and SIGTERM for its duration: the first SIGINT stops the run (its agents are shut
  * down, what they finish is kept, the run is left without a scheduler); SIGTERM, or a second
- * SIGINT, cancels it.
+ * SIGINT, cancels it; SIGHUP (a child run whose parent's scheduler died) only stops it.
  */
 int sched_run(const struct workflow *wf, struct store *store, const struct sched_options *opts,
               char ret_run_id[STORE_RUN_ID_SIZE], struct tr_error *err) TR_MUST_CHECK;
@@ -235,7 +249,8 @@ struct sched_replay_options {
 };
 
 struct sched_replay_report {
-    size_t matched;   /* calls the replay made that match the record */
+    size_t matched;   /* calls the replay made that match the record (child runs' too) */
+    size_t children;  /* child runs replayed from their records, at every depth */
     char *divergence; /* the first divergence, for people (the caller frees), or NULL */
 };
 

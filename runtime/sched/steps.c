@@ -205,12 +205,14 @@ void sched__dispatch_ready(struct run *run)
 {
     size_t personas = workflow_persona_count(run->wf);
     size_t stack[16];
-    size_t *slots = personas <= 16 ? stack : xcalloc(personas, sizeof(*slots));
+    /* One slot per persona, then the child runs' (workflow steps). */
+    size_t *slots = personas < 16 ? stack : xcalloc(personas + 1, sizeof(*slots));
 
     if (run->failure || run->cancelling)
         goto out;
     for (size_t p = 0; p < personas; p++)
         slots[p] = sched__room(run, p);
+    slots[personas] = sched__child_room(run);
     engine_dispatch(run->engine, slots, tr_now_ms());
     sched__drain(run);
 out:

@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- the task table ------------------------------------------------------------------------- */
 
@@ -50,6 +51,10 @@ static void task_unassign(struct run *run, struct task *task)
 static void task_drop(struct run *run, struct task *task)
 {
     task_unassign(run, task);
+    if (task->child) { /* a workflow step's task (children.c) */
+        free(task->child);
+        run->children--;
+    }
     *task = run->tasks[--run->task_count];
 }
 
@@ -87,6 +92,11 @@ static void task_cancel(struct run *run, struct task *task, const char *reason)
 {
     struct agent_proc *agent = task->agent >= 0 ? &run->agents[task->agent] : NULL;
 
+    /* A child run is told to cancel; its task stays until its end is recorded. */
+    if (task->child && sched__child_cancel(run, task)) {
+        task->cancelled = true;
+        return;
+    }
     if (!agent || agent->state == AGENT_GONE) {
         task_drop(run, task);
         return;
@@ -171,6 +181,26 @@ int sched_step_kind(const struct workflow *wf, size_t index, enum mcp_step_kind 
     }
 }
 
+/* A `workflow` step's request: the child run's inputs, `with` rendered over scope as a tool's
+ * arguments are, then resolved against the child's input declarations (defaults, checks). */
+static int child_request(const struct workflow *wf, size_t index,
+                         const struct workflow_scope *scope, const char **ret_method,
+                         cJSON **ret_params, struct tr_error *err)
+{
+    const struct workflow *child = workflow_step_child(wf, index);
+    cJSON *given = NULL;
+
+    if (!child)
+        return tr_error_set(err, TR_EINVAL, "the step's workflow is not loaded");
+    int rc = workflow_step_arguments_in(wf, index, scope, &given, err);
+    if (rc == 0)
+        rc = workflow_inputs_resolve(child, given, ret_params, err);
+    cJSON_Delete(given);
+    if (rc == 0)
+        *ret_method = SCHED_CHILD_METHOD;
+    return rc;
+}
+
 int sched_step_request(const struct workflow *wf, size_t index, const struct workflow_scope *scope,
                        const char **ret_method, cJSON **ret_params, struct tr_error *err)
 {
@@ -179,6 +209,8 @@ int sched_step_request(const struct workflow *wf, size_t index, const struct wor
     char *uri = NULL;
     int rc;
 
+    if (workflow_step_action(wf, index) == WORKFLOW_ACTION_WORKFLOW)
+        return child_request(wf, index, scope, ret_method, ret_params, err);
     if (sched_step_kind(wf, index, &kind) < 0)
         return tr_error_set(err, TR_EINVAL, "step '%s': a %s step makes no MCP request",
                             workflow_step_id(wf, index),
@@ -200,9 +232,38 @@ cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *r
 {
     enum mcp_step_kind kind;
 
+    if (workflow_step_action(wf, index) == WORKFLOW_ACTION_WORKFLOW)
+        return cJSON_Duplicate(result, true); /* a child run's outputs, as they are */
     if (sched_step_kind(wf, index, &kind) < 0)
         kind = MCP_STEP_TOOL; /* not reached: only MCP steps have results */
     return mcp_step_output(kind, result);
+}
+
+/*
+ * The engine dispatched a call of a `workflow` step (fx->params: the child's inputs): a task
+ * performed by a child run (children.c), on no agent. One that cannot start fails its step.
+ */
+static void send_child(struct run *run, const struct engine_effect *fx)
+{
+    struct tr_error err = {0};
+    struct task *task = task_new(run, fx->step, fx->item);
+
+    task->attempt = fx->attempt;
+    if (sched__child_start(run, task, fx->params, fx->items_total, &err))
+        return;
+    task_drop(run, task);
+    char *reason =
+        fx->item >= 0 ? xasprintf("item %ld: %s", fx->item, err.message) : xstrdup(err.message);
+    engine_step_failed(run->engine, fx->step, reason, tr_now_ms());
+    free(reason);
+}
+
+size_t sched__child_room(const struct run *run)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t limit = (size_t)(cpus > 0 ? cpus : 1) * SCHED_CHILDREN_PER_CPU;
+
+    return run->children < limit ? limit - run->children : 0;
 }
 
 /*
@@ -212,6 +273,10 @@ cJSON *sched_step_output(const struct workflow *wf, size_t index, const cJSON *r
  */
 void sched__task_send(struct run *run, const struct engine_effect *fx)
 {
+    if (fx->target == ENGINE_TARGET_CHILD) {
+        send_child(run, fx);
+        return;
+    }
     size_t index = fx->step;
     long agent_index = sched__agent_for(run, fx->persona);
     enum workflow_action action = workflow_step_action(run->wf, index);
@@ -369,20 +434,31 @@ void sched__task_result(struct run *run, struct agent_proc *agent, const struct 
         return;
     }
     cJSON *result = msg->json ? cJSON_Parse(msg->json) : NULL;
-    if (msg->ok && !cJSON_IsObject(result)) {
+    if (msg->ok && !cJSON_IsObject(result))
         task_failed(run, task, TR_ERROR_CLASS_PROTOCOL, "the agent's result is not a JSON object");
-    } else if (!msg->ok) {
-        task_failed(run, task, sched__error_class(msg->error_class),
-                    msg->error ? msg->error : "unknown error");
-    } else {
-        size_t index = task->step;
-        long item = task->item;
-        int attempt = task->attempt;
-        task_drop(run, task);
-        (void)engine_result(run->engine, index, item, attempt, result, msg->json, tr_now_ms());
+    else
+        sched__task_settle(run, task, msg->ok, result, msg->json,
+                           sched__error_class(msg->error_class),
+                           msg->error ? msg->error : "unknown error");
+    cJSON_Delete(result);
+}
+
+void sched__task_settle(struct run *run, struct task *task, bool ok, const cJSON *result,
+                        const char *result_text, enum tr_error_class error_class, const char *error)
+{
+    if (!ok) {
+        task_failed(run, task, error_class, error);
+        return;
+    }
+    size_t index = task->step;
+    long item = task->item;
+    int attempt = task->attempt;
+    bool tell = !task->cancelled;
+    task_drop(run, task);
+    if (tell) {
+        (void)engine_result(run->engine, index, item, attempt, result, result_text, tr_now_ms());
         sched__drain(run);
     }
-    cJSON_Delete(result);
 }
 
 /* ---- lost agents and timers ----------------------------------------------------------------- */
@@ -434,6 +510,8 @@ void sched__check_tasks(struct run *run, int64_t now)
 
 void sched__tasks_release(struct run *run)
 {
+    for (size_t i = 0; i < run->task_count; i++)
+        free(run->tasks[i].child); /* a child run left running (a stop) */
     free(run->tasks);
     run->tasks = NULL;
     run->task_count = run->task_cap = 0;

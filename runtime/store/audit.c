@@ -183,6 +183,13 @@ int store_audit_last_seq(struct store *store, const char *run_id, int64_t *ret_s
     return load_tip(store, run_id, ret_seq, hash, &encoding, err);
 }
 
+int store_audit_head(struct store *store, const char *run_id, int64_t *ret_seq,
+                     char ret_head[STORE_HASH_HEX_SIZE], struct tr_error *err)
+{
+    int encoding;
+    return load_tip(store, run_id, ret_seq, ret_head, &encoding, err);
+}
+
 /* ==== append and list ==================================================================== */
 
 /* Inserts one event; returns a sqlite rc (SQLITE_DONE on success). */

@@ -219,8 +219,31 @@ static const char migration_5[] =
     "CREATE TRIGGER signatures_no_delete BEFORE DELETE ON signatures\n"
     "BEGIN SELECT RAISE(ABORT, 'signatures are append-only'); END;\n";
 
+/*
+ * Version 6: child runs (a `workflow` step runs its file as a run of its own). A child's link
+ * to the parent run, its step, item (-1: none) and attempt; whether the parent has recorded
+ * its end (settled: a later attempt starts a new child); and the outputs the child recorded at
+ * its end (its run.finished event carries them too).
+ */
+static const char migration_6[] =
+    "CREATE TABLE child_runs (\n"
+    "    child_id TEXT PRIMARY KEY NOT NULL REFERENCES runs (id),\n"
+    "    parent_id TEXT NOT NULL REFERENCES runs (id),\n"
+    "    step_id TEXT NOT NULL,\n"
+    "    item INTEGER NOT NULL CHECK (item >= -1),\n"
+    "    attempt INTEGER NOT NULL CHECK (attempt >= 1),\n"
+    "    settled INTEGER NOT NULL DEFAULT 0 CHECK (settled IN (0, 1)),\n"
+    "    outputs_json TEXT\n"
+    ") STRICT;\n"
+    "CREATE INDEX child_runs_by_parent ON child_runs (parent_id, step_id, item);\n"
+    "CREATE TRIGGER child_runs_fixed BEFORE UPDATE OF child_id, parent_id, step_id, item,\n"
+    "    attempt ON child_runs\n"
+    "BEGIN SELECT RAISE(ABORT, 'a child run''s link never changes'); END;\n"
+    "CREATE TRIGGER child_runs_no_delete BEFORE DELETE ON child_runs\n"
+    "BEGIN SELECT RAISE(ABORT, 'child runs are never deleted'); END;\n";
+
 const char *const store__migrations[] = {
-    migration_1, migration_2, migration_3, migration_4, migration_5,
+    migration_1, migration_2, migration_3, migration_4, migration_5, migration_6,
 };
 
 const int store__migration_count = (int)(sizeof(store__migrations) / sizeof(store__migrations[0]));

@@ -294,6 +294,7 @@ static int scan_run(sqlite3_stmt *stmt, void *ctx)
         .options_json = store__column_text(stmt, 10),
         .audit_encoding = sqlite3_column_int(stmt, 11),
         .plan_json = store__column_text(stmt, 12),
+        .parent_run_id = store__column_text(stmt, 13),
     };
 
     scan->rows++;

@@ -22,7 +22,12 @@
 
 #define RUN_COLUMNS                                                                                \
     "id, workflow_name, workflow_file, status, error, started_at, finished_at, plan_hash, "        \
-    "input_json, scheduler_pid, options_json, audit_encoding, plan_json"
+    "input_json, scheduler_pid, options_json, audit_encoding, plan_json,"                          \
+    " (SELECT parent_id FROM child_runs WHERE child_id = runs.id)"
+/* A child run's link (children.c) and its run's status and plan hash. */
+#define CHILD_COLUMNS                                                                              \
+    "c.child_id, c.parent_id, c.step_id, c.item, c.attempt, c.settled, c.outputs_json,"            \
+    " r.status, r.plan_hash FROM child_runs c JOIN runs r ON r.id = c.child_id"
 
 static const char *const statement_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
@@ -35,7 +40,9 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_RUN_SET_SCHEDULER] = "UPDATE runs SET scheduler_pid = ?2,"
                                " options_json = coalesce(?3, options_json) WHERE id = ?1",
     [STMT_RUN_BY_ID] = "SELECT id FROM runs WHERE id = ?1",
-    [STMT_RUN_LATEST] = "SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1",
+    /* A child run (a workflow step's) is its parent's: 'latest' names the newest other. */
+    [STMT_RUN_LATEST] = "SELECT id FROM runs WHERE NOT EXISTS (SELECT 1 FROM child_runs"
+                        " WHERE child_id = runs.id) ORDER BY started_at DESC, rowid DESC LIMIT 1",
     /* ?2 is the least text above every id that starts with ?1: the index finds the range;
      * substr keeps only the ids that really start with ?1. */
     [STMT_RUN_PREFIX] = "SELECT count(*), min(id) FROM runs WHERE id >= ?1 AND id < ?2"
@@ -121,6 +128,14 @@ static const char *const statement_sql[STMT_COUNT] = {
     [STMT_SIGNATURE_LAST] = "SELECT seq, head FROM signatures WHERE run_id = ?1"
                             " ORDER BY seq DESC LIMIT 1",
     [STMT_AUDIT_RUN_IDS] = "SELECT DISTINCT run_id FROM audit",
+    [STMT_CHILD_INSERT] = "INSERT INTO child_runs (child_id, parent_id, step_id, item, attempt)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [STMT_CHILD_OUTPUTS] = "UPDATE child_runs SET outputs_json = ?2 WHERE child_id = ?1",
+    [STMT_CHILD_SETTLE] = "UPDATE child_runs SET settled = 1 WHERE child_id = ?1",
+    [STMT_CHILD_OPEN] = "SELECT " CHILD_COLUMNS " WHERE c.parent_id = ?1 AND c.step_id = ?2"
+                        " AND c.item = ?3 AND c.settled = 0 ORDER BY c.rowid DESC LIMIT 1",
+    [STMT_CHILD_GET] = "SELECT " CHILD_COLUMNS " WHERE c.child_id = ?1",
+    [STMT_CHILDREN_LIST] = "SELECT " CHILD_COLUMNS " WHERE c.parent_id = ?1 ORDER BY c.rowid",
     [STMT_CONTEXT_HISTORY] = "SELECT key, value_json, step_id, version FROM context"
                              " WHERE run_id = ?1 ORDER BY key, version",
 };
@@ -569,7 +584,7 @@ static int open_file(struct store *store, bool read_only, struct tr_error *err)
     return 0;
 }
 
-static int open_store(const char *path, bool read_only, struct store **ret_store,
+static int open_store(const char *path, bool read_only, bool check, struct store **ret_store,
                       struct tr_error *err)
 {
     struct store *store = NULL;
@@ -619,7 +634,7 @@ static int open_store(const char *path, bool read_only, struct store **ret_store
     if (rc == 0)
         rc = check_identity(store, err);
     /* A writer checks the file before it writes into it: never into a corrupt one. */
-    if (rc == 0 && !read_only && (rc = store_quick_check(store, err)) < 0 && err) {
+    if (rc == 0 && !read_only && check && (rc = store_quick_check(store, err)) < 0 && err) {
         char *what = xstrdup(err->message);
         rc = tr_error_set(err, rc,
                           "%s; nothing was written to it (troupe audit verify reports the runs "
@@ -653,12 +668,17 @@ err_store:
 
 int store_open(const char *path, struct store **ret_store, struct tr_error *err)
 {
-    return open_store(path, false, ret_store, err);
+    return open_store(path, false, true, ret_store, err);
 }
 
 int store_open_read(const char *path, struct store **ret_store, struct tr_error *err)
 {
-    return open_store(path, true, ret_store, err);
+    return open_store(path, true, true, ret_store, err);
+}
+
+int store_open_checked_by_parent(const char *path, struct store **ret_store, struct tr_error *err)
+{
+    return open_store(path, false, false, ret_store, err);
 }
 
 void store_free(struct store **store)
@@ -686,6 +706,11 @@ int store_set_durability(struct store *store, enum store_durability durability,
                     durability == STORE_DURABLE_PROCESS ? "PRAGMA synchronous = NORMAL"
                                                         : "PRAGMA synchronous = FULL",
                     err);
+}
+
+int64_t store_changes(const struct store *store)
+{
+    return sqlite3_total_changes64(store->db);
 }
 
 int store_schema_version(const struct store *store)

@@ -39,6 +39,12 @@ int store_open(const char *path, struct store **ret_store, struct tr_error *err)
  */
 int store_open_read(const char *path, struct store **ret_store, struct tr_error *err) TR_MUST_CHECK;
 /*
+ * store_open without the file check (quick_check), for a process that a writer which has
+ * just checked the file starts to write into it too (a child run's scheduler).
+ */
+int store_open_checked_by_parent(const char *path, struct store **ret_store,
+                                 struct tr_error *err) TR_MUST_CHECK;
+/*
  * Checks the file's structure (PRAGMA quick_check: every page, not the indexes' contents;
  * about 0.1 s per 100 MB, docs/audit.md). TR_EIO naming the first problems when it is corrupt.
  */
@@ -55,6 +61,10 @@ void store_free(struct store **store);
 enum store_durability { STORE_DURABLE_POWER, STORE_DURABLE_PROCESS };
 int store_set_durability(struct store *store, enum store_durability durability,
                          struct tr_error *err) TR_MUST_CHECK;
+
+/* Rows this connection has inserted, updated or deleted since it opened (a turn that wrote
+ * nothing can end its transaction at once). */
+int64_t store_changes(const struct store *store);
 
 /* The schema version now in the file (the number of migrations applied). */
 int store_schema_version(const struct store *store);
@@ -123,7 +133,8 @@ int store_run_own(struct store *store, const char *run_id, int64_t *ret_owner_pi
 void store_run_disown(struct store *store, const char *run_id);
 int64_t store_run_owner(struct store *store, const char *run_id);
 /*
- * Finds a run by its full id or a unique prefix, or "latest" for the newest run.
+ * Finds a run by its full id or a unique prefix, or "latest" for the newest run that is not a
+ * child run (a workflow step's).
  * TR_ENOTFOUND if none matches, TR_EINVAL if the prefix is ambiguous.
  */
 int store_run_resolve(struct store *store, const char *id_or_prefix,
@@ -139,10 +150,11 @@ struct store_run {
     const char *finished_at; /* or NULL */
     const char *plan_hash;   /* hex SHA-256 of plan_json */
     const char *input_json;
-    int64_t scheduler_pid;    /* the scheduler driving it, or 0 */
-    const char *options_json; /* the scheduler options it was started with, or NULL */
-    int audit_encoding;       /* its audit hash encoding: 1 (troupe-audit-v1) or 2 (v2) */
-    const char *plan_json;    /* the canonical plan it ran */
+    int64_t scheduler_pid;     /* the scheduler driving it, or 0 */
+    const char *options_json;  /* the scheduler options it was started with, or NULL */
+    int audit_encoding;        /* its audit hash encoding: 1 (troupe-audit-v1) or 2 (v2) */
+    const char *plan_json;     /* the canonical plan it ran */
+    const char *parent_run_id; /* a child run (store_child_link): its parent, else NULL */
 };
 
 /* Calls fn for every run, newest first; a non-zero return from fn stops and is returned. */
@@ -152,6 +164,52 @@ int store_runs_list(struct store *store, int (*fn)(void *userdata, const struct 
 int store_run_get(struct store *store, const char *run_id,
                   int (*fn)(void *userdata, const struct store_run *run), void *userdata,
                   struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- child runs ------------------------------------------------------------------------ */
+
+/*
+ * A child run: a run of its own that a `workflow` step of a parent run performs (one per
+ * attempt, one per item of a for_each). The link is written once, in the transaction that
+ * creates the child's run; settled marks that the parent has recorded the child's end (a
+ * later attempt starts a new child), outputs are what the child recorded at its end.
+ */
+struct store_child {
+    const char *child_id;
+    const char *parent_id;
+    const char *step_id;
+    int64_t item; /* the for_each item, or -1 */
+    int attempt;  /* the parent step's attempt that started it */
+    bool settled;
+    const char *outputs_json; /* or NULL */
+    const char *status;       /* the child run's status */
+    const char *plan_hash;    /* the child run's plan hash */
+};
+
+/* Links child_id to its parent run's step (item -1 for none) and attempt. */
+int store_child_link(struct store *store, const char *child_id, const char *parent_id,
+                     const char *step_id, int64_t item, int attempt,
+                     struct tr_error *err) TR_MUST_CHECK;
+/* Records the child's outputs (JSON text), at its end. TR_ENOTFOUND if it is not a child. */
+int store_child_set_outputs(struct store *store, const char *child_id, const char *outputs_json,
+                            struct tr_error *err) TR_MUST_CHECK;
+/* Marks that the parent has recorded the child's end. */
+int store_child_settle(struct store *store, const char *child_id,
+                       struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Calls fn with the newest child of the parent's step and item that is not settled (one the
+ * parent started, then died or stopped before it recorded its end), if there is one.
+ */
+int store_child_open(struct store *store, const char *parent_id, const char *step_id, int64_t item,
+                     int (*fn)(void *userdata, const struct store_child *child), void *userdata,
+                     struct tr_error *err) TR_MUST_CHECK;
+/* Calls fn with the link of child_id if it is a child run (returns 0 either way). */
+int store_child_get(struct store *store, const char *child_id,
+                    int (*fn)(void *userdata, const struct store_child *child), void *userdata,
+                    struct tr_error *err) TR_MUST_CHECK;
+/* Calls fn for each child of the parent run, in the order they were started. */
+int store_children_list(struct store *store, const char *parent_id,
+                        int (*fn)(void *userdata, const struct store_child *child), void *userdata,
+                        struct tr_error *err) TR_MUST_CHECK;
 
 /* ---- steps ---------------------------------------------------------------------------- */
 
@@ -319,6 +377,10 @@ int store_audit_append(struct store *store, const char *run_id, const char *step
 /* The sequence number of the run's last event (0 when it has none). */
 int store_audit_last_seq(struct store *store, const char *run_id, int64_t *ret_seq,
                          struct tr_error *err) TR_MUST_CHECK;
+
+/* The run's last event's seq and hash, as the table holds them now ((0, 64 zeros) for none). */
+int store_audit_head(struct store *store, const char *run_id, int64_t *ret_seq, char ret_head[65],
+                     struct tr_error *err) TR_MUST_CHECK;
 
 struct store_audit_event {
     int64_t seq; /* 1, 2, 3, ... within the run */

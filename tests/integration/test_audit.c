@@ -191,12 +191,10 @@ Test(audit, the_log_refuses_updates_and_deletes)
 
 /* ---- signatures against a forged database ------------------------------------------------- */
 
-static void rechain_in(const char *db_path, const char *run, int encoding);
-
 /* Rewrites every hash of the run so the forged chain is consistent again. */
 static void rechain(const char *db_path, const char *run)
 {
-    rechain_in(db_path, run, 2);
+    harness_audit_rechain(db_path, run, 2);
 }
 
 Test(audit, a_signed_run_detects_a_database_forged_whole)
@@ -278,36 +276,6 @@ Test(audit, a_signed_run_detects_a_database_forged_whole)
 
 /* ---- the hash encoding, and what follows a signed head ---------------------------------- */
 
-/* The chain hash of one event in troupe-audit-v2 or v1, computed here from the documented
- * encoding (docs/audit.md), independently of runtime/store. */
-static void event_hash(int encoding, const char *prev, const char *run, long long seq,
-                       const char *time, const char *step, const char *actor, const char *type,
-                       const char *payload, char hash[65])
-{
-    crypto_hash_sha256_state state;
-    unsigned char digest[32];
-    char seq_text[32];
-    snprintf(seq_text, sizeof(seq_text), "%lld", seq);
-    const char *fields[] = {encoding == 2 ? "troupe-audit-v2" : "troupe-audit-v1",
-                            prev,
-                            run,
-                            seq_text,
-                            time,
-                            step,
-                            actor,
-                            type,
-                            payload};
-    crypto_hash_sha256_init(&state);
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        if (encoding == 2)
-            harness_hash_field_v2(&state, fields[i]);
-        else
-            harness_hash_field(&state, fields[i] ? fields[i] : "");
-    }
-    crypto_hash_sha256_final(&state, digest);
-    sodium_bin2hex(hash, 65, digest, sizeof(digest));
-}
-
 /* Appends an event with a correct chain hash, as a forger who can compute hashes would. */
 static void append_chained(const char *db_path, const char *run, const char *type, const char *step,
                            const char *payload)
@@ -317,56 +285,14 @@ static void append_chained(const char *db_path, const char *run, const char *typ
     long long seq =
         harness_query_int(db_path, "SELECT max(seq) FROM audit WHERE run_id = '%s'", run) + 1;
     char hash[65];
-    event_hash(2, prev, run, seq, "2026-12-03T09:00:00.000Z", step, "scheduler", type, payload,
-               hash);
+    harness_audit_event_hash(2, prev, run, seq, "2026-12-03T09:00:00.000Z", step, "scheduler", type,
+                             payload, hash);
     tamper(db_path,
            "INSERT INTO audit VALUES ('%s', %lld, '2026-12-03T09:00:00.000Z', %s%s%s,"
            " 'scheduler', '%s', '%s', '%s', '%s')",
            run, seq, step ? "'" : "", step ? step : "NULL", step ? "'" : "", type, payload, prev,
            hash);
     free(prev);
-}
-
-/* Recomputes the whole chain of run in encoding (1 or 2), as rechain does in v2. */
-static void rechain_in(const char *db_path, const char *run, int encoding)
-{
-    sqlite3 *db;
-    sqlite3_stmt *select, *update;
-    char prev[65];
-
-    memset(prev, '0', 64);
-    prev[64] = '\0';
-    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT seq, time, step_id, actor, type, payload_json FROM "
-                                    "audit WHERE run_id = ?1 ORDER BY seq",
-                                    -1, &select, NULL),
-                 SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
-                                    "?3 AND seq = ?4",
-                                    -1, &update, NULL),
-                 SQLITE_OK);
-    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
-    while (sqlite3_step(select) == SQLITE_ROW) {
-        char hash[65];
-        event_hash(encoding, prev, run, sqlite3_column_int64(select, 0),
-                   (const char *)sqlite3_column_text(select, 1),
-                   (const char *)sqlite3_column_text(select, 2),
-                   (const char *)sqlite3_column_text(select, 3),
-                   (const char *)sqlite3_column_text(select, 4),
-                   (const char *)sqlite3_column_text(select, 5), hash);
-        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
-        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
-        sqlite3_reset(update);
-        memcpy(prev, hash, sizeof(prev));
-    }
-    sqlite3_finalize(select);
-    sqlite3_finalize(update);
-    sqlite3_close(db);
 }
 
 Test(audit, the_hash_tells_a_null_field_from_an_empty_one)
@@ -398,7 +324,7 @@ Test(audit, runs_recorded_in_the_v1_encoding_still_verify)
     /* A run as an older troupe recorded it: encoding 1, every hash in v1. */
     char *db = copy_db(&f, "v1.db");
     tamper(db, "UPDATE runs SET audit_encoding = 1");
-    rechain_in(db, f.run, 1);
+    harness_audit_rechain(db, f.run, 1);
     cr_assert_eq(harness_audit_verify(db, f.run), f.events);
     const char *verify[] = {f.troupe, "--db", db, "audit", "verify", f.run, NULL};
     harness_run(verify, f.dir, 30000, &r);

@@ -63,6 +63,12 @@ static const struct corpus_entry corpus[] = {
      "SELECT count(*) FROM audit WHERE type = 'step.dispatched' AND step_id = 'slow'"},
     /* Fails while b waits for room: see the disabled test below. */
     {"tests/workflows/corpus/credit-fails.yaml", 1, CORPUS_RUN, "--credit=1", NULL},
+    /* Child runs (workflow steps): each replayed from its own record. */
+    {"tests/workflows/corpus/child.yaml", 0, CORPUS_RUN, NULL, NULL},
+    {"tests/workflows/corpus/children.yaml", 0, CORPUS_RUN, NULL, NULL},
+    /* Killed (and its children stopped) once the for_each's first child run is dispatched. */
+    {"tests/workflows/corpus/children.yaml", 0, CORPUS_RESUME, NULL,
+     "SELECT count(*) > 0 FROM audit WHERE type = 'step.dispatched' AND step_id = 'each'"},
 };
 
 /* Workflow files that are not run, and why. */
@@ -272,7 +278,9 @@ static size_t check_same_decisions(const struct harness_env *env, const char *ru
 
 static char *latest_run(const struct harness_env *env)
 {
-    char *run = harness_db_text(env->db, "SELECT id FROM runs ORDER BY rowid DESC LIMIT 1");
+    /* A run the test started, not one of its child runs. */
+    char *run = harness_db_text(env->db, "SELECT id FROM runs WHERE id NOT IN (SELECT child_id "
+                                         "FROM child_runs) ORDER BY rowid DESC LIMIT 1");
     cr_assert_not_null(run);
     return run;
 }
@@ -376,6 +384,9 @@ CORPUS_TEST(foreach, 11)
 CORPUS_TEST(cancel, 12)
 CORPUS_TEST(resume, 13)
 CORPUS_TEST(bureau, 14)
+CORPUS_TEST(child, 17)
+CORPUS_TEST(children, 18)
+CORPUS_TEST(children_killed_and_resumed, 19)
 
 /*
  * Disabled: the replay driver decides dispatches the live run never made. How much room the
@@ -411,7 +422,7 @@ Test(corpus, knows_every_workflow_of_the_repository)
 {
     static const char *const folders[] = {"workflows", "tests/workflows", "tests/workflows/corpus",
                                           "tests/interop"};
-    cr_assert_eq(COUNT(corpus), 17, "a CORPUS_TEST for each entry");
+    cr_assert_eq(COUNT(corpus), 20, "a CORPUS_TEST for each entry");
     for (size_t f = 0; f < COUNT(folders); f++) {
         char *dir_path = harness_source_path(folders[f]);
         DIR *dir = opendir(dir_path);

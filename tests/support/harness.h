@@ -116,4 +116,13 @@ void harness_hash_field(crypto_hash_sha256_state *state, const char *field);
 /* The same in troupe-audit-v2: a tag byte (0 for NULL, then nothing; 1 for a text) first. */
 void harness_hash_field_v2(crypto_hash_sha256_state *state, const char *field);
 
+/* The chain hash of one event in troupe-audit-v2 (encoding 2) or v1, from the documented
+ * encoding, independently of runtime/store. */
+void harness_audit_event_hash(int encoding, const char *prev, const char *run, long long seq,
+                              const char *time, const char *step, const char *actor,
+                              const char *type, const char *payload, char hash[65]);
+/* Recomputes the hashes of run's whole chain in encoding (1 or 2), as a forger who can compute
+ * them would (the audit table's triggers must be dropped first). */
+void harness_audit_rechain(const char *db_path, const char *run, int encoding);
+
 #endif

@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "sched.h"
@@ -55,6 +56,7 @@ struct driver {
     struct workflow *wf;
     struct workflow_scope *scope;
     struct engine *engine;
+    char *dir; /* a case with a child workflow: where case.yaml and child.yaml are, or NULL */
     int64_t now;
     size_t slots;
     char *effects;   /* every effect, one a line */
@@ -180,8 +182,9 @@ static void drain(struct driver *d)
                 append(&d->effects, "audit %s %s %s\n", t[3], at, payloads[i]);
                 break;
             case ENGINE_DISPATCH:
-                append(&d->effects, "send %s attempt=%d timeout=%d %s %s\n", at, e->attempt,
-                       e->timeout_ms, e->method ? e->method : "-", params[i]);
+                append(&d->effects, "send %s attempt=%d timeout=%d %s %s%s\n", at, e->attempt,
+                       e->timeout_ms, e->method ? e->method : "-", params[i],
+                       e->target == ENGINE_TARGET_CHILD ? " to=child" : "");
                 *slot_of(d, e->step, e->item) = 1;
                 d->attempts[e->step][e->item == ENGINE_NO_ITEM ? MAX_ITEMS : e->item] = e->attempt;
                 break;
@@ -241,15 +244,19 @@ static void drain(struct driver *d)
     }
 }
 
-/* The room each persona's agents have: `slots` less the calls they have in flight. */
+/* The room each persona's agents have: `slots` less the calls they have in flight; and the
+ * room for child runs (the slot after the personas'), `slots` less those running. */
 static void room(struct driver *d, size_t *slots)
 {
-    for (size_t p = 0; p < workflow_persona_count(d->wf); p++)
+    size_t personas = workflow_persona_count(d->wf);
+    for (size_t p = 0; p <= personas; p++)
         slots[p] = d->slots;
     for (size_t s = 0; s < workflow_step_count(d->wf) && s < 32; s++) {
-        size_t persona = workflow_step_persona(d->wf, s);
+        size_t persona = workflow_step_action(d->wf, s) == WORKFLOW_ACTION_WORKFLOW
+                             ? personas
+                             : workflow_step_persona(d->wf, s);
         for (size_t i = 0; i <= MAX_ITEMS; i++)
-            if (d->in_flight[s][i] && persona < workflow_persona_count(d->wf) && slots[persona])
+            if (d->in_flight[s][i] && persona <= personas && slots[persona])
                 slots[persona]--;
     }
 }
@@ -260,7 +267,7 @@ static void settle(struct driver *d)
 {
     drain(d);
     for (int pass = 0; pass < 100; pass++) {
-        size_t slots[8] = {0}, count = 0;
+        size_t slots[8 + 1] = {0}, count = 0;
         cr_assert_leq(workflow_persona_count(d->wf), 8);
         room(d, slots);
         engine_dispatch(d->engine, slots, d->now);
@@ -291,6 +298,9 @@ struct engine_case {
     /* A resumed run's steps: [{"step", "state", "attempt", "output", "items"}] (items: the
      * for_each items done), or NULL. */
     const char *load;
+    /* child.yaml, which the case's `workflow` steps run (both files are written to a
+     * directory of their own), or NULL. */
+    const char *child;
 };
 
 static const char header[] = "name: engine-case\n"
@@ -307,8 +317,29 @@ static void driver_init(struct driver *d, const struct engine_case *c)
     char *text = NULL;
     memset(d, 0, sizeof(*d));
     cr_assert_geq(asprintf(&text, "%s%s", header, c->steps), 0);
-    cr_assert_eq(workflow_load_string(text, strlen(text), WORKFLOW_YAML, "case.yaml", &d->wf, &err),
-                 0, "%s: %s", c->name, err.message);
+    if (c->child) {
+        /* A workflow step's child is read from its file, next to the workflow's. */
+        char *path = NULL;
+        d->dir = strdup("/tmp/test-engine-XXXXXX");
+        cr_assert_not_null(mkdtemp(d->dir));
+        cr_assert_geq(asprintf(&path, "%s/child.yaml", d->dir), 0);
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        fputs(c->child, f);
+        fclose(f);
+        free(path);
+        cr_assert_geq(asprintf(&path, "%s/case.yaml", d->dir), 0);
+        f = fopen(path, "w");
+        cr_assert_not_null(f);
+        fputs(text, f);
+        fclose(f);
+        cr_assert_eq(workflow_load(path, &d->wf, &err), 0, "%s: %s", c->name, err.message);
+        free(path);
+    } else {
+        cr_assert_eq(
+            workflow_load_string(text, strlen(text), WORKFLOW_YAML, "case.yaml", &d->wf, &err), 0,
+            "%s: %s", c->name, err.message);
+    }
     free(text);
     cJSON *scope = cJSON_CreateObject();
     cJSON *input = c->input ? cJSON_Parse(c->input) : cJSON_CreateObject();
@@ -349,6 +380,17 @@ static void driver_release(struct driver *d)
         }
     free(d->effects);
     free(d->decisions);
+    if (d->dir) {
+        char *path = NULL;
+        cr_assert_geq(asprintf(&path, "%s/child.yaml", d->dir), 0);
+        unlink(path);
+        free(path);
+        cr_assert_geq(asprintf(&path, "%s/case.yaml", d->dir), 0);
+        unlink(path);
+        free(path);
+        rmdir(d->dir);
+        free(d->dir);
+    }
 }
 
 /* "STEP" or "STEP#ITEM" in the workflow. */
@@ -1062,6 +1104,36 @@ static const struct engine_case cases[] = {
         .script = "approve g ana",
         .decisions = "approve g; succeed g; dispatch after",
         .lacks = "send g",
+    },
+    /* Actions: workflow */
+    {
+        .name = "workflow: a child run performs the call, its inputs with resolved against the "
+                "child's (defaults too), its outputs the output; a failed child is retried like "
+                "any call; for_each runs one per item within the driver's room for child runs",
+        .child = "name: child\n"
+                 "inputs:\n  n: {type: number}\n  m: {type: number, default: 5}\n"
+                 "mcp_servers:\n  demo: {command: troupe-demo-tools}\n"
+                 "personas:\n  worker: {servers: [demo]}\n"
+                 "steps:\n  - id: twice\n    eval: '.input.n * 2'\n"
+                 "outputs:\n  twice: .steps.twice.output\n",
+        .steps = "  - id: sub\n    workflow: child.yaml\n    with: {n: \"${{ .input.n }}\"}\n"
+                 "    retry: {attempts: 2, backoff: 10ms, errors: [tool]}\n"
+                 "  - id: each\n    workflow: child.yaml\n    for_each: '[1, 2, 3]'\n"
+                 "    with: {n: \"${{ .item + .steps.sub.output.twice }}\"}\n    needs: sub\n"
+                 "  - id: after\n    eval: '[.steps.sub.output.twice, .steps.each.output]'\n"
+                 "    needs: each\n",
+        .input = "{\"n\": 21}",
+        .slots = 2,
+        .script = "fail sub tool child run r-1 failed\ntick 10\nok sub {\"twice\": 42}\n"
+                  "ok each#0 {\"twice\": 86}\nok each#1 {\"twice\": 88}\n"
+                  "ok each#2 {\"twice\": 90}",
+        .decisions = "dispatch sub; retry sub; dispatch sub; succeed sub; dispatch each#0; "
+                     "dispatch each#1; dispatch each#2; succeed each; succeed after",
+        .has = "send sub attempt=1 timeout=60000 workflow {\"n\":21,\"m\":5} to=child\n"
+               "record sub succeeded attempt=2 output={\"twice\":42}\n"
+               "send each#2 attempt=1 timeout=60000 workflow {\"n\":45,\"m\":5} to=child\n"
+               "record after succeeded attempt=1 output=[42,[{\"twice\":86},{\"twice\":88},"
+               "{\"twice\":90}]]\nended succeeded",
     },
 };
 

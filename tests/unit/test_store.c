@@ -290,13 +290,14 @@ Test(store, open_creates_file_parents_and_wal)
     cr_assert_str_eq(mode, "wal");
     cr_assert_eq(store_schema_version(store), store__migration_count);
     cr_assert_eq(raw_int(db, "PRAGMA user_version"), store__migration_count);
-    cr_assert_eq(store__migration_count, 5);
+    cr_assert_eq(store__migration_count, 6);
     cr_assert_eq(raw_int(db, "PRAGMA application_id"), 0x54525045);
     cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND"
                              " name IN ('runs', 'steps', 'context', 'audit')"),
                  4);
-    /* The log's two, and migration 5's guards of the rows never legitimately changed. */
-    cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 15);
+    /* The log's two, migration 5's guards of the rows never legitimately changed, and
+     * migration 6's of the child runs' links. */
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 17);
     sqlite3_close(db);
     store_free(&store);
     cr_assert_null(store);
@@ -1140,4 +1141,69 @@ Test(store, disk_full_inside_a_transaction_refuses_later_writes)
     store_free(&store);
     cr_assert_eq(verify_chain(path, run_id), 2);
     free(payload);
+}
+
+/* ---- child runs ---- */
+
+struct child_seen {
+    int count;
+    char last[STORE_RUN_ID_SIZE];
+    int64_t item;
+    bool settled;
+    char outputs[64];
+};
+
+static int see_child(void *userdata, const struct store_child *child)
+{
+    struct child_seen *seen = userdata;
+    seen->count++;
+    snprintf(seen->last, sizeof(seen->last), "%s", child->child_id);
+    seen->item = child->item;
+    seen->settled = child->settled;
+    snprintf(seen->outputs, sizeof(seen->outputs), "%s",
+             child->outputs_json ? child->outputs_json : "");
+    return 0;
+}
+
+Test(store, a_child_run_is_linked_found_until_settled_and_never_named_latest)
+{
+    char *path = tmp_path("children.db");
+    struct store *store = open_store(path);
+    char parent[STORE_RUN_ID_SIZE], first[STORE_RUN_ID_SIZE], second[STORE_RUN_ID_SIZE];
+    char latest[STORE_RUN_ID_SIZE];
+    struct tr_error err = {0};
+    struct child_seen seen = {0};
+
+    create_run(store, parent);
+    create_run(store, first);
+    create_run(store, second);
+    cr_assert_eq(store_child_link(store, first, parent, "sub", 3, 1, &err), 0, "%s", err.message);
+    cr_assert_eq(store_child_link(store, second, parent, "sub", 3, 2, &err), 0, "%s", err.message);
+    /* A child is linked once. */
+    cr_assert_neq(store_child_link(store, second, parent, "sub", 4, 2, &err), 0);
+    /* The newest unsettled child of the step's item. */
+    cr_assert_eq(store_child_open(store, parent, "sub", 3, see_child, &seen, &err), 0);
+    cr_assert_eq(seen.count, 1);
+    cr_assert_str_eq(seen.last, second);
+    cr_assert_eq(store_child_settle(store, second, &err), 0, "%s", err.message);
+    seen.count = 0;
+    cr_assert_eq(store_child_open(store, parent, "sub", 3, see_child, &seen, &err), 0);
+    cr_assert_str_eq(seen.last, first);
+    cr_assert_eq(store_child_settle(store, first, &err), 0, "%s", err.message);
+    seen.count = 0;
+    cr_assert_eq(store_child_open(store, parent, "sub", 3, see_child, &seen, &err), 0);
+    cr_assert_eq(seen.count, 0);
+    /* Outputs, the list, and the parent on the run's record. */
+    cr_assert_eq(store_child_set_outputs(store, first, "{\"a\":1}", &err), 0, "%s", err.message);
+    cr_assert_eq(store_child_set_outputs(store, parent, "{}", &err), TR_ENOTFOUND);
+    cr_assert_eq(store_children_list(store, parent, see_child, &seen, &err), 0);
+    cr_assert_eq(seen.count, 2);
+    cr_assert_eq(store_child_get(store, first, see_child, &seen, &err), 0);
+    cr_assert_str_eq(seen.outputs, "{\"a\":1}");
+    cr_assert(seen.settled);
+    cr_assert_eq(seen.item, 3);
+    /* 'latest' names the newest run that is no child. */
+    cr_assert_eq(store_run_resolve(store, "latest", latest, &err), 0, "%s", err.message);
+    cr_assert_str_eq(latest, parent);
+    store_free(&store);
 }
