@@ -234,6 +234,9 @@ struct sched_replay_options {
 struct sched_replay_report {
     size_t matched;   /* calls the replay made that match the record */
     char *divergence; /* the first divergence, for people (the caller frees), or NULL */
+    /* The run ended (failed, cancelled, stopped) before the replay would have: what the replay
+     * did not follow past the end of the log, for people (the caller frees), or NULL. */
+    char *note;
 };
 
 /*
