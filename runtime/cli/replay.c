@@ -39,7 +39,8 @@ static void usage(FILE *out)
         "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
         "  -h, --help       show this help\n"
         "\n"
-        "exit status: 0 no divergence, 1 a divergence or an error, 2 bad usage.\n",
+        "exit status: 0 no divergence, 1 a divergence, 2 bad usage or a broken workflow,\n"
+        "3 the run cannot be replayed (not found or not readable, its log refused).\n",
         STORE_DEFAULT_PATH);
 }
 
@@ -303,7 +304,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     struct workflow *wf = NULL;
     struct tr_error err = {0};
     char run_id[STORE_RUN_ID_SIZE];
-    int status = CLI_FAILED;
+    int status = CLI_CANNOT_REPLAY; /* until it is replayed */
     int opt;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -329,7 +330,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     }
     struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
-        return CLI_FAILED;
+        return CLI_CANNOT_REPLAY;
     /* What the log does not back is neither replayed as if it were sound nor carried into a
      * fork, whose own chain would then verify. */
     if (cli_run_check_refuse_now(store, run_id, "replay", "replay") < 0)
@@ -341,6 +342,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     /* The run's own plan, or a what-if against the file named. */
     if (workflow_path && workflow_load(workflow_path, &wf, &err) < 0) {
         cli_error("%s", err.message);
+        status = CLI_USAGE;
         goto out;
     }
     if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
@@ -373,12 +375,15 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     FILE *verdict = decisions ? stderr : stdout;
     if (report.divergence)
         fputs(report.divergence, verdict);
+    else if (report.note)
+        fputs(report.note, verdict);
     fprintf(verdict,
             "replay of %s: %zu tool call%s matched the record, %s; no tool, server or model "
             "was called\n",
             run_id, report.matched, report.matched == 1 ? "" : "s",
             status == CLI_OK ? "no divergence" : "stopped at the first divergence");
     free(report.divergence);
+    free(report.note);
 out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
         cJSON_Delete(rec.steps[i].finished);

@@ -348,10 +348,15 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         } else if (cJSON_IsString(status) && strcmp(status->valuestring, "succeeded") == 0) {
             struct call *c = find_call(r, r->sessions, (size_t)index, ENGINE_NO_ITEM,
                                        (int)number(payload, "attempt", 0));
-            /* A call no agent recorded an answer to (a child run's): the step's word. */
-            if (c && c->outcome == OUTCOME_NONE) {
+            /* Taken where the scheduler took it (the answer is the agent's record); a call no
+             * agent recorded an answer to (a child run's) on the step's word. */
+            if (c && c->outcome == OUTCOME_SUCCESS && c->from_response) {
+                c->from_response = false;
+                r->marks[c->outcome_mark].kind = MARK_MOVED;
+                mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms + 1);
+            } else if (c && c->outcome == OUTCOME_NONE) {
                 c->outcome = OUTCOME_SUCCESS;
-                mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms);
+                mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms + 1);
             }
         }
         cJSON_Delete(r->steps[index].finished);
@@ -754,12 +759,14 @@ static void follow_dispatch(struct replay *r, struct call *c, int64_t time_ms)
         c->attempt > 1 ? find_call(r, c->session, c->step, c->item, c->attempt - 1) : NULL;
     if (before && before->due_ms > time_ms && before->due_ms <= time_ms + REPLAY_CLOCK_SLACK_MS)
         time_ms = before->due_ms;
-    settle(r, time_ms, before != NULL);
+    /* Items due go out at any turn of the live scheduler; steps wait for its look (a tick). */
+    bool tick = before && c->item == ENGINE_NO_ITEM;
+    settle(r, time_ms, tick);
     size_t persona = workflow_step_persona(r->wf, c->step);
     r->last_step = -1;
     if (!c->used && !r->diverged && persona < workflow_persona_count(r->wf)) {
         r->slots[persona] = 1;
-        settle(r, time_ms, before != NULL);
+        settle(r, time_ms, tick);
     }
     if (c->used || r->diverged)
         return;
