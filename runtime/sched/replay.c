@@ -42,6 +42,8 @@ struct call {
     enum tr_error_class error_class;
     bool from_response;  /* its outcome is mcp.response's (the agent's record) */
     size_t outcome_mark; /* the mark of its outcome, while it is mcp.response's */
+    bool retried;        /* the run retried it (step.retry) */
+    bool gave_up;        /* the run gave it up: its step.finished failed names it */
     bool used;           /* the replay made it */
     bool answered;       /* its outcome was given to the engine */
 };
@@ -329,8 +331,10 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         note_failure(r, c, OUTCOME_RETRY,
                      cls < 0 ? TR_ERROR_CLASS_PROTOCOL : (enum tr_error_class)cls,
                      cJSON_GetStringValue(error), time_ms);
-        if (c)
+        if (c) {
             c->recorded_delay_ms = (int)number(payload, "delay_ms", -1);
+            c->retried = true;
+        }
     } else if (strcmp(type, "step.finished") == 0) {
         const cJSON *status = cJSON_GetObjectItemCaseSensitive(payload, "status");
         const char *error =
@@ -345,6 +349,8 @@ static int read_event(void *userdata, const struct store_audit_event *event)
                               (int)number(payload, "attempt", 0));
             /* Not retried: no class a policy names. */
             note_failure(r, c, OUTCOME_FAILURE, TR_ERROR_CLASS_POLICY, error, time_ms);
+            if (c)
+                c->gave_up = true;
         } else if (cJSON_IsString(status) && strcmp(status->valuestring, "succeeded") == 0) {
             struct call *c = find_call(r, r->sessions, (size_t)index, ENGINE_NO_ITEM,
                                        (int)number(payload, "attempt", 0));
@@ -641,8 +647,16 @@ static void answer_call(struct replay *r, struct call *c)
         (void)engine_succeeded(r->engine, c->step, text, r->now);
         free(text);
     } else {
+        char where[32];
         (void)engine_failure(r->engine, c->step, c->item, c->attempt, c->error_class, c->error,
                              r->now);
+        drain(r);
+        /* The run's decision on the failure (retry, or give up) is the replay's. */
+        if (c->retried != (c->due_ms != 0) && (c->retried || c->gave_up))
+            diverge(r, "DIVERGENCE at step '%s'%s: attempt %d failed; the run %s, the replay %s\n",
+                    workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
+                    c->retried ? "retried it" : "gave it up",
+                    c->retried ? "gives it up" : "retries it");
     }
     drain(r);
 }

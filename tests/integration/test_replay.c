@@ -567,19 +567,21 @@ Test(replay, a_call_after_the_recorded_failure_is_a_divergence)
     harness_env_release(&env);
 }
 
-/* The divergence names the step whose decision differs: the run retried x, the replay (its
- * retry removed) gives x up. */
+/* The divergence names the step whose decision differs: the run retried x after a backoff
+ * while y1 -> y2 ran; the replay (x's retry removed) gives x up, which fails the run before
+ * y2: x is named, not y2. */
 Test(replay, names_the_step_that_gave_up_instead_of_retrying)
 {
     struct harness_env env = harness_env_new();
 #define RETRIED(retry)                                                                             \
     HEAD("retried")                                                                                \
-    GREET("a", "Ada", "")                                                                          \
     "  - id: x\n"                                                                                  \
     "    persona: worker\n"                                                                        \
     "    tool: flaky.flaky\n"                                                                      \
-    "    with: {key: x, fails: 1}\n" retry "    on_error: continue\n" GREET("z", "Zed", "")
-    static const char text[] = RETRIED("    retry: {attempts: 2, backoff: 10ms, errors: [tool]}\n");
+    "    with: {key: x, fails: 1}\n" retry GREET("y1", "A", "")                                    \
+        GREET("y2", "B", "    needs: y1\n")
+    static const char text[] =
+        RETRIED("    retry: {attempts: 2, backoff: 400ms, errors: [tool]}\n");
     static const char no_retry[] = RETRIED("");
     char *id = run_then_replay(&env, text, 0, no_retry, 1, "DIVERGENCE at step 'x'");
     free(id);
