@@ -58,6 +58,7 @@ struct recording {
     char *plan_json;        /* the plan stored with the run */
     char *plan_hash;        /* its hash as the runs table has it */
     char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
+    bool fork;              /* --from: how each step ended is kept */
 };
 
 static void replace(cJSON **slot, cJSON *value)
@@ -77,7 +78,8 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     /* Responses and notifications, the biggest events, are not replayed: not even parsed. */
     for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
         wanted = strcmp(event->type, used[k]) == 0;
-    if (!wanted)
+    /* How steps ended is a fork's to take over; a replay reads them itself (sched_replay). */
+    if (!wanted || (!rec->fork && strcmp(event->type, "run.started") != 0))
         return 0;
     cJSON *payload = cJSON_Parse(event->payload_json);
     if (strcmp(event->type, "run.started") == 0) {
@@ -331,6 +333,12 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
         return CLI_CANNOT_REPLAY;
+    /* The log is read through (checked, then replayed): mapped, every page of it would stay
+     * resident (a 100,000 item run's is some 200 MB). */
+    if (store_set_read_map(store, false, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
     /* What the log does not back is neither replayed as if it were sound nor carried into a
      * fork, whose own chain would then verify. */
     if (cli_run_check_refuse_now(store, run_id, "replay", "replay") < 0)
@@ -348,6 +356,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
         goto out;
     rec.wf = wf;
+    rec.fork = from != NULL;
     rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);

@@ -28,24 +28,24 @@ enum outcome { OUTCOME_NONE, OUTCOME_SUCCESS, OUTCOME_RETRY, OUTCOME_FAILURE };
  */
 struct call {
     int session; /* 0, then +1 at each run.resumed */
+    int attempt;
     size_t step; /* SIZE_MAX: a step the workflow does not have (step_id names it) */
     long item;
-    int attempt;
     int64_t task;
-    char *request;         /* {name, arguments} or the params, as step.dispatched has them */
-    char *sent;            /* as mcp.request has them, when they differ; else NULL */
-    char *step_id;         /* a step the workflow does not have, else NULL */
-    char *error;           /* a failure's */
-    int64_t due_ms;        /* after its failure, when the replay's engine retries it; else 0 */
-    int recorded_delay_ms; /* the step.retry that followed its failure, or -1 */
-    enum outcome outcome;
-    enum tr_error_class error_class;
-    bool from_response;  /* its outcome is mcp.response's (the agent's record) */
-    size_t outcome_mark; /* the mark of its outcome, while it is mcp.response's */
-    bool retried;        /* the run retried it (step.retry) */
-    bool gave_up;        /* the run gave it up: its step.finished failed names it */
-    bool used;           /* the replay made it */
-    bool answered;       /* its outcome was given to the engine */
+    char *request;             /* {name, arguments} or the params, as step.dispatched has them */
+    char *sent;                /* as mcp.request has them, when they differ; else NULL */
+    char *step_id;             /* a step the workflow does not have, else NULL */
+    char *error;               /* a failure's */
+    int64_t due_ms;            /* after its failure, when the replay's engine retries it; else 0 */
+    size_t outcome_mark;       /* the mark of its outcome, while it is mcp.response's */
+    int recorded_delay_ms;     /* the step.retry that followed its failure, or -1 */
+    unsigned char outcome;     /* enum outcome */
+    unsigned char error_class; /* enum tr_error_class */
+    bool from_response;        /* its outcome is mcp.response's (the agent's record) */
+    bool retried;              /* the run retried it (step.retry) */
+    bool gave_up;              /* the run gave it up: its step.finished failed names it */
+    bool used;                 /* the replay made it */
+    bool answered;             /* its outcome was given to the engine */
 };
 
 struct recorded_step {
@@ -75,7 +75,7 @@ enum mark_kind {
 
 struct mark {
     enum mark_kind kind;
-    size_t index;
+    uint32_t index; /* calls and steps are fewer than REPLAY_MAX_ITEMS */
     int64_t time_ms;
 };
 
@@ -114,9 +114,10 @@ struct replay {
     size_t *approvals;
     size_t approval_count;
     bool diverged;
-    bool past_end;    /* the log has ended: what the replay dispatches now, the run never did */
-    size_t unreached; /* dispatches past the end of the log of a run that ended */
-    long last_step;   /* the step of the last dispatch the replay made, or -1 */
+    bool past_end;       /* the log has ended: what the replay dispatches now, the run never did */
+    size_t unreached;    /* dispatches past the end of the log of a run that ended */
+    struct call *expect; /* the call the log shows dispatched next, or NULL */
+    long last_step;      /* the step of the last dispatch the replay made, or -1 */
     long last_item;
     size_t effects; /* effects drained so far: something happened */
 };
@@ -126,10 +127,10 @@ struct replay {
 static void mark(struct replay *r, enum mark_kind kind, size_t index, int64_t time_ms)
 {
     if (r->mark_count == r->mark_cap) {
-        r->mark_cap = r->mark_cap ? 2 * r->mark_cap : 256;
+        r->mark_cap = r->mark_cap ? r->mark_cap + r->mark_cap / 2 : 256;
         r->marks = xrealloc(r->marks, r->mark_cap * sizeof(*r->marks));
     }
-    r->marks[r->mark_count++] = (struct mark){kind, index, time_ms};
+    r->marks[r->mark_count++] = (struct mark){kind, (uint32_t)index, time_ms};
 }
 
 /* An event's time ("2026-11-25T11:39:59.123Z") in ms since the epoch, or 0. */
@@ -192,7 +193,7 @@ static void note_dispatch(struct replay *r, long index, const char *step_id, con
                           int64_t time_ms)
 {
     if (r->call_count == r->call_cap) {
-        r->call_cap = r->call_cap ? 2 * r->call_cap : 64;
+        r->call_cap = r->call_cap ? r->call_cap + r->call_cap / 2 : 64;
         r->calls = xrealloc(r->calls, r->call_cap * sizeof(*r->calls));
     }
     struct call *c = &r->calls[r->call_count++];
@@ -365,6 +366,8 @@ static int read_event(void *userdata, const struct store_audit_event *event)
                 mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms + 1);
             }
         }
+        /* A for_each's digest of its items (one entry each) is the ledger's, not replay's. */
+        cJSON_DeleteItemFromObjectCaseSensitive(payload, "items");
         cJSON_Delete(r->steps[index].finished);
         r->steps[index].finished = payload;
         mark(r, MARK_FINISHED, (size_t)index, time_ms);
@@ -502,8 +505,12 @@ static bool same_as(struct replay *r, const struct engine_effect *fx, const char
 
 static void dispatched(struct replay *r, const struct engine_effect *fx)
 {
-    struct call *c = find_call(r, r->session, fx->step, fx->item, fx->attempt);
+    struct call *c = r->expect;
     char where[32];
+
+    if (!c || c->session != r->session || c->step != fx->step || c->item != fx->item ||
+        c->attempt != fx->attempt)
+        c = find_call(r, r->session, fx->step, fx->item, fx->attempt);
 
     r->last_step = (long)fx->step;
     r->last_item = fx->item;
@@ -780,7 +787,9 @@ static void follow_dispatch(struct replay *r, struct call *c, int64_t time_ms)
     r->last_step = -1;
     if (!c->used && !r->diverged && persona < workflow_persona_count(r->wf)) {
         r->slots[persona] = 1;
+        r->expect = c;
         settle(r, time_ms, tick);
+        r->expect = NULL;
     }
     if (c->used || r->diverged)
         return;
