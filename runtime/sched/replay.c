@@ -1,9 +1,13 @@
 /*
- * sched/replay.c: the replay driver (sched_replay). The run's audit log is read once into the
- * outcome of every call it made, keyed by (scheduler, step, item, attempt); then the same
- * engine as a live run is driven from them: each DISPATCH it makes is compared with the
- * request the run recorded, and answered with the recorded outcome. It starts no agent and
- * calls nothing; the first divergence ends it.
+ * sched/replay.c: the replay driver (sched_replay). The run's audit log is read once into a
+ * compact record of every call it made (keyed by scheduler session, step, item, attempt; the
+ * request as text) and the list of events replay follows, in the log's order with their times;
+ * then the same engine as a live run is driven along that list: room for each dispatch the log
+ * shows (which must be the one the engine makes there), each outcome where the scheduler took
+ * it (from the agent's mcp.response where there is one), approvals, gathers and take-overs at
+ * their events; its retries, the steps' final states and the requests (step.dispatched and
+ * mcp.request) are compared with the record. It starts no agent and calls nothing; the first
+ * divergence ends it. Printing and exit statuses are cli/replay.c's.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
