@@ -103,6 +103,7 @@ struct replay {
     struct recovered *recovered;
     size_t recovered_count;
     char *status;                  /* the run's */
+    bool failed_by_step;           /* its error is a step's failure (the engine's decision) */
     struct engine_policy defaults; /* the run's options */
     int64_t started_ms;            /* run.started's time */
     /* while replaying */
@@ -844,15 +845,16 @@ static void follow_resumed(struct replay *r, int session, int64_t time_ms)
 }
 
 /*
- * The log has ended. A run that succeeded or failed ended by the engine's decisions: the replay
- * must end the same way, with nothing more to send. A run cancelled, stopped or cut short could
- * not reach what would have come next: the replay stops where the log ends, and says so.
+ * The log has ended. A run that succeeded, or failed for a step's failure, ended by the
+ * engine's decisions: the replay must end the same way, with nothing more to send. A run
+ * cancelled, stopped, cut short or failed by its driver (a deadline, a lost store) could not
+ * reach what would have come next: the replay stops where the log ends, and says so.
  */
 static void follow_end(struct replay *r)
 {
     size_t personas = workflow_persona_count(r->wf);
     bool succeeded = r->status && strcmp(r->status, "succeeded") == 0;
-    bool failed = r->status && strcmp(r->status, "failed") == 0;
+    bool failed = r->status && strcmp(r->status, "failed") == 0 && r->failed_by_step;
 
     settle(r, r->now, false);
     if (r->diverged)
@@ -893,6 +895,8 @@ static int copy_run(void *userdata, const struct store_run *run)
     int64_t deadline = 0;
 
     r->status = xstrdup(run->status ? run->status : "");
+    /* As the engine words it (engine.c fail_run); else the driver's (a deadline, a lost store). */
+    r->failed_by_step = run->error && strncmp(run->error, "step '", 6) == 0;
     sched__options_from_json(&opts, &deadline, run->options_json);
     r->defaults = (struct engine_policy){
         .max_attempts = opts.max_attempts,
