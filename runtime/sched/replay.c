@@ -274,16 +274,18 @@ static void note_response(struct replay *r, const cJSON *payload, int64_t time_m
 static void note_failure(struct replay *r, struct call *c, enum outcome outcome,
                          enum tr_error_class error_class, const char *error, int64_t time_ms)
 {
-    if (!c || c->outcome == OUTCOME_SUCCESS)
-        return;
-    if (c->outcome != OUTCOME_NONE && !c->from_response)
+    if (!c || (c->outcome != OUTCOME_NONE && !c->from_response))
         return;
     free(c->error);
     c->error = xstrdup(error ? error : "unknown error");
-    if (c->outcome != OUTCOME_NONE) {
-        c->from_response = false;
+    if (c->outcome == OUTCOME_FAILURE) {
+        c->from_response = false; /* a tool error: the class is the answer's */
         r->marks[c->outcome_mark].kind = MARK_MOVED;
     } else {
+        /* No answer, or one the driver could not take (a result out of range: protocol). */
+        if (c->outcome == OUTCOME_SUCCESS)
+            r->marks[c->outcome_mark].kind = MARK_MOVED;
+        c->from_response = false;
         c->outcome = outcome;
         c->error_class = error_class;
     }
