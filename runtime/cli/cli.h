@@ -16,13 +16,16 @@
 #include "store.h"
 
 /* Exit statuses. CLI_STORE_FAILED: a run stopped because its database could not be written,
- * resumable; CLI_BUSY: another process owns the run, nothing was done; CLI_CANCELLED: a run
- * was cancelled, or stopped by Ctrl-C (resumable). */
+ * resumable; CLI_CANNOT_REPLAY (troupe replay): the run could not be replayed (not found, not
+ * readable, its log refused), which says nothing of divergence; CLI_BUSY: another process
+ * owns the run, nothing was done; CLI_CANCELLED: a run was cancelled, or stopped by Ctrl-C
+ * (resumable). */
 enum {
     CLI_OK = 0,
     CLI_FAILED = 1,
     CLI_USAGE = 2,
     CLI_STORE_FAILED = 3,
+    CLI_CANNOT_REPLAY = 3,
     CLI_BUSY = 4,
     CLI_CANCELLED = 130
 };

@@ -39,7 +39,8 @@ static void usage(FILE *out)
         "  --db FILE        the database (default: $TROUPE_DB, else %s)\n"
         "  -h, --help       show this help\n"
         "\n"
-        "exit status: 0 no divergence, 1 a divergence or an error, 2 bad usage.\n",
+        "exit status: 0 no divergence, 1 a divergence, 2 bad usage or a broken workflow,\n"
+        "3 the run cannot be replayed (not found or not readable, its log refused).\n",
         STORE_DEFAULT_PATH);
 }
 
@@ -57,6 +58,7 @@ struct recording {
     char *plan_json;        /* the plan stored with the run */
     char *plan_hash;        /* its hash as the runs table has it */
     char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
+    bool fork;              /* --from: how each step ended is kept */
 };
 
 static void replace(cJSON **slot, cJSON *value)
@@ -76,7 +78,8 @@ static int record_event(void *userdata, const struct store_audit_event *event)
     /* Responses and notifications, the biggest events, are not replayed: not even parsed. */
     for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
         wanted = strcmp(event->type, used[k]) == 0;
-    if (!wanted)
+    /* How steps ended is a fork's to take over; a replay reads them itself (sched_replay). */
+    if (!wanted || (!rec->fork && strcmp(event->type, "run.started") != 0))
         return 0;
     cJSON *payload = cJSON_Parse(event->payload_json);
     if (strcmp(event->type, "run.started") == 0) {
@@ -304,7 +307,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     struct workflow *wf = NULL;
     struct tr_error err = {0};
     char run_id[STORE_RUN_ID_SIZE];
-    int status = CLI_FAILED;
+    int status = CLI_CANNOT_REPLAY; /* until it is replayed */
     int opt;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -330,7 +333,13 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     }
     struct store *store = cli_open_run(common, argv[optind], run_id);
     if (!store)
-        return CLI_FAILED;
+        return CLI_CANNOT_REPLAY;
+    /* The log is read through (checked, then replayed): mapped, every page of it would stay
+     * resident (a 100,000 item run's is some 200 MB). */
+    if (store_set_read_map(store, false, &err) < 0) {
+        cli_error("%s", err.message);
+        goto out;
+    }
     /* What the log does not back is neither replayed as if it were sound nor carried into a
      * fork, whose own chain would then verify. */
     if (cli_run_check_refuse_now(store, run_id, "replay", "replay") < 0)
@@ -342,11 +351,13 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     /* The run's own plan, or a what-if against the file named. */
     if (workflow_path && workflow_load(workflow_path, &wf, &err) < 0) {
         cli_error("%s", err.message);
+        status = CLI_USAGE;
         goto out;
     }
     if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
         goto out;
     rec.wf = wf;
+    rec.fork = from != NULL;
     rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
@@ -374,6 +385,8 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     FILE *verdict = decisions ? stderr : stdout;
     if (report.divergence)
         fputs(report.divergence, verdict);
+    else if (report.note)
+        fputs(report.note, verdict);
     char with[64] = "";
     if (report.children)
         snprintf(with, sizeof(with), " (with %zu child run%s)", report.children,
@@ -384,6 +397,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
             run_id, with, report.matched, report.matched == 1 ? "" : "s",
             status == CLI_OK ? "no divergence" : "stopped at the first divergence");
     free(report.divergence);
+    free(report.note);
 out:
     for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
         cJSON_Delete(rec.steps[i].finished);

@@ -1,9 +1,13 @@
 /*
- * sched/replay.c: the replay driver (sched_replay). The run's audit log is read once into the
- * outcome of every call it made, keyed by (scheduler, step, item, attempt); then the same
- * engine as a live run is driven from them: each DISPATCH it makes is compared with the
- * request the run recorded, and answered with the recorded outcome. It starts no agent and
- * calls nothing; the first divergence ends it.
+ * sched/replay.c: the replay driver (sched_replay). The run's audit log is read once into a
+ * compact record of every call it made (keyed by scheduler session, step, item, attempt; the
+ * request as text) and the list of events replay follows, in the log's order with their times;
+ * then the same engine as a live run is driven along that list: room for each dispatch the log
+ * shows (which must be the one the engine makes there), each outcome where the scheduler took
+ * it (from the agent's mcp.response where there is one), approvals, gathers and take-overs at
+ * their events; its retries, the steps' final states and the requests (step.dispatched and
+ * mcp.request) are compared with the record. It starts no agent and calls nothing; the first
+ * divergence ends it. Printing and exit statuses are cli/replay.c's.
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
@@ -13,35 +17,49 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Replay's clock: each round is this much later, past any backoff. */
-#define REPLAY_ROUND_MS ((int64_t)1 << 34)
-#define REPLAY_MAX_ITEMS 10000000   /* an item index beyond this is not believed */
-#define REPLAY_MAX_ROUNDS (1 << 28) /* a replay that goes on longer is going nowhere */
+#include <time.h>
+
+#define REPLAY_MAX_ITEMS 10000000 /* an item index beyond this is not believed */
+/* How far the replay's clock may run ahead of an event's time (stored to the ms, written a
+ * moment after the live scheduler decided) for a retry the run dispatched there. */
+#define REPLAY_CLOCK_SLACK_MS 20
 
 enum outcome { OUTCOME_NONE, OUTCOME_SUCCESS, OUTCOME_RETRY, OUTCOME_FAILURE };
 
-/* One call the run made, as its log records it. */
+/*
+ * One call the run made, as its log records it. Kept compact (a run may make 100,000): the
+ * request as printed text, parsed again only to compare it.
+ */
 struct call {
     int session; /* 0, then +1 at each run.resumed */
-    size_t step;
-    long item;
     int attempt;
+    size_t step; /* SIZE_MAX: a step the workflow does not have (step_id names it) */
+    long item;
     int64_t task;
-    cJSON *request; /* {name, arguments} or the params, as dispatched */
-    enum outcome outcome;
-    enum tr_error_class error_class;
-    char *error;
-    bool used;            /* the replay made it */
-    char *child;          /* a workflow step's: the child run that performed it, or NULL */
-    bool child_succeeded; /* child.finished said so */
+    char *request;             /* {name, arguments} or the params, as step.dispatched has them */
+    char *sent;                /* as mcp.request has them, when they differ; else NULL */
+    char *step_id;             /* a step the workflow does not have, else NULL */
+    char *error;               /* a failure's */
+    int64_t due_ms;            /* after its failure, when the replay's engine retries it; else 0 */
+    size_t outcome_mark;       /* the mark of its outcome, while it is mcp.response's */
+    int recorded_delay_ms;     /* the step.retry that followed its failure, or -1 */
+    unsigned char outcome;     /* enum outcome */
+    unsigned char error_class; /* enum tr_error_class */
+    bool from_response;        /* its outcome is mcp.response's (the agent's record) */
+    bool retried;              /* the run retried it (step.retry) */
+    bool gave_up;              /* the run gave it up: its step.finished failed names it */
+    bool used;                 /* the replay made it */
+    bool answered;             /* its outcome was given to the engine */
+    bool child_succeeded;      /* a workflow step's: child.finished said so */
+    char *child;               /* a workflow step's: the child run that performed it, or NULL */
 };
 
 struct recorded_step {
-    cJSON *finished;      /* its last step.finished payload, or NULL */
-    cJSON *approval;      /* step.approved / step.rejected payload, with "approved" added */
-    int approval_session; /* the scheduler that saw the decision */
-    int finished_session; /* the scheduler that ended it */
+    cJSON *finished; /* its last step.finished payload, or NULL */
+    cJSON *approval; /* step.approved / step.rejected payload, with "approved" added */
     bool destructive, needs_approval;
+    bool finished_seen; /* the replay has passed its step.finished */
+    bool approval_seen; /* ... its decision */
     bool fail_delivered;
 };
 
@@ -49,6 +67,22 @@ struct recorded_step {
 struct recovered {
     int session;
     size_t step;
+};
+
+/* The events replay follows, in the log's order, with their times. */
+enum mark_kind {
+    MARK_DISPATCH, /* index: a call */
+    MARK_OUTCOME,  /* index: a call */
+    MARK_FINISHED, /* index: a step */
+    MARK_APPROVAL, /* index: a step */
+    MARK_RESUMED,  /* index: the new session */
+    MARK_MOVED,    /* an outcome the scheduler's event placed later */
+};
+
+struct mark {
+    enum mark_kind kind;
+    uint32_t index; /* calls and steps are fewer than REPLAY_MAX_ITEMS */
+    int64_t time_ms;
 };
 
 struct replay {
@@ -59,6 +93,8 @@ struct replay {
     size_t step_count;
     struct call *calls;
     size_t call_count, call_cap;
+    struct mark *marks;
+    size_t mark_count, mark_cap;
     struct recorded_step *steps;
     struct sched_reuse *reuse;
     cJSON **reuse_payloads;
@@ -69,11 +105,15 @@ struct replay {
     struct recovered *recovered;
     size_t recovered_count;
     char *status;                  /* the run's */
+    bool failed_by_step;           /* its error is a step's failure (the engine's decision) */
     struct engine_policy defaults; /* the run's options */
+    int64_t started_ms;            /* run.started's time */
     /* while replaying */
     struct engine *engine;
     struct workflow_scope *scope;
     int session;
+    int64_t now;
+    size_t *slots;   /* per persona: room given for the dispatch the log shows next */
     size_t *pending; /* calls made, awaiting their outcome */
     size_t pending_count;
     size_t *gathers;
@@ -81,10 +121,37 @@ struct replay {
     size_t *approvals;
     size_t approval_count;
     bool diverged;
+    bool past_end;       /* the log has ended: what the replay dispatches now, the run never did */
+    size_t unreached;    /* dispatches past the end of the log of a run that ended */
+    struct call *expect; /* the call the log shows dispatched next, or NULL */
+    long last_step;      /* the step of the last dispatch the replay made, or -1 */
+    long last_item;
     size_t effects; /* effects drained so far: something happened */
 };
 
 /* ---- reading the log ----------------------------------------------------------------------- */
+
+static void mark(struct replay *r, enum mark_kind kind, size_t index, int64_t time_ms)
+{
+    if (r->mark_count == r->mark_cap) {
+        r->mark_cap = r->mark_cap ? r->mark_cap + r->mark_cap / 2 : 256;
+        r->marks = xrealloc(r->marks, r->mark_cap * sizeof(*r->marks));
+    }
+    r->marks[r->mark_count++] = (struct mark){kind, (uint32_t)index, time_ms};
+}
+
+/* An event's time ("2026-11-25T11:39:59.123Z") in ms since the epoch, or 0. */
+static int64_t event_ms(const char *time)
+{
+    struct tm tm = {0};
+    int ms = 0;
+    if (!time || sscanf(time, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                        &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm(&tm) * 1000 + ms;
+}
 
 static struct call *find_call(struct replay *r, int session, size_t step, long item, int attempt)
 {
@@ -113,60 +180,168 @@ static long number(const cJSON *payload, const char *name, long none)
                : none;
 }
 
-static void note_dispatch(struct replay *r, size_t step, const cJSON *payload)
+/* The request as replay compares it: {name, arguments} of a tool call, else the params. */
+static cJSON *request_of(const cJSON *tool, const cJSON *arguments, const cJSON *params)
+{
+    cJSON *request;
+    if (cJSON_IsString(tool)) {
+        request = cJSON_CreateObject();
+        cJSON_AddStringToObject(request, "name", tool->valuestring);
+        cJSON_AddItemToObject(request, "arguments",
+                              arguments ? cJSON_Duplicate(arguments, true) : cJSON_CreateObject());
+        return request;
+    }
+    request = params ? cJSON_Duplicate(params, true) : cJSON_CreateNull();
+    cJSON_DeleteItemFromObjectCaseSensitive(request, "_meta");
+    return request;
+}
+
+static void note_dispatch(struct replay *r, long index, const char *step_id, const cJSON *payload,
+                          int64_t time_ms)
 {
     if (r->call_count == r->call_cap) {
-        r->call_cap = r->call_cap ? 2 * r->call_cap : 64;
+        r->call_cap = r->call_cap ? r->call_cap + r->call_cap / 2 : 64;
         r->calls = xrealloc(r->calls, r->call_cap * sizeof(*r->calls));
     }
     struct call *c = &r->calls[r->call_count++];
     memset(c, 0, sizeof(*c));
     c->session = r->sessions;
-    c->step = step;
+    c->step = index < 0 ? SIZE_MAX : (size_t)index;
+    c->step_id = index < 0 ? xstrdup(step_id) : NULL;
     c->item = number(payload, "item", ENGINE_NO_ITEM);
     c->attempt = (int)number(payload, "attempt", 0);
     c->task = number(payload, "task", -1);
-    const cJSON *tool = cJSON_GetObjectItemCaseSensitive(payload, "tool");
-    const cJSON *child = cJSON_GetObjectItemCaseSensitive(payload, "child");
-    if (cJSON_IsString(child)) {
-        c->child = xstrdup(child->valuestring); /* its request is the child's own input */
-    } else if (cJSON_IsString(tool)) {
-        c->request = cJSON_CreateObject();
-        cJSON_AddStringToObject(c->request, "name", tool->valuestring);
-        const cJSON *arguments = cJSON_GetObjectItemCaseSensitive(payload, "arguments");
-        cJSON_AddItemToObject(c->request, "arguments",
-                              arguments ? cJSON_Duplicate(arguments, true) : cJSON_CreateObject());
+    c->recorded_delay_ms = -1;
+    const char *child = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "child"));
+    if (child) {
+        /* A workflow step's: its request is the child run's own inputs (same_child). */
+        c->child = xstrdup(child);
+        c->request = xstrdup("null");
     } else {
-        const cJSON *params = cJSON_GetObjectItemCaseSensitive(payload, "params");
-        c->request = params ? cJSON_Duplicate(params, true) : cJSON_CreateNull();
+        cJSON *request = request_of(cJSON_GetObjectItemCaseSensitive(payload, "tool"),
+                                    cJSON_GetObjectItemCaseSensitive(payload, "arguments"),
+                                    cJSON_GetObjectItemCaseSensitive(payload, "params"));
+        c->request = tr_json_print(request);
+        cJSON_Delete(request);
     }
+    mark(r, MARK_DISPATCH, (size_t)(c - r->calls), time_ms);
 }
 
-static void note_failure(struct call *c, enum outcome outcome, enum tr_error_class error_class,
-                         const char *error)
+/* What the agent sent for a call: kept when it is not what step.dispatched says. */
+static void note_sent(struct replay *r, const cJSON *payload)
 {
-    if (!c || c->outcome == OUTCOME_RETRY || c->outcome == OUTCOME_FAILURE)
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
+    const char *method = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(message, "method"));
+    struct call *c = cJSON_IsNumber(task) ? call_of_task(r, task->valuedouble) : NULL;
+    if (!c || c->sent || !method)
         return;
-    c->outcome = outcome;
-    c->error_class = error_class;
+    bool tool = strcmp(method, "tools/call") == 0;
+    cJSON *sent = request_of(tool ? cJSON_GetObjectItemCaseSensitive(params, "name") : NULL,
+                             cJSON_GetObjectItemCaseSensitive(params, "arguments"), params);
+    cJSON *dispatched = cJSON_Parse(c->request);
+    if (!cJSON_Compare(sent, dispatched, true))
+        c->sent = tr_json_print(sent);
+    cJSON_Delete(dispatched);
+    cJSON_Delete(sent);
+}
+
+/* The agent's record of what the server answered: a result, a result with isError (a tool
+ * error), or nothing the replay decides from (a JSON-RPC error: the scheduler's events say). */
+static void note_response(struct replay *r, const cJSON *payload, int64_t time_ms)
+{
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(message, "result");
+    struct call *c = cJSON_IsNumber(task) ? call_of_task(r, task->valuedouble) : NULL;
+
+    if (!c || c->outcome != OUTCOME_NONE || !result)
+        return;
+    c->from_response = true;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))) {
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
+        const char *text = cJSON_GetStringValue(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(content, 0), "text"));
+        c->outcome = OUTCOME_FAILURE;
+        c->error_class = TR_ERROR_CLASS_TOOL;
+        c->error = xstrdup(text ? text : "the tool reported an error");
+    } else {
+        c->outcome = OUTCOME_SUCCESS;
+    }
+    c->outcome_mark = r->mark_count;
+    mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms);
+}
+
+/*
+ * A failure the scheduler recorded (step.retry, step.finished): the outcome when the agent's
+ * record gave none (a timeout, a lost server), else its words for it. Either way the engine is
+ * given it here, where the live scheduler took it, at the latest time it can have (the event's
+ * time is stored to the ms, and written after the decision): a backoff is never shorter than
+ * the run's.
+ */
+static void note_failure(struct replay *r, struct call *c, enum outcome outcome,
+                         enum tr_error_class error_class, const char *error, int64_t time_ms)
+{
+    if (!c || (c->outcome != OUTCOME_NONE && !c->from_response))
+        return;
     free(c->error);
     c->error = xstrdup(error ? error : "unknown error");
+    if (c->outcome == OUTCOME_FAILURE) {
+        c->from_response = false; /* a tool error: the class is the answer's */
+        r->marks[c->outcome_mark].kind = MARK_MOVED;
+    } else {
+        /* No answer, or one the driver could not take (a result out of range: protocol). */
+        if (c->outcome == OUTCOME_SUCCESS)
+            r->marks[c->outcome_mark].kind = MARK_MOVED;
+        c->from_response = false;
+        c->outcome = outcome;
+        c->error_class = error_class;
+    }
+    mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms + 1);
+}
+
+/*
+ * A child run's end (child.finished): a success is its call's outcome, given to the engine
+ * here as the agent's answer would be; a failure, cancel or stop is its step's events' to say.
+ */
+static void note_child_finished(struct replay *r, const cJSON *payload, int64_t time_ms)
+{
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "run"));
+    const char *status = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "status"));
+
+    for (size_t k = r->call_count; run && status && k-- > 0;) {
+        struct call *c = &r->calls[k];
+        if (!c->child || strcmp(c->child, run) != 0)
+            continue;
+        c->child_succeeded = strcmp(status, "succeeded") == 0;
+        if (c->child_succeeded && c->outcome == OUTCOME_NONE) {
+            c->outcome = OUTCOME_SUCCESS;
+            c->from_response = true;
+            c->outcome_mark = r->mark_count;
+            mark(r, MARK_OUTCOME, k, time_ms);
+        }
+        return;
+    }
 }
 
 static int read_event(void *userdata, const struct store_audit_event *event)
 {
     struct replay *r = userdata;
-    static const char *const used[] = {
-        "run.started",   "run.resumed",           "step.dispatched", "step.retry",
-        "step.finished", "step.reused",           "step.approved",   "step.rejected",
-        "mcp.response",  "step.waiting_approval", "step.recovered",  "child.finished"};
+    static const char *const used[] = {"run.started",   "run.resumed",           "step.dispatched",
+                                       "step.retry",    "step.finished",         "step.reused",
+                                       "step.approved", "step.rejected",         "mcp.response",
+                                       "mcp.request",   "step.waiting_approval", "step.recovered",
+                                       "child.finished"};
     bool wanted = false;
 
     for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
         wanted = strcmp(event->type, used[k]) == 0;
-    if (!wanted)
+    /* An agent's requests and responses outside a task (discovery, listings): not parsed. */
+    if (!wanted || (strncmp(event->type, "mcp.", 4) == 0 && !event->step_id))
         return 0;
     long index = event->step_id ? workflow_step_find(r->wf, event->step_id) : -1;
+    int64_t time_ms = event_ms(event->time);
     cJSON *payload = cJSON_Parse(event->payload_json);
     const char *type = event->type;
     if (strcmp(type, "run.started") == 0) {
@@ -175,64 +350,70 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         r->input = cJSON_DetachItemFromObjectCaseSensitive(payload, "input");
         if (cJSON_IsString(parent) && !r->parent)
             r->parent = xstrdup(parent->valuestring);
+        r->started_ms = time_ms;
     } else if (strcmp(type, "run.resumed") == 0) {
         r->sessions++;
+        mark(r, MARK_RESUMED, (size_t)r->sessions, time_ms);
     } else if (strcmp(type, "mcp.response") == 0) {
-        const cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
-        const cJSON *task = cJSON_GetObjectItemCaseSensitive(payload, "task");
-        struct call *c = cJSON_IsNumber(task) ? call_of_task(r, task->valuedouble) : NULL;
-        if (c && c->outcome == OUTCOME_NONE && cJSON_HasObjectItem(message, "result"))
-            c->outcome = OUTCOME_SUCCESS;
+        note_response(r, payload, time_ms);
+    } else if (strcmp(type, "mcp.request") == 0) {
+        note_sent(r, payload);
     } else if (strcmp(type, "child.finished") == 0) {
-        /* A child run's end: its call succeeded (or failed, as the step's events say). */
-        const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "run"));
-        const char *status =
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "status"));
-        for (size_t k = r->call_count; run && status && k-- > 0;) {
-            struct call *c = &r->calls[k];
-            if (!c->child || strcmp(c->child, run) != 0)
-                continue;
-            c->child_succeeded = strcmp(status, "succeeded") == 0;
-            if (c->child_succeeded && c->outcome == OUTCOME_NONE)
-                c->outcome = OUTCOME_SUCCESS;
-            break;
-        }
-    } else if (index < 0) {
-        /* a step the workflow does not have: replay finds the divergence */
+        note_child_finished(r, payload, time_ms);
     } else if (strcmp(type, "step.dispatched") == 0) {
-        note_dispatch(r, (size_t)index, payload);
+        /* One of a step the workflow does not have too: replay finds the divergence. */
+        note_dispatch(r, index, event->step_id, payload, time_ms);
+    } else if (index < 0) {
+        /* a step the workflow does not have: its dispatches say so */
     } else if (strcmp(type, "step.retry") == 0) {
         long item = number(payload, "item", ENGINE_NO_ITEM);
         const cJSON *error = cJSON_GetObjectItemCaseSensitive(payload, "error");
         const cJSON *class = cJSON_GetObjectItemCaseSensitive(payload, "class");
-        int c = tr_error_class_parse(cJSON_GetStringValue(class));
-        note_failure(
-            find_call(r, r->sessions, (size_t)index, item, (int)number(payload, "attempt", 0)),
-            OUTCOME_RETRY, c < 0 ? TR_ERROR_CLASS_PROTOCOL : (enum tr_error_class)c,
-            cJSON_GetStringValue(error));
+        int cls = tr_error_class_parse(cJSON_GetStringValue(class));
+        struct call *c =
+            find_call(r, r->sessions, (size_t)index, item, (int)number(payload, "attempt", 0));
+        note_failure(r, c, OUTCOME_RETRY,
+                     cls < 0 ? TR_ERROR_CLASS_PROTOCOL : (enum tr_error_class)cls,
+                     cJSON_GetStringValue(error), time_ms);
+        if (c) {
+            c->recorded_delay_ms = (int)number(payload, "delay_ms", -1);
+            c->retried = true;
+        }
     } else if (strcmp(type, "step.finished") == 0) {
         const cJSON *status = cJSON_GetObjectItemCaseSensitive(payload, "status");
         const char *error =
             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "error"));
-        struct call *c = NULL;
         if (cJSON_IsString(status) && strcmp(status->valuestring, "failed") == 0 && error) {
             long item = -1;
+            struct call *c;
             if (sscanf(error, "item %ld:", &item) == 1 && item >= 0)
                 c = find_call(r, r->sessions, (size_t)index, item, -1);
             else
                 c = find_call(r, r->sessions, (size_t)index, ENGINE_NO_ITEM,
                               (int)number(payload, "attempt", 0));
             /* Not retried: no class a policy names. */
-            note_failure(c, OUTCOME_FAILURE, TR_ERROR_CLASS_POLICY, error);
+            note_failure(r, c, OUTCOME_FAILURE, TR_ERROR_CLASS_POLICY, error, time_ms);
+            if (c)
+                c->gave_up = true;
         } else if (cJSON_IsString(status) && strcmp(status->valuestring, "succeeded") == 0) {
-            c = find_call(r, r->sessions, (size_t)index, ENGINE_NO_ITEM,
-                          (int)number(payload, "attempt", 0));
-            if (c && c->outcome == OUTCOME_NONE)
+            struct call *c = find_call(r, r->sessions, (size_t)index, ENGINE_NO_ITEM,
+                                       (int)number(payload, "attempt", 0));
+            /* Taken where the scheduler took it (the answer is the agent's record); a call no
+             * agent recorded an answer to (a child run's) on the step's word. */
+            if (c && c->outcome == OUTCOME_SUCCESS && c->from_response) {
+                c->from_response = false;
+                r->marks[c->outcome_mark].kind = MARK_MOVED;
+                mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms + 1);
+            } else if (c && c->outcome == OUTCOME_NONE) {
                 c->outcome = OUTCOME_SUCCESS;
+                mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms + 1);
+            }
         }
+        /* A for_each's digest of its items (one entry each) is the ledger's, not replay's. */
+        cJSON_DeleteItemFromObjectCaseSensitive(payload, "items");
         cJSON_Delete(r->steps[index].finished);
         r->steps[index].finished = payload;
-        r->steps[index].finished_session = r->sessions;
+        mark(r, MARK_FINISHED, (size_t)index, time_ms);
         payload = NULL;
     } else if (strcmp(type, "step.reused") == 0) {
         const cJSON *status = cJSON_GetObjectItemCaseSensitive(payload, "status");
@@ -251,7 +432,7 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         cJSON_AddBoolToObject(payload, "approved", strcmp(type, "step.approved") == 0);
         cJSON_Delete(r->steps[index].approval);
         r->steps[index].approval = payload;
-        r->steps[index].approval_session = r->sessions;
+        mark(r, MARK_APPROVAL, (size_t)index, time_ms);
         payload = NULL;
     } else if (strcmp(type, "step.recovered") == 0) {
         r->recovered = xrealloc(r->recovered, (r->recovered_count + 1) * sizeof(*r->recovered));
@@ -426,36 +607,84 @@ out:
     return same;
 }
 
+/* " item N", or "" for the step itself. */
+static const char *item_words(long item, char buf[static 32])
+{
+    buf[0] = '\0';
+    if (item != ENGINE_NO_ITEM)
+        snprintf(buf, 32, " item %ld", item);
+    return buf;
+}
+
+/* Compares the replay's request with a recorded one (printed JSON). */
+static bool same_as(struct replay *r, const struct engine_effect *fx, const char *recorded)
+{
+    cJSON *then = cJSON_Parse(recorded);
+    bool same = same_request(r, fx->step, fx->item, fx->method, fx->params, then);
+    cJSON_Delete(then);
+    return same;
+}
+
 static void dispatched(struct replay *r, const struct engine_effect *fx)
 {
-    struct call *c = find_call(r, r->session, fx->step, fx->item, fx->attempt);
+    struct call *c = r->expect;
+    char where[32];
 
+    if (!c || c->session != r->session || c->step != fx->step || c->item != fx->item ||
+        c->attempt != fx->attempt)
+        c = find_call(r, r->session, fx->step, fx->item, fx->attempt);
+
+    r->last_step = (long)fx->step;
+    r->last_item = fx->item;
     if (!c || c->used) {
-        /* The run never made it: it ended first (a failure elsewhere, a cancel, a deadline),
-         * or its scheduler stopped before it had room to (a later one took over). Only a run
-         * that succeeded must have, under its last scheduler. */
-        if (r->session == r->sessions && r->status && strcmp(r->status, "succeeded") == 0)
-            diverge(r, "DIVERGENCE at step '%s': replay calls %s.%s, the run never did\n",
-                    workflow_step_id(r->wf, fx->step), workflow_step_server(r->wf, fx->step),
-                    workflow_step_tool(r->wf, fx->step));
+        /* Past the end of the log of a run that ended (failed, cancelled, stopped): the run
+         * could not reach it. Anywhere else the run would have recorded it. */
+        if (r->past_end) {
+            r->unreached++;
+            return;
+        }
+        diverge(r, "DIVERGENCE at step '%s'%s: replay calls %s.%s, the run never did\n",
+                workflow_step_id(r->wf, fx->step), item_words(fx->item, where),
+                workflow_step_server(r->wf, fx->step), workflow_step_tool(r->wf, fx->step));
         return;
     }
     c->used = true;
     if (fx->target == ENGINE_TARGET_CHILD) {
-        /* A child run performed it: its own tool calls are what is matched. */
+        /* A child run performed it: its inputs, its plan, and its own calls are matched. */
         if (!c->child) {
-            diverge(r, "DIVERGENCE at step '%s': the run records no child run for it\n",
-                    workflow_step_id(r->wf, fx->step));
+            diverge(r, "DIVERGENCE at step '%s'%s: the run records no child run for it\n",
+                    workflow_step_id(r->wf, fx->step), item_words(fx->item, where));
             return;
         }
         if (!same_child(r, fx, c))
             return;
-    } else if (!same_request(r, fx->step, fx->item, fx->method, fx->params, c->request)) {
+    } else if (!same_as(r, fx, c->request) || (c->sent && !same_as(r, fx, c->sent))) {
+        /* The request as the scheduler recorded it, and as the agent sent it. */
         return;
     } else {
         r->report->matched++;
     }
     r->pending = grow_push(r->pending, &r->pending_count, (size_t)(c - r->calls));
+}
+
+/* The engine retries a call: when, and after the backoff the run recorded. */
+static void retried(struct replay *r, const struct engine_effect *fx)
+{
+    long item = number(fx->payload, "item", ENGINE_NO_ITEM);
+    int attempt = (int)number(fx->payload, "attempt", 0);
+    long delay = number(fx->payload, "delay_ms", 0);
+    struct call *c = find_call(r, r->session, fx->step, item, attempt);
+    char where[32];
+
+    if (!c)
+        return;
+    c->due_ms = r->now + delay;
+    if (c->recorded_delay_ms >= 0 && c->recorded_delay_ms != delay)
+        diverge(r,
+                "DIVERGENCE at step '%s'%s: the run retried attempt %d after %d ms, the replay "
+                "after %ld ms\n",
+                workflow_step_id(r->wf, fx->step), item_words(item, where), attempt,
+                c->recorded_delay_ms, delay);
 }
 
 /* An eval step yields the output the run recorded. */
@@ -518,6 +747,8 @@ static void drain(struct replay *r)
         case ENGINE_AUDIT:
             if (strcmp(fx[i].type, "step.waiting_approval") == 0)
                 r->approvals = grow_push(r->approvals, &r->approval_count, fx[i].step);
+            else if (strcmp(fx[i].type, "step.retry") == 0)
+                retried(r, &fx[i]);
             break;
         case ENGINE_RECORD:
             check_eval(r, &fx[i]);
@@ -532,56 +763,72 @@ static void drain(struct replay *r)
     engine_effects_clear(r->engine);
 }
 
-/* ---- answering from the record ------------------------------------------------------------- */
+/* ---- following the log --------------------------------------------------------------------- */
 
-/* Answers what can be answered from the record; true when something was. */
-static bool answer(struct replay *r, int64_t now)
+/* The recorded outcome of call c, given to the engine at the point of the log that holds it. */
+static void answer_call(struct replay *r, struct call *c)
+{
+    if (!c->used || c->answered || c->outcome == OUTCOME_NONE)
+        return;
+    c->answered = true;
+    for (size_t k = 0; k < r->pending_count; k++)
+        if (&r->calls[r->pending[k]] == c) {
+            r->pending[k] = r->pending[--r->pending_count];
+            break;
+        }
+    if (c->outcome == OUTCOME_SUCCESS && c->item != ENGINE_NO_ITEM) {
+        cJSON *none = cJSON_CreateObject();
+        (void)engine_result(r->engine, c->step, c->item, c->attempt, none, "{}", r->now);
+        cJSON_Delete(none);
+    } else if (c->outcome == OUTCOME_SUCCESS) {
+        const cJSON *output =
+            cJSON_GetObjectItemCaseSensitive(r->steps[c->step].finished, "output");
+        char *text = output ? tr_json_print(output) : NULL;
+        (void)engine_succeeded(r->engine, c->step, text, r->now);
+        free(text);
+    } else {
+        char where[32];
+        (void)engine_failure(r->engine, c->step, c->item, c->attempt, c->error_class, c->error,
+                             r->now);
+        drain(r);
+        /* The run's decision on the failure (retry, or give up) is the replay's. */
+        if (c->retried != (c->due_ms != 0) && (c->retried || c->gave_up))
+            diverge(r, "DIVERGENCE at step '%s'%s: attempt %d failed; the run %s, the replay %s\n",
+                    workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
+                    c->retried ? "retried it" : "gave it up",
+                    c->retried ? "gives it up" : "retries it");
+    }
+    drain(r);
+}
+
+/*
+ * What the log has shown so far lets follow: for_each steps gathered and approvals decided
+ * once their events are passed, a step the run failed for a reason of its driver's (its agents
+ * could not start). True when something was.
+ */
+static bool answer(struct replay *r)
 {
     bool progress = false;
 
-    for (size_t k = 0; k < r->pending_count && !r->diverged;) {
-        struct call *c = &r->calls[r->pending[k]];
-        if (c->outcome == OUTCOME_NONE) {
-            k++;
-            continue;
-        }
-        /* In the order they were dispatched, as a live run mostly sees them end. */
-        memmove(&r->pending[k], &r->pending[k + 1], (--r->pending_count - k) * sizeof(*r->pending));
-        progress = true;
-        if (c->outcome == OUTCOME_SUCCESS && c->item != ENGINE_NO_ITEM) {
-            cJSON *none = cJSON_CreateObject();
-            (void)engine_result(r->engine, c->step, c->item, c->attempt, none, "{}", now);
-            cJSON_Delete(none);
-        } else if (c->outcome == OUTCOME_SUCCESS) {
-            const cJSON *output =
-                cJSON_GetObjectItemCaseSensitive(r->steps[c->step].finished, "output");
-            char *text = output ? tr_json_print(output) : NULL;
-            (void)engine_succeeded(r->engine, c->step, text, now);
-            free(text);
-        } else {
-            (void)engine_failure(r->engine, c->step, c->item, c->attempt, c->error_class, c->error,
-                                 now);
-        }
-        drain(r);
-    }
     for (size_t k = 0; k < r->gather_count && !r->diverged;) {
         size_t step = r->gathers[k];
         const cJSON *finished = r->steps[step].finished;
         const cJSON *status = cJSON_GetObjectItemCaseSensitive(finished, "status");
-        if (!cJSON_IsString(status) || strcmp(status->valuestring, "succeeded") != 0) {
+        if (!r->steps[step].finished_seen || !cJSON_IsString(status) ||
+            strcmp(status->valuestring, "succeeded") != 0) {
             k++;
             continue;
         }
         r->gathers[k] = r->gathers[--r->gather_count];
         char *text = tr_json_print(cJSON_GetObjectItemCaseSensitive(finished, "output"));
-        progress |= engine_succeeded(r->engine, step, text, now);
+        progress |= engine_succeeded(r->engine, step, text, r->now);
         free(text);
         drain(r);
     }
     for (size_t k = 0; k < r->approval_count && !r->diverged;) {
         size_t step = r->approvals[k];
         const cJSON *d = r->steps[step].approval;
-        if (!d || r->steps[step].approval_session > r->session) {
+        if (!d || !r->steps[step].approval_seen) {
             k++;
             continue;
         }
@@ -590,36 +837,186 @@ static bool answer(struct replay *r, int64_t now)
         const char *by = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "by"));
         progress |= engine_approval(r->engine, step,
                                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "approved")),
-                                    by ? by : "", comment, now);
+                                    by ? by : "", comment, r->now);
         drain(r);
     }
-    return progress;
-}
-
-/*
- * Nothing more follows from the record as answered: a step the run failed for a reason of its
- * driver's (its agents could not start) fails here too. True when one did.
- */
-static bool driver_failures(struct replay *r, int64_t now)
-{
-    bool progress = false;
-
     for (size_t i = 0; i < r->step_count && !r->diverged; i++) {
         const cJSON *finished = r->steps[i].finished;
         const cJSON *status = cJSON_GetObjectItemCaseSensitive(finished, "status");
         enum step_state state = engine_step_state(r->engine, i);
-        if (r->steps[i].fail_delivered || r->steps[i].finished_session > r->session ||
-            !cJSON_IsString(status) || strcmp(status->valuestring, "failed") != 0 ||
+        if (r->steps[i].fail_delivered || !r->steps[i].finished_seen || !cJSON_IsString(status) ||
+            strcmp(status->valuestring, "failed") != 0 ||
             (state != STEP_PENDING && state != STEP_READY && state != STEP_RETRY_WAIT))
             continue;
         r->steps[i].fail_delivered = true;
         const char *error =
             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(finished, "error"));
-        engine_step_failed(r->engine, i, error ? error : "unknown error", now);
+        engine_step_failed(r->engine, i, error ? error : "unknown error", r->now);
         drain(r);
         progress = true;
     }
     return progress;
+}
+
+/*
+ * Time is now (never back): what is ready goes out where there is room (items due for a retry
+ * among them), evals and gates are decided, and what the log has shown is answered, until
+ * nothing more follows. tick: steps waiting for a retry that are due become ready. The live
+ * scheduler looks at them now and then (every TIMER_CHECK_MS), which the log does not say: the
+ * replay does when the log shows a retry sent, and at its end.
+ */
+static void settle(struct replay *r, int64_t now, bool tick)
+{
+    size_t personas = workflow_persona_count(r->wf);
+
+    if (now > r->now)
+        r->now = now;
+    for (;;) {
+        size_t effects = r->effects;
+        if (tick)
+            engine_tick(r->engine, r->now);
+        drain(r);
+        if (r->diverged)
+            return;
+        size_t made = engine_dispatch(r->engine, r->slots, r->now);
+        drain(r);
+        for (size_t p = 0; p <= personas && !r->past_end; p++) /* and the child runs' */
+            r->slots[p] = 0;
+        if (r->diverged || (!answer(r) && made == 0 && r->effects == effects))
+            return;
+    }
+}
+
+static const char *state_words(const struct replay *r, size_t step)
+{
+    return step_state_names[engine_step_state(r->engine, step)];
+}
+
+/*
+ * The log shows call c dispatched here: the replay must have made it by now (room is given for
+ * it alone, as the run had it). Else the replay decides otherwise: a dispatch out of order, a
+ * step the workflow does not have, one it no longer calls.
+ */
+static void follow_dispatch(struct replay *r, struct call *c, int64_t time_ms)
+{
+    char where[32];
+
+    if (c->step == SIZE_MAX) {
+        diverge(r,
+                "DIVERGENCE at step '%s': the run called it, the workflow replayed has no such "
+                "step\n",
+                c->step_id);
+        return;
+    }
+    /* A retry the run sent here: its backoff had passed. */
+    struct call *before =
+        c->attempt > 1 ? find_call(r, c->session, c->step, c->item, c->attempt - 1) : NULL;
+    if (before && before->due_ms > time_ms && before->due_ms <= time_ms + REPLAY_CLOCK_SLACK_MS)
+        time_ms = before->due_ms;
+    /* Items due go out at any turn of the live scheduler; steps wait for its look (a tick). */
+    bool tick = before && c->item == ENGINE_NO_ITEM;
+    settle(r, time_ms, tick);
+    /* A workflow step's room is the child runs' slot, after the personas'. */
+    size_t persona = workflow_step_action(r->wf, c->step) == WORKFLOW_ACTION_WORKFLOW
+                         ? workflow_persona_count(r->wf)
+                         : workflow_step_persona(r->wf, c->step);
+    r->last_step = -1;
+    if (!c->used && !r->diverged && persona <= workflow_persona_count(r->wf)) {
+        r->slots[persona] = 1;
+        r->expect = c;
+        settle(r, time_ms, tick);
+        r->expect = NULL;
+    }
+    if (c->used || r->diverged)
+        return;
+    char instead[160] = "";
+    if (r->last_step >= 0) {
+        char other[32];
+        snprintf(instead, sizeof(instead), "; it dispatches '%s'%s instead",
+                 workflow_step_id(r->wf, (size_t)r->last_step), item_words(r->last_item, other));
+    }
+    diverge(r,
+            "DIVERGENCE at step '%s'%s: the run dispatched it (attempt %d) at this point of its "
+            "log, the replay does not (the step is %s there%s)\n",
+            workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
+            state_words(r, c->step), instead);
+}
+
+/* The log shows step finished: the engine decided the same from what the log gave it. */
+static void follow_finished(struct replay *r, size_t step, int64_t time_ms)
+{
+    const char *status =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r->steps[step].finished, "status"));
+
+    r->steps[step].finished_seen = true;
+    settle(r, time_ms, false);
+    if (r->diverged || !status ||
+        (strcmp(status, "succeeded") != 0 && strcmp(status, "failed") != 0))
+        return; /* a cancel is the driver's, not a decision */
+    const char *now = state_words(r, step);
+    if (strcmp(now, status) != 0)
+        diverge(r,
+                "DIVERGENCE at step '%s': the run recorded it %s here, the replay decides it %s "
+                "from what the log gave it\n",
+                workflow_step_id(r->wf, step), status, now);
+}
+
+/* The record goes on under another scheduler: it takes what was in flight over. */
+static void follow_resumed(struct replay *r, int session, int64_t time_ms)
+{
+    settle(r, time_ms, false);
+    r->session = session;
+    r->pending_count = 0;
+    bool *in_flight = xcalloc(r->step_count + 1, sizeof(*in_flight));
+    for (size_t k = 0; k < r->recovered_count; k++)
+        in_flight[r->recovered[k].step] |= r->recovered[k].session == r->session;
+    engine_recover(r->engine, in_flight, r->now);
+    free(in_flight);
+    drain(r);
+}
+
+/*
+ * The log has ended. A run that succeeded, or failed for a step's failure, ended by the
+ * engine's decisions: the replay must end the same way, with nothing more to send. A run
+ * cancelled, stopped, cut short or failed by its driver (a deadline, a lost store) could not
+ * reach what would have come next: the replay stops where the log ends, and says so.
+ */
+static void follow_end(struct replay *r)
+{
+    size_t personas = workflow_persona_count(r->wf);
+    bool succeeded = r->status && strcmp(r->status, "succeeded") == 0;
+    bool failed = r->status && strcmp(r->status, "failed") == 0 && r->failed_by_step;
+
+    settle(r, r->now, false);
+    if (r->diverged)
+        return;
+    const char *failure = engine_failure_reason(r->engine);
+    if (succeeded && failure) {
+        diverge(r, "DIVERGENCE: the run succeeded, the replay fails it: %s\n", failure);
+        return;
+    }
+    r->past_end = !succeeded && !(failed && !failure);
+    for (size_t p = 0; p <= personas; p++)
+        r->slots[p] = SIZE_MAX;
+    settle(r, r->now, true);
+    if (r->diverged)
+        return;
+    struct engine_counts counts;
+    engine_counts(r->engine, &counts);
+    for (size_t i = 0; i < r->step_count && !r->past_end; i++) {
+        if (step_state_final(engine_step_state(r->engine, i)))
+            continue;
+        diverge(r, "DIVERGENCE at step '%s': the run %s with it %s, the replay has it %s\n",
+                workflow_step_id(r->wf, i), succeeded ? "succeeded" : "failed",
+                r->steps[i].finished ? "finished" : "never finished", state_words(r, i));
+        return;
+    }
+    if (r->past_end && (r->unreached || counts.done < counts.total))
+        r->report->note = xasprintf(
+            "the run ended (%s) where its log ends: the replay stops there (%zu of %zu steps "
+            "ended%s)\n",
+            r->status && *r->status ? r->status : "cut short", counts.done, counts.total,
+            r->unreached ? ", calls past it not followed" : "");
 }
 
 static int copy_run(void *userdata, const struct store_run *run)
@@ -629,6 +1026,8 @@ static int copy_run(void *userdata, const struct store_run *run)
     int64_t deadline = 0;
 
     r->status = xstrdup(run->status ? run->status : "");
+    /* As the engine words it (engine.c fail_run); else the driver's (a deadline, a lost store). */
+    r->failed_by_step = run->error && strncmp(run->error, "step '", 6) == 0;
     sched__options_from_json(&opts, &deadline, run->options_json);
     r->defaults = (struct engine_policy){
         .max_attempts = opts.max_attempts,
@@ -652,6 +1051,7 @@ int sched_replay(const struct workflow *wf, struct store *store, const char *run
     r.steps = xcalloc(r.step_count + 1, sizeof(*r.steps));
     r.reuse = xcalloc(r.step_count + 1, sizeof(*r.reuse));
     r.reuse_payloads = xcalloc(r.step_count + 1, sizeof(*r.reuse_payloads));
+    r.slots = xcalloc(workflow_persona_count(wf) + 1, sizeof(*r.slots));
     rc = store_run_get(store, run_id, copy_run, &r, err);
     if (rc == 0)
         rc = store_audit_list(store, run_id, read_event, &r, err);
@@ -685,62 +1085,48 @@ int sched_replay(const struct workflow *wf, struct store *store, const char *run
         if (rc < 0)
             goto out;
     }
-    int64_t now = 0;
-    engine_start(r.engine, now);
+    /* The engine decides at the times the run's events were written, in the log's order. */
+    r.now = r.started_ms;
+    engine_start(r.engine, r.now);
     drain(&r);
-    size_t personas = workflow_persona_count(wf);
-    size_t *slots = xcalloc(personas + 1, sizeof(*slots));
-    for (long rounds = 0; !r.diverged; rounds++) {
-        size_t effects = r.effects;
-        if (rounds == REPLAY_MAX_ROUNDS) {
-            diverge(&r, "DIVERGENCE: the replay did not settle within %ld rounds\n",
-                    (long)REPLAY_MAX_ROUNDS);
+    for (size_t m = 0; m < r.mark_count && !r.diverged; m++) {
+        const struct mark *k = &r.marks[m];
+        switch (k->kind) {
+        case MARK_DISPATCH:
+            follow_dispatch(&r, &r.calls[k->index], k->time_ms);
+            break;
+        case MARK_OUTCOME:
+            settle(&r, k->time_ms, false);
+            answer_call(&r, &r.calls[k->index]);
+            break;
+        case MARK_FINISHED:
+            follow_finished(&r, k->index, k->time_ms);
+            break;
+        case MARK_APPROVAL:
+            r.steps[k->index].approval_seen = true;
+            settle(&r, k->time_ms, false);
+            break;
+        case MARK_RESUMED:
+            follow_resumed(&r, (int)k->index, k->time_ms);
+            break;
+        case MARK_MOVED:
             break;
         }
-        now += REPLAY_ROUND_MS;
-        engine_tick(r.engine, now);
-        drain(&r);
-        for (size_t p = 0; p <= personas; p++) /* and the child runs' slot */
-            slots[p] = SIZE_MAX;
-        size_t made = engine_dispatch(r.engine, slots, now);
-        drain(&r);
-        bool progress = answer(&r, now) || made > 0 || r.effects != effects;
-        if (progress || r.diverged)
-            continue;
-        if (driver_failures(&r, now))
-            continue;
-        if (r.session < r.sessions) {
-            /* The record goes on under another scheduler: it takes what was in flight over. */
-            r.session++;
-            r.pending_count = 0;
-            bool *in_flight = xcalloc(r.step_count + 1, sizeof(*in_flight));
-            for (size_t k = 0; k < r.recovered_count; k++)
-                in_flight[r.recovered[k].step] |= r.recovered[k].session == r.session;
-            engine_recover(r.engine, in_flight, now);
-            free(in_flight);
-            drain(&r);
-            continue;
-        }
-        break;
     }
-    free(slots);
-    for (size_t i = 0; i < r.call_count && !r.diverged; i++)
-        if (!r.calls[i].used)
-            diverge(&r,
-                    "DIVERGENCE at step '%s': the run called %s.%s, the replay never "
-                    "reaches it\n",
-                    workflow_step_id(wf, r.calls[i].step),
-                    workflow_step_server(wf, r.calls[i].step),
-                    workflow_step_tool(wf, r.calls[i].step));
+    if (!r.diverged)
+        follow_end(&r);
 out:
     engine_free(&r.engine);
     workflow_scope_free(&r.scope);
     for (size_t i = 0; i < r.call_count; i++) {
-        cJSON_Delete(r.calls[i].request);
-        free(r.calls[i].error);
+        free(r.calls[i].request);
         free(r.calls[i].child);
+        free(r.calls[i].sent);
+        free(r.calls[i].step_id);
+        free(r.calls[i].error);
     }
     free(r.calls);
+    free(r.marks);
     for (size_t i = 0; i < r.step_count; i++) {
         cJSON_Delete(r.steps[i].finished);
         cJSON_Delete(r.steps[i].approval);
@@ -750,6 +1136,7 @@ out:
     free(r.reuse_payloads);
     free(r.reuse);
     free(r.steps);
+    free(r.slots);
     free(r.pending);
     free(r.gathers);
     free(r.approvals);

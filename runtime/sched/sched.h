@@ -252,6 +252,9 @@ struct sched_replay_report {
     size_t matched;   /* calls the replay made that match the record (child runs' too) */
     size_t children;  /* child runs replayed from their records, at every depth */
     char *divergence; /* the first divergence, for people (the caller frees), or NULL */
+    /* The run ended (failed, cancelled, stopped) before the replay would have: what the replay
+     * did not follow past the end of the log, for people (the caller frees), or NULL. */
+    char *note;
 };
 
 /*

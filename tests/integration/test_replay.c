@@ -372,14 +372,14 @@ Test(replay, from_the_plan_stored_with_the_run_without_its_file)
     char *copy = copy_with_plan_changed(&env, parent, false);
     const char *tampered[] = {env.troupe, "--db", copy, "replay", parent, NULL};
     harness_run(tampered, elsewhere, 60000, &r);
-    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert_eq(r.exit_code, 3, "%s%s", r.out, r.err);
     cr_assert(strstr(r.err, "refusing to replay run") && strstr(r.err, "plan_json"), "%s", r.err);
     harness_result_release(&r);
     free(copy);
     copy = copy_with_plan_changed(&env, parent, true);
     tampered[2] = copy;
     harness_run(tampered, elsewhere, 60000, &r);
-    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert_eq(r.exit_code, 3, "%s%s", r.out, r.err);
     cr_assert(strstr(r.err, "refusing to replay run") && strstr(r.err, "plan_hash"), "%s", r.err);
     harness_result_release(&r);
 
@@ -440,5 +440,283 @@ Test(replay, prints_its_decisions_as_json_lines)
     harness_result_release(&r);
     free(id);
     free(path);
+    harness_env_release(&env);
+}
+
+/* ---- replay follows the run's timeline, and every call both ways ------------------------- */
+
+#define FLAKY_SERVER                                                                               \
+    "  flaky:\n"                                                                                   \
+    "    command: sh\n"                                                                            \
+    "    args: [-c, 'exec \"$TROUPE_BUILD_DIR/tests/test-mcp-misbehave\"']\n"                      \
+    "    inherit_env: [TROUPE_BUILD_DIR]\n"
+#define HEAD(name)                                                                                 \
+    "name: " name "\n"                                                                             \
+    "mcp_servers:\n" FLAKY_SERVER "  demo:\n"                                                      \
+    "    command: troupe-demo-tools\n"                                                             \
+    "personas:\n"                                                                                  \
+    "  worker:\n"                                                                                  \
+    "    servers: [flaky, demo]\n"                                                                 \
+    "steps:\n"
+#define GREET(id, who, extra)                                                                      \
+    "  - id: " id "\n"                                                                             \
+    "    persona: worker\n"                                                                        \
+    "    tool: demo.greet\n"                                                                       \
+    "    with: {name: " who "}\n" extra
+
+/* Runs text (exit run_exit), then replays the run against replay_text (NULL: its own plan);
+ * asserts the replay's exit status and that its output holds want; the run's id. */
+static char *run_then_replay(struct harness_env *env, const char *text, int run_exit,
+                             const char *replay_text, int replay_exit, const char *want)
+{
+    struct harness_result r;
+    char *path = harness_write_file(env->dir, "run.yaml", text);
+    const char *run[] = {env->troupe, "--db", env->db, "run", "-q", path, NULL};
+    harness_run(run, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, run_exit, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *id = run_id_latest(env);
+    char *edited = replay_text ? harness_write_file(env->dir, "edited.yaml", replay_text) : NULL;
+    const char *replay[] = {
+        env->troupe, "--db", env->db, "replay", id, edited ? "--workflow" : NULL, edited, NULL};
+    harness_run(replay, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, replay_exit, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, want), "no '%s' in:\n%s%s", want, r.out, r.err);
+    harness_result_release(&r);
+    free(edited);
+    free(path);
+    return id;
+}
+
+/* A step retried after a backoff fails the run while an independent chain runs meanwhile: the
+ * replay's retry waits as long, so the chain is reached as it was. */
+Test(replay, follows_the_timeline_of_a_retry_with_backoff)
+{
+    struct harness_env env = harness_env_new();
+    static const char text[] =
+        HEAD("timeline") "  - id: x\n"
+                         "    persona: worker\n"
+                         "    tool: flaky.flaky\n"
+                         "    with: {key: x, fails: 9}\n"
+                         "    retry: {attempts: 2, backoff: 500ms, errors: [tool]}\n" GREET(
+                             "y1", "A", "") GREET("y2", "B", "    needs: y1\n")
+                             GREET("y3", "C", "    needs: y2\n");
+    char *id = run_then_replay(&env, text, 1, NULL, 0, "no divergence");
+    cr_assert_eq(events_of(&env, id, "y3", "step.dispatched"), 1);
+    free(id);
+    harness_env_release(&env);
+}
+
+/* A for_each whose item fails after its retry while the other items go on. */
+Test(replay, follows_the_timeline_of_a_for_each_item_retried)
+{
+    struct harness_env env = harness_env_new();
+    static const char text[] =
+        HEAD("timeline-each") "  - id: each\n"
+                              "    persona: worker\n"
+                              "    tool: flaky.flaky\n"
+                              "    for_each: '[1, 2, 3, 4, 5, 6, 7, 8, 9]'\n"
+                              "    concurrency: 3\n"
+                              "    with:\n"
+                              "      key: \"e-${{ .item }}\"\n"
+                              "      fails: '${{ if .item == 2 then 9 else 0 end }}'\n"
+                              "    retry: {attempts: 2, backoff: 300ms, errors: [tool]}\n";
+    char *id = run_then_replay(&env, text, 1, NULL, 0, "no divergence");
+    cr_assert_gt(harness_query_int(env.db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'step.dispatched'",
+                                   id),
+                 3);
+    free(id);
+    harness_env_release(&env);
+}
+
+static const char three_greets[] =
+    HEAD("three") GREET("a", "Ada", "") GREET("b", "Bo", "") GREET("c", "Cy", "");
+
+/* A recorded call the replay never makes is a divergence: a step removed, or replaced. */
+Test(replay, a_recorded_call_the_replay_does_not_make_is_a_divergence)
+{
+    struct harness_env env = harness_env_new();
+    static const char fewer[] = HEAD("three") GREET("a", "Ada", "") GREET("b", "Bo", "");
+    char *id = run_then_replay(&env, three_greets, 0, fewer, 1, "DIVERGENCE at step 'c'");
+    free(id);
+    static const char evals[] = HEAD("three") "  - id: a\n    eval: '1'\n";
+    id = run_then_replay(&env, three_greets, 0, evals, 1, "DIVERGENCE at step 'a'");
+    free(id);
+    harness_env_release(&env);
+}
+
+/* A replay that goes on where the run failed (on_error: continue added) diverges; the run
+ * itself replays, saying where its log ends. */
+Test(replay, a_call_after_the_recorded_failure_is_a_divergence)
+{
+    struct harness_env env = harness_env_new();
+#define FAILS(extra)                                                                               \
+    HEAD("fails")                                                                                  \
+    "  - id: x\n"                                                                                  \
+    "    persona: worker\n"                                                                        \
+    "    tool: flaky.flaky\n"                                                                      \
+    "    with: {key: x, fails: 9}\n" extra GREET("after", "Ada", "    needs: x\n")
+    static const char text[] = FAILS("");
+    static const char lenient[] = FAILS("    on_error: continue\n");
+    char *id = run_then_replay(&env, text, 1, lenient, 1, "DIVERGENCE at step 'after'");
+    free(id);
+    id = run_then_replay(&env, text, 1, NULL, 0, "no divergence");
+    free(id);
+    harness_env_release(&env);
+}
+
+/* The divergence names the step whose decision differs: the run retried x after a backoff
+ * while y1 -> y2 ran; the replay (x's retry removed) gives x up, which fails the run before
+ * y2: x is named, not y2. */
+Test(replay, names_the_step_that_gave_up_instead_of_retrying)
+{
+    struct harness_env env = harness_env_new();
+#define RETRIED(retry)                                                                             \
+    HEAD("retried")                                                                                \
+    "  - id: x\n"                                                                                  \
+    "    persona: worker\n"                                                                        \
+    "    tool: flaky.flaky\n"                                                                      \
+    "    with: {key: x, fails: 1}\n" retry GREET("y1", "A", "")                                    \
+        GREET("y2", "B", "    needs: y1\n")
+    static const char text[] =
+        RETRIED("    retry: {attempts: 2, backoff: 400ms, errors: [tool]}\n");
+    static const char no_retry[] = RETRIED("");
+    char *id = run_then_replay(&env, text, 0, no_retry, 1, "DIVERGENCE at step 'x'");
+    free(id);
+    harness_env_release(&env);
+}
+
+/* Recomputes run's hash chain (troupe-audit-v2), as a forger would. */
+static void rechain(const char *db_path, const char *run)
+{
+    sqlite3 *db;
+    sqlite3_stmt *select, *update;
+    char prev[65];
+
+    memset(prev, '0', 64);
+    prev[64] = '\0';
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT seq, time, step_id, actor, type, payload_json FROM "
+                                    "audit WHERE run_id = ?1 ORDER BY seq",
+                                    -1, &select, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
+                                    "?3 AND seq = ?4",
+                                    -1, &update, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
+    while (sqlite3_step(select) == SQLITE_ROW) {
+        unsigned char digest[crypto_hash_sha256_BYTES];
+        char hash[65];
+        crypto_hash_sha256_state state;
+        const char *fields[] = {"troupe-audit-v2",
+                                prev,
+                                run,
+                                (const char *)sqlite3_column_text(select, 0),
+                                (const char *)sqlite3_column_text(select, 1),
+                                (const char *)sqlite3_column_text(select, 2),
+                                (const char *)sqlite3_column_text(select, 3),
+                                (const char *)sqlite3_column_text(select, 4),
+                                (const char *)sqlite3_column_text(select, 5)};
+        crypto_hash_sha256_init(&state);
+        for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+            harness_hash_field_v2(&state, fields[i]);
+        crypto_hash_sha256_final(&state, digest);
+        sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
+        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
+        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
+        sqlite3_reset(update);
+        memcpy(prev, hash, sizeof(prev));
+    }
+    sqlite3_finalize(select);
+    sqlite3_finalize(update);
+    sqlite3_close(db);
+}
+
+/* A copy of env's database with sql applied to run's log and its chain recomputed (it
+ * verifies); replaying it exits 1 naming step. */
+static void forged_diverges(const struct harness_env *env, const char *run, const char *name,
+                            const char *sql, const char *step)
+{
+    struct harness_result r;
+    sqlite3 *db;
+    char *copy, *vacuum, *verify_line;
+    cr_assert_geq(asprintf(&copy, "%s/%s.db", env->dir, name), 0);
+    cr_assert_eq(sqlite3_open(env->db, &db), SQLITE_OK);
+    cr_assert_geq(asprintf(&vacuum, "VACUUM INTO '%s'", copy), 0);
+    cr_assert_eq(sqlite3_exec(db, vacuum, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    harness_db_tamper(copy, true, sql);
+    rechain(copy, run);
+    const char *verify[] = {env->troupe, "--db", copy, "audit", "verify", run, NULL};
+    harness_run(verify, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s: the forgery does not verify:\n%s%s", name, r.out, r.err);
+    harness_result_release(&r);
+    const char *replay[] = {env->troupe, "--db", copy, "replay", run, NULL};
+    harness_run(replay, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s:\n%s%s", name, r.out, r.err);
+    cr_assert_geq(asprintf(&verify_line, "DIVERGENCE at step '%s'", step), 0);
+    cr_assert(strstr(r.out, verify_line), "%s:\n%s%s", name, r.out, r.err);
+    harness_result_release(&r);
+    free(verify_line);
+    free(vacuum);
+    free(copy);
+}
+
+/* Forged logs that verify (their chain recomputed) but break the engine's rules. */
+Test(replay, refuses_a_rechained_log_that_breaks_the_rules)
+{
+    struct harness_env env = harness_env_new();
+    static const char chain[] =
+        HEAD("chain") GREET("a", "Ada", "") GREET("b", "Bo", "    needs: a\n");
+    char *id = run_then_replay(&env, chain, 0, NULL, 0, "no divergence");
+    char *sql = NULL;
+
+    /* b dispatched before a finished: the two events trade places. */
+    long long fin = harness_query_int(
+        env.db, "SELECT seq FROM audit WHERE step_id = 'a' AND type = 'step.finished'");
+    long long dis = harness_query_int(
+        env.db, "SELECT seq FROM audit WHERE step_id = 'b' AND type = 'step.dispatched'");
+    cr_assert_lt(fin, dis);
+    cr_assert_geq(asprintf(&sql,
+                           "UPDATE audit SET seq = CASE seq WHEN %lld THEN 1000000 ELSE seq END; "
+                           "UPDATE audit SET seq = %lld WHERE seq = %lld; "
+                           "UPDATE audit SET seq = %lld WHERE seq = 1000000",
+                           fin, fin, dis, dis),
+                  0);
+    forged_diverges(&env, id, "order", sql, "b");
+    free(sql);
+    /* The agent sent other arguments than the scheduler dispatched. */
+    forged_diverges(&env, id, "sent",
+                    "UPDATE audit SET payload_json = replace(payload_json, '\"Ada\"', '\"Eve\"') "
+                    "WHERE step_id = 'a' AND type = 'mcp.request'",
+                    "a");
+    /* The server answered an error, the step is recorded a success. */
+    forged_diverges(&env, id, "error",
+                    "UPDATE audit SET payload_json = replace(payload_json, '\"isError\":false', "
+                    "'\"isError\":true') WHERE step_id = 'a' AND type = 'mcp.response'",
+                    "a");
+    free(id);
+    harness_env_release(&env);
+}
+
+/* Exit statuses: 1 a divergence, 3 a run that cannot be replayed. */
+Test(replay, exits_3_when_it_cannot_replay)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *id = run_then_replay(&env, three_greets, 0, NULL, 0, "no divergence");
+    const char *none[] = {env.troupe, "--db", env.db, "replay", "r-nothing-like-it", NULL};
+    harness_run(none, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 3, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    free(id);
     harness_env_release(&env);
 }
