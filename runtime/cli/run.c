@@ -330,6 +330,44 @@ static int print_context_entry(void *userdata, const struct store_context_entry 
     return 0;
 }
 
+static int keep_last_event(void *userdata, const struct store_audit_event *event)
+{
+    cJSON **ret = userdata;
+    cJSON_Delete(*ret);
+    *ret = strcmp(event->type, "run.finished") == 0 ? cJSON_Parse(event->payload_json) : NULL;
+    return 0;
+}
+
+/* The outputs a succeeded run declared (`outputs:`), as its run.finished event holds them. */
+static void print_outputs(struct store *store, const char *run_id)
+{
+    struct tr_error err = {0};
+    cJSON *finished = NULL;
+    int64_t last = 0;
+
+    if (store_audit_last_seq(store, run_id, &last, &err) < 0 ||
+        store_audit_list_after(store, run_id, last - 1, keep_last_event, &finished, &err) < 0) {
+        cli_error("%s", err.message);
+        return;
+    }
+    const cJSON *outputs = cJSON_GetObjectItemCaseSensitive(finished, "outputs");
+    if (cJSON_IsObject(outputs)) {
+        printf("\noutputs:\n");
+        if (!outputs->child)
+            printf("  (none)\n");
+        for (const cJSON *o = outputs->child; o; o = o->next) {
+            char *value = tr_json_print(o);
+            fputs("  ", stdout);
+            cli_cell_print(stdout, o->string, 0);
+            fputs(" = ", stdout);
+            cli_cell_print(stdout, value, 0);
+            fputc('\n', stdout);
+            free(value);
+        }
+    }
+    cJSON_Delete(finished);
+}
+
 /* Each -i value as its input's type read it holds numbers JSON can carry (not 1e400). */
 static int check_input_numbers(const cJSON *texts, const cJSON *values, struct tr_error *err)
 {
@@ -514,6 +552,8 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
         cli_cell_print(stdout, err->message, 0);
         fputc('\n', stdout);
     }
+    if (!progress->quiet && rc == 0)
+        print_outputs(store, run_id);
     if (!progress->quiet) {
         size_t entries = 0;
         printf("\ncontext:\n");

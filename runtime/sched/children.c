@@ -449,7 +449,8 @@ char *sched__child_outputs(struct run *run)
     struct tr_error err = {0};
     cJSON *outputs = NULL;
 
-    if (!run->is_child || run->failure)
+    /* A child's always (its parent's step takes them); another run's when it declares them. */
+    if ((!run->is_child && !workflow_has_outputs(run->wf)) || run->failure)
         return NULL;
     if (workflow_outputs_in(run->wf, run->scope, &outputs, &err) < 0) {
         sched__fail(run, "the workflow's outputs cannot be evaluated: %s", err.message);
@@ -457,7 +458,7 @@ char *sched__child_outputs(struct run *run)
     }
     char *json = tr_json_print(outputs);
     cJSON_Delete(outputs);
-    if (store_child_set_outputs(run->store, run->id, json, &err) < 0)
+    if (run->is_child && store_child_set_outputs(run->store, run->id, json, &err) < 0)
         sched__store_failed(run, &err);
     return json;
 }

@@ -232,8 +232,9 @@ bool sched__child_cancel(struct run *run, struct task *task);
 /* The loop has ended: every child process is told to stop (SIGHUP: the run stops, they stay
  * resumable) or to cancel, and waited for; the ends of those that ended are recorded. */
 void sched__children_stop(struct run *run);
-/* A child run at its end: its outputs (workflow_outputs_in), recorded with the link; NULL when
- * this run is no child or did not succeed. A failure to evaluate them fails the run. */
+/* A run at its end: its outputs (workflow_outputs_in), for run.finished, and for a child run
+ * recorded with its link too; NULL when it did not succeed, or is no child and declares no
+ * `outputs:`. A failure to evaluate them fails the run. */
 char *sched__child_outputs(struct run *run);
 /* A child run's first start: {"run", "step", "item", "attempt"} of its parent, or NULL. */
 cJSON *sched__child_parent(struct run *run);

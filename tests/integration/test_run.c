@@ -178,6 +178,49 @@ Test(run, json_twin_runs_the_same_with_an_input)
     harness_env_release(&env);
 }
 
+/* A run's declared outputs: evaluated at its end, printed, in run.finished; one that fails to
+ * evaluate fails the run (it does not end well with outputs nobody can have). */
+Test(run, declared_outputs_are_printed_recorded_and_may_fail_the_run)
+{
+    struct harness_env env = harness_env_new();
+    static const char *const head = "name: outs\n"
+                                    "mcp_servers:\n"
+                                    "  demo: {command: troupe-demo-tools}\n"
+                                    "personas:\n"
+                                    "  w: {servers: [demo]}\n"
+                                    "steps:\n"
+                                    "  - {id: e, eval: '{x: 42, y: \"hi\"}'}\n"
+                                    "outputs:\n"
+                                    "  answer: .steps.e.output.x\n";
+    char *good = NULL, *bad = NULL;
+    cr_assert_geq(asprintf(&good, "%s  text: .steps.e.output.y\n", head), 0);
+    cr_assert_geq(asprintf(&bad, "%s  text: .steps.e.output.y | error(\"boom\")\n", head), 0);
+    char *good_path = harness_write_file(env.dir, "good.yaml", good);
+    char *bad_path = harness_write_file(env.dir, "bad.yaml", bad);
+    struct harness_result r;
+
+    const char *run_good[] = {env.troupe, "--db", env.db, "run", good_path, NULL};
+    harness_run(run_good, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "outputs:\n  answer = 42\n  text = \"hi\"\n"), "%s", r.out);
+    harness_result_release(&r);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE type = 'run.finished' "
+                                        "AND json_extract(payload_json, '$.outputs.answer') = 42"),
+                 1);
+
+    const char *run_bad[] = {env.troupe, "--db", env.db, "run", bad_path, NULL};
+    harness_run(run_bad, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "outputs cannot be evaluated: output 'text': jq: boom"), "%s", r.out);
+    harness_result_release(&r);
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM runs WHERE status = 'failed'"), 1);
+    free(good);
+    free(bad);
+    free(good_path);
+    free(bad_path);
+    harness_env_release(&env);
+}
+
 Test(run, default_database_is_under_dot_troupe)
 {
     struct harness_env env = harness_env_new();
