@@ -1,7 +1,8 @@
 /*
- * cli/replay.c: `troupe replay RUN`: its options, the fork (--from), and printing. The replay
- * itself is the scheduler's (sched_replay: the same engine as a live run, fed from the audit
- * log); this file holds no decision of its own.
+ * cli/replay.c: `troupe replay RUN`: its options, starting the fork (--from), and printing.
+ * The replay itself is the scheduler's (sched_replay: the same engine as a live run, fed from
+ * the audit log), and so is what a fork takes over (sched_fork_plan): this file holds no
+ * decision of its own.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -44,21 +45,13 @@ static void usage(FILE *out)
         STORE_DEFAULT_PATH);
 }
 
-/* What the log recorded of one step, for a fork: how it ended. */
-struct recorded_step {
-    cJSON *finished; /* step.finished payload (or step.reused), or NULL */
-    cJSON *skipped;  /* step.skipped payload, or NULL */
-};
-
 struct recording {
     const struct workflow *wf;
-    struct recorded_step *steps;
     char *file;
     cJSON *input;
     char *plan_json;        /* the plan stored with the run */
     char *plan_hash;        /* its hash as the runs table has it */
     char *logged_plan_hash; /* as run.started has it (the chain vouches for it), or NULL */
-    bool fork;              /* --from: how each step ended is kept */
 };
 
 static void replace(cJSON **slot, cJSON *value)
@@ -67,40 +60,19 @@ static void replace(cJSON **slot, cJSON *value)
     *slot = value;
 }
 
+/* What replay and fork read of the log themselves: the run's inputs and the plan it names. */
 static int record_event(void *userdata, const struct store_audit_event *event)
 {
     struct recording *rec = userdata;
-    static const char *const used[] = {"run.started", "step.reused", "step.finished",
-                                       "step.skipped"};
-    long i = workflow_step_find(rec->wf, event->step_id);
-    bool wanted = false;
 
-    /* Responses and notifications, the biggest events, are not replayed: not even parsed. */
-    for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
-        wanted = strcmp(event->type, used[k]) == 0;
-    /* How steps ended is a fork's to take over; a replay reads them itself (sched_replay). */
-    if (!wanted || (!rec->fork && strcmp(event->type, "run.started") != 0))
+    /* Responses and notifications, the biggest events, are not even parsed. */
+    if (strcmp(event->type, "run.started") != 0)
         return 0;
     cJSON *payload = cJSON_Parse(event->payload_json);
-    if (strcmp(event->type, "run.started") == 0) {
-        const cJSON *hash = cJSON_GetObjectItemCaseSensitive(payload, "plan_hash");
-        replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
-        free(rec->logged_plan_hash);
-        rec->logged_plan_hash = cJSON_IsString(hash) ? xstrdup(hash->valuestring) : NULL;
-    } else if (i >= 0 && strcmp(event->type, "step.reused") == 0) {
-        /* Taken over as it ended in the parent: succeeded (the only state of older forks),
-         * failed, or skipped. */
-        if (!cJSON_GetObjectItemCaseSensitive(payload, "status"))
-            cJSON_AddStringToObject(payload, "status", "succeeded");
-        replace(&rec->steps[i].finished, payload);
-        payload = NULL;
-    } else if (i >= 0 && strcmp(event->type, "step.skipped") == 0) {
-        replace(&rec->steps[i].skipped, payload);
-        payload = NULL;
-    } else if (i >= 0 && strcmp(event->type, "step.finished") == 0) {
-        replace(&rec->steps[i].finished, payload);
-        payload = NULL;
-    }
+    const cJSON *hash = cJSON_GetObjectItemCaseSensitive(payload, "plan_hash");
+    replace(&rec->input, cJSON_DetachItemFromObjectCaseSensitive(payload, "input"));
+    free(rec->logged_plan_hash);
+    rec->logged_plan_hash = cJSON_IsString(hash) ? xstrdup(hash->valuestring) : NULL;
     cJSON_Delete(payload);
     return 0;
 }
@@ -161,112 +133,39 @@ static int load_recorded(const struct recording *rec, const char *run_id,
 
 /* ---- forking ------------------------------------------------------------------------------ */
 
-/* The state step i ended in as the log records it ("succeeded", "failed"...), or NULL. */
-static const char *recorded_state(const struct recording *rec, size_t i)
-{
-    const cJSON *status = cJSON_GetObjectItemCaseSensitive(rec->steps[i].finished, "status");
-    return cJSON_IsString(status) ? status->valuestring : NULL;
-}
-
-/*
- * Which steps a fork from step `from` runs live: `from`, and every step whose result depends
- * on it however indirectly: a step that needs a live one; a fallback of a live step (whether it
- * runs depends on that step); a step that needs one whose failure a live fallback absorbed (it
- * sees the fallback's output). The others keep their recorded results.
- */
-static bool *live_steps(const struct recording *rec, size_t from)
-{
-    const struct workflow *wf = rec->wf;
-    size_t n = workflow_step_count(wf);
-    bool *live = xcalloc(n ? n : 1, sizeof(*live));
-
-    live[from] = true;
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (size_t i = 0; i < n; i++) {
-            size_t fallback;
-            bool absorbs = workflow_step_on_error(wf, i, &fallback) == WORKFLOW_ON_ERROR_FALLBACK;
-            if (absorbs && live[i] && !live[fallback])
-                live[fallback] = changed = true;
-            for (size_t k = 0; !live[i] && k < workflow_step_needs_count(wf, i); k++) {
-                size_t need = workflow_step_need(wf, i, k);
-                const char *state = recorded_state(rec, need);
-                bool stood_in =
-                    workflow_step_on_error(wf, need, &fallback) == WORKFLOW_ON_ERROR_FALLBACK &&
-                    state && strcmp(state, "failed") == 0 && live[fallback];
-                if (live[need] || stood_in)
-                    live[i] = changed = true;
-            }
-        }
-    }
-    return live;
-}
-
-/*
- * What a fork takes over of step i, as it ended in the parent (the scheduler decides what
- * each means: sched_reuse): its success, a failure the run went on without, or a skip the
- * scheduler decided. False for a step that did not end there, failed the run, or ended only
- * because the run did: it runs in the fork.
- */
-static bool reusable(const struct recording *rec, size_t i, struct sched_reuse *ret)
-{
-    const struct recorded_step *r = &rec->steps[i];
-    const char *state = recorded_state(rec, i);
-    const cJSON *error = cJSON_GetObjectItemCaseSensitive(r->finished, "error");
-    const cJSON *why =
-        cJSON_GetObjectItemCaseSensitive(r->finished ? r->finished : r->skipped, "reason");
-
-    *ret = (struct sched_reuse){
-        .step_id = workflow_step_id(rec->wf, i),
-        .state = state,
-        .output = cJSON_GetObjectItemCaseSensitive(r->finished, "output"),
-        .error = cJSON_IsString(error) ? error->valuestring : NULL,
-        .reason = cJSON_IsString(why) ? why->valuestring : NULL,
-    };
-    if (!r->finished && r->skipped) {
-        ret->state = "skipped";
-        return !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r->skipped, "unreached"));
-    }
-    if (state && strcmp(state, "failed") == 0)
-        return cJSON_GetObjectItemCaseSensitive(r->finished, "on_error") ||
-               cJSON_GetObjectItemCaseSensitive(r->finished, "fallback");
-    return state && (strcmp(state, "succeeded") == 0 || strcmp(state, "skipped") == 0);
-}
-
 /*
  * Runs a new run of wf that takes over, from the recorded run, the recorded results of every
- * step that does not depend on `from` (live_steps), and runs the rest live.
+ * step that does not depend on `from` (sched_fork_plan), and runs the rest live.
  */
 static int fork_run(struct store *store, struct recording *rec, const char *parent,
                     const char *from, const char *workflow_path, struct cli_common *common)
 {
     const struct workflow *wf = rec->wf;
-    size_t n = workflow_step_count(wf);
-    long start_index = workflow_step_find(rec->wf, from);
     struct sched_options opts = {0};
     struct cli_progress progress = {0};
+    struct sched_fork_plan plan = {0};
     struct tr_error err = {0};
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_FAILED;
 
-    if (start_index < 0) {
+    if (workflow_step_find(wf, from) < 0) {
         cli_error("replay --from: the workflow has no step '%s'", from);
         return CLI_USAGE;
     }
-    bool *live = live_steps(rec, (size_t)start_index);
-    struct sched_reuse *reuse = xcalloc(n ? n : 1, sizeof(*reuse));
-    size_t reuse_count = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!live[i] && reusable(rec, i, &reuse[reuse_count]))
-            reuse_count++;
+    /* What the fork takes over is the scheduler's to decide. */
+    if (sched_fork_plan(wf, store, parent, from, &plan, &err) < 0) {
+        cli_error("%s", err.message);
+        return CLI_CANNOT_REPLAY;
+    }
+    size_t reuse_count = plan.reuse_count;
     cli_sched_prepare(&opts, &progress, common, wf);
     /* Kept for resume: the file it was forked with, or the run's own if it is still there. */
     char *absolute = workflow_path ? realpath(workflow_path, NULL) : NULL;
     opts.input = rec->input;
     opts.workflow_path = absolute;
     opts.parent_run_id = parent;
-    opts.reuse = reuse;
-    opts.reuse_count = reuse_count;
+    opts.reuse = plan.reuse;
+    opts.reuse_count = plan.reuse_count;
     if (!progress.quiet && !progress.json)
         printf("troupe: forking run %s from step '%s': %zu step%s reused, the rest live\n", parent,
                from, reuse_count, reuse_count == 1 ? "" : "s");
@@ -279,8 +178,7 @@ static int fork_run(struct store *store, struct recording *rec, const char *pare
         status = cli_sched_report(store, common, &progress, run_id, rc, &err, start);
     free(absolute);
     cli_progress_release(&progress);
-    free(reuse);
-    free(live);
+    sched_fork_plan_release(&plan);
     return status;
 }
 
@@ -357,8 +255,6 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     if (!workflow_path && load_recorded(&rec, run_id, &wf) < 0)
         goto out;
     rec.wf = wf;
-    rec.fork = from != NULL;
-    rec.steps = xcalloc(workflow_step_count(wf) + 1, sizeof(*rec.steps));
     if (store_audit_list(store, run_id, record_event, &rec, &err) < 0) {
         cli_error("%s", err.message);
         goto out;
@@ -399,11 +295,6 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     free(report.divergence);
     free(report.note);
 out:
-    for (size_t i = 0; rec.steps && i < workflow_step_count(wf); i++) {
-        cJSON_Delete(rec.steps[i].finished);
-        cJSON_Delete(rec.steps[i].skipped);
-    }
-    free(rec.steps);
     free(rec.file);
     free(rec.plan_hash);
     free(rec.plan_json);

@@ -68,6 +68,24 @@ struct sched_reuse {
     const char *reason;  /* skipped: why */
 };
 
+/*
+ * What a fork of run_id from step `from` (troupe replay --from) takes over: every step whose
+ * result does not depend on `from` however indirectly (through needs, fallbacks, a fallback's
+ * output standing in) keeps how it ended in the run's log, if the fork can take that over (a
+ * success, a failure the run went on without, a skip the scheduler decided); the others run
+ * live. reuse points into the plan: valid until sched_fork_plan_release (always call it).
+ * TR_EINVAL for a step the workflow does not have.
+ */
+struct sched_fork_plan {
+    struct sched_reuse *reuse;
+    size_t reuse_count;
+    void *record; /* the log's ends of steps, which reuse points into */
+};
+int sched_fork_plan(const struct workflow *wf, struct store *store, const char *run_id,
+                    const char *from, struct sched_fork_plan *ret,
+                    struct tr_error *err) TR_MUST_CHECK;
+void sched_fork_plan_release(struct sched_fork_plan *plan);
+
 struct sched_options {
     const char *agent_program;     /* path of troupe-agent */
     const char *run_root;          /* directory under which each run gets its own directory */
