@@ -32,7 +32,7 @@ struct listed {
     struct store_run run;
     char *parent;
     size_t children; /* its child runs */
-    char *fields[7];
+    char *fields[9];
 };
 
 struct listing {
@@ -105,9 +105,10 @@ static int collect_run(void *userdata, const struct store_run *run)
     struct listed *r = &l->runs[l->count++];
     memset(r, 0, sizeof(*r));
     r->run = *run;
-    const char *from[] = {run->id,         run->workflow_name, run->status,       run->error,
-                          run->started_at, run->finished_at,   run->parent_run_id};
-    for (size_t i = 0; i < 7; i++)
+    const char *from[] = {
+        run->id,          run->workflow_name, run->status,        run->error,    run->started_at,
+        run->finished_at, run->parent_run_id, run->workflow_file, run->plan_hash};
+    for (size_t i = 0; i < 9; i++)
         r->fields[i] = copy_or_null(from[i]);
     r->run.id = r->fields[0];
     r->run.workflow_name = r->fields[1];
@@ -116,7 +117,9 @@ static int collect_run(void *userdata, const struct store_run *run)
     r->run.started_at = r->fields[4];
     r->run.finished_at = r->fields[5];
     r->run.parent_run_id = r->parent = r->fields[6];
-    r->run.workflow_file = r->run.plan_hash = r->run.input_json = r->run.options_json = NULL;
+    r->run.workflow_file = r->fields[7];
+    r->run.plan_hash = r->fields[8];
+    r->run.input_json = r->run.options_json = NULL;
     r->run.plan_json = NULL;
     return 0;
 }
@@ -185,7 +188,7 @@ int cli_runs(int argc, char **argv, struct cli_common *common)
                   l.untrusted, l.untrusted == 1 ? "" : "s", l.untrusted == 1 ? "its" : "their");
     cli_table_free(&l.table);
     for (size_t i = 0; i < l.count; i++)
-        for (size_t k = 0; k < 7; k++)
+        for (size_t k = 0; k < 9; k++)
             free(l.runs[i].fields[k]);
     free(l.runs);
     store_free(&l.store);

@@ -128,6 +128,10 @@ bool sched__child_start(struct run *run, struct task *task, const cJSON *input, 
             ? -1
             : 0;
     task->child_check_ms = 0;
+    task->child_timed_out = false;
+    /* A step's own `timeout` bounds its child run (not the run's default for one call). */
+    int64_t limit = workflow_step_timeout_ms(run->wf, index);
+    task->deadline_ms = limit > 0 ? tr_now_ms() + limit : 0;
     run->children++;
     audit_dispatch(run, task, items_total);
     return true;
@@ -161,8 +165,18 @@ static pid_t spawn_child(struct run *run, const char *child_id)
     return pid;
 }
 
+static void cancel_unowned(struct run *run, const char *child);
+
 void sched__children_spawn(struct run *run)
 {
+    for (size_t i = 0; i < run->abandoned_count; i++) {
+        if (!run->store_lost)
+            cancel_unowned(run, run->abandoned[i]);
+        free(run->abandoned[i]);
+    }
+    free(run->abandoned);
+    run->abandoned = NULL;
+    run->abandoned_count = 0;
     if (run->children == 0 || run->stopping || run->store_lost)
         return;
     for (size_t i = 0; i < run->task_count; i++) {
@@ -257,6 +271,18 @@ static void settle(struct run *run, struct task *task, const struct child_end *e
         cJSON *result = cJSON_Parse(outputs.json ? outputs.json : "null");
         sched__task_settle(run, task, true, result, outputs.json ? outputs.json : "null", 0, NULL);
         cJSON_Delete(result);
+    } else if (task->child_given_up) {
+        char *error = xasprintf("child run %s: its process ended %d times before the run did; "
+                                "it was cancelled",
+                                child, task->child_starts);
+        sched__task_settle(run, task, false, NULL, NULL, TR_ERROR_CLASS_TRANSPORT, error);
+        free(error);
+    } else if (task->child_timed_out) {
+        char *error = xasprintf("child run %s did not end within its step's timeout (%lld ms): "
+                                "it was cancelled",
+                                child, (long long)workflow_step_timeout_ms(run->wf, task->step));
+        sched__task_settle(run, task, false, NULL, NULL, TR_ERROR_CLASS_TIMEOUT, error);
+        free(error);
     } else {
         char *error = xasprintf("child run %s %s%s%s", child,
                                 strcmp(end->status, "cancelled") == 0 ? "was cancelled" : "failed",
@@ -276,6 +302,16 @@ static bool check_child(struct run *run, struct task *task, int64_t now)
     bool exited = false;
     int status = 0;
 
+    if (task->deadline_ms > 0 && now > task->deadline_ms && !task->child_timed_out &&
+        !task->cancelled) {
+        /* Its step's timeout passed: it is cancelled (its end, seen as any, fails the attempt
+         * as a timeout). */
+        task->child_timed_out = true;
+        tr_log(TR_LOG_WARN, "child run %s did not end within its step's timeout; cancelling it",
+               task->child);
+        if (task->child_pid > 0)
+            kill(task->child_pid, SIGTERM);
+    }
     if (task->child_pid > 0) {
         pid_t pid = waitpid(task->child_pid, &status, WNOHANG);
         if (pid == 0)
@@ -296,9 +332,10 @@ static bool check_child(struct run *run, struct task *task, int64_t now)
         settled = true;
     } else if (exited && run->stopping) {
         /* It stopped with us (Ctrl-C): resumable, as the parent is. */
-    } else if (store_run_owner(run->store, task->child) > 0) {
-        /* Another process drives it (a previous scheduler's child, still stopping). */
-    } else if (task->child_starts < CHILD_MAX_STARTS) {
+    } else if (task->child_given_up || store_run_owner(run->store, task->child) > 0) {
+        /* Being cancelled (sched__children_spawn), or driven by another process (a previous
+         * scheduler's child, still stopping): the store says when it ends. */
+    } else if (task->child_starts < CHILD_MAX_STARTS && !task->child_timed_out) {
         char what[64] = "";
         if (exited)
             agent_describe_status(status, what, sizeof(what));
@@ -306,11 +343,16 @@ static bool check_child(struct run *run, struct task *task, int64_t now)
                task->child, what[0] ? " " : "", what);
         task->child_pid = 0; /* started again after the commit: it resumes */
     } else {
-        struct child_end lost = {"failed", NULL};
-        lost.error = xasprintf("its process ended %d times before the run did", task->child_starts);
-        settle(run, task, &lost);
-        free(lost.error);
-        settled = true;
+        /* Given up (or past its timeout with no process to tell): the child run itself is
+         * cancelled once this turn is committed; its end is
+         * then seen as any (settle), so that the head its parent records is its last, and
+         * nobody resumes it after. */
+        if (!task->child_given_up) {
+            task->child_given_up = true;
+            task->child_pid = -1;
+            run->abandoned = xrealloc(run->abandoned, (run->abandoned_count + 1) * sizeof(char *));
+            run->abandoned[run->abandoned_count++] = xstrdup(task->child);
+        }
     }
     free(end.error);
     return settled;

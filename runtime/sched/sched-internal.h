@@ -46,6 +46,8 @@ struct task {
     pid_t child_pid;
     int child_starts;       /* processes started for this child run */
     int64_t child_check_ms; /* when the store was last asked how the child run stands */
+    bool child_timed_out;   /* past its step's `timeout`: it was told to cancel */
+    bool child_given_up;    /* its processes kept dying: it is being cancelled */
 };
 
 /* ---- agents ------------------------------------------------------------------------------ */
@@ -105,8 +107,11 @@ struct run {
     size_t unsaved_len;   /* (sched__record_ready records those still ready) */
     size_t in_flight;     /* tasks on agents */
     size_t children;      /* tasks with a child run (children.c) */
-    bool is_child;        /* this run is a child run (its outputs are recorded at its end) */
-    struct task *tasks;   /* every task, in no order */
+    char **abandoned;     /* child runs given up (their processes kept dying): cancelled
+                           * once the turn that gave them up is committed */
+    size_t abandoned_count;
+    bool is_child;      /* this run is a child run (its outputs are recorded at its end) */
+    struct task *tasks; /* every task, in no order */
     size_t task_count, task_cap;
     /* {"input", "context", "steps"}: what expressions are evaluated over, kept for jq and
      * changed in place as steps end */

@@ -606,3 +606,90 @@ Test(children, audit_verify_of_the_parent_catches_a_child_log_rewritten_after_it
     free(parent);
     release_env(&env);
 }
+
+/* A workflow step's `timeout` bounds its child run: the child is cancelled, the attempt fails
+ * as a timeout, and the parent's verify holds (the head it recorded is the child's last). */
+Test(children, a_workflow_steps_timeout_cancels_its_child_run, .timeout = 300)
+{
+    struct env env = setup_env();
+    char *slow = write_effect_child(&env, "slow", 30000);
+    char *parent = write_workflow(&env, "parent", "",
+                                  "  - id: sub\n"
+                                  "    workflow: slow.yaml\n"
+                                  "    with: {n: 5}\n"
+                                  "    timeout: 2s\n");
+    const char *argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q", parent, NULL};
+    struct harness_result r;
+    time_t start = time(NULL);
+
+    harness_run(argv, env.h.dir, 120000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    cr_assert(strstr(r.out, "did not end within its step's timeout (2000 ms)"), "%s", r.out);
+    cr_assert_lt(time(NULL) - start, 20, "the 30 s child was not cut short");
+    harness_result_release(&r);
+    char *run = harness_db_text(env.h.db, "SELECT parent_id FROM child_runs");
+    char *kid = child_of(&env, run, "sub");
+    assert_text(env.h.db, "cancelled", "SELECT status FROM runs WHERE id = '%s'", kid);
+    const char *verify[] = {env.h.troupe, "--db", env.h.db, "audit", "verify", run, NULL};
+    run_ok(&env, verify, &r);
+    harness_result_release(&r);
+    free(kid);
+    free(run);
+    free(slow);
+    free(parent);
+    release_env(&env);
+}
+
+/* A child whose process keeps dying is given up: the child run is cancelled (nobody resumes it
+ * behind its parent's back), the attempt fails, and the parent's verify holds. */
+Test(children, a_child_whose_process_keeps_dying_is_cancelled_and_verify_holds, .timeout = 300)
+{
+    struct env env = setup_env();
+    char *slow = write_effect_child(&env, "slow", 30000);
+    char *parent = write_workflow(&env, "parent", "",
+                                  "  - id: sub\n"
+                                  "    workflow: slow.yaml\n"
+                                  "    with: {n: 5}\n"
+                                  "    retry: {attempts: 1}\n");
+    const char *argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q", parent, NULL};
+    struct harness_proc proc;
+    struct harness_result r;
+
+    harness_spawn(argv, env.h.dir, &proc);
+    long long last = 0;
+    for (int kill_no = 1; kill_no <= 3; kill_no++) {
+        /* The child's next process, once it owns its run. */
+        char *sql = NULL;
+        cr_assert_geq(asprintf(&sql,
+                               "SELECT count(*) FROM runs r JOIN child_runs c ON r.id = "
+                               "c.child_id WHERE r.scheduler_pid > 0 AND r.scheduler_pid <> %lld "
+                               "AND r.status = 'running'",
+                               last),
+                      0);
+        cr_assert_eq(harness_db_wait(env.h.db, sql, 1, 30000), 1, "kill %d: no child process",
+                     kill_no);
+        free(sql);
+        last = harness_query_int(env.h.db, "SELECT r.scheduler_pid FROM runs r JOIN "
+                                           "child_runs c ON r.id = c.child_id");
+        sleep_ms(300); /* its call in flight */
+        kill((pid_t)last, SIGKILL);
+    }
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 1, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    harness_result_release(&r);
+    char *run = harness_db_text(env.h.db, "SELECT parent_id FROM child_runs");
+    char *kid = child_of(&env, run, "sub");
+    assert_text(env.h.db, "cancelled", "SELECT status FROM runs WHERE id = '%s'", kid);
+    const char *verify[] = {env.h.troupe, "--db", env.h.db, "audit", "verify", run, NULL};
+    run_ok(&env, verify, &r);
+    harness_result_release(&r);
+    const char *resume[] = {env.h.troupe, "--db", env.h.db, "resume", kid, NULL};
+    harness_run(resume, env.h.dir, 30000, &r);
+    cr_assert_neq(r.exit_code, 0, "a given-up child resumed: %s", r.out);
+    harness_result_release(&r);
+    free(kid);
+    free(run);
+    free(slow);
+    free(parent);
+    release_env(&env);
+}

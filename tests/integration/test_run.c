@@ -168,6 +168,14 @@ Test(run, hello_yaml_runs_end_to_end)
     cr_assert_eq(r.exit_code, 0);
     cr_assert(strstr(r.out, "succeeded") && strstr(r.out, "hello"), "%s", r.out);
     harness_result_release(&r);
+    /* --json names the run's file and plan hash (the one troupe validate --hash prints). */
+    const char *json_argv[] = {env.troupe, "--db", env.db, "runs", "--json", NULL};
+    harness_run(json_argv, env.dir, 10000, &r);
+    cr_assert_eq(r.exit_code, 0);
+    cr_assert(strstr(r.out, "\"plan_hash\":\"") && !strstr(r.out, "\"plan_hash\":null"), "%s",
+              r.out);
+    cr_assert(strstr(r.out, "hello.yaml\""), "%s", r.out);
+    harness_result_release(&r);
     harness_env_release(&env);
 }
 
