@@ -169,8 +169,21 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
             goto out;
         }
     } else if (workflow_load(file ? file : found.path, &wf, &err) < 0) {
-        cli_error("could not load the workflow of run %s: %s", run_id, err.message);
-        goto out;
+        /* Its file is there but does not load (a child file gone, an edit): the plan stored
+         * with the run is still the workflow, unless another file was named. */
+        if (file || !found.plan_json) {
+            cli_error("could not load the workflow of run %s: %s", run_id, err.message);
+            goto out;
+        }
+        tr_log(TR_LOG_INFO,
+               "the workflow file '%s' does not load (%s): resuming run %s from the "
+               "plan stored with it",
+               found.path, err.message, run_id);
+        struct tr_error plan_err = {0};
+        if (workflow_load_plan(found.plan_json, found.path, &wf, &plan_err) < 0) {
+            cli_error("the plan stored with run %s does not load: %s", run_id, plan_err.message);
+            goto out;
+        }
     }
     if (workflow_check_run(wf, &err) < 0) {
         /* Unset variables, unsafe secrets: the environment, not the run, is at fault. */
