@@ -192,6 +192,7 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
         goto out;
     }
     cli_sched_prepare(&opts, &progress, common, wf);
+    progress.child = args.child;
     opts.workflow_path = found.path;
     if (!progress.quiet && !progress.json && !args.child)
         printf("troupe: resuming run %s of workflow '%s'\n", run_id, workflow_name(wf));

@@ -99,7 +99,10 @@ struct cli_progress {
     /* How a child run (a workflow step) is started: this program on `resume --child`. */
     char *troupe_program;
     const char *child_argv[16];
-    bool child; /* resume --child: this process performs a child run for its parent */
+    /* resume --child: this process performs a child run for its parent, which says how to
+     * carry the run on (it does not: resume and cancel of a child are refused while its parent
+     * runs) */
+    bool child;
 };
 
 /*

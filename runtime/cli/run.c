@@ -519,11 +519,13 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
 
     clear_status_line(progress);
     /* A run that stopped before its end says how to carry it on, whatever the output format. */
-    if (rc == SCHED_ESTOPPED)
+    if (rc == SCHED_ESTOPPED && progress->child)
+        ; /* its parent's scheduler, or troupe resume of the parent, carries it on */
+    else if (rc == SCHED_ESTOPPED)
         cli_error("stopped; run %s is resumable: troupe resume %s%s%s, or troupe cancel %s%s%s to "
                   "cancel it",
                   run_id, run_id, db, db_path, run_id, db, db_path);
-    else if (rc == SCHED_ESTORE)
+    else if (rc == SCHED_ESTORE && !progress->child)
         cli_error("run %s stopped: the database '%s' could not be written (%s); nothing more "
                   "was recorded, and once it can be written again (room on its disk, the I/O "
                   "error fixed), troupe resume %s%s%s carries the run on",
