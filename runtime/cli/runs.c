@@ -108,7 +108,7 @@ static int collect_run(void *userdata, const struct store_run *run)
     const char *from[] = {
         run->id,          run->workflow_name, run->status,        run->error,    run->started_at,
         run->finished_at, run->parent_run_id, run->workflow_file, run->plan_hash};
-    for (size_t i = 0; i < 9; i++)
+    for (size_t i = 0; i < sizeof(from) / sizeof(from[0]); i++)
         r->fields[i] = copy_or_null(from[i]);
     r->run.id = r->fields[0];
     r->run.workflow_name = r->fields[1];
@@ -188,7 +188,7 @@ int cli_runs(int argc, char **argv, struct cli_common *common)
                   l.untrusted, l.untrusted == 1 ? "" : "s", l.untrusted == 1 ? "its" : "their");
     cli_table_free(&l.table);
     for (size_t i = 0; i < l.count; i++)
-        for (size_t k = 0; k < 9; k++)
+        for (size_t k = 0; k < sizeof(l.runs[i].fields) / sizeof(l.runs[i].fields[0]); k++)
             free(l.runs[i].fields[k]);
     free(l.runs);
     store_free(&l.store);

@@ -486,7 +486,7 @@ cJSON *sched__child_parent(struct run *run)
     return link.parent;
 }
 
-char *sched__child_outputs(struct run *run)
+char *sched__run_outputs(struct run *run)
 {
     struct tr_error err = {0};
     cJSON *outputs = NULL;

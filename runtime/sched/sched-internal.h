@@ -240,7 +240,7 @@ void sched__children_stop(struct run *run);
 /* A run at its end: its outputs (workflow_outputs_in), for run.finished, and for a child run
  * recorded with its link too; NULL when it did not succeed, or is no child and declares no
  * `outputs:`. A failure to evaluate them fails the run. */
-char *sched__child_outputs(struct run *run);
+char *sched__run_outputs(struct run *run);
 /* A child run's first start: {"run", "step", "item", "attempt"} of its parent, or NULL. */
 cJSON *sched__child_parent(struct run *run);
 /* sched_cancel_orphan of a parent: first its child runs that have not ended are cancelled

@@ -533,8 +533,8 @@ static void finish_run(struct run *run, const char *status)
     engine_end_steps(run->engine, "the run ended before it could run");
     sched__drain(run);
     sched__report_refused(run, tr_now_ms(), true);
-    /* HOOK(child runs): a child run records its outputs for its parent (which may fail it). */
-    char *outputs = strcmp(status, "succeeded") == 0 ? sched__child_outputs(run) : NULL;
+    /* Its outputs (`outputs:`, a child run's always), which may fail it. */
+    char *outputs = strcmp(status, "succeeded") == 0 ? sched__run_outputs(run) : NULL;
     if (run->failure && strcmp(status, "succeeded") == 0)
         status = "failed";
     /* The row first: its end time goes into the event that backs it. */
