@@ -48,6 +48,7 @@ enum {
     TR_EDENIED,        /* refused by policy (allowlist) */
     TR_EIO,            /* an I/O or database failure */
     TR_ETOOL,          /* a tool reported an error (isError) */
+    TR_EAUTH,          /* no valid authorization for an HTTP server (OAuth) */
 };
 
 /*

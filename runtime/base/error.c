@@ -57,6 +57,8 @@ const char *tr_strerror(int code)
         return "I/O error";
     case TR_ETOOL:
         return "tool reported an error";
+    case TR_EAUTH:
+        return "not authorized";
     default:
         return code < 0 && code > -4096 ? strerror(-code) : "unknown error";
     }

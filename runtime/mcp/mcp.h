@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "auth.h"
 #include "base.h"
 
 #define MCP_DEFAULT_MAX_MESSAGE (16u * 1024 * 1024)
@@ -171,9 +172,12 @@ void mcp_stdio_params_release(struct mcp_stdio_params *params);
 
 /* How to reach a Streamable HTTP server. */
 struct mcp_http_params {
-    const char *name;             /* used in messages; NULL means the URL */
-    const char *url;              /* the MCP endpoint */
-    const char *const *headers;   /* extra "Name: value" lines (e.g. Authorization) */
+    const char *name;           /* used in messages; NULL means the URL */
+    const char *url;            /* the MCP endpoint */
+    const char *const *headers; /* extra "Name: value" lines (e.g. Authorization) */
+    /* Authorizes each request and answers 401/403 (borrowed; outlives the session), or NULL
+       to send requests as they are. */
+    struct auth_client *auth;
     size_t max_message_bytes;     /* 0 means MCP_DEFAULT_MAX_MESSAGE */
     int timeout_ms;               /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
     const char *protocol_version; /* NULL or MCP_VERSION_AUTO: prefer modern; or one */

@@ -1,0 +1,93 @@
+/*
+ * auth: OAuth 2.1 for MCP servers reached over HTTP, as the MCP authorization specification
+ * defines it (revisions 2025-11-25 and 2026-07-28: the mcp-spec folder's
+ * spec/basic/authorization pages) with the official extensions (client credentials,
+ * enterprise-managed authorization, DPoP, workload identity federation): discovery
+ * (WWW-Authenticate, protected resource metadata, authorization server metadata), client
+ * registration, the grants, tokens and their refresh, and the token store. JOSE (JWT
+ * assertions, DPoP proofs) goes through OpenSSL's libcrypto.
+ *
+ * It sits below runtime/mcp: the Streamable HTTP transport asks an auth_client for the headers
+ * of each request and hands it each 401/403 answer; auth never sees an MCP message. Blocking
+ * calls are bounded by the timeout the client was made with.
+ *
+ * Secrets (tokens, client secrets, keys) never leave this module except in request headers
+ * and bodies sent to the servers they are for, and through auth_client_secrets (redaction).
+ */
+#ifndef TROUPE_AUTH_H
+#define TROUPE_AUTH_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "base.h"
+
+struct auth_client;
+
+/*
+ * How a person takes part in the authorization code grant: shown the authorization URL, it
+ * returns the URL the authorization server redirected the browser to (redirect_uri with code,
+ * state and iss), which the caller frees. `troupe mcp login` prints the URL and receives the
+ * redirect on a loopback port; the conformance client follows the URL itself.
+ */
+struct auth_user_agent {
+    const char *redirect_uri; /* where the authorization server sends the browser back */
+    int (*authorize)(void *userdata, const char *authorization_url, char **ret_redirect,
+                     struct tr_error *err);
+    void *userdata;
+};
+
+struct auth_options {
+    const char *server_name;  /* the server's name in the workflow, for messages */
+    const char *resource_url; /* the MCP endpoint */
+    /* The server entry's `auth` object (borrowed; NULL: discover everything, use stored
+       tokens). Its members are documented in docs/auth.md; auth_config_problem checks it. */
+    const cJSON *config;
+    /* Turns a value with ${env:NAME} references into its text (allocated); NULL: as it is. */
+    char *(*expand)(const char *value);
+    /* The token store's path: NULL for $XDG_CONFIG_HOME/troupe/tokens.json (or
+       ~/.config/...), "" for none (tokens live only in memory). */
+    const char *token_store;
+    /* NULL: unattended. An authorization code grant then uses stored (refreshed) tokens only,
+       and fails with a message that names `troupe mcp login SERVER`. */
+    const struct auth_user_agent *user_agent;
+    int timeout_ms; /* bound on each blocking call; 0 means 30 s */
+};
+
+/*
+ * Why config (a server entry's `auth` member) is not usable, as a message into buf, or 0 when
+ * it is. For the workflow loader, which adds the position. Reads no file and no variable.
+ */
+int auth_config_problem(const cJSON *config, char *buf, size_t size);
+
+/* A client for one resource. Does no I/O until the first request needs it. */
+int auth_client_new(const struct auth_options *options, struct auth_client **ret_client,
+                    struct tr_error *err) TR_MUST_CHECK;
+void auth_client_free(struct auth_client **client);
+
+/*
+ * The header lines authorizing a request (method "POST", "GET", "DELETE" to url):
+ * "Authorization: Bearer ..." (or "DPoP ..." with its "DPoP: proof"), none before any token
+ * is needed. Refreshes a token about to expire (blocking, bounded). Returns 0 with a
+ * NULL-ended array (auth_lines_free), or TR_EAUTH.
+ */
+int auth_request_headers(struct auth_client *client, const char *method, const char *url,
+                         char ***ret_lines, struct tr_error *err) TR_MUST_CHECK;
+void auth_lines_free(char **lines);
+
+/*
+ * The resource server refused a request: status 401 or 403, its WWW-Authenticate value(s)
+ * (NULL if none), its DPoP-Nonce (NULL if none). Obtains what the challenge asks for
+ * (discovery, registration, a grant, a refresh, a wider scope; blocking, bounded) and returns
+ * 0 when the request should be sent again with new headers, or TR_EAUTH saying why not
+ * (retries for one request are bounded).
+ */
+int auth_challenge(struct auth_client *client, long status, const char *www_authenticate,
+                   const char *dpop_nonce, struct tr_error *err) TR_MUST_CHECK;
+
+/* Every secret the client holds now (tokens, client secret, key material), NULL-ended and
+ * valid until the next call on client: for redaction. */
+const char *const *auth_client_secrets(struct auth_client *client);
+
+#endif
