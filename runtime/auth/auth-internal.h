@@ -42,6 +42,11 @@ int auth__store_save(const char *path, const struct auth__tokens *tokens,
 int auth__store_remove(const char *path, const char *issuer, const char *resource,
                        struct tr_error *err) TR_MUST_CHECK;
 
+/* Every entry of the store, oldest first, into *ret_tokens (ret_count of them; release each
+   and free the array). An absent store has none. */
+int auth__store_list(const char *path, struct auth__tokens **ret_tokens, size_t *ret_count,
+                     struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- secrets (secrets.c) ------------------------------------------------------------------
  * A secret of config (a server's `auth` object) named name ("client_secret", "private_key"):
  * the member name, with each ${env:NAME} resolved (by expand when it is not NULL, else from

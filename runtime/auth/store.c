@@ -388,6 +388,25 @@ int auth__store_load(const char *path, const char *issuer, const char *resource,
     return rc;
 }
 
+int auth__store_list(const char *path, struct auth__tokens **ret_tokens, size_t *ret_count,
+                     struct tr_error *err)
+{
+    cJSON *doc = NULL;
+    const cJSON *entry;
+    size_t n = 0;
+    int rc = read_store(path, &doc, err);
+
+    if (rc < 0)
+        return rc;
+    const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(doc, "tokens");
+    struct auth__tokens *list = xcalloc((size_t)cJSON_GetArraySize(tokens) + 1, sizeof(*list));
+    cJSON_ArrayForEach(entry, tokens) tokens_from_entry(entry, &list[n++]);
+    cJSON_Delete(doc);
+    *ret_tokens = list;
+    *ret_count = n;
+    return 0;
+}
+
 /* Reads the store under its lock, removes the entries of issuer (NULL: any) and resource,
    appends add (unless NULL) and writes the store back. ret_removed counts the removed. */
 static int change_store(const char *path, const char *issuer, const char *resource,
