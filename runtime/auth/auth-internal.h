@@ -98,7 +98,9 @@ struct auth_client {
     int authorizations;         /* authorization code grants run so far */
     char *token_dpop_nonce;     /* the token endpoint's last DPoP-Nonce, or NULL */
 
-    const char *secrets[8]; /* auth_client_secrets' answer */
+    struct auth__ext *ext; /* the extensions' state (ext.h: DPoP, held secrets), or NULL */
+
+    const char *secrets[16]; /* auth_client_secrets' answer */
 };
 
 /* ---- blocking HTTP for discovery, registration and tokens (http.c) --------------------------
@@ -151,6 +153,10 @@ bool auth__url_allowed(const char *url);
  */
 int auth__token_request(struct auth_client *client, const struct auth__param *fields,
                         const char *const *headers, struct tr_error *err) TR_MUST_CHECK;
+/* A token endpoint's error answer (who: "the token endpoint", ...) as TR_EAUTH with its
+   `error` and `error_description` only (escaped). */
+int auth__token_error(struct auth_client *client, const char *who, const struct auth__response *r,
+                      struct tr_error *err);
 
 /* ---- the grants ---------------------------------------------------------------------------
  * Each obtains client->tokens for the discovered authorization server; 0 or TR_EAUTH. The

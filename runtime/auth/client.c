@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "auth-internal.h"
+#include "ext.h"
 
 #define REFRESH_MARGIN_S 60 /* refresh a token this close to its expiry */
 
@@ -64,13 +65,14 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
     cJSON_ArrayForEach(member, config)
     {
         const char *name = member->string;
-        if (!one_of(name, config_members, sizeof(config_members) / sizeof(config_members[0]))) {
-            snprintf(buf, size,
-                     "auth has no member '%s' (grant, client_id, client_secret, "
-                     "client_metadata_url, scope, token_endpoint_auth_method)",
-                     name);
+        bool ext = auth__ext_member(name); /* the headless grants' (grant_client.c) */
+        if (!ext &&
+            !one_of(name, config_members, sizeof(config_members) / sizeof(config_members[0]))) {
+            snprintf(buf, size, "auth has no member '%s' (docs/auth.md lists them)", name);
             return TR_EINVAL;
         }
+        if (ext && auth__ext_boolean_member(name))
+            continue;
         if (!cJSON_IsString(member) || !member->valuestring[0]) {
             snprintf(buf, size, "auth.%s must be a non-empty string", name);
             return TR_EINVAL;
@@ -102,7 +104,7 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
         snprintf(buf, size, "auth.client_secret needs auth.client_id");
         return TR_EINVAL;
     }
-    return 0;
+    return auth__ext_config_problem(config, buf, size);
 }
 
 /* A member of the configuration, expanded, or NULL. */
@@ -141,6 +143,11 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
     c->config_scope = config_string(options, "scope");
     c->client_metadata_url = config_string(options, "client_metadata_url");
     c->config_auth_method = config_string(options, "token_endpoint_auth_method");
+    int rc = auth__ext_init(c, err);
+    if (rc < 0) {
+        auth_client_free(&c);
+        return rc;
+    }
     *ret_client = c;
     return 0;
 }
@@ -178,6 +185,7 @@ void auth_client_free(struct auth_client **client)
     free(c->registered_issuer);
     free(c->requested_scope);
     free(c->token_dpop_nonce);
+    auth__ext_free(&c->ext);
     if (c->tokens.access_token)
         explicit_bzero(c->tokens.access_token, strlen(c->tokens.access_token));
     if (c->tokens.refresh_token)
@@ -247,7 +255,6 @@ int auth__refresh(struct auth_client *c, struct tr_error *err)
 int auth_request_headers(struct auth_client *client, const char *method, const char *url,
                          char ***ret_lines, struct tr_error *err)
 {
-    (void)method, (void)url, (void)err;
     struct auth_client *c = client;
     load_stored(c);
     if (c->tokens.access_token && c->tokens.expires_at &&
@@ -257,13 +264,21 @@ int auth_request_headers(struct auth_client *client, const char *method, const c
         if (auth__refresh(c, NULL) < 0)
             drop_access_token(c);
     }
-    char **lines = xcalloc(2, sizeof(char *));
-    if (c->tokens.access_token)
-        lines[0] = xasprintf("Authorization: %s %s",
-                             c->tokens.token_type && strcasecmp(c->tokens.token_type, "DPoP") == 0
-                                 ? "DPoP"
-                                 : "Bearer",
-                             c->tokens.access_token);
+    /* Client credentials and the JWT bearer grants have no refresh token: the grant itself runs
+       again, without a person. A failure leaves the request without a token (its 401 says). */
+    if (!c->tokens.access_token && c->server_meta && auth__ext_grant_is_headless(c))
+        (void)grant_named(c->grant)(c, NULL);
+    char **lines = xcalloc(3, sizeof(char *));
+    bool dpop = c->tokens.token_type && strcasecmp(c->tokens.token_type, "DPoP") == 0;
+    if (c->tokens.access_token && dpop) {
+        int rc = auth__dpop_request_lines(c, method, url, lines, err);
+        if (rc < 0) {
+            auth_lines_free(lines);
+            return rc;
+        }
+    } else if (c->tokens.access_token) {
+        lines[0] = xasprintf("Authorization: Bearer %s", c->tokens.access_token);
+    }
     *ret_lines = lines;
     return 0;
 }
@@ -326,11 +341,14 @@ char *auth__scope_union(const char *have, const char *want)
 int auth_challenge(struct auth_client *client, long status, const char *www_authenticate,
                    const char *dpop_nonce, struct tr_error *err)
 {
-    (void)dpop_nonce; /* DPoP (authx) keeps it */
     struct auth_client *c = client;
     struct auth__challenge ch = {0};
     int rc = 0;
     bool have_challenge = www_authenticate && auth__challenge_parse(www_authenticate, &ch) == 0;
+    /* A DPoP server that wants a nonce (RFC 9449 §9): the same request again, with it. */
+    if (status == 401 &&
+        auth__dpop_resource_challenge(c, have_challenge ? ch.error : NULL, dpop_nonce))
+        goto out;
     bool insufficient = have_challenge && ch.error && strcmp(ch.error, "insufficient_scope") == 0;
 
     if (status == 403 && !insufficient) {
@@ -385,6 +403,8 @@ const char *const *auth_client_secrets(struct auth_client *client)
     for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++)
         if (candidates[i] && candidates[i][0])
             client->secrets[n++] = candidates[i];
+    size_t room = sizeof(client->secrets) / sizeof(client->secrets[0]) - 1 - n;
+    n += auth__ext_secrets(client, client->secrets + n, room);
     client->secrets[n] = NULL;
     return client->secrets;
 }

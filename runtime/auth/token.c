@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "auth-internal.h"
+#include "ext.h"
 
 #define MAX_FIELDS 24
 
@@ -52,17 +53,15 @@ static char *basic_header(const char *id, const char *secret)
     return out;
 }
 
-/* The token endpoint's error answer, without anything but its error code and description. */
-static int token_error(struct auth_client *client, const struct auth__response *r,
-                       struct tr_error *err)
+int auth__token_error(struct auth_client *client, const char *who, const struct auth__response *r,
+                      struct tr_error *err)
 {
     cJSON *json = cJSON_ParseWithLength(r->body, r->body_len);
     const char *code = string_of(json, "error");
     const char *description = string_of(json, "error_description");
     char *safe = description ? tr_text_escape(description, 200) : NULL;
-    int rc = tr_error_set(err, TR_EAUTH,
-                          "MCP server '%s': the token endpoint refused (HTTP %ld%s%s%s%s)",
-                          client->server_name, r->status, code ? ": " : "",
+    int rc = tr_error_set(err, TR_EAUTH, "MCP server '%s': %s refused (HTTP %ld%s%s%s%s)",
+                          client->server_name, who, r->status, code ? ": " : "",
                           code && tr_text_is_utf8(code) && strlen(code) < 64 ? code : "",
                           safe ? ", " : "", safe ? safe : "");
     free(safe);
@@ -70,8 +69,9 @@ static int token_error(struct auth_client *client, const struct auth__response *
     return rc;
 }
 
-int auth__token_request(struct auth_client *client, const struct auth__param *fields,
-                        const char *const *headers, struct tr_error *err)
+/* One token request (auth__token_request, without DPoP's retry). */
+static int token_request_once(struct auth_client *client, const struct auth__param *fields,
+                              const char *const *headers, struct tr_error *err)
 {
     struct auth__param form[MAX_FIELDS + 4];
     const char *lines[MAX_FIELDS + 2];
@@ -117,7 +117,7 @@ int auth__token_request(struct auth_client *client, const struct auth__param *fi
         client->token_dpop_nonce = xstrdup(r.dpop_nonce);
     }
     if (r.status < 200 || r.status >= 300) {
-        rc = token_error(client, &r, err);
+        rc = auth__token_error(client, "the token endpoint", &r, err);
         goto out;
     }
     json = cJSON_ParseWithLength(r.body, r.body_len);
@@ -180,4 +180,32 @@ out:
         free(basic);
     }
     return rc;
+}
+
+int auth__token_request(struct auth_client *client, const struct auth__param *fields,
+                        const char *const *headers, struct tr_error *err)
+{
+    /* DPoP (dpop.c): a fresh proof on each request, and one more try when the authorization
+       server answers with a nonce the proof did not have (RFC 9449 §8). */
+    const char *endpoint = auth__server_string(client, "token_endpoint");
+    for (int attempt = 0;; attempt++) {
+        const char *lines[MAX_FIELDS + 2];
+        size_t n = 0;
+        char *proof = NULL;
+        char *sent_nonce = client->token_dpop_nonce ? xstrdup(client->token_dpop_nonce) : NULL;
+        int rc = endpoint ? auth__dpop_token_line(client, endpoint, &proof, err) : 0;
+        if (rc == 0) {
+            for (size_t i = 0; headers && headers[i] && n < MAX_FIELDS; i++)
+                lines[n++] = headers[i];
+            if (proof)
+                lines[n++] = proof;
+            lines[n] = NULL;
+            rc = token_request_once(client, fields, lines, err);
+        }
+        bool again = rc < 0 && attempt == 0 && proof && auth__dpop_token_retry(client, sent_nonce);
+        free(proof);
+        free(sent_nonce);
+        if (!again)
+            return rc;
+    }
 }

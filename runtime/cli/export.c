@@ -9,7 +9,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,9 +61,11 @@ static int write_jsonl(void *userdata, const struct store_audit_event *event)
 /*
  * Spans nest run > step > attempt (or item of a for_each, one span per item attempt) > MCP
  * call; the MCP calls an agent makes for itself (discovery, tools/list) hang off the run. Each
- * span is opened by one audit event and its id derived from the run and that event's sequence
- * number, so ids are unique and exports reproducible. Spans are kept in memory (with their
- * events) until the document is written; a child that ends after its parent stretches the
+ * span is opened by one audit event and its id derived (store_trace_span_id) from the run and
+ * that event's sequence number, so ids are unique and exports reproducible; a task's MCP call
+ * has the id derived from its task instead, the one its request carried to the server in
+ * _meta.traceparent (store_traceparent, put there by the scheduler). Spans are kept in memory (with
+ * their events) until the document is written; a child that ends after its parent stretches the
  * parent, so every child lies within its parent.
  */
 
@@ -72,7 +73,7 @@ enum { SPAN_KIND_INTERNAL = 1, SPAN_KIND_CLIENT = 3 };
 enum { STATUS_UNSET = 0, STATUS_OK = 1, STATUS_ERROR = 2 };
 
 struct span {
-    char id[17];
+    char id[STORE_SPAN_ID_SIZE];
     long parent; /* index, or -1 for the run's */
     char *name;
     int kind;
@@ -90,6 +91,7 @@ struct open_task {
     size_t step; /* the step's span */
     long item;   /* -1 for a step without items */
     size_t span;
+    bool called; /* its MCP call's span is open or was */
 };
 
 /* An MCP request awaiting its response: JSON-RPC ids are per agent and server. */
@@ -102,7 +104,7 @@ struct open_call {
 
 struct otlp {
     const char *run_id;
-    char trace_id[33];
+    char trace_id[STORE_TRACE_ID_SIZE];
     struct span *spans;
     size_t span_count, span_cap;
     long root;
@@ -117,22 +119,6 @@ struct otlp {
     size_t call_count;
     int64_t last_ms;
 };
-
-/* A span or trace id: the first n bytes of SHA-256 over the parts, in hex. */
-static void derived_id(char *buf, size_t n, const char *a, const char *b, const char *c)
-{
-    unsigned char digest[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256_state state;
-
-    crypto_hash_sha256_init(&state);
-    const char *parts[] = {a, b, c};
-    for (int i = 0; i < 3; i++)
-        if (parts[i])
-            crypto_hash_sha256_update(&state, (const unsigned char *)parts[i],
-                                      strlen(parts[i]) + 1);
-    crypto_hash_sha256_final(&state, digest);
-    sodium_bin2hex(buf, 2 * n + 1, digest, n);
-}
 
 /* OTLP JSON wants 64-bit integers as decimal strings: milliseconds as nanoseconds. */
 static cJSON *nanos(int64_t ms)
@@ -183,7 +169,6 @@ static int64_t payload_int(const cJSON *payload, const char *key, int64_t fallba
 static size_t span_open(struct otlp *ctx, long parent, const char *what, int64_t seq, char *name,
                         int kind, int64_t start_ms)
 {
-    char seq_text[24];
     struct span *span;
 
     if (ctx->span_count == ctx->span_cap) {
@@ -204,8 +189,7 @@ static size_t span_open(struct otlp *ctx, long parent, const char *what, int64_t
         .events = cJSON_CreateArray(),
         .open = true,
     };
-    snprintf(seq_text, sizeof(seq_text), "%lld", (long long)seq);
-    derived_id(span->id, 8, ctx->run_id, what, seq_text);
+    store_trace_span_id(ctx->run_id, what, seq, span->id);
     return ctx->span_count++;
 }
 
@@ -373,6 +357,12 @@ static long on_mcp(struct otlp *ctx, const struct store_audit_event *event, cons
                                        : (long)root_span(ctx, event, ms);
         size_t span =
             span_open(ctx, parent, "call", event->seq, call_name(message), SPAN_KIND_CLIENT, ms);
+        /* A task's call has the id its request carried (_meta.traceparent); a second request
+         * of the task (a modern-era retry round) and the agent's own requests, an event's. */
+        if (task >= 0 && !ctx->tasks[task].called) {
+            ctx->tasks[task].called = true;
+            store_trace_span_id(ctx->run_id, STORE_SPAN_TASK_CALL, task_id, ctx->spans[span].id);
+        }
         cJSON *attributes = ctx->spans[span].attributes;
         char *id_text = tr_json_print(id);
         add_attribute(attributes, "rpc.system", "jsonrpc");
@@ -450,7 +440,7 @@ static size_t on_dispatched(struct otlp *ctx, const struct store_audit_event *ev
     add_attribute(attributes, "mcp.tool", payload_string(payload, "tool"));
     ctx->tasks = xrealloc(ctx->tasks, (ctx->task_count + 1) * sizeof(*ctx->tasks));
     ctx->tasks[ctx->task_count++] =
-        (struct open_task){payload_int(payload, "task", -1), step, item, span};
+        (struct open_task){payload_int(payload, "task", -1), step, item, span, false};
     return span;
 }
 
@@ -629,7 +619,7 @@ int cli_export(struct store *store, const char *run, const char *format, const c
     }
     if (strcmp(format, "otlp") == 0) {
         struct otlp ctx = {.run_id = run_id, .root = -1};
-        derived_id(ctx.trace_id, 16, run_id, NULL, NULL);
+        store_trace_id(run_id, ctx.trace_id);
         rc = store_audit_list(store, run_id, write_otlp_event, &ctx, &err);
         if (rc == 0) {
             cJSON *doc = otlp_document(&ctx);

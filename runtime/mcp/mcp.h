@@ -92,8 +92,12 @@ int mcp_step_kind_of(const char *method, enum mcp_step_kind *ret_kind) TR_MUST_C
  * is NULL or kind is none.
  */
 cJSON *mcp_step_request(enum mcp_step_kind kind, const char *target, const cJSON *arguments);
-/* Puts the idempotency key in a tool call's params (its _meta); other kinds take none. */
+/* Puts the idempotency key in a tool call's params (its _meta, whose other members stay);
+ * other kinds take none. */
 void mcp_step_request_key(enum mcp_step_kind kind, cJSON *params, const char *idempotency_key);
+/* Puts W3C trace context in a step's params (any kind): _meta.traceparent (the 2026-07-28
+ * revision's key, "00-<trace id>-<parent span id>-01"; other members of _meta stay). */
+void mcp_step_request_trace(cJSON *params, const char *traceparent);
 /* The name (tool, prompt) or the URI (resource) in a step's params, borrowed; NULL if none. */
 const char *mcp_step_target(enum mcp_step_kind kind, const cJSON *params);
 /*

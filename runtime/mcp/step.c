@@ -73,14 +73,30 @@ cJSON *mcp_step_request(enum mcp_step_kind kind, const char *target, const cJSON
     return params;
 }
 
+/* Sets params._meta[key] to value (params an object), keeping the other members of _meta. */
+static void meta_set(cJSON *params, const char *key, const char *value)
+{
+    cJSON *meta = cJSON_GetObjectItemCaseSensitive(params, "_meta");
+    if (!cJSON_IsObject(meta)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(params, "_meta");
+        meta = cJSON_AddObjectToObject(params, "_meta");
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(meta, key);
+    cJSON_AddStringToObject(meta, key, value);
+}
+
 void mcp_step_request_key(enum mcp_step_kind kind, cJSON *params, const char *idempotency_key)
 {
     /* Only a tool call has effects that a server deduplicates. */
     if (kind != MCP_STEP_TOOL || !cJSON_IsObject(params) || !idempotency_key)
         return;
-    cJSON_DeleteItemFromObjectCaseSensitive(params, "_meta");
-    cJSON_AddStringToObject(cJSON_AddObjectToObject(params, "_meta"), IDEMPOTENCY_KEY,
-                            idempotency_key);
+    meta_set(params, IDEMPOTENCY_KEY, idempotency_key);
+}
+
+void mcp_step_request_trace(cJSON *params, const char *traceparent)
+{
+    if (cJSON_IsObject(params) && traceparent)
+        meta_set(params, "traceparent", traceparent);
 }
 
 const char *mcp_step_target(enum mcp_step_kind kind, const cJSON *params)

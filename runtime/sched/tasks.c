@@ -302,11 +302,17 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     msg->step_id = xstrdup(step_id);
     msg->attempt = task->attempt;
     msg->server = xstrdup(server);
-    /* The request as sched_step_request shaped it: the agent sends it as it is. */
+    /* The request as sched_step_request shaped it, with the trace context of its call: the
+     * agent sends it as it is (adding the idempotency key). */
     msg->method = xstrdup(fx->method);
     msg->tool = xstrdup(
         name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
-    msg->json = tr_json_print(params);
+    char traceparent[STORE_TRACEPARENT_SIZE];
+    store_traceparent(run->id, task->id, traceparent);
+    cJSON *request = cJSON_Duplicate(params, true);
+    mcp_step_request_trace(request, traceparent);
+    msg->json = tr_json_print(request);
+    cJSON_Delete(request);
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
     msg->idempotency_key = task->item >= 0 ? xasprintf("%s/%s/%ld", run->id, step_id, task->item)
                                            : xasprintf("%s/%s", run->id, step_id);

@@ -476,4 +476,29 @@ int store_audit_verify_signature(struct store *store, const struct store_audit_s
                                  const unsigned char public_key[STORE_AUDIT_KEY_PUBLIC_BYTES],
                                  struct tr_error *err) TR_MUST_CHECK;
 
+/* ---- trace ids (trace.c) -------------------------------------------------------------- */
+
+/*
+ * The ids of a run's trace (OTLP export, W3C trace context), derived from the run's record
+ * alone, so that every process computes the same. Each is lower-case hex with its NUL.
+ */
+#define STORE_TRACE_ID_SIZE 33    /* 16 bytes */
+#define STORE_SPAN_ID_SIZE 17     /* 8 bytes */
+#define STORE_TRACEPARENT_SIZE 56 /* "00-" trace id "-" span id "-01" */
+/* What names the span of a task's MCP call (a step attempt's, or an item's): its task id,
+ * unique over the run's life (resumes go on from the last one), unlike step, item and attempt,
+ * which a resumed run sends again. */
+#define STORE_SPAN_TASK_CALL "task-call"
+
+/* The run's trace id. */
+void store_trace_id(const char *run_id, char ret_id[STORE_TRACE_ID_SIZE]);
+/* The id of the span that what (a kind of span: "run", "step", STORE_SPAN_TASK_CALL, ...)
+ * and n (an audit event's seq, a task id) name in the run's trace. */
+void store_trace_span_id(const char *run_id, const char *what, int64_t n,
+                         char ret_id[STORE_SPAN_ID_SIZE]);
+/* The W3C traceparent of task's MCP request (version 00, sampled): the run's trace id and
+ * the span id of the task's call, "00-<32 hex>-<16 hex>-01". */
+void store_traceparent(const char *run_id, int64_t task,
+                       char ret_traceparent[STORE_TRACEPARENT_SIZE]);
+
 #endif

@@ -105,6 +105,42 @@ static int authorize(void *userdata, const char *authorization_url, char **ret_r
     return rc;
 }
 
+/* The headless grants of the extension scenarios (helper authx's part): the members a batch
+   job's `auth:` would hold, from the scenario's context. DPoP needs none: troupe binds tokens
+   whenever the authorization server offers ES256 proofs. */
+static void add_extension_grant(cJSON *config, const cJSON *context)
+{
+    static const struct {
+        const char *scenario, *grant;
+        const char *members[4][2]; /* auth member, context member */
+    } grants[] = {
+        {"auth/client-credentials-basic", "client_credentials", {{NULL, NULL}}},
+        {"auth/client-credentials-jwt",
+         "client_credentials",
+         {{"private_key", "private_key_pem"}, {NULL, NULL}}},
+        {"auth/wif-jwt-bearer",
+         "urn:ietf:params:oauth:grant-type:jwt-bearer",
+         {{"assertion", "valid_jwt"}, {NULL, NULL}}},
+        {"auth/enterprise-managed-authorization",
+         "urn:ietf:params:oauth:grant-type:token-exchange",
+         {{"idp_token_endpoint", "idp_token_endpoint"},
+          {"idp_client_id", "idp_client_id"},
+          {"id_token", "idp_id_token"},
+          {NULL, NULL}}},
+    };
+    const char *scenario = getenv("MCP_CONFORMANCE_SCENARIO");
+    for (size_t i = 0; scenario && i < sizeof(grants) / sizeof(grants[0]); i++) {
+        if (strcmp(scenario, grants[i].scenario) != 0)
+            continue;
+        cJSON_AddStringToObject(config, "grant", grants[i].grant);
+        for (size_t k = 0; grants[i].members[k][0]; k++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(context, grants[i].members[k][1]);
+            if (cJSON_IsString(v))
+                cJSON_AddStringToObject(config, grants[i].members[k][0], v->valuestring);
+        }
+    }
+}
+
 /* The `auth:` configuration a workflow would hold, from the scenario's context. */
 static cJSON *auth_config(const cJSON *context)
 {
@@ -117,6 +153,7 @@ static cJSON *auth_config(const cJSON *context)
     }
     if (!cJSON_HasObjectItem(config, "client_id"))
         cJSON_AddStringToObject(config, "client_metadata_url", CLIENT_METADATA_URL);
+    add_extension_grant(config, context);
     return config;
 }
 

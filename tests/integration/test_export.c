@@ -107,6 +107,25 @@ static int status_code(const cJSON *span)
     return code ? code->valueint : 0;
 }
 
+/* The latest run exported with --output to name in the test's directory (*ret_output, for
+ * the caller to free), parsed. */
+static cJSON *export_latest(const struct harness_env *env, const char *name, char **ret_output)
+{
+    struct harness_result r;
+    cr_assert_geq(asprintf(ret_output, "%s/%s", env->dir, name), 0);
+    const char *export[] = {env->troupe, "--db", env->db,    "audit",     "export", "latest",
+                            "--format",  "otlp", "--output", *ret_output, NULL};
+    harness_run(export, env->dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    const char *cat[] = {"/bin/cat", *ret_output, NULL};
+    harness_run(cat, env->dir, 10000, &r);
+    cJSON *doc = cJSON_Parse(r.out);
+    harness_result_release(&r);
+    cr_assert_not_null(doc);
+    return doc;
+}
+
 static int compare_ids(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -129,17 +148,7 @@ Test(otlp, spans_are_unique_nested_timed_and_carry_their_status)
     harness_result_release(&r);
 
     char *output;
-    cr_assert_geq(asprintf(&output, "%s/run.otlp.json", env.dir), 0);
-    const char *export[] = {env.troupe, "--db", env.db,     "audit", "export", "latest",
-                            "--format", "otlp", "--output", output,  NULL};
-    harness_run(export, env.dir, 60000, &r);
-    cr_assert_eq(r.exit_code, 0, "%s", r.err);
-    harness_result_release(&r);
-    const char *cat[] = {"/bin/cat", output, NULL};
-    harness_run(cat, env.dir, 10000, &r);
-    cJSON *doc = cJSON_Parse(r.out);
-    harness_result_release(&r);
-    cr_assert_not_null(doc);
+    cJSON *doc = export_latest(&env, "run.otlp.json", &output);
     const cJSON *spans = spans_of(doc);
     int count = cJSON_GetArraySize(spans);
     /* run, 5 steps, 300 items with a call each, 3 attempts with a call each, at least. */
@@ -268,5 +277,121 @@ Test(otlp, a_failed_run_and_its_step_carry_the_error)
     free(output);
     free(path);
     free(text);
+    harness_env_release(&env);
+}
+
+static const cJSON *span_by_id(const cJSON *spans, const char *id)
+{
+    const cJSON *span;
+    cJSON_ArrayForEach(span, spans)
+    {
+        if (strcmp(cJSON_GetObjectItem(span, "spanId")->valuestring, id) == 0)
+            return span;
+    }
+    return NULL;
+}
+
+/*
+ * Each step's MCP request carries W3C trace context (_meta.traceparent) whose ids are the
+ * export's: the run's trace id and the span id of that request's call span, under the attempt
+ * (or item) that made it; a retried step's attempts each carry their own. The effects server
+ * records the traceparent of every call it gets.
+ */
+Test(otlp, each_request_carries_the_trace_context_of_its_call_span)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *server = harness_build_path("tests/test-mcp-effects");
+    char *effects, *text;
+    cr_assert_geq(asprintf(&effects, "%s/effects.db", env.dir), 0);
+    cr_assert_geq(asprintf(&text,
+                           "name: traced\n"
+                           "mcp_servers:\n"
+                           "  fx:\n"
+                           "    command: %s\n"
+                           "    args: [\"%s\"]\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [fx]\n"
+                           "steps:\n"
+                           "  - id: once\n"
+                           "    persona: worker\n"
+                           "    tool: fx.effect\n"
+                           "    with: {n: 1}\n"
+                           "  - id: each\n"
+                           "    persona: worker\n"
+                           "    tool: fx.effect\n"
+                           "    for_each: '[2, 3, 4]'\n"
+                           "    with: {n: \"${{ .item }}\"}\n"
+                           "  - id: late\n"
+                           "    persona: worker\n"
+                           "    tool: fx.effect\n"
+                           "    with: {n: 5, ms: 600}\n"
+                           "    timeout: 150ms\n"
+                           "    retry: {attempts: 2, backoff: 10ms, errors: [timeout]}\n"
+                           "    on_error: continue\n",
+                           server, effects),
+                  0);
+    char *path = harness_write_file(env.dir, "traced.yaml", text);
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+
+    char *output;
+    cJSON *doc = export_latest(&env, "traced.otlp.json", &output);
+    const cJSON *spans = spans_of(doc);
+    const char *trace_id =
+        cJSON_GetObjectItem(cJSON_GetArrayItem(spans, 0), "traceId")->valuestring;
+
+    /* once, three items, late's two attempts: six calls, each with its own traceparent. */
+    cr_assert_eq(harness_query_int(effects, "SELECT count(*) FROM calls"), 6);
+    cr_assert_eq(harness_query_int(effects, "SELECT count(DISTINCT traceparent) FROM calls"), 6);
+    char *rows = harness_query_text(
+        effects, "SELECT group_concat(key || ' ' || ifnull(traceparent, '-'), char(10)) FROM "
+                 "(SELECT * FROM calls ORDER BY rowid)");
+    cr_assert_not_null(rows);
+    int late_attempts = 0;
+    for (char *line = strtok(rows, "\n"); line; line = strtok(NULL, "\n")) {
+        char key[256], traceparent[128], step[64] = "", span_id[17], wanted[33];
+        long item = -1;
+        cr_assert_eq(sscanf(line, "%255s %127s", key, traceparent), 2, "%s", line);
+        /* key: RUN/STEP or RUN/STEP/ITEM */
+        char *slash = strchr(key, '/');
+        cr_assert_not_null(slash, "%s", key);
+        cr_assert_geq(sscanf(slash + 1, "%63[^/]/%ld", step, &item), 1, "%s", key);
+        cr_assert_eq(strlen(traceparent), 55, "%s: traceparent '%s'", key, traceparent);
+        cr_assert_eq(sscanf(traceparent, "00-%32[0-9a-f]-%16[0-9a-f]-01", wanted, span_id), 2,
+                     "%s: traceparent '%s'", key, traceparent);
+        cr_assert_str_eq(wanted, trace_id, "%s: the run's trace id", key);
+        const cJSON *call = span_by_id(spans, span_id);
+        cr_assert_not_null(call, "%s: no span %s in the export", key, span_id);
+        cr_assert_str_eq(cJSON_GetObjectItem(call, "name")->valuestring, "tools/call effect");
+        cr_assert_eq(cJSON_GetObjectItem(call, "kind")->valueint, 3, "%s: a client span", key);
+        const cJSON *parent =
+            span_by_id(spans, cJSON_GetObjectItem(call, "parentSpanId")->valuestring);
+        cr_assert_not_null(parent);
+        cr_assert_str_eq(attribute(parent, "troupe.step"), step, "%s", key);
+        if (item >= 0) {
+            char item_text[24];
+            snprintf(item_text, sizeof(item_text), "%ld", item);
+            cr_assert_str_eq(attribute(parent, "troupe.item"), item_text, "%s", key);
+        }
+        if (strcmp(step, "late") == 0) {
+            char attempt_text[24];
+            snprintf(attempt_text, sizeof(attempt_text), "%d", ++late_attempts);
+            cr_assert_str_eq(attribute(parent, "troupe.attempt"), attempt_text, "%s", key);
+        }
+    }
+    cr_assert_eq(late_attempts, 2);
+    free(rows);
+    free(harness_node_check("tests/audit/check-otlp.js", output, NULL));
+
+    cJSON_Delete(doc);
+    free(output);
+    free(path);
+    free(text);
+    free(effects);
+    free(server);
     harness_env_release(&env);
 }

@@ -2,7 +2,8 @@
  * test-mcp-effects: an MCP stdio server for fault tests that counts the effects of its one
  * tool per idempotency key. `effect` records every call in an SQLite file (shared by every
  * copy of the server, locked by SQLite), applies its effect only the first time it sees a
- * key (`_meta["io.troupe/idempotency-key"]`), sleeps `ms`, and answers {n, prev, key}.
+ * key (`_meta["io.troupe/idempotency-key"]`), sleeps `ms`, and answers {n, prev, key}. Each
+ * call's row keeps the W3C trace context it came with (`_meta.traceparent`), or null.
  * It speaks just enough MCP for troupe's client: initialize, ping, tools/list, tools/call.
  *
  * usage: test-mcp-effects EFFECTS_DB
@@ -35,18 +36,21 @@ static int exec_sql(const char *sql)
 }
 
 /* Records the call; applies the effect unless the key has had it. Returns 1 if it did. */
-static int record(const char *key, double n)
+static int record(const char *key, double n, const char *traceparent)
 {
     sqlite3_stmt *stmt = NULL;
     int fresh = -1;
 
     if (exec_sql("BEGIN IMMEDIATE") != SQLITE_OK)
         return -1;
-    if (sqlite3_prepare_v2(db, "INSERT INTO calls (key, n, pid) VALUES (?1, ?2, ?3)", -1, &stmt,
-                           NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO calls (key, n, pid, traceparent) VALUES (?1, ?2, ?3, ?4)",
+                           -1, &stmt, NULL) == SQLITE_OK) {
         sqlite3_bind_text(stmt, 1, key, -1, SQLITE_TRANSIENT);
         sqlite3_bind_double(stmt, 2, n);
         sqlite3_bind_int(stmt, 3, (int)getpid());
+        if (traceparent)
+            sqlite3_bind_text(stmt, 4, traceparent, -1, SQLITE_TRANSIENT);
         if (sqlite3_step(stmt) == SQLITE_DONE)
             fresh = 0;
     }
@@ -78,12 +82,14 @@ static void call_effect(const cJSON *id, const cJSON *params)
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(arguments, "n");
     const cJSON *prev = cJSON_GetObjectItemCaseSensitive(arguments, "prev");
     const cJSON *ms = cJSON_GetObjectItemCaseSensitive(arguments, "ms");
+    const cJSON *traceparent = cJSON_GetObjectItemCaseSensitive(meta, "traceparent");
 
     if (!cJSON_IsString(key) || !cJSON_IsNumber(n)) {
         text_result(id, "effect needs a number n and an idempotency key in _meta", true, NULL);
         return;
     }
-    int fresh = record(key->valuestring, n->valuedouble);
+    int fresh = record(key->valuestring, n->valuedouble,
+                       cJSON_IsString(traceparent) ? traceparent->valuestring : NULL);
     if (fresh < 0) {
         text_result(id, sqlite3_errmsg(db), true, NULL);
         return;
@@ -147,7 +153,8 @@ int main(int argc, char **argv)
     }
     sqlite3_busy_timeout(db, 10000);
     exec_sql("PRAGMA journal_mode = WAL");
-    exec_sql("CREATE TABLE IF NOT EXISTS calls (key TEXT NOT NULL, n REAL, pid INTEGER);"
+    exec_sql("CREATE TABLE IF NOT EXISTS calls (key TEXT NOT NULL, n REAL, pid INTEGER,"
+             " traceparent TEXT);"
              "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, n REAL)");
     while (getline(&line, &size, stdin) > 0) {
         cJSON *message = cJSON_Parse(line);

@@ -1340,6 +1340,25 @@ Test(mcp_step, a_request_for_each_kind)
     params = mcp_step_request(MCP_STEP_PROMPT, "brief", NULL);
     mcp_step_request_key(MCP_STEP_PROMPT, params, "run/step");
     expect_json(params, "{\"name\":\"brief\",\"arguments\":{}}", "prompt key");
+
+    /* Trace context goes in any step's _meta; the key joins it there, and neither drops the
+     * other (the scheduler puts the traceparent, the agent the key). */
+    const char *tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    params = mcp_step_request(MCP_STEP_TOOL, "add", NULL);
+    mcp_step_request_trace(params, tp);
+    mcp_step_request_key(MCP_STEP_TOOL, params, "run/step/3");
+    mcp_step_request_key(MCP_STEP_TOOL, params, "run/step/4");
+    expect_json(params,
+                "{\"name\":\"add\",\"arguments\":{},\"_meta\":{\"traceparent\":\"00-"
+                "0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\",\"io.troupe/"
+                "idempotency-key\":\"run/step/4\"}}",
+                "tool trace and key");
+    params = mcp_step_request(MCP_STEP_RESOURCE, "file:///x", NULL);
+    mcp_step_request_trace(params, tp);
+    expect_json(params,
+                "{\"uri\":\"file:///x\",\"_meta\":{\"traceparent\":\"00-"
+                "0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\"}}",
+                "resource trace");
     cJSON_Delete(arguments);
 }
 
