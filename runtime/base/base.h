@@ -192,8 +192,11 @@ bool tr_env_is_default(const char *name);
 int tr_env_for_child(const char *const *keep, const char *const *set, char ***ret_env,
                      struct tr_error *err) TR_MUST_CHECK;
 
-/* What an agent process keeps beyond the default set (troupe's own libraries may need it). */
-#define TR_ENV_AGENT_KEEP ((const char *const[]){"LD_LIBRARY_PATH", NULL})
+/* What an agent process keeps beyond the default set: troupe's own libraries may need
+   LD_LIBRARY_PATH, and XDG_CONFIG_HOME says where the OAuth token store is (an agent that
+   refreshes tokens must write the store `troupe mcp login` wrote, not ~/.config's). Its MCP
+   servers do not inherit either. */
+#define TR_ENV_AGENT_KEEP ((const char *const[]){"LD_LIBRARY_PATH", "XDG_CONFIG_HOME", NULL})
 
 /* ---- logging (for top-level loops only) --------------------------------------------------- */
 
