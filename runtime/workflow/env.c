@@ -7,6 +7,8 @@
  */
 #include "workflow-internal.h"
 
+#include "auth.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -229,6 +231,28 @@ static bool secret_member(const cJSON *member)
            (strcmp(member->string, "env") == 0 || strcmp(member->string, "headers") == 0);
 }
 
+/* Calls visit for each member of a server entry whose references count, with whether they
+   are secrets: `env` and `headers` (secret_member), and each member of `auth` on its own,
+   whose secrets (client_secret, private_key, ...) auth_config_secret names while its
+   client_id or scope are configuration. */
+static void each_member(const cJSON *server,
+                        void (*visit)(void *ctx, const cJSON *member, bool secret), void *ctx)
+{
+    const cJSON *member, *child;
+
+    cJSON_ArrayForEach(member, server)
+    {
+        if (member->string && strcmp(member->string, "auth") == 0 && cJSON_IsObject(member)) {
+            cJSON_ArrayForEach(child, member)
+            {
+                visit(ctx, child, auth_config_secret(child->string));
+            }
+        } else {
+            visit(ctx, member, secret_member(member));
+        }
+    }
+}
+
 struct run_check {
     const char *server;
     bool secret; /* the references visited now are secrets */
@@ -257,6 +281,13 @@ static void check_one(void *ctx, const char *name, const char *value)
     free(entry);
 }
 
+static void check_member(void *ctx, const cJSON *member, bool secret)
+{
+    struct run_check *check = ctx;
+    check->secret = secret;
+    each_reference(member, check_one, check);
+}
+
 /* workflow_check_run for wf's own file, not its children. */
 static int check_run_file(const struct workflow *wf, struct tr_error *err)
 {
@@ -277,13 +308,8 @@ static int check_run_file(const struct workflow *wf, struct tr_error *err)
     tr_buf_init(&check.missing, 0);
     tr_buf_init(&check.unsafe, 0);
     for (size_t i = 0; i < wf->server_count; i++) {
-        const cJSON *member;
         check.server = wf->servers[i].name;
-        cJSON_ArrayForEach(member, wf->servers[i].config)
-        {
-            check.secret = secret_member(member);
-            each_reference(member, check_one, &check);
-        }
+        each_member(wf->servers[i].config, check_member, &check);
     }
     if (check.missing.len)
         rc = tr_error_set(err, TR_ENOTFOUND, "environment variables not set: %s%s%s",
@@ -334,16 +360,18 @@ static void add_config_value(void *ctx, const char *name, const char *value)
         add_secret(ctx, name, value);
 }
 
+static void collect_member(void *ctx, const cJSON *member, bool secret)
+{
+    each_reference(member, secret ? add_secret : add_config_value, ctx);
+}
+
 void wf_env_collect_secrets(const cJSON *servers, cJSON *redact)
 {
-    const cJSON *server, *member;
+    const cJSON *server;
 
     cJSON_ArrayForEach(server, servers)
     {
-        cJSON_ArrayForEach(member, server)
-        {
-            each_reference(member, secret_member(member) ? add_secret : add_config_value, redact);
-        }
+        each_member(server, collect_member, redact);
     }
 }
 

@@ -502,3 +502,48 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     free(fixture_dir);
     harness_env_release(&env);
 }
+
+/*
+ * A secret of a server's `auth` (client_secret) is held to the rules of env and headers
+ * secrets: set, and safe to redact, before anything starts; its client_id is configuration,
+ * which may be short.
+ */
+Test(secrets, oauth_auth_secrets_are_checked_before_the_run, .timeout = 60)
+{
+    static const char text[] = "name: oauth-check\n"
+                               "mcp_servers:\n"
+                               "  remote:\n"
+                               "    url: http://127.0.0.1:9/mcp\n"
+                               "    auth:\n"
+                               "      grant: client_credentials\n"
+                               "      client_id: ${env:OAUTH_CID}\n"
+                               "      client_secret: ${env:OAUTH_CLIENT_SECRET}\n"
+                               "personas:\n"
+                               "  p: {servers: [remote]}\n"
+                               "steps:\n"
+                               "  - {id: one, persona: p, tool: remote.echo, with: {text: x}}\n";
+    const char *values[] = {"2500", "[1,2]", NULL};
+    const char *needles[] = {"too short to redact safely", "JSON text",
+                             "environment variables not set: OAUTH_CLIENT_SECRET"};
+    setenv("OAUTH_CID", "cc", 1);
+    for (size_t k = 0; k < 3; k++) {
+        struct harness_env env = harness_env_new();
+        char *workflow = harness_write_file(env.dir, "oauth.yaml", text);
+        struct harness_result r;
+        if (values[k])
+            setenv("OAUTH_CLIENT_SECRET", values[k], 1);
+        else
+            unsetenv("OAUTH_CLIENT_SECRET");
+        const char *argv[] = {env.troupe, "--db", env.db, "run", workflow, NULL};
+        harness_run(argv, env.dir, 30000, &r);
+        cr_assert_eq(r.exit_code, 2, "exit %d\nstderr:\n%s", r.exit_code, r.err);
+        cr_assert(strstr(r.err, needles[k]) && strstr(r.err, "OAUTH_CLIENT_SECRET"), "%s", r.err);
+        cr_assert_null(strstr(r.err, "OAUTH_CID"), "client_id is not a secret: %s", r.err);
+        cr_assert_neq(access(env.db, F_OK), 0, "a database was created for a refused run");
+        harness_result_release(&r);
+        free(workflow);
+        harness_env_release(&env);
+    }
+    unsetenv("OAUTH_CID");
+    unsetenv("OAUTH_CLIENT_SECRET");
+}
