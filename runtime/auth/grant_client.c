@@ -16,7 +16,6 @@
 
 #include "ext.h"
 
-#define SECRET_FILE_MAX (64 * 1024)
 #define GRANT_JWT_BEARER "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #define ASSERTION_TYPE_JWT "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -182,46 +181,16 @@ char *auth__ext_config(const struct auth_client *client, const char *name)
     return client->expand ? client->expand(item->valuestring) : xstrdup(item->valuestring);
 }
 
-/* The contents of a secret file, without its final line end. */
-static int read_secret_file(const char *path, char **ret_value, struct tr_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tr_error_set(err, TR_EIO, "secret file '%s': %s", path, strerror(errno));
-    char *text = xmalloc(SECRET_FILE_MAX + 1);
-    size_t n = fread(text, 1, SECRET_FILE_MAX + 1, f);
-    bool failed = ferror(f);
-    fclose(f);
-    int rc = 0;
-    if (failed)
-        rc = tr_error_set(err, TR_EIO, "secret file '%s': read error", path);
-    else if (n > SECRET_FILE_MAX)
-        rc = tr_error_set(err, TR_ETOOBIG, "secret file '%s': more than %d bytes", path,
-                          SECRET_FILE_MAX);
-    if (rc < 0) {
-        explicit_bzero(text, SECRET_FILE_MAX + 1);
-        free(text);
-        return rc;
-    }
-    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
-        n--;
-    text[n] = '\0';
-    *ret_value = text;
-    return 0;
-}
-
-/* name's value, or the contents of name_file; NULL when neither is set. */
+/* The secret name, inline or from name_file (auth__secret: file modes, ${env:NAME}); a
+   configuration without either leaves *ret_value NULL. */
 static int secret_value(const struct auth_client *client, const char *name, char **ret_value,
                         struct tr_error *err)
 {
-    *ret_value = auth__ext_config(client, name);
-    if (*ret_value)
-        return 0;
-    char *file_member = xasprintf("%s_file", name);
-    char *path = auth__ext_config(client, file_member);
-    free(file_member);
-    int rc = path ? read_secret_file(path, ret_value, err) : 0;
-    free(path);
+    int rc = auth__secret(client->config, name, client->expand, ret_value, err);
+    if (rc == TR_ENOTFOUND) {
+        *ret_value = NULL;
+        rc = 0;
+    }
     return rc;
 }
 
@@ -230,9 +199,10 @@ int auth__ext_secret(struct auth_client *client, const char *name, const char **
 {
     char *value = NULL;
     int rc = secret_value(client, name, &value, err);
-    if (rc < 0)
-        return tr_error_set(err, rc, "MCP server '%s': auth.%s: %s", client->server_name, name,
-                            err ? err->message : "unreadable");
+    if (rc < 0) {
+        tr_error_prefix(err, "MCP server '%s'", client->server_name); /* names the member */
+        return rc;
+    }
     *ret_value = value ? auth__ext_hold(client, value) : NULL;
     return 0;
 }
@@ -244,7 +214,7 @@ int auth__ext_init(struct auth_client *client, struct tr_error *err)
     char *secret = NULL;
     int rc = secret_value(client, "client_secret", &secret, err);
     if (rc < 0) {
-        tr_error_prefix(err, "MCP server '%s': auth.client_secret_file", client->server_name);
+        tr_error_prefix(err, "MCP server '%s'", client->server_name);
         return rc;
     }
     client->config_client_secret = secret;
@@ -262,19 +232,13 @@ int auth__ext_client_assertion(struct auth_client *client, struct auth__param *f
                                struct tr_error *err)
 {
     struct auth__key *key = NULL;
-    int rc = 0;
-    char *path = auth__ext_config(client, "private_key_file");
-    if (path) {
-        rc = auth__key_load(path, &key, err);
-    } else {
-        const char *pem = NULL;
-        if ((rc = auth__ext_secret(client, "private_key", &pem, err)) < 0 || !pem)
-            goto out;
-        rc = auth__key_from_pem(pem, strlen(pem), &key, err);
-    }
-    if (rc < 0) {
-        tr_error_prefix(err, "MCP server '%s': auth.%s", client->server_name,
-                        path ? "private_key_file" : "private_key");
+    const char *pem = NULL;
+    /* private_key or private_key_file, the file's mode checked (auth__secret). */
+    int rc = auth__ext_secret(client, "private_key", &pem, err);
+    if (rc < 0 || !pem)
+        goto out;
+    if ((rc = auth__key_from_pem(pem, strlen(pem), &key, err)) < 0) {
+        tr_error_prefix(err, "MCP server '%s': auth.private_key", client->server_name);
         goto out;
     }
     char *assertion = NULL;
@@ -287,7 +251,6 @@ int auth__ext_client_assertion(struct auth_client *client, struct auth__param *f
     form[(*n)++] = (struct auth__param){"client_assertion", auth__ext_hold(client, assertion)};
 out:
     auth__key_free(&key);
-    free(path);
     return rc;
 }
 

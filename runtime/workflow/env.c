@@ -96,6 +96,15 @@ static bool secret_name(const char *name)
     return false;
 }
 
+/* Whether member name of map (env, headers or auth) is a secret: for auth the module says
+   (client_secret is, client_secret_file, a path, is not); elsewhere the name tells. */
+static bool clear_secret(const cJSON *map, const char *name)
+{
+    if (map->string && strcmp(map->string, "auth") == 0)
+        return auth_config_secret(name);
+    return secret_name(name);
+}
+
 int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context)
 {
     const cJSON *entry;
@@ -103,7 +112,7 @@ int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *contex
 
     cJSON_ArrayForEach(entry, map)
     {
-        if (cJSON_IsString(entry) && entry->valuestring[0] && secret_name(entry->string) &&
+        if (cJSON_IsString(entry) && entry->valuestring[0] && clear_secret(map, entry->string) &&
             !strstr(entry->valuestring, ENV_OPEN))
             rc = wf_problem(wf, entry, false,
                             "%s'%s' holds a secret in clear: write it as ${env:NAME} so that it "

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base.h"
@@ -302,6 +303,14 @@ Test(secrets, short_configuration_values_in_cwd_and_args_are_not_refused, .timeo
 /* The fixture's client secret: a quote, a backslash, a slash and non-ASCII, as SECRET. */
 #define CLIENT_SECRET "cl1ent\"sec\\ret/\xc3\xa9-7c2b9"
 #define CLIENT_ID "troupe-cc"
+/* The fixture as a workflow's server (its URL for %s), before the client's secret. */
+#define OAUTH_SERVER_YAML                                                                          \
+    "mcp_servers:\n"                                                                               \
+    "  remote:\n"                                                                                  \
+    "    url: %s\n"                                                                                \
+    "    auth:\n"                                                                                  \
+    "      grant: client_credentials\n"                                                            \
+    "      client_id: " CLIENT_ID "\n"
 
 /* Appends to list (NULL-ended, growing) every form of value to look for: as written,
    JSON-escaped once and twice, and (when basic) the Basic credentials of CLIENT_ID with it,
@@ -391,6 +400,39 @@ static size_t issued_tokens(const char *state_db, char ***list, size_t *n)
     return count;
 }
 
+/* Starts the OAuth fixture in dir (tokens last 2 s, issued ones kept in state): its URL. */
+static char *start_fixture(const char *dir, const char *state, struct harness_proc *ret)
+{
+    char *exe = harness_build_path("tests/test-mcp-oauth");
+    const char *argv[] = {exe,       "--port",          "0",           "--client-id",
+                          CLIENT_ID, "--client-secret", CLIENT_SECRET, "--token-ttl",
+                          "2",       "--state",         state,         NULL};
+    char *url = NULL;
+    harness_spawn(argv, dir, ret);
+    for (int waited = 0; waited < 10000 && !url; waited += 20) {
+        char *text = NULL;
+        size_t len;
+        if (tr_file_read(ret->out_path, 4096, &text, &len, NULL) == 0 && strchr(text, '\n')) {
+            text[strcspn(text, "\n")] = '\0';
+            url = text;
+        } else {
+            free(text);
+            usleep(20000);
+        }
+    }
+    cr_assert_not_null(url, "the fixture printed no URL");
+    free(exe);
+    return url;
+}
+
+static void stop_fixture(struct harness_proc *fixture)
+{
+    struct harness_result r;
+    kill(-fixture->pid, SIGTERM);
+    harness_finish(fixture, 5000, &r);
+    harness_result_release(&r);
+}
+
 /*
  * A run against the OAuth fixture with the client credentials grant, its secret from
  * ${env:NAME}, and tokens that expire mid-run (so the run obtains several): neither the
@@ -403,33 +445,10 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     char *fixture_dir = harness_tempdir(); /* its state and log hold the tokens: elsewhere */
     char *conf = harness_tempdir();        /* the token store, which holds them too */
     char *state = xasprintf("%s/state.db", fixture_dir);
-    char *fixture_exe = harness_build_path("tests/test-mcp-oauth");
-    const char *fixture_argv[] = {fixture_exe, "--port",          "0",           "--client-id",
-                                  CLIENT_ID,   "--client-secret", CLIENT_SECRET, "--token-ttl",
-                                  "2",         "--state",         state,         NULL};
     struct harness_proc fixture;
-    harness_spawn(fixture_argv, fixture_dir, &fixture);
-    char *url = NULL;
-    for (int waited = 0; waited < 10000 && !url; waited += 20) {
-        char *text = NULL;
-        size_t len;
-        if (tr_file_read(fixture.out_path, 4096, &text, &len, NULL) == 0 && strchr(text, '\n')) {
-            text[strcspn(text, "\n")] = '\0';
-            url = text;
-        } else {
-            free(text);
-            usleep(20000);
-        }
-    }
-    cr_assert_not_null(url, "the fixture printed no URL");
+    char *url = start_fixture(fixture_dir, state, &fixture);
 
-    char *text = xasprintf("name: oauth-secrets\n"
-                           "mcp_servers:\n"
-                           "  remote:\n"
-                           "    url: %s\n"
-                           "    auth:\n"
-                           "      grant: client_credentials\n"
-                           "      client_id: " CLIENT_ID "\n"
+    char *text = xasprintf("name: oauth-secrets\n" OAUTH_SERVER_YAML
                            "      client_secret: ${env:OAUTH_CLIENT_SECRET}\n"
                            "personas:\n"
                            "  p: {servers: [remote]}\n"
@@ -484,10 +503,7 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
         harness_result_release(&x);
     }
 
-    kill(-fixture.pid, SIGTERM);
-    struct harness_result fx;
-    harness_finish(&fixture, 5000, &fx);
-    harness_result_release(&fx);
+    stop_fixture(&fixture);
     unsetenv("XDG_CONFIG_HOME");
     for (size_t i = 0; i < n; i++)
         free(forms[i]);
@@ -496,7 +512,6 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     free(workflow);
     free(text);
     free(url);
-    free(fixture_exe);
     free(state);
     free(conf);
     free(fixture_dir);
@@ -546,4 +561,53 @@ Test(secrets, oauth_auth_secrets_are_checked_before_the_run, .timeout = 60)
     }
     unsetenv("OAUTH_CID");
     unsetenv("OAUTH_CLIENT_SECRET");
+}
+
+/* The grant reads client_secret_file through auth__secret: a file others can read is refused,
+   named, with the fix; the same file at 0600 works. */
+Test(secrets, oauth_client_secret_file_must_be_private, .timeout = 120)
+{
+    char *fixture_dir = harness_tempdir();
+    char *conf = harness_tempdir();
+    char *state = xasprintf("%s/state.db", fixture_dir);
+    struct harness_proc fixture;
+    char *url = start_fixture(fixture_dir, state, &fixture);
+    setenv("XDG_CONFIG_HOME", conf, 1);
+    const mode_t modes[] = {0644, 0600};
+    for (size_t k = 0; k < 2; k++) {
+        struct harness_env env = harness_env_new();
+        char *secret_file = harness_write_file(env.dir, "client-secret", CLIENT_SECRET "\n");
+        cr_assert_eq(chmod(secret_file, modes[k]), 0);
+        char *text =
+            xasprintf("name: oauth-file\n" OAUTH_SERVER_YAML "      client_secret_file: %s\n"
+                      "personas:\n"
+                      "  p: {servers: [remote]}\n"
+                      "steps:\n"
+                      "  - {id: one, persona: p, tool: remote.echo, with: {text: x}}\n",
+                      url, secret_file);
+        char *workflow = harness_write_file(env.dir, "oauth.yaml", text);
+        struct harness_result r;
+        const char *argv[] = {env.troupe, "--db", env.db, "run", workflow, NULL};
+        harness_run(argv, env.dir, 60000, &r);
+        if (modes[k] == 0600) {
+            cr_assert_eq(r.exit_code, 0, "exit %d\nstderr:\n%s", r.exit_code, r.err);
+        } else {
+            cr_assert_neq(r.exit_code, 0);
+            cr_assert(strstr(r.err, secret_file) && strstr(r.err, "chmod 600") &&
+                          strstr(r.err, "client_secret_file"),
+                      "%s", r.err);
+        }
+        assert_none_in("stderr", r.err, strlen(r.err), (char *[]){CLIENT_SECRET, NULL});
+        harness_result_release(&r);
+        free(workflow);
+        free(text);
+        free(secret_file);
+        harness_env_release(&env);
+    }
+    unsetenv("XDG_CONFIG_HOME");
+    stop_fixture(&fixture);
+    free(url);
+    free(state);
+    free(conf);
+    free(fixture_dir);
 }
