@@ -70,12 +70,12 @@ static void teardown(void)
 
 TestSuite(mcp_login, .init = setup, .fini = teardown, .timeout = 120);
 
-/* Runs `troupe mcp login ARGS...`, plays the browser with curl, returns its result. */
-static void login(const char *server, const char *config, struct harness_result *ret)
+/* Runs `troupe mcp login SERVER [FLAG FILE]`, plays the browser with curl, returns its
+   result. */
+static void login_as(const char *server, const char *flag, const char *file,
+                     struct harness_result *ret)
 {
-    const char *argv[] = {
-        env.troupe, "mcp", "login", server, "--timeout", "30", config ? "--config" : NULL,
-        config,     NULL};
+    const char *argv[] = {env.troupe, "mcp", "login", server, "--timeout", "30", flag, file, NULL};
     struct harness_proc proc;
     harness_spawn(argv, env.dir, &proc);
     login_pid = proc.pid;
@@ -99,6 +99,16 @@ static void login(const char *server, const char *config, struct harness_result 
     login_pid = 0;
     free(authorize);
     free(err);
+}
+
+static void login(const char *server, const char *config, struct harness_result *ret)
+{
+    login_as(server, config ? "--config" : NULL, config, ret);
+}
+
+static void login_with(const char *workflow, struct harness_result *ret)
+{
+    login_as("remote", "--workflow", workflow, ret);
 }
 
 static void run_troupe(const char *const *args, struct harness_result *ret)
@@ -232,4 +242,40 @@ Test(mcp_login, unknown_server_and_usage)
     cr_assert_str_eq(r.out, "no stored credentials\n");
     harness_result_release(&r);
     free(config);
+}
+
+/* What login is for: an unattended run of a workflow that names the server uses the tokens
+   it stored (no person, no user agent in the run), and fails, naming the login, without. */
+Test(mcp_login, a_run_uses_the_stored_tokens)
+{
+    struct harness_result r;
+    char *text = xasprintf("name: logged-in\n"
+                           "mcp_servers:\n"
+                           "  remote:\n"
+                           "    url: %s\n"
+                           "    auth: {scope: mcp}\n"
+                           "personas:\n"
+                           "  p: {servers: [remote]}\n"
+                           "steps:\n"
+                           "  - {id: hello, persona: p, tool: remote.echo, with: {text: hi}}\n",
+                           url);
+    char *workflow = harness_write_file(env.dir, "w.yaml", text);
+    const char *run[] = {"--db", env.db, "run", workflow, NULL};
+
+    run_troupe(run, &r);
+    cr_assert_neq(r.exit_code, 0, "ran without a login: %s", r.err);
+    cr_assert(strstr(r.err, "troupe mcp login"), "the failure names the login: %s", r.err);
+    harness_result_release(&r);
+
+    login_with(workflow, &r);
+    cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
+    harness_result_release(&r);
+    char *db2 = xasprintf("%s/second.db", env.dir);
+    const char *run2[] = {"--db", db2, "run", workflow, NULL};
+    run_troupe(run2, &r);
+    cr_assert_eq(r.exit_code, 0, "the run after login: %s", r.err);
+    harness_result_release(&r);
+    free(db2);
+    free(workflow);
+    free(text);
 }
