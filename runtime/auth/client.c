@@ -339,8 +339,10 @@ int auth_challenge(struct auth_client *client, long status, const char *www_auth
     bool insufficient = have_challenge && ch.error && strcmp(ch.error, "insufficient_scope") == 0;
 
     if (status == 403 && !insufficient) {
+        char *why = ch.error ? tr_text_escape(ch.error, 64) : NULL;
         rc = tr_error_set(err, TR_EAUTH, "MCP server '%s' refused the request (HTTP 403%s%s)",
-                          c->server_name, ch.error ? ": " : "", ch.error ? ch.error : "");
+                          c->server_name, why ? ": " : "", why ? why : "");
+        free(why);
         goto out;
     }
     /* The resource's metadata first: it may name another authorization server now. */

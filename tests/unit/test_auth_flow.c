@@ -27,6 +27,7 @@ static struct fixture {
     bool token_error;
     int expires_in;
     const char *authorization_server; /* PRM's, NULL: base */
+    const char *hostile_token;        /* issue this access token instead */
     /* what was seen */
     int authorizations, code_grants, refresh_grants, registrations, refused;
     char challenge[64];
@@ -116,9 +117,10 @@ static enum MHD_Result token(struct MHD_Connection *c, const char *body)
         return reply(c, 400, "{\"error\":\"invalid_grant\",\"error_description\":\"code expired\"}",
                      NULL, NULL);
     snprintf(fx.token, sizeof(fx.token), "tok-secret-%d", ++fx.issued);
-    char *json = xasprintf("{\"access_token\":\"%s\",\"token_type\":\"Bearer\","
-                           "\"expires_in\":%d,\"refresh_token\":\"refresh-secret-%d\"}",
-                           fx.token, fx.expires_in, fx.issued);
+    char *json =
+        xasprintf("{\"access_token\":\"%s\",\"token_type\":\"Bearer\","
+                  "\"expires_in\":%d,\"refresh_token\":\"refresh-secret-%d\"}",
+                  fx.hostile_token ? fx.hostile_token : fx.token, fx.expires_in, fx.issued);
     enum MHD_Result rc = reply(c, 200, json, NULL, NULL);
     free(json);
     return rc;
@@ -406,5 +408,18 @@ Test(auth_flow, authorization_server_on_plain_http_is_refused)
     cr_assert(strstr(err.message, "names no authorization server (https, or http on loopback)"),
               "%s", err.message);
     cr_assert_eq(fx.authorizations, 0);
+    auth_client_free(&auth);
+}
+
+Test(auth_flow, a_token_that_would_break_the_header_line_is_refused)
+{
+    fx.hostile_token = "tok\\r\\nX-Injected: 1"; /* JSON escapes: CR LF in the token */
+    struct auth_client *auth = NULL;
+    struct mcp_session *session = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "no usable access_token"), "%s", err.message);
+    cr_assert_null(strstr(err.message, "Injected"), "%s", err.message);
+    cr_assert_eq(fx.code_grants, 1, "%d", fx.code_grants);
     auth_client_free(&auth);
 }
