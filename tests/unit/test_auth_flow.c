@@ -423,3 +423,26 @@ Test(auth_flow, a_token_that_would_break_the_header_line_is_refused)
     cr_assert_eq(fx.code_grants, 1, "%d", fx.code_grants);
     auth_client_free(&auth);
 }
+
+Test(auth_flow, requests_in_flight_share_one_new_token)
+{
+    struct auth_client *auth = NULL;
+    struct mcp_session *session = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), 0, "%s", err.message);
+    snprintf(fx.token, sizeof(fx.token), "revoked"); /* the server forgets the token */
+    int64_t tickets[4];
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(mcp_session_send(session, "tools/list", NULL, &tickets[i], &err), 0, "%s",
+                     err.message);
+    for (size_t i = 0; i < 4; i++) {
+        cJSON *result = NULL;
+        cr_assert_eq(mcp_session_wait(session, tickets[i], TIMEOUT_MS, &result, &err), 0, "%s",
+                     err.message);
+        cJSON_Delete(result);
+    }
+    cr_assert_eq(fx.refresh_grants, 1, "%d refreshes for one revoked token", fx.refresh_grants);
+    cr_assert_eq(fx.authorizations, 1);
+    mcp_session_free(&session);
+    auth_client_free(&auth);
+}
