@@ -446,3 +446,27 @@ Test(auth_flow, requests_in_flight_share_one_new_token)
     mcp_session_free(&session);
     auth_client_free(&auth);
 }
+
+Test(auth_flow, a_challenge_without_a_request_logs_in_from_scratch)
+{
+    char *url = xasprintf("%s/mcp", fx.base);
+    struct auth_options options = {.server_name = "fixture",
+                                   .resource_url = url,
+                                   .token_store = "",
+                                   .user_agent = &browser,
+                                   .timeout_ms = TIMEOUT_MS};
+    struct auth_client *auth = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(auth_client_new(&options, &auth, &err), 0, "%s", err.message);
+    cr_assert_eq(auth_challenge(auth, 401, NULL, NULL, &err), 0, "%s", err.message);
+    cr_assert_eq(fx.authorizations, 1);
+    char **lines = NULL;
+    cr_assert_eq(auth_request_headers(auth, "POST", url, &lines, &err), 0, "%s", err.message);
+    char expected[80];
+    snprintf(expected, sizeof(expected), "Authorization: Bearer %s", fx.token);
+    cr_assert_str_eq(lines[0], expected);
+    cr_assert_null(lines[1]);
+    auth_lines_free(lines);
+    auth_client_free(&auth);
+    free(url);
+}
