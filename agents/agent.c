@@ -25,7 +25,6 @@
 
 #define WELCOME_TIMEOUT_MS 30000
 #define MAX_SERVERS 64
-#define HTTP_PUMP_MS 10          /* how often sessions without descriptors (HTTP) are driven */
 #define MAX_DRAIN 1024           /* bus messages handled in one loop turn */
 #define AGENT_SEND_WAIT_MS 60000 /* how long a message waits for room on the bus */
 
@@ -36,6 +35,7 @@ struct server {
     char *failure;           /* why the session is unusable, or NULL */
     int restarts;            /* times the server was restarted after dying */
     int64_t next_restart_ms; /* a dead server is not started again before this */
+    bool restart_due;        /* the loop restarts it at next_restart_ms */
 };
 
 /* One assignment in flight: a step's request (tools/call, prompts/get, resources/read) sent on
@@ -64,7 +64,6 @@ struct agent {
     size_t server_count;
     struct task **tasks; /* in flight, oldest first */
     size_t task_count, task_alloc;
-    struct task *current; /* the task a session call is made for: its messages are its events */
     int64_t last_sent_ms; /* when the scheduler last heard from us */
 };
 
@@ -154,71 +153,22 @@ static const char *mcp_event_type(const cJSON *message)
 
 /* ---- which task an MCP message belongs to ------------------------------------------------ */
 
-/* The task in flight on server whose request has the JSON-RPC id id, or NULL. */
-static struct task *task_of_request(const struct agent *agent, const char *server, const cJSON *id)
+/* The task in flight on the server named server whose request is ticket, or NULL. */
+static struct task *task_of_ticket(const struct agent *agent, const char *server, int64_t ticket)
 {
-    if (!cJSON_IsNumber(id))
-        return NULL;
-    for (size_t i = 0; i < agent->task_count; i++) {
+    for (size_t i = 0; ticket >= 0 && i < agent->task_count; i++) {
         struct task *task = agent->tasks[i];
-        if (strcmp(task->server->name, server) == 0 && id->valuedouble == (double)task->ticket)
+        if (task->ticket == ticket && strcmp(task->server->name, server) == 0)
             return task;
     }
     return NULL;
 }
 
-/* The one task in flight on server, or NULL if there are none or several. */
-static struct task *only_task_on(const struct agent *agent, const char *server)
-{
-    struct task *only = NULL;
-    for (size_t i = 0; i < agent->task_count; i++) {
-        if (strcmp(agent->tasks[i]->server->name, server) != 0)
-            continue;
-        if (only)
-            return NULL;
-        only = agent->tasks[i];
-    }
-    return only;
-}
-
-/* What cannot be told apart by id: the task a session call is made for, else the only one. */
-static struct task *current_or_only(const struct agent *agent, const char *server)
-{
-    return agent->current ? agent->current : only_task_on(agent, server);
-}
-
-/*
- * The task a message to or from server belongs to: by JSON-RPC id, the one whose request a
- * response answers, or that a notifications/cancelled (requestId) or a progress notification
- * (progressToken: troupe asks for no progress, so a server sending some most likely uses the
- * request id) is about; else the one a session call is being made for; else the only task in
- * flight on that server. NULL when it cannot be told.
- */
-static struct task *task_of_message(struct agent *agent, const char *server,
-                                    enum mcp_direction direction, const cJSON *message)
-{
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(message, "id");
-    const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
-    bool has_method = cJSON_HasObjectItem(message, "method");
-    struct task *task = NULL;
-
-    if (!has_method && direction == MCP_RECEIVED) {
-        task = task_of_request(agent, server, id);
-    } else if (has_method && !id) {
-        const cJSON *about = cJSON_GetObjectItemCaseSensitive(params, "requestId");
-        if (!about)
-            about = cJSON_GetObjectItemCaseSensitive(params, "progressToken");
-        task = task_of_request(agent, server, about);
-    }
-    /* A later round of a request (input required) is sent inside the call made for its task:
-     * it is the current one. */
-    return task ? task : current_or_only(agent, server);
-}
-
 static void on_mcp_message(void *userdata, const char *server, enum mcp_direction direction,
-                           const char *json, const cJSON *message)
+                           const char *json, const cJSON *message, int64_t ticket)
 {
     struct agent *agent = userdata;
+    struct task *task = task_of_ticket(agent, server, ticket);
     cJSON *payload = cJSON_CreateObject();
 
     cJSON_AddStringToObject(payload, "server", server);
@@ -226,44 +176,33 @@ static void on_mcp_message(void *userdata, const char *server, enum mcp_directio
     if (message) {
         /* The message as it went over the wire, not parsed and printed again. */
         cJSON_AddRawToObject(payload, "message", json);
-        send_event(agent, task_of_message(agent, server, direction, message),
-                   mcp_event_type(message), payload);
+        send_event(agent, task, mcp_event_type(message), payload);
     } else {
         /* Not JSON: keep the exact text, the audit trail must show what the server sent. */
         cJSON_AddStringToObject(payload, "raw", json);
-        send_event(agent, current_or_only(agent, server), "mcp.garbage", payload);
+        send_event(agent, task, "mcp.garbage", payload);
     }
 }
 
-static void on_mcp_stderr(void *userdata, const char *server, const char *line)
+static void on_mcp_stderr(void *userdata, const char *server, const char *line, int64_t ticket)
 {
     struct agent *agent = userdata;
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "server", server);
     cJSON_AddStringToObject(payload, "line", line);
-    send_event(agent, current_or_only(agent, server), "mcp.stderr", payload);
+    send_event(agent, task_of_ticket(agent, server, ticket), "mcp.stderr", payload);
 }
 
 /* ---- MCP sessions -------------------------------------------------------------------------- */
 
-/* Starts the server described by entry and opens an MCP session with it. */
+/* Starts (command:) or reaches (url:) the server described by entry and opens an MCP session
+ * with it; the workflow's `protocol` pin, else the stateless revision first and the
+ * handshake for servers that lack it. The welcome's entries are already resolved. */
 static int start_session(struct agent *agent, const cJSON *entry, struct mcp_session **ret_session,
                          struct tr_error *err)
 {
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
-    const cJSON *protocol = cJSON_GetObjectItemCaseSensitive(entry, "protocol");
-    struct mcp_stdio_params params = {
-        .name = entry->string,
-        /* The workflow's pin, else the current stateless revision first and the handshake
-         * for servers that lack it. */
-        .protocol_version = cJSON_IsString(protocol) ? protocol->valuestring : MCP_VERSION_AUTO,
-    };
-    int rc = mcp_stdio_params_from_json(&params, entry, NULL, err);
-
-    if (rc == 0)
-        rc = mcp_session_open_stdio(&params, &observer, ret_session, err);
-    mcp_stdio_params_release(&params);
-    return rc;
+    return mcp_session_open(entry, NULL, &observer, ret_session, err);
 }
 
 static int open_server(struct agent *agent, const cJSON *entry, struct tr_error *err)
@@ -295,8 +234,11 @@ static void restart_server(struct agent *agent, struct server *server)
     int64_t now = tr_now_ms();
 
     mcp_session_free(&server->session);
-    if (now < server->next_restart_ms)
+    if (now < server->next_restart_ms) {
+        server->restart_due = true; /* the loop wakes for it */
         return;
+    }
+    server->restart_due = false; /* a failed restart is tried again by the next task */
     int64_t delay = 100;
     for (int i = 0; i < server->restarts && delay < 5000; i++)
         delay *= 2;
@@ -316,7 +258,7 @@ static void restart_server(struct agent *agent, struct server *server)
         cJSON_AddStringToObject(payload, "error", err.message);
         tr_log(TR_LOG_WARN, "%s", server->failure);
     }
-    send_event(agent, agent->current, "mcp.restarted", payload);
+    send_event(agent, NULL, "mcp.restarted", payload);
 }
 
 static struct server *find_server(struct agent *agent, const char *name)
@@ -473,7 +415,7 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
                            ? (int)assign->timeout_ms
                            : MCP_DEFAULT_TIMEOUT_MS;
     task->deadline_ms = tr_now_ms() + task->timeout_ms;
-    agent->current = task;
+    task->ticket = -1;
     tr_log_context(run_of(agent), task->step_id, agent->persona);
     if (known)
         target = mcp_step_target(task->kind, params);
@@ -507,18 +449,17 @@ static void task_start(struct agent *agent, const struct bus_msg *assign)
         error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
     } else {
         mcp_step_request_key(task->kind, params, assign->idempotency_key);
+        /* In the table first: the ticket is written before the observer sees the request. */
+        task_add(agent, task);
         if (mcp_session_send(server->session, mcp_step_method(task->kind), params, &task->ticket,
                              &err) < 0) {
             error = xstrdup(err.message);
             error_class = error_class_of(err.code);
         }
     }
-    agent->current = NULL;
     tr_log_context(run_of(agent), NULL, agent->persona);
     if (error)
-        task_complete(agent, task, NULL, error, error_class);
-    else
-        task_add(agent, task);
+        task_complete(agent, task, NULL, error, error_class); /* out of the table, if in it */
     free(error);
     cJSON_Delete(params);
 }
@@ -533,14 +474,12 @@ static int task_finish(struct agent *agent, struct task *task)
     char *error = NULL;
     const char *error_class = NULL;
 
-    agent->current = task;
     /* A tool call has its CallToolResult checked; a resource read or a prompt is any request. */
     int rc = task->kind == MCP_STEP_TOOL
                  ? mcp_session_call_tool_finish(server->session, task->ticket,
                                                 left > 0 ? (int)left : 1, &output, &err)
                  : mcp_session_wait(server->session, task->ticket, left > 0 ? (int)left : 1,
                                     &output, &err);
-    agent->current = NULL;
     char *tool_error = rc < 0 ? NULL : mcp_step_error(task->kind, output);
     if (rc < 0) {
         error = xstrdup(err.message);
@@ -559,9 +498,8 @@ static int task_finish(struct agent *agent, struct task *task)
 /* notifications/cancelled with reason for the task's request (its events are the task's). */
 static void cancel_request(struct agent *agent, struct task *task, const char *reason)
 {
-    agent->current = task;
-    mcp_session_cancel(task->server->session, task->ticket, reason);
-    agent->current = NULL;
+    if (task->server->session)
+        mcp_session_cancel(task->server->session, task->ticket, reason);
 }
 
 static void task_abort(struct agent *agent, struct task *task, const char *reason,
@@ -612,10 +550,11 @@ static void pump_server(struct agent *agent, struct server *server)
     int rc;
     /* After a bad message the lines behind it are already read: poll again to handle them. */
     for (int round = 0; (rc = mcp_session_poll(server->session, 0, &err)) == TR_EPROTO; round++) {
-        /* A bad message is the call's failure when there is one call to blame. */
-        struct task *only = only_task_on(agent, server->name);
-        if (only)
-            task_abort(agent, only, "troupe gave up: protocol error", err.message,
+        /* A bad message is the failure of the call it belongs to, when it belongs to one. */
+        struct task *task =
+            task_of_ticket(agent, server->name, mcp_session_error_ticket(server->session));
+        if (task)
+            task_abort(agent, task, "troupe gave up: protocol error", err.message,
                        tr_error_class_names[TR_ERROR_CLASS_PROTOCOL]);
         else
             tr_log(TR_LOG_WARN, "%s", err.message);
@@ -625,7 +564,7 @@ static void pump_server(struct agent *agent, struct server *server)
     if (rc < 0 && rc != TR_EPEER && rc != TR_EPROTO)
         tr_log(TR_LOG_WARN, "%s", err.message);
     /* Again after each pass: taking one result may read (and park) another's. */
-    bool died = false, finished = true;
+    bool died = rc == TR_EPEER, finished = true;
     while (finished) {
         finished = false;
         for (size_t i = 0; i < agent->task_count;) {
@@ -785,66 +724,107 @@ static bool drain_bus(struct agent *agent)
     return true;
 }
 
-/* How long the loop may sleep: until the next heartbeat is due or a task's time is up. */
-static long poll_timeout(const struct agent *agent, bool drive_http)
+/*
+ * How long the loop may sleep: until the next heartbeat is due, a task's time is up, a
+ * server's restart is due or a session's timer (libcurl's) fires.
+ */
+static long poll_timeout(const struct agent *agent)
 {
+    int64_t now = tr_now_ms();
     int64_t wake = agent->last_sent_ms + BUS_HEARTBEAT_MS;
     for (size_t i = 0; i < agent->task_count; i++)
         if (agent->tasks[i]->deadline_ms < wake)
             wake = agent->tasks[i]->deadline_ms;
-    int64_t left = wake - tr_now_ms();
-    if (drive_http && left > HTTP_PUMP_MS)
-        left = HTTP_PUMP_MS;
+    for (size_t i = 0; i < agent->server_count; i++) {
+        const struct server *server = &agent->servers[i];
+        int timer = server->session ? mcp_session_timeout_ms(server->session) : -1;
+        if (timer >= 0 && now + timer < wake)
+            wake = now + timer;
+        if (!server->session && server->restart_due && server->next_restart_ms < wake)
+            wake = server->next_restart_ms;
+    }
+    int64_t left = wake - now;
     return left < 0 ? 0 : (long)left;
 }
 
+/* The descriptors to wait on: the signal pipe's, then every session's (owner[i] says whose). */
+struct wait_set {
+    struct pollfd *fds;
+    struct server **owner;
+    size_t n, alloc;
+};
+
+static void wait_set_reserve(struct wait_set *set, size_t want)
+{
+    if (want <= set->alloc)
+        return;
+    while (set->alloc < want)
+        set->alloc = set->alloc ? 2 * set->alloc : 16;
+    set->fds = xrealloc(set->fds, set->alloc * sizeof(*set->fds));
+    set->owner = xrealloc(set->owner, set->alloc * sizeof(*set->owner));
+}
+
+static void wait_set_fill(struct wait_set *set, struct agent *agent)
+{
+    set->n = 0;
+    wait_set_reserve(set, 1);
+    set->fds[0] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
+    set->owner[set->n++] = NULL;
+    for (size_t i = 0; i < agent->server_count; i++) {
+        struct server *server = &agent->servers[i];
+        if (!server->session)
+            continue;
+        size_t count;
+        while ((count = mcp_session_pollfds(server->session, set->fds + set->n,
+                                            set->alloc - set->n)) > set->alloc - set->n)
+            wait_set_reserve(set, set->n + count);
+        for (size_t j = 0; j < count; j++)
+            set->owner[set->n++] = server;
+    }
+}
+
 /*
- * The event loop: bus_poll over the bus, the signal pipe and the pipes of the servers that
- * have tasks in flight; then the bus is drained, the servers that stirred are read, expired
- * tasks are cancelled and a heartbeat goes out when the scheduler has heard nothing for a
- * while.
+ * The event loop: one bus_poll (zmq_poll) over the bus, the signal pipe and every session's
+ * descriptors (a stdio server's pipes, an HTTP server's sockets), sleeping until the earliest
+ * of the heartbeat, the tasks' deadlines, the restarts due and the sessions' timers; then the
+ * bus is drained, the servers that stirred (or whose timer is due) are pumped, expired tasks
+ * are cancelled, due restarts are made and a heartbeat goes out when the scheduler has heard
+ * nothing for a while. Nothing is polled at a fixed interval.
  */
 static void serve(struct agent *agent)
 {
-    struct pollfd fds[1 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
-    struct server *owner[1 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
+    struct wait_set set = {0};
     bool stirred[MAX_SERVERS];
 
     while (!stop_requested) {
-        size_t n = 0;
-        bool drive_http = false, bus_ready = false;
+        bool bus_ready = false;
         struct tr_error err = {0};
         memset(stirred, 0, sizeof(stirred));
-        fds[n++] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
-        for (size_t i = 0; i < agent->server_count; i++) {
-            struct server *server = &agent->servers[i];
-            if (!server->session || tasks_on(agent, server) == 0)
-                continue;
-            size_t count = mcp_session_pollfds(server->session, fds + n);
-            if (count == 0) /* HTTP, or gone: it is driven (or finished) every turn */
-                stirred[i] = drive_http = true;
-            for (size_t j = 0; j < count; j++)
-                owner[n++] = server;
-        }
-        if (bus_poll(agent->bus, fds, n, poll_timeout(agent, drive_http), &bus_ready, &err) < 0) {
+        wait_set_fill(&set, agent);
+        if (bus_poll(agent->bus, set.fds, set.n, poll_timeout(agent), &bus_ready, &err) < 0) {
             tr_log(TR_LOG_ERROR, "%s", err.message);
             break;
         }
         if (stop_requested)
             break;
-        if (fds[0].revents) {
+        if (set.fds[0].revents) {
             char drain[64];
             while (read(signal_pipe[0], drain, sizeof(drain)) > 0)
                 ;
         }
-        for (size_t i = 1; i < n; i++)
-            if (fds[i].revents)
-                stirred[owner[i] - agent->servers] = true;
+        for (size_t i = 1; i < set.n; i++)
+            if (set.fds[i].revents)
+                stirred[set.owner[i] - agent->servers] = true;
         if (!drain_bus(agent))
             break;
-        for (size_t i = 0; i < agent->server_count; i++)
-            if (stirred[i] && agent->servers[i].session && tasks_on(agent, &agent->servers[i]))
-                pump_server(agent, &agent->servers[i]);
+        int64_t now = tr_now_ms();
+        for (size_t i = 0; i < agent->server_count; i++) {
+            struct server *server = &agent->servers[i];
+            if (server->session && (stirred[i] || mcp_session_timeout_ms(server->session) == 0))
+                pump_server(agent, server);
+            else if (!server->session && server->restart_due && now >= server->next_restart_ms)
+                restart_server(agent, server);
+        }
         expire_tasks(agent);
         if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
             struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
@@ -852,6 +832,8 @@ static void serve(struct agent *agent)
             agent->last_sent_ms = tr_now_ms(); /* also when it failed: no busy loop */
         }
     }
+    free(set.fds);
+    free(set.owner);
     cancel_all(agent, "the agent is stopping");
 }
 

@@ -42,6 +42,22 @@ int auth__store_save(const char *path, const struct auth__tokens *tokens,
 int auth__store_remove(const char *path, const char *issuer, const char *resource,
                        struct tr_error *err) TR_MUST_CHECK;
 
+/* Every entry of the store, oldest first, into *ret_tokens (ret_count of them; release each
+   and free the array). An absent store has none. */
+int auth__store_list(const char *path, struct auth__tokens **ret_tokens, size_t *ret_count,
+                     struct tr_error *err) TR_MUST_CHECK;
+
+/* ---- secrets (secrets.c) ------------------------------------------------------------------
+ * A secret of config (a server's `auth` object) named name ("client_secret", "private_key"):
+ * the member name, with each ${env:NAME} resolved (by expand when it is not NULL, else from
+ * the environment: an unset variable is an error naming it), or the member name_file, the
+ * path (expanded the same way) of a regular file that neither group nor others can read,
+ * whose trailing newlines are dropped. Returns 0 with the text (caller frees; empty is an
+ * error), TR_ENOTFOUND when config has neither member, TR_EINVAL (or TR_ETOOBIG past 64 KiB)
+ * with a message naming the member, the variable or the file, never the secret. */
+int auth__secret(const cJSON *config, const char *name, char *(*expand)(const char *),
+                 char **ret_secret, struct tr_error *err) TR_MUST_CHECK;
+
 /* ---- the client (client.c) ----------------------------------------------------------------
  * What one auth_client knows. The grants (grant_*.c) read the configuration and the discovered
  * metadata from it and leave their tokens in `tokens`. Every string is owned by the client. */

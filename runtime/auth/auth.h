@@ -90,4 +90,29 @@ int auth_challenge(struct auth_client *client, long status, const char *www_auth
  * valid until the next call on client: for redaction. */
 const char *const *auth_client_secrets(struct auth_client *client);
 
+/* ---- stored credentials: `troupe mcp login`, `logout` and `auth status` (login.c) ---------- */
+
+/*
+ * Runs options' grant now, whatever is stored (the authorization code grant through
+ * options->user_agent), and stores the tokens it obtains in options->token_store, replacing
+ * the entry of their issuer and resource. Blocking (the person's part is bounded by the user
+ * agent). 0 with the issuer in ret_issuer (caller frees; NULL to skip), or TR_EAUTH / TR_EIO.
+ */
+int auth_login(const struct auth_options *options, char **ret_issuer,
+               struct tr_error *err) TR_MUST_CHECK;
+/*
+ * Removes the stored tokens of options->resource_url (every issuer), first telling each
+ * issuer's revocation endpoint (RFC 7009) when its metadata names one: best effort,
+ * *ret_revoked counts the entries it accepted. 0, TR_ENOTFOUND when nothing is stored, or
+ * TR_EIO / TR_EINVAL for a store that cannot be read or written.
+ */
+int auth_logout(const struct auth_options *options, int *ret_revoked,
+                struct tr_error *err) TR_MUST_CHECK;
+/*
+ * What the store at path (NULL: the default) holds, oldest first, as a JSON array of
+ * {"resource", "issuer", "client_id", "scope", "expires_at", "refresh_token": bool}: never a
+ * token or a secret. Caller frees (cJSON_Delete). An absent store is an empty array.
+ */
+int auth_store_status(const char *path, cJSON **ret_entries, struct tr_error *err) TR_MUST_CHECK;
+
 #endif

@@ -165,6 +165,10 @@ uint32_t tr_random_upto(uint32_t bound);
 /* Reads a whole file (at most max bytes) into a NUL-terminated heap buffer. */
 int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
                  struct tr_error *err) TR_MUST_CHECK;
+/* The same from an open descriptor (path names it in messages), for callers that check what
+   they opened first; TR_ETOOBIG past max. */
+int tr_file_read_fd(int fd, const char *path, size_t max, char **ret_data, size_t *ret_len,
+                    struct tr_error *err) TR_MUST_CHECK;
 /* mkdir -p for the directory part of path (not the last component). */
 int tr_mkdir_parents(const char *path, struct tr_error *err) TR_MUST_CHECK;
 /* Directory holding the running executable (from /proc/self/exe). Caller frees. */

@@ -18,8 +18,6 @@
 int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
                  struct tr_error *err)
 {
-    struct tr_buf buf;
-    char chunk[65536];
     struct stat st;
     int rc = 0;
     /* Not blocking in open() on a FIFO without a writer, nor taking a terminal. */
@@ -27,7 +25,6 @@ int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
 
     if (fd < 0)
         return tr_error_set(err, -errno, "could not open '%s': %s", path, strerror(errno));
-    tr_buf_init(&buf, max);
     /* A FIFO, a socket or a device could block the read for ever, or never end. */
     if (fstat(fd, &st) < 0) {
         rc = tr_error_set(err, -errno, "could not read '%s': %s", path, strerror(errno));
@@ -41,6 +38,20 @@ int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
                                                  : "a device");
         goto out;
     }
+    rc = tr_file_read_fd(fd, path, max, ret_data, ret_len, err);
+out:
+    close(fd);
+    return rc;
+}
+
+int tr_file_read_fd(int fd, const char *path, size_t max, char **ret_data, size_t *ret_len,
+                    struct tr_error *err)
+{
+    struct tr_buf buf;
+    char chunk[65536];
+    int rc = 0;
+
+    tr_buf_init(&buf, max);
     for (;;) {
         ssize_t n = read(fd, chunk, sizeof(chunk));
         if (n < 0 && errno == EINTR)
@@ -59,8 +70,8 @@ int tr_file_read(const char *path, size_t max, char **ret_data, size_t *ret_len,
     *ret_len = buf.len;
     *ret_data = tr_buf_take(&buf);
 out:
+    explicit_bzero(chunk, sizeof(chunk)); /* it may have held a secret */
     tr_buf_release(&buf);
-    close(fd);
     return rc;
 }
 

@@ -198,4 +198,17 @@ int cli_worker(int argc, char **argv, struct cli_common *common);
 int cli_keygen(int argc, char **argv, struct cli_common *common);
 int cli_approve(int argc, char **argv, struct cli_common *common);
 
+/* ---- the loopback redirect receiver of `troupe mcp login` (loopback.c) ------------------ */
+
+struct cli_loopback;
+/* Listens on 127.0.0.1 at an ephemeral port (a thread of its own). 0 or TR_EIO. */
+int cli_loopback_start(struct cli_loopback **ret_loopback, struct tr_error *err) TR_MUST_CHECK;
+/* http://127.0.0.1:PORT/callback, valid while the receiver lives. */
+const char *cli_loopback_redirect_uri(const struct cli_loopback *loopback);
+/* Waits at most timeout_s for the first GET /callback with a code or an error: 0 with the
+   URL it was sent to (caller frees), or TR_ETIMEDOUT saying what to do. */
+int cli_loopback_wait(struct cli_loopback *loopback, int timeout_s, char **ret_redirect,
+                      struct tr_error *err) TR_MUST_CHECK;
+void cli_loopback_free(struct cli_loopback **loopback);
+
 #endif

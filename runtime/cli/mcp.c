@@ -9,8 +9,11 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "auth.h"
 #include "mcp.h"
+#include "workflow.h"
 
 #define MAX_ITEMS 64 /* argv entries after --, and headers taken from a config entry */
 
@@ -25,6 +28,8 @@ static void usage(FILE *out)
             "  resources            the server's resources and resource templates\n"
             "  prompts              the server's prompts\n"
             "  call TOOL [JSON]     call a tool with JSON arguments (an object)\n"
+            "  login SERVER         authorize troupe for an OAuth-protected server (a person,\n"
+            "                       once); logout SERVER, auth status: see each one's --help\n"
             "\n"
             "options:\n"
             "  --url URL            a Streamable HTTP server\n"
@@ -50,21 +55,10 @@ struct target {
     const char *argv[MAX_ITEMS + 1];
     const char *headers[MAX_ITEMS + 1];
     size_t n_headers;
-    struct mcp_stdio_params stdio; /* a command from the config */
+    const cJSON *entry; /* the server entry: from the config, or built from the options */
     cJSON *config_json;
-    char *owned[3 * MAX_ITEMS]; /* strings built from the config */
-    size_t n_owned;
+    cJSON *built; /* the entry built from --url or -- COMMAND */
 };
-
-static const char *keep(struct target *t, char *s)
-{
-    if (t->n_owned == sizeof(t->owned) / sizeof(t->owned[0])) {
-        free(s);
-        return "";
-    }
-    t->owned[t->n_owned++] = s;
-    return s;
-}
 
 /* The variable a ${NAME} (or ${env:NAME}, as workflows write it) at p names; caller frees. */
 static char *reference_name(const char *p, const char *end)
@@ -156,46 +150,44 @@ static int load_config(struct target *t)
         return CLI_USAGE;
     }
     tr_buf_release(&missing);
-    const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
-    if (cJSON_IsString(url)) {
-        t->url = url->valuestring;
-    } else if (mcp_stdio_params_from_json(&t->stdio, entry, expand, NULL) < 0) {
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(entry, "url")) &&
+        !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(entry, "command"))) {
         cli_error("%s: server '%s' has neither \"url\" nor \"command\"", path, t->server);
         return CLI_USAGE;
     }
-    const cJSON *header;
-    cJSON_ArrayForEach(header, cJSON_GetObjectItemCaseSensitive(entry, "headers"))
-    {
-        if (cJSON_IsString(header) && t->n_headers < MAX_ITEMS) {
-            char *value = expand(header->valuestring);
-            t->headers[t->n_headers++] = keep(t, xasprintf("%s: %s", header->string, value));
-            free(value);
-        }
-    }
+    t->entry = entry;
     return CLI_OK;
+}
+
+/* The server entry that --url or -- COMMAND [ARG...] stands for. */
+static const cJSON *built_entry(struct target *t)
+{
+    cJSON *servers = cJSON_CreateObject();
+    cJSON *entry = cJSON_AddObjectToObject(servers, t->url ? t->url : t->argv[0]);
+    if (t->url) {
+        cJSON_AddStringToObject(entry, "url", t->url);
+    } else {
+        cJSON_AddStringToObject(entry, "command", t->argv[0]);
+        cJSON *args = cJSON_AddArrayToObject(entry, "args");
+        for (size_t i = 1; t->argv[i]; i++)
+            cJSON_AddItemToArray(args, cJSON_CreateString(t->argv[i]));
+    }
+    t->built = servers;
+    return entry;
 }
 
 static int open_target(struct target *t, int timeout_ms, struct mcp_session **ret_session)
 {
     struct tr_error err = {0};
-    int rc;
-    if (t->url) {
-        struct mcp_http_params params = {
-            .url = t->url,
-            .headers = t->headers,
-            .timeout_ms = timeout_ms,
-            .protocol_version = t->protocol,
-        };
-        rc = mcp_session_open_http(&params, NULL, ret_session, &err);
-    } else {
-        struct mcp_stdio_params params = t->stdio;
-        if (!params.argv)
-            params.argv = t->argv; /* -- COMMAND [ARG...] */
-        params.timeout_ms = timeout_ms;
-        params.protocol_version = t->protocol ? t->protocol : MCP_VERSION_AUTO;
-        rc = mcp_session_open_stdio(&params, NULL, ret_session, &err);
-    }
-    if (rc < 0) {
+    struct mcp_open_params params = {
+        .name = t->url,
+        .protocol_version = t->protocol,
+        .headers = t->headers,
+        .expand = t->server ? expand : NULL, /* ${NAME} comes from the environment */
+        .timeout_ms = timeout_ms,
+    };
+    const cJSON *entry = t->entry ? t->entry : built_entry(t);
+    if (mcp_session_open(entry, &params, NULL, ret_session, &err) < 0) {
         cli_error("%s", err.message);
         return CLI_FAILED;
     }
@@ -319,8 +311,345 @@ static int do_call(struct mcp_session *session, const char *tool, const char *ar
     return is_error ? CLI_FAILED : CLI_OK;
 }
 
+/* ---- credentials: login, logout, auth status ------------------------------------------------ */
+
+#define LOGIN_DEFAULT_TIMEOUT_S 300
+
+static void login_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe mcp login SERVER [--workflow FILE | --config FILE] [--timeout S]\n"
+            "\n"
+            "Authorizes troupe for an MCP server behind OAuth: prints the authorization URL to\n"
+            "open in a browser, receives the redirect on http://127.0.0.1:PORT/callback (a port\n"
+            "the system picks) and stores the tokens in $XDG_CONFIG_HOME/troupe/tokens.json\n"
+            "(else ~/.config/troupe/tokens.json), replacing any the server had. Runs then use\n"
+            "them, refreshing them without a person.\n"
+            "\n"
+            "SERVER is a URL, or a server named in the workflow (--workflow) or in the\n"
+            "{\"mcpServers\": {...}} file (--config; default $TROUPE_MCP_CONFIG, else .mcp.json);\n"
+            "its `auth` member (client_id, client_secret, scope, ...) is used.\n"
+            "\n"
+            "options:\n"
+            "  --workflow FILE      the workflow that names SERVER\n"
+            "  --config FILE        the mcpServers file that names SERVER\n"
+            "  --timeout S          seconds to wait for the browser (default %d)\n"
+            "  -h, --help           show this help\n",
+            LOGIN_DEFAULT_TIMEOUT_S);
+}
+
+static void logout_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: troupe mcp logout SERVER [--workflow FILE | --config FILE]\n"
+            "\n"
+            "Removes the stored tokens of SERVER (a URL or a name, as for login), telling the\n"
+            "authorization server to revoke them when it offers revocation (best effort).\n"
+            "\n"
+            "options:\n"
+            "  --workflow FILE      the workflow that names SERVER\n"
+            "  --config FILE        the mcpServers file that names SERVER\n"
+            "  -h, --help           show this help\n");
+}
+
+static void status_usage(FILE *out)
+{
+    fprintf(out, "usage: troupe mcp auth status [--json]\n"
+                 "\n"
+                 "Lists the stored credentials: resource, authorization server (issuer), client,\n"
+                 "scope, expiry and whether a refresh token is kept. Never a token or a secret.\n"
+                 "\n"
+                 "options:\n"
+                 "  --json               a JSON array\n"
+                 "  -h, --help           show this help\n");
+}
+
+/* The server a login or logout is about: its name, URL and `auth` member. */
+struct auth_target {
+    const char *name;
+    char *url;
+    const cJSON *auth; /* borrowed from doc or wf; NULL when none */
+    cJSON *doc;
+    struct workflow *wf;
+};
+
+static void auth_target_release(struct auth_target *t)
+{
+    free(t->url);
+    cJSON_Delete(t->doc);
+    workflow_free(&t->wf);
+}
+
+/* Finds name as a URL, in workflow_path, or in config_path's mcpServers. Prints why not. */
+static int auth_target_find(struct auth_target *t, const char *name, const char *workflow_path,
+                            const char *config_path)
+{
+    struct tr_error err = {0};
+    const cJSON *entry = NULL;
+    const char *where;
+
+    t->name = name;
+    if (strncmp(name, "https://", 8) == 0 || strncmp(name, "http://", 7) == 0) {
+        t->url = xstrdup(name);
+        return CLI_OK;
+    }
+    if (workflow_path) {
+        where = workflow_path;
+        if (workflow_load(workflow_path, &t->wf, &err) < 0) {
+            cli_error("%s", err.message);
+            return CLI_USAGE;
+        }
+        for (size_t i = 0; i < workflow_server_count(t->wf); i++)
+            if (strcmp(workflow_server_name(t->wf, i), name) == 0)
+                entry = workflow_server_config(t->wf, i);
+    } else {
+        where = config_path ? config_path : getenv("TROUPE_MCP_CONFIG");
+        if (!where)
+            where = ".mcp.json";
+        char *text = NULL;
+        size_t len = 0;
+        if (tr_file_read(where, 4u << 20, &text, &len, &err) < 0) {
+            cli_error("%s", err.message);
+            return CLI_USAGE;
+        }
+        t->doc = cJSON_ParseWithLength(text, len);
+        free(text);
+        entry = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(t->doc, "mcpServers"), name);
+    }
+    if (!cJSON_IsObject(entry)) {
+        cli_error("%s: no server named '%s'", where, name);
+        return CLI_USAGE;
+    }
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
+    if (!cJSON_IsString(url)) {
+        cli_error("%s: server '%s' has no url: only HTTP servers use OAuth", where, name);
+        return CLI_USAGE;
+    }
+    t->auth = cJSON_GetObjectItemCaseSensitive(entry, "auth");
+    struct tr_buf missing;
+    tr_buf_init(&missing, 0);
+    unset_references(url, &missing);
+    unset_references(t->auth, &missing);
+    if (missing.len) {
+        cli_error("%s: server '%s': environment variables not set: %s", where, name, missing.data);
+        tr_buf_release(&missing);
+        return CLI_USAGE;
+    }
+    tr_buf_release(&missing);
+    t->url = expand(url->valuestring);
+    return CLI_OK;
+}
+
+/* Parses SERVER [--workflow FILE] [--config FILE] [--timeout S] [--json] after the
+   subcommand's name; returns -1 to go on, or the exit status. */
+struct auth_args {
+    const char *server, *workflow, *config;
+    int timeout_s;
+    bool json;
+};
+
+static int parse_auth_args(int argc, char **argv, struct cli_common *common, int max_positional,
+                           void (*print_usage)(FILE *out), struct auth_args *a)
+{
+    enum { OPT_WORKFLOW = 2100, OPT_CONFIG };
+    static const struct option options[] = {
+        {"workflow", required_argument, NULL, OPT_WORKFLOW},
+        {"config", required_argument, NULL, OPT_CONFIG},
+        {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},
+        {"json", no_argument, NULL, CLI_OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    a->timeout_s = LOGIN_DEFAULT_TIMEOUT_S;
+    optind = 0;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_WORKFLOW:
+            a->workflow = optarg;
+            break;
+        case OPT_CONFIG:
+            a->config = optarg;
+            break;
+        case CLI_OPT_TIMEOUT: {
+            long s;
+            if (print_usage != login_usage) {
+                cli_error("--timeout is an option of 'troupe mcp login'");
+                return CLI_USAGE;
+            }
+            if (cli_parse_int("--timeout", optarg, 1, 86400, &s) < 0)
+                return CLI_USAGE;
+            a->timeout_s = (int)s;
+            break;
+        }
+        case CLI_OPT_JSON:
+            a->json = true;
+            break;
+        default:
+            if (cli_common_option(common, opt, optarg))
+                break;
+            return cli_usage(opt, print_usage);
+        }
+    }
+    if (argc - optind != max_positional || (a->workflow && a->config)) {
+        print_usage(stderr);
+        return CLI_USAGE;
+    }
+    a->server = max_positional ? argv[optind] : NULL;
+    return -1;
+}
+
+struct login_browser {
+    struct cli_loopback *loopback;
+    const char *server;
+    int timeout_s;
+};
+
+/* The person's part: print the URL (nothing is opened for them), wait for the redirect. */
+static int login_authorize(void *userdata, const char *authorization_url, char **ret_redirect,
+                           struct tr_error *err)
+{
+    struct login_browser *b = userdata;
+    fprintf(stderr,
+            "To authorize troupe for '%s', open this URL in a browser:\n\n    %s\n\n"
+            "Waiting up to %d s for the redirect to %s ...\n",
+            b->server, authorization_url, b->timeout_s, cli_loopback_redirect_uri(b->loopback));
+    fflush(stderr);
+    return cli_loopback_wait(b->loopback, b->timeout_s, ret_redirect, err);
+}
+
+static int mcp_login(int argc, char **argv, struct cli_common *common)
+{
+    struct auth_args a = {0};
+    struct auth_target t = {0};
+    struct tr_error err = {0};
+    struct login_browser browser = {0};
+    char *issuer = NULL;
+    int rc = parse_auth_args(argc, argv, common, 1, login_usage, &a);
+
+    if (rc >= 0)
+        return rc;
+    if ((rc = auth_target_find(&t, a.server, a.workflow, a.config)) != CLI_OK)
+        goto out;
+    if (cli_loopback_start(&browser.loopback, &err) < 0) {
+        cli_error("%s", err.message);
+        rc = CLI_FAILED;
+        goto out;
+    }
+    browser.server = t.name;
+    browser.timeout_s = a.timeout_s;
+    const struct auth_user_agent user_agent = {
+        .redirect_uri = cli_loopback_redirect_uri(browser.loopback),
+        .authorize = login_authorize,
+        .userdata = &browser,
+    };
+    const struct auth_options options = {
+        .server_name = t.name,
+        .resource_url = t.url,
+        .config = t.auth,
+        .expand = expand,
+        .user_agent = &user_agent,
+    };
+    if (auth_login(&options, &issuer, &err) < 0) {
+        cli_error("login to '%s' failed: %s", t.name, err.message);
+        rc = CLI_FAILED;
+        goto out;
+    }
+    printf("Logged in to %s (authorization server %s); tokens stored (troupe mcp auth "
+           "status)\n",
+           t.url, issuer);
+    rc = CLI_OK;
+out:
+    free(issuer);
+    cli_loopback_free(&browser.loopback);
+    auth_target_release(&t);
+    return rc;
+}
+
+static int mcp_logout(int argc, char **argv, struct cli_common *common)
+{
+    struct auth_args a = {0};
+    struct auth_target t = {0};
+    struct tr_error err = {0};
+    int revoked = 0;
+    int rc = parse_auth_args(argc, argv, common, 1, logout_usage, &a);
+
+    if (rc >= 0)
+        return rc;
+    if ((rc = auth_target_find(&t, a.server, a.workflow, a.config)) != CLI_OK)
+        goto out;
+    const struct auth_options options = {
+        .server_name = t.name, .resource_url = t.url, .config = t.auth, .expand = expand};
+    if (auth_logout(&options, &revoked, &err) < 0) {
+        cli_error("%s", err.message);
+        rc = CLI_FAILED;
+        goto out;
+    }
+    printf("Logged out of %s: stored tokens removed%s\n", t.url,
+           revoked ? ", and revoked by the authorization server"
+                   : " (the authorization server revoked nothing: it offers no revocation, or "
+                     "refused)");
+    rc = CLI_OK;
+out:
+    auth_target_release(&t);
+    return rc;
+}
+
+static int mcp_auth_status(int argc, char **argv, struct cli_common *common)
+{
+    struct auth_args a = {0};
+    struct tr_error err = {0};
+    cJSON *entries = NULL;
+    int rc = parse_auth_args(argc, argv, common, 0, status_usage, &a);
+
+    if (rc >= 0)
+        return rc;
+    if (auth_store_status(NULL, &entries, &err) < 0) {
+        cli_error("%s", err.message);
+        return CLI_FAILED;
+    }
+    if (a.json) {
+        print_json(entries);
+    } else if (!cJSON_GetArraySize(entries)) {
+        printf("no stored credentials\n");
+    } else {
+        const cJSON *e;
+        time_t now = time(NULL);
+        cJSON_ArrayForEach(e, entries)
+        {
+            double expires = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "expires_at"));
+            char when[64] = "unknown";
+            if (expires > 0) {
+                time_t at = (time_t)expires;
+                struct tm tm;
+                strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&at, &tm));
+                if (at <= now)
+                    strcat(when, " (expired)");
+            }
+            printf("%s\n  issuer:        %s\n  client_id:     %s\n  scope:         %s\n"
+                   "  expires:       %s\n  refresh token: %s\n",
+                   str(e, "resource"), str(e, "issuer"), str(e, "client_id"), str(e, "scope"), when,
+                   cJSON_IsTrue(cJSON_GetObjectItem(e, "refresh_token")) ? "yes" : "no");
+        }
+    }
+    cJSON_Delete(entries);
+    return CLI_OK;
+}
+
 int cli_mcp(int argc, char **argv, struct cli_common *common)
 {
+    /* Credentials: their own subcommands and options, the word first. */
+    if (argc > 1 && strcmp(argv[1], "login") == 0)
+        return mcp_login(argc - 1, argv + 1, common);
+    if (argc > 1 && strcmp(argv[1], "logout") == 0)
+        return mcp_logout(argc - 1, argv + 1, common);
+    if (argc > 2 && strcmp(argv[1], "auth") == 0 && strcmp(argv[2], "status") == 0)
+        return mcp_auth_status(argc - 2, argv + 2, common);
+    if (argc > 1 && strcmp(argv[1], "auth") == 0) {
+        cli_error("mcp auth: the action is 'status' (see 'troupe mcp auth status --help')");
+        return CLI_USAGE;
+    }
     enum { OPT_URL = 2000, OPT_SERVER, OPT_CONFIG, OPT_HEADER, OPT_PROTOCOL };
     static const struct option options[] = {
         {"url", required_argument, NULL, OPT_URL},
@@ -416,9 +745,7 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         }
     }
     mcp_session_free(&session);
-    mcp_stdio_params_release(&t.stdio);
-    for (size_t k = 0; k < t.n_owned; k++)
-        free(t.owned[k]);
+    cJSON_Delete(t.built);
     cJSON_Delete(t.config_json);
     return rc;
 }

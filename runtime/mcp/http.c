@@ -1,11 +1,15 @@
 /*
  * mcp/http.c: the Streamable HTTP transport over libcurl's multi interface: POSTs answered
  * with JSON or an SSE stream, Mcp-Session-Id, MCP-Protocol-Version, resumption with GET and
- * Last-Event-ID after the retry delay, DELETE on close. It knows nothing of MCP methods: the
- * session (client.c) gives it message texts and takes back what arrives.
+ * Last-Event-ID after the retry delay, DELETE on close. Transfers move through curl's multi
+ * socket interface: the transport tells the caller which sockets to wait on and when its next
+ * timer is due, and acts only on what is ready. It knows nothing of MCP methods: the session
+ * (client.c) gives it message texts and takes back what arrives.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +53,12 @@ struct resume {
     struct resume *next;
 };
 
+/* A socket curl wants watched, and for what (CURL_POLL_IN, _OUT, _INOUT). */
+struct watched {
+    curl_socket_t fd;
+    int what;
+};
+
 struct mcp__http {
     char *name;
     char *url;
@@ -65,6 +75,9 @@ struct mcp__http {
     struct transfer *transfers;
     struct resume *resumes;
     struct mcp__inbound *in_head, *in_tail;
+    struct watched *sockets; /* what curl's socket callback asked for */
+    size_t n_sockets, sockets_alloc;
+    int64_t timer_at; /* when curl's timer is due (tr_now_ms), -1 for none */
 };
 
 /* ---- the inbound queue -------------------------------------------------------------------- */
@@ -87,10 +100,11 @@ static void enqueue(struct mcp__http *h, struct mcp__inbound *in)
     h->in_tail = in;
 }
 
-static void push_message(struct mcp__http *h, const char *text, size_t len)
+static void push_message(struct mcp__http *h, int64_t request_id, const char *text, size_t len)
 {
     struct mcp__inbound *in = xcalloc(1, sizeof(*in));
     in->text = xstrndup(text, len);
+    in->request_id = request_id;
     enqueue(h, in);
 }
 
@@ -158,7 +172,7 @@ static void on_sse_event(void *userdata, const char *event, const char *data, si
         return;
     if (is_response_to(data, len, t->request_id))
         t->got_response = true;
-    push_message(t->http, data, len);
+    push_message(t->http, t->request_id, data, len);
 }
 
 /* Keeps WWW-Authenticate (repeats joined) and DPoP-Nonce for auth_challenge. */
@@ -381,9 +395,10 @@ static bool wait_get(struct mcp__http *h, struct transfer *t, int wait_ms,
         bool alive = transfer_alive(h, t);
         if (alive && done(h, t))
             return true;
-        if (!alive || tr_now_ms() >= deadline)
+        int64_t left = deadline - tr_now_ms();
+        if (!alive || left <= 0)
             return false;
-        mcp__http_pump(h, 10);
+        mcp__http_pump(h, (int)left);
     }
 }
 
@@ -440,7 +455,7 @@ static void deliver_json(struct mcp__http *h, struct transfer *t)
     bool batch = t->reply.data[strspn(t->reply.data, " \t\r\n")] == '[';
     if (batch || is_response_to(t->reply.data, t->reply.len, t->request_id))
         t->got_response = true;
-    push_message(h, t->reply.data, t->reply.len);
+    push_message(h, t->request_id, t->reply.data, t->reply.len);
 }
 
 /* A 401/403: let the auth_client obtain what the challenge asks, then send the request again
@@ -557,28 +572,71 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
                      what, status);
 }
 
-void mcp__http_pump(struct mcp__http *h, int timeout_ms)
+/* ---- curl's sockets and timer ------------------------------------------------------------ */
+
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-    int64_t now = tr_now_ms();
-    for (struct resume **p = &h->resumes; *p;) {
-        struct resume *r = *p;
-        if (r->at_ms <= now) {
-            *p = r->next;
-            start_resume(h, r);
-            free(r);
-            continue;
+    (void)easy;
+    (void)socketp;
+    struct mcp__http *h = userp;
+    size_t i = 0;
+    while (i < h->n_sockets && h->sockets[i].fd != fd)
+        i++;
+    if (what == CURL_POLL_REMOVE) {
+        if (i < h->n_sockets)
+            h->sockets[i] = h->sockets[--h->n_sockets];
+        return 0;
+    }
+    if (i == h->n_sockets) {
+        if (h->n_sockets == h->sockets_alloc) {
+            h->sockets_alloc = h->sockets_alloc ? 2 * h->sockets_alloc : 4;
+            h->sockets = xrealloc(h->sockets, h->sockets_alloc * sizeof(*h->sockets));
         }
-        int64_t wait = r->at_ms - now;
-        if (wait < timeout_ms)
-            timeout_ms = (int)wait;
-        p = &r->next;
+        h->n_sockets++;
     }
-    int running = 0;
-    curl_multi_perform(h->multi, &running);
-    if (!h->in_head) {
-        curl_multi_poll(h->multi, NULL, 0, timeout_ms > 0 ? timeout_ms : 0, NULL);
-        curl_multi_perform(h->multi, &running);
+    h->sockets[i] = (struct watched){.fd = fd, .what = what};
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct mcp__http *h = userp;
+    h->timer_at = timeout_ms < 0 ? -1 : tr_now_ms() + timeout_ms;
+    return 0;
+}
+
+size_t mcp__http_pollfds(const struct mcp__http *h, struct pollfd *ret_fds, size_t max)
+{
+    for (size_t i = 0; i < h->n_sockets && i < max; i++) {
+        int what = h->sockets[i].what;
+        short events = 0;
+        if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+            events |= POLLIN;
+        if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+            events |= POLLOUT;
+        ret_fds[i] = (struct pollfd){.fd = h->sockets[i].fd, .events = events};
     }
+    return h->n_sockets;
+}
+
+int mcp__http_timeout(const struct mcp__http *h)
+{
+    if (h->in_head)
+        return 0; /* delivered, not yet handed out */
+    int64_t at = h->timer_at;
+    for (const struct resume *r = h->resumes; r; r = r->next)
+        if (at < 0 || r->at_ms < at)
+            at = r->at_ms;
+    if (at < 0)
+        return -1;
+    int64_t left = at - tr_now_ms();
+    return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+/* Transfers that curl reports done: their outcome becomes inbound items. */
+static void collect_done(struct mcp__http *h)
+{
     CURLMsg *m;
     int left;
     while ((m = curl_multi_info_read(h->multi, &left))) {
@@ -590,6 +648,50 @@ void mcp__http_pump(struct mcp__http *h, int timeout_ms)
         finish(h, t, result);
         transfer_remove(h, t);
     }
+}
+
+void mcp__http_pump(struct mcp__http *h, int timeout_ms)
+{
+    int64_t now = tr_now_ms();
+    for (struct resume **p = &h->resumes; *p;) {
+        struct resume *r = *p;
+        if (r->at_ms <= now) {
+            *p = r->next;
+            start_resume(h, r);
+            free(r);
+            continue;
+        }
+        p = &r->next;
+    }
+    int wait = mcp__http_timeout(h);
+    if (wait < 0 || wait > timeout_ms)
+        wait = timeout_ms > 0 ? timeout_ms : 0;
+    /* Wait on curl's sockets (a copy: acting on one may change curl's list). */
+    size_t n = h->n_sockets;
+    struct pollfd *fds = xcalloc(n + 1, sizeof(*fds));
+    mcp__http_pollfds(h, fds, n);
+    int ready = poll(fds, n, wait);
+    if (ready < 0 && errno != EINTR)
+        ready = 0;
+    int running = 0;
+    for (size_t i = 0; ready > 0 && i < n; i++) {
+        if (!fds[i].revents)
+            continue;
+        int flags = 0;
+        if (fds[i].revents & (POLLIN | POLLHUP))
+            flags |= CURL_CSELECT_IN;
+        if (fds[i].revents & POLLOUT)
+            flags |= CURL_CSELECT_OUT;
+        if (fds[i].revents & (POLLERR | POLLNVAL))
+            flags |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(h->multi, fds[i].fd, flags, &running);
+    }
+    free(fds);
+    if (h->timer_at >= 0 && tr_now_ms() >= h->timer_at) {
+        h->timer_at = -1;
+        curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    collect_done(h);
 }
 
 void mcp__http_abandon(struct mcp__http *h, int64_t request_id)
@@ -629,6 +731,11 @@ struct mcp__http *mcp__http_new(const char *url, const char *const *headers, siz
         fprintf(stderr, "troupe: curl_multi_init failed\n");
         abort();
     }
+    h->timer_at = -1;
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
     for (size_t i = 0; headers && headers[i]; i++)
         h->extra = add_header(h->extra, headers[i]);
     return h;
@@ -682,6 +789,7 @@ void mcp__http_free(struct mcp__http **http)
     for (struct mcp__inbound *in; (in = mcp__http_next(h));)
         mcp__inbound_free(in);
     curl_multi_cleanup(h->multi);
+    free(h->sockets);
     curl_slist_free_all(h->extra);
     free(h->session_id);
     free(h->protocol_version);

@@ -1,0 +1,235 @@
+/*
+ * Integration tests of `troupe mcp login`, `logout` and `auth status` against the OAuth
+ * fixture (test-mcp-oauth): a "browser" (curl) follows the URL login prints, the fixture
+ * redirects it to login's loopback port, the tokens land in $XDG_CONFIG_HOME/troupe; status
+ * shows the entry and never a token; a second login replaces it; logout removes it; a login
+ * nobody answers ends at its timeout with a clear message.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base.h"
+#include "harness.h"
+
+static struct harness_env env;
+static struct harness_proc fixture;
+static char *url, *store_path;
+static int login_pid; /* a login under way, killed if an assertion ends the test first */
+
+/* The text of path once it holds needle (polled), or NULL after timeout_ms. */
+static char *wait_for_text(const char *path, const char *needle, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 20) {
+        char *text = NULL;
+        size_t len;
+        if (tr_file_read(path, 1 << 20, &text, &len, NULL) == 0 && strstr(text, needle))
+            return text;
+        free(text);
+        usleep(20000);
+    }
+    return NULL;
+}
+
+static void setup(void)
+{
+    env = harness_env_new();
+    char *conf = xasprintf("%s/conf", env.dir);
+    setenv("XDG_CONFIG_HOME", conf, 1);
+    store_path = xasprintf("%s/troupe/tokens.json", conf);
+    free(conf);
+    char *exe = harness_build_path("tests/test-mcp-oauth");
+    const char *argv[] = {exe,  "--port",          "0",      "--client-id",
+                          "cc", "--client-secret", "s3cr:t", NULL};
+    harness_spawn(argv, env.dir, &fixture);
+    free(exe);
+    char *text = wait_for_text(fixture.out_path, "/mcp\n", 10000);
+    cr_assert_not_null(text, "the fixture printed no URL");
+    text[strcspn(text, "\n")] = '\0';
+    url = text;
+}
+
+static void teardown(void)
+{
+    struct harness_result r;
+    if (login_pid > 0)
+        kill(-login_pid, SIGKILL);
+    kill(-fixture.pid, SIGTERM);
+    harness_finish(&fixture, 5000, &r);
+    harness_result_release(&r);
+    free(url);
+    free(store_path);
+    harness_env_release(&env);
+}
+
+TestSuite(mcp_login, .init = setup, .fini = teardown, .timeout = 120);
+
+/* Runs `troupe mcp login ARGS...`, plays the browser with curl, returns its result. */
+static void login(const char *server, const char *config, struct harness_result *ret)
+{
+    const char *argv[] = {
+        env.troupe, "mcp", "login", server, "--timeout", "30", config ? "--config" : NULL,
+        config,     NULL};
+    struct harness_proc proc;
+    harness_spawn(argv, env.dir, &proc);
+    login_pid = proc.pid;
+    char *err = wait_for_text(proc.err_path, "Waiting up to", 20000);
+    cr_assert_not_null(err, "login printed no authorization URL");
+    char *start = strstr(err, "\n    http://"); /* the URL's own line */
+    cr_assert_not_null(start, "%s", err);
+    start += 5;
+    char *authorize = xstrndup(start, strcspn(start, " \n"));
+    cr_assert(strstr(authorize, "/authorize?") && strstr(authorize, "code_challenge=") &&
+                  strstr(authorize, "redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+              "%s", authorize);
+    /* The browser: follows the authorization server's redirect to login's port. */
+    const char *curl[] = {"/usr/bin/curl", "-sS", "-L", "--max-redirs", "3", authorize, NULL};
+    struct harness_result page;
+    harness_run(curl, NULL, 15000, &page);
+    cr_assert_eq(page.exit_code, 0, "curl: %s", page.err);
+    cr_assert(strstr(page.out, "authorization received"), "%s", page.out);
+    harness_result_release(&page);
+    harness_finish(&proc, 20000, ret);
+    login_pid = 0;
+    free(authorize);
+    free(err);
+}
+
+static void run_troupe(const char *const *args, struct harness_result *ret)
+{
+    const char *argv[16] = {env.troupe};
+    size_t n = 1;
+    for (; args[n - 1]; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    harness_run(argv, env.dir, 20000, ret);
+}
+
+/* The stored tokens' access and refresh token. */
+static void stored_tokens(char **access, char **refresh)
+{
+    char *text = NULL;
+    size_t len;
+    cr_assert_eq(tr_file_read(store_path, 1 << 20, &text, &len, NULL), 0);
+    cJSON *doc = cJSON_Parse(text);
+    cJSON *entry = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "tokens"), 0);
+    *access = xstrdup(cJSON_GetStringValue(cJSON_GetObjectItem(entry, "access_token")));
+    *refresh = xstrdup(cJSON_GetStringValue(cJSON_GetObjectItem(entry, "refresh_token")));
+    cJSON_Delete(doc);
+    free(text);
+}
+
+Test(mcp_login, login_status_second_login_logout)
+{
+    struct harness_result r;
+    char *text = xasprintf("{\"mcpServers\": {\"remote\": {\"url\": \"%s\", "
+                           "\"auth\": {\"scope\": \"mcp\"}}}}",
+                           url);
+    char *config = harness_write_file(env.dir, "mcp.json", text);
+    free(text);
+
+    login("remote", config, &r);
+    cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
+    cr_assert(strstr(r.out, "Logged in to") && strstr(r.out, url), "%s", r.out);
+    harness_result_release(&r);
+    struct stat st;
+    cr_assert_eq(stat(store_path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    char *access1, *refresh1;
+    stored_tokens(&access1, &refresh1);
+
+    /* Status: the entry, and never a token. */
+    run_troupe((const char *[]){"mcp", "auth", "status", "--json", NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cJSON *entries = cJSON_Parse(r.out);
+    cr_assert_eq(cJSON_GetArraySize(entries), 1, "%s", r.out);
+    cJSON *e = cJSON_GetArrayItem(entries, 0);
+    cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(e, "resource")), url);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(e, "refresh_token")));
+    cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(e, "scope")), "mcp");
+    cr_assert_gt(cJSON_GetNumberValue(cJSON_GetObjectItem(e, "expires_at")), 0);
+    cr_assert_null(strstr(r.out, access1));
+    cr_assert_null(strstr(r.out, refresh1));
+    cJSON_Delete(entries);
+    harness_result_release(&r);
+    run_troupe((const char *[]){"mcp", "auth", "status", NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert(strstr(r.out, url) && strstr(r.out, "refresh token: yes"), "%s", r.out);
+    cr_assert_null(strstr(r.out, access1));
+    cr_assert_null(strstr(r.out, refresh1));
+    harness_result_release(&r);
+
+    /* A second login (by URL this time) replaces the entry. */
+    login(url, NULL, &r);
+    cr_assert_eq(r.exit_code, 0, "second login: %s", r.err);
+    harness_result_release(&r);
+    char *access2, *refresh2;
+    stored_tokens(&access2, &refresh2);
+    cr_assert_str_neq(access1, access2);
+    run_troupe((const char *[]){"mcp", "auth", "status", "--json", NULL}, &r);
+    entries = cJSON_Parse(r.out);
+    cr_assert_eq(cJSON_GetArraySize(entries), 1, "one entry after two logins: %s", r.out);
+    cJSON_Delete(entries);
+    harness_result_release(&r);
+
+    /* Logout removes it; a second logout finds nothing. */
+    run_troupe((const char *[]){"mcp", "logout", "remote", "--config", config, NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "logout: %s", r.err);
+    cr_assert(strstr(r.out, "Logged out of"), "%s", r.out);
+    harness_result_release(&r);
+    run_troupe((const char *[]){"mcp", "auth", "status", "--json", NULL}, &r);
+    cr_assert_str_eq(r.out, "[]\n");
+    harness_result_release(&r);
+    run_troupe((const char *[]){"mcp", "logout", url, NULL}, &r);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.err, "no stored tokens"), "%s", r.err);
+    harness_result_release(&r);
+
+    free(access1), free(refresh1), free(access2), free(refresh2);
+    free(config);
+}
+
+Test(mcp_login, nobody_answers_within_the_timeout)
+{
+    struct harness_result r;
+    run_troupe((const char *[]){"mcp", "login", url, "--timeout", "1", NULL}, &r);
+    cr_assert_eq(r.exit_code, 1, "%s", r.err);
+    cr_assert(strstr(r.err, "no authorization came back") && strstr(r.err, "within 1 s") &&
+                  strstr(r.err, "--timeout"),
+              "%s", r.err);
+    cr_assert_eq(access(store_path, F_OK), -1, "nothing stored");
+    harness_result_release(&r);
+}
+
+Test(mcp_login, unknown_server_and_usage)
+{
+    struct harness_result r;
+    char *config = harness_write_file(env.dir, "mcp.json", "{\"mcpServers\": {}}");
+    run_troupe((const char *[]){"mcp", "login", "nope", "--config", config, NULL}, &r);
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "no server named 'nope'"), "%s", r.err);
+    harness_result_release(&r);
+    run_troupe((const char *[]){"mcp", "login", NULL}, &r);
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "usage: troupe mcp login SERVER"), "%s", r.err);
+    harness_result_release(&r);
+    const char *helps[][5] = {{"mcp", "login", "--help", NULL},
+                              {"mcp", "logout", "--help", NULL},
+                              {"mcp", "auth", "status", "--help", NULL}};
+    for (size_t k = 0; k < 3; k++) {
+        run_troupe(helps[k], &r);
+        cr_assert_eq(r.exit_code, 0);
+        cr_assert(strstr(r.out, "usage: troupe mcp"), "%s", r.out);
+        harness_result_release(&r);
+    }
+    run_troupe((const char *[]){"mcp", "auth", "status", NULL}, &r);
+    cr_assert_str_eq(r.out, "no stored credentials\n");
+    harness_result_release(&r);
+    free(config);
+}
