@@ -8,7 +8,6 @@
  * the core's (discovery.c, register.c, token.c).
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +15,6 @@
 
 #include "ext.h"
 
-#define SECRET_FILE_MAX (64 * 1024)
 #define GRANT_JWT_BEARER "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #define ASSERTION_TYPE_JWT "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -182,47 +180,14 @@ char *auth__ext_config(const struct auth_client *client, const char *name)
     return client->expand ? client->expand(item->valuestring) : xstrdup(item->valuestring);
 }
 
-/* The contents of a secret file, without its final line end. */
-static int read_secret_file(const char *path, char **ret_value, struct tr_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tr_error_set(err, TR_EIO, "secret file '%s': %s", path, strerror(errno));
-    char *text = xmalloc(SECRET_FILE_MAX + 1);
-    size_t n = fread(text, 1, SECRET_FILE_MAX + 1, f);
-    bool failed = ferror(f);
-    fclose(f);
-    int rc = 0;
-    if (failed)
-        rc = tr_error_set(err, TR_EIO, "secret file '%s': read error", path);
-    else if (n > SECRET_FILE_MAX)
-        rc = tr_error_set(err, TR_ETOOBIG, "secret file '%s': more than %d bytes", path,
-                          SECRET_FILE_MAX);
-    if (rc < 0) {
-        explicit_bzero(text, SECRET_FILE_MAX + 1);
-        free(text);
-        return rc;
-    }
-    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
-        n--;
-    text[n] = '\0';
-    *ret_value = text;
-    return 0;
-}
-
-/* name's value, or the contents of name_file; NULL when neither is set. */
+/* name's value (${env:NAME} resolved) or the contents of name_file, through auth__secret
+   (secrets.c: a file only its owner can read); NULL when neither is set. */
 static int secret_value(const struct auth_client *client, const char *name, char **ret_value,
                         struct tr_error *err)
 {
-    *ret_value = auth__ext_config(client, name);
-    if (*ret_value)
-        return 0;
-    char *file_member = xasprintf("%s_file", name);
-    char *path = auth__ext_config(client, file_member);
-    free(file_member);
-    int rc = path ? read_secret_file(path, ret_value, err) : 0;
-    free(path);
-    return rc;
+    *ret_value = NULL;
+    int rc = auth__secret(client->config, name, client->expand, ret_value, err);
+    return rc == TR_ENOTFOUND ? 0 : rc;
 }
 
 int auth__ext_secret(struct auth_client *client, const char *name, const char **ret_value,
@@ -230,24 +195,27 @@ int auth__ext_secret(struct auth_client *client, const char *name, const char **
 {
     char *value = NULL;
     int rc = secret_value(client, name, &value, err);
-    if (rc < 0)
-        return tr_error_set(err, rc, "MCP server '%s': auth.%s: %s", client->server_name, name,
-                            err ? err->message : "unreadable");
+    if (rc < 0) {
+        tr_error_prefix(err, "MCP server '%s'", client->server_name);
+        return rc;
+    }
     *ret_value = value ? auth__ext_hold(client, value) : NULL;
     return 0;
 }
 
 int auth__ext_init(struct auth_client *client, struct tr_error *err)
 {
-    if (client->config_client_secret)
-        return 0;
+    /* client_secret too: auth__secret resolves its ${env:NAME} and refuses an empty one. */
     char *secret = NULL;
     int rc = secret_value(client, "client_secret", &secret, err);
     if (rc < 0) {
-        tr_error_prefix(err, "MCP server '%s': auth.client_secret_file", client->server_name);
+        tr_error_prefix(err, "MCP server '%s'", client->server_name);
         return rc;
     }
-    client->config_client_secret = secret;
+    if (secret) {
+        free(client->config_client_secret);
+        client->config_client_secret = secret;
+    }
     return 0;
 }
 
@@ -262,20 +230,14 @@ int auth__ext_client_assertion(struct auth_client *client, struct auth__param *f
                                struct tr_error *err)
 {
     struct auth__key *key = NULL;
-    int rc = 0;
-    char *path = auth__ext_config(client, "private_key_file");
-    if (path) {
-        rc = auth__key_load(path, &key, err);
-    } else {
-        const char *pem = NULL;
-        if ((rc = auth__ext_secret(client, "private_key", &pem, err)) < 0 || !pem)
-            goto out;
-        rc = auth__key_from_pem(pem, strlen(pem), &key, err);
-    }
-    if (rc < 0) {
-        tr_error_prefix(err, "MCP server '%s': auth.%s", client->server_name,
-                        path ? "private_key_file" : "private_key");
-        goto out;
+    const char *pem = NULL;
+    int rc = auth__ext_secret(client, "private_key", &pem, err);
+    if (rc < 0 || !pem)
+        return rc;
+    if ((rc = auth__key_from_pem(pem, strlen(pem), &key, err)) < 0) {
+        tr_error_prefix(err, "MCP server '%s': auth.private_key%s", client->server_name,
+                        cJSON_HasObjectItem(client->config, "private_key_file") ? "_file" : "");
+        return rc;
     }
     char *assertion = NULL;
     /* RFC 7523bis: the audience is the authorization server's issuer identifier. */
@@ -287,7 +249,6 @@ int auth__ext_client_assertion(struct auth_client *client, struct auth__param *f
     form[(*n)++] = (struct auth__param){"client_assertion", auth__ext_hold(client, assertion)};
 out:
     auth__key_free(&key);
-    free(path);
     return rc;
 }
 
