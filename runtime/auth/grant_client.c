@@ -239,6 +239,13 @@ int auth__ext_client_assertion(struct auth_client *client, struct auth__param *f
                         cJSON_HasObjectItem(client->config, "private_key_file") ? "_file" : "");
         return rc;
     }
+    if (!client->client_id || !client->issuer) {
+        rc = tr_error_set(err, TR_EAUTH,
+                          "MCP server '%s': a client assertion needs the client_id and the "
+                          "authorization server's issuer",
+                          client->server_name);
+        goto out;
+    }
     char *assertion = NULL;
     /* RFC 7523bis: the audience is the authorization server's issuer identifier. */
     rc = auth__client_assertion(key, client->client_id, client->issuer, (int64_t)time(NULL),
@@ -265,15 +272,11 @@ const char *auth__ext_scope(struct auth_client *client)
 int auth__ext_headless_request(struct auth_client *client, const char *grant_type,
                                const char *field, const char *value, struct tr_error *err)
 {
-    struct auth__param form[8];
-    size_t n = 0;
-    form[n++] = (struct auth__param){"grant_type", grant_type};
+    struct auth__param form[4] = {{"grant_type", grant_type}};
+    size_t n = 1;
     if (field)
         form[n++] = (struct auth__param){field, value};
     form[n++] = (struct auth__param){"scope", auth__ext_scope(client)};
-    int rc = auth__ext_client_assertion(client, form, &n, err);
-    if (rc < 0)
-        return rc;
     form[n] = (struct auth__param){NULL, NULL};
     return auth__token_request(client, form, NULL, err);
 }
