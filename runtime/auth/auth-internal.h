@@ -96,6 +96,7 @@ struct auth_client {
     struct auth__tokens tokens; /* tokens.access_token NULL: none yet */
     char *requested_scope;      /* what the last authorization asked for (step-up unions it) */
     int authorizations;         /* authorization code grants run so far */
+    int store_read;             /* 0, 1: read by URL, 2: read by resource and issuer */
     char *token_dpop_nonce;     /* the token endpoint's last DPoP-Nonce, or NULL */
 
     struct auth__ext *ext; /* the extensions' state (ext.h: DPoP, held secrets), or NULL */

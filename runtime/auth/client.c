@@ -197,13 +197,18 @@ void auth_client_free(struct auth_client **client)
 
 /* ---- the hooks ----------------------------------------------------------------------------- */
 
-/* Tokens from the store, when there are none in memory: a previous login or run's. */
+/* Tokens from the store, when there are none in memory: a previous login or run's. Read once
+   before discovery (keyed by the URL) and once after (keyed by the published resource and the
+   issuer), not on every request. */
 static void load_stored(struct auth_client *c)
 {
-    if (c->tokens.access_token || !c->token_store)
+    if (c->tokens.access_token || c->tokens.refresh_token || !c->token_store)
         return;
+    if (c->store_read >= (c->resource ? 2 : 1))
+        return;
+    c->store_read = c->resource ? 2 : 1;
     struct auth__tokens t = {0};
-    if (auth__store_load(c->token_store, NULL, c->resource ? c->resource : c->resource_url, &t,
+    if (auth__store_load(c->token_store, c->issuer, c->resource ? c->resource : c->resource_url, &t,
                          NULL) < 0 ||
         !t.access_token) {
         auth__tokens_release(&t);
@@ -362,6 +367,11 @@ int auth_challenge(struct auth_client *client, long status, const char *www_auth
     if (c->tokens.issuer && strcmp(c->tokens.issuer, c->issuer) != 0) {
         /* Tokens of another authorization server are worth nothing here. */
         auth__tokens_release(&c->tokens);
+    }
+    if (!insufficient && !c->tokens.access_token && !c->tokens.refresh_token) {
+        load_stored(c);
+        if (c->tokens.access_token)
+            goto out; /* a login's tokens, found now that the resource is known */
     }
     free(c->challenge_scope);
     c->challenge_scope = have_challenge && ch.scope ? xstrdup(ch.scope) : NULL;
