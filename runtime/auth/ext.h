@@ -50,17 +50,17 @@ const char *auth__ext_hold(struct auth_client *client, char *value);
 void auth__ext_release_held(struct auth_client *client);
 /* An expanded string member of the configuration, or NULL. Caller frees. */
 char *auth__ext_config(const struct auth_client *client, const char *name);
-/* Adds to form (an array with room for 3 more pairs and the end) the client's private_key_jwt
-   authentication when a key is configured (RFC 7523 §2.2, audience: the issuer); the
-   assertion stays held like a secret. 0, or an error naming the key file. */
+/* Adds to form (an array with room for 2 more pairs) the client's private_key_jwt
+   authentication when a key is configured (RFC 7523 §2.2, audience: the issuer): token.c
+   calls it for every token request. The assertion stays held like a secret. 0, or an error
+   naming the key's member. */
 int auth__ext_client_assertion(struct auth_client *client, struct auth__param *form, size_t *n,
                                struct tr_error *err) TR_MUST_CHECK;
 /* The scope a headless grant asks for: configured, else what the last challenge named (NULL:
    the server's default). Recorded as client->requested_scope for step-up. */
 const char *auth__ext_scope(struct auth_client *client);
-/* A token request for a headless grant: grant_type, one more field (unless NULL), the scope
-   to ask for, and the client's private_key_jwt authentication when it has a key (a secret is
-   token.c's to send). */
+/* A token request for a headless grant: grant_type, one more field (unless NULL) and the
+   scope to ask for (client authentication is token.c's). */
 int auth__ext_headless_request(struct auth_client *client, const char *grant_type,
                                const char *field, const char *value,
                                struct tr_error *err) TR_MUST_CHECK;

@@ -8,7 +8,6 @@
  * the core's (discovery.c, register.c, token.c).
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,17 +180,14 @@ char *auth__ext_config(const struct auth_client *client, const char *name)
     return client->expand ? client->expand(item->valuestring) : xstrdup(item->valuestring);
 }
 
-/* The secret name, inline or from name_file (auth__secret: file modes, ${env:NAME}); a
-   configuration without either leaves *ret_value NULL. */
+/* name's value (${env:NAME} resolved) or the contents of name_file, through auth__secret
+   (secrets.c: a file only its owner can read); NULL when neither is set. */
 static int secret_value(const struct auth_client *client, const char *name, char **ret_value,
                         struct tr_error *err)
 {
+    *ret_value = NULL;
     int rc = auth__secret(client->config, name, client->expand, ret_value, err);
-    if (rc == TR_ENOTFOUND) {
-        *ret_value = NULL;
-        rc = 0;
-    }
-    return rc;
+    return rc == TR_ENOTFOUND ? 0 : rc;
 }
 
 int auth__ext_secret(struct auth_client *client, const char *name, const char **ret_value,
@@ -200,7 +196,7 @@ int auth__ext_secret(struct auth_client *client, const char *name, const char **
     char *value = NULL;
     int rc = secret_value(client, name, &value, err);
     if (rc < 0) {
-        tr_error_prefix(err, "MCP server '%s'", client->server_name); /* names the member */
+        tr_error_prefix(err, "MCP server '%s'", client->server_name);
         return rc;
     }
     *ret_value = value ? auth__ext_hold(client, value) : NULL;
@@ -209,15 +205,17 @@ int auth__ext_secret(struct auth_client *client, const char *name, const char **
 
 int auth__ext_init(struct auth_client *client, struct tr_error *err)
 {
-    if (client->config_client_secret)
-        return 0;
+    /* client_secret too: auth__secret resolves its ${env:NAME} and refuses an empty one. */
     char *secret = NULL;
     int rc = secret_value(client, "client_secret", &secret, err);
     if (rc < 0) {
         tr_error_prefix(err, "MCP server '%s'", client->server_name);
         return rc;
     }
-    client->config_client_secret = secret;
+    if (secret) {
+        free(client->config_client_secret);
+        client->config_client_secret = secret;
+    }
     return 0;
 }
 
@@ -233,12 +231,19 @@ int auth__ext_client_assertion(struct auth_client *client, struct auth__param *f
 {
     struct auth__key *key = NULL;
     const char *pem = NULL;
-    /* private_key or private_key_file, the file's mode checked (auth__secret). */
     int rc = auth__ext_secret(client, "private_key", &pem, err);
     if (rc < 0 || !pem)
-        goto out;
+        return rc;
     if ((rc = auth__key_from_pem(pem, strlen(pem), &key, err)) < 0) {
-        tr_error_prefix(err, "MCP server '%s': auth.private_key", client->server_name);
+        tr_error_prefix(err, "MCP server '%s': auth.private_key%s", client->server_name,
+                        cJSON_HasObjectItem(client->config, "private_key_file") ? "_file" : "");
+        return rc;
+    }
+    if (!client->client_id || !client->issuer) {
+        rc = tr_error_set(err, TR_EAUTH,
+                          "MCP server '%s': a client assertion needs the client_id and the "
+                          "authorization server's issuer",
+                          client->server_name);
         goto out;
     }
     char *assertion = NULL;
@@ -267,15 +272,11 @@ const char *auth__ext_scope(struct auth_client *client)
 int auth__ext_headless_request(struct auth_client *client, const char *grant_type,
                                const char *field, const char *value, struct tr_error *err)
 {
-    struct auth__param form[8];
-    size_t n = 0;
-    form[n++] = (struct auth__param){"grant_type", grant_type};
+    struct auth__param form[4] = {{"grant_type", grant_type}};
+    size_t n = 1;
     if (field)
         form[n++] = (struct auth__param){field, value};
     form[n++] = (struct auth__param){"scope", auth__ext_scope(client)};
-    int rc = auth__ext_client_assertion(client, form, &n, err);
-    if (rc < 0)
-        return rc;
     form[n] = (struct auth__param){NULL, NULL};
     return auth__token_request(client, form, NULL, err);
 }

@@ -3,7 +3,6 @@
  * client assertions over OpenSSL 3's libcrypto (EVP_PKEY, EVP_DigestSign). It signs; it does
  * not verify tokens, talk to servers, or decide which grant runs (grant_*.c, dpop.c do).
  */
-#include <errno.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -18,7 +17,7 @@
 
 #include "jose.h"
 
-#define KEY_FILE_MAX (64 * 1024)
+#define KEY_PEM_MAX (64 * 1024)
 #define ASSERTION_LIFETIME_S 300
 #define RSA_MIN_BITS 2048
 
@@ -156,8 +155,8 @@ static int key_adopt(EVP_PKEY *pkey, struct auth__key **ret_key, struct tr_error
 int auth__key_from_pem(const char *pem, size_t len, struct auth__key **ret_key,
                        struct tr_error *err)
 {
-    if (len > KEY_FILE_MAX)
-        return tr_error_set(err, TR_ETOOBIG, "private key: more than %d bytes", KEY_FILE_MAX);
+    if (len > KEY_PEM_MAX)
+        return tr_error_set(err, TR_ETOOBIG, "private key: more than %d bytes", KEY_PEM_MAX);
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
     if (!bio)
         tr_out_of_memory(len);
@@ -169,36 +168,6 @@ int auth__key_from_pem(const char *pem, size_t len, struct auth__key **ret_key,
         return tr_error_set(err, TR_EINVAL,
                             "private key: not an unencrypted PEM private key (PKCS#8, EC or RSA)");
     return key_adopt(pkey, ret_key, err);
-}
-
-int auth__key_load(const char *path, struct auth__key **ret_key, struct tr_error *err)
-{
-    int rc = 0;
-    char *text = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tr_error_set(err, TR_EIO, "private key file '%s': %s", path, strerror(errno));
-    text = xmalloc(KEY_FILE_MAX + 1);
-    size_t n = fread(text, 1, KEY_FILE_MAX + 1, f);
-    if (ferror(f)) {
-        rc = tr_error_set(err, TR_EIO, "private key file '%s': read error", path);
-        goto out;
-    }
-    if (n > KEY_FILE_MAX) {
-        rc = tr_error_set(err, TR_ETOOBIG, "private key file '%s': more than %d bytes", path,
-                          KEY_FILE_MAX);
-        goto out;
-    }
-    rc = auth__key_from_pem(text, n, ret_key, err);
-    if (rc < 0)
-        tr_error_prefix(err, "file '%s'", path);
-out:
-    fclose(f);
-    if (text) {
-        OPENSSL_cleanse(text, KEY_FILE_MAX + 1);
-        free(text);
-    }
-    return rc;
 }
 
 int auth__key_generate(struct auth__key **ret_key, struct tr_error *err)

@@ -3,7 +3,7 @@
  * base64url, signing keys (EC P-256 for ES256, RSA for RS256), compact JWS/JWT signing, the
  * public JWK of a key and its RFC 7638 thumbprint, DPoP proofs (RFC 9449) and JWT client
  * assertions (RFC 7523). All cryptography is OpenSSL 3's libcrypto; nothing here verifies a
- * token (the servers do that) and nothing here does I/O except reading a key file.
+ * token (the servers do that) and nothing here does I/O (secrets.c reads key files).
  *
  * Ownership: strings and cJSON trees returned through ret_* belong to the caller; a key is
  * freed with auth__key_free. Private key material never leaves a key except as signatures.
@@ -29,9 +29,6 @@ int auth__b64url_decode(const char *text, unsigned char **ret_data, size_t *ret_
  * (2048 bits or more) RS256; other keys are TR_EINVAL. The message never quotes the text. */
 int auth__key_from_pem(const char *pem, size_t len, struct auth__key **ret_key,
                        struct tr_error *err) TR_MUST_CHECK;
-/* The same from a file (at most 64 KiB): TR_EIO when it cannot be read. */
-int auth__key_load(const char *path, struct auth__key **ret_key,
-                   struct tr_error *err) TR_MUST_CHECK;
 /* A fresh P-256 key (for DPoP; it lives as long as the client). */
 int auth__key_generate(struct auth__key **ret_key, struct tr_error *err) TR_MUST_CHECK;
 void auth__key_free(struct auth__key **key);

@@ -200,21 +200,28 @@ int auth__token_request(struct auth_client *client, const struct auth__param *fi
                         const char *const *headers, struct tr_error *err)
 {
     /* DPoP (dpop.c): a fresh proof on each request, and one more try when the authorization
-       server answers with a nonce the proof did not have (RFC 9449 §8). */
+       server answers with a nonce the proof did not have (RFC 9449 §8). A client with a key
+       (grant_client.c) authenticates with a fresh JWT assertion each time, whatever the grant. */
     const char *endpoint = auth__server_string(client, "token_endpoint");
     for (int attempt = 0;; attempt++) {
         const char *lines[MAX_FIELDS + 2];
-        size_t n = 0;
+        struct auth__param form[MAX_FIELDS + 3];
+        size_t n = 0, nform = 0;
+        for (size_t i = 0; fields[i].name && nform < MAX_FIELDS; i++)
+            form[nform++] = fields[i];
         char *proof = NULL;
         char *sent_nonce = client->token_dpop_nonce ? xstrdup(client->token_dpop_nonce) : NULL;
-        int rc = endpoint ? auth__dpop_token_line(client, endpoint, &proof, err) : 0;
+        int rc = auth__ext_client_assertion(client, form, &nform, err);
+        form[nform] = (struct auth__param){NULL, NULL};
+        if (rc == 0 && endpoint)
+            rc = auth__dpop_token_line(client, endpoint, &proof, err);
         if (rc == 0) {
             for (size_t i = 0; headers && headers[i] && n < MAX_FIELDS; i++)
                 lines[n++] = headers[i];
             if (proof)
                 lines[n++] = proof;
             lines[n] = NULL;
-            rc = token_request_once(client, fields, lines, err);
+            rc = token_request_once(client, form, lines, err);
         }
         bool again = rc < 0 && attempt == 0 && proof && auth__dpop_token_retry(client, sent_nonce);
         free(proof);

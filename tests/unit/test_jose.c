@@ -246,9 +246,6 @@ Test(jose, keys_refused)
     cr_assert_eq(auth__key_from_pem(garbage, strlen(garbage), &key, &err), TR_EINVAL);
     cr_assert_null(strstr(err.message, "c2Vj"), "%s", err.message);
     cr_assert_null(key);
-
-    cr_assert_eq(auth__key_load("/nonexistent/key.pem", &key, &err), TR_EIO);
-    cr_assert(strstr(err.message, "/nonexistent/key.pem"), "%s", err.message);
 }
 
 /* ---- DPoP proofs and client assertions --------------------------------------------------------
