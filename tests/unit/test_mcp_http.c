@@ -606,3 +606,57 @@ Test(mcp_cli, servers_by_command_url_and_config, .timeout = 30)
     unlink(config);
     server_stop(&srv);
 }
+
+/* ---- the one opener of a session from a server entry ---------------------------------------- */
+
+static char *expand_token(const char *value)
+{
+    const char *at = strstr(value, "${env:TOKEN}");
+    if (!at)
+        return xstrdup(value);
+    return xasprintf("%.*stok-123%s", (int)(at - value), value, at + strlen("${env:TOKEN}"));
+}
+
+Test(mcp_open, url_entry_is_streamable_http_with_its_headers_and_auth, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    char *text = xasprintf("{\"web\": {\"url\": \"%s\", \"protocol\": \"2025-11-25\", "
+                           "\"headers\": {\"Authorization\": \"Bearer ${env:TOKEN}\"}, "
+                           "\"auth\": {}}}",
+                           srv.url);
+    cJSON *servers = cJSON_Parse(text);
+    struct mcp_open_params params = {.expand = expand_token, .timeout_ms = 5000};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open(cJSON_GetObjectItem(servers, "web"), &params, NULL, &s, &err), 0,
+                 "%s", err.message);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25", "the entry's protocol pin");
+    cr_assert_not_null(mcp_session_auth(s), "auth: gives the session an auth_client of its own");
+    char *who = call_ok(s, "whoami", "{}");
+    cr_assert_str_eq(who, "Bearer tok-123");
+    free(who);
+    mcp_session_free(&s);
+    cJSON_Delete(servers);
+    free(text);
+    server_stop(&srv);
+}
+
+Test(mcp_open, entry_needs_exactly_one_of_url_and_command)
+{
+    static const char *const entries[][2] = {
+        {"{\"x\": {\"args\": [\"a\"]}}", "neither \"url\" nor \"command\""},
+        {"{\"x\": {\"url\": \"http://127.0.0.1:1/mcp\", \"command\": \"c\"}}", "both"},
+        {"{\"x\": {\"command\": \"c\", \"auth\": {}}}", "\"auth\" needs \"url\""},
+    };
+    for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
+        cJSON *servers = cJSON_Parse(entries[i][0]);
+        struct tr_error err = {0};
+        struct mcp_session *s = NULL;
+        cr_assert_eq(mcp_session_open(cJSON_GetObjectItem(servers, "x"), NULL, NULL, &s, &err),
+                     TR_EINVAL);
+        cr_assert(strstr(err.message, entries[i][1]), "%s", err.message);
+        cr_assert_null(s);
+        cJSON_Delete(servers);
+    }
+}
