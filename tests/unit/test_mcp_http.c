@@ -396,6 +396,67 @@ Test(mcp_http, server_request_on_the_stream_is_answered_with_defaults, .timeout 
     close_http(&srv, &s);
 }
 
+#define MAX_SEEN 64
+
+/* What the observer was handed: each message's text and ticket. */
+struct seen {
+    char *texts[MAX_SEEN];
+    int64_t tickets[MAX_SEEN];
+    size_t n;
+};
+
+static void record_ticket(void *userdata, const char *server, enum mcp_direction direction,
+                          const char *json, const cJSON *message, int64_t ticket)
+{
+    struct seen *seen = userdata;
+    if (seen->n < MAX_SEEN) {
+        seen->texts[seen->n] = xasprintf("%s %s", direction == MCP_SENT ? ">>" : "<<", json);
+        seen->tickets[seen->n++] = ticket;
+    }
+}
+
+/* The ticket of the first message whose text (with its ">> " or "<< ") has needle. */
+static int64_t seen_ticket(const struct seen *seen, const char *needle)
+{
+    for (size_t i = 0; i < seen->n; i++)
+        if (strstr(seen->texts[i], needle))
+            return seen->tickets[i];
+    cr_assert_fail("the observer saw no message with %s", needle);
+    return -1;
+}
+
+Test(mcp_http, server_request_on_a_call_stream_belongs_to_that_call, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct seen seen = {0};
+    struct mcp_observer observer = {.on_message = record_ticket, .userdata = &seen};
+    struct mcp_http_params params = {
+        .name = "http-under-test", .url = srv.url, .handlers = &handlers, .timeout_ms = 5000};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_http(&params, &observer, &s, &err), 0, "%s", err.message);
+    int64_t other = 0, ticket = 0;
+    cr_assert_eq(mcp_session_call_tool_start(s, "hang", NULL, NULL, &other, &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(mcp_session_call_tool_start(s, "ask", NULL, NULL, &ticket, &err), 0, "%s",
+                 err.message);
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_call_tool_finish(s, ticket, 5000, &result, &err), 0, "%s",
+                 err.message);
+    cJSON_Delete(result);
+    /* Two calls in flight: the elicitation came on the stream of "ask", so it is its call's,
+     * and so is troupe's answer to it. */
+    cr_assert_eq(seen_ticket(&seen, "\"name\":\"hang\""), other);
+    cr_assert_eq(seen_ticket(&seen, "<< {\"jsonrpc\":\"2.0\",\"id\":\"ask-1\""), ticket);
+    cr_assert_eq(seen_ticket(&seen, ">> {\"jsonrpc\":\"2.0\",\"id\":\"ask-1\""), ticket);
+    mcp_session_cancel(s, other, NULL);
+    cr_assert_eq(seen.tickets[seen.n - 1], other, "the cancel belongs to its call");
+    close_http(&srv, &s);
+    for (size_t i = 0; i < seen.n; i++)
+        free(seen.texts[i]);
+}
+
 Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
 {
     struct server srv;
