@@ -297,9 +297,9 @@ static void sched_start_at(struct sched *s, int credit, const char *url)
         cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
     }
     cJSON *tools = cJSON_AddArrayToObject(config, "tools");
-    static const char *const allowed[] = {"conc.sleep",   "conc.barrier", "conc.fail",
-                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*",
-                                          "conc.[s",      "conc.echo",    "conc.hang"};
+    static const char *const allowed[] = {
+        "conc.sleep", "conc.barrier", "conc.fail", "conc.garbage", "elsewhere.*", "conc.sleep_*",
+        "conc.[s",    "conc.echo",    "conc.hang", "conc.err500",  "conc.expire"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
@@ -742,6 +742,13 @@ Test(agent, url_server_is_used_as_a_command_server_is, .timeout = 60)
     assign(&s, 6, "garbage", "{}", 5000);
     expect_result(&s, 6, "protocol", "not JSON");
     cJSON_Delete(wait_event(&s, 6, "mcp.garbage", "not JSON"));
+
+    /* A server error is a transport failure, which the step's retry policy retries; a session
+     * the server forgot (404) is started again and the call sent again, while in flight. */
+    assign(&s, 7, "err500", "{}", 5000);
+    expect_result(&s, 7, "transport", "HTTP status 500");
+    assign(&s, 8, "expire", "{}", 5000);
+    expect_result(&s, 8, NULL, NULL);
 
     sched_stop(&s);
     http_server_stop(server);

@@ -326,6 +326,67 @@ Test(mcp_http, oversized_event_is_an_error, .timeout = 30)
     close_http(&srv, &s);
 }
 
+Test(mcp_http, oversized_json_reply_is_an_error_naming_the_limit, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 4096);
+    call_fails(s, "big_json", "{\"size\":100000}", TR_EPROTO, "more than 4096 bytes");
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
+/* 5xx and a refused connection are transport failures (the retry policy retries them). */
+Test(mcp_http, server_errors_are_transport_failures, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    call_fails(s, "err500", NULL, TR_EPEER, "HTTP status 500");
+    assert_echo(s);
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    call_fails(s, "echo", NULL, TR_EPEER, "failed");
+    mcp_session_free(&s);
+    free(srv.url);
+}
+
+Test(mcp_http, retry_after_is_honoured_within_bounds, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    int64_t start = tr_now_ms();
+    char *text = call_ok(s, "busy", NULL); /* 503, Retry-After: 1, then the answer */
+    cr_assert_str_eq(text, "busy");
+    free(text);
+    cr_assert_geq(tr_now_ms() - start, 900, "the request was sent again before its Retry-After");
+    /* One that asks for 10 minutes fails at once, naming it. */
+    start = tr_now_ms();
+    call_fails(s, "ratelimited", NULL, TR_EPEER, "Retry-After 600 s");
+    cr_assert_lt(tr_now_ms() - start, 2000);
+    close_http(&srv, &s);
+}
+
+Test(mcp_http, redirects_are_followed_up_to_a_limit, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "moved", NULL); /* 307 to the same endpoint, once */
+    cr_assert_str_eq(text, "moved");
+    free(text);
+    call_fails(s, "moved_forever", NULL, TR_EPEER, "redirected more than 5 times");
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
+Test(mcp_http, stream_cut_before_the_response_is_resumed_with_last_event_id, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "cut", NULL);
+    cr_assert_str_eq(text, "resumed");
+    free(text);
+    close_http(&srv, &s);
+}
+
 Test(mcp_http, response_with_unknown_id_is_ignored, .timeout = 30)
 {
     struct server srv;
