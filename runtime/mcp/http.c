@@ -522,12 +522,24 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
         return false; /* "Accepted": the reply comes on the event stream */
     if (status >= 200 && status < 300 && t->is_sse)
         return false;
+    char detail[300] = ""; /* ": " and the text of an error answered without an id */
     if (!t->is_sse && t->reply.len > 0 && strspn(t->reply.data, " \t\r\n") < t->reply.len) {
         /* JSON, even on an error status: a JSON-RPC error says more than the status. */
         cJSON *probe = cJSON_ParseWithLength(t->reply.data, t->reply.len);
         bool json = cJSON_IsObject(probe) || cJSON_IsArray(probe);
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(probe, "error");
+        const cJSON *error_id = cJSON_GetObjectItemCaseSensitive(probe, "id");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
+        /* An HTTP error whose JSON-RPC error names no request is about this transfer's: it
+         * fails that request (with the server's words), it is no message of its own. */
+        bool about_this = status >= 400 && error && (!error_id || cJSON_IsNull(error_id));
+        if (about_this && cJSON_IsString(text)) {
+            char excerpt[256];
+            mcp__excerpt(excerpt, sizeof(excerpt), text->valuestring, strlen(text->valuestring));
+            snprintf(detail, sizeof(detail), ": %s", excerpt);
+        }
         cJSON_Delete(probe);
-        if (json || (status >= 200 && status < 300)) {
+        if ((json && !(about_this && id >= 0)) || (status >= 200 && status < 300)) {
             deliver_json(h, t);
             if (t->got_response || id < 0)
                 return false;
@@ -535,12 +547,21 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     }
     if (id < 0 || t->got_response)
         return false;
+    if (t->is_get && (status < 200 || status >= 300)) {
+        /* The server no longer has the stream (it restarted, or forgot the session): the
+         * request is lost with it, as with a broken connection. */
+        push_failure(h, id, TR_EPEER,
+                     "MCP server '%s' could not resume the event stream of a request (HTTP "
+                     "status %ld%s)",
+                     h->name, status, detail);
+        return false;
+    }
     if (resend_later(t, status))
         return true;
     if (status == 404 && h->session_id) {
         /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
-        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404)",
-                     h->name, h->session_id);
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404%s)",
+                     h->name, h->session_id, detail);
     } else if (status >= 200 && status < 300) {
         push_failure(h, id, TR_EPROTO,
                      "MCP server '%s' answered a request with HTTP %ld and no "
@@ -560,12 +581,11 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
                          t->retries_after ? " again after its Retry-After" : "");
     } else if (status >= 500) {
         push_failure(h, id, TR_EPEER,
-                     "MCP server '%s' answered %s with HTTP status %ld (a "
-                     "server error)",
-                     h->name, what, status);
+                     "MCP server '%s' answered %s with HTTP status %ld (a server error)%s", h->name,
+                     what, status, detail);
     } else {
-        push_failure(h, id, TR_EPROTO, "MCP server '%s' answered %s with HTTP status %ld", h->name,
-                     what, status);
+        push_failure(h, id, TR_EPROTO, "MCP server '%s' answered %s with HTTP status %ld%s",
+                     h->name, what, status, detail);
     }
     return false;
 }
