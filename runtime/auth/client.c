@@ -1,38 +1,156 @@
 /*
- * auth/client.c: the auth_client's life and the hooks the HTTP transport calls. Until the
- * grants land here it authorizes nothing: a server that asks for authorization is refused
- * with TR_EAUTH.
+ * auth/client.c: the auth_client's life, its configuration (a server entry's `auth` member),
+ * and the two hooks the HTTP transport calls: the headers of each request and the answer to a
+ * 401/403, which picks what to do (refresh, discovery, registration, a grant, a step-up).
+ * The steps themselves live in discovery.c, register.c, token.c and grant_*.c.
  */
+#define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
-#include "auth.h"
+#include "auth-internal.h"
 
-struct auth_client {
-    char *server_name;
-    char *resource_url;
-    const char *secrets[1];
+#define REFRESH_MARGIN_S 60 /* refresh a token this close to its expiry */
+
+/* ---- configuration ------------------------------------------------------------------------ */
+
+/* The grants a configuration may name, and who runs each. */
+static const struct {
+    const char *name;
+    auth__grant_fn run;
+} grants[] = {
+    {"authorization_code", auth__grant_authorization_code},
+    {"client_credentials", auth__grant_client_credentials},
+    {"urn:ietf:params:oauth:grant-type:jwt-bearer", auth__grant_jwt_bearer},
+    {"urn:ietf:params:oauth:grant-type:token-exchange", auth__grant_token_exchange},
 };
+
+static auth__grant_fn grant_named(const char *name)
+{
+    for (size_t i = 0; i < sizeof(grants) / sizeof(grants[0]); i++)
+        if (strcmp(grants[i].name, name) == 0)
+            return grants[i].run;
+    return NULL;
+}
+
+/* The members of `auth:` (all strings); docs/auth.md describes each. */
+static const char *const config_members[] = {
+    "grant",         "client_id",
+    "client_secret", "client_metadata_url",
+    "scope",         "token_endpoint_auth_method",
+};
+static const char *const auth_methods[] = {"client_secret_basic", "client_secret_post", "none"};
+
+static bool one_of(const char *value, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(value, list[i]) == 0)
+            return true;
+    return false;
+}
 
 int auth_config_problem(const cJSON *config, char *buf, size_t size)
 {
-    if (config && !cJSON_IsObject(config)) {
+    if (!config)
+        return 0;
+    if (!cJSON_IsObject(config)) {
         snprintf(buf, size, "auth must be a mapping");
+        return TR_EINVAL;
+    }
+    const cJSON *member;
+    cJSON_ArrayForEach(member, config)
+    {
+        const char *name = member->string;
+        if (!one_of(name, config_members, sizeof(config_members) / sizeof(config_members[0]))) {
+            snprintf(buf, size,
+                     "auth has no member '%s' (grant, client_id, client_secret, "
+                     "client_metadata_url, scope, token_endpoint_auth_method)",
+                     name);
+            return TR_EINVAL;
+        }
+        if (!cJSON_IsString(member) || !member->valuestring[0]) {
+            snprintf(buf, size, "auth.%s must be a non-empty string", name);
+            return TR_EINVAL;
+        }
+    }
+    const cJSON *grant = cJSON_GetObjectItemCaseSensitive(config, "grant");
+    if (grant && !grant_named(grant->valuestring)) {
+        snprintf(buf, size,
+                 "auth.grant '%s' is not one of authorization_code, client_credentials, "
+                 "urn:ietf:params:oauth:grant-type:jwt-bearer, "
+                 "urn:ietf:params:oauth:grant-type:token-exchange",
+                 grant->valuestring);
+        return TR_EINVAL;
+    }
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(config, "token_endpoint_auth_method");
+    if (method && !one_of(method->valuestring, auth_methods, 3)) {
+        snprintf(buf, size,
+                 "auth.token_endpoint_auth_method '%s' is not one of client_secret_basic, "
+                 "client_secret_post, none",
+                 method->valuestring);
+        return TR_EINVAL;
+    }
+    const cJSON *cimd = cJSON_GetObjectItemCaseSensitive(config, "client_metadata_url");
+    if (cimd && strncmp(cimd->valuestring, "https://", 8) != 0) {
+        snprintf(buf, size, "auth.client_metadata_url must be an https URL");
+        return TR_EINVAL;
+    }
+    if (cJSON_HasObjectItem(config, "client_secret") && !cJSON_HasObjectItem(config, "client_id")) {
+        snprintf(buf, size, "auth.client_secret needs auth.client_id");
         return TR_EINVAL;
     }
     return 0;
 }
 
+/* A member of the configuration, expanded, or NULL. */
+static char *config_string(const struct auth_options *options, const char *name)
+{
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(options->config, name);
+    if (!cJSON_IsString(item))
+        return NULL;
+    return options->expand ? options->expand(item->valuestring) : xstrdup(item->valuestring);
+}
+
+/* ---- life ---------------------------------------------------------------------------------- */
+
 int auth_client_new(const struct auth_options *options, struct auth_client **ret_client,
                     struct tr_error *err)
 {
+    char problem[512];
+    if (auth_config_problem(options->config, problem, sizeof(problem)) < 0)
+        return tr_error_set(err, TR_EINVAL, "MCP server '%s': %s",
+                            options->server_name ? options->server_name : options->resource_url,
+                            problem);
     struct auth_client *c = xcalloc(1, sizeof(*c));
     c->resource_url = xstrdup(options->resource_url);
     c->server_name = xstrdup(options->server_name ? options->server_name : options->resource_url);
+    c->config = options->config;
+    c->expand = options->expand;
+    c->user_agent = options->user_agent;
+    c->timeout_ms = options->timeout_ms > 0 ? options->timeout_ms : 30000;
+    if (!options->token_store)
+        c->token_store = auth__store_default_path();
+    else if (options->token_store[0])
+        c->token_store = xstrdup(options->token_store);
+    c->grant = config_string(options, "grant");
+    c->config_client_id = config_string(options, "client_id");
+    c->config_client_secret = config_string(options, "client_secret");
+    c->config_scope = config_string(options, "scope");
+    c->client_metadata_url = config_string(options, "client_metadata_url");
+    c->config_auth_method = config_string(options, "token_endpoint_auth_method");
     *ret_client = c;
-    (void)err;
     return 0;
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
 }
 
 void auth_client_free(struct auth_client **client)
@@ -42,34 +160,243 @@ void auth_client_free(struct auth_client **client)
         return;
     free(c->server_name);
     free(c->resource_url);
+    free(c->token_store);
+    free(c->grant);
+    free(c->config_client_id);
+    free_secret(c->config_client_secret);
+    free(c->config_scope);
+    free(c->client_metadata_url);
+    free(c->config_auth_method);
+    free(c->resource);
+    cJSON_Delete(c->resource_meta);
+    free(c->issuer);
+    cJSON_Delete(c->server_meta);
+    free(c->challenge_scope);
+    free(c->client_id);
+    free_secret(c->client_secret);
+    free(c->auth_method);
+    free(c->registered_issuer);
+    free(c->requested_scope);
+    free(c->token_dpop_nonce);
+    if (c->tokens.access_token)
+        explicit_bzero(c->tokens.access_token, strlen(c->tokens.access_token));
+    if (c->tokens.refresh_token)
+        explicit_bzero(c->tokens.refresh_token, strlen(c->tokens.refresh_token));
+    auth__tokens_release(&c->tokens);
     free(c);
     *client = NULL;
+}
+
+/* ---- the hooks ----------------------------------------------------------------------------- */
+
+/* Tokens from the store, when there are none in memory: a previous login or run's. Read once
+   before discovery (keyed by the URL) and once after (keyed by the published resource and the
+   issuer), not on every request. */
+static void load_stored(struct auth_client *c)
+{
+    if (c->tokens.access_token || c->tokens.refresh_token || !c->token_store)
+        return;
+    if (c->store_read >= (c->resource ? 2 : 1))
+        return;
+    c->store_read = c->resource ? 2 : 1;
+    struct auth__tokens t = {0};
+    if (auth__store_load(c->token_store, c->issuer, c->resource ? c->resource : c->resource_url, &t,
+                         NULL) < 0 ||
+        !t.access_token) {
+        auth__tokens_release(&t);
+        return;
+    }
+    c->tokens = t;
+    if (!c->issuer && t.issuer)
+        c->issuer = xstrdup(t.issuer);
+    if (!c->client_id && t.client_id) {
+        c->client_id = xstrdup(t.client_id);
+        c->client_secret = t.client_secret ? xstrdup(t.client_secret) : NULL;
+        c->registered_issuer = t.issuer ? xstrdup(t.issuer) : NULL;
+    }
+}
+
+/* Drops the access token (a refresh token stays for auth__refresh). */
+static void drop_access_token(struct auth_client *c)
+{
+    free_secret(c->tokens.access_token);
+    c->tokens.access_token = NULL;
+}
+
+int auth__refresh(struct auth_client *c, struct tr_error *err)
+{
+    if (!c->tokens.refresh_token)
+        return tr_error_set(err, TR_EAUTH, "MCP server '%s': no refresh token", c->server_name);
+    int rc = 0;
+    if (!c->server_meta && (rc = auth__discover(c, NULL, err)) < 0)
+        return rc;
+    if (!c->client_id && (rc = auth__register(c, err)) < 0)
+        return rc;
+    /* A copy: the request replaces the tokens the fields would point into. */
+    char *refresh = xstrdup(c->tokens.refresh_token);
+    const struct auth__param fields[] = {
+        {"grant_type", "refresh_token"},
+        {"refresh_token", refresh},
+        {NULL, NULL},
+    };
+    rc = auth__token_request(c, fields, NULL, err);
+    free_secret(refresh);
+    if (rc < 0) {
+        /* A refused refresh token is spent: the next challenge runs the grant again. */
+        free_secret(c->tokens.refresh_token);
+        c->tokens.refresh_token = NULL;
+    }
+    return rc;
 }
 
 int auth_request_headers(struct auth_client *client, const char *method, const char *url,
                          char ***ret_lines, struct tr_error *err)
 {
-    (void)client, (void)method, (void)url, (void)err;
-    *ret_lines = xcalloc(1, sizeof(char *));
+    (void)method, (void)url, (void)err;
+    struct auth_client *c = client;
+    load_stored(c);
+    if (c->tokens.access_token && c->tokens.expires_at &&
+        c->tokens.expires_at - REFRESH_MARGIN_S <= (int64_t)time(NULL)) {
+        drop_access_token(c);
+        /* A refresh that fails leaves the request without a token: its 401 runs the grant. */
+        if (auth__refresh(c, NULL) < 0)
+            drop_access_token(c);
+    }
+    char **lines = xcalloc(2, sizeof(char *));
+    if (c->tokens.access_token)
+        lines[0] = xasprintf("Authorization: %s %s",
+                             c->tokens.token_type && strcasecmp(c->tokens.token_type, "DPoP") == 0
+                                 ? "DPoP"
+                                 : "Bearer",
+                             c->tokens.access_token);
+    *ret_lines = lines;
     return 0;
 }
 
 void auth_lines_free(char **lines)
 {
     for (size_t i = 0; lines && lines[i]; i++)
-        free(lines[i]);
+        free_secret(lines[i]);
     free(lines);
+}
+
+/* Whether every scope of want (space-separated) is in have. */
+static bool scopes_cover(const char *have, const char *want)
+{
+    if (!want)
+        return true;
+    const char *p = want;
+    while (*p) {
+        p += strspn(p, " ");
+        size_t n = strcspn(p, " ");
+        if (n == 0)
+            break;
+        bool found = false;
+        for (const char *h = have; h && *h;) {
+            h += strspn(h, " ");
+            size_t m = strcspn(h, " ");
+            if (m == n && strncmp(h, p, n) == 0)
+                found = true;
+            h += m;
+        }
+        if (!found)
+            return false;
+        p += n;
+    }
+    return true;
+}
+
+/* have and want, each scope once. Caller frees. */
+char *auth__scope_union(const char *have, const char *want)
+{
+    struct tr_buf out;
+    tr_buf_init(&out, 0);
+    const char *both[2] = {have, want};
+    for (int k = 0; k < 2; k++)
+        for (const char *p = both[k]; p && *p;) {
+            p += strspn(p, " ");
+            size_t n = strcspn(p, " ");
+            if (n == 0)
+                break;
+            char *one = xstrndup(p, n);
+            if (!out.len || !scopes_cover(out.data, one))
+                if (tr_buf_appendf(&out, "%s%s", out.len ? " " : "", one) < 0)
+                    tr_out_of_memory(0);
+            free(one);
+            p += n;
+        }
+    return out.len ? tr_buf_take(&out) : (tr_buf_release(&out), NULL);
 }
 
 int auth_challenge(struct auth_client *client, long status, const char *www_authenticate,
                    const char *dpop_nonce, struct tr_error *err)
 {
-    (void)www_authenticate, (void)dpop_nonce;
-    return tr_error_set(err, TR_EAUTH, "MCP server '%s' requires authorization (HTTP %ld)",
-                        client->server_name, status);
+    (void)dpop_nonce; /* DPoP (authx) keeps it */
+    struct auth_client *c = client;
+    struct auth__challenge ch = {0};
+    int rc = 0;
+    bool have_challenge = www_authenticate && auth__challenge_parse(www_authenticate, &ch) == 0;
+    bool insufficient = have_challenge && ch.error && strcmp(ch.error, "insufficient_scope") == 0;
+
+    if (status == 403 && !insufficient) {
+        char *why = ch.error ? tr_text_escape(ch.error, 64) : NULL;
+        rc = tr_error_set(err, TR_EAUTH, "MCP server '%s' refused the request (HTTP 403%s%s)",
+                          c->server_name, why ? ": " : "", why ? why : "");
+        free(why);
+        goto out;
+    }
+    /* The resource's metadata first: it may name another authorization server now. */
+    if ((rc = auth__discover(c, have_challenge ? ch.resource_metadata : NULL, err)) < 0)
+        goto out;
+    if (c->tokens.issuer && strcmp(c->tokens.issuer, c->issuer) != 0) {
+        /* Tokens of another authorization server are worth nothing here. */
+        auth__tokens_release(&c->tokens);
+    }
+    if (!insufficient && !c->tokens.access_token && !c->tokens.refresh_token) {
+        load_stored(c);
+        if (c->tokens.access_token)
+            goto out; /* a login's tokens, found now that the resource is known */
+    }
+    free(c->challenge_scope);
+    c->challenge_scope = have_challenge && ch.scope ? xstrdup(ch.scope) : NULL;
+    if (insufficient) {
+        /* Step up only to a scope not asked for yet: the same answer again means never. */
+        if (!ch.scope || scopes_cover(c->tokens.scope, ch.scope) ||
+            scopes_cover(c->requested_scope, ch.scope)) {
+            rc = tr_error_set(err, TR_EAUTH,
+                              "MCP server '%s' needs a scope its authorization server did not "
+                              "grant (insufficient_scope); giving up",
+                              c->server_name);
+            goto out;
+        }
+        char *wider = auth__scope_union(c->requested_scope, ch.scope);
+        free(c->challenge_scope);
+        c->challenge_scope = wider;
+        drop_access_token(c);
+    } else if (c->tokens.access_token || c->tokens.refresh_token) {
+        /* 401 with a token: expired or revoked. A refresh token may mend it. */
+        drop_access_token(c);
+        if (c->tokens.refresh_token && auth__refresh(c, NULL) == 0)
+            goto out;
+    }
+    if ((!c->client_id || !c->registered_issuer || strcmp(c->registered_issuer, c->issuer) != 0) &&
+        (rc = auth__register(c, err)) < 0)
+        goto out;
+    auth__grant_fn grant = grant_named(c->grant ? c->grant : "authorization_code");
+    rc = grant(c, err);
+out:
+    auth__challenge_release(&ch);
+    return rc;
 }
 
 const char *const *auth_client_secrets(struct auth_client *client)
 {
+    size_t n = 0;
+    const char *candidates[] = {client->tokens.access_token, client->tokens.refresh_token,
+                                client->client_secret, client->config_client_secret};
+    for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++)
+        if (candidates[i] && candidates[i][0])
+            client->secrets[n++] = candidates[i];
+    client->secrets[n] = NULL;
     return client->secrets;
 }

@@ -26,12 +26,17 @@
 #define MAX_REDIRECTS 5          /* followed for one request (http and https only) */
 #define MAX_RETRY_AFTER_MS 60000 /* the longest Retry-After (429, 503) a request waits for */
 #define MAX_RETRIES_AFTER 3      /* times one request is sent again after a Retry-After */
+#define MAX_AUTH_TRIES 3         /* 401/403 answers to one request before it fails */
 
 struct transfer {
     struct mcp__http *http;
     CURL *easy;
-    struct curl_slist *headers;
+    struct curl_slist *headers; /* the request's own lines */
+    struct curl_slist *sent;    /* headers and the auth_client's lines, as sent */
     char *body;
+    int auth_tries; /* times this request was answered 401/403 and sent again */
+    char *www_authenticate, *dpop_nonce; /* from a 401/403 answer */
+    char *authorization;                 /* the Authorization line sent, or NULL */
     int64_t request_id; /* JSON-RPC id the transfer carries or resumes, -1 if none */
     bool is_get;
     bool standalone; /* the optional GET stream for server-initiated messages */
@@ -68,6 +73,7 @@ struct mcp__http {
     char *url;
     CURLM *multi;
     struct curl_slist *extra; /* the caller's headers for every request */
+    struct auth_client *auth; /* authorizes each request; NULL: none */
     bool want_stream;         /* keep the standalone GET stream open */
     char *session_id;
     char *protocol_version;
@@ -178,6 +184,26 @@ static void on_sse_event(void *userdata, const char *event, const char *data, si
     push_message(t->http, t->request_id, data, len);
 }
 
+/* Keeps WWW-Authenticate (repeats joined) and DPoP-Nonce for auth_challenge. */
+static void auth_header(struct transfer *t, const char *line, size_t n)
+{
+    static const char www[] = "www-authenticate:", nonce[] = "dpop-nonce:";
+    bool is_www = n > sizeof(www) - 1 && strncasecmp(line, www, sizeof(www) - 1) == 0;
+    bool is_nonce = n > sizeof(nonce) - 1 && strncasecmp(line, nonce, sizeof(nonce) - 1) == 0;
+    if ((!is_www && !is_nonce) || n > 8192)
+        return;
+    const char *v = line + (is_www ? sizeof(www) : sizeof(nonce)) - 1;
+    size_t vlen = n - (size_t)(v - line);
+    while (vlen > 0 && (*v == ' ' || *v == '\t'))
+        v++, vlen--;
+    while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+        vlen--;
+    char **slot = is_www ? &t->www_authenticate : &t->dpop_nonce;
+    char *value = *slot && is_www ? xasprintf("%s, %.*s", *slot, (int)vlen, v) : xstrndup(v, vlen);
+    free(*slot);
+    *slot = value;
+}
+
 static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata)
 {
     struct transfer *t = userdata;
@@ -200,6 +226,8 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
         if (t->retry_after_ms < -1)
             t->retry_after_ms = 0;
     }
+    if (t->http->auth)
+        auth_header(t, buffer, n);
     if (!t->http->modern && n > sizeof(key) - 1 && strncasecmp(buffer, key, sizeof(key) - 1) == 0) {
         const char *v = buffer + sizeof(key) - 1;
         size_t vlen = n - (sizeof(key) - 1);
@@ -298,9 +326,26 @@ static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bo
     return t;
 }
 
+/* t's header lines and the auth_client's for method, into t->sent. A failure leaves the
+   request without a token: its 401 says why through auth_challenge. */
+static void add_auth_headers(struct mcp__http *h, struct transfer *t, const char *method)
+{
+    for (struct curl_slist *e = t->headers; e; e = e->next)
+        t->sent = add_header(t->sent, e->data);
+    char **lines = NULL;
+    if (h->auth && auth_request_headers(h->auth, method, h->url, &lines, NULL) == 0)
+        for (size_t i = 0; lines[i]; i++) {
+            t->sent = add_header(t->sent, lines[i]);
+            if (!t->authorization && strncasecmp(lines[i], "Authorization:", 14) == 0)
+                t->authorization = xstrdup(lines[i]);
+        }
+    auth_lines_free(lines);
+    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->sent);
+}
+
 static void transfer_start(struct mcp__http *h, struct transfer *t)
 {
-    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+    add_auth_headers(h, t, t->is_get ? "GET" : "POST");
     t->next = h->transfers;
     h->transfers = t;
     curl_multi_add_handle(h->multi, t->easy);
@@ -310,6 +355,12 @@ static void transfer_free(struct transfer *t)
 {
     curl_easy_cleanup(t->easy);
     curl_slist_free_all(t->headers);
+    curl_slist_free_all(t->sent);
+    free(t->www_authenticate);
+    free(t->dpop_nonce);
+    if (t->authorization)
+        explicit_bzero(t->authorization, strlen(t->authorization));
+    free(t->authorization);
     free(t->body);
     tr_buf_release(&t->reply);
     mcp__sse_release(&t->sse);
@@ -445,6 +496,56 @@ static void deliver_json(struct mcp__http *h, struct transfer *t)
     push_message(h, t->request_id, t->reply.data, t->reply.len);
 }
 
+/* Whether the client holds another token than the one t was sent with (another request's
+   challenge got it meanwhile): then t only needs sending again. */
+static bool authorized_since(struct mcp__http *h, const struct transfer *t)
+{
+    char **lines = NULL;
+    bool changed = false;
+    if (auth_request_headers(h->auth, t->is_get ? "GET" : "POST", h->url, &lines, NULL) < 0)
+        return false;
+    for (size_t i = 0; lines[i]; i++)
+        if (strncasecmp(lines[i], "Authorization:", 14) == 0)
+            changed = !t->authorization || strcmp(lines[i], t->authorization) != 0;
+    auth_lines_free(lines);
+    return changed;
+}
+
+/* A 401/403: let the auth_client obtain what the challenge asks, then send the request again
+   (a few times at most), or fail it with the client's reason. */
+static void authorize_again(struct mcp__http *h, struct transfer *t, long status)
+{
+    struct tr_error err = {0};
+    if (t->auth_tries >= MAX_AUTH_TRIES)
+        tr_error_set(&err, TR_EAUTH,
+                     "MCP server '%s' still refuses the request (HTTP %ld) after %d "
+                     "authorizations",
+                     h->name, status, t->auth_tries);
+    else if (authorized_since(h, t) ||
+             auth_challenge(h->auth, status, t->www_authenticate, t->dpop_nonce, &err) == 0) {
+        struct transfer *again = transfer_new(h, t->request_id, t->is_get);
+        curl_slist_free_all(again->headers);
+        again->headers = NULL;
+        for (struct curl_slist *e = t->headers; e; e = e->next)
+            again->headers = add_header(again->headers, e->data);
+        again->standalone = t->standalone;
+        again->resumes = t->resumes;
+        again->auth_tries = t->auth_tries + 1;
+        if (t->body) {
+            again->body = xstrdup(t->body);
+            curl_easy_setopt(again->easy, CURLOPT_POST, 1L);
+            curl_easy_setopt(again->easy, CURLOPT_POSTFIELDS, again->body);
+            curl_easy_setopt(again->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(again->body));
+        } else {
+            curl_easy_setopt(again->easy, CURLOPT_HTTPGET, 1L);
+        }
+        transfer_start(h, again);
+        return;
+    }
+    if (t->request_id >= 0)
+        push_failure(h, t->request_id, TR_EAUTH, "%s", err.message);
+}
+
 /*
  * A request refused for now (429, 503) with a Retry-After within MAX_RETRY_AFTER_MS: true when
  * it is to be sent again then (at most MAX_RETRIES_AFTER times). The caller's timeout still
@@ -473,6 +574,10 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     const char *what = t->is_get ? "GET" : "POST";
     bool answered = id < 0 || t->got_response; /* nothing more to say about the request */
 
+    if (h->auth && result == CURLE_OK && (status == 401 || status == 403)) {
+        authorize_again(h, t, status);
+        return false;
+    }
     if (t->standalone && h->legacy_sse) {
         /* The old transport's one stream carried every reply: nothing can resume it. */
         push_failure(h, MCP__ALL_REQUESTS, TR_EPEER, "MCP server '%s' closed its event stream",
@@ -781,6 +886,11 @@ struct mcp__http *mcp__http_new(const char *url, const char *const *headers, siz
     return h;
 }
 
+void mcp__http_set_auth(struct mcp__http *h, struct auth_client *auth)
+{
+    h->auth = auth;
+}
+
 void mcp__http_set_protocol_version(struct mcp__http *h, const char *version, bool modern)
 {
     free(h->protocol_version);
@@ -802,7 +912,7 @@ void mcp__http_delete_session(struct mcp__http *h)
         return;
     struct transfer *t = transfer_new(h, -1, false);
     curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, "DELETE");
-    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+    add_auth_headers(h, t, "DELETE");
     curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)DELETE_TIMEOUT_MS);
     curl_easy_perform(t->easy); /* best effort: a 405 says the server keeps no sessions */
     transfer_free(t);

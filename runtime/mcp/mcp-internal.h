@@ -165,6 +165,8 @@ void mcp__inbound_free(struct mcp__inbound *in);
 struct mcp__http *mcp__http_new(const char *url, const char *const *headers, size_t max_message,
                                 const char *name);
 void mcp__http_free(struct mcp__http **http);
+/* Authorizes every request with auth (borrowed; NULL: none) and answers 401/403 through it. */
+void mcp__http_set_auth(struct mcp__http *http, struct auth_client *auth);
 /*
  * The protocol version sent in MCP-Protocol-Version (NULL: none; copied). The modern era has
  * no sessions: Mcp-Session-Id is then neither kept nor sent.

@@ -218,7 +218,7 @@ const char *workflow_secret_unsafe(const char *value)
 }
 
 /*
- * Where a reference is a secret: the values of a server's `env` and `headers`, where
+ * Where a reference is a secret: the values of a server's `env`, `headers` and `auth`, where
  * credentials go. A reference in its command, args, cwd or url is configuration (a path, a
  * host); it must be set, and it is redacted when it is safe to, but a short one (HOME=/root)
  * is not refused: blanking "/root" out of every result would corrupt them, not protect them.
@@ -226,7 +226,8 @@ const char *workflow_secret_unsafe(const char *value)
 static bool secret_member(const cJSON *member)
 {
     return member->string &&
-           (strcmp(member->string, "env") == 0 || strcmp(member->string, "headers") == 0);
+           (strcmp(member->string, "env") == 0 || strcmp(member->string, "headers") == 0 ||
+            strcmp(member->string, "auth") == 0);
 }
 
 struct run_check {

@@ -55,8 +55,8 @@ static int check_protocol(struct wf_build *b, const cJSON *item, const char *con
 
 static int build_server(struct wf_build *b, const cJSON *node, struct wf_server *server)
 {
-    static const char *const keys[] = {"type", "command", "args",    "env",      "inherit_env",
-                                       "cwd",  "url",     "headers", "protocol", NULL};
+    static const char *const keys[] = {"type", "command", "args",     "env",  "inherit_env", "cwd",
+                                       "url",  "headers", "protocol", "auth", NULL};
     static const char *const strings[] = {"type", "command", "cwd", "url", "protocol", NULL};
     struct workflow *wf = b->wf;
     const cJSON *command, *url, *type, *item;
@@ -100,6 +100,15 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
         return wf_problem(wf, command, false, "%s'command' must not be empty", context);
     if (!url && (item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL)
         return wf_problem(wf, item, true, "%s'headers' needs 'url'", context);
+    if ((item = cJSON_GetObjectItemCaseSensitive(node, "auth")) != NULL) {
+        char problem[512];
+        if (!url)
+            return wf_problem(wf, item, true, "%s'auth' needs 'url'", context);
+        if (auth_config_problem(item, problem, sizeof(problem)) < 0)
+            return wf_problem(wf, item, false, "%s%s", context, problem);
+        if ((rc = wf_env_check_clear(wf, item, context)) < 0)
+            return rc;
+    }
     for (size_t i = 0; url && i < 4; i++)
         if ((item = cJSON_GetObjectItemCaseSensitive(
                  node, (const char *[]){"args", "env", "inherit_env", "cwd"}[i])) != NULL)

@@ -3,8 +3,12 @@
  * (`conformance client --command ...`). It follows the suite's contract: the server URL is
  * the last argument; MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_PROTOCOL_VERSION and
  * MCP_CONFORMANCE_CONTEXT say what to do. It exercises everything the server offers through
- * runtime/mcp and answers server requests with canned handlers. Tests only.
+ * runtime/mcp and answers server requests with canned handlers. Authorization (the auth
+ * scenarios) goes through runtime/auth: the suite's authorization server "logs in" whoever
+ * visits its authorization URL, so the user agent here fetches it and returns the redirect.
+ * Tests only.
  */
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +16,9 @@
 #include "mcp.h"
 
 #define TIMEOUT_MS 20000
+#define REDIRECT_URI "http://localhost:3000/callback"
+/* The conformance suite's client ID metadata document (its scenarios expect this URL). */
+#define CLIENT_METADATA_URL "https://conformance-test.local/client-metadata.json"
 
 static int failures;
 
@@ -64,6 +71,53 @@ static int on_roots(void *userdata, cJSON **ret_roots, struct tr_error *err)
     cJSON_AddItemToArray(roots, root);
     *ret_roots = roots;
     return 0;
+}
+
+/* ---- authorization ------------------------------------------------------------------------- */
+
+static size_t discard(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    return size * nmemb;
+}
+
+/* The browser's part: GET the authorization URL and return where it redirects, unfollowed. */
+static int authorize(void *userdata, const char *authorization_url, char **ret_redirect,
+                     struct tr_error *err)
+{
+    CURL *easy = curl_easy_init();
+    if (!easy)
+        return tr_error_set(err, TR_EAUTH, "curl_easy_init failed");
+    curl_easy_setopt(easy, CURLOPT_URL, authorization_url);
+    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)TIMEOUT_MS);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, discard);
+    CURLcode result = curl_easy_perform(easy);
+    char *location = NULL;
+    int rc = 0;
+    if (result == CURLE_OK)
+        curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &location);
+    if (!location)
+        rc = tr_error_set(err, TR_EAUTH, "the authorization endpoint did not redirect (%s)",
+                          result == CURLE_OK ? "no Location" : curl_easy_strerror(result));
+    else
+        *ret_redirect = xstrdup(location);
+    curl_easy_cleanup(easy);
+    return rc;
+}
+
+/* The `auth:` configuration a workflow would hold, from the scenario's context. */
+static cJSON *auth_config(const cJSON *context)
+{
+    cJSON *config = cJSON_CreateObject();
+    static const char *const copied[] = {"client_id", "client_secret"};
+    for (size_t i = 0; i < sizeof(copied) / sizeof(copied[0]); i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(context, copied[i]);
+        if (cJSON_IsString(v) && v->valuestring[0])
+            cJSON_AddStringToObject(config, copied[i], v->valuestring);
+    }
+    if (!cJSON_HasObjectItem(config, "client_id"))
+        cJSON_AddStringToObject(config, "client_metadata_url", CLIENT_METADATA_URL);
+    return config;
 }
 
 /* ---- arguments ----------------------------------------------------------------------------- */
@@ -233,18 +287,38 @@ int main(int argc, char **argv)
         .elicitation = on_elicitation,
         .roots = on_roots,
     };
+    struct tr_error err = {0};
+    struct auth_user_agent user_agent = {.redirect_uri = REDIRECT_URI, .authorize = authorize};
+    cJSON *config = auth_config(context);
+    struct auth_options auth_options = {
+        .server_name = "conformance",
+        .resource_url = url,
+        .config = config,
+        .token_store = "", /* in memory only */
+        .user_agent = &user_agent,
+        .timeout_ms = TIMEOUT_MS,
+    };
+    struct auth_client *auth = NULL;
+    if (auth_client_new(&auth_options, &auth, &err) < 0) {
+        fprintf(stderr, "troupe-conformance-client: %s\n", err.message);
+        cJSON_Delete(config);
+        cJSON_Delete(context);
+        return 1;
+    }
     struct mcp_http_params params = {
         .name = "conformance",
         .url = url,
+        .auth = auth,
         .protocol_version = version && version[0] ? version : MCP_VERSION_AUTO,
         .handlers = &handlers,
         .timeout_ms = TIMEOUT_MS,
     };
-    struct tr_error err = {0};
     struct mcp_session *session = NULL;
     struct mcp_observer observer = {.on_message = on_message};
     if (mcp_session_open_http(&params, &observer, &session, &err) < 0) {
         fprintf(stderr, "troupe-conformance-client: %s\n", err.message);
+        auth_client_free(&auth);
+        cJSON_Delete(config);
         cJSON_Delete(context);
         return 1;
     }
@@ -258,6 +332,8 @@ int main(int argc, char **argv)
     if (cJSON_HasObjectItem(caps, "prompts"))
         exercise_prompts(session);
     mcp_session_free(&session);
+    auth_client_free(&auth);
+    cJSON_Delete(config);
     cJSON_Delete(context);
     return failures ? 1 : 0;
 }

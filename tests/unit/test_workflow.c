@@ -802,3 +802,58 @@ Test(workflow, broken_files_fail_with_file_line_column)
     }
     free(dir);
 }
+
+/* ---- a server's auth ------------------------------------------------------------------------ */
+
+/* A workflow whose one HTTP server (or stdio, with command) has `auth` as given. */
+static char *with_auth(const char *server, const char *auth)
+{
+    return xasprintf("name: auth\n"
+                     "mcp_servers:\n"
+                     "  api: {%s, auth: %s}\n"
+                     "personas: {p: {servers: [api]}}\n"
+                     "steps: [{id: a, persona: p, tool: api.x}]\n",
+                     server, auth);
+}
+
+Test(workflow, server_auth_is_checked_where_it_is_written)
+{
+    static const char url[] = "url: 'https://api.example.com/mcp'";
+    static const struct {
+        const char *server, *auth, *message;
+    } broken[] = {
+        {url, "{client_ids: x}",
+         "3:51: server 'api': auth has no member 'client_ids' (grant, client_id, client_secret, "
+         "client_metadata_url, scope, token_endpoint_auth_method)"},
+        {url, "{grant: password}",
+         "3:51: server 'api': auth.grant 'password' is not one of authorization_code, "
+         "client_credentials, urn:ietf:params:oauth:grant-type:jwt-bearer, "
+         "urn:ietf:params:oauth:grant-type:token-exchange"},
+        {url, "{client_id: x, client_secret: hunter2}",
+         "3:81: server 'api': 'client_secret' holds a secret in clear: write it as ${env:NAME} so "
+         "that it stays out of the plan, the database and the logs"},
+        {url, "{client_secret: '${env:S}'}",
+         "3:51: server 'api': auth.client_secret needs "
+         "auth.client_id"},
+        {url, "{client_metadata_url: 'http://x.example/c.json'}",
+         "3:51: server 'api': auth.client_metadata_url must be an https URL"},
+        {url, "[client_id]", "3:51: server 'api': auth must be a mapping"},
+        {"command: tool", "{client_id: x}", "3:24: server 'api': 'auth' needs 'url'"},
+    };
+    for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
+        struct tr_error err = {0};
+        char *text = with_auth(broken[i].server, broken[i].auth);
+        const char *message = load_fails(text, WORKFLOW_YAML, &err);
+        cr_expect(strstr(message, broken[i].message) != NULL, "%s: got %s", broken[i].auth,
+                  message);
+        free(text);
+    }
+    char *text = with_auth(url, "{client_id: troupe, client_secret: '${env:API_SECRET}', "
+                                "scope: 'files:read files:write'}");
+    struct workflow *wf = load_yaml(text);
+    char *plan = workflow_plan_json(wf);
+    cr_assert_not_null(strstr(plan, "\"client_secret\":\"${env:API_SECRET}\""), "%s", plan);
+    free(plan);
+    workflow_free(&wf);
+    free(text);
+}
