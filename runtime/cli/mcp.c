@@ -143,6 +143,7 @@ static int load_config(struct target *t)
     tr_buf_init(&missing, 0);
     unset_references(cJSON_GetObjectItemCaseSensitive(entry, "env"), &missing);
     unset_references(cJSON_GetObjectItemCaseSensitive(entry, "headers"), &missing);
+    unset_references(cJSON_GetObjectItemCaseSensitive(entry, "url"), &missing);
     if (missing.len) {
         cli_error("%s: server '%s': environment variables not set: %s", path, t->server,
                   missing.data);

@@ -15,13 +15,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "mcp-internal.h"
 
 #define DEFAULT_RETRY_MS 1000
 #define MAX_RESUMES 8 /* reconnections for one request before giving up */
 #define DELETE_TIMEOUT_MS 2000
-#define MAX_AUTH_TRIES 3 /* 401/403 answers to one request before it fails */
+#define CONNECT_TIMEOUT_MS 10000
+#define MAX_REDIRECTS 5          /* followed for one request (http and https only) */
+#define MAX_RETRY_AFTER_MS 60000 /* the longest Retry-After (429, 503) a request waits for */
+#define MAX_RETRIES_AFTER 3      /* times one request is sent again after a Retry-After */
+#define MAX_AUTH_TRIES 3         /* 401/403 answers to one request before it fails */
 
 struct transfer {
     struct mcp__http *http;
@@ -40,7 +45,10 @@ struct transfer {
     bool sse_checked, is_sse;
     bool got_response; /* the response to request_id came on this transfer */
     bool too_big;
-    struct tr_buf reply; /* a JSON reply (not SSE) */
+    int64_t retry_after_ms; /* the answer's Retry-After, -1 if none */
+    int retries_after;      /* times sent again after a Retry-After */
+    int64_t resend_at;      /* out of the multi handle until then (a Retry-After), or -1 */
+    struct tr_buf reply;    /* a JSON reply (not SSE) */
     struct mcp__sse sse;
     struct transfer *next;
 };
@@ -201,8 +209,23 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
     struct transfer *t = userdata;
     size_t n = size * nitems;
     static const char key[] = "mcp-session-id:";
+    static const char retry_key[] = "retry-after:";
     if (n <= 2) /* the blank line that ends the headers */
         t->got_headers = true;
+    if (n > sizeof(retry_key) - 1 && n < 256 &&
+        strncasecmp(buffer, retry_key, sizeof(retry_key) - 1) == 0) {
+        char value[256];
+        snprintf(value, sizeof(value), "%.*s", (int)(n - (sizeof(retry_key) - 1)),
+                 buffer + sizeof(retry_key) - 1);
+        char *end = NULL;
+        long long seconds = strtoll(value, &end, 10);
+        if (end != value && strspn(end, " \t\r\n") == strlen(end) && seconds >= 0)
+            t->retry_after_ms = seconds > INT32_MAX / 1000 ? INT32_MAX : seconds * 1000;
+        else if (curl_getdate(value, NULL) >= 0) /* an HTTP date */
+            t->retry_after_ms = ((int64_t)curl_getdate(value, NULL) - (int64_t)time(NULL)) * 1000;
+        if (t->retry_after_ms < -1)
+            t->retry_after_ms = 0;
+    }
     if (t->http->auth)
         auth_header(t, buffer, n);
     if (!t->http->modern && n > sizeof(key) - 1 && strncasecmp(buffer, key, sizeof(key) - 1) == 0) {
@@ -242,6 +265,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     if (!t->too_big && tr_buf_append(&t->reply, data, n) < 0) {
         t->too_big = true;
         tr_buf_release(&t->reply);
+        return 0; /* no need to read the rest: the transfer ends (CURLE_WRITE_ERROR) */
     }
     return n;
 }
@@ -264,6 +288,8 @@ static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bo
     t->http = h;
     t->request_id = request_id;
     t->is_get = is_get;
+    t->retry_after_ms = -1;
+    t->resend_at = -1;
     tr_buf_init(&t->reply, h->max_message);
     mcp__sse_init(&t->sse, h->max_message);
     t->easy = curl_easy_init();
@@ -278,7 +304,12 @@ static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bo
     curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
-    curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
+    /* Redirects: a few, to http or https only, a POST staying a POST. */
+    curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(t->easy, CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
+    curl_easy_setopt(t->easy, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
+    curl_easy_setopt(t->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
     for (struct curl_slist *e = h->extra; e; e = e->next)
         t->headers = add_header(t->headers, e->data);
@@ -515,84 +546,165 @@ static void authorize_again(struct mcp__http *h, struct transfer *t, long status
         push_failure(h, t->request_id, TR_EAUTH, "%s", err.message);
 }
 
-static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
+/*
+ * A request refused for now (429, 503) with a Retry-After within MAX_RETRY_AFTER_MS: true when
+ * it is to be sent again then (at most MAX_RETRIES_AFTER times). The caller's timeout still
+ * runs meanwhile: a request given up on is abandoned with its pending resend.
+ */
+static bool resend_later(struct transfer *t, long status)
+{
+    if ((status != 429 && status != 503) || t->retry_after_ms < 0 ||
+        t->retry_after_ms > MAX_RETRY_AFTER_MS || t->retries_after >= MAX_RETRIES_AFTER)
+        return false;
+    t->retries_after++;
+    t->resend_at = tr_now_ms() + t->retry_after_ms;
+    return true;
+}
+
+/*
+ * Turns a finished transfer into what the session gets: messages, or a failure of its request.
+ * Returns true when the transfer is to be sent again later (t->resend_at), false when it is
+ * done with.
+ */
+static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
 {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     int64_t id = t->request_id;
     const char *what = t->is_get ? "GET" : "POST";
+    bool answered = id < 0 || t->got_response; /* nothing more to say about the request */
 
     if (h->auth && result == CURLE_OK && (status == 401 || status == 403)) {
         authorize_again(h, t, status);
-        return;
+        return false;
     }
     if (t->standalone && h->legacy_sse) {
         /* The old transport's one stream carried every reply: nothing can resume it. */
         push_failure(h, MCP__ALL_REQUESTS, TR_EPEER, "MCP server '%s' closed its event stream",
                      h->name);
-        return;
+        return false;
     }
     if (t->standalone) {
         /* Reconnect a stream that the server ended; not one it refused (405) or broke. */
         if (result == CURLE_OK && status >= 200 && status < 300 && t->is_sse &&
             t->resumes < MAX_RESUMES)
             schedule_resume(h, t);
-        return;
-    }
-    if (result != CURLE_OK) {
-        if (id >= 0 && !t->got_response)
-            push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
-                         what, h->url, curl_easy_strerror(result));
-        return;
+        return false;
     }
     if (t->too_big) {
-        if (id >= 0 && !t->got_response)
+        if (!answered)
             push_failure(h, id, TR_EPROTO,
                          "MCP server '%s' sent a message of more than %zu bytes (%.1f MiB), the "
                          "limit for one message; it was dropped",
                          h->name, h->max_message, (double)h->max_message / (1024 * 1024));
-        return;
+        return false;
+    }
+    if (status >= 200 && status < 300 && t->is_sse && !answered) {
+        /* The stream ended (or broke) before the response: resume it where it stopped if the
+         * server numbered its events. */
+        if (t->sse.has_id && t->resumes < MAX_RESUMES)
+            schedule_resume(h, t);
+        else
+            push_failure(h, id, TR_EPEER,
+                         "MCP server '%s' closed the event stream before answering%s%s", h->name,
+                         result == CURLE_OK ? "" : ": ",
+                         result == CURLE_OK ? "" : curl_easy_strerror(result));
+        return false;
+    }
+    if (result != CURLE_OK) {
+        /* A connection refused or reset, a redirect loop: the transport failed, not the
+         * protocol (a retry may succeed). */
+        if (!answered && result == CURLE_TOO_MANY_REDIRECTS)
+            push_failure(h, id, TR_EPEER,
+                         "MCP server '%s': HTTP %s to %s was redirected more than %d times",
+                         h->name, what, h->url, MAX_REDIRECTS);
+        else if (!answered)
+            push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
+                         what, h->url, curl_easy_strerror(result));
+        return false;
     }
     if (h->legacy_sse && !t->is_get && status >= 200 && status < 300)
-        return; /* "Accepted": the reply comes on the event stream */
-    if (status >= 200 && status < 300 && t->is_sse) {
-        if (id >= 0 && !t->got_response) {
-            /* The stream ended before the response: resume it where it stopped if we can. */
-            if (t->sse.has_id && t->resumes < MAX_RESUMES)
-                schedule_resume(h, t);
-            else
-                push_failure(h, id, TR_EPEER,
-                             "MCP server '%s' closed the event stream before answering", h->name);
-        }
-        return;
-    }
+        return false; /* "Accepted": the reply comes on the event stream */
+    if (status >= 200 && status < 300 && t->is_sse)
+        return false;
+    char detail[300] = ""; /* ": " and the text of an error answered without an id */
     if (!t->is_sse && t->reply.len > 0 && strspn(t->reply.data, " \t\r\n") < t->reply.len) {
         /* JSON, even on an error status: a JSON-RPC error says more than the status. */
         cJSON *probe = cJSON_ParseWithLength(t->reply.data, t->reply.len);
         bool json = cJSON_IsObject(probe) || cJSON_IsArray(probe);
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(probe, "error");
+        const cJSON *error_id = cJSON_GetObjectItemCaseSensitive(probe, "id");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
+        /* An HTTP error whose JSON-RPC error names no request is about this transfer's: it
+         * fails that request (with the server's words), it is no message of its own. */
+        bool about_this = status >= 400 && error && (!error_id || cJSON_IsNull(error_id));
+        if (about_this && cJSON_IsString(text)) {
+            char excerpt[256];
+            mcp__excerpt(excerpt, sizeof(excerpt), text->valuestring, strlen(text->valuestring));
+            snprintf(detail, sizeof(detail), ": %s", excerpt);
+        }
         cJSON_Delete(probe);
-        if (json || (status >= 200 && status < 300)) {
+        if ((json && !(about_this && id >= 0)) || (status >= 200 && status < 300)) {
             deliver_json(h, t);
             if (t->got_response || id < 0)
-                return;
+                return false;
         }
     }
     if (id < 0 || t->got_response)
-        return;
+        return false;
+    if (t->is_get && (status < 200 || status >= 300)) {
+        /* The server no longer has the stream (it restarted, or forgot the session): the
+         * request is lost with it, as with a broken connection. */
+        push_failure(h, id, TR_EPEER,
+                     "MCP server '%s' could not resume the event stream of a request (HTTP "
+                     "status %ld%s)",
+                     h->name, status, detail);
+        return false;
+    }
+    if (resend_later(t, status))
+        return true;
     if (status == 404 && h->session_id) {
         /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
-        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404)",
-                     h->name, h->session_id);
-        return;
-    }
-    if (status >= 200 && status < 300)
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404%s)",
+                     h->name, h->session_id, detail);
+    } else if (status >= 200 && status < 300) {
         push_failure(h, id, TR_EPROTO,
                      "MCP server '%s' answered a request with HTTP %ld and no "
                      "response",
                      h->name, status);
-    else
-        push_failure(h, id, TR_EPROTO, "MCP server '%s' answered %s with HTTP status %ld", h->name,
-                     what, status);
+    } else if (status == 429 || status == 503) {
+        /* Busy: a transport failure, retried by the step's retry policy. */
+        if (t->retry_after_ms > MAX_RETRY_AFTER_MS)
+            push_failure(h, id, TR_EPEER,
+                         "MCP server '%s' answered %s with HTTP status %ld and Retry-After %lld "
+                         "s, more than the %d s troupe waits",
+                         h->name, what, status, (long long)(t->retry_after_ms / 1000),
+                         MAX_RETRY_AFTER_MS / 1000);
+        else
+            push_failure(h, id, TR_EPEER, "MCP server '%s' answered %s with HTTP status %ld%s",
+                         h->name, what, status,
+                         t->retries_after ? " again after its Retry-After" : "");
+    } else if (status >= 500) {
+        push_failure(h, id, TR_EPEER,
+                     "MCP server '%s' answered %s with HTTP status %ld (a server error)%s", h->name,
+                     what, status, detail);
+    } else {
+        push_failure(h, id, TR_EPROTO, "MCP server '%s' answered %s with HTTP status %ld%s",
+                     h->name, what, status, detail);
+    }
+    return false;
+}
+
+/* Makes a transfer that finished ready to be sent again as it was (a Retry-After). */
+static void transfer_rewind(struct mcp__http *h, struct transfer *t)
+{
+    curl_multi_remove_handle(h->multi, t->easy);
+    tr_buf_release(&t->reply);
+    tr_buf_init(&t->reply, h->max_message);
+    mcp__sse_release(&t->sse);
+    mcp__sse_init(&t->sse, h->max_message);
+    t->got_headers = t->sse_checked = t->is_sse = t->got_response = t->too_big = false;
+    t->retry_after_ms = -1;
 }
 
 /* ---- curl's sockets and timer ------------------------------------------------------------ */
@@ -651,6 +763,9 @@ int mcp__http_timeout(const struct mcp__http *h)
     for (const struct resume *r = h->resumes; r; r = r->next)
         if (at < 0 || r->at_ms < at)
             at = r->at_ms;
+    for (const struct transfer *t = h->transfers; t; t = t->next)
+        if (t->resend_at >= 0 && (at < 0 || t->resend_at < at))
+            at = t->resend_at;
     if (at < 0)
         return -1;
     int64_t left = at - tr_now_ms();
@@ -668,8 +783,10 @@ static void collect_done(struct mcp__http *h)
         struct transfer *t = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
         CURLcode result = m->data.result;
-        finish(h, t, result);
-        transfer_remove(h, t);
+        if (finish(h, t, result))
+            transfer_rewind(h, t);
+        else
+            transfer_remove(h, t);
     }
 }
 
@@ -686,6 +803,11 @@ void mcp__http_pump(struct mcp__http *h, int timeout_ms)
         }
         p = &r->next;
     }
+    for (struct transfer *t = h->transfers; t; t = t->next)
+        if (t->resend_at >= 0 && t->resend_at <= now) {
+            t->resend_at = -1;
+            curl_multi_add_handle(h->multi, t->easy);
+        }
     int wait = mcp__http_timeout(h);
     if (wait < 0 || wait > timeout_ms)
         wait = timeout_ms > 0 ? timeout_ms : 0;

@@ -258,8 +258,8 @@ int mcp_session_open_http(const struct mcp_http_params *params, const struct mcp
     struct mcp_session *s =
         session_new(name, observer, params->handlers, params->max_message_bytes);
     s->http = mcp__http_new(params->url, params->headers, s->max_message, s->name);
-    mcp__http_set_auth(s->http, params->auth);
     s->auth = params->auth;
+    mcp__http_set_auth(s->http, params->auth);
     int rc = negotiate(s, params->protocol_version, true, params->timeout_ms, err);
     if (rc < 0) {
         mcp_session_free(&s);

@@ -1134,7 +1134,22 @@ Test(mcp_stdio, calls_in_flight_complete_in_the_order_they_are_answered, .timeou
     cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(params, "reason")->valuestring,
                      "no longer needed");
     cJSON_Delete(last);
+    cr_assert_eq(r.tickets[r.n_messages - 1], dropped, "the cancel belongs to its request");
     cr_assert_eq(mcp_session_call_tool_finish(s, dropped, 1000, &result, &err), TR_EINVAL);
+    /* Every request and response was handed to the observer with its own call's ticket. */
+    size_t seen = 0;
+    for (size_t i = 0; i < r.n_messages; i++) {
+        cJSON *msg = cJSON_Parse(r.messages[i]);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+        int64_t want = cJSON_IsNumber(id) ? (int64_t)id->valuedouble : -1;
+        if (want == slow || want == fast || want == dropped) {
+            cr_assert_eq(r.tickets[i], want, "message %s came with ticket %lld", r.messages[i],
+                         (long long)r.tickets[i]);
+            seen++;
+        }
+        cJSON_Delete(msg);
+    }
+    cr_assert_eq(seen, 5, "three requests and two responses");
     mcp_session_free(&s);
     assert_no_children();
     recorder_release(&r);
