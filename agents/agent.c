@@ -1,10 +1,11 @@
 /*
  * troupe-agent: the worker for one persona. It connects to the scheduler's bus, receives the
- * persona's configuration, opens an MCP session with each of the persona's servers, then
- * performs the tasks it is assigned, several at once (up to the welcome's credit), in one
- * event loop over the bus, the servers' pipes and the tasks' timers, streaming every MCP
- * message back as an audit event of its task. It never opens the database: everything it
- * knows arrives over the bus.
+ * persona's configuration, opens an MCP session with each of the persona's servers (stdio or
+ * Streamable HTTP), then performs the tasks it is assigned, several at once (up to the
+ * welcome's credit), in one event loop over the bus, the servers' pipes and sockets, their
+ * timers and the tasks' deadlines, streaming every MCP message back as an audit event of its
+ * task. It never opens the database: everything it knows arrives over the bus. This file is
+ * the loop, the bus and main(); the servers are servers.c's, the tasks tasks.c's.
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
@@ -18,55 +19,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include "base.h"
-#include "bus.h"
-#include "mcp.h"
-#include "redact.h"
+#include "agent-internal.h"
 
 #define WELCOME_TIMEOUT_MS 30000
-#define MAX_SERVERS 64
-#define HTTP_PUMP_MS 10          /* how often sessions without descriptors (HTTP) are driven */
-#define MAX_DRAIN 1024           /* bus messages handled in one loop turn */
 #define AGENT_SEND_WAIT_MS 60000 /* how long a message waits for room on the bus */
-
-struct server {
-    char *name;
-    const cJSON *entry; /* its configuration, in agent->config */
-    struct mcp_session *session;
-    char *failure;           /* why the session is unusable, or NULL */
-    int restarts;            /* times the server was restarted after dying */
-    int64_t next_restart_ms; /* a dead server is not started again before this */
-};
-
-/* One assignment in flight: a step's request (tools/call, prompts/get, resources/read) sent on
- * a server's session. */
-struct task {
-    int64_t id; /* the scheduler's */
-    char *step_id;
-    int64_t attempt;
-    struct server *server;
-    char *tool;              /* the tool (or prompt, or resource URI) */
-    enum mcp_step_kind kind; /* which request: mcp_step_method(kind) */
-    int64_t ticket;          /* its request in server->session */
-    int timeout_ms;
-    int64_t deadline_ms;
-};
-
-struct agent {
-    struct bus *bus;
-    char *persona;
-    cJSON *config;
-    /* The welcome's `tools` and `prompts` (mcp_allowlist_matches); entries borrow config. */
-    struct mcp_allowlist allowlist;
-    int credit;                /* tasks the scheduler may have in flight here (welcome) */
-    struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
-    struct server servers[MAX_SERVERS];
-    size_t server_count;
-    struct task **tasks; /* in flight, oldest first */
-    size_t task_count, task_alloc;
-    struct task *current; /* the task a session call is made for: its messages are its events */
-    int64_t last_sent_ms; /* when the scheduler last heard from us */
-};
 
 static volatile sig_atomic_t stop_requested;
 /* Written by the signal handler so that the loop's poll wakes at once (the self-pipe trick). */
@@ -86,23 +42,18 @@ static void on_signal(int sig)
 /* ---- sending to the scheduler ----------------------------------------------------------- */
 
 /* The run this agent works for (from the welcome), for log lines; NULL before it. */
-static const char *run_of(const struct agent *agent)
+const char *agent_run_of(const struct agent *agent)
 {
     const cJSON *run = cJSON_GetObjectItemCaseSensitive(agent->config, "run");
     return cJSON_IsString(run) ? run->valuestring : NULL;
 }
 
-/* The logger's filter: no secret reaches the agent's log lines either. */
-static char *redact_log_line(void *userdata, const char *message)
-{
-    const struct agent *agent = userdata;
-    return redactor_apply(agent->redactor, message);
-}
-
-static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
+void agent_send(struct agent *agent, const struct bus_msg *msg_in)
 {
     struct tr_error err = {0};
     struct bus_msg copy = *msg_in, *msg = &copy;
+
+    servers_redact_secrets(agent); /* an auth client may have obtained a token since */
 
     char *json = redactor_apply(agent->redactor, msg_in->json);
     char *error = redactor_apply(agent->redactor, msg_in->error);
@@ -121,535 +72,30 @@ static void send_or_log(struct agent *agent, const struct bus_msg *msg_in)
 }
 
 /* An audit event (payload taken) of task, or of no task when it is NULL. */
-static void send_event(struct agent *agent, const struct task *task, const char *type,
-                       cJSON *payload)
+void agent_send_event(struct agent *agent, const struct task *task, const char *type,
+                      cJSON *payload)
 {
     struct bus_msg msg = {.type = BUS_EVENT};
     msg.task = task ? task->id : 0;
     msg.step_id = task ? task->step_id : NULL;
     msg.event_type = (char *)type;
     msg.json = tr_json_print(payload);
-    send_or_log(agent, &msg);
+    agent_send(agent, &msg);
     free(msg.json);
     cJSON_Delete(payload);
+}
+
+/* The logger's filter: no secret reaches the agent's log lines either. */
+static char *redact_log_line(void *userdata, const char *message)
+{
+    const struct agent *agent = userdata;
+    return redactor_apply(agent->redactor, message);
 }
 
 static void send_bye(struct agent *agent, const char *error)
 {
     struct bus_msg msg = {.type = BUS_BYE, .error = (char *)error};
-    send_or_log(agent, &msg);
-}
-
-/* Classifies a JSON-RPC message: request, response or notification. */
-static const char *mcp_event_type(const cJSON *message)
-{
-    bool has_method = cJSON_HasObjectItem(message, "method");
-    bool has_id = cJSON_HasObjectItem(message, "id");
-    if (has_method && has_id)
-        return "mcp.request";
-    if (has_method)
-        return "mcp.notification";
-    return "mcp.response";
-}
-
-/* ---- which task an MCP message belongs to ------------------------------------------------ */
-
-/* The task in flight on server whose request has the JSON-RPC id id, or NULL. */
-static struct task *task_of_request(const struct agent *agent, const char *server, const cJSON *id)
-{
-    if (!cJSON_IsNumber(id))
-        return NULL;
-    for (size_t i = 0; i < agent->task_count; i++) {
-        struct task *task = agent->tasks[i];
-        if (strcmp(task->server->name, server) == 0 && id->valuedouble == (double)task->ticket)
-            return task;
-    }
-    return NULL;
-}
-
-/* The one task in flight on server, or NULL if there are none or several. */
-static struct task *only_task_on(const struct agent *agent, const char *server)
-{
-    struct task *only = NULL;
-    for (size_t i = 0; i < agent->task_count; i++) {
-        if (strcmp(agent->tasks[i]->server->name, server) != 0)
-            continue;
-        if (only)
-            return NULL;
-        only = agent->tasks[i];
-    }
-    return only;
-}
-
-/* What cannot be told apart by id: the task a session call is made for, else the only one. */
-static struct task *current_or_only(const struct agent *agent, const char *server)
-{
-    return agent->current ? agent->current : only_task_on(agent, server);
-}
-
-/*
- * The task a message to or from server belongs to: by JSON-RPC id, the one whose request a
- * response answers, or that a notifications/cancelled (requestId) or a progress notification
- * (progressToken: troupe asks for no progress, so a server sending some most likely uses the
- * request id) is about; else the one a session call is being made for; else the only task in
- * flight on that server. NULL when it cannot be told.
- */
-static struct task *task_of_message(struct agent *agent, const char *server,
-                                    enum mcp_direction direction, const cJSON *message)
-{
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(message, "id");
-    const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
-    bool has_method = cJSON_HasObjectItem(message, "method");
-    struct task *task = NULL;
-
-    if (!has_method && direction == MCP_RECEIVED) {
-        task = task_of_request(agent, server, id);
-    } else if (has_method && !id) {
-        const cJSON *about = cJSON_GetObjectItemCaseSensitive(params, "requestId");
-        if (!about)
-            about = cJSON_GetObjectItemCaseSensitive(params, "progressToken");
-        task = task_of_request(agent, server, about);
-    }
-    /* A later round of a request (input required) is sent inside the call made for its task:
-     * it is the current one. */
-    return task ? task : current_or_only(agent, server);
-}
-
-static void on_mcp_message(void *userdata, const char *server, enum mcp_direction direction,
-                           const char *json, const cJSON *message)
-{
-    struct agent *agent = userdata;
-    cJSON *payload = cJSON_CreateObject();
-
-    cJSON_AddStringToObject(payload, "server", server);
-    cJSON_AddStringToObject(payload, "direction", direction == MCP_SENT ? "sent" : "received");
-    if (message) {
-        /* The message as it went over the wire, not parsed and printed again. */
-        cJSON_AddRawToObject(payload, "message", json);
-        send_event(agent, task_of_message(agent, server, direction, message),
-                   mcp_event_type(message), payload);
-    } else {
-        /* Not JSON: keep the exact text, the audit trail must show what the server sent. */
-        cJSON_AddStringToObject(payload, "raw", json);
-        send_event(agent, current_or_only(agent, server), "mcp.garbage", payload);
-    }
-}
-
-static void on_mcp_stderr(void *userdata, const char *server, const char *line)
-{
-    struct agent *agent = userdata;
-    cJSON *payload = cJSON_CreateObject();
-    cJSON_AddStringToObject(payload, "server", server);
-    cJSON_AddStringToObject(payload, "line", line);
-    send_event(agent, current_or_only(agent, server), "mcp.stderr", payload);
-}
-
-/* ---- MCP sessions -------------------------------------------------------------------------- */
-
-/* Starts the server described by entry and opens an MCP session with it. */
-static int start_session(struct agent *agent, const cJSON *entry, struct mcp_session **ret_session,
-                         struct tr_error *err)
-{
-    struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
-    const cJSON *protocol = cJSON_GetObjectItemCaseSensitive(entry, "protocol");
-    struct mcp_stdio_params params = {
-        .name = entry->string,
-        /* The workflow's pin, else the current stateless revision first and the handshake
-         * for servers that lack it. */
-        .protocol_version = cJSON_IsString(protocol) ? protocol->valuestring : MCP_VERSION_AUTO,
-    };
-    int rc = mcp_stdio_params_from_json(&params, entry, NULL, err);
-
-    if (rc == 0)
-        rc = mcp_session_open_stdio(&params, &observer, ret_session, err);
-    mcp_stdio_params_release(&params);
-    return rc;
-}
-
-static int open_server(struct agent *agent, const cJSON *entry, struct tr_error *err)
-{
-    struct server *server = &agent->servers[agent->server_count];
-    int rc;
-
-    if (agent->server_count == MAX_SERVERS)
-        return tr_error_set(err, TR_ETOOBIG, "a persona may use at most %d servers", MAX_SERVERS);
-    rc = start_session(agent, entry, &server->session, err);
-    if (rc < 0)
-        return rc;
-    server->name = xstrdup(entry->string);
-    server->entry = entry;
-    tr_log(TR_LOG_DEBUG, "MCP server '%s' ready (protocol %s)", server->name,
-           mcp_session_protocol_version(server->session));
-    agent->server_count++;
-    return 0;
-}
-
-/*
- * A server that died is started again and its session re-established, with a growing delay
- * between tries (100 ms, doubling, at most 5 s). Until then calls to it fail as transport
- * errors, which the scheduler retries.
- */
-static void restart_server(struct agent *agent, struct server *server)
-{
-    struct tr_error err = {0};
-    int64_t now = tr_now_ms();
-
-    mcp_session_free(&server->session);
-    if (now < server->next_restart_ms)
-        return;
-    int64_t delay = 100;
-    for (int i = 0; i < server->restarts && delay < 5000; i++)
-        delay *= 2;
-    server->restarts++;
-    server->next_restart_ms = now + (delay > 5000 ? 5000 : delay);
-    cJSON *payload = cJSON_CreateObject();
-    cJSON_AddStringToObject(payload, "server", server->name);
-    cJSON_AddNumberToObject(payload, "restarts", server->restarts);
-    if (start_session(agent, server->entry, &server->session, &err) == 0) {
-        free(server->failure);
-        server->failure = NULL;
-        tr_log(TR_LOG_WARN, "MCP server '%s' restarted", server->name);
-    } else {
-        free(server->failure);
-        server->failure =
-            xasprintf("MCP server '%s' could not be restarted: %s", server->name, err.message);
-        cJSON_AddStringToObject(payload, "error", err.message);
-        tr_log(TR_LOG_WARN, "%s", server->failure);
-    }
-    send_event(agent, agent->current, "mcp.restarted", payload);
-}
-
-static struct server *find_server(struct agent *agent, const char *name)
-{
-    for (size_t i = 0; i < agent->server_count; i++)
-        if (strcmp(agent->servers[i].name, name) == 0)
-            return &agent->servers[i];
-    return NULL;
-}
-
-/* The welcome's list under key, its strings borrowed (a non-string matches nothing). */
-static const char *const *allowlist_entries(const cJSON *config, const char *key,
-                                            bool *ret_declared, size_t *ret_count)
-{
-    const cJSON *list = cJSON_GetObjectItemCaseSensitive(config, key);
-    const char **entries;
-    const cJSON *entry;
-    size_t count = 0;
-
-    if (!list)
-        return NULL;
-    *ret_declared = true;
-    entries = xcalloc((size_t)cJSON_GetArraySize(list) + 1, sizeof(*entries));
-    cJSON_ArrayForEach(entry, (cJSON_IsArray(list) ? list : NULL))
-    {
-        if (cJSON_IsString(entry))
-            entries[count++] = entry->valuestring;
-    }
-    *ret_count = count;
-    return entries;
-}
-
-/* The agent's own allowlist check, made again after the scheduler's (least privilege): a
- * tool by the tools list, a prompt by the prompts list; a resource of any server it holds. */
-static bool allowed(const struct agent *agent, enum mcp_step_kind kind, const char *server,
-                    const char *name)
-{
-    if (kind == MCP_STEP_RESOURCE)
-        return true;
-    return mcp_allowlist_matches(&agent->allowlist,
-                                 kind == MCP_STEP_PROMPT ? MCP_ALLOW_PROMPT : MCP_ALLOW_TOOL,
-                                 server, name);
-}
-
-/* ---- tasks ------------------------------------------------------------------------------- */
-
-/* The result's error_class for a failed MCP call. */
-static const char *error_class_of(int code)
-{
-    enum tr_error_class class = code == TR_ETIMEDOUT ? TR_ERROR_CLASS_TIMEOUT
-                                : code == TR_EPEER   ? TR_ERROR_CLASS_TRANSPORT
-                                                     : TR_ERROR_CLASS_PROTOCOL;
-    return tr_error_class_names[class];
-}
-
-static struct task *task_find(const struct agent *agent, int64_t id)
-{
-    for (size_t i = 0; i < agent->task_count; i++)
-        if (agent->tasks[i]->id == id)
-            return agent->tasks[i];
-    return NULL;
-}
-
-static size_t tasks_on(const struct agent *agent, const struct server *server)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < agent->task_count; i++)
-        n += agent->tasks[i]->server == server;
-    return n;
-}
-
-static void task_add(struct agent *agent, struct task *task)
-{
-    if (agent->task_count == agent->task_alloc) {
-        agent->task_alloc = agent->task_alloc ? 2 * agent->task_alloc : 16;
-        agent->tasks = xrealloc(agent->tasks, agent->task_alloc * sizeof(*agent->tasks));
-    }
-    agent->tasks[agent->task_count++] = task;
-}
-
-/* Takes task out of the table (if it is there) and frees it. */
-static void task_free(struct agent *agent, struct task *task)
-{
-    for (size_t i = 0; i < agent->task_count; i++) {
-        if (agent->tasks[i] != task)
-            continue;
-        memmove(&agent->tasks[i], &agent->tasks[i + 1],
-                (agent->task_count - i - 1) * sizeof(*agent->tasks));
-        agent->task_count--;
-        break;
-    }
-    free(task->step_id);
-    free(task->tool);
-    free(task);
-}
-
-/*
- * Ends a task: sends its result, ok with output (borrowed, may be NULL) when error is NULL,
- * else the error and its class; then forgets the task.
- */
-static void task_complete(struct agent *agent, struct task *task, const cJSON *output,
-                          const char *error, const char *error_class)
-{
-    struct bus_msg result = {.type = BUS_RESULT,
-                             .task = task->id,
-                             .step_id = task->step_id,
-                             .attempt = task->attempt,
-                             .ok = error == NULL,
-                             .error = (char *)error,
-                             .error_class = (char *)error_class};
-
-    tr_log_context(run_of(agent), task->step_id, agent->persona);
-    if (error)
-        tr_log(TR_LOG_WARN, "%s", error);
-    result.json = output ? tr_json_print(output) : NULL;
-    send_or_log(agent, &result);
-    free(result.json);
-    tr_log_context(run_of(agent), NULL, agent->persona);
-    task_free(agent, task);
-}
-
-/*
- * An assignment: the agent's own checks (allowlist, server, arguments), then its tools/call
- * is sent and the task joins the table; the loop completes it. Failures before the call end
- * the task at once.
- */
-static void task_start(struct agent *agent, const struct bus_msg *assign)
-{
-    if (task_find(agent, assign->task)) {
-        tr_log(TR_LOG_WARN, "ignoring a second assignment of task %lld", (long long)assign->task);
-        return;
-    }
-    if (agent->task_count >= (size_t)agent->credit)
-        tr_log(TR_LOG_WARN, "task %lld is assigned beyond the credit of %d tasks",
-               (long long)assign->task, agent->credit);
-
-    struct task *task = xcalloc(1, sizeof(*task));
-    struct server *server = find_server(agent, assign->server);
-    /* The request as the scheduler shaped it (mcp_step_request): checked, then sent as is. */
-    cJSON *params = cJSON_ParseWithOpts(assign->json ? assign->json : "", NULL, true);
-    const cJSON *arguments = cJSON_GetObjectItemCaseSensitive(params, "arguments");
-    struct tr_error err = {0};
-    char *error = NULL;
-    const char *error_class = NULL;
-    const char *target = NULL;
-    bool known = mcp_step_kind_of(assign->method, &task->kind) == 0;
-
-    task->id = assign->task;
-    task->step_id = xstrdup(assign->step_id);
-    task->tool = xstrdup(assign->tool);
-    task->attempt = assign->attempt;
-    task->server = server;
-    task->timeout_ms = assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX
-                           ? (int)assign->timeout_ms
-                           : MCP_DEFAULT_TIMEOUT_MS;
-    task->deadline_ms = tr_now_ms() + task->timeout_ms;
-    agent->current = task;
-    tr_log_context(run_of(agent), task->step_id, agent->persona);
-    if (known)
-        target = mcp_step_target(task->kind, params);
-    if (!known) {
-        error = xasprintf("unknown request '%s' in an assignment",
-                          assign->method ? assign->method : "(none)");
-        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
-    } else if (!cJSON_IsObject(params) || !target || strcmp(target, assign->tool) != 0) {
-        /* What is checked below is what is sent: the request names the assign's tool. */
-        error = xasprintf("the request for %s.%s does not name it (params: %s)", assign->server,
-                          assign->tool, cJSON_IsObject(params) ? "another name" : "not an object");
-        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
-    } else if (!allowed(agent, task->kind, assign->server, target)) {
-        error = xasprintf("persona '%s' may not call %s.%s (not on its allowlist)", agent->persona,
-                          assign->server, target);
-        cJSON *payload = cJSON_CreateObject();
-        cJSON_AddStringToObject(payload, "server", assign->server);
-        cJSON_AddStringToObject(payload, "tool", target);
-        cJSON_AddStringToObject(payload, "reason", error);
-        send_event(agent, task, "policy.denied", payload);
-        error_class = tr_error_class_names[TR_ERROR_CLASS_POLICY];
-    } else if (!server) {
-        error = xasprintf("persona '%s' has no server '%s'", agent->persona, assign->server);
-        error_class = tr_error_class_names[TR_ERROR_CLASS_POLICY];
-    } else if (!server->session && (restart_server(agent, server), !server->session)) {
-        error = xstrdup(server->failure ? server->failure : "the MCP server is restarting");
-        error_class = tr_error_class_names[TR_ERROR_CLASS_TRANSPORT];
-    } else if (task->kind != MCP_STEP_RESOURCE && !cJSON_IsObject(arguments)) {
-        error =
-            xasprintf("arguments for %s.%s are not a JSON object", assign->server, assign->tool);
-        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
-    } else {
-        mcp_step_request_key(task->kind, params, assign->idempotency_key);
-        if (mcp_session_send(server->session, mcp_step_method(task->kind), params, &task->ticket,
-                             &err) < 0) {
-            error = xstrdup(err.message);
-            error_class = error_class_of(err.code);
-        }
-    }
-    agent->current = NULL;
-    tr_log_context(run_of(agent), NULL, agent->persona);
-    if (error)
-        task_complete(agent, task, NULL, error, error_class);
-    else
-        task_add(agent, task);
-    free(error);
-    cJSON_Delete(params);
-}
-
-/* Takes the result of a task whose ticket is done and completes it. Returns the call's rc. */
-static int task_finish(struct agent *agent, struct task *task)
-{
-    struct server *server = task->server;
-    int64_t left = task->deadline_ms - tr_now_ms();
-    struct tr_error err = {0};
-    cJSON *output = NULL;
-    char *error = NULL;
-    const char *error_class = NULL;
-
-    agent->current = task;
-    /* A tool call has its CallToolResult checked; a resource read or a prompt is any request. */
-    int rc = task->kind == MCP_STEP_TOOL
-                 ? mcp_session_call_tool_finish(server->session, task->ticket,
-                                                left > 0 ? (int)left : 1, &output, &err)
-                 : mcp_session_wait(server->session, task->ticket, left > 0 ? (int)left : 1,
-                                    &output, &err);
-    agent->current = NULL;
-    char *tool_error = rc < 0 ? NULL : mcp_step_error(task->kind, output);
-    if (rc < 0) {
-        error = xstrdup(err.message);
-        error_class = error_class_of(err.code);
-    } else if (tool_error) {
-        error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool, tool_error);
-        error_class = tr_error_class_names[TR_ERROR_CLASS_TOOL];
-    }
-    free(tool_error);
-    task_complete(agent, task, output, error, error_class);
-    free(error);
-    cJSON_Delete(output);
-    return rc;
-}
-
-/* notifications/cancelled with reason for the task's request (its events are the task's). */
-static void cancel_request(struct agent *agent, struct task *task, const char *reason)
-{
-    agent->current = task;
-    mcp_session_cancel(task->server->session, task->ticket, reason);
-    agent->current = NULL;
-}
-
-static void task_abort(struct agent *agent, struct task *task, const char *reason,
-                       const char *error, const char *error_class)
-{
-    cancel_request(agent, task, reason);
-    task_complete(agent, task, NULL, error, error_class);
-}
-
-/* Tasks whose time is up are cancelled and fail as timeouts. */
-static void expire_tasks(struct agent *agent)
-{
-    int64_t now = tr_now_ms();
-    for (size_t i = 0; i < agent->task_count;) {
-        struct task *task = agent->tasks[i];
-        if (task->deadline_ms > now) {
-            i++;
-            continue;
-        }
-        char *error = xasprintf("MCP server '%s' did not answer %s within %d ms",
-                                task->server->name, mcp_step_method(task->kind), task->timeout_ms);
-        task_abort(agent, task, "timed out", error, tr_error_class_names[TR_ERROR_CLASS_TIMEOUT]);
-        free(error);
-    }
-}
-
-/* The scheduler's cancel: the task's request is cancelled with its reason, the task fails. */
-static void cancel_task(struct agent *agent, const struct bus_msg *cancel)
-{
-    struct task *task = task_find(agent, cancel->task);
-    if (!task) {
-        tr_log(TR_LOG_DEBUG, "ignoring a cancel for task %lld, which is not here",
-               (long long)cancel->task);
-        return;
-    }
-    const char *reason = cancel->error ? cancel->error : "cancelled by the scheduler";
-    task_abort(agent, task, reason, reason, "cancelled");
-}
-
-/*
- * Reads what server sent (without waiting) and completes its tasks whose response came. When
- * it died, every task on it fails as a transport error and it is started again, so that the
- * retry finds it ready.
- */
-static void pump_server(struct agent *agent, struct server *server)
-{
-    struct tr_error err = {0};
-    int rc;
-    /* After a bad message the lines behind it are already read: poll again to handle them. */
-    for (int round = 0; (rc = mcp_session_poll(server->session, 0, &err)) == TR_EPROTO; round++) {
-        /* A bad message is the call's failure when there is one call to blame. */
-        struct task *only = only_task_on(agent, server->name);
-        if (only)
-            task_abort(agent, only, "troupe gave up: protocol error", err.message,
-                       tr_error_class_names[TR_ERROR_CLASS_PROTOCOL]);
-        else
-            tr_log(TR_LOG_WARN, "%s", err.message);
-        if (round == MAX_DRAIN)
-            break;
-    }
-    if (rc < 0 && rc != TR_EPEER && rc != TR_EPROTO)
-        tr_log(TR_LOG_WARN, "%s", err.message);
-    /* Again after each pass: taking one result may read (and park) another's. */
-    bool died = false, finished = true;
-    while (finished) {
-        finished = false;
-        for (size_t i = 0; i < agent->task_count;) {
-            struct task *task = agent->tasks[i];
-            if (task->server != server || !mcp_session_ticket_done(server->session, task->ticket)) {
-                i++;
-                continue;
-            }
-            died |= task_finish(agent, task) == TR_EPEER; /* takes it out of the table */
-            finished = true;
-        }
-    }
-    if (died && tasks_on(agent, server) == 0)
-        restart_server(agent, server);
-}
-
-/* On the way out: the servers are told to stop working on what is in flight. */
-static void cancel_all(struct agent *agent, const char *reason)
-{
-    while (agent->task_count > 0) {
-        struct task *task = agent->tasks[0];
-        cancel_request(agent, task, reason);
-        task_free(agent, task);
-    }
+    agent_send(agent, &msg);
 }
 
 /* ---- life cycle --------------------------------------------------------------------------- */
@@ -683,68 +129,11 @@ static int wait_for_welcome(struct agent *agent, struct tr_error *err)
         agent->credit = wanted < 1 ? 1 : wanted > BUS_MAX_CREDIT ? BUS_MAX_CREDIT : (int)wanted;
         agent->redactor = redactor_new(cJSON_GetObjectItemCaseSensitive(agent->config, "redact"));
         tr_log_set_filter(redact_log_line, agent);
-        tr_log_context(run_of(agent), NULL, agent->persona);
+        tr_log_context(agent_run_of(agent), NULL, agent->persona);
         return 0;
     }
     return tr_error_set(err, TR_ETIMEDOUT, "no welcome from the scheduler within %d s",
                         WELCOME_TIMEOUT_MS / 1000);
-}
-
-static int open_servers(struct agent *agent, struct tr_error *err)
-{
-    const cJSON *servers = cJSON_GetObjectItemCaseSensitive(agent->config, "servers");
-    const cJSON *entry;
-
-    struct mcp_allowlist *list = &agent->allowlist;
-    list->tools = allowlist_entries(agent->config, "tools", &list->declared, &list->tool_count);
-    list->prompts =
-        allowlist_entries(agent->config, "prompts", &list->declared, &list->prompt_count);
-    cJSON_ArrayForEach(entry, servers)
-    {
-        int rc = open_server(agent, entry, err); /* err names the server */
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
-/*
- * The tools whose MCP annotations do not promise they are harmless: not readOnlyHint, and
- * destructiveHint not false (the protocol's default is true). The scheduler can hold calls
- * to them for approval. As JSON: {"destructive": ["server.tool", ...]}.
- */
-static char *destructive_tools(struct agent *agent)
-{
-    cJSON *out = cJSON_CreateObject();
-    cJSON *list = cJSON_AddArrayToObject(out, "destructive");
-
-    for (size_t i = 0; i < agent->server_count; i++) {
-        struct tr_error err = {0};
-        cJSON *tools = NULL;
-        const cJSON *tool;
-        if (mcp_session_list_tools(agent->servers[i].session, 10000, &tools, &err) < 0) {
-            tr_log(TR_LOG_WARN, "could not list the tools of '%s': %s", agent->servers[i].name,
-                   err.message);
-            continue;
-        }
-        cJSON_ArrayForEach(tool, tools)
-        {
-            const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
-            const cJSON *annotations = cJSON_GetObjectItemCaseSensitive(tool, "annotations");
-            const cJSON *read_only = cJSON_GetObjectItemCaseSensitive(annotations, "readOnlyHint");
-            const cJSON *destructive =
-                cJSON_GetObjectItemCaseSensitive(annotations, "destructiveHint");
-            if (!cJSON_IsString(name) || cJSON_IsTrue(read_only) || cJSON_IsFalse(destructive))
-                continue;
-            char *qualified = xasprintf("%s.%s", agent->servers[i].name, name->valuestring);
-            cJSON_AddItemToArray(list, cJSON_CreateString(qualified));
-            free(qualified);
-        }
-        cJSON_Delete(tools);
-    }
-    char *json = tr_json_print(out);
-    cJSON_Delete(out);
-    return json;
 }
 
 /* Handles one message from the scheduler; returns false for shutdown. */
@@ -755,7 +144,7 @@ static bool handle_message(struct agent *agent, const struct bus_msg *msg)
         task_start(agent, msg);
         return true;
     case BUS_CANCEL:
-        cancel_task(agent, msg);
+        task_cancel(agent, msg);
         return true;
     case BUS_SHUTDOWN:
         return false;
@@ -785,74 +174,74 @@ static bool drain_bus(struct agent *agent)
     return true;
 }
 
-/* How long the loop may sleep: until the next heartbeat is due or a task's time is up. */
-static long poll_timeout(const struct agent *agent, bool drive_http)
+/*
+ * How long the loop may sleep: until the next heartbeat is due, a task's time is up, a
+ * server's restart is due or a session's timer (libcurl's) fires.
+ */
+static long poll_timeout(const struct agent *agent)
 {
+    int64_t now = tr_now_ms();
     int64_t wake = agent->last_sent_ms + BUS_HEARTBEAT_MS;
     for (size_t i = 0; i < agent->task_count; i++)
         if (agent->tasks[i]->deadline_ms < wake)
             wake = agent->tasks[i]->deadline_ms;
-    int64_t left = wake - tr_now_ms();
-    if (drive_http && left > HTTP_PUMP_MS)
-        left = HTTP_PUMP_MS;
+    wake = servers_next_wake(agent, now, wake);
+    int64_t left = wake - now;
     return left < 0 ? 0 : (long)left;
 }
 
 /*
- * The event loop: bus_poll over the bus, the signal pipe and the pipes of the servers that
- * have tasks in flight; then the bus is drained, the servers that stirred are read, expired
- * tasks are cancelled and a heartbeat goes out when the scheduler has heard nothing for a
- * while.
+ * The event loop: one bus_poll (zmq_poll) over the bus, the signal pipe and every session's
+ * descriptors (a stdio server's pipes, an HTTP server's sockets), sleeping until the earliest
+ * of the heartbeat, the tasks' deadlines, the restarts due and the sessions' timers; then the
+ * bus is drained, the servers that stirred (or whose timer is due) are pumped, expired tasks
+ * are cancelled, due restarts are made and a heartbeat goes out when the scheduler has heard
+ * nothing for a while. Nothing is polled at a fixed interval.
  */
 static void serve(struct agent *agent)
 {
-    struct pollfd fds[1 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
-    struct server *owner[1 + MAX_SERVERS * MCP_SESSION_MAX_FDS];
+    struct wait_set set = {0};
     bool stirred[MAX_SERVERS];
 
     while (!stop_requested) {
-        size_t n = 0;
-        bool drive_http = false, bus_ready = false;
+        bool bus_ready = false;
         struct tr_error err = {0};
         memset(stirred, 0, sizeof(stirred));
-        fds[n++] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
-        for (size_t i = 0; i < agent->server_count; i++) {
-            struct server *server = &agent->servers[i];
-            if (!server->session || tasks_on(agent, server) == 0)
-                continue;
-            size_t count = mcp_session_pollfds(server->session, fds + n);
-            if (count == 0) /* HTTP, or gone: it is driven (or finished) every turn */
-                stirred[i] = drive_http = true;
-            for (size_t j = 0; j < count; j++)
-                owner[n++] = server;
-        }
-        if (bus_poll(agent->bus, fds, n, poll_timeout(agent, drive_http), &bus_ready, &err) < 0) {
+        servers_wait_set_fill(&set, agent, signal_pipe[0]);
+        if (bus_poll(agent->bus, set.fds, set.n, poll_timeout(agent), &bus_ready, &err) < 0) {
             tr_log(TR_LOG_ERROR, "%s", err.message);
             break;
         }
         if (stop_requested)
             break;
-        if (fds[0].revents) {
+        if (set.fds[0].revents) {
             char drain[64];
             while (read(signal_pipe[0], drain, sizeof(drain)) > 0)
                 ;
         }
-        for (size_t i = 1; i < n; i++)
-            if (fds[i].revents)
-                stirred[owner[i] - agent->servers] = true;
+        for (size_t i = 1; i < set.n; i++)
+            if (set.fds[i].revents)
+                stirred[set.owner[i] - agent->servers] = true;
         if (!drain_bus(agent))
             break;
-        for (size_t i = 0; i < agent->server_count; i++)
-            if (stirred[i] && agent->servers[i].session && tasks_on(agent, &agent->servers[i]))
-                pump_server(agent, &agent->servers[i]);
-        expire_tasks(agent);
+        int64_t now = tr_now_ms();
+        for (size_t i = 0; i < agent->server_count; i++) {
+            struct server *server = &agent->servers[i];
+            if (server->session && (stirred[i] || mcp_session_timeout_ms(server->session) == 0))
+                server_pump(agent, server);
+            else if (!server->session && server->restart_due && now >= server->next_restart_ms)
+                server_restart(agent, server);
+        }
+        tasks_expire(agent);
         if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
             struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
-            send_or_log(agent, &heartbeat);
+            agent_send(agent, &heartbeat);
             agent->last_sent_ms = tr_now_ms(); /* also when it failed: no busy loop */
         }
     }
-    cancel_all(agent, "the agent is stopping");
+    free(set.fds);
+    free(set.owner);
+    tasks_cancel_all(agent, "the agent is stopping");
 }
 
 static void usage(FILE *out)
@@ -1003,34 +392,27 @@ int main(int argc, char **argv)
         tr_log(TR_LOG_ERROR, "%s", err.message);
         goto out;
     }
-    if (open_servers(&agent, &err) < 0) {
+    tasks_allowlist_init(&agent);
+    if (servers_open(&agent, &err) < 0) {
         tr_log(TR_LOG_ERROR, "%s", err.message);
         send_bye(&agent, err.message);
         goto out;
     }
     struct bus_msg ready = {.type = BUS_READY};
-    ready.json = destructive_tools(&agent);
-    send_or_log(&agent, &ready);
+    ready.json = servers_destructive_tools(&agent);
+    agent_send(&agent, &ready);
     free(ready.json);
     serve(&agent);
     status = 0;
 out:
-    for (size_t i = 0; i < agent.server_count; i++) {
-        /* Stopped by a signal (the scheduler is gone, or the run cancelled): no grace. */
-        if (stop_requested)
-            mcp_session_free_now(&agent.servers[i].session);
-        else
-            mcp_session_free(&agent.servers[i].session);
-        free(agent.servers[i].name);
-        free(agent.servers[i].failure);
-    }
+    /* Stopped by a signal (the scheduler is gone, or the run cancelled): no grace. */
+    servers_close(&agent, stop_requested);
     if (status == 0)
         send_bye(&agent, stop_requested ? "stopped by a signal" : NULL);
     free(agent.tasks);
     tr_log_set_filter(NULL, NULL);
     redactor_free(&agent.redactor);
-    free((void *)agent.allowlist.tools);
-    free((void *)agent.allowlist.prompts);
+    tasks_allowlist_release(&agent);
     cJSON_Delete(agent.config);
     bus_free(&agent.bus);
     tr_log_context(NULL, NULL, NULL);

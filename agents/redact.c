@@ -350,6 +350,34 @@ static int longest_first(const void *a, const void *b)
     return x->len < y->len ? 1 : x->len > y->len ? -1 : 0;
 }
 
+/* Adds the secret value under name: its mark and every form of it. */
+static void add_secret(struct redactor *r, const char *name, const char *value)
+{
+    r->marks = xrealloc(r->marks, (r->mark_count + 1) * sizeof(*r->marks));
+    const char *mark = r->marks[r->mark_count++] = xasprintf("[redacted:%s]", name);
+    add_form(r, value, strlen(value), mark);
+    add_line_forms(r, value, mark);
+    add_escaped_forms(r, value, mark);
+    add_url_forms(r, value, mark);
+    add_base64_forms(r, value, mark);
+}
+
+/* Orders the forms longest first and indexes the pairs of bytes they start with. */
+static void index_forms(struct redactor *r)
+{
+    if (r->form_count)
+        qsort(r->forms, r->form_count, sizeof(*r->forms), longest_first);
+    memset(r->first_pairs, 0, sizeof(r->first_pairs));
+    r->short_form = false;
+    for (size_t i = 0; i < r->form_count; i++) {
+        const unsigned char *b = (const unsigned char *)r->forms[i].bytes;
+        if (r->forms[i].len < 2)
+            r->short_form = true;
+        else
+            r->first_pairs[(b[0] << 8 | b[1]) / 8] |= (unsigned char)(1u << (b[1] % 8));
+    }
+}
+
 struct redactor *redactor_new(const cJSON *secrets)
 {
     struct redactor *r = xcalloc(1, sizeof(*r));
@@ -359,24 +387,23 @@ struct redactor *redactor_new(const cJSON *secrets)
     {
         if (!cJSON_IsString(secret) || !secret->valuestring[0] || !secret->string)
             continue;
-        r->marks = xrealloc(r->marks, (r->mark_count + 1) * sizeof(*r->marks));
-        const char *mark = r->marks[r->mark_count++] = xasprintf("[redacted:%s]", secret->string);
-        add_form(r, secret->valuestring, strlen(secret->valuestring), mark);
-        add_line_forms(r, secret->valuestring, mark);
-        add_escaped_forms(r, secret->valuestring, mark);
-        add_url_forms(r, secret->valuestring, mark);
-        add_base64_forms(r, secret->valuestring, mark);
+        add_secret(r, secret->string, secret->valuestring);
     }
-    if (r->form_count)
-        qsort(r->forms, r->form_count, sizeof(*r->forms), longest_first);
-    for (size_t i = 0; i < r->form_count; i++) {
-        const unsigned char *b = (const unsigned char *)r->forms[i].bytes;
-        if (r->forms[i].len < 2)
-            r->short_form = true;
-        else
-            r->first_pairs[(b[0] << 8 | b[1]) / 8] |= (unsigned char)(1u << (b[1] % 8));
-    }
+    index_forms(r);
     return r;
+}
+
+bool redactor_add(struct redactor *redactor, const char *name, const char *value)
+{
+    size_t len = value ? strlen(value) : 0;
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < redactor->form_count; i++)
+        if (redactor->forms[i].len == len && memcmp(redactor->forms[i].bytes, value, len) == 0)
+            return false; /* known already (as a secret or as a form of one) */
+    add_secret(redactor, name, value);
+    index_forms(redactor);
+    return true;
 }
 
 void redactor_free(struct redactor **redactor)

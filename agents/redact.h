@@ -34,6 +34,12 @@ struct redactor;
 /* A redactor for the secrets in {NAME: value, ...} (values that are not strings, or empty,
  * are passed over); NULL or an empty object gives one that changes nothing. */
 struct redactor *redactor_new(const cJSON *secrets);
+/*
+ * Adds a secret that became known at run time (a token an auth_client obtained) under name,
+ * with every form of it. Returns false, changing nothing, for an empty value or one already
+ * redacted.
+ */
+bool redactor_add(struct redactor *redactor, const char *name, const char *value);
 /* Wipes the secrets from memory and frees; accepts NULL; NULLs the pointer. */
 void redactor_free(struct redactor **redactor);
 /* Whether it has any secret to look for. */

@@ -50,21 +50,10 @@ struct target {
     const char *argv[MAX_ITEMS + 1];
     const char *headers[MAX_ITEMS + 1];
     size_t n_headers;
-    struct mcp_stdio_params stdio; /* a command from the config */
+    const cJSON *entry; /* the server entry: from the config, or built from the options */
     cJSON *config_json;
-    char *owned[3 * MAX_ITEMS]; /* strings built from the config */
-    size_t n_owned;
+    cJSON *built; /* the entry built from --url or -- COMMAND */
 };
-
-static const char *keep(struct target *t, char *s)
-{
-    if (t->n_owned == sizeof(t->owned) / sizeof(t->owned[0])) {
-        free(s);
-        return "";
-    }
-    t->owned[t->n_owned++] = s;
-    return s;
-}
 
 /* The variable a ${NAME} (or ${env:NAME}, as workflows write it) at p names; caller frees. */
 static char *reference_name(const char *p, const char *end)
@@ -149,6 +138,7 @@ static int load_config(struct target *t)
     tr_buf_init(&missing, 0);
     unset_references(cJSON_GetObjectItemCaseSensitive(entry, "env"), &missing);
     unset_references(cJSON_GetObjectItemCaseSensitive(entry, "headers"), &missing);
+    unset_references(cJSON_GetObjectItemCaseSensitive(entry, "url"), &missing);
     if (missing.len) {
         cli_error("%s: server '%s': environment variables not set: %s", path, t->server,
                   missing.data);
@@ -156,46 +146,44 @@ static int load_config(struct target *t)
         return CLI_USAGE;
     }
     tr_buf_release(&missing);
-    const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
-    if (cJSON_IsString(url)) {
-        t->url = url->valuestring;
-    } else if (mcp_stdio_params_from_json(&t->stdio, entry, expand, NULL) < 0) {
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(entry, "url")) &&
+        !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(entry, "command"))) {
         cli_error("%s: server '%s' has neither \"url\" nor \"command\"", path, t->server);
         return CLI_USAGE;
     }
-    const cJSON *header;
-    cJSON_ArrayForEach(header, cJSON_GetObjectItemCaseSensitive(entry, "headers"))
-    {
-        if (cJSON_IsString(header) && t->n_headers < MAX_ITEMS) {
-            char *value = expand(header->valuestring);
-            t->headers[t->n_headers++] = keep(t, xasprintf("%s: %s", header->string, value));
-            free(value);
-        }
-    }
+    t->entry = entry;
     return CLI_OK;
+}
+
+/* The server entry that --url or -- COMMAND [ARG...] stands for. */
+static const cJSON *built_entry(struct target *t)
+{
+    cJSON *servers = cJSON_CreateObject();
+    cJSON *entry = cJSON_AddObjectToObject(servers, t->url ? t->url : t->argv[0]);
+    if (t->url) {
+        cJSON_AddStringToObject(entry, "url", t->url);
+    } else {
+        cJSON_AddStringToObject(entry, "command", t->argv[0]);
+        cJSON *args = cJSON_AddArrayToObject(entry, "args");
+        for (size_t i = 1; t->argv[i]; i++)
+            cJSON_AddItemToArray(args, cJSON_CreateString(t->argv[i]));
+    }
+    t->built = servers;
+    return entry;
 }
 
 static int open_target(struct target *t, int timeout_ms, struct mcp_session **ret_session)
 {
     struct tr_error err = {0};
-    int rc;
-    if (t->url) {
-        struct mcp_http_params params = {
-            .url = t->url,
-            .headers = t->headers,
-            .timeout_ms = timeout_ms,
-            .protocol_version = t->protocol,
-        };
-        rc = mcp_session_open_http(&params, NULL, ret_session, &err);
-    } else {
-        struct mcp_stdio_params params = t->stdio;
-        if (!params.argv)
-            params.argv = t->argv; /* -- COMMAND [ARG...] */
-        params.timeout_ms = timeout_ms;
-        params.protocol_version = t->protocol ? t->protocol : MCP_VERSION_AUTO;
-        rc = mcp_session_open_stdio(&params, NULL, ret_session, &err);
-    }
-    if (rc < 0) {
+    struct mcp_open_params params = {
+        .name = t->url,
+        .protocol_version = t->protocol,
+        .headers = t->headers,
+        .expand = t->server ? expand : NULL, /* ${NAME} comes from the environment */
+        .timeout_ms = timeout_ms,
+    };
+    const cJSON *entry = t->entry ? t->entry : built_entry(t);
+    if (mcp_session_open(entry, &params, NULL, ret_session, &err) < 0) {
         cli_error("%s", err.message);
         return CLI_FAILED;
     }
@@ -416,9 +404,7 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         }
     }
     mcp_session_free(&session);
-    mcp_stdio_params_release(&t.stdio);
-    for (size_t k = 0; k < t.n_owned; k++)
-        free(t.owned[k]);
+    cJSON_Delete(t.built);
     cJSON_Delete(t.config_json);
     return rc;
 }

@@ -17,23 +17,117 @@
 #include "mcp-internal.h"
 
 #define MAX_INPUT_ROUNDS 16 /* InputRequiredResult round trips for one request */
-#define HTTP_PUMP_MS 1000
 
 #define HEADER_MISMATCH (-32020)
 
 /* ---- sending ----------------------------------------------------------------------------- */
 
+/* ---- tickets: which caller's request a message belongs to ------------------------------- */
+
+void mcp__round_add(struct mcp_session *s, int64_t id, int64_t ticket)
+{
+    struct mcp__round *r = xcalloc(1, sizeof(*r));
+    r->id = id;
+    r->ticket = ticket;
+    r->next = s->rounds;
+    s->rounds = r;
+}
+
+void mcp__rounds_drop(struct mcp_session *s, int64_t ticket)
+{
+    for (struct mcp__round **p = &s->rounds; *p;) {
+        struct mcp__round *r = *p;
+        if (r->ticket == ticket || ticket == MCP__ALL_REQUESTS) {
+            *p = r->next;
+            free(r);
+        } else {
+            p = &r->next;
+        }
+    }
+}
+
+/* The ticket of the request whose JSON-RPC id is id (a number), or -1. */
+static int64_t ticket_of_id(const struct mcp_session *s, const cJSON *id)
+{
+    if (!cJSON_IsNumber(id))
+        return -1;
+    for (const struct mcp__round *r = s->rounds; r; r = r->next)
+        if (id->valuedouble == (double)r->id)
+            return r->ticket;
+    return -1;
+}
+
+int64_t mcp__ticket_of(const struct mcp_session *s, int64_t id)
+{
+    for (const struct mcp__round *r = id >= 0 ? s->rounds : NULL; r; r = r->next)
+        if (r->id == id)
+            return r->ticket;
+    return -1;
+}
+
+int64_t mcp__only_ticket(const struct mcp_session *s)
+{
+    int64_t only = -1;
+    for (const struct mcp__round *r = s->rounds; r; r = r->next) {
+        if (only >= 0 && r->ticket != only)
+            return -1;
+        only = r->ticket;
+    }
+    return only;
+}
+
+/*
+ * The ticket of a message that names no request of ours by id: the request whose HTTP
+ * stream carried it (via), else, on stdio, the one request in flight when there is one.
+ */
+static int64_t ticket_of_stream(const struct mcp_session *s, int64_t via)
+{
+    if (s->http)
+        return mcp__ticket_of(s, via);
+    return mcp__only_ticket(s);
+}
+
+/* The ticket of a message we send (parsed): a request's own, a cancel's subject, an answer's. */
+static int64_t ticket_of_sent(const struct mcp_session *s, const cJSON *msg)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(msg, "method");
+    if (method && id)
+        return ticket_of_id(s, id);
+    if (id) /* an answer to the server's request */
+        return s->answer_ticket;
+    if (cJSON_IsString(method) && strcmp(method->valuestring, "notifications/cancelled") == 0)
+        return ticket_of_id(s, cJSON_GetObjectItemCaseSensitive(
+                                   cJSON_GetObjectItemCaseSensitive(msg, "params"), "requestId"));
+    return -1;
+}
+
+/* The ticket of a message received (parsed), via as for ticket_of_stream. */
+static int64_t ticket_of_received(const struct mcp_session *s, const cJSON *msg, int64_t via)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+    if (!cJSON_HasObjectItem(msg, "method") && id)
+        return ticket_of_id(s, id); /* a response */
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
+    /* Progress about our request: troupe sends no progressToken, so a server that reports
+     * progress uses the request's id. */
+    int64_t ticket = ticket_of_id(s, cJSON_GetObjectItemCaseSensitive(params, "progressToken"));
+    return ticket >= 0 ? ticket : ticket_of_stream(s, via);
+}
+
+/* ---- sending ----------------------------------------------------------------------------- */
+
 void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json,
-                  const cJSON *message)
+                  const cJSON *message, int64_t ticket)
 {
     if (s->observer.on_message)
-        s->observer.on_message(s->observer.userdata, s->name, direction, json, message);
+        s->observer.on_message(s->observer.userdata, s->name, direction, json, message, ticket);
 }
 
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id)
 {
     char *text = mcp__json_print(msg);
-    mcp__observe(s, MCP_SENT, text, msg);
+    mcp__observe(s, MCP_SENT, text, msg, ticket_of_sent(s, msg));
     if (s->http) {
         const cJSON *method = cJSON_GetObjectItemCaseSensitive(msg, "method");
         char **headers = NULL;
@@ -185,15 +279,19 @@ void mcp__pending_free(struct mcp__pending *p)
  * with *ret_response (the whole message) when it is that response, 0 to keep waiting, or
  * TR_EPROTO.
  */
-static int handle_message(struct mcp_session *s, const char *line, size_t len, int64_t id,
-                          const char *method, cJSON **ret_response, struct tr_error *err)
+static int handle_message(struct mcp_session *s, const char *line, size_t len, int64_t via,
+                          int64_t id, const char *method, cJSON **ret_response,
+                          struct tr_error *err)
 {
     size_t blank = strspn(line, " \t");
     if (blank == len)
         return 0; /* tolerate empty lines */
     char excerpt[81];
     cJSON *msg = mcp__json_parse_line(line, len);
-    mcp__observe(s, MCP_RECEIVED, line, msg);
+    int64_t ticket =
+        msg && cJSON_IsObject(msg) ? ticket_of_received(s, msg, via) : ticket_of_stream(s, via);
+    mcp__observe(s, MCP_RECEIVED, line, msg, ticket);
+    s->error_ticket = ticket; /* what a TR_EPROTO below is about */
     if (!msg) {
         mcp__excerpt(excerpt, sizeof(excerpt), line, len);
         return tr_error_set(err, TR_EPROTO,
@@ -229,9 +327,11 @@ static int handle_message(struct mcp_session *s, const char *line, size_t len, i
     const cJSON *msg_method = cJSON_GetObjectItemCaseSensitive(msg, "method");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
     if (cJSON_IsString(msg_method)) {
-        if (mcp__id_valid(msg_id))
+        if (mcp__id_valid(msg_id)) {
+            s->answer_ticket = ticket; /* the answer belongs where the request did */
             mcp__answer_server_request(s, msg_id, msg_method->valuestring, params);
-        else if (!msg_id)
+            s->answer_ticket = -1;
+        } else if (!msg_id)
             mcp__handle_notification(s, msg_method->valuestring, params);
         goto out;
     }
@@ -285,7 +385,7 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
                                 id >= 0 ? method : "");
         if (rc <= 0)
             return 0;
-        rc = handle_message(s, line, len, id, method, ret_response, err);
+        rc = handle_message(s, line, len, -1, id, method, ret_response, err);
         if (rc != 0)
             return rc;
     }
@@ -305,7 +405,8 @@ static int wait_http(struct mcp_session *s, int64_t id, const char *method, int6
             else if (!in->text)
                 park(s, in->failed_id, NULL, in->error_code, in->error_message);
             else
-                rc = handle_message(s, in->text, strlen(in->text), id, method, ret_response, err);
+                rc = handle_message(s, in->text, strlen(in->text), in->request_id, id, method,
+                                    ret_response, err);
             mcp__inbound_free(in);
             if (rc != 0)
                 return rc < 0 ? rc : 0;
@@ -316,7 +417,7 @@ static int wait_http(struct mcp_session *s, int64_t id, const char *method, int6
                                 s->name, method, timeout_ms);
         /* At least once, so that a wait without time (a poll) still moves the transfers. */
         pumped = true;
-        mcp__http_pump(s->http, left <= 0 ? 0 : left > HTTP_PUMP_MS ? HTTP_PUMP_MS : (int)left);
+        mcp__http_pump(s->http, left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left);
     }
 }
 
@@ -355,8 +456,8 @@ int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, in
         /* At least once, so that a wait without time (a poll) still reads what is there. */
         polled = true;
 
-        struct pollfd fds[MCP_SESSION_MAX_FDS];
-        size_t nfds = mcp_session_pollfds(s, fds);
+        struct pollfd fds[3]; /* a stdio server's stdin, stdout and stderr */
+        size_t nfds = mcp_session_pollfds(s, fds, 3);
         if (nfds == 0)
             return peer_gone(s, method, deadline, err);
         int ready = poll(fds, nfds, left <= 0 ? 0 : left > 60000 ? 60000 : (int)left);
@@ -396,7 +497,7 @@ static int error_response(struct mcp_session *s, const char *method, const cJSON
  * inputResponses and requestState of a retry), with the modern _meta. Returns 0 with its id.
  */
 int mcp__start(struct mcp_session *s, const char *method, const cJSON *params, const cJSON *extra,
-               int64_t *ret_id, struct tr_error *err)
+               int64_t ticket, int64_t *ret_id, struct tr_error *err)
 {
     if (s->dead)
         return tr_error_set(err, TR_EPEER, "MCP server '%s' is not running (%s); cannot send %s",
@@ -413,8 +514,9 @@ int mcp__start(struct mcp_session *s, const char *method, const cJSON *params, c
             mcp__add_request_meta(s, p);
     }
     int64_t id = s->next_id++;
+    mcp__round_add(s, id, ticket >= 0 ? ticket : id);
+    *ret_id = id; /* before the observer sees the request: mcp_session_send's promise */
     mcp__send(s, mcp__request_new(id, method, p), id);
-    *ret_id = id;
     return 0;
 }
 
@@ -500,6 +602,7 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
     if (timeout_ms <= 0)
         timeout_ms = MCP_DEFAULT_TIMEOUT_MS;
     int64_t deadline = tr_now_ms() + timeout_ms;
+    int64_t ticket = mcp__ticket_of(s, *id) >= 0 ? mcp__ticket_of(s, *id) : *id;
     cJSON *extra = NULL; /* inputResponses and requestState for the next round */
     bool version_retried = false, reinitialized = false, headers_retried = false;
     int rc = 0;
@@ -516,7 +619,7 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
             rc = mcp__handshake(s, version, timeout_ms, err);
             free(version);
             if (rc == 0)
-                rc = mcp__start(s, method, params, extra, id, err);
+                rc = mcp__start(s, method, params, extra, ticket, id, err);
             if (rc == 0)
                 continue;
         }
@@ -539,7 +642,7 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
                 rc = mcp_session_list_tools(s, timeout_ms, &tools, err);
                 cJSON_Delete(tools);
                 if (rc == 0)
-                    rc = mcp__start(s, method, params, extra, id, err);
+                    rc = mcp__start(s, method, params, extra, ticket, id, err);
                 if (rc == 0)
                     continue;
                 goto out;
@@ -547,7 +650,7 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
             if (s->modern && version && mcp__version_is_modern(version) && !version_retried) {
                 version_retried = true; /* once: a server that keeps refusing gets its error */
                 mcp__set_version(s, version, true);
-                rc = mcp__start(s, method, params, extra, id, err);
+                rc = mcp__start(s, method, params, extra, ticket, id, err);
                 if (rc == 0)
                     continue;
             }
@@ -584,13 +687,14 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
             cJSON *state = cJSON_GetObjectItemCaseSensitive(result, "requestState");
             if (state) /* echoed exactly, never inspected */
                 cJSON_AddItemToObject(extra, "requestState", cJSON_Duplicate(state, 1));
-            rc = mcp__start(s, method, params, extra, id, err);
+            rc = mcp__start(s, method, params, extra, ticket, id, err);
         }
         cJSON_Delete(result);
         if (rc < 0)
             goto out;
     }
 out:
+    mcp__rounds_drop(s, ticket);
     cJSON_Delete(extra);
     return rc;
 }
@@ -600,7 +704,7 @@ int mcp__request(struct mcp_session *s, const char *method, const cJSON *params,
                  bool cancellable, cJSON **ret_result, struct tr_error *err)
 {
     int64_t id;
-    int rc = mcp__start(s, method, params, NULL, &id, err);
+    int rc = mcp__start(s, method, params, NULL, -1, &id, err);
     if (rc < 0)
         return rc;
     return mcp__finish(s, method, params, &id, timeout_ms, cancellable, ret_result, err);

@@ -1,22 +1,31 @@
 /*
  * mcp/http.c: the Streamable HTTP transport over libcurl's multi interface: POSTs answered
  * with JSON or an SSE stream, Mcp-Session-Id, MCP-Protocol-Version, resumption with GET and
- * Last-Event-ID after the retry delay, DELETE on close. It knows nothing of MCP methods: the
- * session (client.c) gives it message texts and takes back what arrives.
+ * Last-Event-ID after the retry delay, DELETE on close. Transfers move through curl's multi
+ * socket interface: the transport tells the caller which sockets to wait on and when its next
+ * timer is due, and acts only on what is ready. It knows nothing of MCP methods: the session
+ * (client.c) gives it message texts and takes back what arrives.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "mcp-internal.h"
 
 #define DEFAULT_RETRY_MS 1000
 #define MAX_RESUMES 8 /* reconnections for one request before giving up */
 #define DELETE_TIMEOUT_MS 2000
+#define CONNECT_TIMEOUT_MS 10000
+#define MAX_REDIRECTS 5          /* followed for one request (http and https only) */
+#define MAX_RETRY_AFTER_MS 60000 /* the longest Retry-After (429, 503) a request waits for */
+#define MAX_RETRIES_AFTER 3      /* times one request is sent again after a Retry-After */
 
 struct transfer {
     struct mcp__http *http;
@@ -31,7 +40,10 @@ struct transfer {
     bool sse_checked, is_sse;
     bool got_response; /* the response to request_id came on this transfer */
     bool too_big;
-    struct tr_buf reply; /* a JSON reply (not SSE) */
+    int64_t retry_after_ms; /* the answer's Retry-After, -1 if none */
+    int retries_after;      /* times sent again after a Retry-After */
+    int64_t resend_at;      /* out of the multi handle until then (a Retry-After), or -1 */
+    struct tr_buf reply;    /* a JSON reply (not SSE) */
     struct mcp__sse sse;
     struct transfer *next;
 };
@@ -43,6 +55,12 @@ struct resume {
     int resumes;
     char last_id[256];
     struct resume *next;
+};
+
+/* A socket curl wants watched, and for what (CURL_POLL_IN, _OUT, _INOUT). */
+struct watched {
+    curl_socket_t fd;
+    int what;
 };
 
 struct mcp__http {
@@ -60,6 +78,9 @@ struct mcp__http {
     struct transfer *transfers;
     struct resume *resumes;
     struct mcp__inbound *in_head, *in_tail;
+    struct watched *sockets; /* what curl's socket callback asked for */
+    size_t n_sockets, sockets_alloc;
+    int64_t timer_at; /* when curl's timer is due (tr_now_ms), -1 for none */
 };
 
 /* ---- the inbound queue -------------------------------------------------------------------- */
@@ -82,10 +103,11 @@ static void enqueue(struct mcp__http *h, struct mcp__inbound *in)
     h->in_tail = in;
 }
 
-static void push_message(struct mcp__http *h, const char *text, size_t len)
+static void push_message(struct mcp__http *h, int64_t request_id, const char *text, size_t len)
 {
     struct mcp__inbound *in = xcalloc(1, sizeof(*in));
     in->text = xstrndup(text, len);
+    in->request_id = request_id;
     enqueue(h, in);
 }
 
@@ -153,7 +175,7 @@ static void on_sse_event(void *userdata, const char *event, const char *data, si
         return;
     if (is_response_to(data, len, t->request_id))
         t->got_response = true;
-    push_message(t->http, data, len);
+    push_message(t->http, t->request_id, data, len);
 }
 
 static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata)
@@ -161,8 +183,23 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
     struct transfer *t = userdata;
     size_t n = size * nitems;
     static const char key[] = "mcp-session-id:";
+    static const char retry_key[] = "retry-after:";
     if (n <= 2) /* the blank line that ends the headers */
         t->got_headers = true;
+    if (n > sizeof(retry_key) - 1 && n < 256 &&
+        strncasecmp(buffer, retry_key, sizeof(retry_key) - 1) == 0) {
+        char value[256];
+        snprintf(value, sizeof(value), "%.*s", (int)(n - (sizeof(retry_key) - 1)),
+                 buffer + sizeof(retry_key) - 1);
+        char *end = NULL;
+        long long seconds = strtoll(value, &end, 10);
+        if (end != value && strspn(end, " \t\r\n") == strlen(end) && seconds >= 0)
+            t->retry_after_ms = seconds > INT32_MAX / 1000 ? INT32_MAX : seconds * 1000;
+        else if (curl_getdate(value, NULL) >= 0) /* an HTTP date */
+            t->retry_after_ms = ((int64_t)curl_getdate(value, NULL) - (int64_t)time(NULL)) * 1000;
+        if (t->retry_after_ms < -1)
+            t->retry_after_ms = 0;
+    }
     if (!t->http->modern && n > sizeof(key) - 1 && strncasecmp(buffer, key, sizeof(key) - 1) == 0) {
         const char *v = buffer + sizeof(key) - 1;
         size_t vlen = n - (sizeof(key) - 1);
@@ -200,6 +237,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     if (!t->too_big && tr_buf_append(&t->reply, data, n) < 0) {
         t->too_big = true;
         tr_buf_release(&t->reply);
+        return 0; /* no need to read the rest: the transfer ends (CURLE_WRITE_ERROR) */
     }
     return n;
 }
@@ -222,6 +260,8 @@ static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bo
     t->http = h;
     t->request_id = request_id;
     t->is_get = is_get;
+    t->retry_after_ms = -1;
+    t->resend_at = -1;
     tr_buf_init(&t->reply, h->max_message);
     mcp__sse_init(&t->sse, h->max_message);
     t->easy = curl_easy_init();
@@ -236,7 +276,12 @@ static struct transfer *transfer_new(struct mcp__http *h, int64_t request_id, bo
     curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
-    curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
+    /* Redirects: a few, to http or https only, a POST staying a POST. */
+    curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(t->easy, CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
+    curl_easy_setopt(t->easy, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
+    curl_easy_setopt(t->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
     for (struct curl_slist *e = h->extra; e; e = e->next)
         t->headers = add_header(t->headers, e->data);
@@ -337,9 +382,10 @@ static bool wait_get(struct mcp__http *h, struct transfer *t, int wait_ms,
         bool alive = transfer_alive(h, t);
         if (alive && done(h, t))
             return true;
-        if (!alive || tr_now_ms() >= deadline)
+        int64_t left = deadline - tr_now_ms();
+        if (!alive || left <= 0)
             return false;
-        mcp__http_pump(h, 10);
+        mcp__http_pump(h, (int)left);
     }
 }
 
@@ -396,56 +442,86 @@ static void deliver_json(struct mcp__http *h, struct transfer *t)
     bool batch = t->reply.data[strspn(t->reply.data, " \t\r\n")] == '[';
     if (batch || is_response_to(t->reply.data, t->reply.len, t->request_id))
         t->got_response = true;
-    push_message(h, t->reply.data, t->reply.len);
+    push_message(h, t->request_id, t->reply.data, t->reply.len);
 }
 
-static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
+/*
+ * A request refused for now (429, 503) with a Retry-After within MAX_RETRY_AFTER_MS: true when
+ * it is to be sent again then (at most MAX_RETRIES_AFTER times). The caller's timeout still
+ * runs meanwhile: a request given up on is abandoned with its pending resend.
+ */
+static bool resend_later(struct transfer *t, long status)
+{
+    if ((status != 429 && status != 503) || t->retry_after_ms < 0 ||
+        t->retry_after_ms > MAX_RETRY_AFTER_MS || t->retries_after >= MAX_RETRIES_AFTER)
+        return false;
+    t->retries_after++;
+    t->resend_at = tr_now_ms() + t->retry_after_ms;
+    return true;
+}
+
+/*
+ * Turns a finished transfer into what the session gets: messages, or a failure of its request.
+ * Returns true when the transfer is to be sent again later (t->resend_at), false when it is
+ * done with.
+ */
+static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
 {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     int64_t id = t->request_id;
     const char *what = t->is_get ? "GET" : "POST";
+    bool answered = id < 0 || t->got_response; /* nothing more to say about the request */
 
     if (t->standalone && h->legacy_sse) {
         /* The old transport's one stream carried every reply: nothing can resume it. */
         push_failure(h, MCP__ALL_REQUESTS, TR_EPEER, "MCP server '%s' closed its event stream",
                      h->name);
-        return;
+        return false;
     }
     if (t->standalone) {
         /* Reconnect a stream that the server ended; not one it refused (405) or broke. */
         if (result == CURLE_OK && status >= 200 && status < 300 && t->is_sse &&
             t->resumes < MAX_RESUMES)
             schedule_resume(h, t);
-        return;
-    }
-    if (result != CURLE_OK) {
-        if (id >= 0 && !t->got_response)
-            push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
-                         what, h->url, curl_easy_strerror(result));
-        return;
+        return false;
     }
     if (t->too_big) {
-        if (id >= 0 && !t->got_response)
+        if (!answered)
             push_failure(h, id, TR_EPROTO,
                          "MCP server '%s' sent a message of more than %zu bytes (%.1f MiB), the "
                          "limit for one message; it was dropped",
                          h->name, h->max_message, (double)h->max_message / (1024 * 1024));
-        return;
+        return false;
+    }
+    if (status >= 200 && status < 300 && t->is_sse && !answered) {
+        /* The stream ended (or broke) before the response: resume it where it stopped if the
+         * server numbered its events. */
+        if (t->sse.has_id && t->resumes < MAX_RESUMES)
+            schedule_resume(h, t);
+        else
+            push_failure(h, id, TR_EPEER,
+                         "MCP server '%s' closed the event stream before answering%s%s", h->name,
+                         result == CURLE_OK ? "" : ": ",
+                         result == CURLE_OK ? "" : curl_easy_strerror(result));
+        return false;
+    }
+    if (result != CURLE_OK) {
+        /* A connection refused or reset, a redirect loop: the transport failed, not the
+         * protocol (a retry may succeed). */
+        if (!answered && result == CURLE_TOO_MANY_REDIRECTS)
+            push_failure(h, id, TR_EPEER,
+                         "MCP server '%s': HTTP %s to %s was redirected more than %d times",
+                         h->name, what, h->url, MAX_REDIRECTS);
+        else if (!answered)
+            push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
+                         what, h->url, curl_easy_strerror(result));
+        return false;
     }
     if (h->legacy_sse && !t->is_get && status >= 200 && status < 300)
-        return; /* "Accepted": the reply comes on the event stream */
-    if (status >= 200 && status < 300 && t->is_sse) {
-        if (id >= 0 && !t->got_response) {
-            /* The stream ended before the response: resume it where it stopped if we can. */
-            if (t->sse.has_id && t->resumes < MAX_RESUMES)
-                schedule_resume(h, t);
-            else
-                push_failure(h, id, TR_EPEER,
-                             "MCP server '%s' closed the event stream before answering", h->name);
-        }
-        return;
-    }
+        return false; /* "Accepted": the reply comes on the event stream */
+    if (status >= 200 && status < 300 && t->is_sse)
+        return false;
     if (!t->is_sse && t->reply.len > 0 && strspn(t->reply.data, " \t\r\n") < t->reply.len) {
         /* JSON, even on an error status: a JSON-RPC error says more than the status. */
         cJSON *probe = cJSON_ParseWithLength(t->reply.data, t->reply.len);
@@ -454,25 +530,139 @@ static void finish(struct mcp__http *h, struct transfer *t, CURLcode result)
         if (json || (status >= 200 && status < 300)) {
             deliver_json(h, t);
             if (t->got_response || id < 0)
-                return;
+                return false;
         }
     }
     if (id < 0 || t->got_response)
-        return;
+        return false;
+    if (resend_later(t, status))
+        return true;
     if (status == 404 && h->session_id) {
         /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
         push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404)",
                      h->name, h->session_id);
-        return;
-    }
-    if (status >= 200 && status < 300)
+    } else if (status >= 200 && status < 300) {
         push_failure(h, id, TR_EPROTO,
                      "MCP server '%s' answered a request with HTTP %ld and no "
                      "response",
                      h->name, status);
-    else
+    } else if (status == 429 || status == 503) {
+        /* Busy: a transport failure, retried by the step's retry policy. */
+        if (t->retry_after_ms > MAX_RETRY_AFTER_MS)
+            push_failure(h, id, TR_EPEER,
+                         "MCP server '%s' answered %s with HTTP status %ld and Retry-After %lld "
+                         "s, more than the %d s troupe waits",
+                         h->name, what, status, (long long)(t->retry_after_ms / 1000),
+                         MAX_RETRY_AFTER_MS / 1000);
+        else
+            push_failure(h, id, TR_EPEER, "MCP server '%s' answered %s with HTTP status %ld%s",
+                         h->name, what, status,
+                         t->retries_after ? " again after its Retry-After" : "");
+    } else if (status >= 500) {
+        push_failure(h, id, TR_EPEER,
+                     "MCP server '%s' answered %s with HTTP status %ld (a "
+                     "server error)",
+                     h->name, what, status);
+    } else {
         push_failure(h, id, TR_EPROTO, "MCP server '%s' answered %s with HTTP status %ld", h->name,
                      what, status);
+    }
+    return false;
+}
+
+/* Makes a transfer that finished ready to be sent again as it was (a Retry-After). */
+static void transfer_rewind(struct mcp__http *h, struct transfer *t)
+{
+    curl_multi_remove_handle(h->multi, t->easy);
+    tr_buf_release(&t->reply);
+    tr_buf_init(&t->reply, h->max_message);
+    mcp__sse_release(&t->sse);
+    mcp__sse_init(&t->sse, h->max_message);
+    t->got_headers = t->sse_checked = t->is_sse = t->got_response = t->too_big = false;
+    t->retry_after_ms = -1;
+}
+
+/* ---- curl's sockets and timer ------------------------------------------------------------ */
+
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    (void)socketp;
+    struct mcp__http *h = userp;
+    size_t i = 0;
+    while (i < h->n_sockets && h->sockets[i].fd != fd)
+        i++;
+    if (what == CURL_POLL_REMOVE) {
+        if (i < h->n_sockets)
+            h->sockets[i] = h->sockets[--h->n_sockets];
+        return 0;
+    }
+    if (i == h->n_sockets) {
+        if (h->n_sockets == h->sockets_alloc) {
+            h->sockets_alloc = h->sockets_alloc ? 2 * h->sockets_alloc : 4;
+            h->sockets = xrealloc(h->sockets, h->sockets_alloc * sizeof(*h->sockets));
+        }
+        h->n_sockets++;
+    }
+    h->sockets[i] = (struct watched){.fd = fd, .what = what};
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct mcp__http *h = userp;
+    h->timer_at = timeout_ms < 0 ? -1 : tr_now_ms() + timeout_ms;
+    return 0;
+}
+
+size_t mcp__http_pollfds(const struct mcp__http *h, struct pollfd *ret_fds, size_t max)
+{
+    for (size_t i = 0; i < h->n_sockets && i < max; i++) {
+        int what = h->sockets[i].what;
+        short events = 0;
+        if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+            events |= POLLIN;
+        if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+            events |= POLLOUT;
+        ret_fds[i] = (struct pollfd){.fd = h->sockets[i].fd, .events = events};
+    }
+    return h->n_sockets;
+}
+
+int mcp__http_timeout(const struct mcp__http *h)
+{
+    if (h->in_head)
+        return 0; /* delivered, not yet handed out */
+    int64_t at = h->timer_at;
+    for (const struct resume *r = h->resumes; r; r = r->next)
+        if (at < 0 || r->at_ms < at)
+            at = r->at_ms;
+    for (const struct transfer *t = h->transfers; t; t = t->next)
+        if (t->resend_at >= 0 && (at < 0 || t->resend_at < at))
+            at = t->resend_at;
+    if (at < 0)
+        return -1;
+    int64_t left = at - tr_now_ms();
+    return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+/* Transfers that curl reports done: their outcome becomes inbound items. */
+static void collect_done(struct mcp__http *h)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(h->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        struct transfer *t = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        CURLcode result = m->data.result;
+        if (finish(h, t, result))
+            transfer_rewind(h, t);
+        else
+            transfer_remove(h, t);
+    }
 }
 
 void mcp__http_pump(struct mcp__http *h, int timeout_ms)
@@ -486,28 +676,42 @@ void mcp__http_pump(struct mcp__http *h, int timeout_ms)
             free(r);
             continue;
         }
-        int64_t wait = r->at_ms - now;
-        if (wait < timeout_ms)
-            timeout_ms = (int)wait;
         p = &r->next;
     }
+    for (struct transfer *t = h->transfers; t; t = t->next)
+        if (t->resend_at >= 0 && t->resend_at <= now) {
+            t->resend_at = -1;
+            curl_multi_add_handle(h->multi, t->easy);
+        }
+    int wait = mcp__http_timeout(h);
+    if (wait < 0 || wait > timeout_ms)
+        wait = timeout_ms > 0 ? timeout_ms : 0;
+    /* Wait on curl's sockets (a copy: acting on one may change curl's list). */
+    size_t n = h->n_sockets;
+    struct pollfd *fds = xcalloc(n + 1, sizeof(*fds));
+    mcp__http_pollfds(h, fds, n);
+    int ready = poll(fds, n, wait);
+    if (ready < 0 && errno != EINTR)
+        ready = 0;
     int running = 0;
-    curl_multi_perform(h->multi, &running);
-    if (!h->in_head) {
-        curl_multi_poll(h->multi, NULL, 0, timeout_ms > 0 ? timeout_ms : 0, NULL);
-        curl_multi_perform(h->multi, &running);
-    }
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(h->multi, &left))) {
-        if (m->msg != CURLMSG_DONE)
+    for (size_t i = 0; ready > 0 && i < n; i++) {
+        if (!fds[i].revents)
             continue;
-        struct transfer *t = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-        CURLcode result = m->data.result;
-        finish(h, t, result);
-        transfer_remove(h, t);
+        int flags = 0;
+        if (fds[i].revents & (POLLIN | POLLHUP))
+            flags |= CURL_CSELECT_IN;
+        if (fds[i].revents & POLLOUT)
+            flags |= CURL_CSELECT_OUT;
+        if (fds[i].revents & (POLLERR | POLLNVAL))
+            flags |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(h->multi, fds[i].fd, flags, &running);
     }
+    free(fds);
+    if (h->timer_at >= 0 && tr_now_ms() >= h->timer_at) {
+        h->timer_at = -1;
+        curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    collect_done(h);
 }
 
 void mcp__http_abandon(struct mcp__http *h, int64_t request_id)
@@ -547,6 +751,11 @@ struct mcp__http *mcp__http_new(const char *url, const char *const *headers, siz
         fprintf(stderr, "troupe: curl_multi_init failed\n");
         abort();
     }
+    h->timer_at = -1;
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
     for (size_t i = 0; headers && headers[i]; i++)
         h->extra = add_header(h->extra, headers[i]);
     return h;
@@ -595,6 +804,7 @@ void mcp__http_free(struct mcp__http **http)
     for (struct mcp__inbound *in; (in = mcp__http_next(h));)
         mcp__inbound_free(in);
     curl_multi_cleanup(h->multi);
+    free(h->sockets);
     curl_slist_free_all(h->extra);
     free(h->session_id);
     free(h->protocol_version);

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <poll.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -151,9 +152,10 @@ struct mcp__http;
 
 /* What the transport hands to the session: a message from the server, or a failed request. */
 struct mcp__inbound {
-    char *text;        /* a JSON-RPC message as received, or NULL for a failure */
-    int64_t failed_id; /* the request the failure is about (text NULL) */
-    int error_code;    /* TR_* code of the failure */
+    char *text;         /* a JSON-RPC message as received, or NULL for a failure */
+    int64_t request_id; /* text: the request whose stream carried it, -1 for none */
+    int64_t failed_id;  /* the request the failure is about (text NULL) */
+    int error_code;     /* TR_* code of the failure */
     char *error_message;
     struct mcp__inbound *next;
 };
@@ -176,8 +178,17 @@ void mcp__http_reset_session(struct mcp__http *http);
  */
 void mcp__http_post(struct mcp__http *http, const char *json, const char *const *headers,
                     int64_t request_id);
-/* Drives transfers for at most timeout_ms (returns early when something arrived). */
+/*
+ * Drives transfers: waits up to timeout_ms (0: not at all) for one of curl's sockets to be
+ * ready or its timer to be due, then acts on what is ready (resumptions due are started).
+ */
 void mcp__http_pump(struct mcp__http *http, int timeout_ms);
+/* The sockets curl waits on, with their poll(2) events: writes at most max, returns how many
+ * there are. */
+size_t mcp__http_pollfds(const struct mcp__http *http, struct pollfd *ret_fds, size_t max);
+/* Milliseconds until the transport must be pumped even if no socket stirs (curl's timer, a
+ * stream to resume; 0 when something arrived is waiting to be handed out), -1 for never. */
+int mcp__http_timeout(const struct mcp__http *http);
 /* The next inbound item (caller frees with mcp__inbound_free), or NULL. */
 struct mcp__inbound *mcp__http_next(struct mcp__http *http);
 /* Stops the transfers that carry request_id (given up on). */
@@ -205,6 +216,13 @@ struct mcp__parked {
     int error_code;  /* the failure, when response is NULL */
     char *error_message;
     struct mcp__parked *next;
+};
+
+/* A request in flight: the JSON-RPC id of one of its rounds and the caller's ticket. */
+struct mcp__round {
+    int64_t id;
+    int64_t ticket;
+    struct mcp__round *next;
 };
 
 /* A request sent with mcp_session_send and not yet waited for. */
@@ -237,7 +255,9 @@ struct mcp_session {
 
     /* Streamable HTTP (NULL for stdio) */
     struct mcp__http *http;
-    bool legacy_sse; /* fell back to the HTTP+SSE transport of 2024-11-05 */
+    bool legacy_sse;                /* fell back to the HTTP+SSE transport of 2024-11-05 */
+    struct auth_client *auth;       /* borrowed from the params, or owned_auth */
+    struct auth_client *owned_auth; /* made by mcp_session_open: freed with the session */
 
     /* the protocol */
     bool modern;
@@ -248,6 +268,9 @@ struct mcp_session {
     cJSON *tools; /* the last full tools/list, for x-mcp-header; NULL when stale */
     struct mcp__parked *parked;
     struct mcp__pending *pending;
+    struct mcp__round *rounds; /* every request in flight, for the observer's tickets */
+    int64_t answer_ticket;     /* the ticket of the server request being answered, or -1 */
+    int64_t error_ticket;      /* the ticket of the message last received, for TR_EPROTO */
 };
 
 /* stdio.c: the server's pipes, seen from the session. */
@@ -261,7 +284,14 @@ bool mcp__stdio_stop(struct mcp_session *s, int grace_ms);
 /* client.c: the engine */
 /* Tells the observer of a message: its text and, when it is JSON, it parsed (or NULL). */
 void mcp__observe(struct mcp_session *s, enum mcp_direction direction, const char *json,
-                  const cJSON *message);
+                  const cJSON *message, int64_t ticket);
+/* Records that request id is a round of ticket; drops every round of ticket (or of all
+ * requests: MCP__ALL_REQUESTS). */
+void mcp__round_add(struct mcp_session *s, int64_t id, int64_t ticket);
+void mcp__rounds_drop(struct mcp_session *s, int64_t ticket);
+/* The ticket of request id, or -1; the one ticket in flight, or -1 for none or several. */
+int64_t mcp__ticket_of(const struct mcp_session *s, int64_t id);
+int64_t mcp__only_ticket(const struct mcp_session *s);
 /* Sends msg (taken) to the server; request_id is its id or -1. */
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id);
 void mcp__send_cancel(struct mcp_session *s, int64_t id, const char *reason);
@@ -271,9 +301,10 @@ void mcp__send_cancel(struct mcp_session *s, int64_t id, const char *reason);
  */
 int mcp__wait_response(struct mcp_session *s, int64_t id, const char *method, int64_t deadline,
                        int timeout_ms, cJSON **ret_response, struct tr_error *err) TR_MUST_CHECK;
-/* Sends method with params (borrowed) plus extra's members and the modern _meta: *ret_id. */
+/* Sends method with params (borrowed) plus extra's members and the modern _meta: *ret_id. The
+ * request is a round of ticket (-1: a new request, its own ticket is its id). */
 int mcp__start(struct mcp_session *s, const char *method, const cJSON *params, const cJSON *extra,
-               int64_t *ret_id, struct tr_error *err) TR_MUST_CHECK;
+               int64_t ticket, int64_t *ret_id, struct tr_error *err) TR_MUST_CHECK;
 /* Completes request *id: era retries and input rounds (new ids replace *id); the result. */
 int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, int64_t *id,
                 int timeout_ms, bool cancellable, cJSON **ret_result,

@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "auth.h"
@@ -196,11 +197,20 @@ enum mcp_direction { MCP_SENT, MCP_RECEIVED };
  * responses, notifications), for the audit trail, and the message as parsed (borrowed for the
  * call; NULL when the text is not JSON); on_stderr with each line the server writes to its
  * stderr (without the newline).
+ *
+ * Each comes with the ticket it belongs to (mcp_session_send's ticket; a blocking call's
+ * request has one too, its first id), or -1 for none: a request's every round (the modern
+ * era's retries and input rounds keep the first ticket), the response to any of them, the
+ * notifications/cancelled about it, progress whose progressToken is its id; a message that
+ * names no request of ours (a server's request or notification, the answer troupe sends to
+ * such a request, a line that is not JSON) belongs to the request whose HTTP response stream
+ * carried it, and on stdio to the one request in flight when there is exactly one (so does a
+ * stderr line); otherwise -1.
  */
 struct mcp_observer {
     void (*on_message)(void *userdata, const char *server, enum mcp_direction direction,
-                       const char *json, const cJSON *message);
-    void (*on_stderr)(void *userdata, const char *server, const char *line);
+                       const char *json, const cJSON *message, int64_t ticket);
+    void (*on_stderr)(void *userdata, const char *server, const char *line, int64_t ticket);
     void *userdata;
 };
 
@@ -223,6 +233,38 @@ int mcp_session_open_stdio(const struct mcp_stdio_params *params,
 int mcp_session_open_http(const struct mcp_http_params *params, const struct mcp_observer *observer,
                           struct mcp_session **ret_session, struct tr_error *err) TR_MUST_CHECK;
 
+/*
+ * How to open a session from a server entry (mcp_session_open); every member may be left 0.
+ */
+struct mcp_open_params {
+    const char *name; /* the server's name in messages; NULL: the entry's key */
+    /* NULL: the entry's `protocol`, else MCP_VERSION_AUTO; or one revision to require */
+    const char *protocol_version;
+    const char *const *headers; /* extra "Name: value" lines for a url: server; NULL-ended */
+    /* Turns a value with ${env:NAME} references (url, headers, env, auth) into its text, which
+       it allocates; NULL: values are used as they are (already resolved). */
+    char *(*expand)(const char *value);
+    size_t max_message_bytes; /* 0 means MCP_DEFAULT_MAX_MESSAGE */
+    int timeout_ms;           /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
+    const struct mcp_client_handlers *handlers; /* copied; NULL for none */
+};
+
+/*
+ * The one opener of a session from a server entry of a workflow or an {"mcpServers": {...}}
+ * file (borrowed): `command:` (with args, env, inherit_env, cwd) starts a stdio server as
+ * mcp_session_open_stdio does; `url:` reaches a Streamable HTTP server as
+ * mcp_session_open_http does (a server of the older HTTP+SSE transport is detected), with
+ * the entry's `headers:` and, when the entry has `auth:`, an auth_client (auth_client_new with
+ * the server's name and URL, the entry's `auth`, expand, the default token store, no user
+ * agent) that the session owns and frees. TR_EINVAL for an entry with neither or both of
+ * url and command; otherwise the errors of the two openers.
+ */
+int mcp_session_open(const cJSON *entry, const struct mcp_open_params *params,
+                     const struct mcp_observer *observer, struct mcp_session **ret_session,
+                     struct tr_error *err) TR_MUST_CHECK;
+/* The auth_client that authorizes the session's requests (for auth_client_secrets), or NULL. */
+struct auth_client *mcp_session_auth(const struct mcp_session *session);
+
 /* The protocol revision in use with this server, e.g. "2025-11-25" or "2026-07-28". */
 const char *mcp_session_protocol_version(const struct mcp_session *session);
 /* Whether the session speaks the modern (stateless, 2026-07-28) era. */
@@ -240,7 +282,8 @@ int mcp_session_request(struct mcp_session *session, const char *method, const c
                         int timeout_ms, cJSON **ret_result, struct tr_error *err) TR_MUST_CHECK;
 /*
  * Pipelining: sends a request (params borrowed) and returns at once with a ticket: the
- * request's JSON-RPC id, so that an observer can tell which request a message is about.
+ * request's JSON-RPC id, which the observer is handed with every message about the request
+ * (*ret_ticket is written before the request itself reaches the observer).
  * Several may be in flight; responses are matched by id whatever their order. Each ticket must
  * be waited for or cancelled once.
  */
@@ -271,24 +314,33 @@ int mcp_session_poll(struct mcp_session *session, int timeout_ms,
 /*
  * For an event loop that keeps several tickets in flight without blocking:
  *
- *     n = mcp_session_pollfds(session, fds);      -- wait on these (poll, zmq_poll), then
- *     mcp_session_poll(session, 0, &err);         -- read and handle what arrived, and
+ *     n = mcp_session_pollfds(session, fds, max); -- wait on these (poll, zmq_poll), and at
+ *     t = mcp_session_timeout_ms(session);        -- most this long (-1: no limit), then
+ *     mcp_session_poll(session, 0, &err);         -- act on what is ready, and
  *     if (mcp_session_ticket_done(session, t))    -- for each ticket that is done,
  *         mcp_session_wait(session, t, ms, ...);  -- take its result: this does not block
  *
  * (mcp_session_wait may still block up to its timeout when the modern era needs another round
  * for the request: an UnsupportedProtocolVersionError retry or an InputRequiredResult.)
  */
-#define MCP_SESSION_MAX_FDS 3
 /*
  * The descriptors to wait on, with their poll(2) events, before pumping the session with
  * mcp_session_poll(session, 0, ...): a stdio server's stdout and stderr (both must be read, or
- * a chatty server blocks), and its stdin while queued requests wait to be written. Returns how
- * many it wrote to ret_fds: 0 once the server is gone, and always 0 for HTTP, whose transfers
- * move only inside session calls (pump those with mcp_session_poll and a short timeout).
+ * a chatty server blocks), and its stdin while queued requests wait to be written; an HTTP
+ * server's sockets, as libcurl asks for them. Writes at most max of them to ret_fds and
+ * returns how many there are (call again with room for more when that is larger than max);
+ * 0 once the server is gone. The set changes with every call that moves the session.
  */
-size_t mcp_session_pollfds(const struct mcp_session *session,
-                           struct pollfd ret_fds[MCP_SESSION_MAX_FDS]);
+size_t mcp_session_pollfds(const struct mcp_session *session, struct pollfd *ret_fds, size_t max);
+/* The ticket (as the observer was given it) of the message behind mcp_session_poll's last
+ * TR_EPROTO, or -1 when it belongs to no request. */
+int64_t mcp_session_error_ticket(const struct mcp_session *session);
+/*
+ * How long the session may wait without its descriptors stirring before it must be pumped
+ * with mcp_session_poll(session, 0, ...): libcurl's next timer, a stream to resume, or 0
+ * when a message already arrived; -1 when only its descriptors can wake it (always for stdio).
+ */
+int mcp_session_timeout_ms(const struct mcp_session *session);
 /*
  * Whether waiting for ticket would not block: its response (or its failure) has arrived, or
  * the server is gone (the wait then gives what it had sent, or TR_EPEER), or the ticket is

@@ -163,6 +163,7 @@ static struct mcp_session *session_new(const char *name, const struct mcp_observ
     mcp__lines_init(&s->lines, s->max_message);
     tr_buf_init(&s->outq, 0);
     s->next_id = 1;
+    s->answer_ticket = s->error_ticket = -1;
     return s;
 }
 
@@ -257,6 +258,7 @@ int mcp_session_open_http(const struct mcp_http_params *params, const struct mcp
     struct mcp_session *s =
         session_new(name, observer, params->handlers, params->max_message_bytes);
     s->http = mcp__http_new(params->url, params->headers, s->max_message, s->name);
+    s->auth = params->auth;
     int rc = negotiate(s, params->protocol_version, true, params->timeout_ms, err);
     if (rc < 0) {
         mcp_session_free(&s);
@@ -306,17 +308,16 @@ int mcp_session_send(struct mcp_session *session, const char *method, const cJSO
 {
     if (!method || (params && !cJSON_IsObject(params)))
         return tr_error_set(err, TR_EINVAL, "a request needs a method and params as an object");
-    int64_t id;
-    int rc = mcp__start(session, method, params, NULL, &id, err);
+    /* *ret_ticket is written before the request reaches the observer. */
+    int rc = mcp__start(session, method, params, NULL, -1, ret_ticket, err);
     if (rc < 0)
         return rc;
     struct mcp__pending *p = xcalloc(1, sizeof(*p));
-    p->ticket = p->id = id;
+    p->ticket = p->id = *ret_ticket;
     p->method = xstrdup(method);
     p->params = params ? cJSON_Duplicate(params, 1) : NULL;
     p->next = session->pending;
     session->pending = p;
-    *ret_ticket = id;
     return 0;
 }
 
@@ -342,6 +343,7 @@ void mcp_session_cancel(struct mcp_session *session, int64_t ticket, const char 
     if (!session->dead)
         mcp__send_cancel(session, p->id, reason ? reason : "cancelled by the caller");
     mcp__unpark_drop(session, p->id);
+    mcp__rounds_drop(session, ticket);
     mcp__pending_free(p);
 }
 
@@ -353,20 +355,36 @@ bool mcp_session_ticket_done(const struct mcp_session *session, int64_t ticket)
            mcp__parked_has(session, p->id);
 }
 
-size_t mcp_session_pollfds(const struct mcp_session *session,
-                           struct pollfd ret_fds[MCP_SESSION_MAX_FDS])
+size_t mcp_session_pollfds(const struct mcp_session *session, struct pollfd *ret_fds, size_t max)
 {
     const struct mcp__process *proc = &session->proc;
+    struct pollfd fds[3];
     size_t n = 0;
-    if (session->http || session->dead)
+    if (session->dead)
         return 0;
+    if (session->http)
+        return mcp__http_pollfds(session->http, ret_fds, max);
     if (proc->out_fd >= 0)
-        ret_fds[n++] = (struct pollfd){.fd = proc->out_fd, .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = proc->out_fd, .events = POLLIN};
     if (proc->err_fd >= 0)
-        ret_fds[n++] = (struct pollfd){.fd = proc->err_fd, .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = proc->err_fd, .events = POLLIN};
     if (proc->in_fd >= 0 && session->outq.len > 0)
-        ret_fds[n++] = (struct pollfd){.fd = proc->in_fd, .events = POLLOUT};
+        fds[n++] = (struct pollfd){.fd = proc->in_fd, .events = POLLOUT};
+    for (size_t i = 0; i < n && i < max; i++)
+        ret_fds[i] = fds[i];
     return n;
+}
+
+int64_t mcp_session_error_ticket(const struct mcp_session *session)
+{
+    return session->error_ticket;
+}
+
+int mcp_session_timeout_ms(const struct mcp_session *session)
+{
+    if (session->dead || !session->http)
+        return -1; /* a stdio session moves only when its pipes stir */
+    return mcp__http_timeout(session->http);
 }
 
 int mcp_session_listen(struct mcp_session *session, const cJSON *filter, int64_t *ret_ticket,
@@ -581,10 +599,12 @@ static void session_free(struct mcp_session **session, int grace_ms)
         if (!s->modern)
             mcp__http_delete_session(s->http);
         mcp__http_free(&s->http);
+        auth_client_free(&s->owned_auth);
     } else if (!s->dead) {
         mcp__stdio_stop(s, grace_ms);
     }
     mcp__parked_free_all(s);
+    mcp__rounds_drop(s, MCP__ALL_REQUESTS);
     while (s->pending) {
         struct mcp__pending *p = s->pending;
         s->pending = p->next;

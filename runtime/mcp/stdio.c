@@ -257,7 +257,7 @@ static void emit_stderr_line(struct mcp_session *s)
         s->err_len--;
     s->err_line[s->err_len] = '\0';
     if (s->observer.on_stderr)
-        s->observer.on_stderr(s->observer.userdata, s->name, s->err_line);
+        s->observer.on_stderr(s->observer.userdata, s->name, s->err_line, mcp__only_ticket(s));
     s->err_len = 0;
 }
 

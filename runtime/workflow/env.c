@@ -274,24 +274,6 @@ static int check_run_file(const struct workflow *wf, struct tr_error *err)
                             wf_doc_where(&wf->doc, step->action_node, true, where, sizeof(where)),
                             step->id, workflow_action_name(step->action));
     }
-    /* A server by url: the agent opens stdio servers only (for now); say so before anything
-     * starts rather than when the persona's agent fails. */
-    for (size_t i = 0; i < wf->server_count; i++) {
-        if (!cJSON_HasObjectItem(wf->servers[i].config, "url"))
-            continue;
-        /* Where the file says it (the config is a normalized copy, without positions). */
-        const cJSON *servers = cJSON_GetObjectItemCaseSensitive(wf->doc.root, "mcp_servers");
-        if (!servers)
-            servers = cJSON_GetObjectItemCaseSensitive(wf->doc.root, "mcpServers");
-        const cJSON *entry = cJSON_GetObjectItemCaseSensitive(servers, wf->servers[i].name);
-        const cJSON *url = cJSON_GetObjectItemCaseSensitive(entry, "url");
-        return tr_error_set(err, TR_EINVAL,
-                            "%s:%s: server '%s': personas cannot use Streamable HTTP servers "
-                            "(url:) yet, only servers started by a command; 'troupe mcp --url' "
-                            "talks to it",
-                            wf->doc.file, wf_doc_where(&wf->doc, url, true, where, sizeof(where)),
-                            wf->servers[i].name);
-    }
     tr_buf_init(&check.missing, 0);
     tr_buf_init(&check.unsafe, 0);
     for (size_t i = 0; i < wf->server_count; i++) {

@@ -60,7 +60,7 @@ static void teardown(void)
 }
 
 static void on_message(void *userdata, const char *server, enum mcp_direction direction,
-                       const char *json, const cJSON *message)
+                       const char *json, const cJSON *message, int64_t ticket)
 {
     if (direction != MCP_SENT)
         return;

@@ -23,7 +23,7 @@ static void report(const char *what, const struct tr_error *err)
 
 /* Every message, on stderr (the suite saves it with the scenario's results). */
 static void on_message(void *userdata, const char *server, enum mcp_direction direction,
-                       const char *json, const cJSON *message)
+                       const char *json, const cJSON *message, int64_t ticket)
 {
     fprintf(stderr, "%s %s\n", direction == MCP_SENT ? ">>" : "<<", json);
 }

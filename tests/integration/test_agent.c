@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -257,7 +258,15 @@ static void expect_working(struct sched *s, int64_t task)
  * Starts an agent whose persona uses test-mcp-concurrent and welcomes it with credit (0: no
  * credit in the welcome); returns once it is ready.
  */
+static void sched_start_at(struct sched *s, int credit, const char *url);
+
 static void sched_start(struct sched *s, int credit)
+{
+    sched_start_at(s, credit, NULL);
+}
+
+/* sched_start with the persona's server "conc" at url (Streamable HTTP), or by command. */
+static void sched_start_at(struct sched *s, int credit, const char *url)
 {
     memset(s, 0, sizeof(*s));
     s->dir = harness_tempdir();
@@ -281,12 +290,16 @@ static void sched_start(struct sched *s, int credit)
     cJSON *config = cJSON_CreateObject();
     cJSON_AddStringToObject(config, "run", "run-1");
     cJSON *entry = cJSON_AddObjectToObject(cJSON_AddObjectToObject(config, "servers"), "conc");
-    cJSON_AddStringToObject(entry, "command", server);
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
+    if (url) {
+        cJSON_AddStringToObject(entry, "url", url);
+    } else {
+        cJSON_AddStringToObject(entry, "command", server);
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(entry, "args"), cJSON_CreateString(s->log));
+    }
     cJSON *tools = cJSON_AddArrayToObject(config, "tools");
-    static const char *const allowed[] = {"conc.sleep",   "conc.barrier", "conc.fail",
-                                          "conc.garbage", "elsewhere.*",  "conc.sleep_*",
-                                          "conc.[s"};
+    static const char *const allowed[] = {
+        "conc.sleep", "conc.barrier", "conc.fail", "conc.garbage", "elsewhere.*", "conc.sleep_*",
+        "conc.[s",    "conc.echo",    "conc.hang", "conc.err500",  "conc.expire"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         cJSON_AddItemToArray(tools, cJSON_CreateString(allowed[i]));
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
@@ -634,4 +647,133 @@ Test(agent, sigterm_ends_the_loop_and_cancels_calls_in_flight, .timeout = 60)
     char *reason = expect_server_cancelled(&s, id);
     free(reason);
     sched_release(&s);
+}
+
+/* ---- a persona on a Streamable HTTP server ---------------------------------------------- */
+
+/* test-mcp-http-misbehave (legacy era) on a free port: its pid, and its URL in *ret_url. */
+static pid_t http_server_start(char **ret_url)
+{
+    char *program = harness_build_path("tests/test-mcp-http-misbehave");
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it running */
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(program, program, "--legacy", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[32] = "";
+    FILE *out = fdopen(fds[0], "r");
+    cr_assert(fgets(line, sizeof(line), out), "the test server did not start");
+    fclose(out);
+    *ret_url = xasprintf("http://127.0.0.1:%d/mcp", atoi(line));
+    free(program);
+    return pid;
+}
+
+static void http_server_stop(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* A number from /proc/PID/status ("voluntary_ctxt_switches", ...). */
+static long long proc_status(pid_t pid, const char *key)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "cannot read %s", path);
+    long long value = -1;
+    size_t len = strlen(key);
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, key, len) == 0 && line[len] == ':')
+            value = atoll(line + len + 1);
+    fclose(f);
+    cr_assert_geq(value, 0, "no %s in %s", key, path);
+    return value;
+}
+
+Test(agent, url_server_is_used_as_a_command_server_is, .timeout = 60)
+{
+    char *url = NULL;
+    pid_t server = http_server_start(&url);
+    struct sched s;
+    sched_start_at(&s, 4, url);
+
+    /* A call: its request and response are events of its task. */
+    assign(&s, 1, "echo", "{\"message\":\"over http\"}", 5000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, NULL);
+    cr_assert(strstr(r->json, "over http"), "%s", r->json);
+    bus_msg_free(&r);
+    cJSON *request = expect_event(&s, 1, "mcp.request", "tools/call");
+    cJSON *key = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(request, "params"),
+                                         "_meta"),
+        "io.troupe/idempotency-key");
+    cr_assert(cJSON_IsString(key) && strcmp(key->valuestring, "run-1/step-1/key") == 0,
+              "the idempotency key did not go with the request");
+    cJSON_Delete(request);
+    cJSON_Delete(expect_event(&s, 1, "mcp.response", "over http"));
+
+    /* The allowlist holds for it as for any server. */
+    assign(&s, 2, "whoami", "{}", 5000);
+    expect_result(&s, 2, "policy", "not on its allowlist");
+
+    /* A call that never ends is cancelled at its timeout; the next one goes through. */
+    assign(&s, 3, "hang", "{}", 300);
+    expect_result(&s, 3, "timeout", "300 ms");
+    cJSON_Delete(expect_event(&s, 3, "mcp.notification", "notifications/cancelled"));
+    assign(&s, 4, "hang", "{}", 30000);
+    request_id_of(&s, 4);
+    send_cancel(&s, 4, "no longer needed");
+    expect_result(&s, 4, "cancelled", "no longer needed");
+    cJSON_Delete(expect_event(&s, 4, "mcp.notification", "no longer needed"));
+    assign(&s, 5, "echo", "{\"message\":\"still here\"}", 5000);
+    expect_result(&s, 5, NULL, NULL);
+
+    /* Garbage for a call is that call's protocol error, found by its request, not guessed. */
+    assign(&s, 6, "garbage", "{}", 5000);
+    expect_result(&s, 6, "protocol", "not JSON");
+    cJSON_Delete(wait_event(&s, 6, "mcp.garbage", "not JSON"));
+
+    /* A server error is a transport failure, which the step's retry policy retries; a session
+     * the server forgot (404) is started again and the call sent again, while in flight. */
+    assign(&s, 7, "err500", "{}", 5000);
+    expect_result(&s, 7, "transport", "HTTP status 500");
+    assign(&s, 8, "expire", "{}", 5000);
+    expect_result(&s, 8, NULL, NULL);
+
+    sched_stop(&s);
+    http_server_stop(server);
+    free(url);
+}
+
+/*
+ * An agent waits in one poll on the bus, its servers' sockets and their timers: with an HTTP
+ * call in flight and nothing happening it wakes for its heartbeats (1 s) only, where polling
+ * the HTTP transfers every 10 ms would wake it some 100 times a second.
+ */
+Test(agent, agent_with_an_http_call_in_flight_wakes_rarely, .timeout = 60)
+{
+    char *url = NULL;
+    pid_t server = http_server_start(&url);
+    struct sched s;
+    sched_start_at(&s, 2, url);
+    assign(&s, 1, "hang", "{}", 30000);
+    request_id_of(&s, 1);
+    listen_for(&s, 200);
+    long long before = proc_status(s.agent.pid, "voluntary_ctxt_switches");
+    listen_for(&s, 3000);
+    long long woke = proc_status(s.agent.pid, "voluntary_ctxt_switches") - before;
+    cr_assert_lt(woke, 30, "the agent woke %lld times in 3 s with one call waiting", woke);
+    sched_stop(&s);
+    http_server_stop(server);
+    free(url);
 }

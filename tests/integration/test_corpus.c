@@ -73,7 +73,8 @@ static const struct corpus_entry corpus[] = {
 
 /* Workflow files that are not run, and why. */
 static const char *const not_run[][2] = {
-    {"workflows/loan-review.yaml", "an http server, ask and workflow steps: troupe run refuses it"},
+    {"workflows/loan-review.yaml",
+     "ask and workflow steps: troupe run refuses it (and its http server is not running)"},
     {"workflows/loan-review.json", "the twin of loan-review.yaml"},
     {"tests/interop/everything.yaml", "the npm reference server (tests/interop, suite interop)"},
     {"tests/interop/fanout.yaml", "the npm reference server"},

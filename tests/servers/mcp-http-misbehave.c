@@ -2,9 +2,12 @@
  * test-mcp-http-misbehave: a Streamable HTTP MCP server (legacy era, or modern with --modern)
  * that misbehaves on request, for the client's robustness tests: tools/call of garbage,
  * huge, unknown_id, batch, die, hang, ask (an elicitation on the stream before the response),
- * expire (HTTP 404 for a known session, once), whoami (the Authorization header) and echo. One
- * connection at a time, each closed after its reply; "hang" connections are held open. Prints its
- * port on stdout. Tests only.
+ * expire (HTTP 404 for a known session, once), whoami (the Authorization header), busy (503
+ * with Retry-After: 1, once), ratelimited (429 with Retry-After: 600), err500 (HTTP 500),
+ * moved (a 307 redirect, once), moved_forever (307 to itself, always), big_json (a JSON reply
+ * of `size` bytes), cut (an SSE event with an id, then the connection closes: the response
+ * comes on a GET with Last-Event-ID) and echo. One connection at a time, each closed after its
+ * reply; "hang" connections are held open. Prints its port on stdout. Tests only.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -29,6 +32,9 @@ static int ask_fd = -1; /* the SSE stream of an "ask" call waiting for the clien
 static cJSON *ask_id;
 static char authorization[256]; /* the last request's Authorization header ("whoami") */
 static char param_region[256];  /* the last request's Mcp-Param-Region header */
+static char last_event_id[64];  /* the last request's Last-Event-ID header */
+static bool busy_once, moved_once;
+static cJSON *cut_id; /* the request of a "cut" call, answered on the resumed stream */
 
 static void write_all(int fd, const char *data, size_t len)
 {
@@ -155,6 +161,36 @@ static bool handle_call(int fd, const cJSON *id, const char *tool, const cJSON *
         send_json(fd, response(id, text_result(param_region)), NULL);
     } else if (strcmp(tool, "whoami") == 0) {
         send_json(fd, response(id, text_result(authorization)), NULL);
+    } else if (strcmp(tool, "busy") == 0 && !busy_once) {
+        busy_once = true;
+        reply(fd, 503, "text/plain", "busy", "Retry-After: 1\r\n");
+    } else if (strcmp(tool, "ratelimited") == 0) {
+        reply(fd, 429, "text/plain", "slow down", "Retry-After: 600\r\n");
+    } else if (strcmp(tool, "err500") == 0) {
+        reply(fd, 500, "text/plain", "internal error", NULL);
+    } else if (strcmp(tool, "moved") == 0 && !moved_once) {
+        moved_once = true;
+        reply(fd, 307, "text/plain", "", "Location: /mcp?moved=1\r\n");
+    } else if (strcmp(tool, "moved_forever") == 0) {
+        reply(fd, 307, "text/plain", "", "Location: /mcp?again=1\r\n");
+    } else if (strcmp(tool, "big_json") == 0) {
+        const cJSON *size = cJSON_GetObjectItem(args, "size");
+        size_t n = cJSON_IsNumber(size) ? (size_t)size->valuedouble : 100000;
+        char *big = malloc(n + 1);
+        memset(big, 'x', n);
+        big[n] = '\0';
+        send_json(fd, response(id, text_result(big)), NULL);
+        free(big);
+    } else if (strcmp(tool, "cut") == 0) {
+        sse_begin(fd);
+        const char *head = "retry: 50\nid: c1\ndata: ";
+        write_all(fd, head, strlen(head));
+        const char *progress = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\","
+                               "\"params\":{\"level\":\"info\",\"data\":\"halfway\"}}";
+        write_all(fd, progress, strlen(progress));
+        write_all(fd, "\n\n", 2);
+        cJSON_Delete(cut_id);
+        cut_id = cJSON_Duplicate(id, 1);
     } else if (strcmp(tool, "expire") == 0 && !expired) {
         expired = true;
         reply(fd, 404, "text/plain", "no such session", NULL);
@@ -278,6 +314,8 @@ static bool read_request(int fd, char *buf, size_t size, char **ret_body, char *
             sscanf(line + 17, " %63s", session);
         if (strncasecmp(line + 2, "Mcp-Param-Region:", 17) == 0)
             sscanf(line + 19, " %255[^\r]", param_region);
+        if (strncasecmp(line + 2, "Last-Event-ID:", 14) == 0)
+            sscanf(line + 16, " %63[^\r]", last_event_id);
         if (strncasecmp(line + 2, "Authorization:", 14) == 0)
             sscanf(line + 16, " %255[^\r]", authorization);
     }
@@ -316,13 +354,23 @@ int main(int argc, char **argv)
         char *body = NULL;
         buf[0] = '\0';
         param_region[0] = '\0';
+        last_event_id[0] = '\0';
         bool keep = false;
         if (read_request(fd, buf, MAX_REQUEST, &body, method, session)) {
             if (strcmp(method, "POST") == 0)
                 keep = handle_post(fd, body, session[0] ? session : NULL);
             else if (strcmp(method, "DELETE") == 0)
                 reply(fd, 200, "text/plain", "", NULL);
-            else
+            else if (strcmp(method, "GET") == 0 && cut_id && strcmp(last_event_id, "c1") == 0) {
+                /* The resumed stream of a "cut" call: its response, after the event it saw. */
+                sse_begin(fd);
+                char *text = response(cut_id, text_result("resumed"));
+                write_all(fd, "id: c2\n", 7);
+                sse_event(fd, text);
+                free(text);
+                cJSON_Delete(cut_id);
+                cut_id = NULL;
+            } else
                 reply(fd, 405, "text/plain", "", "Allow: POST, DELETE\r\n");
         }
         if (!keep) /* held connections stay open until the server exits */

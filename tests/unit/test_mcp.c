@@ -31,6 +31,7 @@ static char *program_path(const char *relative)
 struct recorder {
     char *messages[MAX_RECORDED];
     enum mcp_direction directions[MAX_RECORDED];
+    int64_t tickets[MAX_RECORDED]; /* as the observer was handed them */
     size_t n_messages;
     char *stderr_lines[MAX_RECORDED];
     size_t n_stderr;
@@ -43,7 +44,7 @@ struct recorder {
 static struct recorder fallback_recorder;
 
 static void record_message(void *userdata, const char *server, enum mcp_direction direction,
-                           const char *json, const cJSON *message)
+                           const char *json, const cJSON *message, int64_t ticket)
 {
     struct recorder *r = userdata;
     if (r == &fallback_recorder)
@@ -57,11 +58,12 @@ static void record_message(void *userdata, const char *server, enum mcp_directio
     cJSON_Delete(parsed);
     if (r->n_messages < MAX_RECORDED) {
         r->directions[r->n_messages] = direction;
+        r->tickets[r->n_messages] = ticket;
         r->messages[r->n_messages++] = xstrdup(json);
     }
 }
 
-static void record_stderr(void *userdata, const char *server, const char *line)
+static void record_stderr(void *userdata, const char *server, const char *line, int64_t ticket)
 {
     struct recorder *r = userdata;
     /* The servers are built with the same sanitizers: their reports arrive here. */
@@ -1072,8 +1074,8 @@ static int64_t start_call(struct mcp_session *s, const char *tool, const char *a
 /* Waits on the session's descriptors, then pumps it without blocking; the pump's rc. */
 static int pump(struct mcp_session *s, int timeout_ms, struct tr_error *err)
 {
-    struct pollfd fds[MCP_SESSION_MAX_FDS];
-    size_t n = mcp_session_pollfds(s, fds);
+    struct pollfd fds[3];
+    size_t n = mcp_session_pollfds(s, fds, 3);
     if (n > 0)
         cr_assert_geq(poll(fds, n, timeout_ms), 0);
     int64_t start = tr_now_ms();
@@ -1088,8 +1090,8 @@ Test(mcp_stdio, calls_in_flight_complete_in_the_order_they_are_answered, .timeou
     char *log = NULL;
     struct mcp_session *s = open_concurrent(&r, &log);
     struct tr_error err = {0};
-    struct pollfd fds[MCP_SESSION_MAX_FDS];
-    cr_assert_eq(mcp_session_pollfds(s, fds), 2, "stdout and stderr, stdin's queue is empty");
+    struct pollfd fds[3];
+    cr_assert_eq(mcp_session_pollfds(s, fds, 3), 2, "stdout and stderr, stdin's queue is empty");
     cr_assert(fds[0].events & POLLIN);
 
     int64_t slow = start_call(s, "sleep", "{\"ms\":600}");
@@ -1132,7 +1134,22 @@ Test(mcp_stdio, calls_in_flight_complete_in_the_order_they_are_answered, .timeou
     cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(params, "reason")->valuestring,
                      "no longer needed");
     cJSON_Delete(last);
+    cr_assert_eq(r.tickets[r.n_messages - 1], dropped, "the cancel belongs to its request");
     cr_assert_eq(mcp_session_call_tool_finish(s, dropped, 1000, &result, &err), TR_EINVAL);
+    /* Every request and response was handed to the observer with its own call's ticket. */
+    size_t seen = 0;
+    for (size_t i = 0; i < r.n_messages; i++) {
+        cJSON *msg = cJSON_Parse(r.messages[i]);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+        int64_t want = cJSON_IsNumber(id) ? (int64_t)id->valuedouble : -1;
+        if (want == slow || want == fast || want == dropped) {
+            cr_assert_eq(r.tickets[i], want, "message %s came with ticket %lld", r.messages[i],
+                         (long long)r.tickets[i]);
+            seen++;
+        }
+        cJSON_Delete(msg);
+    }
+    cr_assert_eq(seen, 5, "three requests and two responses");
     mcp_session_free(&s);
     assert_no_children();
     recorder_release(&r);
@@ -1155,8 +1172,8 @@ Test(mcp_stdio, a_server_dying_ends_every_call_in_flight, .timeout = 30)
         cr_assert_lt(tr_now_ms() - start, 5000, "the server's death went unnoticed");
     }
     cr_assert_eq(rc, TR_EPEER, "rc %d: %s", rc, err.message);
-    struct pollfd fds[MCP_SESSION_MAX_FDS];
-    cr_assert_eq(mcp_session_pollfds(s, fds), 0, "nothing to wait on once the server is gone");
+    struct pollfd fds[3];
+    cr_assert_eq(mcp_session_pollfds(s, fds, 3), 0, "nothing to wait on once the server is gone");
     for (int i = 0; i < 3; i++) {
         cJSON *result = NULL;
         cr_assert(mcp_session_ticket_done(s, tickets[i]));

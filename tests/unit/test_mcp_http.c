@@ -239,21 +239,39 @@ Test(mcp_http, modern_server_is_spoken_to_without_handshake, .timeout = 30)
     close_http(&srv, &s);
 }
 
-Test(mcp_http, calls_in_flight_are_driven_by_polls_without_descriptors, .timeout = 30)
+/*
+ * An event loop over the session's sockets and timer, as the agent's: it wakes only when a
+ * socket stirs or curl's timer is due, never to look for itself.
+ */
+static int loop_until_done(struct mcp_session *s, int64_t ticket)
+{
+    struct tr_error err = {0};
+    int wakeups = 0;
+    for (int64_t start = tr_now_ms(); !mcp_session_ticket_done(s, ticket); wakeups++) {
+        struct pollfd fds[16];
+        size_t n = mcp_session_pollfds(s, fds, 16);
+        int timeout = mcp_session_timeout_ms(s);
+        cr_assert_leq(n, 16);
+        cr_assert(n > 0 || timeout >= 0, "nothing would wake a loop waiting for the call");
+        cr_assert_geq(poll(fds, n, timeout < 0 || timeout > 5000 ? 5000 : timeout), 0);
+        cr_assert_eq(mcp_session_poll(s, 0, &err), 0, "%s", err.message);
+        cr_assert_lt(tr_now_ms() - start, 10000, "the call never came back");
+    }
+    return wakeups;
+}
+
+Test(mcp_http, calls_in_flight_are_driven_by_their_sockets_and_timer, .timeout = 30)
 {
     struct server srv;
     struct mcp_session *s = open_http(&srv, true, 0);
-    struct pollfd fds[MCP_SESSION_MAX_FDS];
-    cr_assert_eq(mcp_session_pollfds(s, fds), 0, "an HTTP session has no descriptors to offer");
     struct tr_error err = {0};
     cJSON *arguments = cJSON_Parse("{\"message\":\"in flight\"}");
     int64_t ticket;
     cr_assert_eq(mcp_session_call_tool_start(s, "echo", arguments, NULL, &ticket, &err), 0, "%s",
                  err.message);
     cJSON_Delete(arguments);
-    for (int i = 0; i < 500 && !mcp_session_ticket_done(s, ticket); i++)
-        cr_assert_eq(mcp_session_poll(s, 10, &err), 0, "%s", err.message);
-    cr_assert(mcp_session_ticket_done(s, ticket), "the call never came back");
+    int wakeups = loop_until_done(s, ticket);
+    cr_assert_lt(wakeups, 40, "%d wakeups for one call", wakeups);
     cJSON *result = NULL;
     cr_assert_eq(mcp_session_call_tool_finish(s, ticket, 100, &result, &err), 0, "%s", err.message);
     const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(result, "content"), 0);
@@ -305,6 +323,67 @@ Test(mcp_http, oversized_event_is_an_error, .timeout = 30)
     struct mcp_session *s = open_http(&srv, false, 4096);
     call_fails(s, "huge", "{\"size\":100000}", TR_EPROTO, "more than 4096 bytes");
     assert_echo(s);
+    close_http(&srv, &s);
+}
+
+Test(mcp_http, oversized_json_reply_is_an_error_naming_the_limit, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 4096);
+    call_fails(s, "big_json", "{\"size\":100000}", TR_EPROTO, "more than 4096 bytes");
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
+/* 5xx and a refused connection are transport failures (the retry policy retries them). */
+Test(mcp_http, server_errors_are_transport_failures, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    call_fails(s, "err500", NULL, TR_EPEER, "HTTP status 500");
+    assert_echo(s);
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    call_fails(s, "echo", NULL, TR_EPEER, "failed");
+    mcp_session_free(&s);
+    free(srv.url);
+}
+
+Test(mcp_http, retry_after_is_honoured_within_bounds, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    int64_t start = tr_now_ms();
+    char *text = call_ok(s, "busy", NULL); /* 503, Retry-After: 1, then the answer */
+    cr_assert_str_eq(text, "busy");
+    free(text);
+    cr_assert_geq(tr_now_ms() - start, 900, "the request was sent again before its Retry-After");
+    /* One that asks for 10 minutes fails at once, naming it. */
+    start = tr_now_ms();
+    call_fails(s, "ratelimited", NULL, TR_EPEER, "Retry-After 600 s");
+    cr_assert_lt(tr_now_ms() - start, 2000);
+    close_http(&srv, &s);
+}
+
+Test(mcp_http, redirects_are_followed_up_to_a_limit, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "moved", NULL); /* 307 to the same endpoint, once */
+    cr_assert_str_eq(text, "moved");
+    free(text);
+    call_fails(s, "moved_forever", NULL, TR_EPEER, "redirected more than 5 times");
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
+Test(mcp_http, stream_cut_before_the_response_is_resumed_with_last_event_id, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "cut", NULL);
+    cr_assert_str_eq(text, "resumed");
+    free(text);
     close_http(&srv, &s);
 }
 
@@ -376,6 +455,67 @@ Test(mcp_http, server_request_on_the_stream_is_answered_with_defaults, .timeout 
     cJSON_Delete(answer);
     free(text);
     close_http(&srv, &s);
+}
+
+#define MAX_SEEN 64
+
+/* What the observer was handed: each message's text and ticket. */
+struct seen {
+    char *texts[MAX_SEEN];
+    int64_t tickets[MAX_SEEN];
+    size_t n;
+};
+
+static void record_ticket(void *userdata, const char *server, enum mcp_direction direction,
+                          const char *json, const cJSON *message, int64_t ticket)
+{
+    struct seen *seen = userdata;
+    if (seen->n < MAX_SEEN) {
+        seen->texts[seen->n] = xasprintf("%s %s", direction == MCP_SENT ? ">>" : "<<", json);
+        seen->tickets[seen->n++] = ticket;
+    }
+}
+
+/* The ticket of the first message whose text (with its ">> " or "<< ") has needle. */
+static int64_t seen_ticket(const struct seen *seen, const char *needle)
+{
+    for (size_t i = 0; i < seen->n; i++)
+        if (strstr(seen->texts[i], needle))
+            return seen->tickets[i];
+    cr_assert_fail("the observer saw no message with %s", needle);
+    return -1;
+}
+
+Test(mcp_http, server_request_on_a_call_stream_belongs_to_that_call, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct seen seen = {0};
+    struct mcp_observer observer = {.on_message = record_ticket, .userdata = &seen};
+    struct mcp_http_params params = {
+        .name = "http-under-test", .url = srv.url, .handlers = &handlers, .timeout_ms = 5000};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_http(&params, &observer, &s, &err), 0, "%s", err.message);
+    int64_t other = 0, ticket = 0;
+    cr_assert_eq(mcp_session_call_tool_start(s, "hang", NULL, NULL, &other, &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(mcp_session_call_tool_start(s, "ask", NULL, NULL, &ticket, &err), 0, "%s",
+                 err.message);
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_call_tool_finish(s, ticket, 5000, &result, &err), 0, "%s",
+                 err.message);
+    cJSON_Delete(result);
+    /* Two calls in flight: the elicitation came on the stream of "ask", so it is its call's,
+     * and so is troupe's answer to it. */
+    cr_assert_eq(seen_ticket(&seen, "\"name\":\"hang\""), other);
+    cr_assert_eq(seen_ticket(&seen, "<< {\"jsonrpc\":\"2.0\",\"id\":\"ask-1\""), ticket);
+    cr_assert_eq(seen_ticket(&seen, ">> {\"jsonrpc\":\"2.0\",\"id\":\"ask-1\""), ticket);
+    mcp_session_cancel(s, other, NULL);
+    cr_assert_eq(seen.tickets[seen.n - 1], other, "the cancel belongs to its call");
+    close_http(&srv, &s);
+    for (size_t i = 0; i < seen.n; i++)
+        free(seen.texts[i]);
 }
 
 Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
@@ -451,7 +591,7 @@ Test(mcp_stdio_more, batch_is_a_protocol_error_and_the_session_goes_on, .timeout
 }
 
 static void record_sent(void *userdata, const char *server, enum mcp_direction direction,
-                        const char *json, const cJSON *message)
+                        const char *json, const cJSON *message, int64_t ticket)
 {
     if (direction == MCP_SENT && strstr(json, "\"tools/call\""))
         *(char **)userdata = xstrdup(json);
@@ -587,4 +727,58 @@ Test(mcp_cli, servers_by_command_url_and_config, .timeout = 30)
 
     unlink(config);
     server_stop(&srv);
+}
+
+/* ---- the one opener of a session from a server entry ---------------------------------------- */
+
+static char *expand_token(const char *value)
+{
+    const char *at = strstr(value, "${env:TOKEN}");
+    if (!at)
+        return xstrdup(value);
+    return xasprintf("%.*stok-123%s", (int)(at - value), value, at + strlen("${env:TOKEN}"));
+}
+
+Test(mcp_open, url_entry_is_streamable_http_with_its_headers_and_auth, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    char *text = xasprintf("{\"web\": {\"url\": \"%s\", \"protocol\": \"2025-11-25\", "
+                           "\"headers\": {\"Authorization\": \"Bearer ${env:TOKEN}\"}, "
+                           "\"auth\": {}}}",
+                           srv.url);
+    cJSON *servers = cJSON_Parse(text);
+    struct mcp_open_params params = {.expand = expand_token, .timeout_ms = 5000};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open(cJSON_GetObjectItem(servers, "web"), &params, NULL, &s, &err), 0,
+                 "%s", err.message);
+    cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25", "the entry's protocol pin");
+    cr_assert_not_null(mcp_session_auth(s), "auth: gives the session an auth_client of its own");
+    char *who = call_ok(s, "whoami", "{}");
+    cr_assert_str_eq(who, "Bearer tok-123");
+    free(who);
+    mcp_session_free(&s);
+    cJSON_Delete(servers);
+    free(text);
+    server_stop(&srv);
+}
+
+Test(mcp_open, entry_needs_exactly_one_of_url_and_command)
+{
+    static const char *const entries[][2] = {
+        {"{\"x\": {\"args\": [\"a\"]}}", "neither \"url\" nor \"command\""},
+        {"{\"x\": {\"url\": \"http://127.0.0.1:1/mcp\", \"command\": \"c\"}}", "both"},
+        {"{\"x\": {\"command\": \"c\", \"auth\": {}}}", "\"auth\" needs \"url\""},
+    };
+    for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
+        cJSON *servers = cJSON_Parse(entries[i][0]);
+        struct tr_error err = {0};
+        struct mcp_session *s = NULL;
+        cr_assert_eq(mcp_session_open(cJSON_GetObjectItem(servers, "x"), NULL, NULL, &s, &err),
+                     TR_EINVAL);
+        cr_assert(strstr(err.message, entries[i][1]), "%s", err.message);
+        cr_assert_null(s);
+        cJSON_Delete(servers);
+    }
 }

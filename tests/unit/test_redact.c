@@ -255,3 +255,22 @@ Test(redact, json_followed_by_text_is_free_text)
     free(out);
     redactor_free(&r);
 }
+
+Test(redact, a_secret_added_at_run_time_is_redacted_in_every_form)
+{
+    struct redactor *r = redactor_new(NULL);
+    cr_assert(!redactor_active(r));
+    cr_assert(!redactor_add(r, "EMPTY", ""));
+    cr_assert(redactor_add(r, "mcp.web.token", "tok-4f9a8b7c6d5e"));
+    cr_assert(redactor_active(r));
+    cr_assert(!redactor_add(r, "again", "tok-4f9a8b7c6d5e"), "a known secret is added once");
+    cr_assert(redactor_add(r, "mcp.web.refresh", "tok-4f9a8b7c6d5e-refresh"));
+    char *out = apply(r, "Authorization: Bearer tok-4f9a8b7c6d5e");
+    cr_assert_str_eq(out, "Authorization: Bearer [redacted:mcp.web.token]");
+    free(out);
+    out = apply(r, "{\"h\":\"tok-4f9a8b7c6d5e-refresh\",\"u\":\"a%3Dtok-4f9a8b7c6d5e\"}");
+    cr_assert_str_eq(
+        out, "{\"h\":\"[redacted:mcp.web.refresh]\",\"u\":\"a%3D[redacted:mcp.web.token]\"}");
+    free(out);
+    redactor_free(&r);
+}

@@ -1,0 +1,123 @@
+/*
+ * agent-internal.h: what the files of troupe-agent share: the agent, its servers and its
+ * tasks. agent.c has the event loop, the bus and main(); servers.c opens, pumps and restarts
+ * the MCP sessions; tasks.c runs the assignments; redact.c blanks secrets out.
+ */
+#ifndef TROUPE_AGENT_INTERNAL_H
+#define TROUPE_AGENT_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base.h"
+#include "bus.h"
+#include "mcp.h"
+#include "redact.h"
+
+#define MAX_SERVERS 64
+#define MAX_DRAIN 1024 /* bus messages handled in one loop turn */
+
+struct server {
+    char *name;
+    const cJSON *entry; /* its configuration, in agent->config */
+    struct mcp_session *session;
+    char *failure;           /* why the session is unusable, or NULL */
+    int restarts;            /* times the server was restarted after dying */
+    int64_t next_restart_ms; /* a dead server is not started again before this */
+    bool restart_due;        /* the loop restarts it at next_restart_ms */
+};
+
+/* One assignment in flight: a step's request (tools/call, prompts/get, resources/read) sent on
+ * a server's session. */
+struct task {
+    int64_t id; /* the scheduler's */
+    char *step_id;
+    int64_t attempt;
+    struct server *server;
+    char *tool;              /* the tool (or prompt, or resource URI) */
+    enum mcp_step_kind kind; /* which request: mcp_step_method(kind) */
+    int64_t ticket;          /* its request in server->session */
+    int timeout_ms;
+    int64_t deadline_ms;
+};
+
+struct agent {
+    struct bus *bus;
+    char *persona;
+    cJSON *config;
+    /* The welcome's `tools` and `prompts` (mcp_allowlist_matches); entries borrow config. */
+    struct mcp_allowlist allowlist;
+    int credit;                /* tasks the scheduler may have in flight here (welcome) */
+    struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
+    struct server servers[MAX_SERVERS];
+    size_t server_count;
+    struct task **tasks; /* in flight, oldest first */
+    size_t task_count, task_alloc;
+    int64_t last_sent_ms; /* when the scheduler last heard from us */
+};
+
+/* The descriptors to wait on: the signal pipe's, then every session's (owner[i] says whose). */
+struct wait_set {
+    struct pollfd *fds;
+    struct server **owner;
+    size_t n, alloc;
+};
+
+/* ---- agent.c: the bus ---- */
+
+/* The run this agent works for (from the welcome), for log lines; NULL before it. */
+const char *agent_run_of(const struct agent *agent);
+/* Sends msg to the scheduler, its secrets redacted, waiting for room; logs a failure. */
+void agent_send(struct agent *agent, const struct bus_msg *msg);
+/* An audit event (payload taken) of task, or of no task when it is NULL. */
+void agent_send_event(struct agent *agent, const struct task *task, const char *type,
+                      cJSON *payload);
+
+/* ---- servers.c: the MCP sessions ---- */
+
+/* Opens a session with each server of the welcome; err names the server that failed. */
+int servers_open(struct agent *agent, struct tr_error *err);
+/* Stops every server (now: without grace, the agent is being stopped) and frees them. */
+void servers_close(struct agent *agent, bool now);
+struct server *server_find(struct agent *agent, const char *name);
+/* Starts a dead server again (at most once per delay; else the loop does at
+ * next_restart_ms). */
+void server_restart(struct agent *agent, struct server *server);
+/* Acts on what the server's session has ready; completes its tasks whose response came. */
+void server_pump(struct agent *agent, struct server *server);
+/* {"destructive": [...]}: the tools not annotated harmless, for the ready message. */
+char *servers_destructive_tools(struct agent *agent);
+/* The loop's descriptors: signal_fd first, then every session's. */
+void servers_wait_set_fill(struct wait_set *set, struct agent *agent, int signal_fd);
+/* The earliest of the sessions' timers and the restarts due, if before wake; else wake. */
+int64_t servers_next_wake(const struct agent *agent, int64_t now, int64_t wake);
+/* Adds the secrets the servers' auth clients hold now to the redactor (tokens arrive at run
+ * time): called before anything is sent to the scheduler. */
+void servers_redact_secrets(struct agent *agent);
+
+/* ---- tasks.c: the assignments ---- */
+
+/* Reads the welcome's tools and prompts allowlists. */
+void tasks_allowlist_init(struct agent *agent);
+void tasks_allowlist_release(struct agent *agent);
+/* The task in flight on the server named server whose request is ticket, or NULL. */
+struct task *task_of_ticket(const struct agent *agent, const char *server, int64_t ticket);
+size_t tasks_on(const struct agent *agent, const struct server *server);
+/* An assignment: checked, its request sent, the task in the table; or ended at once. */
+void task_start(struct agent *agent, const struct bus_msg *assign);
+/* Takes the result of a task whose ticket is done and completes it. Returns the call's rc. */
+int task_finish(struct agent *agent, struct task *task);
+/* Cancels the task's request with reason and ends it with error and its class. */
+void task_abort(struct agent *agent, struct task *task, const char *reason, const char *error,
+                const char *error_class);
+/* Tasks whose time is up are cancelled and fail as timeouts. */
+void tasks_expire(struct agent *agent);
+/* The scheduler's cancel of a task. */
+void task_cancel(struct agent *agent, const struct bus_msg *cancel);
+/* On the way out: the servers are told to stop working on what is in flight. */
+void tasks_cancel_all(struct agent *agent, const char *reason);
+
+#endif
