@@ -28,6 +28,9 @@ int auth_login(const struct auth_options *options, char **ret_issuer, struct tr_
 
     if (rc < 0)
         return rc;
+    /* A login runs the grant whatever is stored: the store is written, never read (its
+       tokens, refresh token and registration would otherwise be used instead). */
+    c->store_read = 2;
     if ((rc = auth__http_post(c, c->resource_url, "application/json", probe_body, probe_headers, &r,
                               err)) < 0)
         goto out;
