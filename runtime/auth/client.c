@@ -214,12 +214,17 @@ static void load_stored(struct auth_client *c)
         auth__tokens_release(&t);
         return;
     }
+    auth__tokens_release(&c->tokens); /* what a dropped token left (issuer, scope, ...) */
     c->tokens = t;
     if (!c->issuer && t.issuer)
         c->issuer = xstrdup(t.issuer);
-    if (!c->client_id && t.client_id) {
+    /* A registration the store keeps (dynamic, or a metadata document): a configured client
+       is the configuration's, whose secret may have changed since (auth__register). */
+    if (!c->client_id && t.client_id && !c->config_client_id) {
         c->client_id = xstrdup(t.client_id);
         c->client_secret = t.client_secret ? xstrdup(t.client_secret) : NULL;
+        /* The store does not keep the method: basic is what registration picks by default. */
+        c->auth_method = xstrdup(t.client_secret ? "client_secret_basic" : "none");
         c->registered_issuer = t.issuer ? xstrdup(t.issuer) : NULL;
     }
 }

@@ -175,7 +175,10 @@ static int token_request_once(struct auth_client *client, const struct auth__par
     free(t->client_id);
     t->client_id = client->client_id ? xstrdup(client->client_id) : NULL;
     free(t->client_secret);
-    t->client_secret = client->client_secret ? xstrdup(client->client_secret) : NULL;
+    /* Only a registration's own secret: a configured one stays where the configuration
+       keeps it (an environment variable, a file), not copied into the store. */
+    t->client_secret =
+        client->client_secret && !client->config_client_id ? xstrdup(client->client_secret) : NULL;
     if (client->token_store) {
         /* A store that cannot be written costs the next run a login, not this request. */
         int saved = auth__store_save(client->token_store, t, NULL);
