@@ -246,6 +246,14 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     cr_assert_eq(tr_file_read(store, 1 << 20, &stored, &stored_len, NULL), 0,
                  "the agent wrote no token store under $XDG_CONFIG_HOME");
     cr_assert(strstr(stored, url) && strstr(stored, "access_token"), "%s", store);
+    /* ...but not the configured client secret, which stays in its variable or file. */
+    char **secret_only = NULL;
+    size_t n_secret = 0;
+    add_forms(&secret_only, &n_secret, CLIENT_SECRET, true);
+    assert_none_in(store, stored, stored_len, secret_only);
+    for (size_t i = 0; i < n_secret; i++)
+        free(secret_only[i]);
+    free(secret_only);
     free(stored);
     free(store);
     const char *const commands[][8] = {
