@@ -209,7 +209,6 @@ int auth__grant_authorization_code(struct auth_client *c, struct tr_error *err)
     };
     query = auth__form_encode(params);
     url = xasprintf("%s%c%s", endpoint, strchr(endpoint, '?') ? '&' : '?', query);
-    c->authorizations++;
     if ((rc = c->user_agent->authorize(c->user_agent->userdata, url, &redirect, err)) < 0)
         goto out;
     /* state and iss first: an answer that fails them is not looked at further, not even its
