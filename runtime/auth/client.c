@@ -68,7 +68,11 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
         bool ext = auth__ext_member(name); /* the headless grants' (grant_client.c) */
         if (!ext &&
             !one_of(name, config_members, sizeof(config_members) / sizeof(config_members[0]))) {
-            snprintf(buf, size, "auth has no member '%s' (docs/auth.md lists them)", name);
+            snprintf(buf, size,
+                     "auth has no member '%s' (grant, client_id, client_secret, "
+                     "client_metadata_url, scope, token_endpoint_auth_method, or one of the "
+                     "headless grants' in docs/auth.md)",
+                     name);
             return TR_EINVAL;
         }
         if (ext && auth__ext_boolean_member(name))

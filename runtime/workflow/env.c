@@ -96,12 +96,18 @@ static bool secret_name(const char *name)
 
 int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context)
 {
+    return wf_env_check_clear_by(wf, map, secret_name, context);
+}
+
+int wf_env_check_clear_by(struct workflow *wf, const cJSON *map, bool (*is_secret)(const char *),
+                          const char *context)
+{
     const cJSON *entry;
     int rc = 0;
 
     cJSON_ArrayForEach(entry, map)
     {
-        if (cJSON_IsString(entry) && entry->valuestring[0] && secret_name(entry->string) &&
+        if (cJSON_IsString(entry) && entry->valuestring[0] && is_secret(entry->string) &&
             !strstr(entry->valuestring, ENV_OPEN))
             rc = wf_problem(wf, entry, false,
                             "%s'%s' holds a secret in clear: write it as ${env:NAME} so that it "
