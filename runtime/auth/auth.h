@@ -86,7 +86,9 @@ void auth_lines_free(char **lines);
  * (NULL if none), its DPoP-Nonce (NULL if none). Obtains what the challenge asks for
  * (discovery, registration, a grant, a refresh, a wider scope; blocking, bounded) and returns
  * 0 when the request should be sent again with new headers, or TR_EAUTH saying why not
- * (retries for one request are bounded).
+ * (retries for one request are bounded by the caller: mcp/http.c sends one at most 3 more
+ * times). Called with status 401 and no header, it logs in from scratch (discovery from the
+ * well-known URLs, registration, the configured grant): what `troupe mcp login` needs.
  */
 int auth_challenge(struct auth_client *client, long status, const char *www_authenticate,
                    const char *dpop_nonce, struct tr_error *err) TR_MUST_CHECK;

@@ -100,8 +100,12 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
         return TR_EINVAL;
     }
     const cJSON *cimd = cJSON_GetObjectItemCaseSensitive(config, "client_metadata_url");
-    if (cimd && strncmp(cimd->valuestring, "https://", 8) != 0) {
-        snprintf(buf, size, "auth.client_metadata_url must be an https URL");
+    bool https = cimd && strncmp(cimd->valuestring, "https://", 8) == 0;
+    const char *cimd_path = https ? strchr(cimd->valuestring + 8, '/') : NULL;
+    if (cimd && (!cimd_path || cimd_path == cimd->valuestring + 8 || !cimd_path[1])) {
+        snprintf(buf, size,
+                 "auth.client_metadata_url must be an https URL with a path (the "
+                 "client_id it stands for)");
         return TR_EINVAL;
     }
     if (cJSON_HasObjectItem(config, "client_secret") && !cJSON_HasObjectItem(config, "client_id")) {
@@ -361,8 +365,10 @@ int auth_challenge(struct auth_client *client, long status, const char *www_auth
     bool insufficient = have_challenge && ch.error && strcmp(ch.error, "insufficient_scope") == 0;
 
     if (status == 403 && !insufficient) {
+        char *why = ch.error ? tr_text_escape(ch.error, 64) : NULL;
         rc = tr_error_set(err, TR_EAUTH, "MCP server '%s' refused the request (HTTP 403%s%s)",
-                          c->server_name, ch.error ? ": " : "", ch.error ? ch.error : "");
+                          c->server_name, why ? ": " : "", why ? why : "");
+        free(why);
         goto out;
     }
     /* The resource's metadata first: it may name another authorization server now. */

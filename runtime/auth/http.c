@@ -47,6 +47,10 @@ bool auth__url_allowed(const char *url)
 {
     if (!url)
         return false;
+    /* Visible ASCII only: a URL that ends up in a message or a header carries nothing else. */
+    for (const char *p = url; *p; p++)
+        if (*p < 0x21 || *p > 0x7e)
+            return false;
     if (strncasecmp(url, "https://", 8) == 0)
         return url[8] != '\0' && url[8] != '/';
     if (strncasecmp(url, "http://", 7) != 0)

@@ -53,17 +53,31 @@ static char *basic_header(const char *id, const char *secret)
     return out;
 }
 
+/* Whether a token can go into a header line as it is: visible ASCII, nothing that would end
+   the line or start another. */
+static bool header_safe(const char *token)
+{
+    size_t n = strlen(token);
+    if (n > 16384)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (token[i] < 0x21 || token[i] > 0x7e)
+            return false;
+    return true;
+}
+
 int auth__token_error(struct auth_client *client, const char *who, const struct auth__response *r,
                       struct tr_error *err)
 {
     cJSON *json = cJSON_ParseWithLength(r->body, r->body_len);
     const char *code = string_of(json, "error");
     const char *description = string_of(json, "error_description");
+    char *safe_code = code ? tr_text_escape(code, 64) : NULL;
     char *safe = description ? tr_text_escape(description, 200) : NULL;
     int rc = tr_error_set(err, TR_EAUTH, "MCP server '%s': %s refused (HTTP %ld%s%s%s%s)",
-                          client->server_name, who, r->status, code ? ": " : "",
-                          code && tr_text_is_utf8(code) && strlen(code) < 64 ? code : "",
-                          safe ? ", " : "", safe ? safe : "");
+                          client->server_name, who, r->status, safe_code ? ": " : "",
+                          safe_code ? safe_code : "", safe ? ", " : "", safe ? safe : "");
+    free(safe_code);
     free(safe);
     cJSON_Delete(json);
     return rc;
@@ -123,10 +137,10 @@ static int token_request_once(struct auth_client *client, const struct auth__par
     json = cJSON_ParseWithLength(r.body, r.body_len);
     const char *access = string_of(json, "access_token");
     const char *type = string_of(json, "token_type");
-    if (!access || !access[0] || !type) {
+    if (!access || !access[0] || !type || !header_safe(access)) {
         rc = tr_error_set(err, TR_EAUTH,
-                          "MCP server '%s': the token endpoint's answer has no access_token "
-                          "and token_type",
+                          "MCP server '%s': the token endpoint's answer has no usable "
+                          "access_token (visible ASCII) and token_type",
                           client->server_name);
         goto out;
     }

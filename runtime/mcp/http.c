@@ -31,6 +31,7 @@ struct transfer {
     char *body;
     int auth_tries; /* times this request was answered 401/403 and sent again */
     char *www_authenticate, *dpop_nonce; /* from a 401/403 answer */
+    char *authorization;                 /* the Authorization line sent, or NULL */
     int64_t request_id; /* JSON-RPC id the transfer carries or resumes, -1 if none */
     bool is_get;
     bool standalone; /* the optional GET stream for server-initiated messages */
@@ -302,8 +303,11 @@ static void add_auth_headers(struct mcp__http *h, struct transfer *t, const char
         t->sent = add_header(t->sent, e->data);
     char **lines = NULL;
     if (h->auth && auth_request_headers(h->auth, method, h->url, &lines, NULL) == 0)
-        for (size_t i = 0; lines[i]; i++)
+        for (size_t i = 0; lines[i]; i++) {
             t->sent = add_header(t->sent, lines[i]);
+            if (!t->authorization && strncasecmp(lines[i], "Authorization:", 14) == 0)
+                t->authorization = xstrdup(lines[i]);
+        }
     auth_lines_free(lines);
     curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->sent);
 }
@@ -323,6 +327,9 @@ static void transfer_free(struct transfer *t)
     curl_slist_free_all(t->sent);
     free(t->www_authenticate);
     free(t->dpop_nonce);
+    if (t->authorization)
+        explicit_bzero(t->authorization, strlen(t->authorization));
+    free(t->authorization);
     free(t->body);
     tr_buf_release(&t->reply);
     mcp__sse_release(&t->sse);
@@ -458,6 +465,21 @@ static void deliver_json(struct mcp__http *h, struct transfer *t)
     push_message(h, t->request_id, t->reply.data, t->reply.len);
 }
 
+/* Whether the client holds another token than the one t was sent with (another request's
+   challenge got it meanwhile): then t only needs sending again. */
+static bool authorized_since(struct mcp__http *h, const struct transfer *t)
+{
+    char **lines = NULL;
+    bool changed = false;
+    if (auth_request_headers(h->auth, t->is_get ? "GET" : "POST", h->url, &lines, NULL) < 0)
+        return false;
+    for (size_t i = 0; lines[i]; i++)
+        if (strncasecmp(lines[i], "Authorization:", 14) == 0)
+            changed = !t->authorization || strcmp(lines[i], t->authorization) != 0;
+    auth_lines_free(lines);
+    return changed;
+}
+
 /* A 401/403: let the auth_client obtain what the challenge asks, then send the request again
    (a few times at most), or fail it with the client's reason. */
 static void authorize_again(struct mcp__http *h, struct transfer *t, long status)
@@ -468,7 +490,8 @@ static void authorize_again(struct mcp__http *h, struct transfer *t, long status
                      "MCP server '%s' still refuses the request (HTTP %ld) after %d "
                      "authorizations",
                      h->name, status, t->auth_tries);
-    else if (auth_challenge(h->auth, status, t->www_authenticate, t->dpop_nonce, &err) == 0) {
+    else if (authorized_since(h, t) ||
+             auth_challenge(h->auth, status, t->www_authenticate, t->dpop_nonce, &err) == 0) {
         struct transfer *again = transfer_new(h, t->request_id, t->is_get);
         curl_slist_free_all(again->headers);
         again->headers = NULL;

@@ -131,10 +131,18 @@ Test(auth_discovery, only_https_or_loopback_http_is_fetched)
         "http://[::1]:8080/",         "HTTPS://Auth.Example.com",
     };
     static const char *const refused[] = {
-        "http://auth.example.com/x", "http://localhost.evil.example/x",
-        "http://127.0.0.1.nip.io/",  "ftp://localhost/x",
-        "file:///etc/passwd",        "https:///x",
-        "javascript:alert(1)",       "",
+        "http://auth.example.com/x",
+        "http://localhost.evil.example/x",
+        "http://127.0.0.1.nip.io/",
+        "ftp://localhost/x",
+        "file:///etc/passwd",
+        "https:///x",
+        "javascript:alert(1)",
+        "",
+        "https://a.example/x\r\nX-Injected: 1",
+        "https://a.example/ x",
+        "https://a.example/\x1b[2J",
+        "https://a.example/caf\xc3\xa9",
     };
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         cr_expect(auth__url_allowed(allowed[i]), "%s", allowed[i]);

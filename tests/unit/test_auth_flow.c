@@ -27,6 +27,9 @@ static struct fixture {
     bool token_error;
     int expires_in;
     const char *authorization_server; /* PRM's, NULL: base */
+    const char *hostile_token;        /* issue this access token instead */
+    bool deny;                        /* the authorization endpoint answers access_denied */
+    const char *iss;                  /* its iss, NULL: base */
     /* what was seen */
     int authorizations, code_grants, refresh_grants, registrations, refused;
     char challenge[64];
@@ -116,9 +119,10 @@ static enum MHD_Result token(struct MHD_Connection *c, const char *body)
         return reply(c, 400, "{\"error\":\"invalid_grant\",\"error_description\":\"code expired\"}",
                      NULL, NULL);
     snprintf(fx.token, sizeof(fx.token), "tok-secret-%d", ++fx.issued);
-    char *json = xasprintf("{\"access_token\":\"%s\",\"token_type\":\"Bearer\","
-                           "\"expires_in\":%d,\"refresh_token\":\"refresh-secret-%d\"}",
-                           fx.token, fx.expires_in, fx.issued);
+    char *json =
+        xasprintf("{\"access_token\":\"%s\",\"token_type\":\"Bearer\","
+                  "\"expires_in\":%d,\"refresh_token\":\"refresh-secret-%d\"}",
+                  fx.hostile_token ? fx.hostile_token : fx.token, fx.expires_in, fx.issued);
     enum MHD_Result rc = reply(c, 200, json, NULL, NULL);
     free(json);
     return rc;
@@ -210,8 +214,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(fx.authorize_resource, sizeof(fx.authorize_resource), "%s",
                  resource ? resource : "");
         const char *state_param = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state");
-        char *location = xasprintf("http://localhost:1/callback?code=the-code&state=%s&iss=%s",
-                                   state_param ? state_param : "", fx.base);
+        char *location = xasprintf("http://localhost:1/callback?%s&state=%s&iss=%s",
+                                   fx.deny ? "error=access_denied" : "code=the-code",
+                                   state_param ? state_param : "", fx.iss ? fx.iss : fx.base);
         rc = reply(c, 302, "", "Location", location);
         free(location);
     } else if (strcmp(url, "/token") == 0) {
@@ -406,5 +411,85 @@ Test(auth_flow, authorization_server_on_plain_http_is_refused)
     cr_assert(strstr(err.message, "names no authorization server (https, or http on loopback)"),
               "%s", err.message);
     cr_assert_eq(fx.authorizations, 0);
+    auth_client_free(&auth);
+}
+
+Test(auth_flow, a_token_that_would_break_the_header_line_is_refused)
+{
+    fx.hostile_token = "tok\\r\\nX-Injected: 1"; /* JSON escapes: CR LF in the token */
+    struct auth_client *auth = NULL;
+    struct mcp_session *session = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "no usable access_token"), "%s", err.message);
+    cr_assert_null(strstr(err.message, "Injected"), "%s", err.message);
+    cr_assert_eq(fx.code_grants, 1, "%d", fx.code_grants);
+    auth_client_free(&auth);
+}
+
+Test(auth_flow, requests_in_flight_share_one_new_token)
+{
+    struct auth_client *auth = NULL;
+    struct mcp_session *session = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), 0, "%s", err.message);
+    snprintf(fx.token, sizeof(fx.token), "revoked"); /* the server forgets the token */
+    int64_t tickets[4];
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(mcp_session_send(session, "tools/list", NULL, &tickets[i], &err), 0, "%s",
+                     err.message);
+    for (size_t i = 0; i < 4; i++) {
+        cJSON *result = NULL;
+        cr_assert_eq(mcp_session_wait(session, tickets[i], TIMEOUT_MS, &result, &err), 0, "%s",
+                     err.message);
+        cJSON_Delete(result);
+    }
+    cr_assert_eq(fx.refresh_grants, 1, "%d refreshes for one revoked token", fx.refresh_grants);
+    cr_assert_eq(fx.authorizations, 1);
+    mcp_session_free(&session);
+    auth_client_free(&auth);
+}
+
+Test(auth_flow, a_challenge_without_a_request_logs_in_from_scratch)
+{
+    char *url = xasprintf("%s/mcp", fx.base);
+    struct auth_options options = {.server_name = "fixture",
+                                   .resource_url = url,
+                                   .token_store = "",
+                                   .user_agent = &browser,
+                                   .timeout_ms = TIMEOUT_MS};
+    struct auth_client *auth = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(auth_client_new(&options, &auth, &err), 0, "%s", err.message);
+    cr_assert_eq(auth_challenge(auth, 401, NULL, NULL, &err), 0, "%s", err.message);
+    cr_assert_eq(fx.authorizations, 1);
+    char **lines = NULL;
+    cr_assert_eq(auth_request_headers(auth, "POST", url, &lines, &err), 0, "%s", err.message);
+    char expected[80];
+    snprintf(expected, sizeof(expected), "Authorization: Bearer %s", fx.token);
+    cr_assert_str_eq(lines[0], expected);
+    cr_assert_null(lines[1]);
+    auth_lines_free(lines);
+    auth_client_free(&auth);
+    free(url);
+}
+
+Test(auth_flow, an_error_from_another_issuer_is_not_shown)
+{
+    fx.deny = true;
+    fx.iss = "https://evil.example.com";
+    struct auth_client *auth = NULL;
+    struct mcp_session *session = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "comes from another issuer than the one asked"), "%s",
+              err.message);
+    cr_assert_null(strstr(err.message, "access_denied"), "%s", err.message);
+    auth_client_free(&auth);
+    /* From the right issuer, the refusal is reported as it is. */
+    fx.iss = NULL;
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "authorization refused: access_denied"), "%s", err.message);
+    cr_assert_eq(fx.code_grants, 0);
     auth_client_free(&auth);
 }
