@@ -61,10 +61,10 @@ struct auth_options {
  */
 int auth_config_problem(const cJSON *config, char *buf, size_t size);
 
-/* Whether the member name of an `auth` object holds a secret (client_secret, private_key,
-   ...), which must be safe to redact, rather than configuration (client_id, scope, a *_file
-   path). For the workflow's checks and redaction. */
-bool auth_config_secret(const char *name);
+/* Whether the member name of a server's `auth` holds a secret itself (client_secret,
+ * private_key, assertion, id_token, idp_client_secret), which a workflow must write as
+ * ${env:NAME}. Their NAME_file twins hold paths, which are no secret. */
+bool auth_config_member_is_secret(const char *name);
 
 /* A client for one resource. Does no I/O until the first request needs it. */
 int auth_client_new(const struct auth_options *options, struct auth_client **ret_client,

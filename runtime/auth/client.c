@@ -68,7 +68,11 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
         bool ext = auth__ext_member(name); /* the headless grants' (grant_client.c) */
         if (!ext &&
             !one_of(name, config_members, sizeof(config_members) / sizeof(config_members[0]))) {
-            snprintf(buf, size, "auth has no member '%s' (docs/auth.md lists them)", name);
+            snprintf(buf, size,
+                     "auth has no member '%s' (grant, client_id, client_secret, "
+                     "client_metadata_url, scope, token_endpoint_auth_method, or one of the "
+                     "headless grants' in docs/auth.md)",
+                     name);
             return TR_EINVAL;
         }
         if (ext && auth__ext_boolean_member(name))
@@ -275,13 +279,14 @@ int auth_request_headers(struct auth_client *client, const char *method, const c
         c->tokens.expires_at - REFRESH_MARGIN_S <= (int64_t)time(NULL)) {
         drop_access_token(c);
         /* A refresh that fails leaves the request without a token: its 401 runs the grant. */
-        if (auth__refresh(c, NULL) < 0)
+        if (auth__refresh(c, NULL) < 0) {
             drop_access_token(c);
+            /* Client credentials and the JWT bearer grants have no refresh token: the grant
+               itself runs again, without a person (a failure: the request's 401 says why). */
+            if (c->server_meta && auth__ext_grant_is_headless(c))
+                (void)grant_named(c->grant)(c, NULL);
+        }
     }
-    /* Client credentials and the JWT bearer grants have no refresh token: the grant itself runs
-       again, without a person. A failure leaves the request without a token (its 401 says). */
-    if (!c->tokens.access_token && c->server_meta && auth__ext_grant_is_headless(c))
-        (void)grant_named(c->grant)(c, NULL);
     char **lines = xcalloc(3, sizeof(char *));
     bool dpop = c->tokens.token_type && strcasecmp(c->tokens.token_type, "DPoP") == 0;
     if (c->tokens.access_token && dpop) {

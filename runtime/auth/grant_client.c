@@ -90,6 +90,16 @@ static const char *const ext_members[] = {
     "idp_client_secret",  "idp_client_secret_file", "id_token",           "id_token_file",
 };
 
+bool auth_config_member_is_secret(const char *name)
+{
+    static const char *const secrets[] = {"client_secret", "private_key", "assertion", "id_token",
+                                          "idp_client_secret"};
+    for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
+        if (strcmp(secrets[i], name) == 0)
+            return true;
+    return false;
+}
+
 bool auth__ext_member(const char *name)
 {
     for (size_t i = 0; i < sizeof(ext_members) / sizeof(ext_members[0]); i++)

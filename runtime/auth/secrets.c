@@ -124,17 +124,6 @@ out:
     return rc;
 }
 
-bool auth_config_secret(const char *name)
-{
-    /* The members given inline that authenticate the client or stand for a person. */
-    static const char *const secrets[] = {"client_secret", "private_key", "idp_client_secret",
-                                          "id_token", "assertion"};
-    for (size_t i = 0; name && i < sizeof(secrets) / sizeof(secrets[0]); i++)
-        if (strcmp(name, secrets[i]) == 0)
-            return true;
-    return false;
-}
-
 int auth__secret(const cJSON *config, const char *name, char *(*expand)(const char *),
                  char **ret_secret, struct tr_error *err)
 {

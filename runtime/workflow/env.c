@@ -96,23 +96,20 @@ static bool secret_name(const char *name)
     return false;
 }
 
-/* Whether member name of map (env, headers or auth) is a secret: for auth the module says
-   (client_secret is, client_secret_file, a path, is not); elsewhere the name tells. */
-static bool clear_secret(const cJSON *map, const char *name)
+int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context)
 {
-    if (map->string && strcmp(map->string, "auth") == 0)
-        return auth_config_secret(name);
-    return secret_name(name);
+    return wf_env_check_clear_by(wf, map, secret_name, context);
 }
 
-int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context)
+int wf_env_check_clear_by(struct workflow *wf, const cJSON *map, bool (*is_secret)(const char *),
+                          const char *context)
 {
     const cJSON *entry;
     int rc = 0;
 
     cJSON_ArrayForEach(entry, map)
     {
-        if (cJSON_IsString(entry) && entry->valuestring[0] && clear_secret(map, entry->string) &&
+        if (cJSON_IsString(entry) && entry->valuestring[0] && is_secret(entry->string) &&
             !strstr(entry->valuestring, ENV_OPEN))
             rc = wf_problem(wf, entry, false,
                             "%s'%s' holds a secret in clear: write it as ${env:NAME} so that it "
@@ -243,7 +240,7 @@ static bool secret_member(const cJSON *member)
 
 /* Calls visit for each member of a server entry whose references count, with whether they
    are secrets: `env` and `headers` (secret_member), and each member of `auth` on its own,
-   whose secrets (client_secret, private_key, ...) auth_config_secret names while its
+   whose secrets (client_secret, private_key, ...) auth_config_member_is_secret names while its
    client_id or scope are configuration. */
 static void each_member(const cJSON *server,
                         void (*visit)(void *ctx, const cJSON *member, bool secret), void *ctx)
@@ -255,7 +252,7 @@ static void each_member(const cJSON *server,
         if (member->string && strcmp(member->string, "auth") == 0 && cJSON_IsObject(member)) {
             cJSON_ArrayForEach(child, member)
             {
-                visit(ctx, child, auth_config_secret(child->string));
+                visit(ctx, child, auth_config_member_is_secret(child->string));
             }
         } else {
             visit(ctx, member, secret_member(member));

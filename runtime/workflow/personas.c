@@ -106,7 +106,7 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
             return wf_problem(wf, item, true, "%s'auth' needs 'url'", context);
         if (auth_config_problem(item, problem, sizeof(problem)) < 0)
             return wf_problem(wf, item, false, "%s%s", context, problem);
-        if ((rc = wf_env_check_clear(wf, item, context)) < 0)
+        if ((rc = wf_env_check_clear_by(wf, item, auth_config_member_is_secret, context)) < 0)
             return rc;
     }
     for (size_t i = 0; url && i < 4; i++)

@@ -302,6 +302,10 @@ void wf_step_index_add(struct workflow *wf, size_t index);
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context);
 /* env.c: refuses literal values under secret-looking names (Authorization, *_TOKEN, ...). */
 int wf_env_check_clear(struct workflow *wf, const cJSON *map, const char *context);
+/* The same with the caller's rule for which member names hold secrets (a server's `auth`:
+   auth_config_member_is_secret, the module that reads them). */
+int wf_env_check_clear_by(struct workflow *wf, const cJSON *map, bool (*is_secret)(const char *),
+                          const char *context);
 /* env.c: replaces every ${env:NAME} in node's strings by its value; TR_ENOTFOUND if unset. */
 int wf_env_resolve(cJSON *node, struct tr_error *err);
 /* Adds the persona's "tools" (and "prompts", when declared) to object, when it has an

@@ -119,3 +119,68 @@ Test(headless, client_credentials_from_a_workflow_renewed_before_expiry, .timeou
     free(conf);
     harness_env_release(&env);
 }
+
+/* `troupe validate` on a workflow whose one server has client_id, the lines grant and the auth
+   member `member: value`. */
+static void validate_auth(const char *grant, const char *member, const char *value,
+                          struct harness_result *r)
+{
+    struct harness_env env = harness_env_new();
+    char *text = xasprintf("name: clear\n"
+                           "mcp_servers:\n"
+                           "  o:\n"
+                           "    url: https://mcp.example.com/mcp\n"
+                           "    auth:\n"
+                           "      client_id: batch\n"
+                           "%s"
+                           "      %s: %s\n"
+                           "personas:\n"
+                           "  p: {servers: [o]}\n"
+                           "steps:\n"
+                           "  - {id: a, persona: p, tool: o.echo, with: {text: one}}\n",
+                           grant, member, value);
+    char *workflow = harness_write_file(env.dir, "clear.yaml", text);
+    const char *argv[] = {env.troupe, "validate", workflow, NULL};
+    harness_run(argv, env.dir, 30000, r);
+    free(workflow);
+    free(text);
+    harness_env_release(&env);
+}
+
+/* Which auth members hold secrets is auth's to say: each secret written in clear is refused,
+   and the _file twins, which hold paths, are not (the name heuristic for env and headers got
+   both wrong: it refused client_secret_file and let an assertion through). */
+Test(headless, secrets_in_clear_are_refused_paths_are_not, .timeout = 120)
+{
+    static const char *const secrets[] = {"client_secret", "private_key", "id_token",
+                                          "idp_client_secret", "assertion"};
+    struct harness_result r;
+    for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+        const char *grant = strcmp(secrets[i], "assertion") == 0
+                                ? "      grant: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+                            : strcmp(secrets[i], "id_token") == 0
+                                ? "      grant: urn:ietf:params:oauth:grant-type:token-exchange\n"
+                                  "      idp_token_endpoint: https://idp.example.com/token\n"
+                                  "      idp_client_id: troupe\n"
+                                : "      grant: urn:ietf:params:oauth:grant-type:token-exchange\n"
+                                  "      idp_token_endpoint: https://idp.example.com/token\n"
+                                  "      idp_client_id: troupe\n"
+                                  "      id_token_file: /t\n";
+        validate_auth(grant, secrets[i], "literal-value", &r);
+        cr_assert_neq(r.exit_code, 0, "%s in clear was accepted", secrets[i]);
+        char *needle = xasprintf("'%s' holds a secret in clear", secrets[i]);
+        cr_assert(strstr(r.out, needle) || strstr(r.err, needle), "%s%s", r.out, r.err);
+        free(needle);
+        harness_result_release(&r);
+
+        char *file = xasprintf("%s_file", secrets[i]);
+        validate_auth(grant, file, "/run/secrets/x", &r);
+        cr_assert_eq(r.exit_code, 0, "%s refused: %s", file, r.err);
+        free(file);
+        harness_result_release(&r);
+
+        validate_auth(grant, secrets[i], "${env:SOME_SECRET}", &r);
+        cr_assert_eq(r.exit_code, 0, "%s from ${env:} refused: %s", secrets[i], r.err);
+        harness_result_release(&r);
+    }
+}

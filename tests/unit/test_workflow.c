@@ -824,7 +824,8 @@ Test(workflow, server_auth_is_checked_where_it_is_written)
     } broken[] = {
         {url, "{client_ids: x}",
          "3:51: server 'api': auth has no member 'client_ids' (grant, client_id, client_secret, "
-         "client_metadata_url, scope, token_endpoint_auth_method)"},
+         "client_metadata_url, scope, token_endpoint_auth_method, or one of the headless "
+         "grants' in docs/auth.md)"},
         {url, "{grant: password}",
          "3:51: server 'api': auth.grant 'password' is not one of authorization_code, "
          "client_credentials, urn:ietf:params:oauth:grant-type:jwt-bearer, "
