@@ -385,6 +385,8 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
         size_t len;
         int rc = mcp__lines_next(&s->lines, &line, &len);
         if (rc == TR_ETOOBIG)
+            s->error_ticket = ticket_of_stream(s, -1); /* the dropped line's, as for garbage */
+        if (rc == TR_ETOOBIG)
             return tr_error_set(err, TR_EPROTO,
                                 "MCP server '%s' sent a message of more than %zu bytes (%.1f MiB), "
                                 "the limit for one message, while %s%s was awaited; it was dropped",
