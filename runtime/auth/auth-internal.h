@@ -47,7 +47,6 @@ int auth__store_remove(const char *path, const char *issuer, const char *resourc
  * metadata from it and leave their tokens in `tokens`. Every string is owned by the client. */
 
 #define AUTH__MAX_BODY (256 * 1024) /* cap on any metadata, registration or token response */
-#define AUTH__MAX_CHALLENGES 3      /* 401/403 answers to one request before giving up */
 
 struct auth_client {
     char *server_name;
@@ -66,7 +65,7 @@ struct auth_client {
     char *config_auth_method;  /* token_endpoint_auth_method to use */
 
     /* Discovery: the protected resource's metadata and its authorization server's. */
-    char *resource;        /* canonical resource identifier (PRM `resource`, else the URL's) */
+    char *resource;        /* PRM `resource` as published; NULL for a 2025-03-26 server */
     cJSON *resource_meta;  /* RFC 9728 document, or NULL */
     char *issuer;          /* the authorization server in use, as validated */
     cJSON *server_meta;    /* RFC 8414 / OpenID document of issuer */
@@ -79,7 +78,6 @@ struct auth_client {
 
     struct auth__tokens tokens; /* tokens.access_token NULL: none yet */
     char *requested_scope;      /* what the last authorization asked for (step-up unions it) */
-    int authorizations;         /* authorization code grants run so far */
     int store_read;             /* 0, 1: read by URL, 2: read by resource and issuer */
     char *token_dpop_nonce;     /* the token endpoint's last DPoP-Nonce, or NULL */
 
@@ -88,7 +86,7 @@ struct auth_client {
 
 /* ---- blocking HTTP for discovery, registration and tokens (http.c) --------------------------
  * libcurl easy, bounded by the client's timeout, redirects never followed, body capped at
- * AUTH__MAX_BODY (a longer one is TR_ETOOBIG). */
+ * AUTH__MAX_BODY (a longer one fails the exchange with TR_EAUTH). */
 
 struct auth__response {
     long status;

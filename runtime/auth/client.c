@@ -94,8 +94,12 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
         return TR_EINVAL;
     }
     const cJSON *cimd = cJSON_GetObjectItemCaseSensitive(config, "client_metadata_url");
-    if (cimd && strncmp(cimd->valuestring, "https://", 8) != 0) {
-        snprintf(buf, size, "auth.client_metadata_url must be an https URL");
+    bool https = cimd && strncmp(cimd->valuestring, "https://", 8) == 0;
+    const char *cimd_path = https ? strchr(cimd->valuestring + 8, '/') : NULL;
+    if (cimd && (!cimd_path || cimd_path == cimd->valuestring + 8 || !cimd_path[1])) {
+        snprintf(buf, size,
+                 "auth.client_metadata_url must be an https URL with a path (the "
+                 "client_id it stands for)");
         return TR_EINVAL;
     }
     if (cJSON_HasObjectItem(config, "client_secret") && !cJSON_HasObjectItem(config, "client_id")) {

@@ -209,17 +209,10 @@ int auth__grant_authorization_code(struct auth_client *c, struct tr_error *err)
     };
     query = auth__form_encode(params);
     url = xasprintf("%s%c%s", endpoint, strchr(endpoint, '?') ? '&' : '?', query);
-    c->authorizations++;
     if ((rc = c->user_agent->authorize(c->user_agent->userdata, url, &redirect, err)) < 0)
         goto out;
-    error = query_param(redirect, "error");
-    if (error) {
-        char *safe = tr_text_escape(error, 100);
-        rc = tr_error_set(err, TR_EAUTH, "MCP server '%s': authorization refused: %s",
-                          c->server_name, safe);
-        free(safe);
-        goto out;
-    }
+    /* state and iss first: an answer that fails them is not looked at further, not even its
+       error (RFC 9207 §2.4). */
     got_state = query_param(redirect, "state");
     if (!got_state || strcmp(got_state, state) != 0) {
         rc = tr_error_set(err, TR_EAUTH,
@@ -237,6 +230,14 @@ int auth__grant_authorization_code(struct auth_client *c, struct tr_error *err)
                           c->server_name,
                           iss ? "comes from another issuer than the one asked"
                               : "names no issuer although its server promised one");
+        goto out;
+    }
+    error = query_param(redirect, "error");
+    if (error) {
+        char *safe = tr_text_escape(error, 100);
+        rc = tr_error_set(err, TR_EAUTH, "MCP server '%s': authorization refused: %s",
+                          c->server_name, safe);
+        free(safe);
         goto out;
     }
     code = query_param(redirect, "code");

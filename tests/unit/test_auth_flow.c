@@ -28,6 +28,8 @@ static struct fixture {
     int expires_in;
     const char *authorization_server; /* PRM's, NULL: base */
     const char *hostile_token;        /* issue this access token instead */
+    bool deny;                        /* the authorization endpoint answers access_denied */
+    const char *iss;                  /* its iss, NULL: base */
     /* what was seen */
     int authorizations, code_grants, refresh_grants, registrations, refused;
     char challenge[64];
@@ -212,8 +214,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(fx.authorize_resource, sizeof(fx.authorize_resource), "%s",
                  resource ? resource : "");
         const char *state_param = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state");
-        char *location = xasprintf("http://localhost:1/callback?code=the-code&state=%s&iss=%s",
-                                   state_param ? state_param : "", fx.base);
+        char *location = xasprintf("http://localhost:1/callback?%s&state=%s&iss=%s",
+                                   fx.deny ? "error=access_denied" : "code=the-code",
+                                   state_param ? state_param : "", fx.iss ? fx.iss : fx.base);
         rc = reply(c, 302, "", "Location", location);
         free(location);
     } else if (strcmp(url, "/token") == 0) {
@@ -469,4 +472,24 @@ Test(auth_flow, a_challenge_without_a_request_logs_in_from_scratch)
     auth_lines_free(lines);
     auth_client_free(&auth);
     free(url);
+}
+
+Test(auth_flow, an_error_from_another_issuer_is_not_shown)
+{
+    fx.deny = true;
+    fx.iss = "https://evil.example.com";
+    struct auth_client *auth = NULL;
+    struct mcp_session *session = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "comes from another issuer than the one asked"), "%s",
+              err.message);
+    cr_assert_null(strstr(err.message, "access_denied"), "%s", err.message);
+    auth_client_free(&auth);
+    /* From the right issuer, the refusal is reported as it is. */
+    fx.iss = NULL;
+    cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "authorization refused: access_denied"), "%s", err.message);
+    cr_assert_eq(fx.code_grants, 0);
+    auth_client_free(&auth);
 }

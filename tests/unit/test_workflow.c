@@ -836,7 +836,9 @@ Test(workflow, server_auth_is_checked_where_it_is_written)
          "3:51: server 'api': auth.client_secret needs "
          "auth.client_id"},
         {url, "{client_metadata_url: 'http://x.example/c.json'}",
-         "3:51: server 'api': auth.client_metadata_url must be an https URL"},
+         "3:51: server 'api': auth.client_metadata_url must be an https URL with a path"},
+        {url, "{client_metadata_url: 'https://x.example/'}",
+         "3:51: server 'api': auth.client_metadata_url must be an https URL with a path"},
         {url, "[client_id]", "3:51: server 'api': auth must be a mapping"},
         {"command: tool", "{client_id: x}", "3:24: server 'api': 'auth' needs 'url'"},
     };
