@@ -552,6 +552,18 @@ Test(mcp_http, forgotten_session_is_started_once_for_the_calls_in_flight, .timeo
     close_http(&srv, &s);
 }
 
+/* The official SDK's servers answer a forgotten session with 400 and an error about it. */
+Test(mcp_http, session_refused_with_400_as_the_sdk_does_is_started_again, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "forget400", NULL);
+    cr_assert_str_eq(text, "forget400");
+    free(text);
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
 Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
 {
     struct server srv;
