@@ -88,7 +88,8 @@ void agent_send_event(struct agent *agent, const struct task *task, const char *
 /* The logger's filter: no secret reaches the agent's log lines either. */
 static char *redact_log_line(void *userdata, const char *message)
 {
-    const struct agent *agent = userdata;
+    struct agent *agent = userdata;
+    servers_redact_secrets(agent); /* a token obtained since the last message */
     return redactor_apply(agent->redactor, message);
 }
 

@@ -29,6 +29,7 @@ void mcp__round_add(struct mcp_session *s, int64_t id, int64_t ticket)
     struct mcp__round *r = xcalloc(1, sizeof(*r));
     r->id = id;
     r->ticket = ticket;
+    r->session = s->sessions_started;
     r->next = s->rounds;
     s->rounds = r;
 }
@@ -55,6 +56,14 @@ static int64_t ticket_of_id(const struct mcp_session *s, const cJSON *id)
         if (id->valuedouble == (double)r->id)
             return r->ticket;
     return -1;
+}
+
+int64_t mcp__round_session(const struct mcp_session *s, int64_t id)
+{
+    for (const struct mcp__round *r = s->rounds; r; r = r->next)
+        if (r->id == id)
+            return r->session;
+    return s->sessions_started;
 }
 
 int64_t mcp__ticket_of(const struct mcp_session *s, int64_t id)
@@ -376,6 +385,8 @@ static int handle_buffered(struct mcp_session *s, int64_t id, const char *method
         size_t len;
         int rc = mcp__lines_next(&s->lines, &line, &len);
         if (rc == TR_ETOOBIG)
+            s->error_ticket = ticket_of_stream(s, -1); /* the dropped line's, as for garbage */
+        if (rc == TR_ETOOBIG)
             return tr_error_set(err, TR_EPROTO,
                                 "MCP server '%s' sent a message of more than %zu bytes (%.1f MiB), "
                                 "the limit for one message, while %s%s was awaited; it was dropped",
@@ -400,6 +411,10 @@ static int wait_http(struct mcp_session *s, int64_t id, const char *method, int6
         struct mcp__inbound *in;
         while ((in = mcp__http_next(s->http))) {
             int rc = 0;
+            /* A failure of every request reaches each pipelined one, waited for or not. */
+            for (const struct mcp__pending *p = s->pending;
+                 !in->text && in->failed_id == MCP__ALL_REQUESTS && p; p = p->next)
+                park(s, p->id, NULL, in->error_code, in->error_message);
             if (!in->text && (in->failed_id == id || in->failed_id == MCP__ALL_REQUESTS))
                 rc = tr_error_set(err, in->error_code, "%s during %s", in->error_message, method);
             else if (!in->text)
@@ -612,12 +627,17 @@ int mcp__finish(struct mcp_session *s, const char *method, const cJSON *params, 
         rc = mcp__wait_response(s, *id, method, deadline, timeout_ms, &response, err);
         if (rc == TR_ENOTFOUND && s->http && !s->modern && !reinitialized &&
             strcmp(method, "initialize") != 0) {
-            /* The server forgot our session (HTTP 404): start a new one, send it again. */
+            /* The server forgot our session (HTTP 404): start a new one, send it again. When
+             * another request in flight already started one since this was sent, only send. */
             reinitialized = true;
-            mcp__http_reset_session(s->http);
-            char *version = xstrdup(s->protocol_version);
-            rc = mcp__handshake(s, version, timeout_ms, err);
-            free(version);
+            if (mcp__round_session(s, *id) == s->sessions_started) {
+                mcp__http_reset_session(s->http);
+                char *version = xstrdup(s->protocol_version);
+                rc = mcp__handshake(s, version, timeout_ms, err);
+                free(version);
+            } else {
+                rc = 0;
+            }
             if (rc == 0)
                 rc = mcp__start(s, method, params, extra, ticket, id, err);
             if (rc == 0)

@@ -663,10 +663,14 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     }
     if (resend_later(t, status))
         return true;
-    if (status == 404 && h->session_id) {
+    /* A server that forgot the session answers 404 (the spec's word); the official SDK's
+     * servers answer 400 and a JSON-RPC error about the session: taken the same way. */
+    bool forgot =
+        h->session_id && (status == 404 || (status == 400 && strcasestr(detail, "session")));
+    if (forgot) {
         /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
-        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404%s)",
-                     h->name, h->session_id, detail);
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP %ld%s)",
+                     h->name, h->session_id, status, detail);
     } else if (status >= 200 && status < 300) {
         push_failure(h, id, TR_EPROTO,
                      "MCP server '%s' answered a request with HTTP %ld and no "

@@ -224,6 +224,7 @@ struct mcp__parked {
 struct mcp__round {
     int64_t id;
     int64_t ticket;
+    int64_t session; /* sessions_started when it was sent (HTTP: which Mcp-Session-Id) */
     struct mcp__round *next;
 };
 
@@ -273,6 +274,7 @@ struct mcp_session {
     struct mcp__round *rounds; /* every request in flight, for the observer's tickets */
     int64_t answer_ticket;     /* the ticket of the server request being answered, or -1 */
     int64_t error_ticket;      /* the ticket of the message last received, for TR_EPROTO */
+    int64_t sessions_started;  /* initialize handshakes completed */
 };
 
 /* stdio.c: the server's pipes, seen from the session. */
@@ -294,6 +296,8 @@ void mcp__rounds_drop(struct mcp_session *s, int64_t ticket);
 /* The ticket of request id, or -1; the one ticket in flight, or -1 for none or several. */
 int64_t mcp__ticket_of(const struct mcp_session *s, int64_t id);
 int64_t mcp__only_ticket(const struct mcp_session *s);
+/* sessions_started when request id was sent (the current count if it is unknown). */
+int64_t mcp__round_session(const struct mcp_session *s, int64_t id);
 /* Sends msg (taken) to the server; request_id is its id or -1. */
 void mcp__send(struct mcp_session *s, cJSON *msg, int64_t request_id);
 void mcp__send_cancel(struct mcp_session *s, int64_t id, const char *reason);

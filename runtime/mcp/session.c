@@ -84,6 +84,7 @@ int mcp__handshake(struct mcp_session *s, const char *version, int timeout_ms, s
     if (rc < 0)
         goto out;
     mcp__set_version(s, agreed->valuestring, false);
+    s->sessions_started++;
     mcp__send(s, mcp__notification_new("notifications/initialized", NULL), -1);
     if (s->http && !s->legacy_sse) /* where a legacy server sends requests of its own */
         mcp__http_open_stream(s->http, STREAM_WAIT_MS);

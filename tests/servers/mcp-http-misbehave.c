@@ -4,10 +4,12 @@
  * huge, unknown_id, batch, die, hang, ask (an elicitation on the stream before the response),
  * expire (HTTP 404 for a known session, once), whoami (the Authorization header), busy (503
  * with Retry-After: 1, once), ratelimited (429 with Retry-After: 600), err500 (HTTP 500),
- * moved (a 307 redirect, once), moved_forever (307 to itself, always), big_json (a JSON reply
- * of `size` bytes), cut (an SSE event with an id, then the connection closes: the response
- * comes on a GET with Last-Event-ID) and echo. One connection at a time, each closed after its
- * reply; "hang" connections are held open. Prints its port on stdout. Tests only.
+ * forget (HTTP 404, once, and every session so far forgotten), forget400 (the same answered
+ * as the official SDK's servers do: 400 and a JSON-RPC error without id), moved (a 307 redirect,
+ * once), moved_forever (307 to itself, always), big_json (a JSON reply of `size` bytes), cut (an
+ * SSE event with an id, then the connection closes: the response comes on a GET with Last-Event-ID)
+ * and echo. One connection at a time, each closed after its reply; "hang" connections are held
+ * open. Prints its port on stdout. Tests only.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,7 +36,9 @@ static char authorization[256]; /* the last request's Authorization header ("who
 static char param_region[256];  /* the last request's Mcp-Param-Region header */
 static char last_event_id[64];  /* the last request's Last-Event-ID header */
 static bool busy_once, moved_once;
-static cJSON *cut_id; /* the request of a "cut" call, answered on the resumed stream */
+static int forgotten;        /* sessions up to this one are unknown ("forget") */
+static bool forgot_with_400; /* and answered as the SDK's servers do ("forget400") */
+static cJSON *cut_id;        /* the request of a "cut" call, answered on the resumed stream */
 
 static void write_all(int fd, const char *data, size_t len)
 {
@@ -161,6 +165,16 @@ static bool handle_call(int fd, const cJSON *id, const char *tool, const cJSON *
         send_json(fd, response(id, text_result(param_region)), NULL);
     } else if (strcmp(tool, "whoami") == 0) {
         send_json(fd, response(id, text_result(authorization)), NULL);
+    } else if (strcmp(tool, "forget400") == 0 && !forgotten) {
+        forgotten = sessions;
+        forgot_with_400 = true;
+        reply(fd, 400, "application/json",
+              "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32000,\"message\":\"Bad Request: No "
+              "valid session ID provided\"},\"id\":null}",
+              NULL);
+    } else if (strcmp(tool, "forget") == 0 && !forgotten) {
+        forgotten = sessions;
+        reply(fd, 404, "text/plain", "no such session", NULL);
     } else if (strcmp(tool, "busy") == 0 && !busy_once) {
         busy_once = true;
         reply(fd, 503, "text/plain", "busy", "Retry-After: 1\r\n");
@@ -273,6 +287,13 @@ static bool handle_post(int fd, const char *body, const char *session)
         send_json(fd, response(id, result), extra);
     } else if (!modern && (!session || session[0] != 's')) {
         reply(fd, 400, "text/plain", "missing session", NULL);
+    } else if (!modern && atoi(session + 1) <= forgotten && forgot_with_400) {
+        reply(fd, 400, "application/json",
+              "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32000,\"message\":\"Bad Request: No "
+              "valid session ID provided\"},\"id\":null}",
+              NULL);
+    } else if (!modern && atoi(session + 1) <= forgotten) {
+        reply(fd, 404, "text/plain", "no such session", NULL);
     } else if (strcmp(method->valuestring, "tools/call") == 0) {
         const cJSON *name = cJSON_GetObjectItem(params, "name");
         held = handle_call(fd, id, cJSON_IsString(name) ? name->valuestring : "",

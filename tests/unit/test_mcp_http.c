@@ -518,6 +518,52 @@ Test(mcp_http, server_request_on_a_call_stream_belongs_to_that_call, .timeout = 
         free(seen.texts[i]);
 }
 
+/* Two calls in flight on a session the server forgot: one new session, both sent again. */
+Test(mcp_http, forgotten_session_is_started_once_for_the_calls_in_flight, .timeout = 30)
+{
+    struct server srv;
+    server_start(&srv, false);
+    struct seen seen = {0};
+    struct mcp_observer observer = {.on_message = record_ticket, .userdata = &seen};
+    struct mcp_http_params params = {.name = "http-under-test",
+                                     .url = srv.url,
+                                     .protocol_version = "2025-11-25",
+                                     .timeout_ms = 5000};
+    struct tr_error err = {0};
+    struct mcp_session *s = NULL;
+    cr_assert_eq(mcp_session_open_http(&params, &observer, &s, &err), 0, "%s", err.message);
+    int64_t first = 0, second = 0;
+    cJSON *args = cJSON_Parse("{\"message\":\"second\"}");
+    cr_assert_eq(mcp_session_call_tool_start(s, "forget", NULL, NULL, &first, &err), 0);
+    cr_assert_eq(mcp_session_call_tool_start(s, "echo", args, NULL, &second, &err), 0);
+    cJSON_Delete(args);
+    cJSON *result = NULL;
+    cr_assert_eq(mcp_session_call_tool_finish(s, first, 5000, &result, &err), 0, "%s", err.message);
+    cJSON_Delete(result);
+    cr_assert_eq(mcp_session_call_tool_finish(s, second, 5000, &result, &err), 0, "%s",
+                 err.message);
+    cJSON_Delete(result);
+    size_t initializes = 0;
+    for (size_t i = 0; i < seen.n; i++) {
+        initializes += strstr(seen.texts[i], ">> ") && strstr(seen.texts[i], "\"initialize\"");
+        free(seen.texts[i]);
+    }
+    cr_assert_eq(initializes, 2, "the first session and one new one, not one per call");
+    close_http(&srv, &s);
+}
+
+/* The official SDK's servers answer a forgotten session with 400 and an error about it. */
+Test(mcp_http, session_refused_with_400_as_the_sdk_does_is_started_again, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "forget400", NULL);
+    cr_assert_str_eq(text, "forget400");
+    free(text);
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
 Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
 {
     struct server srv;
