@@ -58,6 +58,16 @@ static void wait_listening(int port)
     cr_assert_fail("nothing listens on port %d", port);
 }
 
+/* What the test started, stopped after it however it ended (.fini). */
+static int started_pgids[2];
+
+static void stop_started(void)
+{
+    for (size_t i = 0; i < 2; i++)
+        if (started_pgids[i] > 0)
+            kill(-started_pgids[i], SIGTERM);
+}
+
 struct fixture {
     struct harness_proc proc;
     char port[16], *state, *log;
@@ -84,6 +94,7 @@ static void fixture_start(struct fixture *f)
                           SECRET,
                           NULL};
     harness_spawn(argv, NULL, &f->proc);
+    started_pgids[1] = f->proc.pid;
     wait_listening(atoi(f->port));
     free(exe);
 }
@@ -129,6 +140,7 @@ static void run_remote(bool oauth)
     const char *everything_argv[] = {"/usr/bin/env", "node", everything_js, "streamableHttp", NULL};
     struct harness_proc everything;
     harness_spawn(everything_argv, env.dir, &everything);
+    started_pgids[0] = everything.pid;
     unsetenv("PORT");
 
     struct fixture f = {.oauth = oauth};
@@ -258,12 +270,12 @@ static void run_remote(bool oauth)
     harness_env_release(&env);
 }
 
-Test(remote, through_expiries_and_a_restart, .timeout = 240)
+Test(remote, through_expiries_and_a_restart, .timeout = 240, .fini = stop_started)
 {
     run_remote(false);
 }
 
-Test(remote, behind_oauth_client_credentials, .timeout = 240)
+Test(remote, behind_oauth_client_credentials, .timeout = 240, .fini = stop_started)
 {
     run_remote(true);
 }

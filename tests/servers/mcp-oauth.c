@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -964,6 +965,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* It goes with the test that started it, even one that stops at a failed assertion. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (sodium_init() < 0 || db_open() < 0)
         return 1;
 
