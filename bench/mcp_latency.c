@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -162,6 +163,7 @@ static pid_t start_http_server(const char *server, char *url, size_t size)
         return -1;
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* it goes when the benchmark does, however */
         dup2(fds[1], STDOUT_FILENO);
         close(fds[0]);
         close(fds[1]);

@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,6 +57,7 @@
 #define MAX_BODY (1u << 20)
 #define MAX_SESSIONS 1024
 #define CODE_TTL_S 600
+#define SESSION_NOT_FOUND (-32001) /* the TypeScript SDK's code */
 
 static struct {
     unsigned port;
@@ -691,7 +693,6 @@ static enum MHD_Result do_mcp(struct MHD_Connection *connection, const char *met
     }
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(msg, "method");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
     const char *version =
         MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "MCP-Protocol-Version");
     bool modern = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(
@@ -701,18 +702,18 @@ static enum MHD_Result do_mcp(struct MHD_Connection *connection, const char *met
                   (version && mcp__version_is_modern(version));
     bool initialize = cJSON_IsString(m) && strcmp(m->valuestring, "initialize") == 0;
     enum MHD_Result rc;
+    /* As the TypeScript SDK's servers answer: a JSON-RPC error without the request's id. */
     if (!modern && !initialize && !session[0]) {
         rc = send_json(connection, MHD_HTTP_BAD_REQUEST,
-                       mcp__error_response_new(mcp__id_valid(id) ? id : NULL, MCP__INVALID_REQUEST,
+                       mcp__error_response_new(NULL, MCP__INVALID_REQUEST,
                                                "Bad Request: Mcp-Session-Id header is required"),
                        NULL, NULL);
         goto out;
     }
     if (!modern && !initialize && !session_use(session, sizeof(session), false)) {
         rc = send_json(connection, MHD_HTTP_NOT_FOUND,
-                       mcp__error_response_new(mcp__id_valid(id) ? id : NULL, MCP__INVALID_REQUEST,
-                                               "Session not found"),
-                       NULL, NULL);
+                       mcp__error_response_new(NULL, SESSION_NOT_FOUND, "Session not found"), NULL,
+                       NULL);
         goto out;
     }
     call_params = params;
@@ -964,6 +965,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* It goes with the test that started it, even one that stops at a failed assertion. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (sodium_init() < 0 || db_open() < 0)
         return 1;
 

@@ -139,7 +139,9 @@ out=$(req -d grant_type=refresh_token -d "client_id=$client" -d "refresh_token=$
     "$base/token")
 expect "refresh token reused" "$out" '"error":"invalid_grant"'
 
-# A restart on the same port: the token still works, the session is gone, counts are kept.
+# A restart on the same port: a token issued before it still works, the session is gone,
+# counts are kept.
+token=$(req -u 'cc:s3cr%3At' -d grant_type=client_credentials "$base/token" | token_of)
 kill "$pid"
 wait "$pid" || true
 start "$port"
