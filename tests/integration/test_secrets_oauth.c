@@ -161,11 +161,12 @@ static void stop_fixture(struct harness_proc *fixture)
 /* The grant reads client_secret_file through auth__secret: a file others can read is refused,
    named, with the fix; the same file at 0600 works, also with the tokens an earlier run left
    in the store (the configured client is used, not the stored one). */
-static void check_secret_file_modes(const char *url)
+static void check_secret_file_modes(const char *url, const char *conf)
 {
     const mode_t modes[] = {0644, 0600};
     for (size_t k = 0; k < 2; k++) {
         struct harness_env env = harness_env_new();
+        setenv("XDG_CONFIG_HOME", conf, 1); /* the store the run before left its tokens in */
         char *secret_file = harness_write_file(env.dir, "client-secret", CLIENT_SECRET "\n");
         cr_assert_eq(chmod(secret_file, modes[k]), 0);
         char *text =
@@ -274,7 +275,7 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
         harness_result_release(&x);
     }
 
-    check_secret_file_modes(url);
+    check_secret_file_modes(url, conf);
     stop_fixture(&fixture);
     unsetenv("XDG_CONFIG_HOME");
     for (size_t i = 0; i < n; i++)

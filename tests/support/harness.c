@@ -471,6 +471,12 @@ struct harness_env harness_env_new(void)
     env.dir = harness_tempdir();
     cr_assert_geq(asprintf(&env.db, "%s/state/troupe.db", env.dir), 0);
     env.troupe = harness_build_path("troupe");
+    /* The OAuth token store of every troupe the test starts (and of its agents): the test's
+       own, never the user's ~/.config/troupe. */
+    char *config = NULL;
+    cr_assert_geq(asprintf(&config, "%s/config", env.dir), 0);
+    setenv("XDG_CONFIG_HOME", config, 1);
+    free(config);
     return env;
 }
 

@@ -83,6 +83,7 @@ struct harness_env {
     char *troupe;
 };
 
+/* A temporary directory for a test; sets XDG_CONFIG_HOME to DIR/config (the token store). */
 struct harness_env harness_env_new(void);
 /* Checks the runs the test left (harness_check_runs) and that no process was left running
  * in the directory, then frees the paths (the directory stays, for post-mortems). */
