@@ -7,9 +7,8 @@
  * succeeds; each effect reached the fixture once per idempotency key (its state database);
  * the audit log verifies and replay calls nothing (the fixture's request log does not grow).
  *
- * The OAuth variant (client credentials from ${env:NAME}) needs the auth module's grants
- * (branches work-auth, work-authx): until troupe accepts a server's `auth:` member it is
- * skipped, saying so; the variant without auth runs the same scenario.
+ * The same scenario runs twice: behind OAuth (client credentials, the secret from
+ * ${env:NAME}) and without authorization.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -209,9 +208,8 @@ static void run_remote(bool oauth)
             struct harness_result er;
             harness_finish(&everything, 5000, &er);
             harness_result_release(&er);
-            cr_skip_test("troupe does not take a server's auth: member yet (waits for "
-                         "work-auth/work-authx): %s",
-                         why);
+            cr_assert_fail("troupe validate refused the workflow with a server's auth: member: %s",
+                           why);
         }
         free(why);
     }
