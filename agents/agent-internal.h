@@ -57,6 +57,10 @@ struct agent {
     struct task **tasks; /* in flight, oldest first */
     size_t task_count, task_alloc;
     int64_t last_sent_ms; /* when the scheduler last heard from us */
+    /* Heartbeats also while idle: a worker on another machine (tcp bus), whose scheduler cannot
+       see its process. A local agent's process is the scheduler's child: it beats only while
+       it has tasks, so that nothing wakes an idle one. */
+    bool beat_when_idle;
 };
 
 /* The descriptors to wait on: the signal pipe's, then every session's (owner[i] says whose). */

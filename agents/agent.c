@@ -175,18 +175,28 @@ static bool drain_bus(struct agent *agent)
     return true;
 }
 
+/* Whether the scheduler expects heartbeats now: while tasks are in flight, or always from a
+ * remote worker. */
+static bool beating(const struct agent *agent)
+{
+    return agent->task_count > 0 || agent->beat_when_idle;
+}
+
 /*
  * How long the loop may sleep: until the next heartbeat is due, a task's time is up, a
- * server's restart is due or a session's timer (libcurl's) fires.
+ * server's restart is due or a session's timer (libcurl's) fires; -1 (until something
+ * happens) for an idle local agent with nothing due.
  */
 static long poll_timeout(const struct agent *agent)
 {
     int64_t now = tr_now_ms();
-    int64_t wake = agent->last_sent_ms + BUS_HEARTBEAT_MS;
+    int64_t wake = beating(agent) ? agent->last_sent_ms + BUS_HEARTBEAT_MS : INT64_MAX;
     for (size_t i = 0; i < agent->task_count; i++)
         if (agent->tasks[i]->deadline_ms < wake)
             wake = agent->tasks[i]->deadline_ms;
     wake = servers_next_wake(agent, now, wake);
+    if (wake == INT64_MAX)
+        return -1;
     int64_t left = wake - now;
     return left < 0 ? 0 : (long)left;
 }
@@ -196,8 +206,9 @@ static long poll_timeout(const struct agent *agent)
  * descriptors (a stdio server's pipes, an HTTP server's sockets), sleeping until the earliest
  * of the heartbeat, the tasks' deadlines, the restarts due and the sessions' timers; then the
  * bus is drained, the servers that stirred (or whose timer is due) are pumped, expired tasks
- * are cancelled, due restarts are made and a heartbeat goes out when the scheduler has heard
- * nothing for a while. Nothing is polled at a fixed interval.
+ * are cancelled, due restarts are made and, while tasks are in flight (or always, for a remote
+ * worker), a heartbeat goes out when the scheduler has heard nothing for a while. Nothing is
+ * polled at a fixed interval, and an idle local agent sleeps until something happens.
  */
 static void serve(struct agent *agent)
 {
@@ -234,7 +245,7 @@ static void serve(struct agent *agent)
                 server_restart(agent, server);
         }
         tasks_expire(agent);
-        if (tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
+        if (beating(agent) && tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
             struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
             agent_send(agent, &heartbeat);
             agent->last_sent_ms = tr_now_ms(); /* also when it failed: no busy loop */
@@ -350,6 +361,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    agent.beat_when_idle = strncmp(endpoint, "tcp://", 6) == 0;
     tr_log_setup("troupe-agent", level, format);
     tr_log_context(NULL, NULL, agent.persona);
     signal(SIGPIPE, SIG_IGN);

@@ -30,7 +30,8 @@ enum bus_msg_type {
     BUS_RESULT,    /* agent → scheduler: a step ended (ok, json output or error) */
     BUS_SHUTDOWN,  /* scheduler → agent: close sessions and exit */
     BUS_BYE,       /* agent → scheduler: exiting (error set if it failed) */
-    BUS_HEARTBEAT, /* agent → scheduler: still alive (sent every BUS_HEARTBEAT_MS when idle) */
+    BUS_HEARTBEAT, /* agent → scheduler: still alive (every BUS_HEARTBEAT_MS of silence while it
+                      has tasks; a remote worker's also while idle) */
     BUS_CANCEL,    /* scheduler → agent: give up a task (notifications/cancelled to its server) */
     BUS_DECIDE,    /* troupe approve → scheduler: a decision on a step waiting for approval */
     BUS_DECIDED,   /* scheduler → troupe approve: recorded (ok), or why not (error) */

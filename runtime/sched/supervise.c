@@ -456,15 +456,9 @@ void sched__check_agents(struct run *run, int64_t now)
                         agent->persona, SCHED_AGENT_START_TIMEOUT_MS / 1000);
             agent->exit_expected = true;
             agent_kill(agent, SIGTERM);
-        } else if (agent->state == AGENT_READY && agent->load == 0 && !agent->exit_expected &&
-                   now - agent->last_seen_ms > SCHED_HEARTBEAT_TIMEOUT_MS) {
-            /* Idle agents send heartbeats; this one stopped: it is replaced. */
-            tr_log(TR_LOG_WARN, "agent '%s' sent no heartbeat for %d s; killing it",
-                   agent->identity, SCHED_HEARTBEAT_TIMEOUT_MS / 1000);
-            agent_kill(agent, SIGKILL);
-            agent->state = AGENT_STOPPING; /* no work goes to it until its exit is seen */
-            agent->last_seen_ms = now;
         }
+        /* An idle local agent sends nothing (its process is ours: agent_reap sees it go); a
+           busy one that stops answering is caught by its calls' timeouts. */
     }
 }
 

@@ -756,9 +756,10 @@ Test(agent, url_server_is_used_as_a_command_server_is, .timeout = 60)
 }
 
 /*
- * An agent waits in one poll on the bus, its servers' sockets and their timers: idle, or with
- * an HTTP call in flight and nothing happening, it wakes for its heartbeats (1 s) only, where
- * polling the HTTP transfers every 10 ms would wake it some 100 times a second.
+ * An agent waits in one poll on the bus, its servers' sockets and their timers: idle, nothing
+ * wakes it (a local agent sends no heartbeat when it has no task); with an HTTP call in flight
+ * and nothing happening, it wakes for its heartbeats (1 s) only, where polling the HTTP
+ * transfers every 10 ms would wake it some 100 times a second.
  */
 Test(agent, agent_on_an_http_server_wakes_rarely_idle_or_waiting, .timeout = 60)
 {
@@ -770,7 +771,7 @@ Test(agent, agent_on_an_http_server_wakes_rarely_idle_or_waiting, .timeout = 60)
     long long before = proc_status(s.agent.pid, "voluntary_ctxt_switches");
     listen_for(&s, 3000);
     long long woke = proc_status(s.agent.pid, "voluntary_ctxt_switches") - before;
-    cr_assert_lt(woke, 30, "the idle agent woke %lld times in 3 s", woke);
+    cr_assert_lt(woke, 3, "the idle agent woke %lld times in 3 s", woke);
     assign(&s, 1, "hang", "{}", 30000);
     request_id_of(&s, 1);
     listen_for(&s, 200);
