@@ -63,7 +63,7 @@ Test(decisions, only_a_step_waiting_for_one_takes_a_decision, .timeout = 120)
                  "personas:\n"
                  "  worker: {servers: [fx]}\n"
                  "steps:\n"
-                 "  - {id: slow, persona: worker, tool: fx.effect, with: {n: 0, ms: 1500}}\n"
+                 "  - {id: slow, persona: worker, tool: fx.effect, with: {n: 0, ms: 5000}}\n"
                  "  - {id: gate, persona: worker, tool: fx.effect, with: {n: 1, ms: 1},"
                  " needs: slow}\n"
                  "  - {id: after, persona: worker, tool: fx.effect, with: {n: 2, ms: 1500},"
@@ -81,7 +81,8 @@ Test(decisions, only_a_step_waiting_for_one_takes_a_decision, .timeout = 120)
                                  "'dispatched'",
                                  1, 30000),
                  1);
-    /* A step without a gate (in flight, or not reached), and a gated one not reached yet. */
+    /* A step without a gate (in flight, or not reached), and a gated one not reached yet: `slow`
+     * takes 5 s, time enough for these refusals on a loaded machine. */
     refused(&env, "slow", true, "does not wait for approval (it is dispatched)");
     refused(&env, "after", true, "does not wait for approval (it is pending)");
     refused(&env, "gate", false, "does not wait for approval (it is pending)");
