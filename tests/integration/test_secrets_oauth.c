@@ -85,6 +85,14 @@ static void assert_none_in(const char *what, const char *data, size_t len, char 
                        "%s holds a secret of the run (%s)", what, forms[i]);
 }
 
+/* Frees a NULL-ended list of forms. */
+static void free_forms(char **forms)
+{
+    for (size_t i = 0; forms && forms[i]; i++)
+        free(forms[i]);
+    free(forms);
+}
+
 /* Every regular file under dir. */
 static void assert_tree_clean(const char *dir, char **forms)
 {
@@ -261,9 +269,7 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     size_t n_secret = 0;
     add_forms(&secret_only, &n_secret, CLIENT_SECRET, true);
     assert_none_in(store, stored, stored_len, secret_only);
-    for (size_t i = 0; i < n_secret; i++)
-        free(secret_only[i]);
-    free(secret_only);
+    free_forms(secret_only);
     free(stored);
     free(store);
     const char *const commands[][8] = {
@@ -287,9 +293,7 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     check_secret_file_modes(url, conf);
     stop_fixture(&fixture);
     unsetenv("XDG_CONFIG_HOME");
-    for (size_t i = 0; i < n; i++)
-        free(forms[i]);
-    free(forms);
+    free_forms(forms);
     harness_result_release(&r);
     free(workflow);
     free(text);
@@ -420,9 +424,7 @@ Test(secrets, oauth_tokens_echoed_in_the_handshake_are_redacted, .timeout = 120)
 
     stop_fixture(&fixture);
     unsetenv("XDG_CONFIG_HOME");
-    for (size_t i = 0; i < n; i++)
-        free(forms[i]);
-    free(forms);
+    free_forms(forms);
     free(exported);
     harness_result_release(&r);
     free(workflow);
@@ -489,9 +491,7 @@ Test(secrets, oauth_secret_file_echoed_by_the_token_endpoint_is_redacted, .timeo
     }
     stop_fixture(&fixture);
     unsetenv("XDG_CONFIG_HOME");
-    for (size_t i = 0; i < n; i++)
-        free(forms[i]);
-    free(forms);
+    free_forms(forms);
     free(url);
     free(state);
     free(conf);
