@@ -98,9 +98,6 @@ char *servers_destructive_tools(struct agent *agent);
 void servers_wait_set_fill(struct wait_set *set, struct agent *agent, int signal_fd);
 /* The earliest of the sessions' timers and the restarts due, if before wake; else wake. */
 int64_t servers_next_wake(const struct agent *agent, int64_t now, int64_t wake);
-/* Adds the secrets the servers' auth clients hold now to the redactor (tokens arrive at run
- * time): called before anything is sent to the scheduler. */
-void servers_redact_secrets(struct agent *agent);
 
 /* ---- tasks.c: the assignments ---- */
 

@@ -53,8 +53,6 @@ void agent_send(struct agent *agent, const struct bus_msg *msg_in)
     struct tr_error err = {0};
     struct bus_msg copy = *msg_in, *msg = &copy;
 
-    servers_redact_secrets(agent); /* an auth client may have obtained a token since */
-
     char *json = redactor_apply(agent->redactor, msg_in->json);
     char *error = redactor_apply(agent->redactor, msg_in->error);
     copy.json = json ? json : msg_in->json;
@@ -89,7 +87,6 @@ void agent_send_event(struct agent *agent, const struct task *task, const char *
 static char *redact_log_line(void *userdata, const char *message)
 {
     struct agent *agent = userdata;
-    servers_redact_secrets(agent); /* a token obtained since the last message */
     return redactor_apply(agent->redactor, message);
 }
 

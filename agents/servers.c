@@ -54,6 +54,18 @@ static void on_mcp_stderr(void *userdata, const char *server, const char *line, 
     agent_send_event(agent, task_of_ticket(agent, server, ticket), "mcp.stderr", payload);
 }
 
+/* A secret a server's auth client obtained (a token during the handshake included): redacted
+   from then on, for the rest of the run, whatever happens to the client. */
+static void on_mcp_secret(void *userdata, const char *server, const char *secret)
+{
+    struct agent *agent = userdata;
+    if (!agent->redactor)
+        return;
+    char *name = xasprintf("%s.auth", server);
+    (void)redactor_add(agent->redactor, name, secret); /* known ones: no change */
+    free(name);
+}
+
 /* ---- opening and restarting ------------------------------------------------------------------ */
 
 /* Starts (command:) or reaches (url:) the server described by entry and opens an MCP session
@@ -62,7 +74,7 @@ static void on_mcp_stderr(void *userdata, const char *server, const char *line, 
 static int start_session(struct agent *agent, const cJSON *entry, struct mcp_session **ret_session,
                          struct tr_error *err)
 {
-    struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent};
+    struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent, on_mcp_secret};
     return mcp_session_open(entry, NULL, &observer, ret_session, err);
 }
 
@@ -155,20 +167,6 @@ void servers_close(struct agent *agent, bool now)
         free(agent->servers[i].failure);
     }
     agent->server_count = 0;
-}
-
-void servers_redact_secrets(struct agent *agent)
-{
-    for (size_t i = 0; agent->redactor && i < agent->server_count; i++) {
-        struct server *server = &agent->servers[i];
-        struct auth_client *auth = server->session ? mcp_session_auth(server->session) : NULL;
-        const char *const *secrets = auth ? auth_client_secrets(auth) : NULL;
-        for (size_t j = 0; secrets && secrets[j]; j++) {
-            char *name = xasprintf("%s.auth", server->name);
-            (void)redactor_add(agent->redactor, name, secrets[j]); /* known ones: no change */
-            free(name);
-        }
-    }
 }
 
 /* ---- the loop's side ------------------------------------------------------------------------ */

@@ -72,6 +72,8 @@ struct auth_client {
     char *token_store; /* NULL: in memory only */
     const struct auth_user_agent *user_agent;
     int timeout_ms;
+    void (*on_secret)(void *userdata, const char *server, const char *secret);
+    void *secret_userdata;
 
     /* From the configuration (expanded), NULL when absent. */
     char *grant; /* "authorization_code" (default), "client_credentials", ... */
@@ -101,6 +103,11 @@ struct auth_client {
 
     const char *secrets[16]; /* auth_client_secrets' answer */
 };
+
+/* Tells the client's on_secret of secret (an empty or NULL one is no secret): every file of
+   the module calls it where a secret comes into the client or is derived from one, before
+   anything sends it. Returns secret. */
+const char *auth__secret_known(struct auth_client *client, const char *secret);
 
 /* ---- blocking HTTP for discovery, registration and tokens (http.c) --------------------------
  * libcurl easy, bounded by the client's timeout, redirects never followed, body capped at

@@ -12,7 +12,8 @@
  * calls are bounded by the timeout the client was made with.
  *
  * Secrets (tokens, client secrets, keys) never leave this module except in request headers
- * and bodies sent to the servers they are for, and through auth_client_secrets (redaction).
+ * and bodies sent to the servers they are for, and through auth_options.on_secret and
+ * auth_client_secrets (redaction).
  */
 #ifndef TROUPE_AUTH_H
 #define TROUPE_AUTH_H
@@ -53,6 +54,15 @@ struct auth_options {
        and fails with a message that names `troupe mcp login SERVER`. */
     const struct auth_user_agent *user_agent;
     int timeout_ms; /* bound on each blocking call; 0 means 30 s */
+    /* Told of every secret the client comes to hold or derive, before any request or message
+       can carry it: tokens (obtained or read from the store), client secrets (configured,
+       read from a file, registered), what the headless grants read or make (assertions, ID
+       tokens, keys), the authorization code and PKCE verifier, and the credentials of the
+       Basic header (percent-encoded, joined, base64). server: server_name. For a redactor,
+       which must keep each for as long as anything the client did can still be reported (a
+       failed request's message may quote a secret after the client is gone). NULL: none. */
+    void (*on_secret)(void *userdata, const char *server, const char *secret);
+    void *secret_userdata;
 };
 
 /*

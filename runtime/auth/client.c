@@ -141,6 +141,8 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
     c->expand = options->expand;
     c->user_agent = options->user_agent;
     c->timeout_ms = options->timeout_ms > 0 ? options->timeout_ms : 30000;
+    c->on_secret = options->on_secret;
+    c->secret_userdata = options->secret_userdata;
     if (!options->token_store)
         c->token_store = auth__store_default_path();
     else if (options->token_store[0])
@@ -151,11 +153,13 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
     c->config_scope = config_string(options, "scope");
     c->client_metadata_url = config_string(options, "client_metadata_url");
     c->config_auth_method = config_string(options, "token_endpoint_auth_method");
+    auth__secret_known(c, c->config_client_secret); /* ${env:NAME}: the workflow's already */
     int rc = auth__ext_init(c, err);
     if (rc < 0) {
         auth_client_free(&c);
         return rc;
     }
+    auth__secret_known(c, c->config_client_secret); /* client_secret_file's */
     *ret_client = c;
     return 0;
 }
@@ -224,6 +228,8 @@ static void load_stored(struct auth_client *c)
     }
     auth__tokens_release(&c->tokens); /* what a dropped token left (issuer, scope, ...) */
     c->tokens = t;
+    auth__secret_known(c, t.access_token);
+    auth__secret_known(c, t.refresh_token);
     if (!c->issuer && t.issuer)
         c->issuer = xstrdup(t.issuer);
     /* A registration the store keeps (dynamic, or a metadata document): a configured client
@@ -231,10 +237,18 @@ static void load_stored(struct auth_client *c)
     if (!c->client_id && t.client_id && !c->config_client_id) {
         c->client_id = xstrdup(t.client_id);
         c->client_secret = t.client_secret ? xstrdup(t.client_secret) : NULL;
+        auth__secret_known(c, c->client_secret);
         /* The store does not keep the method: basic is what registration picks by default. */
         c->auth_method = xstrdup(t.client_secret ? "client_secret_basic" : "none");
         c->registered_issuer = t.issuer ? xstrdup(t.issuer) : NULL;
     }
+}
+
+const char *auth__secret_known(struct auth_client *client, const char *secret)
+{
+    if (client->on_secret && secret && secret[0])
+        client->on_secret(client->secret_userdata, client->server_name, secret);
+    return secret;
 }
 
 /* Drops the access token (a refresh token stays for auth__refresh). */

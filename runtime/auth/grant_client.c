@@ -61,6 +61,7 @@ void auth__ext_free(struct auth__ext **ext)
 const char *auth__ext_hold(struct auth_client *client, char *value)
 {
     struct auth__ext *ext = auth__ext_of(client);
+    auth__secret_known(client, value);
     size_t n = sizeof(ext->held) / sizeof(ext->held[0]);
     for (size_t i = 0; i < n; i++)
         if (!ext->held[i])

@@ -190,6 +190,7 @@ int auth__grant_authorization_code(struct auth_client *c, struct tr_error *err)
                             "with S256; refusing it",
                             c->server_name, c->issuer);
     auth__random_string(verifier, sizeof(verifier));
+    auth__secret_known(c, verifier);
     auth__pkce_challenge(verifier, challenge, sizeof(challenge));
     auth__random_string(state, sizeof(state));
     scope = select_scope(c);
@@ -248,7 +249,7 @@ int auth__grant_authorization_code(struct auth_client *c, struct tr_error *err)
     }
     const struct auth__param fields[] = {
         {"grant_type", "authorization_code"},
-        {"code", code},
+        {"code", auth__secret_known(c, code)},
         {"redirect_uri", c->user_agent->redirect_uri},
         {"code_verifier", verifier},
         {NULL, NULL},

@@ -52,6 +52,7 @@ static void set_identity(struct auth_client *c, const char *id, const char *secr
         explicit_bzero(c->client_secret, strlen(c->client_secret));
     free(c->client_secret);
     c->client_secret = secret ? xstrdup(secret) : NULL;
+    auth__secret_known(c, c->client_secret);
     free(c->auth_method);
     c->auth_method = xstrdup(method);
     free(c->registered_issuer);

@@ -22,13 +22,15 @@ static const char *string_of(const cJSON *object, const char *name)
     return cJSON_IsString(item) ? item->valuestring : NULL;
 }
 
-/* "Basic base64(urlencode(id):urlencode(secret))" (RFC 6749 §2.3.1). Caller frees. */
-static char *basic_header(const char *id, const char *secret)
+/* "Basic base64(urlencode(id):urlencode(secret))" (RFC 6749 §2.3.1), each form the secret
+   takes on the way told to the client's on_secret. Caller frees. */
+static char *basic_header(struct auth_client *client, const char *id, const char *secret)
 {
     char *eid = curl_escape(id, 0), *esecret = curl_escape(secret, 0);
     if (!eid || !esecret)
         tr_out_of_memory(0);
-    char *pair = xasprintf("%s:%s", eid, esecret);
+    char *pair = xasprintf("%s:%s", eid, auth__secret_known(client, esecret));
+    auth__secret_known(client, pair);
     curl_free(eid);
     curl_free(esecret);
     static const char alphabet[] =
@@ -48,6 +50,7 @@ static char *basic_header(const char *id, const char *secret)
         *o++ = i + 2 < n ? alphabet[v & 63] : '=';
     }
     *o = '\0';
+    auth__secret_known(client, out + strlen("Authorization: Basic "));
     explicit_bzero(pair, n);
     free(pair);
     return out;
@@ -107,7 +110,7 @@ static int token_request_once(struct auth_client *client, const struct auth__par
         form[nform++] = fields[i];
     const char *method = client->auth_method ? client->auth_method : "none";
     if (strcmp(method, "client_secret_basic") == 0 && client->client_secret) {
-        basic = basic_header(client->client_id, client->client_secret);
+        basic = basic_header(client, client->client_id, client->client_secret);
         lines[nlines++] = basic;
     } else if (strcmp(method, "client_secret_post") == 0 && client->client_secret) {
         form[nform++] = (struct auth__param){"client_id", client->client_id};
@@ -147,12 +150,14 @@ static int token_request_once(struct auth_client *client, const struct auth__par
     struct auth__tokens *t = &client->tokens;
     free(t->access_token);
     t->access_token = xstrdup(access);
+    auth__secret_known(client, t->access_token);
     free(t->token_type);
     t->token_type = xstrdup(type);
     const char *refresh = string_of(json, "refresh_token");
     if (refresh) { /* an answer without one keeps the old refresh token (RFC 6749 §6) */
         free(t->refresh_token);
         t->refresh_token = xstrdup(refresh);
+        auth__secret_known(client, t->refresh_token);
     }
     const char *scope = string_of(json, "scope");
     const char *requested = NULL;

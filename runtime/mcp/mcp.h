@@ -212,6 +212,9 @@ struct mcp_observer {
                        const char *json, const cJSON *message, int64_t ticket);
     void (*on_stderr)(void *userdata, const char *server, const char *line, int64_t ticket);
     void *userdata;
+    /* Each secret the session's auth_client comes to hold or derive (auth_options.on_secret),
+       told before any request or message can carry it: the handshake's too. NULL: none. */
+    void (*on_secret)(void *userdata, const char *server, const char *secret);
 };
 
 /*

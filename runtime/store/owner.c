@@ -49,7 +49,7 @@ static int open_for_owning(struct store *store, struct tr_error *err)
     if (store->owner_fd >= 0)
         return 0;
     char *path = xasprintf("%s" OWNER_SUFFIX, store->path);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600); /* as the database */
     int rc = 0;
 
     if (fd < 0)

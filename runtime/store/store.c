@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -547,6 +548,23 @@ static char *file_uri(const char *path, bool immutable)
     return tr_buf_take(&uri);
 }
 
+/*
+ * A new database is made readable by its owner alone (0600, whatever the umask): its audit
+ * trail holds what the servers answered, which other users have no business reading. SQLite
+ * gives its -wal and -shm the database's mode. An existing file keeps the mode it has.
+ */
+static int create_private(const char *path, struct tr_error *err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST)
+        return tr_error_set(err, TR_EIO, "could not create database '%s': %s", path,
+                            strerror(errno));
+    if (fd >= 0 && (fchmod(fd, 0600) < 0 || close(fd) < 0))
+        return tr_error_set(err, TR_EIO, "could not create database '%s': %s", path,
+                            strerror(errno));
+    return 0;
+}
+
 /* Opens the file: read-write (created if need be), or read-only. */
 static int open_file(struct store *store, bool read_only, struct tr_error *err)
 {
@@ -557,6 +575,8 @@ static int open_file(struct store *store, bool read_only, struct tr_error *err)
 
     if (!read_only) {
         flags |= SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+        if ((rc = create_private(path, err)) < 0)
+            return rc;
     } else {
         /*
          * Read-only: on a read-only filesystem (or directory), the write-ahead log's index

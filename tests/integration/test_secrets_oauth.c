@@ -4,6 +4,8 @@
  * token the fixture issued, in any encoding (raw, JSON-escaped once and twice, Basic), in the
  * database, the run's files, the logs, `troupe log` or either export; a client_secret_file
  * others can read is refused; secrets of `auth` are checked before a run as env secrets are.
+ * A hostile fixture (--echo-credentials, built with SECRETS_OAUTH_ECHO as secrets_oauth_echo)
+ * echoes tokens in the handshake and a file's client secret in a token refusal: all redacted.
  * (Apart from test_secrets.c: more tests in one program leave Criterion's own runner leaking
  * 48 bytes under LeakSanitizer.)
  */
@@ -85,6 +87,14 @@ static void assert_none_in(const char *what, const char *data, size_t len, char 
                        "%s holds a secret of the run (%s)", what, forms[i]);
 }
 
+/* Frees a NULL-ended list of forms. */
+static void free_forms(char **forms)
+{
+    for (size_t i = 0; forms && forms[i]; i++)
+        free(forms[i]);
+    free(forms);
+}
+
 /* Every regular file under dir. */
 static void assert_tree_clean(const char *dir, char **forms)
 {
@@ -125,13 +135,17 @@ static size_t issued_tokens(const char *state_db, char ***list, size_t *n)
     return count;
 }
 
-/* Starts the OAuth fixture in dir (tokens last 2 s, issued ones kept in state): its URL. */
-static char *start_fixture(const char *dir, const char *state, struct harness_proc *ret)
+/* Starts the OAuth fixture in dir (tokens last 2 s, issued ones kept in state; hostile: it
+   echoes the credentials it receives, --echo-credentials): its URL. */
+static char *start_fixture_as(const char *dir, const char *state, bool hostile,
+                              struct harness_proc *ret)
 {
     char *exe = harness_build_path("tests/test-mcp-oauth");
-    const char *argv[] = {exe,       "--port",          "0",           "--client-id",
-                          CLIENT_ID, "--client-secret", CLIENT_SECRET, "--token-ttl",
-                          "2",       "--state",         state,         NULL};
+    const char *argv[] = {exe,           "--port",      "0",
+                          "--client-id", CLIENT_ID,     "--client-secret",
+                          CLIENT_SECRET, "--token-ttl", "2",
+                          "--state",     state,         hostile ? "--echo-credentials" : NULL,
+                          NULL};
     char *url = NULL;
     harness_spawn(argv, dir, ret);
     for (int waited = 0; waited < 10000 && !url; waited += 20) {
@@ -156,6 +170,14 @@ static void stop_fixture(struct harness_proc *fixture)
     kill(-fixture->pid, SIGTERM);
     harness_finish(fixture, 5000, &r);
     harness_result_release(&r);
+}
+
+/* Two programs of two tests each (more tests in one program leave Criterion's runner leaking
+   under LeakSanitizer): this one's, or with SECRETS_OAUTH_ECHO the hostile fixture's. */
+#ifndef SECRETS_OAUTH_ECHO
+static char *start_fixture(const char *dir, const char *state, struct harness_proc *ret)
+{
+    return start_fixture_as(dir, state, false, ret);
 }
 
 /* The grant reads client_secret_file through auth__secret: a file others can read is refused,
@@ -252,9 +274,7 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     size_t n_secret = 0;
     add_forms(&secret_only, &n_secret, CLIENT_SECRET, true);
     assert_none_in(store, stored, stored_len, secret_only);
-    for (size_t i = 0; i < n_secret; i++)
-        free(secret_only[i]);
-    free(secret_only);
+    free_forms(secret_only);
     free(stored);
     free(store);
     const char *const commands[][8] = {
@@ -278,9 +298,7 @@ Test(secrets, oauth_client_secret_and_tokens_reach_no_record, .timeout = 180)
     check_secret_file_modes(url, conf);
     stop_fixture(&fixture);
     unsetenv("XDG_CONFIG_HOME");
-    for (size_t i = 0; i < n; i++)
-        free(forms[i]);
-    free(forms);
+    free_forms(forms);
     harness_result_release(&r);
     free(workflow);
     free(text);
@@ -335,3 +353,155 @@ Test(secrets, oauth_auth_secrets_are_checked_before_the_run, .timeout = 60)
     unsetenv("OAUTH_CID");
     unsetenv("OAUTH_CLIENT_SECRET");
 }
+
+#else  /* SECRETS_OAUTH_ECHO */
+
+/* The audit of a run as a JSONL export. Caller frees. */
+static char *export_jsonl(const struct harness_env *env)
+{
+    struct harness_result x;
+    const char *argv[] = {env->troupe, "--db",     env->db, "audit", "export",
+                          "latest",    "--format", "jsonl", NULL};
+    harness_run(argv, env->dir, 30000, &x);
+    cr_assert_eq(x.exit_code, 0, "export: %s", x.err);
+    char *out = xstrdup(x.out);
+    harness_result_release(&x);
+    return out;
+}
+
+/* The database and its -wal and -shm (those that exist) are readable by their owner alone. */
+static void assert_db_private(const char *db)
+{
+    const char *suffixes[] = {"", "-wal", "-shm", ".owners"};
+    for (size_t i = 0; i < 4; i++) {
+        char *path = xasprintf("%s%s", db, suffixes[i]);
+        struct stat st;
+        if (stat(path, &st) == 0)
+            cr_assert_eq(st.st_mode & 0777, 0600, "%s is %03o", path, st.st_mode & 0777);
+        else
+            cr_assert(i > 0, "no database %s", path);
+        free(path);
+    }
+}
+
+/*
+ * A hostile server puts the Authorization header of each request into its answers, the
+ * handshake's first (the token is obtained while the session opens): no token it was sent
+ * reaches the database, the logs or an export, where the echo shows as the redaction mark.
+ * The database troupe created is private (0600, whatever the umask), its log and index too.
+ */
+Test(secrets, oauth_tokens_echoed_in_the_handshake_are_redacted, .timeout = 120)
+{
+    struct harness_env env = harness_env_new();
+    char *fixture_dir = harness_tempdir();
+    char *conf = harness_tempdir();
+    char *state = xasprintf("%s/state.db", fixture_dir);
+    struct harness_proc fixture;
+    char *url = start_fixture_as(fixture_dir, state, true, &fixture);
+    char *text = xasprintf("name: oauth-echo\n" OAUTH_SERVER_YAML
+                           "      client_secret: ${env:OAUTH_CLIENT_SECRET}\n"
+                           "personas:\n"
+                           "  p: {servers: [remote]}\n"
+                           "steps:\n"
+                           "  - {id: first, persona: p, tool: remote.echo, with: {text: one}}\n",
+                           url);
+    char *workflow = harness_write_file(env.dir, "oauth.yaml", text);
+    setenv("OAUTH_CLIENT_SECRET", CLIENT_SECRET, 1);
+    setenv("XDG_CONFIG_HOME", conf, 1);
+    mode_t old_umask = umask(022);
+    struct harness_result r;
+    const char *argv[] = {env.troupe, "-v", "--db", env.db, "run", workflow, NULL};
+    harness_run(argv, env.dir, 90000, &r);
+    umask(old_umask);
+    unsetenv("OAUTH_CLIENT_SECRET");
+    cr_assert_eq(r.exit_code, 0, "exit %d\nstderr:\n%s", r.exit_code, r.err);
+
+    char **forms = NULL;
+    size_t n = 0;
+    add_forms(&forms, &n, CLIENT_SECRET, true);
+    cr_assert_geq(issued_tokens(state, &forms, &n), 1);
+    char *exported = export_jsonl(&env);
+    cr_assert(strstr(exported, "echoAuthorization\":\"Bearer [redacted:remote.auth]"),
+              "the echo of the handshake's token is not in the audit as redacted:\n%.3000s",
+              exported);
+    assert_none_in("the export", exported, strlen(exported), forms);
+    assert_none_in("stderr", r.err, strlen(r.err), forms);
+    assert_tree_clean(env.dir, forms);
+    assert_db_private(env.db);
+
+    stop_fixture(&fixture);
+    unsetenv("XDG_CONFIG_HOME");
+    free_forms(forms);
+    free(exported);
+    harness_result_release(&r);
+    free(workflow);
+    free(text);
+    free(url);
+    free(state);
+    free(conf);
+    free(fixture_dir);
+    harness_env_release(&env);
+}
+
+/*
+ * A client secret read from client_secret_file (with + / = " \\ and non-ASCII), wrong, sent
+ * to a token endpoint that quotes the request in its refusal: neither the secret, nor its
+ * percent-encoded form (client_secret_post), nor the Basic header's base64 of the encoded
+ * credentials (client_secret_basic) reaches the run's output, the database or an export.
+ */
+Test(secrets, oauth_secret_file_echoed_by_the_token_endpoint_is_redacted, .timeout = 120)
+{
+    static const char wrong[] = "F1le\"Secret+/=\\\xc3\xa9_987654";
+    static const char *const methods[] = {"client_secret_post", "client_secret_basic"};
+    char *fixture_dir = harness_tempdir();
+    char *conf = harness_tempdir();
+    char *state = xasprintf("%s/state.db", fixture_dir);
+    struct harness_proc fixture;
+    char *url = start_fixture_as(fixture_dir, state, true, &fixture);
+    char **forms = NULL;
+    size_t n = 0;
+    add_forms(&forms, &n, wrong, true);
+    setenv("XDG_CONFIG_HOME", conf, 1);
+    for (size_t k = 0; k < 2; k++) {
+        struct harness_env env = harness_env_new();
+        char *secret_file =
+            harness_write_file(fixture_dir, "client-secret", wrong); /* not in the tree checked */
+        cr_assert_eq(chmod(secret_file, 0600), 0);
+        char *text =
+            xasprintf("name: oauth-file-echo\n" OAUTH_SERVER_YAML "      client_secret_file: %s\n"
+                      "      token_endpoint_auth_method: %s\n"
+                      "personas:\n"
+                      "  p: {servers: [remote]}\n"
+                      "steps:\n"
+                      "  - {id: one, persona: p, tool: remote.echo, with: {text: x}}\n",
+                      url, secret_file, methods[k]);
+        char *workflow = harness_write_file(env.dir, "oauth.yaml", text);
+        struct harness_result r;
+        const char *argv[] = {env.troupe, "-v", "--db", env.db, "run", workflow, NULL};
+        harness_run(argv, env.dir, 60000, &r);
+        cr_assert_neq(r.exit_code, 0, "%s: a wrong secret was accepted", methods[k]);
+        cr_assert(strstr(r.err, "wrong client secret"), "%s: the refusal is not reported:\n%s",
+                  methods[k], r.err);
+        cr_assert(strstr(r.err, "[redacted:remote.auth]"),
+                  "%s: the echoed secret is not shown redacted:\n%s", methods[k], r.err);
+        assert_none_in(methods[k], r.out, strlen(r.out), forms);
+        assert_none_in(methods[k], r.err, strlen(r.err), forms);
+        char *exported = export_jsonl(&env);
+        assert_none_in(methods[k], exported, strlen(exported), forms);
+        assert_tree_clean(env.dir, forms);
+        free(exported);
+        harness_result_release(&r);
+        free(workflow);
+        free(text);
+        free(secret_file);
+        harness_env_release(&env);
+    }
+    stop_fixture(&fixture);
+    unsetenv("XDG_CONFIG_HOME");
+    free_forms(forms);
+    free(url);
+    free(state);
+    free(conf);
+    free(fixture_dir);
+}
+#endif /* SECRETS_OAUTH_ECHO */

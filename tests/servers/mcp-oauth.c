@@ -66,8 +66,9 @@ static struct {
     const char *state;
     FILE *log;
     bool no_auth;
-    char issuer[64];   /* http://127.0.0.1:PORT */
-    char resource[80]; /* the issuer + /mcp */
+    bool echo_credentials; /* --echo-credentials: a hostile server (see usage) */
+    char issuer[64];       /* http://127.0.0.1:PORT */
+    char resource[80];     /* the issuer + /mcp */
     sqlite3 *db;
     struct mcp_server *server;
     pthread_mutex_t lock; /* the database, the sessions and the log */
@@ -537,8 +538,15 @@ static enum MHD_Result do_token(struct MHD_Connection *connection, const char *b
     }
     /* A confidential client must prove itself; a public one has nothing to prove. */
     if (known_secret && (!secret || strcmp(secret, known_secret) != 0)) {
+        const char *basic =
+            MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Authorization");
+        char *echo = fx.echo_credentials
+                         ? xasprintf("wrong client secret (Authorization: %s) in %s",
+                                     basic ? basic : "none", body)
+                         : NULL;
         rc = oauth_error(connection, MHD_HTTP_UNAUTHORIZED, "invalid_client",
-                         "wrong or missing client secret");
+                         echo ? echo : "wrong or missing client secret");
+        free(echo);
         goto out;
     }
     if (!grant) {
@@ -729,6 +737,11 @@ static enum MHD_Result do_mcp(struct MHD_Connection *connection, const char *met
                        NULL);
         goto out;
     }
+    cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
+    const char *authorization =
+        MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Authorization");
+    if (fx.echo_credentials && cJSON_IsObject(result) && authorization)
+        cJSON_AddStringToObject(result, "echoAuthorization", authorization);
     char *text = mcp__json_print(response);
     cJSON_Delete(response);
     rc = send_text(connection, MHD_HTTP_OK, "application/json", text, session_header, session, NULL,
@@ -905,7 +918,9 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: test-mcp-oauth [--port N] [--client-id ID --client-secret SECRET]\n"
                 "       [--token-ttl SECONDS] [--session-ttl SECONDS] [--state FILE]\n"
-                "       [--log FILE] [--no-auth]\n");
+                "       [--log FILE] [--no-auth] [--echo-credentials]\n"
+                "--echo-credentials: every result (the handshake's too) carries the request's\n"
+                "Authorization header; a wrong client secret's refusal quotes the request\n");
 }
 
 int main(int argc, char **argv)
@@ -919,6 +934,7 @@ int main(int argc, char **argv)
         {"state", required_argument, NULL, 'd'},
         {"log", required_argument, NULL, 'l'},
         {"no-auth", no_argument, NULL, 'n'},
+        {"echo-credentials", no_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -952,6 +968,9 @@ int main(int argc, char **argv)
             break;
         case 'n':
             fx.no_auth = true;
+            break;
+        case 'e':
+            fx.echo_credentials = true;
             break;
         case 'h':
             usage(stdout);
