@@ -83,9 +83,9 @@ Test(auth_store, round_trip_by_issuer_and_resource)
     struct auth__tokens got = {0};
 
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_ENOTFOUND);
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &b, &err), 0, "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &b, 1000, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &c, 1000, &err), 0, "%s", err.message);
 
     cr_assert_eq(auth__store_load(path, "https://as.example", a.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-a");
@@ -102,7 +102,7 @@ Test(auth_store, round_trip_by_issuer_and_resource)
 
     /* Saving again replaces the entry, and makes it the newest. */
     a.access_token = "access-a2";
-    cr_assert_eq(auth__store_save(path, &a, &err), 0);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-a2");
     auth__tokens_release(&got);
@@ -111,13 +111,13 @@ Test(auth_store, round_trip_by_issuer_and_resource)
     free(text);
 
     /* Removing by resource and issuer leaves the others. */
-    cr_assert_eq(auth__store_remove(path, "https://as.example", a.resource, &err), 0);
+    cr_assert_eq(auth__store_remove(path, "https://as.example", a.resource, 1000, &err), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-b");
     auth__tokens_release(&got);
-    cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), 0);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_ENOTFOUND);
-    cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), TR_ENOTFOUND);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), TR_ENOTFOUND);
     cr_assert_eq(auth__store_load(path, NULL, c.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-c");
     auth__tokens_release(&got);
@@ -144,7 +144,7 @@ Test(auth_store, modes_created_and_refused)
     struct stat st;
 
     umask(0); /* the store's modes must not depend on the umask */
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
     umask(022);
     cr_assert_eq(stat(dir, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0700, "directory mode %o", st.st_mode & 0777);
@@ -155,7 +155,7 @@ Test(auth_store, modes_created_and_refused)
     cr_assert_eq(chmod(path, 0644), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, path) && strstr(err.message, "chmod 600"), "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     cr_assert_eq(stat(path, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0644);
     cr_assert_eq(chmod(path, 0640), 0);
@@ -168,8 +168,8 @@ Test(auth_store, modes_created_and_refused)
     cr_assert_eq(chmod(dir, 0755), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, dir) && strstr(err.message, "chmod 700"), "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
-    cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), TR_EIO);
     cr_assert_eq(chmod(dir, 0700), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), 0);
     auth__tokens_release(&got);
@@ -182,7 +182,7 @@ Test(auth_store, not_owned_is_refused)
     if (getuid() != 0)
         cr_skip_test("needs root to give the file to another user");
     struct auth__tokens a = sample("https://as.example", "https://mcp.example/mcp", "access-a");
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
     cr_assert_eq(chown(path, 65534, 65534), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, "belongs to user 65534"), "%s", err.message);
@@ -210,7 +210,7 @@ Test(auth_store, symlinks_are_not_followed)
     cr_assert_eq(symlink(victim, path), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, "symbolic link") && strstr(err.message, path), "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     char *text = file_text(victim);
     cr_assert_str_eq(text, "precious\n");
     free(text);
@@ -222,7 +222,7 @@ Test(auth_store, symlinks_are_not_followed)
     /* At the lock's path: not created through. */
     cr_assert_eq(unlink(lock), 0); /* the refused save above made it */
     cr_assert_eq(symlink(victim, lock), 0);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     cr_assert(strstr(err.message, "symbolic link") && strstr(err.message, lock), "%s", err.message);
     cr_assert_eq(unlink(lock), 0);
 
@@ -231,7 +231,7 @@ Test(auth_store, symlinks_are_not_followed)
     char *elsewhere = xasprintf("%s/elsewhere", tmpdir);
     cr_assert_eq(mkdir(elsewhere, 0700), 0);
     cr_assert_eq(symlink(elsewhere, dir), 0);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     cr_assert(strstr(err.message, dir), "%s", err.message);
     char *inside = xasprintf("%s/tokens.json", elsewhere);
     cr_assert_eq(access(inside, F_OK), -1);
@@ -258,14 +258,14 @@ Test(auth_store, corrupt_file_is_named_and_kept)
     struct auth__tokens a = sample("https://as.example", "https://mcp.example/mcp", "access-a");
     struct auth__tokens got = {0};
 
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
     for (size_t k = 0; k < sizeof(corrupt) / sizeof(corrupt[0]); k++) {
         write_text(path, corrupt[k], 0600);
         cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EINVAL, "%s",
                      corrupt[k]);
         cr_assert(strstr(err.message, path) && strstr(err.message, "corrupt"), "%s", err.message);
-        cr_assert_eq(auth__store_save(path, &a, &err), TR_EINVAL, "%s", corrupt[k]);
-        cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), TR_EINVAL);
+        cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EINVAL, "%s", corrupt[k]);
+        cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), TR_EINVAL);
         char *text = file_text(path);
         cr_assert_str_eq(text, corrupt[k], "the corrupt file is never replaced");
         free(text);
@@ -289,7 +289,7 @@ Test(auth_store, two_processes_saving_at_once_lose_nothing)
                 snprintf(access, sizeof(access), "access-%d-%d", p, k);
                 struct auth__tokens t = sample("https://as.example", resource, access);
                 struct tr_error err = {0};
-                if (auth__store_save(path, &t, &err) < 0) {
+                if (auth__store_save(path, &t, 10000, &err) < 0) {
                     fprintf(stderr, "%s\n", err.message);
                     _exit(1);
                 }
