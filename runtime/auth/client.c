@@ -218,13 +218,18 @@ static int store_read(struct auth_client *c, const char *resource, struct auth__
     return rc;
 }
 
-/* The store's problem, as the run's error (err): 0 when the store is usable. */
-static int store_problem(const struct auth_client *c, struct tr_error *err)
+/* The store's problem, as the request's error (err): 0 when the store is usable. A lock held
+   too long is told once (the next refresh waits for it again); a file's problem stays until
+   the store is read without it. */
+static int store_problem(struct auth_client *c, struct tr_error *err)
 {
     if (!c->store_error.code)
         return 0;
-    return tr_error_set(err, c->store_error.code, "MCP server '%s': %s", c->server_name,
-                        c->store_error.message);
+    int rc = tr_error_set(err, c->store_error.code, "MCP server '%s': %s", c->server_name,
+                          c->store_error.message);
+    if (rc == TR_ETIMEDOUT)
+        c->store_error = (struct tr_error){0};
+    return rc;
 }
 
 /* Tokens from the store, when there are none in memory: a previous login or run's. Read once

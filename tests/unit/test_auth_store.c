@@ -6,11 +6,15 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -325,4 +329,52 @@ Test(auth_store, two_processes_saving_at_once_lose_nothing)
     cr_assert_eq(n, 0);
     free(cmd);
     free(pattern);
+}
+
+/* A lock another process holds (a stuck one) bounds every wait: saving, removing and taking
+   the lock give up after wait_ms with TR_ETIMEDOUT naming the lock file; once it is released
+   the lock is taken at once. */
+Test(auth_store, a_held_lock_bounds_the_wait)
+{
+    struct auth__tokens a = sample("https://as.example", "https://mcp.example/a", "access-a");
+    struct tr_error err = {0};
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
+    char *lock = xasprintf("%s.lock", path);
+    int ready[2];
+    cr_assert_eq(pipe(ready), 0);
+    pid_t holder = fork();
+    cr_assert_geq(holder, 0);
+    if (holder == 0) {
+        int fd = open(lock, O_RDWR);
+        if (fd < 0 || flock(fd, LOCK_EX) < 0)
+            _exit(1);
+        if (write(ready[1], "x", 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    char byte;
+    cr_assert_eq(read(ready[0], &byte, 1), 1);
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cr_assert_eq(auth__store_save(path, &a, 300, &err), TR_ETIMEDOUT);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    cr_assert(strstr(err.message, lock), "%s", err.message);
+    long waited = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    cr_assert(waited >= 300 && waited < 2000, "waited %ld ms", waited);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 100, &err), TR_ETIMEDOUT);
+    cr_assert_eq(auth__store_lock(path, 100, &err), TR_ETIMEDOUT);
+    cr_assert(strstr(err.message, lock), "%s", err.message);
+
+    kill(holder, SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(holder, &status, 0), holder);
+    int fd = auth__store_lock(path, 1000, &err);
+    cr_assert_geq(fd, 0, "%s", err.message);
+    cr_assert_eq(auth__store_save_held(path, &a, &err), 0, "%s", err.message);
+    auth__store_unlock(fd);
+    close(ready[0]);
+    close(ready[1]);
+    free(lock);
 }
