@@ -15,6 +15,9 @@
 #include "ext.h"
 
 #define REFRESH_MARGIN_S 60 /* refresh a token this close to its expiry */
+/* The longest a refresh waits for the token store's lock: the client's timeout, but short
+   enough that a run's agent names the lock before troupe's 30 s wait for it to be ready. */
+#define LOCK_WAIT_MAX_MS 15000
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -218,18 +221,15 @@ static int store_read(struct auth_client *c, const char *resource, struct auth__
     return rc;
 }
 
-/* The store's problem, as the request's error (err): 0 when the store is usable. A lock held
-   too long is told once (the next refresh waits for it again); a file's problem stays until
-   the store is read without it. */
-static int store_problem(struct auth_client *c, struct tr_error *err)
+/* The store's problem, as the request's error (err): 0 when the store is usable. It stays
+   until the store is read again without it (a refresh that gets the lock, a load): a lock
+   held too long is not waited for again on each retry of the request. */
+static int store_problem(const struct auth_client *c, struct tr_error *err)
 {
     if (!c->store_error.code)
         return 0;
-    int rc = tr_error_set(err, c->store_error.code, "MCP server '%s': %s", c->server_name,
-                          c->store_error.message);
-    if (rc == TR_ETIMEDOUT)
-        c->store_error = (struct tr_error){0};
-    return rc;
+    return tr_error_set(err, c->store_error.code, "MCP server '%s': %s", c->server_name,
+                        c->store_error.message);
 }
 
 /* Tokens from the store, when there are none in memory: a previous login or run's. Read once
@@ -328,7 +328,8 @@ int auth__refresh(struct auth_client *c, struct tr_error *err)
     /* Only an entry the store can key (issuer and resource) is shared with other processes. */
     if (c->token_store && c->issuer && c->resource) {
         struct tr_error lock_err = {0};
-        c->store_lock = auth__store_lock(c->token_store, c->timeout_ms, &lock_err);
+        int wait_ms = c->timeout_ms < LOCK_WAIT_MAX_MS ? c->timeout_ms : LOCK_WAIT_MAX_MS;
+        c->store_lock = auth__store_lock(c->token_store, wait_ms, &lock_err);
         if (c->store_lock < 0) {
             c->store_error = lock_err;
             c->store_lock = -1;
