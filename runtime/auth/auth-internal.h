@@ -35,12 +35,22 @@ char *auth__store_default_path(void);
    readable by others, named). */
 int auth__store_load(const char *path, const char *issuer, const char *resource,
                      struct auth__tokens *ret_tokens, struct tr_error *err) TR_MUST_CHECK;
-/* Replaces the entry of tokens' issuer and resource. */
-int auth__store_save(const char *path, const struct auth__tokens *tokens,
+/* Replaces the entry of tokens' issuer and resource, waiting at most wait_ms for the
+   store's lock (TR_ETIMEDOUT, naming the lock file, after that). */
+int auth__store_save(const char *path, const struct auth__tokens *tokens, int wait_ms,
                      struct tr_error *err) TR_MUST_CHECK;
+/* The same, by a caller that holds the lock (auth__store_lock). */
+int auth__store_save_held(const char *path, const struct auth__tokens *tokens,
+                          struct tr_error *err) TR_MUST_CHECK;
 /* Removes the entries of resource (and issuer, unless NULL); TR_ENOTFOUND when none. */
-int auth__store_remove(const char *path, const char *issuer, const char *resource,
+int auth__store_remove(const char *path, const char *issuer, const char *resource, int wait_ms,
                        struct tr_error *err) TR_MUST_CHECK;
+/* Takes the store's exclusive lock (creating its directory), waiting at most wait_ms for
+   another process to release it: the lock's descriptor, or TR_ETIMEDOUT naming the lock file
+   (or another error of the directory or the lock file). auth__store_unlock releases it. So
+   that a refresh with a rotating refresh token reads, refreshes and saves as one step. */
+int auth__store_lock(const char *path, int wait_ms, struct tr_error *err) TR_MUST_CHECK;
+void auth__store_unlock(int lock_fd);
 
 /* Every entry of the store, oldest first, into *ret_tokens (ret_count of them; release each
    and free the array). An absent store has none. */
@@ -94,10 +104,12 @@ struct auth_client {
     char *auth_method; /* "client_secret_basic", "client_secret_post" or "none" */
     char *registered_issuer;
 
-    struct auth__tokens tokens; /* tokens.access_token NULL: none yet */
-    char *requested_scope;      /* what the last authorization asked for (step-up unions it) */
-    int store_read;             /* 0, 1: read by URL, 2: read by resource and issuer */
-    char *token_dpop_nonce;     /* the token endpoint's last DPoP-Nonce, or NULL */
+    struct auth__tokens tokens;  /* tokens.access_token NULL: none yet */
+    char *requested_scope;       /* what the last authorization asked for (step-up unions it) */
+    int store_read;              /* 0, 1: read by URL, 2: read by resource and issuer */
+    int store_lock;              /* the store's lock while a refresh holds it, else -1 */
+    struct tr_error store_error; /* why the store was last unusable (code 0: it was not) */
+    char *token_dpop_nonce;      /* the token endpoint's last DPoP-Nonce, or NULL */
 
     struct auth__ext *ext; /* the extensions' state (ext.h: DPoP, held secrets), or NULL */
 

@@ -15,6 +15,9 @@
 #include "ext.h"
 
 #define REFRESH_MARGIN_S 60 /* refresh a token this close to its expiry */
+/* The longest a refresh waits for the token store's lock: the client's timeout, but short
+   enough that a run's agent names the lock before troupe's 30 s wait for it to be ready. */
+#define LOCK_WAIT_MAX_MS 15000
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -143,6 +146,7 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
     c->timeout_ms = options->timeout_ms > 0 ? options->timeout_ms : 30000;
     c->on_secret = options->on_secret;
     c->secret_userdata = options->secret_userdata;
+    c->store_lock = -1;
     if (!options->token_store)
         c->token_store = auth__store_default_path();
     else if (options->token_store[0])
@@ -209,6 +213,29 @@ void auth_client_free(struct auth_client **client)
 
 /* ---- the hooks ----------------------------------------------------------------------------- */
 
+/* The store's entry for resource (and the issuer in use, once known). A store that cannot be
+   used (open to others, corrupt, its lock held too long) is remembered in store_error, so that
+   the run names it rather than asking for a login it could not keep; none, or a usable one,
+   clears it. */
+static int store_read(struct auth_client *c, const char *resource, struct auth__tokens *ret)
+{
+    struct tr_error err = {0};
+    int rc = auth__store_load(c->token_store, c->issuer, resource, ret, &err);
+    c->store_error = rc < 0 && rc != TR_ENOTFOUND ? err : (struct tr_error){0};
+    return rc;
+}
+
+/* The store's problem, as the request's error (err): 0 when the store is usable. It stays
+   until the store is read again without it (a refresh that gets the lock, a load): a lock
+   held too long is not waited for again on each retry of the request. */
+static int store_problem(const struct auth_client *c, struct tr_error *err)
+{
+    if (!c->store_error.code)
+        return 0;
+    return tr_error_set(err, c->store_error.code, "MCP server '%s': %s", c->server_name,
+                        c->store_error.message);
+}
+
 /* Tokens from the store, when there are none in memory: a previous login or run's. Read once
    before discovery (keyed by the URL) and once after (keyed by the published resource and the
    issuer), not on every request. */
@@ -220,9 +247,7 @@ static void load_stored(struct auth_client *c)
         return;
     c->store_read = c->resource ? 2 : 1;
     struct auth__tokens t = {0};
-    if (auth__store_load(c->token_store, c->issuer, c->resource ? c->resource : c->resource_url, &t,
-                         NULL) < 0 ||
-        !t.access_token) {
+    if (store_read(c, c->resource ? c->resource : c->resource_url, &t) < 0 || !t.access_token) {
         auth__tokens_release(&t);
         return;
     }
@@ -258,6 +283,58 @@ static void drop_access_token(struct auth_client *c)
     c->tokens.access_token = NULL;
 }
 
+/* Whether the store's entry t is newer than what c holds and still valid: another process
+   (an agent of another persona, another run) refreshed meanwhile. A rotated refresh token
+   or a later expiry tells it. */
+static bool stored_is_newer(const struct auth_client *c, const struct auth__tokens *t)
+{
+    if (!t->access_token || (t->expires_at && t->expires_at <= (int64_t)time(NULL)))
+        return false;
+    bool rotated = t->refresh_token && strcmp(t->refresh_token, c->tokens.refresh_token) != 0;
+    return rotated || (t->expires_at && t->expires_at > c->tokens.expires_at);
+}
+
+/* The refresh itself, the store's lock held (when there is a store): reads the entry again,
+   takes a newer valid token another process saved, else refreshes with the newest refresh
+   token (the others' rotation spent ours) and saves before the lock goes. */
+static int refresh_locked(struct auth_client *c, struct tr_error *err)
+{
+    if (c->store_lock >= 0) {
+        struct auth__tokens t = {0};
+        int rc = store_read(c, c->resource, &t);
+        if (rc < 0 && rc != TR_ENOTFOUND) {
+            auth__tokens_release(&t);
+            return store_problem(c, err);
+        }
+        /* Another process's tokens are secrets of this one as soon as it holds them. */
+        if (rc == 0) {
+            auth__secret_known(c, t.access_token);
+            auth__secret_known(c, t.refresh_token);
+        }
+        if (rc == 0 && stored_is_newer(c, &t)) {
+            auth__tokens_release(&c->tokens);
+            c->tokens = t;
+            return 0;
+        }
+        if (rc == 0 && t.refresh_token && strcmp(t.refresh_token, c->tokens.refresh_token) != 0) {
+            free_secret(c->tokens.refresh_token);
+            c->tokens.refresh_token = t.refresh_token;
+            t.refresh_token = NULL;
+        }
+        auth__tokens_release(&t);
+    }
+    /* A copy: the request replaces the tokens the fields would point into. */
+    char *refresh = xstrdup(c->tokens.refresh_token);
+    const struct auth__param fields[] = {
+        {"grant_type", "refresh_token"},
+        {"refresh_token", refresh},
+        {NULL, NULL},
+    };
+    int rc = auth__token_request(c, fields, NULL, err);
+    free_secret(refresh);
+    return rc;
+}
+
 int auth__refresh(struct auth_client *c, struct tr_error *err)
 {
     if (!c->tokens.refresh_token)
@@ -267,16 +344,21 @@ int auth__refresh(struct auth_client *c, struct tr_error *err)
         return rc;
     if (!c->client_id && (rc = auth__register(c, err)) < 0)
         return rc;
-    /* A copy: the request replaces the tokens the fields would point into. */
-    char *refresh = xstrdup(c->tokens.refresh_token);
-    const struct auth__param fields[] = {
-        {"grant_type", "refresh_token"},
-        {"refresh_token", refresh},
-        {NULL, NULL},
-    };
-    rc = auth__token_request(c, fields, NULL, err);
-    free_secret(refresh);
-    if (rc < 0) {
+    /* Only an entry the store can key (issuer and resource) is shared with other processes. */
+    if (c->token_store && c->issuer && c->resource) {
+        struct tr_error lock_err = {0};
+        int wait_ms = c->timeout_ms < LOCK_WAIT_MAX_MS ? c->timeout_ms : LOCK_WAIT_MAX_MS;
+        c->store_lock = auth__store_lock(c->token_store, wait_ms, &lock_err);
+        if (c->store_lock < 0) {
+            c->store_error = lock_err;
+            c->store_lock = -1;
+            return store_problem(c, err);
+        }
+    }
+    rc = refresh_locked(c, err);
+    auth__store_unlock(c->store_lock);
+    c->store_lock = -1;
+    if (rc < 0 && !c->store_error.code) {
         /* A refused refresh token is spent: the next challenge runs the grant again. */
         free_secret(c->tokens.refresh_token);
         c->tokens.refresh_token = NULL;
@@ -296,8 +378,9 @@ int auth_request_headers(struct auth_client *client, const char *method, const c
         if (auth__refresh(c, NULL) < 0) {
             drop_access_token(c);
             /* Client credentials and the JWT bearer grants have no refresh token: the grant
-               itself runs again, without a person (a failure: the request's 401 says why). */
-            if (c->server_meta && auth__ext_grant_is_headless(c))
+               itself runs again, without a person (a failure: the request's 401 says why;
+               an unusable store too, through auth_challenge). */
+            if (c->server_meta && !c->store_error.code && auth__ext_grant_is_headless(c))
                 (void)grant_named(c->grant)(c, NULL);
         }
     }
@@ -403,6 +486,11 @@ int auth_challenge(struct auth_client *client, long status, const char *www_auth
         if (c->tokens.access_token)
             goto out; /* a login's tokens, found now that the resource is known */
     }
+    /* A store that cannot be used (as last read) is the problem to name: not a login, which
+       could not be kept, nor a refresh waiting on its lock again, nor a new token fetched
+       behind its back (headless). */
+    if ((rc = store_problem(c, err)) < 0)
+        goto out;
     free(c->challenge_scope);
     c->challenge_scope = have_challenge && ch.scope ? xstrdup(ch.scope) : NULL;
     if (insufficient) {
@@ -424,6 +512,8 @@ int auth_challenge(struct auth_client *client, long status, const char *www_auth
         drop_access_token(c);
         if (c->tokens.refresh_token && auth__refresh(c, NULL) == 0)
             goto out;
+        if ((rc = store_problem(c, err)) < 0)
+            goto out; /* the refresh found the store unusable */
     }
     if ((!c->client_id || !c->registered_issuer || strcmp(c->registered_issuer, c->issuer) != 0) &&
         (rc = auth__register(c, err)) < 0)

@@ -53,7 +53,8 @@ int auth_login(const struct auth_options *options, char **ret_issuer, struct tr_
     }
     /* The grant saved them already, quietly (a run goes on without the store); a login
        exists to store them, so a store that cannot be written is its error. */
-    if (c->token_store && (rc = auth__store_save(c->token_store, &c->tokens, err)) < 0)
+    if (c->token_store &&
+        (rc = auth__store_save(c->token_store, &c->tokens, c->timeout_ms, err)) < 0)
         goto out;
     if (ret_issuer)
         *ret_issuer = xstrdup(c->tokens.issuer ? c->tokens.issuer : "");
@@ -158,7 +159,7 @@ int auth_logout(const struct auth_options *options, int *ret_revoked, struct tr_
         goto out;
     }
     /* Forgotten even when the server did not hear of it: the person asked for it. */
-    if ((rc = auth__store_remove(c->token_store, NULL, c->resource_url, err)) < 0)
+    if ((rc = auth__store_remove(c->token_store, NULL, c->resource_url, c->timeout_ms, err)) < 0)
         goto out;
     *ret_revoked = revoked;
 out:

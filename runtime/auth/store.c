@@ -4,6 +4,8 @@
  * its owner can enter. Saving and removing read, change and replace the whole file under an
  * exclusive flock on a lock file beside it, through a temporary file that is fsynced and
  * renamed over it, so a reader sees the old file or the new one and two writers lose nothing.
+ * The lock is also lent out (auth__store_lock) so that a refresh reads, refreshes and saves
+ * as one step; every wait for it is bounded and its failure names the lock file.
  * It refuses (with the fix, never by repairing) a file or directory that others can read or
  * that another user owns, a symbolic link where the file or its lock should be, and a corrupt
  * file. It knows nothing of grants or HTTP.
@@ -18,6 +20,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth-internal.h"
@@ -326,13 +329,15 @@ out:
 }
 
 /* Creates the directory (0700, with its parents) and takes the exclusive lock on
-   path.lock: returns the lock's descriptor (closing it unlocks) or an error. */
-static int lock_store(const char *path, struct tr_error *err)
+   path.lock, waiting at most wait_ms for another process to release it: returns the lock's
+   descriptor (closing it unlocks) or an error (TR_ETIMEDOUT naming the lock file). */
+static int lock_store(const char *path, int wait_ms, struct tr_error *err)
 {
     char *dir = dir_of(path);
     char *parents = xasprintf("%s/", dir);
     char *lock = xasprintf("%s.lock", path);
     int fd = -1, rc = 0;
+    struct timespec start, now;
 
     if (mkdir(dir, 0700) < 0 && errno == ENOENT) {
         if ((rc = tr_mkdir_parents(parents, err)) < 0)
@@ -346,11 +351,25 @@ static int lock_store(const char *path, struct tr_error *err)
         rc = fd;
         goto out;
     }
-    while (flock(fd, LOCK_EX) < 0) {
-        if (errno != EINTR) {
+    /* Polled rather than a blocking flock: a holder that is stuck must not stall us forever. */
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR) {
             rc = tr_error_set(err, TR_EIO, "could not lock '%s': %s", lock, strerror(errno));
             goto out;
         }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t waited =
+            (int64_t)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (waited >= wait_ms) {
+            rc = tr_error_set(err, TR_ETIMEDOUT,
+                              "the token store's lock '%s' is still held by another process "
+                              "after %d ms (`fuser %s` names it): end that process, or try "
+                              "again",
+                              lock, wait_ms, lock);
+            goto out;
+        }
+        usleep(waited < 200 ? 5000 : 20000);
     }
     rc = fd;
     fd = -1;
@@ -407,17 +426,30 @@ int auth__store_list(const char *path, struct auth__tokens **ret_tokens, size_t 
     return 0;
 }
 
-/* Reads the store under its lock, removes the entries of issuer (NULL: any) and resource,
-   appends add (unless NULL) and writes the store back. ret_removed counts the removed. */
+int auth__store_lock(const char *path, int wait_ms, struct tr_error *err)
+{
+    return lock_store(path, wait_ms, err);
+}
+
+void auth__store_unlock(int lock_fd)
+{
+    if (lock_fd >= 0)
+        close(lock_fd); /* closing the only descriptor of the lock file releases the flock */
+}
+
+/* Reads the store, removes the entries of issuer (NULL: any) and resource, appends add
+   (unless NULL) and writes the store back, under its lock: taken here waiting at most
+   wait_ms, or already held by the caller (wait_ms < 0). ret_removed counts the removed. */
 static int change_store(const char *path, const char *issuer, const char *resource,
-                        const struct auth__tokens *add, int *ret_removed, struct tr_error *err)
+                        const struct auth__tokens *add, int wait_ms, int *ret_removed,
+                        struct tr_error *err)
 {
     cJSON *doc = NULL;
     int removed = 0;
-    int lock_fd = lock_store(path, err);
+    int lock_fd = wait_ms < 0 ? -1 : lock_store(path, wait_ms, err);
     int rc;
 
-    if (lock_fd < 0)
+    if (wait_ms >= 0 && lock_fd < 0)
         return lock_fd;
     if ((rc = read_store(path, &doc, err)) < 0)
         goto out;
@@ -436,23 +468,35 @@ static int change_store(const char *path, const char *issuer, const char *resour
     *ret_removed = removed;
 out:
     cJSON_Delete(doc);
-    close(lock_fd);
+    auth__store_unlock(lock_fd);
     return rc;
 }
 
-int auth__store_save(const char *path, const struct auth__tokens *tokens, struct tr_error *err)
+static int save(const char *path, const struct auth__tokens *tokens, int wait_ms,
+                struct tr_error *err)
 {
     int removed;
     if (!tokens->issuer || !tokens->resource)
         return tr_error_set(err, TR_EINVAL, "tokens to store need an issuer and a resource");
-    return change_store(path, tokens->issuer, tokens->resource, tokens, &removed, err);
+    return change_store(path, tokens->issuer, tokens->resource, tokens, wait_ms, &removed, err);
 }
 
-int auth__store_remove(const char *path, const char *issuer, const char *resource,
+int auth__store_save(const char *path, const struct auth__tokens *tokens, int wait_ms,
+                     struct tr_error *err)
+{
+    return save(path, tokens, wait_ms < 0 ? 0 : wait_ms, err);
+}
+
+int auth__store_save_held(const char *path, const struct auth__tokens *tokens, struct tr_error *err)
+{
+    return save(path, tokens, -1, err);
+}
+
+int auth__store_remove(const char *path, const char *issuer, const char *resource, int wait_ms,
                        struct tr_error *err)
 {
     int removed = 0;
-    int rc = change_store(path, issuer, resource, NULL, &removed, err);
+    int rc = change_store(path, issuer, resource, NULL, wait_ms < 0 ? 0 : wait_ms, &removed, err);
     if (rc == 0 && removed == 0)
         rc = tr_error_set(err, TR_ENOTFOUND, "no stored tokens for %s", resource);
     return rc;

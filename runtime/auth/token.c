@@ -185,8 +185,11 @@ static int token_request_once(struct auth_client *client, const struct auth__par
     t->client_secret =
         client->client_secret && !client->config_client_id ? xstrdup(client->client_secret) : NULL;
     if (client->token_store) {
-        /* A store that cannot be written costs the next run a login, not this request. */
-        int saved = auth__store_save(client->token_store, t, NULL);
+        /* A store that cannot be written costs the next run a login, not this request. A
+           refresh holds the store's lock already (auth__refresh). */
+        int saved = client->store_lock >= 0
+                        ? auth__store_save_held(client->token_store, t, NULL)
+                        : auth__store_save(client->token_store, t, client->timeout_ms, NULL);
         (void)saved;
     }
     rc = 0;

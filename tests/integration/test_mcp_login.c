@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base.h"
@@ -37,7 +38,8 @@ static char *wait_for_text(const char *path, const char *needle, int timeout_ms)
     return NULL;
 }
 
-static void setup(void)
+/* The fixture, issuing access tokens that live ttl seconds (NULL: its default, an hour). */
+static void setup_ttl(const char *ttl)
 {
     env = harness_env_new();
     char *conf = xasprintf("%s/conf", env.dir);
@@ -45,14 +47,34 @@ static void setup(void)
     store_path = xasprintf("%s/troupe/tokens.json", conf);
     free(conf);
     char *exe = harness_build_path("tests/test-mcp-oauth");
-    const char *argv[] = {exe,  "--port",          "0",      "--client-id",
-                          "cc", "--client-secret", "s3cr:t", NULL};
+    const char *argv[] = {exe,
+                          "--port",
+                          "0",
+                          "--client-id",
+                          "cc",
+                          "--client-secret",
+                          "s3cr:t-for-headless",
+                          ttl ? "--token-ttl" : NULL,
+                          ttl,
+                          NULL};
     harness_spawn(argv, env.dir, &fixture);
     free(exe);
     char *text = wait_for_text(fixture.out_path, "/mcp\n", 10000);
     cr_assert_not_null(text, "the fixture printed no URL");
     text[strcspn(text, "\n")] = '\0';
     url = text;
+}
+
+static void setup(void)
+{
+    setup_ttl(NULL);
+}
+
+/* Tokens that live 5 s: every request is within the refresh margin, so each agent refreshes
+   (the fixture rotates refresh tokens: each is good once). */
+static void setup_short_ttl(void)
+{
+    setup_ttl("5");
 }
 
 static void teardown(void)
@@ -69,6 +91,9 @@ static void teardown(void)
 }
 
 TestSuite(mcp_login, .init = setup, .fini = teardown, .timeout = 120);
+/* The same with tokens that live 5 s (a suite of its own: a test's .init runs after its
+   suite's, not instead of it). */
+TestSuite(mcp_login_short_ttl, .init = setup_short_ttl, .fini = teardown, .timeout = 120);
 
 /* Runs `troupe mcp login SERVER [FLAG FILE]`, plays the browser with curl, returns its
    result. */
@@ -244,22 +269,31 @@ Test(mcp_login, unknown_server_and_usage)
     free(config);
 }
 
+/* A workflow (written to file in the test's directory, its path returned) whose one persona
+   calls echo on the OAuth fixture, the server's auth: being auth (a YAML flow mapping). */
+static char *echo_workflow(const char *file, const char *auth)
+{
+    char *text = xasprintf("name: echo\n"
+                           "mcp_servers:\n"
+                           "  remote:\n"
+                           "    url: %s\n"
+                           "    auth: %s\n"
+                           "personas:\n"
+                           "  p: {servers: [remote]}\n"
+                           "steps:\n"
+                           "  - {id: hello, persona: p, tool: remote.echo, with: {text: hi}}\n",
+                           url, auth);
+    char *workflow = harness_write_file(env.dir, file, text);
+    free(text);
+    return workflow;
+}
+
 /* What login is for: an unattended run of a workflow that names the server uses the tokens
    it stored (no person, no user agent in the run), and fails, naming the login, without. */
 Test(mcp_login, a_run_uses_the_stored_tokens)
 {
     struct harness_result r;
-    char *text = xasprintf("name: logged-in\n"
-                           "mcp_servers:\n"
-                           "  remote:\n"
-                           "    url: %s\n"
-                           "    auth: {scope: mcp}\n"
-                           "personas:\n"
-                           "  p: {servers: [remote]}\n"
-                           "steps:\n"
-                           "  - {id: hello, persona: p, tool: remote.echo, with: {text: hi}}\n",
-                           url);
-    char *workflow = harness_write_file(env.dir, "w.yaml", text);
+    char *workflow = echo_workflow("w.yaml", "{scope: mcp}");
     const char *run[] = {"--db", env.db, "run", workflow, NULL};
 
     run_troupe(run, &r);
@@ -277,5 +311,142 @@ Test(mcp_login, a_run_uses_the_stored_tokens)
     harness_result_release(&r);
     free(db2);
     free(workflow);
+}
+
+/* A workflow of three personas on the OAuth server, each calling echo (steps in parallel). */
+static char *three_personas_workflow(void)
+{
+    char *text = xasprintf("name: three\n"
+                           "mcp_servers:\n"
+                           "  remote:\n"
+                           "    url: %s\n"
+                           "    auth: {scope: mcp}\n"
+                           "personas:\n"
+                           "  a: {servers: [remote]}\n"
+                           "  b: {servers: [remote]}\n"
+                           "  c: {servers: [remote]}\n"
+                           "steps:\n"
+                           "  - {id: a, persona: a, tool: remote.echo, with: {text: a}}\n"
+                           "  - {id: b, persona: b, tool: remote.echo, with: {text: b}}\n"
+                           "  - {id: c, persona: c, tool: remote.echo, with: {text: c}}\n",
+                           url);
+    char *workflow = harness_write_file(env.dir, "three.yaml", text);
     free(text);
+    return workflow;
+}
+
+/* One login, then several processes refreshing at once with the rotating refresh token: each
+   takes the token another saved under the store's lock (or refreshes with the newest refresh
+   token) instead of spending a used one and asking for a login. */
+Test(mcp_login_short_ttl, concurrent_runs_share_one_rotating_refresh_token)
+{
+    enum { RUNS = 3 };
+    struct harness_result r;
+    char *workflow = three_personas_workflow();
+    login_with(workflow, &r);
+    cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
+    harness_result_release(&r);
+    sleep(1);
+
+    struct harness_proc procs[RUNS];
+    char *dbs[RUNS];
+    for (int k = 0; k < RUNS; k++) {
+        dbs[k] = xasprintf("%s/run%d.db", env.dir, k);
+        const char *argv[] = {env.troupe, "--db", dbs[k], "run", workflow, NULL};
+        harness_spawn(argv, env.dir, &procs[k]);
+    }
+    for (int k = 0; k < RUNS; k++) {
+        harness_finish(&procs[k], 60000, &r);
+        cr_assert_eq(r.exit_code, 0, "run %d of %d: %s", k + 1, RUNS, r.err);
+        cr_assert_null(strstr(r.err, "needs a login"), "run %d: %s", k + 1, r.err);
+        harness_result_release(&r);
+        free(dbs[k]);
+    }
+    /* And the store still holds a refresh token the server honours: a later run works. */
+    char *db = xasprintf("%s/after.db", env.dir);
+    const char *run[] = {"--db", db, "run", workflow, NULL};
+    run_troupe(run, &r);
+    cr_assert_eq(r.exit_code, 0, "the run after: %s", r.err);
+    harness_result_release(&r);
+    free(db);
+    free(workflow);
+}
+
+/* A run whose store's lock another process holds waits at most its timeout, then fails naming
+   the lock file, never hanging. */
+Test(mcp_login_short_ttl, a_held_lock_bounds_the_wait_and_is_named)
+{
+    struct harness_result r;
+    char *workflow = three_personas_workflow();
+    login_with(workflow, &r);
+    cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
+    harness_result_release(&r);
+
+    /* A stuck holder: flock(1) holding the lock file longer than the run would wait. */
+    char *lock = xasprintf("%s.lock", store_path);
+    const char *hold[] = {"/usr/bin/flock", "-x", lock, "sleep", "90", NULL};
+    struct harness_proc holder;
+    harness_spawn(hold, env.dir, &holder);
+    usleep(300000);
+    char *one = echo_workflow("one.yaml", "{scope: mcp}");
+    const char *run[] = {env.troupe, "--db", env.db, "run", one, NULL};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    harness_run(run, env.dir, 80000, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    kill(-holder.pid, SIGKILL);
+    struct harness_result hr;
+    harness_finish(&holder, 5000, &hr);
+    harness_result_release(&hr);
+    cr_assert_neq(r.exit_code, 0, "ran although the store's lock is held: %s", r.err);
+    cr_assert(strstr(r.err, lock), "the failure names the lock file: %s", r.err);
+    cr_assert_null(strstr(r.err, "needs a login"), "%s", r.err);
+    cr_assert_lt(t1.tv_sec - t0.tv_sec, 30, "waited more than the lock's 15 s once");
+    harness_result_release(&r);
+    free(one);
+    free(lock);
+    free(workflow);
+}
+
+/* A store that cannot be used (open to others, corrupt) is what a run names, with its fix, not
+   "needs a login"; a headless run too, rather than fetching a token behind its back. */
+Test(mcp_login, a_run_names_the_unusable_store)
+{
+    struct harness_result r;
+    char *workflow = three_personas_workflow();
+    char *headless =
+        echo_workflow("headless.yaml", "{grant: client_credentials, client_id: cc, client_secret: "
+                                       "'${env:STORE_TEST_SECRET}', scope: mcp}");
+    setenv("STORE_TEST_SECRET", "s3cr:t-for-headless", 1);
+    login_with(workflow, &r);
+    cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
+    harness_result_release(&r);
+    char *before = NULL;
+    size_t len;
+    cr_assert_eq(tr_file_read(store_path, 1 << 20, &before, &len, NULL), 0);
+
+    const char *files[] = {workflow, headless};
+    for (int mode = 0; mode < 2; mode++) {
+        if (mode == 0)
+            cr_assert_eq(chmod(store_path, 0644), 0);
+        else {
+            free(harness_write_file(env.dir, "conf/troupe/tokens.json", "{\"version\": 1, \"tok"));
+            cr_assert_eq(chmod(store_path, 0600), 0);
+        }
+        for (int f = 0; f < 2; f++) {
+            char *db = xasprintf("%s/m%d-%d.db", env.dir, mode, f);
+            const char *run[] = {"--db", db, "run", files[f], NULL};
+            run_troupe(run, &r);
+            cr_assert_neq(r.exit_code, 0, "ran on an unusable store: %s", r.err);
+            cr_assert(strstr(r.err, store_path), "names the store: %s", r.err);
+            cr_assert(strstr(r.err, mode == 0 ? "chmod 600" : "corrupt"), "names the fix: %s",
+                      r.err);
+            cr_assert_null(strstr(r.err, "needs a login"), "%s", r.err);
+            harness_result_release(&r);
+            free(db);
+        }
+    }
+    free(before);
+    free(headless);
+    free(workflow);
 }

@@ -6,11 +6,15 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,9 +87,9 @@ Test(auth_store, round_trip_by_issuer_and_resource)
     struct auth__tokens got = {0};
 
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_ENOTFOUND);
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &b, &err), 0, "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &b, 1000, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &c, 1000, &err), 0, "%s", err.message);
 
     cr_assert_eq(auth__store_load(path, "https://as.example", a.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-a");
@@ -102,7 +106,7 @@ Test(auth_store, round_trip_by_issuer_and_resource)
 
     /* Saving again replaces the entry, and makes it the newest. */
     a.access_token = "access-a2";
-    cr_assert_eq(auth__store_save(path, &a, &err), 0);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-a2");
     auth__tokens_release(&got);
@@ -111,13 +115,13 @@ Test(auth_store, round_trip_by_issuer_and_resource)
     free(text);
 
     /* Removing by resource and issuer leaves the others. */
-    cr_assert_eq(auth__store_remove(path, "https://as.example", a.resource, &err), 0);
+    cr_assert_eq(auth__store_remove(path, "https://as.example", a.resource, 1000, &err), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-b");
     auth__tokens_release(&got);
-    cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), 0);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_ENOTFOUND);
-    cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), TR_ENOTFOUND);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), TR_ENOTFOUND);
     cr_assert_eq(auth__store_load(path, NULL, c.resource, &got, &err), 0);
     cr_assert_str_eq(got.access_token, "access-c");
     auth__tokens_release(&got);
@@ -144,7 +148,7 @@ Test(auth_store, modes_created_and_refused)
     struct stat st;
 
     umask(0); /* the store's modes must not depend on the umask */
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
     umask(022);
     cr_assert_eq(stat(dir, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0700, "directory mode %o", st.st_mode & 0777);
@@ -155,7 +159,7 @@ Test(auth_store, modes_created_and_refused)
     cr_assert_eq(chmod(path, 0644), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, path) && strstr(err.message, "chmod 600"), "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     cr_assert_eq(stat(path, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0644);
     cr_assert_eq(chmod(path, 0640), 0);
@@ -168,8 +172,8 @@ Test(auth_store, modes_created_and_refused)
     cr_assert_eq(chmod(dir, 0755), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, dir) && strstr(err.message, "chmod 700"), "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
-    cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), TR_EIO);
     cr_assert_eq(chmod(dir, 0700), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), 0);
     auth__tokens_release(&got);
@@ -182,7 +186,7 @@ Test(auth_store, not_owned_is_refused)
     if (getuid() != 0)
         cr_skip_test("needs root to give the file to another user");
     struct auth__tokens a = sample("https://as.example", "https://mcp.example/mcp", "access-a");
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
     cr_assert_eq(chown(path, 65534, 65534), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, "belongs to user 65534"), "%s", err.message);
@@ -210,7 +214,7 @@ Test(auth_store, symlinks_are_not_followed)
     cr_assert_eq(symlink(victim, path), 0);
     cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EIO);
     cr_assert(strstr(err.message, "symbolic link") && strstr(err.message, path), "%s", err.message);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     char *text = file_text(victim);
     cr_assert_str_eq(text, "precious\n");
     free(text);
@@ -222,7 +226,7 @@ Test(auth_store, symlinks_are_not_followed)
     /* At the lock's path: not created through. */
     cr_assert_eq(unlink(lock), 0); /* the refused save above made it */
     cr_assert_eq(symlink(victim, lock), 0);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     cr_assert(strstr(err.message, "symbolic link") && strstr(err.message, lock), "%s", err.message);
     cr_assert_eq(unlink(lock), 0);
 
@@ -231,7 +235,7 @@ Test(auth_store, symlinks_are_not_followed)
     char *elsewhere = xasprintf("%s/elsewhere", tmpdir);
     cr_assert_eq(mkdir(elsewhere, 0700), 0);
     cr_assert_eq(symlink(elsewhere, dir), 0);
-    cr_assert_eq(auth__store_save(path, &a, &err), TR_EIO);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EIO);
     cr_assert(strstr(err.message, dir), "%s", err.message);
     char *inside = xasprintf("%s/tokens.json", elsewhere);
     cr_assert_eq(access(inside, F_OK), -1);
@@ -258,14 +262,14 @@ Test(auth_store, corrupt_file_is_named_and_kept)
     struct auth__tokens a = sample("https://as.example", "https://mcp.example/mcp", "access-a");
     struct auth__tokens got = {0};
 
-    cr_assert_eq(auth__store_save(path, &a, &err), 0, "%s", err.message);
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
     for (size_t k = 0; k < sizeof(corrupt) / sizeof(corrupt[0]); k++) {
         write_text(path, corrupt[k], 0600);
         cr_assert_eq(auth__store_load(path, NULL, a.resource, &got, &err), TR_EINVAL, "%s",
                      corrupt[k]);
         cr_assert(strstr(err.message, path) && strstr(err.message, "corrupt"), "%s", err.message);
-        cr_assert_eq(auth__store_save(path, &a, &err), TR_EINVAL, "%s", corrupt[k]);
-        cr_assert_eq(auth__store_remove(path, NULL, a.resource, &err), TR_EINVAL);
+        cr_assert_eq(auth__store_save(path, &a, 1000, &err), TR_EINVAL, "%s", corrupt[k]);
+        cr_assert_eq(auth__store_remove(path, NULL, a.resource, 1000, &err), TR_EINVAL);
         char *text = file_text(path);
         cr_assert_str_eq(text, corrupt[k], "the corrupt file is never replaced");
         free(text);
@@ -289,7 +293,7 @@ Test(auth_store, two_processes_saving_at_once_lose_nothing)
                 snprintf(access, sizeof(access), "access-%d-%d", p, k);
                 struct auth__tokens t = sample("https://as.example", resource, access);
                 struct tr_error err = {0};
-                if (auth__store_save(path, &t, &err) < 0) {
+                if (auth__store_save(path, &t, 10000, &err) < 0) {
                     fprintf(stderr, "%s\n", err.message);
                     _exit(1);
                 }
@@ -325,4 +329,52 @@ Test(auth_store, two_processes_saving_at_once_lose_nothing)
     cr_assert_eq(n, 0);
     free(cmd);
     free(pattern);
+}
+
+/* A lock another process holds (a stuck one) bounds every wait: saving, removing and taking
+   the lock give up after wait_ms with TR_ETIMEDOUT naming the lock file; once it is released
+   the lock is taken at once. */
+Test(auth_store, a_held_lock_bounds_the_wait)
+{
+    struct auth__tokens a = sample("https://as.example", "https://mcp.example/a", "access-a");
+    struct tr_error err = {0};
+    cr_assert_eq(auth__store_save(path, &a, 1000, &err), 0, "%s", err.message);
+    char *lock = xasprintf("%s.lock", path);
+    int ready[2];
+    cr_assert_eq(pipe(ready), 0);
+    pid_t holder = fork();
+    cr_assert_geq(holder, 0);
+    if (holder == 0) {
+        int fd = open(lock, O_RDWR);
+        if (fd < 0 || flock(fd, LOCK_EX) < 0)
+            _exit(1);
+        if (write(ready[1], "x", 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    char byte;
+    cr_assert_eq(read(ready[0], &byte, 1), 1);
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cr_assert_eq(auth__store_save(path, &a, 300, &err), TR_ETIMEDOUT);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    cr_assert(strstr(err.message, lock), "%s", err.message);
+    long waited = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    cr_assert(waited >= 300 && waited < 2000, "waited %ld ms", waited);
+    cr_assert_eq(auth__store_remove(path, NULL, a.resource, 100, &err), TR_ETIMEDOUT);
+    cr_assert_eq(auth__store_lock(path, 100, &err), TR_ETIMEDOUT);
+    cr_assert(strstr(err.message, lock), "%s", err.message);
+
+    kill(holder, SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(holder, &status, 0), holder);
+    int fd = auth__store_lock(path, 1000, &err);
+    cr_assert_geq(fd, 0, "%s", err.message);
+    cr_assert_eq(auth__store_save_held(path, &a, &err), 0, "%s", err.message);
+    auth__store_unlock(fd);
+    close(ready[0]);
+    close(ready[1]);
+    free(lock);
 }
