@@ -174,15 +174,23 @@ int auth__grant_authorization_code(struct auth_client *c, struct tr_error *err)
     char *code = NULL, *got_state = NULL, *iss = NULL, *error = NULL;
     int rc = 0;
 
-    if (!c->user_agent)
+    /* The hint runs as printed: by URL for a server configured by discovery alone; a
+       configured client (client_id, scope, ...) needs the file that configures it. */
+    if (!c->user_agent && !c->config)
         return tr_error_set(err, TR_EAUTH,
                             "MCP server '%s' needs a login: run `troupe mcp login %s`",
+                            c->server_name, c->resource_url);
+    if (!c->user_agent)
+        return tr_error_set(err, TR_EAUTH,
+                            "MCP server '%s' needs a login: run `troupe mcp login %s --workflow "
+                            "FILE` (FILE: the workflow, or --config FILE the mcpServers file, "
+                            "that gives its auth)",
                             c->server_name, c->server_name);
     const char *endpoint = auth__server_string(c, "authorization_endpoint");
-    if (!endpoint)
+    if (!endpoint || !auth__url_allowed(endpoint))
         return tr_error_set(err, TR_EAUTH,
-                            "MCP server '%s': authorization server %s has no "
-                            "authorization_endpoint",
+                            "MCP server '%s': authorization server %s has no usable "
+                            "authorization_endpoint (https, or http on loopback)",
                             c->server_name, c->issuer);
     if (!s256_offered(c))
         return tr_error_set(err, TR_EAUTH,

@@ -51,19 +51,37 @@ bool auth__url_allowed(const char *url)
     for (const char *p = url; *p; p++)
         if (*p < 0x21 || *p > 0x7e)
             return false;
-    if (strncasecmp(url, "https://", 8) == 0)
-        return url[8] != '\0' && url[8] != '/';
-    if (strncasecmp(url, "http://", 7) != 0)
+    /* An authority must follow the scheme (libcurl would read "https:///x" as host x). */
+    const char *authority = strstr(url, "://");
+    if (!authority || !authority[3] || authority[3] == '/')
         return false;
-    const char *host = url + 7;
-    size_t n = strcspn(host, ":/?#");
-    if (host[0] == '[')
-        n = strcspn(host, "]") + 1;
-    static const char *const loopback[] = {"localhost", "127.0.0.1", "[::1]"};
-    for (size_t i = 0; i < sizeof(loopback) / sizeof(loopback[0]); i++)
-        if (n == strlen(loopback[i]) && strncasecmp(host, loopback[i], n) == 0)
-            return host[n] == '\0' || host[n] == ':' || host[n] == '/' || host[n] == '?';
-    return false;
+    /* Judged as libcurl will fetch it, so that what is checked is what is reached (a
+       userinfo such as http://localhost:80@elsewhere/ names another host). */
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *user = NULL, *password = NULL;
+    bool ok = false;
+    if (!u)
+        tr_out_of_memory(0);
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host[0] ||
+        curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER ||
+        curl_url_get(u, CURLUPART_PASSWORD, &password, 0) != CURLUE_NO_PASSWORD)
+        goto out;
+    if (strcasecmp(scheme, "https") == 0) {
+        ok = true;
+    } else if (strcasecmp(scheme, "http") == 0) {
+        static const char *const loopback[] = {"localhost", "127.0.0.1", "[::1]"};
+        for (size_t i = 0; i < sizeof(loopback) / sizeof(loopback[0]); i++)
+            ok = ok || strcasecmp(host, loopback[i]) == 0;
+    }
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(user);
+    curl_free(password);
+    curl_url_cleanup(u);
+    return ok;
 }
 
 struct exchange {
@@ -130,6 +148,18 @@ static int exchange(struct auth_client *client, const char *method, const char *
     struct exchange x = {.response = &response};
     struct curl_slist *list = NULL;
     int rc = 0;
+    /* Every endpoint of every flow comes through here (metadata, registration, token,
+       revocation, the identity provider's, the resource probed at login): none is reached
+       over plain http off loopback, whatever document named it. */
+    if (!auth__url_allowed(url)) {
+        char *shown = tr_text_escape(url, 200);
+        rc = tr_error_set(err, TR_EAUTH,
+                          "MCP server '%s': refusing to %s %s: an authorization endpoint must be "
+                          "https, or http on loopback (localhost, 127.0.0.1, [::1])",
+                          client->server_name, method, shown);
+        free(shown);
+        return rc;
+    }
     tr_buf_init(&x.body, AUTH__MAX_BODY);
     CURL *easy = curl_easy_init();
     if (!easy)

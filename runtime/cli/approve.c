@@ -46,7 +46,7 @@ int cli_approve(int argc, char **argv, struct cli_common *common)
         {"as", required_argument, NULL, OPT_AS},
         {"reject", no_argument, NULL, OPT_REJECT},
         {"comment", required_argument, NULL, OPT_COMMENT},
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };

@@ -409,7 +409,7 @@ int cli_audit(int argc, char **argv, struct cli_common *common)
 {
     enum { OPT_SIGNATURE = 3000, OPT_PUBLIC_KEY, OPT_KEY, OPT_FORMAT };
     static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"signature", required_argument, NULL, OPT_SIGNATURE},
         {"public-key", required_argument, NULL, OPT_PUBLIC_KEY},
         {"key", required_argument, NULL, OPT_KEY},

@@ -59,7 +59,7 @@ static bool process_stopped(int64_t pid)
 int cli_cancel(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };

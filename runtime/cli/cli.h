@@ -40,6 +40,14 @@ enum {
     CLI_OPT_QUIET,
 };
 
+/* The shared options every subcommand takes after its name too (as before it), for its
+   getopt_long table; cli_common_option handles them. */
+/* clang-format off */
+#define CLI_COMMON_OPTIONS \
+    {"db", required_argument, NULL, CLI_OPT_DB}, \
+    {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT}
+/* clang-format on */
+
 struct cli_common {
     const char *db_path;
     enum tr_log_format log_format;
@@ -205,6 +213,8 @@ struct cli_loopback;
 int cli_loopback_start(struct cli_loopback **ret_loopback, struct tr_error *err) TR_MUST_CHECK;
 /* http://127.0.0.1:PORT/callback, valid while the receiver lives. */
 const char *cli_loopback_redirect_uri(const struct cli_loopback *loopback);
+/* Turns away (with a page saying so) every callback whose state is not state: a login's. */
+void cli_loopback_expect_state(struct cli_loopback *loopback, const char *state);
 /* Waits at most timeout_s for the first GET /callback with a code or an error: 0 with the
    URL it was sent to (caller frees), or TR_ETIMEDOUT saying what to do. */
 int cli_loopback_wait(struct cli_loopback *loopback, int timeout_s, char **ret_redirect,

@@ -119,7 +119,7 @@ int cli_context(int argc, char **argv, struct cli_common *common)
 {
     enum { OPT_AT = 3100, OPT_HISTORY };
     static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"at", required_argument, NULL, OPT_AT},
         {"history", no_argument, NULL, OPT_HISTORY},
         {"help", no_argument, NULL, 'h'},

@@ -270,6 +270,7 @@ int cli_graph(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
         {"format", required_argument, NULL, 'f'},
+        CLI_COMMON_OPTIONS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -278,13 +279,14 @@ int cli_graph(int argc, char **argv, struct cli_common *common)
     struct tr_error err = {0};
     int opt;
 
-    (void)common;
     while ((opt = getopt_long(argc, argv, "f:h", options, NULL)) != -1) {
         switch (opt) {
         case 'f':
             format = optarg;
             break;
         default:
+            if (cli_common_option(common, opt, optarg))
+                break;
             return cli_usage(opt, usage);
         }
     }

@@ -108,7 +108,7 @@ int cli_log(int argc, char **argv, struct cli_common *common)
 {
     enum { OPT_STEP = 3200 };
     static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"json", no_argument, NULL, CLI_OPT_JSON},
         {"step", required_argument, NULL, OPT_STEP},
         {"follow", no_argument, NULL, 'f'},

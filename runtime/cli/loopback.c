@@ -1,8 +1,10 @@
 /*
  * cli/loopback.c: the redirect receiver of `troupe mcp login`: an HTTP listener on 127.0.0.1
  * at a port the kernel picks (libmicrohttpd, one internal thread) that takes the first
- * GET /callback carrying a code or an error, answers the browser with a short page, and hands
- * the full redirect URL to the waiting login. It neither opens a browser nor reads the code.
+ * GET /callback carrying a code or an error and the login's state, answers the browser with a
+ * short page, and hands the full redirect URL to the waiting login. A callback with another
+ * state is turned away with a page that says so, and the login waits on. It neither opens a
+ * browser nor reads the code.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -28,6 +30,7 @@ struct cli_loopback {
     atomic_bool answered;     /* a redirect came: later ones are turned away */
     _Atomic(char *) redirect; /* the first redirect, until the login takes it */
     int wake[2];              /* a byte once redirect is set */
+    _Atomic(char *) state;    /* the state the login sent, once known */
 };
 
 static const char page_ok[] = "<!doctype html><title>troupe</title><p>troupe: authorization "
@@ -36,6 +39,9 @@ static const char page_refused[] = "<!doctype html><title>troupe</title><p>troup
                                    "authorization server refused; the terminal says why.</p>\n";
 static const char page_again[] = "<!doctype html><title>troupe</title><p>troupe: this login "
                                  "has its answer already.</p>\n";
+static const char page_stranger[] = "<!doctype html><title>troupe</title><p>troupe: this answer "
+                                    "is not for the login under way (its state does not match); "
+                                    "nothing was authorized.</p>\n";
 static const char page_bad[] = "<!doctype html><title>troupe</title><p>troupe: not an "
                                "authorization redirect.</p>\n";
 
@@ -85,6 +91,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
     const char *error = MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "error");
     if (!code && !error)
         return answer(connection, MHD_HTTP_BAD_REQUEST, page_bad);
+    const char *state = MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "state");
+    const char *expected = atomic_load(&lb->state);
+    if (expected && (!state || strcmp(state, expected) != 0))
+        return answer(connection, MHD_HTTP_BAD_REQUEST, page_stranger);
     bool first = !atomic_exchange(&lb->answered, true);
     if (first) {
         const char *query = strchr(uri, '?');
@@ -126,6 +136,11 @@ const char *cli_loopback_redirect_uri(const struct cli_loopback *lb)
     return lb->redirect_uri;
 }
 
+void cli_loopback_expect_state(struct cli_loopback *lb, const char *state)
+{
+    free(atomic_exchange(&lb->state, state ? xstrdup(state) : NULL));
+}
+
 int cli_loopback_wait(struct cli_loopback *lb, int timeout_s, char **ret_redirect,
                       struct tr_error *err)
 {
@@ -155,6 +170,7 @@ void cli_loopback_free(struct cli_loopback **loopback)
     close(lb->wake[0]);
     close(lb->wake[1]);
     free(atomic_load(&lb->redirect));
+    free(atomic_load(&lb->state));
     free(lb->redirect_uri);
     free(lb);
     *loopback = NULL;

@@ -122,7 +122,7 @@ int cli_parse_reader_options(int argc, char **argv, struct cli_common *common, b
                              void (*print_usage)(FILE *out))
 {
     static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"json", no_argument, NULL, CLI_OPT_JSON},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "mcp.h"
@@ -53,7 +54,7 @@ struct target {
     const char *config;
     const char *protocol;
     const char *argv[MAX_ITEMS + 1];
-    const char *headers[MAX_ITEMS + 1];
+    const char *headers[MAX_ITEMS + 1]; /* --header lines, ${NAME} expanded (owned) */
     size_t n_headers;
     const cJSON *entry; /* the server entry: from the config, or built from the options */
     cJSON *config_json;
@@ -157,6 +158,29 @@ static int load_config(struct target *t)
         return CLI_USAGE;
     }
     t->entry = entry;
+    return CLI_OK;
+}
+
+/* Each --header's ${NAME} (or ${env:NAME}) from the environment, as in a config's headers, so
+   that a token need not be in argv; an unset one is refused, never sent empty. The lines
+   become the target's own. */
+static int expand_headers(struct target *t)
+{
+    struct tr_buf missing;
+    tr_buf_init(&missing, 0);
+    for (size_t i = 0; i < t->n_headers; i++) {
+        cJSON *line = cJSON_CreateString(t->headers[i]);
+        unset_references(line, &missing);
+        cJSON_Delete(line);
+    }
+    for (size_t i = 0; i < t->n_headers; i++)
+        t->headers[i] = missing.len ? xstrdup(t->headers[i]) : expand(t->headers[i]);
+    if (missing.len) {
+        cli_error("--header: environment variables not set: %s", missing.data);
+        tr_buf_release(&missing);
+        return CLI_USAGE;
+    }
+    tr_buf_release(&missing);
     return CLI_OK;
 }
 
@@ -409,6 +433,12 @@ static int auth_target_find(struct auth_target *t, const char *name, const char 
             where = ".mcp.json";
         char *text = NULL;
         size_t len = 0;
+        if (!config_path && !getenv("TROUPE_MCP_CONFIG") && access(where, F_OK) < 0) {
+            cli_error("'%s' is not a URL (http:// or https://), and no file names servers: give "
+                      "the server's URL, or --workflow FILE (or --config FILE) that names it",
+                      name);
+            return CLI_USAGE;
+        }
         if (tr_file_read(where, 4u << 20, &text, &len, &err) < 0) {
             cli_error("%s", err.message);
             return CLI_USAGE;
@@ -459,6 +489,7 @@ static int parse_auth_args(int argc, char **argv, struct cli_common *common, int
         {"config", required_argument, NULL, OPT_CONFIG},
         {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},
         {"json", no_argument, NULL, CLI_OPT_JSON},
+        CLI_COMMON_OPTIONS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -493,7 +524,14 @@ static int parse_auth_args(int argc, char **argv, struct cli_common *common, int
             return cli_usage(opt, print_usage);
         }
     }
-    if (argc - optind != max_positional || (a->workflow && a->config)) {
+    if (a->workflow && a->config) {
+        cli_error("%s: --workflow and --config both name servers: give one", argv[0]);
+        return CLI_USAGE;
+    }
+    if (argc - optind != max_positional) {
+        if (argc - optind > max_positional)
+            cli_error("%s: unexpected argument '%s'%s", argv[0], argv[optind + max_positional],
+                      max_positional ? " (one SERVER at a time)" : "");
         print_usage(stderr);
         return CLI_USAGE;
     }
@@ -512,6 +550,14 @@ static int login_authorize(void *userdata, const char *authorization_url, char *
                            struct tr_error *err)
 {
     struct login_browser *b = userdata;
+    /* The state the authorization server must send back: any other callback is a stranger's. */
+    const char *query = strchr(authorization_url, '?');
+    const char *state = query ? strstr(query, "&state=") : NULL;
+    if (!state && query && strncmp(query + 1, "state=", 6) == 0)
+        state = query;
+    char *expected = state ? xstrndup(state + 7, strcspn(state + 7, "&#")) : NULL;
+    cli_loopback_expect_state(b->loopback, expected);
+    free(expected);
     fprintf(stderr,
             "To authorize troupe for '%s', open this URL in a browser:\n\n    %s\n\n"
             "Waiting up to %d s for the redirect to %s ...\n",
@@ -628,9 +674,11 @@ static int mcp_auth_status(int argc, char **argv, struct cli_common *common)
                 if (at <= now)
                     strcat(when, " (expired)");
             }
-            printf("%s\n  issuer:        %s\n  client_id:     %s\n  scope:         %s\n"
-                   "  expires:       %s\n  refresh token: %s\n",
-                   str(e, "resource"), str(e, "issuer"), str(e, "client_id"), str(e, "scope"), when,
+            printf("%s\n  issuer:        %s\n  client_id:     %s\n", str(e, "resource"),
+                   str(e, "issuer"), str(e, "client_id"));
+            if (str(e, "scope")[0]) /* none asked for, none granted: no line */
+                printf("  scope:         %s\n", str(e, "scope"));
+            printf("  expires:       %s\n  refresh token: %s\n", when,
                    cJSON_IsTrue(cJSON_GetObjectItem(e, "refresh_token")) ? "yes" : "no");
         }
     }
@@ -648,6 +696,10 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
     if (argc > 2 && strcmp(argv[1], "auth") == 0 && strcmp(argv[2], "status") == 0)
         return mcp_auth_status(argc - 2, argv + 2, common);
     if (argc > 1 && strcmp(argv[1], "auth") == 0) {
+        if (argc == 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+            status_usage(stdout);
+            return CLI_OK;
+        }
         cli_error("mcp auth: the action is 'status' (see 'troupe mcp auth status --help')");
         return CLI_USAGE;
     }
@@ -660,6 +712,7 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         {"protocol", required_argument, NULL, OPT_PROTOCOL},
         {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},
         {"json", no_argument, NULL, CLI_OPT_JSON},
+        CLI_COMMON_OPTIONS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -690,7 +743,7 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
             break;
         case OPT_HEADER:
             if (t.n_headers < MAX_ITEMS)
-                t.headers[t.n_headers++] = optarg;
+                t.headers[t.n_headers++] = optarg; /* expanded below */
             break;
         case CLI_OPT_TIMEOUT: {
             long ms;
@@ -720,7 +773,9 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         usage(stderr);
         return CLI_USAGE;
     }
-    int rc = t.server ? load_config(&t) : CLI_OK;
+    int rc = expand_headers(&t);
+    if (rc == CLI_OK && t.server)
+        rc = load_config(&t);
     struct mcp_session *session = NULL;
     if (rc == CLI_OK)
         rc = open_target(&t, timeout_ms, &session);
@@ -746,6 +801,8 @@ int cli_mcp(int argc, char **argv, struct cli_common *common)
         }
     }
     mcp_session_free(&session);
+    for (size_t i = 0; i < t.n_headers; i++)
+        free((char *)t.headers[i]);
     cJSON_Delete(t.built);
     cJSON_Delete(t.config_json);
     return rc;

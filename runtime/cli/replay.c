@@ -192,7 +192,7 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
 {
     enum { OPT_WORKFLOW = 3300, OPT_FROM, OPT_DECISIONS };
     static const struct option options[] = {
-        {"db", required_argument, NULL, CLI_OPT_DB},
+        CLI_COMMON_OPTIONS,
         {"workflow", required_argument, NULL, OPT_WORKFLOW},
         {"from", required_argument, NULL, OPT_FROM},
         {"decisions", no_argument, NULL, OPT_DECISIONS},

@@ -75,13 +75,13 @@ int cli_validate(int argc, char **argv, struct cli_common *common)
         {"plan", no_argument, NULL, OPT_PLAN},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
+        CLI_COMMON_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     enum output output = OUTPUT_SUMMARY;
     size_t problems = 0, broken = 0;
     int opt;
 
-    (void)common;
     while ((opt = getopt_long(argc, argv, "qh", options, NULL)) != -1) {
         switch (opt) {
         case OPT_HASH:
@@ -94,6 +94,8 @@ int cli_validate(int argc, char **argv, struct cli_common *common)
             output = OUTPUT_QUIET;
             break;
         default:
+            if (cli_common_option(common, opt, optarg))
+                break;
             return cli_usage(opt, usage);
         }
     }

@@ -1,7 +1,8 @@
 /*
  * mcp/open.c: the one opener of a session from a server entry of a workflow or an
  * {"mcpServers": {...}} file: `command:` starts a stdio server, `url:` reaches a Streamable
- * HTTP one (its `headers:` expanded, its `auth:` made into an auth_client the session owns).
+ * HTTP one (its `headers:` expanded, and an auth_client the session owns: from its `auth:`,
+ * or with discovery and stored tokens only when it has none, as docs/auth.md promises).
  * It reads no file and no environment itself: the caller's expand does.
  */
 #define _GNU_SOURCE
@@ -62,22 +63,23 @@ static int open_http(const cJSON *entry, const struct mcp_open_params *params,
         rc = TR_ETOOBIG;
         goto out;
     }
-    if (auth) {
-        struct auth_options options = {
-            .server_name = params->name ? params->name : entry->string,
-            .resource_url = expanded_url ? expanded_url : url->valuestring,
-            .config = auth,
-            .expand = params->expand,
-            .token_store = NULL,
-            .user_agent = NULL,
-            .timeout_ms = params->timeout_ms,
-            .on_secret = observer ? observer->on_secret : NULL,
-            .secret_userdata = observer ? observer->userdata : NULL,
-        };
-        rc = auth_client_new(&options, &client, err);
-        if (rc < 0)
-            goto out;
-    }
+    /* Every url: server gets a client: one without `auth:` is authorized by discovery alone
+       (and the tokens `troupe mcp login URL` stored) when it answers 401; until then the
+       client does nothing. */
+    struct auth_options options = {
+        .server_name = params->name ? params->name : entry->string,
+        .resource_url = expanded_url ? expanded_url : url->valuestring,
+        .config = auth, /* NULL: discovery only */
+        .expand = params->expand,
+        .token_store = NULL,
+        .user_agent = NULL,
+        .timeout_ms = params->timeout_ms,
+        .on_secret = observer ? observer->on_secret : NULL,
+        .secret_userdata = observer ? observer->userdata : NULL,
+    };
+    rc = auth_client_new(&options, &client, err);
+    if (rc < 0)
+        goto out;
     struct mcp_http_params http = {
         .name = params->name ? params->name : entry->string,
         .url = expanded_url ? expanded_url : url->valuestring,

@@ -30,8 +30,10 @@ static struct fixture {
     const char *hostile_token;        /* issue this access token instead */
     bool deny;                        /* the authorization endpoint answers access_denied */
     const char *iss;                  /* its iss, NULL: base */
+    const char *endpoints;            /* the base of the AS metadata's endpoints, NULL: base */
     /* what was seen */
     int authorizations, code_grants, refresh_grants, registrations, refused;
+    int off_loopback; /* requests that came to 127.0.0.2 (plain http off the allowed hosts) */
     char challenge[64];
     bool verifier_matched;
     char authorize_resource[128], token_resource[128], basic[256];
@@ -188,6 +190,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     const char *body = up->data ? up->data : "";
     char *json = NULL;
     enum MHD_Result rc;
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
+    if (host && strncmp(host, "127.0.0.2", 9) == 0)
+        fx.off_loopback++;
     if (strcmp(url, "/mcp") == 0 && strcmp(method, "POST") == 0) {
         rc = mcp(c, body);
     } else if (strcmp(url, "/.well-known/oauth-protected-resource/mcp") == 0) {
@@ -195,12 +200,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                          fx.authorization_server ? fx.authorization_server : fx.base);
         rc = reply(c, 200, json, NULL, NULL);
     } else if (strcmp(url, "/.well-known/oauth-authorization-server") == 0) {
-        json = xasprintf("{\"issuer\":\"%s\",\"authorization_endpoint\":\"%s/authorize\","
-                         "\"token_endpoint\":\"%s/token\",\"registration_endpoint\":\"%s/"
-                         "register\",\"code_challenge_methods_supported\":[\"S256\"],"
-                         "\"token_endpoint_auth_methods_supported\":[\"client_secret_basic\","
-                         "\"none\"]}",
-                         fx.base, fx.base, fx.base, fx.base);
+        json =
+            xasprintf("{\"issuer\":\"%s\",\"authorization_endpoint\":\"%s/authorize\","
+                      "\"token_endpoint\":\"%s/token\",\"registration_endpoint\":\"%s/"
+                      "register\",\"code_challenge_methods_supported\":[\"S256\"],"
+                      "\"token_endpoint_auth_methods_supported\":[\"client_secret_basic\","
+                      "\"none\"]}",
+                      fx.base, fx.endpoints ? fx.endpoints : fx.base,
+                      fx.endpoints ? fx.endpoints : fx.base, fx.endpoints ? fx.endpoints : fx.base);
         rc = reply(c, 200, json, NULL, NULL);
     } else if (strcmp(url, "/register") == 0) {
         fx.registrations++;
@@ -360,10 +367,48 @@ Test(auth_flow, unattended_client_names_the_login_command)
     struct mcp_session *session = NULL;
     struct tr_error err = {0};
     cr_assert_eq(open_session(NULL, NULL, &auth, &session, &err), TR_EAUTH);
-    cr_assert(strstr(err.message, "needs a login: run `troupe mcp login fixture`"), "%s",
-              err.message);
+    /* Configured by discovery alone: the hint is runnable as printed, by URL. */
+    char *hint = xasprintf("needs a login: run `troupe mcp login %s/mcp`", fx.base);
+    cr_assert(strstr(err.message, hint), "%s", err.message);
+    free(hint);
     cr_assert_eq(fx.authorizations, 0);
     auth_client_free(&auth);
+
+    /* A configured client needs the file that configures it, which the hint names. */
+    err = (struct tr_error){0};
+    cr_assert_eq(open_session("{\"scope\": \"mcp\"}", NULL, &auth, &session, &err), TR_EAUTH);
+    cr_assert(strstr(err.message, "needs a login: run `troupe mcp login fixture --workflow FILE`"),
+              "%s", err.message);
+    auth_client_free(&auth);
+    cJSON_Delete(fx.config);
+    fx.config = NULL;
+}
+
+/* Endpoints that are plain http off loopback are refused before any request, however the URL
+   dresses them up: a userinfo of "localhost:1" before the real host (127.0.0.2, which reaches
+   this fixture but is no allowed host), or the host itself. */
+Test(auth_flow, plain_http_endpoints_off_loopback_are_never_fetched)
+{
+    const char *port = strrchr(fx.base, ':') + 1;
+    char *dressed = xasprintf("http://localhost:1@127.0.0.2:%s", port);
+    char *bare = xasprintf("http://127.0.0.2:%s", port);
+    const char *const bases[] = {dressed, bare};
+    for (size_t k = 0; k < 2; k++) {
+        fx.endpoints = bases[k];
+        struct auth_client *auth = NULL;
+        struct mcp_session *session = NULL;
+        struct tr_error err = {0};
+        cr_assert_eq(open_session(NULL, &browser, &auth, &session, &err), TR_EAUTH, "%s", bases[k]);
+        cr_assert(strstr(err.message, "loopback"), "%s", err.message);
+        cr_assert_eq(fx.off_loopback, 0, "%s: %d requests went off loopback", bases[k],
+                     fx.off_loopback);
+        cr_assert_eq(fx.registrations + fx.authorizations + fx.code_grants, 0, "%s", bases[k]);
+        mcp_session_free(&session);
+        auth_client_free(&auth);
+    }
+    fx.endpoints = NULL;
+    free(dressed);
+    free(bare);
 }
 
 Test(auth_flow, token_error_says_why_and_no_secret)
