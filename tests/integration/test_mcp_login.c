@@ -449,114 +449,116 @@ Test(mcp_login, a_run_names_the_unusable_store)
     }
     free(before);
     free(headless);
-    /* A server without `auth:` is authorized by discovery alone: a run names a login that runs as
+    free(workflow);
+}
+
+/* A server without `auth:` is authorized by discovery alone: a run names a login that runs as
        printed (by URL), and after it the run, `troupe mcp --url` and `--config` use its tokens. */
-    Test(mcp_login, a_server_without_auth_is_authorized_by_discovery)
-    {
-        struct harness_result r;
-        char *workflow = echo_workflow("w.yaml", NULL); /* no auth: */
-        run_troupe((const char *[]){"--db", env.db, "run", workflow, NULL}, &r);
-        cr_assert_neq(r.exit_code, 0, "ran without a login: %s", r.err);
-        char *expected = xasprintf("run `troupe mcp login %s`", url);
-        cr_assert(strstr(r.err, expected), "the hint, runnable as printed: %s", r.err);
-        free(expected);
-        harness_result_release(&r);
+Test(mcp_login, a_server_without_auth_is_authorized_by_discovery)
+{
+    struct harness_result r;
+    char *workflow = echo_workflow("w.yaml", NULL); /* no auth: */
+    run_troupe((const char *[]){"--db", env.db, "run", workflow, NULL}, &r);
+    cr_assert_neq(r.exit_code, 0, "ran without a login: %s", r.err);
+    char *expected = xasprintf("run `troupe mcp login %s`", url);
+    cr_assert(strstr(r.err, expected), "the hint, runnable as printed: %s", r.err);
+    free(expected);
+    harness_result_release(&r);
 
-        login(url, NULL, &r); /* the hint's command, as printed */
-        cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
-        harness_result_release(&r);
+    login(url, NULL, &r); /* the hint's command, as printed */
+    cr_assert_eq(r.exit_code, 0, "login: %s", r.err);
+    harness_result_release(&r);
 
-        char *db2 = xasprintf("%s/second.db", env.dir);
-        run_troupe((const char *[]){"--db", db2, "run", workflow, NULL}, &r);
-        cr_assert_eq(r.exit_code, 0, "the run after login: %s", r.err);
-        harness_result_release(&r);
-        run_troupe((const char *[]){"mcp", "tools", "--url", url, NULL}, &r);
-        cr_assert_eq(r.exit_code, 0, "mcp --url: %s", r.err);
-        cr_assert(strstr(r.out, "echo"), "%s", r.out);
-        harness_result_release(&r);
-        char *json = xasprintf("{\"mcpServers\": {\"remote\": {\"url\": \"%s\"}}}", url);
-        char *config = harness_write_file(env.dir, "plain.json", json);
-        run_troupe((const char *[]){"mcp", "tools", "--server", "remote", "--config", config, NULL},
-                   &r);
-        cr_assert_eq(r.exit_code, 0, "mcp --config: %s", r.err);
-        cr_assert(strstr(r.out, "echo"), "%s", r.out);
-        harness_result_release(&r);
-        free(config), free(json), free(db2), free(workflow);
-    }
+    char *db2 = xasprintf("%s/second.db", env.dir);
+    run_troupe((const char *[]){"--db", db2, "run", workflow, NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "the run after login: %s", r.err);
+    harness_result_release(&r);
+    run_troupe((const char *[]){"mcp", "tools", "--url", url, NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "mcp --url: %s", r.err);
+    cr_assert(strstr(r.out, "echo"), "%s", r.out);
+    harness_result_release(&r);
+    char *json = xasprintf("{\"mcpServers\": {\"remote\": {\"url\": \"%s\"}}}", url);
+    char *config = harness_write_file(env.dir, "plain.json", json);
+    run_troupe((const char *[]){"mcp", "tools", "--server", "remote", "--config", config, NULL},
+               &r);
+    cr_assert_eq(r.exit_code, 0, "mcp --config: %s", r.err);
+    cr_assert(strstr(r.out, "echo"), "%s", r.out);
+    harness_result_release(&r);
+    free(config), free(json), free(db2), free(workflow);
+}
 
-    /* A callback that is not the login's (another state) is told so, and the login goes on. */
-    Test(mcp_login, a_callback_with_another_state_is_turned_away)
-    {
-        const char *argv[] = {env.troupe, "mcp", "login", url, "--timeout", "30", NULL};
-        struct harness_proc proc;
-        harness_spawn(argv, env.dir, &proc);
-        login_pid = proc.pid;
-        char *err = wait_for_text(proc.err_path, "Waiting up to", 20000);
-        cr_assert_not_null(err);
-        char *callback = strstr(err, "redirect to ");
-        cr_assert_not_null(callback, "%s", err);
-        callback += strlen("redirect to ");
-        char *stranger =
-            xasprintf("%.*s?code=forged&state=not-ours", (int)strcspn(callback, " \n"), callback);
-        const char *curl[] = {"/usr/bin/curl", "-sS", stranger, NULL};
-        struct harness_result page;
-        harness_run(curl, NULL, 15000, &page);
-        cr_assert(strstr(page.out, "state does not match") && !strstr(page.out, "received"), "%s",
-                  page.out);
-        harness_result_release(&page);
-        /* The real answer still completes it. */
-        char *start = strstr(err, "\n    http://") + 5;
-        char *authorize = xstrndup(start, strcspn(start, " \n"));
-        const char *browser[] = {"/usr/bin/curl", "-sS", "-L", "--max-redirs", "3",
-                                 authorize,       NULL};
-        harness_run(browser, NULL, 15000, &page);
-        cr_assert(strstr(page.out, "authorization received"), "%s", page.out);
-        harness_result_release(&page);
-        struct harness_result r;
-        harness_finish(&proc, 20000, &r);
-        login_pid = 0;
-        cr_assert_eq(r.exit_code, 0, "%s", r.err);
-        harness_result_release(&r);
-        free(authorize), free(stranger), free(err);
-    }
+/* A callback that is not the login's (another state) is told so, and the login goes on. */
+Test(mcp_login, a_callback_with_another_state_is_turned_away)
+{
+    const char *argv[] = {env.troupe, "mcp", "login", url, "--timeout", "30", NULL};
+    struct harness_proc proc;
+    harness_spawn(argv, env.dir, &proc);
+    login_pid = proc.pid;
+    char *err = wait_for_text(proc.err_path, "Waiting up to", 20000);
+    cr_assert_not_null(err);
+    char *callback = strstr(err, "redirect to ");
+    cr_assert_not_null(callback, "%s", err);
+    callback += strlen("redirect to ");
+    char *stranger =
+        xasprintf("%.*s?code=forged&state=not-ours", (int)strcspn(callback, " \n"), callback);
+    const char *curl[] = {"/usr/bin/curl", "-sS", stranger, NULL};
+    struct harness_result page;
+    harness_run(curl, NULL, 15000, &page);
+    cr_assert(strstr(page.out, "state does not match") && !strstr(page.out, "received"), "%s",
+              page.out);
+    harness_result_release(&page);
+    /* The real answer still completes it. */
+    char *start = strstr(err, "\n    http://") + 5;
+    char *authorize = xstrndup(start, strcspn(start, " \n"));
+    const char *browser[] = {"/usr/bin/curl", "-sS", "-L", "--max-redirs", "3", authorize, NULL};
+    harness_run(browser, NULL, 15000, &page);
+    cr_assert(strstr(page.out, "authorization received"), "%s", page.out);
+    harness_result_release(&page);
+    struct harness_result r;
+    harness_finish(&proc, 20000, &r);
+    login_pid = 0;
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    harness_result_release(&r);
+    free(authorize), free(stranger), free(err);
+}
 
-    /* The CLI's small things: each says what is wrong, help is help, shared options go anywhere,
-       --header takes ${env:NAME} (never sent literally, never empty). */
-    Test(mcp_login, the_commands_say_what_is_wrong)
-    {
-        struct harness_result r;
-        unsetenv("TROUPE_MCP_CONFIG");
-        run_troupe((const char *[]){"mcp", "auth", "--help", NULL}, &r);
-        cr_assert_eq(r.exit_code, 0, "%s", r.err);
-        cr_assert(strstr(r.out, "usage: troupe mcp auth status"), "%s", r.out);
-        harness_result_release(&r);
-        run_troupe((const char *[]){"mcp", "login", "a", "b", NULL}, &r);
+/* The CLI's small things: each says what is wrong, help is help, shared options go anywhere,
+   --header takes ${env:NAME} (never sent literally, never empty). */
+Test(mcp_login, the_commands_say_what_is_wrong)
+{
+    struct harness_result r;
+    unsetenv("TROUPE_MCP_CONFIG");
+    run_troupe((const char *[]){"mcp", "auth", "--help", NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "usage: troupe mcp auth status"), "%s", r.out);
+    harness_result_release(&r);
+    run_troupe((const char *[]){"mcp", "login", "a", "b", NULL}, &r);
+    cr_assert_eq(r.exit_code, 2);
+    cr_assert(strstr(r.err, "unexpected argument 'b'"), "%s", r.err);
+    harness_result_release(&r);
+    const char *const *cases[] = {(const char *[]){"mcp", "login", "not a url", NULL},
+                                  (const char *[]){"mcp", "logout", "nosuchname", NULL}};
+    for (size_t k = 0; k < 2; k++) {
+        run_troupe(cases[k], &r);
         cr_assert_eq(r.exit_code, 2);
-        cr_assert(strstr(r.err, "unexpected argument 'b'"), "%s", r.err);
+        cr_assert(strstr(r.err, "is not a URL") && strstr(r.err, "--workflow FILE") &&
+                      !strstr(r.err, ".mcp.json"),
+                  "%s", r.err);
         harness_result_release(&r);
-        const char *const *cases[] = {(const char *[]){"mcp", "login", "not a url", NULL},
-                                      (const char *[]){"mcp", "logout", "nosuchname", NULL}};
-        for (size_t k = 0; k < 2; k++) {
-            run_troupe(cases[k], &r);
-            cr_assert_eq(r.exit_code, 2);
-            cr_assert(strstr(r.err, "is not a URL") && strstr(r.err, "--workflow FILE") &&
-                          !strstr(r.err, ".mcp.json"),
-                      "%s", r.err);
-            harness_result_release(&r);
-        }
-        char *workflow = echo_workflow("w.yaml", NULL);
-        run_troupe((const char *[]){"validate", workflow, "--log-format", "json", NULL}, &r);
-        cr_assert_eq(r.exit_code, 0, "--log-format after the command: %s", r.err);
-        harness_result_release(&r);
-        run_troupe((const char *[]){"log", "nosuchrun", "--log-format", "json", NULL}, &r);
-        cr_assert_null(strstr(r.err, "unrecognized option"), "%s", r.err);
-        harness_result_release(&r);
-        unsetenv("TROUPE_TEST_NO_SUCH_VAR");
-        run_troupe((const char *[]){"mcp", "tools", "--url", url, "--header",
-                                    "Authorization: Bearer ${env:TROUPE_TEST_NO_SUCH_VAR}", NULL},
-                   &r);
-        cr_assert_eq(r.exit_code, 2, "%s", r.err);
-        cr_assert(strstr(r.err, "not set: TROUPE_TEST_NO_SUCH_VAR"), "%s", r.err);
-        harness_result_release(&r);
-        free(workflow);
     }
+    char *workflow = echo_workflow("w.yaml", NULL);
+    run_troupe((const char *[]){"validate", workflow, "--log-format", "json", NULL}, &r);
+    cr_assert_eq(r.exit_code, 0, "--log-format after the command: %s", r.err);
+    harness_result_release(&r);
+    run_troupe((const char *[]){"log", "nosuchrun", "--log-format", "json", NULL}, &r);
+    cr_assert_null(strstr(r.err, "unrecognized option"), "%s", r.err);
+    harness_result_release(&r);
+    unsetenv("TROUPE_TEST_NO_SUCH_VAR");
+    run_troupe((const char *[]){"mcp", "tools", "--url", url, "--header",
+                                "Authorization: Bearer ${env:TROUPE_TEST_NO_SUCH_VAR}", NULL},
+               &r);
+    cr_assert_eq(r.exit_code, 2, "%s", r.err);
+    cr_assert(strstr(r.err, "not set: TROUPE_TEST_NO_SUCH_VAR"), "%s", r.err);
+    harness_result_release(&r);
+    free(workflow);
+}
