@@ -72,6 +72,7 @@ struct auth_client {
     char *token_store; /* NULL: in memory only */
     const struct auth_user_agent *user_agent;
     int timeout_ms;
+    const volatile int *stop; /* auth_options.stop */
 
     /* From the configuration (expanded), NULL when absent. */
     char *grant; /* "authorization_code" (default), "client_credentials", ... */

@@ -53,6 +53,9 @@ struct auth_options {
        and fails with a message that names `troupe mcp login SERVER`. */
     const struct auth_user_agent *user_agent;
     int timeout_ms; /* bound on each blocking call; 0 means 30 s */
+    /* NULL, or a flag (a signal handler's sig_atomic_t, an int) that ends a blocking call as soon
+       as it becomes nonzero: a stopping agent does not wait for a slow authorization server. */
+    const volatile int *stop;
 };
 
 /*

@@ -141,6 +141,7 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
     c->expand = options->expand;
     c->user_agent = options->user_agent;
     c->timeout_ms = options->timeout_ms > 0 ? options->timeout_ms : 30000;
+    c->stop = options->stop;
     if (!options->token_store)
         c->token_store = auth__store_default_path();
     else if (options->token_store[0])

@@ -71,6 +71,7 @@ static int open_http(const cJSON *entry, const struct mcp_open_params *params,
             .token_store = NULL,
             .user_agent = NULL,
             .timeout_ms = params->timeout_ms,
+            .stop = params->stop,
         };
         rc = auth_client_new(&options, &client, err);
         if (rc < 0)
