@@ -5,8 +5,8 @@
  *   a transport error, the step's retry policy retries it, the agent connects again before the
  *   next try, and the run succeeds once the server is up;
  * - an agent waiting on a slow authorization server (its /token answers after 60 s) stops
- *   promptly when the run is interrupted (the scheduler's SIGTERM ends the token request),
- *   and its log names the server and the endpoint it waited on.
+ *   at the scheduler's SIGTERM (5 s after the interrupt) instead of holding out until the
+ *   SIGKILL 5 s later, and its log names the server and the endpoint it waited on.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -127,7 +127,7 @@ Test(outage, slow_token_endpoint_does_not_hold_the_stop, .timeout = 120, .fini =
     struct harness_result r;
     harness_finish(&troupe, 60000, &r);
     int64_t took = tr_now_ms() - interrupted;
-    cr_assert_lt(took, 15000, "the run took %lld ms to stop after SIGINT\n%s\n%s", (long long)took,
+    cr_assert_lt(took, 8000, "the run took %lld ms to stop after SIGINT\n%s\n%s", (long long)took,
                  r.out, r.err);
     cr_assert(harness_leftover_processes(env.dir, NULL) == 0, "an agent outlived the run");
     cr_assert_not_null(strstr(r.err, "MCP server 'fx': still waiting for the answer to POST"),
