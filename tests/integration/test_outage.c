@@ -138,3 +138,28 @@ Test(outage, slow_token_endpoint_does_not_hold_the_stop, .timeout = 120, .fini =
     free(workflow);
     harness_env_release(&env);
 }
+
+/* B2's other side: a server not reached at the start has unknown annotations, so with
+ * --approve-destructive its calls wait for approval (fx.echo would not, were it reached). */
+Test(outage, unreached_server_tools_wait_for_approval, .timeout = 60, .fini = stop_fixture)
+{
+    struct harness_env env = harness_env_new();
+    char port[16];
+    snprintf(port, sizeof(port), "%d", harness_free_port());
+    char *text = workflow_text(port, "");
+    char *workflow = harness_write_file(env.dir, "outage.yaml", text);
+    setenv("OUTAGE_SECRET", SECRET, 1);
+
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", "--approve-destructive",
+                         workflow,   NULL};
+    struct harness_proc troupe;
+    harness_spawn(run, env.dir, &troupe);
+    harness_wait_for_approval(env.db, "hello");
+    kill(troupe.pid, SIGTERM);
+    struct harness_result r;
+    harness_finish(&troupe, 30000, &r);
+    harness_result_release(&r);
+    free(text);
+    free(workflow);
+    harness_env_release(&env);
+}
