@@ -61,6 +61,8 @@ struct agent {
        see its process. A local agent's process is the scheduler's child: it beats only while
        it has tasks, so that nothing wakes an idle one. */
     bool beat_when_idle;
+    /* Set by SIGTERM/SIGINT: also ends an auth client's blocking requests (auth_options.stop). */
+    const volatile int *stop;
 };
 
 /* The descriptors to wait on: the signal pipe's, then every session's (owner[i] says whose). */

@@ -24,7 +24,7 @@
 #define WELCOME_TIMEOUT_MS 30000
 #define AGENT_SEND_WAIT_MS 60000 /* how long a message waits for room on the bus */
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested; /* an int: agent.stop points to it */
 /* Written by the signal handler so that the loop's poll wakes at once (the self-pipe trick). */
 static int signal_pipe[2] = {-1, -1};
 
@@ -359,6 +359,7 @@ int main(int argc, char **argv)
         return 2;
     }
     agent.beat_when_idle = strncmp(endpoint, "tcp://", 6) == 0;
+    agent.stop = &stop_requested;
     tr_log_setup("troupe-agent", level, format);
     tr_log_context(NULL, NULL, agent.persona);
     signal(SIGPIPE, SIG_IGN);

@@ -5,6 +5,7 @@
  * reconnected) after it died. It sends nothing but events and results: tasks.c runs the calls.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,7 +76,21 @@ static int start_session(struct agent *agent, const cJSON *entry, struct mcp_ses
                          struct tr_error *err)
 {
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent, on_mcp_secret};
-    return mcp_session_open(entry, NULL, &observer, ret_session, err);
+    struct mcp_open_params params = {.stop = agent->stop};
+    return mcp_session_open(entry, &params, &observer, ret_session, err);
+}
+
+/*
+ * A url: server that cannot be reached now (TR_EPEER: refused, reset, an HTTP error; or its
+ * handshake timed out) is no failure of the agent: it starts without a session, its calls
+ * fail as transport errors (retried by the step's policy) and each call first tries to
+ * connect again (server_restart). Anything else (a bad entry, a command that cannot start,
+ * missing authorization) fails the agent's start.
+ */
+static bool unreachable_for_now(const cJSON *entry, int rc)
+{
+    return (rc == TR_EPEER || rc == TR_ETIMEDOUT) &&
+           cJSON_IsString(cJSON_GetObjectItemCaseSensitive(entry, "url"));
 }
 
 static int open_server(struct agent *agent, const cJSON *entry, struct tr_error *err)
@@ -86,12 +101,18 @@ static int open_server(struct agent *agent, const cJSON *entry, struct tr_error 
     if (agent->server_count == MAX_SERVERS)
         return tr_error_set(err, TR_ETOOBIG, "a persona may use at most %d servers", MAX_SERVERS);
     rc = start_session(agent, entry, &server->session, err);
-    if (rc < 0)
+    if (rc < 0 && !unreachable_for_now(entry, rc))
         return rc;
     server->name = xstrdup(entry->string);
     server->entry = entry;
-    tr_log(TR_LOG_DEBUG, "MCP server '%s' ready (protocol %s)", server->name,
-           mcp_session_protocol_version(server->session));
+    if (rc < 0) {
+        server->failure =
+            xasprintf("MCP server '%s' could not be reached: %s", server->name, err->message);
+        tr_log(TR_LOG_WARN, "%s; its calls connect again", server->failure);
+    } else {
+        tr_log(TR_LOG_DEBUG, "MCP server '%s' ready (protocol %s)", server->name,
+               mcp_session_protocol_version(server->session));
+    }
     agent->server_count++;
     return 0;
 }
@@ -149,6 +170,8 @@ int servers_open(struct agent *agent, struct tr_error *err)
 
     cJSON_ArrayForEach(entry, servers)
     {
+        if (agent->stop && *agent->stop)
+            return tr_error_set(err, -ECANCELED, "stopped while opening the MCP servers");
         int rc = open_server(agent, entry, err); /* err names the server */
         if (rc < 0)
             return rc;
@@ -269,6 +292,13 @@ char *servers_destructive_tools(struct agent *agent)
         struct tr_error err = {0};
         cJSON *tools = NULL;
         const cJSON *tool;
+        if (!agent->servers[i].session) {
+            /* Not reached yet: its tools are unknown, so each may be destructive. */
+            char *all = xasprintf("%s.*", agent->servers[i].name);
+            cJSON_AddItemToArray(list, cJSON_CreateString(all));
+            free(all);
+            continue;
+        }
         if (mcp_session_list_tools(agent->servers[i].session, 10000, &tools, &err) < 0) {
             tr_log(TR_LOG_WARN, "could not list the tools of '%s': %s", agent->servers[i].name,
                    err.message);

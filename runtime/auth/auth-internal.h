@@ -84,6 +84,7 @@ struct auth_client {
     int timeout_ms;
     void (*on_secret)(void *userdata, const char *server, const char *secret);
     void *secret_userdata;
+    const volatile int *stop; /* auth_options.stop */
 
     /* From the configuration (expanded), NULL when absent. */
     char *grant; /* "authorization_code" (default), "client_credentials", ... */

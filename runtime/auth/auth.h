@@ -63,6 +63,9 @@ struct auth_options {
        failed request's message may quote a secret after the client is gone). NULL: none. */
     void (*on_secret)(void *userdata, const char *server, const char *secret);
     void *secret_userdata;
+    /* NULL, or a flag (a signal handler's sig_atomic_t, an int) that ends a blocking call as soon
+       as it becomes nonzero: a stopping agent does not wait for a slow authorization server. */
+    const volatile int *stop;
 };
 
 /*

@@ -147,6 +147,7 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
     c->on_secret = options->on_secret;
     c->secret_userdata = options->secret_userdata;
     c->store_lock = -1;
+    c->stop = options->stop;
     if (!options->token_store)
         c->token_store = auth__store_default_path();
     else if (options->token_store[0])

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,11 +85,35 @@ out:
     return ok;
 }
 
+#define SLOW_REQUEST_MS 5000 /* a request still unanswered after this is logged, once */
+
 struct exchange {
     struct auth__response *response;
     struct tr_buf body;
     bool too_big;
+    const struct auth_client *client;
+    const char *method, *url;
+    int64_t started_ms;
+    bool slow_logged;
 };
+
+/* Curl's progress callback, several times a second: ends the transfer when the caller's stop
+ * flag is set (the agent got SIGTERM), and says once which request it is waiting on when it is
+ * slow, so that a stalled start names the server and the endpoint. */
+static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    struct exchange *x = userdata;
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    if (x->client->stop && *x->client->stop)
+        return 1; /* CURLE_ABORTED_BY_CALLBACK */
+    if (!x->slow_logged && tr_now_ms() - x->started_ms >= SLOW_REQUEST_MS) {
+        x->slow_logged = true;
+        tr_log(TR_LOG_WARN, "MCP server '%s': still waiting for the answer to %s %s after %d s",
+               x->client->server_name, x->method, x->url, SLOW_REQUEST_MS / 1000);
+    }
+    return 0;
+}
 
 /* Keeps the headers callers look at; a repeated WWW-Authenticate is joined with ", ". */
 static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata)
@@ -145,7 +170,11 @@ static int exchange(struct auth_client *client, const char *method, const char *
                     struct auth__response *ret_response, struct tr_error *err)
 {
     struct auth__response response = {0};
-    struct exchange x = {.response = &response};
+    struct exchange x = {.response = &response,
+                         .client = client,
+                         .method = method,
+                         .url = url,
+                         .started_ms = tr_now_ms()};
     struct curl_slist *list = NULL;
     int rc = 0;
     /* Every endpoint of every flow comes through here (metadata, registration, token,
@@ -173,6 +202,9 @@ static int exchange(struct auth_client *client, const char *method, const char *
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, &x);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, &x);
+    curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(easy, CURLOPT_XFERINFODATA, &x);
+    curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
     list = curl_slist_append(list, "Accept: application/json");
     if (body) {
         char *line = xasprintf("Content-Type: %s", content_type);
@@ -191,6 +223,11 @@ static int exchange(struct auth_client *client, const char *method, const char *
     if (x.too_big) {
         rc = tr_error_set(err, TR_EAUTH, "%s %s: the answer is longer than %d bytes", method, url,
                           AUTH__MAX_BODY);
+        goto out;
+    }
+    if (result == CURLE_ABORTED_BY_CALLBACK) {
+        rc = tr_error_set(err, -ECANCELED, "%s %s: stopped while waiting for the answer", method,
+                          url);
         goto out;
     }
     if (result != CURLE_OK) {

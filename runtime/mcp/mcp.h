@@ -250,6 +250,9 @@ struct mcp_open_params {
     size_t max_message_bytes; /* 0 means MCP_DEFAULT_MAX_MESSAGE */
     int timeout_ms;           /* handshake timeout; 0 means MCP_DEFAULT_TIMEOUT_MS */
     const struct mcp_client_handlers *handlers; /* copied; NULL for none */
+    /* NULL, or a flag that ends the auth client's blocking requests once nonzero
+       (auth_options.stop), kept by the auth client for the session's life. */
+    const volatile int *stop;
 };
 
 /*

@@ -76,6 +76,7 @@ static int open_http(const cJSON *entry, const struct mcp_open_params *params,
         .timeout_ms = params->timeout_ms,
         .on_secret = observer ? observer->on_secret : NULL,
         .secret_userdata = observer ? observer->userdata : NULL,
+        .stop = params->stop,
     };
     rc = auth_client_new(&options, &client, err);
     if (rc < 0)

@@ -22,11 +22,15 @@ static bool is_destructive(const struct run *run, size_t index)
         return false;
     qualified = xasprintf("%s.%s", workflow_step_server(run->wf, index),
                           workflow_step_tool(run->wf, index));
+    /* "server.*": every tool of a server the agent could not reach at its start (unknown). */
+    char *every = xasprintf("%s.*", workflow_step_server(run->wf, index));
     cJSON_ArrayForEach(tool, tools)
     {
-        if (cJSON_IsString(tool) && strcmp(tool->valuestring, qualified) == 0)
+        if (cJSON_IsString(tool) &&
+            (strcmp(tool->valuestring, qualified) == 0 || strcmp(tool->valuestring, every) == 0))
             found = true;
     }
+    free(every);
     free(qualified);
     return found;
 }

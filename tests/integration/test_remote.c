@@ -27,19 +27,6 @@
 #define SECRET "remote-s3cret-41d9"
 #define ITEMS 6
 
-/* A TCP port free on 127.0.0.1 right now. */
-static int free_port(void)
-{
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&addr, &len), 0);
-    close(fd);
-    return ntohs(addr.sin_port);
-}
-
 /* Waits until something listens on port (up to 20 s). */
 static void wait_listening(int port)
 {
@@ -132,7 +119,7 @@ static void run_remote(bool oauth)
     setenv("REMOTE_SECRET", SECRET, 1);
 
     /* server-everything over Streamable HTTP, on a port of its own. */
-    int everything_port = free_port();
+    int everything_port = harness_free_port();
     char port_text[16];
     snprintf(port_text, sizeof(port_text), "%d", everything_port);
     setenv("PORT", port_text, 1);
@@ -143,7 +130,7 @@ static void run_remote(bool oauth)
     unsetenv("PORT");
 
     struct fixture f = {.oauth = oauth};
-    snprintf(f.port, sizeof(f.port), "%d", free_port());
+    snprintf(f.port, sizeof(f.port), "%d", harness_free_port());
     f.state = xasprintf("%s/fixture.db", env.dir);
     f.log = xasprintf("%s/requests.log", env.dir);
     fixture_start(&f);

@@ -18,7 +18,8 @@
  *                                              code, state and iss (PKCE S256 required)
  *   /token                                     client_credentials (client_secret_basic or
  *                                              client_secret_post), authorization_code (PKCE
- *                                              S256 checked), refresh_token (rotated)
+ *                                              S256 checked), refresh_token (rotated);
+ *                                              answers after --token-delay seconds
  *
  * Tools: echo {text}, effect {n?} (counts calls per idempotency key,
  * _meta["io.troupe/idempotency-key"], and keeps the last call's _meta.traceparent),
@@ -63,6 +64,7 @@ static struct {
     unsigned port;
     const char *client_id, *client_secret;
     double token_ttl, session_ttl;
+    double token_delay; /* /token answers this late (a slow authorization server) */
     const char *state;
     FILE *log;
     bool no_auth;
@@ -882,8 +884,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         return authorization_server_metadata(connection);
     if (get && strcmp(url, "/authorize") == 0)
         return do_authorize(connection);
-    if (post && strcmp(url, "/token") == 0)
+    if (post && strcmp(url, "/token") == 0) {
+        struct timespec ts = {(time_t)fx.token_delay,
+                              (long)((fx.token_delay - (time_t)fx.token_delay) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
         return do_token(connection, body);
+    }
     if (post && strcmp(url, "/register") == 0)
         return do_register(connection, body);
     return send_text(connection, MHD_HTTP_NOT_FOUND, "text/plain", xstrdup("not found\n"), NULL,
@@ -918,7 +925,7 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: test-mcp-oauth [--port N] [--client-id ID --client-secret SECRET]\n"
                 "       [--token-ttl SECONDS] [--session-ttl SECONDS] [--state FILE]\n"
-                "       [--log FILE] [--no-auth] [--echo-credentials]\n"
+                "       [--token-delay SECONDS] [--log FILE] [--no-auth] [--echo-credentials]\n"
                 "--echo-credentials: every result (the handshake's too) carries the request's\n"
                 "Authorization header; a wrong client secret's refusal quotes the request\n");
 }
@@ -931,6 +938,7 @@ int main(int argc, char **argv)
         {"client-secret", required_argument, NULL, 's'},
         {"token-ttl", required_argument, NULL, 't'},
         {"session-ttl", required_argument, NULL, 'S'},
+        {"token-delay", required_argument, NULL, 'D'},
         {"state", required_argument, NULL, 'd'},
         {"log", required_argument, NULL, 'l'},
         {"no-auth", no_argument, NULL, 'n'},
@@ -955,6 +963,9 @@ int main(int argc, char **argv)
             break;
         case 'S':
             fx.session_ttl = seconds_arg("--session-ttl", optarg);
+            break;
+        case 'D':
+            fx.token_delay = seconds_arg("--token-delay", optarg);
             break;
         case 'd':
             fx.state = optarg;

@@ -55,6 +55,9 @@ char *harness_node_check(const char *script, const char *arg1, const char *arg2)
 
 /* Number of lines in s. */
 int harness_count_lines(const char *s);
+
+/* A TCP port free on 127.0.0.1 right now. */
+int harness_free_port(void);
 /* Processes (other than this one) whose working directory is dir, or whose command line
  * contains needle (when not NULL). Waits up to 3 s for them to go. */
 int harness_leftover_processes(const char *dir, const char *needle);
