@@ -56,10 +56,18 @@ struct auth_options {
 };
 
 /*
- * Why config (a server entry's `auth` member) is not usable, as a message into buf, or 0 when
- * it is. For the workflow loader, which adds the position. Reads no file and no variable.
+ * Why config (a server entry's `auth` member) is not usable, as a message into buf (every
+ * problem found, "; " between two), or 0 when it is. For the workflow loader, which adds the
+ * position. Reads no file and no variable.
  */
 int auth_config_problem(const cJSON *config, char *buf, size_t size);
+
+/*
+ * Why a server entry's `headers` (a mapping, or NULL) cannot go with its `auth` config (NULL:
+ * none), as a message into buf, or 0: the auth_client sends Authorization (and DPoP) itself, so
+ * the entry must not set them. For the workflow loader and the session opener.
+ */
+int auth_headers_problem(const cJSON *config, const cJSON *headers, char *buf, size_t size);
 
 /* Whether the member name of a server's `auth` holds a secret itself (client_secret,
  * private_key, assertion, id_token, idp_client_secret), which a workflow must write as

@@ -64,6 +64,7 @@ static struct {
     const char *client_id, *client_secret;
     double token_ttl, session_ttl;
     const char *state;
+    const char *token_type; /* what /token says its tokens are (--token-type; Bearer) */
     FILE *log;
     bool no_auth;
     char issuer[64];   /* http://127.0.0.1:PORT */
@@ -75,7 +76,8 @@ static struct {
         char id[48];
         double created;
     } sessions[MAX_SESSIONS];
-} fx = {.token_ttl = 3600, .session_ttl = 0, .lock = PTHREAD_MUTEX_INITIALIZER};
+} fx = {
+    .token_ttl = 3600, .session_ttl = 0, .token_type = "Bearer", .lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* The params of the tools/call this thread is serving (the tools read its _meta). */
 static __thread const cJSON *call_params;
@@ -471,7 +473,7 @@ static enum MHD_Result issue_tokens(struct MHD_Connection *connection, const cha
                            "cannot store the token");
     cJSON *json = cJSON_CreateObject();
     cJSON_AddStringToObject(json, "access_token", access);
-    cJSON_AddStringToObject(json, "token_type", "Bearer");
+    cJSON_AddStringToObject(json, "token_type", fx.token_type);
     cJSON_AddNumberToObject(json, "expires_in", fx.token_ttl);
     if (refresh)
         cJSON_AddStringToObject(json, "refresh_token", refresh_token);
@@ -905,7 +907,7 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: test-mcp-oauth [--port N] [--client-id ID --client-secret SECRET]\n"
                 "       [--token-ttl SECONDS] [--session-ttl SECONDS] [--state FILE]\n"
-                "       [--log FILE] [--no-auth]\n");
+                "       [--log FILE] [--no-auth] [--token-type TYPE]\n");
 }
 
 int main(int argc, char **argv)
@@ -919,6 +921,7 @@ int main(int argc, char **argv)
         {"state", required_argument, NULL, 'd'},
         {"log", required_argument, NULL, 'l'},
         {"no-auth", no_argument, NULL, 'n'},
+        {"token-type", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -952,6 +955,9 @@ int main(int argc, char **argv)
             break;
         case 'n':
             fx.no_auth = true;
+            break;
+        case 'T':
+            fx.token_type = optarg;
             break;
         case 'h':
             usage(stdout);
