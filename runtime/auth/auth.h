@@ -69,6 +69,13 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size);
  */
 int auth_headers_problem(const cJSON *config, const cJSON *headers, char *buf, size_t size);
 
+/*
+ * Why the files config's NAME_file members name (not ${env:...} ones) cannot be read as
+ * secrets (missing, not a regular file, readable by group or others), every problem into buf,
+ * or 0. Reads those files, on this machine: for `troupe validate`.
+ */
+int auth_config_files_problem(const cJSON *config, char *buf, size_t size);
+
 /* Whether the member name of a server's `auth` holds a secret itself (client_secret,
  * private_key, assertion, id_token, idp_client_secret), which a workflow must write as
  * ${env:NAME}. Their NAME_file twins hold paths, which are no secret. */
