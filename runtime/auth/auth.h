@@ -76,6 +76,11 @@ int auth_headers_problem(const cJSON *config, const cJSON *headers, char *buf, s
  */
 int auth_config_files_problem(const cJSON *config, char *buf, size_t size);
 
+/* The text of a libcurl transfer's failure (a CURLcode): curl_easy_strerror's, but an answer
+   with a header line over libcurl's limit (CURL_MAX_HTTP_HEADER) is named as such. For every
+   HTTP client of troupe's (this module's, the MCP transport). */
+const char *auth_curl_strerror(int result);
+
 /* Whether the member name of a server's `auth` holds a secret itself (client_secret,
  * private_key, assertion, id_token, idp_client_secret), which a workflow must write as
  * ${env:NAME}. Their NAME_file twins hold paths, which are no secret. */

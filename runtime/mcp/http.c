@@ -561,17 +561,6 @@ static bool resend_later(struct transfer *t, long status)
     return true;
 }
 
-/* Whether result is how libcurl ends a transfer whose answer had a header line over
- * CURL_MAX_HTTP_HEADER (before 8.6 it says "Out of memory"). */
-static bool header_too_large(CURLcode result)
-{
-#if LIBCURL_VERSION_NUM >= 0x080600
-    if (result == CURLE_TOO_LARGE)
-        return true;
-#endif
-    return result == CURLE_OUT_OF_MEMORY;
-}
-
 /*
  * Turns a finished transfer into what the session gets: messages, or a failure of its request.
  * Returns true when the transfer is to be sent again later (t->resend_at), false when it is
@@ -629,14 +618,9 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
             push_failure(h, id, TR_EPEER,
                          "MCP server '%s': HTTP %s to %s was redirected more than %d times",
                          h->name, what, h->url, MAX_REDIRECTS);
-        else if (!answered && !t->got_headers && header_too_large(result))
-            push_failure(h, id, TR_EPEER,
-                         "MCP server '%s': HTTP %s to %s failed: a header line of its answer is "
-                         "longer than libcurl accepts (%d KiB)",
-                         h->name, what, h->url, CURL_MAX_HTTP_HEADER / 1024);
         else if (!answered)
             push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
-                         what, h->url, curl_easy_strerror(result));
+                         what, h->url, auth_curl_strerror(result));
         return false;
     }
     if (h->legacy_sse && !t->is_get && status >= 200 && status < 300)
