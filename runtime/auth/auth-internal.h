@@ -156,10 +156,17 @@ int auth__http_get(struct auth_client *client, const char *url, const char *cons
 int auth__http_post(struct auth_client *client, const char *url, const char *content_type,
                     const char *body, const char *const *headers,
                     struct auth__response *ret_response, struct tr_error *err) TR_MUST_CHECK;
+/* Appends a problem of a configuration to buf ("; " between two), as auth_config_problem
+   reports every problem it finds. */
+void auth__problem(char *buf, size_t size, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Whether url may be fetched for metadata: https, or http to a loopback host. */
 bool auth__url_allowed(const char *url);
 
 /* ---- the token endpoint (token.c) ---------------------------------------------------------- */
+
+/* Whether troupe can use a token of this token_type (Bearer, DPoP; any case): RFC 6749 §7.1. */
+bool auth__token_type_known(const char *type);
 
 /*
  * POSTs fields (grant_type and the grant's own; `resource` is added) to the token endpoint of

@@ -69,10 +69,30 @@ struct auth_options {
 };
 
 /*
- * Why config (a server entry's `auth` member) is not usable, as a message into buf, or 0 when
- * it is. For the workflow loader, which adds the position. Reads no file and no variable.
+ * Why config (a server entry's `auth` member) is not usable, as a message into buf (every
+ * problem found, "; " between two), or 0 when it is. For the workflow loader, which adds the
+ * position. Reads no file and no variable.
  */
 int auth_config_problem(const cJSON *config, char *buf, size_t size);
+
+/*
+ * Why a server entry's `headers` (a mapping, or NULL) cannot go with its `auth` config (NULL:
+ * none), as a message into buf, or 0: the auth_client sends Authorization (and DPoP) itself, so
+ * the entry must not set them. For the workflow loader and the session opener.
+ */
+int auth_headers_problem(const cJSON *config, const cJSON *headers, char *buf, size_t size);
+
+/*
+ * Why the files config's NAME_file members name (not ${env:...} ones) cannot be read as
+ * secrets (missing, not a regular file, readable by group or others), every problem into buf,
+ * or 0. Reads those files, on this machine: for `troupe validate`.
+ */
+int auth_config_files_problem(const cJSON *config, char *buf, size_t size);
+
+/* The text of a libcurl transfer's failure (a CURLcode): curl_easy_strerror's, but an answer
+   with a header line over libcurl's limit (CURL_MAX_HTTP_HEADER) is named as such. For every
+   HTTP client of troupe's (this module's, the MCP transport). */
+const char *auth_curl_strerror(int result);
 
 /* Whether the member name of a server's `auth` holds a secret itself (client_secret,
  * private_key, assertion, id_token, idp_client_secret), which a workflow must write as

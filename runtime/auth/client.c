@@ -5,6 +5,7 @@
  * The steps themselves live in discovery.c, register.c, token.c and grant_*.c.
  */
 #define _GNU_SOURCE
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ static const char *const config_members[] = {
     "grant",         "client_id",
     "client_secret", "client_metadata_url",
     "scope",         "token_endpoint_auth_method",
+    "issuer",
 };
 static const char *const auth_methods[] = {"client_secret_basic", "client_secret_post", "none"};
 
@@ -56,12 +58,31 @@ static bool one_of(const char *value, const char *const *list, size_t n)
     return false;
 }
 
+void auth__problem(char *buf, size_t size, const char *format, ...)
+{
+    size_t used = strnlen(buf, size);
+    if (used > 0 && used + 2 < size)
+        used += (size_t)snprintf(buf + used, size - used, "; ");
+    if (used + 1 >= size)
+        return;
+    va_list args;
+    va_start(args, format);
+    vsnprintf(buf + used, size - used, format, args);
+    va_end(args);
+}
+
+/* The members that name an endpoint: an https URL (http to a loopback host), checked here
+   unless it is ${env:...} (then when the client uses it). */
+static const char *const url_members[] = {"issuer", "idp_token_endpoint"};
+
 int auth_config_problem(const cJSON *config, char *buf, size_t size)
 {
+    if (size > 0)
+        buf[0] = '\0';
     if (!config)
         return 0;
     if (!cJSON_IsObject(config)) {
-        snprintf(buf, size, "auth must be a mapping");
+        auth__problem(buf, size, "auth must be a mapping");
         return TR_EINVAL;
     }
     const cJSON *member;
@@ -71,51 +92,69 @@ int auth_config_problem(const cJSON *config, char *buf, size_t size)
         bool ext = auth__ext_member(name); /* the headless grants' (grant_client.c) */
         if (!ext &&
             !one_of(name, config_members, sizeof(config_members) / sizeof(config_members[0]))) {
-            snprintf(buf, size,
-                     "auth has no member '%s' (grant, client_id, client_secret, "
-                     "client_metadata_url, scope, token_endpoint_auth_method, or one of the "
-                     "headless grants' in docs/auth.md)",
-                     name);
-            return TR_EINVAL;
+            auth__problem(buf, size,
+                          "auth has no member '%s' (grant, client_id, client_secret, "
+                          "client_metadata_url, scope, token_endpoint_auth_method, issuer, or "
+                          "one of the headless grants' in docs/auth.md)",
+                          name);
+            continue;
         }
         if (ext && auth__ext_boolean_member(name))
             continue;
         if (!cJSON_IsString(member) || !member->valuestring[0]) {
-            snprintf(buf, size, "auth.%s must be a non-empty string", name);
+            auth__problem(buf, size, "auth.%s must be a non-empty string", name);
+            continue;
+        }
+        if (one_of(name, url_members, sizeof(url_members) / sizeof(url_members[0])) &&
+            !strstr(member->valuestring, "${env:") && !auth__url_allowed(member->valuestring))
+            auth__problem(buf, size,
+                          "auth.%s '%.200s' must be an https URL (http only to localhost, "
+                          "127.0.0.1 or [::1])",
+                          name, member->valuestring);
+    }
+    const cJSON *grant = cJSON_GetObjectItemCaseSensitive(config, "grant");
+    if (cJSON_IsString(grant) && !grant_named(grant->valuestring))
+        auth__problem(buf, size,
+                      "auth.grant '%s' is not one of authorization_code, client_credentials, "
+                      "urn:ietf:params:oauth:grant-type:jwt-bearer, "
+                      "urn:ietf:params:oauth:grant-type:token-exchange",
+                      grant->valuestring);
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(config, "token_endpoint_auth_method");
+    if (cJSON_IsString(method) && !one_of(method->valuestring, auth_methods, 3))
+        auth__problem(buf, size,
+                      "auth.token_endpoint_auth_method '%s' is not one of client_secret_basic, "
+                      "client_secret_post, none",
+                      method->valuestring);
+    const cJSON *cimd = cJSON_GetObjectItemCaseSensitive(config, "client_metadata_url");
+    bool https = cJSON_IsString(cimd) && strncmp(cimd->valuestring, "https://", 8) == 0;
+    const char *cimd_path = https ? strchr(cimd->valuestring + 8, '/') : NULL;
+    if (cimd && (!cimd_path || cimd_path == cimd->valuestring + 8 || !cimd_path[1]))
+        auth__problem(buf, size,
+                      "auth.client_metadata_url must be an https URL with a path (the "
+                      "client_id it stands for)");
+    if (cJSON_HasObjectItem(config, "client_secret") && !cJSON_HasObjectItem(config, "client_id"))
+        auth__problem(buf, size, "auth.client_secret needs auth.client_id");
+    (void)auth__ext_config_problem(config, buf, size);
+    return buf[0] ? TR_EINVAL : 0;
+}
+
+int auth_headers_problem(const cJSON *config, const cJSON *headers, char *buf, size_t size)
+{
+    const cJSON *header;
+    if (!config)
+        return 0;
+    cJSON_ArrayForEach(header, headers)
+    {
+        if (header->string && (strcasecmp(header->string, "Authorization") == 0 ||
+                               strcasecmp(header->string, "DPoP") == 0)) {
+            snprintf(buf, size,
+                     "headers.%s and auth exclude each other (auth sends %s itself; a request "
+                     "carries one)",
+                     header->string, header->string);
             return TR_EINVAL;
         }
     }
-    const cJSON *grant = cJSON_GetObjectItemCaseSensitive(config, "grant");
-    if (grant && !grant_named(grant->valuestring)) {
-        snprintf(buf, size,
-                 "auth.grant '%s' is not one of authorization_code, client_credentials, "
-                 "urn:ietf:params:oauth:grant-type:jwt-bearer, "
-                 "urn:ietf:params:oauth:grant-type:token-exchange",
-                 grant->valuestring);
-        return TR_EINVAL;
-    }
-    const cJSON *method = cJSON_GetObjectItemCaseSensitive(config, "token_endpoint_auth_method");
-    if (method && !one_of(method->valuestring, auth_methods, 3)) {
-        snprintf(buf, size,
-                 "auth.token_endpoint_auth_method '%s' is not one of client_secret_basic, "
-                 "client_secret_post, none",
-                 method->valuestring);
-        return TR_EINVAL;
-    }
-    const cJSON *cimd = cJSON_GetObjectItemCaseSensitive(config, "client_metadata_url");
-    bool https = cimd && strncmp(cimd->valuestring, "https://", 8) == 0;
-    const char *cimd_path = https ? strchr(cimd->valuestring + 8, '/') : NULL;
-    if (cimd && (!cimd_path || cimd_path == cimd->valuestring + 8 || !cimd_path[1])) {
-        snprintf(buf, size,
-                 "auth.client_metadata_url must be an https URL with a path (the "
-                 "client_id it stands for)");
-        return TR_EINVAL;
-    }
-    if (cJSON_HasObjectItem(config, "client_secret") && !cJSON_HasObjectItem(config, "client_id")) {
-        snprintf(buf, size, "auth.client_secret needs auth.client_id");
-        return TR_EINVAL;
-    }
-    return auth__ext_config_problem(config, buf, size);
+    return 0;
 }
 
 /* A member of the configuration, expanded, or NULL. */
@@ -393,7 +432,9 @@ int auth_request_headers(struct auth_client *client, const char *method, const c
             auth_lines_free(lines);
             return rc;
         }
-    } else if (c->tokens.access_token) {
+    } else if (c->tokens.access_token &&
+               (!c->tokens.token_type || auth__token_type_known(c->tokens.token_type))) {
+        /* A stored token of a type troupe does not use is not sent (its 401 runs the grant). */
         lines[0] = xasprintf("Authorization: Bearer %s", c->tokens.access_token);
     }
     *ret_lines = lines;

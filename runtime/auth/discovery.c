@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "auth-internal.h"
+#include "ext.h"
 
 /* ---- WWW-Authenticate ---------------------------------------------------------------------- */
 
@@ -358,6 +359,22 @@ static int discover_server(struct auth_client *c, const char *issuer, cJSON **re
     return 0;
 }
 
+/* Refuses issuer when the configuration pins another one (auth.issuer): a resource server
+   must not steer the client, and its pre-registered secret, to an authorization server the
+   configuration did not name. */
+static int check_pinned(struct auth_client *c, const char *issuer, struct tr_error *err)
+{
+    char *pin = auth__ext_config(c, "issuer");
+    int rc = 0;
+    if (pin && strcmp(pin, issuer) != 0)
+        rc = tr_error_set(err, TR_EAUTH,
+                          "MCP server '%s' sends troupe to authorization server %.200s, not to "
+                          "auth.issuer %.200s; refusing it (no credentials sent)",
+                          c->server_name, issuer, pin);
+    free(pin);
+    return rc;
+}
+
 /* 2025-03-26 servers publish no resource metadata: their origin is the authorization server,
    with metadata at its root or, failing that, /authorize, /token and /register. */
 static int discover_legacy(struct auth_client *c, struct tr_error *err)
@@ -367,7 +384,12 @@ static int discover_legacy(struct auth_client *c, struct tr_error *err)
         return tr_error_set(err, TR_EAUTH, "MCP server '%s': no usable URL", c->server_name);
     free(path);
     cJSON *meta = NULL;
-    int rc = discover_server(c, origin, &meta, err);
+    int rc = check_pinned(c, origin, err);
+    if (rc < 0) {
+        free(origin);
+        return rc;
+    }
+    rc = discover_server(c, origin, &meta, err);
     if (rc == TR_ENOTFOUND) {
         meta = cJSON_CreateObject();
         cJSON_AddStringToObject(meta, "issuer", origin);
@@ -405,6 +427,17 @@ int auth__discover(struct auth_client *c, const char *resource_metadata, struct 
     const cJSON *servers =
         cJSON_GetObjectItemCaseSensitive(c->resource_meta, "authorization_servers");
     const cJSON *first = cJSON_GetArrayItem(servers, 0);
+    /* With auth.issuer, the one the configuration pins, wherever the list has it. */
+    char *pin = auth__ext_config(c, "issuer");
+    const cJSON *server;
+    cJSON_ArrayForEach(server, servers)
+    {
+        if (pin && cJSON_IsString(server) && strcmp(server->valuestring, pin) == 0)
+            first = server;
+    }
+    free(pin);
+    if (cJSON_IsString(first) && (rc = check_pinned(c, first->valuestring, err)) < 0)
+        return rc;
     if (!cJSON_IsString(first) || !auth__url_allowed(first->valuestring))
         return tr_error_set(err, TR_EAUTH,
                             "MCP server '%s': its protected resource metadata names no "

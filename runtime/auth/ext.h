@@ -30,8 +30,8 @@ void auth__ext_free(struct auth__ext **ext);
 bool auth__ext_member(const char *name);
 /* Whether the member name may be a boolean rather than a string (`dpop`). */
 bool auth__ext_boolean_member(const char *name);
-/* Why the extension members of config do not fit together, as a message into buf, or 0.
-   Reads no file and no variable. */
+/* Why the extension members of config do not fit together: each problem appended to buf
+   (auth__problem), TR_EINVAL when there is one, else 0. Reads no file and no variable. */
 int auth__ext_config_problem(const cJSON *config, char *buf, size_t size);
 /* Completes a new client's configuration: client_secret_file read into
    client->config_client_secret (unless client_secret is set). 0, or TR_EIO naming the file. */
@@ -69,7 +69,7 @@ size_t auth__ext_secrets(struct auth_client *client, const char **out, size_t ma
 
 /* ---- enterprise-managed authorization (grant_exchange.c) ------------------------------------ */
 
-/* Why the enterprise members of config do not fit grant, into buf, or 0. */
+/* Why the enterprise members of config do not fit grant: appended to buf (auth__problem). */
 int auth__exchange_config_problem(const cJSON *config, const char *grant, char *buf, size_t size);
 
 /* ---- DPoP (dpop.c) ------------------------------------------------------------------------- */

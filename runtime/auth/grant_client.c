@@ -138,49 +138,44 @@ int auth__ext_config_problem(const cJSON *config, char *buf, size_t size)
     };
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
         if (has(config, pairs[i][0]) && has(config, pairs[i][1])) {
-            snprintf(buf, size, "auth.%s and auth.%s are two sources of one secret: keep one",
-                     pairs[i][0], pairs[i][1]);
-            return TR_EINVAL;
+            auth__problem(buf, size, "auth.%s and auth.%s are two sources of one secret: keep one",
+                          pairs[i][0], pairs[i][1]);
         }
     const cJSON *dpop = cJSON_GetObjectItemCaseSensitive(config, "dpop");
     if (dpop && !cJSON_IsBool(dpop)) {
-        snprintf(buf, size, "auth.dpop must be true or false");
-        return TR_EINVAL;
+        auth__problem(buf, size, "auth.dpop must be true or false");
     }
     bool secret = has(config, "client_secret") || has(config, "client_secret_file");
     bool key = has(config, "private_key") || has(config, "private_key_file");
     if (secret && key) {
-        snprintf(buf, size,
-                 "auth: a client authenticates with a secret or a private key, not both");
-        return TR_EINVAL;
+        auth__problem(buf, size,
+                      "auth: a client authenticates with a secret or a private key, not both");
     }
     if ((secret || key) && !has(config, "client_id")) {
-        snprintf(buf, size, "auth.%s needs auth.client_id",
-                 secret ? (has(config, "client_secret") ? "client_secret" : "client_secret_file")
-                        : (has(config, "private_key") ? "private_key" : "private_key_file"));
-        return TR_EINVAL;
+        auth__problem(buf, size, "auth.%s needs auth.client_id",
+                      secret
+                          ? (has(config, "client_secret") ? "client_secret" : "client_secret_file")
+                          : (has(config, "private_key") ? "private_key" : "private_key_file"));
     }
     if (strcmp(grant, "client_credentials") == 0 &&
         (!has(config, "client_id") || !(secret || key))) {
-        snprintf(buf, size,
-                 "auth.grant client_credentials needs auth.client_id and a client_secret, "
-                 "client_secret_file, private_key or private_key_file");
-        return TR_EINVAL;
+        auth__problem(buf, size,
+                      "auth.grant client_credentials needs auth.client_id and a client_secret, "
+                      "client_secret_file, private_key or private_key_file");
     }
     bool assertion = has(config, "assertion") || has(config, "assertion_file");
     if (strcmp(grant, GRANT_JWT_BEARER) == 0 && !assertion) {
-        snprintf(buf, size,
-                 "auth.grant %s needs the workload's identity token: auth.assertion or "
-                 "auth.assertion_file",
-                 GRANT_JWT_BEARER);
-        return TR_EINVAL;
+        auth__problem(buf, size,
+                      "auth.grant %s needs the workload's identity token: auth.assertion or "
+                      "auth.assertion_file",
+                      GRANT_JWT_BEARER);
     }
     if (assertion && strcmp(grant, GRANT_JWT_BEARER) != 0) {
-        snprintf(buf, size, "auth.assertion and auth.assertion_file need auth.grant %s",
-                 GRANT_JWT_BEARER);
-        return TR_EINVAL;
+        auth__problem(buf, size, "auth.assertion and auth.assertion_file need auth.grant %s",
+                      GRANT_JWT_BEARER);
     }
-    return auth__exchange_config_problem(config, grant, buf, size);
+    (void)auth__exchange_config_problem(config, grant, buf, size);
+    return buf[0] ? TR_EINVAL : 0;
 }
 
 char *auth__ext_config(const struct auth_client *client, const char *name)

@@ -25,21 +25,19 @@ int auth__exchange_config_problem(const cJSON *config, const char *grant, char *
                                           "id_token",           "id_token_file"};
     bool exchange = strcmp(grant, GRANT_TOKEN_EXCHANGE) == 0;
     for (size_t i = 0; !exchange && i < sizeof(members) / sizeof(members[0]); i++)
-        if (cJSON_HasObjectItem(config, members[i])) {
-            snprintf(buf, size, "auth.%s needs auth.grant %s", members[i], GRANT_TOKEN_EXCHANGE);
-            return TR_EINVAL;
-        }
+        if (cJSON_HasObjectItem(config, members[i]))
+            auth__problem(buf, size, "auth.%s needs auth.grant %s", members[i],
+                          GRANT_TOKEN_EXCHANGE);
     if (!exchange)
-        return 0;
+        return 0; /* the caller returns TR_EINVAL when buf holds a problem */
     if (!cJSON_HasObjectItem(config, "idp_token_endpoint") ||
         !cJSON_HasObjectItem(config, "idp_client_id") ||
         !(cJSON_HasObjectItem(config, "id_token") ||
           cJSON_HasObjectItem(config, "id_token_file"))) {
-        snprintf(buf, size,
-                 "auth.grant %s needs auth.idp_token_endpoint, auth.idp_client_id and "
-                 "auth.id_token or auth.id_token_file",
-                 GRANT_TOKEN_EXCHANGE);
-        return TR_EINVAL;
+        auth__problem(buf, size,
+                      "auth.grant %s needs auth.idp_token_endpoint, auth.idp_client_id and "
+                      "auth.id_token or auth.id_token_file",
+                      GRANT_TOKEN_EXCHANGE);
     }
     return 0;
 }

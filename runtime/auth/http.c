@@ -165,6 +165,20 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+const char *auth_curl_strerror(int result)
+{
+    /* Before 8.6 libcurl ends a transfer whose answer has a header line over its limit with
+       "Out of memory"; it is hardly ever memory. */
+    bool too_large = result == CURLE_OUT_OF_MEMORY;
+#if LIBCURL_VERSION_NUM >= 0x080600
+    too_large = too_large || result == CURLE_TOO_LARGE;
+#endif
+    _Static_assert(CURL_MAX_HTTP_HEADER == 100 * 1024, "the limit the message names");
+    if (too_large)
+        return "a header line of its answer is longer than libcurl accepts (100 KiB)";
+    return curl_easy_strerror((CURLcode)result);
+}
+
 static int exchange(struct auth_client *client, const char *method, const char *url,
                     const char *content_type, const char *body, const char *const *headers,
                     struct auth__response *ret_response, struct tr_error *err)
@@ -232,7 +246,7 @@ static int exchange(struct auth_client *client, const char *method, const char *
     }
     if (result != CURLE_OK) {
         rc = tr_error_set(err, TR_EAUTH, "%s %s failed: %s", method, url,
-                          curl_easy_strerror(result));
+                          auth_curl_strerror(result));
         goto out;
     }
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &response.status);

@@ -124,6 +124,28 @@ out:
     return rc;
 }
 
+int auth_config_files_problem(const cJSON *config, char *buf, size_t size)
+{
+    const cJSON *member;
+    if (size > 0)
+        buf[0] = '\0';
+    cJSON_ArrayForEach(member, config)
+    {
+        size_t n = member->string ? strlen(member->string) : 0;
+        if (n < 5 || strcmp(member->string + n - 5, "_file") != 0 || !cJSON_IsString(member) ||
+            strstr(member->valuestring, ENV_OPEN))
+            continue;
+        struct tr_error err = {0};
+        char *text = NULL;
+        if (read_secret_file(member->string, member->valuestring, &text, &err) < 0)
+            auth__problem(buf, size, "%s", err.message);
+        if (text)
+            explicit_bzero(text, strlen(text));
+        free(text);
+    }
+    return size > 0 && buf[0] ? TR_EINVAL : 0;
+}
+
 int auth__secret(const cJSON *config, const char *name, char *(*expand)(const char *),
                  char **ret_secret, struct tr_error *err)
 {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "auth-internal.h"
@@ -147,6 +148,14 @@ static int token_request_once(struct auth_client *client, const struct auth__par
                           client->server_name);
         goto out;
     }
+    if (!auth__token_type_known(type)) {
+        /* RFC 6749 §7.1: a client must not use a token whose type it does not understand. */
+        rc = tr_error_set(err, TR_EAUTH,
+                          "MCP server '%s': the token endpoint issued a token of type '%.40s', "
+                          "which troupe cannot use (it sends Bearer and DPoP tokens)",
+                          client->server_name, type);
+        goto out;
+    }
     struct auth__tokens *t = &client->tokens;
     free(t->access_token);
     t->access_token = xstrdup(access);
@@ -205,6 +214,11 @@ out:
         free(basic);
     }
     return rc;
+}
+
+bool auth__token_type_known(const char *type)
+{
+    return type && (strcasecmp(type, "Bearer") == 0 || strcasecmp(type, "DPoP") == 0);
 }
 
 int auth__token_request(struct auth_client *client, const struct auth__param *fields,

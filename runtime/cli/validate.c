@@ -1,7 +1,8 @@
 /*
  * cli/validate.c: `troupe validate FILE...`: checks workflow files and lists every problem,
  * one line each as FILE:LINE:COLUMN: what; for a valid file, its plan's content hash (the
- * SHA-256 of the canonical plan JSON, as `troupe run` stores it). It runs nothing.
+ * SHA-256 of the canonical plan JSON, as `troupe run` stores it). It runs nothing; it reads
+ * the secret files the servers' auth: names (auth_config_files_problem), as a run here would.
  */
 #define _GNU_SOURCE
 #include "cli.h"
@@ -9,7 +10,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "workflow.h"
+
+/* The secret files the servers' auth: name, as this machine has them (a run would fail on
+ * them): printed as FILE: server 'NAME': what; their number. */
+static size_t check_secret_files(const char *path, const struct workflow *wf)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < workflow_server_count(wf); i++) {
+        const cJSON *auth = cJSON_GetObjectItemCaseSensitive(workflow_server_config(wf, i), "auth");
+        char problem[1024];
+        if (auth && auth_config_files_problem(auth, problem, sizeof(problem)) < 0) {
+            printf("%s: server '%s': %s\n", path, workflow_server_name(wf, i), problem);
+            count++;
+        }
+    }
+    return count;
+}
 
 static void usage(FILE *out)
 {
@@ -42,6 +60,11 @@ static size_t validate_file(const char *path, enum output output)
             printf("%s\n", problems[i]);
         workflow_problems_free(problems, count);
         return count ? count : 1;
+    }
+    size_t secret_problems = check_secret_files(path, wf);
+    if (secret_problems) {
+        workflow_free(&wf);
+        return secret_problems;
     }
     char *plan = workflow_plan_json(wf);
     char hash[STORE_PLAN_HASH_SIZE];

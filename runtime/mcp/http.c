@@ -620,13 +620,22 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
                          h->name, what, h->url, MAX_REDIRECTS);
         else if (!answered)
             push_failure(h, id, TR_EPEER, "MCP server '%s': HTTP %s to %s failed: %s", h->name,
-                         what, h->url, curl_easy_strerror(result));
+                         what, h->url, auth_curl_strerror(result));
         return false;
     }
     if (h->legacy_sse && !t->is_get && status >= 200 && status < 300)
         return false; /* "Accepted": the reply comes on the event stream */
     if (status >= 200 && status < 300 && t->is_sse)
         return false;
+    if (h->session_id && status == 404 && !t->is_get && !answered) {
+        /* A request carrying a session id answered 404: the server no longer knows the
+         * session, whatever the body says (the spec: the client MUST start a new session), a
+         * JSON-RPC error with the request's id included. TR_ENOTFOUND: the session starts a
+         * new one and sends the request again. */
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 404)",
+                     h->name, h->session_id);
+        return false;
+    }
     char detail[300] = ""; /* ": " and the text of an error answered without an id */
     if (!t->is_sse && t->reply.len > 0 && strspn(t->reply.data, " \t\r\n") < t->reply.len) {
         /* JSON, even on an error status: a JSON-RPC error says more than the status. */
@@ -663,14 +672,13 @@ static bool finish(struct mcp__http *h, struct transfer *t, CURLcode result)
     }
     if (resend_later(t, status))
         return true;
-    /* A server that forgot the session answers 404 (the spec's word); the official SDK's
-     * servers answer 400 and a JSON-RPC error about the session: taken the same way. */
-    bool forgot =
-        h->session_id && (status == 404 || (status == 400 && strcasestr(detail, "session")));
+    /* The official SDK's servers answer 400 and a JSON-RPC error about the session when they
+     * forgot it: taken as the spec's 404 (above). */
+    bool forgot = h->session_id && status == 400 && strcasestr(detail, "session");
     if (forgot) {
         /* TR_ENOTFOUND: the session starts a new one and sends the request again. */
-        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP %ld%s)",
-                     h->name, h->session_id, status, detail);
+        push_failure(h, id, TR_ENOTFOUND, "MCP server '%s' no longer knows session %s (HTTP 400%s)",
+                     h->name, h->session_id, detail);
     } else if (status >= 200 && status < 300) {
         push_failure(h, id, TR_EPROTO,
                      "MCP server '%s' answered a request with HTTP %ld and no "
@@ -892,6 +900,12 @@ struct mcp__http *mcp__http_new(const char *url, const char *const *headers, siz
 
 void mcp__http_set_auth(struct mcp__http *h, struct auth_client *auth)
 {
+    /* A static Authorization header (the entry's headers) is the request's credential: the
+     * auth_client then adds none (a request never carries two) and answers no challenge. An
+     * entry with both `auth` and that header is refused before (auth_headers_problem). */
+    for (struct curl_slist *e = h->extra; e; e = e->next)
+        if (strncasecmp(e->data, "Authorization:", 14) == 0)
+            auth = NULL;
     h->auth = auth;
 }
 

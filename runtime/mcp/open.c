@@ -63,6 +63,13 @@ static int open_http(const cJSON *entry, const struct mcp_open_params *params,
         rc = TR_ETOOBIG;
         goto out;
     }
+    char problem[256];
+    if (auth_headers_problem(auth, cJSON_GetObjectItemCaseSensitive(entry, "headers"), problem,
+                             sizeof(problem)) < 0) {
+        rc = tr_error_set(err, TR_EINVAL, "server '%s': %s",
+                          params->name ? params->name : entry->string, problem);
+        goto out;
+    }
     /* Every url: server gets a client: one without `auth:` is authorized by discovery alone
        (and the tokens `troupe mcp login URL` stored) when it answers 401; until then the
        client does nothing. */

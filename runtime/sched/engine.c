@@ -600,6 +600,8 @@ static void step_failed(struct engine *e, size_t index, const char *error, int64
     enum workflow_on_error on_error = workflow_step_on_error(e->wf, index, &fallback);
 
     error = keep(e, error); /* it may be an effect's, or the caller's */
+    if (duration == 0 && step->state == STEP_DISPATCHED)
+        duration = now - step->dispatched_ms; /* a fan-out's item, a timeout: since dispatch */
     leave_dispatched(e, index, error);
     cJSON *payload = cJSON_CreateObject();
     /* A fallback runs once, for one step; a second failure naming it is not absorbed. Nothing

@@ -101,10 +101,12 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
     if (!url && (item = cJSON_GetObjectItemCaseSensitive(node, "headers")) != NULL)
         return wf_problem(wf, item, true, "%s'headers' needs 'url'", context);
     if ((item = cJSON_GetObjectItemCaseSensitive(node, "auth")) != NULL) {
-        char problem[512];
+        char problem[1024];
         if (!url)
             return wf_problem(wf, item, true, "%s'auth' needs 'url'", context);
-        if (auth_config_problem(item, problem, sizeof(problem)) < 0)
+        if (auth_config_problem(item, problem, sizeof(problem)) < 0 ||
+            auth_headers_problem(item, cJSON_GetObjectItemCaseSensitive(node, "headers"), problem,
+                                 sizeof(problem)) < 0)
             return wf_problem(wf, item, false, "%s%s", context, problem);
         if ((rc = wf_env_check_clear_by(wf, item, auth_config_member_is_secret, context)) < 0)
             return rc;

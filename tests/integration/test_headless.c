@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base.h"
@@ -155,6 +156,12 @@ Test(headless, secrets_in_clear_are_refused_paths_are_not, .timeout = 120)
     static const char *const secrets[] = {"client_secret", "private_key", "id_token",
                                           "idp_client_secret", "assertion"};
     struct harness_result r;
+    /* validate reads the _file members' files as a run would: a real one, only its owner's. */
+    FILE *f = fopen("/tmp/troupe-headless-secret", "w");
+    cr_assert_not_null(f);
+    fputs("s\n", f);
+    fclose(f);
+    cr_assert_eq(chmod("/tmp/troupe-headless-secret", 0600), 0);
     for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
         const char *grant = strcmp(secrets[i], "assertion") == 0
                                 ? "      grant: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
@@ -165,7 +172,7 @@ Test(headless, secrets_in_clear_are_refused_paths_are_not, .timeout = 120)
                                 : "      grant: urn:ietf:params:oauth:grant-type:token-exchange\n"
                                   "      idp_token_endpoint: https://idp.example.com/token\n"
                                   "      idp_client_id: troupe\n"
-                                  "      id_token_file: /t\n";
+                                  "      id_token_file: /tmp/troupe-headless-secret\n";
         validate_auth(grant, secrets[i], "literal-value", &r);
         cr_assert_neq(r.exit_code, 0, "%s in clear was accepted", secrets[i]);
         char *needle = xasprintf("'%s' holds a secret in clear", secrets[i]);
@@ -174,7 +181,7 @@ Test(headless, secrets_in_clear_are_refused_paths_are_not, .timeout = 120)
         harness_result_release(&r);
 
         char *file = xasprintf("%s_file", secrets[i]);
-        validate_auth(grant, file, "/run/secrets/x", &r);
+        validate_auth(grant, file, "/tmp/troupe-headless-secret", &r);
         cr_assert_eq(r.exit_code, 0, "%s refused: %s", file, r.err);
         free(file);
         harness_result_release(&r);
@@ -183,4 +190,21 @@ Test(headless, secrets_in_clear_are_refused_paths_are_not, .timeout = 120)
         cr_assert_eq(r.exit_code, 0, "%s from ${env:} refused: %s", secrets[i], r.err);
         harness_result_release(&r);
     }
+    /* A secret file the run could not read is found by validate: missing, or readable by
+       others (each named), not at run time. */
+    validate_auth("", "client_secret_file", "/tmp/troupe-headless-missing", &r);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.out, "server 'o': auth.client_secret_file: could not open "
+                            "'/tmp/troupe-headless-missing': No such file or directory"),
+              "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    cr_assert_eq(chmod("/tmp/troupe-headless-secret", 0644), 0);
+    validate_auth("", "client_secret_file", "/tmp/troupe-headless-secret", &r);
+    cr_assert_eq(r.exit_code, 1);
+    cr_assert(strstr(r.out, "auth.client_secret_file: '/tmp/troupe-headless-secret' is readable "
+                            "by other users (mode 644): run 'chmod 600 "
+                            "/tmp/troupe-headless-secret'"),
+              "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    unlink("/tmp/troupe-headless-secret");
 }

@@ -5,7 +5,9 @@
  * expire (HTTP 404 for a known session, once), whoami (the Authorization header), busy (503
  * with Retry-After: 1, once), ratelimited (429 with Retry-After: 600), err500 (HTTP 500),
  * forget (HTTP 404, once, and every session so far forgotten), forget400 (the same answered
- * as the official SDK's servers do: 400 and a JSON-RPC error without id), moved (a 307 redirect,
+ * as the official SDK's servers do: 400 and a JSON-RPC error without id), forget_with_id (the
+ * same as forget with a JSON-RPC error carrying the request's id), big_header (a 200 KB header
+ * line), moved (a 307 redirect,
  * once), moved_forever (307 to itself, always), big_json (a JSON reply of `size` bytes), cut (an
  * SSE event with an id, then the connection closes: the response comes on a GET with Last-Event-ID)
  * and echo. One connection at a time, each closed after its reply; "hang" connections are held
@@ -56,11 +58,13 @@ static void write_all(int fd, const char *data, size_t len)
 static void reply(int fd, int status, const char *type, const char *body, const char *extra)
 {
     char head[512];
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
-                     "Connection: close\r\n\r\n",
-                     status, type, strlen(body), extra ? extra : "");
+    int n =
+        snprintf(head, sizeof(head), "HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
+                 status, type, strlen(body));
     write_all(fd, head, (size_t)n);
+    if (extra)
+        write_all(fd, extra, strlen(extra)); /* any length */
+    write_all(fd, "Connection: close\r\n\r\n", 21);
     write_all(fd, body, strlen(body));
 }
 
@@ -175,6 +179,24 @@ static bool handle_call(int fd, const cJSON *id, const char *tool, const cJSON *
     } else if (strcmp(tool, "forget") == 0 && !forgotten) {
         forgotten = sessions;
         reply(fd, 404, "text/plain", "no such session", NULL);
+    } else if (strcmp(tool, "forget_with_id") == 0 && !forgotten) {
+        /* 404 whose body is a JSON-RPC error carrying the request's id: still the session's end. */
+        char body[256];
+        forgotten = sessions;
+        snprintf(body, sizeof(body),
+                 "{\"jsonrpc\":\"2.0\",\"id\":%d,\"error\":{\"code\":-32001,"
+                 "\"message\":\"Session not found\"}}",
+                 id->valueint);
+        reply(fd, 404, "application/json", body, NULL);
+    } else if (strcmp(tool, "big_header") == 0) {
+        /* A 200 KB header line, over libcurl's limit for one. */
+        size_t n = 200 * 1024;
+        char *line = malloc(n + 16);
+        memcpy(line, "X-Big: ", 7);
+        memset(line + 7, 'x', n);
+        memcpy(line + 7 + n, "\r\n", 3);
+        reply(fd, 200, "application/json", "{}", line);
+        free(line);
     } else if (strcmp(tool, "busy") == 0 && !busy_once) {
         busy_once = true;
         reply(fd, 503, "text/plain", "busy", "Retry-After: 1\r\n");

@@ -66,6 +66,7 @@ static struct {
     double token_ttl, session_ttl;
     double token_delay; /* /token answers this late (a slow authorization server) */
     const char *state;
+    const char *token_type; /* what /token says its tokens are (--token-type; Bearer) */
     FILE *log;
     bool no_auth;
     bool echo_credentials; /* --echo-credentials: a hostile server (see usage) */
@@ -78,7 +79,8 @@ static struct {
         char id[48];
         double created;
     } sessions[MAX_SESSIONS];
-} fx = {.token_ttl = 3600, .session_ttl = 0, .lock = PTHREAD_MUTEX_INITIALIZER};
+} fx = {
+    .token_ttl = 3600, .session_ttl = 0, .token_type = "Bearer", .lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* The params of the tools/call this thread is serving (the tools read its _meta). */
 static __thread const cJSON *call_params;
@@ -474,7 +476,7 @@ static enum MHD_Result issue_tokens(struct MHD_Connection *connection, const cha
                            "cannot store the token");
     cJSON *json = cJSON_CreateObject();
     cJSON_AddStringToObject(json, "access_token", access);
-    cJSON_AddStringToObject(json, "token_type", "Bearer");
+    cJSON_AddStringToObject(json, "token_type", fx.token_type);
     cJSON_AddNumberToObject(json, "expires_in", fx.token_ttl);
     if (refresh)
         cJSON_AddStringToObject(json, "refresh_token", refresh_token);
@@ -926,6 +928,7 @@ static void usage(FILE *to)
     fprintf(to, "usage: test-mcp-oauth [--port N] [--client-id ID --client-secret SECRET]\n"
                 "       [--token-ttl SECONDS] [--session-ttl SECONDS] [--state FILE]\n"
                 "       [--token-delay SECONDS] [--log FILE] [--no-auth] [--echo-credentials]\n"
+                "       [--token-type TYPE]\n"
                 "--echo-credentials: every result (the handshake's too) carries the request's\n"
                 "Authorization header; a wrong client secret's refusal quotes the request\n");
 }
@@ -943,6 +946,7 @@ int main(int argc, char **argv)
         {"log", required_argument, NULL, 'l'},
         {"no-auth", no_argument, NULL, 'n'},
         {"echo-credentials", no_argument, NULL, 'e'},
+        {"token-type", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -982,6 +986,9 @@ int main(int argc, char **argv)
             break;
         case 'e':
             fx.echo_credentials = true;
+            break;
+        case 'T':
+            fx.token_type = optarg;
             break;
         case 'h':
             usage(stdout);

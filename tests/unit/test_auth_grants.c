@@ -99,8 +99,9 @@ struct fixture {
     char dir[64];
 };
 
-/* Starts test-mcp-oauth for client "cc" with secret "s3cret" and tokens living ttl seconds. */
-static void fixture_start(struct fixture *fx, const char *ttl)
+/* Starts test-mcp-oauth for client "cc" with secret "s3cret" and tokens living ttl seconds,
+ * of token_type type. */
+static void fixture_start_typed(struct fixture *fx, const char *ttl, const char *type)
 {
     const char *build = getenv("TROUPE_BUILD_DIR");
     cr_assert(build, "TROUPE_BUILD_DIR must name the build directory");
@@ -117,7 +118,7 @@ static void fixture_start(struct fixture *fx, const char *ttl)
         dup2(fds[1], 1);
         close(fds[0]);
         execl(program, program, "--client-id", "cc", "--client-secret", "s3cret", "--token-ttl",
-              ttl, "--log", fx->log, (char *)NULL);
+              ttl, "--log", fx->log, "--token-type", type, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -128,6 +129,11 @@ static void fixture_start(struct fixture *fx, const char *ttl)
     line[strcspn(line, "\n")] = '\0';
     fx->url = xstrdup(line);
     free(program);
+}
+
+static void fixture_start(struct fixture *fx, const char *ttl)
+{
+    fixture_start_typed(fx, ttl, "Bearer");
 }
 
 static void fixture_stop(struct fixture *fx)
@@ -257,4 +263,74 @@ Test(auth_grants, unreadable_secret_file_is_named)
     cr_assert(strstr(err.message, "/nonexistent/troupe-secret"), "%s", err.message);
     cr_assert(strstr(err.message, "'oauth'"), "%s", err.message);
     cJSON_Delete(config);
+}
+
+/* Opens a session to the fixture with client credentials (and auth.issuer pin unless NULL),
+ * calls echo: its rc, the message in err. */
+static int open_client_credentials(struct fixture *fx, const char *pin, struct tr_error *err)
+{
+    cJSON *config = cJSON_Parse("{\"grant\":\"client_credentials\",\"client_id\":\"cc\","
+                                "\"client_secret\":\"s3cret\"}");
+    if (pin)
+        cJSON_AddStringToObject(config, "issuer", pin);
+    struct auth_options options = {
+        .server_name = "oauth",
+        .resource_url = fx->url,
+        .config = config,
+        .token_store = "",
+        .timeout_ms = 10000,
+    };
+    struct auth_client *auth = NULL;
+    cr_assert_eq(auth_client_new(&options, &auth, err), 0, "%s", err->message);
+    struct mcp_http_params params = {
+        .name = "oauth",
+        .url = fx->url,
+        .auth = auth,
+        .protocol_version = MCP_VERSION_AUTO,
+        .timeout_ms = 10000,
+    };
+    struct mcp_session *session = NULL;
+    int rc = mcp_session_open_http(&params, NULL, &session, err);
+    if (rc == 0)
+        call_echo(session, "pinned");
+    mcp_session_free(&session);
+    auth_client_free(&auth);
+    cJSON_Delete(config);
+    return rc;
+}
+
+/* RFC 6749 §7.1: a token of a type troupe does not understand is not used (as Bearer). */
+Test(auth_grants, token_of_an_unknown_type_is_refused, .timeout = 60)
+{
+    struct fixture fx;
+    fixture_start_typed(&fx, "3600", "Mac");
+    struct tr_error err = {0};
+    cr_assert_eq(open_client_credentials(&fx, NULL, &err), TR_EAUTH, "%s", err.message);
+    cr_assert(strstr(err.message, "issued a token of type 'Mac', which troupe cannot use"), "%s",
+              err.message);
+    /* No request carried the token as Bearer. */
+    cr_assert_eq(count_lines(fx.log, "POST /mcp Authorization: Bearer", NULL, 0), 0);
+    fixture_stop(&fx);
+}
+
+/* auth.issuer pins the authorization server: one the resource server names instead gets
+ * nothing (no token request, so no client secret); the pinned one is used. */
+Test(auth_grants, issuer_pin_refuses_another_authorization_server, .timeout = 60)
+{
+    struct fixture fx;
+    fixture_start(&fx, "3600");
+    struct tr_error err = {0};
+    cr_assert_eq(open_client_credentials(&fx, "https://as.example.com", &err), TR_EAUTH, "%s",
+                 err.message);
+    char *expected = xasprintf("sends troupe to authorization server %.*s, not to auth.issuer "
+                               "https://as.example.com; refusing it (no credentials sent)",
+                               (int)(strlen(fx.url) - strlen("/mcp")), fx.url);
+    cr_assert(strstr(err.message, expected), "%s", err.message);
+    free(expected);
+    cr_assert_eq(count_lines(fx.log, "POST /token ", NULL, 0), 0, "no secret left troupe");
+    char *issuer = xstrndup(fx.url, strlen(fx.url) - strlen("/mcp"));
+    cr_assert_eq(open_client_credentials(&fx, issuer, &err), 0, "%s", err.message);
+    cr_assert_eq(count_lines(fx.log, "POST /token ", NULL, 0), 1);
+    free(issuer);
+    fixture_stop(&fx);
 }

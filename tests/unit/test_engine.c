@@ -208,6 +208,8 @@ static void drain(struct driver *d)
                 gather(d, e);
                 break;
             case ENGINE_PROGRESS:
+                if (strcmp(e->type, "step") == 0) /* what `troupe run` shows of a step's end */
+                    append(&d->effects, "progress %s %lld ms\n", at, (long long)e->duration_ms);
                 break;
             case ENGINE_READY:
                 append(&d->effects, "ready %s\n", at);
@@ -884,6 +886,15 @@ static const struct engine_case cases[] = {
         .decisions = "dispatch a#0; dispatch a#1; fail a",
         .has = "record a failed attempt=1 error=item 1: bad item\ncancel-calls a\nended failed",
         .lacks = "send a#2",
+    },
+    {
+        .name = "for_each: a step failed by its item shows the time since its dispatch",
+        .steps = TOOL("a") "    for_each: '[1, 2]'\n    with: {message: '${{ .item }}'}\n",
+        .script = "tick 1500\n"
+                  "fail a#1 tool bad item",
+        .decisions = "dispatch a#0; dispatch a#1; fail a",
+        .has = "record a failed attempt=1 error=item 1: bad item\nprogress a 1500 ms\n"
+               "\"duration_ms\":1500",
     },
     /* Modifiers: retry */
     {

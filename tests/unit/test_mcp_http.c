@@ -564,6 +564,31 @@ Test(mcp_http, session_refused_with_400_as_the_sdk_does_is_started_again, .timeo
     close_http(&srv, &s);
 }
 
+/* A 404 to a request carrying a session id ends the session even when its body is a JSON-RPC
+ * error with the request's id (the spec: the client MUST start a new session). */
+Test(mcp_http, session_refused_with_404_and_an_error_for_the_request_is_started_again,
+     .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    char *text = call_ok(s, "forget_with_id", NULL);
+    cr_assert_str_eq(text, "forget_with_id");
+    free(text);
+    assert_echo(s);
+    close_http(&srv, &s);
+}
+
+/* A header line over libcurl's limit is named as such, not as "Out of memory". */
+Test(mcp_http, oversized_header_line_is_named, .timeout = 30)
+{
+    struct server srv;
+    struct mcp_session *s = open_http(&srv, false, 0);
+    call_fails(s, "big_header", NULL, TR_EPEER,
+               "a header line of its answer is longer than "
+               "libcurl accepts (100 KiB)");
+    close_http(&srv, &s);
+}
+
 Test(mcp_http, expired_session_is_initialized_again, .timeout = 30)
 {
     struct server srv;
@@ -790,9 +815,10 @@ Test(mcp_open, url_entry_is_streamable_http_with_its_headers_and_auth, .timeout 
     struct server srv;
     server_start(&srv, false);
     char *text = xasprintf("{\"web\": {\"url\": \"%s\", \"protocol\": \"2025-11-25\", "
-                           "\"headers\": {\"Authorization\": \"Bearer ${env:TOKEN}\"}, "
-                           "\"auth\": {}}}",
-                           srv.url);
+                           "\"headers\": {\"X-Api-Key\": \"${env:TOKEN}\"}, \"auth\": {}}, "
+                           "\"static\": {\"url\": \"%s\", \"headers\": {\"Authorization\": "
+                           "\"Bearer ${env:TOKEN}\"}}}",
+                           srv.url, srv.url);
     cJSON *servers = cJSON_Parse(text);
     struct mcp_open_params params = {.expand = expand_token, .timeout_ms = 5000};
     struct tr_error err = {0};
@@ -801,6 +827,10 @@ Test(mcp_open, url_entry_is_streamable_http_with_its_headers_and_auth, .timeout 
                  "%s", err.message);
     cr_assert_str_eq(mcp_session_protocol_version(s), "2025-11-25", "the entry's protocol pin");
     cr_assert_not_null(mcp_session_auth(s), "auth: gives the session an auth_client of its own");
+    mcp_session_free(&s);
+    /* A static Authorization header is sent as it is (with no auth: beside it). */
+    cr_assert_eq(mcp_session_open(cJSON_GetObjectItem(servers, "static"), &params, NULL, &s, &err),
+                 0, "%s", err.message);
     char *who = call_ok(s, "whoami", "{}");
     cr_assert_str_eq(who, "Bearer tok-123");
     free(who);
@@ -816,6 +846,10 @@ Test(mcp_open, entry_needs_exactly_one_of_url_and_command)
         {"{\"x\": {\"args\": [\"a\"]}}", "neither \"url\" nor \"command\""},
         {"{\"x\": {\"url\": \"http://127.0.0.1:1/mcp\", \"command\": \"c\"}}", "both"},
         {"{\"x\": {\"command\": \"c\", \"auth\": {}}}", "\"auth\" needs \"url\""},
+        /* auth sends Authorization itself: a static one beside it would make two. */
+        {"{\"x\": {\"url\": \"http://127.0.0.1:1/mcp\", \"auth\": {}, "
+         "\"headers\": {\"AUTHORIZATION\": \"Bearer x\"}}}",
+         "server 'x': headers.AUTHORIZATION and auth exclude each other"},
     };
     for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
         cJSON *servers = cJSON_Parse(entries[i][0]);

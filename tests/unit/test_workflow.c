@@ -824,7 +824,7 @@ Test(workflow, server_auth_is_checked_where_it_is_written)
     } broken[] = {
         {url, "{client_ids: x}",
          "3:51: server 'api': auth has no member 'client_ids' (grant, client_id, client_secret, "
-         "client_metadata_url, scope, token_endpoint_auth_method, or one of the headless "
+         "client_metadata_url, scope, token_endpoint_auth_method, issuer, or one of the headless "
          "grants' in docs/auth.md)"},
         {url, "{grant: password}",
          "3:51: server 'api': auth.grant 'password' is not one of authorization_code, "
@@ -842,6 +842,26 @@ Test(workflow, server_auth_is_checked_where_it_is_written)
          "3:51: server 'api': auth.client_metadata_url must be an https URL with a path"},
         {url, "[client_id]", "3:51: server 'api': auth must be a mapping"},
         {"command: tool", "{client_id: x}", "3:24: server 'api': 'auth' needs 'url'"},
+        /* An endpoint is an https URL (http to loopback only), checked before the run. */
+        {url,
+         "{grant: 'urn:ietf:params:oauth:grant-type:token-exchange', client_id: c, "
+         "client_secret: '${env:S}', idp_token_endpoint: 'http://203.0.113.7/token', "
+         "idp_client_id: i, id_token_file: /t}",
+         "server 'api': auth.idp_token_endpoint 'http://203.0.113.7/token' must be an https URL "
+         "(http only to localhost, 127.0.0.1 or [::1])"},
+        {url, "{issuer: 'not a url'}", "auth.issuer 'not a url' must be an https URL"},
+        /* Every problem of one auth, not the first only. */
+        {url, "{client_ids: x, grant: password, dpop: yes}",
+         "server 'api': auth has no member 'client_ids' (grant, client_id, client_secret, "
+         "client_metadata_url, scope, token_endpoint_auth_method, issuer, or one of the headless "
+         "grants' in docs/auth.md); auth.grant 'password' is not one of authorization_code, "
+         "client_credentials, urn:ietf:params:oauth:grant-type:jwt-bearer, "
+         "urn:ietf:params:oauth:grant-type:token-exchange; auth.dpop must be true or false"},
+        /* The auth client sends Authorization: a static one would make two. */
+        {"url: 'https://api.example.com/mcp', headers: {authorization: '${env:T}'}",
+         "{client_id: x}",
+         "server 'api': headers.authorization and auth exclude each other (auth sends "
+         "authorization itself; a request carries one)"},
     };
     for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
         struct tr_error err = {0};
