@@ -449,6 +449,54 @@ static int read_event(void *userdata, const struct store_audit_event *event)
     return 0;
 }
 
+/* Calls in the order (step, item, session): a step's or an item's calls side by side. */
+static int by_step_item_session(const void *a, const void *b, void *userdata)
+{
+    const struct call *calls = userdata;
+    const struct call *x = &calls[*(const size_t *)a], *y = &calls[*(const size_t *)b];
+    if (x->step != y->step)
+        return x->step < y->step ? -1 : 1;
+    if (x->item != y->item)
+        return x->item < y->item ? -1 : 1;
+    return (x->session > y->session) - (x->session < y->session);
+}
+
+/*
+ * An answer the agent recorded (mcp.response) reaches the log in the turn it arrived in; the
+ * scheduler takes it with the result the agent sends just after, maybe in a later turn, and
+ * records an item's output (step_items) or the step's end then. A scheduler killed between the
+ * two commits left an answer on record that it never took: the next one found the call in
+ * flight and made it again. So an outcome known only from the agent's record, of a call whose
+ * step (or item) a later scheduler dispatched again, was never taken: the engine is not given
+ * it, and the call is still in flight at the take-over, as it was for the live scheduler.
+ */
+static void drop_untaken_answers(struct replay *r)
+{
+    size_t *order = xcalloc(r->call_count + 1, sizeof(*order));
+    for (size_t i = 0; i < r->call_count; i++)
+        order[i] = i;
+    qsort_r(order, r->call_count, sizeof(*order), by_step_item_session, r->calls);
+    for (size_t k = 0, end; k < r->call_count; k = end) {
+        const struct call *first = &r->calls[order[k]];
+        for (end = k + 1; end < r->call_count && r->calls[order[end]].step == first->step &&
+                          r->calls[order[end]].item == first->item;
+             end++)
+            ;
+        int latest = r->calls[order[end - 1]].session;
+        for (size_t j = k; j < end; j++) {
+            struct call *c = &r->calls[order[j]];
+            if (!c->from_response || c->outcome == OUTCOME_NONE || c->session >= latest)
+                continue;
+            r->marks[c->outcome_mark].kind = MARK_MOVED;
+            c->from_response = false;
+            c->outcome = OUTCOME_NONE;
+            free(c->error);
+            c->error = NULL;
+        }
+    }
+    free(order);
+}
+
 /* ---- divergences --------------------------------------------------------------------------- */
 
 static void diverge(struct replay *r, const char *fmt, ...) TR_PRINTF(2, 3);
@@ -1057,6 +1105,7 @@ int sched_replay(const struct workflow *wf, struct store *store, const char *run
         rc = store_audit_list(store, run_id, read_event, &r, err);
     if (rc < 0)
         goto out;
+    drop_untaken_answers(&r);
 
     cJSON *start = cJSON_CreateObject();
     cJSON_AddItemToObject(start, "input",

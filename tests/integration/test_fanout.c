@@ -275,6 +275,66 @@ Test(fanout, a_scheduler_killed_mid_fanout_resumes_without_redoing_finished_item
     release_env(&env);
 }
 
+/*
+ * The scheduler commits an item's answer as the agent recorded it (mcp.response) in the turn
+ * it arrives, and the item's output (step_items) in the turn of the result that follows: a
+ * kill between the two commits leaves an answer on record that no scheduler took. Made here
+ * without timing: killed mid-fanout, then cut back to the state of a kill between the two
+ * commits of the last item answered (its row and every event after its answer removed). The
+ * resumed run calls that item again, in its place among the unfinished ones, and replay must
+ * follow it there (it took the answer for the item's end, and dispatched the next instead).
+ */
+Test(fanout, an_answer_on_record_whose_result_was_not_committed_is_replayed_as_in_flight)
+{
+    struct env env = setup_env();
+    char *path = fanout_workflow(&env, "[range(0; 60)]", 30, "    concurrency: 4\n");
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *run_argv[] = {env.h.troupe, "--db", env.h.db, "run", "-q", path, NULL};
+
+    harness_spawn(run_argv, env.h.dir, &proc);
+    cr_assert_eq(harness_db_wait(env.h.db,
+                                 "SELECT count(*) >= 12 FROM step_items WHERE step_id = 'each'", 1,
+                                 60000),
+                 1);
+    cr_assert_eq(kill(proc.pid, SIGKILL), 0);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    char *run = harness_db_text(env.h.db, "SELECT id FROM runs");
+    /* The last answer on record of an item whose output was committed. */
+    const char *answer = "json_extract(payload_json, '$.message.result.structuredContent.n')";
+    long long seq = harness_query_int(env.h.db,
+                                      "SELECT max(seq) FROM audit WHERE type = 'mcp.response' "
+                                      "AND %s IN (SELECT idx FROM step_items)",
+                                      answer);
+    long long lost =
+        harness_query_int(env.h.db, "SELECT %s FROM audit WHERE seq = %lld", answer, seq);
+    char *sql;
+    cr_assert_geq(asprintf(&sql, "DELETE FROM step_items WHERE idx = %lld", lost), 0);
+    harness_db_tamper(env.h.db, true, sql);
+    free(sql);
+    cr_assert_geq(asprintf(&sql, "DELETE FROM audit WHERE seq > %lld", seq), 0);
+    harness_db_tamper(env.h.db, false, sql);
+    free(sql);
+
+    const char *resume_argv[] = {env.h.troupe, "--db", env.h.db, "resume", "-q", run, NULL};
+    harness_run(resume_argv, env.h.dir, 120000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    harness_result_release(&r);
+    check_items_once(&env, run, 60);
+    /* The resumed scheduler called the item again... */
+    cr_assert_eq(harness_query_int(env.h.db,
+                                   "SELECT count(*) FROM audit a WHERE type = 'step.dispatched' "
+                                   "AND json_extract(payload_json, '$.item') = %lld AND seq > "
+                                   "(SELECT min(seq) FROM audit WHERE type = 'run.resumed')",
+                                   lost),
+                 1);
+    /* ... and replay follows it there: release_env replays every run (harness_check_runs). */
+    free(run);
+    free(path);
+    release_env(&env);
+}
+
 Test(fanout, a_failing_item_fails_the_step_and_cancels_the_rest)
 {
     struct env env = setup_env();

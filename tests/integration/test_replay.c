@@ -720,3 +720,54 @@ Test(replay, exits_3_when_it_cannot_replay)
     free(id);
     harness_env_release(&env);
 }
+
+/*
+ * A step's answer reaches the log (mcp.response) in the turn it arrives; its step.finished in
+ * the turn of the result the agent sends just after. The state of a scheduler killed between
+ * those two commits, made here from a finished run cut back to just after the answer: the
+ * resumed run makes the call again, and replay must not take the answer no scheduler took.
+ */
+Test(replay, an_answer_on_record_that_no_scheduler_took_leaves_the_step_in_flight)
+{
+    struct harness_env env = harness_env_new();
+    char *path = harness_write_file(env.dir, "one.yaml",
+                                    "name: one\n"
+                                    "mcp_servers:\n"
+                                    "  demo:\n"
+                                    "    command: troupe-demo-tools\n"
+                                    "personas:\n"
+                                    "  worker:\n"
+                                    "    servers: [demo]\n"
+                                    "steps:\n"
+                                    "  - id: greet\n"
+                                    "    persona: worker\n"
+                                    "    tool: demo.greet\n"
+                                    "    with: {name: Ada}\n");
+    struct harness_result r;
+    const char *run_argv[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_run(run_argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    harness_result_release(&r);
+    char *run = run_id_latest(&env);
+    long long seq = harness_db_int(env.db, "SELECT seq FROM audit WHERE type = 'mcp.response' AND "
+                                           "step_id = 'greet'");
+    char *sql;
+    cr_assert_geq(asprintf(&sql,
+                           "DELETE FROM audit WHERE seq > %lld; UPDATE runs SET status = "
+                           "'running', finished_at = NULL; UPDATE steps SET state = 'dispatched', "
+                           "output_json = NULL, finished_at = NULL",
+                           seq),
+                  0);
+    harness_db_tamper(env.db, true, sql);
+    free(sql);
+
+    const char *resume_argv[] = {env.troupe, "--db", env.db, "resume", "-q", run, NULL};
+    harness_run(resume_argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+    harness_result_release(&r);
+    cr_assert_eq(events_of(&env, run, "greet", "step.dispatched"), 2);
+    /* Replayed without divergence by harness_env_release (harness_check_runs). */
+    free(run);
+    free(path);
+    harness_env_release(&env);
+}
