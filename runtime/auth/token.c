@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,23 +35,10 @@ static char *basic_header(struct auth_client *client, const char *id, const char
     auth__secret_known(client, pair);
     curl_free(eid);
     curl_free(esecret);
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t n = strlen(pair);
     char *out = xmalloc(4 * ((n + 2) / 3) + 32);
-    char *o = out + sprintf(out, "Authorization: Basic ");
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned char)pair[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned char)pair[i + 1] << 8;
-        if (i + 2 < n)
-            v |= (unsigned char)pair[i + 2];
-        *o++ = alphabet[(v >> 18) & 63];
-        *o++ = alphabet[(v >> 12) & 63];
-        *o++ = i + 1 < n ? alphabet[(v >> 6) & 63] : '=';
-        *o++ = i + 2 < n ? alphabet[v & 63] : '=';
-    }
-    *o = '\0';
+    size_t head = (size_t)sprintf(out, "Authorization: Basic ");
+    EVP_EncodeBlock((unsigned char *)out + head, (const unsigned char *)pair, (int)n);
     auth__secret_known(client, out + strlen("Authorization: Basic "));
     explicit_bzero(pair, n);
     free(pair);

@@ -588,58 +588,6 @@ Test(replay, names_the_step_that_gave_up_instead_of_retrying)
     harness_env_release(&env);
 }
 
-/* Recomputes run's hash chain (troupe-audit-v2), as a forger would. */
-static void rechain(const char *db_path, const char *run)
-{
-    sqlite3 *db;
-    sqlite3_stmt *select, *update;
-    char prev[65];
-
-    memset(prev, '0', 64);
-    prev[64] = '\0';
-    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT seq, time, step_id, actor, type, payload_json FROM "
-                                    "audit WHERE run_id = ?1 ORDER BY seq",
-                                    -1, &select, NULL),
-                 SQLITE_OK);
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE run_id = "
-                                    "?3 AND seq = ?4",
-                                    -1, &update, NULL),
-                 SQLITE_OK);
-    sqlite3_bind_text(select, 1, run, -1, SQLITE_STATIC);
-    while (sqlite3_step(select) == SQLITE_ROW) {
-        unsigned char digest[crypto_hash_sha256_BYTES];
-        char hash[65];
-        crypto_hash_sha256_state state;
-        const char *fields[] = {"troupe-audit-v2",
-                                prev,
-                                run,
-                                (const char *)sqlite3_column_text(select, 0),
-                                (const char *)sqlite3_column_text(select, 1),
-                                (const char *)sqlite3_column_text(select, 2),
-                                (const char *)sqlite3_column_text(select, 3),
-                                (const char *)sqlite3_column_text(select, 4),
-                                (const char *)sqlite3_column_text(select, 5)};
-        crypto_hash_sha256_init(&state);
-        for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-            harness_hash_field_v2(&state, fields[i]);
-        crypto_hash_sha256_final(&state, digest);
-        sodium_bin2hex(hash, sizeof(hash), digest, sizeof(digest));
-        sqlite3_bind_text(update, 1, prev, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 2, hash, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(update, 3, run, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(update, 4, sqlite3_column_int64(select, 0));
-        cr_assert_eq(sqlite3_step(update), SQLITE_DONE);
-        sqlite3_reset(update);
-        memcpy(prev, hash, sizeof(prev));
-    }
-    sqlite3_finalize(select);
-    sqlite3_finalize(update);
-    sqlite3_close(db);
-}
-
 /* A copy of env's database with sql applied to run's log and its chain recomputed (it
  * verifies); replaying it exits 1 naming step. */
 static void forged_diverges(const struct harness_env *env, const char *run, const char *name,
@@ -654,7 +602,7 @@ static void forged_diverges(const struct harness_env *env, const char *run, cons
     cr_assert_eq(sqlite3_exec(db, vacuum, NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
     sqlite3_close(db);
     harness_db_tamper(copy, true, sql);
-    rechain(copy, run);
+    harness_audit_rechain(copy, run, 2); /* as a forger would */
     const char *verify[] = {env->troupe, "--db", copy, "audit", "verify", run, NULL};
     harness_run(verify, env->dir, 60000, &r);
     cr_assert_eq(r.exit_code, 0, "%s: the forgery does not verify:\n%s%s", name, r.out, r.err);
