@@ -193,17 +193,16 @@ int auth_client_new(const struct auth_options *options, struct auth_client **ret
         c->token_store = xstrdup(options->token_store);
     c->grant = config_string(options, "grant");
     c->config_client_id = config_string(options, "client_id");
-    c->config_client_secret = config_string(options, "client_secret");
     c->config_scope = config_string(options, "scope");
     c->client_metadata_url = config_string(options, "client_metadata_url");
     c->config_auth_method = config_string(options, "token_endpoint_auth_method");
-    auth__secret_known(c, c->config_client_secret); /* ${env:NAME}: the workflow's already */
+    /* client_secret (or client_secret_file) is read once, by auth__ext_init. */
     int rc = auth__ext_init(c, err);
     if (rc < 0) {
         auth_client_free(&c);
         return rc;
     }
-    auth__secret_known(c, c->config_client_secret); /* client_secret_file's */
+    auth__secret_known(c, c->config_client_secret);
     *ret_client = c;
     return 0;
 }
