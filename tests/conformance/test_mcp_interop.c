@@ -99,7 +99,7 @@ static void validate_messages(const char *version)
     }
     fclose(out);
     char *script = source_path("tests/conformance/validate-messages.mjs");
-    char *spec = source_path("../shared/mcp-spec");
+    char *spec = source_path("tests/conformance/mcp-schemas");
     cr_assert_geq(asprintf(&command, "'%s' '%s' '%s' '%s' 2>&1", peer.node, script, spec, file), 0);
     FILE *p = popen(command, "r");
     char output[8192] = "";

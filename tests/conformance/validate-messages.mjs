@@ -1,6 +1,6 @@
 // validate-messages.mjs: checks that every message troupe's client sent validates against
-// the official schema of the protocol version in use (../shared/mcp-spec/<version>/schema.json
-// from the repository root). Input: JSON lines {"version": "...", "message": {...}}.
+// the official schema of the protocol version in use (tests/conformance/mcp-schemas/<version>/schema.json,
+// copied unchanged into the repository). Input: JSON lines {"version": "...", "message": {...}}.
 // Usage: node validate-messages.mjs SPEC-DIR MESSAGES.jsonl; exits 1 on any invalid message.
 import fs from 'node:fs';
 import path from 'node:path';
