@@ -37,6 +37,14 @@ enum bus_msg_type {
     BUS_DECIDED,   /* scheduler → troupe approve: recorded (ok), or why not (error) */
 };
 
+/*
+ * An assign whose method is BUS_MODEL_METHOD asks the agent for one model call of an `ask`
+ * step (not an MCP request): server is "" and tool the persona's model name; json is the
+ * provider-neutral request (runtime/llm/llm.h) with "builtin_tools" (the tools troupe itself
+ * answers, offered beside the persona's allowed MCP tools); the result's json is the
+ * provider-neutral result with "tools_offered" (every tool name offered, sorted).
+ */
+#define BUS_MODEL_METHOD "model/generate"
 #define BUS_HEARTBEAT_MS 1000
 /* The most calls the scheduler may have in flight on one agent (the welcome's credit). */
 #define BUS_MAX_CREDIT 1024

@@ -161,6 +161,43 @@ int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJ
 bool workflow_persona_allows(const struct workflow *wf, size_t index, enum workflow_action action,
                              const char *server, const char *name);
 
+/* ---- models and ask steps ---------------------------------------------------------------- */
+
+/*
+ * A persona's limits on each of its `ask` steps (persona `limits:`); 0 means none. Reaching
+ * one ends the step with an error naming the limit and the figures.
+ */
+struct workflow_limits {
+    long max_turns;      /* model calls in one step */
+    long max_tool_calls; /* tool calls the model makes in one step (built-ins included) */
+    long max_tokens;     /* input + output tokens over the step */
+    double max_cost;     /* cost over the step, in the models' price unit */
+    int64_t max_time_ms; /* the step's wall time */
+};
+void workflow_persona_limits(const struct workflow *wf, size_t index, struct workflow_limits *ret);
+
+/* The run's `budget:` (tokens, cost over every ask step of the run); 0 means none. */
+struct workflow_budget {
+    long max_tokens;
+    double max_cost;
+};
+void workflow_budget(const struct workflow *wf, struct workflow_budget *ret);
+
+/*
+ * The persona's model, resolved from `models:` (or a bare model id with the vendors' defaults)
+ * and any command-line override applied (workflow_models_override): {"name", "provider",
+ * "base_url", "model", "api_key" (a ${env:NAME} reference, never a value), "temperature",
+ * "max_tokens", "timeout_ms", "price": {"input": per million, "output": per million}}
+ * (absent keys omitted); NULL for a persona without a model. Borrowed from wf.
+ */
+const cJSON *workflow_persona_model(const struct workflow *wf, size_t index);
+/* Price per million input and output tokens of the persona's model (0 when not given). */
+void workflow_persona_price(const struct workflow *wf, size_t index, double *ret_input,
+                            double *ret_output);
+/* The `ask` step's `output_schema` compiled, and as written; NULL when it has none. */
+const struct workflow_schema *workflow_step_output_schema(const struct workflow *wf, size_t index);
+const cJSON *workflow_step_output_schema_json(const struct workflow *wf, size_t index);
+
 /* ---- steps ---------------------------------------------------------------------------- */
 
 /* The index of the step with this id, or -1 (a hash lookup, for callers that do it often). */

@@ -1,0 +1,141 @@
+/*
+ * llm: model providers over libcurl, for `ask` steps and MCP sampling. Two wire protocols:
+ * OpenAI-compatible chat completions (OpenAI, Azure OpenAI, Ollama, vLLM, llama.cpp's server,
+ * LM Studio, other vendors' compatibility endpoints) and Anthropic's Messages API. The module
+ * turns troupe's provider-neutral request into an HTTP request, and an HTTP answer into a
+ * provider-neutral result or a classified error. It holds no conversation, runs no loop and
+ * knows no workflow: the scheduler's engine drives the loop (sched/ask.c), the agent performs
+ * each model call (agents/model.c) on its own libcurl multi handle, or blocking with
+ * llm_call (sampling).
+ *
+ * The neutral request (JSON, every member but "messages" optional):
+ *   {"system": "TEXT",
+ *    "messages": [MESSAGE...],
+ *    "tools": [{"name": "server.tool", "description": "...", "input_schema": {...}}...],
+ *    "output_schema": {JSON Schema}       -- the final answer must be JSON of this schema
+ *    "max_tokens": N}                     -- caps the model's own max_tokens for this call
+ * MESSAGE is one of
+ *   {"role": "user", "content": "TEXT"}
+ *   {"role": "assistant", "content": "TEXT" or null,
+ *    "tool_calls": [{"id": "ID", "name": "server.tool", "arguments": {...}}...]}
+ *   {"role": "tool", "tool_call_id": "ID", "name": "server.tool", "content": "TEXT",
+ *    "is_error": BOOL}
+ * Tool names are troupe's own ("server.tool", or a built-in like "context_read"): llm maps
+ * them to names every provider accepts (^[a-zA-Z0-9_-]{1,64}$), deterministically from the
+ * request's tool list, and maps the model's calls back (llm_names).
+ *
+ * The neutral result (JSON):
+ *   {"message": {"role": "assistant", "content": "TEXT" or null,
+ *                "tool_calls": [{"id", "name", "arguments": {...}}
+ *                               | {"id", "name", "arguments_error": "why", "arguments_text": "RAW"}]},
+ *    "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other",
+ *    "usage": {"input_tokens": N, "output_tokens": N},
+ *    "model": "the model the provider says answered",
+ *    "provider": "openai" | "anthropic"}
+ * A tool call whose name the request did not offer keeps the name the model wrote.
+ *
+ * Errors are the codes the agent already classes (agents/tasks.c): 429, 5xx, connection
+ * refusals, resets and a cut answer are TR_EPEER (transport: retryable; *ret_retry_after_ms
+ * set from Retry-After when given); the call's timeout is TR_ETIMEDOUT; 401/403 are TR_EAUTH;
+ * a context length error and other 4xx are TR_EINVAL with the provider's own message (a
+ * context length error says so: "the conversation is longer than the model's context: ...");
+ * a body that is not the protocol's JSON is TR_EPROTO. The API key never appears in a message.
+ *
+ * Ownership: cJSON values passed in are borrowed; values returned through ret_* belong to the
+ * caller. Thread-compatible (no global state besides curl_global_init, done by the caller).
+ */
+#ifndef TROUPE_LLM_H
+#define TROUPE_LLM_H
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base.h"
+
+enum llm_protocol {
+    LLM_OPENAI,    /* POST {base_url}/chat/completions, Authorization: Bearer KEY */
+    LLM_ANTHROPIC, /* POST {base_url}/v1/messages, x-api-key: KEY, anthropic-version */
+};
+
+/* "openai", "anthropic". */
+extern const char *const llm_protocol_names[];
+/* LLM_OPENAI or LLM_ANTHROPIC from its name; -1 when unknown. */
+int llm_protocol_find(const char *name);
+
+/*
+ * A model as a persona uses it, resolved (the key's value, not its reference). Built from the
+ * "model" member of the persona configuration the agent receives (llm_model_from_json).
+ */
+struct llm_model {
+    enum llm_protocol protocol;
+    char *name;     /* the workflow's name for it (models: KEY) */
+    char *base_url; /* without a trailing slash */
+    char *model;    /* the provider's model id */
+    char *api_key;  /* NULL: none sent (a local server) */
+    bool has_temperature;
+    double temperature;
+    long max_tokens; /* per call; 0: the protocol's default (Anthropic needs one: 4096) */
+    int timeout_ms;  /* of one call; 0: 120 s */
+};
+
+/*
+ * From JSON {"name", "provider": "openai"|"anthropic", "base_url", "model", "api_key",
+ * "temperature", "max_tokens", "timeout_ms"} (the agent's resolved persona configuration).
+ * TR_EINVAL naming the member that is wrong.
+ */
+int llm_model_from_json(const cJSON *json, struct llm_model *ret_model,
+                        struct tr_error *err) TR_MUST_CHECK;
+void llm_model_free(struct llm_model *model);
+
+/* The mapping between troupe's tool names and the names sent to the provider. */
+struct llm_names;
+void llm_names_free(struct llm_names **names);
+
+/*
+ * One HTTP request to make: built by llm_request_build, performed by the caller (an easy
+ * handle on its multi handle: llm_http_easy), answered with llm_response_parse.
+ */
+struct llm_http {
+    char *url;
+    struct curl_slist *headers; /* Content-Type, the key's header, the protocol's version */
+    char *body;                 /* JSON text */
+    struct llm_names *names;
+    int timeout_ms;
+};
+void llm_http_free(struct llm_http *http);
+
+/* The provider request for the neutral request under model. TR_EINVAL when request is not
+ * the neutral shape (the message says where). */
+int llm_request_build(const struct llm_model *model, const cJSON *request,
+                      struct llm_http *ret_http, struct tr_error *err) TR_MUST_CHECK;
+
+/*
+ * An easy handle that performs http (POST, its headers and body, its timeout, answers capped
+ * at 16 MiB) and collects the answer in reply; the caller adds it to a multi handle (or runs
+ * curl_easy_perform) and, once done, calls llm_reply_finish. http and reply must outlive it.
+ */
+struct llm_reply {
+    long status;           /* HTTP status, 0 when no answer */
+    CURLcode curl;         /* libcurl's outcome */
+    struct tr_buf body;    /* the answer's body */
+    int64_t retry_after_ms; /* Retry-After, -1 when absent */
+    bool too_large;
+};
+CURL *llm_http_easy(const struct llm_http *http, struct llm_reply *reply);
+void llm_reply_free(struct llm_reply *reply);
+
+/*
+ * The neutral result of a finished exchange, or the error (a code above; *ret_retry_after_ms:
+ * the server's wait, else -1).
+ */
+int llm_response_parse(const struct llm_model *model, const struct llm_http *http,
+                       const struct llm_reply *reply, cJSON **ret_result,
+                       int64_t *ret_retry_after_ms, struct tr_error *err) TR_MUST_CHECK;
+
+/* Build, perform (blocking, within model->timeout_ms) and parse: MCP sampling. */
+int llm_call(const struct llm_model *model, const cJSON *request, cJSON **ret_result,
+             struct tr_error *err) TR_MUST_CHECK;
+
+#endif
