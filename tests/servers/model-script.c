@@ -17,7 +17,8 @@
  * --log FILE: one JSON line per request it gets:
  *   {"n": N, "protocol": "openai"|"anthropic", "path": "/v1/...", "sha256": "HEX of the body",
  *    "messages": COUNT, "last": {"role": "user"|"assistant"|"tool", "text": "..."},
- *    "tools": ["wire names offered"...], "turn": INDEX or -1, "status": HTTP}
+ *    "tools": ["wire names offered"...], "turn": INDEX or -1, "status": HTTP,
+ *    "body": {the request's body}}   (only with --log-bodies)
  * so tests count model calls and check that no answered turn is requested twice (the same
  * sha256 twice).
  *
@@ -85,6 +86,7 @@ static struct {
     const char *key; /* --key */
     const char *model;
     FILE *log;
+    bool log_bodies; /* --log-bodies: each log line carries the request's body (as JSON) */
     long requests;
     pthread_mutex_t lock; /* requests, uses_left, the log */
 } fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -556,6 +558,10 @@ static void log_request(long n, bool anthropic, const char *path, const struct r
     cJSON_AddItemToObject(line, "tools", cJSON_Duplicate(s->tools, true));
     cJSON_AddNumberToObject(line, "turn", turn);
     cJSON_AddNumberToObject(line, "status", status);
+    if (fx.log_bodies) {
+        cJSON *body = cJSON_ParseWithLength(request->body ? request->body : "", request->len);
+        cJSON_AddItemToObject(line, "body", body ? body : cJSON_CreateNull());
+    }
     char *text = cJSON_PrintUnformatted(line);
     fprintf(fx.log, "%s\n", text);
     fflush(fx.log);
@@ -699,7 +705,8 @@ static void on_completed(void *cls, struct MHD_Connection *connection, void **co
 
 static void usage(FILE *to)
 {
-    fprintf(to, "usage: test-model-script --cassette FILE [--port N] [--log FILE] [--key KEY]\n"
+    fprintf(to, "usage: test-model-script --cassette FILE [--port N] [--log FILE [--log-bodies]]\n"
+                "       [--key KEY]\n"
                 "A TEST FIXTURE: a scripted model server (OpenAI chat completions and Anthropic\n"
                 "Messages) answering from a cassette, for troupe's tests. Not a model.\n"
                 "Prints http://127.0.0.1:PORT on its first line; the cassette format is described\n"
@@ -745,9 +752,13 @@ static int load_cassette(const char *path)
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"port", required_argument, NULL, 'p'}, {"cassette", required_argument, NULL, 'c'},
-        {"log", required_argument, NULL, 'l'},  {"key", required_argument, NULL, 'k'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
+        {"port", required_argument, NULL, 'p'},
+        {"cassette", required_argument, NULL, 'c'},
+        {"log", required_argument, NULL, 'l'},
+        {"key", required_argument, NULL, 'k'},
+        {"log-bodies", no_argument, NULL, 'b'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     long port = 0;
     const char *cassette = NULL;
@@ -769,6 +780,9 @@ int main(int argc, char **argv)
             break;
         case 'k':
             fx.key = optarg;
+            break;
+        case 'b':
+            fx.log_bodies = true;
             break;
         case 'h':
             usage(stdout);
