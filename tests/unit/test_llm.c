@@ -28,18 +28,21 @@ struct fixture {
     char *log;
 };
 
-static void fixture_start(struct fixture *fx, const char *cassette)
+/* Starts the fixture on the cassette file path (NULL: the text cassette, written first). */
+static void fixture_start_file(struct fixture *fx, const char *cassette, const char *file)
 {
     const char *build = getenv("TROUPE_BUILD_DIR");
     cr_assert(build, "TROUPE_BUILD_DIR must name the build directory");
     char template[] = "/tmp/troupe-llm-XXXXXX";
     cr_assert(mkdtemp(template));
     fx->dir = xstrdup(template);
-    char *path = xasprintf("%s/cassette.json", fx->dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(cassette, f);
-    fclose(f);
+    char *path = file ? xstrdup(file) : xasprintf("%s/cassette.json", fx->dir);
+    if (!file) {
+        FILE *f = fopen(path, "w");
+        cr_assert(f);
+        fputs(cassette, f);
+        fclose(f);
+    }
     fx->log = xasprintf("%s/log", fx->dir);
     char *program = xasprintf("%s/tests/test-model-script", build);
     int fds[2];
@@ -63,6 +66,11 @@ static void fixture_start(struct fixture *fx, const char *cassette)
     fx->url = xstrdup(line);
     free(program);
     free(path);
+}
+
+static void fixture_start(struct fixture *fx, const char *cassette)
+{
+    fixture_start_file(fx, cassette, NULL);
 }
 
 static void fixture_stop(struct fixture *fx)
@@ -751,5 +759,73 @@ Test(llm, requests_not_of_the_neutral_shape_are_refused)
         cr_expect_eq(llm_request_build(&model, json, &http, &err), TR_EINVAL, "%s", cases[i][0]);
         cr_expect(strstr(err.message, cases[i][1]), "%s: %s", cases[i][0], err.message);
         cJSON_Delete(json);
+    }
+}
+
+/* ---- the example cassettes ----------------------------------------------------------------- */
+
+static char *example(const char *name)
+{
+    const char *source = getenv("TROUPE_SOURCE_DIR");
+    cr_assert(source, "TROUPE_SOURCE_DIR must name the source directory");
+    return xasprintf("%s/tests/servers/cassettes/%s", source, name);
+}
+
+Test(llm, example_cassettes_answer_as_documented)
+{
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        char *path = example("loop.json");
+        fixture_start_file(&fx, NULL, path);
+        struct llm_model model;
+        model_for(&model, &fx, protocols[p], NULL);
+        cJSON *result = NULL;
+        int64_t retry;
+        struct tr_error err = {0};
+        cr_assert_eq(exchange(&model,
+                              "{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}], "
+                              "\"tools\": [{\"name\": \"demo.echo\"}]}",
+                              &result, &retry, &err),
+                     0, "%s", err.message);
+        cr_expect_str_eq(str_at(result, "message.tool_calls.0.name"), "demo.echo");
+        cr_expect_str_eq(str_at(result, "message.tool_calls.0.arguments.text"), "ping");
+        char *next = xasprintf(
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}, {\"role\": "
+            "\"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"%s\", \"name\": "
+            "\"demo.echo\", \"arguments\": {\"text\": \"ping\"}}]}, {\"role\": \"tool\", "
+            "\"tool_call_id\": \"%s\", \"content\": \"ping\"}], \"tools\": [{\"name\": "
+            "\"demo.echo\"}]}",
+            str_at(result, "message.tool_calls.0.id"), str_at(result, "message.tool_calls.0.id"));
+        cJSON_Delete(result);
+        cr_assert_eq(exchange(&model, next, &result, &retry, &err), 0, "%s", err.message);
+        cr_expect_str_eq(str_at(result, "message.content"), "The tool said what it was told.");
+        cr_expect_eq(num_at(result, "usage.input_tokens"), 120);
+        cr_expect_str_eq(str_at(result, "model"), "scripted-loop");
+        cJSON_Delete(result);
+        free(next);
+        free(path);
+        llm_model_free(&model);
+        fixture_stop(&fx);
+
+        path = example("faults.json");
+        fixture_start_file(&fx, NULL, path);
+        model_for(&model, &fx, protocols[p], NULL);
+        const char *go = "{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}";
+        cr_expect_eq(exchange(&model, go, &result, &retry, &err), TR_EPEER);
+        cr_expect_eq(retry, 1000);
+        cr_expect_eq(exchange(&model, go, &result, &retry, &err), TR_EPEER);
+        cr_expect_eq(retry, -1);
+        cr_expect_eq(exchange(&model, go, &result, &retry, &err), 0, "%s", err.message);
+        cr_expect_str_eq(str_at(result, "message.content"), "answered on the third try");
+        cJSON_Delete(result);
+        cJSON *log = fixture_log(&fx);
+        cr_expect_eq(cJSON_GetArraySize(log), 3);
+        /* The same request three times: the same hash each time. */
+        cr_expect_str_eq(str_at(log, "0.sha256"), str_at(log, "2.sha256"));
+        cr_expect_eq(num_at(log, "2.turn"), 2);
+        cJSON_Delete(log);
+        free(path);
+        llm_model_free(&model);
+        fixture_stop(&fx);
     }
 }
