@@ -138,29 +138,7 @@ static int exchange(const struct llm_model *model, const char *request_text, cJS
     return rc;
 }
 
-static const char *str_at(const cJSON *json, const char *path)
-{
-    /* "a.b.0.c": members and array indexes */
-    char *copy = xstrdup(path);
-    const cJSON *at = json;
-    for (char *part = strtok(copy, "."); part && at; part = strtok(NULL, "."))
-        at = (*part >= '0' && *part <= '9') ? cJSON_GetArrayItem(at, atoi(part))
-                                            : cJSON_GetObjectItem(at, part);
-    free(copy);
-    return cJSON_IsString(at) ? at->valuestring : NULL;
-}
-
-static double num_at(const cJSON *json, const char *path)
-{
-    char *copy = xstrdup(path);
-    const cJSON *at = json;
-    for (char *part = strtok(copy, "."); part && at; part = strtok(NULL, "."))
-        at = (*part >= '0' && *part <= '9') ? cJSON_GetArrayItem(at, atoi(part))
-                                            : cJSON_GetObjectItem(at, part);
-    free(copy);
-    return cJSON_IsNumber(at) ? at->valuedouble : -1;
-}
-
+/* The item at path in json: "a.b.0.c", members and array indexes. */
 static const cJSON *at(const cJSON *json, const char *path)
 {
     char *copy = xstrdup(path);
@@ -172,7 +150,33 @@ static const cJSON *at(const cJSON *json, const char *path)
     return item;
 }
 
+static const char *str_at(const cJSON *json, const char *path)
+{
+    const cJSON *item = at(json, path);
+    return cJSON_IsString(item) ? item->valuestring : NULL;
+}
+
+static double num_at(const cJSON *json, const char *path)
+{
+    const cJSON *item = at(json, path);
+    return cJSON_IsNumber(item) ? item->valuedouble : -1;
+}
+
 static const char *const protocols[] = {"openai", "anthropic"};
+
+/* The fixture on cassette (JSON text) and a model of protocol on it, with extra members. */
+static void start(struct fixture *fx, struct llm_model *model, const char *protocol,
+                  const char *cassette, const char *extra)
+{
+    fixture_start(fx, cassette);
+    model_for(model, fx, protocol, extra);
+}
+
+static void stop(struct fixture *fx, struct llm_model *model)
+{
+    llm_model_free(model);
+    fixture_stop(fx);
+}
 
 /* ---- answers -------------------------------------------------------------------------------- */
 
@@ -180,11 +184,12 @@ Test(llm, text_answer_both_protocols)
 {
     for (int p = 0; p < 2; p++) {
         struct fixture fx;
-        fixture_start(&fx, "{\"model\": \"scripted-7\", \"turns\": [{\"when\": {\"last_contains\": "
-                           "\"hello\"}, \"reply\": {\"text\": \"hi there\", \"usage\": "
-                           "{\"input_tokens\": 11, \"output_tokens\": 3}}}]}");
         struct llm_model model;
-        model_for(&model, &fx, protocols[p], ", \"temperature\": 0.5, \"max_tokens\": 100");
+        start(&fx, &model, protocols[p],
+              "{\"model\": \"scripted-7\", \"turns\": [{\"when\": {\"last_contains\": "
+              "\"hello\"}, \"reply\": {\"text\": \"hi there\", \"usage\": "
+              "{\"input_tokens\": 11, \"output_tokens\": 3}}}]}",
+              ", \"temperature\": 0.5, \"max_tokens\": 100");
         cJSON *result = NULL;
         int64_t retry = 0;
         struct tr_error err = {0};
@@ -218,8 +223,7 @@ Test(llm, text_answer_both_protocols)
         }
         cJSON_Delete(log);
         cJSON_Delete(result);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
 
@@ -263,14 +267,14 @@ Test(llm, parallel_tool_calls_and_the_conversation_back)
 {
     for (int p = 0; p < 2; p++) {
         struct fixture fx;
-        fixture_start(&fx,
-                      "[{\"when\": {\"last_role\": \"user\"}, \"reply\": {\"text\": \"reading\", "
-                      "\"tool_calls\": [{\"name\": \"files.read\", \"arguments\": {\"path\": "
-                      "\"a\"}}, {\"name\": \"context_read\", \"arguments\": {}}]}},"
-                      " {\"when\": {\"last_role\": \"tool\", \"last_contains\": \"B-TEXT\"}, "
-                      "\"reply\": {\"text\": \"done\"}}]");
         struct llm_model model;
-        model_for(&model, &fx, protocols[p], NULL);
+        start(&fx, &model, protocols[p],
+              "[{\"when\": {\"last_role\": \"user\"}, \"reply\": {\"text\": \"reading\", "
+              "\"tool_calls\": [{\"name\": \"files.read\", \"arguments\": {\"path\": "
+              "\"a\"}}, {\"name\": \"context_read\", \"arguments\": {}}]}},"
+              " {\"when\": {\"last_role\": \"tool\", \"last_contains\": \"B-TEXT\"}, "
+              "\"reply\": {\"text\": \"done\"}}]",
+              NULL);
         cJSON *result = NULL;
         int64_t retry;
         struct tr_error err = {0};
@@ -341,8 +345,7 @@ Test(llm, parallel_tool_calls_and_the_conversation_back)
         free(next);
         cJSON_Delete(second);
         cJSON_Delete(result);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
 
@@ -350,11 +353,12 @@ Test(llm, structured_output)
 {
     for (int p = 0; p < 2; p++) {
         struct fixture fx;
-        fixture_start(&fx, "[{\"reply\": {\"json\": {\"decision\": \"approve\", \"score\": 7}}},"
-                           " {\"reply\": {\"json\": [1, 2]}},"
-                           " {\"reply\": {\"json\": {\"decision\": \"no\"}}}]");
         struct llm_model model;
-        model_for(&model, &fx, protocols[p], NULL);
+        start(&fx, &model, protocols[p],
+              "[{\"reply\": {\"json\": {\"decision\": \"approve\", \"score\": 7}}},"
+              " {\"reply\": {\"json\": [1, 2]}},"
+              " {\"reply\": {\"json\": {\"decision\": \"no\"}}}]",
+              NULL);
         cJSON *result = NULL;
         int64_t retry;
         struct tr_error err = {0};
@@ -407,8 +411,7 @@ Test(llm, structured_output)
             cr_expect(strstr(str_at(third, "system"), "final_answer") != NULL);
         }
         cJSON_Delete(log);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
 
@@ -421,14 +424,15 @@ Test(llm, tool_names_map_to_provider_names_and_back)
 {
     for (int p = 0; p < 2; p++) {
         struct fixture fx;
-        fixture_start(&fx, "[{\"reply\": {\"tool_calls\": [{\"name\": \"a.b\", \"arguments\": {}},"
-                           " {\"name\": \"a__b\", \"arguments\": {}},"
-                           " {\"name\": \"w e+ird/\", \"arguments\": {}},"
-                           " {\"name\": \"final_answer\", \"arguments\": {}},"
-                           " {\"name\": \"" LONG_NAME "\", \"arguments\": {}},"
-                           " {\"name\": \"never.offered\", \"arguments\": {}}]}}]");
         struct llm_model model;
-        model_for(&model, &fx, protocols[p], NULL);
+        start(&fx, &model, protocols[p],
+              "[{\"reply\": {\"tool_calls\": [{\"name\": \"a.b\", \"arguments\": {}},"
+              " {\"name\": \"a__b\", \"arguments\": {}},"
+              " {\"name\": \"w e+ird/\", \"arguments\": {}},"
+              " {\"name\": \"final_answer\", \"arguments\": {}},"
+              " {\"name\": \"" LONG_NAME "\", \"arguments\": {}},"
+              " {\"name\": \"never.offered\", \"arguments\": {}}]}}]",
+              NULL);
         const char *request = "{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}], "
                               "\"tools\": [{\"name\": \"a.b\"}, {\"name\": \"a__b\"}, {\"name\": "
                               "\"w e+ird/\"}, {\"name\": \"final_answer\"}, {\"name\": "
@@ -467,8 +471,7 @@ Test(llm, tool_names_map_to_provider_names_and_back)
         cr_expect_neq(strcmp(str_at(names, "3"), "final_answer"), 0, "a reserved name");
         cJSON_Delete(log);
         cJSON_Delete(result);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
 
@@ -503,12 +506,13 @@ Test(llm, malformed_arguments_are_reported_not_failed)
 {
     for (int p = 0; p < 2; p++) {
         struct fixture fx;
-        fixture_start(&fx, "[{\"reply\": {\"tool_calls\": [{\"name\": \"files.read\", "
-                           "\"arguments_text\": \"{\\\"path\\\": \"}, {\"name\": \"files.read\", "
-                           "\"arguments\": {\"path\": \"ok\"}}]}}, {\"reply\": {\"text\": "
-                           "\"fine\"}}]");
         struct llm_model model;
-        model_for(&model, &fx, protocols[p], NULL);
+        start(&fx, &model, protocols[p],
+              "[{\"reply\": {\"tool_calls\": [{\"name\": \"files.read\", "
+              "\"arguments_text\": \"{\\\"path\\\": \"}, {\"name\": \"files.read\", "
+              "\"arguments\": {\"path\": \"ok\"}}]}}, {\"reply\": {\"text\": "
+              "\"fine\"}}]",
+              NULL);
         cJSON *result = NULL;
         int64_t retry;
         struct tr_error err = {0};
@@ -549,8 +553,7 @@ Test(llm, malformed_arguments_are_reported_not_failed)
         cJSON_Delete(second);
         cJSON_Delete(request);
         cJSON_Delete(result);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
 
@@ -590,8 +593,7 @@ static void expect_fault(const char *protocol, const struct fault_case *c)
     else
         cr_expect_eq(retry, c->retry_ms, "%s: retry %ld", c->reply, (long)retry);
     free(cassette);
-    llm_model_free(&model);
-    fixture_stop(&fx);
+    stop(&fx, &model);
 }
 
 Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
@@ -648,9 +650,8 @@ Test(llm, refused_connection_is_transport)
     for (int p = 0; p < 2; p++) {
         /* A port nothing listens on: the fixture's, once it is gone. */
         struct fixture fx;
-        fixture_start(&fx, "[]");
         struct llm_model model;
-        model_for(&model, &fx, protocols[p], NULL);
+        start(&fx, &model, protocols[p], "[]", NULL);
         fixture_stop(&fx);
         cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
         cJSON *result = NULL;
@@ -693,8 +694,7 @@ Test(llm, the_key_is_never_in_a_message)
         cr_expect_eq(num_at(log, "1.status"), 401);
         cJSON_Delete(log);
         cJSON_Delete(request);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
 
@@ -804,8 +804,7 @@ Test(llm, example_cassettes_answer_as_documented)
         cJSON_Delete(result);
         free(next);
         free(path);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
 
         path = example("faults.json");
         fixture_start_file(&fx, NULL, path);
@@ -825,7 +824,6 @@ Test(llm, example_cassettes_answer_as_documented)
         cr_expect_eq(num_at(log, "2.turn"), 2);
         cJSON_Delete(log);
         free(path);
-        llm_model_free(&model);
-        fixture_stop(&fx);
+        stop(&fx, &model);
     }
 }
