@@ -54,6 +54,16 @@ bool wf_env_is_reference(const char *s)
     return strncmp(s, ENV_OPEN, strlen(ENV_OPEN)) == 0 && env_reference(s, &name_len) == strlen(s);
 }
 
+bool wf_env_well_formed(const char *s)
+{
+    size_t name_len;
+
+    for (const char *p = strstr(s, "${env"); p; p = strstr(p + 1, "${env"))
+        if (!env_reference(p, &name_len))
+            return false;
+    return true;
+}
+
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context)
 {
     const cJSON *child;

@@ -269,8 +269,7 @@ int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJ
     }
     cJSON *model = cJSON_GetObjectItemCaseSensitive(config, "model");
     if (model) {
-        wf_env_collect_values(cJSON_GetObjectItemCaseSensitive(model, "api_key"),
-                              cJSON_GetObjectItemCaseSensitive(config, "redact"));
+        wf_env_collect_values(model, cJSON_GetObjectItemCaseSensitive(config, "redact"));
         if ((rc = wf_env_resolve(model, err)) < 0) {
             tr_error_prefix(err, "persona '%s': model '%s'", wf->personas[index].name,
                             wf->models[wf->personas[index].model_index].name);

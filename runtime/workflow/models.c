@@ -61,12 +61,13 @@ static int optional_number(struct wf_build *b, const cJSON *object, const char *
 }
 
 /* Model names are keys persona `model:` values use, and may be model ids (gpt-4o, llama3:8b,
- * org/model). */
+ * org/model); model ids (written, bare or given on the command line) are of the same kind. */
+#define MODEL_NAME_RULE "[A-Za-z0-9_.:/@+-]{1,256}"
 static bool model_name_valid(const char *name)
 {
     size_t n = strlen(name);
 
-    if (n == 0 || n > 128)
+    if (n == 0 || n > 256)
         return false;
     for (const char *p = name; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
@@ -75,14 +76,19 @@ static bool model_name_valid(const char *name)
     return true;
 }
 
-/* A base URL: http(s)://... or one ${env:NAME} (whose value is checked before the run). */
+/* A base URL: http(s)://... or ${env:NAME}... (as a server's url), its ${env:NAME} parts
+ * well formed (their values are checked before the run). */
 static const char *url_problem(const char *url)
 {
-    if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8))
-        return strchr(url, ' ') ? "must not hold a space" : NULL;
-    if (wf_env_is_reference(url))
-        return NULL;
-    return "must start with http:// or https://, or be a ${env:NAME} reference";
+    if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8) && strncmp(url, "${env:", 6))
+        return "must start with http://, https:// or a ${env:NAME} reference";
+    for (const char *p = url; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return "must not hold white space or control characters";
+    if (!wf_env_well_formed(url))
+        return "holds a malformed environment reference: write ${env:NAME} with NAME of "
+               "[A-Za-z_][A-Za-z0-9_]*";
+    return NULL;
 }
 
 static int build_price(struct wf_build *b, const cJSON *node, struct wf_model *m,
@@ -120,7 +126,7 @@ static int build_model(struct wf_build *b, const cJSON *node, struct wf_model *m
 
     snprintf(context, sizeof(context), "model '%s': ", node->string);
     if (!model_name_valid(node->string))
-        return wf_problem(wf, node, true, "model name '%s' must match [A-Za-z0-9_.:/@+-]{1,128}",
+        return wf_problem(wf, node, true, "model name '%s' must match " MODEL_NAME_RULE,
                           node->string);
     if ((rc = wf_expect_mapping(b, node, "models: ")) < 0 ||
         (rc = wf_check_keys(b, node, keys, context)) < 0)
@@ -135,9 +141,10 @@ static int build_model(struct wf_build *b, const cJSON *node, struct wf_model *m
                           "%s'provider' must be 'openai' (chat completions, and every server "
                           "compatible with it) or 'anthropic' (the Messages API), not '%s'",
                           context, provider);
-    if (model && !model[0])
+    if (model && !model_name_valid(model))
         return wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "model"), false,
-                          "%s'model' must not be empty", context);
+                          "%s'model' must be a model id of " MODEL_NAME_RULE ", not '%s'", context,
+                          model);
     if (base_url && url_problem(base_url))
         return wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "base_url"), false,
                           "%s'base_url' %s", context, url_problem(base_url));
@@ -266,7 +273,7 @@ static int resolve_persona_model(struct wf_build *b, const cJSON *node, struct w
     if (found < 0) {
         if (!model_name_valid(persona->model))
             return wf_problem(wf, item, false,
-                              "%s'model' must be a model id of [A-Za-z0-9_.:/@+-]{1,128}, not '%s'",
+                              "%s'model' must be a model id of " MODEL_NAME_RULE ", not '%s'",
                               context, persona->model);
         model_add(wf, persona->model)->implicit = true;
         found = (long)wf->model_count - 1;
@@ -625,7 +632,7 @@ int workflow_models_override(struct workflow *wf, const char *member, const char
     }
     if (is_model && (!*value || !model_name_valid(value))) {
         rc = tr_error_set(err, TR_EINVAL,
-                          "%s wants [NAME=]ID with ID a model id of [A-Za-z0-9_.:/@+-]{1,128}, "
+                          "%s wants [NAME=]ID with ID a model id of " MODEL_NAME_RULE ", "
                           "not '%s'",
                           option, spec);
         goto out;

@@ -410,8 +410,10 @@ void wf_models_free(struct workflow *wf);
 /* env.c: adds {NAME: value} to redact for each ${env:NAME} in node's strings whose value is
  * safe to redact (workflow_secret_unsafe). */
 void wf_env_collect_values(const cJSON *node, cJSON *redact);
-/* env.c: whether s is exactly one ${env:NAME} reference. */
+/* env.c: whether s is exactly one ${env:NAME} reference; whether every "${env" in s starts
+ * one. */
 bool wf_env_is_reference(const char *s);
+bool wf_env_well_formed(const char *s);
 
 /* steps.c */
 int wf_build_steps(struct wf_build *b, const cJSON *node);

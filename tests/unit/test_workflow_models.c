@@ -224,7 +224,7 @@ Test(workflow_models, problems_have_positions)
         "5:16: model 'b': 'api_key' must be a ${env:NAME} reference, not a literal key: put the "
         "key in an environment variable and write api_key: ${env:NAME}\n"
         "6:22: model 'c': price: 'input' must be at least 0 and at most 1e+09, not -1\n"
-        "7:17: model 'd': 'base_url' must start with http:// or https://, or be a ${env:NAME} "
+        "7:17: model 'd': 'base_url' must start with http://, https:// or a ${env:NAME} "
         "reference\n"
         "8:7: model 'e': unknown key 'colour'\n"
         "9:20: budget: 'max_cost' must be above 0 and at most 1e+12, not 0\n"
@@ -479,4 +479,82 @@ Test(workflow_models, an_override_changes_the_models_and_the_plan_says_so)
     cr_assert_eq(workflow_models_override(wf, "model", "x", &err), TR_ENOTFOUND);
     cr_assert_str_eq(err.message, "--model: the workflow uses no model");
     workflow_free(&wf);
+}
+
+/* Every way a base URL or a model id can be wrong, in the file and on the command line. */
+Test(workflow_models, urls_and_ids_are_checked_wherever_they_come_from)
+{
+    char *found = problems_of("name: m\n"
+                              "mcp_servers: {bank: {command: x}}\n"
+                              "models:\n"
+                              "  a: {base_url: 'https://${env:1HOST}/v1'}\n"
+                              "  b: {base_url: \"http://x/v1\\nX-Evil: 1\"}\n"
+                              "  c: {base_url: 'http://x /v1'}\n"
+                              "  d: {base_url: 'localhost:8080/v1'}\n"
+                              "  e: {model: \"gpt 4\"}\n"
+                              "  'f g': {}\n"
+                              "personas: {p: {model: a}}\n"
+                              "steps: [{id: s, persona: p, ask: hi}]\n");
+    cr_assert_str_eq(
+        found,
+        "4:17: model 'a': 'base_url' holds a malformed environment reference: write ${env:NAME} "
+        "with NAME of [A-Za-z_][A-Za-z0-9_]*\n"
+        "5:17: model 'b': 'base_url' must not hold white space or control characters\n"
+        "6:17: model 'c': 'base_url' must not hold white space or control characters\n"
+        "7:17: model 'd': 'base_url' must start with http://, https:// or a ${env:NAME} "
+        "reference\n"
+        "8:14: model 'e': 'model' must be a model id of [A-Za-z0-9_.:/@+-]{1,256}, not 'gpt 4'\n"
+        "9:3: model name 'f g' must match [A-Za-z0-9_.:/@+-]{1,256}\n");
+    free(found);
+
+    struct workflow *wf = load_yaml("name: m\n"
+                                    "mcp_servers: {bank: {command: x}}\n"
+                                    "personas: {p: {model: gpt-4o}}\n"
+                                    "steps: [{id: s, persona: p, ask: hi}]\n");
+    struct tr_error err = {0};
+    cr_assert_eq(workflow_models_override(wf, "base_url", "http://x/v1\r\nX-Evil: 1", &err),
+                 TR_EINVAL);
+    cr_assert_eq(workflow_models_override(wf, "base_url", "https://${env:}/v1", &err), TR_EINVAL);
+    cr_assert_eq(workflow_models_override(wf, "model", "gpt-4o=a\nb", &err), TR_EINVAL);
+    cr_assert_eq(workflow_models_override(wf, "temperature", "1", &err), TR_EINVAL);
+    workflow_free(&wf);
+}
+
+Test(workflow_models, an_ask_step_may_map_over_a_list)
+{
+    struct workflow *wf = load_yaml("name: m\n"
+                                    "mcp_servers: {bank: {command: x}}\n"
+                                    "personas: {p: {model: gpt-4o}}\n"
+                                    "steps:\n"
+                                    "  - {id: s, persona: p, ask: 'Rate ${{ .item }}', for_each: "
+                                    "'[1, 2]', concurrency: 2, output_schema: {type: integer}}\n");
+
+    cr_assert(workflow_step_has_expression(wf, 0, WORKFLOW_EXPR_FOR_EACH));
+    cr_assert_not_null(workflow_step_output_schema(wf, 0));
+    workflow_free(&wf);
+}
+
+/* The endpoint, when it comes from a variable, is redacted like a server's configuration:
+ * when its value is safe to redact. */
+Test(workflow_models, a_referenced_endpoint_is_resolved_for_the_agent)
+{
+    struct workflow *wf = load_yaml("name: m\n"
+                                    "mcp_servers: {bank: {command: x}}\n"
+                                    "models: {a: {base_url: '${env:TROUPE_T_URL}/v1'}}\n"
+                                    "personas: {p: {model: a}}\n"
+                                    "steps: [{id: s, persona: p, ask: hi}]\n");
+    struct tr_error err = {0};
+    cJSON *resolved = NULL;
+
+    unsetenv("OPENAI_API_KEY");
+    setenv("TROUPE_T_URL", "http://internal.example:8080", 1);
+    cr_assert_eq(workflow_persona_config_resolved(wf, 0, &resolved, &err), 0, "%s", err.message);
+    cr_assert_str_eq(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(resolved, "model"), "base_url")->valuestring,
+        "http://internal.example:8080/v1");
+    assert_json(cJSON_GetObjectItem(resolved, "redact"),
+                "{\"TROUPE_T_URL\":\"http://internal.example:8080\"}");
+    cJSON_Delete(resolved);
+    workflow_free(&wf);
+    unsetenv("TROUPE_T_URL");
 }
