@@ -101,10 +101,11 @@ const char *workflow_secret_unsafe(const char *value);
 /*
  * What a run needs beyond a valid file, checked before anything starts: no `ask` step (the
  * scheduler does not perform them yet; FILE:LINE:COLUMN of the first), every ${env:NAME} of
- * every server set (TR_ENOTFOUND listing all that are not), and each such value safe to
- * redact (TR_EINVAL listing all that are not, by name, never by value). Then the same of each
- * `workflow` step's child, its message prefixed "FILE:LINE:COLUMN: step 'ID': workflow 'F'"
- * (where the parent names it); a workflow step whose child was not loaded (a workflow read
+ * every server and every model set (TR_ENOTFOUND listing all that are not), and each such
+ * secret value safe to redact (TR_EINVAL listing all that are not, by name, never by value;
+ * a model's secret is the api_key written in the file, not the vendor variable's default). Then the
+ * same of each `workflow` step's child, its message prefixed "FILE:LINE:COLUMN: step 'ID': workflow
+ * 'F'" (where the parent names it); a workflow step whose child was not loaded (a workflow read
  * from memory) is refused.
  */
 int workflow_check_run(const struct workflow *wf, struct tr_error *err) TR_MUST_CHECK;
