@@ -97,7 +97,7 @@ const schemaVisible = [
     'approval-missing-why.yaml', 'sse-type.json', 'replicas-out-of-range.yaml',
     'with-on-eval.yaml', 'persona-unknown-key.yaml', 'limits-unknown-key.yaml',
     'resource-missing-uri.yaml', 'needs-wrong-type.yaml', 'outputs-not-mapping.yaml',
-    'workflow-persona.yaml',
+    'workflow-persona.yaml', 'model-literal-key.yaml', 'output-schema-on-tool.yaml',
 ];
 for (const file of schemaVisible) {
     const doc = readWorkflow(join(source, 'tests', 'workflows', 'broken', file));
