@@ -344,7 +344,6 @@ void model_task_start(struct agent *agent, const struct bus_msg *assign)
     }
     struct model_call *c = xcalloc(1, sizeof(*c));
     c->agent = agent;
-    c->reply.retry_after_ms = -1;
     task->model = c;
     cJSON *tools = tools_offered(agent, request);
     c->offered = names_of(tools);
@@ -400,8 +399,7 @@ static void call_finish(struct agent *agent, struct task *task, CURLcode result)
     const char *error_class = NULL;
 
     curl_multi_remove_handle(agent->models.multi, c->easy);
-    c->reply.curl = result;
-    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->reply.status);
+    llm_reply_finish(c->easy, result, &c->reply);
     int rc = llm_response_parse(&agent->models.model, &c->http, &c->reply, &output, &retry_after_ms,
                                 &err);
     if (rc < 0) {
