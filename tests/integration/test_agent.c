@@ -904,7 +904,8 @@ static void *model_serve(void *userdata)
                          "{\"error\":{\"message\":\"slow down\",\"type\":\"rate_limit\"}}");
         } else if (strcmp(mode, "401") == 0) {
             model_answer(fd, "401 Unauthorized", "",
-                         "{\"error\":{\"message\":\"bad key\",\"type\":\"auth\"}}");
+                         "{\"error\":{\"message\":\"Incorrect API key provided: " MODEL_KEY
+                         "\",\"type\":\"auth\"}}");
         } else if (strcmp(mode, "hang") == 0) {
             char byte;
             while (!m->stop) {
@@ -917,12 +918,18 @@ static void *model_serve(void *userdata)
                 }
             }
         } else {
-            model_answer(fd, "200 OK", "",
-                         "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"model\":\"fake-1\","
-                         "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-                         "\"content\":\"" MODEL_ANSWER "\"},\"finish_reason\":\"stop\"}],"
-                         "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,"
-                         "\"total_tokens\":8}}");
+            bool leak = strcmp(mode, "leak") == 0;
+            model_answer(
+                fd, "200 OK", "",
+                leak ? "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"model\":"
+                       "\"fake-1\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
+                       "\"assistant\",\"content\":\"the key is " MODEL_KEY "\"},"
+                       "\"finish_reason\":\"stop\"}]}"
+                     : "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"model\":\"fake-1\","
+                       "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                       "\"content\":\"" MODEL_ANSWER "\"},\"finish_reason\":\"stop\"}],"
+                       "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,"
+                       "\"total_tokens\":8}}");
         }
         close(fd);
     }
@@ -1106,7 +1113,8 @@ Test(agent, model_call_offers_the_allowed_tools_and_returns_the_result, .timeout
 
 /*
  * Failures are classed as the scheduler retries them: 429 is transport, with the provider's
- * Retry-After in the message; 401 is not retried. A persona without a model refuses.
+ * Retry-After in the message; 401 is not retried. A persona without a model refuses. The key
+ * is in no result or event, even when the provider or the model says it.
  */
 Test(agent, model_failures_are_classed_and_audited, .timeout = 60)
 {
@@ -1125,6 +1133,14 @@ Test(agent, model_failures_are_classed_and_audited, .timeout = 60)
     expect_result(&s, 2, "protocol", NULL);
     assign_model(&s, 3, "[1,2]", 10000);
     expect_result(&s, 3, "protocol", "not a JSON object");
+    /* A model that says the key: blanked out of the result and the audit, as any secret. */
+    model_set_mode(&m, "leak");
+    assign_model(&s, 5, ASK_MODEL, 10000);
+    struct bus_msg *r = result_of(&s, 5, WAIT_MS);
+    check_result(r, 5, NULL);
+    cr_assert(strstr(r->json, "the key is ") && !strstr(r->json, MODEL_KEY), "%s", r->json);
+    bus_msg_free(&r);
+    cJSON_Delete(wait_event(&s, 5, "model.response", "the key is "));
     check_no_key(&s);
     sched_stop(&s);
 
