@@ -6,8 +6,9 @@
  * Nothing here is asked of a human: a run is unattended.
  *
  * Sampling blocks the agent's loop for the model call (llm_call, at most the model's
- * timeout): the session runs its handlers synchronously, inside the call that read the
- * server's request, and must have the answer before it goes on.
+ * timeout, and no longer than the asking call may still take): the session runs its handlers
+ * synchronously, inside the call that read the server's request, and must have the answer before it
+ * goes on.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -144,8 +145,13 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
     cJSON_AddItemReferenceToObject(payload, "request", request);
     agent_send_event(agent, task, "model.request", payload);
 
+    /* Not past the asking call's own deadline: the loop waits meanwhile. */
     int64_t started = tr_now_ms();
-    rc = llm_call(&agent->models.model, request, &result, err);
+    struct llm_model model = agent->models.model; /* a shallow copy: only the timeout differs */
+    int64_t left = task ? task->deadline_ms - started : INT32_MAX;
+    if (model.timeout_ms <= 0 ? left < INT32_MAX : model.timeout_ms > left)
+        model.timeout_ms = left > 1 ? (int)left : 1;
+    rc = llm_call(&model, request, &result, err);
     payload = model_audit_payload(agent, agent->models.model.base_url);
     cJSON_AddStringToObject(payload, "sampling_for", server->name);
     if (rc < 0)

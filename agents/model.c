@@ -12,7 +12,6 @@
 
 #include "agent-internal.h"
 
-#define MODEL_DEFAULT_TIMEOUT_MS 120000
 #define LIST_TOOLS_TIMEOUT_MS 10000
 
 /* One model call in flight: its HTTP exchange and what its audit and result need. */
@@ -303,16 +302,6 @@ void model_call_stop(struct agent *agent, struct task *task, const char *why)
     model_call_free(&task->model); /* the transfer leaves the multi handle */
 }
 
-/* The timeout of the call: the assign's, else the model's, else 120 s. */
-static int call_timeout_ms(const struct agent *agent, const struct bus_msg *assign)
-{
-    if (assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX)
-        return (int)assign->timeout_ms;
-    if (agent->models.model.timeout_ms > 0)
-        return agent->models.model.timeout_ms;
-    return MODEL_DEFAULT_TIMEOUT_MS;
-}
-
 void model_task_start(struct agent *agent, const struct bus_msg *assign)
 {
     struct model_loop *m = &agent->models;
@@ -324,8 +313,8 @@ void model_task_start(struct agent *agent, const struct bus_msg *assign)
     bool in_table = false;
     int rc;
 
-    task->timeout_ms = call_timeout_ms(agent, assign);
-    task->deadline_ms = tr_now_ms() + task->timeout_ms;
+    /* Until the request is built (and llm has applied the model's timeout): no wait. */
+    task->deadline_ms = INT64_MAX;
     tr_log_context(agent_run_of(agent), task->step_id, agent->persona);
     if (!m->has_model) {
         error = xasprintf("persona '%s' has no model", agent->persona);
@@ -354,7 +343,11 @@ void model_task_start(struct agent *agent, const struct bus_msg *assign)
         error_class = task_error_class(rc);
         goto out;
     }
-    c->http.timeout_ms = task->timeout_ms;
+    /* The assign's timeout, else the model's (llm_request_build applied its default). */
+    if (assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX)
+        c->http.timeout_ms = (int)assign->timeout_ms;
+    task->timeout_ms = c->http.timeout_ms;
+    task->deadline_ms = tr_now_ms() + task->timeout_ms;
     c->easy = llm_http_easy(&c->http, &c->reply);
     if (!c->easy) {
         error = xstrdup("libcurl could not make a handle for the model call");
