@@ -252,8 +252,8 @@ static int print_step(void *userdata, const struct store_step *step)
     char attempt[16], items[48] = "";
     snprintf(attempt, sizeof(attempt), "%d", step->attempt);
     if (step->items_done > 0)
-        snprintf(items, sizeof(items), "%s%lld items done", step->error ? "; " : "",
-                 (long long)step->items_done);
+        snprintf(items, sizeof(items), "%s%lld %s", step->error ? "; " : "",
+                 (long long)step->items_done, ask ? "calls answered" : "items done");
     char *error = xasprintf("%s%s", step->error ? step->error : "", items);
     const char *cells[] = {step->step_id, step->state, step->persona ? step->persona : "-",
                            attempt,       took,        error};

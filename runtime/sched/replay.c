@@ -550,6 +550,16 @@ static char *compact(const cJSON *value)
  * Whether the request the replay makes (params, from sched_step_request) is the one the run
  * made (recorded). Reports the divergence.
  */
+/* " item N" of a for_each, " call N" of an ask step's conversation, or "". */
+static const char *item_words(const struct replay *r, size_t step, long item, char buf[static 32])
+{
+    bool ask = step < r->step_count && workflow_step_action(r->wf, step) == WORKFLOW_ACTION_ASK;
+    buf[0] = '\0';
+    if (item != ENGINE_NO_ITEM)
+        snprintf(buf, 32, " %s %ld", ask ? "call" : "item", item);
+    return buf;
+}
+
 /* Text of value for a divergence, cut at 300 bytes. */
 static char *short_text(const cJSON *value)
 {
@@ -612,8 +622,7 @@ static bool same_request(struct replay *r, size_t i, long item, const char *meth
             cJSON_AddObjectToObject(then, "arguments");
     }
     bool same = cJSON_IsObject(recorded) && cJSON_Compare(params, then, true);
-    if (item != ENGINE_NO_ITEM)
-        snprintf(where, sizeof(where), " item %ld", item);
+    item_words(r, i, item, where);
     if (!same && strcmp(method, ENGINE_MODEL_METHOD) == 0) {
         model_divergence(r, i, where, params, then);
     } else if (!same && tool) {
@@ -719,6 +728,7 @@ static bool same_child(struct replay *r, const struct engine_effect *fx, const s
         goto out;
     }
     r->report->matched += sub.matched;
+    r->report->model_matched += sub.model_matched;
     r->report->children += 1 + sub.children;
     if (sub.divergence) {
         diverge(r, "DIVERGENCE at step '%s'%s: in child run %s:\n%s", step_id, where, c->child,
@@ -733,13 +743,6 @@ out:
 }
 
 /* " item N", or "" for the step itself. */
-static const char *item_words(long item, char buf[static 32])
-{
-    buf[0] = '\0';
-    if (item != ENGINE_NO_ITEM)
-        snprintf(buf, 32, " item %ld", item);
-    return buf;
-}
 
 /* The server a call goes to, for the words of a divergence ("model": an ask step's model). */
 static const char *server_of(const struct replay *r, const struct engine_effect *fx)
@@ -782,8 +785,8 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
             ask ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fx->params, "name"))
                 : workflow_step_tool(r->wf, fx->step);
         diverge(r, "DIVERGENCE at step '%s'%s: replay calls %s.%s, the run never did\n",
-                workflow_step_id(r->wf, fx->step), item_words(fx->item, where), server_of(r, fx),
-                name ? name : fx->method);
+                workflow_step_id(r->wf, fx->step), item_words(r, fx->step, fx->item, where),
+                server_of(r, fx), name ? name : fx->method);
         return;
     }
     c->used = true;
@@ -791,7 +794,7 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
         /* A child run performed it: its inputs, its plan, and its own calls are matched. */
         if (!c->child) {
             diverge(r, "DIVERGENCE at step '%s'%s: the run records no child run for it\n",
-                    workflow_step_id(r->wf, fx->step), item_words(fx->item, where));
+                    workflow_step_id(r->wf, fx->step), item_words(r, fx->step, fx->item, where));
             return;
         }
         if (!same_child(r, fx, c))
@@ -801,6 +804,7 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
         return;
     } else {
         r->report->matched++;
+        r->report->model_matched += strcmp(fx->method, ENGINE_MODEL_METHOD) == 0;
     }
     r->pending = grow_push(r->pending, &r->pending_count, (size_t)(c - r->calls));
 }
@@ -821,7 +825,7 @@ static void retried(struct replay *r, const struct engine_effect *fx)
         diverge(r,
                 "DIVERGENCE at step '%s'%s: the run retried attempt %d after %d ms, the replay "
                 "after %ld ms\n",
-                workflow_step_id(r->wf, fx->step), item_words(item, where), attempt,
+                workflow_step_id(r->wf, fx->step), item_words(r, fx->step, item, where), attempt,
                 c->recorded_delay_ms, delay);
 }
 
@@ -934,8 +938,8 @@ static void answer_call(struct replay *r, struct call *c)
         /* The run's decision on the failure (retry, or give up) is the replay's. */
         if (c->retried != (c->due_ms != 0) && (c->retried || c->gave_up))
             diverge(r, "DIVERGENCE at step '%s'%s: attempt %d failed; the run %s, the replay %s\n",
-                    workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
-                    c->retried ? "retried it" : "gave it up",
+                    workflow_step_id(r->wf, c->step), item_words(r, c->step, c->item, where),
+                    c->attempt, c->retried ? "retried it" : "gave it up",
                     c->retried ? "gives it up" : "retries it");
     }
     drain(r);
@@ -1073,12 +1077,13 @@ static void follow_dispatch(struct replay *r, struct call *c, int64_t time_ms)
     if (r->last_step >= 0) {
         char other[32];
         snprintf(instead, sizeof(instead), "; it dispatches '%s'%s instead",
-                 workflow_step_id(r->wf, (size_t)r->last_step), item_words(r->last_item, other));
+                 workflow_step_id(r->wf, (size_t)r->last_step),
+                 item_words(r, (size_t)r->last_step, r->last_item, other));
     }
     diverge(r,
             "DIVERGENCE at step '%s'%s: the run dispatched it (attempt %d) at this point of its "
             "log, the replay does not (the step is %s there%s)\n",
-            workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
+            workflow_step_id(r->wf, c->step), item_words(r, c->step, c->item, where), c->attempt,
             state_words(r, c->step), instead);
 }
 
