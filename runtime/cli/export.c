@@ -443,7 +443,7 @@ static size_t on_dispatched(struct otlp *ctx, const struct store_audit_event *ev
         free(ctx->spans[span].name);
         ctx->spans[span].name = xasprintf("chat %s", payload_string(payload, "model"));
         ctx->spans[span].kind = SPAN_KIND_CLIENT;
-        add_attribute(attributes, "gen_ai.request.model", payload_string(payload, "model"));
+        add_attribute(attributes, "troupe.model", payload_string(payload, "model"));
     }
     ctx->tasks = xrealloc(ctx->tasks, (ctx->task_count + 1) * sizeof(*ctx->tasks));
     ctx->tasks[ctx->task_count++] =
@@ -558,6 +558,14 @@ static int write_otlp_event(void *userdata, const struct store_audit_event *even
         target = (long)on_dispatched(ctx, event, payload, ms);
     } else if (strcmp(event->type, "ask.answer") == 0 && event->step_id) {
         target = on_answer(ctx, event, payload, ms);
+    } else if (strcmp(event->type, "model.request") == 0 && event->step_id) {
+        /* The model call's span: the provider's id of the model asked for. */
+        long task = find_task(ctx, payload_int(payload, "task", -1));
+        if (task >= 0) {
+            add_attribute(ctx->spans[ctx->tasks[task].span].attributes, "gen_ai.request.model",
+                          payload_string(payload, "model_id"));
+            target = (long)ctx->tasks[task].span;
+        }
     } else if (strcmp(event->type, "step.retry") == 0 && event->step_id) {
         size_t step = step_span(ctx, event, NULL, ms);
         long task = find_task_of(ctx, step, (long)payload_int(payload, "item", -1));

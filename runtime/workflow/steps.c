@@ -564,6 +564,14 @@ static int check_modifiers(struct wf_build *b, const cJSON *node, size_t index, 
             (wf_expect_string(b, item, context) < 0 ||
              wf_expression_compile(wf, index, item, expressions[i], slots[i]) < 0))
             rc = TR_EINVAL;
+    /* An ask step's calls are its conversation's; a for_each of conversations is a `workflow`
+     * step's for_each over a child whose step asks. */
+    if (step->action == WORKFLOW_ACTION_ASK &&
+        (item = cJSON_GetObjectItemCaseSensitive(node, "for_each")) != NULL)
+        rc = wf_problem(wf, item, true,
+                        "%s'for_each' does not apply to an 'ask' step: put the ask in a child "
+                        "workflow and give a 'workflow' step the for_each",
+                        context);
     if (wf_optional_integer(b, node, "concurrency", 1, 1024, context, &step->concurrency) < 0)
         rc = TR_EINVAL;
     else if (step->concurrency && step->for_each == WF_NO_EXPR &&

@@ -520,18 +520,20 @@ Test(workflow_models, urls_and_ids_are_checked_wherever_they_come_from)
     workflow_free(&wf);
 }
 
-Test(workflow_models, an_ask_step_may_map_over_a_list)
+Test(workflow_models, an_ask_step_takes_no_for_each)
 {
-    struct workflow *wf = load_yaml("name: m\n"
-                                    "mcp_servers: {bank: {command: x}}\n"
-                                    "personas: {p: {model: gpt-4o}}\n"
-                                    "steps:\n"
-                                    "  - {id: s, persona: p, ask: 'Rate ${{ .item }}', for_each: "
-                                    "'[1, 2]', concurrency: 2, output_schema: {type: integer}}\n");
+    char *problems = problems_of("name: m\n"
+                                 "mcp_servers: {bank: {command: x}}\n"
+                                 "personas: {p: {model: gpt-4o}}\n"
+                                 "steps:\n"
+                                 "  - {id: s, persona: p, ask: 'Rate ${{ .item }}', for_each: "
+                                 "'[1, 2]', concurrency: 2, output_schema: {type: integer}}\n");
 
-    cr_assert(workflow_step_has_expression(wf, 0, WORKFLOW_EXPR_FOR_EACH));
-    cr_assert_not_null(workflow_step_output_schema(wf, 0));
-    workflow_free(&wf);
+    cr_assert(strstr(problems, "5:51: step 's': 'for_each' does not apply to an 'ask' step: "
+                               "put the ask in a child workflow and give a 'workflow' step the "
+                               "for_each"),
+              "%s", problems);
+    free(problems);
 }
 
 /* The endpoint, when it comes from a variable, is redacted like a server's configuration:
