@@ -624,6 +624,12 @@ Test(language, model_overrides_are_in_the_stored_plan_and_the_agents_config)
     free(config);
     free(plan);
     free(path);
+    harness_result_release(&r);
+    const char *help[] = {env.troupe, "run", "--help", NULL};
+    harness_run(help, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0);
+    cr_assert(strstr(r.out, "--model [NAME=]ID") && strstr(r.out, "--model-url [NAME=]URL"), "%s",
+              r.out);
     unsetenv("TROUPE_T_RUN_KEY");
     harness_result_release(&r);
     harness_env_release(&env);
