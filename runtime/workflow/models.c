@@ -588,8 +588,8 @@ void wf_models_free(struct workflow *wf)
 /* ---- the command line's override ---------------------------------------------------------- */
 
 /* Applies one override to wf and its children; counts the models it changed in *changed. */
-static int override_tree(struct workflow *wf, const char *member, const char *name,
-                         const char *value, size_t *changed)
+static void override_tree(struct workflow *wf, const char *member, const char *name,
+                          const char *value, size_t *changed)
 {
     size_t before = *changed;
 
@@ -609,8 +609,7 @@ static int override_tree(struct workflow *wf, const char *member, const char *na
     }
     for (size_t i = 0; i < wf->step_count; i++)
         if (wf->steps[i].child)
-            (void)override_tree(wf->steps[i].child, member, name, value, changed);
-    return 0;
+            override_tree(wf->steps[i].child, member, name, value, changed);
 }
 
 int workflow_models_override(struct workflow *wf, const char *member, const char *spec,
@@ -642,7 +641,7 @@ int workflow_models_override(struct workflow *wf, const char *member, const char
                           url_problem(value));
         goto out;
     }
-    (void)override_tree(wf, member, name, value, &changed);
+    override_tree(wf, member, name, value, &changed);
     if (!changed)
         rc = tr_error_set(err, TR_ENOTFOUND,
                           name ? "%s: the workflow has no model '%s' (a name under 'models', or "
