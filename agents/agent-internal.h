@@ -1,7 +1,9 @@
 /*
  * agent-internal.h: what the files of troupe-agent share: the agent, its servers and its
  * tasks. agent.c has the event loop, the bus and main(); servers.c opens, pumps and restarts
- * the MCP sessions; tasks.c runs the assignments; redact.c blanks secrets out.
+ * the MCP sessions; tasks.c runs the assignments; model.c performs the model calls (on the
+ * agent's own libcurl multi handle); answers.c answers servers' sampling and elicitation
+ * requests; redact.c blanks secrets out.
  */
 #ifndef TROUPE_AGENT_INTERNAL_H
 #define TROUPE_AGENT_INTERNAL_H
@@ -14,6 +16,7 @@
 
 #include "base.h"
 #include "bus.h"
+#include "llm.h"
 #include "mcp.h"
 #include "redact.h"
 
@@ -28,10 +31,18 @@ struct server {
     int restarts;            /* times the server was restarted after dying */
     int64_t next_restart_ms; /* a dead server is not started again before this */
     bool restart_due;        /* the loop restarts it at next_restart_ms */
+    struct agent *agent;     /* the handlers' way back (sampling, elicitation) */
+    /* Its tools (tools/list), fetched when a model call first needs them and again after
+       notifications/tools/list_changed; NULL until then. */
+    cJSON *tools;
+    bool tools_stale;
+    int64_t last_ticket; /* the ticket of the last message received: a server's request's */
 };
 
+struct model_call;
+
 /* One assignment in flight: a step's request (tools/call, prompts/get, resources/read) sent on
- * a server's session. */
+ * a server's session, or a model call (model != NULL, server NULL: model.c). */
 struct task {
     int64_t id; /* the scheduler's */
     char *step_id;
@@ -42,6 +53,17 @@ struct task {
     int64_t ticket;          /* its request in server->session */
     int timeout_ms;
     int64_t deadline_ms;
+    struct model_call *model; /* a model call's transfer, or NULL */
+};
+
+/* The agent's model calls: the persona's model and the multi handle they run on. */
+struct model_loop {
+    struct llm_model model; /* valid when has_model */
+    bool has_model;
+    CURLM *multi;           /* created with the first call */
+    struct pollfd *sockets; /* libcurl's sockets, with the events it wants */
+    size_t n_sockets, sockets_alloc;
+    int64_t timer_at; /* libcurl's timer, -1: none */
 };
 
 struct agent {
@@ -52,6 +74,7 @@ struct agent {
     struct mcp_allowlist allowlist;
     int credit;                /* tasks the scheduler may have in flight here (welcome) */
     struct redactor *redactor; /* the run's secrets, blanked out of all the agent reports */
+    struct model_loop models;
     struct server servers[MAX_SERVERS];
     size_t server_count;
     struct task **tasks; /* in flight, oldest first */
@@ -65,7 +88,8 @@ struct agent {
     const volatile int *stop;
 };
 
-/* The descriptors to wait on: the signal pipe's, then every session's (owner[i] says whose). */
+/* The descriptors to wait on: the signal pipe's, then every session's (owner[i] says whose),
+ * then the model calls' (owner NULL). */
 struct wait_set {
     struct pollfd *fds;
     struct server **owner;
@@ -96,6 +120,8 @@ void server_restart(struct agent *agent, struct server *server);
 void server_pump(struct agent *agent, struct server *server);
 /* {"destructive": [...]}: the tools not annotated harmless, for the ready message. */
 char *servers_destructive_tools(struct agent *agent);
+/* Makes room in set for want descriptors. */
+void wait_set_reserve(struct wait_set *set, size_t want);
 /* The loop's descriptors: signal_fd first, then every session's. */
 void servers_wait_set_fill(struct wait_set *set, struct agent *agent, int signal_fd);
 /* The earliest of the sessions' timers and the restarts due, if before wake; else wake. */
@@ -118,9 +144,42 @@ void task_abort(struct agent *agent, struct task *task, const char *reason, cons
                 const char *error_class);
 /* Tasks whose time is up are cancelled and fail as timeouts. */
 void tasks_expire(struct agent *agent);
+/* A new task of the assignment, not yet in the table (the checks are the caller's). */
+struct task *task_new(const struct bus_msg *assign);
+void task_add(struct agent *agent, struct task *task);
+/* Ends a task: its result (output borrowed, may be NULL; ok when error is NULL) goes out, and
+ * it leaves the table. */
+void task_complete(struct agent *agent, struct task *task, const cJSON *output, const char *error,
+                   const char *error_class);
+/* The result's error_class for a failed call's code: timeout, transport or protocol. */
+const char *task_error_class(int code);
 /* The scheduler's cancel of a task. */
 void task_cancel(struct agent *agent, const struct bus_msg *cancel);
 /* On the way out: the servers are told to stop working on what is in flight. */
 void tasks_cancel_all(struct agent *agent, const char *reason);
+
+/* ---- model.c: model calls ---- */
+
+/* Reads the welcome's "model" (when there is one). */
+int models_init(struct agent *agent, struct tr_error *err);
+void models_release(struct agent *agent);
+/* An assign of BUS_MODEL_METHOD: the call starts on the loop, or the task ends at once. */
+void model_task_start(struct agent *agent, const struct bus_msg *assign);
+/* Stops a model call's transfer (cancel, timeout, the agent stopping): audited with why. */
+void model_call_stop(struct agent *agent, struct task *task, const char *why);
+void model_call_free(struct model_call **call);
+/* The loop's side: the transfers' descriptors (appended to set), their timer, and acting on
+ * what is ready (stirred: one of their descriptors had events). */
+void models_wait_set_fill(struct wait_set *set, struct agent *agent);
+int64_t models_next_wake(const struct agent *agent, int64_t wake);
+void models_pump(struct agent *agent, const struct pollfd *fds, size_t n);
+/* The neutral request's "model.request"/"model.response" audit payloads' common members. */
+cJSON *model_audit_payload(const struct agent *agent, const char *url);
+
+/* ---- answers.c: what the agent answers for servers ---- */
+
+/* The handlers a server's session gets: sampling when the persona allows it and has a model,
+ * elicitation when it has an "elicitation" entry. */
+struct mcp_client_handlers answers_handlers(struct server *server);
 
 #endif

@@ -192,6 +192,7 @@ static long poll_timeout(const struct agent *agent)
         if (agent->tasks[i]->deadline_ms < wake)
             wake = agent->tasks[i]->deadline_ms;
     wake = servers_next_wake(agent, now, wake);
+    wake = models_next_wake(agent, wake);
     if (wake == INT64_MAX)
         return -1;
     int64_t left = wake - now;
@@ -217,6 +218,8 @@ static void serve(struct agent *agent)
         struct tr_error err = {0};
         memset(stirred, 0, sizeof(stirred));
         servers_wait_set_fill(&set, agent, signal_pipe[0]);
+        size_t model_fds = set.n; /* the model calls' descriptors follow the servers' */
+        models_wait_set_fill(&set, agent);
         if (bus_poll(agent->bus, set.fds, set.n, poll_timeout(agent), &bus_ready, &err) < 0) {
             tr_log(TR_LOG_ERROR, "%s", err.message);
             break;
@@ -228,7 +231,7 @@ static void serve(struct agent *agent)
             while (read(signal_pipe[0], drain, sizeof(drain)) > 0)
                 ;
         }
-        for (size_t i = 1; i < set.n; i++)
+        for (size_t i = 1; i < model_fds; i++)
             if (set.fds[i].revents)
                 stirred[set.owner[i] - agent->servers] = true;
         if (!drain_bus(agent))
@@ -241,6 +244,7 @@ static void serve(struct agent *agent)
             else if (!server->session && server->restart_due && now >= server->next_restart_ms)
                 server_restart(agent, server);
         }
+        models_pump(agent, set.fds + model_fds, set.n - model_fds);
         tasks_expire(agent);
         if (beating(agent) && tr_now_ms() - agent->last_sent_ms >= BUS_HEARTBEAT_MS) {
             struct bus_msg heartbeat = {.type = BUS_HEARTBEAT};
@@ -404,7 +408,7 @@ int main(int argc, char **argv)
         goto out;
     }
     tasks_allowlist_init(&agent);
-    if (servers_open(&agent, &err) < 0) {
+    if (models_init(&agent, &err) < 0 || servers_open(&agent, &err) < 0) {
         tr_log(TR_LOG_ERROR, "%s", err.message);
         send_bye(&agent, err.message);
         goto out;
@@ -421,6 +425,7 @@ out:
     if (status == 0)
         send_bye(&agent, stop_requested ? "stopped by a signal" : NULL);
     free(agent.tasks);
+    models_release(&agent);
     tr_log_set_filter(NULL, NULL);
     redactor_free(&agent.redactor);
     tasks_allowlist_release(&agent);

@@ -32,6 +32,11 @@ static void on_mcp_message(void *userdata, const char *server, enum mcp_directio
     struct agent *agent = userdata;
     struct task *task = task_of_ticket(agent, server, ticket);
     cJSON *payload = cJSON_CreateObject();
+    struct server *from = server_find(agent, server);
+
+    /* A request from the server is answered (answers.c) right after it is observed. */
+    if (from && direction == MCP_RECEIVED)
+        from->last_ticket = ticket;
 
     cJSON_AddStringToObject(payload, "server", server);
     cJSON_AddStringToObject(payload, "direction", direction == MCP_SENT ? "sent" : "received");
@@ -72,12 +77,15 @@ static void on_mcp_secret(void *userdata, const char *server, const char *secret
 /* Starts (command:) or reaches (url:) the server described by entry and opens an MCP session
  * with it; the workflow's `protocol` pin, else the stateless revision first and the
  * handshake for servers that lack it. The welcome's entries are already resolved. */
-static int start_session(struct agent *agent, const cJSON *entry, struct mcp_session **ret_session,
+static int start_session(struct agent *agent, struct server *server, const cJSON *entry,
                          struct tr_error *err)
 {
+    server->agent = agent;
     struct mcp_observer observer = {on_mcp_message, on_mcp_stderr, agent, on_mcp_secret};
-    struct mcp_open_params params = {.stop = agent->stop};
-    return mcp_session_open(entry, &params, &observer, ret_session, err);
+    struct mcp_client_handlers handlers = answers_handlers(server);
+    struct mcp_open_params params = {.stop = agent->stop, .handlers = &handlers};
+    server->tools_stale = true; /* a new session: its tools are listed again */
+    return mcp_session_open(entry, &params, &observer, &server->session, err);
 }
 
 /*
@@ -100,11 +108,15 @@ static int open_server(struct agent *agent, const cJSON *entry, struct tr_error 
 
     if (agent->server_count == MAX_SERVERS)
         return tr_error_set(err, TR_ETOOBIG, "a persona may use at most %d servers", MAX_SERVERS);
-    rc = start_session(agent, entry, &server->session, err);
-    if (rc < 0 && !unreachable_for_now(entry, rc))
-        return rc;
+    /* Named first: the session's handlers and observer find it by its name. */
     server->name = xstrdup(entry->string);
     server->entry = entry;
+    rc = start_session(agent, server, entry, err);
+    if (rc < 0 && !unreachable_for_now(entry, rc)) {
+        free(server->name);
+        server->name = NULL;
+        return rc;
+    }
     if (rc < 0) {
         server->failure =
             xasprintf("MCP server '%s' could not be reached: %s", server->name, err->message);
@@ -141,7 +153,7 @@ void server_restart(struct agent *agent, struct server *server)
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "server", server->name);
     cJSON_AddNumberToObject(payload, "restarts", server->restarts);
-    if (start_session(agent, server->entry, &server->session, &err) == 0) {
+    if (start_session(agent, server, server->entry, &err) == 0) {
         free(server->failure);
         server->failure = NULL;
         tr_log(TR_LOG_WARN, "MCP server '%s' restarted", server->name);
@@ -188,6 +200,8 @@ void servers_close(struct agent *agent, bool now)
             mcp_session_free(&agent->servers[i].session);
         free(agent->servers[i].name);
         free(agent->servers[i].failure);
+        cJSON_Delete(agent->servers[i].tools);
+        agent->servers[i].tools = NULL;
     }
     agent->server_count = 0;
 }
@@ -236,7 +250,7 @@ void server_pump(struct agent *agent, struct server *server)
         server_restart(agent, server);
 }
 
-static void wait_set_reserve(struct wait_set *set, size_t want)
+void wait_set_reserve(struct wait_set *set, size_t want)
 {
     if (want <= set->alloc)
         return;

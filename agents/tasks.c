@@ -1,7 +1,8 @@
 /*
  * agents/tasks.c: the agent's assignments: each checked again (allowlist, server, arguments),
  * its request sent with its idempotency key, completed when its ticket is done, cancelled at
- * its deadline or on the scheduler's word. Servers are servers.c's, the loop agent.c's.
+ * its deadline or on the scheduler's word. Servers are servers.c's, the loop agent.c's, the
+ * model calls' transfers model.c's.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -15,7 +16,7 @@ struct task *task_of_ticket(const struct agent *agent, const char *server, int64
 {
     for (size_t i = 0; ticket >= 0 && i < agent->task_count; i++) {
         struct task *task = agent->tasks[i];
-        if (task->ticket == ticket && strcmp(task->server->name, server) == 0)
+        if (task->server && task->ticket == ticket && strcmp(task->server->name, server) == 0)
             return task;
     }
     return NULL;
@@ -55,8 +56,7 @@ static bool allowed(const struct agent *agent, enum mcp_step_kind kind, const ch
                                  server, name);
 }
 
-/* The result's error_class for a failed MCP call. */
-static const char *error_class_of(int code)
+const char *task_error_class(int code)
 {
     enum tr_error_class class = code == TR_ETIMEDOUT ? TR_ERROR_CLASS_TIMEOUT
                                 : code == TR_EPEER   ? TR_ERROR_CLASS_TRANSPORT
@@ -80,7 +80,7 @@ size_t tasks_on(const struct agent *agent, const struct server *server)
     return n;
 }
 
-static void task_add(struct agent *agent, struct task *task)
+void task_add(struct agent *agent, struct task *task)
 {
     if (agent->task_count == agent->task_alloc) {
         agent->task_alloc = agent->task_alloc ? 2 * agent->task_alloc : 16;
@@ -100,6 +100,7 @@ static void task_free(struct agent *agent, struct task *task)
         agent->task_count--;
         break;
     }
+    model_call_free(&task->model);
     free(task->step_id);
     free(task->tool);
     free(task);
@@ -109,8 +110,8 @@ static void task_free(struct agent *agent, struct task *task)
  * Ends a task: sends its result, ok with output (borrowed, may be NULL) when error is NULL,
  * else the error and its class; then forgets the task.
  */
-static void task_complete(struct agent *agent, struct task *task, const cJSON *output,
-                          const char *error, const char *error_class)
+void task_complete(struct agent *agent, struct task *task, const cJSON *output, const char *error,
+                   const char *error_class)
 {
     struct bus_msg result = {.type = BUS_RESULT,
                              .task = task->id,
@@ -135,6 +136,17 @@ static void task_complete(struct agent *agent, struct task *task, const cJSON *o
  * is sent and the task joins the table; the loop completes it. Failures before the call end
  * the task at once.
  */
+struct task *task_new(const struct bus_msg *assign)
+{
+    struct task *task = xcalloc(1, sizeof(*task));
+    task->id = assign->task;
+    task->step_id = xstrdup(assign->step_id);
+    task->tool = xstrdup(assign->tool);
+    task->attempt = assign->attempt;
+    task->ticket = -1;
+    return task;
+}
+
 void task_start(struct agent *agent, const struct bus_msg *assign)
 {
     if (task_find(agent, assign->task)) {
@@ -144,8 +156,12 @@ void task_start(struct agent *agent, const struct bus_msg *assign)
     if (agent->task_count >= (size_t)agent->credit)
         tr_log(TR_LOG_WARN, "task %lld is assigned beyond the credit of %d tasks",
                (long long)assign->task, agent->credit);
+    if (assign->method && strcmp(assign->method, BUS_MODEL_METHOD) == 0) {
+        model_task_start(agent, assign);
+        return;
+    }
 
-    struct task *task = xcalloc(1, sizeof(*task));
+    struct task *task = task_new(assign);
     struct server *server = server_find(agent, assign->server);
     /* The request as the scheduler shaped it (mcp_step_request): checked, then sent as is. */
     cJSON *params = cJSON_ParseWithOpts(assign->json ? assign->json : "", NULL, true);
@@ -156,16 +172,11 @@ void task_start(struct agent *agent, const struct bus_msg *assign)
     const char *target = NULL;
     bool known = mcp_step_kind_of(assign->method, &task->kind) == 0;
 
-    task->id = assign->task;
-    task->step_id = xstrdup(assign->step_id);
-    task->tool = xstrdup(assign->tool);
-    task->attempt = assign->attempt;
     task->server = server;
     task->timeout_ms = assign->timeout_ms > 0 && assign->timeout_ms <= INT32_MAX
                            ? (int)assign->timeout_ms
                            : MCP_DEFAULT_TIMEOUT_MS;
     task->deadline_ms = tr_now_ms() + task->timeout_ms;
-    task->ticket = -1;
     tr_log_context(agent_run_of(agent), task->step_id, agent->persona);
     if (known)
         target = mcp_step_target(task->kind, params);
@@ -204,7 +215,7 @@ void task_start(struct agent *agent, const struct bus_msg *assign)
         if (mcp_session_send(server->session, mcp_step_method(task->kind), params, &task->ticket,
                              &err) < 0) {
             error = xstrdup(err.message);
-            error_class = error_class_of(err.code);
+            error_class = task_error_class(err.code);
         }
     }
     tr_log_context(agent_run_of(agent), NULL, agent->persona);
@@ -233,7 +244,7 @@ int task_finish(struct agent *agent, struct task *task)
     char *tool_error = rc < 0 ? NULL : mcp_step_error(task->kind, output);
     if (rc < 0) {
         error = xstrdup(err.message);
-        error_class = error_class_of(err.code);
+        error_class = task_error_class(err.code);
     } else if (tool_error) {
         error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool, tool_error);
         error_class = tr_error_class_names[TR_ERROR_CLASS_TOOL];
@@ -248,7 +259,9 @@ int task_finish(struct agent *agent, struct task *task)
 /* notifications/cancelled with reason for the task's request (its events are the task's). */
 static void cancel_request(struct agent *agent, struct task *task, const char *reason)
 {
-    if (task->server->session)
+    if (task->model)
+        model_call_stop(agent, task, reason);
+    else if (task->server->session)
         mcp_session_cancel(task->server->session, task->ticket, reason);
 }
 
@@ -269,8 +282,11 @@ void tasks_expire(struct agent *agent)
             i++;
             continue;
         }
-        char *error = xasprintf("MCP server '%s' did not answer %s within %d ms",
-                                task->server->name, mcp_step_method(task->kind), task->timeout_ms);
+        char *error =
+            task->model
+                ? xasprintf("model '%s' did not answer within %d ms", task->tool, task->timeout_ms)
+                : xasprintf("MCP server '%s' did not answer %s within %d ms", task->server->name,
+                            mcp_step_method(task->kind), task->timeout_ms);
         task_abort(agent, task, "timed out", error, tr_error_class_names[TR_ERROR_CLASS_TIMEOUT]);
         free(error);
     }

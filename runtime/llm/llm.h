@@ -24,15 +24,23 @@
  * them to names every provider accepts (^[a-zA-Z0-9_-]{1,64}$), deterministically from the
  * request's tool list, and maps the model's calls back (llm_names).
  *
+ * On Anthropic, consecutive tool messages (and a user message after them) become one user
+ * message of tool_result blocks. OpenAI has no is_error: a failed tool's content goes as it is.
+ * A tool call recorded with "arguments_text" (the model's malformed arguments) goes back as
+ * that text on OpenAI and as an empty input on Anthropic.
+ *
  * The neutral result (JSON):
  *   {"message": {"role": "assistant", "content": "TEXT" or null,
  *                "tool_calls": [{"id", "name", "arguments": {...}}
- *                               | {"id", "name", "arguments_error": "why", "arguments_text": "RAW"}]},
- *    "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other",
- *    "usage": {"input_tokens": N, "output_tokens": N},
- *    "model": "the model the provider says answered",
+ *                               | {"id", "name", "arguments_error": "why", "arguments_text":
+ * "RAW"}]}, "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other", "usage":
+ * {"input_tokens": N, "output_tokens": N}, "model": "the model the provider says answered",
  *    "provider": "openai" | "anthropic"}
- * A tool call whose name the request did not offer keeps the name the model wrote.
+ * A tool call whose name the request did not offer keeps the name the model wrote. Arguments
+ * that are not a JSON object are no error of the call: the call carries "arguments_error" and
+ * the raw "arguments_text" and the loop tells the model. With output_schema, the answer is
+ * the content as JSON text (on Anthropic, the final_answer tool's input; that call is not
+ * reported as a tool call).
  *
  * Errors are the codes the agent already classes (agents/tasks.c): 429, 5xx, connection
  * refusals, resets and a cut answer are TR_EPEER (transport: retryable; *ret_retry_after_ms
@@ -71,7 +79,7 @@ int llm_protocol_find(const char *name);
 struct llm_model {
     enum llm_protocol protocol;
     char *name;     /* the workflow's name for it (models: KEY) */
-    char *base_url; /* without a trailing slash */
+    char *base_url; /* without a trailing slash (Anthropic: nor a trailing /v1) */
     char *model;    /* the provider's model id */
     char *api_key;  /* NULL: none sent (a local server) */
     bool has_temperature;
@@ -89,9 +97,25 @@ int llm_model_from_json(const cJSON *json, struct llm_model *ret_model,
                         struct tr_error *err) TR_MUST_CHECK;
 void llm_model_free(struct llm_model *model);
 
-/* The mapping between troupe's tool names and the names sent to the provider. */
+/*
+ * The mapping between troupe's tool names and the names sent to the provider: '.' becomes
+ * "__", any other character outside [a-zA-Z0-9_-] '_'; a name whose result is longer than 64,
+ * empty, reserved (final_answer) or the same as another tool's of the list is cut and ends in
+ * "_" and 8 hex digits of a hash of troupe's name. Depends only on the request's tool list.
+ */
 struct llm_names;
 void llm_names_free(struct llm_names **names);
+/* A name's provider form by the rule above, plain (possibly too long) or with the hash suffix
+   (hashed). For the scripted model server, which sees only provider names. Caller frees. */
+char *llm_tool_name_wire(const char *name, bool hashed);
+
+/*
+ * Structured output on Anthropic is a tool, final_answer, whose input is the answer. A tool's
+ * input is an object: for an output_schema whose root is not an object type, the tool's input
+ * schema is {"type": "object", "description": LLM_ANSWER_WRAPPED, "properties": {"answer":
+ * SCHEMA}, ...} and the answer is the input's "answer".
+ */
+#define LLM_ANSWER_WRAPPED "troupe: the answer, wrapped in an object"
 
 /*
  * One HTTP request to make: built by llm_request_build, performed by the caller (an easy
@@ -113,17 +137,21 @@ int llm_request_build(const struct llm_model *model, const cJSON *request,
 
 /*
  * An easy handle that performs http (POST, its headers and body, its timeout, answers capped
- * at 16 MiB) and collects the answer in reply; the caller adds it to a multi handle (or runs
- * curl_easy_perform) and, once done, calls llm_reply_finish. http and reply must outlive it.
+ * at 16 MiB, redirects never followed, http and https only) and collects the answer in reply
+ * (initialized here); the caller adds it to a multi handle (or runs curl_easy_perform) and,
+ * once done, calls llm_reply_finish, then curl_easy_cleanup. http and reply must outlive it.
  */
 struct llm_reply {
-    long status;           /* HTTP status, 0 when no answer */
-    CURLcode curl;         /* libcurl's outcome */
-    struct tr_buf body;    /* the answer's body */
+    long status;            /* HTTP status, 0 when no answer */
+    CURLcode curl;          /* libcurl's outcome */
+    struct tr_buf body;     /* the answer's body */
     int64_t retry_after_ms; /* Retry-After, -1 when absent */
     bool too_large;
 };
 CURL *llm_http_easy(const struct llm_http *http, struct llm_reply *reply);
+/* Records the transfer's outcome (result, as curl_easy_perform or the multi's message gave it)
+   and the HTTP status in reply. */
+void llm_reply_finish(CURL *easy, CURLcode result, struct llm_reply *reply);
 void llm_reply_free(struct llm_reply *reply);
 
 /*

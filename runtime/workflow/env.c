@@ -317,19 +317,8 @@ static void check_member(void *ctx, const cJSON *member, bool secret)
 static int check_run_file(const struct workflow *wf, struct tr_error *err)
 {
     struct run_check check = {0};
-    char where[32];
     int rc = 0;
 
-    /* Steps the scheduler cannot perform yet: the first one, with where it is. */
-    for (size_t i = 0; i < wf->step_count; i++) {
-        const struct wf_step *step = &wf->steps[i];
-        if (step->action != WORKFLOW_ACTION_ASK)
-            continue;
-        return tr_error_set(err, TR_EINVAL, "%s:%s: step '%s': '%s' steps are not executed yet",
-                            wf->doc.file,
-                            wf_doc_where(&wf->doc, step->action_node, true, where, sizeof(where)),
-                            step->id, workflow_action_name(step->action));
-    }
     tr_buf_init(&check.missing, 0);
     tr_buf_init(&check.unsafe, 0);
     check.kind = "server";

@@ -99,8 +99,7 @@ int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON
  */
 const char *workflow_secret_unsafe(const char *value);
 /*
- * What a run needs beyond a valid file, checked before anything starts: no `ask` step (the
- * scheduler does not perform them yet; FILE:LINE:COLUMN of the first), every ${env:NAME} of
+ * What a run needs beyond a valid file, checked before anything starts: every ${env:NAME} of
  * every server and every model set (TR_ENOTFOUND listing all that are not), and each such
  * secret value safe to redact (TR_EINVAL listing all that are not, by name, never by value;
  * a model's secret is the api_key written in the file, not the vendor variable's default). Then the
@@ -289,6 +288,9 @@ int workflow_scope_keep_output(struct workflow_scope *scope, const struct workfl
  * there. */
 void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
                              const char *from);
+/* A copy of .MEMBER.KEY (.MEMBER when key is NULL), or NULL when it is not there. */
+cJSON *workflow_scope_get(const struct workflow_scope *scope, const char *member,
+                          const char *key);
 void workflow_scope_free(struct workflow_scope **scope);
 /* workflow_step_arguments over a prepared scope (NULL: an empty one). */
 int workflow_step_arguments_in(const struct workflow *wf, size_t index,

@@ -3,16 +3,22 @@
  * (runtime/bus over ipc) and drives a real agent process whose persona uses
  * test-mcp-concurrent, a server that works on every call at once and logs what it receives.
  * Concurrency within the credit, cancel, timeouts, a server killed mid-call, the task of each
- * event, heartbeats while busy and SIGTERM with calls in flight.
+ * event, heartbeats while busy and SIGTERM with calls in flight; model calls against a model
+ * provider on a thread of the test, and the sampling and elicitation the server asks for.
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -265,8 +271,16 @@ static void sched_start(struct sched *s, int credit)
     sched_start_at(s, credit, NULL);
 }
 
+static void sched_start_with(struct sched *s, int credit, const char *url, const char *more);
+
 /* sched_start with the persona's server "conc" at url (Streamable HTTP), or by command. */
 static void sched_start_at(struct sched *s, int credit, const char *url)
+{
+    sched_start_with(s, credit, url, NULL);
+}
+
+/* sched_start_at, the members of more (a JSON object, or NULL) replacing the welcome's. */
+static void sched_start_with(struct sched *s, int credit, const char *url, const char *more)
 {
     memset(s, 0, sizeof(*s));
     s->dir = harness_tempdir();
@@ -305,6 +319,13 @@ static void sched_start_at(struct sched *s, int credit, const char *url)
     cJSON_AddStringToObject(cJSON_AddObjectToObject(config, "redact"), "SECRET", SECRET);
     if (credit)
         cJSON_AddNumberToObject(config, "credit", credit);
+    cJSON *extra = more ? cJSON_Parse(more) : NULL;
+    cr_assert(!more || cJSON_IsObject(extra), "not a JSON object: %s", more);
+    for (cJSON *member = extra ? extra->child : NULL; member; member = member->next) {
+        cJSON_DeleteItemFromObjectCaseSensitive(config, member->string);
+        cJSON_AddItemToObject(config, member->string, cJSON_Duplicate(member, true));
+    }
+    cJSON_Delete(extra);
     char *json = cJSON_PrintUnformatted(config);
     struct bus_msg welcome = {.type = BUS_WELCOME, .peer = s->peer, .json = json};
     cr_assert_eq(bus_send(s->bus, &welcome, &err), 0, "%s", err.message);
@@ -782,4 +803,512 @@ Test(agent, agent_on_an_http_server_wakes_rarely_idle_or_waiting, .timeout = 60)
     sched_stop(&s);
     http_server_stop(server);
     free(url);
+}
+
+/* ---- model calls, sampling and elicitation --------------------------------------------------- */
+
+#define MODEL_KEY "sk-test-model-key-0123456789"
+#define MODEL_ANSWER "hello from the model"
+#define MAX_MODEL_REQUESTS 64
+
+/*
+ * A model provider for the agent's model calls: an OpenAI-compatible endpoint on a thread of
+ * the test, answering each POST as mode says: "ok" (a chat completion), "429" (Retry-After:
+ * 7), "401", or "hang" (no answer; the connection is held until the client closes it). It
+ * keeps every request (headers and body) and counts the connections the client closed.
+ */
+struct model_server {
+    int fd;
+    int port;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    volatile int stop;
+    const char *mode;
+    char *requests[MAX_MODEL_REQUESTS];
+    int n_requests;
+    int closed_by_client; /* "hang" connections the client gave up */
+};
+
+static const char *model_mode(struct model_server *m)
+{
+    pthread_mutex_lock(&m->lock);
+    const char *mode = m->mode;
+    pthread_mutex_unlock(&m->lock);
+    return mode;
+}
+
+static void model_set_mode(struct model_server *m, const char *mode)
+{
+    pthread_mutex_lock(&m->lock);
+    m->mode = mode;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Reads one HTTP request (headers, then Content-Length bytes); NULL when the peer closed. */
+static char *model_read_request(struct model_server *m, int fd)
+{
+    size_t len = 0, cap = 1 << 16;
+    char *buf = malloc(cap);
+    while (!m->stop && len < cap - 1) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t n = read(fd, buf + len, cap - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        const char *length = strcasestr(buf, "Content-Length:");
+        if (end && length && len >= (size_t)(end + 4 - buf) + strtoul(length + 15, NULL, 10))
+            return buf;
+    }
+    free(buf);
+    return NULL;
+}
+
+static void model_answer(int fd, const char *status, const char *extra, const char *body)
+{
+    char head[512];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %s\r\nContent-Type: application/json\r\n%sContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, extra, strlen(body));
+    if (write(fd, head, (size_t)n) < 0 || write(fd, body, strlen(body)) < 0)
+        return;
+}
+
+static void *model_serve(void *userdata)
+{
+    struct model_server *m = userdata;
+    while (!m->stop) {
+        struct pollfd p = {.fd = m->fd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        int fd = accept(m->fd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        char *request = model_read_request(m, fd);
+        const char *mode = model_mode(m);
+        if (request) {
+            pthread_mutex_lock(&m->lock);
+            if (m->n_requests < MAX_MODEL_REQUESTS)
+                m->requests[m->n_requests++] = request;
+            else
+                free(request);
+            pthread_mutex_unlock(&m->lock);
+        }
+        if (!request) {
+        } else if (strcmp(mode, "429") == 0) {
+            model_answer(fd, "429 Too Many Requests", "Retry-After: 7\r\n",
+                         "{\"error\":{\"message\":\"slow down\",\"type\":\"rate_limit\"}}");
+        } else if (strcmp(mode, "401") == 0) {
+            model_answer(fd, "401 Unauthorized", "",
+                         "{\"error\":{\"message\":\"Incorrect API key provided: " MODEL_KEY
+                         "\",\"type\":\"auth\"}}");
+        } else if (strcmp(mode, "hang") == 0) {
+            char byte;
+            while (!m->stop) {
+                struct pollfd q = {.fd = fd, .events = POLLIN};
+                if (poll(&q, 1, 50) > 0 && read(fd, &byte, 1) <= 0) {
+                    pthread_mutex_lock(&m->lock);
+                    m->closed_by_client++;
+                    pthread_mutex_unlock(&m->lock);
+                    break;
+                }
+            }
+        } else {
+            bool leak = strcmp(mode, "leak") == 0;
+            model_answer(
+                fd, "200 OK", "",
+                leak ? "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"model\":"
+                       "\"fake-1\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
+                       "\"assistant\",\"content\":\"the key is " MODEL_KEY "\"},"
+                       "\"finish_reason\":\"stop\"}]}"
+                     : "{\"id\":\"c-1\",\"object\":\"chat.completion\",\"model\":\"fake-1\","
+                       "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                       "\"content\":\"" MODEL_ANSWER "\"},\"finish_reason\":\"stop\"}],"
+                       "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,"
+                       "\"total_tokens\":8}}");
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+static void model_server_start(struct model_server *m)
+{
+    memset(m, 0, sizeof(*m));
+    pthread_mutex_init(&m->lock, NULL);
+    m->mode = "ok";
+    m->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t size = sizeof(addr);
+    cr_assert_eq(bind(m->fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    cr_assert_eq(listen(m->fd, 16), 0);
+    cr_assert_eq(getsockname(m->fd, (struct sockaddr *)&addr, &size), 0);
+    m->port = ntohs(addr.sin_port);
+    cr_assert_eq(pthread_create(&m->thread, NULL, model_serve, m), 0);
+}
+
+static void model_server_stop(struct model_server *m)
+{
+    m->stop = 1;
+    pthread_join(m->thread, NULL);
+    close(m->fd);
+    for (int i = 0; i < m->n_requests; i++)
+        free(m->requests[i]);
+    pthread_mutex_destroy(&m->lock);
+}
+
+/* The body of the model server's request i (a copy, parsed); NULL when there is none. */
+static cJSON *model_request_body(struct model_server *m, int i)
+{
+    pthread_mutex_lock(&m->lock);
+    const char *request = i < m->n_requests ? m->requests[i] : NULL;
+    const char *body = request ? strstr(request, "\r\n\r\n") : NULL;
+    cJSON *json = body ? cJSON_Parse(body + 4) : NULL;
+    pthread_mutex_unlock(&m->lock);
+    return json;
+}
+
+/* The persona's model at the model server, as the welcome carries it. */
+static char *model_config(const struct model_server *m, const char *more)
+{
+    return xasprintf("{\"model\":{\"name\":\"writer\",\"provider\":\"openai\","
+                     "\"base_url\":\"http://127.0.0.1:%d/v1\",\"model\":\"fake-1\","
+                     "\"api_key\":\"" MODEL_KEY "\",\"timeout_ms\":20000}%s%s}",
+                     m->port, more ? "," : "", more ? more : "");
+}
+
+static void assign_model(struct sched *s, int64_t task, const char *request, int64_t timeout_ms)
+{
+    char step[32];
+    snprintf(step, sizeof(step), "step-%lld", (long long)task);
+    struct bus_msg msg = {.type = BUS_ASSIGN,
+                          .peer = s->peer,
+                          .task = task,
+                          .step_id = step,
+                          .attempt = task + 100,
+                          .server = "",
+                          .tool = "writer",
+                          .method = BUS_MODEL_METHOD,
+                          .idempotency_key = step,
+                          .timeout_ms = timeout_ms,
+                          .json = (char *)request};
+    struct tr_error err = {0};
+    cr_assert_eq(bus_send(s->bus, &msg, &err), 0, "%s", err.message);
+}
+
+#define ASK_MODEL                                                                                  \
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"}],\"builtin_tools\":"                 \
+    "[{\"name\":\"context_read\",\"description\":\"reads\",\"input_schema\":"                      \
+    "{\"type\":\"object\"}}]}"
+
+/* No event or result the agent sent holds the model's key. */
+static void check_no_key(const struct sched *s)
+{
+    for (size_t i = 0; i < s->n_events; i++)
+        cr_assert(!strstr(s->events[i]->json, MODEL_KEY), "the key is in a %s event",
+                  s->events[i]->event_type);
+    for (size_t i = 0; i < s->n_results; i++)
+        cr_assert(!s->results[i]->json || !strstr(s->results[i]->json, MODEL_KEY));
+}
+
+/* The names in a JSON array of strings, joined by spaces. */
+static char *joined_names(const cJSON *array)
+{
+    char *out = xstrdup("");
+    const cJSON *item;
+    cJSON_ArrayForEach(item, array)
+    {
+        const cJSON *name = cJSON_IsString(item) ? item : cJSON_GetObjectItem(item, "name");
+        char *next = xasprintf("%s%s%s", out, out[0] ? " " : "", name->valuestring);
+        free(out);
+        out = next;
+    }
+    return out;
+}
+
+#define MODEL_TOOLS "\"tools\":[\"conc.sleep\",\"conc.ask\",\"conc.more_tools\",\"conc.extra\"]"
+
+/* A model server in mode and an agent whose persona uses it (more: the welcome's other
+ * members); the welcome's members, to free. */
+static char *model_sched_start(struct sched *s, struct model_server *m, const char *mode,
+                               const char *more)
+{
+    model_server_start(m);
+    model_set_mode(m, mode);
+    char *config = model_config(m, more);
+    sched_start_with(s, 4, NULL, config);
+    return config;
+}
+
+/*
+ * A model call: the built-in tools and the persona's allowed MCP tools are offered, sorted, in
+ * the provider's names; the neutral result comes back with tools_offered; model.request and
+ * model.response are the task's events, without the key (which the welcome's redact list does
+ * not even name); after notifications/tools/list_changed the new tool is offered.
+ */
+Test(agent, model_call_offers_the_allowed_tools_and_returns_the_result, .timeout = 60)
+{
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(&s, &m, "ok", MODEL_TOOLS);
+
+    assign_model(&s, 1, ASK_MODEL, 10000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, NULL);
+    cJSON *result = cJSON_Parse(r->json);
+    char *offered = joined_names(cJSON_GetObjectItem(result, "tools_offered"));
+    cr_assert_str_eq(offered, "conc.ask conc.more_tools conc.sleep context_read");
+    free(offered);
+    const cJSON *message = cJSON_GetObjectItem(result, "message");
+    cr_assert_str_eq(cJSON_GetObjectItem(message, "content")->valuestring, MODEL_ANSWER);
+    cr_assert_str_eq(cJSON_GetObjectItem(result, "stop")->valuestring, "end");
+    cJSON_Delete(result);
+    bus_msg_free(&r);
+
+    /* What the provider got: the tools in its names, with the MCP tool's description and
+     * schema; the key in its header only. */
+    cJSON *body = model_request_body(&m, 0);
+    cr_assert_not_null(body);
+    char *text = cJSON_PrintUnformatted(body);
+    cr_assert(strstr(text, "conc__ask") && strstr(text, "context_read") &&
+                  strstr(text, "the ask tool") && !strstr(text, "conc__barrier") &&
+                  !strstr(text, "conc__fail"),
+              "%s", text);
+    free(text);
+    cJSON_Delete(body);
+    cr_assert(strstr(m.requests[0], "Bearer " MODEL_KEY));
+
+    cJSON *request = wait_event(&s, 1, "model.request", "conc.ask");
+    cr_assert_str_eq(cJSON_GetObjectItem(request, "model")->valuestring, "writer");
+    cr_assert_str_eq(cJSON_GetObjectItem(request, "provider")->valuestring, "openai");
+    cr_assert_str_eq(cJSON_GetObjectItem(request, "model_id")->valuestring, "fake-1");
+    char *url = xasprintf("http://127.0.0.1:%d/v1/chat/completions", m.port);
+    cr_assert_str_eq(cJSON_GetObjectItem(request, "url")->valuestring, url);
+    free(url);
+    cr_assert(
+        cJSON_IsArray(cJSON_GetObjectItem(cJSON_GetObjectItem(request, "request"), "messages")));
+    cJSON_Delete(request);
+    cJSON *response = wait_event(&s, 1, "model.response", MODEL_ANSWER);
+    cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(response, "duration_ms")));
+    cJSON_Delete(response);
+
+    /* The server's list changes: the next call offers its new tool. */
+    assign(&s, 2, "more_tools", "{}", 5000);
+    expect_result(&s, 2, NULL, NULL);
+    assign_model(&s, 3, ASK_MODEL, 10000);
+    r = result_of(&s, 3, WAIT_MS);
+    check_result(r, 3, NULL);
+    cr_assert(strstr(r->json, "\"conc.extra\""), "%s", r->json);
+    bus_msg_free(&r);
+
+    check_no_key(&s);
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+}
+
+/*
+ * Failures are classed as the scheduler retries them: 429 is transport, with the provider's
+ * Retry-After in the message; 401 is not retried. A persona without a model refuses. The key
+ * is in no result or event, even when the provider or the model says it.
+ */
+Test(agent, model_failures_are_classed_and_audited, .timeout = 60)
+{
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(&s, &m, "ok", MODEL_TOOLS);
+
+    model_set_mode(&m, "429");
+    assign_model(&s, 1, ASK_MODEL, 10000);
+    expect_result(&s, 1, "transport", "Retry-After: 7000 ms");
+    cJSON *response = wait_event(&s, 1, "model.response", "\"status\":429");
+    cr_assert(cJSON_IsString(cJSON_GetObjectItem(response, "error")));
+    cJSON_Delete(response);
+    model_set_mode(&m, "401");
+    assign_model(&s, 2, ASK_MODEL, 10000);
+    expect_result(&s, 2, "protocol", NULL);
+    assign_model(&s, 3, "[1,2]", 10000);
+    expect_result(&s, 3, "protocol", "not a JSON object");
+    /* A model that says the key: blanked out of the result and the audit, as any secret. */
+    model_set_mode(&m, "leak");
+    assign_model(&s, 5, ASK_MODEL, 10000);
+    struct bus_msg *r = result_of(&s, 5, WAIT_MS);
+    check_result(r, 5, NULL);
+    cr_assert(strstr(r->json, "the key is ") && !strstr(r->json, MODEL_KEY), "%s", r->json);
+    bus_msg_free(&r);
+    cJSON_Delete(wait_event(&s, 5, "model.response", "the key is "));
+    check_no_key(&s);
+    sched_stop(&s);
+
+    sched_start_with(&s, 4, NULL, "{" MODEL_TOOLS "}");
+    assign_model(&s, 4, ASK_MODEL, 10000);
+    expect_result(&s, 4, "policy", "has no model");
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+}
+
+/*
+ * The model call does not hold up the agent: while the provider does not answer, a tool call
+ * goes through; the call ends at its timeout, or on the scheduler's cancel, and its connection
+ * is closed either way.
+ */
+Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout = 60)
+{
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(&s, &m, "hang", MODEL_TOOLS);
+
+    assign_model(&s, 1, ASK_MODEL, 1500);
+    cJSON_Delete(wait_event(&s, 1, "model.request", "writer"));
+    int64_t start = now_ms();
+    assign(&s, 2, "sleep", "{\"ms\":1}", 5000);
+    expect_result(&s, 2, NULL, NULL);
+    cr_assert_lt(now_ms() - start, 1000, "the tool call waited for the model call");
+    expect_result(&s, 1, "timeout", "1500 ms");
+
+    assign_model(&s, 3, ASK_MODEL, 30000);
+    cJSON_Delete(wait_event(&s, 3, "model.request", "writer"));
+    send_cancel(&s, 3, "no longer needed");
+    expect_result(&s, 3, "cancelled", "no longer needed");
+    cJSON_Delete(wait_event(&s, 3, "model.response", "no longer needed"));
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (m.closed_by_client < 2 && now_ms() < deadline)
+        usleep(20 * 1000);
+    cr_assert_eq(m.closed_by_client, 2, "the provider's connections were not closed");
+
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+}
+
+/* The server's sampling/createMessage through conc.ask; the response as the server got it. */
+static cJSON *ask_server(struct sched *s, int64_t task, const char *method, const char *params)
+{
+    char *arguments = xasprintf("{\"method\":\"%s\",\"params\":%s}", method, params);
+    assign(s, task, "ask", arguments, 20000);
+    free(arguments);
+    struct bus_msg *r = result_of(s, task, WAIT_MS);
+    check_result(r, task, NULL);
+    cJSON *output = cJSON_Parse(r->json);
+    const cJSON *content = cJSON_GetArrayItem(cJSON_GetObjectItem(output, "content"), 0);
+    cJSON *answer = cJSON_Parse(cJSON_GetObjectItem(content, "text")->valuestring);
+    cr_assert_not_null(answer, "%s", r->json);
+    cJSON_Delete(output);
+    bus_msg_free(&r);
+    return answer;
+}
+
+/* The capabilities the agent declared in its initialize, as JSON text. */
+static char *declared_capabilities(const struct sched *s)
+{
+    cJSON *lines = server_log(s);
+    const cJSON *line;
+    char *caps = NULL;
+    cJSON_ArrayForEach(line, lines)
+    {
+        const cJSON *method = cJSON_GetObjectItem(line, "method");
+        if (!caps && cJSON_IsString(method) && strcmp(method->valuestring, "initialize") == 0)
+            caps = cJSON_PrintUnformatted(
+                cJSON_GetObjectItem(cJSON_GetObjectItem(line, "params"), "capabilities"));
+    }
+    cJSON_Delete(lines);
+    return caps ? caps : xstrdup("");
+}
+
+#define SAMPLE(content)                                                                            \
+    "{\"messages\":[{\"role\":\"user\",\"content\":" content "}],\"maxTokens\":500,"               \
+    "\"systemPrompt\":\"be brief\"}"
+#define ELICIT(required)                                                                           \
+    "{\"message\":\"Who are you?\",\"requestedSchema\":{\"type\":\"object\",\"properties\":"       \
+    "{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"number\"},\"email\":{\"type\":"           \
+    "\"string\"}},\"required\":" required "}}"
+
+/*
+ * Sampling, allowed: answered by the persona's model (text only, maxTokens capped by the
+ * persona's), audited as the asking task's model events. Elicitation: accepted with the
+ * declared answers of the schema's fields, else the persona's "otherwise". Both capabilities
+ * declared; without the persona's leave, neither is, and both requests are refused.
+ */
+Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout = 60)
+{
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(
+        &s, &m, "ok",
+        MODEL_TOOLS ",\"sampling\":{\"allow\":true,\"max_tokens\":50},"
+                    "\"elicitation\":{\"answers\":{\"conc\":{\"name\":\"Ada\",\"age\":36,"
+                    "\"unrelated\":\"x\"}},\"otherwise\":\"cancel\"}");
+    char *caps = declared_capabilities(&s);
+    cr_assert(strstr(caps, "sampling") && strstr(caps, "elicitation"), "%s", caps);
+    free(caps);
+
+    cJSON *answer =
+        ask_server(&s, 1, "sampling/createMessage", SAMPLE("{\"type\":\"text\",\"text\":\"hi\"}"));
+    char *text = cJSON_PrintUnformatted(answer);
+    cr_assert(strstr(text, MODEL_ANSWER) && strstr(text, "\"stopReason\":\"endTurn\"") &&
+                  strstr(text, "\"model\":\"fake-1\""),
+              "%s", text);
+    free(text);
+    cJSON_Delete(answer);
+    cJSON *body = model_request_body(&m, 0);
+    cr_assert_eq(cJSON_GetObjectItem(body, "max_tokens")->valueint, 50);
+    text = cJSON_PrintUnformatted(body);
+    cr_assert(strstr(text, "be brief") && strstr(text, "hi") && !strstr(text, "tools"), "%s", text);
+    free(text);
+    cJSON_Delete(body);
+    cJSON_Delete(wait_event(&s, 1, "model.request", "be brief"));
+    cJSON_Delete(wait_event(&s, 1, "model.response", MODEL_ANSWER));
+
+    answer =
+        ask_server(&s, 2, "sampling/createMessage",
+                   SAMPLE("{\"type\":\"image\",\"data\":\"AAAA\",\"mimeType\":\"image/png\"}"));
+    cr_assert(cJSON_HasObjectItem(answer, "error") && !cJSON_HasObjectItem(answer, "result"));
+    cr_assert(
+        strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "message")->valuestring,
+               "text only"));
+    cJSON_Delete(answer);
+
+    answer = ask_server(&s, 3, "elicitation/create", ELICIT("[\"name\"]"));
+    text = cJSON_PrintUnformatted(cJSON_GetObjectItem(answer, "result"));
+    cr_assert_str_eq(text, "{\"content\":{\"name\":\"Ada\",\"age\":36},\"action\":\"accept\"}");
+    free(text);
+    cJSON_Delete(answer);
+    cJSON *event = wait_event(&s, 3, "mcp.elicitation", "accept");
+    cr_assert_str_eq(cJSON_GetObjectItem(event, "message")->valuestring, "Who are you?");
+    cr_assert_str_eq(cJSON_GetObjectItem(event, "server")->valuestring, "conc");
+    cJSON_Delete(event);
+    answer = ask_server(&s, 4, "elicitation/create", ELICIT("[\"name\",\"email\"]"));
+    text = cJSON_PrintUnformatted(cJSON_GetObjectItem(answer, "result"));
+    cr_assert_str_eq(text, "{\"action\":\"cancel\"}");
+    free(text);
+    cJSON_Delete(answer);
+    cJSON_Delete(wait_event(&s, 4, "mcp.elicitation", "cancel"));
+    check_no_key(&s);
+    sched_stop(&s);
+
+    /* A model but no leave to sample, and no elicitation entry: neither is declared. */
+    free(more);
+    more = model_config(&m, MODEL_TOOLS ",\"sampling\":{\"allow\":false}");
+    sched_start_with(&s, 4, NULL, more);
+    caps = declared_capabilities(&s);
+    cr_assert(!strstr(caps, "sampling") && !strstr(caps, "elicitation"), "%s", caps);
+    free(caps);
+    answer =
+        ask_server(&s, 5, "sampling/createMessage", SAMPLE("{\"type\":\"text\",\"text\":\"hi\"}"));
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "code")->valueint,
+                 -32601);
+    cJSON_Delete(answer);
+    answer = ask_server(&s, 6, "elicitation/create", ELICIT("[]"));
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "code")->valueint,
+                 -32601);
+    cJSON_Delete(answer);
+    cr_assert_eq(m.n_requests, 1, "the model was asked without leave");
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
 }

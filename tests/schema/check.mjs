@@ -163,12 +163,6 @@ else if (located.length !== lines.length || lines.length < brokenFiles.length)
 else if (!/problems in \d+ of \d+ files/.test(broken.stderr)) fail('troupe validate', broken.stderr);
 else ok(`troupe validate lists ${lines.length} problems with positions for ${brokenFiles.length} broken files, exit 1`);
 
-const refused = spawnSync(troupe, ['run', join(workflowsDir, 'loan-review.yaml'), '-i', 'applicant={}', '-i', 'amount=1'],
-    { encoding: 'utf8', env: { ...process.env, TROUPE_DB: '/nonexistent/troupe.db' } });
-if (refused.status === 2 && refused.stderr.includes("step 'assess': 'ask' steps are not executed yet"))
-    ok('troupe run refuses actions the scheduler does not perform yet');
-else fail('troupe run loan-review.yaml', `exit ${refused.status}: ${refused.stderr}`);
-
 // The hash `troupe validate --hash` prints is the plan_hash a run of the file records.
 {
     const { mkdtempSync, rmSync } = await import('node:fs');

@@ -5,7 +5,10 @@
  * was answered), `fail` answers with isError, `garbage` writes a line that is not JSON first. A
  * request named by notifications/cancelled is dropped unanswered, as the protocol says. Every line
  * it receives is appended to LOG, for the tests to read. It speaks the handshake era only
- * (initialize, ping, tools/list, tools/call).
+ * (initialize, ping, tools/list, tools/call). For the client's side of the protocol: `ask`
+ * sends the client the request `method` with `params` (sampling, elicitation) and answers
+ * with the client's whole response as JSON text; `more_tools` adds the tool `extra` and sends
+ * notifications/tools/list_changed.
  *
  * usage: test-mcp-concurrent LOG
  */
@@ -29,10 +32,14 @@
 /* A tools/call not answered yet. */
 struct waiting {
     cJSON *id;
-    const char *tool; /* "sleep" or "barrier" */
-    int64_t due_ms;   /* sleep: when to answer; barrier: NEVER */
+    const char *tool; /* "sleep", "barrier" or "ask" */
+    int64_t due_ms;   /* sleep: when to answer; barrier, ask: NEVER */
     int barrier_n;    /* barrier: how many must wait together */
+    int ask_id;       /* ask: the id of its request to the client */
 };
+
+static bool more_tools; /* `extra` is listed */
+static int next_ask_id = 1;
 
 static struct waiting waiting[MAX_WAITING];
 static size_t waiting_count;
@@ -74,6 +81,10 @@ static void answer_due(void)
     bool release = barriers > 0 && barriers >= (size_t)barrier_n;
     for (size_t i = 0; i < waiting_count;) {
         bool is_barrier = strcmp(waiting[i].tool, "barrier") == 0;
+        if (strcmp(waiting[i].tool, "ask") == 0) {
+            i++;
+            continue;
+        }
         if ((is_barrier && release) || (!is_barrier && waiting[i].due_ms <= now)) {
             tool_result(waiting[i].id, waiting[i].tool, is_barrier ? "released" : "slept", false);
             forget(i);
@@ -98,6 +109,29 @@ static void call_tool(const cJSON *id, const cJSON *params)
     if (strcmp(tool, "garbage") == 0) {
         fputs("this is not json\n", stdout);
         tool_result(id, "garbage", "garbage written", false);
+        return;
+    }
+    if (strcmp(tool, "more_tools") == 0) {
+        more_tools = true;
+        fputs("{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n", stdout);
+        tool_result(id, "more_tools", "added", false);
+        return;
+    }
+    if (strcmp(tool, "ask") == 0 && waiting_count < MAX_WAITING) {
+        cJSON *request = cJSON_CreateObject();
+        const cJSON *method = cJSON_GetObjectItemCaseSensitive(arguments, "method");
+        const cJSON *ask_params = cJSON_GetObjectItemCaseSensitive(arguments, "params");
+        cJSON_AddStringToObject(request, "jsonrpc", "2.0");
+        cJSON_AddNumberToObject(request, "id", 1000000 + next_ask_id);
+        cJSON_AddStringToObject(request, "method",
+                                cJSON_IsString(method) ? method->valuestring : "ping");
+        if (ask_params)
+            cJSON_AddItemToObject(request, "params", cJSON_Duplicate(ask_params, true));
+        waiting[waiting_count++] = (struct waiting){.id = cJSON_Duplicate(id, true),
+                                                    .tool = "ask",
+                                                    .due_ms = NEVER,
+                                                    .ask_id = 1000000 + next_ask_id++};
+        reply(request);
         return;
     }
     if ((strcmp(tool, "sleep") != 0 && strcmp(tool, "barrier") != 0) ||
@@ -125,14 +159,33 @@ static void cancelled(const cJSON *params)
         }
 }
 
+/* The client's response to an ask's request: the ask's answer. */
+static void asked(const cJSON *message)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(message, "id");
+    for (size_t i = 0; cJSON_IsNumber(id) && i < waiting_count; i++) {
+        if (strcmp(waiting[i].tool, "ask") != 0 || waiting[i].ask_id != id->valueint)
+            continue;
+        char *text = cJSON_PrintUnformatted(message);
+        tool_result(waiting[i].id, "ask", text, false);
+        free(text);
+        forget(i);
+        return;
+    }
+}
+
 static void list_tools(const cJSON *id)
 {
-    static const char *const names[] = {"sleep", "barrier", "fail", "garbage"};
+    static const char *const names[] = {"sleep", "barrier",    "fail", "garbage",
+                                        "ask",   "more_tools", "extra"};
     cJSON *message = response(id);
     cJSON *tools = cJSON_AddArrayToObject(cJSON_AddObjectToObject(message, "result"), "tools");
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) - (more_tools ? 0 : 1); i++) {
         cJSON *tool = cJSON_CreateObject();
         cJSON_AddStringToObject(tool, "name", names[i]);
+        char description[64];
+        snprintf(description, sizeof(description), "the %s tool", names[i]);
+        cJSON_AddStringToObject(tool, "description", description);
         cJSON_AddItemToObject(tool, "inputSchema", cJSON_Parse("{\"type\":\"object\"}"));
         cJSON_AddItemToObject(tool, "annotations", cJSON_Parse("{\"readOnlyHint\":true}"));
         cJSON_AddItemToArray(tools, tool);
@@ -146,8 +199,10 @@ static void handle(const cJSON *message)
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(message, "id");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
 
-    if (!cJSON_IsString(method))
+    if (!cJSON_IsString(method)) {
+        asked(message);
         return;
+    }
     if (!id) {
         if (strcmp(method->valuestring, "notifications/cancelled") == 0)
             cancelled(params);

@@ -1,0 +1,57 @@
+/*
+ * llm-internal.h: what llm's files share: the tool-name mapping (names.c), the two protocols'
+ * builders and parsers (openai.c, anthropic.c) and the error reporting every message of the
+ * module goes through (llm.c), which keeps the API key out of them.
+ */
+#ifndef TROUPE_LLM_INTERNAL_H
+#define TROUPE_LLM_INTERNAL_H
+
+#include "llm.h"
+
+/* The name of the forced tool that carries a structured answer on Anthropic. */
+#define LLM__ANSWER_TOOL "final_answer"
+
+struct llm_names {
+    size_t count;
+    char **troupe;       /* troupe's names, in the request's order */
+    char **wire;         /* the names sent */
+    bool answer_tool;    /* Anthropic: final_answer offered for output_schema */
+    bool answer_wrapped; /* ... and its input is {"answer": VALUE} */
+};
+
+/* The mapping for the request's "tools" (may be NULL); TR_EINVAL when two names cannot be told
+   apart. The reserved names (final_answer) are never given to a tool. */
+int llm__names_new(const cJSON *tools, struct llm_names **ret_names,
+                   struct tr_error *err) TR_MUST_CHECK;
+/* The name sent for troupe's name (a name not in the list: its sanitized form). Borrowed from
+   names, or a heap string in *ret_owned to free. */
+const char *llm__names_wire(const struct llm_names *names, const char *name, char **ret_owned);
+/* troupe's name for the name the model wrote (the written name when none maps to it). */
+const char *llm__names_troupe(const struct llm_names *names, const char *wire);
+
+/* The neutral request's shape checked (every builder relies on it); TR_EINVAL saying where. */
+int llm__request_check(const cJSON *request, struct tr_error *err) TR_MUST_CHECK;
+/* max_tokens for the call: the request's, capped by the model's; 0 when neither says. */
+long llm__max_tokens(const struct llm_model *model, const cJSON *request);
+
+/* Provider bodies. ret_body: heap JSON text. */
+int llm__openai_build(const struct llm_model *model, const cJSON *request, struct llm_names *names,
+                      char **ret_body, struct tr_error *err);
+int llm__anthropic_build(const struct llm_model *model, const cJSON *request,
+                         struct llm_names *names, char **ret_body, struct tr_error *err);
+/* The neutral result of a 200 answer's body (parsed); TR_EPROTO naming what is missing. */
+int llm__openai_result(const struct llm_model *model, const struct llm_names *names,
+                       const cJSON *body, cJSON **ret_result, struct tr_error *err);
+int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
+                          const cJSON *body, cJSON **ret_result, struct tr_error *err);
+
+/* A tool call's arguments as the model wrote them (JSON text) into call ("arguments", or
+   "arguments_error" and "arguments_text"). */
+void llm__call_arguments(cJSON *call, const char *text);
+
+/* Sets err to "model 'NAME': MESSAGE" with model's API key, wherever it appears, replaced by
+   "[redacted]"; returns code. Every message of the module goes through here. */
+int llm__fail(const struct llm_model *model, struct tr_error *err, int code, const char *fmt, ...)
+    TR_PRINTF(4, 5);
+
+#endif

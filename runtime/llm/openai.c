@@ -1,0 +1,214 @@
+/*
+ * llm/openai.c: the OpenAI-compatible chat completions wire format: the neutral request as a
+ * POST /chat/completions body, and a 200 answer's body as the neutral result. Errors, HTTP and
+ * tool names are llm.c's and names.c's.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "llm-internal.h"
+
+static const cJSON *member(const cJSON *json, const char *key)
+{
+    return cJSON_GetObjectItemCaseSensitive(json, key);
+}
+
+static cJSON *tool_call(const struct llm_names *names, const cJSON *call)
+{
+    char *owned;
+    const char *name = llm__names_wire(names, member(call, "name")->valuestring, &owned);
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "id", member(call, "id")->valuestring);
+    cJSON_AddStringToObject(out, "type", "function");
+    cJSON *function = cJSON_AddObjectToObject(out, "function");
+    cJSON_AddStringToObject(function, "name", name);
+    const cJSON *arguments = member(call, "arguments");
+    if (cJSON_IsObject(arguments)) {
+        char *text = tr_json_print(arguments);
+        cJSON_AddStringToObject(function, "arguments", text);
+        free(text);
+    } else {
+        /* The model's malformed text, sent back as it wrote it. */
+        cJSON_AddStringToObject(function, "arguments", member(call, "arguments_text")->valuestring);
+    }
+    free(owned);
+    return out;
+}
+
+static cJSON *message(const struct llm_names *names, const cJSON *in)
+{
+    const char *role = member(in, "role")->valuestring;
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "role", role);
+    const cJSON *content = member(in, "content");
+    if (strcmp(role, "tool") == 0) {
+        cJSON_AddStringToObject(out, "tool_call_id", member(in, "tool_call_id")->valuestring);
+        cJSON_AddStringToObject(out, "content", content->valuestring);
+        return out;
+    }
+    if (cJSON_IsString(content))
+        cJSON_AddStringToObject(out, "content", content->valuestring);
+    else
+        cJSON_AddNullToObject(out, "content");
+    const cJSON *calls = member(in, "tool_calls");
+    if (strcmp(role, "assistant") == 0 && cJSON_GetArraySize(calls) > 0) {
+        cJSON *list = cJSON_AddArrayToObject(out, "tool_calls");
+        const cJSON *call;
+        cJSON_ArrayForEach(call, calls) cJSON_AddItemToArray(list, tool_call(names, call));
+    }
+    return out;
+}
+
+int llm__openai_build(const struct llm_model *model, const cJSON *request, struct llm_names *names,
+                      char **ret_body, struct tr_error *err)
+{
+    (void)err;
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "model", model->model);
+    cJSON *messages = cJSON_AddArrayToObject(body, "messages");
+    const char *system = cJSON_GetStringValue(member(request, "system"));
+    if (system) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", "system");
+        cJSON_AddStringToObject(m, "content", system);
+        cJSON_AddItemToArray(messages, m);
+    }
+    const cJSON *in;
+    cJSON_ArrayForEach(in, member(request, "messages"))
+        cJSON_AddItemToArray(messages, message(names, in));
+    const cJSON *tools = member(request, "tools");
+    if (cJSON_GetArraySize(tools) > 0) {
+        cJSON *list = cJSON_AddArrayToObject(body, "tools");
+        size_t i = 0;
+        const cJSON *tool;
+        cJSON_ArrayForEach(tool, tools)
+        {
+            cJSON *entry = cJSON_CreateObject();
+            cJSON_AddStringToObject(entry, "type", "function");
+            cJSON *function = cJSON_AddObjectToObject(entry, "function");
+            cJSON_AddStringToObject(function, "name", names->wire[i++]);
+            const char *description = cJSON_GetStringValue(member(tool, "description"));
+            if (description)
+                cJSON_AddStringToObject(function, "description", description);
+            const cJSON *schema = member(tool, "input_schema");
+            cJSON_AddItemToObject(function, "parameters",
+                                  schema ? cJSON_Duplicate(schema, true)
+                                         : cJSON_Parse("{\"type\":\"object\"}"));
+            cJSON_AddItemToArray(list, entry);
+        }
+        cJSON_AddStringToObject(body, "tool_choice", "auto");
+        cJSON_AddBoolToObject(body, "parallel_tool_calls", true);
+    }
+    const cJSON *schema = member(request, "output_schema");
+    if (schema) {
+        cJSON *format = cJSON_AddObjectToObject(body, "response_format");
+        cJSON_AddStringToObject(format, "type", "json_schema");
+        cJSON *json_schema = cJSON_AddObjectToObject(format, "json_schema");
+        cJSON_AddStringToObject(json_schema, "name", "answer");
+        cJSON_AddItemToObject(json_schema, "schema", cJSON_Duplicate(schema, true));
+        cJSON_AddBoolToObject(json_schema, "strict", false);
+    }
+    long max_tokens = llm__max_tokens(model, request);
+    if (max_tokens > 0)
+        cJSON_AddNumberToObject(body, "max_tokens", (double)max_tokens);
+    if (model->has_temperature)
+        cJSON_AddNumberToObject(body, "temperature", model->temperature);
+    *ret_body = tr_json_print(body);
+    cJSON_Delete(body);
+    return 0;
+}
+
+static const char *stop_of(const char *finish_reason, bool refused)
+{
+    if (!finish_reason)
+        return "other";
+    if (strcmp(finish_reason, "stop") == 0)
+        return refused ? "refusal" : "end";
+    if (strcmp(finish_reason, "tool_calls") == 0 || strcmp(finish_reason, "function_call") == 0)
+        return "tool_calls";
+    if (strcmp(finish_reason, "length") == 0)
+        return "max_tokens";
+    if (strcmp(finish_reason, "content_filter") == 0)
+        return "refusal";
+    return "other";
+}
+
+static long usage_of(const cJSON *usage, const char *key)
+{
+    const cJSON *n = member(usage, key);
+    return cJSON_IsNumber(n) && n->valuedouble >= 0 ? (long)n->valuedouble : 0;
+}
+
+int llm__openai_result(const struct llm_model *model, const struct llm_names *names,
+                       const cJSON *body, cJSON **ret_result, struct tr_error *err)
+{
+    const cJSON *choice = cJSON_GetArrayItem(member(body, "choices"), 0);
+    const cJSON *in = member(choice, "message");
+    if (!cJSON_IsObject(in))
+        return llm__fail(model, err, TR_EPROTO, "the answer has no choices[0].message");
+    const cJSON *content = member(in, "content");
+    const cJSON *refusal = member(in, "refusal");
+    const cJSON *calls = member(in, "tool_calls");
+    if ((content && !cJSON_IsString(content) && !cJSON_IsNull(content)) ||
+        (calls && !cJSON_IsArray(calls) && !cJSON_IsNull(calls)))
+        return llm__fail(model, err, TR_EPROTO,
+                         "choices[0].message: \"content\" is not a string or \"tool_calls\" not "
+                         "an array");
+    cJSON *result = cJSON_CreateObject();
+    cJSON *out = cJSON_AddObjectToObject(result, "message");
+    cJSON_AddStringToObject(out, "role", "assistant");
+    const char *text = cJSON_GetStringValue(content);
+    if (!text)
+        text = cJSON_GetStringValue(refusal);
+    if (text)
+        cJSON_AddStringToObject(out, "content", text);
+    else
+        cJSON_AddNullToObject(out, "content");
+    int i = 0;
+    const cJSON *call, *calls_in = cJSON_IsArray(calls) ? calls : NULL;
+    cJSON *list = NULL;
+    cJSON_ArrayForEach(call, calls_in)
+    {
+        const cJSON *function = member(call, "function");
+        const char *id = cJSON_GetStringValue(member(call, "id"));
+        const char *name = cJSON_GetStringValue(member(function, "name"));
+        const cJSON *arguments = member(function, "arguments");
+        if (!id || !name) {
+            cJSON_Delete(result);
+            return llm__fail(model, err, TR_EPROTO,
+                             "choices[0].message.tool_calls[%d] has no id or function.name", i);
+        }
+        if (!list)
+            list = cJSON_AddArrayToObject(out, "tool_calls");
+        cJSON *entry = cJSON_CreateObject();
+        cJSON_AddStringToObject(entry, "id", id);
+        cJSON_AddStringToObject(entry, "name", llm__names_troupe(names, name));
+        if (cJSON_IsObject(arguments)) { /* some servers send the object itself */
+            cJSON_AddItemToObject(entry, "arguments", cJSON_Duplicate(arguments, true));
+        } else if (cJSON_IsString(arguments) || !arguments) {
+            llm__call_arguments(entry, cJSON_GetStringValue(arguments));
+        } else {
+            char *raw = tr_json_print(arguments);
+            llm__call_arguments(entry, raw);
+            free(raw);
+        }
+        cJSON_AddItemToArray(list, entry);
+        i++;
+    }
+    const char *finish = cJSON_GetStringValue(member(choice, "finish_reason"));
+    const char *stop = stop_of(finish, cJSON_IsString(refusal) && !cJSON_IsString(content));
+    /* A server that ends a turn of tool calls with "stop" (some local ones do) still made
+       them. */
+    if (list && strcmp(stop, "end") == 0)
+        stop = "tool_calls";
+    cJSON_AddStringToObject(result, "stop", stop);
+    const cJSON *usage = member(body, "usage");
+    cJSON *u = cJSON_AddObjectToObject(result, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", (double)usage_of(usage, "prompt_tokens"));
+    cJSON_AddNumberToObject(u, "output_tokens", (double)usage_of(usage, "completion_tokens"));
+    const char *answered = cJSON_GetStringValue(member(body, "model"));
+    cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
+    cJSON_AddStringToObject(result, "provider", "openai");
+    *ret_result = result;
+    return 0;
+}
