@@ -7,35 +7,29 @@
 #define _GNU_SOURCE
 #include "workflow-internal.h"
 
+#include "llm.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* What each provider defaults to: the variables its own SDK reads, else its public endpoint. */
+/* What each provider (llm's protocols, by their names llm_protocol_names) defaults to: the
+ * variables its own SDK reads, else its public endpoint. */
 static const struct {
-    const char *name, *url_variable, *url, *key_variable;
+    const char *url_variable, *url, *key_variable;
 } providers[] = {
-    {"openai", "OPENAI_BASE_URL", "https://api.openai.com/v1", "OPENAI_API_KEY"},
-    {"anthropic", "ANTHROPIC_BASE_URL", "https://api.anthropic.com", "ANTHROPIC_API_KEY"},
+    [LLM_OPENAI] = {"OPENAI_BASE_URL", "https://api.openai.com/v1", "OPENAI_API_KEY"},
+    [LLM_ANTHROPIC] = {"ANTHROPIC_BASE_URL", "https://api.anthropic.com", "ANTHROPIC_API_KEY"},
 };
-#define PROVIDER_COUNT (sizeof(providers) / sizeof(providers[0]))
-
-static long provider_find(const char *name)
-{
-    for (size_t i = 0; i < PROVIDER_COUNT; i++)
-        if (!strcmp(providers[i].name, name))
-            return (long)i;
-    return -1;
-}
 
 /* The provider a model uses: as written, else from its id (claude* is Anthropic's). */
-static size_t model_provider(const struct wf_model *m)
+static enum llm_protocol model_provider(const struct wf_model *m)
 {
-    long found = m->provider ? provider_find(m->provider) : -1;
+    int found = m->provider ? llm_protocol_find(m->provider) : -1;
 
     if (found >= 0)
-        return (size_t)found;
-    return strncmp(m->model, "claude", 6) == 0 ? 1 : 0;
+        return (enum llm_protocol)found;
+    return strncmp(m->model, "claude", 6) == 0 ? LLM_ANTHROPIC : LLM_OPENAI;
 }
 
 /* ---- checking ----------------------------------------------------------------------------- */
@@ -136,7 +130,7 @@ static int build_model(struct wf_build *b, const cJSON *node, struct wf_model *m
         (rc = wf_optional_string(b, node, "model", context, &model)) < 0 ||
         (rc = wf_optional_string(b, node, "api_key", context, &api_key)) < 0)
         return rc;
-    if (provider && provider_find(provider) < 0)
+    if (provider && llm_protocol_find(provider) < 0)
         return wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "provider"), false,
                           "%s'provider' must be 'openai' (chat completions, and every server "
                           "compatible with it) or 'anthropic' (the Messages API), not '%s'",
@@ -477,31 +471,37 @@ int wf_build_output_schema(struct wf_build *b, const cJSON *node, size_t index, 
 
 /* ---- the models as the agent and the plan see them ---------------------------------------- */
 
+/*
+ * Adds member key: the value written, else "${env:VARIABLE}" when the variable is set now
+ * (the vendor SDK's own), else fallback (NULL: nothing).
+ */
+static void add_default(cJSON *object, const char *key, const char *written, const char *variable,
+                        const char *fallback)
+{
+    const char *value = getenv(variable);
+
+    if (written) {
+        cJSON_AddStringToObject(object, key, written);
+    } else if (value && *value) {
+        char *reference = xasprintf("${env:%s}", variable);
+        cJSON_AddStringToObject(object, key, reference);
+        free(reference);
+    } else if (fallback) {
+        cJSON_AddStringToObject(object, key, fallback);
+    }
+}
+
 static cJSON *model_object(const struct wf_model *m)
 {
-    size_t provider = model_provider(m);
+    enum llm_protocol provider = model_provider(m);
     cJSON *object = cJSON_CreateObject();
-    const char *value;
 
     cJSON_AddStringToObject(object, "name", m->name);
-    cJSON_AddStringToObject(object, "provider", providers[provider].name);
-    /* A default endpoint and key: the variables the vendor's own SDK reads, when set now. */
-    if (m->base_url)
-        cJSON_AddStringToObject(object, "base_url", m->base_url);
-    else if ((value = getenv(providers[provider].url_variable)) != NULL && *value) {
-        char *reference = xasprintf("${env:%s}", providers[provider].url_variable);
-        cJSON_AddStringToObject(object, "base_url", reference);
-        free(reference);
-    } else
-        cJSON_AddStringToObject(object, "base_url", providers[provider].url);
+    cJSON_AddStringToObject(object, "provider", llm_protocol_names[provider]);
+    add_default(object, "base_url", m->base_url, providers[provider].url_variable,
+                providers[provider].url);
     cJSON_AddStringToObject(object, "model", m->model);
-    if (m->api_key)
-        cJSON_AddStringToObject(object, "api_key", m->api_key);
-    else if ((value = getenv(providers[provider].key_variable)) != NULL && *value) {
-        char *reference = xasprintf("${env:%s}", providers[provider].key_variable);
-        cJSON_AddStringToObject(object, "api_key", reference);
-        free(reference);
-    }
+    add_default(object, "api_key", m->api_key, providers[provider].key_variable, NULL);
     if (m->has_temperature)
         cJSON_AddNumberToObject(object, "temperature", m->temperature);
     if (m->max_tokens)
@@ -536,7 +536,7 @@ cJSON *wf_plan_models(const struct workflow *wf)
         cJSON *entry = cJSON_AddObjectToObject(models, m->name);
         /* What was written (the endpoint and key defaults are the environment's, at run
          * start), with the provider and model id the defaults give. */
-        cJSON_AddStringToObject(entry, "provider", providers[model_provider(m)].name);
+        cJSON_AddStringToObject(entry, "provider", llm_protocol_names[model_provider(m)]);
         cJSON_AddStringToObject(entry, "model", m->model);
         if (m->base_url)
             cJSON_AddStringToObject(entry, "base_url", m->base_url);
@@ -588,8 +588,8 @@ void wf_models_free(struct workflow *wf)
 /* ---- the command line's override ---------------------------------------------------------- */
 
 /* Applies one override to wf and its children; counts the models it changed in *changed. */
-static int override_tree(struct workflow *wf, const char *member, const char *name,
-                         const char *value, size_t *changed)
+static void override_tree(struct workflow *wf, const char *member, const char *name,
+                          const char *value, size_t *changed)
 {
     size_t before = *changed;
 
@@ -609,8 +609,7 @@ static int override_tree(struct workflow *wf, const char *member, const char *na
     }
     for (size_t i = 0; i < wf->step_count; i++)
         if (wf->steps[i].child)
-            (void)override_tree(wf->steps[i].child, member, name, value, changed);
-    return 0;
+            override_tree(wf->steps[i].child, member, name, value, changed);
 }
 
 int workflow_models_override(struct workflow *wf, const char *member, const char *spec,
@@ -642,7 +641,7 @@ int workflow_models_override(struct workflow *wf, const char *member, const char
                           url_problem(value));
         goto out;
     }
-    (void)override_tree(wf, member, name, value, &changed);
+    override_tree(wf, member, name, value, &changed);
     if (!changed)
         rc = tr_error_set(err, TR_ENOTFOUND,
                           name ? "%s: the workflow has no model '%s' (a name under 'models', or "

@@ -586,16 +586,16 @@ Test(language, model_overrides_are_in_the_stored_plan_and_the_agents_config)
     cr_assert_eq(r.exit_code, 2, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_assert(strstr(r.err, "unknown model 'claude-sonnet-4-0'"), "%s", r.err);
     harness_result_release(&r);
-    harness_write_file(env.dir, "wf.yaml",
-                       "name: models\n"
-                       "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
-                       "models:\n"
-                       "  fast: {model: gpt-4o-mini, api_key: '${env:TROUPE_T_RUN_KEY}'}\n"
-                       "personas:\n"
-                       "  worker: {servers: [demo], model: fast}\n"
-                       "steps:\n"
-                       "  - {id: count, persona: worker, tool: demo.word_count, "
-                       "with: {text: one two}}\n");
+    free(harness_write_file(env.dir, "wf.yaml",
+                            "name: models\n"
+                            "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                            "models:\n"
+                            "  fast: {model: gpt-4o-mini, api_key: '${env:TROUPE_T_RUN_KEY}'}\n"
+                            "personas:\n"
+                            "  worker: {servers: [demo], model: fast}\n"
+                            "steps:\n"
+                            "  - {id: count, persona: worker, tool: demo.word_count, "
+                            "with: {text: one two}}\n"));
     harness_run(bad, env.dir, 60000, &r);
     cr_assert_eq(r.exit_code, 2, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_assert(strstr(r.err, "--model: the workflow has no model 'slow'"), "%s", r.err);
@@ -624,6 +624,12 @@ Test(language, model_overrides_are_in_the_stored_plan_and_the_agents_config)
     free(config);
     free(plan);
     free(path);
+    harness_result_release(&r);
+    const char *help[] = {env.troupe, "run", "--help", NULL};
+    harness_run(help, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0);
+    cr_assert(strstr(r.out, "--model [NAME=]ID") && strstr(r.out, "--model-url [NAME=]URL"), "%s",
+              r.out);
     unsetenv("TROUPE_T_RUN_KEY");
     harness_result_release(&r);
     harness_env_release(&env);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "workflow.h"
 
@@ -559,4 +560,44 @@ Test(workflow_models, a_referenced_endpoint_is_resolved_for_the_agent)
     cJSON_Delete(resolved);
     workflow_free(&wf);
     unsetenv("TROUPE_T_URL");
+}
+
+/* An override reaches the models of a workflow's children, and the parent's plan embeds them
+ * as they will run. */
+Test(workflow_models, an_override_reaches_the_children)
+{
+    char dir[] = "/tmp/troupe-models-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *child = xasprintf("%s/child.yaml", dir), *parent = xasprintf("%s/parent.yaml", dir);
+    FILE *f = fopen(child, "w");
+    cr_assert_not_null(f);
+    fputs("name: c\n"
+          "mcp_servers: {bank: {command: x}}\n"
+          "personas: {p: {model: gpt-4o}}\n"
+          "steps: [{id: s, persona: p, ask: hi}]\n",
+          f);
+    fclose(f);
+    cr_assert_not_null(f = fopen(parent, "w"));
+    fputs("name: p\n"
+          "mcp_servers: {bank: {command: x}}\n"
+          "personas: {q: {servers: [bank]}}\n"
+          "steps: [{id: a, workflow: child.yaml}]\n",
+          f);
+    fclose(f);
+    struct workflow *wf = NULL;
+    struct tr_error err = {0};
+    cr_assert_eq(workflow_load(parent, &wf, &err), 0, "%s", err.message);
+    cr_assert_eq(workflow_models_override(wf, "model", "gpt-4o=llama3.1:8b", &err), 0, "%s",
+                 err.message);
+    char *plan = workflow_plan_json(wf);
+    cr_assert(strstr(plan, "\"models\":{\"gpt-4o\":{\"model\":\"llama3.1:8b\","
+                           "\"provider\":\"openai\"}}"),
+              "%s", plan);
+    free(plan);
+    workflow_free(&wf);
+    unlink(child);
+    unlink(parent);
+    rmdir(dir);
+    free(child);
+    free(parent);
 }
