@@ -961,6 +961,21 @@ static void model_server_stop(struct model_server *m)
     pthread_mutex_destroy(&m->lock);
 }
 
+/* Waits until the model server has received n requests. */
+static void model_wait_requests(struct model_server *m, int n)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        int got = m->n_requests;
+        pthread_mutex_unlock(&m->lock);
+        if (got >= n)
+            return;
+        cr_assert_lt(now_ms(), deadline, "the model server got %d requests, not %d", got, n);
+        usleep(10 * 1000);
+    }
+}
+
 /* The body of the model server's request i (a copy, parsed); NULL when there is none. */
 static cJSON *model_request_body(struct model_server *m, int i)
 {
@@ -1173,13 +1188,15 @@ Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout
 
     assign_model(&s, 3, ASK_MODEL, 30000);
     cJSON_Delete(wait_event(&s, 3, "model.request", "writer"));
+    model_wait_requests(&m, 2); /* in the provider's hands, not merely on its way */
     send_cancel(&s, 3, "no longer needed");
     expect_result(&s, 3, "cancelled", "no longer needed");
     cJSON_Delete(wait_event(&s, 3, "model.response", "no longer needed"));
     int64_t deadline = now_ms() + WAIT_MS;
     while (m.closed_by_client < 2 && now_ms() < deadline)
         usleep(20 * 1000);
-    cr_assert_eq(m.closed_by_client, 2, "the provider's connections were not closed");
+    cr_assert_eq(m.closed_by_client, 2, "the provider's connections were not closed (%d of 2)",
+                 m.closed_by_client);
 
     sched_stop(&s);
     model_server_stop(&m);
