@@ -622,6 +622,8 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
         {"{\"body\": \"<html>gateway</html>\"}", TR_EPROTO, "not a JSON object", -1, 0},
         {"{\"body\": \"{\\\"id\\\": 1}\"}", TR_EPROTO, "", -1, 0},
         {"{\"status\": 302, \"body\": \"\"}", TR_EPROTO, "redirect", -1, 0},
+        {"{\"body\": \"{\\\"error\\\": {\\\"message\\\": \\\"upstream failed\\\"}}\"}", TR_EPROTO,
+         "the answer (HTTP 200) is an error: upstream failed", -1, 0},
         {"{\"pad_bytes\": 17000000, \"text\": \"big\"}", TR_EPROTO, "longer than 16777216 bytes",
          -1, 0},
     };
@@ -824,6 +826,95 @@ Test(llm, example_cassettes_answer_as_documented)
         cr_expect_eq(num_at(log, "2.turn"), 2);
         cJSON_Delete(log);
         free(path);
+        stop(&fx, &model);
+    }
+}
+
+/* ---- what the caller's configuration holds ------------------------------------------------ */
+
+Test(llm, base_url_query_stays_and_credentials_stay_out_of_messages)
+{
+    struct fixture fx;
+    fixture_start(&fx, "[{\"reply\": {\"text\": \"ok\"}}]");
+    char *text = xasprintf("{\"provider\": \"openai\", \"base_url\": "
+                           "\"%s/v1/?api-version=2024-10-21\", \"model\": \"m\", \"api_key\": "
+                           "\"" KEY "\"}",
+                           fx.url);
+    cJSON *json = cJSON_Parse(text);
+    struct llm_model model;
+    struct tr_error err = {0};
+    cr_assert_eq(llm_model_from_json(json, &model, &err), 0, "%s", err.message);
+    cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
+    struct llm_http http;
+    cr_assert_eq(llm_request_build(&model, request, &http, &err), 0, "%s", err.message);
+    cr_expect(strstr(http.url, "/v1/chat/completions?api-version=2024-10-21"), "%s", http.url);
+    llm_http_free(&http);
+    cJSON *result = NULL;
+    cr_expect_eq(llm_call(&model, request, &result, &err), 0, "%s", err.message);
+    cr_expect_str_eq(str_at(result, "message.content"), "ok");
+    cJSON_Delete(result);
+    llm_model_free(&model);
+    cJSON_Delete(json);
+    free(text);
+    /* Now nothing listens there: the message names the endpoint, not what may be a secret. */
+    char *base = xasprintf("http://user:pa55word@%s/v1?sig=SECRETQUERY", fx.url + 7);
+    fixture_stop(&fx);
+    text = xasprintf("{\"provider\": \"openai\", \"base_url\": \"%s\", \"model\": \"m\"}", base);
+    json = cJSON_Parse(text);
+    cr_assert_eq(llm_model_from_json(json, &model, &err), 0, "%s", err.message);
+    cr_expect_eq(llm_call(&model, request, &result, &err), TR_EPEER, "%s", err.message);
+    cr_expect(strstr(err.message, "/v1/chat/completions"), "%s", err.message);
+    cr_expect_null(strstr(err.message, "pa55word"), "%s", err.message);
+    cr_expect_null(strstr(err.message, "SECRETQUERY"), "%s", err.message);
+    llm_model_free(&model);
+    cJSON_Delete(json);
+    cJSON_Delete(request);
+    free(text);
+    free(base);
+}
+
+Test(llm, openai_official_endpoint_gets_max_completion_tokens)
+{
+    const char *bases[][2] = {{"https://api.openai.com/v1", "max_completion_tokens"},
+                              {"https://api.openai.com.example/v1", "max_tokens"},
+                              {"http://localhost:11434/v1", "max_tokens"}};
+    for (int i = 0; i < 3; i++) {
+        struct llm_model model = {.protocol = LLM_OPENAI,
+                                  .name = "m",
+                                  .base_url = (char *)bases[i][0],
+                                  .model = "m",
+                                  .max_tokens = 50};
+        cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
+        struct llm_http http;
+        cr_assert_eq(llm_request_build(&model, request, &http, NULL), 0);
+        cJSON *body = cJSON_Parse(http.body);
+        cr_expect_eq(num_at(body, bases[i][1]), 50, "%s: %s", bases[i][0], http.body);
+        cJSON_Delete(body);
+        llm_http_free(&http);
+        cJSON_Delete(request);
+    }
+}
+
+Test(llm, stop_agrees_with_the_calls)
+{
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        struct llm_model model;
+        start(&fx, &model, protocols[p],
+              "[{\"reply\": {\"stop\": \"end\", \"tool_calls\": [{\"name\": \"files.read\", "
+              "\"arguments\": {}}]}}, {\"reply\": {\"text\": \"x\", \"stop\": \"tool_calls\"}},"
+              " {\"reply\": {\"text\": \"cut\", \"stop\": \"max_tokens\"}}]",
+              NULL);
+        const char *go = "{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}], " TOOLS "}";
+        const char *expect[] = {"tool_calls", "other", "max_tokens"};
+        for (int i = 0; i < 3; i++) {
+            cJSON *result = NULL;
+            int64_t retry;
+            struct tr_error err = {0};
+            cr_assert_eq(exchange(&model, go, &result, &retry, &err), 0, "%s", err.message);
+            cr_expect_str_eq(str_at(result, "stop"), expect[i], "%s %d", protocols[p], i);
+            cJSON_Delete(result);
+        }
         stop(&fx, &model);
     }
 }
