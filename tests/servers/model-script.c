@@ -17,14 +17,19 @@
  * --log FILE: one JSON line per request it gets:
  *   {"n": N, "protocol": "openai"|"anthropic", "path": "/v1/...", "sha256": "HEX of the body",
  *    "messages": COUNT, "last": {"role": "user"|"assistant"|"tool", "text": "..."},
- *    "tools": ["wire names offered"...], "turn": INDEX or -1, "status": HTTP,
+ *    "tools": ["wire names offered"...], "turn": INDEX or -1, "repeat": BOOL (answered from
+ *    the memory of answered requests), "status": HTTP,
  *    "body": {the request's body}}   (only with --log-bodies)
  * so tests count model calls and check that no answered turn is requested twice (the same
  * sha256 twice).
  *
  * The cassette (--cassette FILE, JSON): {"model": "NAME", "turns": [TURN...]} or just [TURN...].
  * Each request is answered by the first turn, in file order, that still has uses left and
- * whose "when" holds (every condition given must hold; no "when": any request):
+ * whose "when" holds (every condition given must hold; no "when": any request). A request the
+ * server already answered 200 without a fault (the same body, byte for byte) gets the same
+ * turn again, with the same ids, using nothing up: a caller that lost an answer in a crash
+ * and sends the request again gets the answer it lost. Tool call ids derive from the body's
+ * hash.
  *   "when": {"call": N,               the server's Nth request (1-based, all requests counted)
  *            "protocol": "openai"|"anthropic",
  *            "last_role": "user"|"tool"|"assistant",
@@ -88,7 +93,14 @@ static struct {
     FILE *log;
     bool log_bodies; /* --log-bodies: each log line carries the request's body (as JSON) */
     long requests;
-    pthread_mutex_t lock; /* requests, uses_left, the log */
+    /* The requests answered 200 at once (no fault), by the body's SHA-256: the same request
+       again gets the same turn again (a caller that lost an answer in a crash re-sends it). */
+    struct memo {
+        char sha256[65];
+        int turn;
+    } * memo;
+    size_t memo_count;
+    pthread_mutex_t lock; /* requests, uses_left, memo, the log */
 } fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 struct request {
@@ -304,7 +316,7 @@ static long usage_value(const cJSON *reply, const char *key, long fallback)
 }
 
 /* A 200 answer for reply in the request's protocol. */
-static char *render(const cJSON *reply, const struct seen *s, const char *model, long n,
+static char *render(const cJSON *reply, const struct seen *s, const char *model, const char *hex,
                     size_t request_len)
 {
     const char *text = cJSON_GetStringValue(member(reply, "text"));
@@ -335,7 +347,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
     const cJSON *call;
     if (s->anthropic) {
         char id[64];
-        snprintf(id, sizeof(id), "msg_%ld", n);
+        snprintf(id, sizeof(id), "msg_%.12s", hex);
         cJSON_AddStringToObject(body, "id", id);
         cJSON_AddStringToObject(body, "type", "message");
         cJSON_AddStringToObject(body, "role", "assistant");
@@ -352,7 +364,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
             cJSON *block = cJSON_CreateObject();
             char *name = wire_name(s, cJSON_GetStringValue(member(call, "name")));
             const char *given = cJSON_GetStringValue(member(call, "id"));
-            snprintf(id, sizeof(id), "toolu_%ld_%d", n, i++);
+            snprintf(id, sizeof(id), "toolu_%.12s_%d", hex, i++);
             cJSON_AddStringToObject(block, "type", "tool_use");
             cJSON_AddStringToObject(block, "id", given ? given : id);
             cJSON_AddStringToObject(block, "name", name);
@@ -369,7 +381,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
             const char *description = cJSON_GetStringValue(member(s->answer_schema, "description"));
             bool wrapped = description && strcmp(description, LLM_ANSWER_WRAPPED) == 0;
             cJSON *block = cJSON_CreateObject();
-            snprintf(id, sizeof(id), "toolu_%ld_answer", n);
+            snprintf(id, sizeof(id), "toolu_%.12s_answer", hex);
             cJSON_AddStringToObject(block, "type", "tool_use");
             cJSON_AddStringToObject(block, "id", id);
             cJSON_AddStringToObject(block, "name", ANSWER_TOOL);
@@ -392,7 +404,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
         cJSON_AddNumberToObject(usage, "output_tokens", (double)output_tokens);
     } else {
         char id[64];
-        snprintf(id, sizeof(id), "chatcmpl-%ld", n);
+        snprintf(id, sizeof(id), "chatcmpl-%.12s", hex);
         cJSON_AddStringToObject(body, "id", id);
         cJSON_AddStringToObject(body, "object", "chat.completion");
         cJSON_AddNumberToObject(body, "created", 0);
@@ -413,7 +425,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
                 cJSON *entry = cJSON_CreateObject();
                 char *name = wire_name(s, cJSON_GetStringValue(member(call, "name")));
                 const char *given = cJSON_GetStringValue(member(call, "id"));
-                snprintf(id, sizeof(id), "call_%ld_%d", n, i++);
+                snprintf(id, sizeof(id), "call_%.12s_%d", hex, i++);
                 cJSON_AddStringToObject(entry, "id", given ? given : id);
                 cJSON_AddStringToObject(entry, "type", "function");
                 cJSON *function = cJSON_AddObjectToObject(entry, "function");
@@ -448,8 +460,8 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
     return out;
 }
 
-static void answer_reply(const cJSON *reply, const struct seen *s, long n, size_t request_len,
-                         struct answer *a)
+static void answer_reply(const cJSON *reply, const struct seen *s, const char *hex,
+                         size_t request_len, struct answer *a)
 {
     const cJSON *status = member(reply, "status");
     a->status = cJSON_IsNumber(status) ? (int)status->valuedouble : 200;
@@ -474,7 +486,7 @@ static void answer_reply(const cJSON *reply, const struct seen *s, long n, size_
                              cJSON_GetStringValue(member(reply, "error_code")));
     } else {
         const char *model = fx.model ? fx.model : "scripted";
-        a->body = render(reply, s, model, n, request_len);
+        a->body = render(reply, s, model, hex, request_len);
     }
 }
 
@@ -537,12 +549,10 @@ static void sha256_hex(const char *data, size_t len, char out[65])
 }
 
 static void log_request(long n, bool anthropic, const char *path, const struct request *request,
-                        const struct seen *s, int turn, int status)
+                        const char *hex, const struct seen *s, int turn, bool repeat, int status)
 {
     if (!fx.log)
         return;
-    char hex[65];
-    sha256_hex(request->body ? request->body : "", request->len, hex);
     cJSON *line = cJSON_CreateObject();
     cJSON_AddNumberToObject(line, "n", (double)n);
     cJSON_AddStringToObject(line, "protocol", anthropic ? "anthropic" : "openai");
@@ -557,6 +567,7 @@ static void log_request(long n, bool anthropic, const char *path, const struct r
     cJSON_AddStringToObject(last, "text", s->last_text ? s->last_text : "");
     cJSON_AddItemToObject(line, "tools", cJSON_Duplicate(s->tools, true));
     cJSON_AddNumberToObject(line, "turn", turn);
+    cJSON_AddBoolToObject(line, "repeat", repeat);
     cJSON_AddNumberToObject(line, "status", status);
     if (fx.log_bodies) {
         cJSON *body = cJSON_ParseWithLength(request->body ? request->body : "", request->len);
@@ -597,6 +608,9 @@ static enum MHD_Result answer_request(struct MHD_Connection *connection, const c
     const char *sent = NULL;
     int turn = -1;
     long delay_ms = 0;
+    bool repeat = false;
+    char hex[65];
+    sha256_hex(request->body ? request->body : "", request->len, hex);
     pthread_mutex_lock(&fx.lock);
     long n = ++fx.requests;
     if (!key_ok(connection, anthropic, &sent)) {
@@ -609,9 +623,14 @@ static enum MHD_Result answer_request(struct MHD_Connection *connection, const c
         a.body = error_body(anthropic, 400, "the body is not a request with messages",
                             "fixture_error", NULL);
     } else {
+        for (size_t m = 0; m < fx.memo_count && turn < 0; m++)
+            if (strcmp(fx.memo[m].sha256, hex) == 0) {
+                turn = fx.memo[m].turn;
+                repeat = true;
+            }
         int i = 0;
-        const cJSON *t;
-        cJSON_ArrayForEach(t, fx.turns)
+        const cJSON *t, *candidates = repeat ? NULL : fx.turns;
+        cJSON_ArrayForEach(t, candidates)
         {
             if (fx.uses_left[i] != 0 && turn_matches(member(t, "when"), &s, n)) {
                 turn = i;
@@ -627,15 +646,20 @@ static enum MHD_Result answer_request(struct MHD_Connection *connection, const c
             a.body = error_body(anthropic, 400, message, "fixture_error", NULL);
             free(message);
         } else {
-            if (fx.uses_left[turn] > 0)
+            if (fx.uses_left[turn] > 0 && !repeat)
                 fx.uses_left[turn]--;
             const cJSON *reply = member(cJSON_GetArrayItem(fx.turns, turn), "reply");
             const cJSON *delay = member(reply, "delay_ms");
             delay_ms = cJSON_IsNumber(delay) ? (long)delay->valuedouble : 0;
-            answer_reply(reply, &s, n, request->len, &a);
+            answer_reply(reply, &s, hex, request->len, &a);
+            if (!repeat && a.status == 200 && !a.cut && delay_ms == 0) {
+                fx.memo = xrealloc(fx.memo, (fx.memo_count + 1) * sizeof(*fx.memo));
+                memcpy(fx.memo[fx.memo_count].sha256, hex, sizeof(hex));
+                fx.memo[fx.memo_count++].turn = turn;
+            }
         }
     }
-    log_request(n, anthropic, url, request, &s, turn, a.status);
+    log_request(n, anthropic, url, request, hex, &s, turn, repeat, a.status);
     pthread_mutex_unlock(&fx.lock);
     if (delay_ms > 0)
         sleep_ms(delay_ms);
@@ -832,6 +856,7 @@ int main(int argc, char **argv)
 out:
     cJSON_Delete(fx.cassette);
     free(fx.uses_left);
+    free(fx.memo);
     if (fx.log)
         fclose(fx.log);
     return status;

@@ -819,11 +819,20 @@ Test(llm, example_cassettes_answer_as_documented)
         cr_expect_eq(exchange(&model, go, &result, &retry, &err), 0, "%s", err.message);
         cr_expect_str_eq(str_at(result, "message.content"), "answered on the third try");
         cJSON_Delete(result);
+        /* Answered, then sent again (an answer lost in a crash): the same answer, nothing of
+           the cassette used up. */
+        cJSON *again = NULL;
+        cr_expect_eq(exchange(&model, go, &again, &retry, &err), 0, "%s", err.message);
+        cr_expect_str_eq(str_at(again, "message.content"), "answered on the third try");
+        cJSON_Delete(again);
         cJSON *log = fixture_log(&fx);
-        cr_expect_eq(cJSON_GetArraySize(log), 3);
-        /* The same request three times: the same hash each time. */
-        cr_expect_str_eq(str_at(log, "0.sha256"), str_at(log, "2.sha256"));
+        cr_expect_eq(cJSON_GetArraySize(log), 4);
+        /* The same request four times: the same hash each time. */
+        cr_expect_str_eq(str_at(log, "0.sha256"), str_at(log, "3.sha256"));
         cr_expect_eq(num_at(log, "2.turn"), 2);
+        cr_expect(cJSON_IsFalse(at(log, "2.repeat")));
+        cr_expect_eq(num_at(log, "3.turn"), 2);
+        cr_expect(cJSON_IsTrue(at(log, "3.repeat")));
         cJSON_Delete(log);
         free(path);
         stop(&fx, &model);
@@ -905,13 +914,15 @@ Test(llm, stop_agrees_with_the_calls)
               "\"arguments\": {}}]}}, {\"reply\": {\"text\": \"x\", \"stop\": \"tool_calls\"}},"
               " {\"reply\": {\"text\": \"cut\", \"stop\": \"max_tokens\"}}]",
               NULL);
-        const char *go = "{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}], " TOOLS "}";
         const char *expect[] = {"tool_calls", "other", "max_tokens"};
         for (int i = 0; i < 3; i++) {
             cJSON *result = NULL;
             int64_t retry;
             struct tr_error err = {0};
+            char *go = xasprintf(
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"go %d\"}], " TOOLS "}", i);
             cr_assert_eq(exchange(&model, go, &result, &retry, &err), 0, "%s", err.message);
+            free(go);
             cr_expect_str_eq(str_at(result, "stop"), expect[i], "%s %d", protocols[p], i);
             cJSON_Delete(result);
         }
