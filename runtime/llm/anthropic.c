@@ -270,7 +270,6 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
     if (list) {
         cJSON_AddItemToObject(out, "tool_calls", list);
         list = NULL;
-        stop = "tool_calls";
     } else if (answer) {
         stop = "end";
     }

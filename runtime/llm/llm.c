@@ -42,11 +42,13 @@ int llm__fail(const struct llm_model *model, struct tr_error *err, int code, con
     const char *name = model && model->name    ? model->name
                        : model && model->model ? model->model
                                                : "?";
-    char *line = xasprintf("model '%s': %s", name, text);
+    char *shown = tr_text_escape(name, 64);
+    char *line = xasprintf("model '%s': %s", shown, text);
+    free(shown);
     free(text);
     /* Whatever a provider echoes (some repeat the header they refused), the key stays out. */
     const char *key = model ? model->api_key : NULL;
-    if (key && strlen(key) >= 4) {
+    if (key && key[0]) {
         struct tr_buf out;
         tr_buf_init(&out, 0);
         size_t klen = strlen(key);
@@ -149,13 +151,23 @@ int llm_model_from_json(const cJSON *json, struct llm_model *ret_model, struct t
         free(shown);
         goto out;
     }
-    size_t n = strlen(m.base_url);
+    if (strchr(m.base_url, '#')) {
+        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" must not have a fragment (#)");
+        goto out;
+    }
+    /* A query (Azure's api-version) stays at the end; the path loses its trailing slashes and,
+       for Anthropic, a trailing /v1: its SDKs take the base URL without it and some
+       configurations carry it, both reach the same endpoint. */
+    size_t n = strcspn(m.base_url, "?");
+    char *query = xstrdup(m.base_url + n);
     while (n > 0 && m.base_url[n - 1] == '/')
-        m.base_url[--n] = '\0';
-    /* Anthropic's SDKs take the base URL without /v1 and some configurations carry it: both
-       reach the same endpoint. */
-    if (m.protocol == LLM_ANTHROPIC && n >= 3 && strcmp(m.base_url + n - 3, "/v1") == 0)
-        m.base_url[n - 3] = '\0';
+        n--;
+    if (m.protocol == LLM_ANTHROPIC && n >= 3 && strncmp(m.base_url + n - 3, "/v1", 3) == 0)
+        n -= 3;
+    while (n > 0 && m.base_url[n - 1] == '/')
+        n--;
+    memcpy(m.base_url + n, query, strlen(query) + 1);
+    free(query);
     const cJSON *temperature = cJSON_GetObjectItemCaseSensitive(json, "temperature");
     if (temperature && !cJSON_IsNull(temperature)) {
         if (!cJSON_IsNumber(temperature) || temperature->valuedouble < 0 ||
@@ -370,6 +382,13 @@ static struct curl_slist *header(struct curl_slist *list, const char *name, cons
     return next;
 }
 
+/* base_url's path + path, then base_url's query if any. */
+static char *endpoint(const char *base_url, const char *path)
+{
+    size_t n = strcspn(base_url, "?");
+    return xasprintf("%.*s%s%s", (int)n, base_url, path, base_url + n);
+}
+
 int llm_request_build(const struct llm_model *model, const cJSON *request,
                       struct llm_http *ret_http, struct tr_error *err)
 {
@@ -383,12 +402,12 @@ int llm_request_build(const struct llm_model *model, const cJSON *request,
     http.headers = header(http.headers, "Accept: ", "application/json");
     if (model->protocol == LLM_OPENAI) {
         rc = llm__openai_build(model, request, http.names, &http.body, err);
-        http.url = xasprintf("%s/chat/completions", model->base_url);
+        http.url = endpoint(model->base_url, "/chat/completions");
         if (model->api_key)
             http.headers = header(http.headers, "Authorization: Bearer ", model->api_key);
     } else {
         rc = llm__anthropic_build(model, request, http.names, &http.body, err);
-        http.url = xasprintf("%s/v1/messages", model->base_url);
+        http.url = endpoint(model->base_url, "/v1/messages");
         if (model->api_key)
             http.headers = header(http.headers, "x-api-key: ", model->api_key);
         http.headers = header(http.headers, "anthropic-version: ", "2023-06-01");
@@ -536,6 +555,49 @@ static bool context_exceeded(const cJSON *body)
            contains_nocase(message, "maximum context") || contains_nocase(message, "too long");
 }
 
+/* url for a message: scheme, host, port and path; no user information, no query (where a
+   credential may hide). Caller frees. */
+static char *shown_url(const char *url)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *shown;
+    if (!u)
+        tr_out_of_memory(0);
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        shown = xstrdup("(the model's URL)");
+    } else {
+        if (curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
+            port = NULL;
+        if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+            path = NULL;
+        char *raw = xasprintf("%s://%s%s%s%s", scheme, host, port ? ":" : "", port ? port : "",
+                              path ? path : "");
+        shown = tr_text_escape(raw, 200);
+        free(raw);
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_url_cleanup(u);
+    return shown;
+}
+
+/* A stop that says tool calls agrees with the calls made: a server that ends a turn of calls
+   with "stop" (some local ones do) still made them, and one that says tool_calls without any
+   made none. */
+static void stop_agrees(cJSON *result)
+{
+    bool calls = cJSON_GetArraySize(member(member(result, "message"), "tool_calls")) > 0;
+    const char *stop = cJSON_GetStringValue(member(result, "stop"));
+    if (calls && strcmp(stop, "tool_calls") != 0)
+        cJSON_ReplaceItemInObject(result, "stop", cJSON_CreateString("tool_calls"));
+    else if (!calls && strcmp(stop, "tool_calls") == 0)
+        cJSON_ReplaceItemInObject(result, "stop", cJSON_CreateString("other"));
+}
+
 static int failed_transfer(const struct llm_model *model, const struct llm_http *http,
                            const struct llm_reply *reply, struct tr_error *err)
 {
@@ -547,7 +609,10 @@ static int failed_transfer(const struct llm_model *model, const struct llm_http 
                       : c == CURLE_GOT_NOTHING
                           ? "the server closed the connection without an answer"
                           : curl_easy_strerror(c);
-    return llm__fail(model, err, TR_EPEER, "%s: %s", http->url, why);
+    char *url = shown_url(http->url);
+    int rc = llm__fail(model, err, TR_EPEER, "%s: %s", url, why);
+    free(url);
+    return rc;
 }
 
 int llm_response_parse(const struct llm_model *model, const struct llm_http *http,
@@ -576,9 +641,22 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
             free(shown);
             goto out;
         }
+        const cJSON *error = member(body, "error");
+        if (error && !cJSON_IsNull(error)) {
+            /* Some gateways answer a failure with 200 and an error body. */
+            message = provider_message(body, &reply->body);
+            rc = context_exceeded(body)
+                     ? llm__fail(model, err, TR_EINVAL,
+                                 "the conversation is longer than the model's context: %s", message)
+                     : llm__fail(model, err, TR_EPROTO, "the answer (HTTP 200) is an error: %s",
+                                 message);
+            goto out;
+        }
         rc = model->protocol == LLM_OPENAI
                  ? llm__openai_result(model, http->names, body, ret_result, err)
                  : llm__anthropic_result(model, http->names, body, ret_result, err);
+        if (rc == 0)
+            stop_agrees(*ret_result);
         goto out;
     }
     message = provider_message(body, &reply->body);
@@ -594,9 +672,11 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
     } else if (status >= 400 && status <= 499) {
         rc = llm__fail(model, err, TR_EINVAL, "HTTP %ld: %s", status, message);
     } else {
+        char *url = shown_url(http->url);
         rc =
-            llm__fail(model, err, TR_EPROTO, "%s answered HTTP %ld%s: %s", http->url, status,
+            llm__fail(model, err, TR_EPROTO, "%s answered HTTP %ld%s: %s", url, status,
                       status >= 300 && status <= 399 ? " (a redirect: not followed)" : "", message);
+        free(url);
     }
 out:
     free(message);

@@ -32,9 +32,11 @@
  * The neutral result (JSON):
  *   {"message": {"role": "assistant", "content": "TEXT" or null,
  *                "tool_calls": [{"id", "name", "arguments": {...}}
- *                               | {"id", "name", "arguments_error": "why", "arguments_text":
- * "RAW"}]}, "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other", "usage":
- * {"input_tokens": N, "output_tokens": N}, "model": "the model the provider says answered",
+ *                               | {"id", "name", "arguments_error": "why",
+ *                                  "arguments_text": "RAW"}]},
+ *    "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other",
+ *    "usage": {"input_tokens": N, "output_tokens": N},
+ *    "model": "the model the provider says answered",
  *    "provider": "openai" | "anthropic"}
  * A tool call whose name the request did not offer keeps the name the model wrote. Arguments
  * that are not a JSON object are no error of the call: the call carries "arguments_error" and
@@ -47,7 +49,8 @@
  * set from Retry-After when given); the call's timeout is TR_ETIMEDOUT; 401/403 are TR_EAUTH;
  * a context length error and other 4xx are TR_EINVAL with the provider's own message (a
  * context length error says so: "the conversation is longer than the model's context: ...");
- * a body that is not the protocol's JSON is TR_EPROTO. The API key never appears in a message.
+ * a body that is not the protocol's JSON is TR_EPROTO. The API key never appears in a message,
+ * nor a URL's user information or query. docs/models.md has the table.
  *
  * Ownership: cJSON values passed in are borrowed; values returned through ret_* belong to the
  * caller. Thread-compatible (no global state besides curl_global_init, done by the caller).

@@ -59,6 +59,19 @@ static cJSON *message(const struct llm_names *names, const cJSON *in)
     return out;
 }
 
+/* Whether base_url is OpenAI's own API, whose reasoning models refuse max_tokens and all of
+   whose models take max_completion_tokens; compatible servers know only max_tokens. */
+static bool official(const struct llm_model *model)
+{
+    const char *host = strstr(model->base_url, "://");
+    static const char name[] = "api.openai.com";
+    if (!host)
+        return false;
+    host += 3;
+    return strncmp(host, name, sizeof(name) - 1) == 0 &&
+           strchr("/:?", host[sizeof(name) - 1]) != NULL;
+}
+
 int llm__openai_build(const struct llm_model *model, const cJSON *request, struct llm_names *names,
                       char **ret_body, struct tr_error *err)
 {
@@ -110,7 +123,8 @@ int llm__openai_build(const struct llm_model *model, const cJSON *request, struc
     }
     long max_tokens = llm__max_tokens(model, request);
     if (max_tokens > 0)
-        cJSON_AddNumberToObject(body, "max_tokens", (double)max_tokens);
+        cJSON_AddNumberToObject(body, official(model) ? "max_completion_tokens" : "max_tokens",
+                                (double)max_tokens);
     if (model->has_temperature)
         cJSON_AddNumberToObject(body, "temperature", model->temperature);
     *ret_body = tr_json_print(body);
@@ -197,10 +211,6 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     }
     const char *finish = cJSON_GetStringValue(member(choice, "finish_reason"));
     const char *stop = stop_of(finish, cJSON_IsString(refusal) && !cJSON_IsString(content));
-    /* A server that ends a turn of tool calls with "stop" (some local ones do) still made
-       them. */
-    if (list && strcmp(stop, "end") == 0)
-        stop = "tool_calls";
     cJSON_AddStringToObject(result, "stop", stop);
     const cJSON *usage = member(body, "usage");
     cJSON *u = cJSON_AddObjectToObject(result, "usage");
