@@ -673,9 +673,9 @@ Test(agent, sigterm_ends_the_loop_and_cancels_calls_in_flight, .timeout = 60)
 /* ---- a persona on a Streamable HTTP server ---------------------------------------------- */
 
 /* test-mcp-http-misbehave (legacy era) on a free port: its pid, and its URL in *ret_url. */
-static pid_t http_server_start(char **ret_url)
+/* Starts a fixture program (argv[0] a path) that prints one line once it listens: that line. */
+static pid_t fixture_start(const char *const *argv, char *ret_line, size_t size)
 {
-    char *program = harness_build_path("tests/test-mcp-http-misbehave");
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     pid_t pid = fork();
@@ -684,14 +684,24 @@ static pid_t http_server_start(char **ret_url)
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it running */
         dup2(fds[1], 1);
         close(fds[0]);
-        execl(program, program, "--legacy", (char *)NULL);
+        execv(argv[0], (char *const *)argv);
         _exit(127);
     }
     close(fds[1]);
-    char line[32] = "";
+    ret_line[0] = '\0';
     FILE *out = fdopen(fds[0], "r");
-    cr_assert(fgets(line, sizeof(line), out), "the test server did not start");
+    cr_assert(fgets(ret_line, (int)size, out), "%s did not start", argv[0]);
     fclose(out);
+    ret_line[strcspn(ret_line, "\n")] = '\0';
+    return pid;
+}
+
+static pid_t http_server_start(char **ret_url)
+{
+    char *program = harness_build_path("tests/test-mcp-http-misbehave");
+    const char *argv[] = {program, "--legacy", NULL};
+    char line[32];
+    pid_t pid = fixture_start(argv, line, sizeof(line));
     *ret_url = xasprintf("http://127.0.0.1:%d/mcp", atoi(line));
     free(program);
     return pid;
@@ -1328,4 +1338,60 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
     sched_stop(&s);
     model_server_stop(&m);
     free(more);
+}
+
+/*
+ * With the scripted model server (another process, Anthropic's protocol): the model's tool
+ * call comes back under troupe's name for it, with its arguments; the provider saw the tools
+ * under its own names, and the key in its header (a wrong key would have got 401).
+ */
+Test(agent, scripted_model_tool_calls_come_back_under_troupe_names, .timeout = 60)
+{
+    char *dir = harness_tempdir();
+    char *cassette = xasprintf("%s/cassette.json", dir), *log = xasprintf("%s/model.log", dir);
+    FILE *f = fopen(cassette, "w");
+    cr_assert_not_null(f);
+    fputs("{\"model\":\"scripted-1\",\"turns\":[{\"when\":{\"has_tool\":"
+          "\"conc.sleep\"},\"reply\":{\"tool_calls\":[{\"name\":"
+          "\"conc.sleep\",\"arguments\":{\"ms\":1}}]}}]}",
+          f);
+    fclose(f);
+    char *program = harness_build_path("tests/test-model-script");
+    const char *argv[] = {program, "--cassette", cassette, "--log", log, "--key", MODEL_KEY, NULL};
+    char url[64];
+    pid_t script = fixture_start(argv, url, sizeof(url));
+    char *more = xasprintf("{\"model\":{\"name\":\"writer\",\"provider\":\"anthropic\","
+                           "\"base_url\":\"%s\",\"model\":\"claude-x\",\"api_key\":"
+                           "\"" MODEL_KEY "\"}," MODEL_TOOLS "}",
+                           url);
+    struct sched s;
+    sched_start_with(&s, 4, NULL, more);
+
+    assign_model(&s, 1, ASK_MODEL, 10000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, NULL);
+    cJSON *result = cJSON_Parse(r->json);
+    const cJSON *call = cJSON_GetArrayItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(result, "message"), "tool_calls"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(call, "name")->valuestring, "conc.sleep", "%s", r->json);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(call, "arguments"), "ms")->valueint, 1);
+    cr_assert_str_eq(cJSON_GetObjectItem(result, "stop")->valuestring, "tool_calls");
+    cr_assert_str_eq(cJSON_GetObjectItem(result, "provider")->valuestring, "anthropic");
+    cJSON_Delete(result);
+    bus_msg_free(&r);
+    char *text = NULL;
+    size_t len = 0;
+    cr_assert_eq(tr_file_read(log, 1 << 20, &text, &len, NULL), 0);
+    cr_assert(strstr(text, "\"conc__sleep\"") && strstr(text, "\"status\":200") &&
+                  !strstr(text, "conc__fail"),
+              "%s", text);
+    free(text);
+    check_no_key(&s);
+    sched_stop(&s);
+    http_server_stop(script);
+    free(more);
+    free(program);
+    free(log);
+    free(cassette);
+    free(dir);
 }
