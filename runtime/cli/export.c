@@ -438,10 +438,59 @@ static size_t on_dispatched(struct otlp *ctx, const struct store_audit_event *ev
     add_attribute(attributes, "troupe.persona", payload_string(payload, "persona"));
     add_attribute(attributes, "mcp.server", payload_string(payload, "server"));
     add_attribute(attributes, "mcp.tool", payload_string(payload, "tool"));
+    /* An ask step's model call. */
+    if (payload_string(payload, "model")) {
+        free(ctx->spans[span].name);
+        ctx->spans[span].name = xasprintf("chat %s", payload_string(payload, "model"));
+        ctx->spans[span].kind = SPAN_KIND_CLIENT;
+        add_attribute(attributes, "gen_ai.request.model", payload_string(payload, "model"));
+    }
     ctx->tasks = xrealloc(ctx->tasks, (ctx->task_count + 1) * sizeof(*ctx->tasks));
     ctx->tasks[ctx->task_count++] =
         (struct open_task){payload_int(payload, "task", -1), step, item, span, false};
     return span;
+}
+
+/*
+ * An ask step's call answered: a model call's span gets the OpenTelemetry GenAI attributes
+ * (gen_ai.*: provider, models, tokens, finish reason) and ends; a tool call's ended with its
+ * MCP answer. Returns the span the event belongs to.
+ */
+static long on_answer(struct otlp *ctx, const struct store_audit_event *event, const cJSON *payload,
+                      int64_t ms)
+{
+    size_t step = step_span(ctx, event, NULL, ms);
+    long task = find_task_of(ctx, step, (long)payload_int(payload, "call", -1));
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(payload, "model");
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(model, "usage");
+
+    if (task < 0 || !model)
+        return (long)step;
+    size_t span = ctx->tasks[task].span;
+    cJSON *attributes = ctx->spans[span].attributes;
+    const char *stop = payload_string(model, "stop");
+    add_attribute(attributes, "gen_ai.operation.name", "chat");
+    add_attribute(attributes, "gen_ai.provider.name", payload_string(model, "provider"));
+    add_attribute(attributes, "gen_ai.response.model", payload_string(model, "model"));
+    add_int_attribute(attributes, "gen_ai.usage.input_tokens",
+                      payload_int(usage, "input_tokens", 0));
+    add_int_attribute(attributes, "gen_ai.usage.output_tokens",
+                      payload_int(usage, "output_tokens", 0));
+    if (stop) {
+        cJSON *reasons = cJSON_CreateObject();
+        cJSON *values =
+            cJSON_AddArrayToObject(cJSON_AddObjectToObject(reasons, "arrayValue"), "values");
+        cJSON *one = cJSON_CreateObject();
+        cJSON_AddStringToObject(one, "stringValue", stop);
+        cJSON_AddItemToArray(values, one);
+        cJSON *attribute = cJSON_CreateObject();
+        cJSON_AddStringToObject(attribute, "key", "gen_ai.response.finish_reasons");
+        cJSON_AddItemToObject(attribute, "value", reasons);
+        cJSON_AddItemToArray(attributes, attribute);
+    }
+    span_event(ctx, span, event, ms);
+    task_end(ctx, (size_t)task, ms, STATUS_OK, NULL);
+    return -2;
 }
 
 /* The audit events that end a step's span, and how. */
@@ -451,6 +500,17 @@ static void on_step_end(struct otlp *ctx, size_t step, const struct store_audit_
     const char *status = payload_string(payload, "status");
     const char *error = payload_string(payload, "error");
     cJSON *attributes = ctx->spans[step].attributes;
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(payload, "usage");
+
+    if (usage) {
+        /* An ask step's model use over all its calls. */
+        add_int_attribute(attributes, "gen_ai.usage.input_tokens",
+                          payload_int(usage, "input_tokens", 0));
+        add_int_attribute(attributes, "gen_ai.usage.output_tokens",
+                          payload_int(usage, "output_tokens", 0));
+        add_int_attribute(attributes, "troupe.model_calls", payload_int(usage, "model_calls", 0));
+        add_int_attribute(attributes, "troupe.tool_calls", payload_int(usage, "tool_calls", 0));
+    }
 
     if (strcmp(event->type, "step.skipped") == 0) {
         add_attribute(attributes, "troupe.state", "skipped");
@@ -496,6 +556,8 @@ static int write_otlp_event(void *userdata, const struct store_audit_event *even
         target = on_mcp(ctx, event, payload, ms);
     } else if (strcmp(event->type, "step.dispatched") == 0 && event->step_id) {
         target = (long)on_dispatched(ctx, event, payload, ms);
+    } else if (strcmp(event->type, "ask.answer") == 0 && event->step_id) {
+        target = on_answer(ctx, event, payload, ms);
     } else if (strcmp(event->type, "step.retry") == 0 && event->step_id) {
         size_t step = step_span(ctx, event, NULL, ms);
         long task = find_task_of(ctx, step, (long)payload_int(payload, "item", -1));

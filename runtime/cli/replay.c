@@ -287,10 +287,16 @@ int cli_replay(int argc, char **argv, struct cli_common *common)
     if (report.children)
         snprintf(with, sizeof(with), " (with %zu child run%s)", report.children,
                  report.children == 1 ? "" : "s");
+    char calls[96];
+    size_t tools = report.matched - report.model_matched;
+    if (report.model_matched)
+        snprintf(calls, sizeof(calls), "%zu model call%s and %zu tool call%s", report.model_matched,
+                 report.model_matched == 1 ? "" : "s", tools, tools == 1 ? "" : "s");
+    else
+        snprintf(calls, sizeof(calls), "%zu tool call%s", tools, tools == 1 ? "" : "s");
     fprintf(verdict,
-            "replay of %s%s: %zu tool call%s matched the record, %s; no tool, server or model "
-            "was called\n",
-            run_id, with, report.matched, report.matched == 1 ? "" : "s",
+            "replay of %s%s: %s matched the record, %s; no tool, server or model was called\n",
+            run_id, with, calls,
             status == CLI_OK ? "no divergence" : "stopped at the first divergence");
     free(report.divergence);
     free(report.note);

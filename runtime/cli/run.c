@@ -28,7 +28,12 @@ static void usage(FILE *out)
             "options:\n"
             "  -i, --input NAME=VALUE  set an input; a string input takes VALUE as it is, others\n"
             "                          read it as JSON when it parses, else as a string\n"
-            "                          (repeatable)\n" CLI_SCHED_USAGE
+            "                          (repeatable)\n"
+            "  --model [NAME=]ID       the provider's model id of every model of the workflow,\n"
+            "                          or of model NAME (a name under 'models', or a persona's\n"
+            "                          model id); the run's plan records it (repeatable)\n"
+            "  --model-url [NAME=]URL  the base URL (http(s)://... or ${env:NAME}) of every\n"
+            "                          model, or of model NAME (repeatable)\n" CLI_SCHED_USAGE
             "  --db FILE               the database (default: $TROUPE_DB, else %s)\n"
             "  -q, --quiet             print only the run id and outcome, and errors\n"
             "  --log-format FORMAT     log lines as text (default) or json\n"
@@ -568,18 +573,47 @@ int cli_sched_report(struct store *store, const struct cli_common *common,
     return status;
 }
 
-/* -i NAME=VALUE, the one option of run's own. */
+/* run's own options: -i NAME=VALUE, and the model overrides, applied once the file loads. */
+enum { RUN_OPT_MODEL = 1300, RUN_OPT_MODEL_URL };
+struct run_args {
+    cJSON *given;     /* the inputs, as text */
+    cJSON *overrides; /* [[member, spec]...] in the order given */
+};
+
 static int run_option(void *userdata, int opt, const char *arg)
 {
-    if (opt != 'i')
+    struct run_args *args = userdata;
+
+    if (opt == 'i')
+        return add_input(args->given, arg) < 0 ? -1 : 1;
+    if (opt != RUN_OPT_MODEL && opt != RUN_OPT_MODEL_URL)
         return 0;
-    return add_input(userdata, arg) < 0 ? -1 : 1;
+    const char *pair[] = {opt == RUN_OPT_MODEL ? "model" : "base_url", arg};
+    cJSON_AddItemToArray(args->overrides, cJSON_CreateStringArray(pair, 2));
+    return 1;
+}
+
+/* The --model and --model-url overrides, in order, before the plan is made. */
+static int apply_overrides(struct workflow *wf, const cJSON *overrides, struct tr_error *err)
+{
+    const cJSON *pair;
+    int rc;
+
+    cJSON_ArrayForEach(pair, overrides)
+    {
+        if ((rc = workflow_models_override(wf, cJSON_GetArrayItem(pair, 0)->valuestring,
+                                           cJSON_GetArrayItem(pair, 1)->valuestring, err)) < 0)
+            return rc;
+    }
+    return 0;
 }
 
 int cli_run(int argc, char **argv, struct cli_common *common)
 {
     static const struct option options[] = {
         {"input", required_argument, NULL, 'i'},
+        {"model", required_argument, NULL, RUN_OPT_MODEL},
+        {"model-url", required_argument, NULL, RUN_OPT_MODEL_URL},
         CLI_SCHED_OPTIONS,
         {NULL, 0, NULL, 0},
     };
@@ -589,12 +623,13 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     struct workflow *wf = NULL;
     struct store *store = NULL;
     cJSON *given = cJSON_CreateObject();
+    struct run_args args = {given, cJSON_CreateArray()};
     cJSON *input = NULL;
     char *workflow_path = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
     int done = cli_sched_parse_options(argc, argv, "i:qvh", options, common, &opts, &progress,
-                                       run_option, given, usage);
+                                       run_option, &args, usage);
 
     if (done >= 0) {
         status = done;
@@ -615,6 +650,10 @@ int cli_run(int argc, char **argv, struct cli_common *common)
         for (size_t i = 0; i < problem_count; i++)
             cli_error("%s", problems[i]);
         workflow_problems_free(problems, problem_count);
+        goto out;
+    }
+    if (apply_overrides(wf, args.overrides, &err) < 0) {
+        cli_error("%s", err.message);
         goto out;
     }
     cJSON *typed = workflow_inputs_from_text(wf, given);
@@ -662,6 +701,7 @@ out:
     workflow_free(&wf);
     store_free(&store);
     cJSON_Delete(given);
+    cJSON_Delete(args.overrides);
     cJSON_Delete(input);
     cli_progress_release(&progress);
     free(workflow_path);

@@ -17,7 +17,9 @@ static void usage(FILE *out)
             "usage: troupe show RUN [--db FILE] [--json]\n"
             "\n"
             "Shows a run: workflow, status, times, plan hash and error, then each step with\n"
-            "its state, persona, attempts and duration. RUN is a run id, a unique prefix\n"
+            "its state, persona, attempts and duration, and the model use of its ask steps\n"
+            "(model calls, tool calls, tokens and cost, per step, persona and run). RUN is a run "
+            "id, a unique prefix\n"
             "of one, or 'latest'. A run whose records disagree with its audit log (tampered\n"
             "with, or damaged) is refused: troupe audit verify RUN names what differs.\n"
             "\n"
@@ -62,11 +64,108 @@ static void add_string(cJSON *o, const char *key, const char *value)
         cJSON_AddNullToObject(o, key);
 }
 
+/* Model use of ask steps: calls, tokens and cost, from their journals (step_items). */
+struct usage {
+    long model_calls, tool_calls, input_tokens, output_tokens;
+    double cost;
+};
+
 struct show {
     cJSON *doc;              /* --json: the run's object, else NULL */
     cJSON *steps;            /* --json: its steps */
     struct cli_table *table; /* text: the steps */
+    struct store *store;
+    const char *run_id;
+    cJSON *asks; /* the plan's ask steps: {ID: true} */
+    struct tr_error *err;
+    struct usage total;      /* over the run */
+    cJSON *personas;         /* {PERSONA: usage} */
+    struct cli_table *usage; /* text: a row per ask step */
 };
+
+static double member_number(const cJSON *o, const char *name)
+{
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(n) ? n->valuedouble : 0;
+}
+
+/* One journal entry of an ask step counted: a model call's usage and cost, its tool calls. */
+static int count_entry(void *userdata, const struct store_step_item *item)
+{
+    struct usage *u = userdata;
+    cJSON *entry = cJSON_Parse(item->output_json);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(entry, "model");
+    if (model) {
+        const cJSON *usage = cJSON_GetObjectItemCaseSensitive(model, "usage");
+        u->model_calls++;
+        u->tool_calls += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(model, "message"), "tool_calls"));
+        u->input_tokens += (long)member_number(usage, "input_tokens");
+        u->output_tokens += (long)member_number(usage, "output_tokens");
+        u->cost += member_number(entry, "cost");
+    }
+    cJSON_Delete(entry);
+    return 0;
+}
+
+static cJSON *usage_json(const struct usage *u)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "model_calls", (double)u->model_calls);
+    cJSON_AddNumberToObject(o, "tool_calls", (double)u->tool_calls);
+    cJSON_AddNumberToObject(o, "input_tokens", (double)u->input_tokens);
+    cJSON_AddNumberToObject(o, "output_tokens", (double)u->output_tokens);
+    cJSON_AddNumberToObject(o, "cost", u->cost);
+    return o;
+}
+
+static void usage_add(struct usage *to, const struct usage *u)
+{
+    to->model_calls += u->model_calls;
+    to->tool_calls += u->tool_calls;
+    to->input_tokens += u->input_tokens;
+    to->output_tokens += u->output_tokens;
+    to->cost += u->cost;
+}
+
+static void usage_row(struct cli_table *table, const char *what, const char *persona,
+                      const struct usage *u)
+{
+    char calls[24], tools[24], in[24], out[24], cost[32];
+    snprintf(calls, sizeof(calls), "%ld", u->model_calls);
+    snprintf(tools, sizeof(tools), "%ld", u->tool_calls);
+    snprintf(in, sizeof(in), "%ld", u->input_tokens);
+    snprintf(out, sizeof(out), "%ld", u->output_tokens);
+    snprintf(cost, sizeof(cost), "%.6f", u->cost);
+    const char *cells[] = {what, persona, calls, tools, in, out, cost};
+    cli_table_add(table, cells);
+}
+
+/* The ask step's model use, counted into the run's and its persona's; false for other steps. */
+static bool step_usage(struct show *show, const struct store_step *step, struct usage *ret,
+                       struct tr_error *err)
+{
+    memset(ret, 0, sizeof(*ret));
+    if (!cJSON_GetObjectItemCaseSensitive(show->asks, step->step_id))
+        return false;
+    if (store_step_items_list(show->store, show->run_id, step->step_id, count_entry, ret, err) < 0)
+        return false;
+    usage_add(&show->total, ret);
+    const char *persona = step->persona ? step->persona : "-";
+    cJSON *p = cJSON_GetObjectItemCaseSensitive(show->personas, persona);
+    struct usage sum = {0};
+    if (p) {
+        sum.model_calls = (long)member_number(p, "model_calls");
+        sum.tool_calls = (long)member_number(p, "tool_calls");
+        sum.input_tokens = (long)member_number(p, "input_tokens");
+        sum.output_tokens = (long)member_number(p, "output_tokens");
+        sum.cost = member_number(p, "cost");
+        cJSON_DeleteItemFromObjectCaseSensitive(show->personas, persona);
+    }
+    usage_add(&sum, ret);
+    cJSON_AddItemToObject(show->personas, persona, usage_json(&sum));
+    return true;
+}
 
 /* A header line of the run: its label, then the value escaped for the terminal. */
 static void print_field(const char *label, const char *value, const char *suffix)
@@ -81,7 +180,17 @@ static int print_run(void *userdata, const struct store_run *run)
 {
     struct show *show = userdata;
     char took[32];
+    cJSON *planned = run->plan_json ? cJSON_Parse(run->plan_json) : NULL;
+    const cJSON *step;
 
+    /* Which steps ask a model: their journals hold the model use. */
+    cJSON_ArrayForEach(step, cJSON_GetObjectItemCaseSensitive(planned, "steps"))
+    {
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(step, "id"));
+        if (id && cJSON_HasObjectItem(step, "ask") && !cJSON_HasObjectItem(show->asks, id))
+            cJSON_AddTrueToObject(show->asks, id);
+    }
+    cJSON_Delete(planned);
     if (show->doc) {
         cli_run_json(show->doc, run);
         cJSON *input = cJSON_Parse(run->input_json);
@@ -113,8 +222,15 @@ static int print_step(void *userdata, const struct store_step *step)
 {
     struct show *show = userdata;
     char took[32];
+    struct usage used;
+    struct tr_error err = {0};
+    bool ask = step_usage(show, step, &used, &err);
 
+    if (err.code)
+        return tr_error_set(show->err, err.code, "%s", err.message);
     duration(step->started_at, step->finished_at, took, sizeof(took));
+    if (ask && show->usage)
+        usage_row(show->usage, step->step_id, step->persona ? step->persona : "-", &used);
     if (show->steps) {
         cJSON *o = cJSON_CreateObject();
         add_string(o, "id", step->step_id);
@@ -128,14 +244,16 @@ static int print_step(void *userdata, const struct store_step *step)
         cJSON *output = step->output_json ? cJSON_Parse(step->output_json) : NULL;
         cJSON_AddItemToObject(o, "output", output ? output : cJSON_CreateNull());
         add_string(o, "error", step->error);
+        if (ask)
+            cJSON_AddItemToObject(o, "usage", usage_json(&used));
         cJSON_AddItemToArray(show->steps, o);
         return 0;
     }
     char attempt[16], items[48] = "";
     snprintf(attempt, sizeof(attempt), "%d", step->attempt);
     if (step->items_done > 0)
-        snprintf(items, sizeof(items), "%s%lld items done", step->error ? "; " : "",
-                 (long long)step->items_done);
+        snprintf(items, sizeof(items), "%s%lld %s", step->error ? "; " : "",
+                 (long long)step->items_done, ask ? "calls answered" : "items done");
     char *error = xasprintf("%s%s", step->error ? step->error : "", items);
     const char *cells[] = {step->step_id, step->state, step->persona ? step->persona : "-",
                            attempt,       took,        error};
@@ -227,10 +345,19 @@ int cli_show(int argc, char **argv, struct cli_common *common)
         store_free(&store);
         return CLI_FAILED;
     }
+    static const char *const usage_headers[] = {"MODEL USE", "PERSONA",    "CALLS", "TOOL CALLS",
+                                                "TOKENS IN", "TOKENS OUT", "COST"};
+    static const size_t usage_widths[] = {40, 24, 6, 10, 10, 10, 0};
     struct show show = {
         .doc = json ? cJSON_CreateObject() : NULL,
         .steps = json ? cJSON_CreateArray() : NULL,
         .table = json ? NULL : cli_table_new(6, headers, widths),
+        .store = store,
+        .run_id = run_id,
+        .asks = cJSON_CreateObject(),
+        .personas = cJSON_CreateObject(),
+        .usage = json ? NULL : cli_table_new(7, usage_headers, usage_widths),
+        .err = &err,
     };
     struct children children = {.list = json ? cJSON_CreateArray() : NULL};
     int rc = store_run_get(store, run_id, print_run, &show, &err);
@@ -238,6 +365,23 @@ int cli_show(int argc, char **argv, struct cli_common *common)
         rc = store_steps_list(store, run_id, print_step, &show, &err);
     if (rc == 0 && !json)
         cli_table_print(show.table, stdout);
+    if (rc == 0 && !json && show.total.model_calls > 0) {
+        /* Model use: each ask step, each persona, the run. */
+        const cJSON *p;
+        cJSON_ArrayForEach(p, show.personas)
+        {
+            struct usage u = {(long)member_number(p, "model_calls"),
+                              (long)member_number(p, "tool_calls"),
+                              (long)member_number(p, "input_tokens"),
+                              (long)member_number(p, "output_tokens"), member_number(p, "cost")};
+            char *label = xasprintf("persona %s", p->string);
+            usage_row(show.usage, label, p->string, &u);
+            free(label);
+        }
+        usage_row(show.usage, "run", "-", &show.total);
+        fputc('\n', stdout);
+        cli_table_print(show.usage, stdout);
+    }
     if (rc == 0)
         rc = store_children_list(store, run_id, print_child, &children, &err);
     if (rc == 0 && !json)
@@ -245,6 +389,12 @@ int cli_show(int argc, char **argv, struct cli_common *common)
     if (rc == 0 && json) {
         cJSON_AddItemToObject(show.doc, "steps", show.steps);
         show.steps = NULL;
+        if (cJSON_GetArraySize(show.asks) > 0) {
+            cJSON *usage = usage_json(&show.total);
+            cJSON_AddItemToObject(usage, "personas", show.personas);
+            show.personas = NULL;
+            cJSON_AddItemToObject(show.doc, "usage", usage);
+        }
         cJSON_AddItemToObject(show.doc, "children", children.list);
         children.list = NULL;
         char *text = tr_json_print_pretty(show.doc);
@@ -256,7 +406,10 @@ int cli_show(int argc, char **argv, struct cli_common *common)
         cli_error("%s", err.message);
     cJSON_Delete(show.doc);
     cJSON_Delete(show.steps);
+    cJSON_Delete(show.asks);
+    cJSON_Delete(show.personas);
     cli_table_free(&show.table);
+    cli_table_free(&show.usage);
     store_free(&store);
     return rc < 0 ? CLI_FAILED : CLI_OK;
 }

@@ -45,6 +45,14 @@ struct fanout {
     size_t active_len, active_cap;
 };
 
+/* An answered call of an ask step: its number and its entry (JSON text). */
+struct journal_entry {
+    long seq;
+    char *json;
+};
+
+struct talk;
+
 struct step_run {
     enum step_state state;
     int attempt;    /* dispatches over the run's whole life */
@@ -59,6 +67,9 @@ struct step_run {
     bool gate;    /* an approval step whose approval is asked */
     long stands_for;
     struct fanout *fan;
+    struct talk *talk;             /* an ask step's conversation under way */
+    struct journal_entry *journal; /* an ask step's answered calls (over the run's life) */
+    size_t journal_len, journal_cap;
     unsigned char *finished; /* for_each: a bit per item that succeeded (over the run's life) */
     long finished_bits;      /* bits allocated */
 };
@@ -81,7 +92,10 @@ struct engine {
     size_t *ready; /* FIFO of ready step indexes (a ring of step_count slots) */
     size_t ready_head, ready_len;
     bool stalled;
-    size_t done, failed, retries, waiting, fanouts;
+    size_t done, failed, retries, waiting, fanouts, talks;
+    /* ask steps' model calls over the run: the run's budget is counted on them */
+    long model_calls, tool_calls, input_tokens, output_tokens;
+    double cost;
     char *failure; /* the first reason the run fails, or NULL */
     bool cancelling;
     bool loaded; /* steps were loaded (a take-over) */
@@ -92,6 +106,15 @@ struct engine {
     void **owned;
     size_t owned_count, owned_cap;
 };
+
+static void talk_free(struct engine *e, struct talk **talk);
+static bool ask_result(struct engine *e, size_t index, long seq, int attempt, const cJSON *result,
+                       int64_t now);
+static bool ask_failure(struct engine *e, size_t index, long seq, int attempt,
+                        enum tr_error_class error_class, const char *message, int64_t now);
+static void ask_start(struct engine *e, size_t index, int64_t now);
+static void ask_fill(struct engine *e, size_t *slots, size_t *made, int64_t now);
+static cJSON *usage_json(const struct talk *t);
 
 /* ---- the effect queue ---------------------------------------------------------------------- */
 
@@ -312,6 +335,10 @@ void engine_free(struct engine **engine)
     free(e->effects);
     for (size_t i = 0; i < e->step_count; i++) {
         fanout_free(e, &e->steps[i].fan);
+        talk_free(e, &e->steps[i].talk);
+        for (size_t k = 0; k < e->steps[i].journal_len; k++)
+            free(e->steps[i].journal[k].json);
+        free(e->steps[i].journal);
         free(e->steps[i].finished);
     }
     free(e->steps);
@@ -504,6 +531,7 @@ static void leave_dispatched(struct engine *e, size_t index, const char *reason)
     struct engine_effect *fx = push(e, ENGINE_CANCEL_CALLS, index);
     fx->reason = keep(e, reason);
     fanout_free(e, &e->steps[index].fan);
+    talk_free(e, &e->steps[index].talk);
 }
 
 static void reach_final(struct engine *e, size_t index, enum step_state state)
@@ -558,6 +586,8 @@ static void succeed(struct engine *e, size_t index, cJSON *output, char *output_
     cJSON *payload = cJSON_CreateObject();
 
     output_json = own(e, output_json ? output_json : tr_json_print(output));
+    if (step->talk)
+        cJSON_AddItemToObject(payload, "usage", usage_json(step->talk));
     leave_dispatched(e, index, "the step ended");
     reach_final(e, index, STEP_SUCCEEDED);
     decide(e, index, ENGINE_NO_ITEM, ENGINE_DECIDE_SUCCEED, ENGINE_NO_STEP);
@@ -602,8 +632,10 @@ static void step_failed(struct engine *e, size_t index, const char *error, int64
     error = keep(e, error); /* it may be an effect's, or the caller's */
     if (duration == 0 && step->state == STEP_DISPATCHED)
         duration = now - step->dispatched_ms; /* a fan-out's item, a timeout: since dispatch */
-    leave_dispatched(e, index, error);
     cJSON *payload = cJSON_CreateObject();
+    if (step->talk)
+        cJSON_AddItemToObject(payload, "usage", usage_json(step->talk));
+    leave_dispatched(e, index, error);
     /* A fallback runs once, for one step; a second failure naming it is not absorbed. Nothing
      * starts once the run is cancelled or has failed. */
     if (e->cancelling || e->failure ||
@@ -823,6 +855,8 @@ bool engine_result(struct engine *e, size_t index, long item, int attempt, const
     if (index >= e->step_count || e->steps[index].state != STEP_DISPATCHED)
         return false;
     struct step_run *step = &e->steps[index];
+    if (step->talk)
+        return item != ENGINE_NO_ITEM && ask_result(e, index, item, attempt, result, now);
     if (item == ENGINE_NO_ITEM) {
         if (step->fan || attempt != step->attempt)
             return false;
@@ -948,6 +982,9 @@ bool engine_failure(struct engine *e, size_t index, long item, int attempt,
         return false;
     if ((unsigned)error_class >= TR_ERROR_CLASS_COUNT)
         error_class = TR_ERROR_CLASS_PROTOCOL;
+    if (e->steps[index].talk)
+        return item != ENGINE_NO_ITEM &&
+               ask_failure(e, index, item, attempt, error_class, message, now);
     if (item == ENGINE_NO_ITEM) {
         if (e->steps[index].fan || attempt != e->steps[index].attempt)
             return false;
@@ -1147,6 +1184,807 @@ static void fanout_fill(struct engine *e, size_t *slots, size_t *made, int64_t n
     }
 }
 
+/* ---- ask steps: the conversation ------------------------------------------------------------ */
+
+/* A call of an ask step: sent (in_flight), waiting for room or for its retry (due_ms). */
+struct ask_call {
+    long seq;
+    int attempt;
+    int failures;
+    bool in_flight;
+    int64_t due_ms;
+    bool model;    /* a model call, else a tool call */
+    char *server;  /* a tool call's */
+    cJSON *params; /* what is sent */
+    size_t slot;   /* a tool call's place among its turn's answers */
+    char *call_id; /* a tool call's id, as the model gave it */
+    char *name;    /* a tool call's name, as the model gave it */
+};
+
+/* An ask step under way: the conversation so far, its counts, its calls not answered. */
+struct talk {
+    cJSON *system;   /* a string, or NULL */
+    cJSON *messages; /* the conversation (runtime/llm/llm.h's neutral messages) */
+    long next_seq;
+    long turns, tool_calls, input_tokens, output_tokens;
+    double cost;
+    bool repaired;      /* the one repair turn for output_schema was used */
+    cJSON *answers;     /* the tool messages of the last model turn, in its order (NULL: none) */
+    long unanswered;    /* of them */
+    long answers_first; /* the number of the turn's first tool call */
+    struct ask_call *calls;
+    size_t call_len, call_cap;
+};
+
+static void ask_call_clear(struct ask_call *c)
+{
+    free(c->server);
+    free(c->call_id);
+    free(c->name);
+    cJSON_Delete(c->params);
+    memset(c, 0, sizeof(*c));
+}
+
+static void talk_free(struct engine *e, struct talk **talk)
+{
+    struct talk *t = *talk;
+    if (!t)
+        return;
+    e->talks--;
+    for (size_t i = 0; i < t->call_len; i++)
+        ask_call_clear(&t->calls[i]);
+    free(t->calls);
+    cJSON_Delete(t->system);
+    cJSON_Delete(t->messages);
+    cJSON_Delete(t->answers);
+    free(t);
+    *talk = NULL;
+}
+
+/* The journal entry of call seq, or NULL. */
+static const char *journal_find(const struct step_run *step, long seq)
+{
+    for (size_t i = 0; i < step->journal_len; i++)
+        if (step->journal[i].seq == seq)
+            return step->journal[i].json;
+    return NULL;
+}
+
+static void journal_add(struct step_run *step, long seq, const char *json)
+{
+    if (journal_find(step, seq))
+        return;
+    if (step->journal_len == step->journal_cap) {
+        step->journal_cap = step->journal_cap ? 2 * step->journal_cap : 8;
+        step->journal = xrealloc(step->journal, step->journal_cap * sizeof(*step->journal));
+    }
+    step->journal[step->journal_len].seq = seq;
+    step->journal[step->journal_len++].json = xstrdup(json);
+}
+
+static double number_of(const cJSON *o, const char *name)
+{
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(n) ? n->valuedouble : 0;
+}
+
+/* What a model answer costs by the persona's prices (per million tokens). */
+static double answer_cost(const struct engine *e, size_t index, const cJSON *usage)
+{
+    double in = 0, out = 0;
+    workflow_persona_price(e->wf, workflow_step_persona(e->wf, index), &in, &out);
+    return (number_of(usage, "input_tokens") * in + number_of(usage, "output_tokens") * out) / 1e6;
+}
+
+/* The usage of an entry's model answer counted into the run's totals (and the talk's). */
+static void count_usage(struct engine *e, size_t index, struct talk *t, const cJSON *entry)
+{
+    const cJSON *usage =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(entry, "model"), "usage");
+    long in = (long)number_of(usage, "input_tokens"), out = (long)number_of(usage, "output_tokens");
+    double cost = answer_cost(e, index, usage);
+    long calls = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(entry, "model"),
+                                         "message"),
+        "tool_calls"));
+    e->model_calls++;
+    e->tool_calls += calls;
+    e->input_tokens += in;
+    e->output_tokens += out;
+    e->cost += cost;
+    if (t) {
+        t->turns++;
+        t->tool_calls += calls;
+        t->input_tokens += in;
+        t->output_tokens += out;
+        t->cost += cost;
+    }
+}
+
+static cJSON *usage_json(const struct talk *t)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "model_calls", (double)t->turns);
+    cJSON_AddNumberToObject(u, "tool_calls", (double)t->tool_calls);
+    cJSON_AddNumberToObject(u, "input_tokens", (double)t->input_tokens);
+    cJSON_AddNumberToObject(u, "output_tokens", (double)t->output_tokens);
+    cJSON_AddNumberToObject(u, "cost", t->cost);
+    return u;
+}
+
+/* The step fails with a limit's words (no retry: the limit would be reached again). */
+static void ask_fail(struct engine *e, size_t index, char *reason, int64_t now)
+{
+    step_failed(e, index, reason, 0, now);
+    free(reason);
+}
+
+/* The system message: the persona's role, goal and instructions. */
+static cJSON *system_of(const struct engine *e, size_t index)
+{
+    cJSON *config = workflow_persona_config(e->wf, workflow_step_persona(e->wf, index));
+    const char *role = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(config, "role"));
+    const char *goal = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(config, "goal"));
+    const char *how =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(config, "instructions"));
+    char *text =
+        xasprintf("%s%s%s%s%s%s%s", role ? "You are the " : "", role ? role : "", role ? ".\n" : "",
+                  goal ? "Your goal: " : "", goal ? goal : "", goal ? "\n" : "", how ? how : "");
+    cJSON *system = text[0] ? cJSON_CreateString(text) : NULL;
+    free(text);
+    cJSON_Delete(config);
+    return system;
+}
+
+static cJSON *builtin_tools(void)
+{
+    cJSON *tools = cJSON_Parse(
+        "[{\"name\":\"" ENGINE_TOOL_CONTEXT_READ "\",\"description\":\"Reads the run's shared "
+        "context: the value of one key, or every key when none is given.\",\"input_schema\":"
+        "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"}}}},"
+        "{\"name\":\"" ENGINE_TOOL_CONTEXT_WRITE "\",\"description\":\"Writes a value under a "
+        "key of the run's shared context, for the other personas and later steps.\","
+        "\"input_schema\":{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"},"
+        "\"value\":{}},\"required\":[\"key\",\"value\"]}}]");
+    return tools;
+}
+
+static struct ask_call *ask_call_new(struct talk *t)
+{
+    if (t->call_len == t->call_cap) {
+        t->call_cap = t->call_cap ? 2 * t->call_cap : 8;
+        t->calls = xrealloc(t->calls, t->call_cap * sizeof(*t->calls));
+    }
+    struct ask_call *c = &t->calls[t->call_len++];
+    memset(c, 0, sizeof(*c));
+    c->seq = t->next_seq++;
+    return c;
+}
+
+static struct ask_call *ask_call_find(struct talk *t, long seq)
+{
+    for (size_t i = 0; t && i < t->call_len; i++)
+        if (t->calls[i].seq == seq)
+            return &t->calls[i];
+    return NULL;
+}
+
+static void ask_call_forget(struct talk *t, struct ask_call *c)
+{
+    ask_call_clear(c);
+    *c = t->calls[--t->call_len];
+}
+
+static void ask_apply(struct engine *e, size_t index, long seq, const char *entry_json,
+                      int64_t now);
+
+/*
+ * Call c's answer is entry (a journal entry): journaled, audited and applied. Live and in
+ * replay alike; a take-over applies what its journal holds without recording it again.
+ */
+static void ask_record(struct engine *e, size_t index, long seq, int attempt, cJSON *entry,
+                       int64_t now)
+{
+    char *json = tr_json_print(entry);
+    struct engine_effect *fx = push(e, ENGINE_ITEM_DONE, index);
+    fx->item = seq;
+    fx->attempt = attempt;
+    fx->output_json = keep(e, json);
+    cJSON *payload = cJSON_Duplicate(entry, true);
+    cJSON_AddNumberToObject(payload, "call", (double)seq);
+    cJSON_AddNumberToObject(payload, "attempt", attempt);
+    audit(e, index, "ask.answer", payload, false);
+    journal_add(&e->steps[index], seq, json);
+    ask_apply(e, index, seq, json, now);
+    free(json);
+    cJSON_Delete(entry);
+}
+
+/* A tool call's answer entry: its message to the model. */
+static cJSON *tool_entry(const char *id, const char *name, const char *content, bool is_error)
+{
+    cJSON *entry = cJSON_CreateObject();
+    cJSON *tool = cJSON_AddObjectToObject(entry, "tool");
+    cJSON_AddStringToObject(tool, "id", id ? id : "");
+    cJSON_AddStringToObject(tool, "name", name ? name : "");
+    cJSON_AddStringToObject(tool, "content", content ? content : "");
+    cJSON_AddBoolToObject(tool, "is_error", is_error);
+    return entry;
+}
+
+/* What a CallToolResult says to the model: structuredContent as JSON, else its texts, else
+ * its content as JSON. */
+static char *tool_result_text(const cJSON *result)
+{
+    const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
+    const cJSON *item;
+    struct tr_buf text;
+
+    if (structured && !cJSON_IsNull(structured))
+        return tr_json_print(structured);
+    tr_buf_init(&text, 0);
+    cJSON_ArrayForEach(item, content)
+    {
+        const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(item, "text"));
+        if (!s) {
+            tr_buf_release(&text);
+            return tr_json_print(content);
+        }
+        if ((text.len && tr_buf_append(&text, "\n", 1) < 0) ||
+            tr_buf_append(&text, s, strlen(s)) < 0)
+            break;
+    }
+    return text.len ? tr_buf_take(&text) : (tr_buf_release(&text), xstrdup(""));
+}
+
+/* Reads .context (or .context.KEY) of the run's scope: the built-in context_read. */
+static char *context_read(struct engine *e, const cJSON *arguments)
+{
+    const char *key = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(arguments, "key"));
+    cJSON *value = workflow_scope_get(e->scope, "context", key);
+    char *text = tr_json_print(value ? value : cJSON_CreateNull());
+    cJSON_Delete(value);
+    return text;
+}
+
+/* A tool call the engine answers itself (built-ins, refusals): its entry, else NULL. */
+static cJSON *answer_here(struct engine *e, size_t index, const cJSON *call, int attempt)
+{
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(call, "id"));
+    const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(call, "name"));
+    const cJSON *arguments = cJSON_GetObjectItemCaseSensitive(call, "arguments");
+    const char *bad =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(call, "arguments_error"));
+    size_t persona = workflow_step_persona(e->wf, index);
+
+    if (!name)
+        return tool_entry(id, "", "the tool call names no tool", true);
+    if (bad || !cJSON_IsObject(arguments)) {
+        char *why =
+            xasprintf("the arguments of %s are not a JSON object: %s", name, bad ? bad : "missing");
+        cJSON *entry = tool_entry(id, name, why, true);
+        free(why);
+        return entry;
+    }
+    if (strcmp(name, ENGINE_TOOL_CONTEXT_READ) == 0) {
+        char *text = context_read(e, arguments);
+        cJSON *entry = tool_entry(id, name, text, false);
+        free(text);
+        return entry;
+    }
+    if (strcmp(name, ENGINE_TOOL_CONTEXT_WRITE) == 0) {
+        const char *key = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(arguments, "key"));
+        const cJSON *value = cJSON_GetObjectItemCaseSensitive(arguments, "value");
+        struct tr_error err = {0};
+        if (!key || !key[0] || !value)
+            return tool_entry(id, name, "context_write needs a key and a value", true);
+        char *json = tr_json_print(value);
+        if (workflow_scope_set(e->scope, "context", key, NULL, value, NULL, &err) < 0) {
+            free(json);
+            return tool_entry(id, name, err.message, true);
+        }
+        struct engine_effect *fx = push(e, ENGINE_CONTEXT_WRITE, index);
+        fx->key = keep(e, key);
+        fx->value_json = own(e, json);
+        fx->attempt = attempt;
+        return tool_entry(id, name, "written", false);
+    }
+    const char *dot = strchr(name, '.');
+    char *server = dot ? xstrndup(name, (size_t)(dot - name)) : NULL;
+    bool allowed =
+        server && workflow_persona_allows(e->wf, persona, WORKFLOW_ACTION_TOOL, server, dot + 1);
+    free(server);
+    if (!allowed) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddStringToObject(payload, "persona", workflow_persona_name(e->wf, persona));
+        cJSON_AddStringToObject(payload, "tool", name);
+        cJSON_AddStringToObject(payload, "reason",
+                                "the model asked for a tool the persona may not call");
+        audit(e, index, "policy.denied", payload, false);
+        char *why = xasprintf("%s is not a tool you may call; call only the tools offered", name);
+        cJSON *entry = tool_entry(id, name, why, true);
+        free(why);
+        return entry;
+    }
+    return NULL;
+}
+
+/* The next model call, unless a limit is reached (the step then fails saying which). */
+static void ask_model_call(struct engine *e, size_t index, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct talk *t = step->talk;
+    struct workflow_limits limits;
+    struct workflow_budget budget;
+    size_t persona = workflow_step_persona(e->wf, index);
+    const char *who = workflow_persona_name(e->wf, persona);
+    long max_turns;
+
+    workflow_persona_limits(e->wf, persona, &limits);
+    workflow_budget(e->wf, &budget);
+    max_turns = limits.max_turns > 0 ? limits.max_turns : ENGINE_DEFAULT_MAX_TURNS;
+    if (t->turns >= max_turns) {
+        ask_fail(e, index,
+                 xasprintf("limit max_turns of persona '%s' reached: %ld model calls, "
+                           "and the model still asks for tools",
+                           who, t->turns),
+                 now);
+        return;
+    }
+    if (limits.max_tokens > 0 && t->input_tokens + t->output_tokens >= limits.max_tokens) {
+        ask_fail(e, index,
+                 xasprintf("limit max_tokens of persona '%s' reached: %ld tokens used "
+                           "(%ld in, %ld out), limit %ld",
+                           who, t->input_tokens + t->output_tokens, t->input_tokens,
+                           t->output_tokens, limits.max_tokens),
+                 now);
+        return;
+    }
+    if (limits.max_cost > 0 && t->cost >= limits.max_cost) {
+        ask_fail(e, index,
+                 xasprintf("limit max_cost of persona '%s' reached: %.6g spent, limit %.6g", who,
+                           t->cost, limits.max_cost),
+                 now);
+        return;
+    }
+    if (limits.max_time_ms > 0 && now - step->dispatched_ms >= limits.max_time_ms) {
+        ask_fail(e, index,
+                 xasprintf("limit max_time of persona '%s' reached: %lld ms, limit %lld ms", who,
+                           (long long)(now - step->dispatched_ms), (long long)limits.max_time_ms),
+                 now);
+        return;
+    }
+    if ((budget.max_tokens > 0 && e->input_tokens + e->output_tokens >= budget.max_tokens) ||
+        (budget.max_cost > 0 && e->cost >= budget.max_cost)) {
+        char *reason =
+            budget.max_tokens > 0 && e->input_tokens + e->output_tokens >= budget.max_tokens
+                ? xasprintf("the run's budget max_tokens is spent: %ld tokens used over %ld "
+                            "model calls, budget %ld",
+                            e->input_tokens + e->output_tokens, e->model_calls, budget.max_tokens)
+                : xasprintf("the run's budget max_cost is spent: %.6g over %ld model calls, "
+                            "budget %.6g",
+                            e->cost, e->model_calls, budget.max_cost);
+        step_failed(e, index, reason, 0, now);
+        if (!e->failure)
+            fail_run(e, xstrdup(reason));
+        free(reason);
+        return;
+    }
+    struct ask_call *c = ask_call_new(t);
+    c->model = true;
+    const char *entry = journal_find(step, c->seq);
+    if (entry) {
+        long seq = c->seq;
+        ask_call_forget(t, c);
+        ask_apply(e, index, seq, entry, now);
+        return;
+    }
+    cJSON *request = cJSON_CreateObject();
+    if (t->system)
+        cJSON_AddItemToObject(request, "system", cJSON_Duplicate(t->system, true));
+    cJSON_AddItemToObject(request, "messages", cJSON_Duplicate(t->messages, true));
+    const cJSON *schema = workflow_step_output_schema_json(e->wf, index);
+    if (schema)
+        cJSON_AddItemToObject(request, "output_schema", cJSON_Duplicate(schema, true));
+    cJSON_AddItemToObject(request, "builtin_tools", builtin_tools());
+    c->params = request;
+}
+
+/* The tool calls of a model answer: each answered here, from the journal, or sent. */
+static void ask_tool_calls(struct engine *e, size_t index, const cJSON *calls, int attempt,
+                           int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct talk *t = step->talk;
+    struct workflow_limits limits;
+    const cJSON *call;
+    size_t slot = 0;
+    long count = cJSON_GetArraySize(calls);
+
+    workflow_persona_limits(e->wf, workflow_step_persona(e->wf, index), &limits);
+    if (limits.max_tool_calls > 0 && t->tool_calls > limits.max_tool_calls) {
+        ask_fail(e, index,
+                 xasprintf("limit max_tool_calls of persona '%s' reached: the model asked for %ld "
+                           "tool calls in all (%ld in its last answer), limit %ld",
+                           workflow_persona_name(e->wf, workflow_step_persona(e->wf, index)),
+                           t->tool_calls, count, limits.max_tool_calls),
+                 now);
+        return;
+    }
+    cJSON_Delete(t->answers);
+    t->answers = cJSON_CreateArray();
+    t->unanswered = count;
+    cJSON_ArrayForEach(call, calls) cJSON_AddItemToArray(t->answers, cJSON_CreateNull());
+    /* Every call is made first (so that the seq numbers are the same however they end). */
+    long first = t->next_seq;
+    t->answers_first = first;
+    cJSON_ArrayForEach(call, calls)
+    {
+        struct ask_call *c = ask_call_new(t);
+        c->slot = slot++;
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(call, "id"));
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(call, "name"));
+        c->call_id = xstrdup(id ? id : "");
+        c->name = xstrdup(name ? name : "");
+    }
+    slot = 0;
+    cJSON_ArrayForEach(call, calls)
+    {
+        long seq = first + (long)slot++;
+        if (step->talk != t)
+            return; /* the step ended meanwhile */
+        struct ask_call *c = ask_call_find(t, seq);
+        if (!c)
+            continue;
+        const char *entry = journal_find(step, seq);
+        if (entry) {
+            ask_call_forget(t, c);
+            ask_apply(e, index, seq, entry, now);
+            continue;
+        }
+        cJSON *here = answer_here(e, index, call, attempt);
+        if (here) {
+            ask_call_forget(t, c);
+            ask_record(e, index, seq, attempt, here, now);
+            continue;
+        }
+        const char *name = c->name;
+        const char *dot = strchr(name, '.');
+        c->server = xstrndup(name, (size_t)(dot - name));
+        c->params = cJSON_CreateObject();
+        cJSON_AddStringToObject(c->params, "name", dot + 1);
+        cJSON_AddItemToObject(
+            c->params, "arguments",
+            cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(call, "arguments"), true));
+    }
+}
+
+/* The final answer: the step's output (JSON under output_schema, checked; one repair turn). */
+static void ask_final(struct engine *e, size_t index, const cJSON *message, const char *stop,
+                      int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct talk *t = step->talk;
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(message, "content"));
+    const struct workflow_schema *schema = workflow_step_output_schema(e->wf, index);
+    cJSON *output = NULL;
+
+    if (stop && strcmp(stop, "max_tokens") == 0) {
+        ask_fail(e, index,
+                 xasprintf("the model's answer was cut at its max_tokens (%ld tokens out "
+                           "in the last call)",
+                           t->output_tokens),
+                 now);
+        return;
+    }
+    if (!schema) {
+        output = cJSON_CreateString(text ? text : "");
+    } else {
+        struct tr_error err = {0};
+        output = text ? cJSON_Parse(text) : NULL;
+        if (!output)
+            tr_error_set(&err, TR_EINVAL, "the answer is not JSON");
+        else if (workflow_schema_validate(schema, output, &err) == 0)
+            err.code = 0;
+        if (!output || err.code) {
+            cJSON_Delete(output);
+            if (t->repaired) {
+                ask_fail(e, index,
+                         xasprintf("the model's answer does not match output_schema "
+                                   "after a repair turn: %s",
+                                   err.message),
+                         now);
+                return;
+            }
+            t->repaired = true;
+            char *ask = xasprintf("Your answer does not match the required JSON schema: %s. "
+                                  "Answer again with only the JSON value, matching the schema.",
+                                  err.message);
+            cJSON *repair = cJSON_CreateObject();
+            cJSON_AddStringToObject(repair, "role", "user");
+            cJSON_AddStringToObject(repair, "content", ask);
+            cJSON_AddItemToArray(t->messages, repair);
+            free(ask);
+            ask_model_call(e, index, now);
+            return;
+        }
+    }
+    int64_t duration = now - step->dispatched_ms;
+    if (workflow_step_has_expression(e->wf, index, WORKFLOW_EXPR_OUTPUT)) {
+        struct tr_error err = {0};
+        cJSON *value = NULL;
+        struct workflow_scope *with = workflow_scope_with(e->scope, "result", output);
+        int rc = workflow_step_evaluate_in(e->wf, index, WORKFLOW_EXPR_OUTPUT, with, &value, &err);
+        workflow_scope_free(&with);
+        cJSON_Delete(output);
+        if (rc < 0)
+            step_failed(e, index, err.message, duration, now);
+        else
+            succeed(e, index, value, NULL, duration, now);
+        return;
+    }
+    succeed(e, index, output, NULL, duration, now);
+}
+
+/* Applies call seq's answer (a journal entry) to the conversation, and goes on from it. */
+static void ask_apply(struct engine *e, size_t index, long seq, const char *entry_json, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct talk *t = step->talk;
+    cJSON *entry = cJSON_Parse(entry_json);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(entry, "model");
+    const cJSON *tool = cJSON_GetObjectItemCaseSensitive(entry, "tool");
+
+    if (!t || !entry || (!model && !tool)) {
+        if (t)
+            ask_fail(e, index, xasprintf("call %ld: its journal entry is not one", seq), now);
+        cJSON_Delete(entry);
+        return;
+    }
+    if (model) {
+        const cJSON *message = cJSON_GetObjectItemCaseSensitive(model, "message");
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(message, "tool_calls");
+        const char *stop = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(model, "stop"));
+        count_usage(e, index, t, entry);
+        cJSON *said = cJSON_CreateObject();
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(message, "content");
+        cJSON_AddStringToObject(said, "role", "assistant");
+        cJSON_AddItemToObject(said, "content",
+                              cJSON_IsString(content) ? cJSON_Duplicate(content, true)
+                                                      : cJSON_CreateNull());
+        if (cJSON_GetArraySize(calls) > 0)
+            cJSON_AddItemToObject(said, "tool_calls", cJSON_Duplicate(calls, true));
+        cJSON_AddItemToArray(t->messages, said);
+        if (cJSON_GetArraySize(calls) > 0)
+            ask_tool_calls(e, index, calls, step->attempt, now);
+        else
+            ask_final(e, index, message, stop, now);
+        cJSON_Delete(entry);
+        return;
+    }
+    /* A tool's answer takes its place among its turn's (by its call's number); the last one
+     * lets the model go on. */
+    long place = seq - t->answers_first;
+    if (place < 0 || place >= cJSON_GetArraySize(t->answers) ||
+        !cJSON_IsNull(cJSON_GetArrayItem(t->answers, (int)place))) {
+        ask_fail(e, index, xasprintf("call %ld: an answer the conversation does not wait for", seq),
+                 now);
+        cJSON_Delete(entry);
+        return;
+    }
+    cJSON *message = cJSON_CreateObject();
+    cJSON_AddStringToObject(message, "role", "tool");
+    cJSON_AddItemToObject(message, "tool_call_id",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(tool, "id"), true));
+    cJSON_AddItemToObject(message, "name",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(tool, "name"), true));
+    cJSON_AddItemToObject(message, "content",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(tool, "content"), true));
+    cJSON_AddBoolToObject(message, "is_error",
+                          cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tool, "is_error")));
+    cJSON_ReplaceItemInArray(t->answers, (int)place, message);
+    cJSON_Delete(entry);
+    if (--t->unanswered > 0)
+        return;
+    cJSON *answer;
+    while ((answer = cJSON_DetachItemFromArray(t->answers, 0)))
+        cJSON_AddItemToArray(t->messages, answer);
+    ask_model_call(e, index, now);
+}
+
+/* An ask step leaves the ready queue: its conversation starts, or goes on from its journal. */
+static void ask_start(struct engine *e, size_t index, int64_t now)
+{
+    struct step_run *step = &e->steps[index];
+    struct tr_error err = {0};
+    char *prompt = NULL;
+
+    step->attempt++;
+    step->dispatched_ms = now;
+    if (workflow_step_text_in(e->wf, index, WORKFLOW_TEXT_ASK, e->scope, &prompt, &err) < 0) {
+        step_failed(e, index, err.message, 0, now);
+        return;
+    }
+    struct talk *t = xcalloc(1, sizeof(*t));
+    cJSON *user = cJSON_CreateObject();
+    t->system = system_of(e, index);
+    t->messages = cJSON_CreateArray();
+    cJSON_AddStringToObject(user, "role", "user");
+    cJSON_AddStringToObject(user, "content", prompt);
+    cJSON_AddItemToArray(t->messages, user);
+    free(prompt);
+    step->talk = t;
+    e->talks++;
+    step->state = STEP_DISPATCHED;
+    record(e, index, NULL, NULL);
+    if (step->journal_len > 0) {
+        cJSON *payload = cJSON_CreateObject();
+        cJSON_AddNumberToObject(payload, "answered", (double)step->journal_len);
+        audit(e, index, "step.turns_recovered", payload, false);
+    }
+    ask_model_call(e, index, now);
+}
+
+/* A model call's timeout: its model's, else 120 s. */
+static int model_timeout_ms(const struct engine *e, size_t index)
+{
+    const cJSON *model = workflow_persona_model(e->wf, workflow_step_persona(e->wf, index));
+    double ms = number_of(model, "timeout_ms");
+    return ms > 0 ? clamp_ms((int64_t)ms) : 120000;
+}
+
+/* The calls of conversations that wait for room (or for their retry's time) go out. */
+static void ask_fill(struct engine *e, size_t *slots, size_t *made, int64_t now)
+{
+    if (e->failure || e->cancelling || e->talks == 0)
+        return;
+    for (size_t index = 0; index < e->step_count; index++) {
+        struct step_run *step = &e->steps[index];
+        size_t persona = slot_of(e, index);
+        struct engine_policy policy;
+        if (!step->talk || step->state != STEP_DISPATCHED)
+            continue;
+        engine_step_policy(e, index, &policy);
+        for (size_t i = 0; step->talk && i < step->talk->call_len && slots[persona] > 0; i++) {
+            struct ask_call *c = &step->talk->calls[i];
+            if (c->in_flight || !c->params || now < c->due_ms)
+                continue;
+            slots[persona]--;
+            (*made)++;
+            c->attempt++;
+            c->in_flight = true;
+            struct engine_effect *fx = push(e, ENGINE_DISPATCH, index);
+            fx->item = c->seq;
+            fx->attempt = c->attempt;
+            fx->method = c->model ? ENGINE_MODEL_METHOD : "tools/call";
+            fx->params = cJSON_Duplicate(c->params, true);
+            fx->timeout_ms = c->model ? model_timeout_ms(e, index) : policy.timeout_ms;
+            fx->persona = persona;
+            fx->target = ENGINE_TARGET_AGENT;
+            fx->server = keep(e, c->server);
+            decide(e, index, c->seq, ENGINE_DECIDE_DISPATCH, ENGINE_NO_STEP);
+        }
+    }
+}
+
+/* A call of an ask step answered: its journal entry, made from the agent's result. */
+static bool ask_result(struct engine *e, size_t index, long seq, int attempt, const cJSON *result,
+                       int64_t now)
+{
+    struct talk *t = e->steps[index].talk;
+    struct ask_call *c = ask_call_find(t, seq);
+    cJSON *entry;
+
+    if (!c || !c->in_flight || c->attempt != attempt)
+        return false;
+    if (c->model) {
+        entry = cJSON_CreateObject();
+        cJSON *model = cJSON_AddObjectToObject(entry, "model");
+        static const char *const kept[] = {"message", "stop",     "usage",
+                                           "model",   "provider", "tools_offered"};
+        for (size_t k = 0; k < sizeof(kept) / sizeof(kept[0]); k++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(result, kept[k]);
+            if (v)
+                cJSON_AddItemToObject(model, kept[k], cJSON_Duplicate(v, true));
+        }
+        cJSON_AddNumberToObject(
+            entry, "cost",
+            answer_cost(e, index, cJSON_GetObjectItemCaseSensitive(result, "usage")));
+    } else {
+        char *text = tool_result_text(result);
+        entry = tool_entry(c->call_id, c->name, text,
+                           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError")));
+        free(text);
+    }
+    ask_call_forget(t, c);
+    ask_record(e, index, seq, attempt, entry, now);
+    return true;
+}
+
+/* A call of an ask step failed: a tool's error is the model's to read; a model call (or a
+ * lost tool call) is retried by the step's policy, else the step fails. */
+static bool ask_failure(struct engine *e, size_t index, long seq, int attempt,
+                        enum tr_error_class error_class, const char *message, int64_t now)
+{
+    struct talk *t = e->steps[index].talk;
+    struct ask_call *c = ask_call_find(t, seq);
+    struct engine_policy policy;
+
+    if (!c || !c->in_flight || c->attempt != attempt)
+        return false;
+    c->in_flight = false;
+    if (!c->model && (error_class == TR_ERROR_CLASS_TOOL || error_class == TR_ERROR_CLASS_POLICY)) {
+        cJSON *entry = tool_entry(c->call_id, c->name, message, true);
+        ask_call_forget(t, c);
+        ask_record(e, index, seq, attempt, entry, now);
+        return true;
+    }
+    engine_step_policy(e, index, &policy);
+    c->failures++;
+    if (error_class >= TR_ERROR_CLASS_RETRYABLE ||
+        !(policy.retry_on & TR_ERROR_CLASS_BIT(error_class)) ||
+        c->failures >= policy.max_attempts || e->cancelling || e->failure) {
+        char *reason =
+            xasprintf("call %ld (%s): %s", seq, c->model ? "the model" : c->name, message);
+        step_failed(e, index, reason, 0, now);
+        free(reason);
+        return true;
+    }
+    int64_t delay = engine_backoff_ms(&policy, e->seed, index, seq, c->failures);
+    c->due_ms = now + delay;
+    e->retries++;
+    decide(e, index, seq, ENGINE_DECIDE_RETRY, ENGINE_NO_STEP);
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddNumberToObject(payload, "attempt", c->attempt);
+    cJSON_AddNumberToObject(payload, "item", (double)seq);
+    cJSON_AddStringToObject(payload, "error", message);
+    cJSON_AddStringToObject(payload, "class", tr_error_class_names[error_class]);
+    cJSON_AddNumberToObject(payload, "delay_ms", (double)delay);
+    audit(e, index, "step.retry", payload, false);
+    say(e, index, TR_LOG_WARN,
+        xasprintf("step '%s' call %ld (%s) attempt %d failed (%s); retrying in %lld ms",
+                  workflow_step_id(e->wf, index), seq, c->model ? "the model" : c->name, c->attempt,
+                  message, (long long)delay));
+    progress(e, "retry", index, message, 0);
+    return true;
+}
+
+bool engine_answer(struct engine *e, size_t index, long seq, int attempt, const char *entry_json,
+                   int64_t now)
+{
+    if (index >= e->step_count || e->steps[index].state != STEP_DISPATCHED || !e->steps[index].talk)
+        return false;
+    struct talk *t = e->steps[index].talk;
+    struct ask_call *c = ask_call_find(t, seq);
+    cJSON *entry = entry_json ? cJSON_Parse(entry_json) : NULL;
+    if (!c || !c->in_flight || c->attempt != attempt || !entry) {
+        cJSON_Delete(entry);
+        return false;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(entry, "call");
+    cJSON_DeleteItemFromObjectCaseSensitive(entry, "attempt");
+    ask_call_forget(t, c);
+    ask_record(e, index, seq, attempt, entry, now);
+    return true;
+}
+
+void engine_load_turn(struct engine *e, size_t index, long seq, const char *entry_json)
+{
+    if (index >= e->step_count || seq < 0 || !entry_json)
+        return;
+    struct step_run *step = &e->steps[index];
+    if (step_state_final(step->state)) {
+        /* It counts towards the run's budget only. */
+        cJSON *entry = cJSON_Parse(entry_json);
+        if (cJSON_GetObjectItemCaseSensitive(entry, "model"))
+            count_usage(e, index, NULL, entry);
+        cJSON_Delete(entry);
+        return;
+    }
+    journal_add(step, seq, entry_json);
+}
+
 size_t engine_dispatch(struct engine *e, size_t *slots, int64_t now)
 {
     size_t popped = 0, requeued = 0, made = 0;
@@ -1192,6 +2030,10 @@ size_t engine_dispatch(struct engine *e, size_t *slots, int64_t now)
             fanout_start(e, index, now); /* its items go out below */
             continue;
         }
+        if (action == WORKFLOW_ACTION_ASK) {
+            ask_start(e, index, now); /* its calls go out below */
+            continue;
+        }
         size_t persona = slot_of(e, index);
         if (slots[persona] > 0) {
             slots[persona]--;
@@ -1203,6 +2045,7 @@ size_t engine_dispatch(struct engine *e, size_t *slots, int64_t now)
         }
     }
     fanout_fill(e, slots, &made, now);
+    ask_fill(e, slots, &made, now);
     /* Every ready step went back to wait for room, and nothing was dispatched: the driver
      * may sleep until something arrives instead of spinning. */
     e->stalled = e->ready_len > 0 && popped == requeued && made == 0;
@@ -1401,6 +2244,21 @@ void engine_start(struct engine *e, int64_t now)
     free(queue);
 }
 
+/* A conversation given up by a take-over: what it counted is counted again from its journal
+ * when it starts over. */
+static void talk_forget(struct engine *e, struct step_run *step)
+{
+    struct talk *t = step->talk;
+    if (!t)
+        return;
+    e->model_calls -= t->turns;
+    e->tool_calls -= t->tool_calls;
+    e->input_tokens -= t->input_tokens;
+    e->output_tokens -= t->output_tokens;
+    e->cost -= t->cost;
+    talk_free(e, &step->talk);
+}
+
 void engine_recover(struct engine *e, const bool *in_flight, int64_t now)
 {
     e->ready_len = 0;
@@ -1410,6 +2268,7 @@ void engine_recover(struct engine *e, const bool *in_flight, int64_t now)
         if (step->state == STEP_DISPATCHED && !in_flight[i]) {
             /* Its dispatch was never committed: the new scheduler finds it ready. */
             fanout_free(e, &step->fan);
+            talk_forget(e, step);
             step->attempt--;
             step->state = STEP_READY;
             queue_ready(e, i);
@@ -1420,6 +2279,7 @@ void engine_recover(struct engine *e, const bool *in_flight, int64_t now)
                                     "in flight when the previous scheduler stopped");
             audit(e, i, "step.recovered", payload, false);
             fanout_free(e, &step->fan);
+            talk_forget(e, step);
             make_ready(e, i, now);
         } else if (step->state == STEP_READY) {
             queue_ready(e, i);
@@ -1568,6 +2428,11 @@ void engine_counts(const struct engine *e, struct engine_counts *ret)
     ret->waiting = e->waiting;
     ret->ready = e->ready_len;
     ret->total = e->step_count;
+    ret->model_calls = e->model_calls;
+    ret->tool_calls = e->tool_calls;
+    ret->input_tokens = e->input_tokens;
+    ret->output_tokens = e->output_tokens;
+    ret->cost = e->cost;
 }
 
 bool engine_stalled(const struct engine *e)

@@ -79,6 +79,23 @@ struct engine_config {
     const bool *needs_approval;
 };
 
+/*
+ * An `ask` step is a conversation the engine drives: its calls are numbered (the `item` of
+ * their DISPATCH, ITEM_DONE and failures: 0, 1, ... in the order the conversation makes them):
+ * a model call (method ENGINE_MODEL_METHOD, params the provider-neutral request of
+ * runtime/llm/llm.h with "builtin_tools"), then the tool calls the model asked for (method
+ * "tools/call", params {name, arguments}, on the tool's server), then the next model call,
+ * until a final answer or a limit. Each answer is journaled (ITEM_DONE: output_json is the
+ * journal entry) and audited (ask.answer) before anything follows from it, so a take-over
+ * continues the conversation (engine_load_turn) without calling again what was answered.
+ * The built-in tools (ENGINE_TOOL_CONTEXT_READ/WRITE) are answered by the engine itself.
+ */
+#define ENGINE_MODEL_METHOD "model/generate"
+#define ENGINE_TOOL_CONTEXT_READ "context_read"
+#define ENGINE_TOOL_CONTEXT_WRITE "context_write"
+/* A persona's model calls per ask step when its limits set none. */
+#define ENGINE_DEFAULT_MAX_TURNS 20
+
 /* ---- effects ------------------------------------------------------------------------------ */
 
 enum engine_effect_kind {
@@ -162,6 +179,8 @@ struct engine_effect {
     size_t persona;          /* DISPATCH: the slot taken (a persona, or the child runs') */
     long items_total;        /* DISPATCH of an item, PROGRESS of a for_each */
     enum engine_target target;
+    const char *server; /* DISPATCH of an ask step's tool call: the tool's server (else NULL:
+                           the step's) */
     const char *key;               /* CONTEXT_WRITE */
     const char *value_json;        /* CONTEXT_WRITE */
     const char *reason;            /* CANCEL_CALLS, LOG, RUN_FAILED */
@@ -191,6 +210,10 @@ int engine_load_step(struct engine *engine, size_t step, enum step_state state, 
                      const char *error, int64_t due_ms, struct tr_error *err) TR_MUST_CHECK;
 /* A for_each item of step that succeeded before: not dispatched again. */
 void engine_load_item(struct engine *engine, size_t step, long item);
+/* An answered call of an ask step, as its journal kept it (entry_json: the ITEM_DONE's
+ * output_json); any order. The conversation resumes from them; a finished step's entries
+ * count towards the run's budget only. */
+void engine_load_turn(struct engine *engine, size_t step, long call, const char *entry_json);
 /* The loaded states are complete: fallbacks standing in, what absorbed failures leave in the
  * scope, the needs still unmet, the counts. */
 void engine_loaded(struct engine *engine);
@@ -233,6 +256,13 @@ bool engine_stalled(const struct engine *engine);
  */
 bool engine_result(struct engine *engine, size_t step, long item, int attempt, const cJSON *result,
                    const char *result_json, int64_t now_ms);
+
+/*
+ * An ask step's call answered with a journal entry as an ask.answer event records it (replay:
+ * the recorded answer, never recomputed): false for a call the engine does not wait for.
+ */
+bool engine_answer(struct engine *engine, size_t step, long call, int attempt,
+                   const char *entry_json, int64_t now_ms);
 
 /* A call failed with error class and message: retried when the policy allows, else the step
  * fails and on_error decides. False for a call the engine no longer waits for. */
@@ -304,6 +334,9 @@ void engine_step_policy(const struct engine *engine, size_t step, struct engine_
 
 struct engine_counts {
     size_t done, failed, retries, waiting, ready, total;
+    long model_calls, tool_calls;      /* of ask steps, over the run */
+    long input_tokens, output_tokens; /* of ask steps' model calls, over the run */
+    double cost;                      /* their cost by the models' prices */
 };
 void engine_counts(const struct engine *engine, struct engine_counts *ret_counts);
 /* The reason the run fails, or NULL. */

@@ -146,7 +146,11 @@ static int load_step(void *userdata, const struct store_step *row)
 static int load_item(void *userdata, const struct store_step_item *item)
 {
     struct load *load = userdata;
-    if (item->idx >= 0)
+    if (item->idx < 0)
+        return 0;
+    if (workflow_step_action(load->run->wf, load->index) == WORKFLOW_ACTION_ASK)
+        engine_load_turn(load->run->engine, load->index, (long)item->idx, item->output_json);
+    else
         engine_load_item(load->run->engine, load->index, (long)item->idx);
     return 0;
 }
@@ -171,11 +175,14 @@ int sched__load_run(struct run *run, struct tr_error *err)
 
     if (rc == 0)
         rc = store_context_list(run->store, run->id, load_context, &load, err);
-    /* A for_each under way: the items that succeeded are not sent again. */
+    /* A for_each under way: the items that succeeded are not sent again. An ask step: its
+     * answered calls (its conversation resumes from them; a finished one's count towards the
+     * run's budget). */
     for (size_t i = 0; rc == 0 && i < run->step_count; i++) {
         load.index = i;
-        if (!step_state_final(engine_step_state(run->engine, i)) &&
-            workflow_step_has_expression(run->wf, i, WORKFLOW_EXPR_FOR_EACH))
+        bool ask = workflow_step_action(run->wf, i) == WORKFLOW_ACTION_ASK;
+        if (ask || (!step_state_final(engine_step_state(run->engine, i)) &&
+                    workflow_step_has_expression(run->wf, i, WORKFLOW_EXPR_FOR_EACH)))
             rc = store_step_items_list(run->store, run->id, workflow_step_id(run->wf, i), load_item,
                                        &load, err);
     }

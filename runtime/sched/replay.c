@@ -57,6 +57,7 @@ struct call {
     bool answered;             /* its outcome was given to the engine */
     bool child_succeeded;      /* a workflow step's: child.finished said so */
     char *child;               /* a workflow step's: the child run that performed it, or NULL */
+    char *answer;              /* an ask step's call: its ask.answer entry, or NULL */
 };
 
 struct recorded_step {
@@ -261,7 +262,9 @@ static void note_response(struct replay *r, const cJSON *payload, int64_t time_m
     const cJSON *result = cJSON_GetObjectItemCaseSensitive(message, "result");
     struct call *c = cJSON_IsNumber(task) ? call_of_task(r, task->valuedouble) : NULL;
 
-    if (!c || c->outcome != OUTCOME_NONE || !result)
+    /* An ask step's calls are answered by its ask.answer events (note_answer). */
+    if (!c || c->outcome != OUTCOME_NONE || !result ||
+        (c->step < r->step_count && workflow_step_action(r->wf, c->step) == WORKFLOW_ACTION_ASK))
         return;
     c->from_response = true;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))) {
@@ -275,6 +278,24 @@ static void note_response(struct replay *r, const cJSON *payload, int64_t time_m
         c->outcome = OUTCOME_SUCCESS;
     }
     c->outcome_mark = r->mark_count;
+    mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms);
+}
+
+/* An ask step's call answered (ask.answer, written with its journal entry): the entry is the
+ * call's outcome, given to the engine where the scheduler took it. */
+static void note_answer(struct replay *r, long index, cJSON *payload, int64_t time_ms)
+{
+    long item = number(payload, "call", ENGINE_NO_ITEM);
+    struct call *c =
+        index < 0 || item == ENGINE_NO_ITEM
+            ? NULL
+            : find_call(r, r->sessions, (size_t)index, item, (int)number(payload, "attempt", 0));
+    if (!c || c->outcome != OUTCOME_NONE)
+        return;
+    cJSON_DeleteItemFromObjectCaseSensitive(payload, "call");
+    cJSON_DeleteItemFromObjectCaseSensitive(payload, "attempt");
+    c->answer = tr_json_print(payload);
+    c->outcome = OUTCOME_SUCCESS;
     mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms);
 }
 
@@ -333,11 +354,11 @@ static void note_child_finished(struct replay *r, const cJSON *payload, int64_t 
 static int read_event(void *userdata, const struct store_audit_event *event)
 {
     struct replay *r = userdata;
-    static const char *const used[] = {"run.started",   "run.resumed",           "step.dispatched",
-                                       "step.retry",    "step.finished",         "step.reused",
-                                       "step.approved", "step.rejected",         "mcp.response",
-                                       "mcp.request",   "step.waiting_approval", "step.recovered",
-                                       "child.finished"};
+    static const char *const used[] = {
+        "run.started",    "run.resumed", "step.dispatched",       "step.retry",
+        "step.finished",  "step.reused", "step.approved",         "step.rejected",
+        "mcp.response",   "mcp.request", "step.waiting_approval", "step.recovered",
+        "child.finished", "ask.answer"};
     bool wanted = false;
 
     for (size_t k = 0; k < sizeof(used) / sizeof(used[0]) && !wanted; k++)
@@ -365,6 +386,8 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         note_sent(r, payload);
     } else if (strcmp(type, "child.finished") == 0) {
         note_child_finished(r, payload, time_ms);
+    } else if (strcmp(type, "ask.answer") == 0) {
+        note_answer(r, index, payload, time_ms);
     } else if (strcmp(type, "step.dispatched") == 0) {
         /* One of a step the workflow does not have too: replay finds the divergence. */
         note_dispatch(r, index, event->step_id, payload, time_ms);
@@ -391,7 +414,9 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         if (cJSON_IsString(status) && strcmp(status->valuestring, "failed") == 0 && error) {
             long item = -1;
             struct call *c;
-            if (sscanf(error, "item %ld:", &item) == 1 && item >= 0)
+            if ((sscanf(error, "item %ld:", &item) == 1 ||
+                 sscanf(error, "call %ld (", &item) == 1) &&
+                item >= 0)
                 c = find_call(r, r->sessions, (size_t)index, item, -1);
             else
                 c = find_call(r, r->sessions, (size_t)index, ENGINE_NO_ITEM,
@@ -525,8 +550,63 @@ static char *compact(const cJSON *value)
  * Whether the request the replay makes (params, from sched_step_request) is the one the run
  * made (recorded). Reports the divergence.
  */
+/* " item N" of a for_each, " call N" of an ask step's conversation, or "". */
+static const char *item_words(const struct replay *r, size_t step, long item, char buf[static 32])
+{
+    bool ask = step < r->step_count && workflow_step_action(r->wf, step) == WORKFLOW_ACTION_ASK;
+    buf[0] = '\0';
+    if (item != ENGINE_NO_ITEM)
+        snprintf(buf, 32, " %s %ld", ask ? "call" : "item", item);
+    return buf;
+}
+
+/* Text of value for a divergence, cut at 300 bytes. */
+static char *short_text(const cJSON *value)
+{
+    char *text = value ? tr_json_print(value) : xstrdup("(none)");
+    if (strlen(text) > 300)
+        strcpy(text + 297, "...");
+    return text;
+}
+
+/* Where two model requests first differ: the system message, a message, the schema, the
+ * built-in tools. */
+static void model_divergence(struct replay *r, size_t i, const char *where, const cJSON *now,
+                             const cJSON *then)
+{
+    static const char *const members[] = {"system", "messages", "output_schema", "builtin_tools"};
+    for (size_t k = 0; k < sizeof(members) / sizeof(members[0]); k++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(now, members[k]);
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(then, members[k]);
+        if ((!a && !b) || (a && b && cJSON_Compare(a, b, true)))
+            continue;
+        char label[64];
+        snprintf(label, sizeof(label), "%s", members[k]);
+        if (cJSON_IsArray(a) && cJSON_IsArray(b)) {
+            int n = 0;
+            while (n < cJSON_GetArraySize(a) && n < cJSON_GetArraySize(b) &&
+                   cJSON_Compare(cJSON_GetArrayItem(a, n), cJSON_GetArrayItem(b, n), true))
+                n++;
+            snprintf(label, sizeof(label), "%s[%d]", members[k], n);
+            a = cJSON_GetArrayItem(a, n);
+            b = cJSON_GetArrayItem(b, n);
+        }
+        char *x = short_text(a), *y = short_text(b);
+        diverge(r,
+                "DIVERGENCE at step '%s'%s: the model request differs at %s:\n"
+                "  replay asks     %s\n"
+                "  the run asked   %s\n",
+                workflow_step_id(r->wf, i), where, label, x, y);
+        free(x);
+        free(y);
+        return;
+    }
+    diverge(r, "DIVERGENCE at step '%s'%s: the model request differs\n", workflow_step_id(r->wf, i),
+            where);
+}
+
 static bool same_request(struct replay *r, size_t i, long item, const char *method,
-                         const cJSON *params, const cJSON *recorded)
+                         const char *server, const cJSON *params, const cJSON *recorded)
 {
     const struct workflow *wf = r->wf;
     cJSON *then = cJSON_CreateObject();
@@ -542,9 +622,10 @@ static bool same_request(struct replay *r, size_t i, long item, const char *meth
             cJSON_AddObjectToObject(then, "arguments");
     }
     bool same = cJSON_IsObject(recorded) && cJSON_Compare(params, then, true);
-    if (item != ENGINE_NO_ITEM)
-        snprintf(where, sizeof(where), " item %ld", item);
-    if (!same && tool) {
+    item_words(r, i, item, where);
+    if (!same && strcmp(method, ENGINE_MODEL_METHOD) == 0) {
+        model_divergence(r, i, where, params, then);
+    } else if (!same && tool) {
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(then, "name");
         char *now_args = compact(cJSON_GetObjectItemCaseSensitive(params, "arguments"));
         char *then_args = compact(cJSON_GetObjectItemCaseSensitive(then, "arguments"));
@@ -552,9 +633,9 @@ static bool same_request(struct replay *r, size_t i, long item, const char *meth
                 "DIVERGENCE at step '%s'%s:\n"
                 "  replay calls    %s.%s %s\n"
                 "  the run called  %s.%s %s\n",
-                workflow_step_id(wf, i), where, workflow_step_server(wf, i),
-                workflow_step_tool(wf, i), now_args, workflow_step_server(wf, i),
-                cJSON_IsString(name) ? name->valuestring : "(none)", then_args);
+                workflow_step_id(wf, i), where, server,
+                cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name")), now_args,
+                server, cJSON_IsString(name) ? name->valuestring : "(none)", then_args);
         free(now_args);
         free(then_args);
     } else if (!same) {
@@ -563,8 +644,8 @@ static bool same_request(struct replay *r, size_t i, long item, const char *meth
                 "DIVERGENCE at step '%s'%s:\n"
                 "  replay asks     %s %s %s\n"
                 "  the run asked   %s %s %s\n",
-                workflow_step_id(wf, i), where, workflow_step_server(wf, i), method, now_params,
-                workflow_step_server(wf, i), method, then_params);
+                workflow_step_id(wf, i), where, server, method, now_params, server, method,
+                then_params);
         free(now_params);
         free(then_params);
     }
@@ -647,6 +728,7 @@ static bool same_child(struct replay *r, const struct engine_effect *fx, const s
         goto out;
     }
     r->report->matched += sub.matched;
+    r->report->model_matched += sub.model_matched;
     r->report->children += 1 + sub.children;
     if (sub.divergence) {
         diverge(r, "DIVERGENCE at step '%s'%s: in child run %s:\n%s", step_id, where, c->child,
@@ -661,19 +743,21 @@ out:
 }
 
 /* " item N", or "" for the step itself. */
-static const char *item_words(long item, char buf[static 32])
+
+/* The server a call goes to, for the words of a divergence ("model": an ask step's model). */
+static const char *server_of(const struct replay *r, const struct engine_effect *fx)
 {
-    buf[0] = '\0';
-    if (item != ENGINE_NO_ITEM)
-        snprintf(buf, 32, " item %ld", item);
-    return buf;
+    if (strcmp(fx->method, ENGINE_MODEL_METHOD) == 0)
+        return "model";
+    const char *server = fx->server ? fx->server : workflow_step_server(r->wf, fx->step);
+    return server ? server : "?";
 }
 
 /* Compares the replay's request with a recorded one (printed JSON). */
 static bool same_as(struct replay *r, const struct engine_effect *fx, const char *recorded)
 {
     cJSON *then = cJSON_Parse(recorded);
-    bool same = same_request(r, fx->step, fx->item, fx->method, fx->params, then);
+    bool same = same_request(r, fx->step, fx->item, fx->method, server_of(r, fx), fx->params, then);
     cJSON_Delete(then);
     return same;
 }
@@ -696,9 +780,13 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
             r->unreached++;
             return;
         }
+        bool ask = workflow_step_action(r->wf, fx->step) == WORKFLOW_ACTION_ASK;
+        const char *name =
+            ask ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fx->params, "name"))
+                : workflow_step_tool(r->wf, fx->step);
         diverge(r, "DIVERGENCE at step '%s'%s: replay calls %s.%s, the run never did\n",
-                workflow_step_id(r->wf, fx->step), item_words(fx->item, where),
-                workflow_step_server(r->wf, fx->step), workflow_step_tool(r->wf, fx->step));
+                workflow_step_id(r->wf, fx->step), item_words(r, fx->step, fx->item, where),
+                server_of(r, fx), name ? name : fx->method);
         return;
     }
     c->used = true;
@@ -706,7 +794,7 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
         /* A child run performed it: its inputs, its plan, and its own calls are matched. */
         if (!c->child) {
             diverge(r, "DIVERGENCE at step '%s'%s: the run records no child run for it\n",
-                    workflow_step_id(r->wf, fx->step), item_words(fx->item, where));
+                    workflow_step_id(r->wf, fx->step), item_words(r, fx->step, fx->item, where));
             return;
         }
         if (!same_child(r, fx, c))
@@ -716,6 +804,7 @@ static void dispatched(struct replay *r, const struct engine_effect *fx)
         return;
     } else {
         r->report->matched++;
+        r->report->model_matched += strcmp(fx->method, ENGINE_MODEL_METHOD) == 0;
     }
     r->pending = grow_push(r->pending, &r->pending_count, (size_t)(c - r->calls));
 }
@@ -736,7 +825,7 @@ static void retried(struct replay *r, const struct engine_effect *fx)
         diverge(r,
                 "DIVERGENCE at step '%s'%s: the run retried attempt %d after %d ms, the replay "
                 "after %ld ms\n",
-                workflow_step_id(r->wf, fx->step), item_words(item, where), attempt,
+                workflow_step_id(r->wf, fx->step), item_words(r, fx->step, item, where), attempt,
                 c->recorded_delay_ms, delay);
 }
 
@@ -829,7 +918,9 @@ static void answer_call(struct replay *r, struct call *c)
             r->pending[k] = r->pending[--r->pending_count];
             break;
         }
-    if (c->outcome == OUTCOME_SUCCESS && c->item != ENGINE_NO_ITEM) {
+    if (c->outcome == OUTCOME_SUCCESS && c->answer) {
+        (void)engine_answer(r->engine, c->step, c->item, c->attempt, c->answer, r->now);
+    } else if (c->outcome == OUTCOME_SUCCESS && c->item != ENGINE_NO_ITEM) {
         cJSON *none = cJSON_CreateObject();
         (void)engine_result(r->engine, c->step, c->item, c->attempt, none, "{}", r->now);
         cJSON_Delete(none);
@@ -847,8 +938,8 @@ static void answer_call(struct replay *r, struct call *c)
         /* The run's decision on the failure (retry, or give up) is the replay's. */
         if (c->retried != (c->due_ms != 0) && (c->retried || c->gave_up))
             diverge(r, "DIVERGENCE at step '%s'%s: attempt %d failed; the run %s, the replay %s\n",
-                    workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
-                    c->retried ? "retried it" : "gave it up",
+                    workflow_step_id(r->wf, c->step), item_words(r, c->step, c->item, where),
+                    c->attempt, c->retried ? "retried it" : "gave it up",
                     c->retried ? "gives it up" : "retries it");
     }
     drain(r);
@@ -986,12 +1077,13 @@ static void follow_dispatch(struct replay *r, struct call *c, int64_t time_ms)
     if (r->last_step >= 0) {
         char other[32];
         snprintf(instead, sizeof(instead), "; it dispatches '%s'%s instead",
-                 workflow_step_id(r->wf, (size_t)r->last_step), item_words(r->last_item, other));
+                 workflow_step_id(r->wf, (size_t)r->last_step),
+                 item_words(r, (size_t)r->last_step, r->last_item, other));
     }
     diverge(r,
             "DIVERGENCE at step '%s'%s: the run dispatched it (attempt %d) at this point of its "
             "log, the replay does not (the step is %s there%s)\n",
-            workflow_step_id(r->wf, c->step), item_words(c->item, where), c->attempt,
+            workflow_step_id(r->wf, c->step), item_words(r, c->step, c->item, where), c->attempt,
             state_words(r, c->step), instead);
 }
 
@@ -1175,6 +1267,7 @@ out:
     for (size_t i = 0; i < r.call_count; i++) {
         free(r.calls[i].request);
         free(r.calls[i].child);
+        free(r.calls[i].answer);
         free(r.calls[i].sent);
         free(r.calls[i].step_id);
         free(r.calls[i].error);

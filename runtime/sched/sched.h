@@ -268,6 +268,7 @@ struct sched_replay_options {
 
 struct sched_replay_report {
     size_t matched;   /* calls the replay made that match the record (child runs' too) */
+    size_t model_matched; /* of them, ask steps' model calls */
     size_t children;  /* child runs replayed from their records, at every depth */
     char *divergence; /* the first divergence, for people (the caller frees), or NULL */
     /* The run ended (failed, cancelled, stopped) before the replay would have: what the replay

@@ -60,7 +60,9 @@ static void add_row_facts(struct run *run, size_t index, int attempt, cJSON *pay
         cJSON_AddNumberToObject(payload, "attempt", attempt);
     add_text_or_null(payload, "started_at", run->row_started_at);
     add_text_or_null(payload, "finished_at", run->row_finished_at);
-    if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH)) {
+    /* A for_each's items, an ask step's journal: each row backed by the digest. */
+    if (workflow_step_has_expression(run->wf, index, WORKFLOW_EXPR_FOR_EACH) ||
+        workflow_step_action(run->wf, index) == WORKFLOW_ACTION_ASK) {
         struct tr_error err = {0};
         char *items = NULL;
         if (store_step_items_digest(run->store, run->id, workflow_step_id(run->wf, index), &items,

@@ -77,9 +77,9 @@ static long admit_remote(struct run *run, const struct bus_msg *msg)
 
 static bool event_type_allowed(const char *type)
 {
-    static const char *const allowed[] = {"mcp.request",  "mcp.response", "mcp.notification",
-                                          "mcp.stderr",   "mcp.garbage",  "policy.denied",
-                                          "mcp.restarted"};
+    static const char *const allowed[] = {
+        "mcp.request",   "mcp.response",  "mcp.notification", "mcp.stderr",     "mcp.garbage",
+        "policy.denied", "mcp.restarted", "model.request",    "model.response", "mcp.elicitation"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
         if (strcmp(type, allowed[i]) == 0)
             return true;

@@ -281,9 +281,15 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     long agent_index = sched__agent_for(run, fx->persona);
     enum workflow_action action = workflow_step_action(run->wf, index);
     const char *step_id = workflow_step_id(run->wf, index);
-    const char *server = workflow_step_server(run->wf, index);
+    /* An ask step's call: the model (no server), or a tool on the server the model named. */
+    bool model = strcmp(fx->method, ENGINE_MODEL_METHOD) == 0;
+    bool tool_call = strcmp(fx->method, "tools/call") == 0;
+    const char *server = model        ? ""
+                         : fx->server ? fx->server
+                                      : workflow_step_server(run->wf, index);
     const cJSON *params = fx->params;
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "name"));
+    const cJSON *persona_model = workflow_persona_model(run->wf, fx->persona);
 
     /* The engine was told the room there is: an agent has credit for it. */
     assert(agent_index >= 0);
@@ -305,12 +311,18 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     /* The request as sched_step_request shaped it, with the trace context of its call: the
      * agent sends it as it is (adding the idempotency key). */
     msg->method = xstrdup(fx->method);
-    msg->tool = xstrdup(
-        name ? name : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
-    char traceparent[STORE_TRACEPARENT_SIZE];
-    store_traceparent(run->id, task->id, traceparent);
+    const char *model_name =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(persona_model, "name"));
+    msg->tool =
+        xstrdup(model  ? (model_name ? model_name : "")
+                : name ? name
+                       : cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "uri")));
     cJSON *request = cJSON_Duplicate(params, true);
-    mcp_step_request_trace(request, traceparent);
+    if (!model) {
+        char traceparent[STORE_TRACEPARENT_SIZE];
+        store_traceparent(run->id, task->id, traceparent);
+        mcp_step_request_trace(request, traceparent);
+    }
     msg->json = tr_json_print(request);
     cJSON_Delete(request);
     /* The same for every attempt, across restarts and resumes: servers deduplicate on it. */
@@ -321,10 +333,13 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     cJSON *payload = cJSON_CreateObject();
     cJSON_AddStringToObject(payload, "persona", agent->persona);
     cJSON_AddStringToObject(payload, "agent", agent->identity);
-    cJSON_AddStringToObject(payload, "server", server);
+    if (model)
+        cJSON_AddStringToObject(payload, "model", msg->tool);
+    else
+        cJSON_AddStringToObject(payload, "server", server);
     /* What the assign carries: a tool's name and arguments, or the request's method and
      * params (as printed for the assign, not printed again). */
-    if (action == WORKFLOW_ACTION_TOOL) {
+    if (action == WORKFLOW_ACTION_TOOL || tool_call) {
         cJSON_AddStringToObject(payload, "tool", name);
         cJSON_AddItemToObject(
             payload, "arguments",
@@ -337,7 +352,9 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
     cJSON_AddNumberToObject(payload, "task", (double)task->id);
     if (task->item >= 0) {
         cJSON_AddNumberToObject(payload, "item", (double)task->item);
-        cJSON_AddNumberToObject(payload, "items", (double)fx->items_total);
+        /* An ask step's calls are numbered as the conversation makes them: no total. */
+        if (action != WORKFLOW_ACTION_ASK)
+            cJSON_AddNumberToObject(payload, "items", (double)fx->items_total);
     }
     cJSON_AddStringToObject(payload, "idempotency_key", msg->idempotency_key);
     sched__audit(run, step_id, "scheduler", "step.dispatched", payload);

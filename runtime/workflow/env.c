@@ -47,6 +47,23 @@ bool wf_env_valid_name(const char *name)
     return n > 0 && !name[n];
 }
 
+bool wf_env_is_reference(const char *s)
+{
+    size_t name_len;
+
+    return strncmp(s, ENV_OPEN, strlen(ENV_OPEN)) == 0 && env_reference(s, &name_len) == strlen(s);
+}
+
+bool wf_env_well_formed(const char *s)
+{
+    size_t name_len;
+
+    for (const char *p = strstr(s, "${env"); p; p = strstr(p + 1, "${env"))
+        if (!env_reference(p, &name_len))
+            return false;
+    return true;
+}
+
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context)
 {
     const cJSON *child;
@@ -261,8 +278,8 @@ static void each_member(const cJSON *server,
 }
 
 struct run_check {
-    const char *server;
-    bool secret; /* the references visited now are secrets */
+    const char *kind, *owner; /* "server", "model" and its name */
+    bool secret;              /* the references visited now are secrets */
     struct tr_buf missing, unsafe;
 };
 
@@ -275,10 +292,11 @@ static void check_one(void *ctx, const char *name, const char *value)
 
     if (!list)
         return;
-    entry = !value ? xasprintf("%s (server '%s')", name, check->server)
-                   : xasprintf("${env:%s} of server '%s' is %s (%zu characters; at least %d, not "
+    entry = !value ? xasprintf("%s (%s '%s')", name, check->kind, check->owner)
+                   : xasprintf("${env:%s} of %s '%s' is %s (%zu characters; at least %d, not "
                                "JSON text)",
-                               name, check->server, why, strlen(value), WORKFLOW_SECRET_MIN_LENGTH);
+                               name, check->kind, check->owner, why, strlen(value),
+                               WORKFLOW_SECRET_MIN_LENGTH);
     /* Each name once: a server may reference one variable several times. */
     if (!list->data || !strstr(list->data, entry)) {
         if ((list->len && tr_buf_append(list, "; ", 2) < 0) ||
@@ -299,24 +317,26 @@ static void check_member(void *ctx, const cJSON *member, bool secret)
 static int check_run_file(const struct workflow *wf, struct tr_error *err)
 {
     struct run_check check = {0};
-    char where[32];
     int rc = 0;
 
-    /* Steps the scheduler cannot perform yet: the first one, with where it is. */
-    for (size_t i = 0; i < wf->step_count; i++) {
-        const struct wf_step *step = &wf->steps[i];
-        if (step->action != WORKFLOW_ACTION_ASK)
-            continue;
-        return tr_error_set(err, TR_EINVAL, "%s:%s: step '%s': '%s' steps are not executed yet",
-                            wf->doc.file,
-                            wf_doc_where(&wf->doc, step->action_node, true, where, sizeof(where)),
-                            step->id, workflow_action_name(step->action));
-    }
     tr_buf_init(&check.missing, 0);
     tr_buf_init(&check.unsafe, 0);
+    check.kind = "server";
     for (size_t i = 0; i < wf->server_count; i++) {
-        check.server = wf->servers[i].name;
+        check.owner = wf->servers[i].name;
         each_member(wf->servers[i].config, check_member, &check);
+    }
+    /* A model's endpoint is configuration; the key it is given in so many words, a secret (a
+     * default key, from the vendor's variable, may be a local server's placeholder: it is
+     * redacted when that is safe, never refused). */
+    check.kind = "model";
+    for (size_t i = 0; i < wf->model_count; i++) {
+        const cJSON *model = wf->models[i].resolved;
+        check.owner = wf->models[i].name;
+        check.secret = false;
+        each_reference(cJSON_GetObjectItemCaseSensitive(model, "base_url"), check_one, &check);
+        check.secret = wf->models[i].api_key != NULL;
+        each_reference(cJSON_GetObjectItemCaseSensitive(model, "api_key"), check_one, &check);
     }
     if (check.missing.len)
         rc = tr_error_set(err, TR_ENOTFOUND, "environment variables not set: %s%s%s",
@@ -380,6 +400,12 @@ void wf_env_collect_secrets(const cJSON *servers, cJSON *redact)
     {
         each_member(server, collect_member, redact);
     }
+}
+
+void wf_env_collect_values(const cJSON *node, cJSON *redact)
+{
+    if (node)
+        each_reference(node, add_config_value, redact);
 }
 
 void wf_env_inherit(cJSON *server)

@@ -823,3 +823,16 @@ int workflow_step_text(const struct workflow *wf, size_t index, enum workflow_te
     workflow_scope_free(&prepared);
     return rc;
 }
+
+cJSON *workflow_scope_get(const struct workflow_scope *scope, const char *member, const char *key)
+{
+    jv object = jv_object_get(jv_copy(scope->value), jv_string(member));
+    if (jv_get_kind(object) != JV_KIND_OBJECT) {
+        jv_free(object);
+        return NULL;
+    }
+    jv value = key ? jv_object_get(object, jv_string(key)) : object;
+    cJSON *result = jv_is_valid(value) ? cjson_from_jv(value, 0) : NULL;
+    jv_free(value);
+    return result;
+}

@@ -24,6 +24,7 @@ void workflow_free(struct workflow **workflow)
         cJSON_Delete(wf->steps[i].approvers);
         workflow_free(&wf->steps[i].child);
         wf_step_templates_free(&wf->steps[i]);
+        workflow_schema_free(&wf->steps[i].output_schema);
     }
     free(wf->steps);
     free(wf->id_slots);
@@ -33,6 +34,7 @@ void workflow_free(struct workflow **workflow)
         free(wf->personas[i].prompts);
     }
     free(wf->personas);
+    wf_models_free(wf);
     for (size_t i = 0; i < wf->server_count; i++)
         cJSON_Delete(wf->servers[i].config);
     free(wf->servers);
@@ -223,17 +225,13 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index)
         cJSON_AddStringToObject(config, "goal", persona->goal);
     if (persona->instructions)
         cJSON_AddStringToObject(config, "instructions", persona->instructions);
-    if (persona->model)
-        cJSON_AddStringToObject(config, "model", persona->model);
-    if (persona->timeout_ms || persona->max_tool_calls || persona->max_tokens) {
-        cJSON *limits = cJSON_AddObjectToObject(config, "limits");
-        if (persona->timeout_ms)
-            cJSON_AddNumberToObject(limits, "timeout_ms", (double)persona->timeout_ms);
-        if (persona->max_tool_calls)
-            cJSON_AddNumberToObject(limits, "max_tool_calls", (double)persona->max_tool_calls);
-        if (persona->max_tokens)
-            cJSON_AddNumberToObject(limits, "max_tokens", (double)persona->max_tokens);
+    if (persona->model_index != SIZE_MAX) {
+        cJSON *model = cJSON_Duplicate(wf->models[persona->model_index].resolved, true);
+        cJSON_DeleteItemFromObjectCaseSensitive(model,
+                                                "price"); /* the scheduler's, not the agent's */
+        cJSON_AddItemToObject(config, "model", model);
     }
+    wf_persona_add_policies(persona, config);
     servers = cJSON_AddObjectToObject(config, "servers");
     for (size_t i = 0; i < persona->server_count; i++) {
         const struct wf_server *server = &wf->servers[persona->servers[i]];
@@ -268,6 +266,16 @@ int workflow_persona_config_resolved(const struct workflow *wf, size_t index, cJ
     cJSON_ArrayForEach(server, servers)
     {
         wf_env_inherit(server);
+    }
+    cJSON *model = cJSON_GetObjectItemCaseSensitive(config, "model");
+    if (model) {
+        wf_env_collect_values(model, cJSON_GetObjectItemCaseSensitive(config, "redact"));
+        if ((rc = wf_env_resolve(model, err)) < 0) {
+            tr_error_prefix(err, "persona '%s': model '%s'", wf->personas[index].name,
+                            wf->models[wf->personas[index].model_index].name);
+            cJSON_Delete(config);
+            return rc;
+        }
     }
     *ret_config = config;
     return 0;

@@ -1,7 +1,8 @@
 /*
  * workflow/personas.c: checks `mcp_servers` (the `mcpServers` shape of MCP hosts, with
  * ${env:NAME} references) and `personas` (role, goal, instructions, servers, tool allowlist,
- * model, replicas, limits), and builds their part of the model. Steps are in steps.c.
+ * model, replicas), and builds their part of the model. A persona's model, limits, sampling
+ * and elicitation are models.c's; steps are in steps.c.
  */
 #define _GNU_SOURCE
 #include "workflow-internal.h"
@@ -234,29 +235,11 @@ static int build_allowlist(struct wf_build *b, const cJSON *list, struct wf_pers
     return 0;
 }
 
-static int build_limits(struct wf_build *b, const cJSON *node, struct wf_persona *persona,
-                        const char *context)
-{
-    static const char *const keys[] = {"timeout", "max_tool_calls", "max_tokens", NULL};
-    char inner[300];
-    int rc;
-
-    snprintf(inner, sizeof(inner), "%slimits: ", context);
-    if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
-        (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
-        (rc = wf_optional_duration(b, node, "timeout", inner, &persona->timeout_ms)) < 0 ||
-        (rc = wf_optional_integer(b, node, "max_tool_calls", 1, 1000000, inner,
-                                  &persona->max_tool_calls)) < 0 ||
-        (rc = wf_optional_integer(b, node, "max_tokens", 1, 100000000, inner,
-                                  &persona->max_tokens)) < 0)
-        return rc;
-    return 0;
-}
-
 static int build_persona(struct wf_build *b, const cJSON *node, struct wf_persona *persona)
 {
-    static const char *const keys[] = {"role",    "goal",  "instructions", "servers", "tools",
-                                       "prompts", "model", "replicas",     "limits",  NULL};
+    static const char *const keys[] = {"role",   "goal",     "instructions", "servers",
+                                       "tools",  "prompts",  "model",        "replicas",
+                                       "limits", "sampling", "elicitation",  NULL};
     struct workflow *wf = b->wf;
     const char **names = NULL;
     const cJSON *servers, *tools, *prompts, *limits, *entry;
@@ -265,6 +248,7 @@ static int build_persona(struct wf_build *b, const cJSON *node, struct wf_person
 
     persona->name = node->string;
     persona->replicas = 1;
+    persona->model_index = SIZE_MAX;
     snprintf(context, sizeof(context), "persona '%s': ", node->string);
     if (!wf_valid_name(node->string, false))
         return wf_problem(wf, node, true, "persona name '%s' must match [A-Za-z0-9_-]+",
@@ -282,7 +266,7 @@ static int build_persona(struct wf_build *b, const cJSON *node, struct wf_person
         return wf_problem(wf, cJSON_GetObjectItemCaseSensitive(node, "model"), false,
                           "%s'model' must not be empty", context);
     if ((limits = cJSON_GetObjectItemCaseSensitive(node, "limits")) != NULL &&
-        (rc = build_limits(b, limits, persona, context)) < 0)
+        (rc = wf_build_persona_limits(b, limits, persona, context)) < 0)
         return rc;
     servers = cJSON_GetObjectItemCaseSensitive(node, "servers");
     if (servers && (rc = wf_expect_string_list(b, servers, context)) < 0)
@@ -319,6 +303,9 @@ static int build_persona(struct wf_build *b, const cJSON *node, struct wf_person
     /* A persona that lists what it may use lists all of it: tools only by `tools`. */
     if (persona->has_allowlist && !persona->tools)
         persona->tools = xcalloc(1, sizeof(*persona->tools));
+    /* Last: elicitation answers name the persona's servers. */
+    if (wf_build_persona_model(b, node, persona, context) < 0)
+        rc = TR_EINVAL;
 out:
     free(names);
     return rc;

@@ -77,15 +77,7 @@ static cJSON *plan_personas(const struct workflow *wf)
         add_string(persona, "instructions", p->instructions);
         add_string(persona, "model", p->model);
         cJSON_AddNumberToObject(persona, "replicas", (double)p->replicas);
-        if (p->timeout_ms || p->max_tool_calls || p->max_tokens) {
-            cJSON *limits = cJSON_AddObjectToObject(persona, "limits");
-            if (p->timeout_ms)
-                cJSON_AddNumberToObject(limits, "timeout_ms", (double)p->timeout_ms);
-            if (p->max_tool_calls)
-                cJSON_AddNumberToObject(limits, "max_tool_calls", (double)p->max_tool_calls);
-            if (p->max_tokens)
-                cJSON_AddNumberToObject(limits, "max_tokens", (double)p->max_tokens);
-        }
+        wf_persona_add_policies(p, persona);
         for (size_t j = 0; j < p->server_count; j++)
             cJSON_AddItemToArray(servers, cJSON_CreateString(wf->servers[p->servers[j]].name));
         wf_persona_add_allowlists(p, persona);
@@ -197,6 +189,9 @@ static cJSON *plan_steps(const struct workflow *wf)
         for (size_t j = 0; j < s->need_count; j++)
             cJSON_AddItemToArray(needs, cJSON_CreateString(wf->steps[s->needs[j]].id));
         add_string(step, "save", s->save);
+        if (s->output_schema_json)
+            cJSON_AddItemToObject(step, "output_schema",
+                                  cJSON_Duplicate(s->output_schema_json, true));
         plan_modifiers(wf, s, step);
     }
     return steps;
@@ -217,6 +212,11 @@ static cJSON *plan_object(const struct workflow *wf)
         cJSON_AddItemToObject(servers, wf->servers[i].name,
                               cJSON_Duplicate(wf->servers[i].config, true));
     cJSON_AddItemToObject(plan, "personas", plan_personas(wf));
+    /* Absent without `models:` or `budget:`, so that plans without them stay as they were. */
+    if ((servers = wf_plan_models(wf)) != NULL)
+        cJSON_AddItemToObject(plan, "models", servers);
+    if ((servers = wf_plan_budget(wf)) != NULL)
+        cJSON_AddItemToObject(plan, "budget", servers);
     cJSON_AddItemToObject(plan, "steps", plan_steps(wf));
     /* Absent (not empty) without `outputs:`, so that plans without it stay as they were. */
     if (wf->has_outputs) {
@@ -278,8 +278,15 @@ static void plan_to_file(cJSON *doc)
     cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(doc, "personas"))
     {
         cJSON *limits = cJSON_GetObjectItemCaseSensitive(item, "limits");
-        if (cJSON_IsObject(limits))
+        if (cJSON_IsObject(limits)) {
             duration_back(limits, "timeout_ms", "timeout");
+            duration_back(limits, "max_time_ms", "max_time");
+        }
+    }
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(doc, "models"))
+    {
+        if (cJSON_IsObject(item))
+            duration_back(item, "timeout_ms", "timeout");
     }
     cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(doc, "steps"))
     {

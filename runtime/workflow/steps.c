@@ -647,9 +647,10 @@ static int check_persona(struct wf_build *b, const cJSON *node, struct wf_step *
 static int build_step(struct wf_build *b, const cJSON *node, size_t index)
 {
     static const char *const keys[] = {
-        "id",          "description", "persona", "needs",    "when",     "tool",     "resource",
-        "prompt",      "ask",         "eval",    "approval", "workflow", "with",     "for_each",
-        "concurrency", "retry",       "timeout", "save",     "output",   "on_error", NULL};
+        "id",       "description", "persona",       "needs", "when",     "tool",
+        "resource", "prompt",      "ask",           "eval",  "approval", "workflow",
+        "with",     "for_each",    "concurrency",   "retry", "timeout",  "save",
+        "output",   "on_error",    "output_schema", NULL};
     struct workflow *wf = b->wf;
     struct wf_step *step = &wf->steps[index];
     const cJSON *id = NULL, *action = NULL, *item;
@@ -707,6 +708,8 @@ static int build_step(struct wf_build *b, const cJSON *node, size_t index)
     rc = check_persona(b, node, step, context);
     if (rc == 0)
         rc = check_action(b, index, node, action, context);
+    if (wf_build_output_schema(b, node, index, context) < 0)
+        rc = TR_EINVAL;
     if (check_modifiers(b, node, index, context) < 0)
         rc = TR_EINVAL;
     /* After the modifiers: `with` and its templates are known then. */

@@ -474,8 +474,9 @@ static void build_inputs(struct wf_build *b, const cJSON *node)
 
 static void build_top(struct wf_build *b)
 {
-    static const char *const keys[] = {"$schema",  "name",  "description", "inputs", "mcp_servers",
-                                       "personas", "steps", "outputs",     NULL};
+    static const char *const keys[] = {"$schema",     "name",    "description", "inputs",
+                                       "mcp_servers", "models",  "budget",      "personas",
+                                       "steps",       "outputs", NULL};
     struct workflow *wf = b->wf;
     const cJSON *root = wf->doc.root;
     const cJSON *name = NULL, *servers = NULL, *personas = NULL, *steps = NULL, *item;
@@ -501,6 +502,11 @@ static void build_top(struct wf_build *b)
         build_inputs(b, item);
     if (require_key(b, root, "mcp_servers", "", &servers) < 0 || wf_build_servers(b, servers) < 0)
         b->servers_broken = true;
+    /* Before personas, which name them. */
+    if ((item = cJSON_GetObjectItemCaseSensitive(root, "models")) != NULL)
+        wf_build_models(b, item);
+    if ((item = cJSON_GetObjectItemCaseSensitive(root, "budget")) != NULL)
+        wf_build_budget(b, item);
     if (require_key(b, root, "personas", "", &personas) < 0 || wf_build_personas(b, personas) < 0)
         b->personas_broken = true;
     if (require_key(b, root, "steps", "", &steps) == 0 && wf_build_steps(b, steps) == 0) {
@@ -555,6 +561,7 @@ int wf_build(struct workflow *wf, struct tr_error *err)
     struct wf_build b = {.wf = wf, .doc = &wf->doc};
 
     build_top(&b);
+    wf_models_resolve(wf);
     /* Compiled once, together, after every step has registered its expressions. */
     if (wf->expr_count)
         (void)wf_exprs_compile(wf);

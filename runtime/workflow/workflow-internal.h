@@ -132,7 +132,36 @@ struct wf_persona {
     long replicas;      /* >= 1 */
     int64_t timeout_ms; /* limits; 0 when not set */
     long max_tool_calls, max_tokens; /* 0 when not set */
-    bool broken;                     /* had a problem: steps naming it are not checked further */
+    long max_turns;                  /* limits for ask steps (models.c); 0 when not set */
+    double max_cost;
+    int64_t max_time_ms;
+    size_t model_index;       /* into wf->models, SIZE_MAX without a model */
+    bool has_sampling;        /* `sampling:` declared */
+    bool sampling_allow;      /* a server's sampling/createMessage is answered by the model */
+    long sampling_max_tokens; /* 0 when not set */
+    const cJSON *elicitation; /* `elicitation:` as written (checked), NULL when not */
+    bool broken;              /* had a problem: steps naming it are not checked further */
+};
+
+/*
+ * A model (models.c): a `models:` entry, or a persona's bare model id (implicit: then every
+ * default applies and the plan does not list it, unless an override touched the workflow's
+ * models). Strings are owned: a command-line override replaces them.
+ */
+struct wf_model {
+    char *name;
+    bool implicit;
+    char *provider; /* as written, NULL: from the model id */
+    char *model;    /* the provider's model id (the name when not written) */
+    char *base_url; /* as written (a URL or ${env:NAME}), NULL: the vendor's default */
+    char *api_key;  /* a ${env:NAME} reference, NULL: the vendor's variable when set */
+    bool has_temperature;
+    double temperature;
+    long max_tokens;    /* 0 when not set */
+    int64_t timeout_ms; /* 0 when not set */
+    bool has_price;
+    double price_input, price_output; /* per million tokens */
+    cJSON *resolved; /* workflow_persona_model's object, rebuilt after an override */
 };
 
 #define WF_NO_EXPR ((size_t)-1)
@@ -167,9 +196,11 @@ struct wf_step {
     int64_t retry_backoff_ms, retry_max_delay_ms;
     unsigned retry_errors;
     enum workflow_on_error on_error;
-    size_t fallback;  /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
-    bool is_fallback; /* some step falls back to this one */
-    bool output_read; /* workflow_step_output_read */
+    size_t fallback;                       /* step index, for WORKFLOW_ON_ERROR_FALLBACK */
+    bool is_fallback;                      /* some step falls back to this one */
+    bool output_read;                      /* workflow_step_output_read */
+    const cJSON *output_schema_json;       /* ask: `output_schema` as written, or NULL */
+    struct workflow_schema *output_schema; /* compiled, owned */
 };
 
 /* One problem found while checking a file. */
@@ -238,6 +269,11 @@ struct workflow {
     struct wf_problem *problems;
     size_t problem_count;
     bool too_many_problems;
+    struct wf_model *models; /* `models:` entries in file order, then implicit ones */
+    size_t model_count;
+    bool has_models; /* `models:` declared (or an override made them explicit) */
+    bool has_budget; /* `budget:` declared */
+    struct workflow_budget budget;
     struct wf_output *outputs; /* the `outputs:` map, in file order */
     size_t output_count;
     bool has_outputs;              /* `outputs:` declared (even empty): else the context */
@@ -351,6 +387,34 @@ void wf_check_output_refs(struct wf_build *b);
 /* personas.c */
 int wf_build_servers(struct wf_build *b, const cJSON *node);
 int wf_build_personas(struct wf_build *b, const cJSON *node);
+/* models.c: `models:` (before personas), `budget:`, a persona's model, limits, sampling and
+ * elicitation (from build_persona), a step's `output_schema` (from build_step). */
+void wf_build_models(struct wf_build *b, const cJSON *node);
+void wf_build_budget(struct wf_build *b, const cJSON *node);
+int wf_build_persona_model(struct wf_build *b, const cJSON *node, struct wf_persona *persona,
+                           const char *context);
+int wf_build_persona_limits(struct wf_build *b, const cJSON *node, struct wf_persona *persona,
+                            const char *context);
+int wf_build_output_schema(struct wf_build *b, const cJSON *node, size_t index,
+                           const char *context);
+/* models.c: the persona's "limits", "sampling" and "elicitation" (as set), into object: what
+ * the plan records and what the agent gets. */
+void wf_persona_add_policies(const struct wf_persona *persona, cJSON *object);
+/* models.c: the plan's "models" (NULL when the workflow lists none) and "budget" (NULL). */
+cJSON *wf_plan_models(const struct workflow *wf);
+cJSON *wf_plan_budget(const struct workflow *wf);
+/* models.c: builds each model's workflow_persona_model object (the environment's defaults
+ * as they are now): after the load, and again after an override. */
+void wf_models_resolve(struct workflow *wf);
+void wf_models_free(struct workflow *wf);
+/* env.c: adds {NAME: value} to redact for each ${env:NAME} in node's strings whose value is
+ * safe to redact (workflow_secret_unsafe). */
+void wf_env_collect_values(const cJSON *node, cJSON *redact);
+/* env.c: whether s is exactly one ${env:NAME} reference; whether every "${env" in s starts
+ * one. */
+bool wf_env_is_reference(const char *s);
+bool wf_env_well_formed(const char *s);
+
 /* steps.c */
 int wf_build_steps(struct wf_build *b, const cJSON *node);
 /* dag.c: resolves needs and fallbacks once every id is known, then looks for cycles. */

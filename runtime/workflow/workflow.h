@@ -99,12 +99,12 @@ int workflow_inputs_resolve(const struct workflow *wf, const cJSON *given, cJSON
  */
 const char *workflow_secret_unsafe(const char *value);
 /*
- * What a run needs beyond a valid file, checked before anything starts: no `ask` step (the
- * scheduler does not perform them yet; FILE:LINE:COLUMN of the first), every ${env:NAME} of
- * every server set (TR_ENOTFOUND listing all that are not), and each such value safe to
- * redact (TR_EINVAL listing all that are not, by name, never by value). Then the same of each
- * `workflow` step's child, its message prefixed "FILE:LINE:COLUMN: step 'ID': workflow 'F'"
- * (where the parent names it); a workflow step whose child was not loaded (a workflow read
+ * What a run needs beyond a valid file, checked before anything starts: every ${env:NAME} of
+ * every server and every model set (TR_ENOTFOUND listing all that are not), and each such
+ * secret value safe to redact (TR_EINVAL listing all that are not, by name, never by value;
+ * a model's secret is the api_key written in the file, not the vendor variable's default). Then the
+ * same of each `workflow` step's child, its message prefixed "FILE:LINE:COLUMN: step 'ID': workflow
+ * 'F'" (where the parent names it); a workflow step whose child was not loaded (a workflow read
  * from memory) is refused.
  */
 int workflow_check_run(const struct workflow *wf, struct tr_error *err) TR_MUST_CHECK;
@@ -135,8 +135,14 @@ long workflow_persona_find(const struct workflow *wf, const char *name);
 long workflow_persona_replicas(const struct workflow *wf, size_t index);
 /*
  * What an agent for this persona needs, as one object:
- * {"name", "role", "goal", "instructions", "model", "limits": {...},
- *  "servers": {NAME: server config, ...}, "tools": ["server.tool", ...]} (absent keys omitted).
+ * {"name", "role", "goal", "instructions", "model": {...}, "limits": {...}, "sampling": {...},
+ *  "elicitation": {...}, "servers": {NAME: server config, ...}, "tools": ["server.tool", ...]}
+ * (absent keys omitted). "model" is workflow_persona_model's object without "price", its
+ * base_url and api_key ${env:NAME} references as written; "limits" {"timeout_ms", "max_turns",
+ * "max_tool_calls", "max_tokens", "max_cost", "max_time_ms"}; "sampling" {"allow",
+ * "max_tokens"}; "elicitation" {"answers": {SERVER: {FIELD: VALUE}}, "otherwise":
+ * "decline"|"cancel"} (each member as declared; absent: no limit, sampling refused, every
+ * elicitation declined).
  * "tools" is the allowlist; a persona without one may call any tool of its servers.
  * Server values keep their ${env:NAME} references as written: this is the variant to store
  * and to log (audit `agent.started`). Caller frees.
@@ -145,8 +151,10 @@ cJSON *workflow_persona_config(const struct workflow *wf, size_t index);
 /*
  * The same with every ${env:NAME} in server args, env, headers, url and cwd replaced by the
  * variable's value from the environment, each server's `inherit_env` turned into `env`
- * entries with the values of those variables that are set (declared `env` entries win), and
- * "redact": {NAME: value} for every secret referenced: the variant to hand to the agent (the
+ * entries with the values of those variables that are set (declared `env` entries win), the
+ * model's base_url and api_key resolved likewise, and
+ * "redact": {NAME: value} for every secret referenced (the model's key when it is safe to
+ * redact): the variant to hand to the agent (the
  * `welcome` message), never to store or log. Fails with TR_ENOTFOUND naming the variable
  * (never a value) when one is not set.
  */
@@ -194,6 +202,17 @@ const cJSON *workflow_persona_model(const struct workflow *wf, size_t index);
 /* Price per million input and output tokens of the persona's model (0 when not given). */
 void workflow_persona_price(const struct workflow *wf, size_t index, double *ret_input,
                             double *ret_output);
+/*
+ * Overrides one member of the workflow's models (and its children's), as `troupe run --model`
+ * and `--model-url` do, before the plan is made: member "model" (the provider's model id) or
+ * "base_url"; spec "VALUE" changes every model, "NAME=VALUE" the model NAME (a `models:` name
+ * or a persona's bare model id). A base URL is http(s)://... or ${env:NAME}. Once a model is
+ * overridden the plan lists every model of that workflow under "models", so that the run's
+ * stored plan says what ran and resume and replay use the same. TR_EINVAL for a bad value,
+ * TR_ENOTFOUND when no model matches (err says which option and name).
+ */
+int workflow_models_override(struct workflow *wf, const char *member, const char *spec,
+                             struct tr_error *err) TR_MUST_CHECK;
 /* The `ask` step's `output_schema` compiled, and as written; NULL when it has none. */
 const struct workflow_schema *workflow_step_output_schema(const struct workflow *wf, size_t index);
 const cJSON *workflow_step_output_schema_json(const struct workflow *wf, size_t index);
@@ -269,6 +288,9 @@ int workflow_scope_keep_output(struct workflow_scope *scope, const struct workfl
  * there. */
 void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
                              const char *from);
+/* A copy of .MEMBER.KEY (.MEMBER when key is NULL), or NULL when it is not there. */
+cJSON *workflow_scope_get(const struct workflow_scope *scope, const char *member,
+                          const char *key);
 void workflow_scope_free(struct workflow_scope **scope);
 /* workflow_step_arguments over a prepared scope (NULL: an empty one). */
 int workflow_step_arguments_in(const struct workflow *wf, size_t index,

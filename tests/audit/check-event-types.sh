@@ -5,9 +5,9 @@
 # literals of that form that are not event types are listed below.
 set -eu
 src=${TROUPE_SOURCE_DIR:?run through meson test}
-not_types=' approval.if approval.why mcp.tool mcp.server bus.h mcp.h '
+not_types=' approval.if approval.why mcp.tool mcp.server bus.h mcp.h model.api_key '
 missing=0
-for type in $(grep -rhoE '"(run|step|agent|mcp|context|policy|approval|bus|child)\.[a-z_]+"' \
+for type in $(grep -rhoE '"(run|step|agent|mcp|context|policy|approval|bus|child|ask|model)\.[a-z_]+"' \
         "$src/runtime/sched" "$src/runtime/cli" "$src/agents" | tr -d '"' | sort -u); do
     case "$not_types" in *" $type "*) continue ;; esac
     if ! grep -q "\`$type\`" "$src/docs/audit.md"; then

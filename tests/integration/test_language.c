@@ -558,3 +558,73 @@ Test(language, a_resume_refuses_a_stored_output_that_is_not_json)
     free(env.db);
     free(env.troupe);
 }
+
+/* --model and --model-url change the workflow's models before the plan is made: the run's
+ * stored plan and the agent's audited configuration say which model and endpoint ran (the
+ * key as its reference, never its value), and a bad override stops the run before it starts. */
+Test(language, model_overrides_are_in_the_stored_plan_and_the_agents_config)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *path =
+        harness_write_file(env.dir, "wf.yaml",
+                           "name: models\n"
+                           "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                           "models:\n"
+                           "  fast: {model: gpt-4o-mini, api_key: '${env:TROUPE_T_RUN_KEY}'}\n"
+                           "personas:\n"
+                           "  worker: {servers: [demo], model: fast}\n"
+                           "  writer: {servers: [demo], model: claude-sonnet-4-0}\n"
+                           "steps:\n"
+                           "  - {id: count, persona: worker, tool: demo.word_count, "
+                           "with: {text: one two}}\n");
+    const char *bad[] = {env.troupe, "--db", env.db, "run", path, "--model", "slow=x", NULL};
+
+    setenv("TROUPE_T_RUN_KEY", "sk-run-0123456789", 1);
+    /* A workflow with models: names each there; claude-sonnet-4-0 is not one. */
+    harness_run(bad, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 2, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert(strstr(r.err, "unknown model 'claude-sonnet-4-0'"), "%s", r.err);
+    harness_result_release(&r);
+    harness_write_file(env.dir, "wf.yaml",
+                       "name: models\n"
+                       "mcp_servers: {demo: {command: troupe-demo-tools}}\n"
+                       "models:\n"
+                       "  fast: {model: gpt-4o-mini, api_key: '${env:TROUPE_T_RUN_KEY}'}\n"
+                       "personas:\n"
+                       "  worker: {servers: [demo], model: fast}\n"
+                       "steps:\n"
+                       "  - {id: count, persona: worker, tool: demo.word_count, "
+                       "with: {text: one two}}\n");
+    harness_run(bad, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 2, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_assert(strstr(r.err, "--model: the workflow has no model 'slow'"), "%s", r.err);
+    harness_result_release(&r);
+
+    const char *argv[] = {env.troupe,    "--db",        env.db,
+                          "run",         path,          "--model",
+                          "llama3.1:8b", "--model-url", "fast=http://127.0.0.1:9/v1",
+                          NULL};
+    harness_run(argv, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    char *plan = harness_db_text(env.db, "SELECT plan_json FROM runs");
+    cr_assert(strstr(plan, "\"models\":{\"fast\":{\"api_key\":\"${env:TROUPE_T_RUN_KEY}\","
+                           "\"base_url\":\"http://127.0.0.1:9/v1\",\"model\":\"llama3.1:8b\","
+                           "\"provider\":\"openai\"}}"),
+              "%s", plan);
+    char *config =
+        harness_db_text(env.db, "SELECT json_extract(payload_json, '$.config.model') FROM audit "
+                                "WHERE type = 'agent.started'");
+    cr_assert_str_eq(config, "{\"name\":\"fast\",\"provider\":\"openai\",\"base_url\":"
+                             "\"http://127.0.0.1:9/v1\",\"model\":\"llama3.1:8b\",\"api_key\":"
+                             "\"${env:TROUPE_T_RUN_KEY}\"}");
+    cr_assert_eq(harness_db_int(env.db, "SELECT count(*) FROM audit WHERE payload_json LIKE "
+                                        "'%sk-run-0123456789%'"),
+                 0, "the key's value in the audit");
+    free(config);
+    free(plan);
+    free(path);
+    unsetenv("TROUPE_T_RUN_KEY");
+    harness_result_release(&r);
+    harness_env_release(&env);
+}

@@ -310,6 +310,8 @@ static const char header[] = "name: engine-case\n"
                              "  demo: {command: troupe-demo-tools}\n"
                              "personas:\n"
                              "  worker: {servers: [demo]}\n"
+                             "  thinker: {servers: [demo], model: m, tools: [demo.echo],\n"
+                             "            role: Analyst, goal: Answer}\n"
                              "  patient: {servers: [demo], limits: {timeout: 2m}}\n"
                              "steps:\n";
 
@@ -574,6 +576,14 @@ static void before_start(struct driver *d, const struct engine_case *c)
             {
                 engine_load_item(d->engine, step, (long)done->valuedouble);
             }
+            /* An ask step's journal: [[CALL, ENTRY]...]. */
+            cJSON_ArrayForEach(done, cJSON_GetObjectItemCaseSensitive(entry, "turns"))
+            {
+                char *json = cJSON_PrintUnformatted(cJSON_GetArrayItem(done, 1));
+                engine_load_turn(d->engine, step, (long)cJSON_GetArrayItem(done, 0)->valuedouble,
+                                 json);
+                free(json);
+            }
             /* Outputs are the driver's to put in the scope, from the store. */
             const cJSON *output = cJSON_GetObjectItemCaseSensitive(entry, "output");
             if (output)
@@ -616,6 +626,14 @@ static void run_case(const struct engine_case *c)
 /* ---- the rules ---------------------------------------------------------------------------- */
 
 #define TOOL(id) "  - id: " id "\n    persona: worker\n    tool: demo.echo\n"
+#define ASK(id) "  - id: " id "\n    persona: thinker\n"
+/* A model's answer (an agent's result for a model call): tool calls, or a final text. */
+#define CALLS(list)                                                                                \
+    "{\"message\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":" list "},\"stop\":"     \
+    "\"tool_calls\",\"usage\":{\"input_tokens\":10,\"output_tokens\":5}}"
+#define SAYS(text)                                                                                 \
+    "{\"message\":{\"role\":\"assistant\",\"content\":" text "},\"stop\":\"end\",\"usage\":{"      \
+    "\"input_tokens\":10,\"output_tokens\":5}}"
 
 static const struct engine_case cases[] = {
     /* Steps: needs. */
@@ -820,6 +838,110 @@ static const struct engine_case cases[] = {
         .decisions = "dispatch a; succeed a",
         .has = "ended failed: the database could not be written",
         .lacks = "send b",
+    },
+    /* ask: the conversation */
+    {
+        .name = "ask: a model call, the tool call it asks for, the model again, its answer",
+        .steps = ASK("a") "    ask: \"Echo ${{ .input.w }}\"\n",
+        .input = "{\"w\": \"hi\"}",
+        .script = "ok a#0 " CALLS("[{\"id\":\"c1\",\"name\":\"demo.echo\",\"arguments\":{"
+                                  "\"message\":\"hi\"}}]") "\n"
+                                                           "ok a#1 \"hi\"\n"
+                                                           "ok a#2 " SAYS("\"done\""),
+        .decisions = "dispatch a#0; dispatch a#1; dispatch a#2; succeed a",
+        .has = "send a#0 attempt=1 timeout=120000 model/generate {\"system\":\"You are the "
+               "Analyst.\\nYour goal: "
+               "Answer\\n\",\"messages\":[{\"role\":\"user\",\"content\":\"Echo hi\"}]\n"
+               "send a#1 attempt=1 timeout=60000 tools/call "
+               "{\"name\":\"echo\",\"arguments\":{\"message\":\"hi\"}}\n"
+               "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"name\":\"demo.echo\",\"content\":"
+               "\"hi\",\"is_error\":false}]\n"
+               "audit ask.answer a "
+               "{\"tool\":{\"id\":\"c1\",\"name\":\"demo.echo\",\"content\":\"hi\",\"is_error\":"
+               "false},\"call\":1,\"attempt\":1}\n"
+               "record a succeeded attempt=1 output=\"done\"\n"
+               "\"usage\":{\"model_calls\":2,\"tool_calls\":1,\"input_tokens\":20,\"output_"
+               "tokens\":10,\"cost\":0}\n"
+               "ended succeeded",
+    },
+    {
+        .name = "ask: a tool outside the allowlist is refused and the model told; the context "
+                "tools are the engine's; parallel calls are answered in their order",
+        .steps = ASK("a") "    ask: go\n",
+        .script = "ok a#0 " CALLS("[{\"id\":\"w\",\"name\":\"context_write\",\"arguments\":{"
+                                  "\"key\":\"k\",\"value\":7}},"
+                                  "{\"id\":\"x\",\"name\":\"demo.delete_all\",\"arguments\":{}},"
+                                  "{\"id\":\"y\",\"name\":\"demo.echo\",\"arguments\":{\"message\":"
+                                  "\"m\"}},"
+                                  "{\"id\":\"z\",\"name\":\"context_read\",\"arguments\":{\"key\":"
+                                  "\"k\"}}]") "\n"
+                                              "ok a#3 \"m\"\n"
+                                              "ok a#5 " SAYS("\"ok\""),
+        .decisions = "dispatch a#0; dispatch a#3; dispatch a#5; succeed a",
+        .has = "context k=7\n"
+               "audit policy.denied a {\"persona\":\"thinker\",\"tool\":\"demo.delete_all\"\n"
+               "{\"role\":\"tool\",\"tool_call_id\":\"w\",\"name\":\"context_write\",\"content\":"
+               "\"written\",\"is_error\":false},"
+               "{\"role\":\"tool\",\"tool_call_id\":\"x\",\"name\":\"demo.delete_all\",\"content\":"
+               "\"demo.delete_all is not a tool you may call; call only the tools "
+               "offered\",\"is_error\":true},"
+               "{\"role\":\"tool\",\"tool_call_id\":\"y\",\"name\":\"demo.echo\",\"content\":\"m\","
+               "\"is_error\":false},"
+               "{\"role\":\"tool\",\"tool_call_id\":\"z\",\"name\":\"context_read\",\"content\":"
+               "\"7\",\"is_error\":false}]\n"
+               "ended succeeded",
+        .lacks = "send a#1\nsend a#2\nsend a#4",
+    },
+    {
+        .name = "ask: a tool's error is the model's to read; a failed model call is retried, "
+                "then gives the step up",
+        .steps = ASK("a") "    ask: go\n    retry: {attempts: 2, backoff: 1s}\n",
+        .script = "ok a#0 " CALLS(
+            "[{\"id\":\"c\",\"name\":\"demo.echo\",\"arguments\":{}}]") "\n"
+                                                                        "fail a#1 tool bad input\n"
+                                                                        "fail a#2 transport reset\n"
+                                                                        "tick 2000\n"
+                                                                        "fail a#2 transport reset "
+                                                                        "again",
+        .decisions = "dispatch a#0; dispatch a#1; dispatch a#2; retry a#2; dispatch a#2; fail a",
+        .has = "\"content\":\"bad input\",\"is_error\":true\n"
+               "record a failed attempt=1 error=call 2 (the model): reset again\n"
+               "ended failed",
+    },
+    {
+        .name = "ask: malformed arguments are told to the model; an answer outside output_schema "
+                "gets one repair turn",
+        .steps = ASK("a") "    ask: go\n",
+        .script = "ok a#0 " CALLS("[{\"id\":\"c\",\"name\":\"demo.echo\",\"arguments_error\":\"not "
+                                  "JSON\",\"arguments_text\":\"{x\"}]") "\n"
+                                                                        "ok a#2 " SAYS("\"fine\""),
+        .decisions = "dispatch a#0; dispatch a#2; succeed a",
+        .has = "\"content\":\"the arguments of demo.echo are not a JSON object: not "
+               "JSON\",\"is_error\":true",
+        .lacks = "send a#1",
+    },
+    {
+        .name = "ask: a resumed step goes on from its journal, without calling again what was "
+                "answered",
+        .steps = ASK("a") "    ask: go\n",
+        .load =
+            "[{\"step\":\"a\",\"state\":\"dispatched\",\"attempt\":1,\"turns\":["
+            "[0,{\"model\":" CALLS("[{\"id\":\"c\",\"name\":\"demo.echo\",\"arguments\":{"
+                                   "\"message\":\"1\"}},{\"id\":\"d\",\"name\":\"demo.echo\","
+                                   "\"arguments\":{\"message\":\"2\"}}]") "}],"
+                                                                          "[1,{\"tool\":{\"id\":"
+                                                                          "\"c\",\"name\":\"demo."
+                                                                          "echo\",\"content\":"
+                                                                          "\"1\",\"is_error\":"
+                                                                          "false}}]]}]",
+        .script = "ok a#2 \"2\"\n"
+                  "ok a#3 " SAYS("\"both\""),
+        .decisions = "dispatch a#2; dispatch a#3; succeed a",
+        .has = "audit step.turns_recovered a {\"answered\":2}\n"
+               "send a#2 attempt=1 timeout=60000 tools/call "
+               "{\"name\":\"echo\",\"arguments\":{\"message\":\"2\"}}\n"
+               "record a succeeded attempt=2 output=\"both\"",
+        .lacks = "send a#0\nsend a#1",
     },
     /* Modifiers: for_each, concurrency */
     {

@@ -677,6 +677,11 @@ static const struct broken broken_files[] = {
      "step 'shape': 'eval' steps run without an agent: remove 'persona'"},
     {"ask-without-model.yaml", "9:5",
      "step 'think': 'ask' needs a model: persona 'greeter' has no 'model'"},
+    {"model-literal-key.yaml", "7:14",
+     "model 'fast': 'api_key' must be a ${env:NAME} reference, not a literal key: put the key "
+     "in an environment variable and write api_key: ${env:NAME}"},
+    {"output-schema-on-tool.yaml", "10:5",
+     "step 'greet': 'output_schema' is for 'ask' steps (the model's answer), not 'tool' steps"},
     {"when-jq-syntax.yaml", "10:11", "step 'greet': 'when': jq: syntax error, unexpected $end"},
     {"for-each-jq.json", "7:18", "step 'greet': 'for_each': jq: mapp/1 is not defined"},
     {"concurrency-without-for-each.yaml", "10:5", "step 'greet': 'concurrency' needs 'for_each'"},
