@@ -1295,6 +1295,8 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
         ask_server(&s, 2, "sampling/createMessage",
                    SAMPLE("{\"type\":\"image\",\"data\":\"AAAA\",\"mimeType\":\"image/png\"}"));
     cr_assert(cJSON_HasObjectItem(answer, "error") && !cJSON_HasObjectItem(answer, "result"));
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "code")->valueint,
+                 -32602);
     cr_assert(
         strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "message")->valuestring,
                "text only"));
