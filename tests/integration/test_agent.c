@@ -672,7 +672,6 @@ Test(agent, sigterm_ends_the_loop_and_cancels_calls_in_flight, .timeout = 60)
 
 /* ---- a persona on a Streamable HTTP server ---------------------------------------------- */
 
-/* test-mcp-http-misbehave (legacy era) on a free port: its pid, and its URL in *ret_url. */
 /* Starts a fixture program (argv[0] a path) that prints one line once it listens: that line. */
 static pid_t fixture_start(const char *const *argv, char *ret_line, size_t size)
 {
@@ -696,6 +695,7 @@ static pid_t fixture_start(const char *const *argv, char *ret_line, size_t size)
     return pid;
 }
 
+/* test-mcp-http-misbehave (legacy era) on a free port: its pid, and its URL in *ret_url. */
 static pid_t http_server_start(char **ret_url)
 {
     char *program = harness_build_path("tests/test-mcp-http-misbehave");
@@ -1208,7 +1208,22 @@ Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout
     cr_assert_eq(m.closed_by_client, 2, "the provider's connections were not closed (%d of 2)",
                  m.closed_by_client);
 
-    sched_stop(&s);
+    /* SIGTERM with a model call in flight: the agent stops at once, the call audited. */
+    assign_model(&s, 4, ASK_MODEL, 30000);
+    model_wait_requests(&m, 3);
+    start = now_ms();
+    cr_assert_eq(kill(s.agent.pid, SIGTERM), 0);
+    struct bus_msg *bye = expect(&s, BUS_BYE, WAIT_MS);
+    bus_msg_free(&bye);
+    struct harness_result res = {0};
+    harness_finish(&s.agent, WAIT_MS, &res);
+    cr_assert_eq(res.exit_code, 0, "%s", res.err);
+    check_agent_stderr(&res);
+    harness_result_release(&res);
+    cr_assert_lt(now_ms() - start, 3000, "the agent took %lld ms to stop",
+                 (long long)(now_ms() - start));
+    cJSON_Delete(wait_event(&s, 4, "model.response", "the agent is stopping"));
+    sched_release(&s);
     model_server_stop(&m);
     free(more);
 }
