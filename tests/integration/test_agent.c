@@ -997,13 +997,18 @@ static cJSON *model_request_body(struct model_server *m, int i)
     return json;
 }
 
-/* The persona's model at the model server, as the welcome carries it. */
-static char *model_config(const struct model_server *m, const char *more)
+/* The persona's model at the model server (its timeout_ms), as the welcome carries it. */
+static char *model_config_timeout(const struct model_server *m, int timeout_ms, const char *more)
 {
     return xasprintf("{\"model\":{\"name\":\"writer\",\"provider\":\"openai\","
                      "\"base_url\":\"http://127.0.0.1:%d/v1\",\"model\":\"fake-1\","
-                     "\"api_key\":\"" MODEL_KEY "\",\"timeout_ms\":20000}%s%s}",
-                     m->port, more ? "," : "", more ? more : "");
+                     "\"api_key\":\"" MODEL_KEY "\",\"timeout_ms\":%d}%s%s}",
+                     m->port, timeout_ms, more ? "," : "", more ? more : "");
+}
+
+static char *model_config(const struct model_server *m, const char *more)
+{
+    return model_config_timeout(m, 20000, more);
 }
 
 static void assign_model(struct sched *s, int64_t task, const char *request, int64_t timeout_ms)
@@ -1185,20 +1190,26 @@ Test(agent, model_failures_are_classed_and_audited, .timeout = 60)
 Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout = 60)
 {
     struct model_server m;
+    model_server_start(&m);
+    model_set_mode(&m, "hang");
+    /* The model's own timeout holds when the assign gives none; the assign's when it does. */
+    char *more = model_config_timeout(&m, 1500, MODEL_TOOLS);
     struct sched s;
-    char *more = model_sched_start(&s, &m, "hang", MODEL_TOOLS);
+    sched_start_with(&s, 4, NULL, more);
 
-    assign_model(&s, 1, ASK_MODEL, 1500);
+    assign_model(&s, 1, ASK_MODEL, 0);
     cJSON_Delete(wait_event(&s, 1, "model.request", "writer"));
     int64_t start = now_ms();
     assign(&s, 2, "sleep", "{\"ms\":1}", 5000);
     expect_result(&s, 2, NULL, NULL);
     cr_assert_lt(now_ms() - start, 1000, "the tool call waited for the model call");
-    expect_result(&s, 1, "timeout", "1500 ms");
+    expect_result(&s, 1, "timeout", NULL);
+    cr_assert_geq(now_ms() - start, 1300, "the model call ended before its timeout");
 
     assign_model(&s, 3, ASK_MODEL, 30000);
     cJSON_Delete(wait_event(&s, 3, "model.request", "writer"));
     model_wait_requests(&m, 2); /* in the provider's hands, not merely on its way */
+    listen_for(&s, 2000);       /* past the model's 1500 ms: the assign's 30 s hold */
     send_cancel(&s, 3, "no longer needed");
     expect_result(&s, 3, "cancelled", "no longer needed");
     cJSON_Delete(wait_event(&s, 3, "model.response", "no longer needed"));
