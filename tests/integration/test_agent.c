@@ -695,16 +695,22 @@ static pid_t fixture_start(const char *const *argv, char *ret_line, size_t size)
     return pid;
 }
 
-/* test-mcp-http-misbehave (legacy era) on a free port: its pid, and its URL in *ret_url. */
-static pid_t http_server_start(char **ret_url)
+/* test-mcp-http-misbehave (era: "--legacy" or "--modern") on a free port: its pid, and its
+ * URL in *ret_url. */
+static pid_t http_server_start_era(const char *era, char **ret_url)
 {
     char *program = harness_build_path("tests/test-mcp-http-misbehave");
-    const char *argv[] = {program, "--legacy", NULL};
+    const char *argv[] = {program, era, NULL};
     char line[32];
     pid_t pid = fixture_start(argv, line, sizeof(line));
     *ret_url = xasprintf("http://127.0.0.1:%d/mcp", atoi(line));
     free(program);
     return pid;
+}
+
+static pid_t http_server_start(char **ret_url)
+{
+    return http_server_start_era("--legacy", ret_url);
 }
 
 static void http_server_stop(pid_t pid)
@@ -1422,4 +1428,31 @@ Test(agent, scripted_model_tool_calls_come_back_under_troupe_names, .timeout = 6
     free(log);
     free(cassette);
     free(dir);
+}
+
+/*
+ * The 2026-07-28 era asks for input in an InputRequiredResult: the same elicitation answers,
+ * sent back in the retry's inputResponses, audited as the call's mcp.elicitation.
+ */
+Test(agent, modern_input_required_elicitation_is_answered_as_the_persona_says, .timeout = 60)
+{
+    char *url = NULL;
+    pid_t server = http_server_start_era("--modern", &url);
+    struct sched s;
+    sched_start_with(&s, 2, url,
+                     "{\"tools\":[\"conc.needs_input\"],\"elicitation\":{\"answers\":{\"conc\":"
+                     "{\"name\":\"Ada\",\"age\":36}}}}");
+    assign(&s, 1, "needs_input", "{}", 10000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, NULL);
+    cr_assert(strstr(r->json, "{\\\"who\\\":{\\\"content\\\":{\\\"name\\\":\\\"Ada\\\"},"
+                              "\\\"action\\\":\\\"accept\\\"}}"),
+              "%s", r->json);
+    bus_msg_free(&r);
+    cJSON *event = wait_event(&s, 1, "mcp.elicitation", "accept");
+    cr_assert_str_eq(cJSON_GetObjectItem(event, "message")->valuestring, "Who is asking?");
+    cJSON_Delete(event);
+    sched_stop(&s);
+    http_server_stop(server);
+    free(url);
 }
