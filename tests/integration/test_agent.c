@@ -1039,7 +1039,8 @@ static void assign_model(struct sched *s, int64_t task, const char *request, int
 #define ASK_MODEL                                                                                  \
     "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"}],\"builtin_tools\":"                 \
     "[{\"name\":\"context_read\",\"description\":\"reads\",\"input_schema\":"                      \
-    "{\"type\":\"object\"}}]}"
+    "{\"type\":\"object\"}}],\"tools\":[{\"name\":\"conc.fail\",\"description\":\"smuggled\","     \
+    "\"input_schema\":{}}]}"
 
 /* No event or result the agent sent holds the model's key. */
 static void check_no_key(const struct sched *s)
@@ -1082,9 +1083,10 @@ static char *model_sched_start(struct sched *s, struct model_server *m, const ch
 
 /*
  * A model call: the built-in tools and the persona's allowed MCP tools are offered, sorted, in
- * the provider's names; the neutral result comes back with tools_offered; model.request and
- * model.response are the task's events, without the key (which the welcome's redact list does
- * not even name); after notifications/tools/list_changed the new tool is offered.
+ * the provider's names (tools the request itself lists are not: the agent decides); the neutral
+ * result comes back with tools_offered; model.request and model.response are the task's events,
+ * without the key (which the welcome's redact list does not even name); after
+ * notifications/tools/list_changed the new tool is offered.
  */
 Test(agent, model_call_offers_the_allowed_tools_and_returns_the_result, .timeout = 60)
 {
@@ -1301,7 +1303,8 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
         &s, &m, "ok",
         MODEL_TOOLS ",\"sampling\":{\"allow\":true,\"max_tokens\":50},"
                     "\"elicitation\":{\"answers\":{\"conc\":{\"name\":\"Ada\",\"age\":36,"
-                    "\"unrelated\":\"x\"}},\"otherwise\":\"cancel\"}");
+                    "\"unrelated\":\"x\"},\"elsewhere\":{\"email\":\"ada@example.com\"}},"
+                    "\"otherwise\":\"cancel\"}");
     char *caps = declared_capabilities(&s);
     cr_assert(strstr(caps, "sampling") && strstr(caps, "elicitation"), "%s", caps);
     free(caps);
@@ -1343,6 +1346,7 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
     cr_assert_str_eq(cJSON_GetObjectItem(event, "message")->valuestring, "Who are you?");
     cr_assert_str_eq(cJSON_GetObjectItem(event, "server")->valuestring, "conc");
     cJSON_Delete(event);
+    /* email has an answer, for another server only: not this one's to have. */
     answer = ask_server(&s, 4, "elicitation/create", ELICIT("[\"name\",\"email\"]"));
     text = cJSON_PrintUnformatted(cJSON_GetObjectItem(answer, "result"));
     cr_assert_str_eq(text, "{\"action\":\"cancel\"}");
