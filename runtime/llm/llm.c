@@ -31,6 +31,52 @@ int llm_protocol_find(const char *name)
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
+/* text with every occurrence of what replaced by "[redacted]". Caller frees. */
+static char *replace_all(const char *text, const char *what)
+{
+    struct tr_buf out;
+    size_t n = strlen(what);
+    tr_buf_init(&out, 0);
+    for (const char *p = text, *hit; *p; p = hit + n) {
+        hit = strstr(p, what);
+        if (!hit) {
+            if (tr_buf_append(&out, p, strlen(p)) < 0)
+                abort();
+            break;
+        }
+        if (tr_buf_append(&out, p, (size_t)(hit - p)) < 0 ||
+            tr_buf_append(&out, "[redacted]", 10) < 0)
+            abort();
+    }
+    return tr_buf_take(&out);
+}
+
+char *llm__redact(const struct llm_model *model, const char *text)
+{
+    const char *key = model ? model->api_key : NULL;
+    char *out = xstrdup(text);
+    if (!key || !key[0])
+        return out;
+    /* The key as sent, as a JSON string holds it (a provider's message quoting JSON), and as
+       tr_text_escape shows it. */
+    cJSON *string = cJSON_CreateString(key);
+    char *json = tr_json_print(string);
+    cJSON_Delete(string);
+    json[strlen(json) - 1] = '\0';
+    char *escaped = tr_text_escape(key, 0);
+    const char *forms[] = {key, json + 1, escaped};
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        if (!forms[i][0])
+            continue;
+        char *next = replace_all(out, forms[i]);
+        free(out);
+        out = next;
+    }
+    free(json);
+    free(escaped);
+    return out;
+}
+
 int llm__fail(const struct llm_model *model, struct tr_error *err, int code, const char *fmt, ...)
 {
     if (!err)
@@ -47,26 +93,9 @@ int llm__fail(const struct llm_model *model, struct tr_error *err, int code, con
     free(shown);
     free(text);
     /* Whatever a provider echoes (some repeat the header they refused), the key stays out. */
-    const char *key = model ? model->api_key : NULL;
-    if (key && key[0]) {
-        struct tr_buf out;
-        tr_buf_init(&out, 0);
-        size_t klen = strlen(key);
-        for (const char *p = line, *hit; *p; p = hit + klen) {
-            hit = strstr(p, key);
-            if (!hit) {
-                if (tr_buf_append(&out, p, strlen(p)) < 0)
-                    abort();
-                break;
-            }
-            if (tr_buf_append(&out, p, (size_t)(hit - p)) < 0 ||
-                tr_buf_append(&out, "[redacted]", 10) < 0)
-                abort();
-        }
-        free(line);
-        line = tr_buf_take(&out);
-    }
-    tr_error_set(err, code, "%s", line);
+    char *redacted = llm__redact(model, line);
+    tr_error_set(err, code, "%s", redacted);
+    free(redacted);
     free(line);
     return code;
 }
@@ -516,7 +545,8 @@ void llm_reply_free(struct llm_reply *reply)
 /* The provider's own message from an error body (OpenAI's {"error": {"message", "code"}},
    Anthropic's {"type": "error", "error": {"type", "message"}}, others' {"error": "text"} or
    {"message"}), else the body's text; escaped and capped. Caller frees. */
-static char *provider_message(const cJSON *body, const struct tr_buf *raw)
+static char *provider_message(const struct llm_model *model, const cJSON *body,
+                              const struct tr_buf *raw)
 {
     const cJSON *error = member(body, "error");
     const char *text = cJSON_GetStringValue(member(error, "message"));
@@ -528,7 +558,11 @@ static char *provider_message(const cJSON *body, const struct tr_buf *raw)
         text = cJSON_GetStringValue(member(body, "detail"));
     if (!text)
         text = raw->len ? raw->data : "(an empty body)";
-    return tr_text_escape(text, LLM_SHOWN_MESSAGE);
+    /* Before the cut: a key cut in two would no longer be found whole. */
+    char *redacted = llm__redact(model, text);
+    char *shown = tr_text_escape(redacted, LLM_SHOWN_MESSAGE);
+    free(redacted);
+    return shown;
 }
 
 static bool contains_nocase(const char *text, const char *what)
@@ -644,7 +678,7 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
         const cJSON *error = member(body, "error");
         if (error && !cJSON_IsNull(error)) {
             /* Some gateways answer a failure with 200 and an error body. */
-            message = provider_message(body, &reply->body);
+            message = provider_message(model, body, &reply->body);
             rc = context_exceeded(body)
                      ? llm__fail(model, err, TR_EINVAL,
                                  "the conversation is longer than the model's context: %s", message)
@@ -659,7 +693,7 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
             stop_agrees(*ret_result);
         goto out;
     }
-    message = provider_message(body, &reply->body);
+    message = provider_message(model, body, &reply->body);
     if (status == 429 || status == 408 || status == 529 || (status >= 500 && status <= 599)) {
         *ret_retry_after_ms = reply->retry_after_ms;
         rc = llm__fail(model, err, TR_EPEER, "HTTP %ld: %s", status, message);

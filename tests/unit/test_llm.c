@@ -29,7 +29,8 @@ struct fixture {
 };
 
 /* Starts the fixture on the cassette file path (NULL: the text cassette, written first). */
-static void fixture_start_file(struct fixture *fx, const char *cassette, const char *file)
+static void fixture_start_key(struct fixture *fx, const char *cassette, const char *file,
+                              const char *key)
 {
     const char *build = getenv("TROUPE_BUILD_DIR");
     cr_assert(build, "TROUPE_BUILD_DIR must name the build directory");
@@ -53,8 +54,12 @@ static void fixture_start_file(struct fixture *fx, const char *cassette, const c
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(fds[1], 1);
         close(fds[0]);
-        execl(program, program, "--cassette", path, "--log", fx->log, "--log-bodies", "--key", KEY,
-              "--port", "0", (char *)NULL);
+        if (key)
+            execl(program, program, "--cassette", path, "--log", fx->log, "--log-bodies", "--key",
+                  key, "--port", "0", (char *)NULL);
+        else
+            execl(program, program, "--cassette", path, "--log", fx->log, "--log-bodies", "--port",
+                  "0", (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -66,6 +71,11 @@ static void fixture_start_file(struct fixture *fx, const char *cassette, const c
     fx->url = xstrdup(line);
     free(program);
     free(path);
+}
+
+static void fixture_start_file(struct fixture *fx, const char *cassette, const char *file)
+{
+    fixture_start_key(fx, cassette, file, KEY);
 }
 
 static void fixture_start(struct fixture *fx, const char *cassette)
@@ -698,6 +708,53 @@ Test(llm, the_key_is_never_in_a_message)
         cJSON_Delete(request);
         stop(&fx, &model);
     }
+}
+
+Test(llm, the_key_is_out_in_every_form_and_at_the_cut)
+{
+    /* Quotes, a backslash, a non-ASCII letter: echoed raw, inside JSON inside the message,
+       and once across the 300 bytes where the provider's message is cut. */
+    const char *key = "sk-\"quo\\te\xc3\xbc-0123456789";
+    cJSON *as_string = cJSON_CreateString(key);
+    char *json = cJSON_PrintUnformatted(as_string);
+    cJSON_Delete(as_string);
+    char *message = xasprintf("raw %s, quoted {\"key\": %s}, then %.*s%s", key, json,
+                              280 - (int)(strlen(key) + strlen(json) + 30),
+                              "................"
+                              "................................................................"
+                              "................................................................"
+                              "................................................................"
+                              "................................................................",
+                              key);
+    cJSON *cassette = cJSON_CreateArray(), *turn = cJSON_CreateObject();
+    cJSON *reply = cJSON_AddObjectToObject(turn, "reply");
+    cJSON_AddNumberToObject(reply, "status", 400);
+    cJSON_AddStringToObject(reply, "error", message);
+    cJSON_AddItemToArray(cassette, turn);
+    char *text = cJSON_PrintUnformatted(cassette);
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        fixture_start_key(&fx, text, NULL, NULL);
+        struct llm_model model;
+        model_for(&model, &fx, protocols[p], NULL);
+        free(model.api_key);
+        model.api_key = xstrdup(key);
+        cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
+        cJSON *result = NULL;
+        struct tr_error err = {0};
+        cr_expect_eq(llm_call(&model, request, &result, &err), TR_EINVAL);
+        cr_expect(strstr(err.message, "raw [redacted], quoted {\"key\": \"[redacted]\"}"), "%s",
+                  err.message);
+        cr_expect_null(strstr(err.message, "0123456789"), "a piece of the key in %s", err.message);
+        cr_expect_null(strstr(err.message, "\xc3\xbc-"), "a piece of the key in %s", err.message);
+        cr_expect_null(strstr(err.message, "sk-"), "a piece of the key in %s", err.message);
+        cJSON_Delete(request);
+        stop(&fx, &model);
+    }
+    free(text);
+    cJSON_Delete(cassette);
+    free(message);
+    free(json);
 }
 
 /* ---- configuration and requests ----------------------------------------------------------- */
