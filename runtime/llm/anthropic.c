@@ -191,12 +191,6 @@ static const char *stop_of(const char *stop_reason)
     return "other";
 }
 
-static long usage_of(const cJSON *usage, const char *key)
-{
-    const cJSON *n = member(usage, key);
-    return cJSON_IsNumber(n) && n->valuedouble >= 0 ? (long)n->valuedouble : 0;
-}
-
 int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
                           const cJSON *body, cJSON **ret_result, struct tr_error *err)
 {
@@ -274,10 +268,7 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
         stop = "end";
     }
     cJSON_AddStringToObject(result, "stop", stop);
-    const cJSON *usage = member(body, "usage");
-    cJSON *u = cJSON_AddObjectToObject(result, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)usage_of(usage, "input_tokens"));
-    cJSON_AddNumberToObject(u, "output_tokens", (double)usage_of(usage, "output_tokens"));
+    llm__usage(result, member(body, "usage"), "input_tokens", "output_tokens");
     const char *answered = cJSON_GetStringValue(member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "anthropic");

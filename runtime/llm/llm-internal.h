@@ -45,6 +45,8 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
 int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
                           const cJSON *body, cJSON **ret_result, struct tr_error *err);
 
+/* result's "usage" from the provider's usage object and its two members' names. */
+void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key);
 /* A tool call's arguments as the model wrote them (JSON text) into call ("arguments", or
    "arguments_error" and "arguments_text"). */
 void llm__call_arguments(cJSON *call, const char *text);

@@ -365,6 +365,22 @@ long llm__max_tokens(const struct llm_model *model, const cJSON *request)
     return asked;
 }
 
+/* A token count a provider reports: a whole number from 0 to 10^15, else 0 (a hostile or
+   broken server's 1e400 or -1 is no count). */
+static double token_count(const cJSON *n)
+{
+    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) || n->valuedouble > 1e15)
+        return 0;
+    return (double)(int64_t)n->valuedouble;
+}
+
+void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key)
+{
+    cJSON *u = cJSON_AddObjectToObject(result, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", token_count(member(usage, input_key)));
+    cJSON_AddNumberToObject(u, "output_tokens", token_count(member(usage, output_key)));
+}
+
 void llm__call_arguments(cJSON *call, const char *text)
 {
     const char *p = text ? text : "";

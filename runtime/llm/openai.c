@@ -147,12 +147,6 @@ static const char *stop_of(const char *finish_reason, bool refused)
     return "other";
 }
 
-static long usage_of(const cJSON *usage, const char *key)
-{
-    const cJSON *n = member(usage, key);
-    return cJSON_IsNumber(n) && n->valuedouble >= 0 ? (long)n->valuedouble : 0;
-}
-
 int llm__openai_result(const struct llm_model *model, const struct llm_names *names,
                        const cJSON *body, cJSON **ret_result, struct tr_error *err)
 {
@@ -212,10 +206,7 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     const char *finish = cJSON_GetStringValue(member(choice, "finish_reason"));
     const char *stop = stop_of(finish, cJSON_IsString(refusal) && !cJSON_IsString(content));
     cJSON_AddStringToObject(result, "stop", stop);
-    const cJSON *usage = member(body, "usage");
-    cJSON *u = cJSON_AddObjectToObject(result, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)usage_of(usage, "prompt_tokens"));
-    cJSON_AddNumberToObject(u, "output_tokens", (double)usage_of(usage, "completion_tokens"));
+    llm__usage(result, member(body, "usage"), "prompt_tokens", "completion_tokens");
     const char *answered = cJSON_GetStringValue(member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "openai");

@@ -896,6 +896,38 @@ Test(llm, example_cassettes_answer_as_documented)
     }
 }
 
+Test(llm, usage_out_of_range_is_no_count)
+{
+    const char *bodies[] = {
+        "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": \"x\"}, "
+        "\"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 1e400, "
+        "\"completion_tokens\": -5}}",
+        "{\"content\": [{\"type\": \"text\", \"text\": \"x\"}], \"stop_reason\": \"end_turn\", "
+        "\"usage\": {\"input_tokens\": 12.7, \"output_tokens\": \"9\"}}"};
+    const double expect[][2] = {{0, 0}, {12, 0}};
+    for (int p = 0; p < 2; p++) {
+        cJSON *cassette = cJSON_CreateArray(), *turn = cJSON_CreateObject();
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(turn, "reply"), "body", bodies[p]);
+        cJSON_AddItemToArray(cassette, turn);
+        char *text = cJSON_PrintUnformatted(cassette);
+        struct fixture fx;
+        struct llm_model model;
+        start(&fx, &model, protocols[p], text, NULL);
+        cJSON *result = NULL;
+        int64_t retry;
+        struct tr_error err = {0};
+        cr_assert_eq(exchange(&model, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
+                              &result, &retry, &err),
+                     0, "%s", err.message);
+        cr_expect_eq(num_at(result, "usage.input_tokens"), expect[p][0], "%s", protocols[p]);
+        cr_expect_eq(num_at(result, "usage.output_tokens"), expect[p][1], "%s", protocols[p]);
+        cJSON_Delete(result);
+        stop(&fx, &model);
+        free(text);
+        cJSON_Delete(cassette);
+    }
+}
+
 /* ---- what the caller's configuration holds ------------------------------------------------ */
 
 Test(llm, base_url_query_stays_and_credentials_stay_out_of_messages)
