@@ -46,11 +46,14 @@ static cJSON *message(const struct llm_names *names, const cJSON *in)
         cJSON_AddStringToObject(out, "content", content->valuestring);
         return out;
     }
+    const cJSON *calls = member(in, "tool_calls");
+    /* null only beside tool calls: an assistant message of neither is refused otherwise. */
     if (cJSON_IsString(content))
         cJSON_AddStringToObject(out, "content", content->valuestring);
-    else
+    else if (cJSON_GetArraySize(calls) > 0)
         cJSON_AddNullToObject(out, "content");
-    const cJSON *calls = member(in, "tool_calls");
+    else
+        cJSON_AddStringToObject(out, "content", "");
     if (strcmp(role, "assistant") == 0 && cJSON_GetArraySize(calls) > 0) {
         cJSON *list = cJSON_AddArrayToObject(out, "tool_calls");
         const cJSON *call;

@@ -425,6 +425,47 @@ Test(llm, structured_output)
     }
 }
 
+Test(llm, empty_messages_and_results_take_the_shape_each_api_accepts)
+{
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        struct llm_model model;
+        start(&fx, &model, protocols[p], "[{\"reply\": {\"text\": \"ok\"}}]", NULL);
+        cJSON *result = NULL;
+        int64_t retry;
+        struct tr_error err = {0};
+        cr_assert_eq(
+            exchange(&model,
+                     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": "
+                     "\"assistant\", \"content\": null}, {\"role\": \"user\", \"content\": \"b\"}, "
+                     "{\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [{\"id\": "
+                     "\"c1\", \"name\": \"files.read\", \"arguments\": {}}]}, {\"role\": \"tool\", "
+                     "\"tool_call_id\": \"c1\", \"content\": \"\"}], " TOOLS "}",
+                     &result, &retry, &err),
+            0, "%s", err.message);
+        cJSON *log = fixture_log(&fx);
+        const cJSON *body = request_body(log, 1);
+        if (p == 0) {
+            cr_expect_str_eq(str_at(body, "messages.1.content"), "",
+                             "an assistant message without calls has content");
+            cr_expect_eq(cJSON_GetArraySize(at(body, "messages.3.tool_calls")), 1);
+        } else {
+            /* user a, (nothing), user b: one user turn; no empty text anywhere. */
+            cr_expect_eq(cJSON_GetArraySize(at(body, "messages")), 3, "%s",
+                         cJSON_PrintUnformatted(body));
+            cr_expect_str_eq(str_at(body, "messages.0.content.0.text"), "a");
+            cr_expect_str_eq(str_at(body, "messages.0.content.1.text"), "b");
+            cr_expect_eq(cJSON_GetArraySize(at(body, "messages.1.content")), 1);
+            cr_expect_str_eq(str_at(body, "messages.1.content.0.type"), "tool_use");
+            cr_expect_str_eq(str_at(body, "messages.2.content.0.type"), "tool_result");
+            cr_expect_null(at(body, "messages.2.content.0.content"));
+        }
+        cJSON_Delete(log);
+        cJSON_Delete(result);
+        stop(&fx, &model);
+    }
+}
+
 /* ---- tool names ----------------------------------------------------------------------------- */
 
 #define LONG_NAME                                                                                  \
