@@ -445,6 +445,8 @@ int llm_request_build(const struct llm_model *model, const cJSON *request,
         goto out;
     http.headers = header(NULL, "Content-Type: ", "application/json");
     http.headers = header(http.headers, "Accept: ", "application/json");
+    /* No "Expect: 100-continue" for large bodies: a server that ignores it costs a second. */
+    http.headers = header(http.headers, "Expect:", "");
     if (model->protocol == LLM_OPENAI) {
         rc = llm__openai_build(model, request, http.names, &http.body, err);
         http.url = endpoint(model->base_url, "/chat/completions");
