@@ -1059,3 +1059,35 @@ Test(llm, stop_agrees_with_the_calls)
         stop(&fx, &model);
     }
 }
+
+Test(llm, the_fixture_refuses_a_misspelt_cassette)
+{
+    const char *cases[][2] = {
+        {"[{\"when\": {\"last_contain\": \"x\"}, \"reply\": {\"text\": \"a\"}}]",
+         "unknown member \"last_contain\""},
+        {"[{\"reply\": {\"txt\": \"a\"}}]", "unknown member \"txt\""},
+        {"[{\"when\": {}}]", "needs a \"reply\" object"},
+        {"{\"turn\": []}", "not a cassette"}};
+    for (int i = 0; i < 4; i++) {
+        char template[] = "/tmp/troupe-llm-XXXXXX";
+        cr_assert(mkdtemp(template));
+        char *path = xasprintf("%s/cassette.json", template);
+        FILE *f = fopen(path, "w");
+        cr_assert(f);
+        fputs(cases[i][0], f);
+        fclose(f);
+        char *command = xasprintf("'%s/tests/test-model-script' --cassette '%s' 2>&1",
+                                  getenv("TROUPE_BUILD_DIR"), path);
+        FILE *out = popen(command, "r");
+        cr_assert(out);
+        char text[512] = "";
+        size_t n = fread(text, 1, sizeof(text) - 1, out);
+        text[n] = '\0';
+        int status = pclose(out);
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s: status %d", cases[i][0],
+                  status);
+        cr_expect(strstr(text, cases[i][1]), "%s: %s", cases[i][0], text);
+        free(command);
+        free(path);
+    }
+}
