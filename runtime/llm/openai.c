@@ -150,6 +150,25 @@ static const char *stop_of(const char *finish_reason, bool refused)
     return "other";
 }
 
+/* The text of content parts ({"type": "text", "text"}...), joined; NULL when none has text. */
+static char *text_parts(const cJSON *content)
+{
+    struct tr_buf text;
+    tr_buf_init(&text, 0);
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content)
+    {
+        const char *t = cJSON_GetStringValue(member(part, "text"));
+        if (t && tr_buf_append(&text, t, strlen(t)) < 0)
+            abort();
+    }
+    if (!text.len) {
+        tr_buf_release(&text);
+        return NULL;
+    }
+    return tr_buf_take(&text);
+}
+
 int llm__openai_result(const struct llm_model *model, const struct llm_names *names,
                        const cJSON *body, cJSON **ret_result, struct tr_error *err)
 {
@@ -160,7 +179,8 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     const cJSON *content = member(in, "content");
     const cJSON *refusal = member(in, "refusal");
     const cJSON *calls = member(in, "tool_calls");
-    if ((content && !cJSON_IsString(content) && !cJSON_IsNull(content)) ||
+    if ((content && !cJSON_IsString(content) && !cJSON_IsNull(content) &&
+         !cJSON_IsArray(content)) ||
         (calls && !cJSON_IsArray(calls) && !cJSON_IsNull(calls)))
         return llm__fail(model, err, TR_EPROTO,
                          "choices[0].message: \"content\" is not a string or \"tool_calls\" not "
@@ -168,13 +188,16 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     cJSON *result = cJSON_CreateObject();
     cJSON *out = cJSON_AddObjectToObject(result, "message");
     cJSON_AddStringToObject(out, "role", "assistant");
-    const char *text = cJSON_GetStringValue(content);
+    /* Some compatible servers send content as parts: their text parts, joined. */
+    char *parts = cJSON_IsArray(content) ? text_parts(content) : NULL;
+    const char *text = parts ? parts : cJSON_GetStringValue(content);
     if (!text)
         text = cJSON_GetStringValue(refusal);
     if (text)
         cJSON_AddStringToObject(out, "content", text);
     else
         cJSON_AddNullToObject(out, "content");
+    free(parts);
     int i = 0;
     const cJSON *call, *calls_in = cJSON_IsArray(calls) ? calls : NULL;
     cJSON *list = NULL;

@@ -969,6 +969,28 @@ Test(llm, usage_out_of_range_is_no_count)
     }
 }
 
+Test(llm, openai_content_as_parts_is_its_text)
+{
+    struct fixture fx;
+    struct llm_model model;
+    start(&fx, &model, "openai",
+          "[{\"reply\": {\"body\": \"{\\\"choices\\\": [{\\\"message\\\": {\\\"role\\\": "
+          "\\\"assistant\\\", \\\"content\\\": [{\\\"type\\\": \\\"text\\\", \\\"text\\\": "
+          "\\\"one \\\"}, {\\\"type\\\": \\\"image\\\"}, {\\\"type\\\": \\\"text\\\", "
+          "\\\"text\\\": \\\"two\\\"}]}, \\\"finish_reason\\\": \\\"stop\\\"}]}\"}}]",
+          NULL);
+    cJSON *result = NULL;
+    int64_t retry;
+    struct tr_error err = {0};
+    cr_assert_eq(exchange(&model, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
+                          &result, &retry, &err),
+                 0, "%s", err.message);
+    cr_expect_str_eq(str_at(result, "message.content"), "one two");
+    cr_expect_str_eq(str_at(result, "stop"), "end");
+    cJSON_Delete(result);
+    stop(&fx, &model);
+}
+
 /* ---- what the caller's configuration holds ------------------------------------------------ */
 
 Test(llm, base_url_query_stays_and_credentials_stay_out_of_messages)
