@@ -937,6 +937,28 @@ Test(llm, example_cassettes_answer_as_documented)
     }
 }
 
+/* The result of the body a fixture sends as it is, for protocol (the call must succeed). */
+static cJSON *result_of_body(const char *protocol, const char *body)
+{
+    cJSON *cassette = cJSON_CreateArray(), *turn = cJSON_CreateObject();
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(turn, "reply"), "body", body);
+    cJSON_AddItemToArray(cassette, turn);
+    char *text = cJSON_PrintUnformatted(cassette);
+    struct fixture fx;
+    struct llm_model model;
+    start(&fx, &model, protocol, text, NULL);
+    cJSON *result = NULL;
+    int64_t retry;
+    struct tr_error err = {0};
+    cr_assert_eq(exchange(&model, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
+                          &result, &retry, &err),
+                 0, "%s", err.message);
+    stop(&fx, &model);
+    free(text);
+    cJSON_Delete(cassette);
+    return result;
+}
+
 Test(llm, usage_out_of_range_is_no_count)
 {
     const char *bodies[] = {
@@ -947,48 +969,22 @@ Test(llm, usage_out_of_range_is_no_count)
         "\"usage\": {\"input_tokens\": 12.7, \"output_tokens\": \"9\"}}"};
     const double expect[][2] = {{0, 0}, {12, 0}};
     for (int p = 0; p < 2; p++) {
-        cJSON *cassette = cJSON_CreateArray(), *turn = cJSON_CreateObject();
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(turn, "reply"), "body", bodies[p]);
-        cJSON_AddItemToArray(cassette, turn);
-        char *text = cJSON_PrintUnformatted(cassette);
-        struct fixture fx;
-        struct llm_model model;
-        start(&fx, &model, protocols[p], text, NULL);
-        cJSON *result = NULL;
-        int64_t retry;
-        struct tr_error err = {0};
-        cr_assert_eq(exchange(&model, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
-                              &result, &retry, &err),
-                     0, "%s", err.message);
+        cJSON *result = result_of_body(protocols[p], bodies[p]);
         cr_expect_eq(num_at(result, "usage.input_tokens"), expect[p][0], "%s", protocols[p]);
         cr_expect_eq(num_at(result, "usage.output_tokens"), expect[p][1], "%s", protocols[p]);
         cJSON_Delete(result);
-        stop(&fx, &model);
-        free(text);
-        cJSON_Delete(cassette);
     }
 }
 
 Test(llm, openai_content_as_parts_is_its_text)
 {
-    struct fixture fx;
-    struct llm_model model;
-    start(&fx, &model, "openai",
-          "[{\"reply\": {\"body\": \"{\\\"choices\\\": [{\\\"message\\\": {\\\"role\\\": "
-          "\\\"assistant\\\", \\\"content\\\": [{\\\"type\\\": \\\"text\\\", \\\"text\\\": "
-          "\\\"one \\\"}, {\\\"type\\\": \\\"image\\\"}, {\\\"type\\\": \\\"text\\\", "
-          "\\\"text\\\": \\\"two\\\"}]}, \\\"finish_reason\\\": \\\"stop\\\"}]}\"}}]",
-          NULL);
-    cJSON *result = NULL;
-    int64_t retry;
-    struct tr_error err = {0};
-    cr_assert_eq(exchange(&model, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
-                          &result, &retry, &err),
-                 0, "%s", err.message);
+    cJSON *result = result_of_body(
+        "openai", "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": "
+                  "[{\"type\": \"text\", \"text\": \"one \"}, {\"type\": \"image\"}, {\"type\": "
+                  "\"text\", \"text\": \"two\"}]}, \"finish_reason\": \"stop\"}]}");
     cr_expect_str_eq(str_at(result, "message.content"), "one two");
     cr_expect_str_eq(str_at(result, "stop"), "end");
     cJSON_Delete(result);
-    stop(&fx, &model);
 }
 
 /* ---- what the caller's configuration holds ------------------------------------------------ */
