@@ -588,23 +588,28 @@ static bool contains_nocase(const char *text, const char *what)
     return text && strcasestr(text, what) != NULL;
 }
 
-/* Whether a 4xx body says the conversation is longer than the model's context. */
+/* Whether a 4xx body says the conversation is longer than the model's context: OpenAI's code
+   context_length_exceeded, llama.cpp's type exceed_context_size_error, or a message in the
+   words OpenAI, Anthropic ("prompt is too long"), vLLM and others use. */
 static bool context_exceeded(const cJSON *body)
 {
+    static const char *const phrases[] = {
+        "context length", "context window",     "context size",      "maximum context",
+        "context limit",  "prompt is too long", "input is too long", NULL};
     const cJSON *error = member(body, "error");
     const char *code = cJSON_GetStringValue(member(error, "code"));
     const char *type = cJSON_GetStringValue(member(error, "type"));
     const char *message = cJSON_GetStringValue(member(error, "message"));
     if (!message)
         message = cJSON_GetStringValue(error);
-    if (code && strcmp(code, "context_length_exceeded") == 0)
+    if (!message)
+        message = cJSON_GetStringValue(member(body, "message"));
+    if ((code && strcmp(code, "context_length_exceeded") == 0) || contains_nocase(type, "context"))
         return true;
-    if (type && strcmp(type, "invalid_request_error") != 0)
-        return false;
-    return contains_nocase(message, "prompt is too long") ||
-           contains_nocase(message, "context length") ||
-           contains_nocase(message, "context window") ||
-           contains_nocase(message, "maximum context") || contains_nocase(message, "too long");
+    for (size_t i = 0; phrases[i]; i++)
+        if (contains_nocase(message, phrases[i]))
+            return true;
+    return false;
 }
 
 /* url for a message: scheme, host, port and path; no user information, no query (where a

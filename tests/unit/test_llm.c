@@ -666,6 +666,15 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
         {"{\"status\": 403, \"error\": \"not for you\"}", TR_EAUTH, "HTTP 403", -1, 0},
         {"{\"context_length\": true}", TR_EINVAL,
          "the conversation is longer than the model's context: ", -1, 0},
+        /* vLLM's and llama.cpp's words for it */
+        {"{\"status\": 400, \"body\": \"{\\\"object\\\": \\\"error\\\", \\\"message\\\": "
+         "\\\"This model's maximum context length is 4096 tokens.\\\", \\\"type\\\": "
+         "\\\"BadRequestError\\\", \\\"code\\\": 400}\"}",
+         TR_EINVAL, "longer than the model's context: This model's maximum context length", -1, 0},
+        {"{\"status\": 400, \"body\": \"{\\\"error\\\": {\\\"code\\\": 400, \\\"message\\\": "
+         "\\\"the request exceeds the available context size\\\", \\\"type\\\": "
+         "\\\"exceed_context_size_error\\\"}}\"}",
+         TR_EINVAL, "longer than the model's context: the request exceeds", -1, 0},
         {"{\"status\": 400, \"error\": \"temperature: must be at most 2\"}", TR_EINVAL,
          "HTTP 400: temperature: must be at most 2", -1, 0},
         {"{\"status\": 404, \"error\": \"model m-1 does not exist\"}", TR_EINVAL,
