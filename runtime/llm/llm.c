@@ -717,7 +717,13 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
         goto out;
     }
     message = provider_message(model, body, &reply->body);
-    if (status == 429 || status == 408 || status == 529 || (status >= 500 && status <= 599)) {
+    const char *code = cJSON_GetStringValue(member(member(body, "error"), "code"));
+    if (status == 429 && code && strcmp(code, "insufficient_quota") == 0) {
+        /* OpenAI's 429 for an account out of credit: waiting does not help. */
+        rc = llm__fail(model, err, TR_EINVAL, "HTTP 429 (the account's quota is used up): %s",
+                       message);
+    } else if (status == 429 || status == 408 || status == 529 ||
+               (status >= 500 && status <= 599)) {
         *ret_retry_after_ms = reply->retry_after_ms;
         rc = llm__fail(model, err, TR_EPEER, "HTTP %ld: %s", status, message);
     } else if (status == 401 || status == 403) {

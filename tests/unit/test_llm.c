@@ -693,6 +693,15 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
     free(date_reply);
 }
 
+Test(llm, openai_quota_used_up_is_not_retryable)
+{
+    const struct fault_case quota = {
+        "{\"status\": 429, \"error\": \"You exceeded your current quota\", \"error_code\": "
+        "\"insufficient_quota\", \"retry_after\": \"20\"}",
+        TR_EINVAL, "HTTP 429 (the account's quota is used up): You exceeded", -1, 0};
+    expect_fault("openai", &quota);
+}
+
 Test(llm, wrong_shapes_name_what_is_missing)
 {
     const struct fault_case openai = {"{\"body\": \"{\\\"choices\\\": []}\"}", TR_EPROTO,
