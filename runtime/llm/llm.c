@@ -31,6 +31,52 @@ int llm_protocol_find(const char *name)
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
+/* text with every occurrence of what replaced by "[redacted]". Caller frees. */
+static char *replace_all(const char *text, const char *what)
+{
+    struct tr_buf out;
+    size_t n = strlen(what);
+    tr_buf_init(&out, 0);
+    for (const char *p = text, *hit; *p; p = hit + n) {
+        hit = strstr(p, what);
+        if (!hit) {
+            if (tr_buf_append(&out, p, strlen(p)) < 0)
+                abort();
+            break;
+        }
+        if (tr_buf_append(&out, p, (size_t)(hit - p)) < 0 ||
+            tr_buf_append(&out, "[redacted]", 10) < 0)
+            abort();
+    }
+    return tr_buf_take(&out);
+}
+
+char *llm__redact(const struct llm_model *model, const char *text)
+{
+    const char *key = model ? model->api_key : NULL;
+    char *out = xstrdup(text);
+    if (!key || !key[0])
+        return out;
+    /* The key as sent, as a JSON string holds it (a provider's message quoting JSON), and as
+       tr_text_escape shows it. */
+    cJSON *string = cJSON_CreateString(key);
+    char *json = tr_json_print(string);
+    cJSON_Delete(string);
+    json[strlen(json) - 1] = '\0';
+    char *escaped = tr_text_escape(key, 0);
+    const char *forms[] = {key, json + 1, escaped};
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        if (!forms[i][0])
+            continue;
+        char *next = replace_all(out, forms[i]);
+        free(out);
+        out = next;
+    }
+    free(json);
+    free(escaped);
+    return out;
+}
+
 int llm__fail(const struct llm_model *model, struct tr_error *err, int code, const char *fmt, ...)
 {
     if (!err)
@@ -47,26 +93,9 @@ int llm__fail(const struct llm_model *model, struct tr_error *err, int code, con
     free(shown);
     free(text);
     /* Whatever a provider echoes (some repeat the header they refused), the key stays out. */
-    const char *key = model ? model->api_key : NULL;
-    if (key && key[0]) {
-        struct tr_buf out;
-        tr_buf_init(&out, 0);
-        size_t klen = strlen(key);
-        for (const char *p = line, *hit; *p; p = hit + klen) {
-            hit = strstr(p, key);
-            if (!hit) {
-                if (tr_buf_append(&out, p, strlen(p)) < 0)
-                    abort();
-                break;
-            }
-            if (tr_buf_append(&out, p, (size_t)(hit - p)) < 0 ||
-                tr_buf_append(&out, "[redacted]", 10) < 0)
-                abort();
-        }
-        free(line);
-        line = tr_buf_take(&out);
-    }
-    tr_error_set(err, code, "%s", line);
+    char *redacted = llm__redact(model, line);
+    tr_error_set(err, code, "%s", redacted);
+    free(redacted);
     free(line);
     return code;
 }
@@ -336,6 +365,22 @@ long llm__max_tokens(const struct llm_model *model, const cJSON *request)
     return asked;
 }
 
+/* A token count a provider reports: a whole number from 0 to 10^15, else 0 (a hostile or
+   broken server's 1e400 or -1 is no count). */
+static double token_count(const cJSON *n)
+{
+    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) || n->valuedouble > 1e15)
+        return 0;
+    return (double)(int64_t)n->valuedouble;
+}
+
+void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key)
+{
+    cJSON *u = cJSON_AddObjectToObject(result, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", token_count(member(usage, input_key)));
+    cJSON_AddNumberToObject(u, "output_tokens", token_count(member(usage, output_key)));
+}
+
 void llm__call_arguments(cJSON *call, const char *text)
 {
     const char *p = text ? text : "";
@@ -400,6 +445,8 @@ int llm_request_build(const struct llm_model *model, const cJSON *request,
         goto out;
     http.headers = header(NULL, "Content-Type: ", "application/json");
     http.headers = header(http.headers, "Accept: ", "application/json");
+    /* No "Expect: 100-continue" for large bodies: a server that ignores it costs a second. */
+    http.headers = header(http.headers, "Expect:", "");
     if (model->protocol == LLM_OPENAI) {
         rc = llm__openai_build(model, request, http.names, &http.body, err);
         http.url = endpoint(model->base_url, "/chat/completions");
@@ -516,7 +563,8 @@ void llm_reply_free(struct llm_reply *reply)
 /* The provider's own message from an error body (OpenAI's {"error": {"message", "code"}},
    Anthropic's {"type": "error", "error": {"type", "message"}}, others' {"error": "text"} or
    {"message"}), else the body's text; escaped and capped. Caller frees. */
-static char *provider_message(const cJSON *body, const struct tr_buf *raw)
+static char *provider_message(const struct llm_model *model, const cJSON *body,
+                              const struct tr_buf *raw)
 {
     const cJSON *error = member(body, "error");
     const char *text = cJSON_GetStringValue(member(error, "message"));
@@ -528,7 +576,11 @@ static char *provider_message(const cJSON *body, const struct tr_buf *raw)
         text = cJSON_GetStringValue(member(body, "detail"));
     if (!text)
         text = raw->len ? raw->data : "(an empty body)";
-    return tr_text_escape(text, LLM_SHOWN_MESSAGE);
+    /* Before the cut: a key cut in two would no longer be found whole. */
+    char *redacted = llm__redact(model, text);
+    char *shown = tr_text_escape(redacted, LLM_SHOWN_MESSAGE);
+    free(redacted);
+    return shown;
 }
 
 static bool contains_nocase(const char *text, const char *what)
@@ -536,23 +588,28 @@ static bool contains_nocase(const char *text, const char *what)
     return text && strcasestr(text, what) != NULL;
 }
 
-/* Whether a 4xx body says the conversation is longer than the model's context. */
+/* Whether a 4xx body says the conversation is longer than the model's context: OpenAI's code
+   context_length_exceeded, llama.cpp's type exceed_context_size_error, or a message in the
+   words OpenAI, Anthropic ("prompt is too long"), vLLM and others use. */
 static bool context_exceeded(const cJSON *body)
 {
+    static const char *const phrases[] = {
+        "context length", "context window",     "context size",      "maximum context",
+        "context limit",  "prompt is too long", "input is too long", NULL};
     const cJSON *error = member(body, "error");
     const char *code = cJSON_GetStringValue(member(error, "code"));
     const char *type = cJSON_GetStringValue(member(error, "type"));
     const char *message = cJSON_GetStringValue(member(error, "message"));
     if (!message)
         message = cJSON_GetStringValue(error);
-    if (code && strcmp(code, "context_length_exceeded") == 0)
+    if (!message)
+        message = cJSON_GetStringValue(member(body, "message"));
+    if ((code && strcmp(code, "context_length_exceeded") == 0) || contains_nocase(type, "context"))
         return true;
-    if (type && strcmp(type, "invalid_request_error") != 0)
-        return false;
-    return contains_nocase(message, "prompt is too long") ||
-           contains_nocase(message, "context length") ||
-           contains_nocase(message, "context window") ||
-           contains_nocase(message, "maximum context") || contains_nocase(message, "too long");
+    for (size_t i = 0; phrases[i]; i++)
+        if (contains_nocase(message, phrases[i]))
+            return true;
+    return false;
 }
 
 /* url for a message: scheme, host, port and path; no user information, no query (where a
@@ -644,7 +701,7 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
         const cJSON *error = member(body, "error");
         if (error && !cJSON_IsNull(error)) {
             /* Some gateways answer a failure with 200 and an error body. */
-            message = provider_message(body, &reply->body);
+            message = provider_message(model, body, &reply->body);
             rc = context_exceeded(body)
                      ? llm__fail(model, err, TR_EINVAL,
                                  "the conversation is longer than the model's context: %s", message)
@@ -659,8 +716,14 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
             stop_agrees(*ret_result);
         goto out;
     }
-    message = provider_message(body, &reply->body);
-    if (status == 429 || status == 408 || status == 529 || (status >= 500 && status <= 599)) {
+    message = provider_message(model, body, &reply->body);
+    const char *code = cJSON_GetStringValue(member(member(body, "error"), "code"));
+    if (status == 429 && code && strcmp(code, "insufficient_quota") == 0) {
+        /* OpenAI's 429 for an account out of credit: waiting does not help. */
+        rc = llm__fail(model, err, TR_EINVAL, "HTTP 429 (the account's quota is used up): %s",
+                       message);
+    } else if (status == 429 || status == 408 || status == 529 ||
+               (status >= 500 && status <= 599)) {
         *ret_retry_after_ms = reply->retry_after_ms;
         rc = llm__fail(model, err, TR_EPEER, "HTTP %ld: %s", status, message);
     } else if (status == 401 || status == 403) {

@@ -25,9 +25,10 @@
  * request's tool list, and maps the model's calls back (llm_names).
  *
  * On Anthropic, consecutive tool messages (and a user message after them) become one user
- * message of tool_result blocks. OpenAI has no is_error: a failed tool's content goes as it is.
- * A tool call recorded with "arguments_text" (the model's malformed arguments) goes back as
- * that text on OpenAI and as an empty input on Anthropic.
+ * message of tool_result blocks; empty text is sent as no block, and a message left with no
+ * block as no message (the turns around it merge). OpenAI has no is_error: a failed tool's content
+ * goes as it is. A tool call recorded with "arguments_text" (the model's malformed arguments) goes
+ * back as that text on OpenAI and as an empty input on Anthropic.
  *
  * The neutral result (JSON):
  *   {"message": {"role": "assistant", "content": "TEXT" or null,

@@ -58,7 +58,9 @@
  *     {"cut": true, ...}                                the answer's body cut halfway, the
  *                                                        connection closed
  *     {"delay_ms": N, ...}                              waits N ms first (past a timeout)
- * A request no turn answers gets 400 with an error of type "fixture_error" naming it.
+ * A request no turn answers gets 400 with an error of type "fixture_error" naming it. A member
+ * it does not know (a misspelt condition would hold for every request) stops it at start;
+ * "note" is free text.
  * Example: tests/servers/cassettes/README.md.
  */
 #define _GNU_SOURCE
@@ -737,6 +739,50 @@ static void usage(FILE *to)
                 "at the top of tests/servers/model-script.c and in tests/servers/cassettes/.\n");
 }
 
+/* The first member of object not named in known (NULL-ended), or NULL: a misspelt condition
+   would otherwise hold for every request. */
+static const char *unknown_member(const cJSON *object, const char *const *known)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, object)
+    {
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], m->string) != 0)
+            i++;
+        if (!known[i])
+            return m->string;
+    }
+    return NULL;
+}
+
+static int check_turn(const char *path, int i, const cJSON *t)
+{
+    static const char *const turn_keys[] = {"when", "times", "reply", "note", NULL};
+    static const char *const when_keys[] = {
+        "call",         "protocol",        "last_role", "last_contains",
+        "any_contains", "system_contains", "has_tool",  NULL};
+    static const char *const reply_keys[] = {
+        "text",   "tool_calls", "json",        "stop",       "usage",      "pad_bytes",
+        "status", "error",      "retry_after", "error_type", "error_code", "context_length",
+        "body",   "cut",        "delay_ms",    NULL};
+    const cJSON *times = member(t, "times"), *when = member(t, "when");
+    const char *bad = NULL;
+    if (!cJSON_IsObject(t) || !cJSON_IsObject(member(t, "reply")) ||
+        (times && !cJSON_IsNumber(times)) || (when && !cJSON_IsObject(when))) {
+        fprintf(stderr,
+                "test-model-script: %s: turn %d needs a \"reply\" object (\"when\" an "
+                "object, \"times\" a number)\n",
+                path, i);
+        return -1;
+    }
+    if ((bad = unknown_member(t, turn_keys)) || (bad = unknown_member(when, when_keys)) ||
+        (bad = unknown_member(member(t, "reply"), reply_keys))) {
+        fprintf(stderr, "test-model-script: %s: turn %d: unknown member \"%s\"\n", path, i, bad);
+        return -1;
+    }
+    return 0;
+}
+
 static int load_cassette(const char *path)
 {
     char *text = NULL;
@@ -763,11 +809,8 @@ static int load_cassette(const char *path)
     cJSON_ArrayForEach(t, fx.turns)
     {
         const cJSON *times = member(t, "times");
-        if (!cJSON_IsObject(t) || !cJSON_IsObject(member(t, "reply")) ||
-            (times && !cJSON_IsNumber(times))) {
-            fprintf(stderr, "test-model-script: %s: turn %d needs a \"reply\" object\n", path, i);
+        if (check_turn(path, i, t) < 0)
             return -1;
-        }
         fx.uses_left[i++] = !times ? 1 : times->valuedouble == 0 ? -1 : (int)times->valuedouble;
     }
     return 0;
