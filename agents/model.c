@@ -168,7 +168,7 @@ static int by_name(const void *a, const void *b)
 }
 
 /* The server's tools, from its cache unless a list_changed made it stale (blocking then). */
-static const cJSON *server_tools(struct agent *agent, struct server *server)
+static const cJSON *server_tools(struct server *server)
 {
     struct tr_error err = {0};
     cJSON *tools = NULL;
@@ -183,7 +183,6 @@ static const cJSON *server_tools(struct agent *agent, struct server *server)
                server->session ? err.message : "it is not running");
         return NULL;
     }
-    (void)agent;
     cJSON_Delete(server->tools);
     server->tools = tools;
     server->tools_stale = false;
@@ -211,7 +210,7 @@ static cJSON *tools_offered(struct agent *agent, cJSON *request)
     for (size_t i = 0; i < agent->server_count; i++) {
         struct server *server = &agent->servers[i];
         const cJSON *tool;
-        cJSON_ArrayForEach(tool, server_tools(agent, server))
+        cJSON_ArrayForEach(tool, server_tools(server))
         {
             const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
             if (!cJSON_IsString(name) || !mcp_allowlist_matches(&agent->allowlist, MCP_ALLOW_TOOL,

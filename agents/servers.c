@@ -295,7 +295,8 @@ int64_t servers_next_wake(const struct agent *agent, int64_t now, int64_t wake)
 /*
  * The tools whose MCP annotations do not promise they are harmless: not readOnlyHint, and
  * destructiveHint not false (the protocol's default is true). The scheduler can hold calls
- * to them for approval. As JSON: {"destructive": ["server.tool", ...]}.
+ * to them for approval. As JSON: {"destructive": ["server.tool", ...]}. The lists are kept
+ * as the servers' tools for model calls.
  */
 char *servers_destructive_tools(struct agent *agent)
 {
@@ -331,7 +332,9 @@ char *servers_destructive_tools(struct agent *agent)
             cJSON_AddItemToArray(list, cJSON_CreateString(qualified));
             free(qualified);
         }
-        cJSON_Delete(tools);
+        cJSON_Delete(agent->servers[i].tools);
+        agent->servers[i].tools = tools;
+        agent->servers[i].tools_stale = false;
     }
     char *json = tr_json_print(out);
     cJSON_Delete(out);

@@ -61,30 +61,35 @@ static cJSON *blocks_for(cJSON *messages, const char *role)
     return blocks;
 }
 
+/* Empty text is no block (the API refuses empty text), and a message of no blocks is no
+   message: the turns around it merge. */
 static void add_message(cJSON *messages, const struct llm_names *names, const cJSON *in)
 {
     const char *role = member(in, "role")->valuestring;
     const char *content = cJSON_GetStringValue(member(in, "content"));
-    if (strcmp(role, "user") == 0) {
-        cJSON *blocks = blocks_for(messages, "user");
-        text_block(blocks, content && content[0] ? content : " ");
-    } else if (strcmp(role, "assistant") == 0) {
-        cJSON *blocks = blocks_for(messages, "assistant");
+    cJSON *blocks = cJSON_CreateArray();
+    if (strcmp(role, "assistant") == 0) {
         text_block(blocks, content);
         const cJSON *call;
         cJSON_ArrayForEach(call, member(in, "tool_calls")) tool_use_block(blocks, names, call);
-        if (cJSON_GetArraySize(blocks) == 0)
-            text_block(blocks, " ");
+    } else if (strcmp(role, "user") == 0) {
+        text_block(blocks, content);
     } else {
-        cJSON *blocks = blocks_for(messages, "user");
         cJSON *block = cJSON_CreateObject();
         cJSON_AddStringToObject(block, "type", "tool_result");
         cJSON_AddStringToObject(block, "tool_use_id", member(in, "tool_call_id")->valuestring);
-        cJSON_AddStringToObject(block, "content", content);
+        if (content[0])
+            cJSON_AddStringToObject(block, "content", content);
         if (cJSON_IsTrue(member(in, "is_error")))
             cJSON_AddBoolToObject(block, "is_error", true);
         cJSON_AddItemToArray(blocks, block);
     }
+    if (cJSON_GetArraySize(blocks) > 0) {
+        cJSON *to = blocks_for(messages, strcmp(role, "assistant") == 0 ? "assistant" : "user");
+        while (cJSON_GetArraySize(blocks) > 0)
+            cJSON_AddItemToArray(to, cJSON_DetachItemFromArray(blocks, 0));
+    }
+    cJSON_Delete(blocks);
 }
 
 static cJSON *tool_entry(const char *name, const char *description, const cJSON *schema)
@@ -191,12 +196,6 @@ static const char *stop_of(const char *stop_reason)
     return "other";
 }
 
-static long usage_of(const cJSON *usage, const char *key)
-{
-    const cJSON *n = member(usage, key);
-    return cJSON_IsNumber(n) && n->valuedouble >= 0 ? (long)n->valuedouble : 0;
-}
-
 int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
                           const cJSON *body, cJSON **ret_result, struct tr_error *err)
 {
@@ -270,15 +269,11 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
     if (list) {
         cJSON_AddItemToObject(out, "tool_calls", list);
         list = NULL;
-        stop = "tool_calls";
     } else if (answer) {
         stop = "end";
     }
     cJSON_AddStringToObject(result, "stop", stop);
-    const cJSON *usage = member(body, "usage");
-    cJSON *u = cJSON_AddObjectToObject(result, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)usage_of(usage, "input_tokens"));
-    cJSON_AddNumberToObject(u, "output_tokens", (double)usage_of(usage, "output_tokens"));
+    llm__usage(result, member(body, "usage"), "input_tokens", "output_tokens");
     const char *answered = cJSON_GetStringValue(member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "anthropic");

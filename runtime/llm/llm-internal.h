@@ -45,12 +45,17 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
 int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
                           const cJSON *body, cJSON **ret_result, struct tr_error *err);
 
+/* result's "usage" from the provider's usage object and its two members' names. */
+void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key);
 /* A tool call's arguments as the model wrote them (JSON text) into call ("arguments", or
    "arguments_error" and "arguments_text"). */
 void llm__call_arguments(cJSON *call, const char *text);
 
-/* Sets err to "model 'NAME': MESSAGE" with model's API key, wherever it appears, replaced by
-   "[redacted]"; returns code. Every message of the module goes through here. */
+/* text with model's API key replaced by "[redacted]" wherever it appears: as it is, as a JSON
+   string holds it, as tr_text_escape shows it. Caller frees. */
+char *llm__redact(const struct llm_model *model, const char *text);
+/* Sets err to "model 'NAME': MESSAGE" redacted (llm__redact); returns code. Every message of the
+ * module goes through here. */
 int llm__fail(const struct llm_model *model, struct tr_error *err, int code, const char *fmt, ...)
     TR_PRINTF(4, 5);
 

@@ -31,6 +31,52 @@ int llm_protocol_find(const char *name)
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
+/* text with every occurrence of what replaced by "[redacted]". Caller frees. */
+static char *replace_all(const char *text, const char *what)
+{
+    struct tr_buf out;
+    size_t n = strlen(what);
+    tr_buf_init(&out, 0);
+    for (const char *p = text, *hit; *p; p = hit + n) {
+        hit = strstr(p, what);
+        if (!hit) {
+            if (tr_buf_append(&out, p, strlen(p)) < 0)
+                abort();
+            break;
+        }
+        if (tr_buf_append(&out, p, (size_t)(hit - p)) < 0 ||
+            tr_buf_append(&out, "[redacted]", 10) < 0)
+            abort();
+    }
+    return tr_buf_take(&out);
+}
+
+char *llm__redact(const struct llm_model *model, const char *text)
+{
+    const char *key = model ? model->api_key : NULL;
+    char *out = xstrdup(text);
+    if (!key || !key[0])
+        return out;
+    /* The key as sent, as a JSON string holds it (a provider's message quoting JSON), and as
+       tr_text_escape shows it. */
+    cJSON *string = cJSON_CreateString(key);
+    char *json = tr_json_print(string);
+    cJSON_Delete(string);
+    json[strlen(json) - 1] = '\0';
+    char *escaped = tr_text_escape(key, 0);
+    const char *forms[] = {key, json + 1, escaped};
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        if (!forms[i][0])
+            continue;
+        char *next = replace_all(out, forms[i]);
+        free(out);
+        out = next;
+    }
+    free(json);
+    free(escaped);
+    return out;
+}
+
 int llm__fail(const struct llm_model *model, struct tr_error *err, int code, const char *fmt, ...)
 {
     if (!err)
@@ -42,29 +88,14 @@ int llm__fail(const struct llm_model *model, struct tr_error *err, int code, con
     const char *name = model && model->name    ? model->name
                        : model && model->model ? model->model
                                                : "?";
-    char *line = xasprintf("model '%s': %s", name, text);
+    char *shown = tr_text_escape(name, 64);
+    char *line = xasprintf("model '%s': %s", shown, text);
+    free(shown);
     free(text);
     /* Whatever a provider echoes (some repeat the header they refused), the key stays out. */
-    const char *key = model ? model->api_key : NULL;
-    if (key && strlen(key) >= 4) {
-        struct tr_buf out;
-        tr_buf_init(&out, 0);
-        size_t klen = strlen(key);
-        for (const char *p = line, *hit; *p; p = hit + klen) {
-            hit = strstr(p, key);
-            if (!hit) {
-                if (tr_buf_append(&out, p, strlen(p)) < 0)
-                    abort();
-                break;
-            }
-            if (tr_buf_append(&out, p, (size_t)(hit - p)) < 0 ||
-                tr_buf_append(&out, "[redacted]", 10) < 0)
-                abort();
-        }
-        free(line);
-        line = tr_buf_take(&out);
-    }
-    tr_error_set(err, code, "%s", line);
+    char *redacted = llm__redact(model, line);
+    tr_error_set(err, code, "%s", redacted);
+    free(redacted);
     free(line);
     return code;
 }
@@ -149,13 +180,23 @@ int llm_model_from_json(const cJSON *json, struct llm_model *ret_model, struct t
         free(shown);
         goto out;
     }
-    size_t n = strlen(m.base_url);
+    if (strchr(m.base_url, '#')) {
+        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" must not have a fragment (#)");
+        goto out;
+    }
+    /* A query (Azure's api-version) stays at the end; the path loses its trailing slashes and,
+       for Anthropic, a trailing /v1: its SDKs take the base URL without it and some
+       configurations carry it, both reach the same endpoint. */
+    size_t n = strcspn(m.base_url, "?");
+    char *query = xstrdup(m.base_url + n);
     while (n > 0 && m.base_url[n - 1] == '/')
-        m.base_url[--n] = '\0';
-    /* Anthropic's SDKs take the base URL without /v1 and some configurations carry it: both
-       reach the same endpoint. */
-    if (m.protocol == LLM_ANTHROPIC && n >= 3 && strcmp(m.base_url + n - 3, "/v1") == 0)
-        m.base_url[n - 3] = '\0';
+        n--;
+    if (m.protocol == LLM_ANTHROPIC && n >= 3 && strncmp(m.base_url + n - 3, "/v1", 3) == 0)
+        n -= 3;
+    while (n > 0 && m.base_url[n - 1] == '/')
+        n--;
+    memcpy(m.base_url + n, query, strlen(query) + 1);
+    free(query);
     const cJSON *temperature = cJSON_GetObjectItemCaseSensitive(json, "temperature");
     if (temperature && !cJSON_IsNull(temperature)) {
         if (!cJSON_IsNumber(temperature) || temperature->valuedouble < 0 ||
@@ -324,6 +365,22 @@ long llm__max_tokens(const struct llm_model *model, const cJSON *request)
     return asked;
 }
 
+/* A token count a provider reports: a whole number from 0 to 10^15, else 0 (a hostile or
+   broken server's 1e400 or -1 is no count). */
+static double token_count(const cJSON *n)
+{
+    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) || n->valuedouble > 1e15)
+        return 0;
+    return (double)(int64_t)n->valuedouble;
+}
+
+void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key)
+{
+    cJSON *u = cJSON_AddObjectToObject(result, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", token_count(member(usage, input_key)));
+    cJSON_AddNumberToObject(u, "output_tokens", token_count(member(usage, output_key)));
+}
+
 void llm__call_arguments(cJSON *call, const char *text)
 {
     const char *p = text ? text : "";
@@ -370,6 +427,13 @@ static struct curl_slist *header(struct curl_slist *list, const char *name, cons
     return next;
 }
 
+/* base_url's path + path, then base_url's query if any. */
+static char *endpoint(const char *base_url, const char *path)
+{
+    size_t n = strcspn(base_url, "?");
+    return xasprintf("%.*s%s%s", (int)n, base_url, path, base_url + n);
+}
+
 int llm_request_build(const struct llm_model *model, const cJSON *request,
                       struct llm_http *ret_http, struct tr_error *err)
 {
@@ -381,14 +445,16 @@ int llm_request_build(const struct llm_model *model, const cJSON *request,
         goto out;
     http.headers = header(NULL, "Content-Type: ", "application/json");
     http.headers = header(http.headers, "Accept: ", "application/json");
+    /* No "Expect: 100-continue" for large bodies: a server that ignores it costs a second. */
+    http.headers = header(http.headers, "Expect:", "");
     if (model->protocol == LLM_OPENAI) {
         rc = llm__openai_build(model, request, http.names, &http.body, err);
-        http.url = xasprintf("%s/chat/completions", model->base_url);
+        http.url = endpoint(model->base_url, "/chat/completions");
         if (model->api_key)
             http.headers = header(http.headers, "Authorization: Bearer ", model->api_key);
     } else {
         rc = llm__anthropic_build(model, request, http.names, &http.body, err);
-        http.url = xasprintf("%s/v1/messages", model->base_url);
+        http.url = endpoint(model->base_url, "/v1/messages");
         if (model->api_key)
             http.headers = header(http.headers, "x-api-key: ", model->api_key);
         http.headers = header(http.headers, "anthropic-version: ", "2023-06-01");
@@ -497,7 +563,8 @@ void llm_reply_free(struct llm_reply *reply)
 /* The provider's own message from an error body (OpenAI's {"error": {"message", "code"}},
    Anthropic's {"type": "error", "error": {"type", "message"}}, others' {"error": "text"} or
    {"message"}), else the body's text; escaped and capped. Caller frees. */
-static char *provider_message(const cJSON *body, const struct tr_buf *raw)
+static char *provider_message(const struct llm_model *model, const cJSON *body,
+                              const struct tr_buf *raw)
 {
     const cJSON *error = member(body, "error");
     const char *text = cJSON_GetStringValue(member(error, "message"));
@@ -509,7 +576,11 @@ static char *provider_message(const cJSON *body, const struct tr_buf *raw)
         text = cJSON_GetStringValue(member(body, "detail"));
     if (!text)
         text = raw->len ? raw->data : "(an empty body)";
-    return tr_text_escape(text, LLM_SHOWN_MESSAGE);
+    /* Before the cut: a key cut in two would no longer be found whole. */
+    char *redacted = llm__redact(model, text);
+    char *shown = tr_text_escape(redacted, LLM_SHOWN_MESSAGE);
+    free(redacted);
+    return shown;
 }
 
 static bool contains_nocase(const char *text, const char *what)
@@ -517,23 +588,71 @@ static bool contains_nocase(const char *text, const char *what)
     return text && strcasestr(text, what) != NULL;
 }
 
-/* Whether a 4xx body says the conversation is longer than the model's context. */
+/* Whether a 4xx body says the conversation is longer than the model's context: OpenAI's code
+   context_length_exceeded, llama.cpp's type exceed_context_size_error, or a message in the
+   words OpenAI, Anthropic ("prompt is too long"), vLLM and others use. */
 static bool context_exceeded(const cJSON *body)
 {
+    static const char *const phrases[] = {
+        "context length", "context window",     "context size",      "maximum context",
+        "context limit",  "prompt is too long", "input is too long", NULL};
     const cJSON *error = member(body, "error");
     const char *code = cJSON_GetStringValue(member(error, "code"));
     const char *type = cJSON_GetStringValue(member(error, "type"));
     const char *message = cJSON_GetStringValue(member(error, "message"));
     if (!message)
         message = cJSON_GetStringValue(error);
-    if (code && strcmp(code, "context_length_exceeded") == 0)
+    if (!message)
+        message = cJSON_GetStringValue(member(body, "message"));
+    if ((code && strcmp(code, "context_length_exceeded") == 0) || contains_nocase(type, "context"))
         return true;
-    if (type && strcmp(type, "invalid_request_error") != 0)
-        return false;
-    return contains_nocase(message, "prompt is too long") ||
-           contains_nocase(message, "context length") ||
-           contains_nocase(message, "context window") ||
-           contains_nocase(message, "maximum context") || contains_nocase(message, "too long");
+    for (size_t i = 0; phrases[i]; i++)
+        if (contains_nocase(message, phrases[i]))
+            return true;
+    return false;
+}
+
+/* url for a message: scheme, host, port and path; no user information, no query (where a
+   credential may hide). Caller frees. */
+static char *shown_url(const char *url)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *shown;
+    if (!u)
+        tr_out_of_memory(0);
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        shown = xstrdup("(the model's URL)");
+    } else {
+        if (curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
+            port = NULL;
+        if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+            path = NULL;
+        char *raw = xasprintf("%s://%s%s%s%s", scheme, host, port ? ":" : "", port ? port : "",
+                              path ? path : "");
+        shown = tr_text_escape(raw, 200);
+        free(raw);
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_url_cleanup(u);
+    return shown;
+}
+
+/* A stop that says tool calls agrees with the calls made: a server that ends a turn of calls
+   with "stop" (some local ones do) still made them, and one that says tool_calls without any
+   made none. */
+static void stop_agrees(cJSON *result)
+{
+    bool calls = cJSON_GetArraySize(member(member(result, "message"), "tool_calls")) > 0;
+    const char *stop = cJSON_GetStringValue(member(result, "stop"));
+    if (calls && strcmp(stop, "tool_calls") != 0)
+        cJSON_ReplaceItemInObject(result, "stop", cJSON_CreateString("tool_calls"));
+    else if (!calls && strcmp(stop, "tool_calls") == 0)
+        cJSON_ReplaceItemInObject(result, "stop", cJSON_CreateString("other"));
 }
 
 static int failed_transfer(const struct llm_model *model, const struct llm_http *http,
@@ -547,7 +666,10 @@ static int failed_transfer(const struct llm_model *model, const struct llm_http 
                       : c == CURLE_GOT_NOTHING
                           ? "the server closed the connection without an answer"
                           : curl_easy_strerror(c);
-    return llm__fail(model, err, TR_EPEER, "%s: %s", http->url, why);
+    char *url = shown_url(http->url);
+    int rc = llm__fail(model, err, TR_EPEER, "%s: %s", url, why);
+    free(url);
+    return rc;
 }
 
 int llm_response_parse(const struct llm_model *model, const struct llm_http *http,
@@ -576,13 +698,32 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
             free(shown);
             goto out;
         }
+        const cJSON *error = member(body, "error");
+        if (error && !cJSON_IsNull(error)) {
+            /* Some gateways answer a failure with 200 and an error body. */
+            message = provider_message(model, body, &reply->body);
+            rc = context_exceeded(body)
+                     ? llm__fail(model, err, TR_EINVAL,
+                                 "the conversation is longer than the model's context: %s", message)
+                     : llm__fail(model, err, TR_EPROTO, "the answer (HTTP 200) is an error: %s",
+                                 message);
+            goto out;
+        }
         rc = model->protocol == LLM_OPENAI
                  ? llm__openai_result(model, http->names, body, ret_result, err)
                  : llm__anthropic_result(model, http->names, body, ret_result, err);
+        if (rc == 0)
+            stop_agrees(*ret_result);
         goto out;
     }
-    message = provider_message(body, &reply->body);
-    if (status == 429 || status == 408 || status == 529 || (status >= 500 && status <= 599)) {
+    message = provider_message(model, body, &reply->body);
+    const char *code = cJSON_GetStringValue(member(member(body, "error"), "code"));
+    if (status == 429 && code && strcmp(code, "insufficient_quota") == 0) {
+        /* OpenAI's 429 for an account out of credit: waiting does not help. */
+        rc = llm__fail(model, err, TR_EINVAL, "HTTP 429 (the account's quota is used up): %s",
+                       message);
+    } else if (status == 429 || status == 408 || status == 529 ||
+               (status >= 500 && status <= 599)) {
         *ret_retry_after_ms = reply->retry_after_ms;
         rc = llm__fail(model, err, TR_EPEER, "HTTP %ld: %s", status, message);
     } else if (status == 401 || status == 403) {
@@ -594,9 +735,11 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
     } else if (status >= 400 && status <= 499) {
         rc = llm__fail(model, err, TR_EINVAL, "HTTP %ld: %s", status, message);
     } else {
+        char *url = shown_url(http->url);
         rc =
-            llm__fail(model, err, TR_EPROTO, "%s answered HTTP %ld%s: %s", http->url, status,
+            llm__fail(model, err, TR_EPROTO, "%s answered HTTP %ld%s: %s", url, status,
                       status >= 300 && status <= 399 ? " (a redirect: not followed)" : "", message);
+        free(url);
     }
 out:
     free(message);

@@ -25,16 +25,19 @@
  * request's tool list, and maps the model's calls back (llm_names).
  *
  * On Anthropic, consecutive tool messages (and a user message after them) become one user
- * message of tool_result blocks. OpenAI has no is_error: a failed tool's content goes as it is.
- * A tool call recorded with "arguments_text" (the model's malformed arguments) goes back as
- * that text on OpenAI and as an empty input on Anthropic.
+ * message of tool_result blocks; empty text is sent as no block, and a message left with no
+ * block as no message (the turns around it merge). OpenAI has no is_error: a failed tool's content
+ * goes as it is. A tool call recorded with "arguments_text" (the model's malformed arguments) goes
+ * back as that text on OpenAI and as an empty input on Anthropic.
  *
  * The neutral result (JSON):
  *   {"message": {"role": "assistant", "content": "TEXT" or null,
  *                "tool_calls": [{"id", "name", "arguments": {...}}
- *                               | {"id", "name", "arguments_error": "why", "arguments_text":
- * "RAW"}]}, "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other", "usage":
- * {"input_tokens": N, "output_tokens": N}, "model": "the model the provider says answered",
+ *                               | {"id", "name", "arguments_error": "why",
+ *                                  "arguments_text": "RAW"}]},
+ *    "stop": "end" | "tool_calls" | "max_tokens" | "refusal" | "other",
+ *    "usage": {"input_tokens": N, "output_tokens": N},
+ *    "model": "the model the provider says answered",
  *    "provider": "openai" | "anthropic"}
  * A tool call whose name the request did not offer keeps the name the model wrote. Arguments
  * that are not a JSON object are no error of the call: the call carries "arguments_error" and
@@ -47,7 +50,8 @@
  * set from Retry-After when given); the call's timeout is TR_ETIMEDOUT; 401/403 are TR_EAUTH;
  * a context length error and other 4xx are TR_EINVAL with the provider's own message (a
  * context length error says so: "the conversation is longer than the model's context: ...");
- * a body that is not the protocol's JSON is TR_EPROTO. The API key never appears in a message.
+ * a body that is not the protocol's JSON is TR_EPROTO. The API key never appears in a message,
+ * nor a URL's user information or query. docs/models.md has the table.
  *
  * Ownership: cJSON values passed in are borrowed; values returned through ret_* belong to the
  * caller. Thread-compatible (no global state besides curl_global_init, done by the caller).

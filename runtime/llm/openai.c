@@ -46,17 +46,33 @@ static cJSON *message(const struct llm_names *names, const cJSON *in)
         cJSON_AddStringToObject(out, "content", content->valuestring);
         return out;
     }
+    const cJSON *calls = member(in, "tool_calls");
+    /* null only beside tool calls: an assistant message of neither is refused otherwise. */
     if (cJSON_IsString(content))
         cJSON_AddStringToObject(out, "content", content->valuestring);
-    else
+    else if (cJSON_GetArraySize(calls) > 0)
         cJSON_AddNullToObject(out, "content");
-    const cJSON *calls = member(in, "tool_calls");
+    else
+        cJSON_AddStringToObject(out, "content", "");
     if (strcmp(role, "assistant") == 0 && cJSON_GetArraySize(calls) > 0) {
         cJSON *list = cJSON_AddArrayToObject(out, "tool_calls");
         const cJSON *call;
         cJSON_ArrayForEach(call, calls) cJSON_AddItemToArray(list, tool_call(names, call));
     }
     return out;
+}
+
+/* Whether base_url is OpenAI's own API, whose reasoning models refuse max_tokens and all of
+   whose models take max_completion_tokens; compatible servers know only max_tokens. */
+static bool official(const struct llm_model *model)
+{
+    const char *host = strstr(model->base_url, "://");
+    static const char name[] = "api.openai.com";
+    if (!host)
+        return false;
+    host += 3;
+    return strncmp(host, name, sizeof(name) - 1) == 0 &&
+           strchr("/:?", host[sizeof(name) - 1]) != NULL;
 }
 
 int llm__openai_build(const struct llm_model *model, const cJSON *request, struct llm_names *names,
@@ -110,7 +126,8 @@ int llm__openai_build(const struct llm_model *model, const cJSON *request, struc
     }
     long max_tokens = llm__max_tokens(model, request);
     if (max_tokens > 0)
-        cJSON_AddNumberToObject(body, "max_tokens", (double)max_tokens);
+        cJSON_AddNumberToObject(body, official(model) ? "max_completion_tokens" : "max_tokens",
+                                (double)max_tokens);
     if (model->has_temperature)
         cJSON_AddNumberToObject(body, "temperature", model->temperature);
     *ret_body = tr_json_print(body);
@@ -133,10 +150,23 @@ static const char *stop_of(const char *finish_reason, bool refused)
     return "other";
 }
 
-static long usage_of(const cJSON *usage, const char *key)
+/* The text of content parts ({"type": "text", "text"}...), joined; NULL when none has text. */
+static char *text_parts(const cJSON *content)
 {
-    const cJSON *n = member(usage, key);
-    return cJSON_IsNumber(n) && n->valuedouble >= 0 ? (long)n->valuedouble : 0;
+    struct tr_buf text;
+    tr_buf_init(&text, 0);
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content)
+    {
+        const char *t = cJSON_GetStringValue(member(part, "text"));
+        if (t && tr_buf_append(&text, t, strlen(t)) < 0)
+            abort();
+    }
+    if (!text.len) {
+        tr_buf_release(&text);
+        return NULL;
+    }
+    return tr_buf_take(&text);
 }
 
 int llm__openai_result(const struct llm_model *model, const struct llm_names *names,
@@ -149,7 +179,8 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     const cJSON *content = member(in, "content");
     const cJSON *refusal = member(in, "refusal");
     const cJSON *calls = member(in, "tool_calls");
-    if ((content && !cJSON_IsString(content) && !cJSON_IsNull(content)) ||
+    if ((content && !cJSON_IsString(content) && !cJSON_IsNull(content) &&
+         !cJSON_IsArray(content)) ||
         (calls && !cJSON_IsArray(calls) && !cJSON_IsNull(calls)))
         return llm__fail(model, err, TR_EPROTO,
                          "choices[0].message: \"content\" is not a string or \"tool_calls\" not "
@@ -157,13 +188,16 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     cJSON *result = cJSON_CreateObject();
     cJSON *out = cJSON_AddObjectToObject(result, "message");
     cJSON_AddStringToObject(out, "role", "assistant");
-    const char *text = cJSON_GetStringValue(content);
+    /* Some compatible servers send content as parts: their text parts, joined. */
+    char *parts = cJSON_IsArray(content) ? text_parts(content) : NULL;
+    const char *text = parts ? parts : cJSON_GetStringValue(content);
     if (!text)
         text = cJSON_GetStringValue(refusal);
     if (text)
         cJSON_AddStringToObject(out, "content", text);
     else
         cJSON_AddNullToObject(out, "content");
+    free(parts);
     int i = 0;
     const cJSON *call, *calls_in = cJSON_IsArray(calls) ? calls : NULL;
     cJSON *list = NULL;
@@ -197,15 +231,8 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     }
     const char *finish = cJSON_GetStringValue(member(choice, "finish_reason"));
     const char *stop = stop_of(finish, cJSON_IsString(refusal) && !cJSON_IsString(content));
-    /* A server that ends a turn of tool calls with "stop" (some local ones do) still made
-       them. */
-    if (list && strcmp(stop, "end") == 0)
-        stop = "tool_calls";
     cJSON_AddStringToObject(result, "stop", stop);
-    const cJSON *usage = member(body, "usage");
-    cJSON *u = cJSON_AddObjectToObject(result, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)usage_of(usage, "prompt_tokens"));
-    cJSON_AddNumberToObject(u, "output_tokens", (double)usage_of(usage, "completion_tokens"));
+    llm__usage(result, member(body, "usage"), "prompt_tokens", "completion_tokens");
     const char *answered = cJSON_GetStringValue(member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "openai");

@@ -107,7 +107,11 @@ void mcp__answer_server_request(struct mcp_session *s, const cJSON *id, const ch
         return;
     }
     snprintf(message, sizeof(message), "%s", err.message);
-    mcp__send(s, mcp__error_response_new(id, MCP__INTERNAL_ERROR, message), -1);
+    /* A request the handler cannot take as asked (TR_EINVAL) is the server's invalid params. */
+    mcp__send(s,
+              mcp__error_response_new(
+                  id, rc == TR_EINVAL ? MCP__INVALID_PARAMS : MCP__INTERNAL_ERROR, message),
+              -1);
 }
 
 void mcp__handle_notification(struct mcp_session *s, const char *method, const cJSON *params)

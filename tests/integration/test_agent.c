@@ -672,10 +672,9 @@ Test(agent, sigterm_ends_the_loop_and_cancels_calls_in_flight, .timeout = 60)
 
 /* ---- a persona on a Streamable HTTP server ---------------------------------------------- */
 
-/* test-mcp-http-misbehave (legacy era) on a free port: its pid, and its URL in *ret_url. */
-static pid_t http_server_start(char **ret_url)
+/* Starts a fixture program (argv[0] a path) that prints one line once it listens: that line. */
+static pid_t fixture_start(const char *const *argv, char *ret_line, size_t size)
 {
-    char *program = harness_build_path("tests/test-mcp-http-misbehave");
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     pid_t pid = fork();
@@ -684,17 +683,34 @@ static pid_t http_server_start(char **ret_url)
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it running */
         dup2(fds[1], 1);
         close(fds[0]);
-        execl(program, program, "--legacy", (char *)NULL);
+        execv(argv[0], (char *const *)argv);
         _exit(127);
     }
     close(fds[1]);
-    char line[32] = "";
+    ret_line[0] = '\0';
     FILE *out = fdopen(fds[0], "r");
-    cr_assert(fgets(line, sizeof(line), out), "the test server did not start");
+    cr_assert(fgets(ret_line, (int)size, out), "%s did not start", argv[0]);
     fclose(out);
+    ret_line[strcspn(ret_line, "\n")] = '\0';
+    return pid;
+}
+
+/* test-mcp-http-misbehave (era: "--legacy" or "--modern") on a free port: its pid, and its
+ * URL in *ret_url. */
+static pid_t http_server_start_era(const char *era, char **ret_url)
+{
+    char *program = harness_build_path("tests/test-mcp-http-misbehave");
+    const char *argv[] = {program, era, NULL};
+    char line[32];
+    pid_t pid = fixture_start(argv, line, sizeof(line));
     *ret_url = xasprintf("http://127.0.0.1:%d/mcp", atoi(line));
     free(program);
     return pid;
+}
+
+static pid_t http_server_start(char **ret_url)
+{
+    return http_server_start_era("--legacy", ret_url);
 }
 
 static void http_server_stop(pid_t pid)
@@ -961,6 +977,21 @@ static void model_server_stop(struct model_server *m)
     pthread_mutex_destroy(&m->lock);
 }
 
+/* Waits until the model server has received n requests. */
+static void model_wait_requests(struct model_server *m, int n)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        int got = m->n_requests;
+        pthread_mutex_unlock(&m->lock);
+        if (got >= n)
+            return;
+        cr_assert_lt(now_ms(), deadline, "the model server got %d requests, not %d", got, n);
+        usleep(10 * 1000);
+    }
+}
+
 /* The body of the model server's request i (a copy, parsed); NULL when there is none. */
 static cJSON *model_request_body(struct model_server *m, int i)
 {
@@ -972,13 +1003,18 @@ static cJSON *model_request_body(struct model_server *m, int i)
     return json;
 }
 
-/* The persona's model at the model server, as the welcome carries it. */
-static char *model_config(const struct model_server *m, const char *more)
+/* The persona's model at the model server (its timeout_ms), as the welcome carries it. */
+static char *model_config_timeout(const struct model_server *m, int timeout_ms, const char *more)
 {
     return xasprintf("{\"model\":{\"name\":\"writer\",\"provider\":\"openai\","
                      "\"base_url\":\"http://127.0.0.1:%d/v1\",\"model\":\"fake-1\","
-                     "\"api_key\":\"" MODEL_KEY "\",\"timeout_ms\":20000}%s%s}",
-                     m->port, more ? "," : "", more ? more : "");
+                     "\"api_key\":\"" MODEL_KEY "\",\"timeout_ms\":%d}%s%s}",
+                     m->port, timeout_ms, more ? "," : "", more ? more : "");
+}
+
+static char *model_config(const struct model_server *m, const char *more)
+{
+    return model_config_timeout(m, 20000, more);
 }
 
 static void assign_model(struct sched *s, int64_t task, const char *request, int64_t timeout_ms)
@@ -1003,7 +1039,8 @@ static void assign_model(struct sched *s, int64_t task, const char *request, int
 #define ASK_MODEL                                                                                  \
     "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"}],\"builtin_tools\":"                 \
     "[{\"name\":\"context_read\",\"description\":\"reads\",\"input_schema\":"                      \
-    "{\"type\":\"object\"}}]}"
+    "{\"type\":\"object\"}}],\"tools\":[{\"name\":\"conc.fail\",\"description\":\"smuggled\","     \
+    "\"input_schema\":{}}]}"
 
 /* No event or result the agent sent holds the model's key. */
 static void check_no_key(const struct sched *s)
@@ -1046,9 +1083,10 @@ static char *model_sched_start(struct sched *s, struct model_server *m, const ch
 
 /*
  * A model call: the built-in tools and the persona's allowed MCP tools are offered, sorted, in
- * the provider's names; the neutral result comes back with tools_offered; model.request and
- * model.response are the task's events, without the key (which the welcome's redact list does
- * not even name); after notifications/tools/list_changed the new tool is offered.
+ * the provider's names (tools the request itself lists are not: the agent decides); the neutral
+ * result comes back with tools_offered; model.request and model.response are the task's events,
+ * without the key (which the welcome's redact list does not even name); after
+ * notifications/tools/list_changed the new tool is offered.
  */
 Test(agent, model_call_offers_the_allowed_tools_and_returns_the_result, .timeout = 60)
 {
@@ -1160,28 +1198,51 @@ Test(agent, model_failures_are_classed_and_audited, .timeout = 60)
 Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout = 60)
 {
     struct model_server m;
+    model_server_start(&m);
+    model_set_mode(&m, "hang");
+    /* The model's own timeout holds when the assign gives none; the assign's when it does. */
+    char *more = model_config_timeout(&m, 1500, MODEL_TOOLS);
     struct sched s;
-    char *more = model_sched_start(&s, &m, "hang", MODEL_TOOLS);
+    sched_start_with(&s, 4, NULL, more);
 
-    assign_model(&s, 1, ASK_MODEL, 1500);
+    assign_model(&s, 1, ASK_MODEL, 0);
     cJSON_Delete(wait_event(&s, 1, "model.request", "writer"));
     int64_t start = now_ms();
     assign(&s, 2, "sleep", "{\"ms\":1}", 5000);
     expect_result(&s, 2, NULL, NULL);
     cr_assert_lt(now_ms() - start, 1000, "the tool call waited for the model call");
-    expect_result(&s, 1, "timeout", "1500 ms");
+    expect_result(&s, 1, "timeout", NULL);
+    cr_assert_geq(now_ms() - start, 1300, "the model call ended before its timeout");
 
     assign_model(&s, 3, ASK_MODEL, 30000);
     cJSON_Delete(wait_event(&s, 3, "model.request", "writer"));
+    model_wait_requests(&m, 2); /* in the provider's hands, not merely on its way */
+    listen_for(&s, 2000);       /* past the model's 1500 ms: the assign's 30 s hold */
     send_cancel(&s, 3, "no longer needed");
     expect_result(&s, 3, "cancelled", "no longer needed");
     cJSON_Delete(wait_event(&s, 3, "model.response", "no longer needed"));
     int64_t deadline = now_ms() + WAIT_MS;
     while (m.closed_by_client < 2 && now_ms() < deadline)
         usleep(20 * 1000);
-    cr_assert_eq(m.closed_by_client, 2, "the provider's connections were not closed");
+    cr_assert_eq(m.closed_by_client, 2, "the provider's connections were not closed (%d of 2)",
+                 m.closed_by_client);
 
-    sched_stop(&s);
+    /* SIGTERM with a model call in flight: the agent stops at once, the call audited. */
+    assign_model(&s, 4, ASK_MODEL, 30000);
+    model_wait_requests(&m, 3);
+    start = now_ms();
+    cr_assert_eq(kill(s.agent.pid, SIGTERM), 0);
+    struct bus_msg *bye = expect(&s, BUS_BYE, WAIT_MS);
+    bus_msg_free(&bye);
+    struct harness_result res = {0};
+    harness_finish(&s.agent, WAIT_MS, &res);
+    cr_assert_eq(res.exit_code, 0, "%s", res.err);
+    check_agent_stderr(&res);
+    harness_result_release(&res);
+    cr_assert_lt(now_ms() - start, 3000, "the agent took %lld ms to stop",
+                 (long long)(now_ms() - start));
+    cJSON_Delete(wait_event(&s, 4, "model.response", "the agent is stopping"));
+    sched_release(&s);
     model_server_stop(&m);
     free(more);
 }
@@ -1242,7 +1303,8 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
         &s, &m, "ok",
         MODEL_TOOLS ",\"sampling\":{\"allow\":true,\"max_tokens\":50},"
                     "\"elicitation\":{\"answers\":{\"conc\":{\"name\":\"Ada\",\"age\":36,"
-                    "\"unrelated\":\"x\"}},\"otherwise\":\"cancel\"}");
+                    "\"unrelated\":\"x\"},\"elsewhere\":{\"email\":\"ada@example.com\"}},"
+                    "\"otherwise\":\"cancel\"}");
     char *caps = declared_capabilities(&s);
     cr_assert(strstr(caps, "sampling") && strstr(caps, "elicitation"), "%s", caps);
     free(caps);
@@ -1268,6 +1330,8 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
         ask_server(&s, 2, "sampling/createMessage",
                    SAMPLE("{\"type\":\"image\",\"data\":\"AAAA\",\"mimeType\":\"image/png\"}"));
     cr_assert(cJSON_HasObjectItem(answer, "error") && !cJSON_HasObjectItem(answer, "result"));
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "code")->valueint,
+                 -32602);
     cr_assert(
         strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(answer, "error"), "message")->valuestring,
                "text only"));
@@ -1282,6 +1346,7 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
     cr_assert_str_eq(cJSON_GetObjectItem(event, "message")->valuestring, "Who are you?");
     cr_assert_str_eq(cJSON_GetObjectItem(event, "server")->valuestring, "conc");
     cJSON_Delete(event);
+    /* email has an answer, for another server only: not this one's to have. */
     answer = ask_server(&s, 4, "elicitation/create", ELICIT("[\"name\",\"email\"]"));
     text = cJSON_PrintUnformatted(cJSON_GetObjectItem(answer, "result"));
     cr_assert_str_eq(text, "{\"action\":\"cancel\"}");
@@ -1311,4 +1376,87 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
     sched_stop(&s);
     model_server_stop(&m);
     free(more);
+}
+
+/*
+ * With the scripted model server (another process, Anthropic's protocol): the model's tool
+ * call comes back under troupe's name for it, with its arguments; the provider saw the tools
+ * under its own names, and the key in its header (a wrong key would have got 401).
+ */
+Test(agent, scripted_model_tool_calls_come_back_under_troupe_names, .timeout = 60)
+{
+    char *dir = harness_tempdir();
+    char *cassette = xasprintf("%s/cassette.json", dir), *log = xasprintf("%s/model.log", dir);
+    FILE *f = fopen(cassette, "w");
+    cr_assert_not_null(f);
+    fputs("{\"model\":\"scripted-1\",\"turns\":[{\"when\":{\"has_tool\":"
+          "\"conc.sleep\"},\"reply\":{\"tool_calls\":[{\"name\":"
+          "\"conc.sleep\",\"arguments\":{\"ms\":1}}]}}]}",
+          f);
+    fclose(f);
+    char *program = harness_build_path("tests/test-model-script");
+    const char *argv[] = {program, "--cassette", cassette, "--log", log, "--key", MODEL_KEY, NULL};
+    char url[64];
+    pid_t script = fixture_start(argv, url, sizeof(url));
+    char *more = xasprintf("{\"model\":{\"name\":\"writer\",\"provider\":\"anthropic\","
+                           "\"base_url\":\"%s\",\"model\":\"claude-x\",\"api_key\":"
+                           "\"" MODEL_KEY "\"}," MODEL_TOOLS "}",
+                           url);
+    struct sched s;
+    sched_start_with(&s, 4, NULL, more);
+
+    assign_model(&s, 1, ASK_MODEL, 10000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, NULL);
+    cJSON *result = cJSON_Parse(r->json);
+    const cJSON *call = cJSON_GetArrayItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(result, "message"), "tool_calls"), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(call, "name")->valuestring, "conc.sleep", "%s", r->json);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(call, "arguments"), "ms")->valueint, 1);
+    cr_assert_str_eq(cJSON_GetObjectItem(result, "stop")->valuestring, "tool_calls");
+    cr_assert_str_eq(cJSON_GetObjectItem(result, "provider")->valuestring, "anthropic");
+    cJSON_Delete(result);
+    bus_msg_free(&r);
+    char *text = NULL;
+    size_t len = 0;
+    cr_assert_eq(tr_file_read(log, 1 << 20, &text, &len, NULL), 0);
+    cr_assert(strstr(text, "\"conc__sleep\"") && strstr(text, "\"status\":200") &&
+                  !strstr(text, "conc__fail"),
+              "%s", text);
+    free(text);
+    check_no_key(&s);
+    sched_stop(&s);
+    http_server_stop(script);
+    free(more);
+    free(program);
+    free(log);
+    free(cassette);
+    free(dir);
+}
+
+/*
+ * The 2026-07-28 era asks for input in an InputRequiredResult: the same elicitation answers,
+ * sent back in the retry's inputResponses, audited as the call's mcp.elicitation.
+ */
+Test(agent, modern_input_required_elicitation_is_answered_as_the_persona_says, .timeout = 60)
+{
+    char *url = NULL;
+    pid_t server = http_server_start_era("--modern", &url);
+    struct sched s;
+    sched_start_with(&s, 2, url,
+                     "{\"tools\":[\"conc.needs_input\"],\"elicitation\":{\"answers\":{\"conc\":"
+                     "{\"name\":\"Ada\",\"age\":36}}}}");
+    assign(&s, 1, "needs_input", "{}", 10000);
+    struct bus_msg *r = result_of(&s, 1, WAIT_MS);
+    check_result(r, 1, NULL);
+    cr_assert(strstr(r->json, "{\\\"who\\\":{\\\"content\\\":{\\\"name\\\":\\\"Ada\\\"},"
+                              "\\\"action\\\":\\\"accept\\\"}}"),
+              "%s", r->json);
+    bus_msg_free(&r);
+    cJSON *event = wait_event(&s, 1, "mcp.elicitation", "accept");
+    cr_assert_str_eq(cJSON_GetObjectItem(event, "message")->valuestring, "Who is asking?");
+    cJSON_Delete(event);
+    sched_stop(&s);
+    http_server_stop(server);
+    free(url);
 }

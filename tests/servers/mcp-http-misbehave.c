@@ -9,9 +9,11 @@
  * same as forget with a JSON-RPC error carrying the request's id), big_header (a 200 KB header
  * line), moved (a 307 redirect,
  * once), moved_forever (307 to itself, always), big_json (a JSON reply of `size` bytes), cut (an
- * SSE event with an id, then the connection closes: the response comes on a GET with Last-Event-ID)
- * and echo. One connection at a time, each closed after its reply; "hang" connections are held
- * open. Prints its port on stdout. Tests only.
+ * SSE event with an id, then the connection closes: the response comes on a GET with
+ * Last-Event-ID), echo, and with --modern needs_input (an InputRequiredResult asking for an
+ * elicitation; the retry is answered with its inputResponses as text). One connection at a time,
+ * each closed after its reply; "hang" connections are held open. Prints its port on stdout. Tests
+ * only.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -316,6 +318,22 @@ static bool handle_post(int fd, const char *body, const char *session)
               NULL);
     } else if (!modern && atoi(session + 1) <= forgotten) {
         reply(fd, 404, "text/plain", "no such session", NULL);
+    } else if (strcmp(method->valuestring, "tools/call") == 0 && modern &&
+               cJSON_IsString(cJSON_GetObjectItem(params, "name")) &&
+               strcmp(cJSON_GetObjectItem(params, "name")->valuestring, "needs_input") == 0) {
+        /* An InputRequiredResult asking for an elicitation; the retry's inputResponses, as
+         * the answer's text. */
+        const cJSON *responses = cJSON_GetObjectItem(params, "inputResponses");
+        char *answer = responses ? cJSON_PrintUnformatted(responses) : NULL;
+        cJSON *result =
+            answer ? text_result(answer)
+                   : cJSON_Parse("{\"resultType\":\"input_required\",\"requestState\":\"st-1\","
+                                 "\"inputRequests\":{\"who\":{\"method\":\"elicitation/create\","
+                                 "\"params\":{\"message\":\"Who is asking?\",\"requestedSchema\":"
+                                 "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":"
+                                 "\"string\"}},\"required\":[\"name\"]}}}}}");
+        free(answer);
+        send_json(fd, response(id, result), NULL);
     } else if (strcmp(method->valuestring, "tools/call") == 0) {
         const cJSON *name = cJSON_GetObjectItem(params, "name");
         held = handle_call(fd, id, cJSON_IsString(name) ? name->valuestring : "",

@@ -17,14 +17,19 @@
  * --log FILE: one JSON line per request it gets:
  *   {"n": N, "protocol": "openai"|"anthropic", "path": "/v1/...", "sha256": "HEX of the body",
  *    "messages": COUNT, "last": {"role": "user"|"assistant"|"tool", "text": "..."},
- *    "tools": ["wire names offered"...], "turn": INDEX or -1, "status": HTTP,
+ *    "tools": ["wire names offered"...], "turn": INDEX or -1, "repeat": BOOL (answered from
+ *    the memory of answered requests), "status": HTTP,
  *    "body": {the request's body}}   (only with --log-bodies)
  * so tests count model calls and check that no answered turn is requested twice (the same
  * sha256 twice).
  *
  * The cassette (--cassette FILE, JSON): {"model": "NAME", "turns": [TURN...]} or just [TURN...].
  * Each request is answered by the first turn, in file order, that still has uses left and
- * whose "when" holds (every condition given must hold; no "when": any request):
+ * whose "when" holds (every condition given must hold; no "when": any request). A request the
+ * server already answered 200 without a fault (the same body, byte for byte) gets the same
+ * turn again, with the same ids, using nothing up: a caller that lost an answer in a crash
+ * and sends the request again gets the answer it lost. Tool call ids derive from the body's
+ * hash.
  *   "when": {"call": N,               the server's Nth request (1-based, all requests counted)
  *            "protocol": "openai"|"anthropic",
  *            "last_role": "user"|"tool"|"assistant",
@@ -53,7 +58,9 @@
  *     {"cut": true, ...}                                the answer's body cut halfway, the
  *                                                        connection closed
  *     {"delay_ms": N, ...}                              waits N ms first (past a timeout)
- * A request no turn answers gets 400 with an error of type "fixture_error" naming it.
+ * A request no turn answers gets 400 with an error of type "fixture_error" naming it. A member
+ * it does not know (a misspelt condition would hold for every request) stops it at start;
+ * "note" is free text.
  * Example: tests/servers/cassettes/README.md.
  */
 #define _GNU_SOURCE
@@ -88,7 +95,14 @@ static struct {
     FILE *log;
     bool log_bodies; /* --log-bodies: each log line carries the request's body (as JSON) */
     long requests;
-    pthread_mutex_t lock; /* requests, uses_left, the log */
+    /* The requests answered 200 at once (no fault), by the body's SHA-256: the same request
+       again gets the same turn again (a caller that lost an answer in a crash re-sends it). */
+    struct memo {
+        char sha256[65];
+        int turn;
+    } * memo;
+    size_t memo_count;
+    pthread_mutex_t lock; /* requests, uses_left, memo, the log */
 } fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 struct request {
@@ -304,7 +318,7 @@ static long usage_value(const cJSON *reply, const char *key, long fallback)
 }
 
 /* A 200 answer for reply in the request's protocol. */
-static char *render(const cJSON *reply, const struct seen *s, const char *model, long n,
+static char *render(const cJSON *reply, const struct seen *s, const char *model, const char *hex,
                     size_t request_len)
 {
     const char *text = cJSON_GetStringValue(member(reply, "text"));
@@ -335,7 +349,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
     const cJSON *call;
     if (s->anthropic) {
         char id[64];
-        snprintf(id, sizeof(id), "msg_%ld", n);
+        snprintf(id, sizeof(id), "msg_%.12s", hex);
         cJSON_AddStringToObject(body, "id", id);
         cJSON_AddStringToObject(body, "type", "message");
         cJSON_AddStringToObject(body, "role", "assistant");
@@ -352,7 +366,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
             cJSON *block = cJSON_CreateObject();
             char *name = wire_name(s, cJSON_GetStringValue(member(call, "name")));
             const char *given = cJSON_GetStringValue(member(call, "id"));
-            snprintf(id, sizeof(id), "toolu_%ld_%d", n, i++);
+            snprintf(id, sizeof(id), "toolu_%.12s_%d", hex, i++);
             cJSON_AddStringToObject(block, "type", "tool_use");
             cJSON_AddStringToObject(block, "id", given ? given : id);
             cJSON_AddStringToObject(block, "name", name);
@@ -369,7 +383,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
             const char *description = cJSON_GetStringValue(member(s->answer_schema, "description"));
             bool wrapped = description && strcmp(description, LLM_ANSWER_WRAPPED) == 0;
             cJSON *block = cJSON_CreateObject();
-            snprintf(id, sizeof(id), "toolu_%ld_answer", n);
+            snprintf(id, sizeof(id), "toolu_%.12s_answer", hex);
             cJSON_AddStringToObject(block, "type", "tool_use");
             cJSON_AddStringToObject(block, "id", id);
             cJSON_AddStringToObject(block, "name", ANSWER_TOOL);
@@ -392,7 +406,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
         cJSON_AddNumberToObject(usage, "output_tokens", (double)output_tokens);
     } else {
         char id[64];
-        snprintf(id, sizeof(id), "chatcmpl-%ld", n);
+        snprintf(id, sizeof(id), "chatcmpl-%.12s", hex);
         cJSON_AddStringToObject(body, "id", id);
         cJSON_AddStringToObject(body, "object", "chat.completion");
         cJSON_AddNumberToObject(body, "created", 0);
@@ -413,7 +427,7 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
                 cJSON *entry = cJSON_CreateObject();
                 char *name = wire_name(s, cJSON_GetStringValue(member(call, "name")));
                 const char *given = cJSON_GetStringValue(member(call, "id"));
-                snprintf(id, sizeof(id), "call_%ld_%d", n, i++);
+                snprintf(id, sizeof(id), "call_%.12s_%d", hex, i++);
                 cJSON_AddStringToObject(entry, "id", given ? given : id);
                 cJSON_AddStringToObject(entry, "type", "function");
                 cJSON *function = cJSON_AddObjectToObject(entry, "function");
@@ -448,8 +462,8 @@ static char *render(const cJSON *reply, const struct seen *s, const char *model,
     return out;
 }
 
-static void answer_reply(const cJSON *reply, const struct seen *s, long n, size_t request_len,
-                         struct answer *a)
+static void answer_reply(const cJSON *reply, const struct seen *s, const char *hex,
+                         size_t request_len, struct answer *a)
 {
     const cJSON *status = member(reply, "status");
     a->status = cJSON_IsNumber(status) ? (int)status->valuedouble : 200;
@@ -474,7 +488,7 @@ static void answer_reply(const cJSON *reply, const struct seen *s, long n, size_
                              cJSON_GetStringValue(member(reply, "error_code")));
     } else {
         const char *model = fx.model ? fx.model : "scripted";
-        a->body = render(reply, s, model, n, request_len);
+        a->body = render(reply, s, model, hex, request_len);
     }
 }
 
@@ -537,12 +551,10 @@ static void sha256_hex(const char *data, size_t len, char out[65])
 }
 
 static void log_request(long n, bool anthropic, const char *path, const struct request *request,
-                        const struct seen *s, int turn, int status)
+                        const char *hex, const struct seen *s, int turn, bool repeat, int status)
 {
     if (!fx.log)
         return;
-    char hex[65];
-    sha256_hex(request->body ? request->body : "", request->len, hex);
     cJSON *line = cJSON_CreateObject();
     cJSON_AddNumberToObject(line, "n", (double)n);
     cJSON_AddStringToObject(line, "protocol", anthropic ? "anthropic" : "openai");
@@ -557,6 +569,7 @@ static void log_request(long n, bool anthropic, const char *path, const struct r
     cJSON_AddStringToObject(last, "text", s->last_text ? s->last_text : "");
     cJSON_AddItemToObject(line, "tools", cJSON_Duplicate(s->tools, true));
     cJSON_AddNumberToObject(line, "turn", turn);
+    cJSON_AddBoolToObject(line, "repeat", repeat);
     cJSON_AddNumberToObject(line, "status", status);
     if (fx.log_bodies) {
         cJSON *body = cJSON_ParseWithLength(request->body ? request->body : "", request->len);
@@ -597,6 +610,9 @@ static enum MHD_Result answer_request(struct MHD_Connection *connection, const c
     const char *sent = NULL;
     int turn = -1;
     long delay_ms = 0;
+    bool repeat = false;
+    char hex[65];
+    sha256_hex(request->body ? request->body : "", request->len, hex);
     pthread_mutex_lock(&fx.lock);
     long n = ++fx.requests;
     if (!key_ok(connection, anthropic, &sent)) {
@@ -609,9 +625,14 @@ static enum MHD_Result answer_request(struct MHD_Connection *connection, const c
         a.body = error_body(anthropic, 400, "the body is not a request with messages",
                             "fixture_error", NULL);
     } else {
+        for (size_t m = 0; m < fx.memo_count && turn < 0; m++)
+            if (strcmp(fx.memo[m].sha256, hex) == 0) {
+                turn = fx.memo[m].turn;
+                repeat = true;
+            }
         int i = 0;
-        const cJSON *t;
-        cJSON_ArrayForEach(t, fx.turns)
+        const cJSON *t, *candidates = repeat ? NULL : fx.turns;
+        cJSON_ArrayForEach(t, candidates)
         {
             if (fx.uses_left[i] != 0 && turn_matches(member(t, "when"), &s, n)) {
                 turn = i;
@@ -627,15 +648,20 @@ static enum MHD_Result answer_request(struct MHD_Connection *connection, const c
             a.body = error_body(anthropic, 400, message, "fixture_error", NULL);
             free(message);
         } else {
-            if (fx.uses_left[turn] > 0)
+            if (fx.uses_left[turn] > 0 && !repeat)
                 fx.uses_left[turn]--;
             const cJSON *reply = member(cJSON_GetArrayItem(fx.turns, turn), "reply");
             const cJSON *delay = member(reply, "delay_ms");
             delay_ms = cJSON_IsNumber(delay) ? (long)delay->valuedouble : 0;
-            answer_reply(reply, &s, n, request->len, &a);
+            answer_reply(reply, &s, hex, request->len, &a);
+            if (!repeat && a.status == 200 && !a.cut && delay_ms == 0) {
+                fx.memo = xrealloc(fx.memo, (fx.memo_count + 1) * sizeof(*fx.memo));
+                memcpy(fx.memo[fx.memo_count].sha256, hex, sizeof(hex));
+                fx.memo[fx.memo_count++].turn = turn;
+            }
         }
     }
-    log_request(n, anthropic, url, request, &s, turn, a.status);
+    log_request(n, anthropic, url, request, hex, &s, turn, repeat, a.status);
     pthread_mutex_unlock(&fx.lock);
     if (delay_ms > 0)
         sleep_ms(delay_ms);
@@ -713,6 +739,50 @@ static void usage(FILE *to)
                 "at the top of tests/servers/model-script.c and in tests/servers/cassettes/.\n");
 }
 
+/* The first member of object not named in known (NULL-ended), or NULL: a misspelt condition
+   would otherwise hold for every request. */
+static const char *unknown_member(const cJSON *object, const char *const *known)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, object)
+    {
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], m->string) != 0)
+            i++;
+        if (!known[i])
+            return m->string;
+    }
+    return NULL;
+}
+
+static int check_turn(const char *path, int i, const cJSON *t)
+{
+    static const char *const turn_keys[] = {"when", "times", "reply", "note", NULL};
+    static const char *const when_keys[] = {
+        "call",         "protocol",        "last_role", "last_contains",
+        "any_contains", "system_contains", "has_tool",  NULL};
+    static const char *const reply_keys[] = {
+        "text",   "tool_calls", "json",        "stop",       "usage",      "pad_bytes",
+        "status", "error",      "retry_after", "error_type", "error_code", "context_length",
+        "body",   "cut",        "delay_ms",    NULL};
+    const cJSON *times = member(t, "times"), *when = member(t, "when");
+    const char *bad = NULL;
+    if (!cJSON_IsObject(t) || !cJSON_IsObject(member(t, "reply")) ||
+        (times && !cJSON_IsNumber(times)) || (when && !cJSON_IsObject(when))) {
+        fprintf(stderr,
+                "test-model-script: %s: turn %d needs a \"reply\" object (\"when\" an "
+                "object, \"times\" a number)\n",
+                path, i);
+        return -1;
+    }
+    if ((bad = unknown_member(t, turn_keys)) || (bad = unknown_member(when, when_keys)) ||
+        (bad = unknown_member(member(t, "reply"), reply_keys))) {
+        fprintf(stderr, "test-model-script: %s: turn %d: unknown member \"%s\"\n", path, i, bad);
+        return -1;
+    }
+    return 0;
+}
+
 static int load_cassette(const char *path)
 {
     char *text = NULL;
@@ -739,11 +809,8 @@ static int load_cassette(const char *path)
     cJSON_ArrayForEach(t, fx.turns)
     {
         const cJSON *times = member(t, "times");
-        if (!cJSON_IsObject(t) || !cJSON_IsObject(member(t, "reply")) ||
-            (times && !cJSON_IsNumber(times))) {
-            fprintf(stderr, "test-model-script: %s: turn %d needs a \"reply\" object\n", path, i);
+        if (check_turn(path, i, t) < 0)
             return -1;
-        }
         fx.uses_left[i++] = !times ? 1 : times->valuedouble == 0 ? -1 : (int)times->valuedouble;
     }
     return 0;
@@ -832,6 +899,7 @@ int main(int argc, char **argv)
 out:
     cJSON_Delete(fx.cassette);
     free(fx.uses_left);
+    free(fx.memo);
     if (fx.log)
         fclose(fx.log);
     return status;

@@ -29,7 +29,8 @@ struct fixture {
 };
 
 /* Starts the fixture on the cassette file path (NULL: the text cassette, written first). */
-static void fixture_start_file(struct fixture *fx, const char *cassette, const char *file)
+static void fixture_start_key(struct fixture *fx, const char *cassette, const char *file,
+                              const char *key)
 {
     const char *build = getenv("TROUPE_BUILD_DIR");
     cr_assert(build, "TROUPE_BUILD_DIR must name the build directory");
@@ -53,8 +54,12 @@ static void fixture_start_file(struct fixture *fx, const char *cassette, const c
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(fds[1], 1);
         close(fds[0]);
-        execl(program, program, "--cassette", path, "--log", fx->log, "--log-bodies", "--key", KEY,
-              "--port", "0", (char *)NULL);
+        if (key)
+            execl(program, program, "--cassette", path, "--log", fx->log, "--log-bodies", "--key",
+                  key, "--port", "0", (char *)NULL);
+        else
+            execl(program, program, "--cassette", path, "--log", fx->log, "--log-bodies", "--port",
+                  "0", (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -66,6 +71,11 @@ static void fixture_start_file(struct fixture *fx, const char *cassette, const c
     fx->url = xstrdup(line);
     free(program);
     free(path);
+}
+
+static void fixture_start_file(struct fixture *fx, const char *cassette, const char *file)
+{
+    fixture_start_key(fx, cassette, file, KEY);
 }
 
 static void fixture_start(struct fixture *fx, const char *cassette)
@@ -415,6 +425,47 @@ Test(llm, structured_output)
     }
 }
 
+Test(llm, empty_messages_and_results_take_the_shape_each_api_accepts)
+{
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        struct llm_model model;
+        start(&fx, &model, protocols[p], "[{\"reply\": {\"text\": \"ok\"}}]", NULL);
+        cJSON *result = NULL;
+        int64_t retry;
+        struct tr_error err = {0};
+        cr_assert_eq(
+            exchange(&model,
+                     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": "
+                     "\"assistant\", \"content\": null}, {\"role\": \"user\", \"content\": \"b\"}, "
+                     "{\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [{\"id\": "
+                     "\"c1\", \"name\": \"files.read\", \"arguments\": {}}]}, {\"role\": \"tool\", "
+                     "\"tool_call_id\": \"c1\", \"content\": \"\"}], " TOOLS "}",
+                     &result, &retry, &err),
+            0, "%s", err.message);
+        cJSON *log = fixture_log(&fx);
+        const cJSON *body = request_body(log, 1);
+        if (p == 0) {
+            cr_expect_str_eq(str_at(body, "messages.1.content"), "",
+                             "an assistant message without calls has content");
+            cr_expect_eq(cJSON_GetArraySize(at(body, "messages.3.tool_calls")), 1);
+        } else {
+            /* user a, (nothing), user b: one user turn; no empty text anywhere. */
+            cr_expect_eq(cJSON_GetArraySize(at(body, "messages")), 3, "%s",
+                         cJSON_PrintUnformatted(body));
+            cr_expect_str_eq(str_at(body, "messages.0.content.0.text"), "a");
+            cr_expect_str_eq(str_at(body, "messages.0.content.1.text"), "b");
+            cr_expect_eq(cJSON_GetArraySize(at(body, "messages.1.content")), 1);
+            cr_expect_str_eq(str_at(body, "messages.1.content.0.type"), "tool_use");
+            cr_expect_str_eq(str_at(body, "messages.2.content.0.type"), "tool_result");
+            cr_expect_null(at(body, "messages.2.content.0.content"));
+        }
+        cJSON_Delete(log);
+        cJSON_Delete(result);
+        stop(&fx, &model);
+    }
+}
+
 /* ---- tool names ----------------------------------------------------------------------------- */
 
 #define LONG_NAME                                                                                  \
@@ -615,6 +666,15 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
         {"{\"status\": 403, \"error\": \"not for you\"}", TR_EAUTH, "HTTP 403", -1, 0},
         {"{\"context_length\": true}", TR_EINVAL,
          "the conversation is longer than the model's context: ", -1, 0},
+        /* vLLM's and llama.cpp's words for it */
+        {"{\"status\": 400, \"body\": \"{\\\"object\\\": \\\"error\\\", \\\"message\\\": "
+         "\\\"This model's maximum context length is 4096 tokens.\\\", \\\"type\\\": "
+         "\\\"BadRequestError\\\", \\\"code\\\": 400}\"}",
+         TR_EINVAL, "longer than the model's context: This model's maximum context length", -1, 0},
+        {"{\"status\": 400, \"body\": \"{\\\"error\\\": {\\\"code\\\": 400, \\\"message\\\": "
+         "\\\"the request exceeds the available context size\\\", \\\"type\\\": "
+         "\\\"exceed_context_size_error\\\"}}\"}",
+         TR_EINVAL, "longer than the model's context: the request exceeds", -1, 0},
         {"{\"status\": 400, \"error\": \"temperature: must be at most 2\"}", TR_EINVAL,
          "HTTP 400: temperature: must be at most 2", -1, 0},
         {"{\"status\": 404, \"error\": \"model m-1 does not exist\"}", TR_EINVAL,
@@ -622,6 +682,8 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
         {"{\"body\": \"<html>gateway</html>\"}", TR_EPROTO, "not a JSON object", -1, 0},
         {"{\"body\": \"{\\\"id\\\": 1}\"}", TR_EPROTO, "", -1, 0},
         {"{\"status\": 302, \"body\": \"\"}", TR_EPROTO, "redirect", -1, 0},
+        {"{\"body\": \"{\\\"error\\\": {\\\"message\\\": \\\"upstream failed\\\"}}\"}", TR_EPROTO,
+         "the answer (HTTP 200) is an error: upstream failed", -1, 0},
         {"{\"pad_bytes\": 17000000, \"text\": \"big\"}", TR_EPROTO, "longer than 16777216 bytes",
          -1, 0},
     };
@@ -629,6 +691,15 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
             expect_fault(protocols[p], &cases[i]);
     free(date_reply);
+}
+
+Test(llm, openai_quota_used_up_is_not_retryable)
+{
+    const struct fault_case quota = {
+        "{\"status\": 429, \"error\": \"You exceeded your current quota\", \"error_code\": "
+        "\"insufficient_quota\", \"retry_after\": \"20\"}",
+        TR_EINVAL, "HTTP 429 (the account's quota is used up): You exceeded", -1, 0};
+    expect_fault("openai", &quota);
 }
 
 Test(llm, wrong_shapes_name_what_is_missing)
@@ -696,6 +767,53 @@ Test(llm, the_key_is_never_in_a_message)
         cJSON_Delete(request);
         stop(&fx, &model);
     }
+}
+
+Test(llm, the_key_is_out_in_every_form_and_at_the_cut)
+{
+    /* Quotes, a backslash, a non-ASCII letter: echoed raw, inside JSON inside the message,
+       and once across the 300 bytes where the provider's message is cut. */
+    const char *key = "sk-\"quo\\te\xc3\xbc-0123456789";
+    cJSON *as_string = cJSON_CreateString(key);
+    char *json = cJSON_PrintUnformatted(as_string);
+    cJSON_Delete(as_string);
+    char *message = xasprintf("raw %s, quoted {\"key\": %s}, then %.*s%s", key, json,
+                              280 - (int)(strlen(key) + strlen(json) + 30),
+                              "................"
+                              "................................................................"
+                              "................................................................"
+                              "................................................................"
+                              "................................................................",
+                              key);
+    cJSON *cassette = cJSON_CreateArray(), *turn = cJSON_CreateObject();
+    cJSON *reply = cJSON_AddObjectToObject(turn, "reply");
+    cJSON_AddNumberToObject(reply, "status", 400);
+    cJSON_AddStringToObject(reply, "error", message);
+    cJSON_AddItemToArray(cassette, turn);
+    char *text = cJSON_PrintUnformatted(cassette);
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        fixture_start_key(&fx, text, NULL, NULL);
+        struct llm_model model;
+        model_for(&model, &fx, protocols[p], NULL);
+        free(model.api_key);
+        model.api_key = xstrdup(key);
+        cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
+        cJSON *result = NULL;
+        struct tr_error err = {0};
+        cr_expect_eq(llm_call(&model, request, &result, &err), TR_EINVAL);
+        cr_expect(strstr(err.message, "raw [redacted], quoted {\"key\": \"[redacted]\"}"), "%s",
+                  err.message);
+        cr_expect_null(strstr(err.message, "0123456789"), "a piece of the key in %s", err.message);
+        cr_expect_null(strstr(err.message, "\xc3\xbc-"), "a piece of the key in %s", err.message);
+        cr_expect_null(strstr(err.message, "sk-"), "a piece of the key in %s", err.message);
+        cJSON_Delete(request);
+        stop(&fx, &model);
+    }
+    free(text);
+    cJSON_Delete(cassette);
+    free(message);
+    free(json);
 }
 
 /* ---- configuration and requests ----------------------------------------------------------- */
@@ -817,13 +935,195 @@ Test(llm, example_cassettes_answer_as_documented)
         cr_expect_eq(exchange(&model, go, &result, &retry, &err), 0, "%s", err.message);
         cr_expect_str_eq(str_at(result, "message.content"), "answered on the third try");
         cJSON_Delete(result);
+        /* Answered, then sent again (an answer lost in a crash): the same answer, nothing of
+           the cassette used up. */
+        cJSON *again = NULL;
+        cr_expect_eq(exchange(&model, go, &again, &retry, &err), 0, "%s", err.message);
+        cr_expect_str_eq(str_at(again, "message.content"), "answered on the third try");
+        cJSON_Delete(again);
         cJSON *log = fixture_log(&fx);
-        cr_expect_eq(cJSON_GetArraySize(log), 3);
-        /* The same request three times: the same hash each time. */
-        cr_expect_str_eq(str_at(log, "0.sha256"), str_at(log, "2.sha256"));
+        cr_expect_eq(cJSON_GetArraySize(log), 4);
+        /* The same request four times: the same hash each time. */
+        cr_expect_str_eq(str_at(log, "0.sha256"), str_at(log, "3.sha256"));
         cr_expect_eq(num_at(log, "2.turn"), 2);
+        cr_expect(cJSON_IsFalse(at(log, "2.repeat")));
+        cr_expect_eq(num_at(log, "3.turn"), 2);
+        cr_expect(cJSON_IsTrue(at(log, "3.repeat")));
         cJSON_Delete(log);
         free(path);
         stop(&fx, &model);
+    }
+}
+
+/* The result of the body a fixture sends as it is, for protocol (the call must succeed). */
+static cJSON *result_of_body(const char *protocol, const char *body)
+{
+    cJSON *cassette = cJSON_CreateArray(), *turn = cJSON_CreateObject();
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(turn, "reply"), "body", body);
+    cJSON_AddItemToArray(cassette, turn);
+    char *text = cJSON_PrintUnformatted(cassette);
+    struct fixture fx;
+    struct llm_model model;
+    start(&fx, &model, protocol, text, NULL);
+    cJSON *result = NULL;
+    int64_t retry;
+    struct tr_error err = {0};
+    cr_assert_eq(exchange(&model, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
+                          &result, &retry, &err),
+                 0, "%s", err.message);
+    stop(&fx, &model);
+    free(text);
+    cJSON_Delete(cassette);
+    return result;
+}
+
+Test(llm, usage_out_of_range_is_no_count)
+{
+    const char *bodies[] = {
+        "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": \"x\"}, "
+        "\"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 1e400, "
+        "\"completion_tokens\": -5}}",
+        "{\"content\": [{\"type\": \"text\", \"text\": \"x\"}], \"stop_reason\": \"end_turn\", "
+        "\"usage\": {\"input_tokens\": 12.7, \"output_tokens\": \"9\"}}"};
+    const double expect[][2] = {{0, 0}, {12, 0}};
+    for (int p = 0; p < 2; p++) {
+        cJSON *result = result_of_body(protocols[p], bodies[p]);
+        cr_expect_eq(num_at(result, "usage.input_tokens"), expect[p][0], "%s", protocols[p]);
+        cr_expect_eq(num_at(result, "usage.output_tokens"), expect[p][1], "%s", protocols[p]);
+        cJSON_Delete(result);
+    }
+}
+
+Test(llm, openai_content_as_parts_is_its_text)
+{
+    cJSON *result = result_of_body(
+        "openai", "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": "
+                  "[{\"type\": \"text\", \"text\": \"one \"}, {\"type\": \"image\"}, {\"type\": "
+                  "\"text\", \"text\": \"two\"}]}, \"finish_reason\": \"stop\"}]}");
+    cr_expect_str_eq(str_at(result, "message.content"), "one two");
+    cr_expect_str_eq(str_at(result, "stop"), "end");
+    cJSON_Delete(result);
+}
+
+/* ---- what the caller's configuration holds ------------------------------------------------ */
+
+Test(llm, base_url_query_stays_and_credentials_stay_out_of_messages)
+{
+    struct fixture fx;
+    fixture_start(&fx, "[{\"reply\": {\"text\": \"ok\"}}]");
+    char *text = xasprintf("{\"provider\": \"openai\", \"base_url\": "
+                           "\"%s/v1/?api-version=2024-10-21\", \"model\": \"m\", \"api_key\": "
+                           "\"" KEY "\"}",
+                           fx.url);
+    cJSON *json = cJSON_Parse(text);
+    struct llm_model model;
+    struct tr_error err = {0};
+    cr_assert_eq(llm_model_from_json(json, &model, &err), 0, "%s", err.message);
+    cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
+    struct llm_http http;
+    cr_assert_eq(llm_request_build(&model, request, &http, &err), 0, "%s", err.message);
+    cr_expect(strstr(http.url, "/v1/chat/completions?api-version=2024-10-21"), "%s", http.url);
+    llm_http_free(&http);
+    cJSON *result = NULL;
+    cr_expect_eq(llm_call(&model, request, &result, &err), 0, "%s", err.message);
+    cr_expect_str_eq(str_at(result, "message.content"), "ok");
+    cJSON_Delete(result);
+    llm_model_free(&model);
+    cJSON_Delete(json);
+    free(text);
+    /* Now nothing listens there: the message names the endpoint, not what may be a secret. */
+    char *base = xasprintf("http://user:pa55word@%s/v1?sig=SECRETQUERY", fx.url + 7);
+    fixture_stop(&fx);
+    text = xasprintf("{\"provider\": \"openai\", \"base_url\": \"%s\", \"model\": \"m\"}", base);
+    json = cJSON_Parse(text);
+    cr_assert_eq(llm_model_from_json(json, &model, &err), 0, "%s", err.message);
+    cr_expect_eq(llm_call(&model, request, &result, &err), TR_EPEER, "%s", err.message);
+    cr_expect(strstr(err.message, "/v1/chat/completions"), "%s", err.message);
+    cr_expect_null(strstr(err.message, "pa55word"), "%s", err.message);
+    cr_expect_null(strstr(err.message, "SECRETQUERY"), "%s", err.message);
+    llm_model_free(&model);
+    cJSON_Delete(json);
+    cJSON_Delete(request);
+    free(text);
+    free(base);
+}
+
+Test(llm, openai_official_endpoint_gets_max_completion_tokens)
+{
+    const char *bases[][2] = {{"https://api.openai.com/v1", "max_completion_tokens"},
+                              {"https://api.openai.com.example/v1", "max_tokens"},
+                              {"http://localhost:11434/v1", "max_tokens"}};
+    for (int i = 0; i < 3; i++) {
+        struct llm_model model = {.protocol = LLM_OPENAI,
+                                  .name = "m",
+                                  .base_url = (char *)bases[i][0],
+                                  .model = "m",
+                                  .max_tokens = 50};
+        cJSON *request = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"go\"}]}");
+        struct llm_http http;
+        cr_assert_eq(llm_request_build(&model, request, &http, NULL), 0);
+        cJSON *body = cJSON_Parse(http.body);
+        cr_expect_eq(num_at(body, bases[i][1]), 50, "%s: %s", bases[i][0], http.body);
+        cJSON_Delete(body);
+        llm_http_free(&http);
+        cJSON_Delete(request);
+    }
+}
+
+Test(llm, stop_agrees_with_the_calls)
+{
+    for (int p = 0; p < 2; p++) {
+        struct fixture fx;
+        struct llm_model model;
+        start(&fx, &model, protocols[p],
+              "[{\"reply\": {\"stop\": \"end\", \"tool_calls\": [{\"name\": \"files.read\", "
+              "\"arguments\": {}}]}}, {\"reply\": {\"text\": \"x\", \"stop\": \"tool_calls\"}},"
+              " {\"reply\": {\"text\": \"cut\", \"stop\": \"max_tokens\"}}]",
+              NULL);
+        const char *expect[] = {"tool_calls", "other", "max_tokens"};
+        for (int i = 0; i < 3; i++) {
+            cJSON *result = NULL;
+            int64_t retry;
+            struct tr_error err = {0};
+            char *go = xasprintf(
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"go %d\"}], " TOOLS "}", i);
+            cr_assert_eq(exchange(&model, go, &result, &retry, &err), 0, "%s", err.message);
+            free(go);
+            cr_expect_str_eq(str_at(result, "stop"), expect[i], "%s %d", protocols[p], i);
+            cJSON_Delete(result);
+        }
+        stop(&fx, &model);
+    }
+}
+
+Test(llm, the_fixture_refuses_a_misspelt_cassette)
+{
+    const char *cases[][2] = {
+        {"[{\"when\": {\"last_contain\": \"x\"}, \"reply\": {\"text\": \"a\"}}]",
+         "unknown member \"last_contain\""},
+        {"[{\"reply\": {\"txt\": \"a\"}}]", "unknown member \"txt\""},
+        {"[{\"when\": {}}]", "needs a \"reply\" object"},
+        {"{\"turn\": []}", "not a cassette"}};
+    for (int i = 0; i < 4; i++) {
+        char template[] = "/tmp/troupe-llm-XXXXXX";
+        cr_assert(mkdtemp(template));
+        char *path = xasprintf("%s/cassette.json", template);
+        FILE *f = fopen(path, "w");
+        cr_assert(f);
+        fputs(cases[i][0], f);
+        fclose(f);
+        char *command = xasprintf("'%s/tests/test-model-script' --cassette '%s' 2>&1",
+                                  getenv("TROUPE_BUILD_DIR"), path);
+        FILE *out = popen(command, "r");
+        cr_assert(out);
+        char text[512] = "";
+        size_t n = fread(text, 1, sizeof(text) - 1, out);
+        text[n] = '\0';
+        int status = pclose(out);
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s: status %d", cases[i][0],
+                  status);
+        cr_expect(strstr(text, cases[i][1]), "%s: %s", cases[i][0], text);
+        free(command);
+        free(path);
     }
 }
