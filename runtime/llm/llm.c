@@ -494,16 +494,35 @@ static int64_t retry_after_ms(const char *value)
     return when <= now ? 0 : (int64_t)(when - now) * 1000;
 }
 
+/* The value of header line data (n bytes) when it is name's (given with its colon), into
+   value (NUL-terminated, without the line's end); false otherwise. */
+static bool header_value(const char *data, size_t n, const char *name, char value[256])
+{
+    size_t len = strlen(name);
+    if (n <= len || n - len >= 256 || strncasecmp(data, name, len) != 0)
+        return false;
+    memcpy(value, data + len, n - len);
+    value[n - len] = '\0';
+    value[strcspn(value, "\r\n")] = '\0';
+    return true;
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
 {
     struct llm_reply *reply = userdata;
     size_t n = size * nmemb;
-    static const char name[] = "retry-after:";
-    if (n > sizeof(name) - 1 && n < 256 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-        char value[256];
-        memcpy(value, data + sizeof(name) - 1, n - (sizeof(name) - 1));
-        value[n - (sizeof(name) - 1)] = '\0';
-        value[strcspn(value, "\r\n")] = '\0';
+    char value[256];
+    /* OpenAI's SDKs read retry-after-ms first: the same wait, to the millisecond. */
+    if (header_value(data, n, "retry-after-ms:", value)) {
+        char *end;
+        double ms = strtod(value, &end);
+        while (*end == ' ' || *end == '\t')
+            end++;
+        if (end != value && *end == '\0' && ms >= 0 && ms < 1e10) {
+            reply->retry_after_ms = (int64_t)ms;
+            reply->retry_after_in_ms = true;
+        }
+    } else if (!reply->retry_after_in_ms && header_value(data, n, "retry-after:", value)) {
         reply->retry_after_ms = retry_after_ms(value);
     }
     return n;
