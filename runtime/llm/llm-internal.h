@@ -8,6 +8,15 @@
 
 #include "llm.h"
 
+/* json's member key (exact case), or NULL: how every file reads provider and neutral JSON. */
+static inline const cJSON *llm__member(const cJSON *json, const char *key)
+{
+    return cJSON_GetObjectItemCaseSensitive(json, key);
+}
+
+/* The largest answer read (llm_http_easy's cap; longer is TR_EPROTO). */
+#define LLM__MAX_ANSWER (16u << 20)
+
 /* The name of the forced tool that carries a structured answer on Anthropic. */
 #define LLM__ANSWER_TOOL "final_answer"
 
