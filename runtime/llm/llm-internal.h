@@ -1,7 +1,8 @@
 /*
- * llm-internal.h: what llm's files share: the tool-name mapping (names.c), the two protocols'
- * builders and parsers (openai.c, anthropic.c) and the error reporting every message of the
- * module goes through (llm.c), which keeps the API key out of them.
+ * llm-internal.h: what llm's files share: the tool-name mapping (names.c), the neutral
+ * request's checks and shared readings (request.c), the two protocols' builders and parsers
+ * (openai.c, anthropic.c) and the error reporting every message of the module goes through
+ * (llm.c), which keeps the API key out of them.
  */
 #ifndef TROUPE_LLM_INTERNAL_H
 #define TROUPE_LLM_INTERNAL_H
