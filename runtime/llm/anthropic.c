@@ -14,11 +14,6 @@
     "When you have the final answer, call the tool " LLM__ANSWER_TOOL                              \
     " with it as its input; do not write it as text."
 
-static const cJSON *member(const cJSON *json, const char *key)
-{
-    return cJSON_GetObjectItemCaseSensitive(json, key);
-}
-
 static void text_block(cJSON *blocks, const char *text)
 {
     if (!text || !text[0]) /* the API refuses empty text blocks */
@@ -32,12 +27,12 @@ static void text_block(cJSON *blocks, const char *text)
 static void tool_use_block(cJSON *blocks, const struct llm_names *names, const cJSON *call)
 {
     char *owned;
-    const char *name = llm__names_wire(names, member(call, "name")->valuestring, &owned);
+    const char *name = llm__names_wire(names, llm__member(call, "name")->valuestring, &owned);
     cJSON *block = cJSON_CreateObject();
     cJSON_AddStringToObject(block, "type", "tool_use");
-    cJSON_AddStringToObject(block, "id", member(call, "id")->valuestring);
+    cJSON_AddStringToObject(block, "id", llm__member(call, "id")->valuestring);
     cJSON_AddStringToObject(block, "name", name);
-    const cJSON *arguments = member(call, "arguments");
+    const cJSON *arguments = llm__member(call, "arguments");
     /* Malformed arguments cannot go back as an input object: the tool result says why. */
     cJSON_AddItemToObject(block, "input",
                           cJSON_IsObject(arguments) ? cJSON_Duplicate(arguments, true)
@@ -51,7 +46,7 @@ static void tool_use_block(cJSON *blocks, const struct llm_names *names, const c
 static cJSON *blocks_for(cJSON *messages, const char *role)
 {
     cJSON *last = cJSON_GetArrayItem(messages, cJSON_GetArraySize(messages) - 1);
-    const char *last_role = cJSON_GetStringValue(member(last, "role"));
+    const char *last_role = cJSON_GetStringValue(llm__member(last, "role"));
     if (last_role && strcmp(last_role, role) == 0)
         return cJSON_GetObjectItemCaseSensitive(last, "content");
     cJSON *m = cJSON_CreateObject();
@@ -65,22 +60,22 @@ static cJSON *blocks_for(cJSON *messages, const char *role)
    message: the turns around it merge. */
 static void add_message(cJSON *messages, const struct llm_names *names, const cJSON *in)
 {
-    const char *role = member(in, "role")->valuestring;
-    const char *content = cJSON_GetStringValue(member(in, "content"));
+    const char *role = llm__member(in, "role")->valuestring;
+    const char *content = cJSON_GetStringValue(llm__member(in, "content"));
     cJSON *blocks = cJSON_CreateArray();
     if (strcmp(role, "assistant") == 0) {
         text_block(blocks, content);
         const cJSON *call;
-        cJSON_ArrayForEach(call, member(in, "tool_calls")) tool_use_block(blocks, names, call);
+        cJSON_ArrayForEach(call, llm__member(in, "tool_calls")) tool_use_block(blocks, names, call);
     } else if (strcmp(role, "user") == 0) {
         text_block(blocks, content);
     } else {
         cJSON *block = cJSON_CreateObject();
         cJSON_AddStringToObject(block, "type", "tool_result");
-        cJSON_AddStringToObject(block, "tool_use_id", member(in, "tool_call_id")->valuestring);
+        cJSON_AddStringToObject(block, "tool_use_id", llm__member(in, "tool_call_id")->valuestring);
         if (content[0])
             cJSON_AddStringToObject(block, "content", content);
-        if (cJSON_IsTrue(member(in, "is_error")))
+        if (cJSON_IsTrue(llm__member(in, "is_error")))
             cJSON_AddBoolToObject(block, "is_error", true);
         cJSON_AddItemToArray(blocks, block);
     }
@@ -108,7 +103,7 @@ static cJSON *tool_entry(const char *name, const char *description, const cJSON 
    wrapped as {"answer": VALUE} (a tool's input is always an object). */
 static cJSON *answer_schema(const cJSON *schema, bool *ret_wrapped)
 {
-    const char *type = cJSON_GetStringValue(member(schema, "type"));
+    const char *type = cJSON_GetStringValue(llm__member(schema, "type"));
     *ret_wrapped = !type || strcmp(type, "object") != 0;
     if (!*ret_wrapped)
         return cJSON_Duplicate(schema, true);
@@ -132,9 +127,9 @@ int llm__anthropic_build(const struct llm_model *model, const cJSON *request,
     long max_tokens = llm__max_tokens(model, request);
     cJSON_AddNumberToObject(body, "max_tokens",
                             (double)(max_tokens > 0 ? max_tokens : DEFAULT_MAX_TOKENS));
-    const char *system = cJSON_GetStringValue(member(request, "system"));
-    const cJSON *schema = member(request, "output_schema");
-    const cJSON *tools = member(request, "tools");
+    const char *system = cJSON_GetStringValue(llm__member(request, "system"));
+    const cJSON *schema = llm__member(request, "output_schema");
+    const cJSON *tools = llm__member(request, "tools");
     bool other_tools = cJSON_GetArraySize(tools) > 0;
     if (schema && other_tools) {
         char *text = system ? xasprintf("%s\n\n%s", system, ANSWER_INSTRUCTION)
@@ -146,16 +141,17 @@ int llm__anthropic_build(const struct llm_model *model, const cJSON *request,
     }
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
     const cJSON *in;
-    cJSON_ArrayForEach(in, member(request, "messages")) add_message(messages, names, in);
+    cJSON_ArrayForEach(in, llm__member(request, "messages")) add_message(messages, names, in);
     if (other_tools || schema) {
         cJSON *list = cJSON_AddArrayToObject(body, "tools");
         size_t i = 0;
         const cJSON *tool;
         cJSON_ArrayForEach(tool, tools)
         {
-            cJSON_AddItemToArray(list, tool_entry(names->wire[i++],
-                                                  cJSON_GetStringValue(member(tool, "description")),
-                                                  member(tool, "input_schema")));
+            cJSON_AddItemToArray(list,
+                                 tool_entry(names->wire[i++],
+                                            cJSON_GetStringValue(llm__member(tool, "description")),
+                                            llm__member(tool, "input_schema")));
         }
         if (schema) {
             cJSON *input = answer_schema(schema, &names->answer_wrapped);
@@ -199,7 +195,7 @@ static const char *stop_of(const char *stop_reason)
 int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
                           const cJSON *body, cJSON **ret_result, struct tr_error *err)
 {
-    const cJSON *content = member(body, "content");
+    const cJSON *content = llm__member(body, "content");
     if (!cJSON_IsArray(content))
         return llm__fail(model, err, TR_EPROTO, "the answer has no \"content\" array");
     struct tr_buf text;
@@ -212,13 +208,13 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
     const cJSON *block;
     cJSON_ArrayForEach(block, content)
     {
-        const char *type = cJSON_GetStringValue(member(block, "type"));
+        const char *type = cJSON_GetStringValue(llm__member(block, "type"));
         if (!type) {
             rc = llm__fail(model, err, TR_EPROTO, "content[%d] has no \"type\"", i);
             goto out;
         }
         if (strcmp(type, "text") == 0) {
-            const char *t = cJSON_GetStringValue(member(block, "text"));
+            const char *t = cJSON_GetStringValue(llm__member(block, "text"));
             if (!t) {
                 rc = llm__fail(model, err, TR_EPROTO, "content[%d] has no \"text\"", i);
                 goto out;
@@ -226,16 +222,16 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
             if (tr_buf_append(&text, t, strlen(t)) < 0)
                 abort();
         } else if (strcmp(type, "tool_use") == 0) {
-            const char *id = cJSON_GetStringValue(member(block, "id"));
-            const char *name = cJSON_GetStringValue(member(block, "name"));
-            const cJSON *input = member(block, "input");
+            const char *id = cJSON_GetStringValue(llm__member(block, "id"));
+            const char *name = cJSON_GetStringValue(llm__member(block, "name"));
+            const cJSON *input = llm__member(block, "input");
             if (!id || !name) {
                 rc =
                     llm__fail(model, err, TR_EPROTO, "content[%d] (tool_use) has no id or name", i);
                 goto out;
             }
             if (names->answer_tool && strcmp(name, LLM__ANSWER_TOOL) == 0 && !answer) {
-                const cJSON *value = names->answer_wrapped ? member(input, "answer") : input;
+                const cJSON *value = names->answer_wrapped ? llm__member(input, "answer") : input;
                 answer = tr_json_print(value ? value : input);
             } else {
                 if (!list)
@@ -265,7 +261,7 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
         cJSON_AddStringToObject(out, "content", text.data);
     else
         cJSON_AddNullToObject(out, "content");
-    const char *stop = stop_of(cJSON_GetStringValue(member(body, "stop_reason")));
+    const char *stop = stop_of(cJSON_GetStringValue(llm__member(body, "stop_reason")));
     if (list) {
         cJSON_AddItemToObject(out, "tool_calls", list);
         list = NULL;
@@ -273,8 +269,8 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
         stop = "end";
     }
     cJSON_AddStringToObject(result, "stop", stop);
-    llm__usage(result, member(body, "usage"), "input_tokens", "output_tokens");
-    const char *answered = cJSON_GetStringValue(member(body, "model"));
+    llm__usage(result, llm__member(body, "usage"), "input_tokens", "output_tokens");
+    const char *answered = cJSON_GetStringValue(llm__member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "anthropic");
     *ret_result = result;

@@ -1,12 +1,22 @@
 /*
- * llm-internal.h: what llm's files share: the tool-name mapping (names.c), the two protocols'
- * builders and parsers (openai.c, anthropic.c) and the error reporting every message of the
- * module goes through (llm.c), which keeps the API key out of them.
+ * llm-internal.h: what llm's files share: the tool-name mapping (names.c), the neutral
+ * request's checks and shared readings (request.c), the two protocols' builders and parsers
+ * (openai.c, anthropic.c) and the error reporting every message of the module goes through
+ * (llm.c), which keeps the API key out of them.
  */
 #ifndef TROUPE_LLM_INTERNAL_H
 #define TROUPE_LLM_INTERNAL_H
 
 #include "llm.h"
+
+/* json's member key (exact case), or NULL: how every file reads provider and neutral JSON. */
+static inline const cJSON *llm__member(const cJSON *json, const char *key)
+{
+    return cJSON_GetObjectItemCaseSensitive(json, key);
+}
+
+/* The largest answer read (llm_http_easy's cap; longer is TR_EPROTO). */
+#define LLM__MAX_ANSWER (16u << 20)
 
 /* The name of the forced tool that carries a structured answer on Anthropic. */
 #define LLM__ANSWER_TOOL "final_answer"

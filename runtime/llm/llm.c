@@ -1,33 +1,21 @@
 /*
- * llm/llm.c: the model providers' common part (llm.h): a model's configuration, the neutral
- * request's checks, the HTTP exchange (libcurl easy handle, capped answer, Retry-After) and
- * the classification of failed answers. The wire formats are openai.c's and anthropic.c's, the
- * tool names names.c's. No loop, no conversation, no retry: callers decide.
+ * llm/llm.c: the model providers' entry points (llm.h) around the two wire formats: building
+ * the HTTP request, parsing the answer and classifying a failed one, the blocking call, and
+ * the one place every message is made (the key redacted). The model's configuration is
+ * model.c's, the neutral request's checks request.c's, the HTTP exchange http.c's, the wire
+ * formats openai.c's and anthropic.c's, tool names names.c's. No loop, no conversation, no
+ * retry: callers decide.
  */
 #define _GNU_SOURCE /* strcasestr */
-#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <time.h>
 
 #include "llm-internal.h"
 
-#define LLM_MAX_ANSWER (16u << 20)
 #define LLM_DEFAULT_TIMEOUT_MS 120000
 #define LLM_SHOWN_MESSAGE 300
-
-const char *const llm_protocol_names[] = {[LLM_OPENAI] = "openai", [LLM_ANTHROPIC] = "anthropic"};
-
-int llm_protocol_find(const char *name)
-{
-    for (int i = 0; name && i <= LLM_ANTHROPIC; i++)
-        if (strcmp(name, llm_protocol_names[i]) == 0)
-            return i;
-    return -1;
-}
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
@@ -100,310 +88,6 @@ int llm__fail(const struct llm_model *model, struct tr_error *err, int code, con
     return code;
 }
 
-/* ---- the model ------------------------------------------------------------------------------ */
-
-static int member_string(const cJSON *json, const char *key, bool required, char **ret,
-                         struct tr_error *err)
-{
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
-    *ret = NULL;
-    if (!item || cJSON_IsNull(item)) {
-        if (required)
-            return tr_error_set(err, TR_EINVAL, "model: \"%s\" is missing", key);
-        return 0;
-    }
-    if (!cJSON_IsString(item) || (required && !item->valuestring[0]))
-        return tr_error_set(err, TR_EINVAL, "model: \"%s\" must be a non-empty string", key);
-    *ret = xstrdup(item->valuestring);
-    return 0;
-}
-
-static int member_integer(const cJSON *json, const char *key, long max, long *ret,
-                          struct tr_error *err)
-{
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
-    if (!item || cJSON_IsNull(item))
-        return 0;
-    if (!cJSON_IsNumber(item) || item->valuedouble < 1 || item->valuedouble > (double)max ||
-        item->valuedouble != (double)(long)item->valuedouble)
-        return tr_error_set(err, TR_EINVAL, "model: \"%s\" must be an integer from 1 to %ld", key,
-                            max);
-    *ret = (long)item->valuedouble;
-    return 0;
-}
-
-int llm_model_from_json(const cJSON *json, struct llm_model *ret_model, struct tr_error *err)
-{
-    struct llm_model m = {0};
-    char *provider = NULL;
-    long timeout_ms = 0;
-    int rc;
-    memset(ret_model, 0, sizeof(*ret_model));
-    if (!cJSON_IsObject(json))
-        return tr_error_set(err, TR_EINVAL, "model: not a JSON object");
-    if ((rc = member_string(json, "provider", true, &provider, err)) < 0)
-        goto out;
-    int protocol = llm_protocol_find(provider);
-    if (protocol < 0) {
-        char *shown = tr_text_escape(provider, 64);
-        rc = tr_error_set(err, TR_EINVAL,
-                          "model: \"provider\" is '%s', not one of \"openai\", \"anthropic\"",
-                          shown);
-        free(shown);
-        goto out;
-    }
-    m.protocol = (enum llm_protocol)protocol;
-    if ((rc = member_string(json, "name", false, &m.name, err)) < 0 ||
-        (rc = member_string(json, "base_url", true, &m.base_url, err)) < 0 ||
-        (rc = member_string(json, "model", true, &m.model, err)) < 0 ||
-        (rc = member_string(json, "api_key", false, &m.api_key, err)) < 0 ||
-        (rc = member_integer(json, "max_tokens", 10000000, &m.max_tokens, err)) < 0 ||
-        (rc = member_integer(json, "timeout_ms", 86400000, &timeout_ms, err)) < 0)
-        goto out;
-    m.timeout_ms = (int)timeout_ms;
-    if (!m.name)
-        m.name = xstrdup(m.model);
-    if (m.api_key && !m.api_key[0]) {
-        free(m.api_key);
-        m.api_key = NULL;
-    }
-    /* It goes into a header line: a control character would end it (and the value is never
-       shown, not even here). */
-    for (const unsigned char *p = (const unsigned char *)(m.api_key ? m.api_key : ""); *p; p++)
-        if (*p < 0x20 || *p == 0x7f) {
-            rc = tr_error_set(err, TR_EINVAL, "model: \"api_key\" holds a control character");
-            goto out;
-        }
-    if (strncmp(m.base_url, "http://", 7) != 0 && strncmp(m.base_url, "https://", 8) != 0) {
-        char *shown = tr_text_escape(m.base_url, 200);
-        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" '%s' is not an http(s) URL", shown);
-        free(shown);
-        goto out;
-    }
-    if (strchr(m.base_url, '#')) {
-        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" must not have a fragment (#)");
-        goto out;
-    }
-    /* A query (Azure's api-version) stays at the end; the path loses its trailing slashes and,
-       for Anthropic, a trailing /v1: its SDKs take the base URL without it and some
-       configurations carry it, both reach the same endpoint. */
-    size_t n = strcspn(m.base_url, "?");
-    char *query = xstrdup(m.base_url + n);
-    while (n > 0 && m.base_url[n - 1] == '/')
-        n--;
-    if (m.protocol == LLM_ANTHROPIC && n >= 3 && strncmp(m.base_url + n - 3, "/v1", 3) == 0)
-        n -= 3;
-    while (n > 0 && m.base_url[n - 1] == '/')
-        n--;
-    memcpy(m.base_url + n, query, strlen(query) + 1);
-    free(query);
-    const cJSON *temperature = cJSON_GetObjectItemCaseSensitive(json, "temperature");
-    if (temperature && !cJSON_IsNull(temperature)) {
-        if (!cJSON_IsNumber(temperature) || temperature->valuedouble < 0 ||
-            temperature->valuedouble > 2) {
-            rc =
-                tr_error_set(err, TR_EINVAL, "model: \"temperature\" must be a number from 0 to 2");
-            goto out;
-        }
-        m.has_temperature = true;
-        m.temperature = temperature->valuedouble;
-    }
-    *ret_model = m;
-    memset(&m, 0, sizeof(m));
-out:
-    free(provider);
-    llm_model_free(&m);
-    return rc;
-}
-
-void llm_model_free(struct llm_model *model)
-{
-    if (!model)
-        return;
-    free(model->name);
-    free(model->base_url);
-    free(model->model);
-    free(model->api_key);
-    memset(model, 0, sizeof(*model));
-}
-
-/* ---- the neutral request -------------------------------------------------------------------- */
-
-static bool is_object_or_absent(const cJSON *item)
-{
-    return !item || cJSON_IsObject(item);
-}
-
-static bool is_string_or_absent(const cJSON *item)
-{
-    return !item || cJSON_IsString(item);
-}
-
-static const cJSON *member(const cJSON *json, const char *key)
-{
-    return cJSON_GetObjectItemCaseSensitive(json, key);
-}
-
-static int check_tool_call(const cJSON *call, int i, int j, struct tr_error *err)
-{
-    if (!cJSON_IsObject(call))
-        return tr_error_set(err, TR_EINVAL, "request: messages[%d].tool_calls[%d]: not an object",
-                            i, j);
-    if (!cJSON_IsString(member(call, "id")) || !cJSON_IsString(member(call, "name")))
-        return tr_error_set(err, TR_EINVAL,
-                            "request: messages[%d].tool_calls[%d]: \"id\" and \"name\" must be "
-                            "strings",
-                            i, j);
-    if (!cJSON_IsObject(member(call, "arguments")) &&
-        !cJSON_IsString(member(call, "arguments_text")))
-        return tr_error_set(err, TR_EINVAL,
-                            "request: messages[%d].tool_calls[%d]: \"arguments\" must be an "
-                            "object (or \"arguments_text\" a string)",
-                            i, j);
-    return 0;
-}
-
-static int check_message(const cJSON *message, int i, struct tr_error *err)
-{
-    const char *role = cJSON_GetStringValue(member(message, "role"));
-    const cJSON *content = member(message, "content");
-    if (!cJSON_IsObject(message) || !role)
-        return tr_error_set(err, TR_EINVAL, "request: messages[%d]: not an object with a \"role\"",
-                            i);
-    if (strcmp(role, "user") == 0) {
-        if (!cJSON_IsString(content))
-            return tr_error_set(err, TR_EINVAL, "request: messages[%d].content: not a string", i);
-    } else if (strcmp(role, "assistant") == 0) {
-        if (content && !cJSON_IsString(content) && !cJSON_IsNull(content))
-            return tr_error_set(err, TR_EINVAL,
-                                "request: messages[%d].content: not a string or null", i);
-        const cJSON *calls = member(message, "tool_calls");
-        if (calls && !cJSON_IsArray(calls) && !cJSON_IsNull(calls))
-            return tr_error_set(err, TR_EINVAL, "request: messages[%d].tool_calls: not an array",
-                                i);
-        int j = 0;
-        const cJSON *call, *list = cJSON_IsArray(calls) ? calls : NULL;
-        cJSON_ArrayForEach(call, list)
-        {
-            int rc = check_tool_call(call, i, j++, err);
-            if (rc < 0)
-                return rc;
-        }
-    } else if (strcmp(role, "tool") == 0) {
-        if (!cJSON_IsString(member(message, "tool_call_id")) || !cJSON_IsString(content))
-            return tr_error_set(err, TR_EINVAL,
-                                "request: messages[%d]: a tool message needs \"tool_call_id\" "
-                                "and \"content\" strings",
-                                i);
-        const cJSON *is_error = member(message, "is_error");
-        if (is_error && !cJSON_IsBool(is_error))
-            return tr_error_set(err, TR_EINVAL, "request: messages[%d].is_error: not a boolean", i);
-    } else {
-        char *shown = tr_text_escape(role, 40);
-        int rc = tr_error_set(err, TR_EINVAL,
-                              "request: messages[%d].role: '%s' is not user, assistant or tool", i,
-                              shown);
-        free(shown);
-        return rc;
-    }
-    return 0;
-}
-
-int llm__request_check(const cJSON *request, struct tr_error *err)
-{
-    if (!cJSON_IsObject(request))
-        return tr_error_set(err, TR_EINVAL, "request: not a JSON object");
-    const cJSON *messages = member(request, "messages");
-    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
-        return tr_error_set(err, TR_EINVAL, "request: \"messages\" must be a non-empty array");
-    if (!is_string_or_absent(member(request, "system")))
-        return tr_error_set(err, TR_EINVAL, "request: \"system\" is not a string");
-    if (!is_object_or_absent(member(request, "output_schema")))
-        return tr_error_set(err, TR_EINVAL, "request: \"output_schema\" is not an object");
-    const cJSON *max_tokens = member(request, "max_tokens");
-    if (max_tokens && (!cJSON_IsNumber(max_tokens) || max_tokens->valuedouble < 1 ||
-                       max_tokens->valuedouble > 1e7))
-        return tr_error_set(err, TR_EINVAL,
-                            "request: \"max_tokens\" must be an integer from 1 to 10000000");
-    int i = 0;
-    const cJSON *message;
-    cJSON_ArrayForEach(message, messages)
-    {
-        int rc = check_message(message, i++, err);
-        if (rc < 0)
-            return rc;
-    }
-    const cJSON *tools = member(request, "tools");
-    if (tools && !cJSON_IsArray(tools))
-        return tr_error_set(err, TR_EINVAL, "request: \"tools\" is not an array");
-    i = 0;
-    const cJSON *tool;
-    cJSON_ArrayForEach(tool, tools)
-    {
-        const char *name = cJSON_GetStringValue(member(tool, "name"));
-        if (!cJSON_IsObject(tool) || !name || !name[0])
-            return tr_error_set(err, TR_EINVAL, "request: tools[%d]: no \"name\"", i);
-        if (!is_string_or_absent(member(tool, "description")) ||
-            !is_object_or_absent(member(tool, "input_schema")))
-            return tr_error_set(err, TR_EINVAL,
-                                "request: tools[%d]: \"description\" must be a string and "
-                                "\"input_schema\" an object",
-                                i);
-        i++;
-    }
-    return 0;
-}
-
-long llm__max_tokens(const struct llm_model *model, const cJSON *request)
-{
-    long asked = 0;
-    const cJSON *item = member(request, "max_tokens");
-    if (cJSON_IsNumber(item))
-        asked = (long)item->valuedouble;
-    if (model->max_tokens > 0 && (asked == 0 || asked > model->max_tokens))
-        return model->max_tokens;
-    return asked;
-}
-
-/* A token count a provider reports: a whole number from 0 to 10^15, else 0 (a hostile or
-   broken server's 1e400 or -1 is no count). */
-static double token_count(const cJSON *n)
-{
-    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) || n->valuedouble > 1e15)
-        return 0;
-    return (double)(int64_t)n->valuedouble;
-}
-
-void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key)
-{
-    cJSON *u = cJSON_AddObjectToObject(result, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", token_count(member(usage, input_key)));
-    cJSON_AddNumberToObject(u, "output_tokens", token_count(member(usage, output_key)));
-}
-
-void llm__call_arguments(cJSON *call, const char *text)
-{
-    const char *p = text ? text : "";
-    while (isspace((unsigned char)*p))
-        p++;
-    /* Some servers send "" for a call without arguments. */
-    if (!*p) {
-        cJSON_AddObjectToObject(call, "arguments");
-        return;
-    }
-    cJSON *arguments = cJSON_Parse(text);
-    const char *why = !arguments                   ? "not valid JSON"
-                      : !cJSON_IsObject(arguments) ? "not a JSON object"
-                                                   : NULL;
-    if (!why) {
-        cJSON_AddItemToObject(call, "arguments", arguments);
-        return;
-    }
-    cJSON_Delete(arguments);
-    cJSON_AddStringToObject(call, "arguments_error", why);
-    cJSON_AddStringToObject(call, "arguments_text", text);
-}
-
 /* ---- building ------------------------------------------------------------------------------- */
 
 void llm_http_free(struct llm_http *http)
@@ -441,7 +125,7 @@ int llm_request_build(const struct llm_model *model, const cJSON *request,
     int rc;
     memset(ret_http, 0, sizeof(*ret_http));
     if ((rc = llm__request_check(request, err)) < 0 ||
-        (rc = llm__names_new(member(request, "tools"), &http.names, err)) < 0)
+        (rc = llm__names_new(llm__member(request, "tools"), &http.names, err)) < 0)
         goto out;
     http.headers = header(NULL, "Content-Type: ", "application/json");
     http.headers = header(http.headers, "Accept: ", "application/json");
@@ -471,93 +155,6 @@ out:
     return rc;
 }
 
-/* ---- the exchange --------------------------------------------------------------------------- */
-
-/* Retry-After: delay-seconds or an HTTP date (RFC 9110 10.2.3); -1 when neither. */
-static int64_t retry_after_ms(const char *value)
-{
-    char *end;
-    while (*value == ' ' || *value == '\t')
-        value++;
-    if (isdigit((unsigned char)*value)) {
-        double seconds = strtod(value, &end);
-        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
-            end++;
-        if (*end == '\0' && seconds >= 0 && seconds < 1e7)
-            return (int64_t)(seconds * 1000);
-        return -1;
-    }
-    time_t when = curl_getdate(value, NULL);
-    if (when == (time_t)-1)
-        return -1;
-    time_t now = time(NULL);
-    return when <= now ? 0 : (int64_t)(when - now) * 1000;
-}
-
-static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
-{
-    struct llm_reply *reply = userdata;
-    size_t n = size * nmemb;
-    static const char name[] = "retry-after:";
-    if (n > sizeof(name) - 1 && n < 256 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-        char value[256];
-        memcpy(value, data + sizeof(name) - 1, n - (sizeof(name) - 1));
-        value[n - (sizeof(name) - 1)] = '\0';
-        value[strcspn(value, "\r\n")] = '\0';
-        reply->retry_after_ms = retry_after_ms(value);
-    }
-    return n;
-}
-
-static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
-{
-    struct llm_reply *reply = userdata;
-    size_t n = size * nmemb;
-    if (tr_buf_append(&reply->body, data, n) < 0) {
-        reply->too_large = true;
-        return 0; /* ends the transfer */
-    }
-    return n;
-}
-
-CURL *llm_http_easy(const struct llm_http *http, struct llm_reply *reply)
-{
-    memset(reply, 0, sizeof(*reply));
-    tr_buf_init(&reply->body, LLM_MAX_ANSWER);
-    reply->retry_after_ms = -1;
-    CURL *easy = curl_easy_init();
-    if (!easy)
-        tr_out_of_memory(0);
-    curl_easy_setopt(easy, CURLOPT_URL, http->url);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)http->timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, http->body);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long)strlen(http->body));
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, http->headers);
-    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(easy, CURLOPT_HEADERDATA, reply);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, reply);
-    curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
-    return easy;
-}
-
-void llm_reply_finish(CURL *easy, CURLcode result, struct llm_reply *reply)
-{
-    reply->curl = result;
-    reply->status = 0;
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &reply->status);
-}
-
-void llm_reply_free(struct llm_reply *reply)
-{
-    if (reply)
-        tr_buf_release(&reply->body);
-}
-
 /* ---- parsing -------------------------------------------------------------------------------- */
 
 /* The provider's own message from an error body (OpenAI's {"error": {"message", "code"}},
@@ -566,14 +163,14 @@ void llm_reply_free(struct llm_reply *reply)
 static char *provider_message(const struct llm_model *model, const cJSON *body,
                               const struct tr_buf *raw)
 {
-    const cJSON *error = member(body, "error");
-    const char *text = cJSON_GetStringValue(member(error, "message"));
+    const cJSON *error = llm__member(body, "error");
+    const char *text = cJSON_GetStringValue(llm__member(error, "message"));
     if (!text)
         text = cJSON_GetStringValue(error);
     if (!text)
-        text = cJSON_GetStringValue(member(body, "message"));
+        text = cJSON_GetStringValue(llm__member(body, "message"));
     if (!text)
-        text = cJSON_GetStringValue(member(body, "detail"));
+        text = cJSON_GetStringValue(llm__member(body, "detail"));
     if (!text)
         text = raw->len ? raw->data : "(an empty body)";
     /* Before the cut: a key cut in two would no longer be found whole. */
@@ -596,14 +193,14 @@ static bool context_exceeded(const cJSON *body)
     static const char *const phrases[] = {
         "context length", "context window",     "context size",      "maximum context",
         "context limit",  "prompt is too long", "input is too long", NULL};
-    const cJSON *error = member(body, "error");
-    const char *code = cJSON_GetStringValue(member(error, "code"));
-    const char *type = cJSON_GetStringValue(member(error, "type"));
-    const char *message = cJSON_GetStringValue(member(error, "message"));
+    const cJSON *error = llm__member(body, "error");
+    const char *code = cJSON_GetStringValue(llm__member(error, "code"));
+    const char *type = cJSON_GetStringValue(llm__member(error, "type"));
+    const char *message = cJSON_GetStringValue(llm__member(error, "message"));
     if (!message)
         message = cJSON_GetStringValue(error);
     if (!message)
-        message = cJSON_GetStringValue(member(body, "message"));
+        message = cJSON_GetStringValue(llm__member(body, "message"));
     if ((code && strcmp(code, "context_length_exceeded") == 0) || contains_nocase(type, "context"))
         return true;
     for (size_t i = 0; phrases[i]; i++)
@@ -647,8 +244,8 @@ static char *shown_url(const char *url)
    made none. */
 static void stop_agrees(cJSON *result)
 {
-    bool calls = cJSON_GetArraySize(member(member(result, "message"), "tool_calls")) > 0;
-    const char *stop = cJSON_GetStringValue(member(result, "stop"));
+    bool calls = cJSON_GetArraySize(llm__member(llm__member(result, "message"), "tool_calls")) > 0;
+    const char *stop = cJSON_GetStringValue(llm__member(result, "stop"));
     if (calls && strcmp(stop, "tool_calls") != 0)
         cJSON_ReplaceItemInObject(result, "stop", cJSON_CreateString("tool_calls"));
     else if (!calls && strcmp(stop, "tool_calls") == 0)
@@ -683,7 +280,8 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
     *ret_result = NULL;
     *ret_retry_after_ms = -1;
     if (reply->too_large) {
-        rc = llm__fail(model, err, TR_EPROTO, "the answer is longer than %u bytes", LLM_MAX_ANSWER);
+        rc =
+            llm__fail(model, err, TR_EPROTO, "the answer is longer than %u bytes", LLM__MAX_ANSWER);
         goto out;
     }
     if (reply->curl != CURLE_OK) {
@@ -698,7 +296,7 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
             free(shown);
             goto out;
         }
-        const cJSON *error = member(body, "error");
+        const cJSON *error = llm__member(body, "error");
         if (error && !cJSON_IsNull(error)) {
             /* Some gateways answer a failure with 200 and an error body. */
             message = provider_message(model, body, &reply->body);
@@ -717,7 +315,7 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
         goto out;
     }
     message = provider_message(model, body, &reply->body);
-    const char *code = cJSON_GetStringValue(member(member(body, "error"), "code"));
+    const char *code = cJSON_GetStringValue(llm__member(llm__member(body, "error"), "code"));
     if (status == 429 && code && strcmp(code, "insufficient_quota") == 0) {
         /* OpenAI's 429 for an account out of credit: waiting does not help. */
         rc = llm__fail(model, err, TR_EINVAL, "HTTP 429 (the account's quota is used up): %s",

@@ -149,7 +149,8 @@ struct llm_reply {
     long status;            /* HTTP status, 0 when no answer */
     CURLcode curl;          /* libcurl's outcome */
     struct tr_buf body;     /* the answer's body */
-    int64_t retry_after_ms; /* Retry-After, -1 when absent */
+    int64_t retry_after_ms; /* Retry-After-Ms, else Retry-After; -1 when absent */
+    bool retry_after_in_ms; /* Retry-After-Ms was given */
     bool too_large;
 };
 CURL *llm_http_easy(const struct llm_http *http, struct llm_reply *reply);

@@ -8,28 +8,24 @@
 
 #include "llm-internal.h"
 
-static const cJSON *member(const cJSON *json, const char *key)
-{
-    return cJSON_GetObjectItemCaseSensitive(json, key);
-}
-
 static cJSON *tool_call(const struct llm_names *names, const cJSON *call)
 {
     char *owned;
-    const char *name = llm__names_wire(names, member(call, "name")->valuestring, &owned);
+    const char *name = llm__names_wire(names, llm__member(call, "name")->valuestring, &owned);
     cJSON *out = cJSON_CreateObject();
-    cJSON_AddStringToObject(out, "id", member(call, "id")->valuestring);
+    cJSON_AddStringToObject(out, "id", llm__member(call, "id")->valuestring);
     cJSON_AddStringToObject(out, "type", "function");
     cJSON *function = cJSON_AddObjectToObject(out, "function");
     cJSON_AddStringToObject(function, "name", name);
-    const cJSON *arguments = member(call, "arguments");
+    const cJSON *arguments = llm__member(call, "arguments");
     if (cJSON_IsObject(arguments)) {
         char *text = tr_json_print(arguments);
         cJSON_AddStringToObject(function, "arguments", text);
         free(text);
     } else {
         /* The model's malformed text, sent back as it wrote it. */
-        cJSON_AddStringToObject(function, "arguments", member(call, "arguments_text")->valuestring);
+        cJSON_AddStringToObject(function, "arguments",
+                                llm__member(call, "arguments_text")->valuestring);
     }
     free(owned);
     return out;
@@ -37,16 +33,16 @@ static cJSON *tool_call(const struct llm_names *names, const cJSON *call)
 
 static cJSON *message(const struct llm_names *names, const cJSON *in)
 {
-    const char *role = member(in, "role")->valuestring;
+    const char *role = llm__member(in, "role")->valuestring;
     cJSON *out = cJSON_CreateObject();
     cJSON_AddStringToObject(out, "role", role);
-    const cJSON *content = member(in, "content");
+    const cJSON *content = llm__member(in, "content");
     if (strcmp(role, "tool") == 0) {
-        cJSON_AddStringToObject(out, "tool_call_id", member(in, "tool_call_id")->valuestring);
+        cJSON_AddStringToObject(out, "tool_call_id", llm__member(in, "tool_call_id")->valuestring);
         cJSON_AddStringToObject(out, "content", content->valuestring);
         return out;
     }
-    const cJSON *calls = member(in, "tool_calls");
+    const cJSON *calls = llm__member(in, "tool_calls");
     /* null only beside tool calls: an assistant message of neither is refused otherwise. */
     if (cJSON_IsString(content))
         cJSON_AddStringToObject(out, "content", content->valuestring);
@@ -82,7 +78,7 @@ int llm__openai_build(const struct llm_model *model, const cJSON *request, struc
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "model", model->model);
     cJSON *messages = cJSON_AddArrayToObject(body, "messages");
-    const char *system = cJSON_GetStringValue(member(request, "system"));
+    const char *system = cJSON_GetStringValue(llm__member(request, "system"));
     if (system) {
         cJSON *m = cJSON_CreateObject();
         cJSON_AddStringToObject(m, "role", "system");
@@ -90,9 +86,9 @@ int llm__openai_build(const struct llm_model *model, const cJSON *request, struc
         cJSON_AddItemToArray(messages, m);
     }
     const cJSON *in;
-    cJSON_ArrayForEach(in, member(request, "messages"))
+    cJSON_ArrayForEach(in, llm__member(request, "messages"))
         cJSON_AddItemToArray(messages, message(names, in));
-    const cJSON *tools = member(request, "tools");
+    const cJSON *tools = llm__member(request, "tools");
     if (cJSON_GetArraySize(tools) > 0) {
         cJSON *list = cJSON_AddArrayToObject(body, "tools");
         size_t i = 0;
@@ -103,10 +99,10 @@ int llm__openai_build(const struct llm_model *model, const cJSON *request, struc
             cJSON_AddStringToObject(entry, "type", "function");
             cJSON *function = cJSON_AddObjectToObject(entry, "function");
             cJSON_AddStringToObject(function, "name", names->wire[i++]);
-            const char *description = cJSON_GetStringValue(member(tool, "description"));
+            const char *description = cJSON_GetStringValue(llm__member(tool, "description"));
             if (description)
                 cJSON_AddStringToObject(function, "description", description);
-            const cJSON *schema = member(tool, "input_schema");
+            const cJSON *schema = llm__member(tool, "input_schema");
             cJSON_AddItemToObject(function, "parameters",
                                   schema ? cJSON_Duplicate(schema, true)
                                          : cJSON_Parse("{\"type\":\"object\"}"));
@@ -115,7 +111,7 @@ int llm__openai_build(const struct llm_model *model, const cJSON *request, struc
         cJSON_AddStringToObject(body, "tool_choice", "auto");
         cJSON_AddBoolToObject(body, "parallel_tool_calls", true);
     }
-    const cJSON *schema = member(request, "output_schema");
+    const cJSON *schema = llm__member(request, "output_schema");
     if (schema) {
         cJSON *format = cJSON_AddObjectToObject(body, "response_format");
         cJSON_AddStringToObject(format, "type", "json_schema");
@@ -158,7 +154,7 @@ static char *text_parts(const cJSON *content)
     const cJSON *part;
     cJSON_ArrayForEach(part, content)
     {
-        const char *t = cJSON_GetStringValue(member(part, "text"));
+        const char *t = cJSON_GetStringValue(llm__member(part, "text"));
         if (t && tr_buf_append(&text, t, strlen(t)) < 0)
             abort();
     }
@@ -172,13 +168,13 @@ static char *text_parts(const cJSON *content)
 int llm__openai_result(const struct llm_model *model, const struct llm_names *names,
                        const cJSON *body, cJSON **ret_result, struct tr_error *err)
 {
-    const cJSON *choice = cJSON_GetArrayItem(member(body, "choices"), 0);
-    const cJSON *in = member(choice, "message");
+    const cJSON *choice = cJSON_GetArrayItem(llm__member(body, "choices"), 0);
+    const cJSON *in = llm__member(choice, "message");
     if (!cJSON_IsObject(in))
         return llm__fail(model, err, TR_EPROTO, "the answer has no choices[0].message");
-    const cJSON *content = member(in, "content");
-    const cJSON *refusal = member(in, "refusal");
-    const cJSON *calls = member(in, "tool_calls");
+    const cJSON *content = llm__member(in, "content");
+    const cJSON *refusal = llm__member(in, "refusal");
+    const cJSON *calls = llm__member(in, "tool_calls");
     if ((content && !cJSON_IsString(content) && !cJSON_IsNull(content) &&
          !cJSON_IsArray(content)) ||
         (calls && !cJSON_IsArray(calls) && !cJSON_IsNull(calls)))
@@ -203,10 +199,10 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     cJSON *list = NULL;
     cJSON_ArrayForEach(call, calls_in)
     {
-        const cJSON *function = member(call, "function");
-        const char *id = cJSON_GetStringValue(member(call, "id"));
-        const char *name = cJSON_GetStringValue(member(function, "name"));
-        const cJSON *arguments = member(function, "arguments");
+        const cJSON *function = llm__member(call, "function");
+        const char *id = cJSON_GetStringValue(llm__member(call, "id"));
+        const char *name = cJSON_GetStringValue(llm__member(function, "name"));
+        const cJSON *arguments = llm__member(function, "arguments");
         if (!id || !name) {
             cJSON_Delete(result);
             return llm__fail(model, err, TR_EPROTO,
@@ -229,11 +225,11 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
         cJSON_AddItemToArray(list, entry);
         i++;
     }
-    const char *finish = cJSON_GetStringValue(member(choice, "finish_reason"));
+    const char *finish = cJSON_GetStringValue(llm__member(choice, "finish_reason"));
     const char *stop = stop_of(finish, cJSON_IsString(refusal) && !cJSON_IsString(content));
     cJSON_AddStringToObject(result, "stop", stop);
-    llm__usage(result, member(body, "usage"), "prompt_tokens", "completion_tokens");
-    const char *answered = cJSON_GetStringValue(member(body, "model"));
+    llm__usage(result, llm__member(body, "usage"), "prompt_tokens", "completion_tokens");
+    const char *answered = cJSON_GetStringValue(llm__member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "openai");
     *ret_result = result;

@@ -52,6 +52,7 @@
  *       "pad_bytes": N (N more bytes in the answer: oversized answers)
  *   faults:
  *     {"status": 429|500|..., "error": "message", "retry_after": "2" or an HTTP date,
+ *      "retry_after_ms": "1500" (OpenAI's Retry-After-Ms header),
  *      "error_type": "...", "error_code": "..."}     an error in the protocol's shape
  *     {"context_length": true}                          the protocol's context-length error
  *     {"body": "RAW", "status": 200}                    a body sent as it is (not JSON...)
@@ -277,6 +278,7 @@ struct answer {
     int status;
     char *body;
     const char *retry_after;
+    const char *retry_after_ms;
     bool cut;
 };
 
@@ -468,6 +470,7 @@ static void answer_reply(const cJSON *reply, const struct seen *s, const char *h
     const cJSON *status = member(reply, "status");
     a->status = cJSON_IsNumber(status) ? (int)status->valuedouble : 200;
     a->retry_after = cJSON_GetStringValue(member(reply, "retry_after"));
+    a->retry_after_ms = cJSON_GetStringValue(member(reply, "retry_after_ms"));
     a->cut = cJSON_IsTrue(member(reply, "cut"));
     const char *raw = cJSON_GetStringValue(member(reply, "body"));
     const char *error = cJSON_GetStringValue(member(reply, "error"));
@@ -537,6 +540,8 @@ static enum MHD_Result send_answer(struct MHD_Connection *connection, struct ans
     MHD_add_response_header(response, "Content-Type", "application/json");
     if (a->retry_after)
         MHD_add_response_header(response, "Retry-After", a->retry_after);
+    if (a->retry_after_ms)
+        MHD_add_response_header(response, "Retry-After-Ms", a->retry_after_ms);
     enum MHD_Result rc = MHD_queue_response(connection, (unsigned)a->status, response);
     MHD_destroy_response(response);
     return rc;
@@ -762,9 +767,9 @@ static int check_turn(const char *path, int i, const cJSON *t)
         "call",         "protocol",        "last_role", "last_contains",
         "any_contains", "system_contains", "has_tool",  NULL};
     static const char *const reply_keys[] = {
-        "text",   "tool_calls", "json",        "stop",       "usage",      "pad_bytes",
-        "status", "error",      "retry_after", "error_type", "error_code", "context_length",
-        "body",   "cut",        "delay_ms",    NULL};
+        "text",           "tool_calls", "json",        "stop",           "usage",      "pad_bytes",
+        "status",         "error",      "retry_after", "retry_after_ms", "error_type", "error_code",
+        "context_length", "body",       "cut",         "delay_ms",       NULL};
     const cJSON *times = member(t, "times"), *when = member(t, "when");
     const char *bad = NULL;
     if (!cJSON_IsObject(t) || !cJSON_IsObject(member(t, "reply")) ||

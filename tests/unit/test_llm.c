@@ -657,6 +657,8 @@ Test(llm, faults_have_their_codes_and_messages, .timeout = 120)
         {"{\"status\": 429, \"error\": \"slow down\", \"retry_after\": \"3\"}", TR_EPEER,
          "HTTP 429: slow down", 3000, 0},
         {date_reply, TR_EPEER, "HTTP 503", -2, 0},
+        {"{\"status\": 429, \"retry_after\": \"9\", \"retry_after_ms\": \"1250\"}", TR_EPEER,
+         "HTTP 429", 1250, 0},
         {"{\"status\": 500, \"error\": \"boom\"}", TR_EPEER, "HTTP 500: boom", -1, 0},
         {"{\"status\": 529, \"error\": \"overloaded\"}", TR_EPEER, "HTTP 529", -1, 0},
         {"{\"delay_ms\": 1500, \"text\": \"late\"}", TR_ETIMEDOUT, "no answer within 500 ms", -1,
