@@ -22,7 +22,15 @@ struct model_call {
     struct agent *agent; /* whose multi handle holds easy */
     cJSON *offered;      /* the names of the tools offered, sorted */
     int64_t started_ms;
+    int waits;         /* Retry-After waits taken (at most MODEL_MAX_WAITS) */
+    int64_t resend_at; /* a wait under way: when the request goes again, else 0 */
 };
+
+/* A 429 or 503 with Retry-After is honoured here, as the MCP HTTP transport does: a wait of at
+ * most MODEL_MAX_WAIT_MS, MODEL_MAX_WAITS times per call, within the call's deadline; beyond
+ * that the failure goes to the scheduler, whose retry policy decides. */
+#define MODEL_MAX_WAIT_MS 60000
+#define MODEL_MAX_WAITS 3
 
 /* ---- the persona's model ------------------------------------------------------------------ */
 
@@ -124,7 +132,14 @@ void models_wait_set_fill(struct wait_set *set, struct agent *agent)
 int64_t models_next_wake(const struct agent *agent, int64_t wake)
 {
     int64_t at = agent->models.timer_at;
-    return at >= 0 && at < wake ? at : wake;
+    if (at >= 0 && at < wake)
+        wake = at;
+    for (size_t i = 0; i < agent->task_count; i++) {
+        const struct model_call *c = agent->tasks[i]->model;
+        if (c && c->resend_at > 0 && c->resend_at < wake)
+            wake = c->resend_at;
+    }
+    return wake;
 }
 
 /* ---- the audit ---------------------------------------------------------------------------- */
@@ -394,6 +409,21 @@ static void call_finish(struct agent *agent, struct task *task, CURLcode result)
     llm_reply_finish(c->easy, result, &c->reply);
     int rc = llm_response_parse(&agent->models.model, &c->http, &c->reply, &output, &retry_after_ms,
                                 &err);
+    int64_t now = tr_now_ms();
+    if (rc == TR_EPEER && retry_after_ms >= 0 && retry_after_ms <= MODEL_MAX_WAIT_MS &&
+        c->waits < MODEL_MAX_WAITS && now + retry_after_ms < task->deadline_ms) {
+        /* The provider said when to come back, and there is time: the same request again
+         * then (model.response says so; model.request follows when it goes). */
+        char *why = xasprintf("%s (Retry-After: %lld ms; asked again then)", err.message,
+                              (long long)retry_after_ms);
+        audit_response(agent, task, NULL, why);
+        free(why);
+        curl_easy_cleanup(c->easy);
+        c->easy = NULL;
+        c->waits++;
+        c->resend_at = now + (retry_after_ms > 0 ? retry_after_ms : 1);
+        return;
+    }
     if (rc < 0) {
         if (retry_after_ms >= 0)
             error = xasprintf("%s (Retry-After: %lld ms)", err.message, (long long)retry_after_ms);
@@ -432,6 +462,32 @@ void models_pump(struct agent *agent, const struct pollfd *fds, size_t n)
     }
     if (m->timer_at >= 0 && tr_now_ms() >= m->timer_at) {
         m->timer_at = -1;
+        curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    /* Calls whose Retry-After wait is over go again. */
+    int64_t now = tr_now_ms();
+    for (size_t i = 0; i < agent->task_count; i++) {
+        struct task *task = agent->tasks[i];
+        struct model_call *c = task->model;
+        if (!c || c->resend_at <= 0 || now < c->resend_at)
+            continue;
+        c->resend_at = 0;
+        llm_reply_free(&c->reply);
+        memset(&c->reply, 0, sizeof(c->reply));
+        c->easy = llm_http_easy(&c->http, &c->reply);
+        if (!c->easy || curl_multi_add_handle(m->multi, c->easy) != CURLM_OK) {
+            if (c->easy)
+                curl_easy_cleanup(c->easy);
+            c->easy = NULL;
+            audit_response(agent, task, NULL, "libcurl could not send the model call again");
+            task_complete(agent, task, NULL, "libcurl could not send the model call again",
+                          tr_error_class_names[TR_ERROR_CLASS_TRANSPORT]);
+            break; /* the table changed */
+        }
+        curl_easy_setopt(c->easy, CURLOPT_PRIVATE, (void *)task);
+        cJSON *payload = model_audit_payload(agent, c->http.url);
+        cJSON_AddNumberToObject(payload, "wait", c->waits);
+        agent_send_event(agent, task, "model.request", payload);
         curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     }
     CURLMsg *msg;
