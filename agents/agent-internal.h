@@ -36,6 +36,10 @@ struct server {
        notifications/tools/list_changed; NULL until then. */
     cJSON *tools;
     bool tools_stale;
+    /* Its tools' outputSchemas compiled (outputs.c), from the list `schemas_of` was. */
+    struct tool_schema *schemas;
+    size_t schema_count;
+    const cJSON *schemas_of;
     int64_t last_ticket; /* the ticket of the last message received: a server's request's */
 };
 
@@ -162,6 +166,12 @@ void tasks_cancel_all(struct agent *agent, const char *reason);
 
 /* Reads the welcome's "model" (when there is one). */
 int models_init(struct agent *agent, struct tr_error *err);
+/* The server's tools (tools/list), cached; listed again (blocking) after list_changed. */
+const cJSON *server_tools(struct server *server);
+/* outputs.c: why a tool's result breaks the outputSchema its server listed for it (a
+ * structuredContent missing or not valid), or NULL when it does not (or the tool has none). */
+char *output_problem(struct server *server, const char *tool, const cJSON *result);
+void output_schemas_free(struct server *server);
 void models_release(struct agent *agent);
 /* An assign of BUS_MODEL_METHOD: the call starts on the loop, or the task ends at once. */
 void model_task_start(struct agent *agent, const struct bus_msg *assign);

@@ -183,7 +183,7 @@ static int by_name(const void *a, const void *b)
 }
 
 /* The server's tools, from its cache unless a list_changed made it stale (blocking then). */
-static const cJSON *server_tools(struct server *server)
+const cJSON *server_tools(struct server *server)
 {
     struct tr_error err = {0};
     cJSON *tools = NULL;

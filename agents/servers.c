@@ -200,6 +200,7 @@ void servers_close(struct agent *agent, bool now)
             mcp_session_free(&agent->servers[i].session);
         free(agent->servers[i].name);
         free(agent->servers[i].failure);
+        output_schemas_free(&agent->servers[i]);
         cJSON_Delete(agent->servers[i].tools);
         agent->servers[i].tools = NULL;
     }

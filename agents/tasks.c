@@ -242,14 +242,22 @@ int task_finish(struct agent *agent, struct task *task)
                  : mcp_session_wait(server->session, task->ticket, left > 0 ? (int)left : 1,
                                     &output, &err);
     char *tool_error = rc < 0 ? NULL : mcp_step_error(task->kind, output);
+    char *broken = rc < 0 || tool_error || task->kind != MCP_STEP_TOOL
+                       ? NULL
+                       : output_problem(server, task->tool, output);
     if (rc < 0) {
         error = xstrdup(err.message);
         error_class = task_error_class(err.code);
     } else if (tool_error) {
         error = xasprintf("tool %s.%s reported an error: %s", server->name, task->tool, tool_error);
         error_class = tr_error_class_names[TR_ERROR_CLASS_TOOL];
+    } else if (broken) {
+        /* The server broke its own promise (MCP: clients SHOULD validate structured results). */
+        error = xasprintf("tool %s.%s: %s", server->name, task->tool, broken);
+        error_class = tr_error_class_names[TR_ERROR_CLASS_PROTOCOL];
     }
     free(tool_error);
+    free(broken);
     task_complete(agent, task, output, error, error_class);
     free(error);
     cJSON_Delete(output);

@@ -217,3 +217,41 @@ Test(numbers, a_server_result_out_of_range_fails_the_call_rather_than_becoming_n
     free(flaky);
     harness_env_release(&env);
 }
+
+/* A tool's structuredContent is checked against the outputSchema its server listed: a result
+ * that breaks it fails the call as the server's protocol error. */
+Test(numbers, a_result_that_breaks_its_tools_output_schema_fails_the_call)
+{
+    struct harness_env env = harness_env_new();
+    struct harness_result r;
+    char *flaky = harness_build_path("tests/test-mcp-misbehave");
+    char *text;
+    cr_assert_geq(asprintf(&text,
+                           "name: broken-promise\n"
+                           "mcp_servers:\n"
+                           "  flaky:\n"
+                           "    command: %s\n"
+                           "personas:\n"
+                           "  worker:\n"
+                           "    servers: [flaky]\n"
+                           "steps:\n"
+                           "  - {id: typed, persona: worker, tool: flaky.broken_promise,\n"
+                           "     on_error: continue}\n"
+                           "",
+                           flaky),
+                  0);
+    char *path = harness_write_file(env.dir, "server.yaml", text);
+    const char *run[] = {env.troupe, "--db", env.db, "run", "-q", path, NULL};
+    harness_run(run, env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *typed = harness_db_text(env.db, "SELECT error FROM steps WHERE step_id = 'typed'");
+    cr_assert(typed && strstr(typed, "tool flaky.broken_promise: its structuredContent does not "
+                                     "match its outputSchema: /n:"),
+              "%s", typed);
+    free(typed);
+    free(path);
+    free(text);
+    free(flaky);
+    harness_env_release(&env);
+}

@@ -247,6 +247,18 @@ static int huge_number(void *userdata, const cJSON *arguments, cJSON **ret_resul
     return 0;
 }
 
+/* A result that breaks the outputSchema its tool declares: {"n": "seven"} for an integer n,
+ * or (with {"none": true}) no structuredContent at all. */
+static int broken_promise(void *userdata, const cJSON *arguments, cJSON **ret_result,
+                          struct tr_error *err)
+{
+    cJSON *result = mcp_result_text("seven", false);
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(arguments, "none")))
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(result, "structuredContent"), "n", "seven");
+    *ret_result = result;
+    return 0;
+}
+
 static int fail(void *userdata, const cJSON *arguments, cJSON **ret_result, struct tr_error *err)
 {
     return tr_error_set(err, TR_EINVAL, "fail: this tool always fails");
@@ -333,6 +345,12 @@ static const struct mcp_tool_def tools[] = {
          huge_number),
     TOOL("batch", "Writes a JSON-RPC batch (which MCP forbids), then replies.",
          "{\"type\":\"object\"}", batch),
+    {.name = "broken_promise",
+     .description = "Declares an outputSchema (an integer n) and breaks it: n is a string.",
+     .input_schema_json = "{\"type\":\"object\"}",
+     .fn = broken_promise,
+     .output_schema_json = "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":"
+                           "\"integer\"}},\"required\":[\"n\"]}"},
 };
 
 /* ---- broken handshakes ------------------------------------------------------------------- */
