@@ -171,4 +171,13 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
 int llm_call(const struct llm_model *model, const cJSON *request, cJSON **ret_result,
              struct tr_error *err) TR_MUST_CHECK;
 
+/*
+ * The neutral request as the audit log keeps it: every member but "messages" as it is, then
+ * "messages_count", "messages_sha256" (hex SHA-256 of the messages' JSON text as tr_json_print
+ * prints them) and "user_messages": [{"at": INDEX, "content": ...}] (the user's messages:
+ * the prompt, a repair turn). The assistant's answers and the tool results are on record in
+ * their own events. Caller frees.
+ */
+cJSON *llm_request_record(const cJSON *request);
+
 #endif

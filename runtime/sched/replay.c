@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
+#include "llm.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -574,7 +575,8 @@ static char *short_text(const cJSON *value)
 static void model_divergence(struct replay *r, size_t i, const char *where, const cJSON *now,
                              const cJSON *then)
 {
-    static const char *const members[] = {"system", "messages", "output_schema", "builtin_tools"};
+    static const char *const members[] = {"system",        "user_messages",  "output_schema",
+                                          "builtin_tools", "messages_count", "messages_sha256"};
     for (size_t k = 0; k < sizeof(members) / sizeof(members[0]); k++) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(now, members[k]);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(then, members[k]);
@@ -757,7 +759,12 @@ static const char *server_of(const struct replay *r, const struct engine_effect 
 static bool same_as(struct replay *r, const struct engine_effect *fx, const char *recorded)
 {
     cJSON *then = cJSON_Parse(recorded);
-    bool same = same_request(r, fx->step, fx->item, fx->method, server_of(r, fx), fx->params, then);
+    /* A model call is recorded as llm_request_record makes it: compared in that form. */
+    cJSON *record =
+        strcmp(fx->method, ENGINE_MODEL_METHOD) == 0 ? llm_request_record(fx->params) : NULL;
+    bool same = same_request(r, fx->step, fx->item, fx->method, server_of(r, fx),
+                             record ? record : fx->params, then);
+    cJSON_Delete(record);
     cJSON_Delete(then);
     return same;
 }

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "sched-internal.h"
+#include "llm.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -339,7 +340,12 @@ void sched__task_send(struct run *run, const struct engine_effect *fx)
         cJSON_AddStringToObject(payload, "server", server);
     /* What the assign carries: a tool's name and arguments, or the request's method and
      * params (as printed for the assign, not printed again). */
-    if (action == WORKFLOW_ACTION_TOOL || tool_call) {
+    if (model) {
+        /* The conversation's answers are on record already (ask.answer): the call is
+         * recorded by what only it holds, and the conversation's hash. */
+        cJSON_AddStringToObject(payload, "method", fx->method);
+        cJSON_AddItemToObject(payload, "params", llm_request_record(params));
+    } else if (action == WORKFLOW_ACTION_TOOL || tool_call) {
         cJSON_AddStringToObject(payload, "tool", name);
         cJSON_AddItemToObject(
             payload, "arguments",
