@@ -736,3 +736,270 @@ Test(ask, limits_end_the_step_naming_the_limit_and_the_figures)
         world_end(&w);
     }
 }
+
+/* ---- kill -9 of the scheduler mid-conversation ------------------------------------------- */
+
+enum { KILL_STAGES = 8, KILL_STEPS = 3, KILLS_WANTED = 20 };
+
+/*
+ * A model that works through KILL_STAGES stages of tool calls to fx.effect (two at once on
+ * even stages), each answer slow enough (delay_ms) to be caught in flight, then answers "done".
+ * Each answer's text names the next stage ([stage-K]), which is how the cassette knows where a
+ * conversation is, whatever was asked again after a kill (the turns are never used up; the
+ * first in file order whose condition holds answers, so the later stages come first).
+ */
+static char *kill_cassette(void)
+{
+    char *text = strdup("[");
+    char *next = NULL;
+    cr_assert_geq(asprintf(&next,
+                           "%s{\"times\": 0, \"when\": {\"any_contains\": \"[stage-%d]\"}, "
+                           "\"reply\": {\"text\": \"done\", \"delay_ms\": 60}}",
+                           text, KILL_STAGES),
+                  0);
+    free(text);
+    text = next;
+    for (int k = KILL_STAGES - 1; k >= 0; k--) {
+        char when[64];
+        if (k == 0)
+            snprintf(when, sizeof(when), "{\"last_role\": \"user\"}");
+        else
+            snprintf(when, sizeof(when), "{\"any_contains\": \"[stage-%d]\"}", k);
+        const char *call = "{\"name\": \"fx.effect\", \"arguments\": {\"n\": 1, \"ms\": 60}}";
+        cr_assert_geq(asprintf(&next,
+                               "%s, {\"times\": 0, \"when\": %s, \"reply\": {\"text\": "
+                               "\"[stage-%d]\", \"delay_ms\": 80, \"tool_calls\": [%s%s%s]}}",
+                               text, when, k + 1, call, k % 2 == 0 ? ", " : "",
+                               k % 2 == 0 ? call : ""),
+                      0);
+        free(text);
+        text = next;
+    }
+    cr_assert_geq(asprintf(&next, "%s]", text), 0);
+    free(text);
+    return next;
+}
+
+static char *kill_workflow(struct world *w, const char *effects)
+{
+    char *server = harness_build_path("tests/test-mcp-effects");
+    char *text = NULL;
+    cr_assert_geq(asprintf(&text,
+                           "name: ask-kill\n"
+                           "mcp_servers:\n"
+                           "  fx:\n"
+                           "    command: %s\n"
+                           "    args: [\"%s\"]\n"
+                           "models:\n"
+                           "  m: {provider: openai, base_url: \"%s/v1\", model: scripted}\n"
+                           "personas:\n"
+                           "  clerk:\n"
+                           "    role: Clerk\n"
+                           "    goal: Apply the effects asked for\n"
+                           "    servers: [fx]\n"
+                           "    tools: [fx.effect]\n"
+                           "    model: m\n"
+                           "steps:\n"
+                           "  - id: a\n"
+                           "    persona: clerk\n"
+                           "    ask: Step a, apply the effects.\n"
+                           "  - id: b\n"
+                           "    persona: clerk\n"
+                           "    ask: Step b, apply the effects.\n"
+                           "    needs: a\n"
+                           "  - id: c\n"
+                           "    persona: clerk\n"
+                           "    ask: Step c, apply the effects.\n"
+                           "    needs: b\n",
+                           server, effects, w->url),
+                  0);
+    char *path = harness_write_file(w->env.dir, "kill.yaml", text);
+    free(text);
+    free(server);
+    return path;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * When the answer to a logged model request was first recorded (its first ask.answer event;
+ * ms since the epoch; -1: never): its step is the prompt's ("Step a, ..."), its call number the
+ * conversation's length (the system message and the prompt, then one message per answer).
+ */
+static long long answered_ms(const struct world *w, const char *run, const cJSON *line)
+{
+    const cJSON *messages = cJSON_GetObjectItem(cJSON_GetObjectItem(line, "body"), "messages");
+    const char *prompt =
+        cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(messages, 1), "content"));
+    cr_assert(prompt && strncmp(prompt, "Step ", 5) == 0, "a request without its prompt");
+    return harness_query_int(w->env.db,
+                             "SELECT coalesce(CAST(round((julianday(min(time)) - 2440587.5) * "
+                             "86400000) AS INTEGER), -1) FROM audit WHERE run_id = '%s' AND "
+                             "step_id = '%c' AND type = 'ask.answer' AND "
+                             "json_extract(payload_json, '$.call') = %d",
+                             run, prompt[5], cJSON_GetArraySize(messages) - 2);
+}
+
+/*
+ * A model request asked more than once (the same body) was in flight at a kill: a kill k lies
+ * between the two (bounds[k]: how many requests the model server had logged when kill k was
+ * over) and the answer to it was not recorded when the last such kill came (at
+ * killed_ms[k]). At most one repeat per kill (one model call in flight: the steps are in a
+ * chain).
+ */
+static void check_no_answered_call_repeated(const struct world *w, const char *run,
+                                            const int *bounds, const long long *killed_ms,
+                                            int kills)
+{
+    cJSON *log = model_log(w);
+    int n = cJSON_GetArraySize(log), repeats = 0;
+    bool used[KILLS_WANTED] = {false};
+    for (int j = 0; j < n; j++) {
+        const cJSON *line = cJSON_GetArrayItem(log, j);
+        const char *hash = cJSON_GetStringValue(cJSON_GetObjectItem(line, "sha256"));
+        for (int i = j - 1; i >= 0; i--) {
+            const char *earlier =
+                cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(log, i), "sha256"));
+            if (strcmp(hash, earlier) != 0)
+                continue;
+            repeats++;
+            /* The last kill before the repeat: its scheduler's successor asked again. */
+            int k = kills - 1;
+            while (k >= 0 && !(bounds[k] >= i + 1 && bounds[k] < j + 1))
+                k--;
+            cr_assert_geq(k, 0, "model request %d repeats request %d with no kill between", j + 1,
+                          i + 1);
+            cr_assert(!used[k], "kill %d has two model requests asked again", k + 1);
+            used[k] = true;
+            long long answered = answered_ms(w, run, line);
+            cr_assert_gt(answered, killed_ms[k],
+                         "model request %d repeats request %d, answered %lld ms "
+                         "before kill %d",
+                         j + 1, i + 1, killed_ms[k] - answered, k + 1);
+            break;
+        }
+    }
+    cr_assert_leq(repeats, kills, "%d repeated model requests for %d kills", repeats, kills);
+    fprintf(stderr, "ask kill: %d model requests, %d asked again (in flight at a kill)\n", n,
+            repeats);
+    cJSON_Delete(log);
+}
+
+Test(ask_kill, scheduler_killed_20_times_mid_conversation_resumes_without_repeating_answers,
+     .timeout = 300)
+{
+    struct world w;
+    char *cassette = kill_cassette();
+    world_start(&w, cassette);
+    char *effects = NULL;
+    cr_assert_geq(asprintf(&effects, "%s/effects.db", w.env.dir), 0);
+    char *path = kill_workflow(&w, effects);
+    const char *db = w.env.db;
+    int kills = 0, bounds[KILLS_WANTED];
+    long long killed_ms[KILLS_WANTED];
+    char *run = NULL;
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+
+    for (int round = 0; round < 100; round++) {
+        struct harness_proc proc;
+        struct harness_result r;
+        if (!run) {
+            const char *argv[] = {w.env.troupe, "--db", db, "run", "-q", path, NULL};
+            harness_spawn(argv, w.env.dir, &proc);
+        } else {
+            const char *argv[] = {w.env.troupe, "--db", db, "resume", "-q", run, NULL};
+            harness_spawn(argv, w.env.dir, &proc);
+        }
+        if (kills < KILLS_WANTED) {
+            char *sql = NULL;
+            cr_assert_geq(
+                asprintf(&sql, "SELECT count(*) FROM runs WHERE scheduler_pid = %d", proc.pid), 0);
+            bool took_over = harness_db_wait(db, sql, 1, 60000) == 1;
+            free(sql);
+            sleep_ms(rand() % 400);
+            /* The scheduler, its agents and their MCP servers at once. */
+            long long before = now_ms();
+            if (took_over && kill(-proc.pid, SIGKILL) == 0) {
+                killed_ms[kills] = before;
+                harness_finish(&proc, 60000, &r);
+                sleep_ms(100); /* what was on its way reaches the model server's log */
+                bounds[kills++] = model_requests(&w);
+                if (kills == KILLS_WANTED)
+                    fprintf(stderr, "ask kill: the last kill came after %lld answers of %d\n",
+                            harness_query_int(db, "SELECT count(*) FROM step_items"),
+                            KILL_STEPS * (KILL_STAGES + 1 + KILL_STAGES * 3 / 2));
+            } else {
+                harness_finish(&proc, 60000, &r);
+            }
+        } else {
+            harness_finish(&proc, 60000, &r);
+        }
+        if (!run)
+            run = latest_run(&w);
+        char *status =
+            run ? harness_query_text(db, "SELECT status FROM runs WHERE id = '%s'", run) : NULL;
+        bool ended = status && strcmp(status, "running") != 0;
+        if (ended)
+            cr_assert_eq(r.exit_code, 0, "exit %d\n%s\n%s", r.exit_code, r.out, r.err);
+        free(status);
+        harness_result_release(&r);
+        if (ended)
+            break;
+    }
+    cr_assert_not_null(run);
+    char *status = harness_query_text(db, "SELECT status FROM runs WHERE id = '%s'", run);
+    cr_assert_str_eq(status, "succeeded");
+    cr_assert_eq(kills, KILLS_WANTED, "the run ended after only %d kills", kills);
+    cr_assert_geq(events(&w, run, "step.turns_recovered"), 1);
+
+    /* The model: no answered call asked again. */
+    check_no_answered_call_repeated(&w, run, bounds, killed_ms, kills);
+    /* Every step went through all its stages, each answer journaled once. */
+    for (char step = 'a'; step < 'a' + KILL_STEPS; step++) {
+        char *output = harness_query_text(
+            db, "SELECT output_json FROM steps WHERE run_id = '%s' AND step_id = '%c'", run, step);
+        cr_assert_str_eq(output, "\"done\"", "step %c", step);
+        free(output);
+        /* KILL_STAGES + 1 model answers, 1.5 tool calls a stage */
+        cr_assert_eq(harness_query_int(db,
+                                       "SELECT count(*) FROM step_items WHERE run_id = '%s' AND "
+                                       "step_id = '%c'",
+                                       run, step),
+                     KILL_STAGES + 1 + KILL_STAGES * 3 / 2, "step %c", step);
+    }
+    long long tool_calls = KILL_STEPS * KILL_STAGES * 3 / 2;
+    cr_assert_eq(harness_query_int(db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'ask.answer'",
+                                   run),
+                 KILL_STEPS * (KILL_STAGES + 1) + tool_calls, "one ask.answer per answer");
+
+    cr_assert_leq(model_requests(&w), KILL_STEPS * (KILL_STAGES + 1) + kills);
+
+    /* The effects: each key once, each a call of the journal (RUN/STEP/CALL). */
+    cr_assert_eq(harness_query_int(effects, "SELECT count(*) FROM effects"), tool_calls);
+    cr_assert_eq(harness_query_int(
+                     effects, "SELECT count(*) FROM effects WHERE key NOT GLOB '%s/[abc]/*'", run),
+                 0);
+    cr_assert_eq(harness_query_int(effects, "SELECT count(*) FROM calls WHERE key NOT IN "
+                                            "(SELECT key FROM effects)"),
+                 0);
+    long long calls = harness_query_int(effects, "SELECT count(*) FROM calls");
+    cr_assert_leq(calls, tool_calls + 2LL * kills, "%lld effect calls", calls);
+    fprintf(stderr, "ask kill: %d kills, %lld effect calls for %lld effects\n", kills, calls,
+            tool_calls);
+
+    cr_assert_eq(harness_audit_verify(db, run),
+                 harness_query_int(db, "SELECT count(*) FROM audit WHERE run_id = '%s'", run));
+    free(status);
+    free(run);
+    free(path);
+    free(effects);
+    free(cassette);
+    world_end(&w);
+}
