@@ -1003,3 +1003,86 @@ Test(ask_kill, scheduler_killed_20_times_mid_conversation_resumes_without_repeat
     free(cassette);
     world_end(&w);
 }
+
+/* ---- the example: workflows/loan-decision.yaml ------------------------------------------ */
+
+/* The step's answers of kind ("model" or "tool") in its journal. */
+static long long answers_of(const struct world *w, const char *run, const char *step,
+                            const char *kind)
+{
+    return harness_query_int(w->env.db,
+                             "SELECT count(*) FROM step_items WHERE run_id = '%s' AND step_id = "
+                             "'%s' AND json_type(output_json, '$.%s') IS NOT NULL",
+                             run, step, kind);
+}
+
+Test(example, loan_decision_runs_against_its_cassette)
+{
+    char *cassette_path = harness_source_path("tests/servers/cassettes/loan-decision.json");
+    char *cassette = read_text(cassette_path);
+    struct world w;
+    world_start(&w, cassette);
+    char *path = harness_source_path("workflows/loan-decision.yaml");
+    char *url = NULL;
+    cr_assert_geq(asprintf(&url, "%s/v1", w.url), 0);
+    const char *db = w.env.db;
+    struct harness_result r;
+
+    const char *validate[] = {w.env.troupe, "validate", path, NULL};
+    harness_run(validate, w.env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+
+    const char *argv[] = {w.env.troupe, "--db", db, "run", path, "--model-url", url, NULL};
+    harness_run(argv, w.env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "decision = {\"decision\":\"approve\""), "%s", r.out);
+    harness_result_release(&r);
+    char *run = latest_run(&w);
+
+    /* The analyst: one model call asking for three tools at once, their answers, the figures;
+     * the risk manager: the policy engine's evaluation, and the decision it gave. */
+    cr_assert_eq(answers_of(&w, run, "analyse", "model"), 2);
+    cr_assert_eq(answers_of(&w, run, "analyse", "tool"), 3);
+    cr_assert_eq(answers_of(&w, run, "decide", "model"), 2);
+    cr_assert_eq(answers_of(&w, run, "decide", "tool"), 1);
+    cr_assert_eq(harness_query_int(db,
+                                   "SELECT count(*) FROM step_items WHERE run_id = '%s' AND "
+                                   "step_id = 'decide' AND json_extract(output_json, "
+                                   "'$.tool.name') = 'policy.evaluate_application' AND "
+                                   "json_extract(json_extract(output_json, '$.tool.content'), "
+                                   "'$.decision') = 'approve'",
+                                   run),
+                 1, "the policy engine approved");
+    char *figures = harness_query_text(db,
+                                       "SELECT json_extract(value_json, '$.figures.monthly_debt_"
+                                       "payments') FROM context WHERE run_id = '%s' AND key = "
+                                       "'findings'",
+                                       run);
+    cr_assert_str_eq(figures, "1140");
+    char *decision = harness_query_text(db,
+                                        "SELECT json_extract(output_json, '$.decision') FROM steps "
+                                        "WHERE run_id = '%s' AND step_id = 'decide'",
+                                        run);
+    cr_assert_str_eq(decision, "approve");
+    cr_assert_eq(model_requests(&w), 4);
+    /* The cassette's usage at the workflow's prices: 5612 tokens in, 334 out. */
+    char *usage = harness_query_text(
+        db,
+        "SELECT json_object('in', sum(json_extract(payload_json, '$.usage.input_tokens')), "
+        "'out', sum(json_extract(payload_json, '$.usage.output_tokens')), 'cost', "
+        "round(sum(json_extract(payload_json, '$.usage.cost')), 10)) FROM audit WHERE "
+        "run_id = '%s' AND type = 'step.finished'",
+        run);
+    cr_assert_str_eq(usage, "{\"in\":5612,\"out\":334,\"cost\":0.0010422}");
+
+    free(usage);
+    free(decision);
+    free(figures);
+    free(run);
+    free(url);
+    free(path);
+    free(cassette);
+    free(cassette_path);
+    world_end(&w);
+}
