@@ -737,6 +737,30 @@ Test(ask, limits_end_the_step_naming_the_limit_and_the_figures)
     }
 }
 
+/*
+ * max_time: the step fails naming it, and the run replays. DISABLED: the replay diverges on
+ * most such runs ("the run recorded it failed here, the replay decides it dispatched"). The
+ * live engine measures max_time from ask_start, when the step leaves the ready queue (before
+ * its agent is ready); the replay starts the step only at its first dispatch's event, so it
+ * measures ~100 ms less and goes on where the run stopped. Enable once the limit is measured
+ * from a moment the log records (or the replay follows the recorded decision).
+ */
+Test(ask, max_time_ends_the_step_and_the_replay_agrees, .disabled = true)
+{
+    struct world w;
+    world_start(&w, "[{\"times\": 0, \"reply\": {\"tool_calls\": [{\"name\": \"demo.echo\","
+                    " \"arguments\": {\"text\": \"again\"}}], \"delay_ms\": 150}}]");
+    char *path =
+        workflow(&w, "wf.yaml", &(struct shape){.persona = "    limits: {max_time: 400ms}\n"});
+    for (int i = 0; i < 5; i++) {
+        char *run = run_expect(&w, path, 1, "limit max_time of persona 'thinker' reached: ");
+        assert_step(&w, run, "failed", "limit max_time of persona 'thinker' reached: ");
+        free(run);
+    }
+    free(path);
+    world_end(&w);
+}
+
 /* ---- kill -9 of the scheduler mid-conversation ------------------------------------------- */
 
 enum { KILL_STAGES = 8, KILL_STEPS = 3, KILLS_WANTED = 20 };
