@@ -684,7 +684,7 @@ Test(ask, a_context_length_error_fails_with_the_providers_words)
 /* A model that calls demo.echo for ever, each answer 1000 tokens in and 100 out. */
 static const char forever_cassette[] =
     "[{\"times\": 0, \"reply\": {\"tool_calls\": [{\"name\": \"demo.echo\", \"arguments\": "
-    "{\"text\": \"again\"}}], \"usage\": {\"input_tokens\": 1000, \"output_tokens\": 100}}}]";
+    "{\"message\": \"again\"}}], \"usage\": {\"input_tokens\": 1000, \"output_tokens\": 100}}}]";
 
 struct limit_case {
     const char *persona, *top, *why;
@@ -749,7 +749,7 @@ Test(ask, max_time_ends_the_step_and_the_replay_agrees, .disabled = true)
 {
     struct world w;
     world_start(&w, "[{\"times\": 0, \"reply\": {\"tool_calls\": [{\"name\": \"demo.echo\","
-                    " \"arguments\": {\"text\": \"again\"}}], \"delay_ms\": 150}}]");
+                    " \"arguments\": {\"message\": \"again\"}}], \"delay_ms\": 150}}]");
     char *path =
         workflow(&w, "wf.yaml", &(struct shape){.persona = "    limits: {max_time: 400ms}\n"});
     for (int i = 0; i < 5; i++) {
