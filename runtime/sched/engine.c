@@ -1443,7 +1443,9 @@ static char *context_read(struct engine *e, const cJSON *arguments)
 {
     const char *key = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(arguments, "key"));
     cJSON *value = workflow_scope_get(e->scope, "context", key);
-    char *text = tr_json_print(value ? value : cJSON_CreateNull());
+    if (!value)
+        value = cJSON_CreateNull(); /* a key never written reads as null */
+    char *text = tr_json_print(value);
     cJSON_Delete(value);
     return text;
 }
