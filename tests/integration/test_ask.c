@@ -9,7 +9,9 @@
  *
  * The kill test (ask_kill) kills the scheduler's whole process group at random moments of a
  * workflow of three ask steps with tool calls and resumes it until it succeeds: no answered
- * model call is asked again, each effect applies once per key.
+ * model call is asked again, each effect applies once per key; and at the one moment a random
+ * kill rarely hits, a step started whose agent is not ready yet. The example
+ * (workflows/loan-decision.yaml) runs against its cassette.
  *
  * Not here: runtime/llm's wire details (tests/unit/test_llm.c), the agent alone
  * (test_agent.c), the loader's checks of models and limits (test_workflow_models).
@@ -1183,4 +1185,46 @@ Test(ask_kill, a_for_each_step_killed_before_its_first_item_resumes)
     killed_before_the_first_call("    for_each: '[\"a\", \"b\", \"c\"]'\n"
                                  "    tool: demo.echo\n"
                                  "    with: {message: \"${{ .item }}\"}\n");
+}
+
+/* The agent killed while the model works on a call: it is restarted and the call made again;
+ * the answered calls are not. */
+Test(ask_kill, the_agent_killed_mid_model_call_is_restarted_and_the_call_made_again)
+{
+    struct world w;
+    world_start(&w, "[{\"times\": 0, \"when\": {\"last_role\": \"user\"}, \"reply\": "
+                    "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": {\"text\": "
+                    "\"hello brave new world\"}}]}},"
+                    " {\"times\": 0, \"when\": {\"last_role\": \"tool\"}, \"reply\": "
+                    "{\"text\": \"It has 4 words.\", \"delay_ms\": 1500}}]");
+    char *path = workflow(&w, "wf.yaml", &(struct shape){0});
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {w.env.troupe, "--db", w.env.db, "run", "-q", path, NULL};
+    harness_spawn(argv, w.env.dir, &proc);
+    /* The second model call is with the model (answered tool call before it). */
+    for (int i = 0; i < 3000 && model_requests(&w) < 2; i++)
+        sleep_ms(10);
+    cr_assert_eq(model_requests(&w), 2);
+    long long agent = harness_db_int(w.env.db, "SELECT json_extract(payload_json, '$.pid') FROM "
+                                               "audit WHERE type = 'agent.started'");
+    cr_assert_gt(agent, 0);
+    cr_assert_eq(kill((pid_t)agent, SIGKILL), 0);
+    harness_finish(&proc, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    char *run = latest_run(&w);
+    assert_step(&w, run, "succeeded", NULL);
+    /* The killed call made again (the same request), nothing answered asked again. */
+    cr_assert_eq(model_requests(&w), 3);
+    char *second = model_said(&w, 2, "sha256", NULL), *third = model_said(&w, 3, "sha256", NULL);
+    cr_assert_str_eq(second, third);
+    cr_assert_eq(events(&w, run, "ask.answer"), 3);
+    cr_assert_eq(mcp_tool_calls(&w, run), 1);
+    cr_assert_geq(events(&w, run, "agent.restarted"), 1);
+    free(second);
+    free(third);
+    free(run);
+    free(path);
+    world_end(&w);
 }
