@@ -65,6 +65,10 @@ struct step_run {
     bool approved;
     bool checked; /* its `when` (and an approval's `if`) has been decided */
     bool gate;    /* an approval step whose approval is asked */
+    /* A for_each or ask step that has started (dispatched here) but sent no call yet: its row
+     * says so with its first call, whose step.dispatched event backs it (the ledger refuses a
+     * row 'dispatched' without one, and with it a resume after a kill in between). */
+    bool row_pending;
     long stands_for;
     struct fanout *fan;
     struct talk *talk;             /* an ask step's conversation under way */
@@ -205,6 +209,7 @@ static void audit(struct engine *e, size_t step, const char *type, cJSON *payloa
 
 static void record(struct engine *e, size_t step, const char *output_json, const char *error)
 {
+    e->steps[step].row_pending = false;
     struct engine_effect *fx = push(e, ENGINE_RECORD, step);
     fx->state = e->steps[step].state;
     fx->output_json = output_json;
@@ -237,6 +242,15 @@ static void decide(struct engine *e, size_t step, long item, enum engine_decisio
     fx->item = item;
     fx->decision = decision;
     fx->for_step = for_step;
+}
+
+/* A call of step went out (its ENGINE_DISPATCH pushed): the decision, and the step's row if
+ * it waited for its first call (row_pending). */
+static void call_sent(struct engine *e, size_t step, long item)
+{
+    decide(e, step, item, ENGINE_DECIDE_DISPATCH, ENGINE_NO_STEP);
+    if (e->steps[step].row_pending)
+        record(e, step, NULL, NULL);
 }
 
 static void say(struct engine *e, size_t step, enum tr_log_level level, char *message)
@@ -1058,7 +1072,7 @@ static bool dispatch(struct engine *e, size_t index, long item, int attempt, str
     fx->target = action == WORKFLOW_ACTION_WORKFLOW ? ENGINE_TARGET_CHILD : ENGINE_TARGET_AGENT;
     if (step->fan)
         fx->items_total = step->fan->count;
-    decide(e, index, item, ENGINE_DECIDE_DISPATCH, ENGINE_NO_STEP);
+    call_sent(e, index, item);
     return true;
 }
 
@@ -1110,7 +1124,7 @@ static void fanout_start(struct engine *e, size_t index, int64_t now)
     step->fan = fan;
     e->fanouts++;
     step->state = STEP_DISPATCHED;
-    record(e, index, NULL, NULL);
+    step->row_pending = true; /* recorded with its first item */
     if (fan->done > 0) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddNumberToObject(payload, "done", (double)fan->done);
@@ -1443,7 +1457,9 @@ static char *context_read(struct engine *e, const cJSON *arguments)
 {
     const char *key = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(arguments, "key"));
     cJSON *value = workflow_scope_get(e->scope, "context", key);
-    char *text = tr_json_print(value ? value : cJSON_CreateNull());
+    if (!value)
+        value = cJSON_CreateNull(); /* a key never written reads as null */
+    char *text = tr_json_print(value);
     cJSON_Delete(value);
     return text;
 }
@@ -1817,7 +1833,7 @@ static void ask_start(struct engine *e, size_t index, int64_t now)
     step->talk = t;
     e->talks++;
     step->state = STEP_DISPATCHED;
-    record(e, index, NULL, NULL);
+    step->row_pending = true; /* recorded with its first call */
     if (step->journal_len > 0) {
         cJSON *payload = cJSON_CreateObject();
         cJSON_AddNumberToObject(payload, "answered", (double)step->journal_len);
@@ -1863,7 +1879,7 @@ static void ask_fill(struct engine *e, size_t *slots, size_t *made, int64_t now)
             fx->persona = persona;
             fx->target = ENGINE_TARGET_AGENT;
             fx->server = keep(e, c->server);
-            decide(e, index, c->seq, ENGINE_DECIDE_DISPATCH, ENGINE_NO_STEP);
+            call_sent(e, index, c->seq);
         }
     }
 }
