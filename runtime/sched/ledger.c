@@ -47,6 +47,9 @@ struct context_write {
 
 struct ledger {
     const char *run_id;
+    /* ask steps: their ids (from the plan) and, by step, each call's ask.answer payload and
+     * its event's seq ({STEP: {CALL: {"entry", "attempt", "seq"}}}) */
+    cJSON *asks, *answers;
     struct sched_ledger_report *report;
     /* the run */
     int64_t started_seq, finished_seq;
@@ -234,6 +237,31 @@ static void on_context_write(struct ledger *l, const struct store_audit_event *e
     };
 }
 
+/* An ask step's call answered: its journal row must hold the same entry, at the same attempt. */
+static void on_answer(struct ledger *l, const struct store_audit_event *e, cJSON *p)
+{
+    const cJSON *call = cJSON_GetObjectItemCaseSensitive(p, "call");
+    const cJSON *attempt = cJSON_GetObjectItemCaseSensitive(p, "attempt");
+    char key[32];
+
+    if (!cJSON_IsNumber(call) || !cJSON_IsNumber(attempt)) {
+        cJSON_Delete(p);
+        return;
+    }
+    snprintf(key, sizeof(key), "%.0f", call->valuedouble);
+    cJSON *step = cJSON_GetObjectItemCaseSensitive(l->answers, e->step_id);
+    if (!step)
+        step = cJSON_AddObjectToObject(l->answers, e->step_id);
+    cJSON *said = cJSON_CreateObject();
+    cJSON_AddNumberToObject(said, "attempt", attempt->valuedouble);
+    cJSON_AddNumberToObject(said, "seq", (double)e->seq);
+    cJSON_DeleteItemFromObjectCaseSensitive(p, "call");
+    cJSON_DeleteItemFromObjectCaseSensitive(p, "attempt");
+    cJSON_AddItemToObject(said, "entry", p);
+    cJSON_DeleteItemFromObjectCaseSensitive(step, key); /* the newest says it */
+    cJSON_AddItemToObject(step, key, said);
+}
+
 static bool starts_with(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -246,10 +274,15 @@ static int on_event(void *userdata, const struct store_audit_event *e)
                      strcmp(e->type, "run.resumed") == 0;
     bool step_event = e->step_id && starts_with(e->type, "step.");
     bool context = strcmp(e->type, "context.write") == 0;
+    bool answer = e->step_id && strcmp(e->type, "ask.answer") == 0;
 
-    if (!run_event && !step_event && !context)
+    if (!run_event && !step_event && !context && !answer)
         return 0; /* MCP traffic and the like: nothing of a row */
     cJSON *p = cJSON_Parse(e->payload_json);
+    if (answer) {
+        on_answer(l, e, p);
+        return 0;
+    }
     if (strcmp(e->type, "run.started") == 0 && !l->started_seq) {
         l->started_seq = e->seq;
         said_member(&l->workflow, p, "workflow", e->seq, false);
@@ -343,6 +376,16 @@ static int check_run(void *userdata, const struct store_run *run)
         compare(l, where, "started_at", run->started_at, &l->run_started_at);
         compare(l, where, "options_json", run->options_json, &l->options);
     }
+    /* Which steps ask a model: their journal rows are backed by ask.answer events. */
+    cJSON *plan = run->plan_json ? cJSON_Parse(run->plan_json) : NULL;
+    const cJSON *step;
+    cJSON_ArrayForEach(step, cJSON_GetObjectItemCaseSensitive(plan, "steps"))
+    {
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(step, "id"));
+        if (id && cJSON_HasObjectItem(step, "ask") && !cJSON_HasObjectItem(l->asks, id))
+            cJSON_AddTrueToObject(l->asks, id);
+    }
+    cJSON_Delete(plan);
     store_plan_hash(run->plan_json ? run->plan_json : "", hash);
     if (!same(hash, run->plan_hash))
         problem(l, "%s.plan_json does not hash to its plan_hash %s (it hashes to %s)", where,
@@ -503,6 +546,67 @@ static int check_items(struct ledger *l, struct store *store, const struct expec
     return 0;
 }
 
+struct journal_check {
+    struct ledger *l;
+    const char *step_id;
+    cJSON *answers; /* the step's, each marked "seen" as its row is */
+};
+
+static int check_journal_row(void *userdata, const struct store_step_item *row)
+{
+    struct journal_check *j = userdata;
+    char key[32];
+
+    snprintf(key, sizeof(key), "%" PRId64, row->idx);
+    cJSON *said = cJSON_GetObjectItemCaseSensitive(j->answers, key);
+    if (!said) {
+        problem(j->l, "step_items[%s #%" PRId64 "]: a journal row no ask.answer event records",
+                j->step_id, row->idx);
+        return 0;
+    }
+    cJSON_AddTrueToObject(said, "seen");
+    int64_t seq = (int64_t)cJSON_GetObjectItemCaseSensitive(said, "seq")->valuedouble;
+    cJSON *entry = row->output_json ? cJSON_Parse(row->output_json) : NULL;
+    if (!entry || !cJSON_Compare(entry, cJSON_GetObjectItemCaseSensitive(said, "entry"), true))
+        problem(j->l,
+                "step_items[%s #%" PRId64
+                "].output_json differs from its ask.answer (event %" PRId64 ")",
+                j->step_id, row->idx, seq);
+    else if (row->attempt != (int)cJSON_GetObjectItemCaseSensitive(said, "attempt")->valuedouble)
+        problem(j->l,
+                "step_items[%s #%" PRId64 "].attempt differs from its ask.answer (event %" PRId64
+                ")",
+                j->step_id, row->idx, seq);
+    cJSON_Delete(entry);
+    return 0;
+}
+
+/*
+ * An ask step's journal, row by row, against its ask.answer events, whatever the step's state:
+ * a resume continues a conversation from these rows, so each must be what the log says.
+ */
+static int check_journal(struct ledger *l, struct store *store, const char *step_id,
+                         struct tr_error *err)
+{
+    cJSON *answers = cJSON_GetObjectItemCaseSensitive(l->answers, step_id);
+    cJSON *none = answers ? NULL : cJSON_CreateObject();
+    struct journal_check j = {l, step_id, answers ? answers : none};
+    const cJSON *said;
+    int rc = store_step_items_list(store, l->run_id, step_id, check_journal_row, &j, err);
+
+    cJSON_ArrayForEach(said, j.answers)
+    {
+        if (rc == 0 && !cJSON_HasObjectItem(said, "seen"))
+            problem(l,
+                    "step_items[%s #%s]: the log answers it (event %.0f), there is no journal "
+                    "row",
+                    step_id, said->string,
+                    cJSON_GetObjectItemCaseSensitive(said, "seq")->valuedouble);
+    }
+    cJSON_Delete(none);
+    return rc;
+}
+
 static int by_key_then_seq(const void *a, const void *b)
 {
     const struct context_write *x = a, *y = b;
@@ -568,12 +672,17 @@ static void ledger_release(struct ledger *l)
         free(l->writes[i].step_id);
     }
     free(l->writes);
+    cJSON_Delete(l->asks);
+    cJSON_Delete(l->answers);
 }
 
 int sched_ledger_check(struct store *store, const char *run_id, struct sched_ledger_report *report,
                        struct tr_error *err)
 {
-    struct ledger l = {.run_id = run_id, .report = report};
+    struct ledger l = {.run_id = run_id,
+                       .report = report,
+                       .asks = cJSON_CreateObject(),
+                       .answers = cJSON_CreateObject()};
     int rc;
 
     memset(report, 0, sizeof(*report));
@@ -590,6 +699,12 @@ int sched_ledger_check(struct store *store, const char *run_id, struct sched_led
             problem(&l, "steps[%s]: the log records it (event %" PRId64 "), there is no row", s->id,
                     s->seq);
         rc = check_items(&l, store, s, err);
+    }
+    const cJSON *ask;
+    cJSON_ArrayForEach(ask, l.asks)
+    {
+        if (rc == 0)
+            rc = check_journal(&l, store, ask->string, err);
     }
     if (rc == 0) {
         if (l.write_count)

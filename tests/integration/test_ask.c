@@ -1244,3 +1244,53 @@ Test(ask_kill, the_agent_killed_mid_model_call_is_restarted_and_the_call_made_ag
     free(path);
     world_end(&w);
 }
+
+/* A journal row of an interrupted ask step changed behind troupe's back: verify names it
+ * against its ask.answer event, and resume refuses the run rather than feed it to the model. */
+Test(ask_kill, a_tampered_journal_row_of_an_interrupted_step_is_caught_before_resume)
+{
+    struct world w;
+    world_start(&w, "[{\"when\": {\"last_role\": \"user\"}, \"reply\": "
+                    "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": {\"text\": "
+                    "\"hello brave new world\"}}]}},"
+                    " {\"when\": {\"last_role\": \"tool\"}, \"reply\": "
+                    "{\"text\": \"It has 4 words.\", \"delay_ms\": 20000}}]");
+    char *path = workflow(&w, "wf.yaml", &(struct shape){0});
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {w.env.troupe, "--db", w.env.db, "run", "-q", path, NULL};
+    harness_spawn(argv, w.env.dir, &proc);
+    for (int i = 0; i < 3000 && model_requests(&w) < 2; i++)
+        sleep_ms(10);
+    cr_assert_eq(model_requests(&w), 2);
+    kill(-proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    char *run = latest_run(&w);
+    cr_assert_eq(harness_db_int(w.env.db, "SELECT count(*) FROM step_items WHERE idx = 1"), 1);
+    /* The tool's answer, as the journal keeps it, says something else. */
+    cr_assert_eq(harness_db_tamper(w.env.db, true,
+                                   "UPDATE step_items SET output_json = replace(output_json, "
+                                   "'words', 'WORDS') WHERE idx = 1"),
+                 0);
+    const char *verify[] = {w.env.troupe, "--db", w.env.db, "audit", "verify", run, NULL};
+    harness_run(verify, w.env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "step_items[think #1].output_json differs from its ask.answer"), "%s%s",
+              r.out, r.err);
+    harness_result_release(&r);
+    const char *resume[] = {w.env.troupe, "--db", w.env.db, "resume", "-q", run, NULL};
+    harness_run(resume, w.env.dir, 30000, &r);
+    cr_assert_neq(r.exit_code, 0, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.err, "refusing to resume"), "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    cr_assert_eq(model_requests(&w), 2, "the tampered conversation reached the model");
+    /* Put back, for the checks every test ends with. */
+    cr_assert_eq(harness_db_tamper(w.env.db, true,
+                                   "UPDATE step_items SET output_json = replace(output_json, "
+                                   "'WORDS', 'words') WHERE idx = 1"),
+                 0);
+    free(run);
+    free(path);
+    world_end(&w);
+}
