@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "engine.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,7 +99,7 @@ struct engine {
     bool stalled;
     size_t done, failed, retries, waiting, fanouts, talks;
     /* ask steps' model calls over the run: the run's budget is counted on them */
-    long model_calls, tool_calls, input_tokens, output_tokens;
+    long model_calls, tool_calls, input_tokens, output_tokens, sampled;
     double cost;
     char *failure; /* the first reason the run fails, or NULL */
     bool cancelling;
@@ -1226,6 +1227,7 @@ struct talk {
     cJSON *answers;     /* the tool messages of the last model turn, in its order (NULL: none) */
     long unanswered;    /* of them */
     long answers_first; /* the number of the turn's first tool call */
+    long sampled;       /* model calls made for servers' sampling during its tool calls */
     struct ask_call *calls;
     size_t call_len, call_cap;
 };
@@ -1287,7 +1289,9 @@ static double answer_cost(const struct engine *e, size_t index, const cJSON *usa
 {
     double in = 0, out = 0;
     workflow_persona_price(e->wf, workflow_step_persona(e->wf, index), &in, &out);
-    return (number_of(usage, "input_tokens") * in + number_of(usage, "output_tokens") * out) / 1e6;
+    double cost =
+        (number_of(usage, "input_tokens") * in + number_of(usage, "output_tokens") * out) / 1e6;
+    return round(cost * 1e9) / 1e9; /* to a billionth: no float noise in the record */
 }
 
 /* The usage of an entry's model answer counted into the run's totals (and the talk's). */
@@ -1323,6 +1327,8 @@ static cJSON *usage_json(const struct talk *t)
     cJSON_AddNumberToObject(u, "input_tokens", (double)t->input_tokens);
     cJSON_AddNumberToObject(u, "output_tokens", (double)t->output_tokens);
     cJSON_AddNumberToObject(u, "cost", t->cost);
+    if (t->sampled)
+        cJSON_AddNumberToObject(u, "sampling_calls", (double)t->sampled);
     return u;
 }
 
@@ -1964,6 +1970,41 @@ static bool ask_failure(struct engine *e, size_t index, long seq, int attempt,
                   message, (long long)delay));
     progress(e, "retry", index, message, 0);
     return true;
+}
+
+void engine_sampled(struct engine *e, size_t persona, size_t index, const cJSON *usage, int64_t now)
+{
+    struct workflow_budget budget;
+    double in = 0, out = 0;
+    long tokens_in = (long)number_of(usage, "input_tokens");
+    long tokens_out = (long)number_of(usage, "output_tokens");
+
+    if (persona >= workflow_persona_count(e->wf))
+        return;
+    workflow_persona_price(e->wf, persona, &in, &out);
+    double cost = round((tokens_in * in + tokens_out * out) / 1e6 * 1e9) / 1e9;
+    e->model_calls++;
+    e->input_tokens += tokens_in;
+    e->output_tokens += tokens_out;
+    e->cost += cost;
+    e->sampled++;
+    /* The step shows how many; its tokens count towards the run's budget (the step's own
+     * limits are its conversation's). */
+    if (index < e->step_count && e->steps[index].talk)
+        e->steps[index].talk->sampled++;
+    workflow_budget(e->wf, &budget);
+    if (e->failure || e->cancelling)
+        return;
+    if (budget.max_tokens > 0 && e->input_tokens + e->output_tokens > budget.max_tokens)
+        fail_run(e, xasprintf("the run's budget max_tokens is spent: %ld tokens used over %ld "
+                              "model calls (%ld of them for servers' sampling), budget %ld",
+                              e->input_tokens + e->output_tokens, e->model_calls, e->sampled,
+                              budget.max_tokens));
+    else if (budget.max_cost > 0 && e->cost > budget.max_cost)
+        fail_run(e, xasprintf("the run's budget max_cost is spent: %.6g over %ld model calls "
+                              "(%ld of them for servers' sampling), budget %.6g",
+                              e->cost, e->model_calls, e->sampled, budget.max_cost));
+    (void)now;
 }
 
 bool engine_answer(struct engine *e, size_t index, long seq, int attempt, const char *entry_json,

@@ -264,6 +264,15 @@ bool engine_result(struct engine *engine, size_t step, long item, int attempt, c
 bool engine_answer(struct engine *engine, size_t step, long call, int attempt,
                    const char *entry_json, int64_t now_ms);
 
+/*
+ * A model call an agent of persona made for a server's sampling request (its model.response
+ * event with `sampling_for`: usage {input_tokens, output_tokens}): counted into the run's
+ * model use and budget by the persona's prices, and into step's (the step whose tool call it
+ * served; ENGINE_NO_STEP if none). A budget it spends fails the run.
+ */
+void engine_sampled(struct engine *engine, size_t persona, size_t step, const cJSON *usage,
+                    int64_t now_ms);
+
 /* A call failed with error class and message: retried when the policy allows, else the step
  * fails and on_error decides. False for a call the engine no longer waits for. */
 bool engine_failure(struct engine *engine, size_t step, long item, int attempt,

@@ -55,6 +55,7 @@ struct call {
     bool retried;              /* the run retried it (step.retry) */
     bool gave_up;              /* the run gave it up: its step.finished failed names it */
     bool used;                 /* the replay made it */
+    bool sent_seen;            /* its request as the agent sent it was read (mcp.request) */
     bool answered;             /* its outcome was given to the engine */
     bool child_succeeded;      /* a workflow step's: child.finished said so */
     char *child;               /* a workflow step's: the child run that performed it, or NULL */
@@ -84,6 +85,13 @@ enum mark_kind {
     MARK_APPROVAL, /* index: a step */
     MARK_RESUMED,  /* index: the new session */
     MARK_MOVED,    /* an outcome the scheduler's event placed later */
+    MARK_SAMPLED,  /* index: a model call made for a server's sampling */
+};
+
+/* A model call an agent made for a server's sampling request (model.response). */
+struct sampled {
+    size_t persona, step;
+    cJSON *usage;
 };
 
 struct mark {
@@ -110,6 +118,8 @@ struct replay {
     char *parent;
     int sessions;
     struct recovered *recovered;
+    struct sampled *sampled;
+    size_t sampled_count;
     size_t recovered_count;
     char *status;                  /* the run's */
     bool failed_by_step;           /* its error is a step's failure (the engine's decision) */
@@ -241,9 +251,14 @@ static void note_sent(struct replay *r, const cJSON *payload)
     const cJSON *message = cJSON_GetObjectItemCaseSensitive(payload, "message");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(message, "params");
     const char *method = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(message, "method"));
+    const char *direction =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(payload, "direction"));
     struct call *c = cJSON_IsNumber(task) ? call_of_task(r, task->valuedouble) : NULL;
-    if (!c || c->sent || !method)
+    /* The call's own request: the first the agent sent for it, not a request the server sent
+     * the agent meanwhile (sampling, elicitation). */
+    if (!c || c->sent_seen || !method || !direction || strcmp(direction, "sent") != 0)
         return;
+    c->sent_seen = true;
     bool tool = strcmp(method, "tools/call") == 0;
     cJSON *sent = request_of(tool ? cJSON_GetObjectItemCaseSensitive(params, "name") : NULL,
                              cJSON_GetObjectItemCaseSensitive(params, "arguments"), params);
@@ -280,6 +295,24 @@ static void note_response(struct replay *r, const cJSON *payload, int64_t time_m
     }
     c->outcome_mark = r->mark_count;
     mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms);
+}
+
+/* A model call for a server's sampling: counted into the run's model use where the live
+ * scheduler counted it (its event). */
+static void note_sampled(struct replay *r, const struct store_audit_event *event, long index,
+                         const cJSON *payload, int64_t time_ms)
+{
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(payload, "result"), "usage");
+    long persona = strncmp(event->actor, "persona:", 8) == 0
+                       ? workflow_persona_find(r->wf, event->actor + 8)
+                       : -1;
+    if (!cJSON_HasObjectItem(payload, "sampling_for") || !usage || persona < 0)
+        return;
+    r->sampled = xrealloc(r->sampled, (r->sampled_count + 1) * sizeof(*r->sampled));
+    r->sampled[r->sampled_count] = (struct sampled){
+        (size_t)persona, index >= 0 ? (size_t)index : SIZE_MAX, cJSON_Duplicate(usage, true)};
+    mark(r, MARK_SAMPLED, r->sampled_count++, time_ms);
 }
 
 /* An ask step's call answered (ask.answer, written with its journal entry): the entry is the
@@ -389,6 +422,8 @@ static int read_event(void *userdata, const struct store_audit_event *event)
         note_child_finished(r, payload, time_ms);
     } else if (strcmp(type, "ask.answer") == 0) {
         note_answer(r, index, payload, time_ms);
+    } else if (strcmp(type, "model.response") == 0) {
+        note_sampled(r, event, index, payload, time_ms);
     } else if (strcmp(type, "step.dispatched") == 0) {
         /* One of a step the workflow does not have too: replay finds the divergence. */
         note_dispatch(r, index, event->step_id, payload, time_ms);
@@ -1264,6 +1299,12 @@ int sched_replay(const struct workflow *wf, struct store *store, const char *run
             break;
         case MARK_MOVED:
             break;
+        case MARK_SAMPLED:
+            settle(&r, k->time_ms, false);
+            engine_sampled(r.engine, r.sampled[k->index].persona, r.sampled[k->index].step,
+                           r.sampled[k->index].usage, r.now);
+            drain(&r);
+            break;
         }
     }
     if (!r.diverged)
@@ -1280,6 +1321,9 @@ out:
         free(r.calls[i].error);
     }
     free(r.calls);
+    for (size_t i = 0; i < r.sampled_count; i++)
+        cJSON_Delete(r.sampled[i].usage);
+    free(r.sampled);
     free(r.marks);
     for (size_t i = 0; i < r.step_count; i++) {
         cJSON_Delete(r.steps[i].finished);

@@ -94,6 +94,14 @@ static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *
     const char *step_id = step >= 0 ? msg->step_id : NULL;
     char *actor = actor_of(agent);
 
+    /* A model call the agent made for a server's sampling request counts towards the run's
+     * model use and budget, once its event is recorded (replay counts it at the same event). */
+    cJSON *sampled = NULL;
+    if (cJSON_IsObject(payload) && strcmp(msg->event_type, "model.response") == 0 &&
+        cJSON_HasObjectItem(payload, "sampling_for"))
+        sampled = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(
+                                      cJSON_GetObjectItemCaseSensitive(payload, "result"), "usage"),
+                                  true);
     if (!event_type_allowed(msg->event_type)) {
         tr_log(TR_LOG_WARN, "agent '%s' sent an event of unknown type '%s'; ignored",
                agent->identity, msg->event_type);
@@ -128,6 +136,12 @@ static void on_event(struct run *run, struct agent_proc *agent, struct bus_msg *
     }
     cJSON_Delete(payload);
     free(actor);
+    if (sampled) {
+        engine_sampled(run->engine, agent->persona_index, step >= 0 ? (size_t)step : SIZE_MAX,
+                       sampled, tr_now_ms());
+        cJSON_Delete(sampled);
+        sched__drain(run);
+    }
 }
 
 static void on_hello(struct run *run, struct agent_proc *agent, struct bus_msg *msg)

@@ -1294,3 +1294,55 @@ Test(ask_kill, a_tampered_journal_row_of_an_interrupted_step_is_caught_before_re
     free(path);
     world_end(&w);
 }
+
+/* A server's sampling requests, answered by the persona's model, count towards the run's
+ * model use and budget: the run fails naming the budget; replay counts them the same way. */
+Test(ask, sampling_counts_towards_the_runs_budget)
+{
+    struct world w;
+    world_start(&w, "[{\"times\": 0, \"reply\": {\"text\": \"sampled\", \"usage\": "
+                    "{\"input_tokens\": 40, \"output_tokens\": 10}}}]");
+    char *server = harness_build_path("tests/test-mcp-concurrent");
+    char *text = NULL;
+    cr_assert_geq(
+        asprintf(&text,
+                 "name: sampled\n"
+                 "budget: {max_tokens: 120}\n"
+                 "mcp_servers:\n"
+                 "  conc: {command: %s, args: [\"%s/conc.log\"]}\n"
+                 "models:\n"
+                 "  m: {provider: openai, base_url: \"%s/v1\", model: scripted}\n"
+                 "personas:\n"
+                 "  asker:\n"
+                 "    servers: [conc]\n"
+                 "    model: m\n"
+                 "    sampling: {allow: true}\n"
+                 "steps:\n"
+                 "  - id: s%d\n"
+                 "    persona: asker\n"
+                 "    tool: conc.ask\n"
+                 "    with: {method: sampling/createMessage, params: {messages: [{role: user, "
+                 "content: {type: text, text: hi}}], maxTokens: 20}}\n"
+                 "  - {id: s2, needs: s%d, persona: asker, tool: conc.ask, with: {method: "
+                 "sampling/createMessage, params: {messages: [{role: user, content: {type: text, "
+                 "text: hi}}], maxTokens: 20}}}\n"
+                 "  - {id: s3, needs: s2, persona: asker, tool: conc.ask, with: {method: "
+                 "sampling/createMessage, params: {messages: [{role: user, content: {type: text, "
+                 "text: hi}}], maxTokens: 20}}}\n",
+                 server, w.env.dir, w.url, 1, 1),
+        0);
+    char *path = harness_write_file(w.env.dir, "sampled.yaml", text);
+    char *run = run_expect(&w, path, 1, NULL);
+    char *error = harness_query_text(w.env.db, "SELECT error FROM runs WHERE id = '%s'", run);
+    cr_assert_eq(model_requests(&w), 3, "%s", error);
+    cr_assert(error && strstr(error, "the run's budget max_tokens is spent: 150 tokens used over "
+                                     "3 model calls (3 of them for servers' sampling), budget "
+                                     "120"),
+              "%s", error);
+    free(error);
+    free(run);
+    free(path);
+    free(text);
+    free(server);
+    world_end(&w);
+}
