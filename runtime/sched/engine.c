@@ -1228,6 +1228,11 @@ struct talk {
     long unanswered;    /* of them */
     long answers_first; /* the number of the turn's first tool call */
     long sampled;       /* model calls made for servers' sampling during its tool calls */
+    /* How long the conversation has run when an answer is applied: the live engine's clock
+     * since the step started, or (replay, engine_answer) the figure its ask.answer records,
+     * so max_time is decided on the same figure both ways. -1: none given. */
+    int64_t elapsed_given;
+    int64_t turn_elapsed; /* that of the answer being applied (the built-ins it asks for too) */
     struct ask_call *calls;
     size_t call_len, call_cap;
 };
@@ -1403,7 +1408,7 @@ static void ask_apply(struct engine *e, size_t index, long seq, const char *entr
  * replay alike; a take-over applies what its journal holds without recording it again.
  */
 static void ask_record(struct engine *e, size_t index, long seq, int attempt, cJSON *entry,
-                       int64_t now)
+                       int64_t elapsed, int64_t now)
 {
     char *json = tr_json_print(entry);
     struct engine_effect *fx = push(e, ENGINE_ITEM_DONE, index);
@@ -1411,8 +1416,16 @@ static void ask_record(struct engine *e, size_t index, long seq, int attempt, cJ
     fx->attempt = attempt;
     fx->output_json = keep(e, json);
     cJSON *payload = cJSON_Duplicate(entry, true);
+    struct talk *t = e->steps[index].talk;
     cJSON_AddNumberToObject(payload, "call", (double)seq);
     cJSON_AddNumberToObject(payload, "attempt", attempt);
+    /* The conversation's time at this answer: given (replay), else the engine's clock. */
+    if (elapsed < 0)
+        elapsed = now - e->steps[index].dispatched_ms;
+    if (t) {
+        t->elapsed_given = t->turn_elapsed = elapsed;
+        cJSON_AddNumberToObject(payload, "elapsed_ms", (double)elapsed);
+    }
     audit(e, index, "ask.answer", payload, false);
     journal_add(&e->steps[index], seq, json);
     ask_apply(e, index, seq, json, now);
@@ -1570,10 +1583,13 @@ static void ask_model_call(struct engine *e, size_t index, int64_t now)
                  now);
         return;
     }
-    if (limits.max_time_ms > 0 && now - step->dispatched_ms >= limits.max_time_ms) {
+    /* The time an answer being applied records (ask.answer's elapsed_ms), else the clock's. */
+    int64_t elapsed = t->elapsed_given >= 0 ? t->elapsed_given : now - step->dispatched_ms;
+    t->elapsed_given = -1;
+    if (limits.max_time_ms > 0 && elapsed >= limits.max_time_ms) {
         ask_fail(e, index,
                  xasprintf("limit max_time of persona '%s' reached: %lld ms, limit %lld ms", who,
-                           (long long)(now - step->dispatched_ms), (long long)limits.max_time_ms),
+                           (long long)elapsed, (long long)limits.max_time_ms),
                  now);
         return;
     }
@@ -1668,7 +1684,7 @@ static void ask_tool_calls(struct engine *e, size_t index, const cJSON *calls, i
         cJSON *here = answer_here(e, index, call, attempt);
         if (here) {
             ask_call_forget(t, c);
-            ask_record(e, index, seq, attempt, here, now);
+            ask_record(e, index, seq, attempt, here, t->turn_elapsed, now); /* at its turn's time */
             continue;
         }
         const char *name = c->name;
@@ -1830,6 +1846,7 @@ static void ask_start(struct engine *e, size_t index, int64_t now)
     }
     struct talk *t = xcalloc(1, sizeof(*t));
     cJSON *user = cJSON_CreateObject();
+    t->elapsed_given = -1;
     t->system = system_of(e, index);
     t->messages = cJSON_CreateArray();
     cJSON_AddStringToObject(user, "role", "user");
@@ -1920,7 +1937,7 @@ static bool ask_result(struct engine *e, size_t index, long seq, int attempt, co
         free(text);
     }
     ask_call_forget(t, c);
-    ask_record(e, index, seq, attempt, entry, now);
+    ask_record(e, index, seq, attempt, entry, -1, now);
     return true;
 }
 
@@ -1939,7 +1956,7 @@ static bool ask_failure(struct engine *e, size_t index, long seq, int attempt,
     if (!c->model && (error_class == TR_ERROR_CLASS_TOOL || error_class == TR_ERROR_CLASS_POLICY)) {
         cJSON *entry = tool_entry(c->call_id, c->name, message, true);
         ask_call_forget(t, c);
-        ask_record(e, index, seq, attempt, entry, now);
+        ask_record(e, index, seq, attempt, entry, -1, now);
         return true;
     }
     engine_step_policy(e, index, &policy);
@@ -2008,7 +2025,7 @@ void engine_sampled(struct engine *e, size_t persona, size_t index, const cJSON 
 }
 
 bool engine_answer(struct engine *e, size_t index, long seq, int attempt, const char *entry_json,
-                   int64_t now)
+                   int64_t elapsed_ms, int64_t now)
 {
     if (index >= e->step_count || e->steps[index].state != STEP_DISPATCHED || !e->steps[index].talk)
         return false;
@@ -2021,8 +2038,9 @@ bool engine_answer(struct engine *e, size_t index, long seq, int attempt, const 
     }
     cJSON_DeleteItemFromObjectCaseSensitive(entry, "call");
     cJSON_DeleteItemFromObjectCaseSensitive(entry, "attempt");
+    cJSON_DeleteItemFromObjectCaseSensitive(entry, "elapsed_ms");
     ask_call_forget(t, c);
-    ask_record(e, index, seq, attempt, entry, now);
+    ask_record(e, index, seq, attempt, entry, elapsed_ms, now);
     return true;
 }
 

@@ -259,10 +259,12 @@ bool engine_result(struct engine *engine, size_t step, long item, int attempt, c
 
 /*
  * An ask step's call answered with a journal entry as an ask.answer event records it (replay:
- * the recorded answer, never recomputed): false for a call the engine does not wait for.
+ * the recorded answer, never recomputed), and elapsed_ms, the conversation's time it records
+ * (-1: the engine's clock), on which max_time is decided: false for a call the engine does
+ * not wait for.
  */
 bool engine_answer(struct engine *engine, size_t step, long call, int attempt,
-                   const char *entry_json, int64_t now_ms);
+                   const char *entry_json, int64_t elapsed_ms, int64_t now_ms);
 
 /*
  * A model call an agent of persona made for a server's sampling request (its model.response

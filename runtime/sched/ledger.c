@@ -257,6 +257,7 @@ static void on_answer(struct ledger *l, const struct store_audit_event *e, cJSON
     cJSON_AddNumberToObject(said, "seq", (double)e->seq);
     cJSON_DeleteItemFromObjectCaseSensitive(p, "call");
     cJSON_DeleteItemFromObjectCaseSensitive(p, "attempt");
+    cJSON_DeleteItemFromObjectCaseSensitive(p, "elapsed_ms");
     cJSON_AddItemToObject(said, "entry", p);
     cJSON_DeleteItemFromObjectCaseSensitive(step, key); /* the newest says it */
     cJSON_AddItemToObject(step, key, said);

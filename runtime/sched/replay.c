@@ -60,6 +60,7 @@ struct call {
     bool child_succeeded;      /* a workflow step's: child.finished said so */
     char *child;               /* a workflow step's: the child run that performed it, or NULL */
     char *answer;              /* an ask step's call: its ask.answer entry, or NULL */
+    int64_t elapsed_ms;        /* ... and the conversation's time it records, or -1 */
 };
 
 struct recorded_step {
@@ -326,8 +327,11 @@ static void note_answer(struct replay *r, long index, cJSON *payload, int64_t ti
             : find_call(r, r->sessions, (size_t)index, item, (int)number(payload, "attempt", 0));
     if (!c || c->outcome != OUTCOME_NONE)
         return;
+    const cJSON *elapsed = cJSON_GetObjectItemCaseSensitive(payload, "elapsed_ms");
+    c->elapsed_ms = cJSON_IsNumber(elapsed) ? (int64_t)elapsed->valuedouble : -1;
     cJSON_DeleteItemFromObjectCaseSensitive(payload, "call");
     cJSON_DeleteItemFromObjectCaseSensitive(payload, "attempt");
+    cJSON_DeleteItemFromObjectCaseSensitive(payload, "elapsed_ms");
     c->answer = tr_json_print(payload);
     c->outcome = OUTCOME_SUCCESS;
     mark(r, MARK_OUTCOME, (size_t)(c - r->calls), time_ms);
@@ -961,7 +965,8 @@ static void answer_call(struct replay *r, struct call *c)
             break;
         }
     if (c->outcome == OUTCOME_SUCCESS && c->answer) {
-        (void)engine_answer(r->engine, c->step, c->item, c->attempt, c->answer, r->now);
+        (void)engine_answer(r->engine, c->step, c->item, c->attempt, c->answer, c->elapsed_ms,
+                            r->now);
     } else if (c->outcome == OUTCOME_SUCCESS && c->item != ENGINE_NO_ITEM) {
         cJSON *none = cJSON_CreateObject();
         (void)engine_result(r->engine, c->step, c->item, c->attempt, none, "{}", r->now);

@@ -763,7 +763,7 @@ Test(ask, limits_end_the_step_naming_the_limit_and_the_figures)
  * measures ~100 ms less and goes on where the run stopped. Enable once the limit is measured
  * from a moment the log records (or the replay follows the recorded decision).
  */
-Test(ask, max_time_ends_the_step_and_the_replay_agrees, .disabled = true)
+Test(ask, max_time_ends_the_step_and_the_replay_agrees)
 {
     struct world w;
     world_start(&w, "[{\"times\": 0, \"reply\": {\"tool_calls\": [{\"name\": \"demo.echo\","

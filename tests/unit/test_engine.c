@@ -858,7 +858,7 @@ static const struct engine_case cases[] = {
                "\"hi\",\"is_error\":false}]\n"
                "audit ask.answer a "
                "{\"tool\":{\"id\":\"c1\",\"name\":\"demo.echo\",\"content\":\"hi\",\"is_error\":"
-               "false},\"call\":1,\"attempt\":1}\n"
+               "false},\"call\":1,\"attempt\":1,\"elapsed_ms\":0}\n"
                "record a succeeded attempt=1 output=\"done\"\n"
                "\"usage\":{\"model_calls\":2,\"tool_calls\":1,\"input_tokens\":20,\"output_"
                "tokens\":10,\"cost\":0}\n"
