@@ -44,6 +44,7 @@ struct found {
     char *path;
     char *status;
     char *plan_json;
+    char *model_overrides; /* the run's --model/--model-url, or NULL */
 };
 
 static int find_workflow(void *userdata, const struct store_run *run)
@@ -57,6 +58,7 @@ static int find_workflow(void *userdata, const struct store_run *run)
                                                : "");
     found->status = xstrdup(run->status);
     found->plan_json = run->plan_json ? xstrdup(run->plan_json) : NULL;
+    found->model_overrides = sched_model_overrides(run->options_json);
     cJSON_Delete(options);
     return 0;
 }
@@ -168,7 +170,25 @@ int cli_resume(int argc, char **argv, struct cli_common *common)
             cli_error("the plan stored with run %s does not load: %s", run_id, err.message);
             goto out;
         }
-    } else if (workflow_load(file ? file : found.path, &wf, &err) < 0) {
+    } else if (workflow_load(file ? file : found.path, &wf, &err) == 0) {
+        /* The run's --model/--model-url, as it was started with them. */
+        cJSON *overrides = found.model_overrides ? cJSON_Parse(found.model_overrides) : NULL;
+        const cJSON *pair;
+        cJSON_ArrayForEach(pair, overrides)
+        {
+            const char *member = cJSON_GetStringValue(cJSON_GetArrayItem(pair, 0));
+            const char *spec = cJSON_GetStringValue(cJSON_GetArrayItem(pair, 1));
+            if (member && spec && workflow_models_override(wf, member, spec, &err) < 0) {
+                cli_error("run %s was started with --%s %s, which no longer applies to its "
+                          "workflow: %s",
+                          run_id, strcmp(member, "model") == 0 ? "model" : "model-url", spec,
+                          err.message);
+                cJSON_Delete(overrides);
+                goto out;
+            }
+        }
+        cJSON_Delete(overrides);
+    } else {
         /* Its file is there but does not load (a child file gone, an edit): the plan stored
          * with the run is still the workflow, unless another file was named. */
         if (file || !found.plan_json) {
@@ -212,6 +232,7 @@ out:
     free(found.path);
     free(found.status);
     free(found.plan_json);
+    free(found.model_overrides);
     cli_progress_release(&progress);
     return status;
 }

@@ -625,6 +625,7 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     cJSON *given = cJSON_CreateObject();
     struct run_args args = {given, cJSON_CreateArray()};
     cJSON *input = NULL;
+    char *overrides = NULL; /* --model, --model-url as JSON text */
     char *workflow_path = NULL;
     char run_id[STORE_RUN_ID_SIZE] = "";
     int status = CLI_USAGE;
@@ -685,6 +686,9 @@ int cli_run(int argc, char **argv, struct cli_common *common)
     cli_sched_prepare(&opts, &progress, common, wf);
     opts.input = input;
     opts.workflow_path = workflow_path;
+    /* Kept with the run: a resume applies them to the file again. */
+    overrides = cJSON_GetArraySize(args.overrides) > 0 ? tr_json_print(args.overrides) : NULL;
+    opts.model_overrides = overrides;
 
     if (!progress.quiet && !progress.json)
         printf("troupe: running workflow '%s' from %s\n", workflow_name(wf), workflow_file(wf));
@@ -705,5 +709,6 @@ out:
     cJSON_Delete(input);
     cli_progress_release(&progress);
     free(workflow_path);
+    free(overrides);
     return status;
 }

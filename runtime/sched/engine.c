@@ -1794,7 +1794,19 @@ static void ask_apply(struct engine *e, size_t index, long seq, const char *entr
         if (cJSON_GetArraySize(calls) > 0)
             cJSON_AddItemToObject(said, "tool_calls", cJSON_Duplicate(calls, true));
         cJSON_AddItemToArray(t->messages, said);
-        if (cJSON_GetArraySize(calls) > 0)
+        struct workflow_limits limits;
+        workflow_persona_limits(e->wf, workflow_step_persona(e->wf, index), &limits);
+        long max_turns = limits.max_turns > 0 ? limits.max_turns : ENGINE_DEFAULT_MAX_TURNS;
+        if (cJSON_GetArraySize(calls) > 0 && t->turns >= max_turns)
+            /* No model call may read their answers: the tools are not called for nothing. */
+            ask_fail(e, index,
+                     xasprintf("limit max_turns of persona '%s' reached: %ld model calls, and "
+                               "the model still asks for tools (its last %d tool calls were "
+                               "not made)",
+                               workflow_persona_name(e->wf, workflow_step_persona(e->wf, index)),
+                               t->turns, cJSON_GetArraySize(calls)),
+                     now);
+        else if (cJSON_GetArraySize(calls) > 0)
             ask_tool_calls(e, index, calls, step->attempt, now);
         else
             ask_final(e, index, message, stop, now);

@@ -179,13 +179,13 @@ struct engine_effect {
     size_t persona;          /* DISPATCH: the slot taken (a persona, or the child runs') */
     long items_total;        /* DISPATCH of an item, PROGRESS of a for_each */
     enum engine_target target;
-    const char *server; /* DISPATCH of an ask step's tool call: the tool's server (else NULL:
-                           the step's) */
-    const char *key;               /* CONTEXT_WRITE */
-    const char *value_json;        /* CONTEXT_WRITE */
-    const char *reason;            /* CANCEL_CALLS, LOG, RUN_FAILED */
-    enum tr_log_level level;       /* LOG */
-    int64_t duration_ms;           /* PROGRESS */
+    const char *server;      /* DISPATCH of an ask step's tool call: the tool's server (else NULL:
+                                the step's) */
+    const char *key;         /* CONTEXT_WRITE */
+    const char *value_json;  /* CONTEXT_WRITE */
+    const char *reason;      /* CANCEL_CALLS, LOG, RUN_FAILED */
+    enum tr_log_level level; /* LOG */
+    int64_t duration_ms;     /* PROGRESS */
     size_t done, failed, retries;  /* PROGRESS: steps ended, failed, attempts retried */
     long items_done;               /* PROGRESS of a for_each */
     bool raw;                      /* GATHER */
@@ -345,7 +345,7 @@ void engine_step_policy(const struct engine *engine, size_t step, struct engine_
 
 struct engine_counts {
     size_t done, failed, retries, waiting, ready, total;
-    long model_calls, tool_calls;      /* of ask steps, over the run */
+    long model_calls, tool_calls;     /* of ask steps, over the run */
     long input_tokens, output_tokens; /* of ask steps' model calls, over the run */
     double cost;                      /* their cost by the models' prices */
 };

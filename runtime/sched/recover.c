@@ -35,6 +35,8 @@ char *sched__options_json(const struct run *run)
         cJSON_AddStringToObject(o, "workflow_path", run->opts.workflow_path);
     if (run->opts.approve_destructive)
         cJSON_AddBoolToObject(o, "approve_destructive", true);
+    if (run->model_overrides)
+        cJSON_AddRawToObject(o, "model_overrides", run->model_overrides);
     cJSON *approve = cJSON_AddArrayToObject(o, "approve");
     for (size_t i = 0; i < run->step_count; i++)
         if (run->needs_approval[i])
@@ -99,6 +101,15 @@ void sched__options_from_json(struct sched_options *opts, int64_t *ret_deadline_
     if (cJSON_IsNumber(item) && !opts->deadline_ms)
         *ret_deadline_wall = (int64_t)item->valuedouble;
     cJSON_Delete(o);
+}
+
+char *sched_model_overrides(const char *options_json)
+{
+    cJSON *o = options_json ? cJSON_Parse(options_json) : NULL;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "model_overrides");
+    char *json = cJSON_IsArray(list) ? tr_json_print(list) : NULL;
+    cJSON_Delete(o);
+    return json;
 }
 
 /* ---- rebuilding a run ----------------------------------------------------------------------- */

@@ -102,13 +102,14 @@ struct run {
      * answers is carried out by sched__drain, within the turn. */
     struct engine *engine;
     size_t step_count;
-    bool *needs_approval; /* by step: named by --approve (kept with the run's options) */
-    size_t *unsaved;      /* steps that became ready and are not recorded so yet */
-    size_t unsaved_len;   /* (sched__record_ready records those still ready) */
-    size_t in_flight;     /* tasks on agents */
-    size_t children;      /* tasks with a child run (children.c) */
-    char **abandoned;     /* child runs given up (their processes kept dying): cancelled
-                           * once the turn that gave them up is committed */
+    bool *needs_approval;  /* by step: named by --approve (kept with the run's options) */
+    char *model_overrides; /* [[member, spec]...] as JSON text, or NULL (kept with them too) */
+    size_t *unsaved;       /* steps that became ready and are not recorded so yet */
+    size_t unsaved_len;    /* (sched__record_ready records those still ready) */
+    size_t in_flight;      /* tasks on agents */
+    size_t children;       /* tasks with a child run (children.c) */
+    char **abandoned;      /* child runs given up (their processes kept dying): cancelled
+                            * once the turn that gave them up is committed */
     size_t abandoned_count;
     bool is_child;      /* this run is a child run (its outputs are recorded at its end) */
     struct task *tasks; /* every task, in no order */

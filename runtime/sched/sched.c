@@ -341,6 +341,7 @@ static void init_run(struct run *run, const struct workflow *wf, struct store *s
     run->wf = wf;
     run->store = store;
     run->opts = *opts;
+    run->model_overrides = opts->model_overrides ? xstrdup(opts->model_overrides) : NULL;
     if (run->opts.step_timeout_ms <= 0)
         run->opts.step_timeout_ms = SCHED_DEFAULT_STEP_TIMEOUT_MS;
     if (run->opts.replicas < 0)
@@ -645,6 +646,7 @@ static void release_run(struct run *run)
     sched__tasks_release(run);
     engine_free(&run->engine);
     free(run->needs_approval);
+    free(run->model_overrides);
     free(run->unsaved);
     free(run->failure);
     free(run->store_lost);
@@ -782,6 +784,8 @@ int sched_resume(const struct workflow *wf, struct store *store, const char *run
     snprintf(run.id, sizeof(run.id), "%s", run_id);
     run.deadline_wall = opts->deadline_ms > 0 ? wall_ms() + opts->deadline_ms : deadline_wall;
     sched__approvals_from_json(&run, record.options_json);
+    free(run.model_overrides);
+    run.model_overrides = sched_model_overrides(record.options_json);
     rc = sched__check_fd_limit(&run, err);
     /* A child run its parent created and no scheduler has started yet (it has no event): it
      * starts here, as a new run does. */

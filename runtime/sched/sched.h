@@ -111,6 +111,9 @@ struct sched_options {
     /* Every call to a tool whose MCP annotations do not rule out a destructive effect waits
      * for approval (the agents report which tools those are). Kept with the run. */
     bool approve_destructive;
+    /* `troupe run --model/--model-url` as [[member, spec]...] (JSON text; NULL: none): kept
+     * with the run's options, so a resume applies them to its file again. */
+    const char *model_overrides;
     /*
      * Remote workers (troupe worker): a tcp endpoint to listen on with CURVE, the
      * scheduler's secret key (Z85), the client public keys accepted, and the personas that
@@ -257,6 +260,13 @@ int sched_approval_send(const char *socket_path, const char *run_id, const char 
                         bool approve, const char *by, const char *comment, int timeout_ms,
                         struct tr_error *err) TR_MUST_CHECK;
 
+/*
+ * The model overrides a run was started with (`troupe run --model/--model-url`), as its
+ * options (options_json) keep them: [[member, spec]...] as JSON text, or NULL. A resume
+ * applies them to the workflow file (workflow_models_override) before it compares plans.
+ */
+char *sched_model_overrides(const char *options_json);
+
 /* ---- replay (replay.c) ------------------------------------------------------------------ */
 
 struct sched_replay_options {
@@ -267,10 +277,10 @@ struct sched_replay_options {
 };
 
 struct sched_replay_report {
-    size_t matched;   /* calls the replay made that match the record (child runs' too) */
+    size_t matched;       /* calls the replay made that match the record (child runs' too) */
     size_t model_matched; /* of them, ask steps' model calls */
-    size_t children;  /* child runs replayed from their records, at every depth */
-    char *divergence; /* the first divergence, for people (the caller frees), or NULL */
+    size_t children;      /* child runs replayed from their records, at every depth */
+    char *divergence;     /* the first divergence, for people (the caller frees), or NULL */
     /* The run ended (failed, cancelled, stopped) before the replay would have: what the replay
      * did not follow past the end of the log, for people (the caller frees), or NULL. */
     char *note;

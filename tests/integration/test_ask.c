@@ -750,6 +750,10 @@ Test(ask, limits_end_the_step_naming_the_limit_and_the_figures)
                                        "FROM audit WHERE run_id = '%s' AND type = 'step.finished'",
                                        run),
                      c->requests, "case %zu", i);
+        /* At max_turns the last answer's tool calls are not made: no model call could read
+         * them. */
+        if (strstr(c->why, "max_turns"))
+            cr_assert_eq(mcp_tool_calls(&w, run), c->requests - 1, "case %zu", i);
         free(run);
         world_end(&w);
     }
@@ -1344,5 +1348,46 @@ Test(ask, sampling_counts_towards_the_runs_budget)
     free(path);
     free(text);
     free(server);
+    world_end(&w);
+}
+
+/* A run started with --model is resumed with it: its options keep the override, applied to the
+ * file again (its plan matches), and every model call after the resume asks for that model. */
+Test(ask_kill, a_run_started_with_a_model_override_resumes_with_it)
+{
+    struct world w;
+    world_start(&w, "[{\"times\": 0, \"when\": {\"last_role\": \"user\"}, \"reply\": "
+                    "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": {\"text\": "
+                    "\"hello brave new world\"}}]}},"
+                    " {\"times\": 0, \"when\": {\"last_role\": \"tool\"}, \"reply\": "
+                    "{\"text\": \"It has 4 words.\", \"delay_ms\": 1500}}]");
+    char *path = workflow(&w, "wf.yaml", &(struct shape){0});
+    struct harness_proc proc;
+    struct harness_result r;
+    const char *argv[] = {w.env.troupe, "--db",    w.env.db,   "run", "-q",
+                          path,         "--model", "other-id", NULL};
+    harness_spawn(argv, w.env.dir, &proc);
+    for (int i = 0; i < 3000 && model_requests(&w) < 2; i++)
+        sleep_ms(10);
+    cr_assert_eq(model_requests(&w), 2);
+    kill(-proc.pid, SIGKILL);
+    harness_finish(&proc, 30000, &r);
+    harness_result_release(&r);
+    char *run = latest_run(&w);
+    const char *resume[] = {w.env.troupe, "--db", w.env.db, "resume", "-q", run, NULL};
+    harness_run(resume, w.env.dir, 60000, &r);
+    cr_assert_eq(r.exit_code, 0, "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    assert_step(&w, run, "succeeded", NULL);
+    cr_assert_eq(harness_query_int(w.env.db,
+                                   "SELECT count(*) FROM audit WHERE run_id = '%s' AND type = "
+                                   "'model.request' AND json_extract(payload_json, '$.model_id') "
+                                   "!= 'other-id'",
+                                   run),
+                 0);
+    cr_assert_geq(events(&w, run, "model.request"), 2);
+    cr_assert_eq(model_requests(&w), 3); /* the killed call made again, once */
+    free(run);
+    free(path);
     world_end(&w);
 }
