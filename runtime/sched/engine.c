@@ -1619,6 +1619,11 @@ static void ask_model_call(struct engine *e, size_t index, int64_t now)
         return;
     }
     cJSON *request = cJSON_CreateObject();
+    /* The model asked (the agent calls its own; a replay of an edited plan compares it). */
+    const char *model_id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+        workflow_persona_model(e->wf, workflow_step_persona(e->wf, index)), "model"));
+    if (model_id)
+        cJSON_AddStringToObject(request, "model_id", model_id);
     if (t->system)
         cJSON_AddItemToObject(request, "system", cJSON_Duplicate(t->system, true));
     cJSON_AddItemToObject(request, "messages", cJSON_Duplicate(t->messages, true));

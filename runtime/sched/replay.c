@@ -614,8 +614,9 @@ static char *short_text(const cJSON *value)
 static void model_divergence(struct replay *r, size_t i, const char *where, const cJSON *now,
                              const cJSON *then)
 {
-    static const char *const members[] = {"system",        "user_messages",  "output_schema",
-                                          "builtin_tools", "messages_count", "messages_sha256"};
+    static const char *const members[] = {"model_id",       "system",        "user_messages",
+                                          "output_schema",  "builtin_tools", "messages_count",
+                                          "messages_sha256"};
     for (size_t k = 0; k < sizeof(members) / sizeof(members[0]); k++) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(now, members[k]);
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(then, members[k]);

@@ -399,6 +399,21 @@ static void basic_loop(const char *protocol)
     harness_result_release(&r);
     cr_assert_eq(model_requests(&w), 2, "the replay sent the model a request");
 
+    /* Another model: the request names it, so replay says where it differs. */
+    char *other = workflow(&w, "other.yaml", &(struct shape){.protocol = protocol});
+    char *text = read_text(other);
+    char *at = strstr(text, "model: scripted");
+    cr_assert_not_null(at);
+    memcpy(at, "model: scripteX", 15);
+    free(harness_write_file(w.env.dir, "other.yaml", text));
+    const char *by_model[] = {w.env.troupe, "--db", db, "replay", run, "--workflow", other, NULL};
+    harness_run(by_model, w.env.dir, 30000, &r);
+    cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "the model request differs at model_id:"), "%s%s", r.out, r.err);
+    harness_result_release(&r);
+    free(text);
+    free(other);
+
     free(all);
     free(edited);
     free(tools);
