@@ -65,6 +65,24 @@ bool wf_env_well_formed(const char *s)
     return true;
 }
 
+bool wf_env_url_userinfo(const char *url)
+{
+    const char *authority = strstr(url, "://");
+    size_t n;
+
+    if (!authority)
+        return false;
+    authority += 3;
+    n = strcspn(authority, "/?#");
+    for (const char *p = authority; p && p < authority + n; p++) {
+        if (*p == '@')
+            return true;
+        if (strncmp(p, ENV_OPEN, strlen(ENV_OPEN)) == 0) /* its value is not written here */
+            p = strchr(p, '}');
+    }
+    return false;
+}
+
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context)
 {
     const cJSON *child;

@@ -74,28 +74,6 @@ static bool model_name_valid(const char *name)
     return model_name_valid_n(name, strlen(name));
 }
 
-/* Whether the text of url outside its ${env:NAME} references puts a user or password in the
-   authority ("http://u:key@${env:HOST}/v1"): credentials written in the file. */
-static bool written_userinfo(const char *url)
-{
-    const char *authority = strstr(url, "://");
-    size_t n;
-
-    if (!authority)
-        return false;
-    authority += 3;
-    n = strcspn(authority, "/?#");
-    for (const char *p = authority; p < authority + n; p++) {
-        if (*p == '@')
-            return true;
-        if (strncmp(p, "${env:", 6) == 0) /* a reference's value is not written here */
-            p = strchr(p, '}');
-        if (!p)
-            break;
-    }
-    return false;
-}
-
 /*
  * A base URL as written (or given to --model-url): http(s)://... or ${env:NAME}... (as a
  * server's url), its ${env:NAME} parts well formed. A URL without references is checked as
@@ -120,7 +98,7 @@ static const char *url_problem(const char *url)
                "[A-Za-z_][A-Za-z0-9_]*";
     if (!strstr(url, "${env"))
         return llm_base_url_problem(url, false);
-    if (written_userinfo(url))
+    if (wf_env_url_userinfo(url))
         return LLM_BASE_URL_USERINFO;
     return NULL;
 }

@@ -651,6 +651,28 @@ Test(workflow_models, a_written_base_url_is_checked_as_libcurl_reads_it)
     free(found);
 }
 
+/* Nor does a server's url keep credentials in the file (the plan would). */
+Test(workflow_models, no_url_of_the_file_holds_credentials)
+{
+    char *found = problems_of("name: m\n"
+                              "mcp_servers:\n"
+                              "  a: {url: 'https://u:sk-secret-0123@mcp.example/mcp'}\n"
+                              "  b: {url: 'https://${env:USER}:${env:PASS}@mcp.example/mcp'}\n"
+                              "  c: {url: 'https://${env:MCP_URL}'}\n"
+                              "  d: {url: 'https://mcp.example/mcp?user=a@b'}\n"
+                              "personas: {p: {servers: [a, b, c, d]}}\n"
+                              "steps: [{id: s, persona: p, tool: a.t}]\n");
+    const char *why = "'url' must not hold a user or password (user:password@host): put "
+                      "credentials in 'headers' or 'auth' as ${env:NAME}; a URL that must hold "
+                      "a secret can be given as ${env:NAME}, which is redacted\n";
+    char *expected = NULL;
+
+    cr_assert(asprintf(&expected, "3:12: server 'a': %s4:12: server 'b': %s", why, why) > 0);
+    cr_assert_str_eq(found, expected);
+    free(expected);
+    free(found);
+}
+
 /* --model-url takes what base_url takes, and never repeats a URL that may hold a password. */
 Test(workflow_models, the_command_lines_url_is_checked_as_the_files)
 {
