@@ -102,6 +102,20 @@ int llm_model_from_json(const cJSON *json, struct llm_model *ret_model,
 void llm_model_free(struct llm_model *model);
 
 /*
+ * Why url cannot be a model's base URL, or NULL: it must be an http:// or https:// URL with a
+ * host, as libcurl parses it (a port from 1 to 65535, an IPv6 address closed), with no white
+ * space, control character or fragment, and, unless userinfo_allowed, no user:password@. A
+ * query is allowed (Azure's api-version). The reason (static) never repeats the URL.
+ */
+const char *llm_base_url_problem(const char *url, bool userinfo_allowed);
+/* Its reason for a URL with a user or password where they are not allowed. */
+#define LLM_BASE_URL_USERINFO                                                                      \
+    "must not hold a user or password (user:password@host): put credentials in api_key as "        \
+    "${env:NAME}; a URL that must hold a secret can be given as ${env:NAME}, which is redacted"
+/* Why key cannot be sent as a model's API key (a control character), or NULL; never shows it. */
+const char *llm_api_key_problem(const char *key);
+
+/*
  * The mapping between troupe's tool names and the names sent to the provider: '.' becomes
  * "__", any other character outside [a-zA-Z0-9_-] '_'; a name whose result is longer than 64,
  * empty, reserved (final_answer) or the same as another tool's of the list is cut and ends in

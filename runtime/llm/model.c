@@ -5,6 +5,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "llm-internal.h"
 
@@ -16,6 +17,67 @@ int llm_protocol_find(const char *name)
         if (strcmp(name, llm_protocol_names[i]) == 0)
             return i;
     return -1;
+}
+
+/* ---- what a model's endpoint and key may be ------------------------------------------------- */
+
+const char *llm_base_url_problem(const char *url, bool userinfo_allowed)
+{
+    CURLU *u;
+    char *scheme = NULL, *user = NULL, *password = NULL, *port = NULL;
+    const char *why = NULL, *authority;
+
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++)
+        if (*p <= ' ' || *p == 0x7f)
+            return "must not hold white space or control characters";
+    /* libcurl reads "http:/h" and "http:///h" as host h: the text must say what is reached. */
+    if (strncasecmp(url, "http://", 7) && strncasecmp(url, "https://", 8))
+        return "must be an http:// or https:// URL";
+    authority = strstr(url, "://") + 3;
+    if (!*authority || strchr("/?#", *authority))
+        return "has no host";
+    if (strchr(url, '#'))
+        return "must not have a fragment (#): a request never sends one";
+    /* Judged as libcurl will fetch it (the port in range, an IPv6 address closed, ...). */
+    if (!(u = curl_url()))
+        tr_out_of_memory(0);
+    CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
+    if (rc != CURLUE_OK) {
+        why = rc == CURLUE_BAD_PORT_NUMBER ? "has a port that is not a number from 1 to 65535"
+              : rc == CURLUE_BAD_IPV6      ? "has a malformed IPv6 address"
+              : rc == CURLUE_NO_HOST       ? "has no host"
+                                           : "is not a URL libcurl can fetch (a malformed host?)";
+        goto out;
+    }
+    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        (strcmp(scheme, "http") && strcmp(scheme, "https"))) {
+        why = "must be an http:// or https:// URL";
+        goto out;
+    }
+    if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && strcmp(port, "0") == 0) {
+        why = "has a port that is not a number from 1 to 65535";
+        goto out;
+    }
+    if (!userinfo_allowed &&
+        (curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER ||
+         curl_url_get(u, CURLUPART_PASSWORD, &password, 0) != CURLUE_NO_PASSWORD))
+        why = LLM_BASE_URL_USERINFO;
+out:
+    curl_free(scheme);
+    curl_free(user);
+    curl_free(password);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return why;
+}
+
+const char *llm_api_key_problem(const char *key)
+{
+    /* It goes into a header line: a control character would end it. */
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return "holds a control character (it goes into a header line)";
+    return NULL;
 }
 
 /* ---- the model ------------------------------------------------------------------------------ */
@@ -85,21 +147,16 @@ int llm_model_from_json(const cJSON *json, struct llm_model *ret_model, struct t
         free(m.api_key);
         m.api_key = NULL;
     }
-    /* It goes into a header line: a control character would end it (and the value is never
-       shown, not even here). */
-    for (const unsigned char *p = (const unsigned char *)(m.api_key ? m.api_key : ""); *p; p++)
-        if (*p < 0x20 || *p == 0x7f) {
-            rc = tr_error_set(err, TR_EINVAL, "model: \"api_key\" holds a control character");
-            goto out;
-        }
-    if (strncmp(m.base_url, "http://", 7) != 0 && strncmp(m.base_url, "https://", 8) != 0) {
-        char *shown = tr_text_escape(m.base_url, 200);
-        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" '%s' is not an http(s) URL", shown);
-        free(shown);
+    /* The value is never shown, not even here. */
+    const char *why = m.api_key ? llm_api_key_problem(m.api_key) : NULL;
+    if (why) {
+        rc = tr_error_set(err, TR_EINVAL, "model: \"api_key\" %s", why);
         goto out;
     }
-    if (strchr(m.base_url, '#')) {
-        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" must not have a fragment (#)");
+    /* A URL from ${env:NAME} may hold credentials (it is redacted); the workflow refuses them
+       in a URL written in the file. Not shown: it may be one of those. */
+    if ((why = llm_base_url_problem(m.base_url, true)) != NULL) {
+        rc = tr_error_set(err, TR_EINVAL, "model: \"base_url\" %s", why);
         goto out;
     }
     /* A query (Azure's api-version) stays at the end; the path loses its trailing slashes and,

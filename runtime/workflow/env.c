@@ -8,6 +8,7 @@
 #include "workflow-internal.h"
 
 #include "auth.h"
+#include "llm.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,24 @@ bool wf_env_well_formed(const char *s)
         if (!env_reference(p, &name_len))
             return false;
     return true;
+}
+
+bool wf_env_url_userinfo(const char *url)
+{
+    const char *authority = strstr(url, "://");
+    size_t n;
+
+    if (!authority)
+        return false;
+    authority += 3;
+    n = strcspn(authority, "/?#");
+    for (const char *p = authority; p && p < authority + n; p++) {
+        if (*p == '@')
+            return true;
+        if (strncmp(p, ENV_OPEN, strlen(ENV_OPEN)) == 0) /* its value is not written here */
+            p = strchr(p, '}');
+    }
+    return false;
 }
 
 int wf_env_check(struct workflow *wf, const cJSON *node, const char *context)
@@ -280,30 +299,57 @@ static void each_member(const cJSON *server,
 struct run_check {
     const char *kind, *owner; /* "server", "model" and its name */
     bool secret;              /* the references visited now are secrets */
-    struct tr_buf missing, unsafe;
+    bool key;                 /* ... and make a model's API key, sent in a header */
+    struct tr_buf missing, unsafe, invalid;
 };
 
-static void check_one(void *ctx, const char *name, const char *value)
+/* Adds entry (taken) to list, "; "-separated, unless it is there already (a server may
+   reference one variable several times). */
+static void list_add(struct tr_buf *list, char *entry)
 {
-    struct run_check *check = ctx;
-    const char *why = value && check->secret ? workflow_secret_unsafe(value) : NULL;
-    struct tr_buf *list = !value ? &check->missing : why ? &check->unsafe : NULL;
-    char *entry;
-
-    if (!list)
-        return;
-    entry = !value ? xasprintf("%s (%s '%s')", name, check->kind, check->owner)
-                   : xasprintf("${env:%s} of %s '%s' is %s (%zu characters; at least %d, not "
-                               "JSON text)",
-                               name, check->kind, check->owner, why, strlen(value),
-                               WORKFLOW_SECRET_MIN_LENGTH);
-    /* Each name once: a server may reference one variable several times. */
     if (!list->data || !strstr(list->data, entry)) {
         if ((list->len && tr_buf_append(list, "; ", 2) < 0) ||
             tr_buf_append(list, entry, strlen(entry)) < 0)
             abort();
     }
     free(entry);
+}
+
+static void check_one(void *ctx, const char *name, const char *value)
+{
+    struct run_check *check = ctx;
+    const char *header = value && check->key ? llm_api_key_problem(value) : NULL;
+    const char *why = value && check->secret ? workflow_secret_unsafe(value) : NULL;
+
+    /* The value is never shown: its length at most. */
+    if (!value)
+        list_add(&check->missing, xasprintf("%s (%s '%s')", name, check->kind, check->owner));
+    else if (header)
+        list_add(&check->unsafe,
+                 xasprintf("${env:%s} of %s '%s' %s", name, check->kind, check->owner, header));
+    else if (why)
+        list_add(&check->unsafe, xasprintf("${env:%s} of %s '%s' is %s (%zu characters; at "
+                                           "least %d, not JSON text)",
+                                           name, check->kind, check->owner, why, strlen(value),
+                                           WORKFLOW_SECRET_MIN_LENGTH));
+}
+
+/* A model's base URL with its references' values, checked as the agent will (its parts are
+   checked by check_one: a variable not set is reported there). */
+static void check_base_url(struct run_check *check, const char *written)
+{
+    struct tr_error err = {0};
+    char *url;
+    const char *why;
+
+    if (!written || !strstr(written, ENV_OPEN) || !(url = resolve_string(written, &err)))
+        return;
+    /* Credentials in a variable's value are allowed: the file holds only the reference. */
+    if ((why = llm_base_url_problem(url, true)) != NULL)
+        list_add(&check->invalid, xasprintf("model '%s': base_url %s, once its variables are "
+                                            "read, %s",
+                                            check->owner, written, why));
+    free(url);
 }
 
 static void check_member(void *ctx, const cJSON *member, bool secret)
@@ -321,6 +367,7 @@ static int check_run_file(const struct workflow *wf, struct tr_error *err)
 
     tr_buf_init(&check.missing, 0);
     tr_buf_init(&check.unsafe, 0);
+    tr_buf_init(&check.invalid, 0);
     check.kind = "server";
     for (size_t i = 0; i < wf->server_count; i++) {
         check.owner = wf->servers[i].name;
@@ -332,11 +379,15 @@ static int check_run_file(const struct workflow *wf, struct tr_error *err)
     check.kind = "model";
     for (size_t i = 0; i < wf->model_count; i++) {
         const cJSON *model = wf->models[i].resolved;
+        const cJSON *base_url = cJSON_GetObjectItemCaseSensitive(model, "base_url");
         check.owner = wf->models[i].name;
         check.secret = false;
-        each_reference(cJSON_GetObjectItemCaseSensitive(model, "base_url"), check_one, &check);
+        each_reference(base_url, check_one, &check);
+        check_base_url(&check, cJSON_GetStringValue(base_url));
         check.secret = wf->models[i].api_key != NULL;
+        check.key = true;
         each_reference(cJSON_GetObjectItemCaseSensitive(model, "api_key"), check_one, &check);
+        check.key = false;
     }
     if (check.missing.len)
         rc = tr_error_set(err, TR_ENOTFOUND, "environment variables not set: %s%s%s",
@@ -344,8 +395,11 @@ static int check_run_file(const struct workflow *wf, struct tr_error *err)
                           check.unsafe.len ? check.unsafe.data : "");
     else if (check.unsafe.len)
         rc = tr_error_set(err, TR_EINVAL, "refusing secrets: %s", check.unsafe.data);
+    else if (check.invalid.len)
+        rc = tr_error_set(err, TR_EINVAL, "%s", check.invalid.data);
     tr_buf_release(&check.missing);
     tr_buf_release(&check.unsafe);
+    tr_buf_release(&check.invalid);
     return rc;
 }
 

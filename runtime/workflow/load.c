@@ -59,11 +59,19 @@ int wf_doc_fail(const struct wf_doc *doc, const cJSON *node, bool at_key, struct
     char message[sizeof(err->message)];
     va_list ap;
 
+    char *shown;
+    int rc;
+
     va_start(ap, fmt);
     vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
-    return tr_error_set(err, TR_EINVAL, "%s:%s: %s", doc->file,
-                        wf_doc_where(doc, node, at_key, where, sizeof(where)), message);
+    /* Messages quote the file's text (names, ids, values): a control character in it must not
+       reach a terminal or forge a line of `troupe validate`'s output. */
+    shown = tr_text_escape(message, 0);
+    rc = tr_error_set(err, TR_EINVAL, "%s:%s: %s", doc->file,
+                      wf_doc_where(doc, node, at_key, where, sizeof(where)), shown);
+    free(shown);
+    return rc;
 }
 
 void wf_doc_release(struct wf_doc *doc)

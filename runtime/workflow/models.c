@@ -47,7 +47,8 @@ static int optional_number(struct wf_build *b, const cJSON *object, const char *
                           wf_kind_name(item));
     if (!(item->valuedouble >= min && item->valuedouble <= max) ||
         (min_excluded && item->valuedouble == min))
-        return wf_problem(b->wf, item, false, "%s'%s' must be %s %g and at most %g, not %.17g",
+        return wf_problem(b->wf, item, false,
+                          "%s'%s' is out of range: it must be %s %g and at most %g, not %.17g",
                           context, key, min_excluded ? "above" : "at least", min, max,
                           item->valuedouble);
     *ret = item->valuedouble;
@@ -57,24 +58,37 @@ static int optional_number(struct wf_build *b, const cJSON *object, const char *
 /* Model names are keys persona `model:` values use, and may be model ids (gpt-4o, llama3:8b,
  * org/model); model ids (written, bare or given on the command line) are of the same kind. */
 #define MODEL_NAME_RULE "[A-Za-z0-9_.:/@+-]{1,256}"
-static bool model_name_valid(const char *name)
+static bool model_name_valid_n(const char *name, size_t n)
 {
-    size_t n = strlen(name);
-
     if (n == 0 || n > 256)
         return false;
-    for (const char *p = name; *p; p++)
+    for (const char *p = name; p < name + n; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              strchr("_.:/@+-", *p)))
+              (*p && strchr("_.:/@+-", *p))))
             return false;
     return true;
 }
 
-/* A base URL: http(s)://... or ${env:NAME}... (as a server's url), its ${env:NAME} parts
- * well formed (their values are checked before the run). */
+static bool model_name_valid(const char *name)
+{
+    return model_name_valid_n(name, strlen(name));
+}
+
+/*
+ * A base URL as written (or given to --model-url): http(s)://... or ${env:NAME}... (as a
+ * server's url), its ${env:NAME} parts well formed. A URL without references is checked as
+ * libcurl will fetch it (llm_base_url_problem) and may hold no credentials; one with
+ * references is checked so once their values are known (workflow_check_run).
+ */
+static bool url_written(const char *url)
+{
+    return !strncmp(url, "http://", 7) || !strncmp(url, "https://", 8) ||
+           !strncmp(url, "${env:", 6);
+}
+
 static const char *url_problem(const char *url)
 {
-    if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8) && strncmp(url, "${env:", 6))
+    if (!url_written(url))
         return "must start with http://, https:// or a ${env:NAME} reference";
     for (const char *p = url; *p; p++)
         if ((unsigned char)*p <= ' ' || *p == 0x7f)
@@ -82,6 +96,10 @@ static const char *url_problem(const char *url)
     if (!wf_env_well_formed(url))
         return "holds a malformed environment reference: write ${env:NAME} with NAME of "
                "[A-Za-z_][A-Za-z0-9_]*";
+    if (!strstr(url, "${env"))
+        return llm_base_url_problem(url, false);
+    if (wf_env_url_userinfo(url))
+        return LLM_BASE_URL_USERINFO;
     return NULL;
 }
 
@@ -457,11 +475,15 @@ int wf_build_output_schema(struct wf_build *b, const cJSON *node, size_t index, 
                           "%s'output_schema' is for 'ask' steps (the model's answer), not '%s' "
                           "steps",
                           context, workflow_action_name(step->action));
-    if (!cJSON_IsObject(item) && !cJSON_IsBool(item))
+    /* true and false are JSON Schemas, but not ones a provider takes for an answer's form
+       (OpenAI's response_format and Anthropic's tool input both want an object). */
+    if (!cJSON_IsObject(item))
         return wf_problem(wf, item, false,
-                          "%s'output_schema' must be a JSON Schema (a mapping), "
-                          "not %s",
-                          context, wf_kind_name(item));
+                          "%s'output_schema' must be a JSON Schema mapping, not %s%s", context,
+                          wf_kind_name(item),
+                          cJSON_IsBool(item) ? ": the providers take a schema object for the "
+                                               "answer's form (write {} to take any JSON value)"
+                                             : "");
     if (workflow_schema_compile(item, &step->output_schema, &err) < 0)
         return wf_problem(wf, schema_error_node(item, err.message), false, "%soutput_schema: %s",
                           context, err.message);
@@ -618,26 +640,30 @@ int workflow_models_override(struct workflow *wf, const char *member, const char
     bool is_model = !strcmp(member, "model");
     const char *option = is_model ? "--model" : "--model-url";
     const char *value = spec, *eq = strchr(spec, '=');
-    char *name = NULL;
+    char *name = NULL, *shown = NULL;
     size_t changed = 0;
     int rc = 0;
 
     if (!is_model && strcmp(member, "base_url"))
         return tr_error_set(err, TR_EINVAL, "no model member '%s' to override", member);
     /* NAME=VALUE names one model; a URL (it has a scheme) or a model id is for all. */
-    if (eq && (is_model || !url_problem(eq + 1))) {
+    if (eq && (is_model || (url_written(eq + 1) && model_name_valid_n(spec, eq - spec)))) {
         name = xstrndup(spec, (size_t)(eq - spec));
         value = eq + 1;
     }
     if (is_model && (!*value || !model_name_valid(value))) {
+        shown = tr_text_escape(spec, 300);
         rc = tr_error_set(err, TR_EINVAL,
                           "%s wants [NAME=]ID with ID a model id of " MODEL_NAME_RULE ", "
                           "not '%s'",
-                          option, spec);
+                          option, shown);
         goto out;
     }
     if (!is_model && url_problem(value)) {
-        rc = tr_error_set(err, TR_EINVAL, "%s wants [NAME=]URL, and '%s' %s", option, value,
+        /* A URL with an '@' may hold a password: it is not repeated. */
+        shown = strchr(value, '@') ? NULL : tr_text_escape(value, 300);
+        rc = tr_error_set(err, TR_EINVAL, "%s wants [NAME=]URL, and %s%s%s %s", option,
+                          shown ? "'" : "the URL", shown ? shown : "", shown ? "'" : "",
                           url_problem(value));
         goto out;
     }
@@ -649,6 +675,7 @@ int workflow_models_override(struct workflow *wf, const char *member, const char
                                : "%s: the workflow uses no model%s",
                           option, name ? name : "");
 out:
+    free(shown);
     free(name);
     return rc;
 }

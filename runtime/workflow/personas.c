@@ -119,6 +119,12 @@ static int build_server(struct wf_build *b, const cJSON *node, struct wf_server 
     if (url && strncmp(url->valuestring, "http://", 7) &&
         strncmp(url->valuestring, "https://", 8) && strncmp(url->valuestring, "${env:", 6))
         return wf_problem(wf, url, false, "%s'url' must start with http:// or https://", context);
+    if (url && wf_env_url_userinfo(url->valuestring))
+        return wf_problem(wf, url, false,
+                          "%s'url' must not hold a user or password (user:password@host): put "
+                          "credentials in 'headers' or 'auth' as ${env:NAME}; a URL that must "
+                          "hold a secret can be given as ${env:NAME}, which is redacted",
+                          context);
     /* Hosts write "type" too; it must agree with the transport the other keys give. */
     if (type) {
         const char *t = type->valuestring;

@@ -136,6 +136,7 @@ struct schema_node {
     struct schema_node *not_schema, *if_schema, *then_schema, *else_schema;
     struct schema_node *ref;
     const char *ref_text; /* the $ref as written, until it is resolved */
+    int visit;            /* the compiler's search for cycles: 0 new, 1 on the path, 2 done */
 };
 
 struct workflow_schema {

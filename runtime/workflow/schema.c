@@ -329,11 +329,16 @@ static int kw_type(struct compiler *c, struct keyword_site *k)
         for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
             if (cJSON_IsString(item) && strcmp(item->valuestring, names[i]) == 0)
                 break;
-        if (i == sizeof(names) / sizeof(names[0]))
-            return fail(c, k->where,
-                        "'%s' is not a type (null, boolean, object, array, number, "
-                        "string or integer)",
-                        cJSON_IsString(item) ? item->valuestring : "?");
+        if (i == sizeof(names) / sizeof(names[0])) {
+            /* The entry as written, JSON text for one that is no string (5, null, [..]). */
+            char *text = cJSON_IsString(item) ? NULL : cJSON_PrintUnformatted(item);
+            int rc = fail(c, k->where,
+                          "%s%s%s is not a type (null, boolean, object, array, number, "
+                          "string or integer)",
+                          text ? "" : "'", text ? text : item->valuestring, text ? "" : "'");
+            cJSON_free(text);
+            return rc;
+        }
         if (k->node->types & (1u << i))
             return fail(c, k->where, "lists '%s' twice", names[i]);
         k->node->types |= 1u << i;
@@ -852,6 +857,132 @@ static int resolve_refs(struct compiler *c)
     return 0;
 }
 
+/* ---- cycles that never move into the value ----------------------------------------------------
+ */
+
+/*
+ * The i-th subschema node applies to the same value as itself ($ref, not, if, then, else,
+ * allOf, anyOf, oneOf, dependentSchemas), in *ret (NULL when that keyword is absent); false
+ * past the last. properties, items and the like apply to a part of the value: a cycle through
+ * them ends with the value's depth.
+ */
+static bool in_place_child(const struct schema_node *n, size_t i, struct schema_node **ret)
+{
+    struct schema_node *const single[] = {n->ref, n->not_schema, n->if_schema, n->then_schema,
+                                          n->else_schema};
+    const struct schema_list *const lists[] = {&n->all_of, &n->any_of, &n->one_of};
+    size_t k;
+
+    if (i < sizeof(single) / sizeof(single[0])) {
+        *ret = single[i];
+        return true;
+    }
+    i -= sizeof(single) / sizeof(single[0]);
+    for (k = 0; k < sizeof(lists) / sizeof(lists[0]); i -= lists[k]->count, k++)
+        if (i < lists[k]->count) {
+            *ret = lists[k]->nodes[i];
+            return true;
+        }
+    if (i < n->dependent_schema_count) {
+        *ret = n->dependent_schemas[i].node;
+        return true;
+    }
+    return false;
+}
+
+/* Whether node checks nothing but its $ref (its other keywords are annotations). */
+static bool only_ref(const struct schema_node *node)
+{
+    const cJSON *member;
+
+    if (node->is_boolean || !node->ref)
+        return false;
+    cJSON_ArrayForEach(member, node->json)
+    {
+        size_t i;
+        if (!strcmp(member->string, "$ref") || !strcmp(member->string, "$defs") ||
+            !strcmp(member->string, "$schema") || !strcmp(member->string, "$id"))
+            continue;
+        for (i = 0; i < sizeof(keywords) / sizeof(keywords[0]); i++)
+            if (!strcmp(keywords[i].name, member->string))
+                break;
+        if (i == sizeof(keywords) / sizeof(keywords[0]) || keywords[i].compile != kw_annotation)
+            return false;
+    }
+    return true;
+}
+
+struct path_step {
+    struct schema_node *node;
+    size_t next; /* its next in_place_child to follow */
+};
+
+/* The refusal of the cycle path[from..count-1], back to path[from]. */
+static int cycle_found(struct compiler *c, const struct path_step *path, size_t from, size_t count)
+{
+    struct tr_buf text;
+    bool checks_nothing = true;
+    int rc;
+
+    tr_buf_init(&text, 0);
+    for (size_t i = from; i < count; i++) {
+        checks_nothing = checks_nothing && only_ref(path[i].node);
+        if (text.len > 400) {
+            if (tr_buf_appendf(&text, "... -> ") < 0)
+                abort();
+            i = count - 1;
+            continue;
+        }
+        if (tr_buf_appendf(&text, "%s -> ", path[i].node->where) < 0)
+            abort();
+    }
+    if (tr_buf_appendf(&text, "%s", path[from].node->where) < 0)
+        abort();
+    rc = fail(c, path[from].node->where, "a $ref cycle that %s: %s",
+              checks_nothing ? "never checks anything"
+                             : "applies to the same value again and again, without end",
+              text.data);
+    tr_buf_release(&text);
+    return rc;
+}
+
+/*
+ * Refuses a cycle of subschemas that apply to the same value ({"$ref": "#"}, a -> b -> a in
+ * $defs, {"allOf": [{"$ref": "#"}]}): validating any value it reaches never ends. Depth-first,
+ * with its own stack: a chain of $refs may be as long as the schema has nodes.
+ */
+static int refuse_cycles(struct compiler *c)
+{
+    size_t count = c->schema->node_count, depth;
+    struct path_step *path = xmalloc((count + 1) * sizeof(*path));
+    int rc = 0;
+
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        if (c->schema->nodes[i]->visit)
+            continue;
+        path[0] = (struct path_step){c->schema->nodes[i], 0};
+        path[0].node->visit = 1;
+        for (depth = 1; rc == 0 && depth > 0;) {
+            struct path_step *top = &path[depth - 1];
+            struct schema_node *child;
+            if (!in_place_child(top->node, top->next++, &child)) {
+                top->node->visit = 2;
+                depth--;
+            } else if (child && child->visit == 1) {
+                size_t from = depth - 1;
+                while (path[from].node != child)
+                    from--;
+                rc = cycle_found(c, path, from, depth);
+            } else if (child && child->visit == 0) {
+                child->visit = 1;
+                path[depth++] = (struct path_step){child, 0};
+            }
+        }
+    }
+    free(path);
+    return rc;
+}
+
 /* ---- the API --------------------------------------------------------------------------------- */
 
 static bool nested_deeper_than(const cJSON *json, int limit)
@@ -886,6 +1017,8 @@ int workflow_schema_compile(const cJSON *schema, struct workflow_schema **ret_sc
     rc = compile_schema(&c, c.schema->document, xstrdup("#"), 0, &c.schema->root);
     if (rc == 0)
         rc = resolve_refs(&c);
+    if (rc == 0)
+        rc = refuse_cycles(&c);
     free(c.index);
     if (rc < 0) {
         workflow_schema_free(&c.schema);

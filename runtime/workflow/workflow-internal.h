@@ -414,6 +414,9 @@ void wf_env_collect_values(const cJSON *node, cJSON *redact);
  * one. */
 bool wf_env_is_reference(const char *s);
 bool wf_env_well_formed(const char *s);
+/* Whether url's authority, as written (outside its references), holds user:password@: a
+   credential written in the file, which the plan, the audit and the logs would keep. */
+bool wf_env_url_userinfo(const char *url);
 
 /* steps.c */
 int wf_build_steps(struct wf_build *b, const cJSON *node);

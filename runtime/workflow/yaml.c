@@ -136,9 +136,10 @@ static bool yaml_number(const char *text, size_t len, double *ret)
         return false;
     memcpy(buf, text, len);
     buf[len] = '\0';
-    errno = 0;
+    /* Out of a double's range it is still a number, as JSON's parser reads it (an infinity,
+       or zero): the checks that follow say it is out of range, not that it is text. */
     *ret = strtod(buf, &end);
-    return errno == 0 && isfinite(*ret);
+    return true;
 }
 
 static cJSON *yaml_scalar(struct yaml_builder *b, struct fy_event *event)

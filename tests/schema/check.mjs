@@ -98,6 +98,7 @@ const schemaVisible = [
     'with-on-eval.yaml', 'persona-unknown-key.yaml', 'limits-unknown-key.yaml',
     'resource-missing-uri.yaml', 'needs-wrong-type.yaml', 'outputs-not-mapping.yaml',
     'workflow-persona.yaml', 'model-literal-key.yaml', 'output-schema-on-tool.yaml',
+    'model-base-url-userinfo.yaml', 'output-schema-boolean.yaml',
 ];
 for (const file of schemaVisible) {
     const doc = readWorkflow(join(source, 'tests', 'workflows', 'broken', file));

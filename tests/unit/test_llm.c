@@ -839,6 +839,15 @@ Test(llm, model_configuration_errors_name_the_member)
         {"{\"provider\": \"openai\", \"base_url\": \"http://x\", \"model\": \"m\", "
          "\"api_key\": \"a\\r\\nX-Injected: 1\"}",
          "control character"},
+        /* The base URL as libcurl reads it, the workflow's own check (llm_base_url_problem). */
+        {"{\"provider\": \"openai\", \"base_url\": \"http://x/v1#f\", \"model\": \"m\"}",
+         "\"base_url\" must not have a fragment"},
+        {"{\"provider\": \"openai\", \"base_url\": \"http://x:99999\", \"model\": \"m\"}",
+         "\"base_url\" has a port that is not a number from 1 to 65535"},
+        {"{\"provider\": \"openai\", \"base_url\": \"http://[::1\", \"model\": \"m\"}",
+         "\"base_url\" has a malformed IPv6 address"},
+        {"{\"provider\": \"openai\", \"base_url\": \"http:///x\", \"model\": \"m\"}",
+         "\"base_url\" has no host"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         cJSON *json = cJSON_Parse(cases[i][0]);

@@ -448,6 +448,11 @@ Test(schema, keywords_it_does_not_implement_are_refused_by_name)
                    "schema #/minLength: must be a non-negative "
                    "integer");
     expect_refused("{\"type\": \"text\"}", TR_EINVAL, "'text' is not a type");
+    /* The bad entry of a list, as written, whatever it is. */
+    expect_refused("{\"type\": [\"string\", 5]}", TR_EINVAL,
+                   "schema #/type: 5 is not a type (null, boolean");
+    expect_refused("{\"type\": [\"string\", null]}", TR_EINVAL,
+                   "schema #/type: null is not a type");
     expect_refused("{\"required\": [\"a\", \"a\"]}", TR_EINVAL, "lists \"a\" twice");
     expect_refused("{\"multipleOf\": 0}", TR_EINVAL, "schema #/multipleOf: must be greater than 0");
     expect_refused("[]", TR_EINVAL, "schema #: a schema must be an object or a boolean");
@@ -592,22 +597,52 @@ static int check_json(const struct workflow_schema *schema, const cJSON *instanc
     return rc;
 }
 
-Test(schema, recursive_refs_stop_at_the_depth_bound)
+/* A cycle of subschemas applied to the same value never ends whatever the value: refused when
+   the schema is compiled, naming the cycle, not found answer after answer at the depth bound. */
+Test(schema, cycles_on_the_same_value_are_refused_at_compile)
 {
-    static const char *const loops[] = {
-        "{\"$ref\": \"#\"}",
-        "{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\"}, \"b\": {\"allOf\": [{\"$ref\": "
-        "\"#/$defs/a\"}]}}, \"$ref\": \"#/$defs/a\"}",
-        "{\"anyOf\": [{\"$ref\": \"#\"}]}",
-        "{\"not\": {\"$ref\": \"#\"}}",
+    static const struct {
+        const char *schema, *message;
+    } cycles[] = {
+        {"{\"$ref\": \"#\"}", "schema #: a $ref cycle that never checks anything: # -> #"},
+        {"{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\", \"title\": \"A\"}, \"b\": {\"$ref\": "
+         "\"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\", \"type\": \"object\"}",
+         "schema #/$defs/a: a $ref cycle that never checks anything: #/$defs/a -> #/$defs/b -> "
+         "#/$defs/a"},
+        {"{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\"}, \"b\": {\"allOf\": [{\"$ref\": "
+         "\"#/$defs/a\"}]}}, \"$ref\": \"#/$defs/a\"}",
+         "schema #/$defs/a: a $ref cycle that applies to the same value again and again, without "
+         "end: #/$defs/a -> #/$defs/b -> #/$defs/b/allOf/0 -> #/$defs/a"},
+        {"{\"type\": \"object\", \"$ref\": \"#\"}",
+         "schema #: a $ref cycle that applies to the same value again and again, without end: "
+         "# -> #"},
+        {"{\"anyOf\": [{\"type\": \"string\"}, {\"$ref\": \"#\"}]}", "# -> #/anyOf/1 -> #"},
+        {"{\"not\": {\"$ref\": \"#\"}}", "# -> #/not -> #"},
+        {"{\"if\": true, \"then\": {\"$ref\": \"#\"}}", "# -> #/then -> #"},
+        {"{\"dependentSchemas\": {\"x\": {\"$ref\": \"#\"}}}", "# -> #/dependentSchemas/x -> #"},
+        /* reached only through a $ref from a part of the value: still refused */
+        {"{\"items\": {\"$ref\": \"#/$defs/a\"}, \"$defs\": {\"a\": {\"oneOf\": [{\"$ref\": "
+         "\"#/$defs/a\"}]}}}",
+         "#/$defs/a -> #/$defs/a/oneOf/0 -> #/$defs/a"},
+    };
+
+    for (size_t i = 0; i < sizeof(cycles) / sizeof(cycles[0]); i++)
+        expect_refused(cycles[i].schema, TR_EINVAL, cycles[i].message);
+
+    /* Recursion through a part of the value (properties, items, ...) ends with the value. */
+    static const char *const recursive[] = {
+        "{\"type\": \"array\", \"items\": {\"$ref\": \"#\"}}",
+        "{\"$defs\": {\"node\": {\"type\": \"object\", \"properties\": {\"kids\": {\"type\": "
+        "\"array\", \"items\": {\"$ref\": \"#/$defs/node\"}}}}}, \"$ref\": \"#/$defs/node\"}",
+        "{\"anyOf\": [{\"type\": \"string\"}, {\"additionalProperties\": {\"$ref\": \"#\"}}]}",
+        "{\"allOf\": [{\"$ref\": \"#/$defs/a\"}, {\"$ref\": \"#/$defs/a\"}], \"$defs\": {\"a\": "
+        "{\"type\": \"object\"}}}",
     };
     char message[1024];
-
-    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
-        struct workflow_schema *schema = compile_text(loops[i]);
-        cr_expect_eq(check(schema, "{}", message, sizeof(message)), TR_ETOOBIG, "%s", loops[i]);
-        cr_expect_str_eq(message, "(root): validation nested deeper than 256 (a recursive $ref?)",
-                         "%s", loops[i]);
+    for (size_t i = 0; i < sizeof(recursive) / sizeof(recursive[0]); i++) {
+        struct workflow_schema *schema = compile_text(recursive[i]);
+        cr_expect_neq(check(schema, "[[], {\"kids\": []}]", message, sizeof(message)), TR_ETOOBIG,
+                      "%s: %s", recursive[i], message);
         workflow_schema_free(&schema);
     }
 }

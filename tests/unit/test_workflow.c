@@ -680,6 +680,16 @@ static const struct broken broken_files[] = {
     {"model-literal-key.yaml", "7:14",
      "model 'fast': 'api_key' must be a ${env:NAME} reference, not a literal key: put the key "
      "in an environment variable and write api_key: ${env:NAME}"},
+    {"model-base-url-userinfo.yaml", "7:15",
+     "model 'fast': 'base_url' must not hold a user or password (user:password@host): put "
+     "credentials in api_key as ${env:NAME}; a URL that must hold a secret can be given as "
+     "${env:NAME}, which is redacted"},
+    {"output-schema-boolean.yaml", "10:20",
+     "step 'think': 'output_schema' must be a JSON Schema mapping, not a boolean: the providers "
+     "take a schema object for the answer's form (write {} to take any JSON value)"},
+    {"output-schema-ref-cycle.yaml", "13:12",
+     "step 'think': output_schema: schema #/$defs/a: a $ref cycle that never checks anything: "
+     "#/$defs/a -> #/$defs/b -> #/$defs/a"},
     {"output-schema-on-tool.yaml", "10:5",
      "step 'greet': 'output_schema' is for 'ask' steps (the model's answer), not 'tool' steps"},
     {"when-jq-syntax.yaml", "10:11", "step 'greet': 'when': jq: syntax error, unexpected $end"},

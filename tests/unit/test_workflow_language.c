@@ -230,6 +230,34 @@ Test(workflow_language, sub_workflow_required_inputs_must_be_given)
 
 /* ---- the vocabulary -------------------------------------------------------------------- */
 
+/* Its header says how troupe run runs it, and what it names is all a run checks before it
+   starts: a model's key, the bureau's token. */
+Test(workflow_language, loan_review_runs_given_what_its_header_names)
+{
+    char *path = source_path("workflows/loan-review.yaml");
+    FILE *file = fopen(path, "r");
+    char header[2048] = "";
+    struct tr_error err = {0};
+
+    cr_assert_not_null(file);
+    cr_assert_gt(fread(header, 1, sizeof(header) - 1, file), 0);
+    fclose(file);
+    free(path);
+    cr_expect_null(strstr(header, "refuses"), "%s", header);
+    cr_expect(strstr(header, "`troupe run` runs it once it has what it names") &&
+                  strstr(header, "OPENAI_API_KEY") && strstr(header, "BUREAU_TOKEN"),
+              "%s", header);
+
+    unsetenv("OPENAI_BASE_URL");
+    setenv("OPENAI_API_KEY", "sk-test-0123456789", 1);
+    setenv("BUREAU_TOKEN", "bureau-token-0123456789", 1);
+    struct workflow *wf = load_file("workflows/loan-review.yaml");
+    cr_expect_eq(workflow_check_run(wf, &err), 0, "%s", err.message);
+    workflow_free(&wf);
+    unsetenv("OPENAI_API_KEY");
+    unsetenv("BUREAU_TOKEN");
+}
+
 Test(workflow_language, loan_review_has_every_action)
 {
     struct workflow *wf = load_file("workflows/loan-review.yaml");

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "llm.h"
 #include "workflow.h"
 
 static struct workflow *load_yaml(const char *text)
@@ -224,16 +225,18 @@ Test(workflow_models, problems_have_positions)
         "compatible with it) or 'anthropic' (the Messages API), not 'mistral'\n"
         "5:16: model 'b': 'api_key' must be a ${env:NAME} reference, not a literal key: put the "
         "key in an environment variable and write api_key: ${env:NAME}\n"
-        "6:22: model 'c': price: 'input' must be at least 0 and at most 1e+09, not -1\n"
+        "6:22: model 'c': price: 'input' is out of range: it must be at least 0 and at most 1e+09, "
+        "not -1\n"
         "7:17: model 'd': 'base_url' must start with http://, https:// or a ${env:NAME} "
         "reference\n"
         "8:7: model 'e': unknown key 'colour'\n"
-        "9:20: budget: 'max_cost' must be above 0 and at most 1e+12, not 0\n"
+        "9:20: budget: 'max_cost' is out of range: it must be above 0 and at most 1e+12, not 0\n"
         "11:14: persona 'p': unknown model 'fats': a workflow with 'models' names each model "
         "there\n"
         "12:18: persona 'q': sampling: 'allow' needs a model: the persona's model answers a "
         "server's sampling requests, and persona 'q' has no 'model'\n"
-        "13:53: persona 'r': limits: 'max_cost' must be above 0 and at most 1e+12, not -2\n"
+        "13:53: persona 'r': limits: 'max_cost' is out of range: it must be above 0 and at most "
+        "1e+12, not -2\n"
         "14:58: persona 's': elicitation: answers for server 'bnk', not one of the persona's "
         "servers\n"
         "15:68: persona 't': elicitation: answer 'x' of server 'bank' must be a string, a "
@@ -600,4 +603,198 @@ Test(workflow_models, an_override_reaches_the_children)
     rmdir(dir);
     free(child);
     free(parent);
+}
+
+/* ---- hostile values --------------------------------------------------------------------- */
+
+/* A base URL is judged at load as libcurl will fetch it; credentials never stay in the file. */
+Test(workflow_models, a_written_base_url_is_checked_as_libcurl_reads_it)
+{
+    char *found = problems_of("name: m\n"
+                              "mcp_servers: {bank: {command: x}}\n"
+                              "models:\n"
+                              "  a: {base_url: 'http://u:sk-secret-0123@host/v1'}\n"
+                              "  b: {base_url: 'http://host/v1#part'}\n"
+                              "  c: {base_url: 'http://'}\n"
+                              "  d: {base_url: 'http://[::1/v1'}\n"
+                              "  e: {base_url: 'http://host:99999/v1'}\n"
+                              "  f: {base_url: 'https://@host/v1'}\n"
+                              "  g: {base_url: 'http://u:sk-secret-0123@${env:HOST}/v1'}\n"
+                              "  h: {base_url: 'http:///host/v1'}\n"
+                              "  i: {base_url: 'https://r.openai.azure.com/openai/deployments/d"
+                              "?api-version=2024-10-21'}\n"
+                              "  j: {base_url: 'http://${env:HOST}:8080/v1?x=1'}\n"
+                              "  k: {base_url: 'http://host:0/v1'}\n"
+                              "personas: {p: {model: a}}\n"
+                              "steps: [{id: s, persona: p, ask: hi}]\n");
+    const char *userinfo = "'base_url' must not hold a user or password (user:password@host): "
+                           "put credentials in api_key as ${env:NAME}; a URL that must hold a "
+                           "secret can be given as ${env:NAME}, which is redacted\n";
+    char *expected = NULL;
+    cr_assert(asprintf(&expected,
+                       "4:17: model 'a': %s"
+                       "5:17: model 'b': 'base_url' must not have a fragment (#): a request never "
+                       "sends one\n"
+                       "6:17: model 'c': 'base_url' has no host\n"
+                       "7:17: model 'd': 'base_url' has a malformed IPv6 address\n"
+                       "8:17: model 'e': 'base_url' has a port that is not a number from 1 to "
+                       "65535\n"
+                       "9:17: model 'f': %s"
+                       "10:17: model 'g': %s"
+                       "11:17: model 'h': 'base_url' has no host\n"
+                       "14:17: model 'k': 'base_url' has a port that is not a number from 1 to "
+                       "65535\n",
+                       userinfo, userinfo, userinfo) > 0);
+    cr_assert_str_eq(found, expected);
+    cr_assert_null(strstr(found, "sk-secret"));
+    free(expected);
+    free(found);
+}
+
+/* Nor does a server's url keep credentials in the file (the plan would). */
+Test(workflow_models, no_url_of_the_file_holds_credentials)
+{
+    char *found = problems_of("name: m\n"
+                              "mcp_servers:\n"
+                              "  a: {url: 'https://u:sk-secret-0123@mcp.example/mcp'}\n"
+                              "  b: {url: 'https://${env:USER}:${env:PASS}@mcp.example/mcp'}\n"
+                              "  c: {url: 'https://${env:MCP_URL}'}\n"
+                              "  d: {url: 'https://mcp.example/mcp?user=a@b'}\n"
+                              "personas: {p: {servers: [a, b, c, d]}}\n"
+                              "steps: [{id: s, persona: p, tool: a.t}]\n");
+    const char *why = "'url' must not hold a user or password (user:password@host): put "
+                      "credentials in 'headers' or 'auth' as ${env:NAME}; a URL that must hold "
+                      "a secret can be given as ${env:NAME}, which is redacted\n";
+    char *expected = NULL;
+
+    cr_assert(asprintf(&expected, "3:12: server 'a': %s4:12: server 'b': %s", why, why) > 0);
+    cr_assert_str_eq(found, expected);
+    free(expected);
+    free(found);
+}
+
+/* --model-url takes what base_url takes, and never repeats a URL that may hold a password. */
+Test(workflow_models, the_command_lines_url_is_checked_as_the_files)
+{
+    struct workflow *wf = load_yaml("name: m\n"
+                                    "mcp_servers: {bank: {command: x}}\n"
+                                    "models: {fast: {model: gpt-4o}}\n"
+                                    "personas: {p: {model: fast}}\n"
+                                    "steps: [{id: s, persona: p, ask: hi}]\n");
+    struct tr_error err = {0};
+
+    cr_assert_eq(workflow_models_override(wf, "base_url", "http://u:secret-42@h/v1", &err),
+                 TR_EINVAL);
+    cr_assert_str_eq(err.message,
+                     "--model-url wants [NAME=]URL, and the URL " LLM_BASE_URL_USERINFO);
+    cr_assert_eq(workflow_models_override(wf, "base_url", "fast=http://u:secret-42@h/v1", &err),
+                 TR_EINVAL);
+    cr_assert_null(strstr(err.message, "secret-42"), "%s", err.message);
+    cr_assert_eq(workflow_models_override(wf, "base_url", "fast=ftp://h/v1", &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "--model-url wants [NAME=]URL, and 'fast=ftp://h/v1' must start "
+                                  "with http://, https:// or a ${env:NAME} reference");
+    cr_assert_eq(workflow_models_override(wf, "base_url", "http://h:70000/v1", &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "--model-url wants [NAME=]URL, and 'http://h:70000/v1' has a "
+                                  "port that is not a number from 1 to 65535");
+    cr_assert_eq(workflow_models_override(wf, "base_url", "http://h/v1#x", &err), TR_EINVAL);
+    /* A query is kept, its '=' too. */
+    cr_assert_eq(workflow_models_override(wf, "base_url", "fast=https://h/d?api-version=1", &err),
+                 0, "%s", err.message);
+    cr_assert_str_eq(cJSON_GetObjectItem(workflow_persona_model(wf, 0), "base_url")->valuestring,
+                     "https://h/d?api-version=1");
+    /* An id with a control character is escaped, as any untrusted text. */
+    cr_assert_eq(workflow_models_override(wf, "model", "fast=a\nb\x1b[2J", &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "--model wants [NAME=]ID with ID a model id of "
+                                  "[A-Za-z0-9_.:/@+-]{1,256}, not 'fast=a\\nb\\x1b[2J'");
+    workflow_free(&wf);
+}
+
+/* Values from the environment are checked before the run, naming the variable, never showing
+ * the value: a base URL as libcurl reads it, a key that could not go in a header. */
+Test(workflow_models, run_check_judges_the_variables_values)
+{
+    static const char text[] = "name: m\n"
+                               "mcp_servers: {bank: {command: x}}\n"
+                               "models:\n"
+                               "  a: {base_url: '${env:TROUPE_T_URL}', api_key: "
+                               "'${env:TROUPE_T_KEY}'}\n"
+                               "  b: {model: gpt-4o}\n"
+                               "personas: {p: {model: a}, q: {model: b}}\n"
+                               "steps: [{id: s, persona: p, ask: hi}]\n";
+    struct workflow *wf;
+    struct tr_error err = {0};
+
+    unsetenv("OPENAI_API_KEY");
+    unsetenv("OPENAI_BASE_URL");
+    setenv("TROUPE_T_KEY", "sk-0123456789abcdef", 1);
+    setenv("TROUPE_T_URL", "ftp://x", 1);
+    wf = load_yaml(text);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "model 'a': base_url ${env:TROUPE_T_URL}, once its variables "
+                                  "are read, must be an http:// or https:// URL");
+    setenv("TROUPE_T_URL", "http://h:99999/v1", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert(strstr(err.message, "has a port that is not a number"), "%s", err.message);
+    /* Credentials in a variable's value are the variable's business: it is redacted. */
+    setenv("TROUPE_T_URL", "http://user:pass-0123456789@h/v1", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), 0, "%s", err.message);
+
+    /* The vendor's default, read when the models are resolved. */
+    setenv("OPENAI_BASE_URL", "http://[::1/v1", 1);
+    workflow_free(&wf); /* the defaults are read at load */
+    wf = load_yaml(text);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "model 'b': base_url ${env:OPENAI_BASE_URL}, once its variables "
+                                  "are read, has a malformed IPv6 address");
+    unsetenv("OPENAI_BASE_URL");
+    workflow_free(&wf);
+    wf = load_yaml(text);
+
+    /* A key that would end its header line: named, not shown. */
+    setenv("TROUPE_T_KEY", "sk-0123456789\r\nX-Evil: 1", 1);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "refusing secrets: ${env:TROUPE_T_KEY} of model 'a' holds a "
+                                  "control character (it goes into a header line)");
+    setenv("OPENAI_API_KEY", "ollama\x7f", 1);
+    setenv("TROUPE_T_KEY", "sk-0123456789abcdef", 1);
+    workflow_free(&wf); /* the defaults are read at load */
+    wf = load_yaml(text);
+    cr_assert_eq(workflow_check_run(wf, &err), TR_EINVAL);
+    cr_assert_str_eq(err.message, "refusing secrets: ${env:OPENAI_API_KEY} of model 'b' holds a "
+                                  "control character (it goes into a header line)");
+    workflow_free(&wf);
+    unsetenv("OPENAI_API_KEY");
+    unsetenv("TROUPE_T_URL");
+    unsetenv("TROUPE_T_KEY");
+}
+
+/* output_schema true or false would load and then fail every run; numbers out of a double's
+ * range are out of range, not text; a bad type entry is named; a model id is escaped. */
+Test(workflow_models, hostile_values_are_refused_at_load_and_said_plainly)
+{
+    char *found = problems_of("name: m\n"
+                              "mcp_servers: {bank: {command: x}}\n"
+                              "budget: {max_cost: 1e400}\n"
+                              "personas:\n"
+                              "  p: {model: gpt-4o, limits: {max_tokens: 1e400}}\n"
+                              "  q: {model: \"gpt\\n4o\\e[2J\"}\n"
+                              "steps:\n"
+                              "  - {id: s1, persona: p, ask: hi, output_schema: true}\n"
+                              "  - {id: s2, persona: p, ask: hi, output_schema: false}\n"
+                              "  - {id: s3, persona: p, ask: hi, output_schema: {type: [string, "
+                              "5]}}\n");
+    cr_assert_str_eq(
+        found,
+        "3:20: budget: 'max_cost' is out of range: it must be above 0 and at most 1e+12, not inf\n"
+        "5:43: persona 'p': limits: 'max_tokens' is out of range: it must be between 1 and "
+        "100000000, not inf\n"
+        "6:14: persona 'q': 'model' must be a model id of [A-Za-z0-9_.:/@+-]{1,256}, not "
+        "'gpt\\n4o\\x1b[2J'\n"
+        "8:50: step 's1': 'output_schema' must be a JSON Schema mapping, not a boolean: the "
+        "providers take a schema object for the answer's form (write {} to take any JSON value)\n"
+        "9:50: step 's2': 'output_schema' must be a JSON Schema mapping, not a boolean: the "
+        "providers take a schema object for the answer's form (write {} to take any JSON value)\n"
+        "10:57: step 's3': output_schema: schema #/type: 5 is not a type (null, boolean, object, "
+        "array, number, string or integer)\n");
+    free(found);
 }
