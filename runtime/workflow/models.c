@@ -397,6 +397,42 @@ int wf_build_persona_model(struct wf_build *b, const cJSON *node, struct wf_pers
     return rc;
 }
 
+/*
+ * A cost limit counts what the models' prices say: one no price feeds could never be reached.
+ * Refused where it is written: a persona's `limits.max_cost` when its model has no `price`;
+ * the run's `budget.max_cost` when no model of the workflow has one.
+ */
+void wf_check_cost_limits(struct wf_build *b)
+{
+    struct workflow *wf = b->wf;
+    const cJSON *personas = cJSON_GetObjectItemCaseSensitive(wf->doc.root, "personas");
+    const cJSON *budget = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(wf->doc.root, "budget"), "max_cost");
+    bool priced = false;
+
+    for (size_t i = 0; i < wf->model_count; i++)
+        priced |= wf->models[i].has_price;
+    if (budget && wf->budget.max_cost > 0 && !priced && wf->model_count > 0)
+        wf_problem(wf, budget, false,
+                   "budget: max_cost needs prices: no model has a 'price', so no call costs "
+                   "anything and the budget is never spent");
+    for (size_t i = 0; i < wf->persona_count; i++) {
+        const struct wf_persona *p = &wf->personas[i];
+        if (p->max_cost <= 0 || p->model_index == SIZE_MAX || p->model_index >= wf->model_count ||
+            wf->models[p->model_index].has_price)
+            continue;
+        const cJSON *at = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(personas, p->name),
+                                             "limits"),
+            "max_cost");
+        if (at)
+            wf_problem(wf, at, false,
+                       "persona '%s': limits: max_cost needs a price: model '%s' has no "
+                       "'price', so its calls cost nothing and the limit is never reached",
+                       p->name, wf->models[p->model_index].name);
+    }
+}
+
 void wf_persona_add_policies(const struct wf_persona *p, cJSON *object)
 {
     if (p->timeout_ms || p->max_turns || p->max_tool_calls || p->max_tokens || p->max_cost ||

@@ -561,6 +561,7 @@ int wf_build(struct workflow *wf, struct tr_error *err)
     struct wf_build b = {.wf = wf, .doc = &wf->doc};
 
     build_top(&b);
+    wf_check_cost_limits(&b);
     wf_models_resolve(wf);
     /* Compiled once, together, after every step has registered its expressions. */
     if (wf->expr_count)

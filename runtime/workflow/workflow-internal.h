@@ -406,6 +406,8 @@ cJSON *wf_plan_budget(const struct workflow *wf);
 /* models.c: builds each model's workflow_persona_model object (the environment's defaults
  * as they are now): after the load, and again after an override. */
 void wf_models_resolve(struct workflow *wf);
+/* A max_cost (persona or budget) whose models have no price: a problem where it is written. */
+void wf_check_cost_limits(struct wf_build *b);
 void wf_models_free(struct workflow *wf);
 /* env.c: adds {NAME: value} to redact for each ${env:NAME} in node's strings whose value is
  * safe to redact (workflow_secret_unsafe). */

@@ -680,6 +680,9 @@ static const struct broken broken_files[] = {
     {"model-literal-key.yaml", "7:14",
      "model 'fast': 'api_key' must be a ${env:NAME} reference, not a literal key: put the key "
      "in an environment variable and write api_key: ${env:NAME}"},
+    {"max-cost-without-price.yaml", "11:22",
+     "persona 'greeter': limits: max_cost needs a price: model 'fast' has no 'price', so its "
+     "calls cost nothing and the limit is never reached"},
     {"model-base-url-userinfo.yaml", "7:15",
      "model 'fast': 'base_url' must not hold a user or password (user:password@host): put "
      "credentials in api_key as ${env:NAME}; a URL that must hold a secret can be given as "
