@@ -680,7 +680,7 @@ static const struct broken broken_files[] = {
     {"model-literal-key.yaml", "7:14",
      "model 'fast': 'api_key' must be a ${env:NAME} reference, not a literal key: put the key "
      "in an environment variable and write api_key: ${env:NAME}"},
-    {"max-cost-without-price.yaml", "11:22",
+    {"max-cost-without-price.yaml", "11:24",
      "persona 'greeter': limits: max_cost needs a price: model 'fast' has no 'price', so its "
      "calls cost nothing and the limit is never reached"},
     {"model-base-url-userinfo.yaml", "7:15",
