@@ -3,7 +3,8 @@
  * sampling (sampling/createMessage) with the persona's model, when the persona allows it, and
  * elicitation (elicitation/create, and the 2026-07-28 era's input-required rounds, which the
  * session routes to the same handlers) from the persona's declared answers. Both audited.
- * Nothing here is asked of a human: a run is unattended.
+ * Nothing here is asked of a human: a run is unattended. Every answer (and refusal) is
+ * redacted before the session sends it, so a server is told what the audit records.
  *
  * Sampling blocks the agent's loop for the model call (llm_call, at most the model's
  * timeout, and no longer than the asking call may still take): the session runs its handlers
@@ -11,6 +12,7 @@
  * goes on.
  */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,35 @@ static struct task *asking_task(struct server *server)
         task = agent->tasks[i];
     }
     return task;
+}
+
+/*
+ * What the agent answers a server (a result, or the error message of a refusal) redacted as
+ * every report of the agent is: a server is told what the audit records, never a secret it
+ * was not given (a model that echoes its key in a sampling answer, a declared answer that
+ * holds a secret). rc passes through.
+ */
+static int redact_answer(const struct agent *agent, int rc, cJSON **answer, struct tr_error *err)
+{
+    char *message = err && rc < 0 ? redactor_apply(agent->redactor, err->message) : NULL;
+    if (message) {
+        snprintf(err->message, sizeof(err->message), "%s", message);
+        free(message);
+    }
+    if (rc < 0 || !*answer)
+        return rc;
+    char *text = tr_json_print(*answer);
+    char *redacted = redactor_apply(agent->redactor, text);
+    if (redacted) {
+        cJSON_Delete(*answer);
+        *answer = cJSON_Parse(redacted); /* redaction keeps a document valid JSON */
+        assert(*answer);
+        explicit_bzero(redacted, strlen(redacted));
+    }
+    explicit_bzero(text, strlen(text));
+    free(redacted);
+    free(text);
+    return rc;
 }
 
 /* ---- sampling ------------------------------------------------------------------------------ */
@@ -139,7 +170,7 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
 
     int rc = sampling_request(agent, params, &request, err);
     if (rc < 0)
-        return rc;
+        return redact_answer(agent, rc, ret_result, err);
     cJSON *payload = model_audit_payload(agent, agent->models.model.base_url);
     cJSON_AddStringToObject(payload, "sampling_for", server->name);
     cJSON_AddItemReferenceToObject(payload, "request", request);
@@ -164,7 +195,7 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
         *ret_result = sampling_result(result);
     cJSON_Delete(result);
     cJSON_Delete(request);
-    return rc;
+    return redact_answer(agent, rc, ret_result, err);
 }
 
 /* ---- elicitation --------------------------------------------------------------------------- */
@@ -177,7 +208,6 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
 static int on_elicitation(void *userdata, const cJSON *params, cJSON **ret_result,
                           struct tr_error *err)
 {
-    (void)err;
     struct server *server = userdata;
     struct agent *agent = server->agent;
     const cJSON *entry = cJSON_GetObjectItemCaseSensitive(agent->config, "elicitation");
@@ -225,7 +255,7 @@ static int on_elicitation(void *userdata, const cJSON *params, cJSON **ret_resul
     cJSON_AddStringToObject(payload, "action", action);
     agent_send_event(agent, asking_task(server), "mcp.elicitation", payload);
     *ret_result = result;
-    return 0;
+    return redact_answer(agent, 0, ret_result, err);
 }
 
 /* ---- the handlers -------------------------------------------------------------------------- */

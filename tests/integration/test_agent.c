@@ -1379,6 +1379,52 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
 }
 
 /*
+ * What the agent answers a server is redacted as its audit is: a model that says its key in
+ * a sampling answer, a declared elicitation answer that holds a secret of the run; the server
+ * receives the mark the audit records, never the value (nor an encoding of it).
+ */
+Test(agent, answers_to_a_server_are_redacted_as_the_audit_records_them, .timeout = 60)
+{
+#define CRM_TOKEN "crm-secret-token-4242"
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(
+        &s, &m, "leak",
+        MODEL_TOOLS ",\"sampling\":{\"allow\":true},\"redact\":{\"CRM_TOKEN\":\"" CRM_TOKEN
+                    "\"},\"elicitation\":{\"answers\":{\"conc\":{\"name\":\"" CRM_TOKEN "\"}}}");
+
+    cJSON *answer =
+        ask_server(&s, 1, "sampling/createMessage", SAMPLE("{\"type\":\"text\",\"text\":\"hi\"}"));
+    char *text = cJSON_PrintUnformatted(answer);
+    cr_assert(strstr(text, "the key is [redacted:model.api_key]"), "%s", text);
+    free(text);
+    cJSON_Delete(answer);
+    cJSON_Delete(wait_event(&s, 1, "model.response", "the key is [redacted:model.api_key]"));
+    answer = ask_server(&s, 2, "elicitation/create", ELICIT("[\"name\"]"));
+    text = cJSON_PrintUnformatted(cJSON_GetObjectItem(answer, "result"));
+    cr_assert_str_eq(text,
+                     "{\"content\":{\"name\":\"[redacted:CRM_TOKEN]\"},\"action\":\"accept\"}");
+    free(text);
+    cJSON_Delete(answer);
+
+    /* What the server read, line by line: the marks, never the values. */
+    cJSON *lines = server_log(&s);
+    text = cJSON_PrintUnformatted(lines);
+    cr_assert(strstr(text, "[redacted:model.api_key]") && strstr(text, "[redacted:CRM_TOKEN]"),
+              "%s", text);
+    cr_assert(!strstr(text, MODEL_KEY) && !strstr(text, CRM_TOKEN) &&
+                  !strstr(text, "c2stdGVzdC1tb2RlbC1rZXkt"), /* base64 of the key's start */
+              "the server got a secret: %s", text);
+    free(text);
+    cJSON_Delete(lines);
+    check_no_key(&s);
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+#undef CRM_TOKEN
+}
+
+/*
  * With the scripted model server (another process, Anthropic's protocol): the model's tool
  * call comes back under troupe's name for it, with its arguments; the provider saw the tools
  * under its own names, and the key in its header (a wrong key would have got 401).
