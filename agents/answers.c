@@ -13,11 +13,14 @@
  */
 #define _GNU_SOURCE
 #include <assert.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent-internal.h"
+
+#define SAMPLING_MAX_REQUESTS 10 /* per tool call, unless sampling.max_requests says */
 
 /* The task on whose behalf the server asked: the one whose request carried the server's
  * request, else the only task on that server, else none. */
@@ -160,6 +163,37 @@ static cJSON *sampling_result(const cJSON *result)
     return out;
 }
 
+/*
+ * Counts a sampling request against the persona's sampling.max_requests per tool call (those no
+ * task can be told for count on the server); 0, or TR_EDENIED (audited as policy.denied) past
+ * the limit.
+ */
+static int sampling_admit(struct agent *agent, struct server *server, struct task *task,
+                          struct tr_error *err)
+{
+    const cJSON *limit = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(agent->config, "sampling"), "max_requests");
+    int max = cJSON_IsNumber(limit) && limit->valuedouble >= 1 && limit->valuedouble <= INT_MAX
+                  ? (int)limit->valuedouble
+                  : SAMPLING_MAX_REQUESTS;
+    int *count = task ? &task->samplings : &server->samplings_unowned;
+
+    if (*count < max) {
+        ++*count;
+        return 0;
+    }
+    tr_error_set(err, TR_EDENIED,
+                 "sampling request refused: persona '%s' allows %d per tool call "
+                 "(sampling.max_requests), and '%s' made them",
+                 agent->persona, max, server->name);
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "server", server->name);
+    cJSON_AddStringToObject(payload, "tool", "sampling/createMessage");
+    cJSON_AddStringToObject(payload, "reason", err->message);
+    agent_send_event(agent, task, "policy.denied", payload);
+    return TR_EDENIED;
+}
+
 static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
                        struct tr_error *err)
 {
@@ -168,7 +202,10 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
     struct task *task = asking_task(server);
     cJSON *request = NULL, *result = NULL;
 
-    int rc = sampling_request(agent, params, &request, err);
+    int rc = sampling_admit(agent, server, task, err);
+    if (rc < 0)
+        return redact_answer(agent, rc, ret_result, err);
+    rc = sampling_request(agent, params, &request, err);
     if (rc < 0)
         return redact_answer(agent, rc, ret_result, err);
     cJSON *payload = model_audit_payload(agent, agent->models.model.base_url);
@@ -189,6 +226,10 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
         cJSON_AddStringToObject(payload, "error", err->message);
     else
         cJSON_AddItemToObject(payload, "result", cJSON_Duplicate(result, 1));
+    /* The tokens it took, where the scheduler counts them against limits and budget. */
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(result, "usage");
+    if (rc == 0 && usage)
+        cJSON_AddItemToObject(payload, "usage", cJSON_Duplicate(usage, 1));
     cJSON_AddNumberToObject(payload, "duration_ms", (double)(tr_now_ms() - started));
     agent_send_event(agent, task, "model.response", payload);
     if (rc == 0)

@@ -1247,10 +1247,9 @@ Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout
     free(more);
 }
 
-/* The server's sampling/createMessage through conc.ask; the response as the server got it. */
-static cJSON *ask_server(struct sched *s, int64_t task, const char *method, const char *params)
+/* conc.ask with arguments (taken); its answer, the JSON text of its result parsed. */
+static cJSON *ask_with(struct sched *s, int64_t task, char *arguments)
 {
-    char *arguments = xasprintf("{\"method\":\"%s\",\"params\":%s}", method, params);
     assign(s, task, "ask", arguments, 20000);
     free(arguments);
     struct bus_msg *r = result_of(s, task, WAIT_MS);
@@ -1262,6 +1261,12 @@ static cJSON *ask_server(struct sched *s, int64_t task, const char *method, cons
     cJSON_Delete(output);
     bus_msg_free(&r);
     return answer;
+}
+
+/* The server's sampling/createMessage through conc.ask; the response as the server got it. */
+static cJSON *ask_server(struct sched *s, int64_t task, const char *method, const char *params)
+{
+    return ask_with(s, task, xasprintf("{\"method\":\"%s\",\"params\":%s}", method, params));
 }
 
 /* The capabilities the agent declared in its initialize, as JSON text. */
@@ -1422,6 +1427,77 @@ Test(agent, answers_to_a_server_are_redacted_as_the_audit_records_them, .timeout
     model_server_stop(&m);
     free(more);
 #undef CRM_TOKEN
+}
+
+/* The responses of conc.ask asked to make a request `times` times in one tool call. */
+static cJSON *ask_server_times(struct sched *s, int64_t task, const char *params, int times)
+{
+    cJSON *answers =
+        ask_with(s, task,
+                 xasprintf("{\"method\":\"sampling/createMessage\",\"params\":%s,\"times\":%d}",
+                           params, times));
+    cr_assert(cJSON_IsArray(answers) && cJSON_GetArraySize(answers) == times);
+    return answers;
+}
+
+/* How many of the responses are results, and that the others are the spec's refusal (-1). */
+static int sampled(const cJSON *answers)
+{
+    int results = 0;
+    const cJSON *answer;
+    cJSON_ArrayForEach(answer, answers)
+    {
+        if (cJSON_HasObjectItem(answer, "result")) {
+            results++;
+            continue;
+        }
+        const cJSON *error = cJSON_GetObjectItem(answer, "error");
+        cr_assert_eq(cJSON_GetObjectItem(error, "code")->valueint, -1);
+        cr_assert(strstr(cJSON_GetObjectItem(error, "message")->valuestring, "max_requests"));
+    }
+    return results;
+}
+
+/*
+ * A server may sample sampling.max_requests times per tool call (default 10); the requests
+ * beyond get the spec's refusal (-1) and a policy.denied event, and the model is not asked.
+ * The next tool call has its own count. Each sampling model.response carries its usage.
+ */
+Test(agent, sampling_requests_per_tool_call_are_bounded, .timeout = 60)
+{
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(&s, &m, "ok",
+                                   MODEL_TOOLS ",\"sampling\":{\"allow\":true,\"max_requests\":3}");
+    const char *params = SAMPLE("{\"type\":\"text\",\"text\":\"hi\"}");
+
+    cJSON *answers = ask_server_times(&s, 1, params, 5);
+    cr_assert_eq(sampled(answers), 3);
+    cJSON_Delete(answers);
+    cr_assert_eq(m.n_requests, 3, "the model was asked past the limit");
+    cJSON *denied = wait_event(&s, 1, "policy.denied", "max_requests");
+    cr_assert_str_eq(cJSON_GetObjectItem(denied, "server")->valuestring, "conc");
+    cr_assert_str_eq(cJSON_GetObjectItem(denied, "tool")->valuestring, "sampling/createMessage");
+    cJSON_Delete(denied);
+    cJSON *response = wait_event(&s, 1, "model.response", MODEL_ANSWER);
+    const cJSON *usage = cJSON_GetObjectItem(response, "usage");
+    cr_assert_eq(cJSON_GetObjectItem(usage, "input_tokens")->valueint, 5);
+    cr_assert_eq(cJSON_GetObjectItem(usage, "output_tokens")->valueint, 3);
+    cJSON_Delete(response);
+    answers = ask_server_times(&s, 2, params, 1);
+    cr_assert_eq(sampled(answers), 1, "the next tool call has its own count");
+    cJSON_Delete(answers);
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+
+    more = model_sched_start(&s, &m, "ok", MODEL_TOOLS ",\"sampling\":{\"allow\":true}");
+    answers = ask_server_times(&s, 3, params, 12);
+    cr_assert_eq(sampled(answers), 10, "the default is 10");
+    cJSON_Delete(answers);
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
 }
 
 /*
