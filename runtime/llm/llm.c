@@ -289,6 +289,15 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
         goto out;
     }
     body = cJSON_ParseWithLength(reply->body.data ? reply->body.data : "", reply->body.len);
+    long nul = llm__nul_at(reply->body.data ? reply->body.data : "", reply->body.len);
+    if (status == 200 && nul >= 0) {
+        /* cJSON would cut the string there: a name, an argument, a text taken short. */
+        rc = llm__fail(model, err, TR_EPROTO,
+                       "the answer holds a NUL character (\\u0000) in a string, at byte %ld, "
+                       "which troupe does not take",
+                       nul);
+        goto out;
+    }
     if (status == 200) {
         if (!cJSON_IsObject(body)) {
             char *shown = tr_text_escape(reply->body.len ? reply->body.data : "", 80);
