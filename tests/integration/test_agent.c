@@ -1037,7 +1037,10 @@ static void assign_model(struct sched *s, int64_t task, const char *request, int
 }
 
 #define ASK_MODEL                                                                                  \
-    "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"}],\"builtin_tools\":"                 \
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"},{\"role\":\"assistant\","            \
+    "\"content\":\"an earlier answer\",\"tool_calls\":[{\"id\":\"c0\",\"name\":\"context_read\","  \
+    "\"arguments\":{}}]},{\"role\":\"tool\",\"tool_call_id\":\"c0\",\"name\":\"context_read\","    \
+    "\"content\":\"an earlier result\"}],\"builtin_tools\":"                                       \
     "[{\"name\":\"context_read\",\"description\":\"reads\",\"input_schema\":"                      \
     "{\"type\":\"object\"}}],\"tools\":[{\"name\":\"conc.fail\",\"description\":\"smuggled\","     \
     "\"input_schema\":{}}]}"
@@ -1127,8 +1130,21 @@ Test(agent, model_call_offers_the_allowed_tools_and_returns_the_result, .timeout
     char *url = xasprintf("http://127.0.0.1:%d/v1/chat/completions", m.port);
     cr_assert_str_eq(cJSON_GetObjectItem(request, "url")->valuestring, url);
     free(url);
-    cr_assert(
-        cJSON_IsArray(cJSON_GetObjectItem(cJSON_GetObjectItem(request, "request"), "messages")));
+    /* The request as llm_request_record keeps it: the user's messages, the conversation's count
+     * and hash, never the whole conversation again. */
+    const cJSON *kept = cJSON_GetObjectItem(request, "request");
+    cr_assert(!cJSON_HasObjectItem(kept, "messages") &&
+              cJSON_GetObjectItem(kept, "messages_count")->valueint == 3 &&
+              cJSON_IsString(cJSON_GetObjectItem(kept, "messages_sha256")));
+    cr_assert_str_eq(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(kept, "user_messages"), 0),
+                            "content")
+            ->valuestring,
+        "write");
+    char *kept_text = cJSON_PrintUnformatted(kept);
+    cr_assert(!strstr(kept_text, "an earlier answer") && !strstr(kept_text, "an earlier result"),
+              "%s", kept_text);
+    free(kept_text);
     cJSON_Delete(request);
     cJSON *response = wait_event(&s, 1, "model.response", MODEL_ANSWER);
     cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(response, "duration_ms")));
