@@ -257,7 +257,7 @@ static int failed_transfer(const struct llm_model *model, const struct llm_http 
 {
     CURLcode c = reply->curl;
     if (c == CURLE_OPERATION_TIMEDOUT)
-        return llm__fail(model, err, TR_ETIMEDOUT, "no answer within %d ms", http->timeout_ms);
+        return llm__fail(model, err, TR_ETIMEDOUT, LLM_TIMEOUT_WORDS, http->timeout_ms);
     /* Everything else is the way there or back: refused, reset, cut, unresolvable. */
     const char *why = c == CURLE_PARTIAL_FILE ? "the answer was cut before its end"
                       : c == CURLE_GOT_NOTHING
