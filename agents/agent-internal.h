@@ -40,7 +40,8 @@ struct server {
     struct tool_schema *schemas;
     size_t schema_count;
     const cJSON *schemas_of;
-    int64_t last_ticket; /* the ticket of the last message received: a server's request's */
+    int64_t last_ticket;   /* the ticket of the last message received: a server's request's */
+    int samplings_unowned; /* sampling requests no task could be found for (max_requests) */
 };
 
 struct model_call;
@@ -58,6 +59,7 @@ struct task {
     int timeout_ms;
     int64_t deadline_ms;
     struct model_call *model; /* a model call's transfer, or NULL */
+    int samplings;            /* sampling requests its server made during it (max_requests) */
 };
 
 /* The agent's model calls: the persona's model and the multi handle they run on. */

@@ -3,7 +3,8 @@
  * sampling (sampling/createMessage) with the persona's model, when the persona allows it, and
  * elicitation (elicitation/create, and the 2026-07-28 era's input-required rounds, which the
  * session routes to the same handlers) from the persona's declared answers. Both audited.
- * Nothing here is asked of a human: a run is unattended.
+ * Nothing here is asked of a human: a run is unattended. Every answer (and refusal) is
+ * redacted before the session sends it, so a server is told what the audit records.
  *
  * Sampling blocks the agent's loop for the model call (llm_call, at most the model's
  * timeout, and no longer than the asking call may still take): the session runs its handlers
@@ -11,11 +12,15 @@
  * goes on.
  */
 #define _GNU_SOURCE
+#include <assert.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent-internal.h"
+
+#define SAMPLING_MAX_REQUESTS 10 /* per tool call, unless sampling.max_requests says */
 
 /* The task on whose behalf the server asked: the one whose request carried the server's
  * request, else the only task on that server, else none. */
@@ -33,6 +38,35 @@ static struct task *asking_task(struct server *server)
         task = agent->tasks[i];
     }
     return task;
+}
+
+/*
+ * What the agent answers a server (a result, or the error message of a refusal) redacted as
+ * every report of the agent is: a server is told what the audit records, never a secret it
+ * was not given (a model that echoes its key in a sampling answer, a declared answer that
+ * holds a secret). rc passes through.
+ */
+static int redact_answer(const struct agent *agent, int rc, cJSON **answer, struct tr_error *err)
+{
+    char *message = err && rc < 0 ? redactor_apply(agent->redactor, err->message) : NULL;
+    if (message) {
+        snprintf(err->message, sizeof(err->message), "%s", message);
+        free(message);
+    }
+    if (rc < 0 || !*answer)
+        return rc;
+    char *text = tr_json_print(*answer);
+    char *redacted = redactor_apply(agent->redactor, text);
+    if (redacted) {
+        cJSON_Delete(*answer);
+        *answer = cJSON_Parse(redacted); /* redaction keeps a document valid JSON */
+        assert(*answer);
+        explicit_bzero(redacted, strlen(redacted));
+    }
+    explicit_bzero(text, strlen(text));
+    free(redacted);
+    free(text);
+    return rc;
 }
 
 /* ---- sampling ------------------------------------------------------------------------------ */
@@ -129,6 +163,37 @@ static cJSON *sampling_result(const cJSON *result)
     return out;
 }
 
+/*
+ * Counts a sampling request against the persona's sampling.max_requests per tool call (those no
+ * task can be told for count on the server); 0, or TR_EDENIED (audited as policy.denied) past
+ * the limit.
+ */
+static int sampling_admit(struct agent *agent, struct server *server, struct task *task,
+                          struct tr_error *err)
+{
+    const cJSON *limit = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(agent->config, "sampling"), "max_requests");
+    int max = cJSON_IsNumber(limit) && limit->valuedouble >= 1 && limit->valuedouble <= INT_MAX
+                  ? (int)limit->valuedouble
+                  : SAMPLING_MAX_REQUESTS;
+    int *count = task ? &task->samplings : &server->samplings_unowned;
+
+    if (*count < max) {
+        ++*count;
+        return 0;
+    }
+    tr_error_set(err, TR_EDENIED,
+                 "sampling request refused: persona '%s' allows %d per tool call "
+                 "(sampling.max_requests), and '%s' made them",
+                 agent->persona, max, server->name);
+    cJSON *payload = cJSON_CreateObject();
+    cJSON_AddStringToObject(payload, "server", server->name);
+    cJSON_AddStringToObject(payload, "tool", "sampling/createMessage");
+    cJSON_AddStringToObject(payload, "reason", err->message);
+    agent_send_event(agent, task, "policy.denied", payload);
+    return TR_EDENIED;
+}
+
 static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
                        struct tr_error *err)
 {
@@ -137,9 +202,12 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
     struct task *task = asking_task(server);
     cJSON *request = NULL, *result = NULL;
 
-    int rc = sampling_request(agent, params, &request, err);
+    int rc = sampling_admit(agent, server, task, err);
     if (rc < 0)
-        return rc;
+        return redact_answer(agent, rc, ret_result, err);
+    rc = sampling_request(agent, params, &request, err);
+    if (rc < 0)
+        return redact_answer(agent, rc, ret_result, err);
     cJSON *payload = model_audit_payload(agent, agent->models.model.base_url);
     cJSON_AddStringToObject(payload, "sampling_for", server->name);
     cJSON_AddItemReferenceToObject(payload, "request", request);
@@ -158,13 +226,17 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
         cJSON_AddStringToObject(payload, "error", err->message);
     else
         cJSON_AddItemToObject(payload, "result", cJSON_Duplicate(result, 1));
+    /* The tokens it took, where the scheduler counts them against limits and budget. */
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(result, "usage");
+    if (rc == 0 && usage)
+        cJSON_AddItemToObject(payload, "usage", cJSON_Duplicate(usage, 1));
     cJSON_AddNumberToObject(payload, "duration_ms", (double)(tr_now_ms() - started));
     agent_send_event(agent, task, "model.response", payload);
     if (rc == 0)
         *ret_result = sampling_result(result);
     cJSON_Delete(result);
     cJSON_Delete(request);
-    return rc;
+    return redact_answer(agent, rc, ret_result, err);
 }
 
 /* ---- elicitation --------------------------------------------------------------------------- */
@@ -177,7 +249,6 @@ static int on_sampling(void *userdata, const cJSON *params, cJSON **ret_result,
 static int on_elicitation(void *userdata, const cJSON *params, cJSON **ret_result,
                           struct tr_error *err)
 {
-    (void)err;
     struct server *server = userdata;
     struct agent *agent = server->agent;
     const cJSON *entry = cJSON_GetObjectItemCaseSensitive(agent->config, "elicitation");
@@ -225,7 +296,7 @@ static int on_elicitation(void *userdata, const cJSON *params, cJSON **ret_resul
     cJSON_AddStringToObject(payload, "action", action);
     agent_send_event(agent, asking_task(server), "mcp.elicitation", payload);
     *ret_result = result;
-    return 0;
+    return redact_answer(agent, 0, ret_result, err);
 }
 
 /* ---- the handlers -------------------------------------------------------------------------- */

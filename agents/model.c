@@ -371,7 +371,8 @@ void model_task_start(struct agent *agent, const struct bus_msg *assign)
 
     cJSON *payload = model_audit_payload(agent, c->http.url);
     cJSON_AddItemToObject(payload, "tools_offered", cJSON_Duplicate(c->offered, 1));
-    cJSON_AddItemReferenceToObject(payload, "request", request);
+    /* What only this call holds: the conversation's earlier turns are on record already. */
+    cJSON_AddItemToObject(payload, "request", llm_request_record(request));
     agent_send_event(agent, task, "model.request", payload);
 
     c->started_ms = tr_now_ms();

@@ -23,11 +23,25 @@ struct form {
 
 #define REDACT_MIN_LINE 8 /* the shortest line of a secret redacted on its own */
 
+/*
+ * A secret as it is looked for in percent-decoded text (URLs, form bodies), decoded on the
+ * fly: ' ' and '+' compared as one byte (form encoding writes a space as '+'), with the
+ * failure function of Knuth-Morris-Pratt so that a scan stays linear.
+ */
+struct url_secret {
+    unsigned char *bytes;
+    size_t len;
+    size_t *fail; /* fail[q]: the longest proper border of bytes[0..q] */
+    const char *mark;
+};
+
 struct redactor {
     char **marks;
     size_t mark_count;
     struct form *forms; /* longest first, so that no form eats part of a longer one */
     size_t form_count;
+    struct url_secret *urls;
+    size_t url_count;
     /* The pairs of bytes a form starts with (a bit each): a one-pass test for any form. */
     unsigned char first_pairs[65536 / 8];
     bool short_form; /* a form of one byte, which the pairs cannot tell */
@@ -142,6 +156,14 @@ static void put_utf8(struct tr_buf *out, unsigned code)
     put(out, bytes, len);
 }
 
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
 static bool hex4(const char *s, size_t n, unsigned *ret)
 {
     unsigned value = 0;
@@ -149,11 +171,7 @@ static bool hex4(const char *s, size_t n, unsigned *ret)
     if (n < 4)
         return false;
     for (size_t i = 0; i < 4; i++) {
-        char c = s[i];
-        int digit = c >= '0' && c <= '9'   ? c - '0'
-                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                           : -1;
+        int digit = hex_digit(s[i]);
         if (digit < 0)
             return false;
         value = value * 16 + (unsigned)digit;
@@ -286,25 +304,29 @@ static void add_escaped_forms(struct redactor *r, const char *value, const char 
     }
 }
 
-/* Percent-encoded, every byte but RFC 3986's unreserved ones, with upper- and lower-case hex. */
-static void add_url_forms(struct redactor *r, const char *value, const char *mark)
+/* ' ' and '+' are one byte to the percent-decoding matcher. */
+static unsigned char url_fold(unsigned char c)
 {
-    struct tr_buf out;
+    return c == ' ' ? '+' : c;
+}
 
-    tr_buf_init(&out, 0);
-    for (int lower = 0; lower < 2; lower++) {
-        const char *hex = lower ? "0123456789abcdef" : "0123456789ABCDEF";
-        for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-            if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-                strchr("-._~", *p)) {
-                put_char(&out, (char)*p);
-            } else {
-                char text[3] = {'%', hex[*p >> 4], hex[*p & 15]};
-                put(&out, text, 3);
-            }
-        }
-        add_buf_form(r, &out, mark);
+/* The secret for the percent-decoding matcher (see replace_url_secret). */
+static void add_url_secret(struct redactor *r, const char *value, const char *mark)
+{
+    size_t len = strlen(value);
+    struct url_secret u = {xmalloc(len), len, xcalloc(len, sizeof(size_t)), mark};
+
+    for (size_t i = 0; i < len; i++)
+        u.bytes[i] = url_fold((unsigned char)value[i]);
+    for (size_t q = 1, k = 0; q < len; q++) {
+        while (k > 0 && u.bytes[q] != u.bytes[k])
+            k = u.fail[k - 1];
+        if (u.bytes[q] == u.bytes[k])
+            k++;
+        u.fail[q] = k;
     }
+    r->urls = xrealloc(r->urls, (r->url_count + 1) * sizeof(*r->urls));
+    r->urls[r->url_count++] = u;
 }
 
 /*
@@ -358,7 +380,7 @@ static void add_secret(struct redactor *r, const char *name, const char *value)
     add_form(r, value, strlen(value), mark);
     add_line_forms(r, value, mark);
     add_escaped_forms(r, value, mark);
-    add_url_forms(r, value, mark);
+    add_url_secret(r, value, mark);
     add_base64_forms(r, value, mark);
 }
 
@@ -416,6 +438,12 @@ void redactor_free(struct redactor **redactor)
         explicit_bzero(r->forms[i].bytes, r->forms[i].len);
         free(r->forms[i].bytes);
     }
+    for (size_t i = 0; i < r->url_count; i++) {
+        explicit_bzero(r->urls[i].bytes, r->urls[i].len);
+        free(r->urls[i].bytes);
+        free(r->urls[i].fail);
+    }
+    free(r->urls);
     for (size_t i = 0; i < r->mark_count; i++)
         free(r->marks[i]);
     free(r->forms);
@@ -457,8 +485,87 @@ static bool replace_forms(const struct redactor *r, struct tr_buf *text)
     return changed;
 }
 
-/* Replaces the forms in out from byte start on (free text); whether any was found. */
-static bool replace_forms_from(const struct redactor *r, struct tr_buf *out, size_t start)
+/* The byte text[i] stands for when percent-decoded ("%XX" in either case, else itself, folded);
+ * returns the bytes it takes. */
+static size_t url_decode_at(const char *text, size_t n, size_t i, unsigned char *ret_byte)
+{
+    int high, low;
+    if (text[i] == '%' && i + 2 < n && (high = hex_digit(text[i + 1])) >= 0 &&
+        (low = hex_digit(text[i + 2])) >= 0) {
+        *ret_byte = url_fold((unsigned char)(high << 4 | low));
+        return 3;
+    }
+    *ret_byte = url_fold((unsigned char)text[i]);
+    return 1;
+}
+
+/*
+ * Replaces every percent-encoded spelling of the secret u in text: at each position a byte of
+ * the secret matches itself, "%XX" (upper- or lower-case hex) that decodes to it, or '+' for a
+ * space, so every mix of encoded and plain bytes is found. One pass (KMP over the text decoded
+ * on the fly); whether any was found. A '%' of the secret is found as "%25" (or as itself
+ * where the whole secret is written plain, which the forms catch).
+ */
+static bool replace_url_secret(const struct url_secret *u, struct tr_buf *text)
+{
+    size_t *from = xmalloc(u->len * sizeof(*from)); /* where each of the last len bytes began */
+    size_t q = 0, decoded = 0, copied = 0;
+    struct tr_buf out;
+    bool any = false;
+
+    tr_buf_init(&out, 0);
+    for (size_t i = 0, step; i < text->len; i += step, decoded++) {
+        unsigned char c;
+        step = url_decode_at(text->data, text->len, i, &c);
+        from[decoded % u->len] = i;
+        while (q > 0 && u->bytes[q] != c)
+            q = u->fail[q - 1];
+        if (u->bytes[q] == c)
+            q++;
+        if (q < u->len)
+            continue;
+        size_t begin = from[(decoded + 1) % u->len]; /* the match's first byte */
+        put(&out, text->data + copied, begin - copied);
+        put(&out, u->mark, strlen(u->mark));
+        copied = i + step;
+        q = 0;
+        any = true;
+    }
+    free(from);
+    if (!any)
+        return false;
+    put(&out, text->data + copied, text->len - copied);
+    explicit_bzero(text->data, text->len);
+    tr_buf_release(text);
+    *text = out;
+    return true;
+}
+
+/* Replaces the secrets' percent-encoded spellings in out from byte start on; whether any was
+ * found. Text without '%' or '+' can hold none the forms have not caught. */
+static bool replace_url_from(const struct redactor *r, struct tr_buf *out, size_t start)
+{
+    if (out->len <= start || (!memchr(out->data + start, '%', out->len - start) &&
+                              !memchr(out->data + start, '+', out->len - start)))
+        return false;
+    struct tr_buf mine;
+    bool any = false;
+    tr_buf_init(&mine, 0);
+    put(&mine, out->data + start, out->len - start);
+    for (size_t i = 0; i < r->url_count; i++)
+        any |= replace_url_secret(&r->urls[i], &mine);
+    if (any) {
+        explicit_bzero(out->data + start, out->len - start);
+        out->len = start;
+        put(out, mine.data, mine.len);
+    }
+    explicit_bzero(mine.data, mine.len);
+    tr_buf_release(&mine);
+    return any;
+}
+
+/* Replaces the forms as written in out from byte start on; whether any was found. */
+static bool replace_plain_forms_from(const struct redactor *r, struct tr_buf *out, size_t start)
 {
     bool any = false;
 
@@ -486,6 +593,13 @@ static bool replace_forms_from(const struct redactor *r, struct tr_buf *out, siz
     put(out, mine.data, mine.len);
     tr_buf_release(&mine);
     return true;
+}
+
+/* Replaces the forms in out from byte start on (free text); whether any was found. */
+static bool replace_forms_from(const struct redactor *r, struct tr_buf *out, size_t start)
+{
+    bool plain = replace_plain_forms_from(r, out, start);
+    return replace_url_from(r, out, start) || plain;
 }
 
 /* Whether s is a JSON object or array (then only its strings may change). */

@@ -12,7 +12,8 @@
  *     encoder chose: \", \\, \/, \uXXXX), recursively up to REDACT_MAX_DEPTH levels,
  *   - JSON-escaped once or twice (cut-off fragments of JSON text), with non-ASCII as is or as
  *     \uXXXX,
- *   - percent-encoded (URL) with upper- or lower-case hex,
+ *   - percent-encoded (URLs, form bodies), decoded on the fly: each byte as itself, as %XX
+ *     in either case, or a space as '+', in any mix (a '%' of the secret as %25),
  *   - base64-encoded (standard and URL alphabets) alone or inside a longer base64 text,
  * and replaces it with "[redacted:NAME]". Not covered: numbers (a number is never changed),
  * a secret split across several strings, and any other transformation (hashes, other

@@ -292,7 +292,7 @@ void tasks_expire(struct agent *agent)
         }
         char *error =
             task->model
-                ? xasprintf("model '%s' did not answer within %d ms", task->tool, task->timeout_ms)
+                ? xasprintf("model '%s': " LLM_TIMEOUT_WORDS, task->tool, task->timeout_ms)
                 : xasprintf("MCP server '%s' did not answer %s within %d ms", task->server->name,
                             mcp_step_method(task->kind), task->timeout_ms);
         task_abort(agent, task, "timed out", error, tr_error_class_names[TR_ERROR_CLASS_TIMEOUT]);

@@ -269,7 +269,9 @@ int llm__anthropic_result(const struct llm_model *model, const struct llm_names 
         stop = "end";
     }
     cJSON_AddStringToObject(result, "stop", stop);
-    llm__usage(result, llm__member(body, "usage"), "input_tokens", "output_tokens");
+    if ((rc = llm__usage(model, result, llm__member(body, "usage"), "input_tokens", "output_tokens",
+                         err)) < 0)
+        goto out;
     const char *answered = cJSON_GetStringValue(llm__member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "anthropic");

@@ -55,8 +55,13 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
 int llm__anthropic_result(const struct llm_model *model, const struct llm_names *names,
                           const cJSON *body, cJSON **ret_result, struct tr_error *err);
 
-/* result's "usage" from the provider's usage object and its two members' names. */
-void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key);
+/* result's "usage" from the provider's usage object and its two members' names: absent ones are
+ * 0; TR_EPROTO naming the member when one is present but not a whole number from 0 to 2^53. */
+int llm__usage(const struct llm_model *model, cJSON *result, const cJSON *usage,
+               const char *input_key, const char *output_key, struct tr_error *err) TR_MUST_CHECK;
+/* Where the JSON text's strings would hold a NUL once decoded (an escaped \u0000, or a NUL byte
+ * anywhere), which cJSON would cut them at; -1 when nowhere. One pass, honouring escapes. */
+long llm__nul_at(const char *text, size_t len);
 /* A tool call's arguments as the model wrote them (JSON text) into call ("arguments", or
    "arguments_error" and "arguments_text"). */
 void llm__call_arguments(cJSON *call, const char *text);

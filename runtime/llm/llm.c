@@ -257,7 +257,7 @@ static int failed_transfer(const struct llm_model *model, const struct llm_http 
 {
     CURLcode c = reply->curl;
     if (c == CURLE_OPERATION_TIMEDOUT)
-        return llm__fail(model, err, TR_ETIMEDOUT, "no answer within %d ms", http->timeout_ms);
+        return llm__fail(model, err, TR_ETIMEDOUT, LLM_TIMEOUT_WORDS, http->timeout_ms);
     /* Everything else is the way there or back: refused, reset, cut, unresolvable. */
     const char *why = c == CURLE_PARTIAL_FILE ? "the answer was cut before its end"
                       : c == CURLE_GOT_NOTHING
@@ -289,6 +289,15 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
         goto out;
     }
     body = cJSON_ParseWithLength(reply->body.data ? reply->body.data : "", reply->body.len);
+    long nul = llm__nul_at(reply->body.data ? reply->body.data : "", reply->body.len);
+    if (status == 200 && nul >= 0) {
+        /* cJSON would cut the string there: a name, an argument, a text taken short. */
+        rc = llm__fail(model, err, TR_EPROTO,
+                       "the answer holds a NUL character (\\u0000) in a string, at byte %ld, "
+                       "which troupe does not take",
+                       nul);
+        goto out;
+    }
     if (status == 200) {
         if (!cJSON_IsObject(body)) {
             char *shown = tr_text_escape(reply->body.len ? reply->body.data : "", 80);

@@ -181,6 +181,10 @@ int llm_response_parse(const struct llm_model *model, const struct llm_http *htt
                        const struct llm_reply *reply, cJSON **ret_result,
                        int64_t *ret_retry_after_ms, struct tr_error *err) TR_MUST_CHECK;
 
+/* The words of a model call's timeout (after "model 'NAME': "), whichever timer fires first:
+ * libcurl's here, or the caller's own deadline (the agent's). A printf format taking the ms. */
+#define LLM_TIMEOUT_WORDS "no answer within %d ms"
+
 /* Build, perform (blocking, within model->timeout_ms) and parse: MCP sampling. */
 int llm_call(const struct llm_model *model, const cJSON *request, cJSON **ret_result,
              struct tr_error *err) TR_MUST_CHECK;

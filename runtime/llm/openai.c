@@ -208,6 +208,15 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
             return llm__fail(model, err, TR_EPROTO,
                              "choices[0].message.tool_calls[%d] has no id or function.name", i);
         }
+        /* Arguments as JSON text are JSON from the provider too: no string of theirs is cut. */
+        const char *args_text = cJSON_GetStringValue(arguments);
+        if (args_text && llm__nul_at(args_text, strlen(args_text)) >= 0) {
+            cJSON_Delete(result);
+            return llm__fail(model, err, TR_EPROTO,
+                             "choices[0].message.tool_calls[%d].function.arguments holds a NUL "
+                             "character (\\u0000), which troupe does not take",
+                             i);
+        }
         if (!list)
             list = cJSON_AddArrayToObject(out, "tool_calls");
         cJSON *entry = cJSON_CreateObject();
@@ -228,7 +237,12 @@ int llm__openai_result(const struct llm_model *model, const struct llm_names *na
     const char *finish = cJSON_GetStringValue(llm__member(choice, "finish_reason"));
     const char *stop = stop_of(finish, cJSON_IsString(refusal) && !cJSON_IsString(content));
     cJSON_AddStringToObject(result, "stop", stop);
-    llm__usage(result, llm__member(body, "usage"), "prompt_tokens", "completion_tokens");
+    int rc = llm__usage(model, result, llm__member(body, "usage"), "prompt_tokens",
+                        "completion_tokens", err);
+    if (rc < 0) {
+        cJSON_Delete(result);
+        return rc;
+    }
     const char *answered = cJSON_GetStringValue(llm__member(body, "model"));
     cJSON_AddStringToObject(result, "model", answered ? answered : model->model);
     cJSON_AddStringToObject(result, "provider", "openai");

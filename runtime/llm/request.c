@@ -142,20 +142,50 @@ long llm__max_tokens(const struct llm_model *model, const cJSON *request)
     return asked;
 }
 
-/* A token count a provider reports: a whole number from 0 to 10^15, else 0 (a hostile or
-   broken server's 1e400 or -1 is no count). */
-static double token_count(const cJSON *n)
+#define LLM_MAX_TOKEN_COUNT 9007199254740992.0 /* 2^53: every count up to it is exact */
+
+int llm__usage(const struct llm_model *model, cJSON *result, const cJSON *usage,
+               const char *input_key, const char *output_key, struct tr_error *err)
 {
-    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) || n->valuedouble > 1e15)
-        return 0;
-    return (double)(int64_t)n->valuedouble;
+    const char *keys[] = {input_key, output_key};
+    double counts[2] = {0, 0};
+
+    /* A count that cannot be read is refused, never taken as 0: limits and budgets must see
+     * every token the provider says it spent. */
+    if (usage && !cJSON_IsNull(usage) && !cJSON_IsObject(usage))
+        return llm__fail(model, err, TR_EPROTO, "the answer's \"usage\" is not an object");
+    for (int i = 0; i < 2; i++) {
+        const cJSON *n = llm__member(usage, keys[i]);
+        if (!n || cJSON_IsNull(n))
+            continue;
+        if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) || n->valuedouble > LLM_MAX_TOKEN_COUNT ||
+            n->valuedouble != (double)(int64_t)n->valuedouble)
+            return llm__fail(model, err, TR_EPROTO,
+                             "the answer's usage.%s is not a whole number from 0 to 2^53", keys[i]);
+        counts[i] = n->valuedouble;
+    }
+    cJSON *u = cJSON_AddObjectToObject(result, "usage");
+    cJSON_AddNumberToObject(u, "input_tokens", counts[0]);
+    cJSON_AddNumberToObject(u, "output_tokens", counts[1]);
+    return 0;
 }
 
-void llm__usage(cJSON *result, const cJSON *usage, const char *input_key, const char *output_key)
+long llm__nul_at(const char *text, size_t len)
 {
-    cJSON *u = cJSON_AddObjectToObject(result, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", token_count(llm__member(usage, input_key)));
-    cJSON_AddNumberToObject(u, "output_tokens", token_count(llm__member(usage, output_key)));
+    bool in_string = false;
+
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == '\0')
+            return (long)i;
+        if (text[i] == '"') {
+            in_string = !in_string;
+        } else if (in_string && text[i] == '\\' && i + 1 < len) {
+            if (text[i + 1] == 'u' && i + 5 < len && memcmp(text + i + 2, "0000", 4) == 0)
+                return (long)i;
+            i++; /* the escaped character: a quote there does not end the string */
+        }
+    }
+    return -1;
 }
 
 void llm__call_arguments(cJSON *call, const char *text)

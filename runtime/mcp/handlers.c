@@ -72,7 +72,7 @@ int mcp__run_handler(struct mcp_session *s, const char *method, const cJSON *par
             cJSON_AddItemToObject(result, "roots", roots ? roots : cJSON_CreateArray());
         }
     } else {
-        return tr_error_set(err, TR_EDENIED, "troupe has no handler for '%s'", method);
+        return tr_error_set(err, TR_ENOTFOUND, "troupe has no handler for '%s'", method);
     }
     if (rc == 0 && !cJSON_IsObject(result)) {
         cJSON_Delete(result);
@@ -101,16 +101,20 @@ void mcp__answer_server_request(struct mcp_session *s, const cJSON *id, const ch
         return;
     }
     char message[512];
-    if (rc == TR_EDENIED) {
+    if (rc == TR_ENOTFOUND) {
         snprintf(message, sizeof(message), "Method not found: troupe does not handle '%s'", method);
         mcp__send(s, mcp__error_response_new(id, MCP__METHOD_NOT_FOUND, message), -1);
         return;
     }
     snprintf(message, sizeof(message), "%s", err.message);
-    /* A request the handler cannot take as asked (TR_EINVAL) is the server's invalid params. */
+    /* A request the handler cannot take as asked (TR_EINVAL) is the server's invalid params; one
+     * it refuses (TR_EDENIED) gets the spec's rejection (-1, as a user's refusal). */
     mcp__send(s,
-              mcp__error_response_new(
-                  id, rc == TR_EINVAL ? MCP__INVALID_PARAMS : MCP__INTERNAL_ERROR, message),
+              mcp__error_response_new(id,
+                                      rc == TR_EINVAL    ? MCP__INVALID_PARAMS
+                                      : rc == TR_EDENIED ? MCP__REJECTED
+                                                         : MCP__INTERNAL_ERROR,
+                                      message),
               -1);
 }
 

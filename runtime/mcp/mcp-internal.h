@@ -22,6 +22,7 @@
 #define MCP__INVALID_REQUEST (-32600)
 #define MCP__METHOD_NOT_FOUND (-32601)
 #define MCP__INVALID_PARAMS (-32602)
+#define MCP__REJECTED (-1) /* the spec's refusal of a sampling request ("user rejected") */
 #define MCP__INTERNAL_ERROR (-32603)
 #define MCP__UNSUPPORTED_PROTOCOL_VERSION (-32022)
 #define MCP__RESOURCE_NOT_FOUND (-32002) /* the handshake era's; -32602 in the modern one */

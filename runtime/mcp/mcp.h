@@ -123,7 +123,8 @@ struct mcp_session;
  * What the caller answers for the server (server-to-client requests, and in the modern era
  * the same requests embedded in an InputRequiredResult). Each request handler returns 0 with
  * the result object (taken by the session), or a negative code with err set (the server gets
- * a JSON-RPC error). A NULL handler means the capability is not declared and such requests
+ * a JSON-RPC error: TR_EINVAL -32602 invalid params, TR_EDENIED -1 the client refused, any
+ * other -32603). A NULL handler means the capability is not declared and such requests
  * are refused. Handlers run synchronously inside session calls and must not call the session.
  */
 struct mcp_client_handlers {

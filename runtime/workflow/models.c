@@ -297,7 +297,7 @@ static int resolve_persona_model(struct wf_build *b, const cJSON *node, struct w
 static int build_sampling(struct wf_build *b, const cJSON *node, struct wf_persona *persona,
                           const char *context)
 {
-    static const char *const keys[] = {"allow", "max_tokens", NULL};
+    static const char *const keys[] = {"allow", "max_tokens", "max_requests", NULL};
     const cJSON *allow = cJSON_GetObjectItemCaseSensitive(node, "allow");
     char inner[300];
     int rc;
@@ -306,7 +306,9 @@ static int build_sampling(struct wf_build *b, const cJSON *node, struct wf_perso
     if ((rc = wf_expect_mapping(b, node, context)) < 0 ||
         (rc = wf_check_keys(b, node, keys, inner)) < 0 ||
         (rc = wf_optional_integer(b, node, "max_tokens", 1, 10000000, inner,
-                                  &persona->sampling_max_tokens)) < 0)
+                                  &persona->sampling_max_tokens)) < 0 ||
+        (rc = wf_optional_integer(b, node, "max_requests", 1, 1000, inner,
+                                  &persona->sampling_max_requests)) < 0)
         return rc;
     if (allow && !cJSON_IsBool(allow))
         return wf_problem(b->wf, allow, false, "%s'allow' must be true or false, not %s", inner,
@@ -456,6 +458,8 @@ void wf_persona_add_policies(const struct wf_persona *p, cJSON *object)
         cJSON_AddBoolToObject(sampling, "allow", p->sampling_allow);
         if (p->sampling_max_tokens)
             cJSON_AddNumberToObject(sampling, "max_tokens", (double)p->sampling_max_tokens);
+        if (p->sampling_max_requests)
+            cJSON_AddNumberToObject(sampling, "max_requests", (double)p->sampling_max_requests);
     }
     if (p->elicitation) {
         const cJSON *answers = cJSON_GetObjectItemCaseSensitive(p->elicitation, "answers");

@@ -135,12 +135,13 @@ struct wf_persona {
     long max_turns;                  /* limits for ask steps (models.c); 0 when not set */
     double max_cost;
     int64_t max_time_ms;
-    size_t model_index;       /* into wf->models, SIZE_MAX without a model */
-    bool has_sampling;        /* `sampling:` declared */
-    bool sampling_allow;      /* a server's sampling/createMessage is answered by the model */
-    long sampling_max_tokens; /* 0 when not set */
-    const cJSON *elicitation; /* `elicitation:` as written (checked), NULL when not */
-    bool broken;              /* had a problem: steps naming it are not checked further */
+    size_t model_index;         /* into wf->models, SIZE_MAX without a model */
+    bool has_sampling;          /* `sampling:` declared */
+    bool sampling_allow;        /* a server's sampling/createMessage is answered by the model */
+    long sampling_max_tokens;   /* 0 when not set */
+    long sampling_max_requests; /* per tool call; 0 when not set (the agent's default: 10) */
+    const cJSON *elicitation;   /* `elicitation:` as written (checked), NULL when not */
+    bool broken;                /* had a problem: steps naming it are not checked further */
 };
 
 /*

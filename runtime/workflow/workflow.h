@@ -140,8 +140,8 @@ long workflow_persona_replicas(const struct workflow *wf, size_t index);
  * (absent keys omitted). "model" is workflow_persona_model's object without "price", its
  * base_url and api_key ${env:NAME} references as written; "limits" {"timeout_ms", "max_turns",
  * "max_tool_calls", "max_tokens", "max_cost", "max_time_ms"}; "sampling" {"allow",
- * "max_tokens"}; "elicitation" {"answers": {SERVER: {FIELD: VALUE}}, "otherwise":
- * "decline"|"cancel"} (each member as declared; absent: no limit, sampling refused, every
+ * "max_tokens", "max_requests"}; "elicitation" {"answers": {SERVER: {FIELD: VALUE}},
+ * "otherwise": "decline"|"cancel"} (each member as declared; absent: no limit, sampling refused, every
  * elicitation declined).
  * "tools" is the allowlist; a persona without one may call any tool of its servers.
  * Server values keep their ${env:NAME} references as written: this is the variant to store

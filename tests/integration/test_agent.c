@@ -1037,7 +1037,10 @@ static void assign_model(struct sched *s, int64_t task, const char *request, int
 }
 
 #define ASK_MODEL                                                                                  \
-    "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"}],\"builtin_tools\":"                 \
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"write\"},{\"role\":\"assistant\","            \
+    "\"content\":\"an earlier answer\",\"tool_calls\":[{\"id\":\"c0\",\"name\":\"context_read\","  \
+    "\"arguments\":{}}]},{\"role\":\"tool\",\"tool_call_id\":\"c0\",\"name\":\"context_read\","    \
+    "\"content\":\"an earlier result\"}],\"builtin_tools\":"                                       \
     "[{\"name\":\"context_read\",\"description\":\"reads\",\"input_schema\":"                      \
     "{\"type\":\"object\"}}],\"tools\":[{\"name\":\"conc.fail\",\"description\":\"smuggled\","     \
     "\"input_schema\":{}}]}"
@@ -1127,8 +1130,21 @@ Test(agent, model_call_offers_the_allowed_tools_and_returns_the_result, .timeout
     char *url = xasprintf("http://127.0.0.1:%d/v1/chat/completions", m.port);
     cr_assert_str_eq(cJSON_GetObjectItem(request, "url")->valuestring, url);
     free(url);
-    cr_assert(
-        cJSON_IsArray(cJSON_GetObjectItem(cJSON_GetObjectItem(request, "request"), "messages")));
+    /* The request as llm_request_record keeps it: the user's messages, the conversation's count
+     * and hash, never the whole conversation again. */
+    const cJSON *kept = cJSON_GetObjectItem(request, "request");
+    cr_assert(!cJSON_HasObjectItem(kept, "messages") &&
+              cJSON_GetObjectItem(kept, "messages_count")->valueint == 3 &&
+              cJSON_IsString(cJSON_GetObjectItem(kept, "messages_sha256")));
+    cr_assert_str_eq(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(kept, "user_messages"), 0),
+                            "content")
+            ->valuestring,
+        "write");
+    char *kept_text = cJSON_PrintUnformatted(kept);
+    cr_assert(!strstr(kept_text, "an earlier answer") && !strstr(kept_text, "an earlier result"),
+              "%s", kept_text);
+    free(kept_text);
     cJSON_Delete(request);
     cJSON *response = wait_event(&s, 1, "model.response", MODEL_ANSWER);
     cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(response, "duration_ms")));
@@ -1211,7 +1227,8 @@ Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout
     assign(&s, 2, "sleep", "{\"ms\":1}", 5000);
     expect_result(&s, 2, NULL, NULL);
     cr_assert_lt(now_ms() - start, 1000, "the tool call waited for the model call");
-    expect_result(&s, 1, "timeout", NULL);
+    /* One wording whichever timer fires first (libcurl's or the agent's). */
+    expect_result(&s, 1, "timeout", "model 'writer': no answer within 1500 ms");
     cr_assert_geq(now_ms() - start, 1300, "the model call ended before its timeout");
 
     assign_model(&s, 3, ASK_MODEL, 30000);
@@ -1247,10 +1264,9 @@ Test(agent, model_call_waits_in_the_loop_and_ends_at_timeout_or_cancel, .timeout
     free(more);
 }
 
-/* The server's sampling/createMessage through conc.ask; the response as the server got it. */
-static cJSON *ask_server(struct sched *s, int64_t task, const char *method, const char *params)
+/* conc.ask with arguments (taken); its answer, the JSON text of its result parsed. */
+static cJSON *ask_with(struct sched *s, int64_t task, char *arguments)
 {
-    char *arguments = xasprintf("{\"method\":\"%s\",\"params\":%s}", method, params);
     assign(s, task, "ask", arguments, 20000);
     free(arguments);
     struct bus_msg *r = result_of(s, task, WAIT_MS);
@@ -1262,6 +1278,12 @@ static cJSON *ask_server(struct sched *s, int64_t task, const char *method, cons
     cJSON_Delete(output);
     bus_msg_free(&r);
     return answer;
+}
+
+/* The server's sampling/createMessage through conc.ask; the response as the server got it. */
+static cJSON *ask_server(struct sched *s, int64_t task, const char *method, const char *params)
+{
+    return ask_with(s, task, xasprintf("{\"method\":\"%s\",\"params\":%s}", method, params));
 }
 
 /* The capabilities the agent declared in its initialize, as JSON text. */
@@ -1373,6 +1395,123 @@ Test(agent, sampling_and_elicitation_are_answered_as_the_persona_says, .timeout 
                  -32601);
     cJSON_Delete(answer);
     cr_assert_eq(m.n_requests, 1, "the model was asked without leave");
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+}
+
+/*
+ * What the agent answers a server is redacted as its audit is: a model that says its key in
+ * a sampling answer, a declared elicitation answer that holds a secret of the run; the server
+ * receives the mark the audit records, never the value (nor an encoding of it).
+ */
+Test(agent, answers_to_a_server_are_redacted_as_the_audit_records_them, .timeout = 60)
+{
+#define CRM_TOKEN "crm-secret-token-4242"
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(
+        &s, &m, "leak",
+        MODEL_TOOLS ",\"sampling\":{\"allow\":true},\"redact\":{\"CRM_TOKEN\":\"" CRM_TOKEN
+                    "\"},\"elicitation\":{\"answers\":{\"conc\":{\"name\":\"" CRM_TOKEN "\"}}}");
+
+    cJSON *answer =
+        ask_server(&s, 1, "sampling/createMessage", SAMPLE("{\"type\":\"text\",\"text\":\"hi\"}"));
+    char *text = cJSON_PrintUnformatted(answer);
+    cr_assert(strstr(text, "the key is [redacted:model.api_key]"), "%s", text);
+    free(text);
+    cJSON_Delete(answer);
+    cJSON_Delete(wait_event(&s, 1, "model.response", "the key is [redacted:model.api_key]"));
+    answer = ask_server(&s, 2, "elicitation/create", ELICIT("[\"name\"]"));
+    text = cJSON_PrintUnformatted(cJSON_GetObjectItem(answer, "result"));
+    cr_assert_str_eq(text,
+                     "{\"content\":{\"name\":\"[redacted:CRM_TOKEN]\"},\"action\":\"accept\"}");
+    free(text);
+    cJSON_Delete(answer);
+
+    /* What the server read, line by line: the marks, never the values. */
+    cJSON *lines = server_log(&s);
+    text = cJSON_PrintUnformatted(lines);
+    cr_assert(strstr(text, "[redacted:model.api_key]") && strstr(text, "[redacted:CRM_TOKEN]"),
+              "%s", text);
+    cr_assert(!strstr(text, MODEL_KEY) && !strstr(text, CRM_TOKEN) &&
+                  !strstr(text, "c2stdGVzdC1tb2RlbC1rZXkt"), /* base64 of the key's start */
+              "the server got a secret: %s", text);
+    free(text);
+    cJSON_Delete(lines);
+    check_no_key(&s);
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+#undef CRM_TOKEN
+}
+
+/* The responses of conc.ask asked to make a request `times` times in one tool call. */
+static cJSON *ask_server_times(struct sched *s, int64_t task, const char *params, int times)
+{
+    cJSON *answers =
+        ask_with(s, task,
+                 xasprintf("{\"method\":\"sampling/createMessage\",\"params\":%s,\"times\":%d}",
+                           params, times));
+    cr_assert(cJSON_IsArray(answers) && cJSON_GetArraySize(answers) == times);
+    return answers;
+}
+
+/* How many of the responses are results, and that the others are the spec's refusal (-1). */
+static int sampled(const cJSON *answers)
+{
+    int results = 0;
+    const cJSON *answer;
+    cJSON_ArrayForEach(answer, answers)
+    {
+        if (cJSON_HasObjectItem(answer, "result")) {
+            results++;
+            continue;
+        }
+        const cJSON *error = cJSON_GetObjectItem(answer, "error");
+        cr_assert_eq(cJSON_GetObjectItem(error, "code")->valueint, -1);
+        cr_assert(strstr(cJSON_GetObjectItem(error, "message")->valuestring, "max_requests"));
+    }
+    return results;
+}
+
+/*
+ * A server may sample sampling.max_requests times per tool call (default 10); the requests
+ * beyond get the spec's refusal (-1) and a policy.denied event, and the model is not asked.
+ * The next tool call has its own count. Each sampling model.response carries its usage.
+ */
+Test(agent, sampling_requests_per_tool_call_are_bounded, .timeout = 60)
+{
+    struct model_server m;
+    struct sched s;
+    char *more = model_sched_start(&s, &m, "ok",
+                                   MODEL_TOOLS ",\"sampling\":{\"allow\":true,\"max_requests\":3}");
+    const char *params = SAMPLE("{\"type\":\"text\",\"text\":\"hi\"}");
+
+    cJSON *answers = ask_server_times(&s, 1, params, 5);
+    cr_assert_eq(sampled(answers), 3);
+    cJSON_Delete(answers);
+    cr_assert_eq(m.n_requests, 3, "the model was asked past the limit");
+    cJSON *denied = wait_event(&s, 1, "policy.denied", "max_requests");
+    cr_assert_str_eq(cJSON_GetObjectItem(denied, "server")->valuestring, "conc");
+    cr_assert_str_eq(cJSON_GetObjectItem(denied, "tool")->valuestring, "sampling/createMessage");
+    cJSON_Delete(denied);
+    cJSON *response = wait_event(&s, 1, "model.response", MODEL_ANSWER);
+    const cJSON *usage = cJSON_GetObjectItem(response, "usage");
+    cr_assert_eq(cJSON_GetObjectItem(usage, "input_tokens")->valueint, 5);
+    cr_assert_eq(cJSON_GetObjectItem(usage, "output_tokens")->valueint, 3);
+    cJSON_Delete(response);
+    answers = ask_server_times(&s, 2, params, 1);
+    cr_assert_eq(sampled(answers), 1, "the next tool call has its own count");
+    cJSON_Delete(answers);
+    sched_stop(&s);
+    model_server_stop(&m);
+    free(more);
+
+    more = model_sched_start(&s, &m, "ok", MODEL_TOOLS ",\"sampling\":{\"allow\":true}");
+    answers = ask_server_times(&s, 3, params, 12);
+    cr_assert_eq(sampled(answers), 10, "the default is 10");
+    cJSON_Delete(answers);
     sched_stop(&s);
     model_server_stop(&m);
     free(more);

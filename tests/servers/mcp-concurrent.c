@@ -7,7 +7,8 @@
  * it receives is appended to LOG, for the tests to read. It speaks the handshake era only
  * (initialize, ping, tools/list, tools/call). For the client's side of the protocol: `ask`
  * sends the client the request `method` with `params` (sampling, elicitation) and answers
- * with the client's whole response as JSON text; `more_tools` adds the tool `extra` and sends
+ * with the client's whole response as JSON text (with `times`: the request that many times, one
+ * after the other, and the array of the responses); `more_tools` adds the tool `extra` and sends
  * notifications/tools/list_changed.
  *
  * usage: test-mcp-concurrent LOG
@@ -36,6 +37,9 @@ struct waiting {
     int64_t due_ms;   /* sleep: when to answer; barrier, ask: NEVER */
     int barrier_n;    /* barrier: how many must wait together */
     int ask_id;       /* ask: the id of its request to the client */
+    int ask_more;     /* ask with "times": requests still to make after this one */
+    cJSON *request;   /* ask with "times": the request made each time */
+    cJSON *answers;   /* ask with "times": the client's responses so far */
 };
 
 static bool more_tools; /* `extra` is listed */
@@ -63,6 +67,8 @@ static void tool_result(const cJSON *id, const char *tool, const char *text, boo
 
 static void forget(size_t i)
 {
+    cJSON_Delete(waiting[i].request);
+    cJSON_Delete(waiting[i].answers);
     cJSON_Delete(waiting[i].id);
     waiting[i] = waiting[--waiting_count];
 }
@@ -127,10 +133,16 @@ static void call_tool(const cJSON *id, const cJSON *params)
                                 cJSON_IsString(method) ? method->valuestring : "ping");
         if (ask_params)
             cJSON_AddItemToObject(request, "params", cJSON_Duplicate(ask_params, true));
-        waiting[waiting_count++] = (struct waiting){.id = cJSON_Duplicate(id, true),
-                                                    .tool = "ask",
-                                                    .due_ms = NEVER,
-                                                    .ask_id = 1000000 + next_ask_id++};
+        const cJSON *times = cJSON_GetObjectItemCaseSensitive(arguments, "times");
+        bool several = cJSON_IsNumber(times) && times->valueint > 0;
+        waiting[waiting_count++] =
+            (struct waiting){.id = cJSON_Duplicate(id, true),
+                             .tool = "ask",
+                             .due_ms = NEVER,
+                             .ask_id = 1000000 + next_ask_id++,
+                             .ask_more = several ? times->valueint - 1 : 0,
+                             .request = several ? cJSON_Duplicate(request, true) : NULL,
+                             .answers = several ? cJSON_CreateArray() : NULL};
         reply(request);
         return;
     }
@@ -166,6 +178,17 @@ static void asked(const cJSON *message)
     for (size_t i = 0; cJSON_IsNumber(id) && i < waiting_count; i++) {
         if (strcmp(waiting[i].tool, "ask") != 0 || waiting[i].ask_id != id->valueint)
             continue;
+        if (waiting[i].answers) { /* "times": the next request, or every response */
+            cJSON_AddItemToArray(waiting[i].answers, cJSON_Duplicate(message, true));
+            if (waiting[i].ask_more-- > 0) {
+                waiting[i].ask_id = 1000000 + next_ask_id++;
+                cJSON_ReplaceItemInObject(waiting[i].request, "id",
+                                          cJSON_CreateNumber(waiting[i].ask_id));
+                reply(cJSON_Duplicate(waiting[i].request, true));
+                return;
+            }
+            message = waiting[i].answers;
+        }
         char *text = cJSON_PrintUnformatted(message);
         tool_result(waiting[i].id, "ask", text, false);
         free(text);

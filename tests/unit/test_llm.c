@@ -988,21 +988,84 @@ static cJSON *result_of_body(const char *protocol, const char *body)
     return result;
 }
 
-Test(llm, usage_out_of_range_is_no_count)
+/* A 200 answer whose body is body (sent as it is) must fail with TR_EPROTO and message. */
+static void expect_body_fault(const char *protocol, const char *body, const char *message)
 {
-    const char *bodies[] = {
-        "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": \"x\"}, "
-        "\"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 1e400, "
-        "\"completion_tokens\": -5}}",
-        "{\"content\": [{\"type\": \"text\", \"text\": \"x\"}], \"stop_reason\": \"end_turn\", "
-        "\"usage\": {\"input_tokens\": 12.7, \"output_tokens\": \"9\"}}"};
-    const double expect[][2] = {{0, 0}, {12, 0}};
-    for (int p = 0; p < 2; p++) {
-        cJSON *result = result_of_body(protocols[p], bodies[p]);
-        cr_expect_eq(num_at(result, "usage.input_tokens"), expect[p][0], "%s", protocols[p]);
-        cr_expect_eq(num_at(result, "usage.output_tokens"), expect[p][1], "%s", protocols[p]);
-        cJSON_Delete(result);
+    cJSON *reply = cJSON_CreateObject();
+    cJSON_AddStringToObject(reply, "body", body);
+    char *text = cJSON_PrintUnformatted(reply);
+    const struct fault_case c = {text, TR_EPROTO, message, -1, 0};
+    expect_fault(protocol, &c);
+    free(text);
+    cJSON_Delete(reply);
+}
+
+#define OPENAI_CALL(name, arguments)                                                               \
+    "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": null, \"tool_calls\": "   \
+    "[{\"id\": \"c1\", \"type\": \"function\", \"function\": {\"name\": \"" name "\", "            \
+    "\"arguments\": \"" arguments "\"}}]}, \"finish_reason\": \"tool_calls\"}]}"
+
+/* A NUL in any string of the answer (cJSON would cut it there) is a protocol error, never a
+ * shorter name, text or arguments: in a tool call's name, in its arguments, in JSON text
+ * inside the arguments, in a text block; a "\\u0000" written as text is no NUL. */
+Test(llm, a_nul_in_any_string_of_the_answer_is_refused)
+{
+    const char *where = "NUL character (\\u0000)";
+    expect_body_fault("openai", OPENAI_CALL("demo__greet\\u0000x", "{}"), where);
+    expect_body_fault("openai", OPENAI_CALL("demo__greet", "\\u0000\\u001b[2J"), where);
+    expect_body_fault("openai", OPENAI_CALL("demo__greet", "{\\\"a\\\": \\\"x\\\\u0000\\\"}"),
+                      "tool_calls[0].function.arguments holds a NUL character");
+    expect_body_fault("anthropic",
+                      "{\"content\": [{\"type\": \"text\", \"text\": \"ab\\u0000cd\"}], "
+                      "\"stop_reason\": \"end_turn\"}",
+                      where);
+    expect_body_fault("anthropic",
+                      "{\"content\": [{\"type\": \"tool_use\", \"id\": \"t1\", \"name\": "
+                      "\"demo__greet\", \"input\": {\"who\": \"\\u0000\"}}], "
+                      "\"stop_reason\": \"tool_use\"}",
+                      where);
+    /* An escaped backslash before u0000 is text; an escaped quote does not end the string. */
+    cJSON *result = result_of_body("anthropic", "{\"content\": [{\"type\": \"text\", \"text\": "
+                                                "\"a \\\\u0000 and \\\"\\u0041\\\"\"}], "
+                                                "\"stop_reason\": \"end_turn\"}");
+    cr_assert_str_eq(str_at(result, "message.content"), "a \\u0000 and \"A\"");
+    cJSON_Delete(result);
+}
+
+/* Usage present but not a whole number from 0 to 2^53 is refused naming the member (limits
+ * and budgets must never see 0 for it); absent usage is 0. */
+Test(llm, usage_that_is_not_a_count_is_refused)
+{
+    const char *openai[] = {"1e400", "-5", "\"9\"", "12.7", "1e16", "true"};
+    for (size_t i = 0; i < sizeof(openai) / sizeof(openai[0]); i++) {
+        char *body =
+            xasprintf("{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": \"x\"}, "
+                      "\"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 3, "
+                      "\"completion_tokens\": %s}}",
+                      openai[i]);
+        expect_body_fault("openai", body, "usage.completion_tokens is not a whole number");
+        free(body);
     }
+    expect_body_fault("anthropic",
+                      "{\"content\": [{\"type\": \"text\", \"text\": \"x\"}], \"stop_reason\": "
+                      "\"end_turn\", \"usage\": {\"input_tokens\": -1e999, \"output_tokens\": 2}}",
+                      "usage.input_tokens is not a whole number from 0 to 2^53");
+    expect_body_fault("anthropic",
+                      "{\"content\": [{\"type\": \"text\", \"text\": \"x\"}], \"stop_reason\": "
+                      "\"end_turn\", \"usage\": 7}",
+                      "\"usage\" is not an object");
+
+    cJSON *result = result_of_body("anthropic", "{\"content\": [{\"type\": \"text\", \"text\": "
+                                                "\"x\"}], \"stop_reason\": \"end_turn\"}");
+    cr_assert_eq(num_at(result, "usage.input_tokens"), 0);
+    cr_assert_eq(num_at(result, "usage.output_tokens"), 0);
+    cJSON_Delete(result);
+    result = result_of_body("openai",
+                            "{\"choices\": [{\"message\": {\"role\": \"assistant\", \"content\": "
+                            "\"x\"}, \"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": "
+                            "9007199254740992, \"completion_tokens\": 0}}");
+    cr_assert_eq(num_at(result, "usage.input_tokens"), 9007199254740992.0);
+    cJSON_Delete(result);
 }
 
 Test(llm, openai_content_as_parts_is_its_text)

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -189,6 +190,82 @@ Test(redact, url_and_base64_encodings)
         free(out);
         free(doc);
     }
+    redactor_free(&r);
+}
+
+/* secret written with each byte i as modes[i % strlen(modes)] says: 'p' plain, 'U' %XX, 'l' %xx,
+ * '+' a space as '+' (other bytes plain). */
+static char *percent_spelling(const char *secret, const char *modes)
+{
+    struct tr_buf out;
+    tr_buf_init(&out, 0);
+    for (size_t i = 0; secret[i]; i++) {
+        char mode = modes[i % strlen(modes)], text[4];
+        unsigned char c = (unsigned char)secret[i];
+        if (mode == 'U')
+            snprintf(text, sizeof(text), "%%%02X", c);
+        else if (mode == 'l')
+            snprintf(text, sizeof(text), "%%%02x", c);
+        else
+            snprintf(text, sizeof(text), "%c", mode == '+' && c == ' ' ? '+' : c);
+        cr_assert_eq(tr_buf_append(&out, text, strlen(text)), 0);
+    }
+    return tr_buf_take(&out);
+}
+
+#define SPACED "sk-Live key/42~x"
+
+/* Decoded on the fly: every byte encoded, either case, unreserved bytes encoded too, '+' for a
+ * space, and any mix of encoded and plain bytes, in free text and inside a JSON string. */
+Test(redact, every_percent_encoded_spelling_and_mix_is_found)
+{
+    struct redactor *r = make("K", SPACED);
+    const char *modes[] = {"U", "l", "+", "pU", "Ul", "lp+", "ppU", "Up+l", "+plUU", "lUp"};
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        char *spelling = percent_spelling(SPACED, modes[i]);
+        char *text = xasprintf("GET /?t=%s&x=1", spelling);
+        char *out = apply(r, text);
+        cr_assert_str_eq(out, "GET /?t=[redacted:K]&x=1", "%s: %s", modes[i], text);
+        free(out);
+        char *doc = xasprintf("{\"url\":\"https://h/?t=%s\",\"n\":25000}", spelling);
+        out = apply(r, doc);
+        cr_assert_str_eq(out, "{\"url\":\"https://h/?t=[redacted:K]\",\"n\":25000}", "%s", doc);
+        free(out);
+        free(doc);
+        free(text);
+        free(spelling);
+    }
+    /* Half a secret encoded is no secret; a '%' not followed by two hex digits is itself. */
+    cr_assert_null(redactor_apply(r, "sk%2DLive+ke"));
+    cr_assert_null(redactor_apply(r, "%%zz%4"));
+    redactor_free(&r);
+
+    /* A '%' of the secret is found as %25 among other encoded bytes. */
+    r = make("P", "100%-pure-secret");
+    char *out = apply(r, "x=100%25%2Dpure-secret");
+    cr_assert_str_eq(out, "x=[redacted:P]");
+    free(out);
+    redactor_free(&r);
+}
+
+/* The percent-decoding matcher stays linear on a text of near-matches. */
+Test(redact, percent_decoding_stays_linear, .timeout = 10)
+{
+    struct redactor *r = make("K", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab");
+    size_t n = 300000;
+    char *text = xmalloc(3 * n + 4);
+    for (size_t i = 0; i < n; i++)
+        memcpy(text + 3 * i, i % 2 ? "%61" : "%41", 3);
+    strcpy(text + 3 * n, "%62");
+    char *out = redactor_apply(r, text);
+    cr_assert_null(out, "no 'a' run as long as the secret's");
+    for (size_t i = 0; i < n; i++)
+        memcpy(text + 3 * i, "%61", 3);
+    out = redactor_apply(r, text);
+    cr_assert_not_null(out);
+    cr_assert(strstr(out, "[redacted:K]") && strlen(out) < 3 * n, "%zu", strlen(out));
+    free(out);
+    free(text);
     redactor_free(&r);
 }
 

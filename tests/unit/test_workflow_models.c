@@ -72,7 +72,7 @@ static const char models_yaml[] =
     "    servers: [bank]\n"
     "    limits: {max_turns: 8, max_tool_calls: 20, max_tokens: 20000, max_cost: 0.5, "
     "max_time: 2m}\n"
-    "    sampling: {allow: true, max_tokens: 300}\n"
+    "    sampling: {allow: true, max_tokens: 300, max_requests: 4}\n"
     "    elicitation: {answers: {bank: {currency: EUR, confirm: true}}, otherwise: cancel}\n"
     "  writer: {model: claude-3-5-haiku}\n"
     "  clerk: {servers: [bank]}\n"
@@ -251,6 +251,22 @@ Test(workflow_models, problems_have_positions)
     free(found);
 }
 
+/* sampling.max_requests: a count of requests per tool call, 1 to 1000. */
+Test(workflow_models, sampling_max_requests_is_checked)
+{
+    char *found = problems_of("name: m\n"
+                              "mcp_servers: {bank: {command: x}}\n"
+                              "models: {a: {api_key: '${env:K}'}}\n"
+                              "personas:\n"
+                              "  p: {model: a, sampling: {allow: true, max_requests: 0}}\n"
+                              "  q: {model: a, sampling: {allow: true, max_requests: many}}\n"
+                              "steps: [{id: s, persona: p, ask: hi}]\n");
+    cr_assert(strstr(found, "5:") && strstr(found, "persona 'p': sampling: 'max_requests'") &&
+                  strstr(found, "6:") && strstr(found, "persona 'q': sampling: 'max_requests'"),
+              "%s", found);
+    free(found);
+}
+
 Test(workflow_models, a_literal_key_is_never_repeated)
 {
     char *found = problems_of("name: m\n"
@@ -280,7 +296,7 @@ Test(workflow_models, persona_config_stored_and_resolved)
                 "\"max_tokens\":500,\"timeout_ms\":30000},"
                 "\"limits\":{\"max_turns\":8,\"max_tool_calls\":20,\"max_tokens\":20000,"
                 "\"max_cost\":0.5,\"max_time_ms\":120000},"
-                "\"sampling\":{\"allow\":true,\"max_tokens\":300},"
+                "\"sampling\":{\"allow\":true,\"max_tokens\":300,\"max_requests\":4},"
                 "\"elicitation\":{\"answers\":{\"bank\":{\"currency\":\"EUR\",\"confirm\":true}},"
                 "\"otherwise\":\"cancel\"},"
                 "\"servers\":{\"bank\":{\"command\":\"x\"}}}");
@@ -369,12 +385,13 @@ Test(workflow_models, the_plan_holds_models_limits_budget_schema_and_policies)
                 "\"model\":\"llama3.1:8b\",\"price\":{\"input\":0.15,\"output\":0.6},"
                 "\"provider\":\"openai\",\"temperature\":0.2,\"timeout_ms\":30000}}");
     assert_json(cJSON_GetObjectItem(plan, "budget"), "{\"max_cost\":2.5,\"max_tokens\":100000}");
-    assert_json(cJSON_GetObjectItem(cJSON_GetObjectItem(plan, "personas"), "analyst"),
-                "{\"elicitation\":{\"answers\":{\"bank\":{\"confirm\":true,\"currency\":\"EUR\"}},"
-                "\"otherwise\":\"cancel\"},\"limits\":{\"max_cost\":0.5,\"max_time_ms\":120000,"
-                "\"max_tokens\":20000,\"max_tool_calls\":20,\"max_turns\":8},\"model\":\"fast\","
-                "\"replicas\":1,\"sampling\":{\"allow\":true,\"max_tokens\":300},"
-                "\"servers\":[\"bank\"]}");
+    assert_json(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(plan, "personas"), "analyst"),
+        "{\"elicitation\":{\"answers\":{\"bank\":{\"confirm\":true,\"currency\":\"EUR\"}},"
+        "\"otherwise\":\"cancel\"},\"limits\":{\"max_cost\":0.5,\"max_time_ms\":120000,"
+        "\"max_tokens\":20000,\"max_tool_calls\":20,\"max_turns\":8},\"model\":\"fast\","
+        "\"replicas\":1,\"sampling\":{\"allow\":true,\"max_requests\":4,\"max_tokens\":300},"
+        "\"servers\":[\"bank\"]}");
     assert_json(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(plan, "steps"), 0),
                                     "output_schema"),
                 "{\"properties\":{\"score\":{\"type\":\"integer\"}},\"required\":[\"score\"],"
