@@ -141,11 +141,10 @@ long workflow_persona_replicas(const struct workflow *wf, size_t index);
  * base_url and api_key ${env:NAME} references as written; "limits" {"timeout_ms", "max_turns",
  * "max_tool_calls", "max_tokens", "max_cost", "max_time_ms"}; "sampling" {"allow",
  * "max_tokens", "max_requests"}; "elicitation" {"answers": {SERVER: {FIELD: VALUE}},
- * "otherwise": "decline"|"cancel"} (each member as declared; absent: no limit, sampling refused, every
- * elicitation declined).
- * "tools" is the allowlist; a persona without one may call any tool of its servers.
- * Server values keep their ${env:NAME} references as written: this is the variant to store
- * and to log (audit `agent.started`). Caller frees.
+ * "otherwise": "decline"|"cancel"} (each member as declared; absent: no limit, sampling refused,
+ * every elicitation declined). "tools" is the allowlist; a persona without one may call any tool of
+ * its servers. Server values keep their ${env:NAME} references as written: this is the variant to
+ * store and to log (audit `agent.started`). Caller frees.
  */
 cJSON *workflow_persona_config(const struct workflow *wf, size_t index);
 /*
@@ -289,8 +288,7 @@ int workflow_scope_keep_output(struct workflow_scope *scope, const struct workfl
 void workflow_scope_set_same(struct workflow_scope *scope, const char *member, const char *to,
                              const char *from);
 /* A copy of .MEMBER.KEY (.MEMBER when key is NULL), or NULL when it is not there. */
-cJSON *workflow_scope_get(const struct workflow_scope *scope, const char *member,
-                          const char *key);
+cJSON *workflow_scope_get(const struct workflow_scope *scope, const char *member, const char *key);
 void workflow_scope_free(struct workflow_scope **scope);
 /* workflow_step_arguments over a prepared scope (NULL: an empty one). */
 int workflow_step_arguments_in(const struct workflow *wf, size_t index,

@@ -849,7 +849,8 @@ static const struct engine_case cases[] = {
                                                            "ok a#1 \"hi\"\n"
                                                            "ok a#2 " SAYS("\"done\""),
         .decisions = "dispatch a#0; dispatch a#1; dispatch a#2; succeed a",
-        .has = "send a#0 attempt=1 timeout=120000 model/generate {\"model_id\":\"m\",\"system\":\"You are the "
+        .has = "send a#0 attempt=1 timeout=120000 model/generate "
+               "{\"model_id\":\"m\",\"system\":\"You are the "
                "Analyst.\\nYour goal: "
                "Answer\\n\",\"messages\":[{\"role\":\"user\",\"content\":\"Echo hi\"}]\n"
                "send a#1 attempt=1 timeout=60000 tools/call "
