@@ -180,17 +180,10 @@ static int print_run(void *userdata, const struct store_run *run)
 {
     struct show *show = userdata;
     char took[32];
-    cJSON *planned = run->plan_json ? cJSON_Parse(run->plan_json) : NULL;
-    const cJSON *step;
 
     /* Which steps ask a model: their journals hold the model use. */
-    cJSON_ArrayForEach(step, cJSON_GetObjectItemCaseSensitive(planned, "steps"))
-    {
-        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(step, "id"));
-        if (id && cJSON_HasObjectItem(step, "ask") && !cJSON_HasObjectItem(show->asks, id))
-            cJSON_AddTrueToObject(show->asks, id);
-    }
-    cJSON_Delete(planned);
+    cJSON_Delete(show->asks);
+    show->asks = sched_plan_asks(run->plan_json);
     if (show->doc) {
         cli_run_json(show->doc, run);
         cJSON *input = cJSON_Parse(run->input_json);

@@ -1445,30 +1445,14 @@ static cJSON *tool_entry(const char *id, const char *name, const char *content, 
     return entry;
 }
 
-/* What a CallToolResult says to the model: structuredContent as JSON, else its texts, else
- * its content as JSON. */
+/* What a CallToolResult says to the model: the one reading of a result a tool step's output
+ * is (mcp_step_output: structuredContent, else its texts, else its content), as text. */
 static char *tool_result_text(const cJSON *result)
 {
-    const cJSON *structured = cJSON_GetObjectItemCaseSensitive(result, "structuredContent");
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(result, "content");
-    const cJSON *item;
-    struct tr_buf text;
-
-    if (structured && !cJSON_IsNull(structured))
-        return tr_json_print(structured);
-    tr_buf_init(&text, 0);
-    cJSON_ArrayForEach(item, content)
-    {
-        const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(item, "text"));
-        if (!s) {
-            tr_buf_release(&text);
-            return tr_json_print(content);
-        }
-        if ((text.len && tr_buf_append(&text, "\n", 1) < 0) ||
-            tr_buf_append(&text, s, strlen(s)) < 0)
-            break;
-    }
-    return text.len ? tr_buf_take(&text) : (tr_buf_release(&text), xstrdup(""));
+    cJSON *output = mcp_step_output(MCP_STEP_TOOL, result);
+    char *text = cJSON_IsString(output) ? xstrdup(output->valuestring) : tr_json_print(output);
+    cJSON_Delete(output);
+    return text;
 }
 
 /* Reads .context (or .context.KEY) of the run's scope: the built-in context_read. */

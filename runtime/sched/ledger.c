@@ -360,6 +360,22 @@ static void compare(struct ledger *l, const char *where, const char *field, cons
 
 /* ---- the rows ------------------------------------------------------------------------------ */
 
+cJSON *sched_plan_asks(const char *plan_json)
+{
+    cJSON *plan = plan_json ? cJSON_Parse(plan_json) : NULL;
+    cJSON *asks = cJSON_CreateObject();
+    const cJSON *step;
+
+    cJSON_ArrayForEach(step, cJSON_GetObjectItemCaseSensitive(plan, "steps"))
+    {
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(step, "id"));
+        if (id && cJSON_HasObjectItem(step, "ask") && !cJSON_HasObjectItem(asks, id))
+            cJSON_AddTrueToObject(asks, id);
+    }
+    cJSON_Delete(plan);
+    return asks;
+}
+
 static int check_run(void *userdata, const struct store_run *run)
 {
     struct ledger *l = userdata;
@@ -378,15 +394,8 @@ static int check_run(void *userdata, const struct store_run *run)
         compare(l, where, "options_json", run->options_json, &l->options);
     }
     /* Which steps ask a model: their journal rows are backed by ask.answer events. */
-    cJSON *plan = run->plan_json ? cJSON_Parse(run->plan_json) : NULL;
-    const cJSON *step;
-    cJSON_ArrayForEach(step, cJSON_GetObjectItemCaseSensitive(plan, "steps"))
-    {
-        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(step, "id"));
-        if (id && cJSON_HasObjectItem(step, "ask") && !cJSON_HasObjectItem(l->asks, id))
-            cJSON_AddTrueToObject(l->asks, id);
-    }
-    cJSON_Delete(plan);
+    cJSON_Delete(l->asks);
+    l->asks = sched_plan_asks(run->plan_json);
     store_plan_hash(run->plan_json ? run->plan_json : "", hash);
     if (!same(hash, run->plan_hash))
         problem(l, "%s.plan_json does not hash to its plan_hash %s (it hashes to %s)", where,

@@ -266,6 +266,9 @@ int sched_approval_send(const char *socket_path, const char *run_id, const char 
  * applies them to the workflow file (workflow_models_override) before it compares plans.
  */
 char *sched_model_overrides(const char *options_json);
+/* The ask steps of a stored plan (its JSON text), as {ID: true}; their journals are the
+ * conversations (step_items). Caller frees. */
+cJSON *sched_plan_asks(const char *plan_json);
 
 /* ---- replay (replay.c) ------------------------------------------------------------------ */
 

@@ -1222,25 +1222,48 @@ Test(ask_kill, a_for_each_step_killed_before_its_first_item_resumes)
                                  "    with: {message: \"${{ .item }}\"}\n");
 }
 
+/*
+ * A model that asks for demo.word_count, then answers after delay_ms (a call to kill in
+ * flight); with repeat, each answer may be given again (a call made again after a kill).
+ */
+static void world_start_slow(struct world *w, int delay_ms, bool repeat)
+{
+    char *cassette = NULL;
+    const char *times = repeat ? "\"times\": 0, " : "";
+    cr_assert_geq(asprintf(&cassette,
+                           "[{%s\"when\": {\"last_role\": \"user\"}, \"reply\": "
+                           "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": "
+                           "{\"text\": \"hello brave new world\"}}]}},"
+                           " {%s\"when\": {\"last_role\": \"tool\"}, \"reply\": "
+                           "{\"text\": \"It has 4 words.\", \"delay_ms\": %d}}]",
+                           times, times, delay_ms),
+                  0);
+    world_start(w, cassette);
+    free(cassette);
+}
+
+/* Starts argv (a run) and waits until the model has its second call (the slow one). */
+static void spawn_until_the_second_model_call(struct world *w, const char *const *argv,
+                                              struct harness_proc *proc)
+{
+    harness_spawn(argv, w->env.dir, proc);
+    for (int i = 0; i < 3000 && model_requests(w) < 2; i++)
+        sleep_ms(10);
+    cr_assert_eq(model_requests(w), 2);
+}
+
 /* The agent killed while the model works on a call: it is restarted and the call made again;
  * the answered calls are not. */
 Test(ask_kill, the_agent_killed_mid_model_call_is_restarted_and_the_call_made_again)
 {
     struct world w;
-    world_start(&w, "[{\"times\": 0, \"when\": {\"last_role\": \"user\"}, \"reply\": "
-                    "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": {\"text\": "
-                    "\"hello brave new world\"}}]}},"
-                    " {\"times\": 0, \"when\": {\"last_role\": \"tool\"}, \"reply\": "
-                    "{\"text\": \"It has 4 words.\", \"delay_ms\": 1500}}]");
+    world_start_slow(&w, 1500, true);
     char *path = workflow(&w, "wf.yaml", &(struct shape){0});
     struct harness_proc proc;
     struct harness_result r;
     const char *argv[] = {w.env.troupe, "--db", w.env.db, "run", "-q", path, NULL};
-    harness_spawn(argv, w.env.dir, &proc);
     /* The second model call is with the model (answered tool call before it). */
-    for (int i = 0; i < 3000 && model_requests(&w) < 2; i++)
-        sleep_ms(10);
-    cr_assert_eq(model_requests(&w), 2);
+    spawn_until_the_second_model_call(&w, argv, &proc);
     long long agent = harness_db_int(w.env.db, "SELECT json_extract(payload_json, '$.pid') FROM "
                                                "audit WHERE type = 'agent.started'");
     cr_assert_gt(agent, 0);
@@ -1269,19 +1292,12 @@ Test(ask_kill, the_agent_killed_mid_model_call_is_restarted_and_the_call_made_ag
 Test(ask_kill, a_tampered_journal_row_of_an_interrupted_step_is_caught_before_resume)
 {
     struct world w;
-    world_start(&w, "[{\"when\": {\"last_role\": \"user\"}, \"reply\": "
-                    "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": {\"text\": "
-                    "\"hello brave new world\"}}]}},"
-                    " {\"when\": {\"last_role\": \"tool\"}, \"reply\": "
-                    "{\"text\": \"It has 4 words.\", \"delay_ms\": 20000}}]");
+    world_start_slow(&w, 20000, false);
     char *path = workflow(&w, "wf.yaml", &(struct shape){0});
     struct harness_proc proc;
     struct harness_result r;
     const char *argv[] = {w.env.troupe, "--db", w.env.db, "run", "-q", path, NULL};
-    harness_spawn(argv, w.env.dir, &proc);
-    for (int i = 0; i < 3000 && model_requests(&w) < 2; i++)
-        sleep_ms(10);
-    cr_assert_eq(model_requests(&w), 2);
+    spawn_until_the_second_model_call(&w, argv, &proc);
     kill(-proc.pid, SIGKILL);
     harness_finish(&proc, 30000, &r);
     harness_result_release(&r);
@@ -1371,20 +1387,13 @@ Test(ask, sampling_counts_towards_the_runs_budget)
 Test(ask_kill, a_run_started_with_a_model_override_resumes_with_it)
 {
     struct world w;
-    world_start(&w, "[{\"times\": 0, \"when\": {\"last_role\": \"user\"}, \"reply\": "
-                    "{\"tool_calls\": [{\"name\": \"demo.word_count\", \"arguments\": {\"text\": "
-                    "\"hello brave new world\"}}]}},"
-                    " {\"times\": 0, \"when\": {\"last_role\": \"tool\"}, \"reply\": "
-                    "{\"text\": \"It has 4 words.\", \"delay_ms\": 1500}}]");
+    world_start_slow(&w, 1500, true);
     char *path = workflow(&w, "wf.yaml", &(struct shape){0});
     struct harness_proc proc;
     struct harness_result r;
     const char *argv[] = {w.env.troupe, "--db",    w.env.db,   "run", "-q",
                           path,         "--model", "other-id", NULL};
-    harness_spawn(argv, w.env.dir, &proc);
-    for (int i = 0; i < 3000 && model_requests(&w) < 2; i++)
-        sleep_ms(10);
-    cr_assert_eq(model_requests(&w), 2);
+    spawn_until_the_second_model_call(&w, argv, &proc);
     kill(-proc.pid, SIGKILL);
     harness_finish(&proc, 30000, &r);
     harness_result_release(&r);
